@@ -1,0 +1,161 @@
+// Package config defines sluice's YAML configuration: the types users write,
+// strict decoding with line numbers, defaults and validation.
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Duration is a time.Duration written in YAML as a Go duration string ("2s", "5m").
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Config is the whole file.
+type Config struct {
+	// Interfaces are the XDP attach points (the lb's links facing clients and backends).
+	Interfaces []string  `yaml:"interfaces"`
+	Admin      Admin     `yaml:"admin"`
+	Metrics    Metrics   `yaml:"metrics"`
+	DNS        DNS       `yaml:"dns"`
+	Datapath   Datapath  `yaml:"datapath"`
+	Pools      []Pool    `yaml:"pools"`
+	Services   []Service `yaml:"services"`
+
+	// Path is the file the config was read from ("" when parsed from bytes).
+	Path string `yaml:"-"`
+}
+
+// Admin configures the admin API (unix socket, mode 0600).
+type Admin struct {
+	Socket string `yaml:"socket"` // default /run/sluice/admin.sock
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	Listen string `yaml:"listen"` // default 127.0.0.1:9464; "off" disables
+}
+
+// DNS configures resolution of backend names.
+type DNS struct {
+	Servers      []string `yaml:"servers"`       // host:port; default: nameservers of /etc/resolv.conf
+	MinTTL       Duration `yaml:"min_ttl"`       // default 1s
+	MaxTTL       Duration `yaml:"max_ttl"`       // default 5m
+	OnFailure    string   `yaml:"on_failure"`    // keep (only value for now)
+	NXDomainHold Duration `yaml:"nxdomain_hold"` // default 30s
+	Timeout      Duration `yaml:"timeout"`       // per query, default 2s
+}
+
+// Datapath configures the XDP data path.
+type Datapath struct {
+	XDPMode         string   `yaml:"xdp_mode"`          // auto (native, generic fallback) | native | generic
+	PinPath         string   `yaml:"pin_path"`          // default /sys/fs/bpf/sluice
+	MaglevTableSize uint32   `yaml:"maglev_table_size"` // prime, default 16381
+	ConntrackMax    uint32   `yaml:"conntrack_max"`     // LRU capacity, default 262144
+	Timeouts        CTTimers `yaml:"conntrack_timeouts"`
+}
+
+// CTTimers are the conntrack idle timeouts per flow state.
+type CTTimers struct {
+	TCPSyn         Duration `yaml:"tcp_syn"`         // default 60s
+	TCPEstablished Duration `yaml:"tcp_established"` // default 1h
+	TCPClosing     Duration `yaml:"tcp_closing"`     // default 10s
+	UDP            Duration `yaml:"udp"`             // default 60s
+}
+
+// Pool is a named set of backends shared by services.
+type Pool struct {
+	Name         string       `yaml:"name"`
+	Backends     []Backend    `yaml:"backends"`
+	DrainTimeout Duration     `yaml:"drain_timeout"` // default 30s
+	HealthCheck  *HealthCheck `yaml:"health_check"`
+	Ejection     Ejection     `yaml:"ejection"`
+
+	Line int `yaml:"-"` // line of the pool in the file, for messages
+}
+
+// Backend is either a DNS name (every A answer is a backend) or a fixed address.
+type Backend struct {
+	Name    string `yaml:"name"`    // DNS name; needs Port
+	Port    uint16 `yaml:"port"`    // with Name
+	Address string `yaml:"address"` // ip:port
+	Weight  uint32 `yaml:"weight"`  // default 1
+
+	// AddrPort is Address parsed (valid only for address backends).
+	AddrPort netip.AddrPort `yaml:"-"`
+	Line     int            `yaml:"-"`
+}
+
+// HealthCheck configures active health checks.
+type HealthCheck struct {
+	HTTP     *HTTPCheck `yaml:"http"`
+	TCP      *TCPCheck  `yaml:"tcp"`
+	Interval Duration   `yaml:"interval"` // default 2s
+	Timeout  Duration   `yaml:"timeout"`  // default 1s
+	Rise     int        `yaml:"rise"`     // default 2
+	Fall     int        `yaml:"fall"`     // default 3
+}
+
+// HTTPCheck probes an HTTP path.
+type HTTPCheck struct {
+	Path   string `yaml:"path"`   // default /
+	Host   string `yaml:"host"`   // Host header, default the address
+	Expect string `yaml:"expect"` // status range, default "200-399"
+}
+
+// TCPCheck only connects.
+type TCPCheck struct{}
+
+// Ejection configures passive ejection from live traffic.
+type Ejection struct {
+	Failures          int      `yaml:"failures"`            // default 5; 0 disables
+	Window            Duration `yaml:"window"`              // default 10s
+	BaseTime          Duration `yaml:"base_time"`           // default 10s
+	MaxTime           Duration `yaml:"max_time"`            // default 5m
+	MaxEjectedPercent int      `yaml:"max_ejected_percent"` // default 50
+}
+
+// Service is a listener: a VIP served by the XDP data path (tcp/udp) or the L7 stage (http).
+type Service struct {
+	Name       string    `yaml:"name"`
+	Listen     string    `yaml:"listen"`      // vip:port
+	Protocol   string    `yaml:"protocol"`    // tcp | udp | http
+	Mode       string    `yaml:"mode"`        // nat (default) | snat; tcp/udp only
+	SNATSource string    `yaml:"snat_source"` // snat only
+	Pool       string    `yaml:"pool"`
+	Host       string    `yaml:"host"` // http: keep (default) or a name
+	Timeouts   *Timeouts `yaml:"timeouts"`
+	Retry      *Retry    `yaml:"retry"`
+
+	// ListenAddr is Listen parsed.
+	ListenAddr netip.AddrPort `yaml:"-"`
+	Line       int            `yaml:"-"`
+}
+
+// Timeouts are the L7 per-phase timeouts and the total deadline.
+type Timeouts struct {
+	Connect Duration `yaml:"connect"` // default 2s
+	Send    Duration `yaml:"send"`    // default 30s
+	Read    Duration `yaml:"read"`    // default 60s
+	Total   Duration `yaml:"total"`   // default 90s
+}
+
+// Retry is the L7 retry policy.
+type Retry struct {
+	Attempts          int      `yaml:"attempts"` // default 3
+	On                []string `yaml:"on"`
+	Methods           []string `yaml:"methods"`
+	IdempotencyHeader string   `yaml:"idempotency_header"`
+	NonIdempotent     bool     `yaml:"non_idempotent"`
+	BudgetPercent     int      `yaml:"budget_percent"` // default 20
+	Backoff           Backoff  `yaml:"backoff"`
+	BufferBytes       int64    `yaml:"buffer_bytes"` // default 65536
+}
+
+// Backoff is exponential backoff with full jitter.
+type Backoff struct {
+	Base Duration `yaml:"base"` // default 25ms
+	Max  Duration `yaml:"max"`  // default 250ms
+}

@@ -1,0 +1,175 @@
+// Package datapath loads sluice's XDP program, attaches it, pins its maps and
+// links under bpffs, and gives the agent a narrow, typed view of the maps.
+//
+// Map is the interface the agent programs; Real (this package, needs root and
+// BPF) and Fake (no root, for tests) implement it.
+package datapath
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// Proto is an IP protocol number.
+type Proto uint8
+
+// Protocols served by the L4 data path.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+// Mode is how a service rewrites packets.
+type Mode uint8
+
+// Modes.
+const (
+	ModeNAT  Mode = 0 // DNAT only: client address kept, backends route back through sluice
+	ModeSNAT Mode = 1 // DNAT + SNAT to a sluice address and allocated port
+)
+
+// BackendState is a backend slot's state as the data path sees it.
+type BackendState uint8
+
+// Backend slot states (mirrors the C enum backend_state).
+const (
+	BackendFree     BackendState = 0 // slot unused
+	BackendActive   BackendState = 1 // in Maglev tables
+	BackendDraining BackendState = 2 // no new flows, existing flows forwarded
+	BackendEjected  BackendState = 3 // no new flows, existing flows forwarded
+	BackendRemoved  BackendState = 4 // packets of pinned flows answered with RST
+)
+
+// MaxBackends is the number of backend slots (slot 0 is never used).
+const MaxBackends = 4096
+
+// MaxServices is the number of service ids (id 0 is never used).
+const MaxServices = 1024
+
+// ErrNotFound is returned when a key is not in a map.
+var ErrNotFound = errors.New("not found")
+
+// ServiceKey identifies an L4 service: VIP, port, protocol.
+type ServiceKey struct {
+	VIP   netip.Addr
+	Port  uint16
+	Proto Proto
+}
+
+// Service is the value of a service key.
+type Service struct {
+	ID   uint32 // 1..MaxServices-1, index into the Maglev outer map and stats
+	Mode Mode
+	// SNATAddr is the source address used in ModeSNAT.
+	SNATAddr netip.Addr
+}
+
+// Backend is one backend slot.
+type Backend struct {
+	Addr   netip.AddrPort
+	Gen    uint32 // bumped every time the slot is reused; flows remember it
+	State  BackendState
+	PoolID uint32 // PoolID(name) of the owning pool, to adopt slots after a restart
+}
+
+// FlowState is a conntrack entry's TCP state.
+type FlowState uint8
+
+// Flow states (mirrors the C enum ct_state).
+const (
+	FlowNew         FlowState = 0
+	FlowSynSent     FlowState = 1
+	FlowEstablished FlowState = 2
+	FlowClosing     FlowState = 3
+	FlowUDP         FlowState = 4
+)
+
+func (s FlowState) String() string {
+	switch s {
+	case FlowSynSent:
+		return "syn-sent"
+	case FlowEstablished:
+		return "established"
+	case FlowClosing:
+		return "closing"
+	case FlowUDP:
+		return "udp"
+	}
+	return "new"
+}
+
+// Flow is one forward conntrack entry (client -> VIP).
+type Flow struct {
+	Client      netip.AddrPort
+	VIP         netip.AddrPort
+	Proto       Proto
+	ServiceID   uint32
+	BackendSlot uint32
+	BackendGen  uint32
+	Backend     netip.AddrPort // backend address the flow is NATed to
+	State       FlowState
+	Idle        time.Duration // since the last packet
+	Expired     bool          // idle longer than its state's timeout
+}
+
+// ServiceStats are a service's counters summed over CPUs.
+type ServiceStats struct {
+	Packets, Bytes, NewFlows           uint64
+	RSTNoBackend, RSTRemovedBackend    uint64
+	DropsUDPNoBackend, DropsRemovedUDP uint64
+}
+
+// BackendStats are a backend slot's counters summed over CPUs.
+type BackendStats struct {
+	Packets, Bytes, NewFlows uint64
+}
+
+// GlobalStats are counters not tied to a service.
+type GlobalStats struct {
+	PassedNotOurs, PassedFragment, PassedNoNeigh uint64
+	Truncated, FIBFailures, RepliesTranslated    uint64
+	ConntrackFull                                uint64
+}
+
+// Map is what the agent needs from the data path. Implementations are safe
+// for use by one goroutine at a time.
+type Map interface {
+	// Services returns every service in the data path.
+	Services() (map[ServiceKey]Service, error)
+	// SetService creates or replaces a service.
+	SetService(k ServiceKey, s Service) error
+	// DeleteService removes a service and clears its Maglev table. Idempotent.
+	DeleteService(k ServiceKey, id uint32) error
+
+	// Backends returns every non-free backend slot.
+	Backends() (map[uint32]Backend, error)
+	// SetBackend writes a backend slot (1..MaxBackends-1).
+	SetBackend(slot uint32, b Backend) error
+
+	// SetTable atomically replaces a service's Maglev table: every entry is
+	// a backend slot; len(table) must equal TableSize(), or be 0 for "no backend".
+	SetTable(serviceID uint32, table []uint32) error
+	// TableSize is the Maglev table size the program was loaded with.
+	TableSize() uint32
+
+	// Flows calls fn for every forward conntrack entry until fn returns false.
+	Flows(fn func(Flow) bool) error
+	// DeleteFlow removes a flow and its reverse entry. Idempotent.
+	DeleteFlow(f Flow) error
+
+	ServiceStats(id uint32) (ServiceStats, error)
+	BackendStats(slot uint32) (BackendStats, error)
+	GlobalStats() (GlobalStats, error)
+}
+
+// PoolID is the stable 32-bit id of a pool name stored in backend slots
+// (FNV-1a), so a restarted agent can tell which pool owns a slot.
+func PoolID(name string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(name); i++ {
+		h ^= uint32(name[i])
+		h *= 16777619
+	}
+	return h
+}
