@@ -1,0 +1,87 @@
+// Package admin is the agent's admin API: JSON over a unix socket (mode
+// 0600), the server the agent runs and the client the CLI uses.
+package admin
+
+import (
+	"context"
+	"time"
+)
+
+// Agent is what the admin server needs from the running agent.
+type Agent interface {
+	Status(ctx context.Context) (Status, error)
+	// Flows lists conntrack flows matching the filter.
+	Flows(ctx context.Context, f FlowFilter) ([]Flow, error)
+	// Drain moves an address of a pool to draining (cause "operator").
+	Drain(ctx context.Context, pool, address string) error
+	// Undrain undoes Drain: the address is active again if its source still lists it.
+	Undrain(ctx context.Context, pool, address string) error
+	// Reload re-reads the config file; an invalid file is refused and the old one stays.
+	Reload(ctx context.Context) error
+}
+
+// Status is the whole picture: services, pools and every address.
+type Status struct {
+	Version    string    `json:"version"`
+	ConfigPath string    `json:"config_path"`
+	StartedAt  time.Time `json:"started_at"`
+	Services   []Service `json:"services"`
+	Pools      []Pool    `json:"pools"`
+}
+
+// Service is one configured service.
+type Service struct {
+	Name        string `json:"name"`
+	Listen      string `json:"listen"`
+	Protocol    string `json:"protocol"`
+	Mode        string `json:"mode,omitempty"`
+	Pool        string `json:"pool"`
+	ID          uint32 `json:"id,omitempty"` // data path service id
+	ActiveFlows int    `json:"active_flows"`
+	Backends    int    `json:"backends"` // addresses getting new flows
+	Packets     uint64 `json:"packets"`
+	Bytes       uint64 `json:"bytes"`
+	NewFlows    uint64 `json:"new_flows"`
+	RSTs        uint64 `json:"rsts"`
+}
+
+// Pool is one pool and its addresses.
+type Pool struct {
+	Name     string    `json:"name"`
+	Backends []Backend `json:"backends"`
+}
+
+// Backend is one address of a pool.
+type Backend struct {
+	Address       string     `json:"address"` // ip:port
+	Source        string     `json:"source"`  // "static" or the DNS name that produced it
+	State         string     `json:"state"`   // active | draining | ejected | removed
+	Cause         string     `json:"cause"`   // why it is in this state
+	Since         time.Time  `json:"since"`
+	Weight        uint32     `json:"weight"`
+	Slot          uint32     `json:"slot,omitempty"` // data path backend slot
+	ActiveFlows   int        `json:"active_flows"`
+	DrainDeadline *time.Time `json:"drain_deadline,omitempty"`
+	TTLLeft       string     `json:"ttl_left,omitempty"` // DNS-derived addresses
+	Packets       uint64     `json:"packets"`
+	Bytes         uint64     `json:"bytes"`
+	NewFlows      uint64     `json:"new_flows"`
+}
+
+// FlowFilter selects flows; empty fields match everything.
+type FlowFilter struct {
+	Service string `json:"service,omitempty"` // service name
+	Backend string `json:"backend,omitempty"` // backend ip or ip:port
+}
+
+// Flow is one connection tracked by the data path.
+type Flow struct {
+	Service string `json:"service"`
+	Client  string `json:"client"`
+	VIP     string `json:"vip"`
+	Backend string `json:"backend"`
+	Proto   string `json:"proto"`
+	State   string `json:"state"`
+	Idle    string `json:"idle"`
+	Expired bool   `json:"expired,omitempty"`
+}
