@@ -85,3 +85,23 @@ type Flow struct {
 	Idle    string `json:"idle"`
 	Expired bool   `json:"expired,omitempty"`
 }
+
+// AddressRequest is the body of POST /v1/drain and /v1/undrain.
+type AddressRequest struct {
+	Pool    string `json:"pool"`
+	Address string `json:"address"` // ip:port (or ip, if the agent accepts it)
+}
+
+// Ack is the body of a successful POST.
+type Ack struct {
+	Message string `json:"message"`
+}
+
+// ErrorResponse is the body of every non-2xx answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+	// Kind names the sentinel error behind it, so clients can rebuild it:
+	// unknown_pool, unknown_address, bad_request, reload_refused,
+	// not_found, forbidden, internal.
+	Kind string `json:"kind,omitempty"`
+}
