@@ -1,0 +1,214 @@
+// Command sluice-testbackend is the HTTP backend of the lab and the e2e suite.
+//
+// It answers HTTP/1.1 (keep-alive) on --listen with its --name in the body and
+// in an X-Backend header, and offers a few endpoints tests drive:
+//
+//	/               "NAME\n"
+//	/slow?ms=N      the same after N milliseconds
+//	/status/NNN     an empty reply with status NNN
+//	/stream?seconds=N  a chunked body, one line per 100ms for N seconds (a long-lived connection)
+//	/healthz        "ok"
+//	/stats          JSON counts of executed requests (not counting /stats itself)
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+func main() {
+	listen := flag.String("listen", ":80", "address to listen on")
+	name := flag.String("name", "", "backend name sent in the body and the X-Backend header (default: hostname)")
+	flag.Parse()
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if *name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			h = "backend"
+		}
+		*name = h
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	if err := run(ctx, log, *listen, *name); err != nil {
+		log.Error("backend failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, log *slog.Logger, listen, name string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", listen, err)
+	}
+	b := newBackend(name)
+	srv := &http.Server{
+		Handler:           b.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "name", name)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// backend holds the name and the request counters.
+type backend struct {
+	name string
+
+	mu     sync.Mutex
+	total  uint64
+	byPath map[string]uint64
+}
+
+func newBackend(name string) *backend {
+	return &backend{name: name, byPath: make(map[string]uint64)}
+}
+
+// Stats is the /stats reply.
+type Stats struct {
+	Name     string            `json:"name"`
+	Requests uint64            `json:"requests"`
+	ByPath   map[string]uint64 `json:"by_path"`
+}
+
+func (b *backend) count(path string) {
+	key := path
+	if strings.HasPrefix(path, "/status/") {
+		key = "/status"
+	}
+	b.mu.Lock()
+	b.total++
+	b.byPath[key]++
+	b.mu.Unlock()
+}
+
+func (b *backend) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", b.stats)
+	mux.HandleFunc("/healthz", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	}))
+	mux.HandleFunc("/slow", b.wrap(b.slow))
+	mux.HandleFunc("/status/{code}", b.wrap(b.status))
+	mux.HandleFunc("/stream", b.wrap(b.stream))
+	mux.HandleFunc("/", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, b.name)
+	}))
+	return mux
+}
+
+// wrap sets X-Backend and counts the request.
+func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		b.count(r.URL.Path)
+		w.Header().Set("X-Backend", b.name)
+		h(w, r)
+	}
+}
+
+func (b *backend) stats(w http.ResponseWriter, _ *http.Request) {
+	b.mu.Lock()
+	s := Stats{Name: b.name, Requests: b.total, ByPath: make(map[string]uint64, len(b.byPath))}
+	for k, v := range b.byPath {
+		s.ByPath[k] = v
+	}
+	b.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Backend", b.name)
+	_ = json.NewEncoder(w).Encode(s)
+}
+
+func (b *backend) slow(w http.ResponseWriter, r *http.Request) {
+	ms, err := intParam(r, "ms", 0, 600_000)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	select {
+	case <-time.After(time.Duration(ms) * time.Millisecond):
+	case <-r.Context().Done():
+		return
+	}
+	fmt.Fprintln(w, b.name)
+}
+
+func (b *backend) status(w http.ResponseWriter, r *http.Request) {
+	code, err := strconv.Atoi(r.PathValue("code"))
+	if err != nil || code < 100 || code > 599 {
+		http.Error(w, "bad status code", http.StatusBadRequest)
+		return
+	}
+	w.WriteHeader(code)
+	fmt.Fprintln(w, b.name)
+}
+
+func (b *backend) stream(w http.ResponseWriter, r *http.Request) {
+	secs, err := intParam(r, "seconds", 10, 3600)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	deadline := time.Now().Add(time.Duration(secs) * time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; time.Now().Before(deadline); i++ {
+		if _, err := fmt.Fprintf(w, "%s %d\n", b.name, i); err != nil {
+			return
+		}
+		flusher.Flush()
+		select {
+		case <-tick.C:
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// intParam reads query parameter key as an int in [0, max], def when absent.
+func intParam(r *http.Request, key string, def, max int) (int, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > max {
+		return 0, fmt.Errorf("bad %s=%q: want an integer in [0, %d]", key, v, max)
+	}
+	return n, nil
+}
