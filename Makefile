@@ -1,0 +1,69 @@
+# sluice: build, generate, test, demo, bench, lint.
+# `sudo make demo` and `sudo make test` are the two commands the README opens with.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+
+# Go >= 1.26: the one on PATH, else /usr/local/go/bin/go (never downloaded).
+GO := $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
+# `go generate` runs `go tool bpf2go`, which needs go on PATH.
+export PATH := $(dir $(GO)):$(PATH)
+
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all build testbins generate check-generated deps test unit e2e demo bench lint clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sluice ./cmd/sluice
+
+# Helpers of the lab and the e2e suite.
+testbins:
+	$(GO) build -o bin/sluice-testbackend ./e2e/backend
+	$(GO) build -o bin/sluice-loadgen ./e2e/loadgen
+
+deps:
+	scripts/deps.sh
+
+# Regenerate the bpf2go bindings and objects from bpf/*.c (needs clang).
+generate:
+	$(GO) generate ./bpf/...
+
+# CI: committed bpf2go output must match the C sources.
+check-generated: generate
+	@if ! git diff --exit-code --stat -- bpf/; then \
+		echo "bpf/: generated files differ from the committed ones: run 'make generate' and commit" >&2; \
+		exit 1; \
+	fi
+	@untracked=$$(git ls-files --others --exclude-standard -- bpf/); \
+	if [[ -n $$untracked ]]; then \
+		echo "bpf/: generated files not committed: $$untracked" >&2; \
+		exit 1; \
+	fi
+
+# Unit tests: everything but e2e (BPF prog.Run tests need root, and skip without it).
+unit:
+	$(GO) vet ./...
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/e2e')
+
+# End-to-end tests in the netns lab (root).
+e2e:
+	$(GO) test ./e2e/... -count=1 -v -timeout 15m
+
+test: deps check-generated unit e2e
+
+demo: deps build testbins
+	scripts/demo.sh
+
+bench: deps build
+	scripts/bench.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [[ -n $$out ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin/
