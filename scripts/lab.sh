@@ -5,6 +5,13 @@
 #   scripts/lab.sh down ID        remove every namespace of ID, kill what it started
 #   scripts/lab.sh backends ID    start the test HTTP backend on :80 in be1..be3
 #   scripts/lab.sh env ID         print the env file of ID
+#   scripts/lab.sh exec ID HOST CMD...
+#                                 run CMD in host HOST (client, lb, be1, ...)
+#
+# Run sluice (agent, teardown, bpftool) in the lb namespace with `lab.sh exec`
+# or `nsenter --net=/run/netns/sl-ID-lb`, not `ip netns exec`: the latter
+# remounts /sys, which hides the host's bpffs at /sys/fs/bpf, so pins would
+# land in a private bpffs that vanishes with the process.
 #
 # Every host is its own network namespace, named sl-ID-<host>; addresses come
 # from 198.18.0.0/15 only; veth pairs are created directly inside the
@@ -31,7 +38,7 @@ die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
 	cat >&2 <<-'EOF'
-		usage: lab.sh up [ID] | down ID | backends ID | env ID
+		usage: lab.sh up [ID] | down ID | backends ID | env ID | exec ID HOST CMD...
 	EOF
 	exit 2
 }
@@ -310,6 +317,16 @@ main() {
 		(($# == 1)) || usage
 		check_id "$1"
 		cat "$lab_dir/$1.env"
+		;;
+	exec)
+		(($# >= 3)) || usage
+		check_id "$1"
+		local ns
+		ns=$(ns_name "$1" "$2")
+		ns_exists "$ns" || die "no namespace $ns"
+		shift 2
+		# nsenter keeps the host's mounts (bpffs); only the network changes.
+		exec nsenter --net="/run/netns/$ns" -- "$@"
 		;;
 	*) usage ;;
 	esac

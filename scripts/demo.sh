@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# demo.sh: sluice end to end in the netns lab (run by `sudo make demo`).
+#
+#   1. lab up (client, lb, switch, be1..be3, dns), test backends on :80
+#   2. sluice agent in the lb namespace, service web-l4 at 198.18.1.100:80
+#   3. requests from the client to the VIP, counted per backend
+#   4. `sluice status` and `sluice conntrack`
+#   5. drain be1: new traffic avoids it
+#
+# Everything (namespaces, agent, pins) is removed on exit. Needs root and
+# bin/sluice + bin/sluice-testbackend (make build testbins).
+set -Eeuo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+
+lab=scripts/lab.sh
+sluice=$repo_root/bin/sluice
+vip=198.18.1.100
+requests=${DEMO_REQUESTS:-30}
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+log() { printf 'demo: %s\n' "$*" >&2; }
+die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "needs root (sudo make demo)"
+[[ -x $sluice ]] || die "$sluice missing: make build"
+
+id=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+state=$repo_root/.lab/$id
+pin=/sys/fs/bpf/sluice-$id
+config=""
+agent_pid=""
+
+cleanup() {
+	local rc=$?
+	set +e
+	if [[ -n $agent_pid ]] && kill -0 "$agent_pid" 2>/dev/null; then
+		kill -TERM "$agent_pid"
+		for _ in $(seq 50); do
+			kill -0 "$agent_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$agent_pid" 2>/dev/null
+		rm -f "$state/agent.pid"
+	fi
+	if [[ -e $pin ]]; then
+		"$lab" exec "$id" lb "$sluice" teardown --pin-path "$pin" >&2 ||
+			log "sluice teardown failed; lab.sh down removes the pins"
+	fi
+	"$lab" down "$id" >/dev/null 2>&1 || log "lab.sh down $id failed"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# on HOST CMD...: run CMD in lab host HOST.
+on() { "$lab" exec "$id" "$@"; }
+
+# admin_socket: under .lab/ unless that path is too long for a unix socket.
+admin_socket() {
+	local s=$state/admin.sock
+	if ((${#s} > 100)); then
+		s=/tmp/sluice-$id/admin.sock
+		mkdir -p "$(dirname "$s")"
+	fi
+	printf '%s\n' "$s"
+}
+
+# write_config FILE: the demo's config (pool web of be1..be3, service web-l4).
+write_config() {
+	cat >"$1" <<-EOF
+		# sluice demo config (lab $id)
+		interfaces: [eth0, eth1]
+		admin: {socket: $(admin_socket)}
+		metrics: {listen: 127.0.0.1:9464}
+		datapath: {pin_path: $pin}
+		pools:
+		  - name: web
+		    backends:
+		      - address: 198.18.2.11:80
+		      - address: 198.18.2.12:80
+		      - address: 198.18.2.13:80
+		    drain_timeout: 10s
+		services:
+		  - name: web-l4
+		    listen: $vip:80
+		    protocol: tcp
+		    mode: nat
+		    pool: web
+	EOF
+}
+
+start_agent() {
+	"$lab" exec "$id" lb "$sluice" agent -c "$config" >"$state/agent.log" 2>&1 </dev/null &
+	agent_pid=$!
+	printf '%s\n' "$agent_pid" >"$state/agent.pid"
+	local i
+	for ((i = 0; i < 100; i++)); do
+		if "$sluice" status --json -c "$config" >/dev/null 2>&1; then
+			log "agent ready (pid $agent_pid, log $state/agent.log)"
+			return 0
+		fi
+		kill -0 "$agent_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	cat "$state/agent.log" >&2 || true
+	die "agent did not become ready"
+}
+
+# traffic N: N requests, each on a new connection, from the client to the VIP;
+# prints how many each backend answered.
+traffic() {
+	local n=$1 i out
+	for ((i = 0; i < n; i++)); do
+		if ! out=$(on client curl -s --max-time 2 "http://$vip/"); then
+			out="(failed)"
+		fi
+		printf '%s\n' "$out"
+	done | sort | uniq -c | awk '{ printf "  %-10s %s\n", $2, $1 }'
+}
+
+# dns_change: the DNS-driven part of the demo (next issue) slots in here.
+dns_change() { :; }
+
+say "lab $id up"
+"$lab" up "$id" >/dev/null
+"$lab" backends "$id"
+# shellcheck disable=SC1090
+source "$repo_root/.lab/$id.env"
+printf '  client %s | lb %s / %s | be1..be3 %s %s %s | VIP %s:80\n' \
+	"$CLIENT" "$LB_CLIENT_IP" "$LB_BACKEND_IP" "$BE1" "$BE2" "$BE3" "$vip"
+
+say "config"
+config=$state/sluice.yaml
+write_config "$config"
+cat "$config"
+"$sluice" check -c "$config"
+
+say "sluice agent in $NS_LB"
+start_agent
+
+say "$requests requests from the client to $vip:80 (new connection each)"
+traffic "$requests"
+
+say "sluice status"
+"$sluice" status -c "$config"
+
+say "sluice conntrack"
+"$sluice" conntrack -c "$config" | head -n 20
+
+say "drain be1 ($BE1:80): new connections avoid it"
+"$sluice" drain -c "$config" web "$BE1:80"
+traffic "$requests"
+"$sluice" status -c "$config"
+
+dns_change
+
+say "done: tearing down (agent, pins $pin, lab $id)"
