@@ -1,0 +1,639 @@
+// Package pool is the backend state machine of DESIGN.md "Backend
+// lifecycle": every address of a pool is active, draining, ejected or
+// removed, with the cause, the time it got there and its deadlines.
+//
+// A pool's desired set is the union of its sources: the fixed addresses of
+// the config are the source "static", and every DNS name is a source of its
+// own, fed by the DNS watcher. The pool turns changes of those sets, operator
+// drains, ejections and the passage of time (Tick) into transitions. It is
+// pure Go with the clock passed in; the agent mirrors the states into the
+// data path and the L7 stage reads them.
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// State is the lifecycle state of an address.
+type State uint8
+
+// States. The zero value means "not known to the pool" and is only seen as
+// the From of a transition that creates an address.
+const (
+	Absent   State = iota // not known yet (only as Transition.From)
+	Active                // in the Maglev table, gets new flows
+	Draining              // no new flows; existing flows go on until none is left or the deadline
+	Ejected               // failed health or ejection thresholds: no new flows until recovered
+	Removed               // gone from the tables; flows still pinned to it get an RST
+)
+
+func (s State) String() string {
+	switch s {
+	case Absent:
+		return "absent"
+	case Active:
+		return "active"
+	case Draining:
+		return "draining"
+	case Ejected:
+		return "ejected"
+	case Removed:
+		return "removed"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// SourceStatic is the source of the fixed addresses written in the config.
+// Every other source is a DNS name.
+const SourceStatic = "static"
+
+// Causes of transitions that are not a source's name.
+const (
+	CauseConfig          = "config"           // the static source added or dropped the address
+	CauseOperator        = "operator"         // sluice drain / undrain
+	CauseNoFlows         = "no-flows"         // a draining address has no flows left
+	CauseDrainTimeout    = "drain-timeout"    // a draining address reached its deadline
+	CauseEjectionExpired = "ejection-expired" // an ejection ended; the address is back on trial
+	CauseAdopted         = "adopted"          // found in the data path when the agent started
+)
+
+// SourceCause is the cause recorded when source adds or drops an address:
+// "config" for the static source, "dns:<name>" for a DNS name.
+func SourceCause(source string) string {
+	if source == SourceStatic {
+		return CauseConfig
+	}
+	return "dns:" + source
+}
+
+// Errors returned by Drain, Undrain, Eject and Recover.
+var (
+	ErrUnknownAddress = errors.New("unknown address")
+	ErrNotActive      = errors.New("address is not active")
+	ErrNotEjected     = errors.New("address is not ejected")
+	ErrEjectionLimit  = errors.New("ejection limit reached")
+)
+
+// DefaultRemovedGrace is how long a removed address stays visible in the
+// pool (for status) when Config.RemovedGrace is 0.
+const DefaultRemovedGrace = time.Minute
+
+// Config are a pool's lifecycle settings.
+type Config struct {
+	// DrainTimeout is how long a draining address keeps its flows at most.
+	DrainTimeout time.Duration
+	// MaxEjectedPercent caps the share of the pool's serving addresses
+	// (active or ejected) that may be ejected at once, 0..100.
+	MaxEjectedPercent int
+	// RemovedGrace is how long a removed address is remembered; 0 means
+	// DefaultRemovedGrace.
+	RemovedGrace time.Duration
+}
+
+func (c Config) removedGrace() time.Duration {
+	if c.RemovedGrace <= 0 {
+		return DefaultRemovedGrace
+	}
+	return c.RemovedGrace
+}
+
+// Desired is one address a source wants in the pool.
+type Desired struct {
+	Addr   netip.AddrPort
+	Weight uint32 // 0 means 1
+	// Info describes where the address came from, e.g. the DNS answer
+	// ("A 198.18.2.11 ttl 30s at 12:00:01"); shown in status.
+	Info string
+}
+
+// Backend is a snapshot of one address of a pool.
+type Backend struct {
+	Addr   netip.AddrPort
+	State  State
+	Cause  string    // why it is in State
+	Since  time.Time // when it got into State
+	Weight uint32
+	// Source is the source the address is taken from ("static" or a DNS
+	// name; "" when no source lists it any more) and Info what it said.
+	Source string
+	Info   string
+	// Desired is whether any source lists the address.
+	Desired bool
+	// Held is set by an operator drain and cleared by Undrain: the address
+	// does not go back to active while it is set.
+	Held bool
+	// DrainDeadline is when a draining address is removed even with flows
+	// (zero unless Draining).
+	DrainDeadline time.Time
+	// EjectedUntil is when an ejected address is tried again (zero unless Ejected).
+	EjectedUntil time.Time
+	// Ejections counts ejections since the last recovery, for backoff.
+	Ejections int
+	// Flows is the number of active flows seen at the last Tick.
+	Flows int
+	// Slot is the data path backend slot the agent gave the address (0: none).
+	Slot uint32
+}
+
+// Transition is one state change of one address.
+type Transition struct {
+	Pool     string
+	Addr     netip.AddrPort
+	From, To State
+	Cause    string
+	At       time.Time
+}
+
+// Observer receives every transition, after the pool's lock is released. It
+// must not block for long.
+type Observer func(Transition)
+
+type entry struct {
+	Backend
+	adopted bool // taken from the data path at start, not yet claimed by a source
+}
+
+// Pool holds the addresses of one pool. It is safe for concurrent use.
+type Pool struct {
+	name    string
+	log     *slog.Logger
+	observe Observer
+
+	mu       sync.Mutex
+	cfg      Config
+	sources  map[string]map[netip.AddrPort]Desired
+	expected map[string]bool // sources the pool is made of; nil: just those that reported
+	entries  map[netip.AddrPort]*entry
+}
+
+// New returns an empty pool. log and observe may be nil.
+func New(name string, cfg Config, log *slog.Logger, observe Observer) *Pool {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Pool{
+		name:    name,
+		log:     log,
+		observe: observe,
+		cfg:     cfg,
+		sources: make(map[string]map[netip.AddrPort]Desired),
+		entries: make(map[netip.AddrPort]*entry),
+	}
+}
+
+// Name is the pool's name.
+func (p *Pool) Name() string { return p.name }
+
+// Config returns the pool's settings.
+func (p *Pool) Config() Config {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cfg
+}
+
+// SetConfig replaces the pool's settings (on reload). Deadlines already set
+// are kept; new ones use the new values.
+func (p *Pool) SetConfig(cfg Config) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cfg = cfg
+}
+
+// transitions collects the changes of one call, delivered on unlock.
+type transitions []Transition
+
+func (p *Pool) deliver(ts transitions) {
+	for _, t := range ts {
+		p.log.Info("backend state", "pool", t.Pool, "address", t.Addr.String(),
+			"from", t.From.String(), "to", t.To.String(), "cause", t.Cause)
+		if p.observe != nil {
+			p.observe(t)
+		}
+	}
+}
+
+// move changes e's state and records the transition. Called with mu held.
+func (p *Pool) move(ts *transitions, now time.Time, e *entry, to State, cause string) {
+	from := e.State
+	if from == to {
+		return
+	}
+	e.State = to
+	e.Cause = cause
+	e.Since = now
+	e.DrainDeadline = time.Time{}
+	e.EjectedUntil = time.Time{}
+	switch to {
+	case Draining:
+		e.DrainDeadline = now.Add(p.cfg.DrainTimeout)
+	case Removed:
+		e.Flows = 0
+	}
+	*ts = append(*ts, Transition{Pool: p.name, Addr: e.Addr, From: from, To: to, Cause: cause, At: now})
+}
+
+// Expect declares the sources the pool is made of (on start and reload).
+// Sources no longer expected are dropped, so their addresses drain.
+// Addresses adopted from the data path are left alone until every expected
+// source has reported once: a restarted agent does not drain an address
+// only because its DNS name has not been resolved yet.
+func (p *Pool) Expect(now time.Time, sources []string) {
+	p.mu.Lock()
+	var ts transitions
+	p.expected = make(map[string]bool, len(sources))
+	for _, s := range sources {
+		p.expected[s] = true
+	}
+	var cause string
+	for s := range p.sources {
+		if !p.expected[s] {
+			delete(p.sources, s)
+			cause = SourceCause(s)
+		}
+	}
+	if cause == "" {
+		cause = CauseConfig
+	}
+	p.evaluate(&ts, now, cause)
+	p.mu.Unlock()
+	p.deliver(ts)
+}
+
+// SetSource replaces the addresses one source wants. An empty list drops
+// the source. New addresses become active; addresses no source wants any
+// more start draining (cause: SourceCause(source)); a draining address
+// wanted again is active again unless an operator drained it.
+func (p *Pool) SetSource(now time.Time, source string, addrs []Desired) {
+	p.mu.Lock()
+	var ts transitions
+	if len(addrs) == 0 {
+		delete(p.sources, source)
+		// Remember that it reported, so adopted addresses are not kept for it.
+		if p.expected != nil && p.expected[source] {
+			p.sources[source] = map[netip.AddrPort]Desired{}
+		}
+	} else {
+		set := make(map[netip.AddrPort]Desired, len(addrs))
+		for _, d := range addrs {
+			if d.Weight == 0 {
+				d.Weight = 1
+			}
+			set[d.Addr] = d
+		}
+		p.sources[source] = set
+	}
+	p.evaluate(&ts, now, SourceCause(source))
+	p.mu.Unlock()
+	p.deliver(ts)
+}
+
+// Sources lists the sources that reported, sorted.
+func (p *Pool) Sources() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]string, 0, len(p.sources))
+	for s := range p.sources {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// allReported is whether every expected source has reported. Called with mu held.
+func (p *Pool) allReported() bool {
+	for s := range p.expected {
+		if _, ok := p.sources[s]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// want returns the desired entry for addr: the static source wins, then
+// the first source by name. Called with mu held.
+func (p *Pool) want(addr netip.AddrPort) (Desired, string, bool) {
+	if d, ok := p.sources[SourceStatic][addr]; ok {
+		return d, SourceStatic, true
+	}
+	var (
+		best  Desired
+		bestS string
+		found bool
+	)
+	for s, set := range p.sources {
+		if d, ok := set[addr]; ok && (!found || s < bestS) {
+			best, bestS, found = d, s, true
+		}
+	}
+	return best, bestS, found
+}
+
+// evaluate applies the desired sets to every entry. cause is the cause of
+// additions and drops made now. Called with mu held.
+func (p *Pool) evaluate(ts *transitions, now time.Time, cause string) {
+	seen := make(map[netip.AddrPort]bool)
+	for _, set := range p.sources {
+		for addr := range set {
+			if seen[addr] {
+				continue
+			}
+			seen[addr] = true
+			d, src, _ := p.want(addr)
+			e, ok := p.entries[addr]
+			if !ok {
+				e = &entry{Backend: Backend{Addr: addr}}
+				p.entries[addr] = e
+			}
+			e.Desired = true
+			e.adopted = false
+			e.Weight = d.Weight
+			e.Source = src
+			e.Info = d.Info
+			switch {
+			case e.Held:
+				// An operator drain sticks until Undrain.
+			case e.State == Absent, e.State == Removed, e.State == Draining:
+				p.move(ts, now, e, Active, SourceCause(src))
+			}
+		}
+	}
+	settled := p.allReported()
+	for addr, e := range p.entries {
+		if seen[addr] {
+			continue
+		}
+		if e.adopted && !settled {
+			continue
+		}
+		e.Desired = false
+		e.adopted = false
+		e.Source = ""
+		switch e.State {
+		case Active, Ejected:
+			p.move(ts, now, e, Draining, cause)
+		}
+	}
+}
+
+// Adopt seeds the pool with an address found in the data path when the
+// agent starts, before sources report. An active or ejected address keeps
+// its state; a draining one is taken as operator-drained (the data path
+// cannot tell why it drains, and an operator's drain must survive a
+// restart), with a fresh deadline. Anything else is ignored, as is an
+// address the pool already has.
+func (p *Pool) Adopt(now time.Time, addr netip.AddrPort, state State, weight uint32, ejectedUntil time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.entries[addr]; ok {
+		return
+	}
+	if weight == 0 {
+		weight = 1
+	}
+	e := &entry{Backend: Backend{Addr: addr, State: state, Cause: CauseAdopted, Since: now, Weight: weight}, adopted: true}
+	switch state {
+	case Active:
+	case Ejected:
+		e.EjectedUntil = ejectedUntil
+	case Draining:
+		e.Held = true
+		e.DrainDeadline = now.Add(p.cfg.DrainTimeout)
+	default:
+		return
+	}
+	p.entries[addr] = e
+	p.log.Info("backend adopted", "pool", p.name, "address", addr.String(), "state", state.String())
+}
+
+// Drain takes an address out of rotation on an operator's request: it
+// drains like an address its source dropped, and stays out (even once
+// removed) until Undrain.
+func (p *Pool) Drain(now time.Time, addr netip.AddrPort) error {
+	p.mu.Lock()
+	var ts transitions
+	e, ok := p.entries[addr]
+	if !ok {
+		p.mu.Unlock()
+		return fmt.Errorf("pool %s: drain %s: %w", p.name, addr, ErrUnknownAddress)
+	}
+	e.Held = true
+	switch e.State {
+	case Active, Ejected:
+		p.move(&ts, now, e, Draining, CauseOperator)
+	}
+	p.mu.Unlock()
+	p.deliver(ts)
+	return nil
+}
+
+// Undrain ends an operator drain: the address is active again if a source
+// still wants it (a new one if it was already removed).
+func (p *Pool) Undrain(now time.Time, addr netip.AddrPort) error {
+	p.mu.Lock()
+	var ts transitions
+	e, ok := p.entries[addr]
+	if !ok {
+		p.mu.Unlock()
+		return fmt.Errorf("pool %s: undrain %s: %w", p.name, addr, ErrUnknownAddress)
+	}
+	if e.Held {
+		e.Held = false
+		if e.Desired && (e.State == Draining || e.State == Removed) {
+			p.move(&ts, now, e, Active, CauseOperator)
+		}
+	}
+	p.mu.Unlock()
+	p.deliver(ts)
+	return nil
+}
+
+// Eject takes an active address out of rotation until the given time
+// (passive ejection, failed health checks). An ejected address can be
+// ejected again to move its time. Ejecting more than MaxEjectedPercent of
+// the addresses that serve (active or ejected) is refused with
+// ErrEjectionLimit, so the pool is never emptied this way.
+func (p *Pool) Eject(now time.Time, addr netip.AddrPort, until time.Time, cause string) error {
+	p.mu.Lock()
+	var ts transitions
+	e, ok := p.entries[addr]
+	if !ok {
+		p.mu.Unlock()
+		return fmt.Errorf("pool %s: eject %s: %w", p.name, addr, ErrUnknownAddress)
+	}
+	switch e.State {
+	case Ejected:
+		e.EjectedUntil = until
+		e.Cause = cause
+		e.Ejections++
+		p.mu.Unlock()
+		p.log.Info("backend ejection extended", "pool", p.name, "address", addr.String(), "until", until, "cause", cause)
+		return nil
+	case Active:
+	default:
+		st := e.State
+		p.mu.Unlock()
+		return fmt.Errorf("pool %s: eject %s (%s): %w", p.name, addr, st, ErrNotActive)
+	}
+	serving, ejected := 0, 0
+	for _, o := range p.entries {
+		switch o.State {
+		case Active:
+			serving++
+		case Ejected:
+			serving++
+			ejected++
+		}
+	}
+	if (ejected+1)*100 > p.cfg.MaxEjectedPercent*serving {
+		pct := p.cfg.MaxEjectedPercent
+		p.mu.Unlock()
+		p.log.Warn("backend ejection refused", "pool", p.name, "address", addr.String(), "cause", cause,
+			"ejected", ejected, "serving", serving, "max_ejected_percent", pct)
+		return fmt.Errorf("pool %s: eject %s: %d of %d already ejected, max %d%%: %w",
+			p.name, addr, ejected, serving, pct, ErrEjectionLimit)
+	}
+	p.move(&ts, now, e, Ejected, cause)
+	e.EjectedUntil = until
+	e.Ejections++
+	p.mu.Unlock()
+	p.deliver(ts)
+	return nil
+}
+
+// Recover brings an ejected address back at once (e.g. `rise` passing
+// health checks, a successful trial) and resets its ejection count.
+func (p *Pool) Recover(now time.Time, addr netip.AddrPort, cause string) error {
+	p.mu.Lock()
+	var ts transitions
+	e, ok := p.entries[addr]
+	if !ok {
+		p.mu.Unlock()
+		return fmt.Errorf("pool %s: recover %s: %w", p.name, addr, ErrUnknownAddress)
+	}
+	e.Ejections = 0
+	if e.State != Ejected {
+		p.mu.Unlock()
+		return nil
+	}
+	p.move(&ts, now, e, Active, cause)
+	p.mu.Unlock()
+	p.deliver(ts)
+	return nil
+}
+
+// Tick applies time and flow counts. activeFlows counts the live flows of
+// each address; nil means the counts are unknown (reading them failed), so
+// only deadlines apply. A draining address with no flow is removed
+// ("no-flows"), one past its deadline is removed even with flows
+// ("drain-timeout"); an ejected address past its time is active again on
+// trial; removed addresses are forgotten after the removed grace, unless an
+// operator still holds an address a source wants.
+func (p *Pool) Tick(now time.Time, activeFlows map[netip.AddrPort]int) {
+	p.mu.Lock()
+	var ts transitions
+	grace := p.cfg.removedGrace()
+	for addr, e := range p.entries {
+		n, known := 0, activeFlows != nil
+		if known {
+			n = activeFlows[addr]
+			e.Flows = n
+		}
+		switch e.State {
+		case Draining:
+			switch {
+			case known && n == 0:
+				p.move(&ts, now, e, Removed, CauseNoFlows)
+			case !now.Before(e.DrainDeadline):
+				p.move(&ts, now, e, Removed, CauseDrainTimeout)
+			}
+		case Ejected:
+			if !e.EjectedUntil.IsZero() && !now.Before(e.EjectedUntil) {
+				p.move(&ts, now, e, Active, CauseEjectionExpired)
+			}
+		case Removed:
+			if e.Held && e.Desired {
+				continue
+			}
+			if now.Sub(e.Since) >= grace {
+				delete(p.entries, addr)
+				p.log.Debug("backend forgotten", "pool", p.name, "address", addr.String())
+			}
+		}
+	}
+	p.mu.Unlock()
+	p.deliver(ts)
+}
+
+// SetSlot records the data path slot the agent gave an address (0: none).
+func (p *Pool) SetSlot(addr netip.AddrPort, slot uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e, ok := p.entries[addr]; ok {
+		e.Slot = slot
+	}
+}
+
+// Backend returns one address.
+func (p *Pool) Backend(addr netip.AddrPort) (Backend, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.entries[addr]
+	if !ok {
+		return Backend{}, false
+	}
+	return e.Backend, true
+}
+
+// Backends returns every address the pool knows, sorted by address.
+func (p *Pool) Backends() []Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]Backend, 0, len(p.entries))
+	for _, e := range p.entries {
+		out = append(out, e.Backend)
+	}
+	slices.SortFunc(out, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
+	return out
+}
+
+// Active returns the addresses that get new flows, sorted by address.
+func (p *Pool) Active() []Backend {
+	all := p.Backends()
+	out := all[:0]
+	for _, b := range all {
+		if b.State == Active {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// Empty is whether the pool has no source and no address left: a pool
+// dropped from the config can be forgotten then.
+func (p *Pool) Empty() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, set := range p.sources {
+		if len(set) > 0 {
+			return false
+		}
+	}
+	return len(p.entries) == 0
+}
+
+// Counts returns how many addresses are in each state.
+func (p *Pool) Counts() map[State]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[State]int, 4)
+	for _, e := range p.entries {
+		out[e.State]++
+	}
+	return out
+}

@@ -1,0 +1,526 @@
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	a1 = netip.MustParseAddrPort("198.18.2.11:80")
+	a2 = netip.MustParseAddrPort("198.18.2.12:80")
+	a3 = netip.MustParseAddrPort("198.18.2.13:80")
+	a4 = netip.MustParseAddrPort("198.18.2.14:80")
+)
+
+func at(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+
+func want(addrs ...netip.AddrPort) []Desired {
+	out := make([]Desired, len(addrs))
+	for i, a := range addrs {
+		out[i] = Desired{Addr: a, Weight: 1}
+	}
+	return out
+}
+
+// step is one action on the pool at a given second.
+type step struct {
+	at int
+	do func(p *Pool, now time.Time) error
+	// err, when set, must be matched by errors.Is.
+	err error
+}
+
+func static(addrs ...netip.AddrPort) func(*Pool, time.Time) error {
+	return func(p *Pool, now time.Time) error { p.SetSource(now, SourceStatic, want(addrs...)); return nil }
+}
+
+func dns(name string, addrs ...netip.AddrPort) func(*Pool, time.Time) error {
+	return func(p *Pool, now time.Time) error { p.SetSource(now, name, want(addrs...)); return nil }
+}
+
+func tick(flows map[netip.AddrPort]int) func(*Pool, time.Time) error {
+	return func(p *Pool, now time.Time) error { p.Tick(now, flows); return nil }
+}
+
+func drain(a netip.AddrPort) func(*Pool, time.Time) error {
+	return func(p *Pool, now time.Time) error { return p.Drain(now, a) }
+}
+
+func undrain(a netip.AddrPort) func(*Pool, time.Time) error {
+	return func(p *Pool, now time.Time) error { return p.Undrain(now, a) }
+}
+
+func eject(a netip.AddrPort, secs int) func(*Pool, time.Time) error {
+	return func(p *Pool, now time.Time) error {
+		return p.Eject(now, a, now.Add(time.Duration(secs)*time.Second), "ejection")
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	cfg := Config{DrainTimeout: 30 * time.Second, MaxEjectedPercent: 50, RemovedGrace: time.Minute}
+	tests := []struct {
+		name  string
+		steps []step
+		// trans are the expected transitions, "addr from>to cause".
+		trans []string
+		// final states by address; an address missing from the pool is "gone".
+		final map[netip.AddrPort]string
+	}{
+		{
+			name:  "new addresses are active",
+			steps: []step{{at: 0, do: static(a1, a2)}},
+			trans: []string{"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config"},
+			final: map[netip.AddrPort]string{a1: "active", a2: "active"},
+		},
+		{
+			name: "dropped address drains, then removed when its flows end",
+			steps: []step{
+				{at: 0, do: static(a1, a2)},
+				{at: 1, do: static(a1)},
+				{at: 2, do: tick(map[netip.AddrPort]int{a2: 3})},
+				{at: 5, do: tick(map[netip.AddrPort]int{a2: 0})},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.12:80 active>draining config",
+				"198.18.2.12:80 draining>removed no-flows",
+			},
+			final: map[netip.AddrPort]string{a1: "active", a2: "removed"},
+		},
+		{
+			name: "drain timeout removes even with flows",
+			steps: []step{
+				{at: 0, do: static(a1)},
+				{at: 1, do: static()},
+				{at: 30, do: tick(map[netip.AddrPort]int{a1: 3})},
+				{at: 31, do: tick(map[netip.AddrPort]int{a1: 3})},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config",
+				"198.18.2.11:80 active>draining config",
+				"198.18.2.11:80 draining>removed drain-timeout",
+			},
+			final: map[netip.AddrPort]string{a1: "removed"},
+		},
+		{
+			name: "unknown flow counts only apply deadlines",
+			steps: []step{
+				{at: 0, do: static(a1)},
+				{at: 1, do: static()},
+				{at: 2, do: tick(nil)},
+			},
+			trans: []string{"198.18.2.11:80 absent>active config", "198.18.2.11:80 active>draining config"},
+			final: map[netip.AddrPort]string{a1: "draining"},
+		},
+		{
+			name: "removed address forgotten after the grace",
+			steps: []step{
+				{at: 0, do: static(a1)},
+				{at: 1, do: static()},
+				{at: 2, do: tick(map[netip.AddrPort]int{})},
+				{at: 61, do: tick(map[netip.AddrPort]int{})},
+				{at: 62, do: tick(map[netip.AddrPort]int{})},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config",
+				"198.18.2.11:80 active>draining config",
+				"198.18.2.11:80 draining>removed no-flows",
+			},
+			final: map[netip.AddrPort]string{a1: "gone"},
+		},
+		{
+			name: "DNS returns a draining address: active again",
+			steps: []step{
+				{at: 0, do: dns("backend.lab", a1, a2)},
+				{at: 1, do: dns("backend.lab", a2)},
+				{at: 2, do: tick(map[netip.AddrPort]int{a1: 1})},
+				{at: 3, do: dns("backend.lab", a1, a2)},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active dns:backend.lab", "198.18.2.12:80 absent>active dns:backend.lab",
+				"198.18.2.11:80 active>draining dns:backend.lab",
+				"198.18.2.11:80 draining>active dns:backend.lab",
+			},
+			final: map[netip.AddrPort]string{a1: "active", a2: "active"},
+		},
+		{
+			name: "union of sources: dropped by one, kept by another",
+			steps: []step{
+				{at: 0, do: static(a1)},
+				{at: 0, do: dns("backend.lab", a1, a2)},
+				{at: 1, do: dns("backend.lab", a2)},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config",
+				"198.18.2.12:80 absent>active dns:backend.lab",
+			},
+			final: map[netip.AddrPort]string{a1: "active", a2: "active"},
+		},
+		{
+			name: "operator drain sticks while desired, undrain restores",
+			steps: []step{
+				{at: 0, do: static(a1, a2)},
+				{at: 1, do: drain(a1)},
+				{at: 2, do: static(a1, a2)},
+				{at: 3, do: tick(map[netip.AddrPort]int{a1: 2})},
+				{at: 4, do: undrain(a1)},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.11:80 active>draining operator",
+				"198.18.2.11:80 draining>active operator",
+			},
+			final: map[netip.AddrPort]string{a1: "active", a2: "active"},
+		},
+		{
+			name: "operator drain runs to removal and stays until undrain",
+			steps: []step{
+				{at: 0, do: static(a1, a2)},
+				{at: 1, do: drain(a1)},
+				{at: 2, do: tick(map[netip.AddrPort]int{a1: 0})},
+				{at: 100, do: tick(map[netip.AddrPort]int{})},
+				{at: 101, do: static(a1, a2)},
+				{at: 102, do: undrain(a1)},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.11:80 active>draining operator",
+				"198.18.2.11:80 draining>removed no-flows",
+				"198.18.2.11:80 removed>active operator",
+			},
+			final: map[netip.AddrPort]string{a1: "active", a2: "active"},
+		},
+		{
+			name: "undrain of an address no source wants keeps it draining",
+			steps: []step{
+				{at: 0, do: static(a1, a2)},
+				{at: 1, do: drain(a1)},
+				{at: 2, do: static(a2)},
+				{at: 3, do: undrain(a1)},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.11:80 active>draining operator",
+			},
+			final: map[netip.AddrPort]string{a1: "draining", a2: "active"},
+		},
+		{
+			name: "drain of an unknown address",
+			steps: []step{
+				{at: 0, do: static(a1)},
+				{at: 1, do: drain(a2), err: ErrUnknownAddress},
+				{at: 1, do: undrain(a2), err: ErrUnknownAddress},
+			},
+			trans: []string{"198.18.2.11:80 absent>active config"},
+			final: map[netip.AddrPort]string{a1: "active"},
+		},
+		{
+			name: "ejection and trial after its time",
+			steps: []step{
+				{at: 0, do: static(a1, a2)},
+				{at: 1, do: eject(a1, 10)},
+				{at: 10, do: tick(map[netip.AddrPort]int{})},
+				{at: 11, do: tick(map[netip.AddrPort]int{})},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.11:80 active>ejected ejection",
+				"198.18.2.11:80 ejected>active ejection-expired",
+			},
+			final: map[netip.AddrPort]string{a1: "active", a2: "active"},
+		},
+		{
+			name: "max ejected percent: second of two refused",
+			steps: []step{
+				{at: 0, do: static(a1, a2)},
+				{at: 1, do: eject(a1, 10)},
+				{at: 2, do: eject(a2, 10), err: ErrEjectionLimit},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.11:80 active>ejected ejection",
+			},
+			final: map[netip.AddrPort]string{a1: "ejected", a2: "active"},
+		},
+		{
+			name: "max ejected percent: a single backend is never ejected",
+			steps: []step{
+				{at: 0, do: static(a1)},
+				{at: 1, do: eject(a1, 10), err: ErrEjectionLimit},
+			},
+			trans: []string{"198.18.2.11:80 absent>active config"},
+			final: map[netip.AddrPort]string{a1: "active"},
+		},
+		{
+			name: "max ejected percent: two of four",
+			steps: []step{
+				{at: 0, do: static(a1, a2, a3, a4)},
+				{at: 1, do: eject(a1, 10)},
+				{at: 1, do: eject(a2, 10)},
+				{at: 1, do: eject(a3, 10), err: ErrEjectionLimit},
+				{at: 1, do: eject(a1, 20)}, // re-ejection moves the time, no limit check
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.13:80 absent>active config", "198.18.2.14:80 absent>active config",
+				"198.18.2.11:80 active>ejected ejection",
+				"198.18.2.12:80 active>ejected ejection",
+			},
+			final: map[netip.AddrPort]string{a1: "ejected", a2: "ejected", a3: "active", a4: "active"},
+		},
+		{
+			name: "draining address cannot be ejected",
+			steps: []step{
+				{at: 0, do: static(a1, a2, a3)},
+				{at: 1, do: drain(a1)},
+				{at: 2, do: eject(a1, 10), err: ErrNotActive},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.13:80 absent>active config",
+				"198.18.2.11:80 active>draining operator",
+			},
+			final: map[netip.AddrPort]string{a1: "draining", a2: "active", a3: "active"},
+		},
+		{
+			name: "ejected address dropped by its source drains",
+			steps: []step{
+				{at: 0, do: static(a1, a2)},
+				{at: 1, do: eject(a1, 100)},
+				{at: 2, do: static(a2)},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.11:80 active>ejected ejection",
+				"198.18.2.11:80 ejected>draining config",
+			},
+			final: map[netip.AddrPort]string{a1: "draining", a2: "active"},
+		},
+		{
+			name: "ejected address stays ejected when its source lists it again",
+			steps: []step{
+				{at: 0, do: static(a1, a2)},
+				{at: 1, do: eject(a1, 100)},
+				{at: 2, do: static(a1, a2)},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active config", "198.18.2.12:80 absent>active config",
+				"198.18.2.11:80 active>ejected ejection",
+			},
+			final: map[netip.AddrPort]string{a1: "ejected", a2: "active"},
+		},
+		{
+			name: "removed address returned by DNS is active again",
+			steps: []step{
+				{at: 0, do: dns("backend.lab", a1)},
+				{at: 1, do: dns("backend.lab", a2)},
+				{at: 2, do: tick(map[netip.AddrPort]int{})},
+				{at: 3, do: dns("backend.lab", a1)},
+			},
+			trans: []string{
+				"198.18.2.11:80 absent>active dns:backend.lab",
+				"198.18.2.11:80 active>draining dns:backend.lab",
+				"198.18.2.12:80 absent>active dns:backend.lab",
+				"198.18.2.11:80 draining>removed no-flows",
+				"198.18.2.12:80 active>draining dns:backend.lab",
+				"198.18.2.11:80 removed>active dns:backend.lab",
+			},
+			final: map[netip.AddrPort]string{a1: "active", a2: "draining"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			p := New("web", cfg, nil, func(tr Transition) {
+				if tr.Pool != "web" {
+					t.Errorf("transition of pool %q", tr.Pool)
+				}
+				got = append(got, fmt.Sprintf("%s %s>%s %s", tr.Addr, tr.From, tr.To, tr.Cause))
+			})
+			for i, s := range tc.steps {
+				err := s.do(p, at(s.at))
+				if s.err == nil && err != nil {
+					t.Fatalf("step %d: %v", i, err)
+				}
+				if s.err != nil && !errors.Is(err, s.err) {
+					t.Fatalf("step %d: err = %v, want %v", i, err, s.err)
+				}
+			}
+			// One call may move several addresses in map order, so only
+			// the order per address is compared.
+			if !sameTransitions(got, tc.trans) {
+				t.Errorf("transitions:\n got  %s\n want %s", strings.Join(got, "\n      "), strings.Join(tc.trans, "\n      "))
+			}
+			for a, st := range tc.final {
+				b, ok := p.Backend(a)
+				gotSt := "gone"
+				if ok {
+					gotSt = b.State.String()
+				}
+				if gotSt != st {
+					t.Errorf("%s: state %s, want %s", a, gotSt, st)
+				}
+			}
+		})
+	}
+}
+
+// sameTransitions compares transition logs: the same transitions, in the
+// same order for each address.
+func sameTransitions(got, want []string) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	byAddr := func(l []string) map[string][]string {
+		m := make(map[string][]string)
+		for _, s := range l {
+			a, _, _ := strings.Cut(s, " ")
+			m[a] = append(m[a], s)
+		}
+		return m
+	}
+	g, w := byAddr(got), byAddr(want)
+	if len(g) != len(w) {
+		return false
+	}
+	for a, l := range w {
+		if !slices.Equal(g[a], l) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestDrainDeadlineAndFields(t *testing.T) {
+	p := New("web", Config{DrainTimeout: 30 * time.Second, MaxEjectedPercent: 50}, nil, nil)
+	p.SetSource(at(0), SourceStatic, []Desired{{Addr: a1, Weight: 3, Info: "config line 7"}, {Addr: a2}})
+	p.SetSource(at(5), SourceStatic, want(a2))
+	b, _ := p.Backend(a1)
+	if b.State != Draining || !b.DrainDeadline.Equal(at(35)) || !b.Since.Equal(at(5)) || b.Cause != CauseConfig {
+		t.Fatalf("a1 = %+v", b)
+	}
+	if b.Desired || b.Source != "" {
+		t.Fatalf("a1 still desired: %+v", b)
+	}
+	b2, _ := p.Backend(a2)
+	if b2.Weight != 1 || b2.Source != SourceStatic || !b2.Desired {
+		t.Fatalf("a2 = %+v", b2)
+	}
+	act := p.Active()
+	if len(act) != 1 || act[0].Addr != a2 {
+		t.Fatalf("active = %+v", act)
+	}
+	p.SetSlot(a2, 7)
+	if b2, _ := p.Backend(a2); b2.Slot != 7 {
+		t.Fatalf("slot = %d", b2.Slot)
+	}
+	p.Tick(at(6), map[netip.AddrPort]int{a1: 4, a2: 9})
+	if b, _ := p.Backend(a2); b.Flows != 9 {
+		t.Fatalf("flows = %d", b.Flows)
+	}
+	c := p.Counts()
+	if c[Active] != 1 || c[Draining] != 1 {
+		t.Fatalf("counts = %v", c)
+	}
+}
+
+func TestStaticWinsWeight(t *testing.T) {
+	p := New("web", Config{DrainTimeout: time.Second}, nil, nil)
+	p.SetSource(at(0), "b.lab", []Desired{{Addr: a1, Weight: 5}})
+	p.SetSource(at(0), "a.lab", []Desired{{Addr: a1, Weight: 4}})
+	if b, _ := p.Backend(a1); b.Source != "a.lab" || b.Weight != 4 {
+		t.Fatalf("a1 = %+v", b)
+	}
+	p.SetSource(at(0), SourceStatic, []Desired{{Addr: a1, Weight: 2}})
+	if b, _ := p.Backend(a1); b.Source != SourceStatic || b.Weight != 2 {
+		t.Fatalf("a1 = %+v", b)
+	}
+	if got := p.Sources(); !slices.Equal(got, []string{"a.lab", "b.lab", SourceStatic}) {
+		t.Fatalf("sources = %v", got)
+	}
+}
+
+func TestAdoptWaitsForExpectedSources(t *testing.T) {
+	p := New("web", Config{DrainTimeout: 30 * time.Second}, nil, nil)
+	p.Adopt(at(0), a1, Active, 1, time.Time{})   // from static
+	p.Adopt(at(0), a2, Active, 1, time.Time{})   // from backend.lab, not resolved yet
+	p.Adopt(at(0), a3, Draining, 1, time.Time{}) // drained by an operator before the restart
+	p.Adopt(at(0), a4, Removed, 1, time.Time{})  // ignored
+	p.Adopt(at(0), a1, Ejected, 1, at(100))      // already known: ignored
+	p.Expect(at(0), []string{SourceStatic, "backend.lab"})
+	p.SetSource(at(0), SourceStatic, want(a1, a3))
+	for a, st := range map[netip.AddrPort]State{a1: Active, a2: Active, a3: Draining} {
+		if b, _ := p.Backend(a); b.State != st {
+			t.Errorf("%s = %s, want %s", a, b.State, st)
+		}
+	}
+	if _, ok := p.Backend(a4); ok {
+		t.Errorf("removed slot adopted")
+	}
+	if b, _ := p.Backend(a3); !b.Held {
+		t.Errorf("adopted draining address not held: %+v", b)
+	}
+	// The DNS name resolves without a2: now it drains.
+	p.SetSource(at(1), "backend.lab", want(a4))
+	if b, _ := p.Backend(a2); b.State != Draining || b.Cause != "dns:backend.lab" {
+		t.Errorf("a2 = %+v", b)
+	}
+	if b, _ := p.Backend(a4); b.State != Active {
+		t.Errorf("a4 = %+v", b)
+	}
+}
+
+func TestExpectDropsSource(t *testing.T) {
+	p := New("web", Config{DrainTimeout: 30 * time.Second}, nil, nil)
+	p.Expect(at(0), []string{SourceStatic, "backend.lab"})
+	p.SetSource(at(0), SourceStatic, want(a1))
+	p.SetSource(at(0), "backend.lab", want(a2))
+	p.Expect(at(1), []string{SourceStatic})
+	if b, _ := p.Backend(a2); b.State != Draining || b.Cause != "dns:backend.lab" {
+		t.Fatalf("a2 = %+v", b)
+	}
+	p.Expect(at(2), nil)
+	p.SetSource(at(2), SourceStatic, nil)
+	if b, _ := p.Backend(a1); b.State != Draining {
+		t.Fatalf("a1 = %+v", b)
+	}
+	if p.Empty() {
+		t.Fatal("empty while addresses drain")
+	}
+	p.Tick(at(3), map[netip.AddrPort]int{})
+	p.Tick(at(100), map[netip.AddrPort]int{})
+	if !p.Empty() {
+		t.Fatalf("not empty: %+v", p.Backends())
+	}
+}
+
+func TestRecoverResetsEjections(t *testing.T) {
+	p := New("web", Config{DrainTimeout: time.Second, MaxEjectedPercent: 100}, nil, nil)
+	p.SetSource(at(0), SourceStatic, want(a1, a2))
+	if err := p.Eject(at(1), a1, at(11), "health"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Eject(at(2), a1, at(22), "health"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := p.Backend(a1)
+	if b.Ejections != 2 || !b.EjectedUntil.Equal(at(22)) {
+		t.Fatalf("a1 = %+v", b)
+	}
+	if err := p.Recover(at(3), a1, "health"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = p.Backend(a1)
+	if b.State != Active || b.Ejections != 0 || b.Cause != "health" {
+		t.Fatalf("a1 = %+v", b)
+	}
+	if err := p.Recover(at(3), a4, "health"); !errors.Is(err, ErrUnknownAddress) {
+		t.Fatalf("err = %v", err)
+	}
+}
