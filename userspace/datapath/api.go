@@ -115,9 +115,15 @@ type Flow struct {
 
 // ServiceStats are a service's counters summed over CPUs.
 type ServiceStats struct {
-	Packets, Bytes, NewFlows           uint64
-	RSTNoBackend, RSTRemovedBackend    uint64
-	DropsUDPNoBackend, DropsRemovedUDP uint64
+	Packets, Bytes, NewFlows uint64
+	// RSTNoBackend counts new TCP flows answered with an RST: empty table.
+	RSTNoBackend uint64
+	// RSTRemovedBackend counts packets of flows pinned to a removed backend.
+	RSTRemovedBackend uint64
+	// DropNoBackend and DropRemovedBackend are the UDP equivalents.
+	DropNoBackend, DropRemovedBackend uint64
+	// Fragments to the VIP, passed to the kernel.
+	Fragments uint64
 }
 
 // BackendStats are a backend slot's counters summed over CPUs.
@@ -125,11 +131,16 @@ type BackendStats struct {
 	Packets, Bytes, NewFlows uint64
 }
 
-// GlobalStats are counters not tied to a service.
+// GlobalStats are counters not tied to a service, summed over CPUs.
 type GlobalStats struct {
-	PassedNotOurs, PassedFragment, PassedNoNeigh uint64
-	Truncated, FIBFailures, RepliesTranslated    uint64
-	ConntrackFull                                uint64
+	PassedNotOurs     uint64 // not a VIP, not a reply: passed untouched
+	PassedNoNeigh     uint64 // rewritten, next hop unresolved: kernel forwards
+	FIBFailures       uint64 // rewritten, no route: handed to the kernel
+	Malformed         uint64 // truncated/bad headers, passed to the kernel
+	RepliesTranslated uint64
+	CTUpdateFailures  uint64
+	Redirected        uint64
+	RSTSent           uint64
 }
 
 // Map is what the agent needs from the data path. Implementations are safe

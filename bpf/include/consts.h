@@ -1,0 +1,43 @@
+/* Constants and enums shared by the data path and the agent (exported to Go
+ * through bpf2go -type, never mirrored by hand). */
+#pragma once
+
+#define MAX_SERVICES 1024   /* service ids 1..1023; 0 means "none" */
+#define MAX_BACKENDS 4096   /* backend slots 1..4095; 0 means "none" */
+#define MAGLEV_PROBES 8     /* table slots tried when a slot's backend just left */
+
+#define ETH_P_IP_BE   0x0008 /* htons(ETH_P_IP) on little-endian hosts */
+#define IP_MF         0x2000
+#define IP_OFFMASK    0x1fff
+
+/* State of a backend slot. Only ACTIVE backends take new flows (the agent
+ * builds Maglev tables from them); DRAINING and EJECTED keep their existing
+ * flows; REMOVED (or a generation mismatch) makes packets of pinned flows get
+ * a TCP RST so clients reconnect at once. */
+enum backend_state {
+	BACKEND_FREE = 0,
+	BACKEND_ACTIVE = 1,
+	BACKEND_DRAINING = 2,
+	BACKEND_EJECTED = 3,
+	BACKEND_REMOVED = 4,
+};
+
+/* TCP state of a flow; it picks the idle timeout. */
+enum ct_state {
+	CT_NEW = 0,
+	CT_SYN_SENT = 1,
+	CT_ESTABLISHED = 2,
+	CT_CLOSING = 3,
+	CT_UDP = 4,
+};
+
+/* ct_value.flags */
+enum ct_flags {
+	CT_F_REPLY = 1, /* reverse entry: translates backend -> client packets */
+};
+
+/* How a service rewrites packets. */
+enum svc_mode {
+	MODE_NAT = 0,  /* DNAT only: backends route replies back through sluice */
+	MODE_SNAT = 1, /* DNAT + SNAT: backends can be anywhere */
+};

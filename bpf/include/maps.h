@@ -1,0 +1,84 @@
+/* The data path's maps. Every map is pinned by name under the agent's pin
+ * path (default /sys/fs/bpf/sluice) and carries BTF, so
+ * `bpftool map dump pinned /sys/fs/bpf/sluice/<name>` is readable. */
+#pragma once
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "consts.h"
+#include "structs.h"
+
+/* VIP:port/proto -> service id and mode. Written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} services SEC(".maps");
+
+/* Backend slots: address, state and generation. Written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backends SEC(".maps");
+
+/* Service id -> its Maglev table (an array of backend slots). The agent
+ * builds a new table and swaps it in with one write to this outer map, so a
+ * packet never sees half a table. max_entries of the inner map is set from
+ * Go (config datapath.maglev_table_size). */
+struct maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	/* lets tables of another size replace the pinned ones after a
+	 * maglev_table_size change, without a teardown */
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(max_entries, 16381);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct maglev_inner);
+} maglev_outer SEC(".maps");
+
+/* Connection tracking: forward (client -> VIP) and reverse (backend ->
+ * client) entries. LRU so a flood cannot fill it; the agent also removes
+ * entries idle past their state's timeout. max_entries set from Go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+/* Counters, read by the agent at scrape time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct svc_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} service_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct global_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} global_stats SEC(".maps");

@@ -1,0 +1,98 @@
+/* Map keys and values. All addresses and ports are in network byte order, as
+ * they sit in the packet; counters and ids are in host order. */
+#pragma once
+#include <linux/types.h>
+
+/* services key: a VIP, port and protocol. */
+struct svc_key {
+	__be32 vip;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* services value. */
+struct svc_value {
+	__u32 id;        /* index into maglev_outer and service_stats */
+	__u8 mode;       /* enum svc_mode */
+	__u8 pad[3];
+	__be32 snat_addr; /* MODE_SNAT: the source sluice uses towards backends */
+};
+
+/* backends value, indexed by slot. */
+struct backend {
+	__be32 addr;
+	__be16 port;
+	__u8 state;   /* enum backend_state */
+	__u8 pad;
+	__u32 gen;    /* bumped by the agent each time the slot is reused */
+	__u32 pool_id; /* FNV-1a of the pool name: lets a restarted agent adopt the slot */
+};
+
+/* conntrack key: a 5-tuple as seen on the wire. */
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* conntrack value. A forward entry (client -> VIP) rewrites the destination
+ * to the backend; a reverse entry (CT_F_REPLY, backend -> client) rewrites
+ * the source back to the VIP. A zero new address means "keep". */
+struct ct_value {
+	__u64 last_seen;   /* bpf_ktime_get_ns() of the last packet */
+	__u32 service_id;
+	__u32 backend_id;  /* slot */
+	__u32 backend_gen; /* the slot's generation when the flow was pinned */
+	__be32 saddr_new;  /* forward: SNAT source (0 in nat mode); reverse: the VIP */
+	__be32 daddr_new;  /* forward: the backend; reverse: the client (0 in nat mode) */
+	__be16 sport_new;
+	__be16 dport_new;
+	__u8 state;        /* enum ct_state (kept in the forward entry) */
+	__u8 flags;        /* enum ct_flags */
+	__u16 pad;
+};
+
+/* Per-service counters (per CPU). Named fields, no magic indexes. */
+struct svc_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+	__u64 rst_no_backend;      /* new TCP flow, empty table: answered with RST */
+	__u64 rst_removed_backend; /* packet of a flow pinned to a removed backend */
+	__u64 drop_no_backend;     /* new UDP flow, empty table */
+	__u64 drop_removed_backend; /* UDP packet of a flow pinned to a removed backend */
+	__u64 fragments;           /* fragments to the VIP, passed to the kernel */
+};
+
+/* Per-backend counters (per CPU), indexed by slot. */
+struct backend_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/* Counters not tied to a service (per CPU, one entry). */
+struct global_counters {
+	__u64 passed_not_ours;    /* not a VIP, not a reply: XDP_PASS untouched */
+	__u64 passed_no_neigh;    /* rewritten, next hop unresolved: kernel forwards */
+	__u64 fib_failures;       /* rewritten, no route: handed to the kernel */
+	__u64 malformed;          /* truncated or bad header on our traffic: dropped */
+	__u64 replies_translated; /* backend -> client packets reverse-NATed */
+	__u64 ct_update_failures; /* conntrack insert failed */
+	__u64 redirected;
+	__u64 rst_sent;
+};
+
+/* Run-time knobs set from Go before load (volatile const, not #ifdef). */
+struct sluice_config {
+	__u64 tcp_syn_timeout_ns;
+	__u64 tcp_established_timeout_ns;
+	__u64 tcp_closing_timeout_ns;
+	__u64 udp_timeout_ns;
+	__u32 maglev_size; /* entries of every inner Maglev table (prime) */
+	__u32 hash_seed;
+};

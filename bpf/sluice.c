@@ -1,0 +1,376 @@
+//go:build ignore
+
+/* sluice's XDP data path: VIP traffic is tracked per connection and sent to
+ * a backend chosen by Maglev; everything else is passed to the kernel
+ * untouched. See include/ for the pieces, one concern per header. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "include/consts.h"
+#include "include/structs.h"
+#include "include/maps.h"
+#include "include/parse.h"
+#include "include/csum.h"
+#include "include/nat.h"
+#include "include/rst.h"
+
+char __license[] SEC("license") = "GPL";
+
+/* Run-time knobs, set by the agent before load. Defaults keep the program
+ * usable when loaded by hand (tests). */
+volatile const struct sluice_config cfg = {
+	.tcp_syn_timeout_ns = 60ULL * 1000000000ULL,
+	.tcp_established_timeout_ns = 3600ULL * 1000000000ULL,
+	.tcp_closing_timeout_ns = 10ULL * 1000000000ULL,
+	.udp_timeout_ns = 60ULL * 1000000000ULL,
+	.maglev_size = 16381,
+	.hash_seed = 0x5eed1ce,
+};
+
+/* Unused instances so bpf2go emits Go types for every shared struct/enum. */
+const struct svc_counters *unused_svc_stats __attribute__((unused));
+const struct backend_counters *unused_backend_stats __attribute__((unused));
+const struct global_counters *unused_global_stats __attribute__((unused));
+const enum backend_state *unused_backend_state __attribute__((unused));
+const enum ct_state *unused_ct_state __attribute__((unused));
+const enum ct_flags *unused_ct_flags __attribute__((unused));
+const enum svc_mode *unused_svc_mode __attribute__((unused));
+
+static __always_inline struct global_counters *gstats(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&global_stats, &zero);
+}
+
+#define GCOUNT(field)                          \
+	do {                                   \
+		struct global_counters *__g = gstats(); \
+		if (__g)                       \
+			__g->field++;          \
+	} while (0)
+
+static __always_inline __u64 ct_timeout(__u8 state)
+{
+	switch (state) {
+	case CT_ESTABLISHED:
+		return cfg.tcp_established_timeout_ns;
+	case CT_CLOSING:
+		return cfg.tcp_closing_timeout_ns;
+	case CT_UDP:
+		return cfg.udp_timeout_ns;
+	default:
+		return cfg.tcp_syn_timeout_ns;
+	}
+}
+
+static __always_inline int ct_expired(const struct ct_value *ct, __u64 now)
+{
+	return now > ct->last_seen && now - ct->last_seen > ct_timeout(ct->state);
+}
+
+/* A murmur3-style mix of the 5-tuple: spreads flows over the Maglev table. */
+static __always_inline __u32 mix32(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = (k << 15) | (k >> 17);
+	k *= 0x1b873593;
+	h ^= k;
+	h = (h << 13) | (h >> 19);
+	return h * 5 + 0xe6546b64;
+}
+
+static __always_inline __u32 flow_hash(const struct ct_key *k)
+{
+	__u32 h = cfg.hash_seed;
+	h = mix32(h, k->saddr);
+	h = mix32(h, k->daddr);
+	h = mix32(h, ((__u32)k->sport << 16) | k->dport);
+	h = mix32(h, k->proto);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* pick_backend returns the slot of an active backend for a new flow, or 0
+ * when the service has none. A slot whose backend stopped being active
+ * between the state change and the table swap is skipped by probing the
+ * next few entries. */
+static __always_inline __u32 pick_backend(__u32 svc_id, const struct ct_key *k,
+					  struct backend **out)
+{
+	__u32 size = cfg.maglev_size;
+	if (size == 0)
+		return 0;
+	void *table = bpf_map_lookup_elem(&maglev_outer, &svc_id);
+	if (!table)
+		return 0;
+	__u32 h = flow_hash(k);
+#pragma unroll
+	for (int i = 0; i < MAGLEV_PROBES; i++) {
+		__u32 idx = (h + i) % size;
+		__u32 *slot = bpf_map_lookup_elem(table, &idx);
+		if (!slot || *slot == 0)
+			return 0; /* empty table: no backend */
+		__u32 s = *slot;
+		struct backend *b = bpf_map_lookup_elem(&backends, &s);
+		if (b && b->state == BACKEND_ACTIVE) {
+			*out = b;
+			return s;
+		}
+	}
+	return 0;
+}
+
+static __always_inline void count_service(__u32 id, __u64 bytes, int new_flow)
+{
+	struct svc_counters *s = bpf_map_lookup_elem(&service_stats, &id);
+	if (s) {
+		s->packets++;
+		s->bytes += bytes;
+		if (new_flow)
+			s->new_flows++;
+	}
+}
+
+static __always_inline void count_backend(__u32 slot, __u64 bytes, int new_flow)
+{
+	struct backend_counters *s = bpf_map_lookup_elem(&backend_stats, &slot);
+	if (s) {
+		s->packets++;
+		s->bytes += bytes;
+		if (new_flow)
+			s->new_flows++;
+	}
+}
+
+static __always_inline struct svc_counters *svc_stats_of(__u32 id)
+{
+	return bpf_map_lookup_elem(&service_stats, &id);
+}
+
+/* next_tcp_state advances a flow's state on a packet with the given flags. */
+static __always_inline __u8 next_tcp_state(__u8 cur, __u8 flags, int reply)
+{
+	if (flags & (TCPF_RST | TCPF_FIN))
+		return CT_CLOSING;
+	if (cur == CT_SYN_SENT && reply && (flags & TCPF_ACK))
+		return CT_ESTABLISHED;
+	if (cur == CT_SYN_SENT && !reply && (flags & TCPF_ACK) && !(flags & TCPF_SYN))
+		return CT_ESTABLISHED;
+	return cur;
+}
+
+static __always_inline int send_out(struct xdp_md *ctx, struct packet *p, void *data_end)
+{
+	__u32 ifindex = 0;
+	switch (forward(ctx, p, data_end, &ifindex)) {
+	case FWD_REDIRECT:
+		GCOUNT(redirected);
+		if (ifindex == ctx->ingress_ifindex)
+			return XDP_TX;
+		return bpf_redirect(ifindex, 0);
+	case FWD_NO_NEIGH:
+		GCOUNT(passed_no_neigh);
+		return XDP_PASS;
+	default:
+		GCOUNT(fib_failures);
+		return XDP_PASS;
+	}
+}
+
+static __always_inline int answer_rst(struct xdp_md *ctx, struct packet *p)
+{
+	if (make_rst(ctx, p))
+		return XDP_DROP;
+	GCOUNT(rst_sent);
+	return XDP_TX;
+}
+
+/* handle_reply reverse-translates backend -> client packets of our flows. */
+static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, void *data_end,
+					__u64 now)
+{
+	struct ct_key rk = {
+		.saddr = p->ip->saddr,
+		.daddr = p->ip->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+	};
+	struct ct_value *rv = bpf_map_lookup_elem(&conntrack, &rk);
+	if (!rv || !(rv->flags & CT_F_REPLY)) {
+		GCOUNT(passed_not_ours);
+		return XDP_PASS;
+	}
+	__u32 svc_id = rv->service_id;
+	__u32 slot = rv->backend_id;
+	rv->last_seen = now;
+	if (rewrite(p, data_end, rv->saddr_new, rv->sport_new, rv->daddr_new, rv->dport_new))
+		return XDP_DROP;
+
+	/* The forward entry is the translated packet's tuple reversed. */
+	struct ct_key fk = {
+		.saddr = p->ip->daddr,
+		.daddr = p->ip->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+	};
+	struct ct_value *fv = bpf_map_lookup_elem(&conntrack, &fk);
+	if (fv) {
+		fv->last_seen = now;
+		if (p->proto == IPPROTO_TCP)
+			fv->state = next_tcp_state(fv->state, p->tcp_flags, 1);
+	}
+	__u64 bytes = (long)data_end - (long)ctx->data;
+	count_service(svc_id, bytes, 0);
+	count_backend(slot, bytes, 0);
+	GCOUNT(replies_translated);
+	return send_out(ctx, p, data_end);
+}
+
+SEC("xdp")
+int sluice_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet p = {};
+
+	int pr = parse_packet(data, data_end, &p);
+	if (pr == PARSE_NOT_IPV4 || pr == PARSE_NOT_L4) {
+		GCOUNT(passed_not_ours);
+		return XDP_PASS;
+	}
+	if (pr == PARSE_TRUNCATED) {
+		/* Could be anyone's; the kernel drops what is really broken. */
+		GCOUNT(malformed);
+		return XDP_PASS;
+	}
+
+	struct svc_key sk = {
+		.vip = p.ip->daddr,
+		.port = 0,
+		.proto = p.proto,
+	};
+	if (pr == PARSE_FRAGMENT) {
+		/* Fragments carry no usable ports; never guess a backend. */
+		GCOUNT(passed_not_ours);
+		return XDP_PASS;
+	}
+	sk.port = p.dport;
+
+	__u64 now = bpf_ktime_get_ns();
+	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
+	if (!svc)
+		return handle_reply(ctx, &p, data_end, now);
+
+	__u32 svc_id = svc->id;
+	__u64 bytes = (long)data_end - (long)data;
+	struct ct_key k = {
+		.saddr = p.ip->saddr,
+		.daddr = p.ip->daddr,
+		.sport = p.sport,
+		.dport = p.dport,
+		.proto = p.proto,
+	};
+	int tcp = p.proto == IPPROTO_TCP;
+	int syn = tcp && (p.tcp_flags & TCPF_SYN) && !(p.tcp_flags & TCPF_ACK);
+
+	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &k);
+	if (ct && !(ct->flags & CT_F_REPLY) && !ct_expired(ct, now)) {
+		__u32 slot = ct->backend_id;
+		struct backend *b = bpf_map_lookup_elem(&backends, &slot);
+		int stale = !b || b->gen != ct->backend_gen || b->state == BACKEND_REMOVED ||
+			    b->state == BACKEND_FREE;
+		/* A SYN never trusts an old entry blindly: only a retransmitted
+		 * SYN of a flow still opening to an active backend stays. A
+		 * reused client port must not land on a draining backend. */
+		int keep = !syn || (ct->state == CT_SYN_SENT && !stale && b->state == BACKEND_ACTIVE);
+		if (keep) {
+			if (stale) {
+				struct svc_counters *s = svc_stats_of(svc_id);
+				if (!tcp) {
+					if (s)
+						s->drop_removed_backend++;
+					return XDP_DROP;
+				}
+				if (s)
+					s->rst_removed_backend++;
+				return answer_rst(ctx, &p);
+			}
+			ct->last_seen = now;
+			if (tcp)
+				ct->state = next_tcp_state(ct->state, p.tcp_flags, 0);
+			if (rewrite(&p, data_end, ct->saddr_new, ct->sport_new, ct->daddr_new,
+				    ct->dport_new))
+				return XDP_DROP;
+			count_service(svc_id, bytes, 0);
+			count_backend(slot, bytes, 0);
+			return send_out(ctx, &p, data_end);
+		}
+	}
+
+	/* A new flow (or a mid-stream packet whose entry was evicted: Maglev
+	 * sends it where it most likely went before). */
+	struct backend *b = NULL;
+	__u32 slot = pick_backend(svc_id, &k, &b);
+	if (!slot || !b) {
+		struct svc_counters *s = svc_stats_of(svc_id);
+		if (!tcp) {
+			if (s)
+				s->drop_no_backend++;
+			return XDP_DROP;
+		}
+		if (s)
+			s->rst_no_backend++;
+		return answer_rst(ctx, &p);
+	}
+
+	struct ct_value fv = {
+		.last_seen = now,
+		.service_id = svc_id,
+		.backend_id = slot,
+		.backend_gen = b->gen,
+		.daddr_new = b->addr,
+		.dport_new = b->port,
+		.state = tcp ? (syn ? CT_SYN_SENT : CT_ESTABLISHED) : CT_UDP,
+	};
+	if (tcp && (p.tcp_flags & (TCPF_FIN | TCPF_RST)))
+		fv.state = CT_CLOSING;
+	if (svc->mode == MODE_SNAT) {
+		/* SNAT port allocation lands with the DNS/snat work; until
+		 * then a snat service behaves as nat. */
+	}
+	struct ct_key rk = {
+		.saddr = b->addr,
+		.daddr = fv.saddr_new ? fv.saddr_new : k.saddr,
+		.sport = b->port,
+		.dport = fv.sport_new ? fv.sport_new : k.sport,
+		.proto = k.proto,
+	};
+	struct ct_value rv = {
+		.last_seen = now,
+		.service_id = svc_id,
+		.backend_id = slot,
+		.backend_gen = b->gen,
+		.saddr_new = k.daddr,
+		.sport_new = k.dport,
+		.daddr_new = fv.saddr_new ? k.saddr : 0,
+		.dport_new = fv.sport_new ? k.sport : 0,
+		.state = fv.state,
+		.flags = CT_F_REPLY,
+	};
+	if (bpf_map_update_elem(&conntrack, &rk, &rv, BPF_ANY) ||
+	    bpf_map_update_elem(&conntrack, &k, &fv, BPF_ANY))
+		GCOUNT(ct_update_failures);
+
+	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
+		return XDP_DROP;
+	count_service(svc_id, bytes, 1);
+	count_backend(slot, bytes, 1);
+	return send_out(ctx, &p, data_end);
+}

@@ -1,0 +1,334 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluicelb/sluice/bpf"
+)
+
+func svcKey(k ServiceKey) bpf.SluiceSvcKey {
+	return bpf.SluiceSvcKey{Vip: be32(k.VIP), Port: be16(k.Port), Proto: uint8(k.Proto)}
+}
+
+// Services returns every service in the data path.
+func (r *Real) Services() (map[ServiceKey]Service, error) {
+	out := map[ServiceKey]Service{}
+	var k bpf.SluiceSvcKey
+	var v bpf.SluiceSvcValue
+	it := r.services.Iterate()
+	for it.Next(&k, &v) {
+		key := ServiceKey{VIP: addrFromBE32(k.Vip), Port: portFromBE16(k.Port), Proto: Proto(k.Proto)}
+		s := Service{ID: v.Id, Mode: Mode(v.Mode)}
+		if v.SnatAddr != 0 {
+			s.SNATAddr = addrFromBE32(v.SnatAddr)
+		}
+		out[key] = s
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate services: %w", err)
+	}
+	return out, nil
+}
+
+// SetService creates or replaces a service.
+func (r *Real) SetService(k ServiceKey, s Service) error {
+	if !k.VIP.Is4() {
+		return fmt.Errorf("set service %v: only IPv4 VIPs are supported", k.VIP)
+	}
+	if s.ID == 0 || s.ID >= MaxServices {
+		return fmt.Errorf("set service %v:%d: id %d out of range", k.VIP, k.Port, s.ID)
+	}
+	v := bpf.SluiceSvcValue{Id: s.ID, Mode: uint8(s.Mode), SnatAddr: be32(s.SNATAddr)}
+	if err := r.services.Put(svcKey(k), v); err != nil {
+		return fmt.Errorf("set service %v:%d: %w", k.VIP, k.Port, err)
+	}
+	return nil
+}
+
+// DeleteService removes a service and its Maglev table.
+func (r *Real) DeleteService(k ServiceKey, id uint32) error {
+	if err := r.services.Delete(svcKey(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete service %v:%d: %w", k.VIP, k.Port, err)
+	}
+	return r.SetTable(id, nil)
+}
+
+// Backends returns every non-free backend slot.
+func (r *Real) Backends() (map[uint32]Backend, error) {
+	out := map[uint32]Backend{}
+	var k uint32
+	var v bpf.SluiceBackend
+	it := r.backends.Iterate()
+	for it.Next(&k, &v) {
+		if v.State == uint8(BackendFree) && v.Gen == 0 {
+			continue
+		}
+		out[k] = Backend{
+			Addr:   netip.AddrPortFrom(addrFromBE32(v.Addr), portFromBE16(v.Port)),
+			Gen:    v.Gen,
+			State:  BackendState(v.State),
+			PoolID: v.PoolId,
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate backends: %w", err)
+	}
+	return out, nil
+}
+
+// SetBackend writes a backend slot.
+func (r *Real) SetBackend(slot uint32, b Backend) error {
+	if slot == 0 || slot >= MaxBackends {
+		return fmt.Errorf("set backend slot %d: out of range", slot)
+	}
+	if b.State != BackendFree && !b.Addr.Addr().Is4() {
+		return fmt.Errorf("set backend slot %d: %v is not IPv4", slot, b.Addr)
+	}
+	v := bpf.SluiceBackend{
+		Addr:   be32(b.Addr.Addr()),
+		Port:   be16(b.Addr.Port()),
+		State:  uint8(b.State),
+		Gen:    b.Gen,
+		PoolId: b.PoolID,
+	}
+	if err := r.backends.Put(slot, v); err != nil {
+		return fmt.Errorf("set backend slot %d: %w", slot, err)
+	}
+	return nil
+}
+
+// TableSize is the Maglev table size the program was loaded with.
+func (r *Real) TableSize() uint32 { return r.tableSize }
+
+// SetTable builds a new inner array holding the table and installs it with
+// one write to the outer map: packets see the old table or the new one,
+// never a mix. An empty table removes the entry (the service answers RST).
+func (r *Real) SetTable(serviceID uint32, table []uint32) error {
+	if serviceID == 0 || serviceID >= MaxServices {
+		return fmt.Errorf("set table of service %d: id out of range", serviceID)
+	}
+	if len(table) == 0 {
+		if err := r.outer.Delete(serviceID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("clear table of service %d: %w", serviceID, err)
+		}
+		return nil
+	}
+	if r.innerSpec == nil {
+		return errors.New("set table: data path opened read-only")
+	}
+	if uint32(len(table)) != r.tableSize {
+		return fmt.Errorf("set table of service %d: %d entries, want %d", serviceID, len(table), r.tableSize)
+	}
+	spec := r.innerSpec.Copy()
+	spec.MaxEntries = r.tableSize
+	spec.Contents = nil
+	inner, err := ebpf.NewMap(spec)
+	if err != nil {
+		return fmt.Errorf("create table of service %d: %w", serviceID, err)
+	}
+	defer inner.Close() // the outer map holds its own reference
+	keys := make([]uint32, len(table))
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
+		// Older kernels lack batch ops on arrays: fall back to one by one.
+		for i, v := range table {
+			if err := inner.Put(uint32(i), v); err != nil {
+				return fmt.Errorf("fill table of service %d: %w", serviceID, err)
+			}
+		}
+	}
+	if err := r.outer.Put(serviceID, inner); err != nil {
+		return fmt.Errorf("install table of service %d: %w", serviceID, err)
+	}
+	return nil
+}
+
+// Table reads a service's installed table (nil when it has none).
+func (r *Real) Table(serviceID uint32) ([]uint32, error) {
+	var innerID ebpf.MapID
+	if err := r.outer.Lookup(serviceID, &innerID); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("look up table of service %d: %w", serviceID, err)
+	}
+	inner, err := ebpf.NewMapFromID(innerID)
+	if err != nil {
+		return nil, fmt.Errorf("open table of service %d: %w", serviceID, err)
+	}
+	defer inner.Close()
+	n := inner.MaxEntries()
+	out := make([]uint32, n)
+	for i := uint32(0); i < n; i++ {
+		if err := inner.Lookup(i, &out[i]); err != nil {
+			return nil, fmt.Errorf("read table of service %d: %w", serviceID, err)
+		}
+	}
+	return out, nil
+}
+
+// monotonicNow is the clock bpf_ktime_get_ns reads.
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+func (r *Real) flowOf(k bpf.SluiceCtKey, v bpf.SluiceCtValue, now uint64) Flow {
+	f := Flow{
+		Client:      netip.AddrPortFrom(addrFromBE32(k.Saddr), portFromBE16(k.Sport)),
+		VIP:         netip.AddrPortFrom(addrFromBE32(k.Daddr), portFromBE16(k.Dport)),
+		Proto:       Proto(k.Proto),
+		ServiceID:   v.ServiceId,
+		BackendSlot: v.BackendId,
+		BackendGen:  v.BackendGen,
+		Backend:     netip.AddrPortFrom(addrFromBE32(v.DaddrNew), portFromBE16(v.DportNew)),
+		State:       FlowState(v.State),
+	}
+	if now > v.LastSeen {
+		f.Idle = time.Duration(now - v.LastSeen)
+	}
+	f.Expired = f.Idle > r.timeouts.of(f.State)
+	return f
+}
+
+// Flows calls fn for every forward conntrack entry.
+func (r *Real) Flows(fn func(Flow) bool) error {
+	now := monotonicNow()
+	var k bpf.SluiceCtKey
+	var v bpf.SluiceCtValue
+	it := r.conntrack.Iterate()
+	for it.Next(&k, &v) {
+		if v.Flags&uint8(bpf.SluiceCtFlagsCT_F_REPLY) != 0 {
+			continue
+		}
+		if !fn(r.flowOf(k, v, now)) {
+			return nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate conntrack: %w", err)
+	}
+	return nil
+}
+
+// DeleteFlow removes a forward entry and the reverse entry that goes with it.
+func (r *Real) DeleteFlow(f Flow) error {
+	fk := bpf.SluiceCtKey{
+		Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
+		Sport: be16(f.Client.Port()), Dport: be16(f.VIP.Port()), Proto: uint8(f.Proto),
+	}
+	var fv bpf.SluiceCtValue
+	if err := r.conntrack.Lookup(fk, &fv); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		return fmt.Errorf("look up flow %v: %w", f.Client, err)
+	}
+	rk := bpf.SluiceCtKey{Saddr: fv.DaddrNew, Sport: fv.DportNew, Daddr: fk.Saddr, Dport: fk.Sport, Proto: fk.Proto}
+	if fv.SaddrNew != 0 {
+		rk.Daddr, rk.Dport = fv.SaddrNew, fv.SportNew
+	}
+	for _, k := range []bpf.SluiceCtKey{rk, fk} {
+		if err := r.conntrack.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete flow %v: %w", f.Client, err)
+		}
+	}
+	return nil
+}
+
+// GCReverse removes reverse entries whose forward entry is gone, which LRU
+// eviction or DeleteFlow can leave behind. It returns how many it removed.
+func (r *Real) GCReverse() (int, error) {
+	var k bpf.SluiceCtKey
+	var v bpf.SluiceCtValue
+	var orphans []bpf.SluiceCtKey
+	it := r.conntrack.Iterate()
+	for it.Next(&k, &v) {
+		if v.Flags&uint8(bpf.SluiceCtFlagsCT_F_REPLY) == 0 {
+			continue
+		}
+		// Forward key: the translated reply, reversed.
+		fk := bpf.SluiceCtKey{Saddr: k.Daddr, Sport: k.Dport, Daddr: v.SaddrNew, Dport: v.SportNew, Proto: k.Proto}
+		if v.DaddrNew != 0 {
+			fk.Saddr, fk.Sport = v.DaddrNew, v.DportNew
+		}
+		var fv bpf.SluiceCtValue
+		if err := r.conntrack.Lookup(fk, &fv); errors.Is(err, ebpf.ErrKeyNotExist) {
+			orphans = append(orphans, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("iterate conntrack: %w", err)
+	}
+	n := 0
+	for _, k := range orphans {
+		if err := r.conntrack.Delete(k); err == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// ServiceStats sums a service's per-CPU counters.
+func (r *Real) ServiceStats(id uint32) (ServiceStats, error) {
+	var per []bpf.SluiceSvcCounters
+	if err := r.svcStats.Lookup(id, &per); err != nil {
+		return ServiceStats{}, fmt.Errorf("read stats of service %d: %w", id, err)
+	}
+	var s ServiceStats
+	for _, c := range per {
+		s.Packets += c.Packets
+		s.Bytes += c.Bytes
+		s.NewFlows += c.NewFlows
+		s.RSTNoBackend += c.RstNoBackend
+		s.RSTRemovedBackend += c.RstRemovedBackend
+		s.DropNoBackend += c.DropNoBackend
+		s.DropRemovedBackend += c.DropRemovedBackend
+		s.Fragments += c.Fragments
+	}
+	return s, nil
+}
+
+// BackendStats sums a backend slot's per-CPU counters.
+func (r *Real) BackendStats(slot uint32) (BackendStats, error) {
+	var per []bpf.SluiceBackendCounters
+	if err := r.backendStats.Lookup(slot, &per); err != nil {
+		return BackendStats{}, fmt.Errorf("read stats of backend %d: %w", slot, err)
+	}
+	var s BackendStats
+	for _, c := range per {
+		s.Packets += c.Packets
+		s.Bytes += c.Bytes
+		s.NewFlows += c.NewFlows
+	}
+	return s, nil
+}
+
+// GlobalStats sums the global per-CPU counters.
+func (r *Real) GlobalStats() (GlobalStats, error) {
+	var per []bpf.SluiceGlobalCounters
+	if err := r.globalStats.Lookup(uint32(0), &per); err != nil {
+		return GlobalStats{}, fmt.Errorf("read global stats: %w", err)
+	}
+	var s GlobalStats
+	for _, c := range per {
+		s.PassedNotOurs += c.PassedNotOurs
+		s.PassedNoNeigh += c.PassedNoNeigh
+		s.FIBFailures += c.FibFailures
+		s.Malformed += c.Malformed
+		s.RepliesTranslated += c.RepliesTranslated
+		s.CTUpdateFailures += c.CtUpdateFailures
+		s.Redirected += c.Redirected
+		s.RSTSent += c.RstSent
+	}
+	return s, nil
+}

@@ -1,0 +1,369 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluicelb/sluice/bpf"
+)
+
+// DefaultPinPath is where maps and links are pinned unless configured.
+const DefaultPinPath = "/sys/fs/bpf/sluice"
+
+// Timeouts are the conntrack idle timeouts per flow state.
+type Timeouts struct {
+	TCPSyn, TCPEstablished, TCPClosing, UDP time.Duration
+}
+
+// DefaultTimeouts match the program's built-in defaults.
+func DefaultTimeouts() Timeouts {
+	return Timeouts{TCPSyn: 60 * time.Second, TCPEstablished: time.Hour, TCPClosing: 10 * time.Second, UDP: 60 * time.Second}
+}
+
+func (t Timeouts) of(s FlowState) time.Duration {
+	switch s {
+	case FlowEstablished:
+		return t.TCPEstablished
+	case FlowClosing:
+		return t.TCPClosing
+	case FlowUDP:
+		return t.UDP
+	}
+	return t.TCPSyn
+}
+
+// Options configure Open.
+type Options struct {
+	PinPath         string   // default DefaultPinPath
+	Interfaces      []string // XDP attach points
+	XDPMode         string   // auto (native, generic fallback) | native | generic
+	MaglevTableSize uint32   // default 16381
+	ConntrackMax    uint32   // default 262144
+	Timeouts        Timeouts // zero fields take the defaults
+	Log             *slog.Logger
+}
+
+// Real is the kernel data path: loaded program, pinned maps and links.
+type Real struct {
+	log       *slog.Logger
+	pinPath   string
+	tableSize uint32
+	timeouts  Timeouts
+
+	services, backends, outer, conntrack *ebpf.Map
+	svcStats, backendStats, globalStats  *ebpf.Map
+	innerSpec                            *ebpf.MapSpec
+
+	prog  *ebpf.Program
+	links map[string]link.Link
+}
+
+var _ Map = (*Real)(nil)
+
+// mapNames are the pinned maps, as named in bpf/include/maps.h.
+var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats"}
+
+// EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted (it is not
+// on a fresh Debian host) and creates dir on it.
+func EnsureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		if err := os.MkdirAll("/sys/fs/bpf", 0o700); err != nil {
+			return fmt.Errorf("create /sys/fs/bpf: %w", err)
+		}
+		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs at /sys/fs/bpf: %w", err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
+		return fmt.Errorf("create pin directory %s: %w", dir, err)
+	}
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin path %s is not on a bpf filesystem", dir)
+	}
+	return nil
+}
+
+// Open loads the program, adopting every map already pinned under the pin
+// path (flows, backends and tables survive an agent restart), and attaches
+// it to the interfaces: a pinned link is updated in place with the new
+// program (link.Update, no gap in forwarding), a missing one is created and
+// pinned. Links of interfaces no longer configured are detached.
+func Open(o Options) (*Real, error) {
+	if o.PinPath == "" {
+		o.PinPath = DefaultPinPath
+	}
+	if o.MaglevTableSize == 0 {
+		o.MaglevTableSize = 16381
+	}
+	if o.ConntrackMax == 0 {
+		o.ConntrackMax = 262144
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	def := DefaultTimeouts()
+	if o.Timeouts.TCPSyn == 0 {
+		o.Timeouts.TCPSyn = def.TCPSyn
+	}
+	if o.Timeouts.TCPEstablished == 0 {
+		o.Timeouts.TCPEstablished = def.TCPEstablished
+	}
+	if o.Timeouts.TCPClosing == 0 {
+		o.Timeouts.TCPClosing = def.TCPClosing
+	}
+	if o.Timeouts.UDP == 0 {
+		o.Timeouts.UDP = def.UDP
+	}
+	if err := EnsureBPFFS(o.PinPath); err != nil {
+		return nil, err
+	}
+
+	spec, err := LoadSpec(o.MaglevTableSize, o.ConntrackMax, o.Timeouts)
+	if err != nil {
+		return nil, err
+	}
+	// A pinned conntrack of another size is adopted as it is: resizing it
+	// would drop every flow. Say so instead.
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(o.PinPath, "conntrack"), nil); err == nil {
+		if info, err := m.Info(); err == nil && info.MaxEntries != o.ConntrackMax {
+			o.Log.Warn("keeping the pinned conntrack map's size; run `sluice teardown` to resize it",
+				"pinned", info.MaxEntries, "configured", o.ConntrackMax)
+			spec.Maps["conntrack"].MaxEntries = info.MaxEntries
+		}
+		m.Close()
+	}
+
+	var objs bpf.SluiceObjects
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: o.PinPath}})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load xdp program: %+v", ve)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load xdp program: pinned maps under %s come from an incompatible version (run `sluice teardown --pin-path %s`): %w", o.PinPath, o.PinPath, err)
+		}
+		return nil, fmt.Errorf("load xdp program: %w", err)
+	}
+	r := &Real{
+		log:          o.Log,
+		pinPath:      o.PinPath,
+		tableSize:    o.MaglevTableSize,
+		timeouts:     o.Timeouts,
+		services:     objs.Services,
+		backends:     objs.Backends,
+		outer:        objs.MaglevOuter,
+		conntrack:    objs.Conntrack,
+		svcStats:     objs.ServiceStats,
+		backendStats: objs.BackendStats,
+		globalStats:  objs.GlobalStats,
+		innerSpec:    spec.Maps["maglev_outer"].InnerMap.Copy(),
+		prog:         objs.SluiceXdp,
+		links:        map[string]link.Link{},
+	}
+	if err := r.attach(o.Interfaces, o.XDPMode); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// LoadSpec returns the program's collection spec with the run-time knobs set.
+func LoadSpec(tableSize, conntrackMax uint32, t Timeouts) (*ebpf.CollectionSpec, error) {
+	spec, err := bpf.LoadSluice()
+	if err != nil {
+		return nil, fmt.Errorf("load xdp program spec: %w", err)
+	}
+	spec.Maps["conntrack"].MaxEntries = conntrackMax
+	spec.Maps["maglev_outer"].InnerMap.MaxEntries = tableSize
+	cfg := bpf.SluiceSluiceConfig{
+		TcpSynTimeoutNs:         uint64(t.TCPSyn),
+		TcpEstablishedTimeoutNs: uint64(t.TCPEstablished),
+		TcpClosingTimeoutNs:     uint64(t.TCPClosing),
+		UdpTimeoutNs:            uint64(t.UDP),
+		MaglevSize:              tableSize,
+		HashSeed:                0x5eed1ce,
+	}
+	v, ok := spec.Variables["cfg"]
+	if !ok {
+		return nil, errors.New("xdp program spec has no cfg variable")
+	}
+	if err := v.Set(cfg); err != nil {
+		return nil, fmt.Errorf("set data path config: %w", err)
+	}
+	return spec, nil
+}
+
+func linkPin(pinPath, ifname string) string {
+	return filepath.Join(pinPath, "links", "xdp_"+ifname)
+}
+
+func (r *Real) attach(ifaces []string, mode string) error {
+	want := map[string]bool{}
+	for _, name := range ifaces {
+		want[name] = true
+		if err := r.attachOne(name, mode); err != nil {
+			return err
+		}
+	}
+	// Detach interfaces that are no longer configured.
+	entries, _ := os.ReadDir(filepath.Join(r.pinPath, "links"))
+	for _, e := range entries {
+		name, ok := strings.CutPrefix(e.Name(), "xdp_")
+		if !ok || want[name] {
+			continue
+		}
+		p := filepath.Join(r.pinPath, "links", e.Name())
+		if l, err := link.LoadPinnedLink(p, nil); err == nil {
+			_ = l.Unpin()
+			_ = l.Close()
+			r.log.Info("detached xdp program from an interface no longer configured", "interface", name)
+		}
+	}
+	return nil
+}
+
+func (r *Real) attachOne(name, mode string) error {
+	iface, err := net.InterfaceByName(name)
+	if err != nil {
+		return fmt.Errorf("attach xdp to %s: %w", name, err)
+	}
+	pin := linkPin(r.pinPath, name)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		info, ierr := l.Info()
+		sameIface := ierr == nil && info.XDP() != nil && int(info.XDP().Ifindex) == iface.Index
+		if sameIface {
+			if err := l.Update(r.prog); err != nil {
+				l.Close()
+				return fmt.Errorf("update xdp program on %s: %w", name, err)
+			}
+			r.links[name] = l
+			r.log.Info("adopted pinned xdp link, program updated in place", "interface", name)
+			return nil
+		}
+		// The interface was recreated: the old link is dead.
+		_ = l.Unpin()
+		_ = l.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		_ = os.Remove(pin)
+	}
+
+	flags := []link.XDPAttachFlags{link.XDPDriverMode, link.XDPGenericMode}
+	switch mode {
+	case "native":
+		flags = flags[:1]
+	case "generic":
+		flags = flags[1:]
+	}
+	var lastErr error
+	for _, f := range flags {
+		l, err := link.AttachXDP(link.XDPOptions{Program: r.prog, Interface: iface.Index, Flags: f})
+		if err != nil {
+			lastErr = err
+			if f == link.XDPDriverMode && len(flags) > 1 {
+				r.log.Warn("native xdp attach failed, falling back to generic mode", "interface", name, "err", err)
+			}
+			continue
+		}
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("pin xdp link of %s: %w", name, err)
+		}
+		modeName := "native"
+		if f == link.XDPGenericMode {
+			modeName = "generic"
+		}
+		r.log.Info("attached xdp program", "interface", name, "mode", modeName)
+		r.links[name] = l
+		return nil
+	}
+	return fmt.Errorf("attach xdp to %s: %w", name, lastErr)
+}
+
+// Close releases the agent's handles. Programs stay attached and maps stay
+// pinned: the data path keeps forwarding while the agent is away.
+func (r *Real) Close() error {
+	for _, l := range r.links {
+		l.Close()
+	}
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats} {
+		if m != nil {
+			m.Close()
+		}
+	}
+	if r.prog != nil {
+		r.prog.Close()
+	}
+	return nil
+}
+
+// OpenPinned opens the pinned maps without loading or attaching anything:
+// for reading flows and counters when the agent is not running.
+func OpenPinned(pinPath string) (*Real, error) {
+	if pinPath == "" {
+		pinPath = DefaultPinPath
+	}
+	r := &Real{log: slog.Default(), pinPath: pinPath, timeouts: DefaultTimeouts(), links: map[string]link.Link{}}
+	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats}
+	for i, name := range mapNames {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, name), nil)
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		*ptrs[i] = m
+	}
+	return r, nil
+}
+
+// Teardown detaches every pinned link under pinPath and removes every pin
+// and the directory. It is idempotent.
+func Teardown(pinPath string) error {
+	if pinPath == "" {
+		pinPath = DefaultPinPath
+	}
+	var errs []error
+	linksDir := filepath.Join(pinPath, "links")
+	entries, err := os.ReadDir(linksDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("read %s: %w", linksDir, err))
+	}
+	for _, e := range entries {
+		p := filepath.Join(linksDir, e.Name())
+		l, err := link.LoadPinnedLink(p, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("load pinned link %s: %w", p, err))
+			_ = os.Remove(p)
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
+		}
+		l.Close() // the last reference: the program is detached
+	}
+	_ = os.Remove(linksDir)
+	for _, name := range mapNames {
+		p := filepath.Join(pinPath, name)
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
+		}
+	}
+	if err := os.Remove(pinPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove %s: %w", pinPath, err))
+	}
+	return errors.Join(errs...)
+}
