@@ -1,0 +1,390 @@
+// Package discovery resolves backend names with a DNS client that sees
+// TTLs and follows them: each watched name is re-resolved when its answer
+// expires (TTL clamped to [min_ttl, max_ttl], with jitter), transport
+// failures keep the last good answer, and a name that stops existing is
+// held for nxdomain_hold before its addresses are withdrawn.
+//
+// The Resolver does single lookups (several servers in order, UDP then TCP
+// on truncation, EDNS0). The Watcher runs one goroutine per name and
+// publishes Updates; each name is one source of addresses for the pool.
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// FailureKind names why a lookup produced no usable answer.
+type FailureKind string
+
+// Failure kinds. NXDOMAIN and an empty answer are not failures: they are
+// answers, handled by the hold logic.
+const (
+	FailTimeout  FailureKind = "timeout"  // no reply within Config.Timeout
+	FailServfail FailureKind = "servfail" // rcode SERVFAIL
+	FailRefused  FailureKind = "refused"  // rcode REFUSED
+	FailGarbage  FailureKind = "garbage"  // unparsable, wrong question, other rcodes, truncated over TCP
+	FailNetwork  FailureKind = "network"  // dial or socket error (e.g. ICMP port unreachable)
+)
+
+// FailureKinds lists every kind, for metrics that want all label values.
+func FailureKinds() []FailureKind {
+	return []FailureKind{FailTimeout, FailServfail, FailRefused, FailGarbage, FailNetwork}
+}
+
+// ErrInvalidName is returned for names that are not DNS names.
+var ErrInvalidName = errors.New("invalid dns name")
+
+// Attempt is one server's failure within a lookup.
+type Attempt struct {
+	Server string
+	Kind   FailureKind
+	Err    error
+}
+
+// LookupError is returned when no server gave a usable answer.
+type LookupError struct {
+	Name     string
+	Kind     FailureKind // kind of the last attempt
+	Attempts []Attempt   // one per server tried, in order
+}
+
+func (e *LookupError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "lookup %s: %s", e.Name, e.Kind)
+	for _, a := range e.Attempts {
+		fmt.Fprintf(&b, "; %s: %v", a.Server, a.Err)
+	}
+	return b.String()
+}
+
+// Unwrap returns the attempts' errors.
+func (e *LookupError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Attempts))
+	for _, a := range e.Attempts {
+		errs = append(errs, a.Err)
+	}
+	return errs
+}
+
+// Answer is one usable reply for a name.
+type Answer struct {
+	Name  string       // the name asked, fully qualified, lower case
+	Addrs []netip.Addr // IPv4 addresses (A records after following CNAMEs), sorted, unique
+	// AAAA are the IPv6 addresses of the name, parsed but not served yet
+	// (the data path is IPv4 only). Empty when the AAAA query failed.
+	AAAA []netip.Addr
+	// TTL is the smallest TTL of the records used (CNAMEs and A records).
+	// For NXDOMAIN and empty answers: the negative-caching TTL from the SOA
+	// in the authority section, or 0 when there is none.
+	TTL        time.Duration
+	Rcode      int    // dns.RcodeSuccess or dns.RcodeNameError
+	Server     string // the server that answered
+	ReceivedAt time.Time
+	Truncated  bool     // the UDP reply was truncated and TCP was used
+	CNAMEs     []string // the chain followed, in order, if any
+}
+
+// Negative reports whether the answer says the name has no IPv4 address
+// (NXDOMAIN, or NOERROR without A records).
+func (a Answer) Negative() bool { return len(a.Addrs) == 0 }
+
+// Expires is when the answer's TTL runs out.
+func (a Answer) Expires() time.Time { return a.ReceivedAt.Add(a.TTL) }
+
+// Resolver looks names up. It is safe for concurrent use.
+type Resolver struct {
+	cfg   Config
+	x     Exchanger
+	clock Clock
+	log   *slog.Logger
+	stats *Stats
+
+	mu       sync.Mutex
+	lastFail map[string]time.Time // server -> last failure, for ordering
+}
+
+// ResolverOption customises a Resolver (tests, observability).
+type ResolverOption func(*Resolver)
+
+// WithExchanger replaces the network exchanger.
+func WithExchanger(x Exchanger) ResolverOption { return func(r *Resolver) { r.x = x } }
+
+// WithClock replaces the wall clock.
+func WithClock(c Clock) ResolverOption { return func(r *Resolver) { r.clock = c } }
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) ResolverOption { return func(r *Resolver) { r.log = l } }
+
+// WithStats counts into s instead of a Stats of the Resolver's own.
+func WithStats(s *Stats) ResolverOption { return func(r *Resolver) { r.stats = s } }
+
+// NewResolver validates cfg (after defaults) and reads the resolv.conf
+// nameservers when cfg.Servers is empty.
+func NewResolver(cfg Config, opts ...ResolverOption) (*Resolver, error) {
+	cfg = cfg.WithDefaults()
+	if len(cfg.Servers) == 0 {
+		servers, err := ServersFromResolvConf(cfg.ResolvConf)
+		if err != nil {
+			return nil, fmt.Errorf("dns servers: %w", err)
+		}
+		cfg.Servers = servers
+	}
+	cfg.Servers = slices.Clone(cfg.Servers)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Resolver{
+		cfg:      cfg,
+		x:        &NetExchanger{},
+		clock:    realClock{},
+		log:      slog.Default(),
+		lastFail: make(map[string]time.Time),
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	if r.stats == nil {
+		r.stats = &Stats{}
+	}
+	return r, nil
+}
+
+// Config returns the effective configuration (defaults applied, servers
+// resolved).
+func (r *Resolver) Config() Config {
+	c := r.cfg
+	c.Servers = slices.Clone(c.Servers)
+	return c
+}
+
+// Stats returns the resolver's counters.
+func (r *Resolver) Stats() *Stats { return r.stats }
+
+// Normalize returns name fully qualified and lower case, or ErrInvalidName.
+func Normalize(name string) (string, error) {
+	n := dns.Fqdn(strings.ToLower(strings.TrimSpace(name)))
+	if n == "." {
+		return "", fmt.Errorf("%w: empty name", ErrInvalidName)
+	}
+	if _, ok := dns.IsDomainName(n); !ok {
+		return "", fmt.Errorf("%w: %q", ErrInvalidName, name)
+	}
+	if _, err := netip.ParseAddr(strings.TrimSuffix(n, ".")); err == nil {
+		return "", fmt.Errorf("%w: %q is an address, not a name", ErrInvalidName, name)
+	}
+	return n, nil
+}
+
+// failMemory is how long a failed server is tried after the others.
+const failMemory = 30 * time.Second
+
+// order returns the servers to try: those without a recent failure in
+// configured order, then the recently failed ones, longest ago first.
+func (r *Resolver) order(now time.Time) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var good, bad []string
+	for _, s := range r.cfg.Servers {
+		if t, ok := r.lastFail[s]; ok && now.Sub(t) < failMemory {
+			bad = append(bad, s)
+		} else {
+			good = append(good, s)
+		}
+	}
+	slices.SortStableFunc(bad, func(a, b string) int { return r.lastFail[a].Compare(r.lastFail[b]) })
+	return append(good, bad...)
+}
+
+func (r *Resolver) markServer(server string, failed bool, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if failed {
+		r.lastFail[server] = now
+	} else {
+		delete(r.lastFail, server)
+	}
+}
+
+// Lookup resolves the A records of name (and, unless disabled, its AAAA
+// records for reporting). It returns an Answer for NOERROR and NXDOMAIN
+// replies, and a *LookupError when no server gave a usable reply.
+func (r *Resolver) Lookup(ctx context.Context, name string) (Answer, error) {
+	fq, err := Normalize(name)
+	if err != nil {
+		return Answer{}, err
+	}
+	r.stats.lookups.Add(1)
+	lerr := &LookupError{Name: fq}
+	for _, server := range r.order(r.clock.Now()) {
+		if err := ctx.Err(); err != nil {
+			return Answer{}, fmt.Errorf("lookup %s: %w", fq, err)
+		}
+		ans, kind, err := r.query(ctx, fq, dns.TypeA, server)
+		if err != nil {
+			if ctx.Err() != nil {
+				return Answer{}, fmt.Errorf("lookup %s: %w", fq, ctx.Err())
+			}
+			r.stats.serverFailure(kind)
+			r.markServer(server, true, r.clock.Now())
+			r.log.Debug("dns query failed", "name", fq, "server", server, "kind", kind, "err", err)
+			lerr.Attempts = append(lerr.Attempts, Attempt{Server: server, Kind: kind, Err: err})
+			lerr.Kind = kind
+			continue
+		}
+		r.markServer(server, false, r.clock.Now())
+		if !r.cfg.NoAAAA && ans.Rcode == dns.RcodeSuccess {
+			// Best effort, same server, shorter timeout: AAAA is
+			// reported only and must not delay the IPv4 answer much.
+			actx, cancel := context.WithTimeout(ctx, r.cfg.Timeout/2)
+			v6, _, err := r.query(actx, fq, dns.TypeAAAA, server)
+			cancel()
+			if err == nil {
+				ans.AAAA = v6.AAAA
+			} else {
+				r.log.Debug("dns AAAA query failed", "name", fq, "server", server, "err", err)
+			}
+		}
+		r.stats.answer(ans)
+		return ans, nil
+	}
+	r.stats.lookupFailure(lerr.Kind)
+	return Answer{}, lerr
+}
+
+// query asks one server one question: UDP, then TCP if truncated. It
+// returns the answer or the failure kind.
+func (r *Resolver) query(ctx context.Context, fq string, qtype uint16, server string) (Answer, FailureKind, error) {
+	q := new(dns.Msg)
+	q.SetQuestion(fq, qtype) // random id (crypto/rand)
+	q.RecursionDesired = true
+	q.SetEdns0(EDNSBufferSize, false)
+
+	truncated := false
+	reply, err := r.exchange(ctx, q, "udp", server)
+	if err == nil && reply.Truncated {
+		r.stats.truncated.Add(1)
+		truncated = true
+		q.Id = dns.Id()
+		reply, err = r.exchange(ctx, q, "tcp", server)
+	}
+	if err != nil {
+		return Answer{}, classify(err), err
+	}
+	received := r.clock.Now()
+	if !questionMatches(q, reply) {
+		return Answer{}, FailGarbage, fmt.Errorf("%w: reply from %s does not match the question %s", errGarbage, server, fq)
+	}
+	if reply.Truncated {
+		return Answer{}, FailGarbage, fmt.Errorf("%w: truncated reply over tcp from %s", errGarbage, server)
+	}
+	switch reply.Rcode {
+	case dns.RcodeSuccess, dns.RcodeNameError:
+	case dns.RcodeServerFailure:
+		return Answer{}, FailServfail, fmt.Errorf("%s answered SERVFAIL", server)
+	case dns.RcodeRefused:
+		return Answer{}, FailRefused, fmt.Errorf("%s answered REFUSED", server)
+	default:
+		return Answer{}, FailGarbage, fmt.Errorf("%w: %s answered %s", errGarbage, server, rcodeName(reply.Rcode))
+	}
+	ans := parseAnswer(fq, qtype, reply)
+	ans.Server = server
+	ans.ReceivedAt = received
+	ans.Truncated = truncated
+	return ans, "", nil
+}
+
+func (r *Resolver) exchange(ctx context.Context, q *dns.Msg, network, server string) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	return r.x.Exchange(ctx, q, network, server)
+}
+
+// maxChain bounds the CNAME chain followed inside one reply.
+const maxChain = 16
+
+// parseAnswer extracts the addresses for fq from a NOERROR or NXDOMAIN
+// reply, following the CNAME chain as the server returned it.
+func parseAnswer(fq string, qtype uint16, reply *dns.Msg) Answer {
+	ans := Answer{Name: fq, Rcode: reply.Rcode}
+	cnames := make(map[string]*dns.CNAME)
+	for _, rr := range reply.Answer {
+		if c, ok := rr.(*dns.CNAME); ok {
+			cnames[strings.ToLower(c.Hdr.Name)] = c
+		}
+	}
+	minTTL := uint32(0)
+	first := true
+	use := func(ttl uint32) {
+		if first || ttl < minTTL {
+			minTTL, first = ttl, false
+		}
+	}
+	target := fq
+	for range maxChain {
+		c, ok := cnames[target]
+		if !ok {
+			break
+		}
+		use(c.Hdr.Ttl)
+		target = strings.ToLower(dns.Fqdn(c.Target))
+		ans.CNAMEs = append(ans.CNAMEs, target)
+	}
+	for _, rr := range reply.Answer {
+		if !strings.EqualFold(rr.Header().Name, target) {
+			continue
+		}
+		switch v := rr.(type) {
+		case *dns.A:
+			if qtype != dns.TypeA {
+				continue
+			}
+			if a, ok := netip.AddrFromSlice(v.A.To4()); ok {
+				ans.Addrs = append(ans.Addrs, a)
+				use(v.Hdr.Ttl)
+			}
+		case *dns.AAAA:
+			if qtype != dns.TypeAAAA {
+				continue
+			}
+			if a, ok := netip.AddrFromSlice(v.AAAA.To16()); ok {
+				ans.AAAA = append(ans.AAAA, a)
+				use(v.Hdr.Ttl)
+			}
+		}
+	}
+	slices.SortFunc(ans.Addrs, netip.Addr.Compare)
+	ans.Addrs = slices.Compact(ans.Addrs)
+	slices.SortFunc(ans.AAAA, netip.Addr.Compare)
+	ans.AAAA = slices.Compact(ans.AAAA)
+	if len(ans.Addrs) == 0 && len(ans.AAAA) == 0 {
+		// Negative answer: RFC 2308 negative TTL from the SOA.
+		first = true
+		for _, rr := range reply.Ns {
+			if soa, ok := rr.(*dns.SOA); ok {
+				use(min(soa.Hdr.Ttl, soa.Minttl))
+			}
+		}
+		if first {
+			minTTL = 0
+		}
+	}
+	ans.TTL = time.Duration(minTTL) * time.Second
+	return ans
+}
+
+func rcodeName(rc int) string {
+	if s, ok := dns.RcodeToString[rc]; ok {
+		return s
+	}
+	return fmt.Sprintf("rcode %d", rc)
+}
