@@ -1,0 +1,165 @@
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// Values of Service.Protocol.
+const (
+	ProtocolTCP  = "tcp"  // XDP data path
+	ProtocolUDP  = "udp"  // XDP data path
+	ProtocolHTTP = "http" // L7 stage
+)
+
+// Values of Service.Mode.
+const (
+	ModeNAT  = "nat"
+	ModeSNAT = "snat"
+)
+
+// Values of Datapath.XDPMode.
+const (
+	XDPModeAuto    = "auto"
+	XDPModeNative  = "native"
+	XDPModeGeneric = "generic"
+)
+
+// HostKeep is Service.Host's value that passes the client's Host header on.
+const HostKeep = "keep"
+
+// MetricsOff is Metrics.Listen's value that disables the endpoint.
+const MetricsOff = "off"
+
+// Defaults applied by Parse to keys the file leaves out.
+const (
+	DefaultAdminSocket     = "/run/sluice/admin.sock"
+	DefaultMetricsListen   = "127.0.0.1:9464"
+	DefaultPinPath         = "/sys/fs/bpf/sluice"
+	DefaultMaglevTableSize = 16381
+	DefaultConntrackMax    = 262144
+	DefaultDNSPort         = 53
+)
+
+// Default retry conditions and methods for http services.
+var (
+	defaultRetryOn      = []string{"connect-failure", "reset", "timeout", "502", "503", "504"}
+	defaultRetryMethods = []string{"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+)
+
+// defaulter sets a value only where the file did not.
+type defaulter struct{ lines map[string]int }
+
+func (d defaulter) set(path string) bool { _, ok := d.lines[path]; return ok }
+
+func (d defaulter) str(path string, p *string, v string) {
+	if !d.set(path) {
+		*p = v
+	}
+}
+
+func (d defaulter) dur(path string, p *Duration, v time.Duration) {
+	if !d.set(path) {
+		*p = Duration(v)
+	}
+}
+
+func (d defaulter) int(path string, p *int, v int) {
+	if !d.set(path) {
+		*p = v
+	}
+}
+
+func (d defaulter) u32(path string, p *uint32, v uint32) {
+	if !d.set(path) {
+		*p = v
+	}
+}
+
+// applyDefaults fills every key the file leaves out (lines holds the paths
+// it sets).
+func applyDefaults(c *Config, lines map[string]int) {
+	d := defaulter{lines}
+	d.str("admin.socket", &c.Admin.Socket, DefaultAdminSocket)
+	d.str("metrics.listen", &c.Metrics.Listen, DefaultMetricsListen)
+
+	d.dur("dns.min_ttl", &c.DNS.MinTTL, time.Second)
+	d.dur("dns.max_ttl", &c.DNS.MaxTTL, 5*time.Minute)
+	d.str("dns.on_failure", &c.DNS.OnFailure, "keep")
+	d.dur("dns.nxdomain_hold", &c.DNS.NXDomainHold, 30*time.Second)
+	d.dur("dns.timeout", &c.DNS.Timeout, 2*time.Second)
+
+	d.str("datapath.xdp_mode", &c.Datapath.XDPMode, XDPModeAuto)
+	d.str("datapath.pin_path", &c.Datapath.PinPath, DefaultPinPath)
+	d.u32("datapath.maglev_table_size", &c.Datapath.MaglevTableSize, DefaultMaglevTableSize)
+	d.u32("datapath.conntrack_max", &c.Datapath.ConntrackMax, DefaultConntrackMax)
+	d.dur("datapath.conntrack_timeouts.tcp_syn", &c.Datapath.Timeouts.TCPSyn, 60*time.Second)
+	d.dur("datapath.conntrack_timeouts.tcp_established", &c.Datapath.Timeouts.TCPEstablished, time.Hour)
+	d.dur("datapath.conntrack_timeouts.tcp_closing", &c.Datapath.Timeouts.TCPClosing, 10*time.Second)
+	d.dur("datapath.conntrack_timeouts.udp", &c.Datapath.Timeouts.UDP, 60*time.Second)
+
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		pp := fmt.Sprintf("pools[%d]", i)
+		d.dur(pp+".drain_timeout", &p.DrainTimeout, 30*time.Second)
+		for j := range p.Backends {
+			d.u32(fmt.Sprintf("%s.backends[%d].weight", pp, j), &p.Backends[j].Weight, 1)
+		}
+		e := &p.Ejection
+		d.int(pp+".ejection.failures", &e.Failures, 5)
+		d.dur(pp+".ejection.window", &e.Window, 10*time.Second)
+		d.dur(pp+".ejection.base_time", &e.BaseTime, 10*time.Second)
+		d.dur(pp+".ejection.max_time", &e.MaxTime, 5*time.Minute)
+		d.int(pp+".ejection.max_ejected_percent", &e.MaxEjectedPercent, 50)
+		if hc := p.HealthCheck; hc != nil {
+			hp := pp + ".health_check"
+			d.dur(hp+".interval", &hc.Interval, 2*time.Second)
+			d.dur(hp+".timeout", &hc.Timeout, time.Second)
+			d.int(hp+".rise", &hc.Rise, 2)
+			d.int(hp+".fall", &hc.Fall, 3)
+			if hc.HTTP != nil {
+				d.str(hp+".http.path", &hc.HTTP.Path, "/")
+				d.str(hp+".http.expect", &hc.HTTP.Expect, "200-399")
+			}
+		}
+	}
+
+	for i := range c.Services {
+		s := &c.Services[i]
+		sp := fmt.Sprintf("services[%d]", i)
+		d.str(sp+".protocol", &s.Protocol, ProtocolTCP)
+		if s.IsL4() {
+			d.str(sp+".mode", &s.Mode, ModeNAT)
+		}
+		if s.Protocol != ProtocolHTTP {
+			continue
+		}
+		d.str(sp+".host", &s.Host, HostKeep)
+		if s.Timeouts == nil {
+			s.Timeouts = &Timeouts{}
+		}
+		t := s.Timeouts
+		d.dur(sp+".timeouts.connect", &t.Connect, 2*time.Second)
+		d.dur(sp+".timeouts.send", &t.Send, 30*time.Second)
+		d.dur(sp+".timeouts.read", &t.Read, 60*time.Second)
+		d.dur(sp+".timeouts.total", &t.Total, 90*time.Second)
+		if s.Retry == nil {
+			s.Retry = &Retry{}
+		}
+		r := s.Retry
+		rp := sp + ".retry"
+		d.int(rp+".attempts", &r.Attempts, 3)
+		if !d.set(rp + ".on") {
+			r.On = append([]string(nil), defaultRetryOn...)
+		}
+		if !d.set(rp + ".methods") {
+			r.Methods = append([]string(nil), defaultRetryMethods...)
+		}
+		d.int(rp+".budget_percent", &r.BudgetPercent, 20)
+		d.dur(rp+".backoff.base", &r.Backoff.Base, 25*time.Millisecond)
+		d.dur(rp+".backoff.max", &r.Backoff.Max, 250*time.Millisecond)
+		if !d.set(rp + ".buffer_bytes") {
+			r.BufferBytes = 65536
+		}
+	}
+}

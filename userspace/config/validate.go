@@ -1,0 +1,544 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/sluicelb/sluice/userspace/maglev"
+)
+
+// Limits enforced by validation.
+const (
+	MinMaglevTableSize = 251
+	MaxMaglevTableSize = 65521
+	MinConntrackMax    = 1024
+	MaxWeight          = 1000
+	MaxRetryAttempts   = 10
+)
+
+var (
+	nameRE   = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
+	methodRE = regexp.MustCompile(`^[A-Z][A-Z_-]*$`)
+	expectRE = regexp.MustCompile(`^([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?$`)
+	ifnameRE = regexp.MustCompile(`^[^/\s:]{1,15}$`)
+	tokenRE  = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+)
+
+// retryConditions are the non-status values of retry.on.
+var retryConditions = map[string]bool{"connect-failure": true, "reset": true, "timeout": true}
+
+// validator collects problems, each placed at the line of the key it names.
+type validator struct {
+	lines    map[string]int
+	bad      map[string]bool
+	problems []Problem
+}
+
+func (v *validator) set(path string) bool { _, ok := v.lines[path]; return ok }
+
+// line is the line of path, or of its nearest ancestor the file sets.
+func (v *validator) line(path string) int {
+	for p := path; p != ""; p = parent(p) {
+		if l, ok := v.lines[p]; ok {
+			return l
+		}
+	}
+	return 1
+}
+
+func (v *validator) add(path, format string, args ...any) {
+	// A value that failed to decode already has its problem; do not add a
+	// second one about the zero value left in its place.
+	for p := path; p != ""; p = parent(p) {
+		if v.bad[p] {
+			return
+		}
+	}
+	v.problems = append(v.problems, Problem{Line: v.line(path), Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// positive reports a zero duration the file sets (negatives never decode).
+func (v *validator) positive(path string, d Duration) {
+	if d <= 0 {
+		v.add(path, "must be greater than 0")
+	}
+}
+
+func (v *validator) validate(c *Config) {
+	if len(c.Services) == 0 {
+		path := ""
+		if v.set("services") {
+			path = "services"
+		}
+		v.add(path, "no services defined")
+	}
+	v.interfaces(c)
+	v.admin(c)
+	v.dns(c)
+	v.datapath(c)
+	pools := map[string]int{}
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		path := fmt.Sprintf("pools[%d]", i)
+		if p.Name != "" {
+			if first, dup := pools[p.Name]; dup {
+				v.add(path+".name", "pool %q is already defined at line %d", p.Name, first)
+			} else {
+				pools[p.Name] = p.Line
+			}
+		}
+		v.pool(c, p, path)
+	}
+	type listener struct {
+		addr      netip.AddrPort
+		transport string
+	}
+	listeners := map[listener]string{}
+	services := map[string]int{}
+	for i := range c.Services {
+		s := &c.Services[i]
+		path := fmt.Sprintf("services[%d]", i)
+		if s.Name != "" {
+			if first, dup := services[s.Name]; dup {
+				v.add(path+".name", "service %q is already defined at line %d", s.Name, first)
+			} else {
+				services[s.Name] = s.Line
+			}
+		}
+		v.service(s, path, pools)
+		if !s.ListenAddr.IsValid() {
+			continue
+		}
+		transport := s.Protocol
+		if transport == ProtocolHTTP {
+			transport = ProtocolTCP
+		}
+		for l, other := range listeners {
+			if l.transport != transport || l.addr.Port() != s.ListenAddr.Port() {
+				continue
+			}
+			a, b := l.addr.Addr(), s.ListenAddr.Addr()
+			if a == b || ((a.IsUnspecified() || b.IsUnspecified()) && a.Is4() == b.Is4()) {
+				v.add(path+".listen", "%s/%s is already used by service %q", s.Listen, transport, other)
+				break
+			}
+		}
+		listeners[listener{s.ListenAddr, transport}] = s.Name
+	}
+}
+
+func (v *validator) interfaces(c *Config) {
+	if len(c.L4Services()) > 0 && len(c.Interfaces) == 0 {
+		v.add("interfaces", "at least one interface is required for tcp/udp services")
+	}
+	seen := map[string]bool{}
+	for i, name := range c.Interfaces {
+		path := fmt.Sprintf("interfaces[%d]", i)
+		switch {
+		case !ifnameRE.MatchString(name):
+			v.add(path, "%q is not a valid interface name", name)
+		case seen[name]:
+			v.add(path, "interface %q is listed twice", name)
+		}
+		seen[name] = true
+	}
+}
+
+func (v *validator) admin(c *Config) {
+	if c.Admin.Socket == "" {
+		v.add("admin.socket", "must not be empty")
+	}
+	if l := c.Metrics.Listen; l != MetricsOff {
+		if _, err := parseHostPort(l); err != nil {
+			v.add("metrics.listen", "%q: %v (or \"off\")", l, err)
+		}
+	}
+}
+
+// parseHostPort checks a listen address of the form host:port.
+func parseHostPort(s string) (uint16, error) {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return 0, fmt.Errorf("expected host:port")
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return 0, fmt.Errorf("port %q is not a number 0-65535", port)
+	}
+	return uint16(n), nil
+}
+
+func (v *validator) dns(c *Config) {
+	d := &c.DNS
+	for i, s := range d.Servers {
+		path := fmt.Sprintf("dns.servers[%d]", i)
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			if ap.Port() == 0 {
+				v.add(path, "%q: port must not be 0", s)
+				continue
+			}
+			d.Servers[i] = ap.String()
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			v.add(path, "%q is not an IP address or ip:port", s)
+			continue
+		}
+		d.Servers[i] = netip.AddrPortFrom(a, DefaultDNSPort).String()
+	}
+	if d.MinTTL > d.MaxTTL {
+		v.add("dns.min_ttl", "min_ttl (%s) must not exceed max_ttl (%s)", d.MinTTL.D(), d.MaxTTL.D())
+	}
+	v.positive("dns.max_ttl", d.MaxTTL)
+	v.positive("dns.timeout", d.Timeout)
+	if d.OnFailure != "keep" {
+		v.add("dns.on_failure", "%q: only \"keep\" is supported", d.OnFailure)
+	}
+}
+
+func (v *validator) datapath(c *Config) {
+	dp := &c.Datapath
+	switch dp.XDPMode {
+	case XDPModeAuto, XDPModeNative, XDPModeGeneric:
+	default:
+		v.add("datapath.xdp_mode", "%q: must be auto, native or generic", dp.XDPMode)
+	}
+	if !filepath.IsAbs(dp.PinPath) {
+		v.add("datapath.pin_path", "%q: must be an absolute path", dp.PinPath)
+	}
+	if n := dp.MaglevTableSize; n < MinMaglevTableSize || n > MaxMaglevTableSize || !maglev.IsPrime(n) {
+		v.add("datapath.maglev_table_size", "%d: must be a prime between %d and %d (e.g. 251, 1021, 4093, 16381, 65521)",
+			n, MinMaglevTableSize, MaxMaglevTableSize)
+	}
+	if dp.ConntrackMax < MinConntrackMax {
+		v.add("datapath.conntrack_max", "%d: must be at least %d", dp.ConntrackMax, MinConntrackMax)
+	}
+	t := &dp.Timeouts
+	v.positive("datapath.conntrack_timeouts.tcp_syn", t.TCPSyn)
+	v.positive("datapath.conntrack_timeouts.tcp_established", t.TCPEstablished)
+	v.positive("datapath.conntrack_timeouts.tcp_closing", t.TCPClosing)
+	v.positive("datapath.conntrack_timeouts.udp", t.UDP)
+}
+
+func (v *validator) name(path, kind, name string) {
+	switch {
+	case name == "":
+		v.add(path, "%s name is required", kind)
+	case !nameRE.MatchString(name):
+		v.add(path, "%q: %s names may only contain letters, digits, '_', '.' and '-'", name, kind)
+	}
+}
+
+func (v *validator) pool(c *Config, p *Pool, path string) {
+	v.name(path+".name", "pool", p.Name)
+	if len(p.Backends) == 0 {
+		v.add(path+".backends", "pool %q has no backends", p.Name)
+	}
+	addrs := map[netip.AddrPort]int{}
+	names := map[string]int{}
+	for j := range p.Backends {
+		b := &p.Backends[j]
+		bp := fmt.Sprintf("%s.backends[%d]", path, j)
+		v.backend(b, bp)
+		switch {
+		case b.AddrPort.IsValid():
+			if first, dup := addrs[b.AddrPort]; dup {
+				v.add(bp+".address", "%s is already a backend of this pool (line %d)", b.AddrPort, first)
+			} else {
+				addrs[b.AddrPort] = b.Line
+			}
+		case b.Name != "" && b.Port != 0:
+			key := net.JoinHostPort(strings.ToLower(strings.TrimSuffix(b.Name, ".")), strconv.Itoa(int(b.Port)))
+			if first, dup := names[key]; dup {
+				v.add(bp+".name", "%s is already a backend of this pool (line %d)", key, first)
+			} else {
+				names[key] = b.Line
+			}
+		}
+	}
+	if len(addrs) > int(c.Datapath.MaglevTableSize) {
+		v.add(path+".backends", "%d backends do not fit a Maglev table of %d entries", len(addrs), c.Datapath.MaglevTableSize)
+	}
+	v.positive(path+".drain_timeout", p.DrainTimeout)
+
+	e := &p.Ejection
+	ep := path + ".ejection"
+	if e.Failures < 0 {
+		v.add(ep+".failures", "%d: must be 0 (off) or more", e.Failures)
+	}
+	v.positive(ep+".window", e.Window)
+	v.positive(ep+".base_time", e.BaseTime)
+	if e.MaxTime < e.BaseTime {
+		v.add(ep+".max_time", "max_time (%s) must not be less than base_time (%s)", e.MaxTime.D(), e.BaseTime.D())
+	}
+	if e.MaxEjectedPercent < 0 || e.MaxEjectedPercent > 100 {
+		v.add(ep+".max_ejected_percent", "%d: must be between 0 and 100", e.MaxEjectedPercent)
+	}
+	if p.HealthCheck != nil {
+		v.healthCheck(p.HealthCheck, path+".health_check")
+	}
+}
+
+func (v *validator) backend(b *Backend, path string) {
+	switch {
+	case b.Name != "" && b.Address != "":
+		v.add(path, "set either name or address, not both")
+	case b.Name == "" && b.Address == "":
+		v.add(path, "a backend needs a name (with port) or an address")
+	case b.Name != "":
+		if _, err := netip.ParseAddr(b.Name); err == nil {
+			v.add(path+".name", "%q is an IP address: use address: ip:port", b.Name)
+		} else if err := checkDNSName(b.Name); err != nil {
+			v.add(path+".name", "%q is not a valid DNS name: %v", b.Name, err)
+		}
+		if b.Port == 0 {
+			v.add(path+".port", "a backend name needs a port (1-65535)")
+		}
+	default:
+		ap, err := netip.ParseAddrPort(b.Address)
+		switch {
+		case err != nil:
+			v.add(path+".address", "%q is not an ip:port", b.Address)
+		case !ap.Addr().Is4():
+			v.add(path+".address", "%q: only IPv4 backends are supported for now", b.Address)
+		case ap.Port() == 0:
+			v.add(path+".address", "%q: port must not be 0", b.Address)
+		case ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() || ap.Addr() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			v.add(path+".address", "%q is not a unicast address", b.Address)
+		default:
+			b.AddrPort = ap
+		}
+		if v.set(path + ".port") {
+			v.add(path+".port", "port is not allowed with address (put it in address)")
+		}
+	}
+	if b.Weight < 1 || b.Weight > MaxWeight {
+		v.add(path+".weight", "%d: must be between 1 and %d", b.Weight, MaxWeight)
+	}
+}
+
+// checkDNSName checks the syntax of a host name: dot-separated labels of
+// letters, digits, '-' and '_', 1-63 bytes each, not starting or ending
+// with '-', 253 bytes at most, an optional final dot.
+func checkDNSName(name string) error {
+	n := strings.TrimSuffix(name, ".")
+	if n == "" {
+		return fmt.Errorf("empty name")
+	}
+	if len(n) > 253 {
+		return fmt.Errorf("longer than 253 characters")
+	}
+	for _, label := range strings.Split(n, ".") {
+		switch {
+		case label == "":
+			return fmt.Errorf("empty label")
+		case len(label) > 63:
+			return fmt.Errorf("label %q is longer than 63 characters", label)
+		case label[0] == '-' || label[len(label)-1] == '-':
+			return fmt.Errorf("label %q starts or ends with '-'", label)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("label %q contains %q", label, r)
+			}
+		}
+	}
+	return nil
+}
+
+func (v *validator) healthCheck(hc *HealthCheck, path string) {
+	switch {
+	case hc.HTTP != nil && hc.TCP != nil:
+		v.add(path, "set either http or tcp, not both")
+	case hc.HTTP == nil && hc.TCP == nil:
+		v.add(path, "set one of http or tcp")
+	case hc.HTTP != nil:
+		h := hc.HTTP
+		if !strings.HasPrefix(h.Path, "/") {
+			v.add(path+".http.path", "%q: must start with '/'", h.Path)
+		}
+		if h.Host != "" {
+			if err := checkHost(h.Host); err != nil {
+				v.add(path+".http.host", "%q: %v", h.Host, err)
+			}
+		}
+		if _, _, err := ParseExpect(h.Expect); err != nil {
+			v.add(path+".http.expect", "%v", err)
+		}
+	}
+	v.positive(path+".interval", hc.Interval)
+	v.positive(path+".timeout", hc.Timeout)
+	if hc.Timeout > 0 && hc.Interval > 0 && hc.Timeout >= hc.Interval {
+		v.add(path+".timeout", "timeout (%s) must be less than interval (%s)", hc.Timeout.D(), hc.Interval.D())
+	}
+	if hc.Rise < 1 {
+		v.add(path+".rise", "%d: must be at least 1", hc.Rise)
+	}
+	if hc.Fall < 1 {
+		v.add(path+".fall", "%d: must be at least 1", hc.Fall)
+	}
+}
+
+// ParseExpect parses a health check's expected status: "200" or "200-399".
+func ParseExpect(s string) (lo, hi int, err error) {
+	m := expectRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, 0, fmt.Errorf("%q: expected a status (\"200\") or a range (\"200-399\") within 100-599", s)
+	}
+	lo, _ = strconv.Atoi(m[1])
+	hi = lo
+	if m[2] != "" {
+		hi, _ = strconv.Atoi(m[2])
+	}
+	if lo > hi {
+		return 0, 0, fmt.Errorf("%q: range is empty", s)
+	}
+	return lo, hi, nil
+}
+
+// checkHost checks a host name or IP address with an optional :port, as
+// sent in a Host header or SNI.
+func checkHost(h string) error {
+	host := h
+	if hp, port, err := net.SplitHostPort(h); err == nil {
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return fmt.Errorf("port %q is not a number 0-65535", port)
+		}
+		host = hp
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if err := checkDNSName(host); err != nil {
+		return fmt.Errorf("not a valid host name: %w", err)
+	}
+	return nil
+}
+
+func (v *validator) service(s *Service, path string, pools map[string]int) {
+	v.name(path+".name", "service", s.Name)
+
+	l4 := s.IsL4()
+	switch {
+	case l4, s.Protocol == ProtocolHTTP:
+	default:
+		v.add(path+".protocol", "%q: must be tcp, udp or http", s.Protocol)
+	}
+
+	switch ap, err := netip.ParseAddrPort(s.Listen); {
+	case s.Listen == "":
+		v.add(path+".listen", "listen (vip:port) is required")
+	case err != nil:
+		v.add(path+".listen", "%q is not an ip:port", s.Listen)
+	case ap.Port() == 0:
+		v.add(path+".listen", "%q: port must not be 0", s.Listen)
+	case l4 && !ap.Addr().Is4():
+		v.add(path+".listen", "%q: IPv6 is not yet supported for tcp/udp services", s.Listen)
+	case l4 && (ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() || ap.Addr() == netip.AddrFrom4([4]byte{255, 255, 255, 255})):
+		v.add(path+".listen", "%q: a tcp/udp VIP must be a unicast address", s.Listen)
+	default:
+		s.ListenAddr = ap
+	}
+
+	if s.Pool == "" {
+		v.add(path+".pool", "pool is required")
+	} else if _, ok := pools[s.Pool]; !ok {
+		v.add(path+".pool", "pool %q is not defined", s.Pool)
+	}
+
+	if l4 {
+		switch s.Mode {
+		case ModeNAT, ModeSNAT:
+		default:
+			v.add(path+".mode", "%q: must be nat or snat", s.Mode)
+		}
+		if v.set(path + ".snat_source") {
+			if s.Mode != ModeSNAT {
+				v.add(path+".snat_source", "only allowed with mode: snat")
+			} else if a, err := netip.ParseAddr(s.SNATSource); err != nil || !a.Is4() {
+				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
+			}
+		}
+		for _, k := range []string{"host", "timeouts", "retry"} {
+			if v.set(path + "." + k) {
+				v.add(path+"."+k, "only allowed for http services")
+			}
+		}
+		return
+	}
+	if s.Protocol != ProtocolHTTP {
+		return
+	}
+	for _, k := range []string{"mode", "snat_source"} {
+		if v.set(path + "." + k) {
+			v.add(path+"."+k, "only allowed for tcp/udp services")
+		}
+	}
+	if s.Host != HostKeep {
+		if err := checkHost(s.Host); err != nil {
+			v.add(path+".host", "%q: %v (or \"keep\")", s.Host, err)
+		}
+	}
+	if t := s.Timeouts; t != nil {
+		tp := path + ".timeouts"
+		v.positive(tp+".connect", t.Connect)
+		v.positive(tp+".send", t.Send)
+		v.positive(tp+".read", t.Read)
+		v.positive(tp+".total", t.Total)
+	}
+	if r := s.Retry; r != nil {
+		v.retry(r, path+".retry")
+	}
+}
+
+func (v *validator) retry(r *Retry, path string) {
+	if r.Attempts < 1 || r.Attempts > MaxRetryAttempts {
+		v.add(path+".attempts", "%d: must be between 1 and %d (tries in total)", r.Attempts, MaxRetryAttempts)
+	}
+	seen := map[string]bool{}
+	for i, on := range r.On {
+		p := fmt.Sprintf("%s.on[%d]", path, i)
+		if seen[on] {
+			v.add(p, "%q is listed twice", on)
+			continue
+		}
+		seen[on] = true
+		if retryConditions[on] {
+			continue
+		}
+		code, err := strconv.Atoi(on)
+		if err != nil || !(code == 429 || code >= 500 && code <= 599) {
+			v.add(p, "%q: must be connect-failure, reset, timeout, 429 or a status 500-599", on)
+		}
+	}
+	seen = map[string]bool{}
+	for i, m := range r.Methods {
+		p := fmt.Sprintf("%s.methods[%d]", path, i)
+		switch {
+		case !methodRE.MatchString(m):
+			v.add(p, "%q: methods are upper-case tokens such as GET", m)
+		case seen[m]:
+			v.add(p, "%q is listed twice", m)
+		}
+		seen[m] = true
+	}
+	if h := r.IdempotencyHeader; h != "" && !tokenRE.MatchString(h) {
+		v.add(path+".idempotency_header", "%q is not a valid header name", h)
+	}
+	if r.BudgetPercent < 0 || r.BudgetPercent > 100 {
+		v.add(path+".budget_percent", "%d: must be between 0 and 100", r.BudgetPercent)
+	}
+	v.positive(path+".backoff.base", r.Backoff.Base)
+	if r.Backoff.Max < r.Backoff.Base {
+		v.add(path+".backoff.max", "max (%s) must not be less than base (%s)", r.Backoff.Max.D(), r.Backoff.Base.D())
+	}
+	if r.BufferBytes < 0 {
+		v.add(path+".buffer_bytes", "%d: must not be negative", r.BufferBytes)
+	}
+}
