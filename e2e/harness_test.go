@@ -1,0 +1,648 @@
+// Package e2e drives the real sluice binary in the netns lab of scripts/lab.sh.
+//
+// Every test builds its own lab (namespaces named sl-ID-*, addresses in
+// 198.18.0.0/15 only), starts the test backends and `sluice agent` inside it,
+// asserts through real sockets, and removes everything on cleanup. The suite
+// needs root; without it every test skips, except under CI=true where it fails.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
+)
+
+// suite is what TestMain prepares once for all tests.
+type suite struct {
+	repoRoot   string
+	sluice     string // built binaries
+	backend    string
+	loadgen    string
+	skipReason string // non-empty: every test skips (or fails under CI)
+	buildErr   error  // building failed: every test fails
+}
+
+var env suite
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		root, err := repoRoot()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+			return 1
+		}
+		env.repoRoot = root
+		switch {
+		case runtime.GOOS != "linux":
+			env.skipReason = "the e2e lab needs Linux network namespaces"
+		case os.Geteuid() != 0:
+			env.skipReason = "the e2e lab needs root (network namespaces, XDP, bpffs): run `sudo make test`"
+		}
+		if env.skipReason != "" {
+			return m.Run()
+		}
+		dir, err := os.MkdirTemp("", "sluice-e2e-bin-")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		env.buildErr = buildAll(root, dir)
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func repoRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("working directory: %w", err)
+	}
+	root := filepath.Dir(wd) // tests run in e2e/
+	if _, err := os.Stat(filepath.Join(root, "scripts", "lab.sh")); err != nil {
+		return "", fmt.Errorf("repository root not found from %s: %w", wd, err)
+	}
+	return root, nil
+}
+
+func buildAll(root, dir string) error {
+	goBin := "go"
+	if _, err := exec.LookPath("go"); err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	version := "e2e"
+	if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output(); err == nil {
+		version = strings.TrimSpace(string(out))
+	}
+	targets := []struct {
+		out, pkg string
+		dst      *string
+		ldflags  string
+	}{
+		{"sluice", "./cmd/sluice", &env.sluice, "-X main.version=" + version},
+		{"sluice-testbackend", "./e2e/backend", &env.backend, ""},
+		{"sluice-loadgen", "./e2e/loadgen", &env.loadgen, ""},
+	}
+	for _, tg := range targets {
+		out := filepath.Join(dir, tg.out)
+		args := []string{"build", "-o", out}
+		if tg.ldflags != "" {
+			args = append(args, "-ldflags", tg.ldflags)
+		}
+		args = append(args, tg.pkg)
+		cmd := exec.Command(goBin, args...)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w\n%s", tg.pkg, err, b)
+		}
+		*tg.dst = out
+	}
+	return nil
+}
+
+// requireLab skips (or fails, under CI=true) when the lab cannot run here.
+func requireLab(t *testing.T) {
+	t.Helper()
+	if env.skipReason != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but the e2e suite cannot run: %s", env.skipReason)
+		}
+		t.Skip(env.skipReason)
+	}
+	if env.buildErr != nil {
+		t.Fatalf("building the binaries: %v", env.buildErr)
+	}
+}
+
+// Lab is one lab built by scripts/lab.sh for one test.
+type Lab struct {
+	t   *testing.T
+	ID  string
+	Env map[string]string
+	dir string // per-test scratch directory
+
+	mu    sync.Mutex
+	procs []*Proc
+}
+
+// newLab brings up a lab; t.Cleanup stops its processes and takes it down.
+func newLab(t *testing.T) *Lab {
+	t.Helper()
+	requireLab(t)
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatalf("random lab id: %v", err)
+	}
+	l := &Lab{t: t, ID: hex.EncodeToString(b[:]), dir: t.TempDir()}
+	lab := filepath.Join(env.repoRoot, "scripts", "lab.sh")
+	t.Cleanup(func() {
+		l.stopAll()
+		out, err := exec.Command(lab, "down", l.ID).CombinedOutput()
+		if err != nil {
+			t.Errorf("lab.sh down %s: %v\n%s", l.ID, err, out)
+		}
+	})
+	out, err := exec.Command(lab, "up", l.ID).CombinedOutput()
+	if err != nil {
+		t.Fatalf("lab.sh up %s: %v\n%s", l.ID, err, out)
+	}
+	l.Env, err = readEnv(filepath.Join(env.repoRoot, ".lab", l.ID+".env"))
+	if err != nil {
+		t.Fatalf("lab %s: %v", l.ID, err)
+	}
+	t.Logf("lab %s up", l.ID)
+	return l
+}
+
+func readEnv(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read env file: %w", err)
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if ok {
+			m[k] = v
+		}
+	}
+	return m, nil
+}
+
+// NS is the namespace of lab host h (client, lb, sw, be1, be2, be3, dns).
+func (l *Lab) NS(h string) string { return "sl-" + l.ID + "-" + h }
+
+// command runs argv in host h. nsenter switches only the network namespace,
+// so the host's bpffs at /sys/fs/bpf stays visible (ip netns exec hides it).
+func (l *Lab) command(ctx context.Context, h string, argv ...string) *exec.Cmd {
+	args := append([]string{"--net=/run/netns/" + l.NS(h), "--"}, argv...)
+	return exec.CommandContext(ctx, "nsenter", args...)
+}
+
+// Run runs argv in host h, waits up to timeout, and returns its combined output.
+func (l *Lab) Run(h string, timeout time.Duration, argv ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := l.command(ctx, h, argv...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s in %s: %w: %s", strings.Join(argv, " "), h, err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
+
+// MustRun is Run that fails the test on error.
+func (l *Lab) MustRun(h string, timeout time.Duration, argv ...string) string {
+	l.t.Helper()
+	out, err := l.Run(h, timeout, argv...)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return out
+}
+
+// Proc is a background process started in the lab.
+type Proc struct {
+	Name string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // valid after done
+	log  string
+
+	stdout *bytes.Buffer
+	mu     *sync.Mutex
+}
+
+// Start runs argv in host h in the background; its stdout and stderr go to a
+// log file (and stdout is also kept for Output). The lab kills it on cleanup.
+func (l *Lab) Start(name, h string, argv ...string) *Proc {
+	l.t.Helper()
+	p := l.start(name, h, nil, argv...)
+	return p
+}
+
+// StartPiped is Start with stderr delivered line by line to lines (closed at
+// exit). Lines are dropped while lines is full: give it room.
+func (l *Lab) StartPiped(name, h string, lines chan<- string, argv ...string) *Proc {
+	l.t.Helper()
+	return l.start(name, h, lines, argv...)
+}
+
+func (l *Lab) start(name, h string, lines chan<- string, argv ...string) *Proc {
+	l.t.Helper()
+	logPath := filepath.Join(l.dir, name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		l.t.Fatalf("start %s: %v", name, err)
+	}
+	p := &Proc{Name: name, done: make(chan struct{}), log: logPath, stdout: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	p.cmd = l.command(context.Background(), h, argv...)
+	p.cmd.Stdout = io.MultiWriter(f, lockedWriter{p.mu, p.stdout})
+	var pr *io.PipeReader
+	if lines != nil {
+		var pw *io.PipeWriter
+		pr, pw = io.Pipe()
+		p.cmd.Stderr = io.MultiWriter(f, pw)
+		go func() {
+			defer close(lines)
+			sc := bufio.NewScanner(pr)
+			for sc.Scan() {
+				// Never block the process on a reader that stopped reading.
+				select {
+				case lines <- sc.Text():
+				default:
+				}
+			}
+		}()
+		defer func() {
+			go func() { <-p.done; _ = pw.Close() }()
+		}()
+	} else {
+		p.cmd.Stderr = f
+	}
+	if err := p.cmd.Start(); err != nil {
+		_ = f.Close()
+		l.t.Fatalf("start %s (%s): %v", name, strings.Join(argv, " "), err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		_ = f.Close()
+		close(p.done)
+	}()
+	l.mu.Lock()
+	l.procs = append(l.procs, p)
+	l.mu.Unlock()
+	return p
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (w lockedWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(b)
+}
+
+// PID is the process id (nsenter execs the command, so it is the command's).
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
+
+// Running reports whether the process has not exited yet.
+func (p *Proc) Running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Signal sends sig to the process (by PID).
+func (p *Proc) Signal(sig syscall.Signal) error {
+	if !p.Running() {
+		return nil
+	}
+	if err := syscall.Kill(p.PID(), sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal %s to %s (pid %d): %w", sig, p.Name, p.PID(), err)
+	}
+	return nil
+}
+
+// Wait waits up to timeout for the process to exit and returns its exit error.
+func (p *Proc) Wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		return fmt.Errorf("%s (pid %d) still running after %s", p.Name, p.PID(), timeout)
+	}
+}
+
+// Stop sends SIGTERM, then SIGKILL after timeout.
+func (p *Proc) Stop(timeout time.Duration) {
+	_ = p.Signal(syscall.SIGTERM)
+	if p.Wait(timeout) != nil && p.Running() {
+		_ = p.Signal(syscall.SIGKILL)
+		_ = p.Wait(5 * time.Second)
+	}
+}
+
+// Output is what the process wrote on stdout so far.
+func (p *Proc) Output() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Clone(p.stdout.Bytes())
+}
+
+// Log is the process's log file content (stdout and stderr).
+func (p *Proc) Log() string {
+	b, err := os.ReadFile(p.log)
+	if err != nil {
+		return fmt.Sprintf("(log unreadable: %v)", err)
+	}
+	return string(b)
+}
+
+func (l *Lab) stopAll() {
+	l.mu.Lock()
+	procs := l.procs
+	l.procs = nil
+	l.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].Stop(3 * time.Second)
+	}
+}
+
+// StartBackends runs the test backend on :80 in be1..be3 and waits for it.
+func (l *Lab) StartBackends() {
+	l.t.Helper()
+	for _, be := range []string{"be1", "be2", "be3"} {
+		l.Start(be, be, env.backend, "--listen", ":80", "--name", be)
+	}
+	for _, be := range []string{"be1", "be2", "be3"} {
+		waitFor(l.t, 5*time.Second, be+" listening", func() error {
+			_, err := l.Run(be, 2*time.Second, "curl", "-sf", "-o", "/dev/null", "--max-time", "1", "http://127.0.0.1:80/healthz")
+			return err
+		})
+	}
+}
+
+// runCmd runs a command in the root namespace (tools like bpftool) and
+// returns its combined output.
+func runCmd(timeout time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// waitFor polls fn until it succeeds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Backend addresses of the lab, by name.
+var backendAddr = map[string]string{
+	"be1": "198.18.2.11:80",
+	"be2": "198.18.2.12:80",
+	"be3": "198.18.2.13:80",
+}
+
+const vip = "198.18.1.100"
+
+// agentConfig is what a test varies in the agent's config.
+type agentConfig struct {
+	DrainTimeout time.Duration
+}
+
+// Agent is a running `sluice agent` in the lab's lb namespace.
+type Agent struct {
+	lab     *Lab
+	Config  string // config file
+	Socket  string // admin socket
+	PinPath string
+	proc    *Proc
+	starts  int
+}
+
+// StartAgent writes a config (service web-l4 at VIP:80 -> pool web of
+// be1..be3), starts the agent in the lb namespace and waits until it answers.
+func (l *Lab) StartAgent(c agentConfig) *Agent {
+	l.t.Helper()
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	a := &Agent{
+		lab:     l,
+		Config:  filepath.Join(l.dir, "sluice.yaml"),
+		Socket:  filepath.Join(l.dir, "admin.sock"),
+		PinPath: "/sys/fs/bpf/sluice-e2e-" + l.ID,
+	}
+	if len(a.Socket) > 100 {
+		// unix socket paths are limited to 108 bytes
+		a.Socket = filepath.Join(os.TempDir(), "sluice-e2e-"+l.ID+".sock")
+	}
+	cfg := fmt.Sprintf(`# written by the e2e suite (lab %s)
+interfaces: [eth0, eth1]
+admin: {socket: %s}
+metrics: {listen: 127.0.0.1:9464}
+datapath: {pin_path: %s, xdp_mode: native}
+pools:
+  - name: web
+    backends:
+      - address: %s
+      - address: %s
+      - address: %s
+    drain_timeout: %s
+services:
+  - name: web-l4
+    listen: %s:80
+    protocol: tcp
+    mode: nat
+    pool: web
+`, l.ID, a.Socket, a.PinPath, backendAddr["be1"], backendAddr["be2"], backendAddr["be3"], c.DrainTimeout, vip)
+	if err := os.WriteFile(a.Config, []byte(cfg), 0o600); err != nil {
+		l.t.Fatalf("write config: %v", err)
+	}
+	l.t.Cleanup(func() {
+		a.Kill()
+		out, err := l.Run("lb", 30*time.Second, env.sluice, "teardown", "--pin-path", a.PinPath)
+		if err != nil {
+			l.t.Errorf("sluice teardown: %v", err)
+		} else if _, serr := os.Stat(a.PinPath); serr == nil {
+			l.t.Errorf("sluice teardown left %s behind: %s", a.PinPath, out)
+		}
+	})
+	a.Start()
+	return a
+}
+
+// Start (re)starts the agent process and waits for readiness.
+func (a *Agent) Start() {
+	t := a.lab.t
+	t.Helper()
+	a.starts++
+	a.proc = a.lab.Start(fmt.Sprintf("agent-%d", a.starts), "lb", env.sluice, "agent", "-c", a.Config)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log (start %d):\n%s", a.starts, a.proc.Log())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := a.Status(); err == nil {
+			return
+		} else if !a.proc.Running() {
+			t.Fatalf("agent exited before becoming ready (%v):\n%s", a.proc.Wait(time.Second), a.proc.Log())
+		} else if time.Now().After(deadline) {
+			t.Fatalf("agent not ready after 15s: %v\n%s", err, a.proc.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Kill stops the agent with SIGKILL if it runs.
+func (a *Agent) Kill() {
+	if a.proc != nil && a.proc.Running() {
+		_ = a.proc.Signal(syscall.SIGKILL)
+		_ = a.proc.Wait(5 * time.Second)
+	}
+}
+
+// CLI runs `sluice ARGS --socket S` (from the root namespace: the socket is a file).
+func (a *Agent) CLI(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	argv := append([]string{args[0], "--socket", a.Socket}, args[1:]...)
+	out, err := exec.CommandContext(ctx, env.sluice, argv...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("sluice %s: %w: %s", strings.Join(argv, " "), err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
+
+// Status is `sluice status --json`.
+func (a *Agent) Status() (admin.Status, error) {
+	var st admin.Status
+	out, err := a.CLI("status", "--json")
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return st, fmt.Errorf("decode status: %w: %s", err, out)
+	}
+	return st, nil
+}
+
+// BackendState is the state of addr in pool web ("" when absent).
+func (a *Agent) BackendState(addr string) (string, error) {
+	st, err := a.Status()
+	if err != nil {
+		return "", err
+	}
+	for _, p := range st.Pools {
+		if p.Name != "web" {
+			continue
+		}
+		for _, b := range p.Backends {
+			if b.Address == addr {
+				return b.State, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// Report is the loadgen's JSON report.
+type Report struct {
+	Requests  int                `json:"requests"`
+	OK        int                `json:"ok"`
+	Failures  int                `json:"failures"`
+	Dials     int                `json:"dials"`
+	ByBackend map[string]int     `json:"by_backend"`
+	Errors    map[string]int     `json:"errors"`
+	Samples   []string           `json:"error_samples"`
+	LatencyMS map[string]float64 `json:"latency_ms"`
+}
+
+// Event is one loadgen --events line.
+type Event struct {
+	TimeMS  int64  `json:"t"`
+	Worker  int    `json:"worker"`
+	Conn    int    `json:"conn"`
+	Event   string `json:"event"`
+	Backend string `json:"backend"`
+	Kind    string `json:"kind"`
+	Error   string `json:"error"`
+}
+
+// Time is the event's wall clock time.
+func (e Event) Time() time.Time { return time.UnixMilli(e.TimeMS) }
+
+// Load runs the loadgen in the client namespace to completion.
+func (l *Lab) Load(args ...string) Report {
+	l.t.Helper()
+	argv := append([]string{env.loadgen}, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := l.command(ctx, "client", argv...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		l.t.Fatalf("loadgen %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return parseReport(l.t, out)
+}
+
+func parseReport(t *testing.T, out []byte) Report {
+	t.Helper()
+	var r Report
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("decode loadgen report: %v: %s", err, out)
+	}
+	return r
+}
+
+// StartLoad runs the loadgen in the background (stop it with Proc.Stop, then
+// parse Output with parseReport).
+func (l *Lab) StartLoad(name string, events chan<- string, args ...string) *Proc {
+	l.t.Helper()
+	argv := append([]string{env.loadgen}, args...)
+	if events != nil {
+		return l.StartPiped(name, "client", events, argv...)
+	}
+	return l.Start(name, "client", argv...)
+}
+
+// nextEvent reads the next JSON event line (skipping anything else) until timeout.
+func nextEvent(lines <-chan string, timeout time.Duration) (Event, error) {
+	deadline := time.After(timeout)
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				return Event{}, errors.New("loadgen exited")
+			}
+			if !strings.HasPrefix(line, "{") {
+				continue
+			}
+			var ev Event
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				return Event{}, fmt.Errorf("decode event %q: %w", line, err)
+			}
+			return ev, nil
+		case <-deadline:
+			return Event{}, fmt.Errorf("no loadgen event within %s", timeout)
+		}
+	}
+}

@@ -1,0 +1,333 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var vipURL = "http://" + vip + "/"
+
+// assertNoFailures fails the test when the report has any failed request.
+func assertNoFailures(t *testing.T, what string, r Report) {
+	t.Helper()
+	if r.Failures != 0 || r.OK != r.Requests || r.Requests == 0 {
+		t.Errorf("%s: %d requests, %d ok, %d failed: errors %v, samples %v",
+			what, r.Requests, r.OK, r.Failures, r.Errors, r.Samples)
+	}
+}
+
+// TestSpread: new connections to the VIP spread over be1..be3, none fails.
+func TestSpread(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.StartAgent(agentConfig{})
+
+	const n = 300
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--conns", "4",
+		"--count", fmt.Sprint(n), "--duration", "60s")
+	assertNoFailures(t, "300 new connections", r)
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if got := r.ByBackend[be]; got < n*15/100 {
+			t.Errorf("%s got %d of %d connections, want >= 15%%: %v", be, got, n, r.ByBackend)
+		}
+	}
+	if len(r.ByBackend) != 3 {
+		t.Errorf("answers came from %v, want exactly be1..be3", r.ByBackend)
+	}
+	t.Logf("spread over backends: %v, latency %v", r.ByBackend, r.LatencyMS)
+}
+
+// TestDrain: a long-lived connection stays on its backend while that backend
+// drains and new connections avoid it; after drain_timeout the pinned flow
+// gets an RST (not a timeout) and a reconnect lands elsewhere.
+func TestDrain(t *testing.T) {
+	const drainTimeout = 3 * time.Second
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{DrainTimeout: drainTimeout})
+
+	// One keep-alive connection, a request every 100ms (so the client sends
+	// a packet soon after the flow's backend is removed).
+	events := make(chan string, 4096)
+	long := lab.StartLoad("long", events, "--url", vipURL, "--mode", "keepalive",
+		"--conns", "1", "--interval", "100ms", "--count", "400", "--duration", "40s",
+		"--timeout", "3s", "--events")
+	t.Cleanup(func() { long.Stop(3 * time.Second) })
+
+	var pinned string
+	for pinned == "" {
+		ev, err := nextEvent(events, 10*time.Second)
+		if err != nil {
+			t.Fatalf("long-lived connection: %v\n%s", err, long.Log())
+		}
+		switch ev.Event {
+		case "response":
+			pinned = ev.Backend
+		case "error":
+			t.Fatalf("long-lived connection failed before the drain: %s %s", ev.Kind, ev.Error)
+		}
+	}
+	addr, ok := backendAddr[pinned]
+	if !ok {
+		t.Fatalf("long-lived connection answered by unknown backend %q", pinned)
+	}
+	t.Logf("long-lived connection pinned to %s (%s); draining it", pinned, addr)
+
+	if out, err := agent.CLI("drain", "web", addr); err != nil {
+		t.Fatalf("drain: %v", err)
+	} else {
+		t.Logf("sluice drain: %s", strings.TrimSpace(out))
+	}
+	drainedAt := time.Now()
+	deadline := drainedAt.Add(drainTimeout)
+	if state, err := agent.BackendState(addr); err != nil {
+		t.Errorf("status after drain: %v", err)
+	} else if state != "draining" {
+		t.Errorf("%s state after drain = %q, want draining", addr, state)
+	}
+
+	// New connections avoid the draining backend.
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--conns", "2", "--count", "60", "--duration", "20s")
+	assertNoFailures(t, "new connections while draining", r)
+	if r.ByBackend[pinned] != 0 {
+		t.Errorf("draining %s still got %d of %d new connections: %v", pinned, r.ByBackend[pinned], r.OK, r.ByBackend)
+	}
+
+	// The pinned connection keeps working on its backend until the deadline,
+	// then gets reset.
+	var afterDrain int
+	var resetAt time.Time
+	for resetAt.IsZero() {
+		ev, err := nextEvent(events, drainTimeout+10*time.Second)
+		if err != nil {
+			t.Fatalf("waiting for the pinned flow to end: %v (responses after drain: %d)", err, afterDrain)
+		}
+		switch ev.Event {
+		case "response":
+			if ev.Conn != 1 {
+				t.Fatalf("unexpected new connection %d before the pinned one failed", ev.Conn)
+			}
+			if ev.Backend != pinned {
+				t.Fatalf("pinned connection answered by %s, want %s", ev.Backend, pinned)
+			}
+			if ev.Time().After(drainedAt) {
+				afterDrain++
+			}
+		case "error":
+			if ev.Kind != "reset" {
+				t.Fatalf("pinned connection ended with %q (%s), want a reset", ev.Kind, ev.Error)
+			}
+			resetAt = ev.Time()
+		}
+	}
+	t.Logf("pinned flow reset %s after the drain (drain_timeout %s); %d responses while draining",
+		resetAt.Sub(drainedAt).Round(time.Millisecond), drainTimeout, afterDrain)
+	if afterDrain < 5 {
+		t.Errorf("only %d responses on the pinned connection while draining, want it to keep working", afterDrain)
+	}
+	if early := deadline.Add(-500 * time.Millisecond); resetAt.Before(early) {
+		t.Errorf("pinned flow reset %s before the drain deadline", deadline.Sub(resetAt))
+	}
+	if late := deadline.Add(1500 * time.Millisecond); resetAt.After(late) {
+		t.Errorf("pinned flow reset %s after the drain deadline, want within ~1s", resetAt.Sub(deadline))
+	}
+
+	// The client reconnects at once, to another backend.
+	for {
+		ev, err := nextEvent(events, 5*time.Second)
+		if err != nil {
+			t.Fatalf("waiting for the reconnect: %v", err)
+		}
+		if ev.Event == "error" {
+			t.Fatalf("reconnect failed: %s %s", ev.Kind, ev.Error)
+		}
+		if ev.Event == "response" {
+			if ev.Conn != 2 {
+				t.Fatalf("response on connection %d, want the reconnect (2)", ev.Conn)
+			}
+			if ev.Backend == pinned {
+				t.Fatalf("reconnect landed on the removed backend %s", pinned)
+			}
+			t.Logf("reconnected to %s", ev.Backend)
+			break
+		}
+	}
+	long.Stop(3 * time.Second)
+	rep := parseReport(t, long.Output())
+	if rep.Failures != 1 || rep.Errors["reset"] != 1 {
+		t.Errorf("long-lived load: want exactly one failure (the reset), got %d: %v %v", rep.Failures, rep.Errors, rep.Samples)
+	}
+	if state, err := agent.BackendState(addr); err != nil {
+		t.Errorf("status after the drain deadline: %v", err)
+	} else {
+		t.Logf("%s state after the drain deadline: %q", addr, state)
+	}
+}
+
+// TestAgentRestart: the data path keeps forwarding while the agent is
+// stopped (SIGTERM) or killed (SIGKILL) and after it restarts and adopts the
+// pinned state: no established connection breaks, no request fails.
+func TestAgentRestart(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+
+	const conns = 8
+	load := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
+		"--conns", fmt.Sprint(conns), "--interval", "20ms", "--count", "200000",
+		"--duration", "60s", "--timeout", "2s")
+	t.Cleanup(func() { load.Stop(3 * time.Second) })
+	time.Sleep(time.Second)
+
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t.Logf("stopping the agent with %s", sig)
+		if err := agent.proc.Signal(sig); err != nil {
+			t.Fatal(err)
+		}
+		err := agent.proc.Wait(10 * time.Second)
+		if agent.proc.Running() {
+			t.Fatalf("agent still running 10s after %s", sig)
+		}
+		if sig == syscall.SIGTERM && err != nil {
+			t.Errorf("agent exit after SIGTERM: %v, want a clean exit", err)
+		}
+		// Agent down: new connections and the keep-alive ones still work.
+		r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", "50", "--duration", "20s")
+		assertNoFailures(t, "new connections while the agent is down after "+sig.String(), r)
+		time.Sleep(time.Second)
+
+		agent.Start()
+		r = lab.Load("--url", vipURL, "--mode", "newconn", "--count", "50", "--duration", "20s")
+		assertNoFailures(t, "new connections after the restart following "+sig.String(), r)
+		if len(r.ByBackend) < 2 {
+			t.Errorf("after the restart following %s new connections went only to %v", sig, r.ByBackend)
+		}
+		time.Sleep(time.Second)
+	}
+	if !load.Running() {
+		t.Fatalf("keep-alive load ended early:\n%s", load.Log())
+	}
+	load.Stop(5 * time.Second)
+	rep := parseReport(t, load.Output())
+	assertNoFailures(t, "keep-alive load across two restarts", rep)
+	if rep.Dials != conns {
+		t.Errorf("keep-alive load dialled %d connections, want %d (established ones must survive)", rep.Dials, conns)
+	}
+	t.Logf("keep-alive load: %d requests, %d dials, by backend %v, latency %v", rep.Requests, rep.Dials, rep.ByBackend, rep.LatencyMS)
+
+	// The restarted agent sees the flows it did not create.
+	out, err := agent.CLI("conntrack", "--json")
+	if err != nil {
+		t.Errorf("conntrack after restart: %v", err)
+	} else if !strings.Contains(out, vip) {
+		t.Errorf("conntrack after restart lists no flow to %s:\n%s", vip, out)
+	}
+}
+
+// TestPinnedMaps: the maps and links are pinned, and bpftool reads them with BTF.
+func TestPinnedMaps(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+	r := lab.Load("--url", vipURL, "--mode", "keepalive", "--count", "5", "--duration", "10s")
+	assertNoFailures(t, "traffic before reading the maps", r)
+
+	for _, m := range []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats"} {
+		if _, err := os.Stat(filepath.Join(agent.PinPath, m)); err != nil {
+			t.Errorf("map %s not pinned: %v", m, err)
+		}
+	}
+	for _, ifname := range []string{"eth0", "eth1"} {
+		if _, err := os.Stat(filepath.Join(agent.PinPath, "links", "xdp_"+ifname)); err != nil {
+			t.Errorf("xdp link of %s not pinned: %v", ifname, err)
+		}
+	}
+
+	out, err := bpftool("map", "show", "pinned", filepath.Join(agent.PinPath, "conntrack"))
+	if err != nil {
+		t.Fatalf("bpftool map show conntrack: %v", err)
+	}
+	if !strings.Contains(out, "lru_hash") || !strings.Contains(out, "btf_id") {
+		t.Errorf("bpftool map show conntrack: want an lru_hash with BTF, got:\n%s", out)
+	}
+
+	for _, m := range []string{"services", "conntrack"} {
+		out, err := bpftool("-j", "map", "dump", "pinned", filepath.Join(agent.PinPath, m))
+		if err != nil {
+			t.Fatalf("bpftool map dump %s: %v", m, err)
+		}
+		var entries []struct {
+			Formatted *struct {
+				Key   map[string]any `json:"key"`
+				Value any            `json:"value"`
+			} `json:"formatted"`
+		}
+		if err := json.Unmarshal([]byte(out), &entries); err != nil {
+			t.Fatalf("bpftool map dump %s: not JSON: %v\n%s", m, err, out)
+		}
+		if len(entries) == 0 {
+			t.Errorf("bpftool map dump %s: no entries", m)
+			continue
+		}
+		f := entries[0].Formatted
+		if f == nil || len(f.Key) == 0 || f.Value == nil {
+			t.Errorf("bpftool map dump %s: entries without BTF field names:\n%s", m, out)
+			continue
+		}
+		t.Logf("%s: %d entries, first key %v", m, len(entries), f.Key)
+	}
+	if out, err := bpftool("map", "dump", "pinned", filepath.Join(agent.PinPath, "services")); err == nil {
+		if !strings.Contains(out, "vip") {
+			t.Errorf("bpftool map dump services: no field names:\n%s", out)
+		}
+	}
+}
+
+func bpftool(args ...string) (string, error) {
+	out, err := runCmd(30*time.Second, "bpftool", args...)
+	if err != nil {
+		return out, fmt.Errorf("bpftool %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return out, nil
+}
+
+// TestNonVIPUntouched: traffic that is not to a service passes the data path
+// unchanged: the client reaches the lb's own address and a backend directly.
+func TestNonVIPUntouched(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.Start("lb-http", "lb", env.backend, "--listen", "198.18.0.1:8080", "--name", "lb")
+	lab.StartAgent(agentConfig{})
+	waitFor(t, 5*time.Second, "lb's own HTTP server", func() error {
+		_, err := lab.Run("lb", 2*time.Second, "curl", "-sf", "-o", "/dev/null", "--max-time", "1", "http://198.18.0.1:8080/healthz")
+		return err
+	})
+
+	for _, tc := range []struct {
+		url, want string
+	}{
+		{"http://198.18.0.1:8080/", "lb"}, // the lb's own address
+		{"http://198.18.2.11:80/", "be1"}, // a backend, routed through the lb
+		{"http://198.18.2.13:80/", "be3"},
+	} {
+		for _, mode := range []string{"keepalive", "newconn"} {
+			r := lab.Load("--url", tc.url, "--mode", mode, "--count", "50", "--duration", "20s")
+			assertNoFailures(t, mode+" to "+tc.url, r)
+			if r.ByBackend[tc.want] != r.OK {
+				t.Errorf("%s %s: answered by %v, want only %s", mode, tc.url, r.ByBackend, tc.want)
+			}
+		}
+	}
+
+	// A VIP port that is no service is not forwarded to a backend.
+	r := lab.Load("--url", "http://"+vip+":81/", "--mode", "newconn", "--count", "3", "--duration", "10s", "--timeout", "1s")
+	if r.OK != 0 {
+		t.Errorf("%s:81 (no service) answered by %v, want no answer", vip, r.ByBackend)
+	}
+}
