@@ -298,9 +298,10 @@ int sluice_xdp(struct xdp_md *ctx)
 						s->drop_removed_backend++;
 					return XDP_DROP;
 				}
-				if (s)
+				int act = answer_rst(ctx, &p);
+				if (s && act == XDP_TX)
 					s->rst_removed_backend++;
-				return answer_rst(ctx, &p);
+				return act;
 			}
 			ct->last_seen = now;
 			if (tcp)
@@ -325,9 +326,10 @@ int sluice_xdp(struct xdp_md *ctx)
 				s->drop_no_backend++;
 			return XDP_DROP;
 		}
-		if (s)
+		int act = answer_rst(ctx, &p);
+		if (s && act == XDP_TX)
 			s->rst_no_backend++;
-		return answer_rst(ctx, &p);
+		return act;
 	}
 
 	struct ct_value fv = {
