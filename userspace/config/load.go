@@ -102,7 +102,10 @@ func setLines(c *Config, lines map[string]int) {
 	}
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+var (
+	yamlLineRE   = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+	yamlAnchorRE = regexp.MustCompile(`^yaml: unknown anchor '(.*)' referenced$`)
+)
 
 // parseYAML returns the root node of the only document in data (nil for an
 // empty file) or the syntax problem.
@@ -113,13 +116,13 @@ func parseYAML(data []byte) (*yaml.Node, *Problem) {
 		if errors.Is(err, io.EOF) {
 			return nil, nil
 		}
-		return nil, syntaxProblem(err)
+		return nil, syntaxProblem(err, data)
 	}
 	var extra yaml.Node
 	switch err := dec.Decode(&extra); {
 	case errors.Is(err, io.EOF):
 	case err != nil:
-		return nil, syntaxProblem(err)
+		return nil, syntaxProblem(err, data)
 	default:
 		return nil, &Problem{Line: extra.Line, Msg: "only one YAML document is allowed"}
 	}
@@ -129,13 +132,37 @@ func parseYAML(data []byte) (*yaml.Node, *Problem) {
 	return doc.Content[0], nil
 }
 
-func syntaxProblem(err error) *Problem {
+// parserMessages are the yaml.v3 errors raised by its parser rather than its
+// scanner: yaml.v3 reports their line 0-based (one too low).
+var parserMessages = []string{
+	"did not find expected node content",
+	"did not find expected key",
+	"did not find expected '-' indicator",
+	"did not find expected ',' or ']'",
+	"did not find expected ',' or '}'",
+	"did not find expected <document start>",
+}
+
+// syntaxProblem turns a yaml.v3 syntax error into a Problem with a 1-based line.
+func syntaxProblem(err error, data []byte) *Problem {
 	msg := err.Error()
 	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
+		if slices.Contains(parserMessages, m[2]) {
+			line++
+		}
 		return &Problem{Line: line, Msg: "invalid YAML: " + m[2]}
 	}
-	return &Problem{Line: 1, Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
+	line := 1
+	if m := yamlAnchorRE.FindStringSubmatch(msg); m != nil {
+		for i, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "*"+m[1]) {
+				line = i + 1
+				break
+			}
+		}
+	}
+	return &Problem{Line: line, Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
 }
 
 // Pool returns the pool called name, or nil.

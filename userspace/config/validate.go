@@ -54,12 +54,24 @@ func (v *validator) line(path string) int {
 func (v *validator) add(path, format string, args ...any) {
 	// A value that failed to decode already has its problem; do not add a
 	// second one about the zero value left in its place.
-	for p := path; p != ""; p = parent(p) {
-		if v.bad[p] {
-			return
+	// The same goes for a problem about a section whose part failed to
+	// decode ("needs a name or an address" when the address was a list).
+	if path != "" {
+		for b := range v.bad {
+			if related(path, b) {
+				return
+			}
 		}
 	}
 	v.problems = append(v.problems, Problem{Line: v.line(path), Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// related reports whether one path is the other or lies inside it.
+func related(a, b string) bool {
+	if len(a) > len(b) {
+		a, b = b, a
+	}
+	return a == b || strings.HasPrefix(b, a) && (b[len(a)] == '.' || b[len(a)] == '[')
 }
 
 // positive reports a zero duration the file sets (negatives never decode).
