@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
+)
+
+func statusCmd() *command {
+	return &command{
+		name:    "status",
+		args:    "[--json] [--socket PATH | -c FILE]",
+		summary: "show services, pools and every address: state, cause, flows, deadlines",
+		detail: `
+Services: name, VIP, protocol/mode, pool, backends getting new flows out of
+the pool's live addresses, active flows and counters. Then every address of
+every pool: where it came from (static or the DNS name), its state (active,
+draining, ejected, removed), why, for how long, its flows and, when
+draining, the time left before its remaining flows are cut.
+
+--json prints the admin API's status document.`,
+		maxArgs: 0,
+		setup: func(fs *flag.FlagSet) runFunc {
+			t := addTargetFlags(fs, false)
+			asJSON := fs.Bool("json", false, "print the admin API's JSON")
+			return func(ctx context.Context, e *env, _ []string) error {
+				c, _, err := t.client(e)
+				if err != nil {
+					return err
+				}
+				st, err := c.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if *asJSON {
+					return writeJSON(e.stdout, st)
+				}
+				return writeStatus(e.stdout, st, e.now())
+			}
+		},
+	}
+}
+
+func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
+	fmt.Fprintf(w, "agent %s, config %s, up %s\n\n", orDash(st.Version), orDash(st.ConfigPath), since(now, st.StartedAt))
+
+	live := map[string]int{} // pool -> addresses not removed
+	for _, p := range st.Pools {
+		for _, b := range p.Backends {
+			if b.State != "removed" {
+				live[p.Name]++
+			}
+		}
+	}
+	if len(st.Services) == 0 {
+		fmt.Fprintln(w, "no services")
+	} else {
+		t := newTable(w, "SERVICE", "LISTEN", "PROTO/MODE", "POOL", "BACKENDS", "FLOWS", "PACKETS", "BYTES", "NEW FLOWS", "RSTS")
+		for _, s := range st.Services {
+			pm := s.Protocol
+			if s.Mode != "" {
+				pm += "/" + s.Mode
+			}
+			t.row(s.Name, s.Listen, pm, s.Pool, fmt.Sprintf("%d/%d", s.Backends, live[s.Pool]),
+				itoa(s.ActiveFlows), itoa(s.Packets), bytesHuman(s.Bytes), itoa(s.NewFlows), itoa(s.RSTs))
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(w)
+	if len(st.Pools) == 0 {
+		fmt.Fprintln(w, "no pools")
+		return nil
+	}
+	t := newTable(w, "POOL", "ADDRESS", "SOURCE", "STATE", "CAUSE", "AGE", "FLOWS", "DRAIN LEFT")
+	for _, p := range st.Pools {
+		if len(p.Backends) == 0 {
+			t.row(p.Name, "(no addresses)", "", "", "", "", "", "")
+		}
+		for _, b := range p.Backends {
+			t.row(p.Name, b.Address, b.Source, b.State, b.Cause, since(now, b.Since), itoa(b.ActiveFlows), drainLeft(b, now))
+		}
+	}
+	return t.flush()
+}
+
+// drainLeft is the time before a draining address's flows are cut.
+func drainLeft(b admin.Backend, now time.Time) string {
+	if b.DrainDeadline == nil {
+		return "-"
+	}
+	return human(b.DrainDeadline.Sub(now))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// bytesHuman renders a byte count with a binary unit.
+func bytesHuman(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

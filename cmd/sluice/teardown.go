@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
+)
+
+// teardownProbe bounds the check that no agent is running.
+const teardownProbe = 2 * time.Second
+
+func teardownCmd() *command {
+	return &command{
+		name:    "teardown",
+		args:    "[--pin-path DIR] [--force] [--socket PATH | -c FILE]",
+		summary: "detach sluice's programs and remove every pin (traffic to VIPs stops)",
+		detail: `
+Detaches the XDP programs and removes every map and link pinned under the pin
+path (default ` + defaultPinPath + `), so nothing of sluice stays in the
+kernel. Flows through sluice stop. Stop the agent first: teardown refuses
+while an agent answers on the admin socket, unless --force.`,
+		maxArgs: 0,
+		setup: func(fs *flag.FlagSet) runFunc {
+			t := addTargetFlags(fs, true)
+			force := fs.Bool("force", false, "tear down even while an agent is running")
+			return func(ctx context.Context, e *env, _ []string) error {
+				c, r, err := t.client(e)
+				if err != nil {
+					return err
+				}
+				if !*force {
+					pctx, cancel := context.WithTimeout(ctx, teardownProbe)
+					_, err := c.Status(pctx)
+					cancel()
+					switch {
+					case err == nil:
+						return fmt.Errorf("an agent is running (admin socket %s): stop it first, or use --force", r.socket)
+					case !errors.Is(err, admin.ErrUnreachable):
+						return fmt.Errorf("cannot tell whether an agent is running (%w): stop it first, or use --force", err)
+					}
+				}
+				if err := e.teardown(r.pinPath); err != nil {
+					return fmt.Errorf("tearing down %s: %w", r.pinPath, err)
+				}
+				fmt.Fprintf(e.stdout, "detached sluice and removed its pins under %s\n", r.pinPath)
+				return nil
+			}
+		},
+	}
+}
