@@ -475,7 +475,7 @@ services:
 	}
 	l.t.Cleanup(func() {
 		a.Kill()
-		out, err := l.Run("lb", 30*time.Second, env.sluice, "teardown", "--pin-path", a.PinPath)
+		out, err := l.Run("lb", 30*time.Second, env.sluice, "teardown", "--socket", a.Socket, "--pin-path", a.PinPath)
 		if err != nil {
 			l.t.Errorf("sluice teardown: %v", err)
 		} else if _, serr := os.Stat(a.PinPath); serr == nil {

@@ -45,7 +45,7 @@ cleanup() {
 		rm -f "$state/agent.pid"
 	fi
 	if [[ -e $pin ]]; then
-		"$lab" exec "$id" lb "$sluice" teardown --pin-path "$pin" >&2 ||
+		"$lab" exec "$id" lb "$sluice" teardown -c "$config" --pin-path "$pin" >&2 ||
 			log "sluice teardown failed; lab.sh down removes the pins"
 	fi
 	"$lab" down "$id" >/dev/null 2>&1 || log "lab.sh down $id failed"
