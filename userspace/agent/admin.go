@@ -1,0 +1,285 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+var _ admin.Agent = (*agent)(nil)
+
+// maxFlowsListed bounds one Flows answer.
+const maxFlowsListed = 100000
+
+// Status implements admin.Agent.
+func (a *agent) Status(ctx context.Context) (admin.Status, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := admin.Status{Version: a.version, ConfigPath: a.configPath, StartedAt: a.startedAt}
+	if a.cfg == nil {
+		return st, nil
+	}
+	for _, sc := range a.cfg.Services {
+		out := admin.Service{Name: sc.Name, Listen: sc.Listen, Protocol: sc.Protocol, Pool: sc.Pool}
+		if sc.IsL4() {
+			out.Mode = sc.Mode
+			if s, ok := a.services[serviceKey(sc)]; ok {
+				out.ID = s.id
+				out.ActiveFlows = a.flowsBySvc[s.id]
+				out.Backends = len(s.tableSlots)
+				if s.written {
+					ss, err := a.dp.ServiceStats(s.id)
+					if err != nil {
+						a.mapError(err, "reading service stats failed", "service", sc.Name)
+					}
+					out.Packets, out.Bytes, out.NewFlows = ss.Packets, ss.Bytes, ss.NewFlows
+					out.RSTs = ss.RSTNoBackend + ss.RSTRemovedBackend
+				}
+			}
+		} else if ps, ok := a.pools[sc.Pool]; ok {
+			out.Backends = len(ps.p.Active())
+		}
+		st.Services = append(st.Services, out)
+	}
+	names := make([]string, 0, len(a.pools))
+	for name := range a.pools {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		ps := a.pools[name]
+		ap := admin.Pool{Name: name, Backends: []admin.Backend{}}
+		for _, b := range ps.p.Backends() {
+			ab := admin.Backend{
+				Address: b.Addr.String(),
+				Source:  b.Source,
+				State:   b.State.String(),
+				Cause:   b.Cause,
+				Since:   b.Since,
+				Weight:  b.Weight,
+				Slot:    b.Slot,
+			}
+			if b.Held && b.State != pool.Draining {
+				ab.Cause += " (held by operator)"
+			}
+			if b.State == pool.Draining {
+				d := b.DrainDeadline
+				ab.DrainDeadline = &d
+			}
+			if n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr}); ok {
+				ab.Slot = n
+				ab.ActiveFlows = a.flowsBySlot[n]
+				bs, err := a.dp.BackendStats(n)
+				if err != nil {
+					a.mapError(err, "reading backend stats failed", "slot", n)
+				}
+				ab.Packets, ab.Bytes, ab.NewFlows = bs.Packets, bs.Bytes, bs.NewFlows
+			}
+			ap.Backends = append(ap.Backends, ab)
+		}
+		st.Pools = append(st.Pools, ap)
+	}
+	return st, nil
+}
+
+// Flows implements admin.Agent.
+func (a *agent) Flows(ctx context.Context, f admin.FlowFilter) ([]admin.Flow, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	names := make(map[uint32]string, len(a.services))
+	var svcID uint32
+	for _, s := range a.services {
+		names[s.id] = s.name
+		if f.Service != "" && s.name == f.Service {
+			svcID = s.id
+		}
+	}
+	if f.Service != "" && svcID == 0 {
+		return nil, fmt.Errorf("no L4 service %q: %w", f.Service, admin.ErrBadRequest)
+	}
+	match, err := backendMatcher(f.Backend)
+	if err != nil {
+		return nil, err
+	}
+	out := []admin.Flow{}
+	err = a.dp.Flows(func(fl datapath.Flow) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		if svcID != 0 && fl.ServiceID != svcID {
+			return true
+		}
+		if !match(fl.Backend) {
+			return true
+		}
+		out = append(out, admin.Flow{
+			Service: names[fl.ServiceID],
+			Client:  fl.Client.String(),
+			VIP:     fl.VIP.String(),
+			Backend: fl.Backend.String(),
+			Proto:   protoName(fl.Proto),
+			State:   fl.State.String(),
+			Idle:    fl.Idle.Round(time.Millisecond).String(),
+			Expired: fl.Expired,
+		})
+		return len(out) < maxFlowsListed
+	})
+	if err != nil {
+		a.mapError(err, "reading conntrack failed")
+		return nil, fmt.Errorf("read conntrack: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// backendMatcher parses a backend filter: "", an ip or an ip:port.
+func backendMatcher(s string) (func(netip.AddrPort) bool, error) {
+	if s == "" {
+		return func(netip.AddrPort) bool { return true }, nil
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return func(b netip.AddrPort) bool { return b == ap }, nil
+	}
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return func(b netip.AddrPort) bool { return b.Addr() == ip }, nil
+	}
+	return nil, fmt.Errorf("backend %q is neither an ip nor an ip:port: %w", s, admin.ErrBadRequest)
+}
+
+func protoName(p datapath.Proto) string {
+	switch p {
+	case datapath.TCP:
+		return "tcp"
+	case datapath.UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto-%d", p)
+}
+
+// Drain implements admin.Agent.
+func (a *agent) Drain(ctx context.Context, poolName, address string) error {
+	return a.operate(poolName, address, "drain", (*pool.Pool).Drain)
+}
+
+// Undrain implements admin.Agent.
+func (a *agent) Undrain(ctx context.Context, poolName, address string) error {
+	return a.operate(poolName, address, "undrain", (*pool.Pool).Undrain)
+}
+
+func (a *agent) operate(poolName, address, verb string, op func(*pool.Pool, time.Time, netip.AddrPort) error) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	ps, ok := a.pools[poolName]
+	if !ok || !ps.configured {
+		return fmt.Errorf("%s %s: pool %q: %w", verb, address, poolName, admin.ErrUnknownPool)
+	}
+	addr, err := a.resolveAddress(ps, address)
+	if err != nil {
+		return fmt.Errorf("%s: pool %s: %w", verb, poolName, err)
+	}
+	if err := op(ps.p, now, addr); err != nil {
+		if errors.Is(err, pool.ErrUnknownAddress) {
+			return fmt.Errorf("%w: %w", admin.ErrUnknownAddress, err)
+		}
+		return err
+	}
+	a.log.Info("operator request", "verb", verb, "pool", poolName, "address", addr.String())
+	// Apply at once rather than on the next tick; failed writes are retried.
+	_ = a.reconcile(now)
+	return nil
+}
+
+// resolveAddress takes "ip:port", or an "ip" that names exactly one
+// address of the pool.
+func (a *agent) resolveAddress(ps *poolState, s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("address %q is neither an ip nor an ip:port: %w", s, admin.ErrBadRequest)
+	}
+	var found []netip.AddrPort
+	for _, b := range ps.p.Backends() {
+		if b.Addr.Addr() == ip {
+			found = append(found, b.Addr)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return netip.AddrPort{}, fmt.Errorf("address %s: %w", s, admin.ErrUnknownAddress)
+	case 1:
+		return found[0], nil
+	}
+	list := make([]string, len(found))
+	for i, f := range found {
+		list[i] = f.String()
+	}
+	return netip.AddrPort{}, fmt.Errorf("address %s is ambiguous (%s), give ip:port: %w", s, strings.Join(list, ", "), admin.ErrBadRequest)
+}
+
+// Reload implements admin.Agent: the file is read and validated first; an
+// invalid one is refused and the running config stays.
+func (a *agent) Reload(ctx context.Context) error {
+	cfg, err := a.load(a.configPath)
+	if err != nil {
+		a.log.Error("reload refused, the running config stays", "config", a.configPath, "err", err)
+		return fmt.Errorf("%w: %w", admin.ErrReloadRefused, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.warnRestartOnly(cfg)
+	now := time.Now()
+	a.apply(now, cfg)
+	if err := a.reconcile(now); err != nil {
+		a.log.Warn("reload applied, some map writes failed and will be retried", "err", err)
+	}
+	a.log.Info("config reloaded", "config", a.configPath, "services", len(cfg.Services), "pools", len(cfg.Pools))
+	return nil
+}
+
+// warnRestartOnly logs the settings a reload cannot change.
+func (a *agent) warnRestartOnly(next *config.Config) {
+	cur := a.cfg
+	if cur == nil {
+		return
+	}
+	if !slices.Equal(cur.Interfaces, next.Interfaces) {
+		a.log.Warn("interfaces changed: takes effect on restart")
+	}
+	if cur.Datapath != next.Datapath {
+		a.log.Warn("datapath settings changed: take effect on restart")
+	}
+	if cur.Admin != next.Admin {
+		a.log.Warn("admin socket changed: takes effect on restart")
+	}
+	if cur.Metrics != next.Metrics {
+		a.log.Warn("metrics listen address changed: takes effect on restart")
+	}
+}
+
+// SetSource feeds a pool source other than the config (a DNS name's
+// current answer, from the DNS watcher) and applies it at once.
+func (a *agent) SetSource(poolName, source string, addrs []pool.Desired) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps, ok := a.pools[poolName]
+	if !ok || !ps.configured {
+		return fmt.Errorf("set source %s: pool %q: %w", source, poolName, admin.ErrUnknownPool)
+	}
+	now := time.Now()
+	ps.p.SetSource(now, source, addrs)
+	return a.reconcile(now)
+}

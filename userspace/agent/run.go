@@ -1,0 +1,112 @@
+// Package agent is sluice's daemon: it loads the config, opens (or adopts)
+// the data path, runs every pool's backend lifecycle, mirrors it into the
+// BPF maps with Maglev tables, and serves the admin API.
+//
+// The core is a reconciler over a datapath.Map, so everything but Run is
+// tested without root against datapath.Fake.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/datapath"
+)
+
+// TickInterval is how often flows are counted and lifecycles advanced.
+const TickInterval = time.Second
+
+// Run runs the agent until ctx is done. SIGHUP reloads the config file. On
+// return the data path stays attached and keeps forwarding; a restarted
+// agent adopts it without disturbing established flows.
+func Run(ctx context.Context, configPath string, log *slog.Logger, version string) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		return fmt.Errorf("load config: %w", err)
+	}
+	t := cfg.Datapath.Timeouts
+	dp, err := datapath.Open(datapath.Options{
+		PinPath:         cfg.Datapath.PinPath,
+		Interfaces:      cfg.Interfaces,
+		XDPMode:         cfg.Datapath.XDPMode,
+		MaglevTableSize: cfg.Datapath.MaglevTableSize,
+		ConntrackMax:    cfg.Datapath.ConntrackMax,
+		Timeouts: datapath.Timeouts{
+			TCPSyn:         t.TCPSyn.D(),
+			TCPEstablished: t.TCPEstablished.D(),
+			TCPClosing:     t.TCPClosing.D(),
+			UDP:            t.UDP.D(),
+		},
+		Log: log.With("component", "datapath"),
+	})
+	if err != nil {
+		return fmt.Errorf("open data path: %w", err)
+	}
+	defer func() {
+		if err := dp.Close(); err != nil {
+			log.Warn("closing data path handles", "err", err)
+		}
+		log.Info("agent stopped; the data path keeps forwarding")
+	}()
+
+	a := newAgent(dp, options{log: log, version: version, configPath: configPath})
+	if err := a.start(time.Now(), cfg); err != nil {
+		return err
+	}
+	log.Info("agent started", "version", version, "config", configPath,
+		"services", len(cfg.Services), "pools", len(cfg.Pools), "interfaces", cfg.Interfaces)
+	return a.serve(ctx, cfg.Admin.Socket)
+}
+
+// serve runs the admin API, the tick loop and SIGHUP reloads until ctx is
+// done or the admin server fails.
+func (a *agent) serve(ctx context.Context, socket string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	adminErr := make(chan error, 1)
+	srv := admin.NewServer(a, a.log.With("component", "admin"))
+	wg.Go(func() {
+		if err := srv.Serve(ctx, socket); err != nil {
+			adminErr <- err
+		}
+	})
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	ticker := time.NewTicker(TickInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-adminErr:
+			return fmt.Errorf("admin API: %w", err)
+		case <-hup:
+			a.log.Info("SIGHUP: reloading config")
+			if err := a.Reload(ctx); err != nil && !errors.Is(err, admin.ErrReloadRefused) {
+				a.log.Error("reload failed", "err", err)
+			}
+		case now := <-ticker.C:
+			if err := a.tick(now); err != nil {
+				a.log.Debug("tick finished with errors, retrying on the next one", "err", err)
+			}
+		}
+	}
+}
