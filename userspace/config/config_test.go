@@ -548,11 +548,58 @@ services:
 `},
 		{"anchors and merge keys", `
 interfaces: [eth0]
+pools:
+  - name: web
+    drain_timeout: 5s
+    ejection: &ej {failures: 3, window: 20s}
+    health_check: &hc
+      tcp: {}
+      interval: 3s
+    backends: [{address: 198.18.2.11:80}]
+  - name: api
+    ejection: *ej
+    health_check:
+      <<: *hc
+      interval: 4s
+      rise: 5
+    backends: [{address: 198.18.2.12:80}]
+services:
+  - name: a
+    listen: 198.18.1.100:80
+    pool: web
+`},
+		{"extension keys are not allowed", `
+interfaces: [eth0]
 x-common: &common          # <- x-common: unknown key
   drain_timeout: 5s
 pools:
   - name: web
     <<: *common
+    backends: [{address: 198.18.2.11:80}]
+services:
+  - name: a
+    listen: 198.18.1.100:80
+    pool: web
+`},
+		{"admin and metrics", `
+interfaces: [eth0]
+admin: {socket: ""}        # <- admin.socket: must not be empty
+metrics: {listen: off}
+pools:
+  - name: web
+    backends: [{address: 198.18.2.11:80}]
+    health_check: {tcp: {port: 81}}   # <- pools[0].health_check.tcp.port: unknown key "port" (this section takes no keys)
+services:
+  - name: a
+    listen: 198.18.1.100:80
+    pool: web
+`},
+		{"non-scalar key", `
+interfaces: [eth0]
+? [a, b]                   # <- keys must be plain strings, got a list
+: 1
+pools:
+  - name: web
     backends: [{address: 198.18.2.11:80}]
 services:
   - name: a
@@ -837,6 +884,43 @@ services:
 	if r.Attempts != 1 || len(r.On) != 0 || r.On == nil || r.BudgetPercent != 0 || r.BufferBytes != 0 ||
 		r.Backoff.Max.D() != time.Second || r.Backoff.Base.D() != 25*time.Millisecond || len(r.Methods) != 5 {
 		t.Errorf("retry = %+v", r)
+	}
+}
+
+func TestAnchors(t *testing.T) {
+	src := `interfaces: [eth0]
+pools:
+  - name: web
+    ejection: &ej {failures: 3, window: 20s}
+    health_check: &hc
+      tcp: {}
+      interval: 3s
+    backends: [{address: 198.18.2.11:80}]
+  - name: api
+    ejection: *ej
+    health_check:
+      <<: *hc
+      interval: 4s
+    backends: [{address: 198.18.2.12:80}]
+services:
+  - name: a
+    listen: 198.18.1.100:80
+    pool: api
+`
+	cfg, err := Parse([]byte(src), "a.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := cfg.Pool("api")
+	if api.Ejection.Failures != 3 || api.Ejection.Window.D() != 20*time.Second || api.Ejection.BaseTime.D() != 10*time.Second {
+		t.Errorf("ejection via alias = %+v", api.Ejection)
+	}
+	hc := api.HealthCheck
+	if hc.TCP == nil || hc.Interval.D() != 4*time.Second || hc.Timeout.D() != time.Second {
+		t.Errorf("health check via merge = %+v", hc)
+	}
+	if cfg.Pool("web").HealthCheck.Interval.D() != 3*time.Second {
+		t.Errorf("anchored health check changed")
 	}
 }
 

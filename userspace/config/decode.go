@@ -188,6 +188,8 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			msg := fmt.Sprintf("unknown key %q", key.Value)
 			if s := suggest(key.Value, names); s != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", s)
+			} else if len(names) == 0 {
+				msg += " (this section takes no keys)"
 			} else {
 				msg += fmt.Sprintf(" (known keys: %s)", strings.Join(names, ", "))
 			}
