@@ -25,8 +25,8 @@ SIGHUP re-reads the config, like 'sluice reload'.`,
 			var path string
 			fs.StringVar(&path, "c", "", "config `FILE` (required)")
 			fs.StringVar(&path, "config", "", "")
-			format := fs.String("log-format", "text", "log format: `text` or json")
-			level := fs.String("log-level", "info", "log level: debug, `info`, warn or error")
+			format := fs.String("log-format", "text", "`FORMAT` of the logs: text or json")
+			level := fs.String("log-level", "info", "`LEVEL` of the logs: debug, info, warn or error")
 			return func(ctx context.Context, e *env, _ []string) error {
 				if path == "" {
 					return usagef("-c FILE is required")
