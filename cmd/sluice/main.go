@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/agent"
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/datapath"
+)
+
+func main() {
+	// SIGTERM and SIGINT cancel the context: the agent stops (leaving the
+	// data path forwarding), client commands abandon their call.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	code := run(ctx, systemEnv(), os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+// systemEnv is the env of the real binary.
+func systemEnv() *env {
+	return &env{
+		stdout:  os.Stdout,
+		stderr:  os.Stderr,
+		version: version,
+		now:     time.Now,
+		newClient: func(socketPath string) admin.Agent {
+			return admin.NewClient(socketPath)
+		},
+		loadConfig: config.Load,
+		openPinned: func(pinPath string) (flowReader, error) {
+			r, err := datapath.OpenPinned(pinPath)
+			if err != nil {
+				return nil, err
+			}
+			return r, nil
+		},
+		teardown: datapath.Teardown,
+		runAgent: agent.Run,
+	}
+}
