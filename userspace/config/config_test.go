@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -986,5 +987,31 @@ func TestCheckDNSName(t *testing.T) {
 		if err := checkDNSName(tt.name); (err == nil) != tt.ok {
 			t.Errorf("checkDNSName(%q) = %v", tt.name, err)
 		}
+	}
+}
+
+// TestDocsExamples parses every YAML example of docs/config.md, so the
+// reference cannot drift from what Parse accepts.
+func TestDocsExamples(t *testing.T) {
+	data, err := os.ReadFile("../../docs/config.md")
+	if errors.Is(err, fs.ErrNotExist) {
+		t.Skip("docs/config.md not present")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := 0
+	for i, part := range strings.Split(string(data), "```yaml\n")[1:] {
+		src, _, ok := strings.Cut(part, "```")
+		if !ok {
+			t.Fatalf("example %d is not closed", i)
+		}
+		blocks++
+		if _, err := Parse([]byte(src), fmt.Sprintf("config.md example %d", i)); err != nil {
+			t.Errorf("example %d:\n%v", i, err)
+		}
+	}
+	if blocks < 2 {
+		t.Errorf("found %d examples, want at least 2", blocks)
 	}
 }
