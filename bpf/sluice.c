@@ -24,6 +24,7 @@ volatile const struct sluice_config cfg = {
 	.tcp_established_timeout_ns = 3600ULL * 1000000000ULL,
 	.tcp_closing_timeout_ns = 10ULL * 1000000000ULL,
 	.udp_timeout_ns = 60ULL * 1000000000ULL,
+	.nexthop_cache_ns = 1000000000ULL,
 	.maglev_size = 16381,
 	.hash_seed = 0x5eed1ce,
 };
@@ -164,12 +165,12 @@ static __always_inline __u8 next_tcp_state(__u8 cur, __u8 flags, int reply)
 	return cur;
 }
 
-static __always_inline int send_out(struct xdp_md *ctx, struct packet *p, void *data_end)
+static __always_inline int send_out(struct xdp_md *ctx, struct packet *p, void *data_end,
+				    struct nexthop *nh, __u64 now)
 {
 	__u32 ifindex = 0;
-	switch (forward(ctx, p, data_end, &ifindex)) {
+	switch (forward(ctx, p, data_end, nh, now, cfg.nexthop_cache_ns, &ifindex)) {
 	case FWD_REDIRECT:
-		GCOUNT(redirected);
 		if (ifindex == ctx->ingress_ifindex)
 			return XDP_TX;
 		return bpf_redirect(ifindex, 0);
@@ -191,8 +192,7 @@ static __always_inline int answer_rst(struct xdp_md *ctx, struct packet *p)
 }
 
 /* handle_reply reverse-translates backend -> client packets of our flows. */
-static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, void *data_end,
-					__u64 now)
+static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, void *data_end)
 {
 	struct ct_key rk = {
 		.saddr = p->ip->saddr,
@@ -206,6 +206,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 		GCOUNT(passed_not_ours);
 		return XDP_PASS;
 	}
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 svc_id = rv->service_id;
 	__u32 slot = rv->backend_id;
 	rv->last_seen = now;
@@ -230,7 +231,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	count_service(svc_id, bytes, 0);
 	count_backend(slot, bytes, 0);
 	GCOUNT(replies_translated);
-	return send_out(ctx, p, data_end);
+	return send_out(ctx, p, data_end, &rv->nh, now);
 }
 
 SEC("xdp")
@@ -263,11 +264,11 @@ int sluice_xdp(struct xdp_md *ctx)
 	}
 	sk.port = p.dport;
 
-	__u64 now = bpf_ktime_get_ns();
 	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
 	if (!svc)
-		return handle_reply(ctx, &p, data_end, now);
+		return handle_reply(ctx, &p, data_end);
 
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 svc_id = svc->id;
 	__u64 bytes = (long)data_end - (long)data;
 	struct ct_key k = {
@@ -311,7 +312,7 @@ int sluice_xdp(struct xdp_md *ctx)
 				return XDP_DROP;
 			count_service(svc_id, bytes, 0);
 			count_backend(slot, bytes, 0);
-			return send_out(ctx, &p, data_end);
+			return send_out(ctx, &p, data_end, &ct->nh, now);
 		}
 	}
 
@@ -366,13 +367,14 @@ int sluice_xdp(struct xdp_md *ctx)
 		.state = fv.state,
 		.flags = CT_F_REPLY,
 	};
+	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
+		return XDP_DROP;
+	/* Forward first so the entry is stored with its next hop. */
+	int act = send_out(ctx, &p, data_end, &fv.nh, now);
 	if (bpf_map_update_elem(&conntrack, &rk, &rv, BPF_ANY) ||
 	    bpf_map_update_elem(&conntrack, &k, &fv, BPF_ANY))
 		GCOUNT(ct_update_failures);
-
-	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
-		return XDP_DROP;
 	count_service(svc_id, bytes, 1);
 	count_backend(slot, bytes, 1);
-	return send_out(ctx, &p, data_end);
+	return act;
 }

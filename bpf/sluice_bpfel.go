@@ -80,6 +80,13 @@ type SluiceCtValue struct {
 	Flags      uint8
 	Pad        uint16
 	_          [4]byte
+	Nh         struct {
+		_       structs.HostLayout
+		Dmac    [6]uint8
+		Smac    [6]uint8
+		Ifindex uint32
+		Until   uint64
+	}
 }
 
 type SluiceGlobalCounters struct {
@@ -90,7 +97,6 @@ type SluiceGlobalCounters struct {
 	Malformed         uint64
 	RepliesTranslated uint64
 	CtUpdateFailures  uint64
-	Redirected        uint64
 	RstSent           uint64
 }
 
@@ -100,6 +106,7 @@ type SluiceSluiceConfig struct {
 	TcpEstablishedTimeoutNs uint64
 	TcpClosingTimeoutNs     uint64
 	UdpTimeoutNs            uint64
+	NexthopCacheNs          uint64
 	MaglevSize              uint32
 	HashSeed                uint32
 }

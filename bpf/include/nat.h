@@ -84,12 +84,22 @@ enum fwd_result {
 	FWD_FAILED,
 };
 
-/* forward looks up the next hop for the (rewritten) packet. On success it
- * fills the Ethernet header, decrements the TTL and returns the egress
- * ifindex in *ifindex. On NO_NEIGH the packet goes to the kernel unchanged
- * (it resolves the neighbour and decrements the TTL itself). */
+static __always_inline void apply_nexthop(struct ethhdr *eth, struct iphdr *ip,
+					  const struct nexthop *nh)
+{
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+	decrement_ttl(ip);
+}
+
+/* forward finds the next hop for the (rewritten) packet. A still-valid
+ * cached answer (nh->until > now) is used as is; otherwise it asks
+ * bpf_fib_lookup and, on success, refreshes the cache with until = now +
+ * ttl_ns. On success it fills the Ethernet header, decrements the TTL and
+ * returns the egress ifindex in *ifindex. On NO_NEIGH the packet goes to the
+ * kernel unchanged (it resolves the neighbour and decrements the TTL). */
 static __always_inline int forward(struct xdp_md *ctx, struct packet *p, void *data_end,
-				   __u32 *ifindex)
+				   struct nexthop *nh, __u64 now, __u64 ttl_ns, __u32 *ifindex)
 {
 	struct iphdr *ip = p->ip;
 	struct ethhdr *eth = p->eth;
@@ -97,6 +107,12 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *p, void *d
 		return FWD_FAILED;
 	if (ip->ttl <= 1)
 		return FWD_FAILED; /* the kernel sends the ICMP time exceeded */
+
+	if (nh->until > now) {
+		apply_nexthop(eth, ip, nh);
+		*ifindex = nh->ifindex;
+		return FWD_REDIRECT;
+	}
 
 	struct bpf_fib_lookup fib = {};
 	fib.family = 2; /* AF_INET */
@@ -115,9 +131,11 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *p, void *d
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return FWD_FAILED;
 
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	decrement_ttl(ip);
+	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
+	nh->ifindex = fib.ifindex;
+	nh->until = ttl_ns ? now + ttl_ns : 0;
+	apply_nexthop(eth, ip, nh);
 	*ifindex = fib.ifindex;
 	return FWD_REDIRECT;
 }

@@ -39,11 +39,21 @@ struct ct_key {
 	__u8 pad[3];
 };
 
+/* A cached next hop: what bpf_fib_lookup said for a flow's direction, kept
+ * for a short while (sluice_config.nexthop_cache_ns) so established packets
+ * skip the FIB lookup, the largest part of the per-packet cost. */
+struct nexthop {
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u32 ifindex;
+	__u64 until; /* bpf_ktime_get_coarse_ns() after which the entry is looked up again */
+};
+
 /* conntrack value. A forward entry (client -> VIP) rewrites the destination
  * to the backend; a reverse entry (CT_F_REPLY, backend -> client) rewrites
  * the source back to the VIP. A zero new address means "keep". */
 struct ct_value {
-	__u64 last_seen;   /* bpf_ktime_get_ns() of the last packet */
+	__u64 last_seen;   /* bpf_ktime_get_coarse_ns() of the last packet */
 	__u32 service_id;
 	__u32 backend_id;  /* slot */
 	__u32 backend_gen; /* the slot's generation when the flow was pinned */
@@ -54,6 +64,7 @@ struct ct_value {
 	__u8 state;        /* enum ct_state (kept in the forward entry) */
 	__u8 flags;        /* enum ct_flags */
 	__u16 pad;
+	struct nexthop nh; /* where this direction's packets went last */
 };
 
 /* Per-service counters (per CPU). Named fields, no magic indexes. */
@@ -83,7 +94,6 @@ struct global_counters {
 	__u64 malformed;          /* truncated or bad header on our traffic: dropped */
 	__u64 replies_translated; /* backend -> client packets reverse-NATed */
 	__u64 ct_update_failures; /* conntrack insert failed */
-	__u64 redirected;
 	__u64 rst_sent;
 };
 
@@ -93,6 +103,7 @@ struct sluice_config {
 	__u64 tcp_established_timeout_ns;
 	__u64 tcp_closing_timeout_ns;
 	__u64 udp_timeout_ns;
+	__u64 nexthop_cache_ns; /* how long a flow reuses its FIB answer; 0 disables */
 	__u32 maglev_size; /* entries of every inner Maglev table (prime) */
 	__u32 hash_seed;
 };

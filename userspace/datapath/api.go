@@ -139,7 +139,6 @@ type GlobalStats struct {
 	Malformed         uint64 // truncated/bad headers, passed to the kernel
 	RepliesTranslated uint64
 	CTUpdateFailures  uint64
-	Redirected        uint64
 	RSTSent           uint64
 }
 

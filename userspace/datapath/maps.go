@@ -175,10 +175,10 @@ func (r *Real) Table(serviceID uint32) ([]uint32, error) {
 	return out, nil
 }
 
-// monotonicNow is the clock bpf_ktime_get_ns reads.
+// monotonicNow is the clock bpf_ktime_get_coarse_ns reads.
 func monotonicNow() uint64 {
 	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts)
 	return uint64(ts.Nano())
 }
 
@@ -327,7 +327,6 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.Malformed += c.Malformed
 		s.RepliesTranslated += c.RepliesTranslated
 		s.CTUpdateFailures += c.CtUpdateFailures
-		s.Redirected += c.Redirected
 		s.RSTSent += c.RstSent
 	}
 	return s, nil

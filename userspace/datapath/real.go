@@ -197,6 +197,7 @@ func LoadSpec(tableSize, conntrackMax uint32, t Timeouts) (*ebpf.CollectionSpec,
 		UdpTimeoutNs:            uint64(t.UDP),
 		MaglevSize:              tableSize,
 		HashSeed:                0x5eed1ce,
+		NexthopCacheNs:          uint64(time.Second),
 	}
 	v, ok := spec.Variables["cfg"]
 	if !ok {
