@@ -16,7 +16,7 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // Config is the whole file.
 type Config struct {
 	// Interfaces are the XDP attach points (the lb's links facing clients and backends).
-	Interfaces []string  `yaml:"interfaces"`
+	Interfaces []string  `yaml:"interfaces"` // required when there is a tcp/udp service
 	Admin      Admin     `yaml:"admin"`
 	Metrics    Metrics   `yaml:"metrics"`
 	DNS        DNS       `yaml:"dns"`
@@ -40,20 +40,20 @@ type Metrics struct {
 
 // DNS configures resolution of backend names.
 type DNS struct {
-	Servers      []string `yaml:"servers"`       // host:port; default: nameservers of /etc/resolv.conf
+	Servers      []string `yaml:"servers"`       // ip or ip:port (port 53), normalised to ip:port; empty: nameservers of /etc/resolv.conf
 	MinTTL       Duration `yaml:"min_ttl"`       // default 1s
 	MaxTTL       Duration `yaml:"max_ttl"`       // default 5m
-	OnFailure    string   `yaml:"on_failure"`    // keep (only value for now)
+	OnFailure    string   `yaml:"on_failure"`    // keep (default and only value for now)
 	NXDomainHold Duration `yaml:"nxdomain_hold"` // default 30s
 	Timeout      Duration `yaml:"timeout"`       // per query, default 2s
 }
 
 // Datapath configures the XDP data path.
 type Datapath struct {
-	XDPMode         string   `yaml:"xdp_mode"`          // auto (native, generic fallback) | native | generic
+	XDPMode         string   `yaml:"xdp_mode"`          // auto (default: native, generic fallback) | native | generic
 	PinPath         string   `yaml:"pin_path"`          // default /sys/fs/bpf/sluice
-	MaglevTableSize uint32   `yaml:"maglev_table_size"` // prime, default 16381
-	ConntrackMax    uint32   `yaml:"conntrack_max"`     // LRU capacity, default 262144
+	MaglevTableSize uint32   `yaml:"maglev_table_size"` // prime in 251..65521, default 16381
+	ConntrackMax    uint32   `yaml:"conntrack_max"`     // LRU capacity, >= 1024, default 262144
 	Timeouts        CTTimers `yaml:"conntrack_timeouts"`
 }
 
@@ -80,15 +80,15 @@ type Pool struct {
 type Backend struct {
 	Name    string `yaml:"name"`    // DNS name; needs Port
 	Port    uint16 `yaml:"port"`    // with Name
-	Address string `yaml:"address"` // ip:port
-	Weight  uint32 `yaml:"weight"`  // default 1
+	Address string `yaml:"address"` // IPv4 ip:port; exactly one of Name and Address
+	Weight  uint32 `yaml:"weight"`  // 1..1000, default 1
 
 	// AddrPort is Address parsed (valid only for address backends).
 	AddrPort netip.AddrPort `yaml:"-"`
-	Line     int            `yaml:"-"`
+	Line     int            `yaml:"-"` // line of the backend in the file
 }
 
-// HealthCheck configures active health checks.
+// HealthCheck configures active health checks; exactly one of HTTP and TCP is set.
 type HealthCheck struct {
 	HTTP     *HTTPCheck `yaml:"http"`
 	TCP      *TCPCheck  `yaml:"tcp"`
@@ -121,17 +121,17 @@ type Ejection struct {
 type Service struct {
 	Name       string    `yaml:"name"`
 	Listen     string    `yaml:"listen"`      // vip:port
-	Protocol   string    `yaml:"protocol"`    // tcp | udp | http
-	Mode       string    `yaml:"mode"`        // nat (default) | snat; tcp/udp only
+	Protocol   string    `yaml:"protocol"`    // tcp (default) | udp | http
+	Mode       string    `yaml:"mode"`        // nat (default) | snat; tcp/udp only ("" for http)
 	SNATSource string    `yaml:"snat_source"` // snat only
 	Pool       string    `yaml:"pool"`
-	Host       string    `yaml:"host"` // http: keep (default) or a name
-	Timeouts   *Timeouts `yaml:"timeouts"`
-	Retry      *Retry    `yaml:"retry"`
+	Host       string    `yaml:"host"`     // http: keep (default) or a name
+	Timeouts   *Timeouts `yaml:"timeouts"` // http only; never nil after Parse for http services
+	Retry      *Retry    `yaml:"retry"`    // http only; never nil after Parse for http services
 
 	// ListenAddr is Listen parsed.
 	ListenAddr netip.AddrPort `yaml:"-"`
-	Line       int            `yaml:"-"`
+	Line       int            `yaml:"-"` // line of the service in the file
 }
 
 // Timeouts are the L7 per-phase timeouts and the total deadline.
@@ -144,9 +144,9 @@ type Timeouts struct {
 
 // Retry is the L7 retry policy.
 type Retry struct {
-	Attempts          int      `yaml:"attempts"` // default 3
-	On                []string `yaml:"on"`
-	Methods           []string `yaml:"methods"`
+	Attempts          int      `yaml:"attempts"` // tries in total, 1..10, default 3
+	On                []string `yaml:"on"`       // default connect-failure, reset, timeout, 502, 503, 504
+	Methods           []string `yaml:"methods"`  // default GET, HEAD, OPTIONS, PUT, DELETE
 	IdempotencyHeader string   `yaml:"idempotency_header"`
 	NonIdempotent     bool     `yaml:"non_idempotent"`
 	BudgetPercent     int      `yaml:"budget_percent"` // default 20
