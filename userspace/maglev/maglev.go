@@ -38,7 +38,7 @@ var (
 // Seeds of the two permutation hashes; any two different constants do, but
 // changing them reshuffles every table, so they are fixed forever.
 const (
-	offsetSeed uint64 = 0x5173_6c75_6963_6531 // "sluice1"-ish
+	offsetSeed uint64 = 0x5173_6c75_6963_6531 // ASCII "Qsluice1"
 	skipSeed   uint64 = 0x9e37_79b9_7f4a_7c15 // golden ratio
 )
 
