@@ -1,8 +1,10 @@
 package maglev
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -311,5 +313,24 @@ func BenchmarkBuild(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestStable pins the table for a fixed input. Tables must not change
+// between releases: a new agent binary adopting a running data path would
+// otherwise send new flows of unchanged backend sets elsewhere. If this test
+// fails, the hash or the fill order changed: that is a compatibility break.
+func TestStable(t *testing.T) {
+	bs := backends(5)
+	bs[2].Weight = 3
+	table := mustBuild(t, bs, 251)
+	h := fnv.New64a()
+	for _, id := range table {
+		_ = binary.Write(h, binary.LittleEndian, id)
+	}
+	t.Logf("table[:16] = %v, digest %#x", table[:16], h.Sum64())
+	const want uint64 = 0x91d83ba73304c750
+	if got := h.Sum64(); got != want {
+		t.Errorf("table digest = %#x, want %#x", got, want)
 	}
 }
