@@ -180,7 +180,7 @@ func (a *agent) Undrain(ctx context.Context, poolName, address string) error {
 func (a *agent) operate(poolName, address, verb string, op func(*pool.Pool, time.Time, netip.AddrPort) error) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	now := time.Now()
+	now := a.now()
 	ps, ok := a.pools[poolName]
 	if !ok || !ps.configured {
 		return fmt.Errorf("%s %s: pool %q: %w", verb, address, poolName, admin.ErrUnknownPool)
@@ -241,7 +241,7 @@ func (a *agent) Reload(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.warnRestartOnly(cfg)
-	now := time.Now()
+	now := a.now()
 	a.apply(now, cfg)
 	if err := a.reconcile(now); err != nil {
 		a.log.Warn("reload applied, some map writes failed and will be retried", "err", err)
@@ -279,7 +279,7 @@ func (a *agent) SetSource(poolName, source string, addrs []pool.Desired) error {
 	if !ok || !ps.configured {
 		return fmt.Errorf("set source %s: pool %q: %w", source, poolName, admin.ErrUnknownPool)
 	}
-	now := time.Now()
+	now := a.now()
 	ps.p.SetSource(now, source, addrs)
 	return a.reconcile(now)
 }

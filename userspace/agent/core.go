@@ -61,6 +61,7 @@ type options struct {
 	configPath string
 	load       func(path string) (*config.Config, error)
 	observe    pool.Observer
+	now        func() time.Time
 }
 
 // agent is the reconciler: it owns the pools, mirrors them into the data
@@ -71,6 +72,7 @@ type agent struct {
 	configPath string
 	load       func(path string) (*config.Config, error)
 	observe    pool.Observer
+	now        func() time.Time
 	startedAt  time.Time
 
 	mu       sync.Mutex
@@ -96,12 +98,16 @@ func newAgent(dp datapath.Map, o options) *agent {
 	if o.load == nil {
 		o.load = config.Load
 	}
+	if o.now == nil {
+		o.now = time.Now
+	}
 	return &agent{
 		log:         o.log,
 		version:     o.version,
 		configPath:  o.configPath,
 		load:        o.load,
 		observe:     o.observe,
+		now:         o.now,
 		dp:          dp,
 		pools:       make(map[string]*poolState),
 		services:    make(map[datapath.ServiceKey]*service),
@@ -163,7 +169,7 @@ func (a *agent) adopt(now time.Time, cfg *config.Config) error {
 		if !ok {
 			name = fmt.Sprintf("unconfigured-%08x", b.PoolID)
 		}
-		ps := a.poolFor(name, cfg.Pool(name))
+		ps := a.poolFor(name, b.PoolID, cfg.Pool(name))
 		st := poolStateOf(b.State)
 		ps.p.Adopt(now, b.Addr, st, 1, now.Add(ps.cfg.Ejection.BaseTime.D()))
 		ps.p.SetSlot(b.Addr, n)
@@ -174,9 +180,10 @@ func (a *agent) adopt(now time.Time, cfg *config.Config) error {
 	return nil
 }
 
-// poolFor returns the pool called name, creating it (from c when it is
-// configured, with defaults when not).
-func (a *agent) poolFor(name string, c *config.Pool) *poolState {
+// poolFor returns the pool called name, creating it with slot id id (from
+// c when it is configured, with defaults when not: a pool found in the
+// data path under an id no configured name has).
+func (a *agent) poolFor(name string, id uint32, c *config.Pool) *poolState {
 	if ps, ok := a.pools[name]; ok {
 		return ps
 	}
@@ -188,7 +195,7 @@ func (a *agent) poolFor(name string, c *config.Pool) *poolState {
 	}
 	ps := &poolState{
 		p:   pool.New(name, poolConfig(pc), a.log, a.observe),
-		id:  datapath.PoolID(name),
+		id:  id,
 		cfg: pc,
 	}
 	a.pools[name] = ps
@@ -212,7 +219,7 @@ func (a *agent) apply(now time.Time, cfg *config.Config) {
 		ps.configured = false
 	}
 	for _, pc := range cfg.Pools {
-		ps := a.poolFor(pc.Name, &pc)
+		ps := a.poolFor(pc.Name, datapath.PoolID(pc.Name), &pc)
 		ps.configured = true
 		ps.cfg = pc
 		ps.p.SetConfig(poolConfig(pc))
