@@ -41,11 +41,16 @@ const (
 	DefaultDNSPort         = 53
 )
 
-// Default retry conditions and methods for http services.
-var (
-	defaultRetryOn      = []string{"connect-failure", "reset", "timeout", "502", "503", "504"}
-	defaultRetryMethods = []string{"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
-)
+// DefaultRetryOn returns retry.on's default: what an http service retries.
+func DefaultRetryOn() []string {
+	return []string{"connect-failure", "reset", "timeout", "502", "503", "504"}
+}
+
+// DefaultRetryMethods returns retry.methods' default: the methods an http
+// service retries after the request was sent.
+func DefaultRetryMethods() []string {
+	return []string{"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+}
 
 // defaulter sets a value only where the file did not.
 type defaulter struct{ lines map[string]int }
@@ -150,10 +155,10 @@ func applyDefaults(c *Config, lines map[string]int) {
 		rp := sp + ".retry"
 		d.int(rp+".attempts", &r.Attempts, 3)
 		if !d.set(rp + ".on") {
-			r.On = append([]string(nil), defaultRetryOn...)
+			r.On = DefaultRetryOn()
 		}
 		if !d.set(rp + ".methods") {
-			r.Methods = append([]string(nil), defaultRetryMethods...)
+			r.Methods = DefaultRetryMethods()
 		}
 		d.int(rp+".budget_percent", &r.BudgetPercent, 20)
 		d.dur(rp+".backoff.base", &r.Backoff.Base, 25*time.Millisecond)
