@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -35,10 +34,7 @@ SIGHUP re-reads the config, like 'sluice reload'.`,
 				if err != nil {
 					return err
 				}
-				if err := e.runAgent(ctx, path, log, e.version); err != nil {
-					return fmt.Errorf("agent: %w", err)
-				}
-				return nil
+				return e.runAgent(ctx, path, log, e.version)
 			}
 		},
 	}

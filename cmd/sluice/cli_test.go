@@ -519,7 +519,7 @@ func TestConntrackPinnedFallback(t *testing.T) {
 	os.WriteFile(cfgPath, []byte(goodConfig+"admin: {socket: "+h.socket+"}\ndatapath: {pin_path: /sys/fs/bpf/other}\n"), 0o600)
 	code, out, _ = h.run("conntrack", "-c", cfgPath, "--backend", "198.18.2.11", "--json")
 	var flows []admin.Flow
-	if err := json.Unmarshal([]byte(out), &flows); code != exitOK || err != nil || len(flows) != 1 || flows[0].Service != "web-l4" {
+	if err := json.Unmarshal([]byte(out), &flows); code != exitOK || err != nil || len(flows) != 1 || flows[0].Service != "web-l4" || flows[0].Idle != "1.5s" {
 		t.Errorf("pinned conntrack -c: exit %d, %v, %+v", code, err, flows)
 	}
 	if h.pinOpens[len(h.pinOpens)-1] != "/sys/fs/bpf/other" {
@@ -550,6 +550,10 @@ func TestDrainUndrain(t *testing.T) {
 	code, out, _ = h.run("undrain", "web", "198.18.2.11:80", "--socket", "@SOCK")
 	if code != exitOK || out != "web 198.18.2.11:80: active (dns), 2 flows\n" {
 		t.Errorf("undrain: exit %d stdout %q", code, out)
+	}
+	code, out, _ = h.run("undrain", "web", "198.18.2.11", "--socket", "@SOCK") // an ip the pool has once
+	if code != exitOK || out != "web 198.18.2.11:80: active (dns), 2 flows\n" {
+		t.Errorf("undrain by ip: exit %d stdout %q", code, out)
 	}
 	if !slicesContain(h.agent.calls, "drain web 198.18.2.12:80") || !slicesContain(h.agent.calls, "undrain web 198.18.2.11:80") {
 		t.Errorf("agent calls %v", h.agent.calls)
@@ -649,9 +653,11 @@ func TestAgent(t *testing.T) {
 	env := h.env(&bytes.Buffer{}, &bytes.Buffer{})
 	var errb bytes.Buffer
 	env.stderr = &errb
-	env.runAgent = func(context.Context, string, *slog.Logger, string) error { return errors.New("attach xdp to veth0: operation not permitted") }
+	env.runAgent = func(context.Context, string, *slog.Logger, string) error {
+		return errors.New("attach xdp to veth0: operation not permitted")
+	}
 	if code := run(context.Background(), env, []string{"agent", "--config", "x.yaml"}); code != exitFailure ||
-		errb.String() != "sluice agent: agent: attach xdp to veth0: operation not permitted\n" {
+		errb.String() != "sluice agent: attach xdp to veth0: operation not permitted\n" {
 		t.Errorf("failing agent: exit %d stderr %q", code, errb.String())
 	}
 }

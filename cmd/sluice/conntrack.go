@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
@@ -86,9 +87,19 @@ func writeFlows(w io.Writer, flows []admin.Flow) error {
 		if f.Expired {
 			state += " (expired)"
 		}
-		t.row(f.Service, f.Proto, f.Client, f.VIP, f.Backend, state, f.Idle)
+		t.row(f.Service, f.Proto, f.Client, f.VIP, f.Backend, state, idleHuman(f.Idle))
 	}
 	return t.flush()
+}
+
+// idleHuman renders the API's idle duration ("1.002s") for a table; text
+// that is not a Go duration is shown as is.
+func idleHuman(s string) string {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return s
+	}
+	return human(d)
 }
 
 // parseAddr accepts ip:port or a bare ip (port 0: any port).
@@ -135,7 +146,7 @@ func pinnedFlows(e *env, r resolved, filter admin.FlowFilter) ([]admin.Flow, err
 			Backend: f.Backend.String(),
 			Proto:   protoName(f.Proto),
 			State:   f.State.String(),
-			Idle:    human(f.Idle),
+			Idle:    f.Idle.Round(time.Millisecond).String(), // as the agent sends it
 			Expired: f.Expired,
 		})
 		return true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/admin"
@@ -71,7 +72,7 @@ func addressOp(ctx context.Context, e *env, t *agentTarget, pool, address string
 	// Best effort: show where the address stands now.
 	if st, err := c.Status(ctx); err == nil {
 		if b, ok := findBackend(st, pool, address); ok {
-			fmt.Fprintf(e.stdout, "%s %s: %s\n", pool, address, describeBackend(b, e.now()))
+			fmt.Fprintf(e.stdout, "%s %s: %s\n", pool, b.Address, describeBackend(b, e.now()))
 			return nil
 		}
 	}
@@ -79,18 +80,32 @@ func addressOp(ctx context.Context, e *env, t *agentTarget, pool, address string
 	return nil
 }
 
+// findBackend finds address (ip:port, or an ip that only one address of
+// the pool has) in pool.
 func findBackend(st admin.Status, pool, address string) (admin.Backend, bool) {
+	want, err := parseAddr(address)
+	if err != nil {
+		return admin.Backend{}, false
+	}
+	var found []admin.Backend
 	for _, p := range st.Pools {
 		if p.Name != pool {
 			continue
 		}
 		for _, b := range p.Backends {
-			if b.Address == address {
-				return b, true
+			ap, err := netip.ParseAddrPort(b.Address)
+			if err != nil {
+				continue
+			}
+			if ap == want || (want.Port() == 0 && ap.Addr() == want.Addr()) {
+				found = append(found, b)
 			}
 		}
 	}
-	return admin.Backend{}, false
+	if len(found) != 1 {
+		return admin.Backend{}, false
+	}
+	return found[0], true
 }
 
 func describeBackend(b admin.Backend, now time.Time) string {
