@@ -16,7 +16,13 @@ import (
 func main() {
 	// SIGTERM and SIGINT cancel the context: the agent stops (leaving the
 	// data path forwarding), client commands abandon their call.
+	// A second signal, once the first has cancelled it, gets the default
+	// action: it kills a shutdown that hangs.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	code := run(ctx, systemEnv(), os.Args[1:])
 	stop()
 	os.Exit(code)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -410,5 +411,64 @@ func TestShutdownWhileRequestInFlight(t *testing.T) {
 	}
 	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+func TestPeerCheck(t *testing.T) {
+	h := NewServer(newFakeAgent(), nil).peerCheck(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	self := os.Geteuid()
+	other := 54321
+	if self == other {
+		other++
+	}
+	tests := []struct {
+		name string
+		p    *peer
+		code int
+	}{
+		{"root", &peer{uid: 0, ok: true}, http.StatusNoContent},
+		{"agent's own user", &peer{uid: self, ok: true}, http.StatusNoContent},
+		{"another user", &peer{uid: other, ok: true}, http.StatusForbidden},
+		{"credentials unknown", nil, http.StatusNoContent}, // the socket mode is the gate then
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest(http.MethodGet, "/v1/status", nil)
+		if tt.p != nil {
+			r = r.WithContext(context.WithValue(r.Context(), peerKey{}, *tt.p))
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tt.code {
+			t.Errorf("%s: status %d, want %d", tt.name, w.Code, tt.code)
+		}
+	}
+}
+
+func TestPeerCredentialsOverSocket(t *testing.T) {
+	// connContext must find the peer's uid on a real unix connection.
+	sock := socketIn(t)
+	os.MkdirAll(filepath.Dir(sock), 0o700)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			time.Sleep(100 * time.Millisecond)
+			c.Close()
+		}
+	}()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, ok := connContext(context.Background(), c).Value(peerKey{}).(peer)
+	if !ok || !p.ok || p.uid != os.Geteuid() {
+		t.Errorf("peer = %+v (%v), want uid %d", p, ok, os.Geteuid())
 	}
 }
