@@ -25,6 +25,8 @@ volatile const struct sluice_config cfg = {
 	.tcp_closing_timeout_ns = 10ULL * 1000000000ULL,
 	.udp_timeout_ns = 60ULL * 1000000000ULL,
 	.nexthop_cache_ns = 1000000000ULL,
+	.snat_port_min = 20000,
+	.snat_port_max = 32767,
 	.maglev_size = 16381,
 	.hash_seed = 0x5eed1ce,
 };
@@ -344,15 +346,11 @@ int sluice_xdp(struct xdp_md *ctx)
 	};
 	if (tcp && (p.tcp_flags & (TCPF_FIN | TCPF_RST)))
 		fv.state = CT_CLOSING;
-	if (svc->mode == MODE_SNAT) {
-		/* SNAT port allocation lands with the DNS/snat work; until
-		 * then a snat service behaves as nat. */
-	}
 	struct ct_key rk = {
 		.saddr = b->addr,
-		.daddr = fv.saddr_new ? fv.saddr_new : k.saddr,
+		.daddr = k.saddr,
 		.sport = b->port,
-		.dport = fv.sport_new ? fv.sport_new : k.sport,
+		.dport = k.sport,
 		.proto = k.proto,
 	};
 	struct ct_value rv = {
@@ -362,17 +360,51 @@ int sluice_xdp(struct xdp_md *ctx)
 		.backend_gen = b->gen,
 		.saddr_new = k.daddr,
 		.sport_new = k.dport,
-		.daddr_new = fv.saddr_new ? k.saddr : 0,
-		.dport_new = fv.sport_new ? k.sport : 0,
 		.state = fv.state,
 		.flags = CT_F_REPLY,
 	};
+	if (svc->mode == MODE_SNAT) {
+		/* The source becomes a sluice address and a port that no other
+		 * flow to this backend uses: the reverse entry is inserted with
+		 * BPF_NOEXIST, so two flows can never share it. */
+		__be32 src = svc->snat_addr ? svc->snat_addr : b->src_addr;
+		__u32 lo = cfg.snat_port_min, hi = cfg.snat_port_max;
+		int ok = 0;
+		if (src && hi >= lo) {
+			__u32 range = hi - lo + 1;
+			__u32 h = flow_hash(&k);
+			rk.daddr = src;
+			rv.daddr_new = k.saddr;
+			rv.dport_new = k.sport;
+#pragma unroll
+			for (int i = 0; i < SNAT_TRIES; i++) {
+				__u16 port = lo + (h + i * 7919) % range;
+				rk.dport = bpf_htons(port);
+				if (!bpf_map_update_elem(&conntrack, &rk, &rv, BPF_NOEXIST)) {
+					ok = 1;
+					break;
+				}
+			}
+		}
+		if (!ok) {
+			struct svc_counters *s = svc_stats_of(svc_id);
+			if (s)
+				s->snat_failures++;
+			if (!tcp)
+				return XDP_DROP;
+			return answer_rst(ctx, &p);
+		}
+		fv.saddr_new = src;
+		fv.sport_new = rk.dport;
+	} else if (bpf_map_update_elem(&conntrack, &rk, &rv, BPF_ANY)) {
+		GCOUNT(ct_update_failures);
+	}
+
 	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
 		return XDP_DROP;
 	/* Forward first so the entry is stored with its next hop. */
 	int act = send_out(ctx, &p, data_end, &fv.nh, now);
-	if (bpf_map_update_elem(&conntrack, &rk, &rv, BPF_ANY) ||
-	    bpf_map_update_elem(&conntrack, &k, &fv, BPF_ANY))
+	if (bpf_map_update_elem(&conntrack, &k, &fv, BPF_ANY))
 		GCOUNT(ct_update_failures);
 	count_service(svc_id, bytes, 1);
 	count_backend(slot, bytes, 1);

@@ -14,13 +14,14 @@ import (
 )
 
 type SluiceBackend struct {
-	_      structs.HostLayout
-	Addr   uint32
-	Port   uint16
-	State  uint8
-	Pad    uint8
-	Gen    uint32
-	PoolId uint32
+	_       structs.HostLayout
+	Addr    uint32
+	Port    uint16
+	State   uint8
+	Pad     uint8
+	Gen     uint32
+	PoolId  uint32
+	SrcAddr uint32
 }
 
 type SluiceBackendCounters struct {
@@ -107,6 +108,8 @@ type SluiceSluiceConfig struct {
 	TcpClosingTimeoutNs     uint64
 	UdpTimeoutNs            uint64
 	NexthopCacheNs          uint64
+	SnatPortMin             uint32
+	SnatPortMax             uint32
 	MaglevSize              uint32
 	HashSeed                uint32
 }
@@ -121,6 +124,7 @@ type SluiceSvcCounters struct {
 	DropNoBackend      uint64
 	DropRemovedBackend uint64
 	Fragments          uint64
+	SnatFailures       uint64
 }
 
 type SluiceSvcKey struct {

@@ -5,6 +5,7 @@
 #define MAX_SERVICES 1024   /* service ids 1..1023; 0 means "none" */
 #define MAX_BACKENDS 4096   /* backend slots 1..4095; 0 means "none" */
 #define MAGLEV_PROBES 8     /* table slots tried when a slot's backend just left */
+#define SNAT_TRIES 8        /* source ports tried for a new SNAT flow */
 
 #define ETH_P_IP_BE   0x0008 /* htons(ETH_P_IP) on little-endian hosts */
 #define IP_MF         0x2000

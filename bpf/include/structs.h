@@ -27,6 +27,7 @@ struct backend {
 	__u8 pad;
 	__u32 gen;    /* bumped by the agent each time the slot is reused */
 	__u32 pool_id; /* FNV-1a of the pool name: lets a restarted agent adopt the slot */
+	__be32 src_addr; /* the host's source towards it: SNAT source when the service names none */
 };
 
 /* conntrack key: a 5-tuple as seen on the wire. */
@@ -77,6 +78,7 @@ struct svc_counters {
 	__u64 drop_no_backend;     /* new UDP flow, empty table */
 	__u64 drop_removed_backend; /* UDP packet of a flow pinned to a removed backend */
 	__u64 fragments;           /* fragments to the VIP, passed to the kernel */
+	__u64 snat_failures;       /* no free SNAT port (or no source): RST / drop */
 };
 
 /* Per-backend counters (per CPU), indexed by slot. */
@@ -104,6 +106,8 @@ struct sluice_config {
 	__u64 tcp_closing_timeout_ns;
 	__u64 udp_timeout_ns;
 	__u64 nexthop_cache_ns; /* how long a flow reuses its FIB answer; 0 disables */
+	__u32 snat_port_min; /* SNAT source ports, host order; below the kernel's */
+	__u32 snat_port_max; /* ephemeral range so the host's own sockets never collide */
 	__u32 maglev_size; /* entries of every inner Maglev table (prime) */
 	__u32 hash_seed;
 };

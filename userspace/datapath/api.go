@@ -71,6 +71,9 @@ type Backend struct {
 	Gen    uint32 // bumped every time the slot is reused; flows remember it
 	State  BackendState
 	PoolID uint32 // PoolID(name) of the owning pool, to adopt slots after a restart
+	// Src is the host's source address towards the backend: the SNAT
+	// source of ModeSNAT services that name none.
+	Src netip.Addr
 }
 
 // FlowState is a conntrack entry's TCP state.
@@ -108,6 +111,7 @@ type Flow struct {
 	BackendSlot uint32
 	BackendGen  uint32
 	Backend     netip.AddrPort // backend address the flow is NATed to
+	SNAT        netip.AddrPort // ModeSNAT: the source address and port towards the backend
 	State       FlowState
 	Idle        time.Duration // since the last packet
 	Expired     bool          // idle longer than its state's timeout
@@ -124,6 +128,8 @@ type ServiceStats struct {
 	DropNoBackend, DropRemovedBackend uint64
 	// Fragments to the VIP, passed to the kernel.
 	Fragments uint64
+	// SNATFailures counts new ModeSNAT flows refused: no free source port.
+	SNATFailures uint64
 }
 
 // BackendStats are a backend slot's counters summed over CPUs.

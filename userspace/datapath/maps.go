@@ -75,6 +75,11 @@ func (r *Real) Backends() (map[uint32]Backend, error) {
 			State:  BackendState(v.State),
 			PoolID: v.PoolId,
 		}
+		if v.SrcAddr != 0 {
+			b := out[k]
+			b.Src = addrFromBE32(v.SrcAddr)
+			out[k] = b
+		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate backends: %w", err)
@@ -96,6 +101,9 @@ func (r *Real) SetBackend(slot uint32, b Backend) error {
 		State:  uint8(b.State),
 		Gen:    b.Gen,
 		PoolId: b.PoolID,
+	}
+	if b.Src.Is4() {
+		v.SrcAddr = be32(b.Src)
 	}
 	if err := r.backends.Put(slot, v); err != nil {
 		return fmt.Errorf("set backend slot %d: %w", slot, err)
@@ -193,6 +201,9 @@ func (r *Real) flowOf(k bpf.SluiceCtKey, v bpf.SluiceCtValue, now uint64) Flow {
 		Backend:     netip.AddrPortFrom(addrFromBE32(v.DaddrNew), portFromBE16(v.DportNew)),
 		State:       FlowState(v.State),
 	}
+	if v.SaddrNew != 0 {
+		f.SNAT = netip.AddrPortFrom(addrFromBE32(v.SaddrNew), portFromBE16(v.SportNew))
+	}
 	if now > v.LastSeen {
 		f.Idle = time.Duration(now - v.LastSeen)
 	}
@@ -245,8 +256,10 @@ func (r *Real) DeleteFlow(f Flow) error {
 	return nil
 }
 
-// GCReverse removes reverse entries whose forward entry is gone, which LRU
-// eviction or DeleteFlow can leave behind. It returns how many it removed.
+// GCReverse removes reverse entries whose forward entry is gone or now
+// points elsewhere (a SYN that picked again), which LRU eviction, DeleteFlow
+// and re-picks leave behind; a SNAT port is free again once its reverse
+// entry is gone. It returns how many it removed.
 func (r *Real) GCReverse() (int, error) {
 	var k bpf.SluiceCtKey
 	var v bpf.SluiceCtValue
@@ -262,8 +275,15 @@ func (r *Real) GCReverse() (int, error) {
 			fk.Saddr, fk.Sport = v.DaddrNew, v.DportNew
 		}
 		var fv bpf.SluiceCtValue
-		if err := r.conntrack.Lookup(fk, &fv); errors.Is(err, ebpf.ErrKeyNotExist) {
+		err := r.conntrack.Lookup(fk, &fv)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
 			orphans = append(orphans, k)
+		case err != nil:
+		case fv.DaddrNew != k.Saddr || fv.DportNew != k.Sport:
+			orphans = append(orphans, k) // the flow moved to another backend
+		case fv.SaddrNew != 0 && (fv.SaddrNew != k.Daddr || fv.SportNew != k.Dport):
+			orphans = append(orphans, k) // the flow took another SNAT port
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -294,6 +314,7 @@ func (r *Real) ServiceStats(id uint32) (ServiceStats, error) {
 		s.DropNoBackend += c.DropNoBackend
 		s.DropRemovedBackend += c.DropRemovedBackend
 		s.Fragments += c.Fragments
+		s.SNATFailures += c.SnatFailures
 	}
 	return s, nil
 }

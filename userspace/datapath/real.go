@@ -49,6 +49,8 @@ type Options struct {
 	XDPMode         string   // auto (native, generic fallback) | native | generic
 	MaglevTableSize uint32   // default 16381
 	ConntrackMax    uint32   // default 262144
+	SNATPortMin     uint16   // default 20000
+	SNATPortMax     uint16   // default 32767
 	Timeouts        Timeouts // zero fields take the defaults
 	Log             *slog.Logger
 }
@@ -132,9 +134,18 @@ func Open(o Options) (*Real, error) {
 		return nil, err
 	}
 
+	if o.SNATPortMin == 0 && o.SNATPortMax == 0 {
+		o.SNATPortMin, o.SNATPortMax = 20000, 32767
+	}
+	if o.SNATPortMax < o.SNATPortMin {
+		return nil, fmt.Errorf("snat port range %d-%d is empty", o.SNATPortMin, o.SNATPortMax)
+	}
 	spec, err := LoadSpec(o.MaglevTableSize, o.ConntrackMax, o.Timeouts)
 	if err != nil {
 		return nil, err
+	}
+	if err := spec.Variables["cfg"].Set(withSNATPorts(spec, o.SNATPortMin, o.SNATPortMax)); err != nil {
+		return nil, fmt.Errorf("set snat ports: %w", err)
 	}
 	// A pinned conntrack of another size is adopted as it is: resizing it
 	// would drop every flow. Say so instead.
@@ -198,6 +209,8 @@ func LoadSpec(tableSize, conntrackMax uint32, t Timeouts) (*ebpf.CollectionSpec,
 		MaglevSize:              tableSize,
 		HashSeed:                0x5eed1ce,
 		NexthopCacheNs:          uint64(time.Second),
+		SnatPortMin:             20000,
+		SnatPortMax:             32767,
 	}
 	v, ok := spec.Variables["cfg"]
 	if !ok {
@@ -367,4 +380,11 @@ func Teardown(pinPath string) error {
 		errs = append(errs, fmt.Errorf("remove %s: %w", pinPath, err))
 	}
 	return errors.Join(errs...)
+}
+
+func withSNATPorts(spec *ebpf.CollectionSpec, lo, hi uint16) bpf.SluiceSluiceConfig {
+	var c bpf.SluiceSluiceConfig
+	_ = spec.Variables["cfg"].Get(&c)
+	c.SnatPortMin, c.SnatPortMax = uint32(lo), uint32(hi)
+	return c
 }
