@@ -46,6 +46,7 @@ type env struct {
 	stdout, stderr io.Writer
 	version        string
 	now            func() time.Time
+	poll           time.Duration // how often waiting commands ask the agent (default 1s)
 
 	newClient  func(socketPath string) admin.Agent
 	loadConfig func(path string) (*config.Config, error)

@@ -31,6 +31,8 @@ type fakeAgent struct {
 	flows     []admin.Flow
 	reloadErr error
 	calls     []string
+	// onStatus, when set, changes the status before each Status answer.
+	onStatus func(*admin.Status)
 }
 
 func newFakeAgent() *fakeAgent {
@@ -71,6 +73,11 @@ func (f *fakeAgent) record(s string) {
 
 func (f *fakeAgent) Status(context.Context) (admin.Status, error) {
 	f.record("status")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.onStatus != nil {
+		f.onStatus(&f.status)
+	}
 	return f.status, nil
 }
 
@@ -193,6 +200,7 @@ func (h *harness) env(stdout, stderr *bytes.Buffer) *env {
 		stderr:  stderr,
 		version: "v9.9.9-test",
 		now:     func() time.Time { return testNow },
+		poll:    5 * time.Millisecond,
 		newClient: func(socket string) admin.Agent {
 			return admin.NewClient(socket, admin.WithTimeout(5*time.Second))
 		},
@@ -684,5 +692,48 @@ func TestHuman(t *testing.T) {
 		if got := bytesHuman(n); got != want {
 			t.Errorf("bytesHuman(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+func TestDrainWait(t *testing.T) {
+	h := newHarness(t, false)
+	// Flows of 198.18.2.12:80 go down by one per status call, then it is removed.
+	h.agent.status.Pools[0].Backends[1].ActiveFlows = 3
+	h.agent.onStatus = func(st *admin.Status) {
+		b := &st.Pools[0].Backends[1]
+		switch {
+		case b.ActiveFlows > 0:
+			b.ActiveFlows--
+		default:
+			b.State, b.Cause, b.DrainDeadline = "removed", "no-flows", nil
+		}
+	}
+	code, out, stderr := h.run("drain", "--wait", "web", "198.18.2.12:80", "--socket", "@SOCK")
+	if code != exitOK || !strings.HasSuffix(out, "web 198.18.2.12:80: removed (no-flows), 0 flows\n") {
+		t.Errorf("drain --wait: exit %d stdout %q stderr %q", code, out, stderr)
+	}
+	if !strings.Contains(stderr, "1 flows, cut in 25s") {
+		t.Errorf("drain --wait shows no progress: %q", stderr)
+	}
+
+	// Undrained by someone else while waiting: an error.
+	h.agent.onStatus = func(st *admin.Status) {
+		b := &st.Pools[0].Backends[1]
+		b.State, b.Cause, b.ActiveFlows = "active", "operator", 1
+	}
+	code, _, stderr = h.run("drain", "--wait", "web", "198.18.2.12:80", "--socket", "@SOCK")
+	if code != exitFailure || !strings.Contains(stderr, "is active (operator) again") {
+		t.Errorf("drain --wait undrained meanwhile: exit %d stderr %q", code, stderr)
+	}
+
+	// Never drains: --timeout ends the wait.
+	h.agent.onStatus = func(st *admin.Status) {
+		b := &st.Pools[0].Backends[1]
+		b.State, b.ActiveFlows = "draining", 5
+	}
+	start := time.Now()
+	code, _, stderr = h.run("drain", "--wait", "--timeout", "100ms", "web", "198.18.2.12:80", "--socket", "@SOCK")
+	if code != exitFailure || !strings.Contains(stderr, "deadline exceeded") || time.Since(start) > 3*time.Second {
+		t.Errorf("drain --wait --timeout: exit %d stderr %q after %v", code, stderr, time.Since(start))
 	}
 }

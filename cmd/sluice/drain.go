@@ -13,7 +13,7 @@ import (
 func drainCmd() *command {
 	return &command{
 		name:    "drain",
-		args:    "POOL ADDRESS [--socket PATH | -c FILE]",
+		args:    "POOL ADDRESS [--wait [--timeout D]] [--socket PATH | -c FILE]",
 		summary: "stop sending new flows to an address; its existing flows go on until drain_timeout",
 		detail: `
 Moves ADDRESS (ip:port) of POOL to draining with cause "operator": it leaves
@@ -21,14 +21,35 @@ the Maglev tables at once, established flows keep going to it, and when it
 has no flows left or the pool's drain_timeout passes it is removed (flows
 still pinned to it then get a TCP RST). 'sluice undrain' takes it back.
 
+--wait blocks until the address is removed, printing the flows left on
+stderr as they go down, so a deploy script can stop the backend next. It
+fails if the address becomes active again (undrained) or --timeout passes.
+
 An unknown POOL or ADDRESS is an error (exit status 1).`,
 		minArgs:  2,
 		maxArgs:  2,
 		argNames: "POOL ADDRESS",
 		setup: func(fs *flag.FlagSet) runFunc {
 			t := addTargetFlags(fs, false)
+			wait := fs.Bool("wait", false, "wait until the address is removed (no flows left, or drain_timeout)")
+			timeout := fs.Duration("timeout", 0, "with --wait: give up after `D` (default: no limit but drain_timeout)")
 			return func(ctx context.Context, e *env, args []string) error {
-				return addressOp(ctx, e, t, args[0], args[1], true)
+				if err := addressOp(ctx, e, t, args[0], args[1], true); err != nil {
+					return err
+				}
+				if !*wait {
+					return nil
+				}
+				if *timeout > 0 {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, *timeout)
+					defer cancel()
+				}
+				c, _, err := t.client(e)
+				if err != nil {
+					return err
+				}
+				return waitDrained(ctx, e, c, args[0], args[1])
 			}
 		},
 	}
@@ -118,4 +139,44 @@ func describeBackend(b admin.Backend, now time.Time) string {
 		s += ", cut in " + human(b.DrainDeadline.Sub(now))
 	}
 	return s
+}
+
+// waitDrained polls the agent until address of pool is removed (or gone).
+func waitDrained(ctx context.Context, e *env, c admin.Agent, pool, address string) error {
+	poll := e.poll
+	if poll <= 0 {
+		poll = time.Second
+	}
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
+	last := ""
+	for {
+		st, err := c.Status(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("waiting for %s %s to drain: %w", pool, address, ctx.Err())
+			}
+			return fmt.Errorf("waiting for %s %s to drain: %w", pool, address, err)
+		}
+		b, ok := findBackend(st, pool, address)
+		switch {
+		case !ok:
+			fmt.Fprintf(e.stdout, "%s %s: removed\n", pool, address)
+			return nil
+		case b.State == "removed":
+			fmt.Fprintf(e.stdout, "%s %s: %s\n", pool, b.Address, describeBackend(b, e.now()))
+			return nil
+		case b.State != "draining":
+			return fmt.Errorf("%s %s is %s (%s) again, no longer draining", pool, b.Address, b.State, b.Cause)
+		}
+		if d := describeBackend(b, e.now()); b.ActiveFlows != 0 && d != last {
+			fmt.Fprintf(e.stderr, "%s %s: %s\n", pool, b.Address, d)
+			last = d
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s %s to drain: %w", pool, b.Address, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
