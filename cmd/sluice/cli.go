@@ -127,10 +127,10 @@ func run(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "sluice: unknown command %q (run 'sluice help' for the list)\n", name)
 		return exitUsage
 	}
-	return exec(ctx, e, cmd, args[1:])
+	return execute(ctx, e, cmd, args[1:])
 }
 
-func exec(ctx context.Context, e *env, cmd *command, args []string) int {
+func execute(ctx context.Context, e *env, cmd *command, args []string) int {
 	fs := flag.NewFlagSet("sluice "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	runCmd := cmd.setup(fs)
