@@ -472,3 +472,17 @@ func TestPeerCredentialsOverSocket(t *testing.T) {
 		t.Errorf("peer = %+v (%v), want uid %d", p, ok, os.Geteuid())
 	}
 }
+
+func TestProbe(t *testing.T) {
+	sock := socketIn(t)
+	if err := Probe(sock); err != nil {
+		t.Errorf("Probe on a missing socket = %v, want nil", err)
+	}
+	serve(t, newFakeAgent(), sock)
+	if err := Probe(sock); !errors.Is(err, ErrSocketInUse) {
+		t.Errorf("Probe on a live socket = %v, want ErrSocketInUse", err)
+	}
+	if _, err := os.Lstat(sock); err != nil {
+		t.Errorf("Probe touched the live socket: %v", err)
+	}
+}

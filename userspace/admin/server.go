@@ -155,26 +155,48 @@ func listen(socketPath string) (*net.UnixListener, error) {
 	return l, nil
 }
 
-// clearStale removes socketPath if it is a socket nobody answers on. It
-// refuses to remove anything that is not a socket.
-func clearStale(socketPath string) error {
+// Probe tells whether an agent could serve on socketPath: nil when nothing
+// is there or only a stale socket file, an error matching ErrSocketInUse
+// when a live process answers on it, another error when the path is not a
+// socket or cannot be checked. The agent calls it before it touches the
+// data path, so a second agent started by mistake stops early.
+func Probe(socketPath string) error {
+	_, err := probe(socketPath)
+	return err
+}
+
+// probe is Probe that also reports whether a stale socket file is there.
+func probe(socketPath string) (stale bool, err error) {
 	fi, err := os.Lstat(socketPath)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("admin socket: %w", err)
+		return false, fmt.Errorf("admin socket: %w", err)
 	}
 	if fi.Mode().Type() != os.ModeSocket {
-		return fmt.Errorf("admin socket %s exists and is not a socket", socketPath)
+		return false, fmt.Errorf("admin socket %s exists and is not a socket", socketPath)
 	}
 	c, err := net.DialTimeout("unix", socketPath, probeTimeout)
 	if err == nil {
 		_ = c.Close()
-		return fmt.Errorf("%s: %w", socketPath, ErrSocketInUse)
+		return false, fmt.Errorf("%s: %w", socketPath, ErrSocketInUse)
 	}
-	if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("probing existing admin socket %s: %w", socketPath, err)
+	if errors.Is(err, syscall.ENOENT) {
+		return false, nil
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return false, fmt.Errorf("probing existing admin socket %s: %w", socketPath, err)
+	}
+	return true, nil
+}
+
+// clearStale removes socketPath if it is a socket nobody answers on. It
+// refuses to remove anything that is not a socket.
+func clearStale(socketPath string) error {
+	stale, err := probe(socketPath)
+	if err != nil || !stale {
+		return err
 	}
 	if err := os.Remove(socketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing stale admin socket: %w", err)
