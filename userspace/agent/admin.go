@@ -234,12 +234,14 @@ func (a *agent) resolveAddress(ps *poolState, s string) (netip.AddrPort, error) 
 // invalid one is refused and the running config stays.
 func (a *agent) Reload(ctx context.Context) error {
 	cfg, err := a.load(a.configPath)
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if err != nil {
+		a.reloadsRefused++
 		a.log.Error("reload refused, the running config stays", "config", a.configPath, "err", err)
 		return fmt.Errorf("%w: %w", admin.ErrReloadRefused, err)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.reloadsOK++
 	a.warnRestartOnly(cfg)
 	now := a.now()
 	a.apply(now, cfg)

@@ -62,18 +62,23 @@ type options struct {
 	load       func(path string) (*config.Config, error)
 	observe    pool.Observer
 	now        func() time.Time
+	// routeSrc returns the host's source address towards a backend (the
+	// snat source of services that name none); nil or an invalid result:
+	// unknown.
+	routeSrc func(netip.Addr) netip.Addr
 }
 
 // agent is the reconciler: it owns the pools, mirrors them into the data
 // path and serves the admin API. All fields below mu are guarded by it.
 type agent struct {
-	log        *slog.Logger
-	version    string
-	configPath string
-	load       func(path string) (*config.Config, error)
-	observe    pool.Observer
-	now        func() time.Time
-	startedAt  time.Time
+	log         *slog.Logger
+	version     string
+	configPath  string
+	load        func(path string) (*config.Config, error)
+	now         func() time.Time
+	routeSrc    func(netip.Addr) netip.Addr
+	startedAt   time.Time
+	transitions *transitionCounter // the pools' observer
 
 	mu       sync.Mutex
 	dp       datapath.Map
@@ -87,8 +92,10 @@ type agent struct {
 	flowsBySlot map[uint32]int
 	flowsBySvc  map[uint32]int
 
-	mapErrors uint64 // map operations that failed, for status and metrics
-	gcDeleted uint64 // expired flows deleted
+	mapErrors      uint64 // map operations that failed, for status and metrics
+	gcDeleted      uint64 // expired flows deleted
+	reloadsOK      uint64
+	reloadsRefused uint64
 }
 
 func newAgent(dp datapath.Map, o options) *agent {
@@ -106,8 +113,9 @@ func newAgent(dp datapath.Map, o options) *agent {
 		version:     o.version,
 		configPath:  o.configPath,
 		load:        o.load,
-		observe:     o.observe,
 		now:         o.now,
+		routeSrc:    o.routeSrc,
+		transitions: newTransitionCounter(o.observe),
 		dp:          dp,
 		pools:       make(map[string]*poolState),
 		services:    make(map[datapath.ServiceKey]*service),
@@ -194,7 +202,7 @@ func (a *agent) poolFor(name string, id uint32, c *config.Pool) *poolState {
 		pc = config.Pool{Name: name, DrainTimeout: config.Duration(30 * time.Second)}
 	}
 	ps := &poolState{
-		p:   pool.New(name, poolConfig(pc), a.log, a.observe),
+		p:   pool.New(name, poolConfig(pc), a.log, a.transitions.observe),
 		id:  id,
 		cfg: pc,
 	}
@@ -215,6 +223,14 @@ func poolConfig(c config.Pool) pool.Config {
 // marked for deletion. The data path is written by reconcile.
 func (a *agent) apply(now time.Time, cfg *config.Config) {
 	a.cfg = cfg
+	// Routes may have changed: refresh the source towards every backend.
+	for _, sl := range a.slots.bySlot {
+		if sl.live {
+			if src := a.sourceFor(sl.key.addr.Addr()); src.IsValid() {
+				sl.src = src
+			}
+		}
+	}
 	for _, ps := range a.pools {
 		ps.configured = false
 	}
@@ -279,6 +295,14 @@ func (a *agent) apply(now time.Time, cfg *config.Config) {
 	}
 }
 
+// sourceFor is the host's source address towards ip (invalid: unknown).
+func (a *agent) sourceFor(ip netip.Addr) netip.Addr {
+	if a.routeSrc == nil {
+		return netip.Addr{}
+	}
+	return a.routeSrc(ip)
+}
+
 func serviceKey(sc config.Service) datapath.ServiceKey {
 	proto := datapath.TCP
 	if sc.Protocol == config.ProtocolUDP {
@@ -340,7 +364,7 @@ func (a *agent) reconcile(now time.Time) error {
 					continue // never reached the data path, or already retired
 				}
 				var err error
-				n, sl, err = a.slots.alloc(now, k)
+				n, sl, err = a.slots.alloc(now, k, a.sourceFor(b.Addr.Addr()))
 				if err != nil {
 					errs = append(errs, fmt.Errorf("pool %s: address %s: allocate a backend slot: %w", ps.p.Name(), b.Addr, err))
 					a.log.Error("no backend slot free", "pool", ps.p.Name(), "address", b.Addr.String())

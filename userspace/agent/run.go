@@ -11,11 +11,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
@@ -61,18 +65,23 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		log.Info("agent stopped; the data path keeps forwarding")
 	}()
 
-	a := newAgent(dp, options{log: log, version: version, configPath: configPath})
+	a := newAgent(dp, options{log: log, version: version, configPath: configPath, routeSrc: routeSource})
 	if err := a.start(time.Now(), cfg); err != nil {
 		return err
 	}
 	log.Info("agent started", "version", version, "config", configPath,
 		"services", len(cfg.Services), "pools", len(cfg.Pools), "interfaces", cfg.Interfaces)
-	return a.serve(ctx, cfg.Admin.Socket)
+	metrics := cfg.Metrics.Listen
+	if metrics == config.MetricsOff {
+		metrics = ""
+	}
+	return a.serve(ctx, cfg.Admin.Socket, metrics)
 }
 
-// serve runs the admin API, the tick loop and SIGHUP reloads until ctx is
-// done or the admin server fails.
-func (a *agent) serve(ctx context.Context, socket string) error {
+// serve runs the admin API, the metrics endpoint (unless metrics is ""),
+// the tick loop and SIGHUP reloads until ctx is done or the admin server
+// fails.
+func (a *agent) serve(ctx context.Context, socket, metrics string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -85,6 +94,10 @@ func (a *agent) serve(ctx context.Context, socket string) error {
 			adminErr <- err
 		}
 	})
+
+	if metrics != "" {
+		wg.Go(func() { a.serveMetrics(ctx, metrics) })
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -103,10 +116,36 @@ func (a *agent) serve(ctx context.Context, socket string) error {
 			if err := a.Reload(ctx); err != nil && !errors.Is(err, admin.ErrReloadRefused) {
 				a.log.Error("reload failed", "err", err)
 			}
+		case <-a.transitions.kick:
+			// A pool changed outside the agent's own calls (an ejection
+			// by the L7 stage): apply it now, not on the next tick.
+			a.reconcileNow()
 		case now := <-ticker.C:
 			if err := a.tick(now); err != nil {
 				a.log.Debug("tick finished with errors, retrying on the next one", "err", err)
 			}
 		}
 	}
+}
+
+// reconcileNow writes pending pool changes to the data path.
+func (a *agent) reconcileNow() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.reconcile(a.now()); err != nil {
+		a.log.Debug("reconcile finished with errors, retrying on the next tick", "err", err)
+	}
+}
+
+// routeSource asks the kernel which source address it uses towards ip.
+func routeSource(ip netip.Addr) netip.Addr {
+	routes, err := netlink.RouteGet(net.IP(ip.AsSlice()))
+	if err != nil || len(routes) == 0 {
+		return netip.Addr{}
+	}
+	src, ok := netip.AddrFromSlice(routes[0].Src)
+	if !ok {
+		return netip.Addr{}
+	}
+	return src.Unmap()
 }

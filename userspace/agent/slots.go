@@ -21,6 +21,7 @@ type slotKey struct {
 type slot struct {
 	key slotKey
 	gen uint32
+	src netip.Addr // the host's source address towards the backend (snat)
 	// want is the state the slot should have in the data path.
 	want datapath.BackendState
 	// written is what the data path holds, as far as we know (ok false:
@@ -35,7 +36,7 @@ type slot struct {
 }
 
 func (s *slot) desired() datapath.Backend {
-	return datapath.Backend{Addr: s.key.addr, Gen: s.gen, State: s.want, PoolID: s.key.pool}
+	return datapath.Backend{Addr: s.key.addr, Gen: s.gen, State: s.want, PoolID: s.key.pool, Src: s.src}
 }
 
 // synced is whether the data path holds what we want.
@@ -75,7 +76,7 @@ func newSlots(max uint32, reuseDelay time.Duration) *slots {
 // now; a live one is bound unless another slot already is bound to the
 // same address (that one is to be removed).
 func (s *slots) adopt(now time.Time, n uint32, b datapath.Backend) (bound bool) {
-	sl := &slot{key: slotKey{b.PoolID, b.Addr}, gen: b.Gen, want: b.State, written: b, writtenOK: true}
+	sl := &slot{key: slotKey{b.PoolID, b.Addr}, gen: b.Gen, src: b.Src, want: b.State, written: b, writtenOK: true}
 	s.bySlot[n] = sl
 	if b.State == datapath.BackendRemoved || b.State == datapath.BackendFree {
 		sl.retiredAt = now
@@ -99,8 +100,9 @@ func (s *slots) lookup(k slotKey) (uint32, *slot, bool) {
 	return n, s.bySlot[n], true
 }
 
-// alloc binds the lowest free slot to k.
-func (s *slots) alloc(now time.Time, k slotKey) (uint32, *slot, error) {
+// alloc binds the lowest free slot to k; src is the host's source address
+// towards the backend.
+func (s *slots) alloc(now time.Time, k slotKey, src netip.Addr) (uint32, *slot, error) {
 	for n := uint32(1); n < s.max; n++ {
 		old, used := s.bySlot[n]
 		gen := uint32(1)
@@ -113,7 +115,7 @@ func (s *slots) alloc(now time.Time, k slotKey) (uint32, *slot, error) {
 				gen = 1
 			}
 		}
-		sl := &slot{key: k, gen: gen, want: datapath.BackendActive, live: true}
+		sl := &slot{key: k, gen: gen, src: src, want: datapath.BackendActive, live: true}
 		if used {
 			// The map still holds the removed backend until we write.
 			sl.written, sl.writtenOK = old.written, old.writtenOK
