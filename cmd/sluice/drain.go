@@ -149,7 +149,7 @@ func waitDrained(ctx context.Context, e *env, c admin.Agent, pool, address strin
 	}
 	tick := time.NewTicker(poll)
 	defer tick.Stop()
-	last := ""
+	last := -1 // flows reported last; progress is printed when they change
 	for {
 		st, err := c.Status(ctx)
 		if err != nil {
@@ -169,9 +169,9 @@ func waitDrained(ctx context.Context, e *env, c admin.Agent, pool, address strin
 		case b.State != "draining":
 			return fmt.Errorf("%s %s is %s (%s) again, no longer draining", pool, b.Address, b.State, b.Cause)
 		}
-		if d := describeBackend(b, e.now()); b.ActiveFlows != 0 && d != last {
-			fmt.Fprintf(e.stderr, "%s %s: %s\n", pool, b.Address, d)
-			last = d
+		if b.ActiveFlows != last {
+			fmt.Fprintf(e.stderr, "%s %s: %s\n", pool, b.Address, describeBackend(b, e.now()))
+			last = b.ActiveFlows
 		}
 		select {
 		case <-ctx.Done():
