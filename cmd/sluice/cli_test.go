@@ -552,7 +552,7 @@ func TestConntrackPinnedFallback(t *testing.T) {
 func TestDrainUndrain(t *testing.T) {
 	h := newHarness(t, false)
 	code, out, stderr := h.run("drain", "web", "198.18.2.12:80", "--socket", "@SOCK")
-	if code != exitOK || out != "web 198.18.2.12:80: draining (operator), 1 flows, cut in 25s\n" {
+	if code != exitOK || out != "web 198.18.2.12:80: draining (operator), 1 flow, cut in 25s\n" {
 		t.Errorf("drain: exit %d stdout %q stderr %q", code, out, stderr)
 	}
 	code, out, _ = h.run("undrain", "web", "198.18.2.11:80", "--socket", "@SOCK")
@@ -712,7 +712,7 @@ func TestDrainWait(t *testing.T) {
 	if code != exitOK || !strings.HasSuffix(out, "web 198.18.2.12:80: removed (no-flows), 0 flows\n") {
 		t.Errorf("drain --wait: exit %d stdout %q stderr %q", code, out, stderr)
 	}
-	if !strings.Contains(stderr, "1 flows, cut in 25s") {
+	if !strings.Contains(stderr, "1 flow, cut in 25s") {
 		t.Errorf("drain --wait shows no progress: %q", stderr)
 	}
 

@@ -134,7 +134,7 @@ func describeBackend(b admin.Backend, now time.Time) string {
 	if b.Cause != "" {
 		s += " (" + b.Cause + ")"
 	}
-	s += fmt.Sprintf(", %d flows", b.ActiveFlows)
+	s += fmt.Sprintf(", %d flow%s", b.ActiveFlows, plural(b.ActiveFlows))
 	if b.DrainDeadline != nil {
 		s += ", cut in " + human(b.DrainDeadline.Sub(now))
 	}
