@@ -613,3 +613,17 @@ func slotStateName(s datapath.BackendState) string {
 	}
 	return "state(" + strconv.Itoa(int(s)) + ")"
 }
+
+// nextDeadline is the earliest drain deadline or ejection end of any pool
+// (zero when none), so the loop can act on it without waiting for a tick.
+func (a *agent) nextDeadline() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var next time.Time
+	for _, ps := range a.pools {
+		if t := ps.p.NextDeadline(); !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	return next
+}

@@ -105,7 +105,17 @@ func (a *agent) serve(ctx context.Context, socket, metrics string) error {
 
 	ticker := time.NewTicker(TickInterval)
 	defer ticker.Stop()
+	// deadline fires at the next drain deadline or ejection end, so a
+	// drained flow is cut at drain_timeout, not up to a tick later.
+	deadline := time.NewTimer(time.Hour)
+	defer deadline.Stop()
 	for {
+		next := a.nextDeadline()
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(time.Until(next), 0)
+		}
+		deadline.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -120,6 +130,10 @@ func (a *agent) serve(ctx context.Context, socket, metrics string) error {
 			// A pool changed outside the agent's own calls (an ejection
 			// by the L7 stage): apply it now, not on the next tick.
 			a.reconcileNow()
+		case now := <-deadline.C:
+			if err := a.tick(now); err != nil {
+				a.log.Debug("tick finished with errors, retrying on the next one", "err", err)
+			}
 		case now := <-ticker.C:
 			if err := a.tick(now); err != nil {
 				a.log.Debug("tick finished with errors, retrying on the next one", "err", err)

@@ -570,6 +570,27 @@ func (p *Pool) Tick(now time.Time, activeFlows map[netip.AddrPort]int) {
 	p.deliver(ts)
 }
 
+// NextDeadline is the earliest time Tick has something to do regardless
+// of flows: a drain deadline or the end of an ejection (zero when none).
+func (p *Pool) NextDeadline() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var next time.Time
+	for _, e := range p.entries {
+		var t time.Time
+		switch e.State {
+		case Draining:
+			t = e.DrainDeadline
+		case Ejected:
+			t = e.EjectedUntil
+		}
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	return next
+}
+
 // SetSlot records the data path slot the agent gave an address (0: none).
 func (p *Pool) SetSlot(addr netip.AddrPort, slot uint32) {
 	p.mu.Lock()

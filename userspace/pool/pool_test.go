@@ -524,3 +524,23 @@ func TestRecoverResetsEjections(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestNextDeadline(t *testing.T) {
+	p := New("web", Config{DrainTimeout: 30 * time.Second, MaxEjectedPercent: 50}, nil, nil)
+	if d := p.NextDeadline(); !d.IsZero() {
+		t.Fatalf("empty pool deadline = %v", d)
+	}
+	p.SetSource(at(0), SourceStatic, want(a1, a2, a3, a4))
+	if err := p.Drain(at(1), a1); err != nil {
+		t.Fatal(err)
+	}
+	if d := p.NextDeadline(); !d.Equal(at(31)) {
+		t.Fatalf("deadline = %v, want drain deadline", d)
+	}
+	if err := p.Eject(at(2), a2, at(12), "ejection"); err != nil {
+		t.Fatal(err)
+	}
+	if d := p.NextDeadline(); !d.Equal(at(12)) {
+		t.Fatalf("deadline = %v, want end of ejection", d)
+	}
+}
