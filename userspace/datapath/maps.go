@@ -211,17 +211,39 @@ func (r *Real) flowOf(k bpf.SluiceCtKey, v bpf.SluiceCtValue, now uint64) Flow {
 	return f
 }
 
-// Flows calls fn for every forward conntrack entry.
-func (r *Real) Flows(fn func(Flow) bool) error {
-	now := monotonicNow()
+// ctBatch is how many conntrack entries one batch lookup syscall reads:
+// walking a large table entry by entry costs a syscall per entry, which
+// the agent's 1 s tick cannot afford at a few hundred thousand flows.
+const ctBatch = 4096
+
+// eachCT calls fn for every conntrack entry, reading the map in batches
+// (one entry at a time on kernels without batch lookups for hash maps).
+func (r *Real) eachCT(fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool) error {
+	keys := make([]bpf.SluiceCtKey, ctBatch)
+	vals := make([]bpf.SluiceCtValue, ctBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := r.conntrack.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			if !fn(&keys[i], &vals[i]) {
+				return nil
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("batch lookup conntrack: %w", err)
+		}
+	}
 	var k bpf.SluiceCtKey
 	var v bpf.SluiceCtValue
 	it := r.conntrack.Iterate()
 	for it.Next(&k, &v) {
-		if v.Flags&uint8(bpf.SluiceCtFlagsCT_F_REPLY) != 0 {
-			continue
-		}
-		if !fn(r.flowOf(k, v, now)) {
+		if !fn(&k, &v) {
 			return nil
 		}
 	}
@@ -229,6 +251,17 @@ func (r *Real) Flows(fn func(Flow) bool) error {
 		return fmt.Errorf("iterate conntrack: %w", err)
 	}
 	return nil
+}
+
+// Flows calls fn for every forward conntrack entry.
+func (r *Real) Flows(fn func(Flow) bool) error {
+	now := monotonicNow()
+	return r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
+		if v.Flags&uint8(bpf.SluiceCtFlagsCT_F_REPLY) != 0 {
+			return true
+		}
+		return fn(r.flowOf(*k, *v, now))
+	})
 }
 
 // DeleteFlow removes a forward entry and the reverse entry that goes with it.
@@ -261,13 +294,10 @@ func (r *Real) DeleteFlow(f Flow) error {
 // and re-picks leave behind; a SNAT port is free again once its reverse
 // entry is gone. It returns how many it removed.
 func (r *Real) GCReverse() (int, error) {
-	var k bpf.SluiceCtKey
-	var v bpf.SluiceCtValue
 	var orphans []bpf.SluiceCtKey
-	it := r.conntrack.Iterate()
-	for it.Next(&k, &v) {
+	err := r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
 		if v.Flags&uint8(bpf.SluiceCtFlagsCT_F_REPLY) == 0 {
-			continue
+			return true
 		}
 		// Forward key: the translated reply, reversed.
 		fk := bpf.SluiceCtKey{Saddr: k.Daddr, Sport: k.Dport, Daddr: v.SaddrNew, Dport: v.SportNew, Proto: k.Proto}
@@ -278,16 +308,17 @@ func (r *Real) GCReverse() (int, error) {
 		err := r.conntrack.Lookup(fk, &fv)
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
-			orphans = append(orphans, k)
+			orphans = append(orphans, *k)
 		case err != nil:
 		case fv.DaddrNew != k.Saddr || fv.DportNew != k.Sport:
-			orphans = append(orphans, k) // the flow moved to another backend
+			orphans = append(orphans, *k) // the flow moved to another backend
 		case fv.SaddrNew != 0 && (fv.SaddrNew != k.Daddr || fv.SportNew != k.Dport):
-			orphans = append(orphans, k) // the flow took another SNAT port
+			orphans = append(orphans, *k) // the flow took another SNAT port
 		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("iterate conntrack: %w", err)
+		return true
+	})
+	if err != nil {
+		return 0, err
 	}
 	n := 0
 	for _, k := range orphans {

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# bench_l4.sh: requests/s and p99 latency through the L4 data path, side by
+# side in one lab run with the peers a user would pick instead:
+#
+#   direct     client -> be1, routed by the lb namespace's kernel (no balancing)
+#   nftables   client -> VIP 198.18.1.200, nftables DNAT (numgen round robin
+#              over be1..be3) + kernel conntrack in the lb namespace
+#   sluice     client -> VIP 198.18.1.100, sluice's XDP program (nat mode)
+#
+# each with wrk, keep-alive and one new connection per request
+# (Connection: close). Every phase runs alone: nftables rules are removed
+# before sluice is attached, and sluice is not attached while the others run.
+# Traffic stays inside the lab's namespaces (198.18.0.0/15); every load loop
+# is bounded by wrk's duration.
+#
+#   scripts/bench_l4.sh [DURATION_SECONDS]     (default 10)
+set -Eeuo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+dur=${1:-10}
+conns=${BENCH_CONNS:-32}
+threads=${BENCH_THREADS:-2}
+lab=scripts/lab.sh
+sluice=$repo_root/bin/sluice
+
+[[ $(id -u) -eq 0 ]] || { echo "bench_l4: needs root (network namespaces, XDP)" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "bench_l4: wrk missing (scripts/deps.sh installs it)" >&2; exit 1; }
+[[ -x $sluice ]] || { echo "bench_l4: build first (make build)" >&2; exit 1; }
+
+id=$("$lab" up 2>/dev/null | tail -1)
+pin=/sys/fs/bpf/sluice-bench-$id
+state=$repo_root/.lab/$id
+agent_pid=
+cleanup() {
+	if [[ -n $agent_pid ]]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; fi
+	"$sluice" teardown --pin-path "$pin" >/dev/null 2>&1 || true
+	"$lab" down "$id" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+"$lab" backends "$id" >/dev/null 2>&1
+
+# run_wrk NAME URL [EXTRA...]: prints "NAME rps p50 p99" from wrk's report.
+run_wrk() {
+	local name=$1 url=$2
+	shift 2
+	local out
+	out=$("$lab" exec "$id" client wrk -t"$threads" -c"$conns" -d"${dur}s" --latency "$@" "$url" 2>&1)
+	local rps p50 p99 errs
+	rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+	p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+	p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+	errs=$(awk '/Socket errors:/ {print $0}' <<<"$out")
+	local non2xx
+	non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+	printf '| %-9s | %-13s | %10s | %8s | %8s | %s %s |\n' "$name" "$MODE" "$rps" "$p50" "$p99" "${errs:-no socket errors}" "${non2xx:+non-2xx: $non2xx}"
+}
+
+both() {
+	local name=$1 url=$2
+	MODE=keep-alive run_wrk "$name" "$url"
+	MODE=new-conn run_wrk "$name" "$url" -H "Connection: close"
+}
+
+echo "| path      | load          |      req/s |      p50 |      p99 | errors |"
+echo "|-----------|---------------|-----------:|---------:|---------:|--------|"
+
+both direct http://198.18.2.11/
+
+"$lab" exec "$id" lb nft -f - <<-'NFT'
+	table ip benchlb {
+		chain pre {
+			type nat hook prerouting priority dstnat; policy accept;
+			ip daddr 198.18.1.200 tcp dport 80 dnat to numgen inc mod 3 map { 0 : 198.18.2.11, 1 : 198.18.2.12, 2 : 198.18.2.13 }
+		}
+	}
+NFT
+both nftables http://198.18.1.200/
+"$lab" exec "$id" lb nft delete table ip benchlb
+
+cat >"$state/bench.yaml" <<-YAML
+	interfaces: [eth0, eth1]
+	admin: {socket: $state/bench-admin.sock}
+	metrics: {listen: "off"}
+	datapath: {pin_path: $pin}
+	pools:
+	  - name: web
+	    backends:
+	      - address: 198.18.2.11:80
+	      - address: 198.18.2.12:80
+	      - address: 198.18.2.13:80
+	services:
+	  - name: web-l4
+	    listen: 198.18.1.100:80
+	    protocol: tcp
+	    pool: web
+	YAML
+"$lab" exec "$id" lb "$sluice" agent -c "$state/bench.yaml" >"$state/bench-agent.log" 2>&1 &
+agent_pid=$!
+for _ in $(seq 50); do
+	"$sluice" status --socket "$state/bench-admin.sock" >/dev/null 2>&1 && break
+	sleep 0.1
+done
+both sluice http://198.18.1.100/
+echo
+echo "wrk -t$threads -c$conns -d${dur}s --latency; new-conn adds -H 'Connection: close'. Backends: e2e/backend (Go). $(nproc) CPUs, kernel $(uname -r)."
