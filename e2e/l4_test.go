@@ -163,10 +163,19 @@ func TestDrain(t *testing.T) {
 	if rep.Failures != 1 || rep.Errors["reset"] != 1 {
 		t.Errorf("long-lived load: want exactly one failure (the reset), got %d: %v %v", rep.Failures, rep.Errors, rep.Samples)
 	}
-	if state, err := agent.BackendState(addr); err != nil {
+	if st, err := agent.Status(); err != nil {
 		t.Errorf("status after the drain deadline: %v", err)
 	} else {
-		t.Logf("%s state after the drain deadline: %q", addr, state)
+		for _, p := range st.Pools {
+			for _, b := range p.Backends {
+				if b.Address == addr {
+					t.Logf("%s after the drain deadline: %s (%s)", addr, b.State, b.Cause)
+				}
+			}
+		}
+		for _, svc := range st.Services {
+			t.Logf("service %s: %d RSTs counted", svc.Name, svc.RSTs)
+		}
 	}
 }
 
@@ -200,7 +209,10 @@ func TestAgentRestart(t *testing.T) {
 		// Agent down: new connections and the keep-alive ones still work.
 		r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", "50", "--duration", "20s")
 		assertNoFailures(t, "new connections while the agent is down after "+sig.String(), r)
-		time.Sleep(time.Second)
+		if len(r.ByBackend) < 2 {
+			t.Errorf("while the agent is down after %s new connections went only to %v", sig, r.ByBackend)
+		}
+		time.Sleep(2 * time.Second)
 
 		agent.Start()
 		r = lab.Load("--url", vipURL, "--mode", "newconn", "--count", "50", "--duration", "20s")
@@ -246,6 +258,14 @@ func TestPinnedMaps(t *testing.T) {
 	for _, ifname := range []string{"eth0", "eth1"} {
 		if _, err := os.Stat(filepath.Join(agent.PinPath, "links", "xdp_"+ifname)); err != nil {
 			t.Errorf("xdp link of %s not pinned: %v", ifname, err)
+		}
+	}
+
+	// Native mode on both links (generic XDP would hide bugs).
+	for _, ifname := range []string{"eth0", "eth1"} {
+		out := lab.MustRun("lb", 5*time.Second, "ip", "-d", "link", "show", "dev", ifname)
+		if !strings.Contains(out, "prog/xdp ") || strings.Contains(out, "xdpgeneric") {
+			t.Errorf("lb %s: want a native XDP program attached:\n%s", ifname, out)
 		}
 	}
 
