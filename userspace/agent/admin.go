@@ -20,6 +20,9 @@ var _ admin.Agent = (*agent)(nil)
 // maxFlowsListed bounds one Flows answer.
 const maxFlowsListed = 100000
 
+// statusFlowsMaxAge is how old flow counts may be in a Status answer.
+const statusFlowsMaxAge = 250 * time.Millisecond
+
 // Status implements admin.Agent.
 func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	a.mu.Lock()
@@ -27,6 +30,11 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	st := admin.Status{Version: a.version, ConfigPath: a.configPath, StartedAt: a.startedAt}
 	if a.cfg == nil {
 		return st, nil
+	}
+	// Counts a few hundred milliseconds old are fine; older ones (right
+	// after a drain, say) are refreshed.
+	if now := a.now(); now.Sub(a.flowsAt) > statusFlowsMaxAge {
+		a.countFlows(now)
 	}
 	for _, sc := range a.cfg.Services {
 		out := admin.Service{Name: sc.Name, Listen: sc.Listen, Protocol: sc.Protocol, Pool: sc.Pool}

@@ -91,6 +91,7 @@ type agent struct {
 	// Flow counts of the last tick (non-expired flows whose slot gen matches).
 	flowsBySlot map[uint32]int
 	flowsBySvc  map[uint32]int
+	flowsAt     time.Time // when they were counted
 
 	mapErrors      uint64 // map operations that failed, for status and metrics
 	gcDeleted      uint64 // expired flows deleted
@@ -136,8 +137,10 @@ func (a *agent) start(now time.Time, cfg *config.Config) error {
 		return err
 	}
 	a.apply(now, cfg)
-	a.countFlows()
-	a.reconcile(now)
+	a.countFlows(now)
+	if err := a.reconcile(now); err != nil {
+		a.log.Warn("some map writes failed at start, retrying every tick", "err", err)
+	}
 	return nil
 }
 
@@ -541,7 +544,7 @@ func (a *agent) sortedServices() []*service {
 
 // countFlows counts live flows per backend slot and service, deletes
 // expired entries, and reports whether the counts are complete.
-func (a *agent) countFlows() bool {
+func (a *agent) countFlows(now time.Time) bool {
 	bySlot := make(map[uint32]int)
 	bySvc := make(map[uint32]int)
 	var expired []datapath.Flow
@@ -562,7 +565,7 @@ func (a *agent) countFlows() bool {
 		a.mapError(err, "reading conntrack failed")
 		return false
 	}
-	a.flowsBySlot, a.flowsBySvc = bySlot, bySvc
+	a.flowsBySlot, a.flowsBySvc, a.flowsAt = bySlot, bySvc, now
 	for _, f := range expired {
 		if err := a.dp.DeleteFlow(f); err != nil {
 			a.mapError(err, "deleting an expired flow failed", "client", f.Client.String(), "vip", f.VIP.String())
@@ -578,7 +581,7 @@ func (a *agent) countFlows() bool {
 func (a *agent) tick(now time.Time) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	known := a.countFlows()
+	known := a.countFlows(now)
 	for name, ps := range a.pools {
 		var flows map[netip.AddrPort]int
 		if known {

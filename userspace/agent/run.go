@@ -40,6 +40,11 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	if err != nil {
 		return fmt.Errorf("load config: %w", err)
 	}
+	// A second agent started by mistake stops here, before it touches the
+	// data path the first one runs.
+	if err := admin.Probe(cfg.Admin.Socket); err != nil {
+		return fmt.Errorf("another agent may be running: %w", err)
+	}
 	t := cfg.Datapath.Timeouts
 	dp, err := datapath.Open(datapath.Options{
 		PinPath:         cfg.Datapath.PinPath,
