@@ -80,13 +80,16 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	if metrics == config.MetricsOff {
 		metrics = ""
 	}
-	return a.serve(ctx, cfg.Admin.Socket, metrics)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return a.serve(ctx, cfg.Admin.Socket, metrics, hup)
 }
 
 // serve runs the admin API, the metrics endpoint (unless metrics is ""),
-// the tick loop and SIGHUP reloads until ctx is done or the admin server
-// fails.
-func (a *agent) serve(ctx context.Context, socket, metrics string) error {
+// the tick loop and a reload per value on hup until ctx is done or the
+// admin server fails.
+func (a *agent) serve(ctx context.Context, socket, metrics string, hup <-chan os.Signal) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -103,10 +106,6 @@ func (a *agent) serve(ctx context.Context, socket, metrics string) error {
 	if metrics != "" {
 		wg.Go(func() { a.serveMetrics(ctx, metrics) })
 	}
-
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
 	ticker := time.NewTicker(TickInterval)
 	defer ticker.Stop()

@@ -1,0 +1,105 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/datapath"
+)
+
+// TestServe runs the loop with the real admin server on a temporary socket:
+// the CLI's client sees the agent, drains through it, and a hup reloads.
+func TestServe(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(path, []byte(baseConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp := datapath.NewFake(tableSize)
+	a := newAgent(dp, options{configPath: path, version: "test"})
+	if err := a.start(time.Now(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	socket := filepath.Join(dir, "admin.sock")
+	hup := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() { done <- a.serve(ctx, socket, "", hup) }()
+
+	c := admin.NewClient(socket)
+	var st admin.Status
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err = c.Status(ctx)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("admin API not up: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st.Version != "test" || len(st.Services) != 1 || len(st.Pools) != 1 || len(st.Pools[0].Backends) != 3 {
+		t.Fatalf("status = %+v", st)
+	}
+	if err := c.Drain(ctx, "web", "198.18.2.12:80"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Drain(ctx, "nope", "198.18.2.12:80"); !errors.Is(err, admin.ErrUnknownPool) {
+		t.Fatalf("drain of unknown pool: %v", err)
+	}
+
+	// An invalid file is refused through the API with its line.
+	if err := os.WriteFile(path, []byte(baseConfig+"bogus: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reload(ctx); !errors.Is(err, admin.ErrReloadRefused) || !strings.Contains(err.Error(), ":14:") {
+		t.Fatalf("reload of a bad file = %v", err)
+	}
+
+	// A valid file, applied on hup.
+	if err := os.WriteFile(path, []byte(strings.Replace(baseConfig, "198.18.1.100:80", "198.18.1.100:8080", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hup <- syscall.SIGHUP
+	for {
+		st, err = c.Status(ctx)
+		if err == nil && st.Services[0].Listen == "198.18.1.100:8080" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hup not applied: %+v, %v", st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	svcs, _ := dp.Services()
+	if _, ok := svcs[webKey]; ok || len(svcs) != 1 {
+		t.Fatalf("services after hup = %+v", svcs)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("serve did not return after cancel")
+	}
+	if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left behind: %v", err)
+	}
+}
