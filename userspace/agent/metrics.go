@@ -75,7 +75,7 @@ type collector struct {
 	svcDrops, svcFlows, svcBackends                    *prometheus.Desc
 	svcFragments, svcSNATFailures                      *prometheus.Desc
 	beState, beFlows, bePackets, beBytes, beNewFlows   *prometheus.Desc
-	beDrainDeadline, transitions                       *prometheus.Desc
+	beDrainDeadline, transitions, ejectRefused         *prometheus.Desc
 	passed, replies, ctUpdateFailures, rstSent         *prometheus.Desc
 
 	mu       sync.Mutex
@@ -122,7 +122,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.build, c.reloads, c.mapErrors, c.gcDeleted, c.scrapeErrors,
 		c.svcPackets, c.svcBytes, c.svcNewFlows, c.svcRSTs, c.svcDrops, c.svcFlows, c.svcBackends,
 		c.svcFragments, c.svcSNATFailures,
-		c.beState, c.beFlows, c.bePackets, c.beBytes, c.beNewFlows, c.beDrainDeadline, c.transitions,
+		c.beState, c.beFlows, c.bePackets, c.beBytes, c.beNewFlows, c.beDrainDeadline, c.transitions, c.ejectRefused,
 		c.passed, c.replies, c.ctUpdateFailures, c.rstSent,
 	} {
 		ch <- d
@@ -171,6 +171,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.svcSNATFailures, st.SNATFailures, name)
 	}
 	for name, ps := range a.pools {
+		counter(c.ejectRefused, ps.p.EjectionsRefused(), name)
 		for _, b := range ps.p.Backends() {
 			addr := b.Addr.String()
 			for _, st := range backendStates {

@@ -170,6 +170,7 @@ type Pool struct {
 	sources  map[string]map[netip.AddrPort]Desired
 	expected map[string]bool // sources the pool is made of; nil: just those that reported
 	entries  map[netip.AddrPort]*entry
+	refused  uint64 // ejections refused by MaxEjectedPercent
 }
 
 // New returns an empty pool. log and observe may be nil.
@@ -492,6 +493,7 @@ func (p *Pool) Eject(now time.Time, addr netip.AddrPort, until time.Time, cause 
 	}
 	if (ejected+1)*100 > p.cfg.MaxEjectedPercent*serving {
 		pct := p.cfg.MaxEjectedPercent
+		p.refused++
 		p.mu.Unlock()
 		p.log.Warn("backend ejection refused", "pool", p.name, "address", addr.String(), "cause", cause,
 			"ejected", ejected, "serving", serving, "max_ejected_percent", pct)
@@ -504,6 +506,14 @@ func (p *Pool) Eject(now time.Time, addr netip.AddrPort, until time.Time, cause 
 	p.mu.Unlock()
 	p.deliver(ts)
 	return nil
+}
+
+// EjectionsRefused counts the ejections refused because of
+// MaxEjectedPercent since the pool was created.
+func (p *Pool) EjectionsRefused() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refused
 }
 
 // Recover brings an ejected address back at once (e.g. `rise` passing

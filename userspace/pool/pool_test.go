@@ -501,7 +501,7 @@ func TestExpectDropsSource(t *testing.T) {
 }
 
 func TestRecoverResetsEjections(t *testing.T) {
-	p := New("web", Config{DrainTimeout: time.Second, MaxEjectedPercent: 100}, nil, nil)
+	p := New("web", Config{DrainTimeout: time.Second, MaxEjectedPercent: 50}, nil, nil)
 	p.SetSource(at(0), SourceStatic, want(a1, a2))
 	if err := p.Eject(at(1), a1, at(11), "health"); err != nil {
 		t.Fatal(err)
@@ -512,6 +512,12 @@ func TestRecoverResetsEjections(t *testing.T) {
 	b, _ := p.Backend(a1)
 	if b.Ejections != 2 || !b.EjectedUntil.Equal(at(22)) {
 		t.Fatalf("a1 = %+v", b)
+	}
+	if err := p.Eject(at(2), a2, at(12), "health"); !errors.Is(err, ErrEjectionLimit) {
+		t.Fatalf("ejecting the whole pool: %v", err)
+	}
+	if n := p.EjectionsRefused(); n != 1 {
+		t.Fatalf("refused = %d", n)
 	}
 	if err := p.Recover(at(3), a1, "health"); err != nil {
 		t.Fatal(err)
