@@ -107,6 +107,7 @@ func newCollector(a *agent) *collector {
 		beNewFlows:       d("backend_new_flows_total", "New flows sent to an address.", "pool", "address"),
 		beDrainDeadline:  d("backend_drain_deadline_seconds", "Unix time a draining address is removed at the latest.", "pool", "address"),
 		transitions:      d("backend_transitions_total", "Backend state transitions.", "pool", "from", "to", "cause"),
+		ejectRefused:     d("ejections_refused_total", "Ejections refused because max_ejected_percent of the pool is out.", "pool"),
 		svcFragments:     d("service_fragments_total", "Fragments to a service's VIP, passed to the kernel.", "service"),
 		svcSNATFailures:  d("service_snat_failures_total", "New snat flows refused for want of a free source port.", "service"),
 		passed:           d("passed_packets_total", "Packets handed to the kernel, by reason.", "reason"),
