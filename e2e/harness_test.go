@@ -167,8 +167,26 @@ func newLab(t *testing.T) *Lab {
 	if err != nil {
 		t.Fatalf("lab %s: %v", l.ID, err)
 	}
+	assertRootNamespaceClean(t)
 	t.Logf("lab %s up", l.ID)
 	return l
+}
+
+// assertRootNamespaceClean checks the lab rule: the root namespace holds no
+// lab address or route.
+func assertRootNamespaceClean(t *testing.T) {
+	t.Helper()
+	for _, argv := range [][]string{{"ip", "-4", "addr", "show"}, {"ip", "-4", "route", "show", "table", "all"}} {
+		out, err := runCmd(5*time.Second, argv[0], argv[1:]...)
+		if err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "198.18.") || strings.Contains(line, "198.19.") {
+				t.Errorf("root namespace has a lab address or route: %s", strings.TrimSpace(line))
+			}
+		}
+	}
 }
 
 func readEnv(path string) (map[string]string, error) {

@@ -351,3 +351,46 @@ func TestNonVIPUntouched(t *testing.T) {
 		t.Errorf("%s:81 (no service) answered by %v, want no answer", vip, r.ByBackend)
 	}
 }
+
+// TestNoBackendRST: a service whose every backend is drained answers a new
+// connection with a TCP RST at once (the client sees "connection refused"),
+// not with silence and a timeout.
+func TestNoBackendRST(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{DrainTimeout: 2 * time.Second})
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", "10", "--duration", "10s")
+	assertNoFailures(t, "before draining", r)
+
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if _, err := agent.CLI("drain", "web", backendAddr[be]); err != nil {
+			t.Fatalf("drain %s: %v", be, err)
+		}
+	}
+	r = lab.Load("--url", vipURL, "--mode", "newconn", "--count", "5", "--duration", "20s", "--timeout", "2s")
+	if r.OK != 0 {
+		t.Errorf("with every backend drained, %d of %d connections were answered by %v", r.OK, r.Requests, r.ByBackend)
+	}
+	if r.Errors["refused"] != r.Requests {
+		t.Errorf("with every backend drained: errors %v, want every connection refused (RST), not timed out: %v", r.Errors, r.Samples)
+	}
+
+	if _, err := agent.CLI("undrain", "web", backendAddr["be2"]); err != nil {
+		t.Fatalf("undrain be2: %v", err)
+	}
+	waitFor(t, 10*time.Second, "be2 active again", func() error {
+		state, err := agent.BackendState(backendAddr["be2"])
+		if err != nil {
+			return err
+		}
+		if state != "active" {
+			return fmt.Errorf("state %q", state)
+		}
+		return nil
+	})
+	r = lab.Load("--url", vipURL, "--mode", "newconn", "--count", "20", "--duration", "10s")
+	assertNoFailures(t, "after undraining be2", r)
+	if r.ByBackend["be2"] != r.OK {
+		t.Errorf("after undraining only be2: answered by %v", r.ByBackend)
+	}
+}
