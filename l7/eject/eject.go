@@ -1,0 +1,327 @@
+// Package eject is passive outlier detection for one pool: it counts the
+// failures live traffic sees on each address (statuses listed in retry.on,
+// connect failures, resets, timeouts) and, when an address fails `failures`
+// times within `window`, asks the pool to eject it for base_time, doubled on
+// each re-ejection up to max_time, with jitter.
+//
+// The decision is the pool's (userspace/pool): Eject refuses beyond
+// max_ejected_percent, and the L4 Maglev tables drop an ejected address too.
+// When the ejection time is over, the pool makes the address active again
+// "on trial" (cause ejection-expired); the tracker then admits exactly one
+// request to it at a time until one finishes: a success recovers it for good
+// (the doubling starts again from base_time), a failure ejects it again at
+// once for twice as long — nginx's max_fails/fail_timeout rule, with backoff.
+package eject
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+// DefaultJitter is the share of an ejection time taken off at random, so
+// addresses ejected together do not come back together.
+const DefaultJitter = 0.1
+
+// Cause recorded in the pool when a trial request succeeds.
+const CauseTrialSucceeded = "trial-succeeded"
+
+// Pool is the part of *pool.Pool the tracker uses.
+type Pool interface {
+	Backend(addr netip.AddrPort) (pool.Backend, bool)
+	Eject(now time.Time, addr netip.AddrPort, until time.Time, cause string) error
+	Recover(now time.Time, addr netip.AddrPort, cause string) error
+}
+
+var _ Pool = (*pool.Pool)(nil)
+
+// Event is an ejection or recovery the tracker asked the pool for.
+type Event struct {
+	Addr     netip.AddrPort
+	Recover  bool          // a trial succeeded and the address was recovered
+	Duration time.Duration // ejection time (0 for a recovery)
+	Until    time.Time
+	Cause    string
+	Err      error // the pool refused (e.g. pool.ErrEjectionLimit)
+}
+
+// Options are the tracker's collaborators; every field may be zero.
+type Options struct {
+	// Jitter is the share of the ejection time taken off at random, 0..1;
+	// negative means none, 0 means DefaultJitter.
+	Jitter  float64
+	Log     *slog.Logger
+	Observe func(Event) // called outside the tracker's lock
+}
+
+// Tracker counts failures per address and ejects. It is safe for concurrent use.
+type Tracker struct {
+	p       Pool
+	jitter  float64
+	log     *slog.Logger
+	observe func(Event)
+
+	mu       sync.Mutex
+	cfg      config.Ejection
+	failures map[netip.AddrPort][]time.Time
+	// trials holds the addresses with a trial request in flight.
+	trials map[netip.AddrPort]bool
+	// settled holds addresses whose trial failed but could not be ejected
+	// (limit): they serve normally for as long as they stay in the state
+	// that started at that time.
+	settled map[netip.AddrPort]time.Time
+}
+
+// New returns a tracker ejecting from p with cfg (Failures 0 disables ejection).
+func New(cfg config.Ejection, p Pool, opts Options) (*Tracker, error) {
+	if err := Validate(cfg); err != nil {
+		return nil, err
+	}
+	j := opts.Jitter
+	switch {
+	case j == 0:
+		j = DefaultJitter
+	case j < 0:
+		j = 0
+	case j > 1:
+		j = 1
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Tracker{
+		p: p, jitter: j, log: log, observe: opts.Observe, cfg: cfg,
+		failures: map[netip.AddrPort][]time.Time{},
+		trials:   map[netip.AddrPort]bool{},
+		settled:  map[netip.AddrPort]time.Time{},
+	}, nil
+}
+
+// Validate checks an ejection block.
+func Validate(cfg config.Ejection) error {
+	switch {
+	case cfg.Failures < 0:
+		return fmt.Errorf("ejection failures %d: must not be negative", cfg.Failures)
+	case cfg.Failures == 0:
+		return nil
+	case cfg.Window <= 0:
+		return fmt.Errorf("ejection window %s: must be positive", cfg.Window.D())
+	case cfg.BaseTime <= 0:
+		return fmt.Errorf("ejection base_time %s: must be positive", cfg.BaseTime.D())
+	case cfg.MaxTime < cfg.BaseTime:
+		return fmt.Errorf("ejection max_time %s: must not be less than base_time %s", cfg.MaxTime.D(), cfg.BaseTime.D())
+	case cfg.MaxEjectedPercent < 0 || cfg.MaxEjectedPercent > 100:
+		return fmt.Errorf("ejection max_ejected_percent %d: must be between 0 and 100", cfg.MaxEjectedPercent)
+	}
+	return nil
+}
+
+// SetConfig replaces the settings (on reload); counted failures are kept.
+func (t *Tracker) SetConfig(cfg config.Ejection) error {
+	if err := Validate(cfg); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.cfg = cfg
+	t.mu.Unlock()
+	return nil
+}
+
+// Config returns the settings in use.
+func (t *Tracker) Config() config.Ejection {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.cfg
+}
+
+// OnTrial reports whether b is an address back from an ejection whose
+// trial has not succeeded yet.
+func (t *Tracker) OnTrial(b pool.Backend) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.onTrialLocked(b)
+}
+
+func (t *Tracker) onTrialLocked(b pool.Backend) bool {
+	if b.State != pool.Active || b.Ejections == 0 || b.Cause != pool.CauseEjectionExpired {
+		return false
+	}
+	if since, ok := t.settled[b.Addr]; ok && since.Equal(b.Since) {
+		return false
+	}
+	return true
+}
+
+// Admit is asked before a request is sent to b. An address on trial admits
+// one request at a time (trial is then true, and the caller must report the
+// try with Report or Abandon); any other address admits everything.
+func (t *Tracker) Admit(b pool.Backend) (ok, trial bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.onTrialLocked(b) {
+		return true, false
+	}
+	if t.trials[b.Addr] {
+		return false, false
+	}
+	t.trials[b.Addr] = true
+	return true, true
+}
+
+// Abandon ends a trial whose outcome is unknown (the client went away): the
+// next request may try again.
+func (t *Tracker) Abandon(addr netip.AddrPort) {
+	t.mu.Lock()
+	delete(t.trials, addr)
+	t.mu.Unlock()
+}
+
+// Report records the outcome of a try on addr. failed is whether it counts
+// as a failure (see the package doc); cause describes it for the pool's
+// records ("status 503", "connect-failure"). trial is Admit's answer.
+func (t *Tracker) Report(now time.Time, addr netip.AddrPort, trial, failed bool, cause string) {
+	var ev *Event
+	t.mu.Lock()
+	if trial {
+		delete(t.trials, addr)
+	}
+	switch {
+	case t.cfg.Failures == 0 && !trial:
+	case !failed && trial:
+		delete(t.failures, addr)
+		ev = &Event{Addr: addr, Recover: true, Cause: CauseTrialSucceeded}
+	case !failed:
+	case trial:
+		delete(t.failures, addr)
+		ev = t.ejectLocked(now, addr, "trial failed: "+cause)
+	default:
+		fs := append(t.failures[addr], now)
+		cut := now.Add(-t.cfg.Window.D())
+		i := 0
+		for i < len(fs) && !fs[i].After(cut) {
+			i++
+		}
+		fs = fs[i:]
+		if len(fs) > t.cfg.Failures {
+			fs = fs[len(fs)-t.cfg.Failures:]
+		}
+		if len(fs) >= t.cfg.Failures {
+			delete(t.failures, addr)
+			ev = t.ejectLocked(now, addr, fmt.Sprintf("%d failures within %s, last: %s", len(fs), t.cfg.Window.D(), cause))
+		} else {
+			t.failures[addr] = fs
+		}
+	}
+	t.mu.Unlock()
+	if ev == nil {
+		return
+	}
+	t.apply(now, ev, trial)
+}
+
+// ejectLocked prepares an ejection of addr; the pool is called by apply.
+func (t *Tracker) ejectLocked(now time.Time, addr netip.AddrPort, cause string) *Event {
+	n := 0
+	if b, ok := t.p.Backend(addr); ok {
+		n = b.Ejections
+	}
+	d := t.durationLocked(n)
+	return &Event{Addr: addr, Duration: d, Until: now.Add(d), Cause: "passive: " + cause}
+}
+
+// durationLocked is base_time·2^n capped at max_time, minus jitter.
+func (t *Tracker) durationLocked(n int) time.Duration {
+	d, limit := t.cfg.BaseTime.D(), t.cfg.MaxTime.D()
+	if limit <= 0 {
+		limit = d
+	}
+	for i := 0; i < n && d < limit; i++ {
+		d *= 2
+	}
+	if d > limit {
+		d = limit
+	}
+	if t.jitter > 0 {
+		d -= time.Duration(rand.Float64() * t.jitter * float64(d))
+	}
+	return d
+}
+
+// Duration is the ejection time (before jitter) of an address ejected n
+// times since its last recovery.
+func (t *Tracker) Duration(n int) time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	j := t.jitter
+	t.jitter = 0
+	d := t.durationLocked(n)
+	t.jitter = j
+	return d
+}
+
+func (t *Tracker) apply(now time.Time, ev *Event, trial bool) {
+	if ev.Recover {
+		ev.Err = t.p.Recover(now, ev.Addr, ev.Cause)
+		if ev.Err == nil {
+			t.log.Info("backend recovered by a trial request", "address", ev.Addr.String())
+		}
+	} else {
+		ev.Err = t.p.Eject(now, ev.Addr, ev.Until, ev.Cause)
+		switch {
+		case ev.Err == nil:
+			t.log.Warn("backend ejected", "address", ev.Addr.String(), "for", ev.Duration, "cause", ev.Cause)
+		case errors.Is(ev.Err, pool.ErrEjectionLimit):
+			t.log.Warn("backend not ejected: max_ejected_percent reached", "address", ev.Addr.String(), "cause", ev.Cause)
+			if trial {
+				if b, ok := t.p.Backend(ev.Addr); ok {
+					t.mu.Lock()
+					t.settled[ev.Addr] = b.Since
+					t.mu.Unlock()
+				}
+			}
+		default:
+			t.log.Debug("backend not ejected", "address", ev.Addr.String(), "cause", ev.Cause, "error", ev.Err)
+		}
+	}
+	if t.observe != nil {
+		t.observe(*ev)
+	}
+}
+
+// Forget drops what the tracker knows about addr (it left the pool).
+func (t *Tracker) Forget(addr netip.AddrPort) {
+	t.mu.Lock()
+	delete(t.failures, addr)
+	delete(t.trials, addr)
+	delete(t.settled, addr)
+	t.mu.Unlock()
+}
+
+// Panic reports whether too much of a pool is out for health to decide
+// where requests go: no address is active while some are ejected, or more
+// than maxEjectedPercent of the serving addresses (active or ejected) are
+// ejected (possible when active ones drain). The proxy then spreads load
+// over active and ejected addresses alike, as Envoy's panic threshold does.
+func Panic(backends []pool.Backend, maxEjectedPercent int) bool {
+	active, ejected := 0, 0
+	for _, b := range backends {
+		switch b.State {
+		case pool.Active:
+			active++
+		case pool.Ejected:
+			ejected++
+		}
+	}
+	if ejected == 0 {
+		return false
+	}
+	return active == 0 || ejected*100 > maxEjectedPercent*(active+ejected)
+}

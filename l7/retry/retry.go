@@ -1,0 +1,247 @@
+// Package retry decides whether a failed try of an HTTP request may be
+// repeated on another backend: the conditions that count as failures, the
+// per-method rules that keep non-idempotent requests from being delivered
+// twice, exponential backoff with full jitter and a retry budget that keeps a
+// failing pool from turning into a retry storm.
+//
+// It knows nothing about connections: the proxy describes each try as an
+// Outcome and a Request, and the Policy answers with a Decision whose Reason
+// goes into the access log.
+package retry
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/sluicelb/sluice/userspace/config"
+)
+
+// Kind is what happened to one try.
+type Kind uint8
+
+// Kinds of outcome.
+const (
+	OK             Kind = iota // a response whose status is not a retry condition
+	ConnectFailure             // no connection: refused, unreachable, connect timeout
+	Reset                      // the connection broke after it was made (RST, EOF, malformed response)
+	Timeout                    // send or read timeout, or the total deadline
+	Status                     // a response whose status is listed in retry.on
+)
+
+func (k Kind) String() string {
+	switch k {
+	case OK:
+		return "ok"
+	case ConnectFailure:
+		return "connect-failure"
+	case Reset:
+		return "reset"
+	case Timeout:
+		return "timeout"
+	case Status:
+		return "status"
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Outcome describes one finished try.
+type Outcome struct {
+	Kind       Kind
+	StatusCode int // the response status (OK and Status)
+	// Sent is whether any byte of the request reached the backend (was
+	// accepted by the connection). A try that failed before is always safe
+	// to repeat.
+	Sent bool
+}
+
+// Request is what the policy needs to know about the request being proxied.
+type Request struct {
+	Method string
+	Header http.Header
+	// Replayable is whether the request body can be produced again for
+	// another try: it had none, it fitted in the buffer, or no byte beyond
+	// the buffer has been read from the client yet.
+	Replayable bool
+	// ResponseStarted is whether a response byte already reached the client.
+	ResponseStarted bool
+	// Tries is the number of tries made so far, including the failed one.
+	Tries int
+	// DeadlineLeft is whether time remains before the total deadline.
+	DeadlineLeft bool
+}
+
+// Condition is one entry of retry.on: a kind of failure that may be retried.
+type Condition interface {
+	// Match reports whether o is this failure.
+	Match(o Outcome) bool
+	String() string
+}
+
+// KindCondition matches an outcome kind (connect-failure, reset, timeout).
+type KindCondition Kind
+
+// Match implements Condition.
+func (c KindCondition) Match(o Outcome) bool { return o.Kind == Kind(c) }
+
+func (c KindCondition) String() string { return Kind(c).String() }
+
+// StatusCondition matches a response status.
+type StatusCondition int
+
+// Match implements Condition.
+func (c StatusCondition) Match(o Outcome) bool {
+	return (o.Kind == OK || o.Kind == Status) && o.StatusCode == int(c)
+}
+
+func (c StatusCondition) String() string { return strconv.Itoa(int(c)) }
+
+var (
+	_ Condition = KindCondition(ConnectFailure)
+	_ Condition = StatusCondition(503)
+)
+
+// ParseCondition parses one retry.on entry.
+func ParseCondition(s string) (Condition, error) {
+	switch s {
+	case "connect-failure":
+		return KindCondition(ConnectFailure), nil
+	case "reset":
+		return KindCondition(Reset), nil
+	case "timeout":
+		return KindCondition(Timeout), nil
+	}
+	code, err := strconv.Atoi(s)
+	if err != nil || code < 100 || code > 599 {
+		return nil, fmt.Errorf("retry condition %q: must be connect-failure, reset, timeout or a status", s)
+	}
+	return StatusCondition(code), nil
+}
+
+// Policy is a compiled retry: block. It is immutable and safe for concurrent use.
+type Policy struct {
+	attempts      int
+	conditions    []Condition
+	methods       []string
+	idemHeader    string
+	nonIdempotent bool
+	bufferBytes   int64
+	backoff       Backoff
+	budgetPercent int
+}
+
+// NewPolicy compiles cfg. A nil cfg means no retries (one try).
+func NewPolicy(cfg *config.Retry) (*Policy, error) {
+	if cfg == nil {
+		return &Policy{attempts: 1}, nil
+	}
+	if cfg.Attempts < 1 {
+		return nil, fmt.Errorf("retry attempts %d: must be at least 1", cfg.Attempts)
+	}
+	if cfg.BufferBytes < 0 {
+		return nil, fmt.Errorf("retry buffer_bytes %d: must not be negative", cfg.BufferBytes)
+	}
+	if cfg.BudgetPercent < 0 || cfg.BudgetPercent > 100 {
+		return nil, fmt.Errorf("retry budget_percent %d: must be between 0 and 100", cfg.BudgetPercent)
+	}
+	p := &Policy{
+		attempts:      cfg.Attempts,
+		idemHeader:    cfg.IdempotencyHeader,
+		nonIdempotent: cfg.NonIdempotent,
+		bufferBytes:   cfg.BufferBytes,
+		budgetPercent: cfg.BudgetPercent,
+		backoff:       Backoff{Base: cfg.Backoff.Base.D(), Max: cfg.Backoff.Max.D()},
+	}
+	for _, s := range cfg.On {
+		c, err := ParseCondition(s)
+		if err != nil {
+			return nil, err
+		}
+		p.conditions = append(p.conditions, c)
+	}
+	for _, m := range cfg.Methods {
+		p.methods = append(p.methods, strings.ToUpper(m))
+	}
+	return p, nil
+}
+
+// Attempts is the number of tries in total.
+func (p *Policy) Attempts() int { return p.attempts }
+
+// BufferBytes is how much of a request body is kept for replay.
+func (p *Policy) BufferBytes() int64 { return p.bufferBytes }
+
+// Backoff is the delay policy between tries.
+func (p *Policy) Backoff() Backoff { return p.backoff }
+
+// BudgetPercent is the share of active requests that may be retrying.
+func (p *Policy) BudgetPercent() int { return p.budgetPercent }
+
+// Matches reports whether o is one of the configured conditions (a failure
+// worth retrying, and one that counts towards passive ejection).
+func (p *Policy) Matches(o Outcome) bool {
+	for _, c := range p.conditions {
+		if c.Match(o) {
+			return true
+		}
+	}
+	return false
+}
+
+// FailureStatus reports whether a response status is listed in retry.on.
+func (p *Policy) FailureStatus(code int) bool {
+	return p.Matches(Outcome{Kind: Status, StatusCode: code})
+}
+
+// Decision is the answer to "may this request be tried again?".
+type Decision struct {
+	Retry  bool
+	Reason string // why (not), for the access log
+}
+
+// Decide applies the policy to a failed try. It does not consult the budget
+// or the backends left: the caller does, after a positive decision.
+func (p *Policy) Decide(r Request, o Outcome) Decision {
+	switch {
+	case o.Kind == OK:
+		return Decision{Reason: "success"}
+	case !p.Matches(o):
+		return Decision{Reason: fmt.Sprintf("%s is not in retry.on", describe(o))}
+	case r.ResponseStarted:
+		return Decision{Reason: "response already started"}
+	case r.Tries >= p.attempts:
+		return Decision{Reason: fmt.Sprintf("attempts exhausted (%d)", p.attempts)}
+	case !r.DeadlineLeft:
+		return Decision{Reason: "total deadline reached"}
+	}
+	if !o.Sent {
+		// Nothing reached the backend: the request cannot have been
+		// executed, whatever its method. Replaying needs the body though.
+		if !r.Replayable {
+			return Decision{Reason: describe(o) + ": body larger than retry.buffer_bytes already partly read, cannot replay"}
+		}
+		return Decision{Retry: true, Reason: describe(o) + " before the request was sent"}
+	}
+	if !r.Replayable {
+		return Decision{Reason: fmt.Sprintf("%s after sending a body larger than retry.buffer_bytes (%d)", describe(o), p.bufferBytes)}
+	}
+	if slices.Contains(p.methods, r.Method) {
+		return Decision{Retry: true, Reason: describe(o) + ", " + r.Method + " is in retry.methods"}
+	}
+	if p.idemHeader != "" && r.Header.Get(p.idemHeader) != "" {
+		return Decision{Retry: true, Reason: describe(o) + ", request carries " + p.idemHeader}
+	}
+	if p.nonIdempotent {
+		return Decision{Retry: true, Reason: describe(o) + ", retry.non_idempotent is set"}
+	}
+	return Decision{Reason: fmt.Sprintf("%s after the request was sent; %s is not in retry.methods", describe(o), r.Method)}
+}
+
+func describe(o Outcome) string {
+	if o.Kind == OK || o.Kind == Status {
+		return "status " + strconv.Itoa(o.StatusCode)
+	}
+	return o.Kind.String()
+}

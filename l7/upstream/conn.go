@@ -1,0 +1,171 @@
+package upstream
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Conn is one connection to a backend address. It is used by one request
+// at a time, between Pools.Get and Pools.Put.
+type Conn struct {
+	pools      *Pools
+	nc         net.Conn // what requests are written to (TLS or TCP)
+	raw        net.Conn // the TCP connection, for liveness checks
+	addr       netip.AddrPort
+	serverName string
+	info       string
+	gen        uint64
+	dialled    time.Time
+	idleSince  time.Time
+	reused     bool
+	requests   int
+
+	written atomic.Int64
+	read    atomic.Int64
+
+	// per-phase deadlines, set by SetTimeouts
+	writeTimeout, readTimeout time.Duration
+	deadline                  time.Time
+
+	br *bufio.Reader
+	bw *bufio.Writer
+
+	closeOnce sync.Once
+}
+
+func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info string, gen uint64) *Conn {
+	c := &Conn{pools: p, nc: nc, raw: raw, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now()}
+	c.br = bufio.NewReaderSize(phaseReader{c}, 16<<10)
+	c.bw = bufio.NewWriterSize(phaseWriter{c}, 16<<10)
+	return c
+}
+
+// Addr is the backend address.
+func (c *Conn) Addr() netip.AddrPort { return c.addr }
+
+// Info is the DNS answer (or origin) the address had when this connection was dialled.
+func (c *Conn) Info() string { return c.info }
+
+// Reused is whether the connection served an earlier request.
+func (c *Conn) Reused() bool { return c.reused }
+
+// Requests is the number of requests this connection has carried, this one included.
+func (c *Conn) Requests() int { return c.requests }
+
+// Dialled is when the connection was made.
+func (c *Conn) Dialled() time.Time { return c.dialled }
+
+// Written is the number of bytes the connection accepted so far.
+func (c *Conn) Written() int64 { return c.written.Load() }
+
+// ReadBytes is the number of bytes read from the backend so far.
+func (c *Conn) ReadBytes() int64 { return c.read.Load() }
+
+// Reader is the buffered reader of the connection; every read waits at most
+// the read timeout and never past the deadline.
+func (c *Conn) Reader() *bufio.Reader { return c.br }
+
+// Writer is the buffered writer of the connection; every write waits at
+// most the write timeout and never past the deadline.
+func (c *Conn) Writer() *bufio.Writer { return c.bw }
+
+// SetTimeouts sets the per-write and per-read timeouts and the overall
+// deadline for the next reads and writes (zero: none).
+func (c *Conn) SetTimeouts(write, read time.Duration, deadline time.Time) {
+	c.writeTimeout, c.readTimeout, c.deadline = write, read, deadline
+}
+
+// Close closes the connection now (for an exchange that failed: Put it
+// afterwards anyway so the pool's counts stay right, or use Pools.Put(c, false)).
+func (c *Conn) Close() error { c.close(); return nil }
+
+func (c *Conn) close() {
+	c.closeOnce.Do(func() { _ = c.nc.Close() })
+}
+
+func (c *Conn) clearDeadlines() {
+	c.writeTimeout, c.readTimeout, c.deadline = 0, 0, time.Time{}
+	_ = c.nc.SetDeadline(time.Time{})
+}
+
+func (c *Conn) deadlineFor(d time.Duration) time.Time {
+	var t time.Time
+	if d > 0 {
+		t = time.Now().Add(d)
+	}
+	if !c.deadline.IsZero() && (t.IsZero() || c.deadline.Before(t)) {
+		t = c.deadline
+	}
+	return t
+}
+
+type phaseReader struct{ c *Conn }
+
+func (r phaseReader) Read(b []byte) (int, error) {
+	c := r.c
+	_ = c.nc.SetReadDeadline(c.deadlineFor(c.readTimeout))
+	n, err := c.nc.Read(b)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+type phaseWriter struct{ c *Conn }
+
+func (w phaseWriter) Write(b []byte) (int, error) {
+	c := w.c
+	total := 0
+	for len(b) > 0 {
+		// The timeout is between writes: each chunk gets its own.
+		chunk := b
+		if len(chunk) > 32<<10 {
+			chunk = chunk[:32<<10]
+		}
+		_ = c.nc.SetWriteDeadline(c.deadlineFor(c.writeTimeout))
+		n, err := c.nc.Write(chunk)
+		c.written.Add(int64(n))
+		total += n
+		b = b[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// alive reports whether an idle connection is still open and has nothing
+// unexpected to read: a peer that closed it (EOF, RST) or sent bytes nobody
+// asked for makes it unusable. It peeks without blocking.
+func (c *Conn) alive() bool {
+	if c.br.Buffered() > 0 {
+		return false
+	}
+	sc, ok := c.raw.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok = false
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, rerr := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case n == 0 && rerr == nil: // EOF
+		case n > 0: // unsolicited bytes
+		case errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EWOULDBLOCK):
+			ok = true
+		}
+		return true // never wait
+	})
+	return err == nil && ok
+}

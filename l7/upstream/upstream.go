@@ -1,0 +1,350 @@
+// Package upstream keeps keep-alive connections to backend addresses for the
+// L7 stage. Every connection remembers the address it was dialled to, the
+// DNS answer that address came from and the generation of the address when
+// it was dialled. When an address leaves `active` (Retire), its idle
+// connections are closed at once and its busy ones are closed when their
+// request ends instead of going back to the pool: none is reused, so a
+// pooled connection can never keep traffic on an address DNS no longer
+// returns (field report 1). Every connection is closed after MaxLifetime,
+// idle or not (a busy one after its request), and an idle one after
+// IdleTimeout. Pooling itself stays on.
+//
+// Connections are plain TCP or TLS (with SNI). Reads and writes carry their
+// own deadlines so the proxy can enforce "between two writes" and "between
+// two reads" timeouts as well as an overall deadline.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultMaxIdlePerAddr = 64
+	DefaultIdleTimeout    = 30 * time.Second
+	DefaultMaxLifetime    = 5 * time.Minute
+)
+
+// Options configure Pools. Zero values take the defaults.
+type Options struct {
+	MaxIdlePerAddr int
+	IdleTimeout    time.Duration
+	MaxLifetime    time.Duration
+	// TLS, when set, makes every connection TLS; ServerName is set per
+	// connection from the name passed to Get.
+	TLS *tls.Config
+	Log *slog.Logger
+	// Dial replaces the TCP dialer (tests).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// DialError is a failure to connect (TCP or TLS handshake): no request byte
+// can have reached the backend.
+type DialError struct {
+	Addr    netip.AddrPort
+	Timeout bool // the connect deadline passed
+	Err     error
+}
+
+func (e *DialError) Error() string { return fmt.Sprintf("connect to %s: %v", e.Addr, e.Err) }
+
+func (e *DialError) Unwrap() error { return e.Err }
+
+// ErrClosed is returned by Get after Close.
+var ErrClosed = errors.New("upstream pools closed")
+
+// Pools holds the connections of one L7 service. It is safe for concurrent use.
+type Pools struct {
+	opts Options
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	addrs  map[netip.AddrPort]*addrPool
+	closed bool
+}
+
+type addrPool struct {
+	gen     uint64
+	retired bool
+	idle    map[string][]*Conn // by server name ("" without TLS), most recent last
+	busy    int
+	dialled uint64
+	reused  uint64
+}
+
+// New returns empty pools.
+func New(opts Options) *Pools {
+	if opts.MaxIdlePerAddr <= 0 {
+		opts.MaxIdlePerAddr = DefaultMaxIdlePerAddr
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.MaxLifetime <= 0 {
+		opts.MaxLifetime = DefaultMaxLifetime
+	}
+	if opts.Dial == nil {
+		var d net.Dialer
+		opts.Dial = d.DialContext
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Pools{opts: opts, log: log, addrs: map[netip.AddrPort]*addrPool{}}
+}
+
+func (p *Pools) addrLocked(addr netip.AddrPort) *addrPool {
+	ap := p.addrs[addr]
+	if ap == nil {
+		ap = &addrPool{idle: map[string][]*Conn{}}
+		p.addrs[addr] = ap
+	}
+	return ap
+}
+
+// Get returns a connection to addr: the most recently used idle one that is
+// still alive and within its lifetime, or a new one dialled before
+// connectBy. serverName is the TLS SNI (ignored without TLS). info is the
+// DNS answer (or other origin) the address came from, kept on a new
+// connection for the logs. A dial failure is a *DialError.
+func (p *Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info string, connectBy time.Time) (*Conn, error) {
+	if p.opts.TLS == nil {
+		serverName = ""
+	}
+	now := time.Now()
+	var stale []*Conn
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	ap := p.addrLocked(addr)
+	ap.retired = false
+	var c *Conn
+	for l := ap.idle[serverName]; len(l) > 0; l = ap.idle[serverName] {
+		cand := l[len(l)-1]
+		ap.idle[serverName] = l[:len(l)-1]
+		if now.Sub(cand.dialled) >= p.opts.MaxLifetime || now.Sub(cand.idleSince) >= p.opts.IdleTimeout || !cand.alive() {
+			stale = append(stale, cand)
+			continue
+		}
+		c = cand
+		break
+	}
+	if c != nil {
+		ap.busy++
+		ap.reused++
+	}
+	gen := ap.gen
+	p.mu.Unlock()
+	for _, s := range stale {
+		s.close()
+	}
+	if c != nil {
+		c.reused = true
+		c.requests++
+		return c, nil
+	}
+	c, err := p.dial(ctx, addr, serverName, info, gen, connectBy)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	ap = p.addrLocked(addr)
+	ap.busy++
+	ap.dialled++
+	p.mu.Unlock()
+	return c, nil
+}
+
+func (p *Pools) dial(ctx context.Context, addr netip.AddrPort, serverName, info string, gen uint64, connectBy time.Time) (*Conn, error) {
+	dctx, cancel := context.WithDeadline(ctx, connectBy)
+	defer cancel()
+	raw, err := p.opts.Dial(dctx, "tcp", addr.String())
+	if err != nil {
+		return nil, &DialError{Addr: addr, Timeout: isTimeout(err) || dctx.Err() == context.DeadlineExceeded && ctx.Err() == nil, Err: err}
+	}
+	if tc, ok := raw.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	var nc = raw
+	if p.opts.TLS != nil {
+		cfg := p.opts.TLS.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = serverName
+		}
+		cfg.NextProtos = []string{"http/1.1"}
+		tc := tls.Client(raw, cfg)
+		if err := tc.HandshakeContext(dctx); err != nil {
+			raw.Close()
+			return nil, &DialError{Addr: addr, Timeout: isTimeout(err) || dctx.Err() == context.DeadlineExceeded && ctx.Err() == nil, Err: fmt.Errorf("tls handshake: %w", err)}
+		}
+		nc = tc
+	}
+	c := newConn(p, nc, raw, addr, serverName, info, gen)
+	c.requests = 1
+	return c, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Put gives back a connection whose exchange finished. reusable is whether
+// the exchange left it clean (whole response read, no Connection: close).
+// It goes back to the pool only if its address was not retired since it
+// was dialled, it is within its lifetime, and the pool has room; otherwise
+// it is closed.
+func (p *Pools) Put(c *Conn, reusable bool) {
+	now := time.Now()
+	p.mu.Lock()
+	ap := p.addrs[c.addr]
+	keep := reusable && !p.closed && ap != nil && !ap.retired && ap.gen == c.gen &&
+		now.Sub(c.dialled) < p.opts.MaxLifetime && len(ap.idle[c.serverName]) < p.opts.MaxIdlePerAddr
+	if ap != nil {
+		ap.busy--
+	}
+	if keep {
+		c.idleSince = now
+		c.clearDeadlines()
+		ap.idle[c.serverName] = append(ap.idle[c.serverName], c)
+	}
+	p.mu.Unlock()
+	if !keep {
+		c.close()
+	}
+}
+
+// Retire is called when addr leaves `active` (draining, ejected, removed):
+// its idle connections are closed now, its busy ones when they are Put.
+// The address's next Get (it is active again) dials afresh.
+func (p *Pools) Retire(addr netip.AddrPort) int {
+	p.mu.Lock()
+	ap := p.addrs[addr]
+	if ap == nil {
+		p.mu.Unlock()
+		return 0
+	}
+	ap.gen++
+	ap.retired = true
+	var idle []*Conn
+	for k, l := range ap.idle {
+		idle = append(idle, l...)
+		delete(ap.idle, k)
+	}
+	if ap.busy == 0 {
+		delete(p.addrs, addr)
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		c.close()
+	}
+	if len(idle) > 0 {
+		p.log.Info("closed idle upstream connections", "address", addr.String(), "count", len(idle))
+	}
+	return len(idle)
+}
+
+// Sweep closes idle connections past their idle timeout or lifetime.
+func (p *Pools) Sweep(now time.Time) {
+	var old []*Conn
+	p.mu.Lock()
+	for addr, ap := range p.addrs {
+		for k, l := range ap.idle {
+			kept := l[:0]
+			for _, c := range l {
+				if now.Sub(c.dialled) >= p.opts.MaxLifetime || now.Sub(c.idleSince) >= p.opts.IdleTimeout {
+					old = append(old, c)
+				} else {
+					kept = append(kept, c)
+				}
+			}
+			clear(l[len(kept):])
+			if len(kept) == 0 {
+				delete(ap.idle, k)
+			} else {
+				ap.idle[k] = kept
+			}
+		}
+		if ap.retired && ap.busy == 0 && len(ap.idle) == 0 {
+			delete(p.addrs, addr)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range old {
+		c.close()
+	}
+}
+
+// Run sweeps every interval until ctx ends.
+func (p *Pools) Run(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			p.Sweep(now)
+		}
+	}
+}
+
+// CloseIdle closes every idle connection.
+func (p *Pools) CloseIdle() {
+	var idle []*Conn
+	p.mu.Lock()
+	for _, ap := range p.addrs {
+		for k, l := range ap.idle {
+			idle = append(idle, l...)
+			delete(ap.idle, k)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		c.close()
+	}
+}
+
+// Close closes every idle connection and makes later Gets fail; busy
+// connections are closed when they are Put.
+func (p *Pools) Close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.CloseIdle()
+}
+
+// Stats counts one address's connections.
+type Stats struct {
+	Idle, Busy      int
+	Dialled, Reused uint64
+}
+
+// Stats returns the counts of addr.
+func (p *Pools) Stats(addr netip.AddrPort) Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ap := p.addrs[addr]
+	if ap == nil {
+		return Stats{}
+	}
+	s := Stats{Busy: ap.busy, Dialled: ap.dialled, Reused: ap.reused}
+	for _, l := range ap.idle {
+		s.Idle += len(l)
+	}
+	return s
+}
