@@ -393,7 +393,7 @@ func (l *Lab) stopAll() {
 func (l *Lab) StartBackends() {
 	l.t.Helper()
 	for _, be := range []string{"be1", "be2", "be3"} {
-		l.Start(be, be, env.backend, "--listen", ":80", "--name", be)
+		l.Start(be, be, env.backend, "--listen", ":80", "--udp-listen", ":5353", "--name", be)
 	}
 	for _, be := range []string{"be1", "be2", "be3"} {
 		waitFor(l.t, 5*time.Second, be+" listening", func() error {
@@ -440,6 +440,8 @@ const vip = "198.18.1.100"
 // agentConfig is what a test varies in the agent's config.
 type agentConfig struct {
 	DrainTimeout time.Duration
+	// UDP adds pool udp (be1..be3 port 5353) and service udp-l4 at VIP:53/udp.
+	UDP bool
 }
 
 // Agent is a running `sluice agent` in the lab's lb namespace.
@@ -488,6 +490,21 @@ services:
     mode: nat
     pool: web
 `, l.ID, a.Socket, a.PinPath, backendAddr["be1"], backendAddr["be2"], backendAddr["be3"], c.DrainTimeout, vip)
+	if c.UDP {
+		// Spliced into the lists above: pools first, then services.
+		cfg = strings.Replace(cfg, "services:\n", `  - name: udp
+    backends:
+      - address: 198.18.2.11:5353
+      - address: 198.18.2.12:5353
+      - address: 198.18.2.13:5353
+services:
+  - name: udp-l4
+    listen: `+vip+`:53
+    protocol: udp
+    mode: nat
+    pool: udp
+`, 1)
+	}
 	if err := os.WriteFile(a.Config, []byte(cfg), 0o600); err != nil {
 		l.t.Fatalf("write config: %v", err)
 	}

@@ -43,6 +43,29 @@ func TestSpread(t *testing.T) {
 	t.Logf("spread over backends: %v, latency %v", r.ByBackend, r.LatencyMS)
 }
 
+// TestUDPSpread: new UDP flows (one socket each) to a UDP VIP spread over
+// be1..be3 and every datagram is answered through the reverse NAT.
+func TestUDPSpread(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.StartAgent(agentConfig{UDP: true})
+
+	const n = 300
+	r := lab.Load("--url", "udp://"+vip+":53", "--mode", "udp", "--conns", "4",
+		"--count", fmt.Sprint(n), "--duration", "60s", "--timeout", "1s")
+	assertNoFailures(t, "300 UDP flows", r)
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if got := r.ByBackend[be]; got < n*15/100 {
+			t.Errorf("%s got %d of %d UDP flows, want >= 15%%: %v", be, got, n, r.ByBackend)
+		}
+	}
+	t.Logf("UDP spread over backends: %v, latency %v", r.ByBackend, r.LatencyMS)
+
+	// The TCP service next to it still works.
+	r = lab.Load("--url", vipURL, "--mode", "newconn", "--count", "30", "--duration", "20s")
+	assertNoFailures(t, "TCP next to UDP", r)
+}
+
 // TestDrain: a long-lived connection stays on its backend while that backend
 // drains and new connections avoid it; after drain_timeout the pinned flow
 // gets an RST (not a timeout) and a reconnect lands elsewhere.

@@ -9,6 +9,8 @@
 //	/stream?seconds=N  a chunked body, one line per 100ms for N seconds (a long-lived connection)
 //	/healthz        "ok"
 //	/stats          JSON counts of executed requests (not counting /stats itself)
+//
+// With --udp-listen it also answers every UDP datagram with "NAME\n".
 package main
 
 import (
@@ -32,6 +34,7 @@ import (
 func main() {
 	listen := flag.String("listen", ":80", "address to listen on")
 	name := flag.String("name", "", "backend name sent in the body and the X-Backend header (default: hostname)")
+	udpListen := flag.String("udp-listen", "", "also answer UDP datagrams on this address with the name")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -46,6 +49,18 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	if *udpListen != "" {
+		pc, err := net.ListenPacket("udp", *udpListen)
+		if err != nil {
+			log.Error("udp listen failed", "addr", *udpListen, "err", err)
+			os.Exit(1)
+		}
+		go func() {
+			<-ctx.Done()
+			_ = pc.Close()
+		}()
+		go serveUDP(log, pc, *name)
+	}
 	if err := run(ctx, log, *listen, *name); err != nil {
 		log.Error("backend failed", "err", err)
 		os.Exit(1)
@@ -79,6 +94,25 @@ func run(ctx context.Context, log *slog.Logger, listen, name string) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// serveUDP answers each datagram with the name until pc is closed.
+func serveUDP(log *slog.Logger, pc net.PacketConn, name string) {
+	log.Info("udp listening", "addr", pc.LocalAddr().String())
+	buf := make([]byte, 2048)
+	reply := []byte(name + "\n")
+	for {
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				log.Error("udp read", "err", err)
+			}
+			return
+		}
+		if _, err := pc.WriteTo(reply, from); err != nil {
+			log.Warn("udp reply", "to", from.String(), "err", err)
+		}
+	}
 }
 
 // backend holds the name and the request counters.

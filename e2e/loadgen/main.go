@@ -8,6 +8,8 @@
 //	keepalive  --conns persistent connections, requests in sequence on each;
 //	           a failed connection is re-dialled for the next request
 //	newconn    a new connection per request (Connection: close)
+//	udp        a new UDP socket (so a new flow) per request to --url
+//	           udp://host:port: one datagram out, the reply names the backend
 //
 // Load is always bounded: by --count requests in total and by --duration.
 // With --events, one JSON line per connect, response and error goes to
@@ -31,6 +33,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -79,7 +82,7 @@ func main() {
 		rawURL = flag.String("url", "http://198.18.1.100/", "target URL (http only)")
 		o      options
 	)
-	flag.StringVar(&o.mode, "mode", "keepalive", "keepalive | newconn")
+	flag.StringVar(&o.mode, "mode", "keepalive", "keepalive | newconn | udp")
 	flag.IntVar(&o.conns, "conns", 1, "concurrent workers (keepalive: persistent connections)")
 	flag.IntVar(&o.count, "count", 100, "requests in total (upper bound)")
 	flag.DurationVar(&o.duration, "duration", 30*time.Second, "run at most this long")
@@ -109,21 +112,25 @@ func (o *options) validate(rawURL string) error {
 	if err != nil {
 		return fmt.Errorf("parse url %q: %w", rawURL, err)
 	}
-	if u.Scheme != "http" || u.Host == "" {
-		return fmt.Errorf("url %q: want http://host[:port]/path", rawURL)
-	}
-	if u.Port() == "" {
-		u.Host = net.JoinHostPort(u.Hostname(), "80")
-	}
-	if u.Path == "" {
-		u.Path = "/"
-	}
-	o.url = u
 	switch o.mode {
 	case "keepalive", "newconn":
+		if u.Scheme != "http" || u.Host == "" {
+			return fmt.Errorf("url %q: want http://host[:port]/path", rawURL)
+		}
+		if u.Port() == "" {
+			u.Host = net.JoinHostPort(u.Hostname(), "80")
+		}
+		if u.Path == "" {
+			u.Path = "/"
+		}
+	case "udp":
+		if u.Scheme != "udp" || u.Port() == "" {
+			return fmt.Errorf("url %q: mode udp wants udp://host:port", rawURL)
+		}
 	default:
-		return fmt.Errorf("mode %q: want keepalive or newconn", o.mode)
+		return fmt.Errorf("mode %q: want keepalive, newconn or udp", o.mode)
 	}
+	o.url = u
 	if o.conns < 1 || o.conns > 1000 {
 		return fmt.Errorf("conns %d: want 1..1000", o.conns)
 	}
@@ -274,6 +281,10 @@ func (w *worker) closeConn() {
 
 // request runs one request and records its outcome.
 func (w *worker) request(ctx context.Context) {
+	if w.o.mode == "udp" {
+		w.datagram(ctx)
+		return
+	}
 	start := time.Now()
 	deadline := start.Add(w.o.timeout)
 	keep := w.o.mode == "keepalive"
@@ -327,6 +338,39 @@ func (w *worker) request(ctx context.Context) {
 	if !keep || resp.Close {
 		w.closeConn()
 	}
+}
+
+// datagram sends one datagram from a fresh socket and waits for the reply.
+func (w *worker) datagram(ctx context.Context) {
+	start := time.Now()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "udp", w.o.url.Host)
+	w.c.dial()
+	if err != nil {
+		if ctx.Err() == nil {
+			w.failed(classify(err), err)
+		}
+		return
+	}
+	w.connSeq++
+	w.conn = conn
+	_ = conn.SetDeadline(start.Add(w.o.timeout))
+	if _, err := conn.Write([]byte("sluice-loadgen\n")); err != nil {
+		w.failed(classify(err), err)
+		return
+	}
+	buf := make([]byte, 512)
+	n, err := conn.Read(buf)
+	if err != nil {
+		w.failed(classify(err), err)
+		return
+	}
+	lat := time.Since(start)
+	backend := strings.TrimSpace(string(buf[:n]))
+	w.c.ok(backend, lat)
+	w.c.emit(Event{Worker: w.id, Conn: w.connSeq, Event: "response", Backend: backend,
+		Latency: float64(lat.Microseconds()) / 1000})
+	w.closeConn()
 }
 
 func (w *worker) failed(kind string, err error) {
