@@ -3,7 +3,7 @@
 #
 #   scripts/lab.sh up [ID]        build the lab, print its ID, write .lab/ID.env
 #   scripts/lab.sh down ID        remove every namespace of ID, kill what it started
-#   scripts/lab.sh backends ID    start the test HTTP backend on :80 in be1..be3
+#   scripts/lab.sh backends ID    start the test backend in be1..be3 (HTTP :80, UDP :5353)
 #   scripts/lab.sh env ID         print the env file of ID
 #   scripts/lab.sh exec ID HOST CMD...
 #                                 run CMD in host HOST (client, lb, be1, ...)
@@ -269,7 +269,7 @@ lab_backends() {
 			log "be$i already running (pid $(<"$pidf"))"
 			continue
 		fi
-		ip netns exec "$ns" "$bin" --listen :80 --name "be$i" \
+		ip netns exec "$ns" "$bin" --listen :80 --udp-listen :5353 --name "be$i" \
 			>"$lab_dir/$id/be$i.log" 2>&1 </dev/null &
 		printf '%s\n' "$!" >"$pidf"
 	done
