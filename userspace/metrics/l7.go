@@ -1,0 +1,151 @@
+package metrics
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// L7 holds the L7 stage's metrics. Its methods are safe for concurrent
+// use. The l7 packages need not import this one: they can declare the
+// methods they call as an interface of their own, which *L7 satisfies.
+type L7 struct {
+	requests      *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	tries         *prometheus.HistogramVec
+	retries       *prometheus.CounterVec
+	retryRefused  *prometheus.CounterVec
+	ejections     *prometheus.CounterVec
+	panicMode     *prometheus.GaugeVec
+	upstreamConns *prometheus.CounterVec
+}
+
+func newL7() *L7 {
+	return &L7{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_l7_requests_total",
+			Help: "Requests answered by the L7 stage, by service and status code sent to the client (none: the client went away first).",
+		}, []string{"service", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sluice_l7_request_duration_seconds",
+			Help:    "Time from a request's arrival to the end of its response, over every try.",
+			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 90},
+		}, []string{"service"}),
+		tries: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sluice_l7_request_tries",
+			Help:    "Tries (first attempt plus retries) per request.",
+			Buckets: prometheus.LinearBuckets(1, 1, 10),
+		}, []string{"service"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_l7_retries_total",
+			Help: "Retries by service and the condition that caused them (connect-failure, reset, timeout, or a status).",
+		}, []string{"service", "reason"}),
+		retryRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_l7_retries_budget_refused_total",
+			Help: "Retries the policy allowed but the retry budget refused.",
+		}, []string{"service"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_l7_ejections_total",
+			Help: "Addresses ejected by the L7 stage's passive checks, by pool, address and cause.",
+		}, []string{"pool", "address", "cause"}),
+		panicMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_l7_panic_mode",
+			Help: "1 while too many of a pool's addresses are ejected and load is spread over all of them.",
+		}, []string{"pool"}),
+		upstreamConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_l7_upstream_connections_closed_total",
+			Help: "Pooled upstream connections closed by the L7 stage, by pool and reason (draining, lifetime, idle, error).",
+		}, []string{"pool", "reason"}),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (l *L7) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range l.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (l *L7) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range l.collectors() {
+		c.Collect(ch)
+	}
+}
+
+func (l *L7) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		l.requests, l.duration, l.tries, l.retries, l.retryRefused,
+		l.ejections, l.panicMode, l.upstreamConns,
+	}
+}
+
+// Request records one finished request of service: the status sent to the
+// client (0 when none was), its duration over every try, and the number of
+// tries (at least 1; 0 when no backend was tried).
+func (l *L7) Request(service string, code int, took time.Duration, tries int) {
+	c := "none"
+	if code != 0 {
+		c = statusCode(code)
+	}
+	l.requests.WithLabelValues(service, c).Inc()
+	l.duration.WithLabelValues(service).Observe(took.Seconds())
+	l.tries.WithLabelValues(service).Observe(float64(tries))
+}
+
+// Retry counts one retry of a request of service; reason is the retry
+// condition that matched (a name from retry.on: connect-failure, reset,
+// timeout, or a status such as 503).
+func (l *L7) Retry(service, reason string) {
+	l.retries.WithLabelValues(service, reason).Inc()
+}
+
+// RetryRefused counts a retry the budget refused.
+func (l *L7) RetryRefused(service string) {
+	l.retryRefused.WithLabelValues(service).Inc()
+}
+
+// Ejection counts an ejection of addr from pool by passive checks; cause
+// is a short bounded reason (e.g. "status", "connect-failure", "timeout").
+func (l *L7) Ejection(pool string, addr netip.AddrPort, cause string) {
+	l.ejections.WithLabelValues(pool, addr.String(), cause).Inc()
+}
+
+// SetPanic sets pool's panic mode gauge.
+func (l *L7) SetPanic(pool string, on bool) {
+	v := 0.0
+	if on {
+		v = 1
+	}
+	l.panicMode.WithLabelValues(pool).Set(v)
+}
+
+// UpstreamClosed counts a pooled upstream connection closed for reason
+// (draining, lifetime, idle, error).
+func (l *L7) UpstreamClosed(pool, reason string) {
+	l.upstreamConns.WithLabelValues(pool, reason).Inc()
+}
+
+// ForgetBackend deletes the series that name addr in pool.
+func (l *L7) ForgetBackend(pool string, addr netip.AddrPort) {
+	l.ejections.DeletePartialMatch(prometheus.Labels{"pool": pool, "address": addr.String()})
+}
+
+// ForgetPool deletes the series of a pool no longer configured.
+func (l *L7) ForgetPool(pool string) {
+	match := prometheus.Labels{"pool": pool}
+	l.ejections.DeletePartialMatch(match)
+	l.panicMode.DeletePartialMatch(match)
+	l.upstreamConns.DeletePartialMatch(match)
+}
+
+// ForgetService deletes the series of a service no longer configured.
+func (l *L7) ForgetService(service string) {
+	match := prometheus.Labels{"service": service}
+	l.requests.DeletePartialMatch(match)
+	l.duration.DeletePartialMatch(match)
+	l.tries.DeletePartialMatch(match)
+	l.retries.DeletePartialMatch(match)
+	l.retryRefused.DeletePartialMatch(match)
+}
