@@ -211,7 +211,8 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 svc_id = rv->service_id;
 	__u32 slot = rv->backend_id;
-	rv->last_seen = now;
+	if (rv->last_seen != now)
+		rv->last_seen = now;
 	if (rewrite(p, data_end, rv->saddr_new, rv->sport_new, rv->daddr_new, rv->dport_new))
 		return XDP_DROP;
 
@@ -225,9 +226,13 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	};
 	struct ct_value *fv = bpf_map_lookup_elem(&conntrack, &fk);
 	if (fv) {
-		fv->last_seen = now;
-		if (p->proto == IPPROTO_TCP)
-			fv->state = next_tcp_state(fv->state, p->tcp_flags, 1);
+		if (fv->last_seen != now)
+			fv->last_seen = now;
+		if (p->proto == IPPROTO_TCP) {
+			__u8 st = next_tcp_state(fv->state, p->tcp_flags, 1);
+			if (st != fv->state)
+				fv->state = st;
+		}
 	}
 	__u64 bytes = (long)data_end - (long)ctx->data;
 	count_service(svc_id, bytes, 0);
@@ -306,9 +311,15 @@ int sluice_xdp(struct xdp_md *ctx)
 					s->rst_removed_backend++;
 				return act;
 			}
-			ct->last_seen = now;
-			if (tcp)
-				ct->state = next_tcp_state(ct->state, p.tcp_flags, 0);
+			/* Write only what changed: the coarse clock ticks every few
+			 * ms, and a clean cache line stays shared between CPUs. */
+			if (ct->last_seen != now)
+				ct->last_seen = now;
+			if (tcp) {
+				__u8 st = next_tcp_state(ct->state, p.tcp_flags, 0);
+				if (st != ct->state)
+					ct->state = st;
+			}
 			if (rewrite(&p, data_end, ct->saddr_new, ct->sport_new, ct->daddr_new,
 				    ct->dport_new))
 				return XDP_DROP;
