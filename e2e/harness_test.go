@@ -65,6 +65,11 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		env.buildErr = buildAll(root, dir)
+		// Labs left behind by an earlier run that died (a test timeout skips
+		// every cleanup) go first.
+		if out, err := exec.Command(filepath.Join(root, "scripts", "lab.sh"), "gc").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: lab.sh gc: %v\n%s", err, out)
+		}
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -159,7 +164,10 @@ func newLab(t *testing.T) *Lab {
 			t.Errorf("lab.sh down %s: %v\n%s", l.ID, err, out)
 		}
 	})
-	out, err := exec.Command(lab, "up", l.ID).CombinedOutput()
+	up := exec.Command(lab, "up", l.ID)
+	// lab.sh gc takes the lab down if this process dies without cleaning up.
+	up.Env = append(os.Environ(), fmt.Sprintf("LAB_OWNER_PID=%d", os.Getpid()))
+	out, err := up.CombinedOutput()
 	if err != nil {
 		t.Fatalf("lab.sh up %s: %v\n%s", l.ID, err, out)
 	}

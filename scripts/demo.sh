@@ -124,7 +124,7 @@ traffic() {
 dns_change() { :; }
 
 say "lab $id up"
-"$lab" up "$id" >/dev/null
+LAB_OWNER_PID=$$ "$lab" up "$id" >/dev/null
 "$lab" backends "$id"
 # shellcheck disable=SC1090
 source "$repo_root/.lab/$id.env"

@@ -5,6 +5,7 @@
 #   scripts/lab.sh down ID        remove every namespace of ID, kill what it started
 #   scripts/lab.sh backends ID    start the test backend in be1..be3 (HTTP :80, UDP :5353)
 #   scripts/lab.sh env ID         print the env file of ID
+#   scripts/lab.sh gc             take down labs whose owner process is gone
 #   scripts/lab.sh exec ID HOST CMD...
 #                                 run CMD in host HOST (client, lb, be1, ...)
 #
@@ -27,6 +28,8 @@
 #   XDPPASS_OBJ   XDP_PASS object attached (native) to the veth peers sluice
 #                 redirects into; default bpf/xdppass_bpfel.o
 #   LAB_DIR       state directory; default .lab under the repository root
+#   LAB_OWNER_PID the process that owns the lab (default: none); `gc` takes
+#                 down labs whose owner is no longer running
 set -Eeuo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,7 +41,7 @@ die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
 	cat >&2 <<-'EOF'
-		usage: lab.sh up [ID] | down ID | backends ID | env ID | exec ID HOST CMD...
+		usage: lab.sh up [ID] | down ID | backends ID | env ID | gc | exec ID HOST CMD...
 	EOF
 	exit 2
 }
@@ -168,6 +171,11 @@ lab_up() {
 		attach_pass "$(ns_name "$id" "be$i")" eth0
 	done
 
+	if [[ -n ${LAB_OWNER_PID:-} ]]; then
+		[[ $LAB_OWNER_PID =~ ^[0-9]+$ ]] || die "LAB_OWNER_PID '$LAB_OWNER_PID' is not a pid"
+		# start time too, so a recycled pid is not taken for the owner
+		printf '%s %s\n' "$LAB_OWNER_PID" "$(proc_start "$LAB_OWNER_PID")" >"$lab_dir/$id/owner"
+	fi
 	write_env "$id"
 	trap - ERR
 	log "lab $id up; env: $lab_dir/$id.env"
@@ -252,6 +260,31 @@ lab_down() {
 	log "lab $id down"
 }
 
+# proc_start PID: the process's start time in clock ticks since boot ("" if gone).
+proc_start() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+	# field 22; the command name (field 2) may contain spaces, so cut after ')'
+	stat=${stat##*) }
+	awk '{ print $20 }' <<<"$stat"
+}
+
+# lab_gc: take down every lab whose recorded owner process has exited.
+lab_gc() {
+	[[ $EUID -eq 0 ]] || die "lab.sh gc needs root"
+	local f id pid start
+	for f in "$lab_dir"/*/owner; do
+		[[ -e $f ]] || continue
+		id=$(basename "$(dirname "$f")")
+		read -r pid start <"$f" || continue
+		if [[ -n $pid && $(proc_start "$pid") == "$start" ]]; then
+			continue
+		fi
+		log "lab $id: owner $pid is gone, taking it down"
+		lab_down "$id"
+	done
+}
+
 lab_backends() {
 	local id=$1
 	check_id "$id"
@@ -312,6 +345,10 @@ main() {
 	backends)
 		(($# == 1)) || usage
 		lab_backends "$1"
+		;;
+	gc)
+		(($# == 0)) || usage
+		lab_gc
 		;;
 	env)
 		(($# == 1)) || usage
