@@ -228,6 +228,13 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	if (fv) {
 		if (fv->last_seen != now)
 			fv->last_seen = now;
+		if (p->proto == IPPROTO_TCP && fv->state == CT_SYN_SENT && (p->tcp_flags & TCPF_RST)) {
+			/* The backend refused the connection: a health signal
+			 * for the agent (and a reason to re-resolve its name). */
+			struct backend_counters *bc = bpf_map_lookup_elem(&backend_stats, &slot);
+			if (bc)
+				bc->connect_refused++;
+		}
 		if (p->proto == IPPROTO_TCP) {
 			__u8 st = next_tcp_state(fv->state, p->tcp_flags, 1);
 			if (st != fv->state)

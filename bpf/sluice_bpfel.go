@@ -25,10 +25,11 @@ type SluiceBackend struct {
 }
 
 type SluiceBackendCounters struct {
-	_        structs.HostLayout
-	Packets  uint64
-	Bytes    uint64
-	NewFlows uint64
+	_              structs.HostLayout
+	Packets        uint64
+	Bytes          uint64
+	NewFlows       uint64
+	ConnectRefused uint64
 }
 
 type SluiceBackendState uint32

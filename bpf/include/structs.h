@@ -86,6 +86,7 @@ struct backend_counters {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;
+	__u64 connect_refused; /* SYNs answered with an RST by the backend */
 };
 
 /* Counters not tied to a service (per CPU, one entry). */

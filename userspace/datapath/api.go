@@ -135,6 +135,8 @@ type ServiceStats struct {
 // BackendStats are a backend slot's counters summed over CPUs.
 type BackendStats struct {
 	Packets, Bytes, NewFlows uint64
+	// ConnectRefused counts SYNs the backend answered with an RST.
+	ConnectRefused uint64
 }
 
 // GlobalStats are counters not tied to a service, summed over CPUs.

@@ -361,6 +361,7 @@ func (r *Real) BackendStats(slot uint32) (BackendStats, error) {
 		s.Packets += c.Packets
 		s.Bytes += c.Bytes
 		s.NewFlows += c.NewFlows
+		s.ConnectRefused += c.ConnectRefused
 	}
 	return s, nil
 }

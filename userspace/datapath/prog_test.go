@@ -337,6 +337,19 @@ func TestXDPProgram(t *testing.T) {
 					t.Errorf("reply %v -> %v", out.src, out.dst)
 				}
 			}},
+		{name: "a SYN refused by the backend is counted as a connect failure",
+			in: pkt{src: netip.AddrPortFrom(client.Addr(), 40500), dst: vip, proto: TCP, flags: fSYN, seq: 77}, verdict: xdpRedirect, check: expectDNAT(be1, macBE1)},
+		{name: "the backend's RST goes back to the client", fromBE: true,
+			in: pkt{src: be1, dst: netip.AddrPortFrom(client.Addr(), 40500), proto: TCP, flags: fRST | fACK, ack: 78}, verdict: xdpRedirect,
+			check: func(t *testing.T, in []byte, out parsed, raw []byte) {
+				if out.src != vip || out.flags != fRST|fACK {
+					t.Errorf("rst from %v flags %#x", out.src, out.flags)
+				}
+				bs, err := l.r.BackendStats(1)
+				if err != nil || bs.ConnectRefused != 1 {
+					t.Errorf("connect refused %d (%v), want 1", bs.ConnectRefused, err)
+				}
+			}},
 		{name: "unknown neighbour: rewritten, handed to the kernel, TTL left to it",
 			setup: func(t *testing.T, l *lab) { mustSet(t, l.r.SetTable(1, fill(size, 4))) },
 			in:    pkt{src: netip.AddrPortFrom(client.Addr(), 40300), dst: vip, proto: TCP, flags: fSYN}, verdict: xdpPass,
