@@ -231,8 +231,8 @@ func (r *Resolver) Lookup(ctx context.Context, name string) (Answer, error) {
 		}
 		ans, kind, err := r.query(ctx, fq, dns.TypeA, server)
 		if err != nil {
-			if ctx.Err() != nil {
-				return Answer{}, fmt.Errorf("lookup %s: %w", fq, ctx.Err())
+			if cerr := ctxDone(ctx); cerr != nil {
+				return Answer{}, fmt.Errorf("lookup %s: %w", fq, cerr)
 			}
 			r.stats.serverFailure(kind)
 			r.markServer(server, true, r.clock.Now())
@@ -259,6 +259,19 @@ func (r *Resolver) Lookup(ctx context.Context, name string) (Answer, error) {
 	}
 	r.stats.lookupFailure(lerr.Kind)
 	return Answer{}, lerr
+}
+
+// ctxDone is ctx.Err(), also when the deadline has passed but the
+// context's timer has not fired yet (a socket deadline set from it can
+// fire first).
+func ctxDone(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 // query asks one server one question: UDP, then TCP if truncated. It
