@@ -195,6 +195,16 @@ func (p *Policy) FailureStatus(code int) bool {
 	return p.Matches(Outcome{Kind: Status, StatusCode: code})
 }
 
+// MayResend reports whether a request that may already have reached a
+// backend can be sent again: its method is listed in retry.methods, it
+// carries the idempotency header, or non_idempotent is set. The proxy uses
+// it for a pooled connection found closed (no response byte read).
+func (p *Policy) MayResend(method string, h http.Header) bool {
+	return slices.Contains(p.methods, method) ||
+		p.idemHeader != "" && h.Get(p.idemHeader) != "" ||
+		p.nonIdempotent
+}
+
 // Decision is the answer to "may this request be tried again?".
 type Decision struct {
 	Retry  bool

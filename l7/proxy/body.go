@@ -1,0 +1,78 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+)
+
+// reqBody is a client's request body: its first bytes buffered for replay,
+// the rest (if any) still unread on the client connection.
+type reqBody struct {
+	buf       []byte
+	rest      io.Reader // nil when the whole body is in buf
+	length    int64     // total length, -1 when unknown
+	consumed  bool      // bytes beyond buf were read: the body cannot be produced again
+	clientErr error     // reading from the client failed
+	read      int64     // bytes read from the client
+}
+
+// errClientBody marks a failure to read the request body from the client.
+var errClientBody = errors.New("reading the request body from the client")
+
+// newReqBody reads up to limit bytes of body. contentLength is the
+// request's (-1 unknown).
+func newReqBody(body io.Reader, contentLength, limit int64) (*reqBody, error) {
+	b := &reqBody{length: contentLength}
+	if body == nil || contentLength == 0 {
+		b.length = 0
+		return b, nil
+	}
+	var buf bytes.Buffer
+	n, err := buf.ReadFrom(io.LimitReader(body, limit+1))
+	b.read = n
+	if err != nil {
+		b.clientErr = err
+		return nil, errors.Join(errClientBody, err)
+	}
+	if n <= limit {
+		b.buf = buf.Bytes()
+		b.length = n
+		return b, nil
+	}
+	// Larger than the buffer: keep limit bytes, the extra byte goes first
+	// in the rest.
+	all := buf.Bytes()
+	b.buf = all[:limit]
+	b.rest = io.MultiReader(bytes.NewReader(all[limit:]), body)
+	return b, nil
+}
+
+func (b *reqBody) empty() bool { return b.length == 0 }
+
+// replayable is whether the body can be produced again for another try.
+func (b *reqBody) replayable() bool { return !b.consumed }
+
+// reader returns the body from its start for one try.
+func (b *reqBody) reader() io.Reader {
+	if b.rest == nil {
+		return bytes.NewReader(b.buf)
+	}
+	return io.MultiReader(bytes.NewReader(b.buf), &restReader{b})
+}
+
+type restReader struct{ b *reqBody }
+
+func (r *restReader) Read(p []byte) (int, error) {
+	b := r.b
+	n, err := b.rest.Read(p)
+	if n > 0 {
+		b.consumed = true
+		b.read += int64(n)
+	}
+	if err != nil && err != io.EOF {
+		b.clientErr = err
+		return n, errors.Join(errClientBody, err)
+	}
+	return n, err
+}

@@ -1,0 +1,289 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/upstream"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+type exResult struct {
+	tryResult
+	readNothing bool // no response byte was read on the connection
+}
+
+// max1xx bounds the informational responses skipped before the real one.
+const max1xx = 8
+
+// exchange writes the request on conn and reads the response header. On
+// success the response body is still to be read from conn; on failure conn
+// is closed and given back.
+func (s *Server) exchange(ctx context.Context, st *settings, conn *upstream.Conn, out *outRequest, deadline time.Time) exResult {
+	t := st.timeouts
+	written0, read0 := conn.Written(), conn.ReadBytes()
+	res := exResult{tryResult: tryResult{conn: conn}}
+
+	// A client that goes away aborts the try: closing the connection
+	// unblocks any read or write.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	fail := func(phase string, err error) exResult {
+		res.err = err
+		res.phase = phase
+		res.outcome.Sent = conn.Written() > written0
+		res.readNothing = conn.ReadBytes() == read0
+		switch {
+		case ctx.Err() != nil:
+			res.clientGone = true
+		case errors.Is(err, errClientBody):
+			res.clientGone = true
+		case isTimeout(err):
+			res.outcome.Kind = retry.Timeout
+			if !time.Now().Before(deadline) {
+				res.phase = "total"
+			}
+		default:
+			res.outcome.Kind = retry.Reset
+		}
+		s.pools.Put(conn, false)
+		res.conn = conn
+		return res
+	}
+
+	conn.SetTimeouts(t.Send.D(), t.Read.D(), deadline)
+	if err := writeRequest(conn.Writer(), out); err != nil {
+		return fail("send", err)
+	}
+	// The response header must come within `read` of the request's end.
+	conn.SetTimeouts(t.Send.D(), 0, minTime(time.Now().Add(t.Read.D()), deadline))
+	var resp *http.Response
+	for i := 0; ; i++ {
+		r, err := http.ReadResponse(conn.Reader(), &http.Request{Method: out.method})
+		if err != nil {
+			return fail("read", err)
+		}
+		if r.StatusCode == http.StatusSwitchingProtocols {
+			return fail("read", errors.New("backend switched protocols, which was not asked for"))
+		}
+		if r.StatusCode >= 200 || i >= max1xx {
+			resp = r
+			break
+		}
+	}
+	// From now on `read` bounds the wait between two body reads.
+	conn.SetTimeouts(t.Send.D(), t.Read.D(), deadline)
+	res.resp = resp
+	res.outcome.Sent = true
+	res.outcome.StatusCode = resp.StatusCode
+	if st.policy.FailureStatus(resp.StatusCode) {
+		res.outcome.Kind = retry.Status
+	}
+	return res
+}
+
+// writeRequest writes an HTTP/1.1 request with out's header and body.
+func writeRequest(bw *bufio.Writer, out *outRequest) error {
+	fmt.Fprintf(bw, "%s %s HTTP/1.1\r\nHost: %s\r\n", out.method, out.uri, out.host)
+	if err := out.header.Write(bw); err != nil {
+		return err
+	}
+	chunked := false
+	switch b := out.body; {
+	case b.empty():
+		switch out.method {
+		case http.MethodPost, http.MethodPut, http.MethodPatch:
+			bw.WriteString("Content-Length: 0\r\n")
+		}
+	case b.length >= 0:
+		bw.WriteString("Content-Length: " + strconv.FormatInt(b.length, 10) + "\r\n")
+	default:
+		chunked = true
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	bw.WriteString("\r\n")
+	if !out.body.empty() {
+		if chunked {
+			cw := httputil.NewChunkedWriter(bw)
+			if _, err := io.Copy(cw, out.body.reader()); err != nil {
+				return err
+			}
+			if err := cw.Close(); err != nil {
+				return err
+			}
+			bw.WriteString("\r\n")
+		} else {
+			n, err := io.Copy(bw, out.body.reader())
+			if err != nil {
+				return err
+			}
+			if n != out.body.length {
+				return fmt.Errorf("%w: body ended after %d of %d bytes", errClientBody, n, out.body.length)
+			}
+		}
+	}
+	return bw.Flush()
+}
+
+// respond streams the backend's response to the client. It returns true
+// when the response was cut short and the client must see an abort.
+func (s *Server) respond(w http.ResponseWriter, rec *Record, st *settings, res tryResult, addr netip.AddrPort) (abort bool) {
+	resp := res.resp
+	defer resp.Body.Close()
+	h := w.Header()
+	closeDelimited := resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && bodyAllowed(rec.Method, resp.StatusCode)
+	removeHopByHop(resp.Header)
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	h.Add("Via", "1.1 sluice")
+	for k := range resp.Trailer {
+		h.Add("Trailer", k)
+	}
+	w.WriteHeader(resp.StatusCode)
+	rec.Status = resp.StatusCode
+
+	flush := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	var readErr error
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			rec.BytesOut += int64(m)
+			if werr != nil {
+				// The client went away; the backend connection is unusable.
+				rec.Status = statusClientClosed
+				rec.Error = "client went away during the response"
+				s.pools.Put(res.conn, false)
+				return false
+			}
+			if flush {
+				_ = rc.Flush()
+			}
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
+	if readErr != io.EOF {
+		rec.Error = "backend response cut short: " + readErr.Error()
+		if isTimeout(readErr) {
+			rec.Error = "backend response body timed out: " + readErr.Error()
+		}
+		s.pools.Put(res.conn, false)
+		return true
+	}
+	for k, vv := range resp.Trailer {
+		h[k] = vv
+	}
+	reusable := !resp.Close && !closeDelimited && s.usable(addr)
+	s.pools.Put(res.conn, reusable)
+	return false
+}
+
+// bodyAllowed is whether a response to method with status has a body.
+func bodyAllowed(method string, status int) bool {
+	return method != http.MethodHead && status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+// discard ends a try whose response is not passed on: the body is drained
+// (a little) so the connection can be reused, or the connection is closed.
+func (s *Server) discard(res tryResult, drain bool) {
+	if res.resp == nil || res.conn == nil {
+		return
+	}
+	reusable := false
+	framed := res.resp.ContentLength >= 0 || len(res.resp.TransferEncoding) > 0
+	if drain && !res.resp.Close && framed {
+		// A short error body is read to its end so the connection can be
+		// reused; a long one is not worth it.
+		n, err := io.Copy(io.Discard, io.LimitReader(res.resp.Body, 64<<10))
+		reusable = err == nil && n < 64<<10
+	}
+	res.resp.Body.Close()
+	s.pools.Put(res.conn, reusable && s.usable(res.conn.Addr()))
+}
+
+// usable is whether pooled connections to addr may be kept: it is still
+// active in the pool.
+func (s *Server) usable(addr netip.AddrPort) bool {
+	b, ok := s.pool.Backend(addr)
+	return ok && b.State == pool.Active
+}
+
+// fail answers the client with an error of sluice's own.
+func (s *Server) fail(w http.ResponseWriter, rec *Record, status int, why string) {
+	rec.Status = status
+	rec.Error = why
+	s.writeError(w, status, why)
+}
+
+func (s *Server) writeError(w http.ResponseWriter, status int, why string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Add("Via", "1.1 sluice")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, "%d %s (sluice: %s)\n", status, http.StatusText(status), why)
+}
+
+// describe says what happened in one try, for logs and the pool's causes.
+func describe(res tryResult) string {
+	switch res.outcome.Kind {
+	case retry.OK, retry.Status:
+		return "status " + strconv.Itoa(res.outcome.StatusCode)
+	case retry.ConnectFailure:
+		if isTimeout(res.err) {
+			return "connect timeout"
+		}
+		return "connect failure: " + errString(res.err)
+	case retry.Timeout:
+		return res.phase + " timeout"
+	}
+	return "reset: " + errString(res.err)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func isTimeout(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var de *upstream.DialError
+	if errors.As(err, &de) && de.Timeout {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,306 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/upstream"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+// Status written when the client went away before the response (nginx's 499).
+const statusClientClosed = 499
+
+// outRequest is what every try of one request sends.
+type outRequest struct {
+	method string
+	uri    string
+	host   string // Host header sent
+	sni    string // TLS server name
+	header http.Header
+	body   *reqBody
+}
+
+// tryResult is one try's result.
+type tryResult struct {
+	conn       *upstream.Conn
+	resp       *http.Response
+	outcome    retry.Outcome
+	phase      string // connect, send, read, total
+	err        error
+	clientGone bool
+}
+
+// ServeHTTP proxies one request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	st := s.cfg.Load()
+	rec := &Record{
+		Service: s.name, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
+		URI: r.RequestURI, Proto: r.Proto,
+	}
+	abort := false
+	defer func() {
+		rec.Duration = time.Since(start)
+		rec.log(s.access)
+		s.obs.Request(rec)
+		if abort {
+			// The response was cut short: make the client see it (the
+			// connection or stream is reset), never a complete-looking body.
+			panic(http.ErrAbortHandler)
+		}
+	}()
+	if r.Method == http.MethodConnect {
+		s.fail(w, rec, http.StatusMethodNotAllowed, "CONNECT is not proxied")
+		return
+	}
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 && r.Header.Get("Content-Length") != "" {
+		s.fail(w, rec, http.StatusBadRequest, "ambiguous request framing: Content-Length and Transfer-Encoding")
+		return
+	}
+	end := s.budget.Begin()
+	defer end()
+
+	deadline := start.Add(st.timeouts.Total.D())
+	body, err := newReqBody(r.Body, r.ContentLength, st.policy.BufferBytes())
+	if err != nil {
+		rec.BytesIn = 0
+		s.fail(w, rec, http.StatusBadRequest, err.Error())
+		return
+	}
+	out := s.outgoing(st, r, body)
+	defer func() { rec.BytesIn = body.read }()
+
+	tried := map[netip.AddrPort]bool{}
+	var release func()
+	defer func() {
+		if release != nil {
+			release()
+		}
+	}()
+	for n := 1; ; n++ {
+		b, trial, panicMode, ok := s.pick(st, tried)
+		rec.Panic = rec.Panic || panicMode
+		if !ok {
+			s.fail(w, rec, http.StatusServiceUnavailable, "no backend available in pool "+st.svc.Pool)
+			return
+		}
+		tried[b.Addr] = true
+		t0 := time.Now()
+		s.begin(b.Addr)
+		res := s.try(r.Context(), st, out, b, deadline)
+		s.finish(b.Addr)
+		if release != nil {
+			release()
+			release = nil
+		}
+		tr := Try{
+			Backend: b.Addr.String(), Answer: b.Info, Trial: trial,
+			Outcome: res.outcome.Kind.String(), Phase: res.phase, Sent: res.outcome.Sent,
+			Duration: time.Since(t0),
+		}
+		tr.Millis = float64(tr.Duration.Microseconds()) / 1000
+		if res.conn != nil {
+			tr.Reused = res.conn.Reused()
+			if res.conn.Info() != "" {
+				tr.Answer = res.conn.Info()
+			}
+		}
+		if res.resp != nil {
+			tr.Status = res.resp.StatusCode
+		}
+		if res.err != nil {
+			tr.Error = res.err.Error()
+		}
+		if res.clientGone || r.Context().Err() != nil {
+			if trial {
+				s.tracker.Abandon(b.Addr)
+			}
+			tr.Outcome, tr.Why = "client-closed", "the client went away"
+			rec.Tries = append(rec.Tries, tr)
+			s.discard(res, false)
+			rec.Status = statusClientClosed
+			if res.err != nil && errors.Is(res.err, errClientBody) {
+				rec.Error = "client request body: " + res.err.Error()
+				rec.Status = http.StatusBadRequest
+				s.writeError(w, http.StatusBadRequest, "error reading the request body")
+			}
+			return
+		}
+		failed := res.outcome.Kind != retry.OK
+		s.tracker.Report(time.Now(), b.Addr, trial, failed, describe(res))
+
+		d := st.policy.Decide(retry.Request{
+			Method: out.method, Header: r.Header, Replayable: body.replayable(),
+			Tries: n, DeadlineLeft: time.Now().Before(deadline),
+		}, res.outcome)
+		if d.Retry {
+			rel, ok := s.budget.Acquire()
+			if !ok {
+				d = retry.Decision{Reason: d.Reason + "; but the retry budget is spent"}
+			} else {
+				release = rel
+			}
+		}
+		var delay time.Duration
+		if d.Retry {
+			delay = st.policy.Backoff().Delay(n, nil)
+			if !time.Now().Add(delay).Before(deadline) {
+				d = retry.Decision{Reason: d.Reason + "; but the total deadline ends before the backoff"}
+				release()
+				release = nil
+			}
+		}
+		tr.Retry, tr.Why = d.Retry, d.Reason
+		if d.Retry {
+			tr.Backoff = float64(delay.Microseconds()) / 1000
+		}
+		rec.Tries = append(rec.Tries, tr)
+		if d.Retry {
+			s.discard(res, true)
+			if delay > 0 {
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-r.Context().Done():
+					t.Stop()
+					rec.Status = statusClientClosed
+					return
+				}
+			}
+			continue
+		}
+		if res.resp != nil {
+			abort = s.respond(w, rec, st, res, b.Addr)
+			return
+		}
+		status := http.StatusBadGateway
+		if res.outcome.Kind == retry.Timeout || res.phase == "connect" && isTimeout(res.err) {
+			status = http.StatusGatewayTimeout
+		}
+		s.fail(w, rec, status, describe(res))
+		return
+	}
+}
+
+// outgoing builds the request every try sends.
+func (s *Server) outgoing(st *settings, r *http.Request, body *reqBody) *outRequest {
+	h := r.Header.Clone()
+	removeHopByHop(h)
+	h.Del("Expect")
+	h.Del("Content-Length")
+	h.Del("Host")
+	forwardedHeaders(h, r)
+	host := r.Host
+	if st.svc.Host != "keep" && st.svc.Host != "" {
+		host = st.svc.Host
+	}
+	uri := r.RequestURI
+	if uri == "" || (uri[0] != '/' && uri != "*") {
+		uri = r.URL.RequestURI()
+	}
+	return &outRequest{method: r.Method, uri: uri, host: host, sni: hostname(host), header: h, body: body}
+}
+
+// pick chooses the backend of the next try: an active address not tried yet
+// while one is left, through the selector and the trial gate. In panic
+// mode ejected addresses are candidates too.
+func (s *Server) pick(st *settings, tried map[netip.AddrPort]bool) (b pool.Backend, trial, panicMode, ok bool) {
+	all := s.pool.Backends()
+	panicMode = eject.Panic(all, st.maxEject)
+	if s.panicking.Swap(panicMode) != panicMode {
+		if panicMode {
+			s.log.Warn("panic mode: too much of the pool is ejected, spreading load over every address", "pool", st.svc.Pool)
+		} else {
+			s.log.Info("panic mode over", "pool", st.svc.Pool)
+		}
+		s.obs.Panic(s.name, panicMode)
+	}
+	cands := make([]Candidate, 0, len(all))
+	s.mu.Lock()
+	for _, b := range all {
+		if b.State == pool.Active || panicMode && b.State == pool.Ejected {
+			cands = append(cands, Candidate{Backend: b, InFlight: s.inflight[b.Addr]})
+		}
+	}
+	s.mu.Unlock()
+	if len(cands) == 0 {
+		return pool.Backend{}, false, panicMode, false
+	}
+	untried := make([]Candidate, 0, len(cands))
+	for _, c := range cands {
+		if !tried[c.Backend.Addr] {
+			untried = append(untried, c)
+		}
+	}
+	if len(untried) > 0 {
+		cands = untried
+	}
+	rest := append([]Candidate(nil), cands...)
+	for len(rest) > 0 {
+		i := s.selector.Select(rest)
+		c := rest[i]
+		if ok, trial := s.tracker.Admit(c.Backend); ok {
+			return c.Backend, trial, panicMode, true
+		}
+		rest = append(rest[:i], rest[i+1:]...)
+	}
+	// Every candidate is an address whose trial request is in flight:
+	// better a second request to one of them than none.
+	return cands[s.selector.Select(cands)].Backend, false, panicMode, true
+}
+
+func (s *Server) begin(addr netip.AddrPort) {
+	s.mu.Lock()
+	s.inflight[addr]++
+	s.mu.Unlock()
+}
+
+func (s *Server) finish(addr netip.AddrPort) {
+	s.mu.Lock()
+	if s.inflight[addr]--; s.inflight[addr] <= 0 {
+		delete(s.inflight, addr)
+	}
+	s.mu.Unlock()
+}
+
+// maxStaleRedials bounds how often one try moves to another connection of
+// the same address because a pooled one turned out closed by the backend.
+const maxStaleRedials = 2
+
+// try sends the request to b once and reads the response header.
+func (s *Server) try(ctx context.Context, st *settings, out *outRequest, b pool.Backend, deadline time.Time) tryResult {
+	t := st.timeouts
+	for redial := 0; ; redial++ {
+		connectBy := minTime(time.Now().Add(t.Connect.D()), deadline)
+		conn, err := s.pools.Get(ctx, b.Addr, out.sni, b.Info, connectBy)
+		if err != nil {
+			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
+			if ctx.Err() != nil {
+				res.clientGone = true
+			} else if !time.Now().Before(deadline) {
+				res.phase = "total"
+			}
+			return res
+		}
+		res := s.exchange(ctx, st, conn, out, deadline)
+		if res.err == nil || res.clientGone {
+			return res.tryResult
+		}
+		// A pooled connection the backend closed while it was idle fails
+		// before any response byte: go again on another connection when
+		// that cannot deliver the request twice.
+		stale := conn.Reused() && res.outcome.Kind == retry.Reset && res.resp == nil && res.readNothing
+		if stale && redial < maxStaleRedials && out.body.replayable() &&
+			(!res.outcome.Sent || st.policy.MayResend(out.method, out.header)) {
+			s.log.Debug("pooled connection was closed by the backend, sending again on another", "address", b.Addr.String(), "error", res.err)
+			continue
+		}
+		return res.tryResult
+	}
+}

@@ -1,0 +1,383 @@
+// Package proxy is the L7 stage of sluice: an HTTP/1.1 and HTTP/2 reverse
+// proxy for one `protocol: http` service, fed by the same pool as the L4
+// data path.
+//
+// For every request it picks a backend among the pool's active addresses
+// (power of two choices, least requests in flight), sends the request on a
+// pooled keep-alive connection (l7/upstream) and applies the service's
+// timeouts and retry policy (l7/retry): per-phase timeouts (connect, send,
+// read) under one total deadline for all tries; retries on another backend
+// only when the policy allows it, never once the response has started,
+// never twice-delivering a non-idempotent request unless configured, within
+// a retry budget and with jittered backoff. Failures feed passive ejection
+// (l7/eject), whose decisions the pool applies, so the L4 tables drop an
+// ejected address as well. Every request is written to the access log as
+// one JSON line with every try and why it was or was not retried.
+//
+// The agent owns a Server per http service:
+//
+//	srv, err := proxy.New(proxy.Options{Service: svc, Pool: p, Ejection: poolCfg.Ejection, Log: log, AccessLog: acc})
+//	go srv.Serve(ctx, ln)                 // returns after a graceful shutdown when ctx ends
+//	srv.Update(svc, poolCfg)              // on reload: new settings, no connection dropped
+//	srv.AddressChanged(addr, state)       // on every pool transition of the service's pool
+//	srv.Shutdown(ctx)                     // graceful stop (also done by Serve when ctx ends)
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/upstream"
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+// PoolView is the part of *pool.Pool the proxy uses.
+type PoolView interface {
+	Backends() []pool.Backend
+	Backend(addr netip.AddrPort) (pool.Backend, bool)
+	Eject(now time.Time, addr netip.AddrPort, until time.Time, cause string) error
+	Recover(now time.Time, addr netip.AddrPort, cause string) error
+}
+
+// Defaults used when Options leave a field zero, and for a service whose
+// Timeouts or Retry is nil (config.Load always fills them).
+const (
+	DefaultHeaderTimeout   = 10 * time.Second
+	DefaultIdleTimeout     = 60 * time.Second
+	DefaultMaxHeaderBytes  = 64 << 10
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultConnect         = 2 * time.Second
+	DefaultSend            = 30 * time.Second
+	DefaultRead            = 60 * time.Second
+	DefaultTotal           = 90 * time.Second
+)
+
+// TLSFiles are the certificate and key of an HTTPS listener (PEM files).
+type TLSFiles struct {
+	Cert string
+	Key  string
+}
+
+// ClientLimits protect the listener from slow or greedy clients.
+type ClientLimits struct {
+	// HeaderTimeout bounds reading a request's header (slowloris);
+	// default 10s (nginx client_header_timeout 60s).
+	HeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive client connection idle this long;
+	// default 60s (nginx keepalive_timeout 75s).
+	IdleTimeout time.Duration
+	// MaxHeaderBytes caps the request header size; default 64 KiB.
+	MaxHeaderBytes int
+}
+
+// UpstreamOptions tune the connection pools to the backends.
+type UpstreamOptions struct {
+	MaxIdlePerAddr int           // default 64
+	IdleTimeout    time.Duration // default 30s
+	MaxLifetime    time.Duration // default 5m
+	// TLS makes connections to the backends TLS; SNI is the Host sent.
+	TLS *tls.Config
+}
+
+// Options build a Server.
+type Options struct {
+	Service  config.Service  // Protocol http; Name, Host, Timeouts, Retry are used
+	Pool     PoolView        // the service's pool
+	Ejection config.Ejection // the pool's ejection block (Failures 0: off)
+	// MaxEjectedPercent decides panic mode; 0 takes Ejection.MaxEjectedPercent.
+	TLS      *TLSFiles // nil: plain HTTP (HTTP/1.1, and h2c when H2C is set)
+	H2C      bool      // accept HTTP/2 without TLS (prior knowledge)
+	Client   ClientLimits
+	Upstream UpstreamOptions
+	// ShutdownTimeout bounds the graceful shutdown Serve does when its
+	// context ends; default 30s.
+	ShutdownTimeout time.Duration
+	Log             *slog.Logger // operational log; nil discards
+	AccessLog       *slog.Logger // one line per request (see NewAccessLogger); nil: none
+	Observer        Observer     // nil: NopObserver
+	Selector        Selector     // nil: LeastRequests
+	// EjectionJitter is passed to eject.Options.Jitter (0: default, <0: none).
+	EjectionJitter float64
+}
+
+// settings is what Update replaces atomically.
+type settings struct {
+	svc      config.Service
+	timeouts config.Timeouts
+	policy   *retry.Policy
+	maxEject int
+}
+
+// Server proxies one http service.
+type Server struct {
+	name     string
+	log      *slog.Logger
+	access   *slog.Logger
+	obs      Observer
+	pool     PoolView
+	pools    *upstream.Pools
+	tracker  *eject.Tracker
+	budget   *retry.Budget
+	selector Selector
+	http     *http.Server
+	shutdown time.Duration
+	tlsOn    bool
+	upTLS    bool
+
+	cfg       atomic.Pointer[settings]
+	cert      atomic.Pointer[tls.Certificate]
+	panicking atomic.Bool
+
+	mu       sync.Mutex
+	inflight map[netip.AddrPort]int
+}
+
+func compile(svc config.Service, ej config.Ejection) (*settings, error) {
+	if svc.Protocol != "" && svc.Protocol != config.ProtocolHTTP {
+		return nil, fmt.Errorf("service %s: protocol %q is not http", svc.Name, svc.Protocol)
+	}
+	t := config.Timeouts{
+		Connect: config.Duration(DefaultConnect), Send: config.Duration(DefaultSend),
+		Read: config.Duration(DefaultRead), Total: config.Duration(DefaultTotal),
+	}
+	if svc.Timeouts != nil {
+		t = *svc.Timeouts
+	}
+	if t.Connect <= 0 || t.Send <= 0 || t.Read <= 0 || t.Total <= 0 {
+		return nil, fmt.Errorf("service %s: timeouts must be positive (connect %s, send %s, read %s, total %s)",
+			svc.Name, t.Connect.D(), t.Send.D(), t.Read.D(), t.Total.D())
+	}
+	r := svc.Retry
+	if r == nil {
+		r = &config.Retry{
+			Attempts: 3, On: config.DefaultRetryOn(), Methods: config.DefaultRetryMethods(), BudgetPercent: 20,
+			Backoff:     config.Backoff{Base: config.Duration(25 * time.Millisecond), Max: config.Duration(250 * time.Millisecond)},
+			BufferBytes: 64 << 10,
+		}
+	}
+	pol, err := retry.NewPolicy(r)
+	if err != nil {
+		return nil, fmt.Errorf("service %s: %w", svc.Name, err)
+	}
+	if err := eject.Validate(ej); err != nil {
+		return nil, fmt.Errorf("service %s: pool %s: %w", svc.Name, svc.Pool, err)
+	}
+	if svc.Host == "" {
+		svc.Host = config.HostKeep
+	}
+	return &settings{svc: svc, timeouts: t, policy: pol, maxEject: ej.MaxEjectedPercent}, nil
+}
+
+// New validates opts and builds a server; nothing listens until Serve.
+func New(opts Options) (*Server, error) {
+	if opts.Pool == nil {
+		return nil, fmt.Errorf("service %s: no pool", opts.Service.Name)
+	}
+	st, err := compile(opts.Service, opts.Ejection)
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("service", opts.Service.Name)
+	s := &Server{
+		name:     opts.Service.Name,
+		log:      log,
+		access:   opts.AccessLog,
+		obs:      opts.Observer,
+		pool:     opts.Pool,
+		selector: opts.Selector,
+		shutdown: opts.ShutdownTimeout,
+		inflight: map[netip.AddrPort]int{},
+		upTLS:    opts.Upstream.TLS != nil,
+	}
+	if s.obs == nil {
+		s.obs = NopObserver{}
+	}
+	if s.selector == nil {
+		s.selector = LeastRequests{}
+	}
+	if s.shutdown <= 0 {
+		s.shutdown = DefaultShutdownTimeout
+	}
+	s.cfg.Store(st)
+	s.budget = retry.NewBudget(st.policy.BudgetPercent(), retry.DefaultMinRetries)
+	s.tracker, err = eject.New(opts.Ejection, opts.Pool, eject.Options{
+		Jitter: opts.EjectionJitter, Log: log,
+		Observe: func(ev eject.Event) { s.obs.Ejection(s.name, ev) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("service %s: %w", opts.Service.Name, err)
+	}
+	s.pools = upstream.New(upstream.Options{
+		MaxIdlePerAddr: opts.Upstream.MaxIdlePerAddr,
+		IdleTimeout:    opts.Upstream.IdleTimeout,
+		MaxLifetime:    opts.Upstream.MaxLifetime,
+		TLS:            opts.Upstream.TLS,
+		Log:            log,
+	})
+
+	cl := opts.Client
+	if cl.HeaderTimeout <= 0 {
+		cl.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if cl.IdleTimeout <= 0 {
+		cl.IdleTimeout = DefaultIdleTimeout
+	}
+	if cl.MaxHeaderBytes <= 0 {
+		cl.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	s.http = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: cl.HeaderTimeout,
+		IdleTimeout:       cl.IdleTimeout,
+		MaxHeaderBytes:    cl.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	if opts.TLS != nil {
+		if err := s.SetCertificate(opts.TLS.Cert, opts.TLS.Key); err != nil {
+			return nil, err
+		}
+		s.tlsOn = true
+		protos.SetHTTP2(true)
+		s.http.TLSConfig = &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return s.cert.Load(), nil
+			},
+		}
+	}
+	if opts.H2C {
+		protos.SetUnencryptedHTTP2(true)
+	}
+	s.http.Protocols = &protos
+	return s, nil
+}
+
+// SetCertificate loads a new listener certificate (on reload); handshakes
+// after it use the new one, open connections keep theirs.
+func (s *Server) SetCertificate(certFile, keyFile string) error {
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("service %s: load certificate: %w", s.name, err)
+	}
+	s.cert.Store(&c)
+	return nil
+}
+
+// Serve accepts connections on l until ctx ends, then shuts down gracefully
+// (in-flight requests finish, within the shutdown timeout) and returns nil.
+// With TLS, l is a plain TCP listener: Serve does the handshakes (ALPN h2,
+// http/1.1). Serve closes l.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	sweepCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.pools.Run(sweepCtx, time.Second) })
+	defer wg.Wait()
+
+	errc := make(chan error, 1)
+	go func() {
+		if s.tlsOn {
+			errc <- s.http.ServeTLS(l, "", "")
+		} else {
+			errc <- s.http.Serve(l)
+		}
+	}()
+	s.log.Info("l7 service listening", "listen", l.Addr().String(), "tls", s.tlsOn)
+	select {
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("service %s: serve: %w", s.name, err)
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.shutdown)
+		defer cancel()
+		err := s.Shutdown(sctx)
+		<-errc
+		return err
+	}
+}
+
+// ListenAndServe listens on the service's listen address and serves until ctx ends.
+func (s *Server) ListenAndServe(ctx context.Context) error {
+	addr := s.cfg.Load().svc.Listen
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("service %s: listen %s: %w", s.name, addr, err)
+	}
+	return s.Serve(ctx, l)
+}
+
+// Shutdown stops accepting, closes idle client connections, waits for
+// in-flight requests until ctx ends, then closes the upstream pools.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	s.pools.Close()
+	if err != nil {
+		return fmt.Errorf("service %s: shutdown: %w", s.name, err)
+	}
+	return nil
+}
+
+// Update applies a reloaded service and its pool's settings. Requests in
+// flight finish under the settings they started with; no connection is
+// dropped. The listen address, TLS files and client limits are not
+// reloadable here: the agent replaces the Server when they change.
+func (s *Server) Update(svc config.Service, p config.Pool) error {
+	st, err := compile(svc, p.Ejection)
+	if err != nil {
+		return err
+	}
+	if err := s.tracker.SetConfig(p.Ejection); err != nil {
+		return fmt.Errorf("service %s: %w", s.name, err)
+	}
+	s.budget.SetPercent(st.policy.BudgetPercent())
+	s.cfg.Store(st)
+	s.log.Info("l7 service updated")
+	return nil
+}
+
+// AddressChanged is called by the agent on every transition of an address
+// of the service's pool. An address that is no longer active (draining,
+// ejected, removed) gets no new request; its idle pooled connections are
+// closed at once and busy ones when their request ends.
+func (s *Server) AddressChanged(addr netip.AddrPort, state pool.State) {
+	if state == pool.Active {
+		return
+	}
+	s.pools.Retire(addr)
+	if state == pool.Removed {
+		s.tracker.Forget(addr)
+	}
+}
+
+// Transition is AddressChanged in the shape of a pool.Observer.
+func (s *Server) Transition(t pool.Transition) { s.AddressChanged(t.Addr, t.To) }
+
+// UpstreamStats returns the connection counts of one backend address.
+func (s *Server) UpstreamStats(addr netip.AddrPort) upstream.Stats { return s.pools.Stats(addr) }
+
+// BudgetStats returns the retry budget's counters.
+func (s *Server) BudgetStats() retry.BudgetStats { return s.budget.Stats() }
+
+// Panicking reports whether the service is in panic mode.
+func (s *Server) Panicking() bool { return s.panicking.Load() }
