@@ -176,13 +176,34 @@ func Normalize(name string) (string, error) {
 	if n == "." {
 		return "", fmt.Errorf("%w: empty name", ErrInvalidName)
 	}
-	if _, ok := dns.IsDomainName(n); !ok {
+	if !hostname(n) {
 		return "", fmt.Errorf("%w: %q", ErrInvalidName, name)
 	}
 	if _, err := netip.ParseAddr(strings.TrimSuffix(n, ".")); err == nil {
 		return "", fmt.Errorf("%w: %q is an address, not a name", ErrInvalidName, name)
 	}
 	return n, nil
+}
+
+// hostname reports whether fq (fully qualified) is made of labels of
+// 1-63 letters, digits, '-' and '_', 253 characters at most.
+func hostname(fq string) bool {
+	if len(fq) > 254 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(fq, "."), ".") {
+		if len(label) == 0 || len(label) > 63 {
+			return false
+		}
+		for _, c := range []byte(label) {
+			switch {
+			case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+			default:
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // failMemory is how long a failed server is tried after the others.

@@ -3,11 +3,13 @@ package discovery
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ func newTestResolver(t *testing.T, cfg Config, opts ...ResolverOption) *Resolver
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 300 * time.Millisecond
 	}
+	opts = append([]ResolverOption{WithLogger(slog.New(slog.DiscardHandler))}, opts...)
 	r, err := NewResolver(cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -275,6 +278,9 @@ func TestNormalize(t *testing.T) {
 		{".", "", false},
 		{"198.18.2.11", "", false},
 		{"a..b", "", false},
+		{"not a name!", "", false},
+		{"under_score.lab", "under_score.lab.", true},
+		{strings.Repeat("a", 64) + ".lab", "", false},
 	}
 	for _, tt := range tests {
 		got, err := Normalize(tt.in)
