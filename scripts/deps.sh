@@ -22,6 +22,7 @@ declare -A tool_pkg=(
 	[ethtool]=ethtool
 	[wrk]=wrk
 	[curl]=curl
+	[nsenter]=util-linux
 )
 
 missing=()
