@@ -1,0 +1,303 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+var _ PoolView = (*pool.Pool)(nil)
+
+// backend is an HTTP test server on loopback that counts the requests it
+// executes and runs a replaceable handler.
+type backend struct {
+	t       *testing.T
+	srv     *httptest.Server
+	addr    netip.AddrPort
+	count   atomic.Int64
+	handler atomic.Pointer[http.HandlerFunc]
+
+	mu     sync.Mutex
+	states map[net.Conn]http.ConnState
+	closed int
+}
+
+func newBackend(t *testing.T, h http.HandlerFunc) *backend {
+	t.Helper()
+	b := &backend{t: t, states: map[net.Conn]http.ConnState{}}
+	b.set(h)
+	b.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.count.Add(1)
+		(*b.handler.Load())(w, r)
+	}))
+	b.srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if s == http.StateClosed || s == http.StateHijacked {
+			delete(b.states, c)
+			b.closed++
+			return
+		}
+		b.states[c] = s
+	}
+	b.srv.Start()
+	t.Cleanup(b.srv.Close)
+	b.addr = netip.MustParseAddrPort(b.srv.Listener.Addr().String())
+	return b
+}
+
+func (b *backend) set(h http.HandlerFunc) { b.handler.Store(&h) }
+
+// open is the number of connections the backend has open.
+func (b *backend) open() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.states)
+}
+
+func status(code int) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(code)
+		io.WriteString(w, http.StatusText(code))
+	}
+}
+
+// rawBackend is a TCP server that reads one request (header and body),
+// counts it, and closes the connection without answering.
+type rawBackend struct {
+	addr  netip.AddrPort
+	count atomic.Int64
+}
+
+func newClosingBackend(t *testing.T) *rawBackend {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb := &rawBackend{addr: netip.MustParseAddrPort(l.Addr().String())}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, req.Body)
+				rb.count.Add(1)
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); <-done })
+	return rb
+}
+
+// refusedAddr is a loopback address nothing listens on.
+func refusedAddr(t *testing.T) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddrPort(l.Addr().String())
+	l.Close()
+	return a
+}
+
+func newPool(t *testing.T, observe pool.Observer, addrs ...netip.AddrPort) *pool.Pool {
+	t.Helper()
+	p := pool.New("web", pool.Config{DrainTimeout: time.Minute, MaxEjectedPercent: 50}, nil, observe)
+	var ds []pool.Desired
+	for _, a := range addrs {
+		ds = append(ds, pool.Desired{Addr: a, Weight: 1, Info: "static " + a.String()})
+	}
+	p.SetSource(time.Now(), pool.SourceStatic, ds)
+	return p
+}
+
+func testService() config.Service {
+	return config.Service{
+		Name: "web-http", Protocol: config.ProtocolHTTP, Pool: "web", Host: config.HostKeep,
+		Listen: "127.0.0.1:0",
+		Timeouts: &config.Timeouts{
+			Connect: config.Duration(time.Second), Send: config.Duration(2 * time.Second),
+			Read: config.Duration(2 * time.Second), Total: config.Duration(5 * time.Second),
+		},
+		Retry: &config.Retry{
+			Attempts: 3, On: config.DefaultRetryOn(), Methods: config.DefaultRetryMethods(),
+			IdempotencyHeader: "Idempotency-Key", BudgetPercent: 20,
+			Backoff:     config.Backoff{Base: config.Duration(time.Millisecond), Max: config.Duration(5 * time.Millisecond)},
+			BufferBytes: 64 << 10,
+		},
+	}
+}
+
+func testEjection() config.Ejection {
+	return config.Ejection{
+		Failures: 3, Window: config.Duration(10 * time.Second),
+		BaseTime: config.Duration(time.Second), MaxTime: config.Duration(8 * time.Second), MaxEjectedPercent: 50,
+	}
+}
+
+// syncBuffer is an access log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// logLine is an access log line as JSON.
+type logLine struct {
+	Service string  `json:"service"`
+	Method  string  `json:"method"`
+	Status  int     `json:"status"`
+	Error   string  `json:"error"`
+	Tries   int     `json:"tries"`
+	MS      float64 `json:"ms"`
+	Try     []Try   `json:"try"`
+}
+
+func (s *syncBuffer) lines(t *testing.T) []logLine {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []logLine
+	for l := range strings.SplitSeq(strings.TrimSpace(s.b.String()), "\n") {
+		if l == "" {
+			continue
+		}
+		var ll logLine
+		if err := json.Unmarshal([]byte(l), &ll); err != nil {
+			t.Fatalf("access log line %q: %v", l, err)
+		}
+		out = append(out, ll)
+	}
+	return out
+}
+
+func (s *syncBuffer) last(t *testing.T) logLine {
+	t.Helper()
+	ls := s.lines(t)
+	if len(ls) == 0 {
+		t.Fatal("no access log line")
+	}
+	return ls[len(ls)-1]
+}
+
+// preferSelector picks candidates in a fixed order of preference, so tests
+// know where the first try goes.
+type preferSelector []netip.AddrPort
+
+func (p preferSelector) Select(cands []Candidate) int {
+	best, bestRank := 0, len(p)+1
+	for i, c := range cands {
+		r := slices.Index(p, c.Backend.Addr)
+		if r < 0 {
+			r = len(p)
+		}
+		if r < bestRank {
+			best, bestRank = i, r
+		}
+	}
+	return best
+}
+
+type harness struct {
+	srv    *Server
+	url    string
+	access *syncBuffer
+	client *http.Client
+}
+
+// start builds and serves a proxy over p; mod edits the options first.
+func start(t *testing.T, p PoolView, mod func(*Options)) *harness {
+	t.Helper()
+	acc := &syncBuffer{}
+	opts := Options{
+		Service: testService(), Pool: p, Ejection: testEjection(),
+		AccessLog:      NewAccessLogger(acc),
+		EjectionJitter: -1,
+	}
+	if testing.Verbose() {
+		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if mod != nil {
+		mod(&opts)
+	}
+	srv, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		tr.CloseIdleConnections()
+	})
+	return &harness{srv: srv, url: "http://" + l.Addr().String(), access: acc, client: &http.Client{Transport: tr, Timeout: 20 * time.Second}}
+}
+
+func (h *harness) do(t *testing.T, method, path string, body []byte, hdr http.Header) (*http.Response, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, h.url+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, vv := range hdr {
+		req.Header[k] = vv
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, path, err)
+	}
+	return resp, string(b)
+}

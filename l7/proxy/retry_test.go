@@ -1,0 +1,267 @@
+package proxy
+
+import (
+	"bytes"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+// One backend answers 503: clients see 200 from the others; it is ejected
+// after `failures`; after the ejection time one trial request goes to it;
+// a failed trial doubles its time, a successful one brings it back.
+func TestEjectionTrialAndRecovery(t *testing.T) {
+	bad := newBackend(t, status(503))
+	good1 := newBackend(t, status(200))
+	good2 := newBackend(t, status(200))
+	p := newPool(t, nil, bad.addr, good1.addr, good2.addr)
+	h := start(t, p, func(o *Options) { o.Selector = preferSelector{bad.addr} })
+
+	for i := range 5 {
+		if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d", i, resp.StatusCode)
+		}
+	}
+	if n := bad.count.Load(); n != 3 {
+		t.Errorf("bad backend executed %d requests before its ejection, want failures=3", n)
+	}
+	b, _ := p.Backend(bad.addr)
+	if b.State != pool.Ejected {
+		t.Fatalf("bad backend is %s, want ejected", b.State)
+	}
+	if d := b.EjectedUntil.Sub(b.Since); d < 990*time.Millisecond || d > 1010*time.Millisecond {
+		t.Errorf("first ejection lasts %s, want base_time 1s", d)
+	}
+	l := h.access.lines(t)[0]
+	if len(l.Try) != 2 || !l.Try[0].Retry || l.Try[0].Status != 503 || l.Try[1].Status != 200 {
+		t.Errorf("first request's tries: %+v", l.Try)
+	}
+
+	// Ejection time over: the pool makes it active on trial. Exactly one
+	// request goes to it; it fails; it is out again for twice as long.
+	now := b.EjectedUntil.Add(time.Millisecond)
+	p.Tick(now, nil)
+	if b, _ = p.Backend(bad.addr); b.State != pool.Active {
+		t.Fatalf("after its time the backend is %s", b.State)
+	}
+	before := bad.count.Load()
+	for range 4 {
+		if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("status %d during the trial", resp.StatusCode)
+		}
+	}
+	if n := bad.count.Load() - before; n != 1 {
+		t.Errorf("%d requests went to the backend on trial, want exactly 1", n)
+	}
+	b, _ = p.Backend(bad.addr)
+	if b.State != pool.Ejected {
+		t.Fatalf("after a failed trial the backend is %s, want ejected", b.State)
+	}
+	if d := b.EjectedUntil.Sub(b.Since); d < 1990*time.Millisecond || d > 2010*time.Millisecond {
+		t.Errorf("second ejection lasts %s, want 2×base_time", d)
+	}
+
+	// It recovers: the next trial succeeds and brings it back for good.
+	bad.set(status(200))
+	p.Tick(b.EjectedUntil.Add(time.Millisecond), nil)
+	before = bad.count.Load()
+	for range 4 {
+		h.do(t, "GET", "/", nil, nil)
+	}
+	b, _ = p.Backend(bad.addr)
+	if b.State != pool.Active || b.Ejections != 0 {
+		t.Errorf("after a good trial: %s with %d ejections, want active with 0", b.State, b.Ejections)
+	}
+	if n := bad.count.Load() - before; n != 4 {
+		t.Errorf("recovered backend got %d of 4 requests (it is preferred), want all", n)
+	}
+}
+
+// POST to a backend that closes after reading the body: not retried,
+// executed once. With the idempotency header: retried once elsewhere.
+func TestPostClosedAfterBody(t *testing.T) {
+	closer := newClosingBackend(t)
+	good := newBackend(t, status(200))
+	p := newPool(t, nil, closer.addr, good.addr)
+	h := start(t, p, func(o *Options) {
+		o.Selector = preferSelector{closer.addr}
+		o.Ejection.Failures = 0
+	})
+
+	resp, _ := h.do(t, "POST", "/order", []byte(`{"n":1}`), nil)
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("status %d, want 502", resp.StatusCode)
+	}
+	if c, g := closer.count.Load(), good.count.Load(); c != 1 || g != 0 {
+		t.Errorf("executed %d times on the closer and %d elsewhere, want once and never", c, g)
+	}
+	l := h.access.last(t)
+	if len(l.Try) != 1 || l.Try[0].Retry || !l.Try[0].Sent || l.Try[0].Outcome != "reset" || !strings.Contains(l.Try[0].Why, "POST is not in retry.methods") {
+		t.Errorf("tries: %+v", l.Try)
+	}
+
+	resp, _ = h.do(t, "POST", "/order", []byte(`{"n":2}`), http.Header{"Idempotency-Key": {"k2"}})
+	if resp.StatusCode != 200 {
+		t.Errorf("with the idempotency header: status %d, want 200", resp.StatusCode)
+	}
+	if c, g := closer.count.Load(), good.count.Load(); c != 2 || g != 1 {
+		t.Errorf("closer executed %d (want 2 in all), good %d (want 1)", c, g)
+	}
+	if l := h.access.last(t); len(l.Try) != 2 || !strings.Contains(l.Try[0].Why, "Idempotency-Key") {
+		t.Errorf("tries: %+v", l.Try)
+	}
+}
+
+// POST whose connect is refused: retried, executed once.
+func TestPostConnectRefusedRetried(t *testing.T) {
+	dead := refusedAddr(t)
+	good := newBackend(t, status(201))
+	p := newPool(t, nil, dead, good.addr)
+	h := start(t, p, func(o *Options) { o.Selector = preferSelector{dead} })
+	resp, _ := h.do(t, "POST", "/", []byte("x"), nil)
+	if resp.StatusCode != 201 || good.count.Load() != 1 {
+		t.Errorf("status %d, executed %d times, want 201 once", resp.StatusCode, good.count.Load())
+	}
+	l := h.access.last(t)
+	if len(l.Try) != 2 || l.Try[0].Outcome != "connect-failure" || l.Try[0].Sent || !l.Try[0].Retry {
+		t.Errorf("tries: %+v", l.Try)
+	}
+}
+
+// All backends refuse: 502, the cause in the log.
+func TestAllConnectsRefused(t *testing.T) {
+	p := newPool(t, nil, refusedAddr(t), refusedAddr(t))
+	h := start(t, p, func(o *Options) { o.Ejection.Failures = 0 })
+	resp, body := h.do(t, "GET", "/", nil, nil)
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "connect failure") {
+		t.Errorf("got %d %q", resp.StatusCode, body)
+	}
+	if l := h.access.last(t); len(l.Try) != 3 || !strings.Contains(l.Error, "connect failure") || l.Try[2].Why != "attempts exhausted (3)" {
+		t.Errorf("log: %+v", l)
+	}
+}
+
+// PUT excluded from retry.methods is never retried after sending.
+func TestPutExcludedFromMethods(t *testing.T) {
+	bad := newBackend(t, status(503))
+	good := newBackend(t, status(200))
+	p := newPool(t, nil, bad.addr, good.addr)
+	h := start(t, p, func(o *Options) {
+		o.Selector = preferSelector{bad.addr}
+		o.Service.Retry.Methods = []string{"GET", "HEAD"}
+	})
+	resp, _ := h.do(t, "PUT", "/x", []byte("v"), nil)
+	if resp.StatusCode != 503 || bad.count.Load() != 1 || good.count.Load() != 0 {
+		t.Errorf("status %d, bad %d, good %d: want the 503 passed on, executed once", resp.StatusCode, bad.count.Load(), good.count.Load())
+	}
+	if l := h.access.last(t); l.Try[0].Retry || !strings.Contains(l.Try[0].Why, "PUT is not in retry.methods") {
+		t.Errorf("try: %+v", l.Try[0])
+	}
+	// GET is still retried.
+	if resp, _ := h.do(t, "GET", "/x", nil, nil); resp.StatusCode != 200 {
+		t.Errorf("GET: %d", resp.StatusCode)
+	}
+}
+
+// A body larger than buffer_bytes is streamed, and not retried once sent.
+func TestLargeBodyNotRetriedAfterSending(t *testing.T) {
+	var mu sync.Mutex
+	var got []int
+	record := func(code int) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			var buf bytes.Buffer
+			buf.ReadFrom(r.Body)
+			mu.Lock()
+			got = append(got, buf.Len())
+			mu.Unlock()
+			w.WriteHeader(code)
+		}
+	}
+	bad := newBackend(t, record(503))
+	good := newBackend(t, record(200))
+	p := newPool(t, nil, bad.addr, good.addr)
+	h := start(t, p, func(o *Options) {
+		o.Selector = preferSelector{bad.addr}
+		o.Service.Retry.BufferBytes = 1024
+	})
+	body := bytes.Repeat([]byte("a"), 4096)
+	resp, _ := h.do(t, "PUT", "/upload", body, nil)
+	if resp.StatusCode != 503 || good.count.Load() != 0 {
+		t.Errorf("status %d, good got %d: want the 503, not retried", resp.StatusCode, good.count.Load())
+	}
+	if len(got) != 1 || got[0] != 4096 {
+		t.Errorf("backend bodies %v, want one of 4096 bytes", got)
+	}
+	if l := h.access.last(t); l.Try[0].Retry || !strings.Contains(l.Try[0].Why, "larger than retry.buffer_bytes") {
+		t.Errorf("try: %+v", l.Try[0])
+	}
+	// A small body is replayed whole on the other backend.
+	resp, _ = h.do(t, "PUT", "/upload", body[:1000], nil)
+	if resp.StatusCode != 200 || len(got) != 3 || got[2] != 1000 {
+		t.Errorf("small body: status %d, bodies %v", resp.StatusCode, got)
+	}
+}
+
+// The response header never comes: 504 after `read`.
+func TestReadTimeout(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	slow := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	p := newPool(t, nil, slow.addr)
+	h := start(t, p, func(o *Options) {
+		o.Service.Timeouts.Read = config.Duration(300 * time.Millisecond)
+		o.Service.Retry.Attempts = 1
+	})
+	t0 := time.Now()
+	resp, _ := h.do(t, "GET", "/", nil, nil)
+	el := time.Since(t0)
+	if resp.StatusCode != http.StatusGatewayTimeout || el < 290*time.Millisecond || el > 800*time.Millisecond {
+		t.Errorf("status %d after %s, want 504 after ~300ms", resp.StatusCode, el)
+	}
+	if l := h.access.last(t); l.Try[0].Outcome != "timeout" || l.Try[0].Phase != "read" || !strings.Contains(l.Error, "read timeout") {
+		t.Errorf("log: %+v", l)
+	}
+}
+
+// Three slow tries: 504 at `total`, not at the sum of the phases.
+func TestTotalDeadlineOverTries(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	hang := func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}
+	var addrs []netip.AddrPort
+	for range 3 {
+		addrs = append(addrs, newBackend(t, hang).addr)
+	}
+	p := newPool(t, nil, addrs...)
+	h := start(t, p, func(o *Options) {
+		o.Service.Timeouts.Read = config.Duration(400 * time.Millisecond)
+		o.Service.Timeouts.Total = config.Duration(time.Second)
+		o.Ejection.Failures = 0
+	})
+	t0 := time.Now()
+	resp, _ := h.do(t, "GET", "/", nil, nil)
+	el := time.Since(t0)
+	if resp.StatusCode != http.StatusGatewayTimeout || el < 950*time.Millisecond || el > 1150*time.Millisecond {
+		t.Errorf("status %d after %s, want 504 at total=1s (the sum of reads would be 1.2s)", resp.StatusCode, el)
+	}
+	l := h.access.last(t)
+	if len(l.Try) != 3 || l.Try[0].Phase != "read" || l.Try[2].Phase != "total" || !strings.Contains(l.Error, "total timeout") {
+		t.Errorf("log: %+v", l)
+	}
+}
