@@ -13,11 +13,12 @@
 # Traffic stays inside the lab's namespaces (198.18.0.0/15); every load loop
 # is bounded by wrk's duration.
 #
-#   scripts/bench_l4.sh [DURATION_SECONDS]     (default 10)
+#   scripts/bench_l4.sh [DURATION_SECONDS]     (default 10; BENCH_ROUNDS=3)
 set -Eeuo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 dur=${1:-10}
+rounds=${BENCH_ROUNDS:-3}
 conns=${BENCH_CONNS:-32}
 threads=${BENCH_THREADS:-2}
 lab=scripts/lab.sh
@@ -39,43 +40,24 @@ cleanup() {
 trap cleanup EXIT
 "$lab" backends "$id" >/dev/null 2>&1
 
-# run_wrk NAME URL [EXTRA...]: prints "NAME rps p50 p99" from wrk's report.
+# run_wrk NAME LOAD URL [EXTRA...]: appends "NAME LOAD rps p50 p99 errors" to $results.
 run_wrk() {
-	local name=$1 url=$2
-	shift 2
-	local out
+	local name=$1 load=$2 url=$3
+	shift 3
+	local out rps p50 p99 errs
 	out=$("$lab" exec "$id" client wrk -t"$threads" -c"$conns" -d"${dur}s" --latency "$@" "$url" 2>&1)
-	local rps p50 p99 errs
 	rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
 	p50=$(awk '$1=="50%" {print $2}' <<<"$out")
 	p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-	errs=$(awk '/Socket errors:/ {print $0}' <<<"$out")
-	local non2xx
-	non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-	printf '| %-9s | %-13s | %10s | %8s | %8s | %s %s |\n' "$name" "$MODE" "$rps" "$p50" "$p99" "${errs:-no socket errors}" "${non2xx:+non-2xx: $non2xx}"
+	errs=$(awk '/Socket errors:|Non-2xx/ {printf "%s ", $0}' <<<"$out")
+	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$load" "$rps" "$p50" "$p99" "${errs:-none}" >>"$results"
+	printf 'bench_l4: round %s %-9s %-10s %10s req/s p99 %s %s\n' "$round" "$name" "$load" "$rps" "$p99" "${errs}" >&2
 }
 
 both() {
-	local name=$1 url=$2
-	MODE=keep-alive run_wrk "$name" "$url"
-	MODE=new-conn run_wrk "$name" "$url" -H "Connection: close"
+	run_wrk "$1" keep-alive "$2"
+	run_wrk "$1" new-conn "$2" -H "Connection: close"
 }
-
-echo "| path      | load          |      req/s |      p50 |      p99 | errors |"
-echo "|-----------|---------------|-----------:|---------:|---------:|--------|"
-
-both direct http://198.18.2.11/
-
-"$lab" exec "$id" lb nft -f - <<-'NFT'
-	table ip benchlb {
-		chain pre {
-			type nat hook prerouting priority dstnat; policy accept;
-			ip daddr 198.18.1.200 tcp dport 80 dnat to numgen inc mod 3 map { 0 : 198.18.2.11, 1 : 198.18.2.12, 2 : 198.18.2.13 }
-		}
-	}
-NFT
-both nftables http://198.18.1.200/
-"$lab" exec "$id" lb nft delete table ip benchlb
 
 cat >"$state/bench.yaml" <<-YAML
 	interfaces: [eth0, eth1]
@@ -94,12 +76,65 @@ cat >"$state/bench.yaml" <<-YAML
 	    protocol: tcp
 	    pool: web
 	YAML
-"$lab" exec "$id" lb "$sluice" agent -c "$state/bench.yaml" >"$state/bench-agent.log" 2>&1 &
-agent_pid=$!
-for _ in $(seq 50); do
-	"$sluice" status --socket "$state/bench-admin.sock" >/dev/null 2>&1 && break
-	sleep 0.1
+
+start_sluice() {
+	"$lab" exec "$id" lb "$sluice" agent -c "$state/bench.yaml" >>"$state/bench-agent.log" 2>&1 &
+	agent_pid=$!
+	for _ in $(seq 50); do
+		"$sluice" status --socket "$state/bench-admin.sock" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "bench_l4: agent did not start (see $state/bench-agent.log)" >&2
+	exit 1
+}
+
+stop_sluice() {
+	kill "$agent_pid" 2>/dev/null || true
+	wait "$agent_pid" 2>/dev/null || true
+	agent_pid=
+	"$sluice" teardown --pin-path "$pin" >/dev/null 2>&1 || true
+}
+
+results=$state/bench_l4.tsv
+: >"$results"
+for round in $(seq "$rounds"); do
+	both direct http://198.18.2.11/
+
+	"$lab" exec "$id" lb nft -f - <<-'NFT'
+		table ip benchlb {
+			chain pre {
+				type nat hook prerouting priority dstnat; policy accept;
+				ip daddr 198.18.1.200 tcp dport 80 dnat to numgen inc mod 3 map { 0 : 198.18.2.11, 1 : 198.18.2.12, 2 : 198.18.2.13 }
+			}
+		}
+	NFT
+	both nftables http://198.18.1.200/
+	"$lab" exec "$id" lb nft delete table ip benchlb
+
+	start_sluice
+	both sluice http://198.18.1.100/
+	stop_sluice
 done
-both sluice http://198.18.1.100/
+
+# The median of the rounds per path and load.
+echo "| path      | load       | req/s (median of $rounds) | p99 (median) | all rounds req/s | errors |"
+echo "|-----------|------------|------------:|------------:|------------------|--------|"
+# median VALUES...: the middle value (lower middle for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# to_ms LATENCY: wrk's "812.00us" / "3.10ms" / "1.02s" in milliseconds.
+to_ms() { awk -v x="$1" 'BEGIN { if (x ~ /us$/) print x/1000; else if (x ~ /ms$/) print x+0; else if (x ~ /s$/) print x*1000; else print x }'; }
+for path in direct nftables sluice; do
+	for load in keep-alive new-conn; do
+		rps=() p99=() errs=""
+		while IFS=$'\t' read -r p l r _ q e; do
+			[[ $p == "$path" && $l == "$load" ]] || continue
+			rps+=("$r")
+			p99+=("$(to_ms "$q")")
+			[[ $e == none ]] || errs+="$e "
+		done <"$results"
+		printf '| %-9s | %-10s | %11.0f | %9.2fms | %s | %s |\n' "$path" "$load" \
+			"$(median "${rps[@]}")" "$(median "${p99[@]}")" "$(printf '%.0f ' "${rps[@]}")" "${errs:-none}"
+	done
+done
 echo
-echo "wrk -t$threads -c$conns -d${dur}s --latency; new-conn adds -H 'Connection: close'. Backends: e2e/backend (Go). $(nproc) CPUs, kernel $(uname -r)."
+echo "wrk -t$threads -c$conns -d${dur}s --latency, $rounds rounds; new-conn adds -H 'Connection: close'. Backends: e2e/backend (Go). $(nproc) CPUs, kernel $(uname -r)."
