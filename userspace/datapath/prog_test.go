@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -438,4 +439,25 @@ func trimFrame(b []byte) []byte {
 		return b
 	}
 	return b[:14+int(uint16(b[16])<<8|uint16(b[17]))]
+}
+
+// TestOpenLocks: a second Open of the same pin path is refused while the
+// first holds it, and allowed once it is closed.
+func TestOpenLocks(t *testing.T) {
+	requireRoot(t)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-locktest-%d", os.Getpid()))
+	t.Cleanup(func() { _ = Teardown(pin) })
+	r1, err := Open(Options{PinPath: pin, MaglevTableSize: 251})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(Options{PinPath: pin, MaglevTableSize: 251}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+	r1.Close()
+	r2, err := Open(Options{PinPath: pin, MaglevTableSize: 251})
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	r2.Close()
 }

@@ -68,6 +68,28 @@ type Real struct {
 
 	prog  *ebpf.Program
 	links map[string]link.Link
+	lock  *os.File // flock on the pin directory: one agent per data path
+}
+
+// ErrLocked is returned by Open when another agent holds the pin path.
+var ErrLocked = errors.New("another sluice agent holds the data path")
+
+// lockPinPath takes an exclusive, non-blocking flock on the pin directory,
+// so two agents never program the same maps (cloudflare/tubular does the
+// same). The lock dies with the process, kill -9 included.
+func lockPinPath(dir string) (*os.File, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open pin directory %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w (%s is locked)", ErrLocked, dir)
+		}
+		return nil, fmt.Errorf("lock pin directory %s: %w", dir, err)
+	}
+	return f, nil
 }
 
 var _ Map = (*Real)(nil)
@@ -133,6 +155,16 @@ func Open(o Options) (*Real, error) {
 	if err := EnsureBPFFS(o.PinPath); err != nil {
 		return nil, err
 	}
+	lock, err := lockPinPath(o.PinPath)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 
 	if o.SNATPortMin == 0 && o.SNATPortMax == 0 {
 		o.SNATPortMin, o.SNATPortMax = 20000, 32767
@@ -190,6 +222,8 @@ func Open(o Options) (*Real, error) {
 		r.Close()
 		return nil, err
 	}
+	ok = true
+	r.lock = lock
 	return r, nil
 }
 
@@ -321,6 +355,9 @@ func (r *Real) Close() error {
 	}
 	if r.prog != nil {
 		r.prog.Close()
+	}
+	if r.lock != nil {
+		r.lock.Close() // releases the flock
 	}
 	return nil
 }
