@@ -417,3 +417,30 @@ func TestNoBackendRST(t *testing.T) {
 		t.Errorf("after undraining only be2: answered by %v", r.ByBackend)
 	}
 }
+
+// TestDrainPortReuse: a new connection that reuses a client port whose
+// previous flow went to a now-draining backend picks again: a SYN never
+// follows a closing conntrack entry to a backend that takes no new flows.
+func TestDrainPortReuse(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{DrainTimeout: 30 * time.Second})
+	// Ten client ports: every one of them is reused many times.
+	lab.MustRun("client", 5*time.Second, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40009")
+
+	// --await-close: the server closes first, so the client holds no TIME_WAIT
+	// and reuses its ports at once.
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--await-close", "--count", "40", "--duration", "20s")
+	assertNoFailures(t, "before the drain", r)
+	if r.ByBackend["be1"] == 0 {
+		t.Fatalf("no connection from the ten ports went to be1 before the drain (%v): the test proves nothing", r.ByBackend)
+	}
+	if _, err := agent.CLI("drain", "web", backendAddr["be1"]); err != nil {
+		t.Fatalf("drain be1: %v", err)
+	}
+	r = lab.Load("--url", vipURL, "--mode", "newconn", "--await-close", "--count", "60", "--duration", "20s")
+	assertNoFailures(t, "reused ports after the drain", r)
+	if r.ByBackend["be1"] != 0 {
+		t.Errorf("draining be1 got %d of %d connections from reused client ports: %v", r.ByBackend["be1"], r.OK, r.ByBackend)
+	}
+}

@@ -75,6 +75,8 @@ type options struct {
 	interval time.Duration
 	timeout  time.Duration
 	events   bool
+
+	awaitClose bool
 }
 
 func main() {
@@ -89,6 +91,7 @@ func main() {
 	flag.DurationVar(&o.interval, "interval", 0, "pause between two requests of one worker")
 	flag.DurationVar(&o.timeout, "timeout", 2*time.Second, "per request: dial plus exchange")
 	flag.BoolVar(&o.events, "events", false, "JSON event lines on stderr")
+	flag.BoolVar(&o.awaitClose, "await-close", false, "newconn: wait for the server to close first, so the client keeps no TIME_WAIT and its ports are reusable at once")
 	flag.Parse()
 
 	if err := o.validate(*rawURL); err != nil {
@@ -335,6 +338,14 @@ func (w *worker) request(ctx context.Context) {
 	w.c.ok(backend, lat)
 	w.c.emit(Event{Worker: w.id, Conn: w.connSeq, Event: "response", Backend: backend,
 		Latency: float64(lat.Microseconds()) / 1000})
+	if !keep && w.o.awaitClose {
+		// The server closes after a Connection: close reply; reading to EOF
+		// leaves the TIME_WAIT on its side.
+		if _, err := io.Copy(io.Discard, w.br); err != nil {
+			w.failed(classify(err), fmt.Errorf("waiting for the server to close: %w", err))
+			return
+		}
+	}
 	if !keep || resp.Close {
 		w.closeConn()
 	}
