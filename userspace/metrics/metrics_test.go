@@ -617,9 +617,23 @@ func TestDocsListEveryMetric(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	exported := make(map[string]bool)
 	for _, mf := range mfs {
-		if name := mf.GetName(); strings.HasPrefix(name, "sluice_") && !strings.Contains(doc, "`"+name+"`") {
-			t.Errorf("docs/metrics.md does not document %s", name)
+		name := mf.GetName()
+		exported[name] = true
+		if strings.HasPrefix(name, "sluice_") && !strings.Contains(doc, "| `"+name+"` |") {
+			t.Errorf("docs/metrics.md has no table row for %s", name)
+		}
+	}
+	// And every row is a metric that exists.
+	for _, line := range strings.Split(doc, "\n") {
+		name, ok := strings.CutPrefix(line, "| `")
+		if !ok {
+			continue
+		}
+		name, _, _ = strings.Cut(name, "`")
+		if !exported[name] {
+			t.Errorf("docs/metrics.md documents %s, which is not exported", name)
 		}
 	}
 }
