@@ -14,6 +14,8 @@
 // Names not in the file get NXDOMAIN. The file is re-read on SIGHUP and
 // whenever its mtime, size or inode changes (polled every --poll). A file
 // that does not parse is refused and the previous records keep serving.
+// Replace the file by rename (write a temp file, mv it over) so the poll
+// never sees it half written.
 package main
 
 import (
@@ -40,6 +42,8 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	fs := flag.NewFlagSet("dnsserver", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "0.0.0.0:53", "address to serve on, UDP and TCP")

@@ -150,11 +150,21 @@ func (s *server) serve(ctx context.Context, pc net.PacketConn, l net.Listener, p
 	errs := make(chan error, len(servers))
 	var wg sync.WaitGroup
 	for _, srv := range servers {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			errs <- srv.ActivateAndServe()
 		}()
+		// Shutdown before start would leave the server running.
+		select {
+		case <-started:
+		case err := <-errs:
+			cancel()
+			wg.Wait()
+			return fmt.Errorf("serve: %w", err)
+		}
 	}
 	wg.Add(1)
 	go func() {
