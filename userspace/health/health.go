@@ -143,7 +143,9 @@ type Options struct {
 	Observe func(Result)
 	// Initial returns the state a newly added address starts in (an agent
 	// restarted or reloaded while the address was ejected by health
-	// checks passes false). nil: every address starts healthy.
+	// checks passes false). nil: every address starts healthy. It is
+	// called from SetTargets with the Checker's lock held, so it must not
+	// call the Checker.
 	Initial func(netip.AddrPort) bool
 	// Rand returns numbers in [0, 1) for the initial offset of each
 	// address's first check; default math/rand/v2.Float64.
