@@ -448,6 +448,8 @@ const vip = "198.18.1.100"
 // agentConfig is what a test varies in the agent's config.
 type agentConfig struct {
 	DrainTimeout time.Duration
+	// Backends of pool web, by name; default be1, be2, be3.
+	Backends []string
 	// UDP adds pool udp (be1..be3 port 5353) and service udp-l4 at VIP:53/udp.
 	UDP bool
 }
@@ -466,9 +468,6 @@ type Agent struct {
 // be1..be3), starts the agent in the lb namespace and waits until it answers.
 func (l *Lab) StartAgent(c agentConfig) *Agent {
 	l.t.Helper()
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 30 * time.Second
-	}
 	a := &Agent{
 		lab:     l,
 		Config:  filepath.Join(l.dir, "sluice.yaml"),
@@ -479,43 +478,7 @@ func (l *Lab) StartAgent(c agentConfig) *Agent {
 		// unix socket paths are limited to 108 bytes
 		a.Socket = filepath.Join(os.TempDir(), "sluice-e2e-"+l.ID+".sock")
 	}
-	cfg := fmt.Sprintf(`# written by the e2e suite (lab %s)
-interfaces: [eth0, eth1]
-admin: {socket: %s}
-metrics: {listen: 127.0.0.1:9464}
-datapath: {pin_path: %s, xdp_mode: native}
-pools:
-  - name: web
-    backends:
-      - address: %s
-      - address: %s
-      - address: %s
-    drain_timeout: %s
-services:
-  - name: web-l4
-    listen: %s:80
-    protocol: tcp
-    mode: nat
-    pool: web
-`, l.ID, a.Socket, a.PinPath, backendAddr["be1"], backendAddr["be2"], backendAddr["be3"], c.DrainTimeout, vip)
-	if c.UDP {
-		// Spliced into the lists above: pools first, then services.
-		cfg = strings.Replace(cfg, "services:\n", `  - name: udp
-    backends:
-      - address: 198.18.2.11:5353
-      - address: 198.18.2.12:5353
-      - address: 198.18.2.13:5353
-services:
-  - name: udp-l4
-    listen: `+vip+`:53
-    protocol: udp
-    mode: nat
-    pool: udp
-`, 1)
-	}
-	if err := os.WriteFile(a.Config, []byte(cfg), 0o600); err != nil {
-		l.t.Fatalf("write config: %v", err)
-	}
+	a.WriteConfig(c)
 	l.t.Cleanup(func() {
 		a.Kill()
 		out, err := l.Run("lb", 30*time.Second, env.sluice, "teardown", "--socket", a.Socket, "--pin-path", a.PinPath)
@@ -527,6 +490,73 @@ services:
 	})
 	a.Start()
 	return a
+}
+
+// WriteConfig (re)writes the agent's config file from c; `sluice reload`
+// or SIGHUP applies it.
+func (a *Agent) WriteConfig(c agentConfig) {
+	a.lab.t.Helper()
+	a.WriteRawConfig(a.render(c))
+}
+
+// WriteRawConfig writes text as the agent's config file.
+func (a *Agent) WriteRawConfig(text string) {
+	a.lab.t.Helper()
+	// Write and rename, so the agent never reads half a file.
+	tmp := a.Config + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
+		a.lab.t.Fatalf("write config: %v", err)
+	}
+	if err := os.Rename(tmp, a.Config); err != nil {
+		a.lab.t.Fatalf("write config: %v", err)
+	}
+}
+
+func (a *Agent) render(c agentConfig) string {
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.Backends == nil {
+		c.Backends = []string{"be1", "be2", "be3"}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `# written by the e2e suite (lab %s)
+interfaces: [eth0, eth1]
+admin: {socket: %s}
+metrics: {listen: 127.0.0.1:9464}
+datapath: {pin_path: %s, xdp_mode: native}
+pools:
+  - name: web
+    backends:
+`, a.lab.ID, a.Socket, a.PinPath)
+	for _, be := range c.Backends {
+		fmt.Fprintf(&b, "      - address: %s\n", backendAddr[be])
+	}
+	fmt.Fprintf(&b, "    drain_timeout: %s\n", c.DrainTimeout)
+	if c.UDP {
+		b.WriteString(`  - name: udp
+    backends:
+      - address: 198.18.2.11:5353
+      - address: 198.18.2.12:5353
+      - address: 198.18.2.13:5353
+`)
+	}
+	fmt.Fprintf(&b, `services:
+  - name: web-l4
+    listen: %s:80
+    protocol: tcp
+    mode: nat
+    pool: web
+`, vip)
+	if c.UDP {
+		fmt.Fprintf(&b, `  - name: udp-l4
+    listen: %s:53
+    protocol: udp
+    mode: nat
+    pool: udp
+`, vip)
+	}
+	return b.String()
 }
 
 // Start (re)starts the agent process and waits for readiness.

@@ -444,3 +444,74 @@ func TestDrainPortReuse(t *testing.T) {
 		t.Errorf("draining be1 got %d of %d connections from reused client ports: %v", r.ByBackend["be1"], r.OK, r.ByBackend)
 	}
 }
+
+// TestReload: `sluice reload` applies a new config without dropping a
+// connection (a removed backend drains); an invalid file is refused and the
+// running config stays.
+func TestReload(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+
+	const conns = 6
+	load := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
+		"--conns", fmt.Sprint(conns), "--interval", "20ms", "--count", "100000",
+		"--duration", "40s", "--timeout", "2s")
+	t.Cleanup(func() { load.Stop(3 * time.Second) })
+	time.Sleep(500 * time.Millisecond)
+
+	// be3 leaves the config: it drains, new connections avoid it.
+	agent.WriteConfig(agentConfig{Backends: []string{"be1", "be2"}})
+	if _, err := agent.CLI("reload"); err != nil {
+		t.Fatalf("reload of a valid config: %v", err)
+	}
+	if state, err := agent.BackendState(backendAddr["be3"]); err != nil {
+		t.Fatalf("status after reload: %v", err)
+	} else if state != "draining" && state != "removed" {
+		t.Errorf("be3 after it left the config: state %q, want draining (or removed)", state)
+	}
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", "60", "--duration", "20s")
+	assertNoFailures(t, "new connections after the reload", r)
+	if r.ByBackend["be3"] != 0 {
+		t.Errorf("be3 left the config but got %d new connections: %v", r.ByBackend["be3"], r.ByBackend)
+	}
+
+	// An invalid file is refused (non-zero exit) and changes nothing.
+	agent.WriteRawConfig("interfaces: [eth0, eth1]\npools:\n  - name: web\n    bogus_key: 1\n")
+	if out, err := agent.CLI("reload"); err == nil {
+		t.Errorf("reload of an invalid config succeeded: %s", out)
+	}
+	r = lab.Load("--url", vipURL, "--mode", "newconn", "--count", "60", "--duration", "20s")
+	assertNoFailures(t, "new connections after a refused reload", r)
+	if r.ByBackend["be3"] != 0 || r.ByBackend["be1"] == 0 || r.ByBackend["be2"] == 0 {
+		t.Errorf("after a refused reload, want be1 and be2 only: %v", r.ByBackend)
+	}
+
+	// SIGHUP does what reload does: be3 comes back.
+	agent.WriteConfig(agentConfig{})
+	if err := agent.proc.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "be3 active after SIGHUP", func() error {
+		state, err := agent.BackendState(backendAddr["be3"])
+		if err != nil {
+			return err
+		}
+		if state != "active" {
+			return fmt.Errorf("state %q", state)
+		}
+		return nil
+	})
+	r = lab.Load("--url", vipURL, "--mode", "newconn", "--count", "90", "--duration", "20s")
+	assertNoFailures(t, "new connections after SIGHUP", r)
+	if r.ByBackend["be3"] == 0 {
+		t.Errorf("be3 is back in the config but got no new connection: %v", r.ByBackend)
+	}
+
+	load.Stop(5 * time.Second)
+	rep := parseReport(t, load.Output())
+	assertNoFailures(t, "keep-alive load across three reloads", rep)
+	if rep.Dials != conns {
+		t.Errorf("keep-alive load dialled %d connections, want %d: a reload broke established ones", rep.Dials, conns)
+	}
+}
