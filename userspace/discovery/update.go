@@ -86,6 +86,13 @@ type Update struct {
 	Err     error
 	// Failures counts consecutive failed lookups.
 	Failures int
+	// Lookup is true when the Update is the outcome of a lookup, false
+	// when a hold ran out between lookups (metrics count lookups by it).
+	Lookup bool
+	// Published is false for the Updates only observers see: outcomes
+	// before anything was published (failures and held negative answers
+	// before the first good answer).
+	Published bool
 	// At is when the Update was made.
 	At time.Time
 }

@@ -17,6 +17,11 @@ type WatcherOptions struct {
 	// goroutine, in order for that name. It must not block for long and
 	// must not call Unwatch or Sync (they wait for that goroutine).
 	OnUpdate func(Update)
+	// Observe, if set, sees every Update before OnUpdate does, published
+	// or not (Update.Published): every lookup outcome and every hold
+	// expiry, including failures before the first good answer. For
+	// metrics and status; same goroutine and rules as OnUpdate.
+	Observe func(Update)
 	// Logger defaults to the resolver's.
 	Logger *slog.Logger
 	// Rand returns numbers in [0, 1) for jitter; default math/rand/v2.
@@ -33,6 +38,7 @@ type Watcher struct {
 	log      *slog.Logger
 	stats    *Stats
 	onUpdate func(Update)
+	observe  func(Update)
 	rand     func() float64
 
 	mu    sync.Mutex
@@ -61,6 +67,7 @@ func NewWatcher(r *Resolver, opts WatcherOptions) *Watcher {
 		log:      opts.Logger,
 		stats:    r.stats,
 		onUpdate: opts.OnUpdate,
+		observe:  opts.Observe,
 		rand:     opts.Rand,
 		names:    make(map[string]*watch),
 	}
@@ -232,6 +239,7 @@ func (w *Watcher) run(ctx context.Context, name string, wt *watch) {
 			if !o.next.IsZero() {
 				next = o.next
 			}
+			o.update.Lookup = true
 			w.deliver(log, wt, o)
 			continue
 		}
@@ -256,10 +264,14 @@ func (w *Watcher) run(ctx context.Context, name string, wt *watch) {
 // to the consumer when it is to be published.
 func (w *Watcher) deliver(log *slog.Logger, wt *watch, o outcome) {
 	u := o.update
+	u.Published = o.publish
 	w.mu.Lock()
 	wt.status, wt.hasStatus = u, true
 	w.mu.Unlock()
 	w.logUpdate(log, o)
+	if w.observe != nil {
+		w.observe(u)
+	}
 	if !o.publish {
 		return
 	}

@@ -11,13 +11,14 @@ import (
 )
 
 type watchHarness struct {
-	clock   *fakeClock
-	x       *scriptExchanger
-	r       *Resolver
-	w       *Watcher
-	updates chan Update
-	cancel  context.CancelFunc
-	ctx     context.Context
+	observed atomic.Int32
+	clock    *fakeClock
+	x        *scriptExchanger
+	r        *Resolver
+	w        *Watcher
+	updates  chan Update
+	cancel   context.CancelFunc
+	ctx      context.Context
 }
 
 func newWatchHarness(t *testing.T, script func(q *dns.Msg, network, server string) (*dns.Msg, error)) *watchHarness {
@@ -27,6 +28,7 @@ func newWatchHarness(t *testing.T, script func(q *dns.Msg, network, server strin
 		WithExchanger(h.x), WithClock(h.clock))
 	h.w = NewWatcher(h.r, WatcherOptions{
 		OnUpdate: func(u Update) { h.updates <- u },
+		Observe:  func(Update) { h.observed.Add(1) },
 		Rand:     constRand(0),
 	})
 	h.ctx, h.cancel = context.WithCancel(t.Context())
@@ -140,8 +142,11 @@ func TestWatcherNothingBeforeFirstAnswer(t *testing.T) {
 	h.clock.waitTimers(t, 1)
 	h.none(t)
 	st, ok := h.w.Status("backend.lab")
-	if !ok || st.Failure != FailRefused || st.Failures != 3 || len(st.Addrs) != 0 {
+	if !ok || st.Failure != FailRefused || st.Failures != 3 || len(st.Addrs) != 0 || st.Published || !st.Lookup {
 		t.Errorf("status %+v", st)
+	}
+	if n := h.observed.Load(); n != 3 {
+		t.Errorf("observer saw %d updates, want 3", n)
 	}
 	h.x.set(answerA(3, "198.18.2.11"))
 	h.step(t, 2*time.Second)
@@ -176,7 +181,7 @@ func TestWatcherHoldExpires(t *testing.T) {
 	}
 	h.step(t, 30*time.Second-elapsed)
 	u = h.next(t)
-	if u.Reason != ReasonHoldExpired || len(u.Addrs) != 0 || !slices.Equal(u.Removed, addrs("198.18.2.11")) {
+	if u.Reason != ReasonHoldExpired || len(u.Addrs) != 0 || !slices.Equal(u.Removed, addrs("198.18.2.11")) || u.Lookup || !u.Published {
 		t.Errorf("expiry %+v", u)
 	}
 }
