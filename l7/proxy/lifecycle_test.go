@@ -1,0 +1,512 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+// All backends failing: retries stay within the budget and at most
+// max_ejected_percent of the pool is ejected; the pool goes to panic mode
+// only if more are out.
+func TestAllFailingBudgetAndEjectionLimit(t *testing.T) {
+	var addrs []netip.AddrPort
+	var bes []*backend
+	for range 4 {
+		b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(5 * time.Millisecond)
+			w.WriteHeader(503)
+		})
+		bes = append(bes, b)
+		addrs = append(addrs, b.addr)
+	}
+	p := newPool(t, nil, addrs...)
+	var ejections, refused atomic.Int64
+	obs := &countingObserver{ejected: &ejections, refused: &refused}
+	h := start(t, p, func(o *Options) {
+		o.Observer = obs
+		o.Service.Retry.Attempts = 4
+	})
+	const clients, perClient = 40, 10
+	var wg sync.WaitGroup
+	var requests, not503 atomic.Int64
+	for range clients {
+		wg.Go(func() {
+			for range perClient {
+				resp, err := h.client.Get(h.url + "/")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				requests.Add(1)
+				if resp.StatusCode != 503 {
+					not503.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var executed int64
+	for _, b := range bes {
+		executed += b.count.Load()
+	}
+	st := h.srv.BudgetStats()
+	limit := max(3, clients*20/100)
+	if st.Peak > limit {
+		t.Errorf("%d retries in flight at once, budget allows %d", st.Peak, limit)
+	}
+	if st.Denied == 0 {
+		t.Errorf("no retry was refused by the budget (%d requests, %d tries)", requests.Load(), executed)
+	}
+	if executed >= requests.Load()*4 {
+		t.Errorf("%d tries for %d requests: the budget did not limit retries", executed, requests.Load())
+	}
+	if n := p.Counts()[pool.Ejected]; n != 2 {
+		t.Errorf("%d of 4 ejected, want exactly max_ejected_percent (2)", n)
+	}
+	if refused.Load() == 0 {
+		t.Error("no ejection was refused by the limit")
+	}
+	if not503.Load() != 0 {
+		t.Errorf("%d responses were not the backends' 503", not503.Load())
+	}
+	if h.srv.Panicking() {
+		t.Error("panic mode with exactly max_ejected_percent out")
+	}
+	t.Logf("%d requests, %d tries, budget %+v", requests.Load(), executed, st)
+}
+
+type countingObserver struct {
+	NopObserver
+	ejected, refused *atomic.Int64
+	panics           atomic.Int64
+}
+
+func (o *countingObserver) Ejection(_ string, ev eject.Event) {
+	if ev.Err != nil {
+		o.refused.Add(1)
+	} else if !ev.Recover {
+		o.ejected.Add(1)
+	}
+}
+
+func (o *countingObserver) Panic(_ string, on bool) {
+	if on {
+		o.panics.Add(1)
+	}
+}
+
+// More than max_ejected_percent out (active ones drained): panic mode
+// spreads requests over ejected addresses too, and says so.
+func TestPanicMode(t *testing.T) {
+	a, b := newBackend(t, status(200)), newBackend(t, status(200))
+	p := newPool(t, nil, a.addr, b.addr)
+	obs := &countingObserver{ejected: new(atomic.Int64), refused: new(atomic.Int64)}
+	h := start(t, p, func(o *Options) { o.Observer = obs })
+	now := time.Now()
+	if err := p.Eject(now, a.addr, now.Add(time.Hour), "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Drain(now, b.addr); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ := h.do(t, "GET", "/", nil, nil)
+	if resp.StatusCode != 200 || a.count.Load() != 1 || b.count.Load() != 0 {
+		t.Errorf("status %d, ejected got %d, drained got %d: want the ejected one to serve", resp.StatusCode, a.count.Load(), b.count.Load())
+	}
+	if !h.srv.Panicking() || obs.panics.Load() != 1 {
+		t.Errorf("panicking %v, panic events %d", h.srv.Panicking(), obs.panics.Load())
+	}
+	if err := p.Recover(now, a.addr, "test"); err != nil {
+		t.Fatal(err)
+	}
+	h.do(t, "GET", "/", nil, nil)
+	if h.srv.Panicking() {
+		t.Error("still panicking after recovery")
+	}
+}
+
+// An address going draining: its idle pooled connections are closed at
+// once, a busy one after its request, and no new request goes to it.
+func TestDrainClosesPooledConnections(t *testing.T) {
+	gate := make(chan struct{})
+	var inSlow atomic.Int64
+	a := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			inSlow.Add(1)
+			<-gate
+		}
+		w.Write([]byte("a"))
+	})
+	b := newBackend(t, status(200))
+	var srv atomic.Pointer[Server]
+	p := newPool(t, func(tr pool.Transition) {
+		if s := srv.Load(); s != nil {
+			s.Transition(tr)
+		}
+	}, a.addr, b.addr)
+	h := start(t, p, func(o *Options) { o.Selector = preferSelector{a.addr} })
+	srv.Store(h.srv)
+
+	// Warm several idle connections to a, and one busy one.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { h.do(t, "GET", "/", nil, nil) })
+	}
+	wg.Wait()
+	slowDone := make(chan int)
+	go func() {
+		resp, err := h.client.Get(h.url + "/slow")
+		if err != nil {
+			t.Error(err)
+			slowDone <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		slowDone <- resp.StatusCode
+	}()
+	for i := 0; inSlow.Load() == 0 && i < 200; i++ {
+		time.Sleep(5 * time.Millisecond)
+	}
+	idle := h.srv.UpstreamStats(a.addr).Idle
+	if idle == 0 || a.open() < 2 {
+		t.Fatalf("setup: %d idle pooled, %d open at the backend", idle, a.open())
+	}
+
+	if err := p.Drain(time.Now(), a.addr); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.srv.UpstreamStats(a.addr); st.Idle != 0 || st.Busy != 1 {
+		t.Errorf("after drain: %+v, want no idle and the one busy", st)
+	}
+	waitFor(t, "idle connections closed at the backend", func() bool { return a.open() == 1 })
+	before := a.count.Load()
+	for range 5 {
+		h.do(t, "GET", "/", nil, nil)
+	}
+	if n := a.count.Load() - before; n != 0 {
+		t.Errorf("%d new requests reached the draining address", n)
+	}
+	close(gate)
+	if code := <-slowDone; code != 200 {
+		t.Errorf("the request in flight on the draining address ended with %d", code)
+	}
+	waitFor(t, "busy connection closed after its request", func() bool { return a.open() == 0 })
+	if st := h.srv.UpstreamStats(a.addr); st.Idle != 0 {
+		t.Errorf("a connection to the draining address went back to the pool: %+v", st)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("timed out waiting: %s", what)
+}
+
+// Update (reload) under keep-alive load: zero failed requests.
+func TestUpdateUnderLoad(t *testing.T) {
+	a, b := newBackend(t, status(200)), newBackend(t, status(200))
+	p := newPool(t, nil, a.addr, b.addr)
+	h := start(t, p, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	var ok, failed atomic.Int64
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := h.client.Get(h.url + "/")
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	for i := 0; ctx.Err() == nil; i++ {
+		svc := testService()
+		svc.Timeouts.Read = config.Duration(time.Duration(1+i%3) * time.Second)
+		svc.Retry.Attempts = 1 + i%3
+		svc.Retry.BudgetPercent = 10 * (i % 5)
+		ej := testEjection()
+		ej.Failures = 1 + i%4
+		if err := h.srv.Update(svc, config.Pool{Name: "web", Ejection: ej}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	wg.Wait()
+	if failed.Load() != 0 || ok.Load() < 100 {
+		t.Errorf("%d ok, %d failed during reloads", ok.Load(), failed.Load())
+	}
+	bad := testService()
+	bad.Timeouts.Total = 0
+	if err := h.srv.Update(bad, config.Pool{Ejection: testEjection()}); err == nil {
+		t.Error("an invalid update was accepted")
+	}
+}
+
+// Shutdown lets the request in flight finish.
+func TestGracefulShutdown(t *testing.T) {
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		w.Write([]byte("done"))
+	})
+	p := newPool(t, nil, be.addr)
+	srv, err := New(Options{Service: testService(), Pool: p, Ejection: testEjection()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	got := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + l.Addr().String() + "/")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	waitFor(t, "request in flight", func() bool { return be.count.Load() == 1 })
+	cancel()
+	if s := <-got; s != "done" {
+		t.Errorf("in-flight request got %q", s)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
+		t.Error("still accepting after shutdown")
+	}
+}
+
+// HTTPS listener with ALPN h2; upstream TLS with SNI and Host from `host:`.
+func TestTLSAndHostRewrite(t *testing.T) {
+	var sni, host atomic.Value
+	be := newTLSBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		sni.Store(r.TLS.ServerName)
+		host.Store(r.Host)
+		w.Write([]byte("secure"))
+	})
+	p := newPool(t, nil, be)
+	dir := t.TempDir()
+	cert, key := writeCert(t, dir, "sluice.test")
+	h := start(t, p, func(o *Options) {
+		o.TLS = &TLSFiles{Cert: cert, Key: key}
+		o.Service.Host = "api.example.test"
+		o.Upstream.TLS = &tls.Config{InsecureSkipVerify: true}
+	})
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	resp, err := c.Get(strings.Replace(h.url, "http://", "https://", 1) + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || string(b) != "secure" {
+		t.Errorf("got %s %q, want HTTP/2 and the backend's body", resp.Proto, b)
+	}
+	if sni.Load() != "api.example.test" || host.Load() != "api.example.test" {
+		t.Errorf("backend saw SNI %v, Host %v", sni.Load(), host.Load())
+	}
+}
+
+func newTLSBackend(t *testing.T, h http.HandlerFunc) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key := writeCert(t, dir, "backend.test")
+	srv := &http.Server{Handler: h}
+	go srv.ServeTLS(l, cert, key)
+	t.Cleanup(func() { srv.Close() })
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+func writeCert(t *testing.T, dir, name string) (certFile, keyFile string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// Connections are not reused past their max lifetime; a pooled connection
+// the backend closed is replaced without failing the request.
+func TestMaxLifetimeAndStaleConnections(t *testing.T) {
+	be := newBackend(t, status(200))
+	p := newPool(t, nil, be.addr)
+	h := start(t, p, func(o *Options) { o.Upstream.MaxLifetime = 200 * time.Millisecond })
+	h.do(t, "GET", "/", nil, nil)
+	h.do(t, "GET", "/", nil, nil)
+	time.Sleep(250 * time.Millisecond)
+	h.do(t, "GET", "/", nil, nil)
+	if st := h.srv.UpstreamStats(be.addr); st.Dialled != 2 || st.Reused != 1 {
+		t.Errorf("stats %+v: want a new connection after the lifetime", st)
+	}
+	// The backend closes its idle connections: the next POST (not
+	// retryable once sent) still succeeds on a fresh connection.
+	be.srv.CloseClientConnections()
+	waitFor(t, "backend closed its connections", func() bool { return be.open() == 0 })
+	resp, _ := h.do(t, "POST", "/", []byte("x"), nil)
+	if resp.StatusCode != 200 {
+		t.Errorf("POST after the backend closed the pooled connection: %d", resp.StatusCode)
+	}
+}
+
+// A backend that dies in the middle of the body: the client sees the
+// response cut (not a complete one), and nothing is retried.
+func TestMidResponseClose(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var count atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				count.Add(1)
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+			}()
+		}
+	}()
+	good := newBackend(t, status(200))
+	addr := netip.MustParseAddrPort(l.Addr().String())
+	p := newPool(t, nil, addr, good.addr)
+	h := start(t, p, func(o *Options) { o.Selector = preferSelector{addr} })
+	// The header may or may not have reached the client before the cut;
+	// either way the client must see an error, never a complete body.
+	resp, err := h.client.Get(h.url + "/")
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Error("the client read a complete body from a cut response")
+	}
+	if count.Load() != 1 || good.count.Load() != 0 {
+		t.Errorf("tries: %d on the cutting backend, %d elsewhere; want 1 and 0", count.Load(), good.count.Load())
+	}
+	waitFor(t, "access log", func() bool { return len(h.access.lines(t)) == 1 })
+	if l := h.access.last(t); !strings.Contains(l.Error, "cut short") {
+		t.Errorf("log: %+v", l)
+	}
+}
+
+// Client-side limits and framing the proxy refuses.
+func TestClientLimitsAndFraming(t *testing.T) {
+	be := newBackend(t, status(200))
+	p := newPool(t, nil, be.addr)
+	h := start(t, p, func(o *Options) { o.Client.MaxHeaderBytes = 4096 })
+	addr := strings.TrimPrefix(h.url, "http://")
+	cases := []struct {
+		name, req string
+		want      int
+	}{
+		{"huge header", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 8192) + "\r\n\r\n", 431},
+		{"two content lengths", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400},
+		{"content length and chunked", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+		{"unknown transfer coding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+		{"connect", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			io.WriteString(c, tc.req)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.want {
+				t.Errorf("status %d, want %d", resp.StatusCode, tc.want)
+			}
+		})
+	}
+	if n := be.count.Load(); n != 0 {
+		t.Errorf("%d refused requests reached the backend", n)
+	}
+}
