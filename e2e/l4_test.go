@@ -515,3 +515,42 @@ func TestReload(t *testing.T) {
 		t.Errorf("keep-alive load dialled %d connections, want %d: a reload broke established ones", rep.Dials, conns)
 	}
 }
+
+// TestMetrics: the Prometheus endpoint counts what the data path did.
+func TestMetrics(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.StartAgent(agentConfig{})
+	const n = 30
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", fmt.Sprint(n), "--duration", "20s")
+	assertNoFailures(t, "traffic before the scrape", r)
+
+	out := lab.MustRun("lb", 10*time.Second, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:9464/metrics")
+	values := map[string]float64{}
+	for _, line := range strings.Split(out, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[i+1:], &v); err == nil {
+			values[line[:i]] = v
+		}
+	}
+	if got := values[`sluice_service_new_flows_total{service="web-l4"}`]; got < n {
+		t.Errorf(`sluice_service_new_flows_total{service="web-l4"} = %v, want >= %d`, got, n)
+	}
+	var perBackend float64
+	for _, be := range []string{"be1", "be2", "be3"} {
+		perBackend += values[fmt.Sprintf(`sluice_backend_new_flows_total{address=%q,pool="web"}`, backendAddr[be])]
+	}
+	if perBackend < n {
+		t.Errorf("sluice_backend_new_flows_total over be1..be3 = %v, want >= %d", perBackend, n)
+	}
+	if t.Failed() {
+		t.Logf("scrape:\n%s", out)
+	}
+}
