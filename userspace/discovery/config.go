@@ -6,9 +6,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/sluicelb/sluice/userspace/config"
 )
 
 // Defaults for the fields of Config left zero.
@@ -47,7 +50,8 @@ type Config struct {
 	MaxTTL time.Duration
 	// NXDomainHold is how long the last good answer is kept after the name
 	// stopped existing (NXDOMAIN) or stopped having A records (empty
-	// NOERROR), before an empty set is published.
+	// NOERROR), before an empty set is published. Zero takes the default;
+	// negative means no hold (withdraw at the first negative answer).
 	NXDomainHold time.Duration
 	// BackoffBase and BackoffMax bound the retry delay after failed lookups
 	// (doubling from base, with jitter).
@@ -59,6 +63,23 @@ type Config struct {
 	// NoAAAA disables the AAAA query made after each good A answer. AAAA
 	// addresses are reported, not served (the data path is IPv4 only).
 	NoAAAA bool
+}
+
+// FromConfig converts the YAML dns section, whose defaults the config
+// package has already applied: an explicit nxdomain_hold of 0 ("at once")
+// becomes a negative hold here.
+func FromConfig(c config.DNS) Config {
+	hold := c.NXDomainHold.D()
+	if hold == 0 {
+		hold = -1
+	}
+	return Config{
+		Servers:      slices.Clone(c.Servers),
+		Timeout:      c.Timeout.D(),
+		MinTTL:       c.MinTTL.D(),
+		MaxTTL:       c.MaxTTL.D(),
+		NXDomainHold: hold,
+	}
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -102,8 +123,8 @@ func (c Config) Validate() error {
 	if c.Timeout < 0 {
 		errs = append(errs, fmt.Errorf("dns timeout %s is negative", c.Timeout))
 	}
-	if c.MinTTL < 0 || c.MaxTTL < 0 || c.NXDomainHold < 0 {
-		errs = append(errs, errors.New("dns min_ttl, max_ttl and nxdomain_hold must not be negative"))
+	if c.MinTTL < 0 || c.MaxTTL < 0 {
+		errs = append(errs, errors.New("dns min_ttl and max_ttl must not be negative"))
 	}
 	if c.MaxTTL < c.MinTTL {
 		errs = append(errs, fmt.Errorf("dns max_ttl %s is below min_ttl %s", c.MaxTTL, c.MinTTL))

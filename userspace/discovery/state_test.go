@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/sluicelb/sluice/userspace/config"
 )
 
 func testConfig() Config {
@@ -190,6 +192,35 @@ func TestHoldLogic(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { runScenario(t, tt.events) })
+	}
+}
+
+func TestNoHold(t *testing.T) {
+	cfg := testConfig()
+	cfg.NXDomainHold = -1
+	s := newNameState(cfg, "x.", constRand(0), &Stats{})
+	now := time.Now()
+	s.onAnswer(now, Answer{Addrs: addrs("198.18.2.11"), TTL: time.Second, ReceivedAt: now})
+	o := s.onAnswer(now.Add(time.Second), Answer{Rcode: dns.RcodeNameError})
+	if !o.publish || o.update.Reason != ReasonHoldExpired || len(o.update.Addrs) != 0 || o.next.IsZero() {
+		t.Errorf("no hold: %+v", o)
+	}
+}
+
+func TestFromConfig(t *testing.T) {
+	c := FromConfig(config.DNS{
+		Servers: []string{"198.18.2.53:53"}, MinTTL: config.Duration(2 * time.Second),
+		MaxTTL: config.Duration(time.Minute), Timeout: config.Duration(time.Second),
+	})
+	c = c.WithDefaults()
+	if c.NXDomainHold >= 0 || c.MinTTL != 2*time.Second || c.MaxTTL != time.Minute || c.Timeout != time.Second {
+		t.Errorf("%+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Error(err)
+	}
+	if h := FromConfig(config.DNS{NXDomainHold: config.Duration(5 * time.Second)}).NXDomainHold; h != 5*time.Second {
+		t.Errorf("hold %s", h)
 	}
 }
 
