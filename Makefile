@@ -23,6 +23,7 @@ build:
 testbins:
 	$(GO) build -o bin/sluice-testbackend ./e2e/backend
 	$(GO) build -o bin/sluice-loadgen ./e2e/loadgen
+	$(GO) build -o bin/sluice-dnsserver ./e2e/dnsserver
 
 deps:
 	scripts/deps.sh

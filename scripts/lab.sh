@@ -5,6 +5,8 @@
 #   scripts/lab.sh down ID        remove every namespace of ID, kill what it started
 #   scripts/lab.sh backends ID    start the test backend in be1..be3 (HTTP :80, UDP :5353)
 #   scripts/lab.sh env ID         print the env file of ID
+#   scripts/lab.sh dns ID FILE    start the lab DNS server (e2e/dnsserver) in dns,
+#                                 198.18.2.53:53, answering from records FILE
 #   scripts/lab.sh gc             take down labs whose owner process is gone
 #   scripts/lab.sh exec ID HOST CMD...
 #                                 run CMD in host HOST (client, lb, be1, ...)
@@ -41,7 +43,7 @@ die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
 	cat >&2 <<-'EOF'
-		usage: lab.sh up [ID] | down ID | backends ID | env ID | gc | exec ID HOST CMD...
+		usage: lab.sh up [ID] | down ID | backends ID | dns ID FILE | env ID | gc | exec ID HOST CMD...
 	EOF
 	exit 2
 }
@@ -318,6 +320,34 @@ lab_backends() {
 	log "backends be1..be3 listening on :80"
 }
 
+lab_dns() {
+	local id=$1 records=$2
+	check_id "$id"
+	[[ -f $lab_dir/$id.env ]] || die "lab $id is not up"
+	[[ -f $records ]] || die "records file $records not found"
+	records=$(cd "$(dirname "$records")" && pwd)/$(basename "$records")
+	local bin=$repo_root/bin/sluice-dnsserver
+	if [[ ! -x $bin ]]; then
+		log "building $bin"
+		(cd "$repo_root" && "$(go_cmd)" build -o bin/sluice-dnsserver ./e2e/dnsserver)
+	fi
+	local pidf=$lab_dir/$id/dns.pid
+	if [[ -f $pidf ]] && kill -0 "$(<"$pidf")" 2>/dev/null; then
+		log "dns server already running (pid $(<"$pidf"))"
+		return 0
+	fi
+	ip netns exec "$(ns_name "$id" dns)" "$bin" --listen 198.18.2.53:53 --records "$records" \
+		>"$lab_dir/$id/dns.log" 2>&1 </dev/null &
+	printf '%s\n' "$!" >"$pidf"
+	local tries=0
+	until nsx "$(ns_name "$id" dns)" bash -c 'exec 3<>/dev/tcp/198.18.2.53/53' 2>/dev/null; do
+		tries=$((tries + 1))
+		((tries < 50)) || die "dns server did not come up (see $lab_dir/$id/dns.log)"
+		sleep 0.1
+	done
+	log "dns server on 198.18.2.53:53 (records $records)"
+}
+
 go_cmd() {
 	if command -v go >/dev/null 2>&1; then
 		command -v go
@@ -345,6 +375,10 @@ main() {
 	backends)
 		(($# == 1)) || usage
 		lab_backends "$1"
+		;;
+	dns)
+		(($# == 2)) || usage
+		lab_dns "$1" "$2"
 		;;
 	gc)
 		(($# == 0)) || usage
