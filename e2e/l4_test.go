@@ -200,6 +200,10 @@ func TestDrain(t *testing.T) {
 			t.Logf("service %s: %d RSTs counted", svc.Name, svc.RSTs)
 		}
 	}
+	metrics, _ := lab.scrape()
+	if got := metrics[`sluice_service_rsts_total{reason="removed_backend",service="web-l4"}`]; got < 1 {
+		t.Errorf(`sluice_service_rsts_total{reason="removed_backend"} = %v, want >= 1`, got)
+	}
 }
 
 // TestAgentRestart: the data path keeps forwarding while the agent is
@@ -397,6 +401,10 @@ func TestNoBackendRST(t *testing.T) {
 	if r.Errors["refused"] != r.Requests {
 		t.Errorf("with every backend drained: errors %v, want every connection refused (RST), not timed out: %v", r.Errors, r.Samples)
 	}
+	metrics, _ := lab.scrape()
+	if got := metrics[`sluice_service_rsts_total{reason="no_backend",service="web-l4"}`]; got < float64(r.Requests) {
+		t.Errorf(`sluice_service_rsts_total{reason="no_backend"} = %v, want >= %d`, got, r.Requests)
+	}
 
 	if _, err := agent.CLI("undrain", "web", backendAddr["be2"]); err != nil {
 		t.Fatalf("undrain be2: %v", err)
@@ -525,7 +533,27 @@ func TestMetrics(t *testing.T) {
 	r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", fmt.Sprint(n), "--duration", "20s")
 	assertNoFailures(t, "traffic before the scrape", r)
 
-	out := lab.MustRun("lb", 10*time.Second, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:9464/metrics")
+	values, out := lab.scrape()
+	if got := values[`sluice_service_new_flows_total{service="web-l4"}`]; got < n {
+		t.Errorf(`sluice_service_new_flows_total{service="web-l4"} = %v, want >= %d`, got, n)
+	}
+	var perBackend float64
+	for _, be := range []string{"be1", "be2", "be3"} {
+		perBackend += values[fmt.Sprintf(`sluice_backend_new_flows_total{address=%q,pool="web"}`, backendAddr[be])]
+	}
+	if perBackend < n {
+		t.Errorf("sluice_backend_new_flows_total over be1..be3 = %v, want >= %d", perBackend, n)
+	}
+	if t.Failed() {
+		t.Logf("scrape:\n%s", out)
+	}
+}
+
+// scrape reads the agent's Prometheus endpoint (in the lb namespace) and
+// returns every sample by its name and labels as printed, and the raw text.
+func (l *Lab) scrape() (map[string]float64, string) {
+	l.t.Helper()
+	out := l.MustRun("lb", 10*time.Second, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:9464/metrics")
 	values := map[string]float64{}
 	for _, line := range strings.Split(out, "\n") {
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -540,17 +568,5 @@ func TestMetrics(t *testing.T) {
 			values[line[:i]] = v
 		}
 	}
-	if got := values[`sluice_service_new_flows_total{service="web-l4"}`]; got < n {
-		t.Errorf(`sluice_service_new_flows_total{service="web-l4"} = %v, want >= %d`, got, n)
-	}
-	var perBackend float64
-	for _, be := range []string{"be1", "be2", "be3"} {
-		perBackend += values[fmt.Sprintf(`sluice_backend_new_flows_total{address=%q,pool="web"}`, backendAddr[be])]
-	}
-	if perBackend < n {
-		t.Errorf("sluice_backend_new_flows_total over be1..be3 = %v, want >= %d", perBackend, n)
-	}
-	if t.Failed() {
-		t.Logf("scrape:\n%s", out)
-	}
+	return values, out
 }
