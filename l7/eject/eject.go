@@ -323,5 +323,5 @@ func Panic(backends []pool.Backend, maxEjectedPercent int) bool {
 	if ejected == 0 {
 		return false
 	}
-	return active == 0 || ejected*100 > maxEjectedPercent*(active+ejected)
+	return active == 0 || maxEjectedPercent > 0 && ejected*100 > maxEjectedPercent*(active+ejected)
 }

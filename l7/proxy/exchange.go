@@ -140,9 +140,12 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 
 // respond streams the backend's response to the client. It returns true
 // when the response was cut short and the client must see an abort.
-func (s *Server) respond(w http.ResponseWriter, rec *Record, st *settings, res tryResult, addr netip.AddrPort) (abort bool) {
+func (s *Server) respond(ctx context.Context, w http.ResponseWriter, rec *Record, res tryResult, addr netip.AddrPort) (abort bool) {
 	resp := res.resp
 	defer resp.Body.Close()
+	// A client that goes away stops a body read waiting on the backend.
+	stop := context.AfterFunc(ctx, func() { res.conn.Close() })
+	defer stop()
 	h := w.Header()
 	closeDelimited := resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && bodyAllowed(rec.Method, resp.StatusCode)
 	removeHopByHop(resp.Header)
@@ -182,11 +185,16 @@ func (s *Server) respond(w http.ResponseWriter, rec *Record, st *settings, res t
 		}
 	}
 	if readErr != io.EOF {
+		s.pools.Put(res.conn, false)
+		if ctx.Err() != nil {
+			rec.Status = statusClientClosed
+			rec.Error = "client went away during the response"
+			return false
+		}
 		rec.Error = "backend response cut short: " + readErr.Error()
 		if isTimeout(readErr) {
 			rec.Error = "backend response body timed out: " + readErr.Error()
 		}
-		s.pools.Put(res.conn, false)
 		return true
 	}
 	for k, vv := range resp.Trailer {

@@ -176,7 +176,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		if res.resp != nil {
-			abort = s.respond(w, rec, st, res, b.Addr)
+			abort = s.respond(r.Context(), w, rec, res, b.Addr)
 			return
 		}
 		status := http.StatusBadGateway

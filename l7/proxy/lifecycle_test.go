@@ -357,6 +357,17 @@ func TestTLSAndHostRewrite(t *testing.T) {
 	if sni.Load() != "api.example.test" || host.Load() != "api.example.test" {
 		t.Errorf("backend saw SNI %v, Host %v", sni.Load(), host.Load())
 	}
+	for range 3 {
+		resp, err := c.Get(strings.Replace(h.url, "http://", "https://", 1) + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if st := h.srv.UpstreamStats(be); st.Dialled != 1 || st.Reused != 3 {
+		t.Errorf("upstream TLS connections %+v: want one reused", st)
+	}
 }
 
 func newTLSBackend(t *testing.T, h http.HandlerFunc) netip.AddrPort {

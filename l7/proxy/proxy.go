@@ -110,6 +110,10 @@ type Options struct {
 	Selector        Selector     // nil: LeastRequests
 	// EjectionJitter is passed to eject.Options.Jitter (0: default, <0: none).
 	EjectionJitter float64
+	// Tracker, when set, is the ejection tracker to use instead of a new
+	// one: services sharing a pool should share its tracker, so failures
+	// are counted per pool (see eject.New). Ejection is then ignored.
+	Tracker *eject.Tracker
 }
 
 // settings is what Update replaces atomically.
@@ -185,6 +189,9 @@ func New(opts Options) (*Server, error) {
 	if opts.Pool == nil {
 		return nil, fmt.Errorf("service %s: no pool", opts.Service.Name)
 	}
+	if opts.Tracker != nil {
+		opts.Ejection = opts.Tracker.Config()
+	}
 	st, err := compile(opts.Service, opts.Ejection)
 	if err != nil {
 		return nil, err
@@ -216,12 +223,15 @@ func New(opts Options) (*Server, error) {
 	}
 	s.cfg.Store(st)
 	s.budget = retry.NewBudget(st.policy.BudgetPercent(), retry.DefaultMinRetries)
-	s.tracker, err = eject.New(opts.Ejection, opts.Pool, eject.Options{
-		Jitter: opts.EjectionJitter, Log: log,
-		Observe: func(ev eject.Event) { s.obs.Ejection(s.name, ev) },
-	})
-	if err != nil {
-		return nil, fmt.Errorf("service %s: %w", opts.Service.Name, err)
+	s.tracker = opts.Tracker
+	if s.tracker == nil {
+		s.tracker, err = eject.New(opts.Ejection, opts.Pool, eject.Options{
+			Jitter: opts.EjectionJitter, Log: log,
+			Observe: func(ev eject.Event) { s.obs.Ejection(s.name, ev) },
+		})
+		if err != nil {
+			return nil, fmt.Errorf("service %s: %w", opts.Service.Name, err)
+		}
 	}
 	s.pools = upstream.New(upstream.Options{
 		MaxIdlePerAddr: opts.Upstream.MaxIdlePerAddr,

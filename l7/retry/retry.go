@@ -215,6 +215,8 @@ type Decision struct {
 // or the backends left: the caller does, after a positive decision.
 func (p *Policy) Decide(r Request, o Outcome) Decision {
 	switch {
+	case o.Kind == OK && (o.StatusCode >= 500 || o.StatusCode == 429):
+		return Decision{Reason: fmt.Sprintf("status %d is not in retry.on", o.StatusCode)}
 	case o.Kind == OK:
 		return Decision{Reason: "success"}
 	case !p.Matches(o):

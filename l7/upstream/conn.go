@@ -141,8 +141,10 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 }
 
 // alive reports whether an idle connection is still open and has nothing
-// unexpected to read: a peer that closed it (EOF, RST) or sent bytes nobody
-// asked for makes it unusable. It peeks without blocking.
+// unexpected to read: a peer that closed it (EOF, RST) or, in plain text,
+// sent bytes nobody asked for makes it unusable. It peeks without blocking.
+// Under TLS, pending bytes may be a post-handshake message (session
+// ticket, key update), so only EOF and errors count.
 func (c *Conn) alive() bool {
 	if c.br.Buffered() > 0 {
 		return false
@@ -161,7 +163,8 @@ func (c *Conn) alive() bool {
 		n, _, rerr := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		switch {
 		case n == 0 && rerr == nil: // EOF
-		case n > 0: // unsolicited bytes
+		case n > 0: // unsolicited bytes, unless TLS records
+			ok = c.nc != c.raw
 		case errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EWOULDBLOCK):
 			ok = true
 		}

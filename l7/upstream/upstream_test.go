@@ -1,0 +1,217 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// echoServer accepts connections on loopback and counts the open ones.
+type echoServer struct {
+	addr netip.AddrPort
+	open atomic.Int64
+	mu   sync.Mutex
+	cs   []net.Conn
+}
+
+func newEchoServer(t *testing.T) *echoServer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &echoServer{addr: netip.MustParseAddrPort(l.Addr().String())}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.open.Add(1)
+			s.mu.Lock()
+			s.cs = append(s.cs, c)
+			s.mu.Unlock()
+			wg.Go(func() {
+				defer s.open.Add(-1)
+				io.Copy(c, c)
+				c.Close()
+			})
+		}
+	})
+	t.Cleanup(func() {
+		l.Close()
+		s.closeAll()
+		wg.Wait()
+	})
+	return s
+}
+
+func (s *echoServer) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.cs {
+		c.Close()
+	}
+	s.cs = nil
+}
+
+func waitOpen(t *testing.T, s *echoServer, want int64) {
+	t.Helper()
+	for range 200 {
+		if s.open.Load() == want {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Errorf("%d connections open at the server, want %d", s.open.Load(), want)
+}
+
+func get(t *testing.T, p *Pools, a netip.AddrPort) *Conn {
+	t.Helper()
+	c, err := p.Get(context.Background(), a, "", "answer-1", time.Now().Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestReuseAndRetire(t *testing.T) {
+	s := newEchoServer(t)
+	p := New(Options{})
+	defer p.Close()
+	c1, c2 := get(t, p, s.addr), get(t, p, s.addr)
+	p.Put(c1, true)
+	c3 := get(t, p, s.addr)
+	if c3 != c1 || !c3.Reused() || c3.Info() != "answer-1" || c3.Requests() != 2 {
+		t.Fatalf("idle connection not reused: %p %p reused=%v", c3, c1, c3.Reused())
+	}
+	p.Put(c3, true)
+	if st := p.Stats(s.addr); st.Idle != 1 || st.Busy != 1 || st.Dialled != 2 || st.Reused != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	// The address leaves active: the idle one closes now, the busy one
+	// when it is given back, even as reusable.
+	if n := p.Retire(s.addr); n != 1 {
+		t.Errorf("retire closed %d idle, want 1", n)
+	}
+	waitOpen(t, s, 1)
+	p.Put(c2, true)
+	waitOpen(t, s, 0)
+	if st := p.Stats(s.addr); st.Idle != 0 || st.Busy != 0 {
+		t.Errorf("after retire: %+v", st)
+	}
+	// Active again: fresh connections, pooled again.
+	c4 := get(t, p, s.addr)
+	if c4.Reused() {
+		t.Error("a connection from before the retirement was reused")
+	}
+	p.Put(c4, true)
+	if st := p.Stats(s.addr); st.Idle != 1 {
+		t.Errorf("after coming back: %+v", st)
+	}
+}
+
+func TestLifetimeIdleTimeoutAndDeadPeers(t *testing.T) {
+	s := newEchoServer(t)
+	p := New(Options{MaxLifetime: 100 * time.Millisecond, IdleTimeout: time.Hour})
+	defer p.Close()
+	c := get(t, p, s.addr)
+	p.Put(c, true)
+	time.Sleep(120 * time.Millisecond)
+	if c2 := get(t, p, s.addr); c2 == c {
+		t.Error("connection reused past its lifetime")
+	} else {
+		// A busy connection past its lifetime closes when given back.
+		time.Sleep(120 * time.Millisecond)
+		p.Put(c2, true)
+	}
+	waitOpen(t, s, 0)
+
+	p2 := New(Options{IdleTimeout: 50 * time.Millisecond})
+	defer p2.Close()
+	p2.Put(get(t, p2, s.addr), true)
+	p2.Sweep(time.Now().Add(time.Second))
+	if st := p2.Stats(s.addr); st.Idle != 0 {
+		t.Errorf("sweep left %d idle past the idle timeout", st.Idle)
+	}
+	waitOpen(t, s, 0)
+
+	// The peer closes an idle connection: it is not handed out.
+	p3 := New(Options{})
+	defer p3.Close()
+	c = get(t, p3, s.addr)
+	p3.Put(c, true)
+	s.closeAll()
+	waitOpen(t, s, 0)
+	time.Sleep(10 * time.Millisecond)
+	if c2 := get(t, p3, s.addr); c2 == c {
+		t.Error("a connection closed by the peer was reused")
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddrPort(l.Addr().String())
+	l.Close()
+	p := New(Options{})
+	_, err = p.Get(context.Background(), a, "", "", time.Now().Add(time.Second))
+	var de *DialError
+	if !errors.As(err, &de) || de.Timeout || de.Addr != a {
+		t.Errorf("refused: %v", err)
+	}
+	p = New(Options{Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}})
+	t0 := time.Now()
+	_, err = p.Get(context.Background(), a, "", "", time.Now().Add(50*time.Millisecond))
+	if !errors.As(err, &de) || !de.Timeout || time.Since(t0) > time.Second {
+		t.Errorf("connect timeout: %v", err)
+	}
+	p.Close()
+	if _, err := p.Get(context.Background(), a, "", "", time.Now().Add(time.Second)); !errors.Is(err, ErrClosed) {
+		t.Errorf("after close: %v", err)
+	}
+}
+
+func TestPhaseDeadlines(t *testing.T) {
+	s := newEchoServer(t)
+	p := New(Options{})
+	defer p.Close()
+	c := get(t, p, s.addr)
+	defer p.Put(c, false)
+	c.SetTimeouts(time.Second, 50*time.Millisecond, time.Time{})
+	c.Writer().WriteString("ping")
+	if err := c.Writer().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c.Reader(), buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo: %q %v", buf, err)
+	}
+	if c.Written() != 4 || c.ReadBytes() != 4 {
+		t.Errorf("counters %d/%d", c.Written(), c.ReadBytes())
+	}
+	t0 := time.Now()
+	_, err := c.Reader().ReadByte()
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || time.Since(t0) > 500*time.Millisecond {
+		t.Errorf("read timeout: %v after %s", err, time.Since(t0))
+	}
+	// The overall deadline wins over a longer phase timeout.
+	c.SetTimeouts(time.Second, time.Hour, time.Now().Add(30*time.Millisecond))
+	t0 = time.Now()
+	if _, err := c.Reader().ReadByte(); err == nil || time.Since(t0) > 500*time.Millisecond {
+		t.Errorf("deadline: %v after %s", err, time.Since(t0))
+	}
+}
