@@ -116,7 +116,7 @@ func (s *nameState) onNegative(now time.Time, a Answer) outcome {
 	case !s.holdUntil.IsZero():
 		// Already holding: expire now if due, else keep holding.
 		if !now.Before(s.holdUntil) {
-			return s.expire(now, next, a.Rcode)
+			return s.expire(now, next, a.Rcode, a.AAAA)
 		}
 		reason = ReasonHold
 	case len(s.current) > 0 || !s.published:
@@ -126,24 +126,31 @@ func (s *nameState) onNegative(now time.Time, a Answer) outcome {
 		s.holdUntil = now.Add(s.cfg.NXDomainHold)
 		s.stats.holdsStarted.Add(1)
 		if s.cfg.NXDomainHold <= 0 {
-			return s.expire(now, next, a.Rcode)
+			return s.expire(now, next, a.Rcode, a.AAAA)
 		}
 		reason = ReasonHold
 	}
 	u := s.make(now, reason, s.current, next)
 	u.Rcode = a.Rcode
+	if len(a.AAAA) > 0 {
+		// An IPv6-only name: say so rather than look merely empty.
+		u.AAAA = slices.Clone(a.AAAA)
+		s.latest = u
+	}
 	// Before the first publication a hold is silent: nothing to keep
 	// for the consumer, and an empty set must wait for the hold.
 	return outcome{update: u, publish: s.published, next: next}
 }
 
 // expire ends a hold: the set becomes empty.
-func (s *nameState) expire(now, next time.Time, rcode int) outcome {
+func (s *nameState) expire(now, next time.Time, rcode int, aaaa []netip.Addr) outcome {
 	s.holdUntil = time.Time{}
 	s.stats.holdsExpired.Add(1)
 	s.published = true
 	u := s.make(now, ReasonHoldExpired, nil, next)
 	u.Rcode = rcode
+	u.AAAA = slices.Clone(aaaa)
+	s.latest = u
 	return outcome{update: u, publish: true, next: next}
 }
 
@@ -169,7 +176,7 @@ func (s *nameState) tick(now time.Time) (outcome, bool) {
 	if d := s.holdDeadline(); d.IsZero() || now.Before(d) {
 		return outcome{}, false
 	}
-	o := s.expire(now, s.latest.NextLookup, s.latest.Rcode)
+	o := s.expire(now, s.latest.NextLookup, s.latest.Rcode, s.latest.AAAA)
 	return o, true
 }
 

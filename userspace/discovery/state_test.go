@@ -207,6 +207,20 @@ func TestNoHold(t *testing.T) {
 	}
 }
 
+func TestIPv6OnlyNameReported(t *testing.T) {
+	s := newNameState(testConfig(), "x.", constRand(0), &Stats{})
+	now := time.Now()
+	s.onAnswer(now, Answer{Addrs: addrs("198.18.2.11"), TTL: time.Second, ReceivedAt: now})
+	o := s.onAnswer(now, Answer{AAAA: addrs("2001:db8::1")})
+	if o.update.Reason != ReasonHold || !slices.Equal(o.update.AAAA, addrs("2001:db8::1")) {
+		t.Errorf("%+v", o.update)
+	}
+	o, ok := s.tick(now.Add(time.Minute))
+	if !ok || o.update.Reason != ReasonHoldExpired || !slices.Equal(o.update.AAAA, addrs("2001:db8::1")) {
+		t.Errorf("%+v", o.update)
+	}
+}
+
 func TestFromConfig(t *testing.T) {
 	c := FromConfig(config.DNS{
 		Servers: []string{"198.18.2.53:53"}, MinTTL: config.Duration(2 * time.Second),

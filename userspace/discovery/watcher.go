@@ -15,7 +15,8 @@ import (
 type WatcherOptions struct {
 	// OnUpdate receives every published Update, from the name's own
 	// goroutine, in order for that name. It must not block for long and
-	// must not call Unwatch or Sync (they wait for that goroutine).
+	// must not call Watch, Unwatch or Sync (they may wait for that
+	// goroutine).
 	OnUpdate func(Update)
 	// Observe, if set, sees every Update before OnUpdate does, published
 	// or not (Update.Published): every lookup outcome and every hold
@@ -48,6 +49,7 @@ type Watcher struct {
 
 // watch is one name's goroutine and what others may ask of it.
 type watch struct {
+	ctx     context.Context
 	cancel  context.CancelFunc
 	done    chan struct{}
 	refresh chan struct{} // capacity 1: a pending Refresh
@@ -92,14 +94,26 @@ func (w *Watcher) Watch(ctx context.Context, name string) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, ok := w.names[fq]; ok {
-		return nil
+	for {
+		old, ok := w.names[fq]
+		if !ok {
+			break
+		}
+		if old.ctx.Err() == nil {
+			return nil
+		}
+		// Its context ended but its goroutine may still be delivering:
+		// let it finish, so Updates for a name never interleave.
+		w.mu.Unlock()
+		<-old.done
+		w.mu.Lock()
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("watch %s: %w", fq, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	wt := &watch{cancel: cancel, done: make(chan struct{}), refresh: make(chan struct{}, 1)}
+	wt.ctx = ctx
 	w.names[fq] = wt
 	w.wg.Add(1)
 	go w.run(ctx, fq, wt)
@@ -215,7 +229,14 @@ func (w *Watcher) Wait() { w.wg.Wait() }
 func (w *Watcher) run(ctx context.Context, name string, wt *watch) {
 	defer w.wg.Done()
 	defer close(wt.done)
-	defer wt.cancel()
+	defer func() {
+		wt.cancel()
+		w.mu.Lock()
+		if w.names[name] == wt {
+			delete(w.names, name)
+		}
+		w.mu.Unlock()
+	}()
 	st := newNameState(w.cfg, name, w.rand, w.stats)
 	log := w.log.With("name", name)
 	next := w.clock.Now() // first lookup at once
@@ -298,11 +319,12 @@ func (w *Watcher) logUpdate(log *slog.Logger, o outcome) {
 	case ReasonHold:
 		log.Warn("dns name has no IPv4 address, keeping the last good answer",
 			"rcode", rcodeName(u.Rcode), "keep", u.Addresses(), "hold_until", u.HoldUntil,
-			"published", o.publish)
+			"published", o.publish, "aaaa_not_served", u.AAAA)
 	case ReasonHoldExpired:
-		log.Warn("dns hold expired, withdrawing the name's addresses", "removed", u.Removed)
+		log.Warn("dns hold expired, withdrawing the name's addresses", "removed", u.Removed,
+			"aaaa_not_served", u.AAAA)
 	case ReasonNegative:
-		log.Debug("dns name still has no IPv4 address", "rcode", rcodeName(u.Rcode))
+		log.Debug("dns name still has no IPv4 address", "rcode", rcodeName(u.Rcode), "aaaa_not_served", u.AAAA)
 	case ReasonFailure:
 		log.Warn("dns lookup failed, keeping the last good answer", "kind", u.Failure,
 			"failures", u.Failures, "keep", u.Addresses(),

@@ -243,6 +243,28 @@ func TestWatcherSyncUnwatch(t *testing.T) {
 	}
 }
 
+func TestWatcherRewatchAfterContextEnds(t *testing.T) {
+	h := newWatchHarness(t, answerA(30, "198.18.2.11"))
+	ctx1, cancel1 := context.WithCancel(h.ctx)
+	if err := h.w.Watch(ctx1, "backend.lab"); err != nil {
+		t.Fatal(err)
+	}
+	h.next(t)
+	cancel1()
+	// Watching again with a live context starts a new goroutine, whether
+	// or not the old one has finished yet.
+	if err := h.w.Watch(h.ctx, "backend.lab"); err != nil {
+		t.Fatal(err)
+	}
+	if u := h.next(t); u.Seq != 1 {
+		t.Errorf("new watch update %+v", u)
+	}
+	h.clock.waitTimers(t, 1)
+	if got := h.w.Names(); !slices.Equal(got, []string{"backend.lab."}) {
+		t.Errorf("names %v", got)
+	}
+}
+
 // TestWatcherRealServer drives the whole thing over sockets with the real
 // clock: the served record switches and the watcher follows within the
 // (clamped) TTL.
