@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -48,6 +49,15 @@ type Addr struct {
 	FirstSeen time.Time
 	// FirstSeq is the sequence number of the answer that first returned it.
 	FirstSeq uint64
+}
+
+// Info describes where the address came from, for status output, e.g.
+// "A 198.18.2.11 ttl 2s, answer #3 from 198.18.2.53:53 at 12:00:01.250,
+// first seen in #1".
+func (a Addr) Info() string {
+	return fmt.Sprintf("A %s ttl %s, answer #%d from %s at %s, first seen in #%d",
+		a.Addr, a.Answer.TTL, a.Answer.Seq, a.Answer.Server,
+		a.Answer.ReceivedAt.Format("15:04:05.000"), a.FirstSeq)
 }
 
 // Update is the state of one name after a lookup or a hold expiry. Addrs
