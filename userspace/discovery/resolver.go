@@ -330,6 +330,12 @@ func (r *Resolver) query(ctx context.Context, fq string, qtype uint16, server st
 	default:
 		return Answer{}, FailGarbage, fmt.Errorf("%w: %s answered %s", errGarbage, server, rcodeName(reply.Rcode))
 	}
+	if lameReferral(reply) {
+		// A server that is not a resolver for this name (or is
+		// misconfigured) hands out a delegation: that says nothing
+		// about the name, so it must not count as "no addresses".
+		return Answer{}, FailGarbage, fmt.Errorf("%w: %s answered with a referral, not an answer (is it a recursive resolver?)", errGarbage, server)
+	}
 	ans := parseAnswer(fq, qtype, reply)
 	ans.Server = server
 	ans.ReceivedAt = received
@@ -341,6 +347,24 @@ func (r *Resolver) exchange(ctx context.Context, q *dns.Msg, network, server str
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	return r.x.Exchange(ctx, q, network, server)
+}
+
+// lameReferral reports a NOERROR reply with no answer, NS records and no
+// SOA in the authority section: a delegation, not a negative answer.
+func lameReferral(reply *dns.Msg) bool {
+	if reply.Rcode != dns.RcodeSuccess || len(reply.Answer) > 0 {
+		return false
+	}
+	ns := false
+	for _, rr := range reply.Ns {
+		switch rr.(type) {
+		case *dns.SOA:
+			return false
+		case *dns.NS:
+			ns = true
+		}
+	}
+	return ns
 }
 
 // maxChain bounds the CNAME chain followed inside one reply.

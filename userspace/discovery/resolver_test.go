@@ -191,6 +191,14 @@ func TestLookupFailover(t *testing.T) {
 				_ = w.WriteMsg(m)
 			})
 		}, FailGarbage},
+		{"lame referral", func(t *testing.T) string {
+			return startServer(t, func(w dns.ResponseWriter, q *dns.Msg) {
+				m := new(dns.Msg)
+				m.SetReply(q)
+				m.Ns = rrs(t, "lab. 60 NS ns1.elsewhere.")
+				_ = w.WriteMsg(m)
+			})
+		}, FailGarbage},
 		{"timeout", func(t *testing.T) string {
 			return startServer(t, func(dns.ResponseWriter, *dns.Msg) {})
 		}, FailTimeout},
