@@ -146,8 +146,10 @@ traffic "$requests"
 say "sluice status"
 "$sluice" status -c "$config"
 
-say "sluice conntrack"
-"$sluice" conntrack -c "$config" | head -n 20
+say "sluice conntrack (first 12 flows)"
+# sed reads everything: head would close the pipe early (SIGPIPE under pipefail)
+"$sluice" conntrack -c "$config" | sed -n '1,13p'
+
 
 say "drain be1 ($BE1:80): new connections avoid it"
 "$sluice" drain -c "$config" web "$BE1:80"
