@@ -77,6 +77,7 @@ func TestMetrics(t *testing.T) {
 		{"sluice_backend_transitions_total", "cause=config,from=absent,pool=web,to=active", 3},
 		{"sluice_config_reloads_total", "result=refused", 1},
 		{"sluice_map_errors_total", "", 0},
+		{"sluice_ejections_refused_total", "pool=web", 0},
 	}
 	for _, c := range checks {
 		got, ok := m[c.name][c.labels]
