@@ -47,7 +47,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				if s.written {
 					ss, err := a.dp.ServiceStats(s.id)
 					if err != nil {
-						a.mapError(err, "reading service stats failed", "service", sc.Name)
+						a.mapError("ServiceStats", err, "reading service stats failed", "service", sc.Name)
 					}
 					out.Packets, out.Bytes, out.NewFlows = ss.Packets, ss.Bytes, ss.NewFlows
 					out.RSTs = ss.RSTNoBackend + ss.RSTRemovedBackend
@@ -88,7 +88,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				ab.ActiveFlows = a.flowsBySlot[n]
 				bs, err := a.dp.BackendStats(n)
 				if err != nil {
-					a.mapError(err, "reading backend stats failed", "slot", n)
+					a.mapError("BackendStats", err, "reading backend stats failed", "slot", n)
 				}
 				ab.Packets, ab.Bytes, ab.NewFlows = bs.Packets, bs.Bytes, bs.NewFlows
 			}
@@ -142,7 +142,7 @@ func (a *agent) Flows(ctx context.Context, f admin.FlowFilter) ([]admin.Flow, er
 		return len(out) < maxFlowsListed
 	})
 	if err != nil {
-		a.mapError(err, "reading conntrack failed")
+		a.mapError("Flows", err, "reading conntrack failed")
 		return nil, fmt.Errorf("read conntrack: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -244,12 +244,13 @@ func (a *agent) Reload(ctx context.Context) error {
 	cfg, err := a.load(a.configPath)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.metrics != nil {
+		a.metrics.Agent.ConfigReload(err == nil)
+	}
 	if err != nil {
-		a.reloadsRefused++
 		a.log.Error("reload refused, the running config stays", "config", a.configPath, "err", err)
 		return fmt.Errorf("%w: %w", admin.ErrReloadRefused, err)
 	}
-	a.reloadsOK++
 	a.warnRestartOnly(cfg)
 	now := a.now()
 	a.apply(now, cfg)

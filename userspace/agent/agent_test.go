@@ -56,7 +56,15 @@ type harness struct {
 	ctx  context.Context
 }
 
+var errTest = errors.New("injected map failure")
+
 func newHarness(t *testing.T, dp *datapath.Fake, cfgText string) *harness {
+	t.Helper()
+	return newHarnessWith(t, dp, cfgText, nil)
+}
+
+// newHarnessWith is newHarness with a hook run on the agent before start.
+func newHarnessWith(t *testing.T, dp *datapath.Fake, cfgText string, setup func(*agent)) *harness {
 	t.Helper()
 	if dp == nil {
 		dp = datapath.NewFake(tableSize)
@@ -65,6 +73,9 @@ func newHarness(t *testing.T, dp *datapath.Fake, cfgText string) *harness {
 		now: time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC), ctx: context.Background()}
 	h.write(cfgText)
 	h.a = newAgent(dp, options{configPath: h.path, version: "test", now: func() time.Time { return h.now }})
+	if setup != nil {
+		setup(h.a)
+	}
 	cfg, err := config.Load(h.path)
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -700,5 +711,31 @@ func TestPoolSourceHook(t *testing.T) {
 	}
 	if err := h.a.SetSource("nope", "x", nil); !errors.Is(err, admin.ErrUnknownPool) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestRouteSourceInSlots(t *testing.T) {
+	h := newHarness(t, nil, baseConfig) // no route source: slots without one
+	src := netip.MustParseAddr("198.18.2.1")
+	withSrc := options{routeSrc: func(netip.Addr) netip.Addr { return src }}
+
+	// A restarted agent that knows the source rewrites the adopted slots
+	// with it, keeping their gen and state.
+	h.dp.ResetOps()
+	if err := newAgent(h.dp, withSrc).start(h.now, h.a.cfg); err != nil {
+		t.Fatal(err)
+	}
+	for n := uint32(1); n <= 3; n++ {
+		if b := h.dp.Backend(n); b.Src != src || b.Gen != 1 || b.State != datapath.BackendActive {
+			t.Fatalf("slot %d = %+v", n, b)
+		}
+	}
+	// Restarting again with the same source writes no slot.
+	h.dp.ResetOps()
+	if err := newAgent(h.dp, withSrc).start(h.now, h.a.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if i := opIndex(h.dp.Ops(), "SetBackend"); i >= 0 {
+		t.Fatalf("restart rewrote slots: %v", h.dp.Ops())
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/maglev"
+	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -62,6 +63,8 @@ type options struct {
 	load       func(path string) (*config.Config, error)
 	observe    pool.Observer
 	now        func() time.Time
+	// metrics receives transitions, reloads, map errors and GC counts.
+	metrics *metrics.Metrics
 	// routeSrc returns the host's source address towards a backend (the
 	// snat source of services that name none); nil or an invalid result:
 	// unknown.
@@ -78,7 +81,8 @@ type agent struct {
 	now         func() time.Time
 	routeSrc    func(netip.Addr) netip.Addr
 	startedAt   time.Time
-	transitions *transitionCounter // the pools' observer
+	transitions *observer        // the pools' observer
+	metrics     *metrics.Metrics // may be nil
 
 	mu       sync.Mutex
 	dp       datapath.Map
@@ -93,10 +97,10 @@ type agent struct {
 	flowsBySvc  map[uint32]int
 	flowsAt     time.Time // when they were counted
 
-	mapErrors      uint64 // map operations that failed, for status and metrics
-	gcDeleted      uint64 // expired flows deleted
-	reloadsOK      uint64
-	reloadsRefused uint64
+	flowsTotal int // forward entries at the last count, expired ones too
+
+	mapErrors uint64 // map operations that failed
+	gcDeleted uint64 // expired flows deleted
 }
 
 func newAgent(dp datapath.Map, o options) *agent {
@@ -116,7 +120,8 @@ func newAgent(dp datapath.Map, o options) *agent {
 		load:        o.load,
 		now:         o.now,
 		routeSrc:    o.routeSrc,
-		transitions: newTransitionCounter(o.observe),
+		transitions: newObserver(o.metrics, o.observe),
+		metrics:     o.metrics,
 		dp:          dp,
 		pools:       make(map[string]*poolState),
 		services:    make(map[datapath.ServiceKey]*service),
@@ -338,9 +343,13 @@ func slotStateOf(s pool.State) datapath.BackendState {
 	return datapath.BackendRemoved
 }
 
-// mapError logs and counts a failed map operation; reconcile retries it.
-func (a *agent) mapError(err error, msg string, args ...any) {
+// mapError logs and counts a failed map operation (op: the datapath.Map
+// method); reconcile retries it.
+func (a *agent) mapError(op string, err error, msg string, args ...any) {
 	a.mapErrors++
+	if a.metrics != nil {
+		a.metrics.Agent.MapError(op)
+	}
 	a.log.Warn(msg, append(args, "err", err)...)
 }
 
@@ -404,7 +413,7 @@ func (a *agent) reconcile(now time.Time) error {
 	for _, s := range a.sortedServices() {
 		if !s.configured {
 			if err := a.dp.DeleteService(s.key, s.id); err != nil {
-				a.mapError(err, "delete service failed", "service_id", s.id)
+				a.mapError("DeleteService", err, "delete service failed", "service_id", s.id)
 				errs = append(errs, fmt.Errorf("delete service %d: %w", s.id, err))
 				continue
 			}
@@ -415,7 +424,7 @@ func (a *agent) reconcile(now time.Time) error {
 		}
 		if !s.written {
 			if err := a.dp.SetService(s.key, s.value); err != nil {
-				a.mapError(err, "write service failed", "service", s.name)
+				a.mapError("SetService", err, "write service failed", "service", s.name)
 				errs = append(errs, fmt.Errorf("write service %s: %w", s.name, err))
 				continue
 			}
@@ -456,7 +465,7 @@ func (a *agent) reconcile(now time.Time) error {
 func (a *agent) writeSlot(now time.Time, n uint32, sl *slot) error {
 	b := sl.desired()
 	if err := a.dp.SetBackend(n, b); err != nil {
-		a.mapError(err, "write backend slot failed", "slot", n, "address", b.Addr.String(), "state", slotStateName(b.State))
+		a.mapError("SetBackend", err, "write backend slot failed", "slot", n, "address", b.Addr.String(), "state", slotStateName(b.State))
 		return fmt.Errorf("write backend slot %d (%s %s): %w", n, b.Addr, slotStateName(b.State), err)
 	}
 	sl.written, sl.writtenOK = b, true
@@ -483,11 +492,11 @@ func (a *agent) writeTable(s *service) error {
 	}
 	table, err := maglev.Build(bs, a.dp.TableSize())
 	if err != nil {
-		a.mapError(err, "build maglev table failed", "service", s.name)
+		a.mapError("SetTable", err, "build maglev table failed", "service", s.name)
 		return fmt.Errorf("build table of service %s: %w", s.name, err)
 	}
 	if err := a.dp.SetTable(s.id, table); err != nil {
-		a.mapError(err, "write maglev table failed", "service", s.name)
+		a.mapError("SetTable", err, "write maglev table failed", "service", s.name)
 		return fmt.Errorf("write table of service %s: %w", s.name, err)
 	}
 	s.tableKnown = true
@@ -548,7 +557,9 @@ func (a *agent) countFlows(now time.Time) bool {
 	bySlot := make(map[uint32]int)
 	bySvc := make(map[uint32]int)
 	var expired []datapath.Flow
+	total := 0
 	err := a.dp.Flows(func(f datapath.Flow) bool {
+		total++
 		if f.Expired {
 			if len(expired) < maxGCPerTick {
 				expired = append(expired, f)
@@ -562,16 +573,21 @@ func (a *agent) countFlows(now time.Time) bool {
 		return true
 	})
 	if err != nil {
-		a.mapError(err, "reading conntrack failed")
+		a.mapError("Flows", err, "reading conntrack failed")
 		return false
 	}
-	a.flowsBySlot, a.flowsBySvc, a.flowsAt = bySlot, bySvc, now
+	a.flowsBySlot, a.flowsBySvc, a.flowsAt, a.flowsTotal = bySlot, bySvc, now, total
+	deleted := 0
 	for _, f := range expired {
 		if err := a.dp.DeleteFlow(f); err != nil {
-			a.mapError(err, "deleting an expired flow failed", "client", f.Client.String(), "vip", f.VIP.String())
+			a.mapError("DeleteFlow", err, "deleting an expired flow failed", "client", f.Client.String(), "vip", f.VIP.String())
 			break
 		}
-		a.gcDeleted++
+		deleted++
+	}
+	a.gcDeleted += uint64(deleted)
+	if a.metrics != nil && deleted > 0 {
+		a.metrics.Agent.ConntrackGCDeleted(deleted)
 	}
 	return true
 }
@@ -592,7 +608,13 @@ func (a *agent) tick(now time.Time) error {
 				}
 			}
 		}
+		before := ps.p.Backends()
 		ps.p.Tick(now, flows)
+		for _, b := range before {
+			if _, ok := ps.p.Backend(b.Addr); !ok {
+				a.transitions.forget(name, b.Addr)
+			}
+		}
 		if !ps.configured && ps.p.Empty() {
 			delete(a.pools, name)
 			a.log.Info("pool forgotten", "pool", name)

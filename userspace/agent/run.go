@@ -24,6 +24,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/metrics"
 )
 
 // TickInterval is how often flows are counted and lifecycles advanced.
@@ -71,25 +72,32 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	}()
 
 	a := newAgent(dp, options{log: log, version: version, configPath: configPath, routeSrc: routeSource})
+	a.setMetrics(metrics.New(metrics.Options{
+		Version:           version,
+		DataPath:          dp,
+		Topology:          topology{a},
+		ConntrackCapacity: cfg.Datapath.ConntrackMax,
+		Logger:            log.With("component", "metrics"),
+	}))
 	if err := a.start(time.Now(), cfg); err != nil {
 		return err
 	}
 	log.Info("agent started", "version", version, "config", configPath,
 		"services", len(cfg.Services), "pools", len(cfg.Pools), "interfaces", cfg.Interfaces)
-	metrics := cfg.Metrics.Listen
-	if metrics == config.MetricsOff {
-		metrics = ""
+	listen := cfg.Metrics.Listen
+	if listen == config.MetricsOff {
+		listen = ""
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	return a.serve(ctx, cfg.Admin.Socket, metrics, hup)
+	return a.serve(ctx, cfg.Admin.Socket, listen, hup)
 }
 
-// serve runs the admin API, the metrics endpoint (unless metrics is ""),
+// serve runs the admin API, the metrics endpoint (unless metricsListen is ""),
 // the tick loop and a reload per value on hup until ctx is done or the
 // admin server fails.
-func (a *agent) serve(ctx context.Context, socket, metrics string, hup <-chan os.Signal) error {
+func (a *agent) serve(ctx context.Context, socket, metricsListen string, hup <-chan os.Signal) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -103,8 +111,14 @@ func (a *agent) serve(ctx context.Context, socket, metrics string, hup <-chan os
 		}
 	})
 
-	if metrics != "" {
-		wg.Go(func() { a.serveMetrics(ctx, metrics) })
+	if a.metrics != nil && metricsListen != "" {
+		wg.Go(func() {
+			// Forwarding matters more than the endpoint: a failure is
+			// logged and the agent goes on.
+			if err := a.metrics.Serve(ctx, metricsListen); err != nil {
+				a.log.Error("metrics endpoint not served", "listen", metricsListen, "err", err)
+			}
+		})
 	}
 
 	ticker := time.NewTicker(TickInterval)
@@ -166,4 +180,10 @@ func routeSource(ip netip.Addr) netip.Addr {
 		return netip.Addr{}
 	}
 	return src.Unmap()
+}
+
+// setMetrics makes m receive the agent's events. Call before start.
+func (a *agent) setMetrics(m *metrics.Metrics) {
+	a.metrics = m
+	a.transitions.metrics = m
 }
