@@ -28,6 +28,10 @@ type exResult struct {
 // max1xx bounds the informational responses skipped before the real one.
 const max1xx = 8
 
+// maxResponseHeader bounds a backend's response header (with the 1xx
+// before it and what the reader buffers ahead).
+const maxResponseHeader = 1 << 20
+
 // exchange writes the request on conn and reads the response header. On
 // success the response body is still to be read from conn; on failure conn
 // is closed and given back.
@@ -70,6 +74,7 @@ func (s *Server) exchange(ctx context.Context, st *settings, conn *upstream.Conn
 	}
 	// The response header must come within `read` of the request's end.
 	conn.SetTimeouts(t.Send.D(), 0, minTime(time.Now().Add(t.Read.D()), deadline))
+	conn.LimitReads(maxResponseHeader)
 	var resp *http.Response
 	for i := 0; ; i++ {
 		r, err := http.ReadResponse(conn.Reader(), &http.Request{Method: out.method})
@@ -86,6 +91,7 @@ func (s *Server) exchange(ctx context.Context, st *settings, conn *upstream.Conn
 	}
 	// From now on `read` bounds the wait between two body reads.
 	conn.SetTimeouts(t.Send.D(), t.Read.D(), deadline)
+	conn.LimitReads(0)
 	res.resp = resp
 	res.outcome.Sent = true
 	res.outcome.StatusCode = resp.StatusCode

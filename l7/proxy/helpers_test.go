@@ -268,11 +268,13 @@ func start(t *testing.T, p PoolView, mod func(*Options)) *harness {
 	go func() { done <- srv.Serve(ctx, l) }()
 	tr := &http.Transport{MaxIdleConnsPerHost: 64}
 	t.Cleanup(func() {
+		// Idle client connections first: a connection the client dialled
+		// but never used would hold a graceful shutdown for 5s.
+		tr.CloseIdleConnections()
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
-		tr.CloseIdleConnections()
 	})
 	return &harness{srv: srv, url: "http://" + l.Addr().String(), access: acc, client: &http.Client{Transport: tr, Timeout: 20 * time.Second}}
 }

@@ -246,7 +246,11 @@ func TestUpdateUnderLoad(t *testing.T) {
 	for range 16 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
+				t0 := time.Now()
 				resp, err := h.client.Get(h.url + "/")
+				if d := time.Since(t0); d > time.Second {
+					t.Logf("slow request: %s", d)
+				}
 				if err != nil {
 					failed.Add(1)
 					continue

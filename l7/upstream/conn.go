@@ -34,6 +34,9 @@ type Conn struct {
 	// per-phase deadlines, set by SetTimeouts
 	writeTimeout, readTimeout time.Duration
 	deadline                  time.Time
+	// readLimit, when positive, is the byte count past which reads fail
+	// (a response header that never ends).
+	readLimit int64
 
 	br *bufio.Reader
 	bw *bufio.Writer
@@ -91,8 +94,22 @@ func (c *Conn) close() {
 	c.closeOnce.Do(func() { _ = c.nc.Close() })
 }
 
+// ErrTooLarge is returned by reads past the limit set by LimitReads.
+var ErrTooLarge = errors.New("upstream response header too large")
+
+// LimitReads makes reads fail with ErrTooLarge once n more bytes have been
+// read from the connection (n <= 0: no limit). The proxy bounds a
+// response header this way.
+func (c *Conn) LimitReads(n int64) {
+	if n <= 0 {
+		c.readLimit = 0
+		return
+	}
+	c.readLimit = c.read.Load() + n
+}
+
 func (c *Conn) clearDeadlines() {
-	c.writeTimeout, c.readTimeout, c.deadline = 0, 0, time.Time{}
+	c.writeTimeout, c.readTimeout, c.deadline, c.readLimit = 0, 0, time.Time{}, 0
 	_ = c.nc.SetDeadline(time.Time{})
 }
 
@@ -111,6 +128,15 @@ type phaseReader struct{ c *Conn }
 
 func (r phaseReader) Read(b []byte) (int, error) {
 	c := r.c
+	if c.readLimit > 0 {
+		left := c.readLimit - c.read.Load()
+		if left <= 0 {
+			return 0, ErrTooLarge
+		}
+		if int64(len(b)) > left {
+			b = b[:left]
+		}
+	}
 	_ = c.nc.SetReadDeadline(c.deadlineFor(c.readTimeout))
 	n, err := c.nc.Read(b)
 	c.read.Add(int64(n))
