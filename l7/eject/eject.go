@@ -187,7 +187,16 @@ func (t *Tracker) Abandon(addr netip.AddrPort) {
 // Report records the outcome of a try on addr. failed is whether it counts
 // as a failure (see the package doc); cause describes it for the pool's
 // records ("status 503", "connect-failure"). trial is Admit's answer.
+//
+// Failures of requests that were sent before the address left `active`
+// (it was ejected or drained meanwhile) are not counted: they would extend
+// an ejection that already happened and inflate its doubling.
 func (t *Tracker) Report(now time.Time, addr netip.AddrPort, trial, failed bool, cause string) {
+	if failed && !trial {
+		if b, ok := t.p.Backend(addr); !ok || b.State != pool.Active {
+			return
+		}
+	}
 	var ev *Event
 	t.mu.Lock()
 	if trial {

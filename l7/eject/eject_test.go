@@ -225,3 +225,22 @@ func TestValidate(t *testing.T) {
 		t.Error("disabled ejection refused")
 	}
 }
+
+// Requests in flight when an address is ejected fail afterwards: they must
+// not extend the ejection nor count towards its doubling.
+func TestLateFailuresIgnored(t *testing.T) {
+	p, tr, as, _ := setup(t, 4, -1)
+	a := as[2]
+	for range 3 {
+		tr.Report(t0, a, false, true, "status 503")
+	}
+	before := state(p, a)
+	for range 10 {
+		tr.Report(t0.Add(time.Second), a, false, true, "status 503")
+	}
+	after := state(p, a)
+	if after.Ejections != before.Ejections || !after.EjectedUntil.Equal(before.EjectedUntil) {
+		t.Errorf("late failures changed the ejection: %d until %s, was %d until %s",
+			after.Ejections, after.EjectedUntil, before.Ejections, before.EjectedUntil)
+	}
+}
