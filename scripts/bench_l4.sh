@@ -45,6 +45,19 @@ run_wrk() {
 	local name=$1 load=$2 url=$3
 	shift 3
 	local out rps p50 p99 errs
+	# Each path gets its own client port range. The backends keep the
+	# server-side TIME_WAIT of every closed connection, and the client's TCP
+	# timestamp offset is per destination (be1, VIP .200, VIP .100): a SYN
+	# that reuses a port last used on another path fails PAWS at the backend
+	# and waits for a 1 s retransmit, which made whichever path ran second
+	# look several times slower on new-conn.
+	local range
+	case $name in
+	direct) range="10000 29999" ;;
+	nftables) range="30000 44999" ;;
+	*) range="45000 60999" ;;
+	esac
+	"$lab" exec "$id" client sysctl -qw net.ipv4.ip_local_port_range="$range"
 	out=$("$lab" exec "$id" client wrk -t"$threads" -c"$conns" -d"${dur}s" --latency "$@" "$url" 2>&1)
 	rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
 	p50=$(awk '$1=="50%" {print $2}' <<<"$out")
