@@ -33,7 +33,8 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	}
 	// Counts a few hundred milliseconds old are fine; older ones (right
 	// after a drain, say) are refreshed.
-	if now := a.now(); now.Sub(a.flowsAt) > statusFlowsMaxAge {
+	now := a.now()
+	if now.Sub(a.flowsAt) > statusFlowsMaxAge {
 		a.countFlows(now)
 	}
 	for _, sc := range a.cfg.Services {
@@ -75,6 +76,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				Since:   b.Since,
 				Weight:  b.Weight,
 				Slot:    b.Slot,
+				TTLLeft: a.ttlLeft(now, b.Source),
 			}
 			if b.Held && b.State != pool.Draining {
 				ab.Cause += " (held by operator)"
@@ -242,8 +244,6 @@ func (a *agent) resolveAddress(ps *poolState, s string) (netip.AddrPort, error) 
 // invalid one is refused and the running config stays.
 func (a *agent) Reload(ctx context.Context) error {
 	cfg, err := a.load(a.configPath)
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	if a.metrics != nil {
 		a.metrics.Agent.ConfigReload(err == nil)
 	}
@@ -251,12 +251,15 @@ func (a *agent) Reload(ctx context.Context) error {
 		a.log.Error("reload refused, the running config stays", "config", a.configPath, "err", err)
 		return fmt.Errorf("%w: %w", admin.ErrReloadRefused, err)
 	}
+	a.mu.Lock()
 	a.warnRestartOnly(cfg)
 	now := a.now()
 	a.apply(now, cfg)
 	if err := a.reconcile(now); err != nil {
 		a.log.Warn("reload applied, some map writes failed and will be retried", "err", err)
 	}
+	a.mu.Unlock()
+	a.syncDNS()
 	a.log.Info("config reloaded", "config", a.configPath, "services", len(cfg.Services), "pools", len(cfg.Pools))
 	return nil
 }
@@ -266,6 +269,11 @@ func (a *agent) warnRestartOnly(next *config.Config) {
 	cur := a.cfg
 	if cur == nil {
 		return
+	}
+	if !slices.Equal(cur.DNS.Servers, next.DNS.Servers) || cur.DNS.MinTTL != next.DNS.MinTTL ||
+		cur.DNS.MaxTTL != next.DNS.MaxTTL || cur.DNS.NXDomainHold != next.DNS.NXDomainHold ||
+		cur.DNS.Timeout != next.DNS.Timeout || cur.DNS.OnFailure != next.DNS.OnFailure {
+		a.log.Warn("dns settings changed: take effect on restart")
 	}
 	if !slices.Equal(cur.Interfaces, next.Interfaces) {
 		a.log.Warn("interfaces changed: takes effect on restart")

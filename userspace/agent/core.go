@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,6 +66,8 @@ type options struct {
 	now        func() time.Time
 	// metrics receives transitions, reloads, map errors and GC counts.
 	metrics *metrics.Metrics
+	// dns follows backend names (nil: names are not resolved).
+	dns dnsWatcher
 	// routeSrc returns the host's source address towards a backend (the
 	// snat source of services that name none); nil or an invalid result:
 	// unknown.
@@ -83,6 +86,10 @@ type agent struct {
 	startedAt   time.Time
 	transitions *observer        // the pools' observer
 	metrics     *metrics.Metrics // may be nil
+	dns         dnsWatcher       // nil: backend names are not resolved
+	// dnsCtx bounds the watcher's goroutines (the agent's lifetime, not a
+	// request's).
+	dnsCtx context.Context
 
 	mu       sync.Mutex
 	dp       datapath.Map
@@ -98,6 +105,9 @@ type agent struct {
 	flowsAt     time.Time // when they were counted
 
 	flowsTotal int // forward entries at the last count, expired ones too
+
+	// dnsUses maps each backend name (normalized) to the pools using it.
+	dnsUses map[string][]dnsUse
 
 	mapErrors uint64 // map operations that failed
 	gcDeleted uint64 // expired flows deleted
@@ -120,6 +130,9 @@ func newAgent(dp datapath.Map, o options) *agent {
 		load:        o.load,
 		now:         o.now,
 		routeSrc:    o.routeSrc,
+		dns:         o.dns,
+		dnsCtx:      context.Background(),
+		dnsUses:     make(map[string][]dnsUse),
 		transitions: newObserver(o.metrics, o.observe),
 		metrics:     o.metrics,
 		dp:          dp,
@@ -231,6 +244,7 @@ func poolConfig(c config.Pool) pool.Config {
 // marked for deletion. The data path is written by reconcile.
 func (a *agent) apply(now time.Time, cfg *config.Config) {
 	a.cfg = cfg
+	a.dnsUses = dnsUsesOf(cfg)
 	// Routes may have changed: refresh the source towards every backend.
 	for _, sl := range a.slots.bySlot {
 		if sl.live {

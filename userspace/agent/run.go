@@ -79,9 +79,23 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		ConntrackCapacity: cfg.Datapath.ConntrackMax,
 		Logger:            log.With("component", "metrics"),
 	}))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.dnsCtx = ctx
+	if w, err := a.newDNSWatcher(cfg.DNS); err != nil {
+		// Without a resolver, names are not followed; fixed addresses work.
+		a.log.Error("backend names will not be resolved", "err", err)
+	} else {
+		a.dns = w
+		defer func() {
+			cancel()
+			w.Wait()
+		}()
+	}
 	if err := a.start(time.Now(), cfg); err != nil {
 		return err
 	}
+	a.syncDNS()
 	log.Info("agent started", "version", version, "config", configPath,
 		"services", len(cfg.Services), "pools", len(cfg.Pools), "interfaces", cfg.Interfaces)
 	listen := cfg.Metrics.Listen

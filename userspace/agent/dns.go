@@ -1,0 +1,151 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/discovery"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+// dnsWatcher is what the agent needs of discovery.Watcher.
+type dnsWatcher interface {
+	// Sync makes the watched names exactly names.
+	Sync(ctx context.Context, names []string) error
+	// Status is a name's latest Update.
+	Status(name string) (discovery.Update, bool)
+}
+
+var _ dnsWatcher = (*discovery.Watcher)(nil)
+
+// dnsUse is one pool backend given by a DNS name: every address of the
+// name's answer is an address of the pool, on port.
+type dnsUse struct {
+	pool   string
+	name   string // as written in the config: the pool's source name
+	port   uint16
+	weight uint32
+}
+
+// dnsUsesOf maps every backend name of cfg (normalized, as the watcher
+// reports it) to the pool backends that use it.
+func dnsUsesOf(cfg *config.Config) map[string][]dnsUse {
+	out := make(map[string][]dnsUse)
+	for _, p := range cfg.Pools {
+		for _, b := range p.Backends {
+			if !b.IsName() {
+				continue
+			}
+			fq, err := discovery.Normalize(b.Name)
+			if err != nil {
+				continue // config validation reports bad names
+			}
+			out[fq] = append(out[fq], dnsUse{pool: p.Name, name: b.Name, port: b.Port, weight: b.Weight})
+		}
+	}
+	return out
+}
+
+// onDNSUpdate is the watcher's OnUpdate: the name's address set becomes
+// the set of its source in every pool that uses it, applied at once.
+func (a *agent) onDNSUpdate(u discovery.Update) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	if a.applyDNS(now, u) {
+		if err := a.reconcile(now); err != nil {
+			a.log.Debug("reconcile after a DNS update finished with errors, retrying on the next tick", "err", err)
+		}
+	}
+}
+
+// applyDNS feeds u to the pools using its name and reports whether any
+// does. Called with mu held.
+func (a *agent) applyDNS(now time.Time, u discovery.Update) bool {
+	uses := a.dnsUses[u.Name]
+	for _, use := range uses {
+		ps, ok := a.pools[use.pool]
+		if !ok || !ps.configured {
+			continue
+		}
+		desired := make([]pool.Desired, 0, len(u.Addrs))
+		for _, ad := range u.Addrs {
+			if !ad.Addr.Is4() {
+				continue // the data path is IPv4 only; discovery reports AAAA apart
+			}
+			desired = append(desired, pool.Desired{
+				Addr:   netip.AddrPortFrom(ad.Addr, use.port),
+				Weight: use.weight,
+				Info:   ad.Info(),
+			})
+		}
+		ps.p.SetSource(now, use.name, desired)
+	}
+	return len(uses) > 0
+}
+
+// syncDNS makes the watcher follow the running config's names and gives
+// pools that just started using a watched name its latest answer. It must
+// be called without mu: the watcher may wait for a name's goroutine, which
+// may be waiting for mu in onDNSUpdate.
+func (a *agent) syncDNS() {
+	if a.dns == nil {
+		return
+	}
+	a.mu.Lock()
+	names := make([]string, 0, len(a.dnsUses))
+	for fq := range a.dnsUses {
+		names = append(names, fq)
+	}
+	ctx := a.dnsCtx
+	a.mu.Unlock()
+	slices.Sort(names)
+	if err := a.dns.Sync(ctx, names); err != nil {
+		a.log.Error("following backend names", "err", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	changed := false
+	for _, fq := range names {
+		// Only a published set: before the first good answer there is
+		// nothing to serve, and an empty set would drain adopted addresses.
+		if u, ok := a.dns.Status(fq); ok && u.Published {
+			changed = a.applyDNS(now, u) || changed
+		}
+	}
+	if changed {
+		if err := a.reconcile(now); err != nil {
+			a.log.Debug("reconcile after DNS sync finished with errors", "err", err)
+		}
+	}
+}
+
+// ttlLeft is how long the current answer for a backend name is still
+// valid ("" when unknown). Called with mu held.
+func (a *agent) ttlLeft(now time.Time, name string) string {
+	if a.dns == nil || name == "" || name == pool.SourceStatic {
+		return ""
+	}
+	u, ok := a.dns.Status(name)
+	if !ok {
+		return ""
+	}
+	return u.TTLLeft(now).Round(100 * time.Millisecond).String()
+}
+
+// newDNSWatcher builds the resolver and watcher for cfg's dns section.
+func (a *agent) newDNSWatcher(cfg config.DNS) (*discovery.Watcher, error) {
+	r, err := discovery.NewResolver(discovery.FromConfig(cfg), discovery.WithLogger(a.log.With("component", "dns")))
+	if err != nil {
+		return nil, err
+	}
+	var observe func(discovery.Update)
+	if a.metrics != nil {
+		observe = a.metrics.Agent.DNSUpdate
+	}
+	return discovery.NewWatcher(r, discovery.WatcherOptions{OnUpdate: a.onDNSUpdate, Observe: observe}), nil
+}

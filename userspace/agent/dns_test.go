@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/discovery"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+const dnsConfig = `interfaces: [veth0]
+pools:
+  - name: web
+    drain_timeout: 30s
+    backends:
+      - address: 198.18.2.11:80
+      - name: backend.lab
+        port: 8080
+        weight: 2
+services:
+  - name: web-l4
+    listen: 198.18.1.100:80
+    protocol: tcp
+    pool: web
+`
+
+var (
+	dns1 = netip.MustParseAddrPort("198.18.2.21:8080")
+	dns2 = netip.MustParseAddrPort("198.18.2.22:8080")
+)
+
+// fakeWatcher is a dnsWatcher whose answers the test sets.
+type fakeWatcher struct {
+	mu     sync.Mutex
+	synced [][]string
+	status map[string]discovery.Update
+}
+
+func (w *fakeWatcher) Sync(_ context.Context, names []string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.synced = append(w.synced, slices.Clone(names))
+	return nil
+}
+
+func (w *fakeWatcher) Status(name string) (discovery.Update, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	fq, _ := discovery.Normalize(name)
+	u, ok := w.status[fq]
+	return u, ok
+}
+
+func (w *fakeWatcher) lastSync() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.synced) == 0 {
+		return nil
+	}
+	return w.synced[len(w.synced)-1]
+}
+
+func answer(now time.Time, addrs ...netip.AddrPort) discovery.Update {
+	u := discovery.Update{Name: "backend.lab.", Published: true, Reason: discovery.ReasonAnswer,
+		Expires: now.Add(30 * time.Second), At: now}
+	for _, a := range addrs {
+		u.Addrs = append(u.Addrs, discovery.Addr{Addr: a.Addr(), Answer: discovery.AnswerRef{Seq: 1, TTL: 30 * time.Second}})
+	}
+	return u
+}
+
+func newDNSHarness(t *testing.T, dp *datapath.Fake, w *fakeWatcher) *harness {
+	t.Helper()
+	h := newHarnessWith(t, dp, dnsConfig, func(a *agent) { a.dns = w })
+	h.a.syncDNS()
+	return h
+}
+
+func TestDNSNamesFeedPools(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	h := newDNSHarness(t, nil, w)
+	if got := w.lastSync(); !slices.Equal(got, []string{"backend.lab."}) {
+		t.Fatalf("synced %v", got)
+	}
+	// Before the first answer only the fixed address serves.
+	if got := h.tableSlots(1); len(got) != 1 {
+		t.Fatalf("table before any answer = %v", got)
+	}
+
+	h.a.onDNSUpdate(answer(h.now, dns1, dns2))
+	b := h.state(dns1)
+	if b.State != pool.Active || b.Source != "backend.lab" || b.Cause != "dns:backend.lab" || b.Weight != 2 {
+		t.Fatalf("dns1 = %+v", b)
+	}
+	if !strings.Contains(b.Info, "198.18.2.21") {
+		t.Fatalf("info = %q", b.Info)
+	}
+	if got := h.tableSlots(1); len(got) != 3 {
+		t.Fatalf("table = %v", got)
+	}
+
+	// The answer moves: dns1 drains (no new flows), its flow goes on.
+	s1 := h.slotOf(dns1)
+	h.addFlow(40000, s1, false)
+	h.a.onDNSUpdate(answer(h.now, dns2))
+	if b := h.state(dns1); b.State != pool.Draining || b.Cause != "dns:backend.lab" {
+		t.Fatalf("dns1 = %+v", b)
+	}
+	if slices.Contains(h.tableSlots(1), s1) {
+		t.Fatal("draining address still in the table")
+	}
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.dp.Backend(s1); b.State != datapath.BackendDraining {
+		t.Fatalf("slot = %+v", b)
+	}
+	// ... and comes back: active again, same slot.
+	h.a.onDNSUpdate(answer(h.now, dns1, dns2))
+	if b := h.state(dns1); b.State != pool.Active || h.slotOf(dns1) != s1 {
+		t.Fatalf("dns1 = %+v", b)
+	}
+
+	// Status shows the TTL left.
+	w.status["backend.lab."] = answer(h.now, dns1, dns2)
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ab := range st.Pools[0].Backends {
+		if ab.Source == "backend.lab" && ab.TTLLeft != "30s" {
+			t.Fatalf("backend %+v: ttl left %q", ab, ab.TTLLeft)
+		}
+	}
+
+	// The name leaves the config: no longer watched, its addresses drain.
+	h.write(strings.Replace(dnsConfig, "      - name: backend.lab\n        port: 8080\n        weight: 2\n", "", 1))
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.lastSync(); len(got) != 0 {
+		t.Fatalf("synced %v after the name was dropped", got)
+	}
+	if b := h.state(dns2); b.State != pool.Draining || b.Cause != "dns:backend.lab" {
+		t.Fatalf("dns2 = %+v", b)
+	}
+}
+
+func TestDNSAdoptedAddressesWaitForTheName(t *testing.T) {
+	dp := datapath.NewFake(tableSize)
+	web := datapath.PoolID("web")
+	_ = dp.SetService(webKey, datapath.Service{ID: 1})
+	_ = dp.SetBackend(1, datapath.Backend{Addr: be1, Gen: 1, State: datapath.BackendActive, PoolID: web})
+	_ = dp.SetBackend(2, datapath.Backend{Addr: dns1, Gen: 1, State: datapath.BackendActive, PoolID: web})
+	w := &fakeWatcher{status: map[string]discovery.Update{
+		// A failure before the first answer: not published, not applied.
+		"backend.lab.": {Name: "backend.lab.", Reason: discovery.ReasonFailure},
+	}}
+	h := newDNSHarness(t, dp, w)
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.state(dns1); b.State != pool.Active {
+		t.Fatalf("adopted DNS address drained before its name resolved: %+v", b)
+	}
+	if got := h.tableSlots(1); !slices.Equal(got, []uint32{1, 2}) {
+		t.Fatalf("table = %v", got)
+	}
+	// The first answer no longer lists it: now it drains.
+	h.a.onDNSUpdate(answer(h.now, dns2))
+	if b := h.state(dns1); b.State != pool.Draining {
+		t.Fatalf("dns1 = %+v", b)
+	}
+}
+
+func TestDNSSyncAppliesTheLatestAnswer(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	h := newDNSHarness(t, nil, w)
+	// The name was already watched and answered (another pool used it):
+	// a sync gives its answer to the pool at once.
+	w.status["backend.lab."] = answer(h.now, dns1)
+	h.a.syncDNS()
+	if b := h.state(dns1); b.State != pool.Active {
+		t.Fatalf("dns1 = %+v", b)
+	}
+}
