@@ -739,3 +739,40 @@ func TestRouteSourceInSlots(t *testing.T) {
 		t.Fatalf("restart rewrote slots: %v", h.dp.Ops())
 	}
 }
+
+// reverseFake is a Fake that can collect reverse entries, like Real.
+type reverseFake struct {
+	*datapath.Fake
+	calls int
+}
+
+func (r *reverseFake) GCReverse() (int, error) {
+	r.calls++
+	return 2, nil
+}
+
+func TestReverseGCEveryTenSeconds(t *testing.T) {
+	rf := &reverseFake{Fake: datapath.NewFake(tableSize)}
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	a := newAgent(rf, options{now: func() time.Time { return now }})
+	path := filepath.Join(t.TempDir(), "sluice.yaml")
+	if err := os.WriteFile(path, []byte(baseConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.start(now, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for range 25 {
+		now = now.Add(time.Second)
+		if err := a.tick(now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rf.calls != 3 || a.gcDeleted != 6 {
+		t.Fatalf("GCReverse calls = %d, deleted = %d; want 3 calls in 25s", rf.calls, a.gcDeleted)
+	}
+}

@@ -28,7 +28,16 @@ const (
 	reuseDelay = 2 * removedGrace
 	// maxGCPerTick bounds the expired flows deleted per tick.
 	maxGCPerTick = 50000
+	// reverseGCEvery is how often orphaned reverse conntrack entries are
+	// collected (they hold snat ports until then).
+	reverseGCEvery = 10 * time.Second
 )
+
+// reverseCollector is implemented by data paths that can remove reverse
+// conntrack entries whose forward entry is gone (datapath.Real).
+type reverseCollector interface {
+	GCReverse() (int, error)
+}
 
 // poolState is a pool the agent runs: configured, or dropped from the
 // config and draining out, or found in the data path under an unknown id.
@@ -109,8 +118,9 @@ type agent struct {
 	// dnsUses maps each backend name (normalized) to the pools using it.
 	dnsUses map[string][]dnsUse
 
-	mapErrors uint64 // map operations that failed
-	gcDeleted uint64 // expired flows deleted
+	mapErrors     uint64    // map operations that failed
+	gcDeleted     uint64    // expired flows deleted
+	lastReverseGC time.Time // when orphaned reverse entries were last collected
 }
 
 func newAgent(dp datapath.Map, o options) *agent {
@@ -612,6 +622,7 @@ func (a *agent) tick(now time.Time) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	known := a.countFlows(now)
+	a.collectReverse(now)
 	for name, ps := range a.pools {
 		var flows map[netip.AddrPort]int
 		if known {
@@ -665,4 +676,26 @@ func (a *agent) nextDeadline() time.Time {
 		}
 	}
 	return next
+}
+
+// collectReverse removes orphaned reverse conntrack entries every
+// reverseGCEvery, when the data path can.
+func (a *agent) collectReverse(now time.Time) {
+	rc, ok := a.dp.(reverseCollector)
+	if !ok || now.Sub(a.lastReverseGC) < reverseGCEvery {
+		return
+	}
+	a.lastReverseGC = now
+	n, err := rc.GCReverse()
+	if err != nil {
+		a.mapError("GCReverse", err, "collecting orphaned reverse conntrack entries failed")
+		return
+	}
+	if n > 0 {
+		a.gcDeleted += uint64(n)
+		if a.metrics != nil {
+			a.metrics.Agent.ConntrackGCDeleted(n)
+		}
+		a.log.Debug("orphaned reverse conntrack entries removed", "count", n)
+	}
 }
