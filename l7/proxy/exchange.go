@@ -167,7 +167,9 @@ func (s *Server) respond(ctx context.Context, w http.ResponseWriter, rec *Record
 
 	flush := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	rc := http.NewResponseController(w)
-	buf := make([]byte, 32<<10)
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
 	var readErr error
 	for {
 		n, err := resp.Body.Read(buf)

@@ -55,6 +55,7 @@ type framingConn struct {
 	n     int64  // bytes left in fBody / fChunkData
 	line  []byte // partial header block or line
 	out   []byte // bytes ready for the server
+	spare []byte // out's backing array, reused once out is drained
 	buf   []byte
 	err   error
 }
@@ -68,30 +69,40 @@ func (c *framingConn) CloseWrite() error {
 }
 
 func (c *framingConn) Read(p []byte) (int, error) {
+	if len(c.out) == 0 && c.err != nil {
+		// Errors are not sticky: the server interrupts its background
+		// read with a past deadline and then reads on.
+		err := c.err
+		c.err = nil
+		return 0, err
+	}
+	if c.buf == nil {
+		c.buf = make([]byte, 8<<10)
+	}
 	for len(c.out) == 0 {
-		if c.err != nil {
-			return 0, c.err
-		}
-		if c.buf == nil {
-			c.buf = make([]byte, 8<<10)
-		}
 		n, err := c.Conn.Read(c.buf)
 		c.feed(c.buf[:n])
 		if err != nil {
-			c.err = err
-			c.out = append(c.out, c.line...)
-			c.line = nil
+			if len(c.out) == 0 {
+				return 0, err
+			}
+			c.err = err // after the bytes already there
 		}
 	}
 	n := copy(p, c.out)
 	c.out = c.out[n:]
 	if len(c.out) == 0 {
-		c.out = nil
+		c.out = c.spare[:0]
 	}
 	return n, nil
 }
 
-func (c *framingConn) pass(b []byte) { c.out = append(c.out, b...) }
+func (c *framingConn) pass(b []byte) {
+	c.out = append(c.out, b...)
+	if cap(c.out) <= 64<<10 {
+		c.spare = c.out[:0]
+	}
+}
 
 // feed runs the framing state machine over b.
 func (c *framingConn) feed(b []byte) {

@@ -1,10 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestFramingGuard(t *testing.T) {
@@ -52,5 +55,36 @@ func TestFramingGuard(t *testing.T) {
 	}
 	if !strings.Contains(broken, "Content-Length  4") {
 		t.Fatal("test constant")
+	}
+}
+
+// Keep-alive client connections survive the guard: the server interrupts
+// its background read with a deadline, which must not end the connection.
+func TestFramingKeepAlive(t *testing.T) {
+	be := newBackend(t, status(200))
+	p := newPool(t, nil, be.addr)
+	h := start(t, p, nil)
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i := range 5 {
+		io.WriteString(c, "POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		for j := range 2 {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("round %d, response %d: %v", i, j, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != 200 || resp.Close {
+				t.Fatalf("round %d, response %d: %d close=%v", i, j, resp.StatusCode, resp.Close)
+			}
+		}
+	}
+	if n := be.count.Load(); n != 10 {
+		t.Errorf("backend got %d requests, want 10", n)
 	}
 }

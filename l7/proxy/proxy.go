@@ -146,7 +146,11 @@ type Server struct {
 
 	mu       sync.Mutex
 	inflight map[netip.AddrPort]int
+
+	bufs sync.Pool // *[]byte of copyBufSize, for response bodies
 }
+
+const copyBufSize = 32 << 10
 
 func compile(svc config.Service, ej config.Ejection) (*settings, error) {
 	if svc.Protocol != "" && svc.Protocol != config.ProtocolHTTP {
@@ -212,6 +216,7 @@ func New(opts Options) (*Server, error) {
 		inflight: map[netip.AddrPort]int{},
 		upTLS:    opts.Upstream.TLS != nil,
 	}
+	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
 	if s.obs == nil {
 		s.obs = NopObserver{}
 	}
