@@ -61,6 +61,7 @@ table() {
 }
 
 # jq helpers: network-order u32/u16 read as little-endian numbers, names of enums.
+# shellcheck disable=SC2016 # jq code, not shell
 JQ_DEFS='
 def ip: [(. % 256), ((. / 256 | floor) % 256), ((. / 65536 | floor) % 256), ((. / 16777216 | floor) % 256)] | map(tostring) | join(".");
 def port: ((. % 256) * 256) + ((. / 256) | floor);
@@ -225,7 +226,9 @@ ip_hex() {
 # port_hex P: the port in network order (big-endian), two hex words.
 port_hex() {
 	local p=$1
-	[[ $p =~ ^[0-9]{1,5}$ ]] && ((10#$p <= 65535)) || die "$p: not a port"
+	if ! [[ $p =~ ^[0-9]{1,5}$ ]] || ((10#$p > 65535)); then
+		die "$p: not a port"
+	fi
 	p=$((10#$p))
 	printf '%02x %02x' "$((p >> 8))" "$((p & 255))"
 }
