@@ -165,6 +165,10 @@ type Pool struct {
 	log     *slog.Logger
 	observe Observer
 
+	subMu   sync.Mutex
+	subs    map[int]Observer // Subscribe's observers
+	nextSub int
+
 	mu       sync.Mutex
 	cfg      Config
 	sources  map[string]map[netip.AddrPort]Desired
@@ -210,12 +214,43 @@ func (p *Pool) SetConfig(cfg Config) {
 type transitions []Transition
 
 func (p *Pool) deliver(ts transitions) {
+	if len(ts) == 0 {
+		return
+	}
+	p.subMu.Lock()
+	subs := make([]Observer, 0, len(p.subs))
+	for _, o := range p.subs {
+		subs = append(subs, o)
+	}
+	p.subMu.Unlock()
 	for _, t := range ts {
 		p.log.Info("backend state", "pool", t.Pool, "address", t.Addr.String(),
 			"from", t.From.String(), "to", t.To.String(), "cause", t.Cause)
 		if p.observe != nil {
 			p.observe(t)
 		}
+		for _, o := range subs {
+			o(t)
+		}
+	}
+}
+
+// Subscribe adds an observer of every later transition (an L7 service
+// closing pooled connections to addresses that leave active), called after
+// the pool's own observer, outside its lock. The returned func removes it.
+func (p *Pool) Subscribe(o Observer) (unsubscribe func()) {
+	p.subMu.Lock()
+	defer p.subMu.Unlock()
+	if p.subs == nil {
+		p.subs = make(map[int]Observer)
+	}
+	id := p.nextSub
+	p.nextSub++
+	p.subs[id] = o
+	return func() {
+		p.subMu.Lock()
+		defer p.subMu.Unlock()
+		delete(p.subs, id)
 	}
 }
 

@@ -550,3 +550,15 @@ func TestNextDeadline(t *testing.T) {
 		t.Fatalf("deadline = %v, want end of ejection", d)
 	}
 }
+
+func TestSubscribe(t *testing.T) {
+	var main, sub []Transition
+	p := New("web", Config{DrainTimeout: time.Second}, nil, func(tr Transition) { main = append(main, tr) })
+	unsubscribe := p.Subscribe(func(tr Transition) { sub = append(sub, tr) })
+	p.SetSource(at(0), SourceStatic, want(a1))
+	unsubscribe()
+	p.SetSource(at(1), SourceStatic, nil)
+	if len(main) != 2 || len(sub) != 1 || sub[0].To != Active {
+		t.Fatalf("main %v, subscriber %v", main, sub)
+	}
+}
