@@ -69,6 +69,12 @@ func (s *Server) exchange(ctx context.Context, st *settings, conn *upstream.Conn
 	}
 
 	conn.SetTimeouts(t.Send.D(), t.Read.D(), deadline)
+	if out.host == "" {
+		// An HTTP/1.0 client sent no Host: name the backend.
+		o := *out
+		o.host = conn.Addr().String()
+		out = &o
+	}
 	if err := writeRequest(conn.Writer(), out); err != nil {
 		return fail("send", err)
 	}

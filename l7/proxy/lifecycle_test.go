@@ -372,6 +372,36 @@ func TestTLSAndHostRewrite(t *testing.T) {
 	if st := h.srv.UpstreamStats(be); st.Dialled != 1 || st.Reused != 3 {
 		t.Errorf("upstream TLS connections %+v: want one reused", st)
 	}
+	// An HTTP/2 PUT with a body of unknown length, retried after a 503 with its body.
+	var bodies []string
+	var mu sync.Mutex
+	bad := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, "bad:"+string(b))
+		mu.Unlock()
+		w.WriteHeader(503)
+	})
+	good := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, "good:"+string(b))
+		mu.Unlock()
+	})
+	p2 := newPool(t, nil, bad.addr, good.addr)
+	h2 := start(t, p2, func(o *Options) {
+		o.TLS = &TLSFiles{Cert: cert, Key: key}
+		o.Selector = preferSelector{bad.addr}
+	})
+	req, _ := http.NewRequest("PUT", strings.Replace(h2.url, "http://", "https://", 1)+"/", io.NopCloser(strings.NewReader("payload")))
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 || strings.Join(bodies, ",") != "bad:payload,good:payload" {
+		t.Errorf("h2 PUT: %s %d, backends saw %v", resp.Proto, resp.StatusCode, bodies)
+	}
 }
 
 func newTLSBackend(t *testing.T, h http.HandlerFunc) netip.AddrPort {
