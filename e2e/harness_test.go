@@ -35,8 +35,10 @@ type suite struct {
 	sluice     string // built binaries
 	backend    string
 	loadgen    string
+	dnsserver  string // "" when it did not build (dnsErr): only DNS tests fail
 	skipReason string // non-empty: every test skips (or fails under CI)
 	buildErr   error  // building failed: every test fails
+	dnsErr     error  // building the lab DNS server failed
 }
 
 var env suite
@@ -118,6 +120,15 @@ func buildAll(root, dir string) error {
 			return fmt.Errorf("go build %s: %w\n%s", tg.pkg, err, b)
 		}
 		*tg.dst = out
+	}
+	// The lab DNS server is only needed by the DNS tests.
+	out := filepath.Join(dir, "sluice-dnsserver")
+	cmd := exec.Command(goBin, "build", "-o", out, "./e2e/dnsserver")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		env.dnsErr = fmt.Errorf("go build ./e2e/dnsserver: %w\n%s", err, b)
+	} else {
+		env.dnsserver = out
 	}
 	return nil
 }
@@ -420,6 +431,41 @@ func runCmd(timeout time.Duration, name string, args ...string) (string, error) 
 	return string(out), err
 }
 
+// DNS is the lab DNS server (e2e/dnsserver) on 198.18.2.53:53 in the dns host.
+type DNS struct {
+	lab     *Lab
+	records string // records file
+}
+
+// StartDNS starts the lab DNS server answering from records (zone-file lines,
+// see e2e/dnsserver) and waits until it answers.
+func (l *Lab) StartDNS(records string) *DNS {
+	l.t.Helper()
+	if env.dnsErr != nil {
+		l.t.Fatalf("the lab DNS server did not build: %v", env.dnsErr)
+	}
+	d := &DNS{lab: l, records: filepath.Join(l.dir, "records.zone")}
+	d.Set(records)
+	l.Start("dns", "dns", env.dnsserver, "--listen", "198.18.2.53:53", "--records", d.records)
+	waitFor(l.t, 5*time.Second, "the lab DNS server", func() error {
+		_, err := l.Run("dns", 2*time.Second, "bash", "-c", "exec 3<>/dev/tcp/198.18.2.53/53")
+		return err
+	})
+	return d
+}
+
+// Set replaces the records (write and rename: the server never reads half a file).
+func (d *DNS) Set(records string) {
+	d.lab.t.Helper()
+	tmp := d.records + ".tmp"
+	if err := os.WriteFile(tmp, []byte(records), 0o644); err != nil {
+		d.lab.t.Fatalf("write dns records: %v", err)
+	}
+	if err := os.Rename(tmp, d.records); err != nil {
+		d.lab.t.Fatalf("write dns records: %v", err)
+	}
+}
+
 // waitFor polls fn until it succeeds or timeout passes.
 func waitFor(t *testing.T, timeout time.Duration, what string, fn func() error) {
 	t.Helper()
@@ -452,6 +498,9 @@ type agentConfig struct {
 	Backends []string
 	// UDP adds pool udp (be1..be3 port 5353) and service udp-l4 at VIP:53/udp.
 	UDP bool
+	// DNSName, when set, makes pool web one DNS-named backend (port 80)
+	// resolved through the lab DNS server, instead of Backends.
+	DNSName string
 }
 
 // Agent is a running `sluice agent` in the lab's lb namespace.
@@ -525,12 +574,17 @@ interfaces: [eth0, eth1]
 admin: {socket: %s}
 metrics: {listen: 127.0.0.1:9464}
 datapath: {pin_path: %s, xdp_mode: native}
+dns: {servers: ["198.18.2.53:53"], min_ttl: 1s, timeout: 1s}
 pools:
   - name: web
     backends:
 `, a.lab.ID, a.Socket, a.PinPath)
-	for _, be := range c.Backends {
-		fmt.Fprintf(&b, "      - address: %s\n", backendAddr[be])
+	if c.DNSName != "" {
+		fmt.Fprintf(&b, "      - name: %s\n        port: 80\n", c.DNSName)
+	} else {
+		for _, be := range c.Backends {
+			fmt.Fprintf(&b, "      - address: %s\n", backendAddr[be])
+		}
 	}
 	fmt.Fprintf(&b, "    drain_timeout: %s\n", c.DrainTimeout)
 	if c.UDP {

@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
+)
+
+// poolBackends is pool web's addresses by ip:port, from `sluice status --json`.
+func (a *Agent) poolBackends() (map[string]admin.Backend, error) {
+	st, err := a.Status()
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]admin.Backend{}
+	for _, p := range st.Pools {
+		if p.Name != "web" {
+			continue
+		}
+		for _, b := range p.Backends {
+			m[b.Address] = b
+		}
+	}
+	return m, nil
+}
+
+// waitStates waits until every address in want has its state in pool web.
+func (a *Agent) waitStates(t *testing.T, timeout time.Duration, want map[string]string) map[string]admin.Backend {
+	t.Helper()
+	var got map[string]admin.Backend
+	waitFor(t, timeout, fmt.Sprintf("pool web states %v", want), func() error {
+		var err error
+		got, err = a.poolBackends()
+		if err != nil {
+			return err
+		}
+		for addr, state := range want {
+			if got[addr].State != state {
+				return fmt.Errorf("%s is %q (cause %q), want %q", addr, got[addr].State, got[addr].Cause, state)
+			}
+		}
+		return nil
+	})
+	return got
+}
+
+// TestDNSChange is the first field report, fixed: the pool is a DNS name;
+// when its answer changes, new connections go to the new addresses within
+// about one TTL, connections on the old addresses go on until drain_timeout
+// and are then reset (not left to time out), no restart or reload involved.
+func TestDNSChange(t *testing.T) {
+	const drainTimeout = 4 * time.Second
+	lab := newLab(t)
+	lab.StartBackends()
+	dns := lab.StartDNS("backend.lab. 1 A 198.18.2.11\nbackend.lab. 1 A 198.18.2.12\n")
+	agent := lab.StartAgent(agentConfig{DNSName: "backend.lab", DrainTimeout: drainTimeout})
+
+	agent.waitStates(t, 10*time.Second, map[string]string{
+		backendAddr["be1"]: "active",
+		backendAddr["be2"]: "active",
+	})
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", "60", "--duration", "20s")
+	assertNoFailures(t, "new connections before the DNS change", r)
+	if r.ByBackend["be3"] != 0 || r.ByBackend["be1"] == 0 || r.ByBackend["be2"] == 0 {
+		t.Errorf("before the change, want be1 and be2 (the DNS answer): %v", r.ByBackend)
+	}
+
+	// A connection opened before the change.
+	events := make(chan string, 4096)
+	long := lab.StartLoad("long", events, "--url", vipURL, "--mode", "keepalive",
+		"--conns", "1", "--interval", "100ms", "--count", "400", "--duration", "40s",
+		"--timeout", "3s", "--events")
+	t.Cleanup(func() { long.Stop(3 * time.Second) })
+	var pinned string
+	for pinned == "" {
+		ev, err := nextEvent(events, 10*time.Second)
+		if err != nil {
+			t.Fatalf("long-lived connection: %v\n%s", err, long.Log())
+		}
+		if ev.Event == "error" {
+			t.Fatalf("long-lived connection failed before the change: %s %s", ev.Kind, ev.Error)
+		}
+		if ev.Event == "response" {
+			pinned = ev.Backend
+		}
+	}
+	t.Logf("long-lived connection on %s; DNS now answers be3 only", pinned)
+
+	// The name moves (the ALB's addresses changed).
+	changed := time.Now()
+	dns.Set("backend.lab. 1 A 198.18.2.13\n")
+	got := agent.waitStates(t, 10*time.Second, map[string]string{
+		backendAddr["be3"]:  "active",
+		backendAddr[pinned]: "draining",
+	})
+	t.Logf("agent followed the change in %s", time.Since(changed).Round(time.Millisecond))
+	deadline := time.Now().Add(drainTimeout)
+	if d := got[backendAddr[pinned]].DrainDeadline; d != nil {
+		deadline = *d
+	} else {
+		t.Errorf("%s draining without a drain deadline in status", backendAddr[pinned])
+	}
+
+	r = lab.Load("--url", vipURL, "--mode", "newconn", "--count", "60", "--duration", "20s")
+	assertNoFailures(t, "new connections after the DNS change", r)
+	if r.ByBackend["be3"] != r.OK {
+		t.Errorf("after the change, want every new connection on be3: %v", r.ByBackend)
+	}
+
+	// The old connection keeps its backend, then is reset at the deadline.
+	var resetAt time.Time
+	for resetAt.IsZero() {
+		ev, err := nextEvent(events, drainTimeout+10*time.Second)
+		if err != nil {
+			t.Fatalf("waiting for the old connection to end: %v", err)
+		}
+		switch ev.Event {
+		case "response":
+			if ev.Backend != pinned || ev.Conn != 1 {
+				t.Fatalf("old connection: response from %s on connection %d, want %s on 1", ev.Backend, ev.Conn, pinned)
+			}
+		case "error":
+			if ev.Kind != "reset" {
+				t.Fatalf("old connection ended with %q (%s), want a reset", ev.Kind, ev.Error)
+			}
+			resetAt = ev.Time()
+		}
+	}
+	t.Logf("old connection reset %s after the drain deadline", resetAt.Sub(deadline).Round(time.Millisecond))
+	if resetAt.Before(deadline.Add(-500*time.Millisecond)) || resetAt.After(deadline.Add(1500*time.Millisecond)) {
+		t.Errorf("old connection reset at %s, drain deadline %s: want within ~1s of it",
+			resetAt.Format(time.StampMilli), deadline.Format(time.StampMilli))
+	}
+	for {
+		ev, err := nextEvent(events, 5*time.Second)
+		if err != nil {
+			t.Fatalf("waiting for the reconnect: %v", err)
+		}
+		if ev.Event == "error" {
+			t.Fatalf("reconnect failed: %s %s", ev.Kind, ev.Error)
+		}
+		if ev.Event == "response" {
+			if ev.Backend != "be3" {
+				t.Errorf("reconnect went to %s, want be3 (the current answer)", ev.Backend)
+			}
+			break
+		}
+	}
+
+	// The status says where the addresses came from.
+	st, err := agent.poolBackends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src := st[backendAddr["be3"]].Source; !strings.Contains(src, "backend.lab") {
+		t.Errorf("be3 source = %q, want the DNS name", src)
+	}
+}
