@@ -102,6 +102,8 @@ func (h *harness) tick(d time.Duration) error {
 // slotOf is the slot bound to an address of pool web.
 func (h *harness) slotOf(addr netip.AddrPort) uint32 {
 	h.t.Helper()
+	h.a.mu.Lock()
+	defer h.a.mu.Unlock()
 	n, _, ok := h.a.slots.lookup(slotKey{datapath.PoolID("web"), addr})
 	if !ok {
 		h.t.Fatalf("%s has no slot", addr)
