@@ -26,6 +26,12 @@ const (
 	// before it is reused: longer than removedGrace, so status never shows
 	// two addresses on one slot.
 	reuseDelay = 2 * removedGrace
+	// synStuckAfter is how long a SYN may go unanswered before its flow
+	// counts as a failing connect.
+	synStuckAfter = 500 * time.Millisecond
+	// refreshAfterStuck is how many failing connects to a DNS-derived
+	// address make the agent re-resolve its name at once.
+	refreshAfterStuck = 2
 	// maxGCPerTick bounds the expired flows deleted per tick.
 	maxGCPerTick = 50000
 	// reverseGCEvery is how often orphaned reverse conntrack entries are
@@ -112,6 +118,9 @@ type agent struct {
 	flowsBySlot map[uint32]int
 	flowsBySvc  map[uint32]int
 	flowsAt     time.Time // when they were counted
+	// synStuck counts flows per slot whose SYN has gone unanswered for
+	// synStuckAfter: connects failing right now.
+	synStuck map[uint32]int
 
 	flowsTotal int // forward entries at the last count, expired ones too
 
@@ -580,6 +589,7 @@ func (a *agent) sortedServices() []*service {
 func (a *agent) countFlows(now time.Time) bool {
 	bySlot := make(map[uint32]int)
 	bySvc := make(map[uint32]int)
+	stuck := make(map[uint32]int)
 	var expired []datapath.Flow
 	total := 0
 	err := a.dp.Flows(func(f datapath.Flow) bool {
@@ -593,6 +603,9 @@ func (a *agent) countFlows(now time.Time) bool {
 		bySvc[f.ServiceID]++
 		if sl, ok := a.slots.bySlot[f.BackendSlot]; ok && sl.gen == f.BackendGen {
 			bySlot[f.BackendSlot]++
+			if f.State == datapath.FlowSynSent && f.Idle >= synStuckAfter {
+				stuck[f.BackendSlot]++
+			}
 		}
 		return true
 	})
@@ -600,7 +613,7 @@ func (a *agent) countFlows(now time.Time) bool {
 		a.mapError("Flows", err, "reading conntrack failed")
 		return false
 	}
-	a.flowsBySlot, a.flowsBySvc, a.flowsAt, a.flowsTotal = bySlot, bySvc, now, total
+	a.flowsBySlot, a.flowsBySvc, a.flowsAt, a.flowsTotal, a.synStuck = bySlot, bySvc, now, total, stuck
 	deleted := 0
 	for _, f := range expired {
 		if err := a.dp.DeleteFlow(f); err != nil {
@@ -634,6 +647,9 @@ func (a *agent) tick(now time.Time) error {
 			}
 		}
 		before := ps.p.Backends()
+		if known {
+			a.refreshFailing(name, ps, before)
+		}
 		ps.p.Tick(now, flows)
 		for _, b := range before {
 			if _, ok := ps.p.Backend(b.Addr); !ok {

@@ -17,6 +17,9 @@ type dnsWatcher interface {
 	Sync(ctx context.Context, names []string) error
 	// Status is a name's latest Update.
 	Status(name string) (discovery.Update, bool)
+	// Refresh resolves a name now (rate-limited by the watcher) and
+	// reports whether a lookup was triggered.
+	Refresh(name string) bool
 }
 
 var _ dnsWatcher = (*discovery.Watcher)(nil)
@@ -148,4 +151,27 @@ func (a *agent) newDNSWatcher(cfg config.DNS) (*discovery.Watcher, error) {
 		observe = a.metrics.Agent.DNSUpdate
 	}
 	return discovery.NewWatcher(r, discovery.WatcherOptions{OnUpdate: a.onDNSUpdate, Observe: observe}), nil
+}
+
+// refreshFailing re-resolves at once the names of active addresses whose
+// connects are failing (SYNs unanswered), instead of waiting for the TTL:
+// the address may have been released by a load balancer behind the name.
+// Called with mu held.
+func (a *agent) refreshFailing(poolName string, ps *poolState, backends []pool.Backend) {
+	if a.dns == nil {
+		return
+	}
+	for _, b := range backends {
+		if b.State != pool.Active || b.Source == "" || b.Source == pool.SourceStatic {
+			continue
+		}
+		n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr})
+		if !ok || a.synStuck[n] < refreshAfterStuck {
+			continue
+		}
+		if a.dns.Refresh(b.Source) {
+			a.log.Info("connects failing, re-resolving the name now", "pool", poolName,
+				"address", b.Addr.String(), "name", b.Source, "unanswered_syns", a.synStuck[n])
+		}
+	}
 }

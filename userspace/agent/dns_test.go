@@ -37,9 +37,17 @@ var (
 
 // fakeWatcher is a dnsWatcher whose answers the test sets.
 type fakeWatcher struct {
-	mu     sync.Mutex
-	synced [][]string
-	status map[string]discovery.Update
+	mu        sync.Mutex
+	synced    [][]string
+	status    map[string]discovery.Update
+	refreshed []string
+}
+
+func (w *fakeWatcher) Refresh(name string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.refreshed = append(w.refreshed, name)
+	return true
 }
 
 func (w *fakeWatcher) Sync(_ context.Context, names []string) error {
@@ -188,5 +196,44 @@ func TestDNSSyncAppliesTheLatestAnswer(t *testing.T) {
 	h.a.syncDNS()
 	if b := h.state(dns1); b.State != pool.Active {
 		t.Fatalf("dns1 = %+v", b)
+	}
+}
+
+func TestFailingConnectsRefreshTheName(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	h := newDNSHarness(t, nil, w)
+	h.a.onDNSUpdate(answer(h.now, dns1))
+	s1 := h.slotOf(dns1)
+	stuck := func(port uint16, idle time.Duration) {
+		f := h.addFlow(port, s1, false)
+		f.State, f.Idle = datapath.FlowSynSent, idle
+		h.dp.AddFlow(f)
+	}
+	stuck(40000, 2*time.Second)
+	stuck(40001, 100*time.Millisecond) // just sent: not failing yet
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.refreshed) != 0 {
+		t.Fatalf("refreshed after one failing connect: %v", w.refreshed)
+	}
+	stuck(40002, time.Second)
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(w.refreshed, []string{"backend.lab"}) {
+		t.Fatalf("refreshed = %v", w.refreshed)
+	}
+	// Fixed addresses have no name to refresh.
+	f := h.addFlow(40003, h.slotOf(be1), false)
+	f.State, f.Idle = datapath.FlowSynSent, 5*time.Second
+	h.dp.AddFlow(f)
+	f.Client = netip.MustParseAddrPort("198.18.0.2:40004")
+	h.dp.AddFlow(f)
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.refreshed) != 2 || w.refreshed[1] != "backend.lab" {
+		t.Fatalf("refreshed = %v", w.refreshed)
 	}
 }
