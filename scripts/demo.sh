@@ -6,6 +6,9 @@
 #   3. requests from the client to the VIP, counted per backend
 #   4. `sluice status` and `sluice conntrack`
 #   5. drain be1: new traffic avoids it
+#   6. a DNS-named pool (api, backend.lab at the lab DNS server): the name
+#      moves from be1+be2 to be3 and new connections follow within a TTL,
+#      no restart, no reload (the first field report)
 #
 # Everything (namespaces, agent, pins) is removed on exit. Needs root and
 # bin/sluice + bin/sluice-testbackend (make build testbins).
@@ -17,6 +20,7 @@ cd "$repo_root"
 lab=scripts/lab.sh
 sluice=$repo_root/bin/sluice
 vip=198.18.1.100
+api_vip=198.18.1.101
 requests=${DEMO_REQUESTS:-30}
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -67,7 +71,9 @@ admin_socket() {
 	printf '%s\n' "$s"
 }
 
-# write_config FILE: the demo's config (pool web of be1..be3, service web-l4).
+# write_config FILE: the demo's config: pool web of be1..be3 (fixed
+# addresses) behind service web-l4, pool api (the DNS name backend.lab)
+# behind service api-l4.
 write_config() {
 	cat >"$1" <<-EOF
 		# sluice demo config (lab $id)
@@ -75,6 +81,9 @@ write_config() {
 		admin: {socket: $(admin_socket)}
 		metrics: {listen: 127.0.0.1:9464}
 		datapath: {pin_path: $pin}
+		dns:
+		  servers: [198.18.2.53:53]
+		  min_ttl: 1s
 		pools:
 		  - name: web
 		    backends:
@@ -82,13 +91,33 @@ write_config() {
 		      - address: 198.18.2.12:80
 		      - address: 198.18.2.13:80
 		    drain_timeout: 10s
+		  - name: api
+		    backends:
+		      - name: backend.lab      # every A record is a backend
+		        port: 80
+		    drain_timeout: 10s
 		services:
 		  - name: web-l4
 		    listen: $vip:80
 		    protocol: tcp
 		    mode: nat
 		    pool: web
+		  - name: api-l4
+		    listen: $api_vip:80
+		    protocol: tcp
+		    mode: nat
+		    pool: api
 	EOF
+}
+
+# set_records A...: backend.lab answers these addresses (TTL 2s); written by
+# rename, the lab DNS server picks the file up within 100ms.
+set_records() {
+	local a
+	for a in "$@"; do
+		printf 'backend.lab. 2 A %s\n' "$a"
+	done >"$state/records.zone.tmp"
+	mv "$state/records.zone.tmp" "$state/records.zone"
 }
 
 start_agent() {
@@ -108,28 +137,47 @@ start_agent() {
 	die "agent did not become ready"
 }
 
-# traffic N: N requests, each on a new connection, from the client to the VIP;
-# prints how many each backend answered.
+# traffic N [VIP]: N requests, each on a new connection, from the client to
+# VIP (default web-l4's); prints how many each backend answered.
 traffic() {
-	local n=$1 i out
+	local n=$1 to=${2:-$vip} i out
 	for ((i = 0; i < n; i++)); do
-		if ! out=$(on client curl -s --max-time 2 "http://$vip/"); then
+		if ! out=$(on client curl -s --max-time 2 "http://$to/"); then
 			out="(failed)"
 		fi
 		printf '%s\n' "$out"
 	done | sort | uniq -c | awk '{ printf "  %-10s %s\n", $2, $1 }'
 }
 
-# dns_change: the DNS-driven part of the demo (next issue) slots in here.
-dns_change() { :; }
+# dns_change: pool api follows backend.lab as its answer changes.
+dns_change() {
+	say "pool api is the DNS name backend.lab (now: $BE1, $BE2); $requests requests to $api_vip:80"
+	traffic "$requests" "$api_vip"
+	"$sluice" backends -c "$config" api
+
+	say "backend.lab moves to $BE3 (TTL 2s): no restart, no reload"
+	set_records "$BE3"
+	local i
+	for ((i = 0; i < 50; i++)); do
+		if "$sluice" backends --json -c "$config" api | grep -q "\"$BE3:80\""; then
+			break
+		fi
+		sleep 0.2
+	done
+	"$sluice" backends -c "$config" api
+	say "$requests requests to $api_vip:80: new connections follow the name"
+	traffic "$requests" "$api_vip"
+}
 
 say "lab $id up"
 LAB_OWNER_PID=$$ "$lab" up "$id" >/dev/null
-"$lab" backends "$id"
 # shellcheck disable=SC1090
 source "$repo_root/.lab/$id.env"
-printf '  client %s | lb %s / %s | be1..be3 %s %s %s | VIP %s:80\n' \
-	"$CLIENT" "$LB_CLIENT_IP" "$LB_BACKEND_IP" "$BE1" "$BE2" "$BE3" "$vip"
+"$lab" backends "$id"
+set_records "$BE1" "$BE2"
+"$lab" dns "$id" "$state/records.zone"
+printf '  client %s | lb %s / %s | be1..be3 %s %s %s | dns %s | VIPs %s %s\n' \
+	"$CLIENT" "$LB_CLIENT_IP" "$LB_BACKEND_IP" "$BE1" "$BE2" "$BE3" "$DNS" "$vip" "$api_vip"
 
 say "config"
 config=$state/sluice.yaml
