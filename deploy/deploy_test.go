@@ -90,10 +90,11 @@ func TestVagrantValidate(t *testing.T) {
 			cmd := exec.CommandContext(ctx, vagrant, "validate", "--ignore-provider", "--no-color")
 			cmd.Dir = root
 			tmp := t.TempDir()
-			cmd.Env = append(envWithout("SLUICE_MULTI", "VAGRANT_CWD", "VAGRANT_DOTFILE_PATH", "VAGRANT_VAGRANTFILE"),
+			cmd.Env = append(envWithout("SLUICE_MULTI", "VAGRANT_CWD", "VAGRANT_DOTFILE_PATH", "VAGRANT_VAGRANTFILE", "VAGRANT_HOME"),
 				"VAGRANT_CWD="+root,
-				// keep .vagrant/ out of the checkout
+				// keep .vagrant/ out of the checkout, ~/.vagrant.d untouched
 				"VAGRANT_DOTFILE_PATH="+filepath.Join(tmp, "dot"),
+				"VAGRANT_HOME="+filepath.Join(tmp, "home"),
 				"VAGRANT_CHECKPOINT_DISABLE=1",
 			)
 			if tc.multi {
