@@ -243,6 +243,8 @@ func (a *agent) resolveAddress(ps *poolState, s string) (netip.AddrPort, error) 
 // Reload implements admin.Agent: the file is read and validated first; an
 // invalid one is refused and the running config stays.
 func (a *agent) Reload(ctx context.Context) error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
 	cfg, err := a.load(a.configPath)
 	if a.metrics != nil {
 		a.metrics.Agent.ConfigReload(err == nil)
@@ -260,6 +262,7 @@ func (a *agent) Reload(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	a.syncDNS()
+	a.syncL7()
 	a.log.Info("config reloaded", "config", a.configPath, "services", len(cfg.Services), "pools", len(cfg.Pools))
 	return nil
 }

@@ -102,9 +102,14 @@ type agent struct {
 	transitions *observer        // the pools' observer
 	metrics     *metrics.Metrics // may be nil
 	dns         dnsWatcher       // nil: backend names are not resolved
-	// dnsCtx bounds the watcher's goroutines (the agent's lifetime, not a
-	// request's).
-	dnsCtx context.Context
+	// runCtx bounds the goroutines of the DNS watcher and the L7 stage:
+	// the agent's lifetime, not a request's.
+	runCtx context.Context
+	// l7 runs the http services (nil: not served, as in most tests).
+	l7 *l7Stage
+	// reloadMu serializes reloads: apply, then the watcher and L7 syncs,
+	// which run without mu.
+	reloadMu sync.Mutex
 
 	mu       sync.Mutex
 	dp       datapath.Map
@@ -150,7 +155,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		now:         o.now,
 		routeSrc:    o.routeSrc,
 		dns:         o.dns,
-		dnsCtx:      context.Background(),
+		runCtx:      context.Background(),
 		dnsUses:     make(map[string][]dnsUse),
 		transitions: newObserver(o.metrics, o.observe),
 		metrics:     o.metrics,
@@ -713,5 +718,26 @@ func (a *agent) collectReverse(now time.Time) {
 			a.metrics.Agent.ConntrackGCDeleted(n)
 		}
 		a.log.Debug("orphaned reverse conntrack entries removed", "count", n)
+	}
+}
+
+// syncL7 makes the L7 stage serve the running config's http services. It
+// must be called without mu (servers start and stop).
+func (a *agent) syncL7() {
+	if a.l7 == nil {
+		return
+	}
+	a.mu.Lock()
+	cfg := a.cfg
+	pools := make(map[string]*pool.Pool, len(a.pools))
+	for name, ps := range a.pools {
+		if ps.configured {
+			pools[name] = ps.p
+		}
+	}
+	ctx := a.runCtx
+	a.mu.Unlock()
+	if cfg != nil {
+		a.l7.sync(ctx, cfg, pools)
 	}
 }

@@ -103,7 +103,7 @@ func (a *agent) syncDNS() {
 	for fq := range a.dnsUses {
 		names = append(names, fq)
 	}
-	ctx := a.dnsCtx
+	ctx := a.runCtx
 	a.mu.Unlock()
 	slices.Sort(names)
 	if err := a.dns.Sync(ctx, names); err != nil {

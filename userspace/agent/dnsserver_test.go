@@ -88,7 +88,7 @@ func TestDNSWiringWithARealResolver(t *testing.T) {
 	defer cancel()
 	// The agent's clock follows the real one here: the watcher's does.
 	h.a.now = time.Now
-	h.a.dnsCtx = ctx
+	h.a.runCtx = ctx
 	w, err := h.a.newDNSWatcher(cfg.DNS)
 	if err != nil {
 		t.Fatal(err)

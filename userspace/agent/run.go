@@ -21,6 +21,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/sluicelb/sluice/l7/proxy"
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
@@ -81,7 +82,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	}))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	a.dnsCtx = ctx
+	a.runCtx = ctx
 	if w, err := a.newDNSWatcher(cfg.DNS); err != nil {
 		// Without a resolver, names are not followed; fixed addresses work.
 		a.log.Error("backend names will not be resolved", "err", err)
@@ -92,10 +93,17 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 			w.Wait()
 		}()
 	}
+	l7 := newL7Stage(log.With("component", "l7"), proxy.NewAccessLogger(os.Stdout), a.metrics)
+	a.l7 = l7
+	defer func() {
+		cancel()
+		l7.wait() // http services finish their requests (graceful shutdown)
+	}()
 	if err := a.start(time.Now(), cfg); err != nil {
 		return err
 	}
 	a.syncDNS()
+	a.syncL7()
 	log.Info("agent started", "version", version, "config", configPath,
 		"services", len(cfg.Services), "pools", len(cfg.Pools), "interfaces", cfg.Interfaces)
 	listen := cfg.Metrics.Listen

@@ -1,0 +1,171 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+
+	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/proxy"
+	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/metrics"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+// l7Service is one running http service.
+type l7Service struct {
+	svc         config.Service
+	pool        *pool.Pool
+	srv         *proxy.Server
+	cancel      context.CancelFunc
+	unsubscribe func()
+}
+
+// l7Stage runs the http services of the config: one proxy.Server each,
+// fed by the same pools as the data path, sharing one ejection tracker
+// per pool. Its methods are called by one goroutine at a time (start and
+// reloads), never with the agent's lock held.
+type l7Stage struct {
+	log       *slog.Logger
+	accessLog *slog.Logger // nil: no access log
+	metrics   *metrics.Metrics
+
+	wg       sync.WaitGroup // Serve goroutines
+	services map[string]*l7Service
+	trackers map[*pool.Pool]*eject.Tracker
+}
+
+func newL7Stage(log *slog.Logger, accessLog *slog.Logger, m *metrics.Metrics) *l7Stage {
+	return &l7Stage{
+		log:       log,
+		accessLog: accessLog,
+		metrics:   m,
+		services:  make(map[string]*l7Service),
+		trackers:  make(map[*pool.Pool]*eject.Tracker),
+	}
+}
+
+// sync makes the running http services those of cfg. pools gives each
+// configured pool's *pool.Pool. A service that cannot start (its listen
+// address is taken, say) is logged and left out; the others run.
+func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string]*pool.Pool) {
+	want := make(map[string]bool)
+	for _, svc := range cfg.HTTPServices() {
+		want[svc.Name] = true
+		p := pools[svc.Pool]
+		pc := cfg.Pool(svc.Pool)
+		if p == nil || pc == nil {
+			s.log.Error("http service has no pool", "service", svc.Name, "pool", svc.Pool)
+			continue
+		}
+		if cur, ok := s.services[svc.Name]; ok {
+			if cur.svc.Listen == svc.Listen && cur.pool == p {
+				if err := cur.srv.Update(svc, *pc); err != nil {
+					s.log.Error("http service not updated, it keeps its settings", "service", svc.Name, "err", err)
+					continue
+				}
+				cur.svc = svc
+				continue
+			}
+			// A new listen address or pool needs a new server: start it,
+			// then let the old one finish its requests.
+			if err := s.start(ctx, svc, *pc, p); err != nil {
+				s.log.Error("http service not restarted, the old one goes on", "service", svc.Name, "err", err)
+				continue
+			}
+			s.stop(cur)
+			continue
+		}
+		if err := s.start(ctx, svc, *pc, p); err != nil {
+			s.log.Error("http service not started", "service", svc.Name, "err", err)
+		}
+	}
+	for name, cur := range s.services {
+		if !want[name] {
+			s.stop(cur)
+			delete(s.services, name)
+			if s.metrics != nil {
+				s.metrics.L7.ForgetService(name)
+			}
+		}
+	}
+	// Trackers of pools no service uses any more.
+	used := make(map[*pool.Pool]bool)
+	for _, cur := range s.services {
+		used[cur.pool] = true
+	}
+	for p := range s.trackers {
+		if !used[p] {
+			delete(s.trackers, p)
+		}
+	}
+}
+
+// start builds, listens and serves one service, replacing any entry of
+// the same name in s.services.
+func (s *l7Stage) start(ctx context.Context, svc config.Service, pc config.Pool, p *pool.Pool) error {
+	tr, err := s.tracker(pc, p)
+	if err != nil {
+		return err
+	}
+	srv, err := proxy.New(proxy.Options{
+		Service:   svc,
+		Pool:      p,
+		Tracker:   tr,
+		Log:       s.log,
+		AccessLog: s.accessLog,
+		Observer:  s.observer(svc),
+	})
+	if err != nil {
+		return fmt.Errorf("build: %w", err)
+	}
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", svc.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", svc.Listen, err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	cur := &l7Service{svc: svc, pool: p, srv: srv, cancel: cancel, unsubscribe: p.Subscribe(srv.Transition)}
+	s.wg.Go(func() {
+		if err := srv.Serve(sctx, l); err != nil {
+			s.log.Error("http service stopped", "service", svc.Name, "err", err)
+		}
+	})
+	s.services[svc.Name] = cur
+	return nil
+}
+
+// tracker is the pool's shared ejection tracker, reconfigured from pc.
+func (s *l7Stage) tracker(pc config.Pool, p *pool.Pool) (*eject.Tracker, error) {
+	if tr, ok := s.trackers[p]; ok {
+		if err := tr.SetConfig(pc.Ejection); err != nil {
+			return nil, fmt.Errorf("pool %s: ejection: %w", pc.Name, err)
+		}
+		return tr, nil
+	}
+	tr, err := eject.New(pc.Ejection, p, eject.Options{Log: s.log.With("pool", pc.Name)})
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: ejection: %w", pc.Name, err)
+	}
+	s.trackers[p] = tr
+	return tr, nil
+}
+
+// stop shuts a service down gracefully (in the background: Serve finishes
+// its requests within its shutdown timeout).
+func (s *l7Stage) stop(cur *l7Service) {
+	cur.unsubscribe()
+	cur.cancel()
+}
+
+// wait blocks until every service has shut down (after ctx ended).
+func (s *l7Stage) wait() { s.wg.Wait() }
+
+// observer feeds a service's requests, retries, ejections and panic mode
+// to the metrics (nil: none). The proxy's metrics adapter is not
+// committed yet; until it is, L7 requests are not counted.
+func (s *l7Stage) observer(svc config.Service) proxy.Observer {
+	return nil
+}

@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/metrics"
+)
+
+// freePort returns a loopback address nothing listens on right now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func l7Config(listen, backend string) string {
+	return fmt.Sprintf(`interfaces: [veth0]
+pools:
+  - name: web
+    drain_timeout: 30s
+    backends:
+      - address: %s
+services:
+  - name: web-http
+    listen: %s
+    protocol: http
+    pool: web
+`, backend, listen)
+}
+
+func get(url string) (int, string, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), nil
+}
+
+// TestL7Services runs http services from the config on loopback: they
+// proxy to the pool, follow drains, move on reload and stop when removed.
+func TestL7Services(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "be1")
+	}))
+	defer be.Close()
+	backend := strings.TrimPrefix(be.URL, "http://")
+	listen := freePort(t)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dp := datapath.NewFake(tableSize)
+	var m *metrics.Metrics
+	h := newHarnessWith(t, dp, l7Config(listen, backend), func(a *agent) {
+		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
+		a.setMetrics(m)
+		a.runCtx = ctx
+		a.l7 = newL7Stage(a.log, nil, m)
+	})
+	stage := h.a.l7
+	h.a.syncL7()
+
+	code, body, err := get("http://" + listen + "/")
+	if err != nil || code != 200 || body != "be1" {
+		t.Fatalf("GET = %d %q %v", code, body, err)
+	}
+
+	// Drained: the L7 stage sends nothing to it any more.
+	if err := h.a.Drain(h.ctx, "web", backend); err != nil {
+		t.Fatal(err)
+	}
+	code, _, err = get("http://" + listen + "/")
+	if err != nil || code < 500 {
+		t.Fatalf("GET with the only backend drained = %d, %v; want a 5xx", code, err)
+	}
+	if err := h.a.Undrain(h.ctx, "web", backend); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new listen address: a new server there, the old one stops.
+	listen2 := freePort(t)
+	h.write(l7Config(listen2, backend))
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code, body, err := get("http://" + listen2 + "/"); err != nil || code != 200 || body != "be1" {
+		t.Fatalf("GET on the new address = %d %q %v", code, body, err)
+	}
+	waitRefused(t, listen)
+
+	// Removed from the config: it stops.
+	h.write(strings.Replace(l7Config(listen2, backend), "protocol: http", "protocol: tcp", 1))
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitRefused(t, listen2)
+	if len(stage.services) != 0 || len(stage.trackers) != 0 {
+		t.Fatalf("stage still holds %d services, %d trackers", len(stage.services), len(stage.trackers))
+	}
+
+	cancel()
+	done := make(chan struct{})
+	go func() { stage.wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("l7 services did not stop with the context")
+	}
+}
+
+func TestL7ListenConflictLeavesOthersRunning(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h := newHarnessWith(t, nil, l7Config(taken.Addr().String(), "127.0.0.1:9"), func(a *agent) {
+		a.runCtx = ctx
+		a.l7 = newL7Stage(a.log, nil, nil)
+	})
+	h.a.syncL7()
+	if len(h.a.l7.services) != 0 {
+		t.Fatal("service started on a taken address")
+	}
+	cancel()
+	h.a.l7.wait()
+}
+
+func waitRefused(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still accepts connections", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
