@@ -44,8 +44,12 @@ var _ Pool = (*pool.Pool)(nil)
 
 // Event is an ejection or recovery the tracker asked the pool for.
 type Event struct {
-	Addr     netip.AddrPort
-	Recover  bool          // a trial succeeded and the address was recovered
+	Addr    netip.AddrPort
+	Recover bool // a trial succeeded and the address was recovered
+	Trial   bool // decided by a trial request
+	// Kind is the kind of the failure that decided an ejection, from a
+	// small set (status, connect-failure, reset, timeout): a metrics label.
+	Kind     string
 	Duration time.Duration // ejection time (0 for a recovery)
 	Until    time.Time
 	Cause    string
@@ -185,13 +189,14 @@ func (t *Tracker) Abandon(addr netip.AddrPort) {
 }
 
 // Report records the outcome of a try on addr. failed is whether it counts
-// as a failure (see the package doc); cause describes it for the pool's
-// records ("status 503", "connect-failure"). trial is Admit's answer.
+// as a failure (see the package doc); kind is its bounded kind (status,
+// connect-failure, reset, timeout) and cause describes it for the pool's
+// records ("status 503", "connect failure: ..."). trial is Admit's answer.
 //
 // Failures of requests that were sent before the address left `active`
 // (it was ejected or drained meanwhile) are not counted: they would extend
 // an ejection that already happened and inflate its doubling.
-func (t *Tracker) Report(now time.Time, addr netip.AddrPort, trial, failed bool, cause string) {
+func (t *Tracker) Report(now time.Time, addr netip.AddrPort, trial, failed bool, kind, cause string) {
 	if failed && !trial {
 		if b, ok := t.p.Backend(addr); !ok || b.State != pool.Active {
 			return
@@ -206,11 +211,12 @@ func (t *Tracker) Report(now time.Time, addr netip.AddrPort, trial, failed bool,
 	case t.cfg.Failures == 0 && !trial:
 	case !failed && trial:
 		delete(t.failures, addr)
-		ev = &Event{Addr: addr, Recover: true, Cause: CauseTrialSucceeded}
+		ev = &Event{Addr: addr, Recover: true, Trial: true, Cause: CauseTrialSucceeded}
 	case !failed:
 	case trial:
 		delete(t.failures, addr)
 		ev = t.ejectLocked(now, addr, "trial failed: "+cause)
+		ev.Trial = true
 	default:
 		fs := append(t.failures[addr], now)
 		cut := now.Add(-t.cfg.Window.D())
@@ -232,6 +238,9 @@ func (t *Tracker) Report(now time.Time, addr netip.AddrPort, trial, failed bool,
 	t.mu.Unlock()
 	if ev == nil {
 		return
+	}
+	if !ev.Recover {
+		ev.Kind = kind
 	}
 	t.apply(now, ev, trial)
 }

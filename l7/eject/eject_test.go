@@ -50,20 +50,20 @@ func TestWindow(t *testing.T) {
 	a := as[0]
 	// Failures spread wider than the window never eject.
 	for i := range 6 {
-		tr.Report(t0.Add(time.Duration(i)*6*time.Second), a, false, true, "status 503")
+		tr.Report(t0.Add(time.Duration(i)*6*time.Second), a, false, true, "status", "status 503")
 	}
 	if s := state(p, a).State; s != pool.Active {
 		t.Fatalf("ejected by failures outside the window: %s", s)
 	}
 	// Successes do not reset the window (nginx counts failures in fail_timeout).
 	now := t0.Add(time.Minute)
-	tr.Report(now, a, false, true, "status 503")
-	tr.Report(now.Add(time.Second), a, false, false, "status 200")
-	tr.Report(now.Add(2*time.Second), a, false, true, "status 503")
+	tr.Report(now, a, false, true, "status", "status 503")
+	tr.Report(now.Add(time.Second), a, false, false, "status", "status 200")
+	tr.Report(now.Add(2*time.Second), a, false, true, "status", "status 503")
 	if state(p, a).State != pool.Active {
 		t.Fatal("ejected after 2 failures")
 	}
-	tr.Report(now.Add(3*time.Second), a, false, true, "connect failure")
+	tr.Report(now.Add(3*time.Second), a, false, true, "status", "connect failure")
 	b := state(p, a)
 	if b.State != pool.Ejected || b.EjectedUntil != now.Add(13*time.Second) {
 		t.Errorf("after 3 failures in 10s: %s until %s", b.State, b.EjectedUntil)
@@ -75,7 +75,7 @@ func TestTrialDoublingAndRecovery(t *testing.T) {
 	a := as[1]
 	now := t0
 	for range 3 {
-		tr.Report(now, a, false, true, "status 503")
+		tr.Report(now, a, false, true, "status", "status 503")
 	}
 	wantTimes := []time.Duration{10 * time.Second, 20 * time.Second, 35 * time.Second, 35 * time.Second}
 	for i, want := range wantTimes {
@@ -96,7 +96,7 @@ func TestTrialDoublingAndRecovery(t *testing.T) {
 		if ok, _ := tr.Admit(b); ok {
 			t.Fatal("a second request was admitted while the trial is in flight")
 		}
-		tr.Report(now, a, true, true, "status 503")
+		tr.Report(now, a, true, true, "status", "status 503")
 	}
 	// Recovery: a successful trial, and the doubling starts over.
 	b := state(p, a)
@@ -106,7 +106,7 @@ func TestTrialDoublingAndRecovery(t *testing.T) {
 	if _, trial := tr.Admit(b); !trial {
 		t.Fatal("no trial")
 	}
-	tr.Report(now, a, true, false, "status 200")
+	tr.Report(now, a, true, false, "status", "status 200")
 	b = state(p, a)
 	if b.State != pool.Active || b.Ejections != 0 || tr.OnTrial(b) {
 		t.Fatalf("after a good trial: %+v", b)
@@ -119,7 +119,7 @@ func TestTrialDoublingAndRecovery(t *testing.T) {
 		t.Errorf("last event %+v, want a recovery", last)
 	}
 	for range 3 {
-		tr.Report(now, a, false, true, "status 503")
+		tr.Report(now, a, false, true, "status", "status 503")
 	}
 	if b := state(p, a); b.EjectedUntil.Sub(now) != 10*time.Second {
 		t.Errorf("ejection after recovery lasts %s, want base_time", b.EjectedUntil.Sub(now))
@@ -129,7 +129,7 @@ func TestTrialDoublingAndRecovery(t *testing.T) {
 func TestAbandonedTrial(t *testing.T) {
 	p, tr, as, _ := setup(t, 2, -1)
 	for range 3 {
-		tr.Report(t0, as[0], false, true, "timeout")
+		tr.Report(t0, as[0], false, true, "status", "timeout")
 	}
 	p.Tick(t0.Add(time.Minute), nil)
 	b := state(p, as[0])
@@ -146,7 +146,7 @@ func TestEjectionLimit(t *testing.T) {
 	p, tr, as, evs := setup(t, 4, -1)
 	for _, a := range as {
 		for range 3 {
-			tr.Report(t0, a, false, true, "status 503")
+			tr.Report(t0, a, false, true, "status", "status 503")
 		}
 	}
 	if n := p.Counts()[pool.Ejected]; n != 2 {
@@ -177,7 +177,7 @@ func TestEjectionLimit(t *testing.T) {
 func TestTrialFailureAtLimit(t *testing.T) {
 	p, tr, as, _ := setup(t, 2, -1)
 	for range 3 {
-		tr.Report(t0, as[0], false, true, "status 503")
+		tr.Report(t0, as[0], false, true, "status", "status 503")
 	}
 	p.Tick(t0.Add(time.Minute), nil)
 	// Meanwhile the other one is ejected: ejecting as[0] again would be 100%.
@@ -186,7 +186,7 @@ func TestTrialFailureAtLimit(t *testing.T) {
 	}
 	b := state(p, as[0])
 	tr.Admit(b)
-	tr.Report(t0.Add(time.Minute), as[0], true, true, "status 503")
+	tr.Report(t0.Add(time.Minute), as[0], true, true, "status", "status 503")
 	b = state(p, as[0])
 	if b.State != pool.Active || tr.OnTrial(b) {
 		t.Errorf("after a refused re-ejection: %s, on trial %v", b.State, tr.OnTrial(b))
@@ -232,11 +232,11 @@ func TestLateFailuresIgnored(t *testing.T) {
 	p, tr, as, _ := setup(t, 4, -1)
 	a := as[2]
 	for range 3 {
-		tr.Report(t0, a, false, true, "status 503")
+		tr.Report(t0, a, false, true, "status", "status 503")
 	}
 	before := state(p, a)
 	for range 10 {
-		tr.Report(t0.Add(time.Second), a, false, true, "status 503")
+		tr.Report(t0.Add(time.Second), a, false, true, "status", "status 503")
 	}
 	after := state(p, a)
 	if after.Ejections != before.Ejections || !after.EjectedUntil.Equal(before.EjectedUntil) {

@@ -63,7 +63,11 @@ func (s *Server) exchange(ctx context.Context, st *settings, conn *upstream.Conn
 		default:
 			res.outcome.Kind = retry.Reset
 		}
-		s.pools.Put(conn, false)
+		why := upstream.CloseError
+		if res.clientGone {
+			why = upstream.CloseClient
+		}
+		s.pools.Put(conn, why)
 		res.conn = conn
 		return res
 	}
@@ -186,7 +190,7 @@ func (s *Server) respond(ctx context.Context, w http.ResponseWriter, rec *Record
 				// The client went away; the backend connection is unusable.
 				rec.Status = statusClientClosed
 				rec.Error = "client went away during the response"
-				s.pools.Put(res.conn, false)
+				s.pools.Put(res.conn, upstream.CloseClient)
 				return false
 			}
 			if flush {
@@ -199,12 +203,13 @@ func (s *Server) respond(ctx context.Context, w http.ResponseWriter, rec *Record
 		}
 	}
 	if readErr != io.EOF {
-		s.pools.Put(res.conn, false)
 		if ctx.Err() != nil {
+			s.pools.Put(res.conn, upstream.CloseClient)
 			rec.Status = statusClientClosed
 			rec.Error = "client went away during the response"
 			return false
 		}
+		s.pools.Put(res.conn, upstream.CloseError)
 		rec.Error = "backend response cut short: " + readErr.Error()
 		if isTimeout(readErr) {
 			rec.Error = "backend response body timed out: " + readErr.Error()
@@ -214,8 +219,14 @@ func (s *Server) respond(ctx context.Context, w http.ResponseWriter, rec *Record
 	for k, vv := range resp.Trailer {
 		h[k] = vv
 	}
-	reusable := !resp.Close && !closeDelimited && s.usable(addr)
-	s.pools.Put(res.conn, reusable)
+	why := ""
+	switch {
+	case resp.Close || closeDelimited:
+		why = upstream.CloseBackend
+	case !s.usable(addr):
+		why = upstream.CloseDraining
+	}
+	s.pools.Put(res.conn, why)
 	return false
 }
 
@@ -230,16 +241,27 @@ func (s *Server) discard(res tryResult, drain bool) {
 	if res.resp == nil || res.conn == nil {
 		return
 	}
-	reusable := false
+	why := upstream.CloseClient
 	framed := res.resp.ContentLength >= 0 || len(res.resp.TransferEncoding) > 0
-	if drain && !res.resp.Close && framed {
+	switch {
+	case !drain:
+	case res.resp.Close || !framed:
+		why = upstream.CloseBackend
+	default:
 		// A short error body is read to its end so the connection can be
 		// reused; a long one is not worth it.
 		n, err := io.Copy(io.Discard, io.LimitReader(res.resp.Body, 64<<10))
-		reusable = err == nil && n < 64<<10
+		switch {
+		case err != nil || n >= 64<<10:
+			why = upstream.CloseError
+		case !s.usable(res.conn.Addr()):
+			why = upstream.CloseDraining
+		default:
+			why = ""
+		}
 	}
 	res.resp.Body.Close()
-	s.pools.Put(res.conn, reusable && s.usable(res.conn.Addr()))
+	s.pools.Put(res.conn, why)
 }
 
 // usable is whether pooled connections to addr may be kept: it is still
@@ -309,3 +331,7 @@ func minTime(a, b time.Time) time.Time {
 	}
 	return a
 }
+
+// kindLabel is an outcome's kind as a bounded label: status,
+// connect-failure, reset, timeout (ok for successes).
+func kindLabel(o retry.Outcome) string { return o.Kind.String() }

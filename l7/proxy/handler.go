@@ -133,7 +133,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		failed := res.outcome.Kind != retry.OK
-		s.tracker.Report(time.Now(), b.Addr, trial, failed, describe(res))
+		s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 
 		d := st.policy.Decide(retry.Request{
 			Method: out.method, Header: r.Header, Replayable: body.replayable(),
@@ -143,6 +143,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			rel, ok := s.budget.Acquire()
 			if !ok {
 				d = retry.Decision{Reason: d.Reason + "; but the retry budget is spent"}
+				tr.BudgetRefused = true
 			} else {
 				release = rel
 			}

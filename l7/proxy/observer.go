@@ -1,6 +1,10 @@
 package proxy
 
 import (
+	"net/netip"
+	"strconv"
+	"time"
+
 	"github.com/sluicelb/sluice/l7/eject"
 )
 
@@ -15,6 +19,10 @@ type Observer interface {
 	// Panic is called when the service enters (on) or leaves panic mode:
 	// too much of its pool is ejected, load is spread over every address.
 	Panic(service string, on bool)
+	// UpstreamClosed is called for every backend connection closed, with
+	// the reason (upstream.Close*: draining, lifetime, idle, backend,
+	// error, client, full, shutdown).
+	UpstreamClosed(service string, addr netip.AddrPort, reason string)
 }
 
 // NopObserver ignores everything.
@@ -30,3 +38,59 @@ func (NopObserver) Ejection(string, eject.Event) {}
 
 // Panic implements Observer.
 func (NopObserver) Panic(string, bool) {}
+
+// UpstreamClosed implements Observer.
+func (NopObserver) UpstreamClosed(string, netip.AddrPort, string) {}
+
+// Metrics is the method set of userspace/metrics' *L7 that the proxy
+// reports to; NewMetricsObserver adapts it to an Observer.
+type Metrics interface {
+	Request(service string, code int, took time.Duration, tries int)
+	Retry(service, reason string)
+	RetryRefused(service string)
+	Ejection(pool string, addr netip.AddrPort, cause string)
+	SetPanic(pool string, on bool)
+	UpstreamClosed(pool, reason string)
+}
+
+// NewMetricsObserver returns an Observer feeding m for a service of pool.
+func NewMetricsObserver(m Metrics, pool string) Observer {
+	return metricsObserver{m: m, pool: pool}
+}
+
+type metricsObserver struct {
+	m    Metrics
+	pool string
+}
+
+var _ Observer = metricsObserver{}
+
+func (o metricsObserver) Request(rec *Record) {
+	code := rec.Status
+	if code == statusClientClosed {
+		code = 0 // nothing was sent
+	}
+	o.m.Request(rec.Service, code, rec.Duration, len(rec.Tries))
+	for _, t := range rec.Tries {
+		switch {
+		case t.Retry && t.Outcome == "status":
+			o.m.Retry(rec.Service, strconv.Itoa(t.Status))
+		case t.Retry:
+			o.m.Retry(rec.Service, t.Outcome)
+		case t.BudgetRefused:
+			o.m.RetryRefused(rec.Service)
+		}
+	}
+}
+
+func (o metricsObserver) Ejection(_ string, ev eject.Event) {
+	if ev.Err == nil && !ev.Recover {
+		o.m.Ejection(o.pool, ev.Addr, ev.Kind)
+	}
+}
+
+func (o metricsObserver) Panic(_ string, on bool) { o.m.SetPanic(o.pool, on) }
+
+func (o metricsObserver) UpstreamClosed(_ string, _ netip.AddrPort, reason string) {
+	o.m.UpstreamClosed(o.pool, reason)
+}

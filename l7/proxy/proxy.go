@@ -244,6 +244,9 @@ func New(opts Options) (*Server, error) {
 		MaxLifetime:    opts.Upstream.MaxLifetime,
 		TLS:            opts.Upstream.TLS,
 		Log:            log,
+		OnClose: func(addr netip.AddrPort, reason string) {
+			s.obs.UpstreamClosed(s.name, addr, reason)
+		},
 	})
 
 	cl := opts.Client

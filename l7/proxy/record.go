@@ -41,8 +41,10 @@ type Try struct {
 	Millis   float64       `json:"ms"`
 	Error    string        `json:"error,omitempty"`
 	Retry    bool          `json:"retry"`
-	Why      string        `json:"why"` // why it was or was not retried
-	Backoff  float64       `json:"backoff_ms,omitempty"`
+	// BudgetRefused: the policy allowed a retry, the retry budget did not.
+	BudgetRefused bool    `json:"budget_refused,omitempty"`
+	Why           string  `json:"why"` // why it was or was not retried
+	Backoff       float64 `json:"backoff_ms,omitempty"`
 }
 
 func (r *Record) log(l *slog.Logger) {

@@ -86,8 +86,8 @@ func (c *Conn) SetTimeouts(write, read time.Duration, deadline time.Time) {
 	c.writeTimeout, c.readTimeout, c.deadline = write, read, deadline
 }
 
-// Close closes the connection now (for an exchange that failed: Put it
-// afterwards anyway so the pool's counts stay right, or use Pools.Put(c, false)).
+// Close closes the connection now, e.g. to interrupt a blocked read. Put
+// it afterwards anyway, so the pool's counts stay right.
 func (c *Conn) Close() error { c.close(); return nil }
 
 func (c *Conn) close() {

@@ -44,6 +44,9 @@ type Options struct {
 	Log *slog.Logger
 	// Dial replaces the TCP dialer (tests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OnClose, when set, is told about every connection closed and why
+	// (one of the Close* reasons), for metrics. It must not block.
+	OnClose func(addr netip.AddrPort, reason string)
 }
 
 // DialError is a failure to connect (TCP or TLS handshake): no request byte
@@ -57,6 +60,19 @@ type DialError struct {
 func (e *DialError) Error() string { return fmt.Sprintf("connect to %s: %v", e.Addr, e.Err) }
 
 func (e *DialError) Unwrap() error { return e.Err }
+
+// Reasons a connection is closed, passed to Options.OnClose (and to Put by
+// callers that close one).
+const (
+	CloseDraining = "draining" // its address left active (Retire)
+	CloseLifetime = "lifetime" // older than MaxLifetime
+	CloseIdle     = "idle"     // idle longer than IdleTimeout
+	CloseBackend  = "backend"  // the backend closed it or asked to (Connection: close, body until EOF)
+	CloseError    = "error"    // the exchange on it failed
+	CloseClient   = "client"   // the client went away in the middle of the exchange
+	CloseFull     = "full"     // the idle pool of its address is full
+	CloseShutdown = "shutdown" // the pools were closed
+)
 
 // ErrClosed is returned by Get after Close.
 var ErrClosed = errors.New("upstream pools closed")
@@ -121,7 +137,7 @@ func (p *Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info s
 		serverName = ""
 	}
 	now := time.Now()
-	var stale []*Conn
+	var stale []closing
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -133,8 +149,12 @@ func (p *Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info s
 	for l := ap.idle[serverName]; len(l) > 0; l = ap.idle[serverName] {
 		cand := l[len(l)-1]
 		ap.idle[serverName] = l[:len(l)-1]
-		if now.Sub(cand.dialled) >= p.opts.MaxLifetime || now.Sub(cand.idleSince) >= p.opts.IdleTimeout || !cand.alive() {
-			stale = append(stale, cand)
+		if why := p.expired(cand, now); why != "" {
+			stale = append(stale, closing{cand, why})
+			continue
+		}
+		if !cand.alive() {
+			stale = append(stale, closing{cand, CloseBackend})
 			continue
 		}
 		c = cand
@@ -146,9 +166,7 @@ func (p *Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info s
 	}
 	gen := ap.gen
 	p.mu.Unlock()
-	for _, s := range stale {
-		s.close()
-	}
+	p.closeAll(stale)
 	if c != nil {
 		c.reused = true
 		c.requests++
@@ -200,29 +218,66 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// Put gives back a connection whose exchange finished. reusable is whether
-// the exchange left it clean (whole response read, no Connection: close).
-// It goes back to the pool only if its address was not retired since it
-// was dialled, it is within its lifetime, and the pool has room; otherwise
-// it is closed.
-func (p *Pools) Put(c *Conn, reusable bool) {
+// Put gives back a connection whose exchange finished. closeReason is ""
+// when the exchange left it clean (whole response read, no Connection:
+// close); otherwise the connection is closed for that reason. A clean one
+// goes back to the pool only if its address was not retired since it was
+// dialled, it is within its lifetime, and the pool has room.
+func (p *Pools) Put(c *Conn, closeReason string) {
 	now := time.Now()
 	p.mu.Lock()
 	ap := p.addrs[c.addr]
-	keep := reusable && !p.closed && ap != nil && !ap.retired && ap.gen == c.gen &&
-		now.Sub(c.dialled) < p.opts.MaxLifetime && len(ap.idle[c.serverName]) < p.opts.MaxIdlePerAddr
 	if ap != nil {
 		ap.busy--
 	}
-	if keep {
+	why := closeReason
+	switch {
+	case why != "":
+	case p.closed:
+		why = CloseShutdown
+	case ap == nil || ap.retired || ap.gen != c.gen:
+		why = CloseDraining
+	case now.Sub(c.dialled) >= p.opts.MaxLifetime:
+		why = CloseLifetime
+	case len(ap.idle[c.serverName]) >= p.opts.MaxIdlePerAddr:
+		why = CloseFull
+	default:
 		c.idleSince = now
 		c.clearDeadlines()
 		ap.idle[c.serverName] = append(ap.idle[c.serverName], c)
 	}
 	p.mu.Unlock()
-	if !keep {
-		c.close()
+	if why != "" {
+		p.closeAll([]closing{{c, why}})
 	}
+}
+
+type closing struct {
+	c   *Conn
+	why string
+}
+
+func (p *Pools) closeAll(cs []closing) {
+	// Every connection ends here exactly once: idle ones are taken out of
+	// the pool first, busy ones come through Put (a Conn.Close to
+	// interrupt an exchange is always followed by Put).
+	for _, x := range cs {
+		x.c.close()
+		if p.opts.OnClose != nil {
+			p.opts.OnClose(x.c.addr, x.why)
+		}
+	}
+}
+
+// expired says why an idle connection must not be used any more ("" if it may).
+func (p *Pools) expired(c *Conn, now time.Time) string {
+	switch {
+	case now.Sub(c.dialled) >= p.opts.MaxLifetime:
+		return CloseLifetime
+	case now.Sub(c.idleSince) >= p.opts.IdleTimeout:
+		return CloseIdle
+	}
+	return ""
 }
 
 // Retire is called when addr leaves `active` (draining, ejected, removed):
@@ -237,18 +292,18 @@ func (p *Pools) Retire(addr netip.AddrPort) int {
 	}
 	ap.gen++
 	ap.retired = true
-	var idle []*Conn
+	var idle []closing
 	for k, l := range ap.idle {
-		idle = append(idle, l...)
+		for _, c := range l {
+			idle = append(idle, closing{c, CloseDraining})
+		}
 		delete(ap.idle, k)
 	}
 	if ap.busy == 0 {
 		delete(p.addrs, addr)
 	}
 	p.mu.Unlock()
-	for _, c := range idle {
-		c.close()
-	}
+	p.closeAll(idle)
 	if len(idle) > 0 {
 		p.log.Info("closed idle upstream connections", "address", addr.String(), "count", len(idle))
 	}
@@ -257,14 +312,14 @@ func (p *Pools) Retire(addr netip.AddrPort) int {
 
 // Sweep closes idle connections past their idle timeout or lifetime.
 func (p *Pools) Sweep(now time.Time) {
-	var old []*Conn
+	var old []closing
 	p.mu.Lock()
 	for addr, ap := range p.addrs {
 		for k, l := range ap.idle {
 			kept := l[:0]
 			for _, c := range l {
-				if now.Sub(c.dialled) >= p.opts.MaxLifetime || now.Sub(c.idleSince) >= p.opts.IdleTimeout {
-					old = append(old, c)
+				if why := p.expired(c, now); why != "" {
+					old = append(old, closing{c, why})
 				} else {
 					kept = append(kept, c)
 				}
@@ -281,9 +336,7 @@ func (p *Pools) Sweep(now time.Time) {
 		}
 	}
 	p.mu.Unlock()
-	for _, c := range old {
-		c.close()
-	}
+	p.closeAll(old)
 }
 
 // Run sweeps every interval until ctx ends.
@@ -304,19 +357,21 @@ func (p *Pools) Run(ctx context.Context, interval time.Duration) {
 }
 
 // CloseIdle closes every idle connection.
-func (p *Pools) CloseIdle() {
-	var idle []*Conn
+func (p *Pools) CloseIdle() { p.closeIdle(CloseIdle) }
+
+func (p *Pools) closeIdle(why string) {
+	var idle []closing
 	p.mu.Lock()
 	for _, ap := range p.addrs {
 		for k, l := range ap.idle {
-			idle = append(idle, l...)
+			for _, c := range l {
+				idle = append(idle, closing{c, why})
+			}
 			delete(ap.idle, k)
 		}
 	}
 	p.mu.Unlock()
-	for _, c := range idle {
-		c.close()
-	}
+	p.closeAll(idle)
 }
 
 // Close closes every idle connection and makes later Gets fail; busy
@@ -325,7 +380,7 @@ func (p *Pools) Close() {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
-	p.CloseIdle()
+	p.closeIdle(CloseShutdown)
 }
 
 // Stats counts one address's connections.

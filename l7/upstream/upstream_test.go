@@ -87,12 +87,12 @@ func TestReuseAndRetire(t *testing.T) {
 	p := New(Options{})
 	defer p.Close()
 	c1, c2 := get(t, p, s.addr), get(t, p, s.addr)
-	p.Put(c1, true)
+	p.Put(c1, "")
 	c3 := get(t, p, s.addr)
 	if c3 != c1 || !c3.Reused() || c3.Info() != "answer-1" || c3.Requests() != 2 {
 		t.Fatalf("idle connection not reused: %p %p reused=%v", c3, c1, c3.Reused())
 	}
-	p.Put(c3, true)
+	p.Put(c3, "")
 	if st := p.Stats(s.addr); st.Idle != 1 || st.Busy != 1 || st.Dialled != 2 || st.Reused != 1 {
 		t.Errorf("stats %+v", st)
 	}
@@ -102,7 +102,7 @@ func TestReuseAndRetire(t *testing.T) {
 		t.Errorf("retire closed %d idle, want 1", n)
 	}
 	waitOpen(t, s, 1)
-	p.Put(c2, true)
+	p.Put(c2, "")
 	waitOpen(t, s, 0)
 	if st := p.Stats(s.addr); st.Idle != 0 || st.Busy != 0 {
 		t.Errorf("after retire: %+v", st)
@@ -112,7 +112,7 @@ func TestReuseAndRetire(t *testing.T) {
 	if c4.Reused() {
 		t.Error("a connection from before the retirement was reused")
 	}
-	p.Put(c4, true)
+	p.Put(c4, "")
 	if st := p.Stats(s.addr); st.Idle != 1 {
 		t.Errorf("after coming back: %+v", st)
 	}
@@ -123,20 +123,20 @@ func TestLifetimeIdleTimeoutAndDeadPeers(t *testing.T) {
 	p := New(Options{MaxLifetime: 100 * time.Millisecond, IdleTimeout: time.Hour})
 	defer p.Close()
 	c := get(t, p, s.addr)
-	p.Put(c, true)
+	p.Put(c, "")
 	time.Sleep(120 * time.Millisecond)
 	if c2 := get(t, p, s.addr); c2 == c {
 		t.Error("connection reused past its lifetime")
 	} else {
 		// A busy connection past its lifetime closes when given back.
 		time.Sleep(120 * time.Millisecond)
-		p.Put(c2, true)
+		p.Put(c2, "")
 	}
 	waitOpen(t, s, 0)
 
 	p2 := New(Options{IdleTimeout: 50 * time.Millisecond})
 	defer p2.Close()
-	p2.Put(get(t, p2, s.addr), true)
+	p2.Put(get(t, p2, s.addr), "")
 	p2.Sweep(time.Now().Add(time.Second))
 	if st := p2.Stats(s.addr); st.Idle != 0 {
 		t.Errorf("sweep left %d idle past the idle timeout", st.Idle)
@@ -147,7 +147,8 @@ func TestLifetimeIdleTimeoutAndDeadPeers(t *testing.T) {
 	p3 := New(Options{})
 	defer p3.Close()
 	c = get(t, p3, s.addr)
-	p3.Put(c, true)
+	p3.Put(c, "")
+	waitOpen(t, s, 1) // accepted and known to the server
 	s.closeAll()
 	waitOpen(t, s, 0)
 	time.Sleep(10 * time.Millisecond)
@@ -189,7 +190,7 @@ func TestPhaseDeadlines(t *testing.T) {
 	p := New(Options{})
 	defer p.Close()
 	c := get(t, p, s.addr)
-	defer p.Put(c, false)
+	defer p.Put(c, CloseError)
 	c.SetTimeouts(time.Second, 50*time.Millisecond, time.Time{})
 	c.Writer().WriteString("ping")
 	if err := c.Writer().Flush(); err != nil {
