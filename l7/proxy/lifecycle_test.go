@@ -164,14 +164,9 @@ func TestDrainClosesPooledConnections(t *testing.T) {
 		w.Write([]byte("a"))
 	})
 	b := newBackend(t, status(200))
-	var srv atomic.Pointer[Server]
-	p := newPool(t, func(tr pool.Transition) {
-		if s := srv.Load(); s != nil {
-			s.Transition(tr)
-		}
-	}, a.addr, b.addr)
+	// The server follows the pool's transitions through pool.Subscribe.
+	p := newPool(t, nil, a.addr, b.addr)
 	h := start(t, p, func(o *Options) { o.Selector = preferSelector{a.addr} })
-	srv.Store(h.srv)
 
 	// Warm several idle connections to a, and one busy one.
 	var wg sync.WaitGroup

@@ -19,7 +19,7 @@
 //	srv, err := proxy.New(proxy.Options{Service: svc, Pool: p, Ejection: poolCfg.Ejection, Log: log, AccessLog: acc})
 //	go srv.Serve(ctx, ln)                 // returns after a graceful shutdown when ctx ends
 //	srv.Update(svc, poolCfg)              // on reload: new settings, no connection dropped
-//	srv.AddressChanged(addr, state)       // on every pool transition of the service's pool
+//	srv.AddressChanged(addr, state)       // automatic with *pool.Pool (Subscribe); otherwise the agent calls it
 //	srv.Shutdown(ctx)                     // graceful stop (also done by Serve when ctx ends)
 package proxy
 
@@ -147,6 +147,8 @@ type Server struct {
 	mu       sync.Mutex
 	inflight map[netip.AddrPort]int
 
+	unsubscribe func() // from the pool's transitions, when it offers them
+
 	bufs sync.Pool // *[]byte of copyBufSize, for response bodies
 }
 
@@ -249,6 +251,14 @@ func New(opts Options) (*Server, error) {
 		},
 	})
 
+	// A pool that publishes its transitions (*pool.Pool does) is followed
+	// directly; the agent need not call AddressChanged then.
+	if sub, ok := opts.Pool.(interface {
+		Subscribe(pool.Observer) func()
+	}); ok {
+		s.unsubscribe = sub.Subscribe(s.Transition)
+	}
+
 	cl := opts.Client
 	if cl.HeaderTimeout <= 0 {
 		cl.HeaderTimeout = DefaultHeaderTimeout
@@ -350,6 +360,9 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
 	s.pools.Close()
+	if s.unsubscribe != nil {
+		s.unsubscribe()
+	}
 	if err != nil {
 		return fmt.Errorf("service %s: shutdown: %w", s.name, err)
 	}
@@ -374,8 +387,9 @@ func (s *Server) Update(svc config.Service, p config.Pool) error {
 	return nil
 }
 
-// AddressChanged is called by the agent on every transition of an address
-// of the service's pool. An address that is no longer active (draining,
+// AddressChanged is called on every transition of an address of the
+// service's pool: by the pool itself when it has Subscribe (*pool.Pool),
+// otherwise by the agent. An address that is no longer active (draining,
 // ejected, removed) gets no new request; its idle pooled connections are
 // closed at once and busy ones when their request ends.
 func (s *Server) AddressChanged(addr netip.AddrPort, state pool.State) {
