@@ -94,9 +94,12 @@ func (s *Server) exchange(ctx context.Context, st *settings, conn *upstream.Conn
 		if r.StatusCode == http.StatusSwitchingProtocols {
 			return fail("read", errors.New("backend switched protocols, which was not asked for"))
 		}
-		if r.StatusCode >= 200 || i >= max1xx {
+		if r.StatusCode >= 200 {
 			resp = r
 			break
+		}
+		if i >= max1xx {
+			return fail("read", fmt.Errorf("more than %d informational responses", max1xx))
 		}
 	}
 	// From now on `read` bounds the wait between two body reads.

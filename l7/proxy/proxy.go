@@ -371,12 +371,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Update applies a reloaded service and its pool's settings. Requests in
 // flight finish under the settings they started with; no connection is
-// dropped. The listen address, TLS files and client limits are not
-// reloadable here: the agent replaces the Server when they change.
+// dropped. The pool, listen address, TLS files and client limits are not
+// reloadable here: the agent replaces the Server when they change (a
+// changed pool or listen address is refused with an error).
 func (s *Server) Update(svc config.Service, p config.Pool) error {
 	st, err := compile(svc, p.Ejection)
 	if err != nil {
 		return err
+	}
+	if cur := s.cfg.Load().svc; svc.Pool != cur.Pool || svc.Listen != cur.Listen {
+		return fmt.Errorf("service %s: pool or listen address changed (%s %s → %s %s): replace the server",
+			s.name, cur.Pool, cur.Listen, svc.Pool, svc.Listen)
 	}
 	if err := s.tracker.SetConfig(p.Ejection); err != nil {
 		return fmt.Errorf("service %s: %w", s.name, err)
