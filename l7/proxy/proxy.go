@@ -89,6 +89,8 @@ type UpstreamOptions struct {
 	MaxLifetime    time.Duration // default 5m
 	// TLS makes connections to the backends TLS; SNI is the Host sent.
 	TLS *tls.Config
+	// Dial replaces the TCP dialer (e.g. to bind a source address; tests).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Options build a Server.
@@ -245,6 +247,7 @@ func New(opts Options) (*Server, error) {
 		IdleTimeout:    opts.Upstream.IdleTimeout,
 		MaxLifetime:    opts.Upstream.MaxLifetime,
 		TLS:            opts.Upstream.TLS,
+		Dial:           opts.Upstream.Dial,
 		Log:            log,
 		OnClose: func(addr netip.AddrPort, reason string) {
 			s.obs.UpstreamClosed(s.name, addr, reason)

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -263,5 +265,98 @@ func TestTotalDeadlineOverTries(t *testing.T) {
 	l := h.access.last(t)
 	if len(l.Try) != 3 || l.Try[0].Phase != "read" || l.Try[2].Phase != "total" || !strings.Contains(l.Error, "total timeout") {
 		t.Errorf("log: %+v", l)
+	}
+}
+
+// A backend that never reads the request body: 504 after `send`, and a
+// body that did not fit the buffer is not sent again.
+func TestSendTimeout(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			stuck <- c // accepted, never read
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		for len(stuck) > 0 {
+			(<-stuck).Close()
+		}
+	})
+	addr := netip.MustParseAddrPort(l.Addr().String())
+	good := newBackend(t, status(200))
+	p := newPool(t, nil, addr, good.addr)
+	h := start(t, p, func(o *Options) {
+		o.Selector = preferSelector{addr}
+		o.Service.Timeouts.Send = config.Duration(300 * time.Millisecond)
+		o.Service.Retry.BufferBytes = 1024
+	})
+	body := bytes.Repeat([]byte("x"), 64<<20) // more than the socket buffers hold
+	req, _ := http.NewRequest("PUT", h.url+"/big", bytes.NewReader(body))
+	t0 := time.Now()
+	resp, err := h.client.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusGatewayTimeout {
+			t.Errorf("status %d, want 504", resp.StatusCode)
+		}
+	} // else: the proxy answered and closed while the client was still uploading
+	waitFor(t, "access log", func() bool { return len(h.access.lines(t)) == 1 })
+	l1 := h.access.last(t)
+	if l1.Status != http.StatusGatewayTimeout || len(l1.Try) != 1 || l1.Try[0].Phase != "send" || l1.Try[0].Retry ||
+		!strings.Contains(l1.Try[0].Why, "buffer_bytes") {
+		t.Errorf("log: %+v", l1)
+	}
+	if el := time.Since(t0); el > 3*time.Second {
+		t.Errorf("took %s", el)
+	}
+	if good.count.Load() != 0 {
+		t.Error("the unreplayable body went to another backend")
+	}
+}
+
+// A connect that does not complete within `connect`: 504, "connect
+// timeout", retried elsewhere when attempts allow (nothing was sent).
+func TestConnectTimeout(t *testing.T) {
+	good := newBackend(t, status(200))
+	black := netip.MustParseAddrPort("127.0.0.1:9") // never dialled: see Dial below
+	p := newPool(t, nil, black, good.addr)
+	for _, attempts := range []int{1, 2} {
+		h := start(t, p, func(o *Options) {
+			o.Selector = preferSelector{black}
+			o.Service.Timeouts.Connect = config.Duration(200 * time.Millisecond)
+			o.Service.Retry.Attempts = attempts
+			o.Ejection.Failures = 0
+			o.Upstream.Dial = func(ctx context.Context, n, a string) (net.Conn, error) {
+				if a == black.String() {
+					<-ctx.Done()
+					return nil, ctx.Err()
+				}
+				var d net.Dialer
+				return d.DialContext(ctx, n, a)
+			}
+		})
+		t0 := time.Now()
+		resp, body := h.do(t, "GET", "/", nil, nil)
+		el := time.Since(t0)
+		want := map[int]int{1: http.StatusGatewayTimeout, 2: http.StatusOK}[attempts]
+		if resp.StatusCode != want || el < 190*time.Millisecond || el > time.Second {
+			t.Errorf("attempts %d: %d %q after %s, want %d after ~200ms", attempts, resp.StatusCode, body, el, want)
+		}
+		l := h.access.last(t)
+		if l.Try[0].Outcome != "connect-failure" || l.Try[0].Phase != "connect" || l.Try[0].Sent {
+			t.Errorf("attempts %d: first try %+v", attempts, l.Try[0])
+		}
+		if attempts == 1 && !strings.Contains(l.Error, "connect timeout") {
+			t.Errorf("error %q", l.Error)
+		}
 	}
 }
