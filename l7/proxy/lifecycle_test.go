@@ -550,3 +550,67 @@ func TestClientLimitsAndFraming(t *testing.T) {
 		t.Errorf("%d refused requests reached the backend", n)
 	}
 }
+
+// Field report 1 at L7: the DNS answer moves from one address to another
+// under keep-alive load. No request fails, no request reaches the old
+// address once the pool has moved it to draining (except those already
+// in flight), and the pooled connections to it are closed.
+func TestAnswerMovesUnderLoad(t *testing.T) {
+	oldBe := newBackend(t, status(200))
+	newBe := newBackend(t, status(200))
+	p := pool.New("web", pool.Config{DrainTimeout: time.Minute, MaxEjectedPercent: 50}, nil, nil)
+	p.SetSource(time.Now(), "backend.lab", []pool.Desired{{Addr: oldBe.addr, Info: "A " + oldBe.addr.Addr().String() + " ttl 2s"}})
+	h := start(t, p, nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
+	defer cancel()
+	var ok, failed atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := h.client.Get(h.url + "/")
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	if h.srv.UpstreamStats(oldBe.addr).Idle+h.srv.UpstreamStats(oldBe.addr).Busy == 0 {
+		t.Fatal("no pooled connection to the old address before the switch")
+	}
+	p.SetSource(time.Now(), "backend.lab", []pool.Desired{{Addr: newBe.addr, Info: "A " + newBe.addr.Addr().String() + " ttl 2s"}})
+	if b, _ := p.Backend(oldBe.addr); b.State != pool.Draining {
+		t.Fatalf("old address is %s", b.State)
+	}
+	// Requests already on their way to the old address may still land.
+	time.Sleep(50 * time.Millisecond)
+	atSwitch := oldBe.count.Load()
+	wg.Wait()
+	if n := oldBe.count.Load() - atSwitch; n != 0 {
+		t.Errorf("%d requests reached the old address after the switch", n)
+	}
+	if failed.Load() != 0 || newBe.count.Load() == 0 {
+		t.Errorf("%d ok, %d failed, %d on the new address", ok.Load(), failed.Load(), newBe.count.Load())
+	}
+	if st := h.srv.UpstreamStats(oldBe.addr); st.Idle != 0 || st.Busy != 0 {
+		t.Errorf("connections to the old address left: %+v", st)
+	}
+	waitFor(t, "old backend's connections closed", func() bool { return oldBe.open() == 0 })
+	var answers []string
+	for _, l := range h.access.lines(t) {
+		answers = append(answers, l.Try[0].Answer)
+	}
+	if !strings.Contains(strings.Join(answers, ","), "ttl 2s") {
+		t.Errorf("the access log does not name the DNS answer: %v", answers[:min(3, len(answers))])
+	}
+}
