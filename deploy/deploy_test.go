@@ -230,10 +230,11 @@ func TestUnitFile(t *testing.T) {
 			t.Errorf("[%s] %s=%q, want %q", e.section, e.key, got, e.want)
 		}
 	}
-	// The least capabilities that work (docs/operations.md): exactly these.
+	// The least capabilities that work (docs/operations.md): exactly these,
+	// never CAP_SYS_ADMIN.
 	caps := strings.Fields(u.one(t, "Service", "CapabilityBoundingSet"))
 	slices.Sort(caps)
-	if want := []string{"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"}; !slices.Equal(caps, want) {
+	if want := []string{"CAP_BPF", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_PERFMON"}; !slices.Equal(caps, want) {
 		t.Errorf("CapabilityBoundingSet=%v, want %v", caps, want)
 	}
 	if amb := u.one(t, "Service", "AmbientCapabilities"); amb != "" {
