@@ -501,6 +501,8 @@ type agentConfig struct {
 	// DNSName, when set, makes pool web one DNS-named backend (port 80)
 	// resolved through the lab DNS server, instead of Backends.
 	DNSName string
+	// Mode of service web-l4: nat (default) or snat.
+	Mode string
 }
 
 // Agent is a running `sluice agent` in the lab's lb namespace.
@@ -595,13 +597,16 @@ pools:
       - address: 198.18.2.13:5353
 `)
 	}
+	if c.Mode == "" {
+		c.Mode = "nat"
+	}
 	fmt.Fprintf(&b, `services:
   - name: web-l4
     listen: %s:80
     protocol: tcp
-    mode: nat
+    mode: %s
     pool: web
-`, vip)
+`, vip, c.Mode)
 	if c.UDP {
 		fmt.Fprintf(&b, `  - name: udp-l4
     listen: %s:53

@@ -161,11 +161,13 @@ func (b *backend) routes() http.Handler {
 	return mux
 }
 
-// wrap sets X-Backend and counts the request.
+// wrap sets X-Backend and X-Client-Addr (the peer address the backend saw:
+// the client's in nat mode, sluice's in snat mode) and counts the request.
 func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		b.count(r.URL.Path)
 		w.Header().Set("X-Backend", b.name)
+		w.Header().Set("X-Client-Addr", r.RemoteAddr)
 		h(w, r)
 	}
 }
