@@ -174,9 +174,9 @@ cmd_stats() {
 	local slots
 	slots=$(jdump backends | jq -c '[.[] | select(.value.state != 0 or .value.gen != 0) | .key]')
 	jdump backend_stats | jq -r --argjson slots "$slots" "$JQ_DEFS"'
-		["SLOT", "PACKETS", "BYTES", "NEW FLOWS"],
+		["SLOT", "PACKETS", "BYTES", "NEW FLOWS", "CONNECT REFUSED"],
 		(.[] | select(.key as $k | $slots | index($k)) | .key as $k | sumcpus |
-			[$k, .packets, .bytes, .new_flows]) | @tsv' | table
+			[$k, .packets, .bytes, .new_flows, (.connect_refused // "-")]) | @tsv' | table
 	say "global counters (global_stats)"
 	jdump global_stats | jq -r "$JQ_DEFS"'.[0] | sumcpus | to_entries[] | [.key, .value] | @tsv' | table
 }
