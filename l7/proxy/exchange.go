@@ -92,7 +92,11 @@ func (s *Server) exchange(ctx context.Context, st *settings, conn *upstream.Conn
 			return fail("read", err)
 		}
 		if r.StatusCode == http.StatusSwitchingProtocols {
-			return fail("read", errors.New("backend switched protocols, which was not asked for"))
+			if out.upgrade == "" {
+				return fail("read", errors.New("backend switched protocols, which was not asked for"))
+			}
+			resp = r
+			break
 		}
 		if r.StatusCode >= 200 {
 			resp = r

@@ -60,6 +60,13 @@ type framingConn struct {
 	err   error
 }
 
+// passThrough stops inspecting (the connection was taken over).
+func (c *framingConn) passThrough() {
+	c.out = append(c.out, c.line...)
+	c.line = nil
+	c.state = fPass
+}
+
 // CloseWrite lets the server half-close like on a *net.TCPConn.
 func (c *framingConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
@@ -192,6 +199,7 @@ func (c *framingConn) header(block []byte) {
 	clLine := -1
 	var cl []string
 	var te []string
+	upgrade := false
 	for i, l := range lines {
 		l = bytes.TrimRight(l, "\r")
 		if len(l) == 0 {
@@ -215,6 +223,9 @@ func (c *framingConn) header(block []byte) {
 				clLine = i
 			}
 			cl = append(cl, string(bytes.TrimSpace(value)))
+		case "upgrade":
+			// What follows a switch of protocols is not HTTP: stop here.
+			upgrade = true
 		case "transfer-encoding":
 			for v := range strings.SplitSeq(string(value), ",") {
 				if v = strings.TrimSpace(v); v != "" {
@@ -222,6 +233,10 @@ func (c *framingConn) header(block []byte) {
 				}
 			}
 		}
+	}
+	if upgrade && len(cl) == 0 && len(te) == 0 {
+		c.state = fPass
+		return
 	}
 	switch {
 	case len(cl) > 0 && len(te) > 0:

@@ -88,3 +88,14 @@ func TestFramingKeepAlive(t *testing.T) {
 		t.Errorf("backend got %d requests, want 10", n)
 	}
 }
+
+func TestFramingStopsAtUpgrade(t *testing.T) {
+	in := "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello, no header end"
+	a, b := net.Pipe()
+	go func() { a.Write([]byte(in)); a.Close() }()
+	fc := &framingConn{Conn: b, max: 64 << 10}
+	got, _ := io.ReadAll(fc)
+	if string(got) != in {
+		t.Errorf("got %q", got)
+	}
+}

@@ -18,12 +18,13 @@ const statusClientClosed = 499
 
 // outRequest is what every try of one request sends.
 type outRequest struct {
-	method string
-	uri    string
-	host   string // Host header sent
-	sni    string // TLS server name
-	header http.Header
-	body   *reqBody
+	upgrade string // the protocol asked for with Upgrade ("" when none)
+	method  string
+	uri     string
+	host    string // Host header sent
+	sni     string // TLS server name
+	header  http.Header
+	body    *reqBody
 }
 
 // tryResult is one try's result.
@@ -69,12 +70,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	deadline := start.Add(st.timeouts.Total.D())
 	body, err := newReqBody(r.Body, r.ContentLength, st.policy.BufferBytes())
 	if err != nil {
-		rec.BytesIn = 0
 		s.fail(w, rec, http.StatusBadRequest, err.Error())
 		return
 	}
 	out := s.outgoing(st, r, body)
-	defer func() { rec.BytesIn = body.read }()
+	defer func() { rec.BytesIn += body.read }()
 
 	tried := map[netip.AddrPort]bool{}
 	var release func()
@@ -176,6 +176,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			continue
 		}
+		if res.resp != nil && res.resp.StatusCode == http.StatusSwitchingProtocols {
+			s.tunnel(w, rec, st, res)
+			return
+		}
 		if res.resp != nil {
 			abort = s.respond(r.Context(), w, rec, res, b.Addr)
 			return
@@ -205,7 +209,12 @@ func (s *Server) outgoing(st *settings, r *http.Request, body *reqBody) *outRequ
 	if uri == "" || (uri[0] != '/' && uri != "*") {
 		uri = r.URL.RequestURI()
 	}
-	return &outRequest{method: r.Method, uri: uri, host: host, sni: hostname(host), header: h, body: body}
+	up := upgradeType(r)
+	if up != "" {
+		h.Set("Connection", "Upgrade")
+		h.Set("Upgrade", up)
+	}
+	return &outRequest{upgrade: up, method: r.Method, uri: uri, host: host, sni: hostname(host), header: h, body: body}
 }
 
 // pick chooses the backend of the next try: an active address not tried yet

@@ -614,3 +614,68 @@ func TestAnswerMovesUnderLoad(t *testing.T) {
 		t.Errorf("the access log does not name the DNS answer: %v", answers[:min(3, len(answers))])
 	}
 }
+
+// An Upgrade (WebSocket-style) request: the 101 is passed on and bytes
+// flow both ways until the client closes; the backend connection is never
+// pooled.
+func TestUpgradeTunnel(t *testing.T) {
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" || !strings.EqualFold(r.Header.Get("Connection"), "upgrade") {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		buf := make([]byte, 1024)
+		for {
+			n, err := brw.Read(buf)
+			if n > 0 {
+				c.Write(buf[:n])
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	p := newPool(t, nil, be.addr)
+	h := start(t, p, nil)
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
+		t.Fatalf("got %d %v", resp.StatusCode, resp.Header)
+	}
+	for _, msg := range []string{"ping", "\r\n\r\n", "GET / HTTP/1.1\r\n"} {
+		io.WriteString(c, msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
+			t.Fatalf("echo of %q: %q %v", msg, got, err)
+		}
+	}
+	c.Close()
+	waitFor(t, "access log", func() bool { return len(h.access.lines(t)) == 1 })
+	if l := h.access.last(t); l.Status != 101 {
+		t.Errorf("log %+v", l)
+	}
+	if st := h.srv.UpstreamStats(be.addr); st.Idle != 0 || st.Busy != 0 {
+		t.Errorf("upgraded connection left in the pool: %+v", st)
+	}
+	// A plain request after that still works (and is not an upgrade).
+	if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 400 {
+		t.Errorf("plain request: %d", resp.StatusCode)
+	}
+}

@@ -150,6 +150,7 @@ type Server struct {
 	inflight map[netip.AddrPort]int
 
 	unsubscribe func() // from the pool's transitions, when it offers them
+	tunnels     tunnels
 
 	bufs sync.Pool // *[]byte of copyBufSize, for response bodies
 }
@@ -359,9 +360,11 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 }
 
 // Shutdown stops accepting, closes idle client connections, waits for
-// in-flight requests until ctx ends, then closes the upstream pools.
+// in-flight requests and upgraded (WebSocket) connections until ctx ends,
+// closes what is left of the latter, then closes the upstream pools.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
+	s.tunnels.shutdown(ctx)
 	s.pools.Close()
 	if s.unsubscribe != nil {
 		s.unsubscribe()

@@ -80,6 +80,29 @@ func (c *Conn) Reader() *bufio.Reader { return c.br }
 // most the write timeout and never past the deadline.
 func (c *Conn) Writer() *bufio.Writer { return c.bw }
 
+// Read reads from the connection, starting with what its buffered reader
+// holds (for a connection taken over after a protocol upgrade).
+func (c *Conn) Read(b []byte) (int, error) { return c.br.Read(b) }
+
+// Write writes to the connection without buffering, after what the
+// buffered writer holds.
+func (c *Conn) Write(b []byte) (int, error) {
+	if c.bw.Buffered() > 0 {
+		if err := c.bw.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return phaseWriter{c}.Write(b)
+}
+
+// CloseWrite half-closes the connection (TCP FIN, or TLS close_notify).
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // SetTimeouts sets the per-write and per-read timeouts and the overall
 // deadline for the next reads and writes (zero: none).
 func (c *Conn) SetTimeouts(write, read time.Duration, deadline time.Time) {

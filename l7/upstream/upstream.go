@@ -72,6 +72,7 @@ const (
 	CloseClient   = "client"   // the client went away in the middle of the exchange
 	CloseFull     = "full"     // the idle pool of its address is full
 	CloseShutdown = "shutdown" // the pools were closed
+	CloseUpgrade  = "upgrade"  // it carried an upgraded protocol (WebSocket) to its end
 )
 
 // ErrClosed is returned by Get after Close.
