@@ -108,7 +108,7 @@ func (r *Real) SetBackend(slot uint32, b Backend) error {
 	if err := r.backends.Put(slot, v); err != nil {
 		return fmt.Errorf("set backend slot %d: %w", slot, err)
 	}
-	if b.State == BackendActive && r.prog != nil {
+	if b.State == BackendActive && r.keepNeighbours {
 		// Best effort: without it the first packets take the slow path.
 		if err := ensureNeighbour(b.Addr.Addr()); err != nil {
 			r.log.Warn("cannot keep the backend's next hop resolved", "backend", b.Addr, "err", err)

@@ -44,7 +44,10 @@ func ensureNeighbour(addr netip.Addr) error {
 		if !ok || ip.Unmap() != hop {
 			continue
 		}
-		if n.FlagsExt&netlink.NTF_EXT_MANAGED != 0 || n.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 {
+		// A managed, static or currently valid entry is left alone.
+		valid := netlink.NUD_PERMANENT | netlink.NUD_NOARP | netlink.NUD_REACHABLE |
+			netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE
+		if n.FlagsExt&netlink.NTF_EXT_MANAGED != 0 || n.State&valid != 0 {
 			return nil
 		}
 	}

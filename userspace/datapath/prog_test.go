@@ -105,7 +105,7 @@ func newLab(tb testing.TB, tableSize uint32) *lab {
 	}
 	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-test-%d", os.Getpid()))
 	_ = Teardown(pin)
-	r, err := Open(Options{PinPath: pin, MaglevTableSize: tableSize})
+	r, err := Open(Options{PinPath: pin, MaglevTableSize: tableSize, NoNeighbours: true})
 	if err != nil {
 		tb.Fatal(err)
 	}

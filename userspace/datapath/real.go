@@ -53,6 +53,10 @@ type Options struct {
 	SNATPortMax     uint16   // default 32767
 	Timeouts        Timeouts // zero fields take the defaults
 	Log             *slog.Logger
+	// NoNeighbours turns off the managed neighbour entries SetBackend
+	// creates for active backends (tests that run outside the namespace
+	// the program forwards in).
+	NoNeighbours bool
 }
 
 // Real is the kernel data path: loaded program, pinned maps and links.
@@ -69,6 +73,8 @@ type Real struct {
 	prog  *ebpf.Program
 	links map[string]link.Link
 	lock  *os.File // flock on the pin directory: one agent per data path
+
+	keepNeighbours bool
 }
 
 // ErrLocked is returned by Open when another agent holds the pin path.
@@ -217,6 +223,8 @@ func Open(o Options) (*Real, error) {
 		innerSpec:    spec.Maps["maglev_outer"].InnerMap.Copy(),
 		prog:         objs.SluiceXdp,
 		links:        map[string]link.Link{},
+
+		keepNeighbours: !o.NoNeighbours,
 	}
 	if err := r.attach(o.Interfaces, o.XDPMode); err != nil {
 		r.Close()
