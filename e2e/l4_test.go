@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
 )
 
 var vipURL = "http://" + vip + "/"
@@ -617,5 +620,84 @@ func TestSNAT(t *testing.T) {
 	}
 	if !strings.HasPrefix(peer, "198.18.2.1:") {
 		t.Errorf("backend saw peer %q in snat mode, want 198.18.2.1:PORT (sluice's source)\n%s", peer, out)
+	}
+}
+
+// TestConntrackCLI: `sluice conntrack` shows the live flows, filtered by
+// backend, through the agent and (agent stopped) from the pinned maps.
+func TestConntrackCLI(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+
+	const conns = 9
+	load := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
+		"--conns", fmt.Sprint(conns), "--interval", "100ms", "--count", "100000",
+		"--duration", "30s", "--timeout", "2s")
+	t.Cleanup(func() { load.Stop(3 * time.Second) })
+	time.Sleep(time.Second)
+
+	flows := func(args ...string) []admin.Flow {
+		t.Helper()
+		out, err := agent.CLI(append([]string{"conntrack", "--json"}, args...)...)
+		if err != nil {
+			t.Fatalf("conntrack %v: %v", args, err)
+		}
+		var fl []admin.Flow
+		if err := json.Unmarshal([]byte(out), &fl); err != nil {
+			t.Fatalf("conntrack %v: not a JSON flow list: %v\n%s", args, err, out)
+		}
+		return fl
+	}
+	established := func(fl []admin.Flow) map[string]int {
+		by := map[string]int{}
+		for _, f := range fl {
+			if f.State == "established" && strings.HasPrefix(f.Client, "198.18.0.2:") && f.VIP == vip+":80" {
+				by[f.Backend]++
+			}
+		}
+		return by
+	}
+
+	all := established(flows())
+	total := 0
+	for _, n := range all {
+		total += n
+	}
+	if total != conns {
+		t.Errorf("conntrack lists %d established flows from the client (%v), want %d", total, all, conns)
+	}
+	for be, addr := range backendAddr {
+		want := all[addr]
+		got := established(flows("--backend", addr))
+		if got[addr] != want || len(got) > 1 {
+			t.Errorf("conntrack --backend %s (%s): %v, want only %d flows to it", addr, be, got, want)
+		}
+	}
+	if got := established(flows("--service", "web-l4")); len(got) == 0 {
+		t.Errorf("conntrack --service web-l4 lists no flow")
+	}
+
+	// Agent stopped: the CLI reads the pinned maps itself.
+	agent.Kill()
+	cmd := exec.Command(env.sluice, "conntrack", "--json", "-c", agent.Config)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("conntrack with the agent down: %v\n%s", err, stderr.String())
+	}
+	t.Logf("conntrack with the agent down says: %s", strings.TrimSpace(stderr.String()))
+	var fl []admin.Flow
+	if err := json.Unmarshal(out, &fl); err != nil {
+		t.Fatalf("conntrack with the agent down: not a JSON flow list: %v\n%s", err, out)
+	}
+	down := established(fl)
+	n := 0
+	for _, c := range down {
+		n += c
+	}
+	if n != conns {
+		t.Errorf("conntrack from the pinned maps lists %d established flows (%v), want %d", n, down, conns)
 	}
 }
