@@ -272,10 +272,10 @@ func (s *Server) discard(res tryResult, drain bool) {
 }
 
 // usable is whether pooled connections to addr may be kept: it is still
-// active in the pool.
+// active in the pool, or ejected while panic mode sends requests there.
 func (s *Server) usable(addr netip.AddrPort) bool {
 	b, ok := s.pool.Backend(addr)
-	return ok && b.State == pool.Active
+	return ok && (b.State == pool.Active || b.State == pool.Ejected && s.panicking.Load())
 }
 
 // fail answers the client with an error of sluice's own.
