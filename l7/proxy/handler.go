@@ -68,9 +68,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer end()
 
 	deadline := start.Add(st.timeouts.Total.D())
+	// The total deadline bounds reading the request body from the client
+	// too (a slow upload cannot hold a request past it).
+	_ = http.NewResponseController(w).SetReadDeadline(deadline)
 	body, err := newReqBody(r.Body, r.ContentLength, st.policy.BufferBytes())
 	if err != nil {
-		s.fail(w, rec, http.StatusBadRequest, err.Error())
+		s.fail(w, rec, clientBodyStatus(err), err.Error())
 		return
 	}
 	out := s.outgoing(st, r, body)
@@ -125,10 +128,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			rec.Tries = append(rec.Tries, tr)
 			s.discard(res, false)
 			rec.Status = statusClientClosed
-			if res.err != nil && errors.Is(res.err, errClientBody) {
+			if res.err != nil && errors.Is(res.err, errClientBody) && r.Context().Err() == nil {
 				rec.Error = "client request body: " + res.err.Error()
-				rec.Status = http.StatusBadRequest
-				s.writeError(w, http.StatusBadRequest, "error reading the request body")
+				rec.Status = clientBodyStatus(res.err)
+				s.writeError(w, rec.Status, "error reading the request body")
 			}
 			return
 		}
@@ -191,6 +194,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, rec, status, describe(res))
 		return
 	}
+}
+
+// clientBodyStatus is the status for a request body the client did not
+// deliver: 408 when it was too slow, 400 otherwise.
+func clientBodyStatus(err error) int {
+	if isTimeout(err) {
+		return http.StatusRequestTimeout
+	}
+	return http.StatusBadRequest
 }
 
 // outgoing builds the request every try sends.

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -358,5 +360,31 @@ func TestConnectTimeout(t *testing.T) {
 		if attempts == 1 && !strings.Contains(l.Error, "connect timeout") {
 			t.Errorf("error %q", l.Error)
 		}
+	}
+}
+
+// A client that stops sending its body: 408 at the total deadline, the
+// backend never sees a complete request.
+func TestSlowClientBody(t *testing.T) {
+	be := newBackend(t, status(200))
+	p := newPool(t, nil, be.addr)
+	h := start(t, p, func(o *Options) { o.Service.Timeouts.Total = config.Duration(400 * time.Millisecond) })
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a part")
+	t0 := time.Now()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusRequestTimeout || time.Since(t0) > 2*time.Second {
+		t.Errorf("status %d after %s, want 408 at ~400ms", resp.StatusCode, time.Since(t0))
+	}
+	if be.count.Load() != 0 {
+		t.Error("the backend got the incomplete request")
 	}
 }
