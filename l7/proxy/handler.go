@@ -235,7 +235,7 @@ func (s *Server) outgoing(st *settings, r *http.Request, body *reqBody) *outRequ
 func (s *Server) pick(st *settings, tried map[netip.AddrPort]bool) (b pool.Backend, trial, panicMode, ok bool) {
 	all := s.pool.Backends()
 	panicMode = eject.Panic(all, st.maxEject)
-	if s.panicking.Swap(panicMode) != panicMode {
+	if s.panicking.Load() != panicMode && s.panicking.CompareAndSwap(!panicMode, panicMode) {
 		if panicMode {
 			s.log.Warn("panic mode: too much of the pool is ejected, spreading load over every address", "pool", st.svc.Pool)
 		} else {
