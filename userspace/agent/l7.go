@@ -16,11 +16,10 @@ import (
 
 // l7Service is one running http service.
 type l7Service struct {
-	svc         config.Service
-	pool        *pool.Pool
-	srv         *proxy.Server
-	cancel      context.CancelFunc
-	unsubscribe func()
+	svc    config.Service
+	pool   *pool.Pool
+	srv    *proxy.Server
+	cancel context.CancelFunc
 }
 
 // l7Stage runs the http services of the config: one proxy.Server each,
@@ -127,7 +126,9 @@ func (s *l7Stage) start(ctx context.Context, svc config.Service, pc config.Pool,
 		return fmt.Errorf("listen %s: %w", svc.Listen, err)
 	}
 	sctx, cancel := context.WithCancel(ctx)
-	cur := &l7Service{svc: svc, pool: p, srv: srv, cancel: cancel, unsubscribe: p.Subscribe(srv.Transition)}
+	// The server follows the pool's transitions itself (pool.Subscribe)
+	// until it shuts down.
+	cur := &l7Service{svc: svc, pool: p, srv: srv, cancel: cancel}
 	s.wg.Go(func() {
 		if err := srv.Serve(sctx, l); err != nil {
 			s.log.Error("http service stopped", "service", svc.Name, "err", err)
@@ -156,7 +157,6 @@ func (s *l7Stage) tracker(pc config.Pool, p *pool.Pool) (*eject.Tracker, error) 
 // stop shuts a service down gracefully (in the background: Serve finishes
 // its requests within its shutdown timeout).
 func (s *l7Stage) stop(cur *l7Service) {
-	cur.unsubscribe()
 	cur.cancel()
 }
 
@@ -164,8 +164,10 @@ func (s *l7Stage) stop(cur *l7Service) {
 func (s *l7Stage) wait() { s.wg.Wait() }
 
 // observer feeds a service's requests, retries, ejections and panic mode
-// to the metrics (nil: none). The proxy's metrics adapter is not
-// committed yet; until it is, L7 requests are not counted.
+// to the metrics (nil: none).
 func (s *l7Stage) observer(svc config.Service) proxy.Observer {
-	return nil
+	if s.metrics == nil {
+		return nil
+	}
+	return proxy.NewMetricsObserver(s.metrics.L7, svc.Pool)
 }

@@ -80,6 +80,9 @@ func TestL7Services(t *testing.T) {
 	if err != nil || code != 200 || body != "be1" {
 		t.Fatalf("GET = %d %q %v", code, body, err)
 	}
+	if got := gather(t, m)["sluice_l7_requests_total"]["code=200,service=web-http"]; got != 1 {
+		t.Fatalf("requests metric = %v", got)
+	}
 
 	// Drained: the L7 stage sends nothing to it any more.
 	if err := h.a.Drain(h.ctx, "web", backend); err != nil {
