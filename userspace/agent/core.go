@@ -126,6 +126,9 @@ type agent struct {
 	// synStuck counts flows per slot whose SYN has gone unanswered for
 	// synStuckAfter: connects failing right now.
 	synStuck map[uint32]int
+	// refusals are the ConnectRefused counters of DNS-derived slots at
+	// the last tick.
+	refusals map[uint32]refusalMark
 
 	flowsTotal int // forward entries at the last count, expired ones too
 
@@ -157,6 +160,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		dns:         o.dns,
 		runCtx:      context.Background(),
 		dnsUses:     make(map[string][]dnsUse),
+		refusals:    make(map[uint32]refusalMark),
 		transitions: newObserver(o.metrics, o.observe),
 		metrics:     o.metrics,
 		dp:          dp,

@@ -154,7 +154,8 @@ func (a *agent) newDNSWatcher(cfg config.DNS) (*discovery.Watcher, error) {
 }
 
 // refreshFailing re-resolves at once the names of active addresses whose
-// connects are failing (SYNs unanswered), instead of waiting for the TTL:
+// connects are failing (SYNs unanswered, or answered with an RST since the
+// last tick), instead of waiting for the TTL:
 // the address may have been released by a load balancer behind the name.
 // Called with mu held.
 func (a *agent) refreshFailing(poolName string, ps *poolState, backends []pool.Backend) {
@@ -165,13 +166,41 @@ func (a *agent) refreshFailing(poolName string, ps *poolState, backends []pool.B
 		if b.State != pool.Active || b.Source == "" || b.Source == pool.SourceStatic {
 			continue
 		}
-		n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr})
-		if !ok || a.synStuck[n] < refreshAfterStuck {
+		n, sl, ok := a.slots.lookup(slotKey{ps.id, b.Addr})
+		if !ok {
+			continue
+		}
+		refused := a.newRefusals(n, sl.gen)
+		if a.synStuck[n]+refused < refreshAfterStuck {
 			continue
 		}
 		if a.dns.Refresh(b.Source) {
 			a.log.Info("connects failing, re-resolving the name now", "pool", poolName,
-				"address", b.Addr.String(), "name", b.Source, "unanswered_syns", a.synStuck[n])
+				"address", b.Addr.String(), "name", b.Source,
+				"unanswered_syns", a.synStuck[n], "refused", refused)
 		}
 	}
+}
+
+// refusalMark is a slot's ConnectRefused counter at the last tick.
+type refusalMark struct {
+	gen   uint32
+	count uint64
+}
+
+// newRefusals is how many SYNs to slot n were answered with an RST since
+// the last call (0 on the first call for a slot generation, or when the
+// counter cannot be read). Called with mu held.
+func (a *agent) newRefusals(n, gen uint32) int {
+	st, err := a.dp.BackendStats(n)
+	if err != nil {
+		a.mapError("BackendStats", err, "reading backend stats failed", "slot", n)
+		return 0
+	}
+	prev, seen := a.refusals[n]
+	a.refusals[n] = refusalMark{gen: gen, count: st.ConnectRefused}
+	if !seen || prev.gen != gen || st.ConnectRefused < prev.count {
+		return 0
+	}
+	return int(st.ConnectRefused - prev.count)
 }

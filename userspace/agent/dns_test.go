@@ -237,3 +237,28 @@ func TestFailingConnectsRefreshTheName(t *testing.T) {
 		t.Fatalf("refreshed = %v", w.refreshed)
 	}
 }
+
+func TestRefusedConnectsRefreshTheName(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	h := newDNSHarness(t, nil, w)
+	h.a.onDNSUpdate(answer(h.now, dns1))
+	s1 := h.slotOf(dns1)
+	h.dp.SetBackendStats(s1, datapath.BackendStats{ConnectRefused: 40}) // history
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	h.dp.SetBackendStats(s1, datapath.BackendStats{ConnectRefused: 41})
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.refreshed) != 0 {
+		t.Fatalf("refreshed after one refusal: %v", w.refreshed)
+	}
+	h.dp.SetBackendStats(s1, datapath.BackendStats{ConnectRefused: 44})
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(w.refreshed, []string{"backend.lab"}) {
+		t.Fatalf("refreshed = %v", w.refreshed)
+	}
+}
