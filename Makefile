@@ -58,7 +58,8 @@ test: deps check-generated unit e2e
 demo: deps build testbins
 	scripts/demo.sh
 
-bench: deps build
+bench: build
+	scripts/deps.sh --bench
 	scripts/bench.sh
 
 lint:

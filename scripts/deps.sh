@@ -7,10 +7,24 @@
 #
 # Prints `export PATH=...` hints on stderr when Go is not on PATH; callers
 # (the Makefile) find Go themselves.
+#
+#   scripts/deps.sh            what build, demo and tests need
+#   scripts/deps.sh --bench    also nginx and HAProxy, the peers the
+#                              benchmarks compare sluice with (installed with
+#                              their services kept stopped: the benchmarks run
+#                              their own instances inside the lab)
 set -euo pipefail
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
+
+bench=0
+for arg in "$@"; do
+	case $arg in
+	--bench) bench=1 ;;
+	*) die "usage: deps.sh [--bench]" ;;
+	esac
+done
 
 # command -> Debian package providing it
 declare -A tool_pkg=(
@@ -24,6 +38,11 @@ declare -A tool_pkg=(
 	[curl]=curl
 	[nsenter]=util-linux
 )
+
+if ((bench)); then
+	tool_pkg[nginx]=nginx
+	tool_pkg[haproxy]=haproxy
+fi
 
 missing=()
 for tool in "${!tool_pkg[@]}"; do
@@ -48,6 +67,13 @@ if ((${#missing[@]} > 0)); then
 	fi
 	log "installing: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
+	# Packages with a daemon (nginx, haproxy) must not start it on the host:
+	# a policy-rc.d that refuses every start, for the time of the install.
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
 	apt-get update -q
 	# Debian ships bpftool in its own package; older releases only in linux-tools.
 	if ! apt-get install -y -q --no-install-recommends "${missing[@]}"; then
