@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -386,5 +387,59 @@ func TestSlowClientBody(t *testing.T) {
 	}
 	if be.count.Load() != 0 {
 		t.Error("the backend got the incomplete request")
+	}
+}
+
+// A pooled connection that fails before any response byte: a GET goes
+// again on a new connection to the same backend without costing a try; a
+// POST that may have been executed is not sent twice.
+func TestStaleConnectionRedial(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var executed atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					executed.Add(1)
+					if i == 1 {
+						return // the second request on a connection: closed unanswered
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	addr := netip.MustParseAddrPort(l.Addr().String())
+	p := newPool(t, nil, addr)
+	h := start(t, p, func(o *Options) { o.Ejection.Failures = 0 })
+
+	h.do(t, "GET", "/", nil, nil)
+	resp, _ := h.do(t, "GET", "/", nil, nil)
+	if resp.StatusCode != 200 {
+		t.Errorf("GET on a connection the backend drops: %d", resp.StatusCode)
+	}
+	if l := h.access.last(t); len(l.Try) != 1 || l.Try[0].Reused {
+		t.Errorf("GET tries %+v: want one try, on a new connection", l.Try)
+	}
+	// Now a POST on the pooled connection left by the last GET.
+	before := executed.Load()
+	resp, _ = h.do(t, "POST", "/", []byte("x"), nil)
+	if resp.StatusCode != http.StatusBadGateway || executed.Load()-before != 1 {
+		t.Errorf("POST: %d, executed %d times; want 502 and once", resp.StatusCode, executed.Load()-before)
 	}
 }
