@@ -653,6 +653,11 @@ func (a *agent) tick(now time.Time) error {
 				if n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr}); ok {
 					flows[b.Addr] = a.flowsBySlot[n]
 				}
+				// Requests the L7 stage has in flight count as flows: a
+				// draining address serving them is not removed yet.
+				if a.l7 != nil {
+					flows[b.Addr] += a.l7.busy(ps.p, b.Addr)
+				}
 			}
 		}
 		before := ps.p.Backends()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/sluicelb/sluice/l7/eject"
@@ -31,7 +32,11 @@ type l7Stage struct {
 	accessLog *slog.Logger // nil: no access log
 	metrics   *metrics.Metrics
 
-	wg       sync.WaitGroup // Serve goroutines
+	wg sync.WaitGroup // Serve goroutines
+
+	// mu guards services for busy, which the tick calls while sync may
+	// run; sync itself is serialized by the agent's reloadMu.
+	mu       sync.Mutex
 	services map[string]*l7Service
 	trackers map[*pool.Pool]*eject.Tracker
 }
@@ -50,6 +55,8 @@ func newL7Stage(log *slog.Logger, accessLog *slog.Logger, m *metrics.Metrics) *l
 // configured pool's *pool.Pool. A service that cannot start (its listen
 // address is taken, say) is logged and left out; the others run.
 func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string]*pool.Pool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	want := make(map[string]bool)
 	for _, svc := range cfg.HTTPServices() {
 		want[svc.Name] = true
@@ -158,6 +165,20 @@ func (s *l7Stage) tracker(pc config.Pool, p *pool.Pool) (*eject.Tracker, error) 
 // its requests within its shutdown timeout).
 func (s *l7Stage) stop(cur *l7Service) {
 	cur.cancel()
+}
+
+// busy is the number of requests the services of pool p have in flight
+// on addr (busy upstream connections).
+func (s *l7Stage) busy(p *pool.Pool, addr netip.AddrPort) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, cur := range s.services {
+		if cur.pool == p {
+			n += cur.srv.UpstreamStats(addr).Busy
+		}
+	}
+	return n
 }
 
 // wait blocks until every service has shut down (after ctx ended).

@@ -7,12 +7,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/metrics"
+	"github.com/sluicelb/sluice/userspace/pool"
 )
 
 // freePort returns a loopback address nothing listens on right now.
@@ -94,6 +96,60 @@ func TestL7Services(t *testing.T) {
 	}
 	if err := h.a.Undrain(h.ctx, "web", backend); err != nil {
 		t.Fatal(err)
+	}
+
+	// A drained address keeps its in-flight request (it counts as a flow)
+	// and is removed once it is done.
+	release := make(chan struct{})
+	slowBE := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		fmt.Fprint(w, "slow")
+	}))
+	defer slowBE.Close()
+	defer close(release)
+	slow := strings.TrimPrefix(slowBE.URL, "http://")
+	h.write(strings.Replace(l7Config(listen, slow), "    pool: web\n", "    pool: web\n", 1))
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		_, body, _ := get("http://" + listen + "/")
+		got <- body
+	}()
+	slowAddr := netip.MustParseAddrPort(slow)
+	deadline := time.Now().Add(5 * time.Second)
+	for h.a.l7.busy(h.a.pools["web"].p, slowAddr) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("request never reached the slow backend")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := h.a.Drain(h.ctx, "web", slow); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.state(slowAddr); b.State != pool.Draining || b.Flows != 1 {
+		t.Fatalf("draining address with a request in flight = %+v", b)
+	}
+	release <- struct{}{}
+	if body := <-got; body != "slow" {
+		t.Fatalf("in-flight request = %q", body)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for h.a.l7.busy(h.a.pools["web"].p, slowAddr) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("request still busy")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.state(slowAddr); b.State != pool.Removed || b.Cause != pool.CauseNoFlows {
+		t.Fatalf("drained address after its request = %+v", b)
 	}
 
 	// A new listen address: a new server there, the old one stops.
