@@ -108,7 +108,7 @@ func TestL7Services(t *testing.T) {
 	defer slowBE.Close()
 	defer close(release)
 	slow := strings.TrimPrefix(slowBE.URL, "http://")
-	h.write(strings.Replace(l7Config(listen, slow), "    pool: web\n", "    pool: web\n", 1))
+	h.write(l7Config(listen, slow))
 	if err := h.a.Reload(h.ctx); err != nil {
 		t.Fatal(err)
 	}
