@@ -386,6 +386,13 @@ func (p *Pool) evaluate(ts *transitions, now time.Time, cause string) {
 				e = &entry{Backend: Backend{Addr: addr}}
 				p.entries[addr] = e
 			}
+			if e.adopted && e.State == Draining && src == SourceStatic {
+				// Found draining though the config still lists it: only
+				// an operator does that, and the drain must survive the
+				// restart. (A DNS name's address drained because an
+				// answer left it out is simply active again.)
+				e.Held = true
+			}
 			e.Desired = true
 			e.adopted = false
 			e.Weight = d.Weight
@@ -419,10 +426,11 @@ func (p *Pool) evaluate(ts *transitions, now time.Time, cause string) {
 
 // Adopt seeds the pool with an address found in the data path when the
 // agent starts, before sources report. An active or ejected address keeps
-// its state; a draining one is taken as operator-drained (the data path
-// cannot tell why it drains, and an operator's drain must survive a
-// restart), with a fresh deadline. Anything else is ignored, as is an
-// address the pool already has.
+// its state; a draining one keeps draining with a fresh deadline, and if
+// the static source still lists it, it is taken as operator-drained (the
+// data path cannot tell why it drains, and an operator's drain must
+// survive a restart). Anything else is ignored, as is an address the pool
+// already has.
 func (p *Pool) Adopt(now time.Time, addr netip.AddrPort, state State, weight uint32, ejectedUntil time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -438,7 +446,6 @@ func (p *Pool) Adopt(now time.Time, addr netip.AddrPort, state State, weight uin
 	case Ejected:
 		e.EjectedUntil = ejectedUntil
 	case Draining:
-		e.Held = true
 		e.DrainDeadline = now.Add(p.cfg.DrainTimeout)
 	default:
 		return

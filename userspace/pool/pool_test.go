@@ -562,3 +562,18 @@ func TestSubscribe(t *testing.T) {
 		t.Fatalf("main %v, subscriber %v", main, sub)
 	}
 }
+
+func TestAdoptedDrainingFromDNSComesBack(t *testing.T) {
+	p := New("web", Config{DrainTimeout: 30 * time.Second}, nil, nil)
+	p.Adopt(at(0), a1, Draining, 1, time.Time{}) // a DNS answer had left it out
+	p.Adopt(at(0), a2, Draining, 1, time.Time{}) // its name no longer returns it
+	p.Expect(at(0), []string{SourceStatic, "backend.lab"})
+	p.SetSource(at(0), SourceStatic, nil)
+	p.SetSource(at(1), "backend.lab", want(a1))
+	if b, _ := p.Backend(a1); b.State != Active || b.Held {
+		t.Fatalf("a1 = %+v", b)
+	}
+	if b, _ := p.Backend(a2); b.State != Draining || b.Held || !b.DrainDeadline.Equal(at(30)) {
+		t.Fatalf("a2 = %+v", b)
+	}
+}
