@@ -79,7 +79,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				TTLLeft: a.ttlLeft(now, b.Source),
 			}
 			if b.Held && b.State != pool.Draining {
-				ab.Cause += " (held by operator)"
+				ab.Cause += ", held by operator"
 			}
 			if b.State == pool.Draining {
 				d := b.DrainDeadline
