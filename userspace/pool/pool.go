@@ -550,6 +550,28 @@ func (p *Pool) Eject(now time.Time, addr netip.AddrPort, until time.Time, cause 
 	return nil
 }
 
+// EjectionRoom is how many more addresses Eject would accept right now
+// under MaxEjectedPercent (0: none).
+func (p *Pool) EjectionRoom() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	serving, ejected := 0, 0
+	for _, o := range p.entries {
+		switch o.State {
+		case Active:
+			serving++
+		case Ejected:
+			serving++
+			ejected++
+		}
+	}
+	room := 0
+	for (ejected+room+1)*100 <= p.cfg.MaxEjectedPercent*serving && ejected+room < serving {
+		room++
+	}
+	return room
+}
+
 // EjectionsRefused counts the ejections refused because of
 // MaxEjectedPercent since the pool was created.
 func (p *Pool) EjectionsRefused() uint64 {

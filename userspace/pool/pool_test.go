@@ -577,3 +577,29 @@ func TestAdoptedDrainingFromDNSComesBack(t *testing.T) {
 		t.Fatalf("a2 = %+v", b)
 	}
 }
+
+func TestEjectionRoom(t *testing.T) {
+	p := New("web", Config{DrainTimeout: time.Second, MaxEjectedPercent: 50}, nil, nil)
+	if n := p.EjectionRoom(); n != 0 {
+		t.Fatalf("empty pool room = %d", n)
+	}
+	p.SetSource(at(0), SourceStatic, want(a1, a2, a3, a4))
+	if n := p.EjectionRoom(); n != 2 {
+		t.Fatalf("room = %d, want 2 of 4 at 50%%", n)
+	}
+	if err := p.Eject(at(1), a1, time.Time{}, "health:timeout"); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.EjectionRoom(); n != 1 {
+		t.Fatalf("room = %d, want 1", n)
+	}
+	// No end time: only Recover brings it back.
+	p.Tick(at(1000), map[netip.AddrPort]int{})
+	if b, _ := p.Backend(a1); b.State != Ejected {
+		t.Fatalf("a1 = %+v", b)
+	}
+	p.SetConfig(Config{DrainTimeout: time.Second, MaxEjectedPercent: 100})
+	if n := p.EjectionRoom(); n != 3 {
+		t.Fatalf("room at 100%% = %d, want 3", n)
+	}
+}
