@@ -503,6 +503,20 @@ type agentConfig struct {
 	DNSName string
 	// Mode of service web-l4: nat (default) or snat.
 	Mode string
+	// HTTP adds service web-http at httpVIP:80 (the L7 stage, pool web) and
+	// a short passive ejection on pool web. httpVIP must be local to the lb
+	// (Lab.AddLocalVIP): the proxy binds it.
+	HTTP bool
+}
+
+// httpVIP is the L7 service's address.
+const httpVIP = "198.18.1.101"
+
+// AddLocalVIP assigns addr/32 to the lb's loopback: an L7 listen address
+// must be local, unlike an L4 VIP (which XDP intercepts).
+func (l *Lab) AddLocalVIP(addr string) {
+	l.t.Helper()
+	l.MustRun("lb", 5*time.Second, "ip", "addr", "add", addr+"/32", "dev", "lo")
 }
 
 // Agent is a running `sluice agent` in the lab's lb namespace.
@@ -589,6 +603,9 @@ pools:
 		}
 	}
 	fmt.Fprintf(&b, "    drain_timeout: %s\n", c.DrainTimeout)
+	if c.HTTP {
+		b.WriteString("    ejection: {failures: 2, window: 10s, base_time: 2s, max_time: 10s, max_ejected_percent: 50}\n")
+	}
 	if c.UDP {
 		b.WriteString(`  - name: udp
     backends:
@@ -607,6 +624,15 @@ pools:
     mode: %s
     pool: web
 `, vip, c.Mode)
+	if c.HTTP {
+		fmt.Fprintf(&b, `  - name: web-http
+    listen: %s:80
+    protocol: http
+    pool: web
+    timeouts: {connect: 1s, read: 2s, total: 5s}
+    retry: {attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}
+`, httpVIP)
+	}
 	if c.UDP {
 		fmt.Fprintf(&b, `  - name: udp-l4
     listen: %s:53

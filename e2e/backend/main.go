@@ -9,6 +9,8 @@
 //	/stream?seconds=N  a chunked body, one line per 100ms for N seconds (a long-lived connection)
 //	/healthz        "ok"
 //	/stats          JSON counts of executed requests (not counting /stats itself)
+//	/control/fail?status=N  from now on answer every other path with status N
+//	                (0: healthy again); /control and /stats are not counted
 //
 // With --udp-listen it also answers every UDP datagram with "NAME\n".
 package main
@@ -119,9 +121,10 @@ func serveUDP(log *slog.Logger, pc net.PacketConn, name string) {
 type backend struct {
 	name string
 
-	mu     sync.Mutex
-	total  uint64
-	byPath map[string]uint64
+	mu         sync.Mutex
+	total      uint64
+	byPath     map[string]uint64
+	failStatus int // non-zero: every counted request gets this status
 }
 
 func newBackend(name string) *backend {
@@ -149,6 +152,7 @@ func (b *backend) count(path string) {
 func (b *backend) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", b.stats)
+	mux.HandleFunc("/control/fail", b.controlFail)
 	mux.HandleFunc("/healthz", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	}))
@@ -162,12 +166,21 @@ func (b *backend) routes() http.Handler {
 }
 
 // wrap sets X-Backend and X-Client-Addr (the peer address the backend saw:
-// the client's in nat mode, sluice's in snat mode) and counts the request.
+// the client's in nat mode, sluice's in snat mode), counts the request and
+// answers with the failure status when one is set.
 func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		b.count(r.URL.Path)
 		w.Header().Set("X-Backend", b.name)
 		w.Header().Set("X-Client-Addr", r.RemoteAddr)
+		b.mu.Lock()
+		fail := b.failStatus
+		b.mu.Unlock()
+		if fail != 0 {
+			w.WriteHeader(fail)
+			fmt.Fprintln(w, b.name)
+			return
+		}
 		h(w, r)
 	}
 }
@@ -182,6 +195,19 @@ func (b *backend) stats(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Backend", b.name)
 	_ = json.NewEncoder(w).Encode(s)
+}
+
+func (b *backend) controlFail(w http.ResponseWriter, r *http.Request) {
+	code, err := intParam(r, "status", 0, 599)
+	if err != nil || (code != 0 && code < 100) {
+		http.Error(w, "want status=0 (healthy) or a status 100..599", http.StatusBadRequest)
+		return
+	}
+	b.mu.Lock()
+	b.failStatus = code
+	b.mu.Unlock()
+	w.Header().Set("X-Backend", b.name)
+	fmt.Fprintf(w, "%s: fail status %d\n", b.name, code)
 }
 
 func (b *backend) slow(w http.ResponseWriter, r *http.Request) {
