@@ -507,6 +507,8 @@ type agentConfig struct {
 	// a short passive ejection on pool web. httpVIP must be local to the lb
 	// (Lab.AddLocalVIP): the proxy binds it.
 	HTTP bool
+	// Health adds a fast active HTTP health check (/healthz) to pool web.
+	Health bool
 }
 
 // httpVIP is the L7 service's address.
@@ -605,6 +607,9 @@ pools:
 	fmt.Fprintf(&b, "    drain_timeout: %s\n", c.DrainTimeout)
 	if c.HTTP {
 		b.WriteString("    ejection: {failures: 2, window: 10s, base_time: 2s, max_time: 10s, max_ejected_percent: 50}\n")
+	}
+	if c.Health {
+		b.WriteString("    health_check: {http: {path: /healthz}, interval: 300ms, timeout: 250ms, rise: 2, fall: 2}\n")
 	}
 	if c.UDP {
 		b.WriteString(`  - name: udp
