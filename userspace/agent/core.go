@@ -107,6 +107,8 @@ type agent struct {
 	runCtx context.Context
 	// l7 runs the http services (nil: not served, as in most tests).
 	l7 *l7Stage
+	// health runs the pools' active health checks (guarded by mu).
+	health *healthStage
 	// reloadMu serializes reloads: apply, then the watcher and L7 syncs,
 	// which run without mu.
 	reloadMu sync.Mutex
@@ -161,6 +163,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		runCtx:      context.Background(),
 		dnsUses:     make(map[string][]dnsUse),
 		refusals:    make(map[uint32]refusalMark),
+		health:      newHealthStage(),
 		transitions: newObserver(o.metrics, o.observe),
 		metrics:     o.metrics,
 		dp:          dp,
@@ -343,6 +346,7 @@ func (a *agent) apply(now time.Time, cfg *config.Config) {
 		}
 		s.name, s.pool, s.configured = sc.Name, sc.Pool, true
 	}
+	a.syncHealth(now)
 }
 
 // sourceFor is the host's source address towards ip (invalid: unknown).
@@ -675,6 +679,7 @@ func (a *agent) tick(now time.Time) error {
 			a.log.Info("pool forgotten", "pool", name)
 		}
 	}
+	a.healthTargets(now)
 	return a.reconcile(now)
 }
 

@@ -99,6 +99,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		cancel()
 		l7.wait() // http services finish their requests (graceful shutdown)
 	}()
+	defer a.stopHealth()
 	if err := a.start(time.Now(), cfg); err != nil {
 		return err
 	}
