@@ -9,6 +9,9 @@
 #   6. a DNS-named pool (api, backend.lab at the lab DNS server): the name
 #      moves from be1+be2 to be3 and new connections follow within a TTL,
 #      no restart, no reload (the first field report)
+#   7. an HTTP service (the L7 stage) on pool web: be3 starts answering 503;
+#      clients see no error (GETs retried elsewhere), be3 is ejected, and
+#      comes back once healthy (the second field report)
 #
 # Everything (namespaces, agent, pins) is removed on exit. Needs root and
 # bin/sluice + bin/sluice-testbackend (make build testbins).
@@ -21,6 +24,7 @@ lab=scripts/lab.sh
 sluice=$repo_root/bin/sluice
 vip=198.18.1.100
 api_vip=198.18.1.101
+http_vip=198.18.1.102
 requests=${DEMO_REQUESTS:-30}
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -91,6 +95,7 @@ write_config() {
 		      - address: 198.18.2.12:80
 		      - address: 198.18.2.13:80
 		    drain_timeout: 10s
+		    ejection: {failures: 2, window: 10s, base_time: 3s}
 		  - name: api
 		    backends:
 		      - name: backend.lab      # every A record is a backend
@@ -107,6 +112,11 @@ write_config() {
 		    protocol: tcp
 		    mode: nat
 		    pool: api
+		  - name: web-http             # the L7 stage: binds $http_vip (local on lb)
+		    listen: $http_vip:80
+		    protocol: http
+		    pool: web
+		    retry: {attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}
 	EOF
 }
 
@@ -176,8 +186,10 @@ source "$repo_root/.lab/$id.env"
 "$lab" backends "$id"
 set_records "$BE1" "$BE2"
 "$lab" dns "$id" "$state/records.zone"
-printf '  client %s | lb %s / %s | be1..be3 %s %s %s | dns %s | VIPs %s %s\n' \
-	"$CLIENT" "$LB_CLIENT_IP" "$LB_BACKEND_IP" "$BE1" "$BE2" "$BE3" "$DNS" "$vip" "$api_vip"
+# An L7 service binds its address: it must be local to the lb (L4 VIPs are not).
+on lb ip addr add "$http_vip/32" dev lo
+printf '  client %s | lb %s / %s | be1..be3 %s %s %s | dns %s | VIPs %s %s %s\n' \
+	"$CLIENT" "$LB_CLIENT_IP" "$LB_BACKEND_IP" "$BE1" "$BE2" "$BE3" "$DNS" "$vip" "$api_vip" "$http_vip"
 
 say "config"
 config=$state/sluice.yaml
@@ -204,6 +216,31 @@ say "drain be1 ($BE1:80): new connections avoid it"
 traffic "$requests"
 "$sluice" status -c "$config"
 
+# l7_failover: field report 2 through the HTTP service.
+l7_failover() {
+	"$sluice" undrain -c "$config" web "$BE1:80" >/dev/null
+	say "HTTP service web-http at $http_vip:80 (L7, pool web): be3 starts answering 503"
+	on be3 curl -sf --max-time 2 "http://127.0.0.1/control/fail?status=503"
+	say "$requests GETs to $http_vip: who answered the client, with which status"
+	local i out
+	for ((i = 0; i < requests; i++)); do
+		if ! out=$(on client curl -s --max-time 5 -w ' %{http_code}' "http://$http_vip/"); then
+			out="(failed) -"
+		fi
+		printf '%s\n' "${out//$'\n'/}"
+	done | sort | uniq -c | awk '{ printf "  %-10s status %s: %s\n", $2, $3, $1 }'
+	"$sluice" backends -c "$config" web
+
+	say "be3 healthy again: after its ejection time one trial request brings it back"
+	on be3 curl -sf --max-time 2 "http://127.0.0.1/control/fail?status=0"
+	sleep 4
+	for ((i = 0; i < requests; i++)); do
+		on client curl -s --max-time 5 "http://$http_vip/" || printf '(failed)\n'
+	done | sort | uniq -c | awk '{ printf "  %-10s %s\n", $2, $1 }'
+	"$sluice" backends -c "$config" web
+}
+
 dns_change
+l7_failover
 
 say "done: tearing down (agent, pins $pin, lab $id)"
