@@ -128,9 +128,15 @@ type agent struct {
 	// synStuck counts flows per slot whose SYN has gone unanswered for
 	// synStuckAfter: connects failing right now.
 	synStuck map[uint32]int
-	// refusals are the ConnectRefused counters of DNS-derived slots at
-	// the last tick.
+	// refusals are the ConnectRefused counters of active slots at the
+	// last tick.
 	refusals map[uint32]refusalMark
+	// failures are the connect failures seen since the last tick, per
+	// slot; stuckSeen the stuck flows already counted in them.
+	failures  map[uint32]connectFailures
+	stuckSeen map[flowID]bool
+	// trackers are the pools' passive ejection trackers.
+	trackers *trackers
 
 	flowsTotal int // forward entries at the last count, expired ones too
 
@@ -164,6 +170,9 @@ func newAgent(dp datapath.Map, o options) *agent {
 		dnsUses:     make(map[string][]dnsUse),
 		refusals:    make(map[uint32]refusalMark),
 		health:      newHealthStage(),
+		failures:    make(map[uint32]connectFailures),
+		stuckSeen:   make(map[flowID]bool),
+		trackers:    newTrackers(o.log.With("component", "eject")),
 		transitions: newObserver(o.metrics, o.observe),
 		metrics:     o.metrics,
 		dp:          dp,
@@ -346,6 +355,7 @@ func (a *agent) apply(now time.Time, cfg *config.Config) {
 		}
 		s.name, s.pool, s.configured = sc.Name, sc.Pool, true
 	}
+	a.syncTrackers()
 	a.syncHealth(now)
 }
 
@@ -603,6 +613,7 @@ func (a *agent) countFlows(now time.Time) bool {
 	bySlot := make(map[uint32]int)
 	bySvc := make(map[uint32]int)
 	stuck := make(map[uint32]int)
+	stuckSeen := make(map[flowID]bool)
 	var expired []datapath.Flow
 	total := 0
 	err := a.dp.Flows(func(f datapath.Flow) bool {
@@ -618,6 +629,13 @@ func (a *agent) countFlows(now time.Time) bool {
 			bySlot[f.BackendSlot]++
 			if f.State == datapath.FlowSynSent && f.Idle >= synStuckAfter {
 				stuck[f.BackendSlot]++
+				id := flowID{f.Client, f.VIP, f.Proto}
+				stuckSeen[id] = true
+				if !a.stuckSeen[id] {
+					cf := a.failures[f.BackendSlot]
+					cf.unanswered++
+					a.failures[f.BackendSlot] = cf
+				}
 			}
 		}
 		return true
@@ -627,6 +645,7 @@ func (a *agent) countFlows(now time.Time) bool {
 		return false
 	}
 	a.flowsBySlot, a.flowsBySvc, a.flowsAt, a.flowsTotal, a.synStuck = bySlot, bySvc, now, total, stuck
+	a.stuckSeen = stuckSeen
 	deleted := 0
 	for _, f := range expired {
 		if err := a.dp.DeleteFlow(f); err != nil {
@@ -648,6 +667,9 @@ func (a *agent) tick(now time.Time) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	known := a.countFlows(now)
+	if known {
+		a.readRefusals()
+	}
 	a.collectReverse(now)
 	for name, ps := range a.pools {
 		var flows map[netip.AddrPort]int
@@ -680,6 +702,8 @@ func (a *agent) tick(now time.Time) error {
 		}
 	}
 	a.healthTargets(now)
+	a.reportFailures(now)
+	clear(a.failures)
 	return a.reconcile(now)
 }
 

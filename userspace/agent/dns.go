@@ -166,11 +166,11 @@ func (a *agent) refreshFailing(poolName string, ps *poolState, backends []pool.B
 		if b.State != pool.Active || b.Source == "" || b.Source == pool.SourceStatic {
 			continue
 		}
-		n, sl, ok := a.slots.lookup(slotKey{ps.id, b.Addr})
+		n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr})
 		if !ok {
 			continue
 		}
-		refused := a.newRefusals(n, sl.gen)
+		refused := a.failures[n].refused
 		if a.synStuck[n]+refused < refreshAfterStuck {
 			continue
 		}

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"sync"
 
-	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/proxy"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/metrics"
@@ -31,6 +30,7 @@ type l7Stage struct {
 	log       *slog.Logger
 	accessLog *slog.Logger // nil: no access log
 	metrics   *metrics.Metrics
+	trackers  *trackers // the pools' ejection trackers, shared with the data path's signals
 
 	wg sync.WaitGroup // Serve goroutines
 
@@ -38,16 +38,15 @@ type l7Stage struct {
 	// run; sync itself is serialized by the agent's reloadMu.
 	mu       sync.Mutex
 	services map[string]*l7Service
-	trackers map[*pool.Pool]*eject.Tracker
 }
 
-func newL7Stage(log *slog.Logger, accessLog *slog.Logger, m *metrics.Metrics) *l7Stage {
+func newL7Stage(log *slog.Logger, accessLog *slog.Logger, m *metrics.Metrics, tr *trackers) *l7Stage {
 	return &l7Stage{
 		log:       log,
 		accessLog: accessLog,
 		metrics:   m,
+		trackers:  tr,
 		services:  make(map[string]*l7Service),
-		trackers:  make(map[*pool.Pool]*eject.Tracker),
 	}
 }
 
@@ -97,22 +96,12 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 			}
 		}
 	}
-	// Trackers of pools no service uses any more.
-	used := make(map[*pool.Pool]bool)
-	for _, cur := range s.services {
-		used[cur.pool] = true
-	}
-	for p := range s.trackers {
-		if !used[p] {
-			delete(s.trackers, p)
-		}
-	}
 }
 
 // start builds, listens and serves one service, replacing any entry of
 // the same name in s.services.
 func (s *l7Stage) start(ctx context.Context, svc config.Service, pc config.Pool, p *pool.Pool) error {
-	tr, err := s.tracker(pc, p)
+	tr, err := s.trackers.get(pc, p)
 	if err != nil {
 		return err
 	}
@@ -143,22 +132,6 @@ func (s *l7Stage) start(ctx context.Context, svc config.Service, pc config.Pool,
 	})
 	s.services[svc.Name] = cur
 	return nil
-}
-
-// tracker is the pool's shared ejection tracker, reconfigured from pc.
-func (s *l7Stage) tracker(pc config.Pool, p *pool.Pool) (*eject.Tracker, error) {
-	if tr, ok := s.trackers[p]; ok {
-		if err := tr.SetConfig(pc.Ejection); err != nil {
-			return nil, fmt.Errorf("pool %s: ejection: %w", pc.Name, err)
-		}
-		return tr, nil
-	}
-	tr, err := eject.New(pc.Ejection, p, eject.Options{Log: s.log.With("pool", pc.Name)})
-	if err != nil {
-		return nil, fmt.Errorf("pool %s: ejection: %w", pc.Name, err)
-	}
-	s.trackers[p] = tr
-	return tr, nil
 }
 
 // stop shuts a service down gracefully (in the background: Serve finishes

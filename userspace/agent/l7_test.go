@@ -73,7 +73,7 @@ func TestL7Services(t *testing.T) {
 		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
 		a.setMetrics(m)
 		a.runCtx = ctx
-		a.l7 = newL7Stage(a.log, nil, m)
+		a.l7 = newL7Stage(a.log, nil, m, a.trackers)
 	})
 	stage := h.a.l7
 	h.a.syncL7()
@@ -169,8 +169,8 @@ func TestL7Services(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRefused(t, listen2)
-	if len(stage.services) != 0 || len(stage.trackers) != 0 {
-		t.Fatalf("stage still holds %d services, %d trackers", len(stage.services), len(stage.trackers))
+	if len(stage.services) != 0 {
+		t.Fatalf("stage still holds %d services", len(stage.services))
 	}
 
 	cancel()
@@ -193,7 +193,7 @@ func TestL7ListenConflictLeavesOthersRunning(t *testing.T) {
 	defer cancel()
 	h := newHarnessWith(t, nil, l7Config(taken.Addr().String(), "127.0.0.1:9"), func(a *agent) {
 		a.runCtx = ctx
-		a.l7 = newL7Stage(a.log, nil, nil)
+		a.l7 = newL7Stage(a.log, nil, nil, a.trackers)
 	})
 	h.a.syncL7()
 	if len(h.a.l7.services) != 0 {

@@ -93,7 +93,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 			w.Wait()
 		}()
 	}
-	l7 := newL7Stage(log.With("component", "l7"), proxy.NewAccessLogger(os.Stdout), a.metrics)
+	l7 := newL7Stage(log.With("component", "l7"), proxy.NewAccessLogger(os.Stdout), a.metrics, a.trackers)
 	a.l7 = l7
 	defer func() {
 		cancel()

@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+func TestRefusedConnectsEject(t *testing.T) {
+	h := newHarness(t, nil, baseConfig)
+	s2 := h.slotOf(be2)
+	h.dp.SetBackendStats(s2, datapath.BackendStats{ConnectRefused: 100}) // before: not counted
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	h.dp.SetBackendStats(s2, datapath.BackendStats{ConnectRefused: 104})
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.state(be2); b.State != pool.Active {
+		t.Fatalf("ejected after 4 refusals (failures: 5): %+v", b)
+	}
+	h.dp.SetBackendStats(s2, datapath.BackendStats{ConnectRefused: 105})
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	b := h.state(be2)
+	if b.State != pool.Ejected || !strings.Contains(b.Cause, "connect refused") {
+		t.Fatalf("be2 after 5 refusals = %+v", b)
+	}
+	if got := h.dp.Backend(s2); got.State != datapath.BackendEjected {
+		t.Fatalf("slot = %+v", got)
+	}
+	if slices.Contains(h.tableSlots(1), s2) {
+		t.Fatal("ejected backend still in the table")
+	}
+	// Its ejection time (base_time 10s, minus jitter) runs out: back on trial.
+	for range 11 {
+		if err := h.tick(time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b := h.state(be2); b.State != pool.Active || b.Cause != pool.CauseEjectionExpired {
+		t.Fatalf("be2 after its ejection = %+v", b)
+	}
+	if !slices.Contains(h.tableSlots(1), s2) {
+		t.Fatal("backend back from ejection not in the table")
+	}
+}
+
+func TestUnansweredSYNsEjectOncePerFlow(t *testing.T) {
+	h := newHarness(t, nil, baseConfig)
+	s3 := h.slotOf(be3)
+	stuck := func(port uint16) {
+		f := h.addFlow(port, s3, false)
+		f.State, f.Idle = datapath.FlowSynSent, time.Second
+		h.dp.AddFlow(f)
+	}
+	// One stuck flow seen on many ticks is one failure.
+	stuck(40000)
+	for range 8 {
+		if err := h.tick(time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b := h.state(be3); b.State != pool.Active {
+		t.Fatalf("one unanswered SYN ejected it: %+v", b)
+	}
+	for p := uint16(40001); p <= 40004; p++ {
+		stuck(p)
+	}
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.state(be3); b.State != pool.Ejected || !strings.Contains(b.Cause, "SYN unanswered") {
+		t.Fatalf("be3 after 5 unanswered SYNs = %+v", b)
+	}
+}
+
+func TestPassiveEjectionOffAndLimited(t *testing.T) {
+	off := strings.Replace(baseConfig, "    drain_timeout: 30s\n", "    drain_timeout: 30s\n    ejection: {failures: 0}\n", 1)
+	h := newHarness(t, nil, off)
+	h.dp.SetBackendStats(h.slotOf(be1), datapath.BackendStats{})
+	_ = h.tick(time.Second)
+	h.dp.SetBackendStats(h.slotOf(be1), datapath.BackendStats{ConnectRefused: 50})
+	_ = h.tick(time.Second)
+	if b := h.state(be1); b.State != pool.Active {
+		t.Fatalf("ejected with failures: 0: %+v", b)
+	}
+
+	// Every backend refusing: at most max_ejected_percent (50% of 3: 1) out.
+	h = newHarness(t, nil, baseConfig)
+	_ = h.tick(time.Second)
+	for _, a := range []netip.AddrPort{be1, be2, be3} {
+		h.dp.SetBackendStats(h.slotOf(a), datapath.BackendStats{ConnectRefused: 10})
+	}
+	_ = h.tick(time.Second)
+	n := 0
+	for _, a := range []netip.AddrPort{be1, be2, be3} {
+		if h.state(a).State == pool.Ejected {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d of 3 ejected, want 1 (max_ejected_percent 50)", n)
+	}
+}
