@@ -24,8 +24,8 @@ type l7Service struct {
 
 // l7Stage runs the http services of the config: one proxy.Server each,
 // fed by the same pools as the data path, sharing one ejection tracker
-// per pool. Its methods are called by one goroutine at a time (start and
-// reloads), never with the agent's lock held.
+// per pool. sync is called by one goroutine at a time (start, reloads),
+// never with the agent's lock held; busy may be called with it.
 type l7Stage struct {
 	log       *slog.Logger
 	accessLog *slog.Logger // nil: no access log
