@@ -249,9 +249,9 @@ lab_down() {
 		ip netns del "$ns" 2>/dev/null || log "could not delete $ns"
 	done
 
-	# per-run bpffs pins used by demo.sh and the e2e suite
+	# per-run bpffs pins of demo.sh, the e2e suite and the benchmarks
 	local pin
-	for pin in "/sys/fs/bpf/sluice-$id" "/sys/fs/bpf/sluice-e2e-$id"; do
+	for pin in /sys/fs/bpf/sluice{,-e2e,-bench,-benchdns}-"$id"; do
 		if [[ -e $pin ]]; then
 			rm -rf -- "$pin"
 			log "removed pins $pin"
