@@ -69,23 +69,34 @@ func (a *agent) onDNSUpdate(u discovery.Update) {
 // does. Called with mu held.
 func (a *agent) applyDNS(now time.Time, u discovery.Update) bool {
 	uses := a.dnsUses[u.Name]
+	// One source per pool and name, even when the pool lists the name
+	// with several ports.
+	type group struct{ pool, name string }
+	sets := make(map[group][]pool.Desired)
+	var order []group
 	for _, use := range uses {
-		ps, ok := a.pools[use.pool]
-		if !ok || !ps.configured {
-			continue
+		g := group{use.pool, use.name}
+		if _, ok := sets[g]; !ok {
+			order = append(order, g)
+			sets[g] = []pool.Desired{}
 		}
-		desired := make([]pool.Desired, 0, len(u.Addrs))
 		for _, ad := range u.Addrs {
 			if !ad.Addr.Is4() {
 				continue // the data path is IPv4 only; discovery reports AAAA apart
 			}
-			desired = append(desired, pool.Desired{
+			sets[g] = append(sets[g], pool.Desired{
 				Addr:   netip.AddrPortFrom(ad.Addr, use.port),
 				Weight: use.weight,
 				Info:   ad.Info(),
 			})
 		}
-		ps.p.SetSource(now, use.name, desired)
+	}
+	for _, g := range order {
+		ps, ok := a.pools[g.pool]
+		if !ok || !ps.configured {
+			continue
+		}
+		ps.p.SetSource(now, g.name, sets[g])
 	}
 	return len(uses) > 0
 }

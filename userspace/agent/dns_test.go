@@ -262,3 +262,16 @@ func TestRefusedConnectsRefreshTheName(t *testing.T) {
 		t.Fatalf("refreshed = %v", w.refreshed)
 	}
 }
+
+func TestDNSNameWithTwoPorts(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	text := strings.Replace(dnsConfig, "        weight: 2\n", "        weight: 2\n      - name: backend.lab\n        port: 9090\n", 1)
+	h := newHarnessWith(t, nil, text, func(a *agent) { a.dns = w })
+	h.a.syncDNS()
+	h.a.onDNSUpdate(answer(h.now, dns1))
+	for _, a := range []netip.AddrPort{dns1, netip.AddrPortFrom(dns1.Addr(), 9090)} {
+		if b := h.state(a); b.State != pool.Active {
+			t.Fatalf("%s = %+v", a, b)
+		}
+	}
+}
