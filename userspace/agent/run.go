@@ -1,9 +1,17 @@
 // Package agent is sluice's daemon: it loads the config, opens (or adopts)
-// the data path, runs every pool's backend lifecycle, mirrors it into the
-// BPF maps with Maglev tables, and serves the admin API.
+// the data path, runs every pool's backend lifecycle (userspace/pool) and
+// mirrors it into the BPF maps with Maglev tables, and serves the admin
+// API and the metrics.
 //
-// The core is a reconciler over a datapath.Map, so everything but Run is
-// tested without root against datapath.Fake.
+// Around the pools it wires the parts that change them: the DNS watcher
+// (each backend name is a source of its pool), active health checks, and
+// passive ejection fed both by the L7 stage and by connect failures the
+// data path sees; and the L7 stage itself, which serves the http services
+// from the same pools.
+//
+// The core is a reconciler over a datapath.Map (core.go: adopt, apply,
+// reconcile, tick), so everything but Run is tested without root against
+// datapath.Fake.
 package agent
 
 import (
