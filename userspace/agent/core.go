@@ -32,6 +32,8 @@ const (
 	// refreshAfterStuck is how many failing connects to a DNS-derived
 	// address make the agent re-resolve its name at once.
 	refreshAfterStuck = 2
+	// mapErrorLogEvery rate-limits the warning of a failing map operation.
+	mapErrorLogEvery = 30 * time.Second
 	// maxGCPerTick bounds the expired flows deleted per tick.
 	maxGCPerTick = 50000
 	// reverseGCEvery is how often orphaned reverse conntrack entries are
@@ -143,9 +145,10 @@ type agent struct {
 	// dnsUses maps each backend name (normalized) to the pools using it.
 	dnsUses map[string][]dnsUse
 
-	mapErrors     uint64    // map operations that failed
-	gcDeleted     uint64    // expired flows deleted
-	lastReverseGC time.Time // when orphaned reverse entries were last collected
+	errLogged     map[string]time.Time // last warning per failing map operation
+	mapErrors     uint64               // map operations that failed
+	gcDeleted     uint64               // expired flows deleted
+	lastReverseGC time.Time            // when orphaned reverse entries were last collected
 }
 
 func newAgent(dp datapath.Map, o options) *agent {
@@ -170,6 +173,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		dnsUses:     make(map[string][]dnsUse),
 		refusals:    make(map[uint32]refusalMark),
 		health:      newHealthStage(),
+		errLogged:   make(map[string]time.Time),
 		failures:    make(map[uint32]connectFailures),
 		stuckSeen:   make(map[flowID]bool),
 		trackers:    newTrackers(o.log.With("component", "eject")),
@@ -406,7 +410,17 @@ func (a *agent) mapError(op string, err error, msg string, args ...any) {
 	if a.metrics != nil {
 		a.metrics.Agent.MapError(op)
 	}
-	a.log.Warn(msg, append(args, "err", err)...)
+	// A failure that repeats every tick is logged as a warning once per
+	// mapErrorLogEvery per operation, at debug level in between; the
+	// metric counts every one.
+	now := a.now()
+	args = append(args, "op", op, "err", err)
+	if last, ok := a.errLogged[op]; ok && now.Sub(last) < mapErrorLogEvery {
+		a.log.Debug(msg, args...)
+		return
+	}
+	a.errLogged[op] = now
+	a.log.Warn(msg, args...)
 }
 
 // reconcile writes the pools' states into the data path, in the order
