@@ -40,37 +40,9 @@ cleanup() {
 trap cleanup EXIT
 "$lab" backends "$id" >/dev/null 2>&1
 
-# run_wrk NAME LOAD URL [EXTRA...]: appends "NAME LOAD rps p50 p99 errors" to $results.
-run_wrk() {
-	local name=$1 load=$2 url=$3
-	shift 3
-	local out rps p50 p99 errs
-	# Each path gets its own client port range. The backends keep the
-	# server-side TIME_WAIT of every closed connection, and the client's TCP
-	# timestamp offset is per destination (be1, VIP .200, VIP .100): a SYN
-	# that reuses a port last used on another path fails PAWS at the backend
-	# and waits for a 1 s retransmit, which made whichever path ran second
-	# look several times slower on new-conn.
-	local range
-	case $name in
-	direct) range="10000 29999" ;;
-	nftables) range="30000 44999" ;;
-	*) range="45000 60999" ;;
-	esac
-	"$lab" exec "$id" client sysctl -qw net.ipv4.ip_local_port_range="$range"
-	out=$("$lab" exec "$id" client wrk -t"$threads" -c"$conns" -d"${dur}s" --latency "$@" "$url" 2>&1)
-	rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-	p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-	p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-	errs=$(awk '/Socket errors:|Non-2xx/ {printf "%s ", $0}' <<<"$out")
-	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$load" "$rps" "$p50" "$p99" "${errs:-none}" >>"$results"
-	printf 'bench_l4: round %s %-9s %-10s %10s req/s p99 %s %s\n' "$round" "$name" "$load" "$rps" "$p99" "${errs}" >&2
-}
-
-both() {
-	run_wrk "$1" keep-alive "$2"
-	run_wrk "$1" new-conn "$2" -H "Connection: close"
-}
+# shellcheck source=scripts/bench_lib.sh
+source "$repo_root/scripts/bench_lib.sh"
+declare -A port_range=([direct]="10000 29999" [nftables]="30000 44999" [sluice]="45000 60999")
 
 cat >"$state/bench.yaml" <<-YAML
 	interfaces: [eth0, eth1]
@@ -132,22 +104,6 @@ done
 # The median of the rounds per path and load.
 echo "| path      | load       | req/s (median of $rounds) | p99 (median) | all rounds req/s | errors |"
 echo "|-----------|------------|------------:|------------:|------------------|--------|"
-# median VALUES...: the middle value (lower middle for an even count).
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-# to_ms LATENCY: wrk's "812.00us" / "3.10ms" / "1.02s" in milliseconds.
-to_ms() { awk -v x="$1" 'BEGIN { if (x ~ /us$/) print x/1000; else if (x ~ /ms$/) print x+0; else if (x ~ /s$/) print x*1000; else print x }'; }
-for path in direct nftables sluice; do
-	for load in keep-alive new-conn; do
-		rps=() p99=() errs=""
-		while IFS=$'\t' read -r p l r _ q e; do
-			[[ $p == "$path" && $l == "$load" ]] || continue
-			rps+=("$r")
-			p99+=("$(to_ms "$q")")
-			[[ $e == none ]] || errs+="$e "
-		done <"$results"
-		printf '| %-9s | %-10s | %11.0f | %9.2fms | %s | %s |\n' "$path" "$load" \
-			"$(median "${rps[@]}")" "$(median "${p99[@]}")" "$(printf '%.0f ' "${rps[@]}")" "${errs:-none}"
-	done
-done
+summary direct nftables sluice
 echo
 echo "wrk -t$threads -c$conns -d${dur}s --latency, $rounds rounds; new-conn adds -H 'Connection: close'. Backends: e2e/backend (Go). $(nproc) CPUs, kernel $(uname -r)."

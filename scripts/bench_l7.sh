@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# bench_l7.sh: requests/s and p50/p99 latency through the L7 stage, side by
+# side in one lab run with nginx and HAProxy proxying to the same three
+# backends, each tuned as an operator would: upstream keep-alive, 2 workers
+# or threads (the lab machine has 2 CPUs).
+#
+#   sluice    protocol: http service on 198.18.1.101:80 (Go, GOMAXPROCS = CPUs)
+#   nginx     198.18.1.110:80, worker_processes 2, upstream keepalive 64
+#   haproxy   198.18.1.120:80, nbthread 2, http-reuse always
+#
+# each with wrk, keep-alive and one new client connection per request
+# (Connection: close; the proxies still pool their upstream connections).
+# The three listen on addresses of the lb namespace only; every load loop is
+# bounded by wrk's duration.
+#
+#   scripts/bench_l7.sh [DURATION_SECONDS]     (default 10; BENCH_ROUNDS=3)
+set -Eeuo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+dur=${1:-10}
+rounds=${BENCH_ROUNDS:-3}
+conns=${BENCH_CONNS:-32}
+threads=${BENCH_THREADS:-2}
+lab=scripts/lab.sh
+sluice=$repo_root/bin/sluice
+
+[[ $(id -u) -eq 0 ]] || { echo "bench_l7: needs root (network namespaces)" >&2; exit 1; }
+for c in wrk nginx haproxy; do
+	command -v "$c" >/dev/null || { echo "bench_l7: $c missing (scripts/deps.sh --bench installs it)" >&2; exit 1; }
+done
+[[ -x $sluice ]] || { echo "bench_l7: build first (make build)" >&2; exit 1; }
+
+id=$("$lab" up 2>/dev/null | tail -1)
+pin=/sys/fs/bpf/sluice-benchl7-$id
+state=$repo_root/.lab/$id
+pids=()
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	"$sluice" teardown --pin-path "$pin" >/dev/null 2>&1 || true
+	"$lab" down "$id" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+"$lab" backends "$id" >/dev/null 2>&1
+for a in 198.18.1.101 198.18.1.110 198.18.1.120; do
+	"$lab" exec "$id" lb ip addr add "$a/32" dev lo
+done
+
+# shellcheck source=scripts/bench_lib.sh
+source "$repo_root/scripts/bench_lib.sh"
+declare -A port_range=([sluice]="10000 29999" [nginx]="30000 44999" [haproxy]="45000 60999")
+
+cat >"$state/benchl7.yaml" <<-YAML
+	interfaces: [eth0, eth1]
+	admin: {socket: $state/benchl7.sock}
+	metrics: {listen: "off"}
+	datapath: {pin_path: $pin}
+	pools:
+	  - name: web
+	    backends:
+	      - address: 198.18.2.11:80
+	      - address: 198.18.2.12:80
+	      - address: 198.18.2.13:80
+	services:
+	  - {name: web-http, listen: 198.18.1.101:80, protocol: http, pool: web}
+	YAML
+# The access log (one JSON line per request) goes to a file, as in production.
+"$lab" exec "$id" lb "$sluice" agent -c "$state/benchl7.yaml" >"$state/benchl7-agent.log" 2>&1 &
+pids+=($!)
+
+mkdir -p "$state/nginx"
+cat >"$state/nginx.conf" <<-NGINX
+	worker_processes 2;
+	pid $state/nginx.pid;
+	error_log $state/nginx-error.log warn;
+	events { worker_connections 4096; }
+	http {
+	    access_log off;
+	    client_body_temp_path $state/nginx/body;
+	    proxy_temp_path $state/nginx/proxy;
+	    fastcgi_temp_path $state/nginx/fastcgi;
+	    uwsgi_temp_path $state/nginx/uwsgi;
+	    scgi_temp_path $state/nginx/scgi;
+	    upstream web {
+	        server 198.18.2.11:80;
+	        server 198.18.2.12:80;
+	        server 198.18.2.13:80;
+	        keepalive 64;
+	    }
+	    server {
+	        listen 198.18.1.110:80;
+	        location / {
+	            proxy_pass http://web;
+	            proxy_http_version 1.1;
+	            proxy_set_header Connection "";
+	        }
+	    }
+	}
+	NGINX
+"$lab" exec "$id" lb nginx -c "$state/nginx.conf" -g 'daemon off;' >"$state/nginx.log" 2>&1 &
+pids+=($!)
+
+cat >"$state/haproxy.cfg" <<-HAPROXY
+	global
+	    nbthread 2
+	    log stderr format short local0 warning
+	defaults
+	    mode http
+	    option http-keep-alive
+	    timeout connect 2s
+	    timeout client 30s
+	    timeout server 30s
+	frontend fe
+	    bind 198.18.1.120:80
+	    default_backend be
+	backend be
+	    balance roundrobin
+	    http-reuse always
+	    server s1 198.18.2.11:80
+	    server s2 198.18.2.12:80
+	    server s3 198.18.2.13:80
+	HAPROXY
+"$lab" exec "$id" lb haproxy -f "$state/haproxy.cfg" -db >"$state/haproxy.log" 2>&1 &
+pids+=($!)
+
+for url in http://198.18.1.101/ http://198.18.1.110/ http://198.18.1.120/; do
+	for _ in $(seq 100); do
+		"$lab" exec "$id" client curl -sf -o /dev/null --max-time 1 "$url" && break
+		sleep 0.1
+	done
+done
+
+results=$state/bench_l7.tsv
+: >"$results"
+for round in $(seq "$rounds"); do
+	both sluice http://198.18.1.101/
+	both nginx http://198.18.1.110/
+	both haproxy http://198.18.1.120/
+done
+summary sluice nginx haproxy
+echo
+echo "wrk -t$threads -c$conns -d${dur}s --latency, $rounds rounds; new-conn adds -H 'Connection: close'. Backends: e2e/backend (Go)."
+echo "nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(nproc) CPUs, kernel $(uname -r)."
