@@ -15,15 +15,17 @@ type reqBody struct {
 	consumed  bool      // bytes beyond buf were read: the body cannot be produced again
 	clientErr error     // reading from the client failed
 	read      int64     // bytes read from the client
+	atEOF     func()    // called once the whole body was read (may be nil)
 }
 
 // errClientBody marks a failure to read the request body from the client.
 var errClientBody = errors.New("reading the request body from the client")
 
 // newReqBody reads up to limit bytes of body. contentLength is the
-// request's (-1 unknown).
-func newReqBody(body io.Reader, contentLength, limit int64) (*reqBody, error) {
-	b := &reqBody{length: contentLength}
+// request's (-1 unknown). atEOF, if set, is called once the whole body has
+// been read from the client.
+func newReqBody(body io.Reader, contentLength, limit int64, atEOF func()) (*reqBody, error) {
+	b := &reqBody{length: contentLength, atEOF: atEOF}
 	if body == nil || contentLength == 0 {
 		b.length = 0
 		return b, nil
@@ -38,6 +40,7 @@ func newReqBody(body io.Reader, contentLength, limit int64) (*reqBody, error) {
 	if n <= limit {
 		b.buf = buf.Bytes()
 		b.length = n
+		b.eof()
 		return b, nil
 	}
 	// Larger than the buffer: keep limit bytes, the extra byte goes first
@@ -49,6 +52,13 @@ func newReqBody(body io.Reader, contentLength, limit int64) (*reqBody, error) {
 }
 
 func (b *reqBody) empty() bool { return b.length == 0 }
+
+func (b *reqBody) eof() {
+	if b.atEOF != nil {
+		b.atEOF()
+		b.atEOF = nil
+	}
+}
 
 // replayable is whether the body can be produced again for another try.
 func (b *reqBody) replayable() bool { return !b.consumed }
@@ -70,7 +80,9 @@ func (r *restReader) Read(p []byte) (int, error) {
 		b.consumed = true
 		b.read += int64(n)
 	}
-	if err != nil && err != io.EOF {
+	if err == io.EOF {
+		b.eof()
+	} else if err != nil {
 		b.clientErr = err
 		return n, errors.Join(errClientBody, err)
 	}

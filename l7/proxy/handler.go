@@ -69,9 +69,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	deadline := start.Add(st.timeouts.Total.D())
 	// The total deadline bounds reading the request body from the client
-	// too (a slow upload cannot hold a request past it).
-	_ = http.NewResponseController(w).SetReadDeadline(deadline)
-	body, err := newReqBody(r.Body, r.ContentLength, st.policy.BufferBytes())
+	// too (a slow upload cannot hold a request past it). It is lifted as
+	// soon as the body is read: the server's own read of the connection
+	// after the body must not hit it (that would cancel the request).
+	var bodyRead func()
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		rc := http.NewResponseController(w)
+		if rc.SetReadDeadline(deadline) == nil {
+			bodyRead = func() { _ = rc.SetReadDeadline(time.Time{}) }
+		}
+	}
+	body, err := newReqBody(r.Body, r.ContentLength, st.policy.BufferBytes(), bodyRead)
 	if err != nil {
 		s.fail(w, rec, clientBodyStatus(err), err.Error())
 		return
@@ -128,7 +136,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			rec.Tries = append(rec.Tries, tr)
 			s.discard(res, false)
 			rec.Status = statusClientClosed
-			if res.err != nil && errors.Is(res.err, errClientBody) && r.Context().Err() == nil {
+			// A body that stalled also cancels the request's context: answer
+			// anyway (if the client is really gone, nobody reads it).
+			if res.err != nil && errors.Is(res.err, errClientBody) {
 				rec.Error = "client request body: " + res.err.Error()
 				rec.Status = clientBodyStatus(res.err)
 				s.writeError(w, rec.Status, "error reading the request body")

@@ -246,8 +246,9 @@ func start(t *testing.T, p PoolView, mod func(*Options)) *harness {
 	acc := &syncBuffer{}
 	opts := Options{
 		Service: testService(), Pool: p, Ejection: testEjection(),
-		AccessLog:      NewAccessLogger(acc),
-		EjectionJitter: -1,
+		AccessLog:       NewAccessLogger(acc),
+		ShutdownTimeout: 5 * time.Second,
+		EjectionJitter:  -1,
 	}
 	if testing.Verbose() {
 		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -154,12 +154,18 @@ func TestPanicMode(t *testing.T) {
 // An address going draining: its idle pooled connections are closed at
 // once, a busy one after its request, and no new request goes to it.
 func TestDrainClosesPooledConnections(t *testing.T) {
-	gate := make(chan struct{})
-	var inSlow atomic.Int64
+	gate, hold := make(chan struct{}), make(chan struct{})
+	var closeGate, closeHold sync.Once
+	t.Cleanup(func() { closeGate.Do(func() { close(gate) }); closeHold.Do(func() { close(hold) }) })
+	var inSlow, inHold atomic.Int64
 	a := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
+		switch r.URL.Path {
+		case "/slow":
 			inSlow.Add(1)
 			<-gate
+		case "/hold":
+			inHold.Add(1)
+			<-hold
 		}
 		w.Write([]byte("a"))
 	})
@@ -168,11 +174,13 @@ func TestDrainClosesPooledConnections(t *testing.T) {
 	p := newPool(t, nil, a.addr, b.addr)
 	h := start(t, p, func(o *Options) { o.Selector = preferSelector{a.addr} })
 
-	// Warm several idle connections to a, and one busy one.
+	// Warm four connections to a (four requests at once), then make one busy.
 	var wg sync.WaitGroup
 	for range 4 {
-		wg.Go(func() { h.do(t, "GET", "/", nil, nil) })
+		wg.Go(func() { h.do(t, "GET", "/hold", nil, nil) })
 	}
+	waitFor(t, "four requests held", func() bool { return inHold.Load() == 4 })
+	closeHold.Do(func() { close(hold) })
 	wg.Wait()
 	slowDone := make(chan int)
 	go func() {
@@ -208,7 +216,7 @@ func TestDrainClosesPooledConnections(t *testing.T) {
 	if n := a.count.Load() - before; n != 0 {
 		t.Errorf("%d new requests reached the draining address", n)
 	}
-	close(gate)
+	closeGate.Do(func() { close(gate) })
 	if code := <-slowDone; code != 200 {
 		t.Errorf("the request in flight on the draining address ended with %d", code)
 	}
