@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"time"
 )
@@ -76,6 +77,6 @@ func (r *Record) log(l *slog.Logger) {
 
 // NewAccessLogger returns the logger an access log should be: one JSON
 // object per line on w.
-func NewAccessLogger(w interface{ Write([]byte) (int, error) }) *slog.Logger {
+func NewAccessLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, nil))
 }
