@@ -83,8 +83,10 @@ func TestAllFailingBudgetAndEjectionLimit(t *testing.T) {
 	if st.Denied == 0 {
 		t.Errorf("no retry was refused by the budget (%d requests, %d tries)", requests.Load(), executed)
 	}
-	if executed >= requests.Load()*4 {
-		t.Errorf("%d tries for %d requests: the budget did not limit retries", executed, requests.Load())
+	// Without a budget every request would make 4 tries; with 20% of the
+	// requests in flight allowed to retry, retries stay near 20% of them.
+	if executed*100 > requests.Load()*135 {
+		t.Errorf("%d tries for %d requests: more than 35%% retries under a 20%% budget", executed, requests.Load())
 	}
 	if n := p.Counts()[pool.Ejected]; n != 2 {
 		t.Errorf("%d of 4 ejected, want exactly max_ejected_percent (2)", n)
