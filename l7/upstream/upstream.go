@@ -97,6 +97,14 @@ type addrPool struct {
 	reused  uint64
 }
 
+func (ap *addrPool) idleCount() int {
+	n := 0
+	for _, l := range ap.idle {
+		n += len(l)
+	}
+	return n
+}
+
 // New returns empty pools.
 func New(opts Options) *Pools {
 	if opts.MaxIdlePerAddr <= 0 {
@@ -240,7 +248,7 @@ func (p *Pools) Put(c *Conn, closeReason string) {
 		why = CloseDraining
 	case now.Sub(c.dialled) >= p.opts.MaxLifetime:
 		why = CloseLifetime
-	case len(ap.idle[c.serverName]) >= p.opts.MaxIdlePerAddr:
+	case ap.idleCount() >= p.opts.MaxIdlePerAddr:
 		why = CloseFull
 	default:
 		c.idleSince = now

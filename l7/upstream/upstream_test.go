@@ -216,3 +216,34 @@ func TestPhaseDeadlines(t *testing.T) {
 		t.Errorf("deadline: %v after %s", err, time.Since(t0))
 	}
 }
+
+func TestMaxIdleAndCloseReasons(t *testing.T) {
+	s := newEchoServer(t)
+	var mu sync.Mutex
+	reasons := map[string]int{}
+	p := New(Options{MaxIdlePerAddr: 2, OnClose: func(_ netip.AddrPort, why string) {
+		mu.Lock()
+		reasons[why]++
+		mu.Unlock()
+	}})
+	cs := []*Conn{get(t, p, s.addr), get(t, p, s.addr), get(t, p, s.addr)}
+	for _, c := range cs {
+		p.Put(c, "")
+	}
+	if st := p.Stats(s.addr); st.Idle != 2 {
+		t.Errorf("%d idle, want MaxIdlePerAddr=2", st.Idle)
+	}
+	c := get(t, p, s.addr)
+	p.Put(c, CloseBackend)
+	p.Retire(s.addr)
+	p.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string]int{CloseFull: 1, CloseBackend: 1, CloseDraining: 1}
+	for k, v := range want {
+		if reasons[k] != v {
+			t.Errorf("reasons %v, want %v", reasons, want)
+			break
+		}
+	}
+}
