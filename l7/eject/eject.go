@@ -257,20 +257,23 @@ func (t *Tracker) ejectLocked(now time.Time, addr netip.AddrPort, cause string) 
 
 // durationLocked is base_time·2^n capped at max_time, minus jitter.
 func (t *Tracker) durationLocked(n int) time.Duration {
-	d, limit := t.cfg.BaseTime.D(), t.cfg.MaxTime.D()
+	d := backoff(t.cfg, n)
+	if t.jitter > 0 {
+		d -= time.Duration(rand.Float64() * t.jitter * float64(d))
+	}
+	return d
+}
+
+// backoff is base_time·2^n capped at max_time.
+func backoff(cfg config.Ejection, n int) time.Duration {
+	d, limit := cfg.BaseTime.D(), cfg.MaxTime.D()
 	if limit <= 0 {
 		limit = d
 	}
 	for i := 0; i < n && d < limit; i++ {
 		d *= 2
 	}
-	if d > limit {
-		d = limit
-	}
-	if t.jitter > 0 {
-		d -= time.Duration(rand.Float64() * t.jitter * float64(d))
-	}
-	return d
+	return min(d, limit)
 }
 
 // Duration is the ejection time (before jitter) of an address ejected n
@@ -278,11 +281,7 @@ func (t *Tracker) durationLocked(n int) time.Duration {
 func (t *Tracker) Duration(n int) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	j := t.jitter
-	t.jitter = 0
-	d := t.durationLocked(n)
-	t.jitter = j
-	return d
+	return backoff(t.cfg, n)
 }
 
 func (t *Tracker) apply(now time.Time, ev *Event, trial bool) {
