@@ -95,10 +95,11 @@ type UpstreamOptions struct {
 
 // Options build a Server.
 type Options struct {
-	Service  config.Service  // Protocol http; Name, Host, Timeouts, Retry are used
-	Pool     PoolView        // the service's pool
-	Ejection config.Ejection // the pool's ejection block (Failures 0: off)
-	// MaxEjectedPercent decides panic mode; 0 takes Ejection.MaxEjectedPercent.
+	Service config.Service // Protocol http; Name, Host, Timeouts, Retry are used
+	Pool    PoolView       // the service's pool
+	// Ejection is the pool's ejection block (Failures 0: off); its
+	// max_ejected_percent also decides panic mode.
+	Ejection config.Ejection
 	TLS      *TLSFiles // nil: plain HTTP (HTTP/1.1, and h2c when H2C is set)
 	H2C      bool      // accept HTTP/2 without TLS (prior knowledge)
 	Client   ClientLimits
