@@ -689,3 +689,30 @@ func TestUpgradeTunnel(t *testing.T) {
 		t.Errorf("plain request: %d", resp.StatusCode)
 	}
 }
+
+// HTTP/2 without TLS (prior knowledge), through the framing guard.
+func TestH2C(t *testing.T) {
+	be := newBackend(t, status(200))
+	p := newPool(t, nil, be.addr)
+	h := start(t, p, func(o *Options) { o.H2C = true })
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	for range 3 {
+		resp, err := c.Get(h.url + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != 200 {
+			t.Fatalf("got %s %d", resp.Proto, resp.StatusCode)
+		}
+	}
+	// HTTP/1.1 still works on the same listener.
+	if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 || resp.ProtoMajor != 1 {
+		t.Errorf("HTTP/1.1: %s %d", resp.Proto, resp.StatusCode)
+	}
+}
