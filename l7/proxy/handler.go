@@ -264,23 +264,26 @@ func (s *Server) pick(st *settings, tried map[netip.AddrPort]bool) (b pool.Backe
 	if len(cands) == 0 {
 		return pool.Backend{}, false, panicMode, false
 	}
-	untried := make([]Candidate, 0, len(cands))
-	for _, c := range cands {
-		if !tried[c.Backend.Addr] {
-			untried = append(untried, c)
+	if len(tried) > 0 {
+		untried := make([]Candidate, 0, len(cands))
+		for _, c := range cands {
+			if !tried[c.Backend.Addr] {
+				untried = append(untried, c)
+			}
+		}
+		if len(untried) > 0 {
+			cands = untried
 		}
 	}
-	if len(untried) > 0 {
-		cands = untried
-	}
-	rest := append([]Candidate(nil), cands...)
+	rest := cands
 	for len(rest) > 0 {
 		i := s.selector.Select(rest)
 		c := rest[i]
 		if ok, trial := s.tracker.Admit(c.Backend); ok {
 			return c.Backend, trial, panicMode, true
 		}
-		rest = append(rest[:i], rest[i+1:]...)
+		// Refused (its trial is in flight): choose among the others.
+		rest = append(append(make([]Candidate, 0, len(rest)-1), rest[:i]...), rest[i+1:]...)
 	}
 	// Every candidate is an address whose trial request is in flight:
 	// better a second request to one of them than none.
