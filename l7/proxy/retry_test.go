@@ -255,15 +255,15 @@ func TestTotalDeadlineOverTries(t *testing.T) {
 	}
 	p := newPool(t, nil, addrs...)
 	h := start(t, p, func(o *Options) {
-		o.Service.Timeouts.Read = config.Duration(400 * time.Millisecond)
-		o.Service.Timeouts.Total = config.Duration(time.Second)
+		o.Service.Timeouts.Read = config.Duration(500 * time.Millisecond)
+		o.Service.Timeouts.Total = config.Duration(1200 * time.Millisecond)
 		o.Ejection.Failures = 0
 	})
 	t0 := time.Now()
 	resp, _ := h.do(t, "GET", "/", nil, nil)
 	el := time.Since(t0)
-	if resp.StatusCode != http.StatusGatewayTimeout || el < 950*time.Millisecond || el > 1150*time.Millisecond {
-		t.Errorf("status %d after %s, want 504 at total=1s (the sum of reads would be 1.2s)", resp.StatusCode, el)
+	if resp.StatusCode != http.StatusGatewayTimeout || el < 1150*time.Millisecond || el > 1450*time.Millisecond {
+		t.Errorf("status %d after %s, want 504 at total=1.2s (the sum of the reads would be 1.5s)", resp.StatusCode, el)
 	}
 	l := h.access.last(t)
 	if len(l.Try) != 3 || l.Try[0].Phase != "read" || l.Try[2].Phase != "total" || !strings.Contains(l.Error, "total timeout") {
