@@ -12,7 +12,7 @@ export PATH := $(dir $(GO)):$(PATH)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build testbins generate check-generated deps test unit e2e demo bench lint clean
+.PHONY: all build testbins generate check-generated deps test unit e2e e2e-race demo bench lint clean
 
 all: build
 
@@ -52,6 +52,10 @@ unit:
 # End-to-end tests in the netns lab (root).
 e2e:
 	$(GO) test ./e2e/... -count=1 -v -timeout 15m
+
+# The same with the agent built with the race detector (slower).
+e2e-race:
+	E2E_RACE=1 $(GO) test ./e2e/ -count=1 -v -timeout 20m
 
 test: deps check-generated unit e2e
 

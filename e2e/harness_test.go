@@ -98,18 +98,25 @@ func buildAll(root, dir string) error {
 	if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output(); err == nil {
 		version = strings.TrimSpace(string(out))
 	}
+	// E2E_RACE=1: the agent is built with the race detector; a race it
+	// reports fails the test that ran it.
+	var race []string
+	if os.Getenv("E2E_RACE") == "1" {
+		race = []string{"-race"}
+	}
 	targets := []struct {
 		out, pkg string
 		dst      *string
 		ldflags  string
+		flags    []string
 	}{
-		{"sluice", "./cmd/sluice", &env.sluice, "-X main.version=" + version},
-		{"sluice-testbackend", "./e2e/backend", &env.backend, ""},
-		{"sluice-loadgen", "./e2e/loadgen", &env.loadgen, ""},
+		{"sluice", "./cmd/sluice", &env.sluice, "-X main.version=" + version, race},
+		{"sluice-testbackend", "./e2e/backend", &env.backend, "", nil},
+		{"sluice-loadgen", "./e2e/loadgen", &env.loadgen, "", nil},
 	}
 	for _, tg := range targets {
 		out := filepath.Join(dir, tg.out)
-		args := []string{"build", "-o", out}
+		args := append([]string{"build", "-o", out}, tg.flags...)
 		if tg.ldflags != "" {
 			args = append(args, "-ldflags", tg.ldflags)
 		}
@@ -654,10 +661,17 @@ func (a *Agent) Start() {
 	t := a.lab.t
 	t.Helper()
 	a.starts++
-	a.proc = a.lab.Start(fmt.Sprintf("agent-%d", a.starts), "lb", env.sluice, "agent", "-c", a.Config)
+	n := a.starts
+	proc := a.lab.Start(fmt.Sprintf("agent-%d", n), "lb", env.sluice, "agent", "-c", a.Config)
+	a.proc = proc
 	t.Cleanup(func() {
+		// Runs after the agent is stopped (cleanups run last-in first-out).
+		log := proc.Log()
+		if strings.Contains(log, "WARNING: DATA RACE") {
+			t.Errorf("the agent (start %d) reported a data race (built with E2E_RACE=1)", n)
+		}
 		if t.Failed() {
-			t.Logf("agent log (start %d):\n%s", a.starts, a.proc.Log())
+			t.Logf("agent log (start %d):\n%s", n, log)
 		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
