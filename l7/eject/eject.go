@@ -168,6 +168,9 @@ func (t *Tracker) onTrialLocked(b pool.Backend) bool {
 // one request at a time (trial is then true, and the caller must report the
 // try with Report or Abandon); any other address admits everything.
 func (t *Tracker) Admit(b pool.Backend) (ok, trial bool) {
+	if b.State != pool.Active || b.Ejections == 0 || b.Cause != pool.CauseEjectionExpired {
+		return true, false // never on trial: no need for the lock
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.onTrialLocked(b) {
@@ -197,6 +200,9 @@ func (t *Tracker) Abandon(addr netip.AddrPort) {
 // (it was ejected or drained meanwhile) are not counted: they would extend
 // an ejection that already happened and inflate its doubling.
 func (t *Tracker) Report(now time.Time, addr netip.AddrPort, trial, failed bool, kind, cause string) {
+	if !failed && !trial {
+		return // a success outside a trial changes nothing
+	}
 	if failed && !trial {
 		if b, ok := t.p.Backend(addr); !ok || b.State != pool.Active {
 			return

@@ -1,41 +1,202 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"io"
-	"net/http"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
 	"testing"
+	"time"
 )
 
-// Throughput of the proxy on loopback against an in-process backend; the
-// lab benchmark (docs/benchmarks.md) is the one that compares with nginx.
+// BenchmarkProxy measures the proxy on loopback: three minimal backends
+// (a canned 200 with a 2-byte body) and clients that speak just enough
+// HTTP/1.1 to keep load generation cheap, so the profile is the proxy's.
+// The lab benchmark (scripts/bench_l7.sh, docs/benchmarks.md) is the one
+// that compares with nginx and HAProxy.
+//
+//	go test ./l7/proxy -run '^$' -bench Proxy -benchmem -cpuprofile cpu.out
+//	go tool pprof -top proxy.test cpu.out
 func BenchmarkProxy(b *testing.B) {
-	for _, keepAlive := range []bool{true, false} {
-		name := "keep-alive"
-		if !keepAlive {
-			name = "new-connection"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, bc := range []struct {
+		name      string
+		keepAlive bool
+		accessLog bool
+	}{
+		{"keep-alive", true, true},
+		{"keep-alive/no-access-log", true, false},
+		{"new-connection", false, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var addrs []netip.AddrPort
+			for range 3 {
+				addrs = append(addrs, rawOKBackend(b))
+			}
 			t := &testing.T{}
-			be := newBackend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-			defer be.srv.Close()
-			p := newPool(t, nil, be.addr)
-			h := start(t, p, func(o *Options) { o.AccessLog = nil })
-			tr := &http.Transport{MaxIdleConnsPerHost: 1024, DisableKeepAlives: !keepAlive}
-			defer tr.CloseIdleConnections()
-			c := &http.Client{Transport: tr}
+			p := newPool(t, nil, addrs...)
+			var acc *AccessLog
+			if bc.accessLog {
+				f, err := os.Create(filepath.Join(b.TempDir(), "access.log"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer f.Close()
+				acc = NewAccessLog(f, time.Second)
+				defer acc.Close()
+			}
+			srv, err := New(Options{
+				Service: testService(), Pool: p, Ejection: testEjection(), AccessLog: acc,
+				ShutdownTimeout: 5 * time.Second,
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- srv.Serve(ctx, l) }()
+			defer func() {
+				cancel()
+				if err := <-done; err != nil {
+					b.Error(err)
+				}
+			}()
+			addr := l.Addr().String()
+			req := []byte("GET /bench HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+			if !bc.keepAlive {
+				req = []byte("GET /bench HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+			}
 			b.ReportAllocs()
+			b.SetParallelism(16) // many clients, like wrk -c32 on 2 CPUs
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
+				var c net.Conn
+				var br *bufio.Reader
+				defer func() {
+					if c != nil {
+						c.Close()
+					}
+				}()
 				for pb.Next() {
-					resp, err := c.Get(h.url + "/")
-					if err != nil {
+					if c == nil {
+						var err error
+						if c, err = net.Dial("tcp", addr); err != nil {
+							b.Error(err)
+							return
+						}
+						br = bufio.NewReader(c)
+					}
+					if _, err := c.Write(req); err != nil {
 						b.Error(err)
 						return
 					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
+					if err := readOK(br); err != nil {
+						b.Error(err)
+						return
+					}
+					if !bc.keepAlive {
+						c.Close()
+						c = nil
+					}
 				}
 			})
 		})
 	}
+}
+
+// readOK reads one response with a Content-Length and checks it is a 200.
+func readOK(br *bufio.Reader) error {
+	n := -1
+	for first := true; ; first = false {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if first && !bytes.HasPrefix(line, []byte("HTTP/1.1 200 ")) {
+			return &badStatus{string(line)}
+		}
+		if len(line) <= 2 {
+			break
+		}
+		if k, v, ok := bytes.Cut(line, []byte(":")); ok && bytes.EqualFold(k, []byte("Content-Length")) {
+			n, _ = strconv.Atoi(string(bytes.TrimSpace(v)))
+		}
+	}
+	if n < 0 {
+		return &badStatus{"no Content-Length"}
+	}
+	_, err := br.Discard(n)
+	return err
+}
+
+type badStatus struct{ s string }
+
+func (e *badStatus) Error() string { return "unexpected response: " + e.s }
+
+// rawOKBackend is a loopback HTTP/1.1 server that answers every request
+// (without a body) with a canned 200 "ok", keeping connections alive.
+func rawOKBackend(b *testing.B) netip.AddrPort {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					c.Close()
+				}()
+				br := bufio.NewReader(c)
+				for {
+					for {
+						line, err := br.ReadSlice('\n')
+						if err != nil {
+							return
+						}
+						if len(line) <= 2 {
+							break
+						}
+					}
+					if _, err := c.Write(resp); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	b.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	_, _ = io.Discard.Write(nil)
+	return netip.MustParseAddrPort(l.Addr().String())
 }

@@ -42,7 +42,7 @@ services:
 		Pool:      p, // the server follows p's transitions itself
 		Ejection:  pc.Ejection,
 		Log:       slog.New(slog.DiscardHandler),
-		AccessLog: proxy.NewAccessLogger(os.Stdout),
+		AccessLog: proxy.NewAccessLog(os.Stdout, time.Second),
 	})
 	if err != nil {
 		panic(err)

@@ -120,10 +120,13 @@ func (s *Server) exchange(ctx context.Context, st *settings, conn *upstream.Conn
 
 // writeRequest writes an HTTP/1.1 request with out's header and body.
 func writeRequest(bw *bufio.Writer, out *outRequest) error {
-	fmt.Fprintf(bw, "%s %s HTTP/1.1\r\nHost: %s\r\n", out.method, out.uri, out.host)
-	if err := out.header.Write(bw); err != nil {
-		return err
-	}
+	bw.WriteString(out.method)
+	bw.WriteByte(' ')
+	bw.WriteString(out.uri)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(out.host)
+	bw.WriteString("\r\n")
+	writeForwardHeader(bw, out.header, &out.fwd, out.upgrade)
 	chunked := false
 	switch b := out.body; {
 	case b.empty():
@@ -274,7 +277,18 @@ func (s *Server) discard(res tryResult, drain bool) {
 // usable is whether pooled connections to addr may be kept: it is still
 // active in the pool, or ejected while panic mode sends requests there.
 func (s *Server) usable(addr netip.AddrPort) bool {
-	b, ok := s.pool.Backend(addr)
+	var b pool.Backend
+	ok := false
+	if s.snapshots {
+		for _, x := range s.backends() {
+			if x.Addr == addr {
+				b, ok = x, true
+				break
+			}
+		}
+	} else {
+		b, ok = s.pool.Backend(addr)
+	}
 	return ok && (b.State == pool.Active || b.State == pool.Ejected && s.panicking.Load())
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicelb/sluice/l7/eject"
@@ -21,9 +23,10 @@ type outRequest struct {
 	upgrade string // the protocol asked for with Upgrade ("" when none)
 	method  string
 	uri     string
-	host    string // Host header sent
-	sni     string // TLS server name
-	header  http.Header
+	host    string      // Host header sent
+	sni     string      // TLS server name
+	header  http.Header // the client's, written by writeForwardHeader
+	fwd     forwarded
 	body    *reqBody
 }
 
@@ -41,15 +44,20 @@ type tryResult struct {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	st := s.cfg.Load()
-	rec := &Record{
+	rec := s.records.Get().(*Record)
+	*rec = Record{
 		Service: s.name, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
-		URI: r.RequestURI, Proto: r.Proto,
+		URI: r.RequestURI, Proto: r.Proto, Tries: rec.Tries[:0],
 	}
 	abort := false
 	defer func() {
 		rec.Duration = time.Since(start)
-		rec.log(s.access)
+		s.access.Log(rec)
 		s.obs.Request(rec)
+		if cap(rec.Tries) <= 16 {
+			clear(rec.Tries[:cap(rec.Tries)])
+			s.records.Put(rec)
+		}
 		if abort {
 			// The response was cut short: make the client see it (the
 			// connection or stream is reset), never a complete-looking body.
@@ -64,8 +72,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, rec, http.StatusBadRequest, "ambiguous request framing: Content-Length and Transfer-Encoding")
 		return
 	}
-	end := s.budget.Begin()
-	defer end()
+	s.budget.Start()
+	defer s.budget.Done()
 
 	deadline := start.Add(st.timeouts.Total.D())
 	// The total deadline bounds reading the request body from the client
@@ -87,7 +95,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out := s.outgoing(st, r, body)
 	defer func() { rec.BytesIn += body.read }()
 
-	tried := map[netip.AddrPort]bool{}
+	var triedArr [4]netip.AddrPort
+	tried := triedArr[:0]
 	var release func()
 	defer func() {
 		if release != nil {
@@ -101,7 +110,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, rec, http.StatusServiceUnavailable, "no backend available in pool "+st.svc.Pool)
 			return
 		}
-		tried[b.Addr] = true
+		tried = append(tried, b.Addr)
 		t0 := time.Now()
 		s.begin(b.Addr)
 		res := s.try(r.Context(), st, out, b, deadline)
@@ -146,7 +155,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		failed := res.outcome.Kind != retry.OK
-		s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
+		if failed || trial {
+			s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
+		}
 
 		d := st.policy.Decide(retry.Request{
 			Method: out.method, Header: r.Header, Replayable: body.replayable(),
@@ -217,12 +228,6 @@ func clientBodyStatus(err error) int {
 
 // outgoing builds the request every try sends.
 func (s *Server) outgoing(st *settings, r *http.Request, body *reqBody) *outRequest {
-	h := r.Header.Clone()
-	removeHopByHop(h)
-	h.Del("Expect")
-	h.Del("Content-Length")
-	h.Del("Host")
-	forwardedHeaders(h, r)
 	host := r.Host
 	if st.svc.Host != "keep" && st.svc.Host != "" {
 		host = st.svc.Host
@@ -231,19 +236,17 @@ func (s *Server) outgoing(st *settings, r *http.Request, body *reqBody) *outRequ
 	if uri == "" || (uri[0] != '/' && uri != "*") {
 		uri = r.URL.RequestURI()
 	}
-	up := upgradeType(r)
-	if up != "" {
-		h.Set("Connection", "Upgrade")
-		h.Set("Upgrade", up)
+	return &outRequest{
+		upgrade: upgradeType(r), method: r.Method, uri: uri, host: host, sni: hostname(host),
+		header: r.Header, fwd: newForwarded(r), body: body,
 	}
-	return &outRequest{upgrade: up, method: r.Method, uri: uri, host: host, sni: hostname(host), header: h, body: body}
 }
 
 // pick chooses the backend of the next try: an active address not tried yet
 // while one is left, through the selector and the trial gate. In panic
 // mode ejected addresses are candidates too.
-func (s *Server) pick(st *settings, tried map[netip.AddrPort]bool) (b pool.Backend, trial, panicMode, ok bool) {
-	all := s.pool.Backends()
+func (s *Server) pick(st *settings, tried []netip.AddrPort) (b pool.Backend, trial, panicMode, ok bool) {
+	all := s.backends()
 	panicMode = eject.Panic(all, st.maxEject)
 	if s.panicking.Load() != panicMode && s.panicking.CompareAndSwap(!panicMode, panicMode) {
 		if panicMode {
@@ -253,27 +256,28 @@ func (s *Server) pick(st *settings, tried map[netip.AddrPort]bool) (b pool.Backe
 		}
 		s.obs.Panic(s.name, panicMode)
 	}
-	cands := make([]Candidate, 0, len(all))
-	s.mu.Lock()
+	var arr [8]Candidate
+	cands := arr[:0]
+	untried := 0
 	for _, b := range all {
 		if b.State == pool.Active || panicMode && b.State == pool.Ejected {
-			cands = append(cands, Candidate{Backend: b, InFlight: s.inflight[b.Addr]})
+			cands = append(cands, Candidate{Backend: b, InFlight: s.inflight(b.Addr)})
+			if !slices.Contains(tried, b.Addr) {
+				untried++
+			}
 		}
 	}
-	s.mu.Unlock()
 	if len(cands) == 0 {
 		return pool.Backend{}, false, panicMode, false
 	}
-	if len(tried) > 0 {
-		untried := make([]Candidate, 0, len(cands))
+	if len(tried) > 0 && untried > 0 && untried < len(cands) {
+		kept := cands[:0]
 		for _, c := range cands {
-			if !tried[c.Backend.Addr] {
-				untried = append(untried, c)
+			if !slices.Contains(tried, c.Backend.Addr) {
+				kept = append(kept, c)
 			}
 		}
-		if len(untried) > 0 {
-			cands = untried
-		}
+		cands = kept
 	}
 	rest := cands
 	for len(rest) > 0 {
@@ -290,18 +294,52 @@ func (s *Server) pick(st *settings, tried map[netip.AddrPort]bool) (b pool.Backe
 	return cands[s.selector.Select(cands)].Backend, false, panicMode, true
 }
 
-func (s *Server) begin(addr netip.AddrPort) {
-	s.mu.Lock()
-	s.inflight[addr]++
-	s.mu.Unlock()
+// load returns the in-flight counter of addr.
+func (s *Server) load(addr netip.AddrPort) *atomic.Int64 {
+	if v, ok := s.loads.Load(addr); ok {
+		return v.(*atomic.Int64)
+	}
+	v, _ := s.loads.LoadOrStore(addr, new(atomic.Int64))
+	return v.(*atomic.Int64)
 }
 
-func (s *Server) finish(addr netip.AddrPort) {
-	s.mu.Lock()
-	if s.inflight[addr]--; s.inflight[addr] <= 0 {
-		delete(s.inflight, addr)
+func (s *Server) inflight(addr netip.AddrPort) int {
+	if v, ok := s.loads.Load(addr); ok {
+		return int(v.(*atomic.Int64).Load())
 	}
-	s.mu.Unlock()
+	return 0
+}
+
+func (s *Server) begin(addr netip.AddrPort)  { s.load(addr).Add(1) }
+func (s *Server) finish(addr netip.AddrPort) { s.load(addr).Add(-1) }
+
+// backendSnap is a copy of the pool's addresses, valid while no
+// transition happened since (gen) and for at most snapMaxAge (weights
+// and DNS answers change without a transition).
+type backendSnap struct {
+	gen uint64
+	at  time.Time
+	all []pool.Backend
+}
+
+const snapMaxAge = 250 * time.Millisecond
+
+// backends returns the pool's addresses. With a pool that publishes its
+// transitions the copy is shared by the requests until the next
+// transition, instead of one copy (and one pass through the pool's lock)
+// per request.
+func (s *Server) backends() []pool.Backend {
+	if !s.snapshots {
+		return s.pool.Backends()
+	}
+	now := time.Now()
+	gen := s.snapGen.Load()
+	if sn := s.snap.Load(); sn != nil && sn.gen == gen && now.Sub(sn.at) < snapMaxAge {
+		return sn.all
+	}
+	all := s.pool.Backends()
+	s.snap.Store(&backendSnap{gen: gen, at: now, all: all})
+	return all
 }
 
 // maxStaleRedials bounds how often one try moves to another connection of

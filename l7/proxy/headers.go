@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -36,22 +37,99 @@ func removeHopByHop(h http.Header) {
 	}
 }
 
-// forwardedHeaders sets X-Forwarded-For (appended), X-Forwarded-Proto,
-// X-Forwarded-Host and Via on a request going to a backend.
-func forwardedHeaders(h http.Header, r *http.Request) {
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := h.Values("X-Forwarded-For"); len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
-		}
-		h.Set("X-Forwarded-For", ip)
-	}
-	proto := "http"
+// forwarded is what a request going to a backend carries instead of the
+// client's header fields of the same names: X-Forwarded-For (appended to),
+// X-Forwarded-Proto, X-Forwarded-Host, and this hop's Via entry after the
+// client's.
+type forwarded struct {
+	xff   string // "" when the client address is unknown: the client's passes
+	proto string
+	host  string
+	via   string
+}
+
+func newForwarded(r *http.Request) forwarded {
+	f := forwarded{proto: "http", host: r.Host, via: via(r)}
 	if r.TLS != nil {
-		proto = "https"
+		f.proto = "https"
 	}
-	h.Set("X-Forwarded-Proto", proto)
-	h.Set("X-Forwarded-Host", r.Host)
-	h.Add("Via", via(r))
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		f.xff = ip
+		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 {
+			f.xff = strings.Join(prior, ", ") + ", " + ip
+		}
+	}
+	return f
+}
+
+// writeForwardHeader writes the header fields of a request going to a
+// backend: the client's, without hop-by-hop ones (and those Connection
+// names), Expect, Content-Length and Host (written by the caller), then
+// the forwarded ones, then Connection and Upgrade for an upgrade. It works
+// on the client's header as is: nothing is copied.
+func writeForwardHeader(bw *bufio.Writer, src http.Header, f *forwarded, upgrade string) {
+	conn := src["Connection"]
+	for k, vv := range src {
+		switch k {
+		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+			"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+			"Expect", "Content-Length", "Host", "X-Forwarded-Proto", "X-Forwarded-Host", "Via":
+			continue
+		case "X-Forwarded-For":
+			if f.xff != "" {
+				continue
+			}
+		}
+		if len(conn) > 0 && namedIn(conn, k) {
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	if f.xff != "" {
+		writeField(bw, "X-Forwarded-For", f.xff)
+	}
+	writeField(bw, "X-Forwarded-Proto", f.proto)
+	writeField(bw, "X-Forwarded-Host", f.host)
+	for _, v := range src["Via"] {
+		writeField(bw, "Via", v)
+	}
+	writeField(bw, "Via", f.via)
+	if upgrade != "" {
+		writeField(bw, "Connection", "Upgrade")
+		writeField(bw, "Upgrade", upgrade)
+	}
+}
+
+// namedIn reports whether a Connection header lists name.
+func namedIn(conn []string, name string) bool {
+	for _, v := range conn {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(tok), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// writeField writes one header field. Line breaks in v become spaces, as
+// http.Header.Write does (the server already refuses them in requests;
+// this is a safety net).
+func writeField(bw *bufio.Writer, k, v string) {
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.Map(func(r rune) rune {
+			if r == '\r' || r == '\n' {
+				return ' '
+			}
+			return r
+		}, v)
+	}
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(textproto.TrimString(v))
+	bw.WriteString("\r\n")
 }
 
 // via is this hop's Via entry: the protocol version received and our name.

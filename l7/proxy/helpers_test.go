@@ -246,7 +246,7 @@ func start(t *testing.T, p PoolView, mod func(*Options)) *harness {
 	acc := &syncBuffer{}
 	opts := Options{
 		Service: testService(), Pool: p, Ejection: testEjection(),
-		AccessLog:       NewAccessLogger(acc),
+		AccessLog:       NewAccessLog(acc, 0),
 		ShutdownTimeout: 5 * time.Second,
 		EjectionJitter:  -1,
 	}

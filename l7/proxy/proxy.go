@@ -108,7 +108,7 @@ type Options struct {
 	// context ends; default 30s.
 	ShutdownTimeout time.Duration
 	Log             *slog.Logger // operational log; nil discards
-	AccessLog       *slog.Logger // one line per request (see NewAccessLogger); nil: none
+	AccessLog       *AccessLog   // one line per request (see NewAccessLog); nil: none
 	Observer        Observer     // nil: NopObserver
 	Selector        Selector     // nil: LeastRequests
 	// EjectionJitter is passed to eject.Options.Jitter (0: default, <0: none).
@@ -131,7 +131,7 @@ type settings struct {
 type Server struct {
 	name     string
 	log      *slog.Logger
-	access   *slog.Logger
+	access   *AccessLog
 	obs      Observer
 	pool     PoolView
 	pools    *upstream.Pools
@@ -147,8 +147,11 @@ type Server struct {
 	cert      atomic.Pointer[tls.Certificate]
 	panicking atomic.Bool
 
-	mu       sync.Mutex
-	inflight map[netip.AddrPort]int
+	loads     sync.Map // netip.AddrPort → *atomic.Int64: requests in flight per address
+	snapshots bool     // the pool publishes its transitions: backends() may cache
+	snapGen   atomic.Uint64
+	snap      atomic.Pointer[backendSnap]
+	records   sync.Pool // *Record
 
 	unsubscribe func() // from the pool's transitions, when it offers them
 	tunnels     tunnels
@@ -219,10 +222,10 @@ func New(opts Options) (*Server, error) {
 		pool:     opts.Pool,
 		selector: opts.Selector,
 		shutdown: opts.ShutdownTimeout,
-		inflight: map[netip.AddrPort]int{},
 		upTLS:    opts.Upstream.TLS != nil,
 	}
 	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
+	s.records.New = func() any { return new(Record) }
 	if s.obs == nil {
 		s.obs = NopObserver{}
 	}
@@ -262,6 +265,7 @@ func New(opts Options) (*Server, error) {
 		Subscribe(pool.Observer) func()
 	}); ok {
 		s.unsubscribe = sub.Subscribe(s.Transition)
+		s.snapshots = true
 	}
 
 	cl := opts.Client
@@ -405,12 +409,16 @@ func (s *Server) Update(svc config.Service, p config.Pool) error {
 // ejected, removed) gets no new request; its idle pooled connections are
 // closed at once and busy ones when their request ends.
 func (s *Server) AddressChanged(addr netip.AddrPort, state pool.State) {
+	s.snapGen.Add(1)
 	if state == pool.Active {
 		return
 	}
 	s.pools.Retire(addr)
 	if state == pool.Removed {
 		s.tracker.Forget(addr)
+		if v, ok := s.loads.Load(addr); ok && v.(*atomic.Int64).Load() <= 0 {
+			s.loads.Delete(addr)
+		}
 	}
 }
 

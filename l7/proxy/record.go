@@ -1,14 +1,10 @@
 package proxy
 
-import (
-	"context"
-	"io"
-	"log/slog"
-	"time"
-)
+import "time"
 
 // Record describes one proxied request; it is the access log line and what
-// the Observer gets.
+// the Observer gets. Records are reused: nobody may keep one after the
+// request's Observer.Request call returns.
 type Record struct {
 	Service string
 	Client  string
@@ -46,37 +42,4 @@ type Try struct {
 	BudgetRefused bool    `json:"budget_refused,omitempty"`
 	Why           string  `json:"why"` // why it was or was not retried
 	Backoff       float64 `json:"backoff_ms,omitempty"`
-}
-
-func (r *Record) log(l *slog.Logger) {
-	if l == nil {
-		return
-	}
-	attrs := []slog.Attr{
-		slog.String("service", r.Service),
-		slog.String("client", r.Client),
-		slog.String("method", r.Method),
-		slog.String("host", r.Host),
-		slog.String("uri", r.URI),
-		slog.String("proto", r.Proto),
-		slog.Int("status", r.Status),
-		slog.Int64("bytes_in", r.BytesIn),
-		slog.Int64("bytes_out", r.BytesOut),
-		slog.Float64("ms", float64(r.Duration.Microseconds())/1000),
-		slog.Int("tries", len(r.Tries)),
-	}
-	if r.Error != "" {
-		attrs = append(attrs, slog.String("error", r.Error))
-	}
-	if r.Panic {
-		attrs = append(attrs, slog.Bool("panic", true))
-	}
-	attrs = append(attrs, slog.Any("try", r.Tries))
-	l.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
-}
-
-// NewAccessLogger returns the logger an access log should be: one JSON
-// object per line on w.
-func NewAccessLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(w, nil))
 }
