@@ -31,6 +31,12 @@ const HostKeep = "keep"
 // MetricsOff is Metrics.Listen's value that disables the endpoint.
 const MetricsOff = "off"
 
+// Values of Service.AccessLog besides a file path.
+const (
+	AccessLogStdout = "stdout"
+	AccessLogOff    = "off"
+)
+
 // Defaults applied by Parse to keys the file leaves out.
 const (
 	DefaultAdminSocket     = "/run/sluice/admin.sock"
@@ -166,5 +172,20 @@ func applyDefaults(c *Config, lines map[string]int) {
 		if !d.set(rp + ".buffer_bytes") {
 			r.BufferBytes = 65536
 		}
+		d.str(sp+".access_log", &s.AccessLog, AccessLogStdout)
+		if s.Client == nil {
+			s.Client = &ClientLimits{}
+		}
+		cp := sp + ".client"
+		d.dur(cp+".header_timeout", &s.Client.HeaderTimeout, 10*time.Second)
+		d.dur(cp+".idle_timeout", &s.Client.IdleTimeout, 60*time.Second)
+		d.int(cp+".max_header_bytes", &s.Client.MaxHeaderBytes, 64<<10)
+		if s.Upstream == nil {
+			s.Upstream = &Upstream{}
+		}
+		up := sp + ".upstream"
+		d.int(up+".max_idle", &s.Upstream.MaxIdle, 64)
+		d.dur(up+".idle_timeout", &s.Upstream.IdleTimeout, 30*time.Second)
+		d.dur(up+".max_lifetime", &s.Upstream.MaxLifetime, 5*time.Minute)
 	}
 }

@@ -128,6 +128,15 @@ type Service struct {
 	Host       string    `yaml:"host"`     // http: keep (default) or a name
 	Timeouts   *Timeouts `yaml:"timeouts"` // http only; never nil after Parse for http services
 	Retry      *Retry    `yaml:"retry"`    // http only; never nil after Parse for http services
+	// TLS makes an http listener HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
+	TLS *ServiceTLS `yaml:"tls"`
+	// H2C accepts HTTP/2 without TLS (prior knowledge) on an http listener.
+	H2C      bool          `yaml:"h2c"`
+	Client   *ClientLimits `yaml:"client"`   // http only; never nil after Parse for http services
+	Upstream *Upstream     `yaml:"upstream"` // http only; never nil after Parse for http services
+	// AccessLog is where an http service writes its access log: stdout
+	// (default), off, or a file path (appended to, reopened on reload).
+	AccessLog string `yaml:"access_log"`
 
 	// ListenAddr is Listen parsed.
 	ListenAddr netip.AddrPort `yaml:"-"`
@@ -152,6 +161,29 @@ type Retry struct {
 	BudgetPercent     int      `yaml:"budget_percent"` // default 20
 	Backoff           Backoff  `yaml:"backoff"`
 	BufferBytes       int64    `yaml:"buffer_bytes"` // default 65536
+}
+
+// ServiceTLS are the PEM certificate (chain) and key files of an HTTPS listener.
+type ServiceTLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// ClientLimits protect an http listener from slow or greedy clients.
+type ClientLimits struct {
+	HeaderTimeout  Duration `yaml:"header_timeout"`   // default 10s
+	IdleTimeout    Duration `yaml:"idle_timeout"`     // keep-alive, default 60s
+	MaxHeaderBytes int      `yaml:"max_header_bytes"` // default 65536
+}
+
+// Upstream configures an http service's connections to its backends.
+type Upstream struct {
+	TLS                bool     `yaml:"tls"`                  // TLS to the backends (SNI: the Host sent)
+	CA                 string   `yaml:"ca"`                   // PEM file of CAs to trust instead of the system's; tls only
+	InsecureSkipVerify bool     `yaml:"insecure_skip_verify"` // tls only
+	MaxIdle            int      `yaml:"max_idle"`             // idle connections kept per address, default 64
+	IdleTimeout        Duration `yaml:"idle_timeout"`         // default 30s
+	MaxLifetime        Duration `yaml:"max_lifetime"`         // default 5m
 }
 
 // Backoff is exponential backoff with full jitter.

@@ -1,9 +1,12 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -477,7 +480,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
 			}
 		}
-		for _, k := range []string{"host", "timeouts", "retry"} {
+		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed for http services")
 			}
@@ -507,6 +510,95 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 	if r := s.Retry; r != nil {
 		v.retry(r, path+".retry")
 	}
+	v.httpListener(s, path)
+	if u := s.Upstream; u != nil {
+		v.upstream(u, path+".upstream")
+	}
+	switch s.AccessLog {
+	case AccessLogStdout, AccessLogOff:
+	case "":
+		v.add(path+".access_log", "must be stdout, off or a file path")
+	default:
+		// The file is created by the agent; check only that it can be.
+		dir := filepath.Dir(s.AccessLog)
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			v.add(path+".access_log", "%q: directory %s does not exist", s.AccessLog, dir)
+		} else if fi, err := os.Stat(s.AccessLog); err == nil && fi.IsDir() {
+			v.add(path+".access_log", "%q is a directory", s.AccessLog)
+		}
+	}
+}
+
+// Bounds of the http listener's and upstream keys.
+const (
+	MinMaxHeaderBytes = 1 << 10
+	MaxMaxHeaderBytes = 16 << 20
+	MaxUpstreamIdle   = 10000
+)
+
+// httpListener checks tls, h2c and client of an http service.
+func (v *validator) httpListener(s *Service, path string) {
+	if t := s.TLS; t != nil {
+		tp := path + ".tls"
+		switch {
+		case t.Cert == "":
+			v.add(tp+".cert", "cert (PEM file) is required")
+		case t.Key == "":
+			v.add(tp+".key", "key (PEM file) is required")
+		default:
+			if _, err := tls.LoadX509KeyPair(t.Cert, t.Key); err != nil {
+				v.add(tp, "certificate %s, key %s: %v", t.Cert, t.Key, err)
+			}
+		}
+		if s.H2C {
+			v.add(path+".h2c", "only for plain-text listeners: with tls, HTTP/2 is negotiated by ALPN")
+		}
+	}
+	if c := s.Client; c != nil {
+		cp := path + ".client"
+		v.positive(cp+".header_timeout", c.HeaderTimeout)
+		v.positive(cp+".idle_timeout", c.IdleTimeout)
+		if c.MaxHeaderBytes < MinMaxHeaderBytes || c.MaxHeaderBytes > MaxMaxHeaderBytes {
+			v.add(cp+".max_header_bytes", "%d: must be between %d and %d", c.MaxHeaderBytes, MinMaxHeaderBytes, MaxMaxHeaderBytes)
+		}
+	}
+}
+
+// upstream checks the connections to the backends of an http service.
+func (v *validator) upstream(u *Upstream, path string) {
+	if !u.TLS {
+		for _, k := range []string{"ca", "insecure_skip_verify"} {
+			if v.set(path + "." + k) {
+				v.add(path+"."+k, "only allowed with tls: true")
+			}
+		}
+	}
+	if u.CA != "" {
+		if _, err := LoadCAs(u.CA); err != nil {
+			v.add(path+".ca", "%v", err)
+		}
+		if u.InsecureSkipVerify {
+			v.add(path+".insecure_skip_verify", "set either ca or insecure_skip_verify, not both")
+		}
+	}
+	if u.MaxIdle < 1 || u.MaxIdle > MaxUpstreamIdle {
+		v.add(path+".max_idle", "%d: must be between 1 and %d", u.MaxIdle, MaxUpstreamIdle)
+	}
+	v.positive(path+".idle_timeout", u.IdleTimeout)
+	v.positive(path+".max_lifetime", u.MaxLifetime)
+}
+
+// LoadCAs reads a PEM file of CA certificates into a pool.
+func LoadCAs(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate found", file)
+	}
+	return pool, nil
 }
 
 func (v *validator) retry(r *Retry, path string) {
