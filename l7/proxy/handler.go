@@ -52,7 +52,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	abort := false
 	defer func() {
 		rec.Duration = time.Since(start)
-		s.access.Log(rec)
+		s.access.Load().Log(rec)
 		s.obs.Request(rec)
 		if cap(rec.Tries) <= 16 {
 			clear(rec.Tries[:cap(rec.Tries)])

@@ -131,7 +131,6 @@ type settings struct {
 type Server struct {
 	name     string
 	log      *slog.Logger
-	access   *AccessLog
 	obs      Observer
 	pool     PoolView
 	pools    *upstream.Pools
@@ -144,6 +143,7 @@ type Server struct {
 	upTLS    bool
 
 	cfg       atomic.Pointer[settings]
+	access    atomic.Pointer[AccessLog] // nil: no access log
 	cert      atomic.Pointer[tls.Certificate]
 	panicking atomic.Bool
 
@@ -217,7 +217,6 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		name:     opts.Service.Name,
 		log:      log,
-		access:   opts.AccessLog,
 		obs:      opts.Observer,
 		pool:     opts.Pool,
 		selector: opts.Selector,
@@ -236,6 +235,7 @@ func New(opts Options) (*Server, error) {
 		s.shutdown = DefaultShutdownTimeout
 	}
 	s.cfg.Store(st)
+	s.access.Store(opts.AccessLog)
 	s.budget = retry.NewBudget(st.policy.BudgetPercent(), retry.DefaultMinRetries)
 	s.tracker = opts.Tracker
 	if s.tracker == nil {
@@ -306,6 +306,10 @@ func New(opts Options) (*Server, error) {
 	s.http.Protocols = &protos
 	return s, nil
 }
+
+// SetAccessLog makes later requests log to a (nil: nowhere), e.g. when the
+// service's access_log changed on reload.
+func (s *Server) SetAccessLog(a *AccessLog) { s.access.Store(a) }
 
 // SetCertificate loads a new listener certificate (on reload); handshakes
 // after it use the new one, open connections keep theirs.

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -20,6 +22,7 @@ type l7Service struct {
 	pool   *pool.Pool
 	srv    *proxy.Server
 	cancel context.CancelFunc
+	listen *listenerHandoff // the socket, passed on to a replacement on the same address
 }
 
 // l7Stage runs the http services of the config: one proxy.Server each,
@@ -27,10 +30,10 @@ type l7Service struct {
 // per pool. sync is called by one goroutine at a time (start, reloads),
 // never with the agent's lock held; busy may be called with it.
 type l7Stage struct {
-	log       *slog.Logger
-	accessLog *slog.Logger // nil: no access log
-	metrics   *metrics.Metrics
-	trackers  *trackers // the pools' ejection trackers, shared with the data path's signals
+	log        *slog.Logger
+	accessLogs *accessLogs
+	metrics    *metrics.Metrics
+	trackers   *trackers // the pools' ejection trackers, shared with the data path's signals
 
 	wg sync.WaitGroup // Serve goroutines
 
@@ -40,13 +43,15 @@ type l7Stage struct {
 	services map[string]*l7Service
 }
 
-func newL7Stage(log *slog.Logger, accessLog *slog.Logger, m *metrics.Metrics, tr *trackers) *l7Stage {
+// newL7Stage returns the stage; stdout is where `access_log: stdout` goes
+// (nil: nowhere).
+func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trackers) *l7Stage {
 	return &l7Stage{
-		log:       log,
-		accessLog: accessLog,
-		metrics:   m,
-		trackers:  tr,
-		services:  make(map[string]*l7Service),
+		log:        log,
+		accessLogs: newAccessLogs(stdout),
+		metrics:    m,
+		trackers:   tr,
+		services:   make(map[string]*l7Service),
 	}
 }
 
@@ -56,6 +61,9 @@ func newL7Stage(log *slog.Logger, accessLog *slog.Logger, m *metrics.Metrics, tr
 func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string]*pool.Pool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A reload reopens the access log files (log rotation: move the file,
+	// then reload).
+	s.accessLogs.reopen(s.log)
 	want := make(map[string]bool)
 	for _, svc := range cfg.HTTPServices() {
 		want[svc.Name] = true
@@ -66,29 +74,39 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 			continue
 		}
 		if cur, ok := s.services[svc.Name]; ok {
-			if cur.svc.Listen == svc.Listen && cur.pool == p {
-				if err := cur.srv.Update(svc, *pc); err != nil {
+			if cur.svc.Listen == svc.Listen && cur.pool == p && !needsNewServer(cur.svc, svc) {
+				if err := s.update(cur, svc, *pc); err != nil {
 					s.log.Error("http service not updated, it keeps its settings", "service", svc.Name, "err", err)
 					continue
 				}
 				cur.svc = svc
 				continue
 			}
-			// A new listen address or pool needs a new server: start it,
-			// then let the old one finish its requests.
-			if err := s.start(ctx, svc, *pc, p); err != nil {
+			// A new listen address, pool, client limits, upstream settings
+			// or h2c need a new server: start it (on the same address it
+			// takes the socket over), then let the old one finish its
+			// requests.
+			var reuse *listenerHandoff
+			if cur.svc.Listen == svc.Listen {
+				reuse = cur.listen
+			}
+			if err := s.start(ctx, svc, *pc, p, reuse); err != nil {
 				s.log.Error("http service not restarted, the old one goes on", "service", svc.Name, "err", err)
 				continue
+			}
+			if reuse == nil {
+				cur.listen.close()
 			}
 			s.stop(cur)
 			continue
 		}
-		if err := s.start(ctx, svc, *pc, p); err != nil {
+		if err := s.start(ctx, svc, *pc, p, nil); err != nil {
 			s.log.Error("http service not started", "service", svc.Name, "err", err)
 		}
 	}
 	for name, cur := range s.services {
 		if !want[name] {
+			cur.listen.close()
 			s.stop(cur)
 			delete(s.services, name)
 			if s.metrics != nil {
@@ -99,32 +117,37 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 }
 
 // start builds, listens and serves one service, replacing any entry of
-// the same name in s.services.
-func (s *l7Stage) start(ctx context.Context, svc config.Service, pc config.Pool, p *pool.Pool) error {
+// the same name in s.services. With reuse, the service takes that socket
+// over instead of listening.
+func (s *l7Stage) start(ctx context.Context, svc config.Service, pc config.Pool, p *pool.Pool, reuse *listenerHandoff) error {
 	tr, err := s.trackers.get(pc, p)
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.New(proxy.Options{
-		Service:   svc,
-		Pool:      p,
-		Tracker:   tr,
-		Log:       s.log,
-		AccessLog: s.accessLog,
-		Observer:  s.observer(svc),
-	})
+	opts, err := s.options(svc)
+	if err != nil {
+		return err
+	}
+	opts.Pool, opts.Tracker = p, tr
+	srv, err := proxy.New(opts)
 	if err != nil {
 		return fmt.Errorf("build: %w", err)
 	}
-	var lc net.ListenConfig
-	l, err := lc.Listen(ctx, "tcp", svc.Listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", svc.Listen, err)
+	hand := reuse
+	if hand == nil {
+		var lc net.ListenConfig
+		l, err := lc.Listen(ctx, "tcp", svc.Listen)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", svc.Listen, err)
+		}
+		hand = newListenerHandoff(l, s.log)
+		s.wg.Go(func() { hand.run(ctx) })
 	}
+	l := hand.next()
 	sctx, cancel := context.WithCancel(ctx)
 	// The server follows the pool's transitions itself (pool.Subscribe)
 	// until it shuts down.
-	cur := &l7Service{svc: svc, pool: p, srv: srv, cancel: cancel}
+	cur := &l7Service{svc: svc, pool: p, srv: srv, cancel: cancel, listen: hand}
 	s.wg.Go(func() {
 		if err := srv.Serve(sctx, l); err != nil {
 			s.log.Error("http service stopped", "service", svc.Name, "err", err)
@@ -132,6 +155,80 @@ func (s *l7Stage) start(ctx context.Context, svc config.Service, pc config.Pool,
 	})
 	s.services[svc.Name] = cur
 	return nil
+}
+
+// options builds the proxy options of svc from its config keys (all but
+// the pool and tracker).
+func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
+	acc, err := s.accessLogs.get(svc.AccessLog)
+	if err != nil {
+		return proxy.Options{}, err
+	}
+	opts := proxy.Options{
+		Service:   svc,
+		Log:       s.log,
+		AccessLog: acc,
+		Observer:  s.observer(svc),
+		H2C:       svc.H2C,
+	}
+	if t := svc.TLS; t != nil {
+		opts.TLS = &proxy.TLSFiles{Cert: t.Cert, Key: t.Key}
+	}
+	if c := svc.Client; c != nil {
+		opts.Client = proxy.ClientLimits{
+			HeaderTimeout: c.HeaderTimeout.D(), IdleTimeout: c.IdleTimeout.D(), MaxHeaderBytes: c.MaxHeaderBytes,
+		}
+	}
+	if u := svc.Upstream; u != nil {
+		opts.Upstream = proxy.UpstreamOptions{
+			MaxIdlePerAddr: u.MaxIdle, IdleTimeout: u.IdleTimeout.D(), MaxLifetime: u.MaxLifetime.D(),
+		}
+		if u.TLS {
+			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify}
+			if u.CA != "" {
+				if tc.RootCAs, err = config.LoadCAs(u.CA); err != nil {
+					return proxy.Options{}, fmt.Errorf("upstream ca: %w", err)
+				}
+			}
+			opts.Upstream.TLS = tc
+		}
+	}
+	return opts, nil
+}
+
+// update applies a reloaded service to its running server: settings,
+// access log, and the certificate files read again (renewed certificates
+// are picked up by a reload).
+func (s *l7Stage) update(cur *l7Service, svc config.Service, pc config.Pool) error {
+	acc, err := s.accessLogs.get(svc.AccessLog)
+	if err != nil {
+		return err
+	}
+	if t := svc.TLS; t != nil {
+		if err := cur.srv.SetCertificate(t.Cert, t.Key); err != nil {
+			return err
+		}
+	}
+	if err := cur.srv.Update(svc, pc); err != nil {
+		return err
+	}
+	cur.srv.SetAccessLog(acc)
+	return nil
+}
+
+// needsNewServer reports whether a reloaded service changed settings a
+// running proxy.Server cannot take in place: whether it has TLS, h2c,
+// client limits, upstream settings.
+func needsNewServer(old, cur config.Service) bool {
+	return (old.TLS == nil) != (cur.TLS == nil) || old.H2C != cur.H2C ||
+		!equalPtr(old.Client, cur.Client) || !equalPtr(old.Upstream, cur.Upstream)
+}
+
+func equalPtr[T comparable](a, b *T) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
 }
 
 // stop shuts a service down gracefully (in the background: Serve finishes
@@ -154,8 +251,12 @@ func (s *l7Stage) busy(p *pool.Pool, addr netip.AddrPort) int {
 	return n
 }
 
-// wait blocks until every service has shut down (after ctx ended).
-func (s *l7Stage) wait() { s.wg.Wait() }
+// wait blocks until every service has shut down (after ctx ended), then
+// flushes and closes the access logs.
+func (s *l7Stage) wait() {
+	s.wg.Wait()
+	s.accessLogs.close(s.log)
+}
 
 // observer feeds a service's requests, retries, ejections and panic mode
 // to the metrics (nil: none).

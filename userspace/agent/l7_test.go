@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -216,5 +218,90 @@ func waitRefused(t *testing.T, addr string) {
 			t.Fatalf("%s still accepts connections", addr)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestL7AccessLogAndSettings: access_log to a file (reopened on reload for
+// log rotation), and a reload that changes the upstream settings replaces
+// the server on the same address without failing a request.
+func TestL7AccessLogAndSettings(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "be1")
+	}))
+	defer be.Close()
+	backend := strings.TrimPrefix(be.URL, "http://")
+	listen := freePort(t)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	cfg := func(extra string) string {
+		return l7Config(listen, backend) + "    access_log: " + logPath + "\n" + extra
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h := newHarnessWith(t, datapath.NewFake(tableSize), cfg(""), func(a *agent) {
+		a.runCtx = ctx
+		a.l7 = newL7Stage(a.log, nil, nil, a.trackers)
+	})
+	h.a.syncL7()
+	mustGet := func(path string) {
+		t.Helper()
+		code, body, err := get("http://" + listen + path)
+		if err != nil || code != 200 || body != "be1" {
+			t.Fatalf("GET %s = %d %q %v", path, code, body, err)
+		}
+	}
+	waitFor := func(file, uri string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			b, _ := os.ReadFile(file)
+			if strings.Contains(string(b), `"uri":"`+uri+`"`) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no access log line for %s in %q", file, uri, b)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	mustGet("/one")
+	waitFor(logPath, "/one") // written within the flush interval
+
+	// Rotation: move the file away, reload, the next lines go to a new file.
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustGet("/two")
+	waitFor(logPath, "/two")
+
+	// New upstream settings: a new server on the same address.
+	old := h.a.l7.services["web-http"].srv
+	h.write(cfg("    upstream: {max_idle: 4, idle_timeout: 5s}\n    client: {idle_timeout: 10s}\n"))
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h.a.l7.services["web-http"].srv == old {
+		t.Fatal("server not replaced after upstream settings changed")
+	}
+	mustGet("/three")
+	waitFor(logPath, "/three")
+
+	// access_log: off stops the lines, in place.
+	h.write(l7Config(listen, backend) + "    access_log: \"off\"\n    upstream: {max_idle: 4, idle_timeout: 5s}\n    client: {idle_timeout: 10s}\n")
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	cur := h.a.l7.services["web-http"].srv
+	mustGet("/four")
+	if h.a.l7.services["web-http"].srv != cur {
+		t.Fatal("server replaced for an access_log change")
+	}
+	cancel()
+	h.a.l7.wait() // flushes and closes the logs
+	if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "/four") {
+		t.Errorf("access_log: off still logged: %q", b)
 	}
 }

@@ -29,7 +29,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/sluicelb/sluice/l7/proxy"
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
@@ -101,7 +100,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 			w.Wait()
 		}()
 	}
-	l7 := newL7Stage(log.With("component", "l7"), proxy.NewAccessLogger(os.Stdout), a.metrics, a.trackers)
+	l7 := newL7Stage(log.With("component", "l7"), os.Stdout, a.metrics, a.trackers)
 	a.l7 = l7
 	defer func() {
 		cancel()
