@@ -35,15 +35,15 @@ const maxResponseHeader = 1 << 20
 // exchange writes the request on conn and reads the response header. On
 // success the response body is still to be read from conn; on failure conn
 // is closed and given back.
-func (s *Server) exchange(ctx context.Context, st *settings, conn *upstream.Conn, out *outRequest, deadline time.Time) exResult {
+func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, conn *upstream.Conn, out *outRequest, deadline time.Time) exResult {
 	t := st.timeouts
 	written0, read0 := conn.Written(), conn.ReadBytes()
 	res := exResult{tryResult: tryResult{conn: conn}}
 
 	// A client that goes away aborts the try: closing the connection
 	// unblocks any read or write.
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	cw.watch(conn)
+	defer cw.unwatch()
 
 	fail := func(phase string, err error) exResult {
 		res.err = err
@@ -166,19 +166,19 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 
 // respond streams the backend's response to the client. It returns true
 // when the response was cut short and the client must see an abort.
-func (s *Server) respond(ctx context.Context, w http.ResponseWriter, rec *Record, res tryResult, addr netip.AddrPort) (abort bool) {
+func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWriter, rec *Record, res tryResult, addr netip.AddrPort) (abort bool) {
 	resp := res.resp
 	defer resp.Body.Close()
 	// A client that goes away stops a body read waiting on the backend.
-	stop := context.AfterFunc(ctx, func() { res.conn.Close() })
-	defer stop()
+	cw.watch(res.conn)
+	defer cw.unwatch()
 	h := w.Header()
 	closeDelimited := resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && bodyAllowed(rec.Method, resp.StatusCode)
 	removeHopByHop(resp.Header)
 	for k, vv := range resp.Header {
 		h[k] = vv
 	}
-	h.Add("Via", "1.1 sluice")
+	h["Via"] = append(h["Via"], "1.1 sluice")
 	for k := range resp.Trailer {
 		h.Add("Trailer", k)
 	}

@@ -192,16 +192,26 @@ func headerEnd(b []byte) int {
 }
 
 // header inspects one complete header block, breaks it when its framing
-// is ambiguous, and sets the state for its body.
+// is ambiguous, and sets the state for its body. It allocates nothing for
+// an ordinary request.
 func (c *framingConn) header(block []byte) {
-	lines := bytes.Split(block, []byte("\n"))
 	first := true
-	clLine := -1
-	var cl []string
-	var te []string
+	clOff := -1 // offset of the first Content-Length line in block
+	clCount := 0
+	var cl0 []byte    // the first Content-Length value
+	var teLast []byte // the last transfer coding
+	teCount := 0
 	upgrade := false
-	for i, l := range lines {
-		l = bytes.TrimRight(l, "\r")
+	for off := 0; off < len(block); {
+		end := bytes.IndexByte(block[off:], '\n')
+		if end < 0 {
+			end = len(block)
+		} else {
+			end += off
+		}
+		lineOff := off
+		l := bytes.TrimRight(block[off:end], "\r")
+		off = end + 1
 		if len(l) == 0 {
 			continue
 		}
@@ -217,48 +227,49 @@ func (c *framingConn) header(block []byte) {
 		if !ok {
 			continue // the server refuses it
 		}
-		switch strings.ToLower(string(bytes.TrimSpace(name))) {
-		case "content-length":
-			if clLine < 0 {
-				clLine = i
+		name = bytes.TrimSpace(name)
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			if clOff < 0 {
+				clOff = lineOff
+				cl0 = bytes.TrimSpace(value)
 			}
-			cl = append(cl, string(bytes.TrimSpace(value)))
-		case "upgrade":
+			clCount++
+		case bytes.EqualFold(name, []byte("Upgrade")):
 			// What follows a switch of protocols is not HTTP: stop here.
 			upgrade = true
-		case "transfer-encoding":
-			for v := range strings.SplitSeq(string(value), ",") {
-				if v = strings.TrimSpace(v); v != "" {
-					te = append(te, strings.ToLower(v))
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			for len(value) > 0 {
+				var v []byte
+				v, value, _ = bytes.Cut(value, []byte(","))
+				if v = bytes.TrimSpace(v); len(v) > 0 {
+					teLast = v
+					teCount++
 				}
 			}
 		}
 	}
-	if upgrade && len(cl) == 0 && len(te) == 0 {
+	if upgrade && clCount == 0 && teCount == 0 {
 		c.state = fPass
 		return
 	}
 	switch {
-	case len(cl) > 0 && len(te) > 0:
+	case clCount > 0 && teCount > 0:
 		// Ambiguous: make the server refuse it (400) and stop here; the
 		// server closes the connection.
-		off := 0
-		for _, l := range lines[:clLine] {
-			off += len(l) + 1
-		}
-		if j := bytes.IndexByte(block[off:], ':'); j >= 0 {
-			block[off+j] = ' '
+		if j := bytes.IndexByte(block[clOff:], ':'); j >= 0 {
+			block[clOff+j] = ' '
 		}
 		c.state = fPass
-	case len(te) > 0:
-		if te[len(te)-1] != "chunked" {
+	case teCount > 0:
+		if !bytes.EqualFold(teLast, []byte("chunked")) {
 			c.state = fPass // the server answers 501
 			return
 		}
 		c.state = fChunkSize
-	case len(cl) > 0:
-		n, err := strconv.ParseInt(cl[0], 10, 64)
-		if err != nil || n < 0 {
+	case clCount > 0:
+		n, ok := parseDecimal(cl0)
+		if !ok {
 			c.state = fPass // the server answers 400
 			return
 		}
@@ -266,6 +277,27 @@ func (c *framingConn) header(block []byte) {
 			c.state, c.n = fBody, n
 		}
 	}
+}
+
+// parseDecimal parses a Content-Length value (digits only, as
+// strconv.ParseInt would accept them for a non-negative number).
+func parseDecimal(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		if len(b) > 18 {
+			n, err := strconv.ParseInt(string(b), 10, 64)
+			return n, err == nil && n >= 0
+		}
+		return 0, false
+	}
+	var n int64
+	for _, d := range b {
+		if d < '0' || d > '9' {
+			n, err := strconv.ParseInt(string(b), 10, 64)
+			return n, err == nil && n >= 0
+		}
+		n = n*10 + int64(d-'0')
+	}
+	return n, true
 }
 
 // chunkLine handles one line in a chunked body.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,6 +75,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.budget.Start()
 	defer s.budget.Done()
+	// A client that goes away aborts the try or the response in progress.
+	cw := &clientWatch{}
+	defer context.AfterFunc(r.Context(), cw.fire)()
 
 	deadline := start.Add(st.timeouts.Total.D())
 	// The total deadline bounds reading the request body from the client
@@ -113,7 +117,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		tried = append(tried, b.Addr)
 		t0 := time.Now()
 		s.begin(b.Addr)
-		res := s.try(r.Context(), st, out, b, deadline)
+		res := s.try(r.Context(), cw, st, out, b, deadline)
 		s.finish(b.Addr)
 		if release != nil {
 			release()
@@ -205,7 +209,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if res.resp != nil {
-			abort = s.respond(r.Context(), w, rec, res, b.Addr)
+			abort = s.respond(r.Context(), cw, w, rec, res, b.Addr)
 			return
 		}
 		status := http.StatusBadGateway
@@ -347,7 +351,7 @@ func (s *Server) backends() []pool.Backend {
 const maxStaleRedials = 2
 
 // try sends the request to b once and reads the response header.
-func (s *Server) try(ctx context.Context, st *settings, out *outRequest, b pool.Backend, deadline time.Time) tryResult {
+func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *outRequest, b pool.Backend, deadline time.Time) tryResult {
 	t := st.timeouts
 	for redial := 0; ; redial++ {
 		connectBy := minTime(time.Now().Add(t.Connect.D()), deadline)
@@ -361,7 +365,7 @@ func (s *Server) try(ctx context.Context, st *settings, out *outRequest, b pool.
 			}
 			return res
 		}
-		res := s.exchange(ctx, st, conn, out, deadline)
+		res := s.exchange(ctx, cw, st, conn, out, deadline)
 		if res.err == nil || res.clientGone {
 			return res.tryResult
 		}
@@ -375,5 +379,42 @@ func (s *Server) try(ctx context.Context, st *settings, out *outRequest, b pool.
 			continue
 		}
 		return res.tryResult
+	}
+}
+
+// clientWatch closes the backend connection in use by a request when its
+// client goes away (the request's context ends), which unblocks any read
+// or write on it: one context.AfterFunc per request, not one per phase.
+type clientWatch struct {
+	mu   sync.Mutex
+	conn *upstream.Conn
+	gone bool
+}
+
+// watch makes c the connection to close; it is closed at once when the
+// client is already gone.
+func (w *clientWatch) watch(c *upstream.Conn) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.gone {
+		c.Close()
+		return
+	}
+	w.conn = c
+}
+
+// unwatch ends watch; the connection is the caller's again.
+func (w *clientWatch) unwatch() {
+	w.mu.Lock()
+	w.conn = nil
+	w.mu.Unlock()
+}
+
+func (w *clientWatch) fire() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gone = true
+	if w.conn != nil {
+		w.conn.Close()
 	}
 }

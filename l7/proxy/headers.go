@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"strconv"
 	"strings"
 )
 
@@ -33,7 +34,7 @@ func removeHopByHop(h http.Header) {
 		}
 	}
 	for _, name := range hopByHop {
-		h.Del(name)
+		delete(h, name) // canonical already
 	}
 }
 
@@ -134,16 +135,27 @@ func writeField(bw *bufio.Writer, k, v string) {
 
 // via is this hop's Via entry: the protocol version received and our name.
 func via(r *http.Request) string {
-	if r.ProtoMajor >= 2 {
+	switch {
+	case r.ProtoMajor >= 2:
 		return "2 sluice"
+	case r.ProtoMinor == 1:
+		return "1.1 sluice"
+	case r.ProtoMinor == 0:
+		return "1.0 sluice"
 	}
-	return "1." + string(rune('0'+r.ProtoMinor)) + " sluice"
+	return "1." + strconv.Itoa(r.ProtoMinor) + " sluice"
 }
 
 // hostname strips the port of a Host header value.
 func hostname(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		return h
+	if strings.HasPrefix(host, "[") {
+		if i := strings.IndexByte(host, ']'); i > 0 {
+			return host[1:i] // [v6] or [v6]:port
+		}
+		return host[1:]
 	}
-	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if i := strings.IndexByte(host, ':'); i >= 0 && strings.IndexByte(host[i+1:], ':') < 0 {
+		return host[:i] // name:port or v4:port
+	}
+	return host // no port, or a bare IPv6 address
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,6 +39,12 @@ type Conn struct {
 	// (a response header that never ends).
 	readLimit int64
 
+	// rdl and wdl are the read and write deadlines last set on nc (zero:
+	// none); a deadline is set again only when it must move (see needSet).
+	rdl, wdl time.Time
+	// rawc is raw's syscall.RawConn (nil when raw has none), for alive.
+	rawc syscall.RawConn
+
 	br *bufio.Reader
 	bw *bufio.Writer
 
@@ -46,6 +53,11 @@ type Conn struct {
 
 func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info string, gen uint64) *Conn {
 	c := &Conn{pools: p, nc: nc, raw: raw, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now()}
+	if sc, ok := raw.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.rawc = rc
+		}
+	}
 	c.br = bufio.NewReaderSize(phaseReader{c}, 16<<10)
 	c.bw = bufio.NewWriterSize(phaseWriter{c}, 16<<10)
 	return c
@@ -131,9 +143,32 @@ func (c *Conn) LimitReads(n int64) {
 	c.readLimit = c.read.Load() + n
 }
 
+// clearDeadlines forgets the timeouts of the last exchange. The deadlines
+// set on the socket stay (nobody reads or writes an idle connection); the
+// next exchange moves them, and alive lifts an expired read deadline.
 func (c *Conn) clearDeadlines() {
 	c.writeTimeout, c.readTimeout, c.deadline, c.readLimit = 0, 0, time.Time{}, 0
-	_ = c.nc.SetDeadline(time.Time{})
+}
+
+// maxDeadlineSlack bounds how much earlier than asked a timeout may fire
+// because its deadline was not moved (see needSet).
+const maxDeadlineSlack = 20 * time.Millisecond
+
+// needSet reports whether a deadline must be set on the socket to honour
+// want, given the one set (have). Moving a deadline costs a timer update
+// in the runtime; under load every read and write would move it by a few
+// microseconds. So a deadline is kept when the wanted one is later by less
+// than a 32nd of the timeout (at most 20ms): the timeout may then fire
+// that much early, never late.
+func needSet(want, have time.Time, timeout time.Duration) bool {
+	switch {
+	case want.Equal(have):
+		return false
+	case want.IsZero() || have.IsZero() || want.Before(have):
+		return true
+	}
+	slack := min(timeout/32, maxDeadlineSlack)
+	return want.Sub(have) >= slack
 }
 
 func (c *Conn) deadlineFor(d time.Duration) time.Time {
@@ -160,7 +195,10 @@ func (r phaseReader) Read(b []byte) (int, error) {
 			b = b[:left]
 		}
 	}
-	_ = c.nc.SetReadDeadline(c.deadlineFor(c.readTimeout))
+	if t := c.deadlineFor(c.readTimeout); needSet(t, c.rdl, c.readTimeout) {
+		_ = c.nc.SetReadDeadline(t)
+		c.rdl = t
+	}
 	n, err := c.nc.Read(b)
 	c.read.Add(int64(n))
 	return n, err
@@ -177,7 +215,10 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 		if len(chunk) > 32<<10 {
 			chunk = chunk[:32<<10]
 		}
-		_ = c.nc.SetWriteDeadline(c.deadlineFor(c.writeTimeout))
+		if t := c.deadlineFor(c.writeTimeout); needSet(t, c.wdl, c.writeTimeout) {
+			_ = c.nc.SetWriteDeadline(t)
+			c.wdl = t
+		}
 		n, err := c.nc.Write(chunk)
 		c.written.Add(int64(n))
 		total += n
@@ -198,24 +239,27 @@ func (c *Conn) alive() bool {
 	if c.br.Buffered() > 0 {
 		return false
 	}
-	sc, ok := c.raw.(syscall.Conn)
-	if !ok {
+	if c.rawc == nil {
 		return true
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
+	if !c.rdl.IsZero() && !time.Now().Before(c.rdl) {
+		// The last exchange's read deadline has passed: lift it, or the
+		// peek below (and the next read) would fail at once.
+		_ = c.nc.SetReadDeadline(time.Time{})
+		c.rdl = time.Time{}
 	}
-	ok = false
+	ok := false
 	var buf [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		n, _, rerr := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	err := c.rawc.Read(func(fd uintptr) bool {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 		switch {
-		case n == 0 && rerr == nil: // EOF
-		case n > 0: // unsolicited bytes, unless TLS records
-			ok = c.nc != c.raw
-		case errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EWOULDBLOCK):
+		case errno == unix.EAGAIN || errno == unix.EWOULDBLOCK:
 			ok = true
+		case errno != 0: // reset and the like
+		case n == 0: // EOF
+		default: // unsolicited bytes, unless TLS records
+			ok = c.nc != c.raw
 		}
 		return true // never wait
 	})
