@@ -55,7 +55,7 @@ func newL7() *L7 {
 		}, []string{"pool"}),
 		upstreamConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_l7_upstream_connections_closed_total",
-			Help: "Pooled upstream connections closed by the L7 stage, by pool and reason (draining, lifetime, idle, error).",
+			Help: "Upstream connections closed by the L7 stage, by pool and reason (draining, lifetime, idle, backend, error, client, full, shutdown, upgrade).",
 		}, []string{"pool", "reason"}),
 	}
 }
