@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Request framing guard.
@@ -26,6 +27,16 @@ import (
 type framingListener struct {
 	net.Listener
 	maxHeader int
+	bufs      *sync.Pool // *[]byte of framingBufSize, shared by the connections
+}
+
+// framingBufSize is the size of one read from a client connection.
+const framingBufSize = 8 << 10
+
+func newFramingListener(l net.Listener, maxHeader int) framingListener {
+	return framingListener{Listener: l, maxHeader: maxHeader, bufs: &sync.Pool{
+		New: func() any { b := make([]byte, framingBufSize); return &b },
+	}}
 }
 
 func (l framingListener) Accept() (net.Conn, error) {
@@ -33,7 +44,7 @@ func (l framingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &framingConn{Conn: c, max: l.maxHeader + 4096}, nil
+	return &framingConn{Conn: c, max: l.maxHeader + 4096, bufs: l.bufs}, nil
 }
 
 type fstate uint8
@@ -56,7 +67,7 @@ type framingConn struct {
 	line  []byte // partial header block or line
 	out   []byte // bytes ready for the server
 	spare []byte // out's backing array, reused once out is drained
-	buf   []byte
+	bufs  *sync.Pool
 	err   error
 }
 
@@ -83,12 +94,13 @@ func (c *framingConn) Read(p []byte) (int, error) {
 		c.err = nil
 		return 0, err
 	}
-	if c.buf == nil {
-		c.buf = make([]byte, 8<<10)
-	}
 	for len(c.out) == 0 {
-		n, err := c.Conn.Read(c.buf)
-		c.feed(c.buf[:n])
+		// The read buffer is borrowed for one read: feed copies what it
+		// keeps, so a connection holds none between reads.
+		bp := c.bufs.Get().(*[]byte)
+		n, err := c.Conn.Read(*bp)
+		c.feed((*bp)[:n])
+		c.bufs.Put(bp)
 		if err != nil {
 			if len(c.out) == 0 {
 				return 0, err

@@ -41,7 +41,7 @@ func TestFramingGuard(t *testing.T) {
 					}
 					a.Close()
 				}()
-				fc := &framingConn{Conn: b, max: 64 << 10}
+				fc := &framingConn{Conn: b, max: 64 << 10, bufs: newFramingListener(nil, 0).bufs}
 				got, err := io.ReadAll(fc)
 				b.Close()
 				if err != nil {
@@ -93,7 +93,7 @@ func TestFramingStopsAtUpgrade(t *testing.T) {
 	in := "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello, no header end"
 	a, b := net.Pipe()
 	go func() { a.Write([]byte(in)); a.Close() }()
-	fc := &framingConn{Conn: b, max: 64 << 10}
+	fc := &framingConn{Conn: b, max: 64 << 10, bufs: newFramingListener(nil, 0).bufs}
 	got, _ := io.ReadAll(fc)
 	if string(got) != in {
 		t.Errorf("got %q", got)

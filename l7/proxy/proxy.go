@@ -338,7 +338,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		if s.tlsOn {
 			errc <- s.http.ServeTLS(l, "", "")
 		} else {
-			errc <- s.http.Serve(framingListener{Listener: l, maxHeader: s.http.MaxHeaderBytes})
+			errc <- s.http.Serve(newFramingListener(l, s.http.MaxHeaderBytes))
 		}
 	}()
 	s.log.Info("l7 service listening", "listen", l.Addr().String(), "tls", s.tlsOn)
