@@ -25,30 +25,39 @@ var errClientBody = errors.New("reading the request body from the client")
 // request's (-1 unknown). atEOF, if set, is called once the whole body has
 // been read from the client.
 func newReqBody(body io.Reader, contentLength, limit int64, atEOF func()) (*reqBody, error) {
-	b := &reqBody{length: contentLength, atEOF: atEOF}
+	b := &reqBody{}
+	if err := b.init(body, contentLength, limit, atEOF); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// init is newReqBody on a zero reqBody.
+func (b *reqBody) init(body io.Reader, contentLength, limit int64, atEOF func()) error {
+	b.length, b.atEOF = contentLength, atEOF
 	if body == nil || contentLength == 0 {
 		b.length = 0
-		return b, nil
+		return nil
 	}
 	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(body, limit+1))
 	b.read = n
 	if err != nil {
 		b.clientErr = err
-		return nil, errors.Join(errClientBody, err)
+		return errors.Join(errClientBody, err)
 	}
 	if n <= limit {
 		b.buf = buf.Bytes()
 		b.length = n
 		b.eof()
-		return b, nil
+		return nil
 	}
 	// Larger than the buffer: keep limit bytes, the extra byte goes first
 	// in the rest.
 	all := buf.Bytes()
 	b.buf = all[:limit]
 	b.rest = io.MultiReader(bytes.NewReader(all[limit:]), body)
-	return b, nil
+	return nil
 }
 
 func (b *reqBody) empty() bool { return b.length == 0 }

@@ -87,7 +87,8 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 	conn.LimitReads(maxResponseHeader)
 	var resp *http.Response
 	for i := 0; ; i++ {
-		r, err := http.ReadResponse(conn.Reader(), &http.Request{Method: out.method})
+		out.respFor.Method = out.method
+		r, err := http.ReadResponse(conn.Reader(), &out.respFor)
 		if err != nil {
 			return fail("read", err)
 		}
@@ -186,7 +187,10 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	rec.Status = resp.StatusCode
 
 	flush := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	rc := http.NewResponseController(w)
+	var rc *http.ResponseController
+	if flush {
+		rc = http.NewResponseController(w)
+	}
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
 	buf := *bp

@@ -29,6 +29,10 @@ type outRequest struct {
 	header  http.Header // the client's, written by writeForwardHeader
 	fwd     forwarded
 	body    *reqBody
+	// bodyStore and respFor live here to save allocations: body points to
+	// bodyStore; respFor is what http.ReadResponse is told the request was.
+	bodyStore reqBody
+	respFor   http.Request
 }
 
 // tryResult is one try's result.
@@ -91,12 +95,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			bodyRead = func() { _ = rc.SetReadDeadline(time.Time{}) }
 		}
 	}
-	body, err := newReqBody(r.Body, r.ContentLength, st.policy.BufferBytes(), bodyRead)
-	if err != nil {
+	out := &outRequest{}
+	body := &out.bodyStore
+	if err := body.init(r.Body, r.ContentLength, st.policy.BufferBytes(), bodyRead); err != nil {
 		s.fail(w, rec, clientBodyStatus(err), err.Error())
 		return
 	}
-	out := s.outgoing(st, r, body)
+	s.outgoing(out, st, r, body)
 	defer func() { rec.BytesIn += body.read }()
 
 	var triedArr [4]netip.AddrPort
@@ -116,15 +121,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		tried = append(tried, b.Addr)
 		t0 := time.Now()
-		s.begin(b.Addr)
+		as := s.stat(b.Addr)
+		as.inflight.Add(1)
 		res := s.try(r.Context(), cw, st, out, b, deadline)
-		s.finish(b.Addr)
+		as.inflight.Add(-1)
 		if release != nil {
 			release()
 			release = nil
 		}
 		tr := Try{
-			Backend: b.Addr.String(), Answer: b.Info, Trial: trial,
+			Backend: as.name, Answer: b.Info, Trial: trial,
 			Outcome: res.outcome.Kind.String(), Phase: res.phase, Sent: res.outcome.Sent,
 			Duration: time.Since(t0),
 		}
@@ -230,8 +236,8 @@ func clientBodyStatus(err error) int {
 	return http.StatusBadRequest
 }
 
-// outgoing builds the request every try sends.
-func (s *Server) outgoing(st *settings, r *http.Request, body *reqBody) *outRequest {
+// outgoing fills out, the request every try sends.
+func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *reqBody) {
 	host := r.Host
 	if st.svc.Host != "keep" && st.svc.Host != "" {
 		host = st.svc.Host
@@ -240,10 +246,8 @@ func (s *Server) outgoing(st *settings, r *http.Request, body *reqBody) *outRequ
 	if uri == "" || (uri[0] != '/' && uri != "*") {
 		uri = r.URL.RequestURI()
 	}
-	return &outRequest{
-		upgrade: upgradeType(r), method: r.Method, uri: uri, host: host, sni: hostname(host),
-		header: r.Header, fwd: newForwarded(r), body: body,
-	}
+	out.upgrade, out.method, out.uri, out.host, out.sni = upgradeType(r), r.Method, uri, host, hostname(host)
+	out.header, out.fwd, out.body = r.Header, newForwarded(r), body
 }
 
 // pick chooses the backend of the next try: an active address not tried yet
@@ -263,7 +267,8 @@ func (s *Server) pick(st *settings, tried []netip.AddrPort) (b pool.Backend, tri
 	var arr [8]Candidate
 	cands := arr[:0]
 	untried := 0
-	for _, b := range all {
+	for i := range all {
+		b := &all[i]
 		if b.State == pool.Active || panicMode && b.State == pool.Ejected {
 			cands = append(cands, Candidate{Backend: b, InFlight: s.inflight(b.Addr)})
 			if !slices.Contains(tried, b.Addr) {
@@ -287,35 +292,39 @@ func (s *Server) pick(st *settings, tried []netip.AddrPort) (b pool.Backend, tri
 	for len(rest) > 0 {
 		i := s.selector.Select(rest)
 		c := rest[i]
-		if ok, trial := s.tracker.Admit(c.Backend); ok {
-			return c.Backend, trial, panicMode, true
+		if ok, trial := s.tracker.Admit(*c.Backend); ok {
+			return *c.Backend, trial, panicMode, true
 		}
 		// Refused (its trial is in flight): choose among the others.
 		rest = append(append(make([]Candidate, 0, len(rest)-1), rest[:i]...), rest[i+1:]...)
 	}
 	// Every candidate is an address whose trial request is in flight:
 	// better a second request to one of them than none.
-	return cands[s.selector.Select(cands)].Backend, false, panicMode, true
+	return *cands[s.selector.Select(cands)].Backend, false, panicMode, true
 }
 
-// load returns the in-flight counter of addr.
-func (s *Server) load(addr netip.AddrPort) *atomic.Int64 {
+// addrStat is what the server keeps per backend address: its requests in
+// flight and its name for the access log (formatted once).
+type addrStat struct {
+	inflight atomic.Int64
+	name     string
+}
+
+// stat returns the addrStat of addr.
+func (s *Server) stat(addr netip.AddrPort) *addrStat {
 	if v, ok := s.loads.Load(addr); ok {
-		return v.(*atomic.Int64)
+		return v.(*addrStat)
 	}
-	v, _ := s.loads.LoadOrStore(addr, new(atomic.Int64))
-	return v.(*atomic.Int64)
+	v, _ := s.loads.LoadOrStore(addr, &addrStat{name: addr.String()})
+	return v.(*addrStat)
 }
 
 func (s *Server) inflight(addr netip.AddrPort) int {
 	if v, ok := s.loads.Load(addr); ok {
-		return int(v.(*atomic.Int64).Load())
+		return int(v.(*addrStat).inflight.Load())
 	}
 	return 0
 }
-
-func (s *Server) begin(addr netip.AddrPort)  { s.load(addr).Add(1) }
-func (s *Server) finish(addr netip.AddrPort) { s.load(addr).Add(-1) }
 
 // backendSnap is a copy of the pool's addresses, valid while no
 // transition happened since (gen) and for at most snapMaxAge (weights

@@ -147,7 +147,7 @@ type Server struct {
 	cert      atomic.Pointer[tls.Certificate]
 	panicking atomic.Bool
 
-	loads     sync.Map // netip.AddrPort → *atomic.Int64: requests in flight per address
+	loads     sync.Map // netip.AddrPort → *addrStat
 	snapshots bool     // the pool publishes its transitions: backends() may cache
 	snapGen   atomic.Uint64
 	snap      atomic.Pointer[backendSnap]
@@ -420,7 +420,7 @@ func (s *Server) AddressChanged(addr netip.AddrPort, state pool.State) {
 	s.pools.Retire(addr)
 	if state == pool.Removed {
 		s.tracker.Forget(addr)
-		if v, ok := s.loads.Load(addr); ok && v.(*atomic.Int64).Load() <= 0 {
+		if v, ok := s.loads.Load(addr); ok && v.(*addrStat).inflight.Load() <= 0 {
 			s.loads.Delete(addr)
 		}
 	}

@@ -9,7 +9,9 @@ import (
 
 // Candidate is an address a request may go to.
 type Candidate struct {
-	Backend  pool.Backend
+	// Backend is the address with its state and weight. It points into a
+	// copy of the pool's addresses that other requests share: read only.
+	Backend  *pool.Backend
 	InFlight int // requests in flight to it from this service
 }
 

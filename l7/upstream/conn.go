@@ -42,8 +42,11 @@ type Conn struct {
 	// rdl and wdl are the read and write deadlines last set on nc (zero:
 	// none); a deadline is set again only when it must move (see needSet).
 	rdl, wdl time.Time
-	// rawc is raw's syscall.RawConn (nil when raw has none), for alive.
-	rawc syscall.RawConn
+	// rawc is raw's syscall.RawConn (nil when raw has none), for alive,
+	// with the peek it runs (made once, not per check) and its result.
+	rawc   syscall.RawConn
+	peekFn func(fd uintptr) bool
+	peekOK bool
 
 	br *bufio.Reader
 	bw *bufio.Writer
@@ -56,6 +59,7 @@ func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info s
 	if sc, ok := raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.rawc = rc
+			c.peekFn = c.peek
 		}
 	}
 	c.br = bufio.NewReaderSize(phaseReader{c}, 16<<10)
@@ -248,20 +252,23 @@ func (c *Conn) alive() bool {
 		_ = c.nc.SetReadDeadline(time.Time{})
 		c.rdl = time.Time{}
 	}
-	ok := false
+	c.peekOK = false
+	err := c.rawc.Read(c.peekFn)
+	return err == nil && c.peekOK
+}
+
+// peek looks at the socket without blocking or consuming (see alive).
+func (c *Conn) peek(fd uintptr) bool {
 	var buf [1]byte
-	err := c.rawc.Read(func(fd uintptr) bool {
-		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1,
-			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-		switch {
-		case errno == unix.EAGAIN || errno == unix.EWOULDBLOCK:
-			ok = true
-		case errno != 0: // reset and the like
-		case n == 0: // EOF
-		default: // unsolicited bytes, unless TLS records
-			ok = c.nc != c.raw
-		}
-		return true // never wait
-	})
-	return err == nil && ok
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	switch {
+	case errno == unix.EAGAIN || errno == unix.EWOULDBLOCK:
+		c.peekOK = true
+	case errno != 0: // reset and the like
+	case n == 0: // EOF
+	default: // unsolicited bytes, unless TLS records
+		c.peekOK = c.nc != c.raw
+	}
+	return true // never wait
 }
