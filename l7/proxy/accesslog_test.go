@@ -1,0 +1,265 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func sampleRecord() *Record {
+	return &Record{
+		Service: "web-http", Client: "198.18.0.9:53642", Method: "POST", Host: "shop.example",
+		URI: "/orders?q=\"a\"&b=<c>\\d\u2028\x01\xff", Proto: "HTTP/1.1", Status: 200,
+		BytesIn: 2, BytesOut: 17, Duration: 3267 * time.Microsecond, Panic: true,
+		Error: "line\nbreak\ttab\r",
+		Tries: []Try{
+			{Backend: "198.18.2.11:80", Answer: "static 198.18.2.11:80", Outcome: "connect-failure", Phase: "connect",
+				Millis: 0.152, Error: "dial tcp: connection refused", Retry: true,
+				Why: "connect-failure before the request was sent", Backoff: 0.628},
+			{Backend: "198.18.2.12:80", Reused: true, Trial: true, Outcome: "status", Status: 503, Sent: true,
+				Millis: 0.347, BudgetRefused: true, Why: "status 503; but the retry budget is spent"},
+			{Backend: "198.18.2.13:80", Outcome: "ok", Status: 200, Sent: true, Millis: 12, Why: "success"},
+		},
+	}
+}
+
+// The hand-written encoder produces what encoding/json reads back as the
+// same record, with Try encoded as its JSON tags say.
+func TestAccessLogEncoding(t *testing.T) {
+	rec := sampleRecord()
+	now := time.Date(2026, 11, 23, 13, 13, 5, 445697568, time.UTC)
+	line := appendRecord(nil, rec, now)
+	if !bytes.HasSuffix(line, []byte("}\n")) || bytes.Count(line, []byte("\n")) != 1 {
+		t.Fatalf("not one line: %q", line)
+	}
+	var got struct {
+		Time     string  `json:"time"`
+		Level    string  `json:"level"`
+		Msg      string  `json:"msg"`
+		Service  string  `json:"service"`
+		Client   string  `json:"client"`
+		Method   string  `json:"method"`
+		Host     string  `json:"host"`
+		URI      string  `json:"uri"`
+		Proto    string  `json:"proto"`
+		Status   int     `json:"status"`
+		BytesIn  int64   `json:"bytes_in"`
+		BytesOut int64   `json:"bytes_out"`
+		MS       float64 `json:"ms"`
+		Tries    int     `json:"tries"`
+		Error    string  `json:"error"`
+		Panic    bool    `json:"panic"`
+		Try      []Try   `json:"try"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&got); err != nil {
+		t.Fatalf("%v: %s", err, line)
+	}
+	if got.Time != "2026-11-23T13:13:05.445697568Z" || got.Level != "INFO" || got.Msg != "access" {
+		t.Errorf("time/level/msg = %q %q %q", got.Time, got.Level, got.Msg)
+	}
+	wantURI := strings.ToValidUTF8(rec.URI, "\ufffd")
+	if got.Service != rec.Service || got.Client != rec.Client || got.Method != rec.Method || got.Host != rec.Host ||
+		got.URI != wantURI || got.Proto != rec.Proto || got.Error != rec.Error {
+		t.Errorf("strings differ: %+v", got)
+	}
+	if got.Status != 200 || got.BytesIn != 2 || got.BytesOut != 17 || got.MS != 3.267 || got.Tries != 3 || !got.Panic {
+		t.Errorf("numbers differ: %+v", got)
+	}
+	if len(got.Try) != 3 {
+		t.Fatalf("tries = %d", len(got.Try))
+	}
+	for i := range rec.Tries {
+		if got.Try[i] != rec.Tries[i] {
+			t.Errorf("try %d = %+v, want %+v", i, got.Try[i], rec.Tries[i])
+		}
+	}
+	// Field for field what encoding/json makes of a Try.
+	for i := range rec.Tries {
+		want, err := json.Marshal(&rec.Tries[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if enc := appendTry(nil, &rec.Tries[i]); !bytes.Equal(enc, want) {
+			t.Errorf("try %d:\n got %s\nwant %s", i, enc, want)
+		}
+	}
+	// U+2028 is escaped (JavaScript-safe), HTML characters are not.
+	if !bytes.Contains(line, []byte(`\u2028`)) || !bytes.Contains(line, []byte(`<c>`)) || !bytes.Contains(line, []byte(`\u0001`)) {
+		t.Errorf("escaping: %s", line)
+	}
+	// No tries: "try":null, like slog's encoding of a nil slice.
+	if l := appendRecord(nil, &Record{Service: "s"}, now); !bytes.Contains(l, []byte(`"tries":0,"try":null}`)) {
+		t.Errorf("no tries: %s", l)
+	}
+}
+
+func TestAppendJSONStringMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{"", "plain", `q"uote`, `back\slash`, "ctl\x00\x1f\x7f", "é✓🙂", "bad\xc3\x28utf8", "\u2029", "a\u2028b"} {
+		// encoding/json escapes <, >, & for HTML by default; the access
+		// log does not (nor did slog).
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(s); err != nil {
+			t.Fatal(err)
+		}
+		want := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+		if got := appendJSONString(nil, s); !bytes.Equal(got, want) {
+			t.Errorf("%q: got %s, want %s", s, got, want)
+		}
+	}
+}
+
+// lockedBuffer is a writer that counts its writes.
+type lockedBuffer struct {
+	mu     sync.Mutex
+	b      bytes.Buffer
+	writes int
+	err    error
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return 0, l.err
+	}
+	l.writes++
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) state() (string, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String(), l.writes
+}
+
+func TestAccessLogBatching(t *testing.T) {
+	w := &lockedBuffer{}
+	a := NewAccessLog(w, 50*time.Millisecond)
+	rec := sampleRecord()
+	for range 10 {
+		a.Log(rec)
+	}
+	if s, n := w.state(); n != 0 || s != "" {
+		t.Fatalf("written before the flush interval: %d writes", n)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		s, n := w.state()
+		if strings.Count(s, "\n") == 10 {
+			if n != 1 {
+				t.Errorf("10 lines in %d writes, want 1", n)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not flushed by the timer: %d lines", strings.Count(s, "\n"))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A full batch is written at once, without waiting for the timer.
+	big := &Record{Service: strings.Repeat("x", DefaultAccessLogBuffer)}
+	a.Log(big)
+	if s, _ := w.state(); strings.Count(s, "\n") != 11 {
+		t.Errorf("a full batch waited for the timer")
+	}
+	// Close writes what is left; later lines go out at once.
+	a.Log(rec)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := w.state(); strings.Count(s, "\n") != 12 {
+		t.Errorf("Close did not flush")
+	}
+	a.Log(rec)
+	if s, _ := w.state(); strings.Count(s, "\n") != 13 {
+		t.Errorf("a line after Close was not written at once")
+	}
+}
+
+func TestAccessLogUnbufferedSwapAndErrors(t *testing.T) {
+	w1, w2 := &lockedBuffer{}, &lockedBuffer{}
+	a := NewAccessLog(w1, 0)
+	a.Log(sampleRecord())
+	if s, n := w1.state(); n != 1 || strings.Count(s, "\n") != 1 {
+		t.Fatalf("unbuffered: %d writes", n)
+	}
+	if old, err := a.Swap(w2); old != w1 || err != nil {
+		t.Fatalf("Swap = %v, %v", old, err)
+	}
+	a.Log(sampleRecord())
+	if _, n := w2.state(); n != 1 {
+		t.Fatalf("after Swap: %d writes on the new writer", n)
+	}
+	boom := errors.New("disk full")
+	w2.mu.Lock()
+	w2.err = boom
+	w2.mu.Unlock()
+	a.Log(sampleRecord())
+	if err := a.Flush(); !errors.Is(err, boom) {
+		t.Errorf("Flush = %v, want %v", err, boom)
+	}
+	if err := a.Close(); !errors.Is(err, boom) {
+		t.Errorf("Close = %v, want %v", err, boom)
+	}
+	var nilLog *AccessLog
+	nilLog.Log(sampleRecord()) // a nil log logs nothing
+}
+
+func BenchmarkAccessLog(b *testing.B) {
+	a := NewAccessLog(&lockedBuffer{}, time.Second)
+	defer a.Close()
+	rec := sampleRecord()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			a.Log(rec)
+		}
+	})
+}
+
+// The line is byte for byte what the slog JSON handler wrote before
+// (slog.Any of the tries, encoded by encoding/json, escapes HTML; the
+// sample has none in its tries).
+func TestAccessLogSameAsSlog(t *testing.T) {
+	rec := sampleRecord()
+	rec.URI = "/orders?id=7"
+	now := time.Date(2026, 11, 23, 13, 13, 5, 445697568, time.UTC)
+	var buf bytes.Buffer
+	h := slog.NewJSONHandler(&buf, nil)
+	sr := slog.NewRecord(now, slog.LevelInfo, "access", 0)
+	sr.AddAttrs(
+		slog.String("service", rec.Service), slog.String("client", rec.Client), slog.String("method", rec.Method),
+		slog.String("host", rec.Host), slog.String("uri", rec.URI), slog.String("proto", rec.Proto),
+		slog.Int("status", rec.Status), slog.Int64("bytes_in", rec.BytesIn), slog.Int64("bytes_out", rec.BytesOut),
+		slog.Float64("ms", float64(rec.Duration.Microseconds())/1000), slog.Int("tries", len(rec.Tries)),
+		slog.String("error", rec.Error), slog.Bool("panic", true), slog.Any("try", rec.Tries),
+	)
+	if err := h.Handle(context.Background(), sr); err != nil {
+		t.Fatal(err)
+	}
+	if got := appendRecord(nil, rec, now); string(got) != buf.String() {
+		t.Errorf("\n got %s\nwant %s", got, buf.String())
+	}
+}
+
+func TestHostname(t *testing.T) {
+	for in, want := range map[string]string{
+		"example.com": "example.com", "example.com:8080": "example.com", "198.18.1.1:80": "198.18.1.1",
+		"[2001:db8::1]:443": "2001:db8::1", "[2001:db8::1]": "2001:db8::1", "2001:db8::1": "2001:db8::1",
+		"": "", "name:": "name",
+	} {
+		if got := hostname(in); got != want {
+			t.Errorf("hostname(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
