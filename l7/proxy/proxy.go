@@ -108,9 +108,11 @@ type Options struct {
 	// context ends; default 30s.
 	ShutdownTimeout time.Duration
 	Log             *slog.Logger // operational log; nil discards
-	AccessLog       *AccessLog   // one line per request (see NewAccessLog); nil: none
-	Observer        Observer     // nil: NopObserver
-	Selector        Selector     // nil: LeastRequests
+	// AccessLog gets one line per request (see NewAccessLog); nil: none.
+	// It may be shared by servers; its owner closes it once they stopped.
+	AccessLog *AccessLog
+	Observer  Observer // nil: NopObserver
+	Selector  Selector // nil: LeastRequests
 	// EjectionJitter is passed to eject.Options.Jitter (0: default, <0: none).
 	EjectionJitter float64
 	// Tracker, when set, is the ejection tracker to use instead of a new
