@@ -56,7 +56,9 @@ func newForwarded(r *http.Request) forwarded {
 	}
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		f.xff = ip
-		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 {
+		// A client that names X-Forwarded-For in Connection has it
+		// removed as hop-by-hop before ours is added.
+		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 && !namedIn(r.Header["Connection"], "X-Forwarded-For") {
 			f.xff = strings.Join(prior, ", ") + ", " + ip
 		}
 	}
@@ -93,8 +95,10 @@ func writeForwardHeader(bw *bufio.Writer, src http.Header, f *forwarded, upgrade
 	}
 	writeField(bw, "X-Forwarded-Proto", f.proto)
 	writeField(bw, "X-Forwarded-Host", f.host)
-	for _, v := range src["Via"] {
-		writeField(bw, "Via", v)
+	if len(conn) == 0 || !namedIn(conn, "Via") {
+		for _, v := range src["Via"] {
+			writeField(bw, "Via", v)
+		}
 	}
 	writeField(bw, "Via", f.via)
 	if upgrade != "" {

@@ -1,0 +1,89 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/textproto"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// oldForwardHeader is how the request header used to be built (clone,
+// delete, set); writeForwardHeader must give the same fields.
+func oldForwardHeader(r *http.Request, upgrade string) http.Header {
+	h := r.Header.Clone()
+	removeHopByHop(h)
+	h.Del("Expect")
+	h.Del("Content-Length")
+	h.Del("Host")
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := h.Values("X-Forwarded-For"); len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		h.Set("X-Forwarded-For", ip)
+	}
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
+	h.Set("X-Forwarded-Proto", proto)
+	h.Set("X-Forwarded-Host", r.Host)
+	h.Add("Via", via(r))
+	if upgrade != "" {
+		h.Set("Connection", "Upgrade")
+		h.Set("Upgrade", upgrade)
+	}
+	return h
+}
+
+func TestWriteForwardHeaderMatchesCloneAndEdit(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+		remote string
+		tls    bool
+		proto  [2]int
+	}{
+		{"plain", http.Header{"Accept": {"*/*"}, "User-Agent": {"wrk"}}, "198.18.0.9:5000", false, [2]int{1, 1}},
+		{"hop-by-hop and named", http.Header{
+			"Connection": {"keep-alive, X-Hop", "x-other"}, "X-Hop": {"1"}, "X-Other": {"2"}, "Keep-Alive": {"timeout=5"},
+			"Te": {"trailers"}, "Trailer": {"X-T"}, "Transfer-Encoding": {"chunked"}, "Proxy-Authorization": {"Basic x"},
+			"Proxy-Connection": {"keep-alive"}, "Expect": {"100-continue"}, "Content-Length": {"5"}, "X-Keep": {"a", "b"},
+		}, "198.18.0.9:5000", false, [2]int{1, 1}},
+		{"forwarded headers replaced and appended", http.Header{
+			"X-Forwarded-For": {"203.0.113.1", "203.0.113.2"}, "X-Forwarded-Proto": {"gopher"},
+			"X-Forwarded-Host": {"evil"}, "Via": {"1.0 other"},
+		}, "[2001:db8::9]:443", true, [2]int{2, 0}},
+		{"forwarded headers named in Connection", http.Header{
+			"Connection": {"X-Forwarded-For, Via"}, "X-Forwarded-For": {"203.0.113.1"}, "Via": {"1.0 other"},
+		}, "198.18.0.9:5000", false, [2]int{1, 0}},
+		{"remote address unknown", http.Header{"X-Forwarded-For": {"203.0.113.1"}}, "pipe", false, [2]int{1, 1}},
+		{"upgrade", http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Key": {"k"}}, "198.18.0.9:5000", false, [2]int{1, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &http.Request{Header: tc.header, RemoteAddr: tc.remote, Host: "shop.example:8080", ProtoMajor: tc.proto[0], ProtoMinor: tc.proto[1]}
+			if tc.tls {
+				r.TLS = &tls.ConnectionState{}
+			}
+			up := upgradeType(r)
+			want := oldForwardHeader(r, up)
+			var buf bytes.Buffer
+			bw := bufio.NewWriter(&buf)
+			f := newForwarded(r)
+			writeForwardHeader(bw, r.Header, &f, up)
+			bw.WriteString("\r\n")
+			bw.Flush()
+			mh, err := textproto.NewReader(bufio.NewReader(&buf)).ReadMIMEHeader()
+			if err != nil {
+				t.Fatalf("%v: %q", err, buf.String())
+			}
+			if got := http.Header(mh); !reflect.DeepEqual(got, want) {
+				t.Errorf("\n got %v\nwant %v", got, want)
+			}
+		})
+	}
+}
