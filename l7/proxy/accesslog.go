@@ -59,7 +59,11 @@ func (a *AccessLog) Log(rec *Record) {
 		return
 	}
 	bp := a.lines.Get().(*[]byte)
-	line := appendRecord((*bp)[:0], rec, time.Now())
+	at := rec.End
+	if at.IsZero() {
+		at = time.Now()
+	}
+	line := appendRecord((*bp)[:0], rec, at)
 	a.mu.Lock()
 	if a.every <= 0 || a.closed {
 		a.writeLocked(line)

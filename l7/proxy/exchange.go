@@ -284,7 +284,7 @@ func (s *Server) usable(addr netip.AddrPort) bool {
 	var b pool.Backend
 	ok := false
 	if s.snapshots {
-		for _, x := range s.backends() {
+		for _, x := range s.backends(time.Now()) {
 			if x.Addr == addr {
 				b, ok = x, true
 				break

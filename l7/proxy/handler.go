@@ -56,7 +56,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	abort := false
 	defer func() {
-		rec.Duration = time.Since(start)
+		rec.End = time.Now()
+		rec.Duration = rec.End.Sub(start)
 		s.access.Load().Log(rec)
 		s.obs.Request(rec)
 		if cap(rec.Tries) <= 16 {
@@ -113,7 +114,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	for n := 1; ; n++ {
-		b, trial, panicMode, ok := s.pick(st, tried)
+		now := start
+		if n > 1 {
+			now = time.Now()
+		}
+		b, trial, panicMode, ok := s.pick(st, tried, now)
 		rec.Panic = rec.Panic || panicMode
 		if !ok {
 			s.fail(w, rec, http.StatusServiceUnavailable, "no backend available in pool "+st.svc.Pool)
@@ -123,16 +128,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		t0 := time.Now()
 		as := s.stat(b.Addr)
 		as.inflight.Add(1)
-		res := s.try(r.Context(), cw, st, out, b, deadline)
+		res := s.try(r.Context(), cw, st, out, b, t0, deadline)
 		as.inflight.Add(-1)
 		if release != nil {
 			release()
 			release = nil
 		}
+		tEnd := time.Now()
 		tr := Try{
 			Backend: as.name, Answer: b.Info, Trial: trial,
 			Outcome: res.outcome.Kind.String(), Phase: res.phase, Sent: res.outcome.Sent,
-			Duration: time.Since(t0),
+			Duration: tEnd.Sub(t0),
 		}
 		tr.Millis = float64(tr.Duration.Microseconds()) / 1000
 		if res.conn != nil {
@@ -166,12 +172,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		failed := res.outcome.Kind != retry.OK
 		if failed || trial {
-			s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
+			s.tracker.Report(tEnd, b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 		}
 
 		d := st.policy.Decide(retry.Request{
 			Method: out.method, Header: r.Header, Replayable: body.replayable(),
-			Tries: n, DeadlineLeft: time.Now().Before(deadline),
+			Tries: n, DeadlineLeft: tEnd.Before(deadline),
 		}, res.outcome)
 		if d.Retry {
 			rel, ok := s.budget.Acquire()
@@ -253,8 +259,8 @@ func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *
 // pick chooses the backend of the next try: an active address not tried yet
 // while one is left, through the selector and the trial gate. In panic
 // mode ejected addresses are candidates too.
-func (s *Server) pick(st *settings, tried []netip.AddrPort) (b pool.Backend, trial, panicMode, ok bool) {
-	all := s.backends()
+func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time) (b pool.Backend, trial, panicMode, ok bool) {
+	all := s.backends(now)
 	panicMode = eject.Panic(all, st.maxEject)
 	if s.panicking.Load() != panicMode && s.panicking.CompareAndSwap(!panicMode, panicMode) {
 		if panicMode {
@@ -341,11 +347,10 @@ const snapMaxAge = 250 * time.Millisecond
 // transitions the copy is shared by the requests until the next
 // transition, instead of one copy (and one pass through the pool's lock)
 // per request.
-func (s *Server) backends() []pool.Backend {
+func (s *Server) backends(now time.Time) []pool.Backend {
 	if !s.snapshots {
 		return s.pool.Backends()
 	}
-	now := time.Now()
 	gen := s.snapGen.Load()
 	if sn := s.snap.Load(); sn != nil && sn.gen == gen && now.Sub(sn.at) < snapMaxAge {
 		return sn.all
@@ -360,10 +365,13 @@ func (s *Server) backends() []pool.Backend {
 const maxStaleRedials = 2
 
 // try sends the request to b once and reads the response header.
-func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *outRequest, b pool.Backend, deadline time.Time) tryResult {
+func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *outRequest, b pool.Backend, t0, deadline time.Time) tryResult {
 	t := st.timeouts
 	for redial := 0; ; redial++ {
-		connectBy := minTime(time.Now().Add(t.Connect.D()), deadline)
+		if redial > 0 {
+			t0 = time.Now()
+		}
+		connectBy := minTime(t0.Add(t.Connect.D()), deadline)
 		conn, err := s.pools.Get(ctx, b.Addr, out.sni, b.Info, connectBy)
 		if err != nil {
 			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}

@@ -17,6 +17,7 @@ type Record struct {
 	// BytesOut is the response body bytes written to the client.
 	BytesOut int64
 	Duration time.Duration
+	End      time.Time // when the request ended (the access log's time)
 	// Error is why sluice answered itself (no backend, timeout, ...), "" when
 	// the response is the backend's.
 	Error string
