@@ -12,7 +12,7 @@ export PATH := $(dir $(GO)):$(PATH)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build testbins generate check-generated deps test unit e2e e2e-race demo bench lint clean
+.PHONY: all build testbins generate check-generated deps test unit e2e e2e-race demo bench lint clean install uninstall
 
 all: build
 
@@ -65,6 +65,15 @@ demo: deps build testbins
 bench: build
 	scripts/deps.sh --bench
 	scripts/bench.sh
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+# bin/sluice, the systemd unit, /etc/sluice/sluice.yaml (an existing one is kept)
+install: build
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' deploy/install.sh
+
+uninstall:
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' deploy/install.sh uninstall
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \

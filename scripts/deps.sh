@@ -37,7 +37,14 @@ declare -A tool_pkg=(
 	[wrk]=wrk
 	[curl]=curl
 	[nsenter]=util-linux
+	[jq]=jq
 )
+
+# vagrant: deploy/deploy_test.go runs `vagrant validate` on the Vagrantfile;
+# the Vagrant VMs themselves set SLUICE_DEPS_VAGRANT=0.
+if [[ ${SLUICE_DEPS_VAGRANT:-1} != 0 ]]; then
+	tool_pkg[vagrant]=vagrant
+fi
 
 if ((bench)); then
 	tool_pkg[nginx]=nginx
