@@ -14,6 +14,7 @@
 #include "include/csum.h"
 #include "include/nat.h"
 #include "include/rst.h"
+#include "include/icmp.h"
 
 char __license[] SEC("license") = "GPL";
 
@@ -248,6 +249,57 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	return send_out(ctx, p, data_end, &rv->nh, now);
 }
 
+/* handle_icmp translates ICMP errors about our flows (see icmp.h). The
+ * quoted packet, reversed, is the key of the flow's entry: a forward entry
+ * when the error is about a reply sent as the VIP, a reverse entry when it
+ * is about a packet sluice forwarded to a backend. */
+static __always_inline int handle_icmp(struct xdp_md *ctx, struct packet *p, void *data_end)
+{
+	struct icmp_quote q;
+	if (parse_icmp_error(p, data_end, &q) || p->ip->daddr != q.inner->saddr) {
+		GCOUNT(passed_not_ours);
+		return XDP_PASS;
+	}
+	struct ct_key k = {
+		.saddr = q.inner->daddr,
+		.daddr = q.inner->saddr,
+		.sport = q.iports->dest,
+		.dport = q.iports->source,
+		.proto = q.inner->protocol,
+	};
+	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &k);
+	if (!ct) {
+		GCOUNT(passed_not_ours);
+		return XDP_PASS;
+	}
+	__be32 out_daddr;
+	if (!(ct->flags & CT_F_REPLY)) {
+		/* About a reply VIP -> client: the backend sent it as
+		 * backend -> client (nat) or backend -> snat address (snat). */
+		out_daddr = ct->daddr_new;
+		quote_set_addr(&q, &q.inner->saddr, ct->daddr_new);
+		quote_set_port(&q, &q.iports->source, ct->dport_new);
+		if (ct->saddr_new) {
+			quote_set_addr(&q, &q.inner->daddr, ct->saddr_new);
+			quote_set_port(&q, &q.iports->dest, ct->sport_new);
+		}
+	} else {
+		/* About a packet client -> VIP that went out as
+		 * (client | snat address) -> backend. */
+		out_daddr = ct->daddr_new ? ct->daddr_new : p->ip->daddr;
+		quote_set_addr(&q, &q.inner->daddr, ct->saddr_new);
+		quote_set_port(&q, &q.iports->dest, ct->sport_new);
+		if (ct->daddr_new) {
+			quote_set_addr(&q, &q.inner->saddr, ct->daddr_new);
+			quote_set_port(&q, &q.iports->source, ct->dport_new);
+		}
+	}
+	outer_set_daddr(p->ip, out_daddr);
+	GCOUNT(icmp_translated);
+	struct nexthop nh = {};
+	return send_out(ctx, p, data_end, &nh, 0);
+}
+
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
 {
@@ -256,6 +308,8 @@ int sluice_xdp(struct xdp_md *ctx)
 	struct packet p = {};
 
 	int pr = parse_packet(data, data_end, &p);
+	if (pr == PARSE_NOT_L4 && p.proto == IPPROTO_ICMP)
+		return handle_icmp(ctx, &p, data_end);
 	if (pr == PARSE_NOT_IPV4 || pr == PARSE_NOT_L4) {
 		GCOUNT(passed_not_ours);
 		return XDP_PASS;

@@ -100,6 +100,7 @@ type SluiceGlobalCounters struct {
 	RepliesTranslated uint64
 	CtUpdateFailures  uint64
 	RstSent           uint64
+	IcmpTranslated    uint64
 }
 
 type SluiceSluiceConfig struct {

@@ -98,6 +98,7 @@ struct global_counters {
 	__u64 replies_translated; /* backend -> client packets reverse-NATed */
 	__u64 ct_update_failures; /* conntrack insert failed */
 	__u64 rst_sent;
+	__u64 icmp_translated; /* ICMP errors about our flows, rewritten and forwarded */
 };
 
 /* Run-time knobs set from Go before load (volatile const, not #ifdef). */

@@ -148,6 +148,7 @@ type GlobalStats struct {
 	RepliesTranslated uint64
 	CTUpdateFailures  uint64
 	RSTSent           uint64
+	ICMPTranslated    uint64 // ICMP errors about our flows, rewritten and forwarded
 }
 
 // Map is what the agent needs from the data path. Implementations are safe

@@ -387,6 +387,7 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.RepliesTranslated += c.RepliesTranslated
 		s.CTUpdateFailures += c.CtUpdateFailures
 		s.RSTSent += c.RstSent
+		s.ICMPTranslated += c.IcmpTranslated
 	}
 	return s, nil
 }

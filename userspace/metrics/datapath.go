@@ -93,6 +93,7 @@ type collector struct {
 	bePackets, beBytes, beNewFlows, beFlows              *prometheus.Desc
 	ctFlows, ctCapacity                                  *prometheus.Desc
 	passed, replies, ctUpdateFailures, rstSent           *prometheus.Desc
+	icmpTranslated                                       *prometheus.Desc
 	scrapeErrorsDesc                                     *prometheus.Desc
 
 	mu           sync.Mutex // one scrape at a time: a flow walk is not cheap
@@ -130,6 +131,7 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		replies:          d("replies_translated_total", "Backend replies reverse-NATed."),
 		ctUpdateFailures: d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
 		rstSent:          d("rst_sent_total", "TCP RSTs sent by the data path."),
+		icmpTranslated:   d("icmp_translated_total", "ICMP errors about tracked flows (fragmentation needed, unreachable, time exceeded) rewritten and forwarded to the other side."),
 
 		scrapeErrorsDesc: d("datapath_scrape_errors_total", "Data path reads that failed while collecting metrics."),
 	}
@@ -142,7 +144,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.svcFragments, c.svcSNATFailures, c.svcFlows, c.svcBackends,
 		c.beState, c.beDrainDeadline, c.bePackets, c.beBytes, c.beNewFlows, c.beFlows,
 		c.ctFlows, c.ctCapacity,
-		c.passed, c.replies, c.ctUpdateFailures, c.rstSent,
+		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated,
 		c.scrapeErrorsDesc,
 	} {
 		ch <- d
@@ -243,6 +245,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.replies, g.RepliesTranslated)
 		counter(c.ctUpdateFailures, g.CTUpdateFailures)
 		counter(c.rstSent, g.RSTSent)
+		counter(c.icmpTranslated, g.ICMPTranslated)
 	}
 
 	c.scrapeErrors += failed
