@@ -516,6 +516,14 @@ type agentConfig struct {
 	HTTP bool
 	// Health adds a fast active HTTP health check (/healthz) to pool web.
 	Health bool
+	// Ejection, Timeouts, Retry replace pool web's ejection block and
+	// web-http's timeouts and retry blocks (YAML flow maps) when set.
+	Ejection, Timeouts, Retry string
+	// NXDomainHold sets dns.nxdomain_hold when non-zero.
+	NXDomainHold time.Duration
+	// ExtraPools and ExtraServices are YAML list items ("  - name: ...")
+	// appended to pools and services.
+	ExtraPools, ExtraServices string
 }
 
 // httpVIP is the L7 service's address.
@@ -536,6 +544,8 @@ type Agent struct {
 	PinPath string
 	proc    *Proc
 	starts  int
+	// Binary is the sluice binary Start runs (default: the suite's).
+	Binary string
 }
 
 // StartAgent writes a config (service web-l4 at VIP:80 -> pool web of
@@ -599,11 +609,11 @@ interfaces: [eth0, eth1]
 admin: {socket: %s}
 metrics: {listen: 127.0.0.1:9464}
 datapath: {pin_path: %s, xdp_mode: native}
-dns: {servers: ["198.18.2.53:53"], min_ttl: 1s, timeout: 1s}
+dns: {servers: ["198.18.2.53:53"], min_ttl: 1s, timeout: 1s%s}
 pools:
   - name: web
     backends:
-`, a.lab.ID, a.Socket, a.PinPath)
+`, a.lab.ID, a.Socket, a.PinPath, nxHold(c.NXDomainHold))
 	if c.DNSName != "" {
 		fmt.Fprintf(&b, "      - name: %s\n        port: 80\n", c.DNSName)
 	} else {
@@ -612,7 +622,10 @@ pools:
 		}
 	}
 	fmt.Fprintf(&b, "    drain_timeout: %s\n", c.DrainTimeout)
-	if c.HTTP {
+	switch {
+	case c.Ejection != "":
+		fmt.Fprintf(&b, "    ejection: %s\n", c.Ejection)
+	case c.HTTP:
 		b.WriteString("    ejection: {failures: 2, window: 10s, base_time: 2s, max_time: 10s, max_ejected_percent: 50}\n")
 	}
 	if c.Health {
@@ -626,6 +639,7 @@ pools:
       - address: 198.18.2.13:5353
 `)
 	}
+	b.WriteString(c.ExtraPools)
 	if c.Mode == "" {
 		c.Mode = "nat"
 	}
@@ -641,9 +655,10 @@ pools:
     listen: %s:80
     protocol: http
     pool: web
-    timeouts: {connect: 1s, read: 2s, total: 5s}
-    retry: {attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}
-`, httpVIP)
+    timeouts: %s
+    retry: %s
+`, httpVIP, or(c.Timeouts, "{connect: 1s, read: 2s, total: 5s}"),
+			or(c.Retry, "{attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}"))
 	}
 	if c.UDP {
 		fmt.Fprintf(&b, `  - name: udp-l4
@@ -653,7 +668,22 @@ pools:
     pool: udp
 `, vip)
 	}
+	b.WriteString(c.ExtraServices)
 	return b.String()
+}
+
+func or(s, def string) string {
+	if s != "" {
+		return s
+	}
+	return def
+}
+
+func nxHold(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", nxdomain_hold: %s", d)
 }
 
 // Start (re)starts the agent process and waits for readiness.
@@ -662,7 +692,11 @@ func (a *Agent) Start() {
 	t.Helper()
 	a.starts++
 	n := a.starts
-	proc := a.lab.Start(fmt.Sprintf("agent-%d", n), "lb", env.sluice, "agent", "-c", a.Config)
+	bin := a.Binary
+	if bin == "" {
+		bin = env.sluice
+	}
+	proc := a.lab.Start(fmt.Sprintf("agent-%d", n), "lb", bin, "agent", "-c", a.Config)
 	a.proc = proc
 	t.Cleanup(func() {
 		// Runs after the agent is stopped (cleanups run last-in first-out).

@@ -8,9 +8,17 @@
 //	/status/NNN     an empty reply with status NNN
 //	/stream?seconds=N  a chunked body, one line per 100ms for N seconds (a long-lived connection)
 //	/healthz        "ok"
-//	/stats          JSON counts of executed requests (not counting /stats itself)
+//	/close-after-body  read the whole request body, then close the connection
+//	                without answering (the request was executed)
+//	/close-mid-response  send a header announcing 100 bytes and 10 of them, then close
+//	/stats          JSON counts of executed requests (not counting /stats itself):
+//	                in total, by path, by "METHOD /path" and by the `rid` query
+//	                parameter (a request id: how often one request was executed)
 //	/control/fail?status=N  from now on answer every other path with status N
 //	                (0: healthy again); /control and /stats are not counted
+//	/control/mode?mode=M  from now on treat every other path as M: normal,
+//	                close-after-body, close-mid-response, hang (never answer,
+//	                until the client goes away)
 //
 // With --udp-listen it also answers every UDP datagram with "NAME\n".
 package main
@@ -21,7 +29,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -124,11 +134,15 @@ type backend struct {
 	mu         sync.Mutex
 	total      uint64
 	byPath     map[string]uint64
-	failStatus int // non-zero: every counted request gets this status
+	byMethod   map[string]uint64 // "METHOD /path"
+	byID       map[string]uint64 // rid query parameter
+	failStatus int               // non-zero: every counted request gets this status
+	mode       string            // "" (normal) or a /control/mode mode
 }
 
 func newBackend(name string) *backend {
-	return &backend{name: name, byPath: make(map[string]uint64)}
+	return &backend{name: name, byPath: make(map[string]uint64),
+		byMethod: make(map[string]uint64), byID: make(map[string]uint64)}
 }
 
 // Stats is the /stats reply.
@@ -136,16 +150,23 @@ type Stats struct {
 	Name     string            `json:"name"`
 	Requests uint64            `json:"requests"`
 	ByPath   map[string]uint64 `json:"by_path"`
+	ByMethod map[string]uint64 `json:"by_method_path"`
+	ByID     map[string]uint64 `json:"by_rid"`
 }
 
-func (b *backend) count(path string) {
-	key := path
-	if strings.HasPrefix(path, "/status/") {
+func (b *backend) count(r *http.Request) {
+	key := r.URL.Path
+	if strings.HasPrefix(key, "/status/") {
 		key = "/status"
 	}
+	rid := r.URL.Query().Get("rid")
 	b.mu.Lock()
 	b.total++
 	b.byPath[key]++
+	b.byMethod[r.Method+" "+key]++
+	if rid != "" {
+		b.byID[rid]++
+	}
 	b.mu.Unlock()
 }
 
@@ -153,6 +174,9 @@ func (b *backend) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", b.stats)
 	mux.HandleFunc("/control/fail", b.controlFail)
+	mux.HandleFunc("/control/mode", b.controlMode)
+	mux.HandleFunc("/close-after-body", b.wrap(closeAfterBody))
+	mux.HandleFunc("/close-mid-response", b.wrap(closeMidResponse))
 	mux.HandleFunc("/healthz", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	}))
@@ -170,12 +194,23 @@ func (b *backend) routes() http.Handler {
 // answers with the failure status when one is set.
 func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		b.count(r.URL.Path)
+		b.count(r)
 		w.Header().Set("X-Backend", b.name)
 		w.Header().Set("X-Client-Addr", r.RemoteAddr)
 		b.mu.Lock()
-		fail := b.failStatus
+		fail, mode := b.failStatus, b.mode
 		b.mu.Unlock()
+		switch mode {
+		case "close-after-body":
+			closeAfterBody(w, r)
+			return
+		case "close-mid-response":
+			closeMidResponse(w, r)
+			return
+		case "hang":
+			<-r.Context().Done()
+			return
+		}
 		if fail != 0 {
 			w.WriteHeader(fail)
 			fmt.Fprintln(w, b.name)
@@ -187,10 +222,8 @@ func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
 
 func (b *backend) stats(w http.ResponseWriter, _ *http.Request) {
 	b.mu.Lock()
-	s := Stats{Name: b.name, Requests: b.total, ByPath: make(map[string]uint64, len(b.byPath))}
-	for k, v := range b.byPath {
-		s.ByPath[k] = v
-	}
+	s := Stats{Name: b.name, Requests: b.total, ByPath: maps.Clone(b.byPath),
+		ByMethod: maps.Clone(b.byMethod), ByID: maps.Clone(b.byID)}
 	b.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Backend", b.name)
@@ -208,6 +241,55 @@ func (b *backend) controlFail(w http.ResponseWriter, r *http.Request) {
 	b.mu.Unlock()
 	w.Header().Set("X-Backend", b.name)
 	fmt.Fprintf(w, "%s: fail status %d\n", b.name, code)
+}
+
+func (b *backend) controlMode(w http.ResponseWriter, r *http.Request) {
+	m := r.URL.Query().Get("mode")
+	switch m {
+	case "normal":
+		m = ""
+	case "close-after-body", "close-mid-response", "hang":
+	default:
+		http.Error(w, "want mode=normal|close-after-body|close-mid-response|hang", http.StatusBadRequest)
+		return
+	}
+	b.mu.Lock()
+	b.mode = m
+	b.mu.Unlock()
+	w.Header().Set("X-Backend", b.name)
+	fmt.Fprintf(w, "%s: mode %q\n", b.name, m)
+}
+
+// closeAfterBody reads the whole request body, then closes the connection
+// without a byte of response: the request was executed, the client cannot
+// know it.
+func closeAfterBody(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	hijackClose(w, nil)
+}
+
+// closeMidResponse sends a header announcing 100 bytes, 10 of them, and closes.
+func closeMidResponse(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	hijackClose(w, []byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Backend: "+
+		w.Header().Get("X-Backend")+"\r\n\r\n0123456789"))
+}
+
+func hijackClose(w http.ResponseWriter, send []byte) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "hijacking unsupported", http.StatusInternalServerError)
+		return
+	}
+	conn, bufrw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	if len(send) > 0 {
+		_, _ = bufrw.Write(send)
+		_ = bufrw.Flush()
+	}
+	_ = conn.Close()
 }
 
 func (b *backend) slow(w http.ResponseWriter, r *http.Request) {
