@@ -14,7 +14,7 @@ const twoBackends = "backend.lab. 1 A 198.18.2.11\nbackend.lab. 1 A 198.18.2.12\
 func assertServesBe1Be2(t *testing.T, lab *Lab, agent *Agent, what string, d time.Duration) {
 	t.Helper()
 	r := lab.Load("--url", vipURL, "--mode", "newconn", "--interval", "50ms",
-		"--count", fmt.Sprint(int(d/(50*time.Millisecond))), "--duration", (2*d+5*time.Second).String(), "--timeout", "2s")
+		"--count", fmt.Sprint(int(d/(50*time.Millisecond))), "--duration", (2*d + 5*time.Second).String(), "--timeout", "2s")
 	assertNoFailures(t, what, r)
 	if r.ByBackend["be1"] == 0 || r.ByBackend["be2"] == 0 || r.ByBackend["be3"] != 0 {
 		t.Errorf("%s: answered by %v, want be1 and be2 (the last good answer)", what, r.ByBackend)
