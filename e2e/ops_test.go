@@ -1,0 +1,228 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/admin"
+)
+
+// clientFlows maps each established client flow to the VIP (client
+// ip:port -> backend), from `sluice conntrack --json`.
+func (a *Agent) clientFlows(t *testing.T, vipPort string) map[string]string {
+	t.Helper()
+	out, err := a.CLI("conntrack", "--json")
+	if err != nil {
+		t.Fatalf("conntrack: %v", err)
+	}
+	var fl []admin.Flow
+	if err := json.Unmarshal([]byte(out), &fl); err != nil {
+		t.Fatalf("conntrack: %v\n%s", err, out)
+	}
+	m := map[string]string{}
+	for _, f := range fl {
+		if f.State == "established" && f.VIP == vipPort && strings.HasPrefix(f.Client, "198.18.0.2:") {
+			m[f.Client] = f.Backend
+		}
+	}
+	return m
+}
+
+// assertSameBackends checks every flow of before that is still in after
+// kept its backend, and that keep-alive flows are still there.
+func assertSameBackends(t *testing.T, what string, before, after map[string]string, want int) {
+	t.Helper()
+	kept := 0
+	for c, be := range before {
+		if got, ok := after[c]; ok {
+			kept++
+			if got != be {
+				t.Errorf("%s: flow %s moved from %s to %s", what, c, be, got)
+			}
+		}
+	}
+	if kept < want {
+		t.Errorf("%s: %d of the %d flows seen before are still established, want >= %d (before %v, after %v)", what, kept, len(before), want, before, after)
+	}
+}
+
+// buildUpgrade builds a second sluice binary with another version string.
+func buildUpgrade(t *testing.T, version string) string {
+	t.Helper()
+	goBin := "go"
+	if _, err := exec.LookPath("go"); err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	out := filepath.Join(t.TempDir(), "sluice-next")
+	args := []string{"build", "-o", out, "-ldflags", "-X main.version=" + version}
+	if os.Getenv("E2E_RACE") == "1" {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command(goBin, append(args, "./cmd/sluice")...)
+	cmd.Dir = env.repoRoot
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build the upgrade: %v\n%s", err, b)
+	}
+	return out
+}
+
+// TestBinaryUpgrade: the agent is replaced by another build under
+// continuous load (SIGTERM the old, start the new from the same pinned
+// state): no request fails, no established connection breaks or changes
+// backend, and the new version is what runs.
+func TestBinaryUpgrade(t *testing.T) {
+	const next = "e2e-upgrade-next"
+	lab := newLab(t)
+	bin := buildUpgrade(t, next)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+	if st, err := agent.Status(); err != nil || st.Version == next {
+		t.Fatalf("before the upgrade: version %q (%v)", st.Version, err)
+	}
+
+	const conns = 6
+	keep := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
+		"--conns", fmt.Sprint(conns), "--interval", "20ms", "--count", "100000", "--duration", "40s", "--timeout", "2s")
+	t.Cleanup(func() { keep.Stop(3 * time.Second) })
+	fresh := lab.StartLoad("newconn", nil, "--url", vipURL, "--mode", "newconn",
+		"--conns", "2", "--interval", "20ms", "--count", "100000", "--duration", "40s", "--timeout", "2s")
+	t.Cleanup(func() { fresh.Stop(3 * time.Second) })
+	time.Sleep(time.Second)
+	before := agent.clientFlows(t, vip+":80")
+
+	if err := agent.proc.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.proc.Wait(10 * time.Second); err != nil {
+		t.Fatalf("old agent after SIGTERM: %v", err)
+	}
+	agent.Binary = bin
+	agent.Start()
+	time.Sleep(time.Second)
+	after := agent.clientFlows(t, vip+":80")
+	assertSameBackends(t, "after the upgrade", before, after, conns)
+
+	st, err := agent.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Version != next {
+		t.Errorf("status after the upgrade: version %q, want %q", st.Version, next)
+	}
+	if m, _ := lab.scrape(); m[fmt.Sprintf(`sluice_build_info{version=%q}`, next)] != 1 {
+		t.Errorf("sluice_build_info{version=%q} is not 1 after the upgrade", next)
+	}
+	if out, err := exec.Command(bin, "version").CombinedOutput(); err != nil || !strings.Contains(string(out), next) {
+		t.Errorf("sluice version of the new build: %q (%v)", out, err)
+	}
+
+	time.Sleep(time.Second)
+	keep.Stop(5 * time.Second)
+	fresh.Stop(5 * time.Second)
+	kr, fr := parseReport(t, keep.Output()), parseReport(t, fresh.Output())
+	assertNoFailures(t, "keep-alive load across the upgrade", kr)
+	assertNoFailures(t, "new connections across the upgrade", fr)
+	if kr.Dials != conns {
+		t.Errorf("keep-alive load dialled %d connections, want %d", kr.Dials, conns)
+	}
+	if len(fr.ByBackend) != 3 {
+		t.Errorf("new connections across the upgrade went to %v, want be1..be3", fr.ByBackend)
+	}
+}
+
+// altPool is pool alt with the given backends (port 80).
+func altPool(bes ...string) string {
+	var b strings.Builder
+	b.WriteString("  - name: alt\n    drain_timeout: 2s\n    backends:\n")
+	for _, be := range bes {
+		fmt.Fprintf(&b, "      - address: %s\n", backendAddr[be])
+	}
+	return b.String()
+}
+
+func l4Service(name string, port int, pool string) string {
+	return fmt.Sprintf("  - name: %s\n    listen: %s:%d\n    protocol: tcp\n    mode: nat\n    pool: %s\n", name, vip, port, pool)
+}
+
+// TestReloadServices: one reload adds a service, removes another and
+// changes a pool's backends under load; the flows of the unrelated service
+// are untouched and no request fails. A broken file is then refused with
+// its line number, and traffic goes on as before.
+func TestReloadServices(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	first := agentConfig{ExtraPools: altPool("be1", "be2"), ExtraServices: l4Service("gone-l4", 81, "alt")}
+	agent := lab.StartAgent(first)
+	r := lab.Load("--url", "http://"+vip+":81/", "--mode", "newconn", "--count", "20", "--duration", "10s")
+	assertNoFailures(t, "gone-l4 before the reload", r)
+
+	const conns = 6
+	keep := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
+		"--conns", fmt.Sprint(conns), "--interval", "20ms", "--count", "100000", "--duration", "40s", "--timeout", "2s")
+	t.Cleanup(func() { keep.Stop(3 * time.Second) })
+	fresh := lab.StartLoad("newconn", nil, "--url", vipURL, "--mode", "newconn",
+		"--conns", "2", "--interval", "20ms", "--count", "100000", "--duration", "40s", "--timeout", "2s")
+	t.Cleanup(func() { fresh.Stop(3 * time.Second) })
+	time.Sleep(time.Second)
+	before := agent.clientFlows(t, vip+":80")
+
+	second := agentConfig{ExtraPools: altPool("be3"), ExtraServices: l4Service("new-l4", 82, "alt")}
+	agent.WriteConfig(second)
+	if _, err := agent.CLI("reload"); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	r = lab.Load("--url", "http://"+vip+":82/", "--mode", "newconn", "--count", "30", "--duration", "10s")
+	assertNoFailures(t, "new-l4 after the reload", r)
+	if r.ByBackend["be3"] != r.OK {
+		t.Errorf("new-l4 (pool alt, now be3 only) answered by %v", r.ByBackend)
+	}
+	r = lab.Load("--url", "http://"+vip+":81/", "--mode", "newconn", "--count", "3", "--duration", "10s", "--timeout", "1s")
+	if r.OK != 0 {
+		t.Errorf("gone-l4 was removed but answered %d of %d: %v", r.OK, r.Requests, r.ByBackend)
+	}
+	st, err := agent.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range st.Services {
+		names = append(names, s.Name)
+	}
+	if strings.Join(names, ",") != "web-l4,new-l4" && strings.Join(names, ",") != "new-l4,web-l4" {
+		t.Errorf("services after the reload: %v, want web-l4 and new-l4", names)
+	}
+
+	// A broken file: refused with its line, nothing changes.
+	good, _ := os.ReadFile(agent.Config)
+	broken := strings.Replace(string(good), "    pool: alt\n", "    pool: alt\n    bogus_key: 1\n", 1)
+	line := strings.Count(broken[:strings.Index(broken, "bogus_key")], "\n") + 1
+	agent.WriteRawConfig(broken)
+	if out, err := agent.CLI("reload"); err == nil {
+		t.Errorf("reload of a broken config succeeded: %s", out)
+	} else if !strings.Contains(err.Error(), fmt.Sprintf("sluice.yaml:%d:", line)) {
+		t.Errorf("refused reload does not name line %d: %v", line, err)
+	}
+	r = lab.Load("--url", "http://"+vip+":82/", "--mode", "newconn", "--count", "20", "--duration", "10s")
+	assertNoFailures(t, "new-l4 after a refused reload", r)
+	if m, _ := lab.scrape(); m[`sluice_config_reloads_total{result="refused"}`] != 1 || m[`sluice_config_reloads_total{result="ok"}`] != 1 {
+		t.Errorf("sluice_config_reloads_total: want ok 1, refused 1")
+	}
+
+	after := agent.clientFlows(t, vip+":80")
+	assertSameBackends(t, "web-l4 flows across the reloads", before, after, conns)
+	keep.Stop(5 * time.Second)
+	fresh.Stop(5 * time.Second)
+	kr, fr := parseReport(t, keep.Output()), parseReport(t, fresh.Output())
+	assertNoFailures(t, "keep-alive load on web-l4 across the reloads", kr)
+	assertNoFailures(t, "new connections to web-l4 across the reloads", fr)
+	if kr.Dials != conns {
+		t.Errorf("keep-alive load dialled %d connections, want %d", kr.Dials, conns)
+	}
+}
