@@ -532,28 +532,92 @@ func TestReload(t *testing.T) {
 	}
 }
 
-// TestMetrics: the Prometheus endpoint counts what the data path did.
+// TestMetrics: the Prometheus endpoint (and `sluice status --json`) count
+// what was sent: packets, flows, an ejection by the L7 stage, a drain.
 func TestMetrics(t *testing.T) {
 	lab := newLab(t)
 	lab.StartBackends()
-	lab.StartAgent(agentConfig{})
+	lab.AddLocalVIP(httpVIP)
+	agent := lab.StartAgent(agentConfig{HTTP: true, DrainTimeout: 2 * time.Second})
+	m0, _ := lab.scrape()
 	const n = 30
 	r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", fmt.Sprint(n), "--duration", "20s")
 	assertNoFailures(t, "traffic before the scrape", r)
 
 	values, out := lab.scrape()
-	if got := values[`sluice_service_new_flows_total{service="web-l4"}`]; got < n {
-		t.Errorf(`sluice_service_new_flows_total{service="web-l4"} = %v, want >= %d`, got, n)
+	delta := func(k string) float64 { return values[k] - m0[k] }
+	if got := delta(`sluice_service_new_flows_total{service="web-l4"}`); got != n {
+		t.Errorf(`sluice_service_new_flows_total{service="web-l4"} moved by %v, want %d`, got, n)
 	}
-	var perBackend float64
+	// A new connection with one request and answer is at least 8 packets
+	// (handshake, request, answer, acks, FINs) counted in both directions.
+	if got := delta(`sluice_service_packets_total{service="web-l4"}`); got < 8*n {
+		t.Errorf(`sluice_service_packets_total{service="web-l4"} moved by %v for %d connections, want >= %d`, got, n, 8*n)
+	}
+	if got := delta(`sluice_service_bytes_total{service="web-l4"}`); got < 8*n*40 {
+		t.Errorf(`sluice_service_bytes_total{service="web-l4"} moved by %v, want >= %d`, got, 8*n*40)
+	}
+	var perBackend, pktBackend float64
 	for _, be := range []string{"be1", "be2", "be3"} {
-		perBackend += values[fmt.Sprintf(`sluice_backend_new_flows_total{address=%q,pool="web"}`, backendAddr[be])]
+		perBackend += delta(fmt.Sprintf(`sluice_backend_new_flows_total{address=%q,pool="web"}`, backendAddr[be]))
+		pktBackend += delta(fmt.Sprintf(`sluice_backend_packets_total{address=%q,pool="web"}`, backendAddr[be]))
 	}
-	if perBackend < n {
-		t.Errorf("sluice_backend_new_flows_total over be1..be3 = %v, want >= %d", perBackend, n)
+	if perBackend != n {
+		t.Errorf("sluice_backend_new_flows_total over be1..be3 moved by %v, want %d", perBackend, n)
+	}
+	if pktBackend != delta(`sluice_service_packets_total{service="web-l4"}`) {
+		t.Errorf("sluice_backend_packets_total over be1..be3 moved by %v, the service's by %v", pktBackend, delta(`sluice_service_packets_total{service="web-l4"}`))
+	}
+	// The CLI's JSON says the same.
+	if st, err := agent.Status(); err != nil {
+		t.Error(err)
+	} else {
+		for _, svc := range st.Services {
+			if svc.Name == "web-l4" && (svc.NewFlows != uint64(values[`sluice_service_new_flows_total{service="web-l4"}`]) || svc.NewFlows < n) {
+				t.Errorf("status --json: web-l4 new_flows %d, metrics %v, sent %d", svc.NewFlows, values[`sluice_service_new_flows_total{service="web-l4"}`], n)
+			}
+		}
+	}
+
+	// An ejection by the L7 stage: be3 answers 503 (pool web: failures 2).
+	lab.setFail("be3", 503)
+	r = lab.Load("--url", httpURL, "--mode", "keepalive", "--count", "30", "--duration", "20s")
+	assertNoFailures(t, "GETs while be3 answers 503", r)
+	m1, _ := lab.scrape()
+	be3 := backendAddr["be3"]
+	if got := sumMetric(m1, "sluice_l7_ejections_total{", `address="`+be3+`"`); got != 1 {
+		t.Errorf("sluice_l7_ejections_total for be3 = %v, want 1", got)
+	}
+	if got := sumMetric(m1, "sluice_backend_transitions_total{", `to="ejected"`, `pool="web"`); got != 1 {
+		t.Errorf(`sluice_backend_transitions_total{to="ejected"} = %v, want 1`, got)
+	}
+	if got := m1[fmt.Sprintf(`sluice_backend_state{address=%q,pool="web",state="ejected"}`, be3)]; got != 1 {
+		t.Errorf("sluice_backend_state of be3 ejected = %v, want 1", got)
+	}
+	if got := m1[`sluice_l7_requests_total{code="200",service="web-http"}`] - m0[`sluice_l7_requests_total{code="200",service="web-http"}`]; got < 30 {
+		t.Errorf(`sluice_l7_requests_total{code="200"} moved by %v, want >= 30`, got)
+	}
+	if got := sumMetric(m1, "sluice_l7_retries_total{", `reason="503"`); got < 1 {
+		t.Errorf(`sluice_l7_retries_total{reason="503"} = %v, want >= 1`, got)
+	}
+
+	// A drain: be1 drained by the operator, removed once its flows are gone.
+	if _, err := agent.CLI("drain", "web", backendAddr["be1"]); err != nil {
+		t.Fatal(err)
+	}
+	agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "removed"})
+	m2, out2 := lab.scrape()
+	if got := sumMetric(m2, "sluice_backend_transitions_total{", `cause="operator"`, `to="draining"`); got != 1 {
+		t.Errorf(`sluice_backend_transitions_total{cause="operator",to="draining"} = %v, want 1`, got)
+	}
+	if got := sumMetric(m2, "sluice_backend_transitions_total{", `from="draining"`, `to="removed"`); got != 1 {
+		t.Errorf(`sluice_backend_transitions_total{from="draining",to="removed"} = %v, want 1`, got)
+	}
+	if got := m2[`sluice_backend_drain_duration_seconds_count{pool="web"}`]; got != 1 {
+		t.Errorf(`sluice_backend_drain_duration_seconds_count{pool="web"} = %v, want 1`, got)
 	}
 	if t.Failed() {
-		t.Logf("scrape:\n%s", out)
+		t.Logf("scrape:\n%s\nlast scrape:\n%s", out, out2)
 	}
 }
 

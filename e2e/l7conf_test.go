@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -96,6 +98,7 @@ type HTTPResult struct {
 	Backend string
 	Elapsed time.Duration
 	Body    string
+	Exit    int // curl's exit status (18: partial body, 52: empty reply, 56: receive failure)
 }
 
 // curl sends one request from the client (a new connection) and returns
@@ -106,8 +109,11 @@ func (l *Lab) curl(method, url string, extra ...string) HTTPResult {
 		"-w", "\n__CODE__ %{http_code} %{time_total}\n"}
 	argv = append(argv, extra...)
 	argv = append(argv, url)
-	out, _ := l.Run("client", 15*time.Second, argv...)
+	out, err := l.Run("client", 15*time.Second, argv...)
 	var r HTTPResult
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		r.Exit = ee.ExitCode()
+	}
 	var body strings.Builder
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
@@ -280,6 +286,25 @@ func TestL7RetryRules(t *testing.T) {
 		}
 		if len(al.Try) != 2 || !al.Try[0].Retry {
 			t.Errorf("access log: want two tries, the first retried: %+v", al)
+		}
+	})
+	// be1 sends a header and part of the body, then closes.
+	lab.setMode("be1", "close-mid-response")
+	t.Run("GET cut mid-response is not retried and the client sees it cut", func(t *testing.T) {
+		r, rid, al := firstOn(t, lab, agent, "be1", func(rid string) HTTPResult {
+			return lab.curl("GET", httpURL+"?rid="+rid)
+		}, nil)
+		by, n := lab.executions(rid)
+		if n != 1 {
+			t.Errorf("GET cut by be1 mid-response executed %v, want once (response bytes had reached the client)", by)
+		}
+		// The client sees a broken exchange, never a complete response.
+		if r.Exit == 0 {
+			t.Errorf("GET cut mid-response: curl got %d from %q and exited 0: want the connection aborted", r.Code, r.Backend)
+		}
+		t.Logf("client: status %d, curl exit %d", r.Code, r.Exit)
+		if len(al.Try) != 1 || al.Try[0].Retry {
+			t.Errorf("access log: want one try, not retried: %+v", al)
 		}
 	})
 	lab.setMode("be1", "normal")
