@@ -13,14 +13,17 @@
 #                                     the dashboard's queries evaluated over the
 #                                     scrapes, drawn by gnuplot into
 #                                     docs/img/dashboard.png
-#   scripts/dashboard.sh plot DIR     draw the PNG again from the scrapes a
-#                                     render run kept in DIR (no lab, no root)
+#   scripts/dashboard.sh plot [DIR]   draw the PNG again from the record of a
+#                                     render run (default docs/img/dashboard-run:
+#                                     scrapes.txt.gz, events.txt, subtitle.txt);
+#                                     no lab, no root
 #
 # Environment:
 #   DASHBOARD_WORK  where render keeps scrapes, events, loadgen reports and the
 #                   gnuplot files (default: a new /tmp/sluice-dashboard-XXXX,
 #                   kept and printed at the end)
 #   DASHBOARD_PNG   output PNG (default docs/img/dashboard.png)
+#   DASHBOARD_RECORD where render records the run (default docs/img/dashboard-run)
 #
 # render needs bin/sluice, bin/sluice-testbackend, bin/sluice-loadgen and
 # bin/sluice-dnsserver (make build testbins), gnuplot (Debian gnuplot-nox,
@@ -37,6 +40,7 @@ cd "$repo_root"
 dashboard=deploy/grafana/sluice.json
 metrics_doc=docs/metrics.md
 png=${DASHBOARD_PNG:-$repo_root/docs/img/dashboard.png}
+record=${DASHBOARD_RECORD:-$repo_root/docs/img/dashboard-run}
 
 log() { printf 'dashboard: %s\n' "$*" >&2; }
 die() { printf 'dashboard: error: %s\n' "$*" >&2; exit 1; }
@@ -117,10 +121,11 @@ check() {
 
 # ---- plot ----
 
-# plot WORK: evaluate the dashboard over WORK/scrapes.txt, draw $png.
+# plot DIR: evaluate the dashboard over DIR/scrapes.txt (or scrapes.txt.gz),
+# with DIR/events.txt and DIR/subtitle.txt, and draw $png.
 plot() {
-	local work=$1
-	[[ -f $work/scrapes.txt ]] || die "$work/scrapes.txt missing"
+	local src=$1
+	[[ -f $src/scrapes.txt || -f $src/scrapes.txt.gz ]] || die "$src/scrapes.txt(.gz) missing"
 	if ! command -v gnuplot >/dev/null 2>&1; then
 		[[ $EUID -eq 0 ]] || die "gnuplot missing: apt-get install gnuplot-nox"
 		log "installing gnuplot-nox"
@@ -128,14 +133,25 @@ plot() {
 			{ apt-get update >/dev/null && apt-get install -y gnuplot-nox >/dev/null; } ||
 			die "could not install gnuplot-nox"
 	fi
-	build_renderer "$work" || die "building deploy/grafana/render failed"
+	local tmp
+	tmp=$(mktemp -d /tmp/sluice-dashboard-plot-XXXX)
+	if [[ -f $src/scrapes.txt ]]; then
+		cp "$src/scrapes.txt" "$tmp/scrapes.txt"
+	else
+		gzip -dc "$src/scrapes.txt.gz" >"$tmp/scrapes.txt"
+	fi
+	build_renderer "$tmp" || { rm -rf "$tmp"; die "building deploy/grafana/render failed"; }
 	local subtitle
-	subtitle=$(cat "$work/subtitle.txt" 2>/dev/null || true)
-	mkdir -p "$work/plot" "$(dirname "$png")"
-	"$work/render" eval -dashboard "$dashboard" -scrapes "$work/scrapes.txt" \
-		-events "$work/events.txt" -out "$work/plot" -png "$png" \
-		-rate-interval 10s -subtitle "$subtitle"
-	gnuplot "$work/plot/dashboard.gp"
+	subtitle=$(cat "$src/subtitle.txt" 2>/dev/null || true)
+	mkdir -p "$tmp/plot" "$(dirname "$png")"
+	if ! "$tmp/render" eval -dashboard "$dashboard" -scrapes "$tmp/scrapes.txt" \
+		-events "$src/events.txt" -out "$tmp/plot" -png "$png" \
+		-rate-interval 10s -subtitle "$subtitle" ||
+		! gnuplot "$tmp/plot/dashboard.gp"; then
+		log "gnuplot files kept in $tmp/plot"
+		die "drawing $png failed"
+	fi
+	rm -rf "$tmp"
 	log "wrote $png"
 }
 
@@ -330,7 +346,7 @@ render() {
 	on lb curl -sf --max-time 2 "http://$metrics_addr/metrics" | grep -q '^sluice_build_info' ||
 		die "no metrics on $metrics_addr"
 	log "lab $id up, agent pid $agent_pid, work dir $work"
-	printf 'Lab %s, %s, kernel %s, sluice %s; scenario driven by scripts/dashboard.sh render (numbered markers in every panel):\n' \
+	printf 'Lab %s, %s, kernel %s, %s; scenario driven by scripts/dashboard.sh render (numbered markers in every panel):\n' \
 		"$id" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(uname -r)" "$(bin/sluice version 2>/dev/null | head -1)" >"$work/subtitle.txt"
 
 	# the scraper: one bounded loop in lb's namespace, a scrape a second
@@ -407,19 +423,25 @@ render() {
 		log "$(basename "$f"): $(jq -c '{requests, ok, failures, dials, by_backend, errors}' "$f" 2>/dev/null || echo '?')"
 	done
 	log "$(grep -c '^# sluice-scrape' "$work/scrapes.txt") scrapes in $work/scrapes.txt"
-	plot "$work"
-	log "work dir kept: $work (scripts/dashboard.sh plot $work draws the PNG again)"
+	# the run's record, next to the PNG: plot draws it again without a lab
+	rm -rf "$record"
+	mkdir -p "$record"
+	gzip -9nc "$work/scrapes.txt" >"$record/scrapes.txt.gz"
+	cp "$work/events.txt" "$work/subtitle.txt" "$work"/loadgen-*.json "$record/"
+	sed "s|$repo_root/||g" "$config" >"$record/sluice.yaml"
+	plot "$record"
+	log "work dir kept: $work; run recorded in $record (scripts/dashboard.sh plot ${record#"$repo_root"/} draws the PNG again)"
 }
 
 case ${1:-} in
 check) check ;;
 render) render ;;
 plot)
-	(($# == 2)) || die "usage: dashboard.sh plot DIR"
-	plot "$2"
+	(($# <= 2)) || die "usage: dashboard.sh plot [DIR]"
+	plot "${2:-$record}"
 	;;
 *)
-	printf 'usage: dashboard.sh check | render | plot DIR\n' >&2
+	printf 'usage: dashboard.sh check | render | plot [DIR]\n' >&2
 	exit 2
 	;;
 esac
