@@ -602,7 +602,7 @@ func writeGnuplot(d *Dashboard, results map[int][]series, events []event, span f
 				return err
 			}
 		}
-		g.WriteString("unset object 1\nunset label\nunset arrow\nunset ytics\nset ytics\nset yrange [*:*]\nset format y '%g'\nunset ylabel\n")
+		g.WriteString("unset object 1\nunset label\nunset arrow\nunset ytics\nset ytics nomirror\nset yrange [*:*]\nset format y '%g'\nunset ylabel\n")
 	}
 	g.WriteString("unset multiplot\n")
 	return os.WriteFile(filepath.Join(outDir, "dashboard.gp"), []byte(g.String()), 0o644)
@@ -744,7 +744,7 @@ func stateTimeline(g *strings.Builder, p Panel, ser []series, data string) error
 	sort.Slice(ordered, func(i, j int) bool { return ordered[i].v.Index < ordered[j].v.Index })
 	lmargin := 10
 	for _, s := range ser {
-		if l := len(s.name)*7/10 + 2; l > lmargin {
+		if l := len(s.name)*9/10 + 3; l > lmargin {
 			lmargin = l
 		}
 	}
