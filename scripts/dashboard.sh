@@ -87,7 +87,7 @@ check() {
 	fi
 	# every metric a query names: documented, and exported by the agent
 	local names name base n=0
-	names=$(jq -r '.panels[].targets[]?.expr, .annotations.list[].expr // empty' "$dashboard" |
+	names=$(jq -r '.panels[].targets[]?.expr, (.annotations.list[].expr // empty), (.templating.list[].query | strings)' "$dashboard" |
 		grep -oE 'sluice_[a-z0-9_]+' | sort -u)
 	for name in $names; do
 		n=$((n + 1))
