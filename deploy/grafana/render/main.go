@@ -67,8 +67,14 @@ func usage() {
 
 // Dashboard is the part of a Grafana dashboard this tool reads.
 type Dashboard struct {
-	Title  string  `json:"title"`
-	Panels []Panel `json:"panels"`
+	Title       string  `json:"title"`
+	Panels      []Panel `json:"panels"`
+	Annotations struct {
+		List []struct {
+			Name string `json:"name"`
+			Expr string `json:"expr"`
+		} `json:"list"`
+	} `json:"annotations"`
 }
 
 type Panel struct {
@@ -262,6 +268,15 @@ func runCheck(args []string) error {
 					problems = append(problems, fmt.Sprintf("%s: legend label %q belongs to none of the query's metrics", where, l))
 				}
 			}
+		}
+	}
+	for _, a := range d.Annotations.List {
+		if a.Expr == "" {
+			continue
+		}
+		queries++
+		if _, err := promParser.ParseExpr(expand(a.Expr, "5m")); err != nil {
+			problems = append(problems, fmt.Sprintf("annotation %q: %v", a.Name, err))
 		}
 	}
 	if len(problems) > 0 {
