@@ -176,7 +176,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		errLogged:   make(map[string]time.Time),
 		failures:    make(map[uint32]connectFailures),
 		stuckSeen:   make(map[flowID]bool),
-		trackers:    newTrackers(o.log.With("component", "eject")),
+		trackers:    newTrackers(o.log.With("component", "eject"), ejectionMetrics(o.metrics)),
 		transitions: newObserver(o.metrics, o.observe),
 		metrics:     o.metrics,
 		dp:          dp,

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -121,5 +122,33 @@ func TestTransitionKick(t *testing.T) {
 		if n == h.slotOf(be2) {
 			t.Fatal("ejected backend still in the table")
 		}
+	}
+}
+
+// TestEjectionMetrics: an ejection decided by a pool's passive tracker (here
+// from refused connects seen by the data path) is counted in
+// sluice_l7_ejections_total.
+func TestEjectionMetrics(t *testing.T) {
+	dp := datapath.NewFake(tableSize)
+	var m *metrics.Metrics
+	h := newHarnessWith(t, dp, baseConfig, func(a *agent) {
+		m = metrics.New(metrics.Options{Version: "test", DataPath: dp, Topology: topology{a}, NoRuntimeCollectors: true})
+		a.setMetrics(m)
+	})
+	s2 := h.slotOf(be2)
+	for _, n := range []uint64{100, 105} { // the first reading is the baseline
+		dp.SetBackendStats(s2, datapath.BackendStats{ConnectRefused: n})
+		if err := h.tick(time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var total float64
+	for labels, v := range gather(t, m)["sluice_l7_ejections_total"] {
+		if strings.Contains(labels, "198.18.2.12:80") {
+			total += v
+		}
+	}
+	if total != 1 {
+		t.Fatalf("sluice_l7_ejections_total for be2 = %v, want 1", total)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -17,13 +18,16 @@ import (
 // services of the pool and the data path's connect failures, so failures
 // are counted per pool whoever saw them. Safe for concurrent use.
 type trackers struct {
-	log    *slog.Logger
-	mu     sync.Mutex
-	byPool map[*pool.Pool]*eject.Tracker
+	log *slog.Logger
+	// observe, if set, hears every decision of every pool's tracker
+	// (the ejection metrics).
+	observe func(pool string, ev eject.Event)
+	mu      sync.Mutex
+	byPool  map[*pool.Pool]*eject.Tracker
 }
 
-func newTrackers(log *slog.Logger) *trackers {
-	return &trackers{log: log, byPool: make(map[*pool.Pool]*eject.Tracker)}
+func newTrackers(log *slog.Logger, observe func(pool string, ev eject.Event)) *trackers {
+	return &trackers{log: log, observe: observe, byPool: make(map[*pool.Pool]*eject.Tracker)}
 }
 
 // get returns p's tracker with pc's ejection settings, creating it.
@@ -36,7 +40,12 @@ func (t *trackers) get(pc config.Pool, p *pool.Pool) (*eject.Tracker, error) {
 		}
 		return tr, nil
 	}
-	tr, err := eject.New(pc.Ejection, p, eject.Options{Log: t.log.With("pool", pc.Name)})
+	opts := eject.Options{Log: t.log.With("pool", pc.Name)}
+	if t.observe != nil {
+		name := pc.Name
+		opts.Observe = func(ev eject.Event) { t.observe(name, ev) }
+	}
+	tr, err := eject.New(pc.Ejection, p, opts)
 	if err != nil {
 		return nil, fmt.Errorf("pool %s: ejection: %w", pc.Name, err)
 	}
@@ -144,6 +153,20 @@ func (a *agent) reportFailures(now time.Time) {
 				a.log.Debug("connect failures reported", "pool", name, "address", b.Addr.String(),
 					"refused", f.refused, "unanswered", f.unanswered)
 			}
+		}
+	}
+}
+
+// ejectionMetrics counts the ejections the trackers decide (passive, from L7
+// statuses and data path connect failures); refusals and recoveries are
+// counted elsewhere (pool transitions, refused-ejection counter).
+func ejectionMetrics(m *metrics.Metrics) func(pool string, ev eject.Event) {
+	if m == nil {
+		return nil
+	}
+	return func(pool string, ev eject.Event) {
+		if ev.Err == nil && !ev.Recover {
+			m.L7.Ejection(pool, ev.Addr, ev.Kind)
 		}
 	}
 }

@@ -216,4 +216,5 @@ func routeSource(ip netip.Addr) netip.Addr {
 func (a *agent) setMetrics(m *metrics.Metrics) {
 	a.metrics = m
 	a.transitions.metrics = m
+	a.trackers.observe = ejectionMetrics(m)
 }
