@@ -388,6 +388,7 @@ func TestL7Timeouts(t *testing.T) {
 		if r.Code != 504 || r.Elapsed < read-100*time.Millisecond || r.Elapsed > read+600*time.Millisecond {
 			t.Errorf("no response header: client got %d after %s, want 504 after ~%s (timeouts.read)", r.Code, r.Elapsed, read)
 		}
+		t.Logf("POST with no response header: %d after %s", r.Code, r.Elapsed)
 		al := agent.accessFor(t, rid)
 		if len(al.Try) != 1 || al.Try[0].Outcome != "timeout" || al.Try[0].Phase != "read" {
 			t.Errorf("access log: want one try, timeout in phase read: %+v", al)
@@ -403,6 +404,7 @@ func TestL7Timeouts(t *testing.T) {
 		if r.Code != 504 || r.Elapsed < total-100*time.Millisecond || r.Elapsed > total+400*time.Millisecond {
 			t.Errorf("three slow tries: client got %d after %s, want 504 after ~%s (timeouts.total)", r.Code, r.Elapsed, total)
 		}
+		t.Logf("GET, three slow tries: %d after %s", r.Code, r.Elapsed)
 		al := agent.accessFor(t, rid)
 		if len(al.Try) != 3 || al.Try[2].Phase != "total" {
 			t.Errorf("access log: want three tries, the last one cut by the total deadline: %+v", al)
