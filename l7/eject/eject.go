@@ -77,9 +77,13 @@ type Tracker struct {
 	failures map[netip.AddrPort][]time.Time
 	// trials holds the addresses with a trial request in flight.
 	trials map[netip.AddrPort]bool
-	// settled holds addresses whose trial failed but could not be ejected
-	// (limit): they serve normally for as long as they stay in the state
-	// that started at that time.
+	// settled holds addresses that are done with their trial — it
+	// succeeded, or it failed but could not be ejected (limit) — keyed by
+	// the start of the state they were in: they serve normally for as long
+	// as they stay in it, even when a caller still holds a snapshot of the
+	// backend taken before the recovery (the proxy caches its backend list
+	// for up to 250 ms, and a recovery of an active address is no state
+	// change that would refresh it).
 	settled map[netip.AddrPort]time.Time
 }
 
@@ -295,6 +299,11 @@ func (t *Tracker) apply(now time.Time, ev *Event, trial bool) {
 		ev.Err = t.p.Recover(now, ev.Addr, ev.Cause)
 		if ev.Err == nil {
 			t.log.Info("backend recovered by a trial request", "address", ev.Addr.String())
+			if b, ok := t.p.Backend(ev.Addr); ok {
+				t.mu.Lock()
+				t.settled[ev.Addr] = b.Since
+				t.mu.Unlock()
+			}
 		}
 	} else {
 		ev.Err = t.p.Eject(now, ev.Addr, ev.Until, ev.Cause)

@@ -106,8 +106,15 @@ func TestTrialDoublingAndRecovery(t *testing.T) {
 	if _, trial := tr.Admit(b); !trial {
 		t.Fatal("no trial")
 	}
+	stale := b // a snapshot taken before the trial succeeded (the proxy caches one)
 	tr.Report(now, a, true, false, "status", "status 200")
+	if ok, trial := tr.Admit(stale); !ok || trial || tr.OnTrial(stale) {
+		t.Errorf("recovered address, stale snapshot: admit %v trial %v: still gated", ok, trial)
+	}
 	b = state(p, a)
+	if b.Cause != CauseTrialSucceeded {
+		t.Errorf("cause after a good trial %q, want %q", b.Cause, CauseTrialSucceeded)
+	}
 	if b.State != pool.Active || b.Ejections != 0 || tr.OnTrial(b) {
 		t.Fatalf("after a good trial: %+v", b)
 	}

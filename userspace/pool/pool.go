@@ -592,6 +592,11 @@ func (p *Pool) Recover(now time.Time, addr netip.AddrPort, cause string) error {
 	}
 	e.Ejections = 0
 	if e.State != Ejected {
+		// Back on trial and the trial succeeded: no state change, but
+		// status says why it is in rotation for good now.
+		if e.State == Active && e.Cause == CauseEjectionExpired {
+			e.Cause = cause
+		}
 		p.mu.Unlock()
 		return nil
 	}
