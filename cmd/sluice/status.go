@@ -85,6 +85,9 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 		for _, b := range p.Backends {
 			t.row(p.Name, b.Address, b.Source, b.State, b.Cause, since(now, b.Since), itoa(b.ActiveFlows), drainLeft(b, now))
 		}
+		for _, n := range p.NotServed {
+			t.row(p.Name, n.Address, n.Source, "not served", n.Reason, "-", "-", "-")
+		}
 	}
 	return t.flush()
 }

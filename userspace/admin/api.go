@@ -49,6 +49,16 @@ type Service struct {
 type Pool struct {
 	Name     string    `json:"name"`
 	Backends []Backend `json:"backends"`
+	// NotServed lists addresses a source returned that sluice cannot use
+	// (IPv6 answers of a backend name: the data path is IPv4 only).
+	NotServed []NotServed `json:"not_served,omitempty"`
+}
+
+// NotServed is an address a pool's source returned but sluice does not serve.
+type NotServed struct {
+	Address string `json:"address"`
+	Source  string `json:"source"`
+	Reason  string `json:"reason"`
 }
 
 // Backend is one address of a pool.

@@ -96,6 +96,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 			}
 			ap.Backends = append(ap.Backends, ab)
 		}
+		ap.NotServed = a.notServed(name)
 		st.Pools = append(st.Pools, ap)
 	}
 	return st, nil

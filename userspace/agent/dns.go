@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/discovery"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -214,4 +215,37 @@ func (a *agent) newRefusals(n, gen uint32) int {
 		return 0
 	}
 	return int(st.ConnectRefused - prev.count)
+}
+
+// notServed lists the AAAA answers of the pool's backend names: reported,
+// not served (the data path is IPv4 only). Called with mu held.
+func (a *agent) notServed(poolName string) []admin.NotServed {
+	if a.dns == nil {
+		return nil
+	}
+	fqs := make([]string, 0, len(a.dnsUses))
+	for fq := range a.dnsUses {
+		fqs = append(fqs, fq)
+	}
+	slices.Sort(fqs)
+	var out []admin.NotServed
+	for _, fq := range fqs {
+		for _, use := range a.dnsUses[fq] {
+			if use.pool != poolName {
+				continue
+			}
+			u, ok := a.dns.Status(fq)
+			if !ok {
+				continue
+			}
+			for _, ip := range u.AAAA {
+				out = append(out, admin.NotServed{
+					Address: netip.AddrPortFrom(ip, use.port).String(),
+					Source:  use.name,
+					Reason:  "IPv6 answer: the data path serves IPv4 only",
+				})
+			}
+		}
+	}
+	return out
 }

@@ -275,3 +275,34 @@ func TestDNSNameWithTwoPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestDNSAAAANotServed: IPv6 answers of a backend name are shown in the
+// pool's status as not served, and never reach the pool.
+func TestDNSAAAANotServed(t *testing.T) {
+	v6 := netip.MustParseAddr("2001:db8::7")
+	u := answer(time.Now(), dns1)
+	u.AAAA = []netip.Addr{v6}
+	w := &fakeWatcher{status: map[string]discovery.Update{"backend.lab.": u}}
+	h := newDNSHarness(t, nil, w)
+	h.a.onDNSUpdate(u)
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Pools {
+		if p.Name != "web" {
+			continue
+		}
+		for _, b := range p.Backends {
+			if strings.Contains(b.Address, "2001:db8") {
+				t.Fatalf("an IPv6 address reached the pool: %+v", b)
+			}
+		}
+		want := netip.AddrPortFrom(v6, dns1.Port()).String()
+		if len(p.NotServed) != 1 || p.NotServed[0].Address != want || p.NotServed[0].Source != "backend.lab" {
+			t.Fatalf("not served = %+v, want %s from backend.lab", p.NotServed, want)
+		}
+		return
+	}
+	t.Fatal("pool web missing from status")
+}
