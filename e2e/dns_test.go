@@ -96,7 +96,13 @@ func TestDNSChange(t *testing.T) {
 		backendAddr["be3"]:  "active",
 		backendAddr[pinned]: "draining",
 	})
-	t.Logf("agent followed the change in %s", time.Since(changed).Round(time.Millisecond))
+	followed := time.Since(changed)
+	t.Logf("agent followed the change in %s", followed.Round(time.Millisecond))
+	// The record's TTL is 1s: new connections must follow within TTL + 1s
+	// (plus the status poll's own latency).
+	if followed > 2*time.Second+500*time.Millisecond {
+		t.Errorf("the agent took %s to follow a 1s TTL, want within TTL + 1s", followed)
+	}
 	deadline := time.Now().Add(drainTimeout)
 	if d := got[backendAddr[pinned]].DrainDeadline; d != nil {
 		deadline = *d
@@ -146,9 +152,16 @@ func TestDNSChange(t *testing.T) {
 			if ev.Backend != "be3" {
 				t.Errorf("reconnect went to %s, want be3 (the current answer)", ev.Backend)
 			}
+			// The client's next request comes after its 100ms interval.
+			if d := ev.Time().Sub(resetAt); d > time.Second+200*time.Millisecond {
+				t.Errorf("the reconnect succeeded %s after the reset, want within 1s", d)
+			}
 			break
 		}
 	}
+
+	// After its drain the old address is removed from the data path.
+	agent.waitStates(t, 5*time.Second, map[string]string{backendAddr[pinned]: "removed"})
 
 	// The status says where the addresses came from.
 	st, err := agent.poolBackends()
