@@ -113,6 +113,7 @@ func buildAll(root, dir string) error {
 		{"sluice", "./cmd/sluice", &env.sluice, "-X main.version=" + version, race},
 		{"sluice-testbackend", "./e2e/backend", &env.backend, "", nil},
 		{"sluice-loadgen", "./e2e/loadgen", &env.loadgen, "", nil},
+		{"sluice-icmperr", "./e2e/icmperr", &icmperrBin, "", nil},
 	}
 	for _, tg := range targets {
 		out := filepath.Join(dir, tg.out)
