@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh: benchmarks (results belong in docs/benchmarks.md); `make bench`.
 #
-#   scripts/bench.sh [go|lab|dns|all]     (default all)
+#   scripts/bench.sh [go|lab|l7|dns|all]     (default all)
 #
 # go:  the Go benchmarks: per-packet cost of the XDP program through prog.Run
 #      (userspace/datapath, root) and the Maglev table build.
@@ -9,6 +9,8 @@
 #      keep-alive and new connection per request, for the backends reached
 #      directly, through nftables DNAT and through sluice, in rounds.
 #      BENCH_DURATION (seconds, default 10), BENCH_ROUNDS (default 3).
+# l7:  scripts/bench_l7.sh: the L7 stage vs nginx vs HAProxy (deps.sh --bench),
+#      keep-alive and new connection per request, in rounds.
 # dns: scripts/bench_dns.sh: time from a DNS change to all new connections on
 #      the new address, sluice vs nginx vs HAProxy (deps.sh --bench).
 #      BENCH_DNS_SWITCHES (default 10), BENCH_DNS_INTERVAL (seconds, default 8).
@@ -25,6 +27,11 @@ lab_bench() {
 	scripts/bench_l4.sh "${BENCH_DURATION:-10}"
 }
 
+l7_bench() {
+	[[ -x bin/sluice-testbackend ]] || "$go_bin" build -o bin/sluice-testbackend ./e2e/backend
+	scripts/bench_l7.sh "${BENCH_DURATION:-10}"
+}
+
 dns_bench() {
 	scripts/bench_dns.sh "${BENCH_DNS_SWITCHES:-10}" "${BENCH_DNS_INTERVAL:-8}"
 }
@@ -32,14 +39,16 @@ dns_bench() {
 case ${1:-all} in
 go) go_bench ;;
 lab) lab_bench ;;
+l7) l7_bench ;;
 dns) dns_bench ;;
 all)
 	go_bench
 	lab_bench
+	l7_bench
 	dns_bench
 	;;
 *)
-	printf 'usage: bench.sh [go|lab|dns|all]\n' >&2
+	printf 'usage: bench.sh [go|lab|l7|dns|all]\n' >&2
 	exit 2
 	;;
 esac
