@@ -245,6 +245,12 @@ func TestXDPProgram(t *testing.T) {
 			if out.seq != orig.seq || out.ack != orig.ack || out.flags != orig.flags || out.payloadLen != orig.payloadLen {
 				t.Errorf("tcp fields changed: %+v -> %+v", orig, out)
 			}
+			// The whole frame, byte for byte, against a rewrite done here
+			// from scratch (full checksums, not incremental ones).
+			want := natExpected(in, to, mac, [6]byte(l.backendIf.HardwareAddr))
+			if got := raw[:len(want)]; !bytes.Equal(got, want) {
+				t.Errorf("output frame differs from the expected rewrite:\n got %x\nwant %x", got, want)
+			}
 		}
 	}
 	expectRST := func(wantSeq, wantAck uint32, wantFlags uint8) func(t *testing.T, in []byte, out parsed, raw []byte) {
