@@ -50,6 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT
 "$lab" backends "$id" >/dev/null 2>&1
+# shellcheck source=scripts/bench_lib.sh
+source "$repo_root/scripts/bench_lib.sh"
 
 records=$state/bench.zone
 printf 'backend.lab. 2 A 198.18.2.11\n' >"$records"
@@ -76,19 +78,7 @@ pids+=($!)
 # nginx and haproxy listen on lb-local addresses (in the lb namespace only).
 "$lab" exec "$id" lb ip addr add 198.18.1.110/32 dev lo
 "$lab" exec "$id" lb ip addr add 198.18.1.120/32 dev lo
-mkdir -p "$state/nginx"
-cat >"$state/nginx.conf" <<-NGINX
-	worker_processes 2;
-	pid $state/nginx.pid;
-	error_log $state/nginx-error.log warn;
-	events { worker_connections 1024; }
-	http {
-	    access_log off;
-	    client_body_temp_path $state/nginx/body;
-	    proxy_temp_path $state/nginx/proxy;
-	    fastcgi_temp_path $state/nginx/fastcgi;
-	    uwsgi_temp_path $state/nginx/uwsgi;
-	    scgi_temp_path $state/nginx/scgi;
+nginx_conf "$state/nginx.conf" "$state" <<-NGINX
 	    resolver 198.18.2.53 valid=2s ipv6=off;
 	    resolver_timeout 1s;
 	    server {
@@ -100,7 +90,6 @@ cat >"$state/nginx.conf" <<-NGINX
 	            proxy_set_header Connection "";
 	        }
 	    }
-	}
 	NGINX
 "$lab" exec "$id" lb nginx -c "$state/nginx.conf" -g 'daemon off;' >"$state/nginx.log" 2>&1 &
 pids+=($!)

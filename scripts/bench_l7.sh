@@ -69,19 +69,7 @@ cat >"$state/benchl7.yaml" <<-YAML
 "$lab" exec "$id" lb "$sluice" agent -c "$state/benchl7.yaml" >"$state/benchl7-agent.log" 2>&1 &
 pids+=($!)
 
-mkdir -p "$state/nginx"
-cat >"$state/nginx.conf" <<-NGINX
-	worker_processes 2;
-	pid $state/nginx.pid;
-	error_log $state/nginx-error.log warn;
-	events { worker_connections 4096; }
-	http {
-	    access_log off;
-	    client_body_temp_path $state/nginx/body;
-	    proxy_temp_path $state/nginx/proxy;
-	    fastcgi_temp_path $state/nginx/fastcgi;
-	    uwsgi_temp_path $state/nginx/uwsgi;
-	    scgi_temp_path $state/nginx/scgi;
+nginx_conf "$state/nginx.conf" "$state" <<-NGINX
 	    upstream web {
 	        server 198.18.2.11:80;
 	        server 198.18.2.12:80;
@@ -96,7 +84,6 @@ cat >"$state/nginx.conf" <<-NGINX
 	            proxy_set_header Connection "";
 	        }
 	    }
-	}
 	NGINX
 "$lab" exec "$id" lb nginx -c "$state/nginx.conf" -g 'daemon off;' >"$state/nginx.log" 2>&1 &
 pids+=($!)

@@ -60,3 +60,20 @@ summary() {
 		done
 	done
 }
+
+# nginx_conf FILE STATE: writes an nginx config to FILE for a run of the lab
+# (2 workers, pid, logs and temp paths under STATE, no access log) whose
+# http block holds the lines read from stdin.
+nginx_conf() {
+	local file=$1 st=$2 t
+	mkdir -p "$st/nginx"
+	{
+		printf 'worker_processes 2;\npid %s/nginx.pid;\nerror_log %s/nginx-error.log warn;\n' "$st" "$st"
+		printf 'events { worker_connections 4096; }\nhttp {\n    access_log off;\n'
+		for t in client_body proxy fastcgi uwsgi scgi; do
+			printf '    %s_temp_path %s/nginx/%s;\n' "$t" "$st" "${t#client_}"
+		done
+		cat
+		printf '}\n'
+	} >"$file"
+}
