@@ -72,10 +72,13 @@ type Backend struct {
 	Slot          uint32     `json:"slot,omitempty"` // data path backend slot
 	ActiveFlows   int        `json:"active_flows"`
 	DrainDeadline *time.Time `json:"drain_deadline,omitempty"`
-	TTLLeft       string     `json:"ttl_left,omitempty"` // DNS-derived addresses
-	Packets       uint64     `json:"packets"`
-	Bytes         uint64     `json:"bytes"`
-	NewFlows      uint64     `json:"new_flows"`
+	// EjectedUntil is when an ejected address is tried again (absent when it
+	// waits for passing health checks instead).
+	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
+	TTLLeft      string     `json:"ttl_left,omitempty"` // DNS-derived addresses
+	Packets      uint64     `json:"packets"`
+	Bytes        uint64     `json:"bytes"`
+	NewFlows     uint64     `json:"new_flows"`
 }
 
 // FlowFilter selects flows; empty fields match everything.

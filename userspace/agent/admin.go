@@ -85,6 +85,10 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				d := b.DrainDeadline
 				ab.DrainDeadline = &d
 			}
+			if b.State == pool.Ejected && !b.EjectedUntil.IsZero() {
+				u := b.EjectedUntil
+				ab.EjectedUntil = &u
+			}
 			if n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr}); ok {
 				ab.Slot = n
 				ab.ActiveFlows = a.flowsBySlot[n]

@@ -39,6 +39,17 @@ func TestRefusedConnectsEject(t *testing.T) {
 	if slices.Contains(h.tableSlots(1), s2) {
 		t.Fatal("ejected backend still in the table")
 	}
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Pools {
+		for _, ab := range p.Backends {
+			if ab.Address == be2.String() && (ab.EjectedUntil == nil || !ab.EjectedUntil.Equal(b.EjectedUntil)) {
+				t.Errorf("status ejected_until = %v, want %v", ab.EjectedUntil, b.EjectedUntil)
+			}
+		}
+	}
 	// Its ejection time (base_time 10s, minus jitter) runs out: back on trial.
 	for range 11 {
 		if err := h.tick(time.Second); err != nil {
