@@ -99,12 +99,11 @@ static __always_inline __u32 flow_hash(const struct ct_key *k)
 	return h;
 }
 
-/* pick_backend returns the slot of an active backend for a new flow, or 0
- * when the service has none. A slot whose backend stopped being active
+/* pick_backend returns the slot of an active backend for a new flow whose
+ * flow_hash is h, or 0 when the service has none. A slot whose backend stopped being active
  * between the state change and the table swap is skipped by probing the
  * next few entries. */
-static __always_inline __u32 pick_backend(__u32 svc_id, const struct ct_key *k,
-					  struct backend **out)
+static __always_inline __u32 pick_backend(__u32 svc_id, __u32 h, struct backend **out)
 {
 	__u32 size = cfg.maglev_size;
 	if (size == 0)
@@ -112,7 +111,6 @@ static __always_inline __u32 pick_backend(__u32 svc_id, const struct ct_key *k,
 	void *table = bpf_map_lookup_elem(&maglev_outer, &svc_id);
 	if (!table)
 		return 0;
-	__u32 h = flow_hash(k);
 #pragma unroll
 	for (int i = 0; i < MAGLEV_PROBES; i++) {
 		__u32 idx = (h + i) % size;
@@ -393,7 +391,10 @@ int sluice_xdp(struct xdp_md *ctx)
 	/* A new flow (or a mid-stream packet whose entry was evicted: Maglev
 	 * sends it where it most likely went before). */
 	struct backend *b = NULL;
-	__u32 slot = pick_backend(svc_id, &k, &b);
+	/* One hash per new flow: it picks the Maglev slot and, in snat
+	 * mode, the first source port tried. */
+	__u32 h = flow_hash(&k);
+	__u32 slot = pick_backend(svc_id, h, &b);
 	if (!slot || !b) {
 		struct svc_counters *s = svc_stats_of(svc_id);
 		if (!tcp) {
@@ -444,7 +445,6 @@ int sluice_xdp(struct xdp_md *ctx)
 		int ok = 0;
 		if (src && hi >= lo) {
 			__u32 range = hi - lo + 1;
-			__u32 h = flow_hash(&k);
 			rk.daddr = src;
 			rv.daddr_new = k.saddr;
 			rv.dport_new = k.sport;
