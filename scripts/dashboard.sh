@@ -232,14 +232,8 @@ at() {
 	fi
 }
 
-admin_socket() {
-	local s=$state/admin.sock
-	if ((${#s} > 100)); then
-		s=/tmp/sluice-$id/admin.sock
-		mkdir -p "$(dirname "$s")"
-	fi
-	printf '%s\n' "$s"
-}
+# shellcheck source=scripts/lab_lib.sh
+source "$repo_root/scripts/lab_lib.sh"
 
 write_config() {
 	cat >"$1" <<-EOF

@@ -65,15 +65,8 @@ trap 'exit 130' INT TERM
 # on HOST CMD...: run CMD in lab host HOST.
 on() { "$lab" exec "$id" "$@"; }
 
-# admin_socket: under .lab/ unless that path is too long for a unix socket.
-admin_socket() {
-	local s=$state/admin.sock
-	if ((${#s} > 100)); then
-		s=/tmp/sluice-$id/admin.sock
-		mkdir -p "$(dirname "$s")"
-	fi
-	printf '%s\n' "$s"
-}
+# shellcheck source=scripts/lab_lib.sh
+source "$repo_root/scripts/lab_lib.sh"
 
 # write_config FILE: the demo's config: pool web of be1..be3 (fixed
 # addresses) behind service web-l4, pool api (the DNS name backend.lab)
