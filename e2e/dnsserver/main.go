@@ -92,14 +92,24 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 // listenBoth binds UDP and TCP on the same address; with port 0 the TCP
 // socket takes the port the UDP socket got.
 func listenBoth(addr string) (net.PacketConn, net.Listener, error) {
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("listen udp: %w", err)
+	// With port 0 the kernel picks a free UDP port, which another socket
+	// may hold on TCP: pick again a few times before giving up.
+	tries := 1
+	if _, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+		tries = 20
 	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	var lastErr error
+	for range tries {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listen udp: %w", err)
+		}
+		l, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, l, nil
+		}
 		pc.Close()
-		return nil, nil, fmt.Errorf("listen tcp: %w", err)
+		lastErr = fmt.Errorf("listen tcp: %w", err)
 	}
-	return pc, l, nil
+	return nil, nil, lastErr
 }
