@@ -29,8 +29,9 @@ deps:
 	scripts/deps.sh
 
 # Regenerate the bpf2go bindings and objects from bpf/*.c (needs clang).
+# Built in a temporary directory and moved into bpf/ only on success.
 generate:
-	$(GO) generate ./bpf/...
+	GO=$(GO) scripts/generate.sh
 
 # CI: committed bpf2go output must match the C sources.
 check-generated: generate

@@ -1,7 +1,10 @@
 // Package bpf holds the C sources of sluice's XDP data path and the Go
 // bindings bpf2go generates from them (committed, so `go build` needs no
-// clang). `make generate` regenerates them; CI fails when they differ.
+// clang). `make generate` (scripts/generate.sh) regenerates them into a
+// temporary directory named by SLUICE_BPF_OUT and moves them here only when
+// every program compiled; unset, bpf2go writes here directly. CI fails when
+// they differ from the committed ones.
 package bpf
 
-//go:generate go tool bpf2go -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -type svc_key -type svc_value -type backend -type ct_key -type ct_value -type svc_counters -type backend_counters -type global_counters -type backend_state -type ct_state -type ct_flags -type svc_mode Sluice sluice.c
-//go:generate go tool bpf2go -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" XDPPass xdppass.c
+//go:generate go tool bpf2go -output-dir "$SLUICE_BPF_OUT" -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -type svc_key -type svc_value -type backend -type ct_key -type ct_value -type svc_counters -type backend_counters -type global_counters -type backend_state -type ct_state -type ct_flags -type svc_mode Sluice sluice.c
+//go:generate go tool bpf2go -output-dir "$SLUICE_BPF_OUT" -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" XDPPass xdppass.c

@@ -8,14 +8,32 @@
  * what the other side expects: the quoted packet and the outer destination. */
 #pragma once
 #include <linux/bpf.h>
-#include <linux/icmp.h>
+#include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 #include "csum.h"
 #include "parse.h"
 
+/* The ICMP header, defined here rather than taken from <linux/icmp.h>: that
+ * uapi header includes <linux/if.h>, which includes glibc's <sys/socket.h>.
+ * A BPF object has no libc, and glibc's headers compiled for the bpf target
+ * (neither __x86_64__ nor __i386__ defined) ask for gnu/stubs-32.h, which
+ * only a multilib machine has. The build takes nothing from glibc: see the
+ * header guard in bpf/deps_test.go and "Building the BPF objects" in
+ * docs/architecture.md. Layout: RFC 792, the 4 bytes every ICMP message
+ * starts with, then 4 bytes whose meaning depends on the type. */
+struct icmp_hdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 rest; /* unused / pointer / next-hop MTU, by type */
+};
+
+#define ICMP_DEST_UNREACH 3  /* RFC 792 destination unreachable */
+#define ICMP_TIME_EXCEEDED 11 /* RFC 792 time exceeded */
+
 /* struct icmp_quote locates an ICMP error and the packet it quotes. */
 struct icmp_quote {
-	struct icmphdr *icmp;
+	struct icmp_hdr *icmp;
 	struct iphdr *inner;  /* the quoted IPv4 header (no options) */
 	struct ports *iports; /* its first 4 L4 bytes: source and dest port */
 };
@@ -30,7 +48,7 @@ static __always_inline int parse_icmp_error(struct packet *p, void *data_end,
 		return -1;
 	if (p->ip->frag_off & bpf_htons(IP_MF | IP_OFFMASK))
 		return -1;
-	struct icmphdr *icmp = (void *)p->ip + p->ihl_bytes;
+	struct icmp_hdr *icmp = (void *)p->ip + p->ihl_bytes;
 	if ((void *)(icmp + 1) > data_end)
 		return -1;
 	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED)
