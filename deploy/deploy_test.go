@@ -149,6 +149,34 @@ func TestVagrantfileProvisioning(t *testing.T) {
 	if d, m := strings.Index(demo, "scripts/deps.sh"), strings.Index(demo, "make demo"); d < 0 || m < 0 || d > m {
 		t.Errorf("PROVISION_DEMO must run scripts/deps.sh, then make demo")
 	}
+	// Packages come from deps.sh: an apt-get install in the Vagrantfile (Go's
+	// download needs curl before the repository's scripts can run) names only
+	// packages deps.sh itself installs, so the VMs and CI cannot disagree.
+	out, err := exec.Command("bash", filepath.Join(repoRoot(t), "scripts/deps.sh"), "--print-packages").Output()
+	if err != nil {
+		t.Fatalf("deps.sh --print-packages: %v", err)
+	}
+	known := strings.Fields(string(out))
+	for _, m := range regexp.MustCompile(`apt-get install ([^\n;|&]*)`).FindAllStringSubmatch(src, -1) {
+		for _, pkg := range strings.Fields(m[1]) {
+			if !strings.HasPrefix(pkg, "-") && !slices.Contains(known, pkg) {
+				t.Errorf("Vagrantfile installs %s, which scripts/deps.sh does not (%v)", pkg, known)
+			}
+		}
+	}
+	for _, block := range []string{"PROVISION_BACKEND =", "PROVISION_SLUICE =", "PROVISION_DEMO ="} {
+		i := strings.Index(src, block)
+		if i < 0 {
+			t.Errorf("Vagrantfile has no %s", block)
+			continue
+		}
+		if end := strings.Index(src[i:], "\nSH\n"); end < 0 || !strings.Contains(src[i:i+end], "scripts/deps.sh") {
+			t.Errorf("%s does not provision through scripts/deps.sh", block)
+		}
+	}
+	if !strings.Contains(src, "scripts/deps.sh --peer client") {
+		t.Errorf("the client VM does not provision through scripts/deps.sh --peer client")
+	}
 	// Lab addresses only: every IPv4 literal is in 198.18.0.0/15.
 	for _, ip := range regexp.MustCompile(`\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b`).FindAllString(src, -1) {
 		if !strings.HasPrefix(ip, "198.18.") && !strings.HasPrefix(ip, "198.19.") && ip != "255.255.255.0" {
