@@ -105,6 +105,16 @@ in_root() {
 		"$@"
 }
 
+# A network that intercepts TLS (a sandbox's egress proxy) signs with its own
+# CA, which this machine trusts through /usr/local/share/ca-certificates. The
+# fresh root gets the same local CAs, picked up when deps.sh installs
+# ca-certificates; a real fresh machine has none and needs none.
+if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+	mkdir -p "$root/usr/local/share/ca-certificates"
+	cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+	log "local CA certificates of this machine copied (TLS egress proxy)"
+fi
+
 log "what a user brings: Go ($goroot), git, make"
 cp -a "$goroot" "$root/usr/local/go"
 in_root bash -c 'export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends git make' \
