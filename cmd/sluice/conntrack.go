@@ -144,7 +144,7 @@ func pinnedFlows(e *env, r resolved, filter admin.FlowFilter) ([]admin.Flow, err
 			Client:  f.Client.String(),
 			VIP:     f.VIP.String(),
 			Backend: f.Backend.String(),
-			Proto:   protoName(f.Proto),
+			Proto:   f.Proto.String(),
 			State:   f.State.String(),
 			Idle:    f.Idle.Round(time.Millisecond).String(), // as the agent sends it
 			Expired: f.Expired,
@@ -179,14 +179,4 @@ func serviceNames(cfg *config.Config) map[svcKey]string {
 		names[svcKey{s.ListenAddr, p}] = s.Name
 	}
 	return names
-}
-
-func protoName(p datapath.Proto) string {
-	switch p {
-	case datapath.TCP:
-		return "tcp"
-	case datapath.UDP:
-		return "udp"
-	}
-	return strconv.Itoa(int(p))
 }

@@ -141,7 +141,7 @@ func (a *agent) Flows(ctx context.Context, f admin.FlowFilter) ([]admin.Flow, er
 			Client:  fl.Client.String(),
 			VIP:     fl.VIP.String(),
 			Backend: fl.Backend.String(),
-			Proto:   protoName(fl.Proto),
+			Proto:   fl.Proto.String(),
 			State:   fl.State.String(),
 			Idle:    fl.Idle.Round(time.Millisecond).String(),
 			Expired: fl.Expired,
@@ -170,16 +170,6 @@ func backendMatcher(s string) (func(netip.AddrPort) bool, error) {
 		return func(b netip.AddrPort) bool { return b.Addr() == ip }, nil
 	}
 	return nil, fmt.Errorf("backend %q is neither an ip nor an ip:port: %w", s, admin.ErrBadRequest)
-}
-
-func protoName(p datapath.Proto) string {
-	switch p {
-	case datapath.TCP:
-		return "tcp"
-	case datapath.UDP:
-		return "udp"
-	}
-	return fmt.Sprintf("proto-%d", p)
 }
 
 // Drain implements admin.Agent.

@@ -535,11 +535,11 @@ func (a *agent) reconcile(now time.Time) error {
 func (a *agent) writeSlot(now time.Time, n uint32, sl *slot) error {
 	b := sl.desired()
 	if err := a.dp.SetBackend(n, b); err != nil {
-		a.mapError("SetBackend", err, "write backend slot failed", "slot", n, "address", b.Addr.String(), "state", slotStateName(b.State))
-		return fmt.Errorf("write backend slot %d (%s %s): %w", n, b.Addr, slotStateName(b.State), err)
+		a.mapError("SetBackend", err, "write backend slot failed", "slot", n, "address", b.Addr.String(), "state", b.State)
+		return fmt.Errorf("write backend slot %d (%s %s): %w", n, b.Addr, b.State, err)
 	}
 	sl.written, sl.writtenOK = b, true
-	a.log.Debug("backend slot written", "slot", n, "address", b.Addr.String(), "gen", b.Gen, "state", slotStateName(b.State))
+	a.log.Debug("backend slot written", "slot", n, "address", b.Addr.String(), "gen", b.Gen, "state", b.State)
 	return nil
 }
 
@@ -719,22 +719,6 @@ func (a *agent) tick(now time.Time) error {
 	a.reportFailures(now)
 	clear(a.failures)
 	return a.reconcile(now)
-}
-
-func slotStateName(s datapath.BackendState) string {
-	switch s {
-	case datapath.BackendFree:
-		return "free"
-	case datapath.BackendActive:
-		return "active"
-	case datapath.BackendDraining:
-		return "draining"
-	case datapath.BackendEjected:
-		return "ejected"
-	case datapath.BackendRemoved:
-		return "removed"
-	}
-	return "state(" + strconv.Itoa(int(s)) + ")"
 }
 
 // nextDeadline is the earliest drain deadline or ejection end of any pool

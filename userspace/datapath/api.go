@@ -11,44 +11,13 @@ import (
 	"time"
 )
 
-// Proto is an IP protocol number.
-type Proto uint8
-
-// Protocols served by the L4 data path.
-const (
-	TCP Proto = 6
-	UDP Proto = 17
-)
-
-// Mode is how a service rewrites packets.
-type Mode uint8
-
-// Modes.
-const (
-	ModeNAT  Mode = 0 // DNAT only: client address kept, backends route back through sluice
-	ModeSNAT Mode = 1 // DNAT + SNAT to a sluice address and allocated port
-)
-
-// BackendState is a backend slot's state as the data path sees it.
-type BackendState uint8
-
-// Backend slot states (mirrors the C enum backend_state).
-const (
-	BackendFree     BackendState = 0 // slot unused
-	BackendActive   BackendState = 1 // in Maglev tables
-	BackendDraining BackendState = 2 // no new flows, existing flows forwarded
-	BackendEjected  BackendState = 3 // no new flows, existing flows forwarded
-	BackendRemoved  BackendState = 4 // packets of pinned flows answered with RST
-)
-
-// MaxBackends is the number of backend slots (slot 0 is never used).
-const MaxBackends = 4096
-
-// MaxServices is the number of service ids (id 0 is never used).
-const MaxServices = 1024
-
 // ErrNotFound is returned when a key is not in a map.
 var ErrNotFound = errors.New("not found")
+
+// ErrOutOfRange is returned for a service id, backend slot or table entry
+// outside what the data path's maps hold (1..MaxServices-1,
+// 1..MaxBackends-1).
+var ErrOutOfRange = errors.New("out of range")
 
 // ServiceKey identifies an L4 service: VIP, port, protocol.
 type ServiceKey struct {
@@ -74,32 +43,6 @@ type Backend struct {
 	// Src is the host's source address towards the backend: the SNAT
 	// source of ModeSNAT services that name none.
 	Src netip.Addr
-}
-
-// FlowState is a conntrack entry's TCP state.
-type FlowState uint8
-
-// Flow states (mirrors the C enum ct_state).
-const (
-	FlowNew         FlowState = 0
-	FlowSynSent     FlowState = 1
-	FlowEstablished FlowState = 2
-	FlowClosing     FlowState = 3
-	FlowUDP         FlowState = 4
-)
-
-func (s FlowState) String() string {
-	switch s {
-	case FlowSynSent:
-		return "syn-sent"
-	case FlowEstablished:
-		return "established"
-	case FlowClosing:
-		return "closing"
-	case FlowUDP:
-		return "udp"
-	}
-	return "new"
 }
 
 // Flow is one forward conntrack entry (client -> VIP).

@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"net/netip"
 	"testing"
 	"time"
 
@@ -11,85 +10,125 @@ import (
 )
 
 // BenchmarkXDP times the program per packet with prog.Run (BPF_PROG_TEST_RUN)
-// for the packets of the prog.Run tests. The program rewrites packets in
-// place, so each run is a single repeat over a fresh copy of the input, and
-// an empty XDP_PASS program is timed the same way in the same loop: the
-// reported ns/pkt is the kernel-measured difference, i.e. what sluice adds.
+// on the cases of xdpCases that name a benchmark row, prepared exactly as
+// TestXDP prepares them. The program rewrites packets in place, so each run
+// is a single repeat over a fresh copy of the input, and an empty XDP_PASS
+// program is timed the same way in the same loop: the reported net-ns/pkt
+// is the kernel-measured difference, i.e. what sluice adds.
 //
-//	make bench   (or: go test -run '^$' -bench XDP ./userspace/datapath/)
+// A case with a frame generator (a new flow each time) gets one row per
+// conntrack fill level, each starting from freshly reset maps: "empty",
+// "half" (half of conntrack_max entries already in the table) and "full"
+// (every insert evicts). -count N re-runs every row on maps reset again.
+//
+//	go test -run '^$' -bench XDP -benchtime 200000x -count 3 ./userspace/datapath/
 func BenchmarkXDP(b *testing.B) {
-	const size = 16381
-	l := newLab(b, size)
-	r := l.r
-	mustNoErr(b, r.SetService(ServiceKey{VIP: vip.Addr(), Port: vip.Port(), Proto: TCP}, Service{ID: 1}))
-	mustNoErr(b, r.SetBackend(1, Backend{Addr: be1, Gen: 1, State: BackendActive}))
-	mustNoErr(b, r.SetBackend(2, Backend{Addr: be2, Gen: 1, State: BackendActive}))
-	mustNoErr(b, r.SetTable(1, fill(size, 1, 2)))
-
+	l := newLab(b, 16381)
 	var pass bpf.XDPPassObjects
 	if err := bpf.LoadXDPPassObjects(&pass, nil); err != nil {
 		b.Fatal(err)
 	}
 	defer pass.Close()
 
-	established := pkt{src: client, dst: vip, proto: TCP, flags: fACK | fPSH, seq: 1, ack: 1, payload: make([]byte, 64)}.bytes()
-	// Open the established flow once.
-	l.run(b, pkt{src: client, dst: vip, proto: TCP, flags: fSYN}.bytes(), l.clientIf)
-
-	cases := []struct {
-		name string
-		next func(i int) []byte
-	}{
-		{"non-vip", func(int) []byte {
-			return pkt{src: client, dst: netip.MustParseAddrPort("198.18.0.1:22"), proto: TCP, flags: fACK, payload: make([]byte, 64)}.bytes()
-		}},
-		{"established", func(int) []byte { return established }},
-		{"new-flow-syn", func(i int) []byte {
-			// A client address and port never seen before, every time.
-			a := netip.AddrFrom4([4]byte{198, 18, 0, byte(3 + i>>16%200)})
-			return pkt{src: netip.AddrPortFrom(a, uint16(i)), dst: vip, proto: TCP, flags: fSYN}.bytes()
-		}},
+	for _, c := range xdpCases() {
+		if c.bench == "" {
+			continue
+		}
+		if c.next == nil {
+			b.Run(c.bench, func(b *testing.B) {
+				l.prepare(b, c)
+				in := c.in.frame
+				l.time(b, pass.XdpPass, c.verdict, func(int) []byte { return in })
+			})
+			continue
+		}
+		for _, f := range []struct {
+			name string
+			fill float64
+		}{{"empty", 0}, {"half", 0.5}, {"full", 1}} {
+			b.Run(c.bench+"/"+f.name, func(b *testing.B) {
+				l.prepare(b, c)
+				l.fillConntrack(b, f.fill)
+				l.time(b, pass.XdpPass, c.verdict, c.next)
+			})
+		}
 	}
-	for _, c := range cases {
-		b.Run(c.name, func(b *testing.B) {
-			var sluiceNs, passNs time.Duration
-			inputs := make([][]byte, 0, 1024)
-			for i := 0; b.Loop(); i++ {
-				if len(inputs) == 0 {
-					b.StopTimer()
-					for j := 0; j < 1024; j++ {
-						inputs = append(inputs, c.next(i+j))
-					}
-					b.StartTimer()
-				}
-				in := inputs[len(inputs)-1]
-				inputs = inputs[:len(inputs)-1]
-				var d1, d2 time.Duration
-				var err error
-				l.exec(func() {
-					_, d1, err = r.prog.Benchmark(in, 1, nil)
-					if err == nil {
-						_, d2, err = pass.XdpPass.Benchmark(in, 1, nil)
-					}
-				})
-				if err != nil {
-					b.Fatal(err)
-				}
-				sluiceNs += d1
-				passNs += d2
-			}
-			n := float64(b.N)
-			b.ReportMetric(float64(sluiceNs)/n, "ns/pkt")
-			b.ReportMetric(float64(passNs)/n, "pass-ns/pkt")
-			b.ReportMetric(float64(sluiceNs-passNs)/n, "net-ns/pkt")
-		})
-	}
-	_ = ebpf.XDP
 }
 
-func mustNoErr(tb testing.TB, err error) {
-	tb.Helper()
-	if err != nil {
-		tb.Fatal(err)
+// time runs frames from next through the program and the empty one,
+// checking every verdict, and reports the kernel-measured costs.
+func (l *lab) time(b *testing.B, pass *ebpf.Program, verdict uint32, next func(int) []byte) {
+	var sluiceNs, passNs time.Duration
+	inputs := make([][]byte, 0, 1024)
+	for i := 0; b.Loop(); i++ {
+		if len(inputs) == 0 {
+			b.StopTimer()
+			for j := 0; j < 1024; j++ {
+				inputs = append(inputs, next(i+j))
+			}
+			b.StartTimer()
+		}
+		in := inputs[len(inputs)-1]
+		inputs = inputs[:len(inputs)-1]
+		var ret uint32
+		var d1, d2 time.Duration
+		var err error
+		l.exec(func() {
+			ret, d1, err = l.r.prog.Benchmark(in, 1, nil)
+			if err == nil {
+				_, d2, err = pass.Benchmark(in, 1, nil)
+			}
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if ret != verdict {
+			b.Fatalf("verdict %s, want %s", verdictName[ret], verdictName[verdict])
+		}
+		sluiceNs += d1
+		passNs += d2
 	}
+	n := float64(b.N)
+	b.ReportMetric(float64(sluiceNs)/n, "ns/pkt")
+	b.ReportMetric(float64(passNs)/n, "pass-ns/pkt")
+	b.ReportMetric(float64(sluiceNs-passNs)/n, "net-ns/pkt")
+}
+
+// fillConntrack inserts frac × max_entries live flows of clients in
+// 198.19.0.0/16 that no benchmark frame uses, as established forward
+// entries to backend slot 1.
+func (l *lab) fillConntrack(tb testing.TB, frac float64) {
+	tb.Helper()
+	n := int(frac * float64(l.r.conntrack.MaxEntries()))
+	const chunk = 4096
+	keys := make([]bpf.SluiceCtKey, 0, chunk)
+	vals := make([]bpf.SluiceCtValue, 0, chunk)
+	now := monotonicNow()
+	flush := func() {
+		if len(keys) == 0 {
+			return
+		}
+		if _, err := l.r.conntrack.BatchUpdate(keys, vals, nil); err != nil {
+			tb.Fatalf("fill conntrack: %v", err)
+		}
+		keys, vals = keys[:0], vals[:0]
+	}
+	for i := 0; i < n; i++ {
+		k := bpf.SluiceCtKey{
+			Saddr: be32(netipFrom4(198, 19, byte(i>>8), byte(i))),
+			Daddr: be32(vip.Addr()),
+			Sport: be16(uint16(1024 + i>>16)),
+			Dport: be16(vip.Port()),
+			Proto: uint8(TCP),
+		}
+		v := bpf.SluiceCtValue{
+			LastSeen: now, ServiceId: svcTCP, BackendId: 1, BackendGen: 1,
+			DaddrNew: be32(be1.Addr()), DportNew: be16(be1.Port()), State: uint8(FlowEstablished),
+		}
+		keys, vals = append(keys, k), append(vals, v)
+		if len(keys) == chunk {
+			flush()
+		}
+	}
+	flush()
 }

@@ -53,7 +53,7 @@ func (o Op) String() string {
 	case "DeleteService":
 		s = fmt.Sprintf("DeleteService(%d)", o.ServiceID)
 	case "SetBackend":
-		s = fmt.Sprintf("SetBackend(%d %s gen=%d %s)", o.Slot, o.Backend.Addr, o.Backend.Gen, fakeStateName(o.Backend.State))
+		s = fmt.Sprintf("SetBackend(%d %s gen=%d %s)", o.Slot, o.Backend.Addr, o.Backend.Gen, o.Backend.State)
 	case "SetTable":
 		s = fmt.Sprintf("SetTable(%d len=%d)", o.ServiceID, len(o.Table))
 	default:
@@ -63,23 +63,6 @@ func (o Op) String() string {
 		s += " err=" + o.Err.Error()
 	}
 	return s
-}
-
-// fakeStateName names a backend state for the op log.
-func fakeStateName(s BackendState) string {
-	switch s {
-	case BackendFree:
-		return "free"
-	case BackendActive:
-		return "active"
-	case BackendDraining:
-		return "draining"
-	case BackendEjected:
-		return "ejected"
-	case BackendRemoved:
-		return "removed"
-	}
-	return fmt.Sprintf("state(%d)", uint8(s))
 }
 
 var _ Map = (*Fake)(nil)
@@ -206,7 +189,7 @@ func (f *Fake) SetService(k ServiceKey, s Service) error {
 	defer f.mu.Unlock()
 	err := f.fail("SetService")
 	if err == nil && (s.ID == 0 || s.ID >= MaxServices) {
-		err = fmt.Errorf("set service %s:%d: id %d out of range", k.VIP, k.Port, s.ID)
+		err = fmt.Errorf("set service %s:%d: id %d: %w", k.VIP, k.Port, s.ID, ErrOutOfRange)
 	}
 	if err == nil {
 		f.services[k] = s
@@ -250,7 +233,7 @@ func (f *Fake) SetBackend(slot uint32, b Backend) error {
 	defer f.mu.Unlock()
 	err := f.fail("SetBackend")
 	if err == nil && (slot == 0 || slot >= MaxBackends) {
-		err = fmt.Errorf("set backend: slot %d out of range", slot)
+		err = fmt.Errorf("set backend: slot %d: %w", slot, ErrOutOfRange)
 	}
 	if err == nil {
 		f.backends[slot] = b
@@ -265,7 +248,7 @@ func (f *Fake) SetTable(serviceID uint32, table []uint32) error {
 	defer f.mu.Unlock()
 	err := f.fail("SetTable")
 	if err == nil && (serviceID == 0 || serviceID >= MaxServices) {
-		err = fmt.Errorf("set table: service id %d out of range", serviceID)
+		err = fmt.Errorf("set table: service id %d: %w", serviceID, ErrOutOfRange)
 	}
 	if err == nil && len(table) != 0 && uint32(len(table)) != f.tableSize {
 		err = fmt.Errorf("set table of service %d: %d entries, want %d", serviceID, len(table), f.tableSize)
@@ -273,7 +256,7 @@ func (f *Fake) SetTable(serviceID uint32, table []uint32) error {
 	if err == nil {
 		for i, slot := range table {
 			if slot == 0 || slot >= MaxBackends {
-				err = fmt.Errorf("set table of service %d: entry %d: slot %d out of range", serviceID, i, slot)
+				err = fmt.Errorf("set table of service %d: entry %d: slot %d: %w", serviceID, i, slot, ErrOutOfRange)
 				break
 			}
 		}

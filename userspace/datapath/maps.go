@@ -42,7 +42,7 @@ func (r *Real) SetService(k ServiceKey, s Service) error {
 		return fmt.Errorf("set service %v: only IPv4 VIPs are supported", k.VIP)
 	}
 	if s.ID == 0 || s.ID >= MaxServices {
-		return fmt.Errorf("set service %v:%d: id %d out of range", k.VIP, k.Port, s.ID)
+		return fmt.Errorf("set service %v:%d: id %d: %w", k.VIP, k.Port, s.ID, ErrOutOfRange)
 	}
 	v := bpf.SluiceSvcValue{Id: s.ID, Mode: uint8(s.Mode), SnatAddr: be32(s.SNATAddr)}
 	if err := r.services.Put(svcKey(k), v); err != nil {
@@ -90,7 +90,7 @@ func (r *Real) Backends() (map[uint32]Backend, error) {
 // SetBackend writes a backend slot.
 func (r *Real) SetBackend(slot uint32, b Backend) error {
 	if slot == 0 || slot >= MaxBackends {
-		return fmt.Errorf("set backend slot %d: out of range", slot)
+		return fmt.Errorf("set backend slot %d: %w", slot, ErrOutOfRange)
 	}
 	if b.State != BackendFree && !b.Addr.Addr().Is4() {
 		return fmt.Errorf("set backend slot %d: %v is not IPv4", slot, b.Addr)
@@ -125,7 +125,7 @@ func (r *Real) TableSize() uint32 { return r.tableSize }
 // never a mix. An empty table removes the entry (the service answers RST).
 func (r *Real) SetTable(serviceID uint32, table []uint32) error {
 	if serviceID == 0 || serviceID >= MaxServices {
-		return fmt.Errorf("set table of service %d: id out of range", serviceID)
+		return fmt.Errorf("set table of service %d: %w", serviceID, ErrOutOfRange)
 	}
 	if len(table) == 0 {
 		if err := r.outer.Delete(serviceID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -263,7 +263,7 @@ func (r *Real) eachCT(fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool) er
 func (r *Real) Flows(fn func(Flow) bool) error {
 	now := monotonicNow()
 	return r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
-		if v.Flags&uint8(bpf.SluiceCtFlagsCT_F_REPLY) != 0 {
+		if v.Flags&flowReply != 0 {
 			return true
 		}
 		return fn(r.flowOf(*k, *v, now))
@@ -302,7 +302,7 @@ func (r *Real) DeleteFlow(f Flow) error {
 func (r *Real) GCReverse() (int, error) {
 	var orphans []bpf.SluiceCtKey
 	err := r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
-		if v.Flags&uint8(bpf.SluiceCtFlagsCT_F_REPLY) == 0 {
+		if v.Flags&flowReply == 0 {
 			return true
 		}
 		// Forward key: the translated reply, reversed.

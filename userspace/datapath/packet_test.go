@@ -188,39 +188,3 @@ func parse(b []byte) (parsed, error) {
 	p.dst = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(l4[2:]))
 	return p, nil
 }
-
-// natExpected is in as a nat-mode DNAT must leave it, computed from scratch:
-// destination address and port replaced, TTL decremented, Ethernet
-// addresses set to the next hop, IPv4 and L4 checksums recomputed in full
-// (a UDP datagram without checksum keeps 0).
-func natExpected(in []byte, to netip.AddrPort, dmac, smac [6]byte) []byte {
-	b := append([]byte(nil), in...)
-	copy(b[0:6], dmac[:])
-	copy(b[6:12], smac[:])
-	ip := b[14:]
-	ihl := int(ip[0]&0xf) * 4
-	tot := int(binary.BigEndian.Uint16(ip[2:]))
-	d := to.Addr().As4()
-	copy(ip[16:20], d[:])
-	ip[8]--
-	ip[10], ip[11] = 0, 0
-	binary.BigEndian.PutUint16(ip[10:], csumFold(csumAdd(0, ip[:ihl])))
-	l4 := ip[ihl:tot]
-	binary.BigEndian.PutUint16(l4[2:], to.Port())
-	src := netip.AddrFrom4([4]byte(ip[12:16]))
-	switch Proto(ip[9]) {
-	case TCP:
-		l4[16], l4[17] = 0, 0
-		binary.BigEndian.PutUint16(l4[16:], csumFold(csumAdd(pseudo(src, to.Addr(), TCP, len(l4)), l4)))
-	case UDP:
-		if binary.BigEndian.Uint16(l4[6:]) != 0 {
-			l4[6], l4[7] = 0, 0
-			c := csumFold(csumAdd(pseudo(src, to.Addr(), UDP, len(l4)), l4))
-			if c == 0 {
-				c = 0xffff
-			}
-			binary.BigEndian.PutUint16(l4[6:], c)
-		}
-	}
-	return b
-}

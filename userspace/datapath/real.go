@@ -104,7 +104,8 @@ var _ Map = (*Real)(nil)
 var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats"}
 
 // EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted (it is not
-// on a fresh Debian host) and creates dir on it.
+// on a fresh Debian host) and creates dir's parent on it. The pin directory
+// itself is created by Open, atomically (see claimPinPath).
 func EnsureBPFFS(dir string) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
@@ -115,14 +116,113 @@ func EnsureBPFFS(dir string) error {
 			return fmt.Errorf("mount bpffs at /sys/fs/bpf: %w", err)
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
-		return fmt.Errorf("create pin directory %s: %w", dir, err)
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", parent, err)
 	}
-	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", dir, err)
+	if err := unix.Statfs(parent, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", parent, err)
 	}
 	if st.Type != unix.BPF_FS_MAGIC {
 		return fmt.Errorf("pin path %s is not on a bpf filesystem", dir)
+	}
+	return nil
+}
+
+// pinClaim is the directory Open pins the maps into, locked: the pin path
+// itself when it already holds a data path (adopted as it is), or, for a
+// first install, a fresh temporary directory next to it that publish
+// renames into place once every map is pinned. So a reader (`sluice
+// conntrack`, a second agent, a crashed first install) sees all maps or no
+// pin directory at all, never half a set (cloudflare/tubular installs the
+// same way).
+type pinClaim struct {
+	final, dir string // dir == final when adopting
+	lock       *os.File
+}
+
+func (c *pinClaim) fresh() bool { return c.dir != c.final }
+
+// claimPinPath locks the existing pin directory, or creates and locks a
+// temporary one for a first install. A pin directory without any pinned
+// map (left by an older version's install, or emptied by hand) counts as
+// absent. Temporary directories of installs that died half-way (their
+// flock is free) are removed first.
+func claimPinPath(final string) (*pinClaim, error) {
+	final = filepath.Clean(final)
+	if hasPinnedMaps(final) {
+		lock, err := lockPinPath(final)
+		if err != nil {
+			return nil, err
+		}
+		return &pinClaim{final: final, dir: final, lock: lock}, nil
+	}
+	if err := removeEmptyPinDir(final); err != nil {
+		return nil, err
+	}
+	parent, base := filepath.Split(final)
+	prefix := base + "-tmp-" // bpffs allows no dot in a name
+	stale, _ := filepath.Glob(filepath.Join(parent, prefix+"*"))
+	for _, d := range stale {
+		if l, err := lockPinPath(d); err == nil {
+			_ = os.RemoveAll(d)
+			l.Close()
+		}
+	}
+	dir, err := os.MkdirTemp(parent, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("create temporary pin directory: %w", err)
+	}
+	lock, err := lockPinPath(dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	return &pinClaim{final: final, dir: dir, lock: lock}, nil
+}
+
+// publish renames a first install's directory into place. The flock taken
+// on the temporary directory stays with it: it is the same inode.
+func (c *pinClaim) publish() error {
+	if !c.fresh() {
+		return nil
+	}
+	if err := os.Rename(c.dir, c.final); err != nil {
+		if errors.Is(err, os.ErrExist) || errors.Is(err, unix.ENOTEMPTY) {
+			return fmt.Errorf("%w (%s was installed concurrently)", ErrLocked, c.final)
+		}
+		return fmt.Errorf("move pins into %s: %w", c.final, err)
+	}
+	c.dir = c.final
+	return nil
+}
+
+// abandon removes a first install's temporary directory (nothing of an
+// adopted one) and releases the lock.
+func (c *pinClaim) abandon() {
+	if c.fresh() {
+		_ = os.RemoveAll(c.dir)
+	}
+	c.lock.Close()
+}
+
+func hasPinnedMaps(dir string) bool {
+	for _, name := range mapNames {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// removeEmptyPinDir removes dir and an empty links/ under it; a links
+// directory still holding pinned links is an error (they keep a program
+// attached that no map set goes with: `sluice teardown` first).
+func removeEmptyPinDir(dir string) error {
+	for _, d := range []string{filepath.Join(dir, "links"), dir} {
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("pin directory %s holds no maps but is not empty (run `sluice teardown --pin-path %s`): %w", dir, dir, err)
+		}
 	}
 	return nil
 }
@@ -131,7 +231,8 @@ func EnsureBPFFS(dir string) error {
 // path (flows, backends and tables survive an agent restart), and attaches
 // it to the interfaces: a pinned link is updated in place with the new
 // program (link.Update, no gap in forwarding), a missing one is created and
-// pinned. Links of interfaces no longer configured are detached.
+// pinned. Links of interfaces no longer configured are detached. A first
+// install pins into a temporary directory and renames it into place.
 func Open(o Options) (*Real, error) {
 	if o.PinPath == "" {
 		o.PinPath = DefaultPinPath
@@ -158,26 +259,26 @@ func Open(o Options) (*Real, error) {
 	if o.Timeouts.UDP == 0 {
 		o.Timeouts.UDP = def.UDP
 	}
-	if err := EnsureBPFFS(o.PinPath); err != nil {
-		return nil, err
-	}
-	lock, err := lockPinPath(o.PinPath)
-	if err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			lock.Close()
-		}
-	}()
-
 	if o.SNATPortMin == 0 && o.SNATPortMax == 0 {
 		o.SNATPortMin, o.SNATPortMax = 20000, 32767
 	}
 	if o.SNATPortMax < o.SNATPortMin {
 		return nil, fmt.Errorf("snat port range %d-%d is empty", o.SNATPortMin, o.SNATPortMax)
 	}
+	if err := EnsureBPFFS(o.PinPath); err != nil {
+		return nil, err
+	}
+	claim, err := claimPinPath(o.PinPath)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			claim.abandon()
+		}
+	}()
+
 	spec, err := LoadSpec(o.MaglevTableSize, o.ConntrackMax, o.Timeouts)
 	if err != nil {
 		return nil, err
@@ -187,7 +288,7 @@ func Open(o Options) (*Real, error) {
 	}
 	// A pinned conntrack of another size is adopted as it is: resizing it
 	// would drop every flow. Say so instead.
-	if m, err := ebpf.LoadPinnedMap(filepath.Join(o.PinPath, "conntrack"), nil); err == nil {
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(claim.dir, "conntrack"), nil); err == nil {
 		if info, err := m.Info(); err == nil && info.MaxEntries != o.ConntrackMax {
 			o.Log.Warn("keeping the pinned conntrack map's size; run `sluice teardown` to resize it",
 				"pinned", info.MaxEntries, "configured", o.ConntrackMax)
@@ -197,16 +298,20 @@ func Open(o Options) (*Real, error) {
 	}
 
 	var objs bpf.SluiceObjects
-	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: o.PinPath}})
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: claim.dir}})
 	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load xdp program: %+v", ve)
-		}
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("load xdp program: pinned maps under %s come from an incompatible version (run `sluice teardown --pin-path %s`): %w", o.PinPath, o.PinPath, err)
 		}
-		return nil, fmt.Errorf("load xdp program: %w", err)
+		return nil, loadError(err)
+	}
+	if err := claim.publish(); err != nil {
+		objs.Close()
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(o.PinPath, "links"), 0o700); err != nil {
+		objs.Close()
+		return nil, fmt.Errorf("create links directory: %w", err)
 	}
 	r := &Real{
 		log:          o.Log,
@@ -231,8 +336,55 @@ func Open(o Options) (*Real, error) {
 		return nil, err
 	}
 	ok = true
-	r.lock = lock
+	r.lock = claim.lock
 	return r, nil
+}
+
+// verifierError keeps the whole verifier log in the message (the short
+// form of ebpf.VerifierError only shows its last lines) while errors.As
+// still finds the *ebpf.VerifierError underneath.
+type verifierError struct {
+	ve *ebpf.VerifierError
+}
+
+func (e *verifierError) Error() string { return fmt.Sprintf("load xdp program: %+v", e.ve) }
+func (e *verifierError) Unwrap() error { return e.ve }
+
+// loadError wraps a load failure with %w semantics, the full verifier log
+// included when there is one.
+func loadError(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return &verifierError{ve: ve}
+	}
+	return fmt.Errorf("load xdp program: %w", err)
+}
+
+// ErrLayout is returned when the program's maps are not the sizes the Go
+// side was built for (bpf/include/consts.h and this package disagree).
+var ErrLayout = errors.New("data path map layout differs from the agent's")
+
+// checkSpec compares the sizes of the maps indexed by service id or
+// backend slot with MaxServices and MaxBackends: the C side defines them,
+// the agent allocates ids and slots from them, and a mismatch would make
+// writes fail (or leave ids unreachable) at run time instead of at load.
+func checkSpec(spec *ebpf.CollectionSpec) error {
+	want := map[string]uint32{
+		"services": MaxServices, "maglev_outer": MaxServices, "service_stats": MaxServices,
+		"backends": MaxBackends, "backend_stats": MaxBackends,
+	}
+	var errs []error
+	for name, n := range want {
+		m, ok := spec.Maps[name]
+		if !ok {
+			errs = append(errs, fmt.Errorf("%w: no map %s", ErrLayout, name))
+			continue
+		}
+		if m.MaxEntries != n {
+			errs = append(errs, fmt.Errorf("%w: map %s has %d entries, want %d", ErrLayout, name, m.MaxEntries, n))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // LoadSpec returns the program's collection spec with the run-time knobs set.
@@ -240,6 +392,9 @@ func LoadSpec(tableSize, conntrackMax uint32, t Timeouts) (*ebpf.CollectionSpec,
 	spec, err := bpf.LoadSluice()
 	if err != nil {
 		return nil, fmt.Errorf("load xdp program spec: %w", err)
+	}
+	if err := checkSpec(spec); err != nil {
+		return nil, err
 	}
 	spec.Maps["conntrack"].MaxEntries = conntrackMax
 	spec.Maps["maglev_outer"].InnerMap.MaxEntries = tableSize
@@ -423,6 +578,18 @@ func Teardown(pinPath string) error {
 	}
 	if err := os.Remove(pinPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove %s: %w", pinPath, err))
+	}
+	// Temporary directories of first installs that died before publishing
+	// (their flock is free); one still being installed is left alone.
+	parent, base := filepath.Split(filepath.Clean(pinPath))
+	stale, _ := filepath.Glob(filepath.Join(parent, base+"-tmp-*"))
+	for _, d := range stale {
+		if l, err := lockPinPath(d); err == nil {
+			if err := os.RemoveAll(d); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s: %w", d, err))
+			}
+			l.Close()
+		}
 	}
 	return errors.Join(errs...)
 }

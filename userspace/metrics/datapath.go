@@ -76,9 +76,9 @@ type FlowCounter interface {
 	FlowCounts() (c FlowCounts, ok bool)
 }
 
-// BackendStates are the states sluice_backend_state always has a series
-// for (0 or 1), in this order.
-var backendStates = [...]string{"active", "draining", "ejected", "removed"}
+// seriesStates are the states sluice_backend_state always has a series for
+// (0 or 1), in this order; the label is the state's own String().
+var seriesStates = [...]datapath.BackendState{datapath.BackendActive, datapath.BackendDraining, datapath.BackendEjected, datapath.BackendRemoved}
 
 // collector exports the data path's counters, read at scrape time, and
 // counts its own failures to read them.
@@ -206,7 +206,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 	for _, b := range backends {
 		known := false
-		for _, st := range backendStates {
+		for _, state := range seriesStates {
+			st := state.String()
 			v := 0.0
 			if b.State == st {
 				v, known = 1, true

@@ -1,0 +1,414 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicelb/sluice/bpf"
+)
+
+// The prog.Run fixtures, after Katran's: every case is a name, the state
+// it needs (frames run before it and map changes), one input frame, the
+// verdict and the whole expected output frame, computed from scratch by
+// the helpers below (never by the C code's logic). TestXDP runs each case
+// alone on the baseline maps; BenchmarkXDP times the cases that name a
+// benchmark row; FuzzXDP seeds its corpus with every input.
+
+// testTableSize is the Maglev table size of the test lab (small: tables
+// are rewritten by many cases).
+const testTableSize = 251
+
+// input is one frame and the side it arrives on.
+type input struct {
+	frame   []byte
+	fromBE  bool   // arrives on the backend-side interface
+	verdict uint32 // for frames in xdpCase.before: the verdict they must get
+}
+
+func fromClient(p pkt) input  { return input{frame: p.bytes()} }
+func fromBackend(p pkt) input { return input{frame: p.bytes(), fromBE: true} }
+
+// then is a preparation frame with the verdict it must get.
+func then(in input, verdict uint32) input { in.verdict = verdict; return in }
+
+type xdpCase struct {
+	name   string
+	before []input                     // run first, in order, each must get its verdict
+	setup  func(tb testing.TB, l *lab) // map changes, after before
+	in     input
+	// verdict and want: the program's answer. want returns the expected
+	// output frame; nil means "the input, unchanged" (not checked for
+	// XDP_DROP).
+	verdict uint32
+	want    func(l *lab, in []byte) []byte
+	// after checks counters and maps once the frame went through.
+	after func(tb testing.TB, l *lab)
+	// bench names the BenchmarkXDP row that times this case; next, when
+	// set, gives the benchmark a fresh frame for iteration i (a new flow
+	// each time).
+	bench string
+	next  func(i int) []byte
+}
+
+// Baseline services and backends every case starts from.
+var (
+	keyTCP  = ServiceKey{VIP: vip.Addr(), Port: vip.Port(), Proto: TCP}
+	keyUDP  = ServiceKey{VIP: vipUDP.Addr(), Port: vipUDP.Port(), Proto: UDP}
+	keyNone = ServiceKey{VIP: vipNone.Addr(), Port: vipNone.Port(), Proto: TCP}
+)
+
+const (
+	svcTCP  = 1 // vip, table of be1
+	svcUDP  = 2 // vipUDP, table of beUDP
+	svcNone = 3 // vipNone, no table
+)
+
+func baselineBackends() map[uint32]Backend {
+	return map[uint32]Backend{
+		1: {Addr: be1, Gen: 1, State: BackendActive, PoolID: PoolID("web")},
+		2: {Addr: be2, Gen: 1, State: BackendActive, PoolID: PoolID("web")},
+		3: {Addr: beUDP, Gen: 1, State: BackendActive, PoolID: PoolID("dns")},
+		4: {Addr: be3, Gen: 1, State: BackendActive, PoolID: PoolID("web")}, // no neighbour entry
+	}
+}
+
+// reset puts the maps back to the baseline: no flows, zero counters, the
+// baseline services, backends and tables.
+func (l *lab) reset(tb testing.TB) {
+	tb.Helper()
+	r := l.r
+	var keys []bpf.SluiceCtKey
+	mustSet(tb, r.eachCT(func(k *bpf.SluiceCtKey, _ *bpf.SluiceCtValue) bool { keys = append(keys, *k); return true }))
+	for _, k := range keys {
+		_ = r.conntrack.Delete(k)
+	}
+	svcs, err := r.Services()
+	mustSet(tb, err)
+	for k, s := range svcs {
+		mustSet(tb, r.DeleteService(k, s.ID))
+	}
+	for id := uint32(1); id < 8; id++ {
+		mustSet(tb, r.SetTable(id, nil))
+	}
+	bes, err := r.Backends()
+	mustSet(tb, err)
+	for slot := range bes {
+		mustSet(tb, r.SetBackend(slot, Backend{}))
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	mustSet(tb, err)
+	for i := uint32(0); i < 8; i++ {
+		mustSet(tb, r.svcStats.Put(i, make([]bpf.SluiceSvcCounters, ncpu)))
+		mustSet(tb, r.backendStats.Put(i, make([]bpf.SluiceBackendCounters, ncpu)))
+	}
+	mustSet(tb, r.globalStats.Put(uint32(0), make([]bpf.SluiceGlobalCounters, ncpu)))
+
+	mustSet(tb, r.SetService(keyTCP, Service{ID: svcTCP}))
+	mustSet(tb, r.SetService(keyUDP, Service{ID: svcUDP}))
+	mustSet(tb, r.SetService(keyNone, Service{ID: svcNone}))
+	for slot, b := range baselineBackends() {
+		mustSet(tb, r.SetBackend(slot, b))
+	}
+	mustSet(tb, r.SetTable(svcTCP, fill(r.TableSize(), 1)))
+	mustSet(tb, r.SetTable(svcUDP, fill(r.TableSize(), 3)))
+}
+
+// prepare resets the maps and brings them to the state c needs.
+func (l *lab) prepare(tb testing.TB, c xdpCase) {
+	tb.Helper()
+	l.reset(tb)
+	for i, in := range c.before {
+		if ret, _ := l.run(tb, in.frame, l.ingress(in.fromBE)); ret != in.verdict {
+			tb.Fatalf("preparation frame %d: verdict %s, want %s", i, verdictName[ret], verdictName[in.verdict])
+		}
+	}
+	if c.setup != nil {
+		c.setup(tb, l)
+	}
+}
+
+func (l *lab) ingress(fromBE bool) *net.Interface {
+	if fromBE {
+		return l.backendIf
+	}
+	return l.clientIf
+}
+
+func setTable(slots ...uint32) func(tb testing.TB, l *lab) {
+	return func(tb testing.TB, l *lab) { mustSet(tb, l.r.SetTable(svcTCP, fill(l.r.TableSize(), slots...))) }
+}
+
+func setBackend(slot uint32, b Backend) func(tb testing.TB, l *lab) {
+	return func(tb testing.TB, l *lab) { mustSet(tb, l.r.SetBackend(slot, b)) }
+}
+
+// Expected frames.
+
+// toBackend is in DNATed to `to` and forwarded on the backend side.
+func toBackend(to netip.AddrPort, mac [6]byte) func(l *lab, in []byte) []byte {
+	return func(l *lab, in []byte) []byte {
+		return rewritten(in, netip.AddrPort{}, to, &hop{dmac: mac, smac: [6]byte(l.backendIf.HardwareAddr)})
+	}
+}
+
+// toClient is a reply translated to come from `from` (the VIP) and sent to
+// `to` on the client side.
+func toClient(from, to netip.AddrPort) func(l *lab, in []byte) []byte {
+	return func(l *lab, in []byte) []byte {
+		return rewritten(in, from, to, &hop{dmac: macClient, smac: [6]byte(l.clientIf.HardwareAddr)})
+	}
+}
+
+// toKernel is in DNATed to `to` and handed to the kernel (no next hop):
+// Ethernet header and TTL untouched.
+func toKernel(to netip.AddrPort) func(l *lab, in []byte) []byte {
+	return func(l *lab, in []byte) []byte { return rewritten(in, netip.AddrPort{}, to, nil) }
+}
+
+// rstFor is the RST that answers the TCP segment in, sent back where it
+// came from (RFC 793: seq from the segment's ACK if it had one, else seq 0
+// and an ACK of everything it carried).
+func rstFor(in []byte) []byte {
+	ip := in[14:]
+	ihl := int(ip[0]&0xf) * 4
+	tot := int(binary.BigEndian.Uint16(ip[2:]))
+	tcp := ip[ihl:tot]
+	flags := tcp[13]
+	b := make([]byte, 54)
+	copy(b[0:6], in[6:12])
+	copy(b[6:12], in[0:6])
+	binary.BigEndian.PutUint16(b[12:], 0x0800)
+	o := b[14:34]
+	o[0] = 0x45
+	binary.BigEndian.PutUint16(o[2:], 40)
+	binary.BigEndian.PutUint16(o[6:], 0x4000)
+	o[8] = 64
+	o[9] = 6
+	copy(o[12:16], ip[16:20])
+	copy(o[16:20], ip[12:16])
+	binary.BigEndian.PutUint16(o[10:], csumFold(csumAdd(0, o)))
+	t := b[34:54]
+	copy(t[0:2], tcp[2:4])
+	copy(t[2:4], tcp[0:2])
+	t[12] = 5 << 4
+	if flags&fACK != 0 {
+		copy(t[4:8], tcp[8:12])
+		t[13] = fRST
+	} else {
+		ack := binary.BigEndian.Uint32(tcp[4:]) + uint32(len(tcp)-int(tcp[12]>>4)*4)
+		if flags&fSYN != 0 {
+			ack++
+		}
+		if flags&fFIN != 0 {
+			ack++
+		}
+		binary.BigEndian.PutUint32(t[8:], ack)
+		t[13] = fRST | fACK
+	}
+	src, dst := netip.AddrFrom4([4]byte(o[12:16])), netip.AddrFrom4([4]byte(o[16:20]))
+	binary.BigEndian.PutUint16(t[16:], csumFold(csumAdd(pseudo(src, dst, TCP, 20), t)))
+	return b
+}
+
+func wantRST(_ *lab, in []byte) []byte { return rstFor(in) }
+
+// hop is the Ethernet rewrite of a forwarded frame.
+type hop struct{ dmac, smac [6]byte }
+
+// rewritten is in with its source and/or destination (zero: kept)
+// replaced, the IPv4 and L4 checksums recomputed in full (a UDP datagram
+// without checksum keeps 0) and, when forwarded (h != nil), the TTL
+// decremented and the Ethernet addresses set.
+func rewritten(in []byte, src, dst netip.AddrPort, h *hop) []byte {
+	b := append([]byte(nil), in...)
+	ip := b[14:]
+	ihl := int(ip[0]&0xf) * 4
+	tot := int(binary.BigEndian.Uint16(ip[2:]))
+	l4 := ip[ihl:tot]
+	if src.IsValid() {
+		a := src.Addr().As4()
+		copy(ip[12:16], a[:])
+		binary.BigEndian.PutUint16(l4[0:], src.Port())
+	}
+	if dst.IsValid() {
+		a := dst.Addr().As4()
+		copy(ip[16:20], a[:])
+		binary.BigEndian.PutUint16(l4[2:], dst.Port())
+	}
+	if h != nil {
+		copy(b[0:6], h.dmac[:])
+		copy(b[6:12], h.smac[:])
+		ip[8]--
+	}
+	ip[10], ip[11] = 0, 0
+	binary.BigEndian.PutUint16(ip[10:], csumFold(csumAdd(0, ip[:ihl])))
+	s := netip.AddrFrom4([4]byte(ip[12:16]))
+	d := netip.AddrFrom4([4]byte(ip[16:20]))
+	switch Proto(ip[9]) {
+	case TCP:
+		l4[16], l4[17] = 0, 0
+		binary.BigEndian.PutUint16(l4[16:], csumFold(csumAdd(pseudo(s, d, TCP, len(l4)), l4)))
+	case UDP:
+		if binary.BigEndian.Uint16(l4[6:]) != 0 {
+			l4[6], l4[7] = 0, 0
+			c := csumFold(csumAdd(pseudo(s, d, UDP, len(l4)), l4))
+			if c == 0 {
+				c = 0xffff
+			}
+			binary.BigEndian.PutUint16(l4[6:], c)
+		}
+	}
+	return b
+}
+
+// Counter checks.
+
+func wantService(id uint32, check func(s ServiceStats) bool) func(tb testing.TB, l *lab) {
+	return func(tb testing.TB, l *lab) {
+		tb.Helper()
+		s, err := l.r.ServiceStats(id)
+		mustSet(tb, err)
+		if !check(s) {
+			tb.Errorf("service %d counters %+v", id, s)
+		}
+	}
+}
+
+func wantGlobal(check func(g GlobalStats) bool) func(tb testing.TB, l *lab) {
+	return func(tb testing.TB, l *lab) {
+		tb.Helper()
+		g, err := l.r.GlobalStats()
+		mustSet(tb, err)
+		if !check(g) {
+			tb.Errorf("global counters %+v", g)
+		}
+	}
+}
+
+func clientPort(p uint16) netip.AddrPort { return netip.AddrPortFrom(client.Addr(), p) }
+
+// newClient is a client address and port never seen before, for frame i.
+func newClient(i int) netip.AddrPort {
+	a := netip.AddrFrom4([4]byte{198, 18, 0, byte(3 + (i>>16)%200)})
+	return netip.AddrPortFrom(a, uint16(i)|1)
+}
+
+func xdpCases() []xdpCase {
+	syn := pkt{src: client, dst: vip, proto: TCP, flags: fSYN, seq: 1000}
+	synAck := pkt{src: be1, dst: client, proto: TCP, flags: fSYN | fACK, seq: 5000, ack: 1001}
+	data := pkt{src: client, dst: vip, proto: TCP, flags: fACK | fPSH, seq: 1001, ack: 5001, payload: []byte("GET / HTTP/1.1\r\n\r\n")}
+	fin := pkt{src: client, dst: vip, proto: TCP, flags: fFIN | fACK, seq: 1001, ack: 5001}
+	query := pkt{src: client, dst: vipUDP, proto: UDP, payload: []byte("query")}
+	opened := []input{then(fromClient(syn), xdpRedirect)}
+
+	return []xdpCase{
+		{name: "non-IP frame passes untouched", in: fromClient(pkt{etherType: 0x0806}), verdict: xdpPass},
+		{name: "non-VIP TCP passes untouched", bench: "non-vip",
+			in:      fromClient(pkt{src: client, dst: netip.MustParseAddrPort("198.18.0.1:22"), proto: TCP, flags: fACK, payload: make([]byte, 64)}),
+			verdict: xdpPass},
+		{name: "VIP on another port passes untouched", in: fromClient(pkt{src: client, dst: netip.MustParseAddrPort("198.18.1.100:81"), proto: TCP, flags: fSYN}), verdict: xdpPass},
+		{name: "truncated IPv4 header passes untouched", in: fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, truncateTo: 30}), verdict: xdpPass},
+		{name: "truncated TCP header to VIP passes untouched", in: fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, truncateTo: 40}), verdict: xdpPass},
+		{name: "fragment to VIP passes untouched", in: fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, fragOff: 0x2000}), verdict: xdpPass},
+		{name: "non-first fragment to VIP passes untouched", in: fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, fragOff: 0x0010}), verdict: xdpPass},
+
+		{name: "new flow SYN is NATed to the backend", bench: "new-flow-syn",
+			in: fromClient(syn), verdict: xdpRedirect, want: toBackend(be1, macBE1),
+			after: wantService(svcTCP, func(s ServiceStats) bool { return s.NewFlows == 1 && s.Packets == 1 }),
+			next: func(i int) []byte {
+				return pkt{src: newClient(i), dst: vip, proto: TCP, flags: fSYN}.bytes()
+			}},
+		{name: "reply SYN-ACK is reverse-NATed to the VIP", before: opened,
+			in: fromBackend(synAck), verdict: xdpRedirect, want: toClient(vip, client),
+			after: wantGlobal(func(g GlobalStats) bool { return g.RepliesTranslated == 1 })},
+		{name: "established flow keeps its backend when the table changes", bench: "established",
+			before: opened, setup: setTable(2),
+			in: fromClient(data), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+		{name: "a new flow follows the new table", setup: setTable(2),
+			in: fromClient(syn), verdict: xdpRedirect, want: toBackend(be2, macBE2)},
+		{name: "draining backend keeps its flow", before: opened,
+			setup: setBackend(1, Backend{Addr: be1, Gen: 1, State: BackendDraining}),
+			in:    fromClient(data), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+		{name: "ejected backend keeps its flow", before: opened,
+			setup: setBackend(1, Backend{Addr: be1, Gen: 1, State: BackendEjected}),
+			in:    fromClient(data), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+		{name: "removed backend: the pinned flow gets an RST", before: opened,
+			setup: setBackend(1, Backend{Addr: be1, Gen: 1, State: BackendRemoved}),
+			in:    fromClient(data), verdict: xdpTX, want: wantRST,
+			after: wantService(svcTCP, func(s ServiceStats) bool { return s.RSTRemovedBackend == 1 })},
+		{name: "reused slot (generation bumped): the pinned flow gets an RST", before: opened,
+			setup: setBackend(1, Backend{Addr: be1, Gen: 2, State: BackendActive}),
+			in:    fromClient(data), verdict: xdpTX, want: wantRST},
+		{name: "removed backend: a UDP flow's datagrams are dropped",
+			before: []input{then(fromClient(query), xdpRedirect)},
+			setup:  setBackend(3, Backend{Addr: beUDP, Gen: 1, State: BackendRemoved}),
+			in:     fromClient(query), verdict: xdpDrop,
+			after: wantService(svcUDP, func(s ServiceStats) bool { return s.DropRemovedBackend == 1 })},
+		{name: "SYN on a flow to a removed backend picks again", before: opened,
+			setup: func(tb testing.TB, l *lab) {
+				setBackend(1, Backend{Addr: be1, Gen: 1, State: BackendRemoved})(tb, l)
+				setTable(2)(tb, l)
+			},
+			in: fromClient(syn), verdict: xdpRedirect, want: toBackend(be2, macBE2)},
+		{name: "SYN on a flow to a draining backend picks again", before: opened,
+			setup: func(tb testing.TB, l *lab) {
+				setBackend(1, Backend{Addr: be1, Gen: 1, State: BackendDraining})(tb, l)
+				setTable(2)(tb, l)
+			},
+			in: fromClient(syn), verdict: xdpRedirect, want: toBackend(be2, macBE2)},
+		{name: "a retransmitted SYN keeps its backend", before: opened, setup: setTable(2),
+			in: fromClient(syn), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+		{name: "FIN is forwarded on the flow", before: opened,
+			in: fromClient(fin), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+		{name: "SYN on a closed flow follows the current table",
+			before: []input{then(fromClient(syn), xdpRedirect), then(fromClient(fin), xdpRedirect)},
+			setup:  setTable(2),
+			in:     fromClient(syn), verdict: xdpRedirect, want: toBackend(be2, macBE2)},
+		{name: "service without backends answers a SYN with RST+ACK",
+			in: fromClient(pkt{src: client, dst: vipNone, proto: TCP, flags: fSYN, seq: 41}), verdict: xdpTX, want: wantRST,
+			after: wantService(svcNone, func(s ServiceStats) bool { return s.RSTNoBackend == 1 })},
+		{name: "an RST to an empty service is dropped, never answered",
+			in: fromClient(pkt{src: client, dst: vipNone, proto: TCP, flags: fRST, seq: 41}), verdict: xdpDrop},
+		{name: "IP options: the L4 header is found after them",
+			in: fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, seq: 9, options: []byte{1, 1, 1, 0}}), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+		{name: "UDP new flow is NATed, checksum updated",
+			in: fromClient(query), verdict: xdpRedirect, want: toBackend(beUDP, macBE1)},
+		{name: "UDP without checksum keeps checksum 0",
+			in: fromClient(pkt{src: client, dst: vipUDP, proto: UDP, payload: []byte("q"), noUDPCsum: true}), verdict: xdpRedirect, want: toBackend(beUDP, macBE1)},
+		{name: "UDP reply is reverse-NATed", before: []input{then(fromClient(query), xdpRedirect)},
+			in: fromBackend(pkt{src: beUDP, dst: client, proto: UDP, payload: []byte("answer")}), verdict: xdpRedirect, want: toClient(vipUDP, client)},
+		{name: "UDP to an empty table is dropped", setup: func(tb testing.TB, l *lab) { mustSet(tb, l.r.SetTable(svcUDP, nil)) },
+			in: fromClient(query), verdict: xdpDrop,
+			after: wantService(svcUDP, func(s ServiceStats) bool { return s.DropNoBackend == 1 })},
+		{name: "a SYN refused by the backend is counted as a connect failure", before: opened,
+			in: fromBackend(pkt{src: be1, dst: client, proto: TCP, flags: fRST | fACK, ack: 1001}), verdict: xdpRedirect, want: toClient(vip, client),
+			after: func(tb testing.TB, l *lab) {
+				bs, err := l.r.BackendStats(1)
+				if err != nil || bs.ConnectRefused != 1 {
+					tb.Errorf("connect refused %d (%v), want 1", bs.ConnectRefused, err)
+				}
+			}},
+		{name: "a reply from a backend to a client it has no flow with passes untouched",
+			in: fromBackend(synAck), verdict: xdpPass},
+		{name: "unknown neighbour: rewritten, handed to the kernel, TTL left to it", setup: setTable(4),
+			in: fromClient(syn), verdict: xdpPass, want: toKernel(be3)},
+		{name: "the flow is listed with its backend", before: opened,
+			in: fromClient(data), verdict: xdpRedirect, want: toBackend(be1, macBE1),
+			after: func(tb testing.TB, l *lab) {
+				var flows []Flow
+				mustSet(tb, l.r.Flows(func(f Flow) bool { flows = append(flows, f); return true }))
+				if len(flows) != 1 || flows[0].Client != client || flows[0].VIP != vip || flows[0].Backend != be1 ||
+					flows[0].BackendSlot != 1 || flows[0].BackendGen != 1 || flows[0].State != FlowEstablished {
+					tb.Errorf("flows %+v", flows)
+				}
+			}},
+		{name: "TTL 1 is not forwarded by us",
+			in: fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, ttl: 1}), verdict: xdpPass, want: toKernel(be1)},
+	}
+}
+
+func netipFrom4(a, b, c, d byte) netip.Addr { return netip.AddrFrom4([4]byte{a, b, c, d}) }
