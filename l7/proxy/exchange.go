@@ -72,7 +72,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		return res
 	}
 
-	conn.SetTimeouts(t.Send.D(), t.Read.D(), deadline)
+	conn.SetTimeouts(t.Send, t.Read, deadline)
 	if out.host == "" {
 		// An HTTP/1.0 client sent no Host: name the backend.
 		o := *out
@@ -83,7 +83,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		return fail("send", err)
 	}
 	// The response header must come within `read` of the request's end.
-	conn.SetTimeouts(t.Send.D(), 0, minTime(time.Now().Add(t.Read.D()), deadline))
+	conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(t.Read), deadline))
 	conn.LimitReads(maxResponseHeader)
 	var resp *http.Response
 	for i := 0; ; i++ {
@@ -108,7 +108,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		}
 	}
 	// From now on `read` bounds the wait between two body reads.
-	conn.SetTimeouts(t.Send.D(), t.Read.D(), deadline)
+	conn.SetTimeouts(t.Send, t.Read, deadline)
 	conn.LimitReads(0)
 	res.resp = resp
 	res.outcome.Sent = true

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
@@ -84,7 +85,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cw := &clientWatch{}
 	defer context.AfterFunc(r.Context(), cw.fire)()
 
-	deadline := start.Add(st.timeouts.Total.D())
+	deadline := start.Add(st.timeouts.Total)
 	// The total deadline bounds reading the request body from the client
 	// too (a slow upload cannot hold a request past it). It is lifted as
 	// soon as the body is read: the server's own read of the connection
@@ -245,7 +246,7 @@ func clientBodyStatus(err error) int {
 // outgoing fills out, the request every try sends.
 func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *reqBody) {
 	host := r.Host
-	if st.svc.Host != "keep" && st.svc.Host != "" {
+	if st.svc.Host != service.HostKeep && st.svc.Host != "" {
 		host = st.svc.Host
 	}
 	uri := r.RequestURI
@@ -371,7 +372,7 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 		if redial > 0 {
 			t0 = time.Now()
 		}
-		connectBy := minTime(t0.Add(t.Connect.D()), deadline)
+		connectBy := minTime(t0.Add(t.Connect), deadline)
 		conn, err := s.pools.Get(ctx, b.Addr, out.sni, b.Info, connectBy)
 		if err != nil {
 			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}

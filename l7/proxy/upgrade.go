@@ -135,7 +135,7 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *Record, st *settings, res tr
 		return
 	}
 	// The backend side: reads wait at most `read`, no overall deadline.
-	conn.SetTimeouts(st.timeouts.Send.D(), st.timeouts.Read.D(), time.Time{})
+	conn.SetTimeouts(st.timeouts.Send, st.timeouts.Read, time.Time{})
 
 	var wg sync.WaitGroup
 	var toClient, toBackend int64
