@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/proxy"
 	"github.com/sluicelb/sluice/l7/retry"
@@ -32,7 +33,7 @@ func ExampleNew() {
 		Pool:      p, // the server follows p's transitions itself
 		Ejection:  ej,
 		Log:       slog.New(slog.DiscardHandler),
-		AccessLog: proxy.NewAccessLog(os.Stdout, time.Second),
+		AccessLog: accesslog.New(os.Stdout, time.Second),
 	})
 	if err != nil {
 		panic(err)

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -167,7 +168,7 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 
 // respond streams the backend's response to the client. It returns true
 // when the response was cut short and the client must see an abort.
-func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWriter, rec *Record, res tryResult, addr netip.AddrPort) (abort bool) {
+func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWriter, rec *accesslog.Record, res tryResult, addr netip.AddrPort) (abort bool) {
 	resp := res.resp
 	defer resp.Body.Close()
 	// A client that goes away stops a body read waiting on the backend.
@@ -297,7 +298,7 @@ func (s *Server) usable(addr netip.AddrPort) bool {
 }
 
 // fail answers the client with an error of sluice's own.
-func (s *Server) fail(w http.ResponseWriter, rec *Record, status int, why string) {
+func (s *Server) fail(w http.ResponseWriter, rec *accesslog.Record, status int, why string) {
 	rec.Status = status
 	rec.Error = why
 	s.writeError(w, status, why)

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/service"
@@ -181,13 +182,13 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 
 // logLine is an access log line as JSON.
 type logLine struct {
-	Service string  `json:"service"`
-	Method  string  `json:"method"`
-	Status  int     `json:"status"`
-	Error   string  `json:"error"`
-	Tries   int     `json:"tries"`
-	MS      float64 `json:"ms"`
-	Try     []Try   `json:"try"`
+	Service string          `json:"service"`
+	Method  string          `json:"method"`
+	Status  int             `json:"status"`
+	Error   string          `json:"error"`
+	Tries   int             `json:"tries"`
+	MS      float64         `json:"ms"`
+	Try     []accesslog.Try `json:"try"`
 }
 
 func (s *syncBuffer) lines(t *testing.T) []logLine {
@@ -248,7 +249,7 @@ func start(t *testing.T, p PoolView, mod func(*Options)) *harness {
 	acc := &syncBuffer{}
 	opts := Options{
 		Service: testService(), Pool: p, Ejection: testEjection(),
-		AccessLog:       NewAccessLog(acc, 0),
+		AccessLog:       accesslog.New(acc, 0),
 		ShutdownTimeout: 5 * time.Second,
 		EjectionJitter:  -1,
 	}

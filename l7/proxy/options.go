@@ -7,6 +7,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/service"
 )
@@ -43,9 +44,9 @@ type Options struct {
 	// context ends; default 30s.
 	ShutdownTimeout time.Duration
 	Log             *slog.Logger // operational log; nil discards
-	// AccessLog gets one line per request (see NewAccessLog); nil: none.
+	// AccessLog gets one line per request (see accesslog.New); nil: none.
 	// It may be shared by servers; its owner closes it once they stopped.
-	AccessLog *AccessLog
+	AccessLog *accesslog.Logger
 	Observer  Observer // nil: NopObserver
 	Selector  Selector // nil: LeastRequests
 	// EjectionJitter is passed to eject.Options.Jitter (0: default, <0: none).

@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/service"
@@ -75,7 +76,7 @@ type Server struct {
 	upTLS    bool
 
 	cfg       atomic.Pointer[settings]
-	access    atomic.Pointer[AccessLog] // nil: no access log
+	access    atomic.Pointer[accesslog.Logger] // nil: no access log
 	cert      atomic.Pointer[tls.Certificate]
 	panicking atomic.Bool
 
@@ -83,7 +84,7 @@ type Server struct {
 	snapshots bool     // the pool publishes its transitions: backends() may cache
 	snapGen   atomic.Uint64
 	snap      atomic.Pointer[backendSnap]
-	records   sync.Pool // *Record
+	records   sync.Pool // *accesslog.Record
 
 	unsubscribe func() // from the pool's transitions, when it offers them
 	tunnels     tunnels
@@ -144,7 +145,7 @@ func New(opts Options) (*Server, error) {
 		upTLS:    opts.Upstream.TLS != nil,
 	}
 	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
-	s.records.New = func() any { return new(Record) }
+	s.records.New = func() any { return new(accesslog.Record) }
 	if s.obs == nil {
 		s.obs = NopObserver{}
 	}
@@ -229,7 +230,7 @@ func New(opts Options) (*Server, error) {
 
 // SetAccessLog makes later requests log to a (nil: nowhere), e.g. when the
 // service's access_log changed on reload.
-func (s *Server) SetAccessLog(a *AccessLog) { s.access.Store(a) }
+func (s *Server) SetAccessLog(a *accesslog.Logger) { s.access.Store(a) }
 
 // SetCertificate loads a new listener certificate (on reload); handshakes
 // after it use the new one, open connections keep theirs.

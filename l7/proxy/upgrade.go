@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/upstream"
 )
 
@@ -95,7 +96,7 @@ func (t *tunnels) shutdown(ctx context.Context) {
 
 // tunnel takes over the client connection after a 101 from the backend and
 // copies bytes both ways. It returns once both directions ended.
-func (s *Server) tunnel(w http.ResponseWriter, rec *Record, st *settings, res tryResult) {
+func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settings, res tryResult) {
 	resp := res.resp
 	conn := res.conn
 	up := conn
