@@ -17,12 +17,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"time"
 
-	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/backoff"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -32,6 +31,33 @@ const DefaultJitter = 0.1
 
 // Cause recorded in the pool when a trial request succeeds.
 const CauseTrialSucceeded = "trial-succeeded"
+
+// Config is a pool's ejection block (the agent builds it from the pool's
+// ejection: keys).
+type Config struct {
+	Failures          int           // within Window -> eject; 0 disables ejection
+	Window            time.Duration // the window failures are counted in
+	BaseTime          time.Duration // first ejection time, doubled on each re-ejection
+	MaxTime           time.Duration // cap of the ejection time
+	MaxEjectedPercent int           // never eject more of the pool (0..100)
+}
+
+// Defaults of a pool's ejection block.
+const (
+	DefaultFailures          = 5
+	DefaultWindow            = 10 * time.Second
+	DefaultBaseTime          = 10 * time.Second
+	DefaultMaxTime           = 5 * time.Minute
+	DefaultMaxEjectedPercent = 50
+)
+
+// DefaultConfig is the ejection block of a pool that sets none.
+func DefaultConfig() Config {
+	return Config{
+		Failures: DefaultFailures, Window: DefaultWindow, BaseTime: DefaultBaseTime,
+		MaxTime: DefaultMaxTime, MaxEjectedPercent: DefaultMaxEjectedPercent,
+	}
+}
 
 // Pool is the part of *pool.Pool the tracker uses.
 type Pool interface {
@@ -73,7 +99,7 @@ type Tracker struct {
 	observe func(Event)
 
 	mu       sync.Mutex
-	cfg      config.Ejection
+	cfg      Config
 	failures map[netip.AddrPort][]time.Time
 	// trials holds the addresses with a trial request in flight.
 	trials map[netip.AddrPort]bool
@@ -88,7 +114,7 @@ type Tracker struct {
 }
 
 // New returns a tracker ejecting from p with cfg (Failures 0 disables ejection).
-func New(cfg config.Ejection, p Pool, opts Options) (*Tracker, error) {
+func New(cfg Config, p Pool, opts Options) (*Tracker, error) {
 	if err := Validate(cfg); err != nil {
 		return nil, err
 	}
@@ -114,18 +140,18 @@ func New(cfg config.Ejection, p Pool, opts Options) (*Tracker, error) {
 }
 
 // Validate checks an ejection block.
-func Validate(cfg config.Ejection) error {
+func Validate(cfg Config) error {
 	switch {
 	case cfg.Failures < 0:
 		return fmt.Errorf("ejection failures %d: must not be negative", cfg.Failures)
 	case cfg.Failures == 0:
 		return nil
 	case cfg.Window <= 0:
-		return fmt.Errorf("ejection window %s: must be positive", cfg.Window.D())
+		return fmt.Errorf("ejection window %s: must be positive", cfg.Window)
 	case cfg.BaseTime <= 0:
-		return fmt.Errorf("ejection base_time %s: must be positive", cfg.BaseTime.D())
+		return fmt.Errorf("ejection base_time %s: must be positive", cfg.BaseTime)
 	case cfg.MaxTime < cfg.BaseTime:
-		return fmt.Errorf("ejection max_time %s: must not be less than base_time %s", cfg.MaxTime.D(), cfg.BaseTime.D())
+		return fmt.Errorf("ejection max_time %s: must not be less than base_time %s", cfg.MaxTime, cfg.BaseTime)
 	case cfg.MaxEjectedPercent < 0 || cfg.MaxEjectedPercent > 100:
 		return fmt.Errorf("ejection max_ejected_percent %d: must be between 0 and 100", cfg.MaxEjectedPercent)
 	}
@@ -133,7 +159,7 @@ func Validate(cfg config.Ejection) error {
 }
 
 // SetConfig replaces the settings (on reload); counted failures are kept.
-func (t *Tracker) SetConfig(cfg config.Ejection) error {
+func (t *Tracker) SetConfig(cfg Config) error {
 	if err := Validate(cfg); err != nil {
 		return err
 	}
@@ -144,7 +170,7 @@ func (t *Tracker) SetConfig(cfg config.Ejection) error {
 }
 
 // Config returns the settings in use.
-func (t *Tracker) Config() config.Ejection {
+func (t *Tracker) Config() Config {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.cfg
@@ -229,7 +255,7 @@ func (t *Tracker) Report(now time.Time, addr netip.AddrPort, trial, failed bool,
 		ev.Trial = true
 	default:
 		fs := append(t.failures[addr], now)
-		cut := now.Add(-t.cfg.Window.D())
+		cut := now.Add(-t.cfg.Window)
 		i := 0
 		for i < len(fs) && !fs[i].After(cut) {
 			i++
@@ -240,7 +266,7 @@ func (t *Tracker) Report(now time.Time, addr netip.AddrPort, trial, failed bool,
 		}
 		if len(fs) >= t.cfg.Failures {
 			delete(t.failures, addr)
-			ev = t.ejectLocked(now, addr, fmt.Sprintf("%d failures within %s, last: %s", len(fs), t.cfg.Window.D(), cause))
+			ev = t.ejectLocked(now, addr, fmt.Sprintf("%d failures within %s, last: %s", len(fs), t.cfg.Window, cause))
 		} else {
 			t.failures[addr] = fs
 		}
@@ -267,23 +293,13 @@ func (t *Tracker) ejectLocked(now time.Time, addr netip.AddrPort, cause string) 
 
 // durationLocked is base_time·2^n capped at max_time, minus jitter.
 func (t *Tracker) durationLocked(n int) time.Duration {
-	d := backoff(t.cfg, n)
-	if t.jitter > 0 {
-		d -= time.Duration(rand.Float64() * t.jitter * float64(d))
-	}
-	return d
+	return t.backoffLocked().Delay(n+1, nil)
 }
 
-// backoff is base_time·2^n capped at max_time.
-func backoff(cfg config.Ejection, n int) time.Duration {
-	d, limit := cfg.BaseTime.D(), cfg.MaxTime.D()
-	if limit <= 0 {
-		limit = d
-	}
-	for i := 0; i < n && d < limit; i++ {
-		d *= 2
-	}
-	return min(d, limit)
+// backoffLocked is the ejection time's backoff: doubling from base_time
+// at each re-ejection, up to max_time, with the tracker's jitter.
+func (t *Tracker) backoffLocked() backoff.Backoff {
+	return backoff.Backoff{Base: t.cfg.BaseTime, Max: t.cfg.MaxTime, Jitter: t.jitter}
 }
 
 // Duration is the ejection time (before jitter) of an address ejected n
@@ -291,7 +307,7 @@ func backoff(cfg config.Ejection, n int) time.Duration {
 func (t *Tracker) Duration(n int) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return backoff(t.cfg, n)
+	return t.backoffLocked().Ceiling(n + 1)
 }
 
 func (t *Tracker) apply(now time.Time, ev *Event, trial bool) {

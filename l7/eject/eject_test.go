@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -30,9 +29,9 @@ func setup(t *testing.T, n int, jitter float64) (*pool.Pool, *Tracker, []netip.A
 	}
 	p.SetSource(t0, pool.SourceStatic, ds)
 	var evs []Event
-	tr, err := New(config.Ejection{
-		Failures: 3, Window: config.Duration(10 * time.Second), BaseTime: config.Duration(10 * time.Second),
-		MaxTime: config.Duration(35 * time.Second), MaxEjectedPercent: 50,
+	tr, err := New(Config{
+		Failures: 3, Window: 10 * time.Second, BaseTime: 10 * time.Second,
+		MaxTime: 35 * time.Second, MaxEjectedPercent: 50,
 	}, p, Options{Jitter: jitter, Observe: func(e Event) { evs = append(evs, e) }})
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +215,7 @@ func TestJitter(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	bad := []config.Ejection{
+	bad := []Config{
 		{Failures: -1},
 		{Failures: 1, Window: 0, BaseTime: 1, MaxTime: 1},
 		{Failures: 1, Window: 1, BaseTime: 0, MaxTime: 1},
@@ -228,7 +227,7 @@ func TestValidate(t *testing.T) {
 			t.Errorf("%+v accepted", c)
 		}
 	}
-	if Validate(config.Ejection{}) != nil {
+	if Validate(Config{}) != nil {
 		t.Error("disabled ejection refused")
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/l7/accesslog"
 )
 
 // BenchmarkProxy measures the proxy on loopback: three minimal backends
@@ -40,14 +42,14 @@ func BenchmarkProxy(b *testing.B) {
 			}
 			t := &testing.T{}
 			p := newPool(t, nil, addrs...)
-			var acc *AccessLog
+			var acc *accesslog.Logger
 			if bc.accessLog {
 				f, err := os.Create(filepath.Join(b.TempDir(), "access.log"))
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer f.Close()
-				acc = NewAccessLog(f, time.Second)
+				acc = accesslog.New(f, time.Second)
 				defer acc.Close()
 			}
 			srv, err := New(Options{

@@ -8,41 +8,32 @@ import (
 	"os"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/proxy"
-	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
 // How the agent runs one http service: a Server over the service's pool,
 // serving until its context ends, updated on reload.
 func ExampleNew() {
-	cfg, err := config.Parse([]byte(`
-pools:
-  - name: web
-    backends: [{address: 127.0.0.1:8081}, {address: 127.0.0.1:8082}]
-services:
-  - name: web-http
-    listen: 127.0.0.1:8080
-    protocol: http
-    pool: web
-`), "example.yaml")
-	if err != nil {
-		panic(err)
-	}
-	pc, svc := cfg.Pools[0], cfg.Services[0]
-	p := pool.New(pc.Name, pool.Config{DrainTimeout: pc.DrainTimeout.D(), MaxEjectedPercent: pc.Ejection.MaxEjectedPercent}, nil, nil)
-	var addrs []pool.Desired
-	for _, b := range pc.Backends {
-		addrs = append(addrs, pool.Desired{Addr: b.AddrPort, Weight: b.Weight})
-	}
-	p.SetSource(time.Now(), pool.SourceStatic, addrs)
+	// The agent builds these from the service's and the pool's config keys.
+	svc := service.Config{Name: "web-http", Listen: "127.0.0.1:8080", Pool: "web", Host: service.HostKeep}
+	ej := eject.DefaultConfig()
+	p := pool.New("web", pool.Config{DrainTimeout: 30 * time.Second, MaxEjectedPercent: ej.MaxEjectedPercent}, nil, nil)
+	p.SetSource(time.Now(), pool.SourceStatic, []pool.Desired{
+		{Addr: netip.MustParseAddrPort("127.0.0.1:8081"), Weight: 1},
+		{Addr: netip.MustParseAddrPort("127.0.0.1:8082"), Weight: 1},
+	})
 
 	srv, err := proxy.New(proxy.Options{
 		Service:   svc,
 		Pool:      p, // the server follows p's transitions itself
-		Ejection:  pc.Ejection,
+		Ejection:  ej,
 		Log:       slog.New(slog.DiscardHandler),
-		AccessLog: proxy.NewAccessLog(os.Stdout, time.Second),
+		AccessLog: accesslog.New(os.Stdout, time.Second),
 	})
 	if err != nil {
 		panic(err)
@@ -56,8 +47,10 @@ services:
 	go func() { done <- srv.Serve(ctx, ln) }()
 
 	// On reload: same listen address and pool, new settings.
-	svc.Retry.Attempts = 2
-	if err := srv.Update(svc, pc); err != nil {
+	r := retry.DefaultConfig()
+	r.Attempts = 2
+	svc.Retry = &r
+	if err := srv.Update(svc, ej); err != nil {
 		panic(err)
 	}
 	// An operator drains an address: no new request goes there, its

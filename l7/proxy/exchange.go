@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -72,7 +73,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		return res
 	}
 
-	conn.SetTimeouts(t.Send.D(), t.Read.D(), deadline)
+	conn.SetTimeouts(t.Send, t.Read, deadline)
 	if out.host == "" {
 		// An HTTP/1.0 client sent no Host: name the backend.
 		o := *out
@@ -83,7 +84,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		return fail("send", err)
 	}
 	// The response header must come within `read` of the request's end.
-	conn.SetTimeouts(t.Send.D(), 0, minTime(time.Now().Add(t.Read.D()), deadline))
+	conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(t.Read), deadline))
 	conn.LimitReads(maxResponseHeader)
 	var resp *http.Response
 	for i := 0; ; i++ {
@@ -108,7 +109,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		}
 	}
 	// From now on `read` bounds the wait between two body reads.
-	conn.SetTimeouts(t.Send.D(), t.Read.D(), deadline)
+	conn.SetTimeouts(t.Send, t.Read, deadline)
 	conn.LimitReads(0)
 	res.resp = resp
 	res.outcome.Sent = true
@@ -167,7 +168,7 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 
 // respond streams the backend's response to the client. It returns true
 // when the response was cut short and the client must see an abort.
-func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWriter, rec *Record, res tryResult, addr netip.AddrPort) (abort bool) {
+func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWriter, rec *accesslog.Record, res tryResult, addr netip.AddrPort) (abort bool) {
 	resp := res.resp
 	defer resp.Body.Close()
 	// A client that goes away stops a body read waiting on the backend.
@@ -297,7 +298,7 @@ func (s *Server) usable(addr netip.AddrPort) bool {
 }
 
 // fail answers the client with an error of sluice's own.
-func (s *Server) fail(w http.ResponseWriter, rec *Record, status int, why string) {
+func (s *Server) fail(w http.ResponseWriter, rec *accesslog.Record, status int, why string) {
 	rec.Status = status
 	rec.Error = why
 	s.writeError(w, status, why)

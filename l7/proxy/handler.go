@@ -10,8 +10,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
@@ -45,46 +47,116 @@ type tryResult struct {
 	clientGone bool
 }
 
-// ServeHTTP proxies one request.
+// request is the state of one request being proxied, shared by the steps
+// of ServeHTTP: admit, pick, try, decide, respond.
+type request struct {
+	s        *Server
+	w        http.ResponseWriter
+	r        *http.Request
+	st       *settings // the settings the request started with
+	rec      *accesslog.Record
+	start    time.Time
+	deadline time.Time    // timeouts.total from start
+	cw       clientWatch // closes the backend connection in use when the client goes away
+	out      outRequest   // what every try sends
+	tried    []netip.AddrPort
+	triedArr [4]netip.AddrPort
+	release  func() // the retry budget token of the retry in progress
+	abort    bool   // the response was cut short: the client must see an abort
+}
+
+// ServeHTTP proxies one request: admit it, then pick a backend, try it,
+// decide whether to try again, and respond with the outcome.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	st := s.cfg.Load()
-	rec := s.records.Get().(*Record)
-	*rec = Record{
+	q := &request{s: s, w: w, r: r, st: s.cfg.Load(), start: time.Now()}
+	q.tried = q.triedArr[:0]
+	q.rec = s.records.Get().(*accesslog.Record)
+	*q.rec = accesslog.Record{
 		Service: s.name, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
-		URI: r.RequestURI, Proto: r.Proto, Tries: rec.Tries[:0],
+		URI: r.RequestURI, Proto: r.Proto, Tries: q.rec.Tries[:0],
 	}
-	abort := false
-	defer func() {
-		rec.End = time.Now()
-		rec.Duration = rec.End.Sub(start)
-		s.access.Load().Log(rec)
-		s.obs.Request(rec)
-		if cap(rec.Tries) <= 16 {
-			clear(rec.Tries[:cap(rec.Tries)])
-			s.records.Put(rec)
-		}
-		if abort {
-			// The response was cut short: make the client see it (the
-			// connection or stream is reset), never a complete-looking body.
-			panic(http.ErrAbortHandler)
-		}
-	}()
-	if r.Method == http.MethodConnect {
-		s.fail(w, rec, http.StatusMethodNotAllowed, "CONNECT is not proxied")
-		return
-	}
-	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 && r.Header.Get("Content-Length") != "" {
-		s.fail(w, rec, http.StatusBadRequest, "ambiguous request framing: Content-Length and Transfer-Encoding")
+	defer q.finish()
+	if !q.admit() {
 		return
 	}
 	s.budget.Start()
 	defer s.budget.Done()
 	// A client that goes away aborts the try or the response in progress.
-	cw := &clientWatch{}
-	defer context.AfterFunc(r.Context(), cw.fire)()
+	defer context.AfterFunc(r.Context(), q.cw.fire)()
+	if !q.prepare() {
+		return
+	}
+	defer q.releaseBudget()
 
-	deadline := start.Add(st.timeouts.Total.D())
+	for n := 1; ; n++ {
+		b, trial, ok := q.pick(n)
+		if !ok {
+			s.fail(w, q.rec, http.StatusServiceUnavailable, "no backend available in pool "+q.st.svc.Pool)
+			return
+		}
+		res, tr := q.try(b, trial)
+		if res.clientGone || r.Context().Err() != nil {
+			q.clientGone(b, trial, res, tr)
+			return
+		}
+		failed := res.outcome.Kind != retry.OK
+		if failed || trial {
+			s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
+		}
+		again, delay := q.decide(n, res, &tr)
+		q.rec.Tries = append(q.rec.Tries, tr)
+		if !again {
+			q.respond(res, b)
+			return
+		}
+		s.discard(res, true)
+		if !q.backoff(delay) {
+			return
+		}
+	}
+}
+
+// finish ends a request: the access log line, the observer, the record
+// back to its pool, and an abort the client must see.
+func (q *request) finish() {
+	s, rec := q.s, q.rec
+	rec.End = time.Now()
+	rec.Duration = rec.End.Sub(q.start)
+	rec.BytesIn += q.out.bodyStore.read
+	s.access.Load().Log(rec)
+	s.obs.Request(rec)
+	if cap(rec.Tries) <= 16 {
+		clear(rec.Tries[:cap(rec.Tries)])
+		s.records.Put(rec)
+	}
+	if q.abort {
+		// The response was cut short: make the client see it (the
+		// connection or stream is reset), never a complete-looking body.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// admit refuses what is never proxied: it answers the client itself and
+// returns false when the request goes no further.
+func (q *request) admit() bool {
+	s, w, r := q.s, q.w, q.r
+	if r.Method == http.MethodConnect {
+		s.fail(w, q.rec, http.StatusMethodNotAllowed, "CONNECT is not proxied")
+		return false
+	}
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 && r.Header.Get("Content-Length") != "" {
+		s.fail(w, q.rec, http.StatusBadRequest, "ambiguous request framing: Content-Length and Transfer-Encoding")
+		return false
+	}
+	return true
+}
+
+// prepare reads the request body (its replayable part) and builds what
+// every try sends; it answers the client itself and returns false when
+// the body could not be read.
+func (q *request) prepare() bool {
+	s, w, r := q.s, q.w, q.r
+	q.deadline = q.start.Add(q.st.timeouts.Total)
 	// The total deadline bounds reading the request body from the client
 	// too (a slow upload cannot hold a request past it). It is lifted as
 	// soon as the body is read: the server's own read of the connection
@@ -92,144 +164,155 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var bodyRead func()
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		rc := http.NewResponseController(w)
-		if rc.SetReadDeadline(deadline) == nil {
+		if rc.SetReadDeadline(q.deadline) == nil {
 			bodyRead = func() { _ = rc.SetReadDeadline(time.Time{}) }
 		}
 	}
-	out := &outRequest{}
-	body := &out.bodyStore
-	if err := body.init(r.Body, r.ContentLength, st.policy.BufferBytes(), bodyRead); err != nil {
-		s.fail(w, rec, clientBodyStatus(err), err.Error())
-		return
+	body := &q.out.bodyStore
+	if err := body.init(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
+		s.fail(w, q.rec, clientBodyStatus(err), err.Error())
+		return false
 	}
-	s.outgoing(out, st, r, body)
-	defer func() { rec.BytesIn += body.read }()
+	s.outgoing(&q.out, q.st, r, body)
+	return true
+}
 
-	var triedArr [4]netip.AddrPort
-	tried := triedArr[:0]
-	var release func()
-	defer func() {
-		if release != nil {
-			release()
+// pick chooses the backend of try n (see Server.pick).
+func (q *request) pick(n int) (b pool.Backend, trial, ok bool) {
+	now := q.start
+	if n > 1 {
+		now = time.Now()
+	}
+	b, trial, panicMode, ok := q.s.pick(q.st, q.tried, now)
+	q.rec.Panic = q.rec.Panic || panicMode
+	if ok {
+		q.tried = append(q.tried, b.Addr)
+	}
+	return b, trial, ok
+}
+
+// try sends the request to b once and describes the try for the access log.
+func (q *request) try(b pool.Backend, trial bool) (tryResult, accesslog.Try) {
+	s := q.s
+	t0 := time.Now()
+	as := s.stat(b.Addr)
+	as.inflight.Add(1)
+	res := s.try(q.r.Context(), &q.cw, q.st, &q.out, b, t0, q.deadline)
+	as.inflight.Add(-1)
+	// The budget token of a retry is held for its try only.
+	q.releaseBudget()
+	tr := accesslog.Try{
+		Backend: as.name, Answer: b.Info, Trial: trial,
+		Outcome: res.outcome.Kind.String(), Phase: res.phase, Sent: res.outcome.Sent,
+		Duration: time.Since(t0),
+	}
+	tr.Millis = float64(tr.Duration.Microseconds()) / 1000
+	if res.conn != nil {
+		tr.Reused = res.conn.Reused()
+		if res.conn.Info() != "" {
+			tr.Answer = res.conn.Info()
 		}
-	}()
-	for n := 1; ; n++ {
-		now := start
-		if n > 1 {
-			now = time.Now()
-		}
-		b, trial, panicMode, ok := s.pick(st, tried, now)
-		rec.Panic = rec.Panic || panicMode
+	}
+	if res.resp != nil {
+		tr.Status = res.resp.StatusCode
+	}
+	if res.err != nil {
+		tr.Error = res.err.Error()
+	}
+	return res, tr
+}
+
+// clientGone ends a request whose client went away during a try.
+func (q *request) clientGone(b pool.Backend, trial bool, res tryResult, tr accesslog.Try) {
+	s, rec := q.s, q.rec
+	if trial {
+		s.tracker.Abandon(b.Addr)
+	}
+	tr.Outcome, tr.Why = "client-closed", "the client went away"
+	rec.Tries = append(rec.Tries, tr)
+	s.discard(res, false)
+	rec.Status = statusClientClosed
+	// A body that stalled also cancels the request's context: answer
+	// anyway (if the client is really gone, nobody reads it).
+	if res.err != nil && errors.Is(res.err, errClientBody) {
+		rec.Error = "client request body: " + res.err.Error()
+		rec.Status = clientBodyStatus(res.err)
+		s.writeError(q.w, rec.Status, "error reading the request body")
+	}
+}
+
+// decide applies the retry policy, the retry budget and the deadline to
+// try n, and notes the decision in tr. It returns whether to try again
+// and the backoff before.
+func (q *request) decide(n int, res tryResult, tr *accesslog.Try) (again bool, delay time.Duration) {
+	s, st := q.s, q.st
+	now := time.Now()
+	d := st.policy.Decide(retry.Request{
+		Method: q.out.method, Header: q.r.Header, Replayable: q.out.body.replayable(),
+		Tries: n, DeadlineLeft: now.Before(q.deadline),
+	}, res.outcome)
+	if d.Retry {
+		rel, ok := s.budget.Acquire()
 		if !ok {
-			s.fail(w, rec, http.StatusServiceUnavailable, "no backend available in pool "+st.svc.Pool)
-			return
+			d = retry.Decision{Reason: d.Reason + "; but the retry budget is spent"}
+			tr.BudgetRefused = true
+		} else {
+			q.release = rel
 		}
-		tried = append(tried, b.Addr)
-		t0 := time.Now()
-		as := s.stat(b.Addr)
-		as.inflight.Add(1)
-		res := s.try(r.Context(), cw, st, out, b, t0, deadline)
-		as.inflight.Add(-1)
-		if release != nil {
-			release()
-			release = nil
+	}
+	if d.Retry {
+		delay = st.policy.Backoff().Delay(n, nil)
+		if !time.Now().Add(delay).Before(q.deadline) {
+			d = retry.Decision{Reason: d.Reason + "; but the total deadline ends before the backoff"}
+			q.releaseBudget()
 		}
-		tEnd := time.Now()
-		tr := Try{
-			Backend: as.name, Answer: b.Info, Trial: trial,
-			Outcome: res.outcome.Kind.String(), Phase: res.phase, Sent: res.outcome.Sent,
-			Duration: tEnd.Sub(t0),
-		}
-		tr.Millis = float64(tr.Duration.Microseconds()) / 1000
-		if res.conn != nil {
-			tr.Reused = res.conn.Reused()
-			if res.conn.Info() != "" {
-				tr.Answer = res.conn.Info()
-			}
-		}
-		if res.resp != nil {
-			tr.Status = res.resp.StatusCode
-		}
-		if res.err != nil {
-			tr.Error = res.err.Error()
-		}
-		if res.clientGone || r.Context().Err() != nil {
-			if trial {
-				s.tracker.Abandon(b.Addr)
-			}
-			tr.Outcome, tr.Why = "client-closed", "the client went away"
-			rec.Tries = append(rec.Tries, tr)
-			s.discard(res, false)
-			rec.Status = statusClientClosed
-			// A body that stalled also cancels the request's context: answer
-			// anyway (if the client is really gone, nobody reads it).
-			if res.err != nil && errors.Is(res.err, errClientBody) {
-				rec.Error = "client request body: " + res.err.Error()
-				rec.Status = clientBodyStatus(res.err)
-				s.writeError(w, rec.Status, "error reading the request body")
-			}
-			return
-		}
-		failed := res.outcome.Kind != retry.OK
-		if failed || trial {
-			s.tracker.Report(tEnd, b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
-		}
+	}
+	tr.Retry, tr.Why = d.Retry, d.Reason
+	if d.Retry {
+		tr.Backoff = float64(delay.Microseconds()) / 1000
+	}
+	return d.Retry, delay
+}
 
-		d := st.policy.Decide(retry.Request{
-			Method: out.method, Header: r.Header, Replayable: body.replayable(),
-			Tries: n, DeadlineLeft: tEnd.Before(deadline),
-		}, res.outcome)
-		if d.Retry {
-			rel, ok := s.budget.Acquire()
-			if !ok {
-				d = retry.Decision{Reason: d.Reason + "; but the retry budget is spent"}
-				tr.BudgetRefused = true
-			} else {
-				release = rel
-			}
-		}
-		var delay time.Duration
-		if d.Retry {
-			delay = st.policy.Backoff().Delay(n, nil)
-			if !time.Now().Add(delay).Before(deadline) {
-				d = retry.Decision{Reason: d.Reason + "; but the total deadline ends before the backoff"}
-				release()
-				release = nil
-			}
-		}
-		tr.Retry, tr.Why = d.Retry, d.Reason
-		if d.Retry {
-			tr.Backoff = float64(delay.Microseconds()) / 1000
-		}
-		rec.Tries = append(rec.Tries, tr)
-		if d.Retry {
-			s.discard(res, true)
-			if delay > 0 {
-				t := time.NewTimer(delay)
-				select {
-				case <-t.C:
-				case <-r.Context().Done():
-					t.Stop()
-					rec.Status = statusClientClosed
-					return
-				}
-			}
-			continue
-		}
-		if res.resp != nil && res.resp.StatusCode == http.StatusSwitchingProtocols {
-			s.tunnel(w, rec, st, res)
-			return
-		}
-		if res.resp != nil {
-			abort = s.respond(r.Context(), cw, w, rec, res, b.Addr)
-			return
-		}
+// backoff waits before the next try; false when the client went away.
+func (q *request) backoff(delay time.Duration) bool {
+	if delay <= 0 {
+		return true
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-q.r.Context().Done():
+		q.rec.Status = statusClientClosed
+		return false
+	}
+}
+
+// respond passes the last try's outcome to the client: the backend's
+// response (or its 101 and the tunnel after it), or sluice's own error.
+func (q *request) respond(res tryResult, b pool.Backend) {
+	s := q.s
+	switch {
+	case res.resp != nil && res.resp.StatusCode == http.StatusSwitchingProtocols:
+		s.tunnel(q.w, q.rec, q.st, res)
+	case res.resp != nil:
+		q.abort = s.respond(q.r.Context(), &q.cw, q.w, q.rec, res, b.Addr)
+	default:
 		status := http.StatusBadGateway
 		if res.outcome.Kind == retry.Timeout || res.phase == "connect" && isTimeout(res.err) {
 			status = http.StatusGatewayTimeout
 		}
-		s.fail(w, rec, status, describe(res))
-		return
+		s.fail(q.w, q.rec, status, describe(res))
+	}
+}
+
+// releaseBudget gives back the retry budget token held, if any.
+func (q *request) releaseBudget() {
+	if q.release != nil {
+		q.release()
+		q.release = nil
 	}
 }
 
@@ -245,7 +328,7 @@ func clientBodyStatus(err error) int {
 // outgoing fills out, the request every try sends.
 func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *reqBody) {
 	host := r.Host
-	if st.svc.Host != "keep" && st.svc.Host != "" {
+	if st.svc.Host != service.HostKeep && st.svc.Host != "" {
 		host = st.svc.Host
 	}
 	uri := r.RequestURI
@@ -371,7 +454,7 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 		if redial > 0 {
 			t0 = time.Now()
 		}
-		connectBy := minTime(t0.Add(t.Connect.D()), deadline)
+		connectBy := minTime(t0.Add(t.Connect), deadline)
 		conn, err := s.pools.Get(ctx, b.Addr, out.sni, b.Info, connectBy)
 		if err != nil {
 			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}

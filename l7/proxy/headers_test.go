@@ -87,3 +87,15 @@ func TestWriteForwardHeaderMatchesCloneAndEdit(t *testing.T) {
 		})
 	}
 }
+
+func TestHostname(t *testing.T) {
+	for in, want := range map[string]string{
+		"example.com": "example.com", "example.com:8080": "example.com", "198.18.1.1:80": "198.18.1.1",
+		"[2001:db8::1]:443": "2001:db8::1", "[2001:db8::1]": "2001:db8::1", "2001:db8::1": "2001:db8::1",
+		"": "", "name:": "name",
+	} {
+		if got := hostname(in); got != want {
+			t.Errorf("hostname(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

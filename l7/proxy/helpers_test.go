@@ -19,7 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -141,27 +144,27 @@ func newPool(t *testing.T, observe pool.Observer, addrs ...netip.AddrPort) *pool
 	return p
 }
 
-func testService() config.Service {
-	return config.Service{
-		Name: "web-http", Protocol: config.ProtocolHTTP, Pool: "web", Host: config.HostKeep,
+func testService() service.Config {
+	return service.Config{
+		Name: "web-http", Pool: "web", Host: service.HostKeep,
 		Listen: "127.0.0.1:0",
-		Timeouts: &config.Timeouts{
-			Connect: config.Duration(time.Second), Send: config.Duration(2 * time.Second),
-			Read: config.Duration(2 * time.Second), Total: config.Duration(5 * time.Second),
+		Timeouts: service.Timeouts{
+			Connect: time.Second, Send: 2 * time.Second,
+			Read: 2 * time.Second, Total: 5 * time.Second,
 		},
-		Retry: &config.Retry{
-			Attempts: 3, On: config.DefaultRetryOn(), Methods: config.DefaultRetryMethods(),
+		Retry: &retry.Config{
+			Attempts: 3, On: retry.DefaultOn(), Methods: retry.DefaultMethods(),
 			IdempotencyHeader: "Idempotency-Key", BudgetPercent: 20,
-			Backoff:     config.Backoff{Base: config.Duration(time.Millisecond), Max: config.Duration(5 * time.Millisecond)},
+			BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond,
 			BufferBytes: 64 << 10,
 		},
 	}
 }
 
-func testEjection() config.Ejection {
-	return config.Ejection{
-		Failures: 3, Window: config.Duration(10 * time.Second),
-		BaseTime: config.Duration(time.Second), MaxTime: config.Duration(8 * time.Second), MaxEjectedPercent: 50,
+func testEjection() eject.Config {
+	return eject.Config{
+		Failures: 3, Window: 10 * time.Second,
+		BaseTime: time.Second, MaxTime: 8 * time.Second, MaxEjectedPercent: 50,
 	}
 }
 
@@ -179,13 +182,13 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 
 // logLine is an access log line as JSON.
 type logLine struct {
-	Service string  `json:"service"`
-	Method  string  `json:"method"`
-	Status  int     `json:"status"`
-	Error   string  `json:"error"`
-	Tries   int     `json:"tries"`
-	MS      float64 `json:"ms"`
-	Try     []Try   `json:"try"`
+	Service string          `json:"service"`
+	Method  string          `json:"method"`
+	Status  int             `json:"status"`
+	Error   string          `json:"error"`
+	Tries   int             `json:"tries"`
+	MS      float64         `json:"ms"`
+	Try     []accesslog.Try `json:"try"`
 }
 
 func (s *syncBuffer) lines(t *testing.T) []logLine {
@@ -246,7 +249,7 @@ func start(t *testing.T, p PoolView, mod func(*Options)) *harness {
 	acc := &syncBuffer{}
 	opts := Options{
 		Service: testService(), Pool: p, Ejection: testEjection(),
-		AccessLog:       NewAccessLog(acc, 0),
+		AccessLog:       accesslog.New(acc, 0),
 		ShutdownTimeout: 5 * time.Second,
 		EjectionJitter:  -1,
 	}

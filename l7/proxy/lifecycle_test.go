@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/eject"
-	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -272,12 +271,12 @@ func TestUpdateUnderLoad(t *testing.T) {
 	}
 	for i := 0; ctx.Err() == nil; i++ {
 		svc := testService()
-		svc.Timeouts.Read = config.Duration(time.Duration(1+i%3) * time.Second)
+		svc.Timeouts.Read = time.Duration(1+i%3) * time.Second
 		svc.Retry.Attempts = 1 + i%3
 		svc.Retry.BudgetPercent = 10 * (i % 5)
 		ej := testEjection()
 		ej.Failures = 1 + i%4
-		if err := h.srv.Update(svc, config.Pool{Name: "web", Ejection: ej}); err != nil {
+		if err := h.srv.Update(svc, ej); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -287,8 +286,8 @@ func TestUpdateUnderLoad(t *testing.T) {
 		t.Errorf("%d ok, %d failed during reloads", ok.Load(), failed.Load())
 	}
 	bad := testService()
-	bad.Timeouts.Total = 0
-	if err := h.srv.Update(bad, config.Pool{Ejection: testEjection()}); err == nil {
+	bad.Timeouts.Total = -time.Second
+	if err := h.srv.Update(bad, testEjection()); err == nil {
 		t.Error("an invalid update was accepted")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 )
 
@@ -12,7 +13,7 @@ import (
 // from request goroutines and must not block.
 type Observer interface {
 	// Request is called once per finished request with its tries.
-	Request(rec *Record)
+	Request(rec *accesslog.Record)
 	// Ejection is called for every ejection or trial recovery the proxy
 	// asked the pool for, including refused ones (ev.Err set).
 	Ejection(service string, ev eject.Event)
@@ -31,7 +32,7 @@ type NopObserver struct{}
 var _ Observer = NopObserver{}
 
 // Request implements Observer.
-func (NopObserver) Request(*Record) {}
+func (NopObserver) Request(*accesslog.Record) {}
 
 // Ejection implements Observer.
 func (NopObserver) Ejection(string, eject.Event) {}
@@ -65,7 +66,7 @@ type metricsObserver struct {
 
 var _ Observer = metricsObserver{}
 
-func (o metricsObserver) Request(rec *Record) {
+func (o metricsObserver) Request(rec *accesslog.Record) {
 	code := rec.Status
 	if code == statusClientClosed {
 		code = 0 // nothing was sent

@@ -16,9 +16,9 @@
 //
 // The agent owns a Server per http service:
 //
-//	srv, err := proxy.New(proxy.Options{Service: svc, Pool: p, Ejection: poolCfg.Ejection, Log: log, AccessLog: acc})
+//	srv, err := proxy.New(proxy.Options{Service: svc, Pool: p, Ejection: ej, Log: log, AccessLog: acc})
 //	go srv.Serve(ctx, ln)                 // returns after a graceful shutdown when ctx ends
-//	srv.Update(svc, poolCfg)              // on reload: new settings, no connection dropped
+//	srv.Update(svc, ej)                   // on reload: new settings, no connection dropped
 //	srv.AddressChanged(addr, state)       // automatic with *pool.Pool (Subscribe); otherwise the agent calls it
 //	srv.Shutdown(ctx)                     // graceful stop (also done by Serve when ctx ends)
 package proxy
@@ -36,10 +36,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/l7/upstream"
-	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -51,80 +52,10 @@ type PoolView interface {
 	Recover(now time.Time, addr netip.AddrPort, cause string) error
 }
 
-// Defaults used when Options leave a field zero, and for a service whose
-// Timeouts or Retry is nil (config.Load always fills them).
-const (
-	DefaultHeaderTimeout   = 10 * time.Second
-	DefaultIdleTimeout     = 60 * time.Second
-	DefaultMaxHeaderBytes  = 64 << 10
-	DefaultShutdownTimeout = 30 * time.Second
-	DefaultConnect         = 2 * time.Second
-	DefaultSend            = 30 * time.Second
-	DefaultRead            = 60 * time.Second
-	DefaultTotal           = 90 * time.Second
-)
-
-// TLSFiles are the certificate and key of an HTTPS listener (PEM files).
-type TLSFiles struct {
-	Cert string
-	Key  string
-}
-
-// ClientLimits protect the listener from slow or greedy clients.
-type ClientLimits struct {
-	// HeaderTimeout bounds reading a request's header (slowloris);
-	// default 10s (nginx client_header_timeout 60s).
-	HeaderTimeout time.Duration
-	// IdleTimeout closes a keep-alive client connection idle this long;
-	// default 60s (nginx keepalive_timeout 75s).
-	IdleTimeout time.Duration
-	// MaxHeaderBytes caps the request header size; default 64 KiB.
-	MaxHeaderBytes int
-}
-
-// UpstreamOptions tune the connection pools to the backends.
-type UpstreamOptions struct {
-	MaxIdlePerAddr int           // default 64
-	IdleTimeout    time.Duration // default 30s
-	MaxLifetime    time.Duration // default 5m
-	// TLS makes connections to the backends TLS; SNI is the Host sent.
-	TLS *tls.Config
-	// Dial replaces the TCP dialer (e.g. to bind a source address; tests).
-	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-}
-
-// Options build a Server.
-type Options struct {
-	Service config.Service // Protocol http; Name, Host, Timeouts, Retry are used
-	Pool    PoolView       // the service's pool
-	// Ejection is the pool's ejection block (Failures 0: off); its
-	// max_ejected_percent also decides panic mode.
-	Ejection config.Ejection
-	TLS      *TLSFiles // nil: plain HTTP (HTTP/1.1, and h2c when H2C is set)
-	H2C      bool      // accept HTTP/2 without TLS (prior knowledge)
-	Client   ClientLimits
-	Upstream UpstreamOptions
-	// ShutdownTimeout bounds the graceful shutdown Serve does when its
-	// context ends; default 30s.
-	ShutdownTimeout time.Duration
-	Log             *slog.Logger // operational log; nil discards
-	// AccessLog gets one line per request (see NewAccessLog); nil: none.
-	// It may be shared by servers; its owner closes it once they stopped.
-	AccessLog *AccessLog
-	Observer  Observer // nil: NopObserver
-	Selector  Selector // nil: LeastRequests
-	// EjectionJitter is passed to eject.Options.Jitter (0: default, <0: none).
-	EjectionJitter float64
-	// Tracker, when set, is the ejection tracker to use instead of a new
-	// one: services sharing a pool should share its tracker, so failures
-	// are counted per pool (see eject.New). Ejection is then ignored.
-	Tracker *eject.Tracker
-}
-
 // settings is what Update replaces atomically.
 type settings struct {
-	svc      config.Service
-	timeouts config.Timeouts
+	svc      service.Config
+	timeouts service.Timeouts
 	policy   *retry.Policy
 	maxEject int
 }
@@ -145,7 +76,7 @@ type Server struct {
 	upTLS    bool
 
 	cfg       atomic.Pointer[settings]
-	access    atomic.Pointer[AccessLog] // nil: no access log
+	access    atomic.Pointer[accesslog.Logger] // nil: no access log
 	cert      atomic.Pointer[tls.Certificate]
 	panicking atomic.Bool
 
@@ -153,7 +84,7 @@ type Server struct {
 	snapshots bool     // the pool publishes its transitions: backends() may cache
 	snapGen   atomic.Uint64
 	snap      atomic.Pointer[backendSnap]
-	records   sync.Pool // *Record
+	records   sync.Pool // *accesslog.Record
 
 	unsubscribe func() // from the pool's transitions, when it offers them
 	tunnels     tunnels
@@ -163,28 +94,16 @@ type Server struct {
 
 const copyBufSize = 32 << 10
 
-func compile(svc config.Service, ej config.Ejection) (*settings, error) {
-	if svc.Protocol != "" && svc.Protocol != config.ProtocolHTTP {
-		return nil, fmt.Errorf("service %s: protocol %q is not http", svc.Name, svc.Protocol)
-	}
-	t := config.Timeouts{
-		Connect: config.Duration(DefaultConnect), Send: config.Duration(DefaultSend),
-		Read: config.Duration(DefaultRead), Total: config.Duration(DefaultTotal),
-	}
-	if svc.Timeouts != nil {
-		t = *svc.Timeouts
-	}
-	if t.Connect <= 0 || t.Send <= 0 || t.Read <= 0 || t.Total <= 0 {
+func compile(svc service.Config, ej eject.Config) (*settings, error) {
+	t := svc.Timeouts.WithDefaults()
+	if t.Connect < 0 || t.Send < 0 || t.Read < 0 || t.Total < 0 {
 		return nil, fmt.Errorf("service %s: timeouts must be positive (connect %s, send %s, read %s, total %s)",
-			svc.Name, t.Connect.D(), t.Send.D(), t.Read.D(), t.Total.D())
+			svc.Name, t.Connect, t.Send, t.Read, t.Total)
 	}
 	r := svc.Retry
 	if r == nil {
-		r = &config.Retry{
-			Attempts: 3, On: config.DefaultRetryOn(), Methods: config.DefaultRetryMethods(), BudgetPercent: 20,
-			Backoff:     config.Backoff{Base: config.Duration(25 * time.Millisecond), Max: config.Duration(250 * time.Millisecond)},
-			BufferBytes: 64 << 10,
-		}
+		d := retry.DefaultConfig()
+		r = &d
 	}
 	pol, err := retry.NewPolicy(r)
 	if err != nil {
@@ -194,7 +113,7 @@ func compile(svc config.Service, ej config.Ejection) (*settings, error) {
 		return nil, fmt.Errorf("service %s: pool %s: %w", svc.Name, svc.Pool, err)
 	}
 	if svc.Host == "" {
-		svc.Host = config.HostKeep
+		svc.Host = service.HostKeep
 	}
 	return &settings{svc: svc, timeouts: t, policy: pol, maxEject: ej.MaxEjectedPercent}, nil
 }
@@ -226,7 +145,7 @@ func New(opts Options) (*Server, error) {
 		upTLS:    opts.Upstream.TLS != nil,
 	}
 	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
-	s.records.New = func() any { return new(Record) }
+	s.records.New = func() any { return new(accesslog.Record) }
 	if s.obs == nil {
 		s.obs = NopObserver{}
 	}
@@ -234,7 +153,7 @@ func New(opts Options) (*Server, error) {
 		s.selector = LeastRequests{}
 	}
 	if s.shutdown <= 0 {
-		s.shutdown = DefaultShutdownTimeout
+		s.shutdown = service.DefaultShutdownTimeout
 	}
 	s.cfg.Store(st)
 	s.access.Store(opts.AccessLog)
@@ -272,13 +191,13 @@ func New(opts Options) (*Server, error) {
 
 	cl := opts.Client
 	if cl.HeaderTimeout <= 0 {
-		cl.HeaderTimeout = DefaultHeaderTimeout
+		cl.HeaderTimeout = service.DefaultHeaderTimeout
 	}
 	if cl.IdleTimeout <= 0 {
-		cl.IdleTimeout = DefaultIdleTimeout
+		cl.IdleTimeout = service.DefaultIdleTimeout
 	}
 	if cl.MaxHeaderBytes <= 0 {
-		cl.MaxHeaderBytes = DefaultMaxHeaderBytes
+		cl.MaxHeaderBytes = service.DefaultMaxHeaderBytes
 	}
 	s.http = &http.Server{
 		Handler:           s,
@@ -311,7 +230,7 @@ func New(opts Options) (*Server, error) {
 
 // SetAccessLog makes later requests log to a (nil: nowhere), e.g. when the
 // service's access_log changed on reload.
-func (s *Server) SetAccessLog(a *AccessLog) { s.access.Store(a) }
+func (s *Server) SetAccessLog(a *accesslog.Logger) { s.access.Store(a) }
 
 // SetCertificate loads a new listener certificate (on reload); handshakes
 // after it use the new one, open connections keep theirs.
@@ -386,13 +305,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// Update applies a reloaded service and its pool's settings. Requests in
+// Update applies a reloaded service and its pool's ejection settings. Requests in
 // flight finish under the settings they started with; no connection is
 // dropped. The pool, listen address, TLS files and client limits are not
 // reloadable here: the agent replaces the Server when they change (a
 // changed pool or listen address is refused with an error).
-func (s *Server) Update(svc config.Service, p config.Pool) error {
-	st, err := compile(svc, p.Ejection)
+func (s *Server) Update(svc service.Config, ej eject.Config) error {
+	st, err := compile(svc, ej)
 	if err != nil {
 		return err
 	}
@@ -400,7 +319,7 @@ func (s *Server) Update(svc config.Service, p config.Pool) error {
 		return fmt.Errorf("service %s: pool or listen address changed (%s %s → %s %s): replace the server",
 			s.name, cur.Pool, cur.Listen, svc.Pool, svc.Listen)
 	}
-	if err := s.tracker.SetConfig(p.Ejection); err != nil {
+	if err := s.tracker.SetConfig(ej); err != nil {
 		return fmt.Errorf("service %s: %w", s.name, err)
 	}
 	s.budget.SetPercent(st.policy.BudgetPercent())

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -225,7 +224,7 @@ func TestReadTimeout(t *testing.T) {
 	})
 	p := newPool(t, nil, slow.addr)
 	h := start(t, p, func(o *Options) {
-		o.Service.Timeouts.Read = config.Duration(300 * time.Millisecond)
+		o.Service.Timeouts.Read = 300 * time.Millisecond
 		o.Service.Retry.Attempts = 1
 	})
 	t0 := time.Now()
@@ -255,8 +254,8 @@ func TestTotalDeadlineOverTries(t *testing.T) {
 	}
 	p := newPool(t, nil, addrs...)
 	h := start(t, p, func(o *Options) {
-		o.Service.Timeouts.Read = config.Duration(500 * time.Millisecond)
-		o.Service.Timeouts.Total = config.Duration(1200 * time.Millisecond)
+		o.Service.Timeouts.Read = 500 * time.Millisecond
+		o.Service.Timeouts.Total = 1200 * time.Millisecond
 		o.Ejection.Failures = 0
 	})
 	t0 := time.Now()
@@ -299,7 +298,7 @@ func TestSendTimeout(t *testing.T) {
 	p := newPool(t, nil, addr, good.addr)
 	h := start(t, p, func(o *Options) {
 		o.Selector = preferSelector{addr}
-		o.Service.Timeouts.Send = config.Duration(300 * time.Millisecond)
+		o.Service.Timeouts.Send = 300 * time.Millisecond
 		o.Service.Retry.BufferBytes = 1024
 	})
 	body := bytes.Repeat([]byte("x"), 64<<20) // more than the socket buffers hold
@@ -335,7 +334,7 @@ func TestConnectTimeout(t *testing.T) {
 	for _, attempts := range []int{1, 2} {
 		h := start(t, p, func(o *Options) {
 			o.Selector = preferSelector{black}
-			o.Service.Timeouts.Connect = config.Duration(200 * time.Millisecond)
+			o.Service.Timeouts.Connect = 200 * time.Millisecond
 			o.Service.Retry.Attempts = attempts
 			o.Ejection.Failures = 0
 			o.Upstream.Dial = func(ctx context.Context, n, a string) (net.Conn, error) {
@@ -369,7 +368,7 @@ func TestConnectTimeout(t *testing.T) {
 func TestSlowClientBody(t *testing.T) {
 	be := newBackend(t, status(200))
 	p := newPool(t, nil, be.addr)
-	h := start(t, p, func(o *Options) { o.Service.Timeouts.Total = config.Duration(400 * time.Millisecond) })
+	h := start(t, p, func(o *Options) { o.Service.Timeouts.Total = 400 * time.Millisecond })
 	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
 	if err != nil {
 		t.Fatal(err)

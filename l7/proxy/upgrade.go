@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/upstream"
 )
 
@@ -95,7 +96,7 @@ func (t *tunnels) shutdown(ctx context.Context) {
 
 // tunnel takes over the client connection after a 101 from the backend and
 // copies bytes both ways. It returns once both directions ended.
-func (s *Server) tunnel(w http.ResponseWriter, rec *Record, st *settings, res tryResult) {
+func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settings, res tryResult) {
 	resp := res.resp
 	conn := res.conn
 	up := conn
@@ -135,7 +136,7 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *Record, st *settings, res tr
 		return
 	}
 	// The backend side: reads wait at most `read`, no overall deadline.
-	conn.SetTimeouts(st.timeouts.Send.D(), st.timeouts.Read.D(), time.Time{})
+	conn.SetTimeouts(st.timeouts.Send, st.timeouts.Read, time.Time{})
 
 	var wg sync.WaitGroup
 	var toClient, toBackend int64

@@ -15,8 +15,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
-	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/backoff"
 )
 
 // Kind is what happened to one try.
@@ -103,7 +104,9 @@ var (
 	_ Condition = StatusCondition(503)
 )
 
-// ParseCondition parses one retry.on entry.
+// ParseCondition parses one retry.on entry: connect-failure, reset,
+// timeout, 429 or a status 500-599 (other statuses are the backend's
+// answer to the request, not a failure of the backend).
 func ParseCondition(s string) (Condition, error) {
 	switch s {
 	case "connect-failure":
@@ -114,10 +117,68 @@ func ParseCondition(s string) (Condition, error) {
 		return KindCondition(Timeout), nil
 	}
 	code, err := strconv.Atoi(s)
-	if err != nil || code < 100 || code > 599 {
-		return nil, fmt.Errorf("retry condition %q: must be connect-failure, reset, timeout or a status", s)
+	if err != nil || !(code == 429 || code >= 500 && code <= 599) || strconv.Itoa(code) != s {
+		return nil, fmt.Errorf("retry condition %q: must be connect-failure, reset, timeout, 429 or a status 500-599", s)
 	}
 	return StatusCondition(code), nil
+}
+
+// CheckMethod checks one retry.methods entry: an upper-case token such as GET.
+func CheckMethod(m string) error {
+	ok := m != "" && m[0] >= 'A' && m[0] <= 'Z'
+	for i := 0; ok && i < len(m); i++ {
+		c := m[i]
+		ok = c >= 'A' && c <= 'Z' || c == '_' || c == '-'
+	}
+	if !ok {
+		return fmt.Errorf("retry method %q: methods are upper-case tokens such as GET", m)
+	}
+	return nil
+}
+
+// Defaults of a retry block, and the bounds NewPolicy enforces.
+const (
+	DefaultAttempts      = 3
+	MaxAttempts          = 10
+	DefaultBudgetPercent = 20
+	DefaultBackoffBase   = 25 * time.Millisecond
+	DefaultBackoffMax    = 250 * time.Millisecond
+	DefaultBufferBytes   = 64 << 10
+)
+
+// DefaultOn returns retry.on's default: what an http service retries.
+func DefaultOn() []string {
+	return []string{"connect-failure", "reset", "timeout", "502", "503", "504"}
+}
+
+// DefaultMethods returns retry.methods' default: the methods an http
+// service retries after the request was sent.
+func DefaultMethods() []string {
+	return []string{"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+}
+
+// Config is the retry block of an http service (the agent builds it from
+// the service's retry: keys).
+type Config struct {
+	Attempts          int      // tries in total, 1..MaxAttempts
+	On                []string // conditions (ParseCondition)
+	Methods           []string // retried after sending (CheckMethod)
+	IdempotencyHeader string   // a request carrying it may be retried after sending
+	NonIdempotent     bool     // retry any method after sending
+	BudgetPercent     int      // 0..100
+	BackoffBase       time.Duration
+	BackoffMax        time.Duration
+	BufferBytes       int64 // request body kept for replay
+}
+
+// DefaultConfig is the retry block of an http service that sets none.
+func DefaultConfig() Config {
+	return Config{
+		Attempts: DefaultAttempts, On: DefaultOn(), Methods: DefaultMethods(),
+		BudgetPercent: DefaultBudgetPercent,
+		BackoffBase:   DefaultBackoffBase, BackoffMax: DefaultBackoffMax,
+		BufferBytes: DefaultBufferBytes,
+	}
 }
 
 // Policy is a compiled retry: block. It is immutable and safe for concurrent use.
@@ -128,17 +189,17 @@ type Policy struct {
 	idemHeader    string
 	nonIdempotent bool
 	bufferBytes   int64
-	backoff       Backoff
+	backoff       backoff.Backoff
 	budgetPercent int
 }
 
 // NewPolicy compiles cfg. A nil cfg means no retries (one try).
-func NewPolicy(cfg *config.Retry) (*Policy, error) {
+func NewPolicy(cfg *Config) (*Policy, error) {
 	if cfg == nil {
 		return &Policy{attempts: 1}, nil
 	}
-	if cfg.Attempts < 1 {
-		return nil, fmt.Errorf("retry attempts %d: must be at least 1", cfg.Attempts)
+	if cfg.Attempts < 1 || cfg.Attempts > MaxAttempts {
+		return nil, fmt.Errorf("retry attempts %d: must be between 1 and %d", cfg.Attempts, MaxAttempts)
 	}
 	if cfg.BufferBytes < 0 {
 		return nil, fmt.Errorf("retry buffer_bytes %d: must not be negative", cfg.BufferBytes)
@@ -146,13 +207,20 @@ func NewPolicy(cfg *config.Retry) (*Policy, error) {
 	if cfg.BudgetPercent < 0 || cfg.BudgetPercent > 100 {
 		return nil, fmt.Errorf("retry budget_percent %d: must be between 0 and 100", cfg.BudgetPercent)
 	}
+	// Full jitter: a retry storm spreads over the whole interval.
+	bo := backoff.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax, Jitter: 1}
+	if bo.Base != 0 || bo.Max != 0 {
+		if err := bo.Validate(); err != nil {
+			return nil, fmt.Errorf("retry %w", err)
+		}
+	}
 	p := &Policy{
 		attempts:      cfg.Attempts,
 		idemHeader:    cfg.IdempotencyHeader,
 		nonIdempotent: cfg.NonIdempotent,
 		bufferBytes:   cfg.BufferBytes,
 		budgetPercent: cfg.BudgetPercent,
-		backoff:       Backoff{Base: cfg.Backoff.Base.D(), Max: cfg.Backoff.Max.D()},
+		backoff:       bo,
 	}
 	for _, s := range cfg.On {
 		c, err := ParseCondition(s)
@@ -162,7 +230,11 @@ func NewPolicy(cfg *config.Retry) (*Policy, error) {
 		p.conditions = append(p.conditions, c)
 	}
 	for _, m := range cfg.Methods {
-		p.methods = append(p.methods, strings.ToUpper(m))
+		m = strings.ToUpper(m)
+		if err := CheckMethod(m); err != nil {
+			return nil, err
+		}
+		p.methods = append(p.methods, m)
 	}
 	return p, nil
 }
@@ -173,8 +245,8 @@ func (p *Policy) Attempts() int { return p.attempts }
 // BufferBytes is how much of a request body is kept for replay.
 func (p *Policy) BufferBytes() int64 { return p.bufferBytes }
 
-// Backoff is the delay policy between tries.
-func (p *Policy) Backoff() Backoff { return p.backoff }
+// Backoff is the delay policy between tries (full jitter).
+func (p *Policy) Backoff() backoff.Backoff { return p.backoff }
 
 // BudgetPercent is the share of active requests that may be retrying.
 func (p *Policy) BudgetPercent() int { return p.budgetPercent }

@@ -6,16 +6,14 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/sluicelb/sluice/userspace/config"
 )
 
-func policy(t *testing.T, mod func(*config.Retry)) *Policy {
+func policy(t *testing.T, mod func(*Config)) *Policy {
 	t.Helper()
-	r := &config.Retry{
-		Attempts: 3, On: config.DefaultRetryOn(), Methods: config.DefaultRetryMethods(),
+	r := &Config{
+		Attempts: 3, On: DefaultOn(), Methods: DefaultMethods(),
 		IdempotencyHeader: "Idempotency-Key", BudgetPercent: 20, BufferBytes: 64 << 10,
-		Backoff: config.Backoff{Base: config.Duration(25 * time.Millisecond), Max: config.Duration(250 * time.Millisecond)},
+		BackoffBase: 25 * time.Millisecond, BackoffMax: 250 * time.Millisecond,
 	}
 	if mod != nil {
 		mod(r)
@@ -35,7 +33,7 @@ func TestDecide(t *testing.T) {
 	sent := func(k Kind, code int) Outcome { return Outcome{Kind: k, StatusCode: code, Sent: true} }
 	tests := []struct {
 		name  string
-		mod   func(*config.Retry)
+		mod   func(*Config)
 		r     Request
 		o     Outcome
 		retry bool
@@ -47,16 +45,16 @@ func TestDecide(t *testing.T) {
 		{"POST reset after sending", nil, req("POST", nil), sent(Reset, 0), false, "POST is not in retry.methods"},
 		{"POST connect failure", nil, req("POST", nil), Outcome{Kind: ConnectFailure}, true, "before the request was sent"},
 		{"POST with idempotency header", nil, req("POST", idem), sent(Reset, 0), true, "carries Idempotency-Key"},
-		{"POST non_idempotent", func(r *config.Retry) { r.NonIdempotent = true }, req("POST", nil), sent(Timeout, 0), true, "non_idempotent"},
-		{"PUT excluded", func(r *config.Retry) { r.Methods = []string{"GET"} }, req("PUT", nil), sent(Status, 503), false, "PUT is not in retry.methods"},
-		{"timeout not listed", func(r *config.Retry) { r.On = []string{"503"} }, req("GET", nil), sent(Timeout, 0), false, "timeout is not in retry.on"},
+		{"POST non_idempotent", func(r *Config) { r.NonIdempotent = true }, req("POST", nil), sent(Timeout, 0), true, "non_idempotent"},
+		{"PUT excluded", func(r *Config) { r.Methods = []string{"GET"} }, req("PUT", nil), sent(Status, 503), false, "PUT is not in retry.methods"},
+		{"timeout not listed", func(r *Config) { r.On = []string{"503"} }, req("GET", nil), sent(Timeout, 0), false, "timeout is not in retry.on"},
 		{"attempts exhausted", nil, Request{Method: "GET", Replayable: true, Tries: 3, DeadlineLeft: true}, sent(Reset, 0), false, "attempts exhausted"},
 		{"deadline", nil, Request{Method: "GET", Replayable: true, Tries: 1}, sent(Reset, 0), false, "total deadline"},
 		{"response started", nil, Request{Method: "GET", Replayable: true, Tries: 1, DeadlineLeft: true, ResponseStarted: true}, sent(Reset, 0), false, "response already started"},
 		{"large body sent", nil, Request{Method: "PUT", Tries: 1, DeadlineLeft: true}, sent(Status, 503), false, "larger than retry.buffer_bytes"},
 		{"large body, nothing sent, still whole", nil, Request{Method: "PUT", Replayable: true, Tries: 1, DeadlineLeft: true}, Outcome{Kind: ConnectFailure}, true, "before the request was sent"},
 		{"large body partly read", nil, Request{Method: "PUT", Tries: 1, DeadlineLeft: true}, Outcome{Kind: ConnectFailure}, false, "cannot replay"},
-		{"no retry block", func(r *config.Retry) { r.Attempts = 1 }, req("GET", nil), sent(Status, 503), false, "attempts exhausted (1)"},
+		{"no retry block", func(r *Config) { r.Attempts = 1 }, req("GET", nil), sent(Status, 503), false, "attempts exhausted (1)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -80,7 +78,7 @@ func TestParseCondition(t *testing.T) {
 			t.Errorf("%q accepted", s)
 		}
 	}
-	if _, err := NewPolicy(&config.Retry{Attempts: 0}); err == nil {
+	if _, err := NewPolicy(&Config{Attempts: 0}); err == nil {
 		t.Error("attempts 0 accepted")
 	}
 	if p, err := NewPolicy(nil); err != nil || p.Attempts() != 1 {
@@ -89,7 +87,8 @@ func TestParseCondition(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
-	b := Backoff{Base: 25 * time.Millisecond, Max: 250 * time.Millisecond}
+	p := policy(t, nil)
+	b := p.Backoff()
 	want := []time.Duration{25, 50, 100, 200, 250, 250}
 	for i, w := range want {
 		if c := b.Ceiling(i + 1); c != w*time.Millisecond {

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluicelb/sluice/l7/proxy"
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/userspace/config"
 )
 
@@ -24,16 +24,16 @@ type accessLogs struct {
 	stdout io.Writer // nil: `stdout` logs nowhere
 
 	mu    sync.Mutex
-	logs  map[string]*proxy.AccessLog // by access_log value
-	files map[string]*os.File         // the open file of each path
+	logs  map[string]*accesslog.Logger // by access_log value
+	files map[string]*os.File          // the open file of each path
 }
 
 func newAccessLogs(stdout io.Writer) *accessLogs {
-	return &accessLogs{stdout: stdout, logs: map[string]*proxy.AccessLog{}, files: map[string]*os.File{}}
+	return &accessLogs{stdout: stdout, logs: map[string]*accesslog.Logger{}, files: map[string]*os.File{}}
 }
 
 // get returns the log of an access_log value (nil for off).
-func (a *accessLogs) get(dest string) (*proxy.AccessLog, error) {
+func (a *accessLogs) get(dest string) (*accesslog.Logger, error) {
 	if dest == config.AccessLogOff || dest == config.AccessLogStdout && a.stdout == nil {
 		return nil, nil
 	}
@@ -54,7 +54,7 @@ func (a *accessLogs) get(dest string) (*proxy.AccessLog, error) {
 		a.files[dest] = f
 		w = f
 	}
-	l := proxy.NewAccessLog(w, accessLogFlush)
+	l := accesslog.New(w, accessLogFlush)
 	a.logs[dest] = l
 	return l, nil
 }

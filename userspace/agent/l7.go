@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/sluicelb/sluice/l7/proxy"
+	l7service "github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -165,7 +166,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		return proxy.Options{}, err
 	}
 	opts := proxy.Options{
-		Service:   svc,
+		Service:   proxyService(svc),
 		Log:       s.log,
 		AccessLog: acc,
 		Observer:  s.observer(svc),
@@ -175,7 +176,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		opts.TLS = &proxy.TLSFiles{Cert: t.Cert, Key: t.Key}
 	}
 	if c := svc.Client; c != nil {
-		opts.Client = proxy.ClientLimits{
+		opts.Client = l7service.ClientLimits{
 			HeaderTimeout: c.HeaderTimeout.D(), IdleTimeout: c.IdleTimeout.D(), MaxHeaderBytes: c.MaxHeaderBytes,
 		}
 	}
@@ -209,7 +210,7 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, pc config.Pool) err
 			return err
 		}
 	}
-	if err := cur.srv.Update(svc, pc); err != nil {
+	if err := cur.srv.Update(proxyService(svc), ejectionConfig(pc.Ejection)); err != nil {
 		return err
 	}
 	cur.srv.SetAccessLog(acc)

@@ -35,7 +35,7 @@ func (t *trackers) get(pc config.Pool, p *pool.Pool) (*eject.Tracker, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if tr, ok := t.byPool[p]; ok {
-		if err := tr.SetConfig(pc.Ejection); err != nil {
+		if err := tr.SetConfig(ejectionConfig(pc.Ejection)); err != nil {
 			return nil, fmt.Errorf("pool %s: ejection: %w", pc.Name, err)
 		}
 		return tr, nil
@@ -45,7 +45,7 @@ func (t *trackers) get(pc config.Pool, p *pool.Pool) (*eject.Tracker, error) {
 		name := pc.Name
 		opts.Observe = func(ev eject.Event) { t.observe(name, ev) }
 	}
-	tr, err := eject.New(pc.Ejection, p, opts)
+	tr, err := eject.New(ejectionConfig(pc.Ejection), p, opts)
 	if err != nil {
 		return nil, fmt.Errorf("pool %s: ejection: %w", pc.Name, err)
 	}

@@ -3,6 +3,11 @@ package config
 import (
 	"fmt"
 	"time"
+
+	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/service"
+	"github.com/sluicelb/sluice/l7/upstream"
 )
 
 // Values of Service.Protocol.
@@ -26,7 +31,7 @@ const (
 )
 
 // HostKeep is Service.Host's value that passes the client's Host header on.
-const HostKeep = "keep"
+const HostKeep = service.HostKeep
 
 // MetricsOff is Metrics.Listen's value that disables the endpoint.
 const MetricsOff = "off"
@@ -46,17 +51,6 @@ const (
 	DefaultConntrackMax    = 262144
 	DefaultDNSPort         = 53
 )
-
-// DefaultRetryOn returns retry.on's default: what an http service retries.
-func DefaultRetryOn() []string {
-	return []string{"connect-failure", "reset", "timeout", "502", "503", "504"}
-}
-
-// DefaultRetryMethods returns retry.methods' default: the methods an http
-// service retries after the request was sent.
-func DefaultRetryMethods() []string {
-	return []string{"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
-}
 
 // defaulter sets a value only where the file did not.
 type defaulter struct{ lines map[string]int }
@@ -117,11 +111,13 @@ func applyDefaults(c *Config, lines map[string]int) {
 			d.u32(fmt.Sprintf("%s.backends[%d].weight", pp, j), &p.Backends[j].Weight, 1)
 		}
 		e := &p.Ejection
-		d.int(pp+".ejection.failures", &e.Failures, 5)
-		d.dur(pp+".ejection.window", &e.Window, 10*time.Second)
-		d.dur(pp+".ejection.base_time", &e.BaseTime, 10*time.Second)
-		d.dur(pp+".ejection.max_time", &e.MaxTime, 5*time.Minute)
-		d.int(pp+".ejection.max_ejected_percent", &e.MaxEjectedPercent, 50)
+		// The L7 packages own their defaults (l7/eject, l7/retry,
+		// l7/service, l7/upstream): the file's keys are filled from them.
+		d.int(pp+".ejection.failures", &e.Failures, eject.DefaultFailures)
+		d.dur(pp+".ejection.window", &e.Window, eject.DefaultWindow)
+		d.dur(pp+".ejection.base_time", &e.BaseTime, eject.DefaultBaseTime)
+		d.dur(pp+".ejection.max_time", &e.MaxTime, eject.DefaultMaxTime)
+		d.int(pp+".ejection.max_ejected_percent", &e.MaxEjectedPercent, eject.DefaultMaxEjectedPercent)
 		if hc := p.HealthCheck; hc != nil {
 			hp := pp + ".health_check"
 			d.dur(hp+".interval", &hc.Interval, 2*time.Second)
@@ -150,42 +146,42 @@ func applyDefaults(c *Config, lines map[string]int) {
 			s.Timeouts = &Timeouts{}
 		}
 		t := s.Timeouts
-		d.dur(sp+".timeouts.connect", &t.Connect, 2*time.Second)
-		d.dur(sp+".timeouts.send", &t.Send, 30*time.Second)
-		d.dur(sp+".timeouts.read", &t.Read, 60*time.Second)
-		d.dur(sp+".timeouts.total", &t.Total, 90*time.Second)
+		d.dur(sp+".timeouts.connect", &t.Connect, service.DefaultConnect)
+		d.dur(sp+".timeouts.send", &t.Send, service.DefaultSend)
+		d.dur(sp+".timeouts.read", &t.Read, service.DefaultRead)
+		d.dur(sp+".timeouts.total", &t.Total, service.DefaultTotal)
 		if s.Retry == nil {
 			s.Retry = &Retry{}
 		}
 		r := s.Retry
 		rp := sp + ".retry"
-		d.int(rp+".attempts", &r.Attempts, 3)
+		d.int(rp+".attempts", &r.Attempts, retry.DefaultAttempts)
 		if !d.set(rp + ".on") {
-			r.On = DefaultRetryOn()
+			r.On = retry.DefaultOn()
 		}
 		if !d.set(rp + ".methods") {
-			r.Methods = DefaultRetryMethods()
+			r.Methods = retry.DefaultMethods()
 		}
-		d.int(rp+".budget_percent", &r.BudgetPercent, 20)
-		d.dur(rp+".backoff.base", &r.Backoff.Base, 25*time.Millisecond)
-		d.dur(rp+".backoff.max", &r.Backoff.Max, 250*time.Millisecond)
+		d.int(rp+".budget_percent", &r.BudgetPercent, retry.DefaultBudgetPercent)
+		d.dur(rp+".backoff.base", &r.Backoff.Base, retry.DefaultBackoffBase)
+		d.dur(rp+".backoff.max", &r.Backoff.Max, retry.DefaultBackoffMax)
 		if !d.set(rp + ".buffer_bytes") {
-			r.BufferBytes = 65536
+			r.BufferBytes = retry.DefaultBufferBytes
 		}
 		d.str(sp+".access_log", &s.AccessLog, AccessLogStdout)
 		if s.Client == nil {
 			s.Client = &ClientLimits{}
 		}
 		cp := sp + ".client"
-		d.dur(cp+".header_timeout", &s.Client.HeaderTimeout, 10*time.Second)
-		d.dur(cp+".idle_timeout", &s.Client.IdleTimeout, 60*time.Second)
-		d.int(cp+".max_header_bytes", &s.Client.MaxHeaderBytes, 64<<10)
+		d.dur(cp+".header_timeout", &s.Client.HeaderTimeout, service.DefaultHeaderTimeout)
+		d.dur(cp+".idle_timeout", &s.Client.IdleTimeout, service.DefaultIdleTimeout)
+		d.int(cp+".max_header_bytes", &s.Client.MaxHeaderBytes, service.DefaultMaxHeaderBytes)
 		if s.Upstream == nil {
 			s.Upstream = &Upstream{}
 		}
 		up := sp + ".upstream"
-		d.int(up+".max_idle", &s.Upstream.MaxIdle, 64)
-		d.dur(up+".idle_timeout", &s.Upstream.IdleTimeout, 30*time.Second)
-		d.dur(up+".max_lifetime", &s.Upstream.MaxLifetime, 5*time.Minute)
+		d.int(up+".max_idle", &s.Upstream.MaxIdle, upstream.DefaultMaxIdlePerAddr)
+		d.dur(up+".idle_timeout", &s.Upstream.IdleTimeout, upstream.DefaultIdleTimeout)
+		d.dur(up+".max_lifetime", &s.Upstream.MaxLifetime, upstream.DefaultMaxLifetime)
 	}
 }

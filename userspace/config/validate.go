@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/userspace/maglev"
 )
 
@@ -21,19 +22,15 @@ const (
 	MaxMaglevTableSize = 65521
 	MinConntrackMax    = 1024
 	MaxWeight          = 1000
-	MaxRetryAttempts   = 10
+	MaxRetryAttempts   = retry.MaxAttempts
 )
 
 var (
 	nameRE   = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
-	methodRE = regexp.MustCompile(`^[A-Z][A-Z_-]*$`)
 	expectRE = regexp.MustCompile(`^([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?$`)
 	ifnameRE = regexp.MustCompile(`^[^/\s:]{1,15}$`)
 	tokenRE  = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 )
-
-// retryConditions are the non-status values of retry.on.
-var retryConditions = map[string]bool{"connect-failure": true, "reset": true, "timeout": true}
 
 // validator collects problems, each placed at the line of the key it names.
 type validator struct {
@@ -613,11 +610,7 @@ func (v *validator) retry(r *Retry, path string) {
 			continue
 		}
 		seen[on] = true
-		if retryConditions[on] {
-			continue
-		}
-		code, err := strconv.Atoi(on)
-		if err != nil || !(code == 429 || code >= 500 && code <= 599) {
+		if _, err := retry.ParseCondition(on); err != nil {
 			v.add(p, "%q: must be connect-failure, reset, timeout, 429 or a status 500-599", on)
 		}
 	}
@@ -625,7 +618,7 @@ func (v *validator) retry(r *Retry, path string) {
 	for i, m := range r.Methods {
 		p := fmt.Sprintf("%s.methods[%d]", path, i)
 		switch {
-		case !methodRE.MatchString(m):
+		case retry.CheckMethod(m) != nil:
 			v.add(p, "%q: methods are upper-case tokens such as GET", m)
 		case seen[m]:
 			v.add(p, "%q is listed twice", m)

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/sluicelb/sluice/userspace/backoff"
 )
 
 // nameState is the pure state machine of one watched name: it turns
@@ -56,12 +58,7 @@ func (s *nameState) refreshDelay(ttl time.Duration) time.Duration {
 // backoff is the delay before retry n (n >= 1): BackoffBase doubled per
 // retry up to BackoffMax, then "equal jitter" (between half and all of it).
 func (s *nameState) backoff(n int) time.Duration {
-	b := s.cfg.BackoffBase
-	for i := 1; i < n && b < s.cfg.BackoffMax; i++ {
-		b *= 2
-	}
-	b = min(b, s.cfg.BackoffMax)
-	return b/2 + time.Duration(float64(b/2)*s.rand())
+	return backoff.Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax, Jitter: 0.5}.Delay(n, s.rand)
 }
 
 // holdDeadline is when tick must run to expire a hold (zero: none due).

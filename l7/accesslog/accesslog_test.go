@@ -1,4 +1,4 @@
-package proxy
+package accesslog
 
 import (
 	"bytes"
@@ -34,7 +34,7 @@ func sampleRecord() *Record {
 func TestAccessLogEncoding(t *testing.T) {
 	rec := sampleRecord()
 	now := time.Date(2026, 11, 23, 13, 13, 5, 445697568, time.UTC)
-	line := appendRecord(nil, rec, now)
+	line := AppendRecord(nil, rec, now)
 	if !bytes.HasSuffix(line, []byte("}\n")) || bytes.Count(line, []byte("\n")) != 1 {
 		t.Fatalf("not one line: %q", line)
 	}
@@ -96,7 +96,7 @@ func TestAccessLogEncoding(t *testing.T) {
 		t.Errorf("escaping: %s", line)
 	}
 	// No tries: "try":null, like slog's encoding of a nil slice.
-	if l := appendRecord(nil, &Record{Service: "s"}, now); !bytes.Contains(l, []byte(`"tries":0,"try":null}`)) {
+	if l := AppendRecord(nil, &Record{Service: "s"}, now); !bytes.Contains(l, []byte(`"tries":0,"try":null}`)) {
 		t.Errorf("no tries: %s", l)
 	}
 }
@@ -144,7 +144,7 @@ func (l *lockedBuffer) state() (string, int) {
 
 func TestAccessLogBatching(t *testing.T) {
 	w := &lockedBuffer{}
-	a := NewAccessLog(w, 50*time.Millisecond)
+	a := New(w, 50*time.Millisecond)
 	rec := sampleRecord()
 	for range 10 {
 		a.Log(rec)
@@ -167,7 +167,7 @@ func TestAccessLogBatching(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	// A full batch is written at once, without waiting for the timer.
-	big := &Record{Service: strings.Repeat("x", DefaultAccessLogBuffer)}
+	big := &Record{Service: strings.Repeat("x", DefaultBuffer)}
 	a.Log(big)
 	if s, _ := w.state(); strings.Count(s, "\n") != 11 {
 		t.Errorf("a full batch waited for the timer")
@@ -188,7 +188,7 @@ func TestAccessLogBatching(t *testing.T) {
 
 func TestAccessLogUnbufferedSwapAndErrors(t *testing.T) {
 	w1, w2 := &lockedBuffer{}, &lockedBuffer{}
-	a := NewAccessLog(w1, 0)
+	a := New(w1, 0)
 	a.Log(sampleRecord())
 	if s, n := w1.state(); n != 1 || strings.Count(s, "\n") != 1 {
 		t.Fatalf("unbuffered: %d writes", n)
@@ -211,12 +211,12 @@ func TestAccessLogUnbufferedSwapAndErrors(t *testing.T) {
 	if err := a.Close(); !errors.Is(err, boom) {
 		t.Errorf("Close = %v, want %v", err, boom)
 	}
-	var nilLog *AccessLog
+	var nilLog *Logger
 	nilLog.Log(sampleRecord()) // a nil log logs nothing
 }
 
 func BenchmarkAccessLog(b *testing.B) {
-	a := NewAccessLog(&lockedBuffer{}, time.Second)
+	a := New(&lockedBuffer{}, time.Second)
 	defer a.Close()
 	rec := sampleRecord()
 	b.ReportAllocs()
@@ -247,19 +247,7 @@ func TestAccessLogSameAsSlog(t *testing.T) {
 	if err := h.Handle(context.Background(), sr); err != nil {
 		t.Fatal(err)
 	}
-	if got := appendRecord(nil, rec, now); string(got) != buf.String() {
+	if got := AppendRecord(nil, rec, now); string(got) != buf.String() {
 		t.Errorf("\n got %s\nwant %s", got, buf.String())
-	}
-}
-
-func TestHostname(t *testing.T) {
-	for in, want := range map[string]string{
-		"example.com": "example.com", "example.com:8080": "example.com", "198.18.1.1:80": "198.18.1.1",
-		"[2001:db8::1]:443": "2001:db8::1", "[2001:db8::1]": "2001:db8::1", "2001:db8::1": "2001:db8::1",
-		"": "", "name:": "name",
-	} {
-		if got := hostname(in); got != want {
-			t.Errorf("hostname(%q) = %q, want %q", in, got, want)
-		}
 	}
 }

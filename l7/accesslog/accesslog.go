@@ -1,4 +1,8 @@
-package proxy
+// Package accesslog writes the L7 stage's access log: one JSON object per
+// line per request (Record), with every try and why it was or was not
+// retried. The encoder is hand-written (no reflection) and produces what
+// slog's JSON handler would.
+package accesslog
 
 import (
 	"fmt"
@@ -9,7 +13,7 @@ import (
 	"unicode/utf8"
 )
 
-// AccessLog writes one JSON object per line per request (see Record). The
+// Logger writes one JSON object per line per request (see Record). The
 // line is encoded by hand into a reused buffer, without reflection, and
 // lines are collected in memory and written in batches: when the batch
 // reaches its size, when FlushInterval has passed since its first line,
@@ -19,7 +23,7 @@ import (
 // The format is the one slog's JSON handler produced before (time, level,
 // msg "access", then the fields of Record), so tools reading the log see
 // no difference.
-type AccessLog struct {
+type Logger struct {
 	every time.Duration
 	limit int
 
@@ -35,16 +39,16 @@ type AccessLog struct {
 	lines sync.Pool // *[]byte, one encoded line
 }
 
-// Defaults of NewAccessLog.
+// Defaults of New.
 const (
-	DefaultAccessLogFlush  = time.Second
-	DefaultAccessLogBuffer = 64 << 10
+	DefaultFlush  = time.Second
+	DefaultBuffer = 64 << 10
 )
 
-// NewAccessLog returns an access log writing to w, batching lines for at
-// most flushEvery (<= 0: every line is written at once).
-func NewAccessLog(w io.Writer, flushEvery time.Duration) *AccessLog {
-	a := &AccessLog{w: w, every: flushEvery, limit: DefaultAccessLogBuffer}
+// New returns an access log writing to w, batching lines for at most
+// flushEvery (<= 0: every line is written at once).
+func New(w io.Writer, flushEvery time.Duration) *Logger {
+	a := &Logger{w: w, every: flushEvery, limit: DefaultBuffer}
 	a.lines.New = func() any { b := make([]byte, 0, 1024); return &b }
 	if flushEvery > 0 {
 		a.timer = time.AfterFunc(time.Hour, a.onTimer)
@@ -54,7 +58,7 @@ func NewAccessLog(w io.Writer, flushEvery time.Duration) *AccessLog {
 }
 
 // Log writes rec as one line.
-func (a *AccessLog) Log(rec *Record) {
+func (a *Logger) Log(rec *Record) {
 	if a == nil {
 		return
 	}
@@ -63,7 +67,7 @@ func (a *AccessLog) Log(rec *Record) {
 	if at.IsZero() {
 		at = time.Now()
 	}
-	line := appendRecord((*bp)[:0], rec, at)
+	line := AppendRecord((*bp)[:0], rec, at)
 	a.mu.Lock()
 	if a.every <= 0 || a.closed {
 		a.writeLocked(line)
@@ -84,14 +88,14 @@ func (a *AccessLog) Log(rec *Record) {
 	}
 }
 
-func (a *AccessLog) onTimer() {
+func (a *Logger) onTimer() {
 	a.mu.Lock()
 	a.armed = false
 	a.flushLocked()
 	a.mu.Unlock()
 }
 
-func (a *AccessLog) flushLocked() {
+func (a *Logger) flushLocked() {
 	if len(a.pending) == 0 {
 		return
 	}
@@ -103,7 +107,7 @@ func (a *AccessLog) flushLocked() {
 	}
 }
 
-func (a *AccessLog) writeLocked(b []byte) {
+func (a *Logger) writeLocked(b []byte) {
 	if _, err := a.w.Write(b); err != nil {
 		if a.err == nil {
 			a.err = err
@@ -113,7 +117,7 @@ func (a *AccessLog) writeLocked(b []byte) {
 }
 
 // Flush writes the lines collected so far.
-func (a *AccessLog) Flush() error {
+func (a *Logger) Flush() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.flushLocked()
@@ -127,7 +131,7 @@ func (a *AccessLog) Flush() error {
 // writer of later lines (e.g. a reopened file after log rotation) and
 // returns the previous one for the caller to close, with the first write
 // error it saw.
-func (a *AccessLog) Swap(w io.Writer) (old io.Writer, err error) {
+func (a *Logger) Swap(w io.Writer) (old io.Writer, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.flushLocked()
@@ -142,7 +146,7 @@ func (a *AccessLog) Swap(w io.Writer) (old io.Writer, err error) {
 // Close flushes what is collected and stops the timer; lines logged
 // afterwards (requests finishing late) are written at once. It returns the
 // first write error, if any. It does not close the writer.
-func (a *AccessLog) Close() error {
+func (a *Logger) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.closed = true
@@ -159,8 +163,8 @@ func (a *AccessLog) Close() error {
 	return nil
 }
 
-// appendRecord encodes rec as one JSON line.
-func appendRecord(b []byte, r *Record, now time.Time) []byte {
+// AppendRecord encodes rec as one JSON line.
+func AppendRecord(b []byte, r *Record, now time.Time) []byte {
 	b = append(b, `{"time":"`...)
 	b = now.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","level":"INFO","msg":"access","service":`...)

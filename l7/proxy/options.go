@@ -1,0 +1,58 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/service"
+)
+
+// TLSFiles are the certificate and key of an HTTPS listener (PEM files).
+type TLSFiles struct {
+	Cert string
+	Key  string
+}
+
+// UpstreamOptions tune the connection pools to the backends.
+type UpstreamOptions struct {
+	MaxIdlePerAddr int           // default 64
+	IdleTimeout    time.Duration // default 30s
+	MaxLifetime    time.Duration // default 5m
+	// TLS makes connections to the backends TLS; SNI is the Host sent.
+	TLS *tls.Config
+	// Dial replaces the TCP dialer (e.g. to bind a source address; tests).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Options build a Server.
+type Options struct {
+	Service service.Config
+	Pool    PoolView // the service's pool
+	// Ejection is the pool's ejection block (Failures 0: off); its
+	// max_ejected_percent also decides panic mode.
+	Ejection eject.Config
+	TLS      *TLSFiles // nil: plain HTTP (HTTP/1.1, and h2c when H2C is set)
+	H2C      bool      // accept HTTP/2 without TLS (prior knowledge)
+	Client   service.ClientLimits
+	Upstream UpstreamOptions
+	// ShutdownTimeout bounds the graceful shutdown Serve does when its
+	// context ends; default 30s.
+	ShutdownTimeout time.Duration
+	Log             *slog.Logger // operational log; nil discards
+	// AccessLog gets one line per request (see accesslog.New); nil: none.
+	// It may be shared by servers; its owner closes it once they stopped.
+	AccessLog *accesslog.Logger
+	Observer  Observer // nil: NopObserver
+	Selector  Selector // nil: LeastRequests
+	// EjectionJitter is passed to eject.Options.Jitter (0: default, <0: none).
+	EjectionJitter float64
+	// Tracker, when set, is the ejection tracker to use instead of a new
+	// one: services sharing a pool should share its tracker, so failures
+	// are counted per pool (see eject.New). Ejection is then ignored.
+	Tracker *eject.Tracker
+}

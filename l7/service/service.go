@@ -1,0 +1,80 @@
+// Package service holds the settings of one http service of the L7 stage
+// that more than one package needs: its timeouts, its client-side limits
+// and their defaults. l7 owns them (the agent builds them from the config
+// file; userspace/config fills and validates the file's keys with them),
+// and this package imports nothing of sluice, so every side can use it.
+package service
+
+import (
+	"time"
+
+	"github.com/sluicelb/sluice/l7/retry"
+)
+
+// HostKeep is Service.Host's value that passes the client's Host header on.
+const HostKeep = "keep"
+
+// Config is the http service a proxy serves (the agent builds it from
+// the service's config keys).
+type Config struct {
+	Name   string
+	Listen string // ip:port, for ListenAndServe
+	Pool   string // the pool's name (messages; Update refuses a change)
+	// Host is HostKeep ("" too) to pass the client's Host on, or the name
+	// sent as Host to the backends.
+	Host     string
+	Timeouts Timeouts
+	Retry    *retry.Config // nil: retry.DefaultConfig()
+}
+
+// Timeouts are the per-phase timeouts and the total deadline of a request
+// (a zero field takes its default).
+type Timeouts struct {
+	Connect time.Duration // a connection to a backend
+	Send    time.Duration // between two writes of the request
+	Read    time.Duration // the response header, and between two body reads
+	Total   time.Duration // all tries of one request
+}
+
+// DefaultTimeouts are the timeouts of a service that sets none.
+func DefaultTimeouts() Timeouts {
+	return Timeouts{Connect: DefaultConnect, Send: DefaultSend, Read: DefaultRead, Total: DefaultTotal}
+}
+
+// WithDefaults is t with its zero fields set to their defaults.
+func (t Timeouts) WithDefaults() Timeouts {
+	d := DefaultTimeouts()
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&t.Connect, &d.Connect}, {&t.Send, &d.Send}, {&t.Read, &d.Read}, {&t.Total, &d.Total},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
+	}
+	return t
+}
+
+// Defaults of an http service: the proxy uses them for zero fields and
+// userspace/config fills the keys a file leaves out with them.
+const (
+	DefaultHeaderTimeout   = 10 * time.Second
+	DefaultIdleTimeout     = 60 * time.Second
+	DefaultMaxHeaderBytes  = 64 << 10
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultConnect         = 2 * time.Second
+	DefaultSend            = 30 * time.Second
+	DefaultRead            = 60 * time.Second
+	DefaultTotal           = 90 * time.Second
+)
+
+// ClientLimits protect the listener from slow or greedy clients.
+type ClientLimits struct {
+	// HeaderTimeout bounds reading a request's header (slowloris);
+	// default 10s (nginx client_header_timeout 60s).
+	HeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive client connection idle this long;
+	// default 60s (nginx keepalive_timeout 75s).
+	IdleTimeout time.Duration
+	// MaxHeaderBytes caps the request header size; default 64 KiB.
+	MaxHeaderBytes int
+}

@@ -1,0 +1,37 @@
+package agent
+
+import (
+	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/retry"
+	l7service "github.com/sluicelb/sluice/l7/service"
+	"github.com/sluicelb/sluice/userspace/config"
+)
+
+// The l7 packages own their option types (l7 never imports config); these
+// build them from the config keys, as health.FromConfig does for checks.
+
+// ejectionConfig is a pool's ejection block for l7/eject.
+func ejectionConfig(e config.Ejection) eject.Config {
+	return eject.Config{
+		Failures: e.Failures, Window: e.Window.D(), BaseTime: e.BaseTime.D(),
+		MaxTime: e.MaxTime.D(), MaxEjectedPercent: e.MaxEjectedPercent,
+	}
+}
+
+// proxyService is an http service's settings for l7/proxy.
+func proxyService(svc config.Service) l7service.Config {
+	s := l7service.Config{Name: svc.Name, Listen: svc.Listen, Pool: svc.Pool, Host: svc.Host}
+	if t := svc.Timeouts; t != nil {
+		s.Timeouts = l7service.Timeouts{Connect: t.Connect.D(), Send: t.Send.D(), Read: t.Read.D(), Total: t.Total.D()}
+	}
+	if r := svc.Retry; r != nil {
+		s.Retry = &retry.Config{
+			Attempts: r.Attempts, On: r.On, Methods: r.Methods,
+			IdempotencyHeader: r.IdempotencyHeader, NonIdempotent: r.NonIdempotent,
+			BudgetPercent: r.BudgetPercent,
+			BackoffBase:   r.Backoff.Base.D(), BackoffMax: r.Backoff.Max.D(),
+			BufferBytes: r.BufferBytes,
+		}
+	}
+	return s
+}
