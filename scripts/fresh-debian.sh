@@ -64,13 +64,7 @@ dir=${SLUICE_FRESH_DIR:-$(mktemp -d /var/tmp/sluice-fresh.XXXXXX)}
 root=$dir/root
 mkdir -p "$dir"
 
-mounted=()
 cleanup() {
-	local i
-	# Unmount in reverse order; -R takes what the run mounted below (bpffs).
-	for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
-		umount -R "${mounted[i]}" 2>/dev/null || umount -lR "${mounted[i]}" 2>/dev/null || true
-	done
 	if ((keep)); then
 		log "kept $root"
 	else
@@ -92,18 +86,27 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 for m in proc sys dev dev/pts run tmp; do
 	mkdir -p "$root/$m"
 done
-mount -t proc proc "$root/proc" && mounted+=("$root/proc")
-mount -t sysfs sysfs "$root/sys" && mounted+=("$root/sys")
-mount --bind /dev "$root/dev" && mounted+=("$root/dev")
-mount --bind /dev/pts "$root/dev/pts" && mounted+=("$root/dev/pts")
-mount -t tmpfs tmpfs "$root/run" && mounted+=("$root/run")
-mount -t tmpfs tmpfs "$root/tmp" && mounted+=("$root/tmp")
 
+# in_root runs a command in the fresh root, in a mount namespace of its own:
+# the root is bind-mounted on itself (`ip netns add` needs / to be a mount
+# point, as it is on a real machine), /proc, /sys, /dev, /run and /tmp are
+# mounted fresh, and everything mounted inside (bpffs by deps.sh, the netns
+# files of the lab) disappears with the namespace: nothing leaks onto this
+# machine's mount table, whatever happens to the run.
 in_root() {
-	chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
-		PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-		"$@"
+	unshare --mount --propagation private /usr/bin/env ROOT="$root" bash -c '
+		set -e
+		mount --bind "$ROOT" "$ROOT"
+		mount -t proc proc "$ROOT/proc"
+		mount -t sysfs sysfs "$ROOT/sys"
+		mount --rbind /dev "$ROOT/dev"
+		mount -t tmpfs tmpfs "$ROOT/run"
+		mount -t tmpfs tmpfs "$ROOT/tmp"
+		exec chroot "$ROOT" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+			PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+			"$@"' in_root "$@"
 }
+
 
 # A network that intercepts TLS (a sandbox's egress proxy) signs with its own
 # CA, which this machine trusts through /usr/local/share/ca-certificates. The
