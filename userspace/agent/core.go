@@ -30,7 +30,8 @@ const (
 	// counts as a failing connect.
 	synStuckAfter = 500 * time.Millisecond
 	// refreshAfterStuck is how many failing connects to a DNS-derived
-	// address make the agent re-resolve its name at once.
+	// address make the agent re-resolve its name at once while the pool
+	// has other working addresses (without them, the first one does).
 	refreshAfterStuck = 2
 	// mapErrorLogEvery rate-limits the warning of a failing map operation.
 	mapErrorLogEvery = 30 * time.Second
@@ -271,6 +272,7 @@ func (a *agent) poolFor(name string, id uint32, c *config.Pool) *poolState {
 		id:  id,
 		cfg: pc,
 	}
+	ps.p.SetRefresher(a.refreshName)
 	a.pools[name] = ps
 	return ps
 }
@@ -702,7 +704,7 @@ func (a *agent) tick(now time.Time) error {
 		}
 		before := ps.p.Backends()
 		if known {
-			a.refreshFailing(name, ps, before)
+			a.refreshFailing(now, name, ps, before)
 		}
 		ps.p.Tick(now, flows)
 		for _, b := range before {

@@ -64,6 +64,28 @@ func (a *agent) onDNSUpdate(u discovery.Update) {
 			a.log.Debug("reconcile after a DNS update finished with errors, retrying on the next tick", "err", err)
 		}
 	}
+	a.lookupDone(u)
+}
+
+// lookupDone tells the pools using u's name that a lookup's outcome is
+// applied, waking requests waiting for it (pool.Reresolve). Unpublished
+// outcomes come here from the watcher's Observe, published ones from
+// onDNSUpdate after the new set is in the pools. Called with mu held.
+func (a *agent) lookupDone(u discovery.Update) {
+	if !u.Lookup {
+		return
+	}
+	for _, use := range a.dnsUses[u.Name] {
+		if ps, ok := a.pools[use.pool]; ok {
+			ps.p.Resolved(use.name)
+		}
+	}
+}
+
+// refreshName is the pools' pool.Refresher: a lookup of name now, as
+// rate-limited by the watcher.
+func (a *agent) refreshName(name string) bool {
+	return a.dns != nil && a.dns.Refresh(name)
 }
 
 // applyDNS feeds u to the pools using its name and reports whether any
@@ -158,9 +180,15 @@ func (a *agent) newDNSWatcher(cfg config.DNS) (*discovery.Watcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	var observe func(discovery.Update)
-	if a.metrics != nil {
-		observe = a.metrics.Agent.DNSUpdate
+	observe := func(u discovery.Update) {
+		if a.metrics != nil {
+			a.metrics.Agent.DNSUpdate(u)
+		}
+		if !u.Published {
+			a.mu.Lock()
+			a.lookupDone(u)
+			a.mu.Unlock()
+		}
 	}
 	return discovery.NewWatcher(r, discovery.WatcherOptions{OnUpdate: a.onDNSUpdate, Observe: observe}), nil
 }
@@ -169,27 +197,42 @@ func (a *agent) newDNSWatcher(cfg config.DNS) (*discovery.Watcher, error) {
 // connects are failing (SYNs unanswered, or answered with an RST since the
 // last tick), instead of waiting for the TTL:
 // the address may have been released by a load balancer behind the name.
-// Called with mu held.
-func (a *agent) refreshFailing(poolName string, ps *poolState, backends []pool.Backend) {
+// When no other active address of the pool is free of failures, the first
+// failing connect is enough (the pool's only address moved); otherwise it
+// takes refreshAfterStuck. Called with mu held.
+func (a *agent) refreshFailing(now time.Time, poolName string, ps *poolState, backends []pool.Backend) {
 	if a.dns == nil {
 		return
+	}
+	failing := func(b pool.Backend) (stuck, refused int) {
+		n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr})
+		if !ok {
+			return 0, 0
+		}
+		return a.synStuck[n], a.failures[n].refused
+	}
+	healthy := 0 // active addresses without a failing connect this tick
+	for _, b := range backends {
+		if s, r := failing(b); b.State == pool.Active && s+r == 0 {
+			healthy++
+		}
+	}
+	need := refreshAfterStuck
+	if healthy == 0 {
+		need = 1
 	}
 	for _, b := range backends {
 		if b.State != pool.Active || b.Source == "" || b.Source == pool.SourceStatic {
 			continue
 		}
-		n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr})
-		if !ok {
+		stuck, refused := failing(b)
+		if stuck+refused < need {
 			continue
 		}
-		refused := a.failures[n].refused
-		if a.synStuck[n]+refused < refreshAfterStuck {
-			continue
-		}
-		if a.dns.Refresh(b.Source) {
+		if ps.p.Refresh(now, b.Source) {
 			a.log.Info("connects failing, re-resolving the name now", "pool", poolName,
 				"address", b.Addr.String(), "name", b.Source,
-				"unanswered_syns", a.synStuck[n], "refused", refused)
+				"unanswered_syns", stuck, "refused", refused)
 		}
 	}
 }

@@ -175,6 +175,8 @@ type Pool struct {
 	expected map[string]bool // sources the pool is made of; nil: just those that reported
 	entries  map[netip.AddrPort]*entry
 	refused  uint64 // ejections refused by MaxEjectedPercent
+
+	lookups lookups // DNS lookups asked for (resolve.go)
 }
 
 // New returns an empty pool. log and observe may be nil.
