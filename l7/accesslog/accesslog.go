@@ -254,6 +254,14 @@ func appendTry(b []byte, t *Try) []byte {
 		b = append(b, `,"backoff_ms":`...)
 		b = appendFloat(b, t.Backoff)
 	}
+	if t.DNSWait != "" {
+		b = append(b, `,"dns_wait":`...)
+		b = appendJSONString(b, t.DNSWait)
+	}
+	if t.DNSWaitMillis != 0 {
+		b = append(b, `,"dns_wait_ms":`...)
+		b = appendFloat(b, t.DNSWaitMillis)
+	}
 	return append(b, '}')
 }
 

@@ -43,4 +43,9 @@ type Try struct {
 	BudgetRefused bool    `json:"budget_refused,omitempty"`
 	Why           string  `json:"why"` // why it was or was not retried
 	Backoff       float64 `json:"backoff_ms,omitempty"`
+	// DNSWait is how the wait for the pool's next DNS answer after this
+	// try ended (DNSWait* results; "" when there was none), DNSWaitMillis
+	// how long it took.
+	DNSWait       string  `json:"dns_wait,omitempty"`
+	DNSWaitMillis float64 `json:"dns_wait_ms,omitempty"`
 }

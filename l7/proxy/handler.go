@@ -56,13 +56,14 @@ type request struct {
 	st       *settings // the settings the request started with
 	rec      *accesslog.Record
 	start    time.Time
-	deadline time.Time    // timeouts.total from start
+	deadline time.Time   // timeouts.total from start
 	cw       clientWatch // closes the backend connection in use when the client goes away
-	out      outRequest   // what every try sends
+	out      outRequest  // what every try sends
 	tried    []netip.AddrPort
 	triedArr [4]netip.AddrPort
-	release  func() // the retry budget token of the retry in progress
-	abort    bool   // the response was cut short: the client must see an abort
+	dns      dnsWait // the DNS-wait step's state (dnswait.go)
+	release  func()  // the retry budget token of the retry in progress
+	abort    bool    // the response was cut short: the client must see an abort
 }
 
 // ServeHTTP proxies one request: admit it, then pick a backend, try it,
@@ -103,7 +104,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if failed || trial {
 			s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 		}
-		again, delay := q.decide(n, res, &tr)
+		if next, done := q.waitForDNS(b.Addr, res, &tr); done {
+			return
+		} else if next {
+			continue
+		}
+		again, delay := q.decide(n-q.dns.granted, res, &tr)
+		if tr.DNSWait != "" {
+			tr.Why = WhyWaitedForDNS + " (" + tr.DNSWait + "); " + tr.Why
+		}
 		q.rec.Tries = append(q.rec.Tries, tr)
 		if !again {
 			q.respond(res, b)

@@ -52,6 +52,7 @@ type Metrics interface {
 	Ejection(pool string, addr netip.AddrPort, cause string)
 	SetPanic(pool string, on bool)
 	UpstreamClosed(pool, reason string)
+	DNSWait(service, result string)
 }
 
 // NewMetricsObserver returns an Observer feeding m for a service of pool.
@@ -80,6 +81,9 @@ func (o metricsObserver) Request(rec *accesslog.Record) {
 			o.m.Retry(rec.Service, t.Outcome)
 		case t.BudgetRefused:
 			o.m.RetryRefused(rec.Service)
+		}
+		if t.DNSWait != "" {
+			o.m.DNSWait(rec.Service, t.DNSWait)
 		}
 	}
 }

@@ -66,6 +66,7 @@ type Server struct {
 	log      *slog.Logger
 	obs      Observer
 	pool     PoolView
+	dns      DNSWaiter // the pool, when requests can wait for its next DNS answer (dnswait.go)
 	pools    *upstream.Pools
 	tracker  *eject.Tracker
 	budget   *retry.Budget
@@ -179,6 +180,8 @@ func New(opts Options) (*Server, error) {
 			s.obs.UpstreamClosed(s.name, addr, reason)
 		},
 	})
+
+	s.dns, _ = opts.Pool.(DNSWaiter)
 
 	// A pool that publishes its transitions (*pool.Pool does) is followed
 	// directly; the agent need not call AddressChanged then.

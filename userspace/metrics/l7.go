@@ -19,6 +19,7 @@ type L7 struct {
 	ejections     *prometheus.CounterVec
 	panicMode     *prometheus.GaugeVec
 	upstreamConns *prometheus.CounterVec
+	dnsWaits      *prometheus.CounterVec
 }
 
 func newL7() *L7 {
@@ -57,6 +58,10 @@ func newL7() *L7 {
 			Name: "sluice_l7_upstream_connections_closed_total",
 			Help: "Upstream connections closed by the L7 stage, by pool and reason (draining, lifetime, idle, backend, error, client, full, shutdown, upgrade).",
 		}, []string{"pool", "reason"}),
+		dnsWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_l7_dns_waits_total",
+			Help: "Requests that found no usable address and waited for their pool's next DNS answer, by service and result (new-address, no-new-address, deadline, client-closed).",
+		}, []string{"service", "result"}),
 	}
 }
 
@@ -77,7 +82,7 @@ func (l *L7) Collect(ch chan<- prometheus.Metric) {
 func (l *L7) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		l.requests, l.duration, l.tries, l.retries, l.retryRefused,
-		l.ejections, l.panicMode, l.upstreamConns,
+		l.ejections, l.panicMode, l.upstreamConns, l.dnsWaits,
 	}
 }
 
@@ -127,6 +132,13 @@ func (l *L7) UpstreamClosed(pool, reason string) {
 	l.upstreamConns.WithLabelValues(pool, reason).Inc()
 }
 
+// DNSWait counts a request of service that waited for its pool's next DNS
+// answer; result is how the wait ended (new-address, no-new-address,
+// deadline, client-closed).
+func (l *L7) DNSWait(service, result string) {
+	l.dnsWaits.WithLabelValues(service, result).Inc()
+}
+
 // ForgetBackend deletes the series that name addr in pool.
 func (l *L7) ForgetBackend(pool string, addr netip.AddrPort) {
 	l.ejections.DeletePartialMatch(prometheus.Labels{"pool": pool, "address": addr.String()})
@@ -148,4 +160,5 @@ func (l *L7) ForgetService(service string) {
 	l.tries.DeletePartialMatch(match)
 	l.retries.DeletePartialMatch(match)
 	l.retryRefused.DeletePartialMatch(match)
+	l.dnsWaits.DeletePartialMatch(match)
 }

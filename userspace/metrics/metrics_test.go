@@ -509,6 +509,7 @@ func TestL7(t *testing.T) {
 	l.SetPanic("web", true)
 	l.SetPanic("api", false)
 	l.UpstreamClosed("web", "draining")
+	l.DNSWait("web-http", "new-address")
 
 	got := gather(t, pedantic(t, m))
 	check(t, got, []want{
@@ -525,6 +526,7 @@ func TestL7(t *testing.T) {
 		{"sluice_l7_panic_mode", "pool=web", 1},
 		{"sluice_l7_panic_mode", "pool=api", 0},
 		{"sluice_l7_upstream_connections_closed_total", "pool=web,reason=draining", 1},
+		{"sluice_l7_dns_waits_total", "result=new-address,service=web-http", 1},
 	})
 	if s := got["sluice_l7_request_tries"].sums["service=web-http"]; s != 8 {
 		t.Errorf("tries sum = %v, want 8", s)
@@ -568,6 +570,7 @@ func populated(t *testing.T) *Metrics {
 	m.L7.Ejection("web", a1, "status")
 	m.L7.SetPanic("web", false)
 	m.L7.UpstreamClosed("web", "lifetime")
+	m.L7.DNSWait("web-http", "new-address")
 	return m
 }
 
