@@ -443,6 +443,7 @@ func runCmd(timeout time.Duration, name string, args ...string) (string, error) 
 type DNS struct {
 	lab     *Lab
 	records string // records file
+	proc    *Proc
 }
 
 // StartDNS starts the lab DNS server answering from records (zone-file lines,
@@ -454,7 +455,7 @@ func (l *Lab) StartDNS(records string) *DNS {
 	}
 	d := &DNS{lab: l, records: filepath.Join(l.dir, "records.zone")}
 	d.Set(records)
-	l.Start("dns", "dns", env.dnsserver, "--listen", "198.18.2.53:53", "--records", d.records)
+	d.proc = l.Start("dns", "dns", env.dnsserver, "--listen", "198.18.2.53:53", "--records", d.records)
 	waitFor(l.t, 5*time.Second, "the lab DNS server", func() error {
 		_, err := l.Run("dns", 2*time.Second, "bash", "-c", "exec 3<>/dev/tcp/198.18.2.53/53")
 		return err
@@ -795,6 +796,8 @@ type Event struct {
 	Backend string `json:"backend"`
 	Kind    string `json:"kind"`
 	Error   string `json:"error"`
+	// Latency is how long the request took, to its response or its error.
+	Latency float64 `json:"latency_ms"`
 }
 
 // Time is the event's wall clock time.

@@ -253,6 +253,7 @@ type worker struct {
 	conn    net.Conn
 	br      *bufio.Reader
 	connSeq int
+	began   time.Time // when the request (or datagram) in progress started
 }
 
 func (w *worker) loop(ctx context.Context, budget <-chan struct{}) {
@@ -289,6 +290,7 @@ func (w *worker) request(ctx context.Context) {
 		return
 	}
 	start := time.Now()
+	w.began = start
 	deadline := start.Add(w.o.timeout)
 	keep := w.o.mode == "keepalive"
 
@@ -354,6 +356,7 @@ func (w *worker) request(ctx context.Context) {
 // datagram sends one datagram from a fresh socket and waits for the reply.
 func (w *worker) datagram(ctx context.Context) {
 	start := time.Now()
+	w.began = start
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "udp", w.o.url.Host)
 	w.c.dial()
@@ -386,7 +389,10 @@ func (w *worker) datagram(ctx context.Context) {
 
 func (w *worker) failed(kind string, err error) {
 	w.c.fail(kind, err)
-	w.c.emit(Event{Worker: w.id, Conn: w.connSeq, Event: "error", Kind: kind, Error: err.Error()})
+	// An error's latency is how long the request took to fail: a refused
+	// connect fails at once, a lost one only at the timeout.
+	w.c.emit(Event{Worker: w.id, Conn: w.connSeq, Event: "error", Kind: kind, Error: err.Error(),
+		Latency: float64(time.Since(w.began).Microseconds()) / 1000})
 	w.closeConn()
 }
 
