@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -222,5 +224,51 @@ func TestDNSWaitStaticPool(t *testing.T) {
 		if tr.DNSWait != "" {
 			t.Errorf("try %+v waited for DNS in a static pool", tr)
 		}
+	}
+}
+
+// doneObserver hands every finished request's tries to a channel.
+type doneObserver struct {
+	NopObserver
+	done chan []accesslog.Try
+}
+
+func (o doneObserver) Request(rec *accesslog.Record) {
+	o.done <- append([]accesslog.Try(nil), rec.Tries...)
+}
+
+// The client goes away while its request waits for DNS: the wait ends at
+// once (not at the connect timeout) and the request is logged as 499.
+func TestDNSWaitClientGone(t *testing.T) {
+	gone := refusedAddr(t)
+	p := newFakeDNSPool(t, 1, gone)
+	p.hold = true
+	obs := doneObserver{done: make(chan []accesslog.Try, 1)}
+	h := start(t, p, func(o *Options) {
+		o.Observer = obs
+		o.Service.Timeouts.Connect = time.Minute
+		o.Service.Timeouts.Total = time.Minute
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, "GET", h.url+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := h.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	<-p.started // the request is waiting for the lookup
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("the request succeeded")
+	}
+	tries := <-obs.done
+	if len(tries) != 1 || tries[0].DNSWait != DNSWaitClientGone || tries[0].Outcome != "client-closed" {
+		t.Fatalf("tries %+v, want one ended by the client while waiting", tries)
 	}
 }
