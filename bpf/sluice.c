@@ -166,6 +166,23 @@ static __always_inline __u8 next_tcp_state(__u8 cur, __u8 flags, int reply)
 	return cur;
 }
 
+/* reverse_in_use tells whether the nat-mode reverse entry rv at key rk
+ * still serves a live forward flow: the forward entry it was made for
+ * (client -> the VIP it restores) exists, is not expired and is pinned to
+ * the same backend slot. */
+static __always_inline int reverse_in_use(const struct ct_key *rk, const struct ct_value *rv, __u64 now)
+{
+	struct ct_key fk = {
+		.saddr = rk->daddr,
+		.daddr = rv->saddr_new,
+		.sport = rk->dport,
+		.dport = rv->sport_new,
+		.proto = rk->proto,
+	};
+	struct ct_value *fv = bpf_map_lookup_elem(&conntrack, &fk);
+	return fv && !(fv->flags & CT_F_REPLY) && !ct_expired(fv, now) && fv->backend_id == rv->backend_id;
+}
+
 static __always_inline int send_out(struct xdp_md *ctx, struct packet *p, void *data_end,
 				    struct nexthop *nh, __u64 now)
 {
@@ -205,6 +222,12 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	struct ct_value *rv = bpf_map_lookup_elem(&conntrack, &rk);
 	if (!rv || !(rv->flags & CT_F_REPLY)) {
 		GCOUNT(passed_not_ours);
+		return XDP_PASS;
+	}
+	if (p->ip->ttl <= 1) {
+		/* As for the forward direction: the Time Exceeded the kernel
+		 * sends the backend quotes what the backend sent. */
+		GCOUNT(passed_ttl_exceeded);
 		return XDP_PASS;
 	}
 	__u64 now = bpf_ktime_get_coarse_ns();
@@ -305,15 +328,17 @@ int sluice_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct packet p = {};
 
-	int pr = parse_packet(data, data_end, &p);
+	int pr = parse_packet(ctx, data, data_end, &p);
 	if (pr == PARSE_NOT_L4 && p.proto == IPPROTO_ICMP)
 		return handle_icmp(ctx, &p, data_end);
 	if (pr == PARSE_NOT_IPV4 || pr == PARSE_NOT_L4) {
 		GCOUNT(passed_not_ours);
 		return XDP_PASS;
 	}
-	if (pr == PARSE_TRUNCATED) {
-		/* Could be anyone's; the kernel drops what is really broken. */
+	if (pr == PARSE_TRUNCATED || pr == PARSE_MALFORMED) {
+		/* Could be anyone's, and nothing in it can be trusted: never
+		 * rewritten, never tracked. The kernel drops what is really
+		 * broken. */
 		GCOUNT(malformed);
 		return XDP_PASS;
 	}
@@ -333,6 +358,13 @@ int sluice_xdp(struct xdp_md *ctx)
 	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
 	if (!svc)
 		return handle_reply(ctx, &p, data_end);
+	if (p.ip->ttl <= 1) {
+		/* Expires here: the kernel's Time Exceeded must quote the
+		 * packet as the client sent it (to the VIP), so nothing is
+		 * rewritten or tracked first. */
+		GCOUNT(passed_ttl_exceeded);
+		return XDP_PASS;
+	}
 
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 svc_id = svc->id;
@@ -468,8 +500,28 @@ int sluice_xdp(struct xdp_md *ctx)
 		}
 		fv.saddr_new = src;
 		fv.sport_new = rk.dport;
-	} else if (bpf_map_update_elem(&conntrack, &rk, &rv, BPF_ANY)) {
-		GCOUNT(ct_update_failures);
+	} else {
+		/* nat mode: the reverse key (backend, client, ports) does not
+		 * name the VIP, so a client reaching two VIPs that share a
+		 * backend from the same port would make both flows' replies
+		 * leave as one VIP. The second flow is refused while the
+		 * first lives. */
+		struct ct_value *old = bpf_map_lookup_elem(&conntrack, &rk);
+		if (old && (old->saddr_new != rv.saddr_new || old->sport_new != rv.sport_new) &&
+		    reverse_in_use(&rk, old, now)) {
+			struct svc_counters *s = svc_stats_of(svc_id);
+			if (!tcp) {
+				if (s)
+					s->drop_nat_conflict++;
+				return XDP_DROP;
+			}
+			int act = answer_rst(ctx, &p);
+			if (s && act == XDP_TX)
+				s->rst_nat_conflict++;
+			return act;
+		}
+		if (bpf_map_update_elem(&conntrack, &rk, &rv, BPF_ANY))
+			GCOUNT(ct_update_failures);
 	}
 
 	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))

@@ -101,6 +101,7 @@ type SluiceGlobalCounters struct {
 	CtUpdateFailures  uint64
 	RstSent           uint64
 	IcmpTranslated    uint64
+	PassedTtlExceeded uint64
 }
 
 type SluiceSluiceConfig struct {
@@ -127,6 +128,8 @@ type SluiceSvcCounters struct {
 	DropRemovedBackend uint64
 	Fragments          uint64
 	SnatFailures       uint64
+	RstNatConflict     uint64
+	DropNatConflict    uint64
 }
 
 type SluiceSvcKey struct {

@@ -63,6 +63,11 @@ static __always_inline int parse_icmp_error(struct packet *p, void *data_end,
 	struct ports *iports = (void *)(inner + 1);
 	if ((void *)(iports + 1) > data_end)
 		return -1;
+	/* The quote must lie inside the datagram, not only the frame: bytes
+	 * past the outer total length (padding) are not covered by the ICMP
+	 * checksum, and rewriting them would break it. */
+	if (p->ihl_bytes + sizeof(*icmp) + sizeof(*inner) + sizeof(*iports) > p->tot_len)
+		return -1;
 	q->icmp = icmp;
 	q->inner = inner;
 	q->iports = iports;

@@ -2,11 +2,13 @@
  * we cannot parse safely is reported so the caller passes it to the kernel
  * (not ours) or drops it (ours, but malformed). */
 #pragma once
+#include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/in.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "consts.h"
 
@@ -16,6 +18,8 @@ enum parse_result {
 	PARSE_NOT_L4,     /* IPv4 but not TCP/UDP (ICMP, ...): not ours */
 	PARSE_FRAGMENT,   /* an IPv4 fragment: ports unknown or absent */
 	PARSE_TRUNCATED,  /* headers extend past the end of the packet */
+	PARSE_MALFORMED,  /* lengths that contradict each other, a wrong IPv4
+			   * header checksum, source address or port 0 */
 };
 
 struct packet {
@@ -23,6 +27,7 @@ struct packet {
 	struct iphdr *ip;
 	void *l4;          /* struct tcphdr or struct udphdr */
 	__u32 ihl_bytes;   /* IPv4 header length, options included */
+	__u32 tot_len;     /* IPv4 total length (host order), checked against the frame */
 	__u8 proto;
 	__be16 sport;
 	__be16 dport;
@@ -34,7 +39,51 @@ struct packet {
 #define TCPF_RST 0x04
 #define TCPF_ACK 0x10
 
-static __always_inline int parse_packet(void *data, void *data_end, struct packet *p)
+#define IPV4_MAX_HDR_WORDS 30 /* 60 bytes: IHL 15 */
+
+/* ipv4_csum_ok verifies the IPv4 header checksum, options included: a
+ * header the kernel would drop must not be rewritten (an incremental update
+ * would carry the error along) or create state. */
+static __always_inline int ipv4_csum_ok(struct xdp_md *ctx, struct iphdr *ip, __u32 ihl_bytes,
+					void *data_end)
+{
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	/* The 20 fixed bytes... */
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	/* ...then the options, if any, copied out (rare; a variable-length
+	 * walk over packet memory is more than the verifier can follow). */
+	__u32 olen = ihl_bytes - sizeof(struct iphdr);
+	if (olen > 0) {
+		__u16 opt[(IPV4_MAX_HDR_WORDS - 10)] = {};
+		if (olen > sizeof(opt))
+			return 0;
+		if (bpf_xdp_load_bytes(ctx, (long)ip - (long)ctx->data + sizeof(struct iphdr), opt, olen))
+			return 0;
+#pragma unroll
+		for (int i = 0; i < IPV4_MAX_HDR_WORDS - 10; i++)
+			sum += opt[i];
+	}
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum == 0xffff;
+}
+
+/* parse_packet reads the headers of an IPv4 TCP/UDP packet. Every length
+ * field is checked against the others and against the frame before any
+ * field is used (fuzzing found a total length past the frame, a total
+ * length too short to hold the L4 header, TCP data offset 0 and UDP lengths
+ * under 8 or past the datagram, all taken at face value): IHL >= 5, IHL <=
+ * total length <= frame, the header checksum, then data offset >= 5 and
+ * IHL + data offset <= total length (TCP), 8 <= UDP length <= total length
+ * - IHL (UDP). A frame may be longer than the total length (Ethernet
+ * padding); nothing past the total length is ever read or rewritten. */
+static __always_inline int parse_packet(struct xdp_md *ctx, void *data, void *data_end,
+					struct packet *p)
 {
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
@@ -46,26 +95,39 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
 	if ((void *)(ip + 1) > data_end)
 		return PARSE_TRUNCATED;
 	if (ip->version != 4 || ip->ihl < 5)
-		return PARSE_TRUNCATED;
+		return PARSE_MALFORMED;
 	__u32 ihl = (__u32)(ip->ihl & 0xf) * 4;
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	__u32 avail = (__u32)((long)data_end - (long)ip);
+	if (tot > avail)
+		return PARSE_TRUNCATED;
+	if (tot < ihl)
+		return PARSE_MALFORMED;
+	if (!ipv4_csum_ok(ctx, ip, ihl, data_end))
+		return PARSE_MALFORMED;
 
 	p->eth = eth;
 	p->ip = ip;
 	p->ihl_bytes = ihl;
+	p->tot_len = tot;
 	p->proto = ip->protocol;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return PARSE_NOT_L4;
 	/* Only the first fragment has ports, and even it cannot be NATed
-	 * without the rest: fragments go to the kernel. */
+	 * without the rest: the caller decides (see handle_fragment). */
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFMASK))
 		return PARSE_FRAGMENT;
 
 	void *l4 = (void *)ip + ihl;
 	p->l4 = l4;
+	__u32 l4len = tot - ihl;
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 		if ((void *)(tcp + 1) > data_end)
 			return PARSE_TRUNCATED;
+		__u32 doff = (__u32)tcp->doff * 4;
+		if (doff < sizeof(struct tcphdr) || doff > l4len)
+			return PARSE_MALFORMED;
 		p->sport = tcp->source;
 		p->dport = tcp->dest;
 		p->tcp_flags = ((__u8 *)tcp)[13];
@@ -73,9 +135,17 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
 		struct udphdr *udp = l4;
 		if ((void *)(udp + 1) > data_end)
 			return PARSE_TRUNCATED;
+		__u32 ulen = bpf_ntohs(udp->len);
+		if (ulen < sizeof(struct udphdr) || ulen > l4len)
+			return PARSE_MALFORMED;
 		p->sport = udp->source;
 		p->dport = udp->dest;
 		p->tcp_flags = 0;
 	}
+	/* Port 0 and address 0.0.0.0 are never a real peer's, and 0 means
+	 * "keep" in a conntrack entry's rewrite (nat.h): a reply could not
+	 * restore them. */
+	if (p->sport == 0 || ip->saddr == 0)
+		return PARSE_MALFORMED;
 	return PARSE_OK;
 }

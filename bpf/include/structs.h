@@ -79,6 +79,8 @@ struct svc_counters {
 	__u64 drop_removed_backend; /* UDP packet of a flow pinned to a removed backend */
 	__u64 fragments;           /* fragments to the VIP, passed to the kernel */
 	__u64 snat_failures;       /* no free SNAT port (or no source): RST / drop */
+	__u64 rst_nat_conflict;    /* nat mode: the client's port already maps another VIP's live flow to this backend */
+	__u64 drop_nat_conflict;   /* the same for UDP */
 };
 
 /* Per-backend counters (per CPU), indexed by slot. */
@@ -94,11 +96,12 @@ struct global_counters {
 	__u64 passed_not_ours;    /* not a VIP, not a reply: XDP_PASS untouched */
 	__u64 passed_no_neigh;    /* rewritten, next hop unresolved: kernel forwards */
 	__u64 fib_failures;       /* rewritten, no route: handed to the kernel */
-	__u64 malformed;          /* truncated or bad header on our traffic: dropped */
+	__u64 malformed;          /* truncated or contradicting headers, bad IPv4 checksum: passed untouched */
 	__u64 replies_translated; /* backend -> client packets reverse-NATed */
 	__u64 ct_update_failures; /* conntrack insert failed */
 	__u64 rst_sent;
 	__u64 icmp_translated; /* ICMP errors about our flows, rewritten and forwarded */
+	__u64 passed_ttl_exceeded; /* ours with TTL <= 1: passed untouched, the kernel answers */
 };
 
 /* Run-time knobs set from Go before load (volatile const, not #ifdef). */

@@ -73,6 +73,10 @@ type ServiceStats struct {
 	Fragments uint64
 	// SNATFailures counts new ModeSNAT flows refused: no free source port.
 	SNATFailures uint64
+	// RSTNATConflict and DropNATConflict count new ModeNAT flows refused
+	// because the client's address and port already reach the same
+	// backend through another VIP (the reply could not tell them apart).
+	RSTNATConflict, DropNATConflict uint64
 }
 
 // BackendStats are a backend slot's counters summed over CPUs.
@@ -87,11 +91,12 @@ type GlobalStats struct {
 	PassedNotOurs     uint64 // not a VIP, not a reply: passed untouched
 	PassedNoNeigh     uint64 // rewritten, next hop unresolved: kernel forwards
 	FIBFailures       uint64 // rewritten, no route: handed to the kernel
-	Malformed         uint64 // truncated/bad headers, passed to the kernel
+	Malformed         uint64 // truncated/contradicting headers, bad IPv4 checksum: passed untouched
 	RepliesTranslated uint64
 	CTUpdateFailures  uint64
 	RSTSent           uint64
 	ICMPTranslated    uint64 // ICMP errors about our flows, rewritten and forwarded
+	PassedTTLExceeded uint64 // ours with TTL <= 1: passed untouched for the kernel's Time Exceeded
 }
 
 // Map is what the agent needs from the data path. Implementations are safe

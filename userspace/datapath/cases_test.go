@@ -37,6 +37,7 @@ func then(in input, verdict uint32) input { in.verdict = verdict; return in }
 
 type xdpCase struct {
 	name   string
+	pre    func(tb testing.TB, l *lab) // map changes before the frames of before
 	before []input                     // run first, in order, each must get its verdict
 	setup  func(tb testing.TB, l *lab) // map changes, after before
 	in     input
@@ -121,6 +122,9 @@ func (l *lab) reset(tb testing.TB) {
 func (l *lab) prepare(tb testing.TB, c xdpCase) {
 	tb.Helper()
 	l.reset(tb)
+	if c.pre != nil {
+		c.pre(tb, l)
+	}
 	for i, in := range c.before {
 		if ret, _ := l.run(tb, in.frame, l.ingress(in.fromBE)); ret != in.verdict {
 			tb.Fatalf("preparation frame %d: verdict %s, want %s", i, verdictName[ret], verdictName[in.verdict])
@@ -305,7 +309,7 @@ func xdpCases() []xdpCase {
 	query := pkt{src: client, dst: vipUDP, proto: UDP, payload: []byte("query")}
 	opened := []input{then(fromClient(syn), xdpRedirect)}
 
-	return []xdpCase{
+	cases := []xdpCase{
 		{name: "non-IP frame passes untouched", in: fromClient(pkt{etherType: 0x0806}), verdict: xdpPass},
 		{name: "non-VIP TCP passes untouched", bench: "non-vip",
 			in:      fromClient(pkt{src: client, dst: netip.MustParseAddrPort("198.18.0.1:22"), proto: TCP, flags: fACK, payload: make([]byte, 64)}),
@@ -406,8 +410,120 @@ func xdpCases() []xdpCase {
 					tb.Errorf("flows %+v", flows)
 				}
 			}},
-		{name: "TTL 1 is not forwarded by us",
-			in: fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, ttl: 1}), verdict: xdpPass, want: toKernel(be1)},
+		{name: "Ethernet padding past the total length is carried, never rewritten",
+			in: fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, seq: 3, pad: 6}), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+		{name: "the RST's ACK counts the payload of the total length, not the frame's padding",
+			in:      fromClient(pkt{src: client, dst: vipNone, proto: TCP, flags: fPSH, seq: 100, payload: []byte("abc"), pad: 7}),
+			verdict: xdpTX, want: wantRST},
+	}
+	cases = append(cases, hostileCases()...)
+	return cases
+}
+
+// hostileCases are the frames fuzzing found taken at face value (issue 10,
+// item 8): each must leave the program untouched, untracked and counted.
+func hostileCases() []xdpCase {
+	syn := pkt{src: client, dst: vip, proto: TCP, flags: fSYN, seq: 1000}
+	untouched := func(name string, in input, counter func(g GlobalStats) bool) xdpCase {
+		return xdpCase{name: name, in: in, verdict: xdpPass, after: func(tb testing.TB, l *lab) {
+			tb.Helper()
+			wantGlobal(counter)(tb, l)
+			noFlows(tb, l)
+		}}
+	}
+	malformed := func(g GlobalStats) bool { return g.Malformed == 1 }
+	ipField := func(p pkt, fixCsum bool, f func(ip []byte)) input {
+		b := p.bytes()
+		ip := b[14:]
+		f(ip)
+		if fixCsum {
+			ip[10], ip[11] = 0, 0
+			binary.BigEndian.PutUint16(ip[10:], csumFold(csumAdd(0, ip[:int(ip[0]&0xf)*4])))
+		}
+		return input{frame: b}
+	}
+	totLen := func(n uint16) func(ip []byte) {
+		return func(ip []byte) { binary.BigEndian.PutUint16(ip[2:], n) }
+	}
+	udp := pkt{src: client, dst: vipUDP, proto: UDP, payload: []byte("query")}
+	udpLen := func(n uint16) func(ip []byte) {
+		return func(ip []byte) { binary.BigEndian.PutUint16(ip[20+4:], n) }
+	}
+	router := netip.MustParseAddr("198.18.0.254")
+	icmpCut := icmpError(router, vip.Addr(), 3, 4, vip, client, TCP)
+	// The outer total length ends inside the quoted ports.
+	binary.BigEndian.PutUint16(icmpCut[14+2:], 20+8+20+2)
+	icmpCut[14+10], icmpCut[14+11] = 0, 0
+	binary.BigEndian.PutUint16(icmpCut[14+10:], csumFold(csumAdd(0, icmpCut[14:34])))
+
+	return []xdpCase{
+		untouched("a total length past the frame", ipField(syn, true, totLen(60)), malformed),
+		untouched("total length 0", ipField(syn, true, totLen(0)), malformed),
+		untouched("total length 20: no TCP header inside", ipField(syn, true, totLen(20)), malformed),
+		untouched("total length 30: half a TCP header inside", ipField(syn, true, totLen(30)), malformed),
+		untouched("IHL 4", ipField(syn, true, func(ip []byte) { ip[0] = 0x44 }), malformed),
+		untouched("IHL past the total length", ipField(syn, false, func(ip []byte) { ip[0] = 0x4f }), malformed),
+		untouched("TCP data offset 0", ipField(syn, false, func(ip []byte) { ip[20+12] = 0 }), malformed),
+		untouched("TCP data offset 4", ipField(syn, false, func(ip []byte) { ip[20+12] = 4 << 4 }), malformed),
+		untouched("TCP data offset past the total length", ipField(syn, false, func(ip []byte) { ip[20+12] = 15 << 4 }), malformed),
+		untouched("UDP length 7", ipField(udp, false, udpLen(7)), malformed),
+		untouched("UDP length past the datagram", ipField(udp, false, udpLen(200)), malformed),
+		untouched("a wrong IPv4 header checksum", ipField(syn, false, func(ip []byte) { ip[10] ^= 0x40 }), malformed),
+		untouched("a wrong IPv4 header checksum in the options", ipField(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, options: []byte{1, 1, 1, 0}}, false, func(ip []byte) { ip[21] = 7 }), malformed),
+		untouched("source port 0", fromClient(pkt{src: netip.AddrPortFrom(client.Addr(), 0), dst: vip, proto: TCP, flags: fSYN}), malformed),
+		untouched("source address 0.0.0.0", fromClient(pkt{src: netip.MustParseAddrPort("0.0.0.0:40000"), dst: vip, proto: TCP, flags: fSYN}), malformed),
+		untouched("UDP from port 0", fromClient(pkt{src: netip.AddrPortFrom(client.Addr(), 0), dst: vipUDP, proto: UDP, payload: []byte("q")}), malformed),
+		untouched("a TTL 1 SYN is passed before any rewrite or tracking",
+			fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fSYN, ttl: 1}),
+			func(g GlobalStats) bool { return g.PassedTTLExceeded == 1 }),
+		{name: "a TTL 1 reply is passed untouched", before: []input{then(fromClient(syn), xdpRedirect)},
+			in:      fromBackend(pkt{src: be1, dst: client, proto: TCP, flags: fSYN | fACK, seq: 5000, ack: 1001, ttl: 1}),
+			verdict: xdpPass, after: wantGlobal(func(g GlobalStats) bool { return g.PassedTTLExceeded == 1 && g.RepliesTranslated == 0 })},
+		{name: "an ICMP quote past the outer total length is left alone",
+			before: []input{then(fromClient(syn), xdpRedirect)}, in: input{frame: icmpCut}, verdict: xdpPass,
+			after: wantGlobal(func(g GlobalStats) bool { return g.ICMPTranslated == 0 })},
+		{name: "nat: the same client port to a second VIP sharing the backend is refused",
+			before: []input{then(fromClient(syn), xdpRedirect)}, setup: addVIP2,
+			in: fromClient(pkt{src: client, dst: vip2, proto: TCP, flags: fSYN, seq: 7}), verdict: xdpTX, want: wantRST,
+			after: wantService(svcVIP2, func(s ServiceStats) bool { return s.RSTNATConflict == 1 && s.NewFlows == 0 })},
+		{name: "nat: the first flow's replies keep their VIP",
+			before: []input{then(fromClient(syn), xdpRedirect), then(fromClient(pkt{src: client, dst: vip2, proto: TCP, flags: fSYN, seq: 7}), xdpTX)},
+			pre:    addVIP2, in: fromBackend(pkt{src: be1, dst: client, proto: TCP, flags: fSYN | fACK, seq: 5000, ack: 1001}),
+			verdict: xdpRedirect, want: toClient(vip, client)},
+		{name: "nat: a second VIP sharing the backend from another port works", before: []input{then(fromClient(syn), xdpRedirect)}, setup: addVIP2,
+			in: fromClient(pkt{src: clientPort(40001), dst: vip2, proto: TCP, flags: fSYN, seq: 7}), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+		{name: "nat: the same client port to a second VIP after the first flow is gone works",
+			before: []input{then(fromClient(syn), xdpRedirect)},
+			setup: func(tb testing.TB, l *lab) {
+				addVIP2(tb, l)
+				var flows []Flow
+				mustSet(tb, l.r.Flows(func(f Flow) bool { flows = append(flows, f); return true }))
+				for _, f := range flows {
+					// Only the forward entry: the reverse entry stays, orphaned.
+					mustSet(tb, l.r.conntrack.Delete(bpf.SluiceCtKey{Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
+						Sport: be16(f.Client.Port()), Dport: be16(f.VIP.Port()), Proto: uint8(f.Proto)}))
+				}
+			},
+			in: fromClient(pkt{src: client, dst: vip2, proto: TCP, flags: fSYN, seq: 7}), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+	}
+}
+
+// A second nat VIP whose table holds be1 too.
+var vip2 = netip.MustParseAddrPort("198.18.1.104:80")
+
+const svcVIP2 = 4
+
+func addVIP2(tb testing.TB, l *lab) {
+	mustSet(tb, l.r.SetService(ServiceKey{VIP: vip2.Addr(), Port: vip2.Port(), Proto: TCP}, Service{ID: svcVIP2}))
+	mustSet(tb, l.r.SetTable(svcVIP2, fill(l.r.TableSize(), 1)))
+}
+
+func noFlows(tb testing.TB, l *lab) {
+	tb.Helper()
+	n := 0
+	mustSet(tb, l.r.eachCT(func(*bpf.SluiceCtKey, *bpf.SluiceCtValue) bool { n++; return true }))
+	if n != 0 {
+		tb.Errorf("%d conntrack entries, want none", n)
 	}
 }
 

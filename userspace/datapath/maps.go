@@ -352,6 +352,8 @@ func (r *Real) ServiceStats(id uint32) (ServiceStats, error) {
 		s.DropRemovedBackend += c.DropRemovedBackend
 		s.Fragments += c.Fragments
 		s.SNATFailures += c.SnatFailures
+		s.RSTNATConflict += c.RstNatConflict
+		s.DropNATConflict += c.DropNatConflict
 	}
 	return s, nil
 }
@@ -388,6 +390,7 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.CTUpdateFailures += c.CtUpdateFailures
 		s.RSTSent += c.RstSent
 		s.ICMPTranslated += c.IcmpTranslated
+		s.PassedTTLExceeded += c.PassedTtlExceeded
 	}
 	return s, nil
 }

@@ -27,6 +27,7 @@ type pkt struct {
 	noUDPCsum  bool
 	etherType  uint16
 	truncateTo int // cut the frame to this many bytes (0 = no cut)
+	pad        int // bytes of Ethernet padding after the IPv4 datagram
 }
 
 const (
@@ -118,6 +119,7 @@ func (p pkt) bytes() []byte {
 	binary.BigEndian.PutUint16(ip[10:], csumFold(csumAdd(0, ip)))
 	b = append(b, ip...)
 	b = append(b, l4...)
+	b = append(b, make([]byte, p.pad)...)
 	if p.truncateTo > 0 && p.truncateTo < len(b) {
 		b = b[:p.truncateTo]
 	}

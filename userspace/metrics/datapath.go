@@ -110,8 +110,8 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		svcPackets:      d("service_packets_total", "Packets of a service's flows, both directions.", "service"),
 		svcBytes:        d("service_bytes_total", "Bytes of a service's flows, both directions.", "service"),
 		svcNewFlows:     d("service_new_flows_total", "New flows a service's Maglev table placed.", "service"),
-		svcRSTs:         d("service_rsts_total", "TCP packets answered with an RST, by reason (no_backend, removed_backend).", "service", "reason"),
-		svcDrops:        d("service_udp_drops_total", "UDP packets dropped, by reason (no_backend, removed_backend).", "service", "reason"),
+		svcRSTs:         d("service_rsts_total", "TCP packets answered with an RST, by reason (no_backend, removed_backend, nat_conflict).", "service", "reason"),
+		svcDrops:        d("service_udp_drops_total", "UDP packets dropped, by reason (no_backend, removed_backend, nat_conflict).", "service", "reason"),
 		svcFragments:    d("service_fragments_total", "Fragments to a service's VIP, passed to the kernel.", "service"),
 		svcSNATFailures: d("service_snat_failures_total", "New snat flows refused for want of a free source port.", "service"),
 		svcFlows:        d("service_active_flows", "Live (not expired) conntrack flows of a service.", "service"),
@@ -127,7 +127,7 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		ctFlows:    d("conntrack_flows", "Forward conntrack entries, live or expired; each flow also holds a reverse entry."),
 		ctCapacity: d("conntrack_capacity", "Size of the conntrack map in entries (forward and reverse)."),
 
-		passed:           d("passed_packets_total", "Packets handed to the kernel untouched or after rewriting, by reason (not_ours, no_neighbour, fib_failure, malformed).", "reason"),
+		passed:           d("passed_packets_total", "Packets handed to the kernel untouched or after rewriting, by reason (not_ours, no_neighbour, fib_failure, malformed, ttl_exceeded).", "reason"),
 		replies:          d("replies_translated_total", "Backend replies reverse-NATed."),
 		ctUpdateFailures: d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
 		rstSent:          d("rst_sent_total", "TCP RSTs sent by the data path."),
@@ -200,6 +200,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.svcRSTs, st.RSTRemovedBackend, s.Name, "removed_backend")
 		counter(c.svcDrops, st.DropNoBackend, s.Name, "no_backend")
 		counter(c.svcDrops, st.DropRemovedBackend, s.Name, "removed_backend")
+		counter(c.svcRSTs, st.RSTNATConflict, s.Name, "nat_conflict")
+		counter(c.svcDrops, st.DropNATConflict, s.Name, "nat_conflict")
 		counter(c.svcFragments, st.Fragments, s.Name)
 		counter(c.svcSNATFailures, st.SNATFailures, s.Name)
 	}
@@ -243,6 +245,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.passed, g.PassedNoNeigh, "no_neighbour")
 		counter(c.passed, g.FIBFailures, "fib_failure")
 		counter(c.passed, g.Malformed, "malformed")
+		counter(c.passed, g.PassedTTLExceeded, "ttl_exceeded")
 		counter(c.replies, g.RepliesTranslated)
 		counter(c.ctUpdateFailures, g.CTUpdateFailures)
 		counter(c.rstSent, g.RSTSent)
