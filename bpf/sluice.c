@@ -40,6 +40,7 @@ const enum backend_state *unused_backend_state __attribute__((unused));
 const enum ct_state *unused_ct_state __attribute__((unused));
 const enum ct_flags *unused_ct_flags __attribute__((unused));
 const enum svc_mode *unused_svc_mode __attribute__((unused));
+const enum addr_flags *unused_addr_flags __attribute__((unused));
 
 static __always_inline struct global_counters *gstats(void)
 {
@@ -321,6 +322,34 @@ static __always_inline int handle_icmp(struct xdp_md *ctx, struct packet *p, voi
 	return send_out(ctx, p, data_end, &nh, 0);
 }
 
+/* handle_fragment: an IPv4 fragment cannot be NATed (all but the first
+ * carry no ports, and the first alone cannot be rewritten consistently
+ * with the rest) and must never be passed on un-translated: the kernel
+ * would forward a client's fragment to nowhere useful, and a backend's
+ * reply fragment to the client with the backend's own address. Fragments
+ * to a VIP and from a backend's address are dropped and counted; clients
+ * and backends are expected to use path MTU discovery (TCP does; the ICMP
+ * errors it needs are translated, see handle_icmp). A backend's own
+ * fragmented traffic routed through sluice is dropped too: the address
+ * alone cannot tell it from a reply. */
+static __always_inline int handle_fragment(struct packet *p)
+{
+	struct addr_info *a = bpf_map_lookup_elem(&addrs, &p->ip->daddr);
+	if (a && (a->flags & ADDR_VIP)) {
+		struct svc_counters *s = svc_stats_of(a->svc_id);
+		if (s)
+			s->fragments++;
+		return XDP_DROP;
+	}
+	a = bpf_map_lookup_elem(&addrs, &p->ip->saddr);
+	if (a && (a->flags & ADDR_BACKEND)) {
+		GCOUNT(backend_fragments);
+		return XDP_DROP;
+	}
+	GCOUNT(passed_not_ours);
+	return XDP_PASS;
+}
+
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
 {
@@ -348,11 +377,8 @@ int sluice_xdp(struct xdp_md *ctx)
 		.port = 0,
 		.proto = p.proto,
 	};
-	if (pr == PARSE_FRAGMENT) {
-		/* Fragments carry no usable ports; never guess a backend. */
-		GCOUNT(passed_not_ours);
-		return XDP_PASS;
-	}
+	if (pr == PARSE_FRAGMENT)
+		return handle_fragment(&p);
 	sk.port = p.dport;
 
 	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);

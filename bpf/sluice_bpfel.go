@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SluiceAddrFlags uint32
+
+const (
+	SluiceAddrFlagsADDR_VIP     SluiceAddrFlags = 1
+	SluiceAddrFlagsADDR_BACKEND SluiceAddrFlags = 2
+)
+
+type SluiceAddrInfo struct {
+	_     structs.HostLayout
+	SvcId uint32
+	Flags uint8
+	Pad   [3]uint8
+}
+
 type SluiceBackend struct {
 	_       structs.HostLayout
 	Addr    uint32
@@ -102,6 +116,7 @@ type SluiceGlobalCounters struct {
 	RstSent           uint64
 	IcmpTranslated    uint64
 	PassedTtlExceeded uint64
+	BackendFragments  uint64
 }
 
 type SluiceSluiceConfig struct {
@@ -159,6 +174,7 @@ type SluiceSvcValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	SluiceMapAddrs              = "addrs"
 	SluiceMapBackendStats       = "backend_stats"
 	SluiceMapBackends           = "backends"
 	SluiceMapConntrack          = "conntrack"
@@ -168,6 +184,7 @@ const (
 	SluiceMapServices           = "services"
 	SluiceProgSluiceXdp         = "sluice_xdp"
 	SluiceVarCfg                = "cfg"
+	SluiceVarUnusedAddrFlags    = "unused_addr_flags"
 	SluiceVarUnusedBackendState = "unused_backend_state"
 	SluiceVarUnusedBackendStats = "unused_backend_stats"
 	SluiceVarUnusedCtFlags      = "unused_ct_flags"
@@ -226,6 +243,7 @@ type SluiceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceMapSpecs struct {
+	Addrs        *ebpf.MapSpec `ebpf:"addrs"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
@@ -240,6 +258,7 @@ type SluiceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceVariableSpecs struct {
 	Cfg                *ebpf.VariableSpec `ebpf:"cfg"`
+	UnusedAddrFlags    *ebpf.VariableSpec `ebpf:"unused_addr_flags"`
 	UnusedBackendState *ebpf.VariableSpec `ebpf:"unused_backend_state"`
 	UnusedBackendStats *ebpf.VariableSpec `ebpf:"unused_backend_stats"`
 	UnusedCtFlags      *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
@@ -269,6 +288,7 @@ func (o *SluiceObjects) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceMaps struct {
+	Addrs        *ebpf.Map `ebpf:"addrs"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
@@ -280,6 +300,7 @@ type SluiceMaps struct {
 
 func (m *SluiceMaps) Close() error {
 	return _SluiceClose(
+		m.Addrs,
 		m.BackendStats,
 		m.Backends,
 		m.Conntrack,
@@ -295,6 +316,7 @@ func (m *SluiceMaps) Close() error {
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceVariables struct {
 	Cfg                *ebpf.Variable `ebpf:"cfg"`
+	UnusedAddrFlags    *ebpf.Variable `ebpf:"unused_addr_flags"`
 	UnusedBackendState *ebpf.Variable `ebpf:"unused_backend_state"`
 	UnusedBackendStats *ebpf.Variable `ebpf:"unused_backend_stats"`
 	UnusedCtFlags      *ebpf.Variable `ebpf:"unused_ct_flags"`

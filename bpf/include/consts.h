@@ -37,6 +37,12 @@ enum ct_flags {
 	CT_F_REPLY = 1, /* reverse entry: translates backend -> client packets */
 };
 
+/* addr_info.flags: what an address is to sluice. */
+enum addr_flags {
+	ADDR_VIP = 1,     /* a service's VIP */
+	ADDR_BACKEND = 2, /* a backend's address (a slot that is not free) */
+};
+
 /* How a service rewrites packets. */
 enum svc_mode {
 	MODE_NAT = 0,  /* DNAT only: backends route replies back through sluice */

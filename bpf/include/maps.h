@@ -58,6 +58,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
 
+/* Every VIP and backend address -> what it is (struct addr_info), for the
+ * packets that carry no ports: fragments. Written by the agent
+ * (datapath.Real keeps it in step with services and backends). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES + MAX_BACKENDS);
+	__type(key, __be32);
+	__type(value, struct addr_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} addrs SEC(".maps");
+
 /* Counters, read by the agent at scrape time. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -68,6 +68,15 @@ struct ct_value {
 	struct nexthop nh; /* where this direction's packets went last */
 };
 
+/* addrs value: what an address is to sluice. Fragments carry no ports (all
+ * but the first), so the program recognises the fragments of its traffic
+ * by address alone. */
+struct addr_info {
+	__u32 svc_id; /* ADDR_VIP: a service on this VIP (its fragments are counted there) */
+	__u8 flags;   /* enum addr_flags */
+	__u8 pad[3];
+};
+
 /* Per-service counters (per CPU). Named fields, no magic indexes. */
 struct svc_counters {
 	__u64 packets;
@@ -77,7 +86,7 @@ struct svc_counters {
 	__u64 rst_removed_backend; /* packet of a flow pinned to a removed backend */
 	__u64 drop_no_backend;     /* new UDP flow, empty table */
 	__u64 drop_removed_backend; /* UDP packet of a flow pinned to a removed backend */
-	__u64 fragments;           /* fragments to the VIP, passed to the kernel */
+	__u64 fragments;           /* fragments to the VIP: dropped (they cannot be NATed) */
 	__u64 snat_failures;       /* no free SNAT port (or no source): RST / drop */
 	__u64 rst_nat_conflict;    /* nat mode: the client's port already maps another VIP's live flow to this backend */
 	__u64 drop_nat_conflict;   /* the same for UDP */
@@ -102,6 +111,7 @@ struct global_counters {
 	__u64 rst_sent;
 	__u64 icmp_translated; /* ICMP errors about our flows, rewritten and forwarded */
 	__u64 passed_ttl_exceeded; /* ours with TTL <= 1: passed untouched, the kernel answers */
+	__u64 backend_fragments;   /* fragments from a backend's address: dropped, never passed un-translated */
 };
 
 /* Run-time knobs set from Go before load (volatile const, not #ifdef). */

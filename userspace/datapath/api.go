@@ -69,7 +69,7 @@ type ServiceStats struct {
 	RSTRemovedBackend uint64
 	// DropNoBackend and DropRemovedBackend are the UDP equivalents.
 	DropNoBackend, DropRemovedBackend uint64
-	// Fragments to the VIP, passed to the kernel.
+	// Fragments to the VIP, dropped (they cannot be NATed).
 	Fragments uint64
 	// SNATFailures counts new ModeSNAT flows refused: no free source port.
 	SNATFailures uint64
@@ -97,6 +97,7 @@ type GlobalStats struct {
 	RSTSent           uint64
 	ICMPTranslated    uint64 // ICMP errors about our flows, rewritten and forwarded
 	PassedTTLExceeded uint64 // ours with TTL <= 1: passed untouched for the kernel's Time Exceeded
+	BackendFragments  uint64 // fragments from a backend's address: dropped
 }
 
 // Map is what the agent needs from the data path. Implementations are safe

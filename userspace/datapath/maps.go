@@ -48,13 +48,22 @@ func (r *Real) SetService(k ServiceKey, s Service) error {
 	if err := r.services.Put(svcKey(k), v); err != nil {
 		return fmt.Errorf("set service %v:%d: %w", k.VIP, k.Port, err)
 	}
-	return nil
+	if r.addrIdx != nil {
+		r.addrIdx.setService(svcKey(k), s.ID)
+	}
+	return r.writeAddr(be32(k.VIP))
 }
 
 // DeleteService removes a service and its Maglev table.
 func (r *Real) DeleteService(k ServiceKey, id uint32) error {
 	if err := r.services.Delete(svcKey(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete service %v:%d: %w", k.VIP, k.Port, err)
+	}
+	if r.addrIdx != nil {
+		r.addrIdx.deleteService(svcKey(k))
+	}
+	if err := r.writeAddr(be32(k.VIP)); err != nil {
+		return err
 	}
 	return r.SetTable(id, nil)
 }
@@ -107,6 +116,21 @@ func (r *Real) SetBackend(slot uint32, b Backend) error {
 	}
 	if err := r.backends.Put(slot, v); err != nil {
 		return fmt.Errorf("set backend slot %d: %w", slot, err)
+	}
+	if r.addrIdx != nil {
+		before := keysOf(r.addrIdx.backends)
+		r.addrIdx.setSlot(slot, v)
+		// The slot's old address (if it left) and its new one.
+		for addr := range before {
+			if !r.addrIdx.backends[addr][slot] && len(r.addrIdx.backends[addr]) == 0 {
+				if err := r.writeAddr(addr); err != nil {
+					return fmt.Errorf("set backend slot %d: %w", slot, err)
+				}
+			}
+		}
+		if err := r.writeAddr(v.Addr); err != nil {
+			return fmt.Errorf("set backend slot %d: %w", slot, err)
+		}
 	}
 	if b.State == BackendActive && r.keepNeighbours {
 		// Best effort: without it the first packets take the slow path.
@@ -391,6 +415,7 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.RSTSent += c.RstSent
 		s.ICMPTranslated += c.IcmpTranslated
 		s.PassedTTLExceeded += c.PassedTtlExceeded
+		s.BackendFragments += c.BackendFragments
 	}
 	return s, nil
 }

@@ -68,6 +68,8 @@ type Real struct {
 
 	services, backends, outer, conntrack *ebpf.Map
 	svcStats, backendStats, globalStats  *ebpf.Map
+	addrs                                *ebpf.Map  // see addrs.go
+	addrIdx                              *addrIndex // nil when opened read-only
 	innerSpec                            *ebpf.MapSpec
 
 	prog  *ebpf.Program
@@ -101,7 +103,7 @@ func lockPinPath(dir string) (*os.File, error) {
 var _ Map = (*Real)(nil)
 
 // mapNames are the pinned maps, as named in bpf/include/maps.h.
-var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats"}
+var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats", "addrs"}
 
 // EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted (it is not
 // on a fresh Debian host) and creates dir's parent on it. The pin directory
@@ -325,11 +327,16 @@ func Open(o Options) (*Real, error) {
 		svcStats:     objs.ServiceStats,
 		backendStats: objs.BackendStats,
 		globalStats:  objs.GlobalStats,
+		addrs:        objs.Addrs,
 		innerSpec:    spec.Maps["maglev_outer"].InnerMap.Copy(),
 		prog:         objs.SluiceXdp,
 		links:        map[string]link.Link{},
 
 		keepNeighbours: !o.NoNeighbours,
+	}
+	if err := r.buildAddrs(); err != nil {
+		r.Close()
+		return nil, err
 	}
 	if err := r.attach(o.Interfaces, o.XDPMode); err != nil {
 		r.Close()
@@ -511,7 +518,7 @@ func (r *Real) Close() error {
 	for _, l := range r.links {
 		l.Close()
 	}
-	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats} {
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs} {
 		if m != nil {
 			m.Close()
 		}
@@ -532,7 +539,7 @@ func OpenPinned(pinPath string) (*Real, error) {
 		pinPath = DefaultPinPath
 	}
 	r := &Real{log: slog.Default(), pinPath: pinPath, timeouts: DefaultTimeouts(), links: map[string]link.Link{}}
-	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats}
+	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats, &r.addrs}
 	for i, name := range mapNames {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, name), nil)
 		if err != nil {

@@ -93,7 +93,7 @@ type collector struct {
 	bePackets, beBytes, beNewFlows, beFlows              *prometheus.Desc
 	ctFlows, ctCapacity                                  *prometheus.Desc
 	passed, replies, ctUpdateFailures, rstSent           *prometheus.Desc
-	icmpTranslated                                       *prometheus.Desc
+	icmpTranslated, beFragments                          *prometheus.Desc
 	scrapeErrorsDesc                                     *prometheus.Desc
 
 	mu           sync.Mutex // one scrape at a time: a flow walk is not cheap
@@ -112,7 +112,7 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		svcNewFlows:     d("service_new_flows_total", "New flows a service's Maglev table placed.", "service"),
 		svcRSTs:         d("service_rsts_total", "TCP packets answered with an RST, by reason (no_backend, removed_backend, nat_conflict).", "service", "reason"),
 		svcDrops:        d("service_udp_drops_total", "UDP packets dropped, by reason (no_backend, removed_backend, nat_conflict).", "service", "reason"),
-		svcFragments:    d("service_fragments_total", "Fragments to a service's VIP, passed to the kernel.", "service"),
+		svcFragments:    d("service_fragments_total", "Fragments to a service's VIP, dropped (they cannot be NATed).", "service"),
 		svcSNATFailures: d("service_snat_failures_total", "New snat flows refused for want of a free source port.", "service"),
 		svcFlows:        d("service_active_flows", "Live (not expired) conntrack flows of a service.", "service"),
 		svcBackends:     d("service_backends", "Backends in a service's Maglev table.", "service"),
@@ -131,6 +131,7 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		replies:          d("replies_translated_total", "Backend replies reverse-NATed."),
 		ctUpdateFailures: d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
 		rstSent:          d("rst_sent_total", "TCP RSTs sent by the data path."),
+		beFragments:      d("backend_fragments_dropped_total", "Fragments from a backend's address, dropped: never passed on un-translated."),
 		icmpTranslated:   d("icmp_translated_total", "ICMP errors about tracked flows (fragmentation needed, unreachable, time exceeded) rewritten and forwarded to the other side."),
 
 		scrapeErrorsDesc: d("datapath_scrape_errors_total", "Data path reads that failed while collecting metrics."),
@@ -144,7 +145,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.svcFragments, c.svcSNATFailures, c.svcFlows, c.svcBackends,
 		c.beState, c.beDrainDeadline, c.bePackets, c.beBytes, c.beNewFlows, c.beFlows,
 		c.ctFlows, c.ctCapacity,
-		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated,
+		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments,
 		c.scrapeErrorsDesc,
 	} {
 		ch <- d
@@ -250,6 +251,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.ctUpdateFailures, g.CTUpdateFailures)
 		counter(c.rstSent, g.RSTSent)
 		counter(c.icmpTranslated, g.ICMPTranslated)
+		counter(c.beFragments, g.BackendFragments)
 	}
 
 	c.scrapeErrors += failed
