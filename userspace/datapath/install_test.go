@@ -60,3 +60,48 @@ func TestFirstInstallAtomic(t *testing.T) {
 		t.Fatalf("second open of the fresh install: %v, want ErrLocked", err)
 	}
 }
+
+// TestCounterMapsReplaced: a pinned counter map of an older layout (fewer
+// counters) is replaced at open, flows and the other maps are kept; any
+// other map of another layout still refuses to load.
+func TestCounterMapsReplaced(t *testing.T) {
+	requireRoot(t)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-countertest-%d", os.Getpid()))
+	t.Cleanup(func() { _ = Teardown(pin) })
+	r, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSet(t, r.SetService(keyTCP, Service{ID: 1}))
+	r.Close()
+
+	older := func(name string, spec *ebpf.MapSpec) {
+		t.Helper()
+		p := filepath.Join(pin, name)
+		mustSet(t, os.Remove(p))
+		m, err := ebpf.NewMap(spec)
+		mustSet(t, err)
+		defer m.Close()
+		mustSet(t, m.Pin(p))
+	}
+	older("global_stats", &ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8 * 3, MaxEntries: 1})
+	r, err = Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true})
+	if err != nil {
+		t.Fatalf("open over an older counter map: %v", err)
+	}
+	if _, err := r.GlobalStats(); err != nil {
+		t.Errorf("global stats after the replacement: %v", err)
+	}
+	if svcs, err := r.Services(); err != nil || len(svcs) != 1 {
+		t.Errorf("services kept: %v (%v)", svcs, err)
+	}
+	r.Close()
+
+	older("services", &ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: MaxServices})
+	if r, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true}); !errors.Is(err, ebpf.ErrMapIncompatible) {
+		if err == nil {
+			r.Close()
+		}
+		t.Fatalf("open over a services map of another layout: %v, want ErrMapIncompatible", err)
+	}
+}

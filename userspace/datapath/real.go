@@ -299,6 +299,12 @@ func Open(o Options) (*Real, error) {
 		m.Close()
 	}
 
+	if !claim.fresh() {
+		if err := dropChangedCounters(claim.dir, spec, o.Log); err != nil {
+			return nil, err
+		}
+	}
+
 	var objs bpf.SluiceObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: claim.dir}})
 	if err != nil {
@@ -345,6 +351,37 @@ func Open(o Options) (*Real, error) {
 	ok = true
 	r.lock = claim.lock
 	return r, nil
+}
+
+// counterMaps hold only counters: when a release adds a counter (their
+// value grows), the pinned map is replaced by a fresh one instead of
+// refusing to start. The counters restart from 0 (Prometheus sees a
+// counter reset); the old program counts into the old map until the links
+// are updated. Every other map's layout change still stops the agent with
+// ErrMapIncompatible: flows and backends are not to be dropped silently.
+var counterMaps = []string{"service_stats", "backend_stats", "global_stats"}
+
+func dropChangedCounters(dir string, spec *ebpf.CollectionSpec, log *slog.Logger) error {
+	for _, name := range counterMaps {
+		p := filepath.Join(dir, name)
+		m, err := ebpf.LoadPinnedMap(p, nil)
+		if err != nil {
+			continue // absent: created by the load
+		}
+		want := spec.Maps[name]
+		same := m.Type() == want.Type && m.KeySize() == want.KeySize && m.ValueSize() == want.ValueSize &&
+			m.MaxEntries() == want.MaxEntries
+		m.Close()
+		if same {
+			continue
+		}
+		log.Warn("a pinned counter map has another layout (a release added counters): starting it afresh, its counters restart from 0",
+			"map", name)
+		if err := os.Remove(p); err != nil {
+			return fmt.Errorf("replace counter map %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // verifierError keeps the whole verifier log in the message (the short
