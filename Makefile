@@ -12,7 +12,7 @@ export PATH := $(dir $(GO)):$(PATH)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build testbins generate check-generated deps test unit dashboard-check e2e e2e-race demo bench lint clean install uninstall
+.PHONY: all build testbins generate check-generated deps test unit fuzz dashboard-check e2e e2e-race demo bench lint clean install uninstall
 
 all: build
 
@@ -50,6 +50,20 @@ unit:
 	$(GO) vet ./...
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/e2e')
 
+# Go native fuzz targets, each for a bounded time (FUZZTIME). A crash fails
+# the run and leaves its input under the package's testdata/fuzz/, where it
+# becomes a regression case once committed. pkg:Target, one fuzz run each
+# (go test -fuzz takes one target at a time).
+FUZZTIME ?= 15s
+FUZZ_TARGETS := \
+	./userspace/datapath:FuzzXDP
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz: $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) "$$pkg" || exit 1; \
+	done
+
 # End-to-end tests in the netns lab (root).
 e2e:
 	$(GO) test ./e2e/... -count=1 -v -timeout 15m
@@ -62,7 +76,7 @@ e2e-race:
 dashboard-check:
 	scripts/dashboard.sh check
 
-test: deps check-generated unit dashboard-check e2e
+test: deps check-generated unit fuzz dashboard-check e2e
 
 demo: deps build testbins
 	scripts/demo.sh
