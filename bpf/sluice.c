@@ -30,6 +30,8 @@ volatile const struct sluice_config cfg = {
 	.snat_port_max = 32767,
 	.maglev_size = 16381,
 	.hash_seed = 0x5eed1ce,
+	.rst_interval_ns = 1000000ULL, /* 1000 RSTs/s per CPU... */
+	.rst_burst_ns = 1000000000ULL, /* ...in bursts of up to 1000 */
 };
 
 /* Unused instances so bpf2go emits Go types for every shared struct/enum. */
@@ -202,8 +204,34 @@ static __always_inline int send_out(struct xdp_md *ctx, struct packet *p, void *
 	}
 }
 
+/* rst_allowed spends one RST of this CPU's budget (GCRA): spoofed SYNs
+ * to a service without backends, or to a removed backend's flows, must not
+ * turn sluice into a reflector that answers every one of them. */
+static __always_inline int rst_allowed(void)
+{
+	__u64 interval = cfg.rst_interval_ns;
+	if (interval == 0 || cfg.rst_burst_ns == 0)
+		return 1;
+	__u32 zero = 0;
+	struct rst_limit *l = bpf_map_lookup_elem(&rst_limit, &zero);
+	if (!l)
+		return 0;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 tat = l->tat > now ? l->tat : now;
+	if (tat - now >= cfg.rst_burst_ns)
+		return 0;
+	l->tat = tat + interval;
+	return 1;
+}
+
 static __always_inline int answer_rst(struct xdp_md *ctx, struct packet *p)
 {
+	if (p->tcp_flags & TCPF_RST)
+		return XDP_DROP; /* never answer an RST (make_rst checks too) */
+	if (!rst_allowed()) {
+		GCOUNT(rst_rate_limited);
+		return XDP_DROP;
+	}
 	if (make_rst(ctx, p))
 		return XDP_DROP;
 	GCOUNT(rst_sent);

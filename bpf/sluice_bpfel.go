@@ -117,6 +117,12 @@ type SluiceGlobalCounters struct {
 	IcmpTranslated    uint64
 	PassedTtlExceeded uint64
 	BackendFragments  uint64
+	RstRateLimited    uint64
+}
+
+type SluiceRstLimit struct {
+	_   structs.HostLayout
+	Tat uint64
 }
 
 type SluiceSluiceConfig struct {
@@ -130,6 +136,8 @@ type SluiceSluiceConfig struct {
 	SnatPortMax             uint32
 	MaglevSize              uint32
 	HashSeed                uint32
+	RstIntervalNs           uint64
+	RstBurstNs              uint64
 }
 
 type SluiceSvcCounters struct {
@@ -180,6 +188,7 @@ const (
 	SluiceMapConntrack          = "conntrack"
 	SluiceMapGlobalStats        = "global_stats"
 	SluiceMapMaglevOuter        = "maglev_outer"
+	SluiceMapRstLimit           = "rst_limit"
 	SluiceMapServiceStats       = "service_stats"
 	SluiceMapServices           = "services"
 	SluiceProgSluiceXdp         = "sluice_xdp"
@@ -249,6 +258,7 @@ type SluiceMapSpecs struct {
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	GlobalStats  *ebpf.MapSpec `ebpf:"global_stats"`
 	MaglevOuter  *ebpf.MapSpec `ebpf:"maglev_outer"`
+	RstLimit     *ebpf.MapSpec `ebpf:"rst_limit"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 }
@@ -294,6 +304,7 @@ type SluiceMaps struct {
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	GlobalStats  *ebpf.Map `ebpf:"global_stats"`
 	MaglevOuter  *ebpf.Map `ebpf:"maglev_outer"`
+	RstLimit     *ebpf.Map `ebpf:"rst_limit"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
 	Services     *ebpf.Map `ebpf:"services"`
 }
@@ -306,6 +317,7 @@ func (m *SluiceMaps) Close() error {
 		m.Conntrack,
 		m.GlobalStats,
 		m.MaglevOuter,
+		m.RstLimit,
 		m.ServiceStats,
 		m.Services,
 	)

@@ -69,6 +69,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } addrs SEC(".maps");
 
+/* The RST rate limit's state, per CPU (no atomics; the limit is per CPU).
+ * Not pinned: a new program starts with a full budget. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rst_limit);
+} rst_limit SEC(".maps");
+
 /* Counters, read by the agent at scrape time. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -112,6 +112,7 @@ struct global_counters {
 	__u64 icmp_translated; /* ICMP errors about our flows, rewritten and forwarded */
 	__u64 passed_ttl_exceeded; /* ours with TTL <= 1: passed untouched, the kernel answers */
 	__u64 backend_fragments;   /* fragments from a backend's address: dropped, never passed un-translated */
+	__u64 rst_rate_limited;    /* RSTs not sent (the packet dropped) over the rate limit */
 };
 
 /* Run-time knobs set from Go before load (volatile const, not #ifdef). */
@@ -125,4 +126,12 @@ struct sluice_config {
 	__u32 snat_port_max; /* ephemeral range so the host's own sockets never collide */
 	__u32 maglev_size; /* entries of every inner Maglev table (prime) */
 	__u32 hash_seed;
+	__u64 rst_interval_ns; /* RST rate limit per CPU: one RST per interval... */
+	__u64 rst_burst_ns;    /* ...with bursts of burst/interval RSTs; 0: unlimited */
+};
+
+/* rst_limit value: the per-CPU RST budget (GCRA: the theoretical arrival
+ * time of the next RST). */
+struct rst_limit {
+	__u64 tat;
 };

@@ -61,6 +61,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		XDPMode:         cfg.Datapath.XDPMode,
 		MaglevTableSize: cfg.Datapath.MaglevTableSize,
 		ConntrackMax:    cfg.Datapath.ConntrackMax,
+		RSTRate:         cfg.Datapath.RSTRate,
 		Timeouts: datapath.Timeouts{
 			TCPSyn:         t.TCPSyn.D(),
 			TCPEstablished: t.TCPEstablished.D(),

@@ -49,6 +49,7 @@ const (
 	DefaultPinPath         = "/sys/fs/bpf/sluice"
 	DefaultMaglevTableSize = 16381
 	DefaultConntrackMax    = 262144
+	DefaultRSTRate         = 1000
 	DefaultDNSPort         = 53
 )
 
@@ -98,6 +99,7 @@ func applyDefaults(c *Config, lines map[string]int) {
 	d.str("datapath.pin_path", &c.Datapath.PinPath, DefaultPinPath)
 	d.u32("datapath.maglev_table_size", &c.Datapath.MaglevTableSize, DefaultMaglevTableSize)
 	d.u32("datapath.conntrack_max", &c.Datapath.ConntrackMax, DefaultConntrackMax)
+	d.u32("datapath.rst_rate", &c.Datapath.RSTRate, DefaultRSTRate)
 	d.dur("datapath.conntrack_timeouts.tcp_syn", &c.Datapath.Timeouts.TCPSyn, 60*time.Second)
 	d.dur("datapath.conntrack_timeouts.tcp_established", &c.Datapath.Timeouts.TCPEstablished, time.Hour)
 	d.dur("datapath.conntrack_timeouts.tcp_closing", &c.Datapath.Timeouts.TCPClosing, 10*time.Second)

@@ -54,6 +54,7 @@ type Datapath struct {
 	PinPath         string   `yaml:"pin_path"`          // default /sys/fs/bpf/sluice
 	MaglevTableSize uint32   `yaml:"maglev_table_size"` // prime in 251..65521, default 16381
 	ConntrackMax    uint32   `yaml:"conntrack_max"`     // LRU capacity, >= 1024, default 262144
+	RSTRate         uint32   `yaml:"rst_rate"`          // RSTs per second and CPU, >= 1, default 1000
 	Timeouts        CTTimers `yaml:"conntrack_timeouts"`
 }
 

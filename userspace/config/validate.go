@@ -231,6 +231,9 @@ func (v *validator) datapath(c *Config) {
 	if dp.ConntrackMax < MinConntrackMax {
 		v.add("datapath.conntrack_max", "%d: must be at least %d", dp.ConntrackMax, MinConntrackMax)
 	}
+	if dp.RSTRate == 0 {
+		v.add("datapath.rst_rate", "must be at least 1 (RSTs per second and CPU)")
+	}
 	t := &dp.Timeouts
 	v.positive("datapath.conntrack_timeouts.tcp_syn", t.TCPSyn)
 	v.positive("datapath.conntrack_timeouts.tcp_established", t.TCPEstablished)

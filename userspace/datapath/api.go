@@ -98,6 +98,7 @@ type GlobalStats struct {
 	ICMPTranslated    uint64 // ICMP errors about our flows, rewritten and forwarded
 	PassedTTLExceeded uint64 // ours with TTL <= 1: passed untouched for the kernel's Time Exceeded
 	BackendFragments  uint64 // fragments from a backend's address: dropped
+	RSTRateLimited    uint64 // RSTs not sent over the rate limit (the packet dropped)
 }
 
 // Map is what the agent needs from the data path. Implementations are safe

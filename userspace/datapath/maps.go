@@ -416,6 +416,7 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.ICMPTranslated += c.IcmpTranslated
 		s.PassedTTLExceeded += c.PassedTtlExceeded
 		s.BackendFragments += c.BackendFragments
+		s.RSTRateLimited += c.RstRateLimited
 	}
 	return s, nil
 }

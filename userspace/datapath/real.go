@@ -25,6 +25,9 @@ type Timeouts struct {
 	TCPSyn, TCPEstablished, TCPClosing, UDP time.Duration
 }
 
+// DefaultRSTRate is the RST rate limit per CPU and second.
+const DefaultRSTRate = 1000
+
 // DefaultTimeouts match the program's built-in defaults.
 func DefaultTimeouts() Timeouts {
 	return Timeouts{TCPSyn: 60 * time.Second, TCPEstablished: time.Hour, TCPClosing: 10 * time.Second, UDP: 60 * time.Second}
@@ -52,7 +55,12 @@ type Options struct {
 	SNATPortMin     uint16   // default 20000
 	SNATPortMax     uint16   // default 32767
 	Timeouts        Timeouts // zero fields take the defaults
-	Log             *slog.Logger
+	// RSTRate is how many RSTs per second each CPU may send (no backend,
+	// removed backend, no SNAT port, nat conflict), in bursts of up to
+	// one second's worth; above it the packet is dropped and counted.
+	// 0 takes DefaultRSTRate.
+	RSTRate uint32
+	Log     *slog.Logger
 	// NoNeighbours turns off the managed neighbour entries SetBackend
 	// creates for active backends (tests that run outside the namespace
 	// the program forwards in).
@@ -285,8 +293,14 @@ func Open(o Options) (*Real, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := spec.Variables["cfg"].Set(withSNATPorts(spec, o.SNATPortMin, o.SNATPortMax)); err != nil {
-		return nil, fmt.Errorf("set snat ports: %w", err)
+	if o.RSTRate == 0 {
+		o.RSTRate = DefaultRSTRate
+	}
+	c := withSNATPorts(spec, o.SNATPortMin, o.SNATPortMax)
+	c.RstIntervalNs = uint64(time.Second) / uint64(o.RSTRate)
+	c.RstBurstNs = uint64(time.Second)
+	if err := spec.Variables["cfg"].Set(c); err != nil {
+		return nil, fmt.Errorf("set snat ports and rst rate: %w", err)
 	}
 	// A pinned conntrack of another size is adopted as it is: resizing it
 	// would drop every flow. Say so instead.
@@ -452,6 +466,8 @@ func LoadSpec(tableSize, conntrackMax uint32, t Timeouts) (*ebpf.CollectionSpec,
 		NexthopCacheNs:          uint64(time.Second),
 		SnatPortMin:             20000,
 		SnatPortMax:             32767,
+		RstIntervalNs:           uint64(time.Second) / DefaultRSTRate,
+		RstBurstNs:              uint64(time.Second),
 	}
 	v, ok := spec.Variables["cfg"]
 	if !ok {

@@ -93,7 +93,7 @@ type collector struct {
 	bePackets, beBytes, beNewFlows, beFlows              *prometheus.Desc
 	ctFlows, ctCapacity                                  *prometheus.Desc
 	passed, replies, ctUpdateFailures, rstSent           *prometheus.Desc
-	icmpTranslated, beFragments                          *prometheus.Desc
+	icmpTranslated, beFragments, rstLimited              *prometheus.Desc
 	scrapeErrorsDesc                                     *prometheus.Desc
 
 	mu           sync.Mutex // one scrape at a time: a flow walk is not cheap
@@ -131,6 +131,7 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		replies:          d("replies_translated_total", "Backend replies reverse-NATed."),
 		ctUpdateFailures: d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
 		rstSent:          d("rst_sent_total", "TCP RSTs sent by the data path."),
+		rstLimited:       d("rst_rate_limited_total", "RSTs not sent because the per-CPU RST rate limit was reached (the packet was dropped)."),
 		beFragments:      d("backend_fragments_dropped_total", "Fragments from a backend's address, dropped: never passed on un-translated."),
 		icmpTranslated:   d("icmp_translated_total", "ICMP errors about tracked flows (fragmentation needed, unreachable, time exceeded) rewritten and forwarded to the other side."),
 
@@ -145,7 +146,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.svcFragments, c.svcSNATFailures, c.svcFlows, c.svcBackends,
 		c.beState, c.beDrainDeadline, c.bePackets, c.beBytes, c.beNewFlows, c.beFlows,
 		c.ctFlows, c.ctCapacity,
-		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments,
+		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited,
 		c.scrapeErrorsDesc,
 	} {
 		ch <- d
@@ -252,6 +253,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.rstSent, g.RSTSent)
 		counter(c.icmpTranslated, g.ICMPTranslated)
 		counter(c.beFragments, g.BackendFragments)
+		counter(c.rstLimited, g.RSTRateLimited)
 	}
 
 	c.scrapeErrors += failed
