@@ -157,16 +157,94 @@ static __always_inline struct svc_counters *svc_stats_of(__u32 id)
 	return bpf_map_lookup_elem(&service_stats, &id);
 }
 
-/* next_tcp_state advances a flow's state on a packet with the given flags. */
+/* next_tcp_state advances a flow's state on a packet with the given flags.
+ * The backend's SYN-ACK moves SYN_SENT to SYN_RECV: the backend answered,
+ * so a handshake the client then abandons is not the backend's connect
+ * failure (the agent counts only SYN_SENT flows that stay unanswered). */
 static __always_inline __u8 next_tcp_state(__u8 cur, __u8 flags, int reply)
 {
 	if (flags & (TCPF_RST | TCPF_FIN))
 		return CT_CLOSING;
-	if (cur == CT_SYN_SENT && reply && (flags & TCPF_ACK))
-		return CT_ESTABLISHED;
-	if (cur == CT_SYN_SENT && !reply && (flags & TCPF_ACK) && !(flags & TCPF_SYN))
+	if (cur == CT_SYN_SENT && reply && (flags & TCPF_SYN) && (flags & TCPF_ACK))
+		return CT_SYN_RECV;
+	if ((cur == CT_SYN_SENT || cur == CT_SYN_RECV) && (flags & TCPF_ACK) && !(flags & TCPF_SYN))
 		return CT_ESTABLISHED;
 	return cur;
+}
+
+/* ho_expired: a half-open entry lives tcp_syn_timeout at most, whatever
+ * its state (a confirmed flow leaves the table, see confirm_flow). */
+static __always_inline int ho_expired(const struct ct_value *ct, __u64 now)
+{
+	return now > ct->last_seen && now - ct->last_seen > cfg.tcp_syn_timeout_ns;
+}
+
+/* lookup_forward finds a flow's live forward entry: in conntrack
+ * (*confirmed = 1) or in the half-open table (*confirmed = 0). */
+static __always_inline struct ct_value *lookup_forward(const struct ct_key *k, __u64 now, int *confirmed)
+{
+	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, k);
+	if (ct && !(ct->flags & CT_F_REPLY) && !ct_expired(ct, now)) {
+		*confirmed = 1;
+		return ct;
+	}
+	ct = bpf_map_lookup_elem(&halfopen, k);
+	if (ct && !(ct->flags & CT_F_REPLY) && !ho_expired(ct, now)) {
+		*confirmed = 0;
+		return ct;
+	}
+	return NULL;
+}
+
+/* reverse_of builds the reverse key and entry of the forward entry fv at
+ * key fk: replies come from the backend to the client (nat) or to the
+ * snat address and port (snat), and are rewritten to come from the VIP. */
+static __always_inline void reverse_of(const struct ct_key *fk, const struct ct_value *fv,
+				       struct ct_key *rk, struct ct_value *rv)
+{
+	rk->saddr = fv->daddr_new;
+	rk->sport = fv->dport_new;
+	rk->daddr = fv->saddr_new ? fv->saddr_new : fk->saddr;
+	rk->dport = fv->saddr_new ? fv->sport_new : fk->sport;
+	rk->proto = fk->proto;
+	rv->last_seen = fv->last_seen;
+	rv->service_id = fv->service_id;
+	rv->backend_id = fv->backend_id;
+	rv->backend_gen = fv->backend_gen;
+	rv->saddr_new = fk->daddr;
+	rv->sport_new = fk->dport;
+	rv->daddr_new = fv->saddr_new ? fk->saddr : 0;
+	rv->dport_new = fv->saddr_new ? fk->sport : 0;
+	rv->state = fv->state;
+	rv->flags = CT_F_REPLY;
+}
+
+/* ensure_reverse re-creates a confirmed flow's reverse entry from its
+ * forward entry when LRU evicted it (BPF_NOEXIST: an existing one, with
+ * its cached next hop, is left alone). */
+static __always_inline void ensure_reverse(const struct ct_key *fk, const struct ct_value *fv)
+{
+	struct ct_key rk = {};
+	struct ct_value rv = {};
+	reverse_of(fk, fv, &rk, &rv);
+	if (bpf_map_lookup_elem(&conntrack, &rk))
+		return;
+	if (!bpf_map_update_elem(&conntrack, &rk, &rv, BPF_NOEXIST))
+		GCOUNT(reverse_recreated);
+}
+
+/* forget_confirmed deletes the conntrack forward entry at fk and the
+ * reverse entry that goes with it, if there is one. */
+static __always_inline void forget_confirmed(const struct ct_key *fk)
+{
+	struct ct_value *old = bpf_map_lookup_elem(&conntrack, fk);
+	if (!old || (old->flags & CT_F_REPLY))
+		return;
+	struct ct_key rk = {};
+	struct ct_value rv = {};
+	reverse_of(fk, old, &rk, &rv);
+	bpf_map_delete_elem(&conntrack, &rk);
+	bpf_map_delete_elem(&conntrack, fk);
 }
 
 /* reverse_in_use tells whether the nat-mode reverse entry rv at key rk
@@ -182,8 +260,9 @@ static __always_inline int reverse_in_use(const struct ct_key *rk, const struct 
 		.dport = rv->sport_new,
 		.proto = rk->proto,
 	};
-	struct ct_value *fv = bpf_map_lookup_elem(&conntrack, &fk);
-	return fv && !(fv->flags & CT_F_REPLY) && !ct_expired(fv, now) && fv->backend_id == rv->backend_id;
+	int confirmed;
+	struct ct_value *fv = lookup_forward(&fk, now, &confirmed);
+	return fv && fv->backend_id == rv->backend_id;
 }
 
 static __always_inline int send_out(struct xdp_md *ctx, struct packet *p, void *data_end,
@@ -238,7 +317,58 @@ static __always_inline int answer_rst(struct xdp_md *ctx, struct packet *p)
 	return XDP_TX;
 }
 
-/* handle_reply reverse-translates backend -> client packets of our flows. */
+/* reply_without_state: a packet from a backend's service port (address and
+ * port of a backend slot) that matches no flow is the reply of a flow
+ * sluice no longer knows. Passed on, it would reach the client with the
+ * backend's address where the VIP belongs: it is dropped and counted (the
+ * backend retransmits; the client's next packet re-creates the flow). Any
+ * other packet is not ours. */
+/* to_local tells whether the packet is for this host (the FIB does not
+ * forward it): the L7 proxy's and the health checks' own connections to
+ * backends, which are no flow of the data path. */
+static __always_inline int to_local(struct xdp_md *ctx, struct packet *p)
+{
+	struct bpf_fib_lookup fib = {};
+	fib.family = 2; /* AF_INET */
+	fib.tos = p->ip->tos;
+	fib.l4_protocol = p->proto;
+	fib.sport = p->sport;
+	fib.dport = p->dport;
+	fib.tot_len = p->tot_len;
+	fib.ipv4_src = p->ip->saddr;
+	fib.ipv4_dst = p->ip->daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	return bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
+}
+
+static __always_inline int reply_without_state(struct xdp_md *ctx, struct packet *p)
+{
+	struct endpoint e = {
+		.addr = p->ip->saddr,
+		.port = p->sport,
+	};
+	if (bpf_map_lookup_elem(&backend_ports, &e) && !to_local(ctx, p)) {
+		GCOUNT(reply_no_flow_drops);
+		return XDP_DROP;
+	}
+	GCOUNT(passed_not_ours);
+	return XDP_PASS;
+}
+
+/* confirms: a packet from the backend that proves the flow is real. A
+ * spoofed SYN still gets the backend's SYN-ACK, and a blind ACK gets its
+ * RST; only a backend that accepted the handshake (with the client's real
+ * ACK) sends anything else. Any UDP answer confirms a UDP flow. */
+static __always_inline int confirms(struct packet *p)
+{
+	if (p->proto != IPPROTO_TCP)
+		return 1;
+	return !(p->tcp_flags & (TCPF_SYN | TCPF_RST));
+}
+
+/* handle_reply reverse-translates backend -> client packets of our flows,
+ * confirmed (conntrack) or half-open; the backend's confirmation moves a
+ * half-open flow into conntrack. */
 static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, void *data_end)
 {
 	struct ct_key rk = {
@@ -248,10 +378,13 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 		.dport = p->dport,
 		.proto = p->proto,
 	};
+	int confirmed = 1;
 	struct ct_value *rv = bpf_map_lookup_elem(&conntrack, &rk);
 	if (!rv || !(rv->flags & CT_F_REPLY)) {
-		GCOUNT(passed_not_ours);
-		return XDP_PASS;
+		confirmed = 0;
+		rv = bpf_map_lookup_elem(&halfopen, &rk);
+		if (!rv || !(rv->flags & CT_F_REPLY))
+			return reply_without_state(ctx, p);
 	}
 	if (p->ip->ttl <= 1) {
 		/* As for the forward direction: the Time Exceeded the kernel
@@ -275,7 +408,17 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 		.dport = p->sport,
 		.proto = p->proto,
 	};
-	struct ct_value *fv = bpf_map_lookup_elem(&conntrack, &fk);
+	/* Usually in the same table as the reverse entry; a confirmed reverse
+	 * entry whose forward entry was evicted and re-made half-open by the
+	 * client's next packet is confirmed again here. */
+	struct ct_value *fv = NULL;
+	int fconfirmed = 0;
+	if (confirmed) {
+		fv = bpf_map_lookup_elem(&conntrack, &fk);
+		fconfirmed = fv != NULL;
+	}
+	if (!fv)
+		fv = bpf_map_lookup_elem(&halfopen, &fk);
 	if (fv) {
 		if (fv->last_seen != now)
 			fv->last_seen = now;
@@ -296,7 +439,26 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	count_service(svc_id, bytes, 0);
 	count_backend(slot, bytes, 0);
 	GCOUNT(replies_translated);
-	return send_out(ctx, p, data_end, &rv->nh, now);
+	if (fconfirmed || !fv || !confirms(p))
+		return send_out(ctx, p, data_end, &rv->nh, now);
+
+	/* Confirmed by the backend: the flow moves to conntrack, where
+	 * floods of half-open flows cannot evict it. */
+	struct ct_value nf = *fv;
+	struct ct_value nr = *rv;
+	if (nf.state == CT_SYN_SENT || nf.state == CT_SYN_RECV)
+		nf.state = CT_ESTABLISHED;
+	nr.state = nf.state;
+	int act = send_out(ctx, p, data_end, &nr.nh, now);
+	if (bpf_map_update_elem(&conntrack, &fk, &nf, BPF_ANY) ||
+	    bpf_map_update_elem(&conntrack, &rk, &nr, BPF_ANY)) {
+		GCOUNT(ct_update_failures);
+		return act; /* still half-open: translated from there */
+	}
+	bpf_map_delete_elem(&halfopen, &fk);
+	bpf_map_delete_elem(&halfopen, &rk);
+	GCOUNT(flows_confirmed);
+	return act;
 }
 
 /* handle_icmp translates ICMP errors about our flows (see icmp.h). The
@@ -318,6 +480,8 @@ static __always_inline int handle_icmp(struct xdp_md *ctx, struct packet *p, voi
 		.proto = q.inner->protocol,
 	};
 	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &k);
+	if (!ct)
+		ct = bpf_map_lookup_elem(&halfopen, &k);
 	if (!ct) {
 		GCOUNT(passed_not_ours);
 		return XDP_PASS;
@@ -433,8 +597,9 @@ int sluice_xdp(struct xdp_md *ctx)
 	int tcp = p.proto == IPPROTO_TCP;
 	int syn = tcp && (p.tcp_flags & TCPF_SYN) && !(p.tcp_flags & TCPF_ACK);
 
-	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &k);
-	if (ct && !(ct->flags & CT_F_REPLY) && !ct_expired(ct, now)) {
+	int confirmed = 0;
+	struct ct_value *ct = lookup_forward(&k, now, &confirmed);
+	if (ct) {
 		__u32 slot = ct->backend_id;
 		struct backend *b = bpf_map_lookup_elem(&backends, &slot);
 		int stale = !b || b->gen != ct->backend_gen || b->state == BACKEND_REMOVED ||
@@ -442,7 +607,8 @@ int sluice_xdp(struct xdp_md *ctx)
 		/* A SYN never trusts an old entry blindly: only a retransmitted
 		 * SYN of a flow still opening to an active backend stays. A
 		 * reused client port must not land on a draining backend. */
-		int keep = !syn || (ct->state == CT_SYN_SENT && !stale && b->state == BACKEND_ACTIVE);
+		int opening = ct->state == CT_SYN_SENT || ct->state == CT_SYN_RECV;
+		int keep = !syn || (opening && !stale && b->state == BACKEND_ACTIVE);
 		if (keep) {
 			if (stale) {
 				struct svc_counters *s = svc_stats_of(svc_id);
@@ -458,8 +624,14 @@ int sluice_xdp(struct xdp_md *ctx)
 			}
 			/* Write only what changed: the coarse clock ticks every few
 			 * ms, and a clean cache line stays shared between CPUs. */
-			if (ct->last_seen != now)
+			if (ct->last_seen != now) {
 				ct->last_seen = now;
+				/* Once a tick, make sure the flow's reverse entry is
+				 * still there (LRU evicts the two independently): a
+				 * reply must never leave un-translated. */
+				if (confirmed)
+					ensure_reverse(&k, ct);
+			}
 			if (tcp) {
 				__u8 st = next_tcp_state(ct->state, p.tcp_flags, 0);
 				if (st != ct->state)
@@ -474,8 +646,13 @@ int sluice_xdp(struct xdp_md *ctx)
 		}
 	}
 
-	/* A new flow (or a mid-stream packet whose entry was evicted: Maglev
-	 * sends it where it most likely went before). */
+	/* A new flow, or a mid-stream packet whose flow sluice does not know
+	 * (evicted, or never seen: an ACK flood). Either way it goes to the
+	 * half-open table, never straight to conntrack: only the backend's
+	 * own answer confirms a flow (handle_reply), so spoofed packets that
+	 * never complete a handshake churn the half-open table alone and
+	 * cannot evict live flows. Maglev sends a mid-stream packet where its
+	 * flow most likely went before. */
 	struct backend *b = NULL;
 	/* One hash per new flow: it picks the Maglev slot and, in snat
 	 * mode, the first source port tried. */
@@ -525,7 +702,8 @@ int sluice_xdp(struct xdp_md *ctx)
 	if (svc->mode == MODE_SNAT) {
 		/* The source becomes a sluice address and a port that no other
 		 * flow to this backend uses: the reverse entry is inserted with
-		 * BPF_NOEXIST, so two flows can never share it. */
+		 * BPF_NOEXIST, and a port a confirmed flow holds is skipped, so
+		 * two flows can never share it. */
 		__be32 src = svc->snat_addr ? svc->snat_addr : b->src_addr;
 		__u32 lo = cfg.snat_port_min, hi = cfg.snat_port_max;
 		int ok = 0;
@@ -538,7 +716,9 @@ int sluice_xdp(struct xdp_md *ctx)
 			for (int i = 0; i < SNAT_TRIES; i++) {
 				__u16 port = lo + (h + i * 7919) % range;
 				rk.dport = bpf_htons(port);
-				if (!bpf_map_update_elem(&conntrack, &rk, &rv, BPF_NOEXIST)) {
+				if (bpf_map_lookup_elem(&conntrack, &rk))
+					continue;
+				if (!bpf_map_update_elem(&halfopen, &rk, &rv, BPF_NOEXIST)) {
 					ok = 1;
 					break;
 				}
@@ -561,6 +741,8 @@ int sluice_xdp(struct xdp_md *ctx)
 		 * leave as one VIP. The second flow is refused while the
 		 * first lives. */
 		struct ct_value *old = bpf_map_lookup_elem(&conntrack, &rk);
+		if (!old)
+			old = bpf_map_lookup_elem(&halfopen, &rk);
 		if (old && (old->saddr_new != rv.saddr_new || old->sport_new != rv.sport_new) &&
 		    reverse_in_use(&rk, old, now)) {
 			struct svc_counters *s = svc_stats_of(svc_id);
@@ -574,15 +756,19 @@ int sluice_xdp(struct xdp_md *ctx)
 				s->rst_nat_conflict++;
 			return act;
 		}
-		if (bpf_map_update_elem(&conntrack, &rk, &rv, BPF_ANY))
+		if (bpf_map_update_elem(&halfopen, &rk, &rv, BPF_ANY))
 			GCOUNT(ct_update_failures);
 	}
 
+	/* A confirmed entry of the same tuple (a closed flow whose client port
+	 * is reused, an expired one) would take the new flow's next packets
+	 * back to its old backend: it goes, with its reverse entry. */
+	forget_confirmed(&k);
 	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
 		return XDP_DROP;
 	/* Forward first so the entry is stored with its next hop. */
 	int act = send_out(ctx, &p, data_end, &fv.nh, now);
-	if (bpf_map_update_elem(&conntrack, &k, &fv, BPF_ANY))
+	if (bpf_map_update_elem(&halfopen, &k, &fv, BPF_ANY))
 		GCOUNT(ct_update_failures);
 	count_service(svc_id, bytes, 1);
 	count_backend(slot, bytes, 1);

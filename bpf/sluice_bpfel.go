@@ -80,6 +80,7 @@ const (
 	SluiceCtStateCT_ESTABLISHED SluiceCtState = 2
 	SluiceCtStateCT_CLOSING     SluiceCtState = 3
 	SluiceCtStateCT_UDP         SluiceCtState = 4
+	SluiceCtStateCT_SYN_RECV    SluiceCtState = 5
 )
 
 type SluiceCtValue struct {
@@ -105,6 +106,13 @@ type SluiceCtValue struct {
 	}
 }
 
+type SluiceEndpoint struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
+}
+
 type SluiceGlobalCounters struct {
 	_                 structs.HostLayout
 	PassedNotOurs     uint64
@@ -118,6 +126,9 @@ type SluiceGlobalCounters struct {
 	PassedTtlExceeded uint64
 	BackendFragments  uint64
 	RstRateLimited    uint64
+	FlowsConfirmed    uint64
+	ReverseRecreated  uint64
+	ReplyNoFlowDrops  uint64
 }
 
 type SluiceRstLimit struct {
@@ -183,10 +194,12 @@ type SluiceSvcValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	SluiceMapAddrs              = "addrs"
+	SluiceMapBackendPorts       = "backend_ports"
 	SluiceMapBackendStats       = "backend_stats"
 	SluiceMapBackends           = "backends"
 	SluiceMapConntrack          = "conntrack"
 	SluiceMapGlobalStats        = "global_stats"
+	SluiceMapHalfopen           = "halfopen"
 	SluiceMapMaglevOuter        = "maglev_outer"
 	SluiceMapRstLimit           = "rst_limit"
 	SluiceMapServiceStats       = "service_stats"
@@ -253,10 +266,12 @@ type SluiceProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceMapSpecs struct {
 	Addrs        *ebpf.MapSpec `ebpf:"addrs"`
+	BackendPorts *ebpf.MapSpec `ebpf:"backend_ports"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	GlobalStats  *ebpf.MapSpec `ebpf:"global_stats"`
+	Halfopen     *ebpf.MapSpec `ebpf:"halfopen"`
 	MaglevOuter  *ebpf.MapSpec `ebpf:"maglev_outer"`
 	RstLimit     *ebpf.MapSpec `ebpf:"rst_limit"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
@@ -299,10 +314,12 @@ func (o *SluiceObjects) Close() error {
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceMaps struct {
 	Addrs        *ebpf.Map `ebpf:"addrs"`
+	BackendPorts *ebpf.Map `ebpf:"backend_ports"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	GlobalStats  *ebpf.Map `ebpf:"global_stats"`
+	Halfopen     *ebpf.Map `ebpf:"halfopen"`
 	MaglevOuter  *ebpf.Map `ebpf:"maglev_outer"`
 	RstLimit     *ebpf.Map `ebpf:"rst_limit"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
@@ -312,10 +329,12 @@ type SluiceMaps struct {
 func (m *SluiceMaps) Close() error {
 	return _SluiceClose(
 		m.Addrs,
+		m.BackendPorts,
 		m.BackendStats,
 		m.Backends,
 		m.Conntrack,
 		m.GlobalStats,
+		m.Halfopen,
 		m.MaglevOuter,
 		m.RstLimit,
 		m.ServiceStats,

@@ -30,6 +30,7 @@ enum ct_state {
 	CT_ESTABLISHED = 2,
 	CT_CLOSING = 3,
 	CT_UDP = 4,
+	CT_SYN_RECV = 5, /* the backend answered the SYN (SYN-ACK); the client's ACK is awaited */
 };
 
 /* ct_value.flags */

@@ -47,9 +47,10 @@ struct {
 	__array(values, struct maglev_inner);
 } maglev_outer SEC(".maps");
 
-/* Connection tracking: forward (client -> VIP) and reverse (backend ->
- * client) entries. LRU so a flood cannot fill it; the agent also removes
- * entries idle past their state's timeout. max_entries set from Go. */
+/* Connection tracking of confirmed flows: forward (client -> VIP) and
+ * reverse (backend -> client) entries. A flow gets here only once the
+ * backend confirmed it (see halfopen). LRU; the agent also removes entries
+ * idle past their state's timeout. max_entries set from Go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -77,6 +78,30 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rst_limit);
 } rst_limit SEC(".maps");
+
+/* Half-open flows: the same entries as conntrack, for flows the backend has
+ * not confirmed yet (a SYN, a mid-stream packet of an unknown flow, a UDP
+ * datagram without an answer yet). Spoofed floods churn this table only;
+ * the backend's first answer that proves the flow moves it to conntrack.
+ * Entries live tcp_syn_timeout at most. LRU; max_entries set from Go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} halfopen SEC(".maps");
+
+/* Every backend's address and service port (struct endpoint), so a reply
+ * that matches no flow is recognised and dropped instead of leaking the
+ * backend's address. Kept by datapath.Real like addrs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, struct endpoint);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backend_ports SEC(".maps");
 
 /* Counters, read by the agent at scrape time. */
 struct {

@@ -68,6 +68,13 @@ struct ct_value {
 	struct nexthop nh; /* where this direction's packets went last */
 };
 
+/* backend_ports key: a backend's address and service port. */
+struct endpoint {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
 /* addrs value: what an address is to sluice. Fragments carry no ports (all
  * but the first), so the program recognises the fragments of its traffic
  * by address alone. */
@@ -113,6 +120,9 @@ struct global_counters {
 	__u64 passed_ttl_exceeded; /* ours with TTL <= 1: passed untouched, the kernel answers */
 	__u64 backend_fragments;   /* fragments from a backend's address: dropped, never passed un-translated */
 	__u64 rst_rate_limited;    /* RSTs not sent (the packet dropped) over the rate limit */
+	__u64 flows_confirmed;     /* half-open flows the backend confirmed: moved to conntrack */
+	__u64 reverse_recreated;   /* reverse entries LRU evicted, re-created from the forward entry */
+	__u64 reply_no_flow_drops; /* from a backend's service port, no flow: dropped, never leaked */
 };
 
 /* Run-time knobs set from Go before load (volatile const, not #ifdef). */

@@ -28,6 +28,8 @@ const (
 type addrIndex struct {
 	services map[uint32]map[bpf.SluiceSvcKey]uint32 // VIP -> its services' keys -> ids
 	backends map[uint32]map[uint32]bool             // address -> non-free slots holding it
+	ports    map[bpf.SluiceEndpoint]map[uint32]bool // address and port -> non-free slots holding them
+	slots    map[uint32]bpf.SluiceBackend           // non-free slot -> what it holds
 }
 
 // info is the addrs entry an address should have; zero flags: none.
@@ -59,29 +61,45 @@ func (x *addrIndex) deleteService(k bpf.SluiceSvcKey) {
 	}
 }
 
-// setSlot records slot's backend b (free: no address) and returns the
-// address it held before, if it changed.
-func (x *addrIndex) setSlot(slot uint32, b bpf.SluiceBackend) {
-	for addr, slots := range x.backends {
-		if slots[slot] && (addr != b.Addr || b.State == uint8(BackendFree)) {
-			delete(slots, slot)
-			if len(slots) == 0 {
-				delete(x.backends, addr)
-			}
+// setSlot records slot's backend b (free: nothing) and returns the
+// address and endpoint it held before (zero when none).
+func (x *addrIndex) setSlot(slot uint32, b bpf.SluiceBackend) (oldAddr uint32, oldEP bpf.SluiceEndpoint) {
+	if old, ok := x.slots[slot]; ok {
+		oldAddr, oldEP = old.Addr, bpf.SluiceEndpoint{Addr: old.Addr, Port: old.Port}
+		delete(x.slots, slot)
+		delete(x.backends[oldAddr], slot)
+		if len(x.backends[oldAddr]) == 0 {
+			delete(x.backends, oldAddr)
+		}
+		delete(x.ports[oldEP], slot)
+		if len(x.ports[oldEP]) == 0 {
+			delete(x.ports, oldEP)
 		}
 	}
 	if b.State != uint8(BackendFree) && b.Addr != 0 {
+		x.slots[slot] = b
 		if x.backends[b.Addr] == nil {
 			x.backends[b.Addr] = map[uint32]bool{}
 		}
 		x.backends[b.Addr][slot] = true
+		ep := bpf.SluiceEndpoint{Addr: b.Addr, Port: b.Port}
+		if x.ports[ep] == nil {
+			x.ports[ep] = map[uint32]bool{}
+		}
+		x.ports[ep][slot] = true
 	}
+	return oldAddr, oldEP
 }
 
 // buildAddrs rebuilds the index from the services and backends maps and
 // rewrites the addrs map to match.
 func (r *Real) buildAddrs() error {
-	x := &addrIndex{services: map[uint32]map[bpf.SluiceSvcKey]uint32{}, backends: map[uint32]map[uint32]bool{}}
+	x := &addrIndex{
+		services: map[uint32]map[bpf.SluiceSvcKey]uint32{},
+		backends: map[uint32]map[uint32]bool{},
+		ports:    map[bpf.SluiceEndpoint]map[uint32]bool{},
+		slots:    map[uint32]bpf.SluiceBackend{},
+	}
 	var sk bpf.SluiceSvcKey
 	var sv bpf.SluiceSvcValue
 	it := r.services.Iterate()
@@ -125,6 +143,47 @@ func (r *Real) buildAddrs() error {
 				return err
 			}
 		}
+	}
+
+	var staleEPs []bpf.SluiceEndpoint
+	var ep bpf.SluiceEndpoint
+	var n uint32
+	pit := r.backendPorts.Iterate()
+	for pit.Next(&ep, &n) {
+		if len(x.ports[ep]) == 0 {
+			staleEPs = append(staleEPs, ep)
+		}
+	}
+	if err := pit.Err(); err != nil {
+		return fmt.Errorf("index addresses: backend_ports: %w", err)
+	}
+	for _, ep := range staleEPs {
+		if err := r.backendPorts.Delete(ep); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("index addresses: delete endpoint: %w", err)
+		}
+	}
+	for ep := range x.ports {
+		if err := r.writeEndpoint(ep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeEndpoint writes (or deletes) one backend_ports entry from the index.
+func (r *Real) writeEndpoint(ep bpf.SluiceEndpoint) error {
+	if r.addrIdx == nil || ep.Addr == 0 {
+		return nil
+	}
+	n := uint32(len(r.addrIdx.ports[ep]))
+	if n == 0 {
+		if err := r.backendPorts.Delete(ep); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget backend %v:%d: %w", addrFromBE32(ep.Addr), portFromBE16(ep.Port), err)
+		}
+		return nil
+	}
+	if err := r.backendPorts.Put(ep, n); err != nil {
+		return fmt.Errorf("record backend %v:%d: %w", addrFromBE32(ep.Addr), portFromBE16(ep.Port), err)
 	}
 	return nil
 }

@@ -57,7 +57,10 @@ type Flow struct {
 	SNAT        netip.AddrPort // ModeSNAT: the source address and port towards the backend
 	State       FlowState
 	Idle        time.Duration // since the last packet
-	Expired     bool          // idle longer than its state's timeout
+	Expired     bool          // idle longer than its state's timeout (half-open: tcp_syn)
+	// HalfOpen: the backend has not confirmed the flow yet (it lives in
+	// the half-open table, see docs/architecture.md).
+	HalfOpen bool
 }
 
 // ServiceStats are a service's counters summed over CPUs.
@@ -99,6 +102,9 @@ type GlobalStats struct {
 	PassedTTLExceeded uint64 // ours with TTL <= 1: passed untouched for the kernel's Time Exceeded
 	BackendFragments  uint64 // fragments from a backend's address: dropped
 	RSTRateLimited    uint64 // RSTs not sent over the rate limit (the packet dropped)
+	FlowsConfirmed    uint64 // half-open flows the backend confirmed, moved to conntrack
+	ReverseRecreated  uint64 // reverse entries evicted and re-created from the forward entry
+	ReplyNoFlowDrops  uint64 // from a backend's service port, matching no flow: dropped
 }
 
 // Map is what the agent needs from the data path. Implementations are safe

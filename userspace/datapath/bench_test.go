@@ -17,13 +17,14 @@ import (
 // is the kernel-measured difference, i.e. what sluice adds.
 //
 // A case with a frame generator (a new flow each time) gets one row per
-// conntrack fill level, each starting from freshly reset maps: "empty",
-// "half" (half of conntrack_max entries already in the table) and "full"
-// (every insert evicts). -count N re-runs every row on maps reset again.
+// fill level of the table new flows go to (the half-open table), each
+// starting from freshly reset maps: "empty", "half" (half its entries
+// already taken) and "full" (every insert evicts). -count N re-runs every
+// row on maps reset again.
 //
 //	go test -run '^$' -bench XDP -benchtime 200000x -count 3 ./userspace/datapath/
 func BenchmarkXDP(b *testing.B) {
-	l := newLab(b, 16381)
+	l := newLabSized(b, 16381, 262144) // the defaults: conntrack 262144, half-open 65536
 	var pass bpf.XDPPassObjects
 	if err := bpf.LoadXDPPassObjects(&pass, nil); err != nil {
 		b.Fatal(err)
@@ -48,7 +49,7 @@ func BenchmarkXDP(b *testing.B) {
 		}{{"empty", 0}, {"half", 0.5}, {"full", 1}} {
 			b.Run(c.bench+"/"+f.name, func(b *testing.B) {
 				l.prepare(b, c)
-				l.fillConntrack(b, f.fill)
+				l.fillTable(b, l.r.halfopen, f.fill)
 				l.time(b, pass.XdpPass, c.verdict, c.next)
 			})
 		}
@@ -94,12 +95,12 @@ func (l *lab) time(b *testing.B, pass *ebpf.Program, verdict uint32, next func(i
 	b.ReportMetric(float64(sluiceNs-passNs)/n, "net-ns/pkt")
 }
 
-// fillConntrack inserts frac × max_entries live flows of clients in
-// 198.19.0.0/16 that no benchmark frame uses, as established forward
-// entries to backend slot 1.
-func (l *lab) fillConntrack(tb testing.TB, frac float64) {
+// fillTable inserts frac × max_entries live flows of clients in
+// 198.19.0.0/16 that no benchmark frame uses into m (conntrack or the
+// half-open table), as established forward entries to backend slot 1.
+func (l *lab) fillTable(tb testing.TB, m *ebpf.Map, frac float64) {
 	tb.Helper()
-	n := int(frac * float64(l.r.conntrack.MaxEntries()))
+	n := int(frac * float64(m.MaxEntries()))
 	const chunk = 4096
 	keys := make([]bpf.SluiceCtKey, 0, chunk)
 	vals := make([]bpf.SluiceCtValue, 0, chunk)
@@ -108,7 +109,7 @@ func (l *lab) fillConntrack(tb testing.TB, frac float64) {
 		if len(keys) == 0 {
 			return
 		}
-		if _, err := l.r.conntrack.BatchUpdate(keys, vals, nil); err != nil {
+		if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
 			tb.Fatalf("fill conntrack: %v", err)
 		}
 		keys, vals = keys[:0], vals[:0]

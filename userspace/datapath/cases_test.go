@@ -1,10 +1,12 @@
 package datapath
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -82,10 +84,12 @@ func baselineBackends() map[uint32]Backend {
 func (l *lab) reset(tb testing.TB) {
 	tb.Helper()
 	r := l.r
-	var keys []bpf.SluiceCtKey
-	mustSet(tb, r.eachCT(func(k *bpf.SluiceCtKey, _ *bpf.SluiceCtValue) bool { keys = append(keys, *k); return true }))
-	for _, k := range keys {
-		_ = r.conntrack.Delete(k)
+	for _, m := range []*ebpf.Map{r.conntrack, r.halfopen} {
+		var keys []bpf.SluiceCtKey
+		mustSet(tb, eachIn(m, "test", func(k *bpf.SluiceCtKey, _ *bpf.SluiceCtValue) bool { keys = append(keys, *k); return true }))
+		for _, k := range keys {
+			_ = m.Delete(k)
+		}
 	}
 	svcs, err := r.Services()
 	mustSet(tb, err)
@@ -424,8 +428,11 @@ func xdpCases() []xdpCase {
 					tb.Errorf("connect refused %d (%v), want 1", bs.ConnectRefused, err)
 				}
 			}},
-		{name: "a reply from a backend to a client it has no flow with passes untouched",
-			in: fromBackend(synAck), verdict: xdpPass},
+		{name: "a reply from a backend's service port matching no flow is dropped, never leaked",
+			in: fromBackend(synAck), verdict: xdpDrop,
+			after: wantGlobal(func(g GlobalStats) bool { return g.ReplyNoFlowDrops == 1 && g.PassedNotOurs == 0 })},
+		{name: "a backend's own traffic from another port passes untouched",
+			in: fromBackend(pkt{src: netip.AddrPortFrom(be1.Addr(), 43210), dst: client, proto: TCP, flags: fSYN}), verdict: xdpPass},
 		{name: "unknown neighbour: rewritten, handed to the kernel, TTL left to it", setup: setTable(4),
 			in: fromClient(syn), verdict: xdpPass, want: toKernel(be3)},
 		{name: "the flow is listed with its backend", before: opened,
@@ -445,7 +452,144 @@ func xdpCases() []xdpCase {
 			verdict: xdpTX, want: wantRST},
 	}
 	cases = append(cases, hostileCases()...)
+	cases = append(cases, floodCases()...)
 	return cases
+}
+
+// flowsIn lists the forward entries, split by table.
+func flowsIn(tb testing.TB, l *lab) (confirmed, halfOpen []Flow) {
+	tb.Helper()
+	mustSet(tb, l.r.Flows(func(f Flow) bool {
+		if f.HalfOpen {
+			halfOpen = append(halfOpen, f)
+		} else {
+			confirmed = append(confirmed, f)
+		}
+		return true
+	}))
+	return confirmed, halfOpen
+}
+
+func wantFlows(nConfirmed, nHalfOpen int, state FlowState) func(tb testing.TB, l *lab) {
+	return func(tb testing.TB, l *lab) {
+		tb.Helper()
+		c, h := flowsIn(tb, l)
+		all := append(append([]Flow(nil), c...), h...)
+		if len(c) != nConfirmed || len(h) != nHalfOpen || (len(all) > 0 && all[0].State != state) {
+			tb.Errorf("confirmed %+v\nhalf-open %+v\nwant %d confirmed, %d half-open, state %v", c, h, nConfirmed, nHalfOpen, state)
+		}
+	}
+}
+
+// floodCases: issue 10 item 1. New flows wait in the half-open table until
+// the backend confirms them, so floods of spoofed SYNs or ACKs cannot evict
+// confirmed flows, a handshake the client abandons is not the backend's
+// failure, and a reply is translated or dropped, never leaked.
+func floodCases() []xdpCase {
+	syn := pkt{src: client, dst: vip, proto: TCP, flags: fSYN, seq: 1000}
+	synAck := pkt{src: be1, dst: client, proto: TCP, flags: fSYN | fACK, seq: 5000, ack: 1001}
+	ack := pkt{src: client, dst: vip, proto: TCP, flags: fACK, seq: 1001, ack: 5001}
+	request := pkt{src: client, dst: vip, proto: TCP, flags: fACK | fPSH, seq: 1001, ack: 5001, payload: []byte("GET / HTTP/1.1\r\n\r\n")}
+	response := pkt{src: be1, dst: client, proto: TCP, flags: fACK | fPSH, seq: 5001, ack: 1019, payload: []byte("HTTP/1.1 200 OK\r\n\r\n")}
+	handshake := []input{
+		then(fromClient(syn), xdpRedirect), then(fromBackend(synAck), xdpRedirect),
+		then(fromClient(ack), xdpRedirect), then(fromClient(request), xdpRedirect),
+	}
+	confirmedFlow := append(append([]input(nil), handshake...), then(fromBackend(response), xdpRedirect))
+	deleteReverse := func(tb testing.TB, l *lab) {
+		rk := bpf.SluiceCtKey{Saddr: be32(be1.Addr()), Sport: be16(be1.Port()), Daddr: be32(client.Addr()), Dport: be16(client.Port()), Proto: uint8(TCP)}
+		mustSet(tb, l.r.conntrack.Delete(rk))
+		// The program checks the reverse entry once per tick of its coarse
+		// clock: make the flow's last packet a second old.
+		fk := bpf.SluiceCtKey{Saddr: be32(client.Addr()), Sport: be16(client.Port()), Daddr: be32(vip.Addr()), Dport: be16(vip.Port()), Proto: uint8(TCP)}
+		var fv bpf.SluiceCtValue
+		mustSet(tb, l.r.conntrack.Lookup(fk, &fv))
+		fv.LastSeen -= uint64(time.Second)
+		mustSet(tb, l.r.conntrack.Put(fk, fv))
+	}
+	return []xdpCase{
+		{name: "a SYN is tracked half-open, not in conntrack",
+			in: fromClient(syn), verdict: xdpRedirect, want: toBackend(be1, macBE1), after: wantFlows(0, 1, FlowSynSent)},
+		{name: "the backend's SYN-ACK marks the flow syn-recv: a handshake the client abandons is no connect failure",
+			before: []input{then(fromClient(syn), xdpRedirect)},
+			in:     fromBackend(synAck), verdict: xdpRedirect, want: toClient(vip, client), after: wantFlows(0, 1, FlowSynRecv)},
+		{name: "the client's ACK alone does not confirm a flow",
+			before: handshake[:2], in: fromClient(ack), verdict: xdpRedirect, want: toBackend(be1, macBE1),
+			after: wantFlows(0, 1, FlowEstablished)},
+		{name: "the backend's first answer after the handshake confirms the flow into conntrack",
+			before: handshake, in: fromBackend(response), verdict: xdpRedirect, want: toClient(vip, client),
+			after: func(tb testing.TB, l *lab) {
+				wantFlows(1, 0, FlowEstablished)(tb, l)
+				wantGlobal(func(g GlobalStats) bool { return g.FlowsConfirmed == 1 })(tb, l)
+			}},
+		{name: "a confirmed flow keeps working on its backend", before: confirmedFlow, setup: setTable(2),
+			in: fromClient(request), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+		{name: "a non-SYN packet of an unknown flow never creates a conntrack entry",
+			in: fromClient(ack), verdict: xdpRedirect, want: toBackend(be1, macBE1), after: wantFlows(0, 1, FlowEstablished)},
+		{name: "a backend's RST to a blind ACK does not confirm it",
+			before: []input{then(fromClient(ack), xdpRedirect)},
+			in:     fromBackend(pkt{src: be1, dst: client, proto: TCP, flags: fRST, seq: 5001}), verdict: xdpRedirect, want: toClient(vip, client),
+			after:  wantFlows(0, 1, FlowClosing)},
+		{name: "an evicted reverse entry is re-created by the client's next packet",
+			before: confirmedFlow, setup: deleteReverse,
+			in: fromClient(request), verdict: xdpRedirect, want: toBackend(be1, macBE1),
+			after: func(tb testing.TB, l *lab) {
+				wantGlobal(func(g GlobalStats) bool { return g.ReverseRecreated == 1 })(tb, l)
+				// The reply is translated again.
+				ret, out := l.run(tb, response.bytes(), l.backendIf)
+				if want := toClient(vip, client)(l, response.bytes()); ret != xdpRedirect || !bytes.Equal(out, want) {
+					tb.Errorf("reply after re-creation: verdict %s\n got %x\nwant %x", verdictName[ret], out, want)
+				}
+			}},
+		{name: "a reply whose reverse entry is gone is dropped before the client's next packet, never leaked",
+			before: confirmedFlow, setup: deleteReverse,
+			in: fromBackend(response), verdict: xdpDrop,
+			after: wantGlobal(func(g GlobalStats) bool { return g.ReplyNoFlowDrops == 1 })},
+		{name: "a reused client port after a confirmed flow closed follows the current table, packet after packet",
+			before: append(append([]input(nil), confirmedFlow...),
+				then(fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fFIN | fACK, seq: 1019, ack: 5020}), xdpRedirect)),
+			setup: func(tb testing.TB, l *lab) {
+				setTable(2)(tb, l)
+				if ret, out := l.run(tb, syn.bytes(), l.clientIf); ret != xdpRedirect || !bytes.Equal(out, toBackend(be2, macBE2)(l, syn.bytes())) {
+					tb.Fatalf("the new SYN: verdict %s, not to be2", verdictName[ret])
+				}
+			},
+			in: fromClient(ack), verdict: xdpRedirect, want: toBackend(be2, macBE2)},
+		{name: "a backend's answer to the host's own connection (L7 proxy, health check) passes",
+			in: fromBackend(pkt{src: be1, dst: netip.MustParseAddrPort("198.18.2.1:45000"), proto: TCP, flags: fSYN | fACK}), verdict: xdpPass,
+			after: wantGlobal(func(g GlobalStats) bool { return g.ReplyNoFlowDrops == 0 })},
+		{name: "a UDP flow is confirmed by the backend's answer",
+			before: []input{then(fromClient(pkt{src: client, dst: vipUDP, proto: UDP, payload: []byte("q")}), xdpRedirect)},
+			in:     fromBackend(pkt{src: beUDP, dst: client, proto: UDP, payload: []byte("a")}), verdict: xdpRedirect, want: toClient(vipUDP, client),
+			after:  wantFlows(1, 0, FlowUDP)},
+		{name: "a SYN flood filling the half-open table many times over evicts no confirmed flow",
+			before: confirmedFlow,
+			setup: func(tb testing.TB, l *lab) {
+				setTable(2)(tb, l) // a re-pick would land on be2: the flow must keep be1
+				n := 4 * int(l.r.halfopen.MaxEntries())
+				for i := 0; i < n; i++ {
+					src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), uint16(1024+i%50000))
+					if ret, _ := l.run(tb, pkt{src: src, dst: vip, proto: TCP, flags: fSYN}.bytes(), l.clientIf); ret != xdpRedirect {
+						tb.Fatalf("flood SYN %d: verdict %s", i, verdictName[ret])
+					}
+				}
+			},
+			in: fromClient(request), verdict: xdpRedirect, want: toBackend(be1, macBE1),
+			after: func(tb testing.TB, l *lab) {
+				c, h := flowsIn(tb, l)
+				if len(c) != 1 || c[0].Client != client || c[0].Backend != be1 {
+					tb.Errorf("confirmed flows after the flood: %+v", c)
+				}
+				if uint32(2*len(h)) > l.r.halfopen.MaxEntries() {
+					tb.Errorf("%d half-open flows in a table of %d entries", len(h), l.r.halfopen.MaxEntries())
+				}
+				// And its replies still leave as the VIP.
+				ret, out := l.run(tb, response.bytes(), l.backendIf)
+				if want := toClient(vip, client)(l, response.bytes()); ret != xdpRedirect || !bytes.Equal(out, want) {
+					tb.Errorf("reply after the flood: verdict %s", verdictName[ret])
+				}
+			}},
+	}
 }
 
 // hostileCases are the frames fuzzing found taken at face value (issue 10,
@@ -528,7 +672,7 @@ func hostileCases() []xdpCase {
 				mustSet(tb, l.r.Flows(func(f Flow) bool { flows = append(flows, f); return true }))
 				for _, f := range flows {
 					// Only the forward entry: the reverse entry stays, orphaned.
-					mustSet(tb, l.r.conntrack.Delete(bpf.SluiceCtKey{Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
+					mustSet(tb, l.r.halfopen.Delete(bpf.SluiceCtKey{Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
 						Sport: be16(f.Client.Port()), Dport: be16(f.VIP.Port()), Proto: uint8(f.Proto)}))
 				}
 			},
@@ -549,7 +693,7 @@ func addVIP2(tb testing.TB, l *lab) {
 func noFlows(tb testing.TB, l *lab) {
 	tb.Helper()
 	n := 0
-	mustSet(tb, l.r.eachCT(func(*bpf.SluiceCtKey, *bpf.SluiceCtValue) bool { n++; return true }))
+	mustSet(tb, l.r.eachCT(func(*bpf.SluiceCtKey, *bpf.SluiceCtValue, bool) bool { n++; return true }))
 	if n != 0 {
 		tb.Errorf("%d conntrack entries, want none", n)
 	}

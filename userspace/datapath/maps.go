@@ -118,18 +118,15 @@ func (r *Real) SetBackend(slot uint32, b Backend) error {
 		return fmt.Errorf("set backend slot %d: %w", slot, err)
 	}
 	if r.addrIdx != nil {
-		before := keysOf(r.addrIdx.backends)
-		r.addrIdx.setSlot(slot, v)
-		// The slot's old address (if it left) and its new one.
-		for addr := range before {
-			if !r.addrIdx.backends[addr][slot] && len(r.addrIdx.backends[addr]) == 0 {
-				if err := r.writeAddr(addr); err != nil {
-					return fmt.Errorf("set backend slot %d: %w", slot, err)
-				}
+		// The slot's old address and endpoint, and its new ones.
+		oldAddr, oldEP := r.addrIdx.setSlot(slot, v)
+		for _, err := range []error{
+			r.writeAddr(oldAddr), r.writeEndpoint(oldEP),
+			r.writeAddr(v.Addr), r.writeEndpoint(bpf.SluiceEndpoint{Addr: v.Addr, Port: v.Port}),
+		} {
+			if err != nil {
+				return fmt.Errorf("set backend slot %d: %w", slot, err)
 			}
-		}
-		if err := r.writeAddr(v.Addr); err != nil {
-			return fmt.Errorf("set backend slot %d: %w", slot, err)
 		}
 	}
 	if b.State == BackendActive && r.keepNeighbours {
@@ -246,14 +243,31 @@ func (r *Real) flowOf(k bpf.SluiceCtKey, v bpf.SluiceCtValue, now uint64) Flow {
 // the agent's 1 s tick cannot afford at a few hundred thousand flows.
 const ctBatch = 4096
 
-// eachCT calls fn for every conntrack entry, reading the map in batches
-// (one entry at a time on kernels without batch lookups for hash maps).
-func (r *Real) eachCT(fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool) error {
+// eachCT calls fn for every entry of conntrack and then of the half-open
+// table (halfOpen true).
+func (r *Real) eachCT(fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool) error {
+	more := true
+	err := eachIn(r.conntrack, "conntrack", func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
+		more = fn(k, v, false)
+		return more
+	})
+	if err != nil || !more || r.halfopen == nil {
+		return err
+	}
+	return eachIn(r.halfopen, "halfopen", func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
+		return fn(k, v, true)
+	})
+}
+
+// eachIn calls fn for every entry of a conntrack-like map, reading it in
+// batches (one entry at a time on kernels without batch lookups for hash
+// maps).
+func eachIn(m *ebpf.Map, name string, fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool) error {
 	keys := make([]bpf.SluiceCtKey, ctBatch)
 	vals := make([]bpf.SluiceCtValue, ctBatch)
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := r.conntrack.BatchLookup(&cursor, keys, vals, nil)
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
 			if !fn(&keys[i], &vals[i]) {
 				return nil
@@ -266,66 +280,87 @@ func (r *Real) eachCT(fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool) er
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("batch lookup conntrack: %w", err)
+			return fmt.Errorf("batch lookup %s: %w", name, err)
 		}
 	}
 	var k bpf.SluiceCtKey
 	var v bpf.SluiceCtValue
-	it := r.conntrack.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		if !fn(&k, &v) {
 			return nil
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate conntrack: %w", err)
+		return fmt.Errorf("iterate %s: %w", name, err)
 	}
 	return nil
 }
 
-// Flows calls fn for every forward conntrack entry.
+// Flows calls fn for every forward entry, confirmed or half-open.
 func (r *Real) Flows(fn func(Flow) bool) error {
 	now := monotonicNow()
-	return r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
+	return r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool {
 		if v.Flags&flowReply != 0 {
 			return true
 		}
-		return fn(r.flowOf(*k, *v, now))
+		f := r.flowOf(*k, *v, now)
+		if halfOpen {
+			f.HalfOpen = true
+			f.Expired = f.Idle > r.timeouts.TCPSyn
+		}
+		return fn(f)
 	})
 }
 
-// DeleteFlow removes a forward entry and the reverse entry that goes with it.
+// DeleteFlow removes a forward entry and the reverse entry that goes with
+// it, from conntrack and the half-open table.
 func (r *Real) DeleteFlow(f Flow) error {
 	fk := bpf.SluiceCtKey{
 		Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
 		Sport: be16(f.Client.Port()), Dport: be16(f.VIP.Port()), Proto: uint8(f.Proto),
 	}
-	var fv bpf.SluiceCtValue
-	if err := r.conntrack.Lookup(fk, &fv); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
+	for _, m := range []*ebpf.Map{r.conntrack, r.halfopen} {
+		if m == nil {
+			continue
 		}
-		return fmt.Errorf("look up flow %v: %w", f.Client, err)
-	}
-	rk := bpf.SluiceCtKey{Saddr: fv.DaddrNew, Sport: fv.DportNew, Daddr: fk.Saddr, Dport: fk.Sport, Proto: fk.Proto}
-	if fv.SaddrNew != 0 {
-		rk.Daddr, rk.Dport = fv.SaddrNew, fv.SportNew
-	}
-	for _, k := range []bpf.SluiceCtKey{rk, fk} {
-		if err := r.conntrack.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete flow %v: %w", f.Client, err)
+		var fv bpf.SluiceCtValue
+		if err := m.Lookup(fk, &fv); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue
+			}
+			return fmt.Errorf("look up flow %v: %w", f.Client, err)
+		}
+		rk := reverseKey(fk, fv)
+		for _, k := range []bpf.SluiceCtKey{rk, fk} {
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete flow %v: %w", f.Client, err)
+			}
 		}
 	}
 	return nil
 }
 
-// GCReverse removes reverse entries whose forward entry is gone or now
-// points elsewhere (a SYN that picked again), which LRU eviction, DeleteFlow
-// and re-picks leave behind; a SNAT port is free again once its reverse
-// entry is gone. It returns how many it removed.
+// reverseKey is the key of the reverse entry of the forward entry fv at fk.
+func reverseKey(fk bpf.SluiceCtKey, fv bpf.SluiceCtValue) bpf.SluiceCtKey {
+	rk := bpf.SluiceCtKey{Saddr: fv.DaddrNew, Sport: fv.DportNew, Daddr: fk.Saddr, Dport: fk.Sport, Proto: fk.Proto}
+	if fv.SaddrNew != 0 {
+		rk.Daddr, rk.Dport = fv.SaddrNew, fv.SportNew
+	}
+	return rk
+}
+
+// GCReverse removes reverse entries whose forward entry is gone (from both
+// tables) or now points elsewhere (a SYN that picked again), which LRU
+// eviction, DeleteFlow and re-picks leave behind; a SNAT port is free
+// again once its reverse entry is gone. It returns how many it removed.
 func (r *Real) GCReverse() (int, error) {
-	var orphans []bpf.SluiceCtKey
-	err := r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
+	type orphan struct {
+		k        bpf.SluiceCtKey
+		halfOpen bool
+	}
+	var orphans []orphan
+	err := r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool {
 		if v.Flags&flowReply == 0 {
 			return true
 		}
@@ -336,14 +371,17 @@ func (r *Real) GCReverse() (int, error) {
 		}
 		var fv bpf.SluiceCtValue
 		err := r.conntrack.Lookup(fk, &fv)
+		if errors.Is(err, ebpf.ErrKeyNotExist) && r.halfopen != nil {
+			err = r.halfopen.Lookup(fk, &fv)
+		}
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
-			orphans = append(orphans, *k)
+			orphans = append(orphans, orphan{*k, halfOpen})
 		case err != nil:
 		case fv.DaddrNew != k.Saddr || fv.DportNew != k.Sport:
-			orphans = append(orphans, *k) // the flow moved to another backend
+			orphans = append(orphans, orphan{*k, halfOpen}) // the flow moved to another backend
 		case fv.SaddrNew != 0 && (fv.SaddrNew != k.Daddr || fv.SportNew != k.Dport):
-			orphans = append(orphans, *k) // the flow took another SNAT port
+			orphans = append(orphans, orphan{*k, halfOpen}) // the flow took another SNAT port
 		}
 		return true
 	})
@@ -351,8 +389,12 @@ func (r *Real) GCReverse() (int, error) {
 		return 0, err
 	}
 	n := 0
-	for _, k := range orphans {
-		if err := r.conntrack.Delete(k); err == nil {
+	for _, o := range orphans {
+		m := r.conntrack
+		if o.halfOpen {
+			m = r.halfopen
+		}
+		if err := m.Delete(o.k); err == nil {
 			n++
 		}
 	}
@@ -417,6 +459,9 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.PassedTTLExceeded += c.PassedTtlExceeded
 		s.BackendFragments += c.BackendFragments
 		s.RSTRateLimited += c.RstRateLimited
+		s.FlowsConfirmed += c.FlowsConfirmed
+		s.ReverseRecreated += c.ReverseRecreated
+		s.ReplyNoFlowDrops += c.ReplyNoFlowDrops
 	}
 	return s, nil
 }

@@ -68,6 +68,15 @@ func requireRoot(tb testing.TB) {
 // namespaces). The program is loaded with its maps pinned in a temporary
 // directory. Everything is undone by tb.Cleanup.
 func newLab(tb testing.TB, tableSize uint32) *lab {
+	return newLabSized(tb, tableSize, testConntrackMax)
+}
+
+// testConntrackMax keeps the tests' tables small (a flood fills the
+// half-open table, conntrack_max/4, in a few thousand frames).
+const testConntrackMax = 16384
+
+// newLabSized is newLab with a conntrack size.
+func newLabSized(tb testing.TB, tableSize, conntrackMax uint32) *lab {
 	tb.Helper()
 	requireRoot(tb)
 	l := &lab{work: make(chan func())}
@@ -105,7 +114,7 @@ func newLab(tb testing.TB, tableSize uint32) *lab {
 	}
 	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-test-%d", os.Getpid()))
 	_ = Teardown(pin)
-	r, err := Open(Options{PinPath: pin, MaglevTableSize: tableSize, NoNeighbours: true})
+	r, err := Open(Options{PinPath: pin, MaglevTableSize: tableSize, ConntrackMax: conntrackMax, NoNeighbours: true})
 	if err != nil {
 		tb.Fatal(err)
 	}

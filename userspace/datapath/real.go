@@ -42,7 +42,7 @@ func (t Timeouts) of(s FlowState) time.Duration {
 	case FlowUDP:
 		return t.UDP
 	}
-	return t.TCPSyn
+	return t.TCPSyn // FlowNew, FlowSynSent, FlowSynRecv
 }
 
 // Options configure Open.
@@ -52,6 +52,7 @@ type Options struct {
 	XDPMode         string   // auto (native, generic fallback) | native | generic
 	MaglevTableSize uint32   // default 16381
 	ConntrackMax    uint32   // default 262144
+	HalfOpenMax     uint32   // default ConntrackMax/4, at least 1024
 	SNATPortMin     uint16   // default 20000
 	SNATPortMax     uint16   // default 32767
 	Timeouts        Timeouts // zero fields take the defaults
@@ -76,7 +77,9 @@ type Real struct {
 
 	services, backends, outer, conntrack *ebpf.Map
 	svcStats, backendStats, globalStats  *ebpf.Map
-	addrs                                *ebpf.Map  // see addrs.go
+	addrs, backendPorts                  *ebpf.Map  // see addrs.go
+	halfopen                             *ebpf.Map  // flows the backend has not confirmed yet
+	rstLimit                             *ebpf.Map  // not pinned: the RST budget
 	addrIdx                              *addrIndex // nil when opened read-only
 	innerSpec                            *ebpf.MapSpec
 
@@ -111,7 +114,7 @@ func lockPinPath(dir string) (*os.File, error) {
 var _ Map = (*Real)(nil)
 
 // mapNames are the pinned maps, as named in bpf/include/maps.h.
-var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats", "addrs"}
+var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats", "addrs", "halfopen", "backend_ports"}
 
 // EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted (it is not
 // on a fresh Debian host) and creates dir's parent on it. The pin directory
@@ -253,6 +256,9 @@ func Open(o Options) (*Real, error) {
 	if o.ConntrackMax == 0 {
 		o.ConntrackMax = 262144
 	}
+	if o.HalfOpenMax == 0 {
+		o.HalfOpenMax = max(o.ConntrackMax/4, 1024)
+	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -302,13 +308,18 @@ func Open(o Options) (*Real, error) {
 	if err := spec.Variables["cfg"].Set(c); err != nil {
 		return nil, fmt.Errorf("set snat ports and rst rate: %w", err)
 	}
-	// A pinned conntrack of another size is adopted as it is: resizing it
-	// would drop every flow. Say so instead.
-	if m, err := ebpf.LoadPinnedMap(filepath.Join(claim.dir, "conntrack"), nil); err == nil {
-		if info, err := m.Info(); err == nil && info.MaxEntries != o.ConntrackMax {
-			o.Log.Warn("keeping the pinned conntrack map's size; run `sluice teardown` to resize it",
-				"pinned", info.MaxEntries, "configured", o.ConntrackMax)
-			spec.Maps["conntrack"].MaxEntries = info.MaxEntries
+	spec.Maps["halfopen"].MaxEntries = o.HalfOpenMax
+	// A pinned conntrack (or half-open table) of another size is adopted as
+	// it is: resizing it would drop every flow. Say so instead.
+	for name, size := range map[string]uint32{"conntrack": o.ConntrackMax, "halfopen": o.HalfOpenMax} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(claim.dir, name), nil)
+		if err != nil {
+			continue
+		}
+		if info, err := m.Info(); err == nil && info.MaxEntries != size {
+			o.Log.Warn("keeping the pinned map's size; run `sluice teardown` to resize it",
+				"map", name, "pinned", info.MaxEntries, "configured", size)
+			spec.Maps[name].MaxEntries = info.MaxEntries
 		}
 		m.Close()
 	}
@@ -348,6 +359,9 @@ func Open(o Options) (*Real, error) {
 		backendStats: objs.BackendStats,
 		globalStats:  objs.GlobalStats,
 		addrs:        objs.Addrs,
+		backendPorts: objs.BackendPorts,
+		halfopen:     objs.Halfopen,
+		rstLimit:     objs.RstLimit,
 		innerSpec:    spec.Maps["maglev_outer"].InnerMap.Copy(),
 		prog:         objs.SluiceXdp,
 		links:        map[string]link.Link{},
@@ -571,7 +585,7 @@ func (r *Real) Close() error {
 	for _, l := range r.links {
 		l.Close()
 	}
-	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs} {
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.rstLimit} {
 		if m != nil {
 			m.Close()
 		}
@@ -592,7 +606,7 @@ func OpenPinned(pinPath string) (*Real, error) {
 		pinPath = DefaultPinPath
 	}
 	r := &Real{log: slog.Default(), pinPath: pinPath, timeouts: DefaultTimeouts(), links: map[string]link.Link{}}
-	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats, &r.addrs}
+	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats, &r.addrs, &r.halfopen, &r.backendPorts}
 	for i, name := range mapNames {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, name), nil)
 		if err != nil {

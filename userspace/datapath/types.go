@@ -56,6 +56,7 @@ const (
 	FlowEstablished = FlowState(bpf.SluiceCtStateCT_ESTABLISHED)
 	FlowClosing     = FlowState(bpf.SluiceCtStateCT_CLOSING)
 	FlowUDP         = FlowState(bpf.SluiceCtStateCT_UDP)
+	FlowSynRecv     = FlowState(bpf.SluiceCtStateCT_SYN_RECV) // the backend answered the SYN
 )
 
 // flowReply is ct_value.flags' bit of a reverse entry.
@@ -83,7 +84,7 @@ var (
 	}
 	flowStateNames = map[FlowState]string{
 		FlowNew: "new", FlowSynSent: "syn-sent", FlowEstablished: "established",
-		FlowClosing: "closing", FlowUDP: "udp",
+		FlowClosing: "closing", FlowUDP: "udp", FlowSynRecv: "syn-recv",
 	}
 )
 

@@ -69,7 +69,7 @@ func TestEveryEnumValueNamed(t *testing.T) {
 		}
 	}
 	for _, v := range []bpf.SluiceCtState{bpf.SluiceCtStateCT_NEW, bpf.SluiceCtStateCT_SYN_SENT, bpf.SluiceCtStateCT_ESTABLISHED,
-		bpf.SluiceCtStateCT_CLOSING, bpf.SluiceCtStateCT_UDP} {
+		bpf.SluiceCtStateCT_CLOSING, bpf.SluiceCtStateCT_UDP, bpf.SluiceCtStateCT_SYN_RECV} {
 		if _, ok := flowStateNames[FlowState(v)]; !ok {
 			t.Errorf("flow state %d has no name", v)
 		}
@@ -79,7 +79,7 @@ func TestEveryEnumValueNamed(t *testing.T) {
 			t.Errorf("mode %d has no name", v)
 		}
 	}
-	if len(backendStateNames) != 5 || len(flowStateNames) != 5 || len(modeNames) != 2 {
+	if len(backendStateNames) != 5 || len(flowStateNames) != 6 || len(modeNames) != 2 {
 		t.Errorf("name tables list values the C enums do not have")
 	}
 }

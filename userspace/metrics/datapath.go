@@ -94,6 +94,7 @@ type collector struct {
 	ctFlows, ctCapacity                                  *prometheus.Desc
 	passed, replies, ctUpdateFailures, rstSent           *prometheus.Desc
 	icmpTranslated, beFragments, rstLimited              *prometheus.Desc
+	confirmed, reverseRecreated, replyNoFlow             *prometheus.Desc
 	scrapeErrorsDesc                                     *prometheus.Desc
 
 	mu           sync.Mutex // one scrape at a time: a flow walk is not cheap
@@ -131,6 +132,9 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		replies:          d("replies_translated_total", "Backend replies reverse-NATed."),
 		ctUpdateFailures: d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
 		rstSent:          d("rst_sent_total", "TCP RSTs sent by the data path."),
+		confirmed:        d("flows_confirmed_total", "Half-open flows the backend confirmed (its first answer after the handshake, or any UDP answer), moved into conntrack."),
+		reverseRecreated: d("reverse_entries_recreated_total", "Reverse (reply) entries of confirmed flows that LRU evicted, re-created from the forward entry."),
+		replyNoFlow:      d("reply_no_flow_drops_total", "Packets from a backend's service port that match no flow, dropped so the backend's address never reaches a client."),
 		rstLimited:       d("rst_rate_limited_total", "RSTs not sent because the per-CPU RST rate limit was reached (the packet was dropped)."),
 		beFragments:      d("backend_fragments_dropped_total", "Fragments from a backend's address, dropped: never passed on un-translated."),
 		icmpTranslated:   d("icmp_translated_total", "ICMP errors about tracked flows (fragmentation needed, unreachable, time exceeded) rewritten and forwarded to the other side."),
@@ -146,7 +150,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.svcFragments, c.svcSNATFailures, c.svcFlows, c.svcBackends,
 		c.beState, c.beDrainDeadline, c.bePackets, c.beBytes, c.beNewFlows, c.beFlows,
 		c.ctFlows, c.ctCapacity,
-		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited,
+		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited, c.confirmed, c.reverseRecreated, c.replyNoFlow,
 		c.scrapeErrorsDesc,
 	} {
 		ch <- d
@@ -254,6 +258,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.icmpTranslated, g.ICMPTranslated)
 		counter(c.beFragments, g.BackendFragments)
 		counter(c.rstLimited, g.RSTRateLimited)
+		counter(c.confirmed, g.FlowsConfirmed)
+		counter(c.reverseRecreated, g.ReverseRecreated)
+		counter(c.replyNoFlow, g.ReplyNoFlowDrops)
 	}
 
 	c.scrapeErrors += failed
