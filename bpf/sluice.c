@@ -219,17 +219,27 @@ static __always_inline void reverse_of(const struct ct_key *fk, const struct ct_
 	rv->flags = CT_F_REPLY;
 }
 
-/* ensure_reverse re-creates a confirmed flow's reverse entry from its
- * forward entry when LRU evicted it (BPF_NOEXIST: an existing one, with
- * its cached next hop, is left alone). */
-static __always_inline void ensure_reverse(const struct ct_key *fk, const struct ct_value *fv)
+/* ensure_reverse re-creates a flow's reverse entry from its forward entry
+ * when LRU evicted it, in the forward entry's table (BPF_NOEXIST: an
+ * existing one, with its cached next hop, is left alone). In the half-open
+ * table the two are evicted independently by every flood: without this a
+ * retransmitted SYN would reach the backend and its SYN-ACK be dropped,
+ * again and again. */
+static __always_inline void ensure_reverse(const struct ct_key *fk, const struct ct_value *fv, int confirmed)
 {
 	struct ct_key rk = {};
 	struct ct_value rv = {};
 	reverse_of(fk, fv, &rk, &rv);
-	if (bpf_map_lookup_elem(&conntrack, &rk))
+	if (confirmed) {
+		if (bpf_map_lookup_elem(&conntrack, &rk))
+			return;
+		if (!bpf_map_update_elem(&conntrack, &rk, &rv, BPF_NOEXIST))
+			GCOUNT(reverse_recreated);
 		return;
-	if (!bpf_map_update_elem(&conntrack, &rk, &rv, BPF_NOEXIST))
+	}
+	if (bpf_map_lookup_elem(&halfopen, &rk))
+		return;
+	if (!bpf_map_update_elem(&halfopen, &rk, &rv, BPF_NOEXIST))
 		GCOUNT(reverse_recreated);
 }
 
@@ -624,13 +634,17 @@ int sluice_xdp(struct xdp_md *ctx)
 			}
 			/* Write only what changed: the coarse clock ticks every few
 			 * ms, and a clean cache line stays shared between CPUs. */
+			/* Make sure the flow's reverse entry is still there (LRU
+			 * evicts the two independently): for a confirmed flow
+			 * once a tick, for a half-open one on every packet (a
+			 * handshake is a few packets, and floods churn that
+			 * table). */
+			if (!confirmed)
+				ensure_reverse(&k, ct, 0);
 			if (ct->last_seen != now) {
 				ct->last_seen = now;
-				/* Once a tick, make sure the flow's reverse entry is
-				 * still there (LRU evicts the two independently): a
-				 * reply must never leave un-translated. */
 				if (confirmed)
-					ensure_reverse(&k, ct);
+					ensure_reverse(&k, ct, 1);
 			}
 			if (tcp) {
 				__u8 st = next_tcp_state(ct->state, p.tcp_flags, 0);

@@ -114,6 +114,7 @@ func buildAll(root, dir string) error {
 		{"sluice-testbackend", "./e2e/backend", &env.backend, "", nil},
 		{"sluice-loadgen", "./e2e/loadgen", &env.loadgen, "", nil},
 		{"sluice-icmperr", "./e2e/icmperr", &icmperrBin, "", nil},
+		{"sluice-flood", "./e2e/flood", &floodBin, "", nil},
 	}
 	for _, tg := range targets {
 		out := filepath.Join(dir, tg.out)
@@ -526,6 +527,8 @@ type agentConfig struct {
 	// ExtraPools and ExtraServices are YAML list items ("  - name: ...")
 	// appended to pools and services.
 	ExtraPools, ExtraServices string
+	// Datapath is appended to the datapath flow map (", key: value, ...").
+	Datapath string
 }
 
 // httpVIP is the L7 service's address.
@@ -610,12 +613,12 @@ func (a *Agent) render(c agentConfig) string {
 interfaces: [eth0, eth1]
 admin: {socket: %s}
 metrics: {listen: 127.0.0.1:9464}
-datapath: {pin_path: %s, xdp_mode: native}
+datapath: {pin_path: %s, xdp_mode: native%s}
 dns: {servers: ["198.18.2.53:53"], min_ttl: 1s, timeout: 1s%s}
 pools:
   - name: web
     backends:
-`, a.lab.ID, a.Socket, a.PinPath, nxHold(c.NXDomainHold))
+`, a.lab.ID, a.Socket, a.PinPath, c.Datapath, nxHold(c.NXDomainHold))
 	if c.DNSName != "" {
 		fmt.Fprintf(&b, "      - name: %s\n        port: 80\n", c.DNSName)
 	} else {

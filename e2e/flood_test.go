@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// floodBin is the built e2e/flood (see buildAll).
+var floodBin string
+
+// TestSYNFlood (issue 10, item 1): a flood of SYNs from spoofed lab sources
+// that alone would fill conntrack many times over, while long-lived
+// connections run through the VIP. The long-lived connections keep their
+// backends and lose no request, new connections still succeed, no backend
+// is ejected (the spoofed handshakes are abandoned by their "clients", not
+// refused by the backends), and nothing reaches the client side with a
+// backend's address where the VIP belongs.
+func TestSYNFlood(t *testing.T) {
+	const (
+		floodCount    = 400000
+		conntrackMax  = 65536 // 32768 flows; half-open table: 16384 entries
+		longConns     = 8
+		floodDuration = 20 * time.Second
+	)
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{Datapath: fmt.Sprintf(", conntrack_max: %d", conntrackMax)})
+	// The spoofed sources' SYN-ACKs are routed back to the client side,
+	// whose kernel drops them (no such address there).
+	lab.MustRun("lb", 5*time.Second, "ip", "route", "add", "198.19.0.0/16", "via", "198.18.0.2")
+
+	watcher := lab.Start("leakwatch", "client", floodBin, "watch", "--iface", "eth0",
+		"--net", "198.18.2.0/24", "--port", "80", "--duration", "90s")
+	t.Cleanup(func() { watcher.Stop(3 * time.Second) })
+	waitFor(t, 5*time.Second, "leak watcher", func() error {
+		if strings.Contains(string(watcher.Output()), "ready") {
+			return nil
+		}
+		if !watcher.Running() {
+			return fmt.Errorf("exited: %s", watcher.Log())
+		}
+		return fmt.Errorf("not ready")
+	})
+
+	events := make(chan string, 1<<16)
+	long := lab.StartLoad("long", events, "--url", vipURL, "--mode", "keepalive",
+		"--conns", fmt.Sprint(longConns), "--interval", "50ms", "--count", "1000000",
+		"--duration", "90s", "--timeout", "3s", "--events")
+	t.Cleanup(func() { long.Stop(3 * time.Second) })
+	for answered := map[int]bool{}; len(answered) < longConns; {
+		ev, err := nextEvent(events, 10*time.Second)
+		if err != nil {
+			t.Fatalf("long-lived connections: %v\n%s", err, long.Log())
+		}
+		if ev.Event == "error" {
+			t.Fatalf("a long-lived connection failed before the flood: %s %s", ev.Kind, ev.Error)
+		}
+		if ev.Event == "response" {
+			answered[ev.Worker] = true
+		}
+	}
+
+	before, _ := lab.scrape()
+	flood := lab.Start("flood", "client", floodBin, "syn", "--to", vip+":80", "--from", "198.19.0.0/16",
+		"--count", fmt.Sprint(floodCount), "--duration", floodDuration.String())
+	t.Cleanup(func() { flood.Stop(3 * time.Second) })
+	// New connections while the flood runs (paced: thousands of new
+	// connections a second from one client fail in this lab with or
+	// without a flood, on client port reuse).
+	fresh := lab.Load("--url", vipURL, "--mode", "newconn", "--interval", "5ms", "--count", "100000", "--duration", "4s", "--timeout", "2s")
+	if err := flood.Wait(floodDuration + 10*time.Second); err != nil {
+		t.Fatalf("flood: %v\n%s", err, flood.Log())
+	}
+	afterFlood := lab.Load("--url", vipURL, "--mode", "newconn", "--interval", "5ms", "--count", "100000", "--duration", "3s", "--timeout", "2s")
+	assertNoFailures(t, "new connections after the flood", afterFlood)
+	var sent struct{ Sent, MS int }
+	if err := json.Unmarshal(flood.Output(), &sent); err != nil {
+		t.Fatalf("flood report %q: %v", flood.Output(), err)
+	}
+	after, raw := lab.scrape()
+
+	long.Stop(5 * time.Second)
+	rep := parseReport(t, long.Output())
+	assertNoFailures(t, "long-lived connections through the flood", rep)
+	if rep.Dials != longConns {
+		t.Errorf("the long-lived load dialled %d connections, want %d: established connections must keep their backend", rep.Dials, longConns)
+	}
+	rate := 0.0
+	if fresh.Requests > 0 {
+		rate = float64(fresh.OK) / float64(fresh.Requests)
+	}
+	if rate < 0.95 {
+		t.Errorf("new connections during the flood: %d of %d succeeded (%.0f%%), want >= 95%%: %v %v",
+			fresh.OK, fresh.Requests, 100*rate, fresh.Errors, fresh.Samples)
+	}
+
+	watcher.Stop(3 * time.Second)
+	var w struct{ Leaked, Seen int }
+	if err := json.Unmarshal(watcher.Output()[len("ready\n"):], &w); err != nil {
+		t.Fatalf("watcher report %q: %v", watcher.Output(), err)
+	}
+	if w.Leaked != 0 {
+		t.Errorf("%d packets reached the client side with a backend's address and port 80 as their source", w.Leaked)
+	}
+	if d := after[`sluice_backend_transitions_total{to="ejected"}`] - before[`sluice_backend_transitions_total{to="ejected"}`]; d != 0 {
+		t.Errorf("%v backends ejected during the flood, want 0", d)
+	}
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
+			t.Errorf("%s after the flood: %q (%v), want active", be, st, err)
+		}
+	}
+	t.Logf("flood: %d spoofed SYNs in %d ms (conntrack_max %d); long-lived: %d requests, %d failed, %d dials; "+
+		"new connections during the flood: %d/%d ok (%.1f%%), latency %v; packets seen on the client side %d, leaked %d; "+
+		"flows confirmed %v, reply drops %v",
+		sent.Sent, sent.MS, conntrackMax, rep.Requests, rep.Failures, rep.Dials,
+		fresh.OK, fresh.Requests, 100*rate, fresh.LatencyMS, w.Seen, w.Leaked,
+		after["sluice_flows_confirmed_total"]-before["sluice_flows_confirmed_total"],
+		after["sluice_reply_no_flow_drops_total"]-before["sluice_reply_no_flow_drops_total"])
+	if t.Failed() {
+		t.Logf("metrics after the flood:\n%s", raw)
+	}
+}
