@@ -180,13 +180,20 @@ static __always_inline int ho_expired(const struct ct_value *ct, __u64 now)
 }
 
 /* lookup_forward finds a flow's live forward entry: in conntrack
- * (*confirmed = 1) or in the half-open table (*confirmed = 0). */
-static __always_inline struct ct_value *lookup_forward(const struct ct_key *k, __u64 now, int *confirmed)
+ * (*confirmed = 1) or in the half-open table (*confirmed = 0). *stale, when
+ * given, is set to a conntrack forward entry of the key that is not live
+ * (expired), so the caller need not look it up again. */
+static __always_inline struct ct_value *lookup_forward(const struct ct_key *k, __u64 now, int *confirmed,
+						       struct ct_value **stale)
 {
 	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, k);
-	if (ct && !(ct->flags & CT_F_REPLY) && !ct_expired(ct, now)) {
-		*confirmed = 1;
-		return ct;
+	if (ct && !(ct->flags & CT_F_REPLY)) {
+		if (!ct_expired(ct, now)) {
+			*confirmed = 1;
+			return ct;
+		}
+		if (stale)
+			*stale = ct;
 	}
 	ct = bpf_map_lookup_elem(&halfopen, k);
 	if (ct && !(ct->flags & CT_F_REPLY) && !ho_expired(ct, now)) {
@@ -243,12 +250,11 @@ static __always_inline void ensure_reverse(const struct ct_key *fk, const struct
 		GCOUNT(reverse_recreated);
 }
 
-/* forget_confirmed deletes the conntrack forward entry at fk and the
- * reverse entry that goes with it, if there is one. */
-static __always_inline void forget_confirmed(const struct ct_key *fk)
+/* forget_confirmed deletes the conntrack forward entry old at fk and the
+ * reverse entry that goes with it. */
+static __always_inline void forget_confirmed(const struct ct_key *fk, struct ct_value *old)
 {
-	struct ct_value *old = bpf_map_lookup_elem(&conntrack, fk);
-	if (!old || (old->flags & CT_F_REPLY))
+	if (!old)
 		return;
 	struct ct_key rk = {};
 	struct ct_value rv = {};
@@ -271,7 +277,7 @@ static __always_inline int reverse_in_use(const struct ct_key *rk, const struct 
 		.proto = rk->proto,
 	};
 	int confirmed;
-	struct ct_value *fv = lookup_forward(&fk, now, &confirmed);
+	struct ct_value *fv = lookup_forward(&fk, now, &confirmed, NULL);
 	return fv && fv->backend_id == rv->backend_id;
 }
 
@@ -381,6 +387,17 @@ static __always_inline int confirms(struct packet *p)
  * half-open flow into conntrack. */
 static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, void *data_end)
 {
+	/* Replies come from backends: anything else (most of the host's own
+	 * traffic) is not ours, at the cost of one lookup. */
+	struct addr_info *from = bpf_map_lookup_elem(&addrs, &p->ip->saddr);
+	if (!from || !(from->flags & ADDR_BACKEND)) {
+		GCOUNT(passed_not_ours);
+		return XDP_PASS;
+	}
+	if (!header_ok(ctx, p, data_end)) {
+		GCOUNT(malformed);
+		return XDP_PASS;
+	}
 	struct ct_key rk = {
 		.saddr = p->ip->saddr,
 		.daddr = p->ip->daddr,
@@ -478,7 +495,8 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 static __always_inline int handle_icmp(struct xdp_md *ctx, struct packet *p, void *data_end)
 {
 	struct icmp_quote q;
-	if (parse_icmp_error(p, data_end, &q) || p->ip->daddr != q.inner->saddr) {
+	if (parse_icmp_error(p, data_end, &q) || p->ip->daddr != q.inner->saddr ||
+	    !header_ok(ctx, p, data_end)) {
 		GCOUNT(passed_not_ours);
 		return XDP_PASS;
 	}
@@ -586,6 +604,12 @@ int sluice_xdp(struct xdp_md *ctx)
 	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
 	if (!svc)
 		return handle_reply(ctx, &p, data_end);
+	if (!header_ok(ctx, &p, data_end)) {
+		/* A header the kernel would drop: never rewritten (an
+		 * incremental update would carry the error along) or tracked. */
+		GCOUNT(malformed);
+		return XDP_PASS;
+	}
 	if (p.ip->ttl <= 1) {
 		/* Expires here: the kernel's Time Exceeded must quote the
 		 * packet as the client sent it (to the VIP), so nothing is
@@ -608,7 +632,9 @@ int sluice_xdp(struct xdp_md *ctx)
 	int syn = tcp && (p.tcp_flags & TCPF_SYN) && !(p.tcp_flags & TCPF_ACK);
 
 	int confirmed = 0;
-	struct ct_value *ct = lookup_forward(&k, now, &confirmed);
+	/* A confirmed entry of this tuple that the new flow replaces, if any. */
+	struct ct_value *old_confirmed = NULL;
+	struct ct_value *ct = lookup_forward(&k, now, &confirmed, &old_confirmed);
 	if (ct) {
 		__u32 slot = ct->backend_id;
 		struct backend *b = bpf_map_lookup_elem(&backends, &slot);
@@ -619,6 +645,8 @@ int sluice_xdp(struct xdp_md *ctx)
 		 * reused client port must not land on a draining backend. */
 		int opening = ct->state == CT_SYN_SENT || ct->state == CT_SYN_RECV;
 		int keep = !syn || (opening && !stale && b->state == BACKEND_ACTIVE);
+		if (!keep && confirmed)
+			old_confirmed = ct;
 		if (keep) {
 			if (stale) {
 				struct svc_counters *s = svc_stats_of(svc_id);
@@ -755,8 +783,14 @@ int sluice_xdp(struct xdp_md *ctx)
 		 * leave as one VIP. The second flow is refused while the
 		 * first lives. */
 		struct ct_value *old = bpf_map_lookup_elem(&conntrack, &rk);
-		if (!old)
-			old = bpf_map_lookup_elem(&halfopen, &rk);
+		int inserted = 0;
+		if (!old) {
+			/* Usually nothing is there: insert at once, look only
+			 * when something is. */
+			inserted = !bpf_map_update_elem(&halfopen, &rk, &rv, BPF_NOEXIST);
+			if (!inserted)
+				old = bpf_map_lookup_elem(&halfopen, &rk);
+		}
 		if (old && (old->saddr_new != rv.saddr_new || old->sport_new != rv.sport_new) &&
 		    reverse_in_use(&rk, old, now)) {
 			struct svc_counters *s = svc_stats_of(svc_id);
@@ -770,14 +804,14 @@ int sluice_xdp(struct xdp_md *ctx)
 				s->rst_nat_conflict++;
 			return act;
 		}
-		if (bpf_map_update_elem(&halfopen, &rk, &rv, BPF_ANY))
+		if (!inserted && bpf_map_update_elem(&halfopen, &rk, &rv, BPF_ANY))
 			GCOUNT(ct_update_failures);
 	}
 
 	/* A confirmed entry of the same tuple (a closed flow whose client port
 	 * is reused, an expired one) would take the new flow's next packets
 	 * back to its old backend: it goes, with its reverse entry. */
-	forget_confirmed(&k);
+	forget_confirmed(&k, old_confirmed);
 	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
 		return XDP_DROP;
 	/* Forward first so the entry is stored with its next hop. */

@@ -73,12 +73,18 @@ static __always_inline int ipv4_csum_ok(struct xdp_md *ctx, struct iphdr *ip, __
 	return sum == 0xffff;
 }
 
+/* header_ok: the IPv4 header checksum of a parsed packet is right. */
+static __always_inline int header_ok(struct xdp_md *ctx, struct packet *p, void *data_end)
+{
+	return ipv4_csum_ok(ctx, p->ip, p->ihl_bytes, data_end);
+}
+
 /* parse_packet reads the headers of an IPv4 TCP/UDP packet. Every length
  * field is checked against the others and against the frame before any
  * field is used (fuzzing found a total length past the frame, a total
  * length too short to hold the L4 header, TCP data offset 0 and UDP lengths
  * under 8 or past the datagram, all taken at face value): IHL >= 5, IHL <=
- * total length <= frame, the header checksum, then data offset >= 5 and
+ * total length <= frame, then data offset >= 5 and
  * IHL + data offset <= total length (TCP), 8 <= UDP length <= total length
  * - IHL (UDP). A frame may be longer than the total length (Ethernet
  * padding); nothing past the total length is ever read or rewritten. */
@@ -103,8 +109,9 @@ static __always_inline int parse_packet(struct xdp_md *ctx, void *data, void *da
 		return PARSE_TRUNCATED;
 	if (tot < ihl)
 		return PARSE_MALFORMED;
-	if (!ipv4_csum_ok(ctx, ip, ihl, data_end))
-		return PARSE_MALFORMED;
+	/* The header checksum is verified by the caller, and only for packets
+	 * it is about to rewrite or track (header_ok): traffic that is not
+	 * ours is passed untouched and need not pay for it. */
 
 	p->eth = eth;
 	p->ip = ip;

@@ -11,20 +11,23 @@ import (
 
 // BenchmarkXDP times the program per packet with prog.Run (BPF_PROG_TEST_RUN)
 // on the cases of xdpCases that name a benchmark row, prepared exactly as
-// TestXDP prepares them. The program rewrites packets in place, so each run
-// is a single repeat over a fresh copy of the input, and an empty XDP_PASS
-// program is timed the same way in the same loop: the reported net-ns/pkt
-// is the kernel-measured difference, i.e. what sluice adds.
+// TestXDP prepares them, and in the same loop the program as it was before
+// issue 10 (testdata/baseline, see baseline_test.go) on the same frames,
+// and an empty XDP_PASS program. The programs rewrite packets in place, so
+// each run is a single repeat over a fresh copy of the input. Reported:
+// net-ns/pkt, today's program minus XDP_PASS (what sluice adds to a
+// packet); base-net-ns/pkt, the same for the baseline; and their ratio.
 //
 // A case with a frame generator (a new flow each time) gets one row per
-// fill level of the table new flows go to (the half-open table), each
-// starting from freshly reset maps: "empty", "half" (half its entries
-// already taken) and "full" (every insert evicts). -count N re-runs every
-// row on maps reset again.
+// fill level of the table new flows go to (today the half-open table, in
+// the baseline conntrack), each starting from freshly reset maps: "empty",
+// "half" (half its entries already taken) and "full" (every insert evicts).
+// -count N re-runs every row on maps reset again.
 //
 //	go test -run '^$' -bench XDP -benchtime 200000x -count 3 ./userspace/datapath/
 func BenchmarkXDP(b *testing.B) {
-	l := newLabSized(b, 16381, 262144) // the defaults: conntrack 262144, half-open 65536
+	const tableSize, conntrackMax = 16381, 262144 // the defaults; half-open 65536
+	l := newLabSized(b, tableSize, conntrackMax)
 	var pass bpf.XDPPassObjects
 	if err := bpf.LoadXDPPassObjects(&pass, nil); err != nil {
 		b.Fatal(err)
@@ -38,8 +41,10 @@ func BenchmarkXDP(b *testing.B) {
 		if c.next == nil {
 			b.Run(c.bench, func(b *testing.B) {
 				l.prepare(b, c)
+				base := loadBaseline(b, tableSize, conntrackMax)
+				l.prepareBaseline(b, base, c)
 				in := c.in.frame
-				l.time(b, pass.XdpPass, c.verdict, func(int) []byte { return in })
+				l.time(b, pass.XdpPass, base, c.verdict, func(int) []byte { return in })
 			})
 			continue
 		}
@@ -50,16 +55,28 @@ func BenchmarkXDP(b *testing.B) {
 			b.Run(c.bench+"/"+f.name, func(b *testing.B) {
 				l.prepare(b, c)
 				l.fillTable(b, l.r.halfopen, f.fill)
-				l.time(b, pass.XdpPass, c.verdict, c.next)
+				base := loadBaseline(b, tableSize, conntrackMax)
+				l.prepareBaseline(b, base, c)
+				l.fillTable(b, base.coll.Maps["conntrack"], f.fill)
+				l.time(b, pass.XdpPass, base, c.verdict, c.next)
 			})
 		}
 	}
 }
 
-// time runs frames from next through the program and the empty one,
-// checking every verdict, and reports the kernel-measured costs.
-func (l *lab) time(b *testing.B, pass *ebpf.Program, verdict uint32, next func(int) []byte) {
-	var sluiceNs, passNs time.Duration
+// prepareBaseline runs c's preparation frames through the baseline.
+func (l *lab) prepareBaseline(tb testing.TB, base *baseline, c xdpCase) {
+	tb.Helper()
+	for _, in := range c.before {
+		l.exec(func() { _, _, _ = base.prog.Benchmark(in.frame, 1, nil) })
+	}
+}
+
+// time runs frames from next through the program, the baseline and the
+// empty one, checking today's verdicts, and reports the kernel-measured
+// costs.
+func (l *lab) time(b *testing.B, pass *ebpf.Program, base *baseline, verdict uint32, next func(int) []byte) {
+	var sluiceNs, baseNs, passNs time.Duration
 	inputs := make([][]byte, 0, 1024)
 	for i := 0; b.Loop(); i++ {
 		if len(inputs) == 0 {
@@ -72,12 +89,15 @@ func (l *lab) time(b *testing.B, pass *ebpf.Program, verdict uint32, next func(i
 		in := inputs[len(inputs)-1]
 		inputs = inputs[:len(inputs)-1]
 		var ret uint32
-		var d1, d2 time.Duration
+		var d1, d2, d3 time.Duration
 		var err error
 		l.exec(func() {
 			ret, d1, err = l.r.prog.Benchmark(in, 1, nil)
 			if err == nil {
-				_, d2, err = pass.Benchmark(in, 1, nil)
+				_, d2, err = base.prog.Benchmark(in, 1, nil)
+			}
+			if err == nil {
+				_, d3, err = pass.Benchmark(in, 1, nil)
 			}
 		})
 		if err != nil {
@@ -87,14 +107,19 @@ func (l *lab) time(b *testing.B, pass *ebpf.Program, verdict uint32, next func(i
 			b.Fatalf("verdict %s, want %s", verdictName[ret], verdictName[verdict])
 		}
 		sluiceNs += d1
-		passNs += d2
+		baseNs += d2
+		passNs += d3
 	}
 	n := float64(b.N)
+	net, baseNet := float64(sluiceNs-passNs)/n, float64(baseNs-passNs)/n
 	b.ReportMetric(float64(sluiceNs)/n, "ns/pkt")
 	b.ReportMetric(float64(passNs)/n, "pass-ns/pkt")
-	b.ReportMetric(float64(sluiceNs-passNs)/n, "net-ns/pkt")
+	b.ReportMetric(net, "net-ns/pkt")
+	b.ReportMetric(baseNet, "base-net-ns/pkt")
+	if baseNet > 0 {
+		b.ReportMetric(net/baseNet, "ratio")
+	}
 }
-
 // fillTable inserts frac × max_entries live flows of clients in
 // 198.19.0.0/16 that no benchmark frame uses into m (conntrack or the
 // half-open table), as established forward entries to backend slot 1.

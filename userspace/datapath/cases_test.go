@@ -361,7 +361,7 @@ func xdpCases() []xdpCase {
 		{name: "reply SYN-ACK is reverse-NATed to the VIP", before: opened,
 			in: fromBackend(synAck), verdict: xdpRedirect, want: toClient(vip, client),
 			after: wantGlobal(func(g GlobalStats) bool { return g.RepliesTranslated == 1 })},
-		{name: "established flow keeps its backend when the table changes", bench: "established",
+		{name: "established flow keeps its backend when the table changes",
 			before: opened, setup: setTable(2),
 			in: fromClient(data), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
 		{name: "a new flow follows the new table", setup: setTable(2),
@@ -522,7 +522,7 @@ func floodCases() []xdpCase {
 				wantFlows(1, 0, FlowEstablished)(tb, l)
 				wantGlobal(func(g GlobalStats) bool { return g.FlowsConfirmed == 1 })(tb, l)
 			}},
-		{name: "a confirmed flow keeps working on its backend", before: confirmedFlow, setup: setTable(2),
+		{name: "a confirmed flow keeps working on its backend", bench: "established", before: confirmedFlow, setup: setTable(2),
 			in: fromClient(request), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
 		{name: "a non-SYN packet of an unknown flow never creates a conntrack entry",
 			in: fromClient(ack), verdict: xdpRedirect, want: toBackend(be1, macBE1), after: wantFlows(0, 1, FlowEstablished)},
