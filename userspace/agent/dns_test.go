@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -65,6 +66,13 @@ func (w *fakeWatcher) Status(name string) (discovery.Update, bool) {
 	return u, ok
 }
 
+func (w *fakeWatcher) Wait() {}
+
+// use is the options.dns that builds w.
+func (w *fakeWatcher) use(o *options) {
+	o.dns = func(_, _ func(discovery.Update)) (dnsWatcher, error) { return w, nil }
+}
+
 func (w *fakeWatcher) lastSync() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -85,7 +93,7 @@ func answer(now time.Time, addrs ...netip.AddrPort) discovery.Update {
 
 func newDNSHarness(t *testing.T, dp *datapath.Fake, w *fakeWatcher) *harness {
 	t.Helper()
-	h := newHarnessWith(t, dp, dnsConfig, func(a *agent) { a.dns = w })
+	h := newHarnessWith(t, dp, dnsConfig, w.use)
 	h.a.syncDNS()
 	return h
 }
@@ -266,7 +274,7 @@ func TestRefusedConnectsRefreshTheName(t *testing.T) {
 func TestDNSNameWithTwoPorts(t *testing.T) {
 	w := &fakeWatcher{status: map[string]discovery.Update{}}
 	text := strings.Replace(dnsConfig, "        weight: 2\n", "        weight: 2\n      - name: backend.lab\n        port: 9090\n", 1)
-	h := newHarnessWith(t, nil, text, func(a *agent) { a.dns = w })
+	h := newHarnessWith(t, nil, text, w.use)
 	h.a.syncDNS()
 	h.a.onDNSUpdate(answer(h.now, dns1))
 	for _, a := range []netip.AddrPort{dns1, netip.AddrPortFrom(dns1.Addr(), 9090)} {
@@ -305,4 +313,68 @@ func TestDNSAAAANotServed(t *testing.T) {
 		return
 	}
 	t.Fatal("pool web missing from status")
+}
+
+// An answer that says again what the last one said changes nothing
+// downstream; a changed one writes only its own pool's slot and the table
+// of the service that uses that pool.
+func TestDNSAnswerTouchesOnlyWhatChanged(t *testing.T) {
+	text := `interfaces: [veth0]
+pools:
+  - name: web
+    backends:
+      - name: backend.lab
+        port: 8080
+  - name: api
+    backends:
+      - name: api.lab
+        port: 8080
+services:
+  - name: web-l4
+    listen: 198.18.1.100:80
+    protocol: tcp
+    pool: web
+  - name: api-l4
+    listen: 198.18.1.101:80
+    protocol: tcp
+    pool: api
+`
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	h := newHarnessWith(t, nil, text, w.use)
+	h.a.syncDNS()
+	api := answer(h.now, netip.MustParseAddrPort("198.18.2.31:8080"))
+	api.Name = "api.lab."
+	h.a.onDNSUpdate(api)
+	h.a.onDNSUpdate(answer(h.now, dns1))
+	apiID := h.serviceID(datapath.ServiceKey{VIP: netip.MustParseAddr("198.18.1.101"), Port: 80, Proto: datapath.TCP})
+	webID := h.serviceID(webKey)
+
+	h.dp.ResetOps()
+	h.now = h.now.Add(5 * time.Second)
+	again := answer(h.now, dns1)
+	again.Seq = 2
+	h.a.onDNSUpdate(again)
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if ops := h.dp.Ops(); len(ops) != 0 {
+		t.Fatalf("unchanged answer wrote %v", ops)
+	}
+	if b := h.state(dns1); !strings.Contains(b.Info, "ttl 30s") || !b.Since.Equal(h.now.Add(-6*time.Second)) {
+		t.Fatalf("dns1 after the same answer = %+v", b)
+	}
+
+	h.a.onDNSUpdate(answer(h.now, dns1, dns2))
+	var got []string
+	for _, o := range h.dp.Ops() {
+		got = append(got, o.String())
+	}
+	s2 := h.slotOf(dns2)
+	want := []string{
+		fmt.Sprintf("SetBackend(%d %s gen=1 active)", s2, dns2),
+		fmt.Sprintf("SetTable(%d len=%d)", webID, tableSize),
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("changed answer wrote %v, want %v (api's service %d untouched)", got, want, apiID)
+	}
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -79,24 +80,20 @@ func TestDNSWiringWithARealResolver(t *testing.T) {
 
 	text := strings.Replace(dnsConfig, "interfaces: [veth0]\n",
 		"interfaces: [veth0]\ndns: {servers: ["+server+"], min_ttl: 200ms}\n", 1)
-	h := newHarnessWith(t, nil, text, nil)
-	cfg, err := config.Load(h.path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// The agent's clock follows the real one here: the watcher's does.
-	h.a.now = time.Now
-	h.a.runCtx = ctx
-	w, err := h.a.newDNSWatcher(cfg.DNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.a.dns = w
+	h := newHarnessWith(t, nil, text, func(o *options) {
+		cfg, err := config.Load(o.configPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The agent's clock follows the real one here: the watcher's does.
+		o.now, o.ctx = time.Now, ctx
+		o.dns = newDNSWatcher(cfg.DNS, slog.New(slog.DiscardHandler))
+	})
 	defer func() {
 		cancel()
-		w.Wait()
+		h.a.dns.wait()
 	}()
 	h.a.syncDNS()
 

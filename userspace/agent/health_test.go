@@ -57,11 +57,11 @@ func TestHealthChecksEjectAndRecover(t *testing.T) {
 	h1, h2 := healthServer(t, &ok1), healthServer(t, &ok2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h := newHarnessWith(t, nil, healthConfig(h1.String(), h2.String(), true), func(a *agent) {
-		a.runCtx = ctx
-		a.now = time.Now // the checkers report from their own goroutines
+	h := newHarnessWith(t, nil, healthConfig(h1.String(), h2.String(), true), func(o *options) {
+		o.ctx = ctx
+		o.now = time.Now // the checkers report from their own goroutines
 	})
-	defer h.a.stopHealth()
+	defer h.a.health.stop()
 
 	waitFor := func(addr netip.AddrPort, want pool.State, cause string) {
 		t.Helper()
@@ -109,7 +109,7 @@ func TestHealthChecksEjectAndRecover(t *testing.T) {
 	if b := h.state(h1); b.State != pool.Active {
 		t.Fatalf("address ejected by removed health checks = %+v", b)
 	}
-	if len(h.a.health.checkers) != 0 {
+	if h.a.health.running() != 0 {
 		t.Fatal("checker still running")
 	}
 }

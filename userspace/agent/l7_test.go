@@ -71,11 +71,9 @@ func TestL7Services(t *testing.T) {
 	defer cancel()
 	dp := datapath.NewFake(tableSize)
 	var m *metrics.Metrics
-	h := newHarnessWith(t, dp, l7Config(listen, backend), func(a *agent) {
+	h := newHarnessWith(t, dp, l7Config(listen, backend), func(o *options) {
 		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
-		a.setMetrics(m)
-		a.runCtx = ctx
-		a.l7 = newL7Stage(a.log, nil, m, a.trackers)
+		o.metrics, o.ctx, o.l7 = m, ctx, true
 	})
 	stage := h.a.l7
 	h.a.syncL7()
@@ -193,9 +191,8 @@ func TestL7ListenConflictLeavesOthersRunning(t *testing.T) {
 	defer taken.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h := newHarnessWith(t, nil, l7Config(taken.Addr().String(), "127.0.0.1:9"), func(a *agent) {
-		a.runCtx = ctx
-		a.l7 = newL7Stage(a.log, nil, nil, a.trackers)
+	h := newHarnessWith(t, nil, l7Config(taken.Addr().String(), "127.0.0.1:9"), func(o *options) {
+		o.ctx, o.l7 = ctx, true
 	})
 	h.a.syncL7()
 	if len(h.a.l7.services) != 0 {
@@ -238,9 +235,8 @@ func TestL7AccessLogAndSettings(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h := newHarnessWith(t, datapath.NewFake(tableSize), cfg(""), func(a *agent) {
-		a.runCtx = ctx
-		a.l7 = newL7Stage(a.log, nil, nil, a.trackers)
+	h := newHarnessWith(t, datapath.NewFake(tableSize), cfg(""), func(o *options) {
+		o.ctx, o.l7 = ctx, true
 	})
 	h.a.syncL7()
 	mustGet := func(path string) {

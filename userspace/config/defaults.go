@@ -50,6 +50,7 @@ const (
 	DefaultMaglevTableSize = 16381
 	DefaultConntrackMax    = 262144
 	DefaultDNSPort         = 53
+	DefaultDrainTimeout    = 30 * time.Second
 )
 
 // defaulter sets a value only where the file did not.
@@ -106,7 +107,7 @@ func applyDefaults(c *Config, lines map[string]int) {
 	for i := range c.Pools {
 		p := &c.Pools[i]
 		pp := fmt.Sprintf("pools[%d]", i)
-		d.dur(pp+".drain_timeout", &p.DrainTimeout, 30*time.Second)
+		d.dur(pp+".drain_timeout", &p.DrainTimeout, DefaultDrainTimeout)
 		for j := range p.Backends {
 			d.u32(fmt.Sprintf("%s.backends[%d].weight", pp, j), &p.Backends[j].Weight, 1)
 		}

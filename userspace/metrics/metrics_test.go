@@ -91,6 +91,9 @@ type fakeTopology struct {
 func (t fakeTopology) Services() []ServiceRef { return t.services }
 func (t fakeTopology) Backends() []BackendRef { return t.backends }
 
+// FlowCounts: the fake counts nothing, the collector walks the map.
+func (t fakeTopology) FlowCounts() (FlowCounts, bool) { return FlowCounts{}, false }
+
 // countingTopology also counts flows itself.
 type countingTopology struct {
 	fakeTopology

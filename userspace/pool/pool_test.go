@@ -44,8 +44,21 @@ func dns(name string, addrs ...netip.AddrPort) func(*Pool, time.Time) error {
 	return func(p *Pool, now time.Time) error { p.SetSource(now, name, want(addrs...)); return nil }
 }
 
+// counts are known flow counts (a nil map: none anywhere).
+func counts(m map[netip.AddrPort]int) FlowCounts {
+	return func(a netip.AddrPort) (int, bool) { return m[a], true }
+}
+
+// tick runs Tick with flows; a nil map means the counts are unknown.
 func tick(flows map[netip.AddrPort]int) func(*Pool, time.Time) error {
-	return func(p *Pool, now time.Time) error { p.Tick(now, flows); return nil }
+	return func(p *Pool, now time.Time) error {
+		if flows == nil {
+			p.Tick(now, nil)
+			return nil
+		}
+		p.Tick(now, counts(flows))
+		return nil
+	}
 }
 
 func drain(a netip.AddrPort) func(*Pool, time.Time) error {
@@ -416,13 +429,12 @@ func TestDrainDeadlineAndFields(t *testing.T) {
 	if len(act) != 1 || act[0].Addr != a2 {
 		t.Fatalf("active = %+v", act)
 	}
-	p.SetSlot(a2, 7)
-	if b2, _ := p.Backend(a2); b2.Slot != 7 {
-		t.Fatalf("slot = %d", b2.Slot)
-	}
-	p.Tick(at(6), map[netip.AddrPort]int{a1: 4, a2: 9})
-	if b, _ := p.Backend(a2); b.Flows != 9 {
+	p.Tick(at(6), counts(map[netip.AddrPort]int{a1: 4, a2: 9}))
+	if b, _ := p.Backend(a1); b.Flows != 4 {
 		t.Fatalf("flows = %d", b.Flows)
+	}
+	if d := p.Draining(); !slices.Equal(d, []netip.AddrPort{a1}) {
+		t.Fatalf("draining = %v", d)
 	}
 	c := p.Counts()
 	if c[Active] != 1 || c[Draining] != 1 {
@@ -493,8 +505,8 @@ func TestExpectDropsSource(t *testing.T) {
 	if p.Empty() {
 		t.Fatal("empty while addresses drain")
 	}
-	p.Tick(at(3), map[netip.AddrPort]int{})
-	p.Tick(at(100), map[netip.AddrPort]int{})
+	p.Tick(at(3), counts(nil))
+	p.Tick(at(100), counts(nil))
 	if !p.Empty() {
 		t.Fatalf("not empty: %+v", p.Backends())
 	}
@@ -594,12 +606,59 @@ func TestEjectionRoom(t *testing.T) {
 		t.Fatalf("room = %d, want 1", n)
 	}
 	// No end time: only Recover brings it back.
-	p.Tick(at(1000), map[netip.AddrPort]int{})
+	p.Tick(at(1000), counts(nil))
 	if b, _ := p.Backend(a1); b.State != Ejected {
 		t.Fatalf("a1 = %+v", b)
 	}
 	p.SetConfig(Config{DrainTimeout: time.Second, MaxEjectedPercent: 100})
 	if n := p.EjectionRoom(); n != 3 {
 		t.Fatalf("room at 100%% = %d, want 3", n)
+	}
+}
+
+// An unchanged answer changes nothing a consumer acts on: SetSource says
+// so, Version stays, only the Info shown in status moves.
+func TestUnchangedSourceChangesNothing(t *testing.T) {
+	var seen []Transition
+	p := New("web", Config{DrainTimeout: 30 * time.Second}, nil, func(tr Transition) { seen = append(seen, tr) })
+	if !p.SetSource(at(0), "backend.lab", []Desired{{Addr: a1, Info: "answer #1"}, {Addr: a2, Weight: 2}}) {
+		t.Fatal("first answer reported unchanged")
+	}
+	v := p.Version()
+	n := len(seen)
+	if p.SetSource(at(5), "backend.lab", []Desired{{Addr: a2, Weight: 2}, {Addr: a1, Weight: 1, Info: "answer #2"}}) {
+		t.Fatal("same set reported changed")
+	}
+	if p.Version() != v || len(seen) != n {
+		t.Fatalf("version %d -> %d, transitions %d -> %d", v, p.Version(), n, len(seen))
+	}
+	if b, _ := p.Backend(a1); b.Info != "answer #2" || !b.Since.Equal(at(0)) {
+		t.Fatalf("a1 = %+v", b)
+	}
+	// A weight change is a change; so is a duplicate hiding a missing address.
+	if !p.SetSource(at(6), "backend.lab", []Desired{{Addr: a1}, {Addr: a2, Weight: 3}}) || p.Version() == v {
+		t.Fatal("weight change not reported")
+	}
+	if !p.SetSource(at(7), "backend.lab", []Desired{{Addr: a1}, {Addr: a1}}) {
+		t.Fatal("set with a duplicate reported unchanged")
+	}
+	if b, _ := p.Backend(a2); b.State != Draining {
+		t.Fatalf("a2 = %+v", b)
+	}
+}
+
+func TestTickReportsForgotten(t *testing.T) {
+	p := New("web", Config{DrainTimeout: 30 * time.Second, RemovedGrace: time.Minute}, nil, nil)
+	p.SetSource(at(0), SourceStatic, want(a1, a2))
+	p.SetSource(at(1), SourceStatic, want(a2))
+	if got := p.Tick(at(2), counts(nil)); len(got) != 0 {
+		t.Fatalf("forgotten at once: %v", got)
+	}
+	v := p.Version()
+	if got := p.Tick(at(62), counts(nil)); !slices.Equal(got, []netip.AddrPort{a1}) {
+		t.Fatalf("forgotten = %v", got)
+	}
+	if p.Version() == v {
+		t.Fatal("forgetting an address did not change the version")
 	}
 }
