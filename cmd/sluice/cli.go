@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
@@ -31,7 +32,7 @@ const (
 // Defaults for finding the agent and its pins.
 const (
 	defaultSocket  = admin.DefaultSocket
-	defaultPinPath = "/sys/fs/bpf/sluice"
+	defaultPinPath = defaults.PinPath
 )
 
 // flowReader is what conntrack needs from pinned maps when the agent is down.

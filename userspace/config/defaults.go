@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/service"
@@ -44,13 +45,13 @@ const (
 
 // Defaults applied by Parse to keys the file leaves out.
 const (
-	DefaultAdminSocket     = "/run/sluice/admin.sock"
-	DefaultMetricsListen   = "127.0.0.1:9464"
-	DefaultPinPath         = "/sys/fs/bpf/sluice"
-	DefaultMaglevTableSize = 16381
-	DefaultConntrackMax    = 262144
-	DefaultDNSPort         = 53
-	DefaultDrainTimeout    = 30 * time.Second
+	DefaultAdminSocket     = defaults.AdminSocket
+	DefaultMetricsListen   = defaults.MetricsListen
+	DefaultPinPath         = defaults.PinPath
+	DefaultMaglevTableSize = defaults.MaglevTableSize
+	DefaultConntrackMax    = defaults.ConntrackMax
+	DefaultDNSPort         = defaults.DNSPort
+	DefaultDrainTimeout    = defaults.DrainTimeout
 )
 
 // defaulter sets a value only where the file did not.
