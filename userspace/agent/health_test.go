@@ -88,10 +88,19 @@ func TestHealthChecksEjectAndRecover(t *testing.T) {
 		t.Fatal("unhealthy address still in the table")
 	}
 	// The other one is kept whatever happens: 50% at most are ejected.
+	// Wait for the checker's verdict on it: the pool refusing the ejection.
+	p := h.a.pools["web"].p
+	refused := p.EjectionsRefused()
 	ok1.Store(false)
-	time.Sleep(300 * time.Millisecond)
-	if err := h.a.tick(time.Now()); err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(5 * time.Second)
+	for p.EjectionsRefused() == refused {
+		if time.Now().After(deadline) {
+			t.Fatal("no ejection of the last healthy address was attempted")
+		}
+		if err := h.a.tick(time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // a tick between two checks (interval 50ms)
 	}
 	if b := h.state(h1); b.State != pool.Active {
 		t.Fatalf("the whole pool ejected: %+v", b)
