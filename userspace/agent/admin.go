@@ -108,7 +108,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 			}
 			ap.Backends = append(ap.Backends, ab)
 		}
-		ap.NotServed = a.dns.notServed(name)
+		ap.NotServed = append(a.dns.notServed(name), a.admit.notServed(name)...)
 		st.Pools = append(st.Pools, ap)
 	}
 	return st, nil

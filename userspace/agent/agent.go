@@ -70,6 +70,9 @@ type options struct {
 	// reverseGC removes orphaned reverse conntrack entries
 	// (datapath.Real.GCReverse); nil: not collected.
 	reverseGC func() (int, error)
+	// hostAddrs lists the host's own addresses, which no backend may
+	// have (nil: none known).
+	hostAddrs func() []netip.Addr
 }
 
 // poolState is a pool the agent runs: configured, or dropped from the
@@ -104,6 +107,7 @@ type agent struct {
 	rec         *reconciler
 	flows       *flowWatcher
 	dns         *dnsAdapter
+	admit       *admission
 	trackers    *trackers
 	health      *healthStage
 	l7          *l7Stage // nil: http services not served
@@ -133,10 +137,16 @@ func newAgent(dp datapath.Map, o options) *agent {
 	var (
 		mapErrorCount func(string)
 		gcCount       func(int)
+		refusedCount  func(pool, source, reason string)
+		forgetSource  func(pool, source string)
+		forgetName    func(name string)
 	)
 	if o.metrics != nil {
 		mapErrorCount = o.metrics.Agent.MapError
 		gcCount = o.metrics.Agent.ConntrackGCDeleted
+		refusedCount = o.metrics.Agent.AddressRefused
+		forgetSource = o.metrics.Agent.ForgetSource
+		forgetName = o.metrics.Agent.ForgetDNSName
 	}
 	errs := newMapErrors(o.log, o.now, mapErrorCount)
 	a := &agent{
@@ -151,11 +161,12 @@ func newAgent(dp datapath.Map, o options) *agent {
 		errs:        errs,
 		rec:         newReconciler(dp, o.log, errs, o.routeSrc),
 		flows:       newFlowWatcher(dp, o.log, errs, o.reverseGC, gcCount),
+		admit:       newAdmission(o.hostAddrs, refusedCount, forgetSource),
 		trackers:    newTrackers(o.log.With("component", "eject"), ejectionMetrics(o.metrics)),
 		health:      newHealthStage(o.ctx, o.log, o.metrics, o.now),
 		pools:       make(map[string]*poolState),
 	}
-	a.dns = newDNSAdapter(o.log)
+	a.dns = newDNSAdapter(o.log, forgetName)
 	if o.dns != nil {
 		w, err := o.dns(a.onDNSUpdate, a.observeDNS)
 		if err != nil {
@@ -250,6 +261,7 @@ func poolConfig(c config.Pool) pool.Config {
 // with mu held.
 func (a *agent) apply(now time.Time, cfg *config.Config) {
 	a.cfg = cfg
+	a.admit.setConfig(cfg)
 	a.dns.setConfig(cfg)
 	for _, ps := range a.pools {
 		ps.configured = false
@@ -269,7 +281,7 @@ func (a *agent) apply(now time.Time, cfg *config.Config) {
 			static = append(static, pool.Desired{Addr: b.AddrPort, Weight: b.Weight, Info: "config line " + strconv.Itoa(b.Line)})
 		}
 		ps.p.Expect(now, sources)
-		ps.p.SetSource(now, pool.SourceStatic, static)
+		ps.p.SetSource(now, pool.SourceStatic, a.admit.admit(pc.Name, pool.SourceStatic, static))
 	}
 	for name, ps := range a.pools {
 		if !ps.configured {

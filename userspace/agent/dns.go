@@ -53,15 +53,16 @@ type dnsSet struct {
 // answers the status questions about names. Its own lock guards uses; the
 // watcher is safe for concurrent use.
 type dnsAdapter struct {
-	log *slog.Logger
-	w   dnsWatcher // nil: names are not resolved
+	log    *slog.Logger
+	w      dnsWatcher        // nil: names are not resolved
+	forget func(name string) // drops the series of a name no pool uses; nil: none
 
 	mu   sync.Mutex
 	uses map[string][]dnsUse // by normalized name
 }
 
-func newDNSAdapter(log *slog.Logger) *dnsAdapter {
-	return &dnsAdapter{log: log, uses: make(map[string][]dnsUse)}
+func newDNSAdapter(log *slog.Logger, forget func(name string)) *dnsAdapter {
+	return &dnsAdapter{log: log, forget: forget, uses: make(map[string][]dnsUse)}
 }
 
 // newDNSWatcher returns the options.dns of a real agent: a resolver and
@@ -92,8 +93,19 @@ func (d *dnsAdapter) setConfig(cfg *config.Config) {
 		}
 	}
 	d.mu.Lock()
+	var gone []string
+	for fq := range d.uses {
+		if _, ok := uses[fq]; !ok {
+			gone = append(gone, fq)
+		}
+	}
 	d.uses = uses
 	d.mu.Unlock()
+	if d.forget != nil {
+		for _, fq := range gone {
+			d.forget(fq)
+		}
+	}
 }
 
 // usesOf lists the pool backends that use the normalized name.
@@ -294,7 +306,7 @@ func (a *agent) applyDNS(now time.Time, sets []dnsSet) bool {
 		if !ok || !ps.configured {
 			continue
 		}
-		if ps.p.SetSource(now, s.source, s.addrs) {
+		if ps.p.SetSource(now, s.source, a.admit.admit(s.pool, s.source, s.addrs)) {
 			changed = true
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/discovery"
+	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -376,5 +377,101 @@ services:
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("changed answer wrote %v, want %v (api's service %d untouched)", got, want, apiID)
+	}
+}
+
+// A DNS answer is filtered before it reaches the pool: forbidden
+// addresses never become backends (nor table entries), status lists them
+// with the reason, and the metric counts each once.
+func TestDNSAnswersFiltered(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	var m *metrics.Metrics
+	h := newHarnessWith(t, nil, dnsConfig, func(o *options) {
+		w.use(o)
+		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
+		o.metrics = m
+		o.hostAddrs = func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("198.18.2.1")} }
+	})
+	h.a.syncDNS()
+	port := func(ip string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(ip), 8080) }
+	bad := []netip.AddrPort{port("127.0.0.1"), port("169.254.169.254"), port("0.0.0.0"),
+		port("198.18.1.100"), port("198.18.2.1"), port("224.0.0.1")}
+	u := answer(h.now, append([]netip.AddrPort{dns1}, bad...)...)
+	h.a.onDNSUpdate(u)
+	h.a.onDNSUpdate(u) // the same answer again: counted once
+
+	for _, ap := range bad {
+		if _, ok := h.a.pools["web"].p.Backend(ap); ok {
+			t.Errorf("%s reached the pool", ap)
+		}
+	}
+	if b := h.state(dns1); b.State != pool.Active {
+		t.Fatalf("dns1 = %+v", b)
+	}
+	if got := len(h.tableSlots(1)); got != 2 {
+		t.Fatalf("table has %d backends, want be1 and dns1", got)
+	}
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons := map[string]string{}
+	for _, n := range st.Pools[0].NotServed {
+		reasons[n.Address] = n.Reason
+	}
+	for ap, want := range map[netip.AddrPort]string{
+		bad[0]: "refused (loopback)", bad[1]: "refused (link-local)", bad[2]: "refused (unspecified)",
+		bad[3]: `refused (own-address): our own address: listen address of service "web-l4"`,
+		bad[4]: "refused (own-address): an address of this host", bad[5]: "refused (multicast)",
+	} {
+		if !strings.HasPrefix(reasons[ap.String()], want) {
+			t.Errorf("status for %s: %q, want %q...", ap, reasons[ap.String()], want)
+		}
+	}
+	got := gather(t, m)["sluice_backend_addresses_refused_total"]
+	for labels, n := range map[string]float64{
+		"pool=web,reason=loopback,source=backend.lab":    1,
+		"pool=web,reason=own-address,source=backend.lab": 2,
+		"pool=web,reason=link-local,source=backend.lab":  1,
+	} {
+		if got[labels] != n {
+			t.Errorf("%s = %v, want %v (all: %v)", labels, got[labels], n, got)
+		}
+	}
+
+	// The answer drops them: status forgets them.
+	h.a.onDNSUpdate(answer(h.now, dns1))
+	if st, _ := h.a.Status(h.ctx); len(st.Pools[0].NotServed) != 0 {
+		t.Fatalf("not served after a clean answer: %+v", st.Pools[0].NotServed)
+	}
+	// The name leaves the config: its series go.
+	h.write(strings.Replace(dnsConfig, "      - name: backend.lab\n        port: 8080\n        weight: 2\n", "", 1))
+	h.a.onDNSUpdate(u)
+	m.Agent.DNSLookup("backend.lab.", "")
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sluice_backend_addresses_refused_total", "sluice_dns_lookups_total"} {
+		if got := gather(t, m)[name]; len(got) != 0 {
+			t.Errorf("%s: series of a name no longer configured: %v", name, got)
+		}
+	}
+}
+
+// A fixed address that is one of the host's is refused at run time (the
+// config check cannot know the host it will run on).
+func TestStaticHostAddressRefused(t *testing.T) {
+	h := newHarnessWith(t, nil, baseConfig, func(o *options) {
+		o.hostAddrs = func() []netip.Addr { return []netip.Addr{be3.Addr()} }
+	})
+	if _, ok := h.a.pools["web"].p.Backend(be3); ok {
+		t.Fatal("a host address reached the pool")
+	}
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns := st.Pools[0].NotServed; len(ns) != 1 || ns[0].Address != be3.String() || ns[0].Source != pool.SourceStatic {
+		t.Fatalf("not served = %+v", ns)
 	}
 }

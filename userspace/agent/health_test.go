@@ -25,6 +25,7 @@ func healthConfig(be1, be2 string, check bool) string {
 pools:
   - name: web
     drain_timeout: 30s
+    addresses: {allow: [127.0.0.1/32]}   # the test servers listen on loopback
 %s    backends:
       - address: %s
       - address: %s

@@ -36,6 +36,7 @@ func l7Config(listen, backend string) string {
 pools:
   - name: web
     drain_timeout: 30s
+    addresses: {allow: [127.0.0.1/32]}   # the test servers listen on loopback
     backends:
       - address: %s
 services:
@@ -163,8 +164,8 @@ func TestL7Services(t *testing.T) {
 	}
 	waitRefused(t, listen)
 
-	// Removed from the config: it stops.
-	h.write(strings.Replace(l7Config(listen2, backend), "protocol: http", "protocol: tcp", 1))
+	// Removed from the config (an L4 service in its place): it stops.
+	h.write(strings.Replace(l7Config("198.18.1.100:80", backend), "protocol: http", "protocol: tcp", 1))
 	if err := h.a.Reload(h.ctx); err != nil {
 		t.Fatal(err)
 	}

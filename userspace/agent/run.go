@@ -94,6 +94,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		log: log, version: version, configPath: configPath, ctx: ctx, metrics: m,
 		routeSrc:     routeSource,
 		reverseGC:    dp.GCReverse,
+		hostAddrs:    hostAddresses,
 		dns:          newDNSWatcher(cfg.DNS, log),
 		l7:           true,
 		accessLogOut: os.Stdout,

@@ -331,6 +331,40 @@ services:
     listen: 198.18.1.100:80
     pool: web
 `},
+		{"backend address filter", `
+interfaces: [eth0]
+metrics: {listen: 198.18.0.1:9464}
+pools:
+  - name: web
+    backends:
+      - address: 127.0.0.1:80          # <- pools[0].backends[0].address: 127.0.0.1:80 refused (loopback)
+      - address: 169.254.169.254:80    # <- refused (link-local)
+      - address: 0.0.0.0:80            # <- refused (unspecified)
+      - address: 0.1.2.3:80            # <- refused (this-network)
+      - address: 224.0.0.1:80          # <- refused (multicast)
+      - address: 255.255.255.255:80    # <- refused (reserved)
+      - address: 198.18.1.100:8080     # <- refused (own-address): our own address: listen address of service "a"
+      - address: 198.18.0.1:9464       # <- refused (own-address): our own address: the metrics listen address
+      - address: 198.18.0.1:80
+      - address: 198.18.2.11:80
+  - name: local
+    addresses:
+      allow: [127.0.0.1/32, 198.18.2.0/24, 198.18.3.1]
+      deny:
+        - 198.18.2.99/32
+        - 10.0.0.1/8                   # <- "10.0.0.1/8" has host bits set (did you mean 10.0.0.0/8?)
+        - nonsense                     # <- pools[1].addresses.deny[2]: "nonsense" is not a CIDR
+    backends:
+      - address: 127.0.0.1:80
+      - address: 198.18.2.12:80
+      - address: 198.18.3.1:80
+      - address: 198.18.2.99:80        # <- pools[1].backends[3].address: 198.18.2.99:80 refused (denied): in the pool's deny list
+      - address: 198.18.4.1:80         # <- refused (not-allowed)
+services:
+  - name: a
+    listen: 198.18.1.100:80
+    pool: web
+`},
 		{"pool timers and ejection", `
 interfaces: [eth0]
 pools:

@@ -567,6 +567,7 @@ func populated(t *testing.T) *Metrics {
 	m.Agent.MapError("set_backend")
 	m.Agent.ConntrackGCDeleted(1)
 	m.Agent.HealthCheck("web", a1, "pass", time.Millisecond)
+	m.Agent.AddressRefused("web", "backend.lab", "loopback")
 	m.L7.Request("web-http", 200, time.Millisecond, 1)
 	m.L7.Retry("web-http", "reset")
 	m.L7.RetryRefused("web-http")
