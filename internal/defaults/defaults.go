@@ -29,3 +29,20 @@ const (
 	// DNSPort is the port of a DNS server named without one.
 	DNSPort = 53
 )
+
+// The data path's capacities (bpf/include/consts.h; userspace/datapath
+// checks its maps against them at load, and a test ties them to
+// datapath.MaxServices and datapath.MaxBackends). Id 0 and slot 0 are
+// never used, so MaxServices-1 services and MaxBackends-1 backend
+// addresses fit.
+const (
+	MaxServices = 1024
+	MaxBackends = 4096
+)
+
+// MaxAddressesPerName caps the addresses one DNS answer may add to a pool:
+// the rest are reported, not served. A Maglev table spreads well only
+// over far fewer backends than its entries (16381 / 256 = 64 entries
+// each), and a name answering thousands of addresses would take the
+// backend slots of every other pool.
+const MaxAddressesPerName = 256

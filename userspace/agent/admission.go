@@ -1,16 +1,22 @@
 package agent
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"sync"
 
+	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/userspace/addrfilter"
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
+
+// reasonOverLimit is the refusal reason of the addresses of a DNS answer
+// beyond maxPerName.
+const reasonOverLimit = "over-limit"
 
 // sourceKey is one source of one pool.
 type sourceKey struct{ pool, source string }
@@ -27,6 +33,8 @@ type admission struct {
 	hostAddrs func() []netip.Addr               // nil: none known
 	count     func(pool, source, reason string) // the metric; nil: none
 	forget    func(pool, source string)         // drops a source's series; nil: none
+	// maxPerName caps the addresses one DNS name may add to a pool.
+	maxPerName int
 
 	mu      sync.Mutex
 	filters map[string]*addrfilter.Filter
@@ -36,7 +44,7 @@ type admission struct {
 
 func newAdmission(hostAddrs func() []netip.Addr, count func(pool, source, reason string), forget func(pool, source string)) *admission {
 	return &admission{
-		hostAddrs: hostAddrs, count: count, forget: forget,
+		hostAddrs: hostAddrs, count: count, forget: forget, maxPerName: defaults.MaxAddressesPerName,
 		filters: make(map[string]*addrfilter.Filter),
 		refused: make(map[sourceKey]map[netip.AddrPort]addrfilter.Verdict),
 	}
@@ -135,6 +143,23 @@ func (g *admission) admit(poolName, source string, in []pool.Desired) []pool.Des
 		if _, was := before[d.Addr]; !was {
 			counted = append(counted, v.Reason)
 		}
+	}
+	if source != pool.SourceStatic && len(out) > g.maxPerName {
+		// A name answering more addresses than a pool can use: the
+		// first ones by address are served, the rest reported.
+		slices.SortFunc(out, func(x, y pool.Desired) int { return x.Addr.Compare(y.Addr) })
+		if now == nil {
+			now = make(map[netip.AddrPort]addrfilter.Verdict)
+		}
+		detail := fmt.Sprintf("the name answered %d usable addresses, more than the %d one name may add: the first %d by address are served",
+			len(out), g.maxPerName, g.maxPerName)
+		for _, d := range out[g.maxPerName:] {
+			now[d.Addr] = addrfilter.Verdict{Reason: reasonOverLimit, Detail: detail}
+			if _, was := before[d.Addr]; !was {
+				counted = append(counted, reasonOverLimit)
+			}
+		}
+		out = out[:g.maxPerName]
 	}
 	if now == nil {
 		delete(g.refused, key)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/discovery"
 	"github.com/sluicelb/sluice/userspace/metrics"
@@ -473,5 +474,42 @@ func TestStaticHostAddressRefused(t *testing.T) {
 	}
 	if ns := st.Pools[0].NotServed; len(ns) != 1 || ns[0].Address != be3.String() || ns[0].Source != pool.SourceStatic {
 		t.Fatalf("not served = %+v", ns)
+	}
+}
+
+// Issue 10 item 10: a name answering 4000 addresses adds at most
+// MaxAddressesPerName to its pool; the rest are listed and counted.
+func TestDNSAnswerCapped(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	var m *metrics.Metrics
+	h := newHarnessWith(t, nil, dnsConfig, func(o *options) {
+		w.use(o)
+		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
+		o.metrics = m
+	})
+	h.a.syncDNS()
+	var addrs []netip.AddrPort
+	for i := range 4000 {
+		addrs = append(addrs, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(1 + i%250)}), 8080))
+	}
+	h.a.onDNSUpdate(answer(h.now, addrs...))
+	if got := len(h.a.pools["web"].p.Active()); got != 1+defaults.MaxAddressesPerName {
+		t.Fatalf("%d active addresses, want be1 + %d", got, defaults.MaxAddressesPerName)
+	}
+	if _, ok := h.a.pools["web"].p.Backend(addrs[defaults.MaxAddressesPerName-1]); !ok {
+		t.Fatal("the first addresses by address are not the ones served")
+	}
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(st.Pools[0].NotServed); n != 4000-defaults.MaxAddressesPerName {
+		t.Fatalf("%d not served, want %d", n, 4000-defaults.MaxAddressesPerName)
+	}
+	if r := st.Pools[0].NotServed[0].Reason; !strings.HasPrefix(r, "refused (over-limit): the name answered 4000") {
+		t.Fatalf("reason %q", r)
+	}
+	if got := gather(t, m)["sluice_backend_addresses_refused_total"]["pool=web,reason=over-limit,source=backend.lab"]; got != 4000-defaults.MaxAddressesPerName {
+		t.Fatalf("over-limit count = %v", got)
 	}
 }

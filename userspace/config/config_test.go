@@ -1049,3 +1049,43 @@ func TestDocsExamples(t *testing.T) {
 		t.Errorf("found %d examples, want at least 2", blocks)
 	}
 }
+
+// Issue 10 item 10: more services or fixed backends than the data path
+// holds are refused by `sluice check`, not discovered at run time.
+func TestLimits(t *testing.T) {
+	build := func(services, pools, perPool int) string {
+		var b strings.Builder
+		b.WriteString("interfaces: [eth0]\ndatapath: {maglev_table_size: 65521}\npools:\n")
+		for p := range pools {
+			fmt.Fprintf(&b, "  - name: p%d\n    backends:\n", p)
+			for i := range perPool {
+				fmt.Fprintf(&b, "      - address: 10.%d.%d.%d:80\n", p, i/250, 1+i%250)
+			}
+		}
+		b.WriteString("services:\n")
+		for s := range services {
+			fmt.Fprintf(&b, "  - name: s%d\n    listen: 198.18.%d.%d:80\n    pool: p0\n", s, 1+s/250, 1+s%250)
+		}
+		return b.String()
+	}
+	if _, err := Parse([]byte(build(1023, 4, 1023)), "ok.yaml"); err != nil {
+		t.Fatalf("at the limits: %v", err)
+	}
+	_, err := Parse([]byte(build(1100, 5, 1000)), "big.yaml")
+	var ve *ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("over the limits: %v", err)
+	}
+	var msgs []string
+	for _, p := range ve.Problems {
+		msgs = append(msgs, p.Path+": "+p.Msg)
+	}
+	want := []string{
+		"pools: 5000 fixed backend addresses in all pools: the data path holds at most 4095",
+		"services: 1100 tcp/udp services: the data path holds at most 1023",
+	}
+	slices.Sort(msgs)
+	if !slices.Equal(msgs, want) {
+		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(msgs, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/userspace/addrfilter"
 	"github.com/sluicelb/sluice/userspace/maglev"
@@ -143,6 +144,7 @@ func (v *validator) validate(c *Config) {
 		}
 		listeners[listener{s.ListenAddr, transport}] = s.Name
 	}
+	v.limits(c)
 	// Fixed addresses go through the filter DNS answers go through, once
 	// every listen address is known.
 	own := c.OwnAddresses()
@@ -313,6 +315,30 @@ func (v *validator) pool(c *Config, p *Pool, path string) {
 	}
 	if p.HealthCheck != nil {
 		v.healthCheck(p.HealthCheck, path+".health_check")
+	}
+}
+
+// limits checks what the data path can hold: service ids for the tcp/udp
+// services, backend slots for the fixed addresses of every pool (DNS
+// answers come on top at run time, capped per name).
+func (v *validator) limits(c *Config) {
+	if n := len(c.L4Services()); n > defaults.MaxServices-1 {
+		v.add("services", "%d tcp/udp services: the data path holds at most %d", n, defaults.MaxServices-1)
+	}
+	type key struct {
+		pool string
+		addr netip.AddrPort
+	}
+	fixed := make(map[key]bool)
+	for _, p := range c.Pools {
+		for _, b := range p.Backends {
+			if b.AddrPort.IsValid() {
+				fixed[key{p.Name, b.AddrPort}] = true
+			}
+		}
+	}
+	if n := len(fixed); n > defaults.MaxBackends-1 {
+		v.add("pools", "%d fixed backend addresses in all pools: the data path holds at most %d", n, defaults.MaxBackends-1)
 	}
 }
 
