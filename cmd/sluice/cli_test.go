@@ -601,6 +601,18 @@ func TestReload(t *testing.T) {
 	if code != exitFailure || stderr != "sluice reload: reload refused: /etc/sluice/sluice.yaml:7: pools[0].backends[0]: unknown key \"wieght\"\n" {
 		t.Errorf("refused reload: exit %d stderr %q", code, stderr)
 	}
+	// Applied in part (issue 10 item 11): exit 1 with what did not apply,
+	// and status shows it.
+	h.agent.reloadErr = fmt.Errorf("%w: http service web-http not started: address already in use", admin.ErrReloadPartial)
+	code, out, stderr := h.run("reload", "--socket", "@SOCK")
+	if code != exitFailure || out != "" || stderr != "sluice reload: reload applied in part: http service web-http not started: address already in use\n" {
+		t.Errorf("partial reload: exit %d out %q stderr %q", code, out, stderr)
+	}
+	h.agent.status.NotApplied = []string{"http service web-http not started: address already in use"}
+	if code, out, _ := h.run("status", "--socket", "@SOCK"); code != exitOK ||
+		!strings.Contains(out, "NOT APPLIED (the last start or reload could not apply 1 thing of the config):\n  - http service web-http not started") {
+		t.Errorf("status after a partial reload: exit %d\n%s", code, out)
+	}
 }
 
 func TestUnreachable(t *testing.T) {

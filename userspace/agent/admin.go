@@ -31,7 +31,8 @@ const statusFlowsMaxAge = 250 * time.Millisecond
 func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	now := a.now()
 	a.mu.Lock()
-	st := admin.Status{Version: a.version, ConfigPath: a.configPath, StartedAt: a.startedAt}
+	st := admin.Status{Version: a.version, ConfigPath: a.configPath, StartedAt: a.startedAt,
+		NotApplied: slices.Clone(a.notApplied)}
 	cfg := a.cfg
 	pools := make(map[string]*poolState, len(a.pools))
 	for name, ps := range a.pools {
@@ -259,13 +260,19 @@ func (a *agent) Reload(ctx context.Context) error {
 	a.mu.Lock()
 	a.warnRestartOnly(cfg)
 	now := a.now()
-	a.apply(now, cfg)
-	if err := a.reconcileLocked(now); err != nil {
-		a.log.Warn("reload applied, some map writes failed and will be retried", "err", err)
+	applyProblems := a.apply(now, cfg)
+	recErr := a.reconcileLocked(now)
+	if recErr != nil {
+		a.log.Warn("reload applied, some map writes failed and will be retried", "err", recErr)
 	}
 	a.mu.Unlock()
 	a.syncDNS()
-	a.syncL7()
+	problems := notApplied(applyProblems, recErr, a.syncL7())
+	a.setNotApplied(problems)
+	if len(problems) > 0 {
+		a.log.Error("config reloaded in part", "config", a.configPath, "not_applied", problems)
+		return fmt.Errorf("%w: %s", admin.ErrReloadPartial, strings.Join(problems, "; "))
+	}
 	a.log.Info("config reloaded", "config", a.configPath, "services", len(cfg.Services), "pools", len(cfg.Pools))
 	return nil
 }

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -119,6 +121,8 @@ type agent struct {
 	startedAt time.Time
 	cfg       *config.Config
 	pools     map[string]*poolState
+	// notApplied is what the last start or reload could not apply.
+	notApplied []string
 }
 
 func newAgent(dp datapath.Map, o options) *agent {
@@ -192,10 +196,12 @@ func (a *agent) start(now time.Time, cfg *config.Config) error {
 	if err := a.adopt(now, cfg); err != nil {
 		return err
 	}
-	a.apply(now, cfg)
-	if err := a.reconcileLocked(now); err != nil {
+	problems := a.apply(now, cfg)
+	err := a.reconcileLocked(now)
+	if err != nil {
 		a.log.Warn("some map writes failed at start, retrying every tick", "err", err)
 	}
+	a.notApplied = notApplied(problems, err, nil)
 	return nil
 }
 
@@ -257,9 +263,10 @@ func poolConfig(c config.Pool) pool.Config {
 
 // apply makes cfg the running config: pools get their static addresses
 // (sources they no longer have drain), the reconciler its services, the
-// adapters their settings. The data path is written by reconcile. Called
-// with mu held.
-func (a *agent) apply(now time.Time, cfg *config.Config) {
+// adapters their settings. The data path is written by reconcile. It
+// returns what could not apply (no service id left, a health check that
+// did not start). Called with mu held.
+func (a *agent) apply(now time.Time, cfg *config.Config) []string {
 	a.cfg = cfg
 	a.admit.setConfig(cfg)
 	a.dns.setConfig(cfg)
@@ -304,9 +311,9 @@ func (a *agent) apply(now time.Time, cfg *config.Config) {
 		}
 		want = append(want, wantService{key: serviceKey(sc), name: sc.Name, pool: sc.Pool, value: val})
 	}
-	a.rec.setServices(now, want)
+	problems := a.rec.setServices(now, want)
 	a.syncTrackers()
-	a.health.sync(now, cfg, a.configuredPools())
+	return append(problems, a.health.sync(now, cfg, a.configuredPools())...)
 }
 
 // configuredPools are the pools of the running config. Called with mu held.
@@ -414,17 +421,46 @@ func (a *agent) nextDeadline() time.Time {
 	return next
 }
 
-// syncL7 makes the L7 stage serve the running config's http services. It
-// must be called without mu (servers start and stop).
-func (a *agent) syncL7() {
+// syncL7 makes the L7 stage serve the running config's http services and
+// returns what did not apply. It must be called without mu (servers start
+// and stop).
+func (a *agent) syncL7() []string {
 	if a.l7 == nil {
-		return
+		return nil
 	}
 	a.mu.Lock()
 	cfg := a.cfg
 	pools := a.configuredPools()
 	a.mu.Unlock()
-	if cfg != nil {
-		a.l7.sync(a.ctx, cfg, pools)
+	if cfg == nil {
+		return nil
 	}
+	return a.l7.sync(a.ctx, cfg, pools)
+}
+
+// notApplied lists what of the running config the last start or reload
+// could not apply: services without an id, addresses without a backend
+// slot, http services that did not start or update, health checks that
+// did not start. Map writes that failed are not in it: they are retried.
+func notApplied(apply []string, reconcileErr error, l7 []string) []string {
+	out := slices.Clone(apply)
+	var errs []error
+	if j, ok := reconcileErr.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	} else if reconcileErr != nil {
+		errs = []error{reconcileErr}
+	}
+	for _, err := range errs {
+		if errors.Is(err, errExhausted) {
+			out = append(out, err.Error())
+		}
+	}
+	return append(out, l7...)
+}
+
+// setNotApplied records what the last start or reload did not apply.
+func (a *agent) setNotApplied(problems []string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.notApplied = problems
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"reflect"
@@ -45,8 +46,9 @@ func newHealthStage(ctx context.Context, log *slog.Logger, m *metrics.Metrics, n
 // sync starts, replaces or stops the pools' checkers after the config
 // changed. pools are the configured pools by name. An address a stopped
 // checker had ejected (no end time) is recovered when no checker takes
-// over, since nothing else would bring it back.
-func (hs *healthStage) sync(now time.Time, cfg *config.Config, pools map[string]*pool.Pool) {
+// over, since nothing else would bring it back. It returns the pools
+// whose checks did not start.
+func (hs *healthStage) sync(now time.Time, cfg *config.Config, pools map[string]*pool.Pool) (problems []string) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	want := make(map[string]bool)
@@ -58,6 +60,7 @@ func (hs *healthStage) sync(now time.Time, cfg *config.Config, pools map[string]
 		hc, err := health.FromConfig(pc.HealthCheck)
 		if err != nil {
 			hs.log.Error("health checks not run", "pool", pc.Name, "err", err)
+			problems = append(problems, fmt.Sprintf("pool %s: health checks not run: %v", pc.Name, err))
 			continue
 		}
 		want[pc.Name] = true
@@ -70,6 +73,7 @@ func (hs *healthStage) sync(now time.Time, cfg *config.Config, pools map[string]
 		c, err := hs.newChecker(pc.Name, p, hc)
 		if err != nil {
 			hs.log.Error("health checks not run", "pool", pc.Name, "err", err)
+			problems = append(problems, fmt.Sprintf("pool %s: health checks not run: %v", pc.Name, err))
 			delete(hs.checkers, pc.Name)
 			continue
 		}
@@ -84,6 +88,7 @@ func (hs *healthStage) sync(now time.Time, cfg *config.Config, pools map[string]
 		recoverHealthEjected(now, cur.p)
 	}
 	hs.targetsLocked(now)
+	return problems
 }
 
 func (hs *healthStage) newChecker(name string, p *pool.Pool, hc health.Config) (*health.Checker, error) {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -198,6 +200,25 @@ func TestL7ListenConflictLeavesOthersRunning(t *testing.T) {
 	h.a.syncL7()
 	if len(h.a.l7.services) != 0 {
 		t.Fatal("service started on a taken address")
+	}
+
+	// Issue 10 item 11: a reload that cannot start the service says so
+	// (ErrReloadPartial, with the reason), and status lists it until a
+	// reload applies everything.
+	err = h.a.Reload(h.ctx)
+	if !errors.Is(err, admin.ErrReloadPartial) || !strings.Contains(err.Error(), "http service web-http not started") {
+		t.Fatalf("reload with the listen address taken: %v", err)
+	}
+	st, _ := h.a.Status(h.ctx)
+	if len(st.NotApplied) != 1 || !strings.Contains(st.NotApplied[0], "web-http") {
+		t.Fatalf("status not applied = %q", st.NotApplied)
+	}
+	taken.Close()
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatalf("reload with the address free: %v", err)
+	}
+	if st, _ := h.a.Status(h.ctx); len(st.NotApplied) != 0 {
+		t.Fatalf("status not applied after a full reload = %q", st.NotApplied)
 	}
 	cancel()
 	h.a.l7.wait()

@@ -137,8 +137,9 @@ func (r *reconciler) adopt(now time.Time) ([]adoptedSlot, int, error) {
 // setServices makes want the L4 services of the running config: new ones
 // get an id, changed ones are rewritten, the others are deleted by the
 // next reconcile. It also refreshes the host's source address towards
-// every backend (routes may have changed with the config).
-func (r *reconciler) setServices(now time.Time, want []wantService) {
+// every backend (routes may have changed with the config). It returns the
+// services that got no id.
+func (r *reconciler) setServices(now time.Time, want []wantService) (problems []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.clean = false
@@ -158,6 +159,7 @@ func (r *reconciler) setServices(now time.Time, want []wantService) {
 			id, err := r.ids.alloc(now)
 			if err != nil {
 				r.log.Error("cannot add service", "service", w.name, "err", err)
+				problems = append(problems, fmt.Sprintf("service %s: no service id free: %v", w.name, err))
 				continue
 			}
 			s = &service{key: w.key, id: id}
@@ -174,6 +176,7 @@ func (r *reconciler) setServices(now time.Time, want []wantService) {
 		}
 		s.name, s.pool, s.configured = w.name, w.pool, true
 	}
+	return problems
 }
 
 // sourceFor is the host's source address towards ip (invalid: unknown).

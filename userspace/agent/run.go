@@ -113,7 +113,12 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		return err
 	}
 	a.syncDNS()
-	a.syncL7()
+	if problems := a.syncL7(); len(problems) > 0 {
+		a.mu.Lock()
+		a.notApplied = append(a.notApplied, problems...)
+		a.mu.Unlock()
+		log.Error("some of the config is not applied", "not_applied", problems)
+	}
 	log.Info("agent started", "version", version, "config", configPath,
 		"services", len(cfg.Services), "pools", len(cfg.Pools), "interfaces", cfg.Interfaces)
 	listen := cfg.Metrics.Listen
