@@ -258,9 +258,9 @@ func (a *agent) Reload(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", admin.ErrReloadRefused, err)
 	}
 	a.mu.Lock()
-	a.warnRestartOnly(cfg)
+	restartOnly := a.restartOnly(cfg)
 	now := a.now()
-	applyProblems := a.apply(now, cfg)
+	applyProblems := append(restartOnly, a.apply(now, cfg)...)
 	recErr := a.reconcileLocked(now)
 	if recErr != nil {
 		a.log.Warn("reload applied, some map writes failed and will be retried", "err", recErr)
@@ -277,29 +277,38 @@ func (a *agent) Reload(ctx context.Context) error {
 	return nil
 }
 
-// warnRestartOnly logs the settings a reload cannot change.
-func (a *agent) warnRestartOnly(next *config.Config) {
-	cur := a.cfg
+// restartOnly lists the settings of next that a reload cannot apply:
+// those that differ from the ones the agent started with (interfaces,
+// datapath, dns, admin socket, metrics listen address). Each is logged
+// and reported as not applied until a restart or until the file says
+// again what is running. Called with mu held.
+func (a *agent) restartOnly(next *config.Config) []string {
+	cur := a.boot
 	if cur == nil {
-		return
+		return nil
 	}
+	var out []string
 	if !slices.Equal(cur.DNS.Servers, next.DNS.Servers) || cur.DNS.MinTTL != next.DNS.MinTTL ||
 		cur.DNS.MaxTTL != next.DNS.MaxTTL || cur.DNS.NXDomainHold != next.DNS.NXDomainHold ||
 		cur.DNS.Timeout != next.DNS.Timeout || cur.DNS.OnFailure != next.DNS.OnFailure {
-		a.log.Warn("dns settings changed: take effect on restart")
+		out = append(out, "dns settings changed: they take effect on restart")
 	}
 	if !slices.Equal(cur.Interfaces, next.Interfaces) {
-		a.log.Warn("interfaces changed: takes effect on restart")
+		out = append(out, "interfaces changed: they take effect on restart")
 	}
 	if cur.Datapath != next.Datapath {
-		a.log.Warn("datapath settings changed: take effect on restart")
+		out = append(out, "datapath settings changed: they take effect on restart")
 	}
 	if cur.Admin != next.Admin {
-		a.log.Warn("admin socket changed: takes effect on restart")
+		out = append(out, fmt.Sprintf("admin socket changed to %s: it takes effect on restart (the agent answers on %s)", next.Admin.Socket, cur.Admin.Socket))
 	}
 	if cur.Metrics != next.Metrics {
-		a.log.Warn("metrics listen address changed: takes effect on restart")
+		out = append(out, fmt.Sprintf("metrics listen address changed to %s: it takes effect on restart (the agent serves %s)", next.Metrics.Listen, cur.Metrics.Listen))
 	}
+	for _, msg := range out {
+		a.log.Warn(msg)
+	}
+	return out
 }
 
 // SetSource feeds a pool source other than the config (a DNS name's

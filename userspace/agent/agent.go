@@ -120,6 +120,7 @@ type agent struct {
 	mu        sync.Mutex
 	startedAt time.Time
 	cfg       *config.Config
+	boot      *config.Config // the config at start: restart-only settings in effect
 	pools     map[string]*poolState
 	// notApplied is what the last start or reload could not apply.
 	notApplied []string
@@ -193,6 +194,7 @@ func (a *agent) start(now time.Time, cfg *config.Config) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.startedAt = now
+	a.boot = cfg
 	if err := a.adopt(now, cfg); err != nil {
 		return err
 	}

@@ -59,6 +59,16 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	if err := admin.Probe(cfg.Admin.Socket); err != nil {
 		return fmt.Errorf("another agent may be running: %w", err)
 	}
+	// The metrics endpoint is bound before anything else is touched: an
+	// address that cannot be bound is a start failure with a clear
+	// message, not a log line and an agent nobody can scrape.
+	var metricsL net.Listener
+	if cfg.Metrics.Listen != config.MetricsOff {
+		if metricsL, err = metrics.Listen(cfg.Metrics.Listen); err != nil {
+			return err
+		}
+		defer metricsL.Close()
+	}
 	t := cfg.Datapath.Timeouts
 	dp, err := datapath.Open(datapath.Options{
 		PinPath:         cfg.Datapath.PinPath,
@@ -121,20 +131,16 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	}
 	log.Info("agent started", "version", version, "config", configPath,
 		"services", len(cfg.Services), "pools", len(cfg.Pools), "interfaces", cfg.Interfaces)
-	listen := cfg.Metrics.Listen
-	if listen == config.MetricsOff {
-		listen = ""
-	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	return a.serve(ctx, cfg.Admin.Socket, listen, hup)
+	return a.serve(ctx, cfg.Admin.Socket, metricsL, hup)
 }
 
-// serve runs the admin API, the metrics endpoint (unless metricsListen is ""),
+// serve runs the admin API, the metrics endpoint on metricsL (nil: none),
 // the tick loop and a reload per value on hup until ctx is done or the
 // admin server fails.
-func (a *agent) serve(ctx context.Context, socket, metricsListen string, hup <-chan os.Signal) error {
+func (a *agent) serve(ctx context.Context, socket string, metricsL net.Listener, hup <-chan os.Signal) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -148,12 +154,12 @@ func (a *agent) serve(ctx context.Context, socket, metricsListen string, hup <-c
 		}
 	})
 
-	if a.metrics != nil && metricsListen != "" {
+	if a.metrics != nil && metricsL != nil {
 		wg.Go(func() {
-			// Forwarding matters more than the endpoint: a failure is
-			// logged and the agent goes on.
-			if err := a.metrics.Serve(ctx, metricsListen); err != nil {
-				a.log.Error("metrics endpoint not served", "listen", metricsListen, "err", err)
+			// The socket is bound; a failure to serve it later is logged
+			// and forwarding goes on.
+			if err := a.metrics.ServeListener(ctx, metricsL); err != nil {
+				a.log.Error("metrics endpoint stopped", "listen", metricsL.Addr().String(), "err", err)
 			}
 		})
 	}
