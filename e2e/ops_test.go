@@ -226,3 +226,47 @@ func TestReloadServices(t *testing.T) {
 		t.Errorf("keep-alive load dialled %d connections, want %d", kr.Dials, conns)
 	}
 }
+
+// TestTeardownRefusesAndCleansNeighbours (issue 10 item 13): teardown
+// refuses while an agent holds the pins even when asked on another socket
+// (nothing answers there), and once the agent is stopped it removes the
+// managed neighbour entries the agent added for its backends' next hops.
+func TestTeardownRefusesAndCleansNeighbours(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+	agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "active"})
+	managed := func() string {
+		out := lab.MustRun("lb", 5*time.Second, "ip", "neigh", "show")
+		var lines []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "managed") {
+				lines = append(lines, l)
+			}
+		}
+		return strings.Join(lines, "\n")
+	}
+	waitFor(t, 10*time.Second, "managed neighbour entries for the backends", func() error {
+		if managed() == "" {
+			return fmt.Errorf("none yet:\n%s", lab.MustRun("lb", 5*time.Second, "ip", "neigh", "show"))
+		}
+		return nil
+	})
+
+	other := filepath.Join(t.TempDir(), "nobody.sock")
+	out, err := lab.Run("lb", 30*time.Second, env.sluice, "teardown", "--socket", other, "--pin-path", agent.PinPath)
+	if err == nil || !strings.Contains(out, "an agent holds the pins") {
+		t.Fatalf("teardown while the agent runs (asked on another socket): err %v, output %q", err, out)
+	}
+	if _, err := os.Stat(agent.PinPath); err != nil {
+		t.Fatalf("pins gone after a refused teardown: %v", err)
+	}
+
+	agent.Kill()
+	if out, err := lab.Run("lb", 30*time.Second, env.sluice, "teardown", "--socket", other, "--pin-path", agent.PinPath); err != nil {
+		t.Fatalf("teardown with the agent stopped: %v %s", err, out)
+	}
+	if m := managed(); m != "" {
+		t.Errorf("managed neighbour entries left after teardown:\n%s", m)
+	}
+}

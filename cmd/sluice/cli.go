@@ -53,7 +53,10 @@ type env struct {
 	loadConfig func(path string) (*config.Config, error)
 	openPinned func(pinPath string) (flowReader, error)
 	teardown   func(pinPath string) error
-	runAgent   func(ctx context.Context, configPath string, log *slog.Logger, version string) error
+	// pinsHeld reports whether a process holds the pin directory's lock
+	// (a running agent, whatever its admin socket).
+	pinsHeld func(pinPath string) (bool, error)
+	runAgent func(ctx context.Context, configPath string, log *slog.Logger, version string) error
 }
 
 // command is one verb of the CLI.

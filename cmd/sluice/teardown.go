@@ -21,8 +21,10 @@ func teardownCmd() *command {
 		detail: `
 Detaches the XDP programs and removes every map and link pinned under the pin
 path (default ` + defaultPinPath + `), so nothing of sluice stays in the
-kernel. Flows through sluice stop. Stop the agent first: teardown refuses
-while an agent answers on the admin socket, unless --force.`,
+kernel, and the managed neighbour entries the agent added for its backends'
+next hops. Flows through sluice stop. Stop the agent first: teardown
+refuses while an agent answers on the admin socket or holds the pin
+directory's lock (an agent with another socket), unless --force.`,
 		maxArgs: 0,
 		setup: func(fs *flag.FlagSet) runFunc {
 			t := addTargetFlags(fs, true)
@@ -33,8 +35,15 @@ while an agent answers on the admin socket, unless --force.`,
 					return err
 				}
 				if !*force {
+					held, err := e.pinsHeld(r.pinPath)
+					switch {
+					case err != nil:
+						return fmt.Errorf("cannot tell whether an agent holds %s (%w): stop it first, or use --force", r.pinPath, err)
+					case held:
+						return fmt.Errorf("an agent holds the pins under %s (the directory is locked): stop it first, or use --force", r.pinPath)
+					}
 					pctx, cancel := context.WithTimeout(ctx, teardownProbe)
-					_, err := c.Status(pctx)
+					_, err = c.Status(pctx)
 					cancel()
 					switch {
 					case err == nil:
