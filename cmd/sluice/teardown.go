@@ -5,9 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	iofs "io/fs"
+	"os"
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/agent"
 )
 
 // teardownProbe bounds the check that no agent is running.
@@ -54,6 +57,11 @@ directory's lock (an agent with another socket), unless --force.`,
 				}
 				if err := e.teardown(r.pinPath); err != nil {
 					return fmt.Errorf("tearing down %s: %w", r.pinPath, err)
+				}
+				// The agent's saved decisions (drains, ejections) belong to
+				// the data path just removed.
+				if err := os.Remove(agent.StateFile(r.socket)); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+					return fmt.Errorf("removing the agent's saved state: %w", err)
 				}
 				fmt.Fprintf(e.stdout, "detached sluice and removed its pins under %s\n", r.pinPath)
 				return nil

@@ -212,6 +212,9 @@ func (a *agent) operate(poolName, address, verb string, op func(*pool.Pool, time
 	a.log.Info("operator request", "verb", verb, "pool", poolName, "address", addr.String())
 	// Apply at once rather than on the next tick; failed writes are retried.
 	_ = a.reconcileLocked(now)
+	// An operator's decision survives a restart from now on.
+	a.state.markDirty()
+	a.saveState()
 	return nil
 }
 

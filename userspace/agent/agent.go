@@ -75,6 +75,9 @@ type options struct {
 	// hostAddrs lists the host's own addresses, which no backend may
 	// have (nil: none known).
 	hostAddrs func() []netip.Addr
+	// stateFile is where operator drains, drain deadlines and ejections
+	// are kept across restarts ("": not kept; Run uses StateFile).
+	stateFile string
 }
 
 // poolState is a pool the agent runs: configured, or dropped from the
@@ -110,6 +113,7 @@ type agent struct {
 	flows       *flowWatcher
 	dns         *dnsAdapter
 	admit       *admission
+	state       *stateStore
 	trackers    *trackers
 	health      *healthStage
 	l7          *l7Stage // nil: http services not served
@@ -154,6 +158,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		forgetName = o.metrics.Agent.ForgetDNSName
 	}
 	errs := newMapErrors(o.log, o.now, mapErrorCount)
+	state := &stateStore{path: o.stateFile, log: o.log}
 	a := &agent{
 		log:         o.log,
 		version:     o.version,
@@ -162,7 +167,8 @@ func newAgent(dp datapath.Map, o options) *agent {
 		now:         o.now,
 		ctx:         o.ctx,
 		metrics:     o.metrics,
-		transitions: newObserver(o.metrics, o.observe),
+		transitions: newObserver(o.metrics, o.observe, state.markDirty),
+		state:       state,
 		errs:        errs,
 		rec:         newReconciler(dp, o.log, errs, o.routeSrc),
 		flows:       newFlowWatcher(dp, o.log, errs, o.reverseGC, gcCount),
@@ -198,6 +204,7 @@ func (a *agent) start(now time.Time, cfg *config.Config) error {
 	if err := a.adopt(now, cfg); err != nil {
 		return err
 	}
+	a.restore(now, cfg)
 	problems := a.apply(now, cfg)
 	err := a.reconcileLocked(now)
 	if err != nil {
@@ -230,6 +237,42 @@ func (a *agent) adopt(now time.Time, cfg *config.Config) error {
 		a.log.Info("adopted data path state", "services", services, "backend_slots", len(found))
 	}
 	return nil
+}
+
+// restore puts back what a previous agent saved (operator holds, drain
+// deadlines, ejection ends) on top of what adopt found in the slots,
+// before the sources report. Called with mu held.
+func (a *agent) restore(now time.Time, cfg *config.Config) {
+	n := 0
+	for name, saved := range a.state.load() {
+		ps, ok := a.pools[name]
+		if !ok {
+			c := cfg.Pool(name)
+			if c == nil {
+				continue // neither configured nor in the data path
+			}
+			ps = a.poolFor(name, datapath.PoolID(name), c)
+		}
+		for addr, s := range saved {
+			ps.p.Restore(now, addr, s)
+			n++
+		}
+	}
+	if n > 0 {
+		a.log.Info("restored saved backend states", "file", a.state.path, "addresses", n)
+	}
+}
+
+// saveState writes the saved states when something changed. Called with
+// mu held.
+func (a *agent) saveState() {
+	pools := make(map[string]*pool.Pool, len(a.pools))
+	for name, ps := range a.pools {
+		pools[name] = ps.p
+	}
+	if err := a.state.save(pools); err != nil {
+		a.errs.report("SaveState", err, "saving backend states failed; retried on the next tick", "file", a.state.path)
+	}
 }
 
 // poolFor returns the pool called name, creating it with slot id id (from
@@ -380,7 +423,9 @@ func (a *agent) tick(now time.Time) error {
 	}
 	a.connectFailures(now, failures)
 	a.health.targets(now)
-	return a.reconcileLocked(now)
+	err := a.reconcileLocked(now)
+	a.saveState()
+	return err
 }
 
 // drainingFlows counts the flows of ps's draining addresses: those pinned

@@ -95,16 +95,20 @@ func (t topology) FlowCounts() (metrics.FlowCounts, bool) {
 // observer, and kicks the loop so changes made outside the agent's own
 // calls (an ejection by the L7 stage) reach the data path at once.
 type observer struct {
-	metrics *metrics.Metrics // may be nil
-	next    pool.Observer    // may be nil
-	kick    chan struct{}
+	metrics  *metrics.Metrics // may be nil
+	next     pool.Observer    // may be nil
+	onChange func()           // the saved state is out of date; may be nil
+	kick     chan struct{}
 }
 
-func newObserver(m *metrics.Metrics, next pool.Observer) *observer {
-	return &observer{metrics: m, next: next, kick: make(chan struct{}, 1)}
+func newObserver(m *metrics.Metrics, next pool.Observer, onChange func()) *observer {
+	return &observer{metrics: m, next: next, onChange: onChange, kick: make(chan struct{}, 1)}
 }
 
 func (o *observer) observe(t pool.Transition) {
+	if o.onChange != nil {
+		o.onChange()
+	}
 	if o.metrics != nil {
 		o.metrics.Agent.Transition(t)
 	}

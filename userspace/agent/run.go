@@ -105,6 +105,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		routeSrc:     routeSource,
 		reverseGC:    dp.GCReverse,
 		hostAddrs:    hostAddresses,
+		stateFile:    StateFile(cfg.Admin.Socket),
 		dns:          newDNSWatcher(cfg.DNS, log),
 		l7:           true,
 		accessLogOut: os.Stdout,

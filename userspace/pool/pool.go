@@ -817,3 +817,90 @@ func (p *Pool) Counts() map[State]int {
 	}
 	return out
 }
+
+// Saved is what the agent persists of an address across a restart: the
+// decisions the data path's slot state cannot carry (an operator's hold,
+// the real drain deadline, an ejection's end and count).
+type Saved struct {
+	State         State // Draining, Ejected, or Removed (only with Held)
+	Held          bool
+	Cause         string
+	Since         time.Time
+	DrainDeadline time.Time
+	EjectedUntil  time.Time
+	Ejections     int
+}
+
+// Saved returns what of addr is worth persisting (ok false: nothing, the
+// address is active, removed and not held, or unknown).
+func (p *Pool) Saved(addr netip.AddrPort) (Saved, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.entries[addr]
+	if !ok {
+		return Saved{}, false
+	}
+	return savedOf(e)
+}
+
+func savedOf(e *entry) (Saved, bool) {
+	switch {
+	case e.State == Ejected, e.State == Draining, e.Held && e.State == Removed:
+		return Saved{State: e.State, Held: e.Held, Cause: e.Cause, Since: e.Since,
+			DrainDeadline: e.DrainDeadline, EjectedUntil: e.EjectedUntil, Ejections: e.Ejections}, true
+	}
+	return Saved{}, false
+}
+
+// SavedAll returns everything worth persisting, by address.
+func (p *Pool) SavedAll() map[netip.AddrPort]Saved {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[netip.AddrPort]Saved)
+	for addr, e := range p.entries {
+		if s, ok := savedOf(e); ok {
+			out[addr] = s
+		}
+	}
+	return out
+}
+
+// Restore applies what a previous agent decided about addr, read back
+// after a restart (call it after Adopt, before sources report): an
+// operator hold survives whatever the sources say, a drain keeps its
+// deadline, an ejection its end and count. An address the pool does not
+// know yet (an operator-drained address already removed) is added in the
+// saved state, waiting for its source like an adopted one.
+func (p *Pool) Restore(now time.Time, addr netip.AddrPort, s Saved) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.entries[addr]
+	if !ok {
+		if s.State != Removed || !s.Held {
+			// A draining or ejected address the data path no longer has
+			// is gone: nothing to restore.
+			return
+		}
+		e = &entry{Backend: Backend{Addr: addr, State: Removed, Weight: 1}, adopted: true}
+		p.entries[addr] = e
+		p.version++
+	}
+	if e.State != s.State {
+		// The slot says otherwise (it moved on while no agent ran, or
+		// was written by a newer decision): keep only the hold.
+		e.Held = e.Held || s.Held && e.State != Active
+		return
+	}
+	e.Held = s.Held
+	e.Cause = s.Cause
+	e.Since = s.Since
+	switch s.State {
+	case Draining:
+		e.DrainDeadline = s.DrainDeadline
+	case Ejected:
+		e.EjectedUntil = s.EjectedUntil
+		e.Ejections = s.Ejections
+	}
+	p.log.Info("backend state restored", "pool", p.name, "address", addr.String(), "state", s.State.String(),
+		"held", s.Held, "cause", s.Cause)
+}

@@ -662,3 +662,56 @@ func TestTickReportsForgotten(t *testing.T) {
 		t.Fatal("forgetting an address did not change the version")
 	}
 }
+
+// A restart adopts states from the data path's slots; Restore puts back
+// what the slots cannot carry: the operator's hold (also on a DNS-derived
+// address), the drain deadline, the ejection's end.
+func TestSavedAndRestore(t *testing.T) {
+	p := New("web", Config{DrainTimeout: 30 * time.Second, MaxEjectedPercent: 100}, nil, nil)
+	p.Expect(at(0), []string{SourceStatic, "backend.lab"})
+	p.SetSource(at(0), SourceStatic, want(a1))
+	p.SetSource(at(0), "backend.lab", want(a2, a3, a4))
+	if err := p.Drain(at(1), a2); err != nil { // operator, DNS-derived
+		t.Fatal(err)
+	}
+	if err := p.Eject(at(2), a3, at(60), "connect-failure"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Drain(at(3), a4); err != nil {
+		t.Fatal(err)
+	}
+	p.Tick(at(4), counts(map[netip.AddrPort]int{a2: 1})) // a4 has no flow: removed, still held
+	saved := p.SavedAll()
+	if len(saved) != 3 || saved[a2].State != Draining || !saved[a2].Held || !saved[a2].DrainDeadline.Equal(at(31)) ||
+		saved[a3].State != Ejected || !saved[a3].EjectedUntil.Equal(at(60)) || saved[a3].Ejections != 1 ||
+		saved[a4].State != Removed || !saved[a4].Held {
+		t.Fatalf("saved = %+v", saved)
+	}
+
+	// The restarted agent: slots give a1 active, a2 draining, a3 ejected;
+	// a4 (removed) is not in the data path any more.
+	q := New("web", Config{DrainTimeout: 30 * time.Second, MaxEjectedPercent: 100}, nil, nil)
+	q.Adopt(at(100), a1, Active, 1, time.Time{})
+	q.Adopt(at(100), a2, Draining, 1, time.Time{})
+	q.Adopt(at(100), a3, Ejected, 1, at(110))
+	for addr, s := range saved {
+		q.Restore(at(100), addr, s)
+	}
+	q.Expect(at(100), []string{SourceStatic, "backend.lab"})
+	q.SetSource(at(100), SourceStatic, want(a1))
+	q.SetSource(at(101), "backend.lab", want(a2, a3, a4)) // the name still answers all
+	for _, tc := range []struct {
+		addr  netip.AddrPort
+		state State
+		check func(Backend) bool
+	}{
+		{a2, Draining, func(b Backend) bool { return b.Held && b.DrainDeadline.Equal(at(31)) && b.Cause == CauseOperator }},
+		{a3, Ejected, func(b Backend) bool { return b.EjectedUntil.Equal(at(60)) && b.Ejections == 1 }},
+		{a4, Removed, func(b Backend) bool { return b.Held }},
+	} {
+		b, ok := q.Backend(tc.addr)
+		if !ok || b.State != tc.state || !tc.check(b) {
+			t.Errorf("%s after restart = %+v (known %v), want %s as saved", tc.addr, b, ok, tc.state)
+		}
+	}
+}
