@@ -270,3 +270,53 @@ func TestTeardownRefusesAndCleansNeighbours(t *testing.T) {
 		t.Errorf("managed neighbour entries left after teardown:\n%s", m)
 	}
 }
+
+// TestRestartKeepsDecisions (issue 10 item 14): an operator drain of a
+// DNS-derived address, and its drain deadline, are the same after the
+// agent restarts (kill -9) while the name still answers the address: it
+// gets no new connection before or after the restart.
+func TestRestartKeepsDecisions(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.StartDNS("backend.lab. 1 A 198.18.2.11\nbackend.lab. 1 A 198.18.2.12\n")
+	agent := lab.StartAgent(agentConfig{DNSName: "backend.lab", DrainTimeout: 2 * time.Minute})
+	agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "active", backendAddr["be2"]: "active"})
+
+	// A connection on be2 keeps its drain going.
+	events := make(chan string, 4096)
+	long := lab.StartLoad("long", events, "--url", vipURL, "--mode", "keepalive",
+		"--conns", "8", "--interval", "200ms", "--count", "1000", "--duration", "60s", "--timeout", "3s")
+	t.Cleanup(func() { long.Stop(3 * time.Second) })
+	waitFor(t, 10*time.Second, "a flow on be2", func() error {
+		bs, err := agent.poolBackends()
+		if err != nil {
+			return err
+		}
+		if bs[backendAddr["be2"]].ActiveFlows == 0 {
+			return fmt.Errorf("no flow on be2 yet")
+		}
+		return nil
+	})
+	if out, err := agent.CLI("drain", "web", backendAddr["be2"]); err != nil {
+		t.Fatalf("drain: %v %s", err, out)
+	}
+	before := agent.waitStates(t, 5*time.Second, map[string]string{backendAddr["be2"]: "draining"})[backendAddr["be2"]]
+
+	agent.Kill()
+	agent.Start()
+	after := agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "active", backendAddr["be2"]: "draining"})[backendAddr["be2"]]
+	// Let the name answer again (TTL 1s): the drain must hold.
+	time.Sleep(2500 * time.Millisecond)
+	after = agent.waitStates(t, 5*time.Second, map[string]string{backendAddr["be2"]: "draining"})[backendAddr["be2"]]
+	if before.DrainDeadline == nil || after.DrainDeadline == nil || !after.DrainDeadline.Equal(*before.DrainDeadline) {
+		t.Errorf("drain deadline %v before the restart, %v after: want the same", before.DrainDeadline, after.DrainDeadline)
+	}
+	if !strings.Contains(after.Cause, "operator") {
+		t.Errorf("be2's cause after the restart = %q, want the operator's drain", after.Cause)
+	}
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", "40", "--duration", "20s")
+	assertNoFailures(t, "new connections after the restart", r)
+	if r.ByBackend["be2"] != 0 {
+		t.Errorf("be2 is drained by the operator but got %d new connections after the restart: %v", r.ByBackend["be2"], r.ByBackend)
+	}
+}
