@@ -82,6 +82,9 @@ func TestDNSWiringWithARealResolver(t *testing.T) {
 		"interfaces: [veth0]\ndns: {servers: ["+server+"], min_ttl: 200ms}\n", 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// changed is kicked by every transition: waits follow the events, not
+	// a polling interval.
+	changed := make(chan struct{}, 1)
 	h := newHarnessWith(t, nil, text, func(o *options) {
 		cfg, err := config.Load(o.configPath)
 		if err != nil {
@@ -90,6 +93,12 @@ func TestDNSWiringWithARealResolver(t *testing.T) {
 		// The agent's clock follows the real one here: the watcher's does.
 		o.now, o.ctx = time.Now, ctx
 		o.dns = newDNSWatcher(cfg.DNS, slog.New(slog.DiscardHandler))
+		o.observe = func(pool.Transition) {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
 	})
 	defer func() {
 		cancel()
@@ -99,7 +108,7 @@ func TestDNSWiringWithARealResolver(t *testing.T) {
 
 	waitState := func(addr netip.AddrPort, want pool.State) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		timeout := time.After(5 * time.Second)
 		for {
 			h.a.mu.Lock()
 			b, ok := h.a.pools["web"].p.Backend(addr)
@@ -107,10 +116,11 @@ func TestDNSWiringWithARealResolver(t *testing.T) {
 			if ok && b.State == want {
 				return
 			}
-			if time.Now().After(deadline) {
+			select {
+			case <-changed:
+			case <-timeout:
 				t.Fatalf("%s: state %v (known %v), want %v", addr, b.State, ok, want)
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	waitState(dns1, pool.Active)
