@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/testenv"
 	"github.com/sluicelb/sluice/userspace/config"
 )
 
@@ -41,9 +42,6 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// inCI mirrors the e2e suite: CI=true turns "tool missing" skips into failures.
-func inCI() bool { return os.Getenv("CI") == "true" }
-
 // needTool returns the path of a tool the test cannot do without: a skip
 // on a workstation, a failure in CI.
 func needTool(t *testing.T, name, install string) string {
@@ -52,10 +50,7 @@ func needTool(t *testing.T, name, install string) string {
 	if err == nil {
 		return p
 	}
-	if inCI() {
-		t.Fatalf("%s not found and CI=true: %s", name, install)
-	}
-	t.Skipf("%s not installed (%s); CI=true makes this a failure", name, install)
+	testenv.SkipOrFail(t, "%s not installed: %s", name, install)
 	return ""
 }
 

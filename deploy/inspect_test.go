@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/internal/testenv"
 )
 
 // goTool is the go command: on PATH, else /usr/local/go/bin/go (as the Makefile).
@@ -30,14 +32,9 @@ func goTool(t *testing.T) string {
 // TestInspectLive runs scripts/inspect.sh against a real agent in a netns
 // lab (scripts/lab.sh): the program attached natively to both lb links, the
 // decoded maps, and a flow lookup by key for a connection held open.
-// Root only; skipped otherwise, failing under CI=true.
+// Root only; skipped otherwise, failing in CI (testenv).
 func TestInspectLive(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if inCI() {
-			t.Fatal("needs root (netns lab, XDP, bpffs) and CI=true")
-		}
-		t.Skip("needs root (netns lab, XDP, bpffs): sudo go test ./deploy/")
-	}
+	testenv.RequireRoot(t, "the netns lab, XDP and bpffs (sudo go test ./deploy/)")
 	for _, tool := range []string{"bpftool", "jq", "ip", "curl", "nsenter", "ethtool"} {
 		needTool(t, tool, "scripts/deps.sh")
 	}

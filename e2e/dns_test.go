@@ -172,3 +172,62 @@ func TestDNSChange(t *testing.T) {
 		t.Errorf("be3 source = %q, want the DNS name", src)
 	}
 }
+
+// TestDNSForbiddenAnswers (issue 10 item 9): a name that answers one real
+// backend plus loopback, the metadata address, 0.0.0.0, the L4 VIP, the
+// HTTP service's own address and the lb's own address gets only the real
+// backend into its pool: every new L4 connection and every HTTP request
+// reaches be1, none fails, and status lists the others as refused.
+func TestDNSForbiddenAnswers(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	forbidden := []string{"127.0.0.1", "169.254.169.254", "0.0.0.0", vip, httpVIP, "198.18.2.1"}
+	zone := "backend.lab. 1 A 198.18.2.11\n"
+	for _, ip := range forbidden {
+		zone += "backend.lab. 1 A " + ip + "\n"
+	}
+	lab.StartDNS(zone)
+	agent := lab.StartAgent(agentConfig{DNSName: "backend.lab", HTTP: true})
+	agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "active"})
+
+	var st admin.Status
+	waitFor(t, 10*time.Second, "every forbidden answer listed as refused", func() error {
+		var err error
+		if st, err = agent.Status(); err != nil {
+			return err
+		}
+		refused := map[string]string{}
+		for _, p := range st.Pools {
+			for _, n := range p.NotServed {
+				refused[n.Address] = n.Reason
+			}
+		}
+		for _, ip := range forbidden {
+			if r := refused[ip+":80"]; !strings.HasPrefix(r, "refused (") {
+				return fmt.Errorf("%s:80 not listed as refused (%q); not served: %v", ip, r, refused)
+			}
+		}
+		return nil
+	})
+	if bs, err := agent.poolBackends(); err != nil {
+		t.Fatal(err)
+	} else if len(bs) != 1 {
+		t.Fatalf("pool web has %d addresses, want be1 only: %v", len(bs), bs)
+	}
+
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", "40", "--duration", "20s")
+	assertNoFailures(t, "L4 new connections", r)
+	if r.ByBackend["be1"] != r.OK {
+		t.Errorf("L4: want every connection on be1: %v", r.ByBackend)
+	}
+	waitFor(t, 10*time.Second, "the L7 listener", func() error {
+		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
+		return err
+	})
+	r = lab.Load("--url", httpURL, "--mode", "newconn", "--count", "40", "--duration", "20s")
+	assertNoFailures(t, "HTTP requests", r)
+	if r.ByBackend["be1"] != r.OK {
+		t.Errorf("HTTP: want every request answered by be1: %v", r.ByBackend)
+	}
+}

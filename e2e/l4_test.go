@@ -770,3 +770,45 @@ func TestConntrackCLI(t *testing.T) {
 		t.Errorf("conntrack from the pinned maps lists %d established flows (%v), want %d", n, down, conns)
 	}
 }
+
+// TestReloadInPart (issue 10 item 11): a valid config the agent cannot
+// apply in full (an http service on an address already taken, here the
+// metrics endpoint's) is applied except for that part, and `sluice reload`
+// says so with a non-zero exit; `sluice status` lists what did not apply
+// until a reload applies everything.
+func TestReloadInPart(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+
+	taken := "  - name: web-http2\n    listen: 127.0.0.1:9464\n    protocol: http\n    pool: web\n"
+	agent.WriteConfig(agentConfig{Backends: []string{"be1", "be2"}, ExtraServices: taken})
+	out, err := agent.CLI("reload")
+	if err == nil || !strings.Contains(out, "reload applied in part") || !strings.Contains(out, "web-http2 not started") {
+		t.Fatalf("reload with a taken listen address: err %v, output %q", err, out)
+	}
+	// The rest applied: be3 left the config.
+	if state, err := agent.BackendState(backendAddr["be3"]); err != nil {
+		t.Fatal(err)
+	} else if state != "draining" && state != "removed" {
+		t.Errorf("be3 after the partial reload: %q, want draining (the rest of the config applied)", state)
+	}
+	st, err := agent.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.NotApplied) != 1 || !strings.Contains(st.NotApplied[0], "web-http2") {
+		t.Errorf("status not_applied = %q", st.NotApplied)
+	}
+	if text, _ := agent.CLI("status"); !strings.Contains(text, "NOT APPLIED") {
+		t.Errorf("sluice status does not show what did not apply:\n%s", text)
+	}
+
+	agent.WriteConfig(agentConfig{Backends: []string{"be1", "be2"}})
+	if out, err := agent.CLI("reload"); err != nil {
+		t.Fatalf("reload of an applicable config: %v %s", err, out)
+	}
+	if st, err := agent.Status(); err != nil || len(st.NotApplied) != 0 {
+		t.Errorf("status after a full reload: not_applied %q (%v)", st.NotApplied, err)
+	}
+}

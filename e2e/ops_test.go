@@ -226,3 +226,97 @@ func TestReloadServices(t *testing.T) {
 		t.Errorf("keep-alive load dialled %d connections, want %d", kr.Dials, conns)
 	}
 }
+
+// TestTeardownRefusesAndCleansNeighbours (issue 10 item 13): teardown
+// refuses while an agent holds the pins even when asked on another socket
+// (nothing answers there), and once the agent is stopped it removes the
+// managed neighbour entries the agent added for its backends' next hops.
+func TestTeardownRefusesAndCleansNeighbours(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+	agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "active"})
+	managed := func() string {
+		out := lab.MustRun("lb", 5*time.Second, "ip", "neigh", "show")
+		var lines []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "managed") {
+				lines = append(lines, l)
+			}
+		}
+		return strings.Join(lines, "\n")
+	}
+	waitFor(t, 10*time.Second, "managed neighbour entries for the backends", func() error {
+		if managed() == "" {
+			return fmt.Errorf("none yet:\n%s", lab.MustRun("lb", 5*time.Second, "ip", "neigh", "show"))
+		}
+		return nil
+	})
+
+	other := filepath.Join(t.TempDir(), "nobody.sock")
+	out, err := lab.Run("lb", 30*time.Second, env.sluice, "teardown", "--socket", other, "--pin-path", agent.PinPath)
+	if err == nil || !strings.Contains(out, "an agent holds the pins") {
+		t.Fatalf("teardown while the agent runs (asked on another socket): err %v, output %q", err, out)
+	}
+	if _, err := os.Stat(agent.PinPath); err != nil {
+		t.Fatalf("pins gone after a refused teardown: %v", err)
+	}
+
+	agent.Kill()
+	if out, err := lab.Run("lb", 30*time.Second, env.sluice, "teardown", "--socket", other, "--pin-path", agent.PinPath); err != nil {
+		t.Fatalf("teardown with the agent stopped: %v %s", err, out)
+	}
+	if m := managed(); m != "" {
+		t.Errorf("managed neighbour entries left after teardown:\n%s", m)
+	}
+}
+
+// TestRestartKeepsDecisions (issue 10 item 14): an operator drain of a
+// DNS-derived address, and its drain deadline, are the same after the
+// agent restarts (kill -9) while the name still answers the address: it
+// gets no new connection before or after the restart.
+func TestRestartKeepsDecisions(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.StartDNS("backend.lab. 1 A 198.18.2.11\nbackend.lab. 1 A 198.18.2.12\n")
+	agent := lab.StartAgent(agentConfig{DNSName: "backend.lab", DrainTimeout: 2 * time.Minute})
+	agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "active", backendAddr["be2"]: "active"})
+
+	// A connection on be2 keeps its drain going.
+	events := make(chan string, 4096)
+	long := lab.StartLoad("long", events, "--url", vipURL, "--mode", "keepalive",
+		"--conns", "8", "--interval", "200ms", "--count", "1000", "--duration", "60s", "--timeout", "3s")
+	t.Cleanup(func() { long.Stop(3 * time.Second) })
+	waitFor(t, 10*time.Second, "a flow on be2", func() error {
+		bs, err := agent.poolBackends()
+		if err != nil {
+			return err
+		}
+		if bs[backendAddr["be2"]].ActiveFlows == 0 {
+			return fmt.Errorf("no flow on be2 yet")
+		}
+		return nil
+	})
+	if out, err := agent.CLI("drain", "web", backendAddr["be2"]); err != nil {
+		t.Fatalf("drain: %v %s", err, out)
+	}
+	before := agent.waitStates(t, 5*time.Second, map[string]string{backendAddr["be2"]: "draining"})[backendAddr["be2"]]
+
+	agent.Kill()
+	agent.Start()
+	after := agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "active", backendAddr["be2"]: "draining"})[backendAddr["be2"]]
+	// Let the name answer again (TTL 1s): the drain must hold.
+	time.Sleep(2500 * time.Millisecond)
+	after = agent.waitStates(t, 5*time.Second, map[string]string{backendAddr["be2"]: "draining"})[backendAddr["be2"]]
+	if before.DrainDeadline == nil || after.DrainDeadline == nil || !after.DrainDeadline.Equal(*before.DrainDeadline) {
+		t.Errorf("drain deadline %v before the restart, %v after: want the same", before.DrainDeadline, after.DrainDeadline)
+	}
+	if !strings.Contains(after.Cause, "operator") {
+		t.Errorf("be2's cause after the restart = %q, want the operator's drain", after.Cause)
+	}
+	r := lab.Load("--url", vipURL, "--mode", "newconn", "--count", "40", "--duration", "20s")
+	assertNoFailures(t, "new connections after the restart", r)
+	if r.ByBackend["be2"] != 0 {
+		t.Errorf("be2 is drained by the operator but got %d new connections after the restart: %v", r.ByBackend["be2"], r.ByBackend)
+	}
+}

@@ -185,16 +185,6 @@ bg() {
 	printf '%s\n' "$pid" >"$state/$name.pid"
 }
 
-stop_pid() {
-	local pid=$1 i
-	kill -TERM "$pid" 2>/dev/null || return 0
-	for ((i = 0; i < 30; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-}
-
 cleanup() {
 	local rc=$?
 	set +e
@@ -236,51 +226,16 @@ at() {
 source "$repo_root/scripts/lab_lib.sh"
 
 write_config() {
-	cat >"$1" <<-EOF
-		# scripts/dashboard.sh render: lab $id
-		interfaces: [eth0, eth1]
-		admin: {socket: $(admin_socket)}
-		metrics: {listen: $metrics_addr}
-		datapath:
-		  pin_path: $pin
-		  xdp_mode: native
-		  conntrack_max: 4096          # small, so the fill panel shows something
-		  conntrack_timeouts: {tcp_closing: 5s}
-		dns:
-		  servers: [198.18.2.53:53]
-		  min_ttl: 1s
-		pools:
-		  - name: web
-		    backends:
-		      - address: 198.18.2.11:80
-		      - address: 198.18.2.12:80
-		      - address: 198.18.2.13:80
-		    drain_timeout: 12s
-		    ejection: {failures: 3, window: 10s, base_time: 15s, max_time: 1m, max_ejected_percent: 40}
-		  - name: api
-		    backends:
-		      - name: backend.lab
-		        port: 80
-		    drain_timeout: 10s
-		    health_check: {tcp: {}, interval: 1s, timeout: 500ms, rise: 2, fall: 2}
-		services:
-		  - name: web-l4
-		    listen: $vip:80
-		    protocol: tcp
-		    mode: nat
-		    pool: web
-		  - name: api-l4
-		    listen: $api_vip:80
-		    protocol: tcp
-		    mode: nat
-		    pool: api
-		  - name: web-http
-		    listen: $http_vip:80
-		    protocol: http
-		    pool: web
-		    timeouts: {connect: 1s, read: 5s, total: 10s}
-		    retry: {attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD], budget_percent: 20}
-	EOF
+	local cfg_title="scripts/dashboard.sh render" cfg_metrics=$metrics_addr
+	local cfg_datapath="  xdp_mode: native
+  conntrack_max: 4096          # small, so the fill panel shows something
+  conntrack_timeouts: {tcp_closing: 5s}"
+	local cfg_web_drain=12s
+	local cfg_web_ejection="{failures: 3, window: 10s, base_time: 15s, max_time: 1m, max_ejected_percent: 40}"
+	local cfg_api_extra="    health_check: {tcp: {}, interval: 1s, timeout: 500ms, rise: 2, fall: 2}"
+	local cfg_http_extra="    timeouts: {connect: 1s, read: 5s, total: 10s}"
+	local cfg_http_retry="{attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD], budget_percent: 20}"
+	lab_config "$1"
 }
 
 # set_records [mode MODE] A...: backend.lab's answer (TTL 2 s), by rename.

@@ -68,49 +68,12 @@ on() { "$lab" exec "$id" "$@"; }
 # shellcheck source=scripts/lab_lib.sh
 source "$repo_root/scripts/lab_lib.sh"
 
-# write_config FILE: the demo's config: pool web of be1..be3 (fixed
-# addresses) behind service web-l4, pool api (the DNS name backend.lab)
-# behind service api-l4.
+# write_config FILE: the demo's config (lab_config): pool web of be1..be3
+# (fixed addresses) behind services web-l4 and web-http, pool api (the
+# DNS name backend.lab) behind service api-l4.
 write_config() {
-	cat >"$1" <<-EOF
-		# sluice demo config (lab $id)
-		interfaces: [eth0, eth1]
-		admin: {socket: $(admin_socket)}
-		metrics: {listen: 127.0.0.1:9464}
-		datapath: {pin_path: $pin}
-		dns:
-		  servers: [198.18.2.53:53]
-		  min_ttl: 1s
-		pools:
-		  - name: web
-		    backends:
-		      - address: 198.18.2.11:80
-		      - address: 198.18.2.12:80
-		      - address: 198.18.2.13:80
-		    drain_timeout: 10s
-		    ejection: {failures: 2, window: 10s, base_time: 3s}
-		  - name: api
-		    backends:
-		      - name: backend.lab      # every A record is a backend
-		        port: 80
-		    drain_timeout: 10s
-		services:
-		  - name: web-l4
-		    listen: $vip:80
-		    protocol: tcp
-		    mode: nat
-		    pool: web
-		  - name: api-l4
-		    listen: $api_vip:80
-		    protocol: tcp
-		    mode: nat
-		    pool: api
-		  - name: web-http             # the L7 stage: binds $http_vip (local on lb)
-		    listen: $http_vip:80
-		    protocol: http
-		    pool: web
-		    retry: {attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}
-	EOF
+	local cfg_title="sluice demo config"
+	lab_config "$1"
 }
 
 # set_records A...: backend.lab answers these addresses (TTL 2s); written by

@@ -35,6 +35,8 @@
 set -Eeuo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lab_lib.sh
+source "$repo_root/scripts/lab_lib.sh"
 lab_dir=${LAB_DIR:-$repo_root/.lab}
 xdppass_obj=${XDPPASS_OBJ:-$repo_root/bpf/xdppass_bpfel.o}
 
@@ -209,17 +211,6 @@ write_env() {
 	mv "$tmp" "$lab_dir/$id.env"
 }
 
-# kill_pid PID: TERM, wait up to 3 s, then KILL.
-kill_pid() {
-	local pid=$1 i
-	kill -TERM "$pid" 2>/dev/null || return 0
-	for ((i = 0; i < 30; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-}
-
 lab_down() {
 	local id=$1
 	check_id "$id"
@@ -232,7 +223,7 @@ lab_down() {
 			[[ -e $f ]] || continue
 			pid=$(<"$f")
 			if [[ $pid =~ ^[0-9]+$ ]]; then
-				kill_pid "$pid"
+				stop_pid "$pid"
 			fi
 			rm -f "$f"
 		done
@@ -244,7 +235,7 @@ lab_down() {
 		# Anything still running inside a namespace of this lab was started for it.
 		for pid in $(ip netns pids "$ns" 2>/dev/null); do
 			log "killing leftover pid $pid in $ns"
-			kill_pid "$pid"
+			stop_pid "$pid"
 		done
 		ip netns del "$ns" 2>/dev/null || log "could not delete $ns"
 	done

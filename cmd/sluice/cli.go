@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
@@ -31,7 +32,7 @@ const (
 // Defaults for finding the agent and its pins.
 const (
 	defaultSocket  = admin.DefaultSocket
-	defaultPinPath = "/sys/fs/bpf/sluice"
+	defaultPinPath = defaults.PinPath
 )
 
 // flowReader is what conntrack needs from pinned maps when the agent is down.
@@ -52,7 +53,10 @@ type env struct {
 	loadConfig func(path string) (*config.Config, error)
 	openPinned func(pinPath string) (flowReader, error)
 	teardown   func(pinPath string) error
-	runAgent   func(ctx context.Context, configPath string, log *slog.Logger, version string) error
+	// pinsHeld reports whether a process holds the pin directory's lock
+	// (a running agent, whatever its admin socket).
+	pinsHeld func(pinPath string) (bool, error)
+	runAgent func(ctx context.Context, configPath string, log *slog.Logger, version string) error
 }
 
 // command is one verb of the CLI.

@@ -143,6 +143,7 @@ type harness struct {
 	pinned   *fakePinned
 	pinOpens []string
 	teardown []string
+	pinsHeld bool     // what the fake pin lock says
 	ran      []string // runAgent calls
 }
 
@@ -213,6 +214,7 @@ func (h *harness) env(stdout, stderr *bytes.Buffer) *env {
 			h.teardown = append(h.teardown, pinPath)
 			return nil
 		},
+		pinsHeld: func(pinPath string) (bool, error) { return h.pinsHeld, nil },
 		runAgent: func(ctx context.Context, path string, log *slog.Logger, version string) error {
 			h.ran = append(h.ran, path+" "+version)
 			log.Info("fake agent ran")
@@ -601,6 +603,18 @@ func TestReload(t *testing.T) {
 	if code != exitFailure || stderr != "sluice reload: reload refused: /etc/sluice/sluice.yaml:7: pools[0].backends[0]: unknown key \"wieght\"\n" {
 		t.Errorf("refused reload: exit %d stderr %q", code, stderr)
 	}
+	// Applied in part (issue 10 item 11): exit 1 with what did not apply,
+	// and status shows it.
+	h.agent.reloadErr = fmt.Errorf("%w: http service web-http not started: address already in use", admin.ErrReloadPartial)
+	code, out, stderr := h.run("reload", "--socket", "@SOCK")
+	if code != exitFailure || out != "" || stderr != "sluice reload: reload applied in part: http service web-http not started: address already in use\n" {
+		t.Errorf("partial reload: exit %d out %q stderr %q", code, out, stderr)
+	}
+	h.agent.status.NotApplied = []string{"http service web-http not started: address already in use"}
+	if code, out, _ := h.run("status", "--socket", "@SOCK"); code != exitOK ||
+		!strings.Contains(out, "NOT APPLIED (the last start or reload could not apply 1 thing of the config):\n  - http service web-http not started") {
+		t.Errorf("status after a partial reload: exit %d\n%s", code, out)
+	}
 }
 
 func TestUnreachable(t *testing.T) {
@@ -644,6 +658,18 @@ func TestTeardown(t *testing.T) {
 	down := newHarness(t, true)
 	if code, _, stderr := down.run("teardown", "--socket", "@SOCK"); code != exitOK || !reflect.DeepEqual(down.teardown, []string{defaultPinPath}) {
 		t.Errorf("teardown without agent: exit %d stderr %q teardowns %v", code, stderr, down.teardown)
+	}
+
+	// Issue 10 item 13: an agent nobody reaches on this socket (another
+	// socket, or a hung API) but holding the pin directory's lock.
+	locked := newHarness(t, true)
+	locked.pinsHeld = true
+	if code, _, stderr := locked.run("teardown", "--socket", "@SOCK"); code != exitFailure ||
+		!strings.Contains(stderr, "an agent holds the pins under "+defaultPinPath) || len(locked.teardown) != 0 {
+		t.Errorf("teardown while the pins are locked: exit %d stderr %q teardowns %v", code, stderr, locked.teardown)
+	}
+	if code, _, stderr := locked.run("teardown", "--force", "--socket", "@SOCK"); code != exitOK || len(locked.teardown) != 1 {
+		t.Errorf("teardown --force while the pins are locked: exit %d stderr %q", code, stderr)
 	}
 }
 

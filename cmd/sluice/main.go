@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"os/signal"
 	"syscall"
@@ -46,7 +48,16 @@ func systemEnv() *env {
 			}
 			return r, nil
 		},
-		teardown: datapath.Teardown,
+		teardown: func(pinPath string) error {
+			// The managed neighbour entries first: they are found through
+			// the backends map Teardown removes.
+			_, nerr := datapath.RemoveManagedNeighbours(pinPath)
+			if errors.Is(nerr, fs.ErrNotExist) {
+				nerr = nil // nothing pinned: nothing of ours to remove
+			}
+			return errors.Join(datapath.Teardown(pinPath), nerr)
+		},
+		pinsHeld: datapath.PinPathHeld,
 		runAgent: agent.Run,
 	}
 }

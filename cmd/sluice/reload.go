@@ -15,7 +15,13 @@ func reloadCmd() *command {
 The agent re-reads the file it was started with and applies the changes
 without disturbing unrelated flows. An invalid file is refused: the running
 config stays, and the problems are printed with their line numbers (exit
-status 1). Check a file first with 'sluice check -c FILE'.`,
+status 1). Check a file first with 'sluice check -c FILE'.
+
+A valid file that the agent cannot apply in full (no service id or backend
+slot left, an http listen address taken, an access log that cannot be
+opened) is applied except for those parts, which are printed (exit status
+1) and listed under NOT APPLIED in 'sluice status' until a reload applies
+everything.`,
 		maxArgs: 0,
 		setup: func(fs *flag.FlagSet) runFunc {
 			t := addTargetFlags(fs, false)

@@ -47,6 +47,13 @@ draining, the time left before its remaining flows are cut.
 
 func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 	fmt.Fprintf(w, "agent %s, config %s, up %s\n\n", orDash(st.Version), orDash(st.ConfigPath), since(now, st.StartedAt))
+	if len(st.NotApplied) > 0 {
+		fmt.Fprintf(w, "NOT APPLIED (the last start or reload could not apply %d thing%s of the config):\n", len(st.NotApplied), plural(len(st.NotApplied)))
+		for _, p := range st.NotApplied {
+			fmt.Fprintf(w, "  - %s\n", p)
+		}
+		fmt.Fprintln(w)
+	}
 
 	live := map[string]int{} // pool -> addresses not removed
 	for _, p := range st.Pools {

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	iofs "io/fs"
+	"os"
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/agent"
 )
 
 // teardownProbe bounds the check that no agent is running.
@@ -21,8 +24,10 @@ func teardownCmd() *command {
 		detail: `
 Detaches the XDP programs and removes every map and link pinned under the pin
 path (default ` + defaultPinPath + `), so nothing of sluice stays in the
-kernel. Flows through sluice stop. Stop the agent first: teardown refuses
-while an agent answers on the admin socket, unless --force.`,
+kernel, and the managed neighbour entries the agent added for its backends'
+next hops. Flows through sluice stop. Stop the agent first: teardown
+refuses while an agent answers on the admin socket or holds the pin
+directory's lock (an agent with another socket), unless --force.`,
 		maxArgs: 0,
 		setup: func(fs *flag.FlagSet) runFunc {
 			t := addTargetFlags(fs, true)
@@ -33,8 +38,15 @@ while an agent answers on the admin socket, unless --force.`,
 					return err
 				}
 				if !*force {
+					held, err := e.pinsHeld(r.pinPath)
+					switch {
+					case err != nil:
+						return fmt.Errorf("cannot tell whether an agent holds %s (%w): stop it first, or use --force", r.pinPath, err)
+					case held:
+						return fmt.Errorf("an agent holds the pins under %s (the directory is locked): stop it first, or use --force", r.pinPath)
+					}
 					pctx, cancel := context.WithTimeout(ctx, teardownProbe)
-					_, err := c.Status(pctx)
+					_, err = c.Status(pctx)
 					cancel()
 					switch {
 					case err == nil:
@@ -45,6 +57,11 @@ while an agent answers on the admin socket, unless --force.`,
 				}
 				if err := e.teardown(r.pinPath); err != nil {
 					return fmt.Errorf("tearing down %s: %w", r.pinPath, err)
+				}
+				// The agent's saved decisions (drains, ejections) belong to
+				// the data path just removed.
+				if err := os.Remove(agent.StateFile(r.socket)); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+					return fmt.Errorf("removing the agent's saved state: %w", err)
 				}
 				fmt.Fprintf(e.stdout, "detached sluice and removed its pins under %s\n", r.pinPath)
 				return nil

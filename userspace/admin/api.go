@@ -25,6 +25,9 @@ type Status struct {
 	Version    string    `json:"version"`
 	ConfigPath string    `json:"config_path"`
 	StartedAt  time.Time `json:"started_at"`
+	// NotApplied lists what of the running config the last start or
+	// reload could not apply (empty: all of it).
+	NotApplied []string  `json:"not_applied,omitempty"`
 	Services   []Service `json:"services"`
 	Pools      []Pool    `json:"pools"`
 }

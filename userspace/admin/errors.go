@@ -18,6 +18,10 @@ var (
 	// ErrReloadRefused: the new config is invalid and the old one stays (409).
 	// The agent wraps the config error with it.
 	ErrReloadRefused = errors.New("reload refused")
+	// ErrReloadPartial: the new config is valid and applied, except what
+	// the error lists (no id or slot left, a listener that cannot bind, a
+	// file that cannot be opened); status shows it too (422).
+	ErrReloadPartial = errors.New("reload applied in part")
 )
 
 // ErrUnreachable is returned by the Client when nothing answers on the
@@ -30,6 +34,7 @@ const (
 	KindUnknownAddress = "unknown_address"
 	KindBadRequest     = "bad_request"
 	KindReloadRefused  = "reload_refused"
+	KindReloadPartial  = "reload_partial"
 	KindNotFound       = "not_found" // no such endpoint
 	KindForbidden      = "forbidden"
 	KindInternal       = "internal"
@@ -46,6 +51,8 @@ func kindOf(err error) string {
 		return KindBadRequest
 	case errors.Is(err, ErrReloadRefused):
 		return KindReloadRefused
+	case errors.Is(err, ErrReloadPartial):
+		return KindReloadPartial
 	}
 	return KindInternal
 }
@@ -59,6 +66,8 @@ func statusOf(kind string) int {
 		return http.StatusBadRequest
 	case KindReloadRefused:
 		return http.StatusConflict
+	case KindReloadPartial:
+		return http.StatusUnprocessableEntity
 	case KindForbidden:
 		return http.StatusForbidden
 	}
@@ -76,6 +85,8 @@ func sentinelOf(kind string) error {
 		return ErrBadRequest
 	case KindReloadRefused:
 		return ErrReloadRefused
+	case KindReloadPartial:
+		return ErrReloadPartial
 	}
 	return nil
 }

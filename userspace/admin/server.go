@@ -16,10 +16,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicelb/sluice/internal/defaults"
 )
 
 // DefaultSocket is where the agent listens when the config names no socket.
-const DefaultSocket = "/run/sluice/admin.sock"
+const DefaultSocket = defaults.AdminSocket
 
 // ErrSocketInUse is returned by Serve when another live process answers on
 // the socket path.

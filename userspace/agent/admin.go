@@ -23,49 +23,59 @@ const maxFlowsListed = 100000
 // statusFlowsMaxAge is how old flow counts may be in a Status answer.
 const statusFlowsMaxAge = 250 * time.Millisecond
 
-// Status implements admin.Agent.
+// Status implements admin.Agent. It holds the agent's lock only to copy
+// the config and the set of pools: flow counts come from the flow watcher
+// (which walks the conntrack map under its own lock when they are older
+// than statusFlowsMaxAge), slots and ids from the reconciler, counters
+// from the data path.
 func (a *agent) Status(ctx context.Context) (admin.Status, error) {
+	now := a.now()
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	st := admin.Status{Version: a.version, ConfigPath: a.configPath, StartedAt: a.startedAt}
-	if a.cfg == nil {
+	st := admin.Status{Version: a.version, ConfigPath: a.configPath, StartedAt: a.startedAt,
+		NotApplied: slices.Clone(a.notApplied)}
+	cfg := a.cfg
+	pools := make(map[string]*poolState, len(a.pools))
+	for name, ps := range a.pools {
+		pools[name] = ps
+	}
+	a.mu.Unlock()
+	if cfg == nil {
 		return st, nil
 	}
 	// Counts a few hundred milliseconds old are fine; older ones (right
 	// after a drain, say) are refreshed.
-	now := a.now()
-	if now.Sub(a.flowsAt) > statusFlowsMaxAge {
-		a.countFlows(now)
-	}
-	for _, sc := range a.cfg.Services {
+	counts, _ := a.flows.current(now, statusFlowsMaxAge)
+	dp := a.rec.dp
+	for _, sc := range cfg.Services {
 		out := admin.Service{Name: sc.Name, Listen: sc.Listen, Protocol: sc.Protocol, Pool: sc.Pool}
 		if sc.IsL4() {
 			out.Mode = sc.Mode
-			if s, ok := a.services[serviceKey(sc)]; ok {
+			if s, ok := a.rec.serviceOf(serviceKey(sc)); ok {
 				out.ID = s.id
-				out.ActiveFlows = a.flowsBySvc[s.id]
-				out.Backends = len(s.tableSlots)
+				out.ActiveFlows = counts.bySvc[s.id]
+				out.Backends = s.backends
 				if s.written {
-					ss, err := a.dp.ServiceStats(s.id)
+					ss, err := dp.ServiceStats(s.id)
 					if err != nil {
-						a.mapError("ServiceStats", err, "reading service stats failed", "service", sc.Name)
+						a.errs.report("ServiceStats", err, "reading service stats failed", "service", sc.Name)
 					}
 					out.Packets, out.Bytes, out.NewFlows = ss.Packets, ss.Bytes, ss.NewFlows
 					out.RSTs = ss.RSTNoBackend + ss.RSTRemovedBackend
 				}
 			}
-		} else if ps, ok := a.pools[sc.Pool]; ok {
+		} else if ps, ok := pools[sc.Pool]; ok {
 			out.Backends = len(ps.p.Active())
 		}
 		st.Services = append(st.Services, out)
 	}
-	names := make([]string, 0, len(a.pools))
-	for name := range a.pools {
+	names := make([]string, 0, len(pools))
+	for name := range pools {
 		names = append(names, name)
 	}
 	slices.Sort(names)
+	live := a.rec.liveSlots()
 	for _, name := range names {
-		ps := a.pools[name]
+		ps := pools[name]
 		ap := admin.Pool{Name: name, Backends: []admin.Backend{}}
 		for _, b := range ps.p.Backends() {
 			ab := admin.Backend{
@@ -75,8 +85,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				Cause:   b.Cause,
 				Since:   b.Since,
 				Weight:  b.Weight,
-				Slot:    b.Slot,
-				TTLLeft: a.ttlLeft(now, b.Source),
+				TTLLeft: a.dns.ttlLeft(now, b.Source),
 			}
 			if b.Held && b.State != pool.Draining {
 				ab.Cause += ", held by operator"
@@ -89,44 +98,44 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				u := b.EjectedUntil
 				ab.EjectedUntil = &u
 			}
-			if n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr}); ok {
-				ab.Slot = n
-				ab.ActiveFlows = a.flowsBySlot[n]
-				bs, err := a.dp.BackendStats(n)
+			if sg, ok := live[slotKey{ps.id, b.Addr}]; ok {
+				ab.Slot = sg.slot
+				ab.ActiveFlows = counts.bySlot[sg]
+				bs, err := dp.BackendStats(sg.slot)
 				if err != nil {
-					a.mapError("BackendStats", err, "reading backend stats failed", "slot", n)
+					a.errs.report("BackendStats", err, "reading backend stats failed", "slot", sg.slot)
 				}
 				ab.Packets, ab.Bytes, ab.NewFlows = bs.Packets, bs.Bytes, bs.NewFlows
 			}
 			ap.Backends = append(ap.Backends, ab)
 		}
-		ap.NotServed = a.notServed(name)
+		ap.NotServed = append(a.dns.notServed(name), a.admit.notServed(name)...)
 		st.Pools = append(st.Pools, ap)
 	}
 	return st, nil
 }
 
-// Flows implements admin.Agent.
+// Flows implements admin.Agent. The conntrack walk holds no lock of the
+// agent's: it reads the map while the agent goes on.
 func (a *agent) Flows(ctx context.Context, f admin.FlowFilter) ([]admin.Flow, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	names := make(map[uint32]string, len(a.services))
+	names := a.rec.serviceNames()
 	var svcID uint32
-	for _, s := range a.services {
-		names[s.id] = s.name
-		if f.Service != "" && s.name == f.Service {
-			svcID = s.id
+	if f.Service != "" {
+		for id, name := range names {
+			if name == f.Service {
+				svcID = id
+			}
 		}
-	}
-	if f.Service != "" && svcID == 0 {
-		return nil, fmt.Errorf("no L4 service %q: %w", f.Service, admin.ErrBadRequest)
+		if svcID == 0 {
+			return nil, fmt.Errorf("no L4 service %q: %w", f.Service, admin.ErrBadRequest)
+		}
 	}
 	match, err := backendMatcher(f.Backend)
 	if err != nil {
 		return nil, err
 	}
 	out := []admin.Flow{}
-	err = a.dp.Flows(func(fl datapath.Flow) bool {
+	err = a.rec.dp.Flows(func(fl datapath.Flow) bool {
 		if ctx.Err() != nil {
 			return false
 		}
@@ -149,7 +158,7 @@ func (a *agent) Flows(ctx context.Context, f admin.FlowFilter) ([]admin.Flow, er
 		return len(out) < maxFlowsListed
 	})
 	if err != nil {
-		a.mapError("Flows", err, "reading conntrack failed")
+		a.errs.report("Flows", err, "reading conntrack failed")
 		return nil, fmt.Errorf("read conntrack: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -202,7 +211,10 @@ func (a *agent) operate(poolName, address, verb string, op func(*pool.Pool, time
 	}
 	a.log.Info("operator request", "verb", verb, "pool", poolName, "address", addr.String())
 	// Apply at once rather than on the next tick; failed writes are retried.
-	_ = a.reconcile(now)
+	_ = a.reconcileLocked(now)
+	// An operator's decision survives a restart from now on.
+	a.state.markDirty()
+	a.saveState()
 	return nil
 }
 
@@ -249,42 +261,57 @@ func (a *agent) Reload(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", admin.ErrReloadRefused, err)
 	}
 	a.mu.Lock()
-	a.warnRestartOnly(cfg)
+	restartOnly := a.restartOnly(cfg)
 	now := a.now()
-	a.apply(now, cfg)
-	if err := a.reconcile(now); err != nil {
-		a.log.Warn("reload applied, some map writes failed and will be retried", "err", err)
+	applyProblems := append(restartOnly, a.apply(now, cfg)...)
+	recErr := a.reconcileLocked(now)
+	if recErr != nil {
+		a.log.Warn("reload applied, some map writes failed and will be retried", "err", recErr)
 	}
 	a.mu.Unlock()
 	a.syncDNS()
-	a.syncL7()
+	problems := notApplied(applyProblems, recErr, a.syncL7())
+	a.setNotApplied(problems)
+	if len(problems) > 0 {
+		a.log.Error("config reloaded in part", "config", a.configPath, "not_applied", problems)
+		return fmt.Errorf("%w: %s", admin.ErrReloadPartial, strings.Join(problems, "; "))
+	}
 	a.log.Info("config reloaded", "config", a.configPath, "services", len(cfg.Services), "pools", len(cfg.Pools))
 	return nil
 }
 
-// warnRestartOnly logs the settings a reload cannot change.
-func (a *agent) warnRestartOnly(next *config.Config) {
-	cur := a.cfg
+// restartOnly lists the settings of next that a reload cannot apply:
+// those that differ from the ones the agent started with (interfaces,
+// datapath, dns, admin socket, metrics listen address). Each is logged
+// and reported as not applied until a restart or until the file says
+// again what is running. Called with mu held.
+func (a *agent) restartOnly(next *config.Config) []string {
+	cur := a.boot
 	if cur == nil {
-		return
+		return nil
 	}
+	var out []string
 	if !slices.Equal(cur.DNS.Servers, next.DNS.Servers) || cur.DNS.MinTTL != next.DNS.MinTTL ||
 		cur.DNS.MaxTTL != next.DNS.MaxTTL || cur.DNS.NXDomainHold != next.DNS.NXDomainHold ||
 		cur.DNS.Timeout != next.DNS.Timeout || cur.DNS.OnFailure != next.DNS.OnFailure {
-		a.log.Warn("dns settings changed: take effect on restart")
+		out = append(out, "dns settings changed: they take effect on restart")
 	}
 	if !slices.Equal(cur.Interfaces, next.Interfaces) {
-		a.log.Warn("interfaces changed: takes effect on restart")
+		out = append(out, "interfaces changed: they take effect on restart")
 	}
 	if cur.Datapath != next.Datapath {
-		a.log.Warn("datapath settings changed: take effect on restart")
+		out = append(out, "datapath settings changed: they take effect on restart")
 	}
 	if cur.Admin != next.Admin {
-		a.log.Warn("admin socket changed: takes effect on restart")
+		out = append(out, fmt.Sprintf("admin socket changed to %s: it takes effect on restart (the agent answers on %s)", next.Admin.Socket, cur.Admin.Socket))
 	}
 	if cur.Metrics != next.Metrics {
-		a.log.Warn("metrics listen address changed: takes effect on restart")
+		out = append(out, fmt.Sprintf("metrics listen address changed to %s: it takes effect on restart (the agent serves %s)", next.Metrics.Listen, cur.Metrics.Listen))
 	}
+	for _, msg := range out {
+		a.log.Warn(msg)
+	}
+	return out
 }
 
 // SetSource feeds a pool source other than the config (a DNS name's
@@ -298,5 +325,5 @@ func (a *agent) SetSource(poolName, source string, addrs []pool.Desired) error {
 	}
 	now := a.now()
 	ps.p.SetSource(now, source, addrs)
-	return a.reconcile(now)
+	return a.reconcileLocked(now)
 }

@@ -63,8 +63,9 @@ func newHarness(t *testing.T, dp *datapath.Fake, cfgText string) *harness {
 	return newHarnessWith(t, dp, cfgText, nil)
 }
 
-// newHarnessWith is newHarness with a hook run on the agent before start.
-func newHarnessWith(t *testing.T, dp *datapath.Fake, cfgText string, setup func(*agent)) *harness {
+// newHarnessWith is newHarness with a hook that completes the agent's
+// options before it is built.
+func newHarnessWith(t *testing.T, dp *datapath.Fake, cfgText string, setup func(*options)) *harness {
 	t.Helper()
 	if dp == nil {
 		dp = datapath.NewFake(tableSize)
@@ -72,10 +73,11 @@ func newHarnessWith(t *testing.T, dp *datapath.Fake, cfgText string, setup func(
 	h := &harness{t: t, dp: dp, path: filepath.Join(t.TempDir(), "sluice.yaml"),
 		now: time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC), ctx: context.Background()}
 	h.write(cfgText)
-	h.a = newAgent(dp, options{configPath: h.path, version: "test", now: func() time.Time { return h.now }})
+	o := options{configPath: h.path, version: "test", now: func() time.Time { return h.now }}
 	if setup != nil {
-		setup(h.a)
+		setup(&o)
 	}
+	h.a = newAgent(dp, o)
 	cfg, err := config.Load(h.path)
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -102,9 +104,7 @@ func (h *harness) tick(d time.Duration) error {
 // slotOf is the slot bound to an address of pool web.
 func (h *harness) slotOf(addr netip.AddrPort) uint32 {
 	h.t.Helper()
-	h.a.mu.Lock()
-	defer h.a.mu.Unlock()
-	n, _, ok := h.a.slots.lookup(slotKey{datapath.PoolID("web"), addr})
+	n, _, ok := h.a.rec.slotOf(datapath.PoolID("web"), addr)
 	if !ok {
 		h.t.Fatalf("%s has no slot", addr)
 	}
@@ -139,7 +139,7 @@ func (h *harness) addFlow(cport uint16, slot uint32, expired bool) datapath.Flow
 		Client:      netip.AddrPortFrom(netip.MustParseAddr("198.18.0.2"), cport),
 		VIP:         vip,
 		Proto:       datapath.TCP,
-		ServiceID:   h.a.services[webKey].id,
+		ServiceID:   h.serviceID(webKey),
 		BackendSlot: slot,
 		BackendGen:  b.Gen,
 		Backend:     b.Addr,
@@ -148,6 +148,16 @@ func (h *harness) addFlow(cport uint16, slot uint32, expired bool) datapath.Flow
 	}
 	h.dp.AddFlow(f)
 	return f
+}
+
+// serviceID is the id of the service on key.
+func (h *harness) serviceID(key datapath.ServiceKey) uint32 {
+	h.t.Helper()
+	s, ok := h.a.rec.serviceOf(key)
+	if !ok {
+		h.t.Fatalf("no service on %v", key)
+	}
+	return s.id
 }
 
 // opIndex is the index of the first op whose String has prefix, or -1.
@@ -549,8 +559,8 @@ func TestMapErrorsAreRetriedInOrder(t *testing.T) {
 	if b := h.dp.Backend(s1); b.State != datapath.BackendActive {
 		t.Fatalf("slot state written before its table: %+v", b)
 	}
-	if h.a.mapErrors != 1 {
-		t.Fatalf("mapErrors = %d", h.a.mapErrors)
+	if h.a.errs.total != 1 {
+		t.Fatalf("mapErrors = %d", h.a.errs.total)
 	}
 	h.dp.FailNext("SetBackend", boom)
 	err := h.tick(time.Second)
@@ -569,8 +579,8 @@ func TestMapErrorsAreRetriedInOrder(t *testing.T) {
 	if b := h.dp.Backend(s1); b.State != datapath.BackendDraining {
 		t.Fatalf("slot write not retried: %+v", b)
 	}
-	if h.a.mapErrors != 2 {
-		t.Fatalf("mapErrors = %d", h.a.mapErrors)
+	if h.a.errs.total != 2 {
+		t.Fatalf("mapErrors = %d", h.a.errs.total)
 	}
 }
 
@@ -742,21 +752,14 @@ func TestRouteSourceInSlots(t *testing.T) {
 	}
 }
 
-// reverseFake is a Fake that can collect reverse entries, like Real.
-type reverseFake struct {
-	*datapath.Fake
-	calls int
-}
-
-func (r *reverseFake) GCReverse() (int, error) {
-	r.calls++
-	return 2, nil
-}
-
 func TestReverseGCEveryTenSeconds(t *testing.T) {
-	rf := &reverseFake{Fake: datapath.NewFake(tableSize)}
+	calls := 0
+	gc := func() (int, error) {
+		calls++
+		return 2, nil
+	}
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	a := newAgent(rf, options{now: func() time.Time { return now }})
+	a := newAgent(datapath.NewFake(tableSize), options{now: func() time.Time { return now }, reverseGC: gc})
 	path := filepath.Join(t.TempDir(), "sluice.yaml")
 	if err := os.WriteFile(path, []byte(baseConfig), 0o600); err != nil {
 		t.Fatal(err)
@@ -774,7 +777,7 @@ func TestReverseGCEveryTenSeconds(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if rf.calls != 3 || a.gcDeleted != 6 {
-		t.Fatalf("GCReverse calls = %d, deleted = %d; want 3 calls in 25s", rf.calls, a.gcDeleted)
+	if a.flows.gcDeleted != 6 || calls != 3 {
+		t.Fatalf("GCReverse calls = %d, deleted = %d; want 3 calls in 25s", calls, a.flows.gcDeleted)
 	}
 }

@@ -2,8 +2,11 @@ package agent
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/admin"
@@ -21,6 +24,9 @@ type dnsWatcher interface {
 	// Refresh resolves a name now (rate-limited by the watcher) and
 	// reports whether a lookup was triggered.
 	Refresh(name string) bool
+	// Wait returns once every name's goroutine has ended (after the
+	// context given to Sync is done).
+	Wait()
 }
 
 var _ dnsWatcher = (*discovery.Watcher)(nil)
@@ -34,10 +40,46 @@ type dnsUse struct {
 	weight uint32
 }
 
-// dnsUsesOf maps every backend name of cfg (normalized, as the watcher
-// reports it) to the pool backends that use it.
-func dnsUsesOf(cfg *config.Config) map[string][]dnsUse {
-	out := make(map[string][]dnsUse)
+// dnsSet is what one answer means for one pool: the new set of the
+// pool's source named source.
+type dnsSet struct {
+	pool, source string
+	addrs        []pool.Desired
+}
+
+// dnsAdapter is the DNS side of the agent: which pools use which backend
+// name (from the running config), and the watcher that resolves them. It
+// turns a name's answer into the sets of the pools that use it, and
+// answers the status questions about names. Its own lock guards uses; the
+// watcher is safe for concurrent use.
+type dnsAdapter struct {
+	log    *slog.Logger
+	w      dnsWatcher        // nil: names are not resolved
+	forget func(name string) // drops the series of a name no pool uses; nil: none
+
+	mu   sync.Mutex
+	uses map[string][]dnsUse // by normalized name
+}
+
+func newDNSAdapter(log *slog.Logger, forget func(name string)) *dnsAdapter {
+	return &dnsAdapter{log: log, forget: forget, uses: make(map[string][]dnsUse)}
+}
+
+// newDNSWatcher returns the options.dns of a real agent: a resolver and
+// watcher for cfg's dns section.
+func newDNSWatcher(cfg config.DNS, log *slog.Logger) func(onUpdate, observe func(discovery.Update)) (dnsWatcher, error) {
+	return func(onUpdate, observe func(discovery.Update)) (dnsWatcher, error) {
+		r, err := discovery.NewResolver(discovery.FromConfig(cfg), discovery.WithLogger(log.With("component", "dns")))
+		if err != nil {
+			return nil, err
+		}
+		return discovery.NewWatcher(r, discovery.WatcherOptions{OnUpdate: onUpdate, Observe: observe}), nil
+	}
+}
+
+// setConfig records which pools use which names in cfg.
+func (d *dnsAdapter) setConfig(cfg *config.Config) {
+	uses := make(map[string][]dnsUse)
 	for _, p := range cfg.Pools {
 		for _, b := range p.Backends {
 			if !b.IsName() {
@@ -47,35 +89,202 @@ func dnsUsesOf(cfg *config.Config) map[string][]dnsUse {
 			if err != nil {
 				continue // config validation reports bad names
 			}
-			out[fq] = append(out[fq], dnsUse{pool: p.Name, name: b.Name, port: b.Port, weight: b.Weight})
+			uses[fq] = append(uses[fq], dnsUse{pool: p.Name, name: b.Name, port: b.Port, weight: b.Weight})
+		}
+	}
+	d.mu.Lock()
+	var gone []string
+	for fq := range d.uses {
+		if _, ok := uses[fq]; !ok {
+			gone = append(gone, fq)
+		}
+	}
+	d.uses = uses
+	d.mu.Unlock()
+	if d.forget != nil {
+		for _, fq := range gone {
+			d.forget(fq)
+		}
+	}
+}
+
+// usesOf lists the pool backends that use the normalized name.
+func (d *dnsAdapter) usesOf(name string) []dnsUse {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.uses[name])
+}
+
+// names are the normalized names of the running config, sorted.
+func (d *dnsAdapter) names() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]string, 0, len(d.uses))
+	for fq := range d.uses {
+		out = append(out, fq)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// sets turns u into the sets of the pool sources that use its name: one
+// set per pool and name, even when the pool lists the name with several
+// ports.
+func (d *dnsAdapter) sets(u discovery.Update) []dnsSet {
+	d.mu.Lock()
+	uses := d.uses[u.Name]
+	d.mu.Unlock()
+	var out []dnsSet
+	index := make(map[[2]string]int)
+	for _, use := range uses {
+		g := [2]string{use.pool, use.name}
+		i, ok := index[g]
+		if !ok {
+			i = len(out)
+			index[g] = i
+			out = append(out, dnsSet{pool: use.pool, source: use.name, addrs: []pool.Desired{}})
+		}
+		for _, ad := range u.Addrs {
+			if !ad.Addr.Is4() {
+				continue // the data path is IPv4 only; discovery reports AAAA apart
+			}
+			out[i].addrs = append(out[i].addrs, pool.Desired{
+				Addr:   netip.AddrPortFrom(ad.Addr, use.port),
+				Weight: use.weight,
+				Info:   ad.Info(),
+			})
+		}
+	}
+	return out
+}
+
+// sync makes the watcher follow names. It must be called without the
+// agent's mu: the watcher may wait for a name's goroutine, which may be
+// waiting for mu in onDNSUpdate.
+func (d *dnsAdapter) sync(ctx context.Context, names []string) {
+	if d.w == nil {
+		return
+	}
+	if err := d.w.Sync(ctx, names); err != nil {
+		d.log.Error("following backend names", "err", err)
+	}
+}
+
+// published is a name's latest published answer (none before the first
+// good answer: there is nothing to serve, and an empty set would drain
+// adopted addresses).
+func (d *dnsAdapter) published(name string) (discovery.Update, bool) {
+	if d.w == nil {
+		return discovery.Update{}, false
+	}
+	u, ok := d.w.Status(name)
+	return u, ok && u.Published
+}
+
+// wait waits for the watcher's goroutines (after the agent's context ended).
+func (d *dnsAdapter) wait() {
+	if d.w != nil {
+		d.w.Wait()
+	}
+}
+
+// refresh asks for name to be resolved now.
+func (d *dnsAdapter) refresh(name string) bool {
+	return d.w != nil && d.w.Refresh(name)
+}
+
+// ttlLeft is how long the current answer for a backend name is still
+// valid ("" when unknown).
+func (d *dnsAdapter) ttlLeft(now time.Time, name string) string {
+	if d.w == nil || name == "" || name == pool.SourceStatic {
+		return ""
+	}
+	u, ok := d.w.Status(name)
+	if !ok {
+		return ""
+	}
+	return u.TTLLeft(now).Round(100 * time.Millisecond).String()
+}
+
+// notServed lists the AAAA answers of the pool's backend names: reported,
+// not served (the data path is IPv4 only).
+func (d *dnsAdapter) notServed(poolName string) []admin.NotServed {
+	if d.w == nil {
+		return nil
+	}
+	d.mu.Lock()
+	type use struct {
+		fq string
+		dnsUse
+	}
+	var mine []use
+	for fq, us := range d.uses {
+		for _, u := range us {
+			if u.pool == poolName {
+				mine = append(mine, use{fq, u})
+			}
+		}
+	}
+	d.mu.Unlock()
+	slices.SortStableFunc(mine, func(x, y use) int { return strings.Compare(x.fq, y.fq) })
+	var out []admin.NotServed
+	for _, m := range mine {
+		u, ok := d.w.Status(m.fq)
+		if !ok {
+			continue
+		}
+		for _, ip := range u.AAAA {
+			out = append(out, admin.NotServed{
+				Address: netip.AddrPortFrom(ip, m.port).String(),
+				Source:  m.name,
+				Reason:  "IPv6 answer: the data path serves IPv4 only",
+			})
 		}
 	}
 	return out
 }
 
 // onDNSUpdate is the watcher's OnUpdate: the name's address set becomes
-// the set of its source in every pool that uses it, applied at once.
+// the set of its source in every pool that uses it. Only a set that
+// changed reaches the reconciler, and only the pools it changed are
+// looked at there: an answer that says again what the last one said
+// costs a comparison.
 func (a *agent) onDNSUpdate(u discovery.Update) {
+	sets := a.dns.sets(u)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
-	if a.applyDNS(now, u) {
-		if err := a.reconcile(now); err != nil {
+	if a.applyDNS(now, sets) {
+		if err := a.reconcileLocked(now); err != nil {
 			a.log.Debug("reconcile after a DNS update finished with errors, retrying on the next tick", "err", err)
 		}
 	}
 	a.lookupDone(u)
 }
 
+// observeDNS is the watcher's Observe: every lookup's outcome, published
+// or not. It feeds the DNS metrics, and an unpublished outcome (a failed
+// lookup that kept the last answer) wakes the requests waiting for it.
+func (a *agent) observeDNS(u discovery.Update) {
+	if a.metrics != nil {
+		a.metrics.Agent.DNSUpdate(u)
+	}
+	if !u.Published {
+		a.mu.Lock()
+		a.lookupDone(u)
+		a.mu.Unlock()
+	}
+}
+
 // lookupDone tells the pools using u's name that a lookup's outcome is
 // applied, waking requests waiting for it (pool.Reresolve). Unpublished
-// outcomes come here from the watcher's Observe, published ones from
-// onDNSUpdate after the new set is in the pools. Called with mu held.
+// outcomes come here from observeDNS, published ones from onDNSUpdate
+// after the new set is in the pools. Called with mu held.
 func (a *agent) lookupDone(u discovery.Update) {
 	if !u.Lookup {
 		return
 	}
-	for _, use := range a.dnsUses[u.Name] {
+	for _, use := range a.dns.usesOf(u.Name) {
 		if ps, ok := a.pools[use.pool]; ok {
 			ps.p.Resolved(use.name)
 		}
@@ -85,210 +294,43 @@ func (a *agent) lookupDone(u discovery.Update) {
 // refreshName is the pools' pool.Refresher: a lookup of name now, as
 // rate-limited by the watcher.
 func (a *agent) refreshName(name string) bool {
-	return a.dns != nil && a.dns.Refresh(name)
+	return a.dns.refresh(name)
 }
 
-// applyDNS feeds u to the pools using its name and reports whether any
-// does. Called with mu held.
-func (a *agent) applyDNS(now time.Time, u discovery.Update) bool {
-	uses := a.dnsUses[u.Name]
-	// One source per pool and name, even when the pool lists the name
-	// with several ports.
-	type group struct{ pool, name string }
-	sets := make(map[group][]pool.Desired)
-	var order []group
-	for _, use := range uses {
-		g := group{use.pool, use.name}
-		if _, ok := sets[g]; !ok {
-			order = append(order, g)
-			sets[g] = []pool.Desired{}
-		}
-		for _, ad := range u.Addrs {
-			if !ad.Addr.Is4() {
-				continue // the data path is IPv4 only; discovery reports AAAA apart
-			}
-			sets[g] = append(sets[g], pool.Desired{
-				Addr:   netip.AddrPortFrom(ad.Addr, use.port),
-				Weight: use.weight,
-				Info:   ad.Info(),
-			})
-		}
-	}
-	for _, g := range order {
-		ps, ok := a.pools[g.pool]
+// applyDNS feeds sets to their pools and reports whether any changed.
+// Called with mu held.
+func (a *agent) applyDNS(now time.Time, sets []dnsSet) bool {
+	changed := false
+	for _, s := range sets {
+		ps, ok := a.pools[s.pool]
 		if !ok || !ps.configured {
 			continue
 		}
-		ps.p.SetSource(now, g.name, sets[g])
+		if ps.p.SetSource(now, s.source, a.admit.admit(s.pool, s.source, s.addrs)) {
+			changed = true
+		}
 	}
-	return len(uses) > 0
+	return changed
 }
 
 // syncDNS makes the watcher follow the running config's names and gives
 // pools that just started using a watched name its latest answer. It must
-// be called without mu: the watcher may wait for a name's goroutine, which
-// may be waiting for mu in onDNSUpdate.
+// be called without mu.
 func (a *agent) syncDNS() {
-	if a.dns == nil {
-		return
-	}
-	a.mu.Lock()
-	names := make([]string, 0, len(a.dnsUses))
-	for fq := range a.dnsUses {
-		names = append(names, fq)
-	}
-	ctx := a.runCtx
-	a.mu.Unlock()
-	slices.Sort(names)
-	if err := a.dns.Sync(ctx, names); err != nil {
-		a.log.Error("following backend names", "err", err)
+	names := a.dns.names()
+	a.dns.sync(a.ctx, names)
+	var sets []dnsSet
+	for _, fq := range names {
+		if u, ok := a.dns.published(fq); ok {
+			sets = append(sets, a.dns.sets(u)...)
+		}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
-	changed := false
-	for _, fq := range names {
-		// Only a published set: before the first good answer there is
-		// nothing to serve, and an empty set would drain adopted addresses.
-		if u, ok := a.dns.Status(fq); ok && u.Published {
-			changed = a.applyDNS(now, u) || changed
-		}
-	}
-	if changed {
-		if err := a.reconcile(now); err != nil {
+	if a.applyDNS(now, sets) {
+		if err := a.reconcileLocked(now); err != nil {
 			a.log.Debug("reconcile after DNS sync finished with errors", "err", err)
 		}
 	}
-}
-
-// ttlLeft is how long the current answer for a backend name is still
-// valid ("" when unknown). Called with mu held.
-func (a *agent) ttlLeft(now time.Time, name string) string {
-	if a.dns == nil || name == "" || name == pool.SourceStatic {
-		return ""
-	}
-	u, ok := a.dns.Status(name)
-	if !ok {
-		return ""
-	}
-	return u.TTLLeft(now).Round(100 * time.Millisecond).String()
-}
-
-// newDNSWatcher builds the resolver and watcher for cfg's dns section.
-func (a *agent) newDNSWatcher(cfg config.DNS) (*discovery.Watcher, error) {
-	r, err := discovery.NewResolver(discovery.FromConfig(cfg), discovery.WithLogger(a.log.With("component", "dns")))
-	if err != nil {
-		return nil, err
-	}
-	observe := func(u discovery.Update) {
-		if a.metrics != nil {
-			a.metrics.Agent.DNSUpdate(u)
-		}
-		if !u.Published {
-			a.mu.Lock()
-			a.lookupDone(u)
-			a.mu.Unlock()
-		}
-	}
-	return discovery.NewWatcher(r, discovery.WatcherOptions{OnUpdate: a.onDNSUpdate, Observe: observe}), nil
-}
-
-// refreshFailing re-resolves at once the names of active addresses whose
-// connects are failing (SYNs unanswered, or answered with an RST since the
-// last tick), instead of waiting for the TTL:
-// the address may have been released by a load balancer behind the name.
-// When no other active address of the pool is free of failures, the first
-// failing connect is enough (the pool's only address moved); otherwise it
-// takes refreshAfterStuck. Called with mu held.
-func (a *agent) refreshFailing(now time.Time, poolName string, ps *poolState, backends []pool.Backend) {
-	if a.dns == nil {
-		return
-	}
-	failing := func(b pool.Backend) (stuck, refused int) {
-		n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr})
-		if !ok {
-			return 0, 0
-		}
-		return a.synStuck[n], a.failures[n].refused
-	}
-	healthy := 0 // active addresses without a failing connect this tick
-	for _, b := range backends {
-		if s, r := failing(b); b.State == pool.Active && s+r == 0 {
-			healthy++
-		}
-	}
-	need := refreshAfterStuck
-	if healthy == 0 {
-		need = 1
-	}
-	for _, b := range backends {
-		if b.State != pool.Active || b.Source == "" || b.Source == pool.SourceStatic {
-			continue
-		}
-		stuck, refused := failing(b)
-		if stuck+refused < need {
-			continue
-		}
-		if ps.p.Refresh(now, b.Source) {
-			a.log.Info("connects failing, re-resolving the name now", "pool", poolName,
-				"address", b.Addr.String(), "name", b.Source,
-				"unanswered_syns", stuck, "refused", refused)
-		}
-	}
-}
-
-// refusalMark is a slot's ConnectRefused counter at the last tick.
-type refusalMark struct {
-	gen   uint32
-	count uint64
-}
-
-// newRefusals is how many SYNs to slot n were answered with an RST since
-// the last call (0 on the first call for a slot generation, or when the
-// counter cannot be read). Called with mu held.
-func (a *agent) newRefusals(n, gen uint32) int {
-	st, err := a.dp.BackendStats(n)
-	if err != nil {
-		a.mapError("BackendStats", err, "reading backend stats failed", "slot", n)
-		return 0
-	}
-	prev, seen := a.refusals[n]
-	a.refusals[n] = refusalMark{gen: gen, count: st.ConnectRefused}
-	if !seen || prev.gen != gen || st.ConnectRefused < prev.count {
-		return 0
-	}
-	return int(st.ConnectRefused - prev.count)
-}
-
-// notServed lists the AAAA answers of the pool's backend names: reported,
-// not served (the data path is IPv4 only). Called with mu held.
-func (a *agent) notServed(poolName string) []admin.NotServed {
-	if a.dns == nil {
-		return nil
-	}
-	fqs := make([]string, 0, len(a.dnsUses))
-	for fq := range a.dnsUses {
-		fqs = append(fqs, fq)
-	}
-	slices.Sort(fqs)
-	var out []admin.NotServed
-	for _, fq := range fqs {
-		for _, use := range a.dnsUses[fq] {
-			if use.pool != poolName {
-				continue
-			}
-			u, ok := a.dns.Status(fq)
-			if !ok {
-				continue
-			}
-			for _, ip := range u.AAAA {
-				out = append(out, admin.NotServed{
-					Address: netip.AddrPortFrom(ip, use.port).String(),
-					Source:  use.name,
-					Reason:  "IPv6 answer: the data path serves IPv4 only",
-				})
-			}
-		}
-	}
-	return out
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -9,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/discovery"
+	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -65,6 +68,13 @@ func (w *fakeWatcher) Status(name string) (discovery.Update, bool) {
 	return u, ok
 }
 
+func (w *fakeWatcher) Wait() {}
+
+// use is the options.dns that builds w.
+func (w *fakeWatcher) use(o *options) {
+	o.dns = func(_, _ func(discovery.Update)) (dnsWatcher, error) { return w, nil }
+}
+
 func (w *fakeWatcher) lastSync() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -85,7 +95,7 @@ func answer(now time.Time, addrs ...netip.AddrPort) discovery.Update {
 
 func newDNSHarness(t *testing.T, dp *datapath.Fake, w *fakeWatcher) *harness {
 	t.Helper()
-	h := newHarnessWith(t, dp, dnsConfig, func(a *agent) { a.dns = w })
+	h := newHarnessWith(t, dp, dnsConfig, w.use)
 	h.a.syncDNS()
 	return h
 }
@@ -266,7 +276,7 @@ func TestRefusedConnectsRefreshTheName(t *testing.T) {
 func TestDNSNameWithTwoPorts(t *testing.T) {
 	w := &fakeWatcher{status: map[string]discovery.Update{}}
 	text := strings.Replace(dnsConfig, "        weight: 2\n", "        weight: 2\n      - name: backend.lab\n        port: 9090\n", 1)
-	h := newHarnessWith(t, nil, text, func(a *agent) { a.dns = w })
+	h := newHarnessWith(t, nil, text, w.use)
 	h.a.syncDNS()
 	h.a.onDNSUpdate(answer(h.now, dns1))
 	for _, a := range []netip.AddrPort{dns1, netip.AddrPortFrom(dns1.Addr(), 9090)} {
@@ -305,4 +315,201 @@ func TestDNSAAAANotServed(t *testing.T) {
 		return
 	}
 	t.Fatal("pool web missing from status")
+}
+
+// An answer that says again what the last one said changes nothing
+// downstream; a changed one writes only its own pool's slot and the table
+// of the service that uses that pool.
+func TestDNSAnswerTouchesOnlyWhatChanged(t *testing.T) {
+	text := `interfaces: [veth0]
+pools:
+  - name: web
+    backends:
+      - name: backend.lab
+        port: 8080
+  - name: api
+    backends:
+      - name: api.lab
+        port: 8080
+services:
+  - name: web-l4
+    listen: 198.18.1.100:80
+    protocol: tcp
+    pool: web
+  - name: api-l4
+    listen: 198.18.1.101:80
+    protocol: tcp
+    pool: api
+`
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	h := newHarnessWith(t, nil, text, w.use)
+	h.a.syncDNS()
+	api := answer(h.now, netip.MustParseAddrPort("198.18.2.31:8080"))
+	api.Name = "api.lab."
+	h.a.onDNSUpdate(api)
+	h.a.onDNSUpdate(answer(h.now, dns1))
+	apiID := h.serviceID(datapath.ServiceKey{VIP: netip.MustParseAddr("198.18.1.101"), Port: 80, Proto: datapath.TCP})
+	webID := h.serviceID(webKey)
+
+	h.dp.ResetOps()
+	h.now = h.now.Add(5 * time.Second)
+	again := answer(h.now, dns1)
+	again.Seq = 2
+	h.a.onDNSUpdate(again)
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if ops := h.dp.Ops(); len(ops) != 0 {
+		t.Fatalf("unchanged answer wrote %v", ops)
+	}
+	if b := h.state(dns1); !strings.Contains(b.Info, "ttl 30s") || !b.Since.Equal(h.now.Add(-6*time.Second)) {
+		t.Fatalf("dns1 after the same answer = %+v", b)
+	}
+
+	h.a.onDNSUpdate(answer(h.now, dns1, dns2))
+	var got []string
+	for _, o := range h.dp.Ops() {
+		got = append(got, o.String())
+	}
+	s2 := h.slotOf(dns2)
+	want := []string{
+		fmt.Sprintf("SetBackend(%d %s gen=1 active)", s2, dns2),
+		fmt.Sprintf("SetTable(%d len=%d)", webID, tableSize),
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("changed answer wrote %v, want %v (api's service %d untouched)", got, want, apiID)
+	}
+}
+
+// A DNS answer is filtered before it reaches the pool: forbidden
+// addresses never become backends (nor table entries), status lists them
+// with the reason, and the metric counts each once.
+func TestDNSAnswersFiltered(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	var m *metrics.Metrics
+	h := newHarnessWith(t, nil, dnsConfig, func(o *options) {
+		w.use(o)
+		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
+		o.metrics = m
+		o.hostAddrs = func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("198.18.2.1")} }
+	})
+	h.a.syncDNS()
+	port := func(ip string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(ip), 8080) }
+	bad := []netip.AddrPort{port("127.0.0.1"), port("169.254.169.254"), port("0.0.0.0"),
+		port("198.18.1.100"), port("198.18.2.1"), port("224.0.0.1")}
+	u := answer(h.now, append([]netip.AddrPort{dns1}, bad...)...)
+	h.a.onDNSUpdate(u)
+	h.a.onDNSUpdate(u) // the same answer again: counted once
+
+	for _, ap := range bad {
+		if _, ok := h.a.pools["web"].p.Backend(ap); ok {
+			t.Errorf("%s reached the pool", ap)
+		}
+	}
+	if b := h.state(dns1); b.State != pool.Active {
+		t.Fatalf("dns1 = %+v", b)
+	}
+	if got := len(h.tableSlots(1)); got != 2 {
+		t.Fatalf("table has %d backends, want be1 and dns1", got)
+	}
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons := map[string]string{}
+	for _, n := range st.Pools[0].NotServed {
+		reasons[n.Address] = n.Reason
+	}
+	for ap, want := range map[netip.AddrPort]string{
+		bad[0]: "refused (loopback)", bad[1]: "refused (link-local)", bad[2]: "refused (unspecified)",
+		bad[3]: `refused (own-address): our own address: listen address of service "web-l4"`,
+		bad[4]: "refused (own-address): an address of this host", bad[5]: "refused (multicast)",
+	} {
+		if !strings.HasPrefix(reasons[ap.String()], want) {
+			t.Errorf("status for %s: %q, want %q...", ap, reasons[ap.String()], want)
+		}
+	}
+	got := gather(t, m)["sluice_backend_addresses_refused_total"]
+	for labels, n := range map[string]float64{
+		"pool=web,reason=loopback,source=backend.lab":    1,
+		"pool=web,reason=own-address,source=backend.lab": 2,
+		"pool=web,reason=link-local,source=backend.lab":  1,
+	} {
+		if got[labels] != n {
+			t.Errorf("%s = %v, want %v (all: %v)", labels, got[labels], n, got)
+		}
+	}
+
+	// The answer drops them: status forgets them.
+	h.a.onDNSUpdate(answer(h.now, dns1))
+	if st, _ := h.a.Status(h.ctx); len(st.Pools[0].NotServed) != 0 {
+		t.Fatalf("not served after a clean answer: %+v", st.Pools[0].NotServed)
+	}
+	// The name leaves the config: its series go.
+	h.write(strings.Replace(dnsConfig, "      - name: backend.lab\n        port: 8080\n        weight: 2\n", "", 1))
+	h.a.onDNSUpdate(u)
+	m.Agent.DNSLookup("backend.lab.", "")
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sluice_backend_addresses_refused_total", "sluice_dns_lookups_total"} {
+		if got := gather(t, m)[name]; len(got) != 0 {
+			t.Errorf("%s: series of a name no longer configured: %v", name, got)
+		}
+	}
+}
+
+// A fixed address that is one of the host's is refused at run time (the
+// config check cannot know the host it will run on).
+func TestStaticHostAddressRefused(t *testing.T) {
+	h := newHarnessWith(t, nil, baseConfig, func(o *options) {
+		o.hostAddrs = func() []netip.Addr { return []netip.Addr{be3.Addr()} }
+	})
+	if _, ok := h.a.pools["web"].p.Backend(be3); ok {
+		t.Fatal("a host address reached the pool")
+	}
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns := st.Pools[0].NotServed; len(ns) != 1 || ns[0].Address != be3.String() || ns[0].Source != pool.SourceStatic {
+		t.Fatalf("not served = %+v", ns)
+	}
+}
+
+// Issue 10 item 10: a name answering 4000 addresses adds at most
+// MaxAddressesPerName to its pool; the rest are listed and counted.
+func TestDNSAnswerCapped(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	var m *metrics.Metrics
+	h := newHarnessWith(t, nil, dnsConfig, func(o *options) {
+		w.use(o)
+		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
+		o.metrics = m
+	})
+	h.a.syncDNS()
+	var addrs []netip.AddrPort
+	for i := range 4000 {
+		addrs = append(addrs, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(1 + i%250)}), 8080))
+	}
+	h.a.onDNSUpdate(answer(h.now, addrs...))
+	if got := len(h.a.pools["web"].p.Active()); got != 1+defaults.MaxAddressesPerName {
+		t.Fatalf("%d active addresses, want be1 + %d", got, defaults.MaxAddressesPerName)
+	}
+	if _, ok := h.a.pools["web"].p.Backend(addrs[defaults.MaxAddressesPerName-1]); !ok {
+		t.Fatal("the first addresses by address are not the ones served")
+	}
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(st.Pools[0].NotServed); n != 4000-defaults.MaxAddressesPerName {
+		t.Fatalf("%d not served, want %d", n, 4000-defaults.MaxAddressesPerName)
+	}
+	if r := st.Pools[0].NotServed[0].Reason; !strings.HasPrefix(r, "refused (over-limit): the name answered 4000") {
+		t.Fatalf("reason %q", r)
+	}
+	if got := gather(t, m)["sluice_backend_addresses_refused_total"]["pool=web,reason=over-limit,source=backend.lab"]; got != 4000-defaults.MaxAddressesPerName {
+		t.Fatalf("over-limit count = %v", got)
+	}
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -79,30 +80,35 @@ func TestDNSWiringWithARealResolver(t *testing.T) {
 
 	text := strings.Replace(dnsConfig, "interfaces: [veth0]\n",
 		"interfaces: [veth0]\ndns: {servers: ["+server+"], min_ttl: 200ms}\n", 1)
-	h := newHarnessWith(t, nil, text, nil)
-	cfg, err := config.Load(h.path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// The agent's clock follows the real one here: the watcher's does.
-	h.a.now = time.Now
-	h.a.runCtx = ctx
-	w, err := h.a.newDNSWatcher(cfg.DNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.a.dns = w
+	// changed is kicked by every transition: waits follow the events, not
+	// a polling interval.
+	changed := make(chan struct{}, 1)
+	h := newHarnessWith(t, nil, text, func(o *options) {
+		cfg, err := config.Load(o.configPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The agent's clock follows the real one here: the watcher's does.
+		o.now, o.ctx = time.Now, ctx
+		o.dns = newDNSWatcher(cfg.DNS, slog.New(slog.DiscardHandler))
+		o.observe = func(pool.Transition) {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+	})
 	defer func() {
 		cancel()
-		w.Wait()
+		h.a.dns.wait()
 	}()
 	h.a.syncDNS()
 
 	waitState := func(addr netip.AddrPort, want pool.State) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		timeout := time.After(5 * time.Second)
 		for {
 			h.a.mu.Lock()
 			b, ok := h.a.pools["web"].p.Backend(addr)
@@ -110,10 +116,11 @@ func TestDNSWiringWithARealResolver(t *testing.T) {
 			if ok && b.State == want {
 				return
 			}
-			if time.Now().After(deadline) {
+			select {
+			case <-changed:
+			case <-timeout:
 				t.Fatalf("%s: state %v (known %v), want %v", addr, b.State, ok, want)
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	waitState(dns1, pool.Active)

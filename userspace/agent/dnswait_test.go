@@ -38,7 +38,7 @@ func isClosed(ch <-chan struct{}) bool {
 // the name (no count to reach first).
 func TestFirstRefusalRefreshesTheOnlyAddress(t *testing.T) {
 	w := &fakeWatcher{status: map[string]discovery.Update{}}
-	h := newHarnessWith(t, nil, dnsOnlyConfig, func(a *agent) { a.dns = w })
+	h := newHarnessWith(t, nil, dnsOnlyConfig, w.use)
 	h.a.syncDNS()
 	h.a.onDNSUpdate(answer(h.now, dns1))
 	s1 := h.slotOf(dns1)
@@ -62,7 +62,7 @@ func TestFirstRefusalRefreshesTheOnlyAddress(t *testing.T) {
 // asking to wait gets a channel, closed once the answer is in the pool.
 func TestLookupOutcomeWakesWaiters(t *testing.T) {
 	w := &fakeWatcher{status: map[string]discovery.Update{}}
-	h := newHarnessWith(t, nil, dnsOnlyConfig, func(a *agent) { a.dns = w })
+	h := newHarnessWith(t, nil, dnsOnlyConfig, w.use)
 	h.a.syncDNS()
 	h.a.onDNSUpdate(answer(h.now, dns1))
 	p := h.pool("web")

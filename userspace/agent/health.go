@@ -1,14 +1,19 @@
 package agent
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/netip"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/health"
+	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -19,65 +24,76 @@ type poolHealth struct {
 	checker *health.Checker
 }
 
-// healthStage runs the active health checks of the pools that configure
-// them. Its fields are guarded by the agent's mu; the checkers' reports
-// only call the pools, never the agent.
+// healthStage is the health-check adapter: it runs the active checks of
+// the pools that configure them and turns their verdicts into ejections
+// and recoveries of the pools. Its own lock guards the checkers; the
+// checkers' reports only call the pools, never the agent.
 type healthStage struct {
+	ctx     context.Context // the checkers' lifetime
+	log     *slog.Logger
+	metrics *metrics.Metrics // may be nil
+	now     func() time.Time
+
+	mu       sync.Mutex
 	checkers map[string]*poolHealth // by pool name
 	stopped  []*health.Checker      // waited for at shutdown
 }
 
-func newHealthStage() *healthStage {
-	return &healthStage{checkers: make(map[string]*poolHealth)}
+func newHealthStage(ctx context.Context, log *slog.Logger, m *metrics.Metrics, now func() time.Time) *healthStage {
+	return &healthStage{ctx: ctx, log: log, metrics: m, now: now, checkers: make(map[string]*poolHealth)}
 }
 
-// syncHealth starts, replaces or stops the pools' checkers after the
-// config changed. An address a stopped checker had ejected (no end time)
-// is recovered when no checker takes over, since nothing else would
-// bring it back. Called with mu held.
-func (a *agent) syncHealth(now time.Time) {
-	hs := a.health
+// sync starts, replaces or stops the pools' checkers after the config
+// changed. pools are the configured pools by name. An address a stopped
+// checker had ejected (no end time) is recovered when no checker takes
+// over, since nothing else would bring it back. It returns the pools
+// whose checks did not start.
+func (hs *healthStage) sync(now time.Time, cfg *config.Config, pools map[string]*pool.Pool) (problems []string) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
 	want := make(map[string]bool)
-	for _, pc := range a.cfg.Pools {
-		ps, ok := a.pools[pc.Name]
+	for _, pc := range cfg.Pools {
+		p, ok := pools[pc.Name]
 		if !ok || pc.HealthCheck == nil {
 			continue
 		}
 		hc, err := health.FromConfig(pc.HealthCheck)
 		if err != nil {
-			a.log.Error("health checks not run", "pool", pc.Name, "err", err)
+			hs.log.Error("health checks not run", "pool", pc.Name, "err", err)
+			problems = append(problems, fmt.Sprintf("pool %s: health checks not run: %v", pc.Name, err))
 			continue
 		}
 		want[pc.Name] = true
 		if cur, ok := hs.checkers[pc.Name]; ok {
-			if cur.p == ps.p && reflect.DeepEqual(cur.cfg, hc) {
+			if cur.p == p && reflect.DeepEqual(cur.cfg, hc) {
 				continue
 			}
-			a.stopChecker(cur)
+			hs.stopChecker(cur)
 		}
-		c, err := a.newChecker(pc, ps.p, hc)
+		c, err := hs.newChecker(pc.Name, p, hc)
 		if err != nil {
-			a.log.Error("health checks not run", "pool", pc.Name, "err", err)
+			hs.log.Error("health checks not run", "pool", pc.Name, "err", err)
+			problems = append(problems, fmt.Sprintf("pool %s: health checks not run: %v", pc.Name, err))
 			delete(hs.checkers, pc.Name)
 			continue
 		}
-		hs.checkers[pc.Name] = &poolHealth{cfg: hc, p: ps.p, checker: c}
+		hs.checkers[pc.Name] = &poolHealth{cfg: hc, p: p, checker: c}
 	}
 	for name, cur := range hs.checkers {
 		if want[name] {
 			continue
 		}
-		a.stopChecker(cur)
+		hs.stopChecker(cur)
 		delete(hs.checkers, name)
-		a.recoverHealthEjected(now, cur.p)
+		recoverHealthEjected(now, cur.p)
 	}
-	a.healthTargets(now)
+	hs.targetsLocked(now)
+	return problems
 }
 
-func (a *agent) newChecker(pc config.Pool, p *pool.Pool, hc health.Config) (*health.Checker, error) {
-	name := pc.Name
+func (hs *healthStage) newChecker(name string, p *pool.Pool, hc health.Config) (*health.Checker, error) {
 	report := func(addr netip.AddrPort, healthy bool, cause string) {
-		now := a.now()
+		now := hs.now()
 		var err error
 		if healthy {
 			err = p.Recover(now, addr, cause)
@@ -85,16 +101,16 @@ func (a *agent) newChecker(pc config.Pool, p *pool.Pool, hc health.Config) (*hea
 			err = p.Eject(now, addr, time.Time{}, cause) // until `rise` passes
 		}
 		if err != nil && !errors.Is(err, pool.ErrEjectionLimit) && !errors.Is(err, pool.ErrNotActive) {
-			a.log.Warn("health transition not applied", "pool", name, "address", addr.String(), "err", err)
+			hs.log.Warn("health transition not applied", "pool", name, "address", addr.String(), "err", err)
 		}
 	}
 	var observe func(health.Result)
-	if a.metrics != nil {
-		m := a.metrics.Agent
+	if hs.metrics != nil {
+		m := hs.metrics.Agent
 		observe = func(r health.Result) { m.HealthCheck(name, r.Addr, r.Kind, r.Took) }
 	}
-	return health.New(a.runCtx, hc, report, health.Options{
-		Logger:  a.log.With("component", "health", "pool", name),
+	return health.New(hs.ctx, hc, report, health.Options{
+		Logger:  hs.log.With("component", "health", "pool", name),
 		Observe: observe,
 		// An address already ejected (a reload, a restart) starts
 		// unhealthy: it needs `rise` passes to come back.
@@ -105,14 +121,15 @@ func (a *agent) newChecker(pc config.Pool, p *pool.Pool, hc health.Config) (*hea
 	})
 }
 
-func (a *agent) stopChecker(cur *poolHealth) {
+// stopChecker stops cur's checker. Called with mu held.
+func (hs *healthStage) stopChecker(cur *poolHealth) {
 	cur.checker.Stop()
-	a.health.stopped = append(a.health.stopped, cur.checker)
+	hs.stopped = append(hs.stopped, cur.checker)
 }
 
 // recoverHealthEjected brings back the addresses of p that health checks
-// had ejected. Called with mu held.
-func (a *agent) recoverHealthEjected(now time.Time, p *pool.Pool) {
+// had ejected.
+func recoverHealthEjected(now time.Time, p *pool.Pool) {
 	for _, b := range p.Backends() {
 		if b.State == pool.Ejected && strings.HasPrefix(b.Cause, health.CausePrefix) {
 			_ = p.Recover(now, b.Addr, "health checks removed")
@@ -120,12 +137,25 @@ func (a *agent) recoverHealthEjected(now time.Time, p *pool.Pool) {
 	}
 }
 
-// healthTargets points every checker at its pool's serving addresses
-// (active and ejected, not draining), and ejects addresses that are
-// unhealthy but were refused by max_ejected_percent earlier, as far as the
-// limit allows now. Called with mu held, every tick.
-func (a *agent) healthTargets(now time.Time) {
-	for _, cur := range a.health.checkers {
+// running is how many pools have a checker.
+func (hs *healthStage) running() int {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return len(hs.checkers)
+}
+
+// targets points every checker at its pool's serving addresses (active
+// and ejected, not draining), and ejects addresses that are unhealthy but
+// were refused by max_ejected_percent earlier, as far as the limit allows
+// now. Called every tick; costs nothing without health checks.
+func (hs *healthStage) targets(now time.Time) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.targetsLocked(now)
+}
+
+func (hs *healthStage) targetsLocked(now time.Time) {
+	for _, cur := range hs.checkers {
 		var targets []netip.AddrPort
 		for _, b := range cur.p.Backends() {
 			if b.State == pool.Active || b.State == pool.Ejected {
@@ -155,18 +185,18 @@ func (a *agent) healthTargets(now time.Time) {
 	}
 }
 
-// stopHealth stops every checker and waits for their goroutines.
-func (a *agent) stopHealth() {
-	a.mu.Lock()
+// stop stops every checker and waits for their goroutines.
+func (hs *healthStage) stop() {
+	hs.mu.Lock()
 	var all []*health.Checker
-	for _, cur := range a.health.checkers {
+	for _, cur := range hs.checkers {
 		cur.checker.Stop()
 		all = append(all, cur.checker)
 	}
-	all = append(all, a.health.stopped...)
-	a.health.checkers = make(map[string]*poolHealth)
-	a.health.stopped = nil
-	a.mu.Unlock()
+	all = append(all, hs.stopped...)
+	hs.checkers = make(map[string]*poolHealth)
+	hs.stopped = nil
+	hs.mu.Unlock()
 	for _, c := range all {
 		c.Wait()
 	}

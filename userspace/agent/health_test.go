@@ -25,6 +25,7 @@ func healthConfig(be1, be2 string, check bool) string {
 pools:
   - name: web
     drain_timeout: 30s
+    addresses: {allow: [127.0.0.1/32]}   # the test servers listen on loopback
 %s    backends:
       - address: %s
       - address: %s
@@ -57,11 +58,11 @@ func TestHealthChecksEjectAndRecover(t *testing.T) {
 	h1, h2 := healthServer(t, &ok1), healthServer(t, &ok2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h := newHarnessWith(t, nil, healthConfig(h1.String(), h2.String(), true), func(a *agent) {
-		a.runCtx = ctx
-		a.now = time.Now // the checkers report from their own goroutines
+	h := newHarnessWith(t, nil, healthConfig(h1.String(), h2.String(), true), func(o *options) {
+		o.ctx = ctx
+		o.now = time.Now // the checkers report from their own goroutines
 	})
-	defer h.a.stopHealth()
+	defer h.a.health.stop()
 
 	waitFor := func(addr netip.AddrPort, want pool.State, cause string) {
 		t.Helper()
@@ -88,10 +89,19 @@ func TestHealthChecksEjectAndRecover(t *testing.T) {
 		t.Fatal("unhealthy address still in the table")
 	}
 	// The other one is kept whatever happens: 50% at most are ejected.
+	// Wait for the checker's verdict on it: the pool refusing the ejection.
+	p := h.a.pools["web"].p
+	refused := p.EjectionsRefused()
 	ok1.Store(false)
-	time.Sleep(300 * time.Millisecond)
-	if err := h.a.tick(time.Now()); err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(5 * time.Second)
+	for p.EjectionsRefused() == refused {
+		if time.Now().After(deadline) {
+			t.Fatal("no ejection of the last healthy address was attempted")
+		}
+		if err := h.a.tick(time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // a tick between two checks (interval 50ms)
 	}
 	if b := h.state(h1); b.State != pool.Active {
 		t.Fatalf("the whole pool ejected: %+v", b)
@@ -109,7 +119,7 @@ func TestHealthChecksEjectAndRecover(t *testing.T) {
 	if b := h.state(h1); b.State != pool.Active {
 		t.Fatalf("address ejected by removed health checks = %+v", b)
 	}
-	if len(h.a.health.checkers) != 0 {
+	if h.a.health.running() != 0 {
 		t.Fatal("checker still running")
 	}
 }

@@ -58,8 +58,9 @@ func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trac
 
 // sync makes the running http services those of cfg. pools gives each
 // configured pool's *pool.Pool. A service that cannot start (its listen
-// address is taken, say) is logged and left out; the others run.
-func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string]*pool.Pool) {
+// address is taken, say) is logged and left out; the others run. It
+// returns what did not apply, one sentence each.
+func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string]*pool.Pool) (problems []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// A reload reopens the access log files (log rotation: move the file,
@@ -72,12 +73,14 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 		pc := cfg.Pool(svc.Pool)
 		if p == nil || pc == nil {
 			s.log.Error("http service has no pool", "service", svc.Name, "pool", svc.Pool)
+			problems = append(problems, fmt.Sprintf("http service %s: no pool %s", svc.Name, svc.Pool))
 			continue
 		}
 		if cur, ok := s.services[svc.Name]; ok {
 			if cur.svc.Listen == svc.Listen && cur.pool == p && !needsNewServer(cur.svc, svc) {
 				if err := s.update(cur, svc, *pc); err != nil {
 					s.log.Error("http service not updated, it keeps its settings", "service", svc.Name, "err", err)
+					problems = append(problems, fmt.Sprintf("http service %s not updated, it keeps its settings: %v", svc.Name, err))
 					continue
 				}
 				cur.svc = svc
@@ -93,6 +96,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 			}
 			if err := s.start(ctx, svc, *pc, p, reuse); err != nil {
 				s.log.Error("http service not restarted, the old one goes on", "service", svc.Name, "err", err)
+				problems = append(problems, fmt.Sprintf("http service %s not restarted, the old one goes on: %v", svc.Name, err))
 				continue
 			}
 			if reuse == nil {
@@ -103,6 +107,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 		}
 		if err := s.start(ctx, svc, *pc, p, nil); err != nil {
 			s.log.Error("http service not started", "service", svc.Name, "err", err)
+			problems = append(problems, fmt.Sprintf("http service %s not started: %v", svc.Name, err))
 		}
 	}
 	for name, cur := range s.services {
@@ -115,6 +120,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 			}
 		}
 	}
+	return problems
 }
 
 // start builds, listens and serves one service, replacing any entry of

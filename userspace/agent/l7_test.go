@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -36,6 +38,7 @@ func l7Config(listen, backend string) string {
 pools:
   - name: web
     drain_timeout: 30s
+    addresses: {allow: [127.0.0.1/32]}   # the test servers listen on loopback
     backends:
       - address: %s
 services:
@@ -71,11 +74,9 @@ func TestL7Services(t *testing.T) {
 	defer cancel()
 	dp := datapath.NewFake(tableSize)
 	var m *metrics.Metrics
-	h := newHarnessWith(t, dp, l7Config(listen, backend), func(a *agent) {
+	h := newHarnessWith(t, dp, l7Config(listen, backend), func(o *options) {
 		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
-		a.setMetrics(m)
-		a.runCtx = ctx
-		a.l7 = newL7Stage(a.log, nil, m, a.trackers)
+		o.metrics, o.ctx, o.l7 = m, ctx, true
 	})
 	stage := h.a.l7
 	h.a.syncL7()
@@ -165,8 +166,8 @@ func TestL7Services(t *testing.T) {
 	}
 	waitRefused(t, listen)
 
-	// Removed from the config: it stops.
-	h.write(strings.Replace(l7Config(listen2, backend), "protocol: http", "protocol: tcp", 1))
+	// Removed from the config (an L4 service in its place): it stops.
+	h.write(strings.Replace(l7Config("198.18.1.100:80", backend), "protocol: http", "protocol: tcp", 1))
 	if err := h.a.Reload(h.ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -193,13 +194,31 @@ func TestL7ListenConflictLeavesOthersRunning(t *testing.T) {
 	defer taken.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h := newHarnessWith(t, nil, l7Config(taken.Addr().String(), "127.0.0.1:9"), func(a *agent) {
-		a.runCtx = ctx
-		a.l7 = newL7Stage(a.log, nil, nil, a.trackers)
+	h := newHarnessWith(t, nil, l7Config(taken.Addr().String(), "127.0.0.1:9"), func(o *options) {
+		o.ctx, o.l7 = ctx, true
 	})
 	h.a.syncL7()
 	if len(h.a.l7.services) != 0 {
 		t.Fatal("service started on a taken address")
+	}
+
+	// Issue 10 item 11: a reload that cannot start the service says so
+	// (ErrReloadPartial, with the reason), and status lists it until a
+	// reload applies everything.
+	err = h.a.Reload(h.ctx)
+	if !errors.Is(err, admin.ErrReloadPartial) || !strings.Contains(err.Error(), "http service web-http not started") {
+		t.Fatalf("reload with the listen address taken: %v", err)
+	}
+	st, _ := h.a.Status(h.ctx)
+	if len(st.NotApplied) != 1 || !strings.Contains(st.NotApplied[0], "web-http") {
+		t.Fatalf("status not applied = %q", st.NotApplied)
+	}
+	taken.Close()
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatalf("reload with the address free: %v", err)
+	}
+	if st, _ := h.a.Status(h.ctx); len(st.NotApplied) != 0 {
+		t.Fatalf("status not applied after a full reload = %q", st.NotApplied)
 	}
 	cancel()
 	h.a.l7.wait()
@@ -238,9 +257,8 @@ func TestL7AccessLogAndSettings(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h := newHarnessWith(t, datapath.NewFake(tableSize), cfg(""), func(a *agent) {
-		a.runCtx = ctx
-		a.l7 = newL7Stage(a.log, nil, nil, a.trackers)
+	h := newHarnessWith(t, datapath.NewFake(tableSize), cfg(""), func(o *options) {
+		o.ctx, o.l7 = ctx, true
 	})
 	h.a.syncL7()
 	mustGet := func(path string) {

@@ -48,10 +48,11 @@ func value(m *dto.Metric) float64 {
 func TestMetrics(t *testing.T) {
 	dp := datapath.NewFake(tableSize)
 	var m *metrics.Metrics
-	h := newHarnessWith(t, dp, baseConfig, func(a *agent) {
-		m = metrics.New(metrics.Options{Version: "test", DataPath: dp, Topology: topology{a}, NoRuntimeCollectors: true})
-		a.setMetrics(m)
+	h := newHarnessWith(t, dp, baseConfig, func(o *options) {
+		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
+		o.metrics = m
 	})
+	m.Registry().MustRegister(metrics.NewCollector(dp, h.a.topology(), 0))
 	dp.SetServiceStats(1, datapath.ServiceStats{Packets: 10, Bytes: 1000, NewFlows: 3, RSTRemovedBackend: 2})
 	dp.SetBackendStats(h.slotOf(be2), datapath.BackendStats{Packets: 7})
 	h.addFlow(40000, h.slotOf(be1), false)
@@ -131,10 +132,11 @@ func TestTransitionKick(t *testing.T) {
 func TestEjectionMetrics(t *testing.T) {
 	dp := datapath.NewFake(tableSize)
 	var m *metrics.Metrics
-	h := newHarnessWith(t, dp, baseConfig, func(a *agent) {
-		m = metrics.New(metrics.Options{Version: "test", DataPath: dp, Topology: topology{a}, NoRuntimeCollectors: true})
-		a.setMetrics(m)
+	h := newHarnessWith(t, dp, baseConfig, func(o *options) {
+		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
+		o.metrics = m
 	})
+	m.Registry().MustRegister(metrics.NewCollector(dp, h.a.topology(), 0))
 	s2 := h.slotOf(be2)
 	for _, n := range []uint64{100, 105} { // the first reading is the baseline
 		dp.SetBackendStats(s2, datapath.BackendStats{ConnectRefused: n})

@@ -9,7 +9,6 @@ import (
 
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/userspace/config"
-	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
@@ -89,71 +88,96 @@ func (a *agent) syncTrackers() {
 	a.trackers.keep(live)
 }
 
-// flowID identifies a conntrack flow across ticks.
-type flowID struct {
-	client, vip netip.AddrPort
-	proto       datapath.Proto
-}
-
-// connectFailures are what the data path saw go wrong with new
-// connections to one backend slot since the last tick.
-type connectFailures struct {
-	unanswered int // SYNs unanswered for synStuckAfter, each flow once
-	refused    int // SYNs answered with an RST
-}
-
-// readRefusals fills a.failures[n].refused with the new ConnectRefused
-// counts of every active slot. Called with mu held, after countFlows.
-func (a *agent) readRefusals() {
-	for n, sl := range a.slots.bySlot {
-		if !sl.live || sl.want != datapath.BackendActive {
+// connectFailures turns the flow watcher's connect failures into what
+// they mean for the pools: each failure of an active address is reported
+// to its pool's ejection tracker (enough of them within the window eject
+// the address, so it leaves the Maglev tables and the L7 stage's choices
+// until its ejection time is over), and an address given by a DNS name
+// whose connects keep failing has its name re-resolved at once instead
+// of at its TTL: a load balancer behind the name may have released it.
+// Called with mu held.
+func (a *agent) connectFailures(now time.Time, failures []connectFailure) {
+	if len(failures) == 0 {
+		return
+	}
+	byID := make(map[uint32]*poolState, len(a.pools))
+	names := make(map[uint32]string, len(a.pools))
+	for name, ps := range a.pools {
+		byID[ps.id] = ps
+		names[ps.id] = name
+	}
+	type failing struct {
+		ps   *poolState
+		b    pool.Backend
+		fail connectFailure
+	}
+	var active []failing
+	failingIn := make(map[uint32]int) // active addresses with a failure, per pool id
+	for _, f := range failures {
+		poolID, addr, ok := a.rec.owner(f.slot)
+		if !ok {
 			continue
 		}
-		if r := a.newRefusals(n, sl.gen); r > 0 {
-			f := a.failures[n]
-			f.refused = r
-			a.failures[n] = f
+		ps, ok := byID[poolID]
+		if !ok || !ps.configured {
+			continue
+		}
+		b, ok := ps.p.Backend(addr)
+		if !ok || b.State != pool.Active {
+			continue
+		}
+		a.reportFailure(now, names[poolID], ps, addr, f)
+		active = append(active, failing{ps, b, f})
+		if f.stuck+f.refused > 0 {
+			failingIn[poolID]++
+		}
+	}
+	// A name is re-resolved after refreshAfterStuck failing connects to
+	// one of its addresses, or after the first one when the pool has no
+	// active address left without a failure (its only address moved).
+	need := make(map[uint32]int, len(failingIn))
+	for id, n := range failingIn {
+		need[id] = refreshAfterStuck
+		if byID[id].p.Counts()[pool.Active] <= n {
+			need[id] = 1
+		}
+	}
+	for _, f := range active {
+		b, stuck, refused := f.b, f.fail.stuck, f.fail.refused
+		if b.Source == "" || b.Source == pool.SourceStatic || stuck+refused < need[f.ps.id] || stuck+refused == 0 {
+			continue
+		}
+		if f.ps.p.Refresh(now, b.Source) {
+			a.log.Info("connects failing, re-resolving the name now", "pool", names[f.ps.id],
+				"address", b.Addr.String(), "name", b.Source,
+				"unanswered_syns", stuck, "refused", refused)
 		}
 	}
 }
 
-// reportFailures feeds the connect failures of active addresses to their
-// pool's ejection tracker: enough of them within the window eject the
-// address, so it leaves the Maglev tables (and the L7 stage's choices)
-// until its ejection time is over. Called with mu held.
-func (a *agent) reportFailures(now time.Time) {
-	for name, ps := range a.pools {
-		if !ps.configured {
-			continue
-		}
-		tr, ok := a.trackers.lookup(ps.p)
-		if !ok {
-			continue
-		}
-		limit := ps.cfg.Ejection.Failures
-		if limit <= 0 {
-			continue
-		}
-		for _, b := range ps.p.Active() {
-			n, _, ok := a.slots.lookup(slotKey{ps.id, b.Addr})
-			if !ok {
-				continue
-			}
-			f := a.failures[n]
-			reports := 0
-			for range min(f.refused, limit) {
-				tr.Report(now, b.Addr, false, true, "connect-failure", "connect refused (RST) seen by the data path")
-				reports++
-			}
-			for range min(f.unanswered, limit) {
-				tr.Report(now, b.Addr, false, true, "connect-failure", fmt.Sprintf("SYN unanswered for %s, seen by the data path", synStuckAfter))
-				reports++
-			}
-			if reports > 0 {
-				a.log.Debug("connect failures reported", "pool", name, "address", b.Addr.String(),
-					"refused", f.refused, "unanswered", f.unanswered)
-			}
-		}
+// reportFailure feeds one address's new connect failures to its pool's
+// tracker, at most ejection.failures of each kind per scan.
+func (a *agent) reportFailure(now time.Time, name string, ps *poolState, addr netip.AddrPort, f connectFailure) {
+	limit := ps.cfg.Ejection.Failures
+	if limit <= 0 {
+		return
+	}
+	tr, ok := a.trackers.lookup(ps.p)
+	if !ok {
+		return
+	}
+	reports := 0
+	for range min(f.refused, limit) {
+		tr.Report(now, addr, false, true, "connect-failure", "connect refused (RST) seen by the data path")
+		reports++
+	}
+	for range min(f.unanswered, limit) {
+		tr.Report(now, addr, false, true, "connect-failure", fmt.Sprintf("SYN unanswered for %s, seen by the data path", synStuckAfter))
+		reports++
+	}
+	if reports > 0 {
+		a.log.Debug("connect failures reported", "pool", name, "address", addr.String(),
+			"refused", f.refused, "unanswered", f.unanswered)
 	}
 }
 

@@ -9,9 +9,14 @@
 // data path sees; and the L7 stage itself, which serves the http services
 // from the same pools.
 //
-// The core is a reconciler over a datapath.Map (core.go: adopt, apply,
-// reconcile, tick), so everything but Run is tested without root against
-// datapath.Fake.
+// The agent itself is wiring (agent.go) around small owners, each with its
+// own lock: the reconciler (reconciler.go: service ids, backend slots,
+// Maglev tables, the data-path handle), the flow watcher (flows.go: flow
+// counts, conntrack GC, connect failures), and the adapters of DNS
+// (dns.go), health checks (health.go), passive ejection (passive.go) and
+// the L7 stage (l7.go). Everything but Run is tested without root against
+// datapath.Fake. docs/architecture.md draws the owners and their
+// dependencies.
 package agent
 
 import (
@@ -54,6 +59,16 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	if err := admin.Probe(cfg.Admin.Socket); err != nil {
 		return fmt.Errorf("another agent may be running: %w", err)
 	}
+	// The metrics endpoint is bound before anything else is touched: an
+	// address that cannot be bound is a start failure with a clear
+	// message, not a log line and an agent nobody can scrape.
+	var metricsL net.Listener
+	if cfg.Metrics.Listen != config.MetricsOff {
+		if metricsL, err = metrics.Listen(cfg.Metrics.Listen); err != nil {
+			return err
+		}
+		defer metricsL.Close()
+	}
 	t := cfg.Datapath.Timeouts
 	dp, err := datapath.Open(datapath.Options{
 		PinPath:         cfg.Datapath.PinPath,
@@ -80,55 +95,54 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		log.Info("agent stopped; the data path keeps forwarding")
 	}()
 
-	a := newAgent(dp, options{log: log, version: version, configPath: configPath, routeSrc: routeSource})
-	a.setMetrics(metrics.New(metrics.Options{
-		Version:           version,
-		DataPath:          dp,
-		Topology:          topology{a},
-		ConntrackCapacity: cfg.Datapath.ConntrackMax,
-		Logger:            log.With("component", "metrics"),
-	}))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	a.runCtx = ctx
-	if w, err := a.newDNSWatcher(cfg.DNS); err != nil {
-		// Without a resolver, names are not followed; fixed addresses work.
-		a.log.Error("backend names will not be resolved", "err", err)
-	} else {
-		a.dns = w
-		defer func() {
-			cancel()
-			w.Wait()
-		}()
-	}
-	l7 := newL7Stage(log.With("component", "l7"), os.Stdout, a.metrics, a.trackers)
-	a.l7 = l7
+	// The owners are built bottom up in one pass: metrics first (every
+	// owner reports to it), then the agent with its owners, then the data
+	// path collector, which reads the agent at scrape time.
+	m := metrics.New(metrics.Options{Version: version, Logger: log.With("component", "metrics")})
+	a := newAgent(dp, options{
+		log: log, version: version, configPath: configPath, ctx: ctx, metrics: m,
+		routeSrc:     routeSource,
+		reverseGC:    dp.GCReverse,
+		hostAddrs:    hostAddresses,
+		stateFile:    StateFile(cfg.Admin.Socket),
+		dns:          newDNSWatcher(cfg.DNS, log),
+		l7:           true,
+		accessLogOut: os.Stdout,
+	})
+	m.Registry().MustRegister(metrics.NewCollector(dp, a.topology(), cfg.Datapath.ConntrackMax))
 	defer func() {
 		cancel()
-		l7.wait() // http services finish their requests (graceful shutdown)
+		a.dns.wait()
 	}()
-	defer a.stopHealth()
+	defer func() {
+		cancel()
+		a.l7.wait() // http services finish their requests (graceful shutdown)
+	}()
+	defer a.health.stop()
 	if err := a.start(time.Now(), cfg); err != nil {
 		return err
 	}
 	a.syncDNS()
-	a.syncL7()
+	if problems := a.syncL7(); len(problems) > 0 {
+		a.mu.Lock()
+		a.notApplied = append(a.notApplied, problems...)
+		a.mu.Unlock()
+		log.Error("some of the config is not applied", "not_applied", problems)
+	}
 	log.Info("agent started", "version", version, "config", configPath,
 		"services", len(cfg.Services), "pools", len(cfg.Pools), "interfaces", cfg.Interfaces)
-	listen := cfg.Metrics.Listen
-	if listen == config.MetricsOff {
-		listen = ""
-	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	return a.serve(ctx, cfg.Admin.Socket, listen, hup)
+	return a.serve(ctx, cfg.Admin.Socket, metricsL, hup)
 }
 
-// serve runs the admin API, the metrics endpoint (unless metricsListen is ""),
+// serve runs the admin API, the metrics endpoint on metricsL (nil: none),
 // the tick loop and a reload per value on hup until ctx is done or the
 // admin server fails.
-func (a *agent) serve(ctx context.Context, socket, metricsListen string, hup <-chan os.Signal) error {
+func (a *agent) serve(ctx context.Context, socket string, metricsL net.Listener, hup <-chan os.Signal) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -142,12 +156,12 @@ func (a *agent) serve(ctx context.Context, socket, metricsListen string, hup <-c
 		}
 	})
 
-	if a.metrics != nil && metricsListen != "" {
+	if a.metrics != nil && metricsL != nil {
 		wg.Go(func() {
-			// Forwarding matters more than the endpoint: a failure is
-			// logged and the agent goes on.
-			if err := a.metrics.Serve(ctx, metricsListen); err != nil {
-				a.log.Error("metrics endpoint not served", "listen", metricsListen, "err", err)
+			// The socket is bound; a failure to serve it later is logged
+			// and forwarding goes on.
+			if err := a.metrics.ServeListener(ctx, metricsL); err != nil {
+				a.log.Error("metrics endpoint stopped", "listen", metricsL.Addr().String(), "err", err)
 			}
 		})
 	}
@@ -191,15 +205,6 @@ func (a *agent) serve(ctx context.Context, socket, metricsListen string, hup <-c
 	}
 }
 
-// reconcileNow writes pending pool changes to the data path.
-func (a *agent) reconcileNow() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err := a.reconcile(a.now()); err != nil {
-		a.log.Debug("reconcile finished with errors, retrying on the next tick", "err", err)
-	}
-}
-
 // routeSource asks the kernel which source address it uses towards ip.
 func routeSource(ip netip.Addr) netip.Addr {
 	routes, err := netlink.RouteGet(net.IP(ip.AsSlice()))
@@ -211,11 +216,4 @@ func routeSource(ip netip.Addr) netip.Addr {
 		return netip.Addr{}
 	}
 	return src.Unmap()
-}
-
-// setMetrics makes m receive the agent's events. Call before start.
-func (a *agent) setMetrics(m *metrics.Metrics) {
-	a.metrics = m
-	a.transitions.metrics = m
-	a.trackers.observe = ejectionMetrics(m)
 }

@@ -37,7 +37,7 @@ func TestServe(t *testing.T) {
 	socket := filepath.Join(dir, "admin.sock")
 	hup := make(chan os.Signal, 1)
 	done := make(chan error, 1)
-	go func() { done <- a.serve(ctx, socket, "", hup) }()
+	go func() { done <- a.serve(ctx, socket, nil, hup) }()
 
 	c := admin.NewClient(socket)
 	var st admin.Status

@@ -331,6 +331,40 @@ services:
     listen: 198.18.1.100:80
     pool: web
 `},
+		{"backend address filter", `
+interfaces: [eth0]
+metrics: {listen: 198.18.0.1:9464}
+pools:
+  - name: web
+    backends:
+      - address: 127.0.0.1:80          # <- pools[0].backends[0].address: 127.0.0.1:80 refused (loopback)
+      - address: 169.254.169.254:80    # <- refused (link-local)
+      - address: 0.0.0.0:80            # <- refused (unspecified)
+      - address: 0.1.2.3:80            # <- refused (this-network)
+      - address: 224.0.0.1:80          # <- refused (multicast)
+      - address: 255.255.255.255:80    # <- refused (reserved)
+      - address: 198.18.1.100:8080     # <- refused (own-address): our own address: listen address of service "a"
+      - address: 198.18.0.1:9464       # <- refused (own-address): our own address: the metrics listen address
+      - address: 198.18.0.1:80
+      - address: 198.18.2.11:80
+  - name: local
+    addresses:
+      allow: [127.0.0.1/32, 198.18.2.0/24, 198.18.3.1]
+      deny:
+        - 198.18.2.99/32
+        - 10.0.0.1/8                   # <- "10.0.0.1/8" has host bits set (did you mean 10.0.0.0/8?)
+        - nonsense                     # <- pools[1].addresses.deny[2]: "nonsense" is not a CIDR
+    backends:
+      - address: 127.0.0.1:80
+      - address: 198.18.2.12:80
+      - address: 198.18.3.1:80
+      - address: 198.18.2.99:80        # <- pools[1].backends[3].address: 198.18.2.99:80 refused (denied): in the pool's deny list
+      - address: 198.18.4.1:80         # <- refused (not-allowed)
+services:
+  - name: a
+    listen: 198.18.1.100:80
+    pool: web
+`},
 		{"pool timers and ejection", `
 interfaces: [eth0]
 pools:
@@ -1013,5 +1047,45 @@ func TestDocsExamples(t *testing.T) {
 	}
 	if blocks < 2 {
 		t.Errorf("found %d examples, want at least 2", blocks)
+	}
+}
+
+// Issue 10 item 10: more services or fixed backends than the data path
+// holds are refused by `sluice check`, not discovered at run time.
+func TestLimits(t *testing.T) {
+	build := func(services, pools, perPool int) string {
+		var b strings.Builder
+		b.WriteString("interfaces: [eth0]\ndatapath: {maglev_table_size: 65521}\npools:\n")
+		for p := range pools {
+			fmt.Fprintf(&b, "  - name: p%d\n    backends:\n", p)
+			for i := range perPool {
+				fmt.Fprintf(&b, "      - address: 10.%d.%d.%d:80\n", p, i/250, 1+i%250)
+			}
+		}
+		b.WriteString("services:\n")
+		for s := range services {
+			fmt.Fprintf(&b, "  - name: s%d\n    listen: 198.18.%d.%d:80\n    pool: p0\n", s, 1+s/250, 1+s%250)
+		}
+		return b.String()
+	}
+	if _, err := Parse([]byte(build(1023, 4, 1023)), "ok.yaml"); err != nil {
+		t.Fatalf("at the limits: %v", err)
+	}
+	_, err := Parse([]byte(build(1100, 5, 1000)), "big.yaml")
+	var ve *ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("over the limits: %v", err)
+	}
+	var msgs []string
+	for _, p := range ve.Problems {
+		msgs = append(msgs, p.Path+": "+p.Msg)
+	}
+	want := []string{
+		"pools: 5000 fixed backend addresses in all pools: the data path holds at most 4095",
+		"services: 1100 tcp/udp services: the data path holds at most 1023",
+	}
+	slices.Sort(msgs)
+	if !slices.Equal(msgs, want) {
+		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(msgs, "\n"), strings.Join(want, "\n"))
 	}
 }

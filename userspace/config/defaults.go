@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/service"
@@ -44,13 +45,14 @@ const (
 
 // Defaults applied by Parse to keys the file leaves out.
 const (
-	DefaultAdminSocket     = "/run/sluice/admin.sock"
-	DefaultMetricsListen   = "127.0.0.1:9464"
-	DefaultPinPath         = "/sys/fs/bpf/sluice"
-	DefaultMaglevTableSize = 16381
-	DefaultConntrackMax    = 262144
-	DefaultRSTRate         = 1000
-	DefaultDNSPort         = 53
+	DefaultAdminSocket     = defaults.AdminSocket
+	DefaultMetricsListen   = defaults.MetricsListen
+	DefaultPinPath         = defaults.PinPath
+	DefaultMaglevTableSize = defaults.MaglevTableSize
+	DefaultConntrackMax    = defaults.ConntrackMax
+	DefaultDNSPort         = defaults.DNSPort
+	DefaultDrainTimeout    = defaults.DrainTimeout
+	DefaultRSTRate         = defaults.RSTRate
 )
 
 // defaulter sets a value only where the file did not.
@@ -108,7 +110,7 @@ func applyDefaults(c *Config, lines map[string]int) {
 	for i := range c.Pools {
 		p := &c.Pools[i]
 		pp := fmt.Sprintf("pools[%d]", i)
-		d.dur(pp+".drain_timeout", &p.DrainTimeout, 30*time.Second)
+		d.dur(pp+".drain_timeout", &p.DrainTimeout, DefaultDrainTimeout)
 		for j := range p.Backends {
 			d.u32(fmt.Sprintf("%s.backends[%d].weight", pp, j), &p.Backends[j].Weight, 1)
 		}

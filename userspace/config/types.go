@@ -73,8 +73,23 @@ type Pool struct {
 	DrainTimeout Duration     `yaml:"drain_timeout"` // default 30s
 	HealthCheck  *HealthCheck `yaml:"health_check"`
 	Ejection     Ejection     `yaml:"ejection"`
+	// Addresses narrows (or knowingly loosens) which addresses may be
+	// backends of the pool, DNS answers and fixed addresses alike.
+	Addresses AddressFilter `yaml:"addresses"`
 
 	Line int `yaml:"-"` // line of the pool in the file, for messages
+}
+
+// AddressFilter is a pool's allow and deny lists of CIDRs (a bare IP is a
+// /32). userspace/addrfilter documents how they combine with the default
+// deny list and our own addresses.
+type AddressFilter struct {
+	Allow []string `yaml:"allow"`
+	Deny  []string `yaml:"deny"`
+
+	// AllowPrefixes and DenyPrefixes are Allow and Deny parsed.
+	AllowPrefixes []netip.Prefix `yaml:"-"`
+	DenyPrefixes  []netip.Prefix `yaml:"-"`
 }
 
 // Backend is either a DNS name (every A answer is a backend) or a fixed address.

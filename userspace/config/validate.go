@@ -12,7 +12,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/userspace/addrfilter"
 	"github.com/sluicelb/sluice/userspace/maglev"
 )
 
@@ -141,6 +143,23 @@ func (v *validator) validate(c *Config) {
 			}
 		}
 		listeners[listener{s.ListenAddr, transport}] = s.Name
+	}
+	v.limits(c)
+	// Fixed addresses go through the filter DNS answers go through, once
+	// every listen address is known.
+	own := c.OwnAddresses()
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		filter := p.Filter(own)
+		for j := range p.Backends {
+			b := &p.Backends[j]
+			if !b.AddrPort.IsValid() {
+				continue
+			}
+			if vd := filter.Check(b.AddrPort); !vd.OK {
+				v.add(fmt.Sprintf("pools[%d].backends[%d].address", i, j), "%s refused (%s): %s", b.AddrPort, vd.Reason, vd.Detail)
+			}
+		}
 	}
 }
 
@@ -281,6 +300,8 @@ func (v *validator) pool(c *Config, p *Pool, path string) {
 		v.add(path+".backends", "%d backends do not fit a Maglev table of %d entries", len(addrs), c.Datapath.MaglevTableSize)
 	}
 	v.positive(path+".drain_timeout", p.DrainTimeout)
+	p.Addresses.AllowPrefixes = v.prefixes(path+".addresses.allow", p.Addresses.Allow)
+	p.Addresses.DenyPrefixes = v.prefixes(path+".addresses.deny", p.Addresses.Deny)
 
 	e := &p.Ejection
 	ep := path + ".ejection"
@@ -298,6 +319,79 @@ func (v *validator) pool(c *Config, p *Pool, path string) {
 	if p.HealthCheck != nil {
 		v.healthCheck(p.HealthCheck, path+".health_check")
 	}
+}
+
+// limits checks what the data path can hold: service ids for the tcp/udp
+// services, backend slots for the fixed addresses of every pool (DNS
+// answers come on top at run time, capped per name).
+func (v *validator) limits(c *Config) {
+	if n := len(c.L4Services()); n > defaults.MaxServices-1 {
+		v.add("services", "%d tcp/udp services: the data path holds at most %d", n, defaults.MaxServices-1)
+	}
+	type key struct {
+		pool string
+		addr netip.AddrPort
+	}
+	fixed := make(map[key]bool)
+	for _, p := range c.Pools {
+		for _, b := range p.Backends {
+			if b.AddrPort.IsValid() {
+				fixed[key{p.Name, b.AddrPort}] = true
+			}
+		}
+	}
+	if n := len(fixed); n > defaults.MaxBackends-1 {
+		v.add("pools", "%d fixed backend addresses in all pools: the data path holds at most %d", n, defaults.MaxBackends-1)
+	}
+}
+
+// prefixes parses a list of CIDRs (a bare IP is a /32 or /128).
+func (v *validator) prefixes(path string, list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for i, s := range list {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			ip, ierr := netip.ParseAddr(s)
+			if ierr != nil {
+				v.add(fmt.Sprintf("%s[%d]", path, i), "%q is not a CIDR (198.18.2.0/24) nor an IP", s)
+				continue
+			}
+			p = netip.PrefixFrom(ip, ip.BitLen())
+		}
+		if p != p.Masked() {
+			v.add(fmt.Sprintf("%s[%d]", path, i), "%q has host bits set (did you mean %s?)", s, p.Masked())
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// OwnAddresses are our own listeners, which no backend may be: every L4
+// service's VIP (any port), every http service's and the metrics
+// endpoint's ip:port. The agent adds the host's addresses at run time
+// (and the host's ip:port of a listener on an unspecified address).
+func (c *Config) OwnAddresses() []addrfilter.Own {
+	var out []addrfilter.Own
+	for _, s := range c.Services {
+		if !s.ListenAddr.IsValid() {
+			continue
+		}
+		o := addrfilter.Own{Addr: s.ListenAddr.Addr(), What: fmt.Sprintf("listen address of service %q", s.Name)}
+		if !s.IsL4() {
+			o.Port = s.ListenAddr.Port()
+		}
+		out = append(out, o)
+	}
+	if ap, err := netip.ParseAddrPort(c.Metrics.Listen); err == nil {
+		out = append(out, addrfilter.Own{Addr: ap.Addr(), Port: ap.Port(), What: "the metrics listen address"})
+	}
+	return out
+}
+
+// Filter is the pool's address filter with own as our own addresses.
+func (p *Pool) Filter(own []addrfilter.Own) *addrfilter.Filter {
+	return addrfilter.New(p.Addresses.AllowPrefixes, p.Addresses.DenyPrefixes, own)
 }
 
 func (v *validator) backend(b *Backend, path string) {
@@ -324,8 +418,6 @@ func (v *validator) backend(b *Backend, path string) {
 			v.add(path+".address", "%q: only IPv4 backends are supported for now", b.Address)
 		case ap.Port() == 0:
 			v.add(path+".address", "%q: port must not be 0", b.Address)
-		case ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() || ap.Addr() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-			v.add(path+".address", "%q is not a unicast address", b.Address)
 		default:
 			b.AddrPort = ap
 		}

@@ -23,7 +23,7 @@ type baseline struct {
 // baselineConfig is df5b5f6's struct sluice_config.
 type baselineConfig struct {
 	TCPSynTimeoutNs, TCPEstablishedTimeoutNs, TCPClosingTimeoutNs, UDPTimeoutNs, NexthopCacheNs uint64
-	SNATPortMin, SNATPortMax, MaglevSize, HashSeed                                           uint32
+	SNATPortMin, SNATPortMax, MaglevSize, HashSeed                                              uint32
 }
 
 // loadBaseline loads the old program with the lab's baseline services,

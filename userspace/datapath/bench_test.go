@@ -120,6 +120,7 @@ func (l *lab) time(b *testing.B, pass *ebpf.Program, base *baseline, verdict uin
 		b.ReportMetric(net/baseNet, "ratio")
 	}
 }
+
 // fillTable inserts frac × max_entries live flows of clients in
 // 198.19.0.0/16 that no benchmark frame uses into m (conntrack or the
 // half-open table), as established forward entries to backend slot 1.

@@ -529,7 +529,7 @@ func floodCases() []xdpCase {
 		{name: "a backend's RST to a blind ACK does not confirm it",
 			before: []input{then(fromClient(ack), xdpRedirect)},
 			in:     fromBackend(pkt{src: be1, dst: client, proto: TCP, flags: fRST, seq: 5001}), verdict: xdpRedirect, want: toClient(vip, client),
-			after:  wantFlows(0, 1, FlowClosing)},
+			after: wantFlows(0, 1, FlowClosing)},
 		{name: "an evicted reverse entry is re-created by the client's next packet",
 			before: confirmedFlow, setup: deleteReverse,
 			in: fromClient(request), verdict: xdpRedirect, want: toBackend(be1, macBE1),
@@ -561,7 +561,7 @@ func floodCases() []xdpCase {
 		{name: "a UDP flow is confirmed by the backend's answer",
 			before: []input{then(fromClient(pkt{src: client, dst: vipUDP, proto: UDP, payload: []byte("q")}), xdpRedirect)},
 			in:     fromBackend(pkt{src: beUDP, dst: client, proto: UDP, payload: []byte("a")}), verdict: xdpRedirect, want: toClient(vipUDP, client),
-			after:  wantFlows(1, 0, FlowUDP)},
+			after: wantFlows(1, 0, FlowUDP)},
 		{name: "a SYN flood filling the half-open table many times over evicts no confirmed flow",
 			before: confirmedFlow,
 			setup: func(tb testing.TB, l *lab) {

@@ -14,6 +14,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/sluicelb/sluice/internal/testenv"
 )
 
 const (
@@ -54,12 +56,7 @@ type lab struct {
 
 func requireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			tb.Fatal("BPF tests need root, and CI runs as root")
-		}
-		tb.Skip("BPF tests need root (CAP_BPF, CAP_NET_ADMIN): skipped")
-	}
+	testenv.RequireRoot(tb, "BPF tests (CAP_BPF, CAP_NET_ADMIN)")
 }
 
 // newLab starts a goroutine locked to a thread that lives in a fresh

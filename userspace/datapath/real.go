@@ -15,10 +15,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/internal/defaults"
 )
 
 // DefaultPinPath is where maps and links are pinned unless configured.
-const DefaultPinPath = "/sys/fs/bpf/sluice"
+const DefaultPinPath = defaults.PinPath
 
 // Timeouts are the conntrack idle timeouts per flow state.
 type Timeouts struct {
@@ -26,7 +27,7 @@ type Timeouts struct {
 }
 
 // DefaultRSTRate is the RST rate limit per CPU and second.
-const DefaultRSTRate = 1000
+const DefaultRSTRate = defaults.RSTRate
 
 // DefaultTimeouts match the program's built-in defaults.
 func DefaultTimeouts() Timeouts {
@@ -251,10 +252,10 @@ func Open(o Options) (*Real, error) {
 		o.PinPath = DefaultPinPath
 	}
 	if o.MaglevTableSize == 0 {
-		o.MaglevTableSize = 16381
+		o.MaglevTableSize = defaults.MaglevTableSize
 	}
 	if o.ConntrackMax == 0 {
-		o.ConntrackMax = 262144
+		o.ConntrackMax = defaults.ConntrackMax
 	}
 	if o.HalfOpenMax == 0 {
 		o.HalfOpenMax = max(o.ConntrackMax/4, 1024)
@@ -276,7 +277,7 @@ func Open(o Options) (*Real, error) {
 		o.Timeouts.UDP = def.UDP
 	}
 	if o.SNATPortMin == 0 && o.SNATPortMax == 0 {
-		o.SNATPortMin, o.SNATPortMax = 20000, 32767
+		o.SNATPortMin, o.SNATPortMax = defaults.SNATPortMin, defaults.SNATPortMax
 	}
 	if o.SNATPortMax < o.SNATPortMin {
 		return nil, fmt.Errorf("snat port range %d-%d is empty", o.SNATPortMin, o.SNATPortMax)
@@ -478,8 +479,8 @@ func LoadSpec(tableSize, conntrackMax uint32, t Timeouts) (*ebpf.CollectionSpec,
 		MaglevSize:              tableSize,
 		HashSeed:                0x5eed1ce,
 		NexthopCacheNs:          uint64(time.Second),
-		SnatPortMin:             20000,
-		SnatPortMax:             32767,
+		SnatPortMin:             defaults.SNATPortMin,
+		SnatPortMax:             defaults.SNATPortMax,
 		RstIntervalNs:           uint64(time.Second) / DefaultRSTRate,
 		RstBurstNs:              uint64(time.Second),
 	}

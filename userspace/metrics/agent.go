@@ -38,6 +38,7 @@ type Agent struct {
 	gcDeleted     prometheus.Counter
 	healthChecks  *prometheus.CounterVec
 	healthSeconds *prometheus.HistogramVec
+	refused       *prometheus.CounterVec
 
 	mu            sync.Mutex
 	drainingSince map[poolAddr]time.Time // addresses that entered draining, for drain durations
@@ -88,6 +89,10 @@ func newAgent() *Agent {
 			Help:    "Duration of active health checks, passed or failed.",
 			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
 		}, []string{"pool"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_backend_addresses_refused_total",
+			Help: "Addresses a source (a DNS name, or static for the config) gave a pool that the address filter refused, by reason (own-address, denied, not-allowed, unspecified, this-network, loopback, link-local, multicast, reserved); counted when the source starts giving the address.",
+		}, []string{"pool", "source", "reason"}),
 		drainingSince: make(map[poolAddr]time.Time),
 	}
 	a.reloads.WithLabelValues(ReloadOK)
@@ -112,7 +117,7 @@ func (a *Agent) Collect(ch chan<- prometheus.Metric) {
 func (a *Agent) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		a.transitions, a.drains, a.dnsLookups, a.dnsFailures, a.reloads,
-		a.mapErrors, a.gcDeleted, a.healthChecks, a.healthSeconds,
+		a.mapErrors, a.gcDeleted, a.healthChecks, a.healthSeconds, a.refused,
 	}
 }
 
@@ -210,6 +215,17 @@ func (a *Agent) ForgetBackend(pool string, addr netip.AddrPort) {
 	a.mu.Lock()
 	delete(a.drainingSince, poolAddr{pool, addr})
 	a.mu.Unlock()
+}
+
+// AddressRefused counts an address the filter refused for a pool source.
+func (a *Agent) AddressRefused(pool, source, reason string) {
+	a.refused.WithLabelValues(pool, source, reason).Inc()
+}
+
+// ForgetSource deletes the series of a pool source (a DNS name as the
+// config spells it) the pool no longer has.
+func (a *Agent) ForgetSource(pool, source string) {
+	a.refused.DeletePartialMatch(prometheus.Labels{"pool": pool, "source": source})
 }
 
 // ForgetDNSName deletes the series of a name no pool uses any more.

@@ -58,6 +58,10 @@ type BackendRef struct {
 type Topology interface {
 	Services() []ServiceRef
 	Backends() []BackendRef
+	// FlowCounts are the flows the agent counted on its last walk of the
+	// conntrack map, so a scrape does not walk it once more; ok false
+	// (nothing counted yet) makes the collector walk the map itself.
+	FlowCounts() (c FlowCounts, ok bool)
 }
 
 // FlowCounts are live flows counted by whoever already walks the
@@ -66,14 +70,6 @@ type FlowCounts struct {
 	ByService map[uint32]int // service id -> live flows
 	BySlot    map[uint32]int // backend slot -> live flows (current generation)
 	Total     int            // forward entries seen, live or expired
-}
-
-// FlowCounter may be implemented by a Topology that already counts flows
-// (the agent walks the conntrack map every tick): the collector then uses
-// its counts instead of walking the map once more per scrape. ok false
-// falls back to the walk.
-type FlowCounter interface {
-	FlowCounts() (c FlowCounts, ok bool)
 }
 
 // seriesStates are the states sluice_backend_state always has a series for
@@ -99,6 +95,15 @@ type collector struct {
 
 	mu           sync.Mutex // one scrape at a time: a flow walk is not cheap
 	scrapeErrors uint64
+}
+
+// NewCollector returns the data path collector: dp's counters named
+// through topo, read at scrape time. capacity is the conntrack map's size
+// (sluice_conntrack_capacity). Register it on Metrics.Registry once the
+// agent that implements topo exists (Options.DataPath does the same for
+// a topology known before New).
+func NewCollector(dp Stats, topo Topology, capacity uint32) prometheus.Collector {
+	return newCollector(dp, topo, capacity)
 }
 
 func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
@@ -272,10 +277,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // conntrack map. A flow pinned to an older generation of a slot is not
 // counted for the slot's current address.
 func (c *collector) countFlows(backends []BackendRef) (FlowCounts, bool) {
-	if fc, ok := c.topo.(FlowCounter); ok {
-		if counts, ok := fc.FlowCounts(); ok {
-			return counts, true
-		}
+	if counts, ok := c.topo.FlowCounts(); ok {
+		return counts, true
 	}
 	gens := make(map[uint32]uint32, len(backends))
 	for _, b := range backends {

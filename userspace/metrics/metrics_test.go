@@ -91,6 +91,9 @@ type fakeTopology struct {
 func (t fakeTopology) Services() []ServiceRef { return t.services }
 func (t fakeTopology) Backends() []BackendRef { return t.backends }
 
+// FlowCounts: the fake counts nothing, the collector walks the map.
+func (t fakeTopology) FlowCounts() (FlowCounts, bool) { return FlowCounts{}, false }
+
 // countingTopology also counts flows itself.
 type countingTopology struct {
 	fakeTopology
@@ -564,6 +567,7 @@ func populated(t *testing.T) *Metrics {
 	m.Agent.MapError("set_backend")
 	m.Agent.ConntrackGCDeleted(1)
 	m.Agent.HealthCheck("web", a1, "pass", time.Millisecond)
+	m.Agent.AddressRefused("web", "backend.lab", "loopback")
 	m.L7.Request("web-http", 200, time.Millisecond, 1)
 	m.L7.Retry("web-http", "reset")
 	m.L7.RetryRefused("web-http")

@@ -135,10 +135,9 @@ type Backend struct {
 	EjectedUntil time.Time
 	// Ejections counts ejections since the last recovery, for backoff.
 	Ejections int
-	// Flows is the number of active flows seen at the last Tick.
+	// Flows is the number of live flows a draining address had at the
+	// last Tick.
 	Flows int
-	// Slot is the data path backend slot the agent gave the address (0: none).
-	Slot uint32
 }
 
 // Transition is one state change of one address.
@@ -175,6 +174,9 @@ type Pool struct {
 	expected map[string]bool // sources the pool is made of; nil: just those that reported
 	entries  map[netip.AddrPort]*entry
 	refused  uint64 // ejections refused by MaxEjectedPercent
+	// version counts the changes a consumer of the states must act on:
+	// a state, a weight, an address added or forgotten.
+	version uint64
 
 	lookups lookups // DNS lookups asked for (resolve.go)
 }
@@ -262,6 +264,7 @@ func (p *Pool) move(ts *transitions, now time.Time, e *entry, to State, cause st
 	if from == to {
 		return
 	}
+	p.version++
 	e.State = to
 	e.Cause = cause
 	e.Since = now
@@ -307,8 +310,18 @@ func (p *Pool) Expect(now time.Time, sources []string) {
 // the source. New addresses become active; addresses no source wants any
 // more start draining (cause: SourceCause(source)); a draining address
 // wanted again is active again unless an operator drained it.
-func (p *Pool) SetSource(now time.Time, source string, addrs []Desired) {
+//
+// It reports whether the source's set changed (addresses or weights). An
+// unchanged set (a DNS answer that says again what the last one said)
+// only refreshes the addresses' Info: no address is re-evaluated and the
+// pool's Version stays, so nothing downstream has anything to do.
+func (p *Pool) SetSource(now time.Time, source string, addrs []Desired) (changed bool) {
 	p.mu.Lock()
+	if p.sameSet(source, addrs) {
+		p.refreshInfo(source, addrs)
+		p.mu.Unlock()
+		return false
+	}
 	var ts transitions
 	if len(addrs) == 0 {
 		delete(p.sources, source)
@@ -326,9 +339,72 @@ func (p *Pool) SetSource(now time.Time, source string, addrs []Desired) {
 		}
 		p.sources[source] = set
 	}
+	before := p.version
 	p.evaluate(&ts, now, SourceCause(source))
+	changed = p.version != before
 	p.mu.Unlock()
 	p.deliver(ts)
+	return changed
+}
+
+// sameSet is whether source already reported exactly addrs (same
+// addresses, same weights). Called with mu held.
+func (p *Pool) sameSet(source string, addrs []Desired) bool {
+	cur, ok := p.sources[source]
+	if !ok || len(cur) != len(addrs) {
+		return false
+	}
+	for _, d := range addrs {
+		w := d.Weight
+		if w == 0 {
+			w = 1
+		}
+		c, ok := cur[d.Addr]
+		if !ok || c.Weight != w {
+			return false
+		}
+	}
+	// Duplicates in addrs would make the lengths match a smaller set.
+	return len(addrs) == 0 || !hasDuplicates(addrs)
+}
+
+func hasDuplicates(addrs []Desired) bool {
+	if len(addrs) < 2 {
+		return false
+	}
+	seen := make(map[netip.AddrPort]bool, len(addrs))
+	for _, d := range addrs {
+		if seen[d.Addr] {
+			return true
+		}
+		seen[d.Addr] = true
+	}
+	return false
+}
+
+// refreshInfo records the Info of an unchanged set. Called with mu held.
+func (p *Pool) refreshInfo(source string, addrs []Desired) {
+	set := p.sources[source]
+	for _, d := range addrs {
+		c := set[d.Addr]
+		if c.Info == d.Info {
+			continue
+		}
+		c.Info = d.Info
+		set[d.Addr] = c
+		if e, ok := p.entries[d.Addr]; ok && e.Source == source {
+			e.Info = d.Info
+		}
+	}
+}
+
+// Version changes whenever an address's state or weight changes, or an
+// address is added or forgotten: a consumer that saw a Version has
+// nothing to redo while it stays the same.
+func (p *Pool) Version() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.version
 }
 
 // Sources lists the sources that reported, sorted.
@@ -387,6 +463,7 @@ func (p *Pool) evaluate(ts *transitions, now time.Time, cause string) {
 			if !ok {
 				e = &entry{Backend: Backend{Addr: addr}}
 				p.entries[addr] = e
+				p.version++
 			}
 			if e.adopted && e.State == Draining && src == SourceStatic {
 				// Found draining though the config still lists it: only
@@ -397,7 +474,10 @@ func (p *Pool) evaluate(ts *transitions, now time.Time, cause string) {
 			}
 			e.Desired = true
 			e.adopted = false
-			e.Weight = d.Weight
+			if e.Weight != d.Weight {
+				e.Weight = d.Weight
+				p.version++
+			}
 			e.Source = src
 			e.Info = d.Info
 			switch {
@@ -453,49 +533,54 @@ func (p *Pool) Adopt(now time.Time, addr netip.AddrPort, state State, weight uin
 		return
 	}
 	p.entries[addr] = e
+	p.version++
 	p.log.Info("backend adopted", "pool", p.name, "address", addr.String(), "state", state.String())
+}
+
+// update is the pattern every operation on one address follows: lock,
+// look the address up (ErrUnknownAddress when the pool does not know it),
+// let op change it and record transitions, unlock, then deliver the
+// transitions to the observers outside the lock.
+func (p *Pool) update(now time.Time, verb string, addr netip.AddrPort, op func(e *entry, ts *transitions) error) error {
+	p.mu.Lock()
+	var ts transitions
+	e, ok := p.entries[addr]
+	if !ok {
+		p.mu.Unlock()
+		return fmt.Errorf("pool %s: %s %s: %w", p.name, verb, addr, ErrUnknownAddress)
+	}
+	err := op(e, &ts)
+	p.mu.Unlock()
+	p.deliver(ts)
+	return err
 }
 
 // Drain takes an address out of rotation on an operator's request: it
 // drains like an address its source dropped, and stays out (even once
 // removed) until Undrain.
 func (p *Pool) Drain(now time.Time, addr netip.AddrPort) error {
-	p.mu.Lock()
-	var ts transitions
-	e, ok := p.entries[addr]
-	if !ok {
-		p.mu.Unlock()
-		return fmt.Errorf("pool %s: drain %s: %w", p.name, addr, ErrUnknownAddress)
-	}
-	e.Held = true
-	switch e.State {
-	case Active, Ejected:
-		p.move(&ts, now, e, Draining, CauseOperator)
-	}
-	p.mu.Unlock()
-	p.deliver(ts)
-	return nil
+	return p.update(now, "drain", addr, func(e *entry, ts *transitions) error {
+		e.Held = true
+		switch e.State {
+		case Active, Ejected:
+			p.move(ts, now, e, Draining, CauseOperator)
+		}
+		return nil
+	})
 }
 
 // Undrain ends an operator drain: the address is active again if a source
 // still wants it (a new one if it was already removed).
 func (p *Pool) Undrain(now time.Time, addr netip.AddrPort) error {
-	p.mu.Lock()
-	var ts transitions
-	e, ok := p.entries[addr]
-	if !ok {
-		p.mu.Unlock()
-		return fmt.Errorf("pool %s: undrain %s: %w", p.name, addr, ErrUnknownAddress)
-	}
-	if e.Held {
-		e.Held = false
-		if e.Desired && (e.State == Draining || e.State == Removed) {
-			p.move(&ts, now, e, Active, CauseOperator)
+	return p.update(now, "undrain", addr, func(e *entry, ts *transitions) error {
+		if e.Held {
+			e.Held = false
+			if e.Desired && (e.State == Draining || e.State == Removed) {
+				p.move(ts, now, e, Active, CauseOperator)
+			}
 		}
-	}
-	p.mu.Unlock()
-	p.deliver(ts)
-	return nil
+		return nil
+	})
 }
 
 // Eject takes an active address out of rotation until the given time
@@ -504,28 +589,37 @@ func (p *Pool) Undrain(now time.Time, addr netip.AddrPort) error {
 // the addresses that serve (active or ejected) is refused with
 // ErrEjectionLimit, so the pool is never emptied this way.
 func (p *Pool) Eject(now time.Time, addr netip.AddrPort, until time.Time, cause string) error {
-	p.mu.Lock()
-	var ts transitions
-	e, ok := p.entries[addr]
-	if !ok {
-		p.mu.Unlock()
-		return fmt.Errorf("pool %s: eject %s: %w", p.name, addr, ErrUnknownAddress)
-	}
-	switch e.State {
-	case Ejected:
+	return p.update(now, "eject", addr, func(e *entry, ts *transitions) error {
+		switch e.State {
+		case Ejected:
+			e.EjectedUntil = until
+			e.Cause = cause
+			e.Ejections++
+			p.log.Info("backend ejection extended", "pool", p.name, "address", addr.String(), "until", until, "cause", cause)
+			return nil
+		case Active:
+		default:
+			return fmt.Errorf("pool %s: eject %s (%s): %w", p.name, addr, e.State, ErrNotActive)
+		}
+		serving, ejected := p.serving()
+		if (ejected+1)*100 > p.cfg.MaxEjectedPercent*serving {
+			pct := p.cfg.MaxEjectedPercent
+			p.refused++
+			p.log.Warn("backend ejection refused", "pool", p.name, "address", addr.String(), "cause", cause,
+				"ejected", ejected, "serving", serving, "max_ejected_percent", pct)
+			return fmt.Errorf("pool %s: eject %s: %d of %d already ejected, max %d%%: %w",
+				p.name, addr, ejected, serving, pct, ErrEjectionLimit)
+		}
+		p.move(ts, now, e, Ejected, cause)
 		e.EjectedUntil = until
-		e.Cause = cause
 		e.Ejections++
-		p.mu.Unlock()
-		p.log.Info("backend ejection extended", "pool", p.name, "address", addr.String(), "until", until, "cause", cause)
 		return nil
-	case Active:
-	default:
-		st := e.State
-		p.mu.Unlock()
-		return fmt.Errorf("pool %s: eject %s (%s): %w", p.name, addr, st, ErrNotActive)
-	}
-	serving, ejected := 0, 0
+	})
+}
+
+// serving counts the addresses that serve (active or ejected) and the
+// ejected ones among them. Called with mu held.
+func (p *Pool) serving() (serving, ejected int) {
 	for _, o := range p.entries {
 		switch o.State {
 		case Active:
@@ -535,21 +629,7 @@ func (p *Pool) Eject(now time.Time, addr netip.AddrPort, until time.Time, cause 
 			ejected++
 		}
 	}
-	if (ejected+1)*100 > p.cfg.MaxEjectedPercent*serving {
-		pct := p.cfg.MaxEjectedPercent
-		p.refused++
-		p.mu.Unlock()
-		p.log.Warn("backend ejection refused", "pool", p.name, "address", addr.String(), "cause", cause,
-			"ejected", ejected, "serving", serving, "max_ejected_percent", pct)
-		return fmt.Errorf("pool %s: eject %s: %d of %d already ejected, max %d%%: %w",
-			p.name, addr, ejected, serving, pct, ErrEjectionLimit)
-	}
-	p.move(&ts, now, e, Ejected, cause)
-	e.EjectedUntil = until
-	e.Ejections++
-	p.mu.Unlock()
-	p.deliver(ts)
-	return nil
+	return serving, ejected
 }
 
 // EjectionRoom is how many more addresses Eject would accept right now
@@ -557,16 +637,7 @@ func (p *Pool) Eject(now time.Time, addr netip.AddrPort, until time.Time, cause 
 func (p *Pool) EjectionRoom() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	serving, ejected := 0, 0
-	for _, o := range p.entries {
-		switch o.State {
-		case Active:
-			serving++
-		case Ejected:
-			serving++
-			ejected++
-		}
-	}
+	serving, ejected := p.serving()
 	room := 0
 	for (ejected+room+1)*100 <= p.cfg.MaxEjectedPercent*serving && ejected+room < serving {
 		room++
@@ -585,48 +656,47 @@ func (p *Pool) EjectionsRefused() uint64 {
 // Recover brings an ejected address back at once (e.g. `rise` passing
 // health checks, a successful trial) and resets its ejection count.
 func (p *Pool) Recover(now time.Time, addr netip.AddrPort, cause string) error {
-	p.mu.Lock()
-	var ts transitions
-	e, ok := p.entries[addr]
-	if !ok {
-		p.mu.Unlock()
-		return fmt.Errorf("pool %s: recover %s: %w", p.name, addr, ErrUnknownAddress)
-	}
-	e.Ejections = 0
-	if e.State != Ejected {
-		// Back on trial and the trial succeeded: no state change, but
-		// status says why it is in rotation for good now.
-		if e.State == Active && e.Cause == CauseEjectionExpired {
-			e.Cause = cause
+	return p.update(now, "recover", addr, func(e *entry, ts *transitions) error {
+		e.Ejections = 0
+		if e.State != Ejected {
+			// Back on trial and the trial succeeded: no state change, but
+			// status says why it is in rotation for good now.
+			if e.State == Active && e.Cause == CauseEjectionExpired {
+				e.Cause = cause
+			}
+			return nil
 		}
-		p.mu.Unlock()
+		p.move(ts, now, e, Active, cause)
 		return nil
-	}
-	p.move(&ts, now, e, Active, cause)
-	p.mu.Unlock()
-	p.deliver(ts)
-	return nil
+	})
 }
 
-// Tick applies time and flow counts. activeFlows counts the live flows of
-// each address; nil means the counts are unknown (reading them failed), so
-// only deadlines apply. A draining address with no flow is removed
+// FlowCounts gives the live flows of a draining address; known false:
+// its count could not be read (only its deadline applies).
+type FlowCounts func(addr netip.AddrPort) (n int, known bool)
+
+// Tick applies time and flow counts. flows counts the live flows of the
+// draining addresses (see Draining); nil means the counts are unknown
+// (reading them failed), so only deadlines apply. A draining address with no flow is removed
 // ("no-flows"), one past its deadline is removed even with flows
 // ("drain-timeout"); an ejected address past its time is active again on
 // trial; removed addresses are forgotten after the removed grace, unless an
-// operator still holds an address a source wants.
-func (p *Pool) Tick(now time.Time, activeFlows map[netip.AddrPort]int) {
+// operator still holds an address a source wants. It returns the
+// addresses forgotten.
+func (p *Pool) Tick(now time.Time, flows FlowCounts) (forgotten []netip.AddrPort) {
 	p.mu.Lock()
 	var ts transitions
 	grace := p.cfg.removedGrace()
 	for addr, e := range p.entries {
-		n, known := 0, activeFlows != nil
-		if known {
-			n = activeFlows[addr]
-			e.Flows = n
-		}
 		switch e.State {
 		case Draining:
+			n, known := 0, false
+			if flows != nil {
+				n, known = flows(addr)
+			}
+			if known {
+				e.Flows = n
+			}
 			switch {
 			case known && n == 0:
 				p.move(&ts, now, e, Removed, CauseNoFlows)
@@ -643,12 +713,29 @@ func (p *Pool) Tick(now time.Time, activeFlows map[netip.AddrPort]int) {
 			}
 			if now.Sub(e.Since) >= grace {
 				delete(p.entries, addr)
+				p.version++
+				forgotten = append(forgotten, addr)
 				p.log.Debug("backend forgotten", "pool", p.name, "address", addr.String())
 			}
 		}
 	}
 	p.mu.Unlock()
 	p.deliver(ts)
+	return forgotten
+}
+
+// Draining lists the draining addresses (unsorted): the ones Tick asks
+// the flow counts of.
+func (p *Pool) Draining() []netip.AddrPort {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []netip.AddrPort
+	for addr, e := range p.entries {
+		if e.State == Draining {
+			out = append(out, addr)
+		}
+	}
+	return out
 }
 
 // NextDeadline is the earliest time Tick has something to do regardless
@@ -670,15 +757,6 @@ func (p *Pool) NextDeadline() time.Time {
 		}
 	}
 	return next
-}
-
-// SetSlot records the data path slot the agent gave an address (0: none).
-func (p *Pool) SetSlot(addr netip.AddrPort, slot uint32) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if e, ok := p.entries[addr]; ok {
-		e.Slot = slot
-	}
 }
 
 // Backend returns one address.
@@ -738,4 +816,91 @@ func (p *Pool) Counts() map[State]int {
 		out[e.State]++
 	}
 	return out
+}
+
+// Saved is what the agent persists of an address across a restart: the
+// decisions the data path's slot state cannot carry (an operator's hold,
+// the real drain deadline, an ejection's end and count).
+type Saved struct {
+	State         State // Draining, Ejected, or Removed (only with Held)
+	Held          bool
+	Cause         string
+	Since         time.Time
+	DrainDeadline time.Time
+	EjectedUntil  time.Time
+	Ejections     int
+}
+
+// Saved returns what of addr is worth persisting (ok false: nothing, the
+// address is active, removed and not held, or unknown).
+func (p *Pool) Saved(addr netip.AddrPort) (Saved, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.entries[addr]
+	if !ok {
+		return Saved{}, false
+	}
+	return savedOf(e)
+}
+
+func savedOf(e *entry) (Saved, bool) {
+	switch {
+	case e.State == Ejected, e.State == Draining, e.Held && e.State == Removed:
+		return Saved{State: e.State, Held: e.Held, Cause: e.Cause, Since: e.Since,
+			DrainDeadline: e.DrainDeadline, EjectedUntil: e.EjectedUntil, Ejections: e.Ejections}, true
+	}
+	return Saved{}, false
+}
+
+// SavedAll returns everything worth persisting, by address.
+func (p *Pool) SavedAll() map[netip.AddrPort]Saved {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[netip.AddrPort]Saved)
+	for addr, e := range p.entries {
+		if s, ok := savedOf(e); ok {
+			out[addr] = s
+		}
+	}
+	return out
+}
+
+// Restore applies what a previous agent decided about addr, read back
+// after a restart (call it after Adopt, before sources report): an
+// operator hold survives whatever the sources say, a drain keeps its
+// deadline, an ejection its end and count. An address the pool does not
+// know yet (an operator-drained address already removed) is added in the
+// saved state, waiting for its source like an adopted one.
+func (p *Pool) Restore(now time.Time, addr netip.AddrPort, s Saved) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.entries[addr]
+	if !ok {
+		if s.State != Removed || !s.Held {
+			// A draining or ejected address the data path no longer has
+			// is gone: nothing to restore.
+			return
+		}
+		e = &entry{Backend: Backend{Addr: addr, State: Removed, Weight: 1}, adopted: true}
+		p.entries[addr] = e
+		p.version++
+	}
+	if e.State != s.State {
+		// The slot says otherwise (it moved on while no agent ran, or
+		// was written by a newer decision): keep only the hold.
+		e.Held = e.Held || s.Held && e.State != Active
+		return
+	}
+	e.Held = s.Held
+	e.Cause = s.Cause
+	e.Since = s.Since
+	switch s.State {
+	case Draining:
+		e.DrainDeadline = s.DrainDeadline
+	case Ejected:
+		e.EjectedUntil = s.EjectedUntil
+		e.Ejections = s.Ejections
+	}
+	p.log.Info("backend state restored", "pool", p.name, "address", addr.String(), "state", s.State.String(),
+		"held", s.Held, "cause", s.Cause)
 }

@@ -44,8 +44,21 @@ func dns(name string, addrs ...netip.AddrPort) func(*Pool, time.Time) error {
 	return func(p *Pool, now time.Time) error { p.SetSource(now, name, want(addrs...)); return nil }
 }
 
+// counts are known flow counts (a nil map: none anywhere).
+func counts(m map[netip.AddrPort]int) FlowCounts {
+	return func(a netip.AddrPort) (int, bool) { return m[a], true }
+}
+
+// tick runs Tick with flows; a nil map means the counts are unknown.
 func tick(flows map[netip.AddrPort]int) func(*Pool, time.Time) error {
-	return func(p *Pool, now time.Time) error { p.Tick(now, flows); return nil }
+	return func(p *Pool, now time.Time) error {
+		if flows == nil {
+			p.Tick(now, nil)
+			return nil
+		}
+		p.Tick(now, counts(flows))
+		return nil
+	}
 }
 
 func drain(a netip.AddrPort) func(*Pool, time.Time) error {
@@ -416,13 +429,12 @@ func TestDrainDeadlineAndFields(t *testing.T) {
 	if len(act) != 1 || act[0].Addr != a2 {
 		t.Fatalf("active = %+v", act)
 	}
-	p.SetSlot(a2, 7)
-	if b2, _ := p.Backend(a2); b2.Slot != 7 {
-		t.Fatalf("slot = %d", b2.Slot)
-	}
-	p.Tick(at(6), map[netip.AddrPort]int{a1: 4, a2: 9})
-	if b, _ := p.Backend(a2); b.Flows != 9 {
+	p.Tick(at(6), counts(map[netip.AddrPort]int{a1: 4, a2: 9}))
+	if b, _ := p.Backend(a1); b.Flows != 4 {
 		t.Fatalf("flows = %d", b.Flows)
+	}
+	if d := p.Draining(); !slices.Equal(d, []netip.AddrPort{a1}) {
+		t.Fatalf("draining = %v", d)
 	}
 	c := p.Counts()
 	if c[Active] != 1 || c[Draining] != 1 {
@@ -493,8 +505,8 @@ func TestExpectDropsSource(t *testing.T) {
 	if p.Empty() {
 		t.Fatal("empty while addresses drain")
 	}
-	p.Tick(at(3), map[netip.AddrPort]int{})
-	p.Tick(at(100), map[netip.AddrPort]int{})
+	p.Tick(at(3), counts(nil))
+	p.Tick(at(100), counts(nil))
 	if !p.Empty() {
 		t.Fatalf("not empty: %+v", p.Backends())
 	}
@@ -594,12 +606,112 @@ func TestEjectionRoom(t *testing.T) {
 		t.Fatalf("room = %d, want 1", n)
 	}
 	// No end time: only Recover brings it back.
-	p.Tick(at(1000), map[netip.AddrPort]int{})
+	p.Tick(at(1000), counts(nil))
 	if b, _ := p.Backend(a1); b.State != Ejected {
 		t.Fatalf("a1 = %+v", b)
 	}
 	p.SetConfig(Config{DrainTimeout: time.Second, MaxEjectedPercent: 100})
 	if n := p.EjectionRoom(); n != 3 {
 		t.Fatalf("room at 100%% = %d, want 3", n)
+	}
+}
+
+// An unchanged answer changes nothing a consumer acts on: SetSource says
+// so, Version stays, only the Info shown in status moves.
+func TestUnchangedSourceChangesNothing(t *testing.T) {
+	var seen []Transition
+	p := New("web", Config{DrainTimeout: 30 * time.Second}, nil, func(tr Transition) { seen = append(seen, tr) })
+	if !p.SetSource(at(0), "backend.lab", []Desired{{Addr: a1, Info: "answer #1"}, {Addr: a2, Weight: 2}}) {
+		t.Fatal("first answer reported unchanged")
+	}
+	v := p.Version()
+	n := len(seen)
+	if p.SetSource(at(5), "backend.lab", []Desired{{Addr: a2, Weight: 2}, {Addr: a1, Weight: 1, Info: "answer #2"}}) {
+		t.Fatal("same set reported changed")
+	}
+	if p.Version() != v || len(seen) != n {
+		t.Fatalf("version %d -> %d, transitions %d -> %d", v, p.Version(), n, len(seen))
+	}
+	if b, _ := p.Backend(a1); b.Info != "answer #2" || !b.Since.Equal(at(0)) {
+		t.Fatalf("a1 = %+v", b)
+	}
+	// A weight change is a change; so is a duplicate hiding a missing address.
+	if !p.SetSource(at(6), "backend.lab", []Desired{{Addr: a1}, {Addr: a2, Weight: 3}}) || p.Version() == v {
+		t.Fatal("weight change not reported")
+	}
+	if !p.SetSource(at(7), "backend.lab", []Desired{{Addr: a1}, {Addr: a1}}) {
+		t.Fatal("set with a duplicate reported unchanged")
+	}
+	if b, _ := p.Backend(a2); b.State != Draining {
+		t.Fatalf("a2 = %+v", b)
+	}
+}
+
+func TestTickReportsForgotten(t *testing.T) {
+	p := New("web", Config{DrainTimeout: 30 * time.Second, RemovedGrace: time.Minute}, nil, nil)
+	p.SetSource(at(0), SourceStatic, want(a1, a2))
+	p.SetSource(at(1), SourceStatic, want(a2))
+	if got := p.Tick(at(2), counts(nil)); len(got) != 0 {
+		t.Fatalf("forgotten at once: %v", got)
+	}
+	v := p.Version()
+	if got := p.Tick(at(62), counts(nil)); !slices.Equal(got, []netip.AddrPort{a1}) {
+		t.Fatalf("forgotten = %v", got)
+	}
+	if p.Version() == v {
+		t.Fatal("forgetting an address did not change the version")
+	}
+}
+
+// A restart adopts states from the data path's slots; Restore puts back
+// what the slots cannot carry: the operator's hold (also on a DNS-derived
+// address), the drain deadline, the ejection's end.
+func TestSavedAndRestore(t *testing.T) {
+	p := New("web", Config{DrainTimeout: 30 * time.Second, MaxEjectedPercent: 100}, nil, nil)
+	p.Expect(at(0), []string{SourceStatic, "backend.lab"})
+	p.SetSource(at(0), SourceStatic, want(a1))
+	p.SetSource(at(0), "backend.lab", want(a2, a3, a4))
+	if err := p.Drain(at(1), a2); err != nil { // operator, DNS-derived
+		t.Fatal(err)
+	}
+	if err := p.Eject(at(2), a3, at(60), "connect-failure"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Drain(at(3), a4); err != nil {
+		t.Fatal(err)
+	}
+	p.Tick(at(4), counts(map[netip.AddrPort]int{a2: 1})) // a4 has no flow: removed, still held
+	saved := p.SavedAll()
+	if len(saved) != 3 || saved[a2].State != Draining || !saved[a2].Held || !saved[a2].DrainDeadline.Equal(at(31)) ||
+		saved[a3].State != Ejected || !saved[a3].EjectedUntil.Equal(at(60)) || saved[a3].Ejections != 1 ||
+		saved[a4].State != Removed || !saved[a4].Held {
+		t.Fatalf("saved = %+v", saved)
+	}
+
+	// The restarted agent: slots give a1 active, a2 draining, a3 ejected;
+	// a4 (removed) is not in the data path any more.
+	q := New("web", Config{DrainTimeout: 30 * time.Second, MaxEjectedPercent: 100}, nil, nil)
+	q.Adopt(at(100), a1, Active, 1, time.Time{})
+	q.Adopt(at(100), a2, Draining, 1, time.Time{})
+	q.Adopt(at(100), a3, Ejected, 1, at(110))
+	for addr, s := range saved {
+		q.Restore(at(100), addr, s)
+	}
+	q.Expect(at(100), []string{SourceStatic, "backend.lab"})
+	q.SetSource(at(100), SourceStatic, want(a1))
+	q.SetSource(at(101), "backend.lab", want(a2, a3, a4)) // the name still answers all
+	for _, tc := range []struct {
+		addr  netip.AddrPort
+		state State
+		check func(Backend) bool
+	}{
+		{a2, Draining, func(b Backend) bool { return b.Held && b.DrainDeadline.Equal(at(31)) && b.Cause == CauseOperator }},
+		{a3, Ejected, func(b Backend) bool { return b.EjectedUntil.Equal(at(60)) && b.Ejections == 1 }},
+		{a4, Removed, func(b Backend) bool { return b.Held }},
+	} {
+		b, ok := q.Backend(tc.addr)
+		if !ok || b.State != tc.state || !tc.check(b) {
+			t.Errorf("%s after restart = %+v (known %v), want %s as saved", tc.addr, b, ok, tc.state)
+		}
 	}
 }
