@@ -304,7 +304,13 @@ func (s *Server) fail(w http.ResponseWriter, rec *accesslog.Record, status int, 
 	s.writeError(w, status, why)
 }
 
+// errorWriteTime bounds writing one of sluice's own (short) answers. It
+// is given afresh, as such an answer often comes when the request's total
+// deadline has passed (504, 408).
+const errorWriteTime = 2 * time.Second
+
 func (s *Server) writeError(w http.ResponseWriter, status int, why string) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(errorWriteTime))
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")

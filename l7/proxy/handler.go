@@ -70,7 +70,12 @@ type request struct {
 // decide whether to try again, and respond with the outcome.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := &request{s: s, w: w, r: r, st: s.cfg.Load(), start: time.Now()}
+	q.deadline = q.start.Add(q.st.timeouts.Total)
 	q.tried = q.triedArr[:0]
+	// timeouts.total bounds the whole exchange, writing the response to
+	// the client included: a client that stops reading cannot hold the
+	// request, nor the backend connection it streams from, past it.
+	_ = http.NewResponseController(w).SetWriteDeadline(q.deadline)
 	q.rec = s.records.Get().(*accesslog.Record)
 	*q.rec = accesslog.Record{
 		Service: s.name, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
@@ -165,7 +170,6 @@ func (q *request) admit() bool {
 // the body could not be read.
 func (q *request) prepare() bool {
 	s, w, r := q.s, q.w, q.r
-	q.deadline = q.start.Add(q.st.timeouts.Total)
 	// The total deadline bounds reading the request body from the client
 	// too (a slow upload cannot hold a request past it). It is lifted as
 	// soon as the body is read: the server's own read of the connection

@@ -75,6 +75,8 @@ type Server struct {
 	shutdown time.Duration
 	tlsOn    bool
 	upTLS    bool
+	// tunnelIdle closes an upgraded connection idle both ways this long.
+	tunnelIdle time.Duration
 
 	cfg       atomic.Pointer[settings]
 	access    atomic.Pointer[accesslog.Logger] // nil: no access log
@@ -192,22 +194,20 @@ func New(opts Options) (*Server, error) {
 		s.snapshots = true
 	}
 
-	cl := opts.Client
-	if cl.HeaderTimeout <= 0 {
-		cl.HeaderTimeout = service.DefaultHeaderTimeout
-	}
-	if cl.IdleTimeout <= 0 {
-		cl.IdleTimeout = service.DefaultIdleTimeout
-	}
-	if cl.MaxHeaderBytes <= 0 {
-		cl.MaxHeaderBytes = service.DefaultMaxHeaderBytes
-	}
+	cl := opts.Client.WithDefaults()
+	s.tunnelIdle = cl.TunnelIdleTimeout
 	s.http = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: cl.HeaderTimeout,
 		IdleTimeout:       cl.IdleTimeout,
-		MaxHeaderBytes:    cl.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// Every request moves the write deadline to its own total deadline
+		// (ServeHTTP); WriteTimeout makes the server reset it when it reads
+		// the next request header, so a deadline of an earlier request
+		// never cuts a later one, and bounds what the server writes itself
+		// (its own error answers, the end of a response).
+		WriteTimeout:   cl.HeaderTimeout + st.timeouts.Total,
+		MaxHeaderBytes: cl.MaxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -293,10 +293,16 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 }
 
 // Shutdown stops accepting, closes idle client connections, waits for
-// in-flight requests and upgraded (WebSocket) connections until ctx ends,
-// closes what is left of the latter, then closes the upstream pools.
+// in-flight requests and upgraded (WebSocket) connections until ctx ends
+// (the grace period), force-closes every client connection and tunnel
+// still open then, and closes the upstream pools.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
+	if err != nil {
+		// The grace period is over: what is left is closed, so a stalled
+		// client cannot hold a request (and its backend connection) open.
+		_ = s.http.Close()
+	}
 	s.tunnels.shutdown(ctx)
 	s.pools.Close()
 	if s.unsubscribe != nil {

@@ -65,6 +65,7 @@ const (
 	DefaultSend            = 30 * time.Second
 	DefaultRead            = 60 * time.Second
 	DefaultTotal           = 90 * time.Second
+	DefaultTunnelIdle      = 60 * time.Second
 )
 
 // ClientLimits protect the listener from slow or greedy clients.
@@ -77,4 +78,25 @@ type ClientLimits struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes caps the request header size; default 64 KiB.
 	MaxHeaderBytes int
+	// TunnelIdleTimeout closes an upgraded (WebSocket) connection when no
+	// byte has passed in either direction for this long; default 60s
+	// (nginx proxy_read_timeout 60s, HAProxy timeout tunnel).
+	TunnelIdleTimeout time.Duration
+}
+
+// WithDefaults is c with its zero fields set to their defaults.
+func (c ClientLimits) WithDefaults() ClientLimits {
+	if c.HeaderTimeout <= 0 {
+		c.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.TunnelIdleTimeout <= 0 {
+		c.TunnelIdleTimeout = DefaultTunnelIdle
+	}
+	return c
 }

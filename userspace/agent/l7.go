@@ -178,6 +178,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 	if c := svc.Client; c != nil {
 		opts.Client = l7service.ClientLimits{
 			HeaderTimeout: c.HeaderTimeout.D(), IdleTimeout: c.IdleTimeout.D(), MaxHeaderBytes: c.MaxHeaderBytes,
+			TunnelIdleTimeout: c.TunnelIdleTimeout.D(),
 		}
 	}
 	if u := svc.Upstream; u != nil {

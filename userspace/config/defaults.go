@@ -176,6 +176,7 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.dur(cp+".header_timeout", &s.Client.HeaderTimeout, service.DefaultHeaderTimeout)
 		d.dur(cp+".idle_timeout", &s.Client.IdleTimeout, service.DefaultIdleTimeout)
 		d.int(cp+".max_header_bytes", &s.Client.MaxHeaderBytes, service.DefaultMaxHeaderBytes)
+		d.dur(cp+".tunnel_idle_timeout", &s.Client.TunnelIdleTimeout, service.DefaultTunnelIdle)
 		if s.Upstream == nil {
 			s.Upstream = &Upstream{}
 		}

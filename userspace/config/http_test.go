@@ -74,7 +74,7 @@ func TestHTTPListenerAndUpstreamKeys(t *testing.T) {
 	if s.TLS == nil || s.TLS.Cert != cert || s.TLS.Key != key {
 		t.Errorf("tls = %+v", s.TLS)
 	}
-	if want := (ClientLimits{Duration(5 * time.Second), Duration(2 * time.Minute), 32768}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute)}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
 	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute)}); *s.Upstream != want {
@@ -97,7 +97,7 @@ func TestHTTPKeyDefaults(t *testing.T) {
 	if s.TLS != nil || !s.H2C || s.AccessLog != AccessLogStdout {
 		t.Errorf("tls %v h2c %v access_log %q", s.TLS, s.H2C, s.AccessLog)
 	}
-	if want := (ClientLimits{Duration(10 * time.Second), Duration(5 * time.Second), 65536}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute)}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
 	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute)}); *s.Upstream != want {

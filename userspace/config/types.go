@@ -174,6 +174,8 @@ type ClientLimits struct {
 	HeaderTimeout  Duration `yaml:"header_timeout"`   // default 10s
 	IdleTimeout    Duration `yaml:"idle_timeout"`     // keep-alive, default 60s
 	MaxHeaderBytes int      `yaml:"max_header_bytes"` // default 65536
+	// TunnelIdleTimeout closes an upgraded (WebSocket) connection idle both ways this long.
+	TunnelIdleTimeout Duration `yaml:"tunnel_idle_timeout"` // default 60s
 }
 
 // Upstream configures an http service's connections to its backends.

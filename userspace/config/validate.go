@@ -555,6 +555,7 @@ func (v *validator) httpListener(s *Service, path string) {
 		cp := path + ".client"
 		v.positive(cp+".header_timeout", c.HeaderTimeout)
 		v.positive(cp+".idle_timeout", c.IdleTimeout)
+		v.positive(cp+".tunnel_idle_timeout", c.TunnelIdleTimeout)
 		if c.MaxHeaderBytes < MinMaxHeaderBytes || c.MaxHeaderBytes > MaxMaxHeaderBytes {
 			v.add(cp+".max_header_bytes", "%d: must be between %d and %d", c.MaxHeaderBytes, MinMaxHeaderBytes, MaxMaxHeaderBytes)
 		}
