@@ -138,11 +138,21 @@ type backend struct {
 	byID       map[string]uint64 // rid query parameter
 	failStatus int               // non-zero: every counted request gets this status
 	mode       string            // "" (normal) or a /control/mode mode
+	// bigEnded is how each /big request (by rid) ended: "ok" or
+	// "write-error", and after how many milliseconds.
+	bigEnded map[string]BigEnd
+}
+
+// BigEnd is how a /big response ended.
+type BigEnd struct {
+	Result string  `json:"result"` // ok | write-error
+	MS     float64 `json:"ms"`     // from the request to the end of the writes
+	Bytes  int64   `json:"bytes"`
 }
 
 func newBackend(name string) *backend {
 	return &backend{name: name, byPath: make(map[string]uint64),
-		byMethod: make(map[string]uint64), byID: make(map[string]uint64)}
+		byMethod: make(map[string]uint64), byID: make(map[string]uint64), bigEnded: make(map[string]BigEnd)}
 }
 
 // Stats is the /stats reply.
@@ -152,6 +162,7 @@ type Stats struct {
 	ByPath   map[string]uint64 `json:"by_path"`
 	ByMethod map[string]uint64 `json:"by_method_path"`
 	ByID     map[string]uint64 `json:"by_rid"`
+	BigEnded map[string]BigEnd `json:"big_ended"`
 }
 
 func (b *backend) count(r *http.Request) {
@@ -183,6 +194,7 @@ func (b *backend) routes() http.Handler {
 	mux.HandleFunc("/slow", b.wrap(b.slow))
 	mux.HandleFunc("/status/{code}", b.wrap(b.status))
 	mux.HandleFunc("/stream", b.wrap(b.stream))
+	mux.HandleFunc("/big", b.wrap(b.big))
 	mux.HandleFunc("/", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, b.name)
 	}))
@@ -223,7 +235,7 @@ func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
 func (b *backend) stats(w http.ResponseWriter, _ *http.Request) {
 	b.mu.Lock()
 	s := Stats{Name: b.name, Requests: b.total, ByPath: maps.Clone(b.byPath),
-		ByMethod: maps.Clone(b.byMethod), ByID: maps.Clone(b.byID)}
+		ByMethod: maps.Clone(b.byMethod), ByID: maps.Clone(b.byID), BigEnded: maps.Clone(b.bigEnded)}
 	b.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Backend", b.name)
@@ -341,6 +353,38 @@ func (b *backend) stream(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		}
+	}
+}
+
+// big sends mb MiB (default 64) and records, by rid, how the writes
+// ended: a proxy that lets a stalled client hold the connection leaves it
+// blocked in a write.
+func (b *backend) big(w http.ResponseWriter, r *http.Request) {
+	mb, err := intParam(r, "mb", 64, 4096)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	t0 := time.Now()
+	total := int64(mb) << 20
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(total, 10))
+	chunk := make([]byte, 64<<10)
+	var sent int64
+	end := BigEnd{Result: "ok"}
+	for sent < total {
+		n, err := w.Write(chunk[:min(int64(len(chunk)), total-sent)])
+		sent += int64(n)
+		if err != nil {
+			end.Result = "write-error"
+			break
+		}
+	}
+	end.MS, end.Bytes = float64(time.Since(t0).Microseconds())/1000, sent
+	if rid := r.URL.Query().Get("rid"); rid != "" {
+		b.mu.Lock()
+		b.bigEnded[rid] = end
+		b.mu.Unlock()
 	}
 }
 

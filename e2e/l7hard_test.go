@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The L7 stage in front of hostile clients (issue 9): deadlines both ways,
+// limits, strict translation. Raw clients are sockets this test process
+// opens inside the lab's client namespace (dialFrom), so a test can send
+// exactly the bytes it wants and stop reading when it wants.
+
+// dialFrom opens a TCP connection to addr from inside lab host h: a
+// goroutine locked to its OS thread enters h's network namespace and dials.
+// The thread is never unlocked, so it exits with the goroutine instead of
+// going back to the runtime in the wrong namespace; the socket stays in h's
+// namespace and is used from any goroutine.
+func (l *Lab) dialFrom(h, addr string) net.Conn {
+	l.t.Helper()
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open("/run/netns/" + l.NS(h))
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{err: fmt.Errorf("setns %s: %w", h, err)}
+			return
+		}
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		l.t.Fatalf("dial %s from %s: %v", addr, h, r.err)
+	}
+	l.t.Cleanup(func() { r.c.Close() })
+	return r.c
+}
+
+// httpAddr is the L7 service's host:port.
+var httpAddr = httpVIP + ":80"
+
+// TestL7ClientDeadlines: deadlines bind the client side too. A client that
+// requests a large response and never reads it frees the backend
+// connection at timeouts.total (before, the backend stayed blocked until
+// the client left); a client that sends its header slowly is closed at
+// client.header_timeout while normal requests go on unaffected.
+func TestL7ClientDeadlines(t *testing.T) {
+	const total, headerTimeout = 2 * time.Second, time.Second
+	lab, agent := startL7(t, agentConfig{
+		Ejection:  noEjection,
+		Timeouts:  "{connect: 1s, read: 2s, total: 2s}",
+		Backends:  []string{"be1"},
+		HTTPExtra: "    client: {header_timeout: 1s}\n",
+	})
+
+	t.Run("a client that never reads frees the backend at total", func(t *testing.T) {
+		rid := newRID("stall")
+		c := lab.dialFrom("client", httpAddr)
+		fmt.Fprintf(c, "GET /big?mb=256&rid=%s HTTP/1.1\r\nHost: web\r\n\r\n", rid)
+		t0 := time.Now()
+		var end struct {
+			Result string
+			MS     float64
+		}
+		waitFor(t, total+5*time.Second, "the backend's /big write to end", func() error {
+			e, ok := lab.stats("be1").BigEnded[rid]
+			if !ok {
+				return fmt.Errorf("still writing after %s", time.Since(t0))
+			}
+			end.Result, end.MS = e.Result, e.MS
+			return nil
+		})
+		d := time.Duration(end.MS * float64(time.Millisecond))
+		t.Logf("backend write ended (%s) %s after the request; the client never read", end.Result, d)
+		if end.Result != "write-error" || d > total+1500*time.Millisecond {
+			t.Errorf("backend write ended %q after %s, want a write error at ~%s (timeouts.total)", end.Result, d, total)
+		}
+		al := agent.accessFor(t, rid)
+		if al.Status != 499 {
+			t.Errorf("access log status %d, want 499 (client cut at the deadline): %+v", al.Status, al)
+		}
+	})
+
+	t.Run("slow header closed at header_timeout, normal traffic unaffected", func(t *testing.T) {
+		c := lab.dialFrom("client", httpAddr)
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\n")
+		t0 := time.Now()
+		closed := make(chan time.Duration, 1)
+		go func() {
+			// One header byte every 200ms: the whole header never comes.
+			br := bufio.NewReader(c)
+			go func() {
+				for i := 0; i < 50; i++ {
+					if _, err := io.WriteString(c, "X"); err != nil {
+						return
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+			}()
+			_, _ = br.ReadByte() // EOF or a 408, then EOF
+			_, _ = io.Copy(io.Discard, br)
+			closed <- time.Since(t0)
+		}()
+		// Normal requests in the meantime.
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var bad []string
+		for i := 0; i < 4; i++ {
+			wg.Go(func() {
+				r := lab.curl("GET", httpURL)
+				if r.Code != 200 {
+					mu.Lock()
+					bad = append(bad, fmt.Sprintf("%d (curl exit %d)", r.Code, r.Exit))
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if len(bad) > 0 {
+			t.Errorf("normal requests during a slow-header client: %v", bad)
+		}
+		select {
+		case d := <-closed:
+			t.Logf("slow-header client closed after %s", d)
+			if d < headerTimeout-100*time.Millisecond || d > headerTimeout+time.Second {
+				t.Errorf("slow-header client closed after %s, want ~%s (client.header_timeout)", d, headerTimeout)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("slow-header client still open after 10s")
+		}
+	})
+}
+
+// readResponse reads one response from c within d.
+func readResponse(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) (*http.Response, string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the response: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, strings.TrimSpace(string(b))
+}
