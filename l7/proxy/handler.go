@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +46,9 @@ type tryResult struct {
 	phase      string // connect, send, read, total
 	err        error
 	clientGone bool
+	// local: the try failed on sluice's side (the address at its
+	// connection limit): not the backend's failure.
+	local bool
 }
 
 // request is the state of one request being proxied, shared by the steps
@@ -82,6 +86,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		URI: r.RequestURI, Proto: r.Proto, Tries: q.rec.Tries[:0],
 	}
 	defer q.finish()
+	// client.max_requests: past it, a fast 503 before anything is read.
+	if n := s.active.Add(1); n > int64(s.limits.MaxRequests) {
+		s.active.Add(-1)
+		w.Header().Set("Retry-After", "1")
+		s.fail(w, q.rec, http.StatusServiceUnavailable, "overload: client.max_requests ("+strconv.Itoa(s.limits.MaxRequests)+") requests in flight")
+		s.obs.Refused(s.name, limitRequests)
+		return
+	}
+	defer s.active.Add(-1)
 	if !q.admit() {
 		return
 	}
@@ -106,7 +119,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		failed := res.outcome.Kind != retry.OK
-		if failed || trial {
+		if res.local {
+			// sluice held back (the address at its connection limit):
+			// nothing the backend did.
+			s.obs.Refused(s.name, limitUpstreamConnections)
+			if trial {
+				s.tracker.Abandon(b.Addr)
+			}
+		} else if failed || trial {
 			s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 		}
 		if next, done := q.waitForDNS(b.Addr, res, &tr); done {
@@ -162,6 +182,27 @@ func (q *request) admit() bool {
 		s.fail(w, q.rec, http.StatusBadRequest, "ambiguous request framing: Content-Length and Transfer-Encoding")
 		return false
 	}
+	n := 0
+	for _, vv := range r.Header {
+		n += len(vv)
+	}
+	if n > s.limits.MaxHeaderCount {
+		s.fail(w, q.rec, http.StatusRequestHeaderFieldsTooLarge,
+			"request has "+strconv.Itoa(n)+" header fields, more than client.max_header_count ("+strconv.Itoa(s.limits.MaxHeaderCount)+")")
+		s.obs.Refused(s.name, limitHeaderCount)
+		return false
+	}
+	if r.ContentLength > s.limits.MaxBodyBytes {
+		s.fail(w, q.rec, http.StatusRequestEntityTooLarge,
+			"request body of "+strconv.FormatInt(r.ContentLength, 10)+" bytes, more than client.max_body_bytes ("+strconv.FormatInt(s.limits.MaxBodyBytes, 10)+")")
+		s.obs.Refused(s.name, limitBody)
+		return false
+	}
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		// A body of unknown length (chunked, HTTP/2 without
+		// content-length) is cut at the limit as it is read.
+		r.Body = http.MaxBytesReader(w, r.Body, s.limits.MaxBodyBytes)
+	}
 	return true
 }
 
@@ -183,7 +224,7 @@ func (q *request) prepare() bool {
 	}
 	body := &q.out.bodyStore
 	if err := body.init(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
-		s.fail(w, q.rec, clientBodyStatus(err), err.Error())
+		s.fail(w, q.rec, s.clientBodyStatus(err), err.Error())
 		return false
 	}
 	s.outgoing(&q.out, q.st, r, body)
@@ -249,7 +290,7 @@ func (q *request) clientGone(b pool.Backend, trial bool, res tryResult, tr acces
 	// anyway (if the client is really gone, nobody reads it).
 	if res.err != nil && errors.Is(res.err, errClientBody) {
 		rec.Error = "client request body: " + res.err.Error()
-		rec.Status = clientBodyStatus(res.err)
+		rec.Status = s.clientBodyStatus(res.err)
 		s.writeError(q.w, rec.Status, "error reading the request body")
 	}
 }
@@ -312,6 +353,9 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 		s.tunnel(q.w, q.rec, q.st, res)
 	case res.resp != nil:
 		q.abort = s.respond(q.r.Context(), &q.cw, q.w, q.rec, res, b.Addr)
+	case res.local:
+		q.w.Header().Set("Retry-After", "1")
+		s.fail(q.w, q.rec, http.StatusServiceUnavailable, "overload: "+describe(res))
 	default:
 		status := http.StatusBadGateway
 		if res.outcome.Kind == retry.Timeout || res.phase == "connect" && isTimeout(res.err) {
@@ -330,9 +374,15 @@ func (q *request) releaseBudget() {
 }
 
 // clientBodyStatus is the status for a request body the client did not
-// deliver: 408 when it was too slow, 400 otherwise.
-func clientBodyStatus(err error) int {
-	if isTimeout(err) {
+// deliver: 413 when it was larger than client.max_body_bytes (counted),
+// 408 when it was too slow, 400 otherwise.
+func (s *Server) clientBodyStatus(err error) int {
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		s.obs.Refused(s.name, limitBody)
+		return http.StatusRequestEntityTooLarge
+	case isTimeout(err):
 		return http.StatusRequestTimeout
 	}
 	return http.StatusBadRequest
@@ -471,6 +521,7 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 		conn, err := s.pools.Get(ctx, b.Addr, out.sni, b.Info, connectBy)
 		if err != nil {
 			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
+			res.local = errors.Is(err, upstream.ErrAddrFull)
 			if ctx.Err() != nil {
 				res.clientGone = true
 			} else if !time.Now().Before(deadline) {

@@ -23,6 +23,10 @@ type UpstreamOptions struct {
 	MaxIdlePerAddr int           // default 64
 	IdleTimeout    time.Duration // default 30s
 	MaxLifetime    time.Duration // default 5m
+	// MaxConnsPerAddr bounds the connections to one backend address
+	// (default 1024); MaxDialsPerAddr the dials in progress (default 32).
+	MaxConnsPerAddr int
+	MaxDialsPerAddr int
 	// TLS makes connections to the backends TLS; SNI is the Host sent.
 	TLS *tls.Config
 	// Dial replaces the TCP dialer (e.g. to bind a source address; tests).

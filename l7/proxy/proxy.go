@@ -75,8 +75,8 @@ type Server struct {
 	shutdown time.Duration
 	tlsOn    bool
 	upTLS    bool
-	// tunnelIdle closes an upgraded connection idle both ways this long.
-	tunnelIdle time.Duration
+	limits   service.ClientLimits // with defaults
+	active   atomic.Int64         // requests in flight (client.max_requests)
 
 	cfg       atomic.Pointer[settings]
 	access    atomic.Pointer[accesslog.Logger] // nil: no access log
@@ -172,12 +172,14 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	s.pools = upstream.New(upstream.Options{
-		MaxIdlePerAddr: opts.Upstream.MaxIdlePerAddr,
-		IdleTimeout:    opts.Upstream.IdleTimeout,
-		MaxLifetime:    opts.Upstream.MaxLifetime,
-		TLS:            opts.Upstream.TLS,
-		Dial:           opts.Upstream.Dial,
-		Log:            log,
+		MaxIdlePerAddr:  opts.Upstream.MaxIdlePerAddr,
+		IdleTimeout:     opts.Upstream.IdleTimeout,
+		MaxLifetime:     opts.Upstream.MaxLifetime,
+		MaxConnsPerAddr: opts.Upstream.MaxConnsPerAddr,
+		MaxDialsPerAddr: opts.Upstream.MaxDialsPerAddr,
+		TLS:             opts.Upstream.TLS,
+		Dial:            opts.Upstream.Dial,
+		Log:             log,
 		OnClose: func(addr netip.AddrPort, reason string) {
 			s.obs.UpstreamClosed(s.name, addr, reason)
 		},
@@ -195,7 +197,7 @@ func New(opts Options) (*Server, error) {
 	}
 
 	cl := opts.Client.WithDefaults()
-	s.tunnelIdle = cl.TunnelIdleTimeout
+	s.limits = cl
 	s.http = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: cl.HeaderTimeout,
@@ -259,10 +261,11 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 	errc := make(chan error, 1)
 	go func() {
+		ll := newLimitListener(l, s.limits.MaxConnections, func() { s.obs.Refused(s.name, limitConnections) })
 		if s.tlsOn {
-			errc <- s.http.ServeTLS(l, "", "")
+			errc <- s.http.ServeTLS(ll, "", "")
 		} else {
-			errc <- s.http.Serve(newFramingListener(l, s.http.MaxHeaderBytes))
+			errc <- s.http.Serve(newFramingListener(ll, s.http.MaxHeaderBytes))
 		}
 	}()
 	s.log.Info("l7 service listening", "listen", l.Addr().String(), "tls", s.tlsOn)

@@ -139,8 +139,8 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 	}
 	// No overall deadline: the backend side's reads and writes wait at
 	// most the idle timeout each; the client side's are managed by idle.
-	conn.SetTimeouts(s.tunnelIdle, s.tunnelIdle, time.Time{})
-	idle := &tunnelIdle{timeout: s.tunnelIdle}
+	conn.SetTimeouts(s.limits.TunnelIdleTimeout, s.limits.TunnelIdleTimeout, time.Time{})
+	idle := &tunnelIdle{timeout: s.limits.TunnelIdleTimeout}
 	idle.touch()
 
 	var wg sync.WaitGroup
@@ -172,7 +172,7 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 	rec.BytesOut = toClient
 	switch {
 	case errors.Is(errDown, errTunnelIdle) || errors.Is(errUp, errTunnelIdle):
-		rec.Error = fmt.Sprintf("upgraded connection idle for %s, closed", s.tunnelIdle)
+		rec.Error = fmt.Sprintf("upgraded connection idle for %s, closed", s.limits.TunnelIdleTimeout)
 	case errDown != nil && !errors.Is(errDown, net.ErrClosed):
 		rec.Error = "upgraded connection: " + errDown.Error()
 	case errUp != nil && !errors.Is(errUp, net.ErrClosed):

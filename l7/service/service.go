@@ -66,6 +66,17 @@ const (
 	DefaultRead            = 60 * time.Second
 	DefaultTotal           = 90 * time.Second
 	DefaultTunnelIdle      = 60 * time.Second
+	DefaultMaxConnections  = 10000
+	DefaultMaxRequests     = 1000
+	DefaultMaxBodyBytes    = 64 << 20
+	DefaultMaxHeaderCount  = 100
+)
+
+// Bounds of the client limits (validation).
+const (
+	MinMaxHeaderBytes = 1 << 10
+	MaxMaxHeaderBytes = 16 << 20
+	MaxMaxHeaderCount = 10000
 )
 
 // ClientLimits protect the listener from slow or greedy clients.
@@ -82,6 +93,19 @@ type ClientLimits struct {
 	// byte has passed in either direction for this long; default 60s
 	// (nginx proxy_read_timeout 60s, HAProxy timeout tunnel).
 	TunnelIdleTimeout time.Duration
+	// MaxConnections bounds the open client connections (tunnels
+	// included); one more is closed at once. Default 10000.
+	MaxConnections int
+	// MaxRequests bounds the requests in flight; one more gets a fast 503
+	// with Retry-After. Default 1000.
+	MaxRequests int
+	// MaxBodyBytes bounds a request body; a larger one gets 413. Default
+	// 64 MiB (nginx client_max_body_size 1m).
+	MaxBodyBytes int64
+	// MaxHeaderCount bounds the header fields of a request (every value
+	// of a repeated name counts); more get 431. Default 100 (Envoy
+	// max_headers_count 100, HAProxy tune.http.maxhdr 101).
+	MaxHeaderCount int
 }
 
 // WithDefaults is c with its zero fields set to their defaults.
@@ -97,6 +121,18 @@ func (c ClientLimits) WithDefaults() ClientLimits {
 	}
 	if c.TunnelIdleTimeout <= 0 {
 		c.TunnelIdleTimeout = DefaultTunnelIdle
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxRequests <= 0 {
+		c.MaxRequests = DefaultMaxRequests
+	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxHeaderCount <= 0 {
+		c.MaxHeaderCount = DefaultMaxHeaderCount
 	}
 	return c
 }

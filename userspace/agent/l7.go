@@ -179,11 +179,14 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		opts.Client = l7service.ClientLimits{
 			HeaderTimeout: c.HeaderTimeout.D(), IdleTimeout: c.IdleTimeout.D(), MaxHeaderBytes: c.MaxHeaderBytes,
 			TunnelIdleTimeout: c.TunnelIdleTimeout.D(),
+			MaxConnections:    c.MaxConnections, MaxRequests: c.MaxRequests,
+			MaxBodyBytes: c.MaxBodyBytes, MaxHeaderCount: c.MaxHeaderCount,
 		}
 	}
 	if u := svc.Upstream; u != nil {
 		opts.Upstream = proxy.UpstreamOptions{
 			MaxIdlePerAddr: u.MaxIdle, IdleTimeout: u.IdleTimeout.D(), MaxLifetime: u.MaxLifetime.D(),
+			MaxConnsPerAddr: u.MaxConnections,
 		}
 		if u.TLS {
 			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify}

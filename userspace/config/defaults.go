@@ -177,6 +177,12 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.dur(cp+".idle_timeout", &s.Client.IdleTimeout, service.DefaultIdleTimeout)
 		d.int(cp+".max_header_bytes", &s.Client.MaxHeaderBytes, service.DefaultMaxHeaderBytes)
 		d.dur(cp+".tunnel_idle_timeout", &s.Client.TunnelIdleTimeout, service.DefaultTunnelIdle)
+		d.int(cp+".max_connections", &s.Client.MaxConnections, service.DefaultMaxConnections)
+		d.int(cp+".max_requests", &s.Client.MaxRequests, service.DefaultMaxRequests)
+		if !d.set(cp + ".max_body_bytes") {
+			s.Client.MaxBodyBytes = service.DefaultMaxBodyBytes
+		}
+		d.int(cp+".max_header_count", &s.Client.MaxHeaderCount, service.DefaultMaxHeaderCount)
 		if s.Upstream == nil {
 			s.Upstream = &Upstream{}
 		}
@@ -184,5 +190,6 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.int(up+".max_idle", &s.Upstream.MaxIdle, upstream.DefaultMaxIdlePerAddr)
 		d.dur(up+".idle_timeout", &s.Upstream.IdleTimeout, upstream.DefaultIdleTimeout)
 		d.dur(up+".max_lifetime", &s.Upstream.MaxLifetime, upstream.DefaultMaxLifetime)
+		d.int(up+".max_connections", &s.Upstream.MaxConnections, upstream.DefaultMaxConnsPerAddr)
 	}
 }

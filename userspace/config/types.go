@@ -176,6 +176,10 @@ type ClientLimits struct {
 	MaxHeaderBytes int      `yaml:"max_header_bytes"` // default 65536
 	// TunnelIdleTimeout closes an upgraded (WebSocket) connection idle both ways this long.
 	TunnelIdleTimeout Duration `yaml:"tunnel_idle_timeout"` // default 60s
+	MaxConnections    int      `yaml:"max_connections"`     // open client connections, default 10000
+	MaxRequests       int      `yaml:"max_requests"`        // requests in flight, default 1000
+	MaxBodyBytes      int64    `yaml:"max_body_bytes"`      // default 64 MiB
+	MaxHeaderCount    int      `yaml:"max_header_count"`    // default 100
 }
 
 // Upstream configures an http service's connections to its backends.
@@ -186,6 +190,7 @@ type Upstream struct {
 	MaxIdle            int      `yaml:"max_idle"`             // idle connections kept per address, default 64
 	IdleTimeout        Duration `yaml:"idle_timeout"`         // default 30s
 	MaxLifetime        Duration `yaml:"max_lifetime"`         // default 5m
+	MaxConnections     int      `yaml:"max_connections"`      // per backend address, default 1024
 }
 
 // Backoff is exponential backoff with full jitter.

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/userspace/maglev"
 )
 
@@ -528,9 +529,13 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 
 // Bounds of the http listener's and upstream keys.
 const (
-	MinMaxHeaderBytes = 1 << 10
-	MaxMaxHeaderBytes = 16 << 20
+	MinMaxHeaderBytes = service.MinMaxHeaderBytes
+	MaxMaxHeaderBytes = service.MaxMaxHeaderBytes
 	MaxUpstreamIdle   = 10000
+	MaxClientConns    = 1 << 20
+	MaxClientRequests = 1 << 20
+	MaxUpstreamConns  = 1 << 20
+	MaxMaxBodyBytes   = 1 << 40
 )
 
 // httpListener checks tls, h2c and client of an http service.
@@ -556,6 +561,10 @@ func (v *validator) httpListener(s *Service, path string) {
 		v.positive(cp+".header_timeout", c.HeaderTimeout)
 		v.positive(cp+".idle_timeout", c.IdleTimeout)
 		v.positive(cp+".tunnel_idle_timeout", c.TunnelIdleTimeout)
+		v.between(cp+".max_connections", int64(c.MaxConnections), 1, MaxClientConns)
+		v.between(cp+".max_requests", int64(c.MaxRequests), 1, MaxClientRequests)
+		v.between(cp+".max_body_bytes", c.MaxBodyBytes, 1, MaxMaxBodyBytes)
+		v.between(cp+".max_header_count", int64(c.MaxHeaderCount), 1, service.MaxMaxHeaderCount)
 		if c.MaxHeaderBytes < MinMaxHeaderBytes || c.MaxHeaderBytes > MaxMaxHeaderBytes {
 			v.add(cp+".max_header_bytes", "%d: must be between %d and %d", c.MaxHeaderBytes, MinMaxHeaderBytes, MaxMaxHeaderBytes)
 		}
@@ -582,8 +591,16 @@ func (v *validator) upstream(u *Upstream, path string) {
 	if u.MaxIdle < 1 || u.MaxIdle > MaxUpstreamIdle {
 		v.add(path+".max_idle", "%d: must be between 1 and %d", u.MaxIdle, MaxUpstreamIdle)
 	}
+	v.between(path+".max_connections", int64(u.MaxConnections), 1, MaxUpstreamConns)
 	v.positive(path+".idle_timeout", u.IdleTimeout)
 	v.positive(path+".max_lifetime", u.MaxLifetime)
+}
+
+// between checks an integer key is within [lo, hi].
+func (v *validator) between(path string, n, lo, hi int64) {
+	if n < lo || n > hi {
+		v.add(path, "%d: must be between %d and %d", n, lo, hi)
+	}
 }
 
 // LoadCAs reads a PEM file of CA certificates into a pool.
@@ -636,7 +653,7 @@ func (v *validator) retry(r *Retry, path string) {
 	if r.Backoff.Max < r.Backoff.Base {
 		v.add(path+".backoff.max", "max (%s) must not be less than base (%s)", r.Backoff.Max.D(), r.Backoff.Base.D())
 	}
-	if r.BufferBytes < 0 {
-		v.add(path+".buffer_bytes", "%d: must not be negative", r.BufferBytes)
+	if r.BufferBytes < 0 || r.BufferBytes > retry.MaxBufferBytes {
+		v.add(path+".buffer_bytes", "%d: must be between 0 and %d", r.BufferBytes, retry.MaxBufferBytes)
 	}
 }
