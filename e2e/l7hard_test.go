@@ -22,10 +22,10 @@ import (
 // exactly the bytes it wants and stop reading when it wants.
 
 // dialFrom opens a TCP connection to addr from inside lab host h: a
-// goroutine locked to its OS thread enters h's network namespace and dials.
-// The thread is never unlocked, so it exits with the goroutine instead of
-// going back to the runtime in the wrong namespace; the socket stays in h's
-// namespace and is used from any goroutine.
+// goroutine locked to its OS thread enters h's network namespace, dials,
+// and goes back to the namespace it came from before unlocking (if it
+// cannot, the thread stays locked and exits with the goroutine). The
+// socket stays in h's namespace and is used from any goroutine.
 func (l *Lab) dialFrom(h, addr string) net.Conn {
 	l.t.Helper()
 	type result struct {
@@ -35,17 +35,28 @@ func (l *Lab) dialFrom(h, addr string) net.Conn {
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer orig.Close()
 		f, err := os.Open("/run/netns/" + l.NS(h))
 		if err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{err: err}
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{err: fmt.Errorf("setns %s: %w", h, err)}
 			return
 		}
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
 		ch <- result{c, err}
 	}()
 	r := <-ch
@@ -162,4 +173,74 @@ func readResponse(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) (
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	return resp, strings.TrimSpace(string(b))
+}
+
+// TestL7Limits: the client-side limits answer with the documented status
+// and never reach a backend: too many header fields 431, a body past
+// max_body_bytes 413 (declared or chunked), requests past max_requests a
+// fast 503 with Retry-After, connections past max_connections closed.
+func TestL7Limits(t *testing.T) {
+	lab, _ := startL7(t, agentConfig{
+		Ejection:  noEjection,
+		Timeouts:  "{connect: 1s, read: 5s, total: 8s}",
+		HTTPExtra: "    client: {max_requests: 2, max_body_bytes: 1000, max_header_count: 20, max_connections: 6}\n",
+	})
+	before := lab.totalExecuted()
+
+	t.Run("header fields past max_header_count: 431", func(t *testing.T) {
+		args := []string{}
+		for i := 0; i < 25; i++ {
+			args = append(args, "-H", fmt.Sprintf("X-H%d: %d", i, i))
+		}
+		if r := lab.curl("GET", httpURL+"?rid="+newRID("hdr"), args...); r.Code != 431 {
+			t.Errorf("25 header fields: %d, want 431", r.Code)
+		}
+	})
+	t.Run("body past max_body_bytes: 413", func(t *testing.T) {
+		big := strings.Repeat("x", 2000)
+		if r := lab.curl("POST", httpURL+"?rid="+newRID("body"), "--data-binary", big); r.Code != 413 {
+			t.Errorf("2000-byte body: %d, want 413", r.Code)
+		}
+		if r := lab.curl("POST", httpURL+"?rid="+newRID("chunked"), "-H", "Transfer-Encoding: chunked", "--data-binary", big); r.Code != 413 {
+			t.Errorf("2000-byte chunked body: %d, want 413", r.Code)
+		}
+	})
+	if n := lab.totalExecuted() - before; n != 0 {
+		t.Errorf("the backends executed %d refused requests", n)
+	}
+
+	t.Run("requests past max_requests: fast 503 with Retry-After", func(t *testing.T) {
+		var wg sync.WaitGroup
+		for i := 0; i < 2; i++ {
+			wg.Go(func() { lab.curl("GET", httpURL+"slow?ms=3000&rid="+newRID("hold")) })
+		}
+		time.Sleep(time.Second) // both in flight
+		r := lab.curl("GET", httpURL+"?rid="+newRID("over"))
+		if r.Code != 503 || !strings.Contains(r.Body, "Retry-After") || r.Elapsed > time.Second {
+			t.Errorf("third request in flight: %d after %s, want 503 with Retry-After at once:\n%s", r.Code, r.Elapsed, r.Body)
+		}
+		wg.Wait()
+		if r := lab.curl("GET", httpURL); r.Code != 200 {
+			t.Errorf("after the slow ones ended: %d", r.Code)
+		}
+	})
+
+	t.Run("connections past max_connections: closed", func(t *testing.T) {
+		for i := 0; i < 6; i++ {
+			lab.dialFrom("client", httpAddr) // held open, idle
+		}
+		time.Sleep(300 * time.Millisecond)
+		c := lab.dialFrom("client", httpAddr)
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Errorf("7th connection: read %d bytes, %v; want it closed", n, err)
+		}
+	})
+	_, scrape := lab.scrape()
+	for _, limit := range []string{"header_count", "body", "requests", "connections"} {
+		if !strings.Contains(scrape, `sluice_l7_refused_total{limit="`+limit+`",service="web-http"}`) {
+			t.Errorf("metrics lack sluice_l7_refused_total{limit=%q}", limit)
+		}
+	}
 }
