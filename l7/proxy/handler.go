@@ -129,10 +129,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else if failed || trial {
 			s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 		}
-		if next, done := q.waitForDNS(b.Addr, res, &tr); done {
-			return
-		} else if next {
-			continue
+		// (An address at sluice's own connection limit refused nothing:
+		// no DNS wait for it.)
+		if !res.local {
+			if next, done := q.waitForDNS(b.Addr, res, &tr); done {
+				return
+			} else if next {
+				continue
+			}
 		}
 		again, delay := q.decide(n-q.dns.granted, res, &tr)
 		if tr.DNSWait != "" {
