@@ -153,7 +153,7 @@ func TestTunnelIdleTimeout(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	be := echoUpgradeBackend(t)
 	p := newPool(t, nil, be.addr)
-	h := start(t, p, func(o *Options) { o.Client.TunnelIdleTimeout = idle })
+	h := start(t, p, func(o *Options) { o.Client.TunnelIdleTimeout = idle; o.Service.Upgrades = []string{"echo"} })
 
 	// Busy: a message every 100ms for 1s, well past the idle timeout.
 	c, br := upgradeClient(t, h)

@@ -97,10 +97,19 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 			if out.upgrade == "" {
 				return fail("read", errors.New("backend switched protocols, which was not asked for"))
 			}
+			if got := r.Header.Get("Upgrade"); !strings.EqualFold(strings.TrimSpace(got), out.upgrade) {
+				return fail("read", fmt.Errorf("backend switched to %q, not the %q asked for", got, out.upgrade))
+			}
 			resp = r
 			break
 		}
 		if r.StatusCode >= 200 {
+			if out.upgrade != "" {
+				// The backend declined the upgrade: the connection stays
+				// HTTP on both sides, but one that was offered a switch
+				// is not reused.
+				r.Close = true
+			}
 			resp = r
 			break
 		}

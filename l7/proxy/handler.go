@@ -182,9 +182,19 @@ func (q *request) admit() bool {
 		s.fail(w, q.rec, http.StatusMethodNotAllowed, "CONNECT is not proxied")
 		return false
 	}
-	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 && r.Header.Get("Content-Length") != "" {
-		s.fail(w, q.rec, http.StatusBadRequest, "ambiguous request framing: Content-Length and Transfer-Encoding")
+	if r.Method == "PRI" {
+		// An HTTP/2 preface on a listener without h2c (net/http's HTTP/1
+		// server hands it over): never proxied.
+		s.fail(w, q.rec, http.StatusHTTPVersionNotSupported, "HTTP/2 without TLS is not enabled (h2c) on this listener")
 		return false
+	}
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		// One framing policy on every listener: a chunked body is read
+		// by Transfer-Encoding alone (net/http drops a Content-Length
+		// sent with it, RFC 9112 6.3) and re-framed upstream; the client
+		// connection is closed after the response (RFC 9112 6.1: a
+		// request that had both must not be followed by another).
+		w.Header().Set("Connection", "close")
 	}
 	n := 0
 	for _, vv := range r.Header {
@@ -227,11 +237,15 @@ func (q *request) prepare() bool {
 		}
 	}
 	body := &q.out.bodyStore
+	s.outgoing(&q.out, q.st, r, body)
+	if err := checkOutgoing(&q.out); err != nil {
+		s.fail(w, q.rec, http.StatusBadRequest, err.Error())
+		return false
+	}
 	if err := body.init(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
 		s.fail(w, q.rec, s.clientBodyStatus(err), err.Error())
 		return false
 	}
-	s.outgoing(&q.out, q.st, r, body)
 	return true
 }
 
@@ -399,10 +413,13 @@ func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *
 		host = st.svc.Host
 	}
 	uri := r.RequestURI
-	if uri == "" || (uri[0] != '/' && uri != "*") {
+	if r.ProtoMajor == 1 && (uri == "" || uri[0] != '/' && uri != "*") {
+		// HTTP/1.1 absolute form (net/http took the Host from it): sent
+		// in origin form. HTTP/2's :path must be in origin form already
+		// (RFC 9113 8.3.1); checkOutgoing refuses anything else.
 		uri = r.URL.RequestURI()
 	}
-	out.upgrade, out.method, out.uri, out.host, out.sni = upgradeType(r), r.Method, uri, host, hostname(host)
+	out.upgrade, out.method, out.uri, out.host, out.sni = upgradeType(r, st.svc.Upgrades), r.Method, uri, host, hostname(host)
 	out.header, out.fwd, out.body = r.Header, newForwarded(r), body
 }
 

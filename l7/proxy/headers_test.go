@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/sluicelb/sluice/l7/service"
 )
 
 // oldForwardHeader is how the request header used to be built (clone,
@@ -69,7 +71,7 @@ func TestWriteForwardHeaderMatchesCloneAndEdit(t *testing.T) {
 			if tc.tls {
 				r.TLS = &tls.ConnectionState{}
 			}
-			up := upgradeType(r)
+			up := upgradeType(r, service.DefaultUpgrades())
 			want := oldForwardHeader(r, up)
 			var buf bytes.Buffer
 			bw := bufio.NewWriter(&buf)

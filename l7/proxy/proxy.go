@@ -118,6 +118,14 @@ func compile(svc service.Config, ej eject.Config) (*settings, error) {
 	if svc.Host == "" {
 		svc.Host = service.HostKeep
 	}
+	if svc.Upgrades == nil {
+		svc.Upgrades = service.DefaultUpgrades()
+	}
+	for _, u := range svc.Upgrades {
+		if err := service.CheckUpgrade(u); err != nil {
+			return nil, fmt.Errorf("service %s: %w", svc.Name, err)
+		}
+	}
 	return &settings{svc: svc, timeouts: t, policy: pol, maxEject: ej.MaxEjectedPercent}, nil
 }
 
@@ -265,7 +273,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		if s.tlsOn {
 			errc <- s.http.ServeTLS(ll, "", "")
 		} else {
-			errc <- s.http.Serve(newFramingListener(ll, s.http.MaxHeaderBytes))
+			errc <- s.http.Serve(ll)
 		}
 	}()
 	s.log.Info("l7 service listening", "listen", l.Addr().String(), "tls", s.tlsOn)

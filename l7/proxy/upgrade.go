@@ -16,10 +16,11 @@ import (
 	"github.com/sluicelb/sluice/l7/upstream"
 )
 
-// Protocol upgrades (WebSocket and any other HTTP/1.1 Upgrade).
+// Protocol upgrades (WebSocket, and the protocols in the service's
+// upgrades allow-list).
 //
-// An HTTP/1.1 request with "Connection: upgrade" and an Upgrade header is
-// proxied like any other (same backend choice, timeouts and retries before
+// An HTTP/1.1 request with "Connection: upgrade" and an Upgrade header
+// naming an allowed protocol is proxied like any other (same backend choice, timeouts and retries before
 // a response); when the backend answers 101 Switching Protocols, the client
 // connection is taken over and bytes are copied both ways until either side
 // closes. The backend connection is never pooled afterwards. The tunnel
@@ -28,15 +29,35 @@ import (
 // write at most that long; `timeouts.total` does not apply to it. On
 // shutdown, tunnels get until the shutdown deadline, then are closed.
 
-// upgradeType returns the protocol a request asks to upgrade to ("" when none).
-func upgradeType(r *http.Request) string {
+// upgradeType returns the protocol a request asks to upgrade to when it
+// is in the allow-list, "" otherwise: an Upgrade for another protocol
+// (h2c among them) is dropped with the other hop-by-hop headers and the
+// request goes on as a plain one, so only an allowed protocol can ever
+// turn a client connection into a tunnel.
+func upgradeType(r *http.Request, allowed []string) string {
 	if r.ProtoMajor != 1 || r.ProtoMinor < 1 {
+		return ""
+	}
+	up := r.Header["Upgrade"]
+	if len(up) != 1 {
+		return "" // none, or several fields: not one protocol
+	}
+	proto := strings.TrimSpace(up[0])
+	name, _, _ := strings.Cut(proto, "/")
+	ok := false
+	for _, a := range allowed {
+		if strings.EqualFold(a, proto) || strings.EqualFold(a, name) {
+			ok = true
+			break
+		}
+	}
+	if !ok || !isToken(name) || !validFieldValue(proto) {
 		return ""
 	}
 	for _, v := range r.Header["Connection"] {
 		for tok := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
-				return r.Header.Get("Upgrade")
+				return proto
 			}
 		}
 	}
@@ -113,9 +134,6 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 		s.fail(w, rec, http.StatusInternalServerError, "upgrade: "+err.Error())
 		return
 	}
-	if fc, ok := client.(*framingConn); ok {
-		fc.passThrough()
-	}
 	rec.Status = http.StatusSwitchingProtocols
 	if !s.tunnels.add(client) {
 		client.Close()
@@ -165,8 +183,13 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 	})
 	toClient, errDown = idle.copy(client, up, nil, client.SetWriteDeadline)
 	closeWrite(client)
-	// The backend is done: give the client a moment to finish, then end.
-	idle.end(client, 5*time.Second)
+	// The backend is done: give the client a moment to finish, then end
+	// (at once when the backend side failed or went idle).
+	grace := 5 * time.Second
+	if errDown != nil {
+		grace = 0
+	}
+	idle.end(client, grace)
 	wg.Wait()
 	rec.BytesIn += toBackend
 	rec.BytesOut = toClient

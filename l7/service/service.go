@@ -6,6 +6,8 @@
 package service
 
 import (
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/sluicelb/sluice/l7/retry"
@@ -25,6 +27,32 @@ type Config struct {
 	Host     string
 	Timeouts Timeouts
 	Retry    *retry.Config // nil: retry.DefaultConfig()
+	// Upgrades are the protocols a client may switch to with Upgrade
+	// (HTTP/1.1, e.g. websocket); nil: DefaultUpgrades. An Upgrade for
+	// another protocol is not passed on: the request goes to the backend
+	// as a plain request. h2c is never allowed (CheckUpgrade).
+	Upgrades []string
+}
+
+// DefaultUpgrades is the upgrade allow-list of a service that sets none.
+func DefaultUpgrades() []string { return []string{"websocket"} }
+
+// CheckUpgrade checks one upgrades entry: a token, and not h2c (HTTP/2 is
+// served by the listener itself, with tls or h2c: true, never tunnelled).
+func CheckUpgrade(p string) error {
+	if p == "" {
+		return fmt.Errorf("upgrade %q: must be a protocol name such as websocket", p)
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~/", c) >= 0) {
+			return fmt.Errorf("upgrade %q: must be a protocol token such as websocket", p)
+		}
+	}
+	if strings.EqualFold(p, "h2c") || strings.HasPrefix(strings.ToLower(p), "h2c/") || strings.EqualFold(p, "h2") {
+		return fmt.Errorf("upgrade %q: HTTP/2 is never tunnelled (use h2c: true or tls for HTTP/2)", p)
+	}
+	return nil
 }
 
 // Timeouts are the per-phase timeouts and the total deadline of a request

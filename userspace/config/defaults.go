@@ -169,6 +169,9 @@ func applyDefaults(c *Config, lines map[string]int) {
 			r.BufferBytes = retry.DefaultBufferBytes
 		}
 		d.str(sp+".access_log", &s.AccessLog, AccessLogStdout)
+		if !d.set(sp + ".upgrades") {
+			s.Upgrades = service.DefaultUpgrades()
+		}
 		if s.Client == nil {
 			s.Client = &ClientLimits{}
 		}

@@ -134,6 +134,9 @@ type Service struct {
 	H2C      bool          `yaml:"h2c"`
 	Client   *ClientLimits `yaml:"client"`   // http only; never nil after Parse for http services
 	Upstream *Upstream     `yaml:"upstream"` // http only; never nil after Parse for http services
+	// Upgrades is the allow-list of protocols a client may switch to with
+	// Upgrade (default [websocket]; h2c is refused).
+	Upgrades []string `yaml:"upgrades"`
 	// AccessLog is where an http service writes its access log: stdout
 	// (default), off, or a file path (appended to, reopened on reload).
 	AccessLog string `yaml:"access_log"`

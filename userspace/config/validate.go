@@ -478,7 +478,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
 			}
 		}
-		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log"} {
+		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed for http services")
 			}
@@ -509,6 +509,11 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 		v.retry(r, path+".retry")
 	}
 	v.httpListener(s, path)
+	for i, u := range s.Upgrades {
+		if err := service.CheckUpgrade(u); err != nil {
+			v.add(fmt.Sprintf("%s.upgrades[%d]", path, i), "%v", err)
+		}
+	}
 	if u := s.Upstream; u != nil {
 		v.upstream(u, path+".upstream")
 	}
