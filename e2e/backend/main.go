@@ -25,6 +25,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -85,6 +86,7 @@ func run(ctx context.Context, log *slog.Logger, listen, name string) error {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
 	b := newBackend(name)
+	ln = &recordingListener{Listener: ln, rec: b.raw}
 	srv := &http.Server{
 		Handler:           b.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -138,6 +140,9 @@ type backend struct {
 	byID       map[string]uint64 // rid query parameter
 	failStatus int               // non-zero: every counted request gets this status
 	mode       string            // "" (normal) or a /control/mode mode
+	// raw keeps the bytes received on recent connections, before any
+	// parsing: a test asks whether some bytes ever reached the backend.
+	raw *rawLog
 	// bigEnded is how each /big request (by rid) ended: "ok" or
 	// "write-error", and after how many milliseconds.
 	bigEnded map[string]BigEnd
@@ -151,7 +156,7 @@ type BigEnd struct {
 }
 
 func newBackend(name string) *backend {
-	return &backend{name: name, byPath: make(map[string]uint64),
+	return &backend{name: name, raw: &rawLog{}, byPath: make(map[string]uint64),
 		byMethod: make(map[string]uint64), byID: make(map[string]uint64), bigEnded: make(map[string]BigEnd)}
 }
 
@@ -186,6 +191,7 @@ func (b *backend) routes() http.Handler {
 	mux.HandleFunc("GET /stats", b.stats)
 	mux.HandleFunc("/control/fail", b.controlFail)
 	mux.HandleFunc("/control/mode", b.controlMode)
+	mux.HandleFunc("GET /control/raw", b.controlRaw)
 	mux.HandleFunc("/close-after-body", b.wrap(closeAfterBody))
 	mux.HandleFunc("/close-mid-response", b.wrap(closeMidResponse))
 	mux.HandleFunc("/healthz", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
@@ -386,6 +392,90 @@ func (b *backend) big(w http.ResponseWriter, r *http.Request) {
 		b.bigEnded[rid] = end
 		b.mu.Unlock()
 	}
+}
+
+// rawLog keeps the first rawPerConn bytes read on each of the last
+// rawConns connections.
+type rawLog struct {
+	mu    sync.Mutex
+	conns []*[]byte
+}
+
+const (
+	rawConns   = 512
+	rawPerConn = 64 << 10
+)
+
+func (l *rawLog) conn() *[]byte {
+	b := new([]byte)
+	l.mu.Lock()
+	l.conns = append(l.conns, b)
+	if len(l.conns) > rawConns {
+		l.conns = l.conns[1:]
+	}
+	l.mu.Unlock()
+	return b
+}
+
+func (l *rawLog) add(b *[]byte, p []byte) {
+	l.mu.Lock()
+	if room := rawPerConn - len(*b); room > 0 {
+		*b = append(*b, p[:min(room, len(p))]...)
+	}
+	l.mu.Unlock()
+}
+
+// count is the number of recorded connections whose bytes contain sub.
+func (l *rawLog) count(sub string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, b := range l.conns {
+		if strings.Contains(string(*b), sub) {
+			n++
+		}
+	}
+	return n
+}
+
+type recordingListener struct {
+	net.Listener
+	rec *rawLog
+}
+
+func (l *recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &recordingConn{Conn: c, rec: l.rec, buf: l.rec.conn()}, nil
+}
+
+type recordingConn struct {
+	net.Conn
+	rec *rawLog
+	buf *[]byte
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.rec.add(c.buf, p[:n])
+	}
+	return n, err
+}
+
+// controlRaw answers how many recent connections carried the bytes of
+// ?hex= (hex-encoded, so the question itself does not carry them) before
+// any parsing, as {"connections": N}.
+func (b *backend) controlRaw(w http.ResponseWriter, r *http.Request) {
+	sub, err := hex.DecodeString(r.URL.Query().Get("hex"))
+	if err != nil || len(sub) == 0 {
+		http.Error(w, "want hex=HEX-ENCODED-BYTES", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, "{\"connections\": %d}\n", b.raw.count(string(sub)))
 }
 
 // intParam reads query parameter key as an int in [0, max], def when absent.
