@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,7 +29,6 @@ type outRequest struct {
 	method  string
 	uri     string
 	host    string      // Host header sent
-	sni     string      // TLS server name
 	header  http.Header // the client's, written by writeForwardHeader
 	fwd     forwarded
 	body    *reqBody
@@ -419,8 +419,25 @@ func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *
 		// (RFC 9113 8.3.1); checkOutgoing refuses anything else.
 		uri = r.URL.RequestURI()
 	}
-	out.upgrade, out.method, out.uri, out.host, out.sni = upgradeType(r, st.svc.Upgrades), r.Method, uri, host, hostname(host)
+	out.upgrade, out.method, out.uri, out.host = upgradeType(r, st.svc.Upgrades), r.Method, uri, host
 	out.header, out.fwd, out.body = r.Header, newForwarded(r), body
+}
+
+// serverName is the TLS server name (SNI, and the name the backend's
+// certificate is verified against) for a try on b. It comes from the
+// config, never from the client: the service's host when set, else the
+// DNS name the address came from, else the address itself (an upstream
+// tls.Config with a ServerName, from upstream.server_name, overrides all
+// three). A client's Host cannot make a handshake fail, so it cannot make
+// a backend look broken (and ejected).
+func serverName(st *settings, b pool.Backend) string {
+	if h := st.svc.Host; h != service.HostKeep && h != "" {
+		return hostname(h)
+	}
+	if b.Source != "" && b.Source != pool.SourceStatic {
+		return strings.TrimSuffix(b.Source, ".")
+	}
+	return b.Addr.Addr().String()
 }
 
 // pick chooses the backend of the next try: an active address not tried yet
@@ -539,7 +556,7 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 			t0 = time.Now()
 		}
 		connectBy := minTime(t0.Add(t.Connect), deadline)
-		conn, err := s.pools.Get(ctx, b.Addr, out.sni, b.Info, connectBy)
+		conn, err := s.pools.Get(ctx, b.Addr, serverName(st, b), b.Info, connectBy)
 		if err != nil {
 			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
 			res.local = errors.Is(err, upstream.ErrAddrFull)

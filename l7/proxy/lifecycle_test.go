@@ -419,7 +419,22 @@ func newTLSBackend(t *testing.T, h http.HandlerFunc) netip.AddrPort {
 	srv := &http.Server{Handler: h}
 	go srv.ServeTLS(l, cert, key)
 	t.Cleanup(func() { srv.Close() })
-	return netip.MustParseAddrPort(l.Addr().String())
+	a := netip.MustParseAddrPort(l.Addr().String())
+	tlsBackendDirs.Store(a, dir)
+	return a
+}
+
+// tlsBackendDirs holds the directory of each TLS test backend's
+// certificate (backend.test.crt), by address.
+var tlsBackendDirs sync.Map
+
+func tlsBackendDir(t *testing.T, a netip.AddrPort) string {
+	t.Helper()
+	d, ok := tlsBackendDirs.Load(a)
+	if !ok {
+		t.Fatalf("no TLS backend at %s", a)
+	}
+	return d.(string)
 }
 
 func writeCert(t *testing.T, dir, name string) (certFile, keyFile string) {

@@ -189,7 +189,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 			MaxConnsPerAddr: u.MaxConnections,
 		}
 		if u.TLS {
-			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify}
+			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify, ServerName: u.ServerName}
 			if u.CA != "" {
 				if tc.RootCAs, err = config.LoadCAs(u.CA); err != nil {
 					return proxy.Options{}, fmt.Errorf("upstream ca: %w", err)

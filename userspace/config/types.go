@@ -187,13 +187,17 @@ type ClientLimits struct {
 
 // Upstream configures an http service's connections to its backends.
 type Upstream struct {
-	TLS                bool     `yaml:"tls"`                  // TLS to the backends (SNI: the Host sent)
-	CA                 string   `yaml:"ca"`                   // PEM file of CAs to trust instead of the system's; tls only
-	InsecureSkipVerify bool     `yaml:"insecure_skip_verify"` // tls only
-	MaxIdle            int      `yaml:"max_idle"`             // idle connections kept per address, default 64
-	IdleTimeout        Duration `yaml:"idle_timeout"`         // default 30s
-	MaxLifetime        Duration `yaml:"max_lifetime"`         // default 5m
-	MaxConnections     int      `yaml:"max_connections"`      // per backend address, default 1024
+	TLS                bool   `yaml:"tls"`                  // TLS to the backends
+	CA                 string `yaml:"ca"`                   // PEM file of CAs to trust instead of the system's; tls only
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"` // tls only
+	// ServerName is the TLS server name (SNI, verification) for every
+	// backend; default: the service's host, else the DNS name the address
+	// came from, else the address. Never the client's Host. tls only.
+	ServerName     string   `yaml:"server_name"`
+	MaxIdle        int      `yaml:"max_idle"`        // idle connections kept per address, default 64
+	IdleTimeout    Duration `yaml:"idle_timeout"`    // default 30s
+	MaxLifetime    Duration `yaml:"max_lifetime"`    // default 5m
+	MaxConnections int      `yaml:"max_connections"` // per backend address, default 1024
 }
 
 // Backoff is exponential backoff with full jitter.

@@ -579,7 +579,7 @@ func (v *validator) httpListener(s *Service, path string) {
 // upstream checks the connections to the backends of an http service.
 func (v *validator) upstream(u *Upstream, path string) {
 	if !u.TLS {
-		for _, k := range []string{"ca", "insecure_skip_verify"} {
+		for _, k := range []string{"ca", "insecure_skip_verify", "server_name"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed with tls: true")
 			}
@@ -591,6 +591,13 @@ func (v *validator) upstream(u *Upstream, path string) {
 		}
 		if u.InsecureSkipVerify {
 			v.add(path+".insecure_skip_verify", "set either ca or insecure_skip_verify, not both")
+		}
+	}
+	if u.ServerName != "" {
+		if err := checkDNSName(u.ServerName); err != nil {
+			if _, ipErr := netip.ParseAddr(u.ServerName); ipErr != nil {
+				v.add(path+".server_name", "%q: not a DNS name or an IP address: %v", u.ServerName, err)
+			}
 		}
 	}
 	if u.MaxIdle < 1 || u.MaxIdle > MaxUpstreamIdle {
