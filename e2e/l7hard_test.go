@@ -339,3 +339,32 @@ func TestL7StrictTranslation(t *testing.T) {
 		}
 	})
 }
+
+// TestL7ForwardingHeaders: forwarding headers a client sends do not reach
+// the backend as if sluice had set them (the client is no trusted proxy):
+// X-Real-IP, X-Forwarded-Proto and X-Forwarded-Host are replaced,
+// Forwarded removed, X-Forwarded-For appended to. Checked on the bytes
+// the backend read.
+func TestL7ForwardingHeaders(t *testing.T) {
+	lab, _ := startL7(t, agentConfig{Ejection: noEjection, Backends: []string{"be1"}})
+	m := newRID("spoof")
+	r := lab.curl("GET", httpURL+"?rid="+m,
+		"-H", "X-Real-IP: 10.9.9.9",
+		"-H", "X-Forwarded-Proto: https-"+m,
+		"-H", "X-Forwarded-Host: admin-"+m,
+		"-H", "Forwarded: for=10.9.9.9;by="+m,
+		"-H", "X-Forwarded-For: 10.9.9.9")
+	if r.Code != 200 {
+		t.Fatalf("request: %d", r.Code)
+	}
+	for _, spoofed := range []string{"X-Real-Ip: 10.9.9.9", "X-Real-IP: 10.9.9.9", "https-" + m, "admin-" + m, "by=" + m} {
+		if n := lab.rawSeen("be1", spoofed); n != 0 {
+			t.Errorf("the client's %q reached the backend", spoofed)
+		}
+	}
+	for _, ours := range []string{"X-Forwarded-For: 10.9.9.9, 198.18.", "X-Real-IP: 198.18.", "X-Forwarded-Proto: http\r\n"} {
+		if n := lab.rawSeen("be1", ours); n == 0 {
+			t.Errorf("the backend never got %q", ours)
+		}
+	}
+}

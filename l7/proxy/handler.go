@@ -420,7 +420,7 @@ func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *
 		uri = r.URL.RequestURI()
 	}
 	out.upgrade, out.method, out.uri, out.host = upgradeType(r, st.svc.Upgrades), r.Method, uri, host
-	out.header, out.fwd, out.body = r.Header, newForwarded(r), body
+	out.header, out.fwd, out.body = r.Header, newForwarded(r, st.svc.TrustedProxies), body
 }
 
 // serverName is the TLS server name (SNI, and the name the backend's

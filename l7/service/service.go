@@ -7,6 +7,7 @@ package service
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -32,6 +33,31 @@ type Config struct {
 	// another protocol is not passed on: the request goes to the backend
 	// as a plain request. h2c is never allowed (CheckUpgrade).
 	Upgrades []string
+	// TrustedProxies are the peers whose forwarding headers are kept
+	// (X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, Forwarded); from
+	// any other peer they are replaced or removed. Default: none.
+	TrustedProxies []netip.Prefix
+}
+
+// ParseTrustedProxies parses a trusted_proxies list: CIDRs (a bare
+// address is a /32 or /128).
+func ParseTrustedProxies(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("trusted proxy %q: not a CIDR or an address", s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Addr().Zone() != "" {
+			return nil, fmt.Errorf("trusted proxy %q: no zone allowed", s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // DefaultUpgrades is the upgrade allow-list of a service that sets none.

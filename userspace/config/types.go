@@ -134,6 +134,9 @@ type Service struct {
 	H2C      bool          `yaml:"h2c"`
 	Client   *ClientLimits `yaml:"client"`   // http only; never nil after Parse for http services
 	Upstream *Upstream     `yaml:"upstream"` // http only; never nil after Parse for http services
+	// TrustedProxies are the CIDRs whose forwarding headers are kept
+	// (default none: they are replaced or removed).
+	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Upgrades is the allow-list of protocols a client may switch to with
 	// Upgrade (default [websocket]; h2c is refused).
 	Upgrades []string `yaml:"upgrades"`

@@ -478,7 +478,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
 			}
 		}
-		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades"} {
+		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed for http services")
 			}
@@ -509,6 +509,11 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 		v.retry(r, path+".retry")
 	}
 	v.httpListener(s, path)
+	for i, tp := range s.TrustedProxies {
+		if _, err := service.ParseTrustedProxies([]string{tp}); err != nil {
+			v.add(fmt.Sprintf("%s.trusted_proxies[%d]", path, i), "%v", err)
+		}
+	}
 	for i, u := range s.Upgrades {
 		if err := service.CheckUpgrade(u); err != nil {
 			v.add(fmt.Sprintf("%s.upgrades[%d]", path, i), "%v", err)
