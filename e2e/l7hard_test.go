@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -366,5 +368,42 @@ func TestL7ForwardingHeaders(t *testing.T) {
 		if n := lab.rawSeen("be1", ours); n == 0 {
 			t.Errorf("the backend never got %q", ours)
 		}
+	}
+}
+
+// TestL7AccessLogBlocked: an access log nobody reads (a FIFO whose reader
+// never reads) does not stall requests: lines beyond the writer's queue
+// are dropped and counted.
+func TestL7AccessLogBlocked(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	fifo := filepath.Join(lab.dir, "access.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A reader that never reads: the agent's writes block once the pipe
+	// buffer is full.
+	r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	lab.StartAgent(agentConfig{HTTP: true, Ejection: noEjection, HTTPExtra: "    access_log: " + fifo + "\n"})
+	waitFor(t, 10*time.Second, "the L7 listener", func() error {
+		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
+		return err
+	})
+	rep := lab.Load("--url", httpURL, "--mode", "keepalive", "--conns", "8", "--count", "12000", "--duration", "60s", "--timeout", "2s")
+	t.Logf("%d requests, %d ok, %d failures, latency %v", rep.Requests, rep.OK, rep.Failures, rep.LatencyMS)
+	if rep.Failures != 0 || rep.OK < 12000 {
+		t.Errorf("%d of %d requests failed with the access log blocked", rep.Failures, rep.Requests)
+	}
+	if p99 := rep.LatencyMS["p99"]; p99 > 500 {
+		t.Errorf("p99 latency %.0fms with the access log blocked: requests waited for it", p99)
+	}
+	values, _ := lab.scrape()
+	if n := values[`sluice_l7_refused_total{limit="access_log",service="web-http"}`]; n == 0 {
+		t.Error("no dropped access log line counted (sluice_l7_refused_total{limit=\"access_log\"})")
 	}
 }

@@ -47,9 +47,13 @@ type l7Stage struct {
 // newL7Stage returns the stage; stdout is where `access_log: stdout` goes
 // (nil: nowhere).
 func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trackers) *l7Stage {
+	acc := newAccessLogs(stdout)
+	if m != nil {
+		acc.onDrop = func(service string) { m.L7.Refused(service, "access_log") }
+	}
 	return &l7Stage{
 		log:        log,
-		accessLogs: newAccessLogs(stdout),
+		accessLogs: acc,
 		metrics:    m,
 		trackers:   tr,
 		services:   make(map[string]*l7Service),
