@@ -43,7 +43,9 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 
 	// A client that goes away aborts the try: closing the connection
 	// unblocks any read or write.
-	cw.watch(conn)
+	// A request whose body is all in memory can be written to its end
+	// even when its client goes away: its connection can be reused then.
+	cw.watch(conn, out.body.rest == nil)
 	defer cw.unwatch()
 
 	fail := func(phase string, err error) exResult {
@@ -83,6 +85,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 	if err := writeRequest(conn.Writer(), out); err != nil {
 		return fail("send", err)
 	}
+	cw.requestSent()
 	// The response header must come within `read` of the request's end.
 	conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(t.Read), deadline))
 	conn.LimitReads(maxResponseHeader)
@@ -181,7 +184,7 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	resp := res.resp
 	defer resp.Body.Close()
 	// A client that goes away stops a body read waiting on the backend.
-	cw.watch(res.conn)
+	cw.watch(res.conn, true)
 	defer cw.unwatch()
 	h := w.Header()
 	closeDelimited := resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && bodyAllowed(rec.Method, resp.StatusCode)

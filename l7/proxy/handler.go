@@ -302,7 +302,9 @@ func (q *request) clientGone(b pool.Backend, trial bool, res tryResult, tr acces
 	}
 	tr.Outcome, tr.Why = "client-closed", "the client went away"
 	rec.Tries = append(rec.Tries, tr)
-	s.discard(res, false)
+	// A response that came anyway is drained (a little, within the
+	// grace the watch gave it) so its connection can be reused.
+	s.discard(res, res.resp != nil)
 	rec.Status = statusClientClosed
 	// A body that stalled also cancels the request's context: answer
 	// anyway (if the client is really gone, nobody reads it).
@@ -555,6 +557,11 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 		if redial > 0 {
 			t0 = time.Now()
 		}
+		if ctx.Err() != nil {
+			// The client is gone (an HTTP/2 stream reset at once, say):
+			// no connection is taken, none is dialled.
+			return tryResult{err: ctx.Err(), phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, clientGone: true}
+		}
 		connectBy := minTime(t0.Add(t.Connect), deadline)
 		conn, err := s.pools.Get(ctx, b.Addr, serverName(st, b), b.Info, connectBy)
 		if err != nil {
@@ -566,6 +573,12 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 				res.phase = "total"
 			}
 			return res
+		}
+		if ctx.Err() != nil {
+			// The client went away while the connection was being made:
+			// it is given back unused, for the next request.
+			s.pools.Put(conn, "")
+			return tryResult{err: ctx.Err(), phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, clientGone: true}
 		}
 		res := s.exchange(ctx, cw, st, conn, out, deadline)
 		if res.err == nil || res.clientGone {
@@ -584,25 +597,44 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 	}
 }
 
-// clientWatch closes the backend connection in use by a request when its
-// client goes away (the request's context ends), which unblocks any read
-// or write on it: one context.AfterFunc per request, not one per phase.
+// clientWatch acts on the backend connection in use by a request when its
+// client goes away (the request's context ends; over HTTP/2 a
+// RST_STREAM): one context.AfterFunc per request, not one per phase.
+// While the request is being sent the connection is closed (it cannot be
+// reused with half a request on it), which unblocks any write. Once the
+// request is sent, the response gets clientGoneGrace to arrive (its
+// reads are capped, not cut): a reset stream then costs no backend
+// connection, the response is drained and the connection pooled.
 type clientWatch struct {
 	mu   sync.Mutex
 	conn *upstream.Conn
+	sent bool
 	gone bool
 }
 
-// watch makes c the connection to close; it is closed at once when the
-// client is already gone.
-func (w *clientWatch) watch(c *upstream.Conn) {
+// clientGoneGrace is how long a response may still take once its client
+// went away, for its connection to be reused.
+const clientGoneGrace = time.Second
+
+// watch makes c the connection to act on; sent is whether the whole
+// request is on it already. When the client is gone already it acts at once.
+func (w *clientWatch) watch(c *upstream.Conn, sent bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.conn, w.sent = c, sent
 	if w.gone {
-		c.Close()
-		return
+		w.actLocked()
 	}
-	w.conn = c
+}
+
+// requestSent marks the request as written on the watched connection.
+func (w *clientWatch) requestSent() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.sent = true
+	if w.gone && w.conn != nil {
+		w.actLocked()
+	}
 }
 
 // unwatch ends watch; the connection is the caller's again.
@@ -617,6 +649,14 @@ func (w *clientWatch) fire() {
 	defer w.mu.Unlock()
 	w.gone = true
 	if w.conn != nil {
-		w.conn.Close()
+		w.actLocked()
 	}
+}
+
+func (w *clientWatch) actLocked() {
+	if w.sent {
+		w.conn.CapDeadline(time.Now().Add(clientGoneGrace))
+		return
+	}
+	w.conn.Close()
 }

@@ -218,6 +218,11 @@ func New(opts Options) (*Server, error) {
 		WriteTimeout:   cl.HeaderTimeout + st.timeouts.Total,
 		MaxHeaderBytes: cl.MaxHeaderBytes,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          cl.H2MaxStreams,
+			MaxReceiveBufferPerStream:     cl.H2StreamWindow,
+			MaxReceiveBufferPerConnection: cl.H2ConnWindow,
+		},
 	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)

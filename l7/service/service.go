@@ -124,6 +124,10 @@ const (
 	DefaultMaxRequests     = 1000
 	DefaultMaxBodyBytes    = 64 << 20
 	DefaultMaxHeaderCount  = 100
+	// HTTP/2, Envoy's edge recommendations.
+	DefaultH2MaxStreams    = 100
+	DefaultH2StreamWindow  = 64 << 10
+	DefaultH2ConnWindow    = 1 << 20
 )
 
 // Bounds of the client limits (validation).
@@ -160,6 +164,13 @@ type ClientLimits struct {
 	// of a repeated name counts); more get 431. Default 100 (Envoy
 	// max_headers_count 100, HAProxy tune.http.maxhdr 101).
 	MaxHeaderCount int
+	// H2MaxStreams bounds the concurrent streams of an HTTP/2 connection
+	// (default 100); H2StreamWindow and H2ConnWindow are the flow-control
+	// windows sluice grants a client per stream (default 64 KiB) and per
+	// connection (default 1 MiB): Envoy's edge recommendations.
+	H2MaxStreams   int
+	H2StreamWindow int
+	H2ConnWindow   int
 }
 
 // WithDefaults is c with its zero fields set to their defaults.
@@ -187,6 +198,15 @@ func (c ClientLimits) WithDefaults() ClientLimits {
 	}
 	if c.MaxHeaderCount <= 0 {
 		c.MaxHeaderCount = DefaultMaxHeaderCount
+	}
+	if c.H2MaxStreams <= 0 {
+		c.H2MaxStreams = DefaultH2MaxStreams
+	}
+	if c.H2StreamWindow <= 0 {
+		c.H2StreamWindow = DefaultH2StreamWindow
+	}
+	if c.H2ConnWindow <= 0 {
+		c.H2ConnWindow = DefaultH2ConnWindow
 	}
 	return c
 }

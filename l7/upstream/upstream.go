@@ -245,7 +245,11 @@ func (p *Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info s
 		gen := ap.gen
 		p.mu.Unlock()
 		p.closeAll(stale)
-		c, err := p.dial(ctx, addr, serverName, info, gen, connectBy)
+		// A dial is not cut short when the caller goes away (its
+		// deadline still holds): the backend has accepted the connection
+		// by then, and a caller that gives it back unused (Put) leaves it
+		// for the next request instead of wasting it.
+		c, err := p.dial(context.WithoutCancel(ctx), addr, serverName, info, gen, connectBy)
 		p.mu.Lock()
 		ap = p.addrLocked(addr)
 		ap.dialing--

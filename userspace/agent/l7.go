@@ -185,6 +185,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 			TunnelIdleTimeout: c.TunnelIdleTimeout.D(),
 			MaxConnections:    c.MaxConnections, MaxRequests: c.MaxRequests,
 			MaxBodyBytes: c.MaxBodyBytes, MaxHeaderCount: c.MaxHeaderCount,
+			H2MaxStreams: c.H2MaxStreams, H2StreamWindow: c.H2StreamWindow, H2ConnWindow: c.H2ConnWindow,
 		}
 	}
 	if u := svc.Upstream; u != nil {

@@ -186,6 +186,9 @@ func applyDefaults(c *Config, lines map[string]int) {
 			s.Client.MaxBodyBytes = service.DefaultMaxBodyBytes
 		}
 		d.int(cp+".max_header_count", &s.Client.MaxHeaderCount, service.DefaultMaxHeaderCount)
+		d.int(cp+".h2_max_streams", &s.Client.H2MaxStreams, service.DefaultH2MaxStreams)
+		d.int(cp+".h2_stream_window", &s.Client.H2StreamWindow, service.DefaultH2StreamWindow)
+		d.int(cp+".h2_connection_window", &s.Client.H2ConnWindow, service.DefaultH2ConnWindow)
 		if s.Upstream == nil {
 			s.Upstream = &Upstream{}
 		}

@@ -181,11 +181,14 @@ type ClientLimits struct {
 	IdleTimeout    Duration `yaml:"idle_timeout"`     // keep-alive, default 60s
 	MaxHeaderBytes int      `yaml:"max_header_bytes"` // default 65536
 	// TunnelIdleTimeout closes an upgraded (WebSocket) connection idle both ways this long.
-	TunnelIdleTimeout Duration `yaml:"tunnel_idle_timeout"` // default 60s
-	MaxConnections    int      `yaml:"max_connections"`     // open client connections, default 10000
-	MaxRequests       int      `yaml:"max_requests"`        // requests in flight, default 1000
-	MaxBodyBytes      int64    `yaml:"max_body_bytes"`      // default 64 MiB
-	MaxHeaderCount    int      `yaml:"max_header_count"`    // default 100
+	TunnelIdleTimeout Duration `yaml:"tunnel_idle_timeout"`  // default 60s
+	MaxConnections    int      `yaml:"max_connections"`      // open client connections, default 10000
+	MaxRequests       int      `yaml:"max_requests"`         // requests in flight, default 1000
+	MaxBodyBytes      int64    `yaml:"max_body_bytes"`       // default 64 MiB
+	MaxHeaderCount    int      `yaml:"max_header_count"`     // default 100
+	H2MaxStreams      int      `yaml:"h2_max_streams"`       // concurrent streams per HTTP/2 connection, default 100
+	H2StreamWindow    int      `yaml:"h2_stream_window"`     // default 65536
+	H2ConnWindow      int      `yaml:"h2_connection_window"` // default 1048576
 }
 
 // Upstream configures an http service's connections to its backends.

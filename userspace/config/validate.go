@@ -575,6 +575,10 @@ func (v *validator) httpListener(s *Service, path string) {
 		v.between(cp+".max_requests", int64(c.MaxRequests), 1, MaxClientRequests)
 		v.between(cp+".max_body_bytes", c.MaxBodyBytes, 1, MaxMaxBodyBytes)
 		v.between(cp+".max_header_count", int64(c.MaxHeaderCount), 1, service.MaxMaxHeaderCount)
+		v.between(cp+".h2_max_streams", int64(c.H2MaxStreams), 1, 10000)
+		// Windows: at least the 16 KiB a frame may carry, at most HTTP/2's 2^31-1.
+		v.between(cp+".h2_stream_window", int64(c.H2StreamWindow), 16<<10, 1<<31-1)
+		v.between(cp+".h2_connection_window", int64(c.H2ConnWindow), 64<<10, 1<<31-1)
 		if c.MaxHeaderBytes < MinMaxHeaderBytes || c.MaxHeaderBytes > MaxMaxHeaderBytes {
 			v.add(cp+".max_header_bytes", "%d: must be between %d and %d", c.MaxHeaderBytes, MinMaxHeaderBytes, MaxMaxHeaderBytes)
 		}
