@@ -222,6 +222,10 @@ func New(opts Options) (*Server, error) {
 			MaxConcurrentStreams:          cl.H2MaxStreams,
 			MaxReceiveBufferPerStream:     cl.H2StreamWindow,
 			MaxReceiveBufferPerConnection: cl.H2ConnWindow,
+			// The protocol's default frame size (Go offers 1 MiB): a
+			// larger frame is a FRAME_SIZE_ERROR, as RFC 9113 4.2 says
+			// for a peer that did not raise it.
+			MaxReadFrameSize: 16 << 10,
 		},
 	}
 	var protos http.Protocols
