@@ -528,6 +528,9 @@ type agentConfig struct {
 	ExtraPools, ExtraServices string
 	// Datapath is appended to the datapath flow map (", key: value, ...").
 	Datapath string
+	// HTTPExtra is appended to service web-http's keys (lines indented by
+	// four spaces, e.g. "    client: {header_timeout: 1s}\n").
+	HTTPExtra string
 }
 
 // httpVIP is the L7 service's address.
@@ -663,6 +666,7 @@ pools:
     retry: %s
 `, httpVIP, or(c.Timeouts, "{connect: 1s, read: 2s, total: 5s}"),
 			or(c.Retry, "{attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}"))
+		b.WriteString(c.HTTPExtra)
 	}
 	if c.UDP {
 		fmt.Fprintf(&b, `  - name: udp-l4

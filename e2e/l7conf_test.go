@@ -41,6 +41,11 @@ type BackendStats struct {
 	ByPath   map[string]uint64 `json:"by_path"`
 	ByMethod map[string]uint64 `json:"by_method_path"`
 	ByID     map[string]uint64 `json:"by_rid"`
+	BigEnded map[string]struct {
+		Result string  `json:"result"`
+		MS     float64 `json:"ms"`
+		Bytes  int64   `json:"bytes"`
+	} `json:"big_ended"`
 }
 
 // stats reads backend be's counters (from inside its namespace). A backend

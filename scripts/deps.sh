@@ -191,6 +191,21 @@ nothing from glibc (see docs/architecture.md, \"Building the BPF objects\")"
 	done < <(sed -n 's/^\/\/go:generate .*-cflags "\([^"]*\)".* \([a-z0-9_]*\.c\)$/\1|\2/p' "$gen")
 fi
 
+# --- h2spec (issue 9, added by the l7 helper) ---------------------------
+# HTTP/2 conformance tool run by l7/proxy's TestH2Spec, which `make test`
+# requires (SLUICE_REQUIRE_H2SPEC=1). A Go module at a fixed version,
+# fetched through the Go module proxy. As root it goes to /usr/local/bin,
+# otherwise to $(go env GOPATH)/bin (the test looks there too).
+h2spec_version=v2.2.1+incompatible
+if ! command -v h2spec >/dev/null 2>&1 && [[ ! -x $("$go_bin" env GOPATH)/bin/h2spec ]]; then
+	h2spec_bin=$("$go_bin" env GOPATH)/bin
+	[[ $EUID -eq 0 ]] && h2spec_bin=/usr/local/bin
+	log "installing h2spec $h2spec_version into $h2spec_bin"
+	GOBIN=$h2spec_bin "$go_bin" install "github.com/summerwind/h2spec/cmd/h2spec@$h2spec_version" ||
+		die "go install github.com/summerwind/h2spec/cmd/h2spec@$h2spec_version failed"
+fi
+# --- end h2spec -------------------------------------------------------------
+
 # bpffs: the agent pins its maps and links there.
 if [[ $EUID -eq 0 ]]; then
 	if ! mountpoint -q /sys/fs/bpf 2>/dev/null; then

@@ -25,6 +25,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -85,6 +86,7 @@ func run(ctx context.Context, log *slog.Logger, listen, name string) error {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
 	b := newBackend(name)
+	ln = &recordingListener{Listener: ln, rec: b.raw}
 	srv := &http.Server{
 		Handler:           b.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -138,11 +140,24 @@ type backend struct {
 	byID       map[string]uint64 // rid query parameter
 	failStatus int               // non-zero: every counted request gets this status
 	mode       string            // "" (normal) or a /control/mode mode
+	// raw keeps the bytes received on recent connections, before any
+	// parsing: a test asks whether some bytes ever reached the backend.
+	raw *rawLog
+	// bigEnded is how each /big request (by rid) ended: "ok" or
+	// "write-error", and after how many milliseconds.
+	bigEnded map[string]BigEnd
+}
+
+// BigEnd is how a /big response ended.
+type BigEnd struct {
+	Result string  `json:"result"` // ok | write-error
+	MS     float64 `json:"ms"`     // from the request to the end of the writes
+	Bytes  int64   `json:"bytes"`
 }
 
 func newBackend(name string) *backend {
-	return &backend{name: name, byPath: make(map[string]uint64),
-		byMethod: make(map[string]uint64), byID: make(map[string]uint64)}
+	return &backend{name: name, raw: &rawLog{}, byPath: make(map[string]uint64),
+		byMethod: make(map[string]uint64), byID: make(map[string]uint64), bigEnded: make(map[string]BigEnd)}
 }
 
 // Stats is the /stats reply.
@@ -152,6 +167,7 @@ type Stats struct {
 	ByPath   map[string]uint64 `json:"by_path"`
 	ByMethod map[string]uint64 `json:"by_method_path"`
 	ByID     map[string]uint64 `json:"by_rid"`
+	BigEnded map[string]BigEnd `json:"big_ended"`
 }
 
 func (b *backend) count(r *http.Request) {
@@ -175,6 +191,7 @@ func (b *backend) routes() http.Handler {
 	mux.HandleFunc("GET /stats", b.stats)
 	mux.HandleFunc("/control/fail", b.controlFail)
 	mux.HandleFunc("/control/mode", b.controlMode)
+	mux.HandleFunc("GET /control/raw", b.controlRaw)
 	mux.HandleFunc("/close-after-body", b.wrap(closeAfterBody))
 	mux.HandleFunc("/close-mid-response", b.wrap(closeMidResponse))
 	mux.HandleFunc("/healthz", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
@@ -183,6 +200,7 @@ func (b *backend) routes() http.Handler {
 	mux.HandleFunc("/slow", b.wrap(b.slow))
 	mux.HandleFunc("/status/{code}", b.wrap(b.status))
 	mux.HandleFunc("/stream", b.wrap(b.stream))
+	mux.HandleFunc("/big", b.wrap(b.big))
 	mux.HandleFunc("/", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, b.name)
 	}))
@@ -223,7 +241,7 @@ func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
 func (b *backend) stats(w http.ResponseWriter, _ *http.Request) {
 	b.mu.Lock()
 	s := Stats{Name: b.name, Requests: b.total, ByPath: maps.Clone(b.byPath),
-		ByMethod: maps.Clone(b.byMethod), ByID: maps.Clone(b.byID)}
+		ByMethod: maps.Clone(b.byMethod), ByID: maps.Clone(b.byID), BigEnded: maps.Clone(b.bigEnded)}
 	b.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Backend", b.name)
@@ -342,6 +360,122 @@ func (b *backend) stream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// big sends mb MiB (default 64) and records, by rid, how the writes
+// ended: a proxy that lets a stalled client hold the connection leaves it
+// blocked in a write.
+func (b *backend) big(w http.ResponseWriter, r *http.Request) {
+	mb, err := intParam(r, "mb", 64, 4096)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	t0 := time.Now()
+	total := int64(mb) << 20
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(total, 10))
+	chunk := make([]byte, 64<<10)
+	var sent int64
+	end := BigEnd{Result: "ok"}
+	for sent < total {
+		n, err := w.Write(chunk[:min(int64(len(chunk)), total-sent)])
+		sent += int64(n)
+		if err != nil {
+			end.Result = "write-error"
+			break
+		}
+	}
+	end.MS, end.Bytes = float64(time.Since(t0).Microseconds())/1000, sent
+	if rid := r.URL.Query().Get("rid"); rid != "" {
+		b.mu.Lock()
+		b.bigEnded[rid] = end
+		b.mu.Unlock()
+	}
+}
+
+// rawLog keeps the first rawPerConn bytes read on each of the last
+// rawConns connections.
+type rawLog struct {
+	mu    sync.Mutex
+	conns []*[]byte
+}
+
+const (
+	rawConns   = 512
+	rawPerConn = 64 << 10
+)
+
+func (l *rawLog) conn() *[]byte {
+	b := new([]byte)
+	l.mu.Lock()
+	l.conns = append(l.conns, b)
+	if len(l.conns) > rawConns {
+		l.conns = l.conns[1:]
+	}
+	l.mu.Unlock()
+	return b
+}
+
+func (l *rawLog) add(b *[]byte, p []byte) {
+	l.mu.Lock()
+	if room := rawPerConn - len(*b); room > 0 {
+		*b = append(*b, p[:min(room, len(p))]...)
+	}
+	l.mu.Unlock()
+}
+
+// count is the number of recorded connections whose bytes contain sub.
+func (l *rawLog) count(sub string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, b := range l.conns {
+		if strings.Contains(string(*b), sub) {
+			n++
+		}
+	}
+	return n
+}
+
+type recordingListener struct {
+	net.Listener
+	rec *rawLog
+}
+
+func (l *recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &recordingConn{Conn: c, rec: l.rec, buf: l.rec.conn()}, nil
+}
+
+type recordingConn struct {
+	net.Conn
+	rec *rawLog
+	buf *[]byte
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.rec.add(c.buf, p[:n])
+	}
+	return n, err
+}
+
+// controlRaw answers how many recent connections carried the bytes of
+// ?hex= (hex-encoded, so the question itself does not carry them) before
+// any parsing, as {"connections": N}.
+func (b *backend) controlRaw(w http.ResponseWriter, r *http.Request) {
+	sub, err := hex.DecodeString(r.URL.Query().Get("hex"))
+	if err != nil || len(sub) == 0 {
+		http.Error(w, "want hex=HEX-ENCODED-BYTES", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, "{\"connections\": %d}\n", b.raw.count(string(sub)))
 }
 
 // intParam reads query parameter key as an int in [0, max], def when absent.

@@ -5,20 +5,27 @@
 package accesslog
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
 
 // Logger writes one JSON object per line per request (see Record). The
-// line is encoded by hand into a reused buffer, without reflection, and
-// lines are collected in memory and written in batches: when the batch
-// reaches its size, when FlushInterval has passed since its first line,
-// on Flush and on Close. With FlushInterval <= 0 every line is written at
-// once. It is safe for concurrent use.
+// line is encoded by hand into a reused buffer, without reflection, by the
+// request's goroutine; with a FlushInterval > 0 it is then handed to the
+// logger's own writer goroutine through a bounded queue, and the writer
+// writes lines in batches: when a batch reaches its size, when
+// FlushInterval has passed since its first line, on Flush and on Close.
+// A request never waits for the writer: when the queue is full (the
+// destination is slow, or a pipe nobody reads) the line is dropped and
+// counted (Dropped, and the OnDrop hook). With FlushInterval <= 0 every
+// line is written at once by the request's goroutine (for tests and tools;
+// it waits for the writer). It is safe for concurrent use.
 //
 // The format is the one slog's JSON handler produced before (time, level,
 // msg "access", then the fields of Record), so tools reading the log see
@@ -27,14 +34,18 @@ type Logger struct {
 	every time.Duration
 	limit int
 
-	mu      sync.Mutex
-	w       io.Writer
-	pending []byte
-	armed   bool // the flush timer is running
-	closed  bool
-	timer   *time.Timer
-	err     error  // first write error since the last Close/Swap
-	failed  uint64 // lines lost to write errors
+	queue   chan *[]byte // encoded lines for the writer goroutine (every > 0)
+	ctl     chan func()  // flush / swap requests, run by the writer goroutine
+	stop    chan struct{}
+	stopped chan struct{}
+	closed  atomic.Bool
+	dropped atomic.Uint64
+	onDrop  atomic.Pointer[func(*Record)]
+
+	mu     sync.Mutex // the destination and its errors (writer side only)
+	w      io.Writer
+	err    error  // first write error since the last Close/Swap
+	failed uint64 // lines lost to write errors
 
 	lines sync.Pool // *[]byte, one encoded line
 }
@@ -43,19 +54,32 @@ type Logger struct {
 const (
 	DefaultFlush  = time.Second
 	DefaultBuffer = 64 << 10
+	// DefaultQueue is how many lines may wait for the writer before new
+	// ones are dropped.
+	DefaultQueue = 8192
 )
 
 // New returns an access log writing to w, batching lines for at most
-// flushEvery (<= 0: every line is written at once).
+// flushEvery (<= 0: every line is written at once, synchronously).
 func New(w io.Writer, flushEvery time.Duration) *Logger {
 	a := &Logger{w: w, every: flushEvery, limit: DefaultBuffer}
 	a.lines.New = func() any { b := make([]byte, 0, 1024); return &b }
 	if flushEvery > 0 {
-		a.timer = time.AfterFunc(time.Hour, a.onTimer)
-		a.timer.Stop()
+		a.queue = make(chan *[]byte, DefaultQueue)
+		a.ctl = make(chan func())
+		a.stop = make(chan struct{})
+		a.stopped = make(chan struct{})
+		go a.run()
 	}
 	return a
 }
+
+// SetOnDrop makes f be called (on the request's goroutine) for every line
+// dropped because the writer was behind, e.g. to count it per service.
+func (a *Logger) SetOnDrop(f func(*Record)) { a.onDrop.Store(&f) }
+
+// Dropped is the number of lines dropped because the writer was behind.
+func (a *Logger) Dropped() uint64 { return a.dropped.Load() }
 
 // Log writes rec as one line.
 func (a *Logger) Log(rec *Record) {
@@ -67,43 +91,126 @@ func (a *Logger) Log(rec *Record) {
 	if at.IsZero() {
 		at = time.Now()
 	}
-	line := AppendRecord((*bp)[:0], rec, at)
-	a.mu.Lock()
-	if a.every <= 0 || a.closed {
-		a.writeLocked(line)
-	} else {
-		a.pending = append(a.pending, line...)
-		switch {
-		case len(a.pending) >= a.limit:
-			a.flushLocked()
-		case !a.armed:
-			a.armed = true
-			a.timer.Reset(a.every)
-		}
+	*bp = AppendRecord((*bp)[:0], rec, at)
+	if a.queue == nil || a.closed.Load() {
+		a.mu.Lock()
+		a.writeLocked(*bp)
+		a.mu.Unlock()
+		a.put(bp)
+		return
 	}
-	a.mu.Unlock()
-	if cap(line) <= 64<<10 {
-		*bp = line
+	select {
+	case a.queue <- bp:
+	default:
+		a.dropped.Add(1)
+		if f := a.onDrop.Load(); f != nil {
+			(*f)(rec)
+		}
+		a.put(bp)
+	}
+}
+
+func (a *Logger) put(bp *[]byte) {
+	if cap(*bp) <= 64<<10 {
 		a.lines.Put(bp)
 	}
 }
 
-func (a *Logger) onTimer() {
-	a.mu.Lock()
-	a.armed = false
-	a.flushLocked()
-	a.mu.Unlock()
+// run is the writer goroutine: it collects lines into a batch and writes
+// it when full, when the flush interval passed, or when asked.
+func (a *Logger) run() {
+	defer close(a.stopped)
+	var pending []byte
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	armed := false
+	flush := func() {
+		if len(pending) > 0 {
+			a.mu.Lock()
+			a.writeLocked(pending)
+			a.mu.Unlock()
+		}
+		if cap(pending) > 4*a.limit {
+			pending = nil
+		} else {
+			pending = pending[:0]
+		}
+		if armed {
+			timer.Stop()
+			armed = false
+		}
+	}
+	take := func(bp *[]byte) {
+		pending = append(pending, *bp...)
+		a.put(bp)
+		if len(pending) >= a.limit {
+			flush()
+		} else if !armed {
+			timer.Reset(a.every)
+			armed = true
+		}
+	}
+	drain := func() {
+		for {
+			select {
+			case bp := <-a.queue:
+				take(bp)
+			default:
+				return
+			}
+		}
+	}
+	for {
+		select {
+		case bp := <-a.queue:
+			take(bp)
+		case <-timer.C:
+			armed = false
+			flush()
+		case f := <-a.ctl:
+			drain()
+			flush()
+			f()
+		case <-a.stop:
+			drain()
+			flush()
+			return
+		}
+	}
 }
 
-func (a *Logger) flushLocked() {
-	if len(a.pending) == 0 {
-		return
+// StuckTimeout bounds how long Flush, Swap and Close wait for a writer
+// that does not move (a pipe nobody reads): they give up with ErrStuck
+// rather than hold a reload or a shutdown.
+const StuckTimeout = 5 * time.Second
+
+// ErrStuck is returned when the destination did not take a write within
+// StuckTimeout.
+var ErrStuck = errors.New("the access log destination is not taking writes")
+
+// do runs f on the writer goroutine after the lines queued so far are
+// written (at once without one). It gives up after StuckTimeout.
+func (a *Logger) do(f func()) error {
+	if a.queue == nil || a.closed.Load() {
+		f()
+		return nil
 	}
-	a.writeLocked(a.pending)
-	if cap(a.pending) > 4*a.limit {
-		a.pending = nil
-	} else {
-		a.pending = a.pending[:0]
+	done := make(chan struct{})
+	t := time.NewTimer(StuckTimeout)
+	defer t.Stop()
+	select {
+	case a.ctl <- func() { f(); close(done) }:
+	case <-a.stopped:
+		f()
+		return nil
+	case <-t.C:
+		return ErrStuck
+	}
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return ErrStuck
 	}
 }
 
@@ -118,43 +225,55 @@ func (a *Logger) writeLocked(b []byte) {
 
 // Flush writes the lines collected so far.
 func (a *Logger) Flush() error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.flushLocked()
-	if a.err != nil {
-		return fmt.Errorf("access log: %w", a.err)
+	var err error
+	if e := a.do(func() {
+		a.mu.Lock()
+		err = a.err
+		a.mu.Unlock()
+	}); e != nil {
+		err = e
+	}
+	if err != nil {
+		return fmt.Errorf("access log: %w", err)
 	}
 	return nil
 }
 
-// Swap flushes the collected lines to the current writer, makes w the
+// Swap writes the collected lines to the current writer, makes w the
 // writer of later lines (e.g. a reopened file after log rotation) and
 // returns the previous one for the caller to close, with the first write
-// error it saw.
+// error it saw. When the current writer is stuck (ErrStuck) nothing is
+// swapped and old is nil.
 func (a *Logger) Swap(w io.Writer) (old io.Writer, err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.flushLocked()
-	old, err = a.w, a.err
-	a.w, a.err = w, nil
+	if e := a.do(func() {
+		a.mu.Lock()
+		old, err = a.w, a.err
+		a.w, a.err = w, nil
+		a.mu.Unlock()
+	}); e != nil {
+		return nil, fmt.Errorf("access log: %w", e)
+	}
 	if err != nil {
 		err = fmt.Errorf("access log: %w", err)
 	}
 	return old, err
 }
 
-// Close flushes what is collected and stops the timer; lines logged
-// afterwards (requests finishing late) are written at once. It returns the
-// first write error, if any. It does not close the writer.
+// Close writes what is collected and stops the writer goroutine; lines
+// logged afterwards (requests finishing late) are written at once. It
+// returns the first write error, if any. It does not close the writer.
 func (a *Logger) Close() error {
+	if a.queue != nil && a.closed.CompareAndSwap(false, true) {
+		close(a.stop)
+		select {
+		case <-a.stopped:
+		case <-time.After(StuckTimeout):
+			// The writer goroutine ends when its write returns.
+			return fmt.Errorf("access log: %w (%d lines dropped)", ErrStuck, a.dropped.Load())
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.closed = true
-	if a.timer != nil {
-		a.timer.Stop()
-		a.armed = false
-	}
-	a.flushLocked()
 	err := a.err
 	a.err = nil
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -169,9 +170,7 @@ func TestAccessLogBatching(t *testing.T) {
 	// A full batch is written at once, without waiting for the timer.
 	big := &Record{Service: strings.Repeat("x", DefaultBuffer)}
 	a.Log(big)
-	if s, _ := w.state(); strings.Count(s, "\n") != 11 {
-		t.Errorf("a full batch waited for the timer")
-	}
+	waitLines(t, w, 11, "a full batch")
 	// Close writes what is left; later lines go out at once.
 	a.Log(rec)
 	if err := a.Close(); err != nil {
@@ -249,5 +248,65 @@ func TestAccessLogSameAsSlog(t *testing.T) {
 	}
 	if got := AppendRecord(nil, rec, now); string(got) != buf.String() {
 		t.Errorf("\n got %s\nwant %s", got, buf.String())
+	}
+}
+
+func waitLines(t *testing.T, w *lockedBuffer, n int, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		if s, _ := w.state(); strings.Count(s, "\n") == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			s, _ := w.state()
+			t.Fatalf("%s: %d lines, want %d", what, strings.Count(s, "\n"), n)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// blockedWriter blocks every Write until released.
+type blockedWriter struct {
+	release chan struct{}
+	n       atomic.Int64
+}
+
+func (b *blockedWriter) Write(p []byte) (int, error) {
+	<-b.release
+	b.n.Add(int64(bytes.Count(p, []byte("\n"))))
+	return len(p), nil
+}
+
+// A destination that blocks (a pipe nobody reads) never blocks Log: lines
+// beyond the queue are dropped and counted, and the rest are written once
+// the destination moves again.
+func TestAccessLogNeverBlocks(t *testing.T) {
+	w := &blockedWriter{release: make(chan struct{})}
+	a := New(w, time.Millisecond)
+	var dropped atomic.Int64
+	a.SetOnDrop(func(*Record) { dropped.Add(1) })
+	rec := sampleRecord()
+	const n = DefaultQueue * 3
+	done := make(chan struct{})
+	go func() {
+		for range n {
+			a.Log(rec)
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Log blocked on a stalled destination")
+	}
+	if a.Dropped() == 0 || dropped.Load() != int64(a.Dropped()) {
+		t.Errorf("dropped %d (hook %d), want some, counted", a.Dropped(), dropped.Load())
+	}
+	close(w.release)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.n.Load() + int64(a.Dropped()); got != n {
+		t.Errorf("%d written + %d dropped = %d, want %d", w.n.Load(), a.Dropped(), got, n)
 	}
 }

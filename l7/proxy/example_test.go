@@ -28,12 +28,13 @@ func ExampleNew() {
 		{Addr: netip.MustParseAddrPort("127.0.0.1:8082"), Weight: 1},
 	})
 
+	acc := accesslog.New(os.Stdout, time.Second) // may be shared by servers
 	srv, err := proxy.New(proxy.Options{
 		Service:   svc,
 		Pool:      p, // the server follows p's transitions itself
 		Ejection:  ej,
 		Log:       slog.New(slog.DiscardHandler),
-		AccessLog: accesslog.New(os.Stdout, time.Second),
+		AccessLog: acc,
 	})
 	if err != nil {
 		panic(err)
@@ -61,5 +62,6 @@ func ExampleNew() {
 	if err := <-done; err != nil {
 		panic(err)
 	}
+	_ = acc.Close() // once every server using it stopped: writes what is batched
 	// Output:
 }

@@ -43,7 +43,9 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 
 	// A client that goes away aborts the try: closing the connection
 	// unblocks any read or write.
-	cw.watch(conn)
+	// A request whose body is all in memory can be written to its end
+	// even when its client goes away: its connection can be reused then.
+	cw.watch(conn, out.body.rest == nil)
 	defer cw.unwatch()
 
 	fail := func(phase string, err error) exResult {
@@ -83,6 +85,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 	if err := writeRequest(conn.Writer(), out); err != nil {
 		return fail("send", err)
 	}
+	cw.requestSent()
 	// The response header must come within `read` of the request's end.
 	conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(t.Read), deadline))
 	conn.LimitReads(maxResponseHeader)
@@ -97,10 +100,19 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 			if out.upgrade == "" {
 				return fail("read", errors.New("backend switched protocols, which was not asked for"))
 			}
+			if got := r.Header.Get("Upgrade"); !strings.EqualFold(strings.TrimSpace(got), out.upgrade) {
+				return fail("read", fmt.Errorf("backend switched to %q, not the %q asked for", got, out.upgrade))
+			}
 			resp = r
 			break
 		}
 		if r.StatusCode >= 200 {
+			if out.upgrade != "" {
+				// The backend declined the upgrade: the connection stays
+				// HTTP on both sides, but one that was offered a switch
+				// is not reused.
+				r.Close = true
+			}
 			resp = r
 			break
 		}
@@ -172,7 +184,7 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	resp := res.resp
 	defer resp.Body.Close()
 	// A client that goes away stops a body read waiting on the backend.
-	cw.watch(res.conn)
+	cw.watch(res.conn, true)
 	defer cw.unwatch()
 	h := w.Header()
 	closeDelimited := resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && bodyAllowed(rec.Method, resp.StatusCode)
@@ -304,7 +316,13 @@ func (s *Server) fail(w http.ResponseWriter, rec *accesslog.Record, status int, 
 	s.writeError(w, status, why)
 }
 
+// errorWriteTime bounds writing one of sluice's own (short) answers. It
+// is given afresh, as such an answer often comes when the request's total
+// deadline has passed (504, 408).
+const errorWriteTime = 2 * time.Second
+
 func (s *Server) writeError(w http.ResponseWriter, status int, why string) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(errorWriteTime))
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")

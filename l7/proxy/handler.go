@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +29,6 @@ type outRequest struct {
 	method  string
 	uri     string
 	host    string      // Host header sent
-	sni     string      // TLS server name
 	header  http.Header // the client's, written by writeForwardHeader
 	fwd     forwarded
 	body    *reqBody
@@ -45,6 +46,9 @@ type tryResult struct {
 	phase      string // connect, send, read, total
 	err        error
 	clientGone bool
+	// local: the try failed on sluice's side (the address at its
+	// connection limit): not the backend's failure.
+	local bool
 }
 
 // request is the state of one request being proxied, shared by the steps
@@ -70,13 +74,27 @@ type request struct {
 // decide whether to try again, and respond with the outcome.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := &request{s: s, w: w, r: r, st: s.cfg.Load(), start: time.Now()}
+	q.deadline = q.start.Add(q.st.timeouts.Total)
 	q.tried = q.triedArr[:0]
+	// timeouts.total bounds the whole exchange, writing the response to
+	// the client included: a client that stops reading cannot hold the
+	// request, nor the backend connection it streams from, past it.
+	_ = http.NewResponseController(w).SetWriteDeadline(q.deadline)
 	q.rec = s.records.Get().(*accesslog.Record)
 	*q.rec = accesslog.Record{
 		Service: s.name, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
 		URI: r.RequestURI, Proto: r.Proto, Tries: q.rec.Tries[:0],
 	}
 	defer q.finish()
+	// client.max_requests: past it, a fast 503 before anything is read.
+	if n := s.active.Add(1); n > int64(s.limits.MaxRequests) {
+		s.active.Add(-1)
+		w.Header().Set("Retry-After", "1")
+		s.fail(w, q.rec, http.StatusServiceUnavailable, "overload: client.max_requests ("+strconv.Itoa(s.limits.MaxRequests)+") requests in flight")
+		s.obs.Refused(s.name, limitRequests)
+		return
+	}
+	defer s.active.Add(-1)
 	if !q.admit() {
 		return
 	}
@@ -101,13 +119,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		failed := res.outcome.Kind != retry.OK
-		if failed || trial {
+		if res.local {
+			// sluice held back (the address at its connection limit):
+			// nothing the backend did.
+			s.obs.Refused(s.name, limitUpstreamConnections)
+			if trial {
+				s.tracker.Abandon(b.Addr)
+			}
+		} else if failed || trial {
 			s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 		}
-		if next, done := q.waitForDNS(b.Addr, res, &tr); done {
-			return
-		} else if next {
-			continue
+		// (An address at sluice's own connection limit refused nothing:
+		// no DNS wait for it.)
+		if !res.local {
+			if next, done := q.waitForDNS(b.Addr, res, &tr); done {
+				return
+			} else if next {
+				continue
+			}
 		}
 		again, delay := q.decide(n-q.dns.granted, res, &tr)
 		if tr.DNSWait != "" {
@@ -153,9 +182,40 @@ func (q *request) admit() bool {
 		s.fail(w, q.rec, http.StatusMethodNotAllowed, "CONNECT is not proxied")
 		return false
 	}
-	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 && r.Header.Get("Content-Length") != "" {
-		s.fail(w, q.rec, http.StatusBadRequest, "ambiguous request framing: Content-Length and Transfer-Encoding")
+	if r.Method == "PRI" {
+		// An HTTP/2 preface on a listener without h2c (net/http's HTTP/1
+		// server hands it over): never proxied.
+		s.fail(w, q.rec, http.StatusHTTPVersionNotSupported, "HTTP/2 without TLS is not enabled (h2c) on this listener")
 		return false
+	}
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		// One framing policy on every listener: a chunked body is read
+		// by Transfer-Encoding alone (net/http drops a Content-Length
+		// sent with it, RFC 9112 6.3) and re-framed upstream; the client
+		// connection is closed after the response (RFC 9112 6.1: a
+		// request that had both must not be followed by another).
+		w.Header().Set("Connection", "close")
+	}
+	n := 0
+	for _, vv := range r.Header {
+		n += len(vv)
+	}
+	if n > s.limits.MaxHeaderCount {
+		s.fail(w, q.rec, http.StatusRequestHeaderFieldsTooLarge,
+			"request has "+strconv.Itoa(n)+" header fields, more than client.max_header_count ("+strconv.Itoa(s.limits.MaxHeaderCount)+")")
+		s.obs.Refused(s.name, limitHeaderCount)
+		return false
+	}
+	if r.ContentLength > s.limits.MaxBodyBytes {
+		s.fail(w, q.rec, http.StatusRequestEntityTooLarge,
+			"request body of "+strconv.FormatInt(r.ContentLength, 10)+" bytes, more than client.max_body_bytes ("+strconv.FormatInt(s.limits.MaxBodyBytes, 10)+")")
+		s.obs.Refused(s.name, limitBody)
+		return false
+	}
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		// A body of unknown length (chunked, HTTP/2 without
+		// content-length) is cut at the limit as it is read.
+		r.Body = http.MaxBytesReader(w, r.Body, s.limits.MaxBodyBytes)
 	}
 	return true
 }
@@ -165,7 +225,6 @@ func (q *request) admit() bool {
 // the body could not be read.
 func (q *request) prepare() bool {
 	s, w, r := q.s, q.w, q.r
-	q.deadline = q.start.Add(q.st.timeouts.Total)
 	// The total deadline bounds reading the request body from the client
 	// too (a slow upload cannot hold a request past it). It is lifted as
 	// soon as the body is read: the server's own read of the connection
@@ -178,11 +237,15 @@ func (q *request) prepare() bool {
 		}
 	}
 	body := &q.out.bodyStore
-	if err := body.init(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
-		s.fail(w, q.rec, clientBodyStatus(err), err.Error())
+	s.outgoing(&q.out, q.st, r, body)
+	if err := checkOutgoing(&q.out); err != nil {
+		s.fail(w, q.rec, http.StatusBadRequest, err.Error())
 		return false
 	}
-	s.outgoing(&q.out, q.st, r, body)
+	if err := body.init(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
+		s.fail(w, q.rec, s.clientBodyStatus(err), err.Error())
+		return false
+	}
 	return true
 }
 
@@ -239,13 +302,15 @@ func (q *request) clientGone(b pool.Backend, trial bool, res tryResult, tr acces
 	}
 	tr.Outcome, tr.Why = "client-closed", "the client went away"
 	rec.Tries = append(rec.Tries, tr)
-	s.discard(res, false)
+	// A response that came anyway is drained (a little, within the
+	// grace the watch gave it) so its connection can be reused.
+	s.discard(res, res.resp != nil)
 	rec.Status = statusClientClosed
 	// A body that stalled also cancels the request's context: answer
 	// anyway (if the client is really gone, nobody reads it).
 	if res.err != nil && errors.Is(res.err, errClientBody) {
 		rec.Error = "client request body: " + res.err.Error()
-		rec.Status = clientBodyStatus(res.err)
+		rec.Status = s.clientBodyStatus(res.err)
 		s.writeError(q.w, rec.Status, "error reading the request body")
 	}
 }
@@ -308,6 +373,9 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 		s.tunnel(q.w, q.rec, q.st, res)
 	case res.resp != nil:
 		q.abort = s.respond(q.r.Context(), &q.cw, q.w, q.rec, res, b.Addr)
+	case res.local:
+		q.w.Header().Set("Retry-After", "1")
+		s.fail(q.w, q.rec, http.StatusServiceUnavailable, "overload: "+describe(res))
 	default:
 		status := http.StatusBadGateway
 		if res.outcome.Kind == retry.Timeout || res.phase == "connect" && isTimeout(res.err) {
@@ -326,9 +394,15 @@ func (q *request) releaseBudget() {
 }
 
 // clientBodyStatus is the status for a request body the client did not
-// deliver: 408 when it was too slow, 400 otherwise.
-func clientBodyStatus(err error) int {
-	if isTimeout(err) {
+// deliver: 413 when it was larger than client.max_body_bytes (counted),
+// 408 when it was too slow, 400 otherwise.
+func (s *Server) clientBodyStatus(err error) int {
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		s.obs.Refused(s.name, limitBody)
+		return http.StatusRequestEntityTooLarge
+	case isTimeout(err):
 		return http.StatusRequestTimeout
 	}
 	return http.StatusBadRequest
@@ -341,11 +415,31 @@ func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *
 		host = st.svc.Host
 	}
 	uri := r.RequestURI
-	if uri == "" || (uri[0] != '/' && uri != "*") {
+	if r.ProtoMajor == 1 && (uri == "" || uri[0] != '/' && uri != "*") {
+		// HTTP/1.1 absolute form (net/http took the Host from it): sent
+		// in origin form. HTTP/2's :path must be in origin form already
+		// (RFC 9113 8.3.1); checkOutgoing refuses anything else.
 		uri = r.URL.RequestURI()
 	}
-	out.upgrade, out.method, out.uri, out.host, out.sni = upgradeType(r), r.Method, uri, host, hostname(host)
-	out.header, out.fwd, out.body = r.Header, newForwarded(r), body
+	out.upgrade, out.method, out.uri, out.host = upgradeType(r, st.svc.Upgrades), r.Method, uri, host
+	out.header, out.fwd, out.body = r.Header, newForwarded(r, st.svc.TrustedProxies), body
+}
+
+// serverName is the TLS server name (SNI, and the name the backend's
+// certificate is verified against) for a try on b. It comes from the
+// config, never from the client: the service's host when set, else the
+// DNS name the address came from, else the address itself (an upstream
+// tls.Config with a ServerName, from upstream.server_name, overrides all
+// three). A client's Host cannot make a handshake fail, so it cannot make
+// a backend look broken (and ejected).
+func serverName(st *settings, b pool.Backend) string {
+	if h := st.svc.Host; h != service.HostKeep && h != "" {
+		return hostname(h)
+	}
+	if b.Source != "" && b.Source != pool.SourceStatic {
+		return strings.TrimSuffix(b.Source, ".")
+	}
+	return b.Addr.Addr().String()
 }
 
 // pick chooses the backend of the next try: an active address not tried yet
@@ -463,16 +557,28 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 		if redial > 0 {
 			t0 = time.Now()
 		}
+		if ctx.Err() != nil {
+			// The client is gone (an HTTP/2 stream reset at once, say):
+			// no connection is taken, none is dialled.
+			return tryResult{err: ctx.Err(), phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, clientGone: true}
+		}
 		connectBy := minTime(t0.Add(t.Connect), deadline)
-		conn, err := s.pools.Get(ctx, b.Addr, out.sni, b.Info, connectBy)
+		conn, err := s.pools.Get(ctx, b.Addr, serverName(st, b), b.Info, connectBy)
 		if err != nil {
 			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
+			res.local = errors.Is(err, upstream.ErrAddrFull)
 			if ctx.Err() != nil {
 				res.clientGone = true
 			} else if !time.Now().Before(deadline) {
 				res.phase = "total"
 			}
 			return res
+		}
+		if ctx.Err() != nil {
+			// The client went away while the connection was being made:
+			// it is given back unused, for the next request.
+			s.pools.Put(conn, "")
+			return tryResult{err: ctx.Err(), phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, clientGone: true}
 		}
 		res := s.exchange(ctx, cw, st, conn, out, deadline)
 		if res.err == nil || res.clientGone {
@@ -491,25 +597,44 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 	}
 }
 
-// clientWatch closes the backend connection in use by a request when its
-// client goes away (the request's context ends), which unblocks any read
-// or write on it: one context.AfterFunc per request, not one per phase.
+// clientWatch acts on the backend connection in use by a request when its
+// client goes away (the request's context ends; over HTTP/2 a
+// RST_STREAM): one context.AfterFunc per request, not one per phase.
+// While the request is being sent the connection is closed (it cannot be
+// reused with half a request on it), which unblocks any write. Once the
+// request is sent, the response gets clientGoneGrace to arrive (its
+// reads are capped, not cut): a reset stream then costs no backend
+// connection, the response is drained and the connection pooled.
 type clientWatch struct {
 	mu   sync.Mutex
 	conn *upstream.Conn
+	sent bool
 	gone bool
 }
 
-// watch makes c the connection to close; it is closed at once when the
-// client is already gone.
-func (w *clientWatch) watch(c *upstream.Conn) {
+// clientGoneGrace is how long a response may still take once its client
+// went away, for its connection to be reused.
+const clientGoneGrace = time.Second
+
+// watch makes c the connection to act on; sent is whether the whole
+// request is on it already. When the client is gone already it acts at once.
+func (w *clientWatch) watch(c *upstream.Conn, sent bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.conn, w.sent = c, sent
 	if w.gone {
-		c.Close()
-		return
+		w.actLocked()
 	}
-	w.conn = c
+}
+
+// requestSent marks the request as written on the watched connection.
+func (w *clientWatch) requestSent() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.sent = true
+	if w.gone && w.conn != nil {
+		w.actLocked()
+	}
 }
 
 // unwatch ends watch; the connection is the caller's again.
@@ -524,6 +649,14 @@ func (w *clientWatch) fire() {
 	defer w.mu.Unlock()
 	w.gone = true
 	if w.conn != nil {
-		w.conn.Close()
+		w.actLocked()
 	}
+}
+
+func (w *clientWatch) actLocked() {
+	if w.sent {
+		w.conn.CapDeadline(time.Now().Add(clientGoneGrace))
+		return
+	}
+	w.conn.Close()
 }

@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"bufio"
-	"net"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"strconv"
 	"strings"
@@ -38,28 +38,51 @@ func removeHopByHop(h http.Header) {
 	}
 }
 
+// Forwarding headers (Envoy's use_remote_address is the model). The peer
+// is the address the client connection comes from; it is trusted when it
+// is in the service's trusted_proxies (default: none).
+//
+//	header             untrusted peer                 trusted peer
+//	X-Forwarded-For    client's value + ", " + peer   same
+//	X-Forwarded-Proto  replaced: http or https        kept if sent, else ours
+//	X-Forwarded-Host   replaced: the request's Host   kept if sent, else ours
+//	X-Real-IP          replaced: the peer's address   kept if sent, else ours
+//	Forwarded          removed                        kept
+//	Via                client's + "1.1 sluice"        same
+//
+// A header the client names in Connection is hop-by-hop and removed first
+// (then ours is set as if it had not been sent).
+
 // forwarded is what a request going to a backend carries instead of the
-// client's header fields of the same names: X-Forwarded-For (appended to),
-// X-Forwarded-Proto, X-Forwarded-Host, and this hop's Via entry after the
-// client's.
+// client's header fields of the same names.
 type forwarded struct {
-	xff   string // "" when the client address is unknown: the client's passes
-	proto string
-	host  string
-	via   string
+	xff     string // "" when the client address is unknown: the client's passes
+	realIP  string // the peer's address ("" when unknown)
+	proto   string
+	host    string
+	via     string
+	trusted bool // the peer is a trusted proxy: its forwarding headers are kept
 }
 
-func newForwarded(r *http.Request) forwarded {
+func newForwarded(r *http.Request, trusted []netip.Prefix) forwarded {
 	f := forwarded{proto: "http", host: r.Host, via: via(r)}
 	if r.TLS != nil {
 		f.proto = "https"
 	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		f.xff = ip
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		ip := ap.Addr().Unmap()
+		for _, p := range trusted {
+			if p.Contains(ip) {
+				f.trusted = true
+				break
+			}
+		}
+		f.realIP = ip.String()
+		f.xff = f.realIP
 		// A client that names X-Forwarded-For in Connection has it
 		// removed as hop-by-hop before ours is added.
 		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 && !namedIn(r.Header["Connection"], "X-Forwarded-For") {
-			f.xff = strings.Join(prior, ", ") + ", " + ip
+			f.xff = strings.Join(prior, ", ") + ", " + f.realIP
 		}
 	}
 	return f
@@ -68,18 +91,26 @@ func newForwarded(r *http.Request) forwarded {
 // writeForwardHeader writes the header fields of a request going to a
 // backend: the client's, without hop-by-hop ones (and those Connection
 // names), Expect, Content-Length and Host (written by the caller), then
-// the forwarded ones, then Connection and Upgrade for an upgrade. It works
-// on the client's header as is: nothing is copied.
+// the forwarding ones (see the table above), then Connection and Upgrade
+// for an upgrade. It works on the client's header as is: nothing is
+// copied.
 func writeForwardHeader(bw *bufio.Writer, src http.Header, f *forwarded, upgrade string) {
 	conn := src["Connection"]
+	sent := func(k string) bool {
+		return len(src[k]) > 0 && (len(conn) == 0 || !namedIn(conn, k))
+	}
 	for k, vv := range src {
 		switch k {
 		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 			"Te", "Trailer", "Transfer-Encoding", "Upgrade",
-			"Expect", "Content-Length", "Host", "X-Forwarded-Proto", "X-Forwarded-Host", "Via":
+			"Expect", "Content-Length", "Host", "Via":
 			continue
 		case "X-Forwarded-For":
 			if f.xff != "" {
+				continue
+			}
+		case "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-Ip", "Forwarded":
+			if !f.trusted {
 				continue
 			}
 		}
@@ -93,8 +124,15 @@ func writeForwardHeader(bw *bufio.Writer, src http.Header, f *forwarded, upgrade
 	if f.xff != "" {
 		writeField(bw, "X-Forwarded-For", f.xff)
 	}
-	writeField(bw, "X-Forwarded-Proto", f.proto)
-	writeField(bw, "X-Forwarded-Host", f.host)
+	if !f.trusted || !sent("X-Forwarded-Proto") {
+		writeField(bw, "X-Forwarded-Proto", f.proto)
+	}
+	if f.host != "" && (!f.trusted || !sent("X-Forwarded-Host")) {
+		writeField(bw, "X-Forwarded-Host", f.host)
+	}
+	if f.realIP != "" && (!f.trusted || !sent("X-Real-Ip")) {
+		writeField(bw, "X-Real-IP", f.realIP)
+	}
 	if len(conn) == 0 || !namedIn(conn, "Via") {
 		for _, v := range src["Via"] {
 			writeField(bw, "Via", v)

@@ -6,21 +6,33 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/sluicelb/sluice/l7/service"
 )
 
-// oldForwardHeader is how the request header used to be built (clone,
-// delete, set); writeForwardHeader must give the same fields.
-func oldForwardHeader(r *http.Request, upgrade string) http.Header {
+// wantForwardHeader builds the request header the slow way (clone,
+// delete, set) following the table in headers.go; writeForwardHeader
+// must give the same fields.
+func wantForwardHeader(r *http.Request, upgrade string, trusted bool) http.Header {
 	h := r.Header.Clone()
 	removeHopByHop(h)
 	h.Del("Expect")
 	h.Del("Content-Length")
 	h.Del("Host")
+	if !trusted {
+		for _, k := range []string{"X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-Ip", "Forwarded"} {
+			h.Del(k)
+		}
+	}
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if h.Get("X-Real-Ip") == "" {
+			h.Set("X-Real-Ip", ip)
+		}
 		if prior := h.Values("X-Forwarded-For"); len(prior) > 0 {
 			ip = strings.Join(prior, ", ") + ", " + ip
 		}
@@ -30,8 +42,12 @@ func oldForwardHeader(r *http.Request, upgrade string) http.Header {
 	if r.TLS != nil {
 		proto = "https"
 	}
-	h.Set("X-Forwarded-Proto", proto)
-	h.Set("X-Forwarded-Host", r.Host)
+	if h.Get("X-Forwarded-Proto") == "" {
+		h.Set("X-Forwarded-Proto", proto)
+	}
+	if h.Get("X-Forwarded-Host") == "" {
+		h.Set("X-Forwarded-Host", r.Host)
+	}
 	h.Add("Via", via(r))
 	if upgrade != "" {
 		h.Set("Connection", "Upgrade")
@@ -63,17 +79,27 @@ func TestWriteForwardHeaderMatchesCloneAndEdit(t *testing.T) {
 		}, "198.18.0.9:5000", false, [2]int{1, 0}},
 		{"remote address unknown", http.Header{"X-Forwarded-For": {"203.0.113.1"}}, "pipe", false, [2]int{1, 1}},
 		{"upgrade", http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Key": {"k"}}, "198.18.0.9:5000", false, [2]int{1, 1}},
+		{"spoofed from an untrusted peer", http.Header{
+			"X-Forwarded-For": {"10.0.0.1"}, "X-Real-Ip": {"10.0.0.1"}, "Forwarded": {"for=10.0.0.1;proto=https"},
+			"X-Forwarded-Proto": {"https"}, "X-Forwarded-Host": {"admin.internal"},
+		}, "198.18.0.9:5000", false, [2]int{1, 1}},
+		{"from a trusted proxy", http.Header{
+			"X-Forwarded-For": {"203.0.113.7"}, "X-Real-Ip": {"203.0.113.7"}, "Forwarded": {"for=203.0.113.7;proto=https"},
+			"X-Forwarded-Proto": {"https"}, "X-Forwarded-Host": {"shop.example"},
+		}, "198.18.5.1:5000", false, [2]int{1, 1}},
+		{"trusted proxy that sets none", http.Header{"Accept": {"*/*"}}, "198.18.5.1:5000", false, [2]int{1, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &http.Request{Header: tc.header, RemoteAddr: tc.remote, Host: "shop.example:8080", ProtoMajor: tc.proto[0], ProtoMinor: tc.proto[1]}
 			if tc.tls {
 				r.TLS = &tls.ConnectionState{}
 			}
-			up := upgradeType(r)
-			want := oldForwardHeader(r, up)
+			up := upgradeType(r, service.DefaultUpgrades())
+			trustedNet := []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24")}
+			want := wantForwardHeader(r, up, strings.HasPrefix(tc.remote, "198.18.5."))
 			var buf bytes.Buffer
 			bw := bufio.NewWriter(&buf)
-			f := newForwarded(r)
+			f := newForwarded(r, trustedNet)
 			writeForwardHeader(bw, r.Header, &f, up)
 			bw.WriteString("\r\n")
 			bw.Flush()

@@ -419,7 +419,22 @@ func newTLSBackend(t *testing.T, h http.HandlerFunc) netip.AddrPort {
 	srv := &http.Server{Handler: h}
 	go srv.ServeTLS(l, cert, key)
 	t.Cleanup(func() { srv.Close() })
-	return netip.MustParseAddrPort(l.Addr().String())
+	a := netip.MustParseAddrPort(l.Addr().String())
+	tlsBackendDirs.Store(a, dir)
+	return a
+}
+
+// tlsBackendDirs holds the directory of each TLS test backend's
+// certificate (backend.test.crt), by address.
+var tlsBackendDirs sync.Map
+
+func tlsBackendDir(t *testing.T, a netip.AddrPort) string {
+	t.Helper()
+	d, ok := tlsBackendDirs.Load(a)
+	if !ok {
+		t.Fatalf("no TLS backend at %s", a)
+	}
+	return d.(string)
 }
 
 func writeCert(t *testing.T, dir, name string) (certFile, keyFile string) {
@@ -533,7 +548,6 @@ func TestClientLimitsAndFraming(t *testing.T) {
 	}{
 		{"huge header", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 8192) + "\r\n\r\n", 431},
 		{"two content lengths", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400},
-		{"content length and chunked", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
 		{"unknown transfer coding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
 		{"connect", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405},
 	}
@@ -557,6 +571,31 @@ func TestClientLimitsAndFraming(t *testing.T) {
 	}
 	if n := be.count.Load(); n != 0 {
 		t.Errorf("%d refused requests reached the backend", n)
+	}
+	// Content-Length with chunked: one policy on every listener (TLS or
+	// not): read by Transfer-Encoding alone, re-framed upstream, and the
+	// client connection closed after the response.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Errorf("Content-Length and chunked: %d, close %v; want 200 and the connection closed", resp.StatusCode, resp.Close)
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("a second response on a connection that sent Content-Length with chunked")
+	}
+	if n := be.count.Load(); n != 1 {
+		t.Errorf("the backend executed %d requests, want 1 (nothing smuggled)", n)
 	}
 }
 
@@ -652,7 +691,7 @@ func TestUpgradeTunnel(t *testing.T) {
 		}
 	})
 	p := newPool(t, nil, be.addr)
-	h := start(t, p, nil)
+	h := start(t, p, func(o *Options) { o.Service.Upgrades = []string{"echo"} })
 	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
 	if err != nil {
 		t.Fatal(err)

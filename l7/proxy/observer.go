@@ -24,6 +24,10 @@ type Observer interface {
 	// the reason (upstream.Close*: draining, lifetime, idle, backend,
 	// error, client, full, shutdown).
 	UpstreamClosed(service string, addr netip.AddrPort, reason string)
+	// Refused is called for every connection or request refused at a
+	// limit (connections, requests, body, header_count,
+	// upstream_connections).
+	Refused(service, limit string)
 }
 
 // NopObserver ignores everything.
@@ -43,6 +47,9 @@ func (NopObserver) Panic(string, bool) {}
 // UpstreamClosed implements Observer.
 func (NopObserver) UpstreamClosed(string, netip.AddrPort, string) {}
 
+// Refused implements Observer.
+func (NopObserver) Refused(string, string) {}
+
 // Metrics is the method set of userspace/metrics' *L7 that the proxy
 // reports to; NewMetricsObserver adapts it to an Observer.
 type Metrics interface {
@@ -53,6 +60,7 @@ type Metrics interface {
 	SetPanic(pool string, on bool)
 	UpstreamClosed(pool, reason string)
 	DNSWait(service, result string)
+	Refused(service, limit string)
 }
 
 // NewMetricsObserver returns an Observer feeding m for a service of pool.
@@ -99,3 +107,5 @@ func (o metricsObserver) Panic(_ string, on bool) { o.m.SetPanic(o.pool, on) }
 func (o metricsObserver) UpstreamClosed(_ string, _ netip.AddrPort, reason string) {
 	o.m.UpstreamClosed(o.pool, reason)
 }
+
+func (o metricsObserver) Refused(service, limit string) { o.m.Refused(service, limit) }

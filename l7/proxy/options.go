@@ -23,7 +23,14 @@ type UpstreamOptions struct {
 	MaxIdlePerAddr int           // default 64
 	IdleTimeout    time.Duration // default 30s
 	MaxLifetime    time.Duration // default 5m
-	// TLS makes connections to the backends TLS; SNI is the Host sent.
+	// MaxConnsPerAddr bounds the connections to one backend address
+	// (default 1024); MaxDialsPerAddr the dials in progress (default 32).
+	MaxConnsPerAddr int
+	MaxDialsPerAddr int
+	// TLS makes connections to the backends TLS. The server name (SNI and
+	// verification) is TLS.ServerName when set, else the service's host,
+	// else the DNS name the address came from, else the address; never
+	// the client's Host.
 	TLS *tls.Config
 	// Dial replaces the TCP dialer (e.g. to bind a source address; tests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)

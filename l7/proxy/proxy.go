@@ -75,6 +75,8 @@ type Server struct {
 	shutdown time.Duration
 	tlsOn    bool
 	upTLS    bool
+	limits   service.ClientLimits // with defaults
+	active   atomic.Int64         // requests in flight (client.max_requests)
 
 	cfg       atomic.Pointer[settings]
 	access    atomic.Pointer[accesslog.Logger] // nil: no access log
@@ -115,6 +117,14 @@ func compile(svc service.Config, ej eject.Config) (*settings, error) {
 	}
 	if svc.Host == "" {
 		svc.Host = service.HostKeep
+	}
+	if svc.Upgrades == nil {
+		svc.Upgrades = service.DefaultUpgrades()
+	}
+	for _, u := range svc.Upgrades {
+		if err := service.CheckUpgrade(u); err != nil {
+			return nil, fmt.Errorf("service %s: %w", svc.Name, err)
+		}
 	}
 	return &settings{svc: svc, timeouts: t, policy: pol, maxEject: ej.MaxEjectedPercent}, nil
 }
@@ -170,12 +180,14 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	s.pools = upstream.New(upstream.Options{
-		MaxIdlePerAddr: opts.Upstream.MaxIdlePerAddr,
-		IdleTimeout:    opts.Upstream.IdleTimeout,
-		MaxLifetime:    opts.Upstream.MaxLifetime,
-		TLS:            opts.Upstream.TLS,
-		Dial:           opts.Upstream.Dial,
-		Log:            log,
+		MaxIdlePerAddr:  opts.Upstream.MaxIdlePerAddr,
+		IdleTimeout:     opts.Upstream.IdleTimeout,
+		MaxLifetime:     opts.Upstream.MaxLifetime,
+		MaxConnsPerAddr: opts.Upstream.MaxConnsPerAddr,
+		MaxDialsPerAddr: opts.Upstream.MaxDialsPerAddr,
+		TLS:             opts.Upstream.TLS,
+		Dial:            opts.Upstream.Dial,
+		Log:             log,
 		OnClose: func(addr netip.AddrPort, reason string) {
 			s.obs.UpstreamClosed(s.name, addr, reason)
 		},
@@ -192,22 +204,29 @@ func New(opts Options) (*Server, error) {
 		s.snapshots = true
 	}
 
-	cl := opts.Client
-	if cl.HeaderTimeout <= 0 {
-		cl.HeaderTimeout = service.DefaultHeaderTimeout
-	}
-	if cl.IdleTimeout <= 0 {
-		cl.IdleTimeout = service.DefaultIdleTimeout
-	}
-	if cl.MaxHeaderBytes <= 0 {
-		cl.MaxHeaderBytes = service.DefaultMaxHeaderBytes
-	}
+	cl := opts.Client.WithDefaults()
+	s.limits = cl
 	s.http = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: cl.HeaderTimeout,
 		IdleTimeout:       cl.IdleTimeout,
-		MaxHeaderBytes:    cl.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// Every request moves the write deadline to its own total deadline
+		// (ServeHTTP); WriteTimeout makes the server reset it when it reads
+		// the next request header, so a deadline of an earlier request
+		// never cuts a later one, and bounds what the server writes itself
+		// (its own error answers, the end of a response).
+		WriteTimeout:   cl.HeaderTimeout + st.timeouts.Total,
+		MaxHeaderBytes: cl.MaxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          cl.H2MaxStreams,
+			MaxReceiveBufferPerStream:     cl.H2StreamWindow,
+			MaxReceiveBufferPerConnection: cl.H2ConnWindow,
+			// The protocol's default frame size (Go offers 1 MiB): a
+			// larger frame is a FRAME_SIZE_ERROR, as RFC 9113 4.2 says
+			// for a peer that did not raise it.
+			MaxReadFrameSize: 16 << 10,
+		},
 	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -259,10 +278,11 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 	errc := make(chan error, 1)
 	go func() {
+		ll := newLimitListener(l, s.limits.MaxConnections, func() { s.obs.Refused(s.name, limitConnections) })
 		if s.tlsOn {
-			errc <- s.http.ServeTLS(l, "", "")
+			errc <- s.http.ServeTLS(ll, "", "")
 		} else {
-			errc <- s.http.Serve(newFramingListener(l, s.http.MaxHeaderBytes))
+			errc <- s.http.Serve(ll)
 		}
 	}()
 	s.log.Info("l7 service listening", "listen", l.Addr().String(), "tls", s.tlsOn)
@@ -293,10 +313,16 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 }
 
 // Shutdown stops accepting, closes idle client connections, waits for
-// in-flight requests and upgraded (WebSocket) connections until ctx ends,
-// closes what is left of the latter, then closes the upstream pools.
+// in-flight requests and upgraded (WebSocket) connections until ctx ends
+// (the grace period), force-closes every client connection and tunnel
+// still open then, and closes the upstream pools.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
+	if err != nil {
+		// The grace period is over: what is left is closed, so a stalled
+		// client cannot hold a request (and its backend connection) open.
+		_ = s.http.Close()
+	}
 	s.tunnels.shutdown(ctx)
 	s.pools.Close()
 	if s.unsubscribe != nil {

@@ -9,32 +9,55 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/upstream"
 )
 
-// Protocol upgrades (WebSocket and any other HTTP/1.1 Upgrade).
+// Protocol upgrades (WebSocket, and the protocols in the service's
+// upgrades allow-list).
 //
-// An HTTP/1.1 request with "Connection: upgrade" and an Upgrade header is
-// proxied like any other (same backend choice, timeouts and retries before
+// An HTTP/1.1 request with "Connection: upgrade" and an Upgrade header
+// naming an allowed protocol is proxied like any other (same backend choice, timeouts and retries before
 // a response); when the backend answers 101 Switching Protocols, the client
 // connection is taken over and bytes are copied both ways until either side
-// closes. The backend connection is never pooled afterwards. As with
-// nginx's proxy_read_timeout, the tunnel is closed when the backend sends
-// nothing for `timeouts.read`; `timeouts.total` does not apply to it. On
+// closes. The backend connection is never pooled afterwards. The tunnel
+// is closed when no byte has passed in either direction for
+// `client.tunnel_idle_timeout`, and a side that stops reading blocks a
+// write at most that long; `timeouts.total` does not apply to it. On
 // shutdown, tunnels get until the shutdown deadline, then are closed.
 
-// upgradeType returns the protocol a request asks to upgrade to ("" when none).
-func upgradeType(r *http.Request) string {
+// upgradeType returns the protocol a request asks to upgrade to when it
+// is in the allow-list, "" otherwise: an Upgrade for another protocol
+// (h2c among them) is dropped with the other hop-by-hop headers and the
+// request goes on as a plain one, so only an allowed protocol can ever
+// turn a client connection into a tunnel.
+func upgradeType(r *http.Request, allowed []string) string {
 	if r.ProtoMajor != 1 || r.ProtoMinor < 1 {
+		return ""
+	}
+	up := r.Header["Upgrade"]
+	if len(up) != 1 {
+		return "" // none, or several fields: not one protocol
+	}
+	proto := strings.TrimSpace(up[0])
+	name, _, _ := strings.Cut(proto, "/")
+	ok := false
+	for _, a := range allowed {
+		if strings.EqualFold(a, proto) || strings.EqualFold(a, name) {
+			ok = true
+			break
+		}
+	}
+	if !ok || !isToken(name) || !validFieldValue(proto) {
 		return ""
 	}
 	for _, v := range r.Header["Connection"] {
 		for tok := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
-				return r.Header.Get("Upgrade")
+				return proto
 			}
 		}
 	}
@@ -111,9 +134,6 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 		s.fail(w, rec, http.StatusInternalServerError, "upgrade: "+err.Error())
 		return
 	}
-	if fc, ok := client.(*framingConn); ok {
-		fc.passThrough()
-	}
 	rec.Status = http.StatusSwitchingProtocols
 	if !s.tunnels.add(client) {
 		client.Close()
@@ -135,25 +155,47 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 		rec.Error = "upgrade: writing the 101 to the client: " + err.Error()
 		return
 	}
-	// The backend side: reads wait at most `read`, no overall deadline.
-	conn.SetTimeouts(st.timeouts.Send, st.timeouts.Read, time.Time{})
+	// No overall deadline: the backend side's reads and writes wait at
+	// most the idle timeout each; the client side's are managed by idle.
+	conn.SetTimeouts(s.limits.TunnelIdleTimeout, s.limits.TunnelIdleTimeout, time.Time{})
+	idle := &tunnelIdle{timeout: s.limits.TunnelIdleTimeout}
+	idle.touch()
 
 	var wg sync.WaitGroup
 	var toClient, toBackend int64
 	var errUp, errDown error
 	wg.Go(func() {
 		// Client → backend, with what the server already buffered.
-		toBackend, errUp = io.Copy(up, io.MultiReader(io.LimitReader(brw.Reader, int64(brw.Reader.Buffered())), client))
+		if n := brw.Reader.Buffered(); n > 0 {
+			b, _ := brw.Reader.Peek(n)
+			m, err := up.Write(b)
+			toBackend += int64(m)
+			if err != nil {
+				errUp = err
+				closeWrite(up)
+				return
+			}
+		}
+		n, err := idle.copy(up, client, client.SetReadDeadline, nil)
+		toBackend += n
+		errUp = err
 		closeWrite(up)
 	})
-	toClient, errDown = io.Copy(client, up)
+	toClient, errDown = idle.copy(client, up, nil, client.SetWriteDeadline)
 	closeWrite(client)
-	// The backend is done: give the client a moment to finish, then end.
-	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	// The backend is done: give the client a moment to finish, then end
+	// (at once when the backend side failed or went idle).
+	grace := 5 * time.Second
+	if errDown != nil {
+		grace = 0
+	}
+	idle.end(client, grace)
 	wg.Wait()
 	rec.BytesIn += toBackend
 	rec.BytesOut = toClient
 	switch {
+	case errors.Is(errDown, errTunnelIdle) || errors.Is(errUp, errTunnelIdle):
+		rec.Error = fmt.Sprintf("upgraded connection idle for %s, closed", s.limits.TunnelIdleTimeout)
 	case errDown != nil && !errors.Is(errDown, net.ErrClosed):
 		rec.Error = "upgraded connection: " + errDown.Error()
 	case errUp != nil && !errors.Is(errUp, net.ErrClosed):
@@ -164,5 +206,77 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 func closeWrite(c any) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
+	}
+}
+
+// errTunnelIdle ends a tunnel nothing passed through for the idle timeout.
+var errTunnelIdle = errors.New("tunnel idle timeout")
+
+// tunnelIdle closes a tunnel when no byte has passed in either direction
+// for timeout: each side's reads and writes wait at most timeout, and a
+// read that times out while the other direction was busy waits again.
+type tunnelIdle struct {
+	timeout time.Duration
+	last    atomic.Int64 // unix nanoseconds of the latest byte either way
+	ended   atomic.Int64 // > 0: the backend side ended, reads end by then
+}
+
+func (t *tunnelIdle) touch() { t.last.Store(time.Now().UnixNano()) }
+
+// end makes the reads of the other direction end within d.
+func (t *tunnelIdle) end(c net.Conn, d time.Duration) {
+	at := time.Now().Add(d)
+	t.ended.Store(at.UnixNano())
+	_ = c.SetReadDeadline(at)
+}
+
+// copy copies src to dst until EOF, an error or the idle timeout.
+// setRead and setWrite move the deadlines of the connections under src
+// and dst; nil when that side applies the idle timeout itself (the
+// backend connection's per-read and per-write timeouts).
+func (t *tunnelIdle) copy(dst io.Writer, src io.Reader, setRead, setWrite func(time.Time) error) (int64, error) {
+	buf := make([]byte, 32<<10)
+	var n int64
+	for {
+		now := time.Now()
+		dl := now.Add(t.timeout)
+		if e := t.ended.Load(); e > 0 {
+			dl = time.Unix(0, e)
+		}
+		if setRead != nil {
+			_ = setRead(dl)
+		}
+		k, err := src.Read(buf)
+		if k > 0 {
+			t.touch()
+			if setWrite != nil {
+				_ = setWrite(time.Now().Add(t.timeout))
+			}
+			m, werr := dst.Write(buf[:k])
+			n += int64(m)
+			if werr != nil {
+				if isTimeout(werr) {
+					return n, errTunnelIdle
+				}
+				return n, werr
+			}
+			t.touch()
+		}
+		if err == nil {
+			continue
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if isTimeout(err) {
+			if setRead != nil && t.ended.Load() > 0 {
+				return n, nil
+			}
+			if time.Since(time.Unix(0, t.last.Load())) < t.timeout {
+				continue // the other direction is busy: wait again
+			}
+			return n, errTunnelIdle
+		}
+		return n, err
 	}
 }

@@ -144,6 +144,9 @@ const (
 	DefaultBackoffBase   = 25 * time.Millisecond
 	DefaultBackoffMax    = 250 * time.Millisecond
 	DefaultBufferBytes   = 64 << 10
+	// MaxBufferBytes bounds buffer_bytes: each request in flight may hold
+	// that much memory (client.max_requests of them at most).
+	MaxBufferBytes = 16 << 20
 )
 
 // DefaultOn returns retry.on's default: what an http service retries.
@@ -201,8 +204,8 @@ func NewPolicy(cfg *Config) (*Policy, error) {
 	if cfg.Attempts < 1 || cfg.Attempts > MaxAttempts {
 		return nil, fmt.Errorf("retry attempts %d: must be between 1 and %d", cfg.Attempts, MaxAttempts)
 	}
-	if cfg.BufferBytes < 0 {
-		return nil, fmt.Errorf("retry buffer_bytes %d: must not be negative", cfg.BufferBytes)
+	if cfg.BufferBytes < 0 || cfg.BufferBytes > MaxBufferBytes {
+		return nil, fmt.Errorf("retry buffer_bytes %d: must be between 0 and %d", cfg.BufferBytes, MaxBufferBytes)
 	}
 	if cfg.BudgetPercent < 0 || cfg.BudgetPercent > 100 {
 		return nil, fmt.Errorf("retry budget_percent %d: must be between 0 and 100", cfg.BudgetPercent)

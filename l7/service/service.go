@@ -6,6 +6,9 @@
 package service
 
 import (
+	"fmt"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/sluicelb/sluice/l7/retry"
@@ -25,6 +28,57 @@ type Config struct {
 	Host     string
 	Timeouts Timeouts
 	Retry    *retry.Config // nil: retry.DefaultConfig()
+	// Upgrades are the protocols a client may switch to with Upgrade
+	// (HTTP/1.1, e.g. websocket); nil: DefaultUpgrades. An Upgrade for
+	// another protocol is not passed on: the request goes to the backend
+	// as a plain request. h2c is never allowed (CheckUpgrade).
+	Upgrades []string
+	// TrustedProxies are the peers whose forwarding headers are kept
+	// (X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, Forwarded); from
+	// any other peer they are replaced or removed. Default: none.
+	TrustedProxies []netip.Prefix
+}
+
+// ParseTrustedProxies parses a trusted_proxies list: CIDRs (a bare
+// address is a /32 or /128).
+func ParseTrustedProxies(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("trusted proxy %q: not a CIDR or an address", s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Addr().Zone() != "" {
+			return nil, fmt.Errorf("trusted proxy %q: no zone allowed", s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// DefaultUpgrades is the upgrade allow-list of a service that sets none.
+func DefaultUpgrades() []string { return []string{"websocket"} }
+
+// CheckUpgrade checks one upgrades entry: a token, and not h2c (HTTP/2 is
+// served by the listener itself, with tls or h2c: true, never tunnelled).
+func CheckUpgrade(p string) error {
+	if p == "" {
+		return fmt.Errorf("upgrade %q: must be a protocol name such as websocket", p)
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~/", c) >= 0) {
+			return fmt.Errorf("upgrade %q: must be a protocol token such as websocket", p)
+		}
+	}
+	if strings.EqualFold(p, "h2c") || strings.HasPrefix(strings.ToLower(p), "h2c/") || strings.EqualFold(p, "h2") {
+		return fmt.Errorf("upgrade %q: HTTP/2 is never tunnelled (use h2c: true or tls for HTTP/2)", p)
+	}
+	return nil
 }
 
 // Timeouts are the per-phase timeouts and the total deadline of a request
@@ -65,6 +119,22 @@ const (
 	DefaultSend            = 30 * time.Second
 	DefaultRead            = 60 * time.Second
 	DefaultTotal           = 90 * time.Second
+	DefaultTunnelIdle      = 60 * time.Second
+	DefaultMaxConnections  = 10000
+	DefaultMaxRequests     = 1000
+	DefaultMaxBodyBytes    = 64 << 20
+	DefaultMaxHeaderCount  = 100
+	// HTTP/2, Envoy's edge recommendations.
+	DefaultH2MaxStreams   = 100
+	DefaultH2StreamWindow = 64 << 10
+	DefaultH2ConnWindow   = 1 << 20
+)
+
+// Bounds of the client limits (validation).
+const (
+	MinMaxHeaderBytes = 1 << 10
+	MaxMaxHeaderBytes = 16 << 20
+	MaxMaxHeaderCount = 10000
 )
 
 // ClientLimits protect the listener from slow or greedy clients.
@@ -77,4 +147,66 @@ type ClientLimits struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes caps the request header size; default 64 KiB.
 	MaxHeaderBytes int
+	// TunnelIdleTimeout closes an upgraded (WebSocket) connection when no
+	// byte has passed in either direction for this long; default 60s
+	// (nginx proxy_read_timeout 60s, HAProxy timeout tunnel).
+	TunnelIdleTimeout time.Duration
+	// MaxConnections bounds the open client connections (tunnels
+	// included); one more is closed at once. Default 10000.
+	MaxConnections int
+	// MaxRequests bounds the requests in flight; one more gets a fast 503
+	// with Retry-After. Default 1000.
+	MaxRequests int
+	// MaxBodyBytes bounds a request body; a larger one gets 413. Default
+	// 64 MiB (nginx client_max_body_size 1m).
+	MaxBodyBytes int64
+	// MaxHeaderCount bounds the header fields of a request (every value
+	// of a repeated name counts); more get 431. Default 100 (Envoy
+	// max_headers_count 100, HAProxy tune.http.maxhdr 101).
+	MaxHeaderCount int
+	// H2MaxStreams bounds the concurrent streams of an HTTP/2 connection
+	// (default 100); H2StreamWindow and H2ConnWindow are the flow-control
+	// windows sluice grants a client per stream (default 64 KiB) and per
+	// connection (default 1 MiB): Envoy's edge recommendations.
+	H2MaxStreams   int
+	H2StreamWindow int
+	H2ConnWindow   int
+}
+
+// WithDefaults is c with its zero fields set to their defaults.
+func (c ClientLimits) WithDefaults() ClientLimits {
+	if c.HeaderTimeout <= 0 {
+		c.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.TunnelIdleTimeout <= 0 {
+		c.TunnelIdleTimeout = DefaultTunnelIdle
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxRequests <= 0 {
+		c.MaxRequests = DefaultMaxRequests
+	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxHeaderCount <= 0 {
+		c.MaxHeaderCount = DefaultMaxHeaderCount
+	}
+	if c.H2MaxStreams <= 0 {
+		c.H2MaxStreams = DefaultH2MaxStreams
+	}
+	if c.H2StreamWindow <= 0 {
+		c.H2StreamWindow = DefaultH2StreamWindow
+	}
+	if c.H2ConnWindow <= 0 {
+		c.H2ConnWindow = DefaultH2ConnWindow
+	}
+	return c
 }

@@ -35,6 +35,9 @@ type Conn struct {
 	// per-phase deadlines, set by SetTimeouts
 	writeTimeout, readTimeout time.Duration
 	deadline                  time.Time
+	// capAt (unix nanoseconds, 0: none) is a deadline set from another
+	// goroutine (CapDeadline) that no later read or write goes past.
+	capAt atomic.Int64
 	// readLimit, when positive, is the byte count past which reads fail
 	// (a response header that never ends).
 	readLimit int64
@@ -125,6 +128,16 @@ func (c *Conn) SetTimeouts(write, read time.Duration, deadline time.Time) {
 	c.writeTimeout, c.readTimeout, c.deadline = write, read, deadline
 }
 
+// CapDeadline makes every read and write of the exchange in progress end
+// by t at the latest, from any goroutine: the proxy uses it when the
+// client goes away after the request was sent, to give the response a
+// moment to arrive (so the connection can be reused) instead of closing
+// the connection at once. It lasts until the connection is given back.
+func (c *Conn) CapDeadline(t time.Time) {
+	c.capAt.Store(t.UnixNano())
+	_ = c.nc.SetDeadline(t)
+}
+
 // Close closes the connection now, e.g. to interrupt a blocked read. Put
 // it afterwards anyway, so the pool's counts stay right.
 func (c *Conn) Close() error { c.close(); return nil }
@@ -152,6 +165,11 @@ func (c *Conn) LimitReads(n int64) {
 // next exchange moves them, and alive lifts an expired read deadline.
 func (c *Conn) clearDeadlines() {
 	c.writeTimeout, c.readTimeout, c.deadline, c.readLimit = 0, 0, time.Time{}, 0
+	if c.capAt.Swap(0) != 0 {
+		// The capped deadline is on the socket: lift it.
+		_ = c.nc.SetDeadline(time.Time{})
+		c.rdl, c.wdl = time.Time{}, time.Time{}
+	}
 }
 
 // maxDeadlineSlack bounds how much earlier than asked a timeout may fire
@@ -182,6 +200,11 @@ func (c *Conn) deadlineFor(d time.Duration) time.Time {
 	}
 	if !c.deadline.IsZero() && (t.IsZero() || c.deadline.Before(t)) {
 		t = c.deadline
+	}
+	if ns := c.capAt.Load(); ns != 0 {
+		if cp := time.Unix(0, ns); t.IsZero() || cp.Before(t) {
+			t = cp
+		}
 	}
 	return t
 }

@@ -28,9 +28,11 @@ import (
 
 // Defaults for zero Options fields.
 const (
-	DefaultMaxIdlePerAddr = 64
-	DefaultIdleTimeout    = 30 * time.Second
-	DefaultMaxLifetime    = 5 * time.Minute
+	DefaultMaxIdlePerAddr  = 64
+	DefaultIdleTimeout     = 30 * time.Second
+	DefaultMaxLifetime     = 5 * time.Minute
+	DefaultMaxConnsPerAddr = 1024 // Envoy's circuit breaker max_connections
+	DefaultMaxDialsPerAddr = 32
 )
 
 // Options configure Pools. Zero values take the defaults.
@@ -38,6 +40,13 @@ type Options struct {
 	MaxIdlePerAddr int
 	IdleTimeout    time.Duration
 	MaxLifetime    time.Duration
+	// MaxConnsPerAddr bounds the connections (busy, idle and being
+	// dialled) to one address; MaxDialsPerAddr the dials in progress to
+	// one address. A Get that finds the address at a limit waits for a
+	// connection to be given back or closed, until its connect deadline,
+	// then fails with ErrAddrFull.
+	MaxConnsPerAddr int
+	MaxDialsPerAddr int
 	// TLS, when set, makes every connection TLS; ServerName is set per
 	// connection from the name passed to Get.
 	TLS *tls.Config
@@ -78,6 +87,11 @@ const (
 // ErrClosed is returned by Get after Close.
 var ErrClosed = errors.New("upstream pools closed")
 
+// ErrAddrFull is returned by Get when the address stayed at its
+// connection or dial limit until the connect deadline. It says nothing
+// about the backend's health: sluice itself held back.
+var ErrAddrFull = errors.New("address at its connection limit")
+
 // Pools holds the connections of one L7 service. It is safe for concurrent use.
 type Pools struct {
 	opts Options
@@ -93,8 +107,20 @@ type addrPool struct {
 	retired bool
 	idle    map[string][]*Conn // by server name ("" without TLS), most recent last
 	busy    int
+	dialing int
 	dialled uint64
 	reused  uint64
+	// freed is closed (and replaced) when a connection of the address is
+	// given back or closed, or a dial ends: Gets waiting at a limit look again.
+	freed chan struct{}
+}
+
+// signalLocked wakes the Gets waiting for room at this address.
+func (ap *addrPool) signalLocked() {
+	if ap.freed != nil {
+		close(ap.freed)
+		ap.freed = nil
+	}
 }
 
 func (ap *addrPool) idleCount() int {
@@ -115,6 +141,12 @@ func New(opts Options) *Pools {
 	}
 	if opts.MaxLifetime <= 0 {
 		opts.MaxLifetime = DefaultMaxLifetime
+	}
+	if opts.MaxConnsPerAddr <= 0 {
+		opts.MaxConnsPerAddr = DefaultMaxConnsPerAddr
+	}
+	if opts.MaxDialsPerAddr <= 0 {
+		opts.MaxDialsPerAddr = DefaultMaxDialsPerAddr
 	}
 	if opts.Dial == nil {
 		var d net.Dialer
@@ -140,57 +172,109 @@ func (p *Pools) addrLocked(addr netip.AddrPort) *addrPool {
 // still alive and within its lifetime, or a new one dialled before
 // connectBy. serverName is the TLS SNI (ignored without TLS). info is the
 // DNS answer (or other origin) the address came from, kept on a new
-// connection for the logs. A dial failure is a *DialError.
+// connection for the logs. A dial failure is a *DialError; an address
+// that stays at its connection or dial limit until connectBy gives
+// ErrAddrFull.
+//
+// The liveness check of an idle connection (a non-blocking peek) runs
+// outside the pools' lock: the candidate is taken out of the idle list
+// first, so no other request waits on it.
 func (p *Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info string, connectBy time.Time) (*Conn, error) {
 	if p.opts.TLS == nil {
 		serverName = ""
 	}
-	now := time.Now()
-	var stale []closing
-	p.mu.Lock()
-	if p.closed {
+	for {
+		now := time.Now()
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		ap := p.addrLocked(addr)
+		ap.retired = false
+		var cand *Conn
+		var stale []closing
+		for l := ap.idle[serverName]; len(l) > 0; l = ap.idle[serverName] {
+			c := l[len(l)-1]
+			ap.idle[serverName] = l[:len(l)-1]
+			if why := p.expired(c, now); why != "" {
+				stale = append(stale, closing{c, why})
+				continue
+			}
+			cand = c
+			break
+		}
+		if cand != nil {
+			// Counted busy while its liveness is checked.
+			ap.busy++
+			p.mu.Unlock()
+			p.closeAll(stale)
+			if cand.alive() {
+				p.mu.Lock()
+				ap.reused++
+				p.mu.Unlock()
+				cand.reused = true
+				cand.requests++
+				return cand, nil
+			}
+			p.mu.Lock()
+			ap.busy--
+			ap.signalLocked()
+			p.mu.Unlock()
+			p.closeAll([]closing{{cand, CloseBackend}})
+			continue
+		}
+		if ap.busy+ap.idleCount()+ap.dialing >= p.opts.MaxConnsPerAddr || ap.dialing >= p.opts.MaxDialsPerAddr {
+			// At a limit: wait for room (or an idle connection) until
+			// the connect deadline.
+			if len(stale) > 0 {
+				ap.signalLocked()
+			}
+			if ap.freed == nil {
+				ap.freed = make(chan struct{})
+			}
+			freed := ap.freed
+			p.mu.Unlock()
+			p.closeAll(stale)
+			if err := waitRoom(ctx, freed, connectBy); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		ap.dialing++
+		gen := ap.gen
 		p.mu.Unlock()
-		return nil, ErrClosed
-	}
-	ap := p.addrLocked(addr)
-	ap.retired = false
-	var c *Conn
-	for l := ap.idle[serverName]; len(l) > 0; l = ap.idle[serverName] {
-		cand := l[len(l)-1]
-		ap.idle[serverName] = l[:len(l)-1]
-		if why := p.expired(cand, now); why != "" {
-			stale = append(stale, closing{cand, why})
-			continue
+		p.closeAll(stale)
+		// A dial is not cut short when the caller goes away (its
+		// deadline still holds): the backend has accepted the connection
+		// by then, and a caller that gives it back unused (Put) leaves it
+		// for the next request instead of wasting it.
+		c, err := p.dial(context.WithoutCancel(ctx), addr, serverName, info, gen, connectBy)
+		p.mu.Lock()
+		ap = p.addrLocked(addr)
+		ap.dialing--
+		if err == nil {
+			ap.busy++
+			ap.dialled++
 		}
-		if !cand.alive() {
-			stale = append(stale, closing{cand, CloseBackend})
-			continue
-		}
-		c = cand
-		break
+		ap.signalLocked()
+		p.mu.Unlock()
+		return c, err
 	}
-	if c != nil {
-		ap.busy++
-		ap.reused++
+}
+
+// waitRoom waits until freed is closed, ctx ends or by passes.
+func waitRoom(ctx context.Context, freed <-chan struct{}, by time.Time) error {
+	t := time.NewTimer(time.Until(by))
+	defer t.Stop()
+	select {
+	case <-freed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return ErrAddrFull
 	}
-	gen := ap.gen
-	p.mu.Unlock()
-	p.closeAll(stale)
-	if c != nil {
-		c.reused = true
-		c.requests++
-		return c, nil
-	}
-	c, err := p.dial(ctx, addr, serverName, info, gen, connectBy)
-	if err != nil {
-		return nil, err
-	}
-	p.mu.Lock()
-	ap = p.addrLocked(addr)
-	ap.busy++
-	ap.dialled++
-	p.mu.Unlock()
-	return c, nil
 }
 
 func (p *Pools) dial(ctx context.Context, addr netip.AddrPort, serverName, info string, gen uint64, connectBy time.Time) (*Conn, error) {
@@ -238,6 +322,7 @@ func (p *Pools) Put(c *Conn, closeReason string) {
 	ap := p.addrs[c.addr]
 	if ap != nil {
 		ap.busy--
+		ap.signalLocked()
 	}
 	why := closeReason
 	switch {
@@ -308,7 +393,8 @@ func (p *Pools) Retire(addr netip.AddrPort) int {
 		}
 		delete(ap.idle, k)
 	}
-	if ap.busy == 0 {
+	ap.signalLocked()
+	if ap.busy == 0 && ap.dialing == 0 {
 		delete(p.addrs, addr)
 	}
 	p.mu.Unlock()
@@ -333,6 +419,9 @@ func (p *Pools) Sweep(now time.Time) {
 					kept = append(kept, c)
 				}
 			}
+			if len(kept) < len(l) {
+				ap.signalLocked()
+			}
 			clear(l[len(kept):])
 			if len(kept) == 0 {
 				delete(ap.idle, k)
@@ -340,7 +429,7 @@ func (p *Pools) Sweep(now time.Time) {
 				ap.idle[k] = kept
 			}
 		}
-		if ap.retired && ap.busy == 0 && len(ap.idle) == 0 {
+		if ap.retired && ap.busy == 0 && ap.dialing == 0 && len(ap.idle) == 0 {
 			delete(p.addrs, addr)
 		}
 	}
@@ -378,6 +467,7 @@ func (p *Pools) closeIdle(why string) {
 			}
 			delete(ap.idle, k)
 		}
+		ap.signalLocked()
 	}
 	p.mu.Unlock()
 	p.closeAll(idle)

@@ -22,6 +22,9 @@ const accessLogFlush = time.Second
 // when the agent stops.
 type accessLogs struct {
 	stdout io.Writer // nil: `stdout` logs nowhere
+	// onDrop counts a line of service dropped because its log's writer was
+	// behind (nil: not counted).
+	onDrop func(service string)
 
 	mu    sync.Mutex
 	logs  map[string]*accesslog.Logger // by access_log value
@@ -55,6 +58,9 @@ func (a *accessLogs) get(dest string) (*accesslog.Logger, error) {
 		w = f
 	}
 	l := accesslog.New(w, accessLogFlush)
+	if a.onDrop != nil {
+		l.SetOnDrop(func(rec *accesslog.Record) { a.onDrop(rec.Service) })
+	}
 	a.logs[dest] = l
 	return l, nil
 }
@@ -77,7 +83,14 @@ func (a *accessLogs) reopen(log *slog.Logger) {
 			log.Error("access log not reopened, writing on to the old file", "path", path, "err", err)
 			continue
 		}
-		if _, err := a.logs[path].Swap(f); err != nil {
+		prev, err := a.logs[path].Swap(f)
+		if prev == nil {
+			// Stuck: the log goes on with the old file.
+			log.Error("access log not reopened", "path", path, "err", err)
+			_ = f.Close()
+			continue
+		}
+		if err != nil {
 			log.Warn("access log lines were lost", "path", path, "err", err)
 		}
 		a.files[path] = f

@@ -47,9 +47,13 @@ type l7Stage struct {
 // newL7Stage returns the stage; stdout is where `access_log: stdout` goes
 // (nil: nowhere).
 func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trackers) *l7Stage {
+	acc := newAccessLogs(stdout)
+	if m != nil {
+		acc.onDrop = func(service string) { m.L7.Refused(service, "access_log") }
+	}
 	return &l7Stage{
 		log:        log,
-		accessLogs: newAccessLogs(stdout),
+		accessLogs: acc,
 		metrics:    m,
 		trackers:   tr,
 		services:   make(map[string]*l7Service),
@@ -184,14 +188,19 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 	if c := svc.Client; c != nil {
 		opts.Client = l7service.ClientLimits{
 			HeaderTimeout: c.HeaderTimeout.D(), IdleTimeout: c.IdleTimeout.D(), MaxHeaderBytes: c.MaxHeaderBytes,
+			TunnelIdleTimeout: c.TunnelIdleTimeout.D(),
+			MaxConnections:    c.MaxConnections, MaxRequests: c.MaxRequests,
+			MaxBodyBytes: c.MaxBodyBytes, MaxHeaderCount: c.MaxHeaderCount,
+			H2MaxStreams: c.H2MaxStreams, H2StreamWindow: c.H2StreamWindow, H2ConnWindow: c.H2ConnWindow,
 		}
 	}
 	if u := svc.Upstream; u != nil {
 		opts.Upstream = proxy.UpstreamOptions{
 			MaxIdlePerAddr: u.MaxIdle, IdleTimeout: u.IdleTimeout.D(), MaxLifetime: u.MaxLifetime.D(),
+			MaxConnsPerAddr: u.MaxConnections,
 		}
 		if u.TLS {
-			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify}
+			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify, ServerName: u.ServerName}
 			if u.CA != "" {
 				if tc.RootCAs, err = config.LoadCAs(u.CA); err != nil {
 					return proxy.Options{}, fmt.Errorf("upstream ca: %w", err)

@@ -20,7 +20,9 @@ func ejectionConfig(e config.Ejection) eject.Config {
 
 // proxyService is an http service's settings for l7/proxy.
 func proxyService(svc config.Service) l7service.Config {
-	s := l7service.Config{Name: svc.Name, Listen: svc.Listen, Pool: svc.Pool, Host: svc.Host}
+	s := l7service.Config{Name: svc.Name, Listen: svc.Listen, Pool: svc.Pool, Host: svc.Host, Upgrades: svc.Upgrades}
+	// Validated by config.Parse; a list that does not parse trusts nobody.
+	s.TrustedProxies, _ = l7service.ParseTrustedProxies(svc.TrustedProxies)
 	if t := svc.Timeouts; t != nil {
 		s.Timeouts = l7service.Timeouts{Connect: t.Connect.D(), Send: t.Send.D(), Read: t.Read.D(), Total: t.Total.D()}
 	}

@@ -33,6 +33,9 @@ services:
 	if want := retry.DefaultConfig(); svc.Retry == nil || !reflect.DeepEqual(*svc.Retry, want) {
 		t.Errorf("retry %+v, want %+v", svc.Retry, want)
 	}
+	if !reflect.DeepEqual(svc.Upgrades, l7service.DefaultUpgrades()) {
+		t.Errorf("upgrades %v, want %v", svc.Upgrades, l7service.DefaultUpgrades())
+	}
 	if svc.Host != l7service.HostKeep || svc.Pool != "web" || svc.Name != "web-http" {
 		t.Errorf("service %+v", svc)
 	}

@@ -173,6 +173,9 @@ func applyDefaults(c *Config, lines map[string]int) {
 			r.BufferBytes = retry.DefaultBufferBytes
 		}
 		d.str(sp+".access_log", &s.AccessLog, AccessLogStdout)
+		if !d.set(sp + ".upgrades") {
+			s.Upgrades = service.DefaultUpgrades()
+		}
 		if s.Client == nil {
 			s.Client = &ClientLimits{}
 		}
@@ -180,6 +183,16 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.dur(cp+".header_timeout", &s.Client.HeaderTimeout, service.DefaultHeaderTimeout)
 		d.dur(cp+".idle_timeout", &s.Client.IdleTimeout, service.DefaultIdleTimeout)
 		d.int(cp+".max_header_bytes", &s.Client.MaxHeaderBytes, service.DefaultMaxHeaderBytes)
+		d.dur(cp+".tunnel_idle_timeout", &s.Client.TunnelIdleTimeout, service.DefaultTunnelIdle)
+		d.int(cp+".max_connections", &s.Client.MaxConnections, service.DefaultMaxConnections)
+		d.int(cp+".max_requests", &s.Client.MaxRequests, service.DefaultMaxRequests)
+		if !d.set(cp + ".max_body_bytes") {
+			s.Client.MaxBodyBytes = service.DefaultMaxBodyBytes
+		}
+		d.int(cp+".max_header_count", &s.Client.MaxHeaderCount, service.DefaultMaxHeaderCount)
+		d.int(cp+".h2_max_streams", &s.Client.H2MaxStreams, service.DefaultH2MaxStreams)
+		d.int(cp+".h2_stream_window", &s.Client.H2StreamWindow, service.DefaultH2StreamWindow)
+		d.int(cp+".h2_connection_window", &s.Client.H2ConnWindow, service.DefaultH2ConnWindow)
 		if s.Upstream == nil {
 			s.Upstream = &Upstream{}
 		}
@@ -187,5 +200,6 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.int(up+".max_idle", &s.Upstream.MaxIdle, upstream.DefaultMaxIdlePerAddr)
 		d.dur(up+".idle_timeout", &s.Upstream.IdleTimeout, upstream.DefaultIdleTimeout)
 		d.dur(up+".max_lifetime", &s.Upstream.MaxLifetime, upstream.DefaultMaxLifetime)
+		d.int(up+".max_connections", &s.Upstream.MaxConnections, upstream.DefaultMaxConnsPerAddr)
 	}
 }

@@ -74,10 +74,10 @@ func TestHTTPListenerAndUpstreamKeys(t *testing.T) {
 	if s.TLS == nil || s.TLS.Cert != cert || s.TLS.Key != key {
 		t.Errorf("tls = %+v", s.TLS)
 	}
-	if want := (ClientLimits{Duration(5 * time.Second), Duration(2 * time.Minute), 32768}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
-	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute)}); *s.Upstream != want {
+	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute), MaxConnections: 1024}); *s.Upstream != want {
 		t.Errorf("upstream = %+v, want %+v", *s.Upstream, want)
 	}
 	if s.AccessLog != logFile {
@@ -97,10 +97,10 @@ func TestHTTPKeyDefaults(t *testing.T) {
 	if s.TLS != nil || !s.H2C || s.AccessLog != AccessLogStdout {
 		t.Errorf("tls %v h2c %v access_log %q", s.TLS, s.H2C, s.AccessLog)
 	}
-	if want := (ClientLimits{Duration(10 * time.Second), Duration(5 * time.Second), 65536}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
-	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute)}); *s.Upstream != want {
+	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute), MaxConnections: 1024}); *s.Upstream != want {
 		t.Errorf("upstream = %+v, want %+v", *s.Upstream, want)
 	}
 	// A tcp service gets none of them.

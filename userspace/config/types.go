@@ -150,6 +150,12 @@ type Service struct {
 	H2C      bool          `yaml:"h2c"`
 	Client   *ClientLimits `yaml:"client"`   // http only; never nil after Parse for http services
 	Upstream *Upstream     `yaml:"upstream"` // http only; never nil after Parse for http services
+	// TrustedProxies are the CIDRs whose forwarding headers are kept
+	// (default none: they are replaced or removed).
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// Upgrades is the allow-list of protocols a client may switch to with
+	// Upgrade (default [websocket]; h2c is refused).
+	Upgrades []string `yaml:"upgrades"`
 	// AccessLog is where an http service writes its access log: stdout
 	// (default), off, or a file path (appended to, reopened on reload).
 	AccessLog string `yaml:"access_log"`
@@ -190,16 +196,30 @@ type ClientLimits struct {
 	HeaderTimeout  Duration `yaml:"header_timeout"`   // default 10s
 	IdleTimeout    Duration `yaml:"idle_timeout"`     // keep-alive, default 60s
 	MaxHeaderBytes int      `yaml:"max_header_bytes"` // default 65536
+	// TunnelIdleTimeout closes an upgraded (WebSocket) connection idle both ways this long.
+	TunnelIdleTimeout Duration `yaml:"tunnel_idle_timeout"`  // default 60s
+	MaxConnections    int      `yaml:"max_connections"`      // open client connections, default 10000
+	MaxRequests       int      `yaml:"max_requests"`         // requests in flight, default 1000
+	MaxBodyBytes      int64    `yaml:"max_body_bytes"`       // default 64 MiB
+	MaxHeaderCount    int      `yaml:"max_header_count"`     // default 100
+	H2MaxStreams      int      `yaml:"h2_max_streams"`       // concurrent streams per HTTP/2 connection, default 100
+	H2StreamWindow    int      `yaml:"h2_stream_window"`     // default 65536
+	H2ConnWindow      int      `yaml:"h2_connection_window"` // default 1048576
 }
 
 // Upstream configures an http service's connections to its backends.
 type Upstream struct {
-	TLS                bool     `yaml:"tls"`                  // TLS to the backends (SNI: the Host sent)
-	CA                 string   `yaml:"ca"`                   // PEM file of CAs to trust instead of the system's; tls only
-	InsecureSkipVerify bool     `yaml:"insecure_skip_verify"` // tls only
-	MaxIdle            int      `yaml:"max_idle"`             // idle connections kept per address, default 64
-	IdleTimeout        Duration `yaml:"idle_timeout"`         // default 30s
-	MaxLifetime        Duration `yaml:"max_lifetime"`         // default 5m
+	TLS                bool   `yaml:"tls"`                  // TLS to the backends
+	CA                 string `yaml:"ca"`                   // PEM file of CAs to trust instead of the system's; tls only
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"` // tls only
+	// ServerName is the TLS server name (SNI, verification) for every
+	// backend; default: the service's host, else the DNS name the address
+	// came from, else the address. Never the client's Host. tls only.
+	ServerName     string   `yaml:"server_name"`
+	MaxIdle        int      `yaml:"max_idle"`        // idle connections kept per address, default 64
+	IdleTimeout    Duration `yaml:"idle_timeout"`    // default 30s
+	MaxLifetime    Duration `yaml:"max_lifetime"`    // default 5m
+	MaxConnections int      `yaml:"max_connections"` // per backend address, default 1024
 }
 
 // Backoff is exponential backoff with full jitter.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/userspace/addrfilter"
 	"github.com/sluicelb/sluice/userspace/maglev"
 )
@@ -572,7 +573,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
 			}
 		}
-		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log"} {
+		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed for http services")
 			}
@@ -603,6 +604,16 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 		v.retry(r, path+".retry")
 	}
 	v.httpListener(s, path)
+	for i, tp := range s.TrustedProxies {
+		if _, err := service.ParseTrustedProxies([]string{tp}); err != nil {
+			v.add(fmt.Sprintf("%s.trusted_proxies[%d]", path, i), "%v", err)
+		}
+	}
+	for i, u := range s.Upgrades {
+		if err := service.CheckUpgrade(u); err != nil {
+			v.add(fmt.Sprintf("%s.upgrades[%d]", path, i), "%v", err)
+		}
+	}
 	if u := s.Upstream; u != nil {
 		v.upstream(u, path+".upstream")
 	}
@@ -623,9 +634,13 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 
 // Bounds of the http listener's and upstream keys.
 const (
-	MinMaxHeaderBytes = 1 << 10
-	MaxMaxHeaderBytes = 16 << 20
+	MinMaxHeaderBytes = service.MinMaxHeaderBytes
+	MaxMaxHeaderBytes = service.MaxMaxHeaderBytes
 	MaxUpstreamIdle   = 10000
+	MaxClientConns    = 1 << 20
+	MaxClientRequests = 1 << 20
+	MaxUpstreamConns  = 1 << 20
+	MaxMaxBodyBytes   = 1 << 40
 )
 
 // httpListener checks tls, h2c and client of an http service.
@@ -650,6 +665,15 @@ func (v *validator) httpListener(s *Service, path string) {
 		cp := path + ".client"
 		v.positive(cp+".header_timeout", c.HeaderTimeout)
 		v.positive(cp+".idle_timeout", c.IdleTimeout)
+		v.positive(cp+".tunnel_idle_timeout", c.TunnelIdleTimeout)
+		v.between(cp+".max_connections", int64(c.MaxConnections), 1, MaxClientConns)
+		v.between(cp+".max_requests", int64(c.MaxRequests), 1, MaxClientRequests)
+		v.between(cp+".max_body_bytes", c.MaxBodyBytes, 1, MaxMaxBodyBytes)
+		v.between(cp+".max_header_count", int64(c.MaxHeaderCount), 1, service.MaxMaxHeaderCount)
+		v.between(cp+".h2_max_streams", int64(c.H2MaxStreams), 1, 10000)
+		// Windows: at least the 16 KiB a frame may carry, at most HTTP/2's 2^31-1.
+		v.between(cp+".h2_stream_window", int64(c.H2StreamWindow), 16<<10, 1<<31-1)
+		v.between(cp+".h2_connection_window", int64(c.H2ConnWindow), 64<<10, 1<<31-1)
 		if c.MaxHeaderBytes < MinMaxHeaderBytes || c.MaxHeaderBytes > MaxMaxHeaderBytes {
 			v.add(cp+".max_header_bytes", "%d: must be between %d and %d", c.MaxHeaderBytes, MinMaxHeaderBytes, MaxMaxHeaderBytes)
 		}
@@ -659,7 +683,7 @@ func (v *validator) httpListener(s *Service, path string) {
 // upstream checks the connections to the backends of an http service.
 func (v *validator) upstream(u *Upstream, path string) {
 	if !u.TLS {
-		for _, k := range []string{"ca", "insecure_skip_verify"} {
+		for _, k := range []string{"ca", "insecure_skip_verify", "server_name"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed with tls: true")
 			}
@@ -673,11 +697,26 @@ func (v *validator) upstream(u *Upstream, path string) {
 			v.add(path+".insecure_skip_verify", "set either ca or insecure_skip_verify, not both")
 		}
 	}
+	if u.ServerName != "" {
+		if err := checkDNSName(u.ServerName); err != nil {
+			if _, ipErr := netip.ParseAddr(u.ServerName); ipErr != nil {
+				v.add(path+".server_name", "%q: not a DNS name or an IP address: %v", u.ServerName, err)
+			}
+		}
+	}
 	if u.MaxIdle < 1 || u.MaxIdle > MaxUpstreamIdle {
 		v.add(path+".max_idle", "%d: must be between 1 and %d", u.MaxIdle, MaxUpstreamIdle)
 	}
+	v.between(path+".max_connections", int64(u.MaxConnections), 1, MaxUpstreamConns)
 	v.positive(path+".idle_timeout", u.IdleTimeout)
 	v.positive(path+".max_lifetime", u.MaxLifetime)
+}
+
+// between checks an integer key is within [lo, hi].
+func (v *validator) between(path string, n, lo, hi int64) {
+	if n < lo || n > hi {
+		v.add(path, "%d: must be between %d and %d", n, lo, hi)
+	}
 }
 
 // LoadCAs reads a PEM file of CA certificates into a pool.
@@ -730,7 +769,7 @@ func (v *validator) retry(r *Retry, path string) {
 	if r.Backoff.Max < r.Backoff.Base {
 		v.add(path+".backoff.max", "max (%s) must not be less than base (%s)", r.Backoff.Max.D(), r.Backoff.Base.D())
 	}
-	if r.BufferBytes < 0 {
-		v.add(path+".buffer_bytes", "%d: must not be negative", r.BufferBytes)
+	if r.BufferBytes < 0 || r.BufferBytes > retry.MaxBufferBytes {
+		v.add(path+".buffer_bytes", "%d: must be between 0 and %d", r.BufferBytes, retry.MaxBufferBytes)
 	}
 }

@@ -20,6 +20,7 @@ type L7 struct {
 	panicMode     *prometheus.GaugeVec
 	upstreamConns *prometheus.CounterVec
 	dnsWaits      *prometheus.CounterVec
+	refused       *prometheus.CounterVec
 }
 
 func newL7() *L7 {
@@ -62,6 +63,10 @@ func newL7() *L7 {
 			Name: "sluice_l7_dns_waits_total",
 			Help: "Requests that found no usable address and waited for their pool's next DNS answer, by service and result (new-address, no-new-address, deadline, client-closed).",
 		}, []string{"service", "result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_l7_refused_total",
+			Help: "Connections, requests and access log lines the L7 stage refused or dropped at a limit, by service and limit (connections, requests, body, header_count, upstream_connections, access_log).",
+		}, []string{"service", "limit"}),
 	}
 }
 
@@ -82,7 +87,7 @@ func (l *L7) Collect(ch chan<- prometheus.Metric) {
 func (l *L7) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		l.requests, l.duration, l.tries, l.retries, l.retryRefused,
-		l.ejections, l.panicMode, l.upstreamConns, l.dnsWaits,
+		l.ejections, l.panicMode, l.upstreamConns, l.dnsWaits, l.refused,
 	}
 }
 
@@ -139,6 +144,12 @@ func (l *L7) DNSWait(service, result string) {
 	l.dnsWaits.WithLabelValues(service, result).Inc()
 }
 
+// Refused counts one connection, request or log line of service refused
+// (or dropped) at limit, a short bounded name.
+func (l *L7) Refused(service, limit string) {
+	l.refused.WithLabelValues(service, limit).Inc()
+}
+
 // ForgetBackend deletes the series that name addr in pool.
 func (l *L7) ForgetBackend(pool string, addr netip.AddrPort) {
 	l.ejections.DeletePartialMatch(prometheus.Labels{"pool": pool, "address": addr.String()})
@@ -161,4 +172,5 @@ func (l *L7) ForgetService(service string) {
 	l.retries.DeletePartialMatch(match)
 	l.retryRefused.DeletePartialMatch(match)
 	l.dnsWaits.DeletePartialMatch(match)
+	l.refused.DeletePartialMatch(match)
 }

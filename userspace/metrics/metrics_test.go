@@ -575,6 +575,7 @@ func populated(t *testing.T) *Metrics {
 	m.L7.SetPanic("web", false)
 	m.L7.UpstreamClosed("web", "lifetime")
 	m.L7.DNSWait("web-http", "new-address")
+	m.L7.Refused("web-http", "requests")
 	return m
 }
 

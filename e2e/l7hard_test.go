@@ -1,0 +1,409 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The L7 stage in front of hostile clients (issue 9): deadlines both ways,
+// limits, strict translation. Raw clients are sockets this test process
+// opens inside the lab's client namespace (dialFrom), so a test can send
+// exactly the bytes it wants and stop reading when it wants.
+
+// dialFrom opens a TCP connection to addr from inside lab host h: a
+// goroutine locked to its OS thread enters h's network namespace, dials,
+// and goes back to the namespace it came from before unlocking (if it
+// cannot, the thread stays locked and exits with the goroutine). The
+// socket stays in h's namespace and is used from any goroutine.
+func (l *Lab) dialFrom(h, addr string) net.Conn {
+	l.t.Helper()
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer orig.Close()
+		f, err := os.Open("/run/netns/" + l.NS(h))
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("setns %s: %w", h, err)}
+			return
+		}
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		l.t.Fatalf("dial %s from %s: %v", addr, h, r.err)
+	}
+	l.t.Cleanup(func() { r.c.Close() })
+	return r.c
+}
+
+// httpAddr is the L7 service's host:port.
+var httpAddr = httpVIP + ":80"
+
+// TestL7ClientDeadlines: deadlines bind the client side too. A client that
+// requests a large response and never reads it frees the backend
+// connection at timeouts.total (before, the backend stayed blocked until
+// the client left); a client that sends its header slowly is closed at
+// client.header_timeout while normal requests go on unaffected.
+func TestL7ClientDeadlines(t *testing.T) {
+	const total, headerTimeout = 2 * time.Second, time.Second
+	lab, agent := startL7(t, agentConfig{
+		Ejection:  noEjection,
+		Timeouts:  "{connect: 1s, read: 2s, total: 2s}",
+		Backends:  []string{"be1"},
+		HTTPExtra: "    client: {header_timeout: 1s}\n",
+	})
+
+	t.Run("a client that never reads frees the backend at total", func(t *testing.T) {
+		rid := newRID("stall")
+		c := lab.dialFrom("client", httpAddr)
+		fmt.Fprintf(c, "GET /big?mb=256&rid=%s HTTP/1.1\r\nHost: web\r\n\r\n", rid)
+		t0 := time.Now()
+		var end struct {
+			Result string
+			MS     float64
+		}
+		waitFor(t, total+5*time.Second, "the backend's /big write to end", func() error {
+			e, ok := lab.stats("be1").BigEnded[rid]
+			if !ok {
+				return fmt.Errorf("still writing after %s", time.Since(t0))
+			}
+			end.Result, end.MS = e.Result, e.MS
+			return nil
+		})
+		d := time.Duration(end.MS * float64(time.Millisecond))
+		t.Logf("backend write ended (%s) %s after the request; the client never read", end.Result, d)
+		if end.Result != "write-error" || d > total+1500*time.Millisecond {
+			t.Errorf("backend write ended %q after %s, want a write error at ~%s (timeouts.total)", end.Result, d, total)
+		}
+		al := agent.accessFor(t, rid)
+		if al.Status != 499 {
+			t.Errorf("access log status %d, want 499 (client cut at the deadline): %+v", al.Status, al)
+		}
+	})
+
+	t.Run("slow header closed at header_timeout, normal traffic unaffected", func(t *testing.T) {
+		c := lab.dialFrom("client", httpAddr)
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\n")
+		t0 := time.Now()
+		closed := make(chan time.Duration, 1)
+		go func() {
+			// One header byte every 200ms: the whole header never comes.
+			br := bufio.NewReader(c)
+			go func() {
+				for i := 0; i < 50; i++ {
+					if _, err := io.WriteString(c, "X"); err != nil {
+						return
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+			}()
+			_, _ = br.ReadByte() // EOF or a 408, then EOF
+			_, _ = io.Copy(io.Discard, br)
+			closed <- time.Since(t0)
+		}()
+		// Normal requests in the meantime.
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var bad []string
+		for i := 0; i < 4; i++ {
+			wg.Go(func() {
+				r := lab.curl("GET", httpURL)
+				if r.Code != 200 {
+					mu.Lock()
+					bad = append(bad, fmt.Sprintf("%d (curl exit %d)", r.Code, r.Exit))
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if len(bad) > 0 {
+			t.Errorf("normal requests during a slow-header client: %v", bad)
+		}
+		select {
+		case d := <-closed:
+			t.Logf("slow-header client closed after %s", d)
+			if d < headerTimeout-100*time.Millisecond || d > headerTimeout+time.Second {
+				t.Errorf("slow-header client closed after %s, want ~%s (client.header_timeout)", d, headerTimeout)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("slow-header client still open after 10s")
+		}
+	})
+}
+
+// readResponse reads one response from c within d.
+func readResponse(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) (*http.Response, string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the response: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, strings.TrimSpace(string(b))
+}
+
+// TestL7Limits: the client-side limits answer with the documented status
+// and never reach a backend: too many header fields 431, a body past
+// max_body_bytes 413 (declared or chunked), requests past max_requests a
+// fast 503 with Retry-After, connections past max_connections closed.
+func TestL7Limits(t *testing.T) {
+	lab, _ := startL7(t, agentConfig{
+		Ejection:  noEjection,
+		Timeouts:  "{connect: 1s, read: 5s, total: 8s}",
+		HTTPExtra: "    client: {max_requests: 2, max_body_bytes: 1000, max_header_count: 20, max_connections: 6}\n",
+	})
+	before := lab.totalExecuted()
+
+	t.Run("header fields past max_header_count: 431", func(t *testing.T) {
+		args := []string{}
+		for i := 0; i < 25; i++ {
+			args = append(args, "-H", fmt.Sprintf("X-H%d: %d", i, i))
+		}
+		if r := lab.curl("GET", httpURL+"?rid="+newRID("hdr"), args...); r.Code != 431 {
+			t.Errorf("25 header fields: %d, want 431", r.Code)
+		}
+	})
+	t.Run("body past max_body_bytes: 413", func(t *testing.T) {
+		big := strings.Repeat("x", 2000)
+		if r := lab.curl("POST", httpURL+"?rid="+newRID("body"), "--data-binary", big); r.Code != 413 {
+			t.Errorf("2000-byte body: %d, want 413", r.Code)
+		}
+		if r := lab.curl("POST", httpURL+"?rid="+newRID("chunked"), "-H", "Transfer-Encoding: chunked", "--data-binary", big); r.Code != 413 {
+			t.Errorf("2000-byte chunked body: %d, want 413", r.Code)
+		}
+	})
+	if n := lab.totalExecuted() - before; n != 0 {
+		t.Errorf("the backends executed %d refused requests", n)
+	}
+
+	t.Run("requests past max_requests: fast 503 with Retry-After", func(t *testing.T) {
+		var wg sync.WaitGroup
+		for i := 0; i < 2; i++ {
+			wg.Go(func() { lab.curl("GET", httpURL+"slow?ms=3000&rid="+newRID("hold")) })
+		}
+		time.Sleep(time.Second) // both in flight
+		r := lab.curl("GET", httpURL+"?rid="+newRID("over"))
+		if r.Code != 503 || !strings.Contains(r.Body, "Retry-After") || r.Elapsed > time.Second {
+			t.Errorf("third request in flight: %d after %s, want 503 with Retry-After at once:\n%s", r.Code, r.Elapsed, r.Body)
+		}
+		wg.Wait()
+		if r := lab.curl("GET", httpURL); r.Code != 200 {
+			t.Errorf("after the slow ones ended: %d", r.Code)
+		}
+	})
+
+	t.Run("connections past max_connections: closed", func(t *testing.T) {
+		for i := 0; i < 6; i++ {
+			lab.dialFrom("client", httpAddr) // held open, idle
+		}
+		time.Sleep(300 * time.Millisecond)
+		c := lab.dialFrom("client", httpAddr)
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Errorf("7th connection: read %d bytes, %v; want it closed", n, err)
+		}
+	})
+	_, scrape := lab.scrape()
+	for _, limit := range []string{"header_count", "body", "requests", "connections"} {
+		if !strings.Contains(scrape, `sluice_l7_refused_total{limit="`+limit+`",service="web-http"}`) {
+			t.Errorf("metrics lack sluice_l7_refused_total{limit=%q}", limit)
+		}
+	}
+}
+
+// rawSeen is how many of backend be's recent connections carried b, before
+// any parsing (the test backend records what it reads).
+func (l *Lab) rawSeen(be, b string) int {
+	l.t.Helper()
+	out, err := l.Run(be, 5*time.Second, "curl", "-sf", "--max-time", "2", "http://127.0.0.1:80/control/raw?hex="+hex.EncodeToString([]byte(b)))
+	if err != nil {
+		l.t.Fatalf("raw log of %s: %v", be, err)
+	}
+	var r struct {
+		Connections int `json:"connections"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		l.t.Fatalf("raw log of %s: %v: %s", be, err, out)
+	}
+	return r.Connections
+}
+
+// TestL7StrictTranslation: injected pseudo-headers (HTTP/2) and header
+// values never reach a backend, checked on the bytes the backends read;
+// an Upgrade: h2c is refused (the request goes on as plain HTTP/1.1 and
+// the connection stays HTTP); an h2c preface is refused where h2c is off.
+func TestL7StrictTranslation(t *testing.T) {
+	lab, agent := startL7(t, agentConfig{
+		Ejection:  noEjection,
+		Backends:  []string{"be1"},
+		HTTPExtra: "    h2c: true\n",
+	})
+	marker := newRID("inject")
+	base := func(method, path, authority string) []string {
+		return []string{":method", method, ":scheme", "http", ":path", path, ":authority", authority}
+	}
+	cases := []struct {
+		name   string
+		fields []string
+	}{
+		{"request line in :path", base("GET", "/admin?x=1 HTTP/1.1\tfoo /"+marker+" x", "web")},
+		{"request line in :method", base("GET /"+marker+" HTTP/1.1\tX", "/", "web")},
+		{"space in :authority", base("GET", "/", "a "+marker+"/c")},
+		{"DEL in a value", append(base("GET", "/", "web"), "x-a", marker+"\x7f")},
+	}
+	c := newH2raw(t, lab.dialFrom("client", httpAddr))
+	for i, tc := range cases {
+		stream := uint32(2*i + 1)
+		c.headers(stream, true, tc.fields...)
+		ev := c.response(stream)
+		t.Logf("%s: %s", tc.name, ev)
+		if ev.status == "200" {
+			t.Errorf("%s: answered 200", tc.name)
+		}
+		if ev.eof || ev.goaway {
+			c = newH2raw(t, lab.dialFrom("client", httpAddr))
+		}
+	}
+	if n := lab.rawSeen("be1", marker); n != 0 {
+		t.Errorf("the injected bytes reached the backend on %d connections", n)
+	}
+
+	t.Run("Upgrade h2c refused, the connection stays HTTP", func(t *testing.T) {
+		smuggled := newRID("smuggled")
+		conn := lab.dialFrom("client", httpAddr)
+		fmt.Fprintf(conn, "GET /?rid=%s HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"+
+			"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\nGPOST /%s HTTP/1.1\r\nHost: web\r\n\r\n", marker, smuggled)
+		br := bufio.NewReader(conn)
+		for i := 0; i < 2; i++ {
+			resp, _ := readResponse(t, conn, br, 5*time.Second)
+			if resp.StatusCode == 101 || resp.ProtoMajor != 1 {
+				t.Fatalf("response %d: %s %d, want HTTP/1.1, no switch", i, resp.Proto, resp.StatusCode)
+			}
+		}
+		if n := lab.rawSeen("be1", "Upgrade: h2c"); n != 0 {
+			t.Errorf("Upgrade: h2c reached the backend on %d connections", n)
+		}
+		// The bytes after the first request were a request of their own,
+		// seen (and logged) by sluice: not tunnelled.
+		found := false
+		for _, al := range agent.accessLog() {
+			if al.Method == "GPOST" && strings.Contains(al.URI, smuggled) {
+				found = true
+			}
+		}
+		if !found {
+			waitFor(t, 5*time.Second, "the second request in the access log", func() error {
+				for _, al := range agent.accessLog() {
+					if al.Method == "GPOST" && strings.Contains(al.URI, smuggled) {
+						return nil
+					}
+				}
+				return fmt.Errorf("not logged")
+			})
+		}
+	})
+}
+
+// TestL7ForwardingHeaders: forwarding headers a client sends do not reach
+// the backend as if sluice had set them (the client is no trusted proxy):
+// X-Real-IP, X-Forwarded-Proto and X-Forwarded-Host are replaced,
+// Forwarded removed, X-Forwarded-For appended to. Checked on the bytes
+// the backend read.
+func TestL7ForwardingHeaders(t *testing.T) {
+	lab, _ := startL7(t, agentConfig{Ejection: noEjection, Backends: []string{"be1"}})
+	m := newRID("spoof")
+	r := lab.curl("GET", httpURL+"?rid="+m,
+		"-H", "X-Real-IP: 10.9.9.9",
+		"-H", "X-Forwarded-Proto: https-"+m,
+		"-H", "X-Forwarded-Host: admin-"+m,
+		"-H", "Forwarded: for=10.9.9.9;by="+m,
+		"-H", "X-Forwarded-For: 10.9.9.9")
+	if r.Code != 200 {
+		t.Fatalf("request: %d", r.Code)
+	}
+	for _, spoofed := range []string{"X-Real-Ip: 10.9.9.9", "X-Real-IP: 10.9.9.9", "https-" + m, "admin-" + m, "by=" + m} {
+		if n := lab.rawSeen("be1", spoofed); n != 0 {
+			t.Errorf("the client's %q reached the backend", spoofed)
+		}
+	}
+	for _, ours := range []string{"X-Forwarded-For: 10.9.9.9, 198.18.", "X-Real-IP: 198.18.", "X-Forwarded-Proto: http\r\n"} {
+		if n := lab.rawSeen("be1", ours); n == 0 {
+			t.Errorf("the backend never got %q", ours)
+		}
+	}
+}
+
+// TestL7AccessLogBlocked: an access log nobody reads (a FIFO whose reader
+// never reads) does not stall requests: lines beyond the writer's queue
+// are dropped and counted.
+func TestL7AccessLogBlocked(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	fifo := filepath.Join(lab.dir, "access.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A reader that never reads: the agent's writes block once the pipe
+	// buffer is full.
+	r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	lab.StartAgent(agentConfig{HTTP: true, Ejection: noEjection, HTTPExtra: "    access_log: " + fifo + "\n"})
+	waitFor(t, 10*time.Second, "the L7 listener", func() error {
+		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
+		return err
+	})
+	rep := lab.Load("--url", httpURL, "--mode", "keepalive", "--conns", "8", "--count", "12000", "--duration", "60s", "--timeout", "2s")
+	t.Logf("%d requests, %d ok, %d failures, latency %v", rep.Requests, rep.OK, rep.Failures, rep.LatencyMS)
+	if rep.Failures != 0 || rep.OK < 12000 {
+		t.Errorf("%d of %d requests failed with the access log blocked", rep.Failures, rep.Requests)
+	}
+	if p99 := rep.LatencyMS["p99"]; p99 > 500 {
+		t.Errorf("p99 latency %.0fms with the access log blocked: requests waited for it", p99)
+	}
+	values, _ := lab.scrape()
+	if n := values[`sluice_l7_refused_total{limit="access_log",service="web-http"}`]; n == 0 {
+		t.Error("no dropped access log line counted (sluice_l7_refused_total{limit=\"access_log\"})")
+	}
+}

@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// Names of the limits, as Observer.Refused and the access log give them.
+const (
+	limitConnections         = "connections"
+	limitRequests            = "requests"
+	limitBody                = "body"
+	limitHeaderCount         = "header_count"
+	limitUpstreamConnections = "upstream_connections"
+	limitAccessLog           = "access_log"
+)
+
+// limitListener bounds the open client connections: a connection accepted
+// beyond max is closed at once (Envoy's listener connection limit), so
+// sluice never holds more sockets, goroutines and buffers for clients than
+// configured. Closing (rather than not accepting) keeps the kernel's
+// backlog from filling with connections nobody will serve.
+type limitListener struct {
+	net.Listener
+	max     int64
+	open    *atomic.Int64
+	refused func()
+}
+
+func newLimitListener(l net.Listener, max int, refused func()) *limitListener {
+	return &limitListener{Listener: l, max: int64(max), open: new(atomic.Int64), refused: refused}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.open.Add(1) > l.max {
+			l.open.Add(-1)
+			c.Close()
+			l.refused()
+			continue
+		}
+		return &limitConn{Conn: c, open: l.open}, nil
+	}
+}
+
+// limitConn gives its place back when closed (once), hijacked or not.
+type limitConn struct {
+	net.Conn
+	open *atomic.Int64
+	once sync.Once
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.open.Add(-1) })
+	return err
+}
+
+// CloseWrite lets the server half-close like on a *net.TCPConn.
+func (c *limitConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

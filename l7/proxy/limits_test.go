@@ -1,0 +1,204 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// refusedObserver counts Refused calls by limit.
+type refusedObserver struct {
+	NopObserver
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *refusedObserver) Refused(_, limit string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == nil {
+		o.n = map[string]int{}
+	}
+	o.n[limit]++
+}
+
+func (o *refusedObserver) count(limit string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[limit]
+}
+
+// blockingBackend holds every request until release is closed.
+func blockingBackend(t *testing.T) (*backend, chan struct{}, chan struct{}) {
+	release, arrived := make(chan struct{}), make(chan struct{}, 16)
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, "ok")
+	})
+	return be, release, arrived
+}
+
+// client.max_requests: past it, a fast 503 with Retry-After, counted.
+func TestMaxRequests(t *testing.T) {
+	be, release, arrived := blockingBackend(t)
+	p := newPool(t, nil, be.addr)
+	obs := &refusedObserver{}
+	h := start(t, p, func(o *Options) { o.Client.MaxRequests = 1; o.Observer = obs })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if resp, _ := h.do(t, "GET", "/first", nil, nil); resp.StatusCode != 200 {
+			t.Errorf("first request: %d", resp.StatusCode)
+		}
+	}()
+	<-arrived
+	t0 := time.Now()
+	resp, body := h.do(t, "GET", "/second", nil, nil)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "max_requests") {
+		t.Errorf("second request: %d, Retry-After %q, %q; want a 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	if d := time.Since(t0); d > time.Second {
+		t.Errorf("refusal took %s, want it at once", d)
+	}
+	close(release)
+	<-done
+	if n := obs.count(limitRequests); n != 1 {
+		t.Errorf("refused{requests} = %d, want 1", n)
+	}
+	if resp, _ := h.do(t, "GET", "/third", nil, nil); resp.StatusCode != 200 {
+		t.Errorf("after the first ended: %d", resp.StatusCode)
+	}
+}
+
+// client.max_header_count and client.max_body_bytes: 431 and 413, before
+// the backend sees anything.
+func TestHeaderCountAndBodyLimits(t *testing.T) {
+	be := newBackend(t, status(200))
+	p := newPool(t, nil, be.addr)
+	obs := &refusedObserver{}
+	h := start(t, p, func(o *Options) {
+		o.Client.MaxHeaderCount = 20
+		o.Client.MaxBodyBytes = 1000
+		o.Observer = obs
+	})
+	hdr := http.Header{}
+	for i := range 25 {
+		hdr.Add("Cookie", "c"+strings.Repeat("x", i)+"=1")
+	}
+	if resp, _ := h.do(t, "GET", "/", nil, hdr); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("25 header fields: %d, want 431", resp.StatusCode)
+	}
+	if resp, _ := h.do(t, "POST", "/", bytes.Repeat([]byte("x"), 1001), nil); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("1001-byte body: %d, want 413", resp.StatusCode)
+	}
+	// Chunked: the length is known only when the body is read.
+	req, _ := http.NewRequest("POST", h.url+"/", io.MultiReader(bytes.NewReader(bytes.Repeat([]byte("y"), 5000))))
+	req.ContentLength = -1
+	resp, err := h.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("chunked 5000-byte body: %d, want 413", resp.StatusCode)
+	}
+	if resp, _ := h.do(t, "POST", "/", bytes.Repeat([]byte("x"), 1000), nil); resp.StatusCode != 200 {
+		t.Errorf("1000-byte body: %d, want 200", resp.StatusCode)
+	}
+	if n := be.count.Load(); n != 1 {
+		t.Errorf("the backend executed %d requests, want only the one within the limits", n)
+	}
+	if obs.count(limitHeaderCount) != 1 || obs.count(limitBody) != 2 {
+		t.Errorf("refused: %v", obs.n)
+	}
+}
+
+// client.max_connections: a connection past it is closed at once.
+func TestMaxConnections(t *testing.T) {
+	be := newBackend(t, status(200))
+	p := newPool(t, nil, be.addr)
+	obs := &refusedObserver{}
+	h := start(t, p, func(o *Options) { o.Client.MaxConnections = 2; o.Observer = obs })
+	addr := strings.TrimPrefix(h.url, "http://")
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		held = append(held, c)
+	}
+	time.Sleep(100 * time.Millisecond) // both accepted
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("third connection: read %d, %v; want it closed", n, err)
+	}
+	if obs.count(limitConnections) != 1 {
+		t.Errorf("refused{connections} = %d, want 1", obs.count(limitConnections))
+	}
+	// One closed: room for a new one.
+	held[0].Close()
+	waitFor(t, "a connection's place given back", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		b, _ := io.ReadAll(c)
+		return strings.HasPrefix(string(b), "HTTP/1.1 200")
+	})
+}
+
+// upstream max connections per address: a try that finds its address full
+// until the connect timeout gets a 503 and never counts against the
+// backend (no ejection).
+func TestUpstreamMaxConnsNotABackendFailure(t *testing.T) {
+	be, release, arrived := blockingBackend(t)
+	p := newPool(t, nil, be.addr)
+	obs := &refusedObserver{}
+	h := start(t, p, func(o *Options) {
+		o.Upstream.MaxConnsPerAddr = 1
+		o.Service.Timeouts.Connect = 100 * time.Millisecond
+		o.Observer = obs
+		ej := testEjection()
+		ej.Failures = 1
+		o.Ejection = ej
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.do(t, "GET", "/first", nil, nil)
+	}()
+	<-arrived
+	resp, body := h.do(t, "GET", "/second", nil, nil)
+	if resp.StatusCode != 503 || !strings.Contains(body, "connection limit") {
+		t.Errorf("second request: %d %q, want 503 (address at its connection limit)", resp.StatusCode, body)
+	}
+	close(release)
+	<-done
+	if b, _ := p.Backend(be.addr); b.State.String() != "active" {
+		t.Errorf("the backend is %s after sluice's own limit refused a try: it must stay active", b.State)
+	}
+	if obs.count(limitUpstreamConnections) == 0 {
+		t.Error("refused{upstream_connections} not counted")
+	}
+}
