@@ -127,10 +127,12 @@ services:
 		t.Fatalf("agent not ready:\n%s", log)
 	}
 
-	// One connection held open for a few seconds, from a known port.
+	// One connection held open from a known port for the whole test (killed
+	// by the cleanup): on a loaded machine a short hold ended before the
+	// views were read, and the flow showed as closing.
 	const clientPort = "40123"
-	hold := exec.Command(lab, "exec", id, "client", "curl", "-s", "--max-time", "20",
-		"--local-port", clientPort, "http://198.18.1.100/slow?ms=4000")
+	hold := exec.Command(lab, "exec", id, "client", "curl", "-s", "--max-time", "60",
+		"--local-port", clientPort, "http://198.18.1.100/slow?ms=45000")
 	hold.Env = labEnv
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)
