@@ -150,14 +150,16 @@ func upgradeClient(t *testing.T, h *harness) (net.Conn, *bufio.Reader) {
 // A tunnel nothing passes through is closed at the tunnel idle timeout;
 // one with traffic in either direction stays open.
 func TestTunnelIdleTimeout(t *testing.T) {
-	const idle = 300 * time.Millisecond
+	// The idle timeout is far above the busy period's gaps (100ms), so a
+	// loaded machine stretching a gap does not close a busy tunnel.
+	const idle = time.Second
 	be := echoUpgradeBackend(t)
 	p := newPool(t, nil, be.addr)
 	h := start(t, p, func(o *Options) { o.Client.TunnelIdleTimeout = idle; o.Service.Upgrades = []string{"echo"} })
 
-	// Busy: a message every 100ms for 1s, well past the idle timeout.
+	// Busy: a message every 100ms for 1.5s, well past the idle timeout.
 	c, br := upgradeClient(t, h)
-	for range 10 {
+	for range 15 {
 		io.WriteString(c, "ping")
 		got := make([]byte, 4)
 		if _, err := io.ReadFull(br, got); err != nil {
