@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/textproto"
@@ -29,7 +28,8 @@ func wantForwardHeader(r *http.Request, upgrade string, trusted bool) http.Heade
 			h.Del(k)
 		}
 	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		ip := ap.Addr().Unmap().String()
 		if h.Get("X-Real-Ip") == "" {
 			h.Set("X-Real-Ip", ip)
 		}
