@@ -46,6 +46,7 @@ type BackendStats struct {
 		MS     float64 `json:"ms"`
 		Bytes  int64   `json:"bytes"`
 	} `json:"big_ended"`
+	Accepted uint64 `json:"accepted"`
 }
 
 // stats reads backend be's counters (from inside its namespace). A backend

@@ -168,6 +168,8 @@ type Stats struct {
 	ByMethod map[string]uint64 `json:"by_method_path"`
 	ByID     map[string]uint64 `json:"by_rid"`
 	BigEnded map[string]BigEnd `json:"big_ended"`
+	// Accepted is the number of TCP connections accepted since the start.
+	Accepted uint64 `json:"accepted"`
 }
 
 func (b *backend) count(r *http.Request) {
@@ -242,6 +244,9 @@ func (b *backend) stats(w http.ResponseWriter, _ *http.Request) {
 	b.mu.Lock()
 	s := Stats{Name: b.name, Requests: b.total, ByPath: maps.Clone(b.byPath),
 		ByMethod: maps.Clone(b.byMethod), ByID: maps.Clone(b.byID), BigEnded: maps.Clone(b.bigEnded)}
+	b.raw.mu.Lock()
+	s.Accepted = b.raw.accepted
+	b.raw.mu.Unlock()
 	b.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Backend", b.name)
@@ -397,8 +402,9 @@ func (b *backend) big(w http.ResponseWriter, r *http.Request) {
 // rawLog keeps the first rawPerConn bytes read on each of the last
 // rawConns connections.
 type rawLog struct {
-	mu    sync.Mutex
-	conns []*[]byte
+	mu       sync.Mutex
+	conns    []*[]byte
+	accepted uint64 // connections accepted since the start
 }
 
 const (
@@ -409,6 +415,7 @@ const (
 func (l *rawLog) conn() *[]byte {
 	b := new([]byte)
 	l.mu.Lock()
+	l.accepted++
 	l.conns = append(l.conns, b)
 	if len(l.conns) > rawConns {
 		l.conns = l.conns[1:]
