@@ -50,6 +50,9 @@ func ParseTrustedProxies(list []string) ([]netip.Prefix, error) {
 			if aerr != nil {
 				return nil, fmt.Errorf("trusted proxy %q: not a CIDR or an address", s)
 			}
+			if a.Zone() != "" {
+				return nil, fmt.Errorf("trusted proxy %q: no zone allowed", s)
+			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
 		if p.Addr().Zone() != "" {
