@@ -183,8 +183,9 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWriter, rec *accesslog.Record, res tryResult, addr netip.AddrPort) (abort bool) {
 	resp := res.resp
 	defer resp.Body.Close()
-	// A client that goes away stops a body read waiting on the backend.
-	cw.watch(res.conn, true)
+	// A client that goes away stops a body read waiting on the backend
+	// (the connection is closed: a body half passed on is not drained).
+	cw.watch(res.conn, false)
 	defer cw.unwatch()
 	h := w.Header()
 	closeDelimited := resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && bodyAllowed(rec.Method, resp.StatusCode)
