@@ -54,10 +54,22 @@ unit:
 # the run and leaves its input under the package's testdata/fuzz/, where it
 # becomes a regression case once committed. pkg:Target, one fuzz run each
 # (go test -fuzz takes one target at a time).
-FUZZTIME ?= 15s
+FUZZTIME ?= 10s
 FUZZ_TARGETS := \
-	./userspace/datapath:FuzzXDP
+	./userspace/datapath:FuzzXDP \
+	./userspace/config:FuzzParse \
+	./userspace/discovery:FuzzParseAnswer \
+	./userspace/addrfilter:FuzzCheck \
+	./l7/proxy:FuzzTranslateH1 \
+	./l7/proxy:FuzzTranslateH2 \
+	./l7/proxy:FuzzForwardHeaders
 fuzz:
+	@for f in $$(git ls-files '*_test.go'); do \
+		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
+			case " $(FUZZ_TARGETS) " in *" ./$$(dirname "$$f"):$$fn "*) ;; \
+			*) echo "fuzz: $$f: $$fn is not in FUZZ_TARGETS (Makefile)" >&2; exit 1 ;; esac; \
+		done; \
+	done
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "fuzz: $$fn in $$pkg for $(FUZZTIME)"; \
