@@ -93,6 +93,12 @@ type Server struct {
 	tunnels     tunnels
 
 	bufs sync.Pool // *[]byte of copyBufSize, for response bodies
+
+	// h2c is whether the listener serves h2c; h2serve serves one HTTP/2
+	// connection through a frameGuard (nil without TLS or h2c; see
+	// setupHTTP2).
+	h2c     bool
+	h2serve func(hs *http.Server, c net.Conn, h http.Handler, sawPreface bool)
 }
 
 const copyBufSize = 32 << 10
@@ -245,8 +251,14 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.H2C {
 		protos.SetUnencryptedHTTP2(true)
+		s.h2c = true
 	}
 	s.http.Protocols = &protos
+	if opts.TLS != nil || opts.H2C {
+		if err := s.setupHTTP2(cl); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -282,7 +294,11 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		if s.tlsOn {
 			errc <- s.http.ServeTLS(ll, "", "")
 		} else {
-			errc <- s.http.Serve(ll)
+			var pl net.Listener = ll
+			if s.h2c {
+				pl = h2cGate{ll}
+			}
+			errc <- s.http.Serve(pl)
 		}
 	}()
 	s.log.Info("l7 service listening", "listen", l.Addr().String(), "tls", s.tlsOn)

@@ -26,7 +26,12 @@ func TestRapidResetBoundedBackendDials(t *testing.T) {
 		w.Write([]byte("ok"))
 	})
 	p := newPool(t, nil, be.addr)
-	h := start(t, p, func(o *Options) { o.H2C = true })
+	h := start(t, p, func(o *Options) {
+		o.H2C = true
+		// The backend side only: the frame guard's GOAWAY after
+		// client.h2_max_reset_streams is TestH2RapidResetGoAway's.
+		o.Client.H2MaxResetStreams = 100000
+	})
 	addr := strings.TrimPrefix(h.url, "http://")
 	c := dialH2(t, addr)
 	const n = 5000

@@ -131,6 +131,8 @@ const (
 	DefaultH2MaxStreams   = 100
 	DefaultH2StreamWindow = 64 << 10
 	DefaultH2ConnWindow   = 1 << 20
+	// DefaultH2MaxResetStreams: twice the default stream limit.
+	DefaultH2MaxResetStreams = 200
 )
 
 // Bounds of the client limits (validation).
@@ -174,6 +176,11 @@ type ClientLimits struct {
 	H2MaxStreams   int
 	H2StreamWindow int
 	H2ConnWindow   int
+	// H2MaxResetStreams bounds the streams a client may reset on one
+	// HTTP/2 connection (rapid reset, CVE-2023-44487): once it reset more
+	// than this many, and at least half of the streams it opened, the
+	// connection gets GOAWAY ENHANCE_YOUR_CALM and is closed. Default 200.
+	H2MaxResetStreams int
 }
 
 // WithDefaults is c with its zero fields set to their defaults.
@@ -210,6 +217,9 @@ func (c ClientLimits) WithDefaults() ClientLimits {
 	}
 	if c.H2ConnWindow <= 0 {
 		c.H2ConnWindow = DefaultH2ConnWindow
+	}
+	if c.H2MaxResetStreams <= 0 {
+		c.H2MaxResetStreams = DefaultH2MaxResetStreams
 	}
 	return c
 }

@@ -74,7 +74,7 @@ func TestHTTPListenerAndUpstreamKeys(t *testing.T) {
 	if s.TLS == nil || s.TLS.Cert != cert || s.TLS.Key != key {
 		t.Errorf("tls = %+v", s.TLS)
 	}
-	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
 	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute), MaxConnections: 1024}); *s.Upstream != want {
@@ -97,7 +97,7 @@ func TestHTTPKeyDefaults(t *testing.T) {
 	if s.TLS != nil || !s.H2C || s.AccessLog != AccessLogStdout {
 		t.Errorf("tls %v h2c %v access_log %q", s.TLS, s.H2C, s.AccessLog)
 	}
-	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
 	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute), MaxConnections: 1024}); *s.Upstream != want {
@@ -136,6 +136,8 @@ func TestHTTPKeyProblems(t *testing.T) {
 			[]string{"h.yaml:10: services[0].client.header_timeout: must be greater than 0",
 				"h.yaml:11: services[0].client.idle_timeout: must be greater than 0",
 				"h.yaml:12: services[0].client.max_header_bytes: 10: must be between 1024"}},
+		{"h2 reset bound", "    client:\n      h2_max_reset_streams: 0\n",
+			[]string{"h.yaml:10: services[0].client.h2_max_reset_streams: 0: must be between 1 and 1000000"}},
 		{"ca without tls", "    upstream: {ca: " + cert + "}\n",
 			[]string{"h.yaml:9: services[0].upstream.ca: only allowed with tls: true"}},
 		{"ca not PEM", "    upstream: {tls: true, ca: " + notPEM + "}\n",

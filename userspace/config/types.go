@@ -205,6 +205,7 @@ type ClientLimits struct {
 	H2MaxStreams      int      `yaml:"h2_max_streams"`       // concurrent streams per HTTP/2 connection, default 100
 	H2StreamWindow    int      `yaml:"h2_stream_window"`     // default 65536
 	H2ConnWindow      int      `yaml:"h2_connection_window"` // default 1048576
+	H2MaxResetStreams int      `yaml:"h2_max_reset_streams"` // rapid reset: GOAWAY past this many resets, default 200
 }
 
 // Upstream configures an http service's connections to its backends.

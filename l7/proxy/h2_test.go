@@ -1,0 +1,235 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+func TestFirstLine(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want lineKind
+	}{
+		{"", lineMore},
+		{"GET / HTTP/1.1\r\n", lineHTTP},
+		{"\r\nGET / HTTP/1.0\n", lineHTTP},
+		{"GET / HTTP/1.1", lineMore},
+		{"PRI * HTTP/2", lineMore},
+		{"PRI * HTTP/2.0\r\n\r\nSM", lineHTTP},
+		{"INVALID CONNECTION PREFACE\r\n\r\n", lineOther},
+		{"GET /\r\n", lineOther},
+		{"GET / HTTP/2.0\r\n", lineOther},
+		{"GET / HTTP/1.x\r\n", lineOther},
+	} {
+		if got := firstLine([]byte(c.in)); got != c.want {
+			t.Errorf("firstLine(%q) = %d, want %d", c.in, got, c.want)
+		}
+	}
+}
+
+func setting(id uint16, v uint32) []byte {
+	return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint16(nil, id), v)
+}
+
+func TestNormalizeSettings(t *testing.T) {
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	for _, c := range []struct {
+		name string
+		in   []byte
+		want []byte // nil: unchanged
+	}{
+		{"single", setting(4, 100), nil},
+		{"distinct", cat(setting(4, 100), setting(3, 10)), nil},
+		{"repeat keeps the last", cat(setting(4, 100), setting(3, 10), setting(4, 1)), cat(setting(3, 10), setting(4, 1))},
+		{"unknown dropped", cat(setting(4, 100), setting(0x77, 1)), setting(4, 100)},
+		{"invalid value left to the server", cat(setting(4, 1<<31), setting(4, 1)), nil},
+		{"bad length", append(setting(4, 1), 0), nil},
+	} {
+		got, ok := normalizeSettings(c.in)
+		if ok != (c.want != nil) || ok && !bytes.Equal(got, c.want) {
+			t.Errorf("%s: got %x %v, want %x", c.name, got, ok, c.want)
+		}
+	}
+}
+
+// h2conn is a raw HTTP/2 client connection (prior knowledge).
+type h2conn struct {
+	t   *testing.T
+	c   net.Conn
+	fr  *http2.Framer
+	enc *hpack.Encoder
+	buf bytes.Buffer
+}
+
+func dialH2C(t *testing.T, url string) *h2conn {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	h := &h2conn{t: t, c: c}
+	h.fr = http2.NewFramer(c, c)
+	h.enc = hpack.NewEncoder(&h.buf)
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func (h *h2conn) headers(id uint32, end bool, fields ...string) {
+	h.t.Helper()
+	h.buf.Reset()
+	for i := 0; i+1 < len(fields); i += 2 {
+		_ = h.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	if err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.buf.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// until reads frames until match returns true; it fails on a read error.
+func (h *h2conn) until(what string, match func(http2.Frame) bool) {
+	h.t.Helper()
+	for {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			h.t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if match(f) {
+			return
+		}
+	}
+}
+
+func getFields(path string, extra ...string) []string {
+	return append([]string{":method", "GET", ":scheme", "http", ":authority", "example.test", ":path", path}, extra...)
+}
+
+func TestH2MalformedHeadersReset(t *testing.T) {
+	b := newBackend(t, status(200))
+	h := start(t, newPool(t, nil, b.addr), func(o *Options) { o.H2C = true })
+	c := dialH2C(t, h.url)
+	for i, extra := range [][]string{
+		{"connection", "keep-alive"},
+		{"transfer-encoding", "chunked"},
+		{"te", "gzip"},
+		{"upgrade", "websocket"},
+	} {
+		id := uint32(2*i + 1)
+		c.headers(id, true, getFields("/", extra...)...)
+		c.until("RST_STREAM", func(f http2.Frame) bool {
+			switch f := f.(type) {
+			case *http2.HeadersFrame:
+				if f.StreamID == id {
+					t.Fatalf("%v: answered with HEADERS, want RST_STREAM", extra)
+				}
+			case *http2.RSTStreamFrame:
+				if f.StreamID == id {
+					if f.ErrCode != http2.ErrCodeProtocol {
+						t.Errorf("%v: RST_STREAM %v", extra, f.ErrCode)
+					}
+					return true
+				}
+			}
+			return false
+		})
+	}
+	// The connection is still good, and its HPACK state too.
+	c.headers(11, true, getFields("/ok", "te", "trailers")...)
+	c.until("response", func(f http2.Frame) bool {
+		hf, ok := f.(*http2.HeadersFrame)
+		return ok && hf.StreamID == 11
+	})
+	if n := b.count.Load(); n != 1 {
+		t.Errorf("backend saw %d requests, want 1 (only the valid one)", n)
+	}
+}
+
+func TestH2RapidResetGoAway(t *testing.T) {
+	b := newBackend(t, status(200))
+	h := start(t, newPool(t, nil, b.addr), func(o *Options) {
+		o.H2C = true
+		o.Client.H2MaxResetStreams = 50
+	})
+	c := dialH2C(t, h.url)
+	done := make(chan error, 1)
+	go func() {
+		for id := uint32(1); id < 2000; id += 2 {
+			c.buf.Reset()
+			for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/"}} {
+				_ = c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+			}
+			if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.buf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+				done <- err
+				return
+			}
+			if err := c.fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	var goAway *http2.GoAwayFrame
+	for goAway == nil {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("connection ended without GOAWAY: %v", err)
+		}
+		goAway, _ = f.(*http2.GoAwayFrame)
+	}
+	if goAway.ErrCode != http2.ErrCodeEnhanceYourCalm {
+		t.Errorf("GOAWAY %v, want ENHANCE_YOUR_CALM", goAway.ErrCode)
+	}
+	// Then the connection is closed.
+	for {
+		if _, err := c.fr.ReadFrame(); err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
+				t.Logf("after GOAWAY: %v", err)
+			}
+			break
+		}
+	}
+	<-done
+	// A well-behaved client is served.
+	c2 := dialH2C(t, h.url)
+	c2.headers(1, true, getFields("/")...)
+	c2.until("response", func(f http2.Frame) bool {
+		hf, ok := f.(*http2.HeadersFrame)
+		return ok && hf.StreamID == 1
+	})
+}
+
+func TestH2CGateClosesNonHTTP(t *testing.T) {
+	b := newBackend(t, status(200))
+	h := start(t, newPool(t, nil, b.addr), func(o *Options) { o.H2C = true })
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "INVALID CONNECTION PREFACE\r\n\r\n")
+	got, err := io.ReadAll(c)
+	if len(got) != 0 {
+		t.Errorf("answered %q, want the connection closed without an answer (%v)", got, err)
+	}
+	// HTTP/1.1 still works on the same listener.
+	if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+		t.Errorf("HTTP/1.1 on the h2c listener: %d", resp.StatusCode)
+	}
+}

@@ -1,0 +1,498 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+)
+
+// frameGuard sits between an HTTP/2 client connection and the HTTP/2
+// server (x/net/http2) and follows the frames both ways without taking
+// over the server's work:
+//
+//   - A request header block that RFC 9113 8.2.2 calls malformed (a
+//     connection-specific field: Connection, Proxy-Connection, Keep-Alive,
+//     Transfer-Encoding, Upgrade; TE other than "trailers"), which x/net
+//     answers with a 400 response, or with an invalid content-length
+//     (8.1.1; x/net reads it as 0), gets one more field appended in a
+//     CONTINUATION frame: a literal, never indexed, with an upper-case
+//     name. The server's HPACK state is untouched by it and the server
+//     answers the stream with RST_STREAM PROTOCOL_ERROR, as the RFC says;
+//     the request never reaches the handler.
+//   - A SETTINGS frame that repeats a parameter (allowed by the RFC: the
+//     values apply in order, so the last one counts) is passed on with
+//     each known parameter once, at its last value, and unknown ones
+//     (ignored by the RFC) dropped: x/net refuses repeats with a
+//     connection error.
+//   - RST_STREAM frames from the client are counted against the streams it
+//     opened: past guardLimits.maxResets, when at least half of the
+//     streams were reset, the connection gets GOAWAY ENHANCE_YOUR_CALM
+//     and is closed (rapid reset, CVE-2023-44487; Envoy's
+//     premature-reset check is the model).
+//
+// The guard decodes the client's header blocks with its own HPACK decoder,
+// fed exactly what the server's is; if it ever fails to decode (an
+// encoding the server refuses too), it stops looking at header blocks for
+// the rest of the connection. Frames larger than the advertised maximum
+// and every other frame type pass unread. On the write side it only tracks
+// where the server's frames begin, so its own GOAWAY goes between two.
+type frameGuard struct {
+	net.Conn
+	lim guardLimits
+
+	// Read side: used by the server's reading goroutine only.
+	buf     []byte // backing store of in
+	in      []byte // read from the client, not processed yet
+	out     []byte // processed, for the server
+	outOff  int
+	preface int // bytes of the client preface still to pass on
+	pass    int // bytes of a frame payload still to pass on unread
+	err     error
+
+	dec       *hpack.Decoder
+	blind     bool   // the decoder lost track: header blocks are not inspected
+	inBlock   bool   // a header block continues in CONTINUATION frames
+	block     uint32 // its stream
+	malformed bool   // the block seen so far is malformed
+	te        int    // TE fields in the block
+	cl        string // the block's content-length value ("" when none yet)
+
+	maxStream       uint32 // highest stream the client opened
+	streams, resets int
+
+	// Write side.
+	wmu   sync.Mutex
+	whdr  [frameHeaderLen]byte
+	whave int // bytes of the current frame header written
+	wleft int // bytes of the current frame payload still to write
+	wdead bool
+}
+
+// guardLimits configure a frameGuard.
+type guardLimits struct {
+	maxFrame     int // SETTINGS_MAX_FRAME_SIZE advertised to the client
+	maxResets    int // see service.HTTP2.MaxResetStreams
+	maxHeaderStr int // longest header string decoded (as the server's decoder)
+	onAbuse      func(c net.Conn, streams, resets int)
+}
+
+const (
+	frameHeaderLen = 9
+
+	frameHeaders      = 0x1
+	frameRSTStream    = 0x3
+	frameSettings     = 0x4
+	frameGoAway       = 0x7
+	frameContinuation = 0x9
+
+	flagAck        = 0x1
+	flagEndHeaders = 0x4
+	flagPadded     = 0x8
+	flagPriority   = 0x20
+
+	errCodeEnhanceYourCalm = 0xb
+
+	clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+)
+
+// errRapidReset ends the server's reading of a connection closed for rapid reset.
+var errRapidReset = errors.New("http2 client reset too many streams")
+
+// malformedMarker is an HPACK "literal header field never indexed" with a
+// new name, "X" (upper case: invalid in HTTP/2) and an empty value.
+var malformedMarker = []byte{0x10, 0x01, 'X', 0x00}
+
+// newFrameGuard guards c; sawPreface is whether the client preface was
+// read from c already (h2c prior knowledge: net/http reads it).
+func newFrameGuard(c net.Conn, lim guardLimits, sawPreface bool) net.Conn {
+	g := &frameGuard{Conn: c, lim: lim}
+	if !sawPreface {
+		g.preface = len(clientPreface)
+	}
+	g.dec = hpack.NewDecoder(4096, g.field)
+	g.dec.SetMaxStringLength(lim.maxHeaderStr)
+	if tc, ok := c.(*tls.Conn); ok {
+		return tlsFrameGuard{g, tc}
+	}
+	return g
+}
+
+// tlsFrameGuard is a frameGuard on TLS: the server sees the TLS state
+// (it checks the version and cipher suite HTTP/2 requires).
+type tlsFrameGuard struct {
+	*frameGuard
+	tc *tls.Conn
+}
+
+func (t tlsFrameGuard) ConnectionState() tls.ConnectionState { return t.tc.ConnectionState() }
+
+// field looks at one decoded request header field.
+func (g *frameGuard) field(f hpack.HeaderField) {
+	switch f.Name {
+	case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+		g.malformed = true
+	case "te":
+		g.te++
+		if f.Value != "trailers" || g.te > 1 {
+			g.malformed = true
+		}
+	case "content-length":
+		// x/net takes an invalid value for 0 and passes the request on
+		// without its body (found by FuzzH2Translation).
+		if !validContentLength(f.Value) || g.cl != "" && f.Value != g.cl {
+			g.malformed = true
+		}
+		g.cl = f.Value
+	}
+}
+
+// validContentLength is whether v is a Content-Length value: 1*DIGIT
+// (RFC 9110 8.6), at most 18 digits (an int64).
+func validContentLength(v string) bool {
+	if v == "" || len(v) > 18 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func (g *frameGuard) Read(p []byte) (int, error) {
+	for g.outOff == len(g.out) {
+		g.out, g.outOff = g.out[:0], 0
+		g.step()
+		if len(g.out) > 0 {
+			break
+		}
+		if g.err != nil {
+			return 0, g.err
+		}
+		// A payload (or the preface) passing unread, nothing buffered:
+		// straight into p.
+		if len(g.in) == 0 && (g.pass > 0 || g.preface > 0) {
+			left := &g.pass
+			if g.preface > 0 {
+				left = &g.preface
+			}
+			n, err := g.Conn.Read(p[:min(len(p), *left)])
+			*left -= n
+			if err != nil {
+				g.err = err
+			}
+			if n > 0 || err == nil {
+				return n, nil
+			}
+			return 0, err
+		}
+		g.fill()
+	}
+	n := copy(p, g.out[g.outOff:])
+	g.outOff += n
+	return n, nil
+}
+
+// fill reads from the client once more, into in.
+func (g *frameGuard) fill() {
+	need := frameHeaderLen
+	if len(g.in) >= frameHeaderLen {
+		need += int(g.in[0])<<16 | int(g.in[1])<<8 | int(g.in[2])
+	}
+	if need < 16<<10 {
+		need = 16 << 10
+	}
+	if cap(g.buf) < need {
+		g.buf = make([]byte, need)
+	}
+	// Move what is left to the front of buf.
+	n := copy(g.buf[:cap(g.buf)], g.in)
+	g.in = g.buf[:n]
+	m, err := g.Conn.Read(g.buf[n:cap(g.buf)])
+	g.in = g.buf[:n+m]
+	if err != nil {
+		g.err = err
+	}
+}
+
+// step processes what in holds, into out.
+func (g *frameGuard) step() {
+	for g.err == nil || len(g.in) > 0 {
+		switch {
+		case g.preface > 0:
+			n := min(g.preface, len(g.in))
+			g.emit(n)
+			g.preface -= n
+			if g.preface > 0 {
+				return
+			}
+			continue
+		case g.pass > 0:
+			n := min(g.pass, len(g.in))
+			g.emit(n)
+			g.pass -= n
+			if g.pass > 0 {
+				return
+			}
+			continue
+		case len(g.in) < frameHeaderLen:
+			return
+		}
+		h := g.in[:frameHeaderLen]
+		length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+		typ, flags := h[3], h[4]
+		sid := binary.BigEndian.Uint32(h[5:]) & (1<<31 - 1)
+		inspect := length <= g.lim.maxFrame
+		switch typ {
+		case frameHeaders, frameContinuation, frameSettings, frameRSTStream:
+		default:
+			inspect = false
+		}
+		if !inspect {
+			if typ == frameHeaders || typ == frameContinuation {
+				// The server fails the connection (too large); stop decoding.
+				g.blind = true
+			}
+			g.emit(frameHeaderLen)
+			g.pass = length
+			continue
+		}
+		if len(g.in) < frameHeaderLen+length {
+			return
+		}
+		g.frame(typ, flags, sid, frameHeaderLen+length)
+		if g.err == errRapidReset {
+			return
+		}
+	}
+}
+
+// emit passes the first n bytes of in on unchanged.
+func (g *frameGuard) emit(n int) {
+	g.out = append(g.out, g.in[:n]...)
+	g.in = g.in[n:]
+}
+
+// frame processes the complete frame at the start of in, n bytes long.
+func (g *frameGuard) frame(typ, flags byte, sid uint32, n int) {
+	f := g.in[:n]
+	payload := f[frameHeaderLen:]
+	switch typ {
+	case frameRSTStream:
+		g.resets++
+		if g.resets > g.lim.maxResets && 2*g.resets >= g.streams {
+			g.abuse()
+			return
+		}
+	case frameSettings:
+		if flags&flagAck == 0 && sid == 0 {
+			if p, ok := normalizeSettings(payload); ok {
+				g.out = appendFrameHeader(g.out, len(p), typ, flags, sid)
+				g.out = append(g.out, p...)
+				g.in = g.in[n:]
+				return
+			}
+		}
+	case frameHeaders:
+		if sid > g.maxStream && sid%2 == 1 {
+			g.maxStream = sid
+			g.streams++
+		}
+		g.inBlock, g.block, g.malformed, g.te, g.cl = false, sid, false, 0, ""
+		if g.blind {
+			break
+		}
+		frag, ok := headerFragment(flags, payload)
+		if !ok {
+			g.blind = true // the server fails the connection
+			break
+		}
+		g.inBlock = true
+		if g.decode(frag, flags) {
+			return
+		}
+	case frameContinuation:
+		if g.blind || !g.inBlock || sid != g.block {
+			break
+		}
+		if g.decode(payload, flags) {
+			return
+		}
+	}
+	g.emit(n)
+}
+
+// decode feeds a header block fragment to the decoder; at the end of the
+// block, a malformed one gets the marker. It returns true when it passed
+// the frame on itself (changed).
+func (g *frameGuard) decode(frag []byte, flags byte) bool {
+	if _, err := g.dec.Write(frag); err != nil {
+		g.blind, g.inBlock = true, false
+		return false
+	}
+	if flags&flagEndHeaders == 0 {
+		return false
+	}
+	g.inBlock = false
+	if err := g.dec.Close(); err != nil {
+		g.blind = true
+		return false
+	}
+	if !g.malformed {
+		return false
+	}
+	// The same frame without END_HEADERS, then the marker ending the block.
+	n := frameHeaderLen + (int(g.in[0])<<16 | int(g.in[1])<<8 | int(g.in[2]))
+	start := len(g.out)
+	g.out = append(g.out, g.in[:n]...)
+	g.out[start+4] &^= flagEndHeaders
+	g.out = appendFrameHeader(g.out, len(malformedMarker), frameContinuation, flagEndHeaders, g.block)
+	g.out = append(g.out, malformedMarker...)
+	g.in = g.in[n:]
+	return true
+}
+
+// abuse closes the connection of a client that resets most of its
+// streams: GOAWAY ENHANCE_YOUR_CALM, and the server's reading ends.
+func (g *frameGuard) abuse() {
+	if g.lim.onAbuse != nil {
+		g.lim.onAbuse(g.Conn, g.streams, g.resets)
+	}
+	g.goAway(errCodeEnhanceYourCalm)
+	g.out, g.in = g.out[:0], nil
+	g.err = errRapidReset
+}
+
+// goAway writes a GOAWAY of the guard's own between two of the server's
+// frames (the connection is closed without one when the server is in
+// the middle of a frame) and stops the server's writes.
+func (g *frameGuard) goAway(code uint32) {
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+	if g.wdead {
+		return
+	}
+	g.wdead = true
+	if g.whave != 0 || g.wleft != 0 {
+		return
+	}
+	f := appendFrameHeader(make([]byte, 0, frameHeaderLen+8), 8, frameGoAway, 0, 0)
+	f = binary.BigEndian.AppendUint32(f, g.maxStream)
+	f = binary.BigEndian.AppendUint32(f, code)
+	_ = g.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = g.Conn.Write(f)
+}
+
+func (g *frameGuard) Write(p []byte) (int, error) {
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+	if g.wdead {
+		return 0, net.ErrClosed
+	}
+	n, err := g.Conn.Write(p)
+	for b := p[:n]; len(b) > 0; {
+		if g.wleft > 0 {
+			k := min(g.wleft, len(b))
+			g.wleft -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(g.whdr[g.whave:], b)
+		g.whave += k
+		b = b[k:]
+		if g.whave == frameHeaderLen {
+			g.whave = 0
+			g.wleft = int(g.whdr[0])<<16 | int(g.whdr[1])<<8 | int(g.whdr[2])
+		}
+	}
+	return n, err
+}
+
+func appendFrameHeader(b []byte, length int, typ, flags byte, sid uint32) []byte {
+	b = append(b, byte(length>>16), byte(length>>8), byte(length), typ, flags)
+	return binary.BigEndian.AppendUint32(b, sid)
+}
+
+// headerFragment is the header block fragment of a HEADERS frame's
+// payload (without padding and priority); false when the lengths do not
+// add up.
+func headerFragment(flags byte, p []byte) ([]byte, bool) {
+	pad := 0
+	if flags&flagPadded != 0 {
+		if len(p) < 1 {
+			return nil, false
+		}
+		pad = int(p[0])
+		p = p[1:]
+	}
+	if flags&flagPriority != 0 {
+		if len(p) < 5 {
+			return nil, false
+		}
+		p = p[5:]
+	}
+	if pad > len(p) {
+		return nil, false
+	}
+	return p[:len(p)-pad], true
+}
+
+// Known SETTINGS parameters (RFC 9113 6.5.2, RFC 8441, RFC 9218) and
+// whether a value is valid for them.
+func settingValid(id uint16, v uint32) bool {
+	switch id {
+	case 2, 8, 9: // ENABLE_PUSH, ENABLE_CONNECT_PROTOCOL, NO_RFC7540_PRIORITIES
+		return v <= 1
+	case 4: // INITIAL_WINDOW_SIZE
+		return v <= 1<<31-1
+	case 5: // MAX_FRAME_SIZE
+		return v >= 1<<14 && v <= 1<<24-1
+	}
+	return true
+}
+
+const maxKnownSetting = 9
+
+// normalizeSettings returns a SETTINGS payload that repeats no parameter:
+// each known one once, at its last value (RFC 9113 6.5.3: they apply in
+// order), unknown ones dropped (6.5.2: ignored). ok is false when p needs
+// no change, or has a length or a value the server must refuse itself.
+func normalizeSettings(p []byte) ([]byte, bool) {
+	if len(p)%6 != 0 || len(p) < 12 {
+		return nil, false
+	}
+	var last [maxKnownSetting + 1]int // index+1 of the last occurrence
+	change := false
+	for i := 0; i < len(p); i += 6 {
+		id := binary.BigEndian.Uint16(p[i:])
+		v := binary.BigEndian.Uint32(p[i+2:])
+		if !settingValid(id, v) {
+			return nil, false
+		}
+		if id == 0 || id > maxKnownSetting {
+			change = true
+			continue
+		}
+		if last[id] != 0 {
+			change = true
+		}
+		last[id] = i + 1
+	}
+	if !change {
+		return nil, false
+	}
+	out := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i += 6 {
+		id := binary.BigEndian.Uint16(p[i:])
+		if id != 0 && id <= maxKnownSetting && last[id] == i+1 {
+			out = append(out, p[i:i+6]...)
+		}
+	}
+	return out, true
+}
