@@ -1,0 +1,235 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// HTTP/2 through the real binary: h2spec against an h2c and a TLS
+// listener, and a rapid-reset client (issue 9).
+
+// buildTool builds the Go command pkg of this module into a temporary
+// directory.
+func buildTool(t *testing.T, pkg string) string {
+	t.Helper()
+	goBin := "go"
+	if _, err := exec.LookPath("go"); err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	out := filepath.Join(t.TempDir(), path.Base(pkg))
+	cmd := exec.Command(goBin, "build", "-o", out, pkg)
+	cmd.Dir = env.repoRoot
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+// h2specPath finds h2spec (github.com/summerwind/h2spec v2.2.1, installed
+// by scripts/deps.sh): $H2SPEC, PATH, /usr/local/bin, ~/go/bin.
+func h2specPath(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("H2SPEC"); p != "" {
+		return p
+	}
+	if p, err := exec.LookPath("h2spec"); err == nil {
+		return p
+	}
+	home, _ := os.UserHomeDir()
+	for _, p := range []string{"/usr/local/bin/h2spec", filepath.Join(home, "go", "bin", "h2spec")} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	t.Fatal("h2spec is not installed (scripts/deps.sh installs it)")
+	return ""
+}
+
+// writeTestCert writes a self-signed ECDSA certificate for name and its
+// key into dir.
+func writeTestCert(t *testing.T, dir, name string) (cert, key string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: name},
+		DNSNames:     []string{name},
+		IPAddresses:  []net.IP{net.ParseIP(httpVIP)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+// h2Services are an h2c service on httpVIP:80 and a TLS one on
+// httpVIP:443, both over pool web, with the default HTTP/2 settings.
+func h2Services(cert, key string) string {
+	return fmt.Sprintf(`  - name: web-h2c
+    listen: %[1]s:80
+    protocol: http
+    pool: web
+    h2c: true
+  - name: web-tls
+    listen: %[1]s:443
+    protocol: http
+    pool: web
+    tls: {cert: %[2]s, key: %[3]s}
+`, httpVIP, cert, key)
+}
+
+// TestL7H2Spec runs h2spec (generic, HTTP/2 and HPACK sections, then
+// strict mode) against sluice's h2c and TLS listeners: no case may fail.
+func TestL7H2Spec(t *testing.T) {
+	lab := newLab(t)
+	h2spec := h2specPath(t)
+	cert, key := writeTestCert(t, t.TempDir(), "web.lab")
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	lab.StartAgent(agentConfig{ExtraServices: h2Services(cert, key)})
+	for _, u := range []string{"http://" + httpVIP + "/", "https://" + httpVIP + "/"} {
+		waitFor(t, 10*time.Second, "the L7 listener "+u, func() error {
+			_, err := lab.Run("client", 3*time.Second, "curl", "-skf", "--max-time", "2", "-o", "/dev/null", u)
+			return err
+		})
+	}
+	for _, run := range []struct {
+		name string
+		args []string
+	}{
+		{"h2c", []string{"-p", "80"}},
+		{"h2c strict", []string{"-p", "80", "-S"}},
+		{"tls", []string{"-p", "443", "-t", "-k"}},
+		{"tls strict", []string{"-p", "443", "-t", "-k", "-S"}},
+	} {
+		t.Run(run.name, func(t *testing.T) {
+			// /stats: a body long enough for every flow-control case (the
+			// backends answer "/" with 4 bytes; one case wants 5).
+			args := append([]string{h2spec, "-h", httpVIP, "-o", "5", "-P", "/stats"}, run.args...)
+			out, err := lab.Run("client", 3*time.Minute, args...)
+			summary := ""
+			for line := range strings.SplitSeq(out, "\n") {
+				if strings.Contains(line, " tests, ") {
+					summary = strings.TrimSpace(line)
+				}
+			}
+			t.Logf("h2spec %s: %s", strings.Join(run.args, " "), summary)
+			if err != nil || !strings.HasSuffix(summary, " 0 skipped, 0 failed") {
+				i := strings.Index(out, "Failures:")
+				if i < 0 {
+					i = 0
+				}
+				t.Errorf("h2spec %s failed (%v):\n%s", strings.Join(run.args, " "), err, out[i:])
+			}
+		})
+	}
+}
+
+// passiveOpens is the sum of the backends' accepted TCP connections
+// (Tcp PassiveOpens of their namespaces).
+func passiveOpens(t *testing.T, lab *Lab) int {
+	t.Helper()
+	total := 0
+	for _, be := range []string{"be1", "be2", "be3"} {
+		out := lab.MustRun(be, 5*time.Second, "cat", "/proc/net/snmp")
+		var names, values []string
+		for line := range strings.SplitSeq(out, "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] == "Tcp:" {
+				if names == nil {
+					names = f
+				} else {
+					values = f
+				}
+			}
+		}
+		for i, n := range names {
+			if n == "PassiveOpens" && i < len(values) {
+				v, err := strconv.Atoi(values[i])
+				if err != nil {
+					t.Fatalf("%s: PassiveOpens %q: %v", be, values[i], err)
+				}
+				total += v
+			}
+		}
+	}
+	return total
+}
+
+// TestL7H2RapidReset: a client that opens and at once resets thousands of
+// streams on one h2c connection costs a bounded number of backend
+// connections, gets GOAWAY ENHANCE_YOUR_CALM and is closed; the next
+// client is served.
+func TestL7H2RapidReset(t *testing.T) {
+	lab := newLab(t)
+	rapid := buildTool(t, "./e2e/h2rapid")
+	cert, key := writeTestCert(t, t.TempDir(), "web.lab")
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	lab.StartAgent(agentConfig{ExtraServices: h2Services(cert, key)})
+	waitFor(t, 10*time.Second, "the h2c listener", func() error {
+		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "http://"+httpVIP+"/")
+		return err
+	})
+
+	before := passiveOpens(t, lab)
+	out := lab.MustRun("client", time.Minute, rapid, "-addr", httpVIP+":80", "-streams", "5000", "-duration", "15s")
+	var rep struct {
+		Sent       int    `json:"sent"`
+		GoAway     string `json:"goaway"`
+		Closed     bool   `json:"closed"`
+		After      int    `json:"after_status"`
+		AfterError string `json:"after_error"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("h2rapid output %q: %v", out, err)
+	}
+	accepted := passiveOpens(t, lab) - before
+	t.Logf("rapid reset: %d streams sent, GOAWAY %q, closed %v; backends accepted %d connections; next request %d %s",
+		rep.Sent, rep.GoAway, rep.Closed, accepted, rep.After, rep.AfterError)
+	if rep.GoAway != "ENHANCE_YOUR_CALM" || !rep.Closed {
+		t.Errorf("after %d reset streams: GOAWAY %q, connection closed %v; want ENHANCE_YOUR_CALM and closed", rep.Sent, rep.GoAway, rep.Closed)
+	}
+	// At most about one connection per stream in flight (100 by default),
+	// never one per reset stream.
+	if accepted > 150 {
+		t.Errorf("%d reset streams made the backends accept %d connections, want at most 150", rep.Sent, accepted)
+	}
+	if rep.After != 200 {
+		t.Errorf("a normal request after the attack: status %d %s, want 200", rep.After, rep.AfterError)
+	}
+}

