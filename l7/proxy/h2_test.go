@@ -148,8 +148,37 @@ func TestH2MalformedHeadersReset(t *testing.T) {
 			return false
 		})
 	}
+	// Padded, with a priority, and split over CONTINUATION frames: the
+	// same. The dynamic table is used too (indexed names from above).
+	c.buf.Reset()
+	fs := getFields("/split", "x-long", strings.Repeat("v", 300), "connection", "close")
+	for i := 0; i+1 < len(fs); i += 2 {
+		_ = c.enc.WriteField(hpack.HeaderField{Name: fs[i], Value: fs[i+1]})
+	}
+	block := c.buf.Bytes()
+	if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 9, BlockFragment: block[:10], EndStream: true,
+		PadLength: 7, Priority: http2.PriorityParam{StreamDep: 0, Weight: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.fr.WriteContinuation(9, false, block[10:100]); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.fr.WriteContinuation(9, true, block[100:]); err != nil {
+		t.Fatal(err)
+	}
+	c.until("RST_STREAM", func(f http2.Frame) bool {
+		switch f := f.(type) {
+		case *http2.HeadersFrame:
+			if f.StreamID == 9 {
+				t.Fatal("split malformed block: answered with HEADERS, want RST_STREAM")
+			}
+		case *http2.RSTStreamFrame:
+			return f.StreamID == 9 && f.ErrCode == http2.ErrCodeProtocol
+		}
+		return false
+	})
 	// The connection is still good, and its HPACK state too.
-	c.headers(11, true, getFields("/ok", "te", "trailers")...)
+	c.headers(11, true, getFields("/ok", "te", "trailers", "x-long", strings.Repeat("v", 300))...)
 	c.until("response", func(f http2.Frame) bool {
 		hf, ok := f.(*http2.HeadersFrame)
 		return ok && hf.StreamID == 11
