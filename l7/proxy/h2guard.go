@@ -359,19 +359,34 @@ func (g *frameGuard) decode(frag []byte, flags byte) bool {
 }
 
 // abuse closes the connection of a client that resets most of its
-// streams: GOAWAY ENHANCE_YOUR_CALM, and the server's reading ends.
+// streams: GOAWAY ENHANCE_YOUR_CALM; then what the client still sends is
+// read and dropped for goAwayLinger (closing at once could make the
+// kernel answer the unread bytes with a TCP RST, which may destroy the
+// GOAWAY before the client reads it), and the server's reading ends.
 func (g *frameGuard) abuse() {
 	if g.lim.onAbuse != nil {
 		g.lim.onAbuse(g.Conn, g.streams, g.resets)
 	}
 	g.goAway(errCodeEnhanceYourCalm)
 	g.out, g.in = g.out[:0], nil
+	until := time.Now().Add(goAwayLinger)
+	buf := make([]byte, 16<<10)
+	for time.Now().Before(until) {
+		_ = g.Conn.SetReadDeadline(until)
+		if _, err := g.Conn.Read(buf); err != nil {
+			break
+		}
+	}
 	g.err = errRapidReset
 }
 
+// goAwayLinger is how long a connection closed for abuse is still read
+// (and nothing passed on) after its GOAWAY.
+const goAwayLinger = time.Second
+
 // goAway writes a GOAWAY of the guard's own between two of the server's
-// frames (the connection is closed without one when the server is in
-// the middle of a frame) and stops the server's writes.
+// frames (none when the server is in the middle of a frame: the
+// connection is closed without one) and drops the server's writes after.
 func (g *frameGuard) goAway(code uint32) {
 	g.wmu.Lock()
 	defer g.wmu.Unlock()
@@ -393,7 +408,10 @@ func (g *frameGuard) Write(p []byte) (int, error) {
 	g.wmu.Lock()
 	defer g.wmu.Unlock()
 	if g.wdead {
-		return 0, net.ErrClosed
+		// After the guard's GOAWAY the server's frames are dropped; it
+		// is not told, so it does not close the connection before the
+		// linger (see abuse).
+		return len(p), nil
 	}
 	n, err := g.Conn.Write(p)
 	for b := p[:n]; len(b) > 0; {
