@@ -262,3 +262,44 @@ func TestH2CGateClosesNonHTTP(t *testing.T) {
 		t.Errorf("HTTP/1.1 on the h2c listener: %d", resp.StatusCode)
 	}
 }
+
+// readConn is a net.Conn that reads from r and writes nowhere.
+type readConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readConn) Read(p []byte) (int, error)  { return c.r.Read(p) }
+func (c readConn) Write(p []byte) (int, error) { return len(p), nil }
+
+// BenchmarkFrameGuardHeaders is the guard's cost per request header block
+// (a browser-like GET, HPACK with the dynamic table in use): what reading
+// HTTP/2 through the guard adds to each request.
+func BenchmarkFrameGuardHeaders(b *testing.B) {
+	var frames, hb bytes.Buffer
+	fr := http2.NewFramer(&frames, nil)
+	enc := hpack.NewEncoder(&hb)
+	const n = 1000
+	for i := range n {
+		hb.Reset()
+		fs := getFields("/static/app.js?v=1", "user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0",
+			"accept", "*/*", "accept-language", "en-US,en;q=0.5", "accept-encoding", "gzip, deflate, br",
+			"referer", "https://example.test/", "cookie", "session=0123456789abcdef; theme=dark", "te", "trailers")
+		for j := 0; j+1 < len(fs); j += 2 {
+			_ = enc.WriteField(hpack.HeaderField{Name: fs[j], Value: fs[j+1]})
+		}
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	}
+	raw := frames.Bytes()
+	buf := make([]byte, 32<<10)
+	b.SetBytes(int64(len(raw) / n))
+	b.ResetTimer()
+	for i := 0; i < b.N; i += n {
+		g := newFrameGuard(readConn{r: bytes.NewReader(raw)}, guardLimits{maxFrame: 16 << 10, maxResets: 200, maxHeaderStr: 64 << 10}, true)
+		for {
+			if _, err := g.Read(buf); err != nil {
+				break
+			}
+		}
+	}
+}
