@@ -210,9 +210,9 @@ func newFuzzRig(f testing.TB) *fuzzRig {
 // since the last call.
 func (rig *fuzzRig) settle(t *testing.T) []seen {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); rig.inflight.Load() > 0; {
+	for deadline := time.Now().Add(6 * time.Second); rig.inflight.Load() > 0; {
 		if time.Now().After(deadline) {
-			t.Fatal("a handler is still running after 10s")
+			t.Fatal("a handler is still running after 6s")
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
@@ -246,7 +246,7 @@ func (rig *fuzzRig) sendH1(raw []byte) {
 func (rig *fuzzRig) sendH2(fields []hpack.HeaderField, body []byte) {
 	c := rig.l.dial()
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 	fr := http2.NewFramer(c, c)
 	ended := make(chan struct{})
 	go func() {
