@@ -31,6 +31,13 @@ import (
 // The request side of rapid reset (a reset stream must not cost a backend
 // connection) is in the handler: see clientWatch.
 
+// Names of the frame guard's refusals, as Observer.Refused gives them
+// (sluice_l7_refused_total's limit label).
+const (
+	limitH2Resets    = "h2_resets"    // a connection closed for rapid reset
+	limitH2Malformed = "h2_malformed" // a request refused by the guard (RST_STREAM)
+)
+
 // setupHTTP2 makes s.http serve HTTP/2 through a frameGuard, on TLS
 // connections that negotiate h2 and on h2c (prior knowledge) ones.
 func (s *Server) setupHTTP2(cl service.ClientLimits) error {
@@ -55,7 +62,9 @@ func (s *Server) setupHTTP2(cl service.ClientLimits) error {
 		maxFrame:     maxFrame,
 		maxResets:    cl.H2MaxResetStreams,
 		maxHeaderStr: s.http.MaxHeaderBytes + 4096,
+		onMalformed:  func() { s.obs.Refused(s.name, limitH2Malformed) },
 		onAbuse: func(c net.Conn, streams, resets int) {
+			s.obs.Refused(s.name, limitH2Resets)
 			s.log.Info("http2 client reset most of its streams: GOAWAY ENHANCE_YOUR_CALM, connection closed",
 				"client", c.RemoteAddr().String(), "streams", streams, "resets", resets)
 		},

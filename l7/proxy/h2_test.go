@@ -121,7 +121,8 @@ func getFields(path string, extra ...string) []string {
 
 func TestH2MalformedHeadersReset(t *testing.T) {
 	b := newBackend(t, status(200))
-	h := start(t, newPool(t, nil, b.addr), func(o *Options) { o.H2C = true })
+	obs := &refusedObserver{}
+	h := start(t, newPool(t, nil, b.addr), func(o *Options) { o.H2C = true; o.Observer = obs })
 	c := dialH2C(t, h.url)
 	for i, extra := range [][]string{
 		{"connection", "keep-alive"},
@@ -186,13 +187,18 @@ func TestH2MalformedHeadersReset(t *testing.T) {
 	if n := b.count.Load(); n != 1 {
 		t.Errorf("backend saw %d requests, want 1 (only the valid one)", n)
 	}
+	if n := obs.count(limitH2Malformed); n != 5 {
+		t.Errorf("refused{h2_malformed} = %d, want 5", n)
+	}
 }
 
 func TestH2RapidResetGoAway(t *testing.T) {
 	b := newBackend(t, status(200))
+	obs := &refusedObserver{}
 	h := start(t, newPool(t, nil, b.addr), func(o *Options) {
 		o.H2C = true
 		o.Client.H2MaxResetStreams = 50
+		o.Observer = obs
 	})
 	c := dialH2C(t, h.url)
 	done := make(chan error, 1)
@@ -234,6 +240,9 @@ func TestH2RapidResetGoAway(t *testing.T) {
 		}
 	}
 	<-done
+	if n := obs.count(limitH2Resets); n != 1 {
+		t.Errorf("refused{h2_resets} = %d, want 1", n)
+	}
 	// A well-behaved client is served.
 	c2 := dialH2C(t, h.url)
 	c2.headers(1, true, getFields("/")...)

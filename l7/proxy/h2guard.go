@@ -79,6 +79,7 @@ type guardLimits struct {
 	maxResets    int // see service.HTTP2.MaxResetStreams
 	maxHeaderStr int // longest header string decoded (as the server's decoder)
 	onAbuse      func(c net.Conn, streams, resets int)
+	onMalformed  func() // a request refused (nil: not counted)
 }
 
 const (
@@ -346,6 +347,9 @@ func (g *frameGuard) decode(frag []byte, flags byte) bool {
 	}
 	if !g.malformed {
 		return false
+	}
+	if g.lim.onMalformed != nil {
+		g.lim.onMalformed()
 	}
 	// The same frame without END_HEADERS, then the marker ending the block.
 	n := frameHeaderLen + (int(g.in[0])<<16 | int(g.in[1])<<8 | int(g.in[2]))
