@@ -94,18 +94,47 @@ type captured struct {
 // memBackend is the backend at the end of Options.Upstream.Dial: one
 // request per connection, answered with 204 and closed.
 type memBackend struct {
-	mu   sync.Mutex
-	caps []captured
+	mu    sync.Mutex
+	caps  []captured
+	open  map[net.Conn]bool
+	wg    sync.WaitGroup
+	close bool
 }
 
 func (b *memBackend) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	c, s := net.Pipe()
-	go b.serve(s)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.close {
+		return nil, net.ErrClosed
+	}
+	if b.open == nil {
+		b.open = map[net.Conn]bool{}
+	}
+	b.open[s] = true
+	b.wg.Go(func() { b.serve(s) })
 	return c, nil
 }
 
+// closeAll ends every backend connection (a request the proxy never
+// finished leaves its reader waiting) and waits for their goroutines.
+func (b *memBackend) closeAll() {
+	b.mu.Lock()
+	b.close = true
+	for c := range b.open {
+		c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
 func (b *memBackend) serve(c net.Conn) {
-	defer c.Close()
+	defer func() {
+		b.mu.Lock()
+		delete(b.open, c)
+		b.mu.Unlock()
+		c.Close()
+	}()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	var raw bytes.Buffer
 	br := bufio.NewReaderSize(io.TeeReader(c, &raw), 64<<10)
@@ -202,6 +231,7 @@ func newFuzzRig(f testing.TB) *fuzzRig {
 	f.Cleanup(func() {
 		cancel()
 		<-done
+		rig.be.closeAll()
 	})
 	return rig
 }
