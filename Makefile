@@ -48,7 +48,7 @@ check-generated: generate
 # Unit tests: everything but e2e (BPF prog.Run tests need root, and skip without it).
 unit:
 	$(GO) vet ./...
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/e2e')
+	SLUICE_REQUIRE_H2SPEC=1 $(GO) test -count=1 $$($(GO) list ./... | grep -v '/e2e')
 
 # Go native fuzz targets, each for a bounded time (FUZZTIME). A crash fails
 # the run and leaves its input under the package's testdata/fuzz/, where it
@@ -62,7 +62,10 @@ FUZZ_TARGETS := \
 	./userspace/addrfilter:FuzzCheck \
 	./l7/proxy:FuzzTranslateH1 \
 	./l7/proxy:FuzzTranslateH2 \
-	./l7/proxy:FuzzForwardHeaders
+	./l7/proxy:FuzzForwardHeaders \
+	./l7/proxy:FuzzH1Translation \
+	./l7/proxy:FuzzHeaderForwarding \
+	./l7/proxy:FuzzH2Translation
 fuzz:
 	@for f in $$(git ls-files '*_test.go'); do \
 		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \

@@ -52,7 +52,10 @@ func isToken(s string) bool {
 
 // validTarget reports whether uri is an origin-form request target (or
 // "*" for OPTIONS) made of visible ASCII only: no space, no control
-// character, no fragment.
+// character, no fragment, and every '%' followed by two hex digits
+// (RFC 3986 pct-encoded). net/http refuses a bad escape in an HTTP/1.1
+// request line; an HTTP/2 :path reaches us unparsed, and a backend's
+// parser would refuse (or worse, read differently) what we wrote.
 func validTarget(method, uri string) bool {
 	if uri == "*" {
 		return method == http.MethodOptions
@@ -61,11 +64,19 @@ func validTarget(method, uri string) bool {
 		return false
 	}
 	for i := 0; i < len(uri); i++ {
-		if c := uri[i]; c <= ' ' || c >= 0x7f || c == '#' {
+		c := uri[i]
+		if c <= ' ' || c >= 0x7f || c == '#' {
+			return false
+		}
+		if c == '%' && (i+2 >= len(uri) || !isHex(uri[i+1]) || !isHex(uri[i+2])) {
 			return false
 		}
 	}
 	return true
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // validHost reports whether h is a valid Host value: a host name (letters,
