@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 
 	"github.com/miekg/dns"
 )
@@ -26,6 +27,20 @@ var errGarbage = errors.New("unusable reply")
 type NetExchanger struct {
 	// Dialer is used for both transports; the zero value is fine.
 	Dialer net.Dialer
+	// bufs recycles the 64 KiB UDP read buffers: a name re-resolved every
+	// few seconds would otherwise allocate one per lookup (the agent's
+	// idle cost, issue 14).
+	bufs sync.Pool
+}
+
+// udpBuf returns a read buffer for one UDP exchange; put it back with
+// x.bufs.Put once the reply is unpacked.
+func (x *NetExchanger) udpBuf() *[]byte {
+	if b, ok := x.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 65535)
+	return &b
 }
 
 // Exchange implements Exchanger.
@@ -50,7 +65,12 @@ func (x *NetExchanger) Exchange(ctx context.Context, q *dns.Msg, network, server
 	if err := co.WriteMsg(q); err != nil {
 		return nil, ctxErr(ctx, fmt.Errorf("send to %s %s: %w", network, server, err))
 	}
-	buf := make([]byte, 65535)
+	var buf []byte
+	if network == "udp" {
+		b := x.udpBuf()
+		defer x.bufs.Put(b) // r below is unpacked into its own memory
+		buf = *b
+	}
 	for {
 		var raw []byte
 		if network == "udp" {
