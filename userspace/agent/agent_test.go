@@ -150,6 +150,17 @@ func (h *harness) addFlow(cport uint16, slot uint32, expired bool) datapath.Flow
 	return f
 }
 
+// refuse is what the data path does when the backend of slot answers a
+// SYN with an RST: its ConnectRefused counter becomes n and the flow stays
+// in conntrack, closing.
+func (h *harness) refuse(slot uint32, n uint64) {
+	h.t.Helper()
+	h.dp.SetBackendStats(slot, datapath.BackendStats{ConnectRefused: n})
+	f := h.addFlow(50000+uint16(slot), slot, false)
+	f.State = datapath.FlowClosing
+	h.dp.AddFlow(f)
+}
+
 // serviceID is the id of the service on key.
 func (h *harness) serviceID(key datapath.ServiceKey) uint32 {
 	h.t.Helper()

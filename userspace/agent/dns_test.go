@@ -253,18 +253,18 @@ func TestRefusedConnectsRefreshTheName(t *testing.T) {
 	h := newDNSHarness(t, nil, w)
 	h.a.onDNSUpdate(answer(h.now, dns1))
 	s1 := h.slotOf(dns1)
-	h.dp.SetBackendStats(s1, datapath.BackendStats{ConnectRefused: 40}) // history
+	h.refuse(s1, 40) // history
 	if err := h.tick(time.Second); err != nil {
 		t.Fatal(err)
 	}
-	h.dp.SetBackendStats(s1, datapath.BackendStats{ConnectRefused: 41})
+	h.refuse(s1, 41)
 	if err := h.tick(time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if len(w.refreshed) != 0 {
 		t.Fatalf("refreshed after one refusal: %v", w.refreshed)
 	}
-	h.dp.SetBackendStats(s1, datapath.BackendStats{ConnectRefused: 44})
+	h.refuse(s1, 44)
 	if err := h.tick(time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/discovery"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
@@ -42,14 +41,14 @@ func TestFirstRefusalRefreshesTheOnlyAddress(t *testing.T) {
 	h.a.syncDNS()
 	h.a.onDNSUpdate(answer(h.now, dns1))
 	s1 := h.slotOf(dns1)
-	h.dp.SetBackendStats(s1, datapath.BackendStats{ConnectRefused: 40}) // history
+	h.refuse(s1, 40) // history
 	if err := h.tick(time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if len(w.refreshed) != 0 {
 		t.Fatalf("refreshed on history: %v", w.refreshed)
 	}
-	h.dp.SetBackendStats(s1, datapath.BackendStats{ConnectRefused: 41})
+	h.refuse(s1, 41)
 	if err := h.tick(time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -93,11 +93,22 @@ func (w *flowWatcher) scan(now time.Time, active []slotGen) (_ flowCounts, _ []c
 		}
 		return f
 	}
+	prev := w.counts
 	if !w.countLocked(now, fail) {
 		w.collectReverse(now)
 		return w.counts, nil, false
 	}
+	// A refused connect leaves its flow in the map (closing, for
+	// tcp_closing), so past its first read (the baseline of a slot
+	// generation) only a slot with a flow now or at the previous scan can
+	// have new refusals: an idle pool costs no counter read. A refusal
+	// whose entry was evicted before a scan saw it is counted with the
+	// slot's next flow.
 	for _, sg := range active {
+		mark, read := w.refusals[sg.slot]
+		if read && mark.gen == sg.gen && w.counts.bySlot[sg] == 0 && prev.bySlot[sg] == 0 {
+			continue
+		}
 		if r := w.newRefusals(sg); r > 0 {
 			fail(sg).refused = r
 		}
@@ -194,8 +205,8 @@ func (w *flowWatcher) deleted(n int) {
 }
 
 // newRefusals is how many SYNs to a slot were answered with an RST since
-// the last scan (0 on the first scan of a slot generation, or when the
-// counter cannot be read). Called with mu held.
+// its counter was last read (0 on the first read of a slot generation, or
+// when the counter cannot be read). Called with mu held.
 func (w *flowWatcher) newRefusals(sg slotGen) int {
 	st, err := w.dp.BackendStats(sg.slot)
 	if err != nil {

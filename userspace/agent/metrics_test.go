@@ -139,7 +139,7 @@ func TestEjectionMetrics(t *testing.T) {
 	m.Registry().MustRegister(metrics.NewCollector(dp, h.a.topology(), 0))
 	s2 := h.slotOf(be2)
 	for _, n := range []uint64{100, 105} { // the first reading is the baseline
-		dp.SetBackendStats(s2, datapath.BackendStats{ConnectRefused: n})
+		h.refuse(s2, n)
 		if err := h.tick(time.Second); err != nil {
 			t.Fatal(err)
 		}

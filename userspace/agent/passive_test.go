@@ -14,18 +14,18 @@ import (
 func TestRefusedConnectsEject(t *testing.T) {
 	h := newHarness(t, nil, baseConfig)
 	s2 := h.slotOf(be2)
-	h.dp.SetBackendStats(s2, datapath.BackendStats{ConnectRefused: 100}) // before: not counted
+	h.refuse(s2, 100) // before: not counted
 	if err := h.tick(time.Second); err != nil {
 		t.Fatal(err)
 	}
-	h.dp.SetBackendStats(s2, datapath.BackendStats{ConnectRefused: 104})
+	h.refuse(s2, 104)
 	if err := h.tick(time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if b := h.state(be2); b.State != pool.Active {
 		t.Fatalf("ejected after 4 refusals (failures: 5): %+v", b)
 	}
-	h.dp.SetBackendStats(s2, datapath.BackendStats{ConnectRefused: 105})
+	h.refuse(s2, 105)
 	if err := h.tick(time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestPassiveEjectionOffAndLimited(t *testing.T) {
 	h := newHarness(t, nil, off)
 	h.dp.SetBackendStats(h.slotOf(be1), datapath.BackendStats{})
 	_ = h.tick(time.Second)
-	h.dp.SetBackendStats(h.slotOf(be1), datapath.BackendStats{ConnectRefused: 50})
+	h.refuse(h.slotOf(be1), 50)
 	_ = h.tick(time.Second)
 	if b := h.state(be1); b.State != pool.Active {
 		t.Fatalf("ejected with failures: 0: %+v", b)
@@ -108,7 +108,7 @@ func TestPassiveEjectionOffAndLimited(t *testing.T) {
 	h = newHarness(t, nil, baseConfig)
 	_ = h.tick(time.Second)
 	for _, a := range []netip.AddrPort{be1, be2, be3} {
-		h.dp.SetBackendStats(h.slotOf(a), datapath.BackendStats{ConnectRefused: 10})
+		h.refuse(h.slotOf(a), 10)
 	}
 	_ = h.tick(time.Second)
 	n := 0

@@ -91,3 +91,57 @@ func TestWalksDoNotStallTheAgent(t *testing.T) {
 		})
 	}
 }
+
+// countingStats is a Fake that counts BackendStats reads.
+type countingStats struct {
+	*datapath.Fake
+	reads int
+}
+
+func (c *countingStats) BackendStats(slot uint32) (datapath.BackendStats, error) {
+	c.reads++
+	return c.Fake.BackendStats(slot)
+}
+
+// An idle pool costs no counter read per tick (issue 14: work proportional
+// to what changed); the first refusal after a long idle spell is still
+// seen, with the flow it leaves behind.
+func TestIdleSlotsReadNoCounters(t *testing.T) {
+	fake := datapath.NewFake(tableSize)
+	dp := &countingStats{Fake: fake}
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	path := filepath.Join(t.TempDir(), "sluice.yaml")
+	if err := os.WriteFile(path, []byte(baseConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newAgent(dp, options{configPath: path, now: func() time.Time { return now }})
+	if err := a.start(now, cfg); err != nil {
+		t.Fatal(err)
+	}
+	tick := func() {
+		now = now.Add(time.Second)
+		if err := a.tick(now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tick() // baselines of the three slots
+	dp.reads = 0
+	for range 10 {
+		tick()
+	}
+	if dp.reads != 0 {
+		t.Fatalf("%d counter reads in 10 idle ticks, want 0", dp.reads)
+	}
+	n, gen, _ := a.rec.slotOf(datapath.PoolID("web"), be2)
+	fake.SetBackendStats(n, datapath.BackendStats{ConnectRefused: 1})
+	fake.AddFlow(datapath.Flow{Client: be4, VIP: vip, Proto: datapath.TCP, BackendSlot: n, BackendGen: gen,
+		Backend: be2, State: datapath.FlowClosing})
+	counts, failures, ok := a.flows.scan(now.Add(time.Second), a.rec.activeSlots())
+	if !ok || len(failures) != 1 || failures[0].refused != 1 || counts.bySlot[slotGen{n, gen}] != 1 {
+		t.Fatalf("refusal after idle: failures %+v, ok %v", failures, ok)
+	}
+}
