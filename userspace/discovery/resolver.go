@@ -110,7 +110,21 @@ type Resolver struct {
 	stats *Stats
 
 	mu       sync.Mutex
-	lastFail map[string]time.Time // server -> last failure, for ordering
+	lastFail map[string]time.Time  // server -> last failure, for ordering
+	aaaa     map[string]aaaaAnswer // name -> its last AAAA answer, reused until next
+}
+
+// AAAARefresh is the least time between two AAAA queries for one name
+// (longer when the AAAA records' TTL says so). AAAA answers are reported,
+// not served, so a name re-resolved every few seconds need not have them
+// asked each time: that halves the queries of an agent following many
+// short-TTL names (issue 14's idle cost).
+const AAAARefresh = 30 * time.Second
+
+// aaaaAnswer is a name's last AAAA answer and when to ask again.
+type aaaaAnswer struct {
+	addrs []netip.Addr
+	next  time.Time
 }
 
 // ResolverOption customises a Resolver (tests, observability).
@@ -149,6 +163,7 @@ func NewResolver(cfg Config, opts ...ResolverOption) (*Resolver, error) {
 		clock:    realClock{},
 		log:      slog.Default(),
 		lastFail: make(map[string]time.Time),
+		aaaa:     make(map[string]aaaaAnswer),
 	}
 	for _, o := range opts {
 		o(r)
@@ -264,22 +279,44 @@ func (r *Resolver) Lookup(ctx context.Context, name string) (Answer, error) {
 		}
 		r.markServer(server, false, r.clock.Now())
 		if !r.cfg.NoAAAA && ans.Rcode == dns.RcodeSuccess {
-			// Best effort, same server, shorter timeout: AAAA is
-			// reported only and must not delay the IPv4 answer much.
-			actx, cancel := context.WithTimeout(ctx, r.cfg.Timeout/2)
-			v6, _, err := r.query(actx, fq, dns.TypeAAAA, server)
-			cancel()
-			if err == nil {
-				ans.AAAA = v6.AAAA
-			} else {
-				r.log.Debug("dns AAAA query failed", "name", fq, "server", server, "err", err)
-			}
+			ans.AAAA = r.lookupAAAA(ctx, fq, server)
 		}
 		r.stats.answer(ans)
 		return ans, nil
 	}
 	r.stats.lookupFailure(lerr.Kind)
 	return Answer{}, lerr
+}
+
+// lookupAAAA returns fq's AAAA addresses: the last answer while it is
+// fresh (AAAARefresh, or the records' TTL when longer), else a new query.
+// Best effort, same server, shorter timeout: AAAA is reported only and
+// must not delay the IPv4 answer much; a failed query keeps the last
+// answer.
+func (r *Resolver) lookupAAAA(ctx context.Context, fq, server string) []netip.Addr {
+	now := r.clock.Now()
+	r.mu.Lock()
+	last, ok := r.aaaa[fq]
+	r.mu.Unlock()
+	if ok && now.Before(last.next) {
+		return last.addrs
+	}
+	actx, cancel := context.WithTimeout(ctx, r.cfg.Timeout/2)
+	v6, _, err := r.query(actx, fq, dns.TypeAAAA, server)
+	cancel()
+	if err != nil {
+		r.log.Debug("dns AAAA query failed", "name", fq, "server", server, "err", err)
+		return last.addrs
+	}
+	r.mu.Lock()
+	r.aaaa[fq] = aaaaAnswer{addrs: v6.AAAA, next: now.Add(max(v6.TTL, AAAARefresh))}
+	for name, a := range r.aaaa {
+		if now.Sub(a.next) > 10*AAAARefresh {
+			delete(r.aaaa, name) // a name nobody asks for any more
+		}
+	}
+	r.mu.Unlock()
+	return v6.AAAA
 }
 
 // ctxDone is ctx.Err(), also when the deadline has passed but the

@@ -352,3 +352,32 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("defaults %+v", d)
 	}
 }
+
+// AAAA records are reported, not served: a name looked up every few
+// seconds has them asked at most every AAAARefresh (or their TTL).
+func TestAAAAAskedAtMostEveryRefresh(t *testing.T) {
+	var aaaa atomic.Int32
+	srv := startServer(t, func(w dns.ResponseWriter, q *dns.Msg) {
+		if q.Question[0].Qtype == dns.TypeAAAA {
+			aaaa.Add(1)
+			reply(w, q, dns.RcodeSuccess, rrs(t, "backend.lab. 5 AAAA 2001:db8::1"))
+			return
+		}
+		reply(w, q, dns.RcodeSuccess, rrs(t, "backend.lab. 5 A 198.18.2.11"))
+	})
+	clock := newFakeClock()
+	r := newTestResolver(t, Config{Servers: []string{srv}}, WithClock(clock))
+	for i := range 7 { // one lookup every 5s: 0s .. 30s
+		ans, err := r.Lookup(t.Context(), "backend.lab")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(ans.AAAA, addrs("2001:db8::1")) {
+			t.Fatalf("lookup %d: aaaa %v", i, ans.AAAA)
+		}
+		clock.Advance(5 * time.Second)
+	}
+	if got := aaaa.Load(); got != 2 {
+		t.Fatalf("%d AAAA queries for 7 lookups over 30s, want 2 (at 0s and 30s)", got)
+	}
+}
