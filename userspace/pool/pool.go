@@ -831,18 +831,8 @@ type Saved struct {
 	Ejections     int
 }
 
-// Saved returns what of addr is worth persisting (ok false: nothing, the
-// address is active, removed and not held, or unknown).
-func (p *Pool) Saved(addr netip.AddrPort) (Saved, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	e, ok := p.entries[addr]
-	if !ok {
-		return Saved{}, false
-	}
-	return savedOf(e)
-}
-
+// savedOf is what of e is worth persisting (ok false: nothing, the
+// address is active, or removed and not held).
 func savedOf(e *entry) (Saved, bool) {
 	switch {
 	case e.State == Ejected, e.State == Draining, e.Held && e.State == Removed:
