@@ -15,6 +15,7 @@
 #include "include/nat.h"
 #include "include/rst.h"
 #include "include/icmp.h"
+#include "include/toobig.h"
 
 char __license[] SEC("license") = "GPL";
 
@@ -281,17 +282,32 @@ static __always_inline int reverse_in_use(const struct ct_key *rk, const struct 
 	return fv && fv->backend_id == rv->backend_id;
 }
 
+/* send_out forwards the rewritten packet p; orig is its tuple as it
+ * arrived (before the rewrite), for the ICMP error that tells the sender a
+ * packet was too big (NULL: no error is sent, the kernel has it). */
 static __always_inline int send_out(struct xdp_md *ctx, struct packet *p, void *data_end,
-				    struct nexthop *nh, __u64 now)
+				    struct nexthop *nh, __u16 *mtu, __u64 now, const struct ct_key *orig)
 {
 	__u32 ifindex = 0;
-	switch (forward(ctx, p, data_end, nh, now, cfg.nexthop_cache_ns, &ifindex)) {
+	switch (forward(ctx, p, data_end, nh, mtu, now, cfg.nexthop_cache_ns, &ifindex)) {
 	case FWD_REDIRECT:
 		if (ifindex == ctx->ingress_ifindex)
 			return XDP_TX;
 		return bpf_redirect(ifindex, 0);
 	case FWD_NO_NEIGH:
 		GCOUNT(passed_no_neigh);
+		return XDP_PASS;
+	case FWD_TOO_BIG:
+		/* DF set: tell the sender, quoting what it sent, so its path
+		 * MTU discovery works through sluice. DF clear: the kernel
+		 * fragments and forwards the rewritten packet. */
+		if (orig && (p->ip->frag_off & bpf_htons(IP_DF))) {
+			if (make_frag_needed(ctx, orig, *mtu))
+				return XDP_DROP;
+			GCOUNT(frag_needed_sent);
+			return XDP_TX;
+		}
+		GCOUNT(passed_too_big);
 		return XDP_PASS;
 	default:
 		GCOUNT(fib_failures);
@@ -467,7 +483,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	count_backend(slot, bytes, 0);
 	GCOUNT(replies_translated);
 	if (fconfirmed || !fv || !confirms(p))
-		return send_out(ctx, p, data_end, &rv->nh, now);
+		return send_out(ctx, p, data_end, &rv->nh, &rv->nh_mtu, now, &rk);
 
 	/* Confirmed by the backend: the flow moves to conntrack, where
 	 * floods of half-open flows cannot evict it. */
@@ -476,7 +492,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	if (nf.state == CT_SYN_SENT || nf.state == CT_SYN_RECV)
 		nf.state = CT_ESTABLISHED;
 	nr.state = nf.state;
-	int act = send_out(ctx, p, data_end, &nr.nh, now);
+	int act = send_out(ctx, p, data_end, &nr.nh, &nr.nh_mtu, now, &rk);
 	if (bpf_map_update_elem(&conntrack, &fk, &nf, BPF_ANY) ||
 	    bpf_map_update_elem(&conntrack, &rk, &nr, BPF_ANY)) {
 		GCOUNT(ct_update_failures);
@@ -539,7 +555,8 @@ static __always_inline int handle_icmp(struct xdp_md *ctx, struct packet *p, voi
 	outer_set_daddr(p->ip, out_daddr);
 	GCOUNT(icmp_translated);
 	struct nexthop nh = {};
-	return send_out(ctx, p, data_end, &nh, 0);
+	__u16 mtu = 0;
+	return send_out(ctx, p, data_end, &nh, &mtu, 0, NULL);
 }
 
 /* handle_fragment: an IPv4 fragment cannot be NATed (all but the first
@@ -684,7 +701,7 @@ int sluice_xdp(struct xdp_md *ctx)
 				return XDP_DROP;
 			count_service(svc_id, bytes, 0);
 			count_backend(slot, bytes, 0);
-			return send_out(ctx, &p, data_end, &ct->nh, now);
+			return send_out(ctx, &p, data_end, &ct->nh, &ct->nh_mtu, now, &k);
 		}
 	}
 
@@ -815,7 +832,7 @@ int sluice_xdp(struct xdp_md *ctx)
 	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
 		return XDP_DROP;
 	/* Forward first so the entry is stored with its next hop. */
-	int act = send_out(ctx, &p, data_end, &fv.nh, now);
+	int act = send_out(ctx, &p, data_end, &fv.nh, &fv.nh_mtu, now, &k);
 	if (bpf_map_update_elem(&halfopen, &k, &fv, BPF_ANY))
 		GCOUNT(ct_update_failures);
 	count_service(svc_id, bytes, 1);

@@ -95,7 +95,7 @@ type SluiceCtValue struct {
 	DportNew   uint16
 	State      uint8
 	Flags      uint8
-	Pad        uint16
+	NhMtu      uint16
 	_          [4]byte
 	Nh         struct {
 		_       structs.HostLayout
@@ -129,6 +129,8 @@ type SluiceGlobalCounters struct {
 	FlowsConfirmed    uint64
 	ReverseRecreated  uint64
 	ReplyNoFlowDrops  uint64
+	FragNeededSent    uint64
+	PassedTooBig      uint64
 }
 
 type SluiceRstLimit struct {

@@ -8,6 +8,7 @@
 #define SNAT_TRIES 8        /* source ports tried for a new SNAT flow */
 
 #define ETH_P_IP_BE   0x0008 /* htons(ETH_P_IP) on little-endian hosts */
+#define IP_DF         0x4000
 #define IP_MF         0x2000
 #define IP_OFFMASK    0x1fff
 

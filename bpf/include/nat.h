@@ -82,6 +82,7 @@ enum fwd_result {
 	FWD_REDIRECT = 0,
 	FWD_NO_NEIGH,
 	FWD_FAILED,
+	FWD_TOO_BIG, /* larger than the next hop's MTU (*mtu says how large it may be) */
 };
 
 static __always_inline void apply_nexthop(struct ethhdr *eth, struct iphdr *ip,
@@ -95,11 +96,14 @@ static __always_inline void apply_nexthop(struct ethhdr *eth, struct iphdr *ip,
 /* forward finds the next hop for the (rewritten) packet. A still-valid
  * cached answer (nh->until > now) is used as is; otherwise it asks
  * bpf_fib_lookup and, on success, refreshes the cache with until = now +
- * ttl_ns. On success it fills the Ethernet header, decrements the TTL and
- * returns the egress ifindex in *ifindex. On NO_NEIGH the packet goes to the
- * kernel unchanged (it resolves the neighbour and decrements the TTL). */
+ * ttl_ns and the egress device's MTU in *mtu. On success it fills the
+ * Ethernet header, decrements the TTL and returns the egress ifindex in
+ * *ifindex. On NO_NEIGH the packet goes to the kernel unchanged (it
+ * resolves the neighbour and decrements the TTL). A packet larger than the
+ * next hop's MTU is never redirected (the device would drop it without a
+ * word): FWD_TOO_BIG, with the MTU in *mtu. */
 static __always_inline int forward(struct xdp_md *ctx, struct packet *p, void *data_end,
-				   struct nexthop *nh, __u64 now, __u64 ttl_ns, __u32 *ifindex)
+				   struct nexthop *nh, __u16 *mtu, __u64 now, __u64 ttl_ns, __u32 *ifindex)
 {
 	struct iphdr *ip = p->ip;
 	struct ethhdr *eth = p->eth;
@@ -109,6 +113,8 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *p, void *d
 		return FWD_FAILED; /* the kernel sends the ICMP time exceeded */
 
 	if (nh->until > now) {
+		if (*mtu && p->tot_len > *mtu)
+			return FWD_TOO_BIG;
 		apply_nexthop(eth, ip, nh);
 		*ifindex = nh->ifindex;
 		return FWD_REDIRECT;
@@ -126,10 +132,19 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *p, void *d
 	fib.ifindex = ctx->ingress_ifindex;
 
 	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		*mtu = fib.mtu_result;
+		return FWD_TOO_BIG;
+	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return FWD_NO_NEIGH;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return FWD_FAILED;
+	/* The egress device's MTU, kept with the next hop: the cached path
+	 * must check it too. */
+	__u32 dev_mtu = 0;
+	if (bpf_check_mtu(ctx, fib.ifindex, &dev_mtu, 0, 0) == 0 || dev_mtu)
+		*mtu = dev_mtu > 0xffff ? 0xffff : dev_mtu;
 
 	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);

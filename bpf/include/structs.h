@@ -64,7 +64,7 @@ struct ct_value {
 	__be16 dport_new;
 	__u8 state;        /* enum ct_state (kept in the forward entry) */
 	__u8 flags;        /* enum ct_flags */
-	__u16 pad;
+	__u16 nh_mtu;      /* the MTU towards nh (its egress device's); 0: unknown */
 	struct nexthop nh; /* where this direction's packets went last */
 };
 
@@ -123,6 +123,8 @@ struct global_counters {
 	__u64 flows_confirmed;     /* half-open flows the backend confirmed: moved to conntrack */
 	__u64 reverse_recreated;   /* reverse entries LRU evicted, re-created from the forward entry */
 	__u64 reply_no_flow_drops; /* from a backend's service port, no flow: dropped, never leaked */
+	__u64 frag_needed_sent;    /* too big for the next hop, DF set: ICMP fragmentation needed sent back */
+	__u64 passed_too_big;      /* too big for the next hop, DF clear: rewritten, the kernel fragments */
 };
 
 /* Run-time knobs set from Go before load (volatile const, not #ifdef). */

@@ -105,6 +105,8 @@ type GlobalStats struct {
 	FlowsConfirmed    uint64 // half-open flows the backend confirmed, moved to conntrack
 	ReverseRecreated  uint64 // reverse entries evicted and re-created from the forward entry
 	ReplyNoFlowDrops  uint64 // from a backend's service port, matching no flow: dropped
+	FragNeededSent    uint64 // too big for the next hop, DF set: ICMP fragmentation needed sent back
+	PassedTooBig      uint64 // too big for the next hop, DF clear: rewritten, the kernel fragments
 }
 
 // Map is what the agent needs from the data path. Implementations are safe

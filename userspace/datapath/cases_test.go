@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 
 	"github.com/sluicelb/sluice/bpf"
 )
@@ -112,6 +113,8 @@ func (l *lab) reset(tb testing.TB) {
 	}
 	mustSet(tb, r.globalStats.Put(uint32(0), make([]bpf.SluiceGlobalCounters, ncpu)))
 
+	l.setMTU(tb, l.clientIf, 1500)
+	l.setMTU(tb, l.backendIf, 1500)
 	mustSet(tb, r.SetService(keyTCP, Service{ID: svcTCP}))
 	mustSet(tb, r.SetService(keyUDP, Service{ID: svcUDP}))
 	mustSet(tb, r.SetService(keyNone, Service{ID: svcNone}))
@@ -144,6 +147,72 @@ func (l *lab) ingress(fromBE bool) *net.Interface {
 		return l.backendIf
 	}
 	return l.clientIf
+}
+
+// setMTU sets an interface's MTU in the lab's namespace.
+func (l *lab) setMTU(tb testing.TB, ifc *net.Interface, mtu int) {
+	tb.Helper()
+	var err error
+	l.exec(func() {
+		var link netlink.Link
+		if link, err = netlink.LinkByIndex(ifc.Index); err == nil {
+			err = netlink.LinkSetMTU(link, mtu)
+		}
+	})
+	mustSet(tb, err)
+}
+
+func withMTU(ifc func(l *lab) *net.Interface, mtu int) func(tb testing.TB, l *lab) {
+	return func(tb testing.TB, l *lab) { l.setMTU(tb, ifc(l), mtu) }
+}
+
+// thenNextHopsExpire is setup followed by the end of every cached next
+// hop's lifetime (nexthop cache, 1 s): what an MTU change waits for.
+func thenNextHopsExpire(setup func(tb testing.TB, l *lab)) func(tb testing.TB, l *lab) {
+	return func(tb testing.TB, l *lab) {
+		setup(tb, l)
+		for _, m := range []*ebpf.Map{l.r.conntrack, l.r.halfopen} {
+			var keys []bpf.SluiceCtKey
+			var vals []bpf.SluiceCtValue
+			mustSet(tb, eachIn(m, "test", func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
+				keys, vals = append(keys, *k), append(vals, *v)
+				return true
+			}))
+			for i := range keys {
+				vals[i].Nh.Until = 0
+				mustSet(tb, m.Put(keys[i], vals[i]))
+			}
+		}
+	}
+}
+
+func backendSide(l *lab) *net.Interface { return l.backendIf }
+func clientSide(l *lab) *net.Interface  { return l.clientIf }
+
+// fragNeededFor is the ICMP "fragmentation needed" that answers in (an
+// option-less IPv4 packet) with the next-hop MTU mtu, sent back to its
+// source from its destination, quoting its IPv4 header and first 8 L4
+// bytes as they arrived.
+func fragNeededFor(in []byte, mtu uint16) []byte {
+	b := make([]byte, 14+20+8+28)
+	copy(b[0:6], in[6:12])
+	copy(b[6:12], in[0:6])
+	binary.BigEndian.PutUint16(b[12:], 0x0800)
+	ip := b[14:34]
+	ip[0] = 0x45
+	ip[1] = 0xc0
+	binary.BigEndian.PutUint16(ip[2:], 56)
+	ip[8] = 64
+	ip[9] = 1
+	copy(ip[12:16], in[14+16:14+20])
+	copy(ip[16:20], in[14+12:14+16])
+	binary.BigEndian.PutUint16(ip[10:], csumFold(csumAdd(0, ip)))
+	icmp := b[34:]
+	icmp[0], icmp[1] = 3, 4
+	binary.BigEndian.PutUint16(icmp[6:], mtu)
+	copy(icmp[8:], in[14:14+28])
+	binary.BigEndian.PutUint16(icmp[2:], csumFold(csumAdd(0, icmp)))
+	return b
 }
 
 func setTable(slots ...uint32) func(tb testing.TB, l *lab) {
@@ -453,7 +522,52 @@ func xdpCases() []xdpCase {
 	}
 	cases = append(cases, hostileCases()...)
 	cases = append(cases, floodCases()...)
+	cases = append(cases, mtuCases()...)
 	return cases
+}
+
+// mtuCases: issue 10 item 6. A packet larger than the next hop's MTU is
+// never redirected (the device would drop it silently): with DF set the
+// sender gets an ICMP "fragmentation needed" quoting what it sent; without,
+// the kernel fragments the rewritten packet.
+func mtuCases() []xdpCase {
+	big := make([]byte, 1400)
+	bigSyn := pkt{src: client, dst: vip, proto: TCP, flags: fSYN, seq: 1000}
+	bigData := pkt{src: client, dst: vip, proto: TCP, flags: fACK | fPSH, seq: 1001, ack: 5001, payload: big, fragOff: 0x4000}
+	bigReply := pkt{src: be1, dst: client, proto: TCP, flags: fACK | fPSH, seq: 5001, ack: 1001, payload: big, fragOff: 0x4000}
+	opened := []input{then(fromClient(bigSyn), xdpRedirect)}
+	frag := func(mtu uint16) func(l *lab, in []byte) []byte {
+		return func(l *lab, in []byte) []byte { return fragNeededFor(in, mtu) }
+	}
+	return []xdpCase{
+		{name: "a DF packet too big for the backend side gets fragmentation-needed, quoting client to VIP",
+			before: opened, setup: thenNextHopsExpire(withMTU(backendSide, 1280)),
+			in: fromClient(bigData), verdict: xdpTX, want: frag(1280),
+			after: wantGlobal(func(g GlobalStats) bool { return g.FragNeededSent == 1 })},
+		{name: "a new flow's DF packet too big gets fragmentation-needed too", setup: withMTU(backendSide, 1280),
+			in: fromClient(bigData), verdict: xdpTX, want: frag(1280)},
+		{name: "a packet without DF too big for the next hop is rewritten and left to the kernel to fragment",
+			before: opened, setup: thenNextHopsExpire(withMTU(backendSide, 1280)),
+			in:      fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fACK | fPSH, seq: 1001, ack: 5001, payload: big}),
+			verdict: xdpPass, want: toKernel(be1),
+			after:   wantGlobal(func(g GlobalStats) bool { return g.PassedTooBig == 1 })},
+		{name: "the MTU is kept with the cached next hop: a confirmed flow's cached path checks it",
+			before: []input{then(fromClient(bigSyn), xdpRedirect), then(fromClient(bigData), xdpRedirect)},
+			setup: func(tb testing.TB, l *lab) {
+				// What the FIB said, as the cache would hold it after an
+				// MTU change it learned (the next hop itself unchanged).
+				thenNextHopsExpire(withMTU(backendSide, 1280))(tb, l)
+				if ret, _ := l.run(tb, bigSyn.bytes(), l.clientIf); ret != xdpRedirect {
+					tb.Fatalf("a small packet after the change: %s", verdictName[ret])
+				}
+			},
+			in: fromClient(bigData), verdict: xdpTX, want: frag(1280)},
+		{name: "a reply too big for the client side: the backend gets fragmentation-needed quoting its own packet",
+			before: []input{then(fromClient(bigSyn), xdpRedirect)}, setup: withMTU(clientSide, 1280),
+			in: fromBackend(bigReply), verdict: xdpTX, want: frag(1280)},
+		{name: "a packet that fits the MTU goes through", before: opened, setup: thenNextHopsExpire(withMTU(backendSide, 1480)),
+			in: fromClient(bigData), verdict: xdpRedirect, want: toBackend(be1, macBE1)},
+	}
 }
 
 // flowsIn lists the forward entries, split by table.

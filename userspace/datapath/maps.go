@@ -462,6 +462,8 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.FlowsConfirmed += c.FlowsConfirmed
 		s.ReverseRecreated += c.ReverseRecreated
 		s.ReplyNoFlowDrops += c.ReplyNoFlowDrops
+		s.FragNeededSent += c.FragNeededSent
+		s.PassedTooBig += c.PassedTooBig
 	}
 	return s, nil
 }

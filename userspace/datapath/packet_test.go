@@ -106,7 +106,7 @@ func (p pkt) bytes() []byte {
 	ip[0] = 0x40 | byte(ihl/4)
 	binary.BigEndian.PutUint16(ip[2:], uint16(ihl+len(l4)))
 	binary.BigEndian.PutUint16(ip[4:], 0x1234)
-	binary.BigEndian.PutUint16(ip[6:], p.fragOff)
+	binary.BigEndian.PutUint16(ip[6:], p.fragOff) // 0x4000: DF
 	ttl := p.ttl
 	if ttl == 0 {
 		ttl = 64

@@ -90,7 +90,7 @@ type collector struct {
 	ctFlows, ctCapacity                                  *prometheus.Desc
 	passed, replies, ctUpdateFailures, rstSent           *prometheus.Desc
 	icmpTranslated, beFragments, rstLimited              *prometheus.Desc
-	confirmed, reverseRecreated, replyNoFlow             *prometheus.Desc
+	confirmed, reverseRecreated, replyNoFlow, fragNeeded *prometheus.Desc
 	scrapeErrorsDesc                                     *prometheus.Desc
 
 	mu           sync.Mutex // one scrape at a time: a flow walk is not cheap
@@ -133,7 +133,8 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		ctFlows:    d("conntrack_flows", "Forward conntrack entries, live or expired; each flow also holds a reverse entry."),
 		ctCapacity: d("conntrack_capacity", "Size of the conntrack map in entries (forward and reverse)."),
 
-		passed:           d("passed_packets_total", "Packets handed to the kernel untouched or after rewriting, by reason (not_ours, no_neighbour, fib_failure, malformed, ttl_exceeded).", "reason"),
+		passed:           d("passed_packets_total", "Packets handed to the kernel untouched or after rewriting, by reason (not_ours, no_neighbour, fib_failure, malformed, ttl_exceeded, too_big).", "reason"),
+		fragNeeded:       d("frag_needed_sent_total", "Packets too big for the next hop's MTU with DF set, answered with ICMP fragmentation needed quoting what the sender sent."),
 		replies:          d("replies_translated_total", "Backend replies reverse-NATed."),
 		ctUpdateFailures: d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
 		rstSent:          d("rst_sent_total", "TCP RSTs sent by the data path."),
@@ -155,7 +156,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.svcFragments, c.svcSNATFailures, c.svcFlows, c.svcBackends,
 		c.beState, c.beDrainDeadline, c.bePackets, c.beBytes, c.beNewFlows, c.beFlows,
 		c.ctFlows, c.ctCapacity,
-		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited, c.confirmed, c.reverseRecreated, c.replyNoFlow,
+		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited, c.confirmed, c.reverseRecreated, c.replyNoFlow, c.fragNeeded,
 		c.scrapeErrorsDesc,
 	} {
 		ch <- d
@@ -257,6 +258,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.passed, g.FIBFailures, "fib_failure")
 		counter(c.passed, g.Malformed, "malformed")
 		counter(c.passed, g.PassedTTLExceeded, "ttl_exceeded")
+		counter(c.passed, g.PassedTooBig, "too_big")
+		counter(c.fragNeeded, g.FragNeededSent)
 		counter(c.replies, g.RepliesTranslated)
 		counter(c.ctUpdateFailures, g.CTUpdateFailures)
 		counter(c.rstSent, g.RSTSent)
