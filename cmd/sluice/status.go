@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/admin"
@@ -46,7 +47,19 @@ draining, the time left before its remaining flows are cut.
 }
 
 func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
-	fmt.Fprintf(w, "agent %s, config %s, up %s\n\n", orDash(st.Version), orDash(st.ConfigPath), since(now, st.StartedAt))
+	fmt.Fprintf(w, "agent %s, config %s, up %s\n", orDash(st.Version), orDash(st.ConfigPath), since(now, st.StartedAt))
+	if len(st.Interfaces) > 0 {
+		var xdp []string
+		for _, i := range st.Interfaces {
+			s := i.Name + " " + i.Mode
+			if i.Fallback {
+				s += " (FALLBACK from native: slow path)"
+			}
+			xdp = append(xdp, s)
+		}
+		fmt.Fprintf(w, "xdp: %s\n", strings.Join(xdp, ", "))
+	}
+	fmt.Fprintln(w)
 	if len(st.NotApplied) > 0 {
 		fmt.Fprintf(w, "NOT APPLIED (the last start or reload could not apply %d thing%s of the config):\n", len(st.NotApplied), plural(len(st.NotApplied)))
 		for _, p := range st.NotApplied {

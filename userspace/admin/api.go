@@ -30,6 +30,17 @@ type Status struct {
 	NotApplied []string  `json:"not_applied,omitempty"`
 	Services   []Service `json:"services"`
 	Pools      []Pool    `json:"pools"`
+	// Interfaces: how the XDP program is attached to each interface.
+	Interfaces []Interface `json:"interfaces,omitempty"`
+}
+
+// Interface is the XDP program's attachment to one interface.
+type Interface struct {
+	Name string `json:"name"`
+	Mode string `json:"mode"` // native | generic
+	// Fallback: xdp_mode auto fell back to generic mode (the driver has no
+	// native XDP): the slow path.
+	Fallback bool `json:"fallback,omitempty"`
 }
 
 // Service is one configured service.

@@ -138,6 +138,22 @@ type Map interface {
 	ServiceStats(id uint32) (ServiceStats, error)
 	BackendStats(slot uint32) (BackendStats, error)
 	GlobalStats() (GlobalStats, error)
+
+	// Attachments says how the program is attached to each interface.
+	Attachments() []Attachment
+}
+
+// Attachment is the program's attachment to one interface.
+type Attachment struct {
+	Interface string
+	// Mode is "native" (the driver runs the program) or "generic" (the
+	// kernel runs it after building an skb: it works everywhere and costs
+	// most of what XDP saves).
+	Mode string
+	// Fallback: xdp_mode auto asked for native, the driver refused, and the
+	// program runs in generic mode. Never silent: status, the
+	// sluice_xdp_attached metric and a warning say so.
+	Fallback bool
 }
 
 // PoolID is the stable 32-bit id of a pool name stored in backend slots

@@ -550,7 +550,7 @@ func mtuCases() []xdpCase {
 			before: opened, setup: thenNextHopsExpire(withMTU(backendSide, 1280)),
 			in:      fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fACK | fPSH, seq: 1001, ack: 5001, payload: big}),
 			verdict: xdpPass, want: toKernel(be1),
-			after:   wantGlobal(func(g GlobalStats) bool { return g.PassedTooBig == 1 })},
+			after: wantGlobal(func(g GlobalStats) bool { return g.PassedTooBig == 1 })},
 		{name: "the MTU is kept with the cached next hop: a confirmed flow's cached path checks it",
 			before: []input{then(fromClient(bigSyn), xdpRedirect), then(fromClient(bigData), xdpRedirect)},
 			setup: func(tb testing.TB, l *lab) {

@@ -22,6 +22,7 @@ type Fake struct {
 	svcStats  map[uint32]ServiceStats
 	beStats   map[uint32]BackendStats
 	global    GlobalStats
+	attached  []Attachment
 	ops       []Op
 	setTables int
 	failures  map[string][]error
@@ -66,6 +67,20 @@ func (o Op) String() string {
 }
 
 var _ Map = (*Fake)(nil)
+
+// Attachments returns what SetAttachments set.
+func (f *Fake) Attachments() []Attachment {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.attached)
+}
+
+// SetAttachments sets what Attachments returns.
+func (f *Fake) SetAttachments(a []Attachment) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.attached = slices.Clone(a)
+}
 
 // NewFake returns an empty Fake whose Maglev tables have tableSize entries.
 func NewFake(tableSize uint32) *Fake {

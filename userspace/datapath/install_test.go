@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 )
 
 // TestFirstInstallAtomic: a first install publishes the whole pin directory
@@ -103,5 +105,50 @@ func TestCounterMapsReplaced(t *testing.T) {
 			r.Close()
 		}
 		t.Fatalf("open over a services map of another layout: %v, want ErrMapIncompatible", err)
+	}
+}
+
+// TestXDPModeFallback: with xdp_mode auto, an interface whose driver has
+// native XDP (veth) runs the program natively and one without (a bridge) falls
+// back to generic mode, which Attachments reports as a fallback; with
+// xdp_mode native the same interface is an error.
+func TestXDPModeFallback(t *testing.T) {
+	l := newLab(t, testTableSize)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-modetest-%d", os.Getpid()))
+	var got []Attachment
+	var nativeErr, err error
+	l.exec(func() {
+		la := netlink.NewLinkAttrs()
+		la.Name = "dm0"
+		if err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			return
+		}
+		dm, _ := netlink.LinkByName("dm0")
+		if err = netlink.LinkSetUp(dm); err != nil {
+			return
+		}
+		var r *Real
+		r, err = Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true, Interfaces: []string{"tc", "dm0"}, XDPMode: "auto"})
+		if err != nil {
+			return
+		}
+		got = r.Attachments()
+		r.Close()
+		err = Teardown(pin)
+
+		pin2 := pin + "-native"
+		r, nativeErr = Open(Options{PinPath: pin2, MaglevTableSize: 251, NoNeighbours: true, Interfaces: []string{"dm0"}, XDPMode: "native"})
+		if nativeErr == nil {
+			r.Close()
+		}
+		_ = Teardown(pin2)
+	})
+	mustSet(t, err)
+	want := []Attachment{{Interface: "dm0", Mode: "generic", Fallback: true}, {Interface: "tc", Mode: "native"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("attachments %+v, want %+v", got, want)
+	}
+	if nativeErr == nil {
+		t.Error("xdp_mode native on an interface without native XDP: no error")
 	}
 }

@@ -7,11 +7,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/bpf"
@@ -84,9 +86,10 @@ type Real struct {
 	addrIdx                              *addrIndex // nil when opened read-only
 	innerSpec                            *ebpf.MapSpec
 
-	prog  *ebpf.Program
-	links map[string]link.Link
-	lock  *os.File // flock on the pin directory: one agent per data path
+	prog        *ebpf.Program
+	links       map[string]link.Link
+	attachments map[string]Attachment
+	lock        *os.File // flock on the pin directory: one agent per data path
 
 	keepNeighbours bool
 }
@@ -366,6 +369,7 @@ func Open(o Options) (*Real, error) {
 		innerSpec:    spec.Maps["maglev_outer"].InnerMap.Copy(),
 		prog:         objs.SluiceXdp,
 		links:        map[string]link.Link{},
+		attachments:  map[string]Attachment{},
 
 		keepNeighbours: !o.NoNeighbours,
 	}
@@ -538,7 +542,13 @@ func (r *Real) attachOne(name, mode string) error {
 				return fmt.Errorf("update xdp program on %s: %w", name, err)
 			}
 			r.links[name] = l
-			r.log.Info("adopted pinned xdp link, program updated in place", "interface", name)
+			a := Attachment{Interface: name, Mode: "native"}
+			if info.XDP() != nil && linkIsGeneric(iface.Index) {
+				a.Mode = "generic"
+				a.Fallback = mode != "generic"
+			}
+			r.attachments[name] = a
+			r.log.Info("adopted pinned xdp link, program updated in place", "interface", name, "mode", a.Mode)
 			return nil
 		}
 		// The interface was recreated: the old link is dead.
@@ -569,16 +579,47 @@ func (r *Real) attachOne(name, mode string) error {
 			l.Close()
 			return fmt.Errorf("pin xdp link of %s: %w", name, err)
 		}
-		modeName := "native"
+		a := Attachment{Interface: name, Mode: "native"}
 		if f == link.XDPGenericMode {
-			modeName = "generic"
+			a.Mode = "generic"
+			a.Fallback = mode != "generic"
 		}
-		r.log.Info("attached xdp program", "interface", name, "mode", modeName)
+		if a.Fallback {
+			r.log.Warn("xdp program runs in GENERIC mode (xdp_mode auto fell back): slow path, see sluice status and sluice_xdp_attached",
+				"interface", name)
+		} else {
+			r.log.Info("attached xdp program", "interface", name, "mode", a.Mode)
+		}
 		r.links[name] = l
+		r.attachments[name] = a
 		return nil
 	}
 	return fmt.Errorf("attach xdp to %s: %w", name, lastErr)
 }
+
+// Attachments says how the program is attached to each interface, sorted
+// by interface name.
+func (r *Real) Attachments() []Attachment {
+	out := make([]Attachment, 0, len(r.attachments))
+	for _, a := range r.attachments {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b Attachment) int { return strings.Compare(a.Interface, b.Interface) })
+	return out
+}
+
+// linkIsGeneric tells whether the XDP program on the interface runs in
+// generic (skb) mode, from the kernel's own report (IFLA_XDP_ATTACHED).
+func linkIsGeneric(ifindex int) bool {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil || l.Attrs().Xdp == nil {
+		return false
+	}
+	return l.Attrs().Xdp.AttachMode == xdpAttachedSKB
+}
+
+// xdpAttachedSKB is the kernel's XDP_ATTACHED_SKB (include/uapi/linux/if_link.h).
+const xdpAttachedSKB = 2
 
 // Close releases the agent's handles. Programs stay attached and maps stay
 // pinned: the data path keeps forwarding while the agent is away.

@@ -18,6 +18,7 @@ type Stats interface {
 	BackendStats(slot uint32) (datapath.BackendStats, error)
 	GlobalStats() (datapath.GlobalStats, error)
 	Flows(fn func(datapath.Flow) bool) error
+	Attachments() []datapath.Attachment
 }
 
 var _ Stats = datapath.Map(nil)
@@ -91,6 +92,7 @@ type collector struct {
 	passed, replies, ctUpdateFailures, rstSent           *prometheus.Desc
 	icmpTranslated, beFragments, rstLimited              *prometheus.Desc
 	confirmed, reverseRecreated, replyNoFlow, fragNeeded *prometheus.Desc
+	xdpAttached, xdpFallback                             *prometheus.Desc
 	scrapeErrorsDesc                                     *prometheus.Desc
 
 	mu           sync.Mutex // one scrape at a time: a flow walk is not cheap
@@ -134,6 +136,8 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		ctCapacity: d("conntrack_capacity", "Size of the conntrack map in entries (forward and reverse)."),
 
 		passed:           d("passed_packets_total", "Packets handed to the kernel untouched or after rewriting, by reason (not_ours, no_neighbour, fib_failure, malformed, ttl_exceeded, too_big).", "reason"),
+		xdpAttached:      d("xdp_attached", "1 per interface the XDP program is attached to, with its mode: native, or generic (the slow skb path).", "interface", "mode"),
+		xdpFallback:      d("xdp_generic_fallbacks", "Interfaces where xdp_mode auto fell back to generic mode because the driver refused native XDP (0 is what you want)."),
 		fragNeeded:       d("frag_needed_sent_total", "Packets too big for the next hop's MTU with DF set, answered with ICMP fragmentation needed quoting what the sender sent."),
 		replies:          d("replies_translated_total", "Backend replies reverse-NATed."),
 		ctUpdateFailures: d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
@@ -156,7 +160,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.svcFragments, c.svcSNATFailures, c.svcFlows, c.svcBackends,
 		c.beState, c.beDrainDeadline, c.bePackets, c.beBytes, c.beNewFlows, c.beFlows,
 		c.ctFlows, c.ctCapacity,
-		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited, c.confirmed, c.reverseRecreated, c.replyNoFlow, c.fragNeeded,
+		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited, c.confirmed, c.reverseRecreated, c.replyNoFlow, c.fragNeeded, c.xdpAttached, c.xdpFallback,
 		c.scrapeErrorsDesc,
 	} {
 		ch <- d
@@ -249,6 +253,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.beBytes, st.Bytes, b.Pool, b.Address)
 		counter(c.beNewFlows, st.NewFlows, b.Pool, b.Address)
 	}
+
+	fallbacks := 0
+	for _, a := range c.dp.Attachments() {
+		gauge(c.xdpAttached, 1, a.Interface, a.Mode)
+		if a.Fallback {
+			fallbacks++
+		}
+	}
+	gauge(c.xdpFallback, float64(fallbacks))
 
 	if g, err := c.dp.GlobalStats(); err != nil {
 		failed++

@@ -41,6 +41,10 @@ type fakeStats struct {
 
 var errRead = errors.New("read failed")
 
+func (f *fakeStats) Attachments() []datapath.Attachment {
+	return []datapath.Attachment{{Interface: "eth0", Mode: "native"}, {Interface: "eth1", Mode: "generic", Fallback: true}}
+}
+
 func (f *fakeStats) failing(op string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
