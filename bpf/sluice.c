@@ -831,8 +831,21 @@ int sluice_xdp(struct xdp_md *ctx)
 	forget_confirmed(&k, old_confirmed);
 	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
 		return XDP_DROP;
+	/* The next hop towards a backend is the same for all its flows: a new
+	 * flow starts from the backend's cached one (no FIB lookup per SYN)
+	 * and refreshes it when it had expired. */
+	struct backend_hop *bh = bpf_map_lookup_elem(&backend_hops, &slot);
+	if (bh && bh->nh.until > now && bh->addr == fv.daddr_new) {
+		fv.nh = bh->nh;
+		fv.nh_mtu = bh->mtu;
+	}
 	/* Forward first so the entry is stored with its next hop. */
 	int act = send_out(ctx, &p, data_end, &fv.nh, &fv.nh_mtu, now, &k);
+	if (bh && bh->nh.until != fv.nh.until) {
+		bh->nh = fv.nh;
+		bh->mtu = fv.nh_mtu;
+		bh->addr = fv.daddr_new;
+	}
 	if (bpf_map_update_elem(&halfopen, &k, &fv, BPF_ANY))
 		GCOUNT(ct_update_failures);
 	count_service(svc_id, bytes, 1);

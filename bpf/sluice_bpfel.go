@@ -46,6 +46,20 @@ type SluiceBackendCounters struct {
 	ConnectRefused uint64
 }
 
+type SluiceBackendHop struct {
+	_  structs.HostLayout
+	Nh struct {
+		_       structs.HostLayout
+		Dmac    [6]uint8
+		Smac    [6]uint8
+		Ifindex uint32
+		Until   uint64
+	}
+	Addr uint32
+	Mtu  uint16
+	Pad  [2]uint8
+}
+
 type SluiceBackendState uint32
 
 const (
@@ -196,6 +210,7 @@ type SluiceSvcValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	SluiceMapAddrs              = "addrs"
+	SluiceMapBackendHops        = "backend_hops"
 	SluiceMapBackendPorts       = "backend_ports"
 	SluiceMapBackendStats       = "backend_stats"
 	SluiceMapBackends           = "backends"
@@ -268,6 +283,7 @@ type SluiceProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceMapSpecs struct {
 	Addrs        *ebpf.MapSpec `ebpf:"addrs"`
+	BackendHops  *ebpf.MapSpec `ebpf:"backend_hops"`
 	BackendPorts *ebpf.MapSpec `ebpf:"backend_ports"`
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
@@ -316,6 +332,7 @@ func (o *SluiceObjects) Close() error {
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceMaps struct {
 	Addrs        *ebpf.Map `ebpf:"addrs"`
+	BackendHops  *ebpf.Map `ebpf:"backend_hops"`
 	BackendPorts *ebpf.Map `ebpf:"backend_ports"`
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
@@ -331,6 +348,7 @@ type SluiceMaps struct {
 func (m *SluiceMaps) Close() error {
 	return _SluiceClose(
 		m.Addrs,
+		m.BackendHops,
 		m.BackendPorts,
 		m.BackendStats,
 		m.Backends,

@@ -92,6 +92,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } halfopen SEC(".maps");
 
+/* Backend slot -> the next hop towards it, per CPU, for the first packet of
+ * a new flow (later packets use the flow's own copy). Not pinned: a new
+ * program starts with an empty cache. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend_hop);
+} backend_hops SEC(".maps");
+
 /* Every backend's address and service port (struct endpoint), so a reply
  * that matches no flow is recognised and dropped instead of leaking the
  * backend's address. Kept by datapath.Real like addrs. */

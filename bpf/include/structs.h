@@ -68,6 +68,15 @@ struct ct_value {
 	struct nexthop nh; /* where this direction's packets went last */
 };
 
+/* backend_hops value: the cached next hop towards a backend slot (per CPU),
+ * where new flows to it start from. */
+struct backend_hop {
+	struct nexthop nh;
+	__be32 addr; /* the slot's address it was looked up for (slots are reused) */
+	__u16 mtu;
+	__u8 pad[2];
+};
+
 /* backend_ports key: a backend's address and service port. */
 struct endpoint {
 	__be32 addr;

@@ -112,6 +112,7 @@ func (l *lab) reset(tb testing.TB) {
 		mustSet(tb, r.backendStats.Put(i, make([]bpf.SluiceBackendCounters, ncpu)))
 	}
 	mustSet(tb, r.globalStats.Put(uint32(0), make([]bpf.SluiceGlobalCounters, ncpu)))
+	l.forgetBackendHops(tb)
 
 	l.setMTU(tb, l.clientIf, 1500)
 	l.setMTU(tb, l.backendIf, 1500)
@@ -171,6 +172,7 @@ func withMTU(ifc func(l *lab) *net.Interface, mtu int) func(tb testing.TB, l *la
 func thenNextHopsExpire(setup func(tb testing.TB, l *lab)) func(tb testing.TB, l *lab) {
 	return func(tb testing.TB, l *lab) {
 		setup(tb, l)
+		l.forgetBackendHops(tb)
 		for _, m := range []*ebpf.Map{l.r.conntrack, l.r.halfopen} {
 			var keys []bpf.SluiceCtKey
 			var vals []bpf.SluiceCtValue
@@ -183,6 +185,16 @@ func thenNextHopsExpire(setup func(tb testing.TB, l *lab)) func(tb testing.TB, l
 				mustSet(tb, m.Put(keys[i], vals[i]))
 			}
 		}
+	}
+}
+
+// forgetBackendHops empties the per-backend next-hop cache.
+func (l *lab) forgetBackendHops(tb testing.TB) {
+	tb.Helper()
+	ncpu, err := ebpf.PossibleCPU()
+	mustSet(tb, err)
+	for slot := uint32(0); slot < 8; slot++ {
+		mustSet(tb, l.r.backendHops.Put(slot, make([]bpf.SluiceBackendHop, ncpu)))
 	}
 }
 
@@ -622,6 +634,10 @@ func floodCases() []xdpCase {
 		mustSet(tb, l.r.conntrack.Put(fk, fv))
 	}
 	return []xdpCase{
+		{name: "new flows start from the backend's cached next hop; a slot reused for another address does not inherit it",
+			before: []input{then(fromClient(syn), xdpRedirect)},
+			setup:  setBackend(1, Backend{Addr: be2, Gen: 2, State: BackendActive}),
+			in:     fromClient(pkt{src: clientPort(40001), dst: vip, proto: TCP, flags: fSYN}), verdict: xdpRedirect, want: toBackend(be2, macBE2)},
 		{name: "a SYN is tracked half-open, not in conntrack",
 			in: fromClient(syn), verdict: xdpRedirect, want: toBackend(be1, macBE1), after: wantFlows(0, 1, FlowSynSent)},
 		{name: "the backend's SYN-ACK marks the flow syn-recv: a handshake the client abandons is no connect failure",

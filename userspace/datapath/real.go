@@ -82,7 +82,7 @@ type Real struct {
 	svcStats, backendStats, globalStats  *ebpf.Map
 	addrs, backendPorts                  *ebpf.Map  // see addrs.go
 	halfopen                             *ebpf.Map  // flows the backend has not confirmed yet
-	rstLimit                             *ebpf.Map  // not pinned: the RST budget
+	rstLimit, backendHops                *ebpf.Map  // not pinned: the RST budget, next hops per backend
 	addrIdx                              *addrIndex // nil when opened read-only
 	innerSpec                            *ebpf.MapSpec
 
@@ -366,6 +366,7 @@ func Open(o Options) (*Real, error) {
 		backendPorts: objs.BackendPorts,
 		halfopen:     objs.Halfopen,
 		rstLimit:     objs.RstLimit,
+		backendHops:  objs.BackendHops,
 		innerSpec:    spec.Maps["maglev_outer"].InnerMap.Copy(),
 		prog:         objs.SluiceXdp,
 		links:        map[string]link.Link{},
@@ -627,7 +628,7 @@ func (r *Real) Close() error {
 	for _, l := range r.links {
 		l.Close()
 	}
-	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.rstLimit} {
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.rstLimit, r.backendHops} {
 		if m != nil {
 			m.Close()
 		}
