@@ -482,8 +482,11 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	count_service(svc_id, bytes, 0);
 	count_backend(slot, bytes, 0);
 	GCOUNT(replies_translated);
+	/* One call site: send_out is large (FIB lookup, ICMP errors) and
+	 * every inlined copy costs instruction cache. */
+	int act = send_out(ctx, p, data_end, &rv->nh, &rv->nh_mtu, now, &rk);
 	if (fconfirmed || !fv || !confirms(p))
-		return send_out(ctx, p, data_end, &rv->nh, &rv->nh_mtu, now, &rk);
+		return act;
 
 	/* Confirmed by the backend: the flow moves to conntrack, where
 	 * floods of half-open flows cannot evict it. */
@@ -492,7 +495,6 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	if (nf.state == CT_SYN_SENT || nf.state == CT_SYN_RECV)
 		nf.state = CT_ESTABLISHED;
 	nr.state = nf.state;
-	int act = send_out(ctx, p, data_end, &nr.nh, &nr.nh_mtu, now, &rk);
 	if (bpf_map_update_elem(&conntrack, &fk, &nf, BPF_ANY) ||
 	    bpf_map_update_elem(&conntrack, &rk, &nr, BPF_ANY)) {
 		GCOUNT(ct_update_failures);
