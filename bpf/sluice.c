@@ -279,7 +279,9 @@ static __always_inline int reverse_in_use(const struct ct_key *rk, const struct 
 	};
 	int confirmed;
 	struct ct_value *fv = lookup_forward(&fk, now, &confirmed, NULL);
-	return fv && fv->backend_id == rv->backend_id;
+	/* A closing flow does not hold the tuple: the backend takes a new
+	 * SYN on a tuple in TIME_WAIT. */
+	return fv && fv->backend_id == rv->backend_id && fv->state != CT_CLOSING;
 }
 
 /* send_out forwards the rewritten packet p; orig is its tuple as it
@@ -355,9 +357,107 @@ static __always_inline int answer_rst(struct xdp_md *ctx, struct packet *p)
  * backend's address where the VIP belongs: it is dropped and counted (the
  * backend retransmits; the client's next packet re-creates the flow). Any
  * other packet is not ours. */
+/* recover_ctx is find_flow's state while it walks the services. */
+struct recover_ctx {
+	struct ct_key fk; /* the forward key tried: client, candidate VIP */
+	__be32 baddr;     /* the backend the reply came from */
+	__be16 bport;
+	__u8 found;
+	__u64 now;
+};
+
+/* find_flow (a bpf_for_each_map_elem callback over services) looks for the
+ * live nat-mode forward entry client -> VIP:port of each service that
+ * points to the replying backend. */
+static long find_flow(void *map, struct svc_key *key, struct svc_value *val, struct recover_ctx *c)
+{
+	if (key->proto != c->fk.proto || val->mode != MODE_NAT)
+		return 0;
+	c->fk.daddr = key->vip;
+	c->fk.dport = key->port;
+	int confirmed;
+	struct ct_value *fv = lookup_forward(&c->fk, c->now, &confirmed, NULL);
+	if (fv && fv->daddr_new == c->baddr && fv->dport_new == c->bport && !fv->saddr_new) {
+		c->found = 1;
+		return 1; /* stop */
+	}
+	return 0;
+}
+
+/* recover_reverse: a reply from a backend's service port matched no
+ * reverse entry. LRU evicts a flow's two entries independently: when the
+ * flow's forward entry is still there (found by trying each nat service's
+ * VIP, only for packets from a backend's address and service port), the
+ * reverse entry is re-created from it and returned, with *confirmed telling
+ * its table. Otherwise the packet is not a flow sluice knows: the backend's
+ * own traffic to that address (a client reaching a backend directly), or a
+ * flow whose two entries are both gone; either way it passes untouched. */
+static __always_inline struct ct_value *recover_reverse(struct packet *p, const struct ct_key *rk, int *confirmed)
+{
+	struct endpoint e = {
+		.addr = p->ip->saddr,
+		.port = p->sport,
+	};
+	if (!bpf_map_lookup_elem(&backend_ports, &e))
+		return NULL;
+	struct recover_ctx c = {
+		.fk = {
+			.saddr = p->ip->daddr,
+			.sport = p->dport,
+			.proto = p->proto,
+		},
+		.baddr = p->ip->saddr,
+		.bport = p->sport,
+		.now = bpf_ktime_get_coarse_ns(),
+	};
+	bpf_for_each_map_elem(&services, find_flow, &c, 0);
+	if (!c.found)
+		return NULL;
+	struct ct_value *fv = lookup_forward(&c.fk, c.now, confirmed, NULL);
+	if (!fv)
+		return NULL;
+	struct ct_key k = {};
+	struct ct_value rv = {};
+	reverse_of(&c.fk, fv, &k, &rv);
+	if (*confirmed) {
+		bpf_map_update_elem(&conntrack, &k, &rv, BPF_NOEXIST);
+		GCOUNT(reverse_recreated);
+		return bpf_map_lookup_elem(&conntrack, rk);
+	}
+	bpf_map_update_elem(&halfopen, &k, &rv, BPF_NOEXIST);
+	GCOUNT(reverse_recreated);
+	return bpf_map_lookup_elem(&halfopen, rk);
+}
+
+/* note_direct_syn remembers a SYN that a client sends to a backend's
+ * service port directly (routed through sluice, no VIP): its SYN-ACK must
+ * pass untouched (see unknown_reply). Only SYNs to backend endpoints pay
+ * the lookup. */
+static __always_inline void note_direct_syn(struct packet *p)
+{
+	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return;
+	struct endpoint e = {
+		.addr = p->ip->daddr,
+		.port = p->dport,
+	};
+	if (!bpf_map_lookup_elem(&backend_ports, &e))
+		return;
+	/* Keyed as the SYN-ACK will be: backend -> client. */
+	struct ct_key k = {
+		.saddr = p->ip->daddr,
+		.daddr = p->ip->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = IPPROTO_TCP,
+	};
+	__u8 one = 1;
+	bpf_map_update_elem(&direct_syns, &k, &one, BPF_ANY);
+}
+
 /* to_local tells whether the packet is for this host (the FIB does not
- * forward it): the L7 proxy's and the health checks' own connections to
- * backends, which are no flow of the data path. */
+ * forward it): the host's own connections to backends (the L7 proxy, the
+ * health checks), whose SYNs never crossed XDP. */
 static __always_inline int to_local(struct xdp_md *ctx, struct packet *p)
 {
 	struct bpf_fib_lookup fib = {};
@@ -373,15 +473,27 @@ static __always_inline int to_local(struct xdp_md *ctx, struct packet *p)
 	return bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
 }
 
-static __always_inline int reply_without_state(struct xdp_md *ctx, struct packet *p)
+/* unknown_reply handles a packet from a backend that matches no flow, not
+ * even through its forward entry. A SYN-ACK from a backend's service port
+ * answers a SYN that went through sluice: to a VIP (a flow whose two
+ * half-open entries a flood evicted before the backend answered: dropped,
+ * never passed on with the backend's address; the client retransmits its
+ * SYN) or, when note_direct_syn saw it, straight to the backend (passed),
+ * or comes from this host itself (passed).
+ * Anything else cannot be told from the backend's own traffic and passes
+ * untouched. */
+static __always_inline int unknown_reply(struct xdp_md *ctx, struct packet *p, const struct ct_key *rk)
 {
-	struct endpoint e = {
-		.addr = p->ip->saddr,
-		.port = p->sport,
-	};
-	if (bpf_map_lookup_elem(&backend_ports, &e) && !to_local(ctx, p)) {
-		GCOUNT(reply_no_flow_drops);
-		return XDP_DROP;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == (TCPF_SYN | TCPF_ACK)) {
+		struct endpoint e = {
+			.addr = p->ip->saddr,
+			.port = p->sport,
+		};
+		if (bpf_map_lookup_elem(&backend_ports, &e) && !bpf_map_lookup_elem(&direct_syns, rk) &&
+		    !to_local(ctx, p)) {
+			GCOUNT(synack_no_flow_drops);
+			return XDP_DROP;
+		}
 	}
 	GCOUNT(passed_not_ours);
 	return XDP_PASS;
@@ -407,6 +519,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	 * traffic) is not ours, at the cost of one lookup. */
 	struct addr_info *from = bpf_map_lookup_elem(&addrs, &p->ip->saddr);
 	if (!from || !(from->flags & ADDR_BACKEND)) {
+		note_direct_syn(p);
 		GCOUNT(passed_not_ours);
 		return XDP_PASS;
 	}
@@ -426,8 +539,11 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	if (!rv || !(rv->flags & CT_F_REPLY)) {
 		confirmed = 0;
 		rv = bpf_map_lookup_elem(&halfopen, &rk);
-		if (!rv || !(rv->flags & CT_F_REPLY))
-			return reply_without_state(ctx, p);
+		if (!rv || !(rv->flags & CT_F_REPLY)) {
+			rv = recover_reverse(p, &rk, &confirmed);
+			if (!rv || !(rv->flags & CT_F_REPLY))
+				return unknown_reply(ctx, p, &rk);
+		}
 	}
 	if (p->ip->ttl <= 1) {
 		/* As for the forward direction: the Time Exceeded the kernel
@@ -802,6 +918,7 @@ int sluice_xdp(struct xdp_md *ctx)
 		 * leave as one VIP. The second flow is refused while the
 		 * first lives. */
 		struct ct_value *old = bpf_map_lookup_elem(&conntrack, &rk);
+		int in_conntrack = old != NULL;
 		int inserted = 0;
 		if (!old) {
 			/* Usually nothing is there: insert at once, look only
@@ -823,6 +940,11 @@ int sluice_xdp(struct xdp_md *ctx)
 				s->rst_nat_conflict++;
 			return act;
 		}
+		/* A confirmed reverse entry of a closed flow (the same client
+		 * port, another VIP, the same backend) would be found first
+		 * and translate this flow's replies to the other VIP. */
+		if (in_conntrack)
+			bpf_map_delete_elem(&conntrack, &rk);
 		if (!inserted && bpf_map_update_elem(&halfopen, &rk, &rv, BPF_ANY))
 			GCOUNT(ct_update_failures);
 	}

@@ -142,7 +142,7 @@ type SluiceGlobalCounters struct {
 	RstRateLimited    uint64
 	FlowsConfirmed    uint64
 	ReverseRecreated  uint64
-	ReplyNoFlowDrops  uint64
+	SynackNoFlowDrops uint64
 	FragNeededSent    uint64
 	PassedTooBig      uint64
 }
@@ -215,6 +215,7 @@ const (
 	SluiceMapBackendStats       = "backend_stats"
 	SluiceMapBackends           = "backends"
 	SluiceMapConntrack          = "conntrack"
+	SluiceMapDirectSyns         = "direct_syns"
 	SluiceMapGlobalStats        = "global_stats"
 	SluiceMapHalfopen           = "halfopen"
 	SluiceMapMaglevOuter        = "maglev_outer"
@@ -288,6 +289,7 @@ type SluiceMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	DirectSyns   *ebpf.MapSpec `ebpf:"direct_syns"`
 	GlobalStats  *ebpf.MapSpec `ebpf:"global_stats"`
 	Halfopen     *ebpf.MapSpec `ebpf:"halfopen"`
 	MaglevOuter  *ebpf.MapSpec `ebpf:"maglev_outer"`
@@ -337,6 +339,7 @@ type SluiceMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	DirectSyns   *ebpf.Map `ebpf:"direct_syns"`
 	GlobalStats  *ebpf.Map `ebpf:"global_stats"`
 	Halfopen     *ebpf.Map `ebpf:"halfopen"`
 	MaglevOuter  *ebpf.Map `ebpf:"maglev_outer"`
@@ -353,6 +356,7 @@ func (m *SluiceMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.Conntrack,
+		m.DirectSyns,
 		m.GlobalStats,
 		m.Halfopen,
 		m.MaglevOuter,

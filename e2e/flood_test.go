@@ -20,9 +20,9 @@ var floodBin string
 // backend's address where the VIP belongs.
 func TestSYNFlood(t *testing.T) {
 	const (
-		floodCount    = 400000
-		conntrackMax  = 65536 // 32768 flows; half-open table: 16384 entries
-		longConns     = 8
+		floodCount    = 800000
+		conntrackMax  = 16384 // 8192 flows (the SYNs alone would fill it 50 times over); half-open table: 4096 entries
+		longConns     = 32
 		floodDuration = 20 * time.Second
 	)
 	lab := newLab(t)
@@ -32,8 +32,12 @@ func TestSYNFlood(t *testing.T) {
 	// whose kernel drops them (no such address there).
 	lab.MustRun("lb", 5*time.Second, "ip", "route", "add", "198.19.0.0/16", "via", "198.18.0.2")
 
+	// Only what reaches the real client counts: a SYN-ACK to a spoofed
+	// source whose flow sluice has entirely forgotten (both entries
+	// evicted) cannot be told from a backend's own traffic and passes
+	// untouched (see docs/architecture.md).
 	watcher := lab.Start("leakwatch", "client", floodBin, "watch", "--iface", "eth0",
-		"--net", "198.18.2.0/24", "--port", "80", "--duration", "90s")
+		"--net", "198.18.2.0/24", "--port", "80", "--dst", "198.18.0.2", "--duration", "90s")
 	t.Cleanup(func() { watcher.Stop(3 * time.Second) })
 	waitFor(t, 5*time.Second, "leak watcher", func() error {
 		if strings.Contains(string(watcher.Output()), "ready") {
@@ -47,7 +51,7 @@ func TestSYNFlood(t *testing.T) {
 
 	events := make(chan string, 1<<16)
 	long := lab.StartLoad("long", events, "--url", vipURL, "--mode", "keepalive",
-		"--conns", fmt.Sprint(longConns), "--interval", "50ms", "--count", "1000000",
+		"--conns", fmt.Sprint(longConns), "--interval", "100ms", "--count", "1000000",
 		"--duration", "90s", "--timeout", "3s", "--events")
 	t.Cleanup(func() { long.Stop(3 * time.Second) })
 	for answered := map[int]bool{}; len(answered) < longConns; {
@@ -115,11 +119,12 @@ func TestSYNFlood(t *testing.T) {
 	}
 	t.Logf("flood: %d spoofed SYNs in %d ms (conntrack_max %d); long-lived: %d requests, %d failed, %d dials; "+
 		"new connections during the flood: %d/%d ok (%.1f%%), latency %v; packets seen on the client side %d, leaked %d; "+
-		"flows confirmed %v, reply drops %v",
+		"flows confirmed %v, reverse entries re-created %v, SYN-ACKs of forgotten flows dropped %v",
 		sent.Sent, sent.MS, conntrackMax, rep.Requests, rep.Failures, rep.Dials,
 		fresh.OK, fresh.Requests, 100*rate, fresh.LatencyMS, w.Seen, w.Leaked,
 		after["sluice_flows_confirmed_total"]-before["sluice_flows_confirmed_total"],
-		after["sluice_reply_no_flow_drops_total"]-before["sluice_reply_no_flow_drops_total"])
+		after["sluice_reverse_entries_recreated_total"]-before["sluice_reverse_entries_recreated_total"],
+		after["sluice_synack_no_flow_drops_total"]-before["sluice_synack_no_flow_drops_total"])
 	if t.Failed() {
 		t.Logf("metrics after the flood:\n%s", raw)
 	}

@@ -102,6 +102,17 @@ struct {
 	__type(value, struct backend_hop);
 } backend_hops SEC(".maps");
 
+/* SYNs clients sent to a backend's service port directly (not to a VIP),
+ * keyed as their SYN-ACK comes back (backend -> client): such a SYN-ACK is
+ * passed, while one for a forgotten VIP flow is dropped. LRU, small: an
+ * entry only has to live one round trip. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ct_key);
+	__type(value, __u8);
+} direct_syns SEC(".maps");
+
 /* Every backend's address and service port (struct endpoint), so a reply
  * that matches no flow is recognised and dropped instead of leaking the
  * backend's address. Kept by datapath.Real like addrs. */

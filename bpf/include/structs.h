@@ -131,7 +131,7 @@ struct global_counters {
 	__u64 rst_rate_limited;    /* RSTs not sent (the packet dropped) over the rate limit */
 	__u64 flows_confirmed;     /* half-open flows the backend confirmed: moved to conntrack */
 	__u64 reverse_recreated;   /* reverse entries LRU evicted, re-created from the forward entry */
-	__u64 reply_no_flow_drops; /* from a backend's service port, no flow: dropped, never leaked */
+	__u64 synack_no_flow_drops; /* a backend's SYN-ACK for a VIP flow sluice no longer knows: dropped, never leaked */
 	__u64 frag_needed_sent;    /* too big for the next hop, DF set: ICMP fragmentation needed sent back */
 	__u64 passed_too_big;      /* too big for the next hop, DF clear: rewritten, the kernel fragments */
 };

@@ -4,10 +4,11 @@
 //	    sends, over a raw socket, TCP SYNs to --to from spoofed sources of
 //	    --from (every address and port distinct), as fast as it can, until
 //	    --count were sent or --duration passed; prints {"sent":N,"ms":T};
-//	flood watch --iface eth0 --net 198.18.2.0/24 --port 80 --duration 30s
+//	flood watch --iface eth0 --net 198.18.2.0/24 --port 80 [--dst 198.18.0.2] --duration 30s
 //	    prints "ready", then counts the IPv4 TCP packets arriving on --iface
-//	    whose source is in --net with source port --port (a backend's address
-//	    where the VIP belongs), until SIGTERM or --duration; prints
+//	    (to --dst only, when given) whose source is in --net with source port
+//	    --port (a backend's address where the VIP belongs), until SIGTERM or
+//	    --duration; prints
 //	    {"leaked":N,"seen":M}.
 //
 // Spoofed sources are refused outside 198.18.0.0/15, and the tool only runs
@@ -145,11 +146,18 @@ func watch(args []string) error {
 	iface := fs.String("iface", "eth0", "interface to watch")
 	network := fs.String("net", "", "source prefix that must not appear (the backends')")
 	port := fs.Int("port", 80, "source port that must not appear with it")
+	dstOnly := fs.String("dst", "", "count only packets to this address (default: any)")
 	duration := fs.Duration("duration", 30*time.Second, "watch at most this long")
 	_ = fs.Parse(args)
 	bad, err := netip.ParsePrefix(*network)
 	if err != nil {
 		return fmt.Errorf("--net: %w", err)
+	}
+	var dst netip.Addr
+	if *dstOnly != "" {
+		if dst, err = netip.ParseAddr(*dstOnly); err != nil {
+			return fmt.Errorf("--dst: %w", err)
+		}
 	}
 	ifi, err := net.InterfaceByName(*iface)
 	if err != nil {
@@ -192,6 +200,9 @@ func watch(args []string) error {
 		}
 		ihl := int(p[0]&0xf) * 4
 		if n < ihl+4 {
+			continue
+		}
+		if dst.IsValid() && netip.AddrFrom4([4]byte(p[16:20])) != dst {
 			continue
 		}
 		seen++

@@ -104,7 +104,7 @@ type GlobalStats struct {
 	RSTRateLimited    uint64 // RSTs not sent over the rate limit (the packet dropped)
 	FlowsConfirmed    uint64 // half-open flows the backend confirmed, moved to conntrack
 	ReverseRecreated  uint64 // reverse entries evicted and re-created from the forward entry
-	ReplyNoFlowDrops  uint64 // from a backend's service port, matching no flow: dropped
+	SYNACKNoFlowDrops uint64 // a backend's SYN-ACK for a VIP flow no longer known: dropped
 	FragNeededSent    uint64 // too big for the next hop, DF set: ICMP fragmentation needed sent back
 	PassedTooBig      uint64 // too big for the next hop, DF clear: rewritten, the kernel fragments
 }

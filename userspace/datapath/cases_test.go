@@ -509,9 +509,15 @@ func xdpCases() []xdpCase {
 					tb.Errorf("connect refused %d (%v), want 1", bs.ConnectRefused, err)
 				}
 			}},
-		{name: "a reply from a backend's service port matching no flow is dropped, never leaked",
+		{name: "a packet from a backend's service port matching no flow is the backend's own traffic: untouched",
+			in: fromBackend(pkt{src: be1, dst: client, proto: TCP, flags: fACK | fPSH, seq: 5001, ack: 1001, payload: []byte("x")}), verdict: xdpPass,
+			after: wantGlobal(func(g GlobalStats) bool { return g.PassedNotOurs == 1 && g.ReverseRecreated == 0 })},
+		{name: "a backend's SYN-ACK for a flow sluice forgot entirely is dropped, never passed with the backend's address",
 			in: fromBackend(synAck), verdict: xdpDrop,
-			after: wantGlobal(func(g GlobalStats) bool { return g.ReplyNoFlowDrops == 1 && g.PassedNotOurs == 0 })},
+			after: wantGlobal(func(g GlobalStats) bool { return g.SYNACKNoFlowDrops == 1 })},
+		{name: "a client connecting to a backend directly (no VIP) gets its SYN-ACK untouched",
+			before: []input{then(fromClient(pkt{src: client, dst: be1, proto: TCP, flags: fSYN, seq: 1000}), xdpPass)},
+			in:     fromBackend(synAck), verdict: xdpPass},
 		{name: "a backend's own traffic from another port passes untouched",
 			in: fromBackend(pkt{src: netip.AddrPortFrom(be1.Addr(), 43210), dst: client, proto: TCP, flags: fSYN}), verdict: xdpPass},
 		{name: "unknown neighbour: rewritten, handed to the kernel, TTL left to it", setup: setTable(4),
@@ -671,10 +677,23 @@ func floodCases() []xdpCase {
 					tb.Errorf("reply after re-creation: verdict %s\n got %x\nwant %x", verdictName[ret], out, want)
 				}
 			}},
-		{name: "a reply whose reverse entry is gone is dropped before the client's next packet, never leaked",
+		{name: "a reply whose reverse entry is gone is still translated, from the forward entry",
 			before: confirmedFlow, setup: deleteReverse,
-			in: fromBackend(response), verdict: xdpDrop,
-			after: wantGlobal(func(g GlobalStats) bool { return g.ReplyNoFlowDrops == 1 })},
+			in: fromBackend(response), verdict: xdpRedirect, want: toClient(vip, client),
+			after: wantGlobal(func(g GlobalStats) bool { return g.ReverseRecreated == 1 })},
+		{name: "a half-open flow's SYN-ACK whose reverse entry is gone is still translated",
+			before: []input{then(fromClient(syn), xdpRedirect)},
+			setup: func(tb testing.TB, l *lab) {
+				rk := bpf.SluiceCtKey{Saddr: be32(be1.Addr()), Sport: be16(be1.Port()), Daddr: be32(client.Addr()), Dport: be16(client.Port()), Proto: uint8(TCP)}
+				mustSet(tb, l.r.halfopen.Delete(rk))
+			},
+			in: fromBackend(synAck), verdict: xdpRedirect, want: toClient(vip, client)},
+		{name: "nat: a closed flow's client port to a second VIP sharing the backend works, and its replies carry the second VIP",
+			pre: addVIP2,
+			before: append(append([]input(nil), confirmedFlow...),
+				then(fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fFIN | fACK, seq: 1019, ack: 5020}), xdpRedirect),
+				then(fromClient(pkt{src: client, dst: vip2, proto: TCP, flags: fSYN, seq: 9000}), xdpRedirect)),
+			in: fromBackend(synAck), verdict: xdpRedirect, want: toClient(vip2, client)},
 		{name: "a reused client port after a confirmed flow closed follows the current table, packet after packet",
 			before: append(append([]input(nil), confirmedFlow...),
 				then(fromClient(pkt{src: client, dst: vip, proto: TCP, flags: fFIN | fACK, seq: 1019, ack: 5020}), xdpRedirect)),
@@ -687,7 +706,7 @@ func floodCases() []xdpCase {
 			in: fromClient(ack), verdict: xdpRedirect, want: toBackend(be2, macBE2)},
 		{name: "a backend's answer to the host's own connection (L7 proxy, health check) passes",
 			in: fromBackend(pkt{src: be1, dst: netip.MustParseAddrPort("198.18.2.1:45000"), proto: TCP, flags: fSYN | fACK}), verdict: xdpPass,
-			after: wantGlobal(func(g GlobalStats) bool { return g.ReplyNoFlowDrops == 0 })},
+			after: wantGlobal(func(g GlobalStats) bool { return g.PassedNotOurs == 1 })},
 		{name: "a UDP flow is confirmed by the backend's answer",
 			before: []input{then(fromClient(pkt{src: client, dst: vipUDP, proto: UDP, payload: []byte("q")}), xdpRedirect)},
 			in:     fromBackend(pkt{src: beUDP, dst: client, proto: UDP, payload: []byte("a")}), verdict: xdpRedirect, want: toClient(vipUDP, client),

@@ -461,7 +461,7 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.RSTRateLimited += c.RstRateLimited
 		s.FlowsConfirmed += c.FlowsConfirmed
 		s.ReverseRecreated += c.ReverseRecreated
-		s.ReplyNoFlowDrops += c.ReplyNoFlowDrops
+		s.SYNACKNoFlowDrops += c.SynackNoFlowDrops
 		s.FragNeededSent += c.FragNeededSent
 		s.PassedTooBig += c.PassedTooBig
 	}

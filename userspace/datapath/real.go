@@ -82,7 +82,7 @@ type Real struct {
 	svcStats, backendStats, globalStats  *ebpf.Map
 	addrs, backendPorts                  *ebpf.Map  // see addrs.go
 	halfopen                             *ebpf.Map  // flows the backend has not confirmed yet
-	rstLimit, backendHops                *ebpf.Map  // not pinned: the RST budget, next hops per backend
+	rstLimit, backendHops, directSYNs    *ebpf.Map  // not pinned: the RST budget, next hops per backend, direct SYNs
 	addrIdx                              *addrIndex // nil when opened read-only
 	innerSpec                            *ebpf.MapSpec
 
@@ -367,6 +367,7 @@ func Open(o Options) (*Real, error) {
 		halfopen:     objs.Halfopen,
 		rstLimit:     objs.RstLimit,
 		backendHops:  objs.BackendHops,
+		directSYNs:   objs.DirectSyns,
 		innerSpec:    spec.Maps["maglev_outer"].InnerMap.Copy(),
 		prog:         objs.SluiceXdp,
 		links:        map[string]link.Link{},
@@ -628,7 +629,7 @@ func (r *Real) Close() error {
 	for _, l := range r.links {
 		l.Close()
 	}
-	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.rstLimit, r.backendHops} {
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.rstLimit, r.backendHops, r.directSYNs} {
 		if m != nil {
 			m.Close()
 		}

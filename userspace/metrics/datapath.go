@@ -91,7 +91,7 @@ type collector struct {
 	ctFlows, ctCapacity                                  *prometheus.Desc
 	passed, replies, ctUpdateFailures, rstSent           *prometheus.Desc
 	icmpTranslated, beFragments, rstLimited              *prometheus.Desc
-	confirmed, reverseRecreated, replyNoFlow, fragNeeded *prometheus.Desc
+	confirmed, reverseRecreated, fragNeeded, synackDrops *prometheus.Desc
 	xdpAttached, xdpFallback                             *prometheus.Desc
 	scrapeErrorsDesc                                     *prometheus.Desc
 
@@ -143,8 +143,8 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		ctUpdateFailures: d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
 		rstSent:          d("rst_sent_total", "TCP RSTs sent by the data path."),
 		confirmed:        d("flows_confirmed_total", "Half-open flows the backend confirmed (its first answer after the handshake, or any UDP answer), moved into conntrack."),
+		synackDrops:      d("synack_no_flow_drops_total", "SYN-ACKs from a backend's service port for a VIP flow sluice no longer knows (both half-open entries evicted), dropped so the backend's address never reaches the client; the client retransmits its SYN."),
 		reverseRecreated: d("reverse_entries_recreated_total", "Reverse (reply) entries of confirmed flows that LRU evicted, re-created from the forward entry."),
-		replyNoFlow:      d("reply_no_flow_drops_total", "Packets from a backend's service port that match no flow, dropped so the backend's address never reaches a client."),
 		rstLimited:       d("rst_rate_limited_total", "RSTs not sent because the per-CPU RST rate limit was reached (the packet was dropped)."),
 		beFragments:      d("backend_fragments_dropped_total", "Fragments from a backend's address, dropped: never passed on un-translated."),
 		icmpTranslated:   d("icmp_translated_total", "ICMP errors about tracked flows (fragmentation needed, unreachable, time exceeded) rewritten and forwarded to the other side."),
@@ -160,7 +160,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.svcFragments, c.svcSNATFailures, c.svcFlows, c.svcBackends,
 		c.beState, c.beDrainDeadline, c.bePackets, c.beBytes, c.beNewFlows, c.beFlows,
 		c.ctFlows, c.ctCapacity,
-		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited, c.confirmed, c.reverseRecreated, c.replyNoFlow, c.fragNeeded, c.xdpAttached, c.xdpFallback,
+		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited, c.confirmed, c.reverseRecreated, c.synackDrops, c.fragNeeded, c.xdpAttached, c.xdpFallback,
 		c.scrapeErrorsDesc,
 	} {
 		ch <- d
@@ -281,7 +281,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.rstLimited, g.RSTRateLimited)
 		counter(c.confirmed, g.FlowsConfirmed)
 		counter(c.reverseRecreated, g.ReverseRecreated)
-		counter(c.replyNoFlow, g.ReplyNoFlowDrops)
+		counter(c.synackDrops, g.SYNACKNoFlowDrops)
 	}
 
 	c.scrapeErrors += failed
