@@ -86,6 +86,9 @@ struct {
  * Entries live tcp_syn_timeout at most. LRU; max_entries set from Go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	/* One common LRU list: tried with BPF_F_NO_COMMON_LRU, a flood got
+	 * more handshakes stuck in syn-sent (and a healthy backend ejected in
+	 * the e2e flood test). */
 	__uint(max_entries, 65536);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);

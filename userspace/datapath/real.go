@@ -388,16 +388,25 @@ func Open(o Options) (*Real, error) {
 	return r, nil
 }
 
-// counterMaps hold only counters: when a release adds a counter (their
-// value grows), the pinned map is replaced by a fresh one instead of
-// refusing to start. The counters restart from 0 (Prometheus sees a
-// counter reset); the old program counts into the old map until the links
-// are updated. Every other map's layout change still stops the agent with
-// ErrMapIncompatible: flows and backends are not to be dropped silently.
-var counterMaps = []string{"service_stats", "backend_stats", "global_stats"}
+// disposableMaps can start afresh when a release changes their layout,
+// instead of refusing to start (ErrMapIncompatible): their content is
+// counters (Prometheus sees a counter reset), state rebuilt at every open
+// (addrs, backend_ports), or flows still opening (they pick their backend
+// again through Maglev, the same one while the table is unchanged). The old
+// program keeps using the old map until the links are updated. Every other
+// map's layout change still stops the agent: confirmed flows and backends
+// are not to be dropped silently.
+var disposableMaps = map[string]string{
+	"service_stats": "its counters restart from 0",
+	"backend_stats": "its counters restart from 0",
+	"global_stats":  "its counters restart from 0",
+	"halfopen":      "flows still opening pick their backend again",
+	"addrs":         "it is rebuilt from services and backends",
+	"backend_ports": "it is rebuilt from backends",
+}
 
 func dropChangedCounters(dir string, spec *ebpf.CollectionSpec, log *slog.Logger) error {
-	for _, name := range counterMaps {
+	for name, consequence := range disposableMaps {
 		p := filepath.Join(dir, name)
 		m, err := ebpf.LoadPinnedMap(p, nil)
 		if err != nil {
@@ -405,15 +414,14 @@ func dropChangedCounters(dir string, spec *ebpf.CollectionSpec, log *slog.Logger
 		}
 		want := spec.Maps[name]
 		same := m.Type() == want.Type && m.KeySize() == want.KeySize && m.ValueSize() == want.ValueSize &&
-			m.MaxEntries() == want.MaxEntries
+			m.MaxEntries() == want.MaxEntries && m.Flags() == want.Flags
 		m.Close()
 		if same {
 			continue
 		}
-		log.Warn("a pinned counter map has another layout (a release added counters): starting it afresh, its counters restart from 0",
-			"map", name)
+		log.Warn("a pinned map has another layout (a release changed it): starting it afresh", "map", name, "consequence", consequence)
 		if err := os.Remove(p); err != nil {
-			return fmt.Errorf("replace counter map %s: %w", name, err)
+			return fmt.Errorf("replace map %s: %w", name, err)
 		}
 	}
 	return nil
