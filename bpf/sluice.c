@@ -795,8 +795,6 @@ int sluice_xdp(struct xdp_md *ctx)
 					s->rst_removed_backend++;
 				return act;
 			}
-			/* Write only what changed: the coarse clock ticks every few
-			 * ms, and a clean cache line stays shared between CPUs. */
 			/* Make sure the flow's reverse entry is still there (LRU
 			 * evicts the two independently): for a confirmed flow
 			 * once a tick, for a half-open one on every packet (a
@@ -804,6 +802,8 @@ int sluice_xdp(struct xdp_md *ctx)
 			 * table). */
 			if (!confirmed)
 				ensure_reverse(&k, ct, 0);
+			/* Write only what changed: the coarse clock ticks every few
+			 * ms, and a clean cache line stays shared between CPUs. */
 			if (ct->last_seen != now) {
 				ct->last_seen = now;
 				if (confirmed)
