@@ -366,7 +366,8 @@ func TestCheck(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
 	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(good, []byte(goodConfig), 0o600)
+	// The tcp_established timeout set: no warning.
+	os.WriteFile(good, []byte(goodConfig+"datapath: {conntrack_timeouts: {tcp_established: 2h}}\n"), 0o600)
 	os.WriteFile(bad, []byte(badConfig), 0o600)
 
 	code, out, stderr := h.run("check", "-c", good)
@@ -397,6 +398,23 @@ func TestCheck(t *testing.T) {
 	}
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "sluice check: "+bad+": ") || !strings.Contains(last, "problems") {
 		t.Errorf("check bad: summary line %q", last)
+	}
+
+	// A valid file with warnings: printed on stderr with file:line, exit
+	// 0, or 1 with --strict.
+	warned := filepath.Join(dir, "warned.yaml")
+	os.WriteFile(warned, []byte(goodConfig), 0o600)
+	code, out, stderr = h.run("check", "-c", warned)
+	if code != exitOK || out != warned+": ok (1 pool, 1 service: 1 l4, 0 http, 1 warning)\n" ||
+		!strings.HasPrefix(stderr, warned+":7: services[0]: warning: ") || !strings.Contains(stderr, "tcp_established") {
+		t.Errorf("check warned: exit %d stdout %q stderr %q", code, out, stderr)
+	}
+	code, _, stderr = h.run("check", "--strict", "-c", warned)
+	if code != exitFailure || !strings.Contains(stderr, "warning: ") || !strings.Contains(stderr, "1 warning, refused with --strict") {
+		t.Errorf("check --strict warned: exit %d stderr %q", code, stderr)
+	}
+	if code, _, stderr := h.run("check", "--strict", good); code != exitOK {
+		t.Errorf("check --strict good: exit %d stderr %q", code, stderr)
 	}
 
 	code, _, stderr = h.run("check", "-c", filepath.Join(dir, "missing.yaml"))

@@ -263,6 +263,7 @@ func (a *agent) Reload(ctx context.Context) error {
 		a.log.Error("reload refused, the running config stays", "config", a.configPath, "err", err)
 		return fmt.Errorf("%w: %w", admin.ErrReloadRefused, err)
 	}
+	logWarnings(a.log, cfg)
 	a.mu.Lock()
 	restartOnly := a.restartOnly(cfg)
 	now := a.now()

@@ -54,6 +54,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	if err != nil {
 		return fmt.Errorf("load config: %w", err)
 	}
+	logWarnings(log, cfg)
 	// A second agent started by mistake stops here, before it touches the
 	// data path the first one runs.
 	if err := admin.Probe(cfg.Admin.Socket); err != nil {
@@ -216,4 +217,12 @@ func routeSource(ip netip.Addr) netip.Addr {
 		return netip.Addr{}
 	}
 	return src.Unmap()
+}
+
+// logWarnings logs the config's warnings (what `sluice check` prints as
+// warnings: valid settings likely to surprise), one line each.
+func logWarnings(log *slog.Logger, cfg *config.Config) {
+	for i, w := range cfg.WarningLines() {
+		log.Warn("config warning", "file", cfg.Path, "line", cfg.Warnings[i].Line, "warning", w)
+	}
 }

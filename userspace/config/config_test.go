@@ -304,13 +304,13 @@ pools:
       - name: backend.lab  # <- pools[0].backends[2].port: a backend name needs a port
       - name: -bad.lab     # <- pools[0].backends[3].name: "-bad.lab" is not a valid DNS name
         port: 80
-      - name: 198.18.2.11  # <- pools[0].backends[4].name: "198.18.2.11" is an IP address: use address: ip:port
+      - name: 198.18.2.11  # <- pools[0].backends[4].name: "198.18.2.11" is an IP address, not a name: use address: 198.18.2.11:80
         port: 80
       - name: a..lab       # <- empty label
         port: 80
       - address: "[2001:db8::2]:80"   # <- only IPv4 backends are supported for now
       - address: 198.18.2.12:0        # <- pools[0].backends[7].address: "198.18.2.12:0": port must not be 0
-      - address: 198.18.2.13          # <- is not an ip:port
+      - address: 198.18.2.13          # <- "198.18.2.13" has no port: use address: 198.18.2.13:PORT
       - address: 198.18.2.14:80
         port: 80           # <- pools[0].backends[9].port: port is not allowed with address
       - address: 198.18.2.14:80       # <- pools[0].backends[10].address: 198.18.2.14:80 is already a backend of this pool (line 19)
@@ -711,7 +711,7 @@ services:
     bogus: 1
 `
 	_, err := Parse([]byte(src), "sluice.yaml")
-	want := `sluice.yaml:11: services[1].pool: pool "webx" is not defined
+	want := `sluice.yaml:11: services[1].pool: pool "webx" is not defined (did you mean "web"?)
 sluice.yaml:12: services[1].bogus: unknown key "bogus" (known keys: name, listen, protocol, mode, snat_source, pool, host, timeouts, retry, tls, h2c, client, upstream, trusted_proxies, upgrades, access_log)`
 	if err == nil || err.Error() != want {
 		t.Errorf("error:\n%v\nwant:\n%s", err, want)

@@ -45,6 +45,24 @@ func (e *ValidationError) Error() string {
 	return b.String()
 }
 
+// WarningLines formats c.Warnings one per line as
+// "file:line: path: warning: message", in file order.
+func (c *Config) WarningLines() []string {
+	file := c.Path
+	if file == "" {
+		file = "<config>"
+	}
+	out := make([]string, 0, len(c.Warnings))
+	for _, w := range c.Warnings {
+		l := fmt.Sprintf("%s:%d: ", file, w.Line)
+		if w.Path != "" {
+			l += w.Path + ": "
+		}
+		out = append(out, l+"warning: "+w.Msg)
+	}
+	return out
+}
+
 // Load reads, decodes, defaults and validates the config file at path.
 // A file that cannot be read gives an error wrapping the os error; a file
 // with problems gives a *ValidationError.
@@ -85,6 +103,8 @@ func Parse(data []byte, path string) (*Config, error) {
 		slices.SortStableFunc(problems, func(a, b Problem) int { return a.Line - b.Line })
 		return nil, &ValidationError{File: file, Problems: problems}
 	}
+	slices.SortStableFunc(v.warnings, func(a, b Problem) int { return a.Line - b.Line })
+	cfg.Warnings = v.warnings
 	return cfg, nil
 }
 

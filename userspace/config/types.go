@@ -26,6 +26,10 @@ type Config struct {
 
 	// Path is the file the config was read from ("" when parsed from bytes).
 	Path string `yaml:"-"`
+	// Warnings are settings that are valid but likely to surprise (a
+	// default that cuts idle connections, certificates not verified):
+	// `sluice check` prints them, the agent logs them. In file order.
+	Warnings []Problem `yaml:"-"`
 }
 
 // Admin configures the admin API (unix socket, mode 0600).

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -40,6 +41,10 @@ type validator struct {
 	lines    map[string]int
 	bad      map[string]bool
 	problems []Problem
+	// warnings are settings that are valid but likely to surprise: the
+	// config is accepted, `sluice check` prints them (and fails with
+	// --strict), the agent logs them at start and reload.
+	warnings []Problem
 }
 
 func (v *validator) set(path string) bool { _, ok := v.lines[path]; return ok }
@@ -67,6 +72,11 @@ func (v *validator) add(path, format string, args ...any) {
 		}
 	}
 	v.problems = append(v.problems, Problem{Line: v.line(path), Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// warn records a warning at path's line.
+func (v *validator) warn(path, format string, args ...any) {
+	v.warnings = append(v.warnings, Problem{Line: v.line(path), Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
 // related reports whether one path is the other or lies inside it.
@@ -126,6 +136,7 @@ func (v *validator) validate(c *Config) {
 			}
 		}
 		v.service(s, path, pools)
+		v.serviceWarnings(c, s, path)
 		if !s.ListenAddr.IsValid() {
 			continue
 		}
@@ -146,6 +157,7 @@ func (v *validator) validate(c *Config) {
 		listeners[listener{s.ListenAddr, transport}] = s.Name
 	}
 	v.limits(c)
+	v.conntrackWarning(c)
 	// Fixed addresses go through the filter DNS answers go through, once
 	// every listen address is known.
 	own := c.OwnAddresses()
@@ -402,19 +414,34 @@ func (v *validator) backend(b *Backend, path string) {
 	case b.Name == "" && b.Address == "":
 		v.add(path, "a backend needs a name (with port) or an address")
 	case b.Name != "":
-		if _, err := netip.ParseAddr(b.Name); err == nil {
-			v.add(path+".name", "%q is an IP address: use address: ip:port", b.Name)
+		if hint, ok := endpointHint(b.Name, b.Port, true); ok {
+			// One error that says what to write, not one about the
+			// name's syntax and another about the missing port.
+			v.add(path+".name", "%q %s", b.Name, hint)
+			break
+		}
+		if a, err := netip.ParseAddr(b.Name); err == nil {
+			v.add(path+".name", "%q is an IP address, not a name: use address: %s", b.Name, addrWithPort(a.String(), b.Port))
+			break
 		} else if err := checkDNSName(b.Name); err != nil {
 			v.add(path+".name", "%q is not a valid DNS name: %v", b.Name, err)
 		}
 		if b.Port == 0 {
-			v.add(path+".port", "a backend name needs a port (1-65535)")
+			v.add(path+".port", "a backend name needs a port: add port: 1-65535 next to name: %s", b.Name)
 		}
 	default:
 		ap, err := netip.ParseAddrPort(b.Address)
 		switch {
 		case err != nil:
-			v.add(path+".address", "%q is not an ip:port", b.Address)
+			if hint, ok := endpointHint(b.Address, b.Port, false); ok {
+				v.add(path+".address", "%q %s", b.Address, hint)
+			} else {
+				v.add(path+".address", "%q is not an ip:port (write address: 198.18.2.11:8080, or name: and port: for a DNS name)", b.Address)
+			}
+			if v.set(path + ".port") {
+				// The hint above already says where the port goes.
+				return
+			}
 		case !ap.Addr().Is4():
 			v.add(path+".address", "%q: only IPv4 backends are supported for now", b.Address)
 		case ap.Port() == 0:
@@ -422,13 +449,114 @@ func (v *validator) backend(b *Backend, path string) {
 		default:
 			b.AddrPort = ap
 		}
-		if v.set(path + ".port") {
-			v.add(path+".port", "port is not allowed with address (put it in address)")
+		if v.set(path+".port") && b.AddrPort.IsValid() {
+			v.add(path+".port", "port is not allowed with address: the port is part of address (%s)", b.Address)
+		} else if v.set(path+".port") && err == nil {
+			v.add(path+".port", "port is not allowed with address: write the port in address instead")
 		}
 	}
 	if b.Weight < 1 || b.Weight > MaxWeight {
 		v.add(path+".weight", "%d: must be between 1 and %d", b.Weight, MaxWeight)
 	}
+}
+
+// listenHint says what to write instead of a listen value that is no
+// ip:port: ":443", "443", "*:443", "localhost:80", "0.0.0.0".
+func listenHint(s string, l4 bool) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		if _, perr := strconv.ParseUint(s, 10, 16); perr == nil {
+			host, port = "", s
+		} else if a, aerr := netip.ParseAddr(strings.Trim(s, "[]")); aerr == nil {
+			return "it has no port: write " + net.JoinHostPort(a.String(), "PORT")
+		} else {
+			return "write an IP address and a port, e.g. 0.0.0.0:443 or 198.18.1.100:443"
+		}
+	}
+	if n, perr := strconv.ParseUint(port, 10, 16); perr != nil || n == 0 {
+		return "the port must be a number 1-65535"
+	}
+	switch {
+	case (host == "" || host == "*") && l4:
+		return "a tcp/udp service needs its VIP: write the address clients connect to, e.g. 198.18.1.100:" + port
+	case host == "" || host == "*":
+		return "write 0.0.0.0:" + port + " (every IPv4 address) or [::]:" + port + " (every IPv6 address)"
+	case strings.EqualFold(strings.TrimSuffix(host, "."), "localhost"):
+		return "listen takes an address, not a name: write 127.0.0.1:" + port
+	default:
+		return "listen takes an address, not a name: write the IP address " + host + " stands for, e.g. 198.18.1.100:" + port
+	}
+}
+
+// endpointHint explains what to write instead of s, given as a backend's
+// name (asName) or address, when s has the shape of the other key, a
+// host:port in name or a URL. ok is false when s has none of these shapes.
+func endpointHint(s string, port uint16, asName bool) (hint string, ok bool) {
+	host, p, url, inline := s, "", false, false
+	if scheme, rest, found := strings.Cut(s, "://"); found {
+		url = true
+		host, _, _ = strings.Cut(rest, "/")
+		switch strings.ToLower(scheme) {
+		case "https":
+			p = "443"
+		case "http":
+			p = "80"
+		}
+	}
+	if h, hp, err := net.SplitHostPort(host); err == nil {
+		if _, err := strconv.ParseUint(hp, 10, 16); err != nil || hp == "0" {
+			return "", false
+		}
+		host, p = h, hp
+		inline = true
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if p == "" && port != 0 {
+		p = strconv.Itoa(int(port))
+	}
+	withPort := func(h string) string {
+		if p == "" {
+			return "use name: " + h + " with port: PORT"
+		}
+		return "use name: " + h + " with port: " + p
+	}
+	_, ipErr := netip.ParseAddr(host)
+	isIP := ipErr == nil
+	if !isIP && checkDNSName(host) != nil {
+		return "", false
+	}
+	addr := "use address: " + addrWithPort(host, port)
+	if p != "" {
+		addr = "use address: " + net.JoinHostPort(host, p)
+	}
+	const reresolved = " (a name is resolved again as its TTL expires)"
+	switch {
+	case url && isIP:
+		return "is a URL: " + addr, true
+	case url && asName:
+		return "is a URL: " + withPort(host), true
+	case url:
+		return "is a URL: " + withPort(host) + reresolved, true
+	case asName && isIP && inline:
+		return "is an ip:port, not a name: " + addr, true
+	case asName && inline:
+		return "has a port in it: a name takes its port apart, " + withPort(host), true
+	case asName:
+		return "", false
+	case isIP:
+		return "has no port: " + addr, true
+	default:
+		return "is a name, not an ip:port: " + withPort(host) + reresolved, true
+	}
+}
+
+// addrWithPort writes ip:port, with PORT standing in for a missing port.
+func addrWithPort(ip string, port uint16) string {
+	if port == 0 {
+		return net.JoinHostPort(ip, "PORT")
+	}
+	return net.JoinHostPort(ip, strconv.Itoa(int(port)))
 }
 
 // checkDNSName checks the syntax of a host name: dot-separated labels of
@@ -543,13 +671,13 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 	case s.Listen == "":
 		v.add(path+".listen", "listen (vip:port) is required")
 	case err != nil:
-		v.add(path+".listen", "%q is not an ip:port", s.Listen)
+		v.add(path+".listen", "%q is not an ip:port: %s", s.Listen, listenHint(s.Listen, l4))
 	case ap.Port() == 0:
-		v.add(path+".listen", "%q: port must not be 0", s.Listen)
+		v.add(path+".listen", "%q: port must not be 0: write the port clients connect to, e.g. %s", s.Listen, net.JoinHostPort(ap.Addr().String(), "443"))
 	case l4 && !ap.Addr().Is4():
-		v.add(path+".listen", "%q: IPv6 is not yet supported for tcp/udp services", s.Listen)
+		v.add(path+".listen", "%q: IPv6 is not yet supported for tcp/udp services: use an IPv4 VIP (protocol: http listens on IPv6)", s.Listen)
 	case l4 && (ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() || ap.Addr() == netip.AddrFrom4([4]byte{255, 255, 255, 255})):
-		v.add(path+".listen", "%q: a tcp/udp VIP must be a unicast address", s.Listen)
+		v.add(path+".listen", "%q: a tcp/udp VIP must be a unicast address: write the address clients connect to, e.g. 198.18.1.100:%d (0.0.0.0 is for protocol: http only)", s.Listen, ap.Port())
 	default:
 		s.ListenAddr = ap
 	}
@@ -557,7 +685,19 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 	if s.Pool == "" {
 		v.add(path+".pool", "pool is required")
 	} else if _, ok := pools[s.Pool]; !ok {
-		v.add(path+".pool", "pool %q is not defined", s.Pool)
+		names := make([]string, 0, len(pools))
+		for n := range pools {
+			names = append(names, n)
+		}
+		switch hint := suggest(s.Pool, names); {
+		case hint != "":
+			v.add(path+".pool", "pool %q is not defined (did you mean %q?)", s.Pool, hint)
+		case len(names) == 0:
+			v.add(path+".pool", "pool %q is not defined: add it under pools: with its backends", s.Pool)
+		default:
+			slices.Sort(names)
+			v.add(path+".pool", "pool %q is not defined (pools: %s)", s.Pool, strings.Join(names, ", "))
+		}
 	}
 
 	if l4 {
@@ -599,6 +739,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 		v.positive(tp+".send", t.Send)
 		v.positive(tp+".read", t.Read)
 		v.positive(tp+".total", t.Total)
+		v.timeouts(t, tp)
 	}
 	if r := s.Retry; r != nil {
 		v.retry(r, path+".retry")
@@ -713,6 +854,94 @@ func (v *validator) upstream(u *Upstream, path string) {
 	v.positive(path+".max_lifetime", u.MaxLifetime)
 }
 
+// conntrackWarning warns, once, when tcp services rely on the default
+// tcp_established idle timeout: a connection idle longer (a database
+// pool's spare connections) is forgotten by the data path.
+func (v *validator) conntrackWarning(c *Config) {
+	const key = "datapath.conntrack_timeouts.tcp_established"
+	if v.set(key) {
+		return
+	}
+	for i, s := range c.Services {
+		if s.Protocol != ProtocolTCP {
+			continue
+		}
+		v.warn(fmt.Sprintf("services[%d]", i), "service %q: a TCP connection idle longer than %s (%s, the default) is forgotten by the data path; its next packet is balanced as a new flow and, if the pool changed meanwhile, reaches a backend that resets it: idle database-pool connections are cut. Set %s to more than your clients ever leave a connection idle (e.g. 24h), or their keepalive below %s",
+			s.Name, c.Datapath.Timeouts.TCPEstablished.D(), key, key, c.Datapath.Timeouts.TCPEstablished.D())
+		return
+	}
+}
+
+// serviceWarnings are an http service's valid but risky settings.
+func (v *validator) serviceWarnings(c *Config, s *Service, path string) {
+	if s.Protocol != ProtocolHTTP || s.Upstream == nil {
+		return
+	}
+	u := s.Upstream
+	if u.TLS && u.InsecureSkipVerify {
+		v.warn(path+".upstream.insecure_skip_verify", "backend certificates are not verified: anyone on the path to the backends can impersonate them; give the CA that signed them with upstream.ca instead")
+	}
+	p := c.Pool(s.Pool)
+	if !u.TLS || s.Host != HostKeep || u.ServerName != "" || p == nil {
+		return
+	}
+	for _, b := range p.Backends {
+		if !b.IsName() {
+			continue
+		}
+		at := path + ".host"
+		if !v.set(at) {
+			at = path
+		}
+		v.warn(at, "host: keep with upstream.tls and DNS backends (pool %q, %s): the backends get the client's Host header but the TLS name (SNI, certificate check) %q; a backend serving several sites may answer with the wrong one or 421. Set host: to the site the backends serve, or upstream.server_name to state the TLS name (nginx: proxy_ssl_name)",
+			p.Name, b.Name, strings.TrimSuffix(b.Name, "."))
+		return
+	}
+}
+
+// timeouts refuses combinations that cannot work: total bounds the whole
+// exchange, so a phase timeout the file sets longer than total can never
+// fire (total cuts first; a connect timeout longer than total lets one
+// slow connect use up every try).
+func (v *validator) timeouts(t *Timeouts, tp string) {
+	if t.Total <= 0 {
+		return
+	}
+	for _, ph := range []struct {
+		key string
+		d   Duration
+	}{{"connect", t.Connect}, {"send", t.Send}, {"read", t.Read}} {
+		// A tight total alone is a choice (the phase defaults simply
+		// never matter); a phase the file sets longer than total is a
+		// setting that can never take effect.
+		at := tp + "." + ph.key
+		if ph.d <= t.Total || !v.set(at) {
+			continue
+		}
+		v.add(at, "%s (%s) is longer than total (%s), which bounds the whole exchange and would always cut first: raise total to at least %s or lower %s",
+			ph.key, ph.d.D(), t.Total.D(), ph.d.D(), ph.key)
+	}
+}
+
+// conditionHint suggests the entries to write for a retry.on or
+// ejection.on value that is not one: "5xx", "http_503", "error".
+func conditionHint(on string) string {
+	l := strings.ToLower(on)
+	switch {
+	case l == "5xx" || l == "http_5xx" || l == "server_error":
+		return " (list statuses one by one, e.g. [502, 503, 504])"
+	case strings.HasPrefix(l, "http_"):
+		return fmt.Sprintf(" (write the status alone: %s)", strings.TrimPrefix(l, "http_"))
+	case l == "error" || l == "connect_failure" || l == "connect-error" || l == "refused":
+		return " (a failed connect is connect-failure)"
+	case strings.Contains(l, "timeout"):
+		return " (write timeout)"
+	case l == "reset" || strings.Contains(l, "reset"):
+		return " (write reset)"
+	}
+	return ""
+}
+
 // between checks an integer key is within [lo, hi].
 func (v *validator) between(path string, n, lo, hi int64) {
 	if n < lo || n > hi {
@@ -746,7 +975,7 @@ func (v *validator) retry(r *Retry, path string) {
 		}
 		seen[on] = true
 		if _, err := retry.ParseCondition(on); err != nil {
-			v.add(p, "%q: must be connect-failure, reset, timeout, 429 or a status 500-599", on)
+			v.add(p, "%q: must be connect-failure, reset, timeout, 429 or a status 500-599%s", on, conditionHint(on))
 		}
 	}
 	seen = map[string]bool{}

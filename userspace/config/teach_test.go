@@ -1,0 +1,239 @@
+package config
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// warnMarker marks a line that must carry a warning (the config is
+// accepted): the text after it must occur in the warning's "path: message".
+const warnMarker = "# <~"
+
+// checkWarnings asserts that cfg holds exactly the warnings marked in src.
+func checkWarnings(t *testing.T, src string, cfg *Config) {
+	t.Helper()
+	type want struct {
+		line int
+		text string
+	}
+	var ws []want
+	for i, l := range strings.Split(src, "\n") {
+		if _, text, ok := strings.Cut(l, warnMarker); ok {
+			ws = append(ws, want{i + 1, strings.TrimSpace(text)})
+		}
+	}
+	got := slices.Clone(cfg.Warnings)
+	for _, w := range ws {
+		i := slices.IndexFunc(got, func(p Problem) bool {
+			return p.Line == w.line && strings.Contains(p.Path+": "+p.Msg, w.text)
+		})
+		if i < 0 {
+			t.Errorf("missing warning at line %d containing %q", w.line, w.text)
+			continue
+		}
+		got = slices.Delete(got, i, i+1)
+	}
+	for _, p := range got {
+		t.Errorf("unexpected warning at line %d: %s: %s", p.Line, p.Path, p.Msg)
+	}
+	if t.Failed() {
+		t.Logf("all warnings:\n%s", strings.Join(cfg.WarningLines(), "\n"))
+	}
+}
+
+// Issue 16: every refusal says what to write instead; risky defaults are
+// warnings. Each case is YAML with the expected errors (# <-) or, for a
+// config that is accepted, the expected warnings (# <~) on their lines.
+func TestCheckTeaches(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+	}{
+		{"name with a port", `
+pools:
+  - name: web
+    backends:
+      - name: internal-api.example:8080  # <- pools[0].backends[0].name: "internal-api.example:8080" has a port in it: a name takes its port apart, use name: internal-api.example with port: 8080
+      - name: 198.18.2.11:8080           # <- pools[0].backends[1].name: "198.18.2.11:8080" is an ip:port, not a name: use address: 198.18.2.11:8080
+      - name: https://api.example/v1     # <- pools[0].backends[2].name: "https://api.example/v1" is a URL: use name: api.example with port: 443
+      - name: 198.18.2.12                # <- "198.18.2.12" is an IP address, not a name: use address: 198.18.2.12:PORT
+services:
+  - name: s
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: web
+`},
+		{"address that is a name", `
+pools:
+  - name: web
+    backends:
+      - address: internal-api.example:443   # <- pools[0].backends[0].address: "internal-api.example:443" is a name, not an ip:port: use name: internal-api.example with port: 443
+      - address: internal-api.example       # <- "internal-api.example" is a name, not an ip:port: use name: internal-api.example with port: PORT
+      - address: db.example                 # <- use name: db.example with port: 5432
+        port: 5432
+      - address: 198.18.2.11                # <- "198.18.2.11" has no port: use address: 198.18.2.11:8080
+        port: 8080
+      - address: http://198.18.2.12:8080/   # <- is a URL: use address: 198.18.2.12:8080
+      - address: "%%%"                      # <- "%%%" is not an ip:port (write address: 198.18.2.11:8080, or name: and port: for a DNS name)
+services:
+  - name: s
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: web
+`},
+		{"listen hints", `
+interfaces: [eth0]
+pools:
+  - name: web
+    backends: [{address: 198.18.2.11:80}]
+services:
+  - name: a
+    listen: ":443"             # <- services[0].listen: ":443" is not an ip:port: write 0.0.0.0:443 (every IPv4 address) or [::]:443 (every IPv6 address)
+    protocol: http
+    pool: web
+  - name: b
+    listen: "8080"             # <- write 0.0.0.0:8080
+    protocol: http
+    pool: web
+  - name: c
+    listen: localhost:81       # <- listen takes an address, not a name: write 127.0.0.1:81
+    protocol: http
+    pool: web
+  - name: d
+    listen: ":5432"            # <- a tcp/udp service needs its VIP: write the address clients connect to, e.g. 198.18.1.100:5432
+    pool: web
+  - name: e
+    listen: 0.0.0.0:5433       # <- a tcp/udp VIP must be a unicast address: write the address clients connect to
+    pool: web
+  - name: f
+    listen: 198.18.1.100       # <- it has no port: write 198.18.1.100:PORT
+    protocol: http
+    pool: web
+  - name: g
+    listen: 198.18.1.100:82
+    protocol: http
+    pool: wbe                  # <- pool "wbe" is not defined (did you mean "web"?)
+`},
+		{"impossible timeouts", `
+pools:
+  - name: web
+    backends: [{address: 198.18.2.11:80}]
+services:
+  - name: a
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: web
+    timeouts:
+      connect: 30s      # <- services[0].timeouts.connect: connect (30s) is longer than total (10s), which bounds the whole exchange and would always cut first: raise total to at least 30s or lower connect
+      total: 10s
+  - name: b
+    listen: 0.0.0.0:81
+    protocol: http
+    pool: web
+    timeouts:
+      read: 300s        # <- services[1].timeouts.read: read (5m0s) is longer than total (1m30s)
+  - name: c
+    listen: 0.0.0.0:82
+    protocol: http
+    pool: web
+    timeouts: {total: 5s}
+    retry:
+      on:
+        - 5xx        # <- "5xx": must be connect-failure, reset, timeout, 429 or a status 500-599 (list statuses one by one, e.g. [502, 503, 504])
+        - http_503   # <- (write the status alone: 503)
+        - 502
+`},
+		{"conntrack default warned", `
+interfaces: [eth0]
+pools:
+  - name: db
+    backends: [{address: 198.18.2.11:5432}]
+services:
+  - name: pg               # <~ services[0]: service "pg": a TCP connection idle longer than 1h0m0s (datapath.conntrack_timeouts.tcp_established, the default) is forgotten
+    listen: 198.18.1.100:5432
+    pool: db
+  - name: pg2
+    listen: 198.18.1.100:5433
+    pool: db
+`},
+		{"conntrack set: no warning", `
+interfaces: [eth0]
+datapath:
+  conntrack_timeouts: {tcp_established: 24h}
+pools:
+  - name: db
+    backends: [{address: 198.18.2.11:5432}]
+services:
+  - name: pg
+    listen: 198.18.1.100:5432
+    pool: db
+  - name: dns
+    listen: 198.18.1.100:53
+    protocol: udp
+    pool: db
+`},
+		{"upstream tls warnings", `
+pools:
+  - name: alb
+    backends: [{name: internal-alb.example, port: 443}]
+  - name: fixed
+    backends: [{address: 198.18.2.11:443}]
+services:
+  - name: a                # <~ services[0]: host: keep with upstream.tls and DNS backends (pool "alb", internal-alb.example)
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: alb
+    upstream: {tls: true}
+  - name: b
+    listen: 0.0.0.0:81
+    protocol: http
+    pool: alb
+    host: keep             # <~ services[1].host: host: keep with upstream.tls
+    upstream:
+      tls: true
+      insecure_skip_verify: true   # <~ services[1].upstream.insecure_skip_verify: backend certificates are not verified
+  - name: c
+    listen: 0.0.0.0:82
+    protocol: http
+    pool: alb
+    host: app.example
+    upstream: {tls: true}
+  - name: d
+    listen: 0.0.0.0:83
+    protocol: http
+    pool: alb
+    upstream: {tls: true, server_name: app.example}
+  - name: e
+    listen: 0.0.0.0:84
+    protocol: http
+    pool: fixed
+    upstream: {tls: true}
+`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tt.yaml), "test.yaml")
+			checkProblems(t, tt.yaml, err)
+			var ve *ValidationError
+			if err != nil && !errors.As(err, &ve) {
+				t.Fatalf("want *ValidationError, got %v", err)
+			}
+			if cfg != nil {
+				checkWarnings(t, tt.yaml, cfg)
+			} else if strings.Contains(tt.yaml, warnMarker) {
+				t.Errorf("config refused, cannot check its warnings")
+			}
+		})
+	}
+}
+
+func TestWarningLines(t *testing.T) {
+	cfg := &Config{Path: "s.yaml", Warnings: []Problem{{Line: 7, Path: "services[0]", Msg: "careful"}, {Line: 1, Msg: "whole file"}}}
+	got := strings.Join(cfg.WarningLines(), "\n")
+	want := "s.yaml:7: services[0]: warning: careful\ns.yaml:1: warning: whole file"
+	if got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
