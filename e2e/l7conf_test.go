@@ -682,3 +682,53 @@ func TestL7Reload(t *testing.T) {
 	}
 	t.Logf("keep-alive %d requests %v, new connections %d requests %v", kr.Requests, kr.ByBackend, fr.Requests, fr.ByBackend)
 }
+
+// TestL7RetryWithoutEjection (issue 16): what is retried (retry.on) and what
+// ejects (the pool's ejection.on) are apart. With retry.on: [503] and an
+// ejection.on without 503, a backend answering 503 — an application's 503
+// through a healthy ALB node — is retried on another backend every time and
+// never ejected.
+func TestL7RetryWithoutEjection(t *testing.T) {
+	lab, agent := startL7(t, agentConfig{
+		Ejection: "{failures: 2, window: 10s, base_time: 1s, max_time: 8s, max_ejected_percent: 50, on: [connect-failure, reset, timeout]}",
+		Retry:    "{attempts: 3, on: [503], methods: [GET, HEAD]}",
+	})
+	before := lab.stats("be3").Requests
+	lab.setFail("be3", 503)
+	failedAt := time.Now()
+
+	r := lab.Load("--url", httpURL, "--mode", "keepalive", "--conns", "2", "--interval", "20ms",
+		"--count", "150", "--duration", "5s")
+	if r.Failures != 0 || r.ByBackend["be3"] != 0 {
+		t.Errorf("while be3 answers 503: %d failures %v, %d answers from be3; want every 503 retried", r.Failures, r.Errors, r.ByBackend["be3"])
+	}
+	executed := lab.stats("be3").Requests - before
+	// Two failures within the window would have ejected it: it kept
+	// getting its share of first tries instead.
+	if executed < 10 {
+		t.Errorf("be3 executed %d of %d requests while answering 503, want its share (it must not be ejected)", executed, r.Requests)
+	}
+	st, err := agent.poolBackends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := st[backendAddr["be3"]]; s.State != "active" {
+		t.Errorf("be3 after answering 503: %s (%s), want active: 503 is not in ejection.on", s.State, s.Cause)
+	}
+	if evs := agentLogEvents(agent, "backend ejected", backendAddr["be3"], failedAt); len(evs) != 0 {
+		t.Errorf("be3 ejected %d times, want never", len(evs))
+	}
+	time.Sleep(1100 * time.Millisecond) // the access log is written in batches
+	retried := 0
+	for _, al := range agent.accessLog() {
+		for _, tr := range al.Try {
+			if tr.Backend == backendAddr["be3"] && tr.Status == 503 && tr.Retry {
+				retried++
+			}
+		}
+	}
+	if retried == 0 {
+		t.Errorf("no try on be3 logged as a retried 503")
+	}
+	t.Logf("be3: %d executions, %d retried 503s", executed, retried)
+}

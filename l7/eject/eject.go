@@ -1,8 +1,14 @@
 // Package eject is passive outlier detection for one pool: it counts the
-// failures live traffic sees on each address (statuses listed in retry.on,
-// connect failures, resets, timeouts) and, when an address fails `failures`
-// times within `window`, asks the pool to eject it for base_time, doubled on
-// each re-ejection up to max_time, with jitter.
+// failures live traffic sees on each address (the conditions of the pool's
+// ejection.on: connect failures, resets, timeouts, listed statuses) and,
+// when an address fails `failures` times within `window`, asks the pool to
+// eject it for base_time, doubled on each re-ejection up to max_time, with
+// jitter.
+//
+// What ejects is apart from what is retried (a service's retry.on): behind
+// a load balancer such as an ALB, an application's 503 comes through a
+// healthy ALB node, and retrying it elsewhere is right while ejecting that
+// node is not.
 //
 // The decision is the pool's (userspace/pool): Eject refuses beyond
 // max_ejected_percent, and the L4 Maglev tables drop an ejected address too.
@@ -21,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/userspace/backoff"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
@@ -40,6 +47,44 @@ type Config struct {
 	BaseTime          time.Duration // first ejection time, doubled on each re-ejection
 	MaxTime           time.Duration // cap of the ejection time
 	MaxEjectedPercent int           // never eject more of the pool (0..100)
+	// On lists what counts as a failure (ParseCondition); empty means
+	// DefaultOn.
+	On []string
+}
+
+// DefaultOn returns ejection.on's default: what a failing backend itself
+// looks like — it refuses or drops connections, stays silent, or answers
+// as a gateway whose own upstream failed (502, 504) or as unavailable
+// (503). 500 and 429 are the application's answers about a request, not
+// about the address, and do not eject unless listed.
+func DefaultOn() []string {
+	return []string{"connect-failure", "reset", "timeout", "502", "503", "504"}
+}
+
+// ParseCondition parses one ejection.on entry: connect-failure, reset,
+// timeout, 429 or a status 500-599 (the same vocabulary as retry.on).
+func ParseCondition(s string) (retry.Condition, error) {
+	c, err := retry.ParseCondition(s)
+	if err != nil {
+		return nil, fmt.Errorf("ejection condition %q: must be connect-failure, reset, timeout, 429 or a status 500-599", s)
+	}
+	return c, nil
+}
+
+// conditions compiles cfg.On (DefaultOn when empty).
+func conditions(on []string) ([]retry.Condition, error) {
+	if len(on) == 0 {
+		on = DefaultOn()
+	}
+	out := make([]retry.Condition, 0, len(on))
+	for _, s := range on {
+		c, err := ParseCondition(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // Defaults of a pool's ejection block.
@@ -56,6 +101,7 @@ func DefaultConfig() Config {
 	return Config{
 		Failures: DefaultFailures, Window: DefaultWindow, BaseTime: DefaultBaseTime,
 		MaxTime: DefaultMaxTime, MaxEjectedPercent: DefaultMaxEjectedPercent,
+		On: DefaultOn(),
 	}
 }
 
@@ -100,6 +146,7 @@ type Tracker struct {
 
 	mu       sync.Mutex
 	cfg      Config
+	on       []retry.Condition // cfg.On compiled
 	failures map[netip.AddrPort][]time.Time
 	// trials holds the addresses with a trial request in flight.
 	trials map[netip.AddrPort]bool
@@ -118,6 +165,7 @@ func New(cfg Config, p Pool, opts Options) (*Tracker, error) {
 	if err := Validate(cfg); err != nil {
 		return nil, err
 	}
+	on, _ := conditions(cfg.On) // checked by Validate
 	j := opts.Jitter
 	switch {
 	case j == 0:
@@ -132,7 +180,7 @@ func New(cfg Config, p Pool, opts Options) (*Tracker, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Tracker{
-		p: p, jitter: j, log: log, observe: opts.Observe, cfg: cfg,
+		p: p, jitter: j, log: log, observe: opts.Observe, cfg: cfg, on: on,
 		failures: map[netip.AddrPort][]time.Time{},
 		trials:   map[netip.AddrPort]bool{},
 		settled:  map[netip.AddrPort]time.Time{},
@@ -141,6 +189,9 @@ func New(cfg Config, p Pool, opts Options) (*Tracker, error) {
 
 // Validate checks an ejection block.
 func Validate(cfg Config) error {
+	if _, err := conditions(cfg.On); err != nil {
+		return err
+	}
 	switch {
 	case cfg.Failures < 0:
 		return fmt.Errorf("ejection failures %d: must not be negative", cfg.Failures)
@@ -163,10 +214,25 @@ func (t *Tracker) SetConfig(cfg Config) error {
 	if err := Validate(cfg); err != nil {
 		return err
 	}
+	on, _ := conditions(cfg.On)
 	t.mu.Lock()
 	t.cfg = cfg
+	t.on = on
 	t.mu.Unlock()
 	return nil
+}
+
+// Counts reports whether o is a failure that counts toward ejection: it
+// matches an entry of ejection.on. The caller reports it with Report.
+func (t *Tracker) Counts(o retry.Outcome) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range t.on {
+		if c.Match(o) {
+			return true
+		}
+	}
+	return false
 }
 
 // Config returns the settings in use.

@@ -3,9 +3,11 @@ package eject
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -248,5 +250,45 @@ func TestLateFailuresIgnored(t *testing.T) {
 	if after.Ejections != before.Ejections || !after.EjectedUntil.Equal(before.EjectedUntil) {
 		t.Errorf("late failures changed the ejection: %d until %s, was %d until %s",
 			after.Ejections, after.EjectedUntil, before.Ejections, before.EjectedUntil)
+	}
+}
+
+func TestCounts(t *testing.T) {
+	_, tr, _, _ := setup(t, 2, -1)
+	out := func(k retry.Kind, code int) retry.Outcome { return retry.Outcome{Kind: k, StatusCode: code} }
+	// Default ejection.on: connect-failure, reset, timeout, 502, 503, 504,
+	// whether or not retry.on lists the status (Kind OK or Status).
+	for _, tc := range []struct {
+		o    retry.Outcome
+		want bool
+	}{
+		{out(retry.ConnectFailure, 0), true},
+		{out(retry.Reset, 0), true},
+		{out(retry.Timeout, 0), true},
+		{out(retry.Status, 503), true},
+		{out(retry.OK, 503), true},
+		{out(retry.OK, 502), true},
+		{out(retry.OK, 500), false},
+		{out(retry.Status, 429), false},
+		{out(retry.OK, 200), false},
+	} {
+		if got := tr.Counts(tc.o); got != tc.want {
+			t.Errorf("default: Counts(%+v) = %v, want %v", tc.o, got, tc.want)
+		}
+	}
+	cfg := tr.Config()
+	cfg.On = []string{"connect-failure", "500"}
+	if err := tr.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if tr.Counts(out(retry.Status, 503)) || tr.Counts(out(retry.Reset, 0)) || !tr.Counts(out(retry.OK, 500)) || !tr.Counts(out(retry.ConnectFailure, 0)) {
+		t.Errorf("after SetConfig(on: %v) the conditions did not follow", cfg.On)
+	}
+	cfg.On = []string{"5xx"}
+	if err := tr.SetConfig(cfg); err == nil || !strings.Contains(err.Error(), `ejection condition "5xx"`) {
+		t.Errorf("SetConfig(on: [5xx]) = %v, want a refusal", err)
+	}
+	if _, err := ParseCondition("404"); err == nil {
+		t.Error("404 accepted as an ejection condition")
 	}
 }

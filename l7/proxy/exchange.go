@@ -378,5 +378,11 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // kindLabel is an outcome's kind as a bounded label: status,
-// connect-failure, reset, timeout (ok for successes).
-func kindLabel(o retry.Outcome) string { return o.Kind.String() }
+// connect-failure, reset, timeout. A response is "status" whether or not
+// retry.on lists it (ejection.on may count a status retry.on does not).
+func kindLabel(o retry.Outcome) string {
+	if o.Kind == retry.OK {
+		return retry.Status.String()
+	}
+	return o.Kind.String()
+}

@@ -118,7 +118,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			q.clientGone(b, trial, res, tr)
 			return
 		}
-		failed := res.outcome.Kind != retry.OK
+		// What counts toward ejection is the pool's ejection.on, apart
+		// from what is retried (retry.on): a 503 may be retried
+		// without ejecting the address that answered it.
+		failed := s.tracker.Counts(res.outcome)
 		if res.local {
 			// sluice held back (the address at its connection limit):
 			// nothing the backend did.

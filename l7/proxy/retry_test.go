@@ -442,3 +442,54 @@ func TestStaleConnectionRedial(t *testing.T) {
 		t.Errorf("POST: %d, executed %d times; want 502 and once", resp.StatusCode, executed.Load()-before)
 	}
 }
+
+// Issue 16: what is retried (retry.on) and what ejects (ejection.on) are
+// apart. Behind an ALB an application's 503 comes through a healthy node:
+// it is retried on another address, and the address is never ejected.
+func TestRetryWithoutEjection(t *testing.T) {
+	bad := newBackend(t, status(503))
+	good := newBackend(t, status(200))
+	p := newPool(t, nil, bad.addr, good.addr)
+	h := start(t, p, func(o *Options) {
+		o.Selector = preferSelector{bad.addr}
+		o.Ejection.On = []string{"connect-failure", "reset", "timeout"}
+	})
+	for i := range 10 {
+		if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d, want the retry's 200", i, resp.StatusCode)
+		}
+	}
+	if n := bad.count.Load(); n != 10 {
+		t.Errorf("503 backend got %d requests, want all 10 (never ejected)", n)
+	}
+	if b, _ := p.Backend(bad.addr); b.State != pool.Active {
+		t.Fatalf("503 backend is %s, want active: 503 is not in ejection.on", b.State)
+	}
+	l := h.access.lines(t)[0]
+	if len(l.Try) != 2 || !l.Try[0].Retry || l.Try[0].Status != 503 {
+		t.Errorf("tries: %+v, want the 503 retried", l.Try)
+	}
+}
+
+// And the other way round: a status ejection.on lists but retry.on does
+// not is answered to the client as it is, and still ejects.
+func TestEjectionWithoutRetry(t *testing.T) {
+	bad := newBackend(t, status(500))
+	good := newBackend(t, status(200))
+	p := newPool(t, nil, bad.addr, good.addr)
+	h := start(t, p, func(o *Options) {
+		o.Selector = preferSelector{bad.addr}
+		o.Ejection.On = []string{"connect-failure", "500"}
+	})
+	for i := range 3 {
+		if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 500 {
+			t.Fatalf("request %d: status %d, want 500 passed on (not in retry.on)", i, resp.StatusCode)
+		}
+	}
+	if b, _ := p.Backend(bad.addr); b.State != pool.Ejected {
+		t.Fatalf("500 backend is %s, want ejected after failures=3", b.State)
+	}
+	if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+		t.Errorf("after the ejection: status %d, want the other backend's 200", resp.StatusCode)
+	}
+}

@@ -255,7 +255,8 @@ func (p *Policy) Backoff() backoff.Backoff { return p.backoff }
 func (p *Policy) BudgetPercent() int { return p.budgetPercent }
 
 // Matches reports whether o is one of the configured conditions (a failure
-// worth retrying, and one that counts towards passive ejection).
+// worth retrying; what counts toward passive ejection is the pool's
+// ejection.on, l7/eject).
 func (p *Policy) Matches(o Outcome) bool {
 	for _, c := range p.conditions {
 		if c.Match(o) {

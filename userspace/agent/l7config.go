@@ -15,6 +15,7 @@ func ejectionConfig(e config.Ejection) eject.Config {
 	return eject.Config{
 		Failures: e.Failures, Window: e.Window.D(), BaseTime: e.BaseTime.D(),
 		MaxTime: e.MaxTime.D(), MaxEjectedPercent: e.MaxEjectedPercent,
+		On: e.On,
 	}
 }
 

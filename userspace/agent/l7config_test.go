@@ -39,7 +39,7 @@ services:
 	if svc.Host != l7service.HostKeep || svc.Pool != "web" || svc.Name != "web-http" {
 		t.Errorf("service %+v", svc)
 	}
-	if ej := ejectionConfig(cfg.Pools[0].Ejection); ej != eject.DefaultConfig() {
+	if ej := ejectionConfig(cfg.Pools[0].Ejection); !reflect.DeepEqual(ej, eject.DefaultConfig()) {
 		t.Errorf("ejection %+v, want %+v", ej, eject.DefaultConfig())
 	}
 }

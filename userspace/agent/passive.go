@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -163,8 +164,8 @@ func (a *agent) reportFailure(now time.Time, name string, ps *poolState, addr ne
 		return
 	}
 	tr, ok := a.trackers.lookup(ps.p)
-	if !ok {
-		return
+	if !ok || !tr.Counts(retry.Outcome{Kind: retry.ConnectFailure}) {
+		return // no tracker, or ejection.on leaves connect failures out
 	}
 	reports := 0
 	for range min(f.refused, limit) {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -765,8 +766,9 @@ func TestLoadFull(t *testing.T) {
 		t.Errorf("health check = %+v", hc)
 	}
 	wantEj := Ejection{Failures: 5, Window: Duration(10 * time.Second), BaseTime: Duration(10 * time.Second),
-		MaxTime: Duration(5 * time.Minute), MaxEjectedPercent: 50}
-	if web.Ejection != wantEj {
+		MaxTime: Duration(5 * time.Minute), MaxEjectedPercent: 50,
+		On: []string{"connect-failure", "reset", "timeout", "502", "503", "504"}}
+	if !reflect.DeepEqual(web.Ejection, wantEj) {
 		t.Errorf("ejection = %+v", web.Ejection)
 	}
 

@@ -122,6 +122,9 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.dur(pp+".ejection.base_time", &e.BaseTime, eject.DefaultBaseTime)
 		d.dur(pp+".ejection.max_time", &e.MaxTime, eject.DefaultMaxTime)
 		d.int(pp+".ejection.max_ejected_percent", &e.MaxEjectedPercent, eject.DefaultMaxEjectedPercent)
+		if !d.set(pp + ".ejection.on") {
+			e.On = eject.DefaultOn()
+		}
 		if hc := p.HealthCheck; hc != nil {
 			hp := pp + ".health_check"
 			d.dur(hp+".interval", &hc.Interval, 2*time.Second)

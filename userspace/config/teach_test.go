@@ -145,6 +145,28 @@ services:
         - http_503   # <- (write the status alone: 503)
         - 502
 `},
+		{"ejection.on", `
+pools:
+  - name: web
+    backends: [{address: 198.18.2.11:80}]
+    ejection:
+      on:
+        - connect-failure
+        - 5xx              # <- pools[0].ejection.on[1]: "5xx": must be connect-failure, reset, timeout, 429 or a status 500-599 (list statuses one by one
+        - 404              # <- "404": must be
+        - connect-failure  # <- "connect-failure" is listed twice
+  - name: none
+    backends: [{address: 198.18.2.12:80}]
+    ejection: {on: []}     # <- pools[1].ejection.on: an empty list would eject for nothing: to switch passive ejection off write failures: 0
+  - name: alb
+    backends: [{address: 198.18.2.13:80}]
+    ejection: {on: [connect-failure, reset, timeout, "500"]}
+services:
+  - name: s
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: web
+`},
 		{"conntrack default warned", `
 interfaces: [eth0]
 pools:

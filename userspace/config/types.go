@@ -135,6 +135,9 @@ type Ejection struct {
 	BaseTime          Duration `yaml:"base_time"`           // default 10s
 	MaxTime           Duration `yaml:"max_time"`            // default 5m
 	MaxEjectedPercent int      `yaml:"max_ejected_percent"` // default 50
+	// On is what counts as a failure, apart from a service's retry.on;
+	// default connect-failure, reset, timeout, 502, 503, 504.
+	On []string `yaml:"on"`
 }
 
 // Service is a listener: a VIP served by the XDP data path (tcp/udp) or the L7 stage (http).

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/sluicelb/sluice/internal/defaults"
+	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/userspace/addrfilter"
@@ -328,6 +329,21 @@ func (v *validator) pool(c *Config, p *Pool, path string) {
 	}
 	if e.MaxEjectedPercent < 0 || e.MaxEjectedPercent > 100 {
 		v.add(ep+".max_ejected_percent", "%d: must be between 0 and 100", e.MaxEjectedPercent)
+	}
+	if v.set(ep+".on") && len(e.On) == 0 {
+		v.add(ep+".on", "an empty list would eject for nothing: to switch passive ejection off write failures: 0")
+	}
+	seen := map[string]bool{}
+	for i, on := range e.On {
+		p := fmt.Sprintf("%s.on[%d]", ep, i)
+		if seen[on] {
+			v.add(p, "%q is listed twice", on)
+			continue
+		}
+		seen[on] = true
+		if _, err := eject.ParseCondition(on); err != nil {
+			v.add(p, "%q: must be connect-failure, reset, timeout, 429 or a status 500-599%s", on, conditionHint(on))
+		}
 	}
 	if p.HealthCheck != nil {
 		v.healthCheck(p.HealthCheck, path+".health_check")
