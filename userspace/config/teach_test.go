@@ -167,6 +167,66 @@ services:
     protocol: http
     pool: web
 `},
+		{"https health checks", `
+pools:
+  - name: fixed
+    backends: [{address: 198.18.2.11:443}]
+    health_check:
+      http:
+        tls: true          # <- pools[0].health_check.http.tls: an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set sni: NAME
+  - name: plain
+    backends: [{address: 198.18.2.12:80}]
+    health_check:
+      http:
+        sni: a.example     # <- pools[1].health_check.http.sni: only allowed with tls: true (add tls: true to check over HTTPS)
+  - name: named
+    backends: [{name: api.example, port: 443}]
+    health_check: {http: {tls: true}}
+  - name: bad
+    backends: [{address: 198.18.2.13:443}]
+    health_check:
+      http:
+        tls: true
+        sni: "bad name"    # <- pools[3].health_check.http.sni: "bad name" is not a DNS name
+services:
+  - name: s
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: named
+`},
+		{"https health check warnings", `
+pools:
+  - name: tlsonly
+    backends: [{address: 198.18.2.11:443}]
+    health_check:
+      http: {path: /healthz}     # <~ pools[0].health_check.http: pool "tlsonly" is reached over TLS (upstream.tls of its services) but checked in plain HTTP
+  - name: unverified
+    backends: [{address: 198.18.2.12:443}]
+    health_check:
+      http:
+        tls: true
+        verify: false            # <~ pools[1].health_check.http.verify: health check certificates are not verified
+  - name: ok
+    backends: [{address: 198.18.2.13:443}]
+    health_check:
+      http: {tls: true, verify_name: api.example}
+services:
+  - name: a
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: tlsonly
+    upstream: {tls: true, server_name: api.example}
+  - name: b
+    listen: 0.0.0.0:81
+    protocol: http
+    pool: unverified
+    upstream: {tls: true, server_name: api.example}
+  - name: c
+    listen: 0.0.0.0:82
+    protocol: http
+    pool: ok
+    upstream: {tls: true, server_name: api.example}
+`},
 		{"conntrack default warned", `
 interfaces: [eth0]
 pools:
@@ -257,5 +317,36 @@ func TestWarningLines(t *testing.T) {
 	want := "s.yaml:7: services[0]: warning: careful\ns.yaml:1: warning: whole file"
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// The SNI of an HTTPS check defaults to the host key (without its port),
+// else to the pool's one DNS name.
+func TestHealthSNIDefault(t *testing.T) {
+	src := `
+pools:
+  - name: named
+    backends: [{name: API.example., port: 443}, {name: api.example, port: 8443}]
+    health_check: {http: {tls: true}}
+  - name: hosted
+    backends: [{address: 198.18.2.11:443}]
+    health_check: {http: {tls: true, host: "www.example:8443"}}
+  - name: explicit
+    backends: [{name: api.example, port: 443}]
+    health_check: {http: {tls: true, sni: other.example, host: www.example}}
+services:
+  - name: s
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: named
+`
+	cfg, err := Parse([]byte(src), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"api.example", "www.example", "other.example"} {
+		if got := cfg.Pools[i].HealthCheck.HTTP.SNI; got != want {
+			t.Errorf("pool %s: sni %q, want %q", cfg.Pools[i].Name, got, want)
+		}
 	}
 }

@@ -159,6 +159,7 @@ func (v *validator) validate(c *Config) {
 	}
 	v.limits(c)
 	v.conntrackWarning(c)
+	v.healthWarnings(c)
 	// Fixed addresses go through the filter DNS answers go through, once
 	// every listen address is known.
 	own := c.OwnAddresses()
@@ -346,7 +347,7 @@ func (v *validator) pool(c *Config, p *Pool, path string) {
 		}
 	}
 	if p.HealthCheck != nil {
-		v.healthCheck(p.HealthCheck, path+".health_check")
+		v.healthCheck(p, p.HealthCheck, path+".health_check")
 	}
 }
 
@@ -604,7 +605,7 @@ func checkDNSName(name string) error {
 	return nil
 }
 
-func (v *validator) healthCheck(hc *HealthCheck, path string) {
+func (v *validator) healthCheck(p *Pool, hc *HealthCheck, path string) {
 	switch {
 	case hc.HTTP != nil && hc.TCP != nil:
 		v.add(path, "set either http or tcp, not both")
@@ -623,6 +624,7 @@ func (v *validator) healthCheck(hc *HealthCheck, path string) {
 		if _, _, err := ParseExpect(h.Expect); err != nil {
 			v.add(path+".http.expect", "%v", err)
 		}
+		v.healthTLS(p, h, path+".http")
 	}
 	v.positive(path+".interval", hc.Interval)
 	v.positive(path+".timeout", hc.Timeout)
@@ -634,6 +636,71 @@ func (v *validator) healthCheck(hc *HealthCheck, path string) {
 	}
 	if hc.Fall < 1 {
 		v.add(path+".fall", "%d: must be at least 1", hc.Fall)
+	}
+}
+
+// healthTLS checks an HTTPS health check's keys and fills the SNI default:
+// the host key without its port, else the pool's one DNS name.
+func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
+	if !h.TLS {
+		for _, k := range []string{"sni", "verify_name", "ca", "verify"} {
+			if v.set(path + "." + k) {
+				v.add(path+"."+k, "only allowed with tls: true (add tls: true to check over HTTPS)")
+			}
+		}
+		return
+	}
+	for _, k := range []string{"sni", "verify_name"} {
+		n := h.SNI
+		if k == "verify_name" {
+			n = h.VerifyName
+		}
+		if n == "" {
+			continue
+		}
+		if err := checkDNSName(n); err != nil {
+			v.add(path+"."+k, "%q is not a DNS name: %v", n, err)
+		}
+	}
+	if h.CA != "" {
+		if _, err := LoadCAs(h.CA); err != nil {
+			v.add(path+".ca", "%v", err)
+		}
+	}
+	verify := h.Verify == nil || *h.Verify
+	if !verify && h.CA != "" {
+		v.add(path+".verify", "verify: false with ca: nothing would be verified against the CA; drop one of them")
+	}
+	if h.SNI == "" && h.Host != "" {
+		host := h.Host
+		if hp, _, err := net.SplitHostPort(host); err == nil {
+			host = hp
+		}
+		if _, err := netip.ParseAddr(host); err != nil {
+			h.SNI = host
+		}
+	}
+	if h.SNI == "" {
+		names := map[string]bool{}
+		fixed := false
+		for _, b := range p.Backends {
+			if b.IsName() {
+				names[strings.ToLower(strings.TrimSuffix(b.Name, "."))] = true
+			} else {
+				fixed = true
+			}
+		}
+		if len(names) == 1 && !fixed {
+			for n := range names {
+				h.SNI = n
+			}
+		}
+	}
+	if verify && h.SNI == "" && h.VerifyName == "" {
+		v.add(path+".tls", "an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set sni: NAME (sent and verified) or verify_name: NAME (verified only)")
+	}
+	if !verify {
+		v.warn(path+".verify", "health check certificates are not verified: a check passes against anything that speaks TLS; give the CA with ca: FILE instead")
 	}
 }
 
@@ -885,6 +952,31 @@ func (v *validator) conntrackWarning(c *Config) {
 		v.warn(fmt.Sprintf("services[%d]", i), "service %q: a TCP connection idle longer than %s (%s, the default) is forgotten by the data path; its next packet is balanced as a new flow and, if the pool changed meanwhile, reaches a backend that resets it: idle database-pool connections are cut. Set %s to more than your clients ever leave a connection idle (e.g. 24h), or their keepalive below %s",
 			s.Name, c.Datapath.Timeouts.TCPEstablished.D(), key, key, c.Datapath.Timeouts.TCPEstablished.D())
 		return
+	}
+}
+
+// healthWarnings warns of a plain HTTP health check on a pool its services
+// reach only over TLS: the check probes the TLS port in clear text (it
+// fails, or passes against something else than what serves traffic).
+func (v *validator) healthWarnings(c *Config) {
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		if p.HealthCheck == nil || p.HealthCheck.HTTP == nil || p.HealthCheck.HTTP.TLS {
+			continue
+		}
+		tlsOnly, users := true, 0
+		for _, s := range c.Services {
+			if s.Pool != p.Name {
+				continue
+			}
+			users++
+			if s.Protocol != ProtocolHTTP || s.Upstream == nil || !s.Upstream.TLS {
+				tlsOnly = false
+			}
+		}
+		if users > 0 && tlsOnly {
+			v.warn(fmt.Sprintf("pools[%d].health_check.http", i), "pool %q is reached over TLS (upstream.tls of its services) but checked in plain HTTP: the check talks clear text to the TLS port; add tls: true (with sni: or verify_name: when the backends are fixed addresses)", p.Name)
+		}
 	}
 }
 

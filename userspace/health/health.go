@@ -1,6 +1,6 @@
 // Package health runs a pool's active health checks (DESIGN.md, issue 4
-// item 6): an HTTP GET of a path with an expected status range, or a TCP
-// connect, for every address of the pool, every interval, with a timeout,
+// item 6): an HTTP or HTTPS GET of a path with an expected status range,
+// or a TCP connect, for every address of the pool, every interval, with a timeout,
 // and rise/fall thresholds.
 //
 // A Checker runs one goroutine per address, bound to the context it was
@@ -33,6 +33,7 @@ const (
 	KindConnect = "connect" // any other failure to connect (unreachable, ...)
 	KindStatus  = "status"  // an HTTP status outside the expected range
 	KindRead    = "read"    // connection reset or closed, malformed response
+	KindTLS     = "tls"     // the TLS handshake failed (certificate not verified, no common version)
 )
 
 // CausePassed is the cause reported when an address turns healthy; an
@@ -68,6 +69,22 @@ type HTTP struct {
 	Host string // Host header; "" sends the address
 	// ExpectLo and ExpectHi bound the passing statuses, inclusive.
 	ExpectLo, ExpectHi int
+	// TLS makes the check HTTPS (HTTP/1.1 over TLS 1.2 or later).
+	TLS *TLS
+}
+
+// TLS are an HTTPS check's settings (the names an upstream's TLS uses).
+type TLS struct {
+	// SNI is the server name sent; "" sends none.
+	SNI string
+	// VerifyName is the name the backend's certificate must carry;
+	// "" means SNI. Ignored when Verify is false.
+	VerifyName string
+	// CA is a PEM file of the CAs to trust instead of the system's.
+	CA string
+	// Verify checks the certificate chain and name; false accepts any
+	// certificate (a warning in `sluice check`).
+	Verify bool
 }
 
 // FromConfig converts a pool's health_check block (defaults filled by
@@ -87,6 +104,9 @@ func FromConfig(hc *config.HealthCheck) (Config, error) {
 			return Config{}, fmt.Errorf("health check expect: %w", err)
 		}
 		c.HTTP = &HTTP{Path: hc.HTTP.Path, Host: hc.HTTP.Host, ExpectLo: lo, ExpectHi: hi}
+		if h := hc.HTTP; h.TLS {
+			c.HTTP.TLS = &TLS{SNI: h.SNI, VerifyName: h.VerifyName, CA: h.CA, Verify: h.Verify == nil || *h.Verify}
+		}
 	}
 	return c, c.Validate()
 }
@@ -109,6 +129,9 @@ func (c Config) Validate() error {
 		}
 		if h.Path != "" && h.Path[0] != '/' {
 			return fmt.Errorf("health check path %q: must start with /", h.Path)
+		}
+		if t := h.TLS; t != nil && t.Verify && t.SNI == "" && t.VerifyName == "" {
+			return errors.New("health check over TLS: verification needs a name (sni or verify_name)")
 		}
 	}
 	return nil
@@ -207,12 +230,16 @@ func New(ctx context.Context, cfg Config, report Report, o Options) (*Checker, e
 	if o.Rand == nil {
 		o.Rand = rand.Float64
 	}
+	probe, err := newProber(cfg)
+	if err != nil {
+		return nil, err
+	}
 	c := &Checker{
 		cfg:     cfg,
 		report:  report,
 		opts:    o,
 		log:     o.Logger,
-		probe:   newProber(cfg),
+		probe:   probe,
 		targets: make(map[netip.AddrPort]*target),
 	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
