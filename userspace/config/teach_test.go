@@ -1,10 +1,23 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // warnMarker marks a line that must carry a warning (the config is
@@ -349,4 +362,79 @@ services:
 			t.Errorf("pool %s: sni %q, want %q", cfg.Pools[i].Name, got, want)
 		}
 	}
+}
+
+// Issue 16: every yaml block of docs/migration.md is a config sluice
+// accepts without a warning. The certificate, key and CA files the examples
+// name under /etc/sluice/ are made up in a temporary directory.
+func TestMigrationExamples(t *testing.T) {
+	data, err := os.ReadFile("../../docs/migration.md")
+	if errors.Is(err, fs.ErrNotExist) {
+		t.Skip("docs/migration.md not present")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certPEM, keyPEM := selfSigned(t)
+	fileRE := regexp.MustCompile(`\b(cert|key|ca): (/etc/sluice/[^\s,}]+)`)
+	blocks := 0
+	for i, part := range strings.Split(string(data), "```yaml\n")[1:] {
+		src, _, ok := strings.Cut(part, "```")
+		if !ok {
+			t.Fatalf("example %d is not closed", i)
+		}
+		blocks++
+		for _, m := range fileRE.FindAllStringSubmatch(src, -1) {
+			f := filepath.Join(dir, strings.TrimPrefix(m[2], "/etc/sluice/"))
+			if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			content := certPEM
+			if m[1] == "key" {
+				content = keyPEM
+			}
+			if err := os.WriteFile(f, content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		src = strings.ReplaceAll(src, "/etc/sluice/", dir+"/")
+		cfg, err := Parse([]byte(src), fmt.Sprintf("migration.md example %d", i))
+		if err != nil {
+			t.Errorf("example %d:\n%v", i, err)
+			continue
+		}
+		if len(cfg.Warnings) > 0 {
+			t.Errorf("example %d has warnings:\n%s", i, strings.Join(cfg.WarningLines(), "\n"))
+		}
+	}
+	if blocks < 3 {
+		t.Errorf("found %d examples, want at least 3", blocks)
+	}
+}
+
+// selfSigned returns a self-signed certificate and its key, PEM encoded.
+func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "example"},
+		DNSNames:  []string{"example"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }
