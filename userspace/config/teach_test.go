@@ -186,12 +186,12 @@ pools:
     backends: [{address: 198.18.2.11:443}]
     health_check:
       http:
-        tls: true          # <- pools[0].health_check.http.tls: an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set sni: NAME
+        tls: true          # <- pools[0].health_check.http.tls: an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set server_name: NAME
   - name: plain
     backends: [{address: 198.18.2.12:80}]
     health_check:
       http:
-        sni: a.example     # <- pools[1].health_check.http.sni: only allowed with tls: true (add tls: true to check over HTTPS)
+        server_name: a.example     # <- pools[1].health_check.http.server_name: only allowed with tls: true (add tls: true to check over HTTPS)
   - name: named
     backends: [{name: api.example, port: 443}]
     health_check: {http: {tls: true}}
@@ -200,7 +200,7 @@ pools:
     health_check:
       http:
         tls: true
-        sni: "bad name"    # <- pools[3].health_check.http.sni: "bad name" is not a DNS name
+        server_name: "bad name"    # <- pools[3].health_check.http.server_name: "bad name" is not a DNS name
 services:
   - name: s
     listen: 0.0.0.0:80
@@ -218,7 +218,7 @@ pools:
     health_check:
       http:
         tls: true
-        verify: false            # <~ pools[1].health_check.http.verify: health check certificates are not verified
+        insecure_skip_verify: true   # <~ pools[1].health_check.http.insecure_skip_verify: health check certificates are not verified
   - name: ok
     backends: [{address: 198.18.2.13:443}]
     health_check:
@@ -346,7 +346,7 @@ pools:
     health_check: {http: {tls: true, host: "www.example:8443"}}
   - name: explicit
     backends: [{name: api.example, port: 443}]
-    health_check: {http: {tls: true, sni: other.example, host: www.example}}
+    health_check: {http: {tls: true, server_name: other.example, host: www.example}}
 services:
   - name: s
     listen: 0.0.0.0:80
@@ -358,8 +358,8 @@ services:
 		t.Fatal(err)
 	}
 	for i, want := range []string{"api.example", "www.example", "other.example"} {
-		if got := cfg.Pools[i].HealthCheck.HTTP.SNI; got != want {
-			t.Errorf("pool %s: sni %q, want %q", cfg.Pools[i].Name, got, want)
+		if got := cfg.Pools[i].HealthCheck.HTTP.ServerName; got != want {
+			t.Errorf("pool %s: server_name %q, want %q", cfg.Pools[i].Name, got, want)
 		}
 	}
 }

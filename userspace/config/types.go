@@ -123,16 +123,17 @@ type HTTPCheck struct {
 	Path   string `yaml:"path"`   // default /
 	Host   string `yaml:"host"`   // Host header, default the address
 	Expect string `yaml:"expect"` // status range, default "200-399"
-	// TLS makes the check HTTPS. The names are an upstream's: SNI is the
-	// server name sent (default: the host key without its port, else
-	// the pool's one DNS name), VerifyName the name the certificate must
-	// carry (default SNI), CA the PEM file of CAs to trust instead of
-	// the system's, Verify false accepts any certificate (a warning).
-	TLS        bool   `yaml:"tls"`
-	SNI        string `yaml:"sni"`
-	VerifyName string `yaml:"verify_name"`
-	CA         string `yaml:"ca"`
-	Verify     *bool  `yaml:"verify"` // default true
+	// TLS makes the check HTTPS. The keys are an upstream's: ServerName
+	// is the server name sent (SNI; default: the host key without its
+	// port, else the pool's one DNS name), VerifyName the name the
+	// certificate must carry (default ServerName), CA the PEM file of
+	// CAs to trust instead of the system's, InsecureSkipVerify accepts
+	// any certificate (a warning).
+	TLS                bool   `yaml:"tls"`
+	ServerName         string `yaml:"server_name"`
+	VerifyName         string `yaml:"verify_name"`
+	CA                 string `yaml:"ca"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
 }
 
 // TCPCheck only connects.

@@ -639,19 +639,20 @@ func (v *validator) healthCheck(p *Pool, hc *HealthCheck, path string) {
 	}
 }
 
-// healthTLS checks an HTTPS health check's keys and fills the SNI default:
-// the host key without its port, else the pool's one DNS name.
+// healthTLS checks an HTTPS health check's keys (an upstream's names) and
+// fills server_name's default: the host key without its port, else the
+// pool's one DNS name.
 func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
 	if !h.TLS {
-		for _, k := range []string{"sni", "verify_name", "ca", "verify"} {
+		for _, k := range []string{"server_name", "verify_name", "ca", "insecure_skip_verify"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed with tls: true (add tls: true to check over HTTPS)")
 			}
 		}
 		return
 	}
-	for _, k := range []string{"sni", "verify_name"} {
-		n := h.SNI
+	for _, k := range []string{"server_name", "verify_name"} {
+		n := h.ServerName
 		if k == "verify_name" {
 			n = h.VerifyName
 		}
@@ -666,21 +667,20 @@ func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
 		if _, err := LoadCAs(h.CA); err != nil {
 			v.add(path+".ca", "%v", err)
 		}
+		if h.InsecureSkipVerify {
+			v.add(path+".insecure_skip_verify", "set either ca or insecure_skip_verify, not both")
+		}
 	}
-	verify := h.Verify == nil || *h.Verify
-	if !verify && h.CA != "" {
-		v.add(path+".verify", "verify: false with ca: nothing would be verified against the CA; drop one of them")
-	}
-	if h.SNI == "" && h.Host != "" {
+	if h.ServerName == "" && h.Host != "" {
 		host := h.Host
 		if hp, _, err := net.SplitHostPort(host); err == nil {
 			host = hp
 		}
 		if _, err := netip.ParseAddr(host); err != nil {
-			h.SNI = host
+			h.ServerName = host
 		}
 	}
-	if h.SNI == "" {
+	if h.ServerName == "" {
 		names := map[string]bool{}
 		fixed := false
 		for _, b := range p.Backends {
@@ -692,15 +692,15 @@ func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
 		}
 		if len(names) == 1 && !fixed {
 			for n := range names {
-				h.SNI = n
+				h.ServerName = n
 			}
 		}
 	}
-	if verify && h.SNI == "" && h.VerifyName == "" {
-		v.add(path+".tls", "an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set sni: NAME (sent and verified) or verify_name: NAME (verified only)")
+	if !h.InsecureSkipVerify && h.ServerName == "" && h.VerifyName == "" {
+		v.add(path+".tls", "an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set server_name: NAME (sent and verified) or verify_name: NAME (verified only)")
 	}
-	if !verify {
-		v.warn(path+".verify", "health check certificates are not verified: a check passes against anything that speaks TLS; give the CA with ca: FILE instead")
+	if h.InsecureSkipVerify {
+		v.warn(path+".insecure_skip_verify", "health check certificates are not verified: a check passes against anything that speaks TLS; give the CA with ca: FILE instead")
 	}
 }
 
@@ -975,7 +975,7 @@ func (v *validator) healthWarnings(c *Config) {
 			}
 		}
 		if users > 0 && tlsOnly {
-			v.warn(fmt.Sprintf("pools[%d].health_check.http", i), "pool %q is reached over TLS (upstream.tls of its services) but checked in plain HTTP: the check talks clear text to the TLS port; add tls: true (with sni: or verify_name: when the backends are fixed addresses)", p.Name)
+			v.warn(fmt.Sprintf("pools[%d].health_check.http", i), "pool %q is reached over TLS (upstream.tls of its services) but checked in plain HTTP: the check talks clear text to the TLS port; add tls: true (with server_name: or verify_name: when the backends are fixed addresses)", p.Name)
 		}
 	}
 }

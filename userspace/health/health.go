@@ -83,7 +83,7 @@ type TLS struct {
 	// CA is a PEM file of the CAs to trust instead of the system's.
 	CA string
 	// Verify checks the certificate chain and name; false accepts any
-	// certificate (a warning in `sluice check`).
+	// certificate (insecure_skip_verify, a warning in `sluice check`).
 	Verify bool
 }
 
@@ -105,7 +105,7 @@ func FromConfig(hc *config.HealthCheck) (Config, error) {
 		}
 		c.HTTP = &HTTP{Path: hc.HTTP.Path, Host: hc.HTTP.Host, ExpectLo: lo, ExpectHi: hi}
 		if h := hc.HTTP; h.TLS {
-			c.HTTP.TLS = &TLS{SNI: h.SNI, VerifyName: h.VerifyName, CA: h.CA, Verify: h.Verify == nil || *h.Verify}
+			c.HTTP.TLS = &TLS{SNI: h.ServerName, VerifyName: h.VerifyName, CA: h.CA, Verify: !h.InsecureSkipVerify}
 		}
 	}
 	return c, c.Validate()
@@ -131,7 +131,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("health check path %q: must start with /", h.Path)
 		}
 		if t := h.TLS; t != nil && t.Verify && t.SNI == "" && t.VerifyName == "" {
-			return errors.New("health check over TLS: verification needs a name (sni or verify_name)")
+			return errors.New("health check over TLS: verification needs a name (server_name or verify_name)")
 		}
 	}
 	return nil

@@ -101,9 +101,8 @@ func TestHTTPSProbe(t *testing.T) {
 }
 
 func TestHTTPSFromConfig(t *testing.T) {
-	f := false
 	hc := &config.HealthCheck{
-		HTTP:     &config.HTTPCheck{Path: "/", Expect: "200", TLS: true, SNI: "a.lab", VerifyName: "b.lab", CA: "/x.pem"},
+		HTTP:     &config.HTTPCheck{Path: "/", Expect: "200", TLS: true, ServerName: "a.lab", VerifyName: "b.lab", CA: "/x.pem"},
 		Interval: config.Duration(time.Second), Timeout: config.Duration(time.Second / 2), Rise: 1, Fall: 1,
 	}
 	c, err := FromConfig(hc)
@@ -113,17 +112,17 @@ func TestHTTPSFromConfig(t *testing.T) {
 	if got, want := *c.HTTP.TLS, (TLS{SNI: "a.lab", VerifyName: "b.lab", CA: "/x.pem", Verify: true}); got != want {
 		t.Errorf("tls %+v, want %+v", got, want)
 	}
-	hc.HTTP.Verify = &f
+	hc.HTTP.InsecureSkipVerify = true
 	if c, _ = FromConfig(hc); c.HTTP.TLS.Verify {
-		t.Error("verify: false not carried")
+		t.Error("insecure_skip_verify not carried")
 	}
 	// Verification without a name cannot work: refused.
-	hc.HTTP.Verify, hc.HTTP.SNI, hc.HTTP.VerifyName = nil, "", ""
+	hc.HTTP.InsecureSkipVerify, hc.HTTP.ServerName, hc.HTTP.VerifyName = false, "", ""
 	if _, err := FromConfig(hc); err == nil {
 		t.Error("verified HTTPS check without a name accepted")
 	}
 	// A CA file that does not exist fails the checker, not each check.
-	hc.HTTP.SNI = "a.lab"
+	hc.HTTP.ServerName = "a.lab"
 	c, _ = FromConfig(hc)
 	if _, err := New(context.Background(), c, func(netip.AddrPort, bool, string) {}, Options{}); err == nil || !strings.Contains(err.Error(), "ca") {
 		t.Errorf("New with a missing CA file: %v", err)
