@@ -48,6 +48,9 @@ func main() {
 	listen := flag.String("listen", ":80", "address to listen on")
 	name := flag.String("name", "", "backend name sent in the body and the X-Backend header (default: hostname)")
 	udpListen := flag.String("udp-listen", "", "also answer UDP datagrams on this address with the name")
+	tlsListen := flag.String("tls-listen", "", "also serve HTTPS on this address (same backend: counters, failure status)")
+	tlsCert := flag.String("tls-cert", "", "PEM certificate for --tls-listen")
+	tlsKey := flag.String("tls-key", "", "PEM key for --tls-listen")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -74,13 +77,16 @@ func main() {
 		}()
 		go serveUDP(log, pc, *name)
 	}
-	if err := run(ctx, log, *listen, *name); err != nil {
+	if err := run(ctx, log, *listen, *name, tlsFiles{*tlsListen, *tlsCert, *tlsKey}); err != nil {
 		log.Error("backend failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, listen, name string) error {
+// tlsFiles is the optional HTTPS listener: address, certificate, key.
+type tlsFiles struct{ listen, cert, key string }
+
+func run(ctx context.Context, log *slog.Logger, listen, name string, tf tlsFiles) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
@@ -94,8 +100,18 @@ func run(ctx context.Context, log *slog.Logger, listen, name string) error {
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "name", name)
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	if tf.listen != "" {
+		tln, err := net.Listen("tcp", tf.listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", tf.listen, err)
+		}
+		tsrv := &http.Server{Handler: srv.Handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}
+		log.Info("listening (https)", "addr", tln.Addr().String(), "name", name)
+		go func() { errc <- tsrv.ServeTLS(tln, tf.cert, tf.key) }()
+		defer tsrv.Close()
+	}
 
 	select {
 	case err := <-errc:
