@@ -180,7 +180,7 @@ func (v *validator) validate(c *Config) {
 
 func (v *validator) interfaces(c *Config) {
 	if len(c.L4Services()) > 0 && len(c.Interfaces) == 0 {
-		v.add("interfaces", "at least one interface is required for tcp/udp services")
+		v.add("interfaces", "at least one interface is required for tcp/udp services: list the links facing clients and backends, e.g. interfaces: [eth0]")
 	}
 	seen := map[string]bool{}
 	for i, name := range c.Interfaces {
@@ -477,6 +477,27 @@ func (v *validator) backend(b *Backend, path string) {
 	}
 }
 
+// poolRef checks that name is a defined pool, and when it is not says
+// which one was meant (a typo) or which there are.
+func (v *validator) poolRef(path, name string, pools map[string]int) {
+	if _, ok := pools[name]; ok {
+		return
+	}
+	names := make([]string, 0, len(pools))
+	for n := range pools {
+		names = append(names, n)
+	}
+	switch hint := suggest(name, names); {
+	case hint != "":
+		v.add(path, "pool %q is not defined (did you mean %q?)", name, hint)
+	case len(names) == 0:
+		v.add(path, "pool %q is not defined: add it under pools: with its backends", name)
+	default:
+		slices.Sort(names)
+		v.add(path, "pool %q is not defined (pools: %s)", name, strings.Join(names, ", "))
+	}
+}
+
 // listenHint says what to write instead of a listen value that is no
 // ip:port: ":443", "443", "*:443", "localhost:80", "0.0.0.0".
 func listenHint(s string, l4 bool) string {
@@ -767,20 +788,8 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 
 	if s.Pool == "" {
 		v.add(path+".pool", "pool is required")
-	} else if _, ok := pools[s.Pool]; !ok {
-		names := make([]string, 0, len(pools))
-		for n := range pools {
-			names = append(names, n)
-		}
-		switch hint := suggest(s.Pool, names); {
-		case hint != "":
-			v.add(path+".pool", "pool %q is not defined (did you mean %q?)", s.Pool, hint)
-		case len(names) == 0:
-			v.add(path+".pool", "pool %q is not defined: add it under pools: with its backends", s.Pool)
-		default:
-			slices.Sort(names)
-			v.add(path+".pool", "pool %q is not defined (pools: %s)", s.Pool, strings.Join(names, ", "))
-		}
+	} else {
+		v.poolRef(path+".pool", s.Pool, pools)
 	}
 
 	if l4 {
