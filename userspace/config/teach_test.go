@@ -68,7 +68,7 @@ func TestCheckTeaches(t *testing.T) {
 pools:
   - name: web
     backends:
-      - name: internal-api.example:8080  # <- pools[0].backends[0].name: "internal-api.example:8080" has a port in it: a name takes its port apart, use name: internal-api.example with port: 8080
+      - name: internal-api.example:8080  # <- pools[0].backends[0].name: "internal-api.example:8080" has a port in it, which goes in port: use name: internal-api.example with port: 8080
       - name: 198.18.2.11:8080           # <- pools[0].backends[1].name: "198.18.2.11:8080" is an ip:port, not a name: use address: 198.18.2.11:8080
       - name: https://api.example/v1     # <- pools[0].backends[2].name: "https://api.example/v1" is a URL: use name: api.example with port: 443
       - name: 198.18.2.12                # <- "198.18.2.12" is an IP address, not a name: use address: 198.18.2.12:PORT

@@ -579,7 +579,7 @@ func endpointHint(s string, port uint16, asName bool) (hint string, ok bool) {
 	case asName && isIP && inline:
 		return "is an ip:port, not a name: " + addr, true
 	case asName && inline:
-		return "has a port in it: a name takes its port apart, " + withPort(host), true
+		return "has a port in it, which goes in port: " + withPort(host), true
 	case asName:
 		return "", false
 	case isIP:
