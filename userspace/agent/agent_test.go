@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -791,4 +793,38 @@ func TestReverseGCEveryTenSeconds(t *testing.T) {
 	if a.flows.gcDeleted != 6 || calls != 3 {
 		t.Fatalf("GCReverse calls = %d, deleted = %d; want 3 calls in 25s", calls, a.flows.gcDeleted)
 	}
+}
+
+// Issue 16: a reload logs the config's warnings (what `sluice check`
+// prints), one line each, and is applied.
+func TestReloadLogsWarnings(t *testing.T) {
+	var buf syncLog
+	h := newHarnessWith(t, nil, baseConfig, func(o *options) {
+		o.log = slog.New(slog.NewTextHandler(&buf, nil))
+	})
+	h.write(baseConfig + "  - name: plain\n    listen: 198.18.1.100:81\n    pool: web\n")
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if n := strings.Count(buf.String(), `msg="config warning"`); n != 1 || !strings.Contains(buf.String(), "tcp_established") {
+		t.Errorf("reload logged %d config warnings, want the tcp_established one:\n%s", n, buf.String())
+	}
+}
+
+// syncLog is a log sink safe for concurrent writes.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncLog) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncLog) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
