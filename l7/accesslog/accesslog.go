@@ -288,6 +288,10 @@ func AppendRecord(b []byte, r *Record, now time.Time) []byte {
 	b = now.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","level":"INFO","msg":"access","service":`...)
 	b = appendJSONString(b, r.Service)
+	if r.Route != "" {
+		b = append(b, `,"route":`...)
+		b = appendJSONString(b, r.Route)
+	}
 	b = append(b, `,"client":`...)
 	b = appendJSONString(b, r.Client)
 	b = append(b, `,"method":`...)

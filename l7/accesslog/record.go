@@ -7,6 +7,9 @@ import "time"
 // request's Observer.Request call returns.
 type Record struct {
 	Service string
+	// Route is the route that took the request, on a service with routes
+	// ("" without routes; "default" for the service's own pool).
+	Route   string
 	Client  string
 	Method  string
 	Host    string

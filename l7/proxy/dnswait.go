@@ -55,8 +55,8 @@ type dnsWait struct {
 // connect and sent nothing (whatever the method: nothing was delivered),
 // the request can be sent again, and no active address it has not seen
 // refuse is left. It records addr as refused.
-func (s *Server) needsDNS(dw *dnsWait, addr netip.AddrPort, o retry.Outcome, replayable bool, now time.Time) bool {
-	if s.dns == nil || o.Kind != retry.ConnectFailure || o.Sent {
+func (s *Server) needsDNS(g *group, dw *dnsWait, addr netip.AddrPort, o retry.Outcome, replayable bool, now time.Time) bool {
+	if g.dns == nil || o.Kind != retry.ConnectFailure || o.Sent {
 		return false
 	}
 	if !slices.Contains(dw.refused, addr) {
@@ -65,7 +65,7 @@ func (s *Server) needsDNS(dw *dnsWait, addr netip.AddrPort, o retry.Outcome, rep
 	if !replayable || dw.waits >= maxDNSWaits {
 		return false
 	}
-	for _, b := range s.backends(now) {
+	for _, b := range s.backends(g, now) {
 		// Ejected addresses do not count: they are out for failing.
 		if b.State == pool.Active && !slices.Contains(dw.refused, b.Addr) {
 			return false
@@ -79,9 +79,9 @@ func (s *Server) needsDNS(dw *dnsWait, addr netip.AddrPort, o retry.Outcome, rep
 // the client goes away, or until passes. It returns how the wait ended
 // ("" when there was nothing to wait for: no lookup in flight or
 // possible) and how long it took.
-func (s *Server) awaitDNS(ctx context.Context, dw *dnsWait, until time.Time) (result string, took time.Duration) {
+func (s *Server) awaitDNS(ctx context.Context, g *group, dw *dnsWait, until time.Time) (result string, took time.Duration) {
 	start := time.Now()
-	ch := s.dns.Reresolve(start)
+	ch := g.dns.Reresolve(start)
 	if ch == nil {
 		return "", 0
 	}
@@ -97,14 +97,14 @@ func (s *Server) awaitDNS(ctx context.Context, dw *dnsWait, until time.Time) (re
 		case <-ch:
 		}
 		now := time.Now()
-		for _, b := range s.backends(now) {
+		for _, b := range s.backends(g, now) {
 			if b.State == pool.Active && !slices.Contains(dw.refused, b.Addr) {
 				dw.granted++
 				return DNSWaitNewAddress, now.Sub(start)
 			}
 		}
 		// Another of the pool's names may still be in flight.
-		ch = s.dns.Reresolve(now)
+		ch = g.dns.Reresolve(now)
 	}
 	return DNSWaitNoNewAddress, time.Since(start)
 }
@@ -118,10 +118,10 @@ func (s *Server) awaitDNS(ctx context.Context, dw *dnsWait, until time.Time) (re
 func (q *request) waitForDNS(addr netip.AddrPort, res tryResult, tr *accesslog.Try) (next, done bool) {
 	s := q.s
 	now := time.Now()
-	if !s.needsDNS(&q.dns, addr, res.outcome, q.out.body.replayable(), now) {
+	if !s.needsDNS(q.st.grp, &q.dns, addr, res.outcome, q.out.body.replayable(), now) {
 		return false, false
 	}
-	result, took := s.awaitDNS(q.r.Context(), &q.dns, minTime(now.Add(q.st.timeouts.Connect), q.deadline))
+	result, took := s.awaitDNS(q.r.Context(), q.st.grp, &q.dns, minTime(now.Add(q.st.timeouts.Connect), q.deadline))
 	if result == "" {
 		return false, false
 	}

@@ -293,21 +293,31 @@ func (s *Server) discard(res tryResult, drain bool) {
 }
 
 // usable is whether pooled connections to addr may be kept: it is still
-// active in the pool, or ejected while panic mode sends requests there.
+// active in a pool of the service, or ejected while panic mode sends requests there.
 func (s *Server) usable(addr netip.AddrPort) bool {
+	for _, g := range s.groups {
+		if s.usableIn(g, addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// usableIn is usable for the pool of g.
+func (s *Server) usableIn(g *group, addr netip.AddrPort) bool {
 	var b pool.Backend
 	ok := false
-	if s.snapshots {
-		for _, x := range s.backends(time.Now()) {
+	if g.snapshots {
+		for _, x := range s.backends(g, time.Now()) {
 			if x.Addr == addr {
 				b, ok = x, true
 				break
 			}
 		}
 	} else {
-		b, ok = s.pool.Backend(addr)
+		b, ok = g.pool.Backend(addr)
 	}
-	return ok && (b.State == pool.Active || b.State == pool.Ejected && s.panicking.Load())
+	return ok && (b.State == pool.Active || b.State == pool.Ejected && g.panicking.Load())
 }
 
 // fail answers the client with an error of sluice's own.

@@ -15,6 +15,7 @@ import (
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/route"
 	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -73,7 +74,12 @@ type request struct {
 // ServeHTTP proxies one request: admit it, then pick a backend, try it,
 // decide whether to try again, and respond with the outcome.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	q := &request{s: s, w: w, r: r, st: s.cfg.Load(), start: time.Now()}
+	st, status, miss := s.cfg.Load().route(r)
+	q := &request{s: s, w: w, r: r, st: st, start: time.Now()}
+	routeName := st.route
+	if status != 0 {
+		routeName = ""
+	}
 	q.deadline = q.start.Add(q.st.timeouts.Total)
 	q.tried = q.triedArr[:0]
 	// timeouts.total bounds the whole exchange, writing the response to
@@ -82,7 +88,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = http.NewResponseController(w).SetWriteDeadline(q.deadline)
 	q.rec = s.records.Get().(*accesslog.Record)
 	*q.rec = accesslog.Record{
-		Service: s.name, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
+		Service: s.name, Route: routeName, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
 		URI: r.RequestURI, Proto: r.Proto, Tries: q.rec.Tries[:0],
 	}
 	defer q.finish()
@@ -96,6 +102,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.active.Add(-1)
 	if !q.admit() {
+		return
+	}
+	if status != 0 {
+		s.fail(w, q.rec, status, miss)
 		return
 	}
 	s.budget.Start()
@@ -121,16 +131,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// What counts toward ejection is the pool's ejection.on, apart
 		// from what is retried (retry.on): a 503 may be retried
 		// without ejecting the address that answered it.
-		failed := s.tracker.Counts(res.outcome)
+		failed := q.st.grp.tracker.Counts(res.outcome)
 		if res.local {
 			// sluice held back (the address at its connection limit):
 			// nothing the backend did.
 			s.obs.Refused(s.name, limitUpstreamConnections)
 			if trial {
-				s.tracker.Abandon(b.Addr)
+				q.st.grp.tracker.Abandon(b.Addr)
 			}
 		} else if failed || trial {
-			s.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
+			q.st.grp.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 		}
 		// (An address at sluice's own connection limit refused nothing:
 		// no DNS wait for it.)
@@ -155,6 +165,33 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// route picks the settings of a request's route. With no route for it,
+// status is 404 (or 400 for a path with a dot segment on a listener that
+// routes by path) and why says so; st is then the service's settings,
+// for the answer.
+func (rt *routing) route(r *http.Request) (st *settings, status int, why string) {
+	if rt.single != nil {
+		return rt.single, 0, ""
+	}
+	path := r.RequestURI
+	if path == "" || path[0] != '/' {
+		path = r.URL.RequestURI() // HTTP/1.1 absolute form, as outgoing sends it
+	}
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	if rt.paths {
+		if err := route.CheckPath(path); err != nil {
+			return rt.base, http.StatusBadRequest, "routing: " + err.Error()
+		}
+	}
+	i, ok := rt.table.Match(r.Host, path, r.Method, r.Header)
+	if !ok {
+		return rt.base, http.StatusNotFound, "no route for host " + strconv.Quote(r.Host) + " and path " + strconv.Quote(path)
+	}
+	return rt.targets[i], 0, ""
 }
 
 // finish ends a request: the access log line, the observer, the record
@@ -301,7 +338,7 @@ func (q *request) try(b pool.Backend, trial bool) (tryResult, accesslog.Try) {
 func (q *request) clientGone(b pool.Backend, trial bool, res tryResult, tr accesslog.Try) {
 	s, rec := q.s, q.rec
 	if trial {
-		s.tracker.Abandon(b.Addr)
+		q.st.grp.tracker.Abandon(b.Addr)
 	}
 	tr.Outcome, tr.Why = "client-closed", "the client went away"
 	rec.Tries = append(rec.Tries, tr)
@@ -449,9 +486,10 @@ func serverName(st *settings, b pool.Backend) string {
 // while one is left, through the selector and the trial gate. In panic
 // mode ejected addresses are candidates too.
 func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time) (b pool.Backend, trial, panicMode, ok bool) {
-	all := s.backends(now)
+	g := st.grp
+	all := s.backends(g, now)
 	panicMode = eject.Panic(all, st.maxEject)
-	if s.panicking.Load() != panicMode && s.panicking.CompareAndSwap(!panicMode, panicMode) {
+	if g.panicking.Load() != panicMode && g.panicking.CompareAndSwap(!panicMode, panicMode) {
 		if panicMode {
 			s.log.Warn("panic mode: too much of the pool is ejected, spreading load over every address", "pool", st.svc.Pool)
 		} else {
@@ -487,7 +525,7 @@ func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time) (b po
 	for len(rest) > 0 {
 		i := s.selector.Select(rest)
 		c := rest[i]
-		if ok, trial := s.tracker.Admit(*c.Backend); ok {
+		if ok, trial := g.tracker.Admit(*c.Backend); ok {
 			return *c.Backend, trial, panicMode, true
 		}
 		// Refused (its trial is in flight): choose among the others.
@@ -536,16 +574,16 @@ const snapMaxAge = 250 * time.Millisecond
 // transitions the copy is shared by the requests until the next
 // transition, instead of one copy (and one pass through the pool's lock)
 // per request.
-func (s *Server) backends(now time.Time) []pool.Backend {
-	if !s.snapshots {
-		return s.pool.Backends()
+func (s *Server) backends(g *group, now time.Time) []pool.Backend {
+	if !g.snapshots {
+		return g.pool.Backends()
 	}
-	gen := s.snapGen.Load()
-	if sn := s.snap.Load(); sn != nil && sn.gen == gen && now.Sub(sn.at) < snapMaxAge {
+	gen := g.snapGen.Load()
+	if sn := g.snap.Load(); sn != nil && sn.gen == gen && now.Sub(sn.at) < snapMaxAge {
 		return sn.all
 	}
-	all := s.pool.Backends()
-	s.snap.Store(&backendSnap{gen: gen, at: now, all: all})
+	all := g.pool.Backends()
+	g.snap.Store(&backendSnap{gen: gen, at: now, all: all})
 	return all
 }
 

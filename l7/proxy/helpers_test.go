@@ -183,6 +183,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 // logLine is an access log line as JSON.
 type logLine struct {
 	Service string          `json:"service"`
+	Route   string          `json:"route"`
 	Method  string          `json:"method"`
 	Status  int             `json:"status"`
 	Error   string          `json:"error"`

@@ -62,4 +62,17 @@ type Options struct {
 	// one: services sharing a pool should share its tracker, so failures
 	// are counted per pool (see eject.New). Ejection is then ignored.
 	Tracker *eject.Tracker
+	// RoutePools are the pools the service's routes send to, by name
+	// (the service's own pool may be left out: it is Pool). A reload
+	// naming a pool not here needs a new server.
+	RoutePools map[string]RoutePool
+}
+
+// RoutePool is one pool a service's routes send to.
+type RoutePool struct {
+	Pool PoolView
+	// Tracker is the pool's ejection tracker, shared with the other
+	// services of the pool; nil: a new one with Ejection.
+	Tracker  *eject.Tracker
+	Ejection eject.Config
 }

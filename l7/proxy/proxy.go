@@ -39,6 +39,7 @@ import (
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/route"
 	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -52,12 +53,41 @@ type PoolView interface {
 	Recover(now time.Time, addr netip.AddrPort, cause string) error
 }
 
-// settings is what Update replaces atomically.
+// settings are the settings of one route (the service's own pool is its
+// default route): what a request keeps from start to end, whatever a
+// reload changes meanwhile.
 type settings struct {
-	svc      service.Config
+	svc      service.Config // Pool and Host are the route's
+	route    string         // the route's name, for the access log ("" when the service has no routes)
 	timeouts service.Timeouts
 	policy   *retry.Policy
 	maxEject int
+	grp      *group // the route's pool
+}
+
+// routing is what Update replaces atomically: the routing table and the
+// settings of every route.
+type routing struct {
+	table   *route.Table
+	targets []*settings // by route index (route.Table.Match)
+	// single is the only route of a service without routes (no table
+	// look-up, no dot-segment check: the service as before routes).
+	single *settings
+	paths  bool // some route matches on a path: dot segments are refused
+	base   *settings
+}
+
+// group is what the server keeps per pool its routes send to.
+type group struct {
+	name        string
+	pool        PoolView
+	dns         DNSWaiter // the pool, when requests can wait for its next DNS answer (dnswait.go)
+	tracker     *eject.Tracker
+	snapshots   bool // the pool publishes its transitions: backends() may cache
+	snapGen     atomic.Uint64
+	snap        atomic.Pointer[backendSnap]
+	panicking   atomic.Bool
+	unsubscribe func() // from the pool's transitions, when it offers them
 }
 
 // Server proxies one http service.
@@ -65,10 +95,8 @@ type Server struct {
 	name     string
 	log      *slog.Logger
 	obs      Observer
-	pool     PoolView
-	dns      DNSWaiter // the pool, when requests can wait for its next DNS answer (dnswait.go)
+	groups   map[string]*group // by pool name; fixed for the server's life
 	pools    *upstream.Pools
-	tracker  *eject.Tracker
 	budget   *retry.Budget
 	selector Selector
 	http     *http.Server
@@ -78,19 +106,14 @@ type Server struct {
 	limits   service.ClientLimits // with defaults
 	active   atomic.Int64         // requests in flight (client.max_requests)
 
-	cfg       atomic.Pointer[settings]
-	access    atomic.Pointer[accesslog.Logger] // nil: no access log
-	cert      atomic.Pointer[tls.Certificate]
-	panicking atomic.Bool
+	cfg    atomic.Pointer[routing]
+	access atomic.Pointer[accesslog.Logger] // nil: no access log
+	cert   atomic.Pointer[tls.Certificate]
 
-	loads     sync.Map // netip.AddrPort → *addrStat
-	snapshots bool     // the pool publishes its transitions: backends() may cache
-	snapGen   atomic.Uint64
-	snap      atomic.Pointer[backendSnap]
-	records   sync.Pool // *accesslog.Record
+	loads   sync.Map  // netip.AddrPort → *addrStat
+	records sync.Pool // *accesslog.Record
 
-	unsubscribe func() // from the pool's transitions, when it offers them
-	tunnels     tunnels
+	tunnels tunnels
 
 	bufs sync.Pool // *[]byte of copyBufSize, for response bodies
 
@@ -103,13 +126,79 @@ type Server struct {
 
 const copyBufSize = 32 << 10
 
-func compile(svc service.Config, ej eject.Config) (*settings, error) {
-	t := svc.Timeouts.WithDefaults()
+// compile checks a service and its routes and builds their settings;
+// groups are the server's pools (a route naming another pool is refused:
+// the agent replaces the server when the set of pools changes); ej is the
+// ejection block of the service's own pool (the trackers of the others
+// have theirs).
+func compile(svc service.Config, ej eject.Config, groups map[string]*group) (*routing, error) {
+	base, err := compileRoute(svc, svc.Pool, svc.Host, svc.Timeouts, svc.Retry)
+	if err != nil {
+		return nil, err
+	}
+	if err := eject.Validate(ej); err != nil {
+		return nil, fmt.Errorf("service %s: pool %s: %w", svc.Name, svc.Pool, err)
+	}
+	rt := &routing{base: base}
+	grp := func(st *settings) error {
+		g := groups[st.svc.Pool]
+		if g == nil {
+			return fmt.Errorf("service %s: route %s: pool %s is not one of the server's (replace the server)", svc.Name, st.route, st.svc.Pool)
+		}
+		st.grp = g
+		st.maxEject = ej.MaxEjectedPercent
+		if st.svc.Pool != svc.Pool {
+			st.maxEject = g.tracker.Config().MaxEjectedPercent
+		}
+		return nil
+	}
+	if len(svc.Routes) == 0 {
+		if err := grp(base); err != nil {
+			return nil, err
+		}
+		rt.single = base
+		return rt, nil
+	}
+	if rt.table, err = svc.Table(); err != nil {
+		return nil, fmt.Errorf("service %s: %w", svc.Name, err)
+	}
+	rt.paths = rt.table.RoutesPaths()
+	for _, r := range svc.Routes {
+		host := r.Host
+		if host == "" {
+			host = svc.Host
+		}
+		retr := r.Retry
+		if retr == nil {
+			retr = svc.Retry
+		}
+		st, err := compileRoute(svc, r.Pool, host, r.Timeouts.Inherit(svc.Timeouts), retr)
+		if err != nil {
+			return nil, fmt.Errorf("route %s: %w", r.Match.Name, err)
+		}
+		st.route = r.Match.Name
+		if err := grp(st); err != nil {
+			return nil, err
+		}
+		rt.targets = append(rt.targets, st)
+	}
+	if svc.Pool != "" {
+		base.route = service.DefaultRouteName
+		if err := grp(base); err != nil {
+			return nil, err
+		}
+		rt.targets = append(rt.targets, base)
+	}
+	return rt, nil
+}
+
+// compileRoute builds the settings of one route.
+func compileRoute(svc service.Config, pool, host string, t service.Timeouts, r *retry.Config) (*settings, error) {
+	t = t.WithDefaults()
 	if t.Connect < 0 || t.Send < 0 || t.Read < 0 || t.Total < 0 {
 		return nil, fmt.Errorf("service %s: timeouts must be positive (connect %s, send %s, read %s, total %s)",
 			svc.Name, t.Connect, t.Send, t.Read, t.Total)
 	}
-	r := svc.Retry
 	if r == nil {
 		d := retry.DefaultConfig()
 		r = &d
@@ -118,9 +207,7 @@ func compile(svc service.Config, ej eject.Config) (*settings, error) {
 	if err != nil {
 		return nil, fmt.Errorf("service %s: %w", svc.Name, err)
 	}
-	if err := eject.Validate(ej); err != nil {
-		return nil, fmt.Errorf("service %s: pool %s: %w", svc.Name, svc.Pool, err)
-	}
+	svc.Pool, svc.Host, svc.Routes = pool, host, nil
 	if svc.Host == "" {
 		svc.Host = service.HostKeep
 	}
@@ -132,20 +219,26 @@ func compile(svc service.Config, ej eject.Config) (*settings, error) {
 			return nil, fmt.Errorf("service %s: %w", svc.Name, err)
 		}
 	}
-	return &settings{svc: svc, timeouts: t, policy: pol, maxEject: ej.MaxEjectedPercent}, nil
+	return &settings{svc: svc, timeouts: t, policy: pol}, nil
+}
+
+// longestTotal is the longest total deadline of the routes (the
+// listener's write timeout must not cut any of them).
+func (rt *routing) longestTotal() time.Duration {
+	d := rt.base.timeouts.Total
+	for _, st := range rt.targets {
+		d = max(d, st.timeouts.Total)
+	}
+	return d
 }
 
 // New validates opts and builds a server; nothing listens until Serve.
 func New(opts Options) (*Server, error) {
-	if opts.Pool == nil {
+	if opts.Pool == nil && opts.Service.Pool != "" || opts.Pool == nil && len(opts.Service.Routes) == 0 {
 		return nil, fmt.Errorf("service %s: no pool", opts.Service.Name)
 	}
 	if opts.Tracker != nil {
 		opts.Ejection = opts.Tracker.Config()
-	}
-	st, err := compile(opts.Service, opts.Ejection)
-	if err != nil {
-		return nil, err
 	}
 	log := opts.Log
 	if log == nil {
@@ -156,10 +249,10 @@ func New(opts Options) (*Server, error) {
 		name:     opts.Service.Name,
 		log:      log,
 		obs:      opts.Observer,
-		pool:     opts.Pool,
 		selector: opts.Selector,
 		shutdown: opts.ShutdownTimeout,
 		upTLS:    opts.Upstream.TLS != nil,
+		groups:   make(map[string]*group),
 	}
 	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
 	s.records.New = func() any { return new(accesslog.Record) }
@@ -172,19 +265,41 @@ func New(opts Options) (*Server, error) {
 	if s.shutdown <= 0 {
 		s.shutdown = service.DefaultShutdownTimeout
 	}
+	// One group per pool: the service's own, and those of its routes.
+	pools := make(map[string]RoutePool, len(opts.RoutePools)+1)
+	for name, rp := range opts.RoutePools {
+		pools[name] = rp
+	}
+	if opts.Service.Pool != "" {
+		pools[opts.Service.Pool] = RoutePool{Pool: opts.Pool, Tracker: opts.Tracker, Ejection: opts.Ejection}
+	}
+	for name, rp := range pools {
+		if rp.Pool == nil {
+			return nil, fmt.Errorf("service %s: pool %s: no pool", opts.Service.Name, name)
+		}
+		g := &group{name: name, pool: rp.Pool, tracker: rp.Tracker}
+		if g.tracker == nil {
+			var err error
+			g.tracker, err = eject.New(rp.Ejection, rp.Pool, eject.Options{
+				Jitter: opts.EjectionJitter, Log: log.With("pool", name),
+				Observe: func(ev eject.Event) { s.obs.Ejection(s.name, ev) },
+			})
+			if err != nil {
+				return nil, fmt.Errorf("service %s: pool %s: %w", opts.Service.Name, name, err)
+			}
+		}
+		g.dns, _ = rp.Pool.(DNSWaiter)
+		// A pool that publishes its transitions (*pool.Pool does) is
+		// followed directly; the agent need not call AddressChanged then.
+		s.groups[name] = g
+	}
+	st, err := compile(opts.Service, opts.Ejection, s.groups)
+	if err != nil {
+		return nil, err
+	}
 	s.cfg.Store(st)
 	s.access.Store(opts.AccessLog)
-	s.budget = retry.NewBudget(st.policy.BudgetPercent(), retry.DefaultMinRetries)
-	s.tracker = opts.Tracker
-	if s.tracker == nil {
-		s.tracker, err = eject.New(opts.Ejection, opts.Pool, eject.Options{
-			Jitter: opts.EjectionJitter, Log: log,
-			Observe: func(ev eject.Event) { s.obs.Ejection(s.name, ev) },
-		})
-		if err != nil {
-			return nil, fmt.Errorf("service %s: %w", opts.Service.Name, err)
-		}
-	}
+	s.budget = retry.NewBudget(st.base.policy.BudgetPercent(), retry.DefaultMinRetries)
 	s.pools = upstream.New(upstream.Options{
 		MaxIdlePerAddr:  opts.Upstream.MaxIdlePerAddr,
 		IdleTimeout:     opts.Upstream.IdleTimeout,
@@ -198,16 +313,13 @@ func New(opts Options) (*Server, error) {
 			s.obs.UpstreamClosed(s.name, addr, reason)
 		},
 	})
-
-	s.dns, _ = opts.Pool.(DNSWaiter)
-
-	// A pool that publishes its transitions (*pool.Pool does) is followed
-	// directly; the agent need not call AddressChanged then.
-	if sub, ok := opts.Pool.(interface {
-		Subscribe(pool.Observer) func()
-	}); ok {
-		s.unsubscribe = sub.Subscribe(s.Transition)
-		s.snapshots = true
+	for _, g := range s.groups {
+		if sub, ok := g.pool.(interface {
+			Subscribe(pool.Observer) func()
+		}); ok {
+			g.unsubscribe = sub.Subscribe(func(t pool.Transition) { s.addressChanged(g, t.Addr, t.To) })
+			g.snapshots = true
+		}
 	}
 
 	cl := opts.Client.WithDefaults()
@@ -221,7 +333,7 @@ func New(opts Options) (*Server, error) {
 		// the next request header, so a deadline of an earlier request
 		// never cuts a later one, and bounds what the server writes itself
 		// (its own error answers, the end of a response).
-		WriteTimeout:   cl.HeaderTimeout + st.timeouts.Total,
+		WriteTimeout:   cl.HeaderTimeout + st.longestTotal(),
 		MaxHeaderBytes: cl.MaxHeaderBytes,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		HTTP2: &http.HTTP2Config{
@@ -319,7 +431,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 // ListenAndServe listens on the service's listen address and serves until ctx ends.
 func (s *Server) ListenAndServe(ctx context.Context) error {
-	addr := s.cfg.Load().svc.Listen
+	addr := s.cfg.Load().base.svc.Listen
 	var lc net.ListenConfig
 	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
@@ -341,8 +453,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.tunnels.shutdown(ctx)
 	s.pools.Close()
-	if s.unsubscribe != nil {
-		s.unsubscribe()
+	for _, g := range s.groups {
+		if g.unsubscribe != nil {
+			g.unsubscribe()
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("service %s: shutdown: %w", s.name, err)
@@ -356,36 +470,45 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // reloadable here: the agent replaces the Server when they change (a
 // changed pool or listen address is refused with an error).
 func (s *Server) Update(svc service.Config, ej eject.Config) error {
-	st, err := compile(svc, ej)
+	st, err := compile(svc, ej, s.groups)
 	if err != nil {
 		return err
 	}
-	if cur := s.cfg.Load().svc; svc.Pool != cur.Pool || svc.Listen != cur.Listen {
+	if cur := s.cfg.Load().base.svc; svc.Pool != cur.Pool || svc.Listen != cur.Listen {
 		return fmt.Errorf("service %s: pool or listen address changed (%s %s → %s %s): replace the server",
 			s.name, cur.Pool, cur.Listen, svc.Pool, svc.Listen)
 	}
-	if err := s.tracker.SetConfig(ej); err != nil {
-		return fmt.Errorf("service %s: %w", s.name, err)
+	if g := s.groups[svc.Pool]; g != nil {
+		if err := g.tracker.SetConfig(ej); err != nil {
+			return fmt.Errorf("service %s: %w", s.name, err)
+		}
 	}
-	s.budget.SetPercent(st.policy.BudgetPercent())
+	s.budget.SetPercent(st.base.policy.BudgetPercent())
 	s.cfg.Store(st)
 	s.log.Info("l7 service updated")
 	return nil
 }
 
-// AddressChanged is called on every transition of an address of the
-// service's pool: by the pool itself when it has Subscribe (*pool.Pool),
-// otherwise by the agent. An address that is no longer active (draining,
-// ejected, removed) gets no new request; its idle pooled connections are
-// closed at once and busy ones when their request ends.
+// AddressChanged is called on every transition of an address of one of
+// the service's pools: by the pool itself when it has Subscribe
+// (*pool.Pool), otherwise by the agent. An address that is no longer
+// active (draining, ejected, removed) gets no new request; its idle
+// pooled connections are closed at once and busy ones when their request
+// ends. With several pools, it applies to every pool holding addr.
 func (s *Server) AddressChanged(addr netip.AddrPort, state pool.State) {
-	s.snapGen.Add(1)
+	for _, g := range s.groups {
+		s.addressChanged(g, addr, state)
+	}
+}
+
+func (s *Server) addressChanged(g *group, addr netip.AddrPort, state pool.State) {
+	g.snapGen.Add(1)
 	if state == pool.Active {
 		return
 	}
 	s.pools.Retire(addr)
 	if state == pool.Removed {
-		s.tracker.Forget(addr)
+		g.tracker.Forget(addr)
 		if v, ok := s.loads.Load(addr); ok && v.(*addrStat).inflight.Load() <= 0 {
 			s.loads.Delete(addr)
 		}
@@ -402,4 +525,11 @@ func (s *Server) UpstreamStats(addr netip.AddrPort) upstream.Stats { return s.po
 func (s *Server) BudgetStats() retry.BudgetStats { return s.budget.Stats() }
 
 // Panicking reports whether the service is in panic mode.
-func (s *Server) Panicking() bool { return s.panicking.Load() }
+func (s *Server) Panicking() bool {
+	for _, g := range s.groups {
+		if g.panicking.Load() {
+			return true
+		}
+	}
+	return false
+}

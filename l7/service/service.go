@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/route"
 )
 
 // HostKeep is Service.Host's value that passes the client's Host header on.
@@ -22,7 +23,9 @@ const HostKeep = "keep"
 type Config struct {
 	Name   string
 	Listen string // ip:port, for ListenAndServe
-	Pool   string // the pool's name (messages; Update refuses a change)
+	// Pool is the pool of the default route (every request no route of
+	// Routes takes); "" when the service has routes and no default.
+	Pool string
 	// Host is HostKeep ("" too) to pass the client's Host on, or the name
 	// sent as Host to the backends.
 	Host     string
@@ -37,6 +40,69 @@ type Config struct {
 	// (X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, Forwarded); from
 	// any other peer they are replaced or removed. Default: none.
 	TrustedProxies []netip.Prefix
+	// Routes send requests to other pools by host, path, method or header
+	// (l7/route has the precedence). Pool, when set, is the route of
+	// whatever no route takes, after all of them.
+	Routes []Route
+}
+
+// Route is one route of a service: what it matches and where it sends.
+// Host, Timeouts and Retry left zero take the service's.
+type Route struct {
+	Match route.Spec
+	Pool  string
+	// Host is HostKeep or a name, as Config.Host; "" takes the service's.
+	Host string
+	// Timeouts: a zero field takes the service's.
+	Timeouts Timeouts
+	// Retry: nil takes the service's policy whole.
+	Retry *retry.Config
+}
+
+// DefaultRouteName names a service's own pool as a route (access log).
+const DefaultRouteName = "default"
+
+// Table compiles the service's routes, its own pool last as the route of
+// any host and path when set; the indexes Match returns are those of
+// Routes, len(Routes) for the service's pool.
+func (c Config) Table() (*route.Table, error) {
+	specs := make([]route.Spec, 0, len(c.Routes)+1)
+	names := make(map[string]int)
+	for i, r := range c.Routes {
+		if r.Match.Name == "" {
+			return nil, fmt.Errorf("route %d: no name", i+1)
+		}
+		if r.Match.Name == DefaultRouteName && c.Pool != "" {
+			return nil, fmt.Errorf("route %s: the name %s is the service's pool's route", r.Match.Name, DefaultRouteName)
+		}
+		if j, dup := names[r.Match.Name]; dup {
+			return nil, fmt.Errorf("route %s: name used twice (routes %d and %d)", r.Match.Name, j+1, i+1)
+		}
+		names[r.Match.Name] = i
+		if r.Pool == "" {
+			return nil, fmt.Errorf("route %s: no pool", r.Match.Name)
+		}
+		specs = append(specs, r.Match)
+	}
+	if c.Pool != "" {
+		specs = append(specs, route.Spec{Name: DefaultRouteName + " (the service's pool " + c.Pool + ")"})
+	}
+	if len(specs) == 0 {
+		return nil, fmt.Errorf("service %s: no pool and no route", c.Name)
+	}
+	return route.Compile(specs)
+}
+
+// Inherit is t with its zero fields taken from the service's.
+func (t Timeouts) Inherit(svc Timeouts) Timeouts {
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&t.Connect, &svc.Connect}, {&t.Send, &svc.Send}, {&t.Read, &svc.Read}, {&t.Total, &svc.Total},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
+	}
+	return t
 }
 
 // ParseTrustedProxies parses a trusted_proxies list: CIDRs (a bare

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/sluicelb/sluice/l7/proxy"
@@ -20,7 +22,7 @@ import (
 // l7Service is one running http service.
 type l7Service struct {
 	svc    config.Service
-	pool   *pool.Pool
+	pools  map[string]*pool.Pool // the service's pool and its routes' (routePools)
 	srv    *proxy.Server
 	cancel context.CancelFunc
 	listen *listenerHandoff // the socket, passed on to a replacement on the same address
@@ -73,16 +75,23 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 	want := make(map[string]bool)
 	for _, svc := range cfg.HTTPServices() {
 		want[svc.Name] = true
-		p := pools[svc.Pool]
-		pc := cfg.Pool(svc.Pool)
-		if p == nil || pc == nil {
-			s.log.Error("http service has no pool", "service", svc.Name, "pool", svc.Pool)
-			problems = append(problems, fmt.Sprintf("http service %s: no pool %s", svc.Name, svc.Pool))
+		sp := make(map[string]*pool.Pool)
+		missing := ""
+		for _, name := range routePools(svc) {
+			if p := pools[name]; p != nil && cfg.Pool(name) != nil {
+				sp[name] = p
+			} else if missing == "" {
+				missing = name
+			}
+		}
+		if missing != "" {
+			s.log.Error("http service has no pool", "service", svc.Name, "pool", missing)
+			problems = append(problems, fmt.Sprintf("http service %s: no pool %s", svc.Name, missing))
 			continue
 		}
 		if cur, ok := s.services[svc.Name]; ok {
-			if cur.svc.Listen == svc.Listen && cur.pool == p && !needsNewServer(cur.svc, svc) {
-				if err := s.update(cur, svc, *pc); err != nil {
+			if cur.svc.Listen == svc.Listen && maps.Equal(cur.pools, sp) && !needsNewServer(cur.svc, svc) {
+				if err := s.update(cur, svc, cfg); err != nil {
 					s.log.Error("http service not updated, it keeps its settings", "service", svc.Name, "err", err)
 					problems = append(problems, fmt.Sprintf("http service %s not updated, it keeps its settings: %v", svc.Name, err))
 					continue
@@ -98,7 +107,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 			if cur.svc.Listen == svc.Listen {
 				reuse = cur.listen
 			}
-			if err := s.start(ctx, svc, *pc, p, reuse); err != nil {
+			if err := s.start(ctx, svc, cfg, sp, reuse); err != nil {
 				s.log.Error("http service not restarted, the old one goes on", "service", svc.Name, "err", err)
 				problems = append(problems, fmt.Sprintf("http service %s not restarted, the old one goes on: %v", svc.Name, err))
 				continue
@@ -109,7 +118,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 			s.stop(cur)
 			continue
 		}
-		if err := s.start(ctx, svc, *pc, p, nil); err != nil {
+		if err := s.start(ctx, svc, cfg, sp, nil); err != nil {
 			s.log.Error("http service not started", "service", svc.Name, "err", err)
 			problems = append(problems, fmt.Sprintf("http service %s not started: %v", svc.Name, err))
 		}
@@ -130,16 +139,25 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 // start builds, listens and serves one service, replacing any entry of
 // the same name in s.services. With reuse, the service takes that socket
 // over instead of listening.
-func (s *l7Stage) start(ctx context.Context, svc config.Service, pc config.Pool, p *pool.Pool, reuse *listenerHandoff) error {
-	tr, err := s.trackers.get(pc, p)
-	if err != nil {
-		return err
-	}
+func (s *l7Stage) start(ctx context.Context, svc config.Service, cfg *config.Config, sp map[string]*pool.Pool, reuse *listenerHandoff) error {
 	opts, err := s.options(svc)
 	if err != nil {
 		return err
 	}
-	opts.Pool, opts.Tracker = p, tr
+	// Every pool's tracker is the one shared with the data path and the
+	// other services of the pool.
+	opts.RoutePools = make(map[string]proxy.RoutePool, len(sp))
+	for name, p := range sp {
+		tr, err := s.trackers.get(*cfg.Pool(name), p)
+		if err != nil {
+			return err
+		}
+		if name == svc.Pool {
+			opts.Pool, opts.Tracker = p, tr
+		} else {
+			opts.RoutePools[name] = proxy.RoutePool{Pool: p, Tracker: tr}
+		}
+	}
 	srv, err := proxy.New(opts)
 	if err != nil {
 		return fmt.Errorf("build: %w", err)
@@ -158,7 +176,7 @@ func (s *l7Stage) start(ctx context.Context, svc config.Service, pc config.Pool,
 	sctx, cancel := context.WithCancel(ctx)
 	// The server follows the pool's transitions itself (pool.Subscribe)
 	// until it shuts down.
-	cur := &l7Service{svc: svc, pool: p, srv: srv, cancel: cancel, listen: hand}
+	cur := &l7Service{svc: svc, pools: sp, srv: srv, cancel: cancel, listen: hand}
 	s.wg.Go(func() {
 		if err := srv.Serve(sctx, l); err != nil {
 			s.log.Error("http service stopped", "service", svc.Name, "err", err)
@@ -216,7 +234,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 // update applies a reloaded service to its running server: settings,
 // access log, and the certificate files read again (renewed certificates
 // are picked up by a reload).
-func (s *l7Stage) update(cur *l7Service, svc config.Service, pc config.Pool) error {
+func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config) error {
 	acc, err := s.accessLogs.get(svc.AccessLog)
 	if err != nil {
 		return err
@@ -226,7 +244,13 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, pc config.Pool) err
 			return err
 		}
 	}
-	if err := cur.srv.Update(proxyService(svc), ejectionConfig(pc.Ejection)); err != nil {
+	// The ejection block of the service's own pool (the trackers of its
+	// routes' pools are kept up to date with their pools).
+	var ej config.Ejection
+	if pc := cfg.Pool(svc.Pool); pc != nil {
+		ej = pc.Ejection
+	}
+	if err := cur.srv.Update(proxyService(svc), ejectionConfig(ej)); err != nil {
 		return err
 	}
 	cur.srv.SetAccessLog(acc)
@@ -261,7 +285,7 @@ func (s *l7Stage) busy(p *pool.Pool, addr netip.AddrPort) int {
 	defer s.mu.Unlock()
 	n := 0
 	for _, cur := range s.services {
-		if cur.pool == p {
+		if slices.Contains(slices.Collect(maps.Values(cur.pools)), p) {
 			n += cur.srv.UpstreamStats(addr).Busy
 		}
 	}

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"slices"
+
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	l7service "github.com/sluicelb/sluice/l7/service"
@@ -27,14 +29,46 @@ func proxyService(svc config.Service) l7service.Config {
 	if t := svc.Timeouts; t != nil {
 		s.Timeouts = l7service.Timeouts{Connect: t.Connect.D(), Send: t.Send.D(), Read: t.Read.D(), Total: t.Total.D()}
 	}
-	if r := svc.Retry; r != nil {
-		s.Retry = &retry.Config{
-			Attempts: r.Attempts, On: r.On, Methods: r.Methods,
-			IdempotencyHeader: r.IdempotencyHeader, NonIdempotent: r.NonIdempotent,
-			BudgetPercent: r.BudgetPercent,
-			BackoffBase:   r.Backoff.Base.D(), BackoffMax: r.Backoff.Max.D(),
-			BufferBytes: r.BufferBytes,
+	s.Retry = retryConfig(svc.Retry)
+	for _, r := range svc.Routes {
+		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, Retry: retryConfig(r.Retry)}
+		if r.Host != "" {
+			rt.Host = r.Host
 		}
+		if t := r.Timeouts; t != nil {
+			rt.Timeouts = l7service.Timeouts{Connect: t.Connect.D(), Send: t.Send.D(), Read: t.Read.D(), Total: t.Total.D()}
+		}
+		s.Routes = append(s.Routes, rt)
 	}
 	return s
+}
+
+// retryConfig is a retry block for l7/retry (nil: nil).
+func retryConfig(r *config.Retry) *retry.Config {
+	if r == nil {
+		return nil
+	}
+	return &retry.Config{
+		Attempts: r.Attempts, On: r.On, Methods: r.Methods,
+		IdempotencyHeader: r.IdempotencyHeader, NonIdempotent: r.NonIdempotent,
+		BudgetPercent: r.BudgetPercent,
+		BackoffBase:   r.Backoff.Base.D(), BackoffMax: r.Backoff.Max.D(),
+		BufferBytes: r.BufferBytes,
+	}
+}
+
+// routePools are the names of the pools an http service sends to: its
+// own (when set) and its routes'.
+func routePools(svc config.Service) []string {
+	var out []string
+	if svc.Pool != "" {
+		out = append(out, svc.Pool)
+	}
+	for _, r := range svc.Routes {
+		if !slices.Contains(out, r.Pool) {
+			out = append(out, r.Pool)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -160,20 +160,14 @@ func applyDefaults(c *Config, lines map[string]int) {
 		if s.Retry == nil {
 			s.Retry = &Retry{}
 		}
-		r := s.Retry
-		rp := sp + ".retry"
-		d.int(rp+".attempts", &r.Attempts, retry.DefaultAttempts)
-		if !d.set(rp + ".on") {
-			r.On = retry.DefaultOn()
-		}
-		if !d.set(rp + ".methods") {
-			r.Methods = retry.DefaultMethods()
-		}
-		d.int(rp+".budget_percent", &r.BudgetPercent, retry.DefaultBudgetPercent)
-		d.dur(rp+".backoff.base", &r.Backoff.Base, retry.DefaultBackoffBase)
-		d.dur(rp+".backoff.max", &r.Backoff.Max, retry.DefaultBackoffMax)
-		if !d.set(rp + ".buffer_bytes") {
-			r.BufferBytes = retry.DefaultBufferBytes
+		d.retry(sp+".retry", s.Retry)
+		// A route's retry block replaces the service's whole, with the
+		// same defaults; its timeouts and host left out are the
+		// service's (the agent fills them in).
+		for j := range s.Routes {
+			if r := s.Routes[j].Retry; r != nil {
+				d.retry(fmt.Sprintf("%s.routes[%d].retry", sp, j), r)
+			}
 		}
 		d.str(sp+".access_log", &s.AccessLog, AccessLogStdout)
 		if !d.set(sp + ".upgrades") {
@@ -205,5 +199,22 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.dur(up+".idle_timeout", &s.Upstream.IdleTimeout, upstream.DefaultIdleTimeout)
 		d.dur(up+".max_lifetime", &s.Upstream.MaxLifetime, upstream.DefaultMaxLifetime)
 		d.int(up+".max_connections", &s.Upstream.MaxConnections, upstream.DefaultMaxConnsPerAddr)
+	}
+}
+
+// retry fills the defaults of the retry block at rp.
+func (d defaulter) retry(rp string, r *Retry) {
+	d.int(rp+".attempts", &r.Attempts, retry.DefaultAttempts)
+	if !d.set(rp + ".on") {
+		r.On = retry.DefaultOn()
+	}
+	if !d.set(rp + ".methods") {
+		r.Methods = retry.DefaultMethods()
+	}
+	d.int(rp+".budget_percent", &r.BudgetPercent, retry.DefaultBudgetPercent)
+	d.dur(rp+".backoff.base", &r.Backoff.Base, retry.DefaultBackoffBase)
+	d.dur(rp+".backoff.max", &r.Backoff.Max, retry.DefaultBackoffMax)
+	if !d.set(rp + ".buffer_bytes") {
+		r.BufferBytes = retry.DefaultBufferBytes
 	}
 }

@@ -119,6 +119,9 @@ func setLines(c *Config, lines map[string]int) {
 	}
 	for i := range c.Services {
 		c.Services[i].Line = lines[fmt.Sprintf("services[%d]", i)]
+		for j := range c.Services[i].Routes {
+			c.Services[i].Routes[j].Line = lines[fmt.Sprintf("services[%d].routes[%d]", i, j)]
+		}
 	}
 }
 

@@ -174,6 +174,9 @@ type Service struct {
 	// Upgrades is the allow-list of protocols a client may switch to with
 	// Upgrade (default [websocket]; h2c is refused).
 	Upgrades []string `yaml:"upgrades"`
+	// Routes send requests to pools by host, path, method or header
+	// (http only); Pool, when set, takes what no route does.
+	Routes []Route `yaml:"routes"`
 	// AccessLog is where an http service writes its access log: stdout
 	// (default), off, or a file path (appended to, reopened on reload).
 	AccessLog string `yaml:"access_log"`
@@ -181,6 +184,30 @@ type Service struct {
 	// ListenAddr is Listen parsed.
 	ListenAddr netip.AddrPort `yaml:"-"`
 	Line       int            `yaml:"-"` // line of the service in the file
+}
+
+// Route is one route of an http service: what it matches (l7/route has
+// the precedence), the pool it sends to, and what it changes of the
+// service's settings.
+type Route struct {
+	Name      string       `yaml:"name"`
+	Hosts     []string     `yaml:"hosts"`      // exact or *.suffix; none: any host (the default site)
+	Path      string       `yaml:"path"`       // prefix, default /
+	ExactPath string       `yaml:"exact_path"` // instead of path
+	Methods   []string     `yaml:"methods"`    // none: any
+	Header    *RouteHeader `yaml:"header"`
+	Pool      string       `yaml:"pool"`
+	Host      string       `yaml:"host"`     // keep or a name; default the service's
+	Timeouts  *Timeouts    `yaml:"timeouts"` // a key left out is the service's
+	Retry     *Retry       `yaml:"retry"`    // replaces the service's whole; default the service's
+
+	Line int `yaml:"-"` // line of the route in the file
+}
+
+// RouteHeader is a route's header condition: present, with Value when set.
+type RouteHeader struct {
+	Name  string `yaml:"name"`
+	Value string `yaml:"value"`
 }
 
 // Timeouts are the L7 per-phase timeouts and the total deadline.

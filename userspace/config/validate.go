@@ -16,6 +16,7 @@ import (
 	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/route"
 	"github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/userspace/addrfilter"
 	"github.com/sluicelb/sluice/userspace/maglev"
@@ -787,7 +788,9 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 	}
 
 	if s.Pool == "" {
-		v.add(path+".pool", "pool is required")
+		if len(s.Routes) == 0 || l4 {
+			v.add(path+".pool", "pool is required")
+		}
 	} else {
 		v.poolRef(path+".pool", s.Pool, pools)
 	}
@@ -805,7 +808,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
 			}
 		}
-		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies"} {
+		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies", "routes"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed for http services")
 			}
@@ -837,6 +840,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 		v.retry(r, path+".retry")
 	}
 	v.httpListener(s, path)
+	v.routes(s, path, pools)
 	for i, tp := range s.TrustedProxies {
 		if _, err := service.ParseTrustedProxies([]string{tp}); err != nil {
 			v.add(fmt.Sprintf("%s.trusted_proxies[%d]", path, i), "%v", err)
@@ -1119,4 +1123,107 @@ func (v *validator) retry(r *Retry, path string) {
 	if r.BufferBytes < 0 || r.BufferBytes > retry.MaxBufferBytes {
 		v.add(path+".buffer_bytes", "%d: must be between 0 and %d", r.BufferBytes, retry.MaxBufferBytes)
 	}
+}
+
+// routes checks the routes of an http service: each one's keys here, the
+// table as a whole (precedence, shadowed routes) by l7/route through
+// l7/service, its problems put on the lines of the routes they name.
+func (v *validator) routes(s *Service, path string, pools map[string]int) {
+	if len(s.Routes) == 0 {
+		return
+	}
+	ok := true
+	for i := range s.Routes {
+		r := &s.Routes[i]
+		rp := fmt.Sprintf("%s.routes[%d]", path, i)
+		if r.Name == "" {
+			v.add(rp+".name", "name is required (the access log names the route)")
+			ok = false
+		} else if r.Name == service.DefaultRouteName && s.Pool != "" {
+			v.add(rp+".name", "%q names the route of the service's own pool; choose another name", r.Name)
+			ok = false
+		}
+		for j := range s.Routes[:i] {
+			if r.Name != "" && s.Routes[j].Name == r.Name {
+				v.add(rp+".name", "route %q is defined twice (also at line %d)", r.Name, s.Routes[j].Line)
+				ok = false
+			}
+		}
+		if r.Pool == "" {
+			v.add(rp+".pool", "pool is required")
+			ok = false
+		} else if _, found := pools[r.Pool]; !found {
+			v.add(rp+".pool", "pool %q is not defined", r.Pool)
+			ok = false
+		}
+		if v.set(rp+".host") && r.Host != HostKeep {
+			if err := checkHost(r.Host); err != nil {
+				v.add(rp+".host", "%q: %v (or \"keep\")", r.Host, err)
+			}
+		}
+		if t := r.Timeouts; t != nil {
+			for _, f := range []struct {
+				k string
+				d Duration
+			}{{"connect", t.Connect}, {"send", t.Send}, {"read", t.Read}, {"total", t.Total}} {
+				if v.set(rp + ".timeouts." + f.k) {
+					v.positive(rp+".timeouts."+f.k, f.d)
+				}
+			}
+		}
+		if r.Retry != nil {
+			v.retry(r.Retry, rp+".retry")
+		}
+		if r.Header != nil && r.Header.Name == "" {
+			v.add(rp+".header.name", "name is required (the header the route matches on)")
+			ok = false
+		}
+	}
+	if !ok {
+		return
+	}
+	if _, err := l7Service(*s).Table(); err != nil {
+		for _, e := range splitErrors(err) {
+			v.add(v.routePath(s, path, e.Error()), "%v", e)
+		}
+	}
+}
+
+// routePath is the path of the route an error of the routing table
+// names first ("route NAME ..."), for its line; path when none.
+func (v *validator) routePath(s *Service, path, msg string) string {
+	name, _, _ := strings.Cut(strings.TrimPrefix(msg, "route "), " ")
+	for i, r := range s.Routes {
+		if r.Name == name {
+			return fmt.Sprintf("%s.routes[%d]", path, i)
+		}
+	}
+	return path + ".routes"
+}
+
+// splitErrors is the errors an errors.Join holds (err itself otherwise).
+func splitErrors(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// l7Service is the part of an http service l7/service checks: its pool
+// and the match of its routes.
+func l7Service(s Service) service.Config {
+	c := service.Config{Name: s.Name, Pool: s.Pool}
+	for _, r := range s.Routes {
+		c.Routes = append(c.Routes, service.Route{Match: r.Spec(), Pool: r.Pool})
+	}
+	return c
+}
+
+// Spec is what the route matches, for l7/route.
+func (r Route) Spec() route.Spec {
+	sp := route.Spec{Name: r.Name, Hosts: r.Hosts, Path: r.Path, ExactPath: r.ExactPath, Methods: r.Methods, Line: r.Line}
+	if r.Header != nil {
+		sp.Header = &route.Header{Name: r.Header.Name, Value: r.Header.Value}
+	}
+	return sp
 }

@@ -1,0 +1,101 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/l7/route"
+	"github.com/sluicelb/sluice/l7/service"
+)
+
+// Two sites and two paths on one listener: each request goes to its
+// route's pool with its route's Host, the access log names the route, an
+// unknown host goes to the service's own pool, a known host with no route
+// for its path gets 404, and a dot segment is refused.
+func TestRoutes(t *testing.T) {
+	answer := func(name string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Backend", name)
+			w.Header().Set("X-Seen-Host", r.Host)
+		}
+	}
+	web := newBackend(t, answer("web"))
+	api := newBackend(t, answer("api"))
+	static := newBackend(t, answer("static"))
+	pWeb, pAPI, pStatic := newPool(t, nil, web.addr), newPool(t, nil, api.addr), newPool(t, nil, static.addr)
+	h := start(t, pWeb, func(o *Options) {
+		o.Service.Routes = []service.Route{
+			{Match: route.Spec{Name: "api", Hosts: []string{"api.example"}}, Pool: "api", Host: "api.internal",
+				Timeouts: service.Timeouts{Read: 300 * time.Millisecond}},
+			{Match: route.Spec{Name: "static", Hosts: []string{"www.example", "*.cdn.example"}, Path: "/static/"}, Pool: "static"},
+		}
+		o.RoutePools = map[string]RoutePool{
+			"api":    {Pool: pAPI, Ejection: testEjection()},
+			"static": {Pool: pStatic, Ejection: testEjection()},
+		}
+	})
+	for _, c := range []struct {
+		host, path    string
+		status        int
+		backend, seen string
+		route         string
+	}{
+		{"api.example", "/v1/x", 200, "api", "api.internal", "api"},
+		{"API.example:8080", "/", 200, "api", "api.internal", "api"},
+		{"www.example", "/static/app.js", 200, "static", "www.example", "static"},
+		{"img.cdn.example", "/static/a.png", 200, "static", "img.cdn.example", "static"},
+		{"other.example", "/static/a.png", 200, "web", "other.example", "default"},
+		{"www.example", "/index.html", 404, "", "", ""},
+		{"www.example", "/static/../admin", 400, "", "", ""},
+	} {
+		req, _ := http.NewRequest("GET", h.url+c.path, nil)
+		req.Host = c.host
+		resp, err := h.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		l := h.access.last(t)
+		if resp.StatusCode != c.status || resp.Header.Get("X-Backend") != c.backend ||
+			resp.Header.Get("X-Seen-Host") != c.seen || l.Route != c.route {
+			t.Errorf("%s%s: status %d backend %q Host %q route %q, want %d %q %q %q (log %+v)", c.host, c.path,
+				resp.StatusCode, resp.Header.Get("X-Backend"), resp.Header.Get("X-Seen-Host"), l.Route,
+				c.status, c.backend, c.seen, c.route, l)
+		}
+	}
+
+	// A reload may change routes among the server's pools; a pool it does
+	// not have needs a new server.
+	svc := testService()
+	svc.Routes = []service.Route{{Match: route.Spec{Name: "all-api", Path: "/api/"}, Pool: "api"}}
+	if err := h.srv.Update(svc, testEjection()); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ := h.do(t, "GET", "/api/x", nil, nil)
+	if resp.Header.Get("X-Backend") != "api" {
+		t.Errorf("after Update: /api/x went to %q", resp.Header.Get("X-Backend"))
+	}
+	svc.Routes = []service.Route{{Match: route.Spec{Name: "new"}, Pool: "other"}}
+	if err := h.srv.Update(svc, testEjection()); err == nil {
+		t.Error("Update with a route to a pool the server does not have: no error")
+	}
+}
+
+// Routes without the service's own pool: what no route takes gets 404.
+func TestRoutesNoDefault(t *testing.T) {
+	api := newBackend(t, status(200))
+	pAPI := newPool(t, nil, api.addr)
+	h := start(t, nil, func(o *Options) {
+		o.Pool = nil
+		o.Service.Pool = ""
+		o.Service.Routes = []service.Route{{Match: route.Spec{Name: "api", Hosts: []string{"api.example"}}, Pool: "api"}}
+		o.RoutePools = map[string]RoutePool{"api": {Pool: pAPI, Ejection: testEjection()}}
+	})
+	resp, _ := h.do(t, "GET", "/", nil, nil)
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("unknown host: status %d, want 404", resp.StatusCode)
+	}
+}

@@ -1,0 +1,95 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const routesHead = `pools:
+  - name: web
+    backends: [{address: 198.18.2.11:80}]
+  - name: api
+    backends: [{address: 198.18.2.12:80}]
+services:
+  - name: h
+    listen: 198.18.1.101:80
+    protocol: http
+`
+
+func TestRoutesParse(t *testing.T) {
+	src := routesHead + `    pool: web
+    timeouts: {read: 7s}
+    routes:
+      - name: api
+        hosts: [api.example.com, "*.api.example.com"]
+        path: /v1/
+        methods: [GET, POST]
+        header: {name: X-Canary, value: "1"}
+        pool: api
+        host: api.internal
+        timeouts: {total: 3s}
+        retry: {attempts: 2}
+      - name: health
+        exact_path: /healthz
+        pool: api
+`
+	cfg, err := Parse([]byte(src), "r.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Services[0]
+	if len(s.Routes) != 2 {
+		t.Fatalf("routes: %+v", s.Routes)
+	}
+	r := s.Routes[0]
+	if r.Line != 13 || r.Pool != "api" || r.Host != "api.internal" || r.Header == nil || r.Header.Name != "X-Canary" ||
+		r.Timeouts.Total.D() != 3*time.Second || r.Timeouts.Read != 0 || r.Retry.Attempts != 2 || len(r.Retry.On) == 0 {
+		t.Errorf("route 0: %+v (timeouts %+v retry %+v)", r, r.Timeouts, r.Retry)
+	}
+	if h := s.Routes[1]; h.ExactPath != "/healthz" || h.Retry != nil || h.Timeouts != nil || h.Host != "" {
+		t.Errorf("route 1 takes the service's settings: %+v", h)
+	}
+	// Routes without the service's own pool.
+	if _, err := Parse([]byte(routesHead+"    routes: [{name: a, pool: api}]\n"), "r.yaml"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestRoutesProblems(t *testing.T) {
+	for _, c := range []struct{ name, src, want string }{
+		{"no pool no routes", "", "pool is required"},
+		{"shadowed", `    pool: web
+    routes:
+      - name: a
+        path: /x
+        pool: api
+      - name: b
+        path: /x
+        pool: web
+`, "r.yaml:15: services[0].routes[1]: route b (line 15) is shadowed by route a (line 12)"},
+		{"catch-all against the service pool", "    pool: web\n    routes: [{name: all, pool: api}]\n",
+			"route default (the service's pool web) is shadowed by route all"},
+		{"unknown pool", "    routes: [{name: a, pool: nope}]\n", "pool \"nope\" is not defined"},
+		{"no name", "    routes: [{pool: api}]\n", "name is required"},
+		{"twice", "    routes: [{name: a, pool: api, path: /a}, {name: a, pool: api, path: /b}]\n", "defined twice"},
+		{"default name", "    pool: web\n    routes: [{name: default, pool: api, path: /a}]\n", "choose another name"},
+		{"bad host", "    routes: [{name: a, pool: api, hosts: [\"a.example:80\"]}]\n", "no port"},
+		{"bad path", "    routes: [{name: a, pool: api, path: x}]\n", "must start with /"},
+		{"both paths", "    routes: [{name: a, pool: api, path: /x, exact_path: /y}]\n", "not both"},
+		{"bad timeout", "    routes: [{name: a, pool: api, timeouts: {read: -1s}}]\n", "timeouts.read"},
+		{"bad retry", "    routes: [{name: a, pool: api, retry: {attempts: 99}}]\n", "attempts"},
+		{"bad upstream host", "    routes: [{name: a, pool: api, host: \"a b\"}]\n", "routes[0].host"},
+		{"unknown key", "    routes: [{name: a, pool: api, paht: /x}]\n", "paht"},
+	} {
+		_, err := Parse([]byte(routesHead+c.src), "r.yaml")
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
+		}
+	}
+	// routes is for http services only.
+	src := "interfaces: [eth0]\n" + strings.Replace(routesHead, "protocol: http", "protocol: tcp", 1) + "    pool: web\n    routes: [{name: a, pool: api}]\n"
+	if _, err := Parse([]byte(src), "r.yaml"); err == nil || !strings.Contains(err.Error(), "only allowed for http services") {
+		t.Errorf("tcp service with routes: %v", err)
+	}
+}
