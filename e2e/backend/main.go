@@ -225,14 +225,16 @@ func (b *backend) routes() http.Handler {
 	return mux
 }
 
-// wrap sets X-Backend and X-Client-Addr (the peer address the backend saw:
-// the client's in nat mode, sluice's in snat mode), counts the request and
+// wrap sets X-Backend, X-Client-Addr (the peer address the backend saw:
+// the client's in nat mode, sluice's in snat mode) and X-Seen-Host (the
+// Host it got), counts the request and
 // answers with the failure status when one is set.
 func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		b.count(r)
 		w.Header().Set("X-Backend", b.name)
 		w.Header().Set("X-Client-Addr", r.RemoteAddr)
+		w.Header().Set("X-Seen-Host", r.Host)
 		b.mu.Lock()
 		fail, mode := b.failStatus, b.mode
 		b.mu.Unlock()

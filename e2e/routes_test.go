@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// routePools are pools api (be2) and static (be3); pool web is be1.
+const routePools = `  - name: api
+    backends: [{address: 198.18.2.12:80}]
+  - name: static
+    backends: [{address: 198.18.2.13:80}]
+`
+
+// routesHTTP are web-http's routes: site api.lab to pool api with a fixed
+// upstream Host, /static/ of www.lab and *.cdn.lab to pool static;
+// everything else to the service's pool web.
+const routesHTTP = `    routes:
+      - name: api
+        hosts: [api.lab]
+        pool: api
+        host: api.internal
+      - name: static
+        hosts: [www.lab, "*.cdn.lab"]
+        path: /static/
+        pool: static
+`
+
+// seenHost is the X-Seen-Host header of a curl result (the Host the
+// backend got).
+func seenHost(r HTTPResult) string {
+	sc := bufio.NewScanner(strings.NewReader(r.Body))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.EqualFold(k, "X-Seen-Host") {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// TestL7Routes: two sites and two paths on one listener go to their pools
+// with their upstream Host; an unknown host goes to the default site; a
+// known site without a route for the path gets 404; the access log names
+// the route; a reload adding a site (a new pool: the listener is handed to
+// a new server) fails no request of a load running through it.
+func TestL7Routes(t *testing.T) {
+	lab, agent := startL7(t, agentConfig{Backends: []string{"be1"}, ExtraPools: routePools, HTTPExtra: routesHTTP})
+	for _, c := range []struct {
+		host, path    string
+		code          int
+		backend, seen string
+	}{
+		{"api.lab", "/v1/users", 200, "be2", "api.internal"},
+		{"API.lab:80", "/", 200, "be2", "api.internal"},
+		{"www.lab", "/static/app.js", 200, "be3", "www.lab"},
+		{"img.cdn.lab", "/static/a.png", 200, "be3", "img.cdn.lab"},
+		{"other.lab", "/static/a.png", 200, "be1", "other.lab"},
+		{"www.lab", "/index.html", 404, "", ""},
+	} {
+		r := lab.curl("GET", strings.TrimSuffix(httpURL, "/")+c.path, "-H", "Host: "+c.host)
+		if r.Code != c.code || r.Backend != c.backend || seenHost(r) != c.seen {
+			t.Errorf("%s%s: %d from %q with Host %q, want %d from %q with Host %q\n%s", c.host, c.path,
+				r.Code, r.Backend, seenHost(r), c.code, c.backend, c.seen, r.Body)
+		}
+	}
+	rid := newRID("route")
+	if r := lab.curl("GET", strings.TrimSuffix(httpURL, "/")+"/x?rid="+rid, "-H", "Host: api.lab"); r.Backend != "be2" {
+		t.Fatalf("api.lab went to %q", r.Backend)
+	}
+	waitFor(t, 5*time.Second, "the access log line naming the route", func() error {
+		for _, l := range strings.Split(string(agent.proc.Output()), "\n") {
+			if strings.Contains(l, "rid="+rid) {
+				if !strings.Contains(l, `"route":"api"`) {
+					return fmt.Errorf("line without route api: %s", l)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("not written yet")
+	})
+
+	// Reload adding a site with a new pool, under load.
+	fresh := lab.StartLoad("newconn", nil, "--url", httpURL, "--mode", "newconn",
+		"--conns", "2", "--interval", "20ms", "--count", "100000", "--duration", "20s", "--timeout", "3s")
+	t.Cleanup(func() { fresh.Stop(3 * time.Second) })
+	time.Sleep(time.Second)
+	agent.WriteConfig(agentConfig{Backends: []string{"be1"}, HTTP: true,
+		ExtraPools: routePools + "  - name: shop\n    backends: [{address: 198.18.2.11:80}]\n",
+		HTTPExtra: routesHTTP + "      - name: shop\n        hosts: [shop.lab]\n        pool: shop\n        host: shop.internal\n"})
+	if _, err := agent.CLI("reload"); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	waitFor(t, 5*time.Second, "the new site", func() error {
+		r := lab.curl("GET", strings.TrimSuffix(httpURL, "/")+"/", "-H", "Host: shop.lab")
+		if seenHost(r) != "shop.internal" {
+			return fmt.Errorf("shop.lab: %d, Host %q", r.Code, seenHost(r))
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	fresh.Stop(5 * time.Second)
+	assertNoFailures(t, "new-connection load across a reload adding a site", parseReport(t, fresh.Output()))
+}
