@@ -89,7 +89,7 @@ func TestL7Routes(t *testing.T) {
 	time.Sleep(time.Second)
 	agent.WriteConfig(agentConfig{Backends: []string{"be1"}, HTTP: true,
 		ExtraPools: routePools + "  - name: shop\n    backends: [{address: 198.18.2.11:80}]\n",
-		HTTPExtra: routesHTTP + "      - name: shop\n        hosts: [shop.lab]\n        pool: shop\n        host: shop.internal\n"})
+		HTTPExtra:  routesHTTP + "      - name: shop\n        hosts: [shop.lab]\n        pool: shop\n        host: shop.internal\n"})
 	if _, err := agent.CLI("reload"); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
