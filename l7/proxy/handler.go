@@ -104,6 +104,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !q.admit() {
 		return
 	}
+	if r.TLS != nil && s.tlsOn {
+		if cs := s.certs.Load(); cs.Misdirected(r.TLS.ServerName, r.Host) {
+			s.fail(w, q.rec, http.StatusMisdirectedRequest,
+				"misdirected: the connection's certificate (SNI "+strconv.Quote(r.TLS.ServerName)+") is not the one for host "+strconv.Quote(r.Host))
+			return
+		}
+	}
 	if status != 0 {
 		s.fail(w, q.rec, status, miss)
 		return

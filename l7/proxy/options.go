@@ -8,15 +8,18 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/service"
 )
 
-// TLSFiles are the certificate and key of an HTTPS listener (PEM files).
-type TLSFiles struct {
-	Cert string
-	Key  string
-}
+// TLSFiles are the certificates and keys of an HTTPS listener (PEM
+// files): the default one, and more chosen by the client's SNI (see
+// l7/certs).
+type TLSFiles = certs.Files
+
+// CertFiles are one certificate (chain) and its key (PEM files).
+type CertFiles = certs.Pair
 
 // UpstreamOptions tune the connection pools to the backends.
 type UpstreamOptions struct {

@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
@@ -108,7 +109,7 @@ type Server struct {
 
 	cfg    atomic.Pointer[routing]
 	access atomic.Pointer[accesslog.Logger] // nil: no access log
-	cert   atomic.Pointer[tls.Certificate]
+	certs  atomic.Pointer[certs.Set]
 
 	loads   sync.Map  // netip.AddrPort → *addrStat
 	records sync.Pool // *accesslog.Record
@@ -349,15 +350,15 @@ func New(opts Options) (*Server, error) {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	if opts.TLS != nil {
-		if err := s.SetCertificate(opts.TLS.Cert, opts.TLS.Key); err != nil {
+		if err := s.SetCertificates(*opts.TLS); err != nil {
 			return nil, err
 		}
 		s.tlsOn = true
 		protos.SetHTTP2(true)
 		s.http.TLSConfig = &tls.Config{
 			MinVersion: tls.VersionTLS12,
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-				return s.cert.Load(), nil
+			GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return s.certs.Load().Pick(hello.ServerName), nil
 			},
 		}
 	}
@@ -378,14 +379,21 @@ func New(opts Options) (*Server, error) {
 // service's access_log changed on reload.
 func (s *Server) SetAccessLog(a *accesslog.Logger) { s.access.Store(a) }
 
-// SetCertificate loads a new listener certificate (on reload); handshakes
-// after it use the new one, open connections keep theirs.
+// SetCertificate loads a new listener certificate (on reload), the only
+// one; handshakes after it use the new one, open connections keep theirs.
 func (s *Server) SetCertificate(certFile, keyFile string) error {
-	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	return s.SetCertificates(TLSFiles{Cert: certFile, Key: keyFile})
+}
+
+// SetCertificates loads the listener's certificates (on reload): the
+// default one and those chosen by SNI. Handshakes after it use the new
+// set, open connections keep theirs; on an error the old set stays.
+func (s *Server) SetCertificates(f TLSFiles) error {
+	cs, err := certs.Load(f)
 	if err != nil {
-		return fmt.Errorf("service %s: load certificate: %w", s.name, err)
+		return fmt.Errorf("service %s: %w", s.name, err)
 	}
-	s.cert.Store(&c)
+	s.certs.Store(cs)
 	return nil
 }
 

@@ -201,7 +201,8 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		H2C:       svc.H2C,
 	}
 	if t := svc.TLS; t != nil {
-		opts.TLS = &proxy.TLSFiles{Cert: t.Cert, Key: t.Key}
+		f := t.Files()
+		opts.TLS = &f
 	}
 	if c := svc.Client; c != nil {
 		opts.Client = l7service.ClientLimits{
@@ -240,7 +241,7 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config)
 		return err
 	}
 	if t := svc.TLS; t != nil {
-		if err := cur.srv.SetCertificate(t.Cert, t.Key); err != nil {
+		if err := cur.srv.SetCertificates(t.Files()); err != nil {
 			return err
 		}
 	}

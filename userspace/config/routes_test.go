@@ -93,3 +93,26 @@ func TestRoutesProblems(t *testing.T) {
 		t.Errorf("tcp service with routes: %v", err)
 	}
 }
+
+func TestSNICertificatesKeys(t *testing.T) {
+	c1, k1 := writeCert(t, t.TempDir())
+	c2, k2 := writeCert(t, t.TempDir())
+	c3, k3 := writeCert(t, t.TempDir())
+	src := httpHead + "    tls:\n      cert: " + c1 + "\n      key: " + k1 + "\n      certificates:\n        - {cert: " + c2 + ", key: " + k2 + "}\n"
+	cfg, err := Parse([]byte(src), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := cfg.Services[0].TLS.Files(); f.Cert != c1 || len(f.SNI) != 1 || f.SNI[0].Cert != c2 || f.SNI[0].Key != k2 {
+		t.Errorf("files %+v", f)
+	}
+	// Two certificates chosen by SNI for the same name.
+	_, err = Parse([]byte(src+"        - {cert: "+c3+", key: "+k3+"}\n"), "t.yaml")
+	if err == nil || !strings.Contains(err.Error(), "tls.certificates: certificate "+c3+": name sluice.test is covered by another certificate") {
+		t.Errorf("duplicate name: %v", err)
+	}
+	_, err = Parse([]byte(src+"        - {cert: "+c3+"}\n"), "t.yaml")
+	if err == nil || !strings.Contains(err.Error(), "certificates[1].key: key (PEM file) is required") {
+		t.Errorf("no key: %v", err)
+	}
+}

@@ -5,6 +5,8 @@ package config
 import (
 	"net/netip"
 	"time"
+
+	"github.com/sluicelb/sluice/l7/certs"
 )
 
 // Duration is a time.Duration written in YAML as a Go duration string ("2s", "5m").
@@ -230,10 +232,28 @@ type Retry struct {
 	BufferBytes       int64    `yaml:"buffer_bytes"` // default 65536
 }
 
-// ServiceTLS are the PEM certificate (chain) and key files of an HTTPS listener.
+// ServiceTLS are the PEM certificate (chain) and key files of an HTTPS
+// listener: the default certificate, and more chosen by the client's SNI
+// among their DNS names.
 type ServiceTLS struct {
+	Cert         string     `yaml:"cert"`
+	Key          string     `yaml:"key"`
+	Certificates []CertPair `yaml:"certificates"`
+}
+
+// CertPair is one certificate (chain) and its key (PEM files).
+type CertPair struct {
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
+}
+
+// Files are the listener's certificate files for l7/certs.
+func (t ServiceTLS) Files() certs.Files {
+	f := certs.Files{Cert: t.Cert, Key: t.Key}
+	for _, c := range t.Certificates {
+		f.SNI = append(f.SNI, certs.Pair{Cert: c.Cert, Key: c.Key})
+	}
+	return f
 }
 
 // ClientLimits protect an http listener from slow or greedy clients.

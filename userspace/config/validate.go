@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/sluicelb/sluice/internal/defaults"
+	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
@@ -892,6 +893,8 @@ func (v *validator) httpListener(s *Service, path string) {
 		default:
 			if _, err := tls.LoadX509KeyPair(t.Cert, t.Key); err != nil {
 				v.add(tp, "certificate %s, key %s: %v", t.Cert, t.Key, err)
+			} else if len(t.Certificates) > 0 {
+				v.sniCerts(t, tp)
 			}
 		}
 		if s.H2C {
@@ -1226,4 +1229,24 @@ func (r Route) Spec() route.Spec {
 		sp.Header = &route.Header{Name: r.Header.Name, Value: r.Header.Value}
 	}
 	return sp
+}
+
+// sniCerts checks the certificates of a listener chosen by SNI: each
+// loads and names its DNS names, and no two cover the same name
+// (l7/certs decides).
+func (v *validator) sniCerts(t *ServiceTLS, tp string) {
+	for i, c := range t.Certificates {
+		cp := fmt.Sprintf("%s.certificates[%d]", tp, i)
+		switch {
+		case c.Cert == "":
+			v.add(cp+".cert", "cert (PEM file) is required")
+			return
+		case c.Key == "":
+			v.add(cp+".key", "key (PEM file) is required")
+			return
+		}
+	}
+	if _, err := certs.Load(t.Files()); err != nil {
+		v.add(tp+".certificates", "%v", err)
+	}
 }
