@@ -3,6 +3,8 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -103,4 +105,90 @@ func TestL7Routes(t *testing.T) {
 	time.Sleep(time.Second)
 	fresh.Stop(5 * time.Second)
 	assertNoFailures(t, "new-connection load across a reload adding a site", parseReport(t, fresh.Output()))
+}
+
+// tlsGet fetches https://name/ through the TLS listener with SNI name
+// (and Host host when set) over HTTP/2, and returns the status, the
+// certificate's subject CN and the answering backend.
+func tlsGet(lab *Lab, name, host string) (code int, cn, backend string) {
+	lab.t.Helper()
+	argv := []string{"curl", "-sv", "-k", "--http2", "--max-time", "5", "--resolve", name + ":443:" + httpVIP,
+		"-o", "/dev/null", "-w", "__CODE__ %{http_code}\n"}
+	if host != "" {
+		argv = append(argv, "-H", "Host: "+host)
+	}
+	out, _ := lab.Run("client", 10*time.Second, append(argv, "https://"+name+"/")...)
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if rest, ok := strings.CutPrefix(line, "__CODE__ "); ok {
+			fmt.Sscan(rest, &code)
+		}
+		if _, rest, ok := strings.Cut(line, "subject: CN="); ok {
+			cn = strings.TrimSpace(rest)
+		}
+		if _, rest, ok := strings.Cut(strings.ToLower(line), "< x-backend: "); ok {
+			backend = strings.TrimSpace(rest)
+		}
+	}
+	return code, cn, backend
+}
+
+// TestL7SNICertificates: one TLS listener with a default certificate and
+// two chosen by SNI; each name gets its certificate and its site, an
+// unknown name the default certificate and the default site, and a
+// request for another certificate's host on a connection (coalescing)
+// gets 421.
+func TestL7SNICertificates(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(name string) (string, string) { return writeTestCert(t, filepath.Join(dir, name), name) }
+	for _, d := range []string{"default.lab", "a.lab", "*.b.lab"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dc, dk := mk("default.lab")
+	ac, ak := mk("a.lab")
+	bc, bk := mk("*.b.lab")
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	lab.StartAgent(agentConfig{Backends: []string{"be1"}, ExtraPools: routePools, ExtraServices: fmt.Sprintf(`  - name: web-tls
+    listen: %s:443
+    protocol: http
+    pool: web
+    tls:
+      cert: %s
+      key: %s
+      certificates:
+        - {cert: %s, key: %s}
+        - {cert: %s, key: %s}
+    routes:
+      - name: a
+        hosts: [a.lab]
+        pool: api
+`, httpVIP, dc, dk, ac, ak, bc, bk)})
+	waitFor(t, 10*time.Second, "the TLS listener", func() error {
+		if code, _, _ := tlsGet(lab, "a.lab", ""); code != 200 {
+			return fmt.Errorf("status %d", code)
+		}
+		return nil
+	})
+	for _, c := range []struct {
+		sni, host string
+		code      int
+		cn, be    string
+	}{
+		{"a.lab", "", 200, "a.lab", "be2"},
+		{"x.b.lab", "", 200, "*.b.lab", "be1"},
+		{"unknown.lab", "", 200, "default.lab", "be1"},
+		{"a.lab", "x.b.lab", 421, "a.lab", ""},
+		{"x.b.lab", "a.lab", 421, "*.b.lab", ""},
+		{"y.b.lab", "x.b.lab", 200, "*.b.lab", "be1"}, // the same certificate: served
+	} {
+		code, cn, be := tlsGet(lab, c.sni, c.host)
+		if code != c.code || cn != c.cn || be != c.be {
+			t.Errorf("SNI %s Host %q: %d, certificate %q, backend %q; want %d %q %q", c.sni, c.host, code, cn, be, c.code, c.cn, c.be)
+		}
+	}
 }
