@@ -82,6 +82,9 @@ func TestSNICertificates(t *testing.T) {
 	if conns != 1 {
 		t.Errorf("%d connections, want 1 (HTTP/2)", conns)
 	}
+	if got := get("x.w.test"); got != http.StatusMisdirectedRequest {
+		t.Fatalf("x.w.test: %d", got)
+	}
 	if l := h.access.last(t); l.Status != http.StatusMisdirectedRequest || !strings.Contains(l.Error, "misdirected") {
 		t.Errorf("access log: %+v", l)
 	}
