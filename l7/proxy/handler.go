@@ -473,13 +473,17 @@ func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *
 }
 
 // serverName is the TLS server name (SNI, and the name the backend's
-// certificate is verified against) for a try on b. It comes from the
-// config, never from the client: the service's host when set, else the
-// DNS name the address came from, else the address itself (an upstream
-// tls.Config with a ServerName, from upstream.server_name, overrides all
-// three). A client's Host cannot make a handshake fail, so it cannot make
-// a backend look broken (and ejected).
+// certificate is verified against unless upstream.verify_name says
+// another) for a try on b. It comes from the config, never from the
+// client: the route's (or service's) server_name when set, else its host
+// when set, else the DNS name the address came from, else the address
+// itself (an upstream tls.Config with a ServerName overrides all four).
+// A client's Host cannot make a handshake fail, so it cannot make a
+// backend look broken (and ejected).
 func serverName(st *settings, b pool.Backend) string {
+	if st.svc.SNI != "" {
+		return st.svc.SNI
+	}
 	if h := st.svc.Host; h != service.HostKeep && h != "" {
 		return hostname(h)
 	}

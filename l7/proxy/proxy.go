@@ -177,6 +177,9 @@ func compile(svc service.Config, ej eject.Config, groups map[string]*group) (*ro
 		if err != nil {
 			return nil, fmt.Errorf("route %s: %w", r.Match.Name, err)
 		}
+		if r.SNI != "" {
+			st.svc.SNI = r.SNI
+		}
 		st.route = r.Match.Name
 		if err := grp(st); err != nil {
 			return nil, err

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,5 +99,40 @@ func TestRoutesNoDefault(t *testing.T) {
 	resp, _ := h.do(t, "GET", "/", nil, nil)
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("unknown host: status %d, want 404", resp.StatusCode)
+	}
+}
+
+// The TLS server name sent to a backend: the route's when set, else the
+// service's, else the route's host; never the client's Host.
+func TestRouteServerName(t *testing.T) {
+	var sni, host atomic.Value
+	be := newTLSBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		sni.Store(r.TLS.ServerName)
+		host.Store(r.Host)
+	})
+	p := newPool(t, nil, be)
+	h := start(t, p, func(o *Options) {
+		o.Service.SNI = "svc.internal"
+		o.Service.Routes = []service.Route{
+			{Match: route.Spec{Name: "own", Path: "/own/"}, Pool: "web", SNI: "route.internal", Host: "api.example"},
+			{Match: route.Spec{Name: "host", Path: "/host/"}, Pool: "web", Host: "api.example"},
+		}
+		o.Upstream.TLS = &tls.Config{InsecureSkipVerify: true}
+	})
+	for path, want := range map[string][2]string{
+		"/own/x":  {"route.internal", "api.example"},
+		"/host/x": {"svc.internal", "api.example"},
+		"/other":  {"svc.internal", "client.example"},
+	} {
+		req, _ := http.NewRequest("GET", h.url+path, nil)
+		req.Host = "client.example"
+		resp, err := h.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if sni.Load() != want[0] || host.Load() != want[1] {
+			t.Errorf("%s: SNI %v Host %v, want %v", path, sni.Load(), host.Load(), want)
+		}
 	}
 }

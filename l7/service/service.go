@@ -28,7 +28,12 @@ type Config struct {
 	Pool string
 	// Host is HostKeep ("" too) to pass the client's Host on, or the name
 	// sent as Host to the backends.
-	Host     string
+	Host string
+	// SNI, when set, is the TLS server name sent to TLS backends (and
+	// the name their certificates are verified against, unless the
+	// upstream TLS settings verify another): upstream.server_name. Else
+	// the name comes from Host, the DNS name or the address.
+	SNI      string
 	Timeouts Timeouts
 	Retry    *retry.Config // nil: retry.DefaultConfig()
 	// Upgrades are the protocols a client may switch to with Upgrade
@@ -53,6 +58,9 @@ type Route struct {
 	Pool  string
 	// Host is HostKeep or a name, as Config.Host; "" takes the service's.
 	Host string
+	// SNI is the route's TLS server name, as Config.SNI; "" takes the
+	// service's.
+	SNI string
 	// Timeouts: a zero field takes the service's.
 	Timeouts Timeouts
 	// Retry: nil takes the service's policy whole.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluicelb/sluice/l7/proxy"
 	l7service "github.com/sluicelb/sluice/l7/service"
+	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -220,10 +221,17 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 			MaxConnsPerAddr: u.MaxConnections,
 		}
 		if u.TLS {
-			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify, ServerName: u.ServerName}
+			// The server name (upstream.server_name, per route too) is the
+			// proxy's per request (proxyService), not fixed here.
+			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify}
 			if u.CA != "" {
 				if tc.RootCAs, err = config.LoadCAs(u.CA); err != nil {
 					return proxy.Options{}, fmt.Errorf("upstream ca: %w", err)
+				}
+			}
+			if u.VerifyName != "" {
+				if tc, err = upstream.VerifyName(tc, u.VerifyName); err != nil {
+					return proxy.Options{}, fmt.Errorf("upstream verify_name: %w", err)
 				}
 			}
 			opts.Upstream.TLS = tc

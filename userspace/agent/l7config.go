@@ -29,9 +29,12 @@ func proxyService(svc config.Service) l7service.Config {
 	if t := svc.Timeouts; t != nil {
 		s.Timeouts = l7service.Timeouts{Connect: t.Connect.D(), Send: t.Send.D(), Read: t.Read.D(), Total: t.Total.D()}
 	}
+	if u := svc.Upstream; u != nil && u.TLS {
+		s.SNI = u.ServerName
+	}
 	s.Retry = retryConfig(svc.Retry)
 	for _, r := range svc.Routes {
-		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, Retry: retryConfig(r.Retry)}
+		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, SNI: r.ServerName, Retry: retryConfig(r.Retry)}
 		if r.Host != "" {
 			rt.Host = r.Host
 		}

@@ -116,3 +116,26 @@ func TestSNICertificatesKeys(t *testing.T) {
 		t.Errorf("no key: %v", err)
 	}
 }
+
+func TestUpstreamNames(t *testing.T) {
+	src := routesHead + "    pool: web\n    upstream: {tls: true, server_name: api.example, verify_name: backend.internal}\n" +
+		"    routes: [{name: a, pool: api, path: /a, server_name: a.internal}]\n"
+	cfg, err := Parse([]byte(src), "u.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Services[0]; s.Upstream.VerifyName != "backend.internal" || s.Routes[0].ServerName != "a.internal" {
+		t.Errorf("upstream %+v route %+v", s.Upstream, s.Routes[0])
+	}
+	for _, c := range []struct{ src, want string }{
+		{"    pool: web\n    upstream: {verify_name: b.internal}\n", "upstream.verify_name: only allowed with tls: true"},
+		{"    pool: web\n    upstream: {tls: true, insecure_skip_verify: true, verify_name: b.internal}\n", "set either verify_name or insecure_skip_verify"},
+		{"    pool: web\n    upstream: {tls: true, verify_name: \"b internal\"}\n", "not a DNS name"},
+		{"    pool: web\n    routes: [{name: a, pool: api, path: /a, server_name: a.internal}]\n", "routes[0].server_name: only allowed with upstream.tls: true"},
+		{"    pool: web\n    upstream: {tls: true}\n    routes: [{name: a, pool: api, path: /a, server_name: \"a/b\"}]\n", "routes[0].server_name: \"a/b\": not a DNS name"},
+	} {
+		if _, err := Parse([]byte(routesHead+c.src), "u.yaml"); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.src, err, c.want)
+		}
+	}
+}

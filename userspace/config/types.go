@@ -199,9 +199,12 @@ type Route struct {
 	Methods   []string     `yaml:"methods"`    // none: any
 	Header    *RouteHeader `yaml:"header"`
 	Pool      string       `yaml:"pool"`
-	Host      string       `yaml:"host"`     // keep or a name; default the service's
-	Timeouts  *Timeouts    `yaml:"timeouts"` // a key left out is the service's
-	Retry     *Retry       `yaml:"retry"`    // replaces the service's whole; default the service's
+	Host      string       `yaml:"host"` // keep or a name; default the service's
+	// ServerName is the route's TLS server name (upstream.tls), as
+	// upstream.server_name; default the service's.
+	ServerName string    `yaml:"server_name"`
+	Timeouts   *Timeouts `yaml:"timeouts"` // a key left out is the service's
+	Retry      *Retry    `yaml:"retry"`    // replaces the service's whole; default the service's
 
 	Line int `yaml:"-"` // line of the route in the file
 }
@@ -281,7 +284,11 @@ type Upstream struct {
 	// ServerName is the TLS server name (SNI, verification) for every
 	// backend; default: the service's host, else the DNS name the address
 	// came from, else the address. Never the client's Host. tls only.
-	ServerName     string   `yaml:"server_name"`
+	ServerName string `yaml:"server_name"`
+	// VerifyName is the name the backends' certificates are verified
+	// against when it is not the server name (SNI). tls only, not with
+	// insecure_skip_verify.
+	VerifyName     string   `yaml:"verify_name"`
 	MaxIdle        int      `yaml:"max_idle"`        // idle connections kept per address, default 64
 	IdleTimeout    Duration `yaml:"idle_timeout"`    // default 30s
 	MaxLifetime    Duration `yaml:"max_lifetime"`    // default 5m

@@ -924,7 +924,7 @@ func (v *validator) httpListener(s *Service, path string) {
 // upstream checks the connections to the backends of an http service.
 func (v *validator) upstream(u *Upstream, path string) {
 	if !u.TLS {
-		for _, k := range []string{"ca", "insecure_skip_verify", "server_name"} {
+		for _, k := range []string{"ca", "insecure_skip_verify", "server_name", "verify_name"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed with tls: true")
 			}
@@ -938,6 +938,7 @@ func (v *validator) upstream(u *Upstream, path string) {
 			v.add(path+".insecure_skip_verify", "set either ca or insecure_skip_verify, not both")
 		}
 	}
+	v.verifyName(u, path)
 	if u.ServerName != "" {
 		if err := checkDNSName(u.ServerName); err != nil {
 			if _, ipErr := netip.ParseAddr(u.ServerName); ipErr != nil {
@@ -1177,6 +1178,13 @@ func (v *validator) routes(s *Service, path string, pools map[string]int) {
 		if r.Retry != nil {
 			v.retry(r.Retry, rp+".retry")
 		}
+		if r.ServerName != "" {
+			if s.Upstream == nil || !s.Upstream.TLS {
+				v.add(rp+".server_name", "only allowed with upstream.tls: true")
+			} else if err := checkServerName(r.ServerName); err != nil {
+				v.add(rp+".server_name", "%q: %v", r.ServerName, err)
+			}
+		}
 		if r.Header != nil && r.Header.Name == "" {
 			v.add(rp+".header.name", "name is required (the header the route matches on)")
 			ok = false
@@ -1249,4 +1257,27 @@ func (v *validator) sniCerts(t *ServiceTLS, tp string) {
 	if _, err := certs.Load(t.Files()); err != nil {
 		v.add(tp+".certificates", "%v", err)
 	}
+}
+
+// verifyName checks upstream.verify_name: with verification on, a name.
+func (v *validator) verifyName(u *Upstream, path string) {
+	if u.VerifyName == "" || !u.TLS {
+		return
+	}
+	if u.InsecureSkipVerify {
+		v.add(path+".verify_name", "set either verify_name or insecure_skip_verify, not both")
+	}
+	if err := checkServerName(u.VerifyName); err != nil {
+		v.add(path+".verify_name", "%q: %v", u.VerifyName, err)
+	}
+}
+
+// checkServerName checks a TLS server name: a DNS name or an IP address.
+func checkServerName(n string) error {
+	if err := checkDNSName(n); err != nil {
+		if _, ipErr := netip.ParseAddr(n); ipErr != nil {
+			return fmt.Errorf("not a DNS name or an IP address: %w", err)
+		}
+	}
+	return nil
 }

@@ -1,0 +1,83 @@
+package upstream
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A backend whose certificate is for backend.internal, reached with SNI
+// api.example: verified as backend.internal it passes; verified as its
+// SNI (the default) or as another name it fails; a forged certificate
+// for the right name fails too.
+func TestVerifyName(t *testing.T) {
+	serve := func(name string) (string, *x509.Certificate) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, _ := x509.ParseCertificate(der)
+		l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: k}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+			}
+		}()
+		return l.Addr().String(), leaf
+	}
+	addr, leaf := serve("backend.internal")
+	forged, _ := serve("backend.internal") // same name, not the trusted key
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	base := &tls.Config{RootCAs: roots, ServerName: "api.example"}
+	dial := func(cfg *tls.Config, a string) error {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", a, cfg)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial(base, addr); err == nil {
+		t.Error("verified as the SNI api.example: no error")
+	}
+	ok, err := VerifyName(base, "backend.internal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dial(ok, addr); err != nil {
+		t.Errorf("verified as backend.internal: %v", err)
+	}
+	if err := dial(ok, forged); err == nil || !strings.Contains(err.Error(), "verified as backend.internal") {
+		t.Errorf("forged certificate: %v", err)
+	}
+	other, _ := VerifyName(base, "other.internal")
+	if err := dial(other, addr); err == nil {
+		t.Error("verified as other.internal: no error")
+	}
+	if base.InsecureSkipVerify || base.VerifyConnection != nil {
+		t.Error("VerifyName changed its argument")
+	}
+	if _, err := VerifyName(&tls.Config{InsecureSkipVerify: true}, "x"); err == nil {
+		t.Error("VerifyName with verification off: no error")
+	}
+}
