@@ -289,6 +289,11 @@ func (q *request) prepare() bool {
 		s.fail(w, q.rec, http.StatusBadRequest, err.Error())
 		return false
 	}
+	// The route's request header rules, once for every try (the header
+	// is the client's, the request's own).
+	if rq := &q.st.svc.Headers.Request; len(rq.Remove)+len(rq.Set)+len(rq.Add) > 0 {
+		applyRules(q.out.header, rq, q)
+	}
 	if err := body.init(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
 		s.fail(w, q.rec, s.clientBodyStatus(err), err.Error())
 		return false
@@ -419,6 +424,13 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 	case res.resp != nil && res.resp.StatusCode == http.StatusSwitchingProtocols:
 		s.tunnel(q.w, q.rec, q.st, res)
 	case res.resp != nil:
+		hr := &q.st.svc.Headers
+		if len(hr.Response.Remove)+len(hr.Response.Set)+len(hr.Response.Add) > 0 {
+			applyRules(res.resp.Header, &hr.Response, q)
+		}
+		if hr.RewriteLocation && q.st.svc.Host != service.HostKeep {
+			rewriteLocations(res.resp.Header, q.st.svc.Host, q.out.fwd.proto, q.r.Host)
+		}
 		q.abort = s.respond(q.r.Context(), &q.cw, q.w, q.rec, res, b.Addr)
 	case res.local:
 		q.w.Header().Set("Retry-After", "1")

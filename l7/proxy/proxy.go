@@ -133,7 +133,7 @@ const copyBufSize = 32 << 10
 // ejection block of the service's own pool (the trackers of the others
 // have theirs).
 func compile(svc service.Config, ej eject.Config, groups map[string]*group) (*routing, error) {
-	base, err := compileRoute(svc, svc.Pool, svc.Host, svc.Timeouts, svc.Retry)
+	base, err := compileRoute(svc, svc.Pool, svc.Host, svc.Timeouts, svc.Retry, svc.Headers)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +173,11 @@ func compile(svc service.Config, ej eject.Config, groups map[string]*group) (*ro
 		if retr == nil {
 			retr = svc.Retry
 		}
-		st, err := compileRoute(svc, r.Pool, host, r.Timeouts.Inherit(svc.Timeouts), retr)
+		hdr := svc.Headers
+		if r.Headers != nil {
+			hdr = *r.Headers
+		}
+		st, err := compileRoute(svc, r.Pool, host, r.Timeouts.Inherit(svc.Timeouts), retr, hdr)
 		if err != nil {
 			return nil, fmt.Errorf("route %s: %w", r.Match.Name, err)
 		}
@@ -197,7 +201,10 @@ func compile(svc service.Config, ej eject.Config, groups map[string]*group) (*ro
 }
 
 // compileRoute builds the settings of one route.
-func compileRoute(svc service.Config, pool, host string, t service.Timeouts, r *retry.Config) (*settings, error) {
+func compileRoute(svc service.Config, pool, host string, t service.Timeouts, r *retry.Config, hdr service.HeaderRules) (*settings, error) {
+	if err := hdr.Check(); err != nil {
+		return nil, fmt.Errorf("service %s: headers: %w", svc.Name, err)
+	}
 	t = t.WithDefaults()
 	if t.Connect < 0 || t.Send < 0 || t.Read < 0 || t.Total < 0 {
 		return nil, fmt.Errorf("service %s: timeouts must be positive (connect %s, send %s, read %s, total %s)",
@@ -211,7 +218,7 @@ func compileRoute(svc service.Config, pool, host string, t service.Timeouts, r *
 	if err != nil {
 		return nil, fmt.Errorf("service %s: %w", svc.Name, err)
 	}
-	svc.Pool, svc.Host, svc.Routes = pool, host, nil
+	svc.Pool, svc.Host, svc.Routes, svc.Headers = pool, host, nil, hdr
 	if svc.Host == "" {
 		svc.Host = service.HostKeep
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -133,6 +134,83 @@ func TestRouteServerName(t *testing.T) {
 		resp.Body.Close()
 		if sni.Load() != want[0] || host.Load() != want[1] {
 			t.Errorf("%s: SNI %v Host %v, want %v", path, sni.Load(), host.Load(), want)
+		}
+	}
+}
+
+// Header rules: a route's request rules reach the backend (with their
+// variables), its response rules the client; Location, Content-Location
+// and Refresh naming the upstream host point back at the client's host.
+func TestHeaderRules(t *testing.T) {
+	var seen atomic.Value
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.Header.Clone())
+		w.Header().Set("Server", "backend/1.0")
+		w.Header().Set("X-Internal", "secret")
+		w.Header().Set("Location", "http://app.internal:8080/next?a=1")
+		w.Header().Set("Content-Location", "http://elsewhere.example/x")
+		w.Header().Set("Refresh", "5; url=http://APP.internal/later")
+		w.WriteHeader(http.StatusFound)
+	})
+	p := newPool(t, nil, be.addr)
+	rules := service.HeaderRules{
+		Request: service.HeaderOps{
+			Remove: []string{"X-Debug"},
+			Set:    []service.Field{{Name: "X-Env", Value: "prod"}, {Name: "X-Client", Value: "{client_ip} via {scheme}://{host} ({route})"}},
+			Add:    []service.Field{{Name: "X-Tag", Value: "sluice"}},
+		},
+		Response:        service.HeaderOps{Remove: []string{"X-Internal"}, Set: []service.Field{{Name: "Server", Value: "front"}}},
+		RewriteLocation: true,
+	}
+	h := start(t, p, func(o *Options) {
+		o.Service.Routes = []service.Route{{Match: route.Spec{Name: "app", Path: "/app/"}, Pool: "web", Host: "app.internal", Headers: &rules}}
+	})
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest("GET", h.url+"/app/x", nil)
+	req.Host = "www.example:8443"
+	req.Header.Set("X-Debug", "1")
+	req.Header.Set("X-Env", "dev")
+	req.Header.Add("X-Tag", "client")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	got := seen.Load().(http.Header)
+	if got.Get("X-Debug") != "" || got.Get("X-Env") != "prod" || got.Get("X-Client") != "127.0.0.1 via http://www.example:8443 (app)" ||
+		strings.Join(got["X-Tag"], ",") != "client,sluice" {
+		t.Errorf("backend saw %v", got)
+	}
+	rh := resp.Header
+	if rh.Get("X-Internal") != "" || rh.Get("Server") != "front" ||
+		rh.Get("Location") != "http://www.example:8443/next?a=1" ||
+		rh.Get("Content-Location") != "http://elsewhere.example/x" ||
+		rh.Get("Refresh") != "5; url=http://www.example:8443/later" {
+		t.Errorf("client got %v", rh)
+	}
+	// The service's pool (no rules) passes everything as it came.
+	req, _ = http.NewRequest("GET", h.url+"/other", nil)
+	req.Header.Set("X-Debug", "1")
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if seen.Load().(http.Header).Get("X-Debug") != "1" || resp.Header.Get("X-Internal") != "secret" {
+		t.Error("rules applied outside their route")
+	}
+	// Refused rules.
+	for _, bad := range []service.HeaderRules{
+		{Request: service.HeaderOps{Set: []service.Field{{Name: "Host", Value: "x"}}}},
+		{Request: service.HeaderOps{Remove: []string{"X-Forwarded-For"}}},
+		{Response: service.HeaderOps{Set: []service.Field{{Name: "Content-Length", Value: "1"}}}},
+		{Response: service.HeaderOps{Set: []service.Field{{Name: "X-A", Value: "{nope}"}}}},
+		{Response: service.HeaderOps{Add: []service.Field{{Name: "X-A", Value: "a\nb"}}}},
+	} {
+		if err := bad.Check(); err == nil {
+			t.Errorf("%+v: no error", bad)
 		}
 	}
 }

@@ -45,6 +45,8 @@ type Config struct {
 	// (X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, Forwarded); from
 	// any other peer they are replaced or removed. Default: none.
 	TrustedProxies []netip.Prefix
+	// Headers are the service's header rules (its routes' default).
+	Headers HeaderRules
 	// Routes send requests to other pools by host, path, method or header
 	// (l7/route has the precedence). Pool, when set, is the route of
 	// whatever no route takes, after all of them.
@@ -65,6 +67,8 @@ type Route struct {
 	Timeouts Timeouts
 	// Retry: nil takes the service's policy whole.
 	Retry *retry.Config
+	// Headers: nil takes the service's rules whole.
+	Headers *HeaderRules
 }
 
 // DefaultRouteName names a service's own pool as a route (access log).

@@ -33,10 +33,15 @@ func proxyService(svc config.Service) l7service.Config {
 		s.SNI = u.ServerName
 	}
 	s.Retry = retryConfig(svc.Retry)
+	s.Headers = svc.Headers.L7()
 	for _, r := range svc.Routes {
 		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, SNI: r.ServerName, Retry: retryConfig(r.Retry)}
 		if r.Host != "" {
 			rt.Host = r.Host
+		}
+		if r.Headers != nil {
+			h := r.Headers.L7()
+			rt.Headers = &h
 		}
 		if t := r.Timeouts; t != nil {
 			rt.Timeouts = l7service.Timeouts{Connect: t.Connect.D(), Send: t.Send.D(), Read: t.Read.D(), Total: t.Total.D()}

@@ -139,3 +139,41 @@ func TestUpstreamNames(t *testing.T) {
 		}
 	}
 }
+
+func TestHeaderRulesKeys(t *testing.T) {
+	src := routesHead + `    pool: web
+    headers:
+      response: {remove: [Server]}
+    routes:
+      - name: app
+        path: /app/
+        pool: api
+        host: app.internal
+        headers:
+          request:
+            set: [{name: X-Client, value: "{client_ip}"}]
+            remove: [X-Debug]
+          response:
+            add: [{name: X-Route, value: "{route}"}]
+          rewrite_location: true
+`
+	cfg, err := Parse([]byte(src), "h.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Services[0]
+	if h := s.Headers.L7(); len(h.Response.Remove) != 1 {
+		t.Errorf("service headers %+v", h)
+	}
+	if h := s.Routes[0].Headers.L7(); !h.RewriteLocation || h.Request.Set[0].Value != "{client_ip}" || h.Response.Add[0].Name != "X-Route" {
+		t.Errorf("route headers %+v", h)
+	}
+	for _, c := range []struct{ src, want string }{
+		{"    pool: web\n    headers: {request: {set: [{name: Host, value: x}]}}\n", "services[0].headers: request header Host: frames the message or is written by sluice"},
+		{"    pool: web\n    routes: [{name: a, pool: api, path: /a, headers: {response: {add: [{name: X-A, value: \"{nope}\"}]}}}]\n", "routes[0].headers: response header X-A: \"{nope}\": unknown variable"},
+	} {
+		if _, err := Parse([]byte(routesHead+c.src), "h.yaml"); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.src, err, c.want)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/certs"
+	"github.com/sluicelb/sluice/l7/service"
 )
 
 // Duration is a time.Duration written in YAML as a Go duration string ("2s", "5m").
@@ -179,6 +180,9 @@ type Service struct {
 	// Routes send requests to pools by host, path, method or header
 	// (http only); Pool, when set, takes what no route does.
 	Routes []Route `yaml:"routes"`
+	// Headers are the service's header rules (http only; a route's own
+	// replace them whole).
+	Headers *HeaderRules `yaml:"headers"`
 	// AccessLog is where an http service writes its access log: stdout
 	// (default), off, or a file path (appended to, reopened on reload).
 	AccessLog string `yaml:"access_log"`
@@ -202,11 +206,50 @@ type Route struct {
 	Host      string       `yaml:"host"` // keep or a name; default the service's
 	// ServerName is the route's TLS server name (upstream.tls), as
 	// upstream.server_name; default the service's.
-	ServerName string    `yaml:"server_name"`
-	Timeouts   *Timeouts `yaml:"timeouts"` // a key left out is the service's
-	Retry      *Retry    `yaml:"retry"`    // replaces the service's whole; default the service's
+	ServerName string       `yaml:"server_name"`
+	Timeouts   *Timeouts    `yaml:"timeouts"` // a key left out is the service's
+	Retry      *Retry       `yaml:"retry"`    // replaces the service's whole; default the service's
+	Headers    *HeaderRules `yaml:"headers"`  // replaces the service's whole; default the service's
 
 	Line int `yaml:"-"` // line of the route in the file
+}
+
+// HeaderRules change request and response headers (l7/service.HeaderRules).
+type HeaderRules struct {
+	Request         HeaderOps `yaml:"request"`
+	Response        HeaderOps `yaml:"response"`
+	RewriteLocation bool      `yaml:"rewrite_location"`
+}
+
+// HeaderOps are the changes in one direction: remove, then set, then add.
+type HeaderOps struct {
+	Remove []string      `yaml:"remove"`
+	Set    []HeaderField `yaml:"set"`
+	Add    []HeaderField `yaml:"add"`
+}
+
+// HeaderField is a header name and value (variables allowed).
+type HeaderField struct {
+	Name  string `yaml:"name"`
+	Value string `yaml:"value"`
+}
+
+// L7 is h for l7/service (nil: no rules).
+func (h *HeaderRules) L7() service.HeaderRules {
+	if h == nil {
+		return service.HeaderRules{}
+	}
+	ops := func(o HeaderOps) service.HeaderOps {
+		out := service.HeaderOps{Remove: o.Remove}
+		for _, f := range o.Set {
+			out.Set = append(out.Set, service.Field{Name: f.Name, Value: f.Value})
+		}
+		for _, f := range o.Add {
+			out.Add = append(out.Add, service.Field{Name: f.Name, Value: f.Value})
+		}
+		return out
+	}
+	return service.HeaderRules{Request: ops(h.Request), Response: ops(h.Response), RewriteLocation: h.RewriteLocation}
 }
 
 // RouteHeader is a route's header condition: present, with Value when set.

@@ -809,7 +809,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
 			}
 		}
-		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies", "routes"} {
+		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies", "routes", "headers"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed for http services")
 			}
@@ -842,6 +842,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 	}
 	v.httpListener(s, path)
 	v.routes(s, path, pools)
+	v.headers(s.Headers, path+".headers")
 	for i, tp := range s.TrustedProxies {
 		if _, err := service.ParseTrustedProxies([]string{tp}); err != nil {
 			v.add(fmt.Sprintf("%s.trusted_proxies[%d]", path, i), "%v", err)
@@ -1178,6 +1179,7 @@ func (v *validator) routes(s *Service, path string, pools map[string]int) {
 		if r.Retry != nil {
 			v.retry(r.Retry, rp+".retry")
 		}
+		v.headers(r.Headers, rp+".headers")
 		if r.ServerName != "" {
 			if s.Upstream == nil || !s.Upstream.TLS {
 				v.add(rp+".server_name", "only allowed with upstream.tls: true")
@@ -1280,4 +1282,14 @@ func checkServerName(n string) error {
 		}
 	}
 	return nil
+}
+
+// headers checks header rules (l7/service decides).
+func (v *validator) headers(h *HeaderRules, path string) {
+	if h == nil {
+		return
+	}
+	if err := h.L7().Check(); err != nil {
+		v.add(path, "%v", err)
+	}
 }
