@@ -25,6 +25,14 @@ const routesHTTP = `    routes:
         hosts: [api.lab]
         pool: api
         host: api.internal
+        headers:
+          request:
+            set: [{name: X-Env, value: "prod {client_ip}"}]
+            remove: [X-Debug]
+          response:
+            remove: [X-Client-Addr]
+            set: [{name: X-Route, value: "{route}"}]
+          rewrite_location: true
       - name: static
         hosts: [www.lab, "*.cdn.lab"]
         path: /static/
@@ -33,10 +41,13 @@ const routesHTTP = `    routes:
 
 // seenHost is the X-Seen-Host header of a curl result (the Host the
 // backend got).
-func seenHost(r HTTPResult) string {
+func seenHost(r HTTPResult) string { return header(r, "X-Seen-Host") }
+
+// header is a response header of a curl result ("" when absent).
+func header(r HTTPResult, name string) string {
 	sc := bufio.NewScanner(strings.NewReader(r.Body))
 	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.EqualFold(k, "X-Seen-Host") {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.EqualFold(k, name) {
 			return strings.TrimSpace(v)
 		}
 	}
@@ -68,6 +79,23 @@ func TestL7Routes(t *testing.T) {
 				r.Code, r.Backend, seenHost(r), c.code, c.backend, c.seen, r.Body)
 		}
 	}
+	// The api route's header rules, seen at the backend and the client.
+	base := strings.TrimSuffix(httpURL, "/")
+	r := lab.curl("GET", base+"/x?echo=X-Env&echo=X-Debug", "-H", "Host: api.lab", "-H", "X-Debug: 1", "-H", "X-Env: dev")
+	if !strings.HasPrefix(header(r, "X-Echo-X-Env"), "prod 198.18.") || header(r, "X-Echo-X-Debug") != "-" ||
+		header(r, "X-Client-Addr") != "" || header(r, "X-Route") != "api" {
+		t.Errorf("header rules: backend saw X-Env %q, X-Debug %q; client got X-Client-Addr %q, X-Route %q\n%s",
+			header(r, "X-Echo-X-Env"), header(r, "X-Echo-X-Debug"), header(r, "X-Client-Addr"), header(r, "X-Route"), r.Body)
+	}
+	r = lab.curl("GET", base+"/redirect?to=http://api.internal/next", "-H", "Host: api.lab")
+	if r.Code != 302 || header(r, "Location") != "http://api.lab/next" || header(r, "Refresh") != "3; url=http://api.lab/next" {
+		t.Errorf("Location rewriting: %d, Location %q, Refresh %q", r.Code, header(r, "Location"), header(r, "Refresh"))
+	}
+	// The static route has no rules: the backend's headers pass as they are.
+	if r := lab.curl("GET", base+"/static/x", "-H", "Host: www.lab"); header(r, "X-Client-Addr") == "" || header(r, "X-Route") != "" {
+		t.Errorf("rules applied outside their route:\n%s", r.Body)
+	}
+
 	rid := newRID("route")
 	if r := lab.curl("GET", strings.TrimSuffix(httpURL, "/")+"/x?rid="+rid, "-H", "Host: api.lab"); r.Backend != "be2" {
 		t.Fatalf("api.lab went to %q", r.Backend)

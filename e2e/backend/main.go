@@ -219,6 +219,13 @@ func (b *backend) routes() http.Handler {
 	mux.HandleFunc("/status/{code}", b.wrap(b.status))
 	mux.HandleFunc("/stream", b.wrap(b.stream))
 	mux.HandleFunc("/big", b.wrap(b.big))
+	// /redirect?to=URL: a 302 to URL, and a Refresh naming it too.
+	mux.HandleFunc("/redirect", b.wrap(func(w http.ResponseWriter, r *http.Request) {
+		to := r.URL.Query().Get("to")
+		w.Header().Set("Location", to)
+		w.Header().Set("Refresh", "3; url="+to)
+		w.WriteHeader(http.StatusFound)
+	}))
 	mux.HandleFunc("/", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, b.name)
 	}))
@@ -235,6 +242,15 @@ func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
 		w.Header().Set("X-Backend", b.name)
 		w.Header().Set("X-Client-Addr", r.RemoteAddr)
 		w.Header().Set("X-Seen-Host", r.Host)
+		// ?echo=NAME (repeatable): the request's NAME comes back as
+		// X-Echo-NAME ("-" when absent), so tests see request heads.
+		for _, n := range r.URL.Query()["echo"] {
+			v := strings.Join(r.Header.Values(n), ",")
+			if v == "" {
+				v = "-"
+			}
+			w.Header().Set("X-Echo-"+n, v)
+		}
 		b.mu.Lock()
 		fail, mode := b.failStatus, b.mode
 		b.mu.Unlock()
