@@ -253,16 +253,20 @@ func (q *request) admit() bool {
 		s.obs.Refused(s.name, limitHeaderCount)
 		return false
 	}
-	if r.ContentLength > s.limits.MaxBodyBytes {
+	maxBody, limitKey := s.limits.MaxBodyBytes, "client.max_body_bytes"
+	if q.st.maxBody > 0 {
+		maxBody, limitKey = q.st.maxBody, "the route's max_body_bytes"
+	}
+	if r.ContentLength > maxBody {
 		s.fail(w, q.rec, http.StatusRequestEntityTooLarge,
-			"request body of "+strconv.FormatInt(r.ContentLength, 10)+" bytes, more than client.max_body_bytes ("+strconv.FormatInt(s.limits.MaxBodyBytes, 10)+")")
+			"request body of "+strconv.FormatInt(r.ContentLength, 10)+" bytes, more than "+limitKey+" ("+strconv.FormatInt(maxBody, 10)+")")
 		s.obs.Refused(s.name, limitBody)
 		return false
 	}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		// A body of unknown length (chunked, HTTP/2 without
 		// content-length) is cut at the limit as it is read.
-		r.Body = http.MaxBytesReader(w, r.Body, s.limits.MaxBodyBytes)
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	}
 	return true
 }

@@ -63,6 +63,7 @@ type settings struct {
 	timeouts service.Timeouts
 	policy   *retry.Policy
 	maxEject int
+	maxBody  int64  // the route's max_body_bytes (0: the listener's client.max_body_bytes)
 	grp      *group // the route's pool
 }
 
@@ -184,6 +185,10 @@ func compile(svc service.Config, ej eject.Config, groups map[string]*group) (*ro
 		if r.SNI != "" {
 			st.svc.SNI = r.SNI
 		}
+		if r.MaxBodyBytes < 0 {
+			return nil, fmt.Errorf("service %s: route %s: max_body_bytes %d is negative", svc.Name, r.Match.Name, r.MaxBodyBytes)
+		}
+		st.maxBody = r.MaxBodyBytes
 		st.route = r.Match.Name
 		if err := grp(st); err != nil {
 			return nil, err

@@ -214,3 +214,33 @@ func TestHeaderRules(t *testing.T) {
 		}
 	}
 }
+
+// A route's max_body_bytes replaces the listener's for its requests.
+func TestRouteMaxBody(t *testing.T) {
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) })
+	p := newPool(t, nil, be.addr)
+	h := start(t, p, func(o *Options) {
+		o.Client.MaxBodyBytes = 100
+		o.Service.Routes = []service.Route{
+			{Match: route.Spec{Name: "small", Path: "/small/"}, Pool: "web", MaxBodyBytes: 10},
+			{Match: route.Spec{Name: "upload", Path: "/upload/"}, Pool: "web", MaxBodyBytes: 1000},
+		}
+	})
+	for _, c := range []struct {
+		path string
+		n    int
+		want int
+	}{
+		{"/small/x", 10, 200}, {"/small/x", 11, 413},
+		{"/upload/x", 500, 200}, {"/upload/x", 1001, 413},
+		{"/other", 100, 200}, {"/other", 101, 413},
+	} {
+		resp, _ := h.do(t, "POST", c.path, []byte(strings.Repeat("x", c.n)), nil)
+		if resp.StatusCode != c.want {
+			t.Errorf("%s with %d bytes: %d, want %d", c.path, c.n, resp.StatusCode, c.want)
+		}
+	}
+	if l := h.access.last(t); !strings.Contains(l.Error, "client.max_body_bytes (100)") {
+		t.Errorf("listener limit message: %q", l.Error)
+	}
+}

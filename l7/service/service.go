@@ -69,6 +69,10 @@ type Route struct {
 	Retry *retry.Config
 	// Headers: nil takes the service's rules whole.
 	Headers *HeaderRules
+	// MaxBodyBytes bounds the request bodies of the route (413 above);
+	// 0: the listener's ClientLimits.MaxBodyBytes. It may be larger or
+	// smaller than the listener's (an upload route, a small API).
+	MaxBodyBytes int64
 }
 
 // DefaultRouteName names a service's own pool as a route (access log).

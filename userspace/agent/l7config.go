@@ -35,7 +35,7 @@ func proxyService(svc config.Service) l7service.Config {
 	s.Retry = retryConfig(svc.Retry)
 	s.Headers = svc.Headers.L7()
 	for _, r := range svc.Routes {
-		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, SNI: r.ServerName, Retry: retryConfig(r.Retry)}
+		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, SNI: r.ServerName, Retry: retryConfig(r.Retry), MaxBodyBytes: r.MaxBodyBytes}
 		if r.Host != "" {
 			rt.Host = r.Host
 		}

@@ -177,3 +177,16 @@ func TestHeaderRulesKeys(t *testing.T) {
 		}
 	}
 }
+
+func TestRouteMaxBodyKey(t *testing.T) {
+	cfg, err := Parse([]byte(routesHead+"    routes: [{name: a, pool: api, max_body_bytes: 1048576}]\n"), "b.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Services[0].Routes[0].MaxBodyBytes != 1<<20 {
+		t.Errorf("max_body_bytes %d", cfg.Services[0].Routes[0].MaxBodyBytes)
+	}
+	if _, err := Parse([]byte(routesHead+"    routes: [{name: a, pool: api, max_body_bytes: 0}]\n"), "b.yaml"); err == nil || !strings.Contains(err.Error(), "routes[0].max_body_bytes") {
+		t.Errorf("max_body_bytes 0: %v", err)
+	}
+}

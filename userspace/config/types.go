@@ -210,6 +210,8 @@ type Route struct {
 	Timeouts   *Timeouts    `yaml:"timeouts"` // a key left out is the service's
 	Retry      *Retry       `yaml:"retry"`    // replaces the service's whole; default the service's
 	Headers    *HeaderRules `yaml:"headers"`  // replaces the service's whole; default the service's
+	// MaxBodyBytes is the route's client.max_body_bytes (0: the service's).
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 
 	Line int `yaml:"-"` // line of the route in the file
 }

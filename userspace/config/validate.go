@@ -1180,6 +1180,9 @@ func (v *validator) routes(s *Service, path string, pools map[string]int) {
 			v.retry(r.Retry, rp+".retry")
 		}
 		v.headers(r.Headers, rp+".headers")
+		if v.set(rp + ".max_body_bytes") {
+			v.between(rp+".max_body_bytes", r.MaxBodyBytes, 1, MaxMaxBodyBytes)
+		}
 		if r.ServerName != "" {
 			if s.Upstream == nil || !s.Upstream.TLS {
 				v.add(rp+".server_name", "only allowed with upstream.tls: true")
