@@ -522,7 +522,11 @@ func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time) (b po
 		} else {
 			s.log.Info("panic mode over", "pool", st.svc.Pool)
 		}
-		s.obs.Panic(s.name, panicMode)
+		if po, ok := s.obs.(PoolPanicObserver); ok {
+			po.PoolPanic(s.name, g.name, panicMode)
+		} else {
+			s.obs.Panic(s.name, panicMode)
+		}
 	}
 	var arr [8]Candidate
 	cands := arr[:0]

@@ -104,6 +104,16 @@ func (o metricsObserver) Ejection(_ string, ev eject.Event) {
 
 func (o metricsObserver) Panic(_ string, on bool) { o.m.SetPanic(o.pool, on) }
 
+// PoolPanicObserver is an Observer that can tell panic mode apart per
+// pool, for a service whose routes send to several (PoolPanic is then
+// called instead of Panic).
+type PoolPanicObserver interface {
+	PoolPanic(service, pool string, on bool)
+}
+
+// PoolPanic sets the panic gauge of the pool that entered or left it.
+func (o metricsObserver) PoolPanic(_, pool string, on bool) { o.m.SetPanic(pool, on) }
+
 func (o metricsObserver) UpstreamClosed(_ string, _ netip.AddrPort, reason string) {
 	o.m.UpstreamClosed(o.pool, reason)
 }

@@ -314,5 +314,14 @@ func (s *l7Stage) observer(svc config.Service) proxy.Observer {
 	if s.metrics == nil {
 		return nil
 	}
-	return proxy.NewMetricsObserver(s.metrics.L7, svc.Pool)
+	// The service's own pool labels its upstream-connection metrics (a
+	// service with routes only: the first of its routes' pools); panic
+	// mode is labelled with the pool that is in it (PoolPanic).
+	p := svc.Pool
+	if p == "" {
+		if ps := routePools(svc); len(ps) > 0 {
+			p = ps[0]
+		}
+	}
+	return proxy.NewMetricsObserver(s.metrics.L7, p)
 }
