@@ -1,0 +1,78 @@
+package certs
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// write writes a self-signed certificate for names (none: no SAN).
+func write(t *testing.T, cn string, names ...string) Pair {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, DNSNames: names,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(k)
+	dir := t.TempDir()
+	p := Pair{Cert: filepath.Join(dir, "c.pem"), Key: filepath.Join(dir, "k.pem")}
+	os.WriteFile(p.Cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(p.Key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return p
+}
+
+func TestPickAndMisdirected(t *testing.T) {
+	def := write(t, "default", "default.test")
+	a := write(t, "a", "a.test", "alias.test")
+	w := write(t, "w", "*.w.test")
+	cs, err := Load(Files{Cert: def.Cert, Key: def.Key, SNI: []Pair{a, w}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn := func(name string) string { return cs.Pick(name).Leaf.Subject.CommonName }
+	for name, want := range map[string]string{
+		"a.test": "a", "ALIAS.test.": "a", "x.w.test": "w", "x.y.w.test": "default", "w.test": "default", "": "default", "a.test:443": "a",
+	} {
+		if got := cn(name); got != want {
+			t.Errorf("Pick(%q) = %s, want %s", name, got, want)
+		}
+	}
+	for _, c := range []struct {
+		sni, host string
+		want      bool
+	}{
+		{"a.test", "a.test", false}, {"a.test", "alias.test:443", false}, {"a.test", "x.w.test", true},
+		{"x.w.test", "y.w.test", false}, {"", "other.test", false}, {"", "a.test", true}, {"other.test", "default.test", false},
+	} {
+		if got := cs.Misdirected(c.sni, c.host); got != c.want {
+			t.Errorf("Misdirected(%q, %q) = %v", c.sni, c.host, got)
+		}
+	}
+	// One certificate: nothing is misdirected.
+	one, err := Load(Files{Cert: def.Cert, Key: def.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if one.Misdirected("a.test", "b.test") {
+		t.Error("single certificate: misdirected")
+	}
+	// Refused: two certificates for one name, one without DNS names.
+	if _, err := Load(Files{Cert: def.Cert, Key: def.Key, SNI: []Pair{a, write(t, "a2", "a.test")}}); err == nil || !strings.Contains(err.Error(), "name a.test is covered by another") {
+		t.Errorf("duplicate: %v", err)
+	}
+	if _, err := Load(Files{Cert: def.Cert, Key: def.Key, SNI: []Pair{write(t, "nosan")}}); err == nil || !strings.Contains(err.Error(), "no DNS name") {
+		t.Errorf("no SAN: %v", err)
+	}
+}
