@@ -116,6 +116,9 @@ func TestL7Routes(t *testing.T) {
 	fresh := lab.StartLoad("newconn", nil, "--url", httpURL, "--mode", "newconn",
 		"--conns", "2", "--interval", "20ms", "--count", "100000", "--duration", "20s", "--timeout", "3s")
 	t.Cleanup(func() { fresh.Stop(3 * time.Second) })
+	keep := lab.StartLoad("keepalive", nil, "--url", httpURL, "--mode", "keepalive",
+		"--conns", "4", "--interval", "20ms", "--count", "100000", "--duration", "20s", "--timeout", "3s")
+	t.Cleanup(func() { keep.Stop(3 * time.Second) })
 	time.Sleep(time.Second)
 	agent.WriteConfig(agentConfig{Backends: []string{"be1"}, HTTP: true,
 		ExtraPools: routePools + "  - name: shop\n    backends: [{address: 198.18.2.11:80}]\n",
@@ -132,7 +135,9 @@ func TestL7Routes(t *testing.T) {
 	})
 	time.Sleep(time.Second)
 	fresh.Stop(5 * time.Second)
+	keep.Stop(5 * time.Second)
 	assertNoFailures(t, "new-connection load across a reload adding a site", parseReport(t, fresh.Output()))
+	assertNoFailures(t, "keep-alive load across a reload adding a site", parseReport(t, keep.Output()))
 }
 
 // tlsGet fetches https://name/ through the TLS listener with SNI name

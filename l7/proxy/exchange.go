@@ -295,7 +295,7 @@ func (s *Server) discard(res tryResult, drain bool) {
 // usable is whether pooled connections to addr may be kept: it is still
 // active in a pool of the service, or ejected while panic mode sends requests there.
 func (s *Server) usable(addr netip.AddrPort) bool {
-	for _, g := range s.groups {
+	for _, g := range *s.groups.Load() {
 		if s.usableIn(g, addr) {
 			return true
 		}

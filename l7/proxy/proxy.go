@@ -97,7 +97,11 @@ type Server struct {
 	name     string
 	log      *slog.Logger
 	obs      Observer
-	groups   map[string]*group // by pool name; fixed for the server's life
+	// groups are the pools the routes send to, by name: replaced whole
+	// (copy on write) by AddPools and Update under groupsMu.
+	groups   atomic.Pointer[map[string]*group]
+	groupsMu sync.Mutex
+	jitter   float64 // eject.Options.Jitter for the trackers the server makes
 	pools    *upstream.Pools
 	budget   *retry.Budget
 	selector Selector
@@ -268,7 +272,7 @@ func New(opts Options) (*Server, error) {
 		selector: opts.Selector,
 		shutdown: opts.ShutdownTimeout,
 		upTLS:    opts.Upstream.TLS != nil,
-		groups:   make(map[string]*group),
+		jitter:   opts.EjectionJitter,
 	}
 	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
 	s.records.New = func() any { return new(accesslog.Record) }
@@ -282,40 +286,6 @@ func New(opts Options) (*Server, error) {
 		s.shutdown = service.DefaultShutdownTimeout
 	}
 	// One group per pool: the service's own, and those of its routes.
-	pools := make(map[string]RoutePool, len(opts.RoutePools)+1)
-	for name, rp := range opts.RoutePools {
-		pools[name] = rp
-	}
-	if opts.Service.Pool != "" {
-		pools[opts.Service.Pool] = RoutePool{Pool: opts.Pool, Tracker: opts.Tracker, Ejection: opts.Ejection}
-	}
-	for name, rp := range pools {
-		if rp.Pool == nil {
-			return nil, fmt.Errorf("service %s: pool %s: no pool", opts.Service.Name, name)
-		}
-		g := &group{name: name, pool: rp.Pool, tracker: rp.Tracker}
-		if g.tracker == nil {
-			var err error
-			g.tracker, err = eject.New(rp.Ejection, rp.Pool, eject.Options{
-				Jitter: opts.EjectionJitter, Log: log.With("pool", name),
-				Observe: func(ev eject.Event) { s.obs.Ejection(s.name, ev) },
-			})
-			if err != nil {
-				return nil, fmt.Errorf("service %s: pool %s: %w", opts.Service.Name, name, err)
-			}
-		}
-		g.dns, _ = rp.Pool.(DNSWaiter)
-		// A pool that publishes its transitions (*pool.Pool does) is
-		// followed directly; the agent need not call AddressChanged then.
-		s.groups[name] = g
-	}
-	st, err := compile(opts.Service, opts.Ejection, s.groups)
-	if err != nil {
-		return nil, err
-	}
-	s.cfg.Store(st)
-	s.access.Store(opts.AccessLog)
-	s.budget = retry.NewBudget(st.base.policy.BudgetPercent(), retry.DefaultMinRetries)
 	s.pools = upstream.New(upstream.Options{
 		MaxIdlePerAddr:  opts.Upstream.MaxIdlePerAddr,
 		IdleTimeout:     opts.Upstream.IdleTimeout,
@@ -329,14 +299,36 @@ func New(opts Options) (*Server, error) {
 			s.obs.UpstreamClosed(s.name, addr, reason)
 		},
 	})
-	for _, g := range s.groups {
-		if sub, ok := g.pool.(interface {
-			Subscribe(pool.Observer) func()
-		}); ok {
-			g.unsubscribe = sub.Subscribe(func(t pool.Transition) { s.addressChanged(g, t.Addr, t.To) })
-			g.snapshots = true
-		}
+	// One group per pool: the service's own, and those of its routes.
+	pools := make(map[string]RoutePool, len(opts.RoutePools)+1)
+	for name, rp := range opts.RoutePools {
+		pools[name] = rp
 	}
+	if opts.Service.Pool != "" {
+		pools[opts.Service.Pool] = RoutePool{Pool: opts.Pool, Tracker: opts.Tracker, Ejection: opts.Ejection}
+	}
+	groups := make(map[string]*group, len(pools))
+	for name, rp := range pools {
+		g, err := s.newGroup(name, rp)
+		if err != nil {
+			for _, g := range groups {
+				g.stop()
+			}
+			s.pools.Close()
+			return nil, fmt.Errorf("service %s: %w", opts.Service.Name, err)
+		}
+		groups[name] = g
+	}
+	s.groups.Store(&groups)
+	st, err := compile(opts.Service, opts.Ejection, groups)
+	if err != nil {
+		s.stopGroups()
+		s.pools.Close()
+		return nil, err
+	}
+	s.cfg.Store(st)
+	s.access.Store(opts.AccessLog)
+	s.budget = retry.NewBudget(st.base.policy.BudgetPercent(), retry.DefaultMinRetries)
 
 	cl := opts.Client.WithDefaults()
 	s.limits = cl
@@ -476,11 +468,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.tunnels.shutdown(ctx)
 	s.pools.Close()
-	for _, g := range s.groups {
-		if g.unsubscribe != nil {
-			g.unsubscribe()
-		}
-	}
+	s.stopGroups()
 	if err != nil {
 		return fmt.Errorf("service %s: shutdown: %w", s.name, err)
 	}
@@ -493,7 +481,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // reloadable here: the agent replaces the Server when they change (a
 // changed pool or listen address is refused with an error).
 func (s *Server) Update(svc service.Config, ej eject.Config) error {
-	st, err := compile(svc, ej, s.groups)
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	groups := *s.groups.Load()
+	st, err := compile(svc, ej, groups)
 	if err != nil {
 		return err
 	}
@@ -501,15 +492,111 @@ func (s *Server) Update(svc service.Config, ej eject.Config) error {
 		return fmt.Errorf("service %s: pool or listen address changed (%s %s → %s %s): replace the server",
 			s.name, cur.Pool, cur.Listen, svc.Pool, svc.Listen)
 	}
-	if g := s.groups[svc.Pool]; g != nil {
+	if g := groups[svc.Pool]; g != nil {
 		if err := g.tracker.SetConfig(ej); err != nil {
 			return fmt.Errorf("service %s: %w", s.name, err)
 		}
 	}
 	s.budget.SetPercent(st.base.policy.BudgetPercent())
 	s.cfg.Store(st)
+	// Pools no route sends to any more are let go (requests in flight
+	// keep theirs: a group works unsubscribed, its snapshot ages out).
+	used := map[string]bool{svc.Pool: true}
+	for _, t := range st.targets {
+		used[t.svc.Pool] = true
+	}
+	kept := make(map[string]*group, len(groups))
+	for name, g := range groups {
+		if used[name] {
+			kept[name] = g
+		} else {
+			g.stop()
+		}
+	}
+	s.groups.Store(&kept)
 	s.log.Info("l7 service updated")
 	return nil
+}
+
+// AddPools gives the server more pools its routes may send to, before an
+// Update naming them (a reload adding a site with a pool of its own: no
+// new server, no connection closed). A name it has already must be the
+// same pool (else: replace the server).
+func (s *Server) AddPools(more map[string]RoutePool) error {
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	cur := *s.groups.Load()
+	next := make(map[string]*group, len(cur)+len(more))
+	for name, g := range cur {
+		next[name] = g
+	}
+	var added []*group
+	for name, rp := range more {
+		if g, ok := cur[name]; ok {
+			if g.pool != rp.Pool {
+				for _, a := range added {
+					a.stop()
+				}
+				return fmt.Errorf("service %s: pool %s is another pool now: replace the server", s.name, name)
+			}
+			continue
+		}
+		g, err := s.newGroup(name, rp)
+		if err != nil {
+			for _, a := range added {
+				a.stop()
+			}
+			return fmt.Errorf("service %s: %w", s.name, err)
+		}
+		added = append(added, g)
+		next[name] = g
+	}
+	s.groups.Store(&next)
+	return nil
+}
+
+// newGroup builds the state of one pool and follows its transitions when
+// it publishes them (*pool.Pool does; the agent need not call
+// AddressChanged then).
+func (s *Server) newGroup(name string, rp RoutePool) (*group, error) {
+	if rp.Pool == nil {
+		return nil, fmt.Errorf("pool %s: no pool", name)
+	}
+	g := &group{name: name, pool: rp.Pool, tracker: rp.Tracker}
+	if g.tracker == nil {
+		var err error
+		g.tracker, err = eject.New(rp.Ejection, rp.Pool, eject.Options{
+			Jitter: s.jitter, Log: s.log.With("pool", name),
+			Observe: func(ev eject.Event) { s.obs.Ejection(s.name, ev) },
+		})
+		if err != nil {
+			return nil, fmt.Errorf("pool %s: %w", name, err)
+		}
+	}
+	g.dns, _ = rp.Pool.(DNSWaiter)
+	if sub, ok := rp.Pool.(interface {
+		Subscribe(pool.Observer) func()
+	}); ok {
+		g.snapshots = true
+		g.unsubscribe = sub.Subscribe(func(t pool.Transition) { s.addressChanged(g, t.Addr, t.To) })
+	}
+	return g, nil
+}
+
+// stop ends the group's subscription to its pool.
+func (g *group) stop() {
+	if g.unsubscribe != nil {
+		g.unsubscribe()
+	}
+}
+
+// stopGroups stops every group (shutdown).
+func (s *Server) stopGroups() {
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	for _, g := range *s.groups.Load() {
+		g.stop()
+	}
 }
 
 // AddressChanged is called on every transition of an address of one of
@@ -519,7 +606,7 @@ func (s *Server) Update(svc service.Config, ej eject.Config) error {
 // pooled connections are closed at once and busy ones when their request
 // ends. With several pools, it applies to every pool holding addr.
 func (s *Server) AddressChanged(addr netip.AddrPort, state pool.State) {
-	for _, g := range s.groups {
+	for _, g := range *s.groups.Load() {
 		s.addressChanged(g, addr, state)
 	}
 }
@@ -549,7 +636,7 @@ func (s *Server) BudgetStats() retry.BudgetStats { return s.budget.Stats() }
 
 // Panicking reports whether the service is in panic mode.
 func (s *Server) Panicking() bool {
-	for _, g := range s.groups {
+	for _, g := range *s.groups.Load() {
 		if g.panicking.Load() {
 			return true
 		}

@@ -81,9 +81,27 @@ func TestRoutes(t *testing.T) {
 	if resp.Header.Get("X-Backend") != "api" {
 		t.Errorf("after Update: /api/x went to %q", resp.Header.Get("X-Backend"))
 	}
-	svc.Routes = []service.Route{{Match: route.Spec{Name: "new"}, Pool: "other"}}
+	svc.Routes = []service.Route{{Match: route.Spec{Name: "new", Path: "/new/"}, Pool: "other"}}
 	if err := h.srv.Update(svc, testEjection()); err == nil {
 		t.Error("Update with a route to a pool the server does not have: no error")
+	}
+	// A reload adding a site with a pool of its own: AddPools, then Update.
+	other := newBackend(t, answer("other"))
+	pOther := newPool(t, nil, other.addr)
+	if err := h.srv.AddPools(map[string]RoutePool{"other": {Pool: pOther, Ejection: testEjection()}, "api": {Pool: pAPI}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.srv.Update(svc, testEjection()); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := h.do(t, "GET", "/new/x", nil, nil); resp.Header.Get("X-Backend") != "other" {
+		t.Errorf("after AddPools and Update: /new/x went to %q", resp.Header.Get("X-Backend"))
+	}
+	if g := *h.srv.groups.Load(); len(g) != 2 || g["api"] != nil || g["static"] != nil {
+		t.Errorf("pools kept after Update: %v (want web and other)", g)
+	}
+	if err := h.srv.AddPools(map[string]RoutePool{"other": {Pool: pAPI}}); err == nil {
+		t.Error("AddPools with another pool under a known name: no error")
 	}
 }
 

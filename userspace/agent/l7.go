@@ -91,8 +91,8 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 			continue
 		}
 		if cur, ok := s.services[svc.Name]; ok {
-			if cur.svc.Listen == svc.Listen && maps.Equal(cur.pools, sp) && !needsNewServer(cur.svc, svc) {
-				if err := s.update(cur, svc, cfg); err != nil {
+			if cur.svc.Listen == svc.Listen && cur.svc.Pool == svc.Pool && samePools(cur.pools, sp) && !needsNewServer(cur.svc, svc) {
+				if err := s.update(cur, svc, cfg, sp); err != nil {
 					s.log.Error("http service not updated, it keeps its settings", "service", svc.Name, "err", err)
 					problems = append(problems, fmt.Sprintf("http service %s not updated, it keeps its settings: %v", svc.Name, err))
 					continue
@@ -243,10 +243,27 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 // update applies a reloaded service to its running server: settings,
 // access log, and the certificate files read again (renewed certificates
 // are picked up by a reload).
-func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config) error {
+func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config, sp map[string]*pool.Pool) error {
 	acc, err := s.accessLogs.get(svc.AccessLog)
 	if err != nil {
 		return err
+	}
+	// Pools new to the service (a site added with a pool of its own) join
+	// the running server: no new server, no connection closed.
+	more := make(map[string]proxy.RoutePool)
+	for name, p := range sp {
+		if _, ok := cur.pools[name]; !ok {
+			tr, err := s.trackers.get(*cfg.Pool(name), p)
+			if err != nil {
+				return err
+			}
+			more[name] = proxy.RoutePool{Pool: p, Tracker: tr}
+		}
+	}
+	if len(more) > 0 {
+		if err := cur.srv.AddPools(more); err != nil {
+			return err
+		}
 	}
 	if t := svc.TLS; t != nil {
 		if err := cur.srv.SetCertificates(t.Files()); err != nil {
@@ -263,7 +280,20 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config)
 		return err
 	}
 	cur.srv.SetAccessLog(acc)
+	cur.pools = sp
 	return nil
+}
+
+// samePools reports whether the pools two versions of a service share
+// are the same pool objects (a pool only one of them names is not a
+// reason for a new server: AddPools, Update).
+func samePools(a, b map[string]*pool.Pool) bool {
+	for name, p := range b {
+		if q, ok := a[name]; ok && q != p {
+			return false
+		}
+	}
+	return true
 }
 
 // needsNewServer reports whether a reloaded service changed settings a
