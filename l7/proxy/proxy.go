@@ -94,9 +94,9 @@ type group struct {
 
 // Server proxies one http service.
 type Server struct {
-	name     string
-	log      *slog.Logger
-	obs      Observer
+	name string
+	log  *slog.Logger
+	obs  Observer
 	// groups are the pools the routes send to, by name: replaced whole
 	// (copy on write) by AddPools and Update under groupsMu.
 	groups   atomic.Pointer[map[string]*group]
