@@ -1,6 +1,9 @@
 // Package proxy is the L7 stage of sluice: an HTTP/1.1 and HTTP/2 reverse
-// proxy for one `protocol: http` service, fed by the same pool as the L4
-// data path.
+// proxy for one `protocol: http` service, fed by the same pools as the L4
+// data path. A service may carry many sites: its routes (l7/route) pick a
+// pool, host, timeouts, retry policy and header rules per request; on TLS
+// its certificates are chosen by SNI (l7/certs), and a request whose host
+// has another certificate than its connection's gets 421.
 //
 // For every request it picks a backend among the pool's active addresses
 // (power of two choices, least requests in flight), sends the request on a
@@ -18,7 +21,8 @@
 //
 //	srv, err := proxy.New(proxy.Options{Service: svc, Pool: p, Ejection: ej, Log: log, AccessLog: acc})
 //	go srv.Serve(ctx, ln)                 // returns after a graceful shutdown when ctx ends
-//	srv.Update(svc, ej)                   // on reload: new settings, no connection dropped
+//	srv.AddPools(more)                    // on reload: pools new to the service's routes
+//	srv.Update(svc, ej)                   // on reload: new settings and routes, no connection dropped
 //	srv.AddressChanged(addr, state)       // automatic with *pool.Pool (Subscribe); otherwise the agent calls it
 //	srv.Shutdown(ctx)                     // graceful stop (also done by Serve when ctx ends)
 package proxy
