@@ -1158,7 +1158,7 @@ func (v *validator) routes(s *Service, path string, pools map[string]int) {
 			v.add(rp+".pool", "pool is required")
 			ok = false
 		} else if _, found := pools[r.Pool]; !found {
-			v.add(rp+".pool", "pool %q is not defined", r.Pool)
+			v.poolRef(rp+".pool", r.Pool, pools)
 			ok = false
 		}
 		if v.set(rp+".host") && r.Host != HostKeep {
