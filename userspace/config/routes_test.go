@@ -190,3 +190,12 @@ func TestRouteMaxBodyKey(t *testing.T) {
 		t.Errorf("max_body_bytes 0: %v", err)
 	}
 }
+
+// A second http service on the same listener: the refusal points at routes.
+func TestSecondSiteHint(t *testing.T) {
+	src := routesHead + "    pool: web\n  - name: h2\n    listen: 198.18.1.101:80\n    protocol: http\n    pool: api\n"
+	_, err := Parse([]byte(src), "s.yaml")
+	if err == nil || !strings.Contains(err.Error(), `is already used by service "h" (several sites on one http listener: make them routes of service "h"`) {
+		t.Errorf("%v", err)
+	}
+}

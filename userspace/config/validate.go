@@ -127,6 +127,7 @@ func (v *validator) validate(c *Config) {
 		transport string
 	}
 	listeners := map[listener]string{}
+	httpNames := map[string]bool{} // http services, for the routes hint
 	services := map[string]int{}
 	for i := range c.Services {
 		s := &c.Services[i]
@@ -153,11 +154,19 @@ func (v *validator) validate(c *Config) {
 			}
 			a, b := l.addr.Addr(), s.ListenAddr.Addr()
 			if a == b || ((a.IsUnspecified() || b.IsUnspecified()) && a.Is4() == b.Is4()) {
-				v.add(path+".listen", "%s/%s is already used by service %q", s.Listen, transport, other)
+				hint := ""
+				if s.Protocol == ProtocolHTTP && httpNames[other] {
+					// The nginx habit: one server block per site.
+					hint = fmt.Sprintf(" (several sites on one http listener: make them routes of service %q, see docs/l7.md)", other)
+				}
+				v.add(path+".listen", "%s/%s is already used by service %q%s", s.Listen, transport, other, hint)
 				break
 			}
 		}
 		listeners[listener{s.ListenAddr, transport}] = s.Name
+		if s.Protocol == ProtocolHTTP {
+			httpNames[s.Name] = true
+		}
 	}
 	v.limits(c)
 	v.conntrackWarning(c)
