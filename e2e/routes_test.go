@@ -225,3 +225,49 @@ func TestL7SNICertificates(t *testing.T) {
 		}
 	}
 }
+
+// TestL7RouteUpstreamTLS: a route to TLS backends with a fixed upstream
+// Host and its own SNI, the certificate verified against
+// upstream.verify_name (neither the SNI nor the Host); the default route
+// sends no name of its own.
+func TestL7RouteUpstreamTLS(t *testing.T) {
+	cert, key := writeTestCert(t, t.TempDir(), "backend.lab")
+	pools := `  - name: tlsdef
+    backends: [{address: 198.18.2.11:8443}]
+  - name: tlsapi
+    backends: [{address: 198.18.2.12:8443}]
+`
+	svc := fmt.Sprintf(`  - name: tls-routes
+    listen: %s:82
+    protocol: http
+    pool: tlsdef
+    upstream: {tls: true, ca: %s, verify_name: backend.lab}
+    routes:
+      - name: api
+        hosts: [api.lab]
+        pool: tlsapi
+        host: api.internal
+        server_name: sni.api.lab
+`, httpVIP, cert)
+	lab, _ := startL7(t, agentConfig{ExtraPools: pools, ExtraServices: svc})
+	for _, be := range []string{"be1", "be2"} {
+		lab.Start(be+"-tls", be, env.backend, "--listen", ":8080", "--tls-listen", ":8443",
+			"--tls-cert", cert, "--tls-key", key, "--name", be)
+	}
+	url := "http://" + httpVIP + ":82/x"
+	var r HTTPResult
+	waitFor(t, 10*time.Second, "the TLS backends", func() error {
+		if r = lab.curl("GET", url, "-H", "Host: api.lab"); r.Code != 200 {
+			return fmt.Errorf("status %d", r.Code)
+		}
+		return nil
+	})
+	if r.Backend != "be2" || seenHost(r) != "api.internal" || header(r, "X-Seen-SNI") != "sni.api.lab" {
+		t.Errorf("route api: backend %q Host %q SNI %q, want be2 api.internal sni.api.lab\n%s", r.Backend, seenHost(r), header(r, "X-Seen-SNI"), r.Body)
+	}
+	r = lab.curl("GET", url, "-H", "Host: www.lab")
+	if r.Code != 200 || r.Backend != "be1" || seenHost(r) != "www.lab" || header(r, "X-Seen-SNI") != "" {
+		t.Errorf("default route: %d backend %q Host %q SNI %q, want 200 be1 www.lab and no SNI (an address is not sent as SNI)\n%s",
+			r.Code, r.Backend, seenHost(r), header(r, "X-Seen-SNI"), r.Body)
+	}
+}

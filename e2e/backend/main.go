@@ -242,6 +242,9 @@ func (b *backend) wrap(h http.HandlerFunc) http.HandlerFunc {
 		w.Header().Set("X-Backend", b.name)
 		w.Header().Set("X-Client-Addr", r.RemoteAddr)
 		w.Header().Set("X-Seen-Host", r.Host)
+		if r.TLS != nil {
+			w.Header().Set("X-Seen-SNI", r.TLS.ServerName)
+		}
 		// ?echo=NAME (repeatable): the request's NAME comes back as
 		// X-Echo-NAME ("-" when absent), so tests see request heads.
 		for _, n := range r.URL.Query()["echo"] {
