@@ -65,7 +65,8 @@ FUZZ_TARGETS := \
 	./l7/proxy:FuzzForwardHeaders \
 	./l7/proxy:FuzzH1Translation \
 	./l7/proxy:FuzzHeaderForwarding \
-	./l7/proxy:FuzzH2Translation
+	./l7/proxy:FuzzH2Translation \
+	./l7/route:FuzzMatch
 fuzz:
 	@for f in $$(git ls-files '*_test.go'); do \
 		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
