@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/sluicelb/sluice/internal/h2raw"
 	"io"
 	"net"
 	"net/http"
@@ -289,17 +290,17 @@ func TestL7StrictTranslation(t *testing.T) {
 		{"space in :authority", base("GET", "/", "a "+marker+"/c")},
 		{"DEL in a value", append(base("GET", "/", "web"), "x-a", marker+"\x7f")},
 	}
-	c := newH2raw(t, lab.dialFrom("client", httpAddr))
+	c := h2raw.New(t, lab.dialFrom("client", httpAddr))
 	for i, tc := range cases {
 		stream := uint32(2*i + 1)
-		c.headers(stream, true, tc.fields...)
-		ev := c.response(stream)
+		c.Headers(stream, true, tc.fields...)
+		ev := c.Response(stream)
 		t.Logf("%s: %s", tc.name, ev)
-		if ev.status == "200" {
+		if ev.Status == "200" {
 			t.Errorf("%s: answered 200", tc.name)
 		}
-		if ev.eof || ev.goaway {
-			c = newH2raw(t, lab.dialFrom("client", httpAddr))
+		if ev.EOF || ev.GoAway {
+			c = h2raw.New(t, lab.dialFrom("client", httpAddr))
 		}
 	}
 	if n := lab.rawSeen("be1", marker); n != 0 {
@@ -415,18 +416,18 @@ func TestL7AccessLogBlocked(t *testing.T) {
 func TestL7RapidReset(t *testing.T) {
 	lab, _ := startL7(t, agentConfig{Ejection: noEjection, Backends: []string{"be1"}, HTTPExtra: "    h2c: true\n"})
 	before := lab.stats("be1").Accepted
-	c := newH2raw(t, lab.dialFrom("client", httpAddr))
+	c := h2raw.New(t, lab.dialFrom("client", httpAddr))
 	const n = 10000
 	for i := 0; i < n; i++ {
 		stream := uint32(2*i + 1)
-		c.headers(stream, true, ":method", "GET", ":scheme", "http", ":path", "/slow?ms=5", ":authority", "web")
-		c.rst(stream, 0x8) // CANCEL
+		c.Headers(stream, true, ":method", "GET", ":scheme", "http", ":path", "/slow?ms=5", ":authority", "web")
+		c.RST(stream, 0x8) // CANCEL
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for {
-			if ev := c.next(); ev.eof || ev.goaway {
+			if ev := c.Next(); ev.EOF || ev.GoAway {
 				return
 			}
 		}
@@ -443,9 +444,9 @@ func TestL7RapidReset(t *testing.T) {
 	if dials > 2*(100+64) {
 		t.Errorf("%d backend connections for %d reset streams, want a bounded number", dials, n)
 	}
-	c2 := newH2raw(t, lab.dialFrom("client", httpAddr))
-	c2.headers(1, true, ":method", "GET", ":scheme", "http", ":path", "/", ":authority", "web")
-	if ev := c2.response(1); ev.status != "200" {
+	c2 := h2raw.New(t, lab.dialFrom("client", httpAddr))
+	c2.Headers(1, true, ":method", "GET", ":scheme", "http", ":path", "/", ":authority", "web")
+	if ev := c2.Response(1); ev.Status != "200" {
 		t.Errorf("normal request after the resets: %s", ev)
 	}
 }

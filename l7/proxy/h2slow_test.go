@@ -3,7 +3,7 @@ package proxy
 import (
 	"encoding/binary"
 	"fmt"
-	"io"
+	"github.com/sluicelb/sluice/internal/h2raw"
 	"strings"
 	"testing"
 	"time"
@@ -20,27 +20,24 @@ func TestH2UnfinishedHeaderBlockClosed(t *testing.T) {
 		o.Client.HeaderTimeout = time.Second
 		o.Client.IdleTimeout = time.Second
 	})
-	c := dialH2(t, strings.TrimPrefix(h.url, "http://"))
+	c := h2raw.Dial(t, strings.TrimPrefix(h.url, "http://"))
 	// Read the server's SETTINGS, ACK it, then open a header block that never ends.
-	var hdr [9]byte
-	io.ReadFull(c.br, hdr[:])
-	n := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
-	io.ReadFull(c.br, make([]byte, n))
-	c.frame(h2Settings, h2FlagAck, 0, nil)
+	if _, _, _, _, err := c.ReadFrame(); err != nil {
+		t.Fatalf("the server's SETTINGS: %v", err)
+	}
+	c.Frame(h2raw.FrameSettings, h2raw.FlagAck, 0, nil)
 	time.Sleep(100 * time.Millisecond)
-	c.frame(h2Headers, 0, 1, []byte{0x82})
+	c.Frame(h2raw.FrameHeaders, 0, 1, []byte{0x82})
 	t0 := time.Now()
 	done := make(chan string, 1)
 	go func() {
 		for {
-			if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			typ, _, _, p, err := c.ReadFrame()
+			if err != nil {
 				done <- "EOF " + err.Error()
 				return
 			}
-			n := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
-			p := make([]byte, n)
-			io.ReadFull(c.br, p)
-			if hdr[3] == h2GoAway {
+			if typ == h2raw.FrameGoAway && len(p) >= 8 {
 				done <- fmt.Sprintf("GOAWAY code %d", binary.BigEndian.Uint32(p[4:8]))
 				return
 			}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/sluicelb/sluice/internal/h2raw"
 	"net/http"
 	"strings"
 	"testing"
@@ -33,19 +34,19 @@ func TestRapidResetBoundedBackendDials(t *testing.T) {
 		o.Client.H2MaxResetStreams = 100000
 	})
 	addr := strings.TrimPrefix(h.url, "http://")
-	c := dialH2(t, addr)
+	c := h2raw.Dial(t, addr)
 	const n = 5000
 	for i := range n {
 		stream := uint32(2*i + 1)
-		c.headers(stream, true, ":method", "GET", ":scheme", "http", ":path", "/", ":authority", "web")
-		c.rst(stream, 0x8) // CANCEL
+		c.Headers(stream, true, ":method", "GET", ":scheme", "http", ":path", "/", ":authority", "web")
+		c.RST(stream, 0x8) // CANCEL
 	}
 	// Read until the server has dealt with everything (or sent GOAWAY).
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for {
-			if ev := c.next(); ev.eof || ev.goaway {
+			if ev := c.Next(); ev.EOF || ev.GoAway {
 				return
 			}
 		}
@@ -62,9 +63,9 @@ func TestRapidResetBoundedBackendDials(t *testing.T) {
 		t.Errorf("%d backend connections for %d reset streams, want at most %d (pooled ones reused)", d, n, bound)
 	}
 	// A normal request afterwards.
-	c2 := dialH2(t, addr)
-	c2.headers(1, true, ":method", "GET", ":scheme", "http", ":path", "/", ":authority", "web")
-	if ev := c2.response(1); ev.status != "200" {
+	c2 := h2raw.Dial(t, addr)
+	c2.Headers(1, true, ":method", "GET", ":scheme", "http", ":path", "/", ":authority", "web")
+	if ev := c2.Response(1); ev.Status != "200" {
 		t.Errorf("normal request after the resets: %s", ev)
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"github.com/sluicelb/sluice/internal/h2raw"
 	"io"
 	"net"
 	"net/http"
@@ -40,11 +41,11 @@ func TestStrictTranslationH2(t *testing.T) {
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := dialH2(t, addr)
+			c := h2raw.Dial(t, addr)
 			stream := uint32(2*i + 1)
-			c.headers(stream, true, tc.fields...)
-			ev := c.response(stream)
-			if ev.status == "200" || !(ev.status == "400" || ev.rst || ev.goaway || ev.eof) {
+			c.Headers(stream, true, tc.fields...)
+			ev := c.Response(stream)
+			if ev.Status == "200" || !(ev.Status == "400" || ev.RST || ev.GoAway || ev.EOF) {
 				t.Errorf("got %s, want 400 or a stream error", ev)
 			}
 		})
@@ -53,9 +54,9 @@ func TestStrictTranslationH2(t *testing.T) {
 		t.Fatalf("%d invalid requests reached the backend", n)
 	}
 	// A valid one goes through.
-	c := dialH2(t, addr)
-	c.headers(1, true, base("GET", "/ok?a=b", "web:8080")...)
-	if ev := c.response(1); ev.status != "200" {
+	c := h2raw.Dial(t, addr)
+	c.Headers(1, true, base("GET", "/ok?a=b", "web:8080")...)
+	if ev := c.Response(1); ev.Status != "200" {
 		t.Errorf("valid request: %s", ev)
 	}
 }
