@@ -11,6 +11,9 @@ import (
 // HTTPS (server_name and a private CA, the upstream's keys): a backend whose
 // check fails is ejected (cause health:status), traffic avoids it, and it is
 // restored once its checks pass again.
+// The check's timeout is generous: on a loaded 2-CPU machine a TLS
+// handshake can take hundreds of milliseconds, and a check that times out
+// ejects with cause health:timeout, not the health:status asserted here.
 func TestL7HTTPSHealthCheck(t *testing.T) {
 	cert, key := writeTestCert(t, t.TempDir(), "backend.lab")
 	pool := fmt.Sprintf(`  - name: tlsweb
@@ -20,8 +23,8 @@ func TestL7HTTPSHealthCheck(t *testing.T) {
       - address: 198.18.2.13:8443
     health_check:
       http: {path: /healthz, tls: true, server_name: backend.lab, ca: %s}
-      interval: 300ms
-      timeout: 250ms
+      interval: 1s
+      timeout: 900ms
       rise: 2
       fall: 2
 `, cert)

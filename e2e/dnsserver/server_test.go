@@ -216,8 +216,13 @@ func TestReload(t *testing.T) {
 	}
 	waitFor(t, "servfail", func() bool { return slices.Equal(addrsOf(), []string{"SERVFAIL"}) })
 
-	// A broken file is refused; the previous records keep serving.
-	if err := os.WriteFile(h.path, []byte("backend.lab. 2 A not-an-ip\n"), 0o644); err != nil {
+	// A broken file is refused; the previous records keep serving. Written
+	// whole and renamed into place: a file caught half written (empty) is a
+	// valid zone with no records, which would answer NXDOMAIN.
+	if err := os.WriteFile(tmp, []byte("backend.lab. 2 A not-an-ip\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, h.path); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "refusal logged", func() bool { return strings.Contains(h.logs.String(), "reload refused") })
