@@ -33,6 +33,12 @@ const (
 	// address make the agent re-resolve its name at once while the pool
 	// has other working addresses (without them, the first one does).
 	refreshAfterStuck = 2
+	// unansweredPerScan caps the unanswered SYNs one address can be
+	// charged per flow scan (one a second): a flood of spoofed SYNs
+	// (which never complete) can add at most this much to the address's
+	// connect failures however many it sends, while a backend that really
+	// stopped answering keeps failing the new SYNs of every scan.
+	unansweredPerScan = 1
 	// mapErrorLogEvery rate-limits the warning of a failing map operation.
 	mapErrorLogEvery = 30 * time.Second
 	// maxGCPerTick bounds the expired flows deleted per tick.

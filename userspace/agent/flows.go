@@ -36,6 +36,12 @@ type connectFailure struct {
 	stuck, unanswered int
 	// refused SYNs were answered with an RST since the previous scan.
 	refused int
+	// answered handshakes are the slot's half-open flows whose SYN the
+	// backend answered (SYN-ACK seen, the client's ACK not yet): a backend
+	// that answers most of its SYNs is alive, and its unanswered ones are
+	// lost to a flood (spoofed clients, SYN-ACKs dropped on the way), not
+	// its connect failures.
+	answered int
 }
 
 // flowWatcher owns everything the agent learns by reading the data path's
@@ -161,6 +167,9 @@ func (w *flowWatcher) countLocked(now time.Time, fail func(slotGen) *connectFail
 		bySvc[f.ServiceID]++
 		sg := slotGen{f.BackendSlot, f.BackendGen}
 		bySlot[sg]++
+		if f.State == datapath.FlowSynRecv && f.HalfOpen && fail != nil {
+			fail(sg).answered++
+		}
 		if f.State == datapath.FlowSynSent && f.Idle >= synStuckAfter {
 			id := flowID{f.Client, f.VIP, f.Proto}
 			if fail == nil {

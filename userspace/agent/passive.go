@@ -114,6 +114,7 @@ func (a *agent) connectFailures(now time.Time, failures []connectFailure) {
 	}
 	var active []failing
 	failingIn := make(map[uint32]int) // active addresses with a failure, per pool id
+	failures = a.floodFilter(failures, byID, names)
 	for _, f := range failures {
 		poolID, addr, ok := a.rec.owner(f.slot)
 		if !ok {
@@ -154,6 +155,64 @@ func (a *agent) connectFailures(now time.Time, failures []connectFailure) {
 				"unanswered_syns", stuck, "refused", refused)
 		}
 	}
+}
+
+// floodFilter keeps only what a flood of spoofed SYNs cannot fake out of
+// the unanswered SYNs of one scan that feed passive ejection; refusals (the
+// backend's own RST) are kept as they are, and so are the stuck counts that
+// make a DNS name re-resolve (harmless under a flood). Unanswered SYNs
+// count against an address only when
+//   - the address answered fewer of its SYNs than it left unanswered (a
+//     live backend answers a flood's SYNs with SYN-ACKs, seen as
+//     syn-recv; the unanswered ones are then lost on the way, not its
+//     failure);
+//   - they are not spread over more than half of the pool's active
+//     addresses at once (Maglev spreads a flood, or a problem on
+//     sluice's own side, over every address; a dead backend is one
+//     address among answering ones);
+//   - at most unansweredPerScan of them per address and scan.
+//
+// Called with mu held.
+func (a *agent) floodFilter(failures []connectFailure, byID map[uint32]*poolState, names map[uint32]string) []connectFailure {
+	stuckIn := make(map[uint32]int) // active addresses with unanswered SYNs, per pool id
+	poolOf := make([]uint32, len(failures))
+	known := make([]bool, len(failures))
+	for i, f := range failures {
+		poolID, addr, ok := a.rec.owner(f.slot)
+		if !ok {
+			continue
+		}
+		ps, ok := byID[poolID]
+		if !ok {
+			continue
+		}
+		if b, ok := ps.p.Backend(addr); !ok || b.State != pool.Active {
+			continue
+		}
+		poolOf[i], known[i] = poolID, true
+		if f.stuck > 0 {
+			stuckIn[poolID]++
+		}
+	}
+	out := make([]connectFailure, 0, len(failures))
+	for i, f := range failures {
+		if known[i] && f.stuck > 0 {
+			ps := byID[poolOf[i]]
+			n := ps.p.Counts()[pool.Active]
+			switch {
+			case n >= 2 && stuckIn[poolOf[i]]*2 > n:
+				a.log.Debug("unanswered SYNs on most of the pool's addresses at once: not counted as backend failures",
+					"pool", names[poolOf[i]], "addresses", stuckIn[poolOf[i]], "active", n)
+				f.unanswered = 0
+			case f.answered >= f.stuck:
+				f.unanswered = 0
+			default:
+				f.unanswered = min(f.unanswered, unansweredPerScan)
+			}
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // reportFailure feeds one address's new connect failures to its pool's

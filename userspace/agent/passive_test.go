@@ -67,14 +67,17 @@ func TestRefusedConnectsEject(t *testing.T) {
 func TestUnansweredSYNsEjectOncePerFlow(t *testing.T) {
 	h := newHarness(t, nil, baseConfig)
 	s3 := h.slotOf(be3)
-	stuck := func(port uint16) {
+	port := uint16(40000)
+	stuck := func() {
 		f := h.addFlow(port, s3, false)
-		f.State, f.Idle = datapath.FlowSynSent, time.Second
+		f.State, f.Idle, f.HalfOpen = datapath.FlowSynSent, time.Second, true
 		h.dp.AddFlow(f)
+		port++
 	}
-	// One stuck flow seen on many ticks is one failure.
-	stuck(40000)
-	for range 8 {
+	// One stuck flow seen on many ticks is one failure (ejection.window
+	// 10s: it still counts with the four below).
+	stuck()
+	for range 4 {
 		if err := h.tick(time.Second); err != nil {
 			t.Fatal(err)
 		}
@@ -82,15 +85,69 @@ func TestUnansweredSYNsEjectOncePerFlow(t *testing.T) {
 	if b := h.state(be3); b.State != pool.Active {
 		t.Fatalf("one unanswered SYN ejected it: %+v", b)
 	}
-	for p := uint16(40001); p <= 40004; p++ {
-		stuck(p)
+	// A backend that stops answering: new SYNs stuck on every scan.
+	for range 4 {
+		stuck()
+		if err := h.tick(time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
+	if b := h.state(be3); b.State != pool.Ejected || !strings.Contains(b.Cause, "SYN unanswered") {
+		t.Fatalf("be3 after 5 scans with unanswered SYNs = %+v", b)
+	}
+}
+
+// TestSYNFloodCannotEject: unanswered SYNs a flood of spoofed clients
+// leaves behind (every address at once, or one address that answers most
+// of its SYNs, or a burst in one scan) never eject a healthy backend.
+func TestSYNFloodCannotEject(t *testing.T) {
+	h := newHarness(t, nil, baseConfig)
+	port := uint16(10000)
+	add := func(a netip.AddrPort, n int, state datapath.FlowState) {
+		for range n {
+			f := h.addFlow(port, h.slotOf(a), false)
+			f.State, f.Idle, f.HalfOpen = state, time.Second, true
+			h.dp.AddFlow(f)
+			port++
+		}
+	}
+	healthy := func(when string) {
+		t.Helper()
+		for _, a := range []netip.AddrPort{be1, be2, be3} {
+			if b := h.state(a); b.State != pool.Active {
+				t.Fatalf("%s: %v = %+v", when, a, b)
+			}
+		}
+	}
+	// Spread over the whole pool, scan after scan.
+	for range 20 {
+		for _, a := range []netip.AddrPort{be1, be2, be3} {
+			add(a, 50, datapath.FlowSynSent)
+		}
+		if err := h.tick(time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	healthy("a flood over every address")
+	clearFlows(t, h.dp)
+
+	// Aimed at one address, which answers most of its SYNs.
+	for range 20 {
+		add(be1, 50, datapath.FlowSynSent)
+		add(be1, 60, datapath.FlowSynRecv)
+		if err := h.tick(time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	healthy("a flood at one answering address")
+	clearFlows(t, h.dp)
+
+	// A burst of unanswered SYNs in one scan counts once.
+	add(be2, 1000, datapath.FlowSynSent)
 	if err := h.tick(time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if b := h.state(be3); b.State != pool.Ejected || !strings.Contains(b.Cause, "SYN unanswered") {
-		t.Fatalf("be3 after 5 unanswered SYNs = %+v", b)
-	}
+	healthy("a burst in one scan")
 }
 
 func TestPassiveEjectionOffAndLimited(t *testing.T) {
@@ -119,5 +176,18 @@ func TestPassiveEjectionOffAndLimited(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("%d of 3 ejected, want 1 (max_ejected_percent 50)", n)
+	}
+}
+
+func clearFlows(t *testing.T, dp *datapath.Fake) {
+	t.Helper()
+	var all []datapath.Flow
+	if err := dp.Flows(func(f datapath.Flow) bool { all = append(all, f); return true }); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range all {
+		if err := dp.DeleteFlow(f); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
