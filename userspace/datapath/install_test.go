@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/sluicelb/sluice/bpf"
 	"github.com/vishvananda/netlink"
 )
 
@@ -99,12 +101,106 @@ func TestCounterMapsReplaced(t *testing.T) {
 	}
 	r.Close()
 
+	// Any other map of another layout: the state starts afresh (see
+	// TestLayoutVersion), the agent is not stopped.
 	older("services", &ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: MaxServices})
-	if r, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true}); !errors.Is(err, ebpf.ErrMapIncompatible) {
-		if err == nil {
-			r.Close()
+	r, err = Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true})
+	if err != nil {
+		t.Fatalf("open over a services map of another layout: %v", err)
+	}
+	defer r.Close()
+	if got := r.LayoutReset(); !slices.Equal(got, []string{"services"}) {
+		t.Errorf("LayoutReset = %v, want [services]", got)
+	}
+}
+
+// TestLayoutVersion: the pinned state carries this release's map layout
+// version; an open adopts maps of the same version (flows and services
+// kept) and of no version when their shape matches (an older release),
+// and starts on fresh maps, saying which changed, for a layout change at
+// equal sizes (only the recorded version differs) and a size change.
+func TestLayoutVersion(t *testing.T) {
+	requireRoot(t)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-layouttest-%d", os.Getpid()))
+	t.Cleanup(func() { _ = Teardown(pin) })
+	open := func(wantReset []string) *Real {
+		t.Helper()
+		r, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true})
+		if err != nil {
+			t.Fatalf("open: %v", err)
 		}
-		t.Fatalf("open over a services map of another layout: %v, want ErrMapIncompatible", err)
+		if got := r.LayoutReset(); !slices.Equal(got, wantReset) {
+			r.Close()
+			t.Fatalf("LayoutReset = %v, want %v", got, wantReset)
+		}
+		return r
+	}
+	fk := bpf.SluiceCtKey{Saddr: 0x020012c6, Daddr: 0x010012c6, Sport: 0x1234, Dport: 0x5000, Proto: 6}
+	populate := func(r *Real) {
+		t.Helper()
+		mustSet(t, r.SetService(keyTCP, Service{ID: 1}))
+		mustSet(t, r.conntrack.Put(fk, bpf.SluiceCtValue{ServiceId: 1, BackendId: 1, DaddrNew: 0x0d0212c6, DportNew: 0x5000}))
+	}
+	kept := func(r *Real, want bool) {
+		t.Helper()
+		svcs, err := r.Services()
+		mustSet(t, err)
+		var v bpf.SluiceCtValue
+		flow := r.conntrack.Lookup(fk, &v) == nil
+		if (len(svcs) == 1) != want || flow != want {
+			t.Fatalf("services %v, flow %v: want kept %v", svcs, flow, want)
+		}
+	}
+	setRecord := func(name string, fp uint64) {
+		t.Helper()
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pin, layoutMapName), nil)
+		mustSet(t, err)
+		defer m.Close()
+		mustSet(t, m.Put(layoutKey(name), fp))
+	}
+
+	r := open(nil)
+	if rec, ok, err := readLayout(pin); err != nil || !ok || len(rec) != len(mapNames) {
+		t.Fatalf("layout after the first install: %v %v %v", rec, ok, err)
+	}
+	populate(r)
+	r.Close()
+	r = open(nil) // the same release: adopted
+	kept(r, true)
+	r.Close()
+
+	// A layout change at equal sizes: only the version tells.
+	setRecord("conntrack", 1)
+	r = open([]string{"conntrack"})
+	kept(r, false)
+	populate(r)
+	r.Close()
+	r = open(nil) // the new version was recorded
+	kept(r, true)
+	r.Close()
+
+	// A size change (the older release's backends map was smaller).
+	p := filepath.Join(pin, "backends")
+	mustSet(t, os.Remove(p))
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(binarySize(bpf.SluiceBackend{})), MaxEntries: MaxBackends / 2})
+	mustSet(t, err)
+	mustSet(t, old.Pin(p))
+	old.Close()
+	r = open([]string{"backends"})
+	if r.backends.MaxEntries() != MaxBackends {
+		t.Errorf("backends has %d entries, want %d", r.backends.MaxEntries(), MaxBackends)
+	}
+	kept(r, false)
+	populate(r)
+	r.Close()
+
+	// An older release (no layout version) with maps of this shape.
+	mustSet(t, os.Remove(filepath.Join(pin, layoutMapName)))
+	r = open(nil)
+	kept(r, true)
+	r.Close()
+	if _, ok, _ := readLayout(pin); !ok {
+		t.Fatal("no layout version recorded over an older release's maps")
 	}
 }
 
@@ -152,3 +248,5 @@ func TestXDPModeFallback(t *testing.T) {
 		t.Error("xdp_mode native on an interface without native XDP: no error")
 	}
 }
+
+func binarySize(v any) int { return binary.Size(v) }

@@ -92,7 +92,15 @@ type Real struct {
 	lock        *os.File // flock on the pin directory: one agent per data path
 
 	keepNeighbours bool
+	// layoutReset names the pinned maps whose layout changed, when Open
+	// started the data path state afresh because of them (nil: adopted).
+	layoutReset []string
 }
+
+// LayoutReset returns the pinned maps whose layout was not this release's
+// when the data path was opened, so that it started on fresh maps (nil:
+// the pinned state was adopted). See layout.go.
+func (r *Real) LayoutReset() []string { return slices.Clone(r.layoutReset) }
 
 // ErrLocked is returned by Open when another agent holds the pin path.
 var ErrLocked = errors.New("another sluice agent holds the data path")
@@ -328,8 +336,13 @@ func Open(o Options) (*Real, error) {
 		m.Close()
 	}
 
+	layout, err := layoutOf(spec)
+	if err != nil {
+		return nil, err
+	}
+	var reset []string
 	if !claim.fresh() {
-		if err := dropChangedCounters(claim.dir, spec, o.Log); err != nil {
+		if reset, err = upgradeLayout(claim.dir, spec, layout, o.Log); err != nil {
 			return nil, err
 		}
 	}
@@ -341,6 +354,10 @@ func Open(o Options) (*Real, error) {
 			return nil, fmt.Errorf("load xdp program: pinned maps under %s come from an incompatible version (run `sluice teardown --pin-path %s`): %w", o.PinPath, o.PinPath, err)
 		}
 		return nil, loadError(err)
+	}
+	if err := writeLayout(claim.dir, layout); err != nil {
+		objs.Close()
+		return nil, err
 	}
 	if err := claim.publish(); err != nil {
 		objs.Close()
@@ -374,6 +391,7 @@ func Open(o Options) (*Real, error) {
 		attachments:  map[string]Attachment{},
 
 		keepNeighbours: !o.NoNeighbours,
+		layoutReset:    reset,
 	}
 	if err := r.buildAddrs(); err != nil {
 		r.Close()
@@ -393,9 +411,9 @@ func Open(o Options) (*Real, error) {
 // counters (Prometheus sees a counter reset), state rebuilt at every open
 // (addrs, backend_ports), or flows still opening (they pick their backend
 // again through Maglev, the same one while the table is unchanged). The old
-// program keeps using the old map until the links are updated. Every other
-// map's layout change still stops the agent: confirmed flows and backends
-// are not to be dropped silently.
+// program keeps using the old map until the links are updated. Any other
+// map's layout change starts the whole state afresh, loudly (see
+// upgradeLayout in layout.go).
 var disposableMaps = map[string]string{
 	"service_stats": "its counters restart from 0",
 	"backend_stats": "its counters restart from 0",
@@ -403,28 +421,6 @@ var disposableMaps = map[string]string{
 	"halfopen":      "flows still opening pick their backend again",
 	"addrs":         "it is rebuilt from services and backends",
 	"backend_ports": "it is rebuilt from backends",
-}
-
-func dropChangedCounters(dir string, spec *ebpf.CollectionSpec, log *slog.Logger) error {
-	for name, consequence := range disposableMaps {
-		p := filepath.Join(dir, name)
-		m, err := ebpf.LoadPinnedMap(p, nil)
-		if err != nil {
-			continue // absent: created by the load
-		}
-		want := spec.Maps[name]
-		same := m.Type() == want.Type && m.KeySize() == want.KeySize && m.ValueSize() == want.ValueSize &&
-			m.MaxEntries() == want.MaxEntries && m.Flags() == want.Flags
-		m.Close()
-		if same {
-			continue
-		}
-		log.Warn("a pinned map has another layout (a release changed it): starting it afresh", "map", name, "consequence", consequence)
-		if err := os.Remove(p); err != nil {
-			return fmt.Errorf("replace map %s: %w", name, err)
-		}
-	}
-	return nil
 }
 
 // verifierError keeps the whole verifier log in the message (the short
@@ -696,7 +692,7 @@ func Teardown(pinPath string) error {
 		l.Close() // the last reference: the program is detached
 	}
 	_ = os.Remove(linksDir)
-	for _, name := range mapNames {
+	for _, name := range append(slices.Clone(mapNames), layoutMapName) {
 		p := filepath.Join(pinPath, name)
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
