@@ -32,6 +32,10 @@ type Status struct {
 	Pools      []Pool    `json:"pools"`
 	// Interfaces: how the XDP program is attached to each interface.
 	Interfaces []Interface `json:"interfaces,omitempty"`
+	// LayoutReset names the pinned maps whose layout (an older release's)
+	// made this agent start the data path state on fresh maps (empty: the
+	// pinned state was adopted). See docs/architecture.md, "Layout version".
+	LayoutReset []string `json:"layout_reset,omitempty"`
 }
 
 // Interface is the XDP program's attachment to one interface.

@@ -39,6 +39,9 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 		pools[name] = ps
 	}
 	a.mu.Unlock()
+	if lr, ok := a.rec.dp.(interface{ LayoutReset() []string }); ok {
+		st.LayoutReset = lr.LayoutReset()
+	}
 	for _, at := range a.rec.dp.Attachments() {
 		st.Interfaces = append(st.Interfaces, admin.Interface{Name: at.Interface, Mode: at.Mode, Fallback: at.Fallback})
 	}
