@@ -317,6 +317,35 @@ static __always_inline int send_out(struct xdp_md *ctx, struct packet *p, void *
 	}
 }
 
+/* send_cached forwards p through the next hop cached in c (a per-CPU
+ * entry of backend_hops or reply_hops) for address addr: an entry holding
+ * another address starts over, an expired one is refreshed by send_out.
+ * Without c, the FIB is asked. */
+static __always_inline int send_cached(struct xdp_md *ctx, struct packet *p, void *data_end,
+				       struct backend_hop *c, __be32 addr, __u64 now, const struct ct_key *orig)
+{
+	struct backend_hop none = {};
+	if (!c)
+		c = &none;
+	if (c->addr != addr) {
+		c->addr = addr;
+		c->nh.until = 0;
+		c->mtu = 0;
+	}
+	return send_out(ctx, p, data_end, &c->nh, &c->mtu, now, orig);
+}
+
+/* reply_hop returns the reply_hops entry for client address a. */
+static __always_inline struct backend_hop *reply_hop(__be32 a)
+{
+	__u32 h = a;
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	__u32 idx = h & (REPLY_HOPS - 1);
+	return bpf_map_lookup_elem(&reply_hops, &idx);
+}
+
 /* rst_allowed spends one RST of this CPU's budget (GCRA): spoofed SYNs
  * to a service without backends, or to a removed backend's flows, must not
  * turn sluice into a reflector that answers every one of them. */
@@ -600,7 +629,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	GCOUNT(replies_translated);
 	/* One call site: send_out is large (FIB lookup, ICMP errors) and
 	 * every inlined copy costs instruction cache. */
-	int act = send_out(ctx, p, data_end, &rv->nh, &rv->nh_mtu, now, &rk);
+	int act = send_cached(ctx, p, data_end, reply_hop(p->ip->daddr), p->ip->daddr, now, &rk);
 	if (fconfirmed || !fv || !confirms(p))
 		return act;
 
@@ -819,7 +848,8 @@ int sluice_xdp(struct xdp_md *ctx)
 				return XDP_DROP;
 			count_service(svc_id, bytes, 0);
 			count_backend(slot, bytes, 0);
-			return send_out(ctx, &p, data_end, &ct->nh, &ct->nh_mtu, now, &k);
+			return send_cached(ctx, &p, data_end, bpf_map_lookup_elem(&backend_hops, &slot),
+					   p.ip->daddr, now, &k);
 		}
 	}
 
@@ -956,20 +986,10 @@ int sluice_xdp(struct xdp_md *ctx)
 	if (rewrite(&p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
 		return XDP_DROP;
 	/* The next hop towards a backend is the same for all its flows: a new
-	 * flow starts from the backend's cached one (no FIB lookup per SYN)
-	 * and refreshes it when it had expired. */
-	struct backend_hop *bh = bpf_map_lookup_elem(&backend_hops, &slot);
-	if (bh && bh->nh.until > now && bh->addr == fv.daddr_new) {
-		fv.nh = bh->nh;
-		fv.nh_mtu = bh->mtu;
-	}
-	/* Forward first so the entry is stored with its next hop. */
-	int act = send_out(ctx, &p, data_end, &fv.nh, &fv.nh_mtu, now, &k);
-	if (bh && bh->nh.until != fv.nh.until) {
-		bh->nh = fv.nh;
-		bh->mtu = fv.nh_mtu;
-		bh->addr = fv.daddr_new;
-	}
+	 * flow uses the backend's cached one (no FIB lookup per SYN) and
+	 * refreshes it when it had expired. */
+	int act = send_cached(ctx, &p, data_end, bpf_map_lookup_elem(&backend_hops, &slot), p.ip->daddr,
+			      now, &k);
 	if (bpf_map_update_elem(&halfopen, &k, &fv, BPF_ANY))
 		GCOUNT(ct_update_failures);
 	count_service(svc_id, bytes, 1);

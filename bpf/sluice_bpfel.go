@@ -109,15 +109,8 @@ type SluiceCtValue struct {
 	DportNew   uint16
 	State      uint8
 	Flags      uint8
-	NhMtu      uint16
+	Pad        [2]uint8
 	_          [4]byte
-	Nh         struct {
-		_       structs.HostLayout
-		Dmac    [6]uint8
-		Smac    [6]uint8
-		Ifindex uint32
-		Until   uint64
-	}
 }
 
 type SluiceEndpoint struct {
@@ -219,6 +212,7 @@ const (
 	SluiceMapGlobalStats        = "global_stats"
 	SluiceMapHalfopen           = "halfopen"
 	SluiceMapMaglevOuter        = "maglev_outer"
+	SluiceMapReplyHops          = "reply_hops"
 	SluiceMapRstLimit           = "rst_limit"
 	SluiceMapServiceStats       = "service_stats"
 	SluiceMapServices           = "services"
@@ -293,6 +287,7 @@ type SluiceMapSpecs struct {
 	GlobalStats  *ebpf.MapSpec `ebpf:"global_stats"`
 	Halfopen     *ebpf.MapSpec `ebpf:"halfopen"`
 	MaglevOuter  *ebpf.MapSpec `ebpf:"maglev_outer"`
+	ReplyHops    *ebpf.MapSpec `ebpf:"reply_hops"`
 	RstLimit     *ebpf.MapSpec `ebpf:"rst_limit"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
@@ -343,6 +338,7 @@ type SluiceMaps struct {
 	GlobalStats  *ebpf.Map `ebpf:"global_stats"`
 	Halfopen     *ebpf.Map `ebpf:"halfopen"`
 	MaglevOuter  *ebpf.Map `ebpf:"maglev_outer"`
+	ReplyHops    *ebpf.Map `ebpf:"reply_hops"`
 	RstLimit     *ebpf.Map `ebpf:"rst_limit"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
 	Services     *ebpf.Map `ebpf:"services"`
@@ -360,6 +356,7 @@ func (m *SluiceMaps) Close() error {
 		m.GlobalStats,
 		m.Halfopen,
 		m.MaglevOuter,
+		m.ReplyHops,
 		m.RstLimit,
 		m.ServiceStats,
 		m.Services,

@@ -6,6 +6,7 @@
 #define MAX_BACKENDS 4096   /* backend slots 1..4095; 0 means "none" */
 #define MAGLEV_PROBES 8     /* table slots tried when a slot's backend just left */
 #define SNAT_TRIES 8        /* source ports tried for a new SNAT flow */
+#define REPLY_HOPS 4096     /* reply_hops entries (a power of two): client next hops cached per CPU */
 
 #define ETH_P_IP_BE   0x0008 /* htons(ETH_P_IP) on little-endian hosts */
 #define IP_DF         0x4000

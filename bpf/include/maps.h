@@ -95,15 +95,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } halfopen SEC(".maps");
 
-/* Backend slot -> the next hop towards it, per CPU, for the first packet of
- * a new flow (later packets use the flow's own copy). Not pinned: a new
- * program starts with an empty cache. */
+/* Backend slot -> the next hop towards it, per CPU, for every packet to
+ * it. Not pinned: a new program starts with an empty cache. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct backend_hop);
 } backend_hops SEC(".maps");
+
+/* The next hop of replies towards clients, per CPU: direct-mapped by a
+ * hash of the client's address (the entry names the address it holds; a
+ * collision costs a FIB lookup, nothing else). Not pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REPLY_HOPS);
+	__type(key, __u32);
+	__type(value, struct backend_hop);
+} reply_hops SEC(".maps");
 
 /* SYNs clients sent to a backend's service port directly (not to a VIP),
  * keyed as their SYN-ACK comes back (backend -> client): such a SYN-ACK is

@@ -40,9 +40,9 @@ struct ct_key {
 	__u8 pad[3];
 };
 
-/* A cached next hop: what bpf_fib_lookup said for a flow's direction, kept
- * for a short while (sluice_config.nexthop_cache_ns) so established packets
- * skip the FIB lookup, the largest part of the per-packet cost. */
+/* A cached next hop: what bpf_fib_lookup said for a destination, kept for
+ * a short while (sluice_config.nexthop_cache_ns) so most packets skip the
+ * FIB lookup, the largest part of the per-packet cost. */
 struct nexthop {
 	__u8 dmac[6];
 	__u8 smac[6];
@@ -64,15 +64,18 @@ struct ct_value {
 	__be16 dport_new;
 	__u8 state;        /* enum ct_state (kept in the forward entry) */
 	__u8 flags;        /* enum ct_flags */
-	__u16 nh_mtu;      /* the MTU towards nh (its egress device's); 0: unknown */
-	struct nexthop nh; /* where this direction's packets went last */
+	__u8 pad[2];
+	/* No next hop here: it is the same for every flow to a backend (or
+	 * to a client), so it is cached per backend slot (backend_hops) and
+	 * per client address (reply_hops), not in each of the entries.
+	 * 40 bytes: 120 per entry with the kernel's 64 of overhead. */
 };
 
-/* backend_hops value: the cached next hop towards a backend slot (per CPU),
- * where new flows to it start from. */
+/* backend_hops and reply_hops value: the cached next hop towards an
+ * address (a backend slot's; a client's), per CPU. */
 struct backend_hop {
 	struct nexthop nh;
-	__be32 addr; /* the slot's address it was looked up for (slots are reused) */
+	__be32 addr; /* the address it was looked up for (slots are reused, reply_hops is direct-mapped) */
 	__u16 mtu;
 	__u8 pad[2];
 };

@@ -173,18 +173,18 @@ func thenNextHopsExpire(setup func(tb testing.TB, l *lab)) func(tb testing.TB, l
 	return func(tb testing.TB, l *lab) {
 		setup(tb, l)
 		l.forgetBackendHops(tb)
-		for _, m := range []*ebpf.Map{l.r.conntrack, l.r.halfopen} {
-			var keys []bpf.SluiceCtKey
-			var vals []bpf.SluiceCtValue
-			mustSet(tb, eachIn(m, "test", func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
-				keys, vals = append(keys, *k), append(vals, *v)
-				return true
-			}))
-			for i := range keys {
-				vals[i].Nh.Until = 0
-				mustSet(tb, m.Put(keys[i], vals[i]))
-			}
-		}
+		l.forgetReplyHops(tb)
+	}
+}
+
+// forgetReplyHops empties the per-client next-hop cache of replies.
+func (l *lab) forgetReplyHops(tb testing.TB) {
+	tb.Helper()
+	ncpu, err := ebpf.PossibleCPU()
+	mustSet(tb, err)
+	zero := make([]bpf.SluiceBackendHop, ncpu)
+	for i := uint32(0); i < l.r.replyHops.MaxEntries(); i++ {
+		mustSet(tb, l.r.replyHops.Put(i, zero))
 	}
 }
 

@@ -250,3 +250,66 @@ func TestXDPModeFallback(t *testing.T) {
 }
 
 func binarySize(v any) int { return binary.Size(v) }
+
+// TestConntrackMigration: a pinned conntrack of the layout with the next
+// hop in every entry (64-byte values: recorded as such, or from a release
+// without layout versions) is migrated, not dropped: the flows stay, the
+// rest of the state is adopted.
+func TestConntrackMigration(t *testing.T) {
+	requireRoot(t)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-migratetest-%d", os.Getpid()))
+	t.Cleanup(func() { _ = Teardown(pin) })
+	fk := bpf.SluiceCtKey{Saddr: 0x020012c6, Daddr: 0x010012c6, Sport: 0x1234, Dport: 0x5000, Proto: 6}
+	fv := bpf.SluiceCtValue{LastSeen: 12345, ServiceId: 1, BackendId: 3, BackendGen: 7, DaddrNew: 0x0d0212c6,
+		DportNew: 0x5000, State: uint8(FlowEstablished)}
+	for _, withRecord := range []bool{true, false} {
+		r, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true})
+		mustSet(t, err)
+		mustSet(t, r.SetService(keyTCP, Service{ID: 1}))
+		size := r.conntrack.MaxEntries()
+		r.Close()
+
+		// The older release's conntrack: the same fields, then a next hop.
+		p := filepath.Join(pin, "conntrack")
+		mustSet(t, os.Remove(p))
+		old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 64, MaxEntries: size})
+		mustSet(t, err)
+		v, err := binary.Append(nil, binary.LittleEndian, fv)
+		mustSet(t, err)
+		v = append(v[:34], make([]byte, 30)...)
+		for i := 40; i < 64; i++ {
+			v[i] = 0xab // the next hop
+		}
+		mustSet(t, old.Put(fk, v))
+		mustSet(t, old.Pin(p))
+		old.Close()
+		lm, err := ebpf.LoadPinnedMap(filepath.Join(pin, layoutMapName), nil)
+		mustSet(t, err)
+		if withRecord {
+			mustSet(t, lm.Put(layoutKey("conntrack"), uint64(conntrackWithNextHop)))
+			lm.Close()
+		} else {
+			lm.Close()
+			mustSet(t, os.Remove(filepath.Join(pin, layoutMapName)))
+		}
+
+		r, err = Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true})
+		if err != nil {
+			t.Fatalf("record %v: open over the older conntrack: %v", withRecord, err)
+		}
+		if got := r.LayoutReset(); got != nil {
+			t.Errorf("record %v: LayoutReset = %v, want the state adopted", withRecord, got)
+		}
+		var got bpf.SluiceCtValue
+		if err := r.conntrack.Lookup(fk, &got); err != nil || got != fv {
+			t.Errorf("record %v: migrated flow = %+v (%v), want %+v", withRecord, got, err, fv)
+		}
+		if svcs, err := r.Services(); err != nil || len(svcs) != 1 {
+			t.Errorf("record %v: services kept: %v (%v)", withRecord, svcs, err)
+		}
+		r.Close()
+		if rec, _, _ := readLayout(pin); rec["conntrack"] == conntrackWithNextHop {
+			t.Errorf("record %v: the old layout version is still recorded", withRecord)
+		}
+	}
+}

@@ -225,6 +225,17 @@ func upgradeLayout(dir string, spec *ebpf.CollectionSpec, want map[string]uint64
 	if err != nil {
 		return nil, err
 	}
+	migrated, done, err := migrateConntrack(dir, spec, recorded, haveRecord)
+	if err != nil {
+		return nil, err
+	}
+	if done {
+		if recorded == nil {
+			recorded = map[string]uint64{}
+		}
+		recorded["conntrack"] = want["conntrack"]
+		log.Info("conntrack migrated to this release's layout (the next hop left the flow entries)", "flows", migrated)
+	}
 	changed := changedMaps(dir, spec, want, recorded, haveRecord)
 	if !haveRecord {
 		log.Info("the pinned maps carry no layout version (written by an older release): adopting those of the same shape, recording this release's version")
@@ -257,4 +268,66 @@ func upgradeLayout(dir string, spec *ebpf.CollectionSpec, want map[string]uint64
 		}
 	}
 	return state, nil
+}
+
+// conntrackWithNextHop is the layout version of the conntrack map of the
+// releases whose ct_value (64 bytes) carried the flow's next hop: the
+// first 34 bytes (last seen .. flags) are this release's ct_value, the
+// rest was the next hop (now cached per backend and per client).
+const conntrackWithNextHop = 0x4eb9f98b85fd15db
+
+// migrateConntrack rewrites a pinned conntrack map of the layout with the
+// next hop in every entry (recorded as conntrackWithNextHop, or unrecorded
+// with its 64-byte value: every release before layout versions) into a
+// new map of this release's layout, pinned in its place, and returns the
+// entries copied (done false: nothing to migrate). The program still attached keeps
+// the old map until the new one replaces it; what it writes meanwhile (a
+// flow confirmed in those milliseconds) is not carried over, and such a
+// flow is confirmed again from the half-open table by its next packets.
+func migrateConntrack(dir string, spec *ebpf.CollectionSpec, recorded map[string]uint64, haveRecord bool) (n int, done bool, _ error) {
+	p := filepath.Join(dir, "conntrack")
+	old, err := ebpf.LoadPinnedMap(p, nil)
+	if err != nil {
+		return 0, false, nil
+	}
+	defer old.Close()
+	ms := spec.Maps["conntrack"]
+	const oldValue = 64
+	if old.KeySize() != ms.KeySize || old.ValueSize() != oldValue || old.Type() != ms.Type || ms.ValueSize >= oldValue {
+		return 0, false, nil
+	}
+	if fp, ok := recorded["conntrack"]; haveRecord && (!ok || fp != conntrackWithNextHop) {
+		return 0, false, nil
+	}
+	ns := ms.Copy()
+	ns.Pinning = ebpf.PinNone
+	ns.MaxEntries = old.MaxEntries()
+	nm, err := ebpf.NewMap(ns)
+	if err != nil {
+		return 0, false, fmt.Errorf("migrate conntrack: create the new map: %w", err)
+	}
+	defer nm.Close()
+	const kept = 34 // last_seen .. flags
+	var k []byte
+	var v []byte
+	nv := make([]byte, ms.ValueSize)
+	it := old.Iterate()
+	for it.Next(&k, &v) {
+		clear(nv)
+		copy(nv[:kept], v[:kept])
+		if err := nm.Put(k, nv); err != nil {
+			return 0, false, fmt.Errorf("migrate conntrack: copy an entry: %w", err)
+		}
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return 0, false, fmt.Errorf("migrate conntrack: read the old map: %w", err)
+	}
+	if err := os.Remove(p); err != nil {
+		return 0, false, fmt.Errorf("migrate conntrack: unpin the old map: %w", err)
+	}
+	if err := nm.Pin(p); err != nil {
+		return 0, false, fmt.Errorf("migrate conntrack: pin the new map: %w", err)
+	}
+	return n, true, nil
 }

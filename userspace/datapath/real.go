@@ -83,6 +83,7 @@ type Real struct {
 	addrs, backendPorts                  *ebpf.Map  // see addrs.go
 	halfopen                             *ebpf.Map  // flows the backend has not confirmed yet
 	rstLimit, backendHops, directSYNs    *ebpf.Map  // not pinned: the RST budget, next hops per backend, direct SYNs
+	replyHops                            *ebpf.Map  // not pinned: next hops towards clients
 	addrIdx                              *addrIndex // nil when opened read-only
 	innerSpec                            *ebpf.MapSpec
 
@@ -384,6 +385,7 @@ func Open(o Options) (*Real, error) {
 		halfopen:     objs.Halfopen,
 		rstLimit:     objs.RstLimit,
 		backendHops:  objs.BackendHops,
+		replyHops:    objs.ReplyHops,
 		directSYNs:   objs.DirectSyns,
 		innerSpec:    spec.Maps["maglev_outer"].InnerMap.Copy(),
 		prog:         objs.SluiceXdp,
@@ -633,7 +635,7 @@ func (r *Real) Close() error {
 	for _, l := range r.links {
 		l.Close()
 	}
-	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.rstLimit, r.backendHops, r.directSYNs} {
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.rstLimit, r.backendHops, r.replyHops, r.directSYNs} {
 		if m != nil {
 			m.Close()
 		}
