@@ -559,7 +559,15 @@ type Agent struct {
 // be1..be3), starts the agent in the lb namespace and waits until it answers.
 func (l *Lab) StartAgent(c agentConfig) *Agent {
 	l.t.Helper()
+	return l.StartAgentBinary(c, "")
+}
+
+// StartAgentBinary is StartAgent with another sluice binary (an older
+// release, for upgrade tests; "": the suite's).
+func (l *Lab) StartAgentBinary(c agentConfig, binary string) *Agent {
+	l.t.Helper()
 	a := &Agent{
+		Binary:  binary,
 		lab:     l,
 		Config:  filepath.Join(l.dir, "sluice.yaml"),
 		Socket:  filepath.Join(l.dir, "admin.sock"),

@@ -259,7 +259,7 @@ func upgradeLayout(dir string, spec *ebpf.CollectionSpec, want map[string]uint64
 	slices.Sort(state)
 	log.Warn("the pinned data path state was written by a release with another map layout: starting on fresh maps "+
 		"(services, backends and tables are programmed again from the config; tracked flows are forgotten: "+
-		"nat-mode connections continue on the backend Maglev picks again, snat-mode ones are reset); "+
+		"established connections through sluice are reset, new ones work at once); "+
 		"the running program forwards on the old maps until this one replaces it",
 		"changed", strings.Join(state, ","))
 	for _, name := range mapNames {

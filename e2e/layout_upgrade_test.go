@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// layoutBefore is the last commit whose conntrack entries carried the next
+// hop (64-byte ct_value) and whose pinned state had no layout version.
+const layoutBefore = "212c264d1e57e3c64ac9edafe5048d69fea0695d"
+
+// buildRelease builds cmd/sluice as of commit rev (skips the test when the
+// commit is not in the repository, e.g. a shallow clone).
+func buildRelease(t *testing.T, rev string) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	archive := exec.Command("git", "-C", env.repoRoot, "archive", rev)
+	tar := exec.Command("tar", "-x", "-C", src)
+	pipe, err := archive.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tar.Stdin = pipe
+	if err := tar.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := archive.Run(); err != nil {
+		t.Skipf("commit %s not available (%v): cannot build the older release", rev[:12], err)
+	}
+	if err := tar.Wait(); err != nil {
+		t.Fatalf("unpack %s: %v", rev[:12], err)
+	}
+	goBin := "go"
+	if _, err := exec.LookPath("go"); err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	out := filepath.Join(dir, "sluice-old")
+	cmd := exec.Command(goBin, "build", "-o", out, "-ldflags", "-X main.version=e2e-old-layout", "./cmd/sluice")
+	cmd.Dir = src
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", rev[:12], err, b)
+	}
+	return out
+}
+
+// TestLayoutUpgrade: an upgrade from a release whose map layout differs
+// (the next hop in every conntrack entry, no layout version pinned) under
+// continuous load: the new agent starts (no refusal, no restart loop),
+// migrates conntrack, and no established connection breaks or changes
+// backend.
+func TestLayoutUpgrade(t *testing.T) {
+	lab := newLab(t)
+	old := buildRelease(t, layoutBefore)
+	lab.StartBackends()
+	agent := lab.StartAgentBinary(agentConfig{}, old)
+	if st, err := agent.Status(); err != nil || st.Version != "e2e-old-layout" {
+		t.Fatalf("before the upgrade: version %q (%v)", st.Version, err)
+	}
+	if _, err := os.Stat(filepath.Join(agent.PinPath, "layout")); err == nil {
+		t.Fatal("the older release pinned a layout version: not the release this test is about")
+	}
+
+	const conns = 6
+	keep := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
+		"--conns", "6", "--interval", "20ms", "--count", "100000", "--duration", "30s", "--timeout", "2s")
+	t.Cleanup(func() { keep.Stop(3 * time.Second) })
+	time.Sleep(time.Second)
+	before := agent.clientFlows(t, vip+":80")
+
+	if err := agent.proc.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.proc.Wait(10 * time.Second); err != nil {
+		t.Fatalf("old agent after SIGTERM: %v", err)
+	}
+	agent.Binary = "" // the suite's: this release
+	agent.Start()
+	time.Sleep(time.Second)
+	after := agent.clientFlows(t, vip+":80")
+	assertSameBackends(t, "after the layout upgrade", before, after, conns)
+
+	st, err := agent.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.LayoutReset) != 0 {
+		t.Errorf("the state was started afresh (%v): conntrack should have been migrated", st.LayoutReset)
+	}
+	if _, err := os.Stat(filepath.Join(agent.PinPath, "layout")); err != nil {
+		t.Errorf("no layout version pinned after the upgrade: %v", err)
+	}
+	if log := agent.proc.Log(); !strings.Contains(log, "conntrack migrated") {
+		t.Errorf("the agent did not say it migrated conntrack:\n%s", log)
+	}
+
+	time.Sleep(time.Second)
+	keep.Stop(5 * time.Second)
+	kr := parseReport(t, keep.Output())
+	assertNoFailures(t, "keep-alive load across the layout upgrade", kr)
+	if kr.Dials != conns {
+		t.Errorf("keep-alive load dialled %d connections, want %d", kr.Dials, conns)
+	}
+}
