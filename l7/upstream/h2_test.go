@@ -1,0 +1,178 @@
+package upstream
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// h2cBackend serves HTTP/2 without TLS on loopback; release unblocks the
+// requests to /wait.
+func h2cBackend(t *testing.T) (netip.AddrPort, chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 2 {
+			http.Error(w, "not h2", 500)
+			return
+		}
+		if r.URL.Path == "/wait" {
+			<-release
+		}
+		io.WriteString(w, "ok")
+	})}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return netip.MustParseAddrPort(ln.Addr().String()), release
+}
+
+type closeLog struct {
+	mu  sync.Mutex
+	why []string
+	ch  chan string
+}
+
+func (l *closeLog) on(_ netip.AddrPort, why string) {
+	l.mu.Lock()
+	l.why = append(l.why, why)
+	l.mu.Unlock()
+	l.ch <- why
+}
+
+func h2get(t *testing.T, p *H2Pools, addr netip.AddrPort, path string) (*H2Conn, *http.Response) {
+	t.Helper()
+	c, _, err := p.Get(context.Background(), addr, "", "", time.Now().Add(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "http://"+addr.String()+path, nil)
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, resp
+}
+
+func TestH2PoolMultiplexes(t *testing.T) {
+	addr, release := h2cBackend(t)
+	p := NewH2(H2Options{MaxStreamsPerConn: 2})
+	defer p.Close()
+	// Two requests at once share one connection; the third needs another.
+	var wg sync.WaitGroup
+	conns := make([]*H2Conn, 3)
+	for i := range 3 {
+		c, _, err := p.Get(context.Background(), addr, "", "", time.Now().Add(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", "http://x/wait", nil)
+			resp, err := c.RoundTrip(req)
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			p.Done(c, err != nil)
+		})
+	}
+	if conns[0] != conns[1] || conns[2] == conns[0] {
+		t.Fatalf("streams per connection not bounded at 2: %p %p %p", conns[0], conns[1], conns[2])
+	}
+	if s := p.Stats(addr); s.Conns != 2 || s.Streams != 3 || s.Dialled != 2 || s.Reused != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	close(release)
+	wg.Wait()
+	// Idle now: the next request reuses a connection.
+	c, resp := h2get(t, p, addr, "/")
+	resp.Body.Close()
+	p.Done(c, false)
+	if s := p.Stats(addr); s.Dialled != 2 || s.Streams != 0 {
+		t.Fatalf("stats after reuse %+v", s)
+	}
+}
+
+func TestH2PoolRetire(t *testing.T) {
+	addr, release := h2cBackend(t)
+	cl := &closeLog{ch: make(chan string, 8)}
+	p := NewH2(H2Options{MaxStreamsPerConn: 1, OnClose: cl.on})
+	defer p.Close()
+	idle, resp := h2get(t, p, addr, "/")
+	resp.Body.Close()
+	busy, _, err := p.Get(context.Background(), addr, "", "", time.Now().Add(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if busy == idle {
+		t.Fatal("a connection with a stream in use was given a second one (max 1)")
+	}
+	p.Done(idle, false)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequest("GET", "http://x/wait", nil)
+		resp, err := busy.RoundTrip(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		p.Done(busy, err != nil)
+	}()
+	// DNS dropped the address: the idle connection closes now, the busy
+	// one when its stream ends (not before).
+	if n := p.Retire(addr); n != 1 {
+		t.Fatalf("Retire closed %d connections now, want 1 (the idle one)", n)
+	}
+	if why := <-cl.ch; why != CloseDraining {
+		t.Fatalf("closed for %q", why)
+	}
+	select {
+	case why := <-cl.ch:
+		t.Fatalf("busy connection closed (%s) before its stream ended", why)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	<-done
+	if why := <-cl.ch; why != CloseDraining {
+		t.Fatalf("busy connection closed for %q", why)
+	}
+	// The address back in DNS: a new connection, not an old one.
+	c, resp := h2get(t, p, addr, "/")
+	resp.Body.Close()
+	p.Done(c, false)
+	if c == idle || c == busy {
+		t.Fatal("a retired connection was reused")
+	}
+}
+
+func TestH2PoolLifetime(t *testing.T) {
+	addr, _ := h2cBackend(t)
+	cl := &closeLog{ch: make(chan string, 8)}
+	p := NewH2(H2Options{MaxLifetime: time.Millisecond, OnClose: cl.on})
+	defer p.Close()
+	c1, resp := h2get(t, p, addr, "/")
+	resp.Body.Close()
+	p.Done(c1, false)
+	time.Sleep(2 * time.Millisecond)
+	c2, resp := h2get(t, p, addr, "/")
+	resp.Body.Close()
+	if c2 == c1 {
+		t.Fatal("connection past its lifetime reused")
+	}
+	if why := <-cl.ch; why != CloseLifetime {
+		t.Fatalf("closed for %q", why)
+	}
+	p.Done(c2, false)
+}
