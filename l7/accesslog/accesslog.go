@@ -319,6 +319,10 @@ func AppendRecord(b []byte, r *Record, now time.Time) []byte {
 	if r.Panic {
 		b = append(b, `,"panic":true`...)
 	}
+	if r.GRPCStatus != "" {
+		b = append(b, `,"grpc_status":`...)
+		b = appendJSONString(b, r.GRPCStatus)
+	}
 	b = append(b, `,"try":`...)
 	if r.Tries == nil {
 		b = append(b, "null"...)
@@ -357,6 +361,10 @@ func appendTry(b []byte, t *Try) []byte {
 	if t.Status != 0 {
 		b = append(b, `,"status":`...)
 		b = strconv.AppendInt(b, int64(t.Status), 10)
+	}
+	if t.GRPCStatus != "" {
+		b = append(b, `,"grpc_status":`...)
+		b = appendJSONString(b, t.GRPCStatus)
 	}
 	b = append(b, `,"sent":`...)
 	b = strconv.AppendBool(b, t.Sent)

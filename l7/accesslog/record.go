@@ -25,23 +25,30 @@ type Record struct {
 	// the response is the backend's.
 	Error string
 	Panic bool // the pool was in panic mode
-	Tries []Try
+	// GRPCStatus is the grpc-status the client got (from the response's
+	// header or trailer), "" when none: a gRPC call's outcome, which its
+	// HTTP status (200) does not tell.
+	GRPCStatus string
+	Tries      []Try
 }
 
 // Try is one attempt of a request on one backend.
 type Try struct {
-	Backend  string        `json:"backend"`
-	Answer   string        `json:"answer,omitempty"` // DNS answer the address (connection) came from
-	Reused   bool          `json:"reused"`           // on a pooled connection
-	Trial    bool          `json:"trial,omitempty"`  // the trial request after an ejection
-	Outcome  string        `json:"outcome"`          // ok, status, connect-failure, reset, timeout, client-closed
-	Phase    string        `json:"phase,omitempty"`  // connect, send, read, total (for failures)
-	Status   int           `json:"status,omitempty"`
-	Sent     bool          `json:"sent"` // request bytes reached the backend
-	Duration time.Duration `json:"-"`
-	Millis   float64       `json:"ms"`
-	Error    string        `json:"error,omitempty"`
-	Retry    bool          `json:"retry"`
+	Backend string `json:"backend"`
+	Answer  string `json:"answer,omitempty"` // DNS answer the address (connection) came from
+	Reused  bool   `json:"reused"`           // on a pooled connection
+	Trial   bool   `json:"trial,omitempty"`  // the trial request after an ejection
+	Outcome string `json:"outcome"`          // ok, status, connect-failure, reset, timeout, client-closed
+	Phase   string `json:"phase,omitempty"`  // connect, send, read, total (for failures)
+	Status  int    `json:"status,omitempty"`
+	// GRPCStatus is the grpc-status in the response header (a gRPC
+	// trailers-only answer, e.g. 14 UNAVAILABLE), "" when none.
+	GRPCStatus string        `json:"grpc_status,omitempty"`
+	Sent       bool          `json:"sent"` // request bytes reached the backend
+	Duration   time.Duration `json:"-"`
+	Millis     float64       `json:"ms"`
+	Error      string        `json:"error,omitempty"`
+	Retry      bool          `json:"retry"`
 	// BudgetRefused: the policy allowed a retry, the retry budget did not.
 	BudgetRefused bool    `json:"budget_refused,omitempty"`
 	Why           string  `json:"why"` // why it was or was not retried

@@ -55,18 +55,20 @@ type Config struct {
 // DefaultOn returns ejection.on's default: what a failing backend itself
 // looks like — it refuses or drops connections, stays silent, or answers
 // as a gateway whose own upstream failed (502, 504) or as unavailable
-// (503). 500 and 429 are the application's answers about a request, not
-// about the address, and do not eject unless listed.
+// (503), or as a gRPC server that is unavailable (grpc-status 14 in a
+// response header). 500 and 429 are the application's answers about a
+// request, not about the address, and do not eject unless listed.
 func DefaultOn() []string {
-	return []string{"connect-failure", "reset", "timeout", "502", "503", "504"}
+	return []string{"connect-failure", "reset", "timeout", "502", "503", "504", "grpc-unavailable"}
 }
 
 // ParseCondition parses one ejection.on entry: connect-failure, reset,
-// timeout, 429 or a status 500-599 (the same vocabulary as retry.on).
+// timeout, 429, a status 500-599 or grpc-NAME (the same vocabulary as
+// retry.on).
 func ParseCondition(s string) (retry.Condition, error) {
 	c, err := retry.ParseCondition(s)
 	if err != nil {
-		return nil, fmt.Errorf("ejection condition %q: must be connect-failure, reset, timeout, 429 or a status 500-599", s)
+		return nil, fmt.Errorf("ejection condition %q: must be connect-failure, reset, timeout, 429, a status 500-599 or grpc-NAME (grpc-unavailable, ...)", s)
 	}
 	return c, nil
 }

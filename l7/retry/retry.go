@@ -56,12 +56,22 @@ type Outcome struct {
 	// accepted by the connection). A try that failed before is always safe
 	// to repeat.
 	Sent bool
+	// GRPC is the grpc-status of a gRPC answer that carries it in its
+	// response header (a trailers-only response: the call failed before
+	// any message), 1..16; 0 (OK) or any other value: none. Only such an
+	// answer can be retried: one whose status comes in the trailer has
+	// streamed messages to the client already.
+	GRPC int
 }
 
 // Request is what the policy needs to know about the request being proxied.
 type Request struct {
 	Method string
-	Header http.Header
+	// GRPCMethod is the path of a gRPC call (/package.Service/Method), ""
+	// for a request that is not one. retry.methods entries starting with
+	// "/" match it.
+	GRPCMethod string
+	Header     http.Header
 	// Replayable is whether the request body can be produced again for
 	// another try: it had none, it fitted in the buffer, or no byte beyond
 	// the buffer has been read from the client yet.
@@ -99,15 +109,67 @@ func (c StatusCondition) Match(o Outcome) bool {
 
 func (c StatusCondition) String() string { return strconv.Itoa(int(c)) }
 
+// GRPCCondition matches a gRPC status code carried in a response header
+// (see Outcome.GRPC).
+type GRPCCondition int
+
+// Match implements Condition.
+func (c GRPCCondition) Match(o Outcome) bool {
+	return (o.Kind == OK || o.Kind == Status) && o.GRPC == int(c) && o.GRPC > 0
+}
+
+func (c GRPCCondition) String() string { return "grpc-" + grpcNames[c] }
+
+// grpcNames are the gRPC status codes by number, as retry.on and
+// ejection.on name them (grpc-unavailable, ...).
+var grpcNames = [...]string{
+	"ok", "cancelled", "unknown", "invalid-argument", "deadline-exceeded", "not-found",
+	"already-exists", "permission-denied", "resource-exhausted", "failed-precondition",
+	"aborted", "out-of-range", "unimplemented", "internal", "unavailable", "data-loss",
+	"unauthenticated",
+}
+
+// GRPCName is the name of gRPC status code c ("unavailable" for 14), or
+// its number when it is not one of the 17.
+func GRPCName(c int) string {
+	if c >= 0 && c < len(grpcNames) {
+		return grpcNames[c]
+	}
+	return strconv.Itoa(c)
+}
+
+// ParseGRPCStatus parses a grpc-status header value; -1 when v is not one.
+func ParseGRPCStatus(v string) int {
+	if len(v) == 0 || len(v) > 2 {
+		return -1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n >= len(grpcNames) || strconv.Itoa(n) != v {
+		return -1
+	}
+	return n
+}
+
 var (
 	_ Condition = KindCondition(ConnectFailure)
+	_ Condition = GRPCCondition(14)
 	_ Condition = StatusCondition(503)
 )
 
 // ParseCondition parses one retry.on entry: connect-failure, reset,
 // timeout, 429 or a status 500-599 (other statuses are the backend's
-// answer to the request, not a failure of the backend).
+// answer to the request, not a failure of the backend), or a gRPC status
+// named grpc-NAME (grpc-unavailable, grpc-resource-exhausted, ...; not
+// grpc-ok).
 func ParseCondition(s string) (Condition, error) {
+	if name, ok := strings.CutPrefix(s, "grpc-"); ok {
+		for i, n := range grpcNames {
+			if n == name && i > 0 {
+				return GRPCCondition(i), nil
+			}
+		}
+		return nil, fmt.Errorf("retry condition %q: gRPC conditions are grpc- and a status name other than ok: grpc-unavailable, grpc-resource-exhausted, grpc-deadline-exceeded, grpc-internal, grpc-unknown, grpc-aborted, ... (lower case, hyphens)", s)
+	}
 	switch s {
 	case "connect-failure":
 		return KindCondition(ConnectFailure), nil
@@ -118,13 +180,23 @@ func ParseCondition(s string) (Condition, error) {
 	}
 	code, err := strconv.Atoi(s)
 	if err != nil || !(code == 429 || code >= 500 && code <= 599) || strconv.Itoa(code) != s {
-		return nil, fmt.Errorf("retry condition %q: must be connect-failure, reset, timeout, 429 or a status 500-599", s)
+		return nil, fmt.Errorf("retry condition %q: must be connect-failure, reset, timeout, 429, a status 500-599 or grpc-NAME (grpc-unavailable, ...)", s)
 	}
 	return StatusCondition(code), nil
 }
 
-// CheckMethod checks one retry.methods entry: an upper-case token such as GET.
+// CheckMethod checks one retry.methods entry: an upper-case token such as
+// GET, or a gRPC method: /package.Service/Method, or /package.Service/*
+// for every method of a service.
 func CheckMethod(m string) error {
+	if strings.HasPrefix(m, "/") {
+		svc, meth, ok := strings.Cut(m[1:], "/")
+		if !ok || svc == "" || meth == "" || strings.ContainsAny(svc, "/*") || meth != "*" && strings.ContainsAny(meth, "/*") ||
+			strings.ContainsFunc(m, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
+			return fmt.Errorf("retry method %q: a gRPC method is /package.Service/Method or /package.Service/*", m)
+		}
+		return nil
+	}
 	ok := m != "" && m[0] >= 'A' && m[0] <= 'Z'
 	for i := 0; ok && i < len(m); i++ {
 		c := m[i]
@@ -151,7 +223,7 @@ const (
 
 // DefaultOn returns retry.on's default: what an http service retries.
 func DefaultOn() []string {
-	return []string{"connect-failure", "reset", "timeout", "502", "503", "504"}
+	return []string{"connect-failure", "reset", "timeout", "502", "503", "504", "grpc-unavailable"}
 }
 
 // DefaultMethods returns retry.methods' default: the methods an http
@@ -233,7 +305,9 @@ func NewPolicy(cfg *Config) (*Policy, error) {
 		p.conditions = append(p.conditions, c)
 	}
 	for _, m := range cfg.Methods {
-		m = strings.ToUpper(m)
+		if !strings.HasPrefix(m, "/") {
+			m = strings.ToUpper(m)
+		}
 		if err := CheckMethod(m); err != nil {
 			return nil, err
 		}
@@ -268,7 +342,13 @@ func (p *Policy) Matches(o Outcome) bool {
 
 // FailureStatus reports whether a response status is listed in retry.on.
 func (p *Policy) FailureStatus(code int) bool {
-	return p.Matches(Outcome{Kind: Status, StatusCode: code})
+	return p.Matches(Outcome{Kind: Status, StatusCode: code, GRPC: -1})
+}
+
+// FailureGRPC reports whether a response with grpc-status code in its
+// header (and HTTP status) is listed in retry.on.
+func (p *Policy) FailureGRPC(status, code int) bool {
+	return p.Matches(Outcome{Kind: Status, StatusCode: status, GRPC: code})
 }
 
 // MayResend reports whether a request that may already have reached a
@@ -291,6 +371,8 @@ type Decision struct {
 // or the backends left: the caller does, after a positive decision.
 func (p *Policy) Decide(r Request, o Outcome) Decision {
 	switch {
+	case o.Kind == OK && o.GRPC > 0 && o.GRPC < len(grpcNames):
+		return Decision{Reason: describe(o) + " is not in retry.on"}
 	case o.Kind == OK && (o.StatusCode >= 500 || o.StatusCode == 429):
 		return Decision{Reason: fmt.Sprintf("status %d is not in retry.on", o.StatusCode)}
 	case o.Kind == OK:
@@ -315,7 +397,11 @@ func (p *Policy) Decide(r Request, o Outcome) Decision {
 	if !r.Replayable {
 		return Decision{Reason: fmt.Sprintf("%s after sending a body larger than retry.buffer_bytes (%d)", describe(o), p.bufferBytes)}
 	}
-	if slices.Contains(p.methods, r.Method) {
+	if r.GRPCMethod != "" {
+		if m, ok := p.grpcMethod(r.GRPCMethod); ok {
+			return Decision{Retry: true, Reason: describe(o) + ", gRPC method " + m + " is in retry.methods"}
+		}
+	} else if slices.Contains(p.methods, r.Method) {
 		return Decision{Retry: true, Reason: describe(o) + ", " + r.Method + " is in retry.methods"}
 	}
 	if p.idemHeader != "" && r.Header.Get(p.idemHeader) != "" {
@@ -324,10 +410,30 @@ func (p *Policy) Decide(r Request, o Outcome) Decision {
 	if p.nonIdempotent {
 		return Decision{Retry: true, Reason: describe(o) + ", retry.non_idempotent is set"}
 	}
+	if r.GRPCMethod != "" {
+		return Decision{Reason: fmt.Sprintf("%s after the request was sent; gRPC method %s is not in retry.methods", describe(o), r.GRPCMethod)}
+	}
 	return Decision{Reason: fmt.Sprintf("%s after the request was sent; %s is not in retry.methods", describe(o), r.Method)}
 }
 
+// grpcMethod returns the retry.methods entry that allows gRPC method m
+// (a path /package.Service/Method) to be sent again.
+func (p *Policy) grpcMethod(m string) (string, bool) {
+	for _, e := range p.methods {
+		if e == m {
+			return e, true
+		}
+		if svc, ok := strings.CutSuffix(e, "/*"); ok && strings.HasPrefix(m, svc+"/") && !strings.Contains(m[len(svc)+1:], "/") {
+			return e, true
+		}
+	}
+	return "", false
+}
+
 func describe(o Outcome) string {
+	if (o.Kind == OK || o.Kind == Status) && o.GRPC > 0 && o.GRPC < len(grpcNames) {
+		return "grpc-status " + strconv.Itoa(o.GRPC) + " (" + grpcNames[o.GRPC] + ")"
+	}
 	if o.Kind == OK || o.Kind == Status {
 		return "status " + strconv.Itoa(o.StatusCode)
 	}

@@ -153,3 +153,59 @@ func TestBudget(t *testing.T) {
 		t.Error("active requests not ended")
 	}
 }
+
+func TestGRPCConditions(t *testing.T) {
+	c, err := ParseCondition("grpc-unavailable")
+	if err != nil || c.String() != "grpc-unavailable" {
+		t.Fatalf("grpc-unavailable: %v %v", c, err)
+	}
+	for _, bad := range []string{"grpc-ok", "grpc-", "grpc-14", "grpc-UNAVAILABLE", "grpc-nope"} {
+		if _, err := ParseCondition(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if ParseGRPCStatus("14") != 14 || ParseGRPCStatus("014") != -1 || ParseGRPCStatus("17") != -1 || ParseGRPCStatus("") != -1 {
+		t.Error("ParseGRPCStatus")
+	}
+	p, err := NewPolicy(&Config{Attempts: 3, On: []string{"grpc-unavailable"}, Methods: []string{"GET", "/pkg.Echo/Say", "/pkg.Other/*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unavailable := Outcome{Kind: Status, StatusCode: 200, GRPC: 14, Sent: true}
+	if !p.FailureGRPC(200, 14) || p.FailureGRPC(200, 13) || p.FailureStatus(200) {
+		t.Fatal("FailureGRPC/FailureStatus")
+	}
+	req := func(m string) Request {
+		return Request{Method: "POST", GRPCMethod: m, Replayable: true, Tries: 1, DeadlineLeft: true}
+	}
+	for _, tc := range []struct {
+		method string
+		want   bool
+	}{
+		{"/pkg.Echo/Say", true},
+		{"/pkg.Echo/Stream", false},
+		{"/pkg.Other/Any", true},
+		{"/pkg.Other/a/b", false},
+		{"/pkg.OtherX/Any", false},
+	} {
+		if d := p.Decide(req(tc.method), unavailable); d.Retry != tc.want {
+			t.Errorf("%s: retry %v (%s), want %v", tc.method, d.Retry, d.Reason, tc.want)
+		}
+	}
+	// Not sent: any gRPC method may go again.
+	if d := p.Decide(req("/pkg.Echo/Stream"), Outcome{Kind: ConnectFailure}); d.Retry {
+		t.Errorf("connect-failure is not in this retry.on, yet retried: %s", d.Reason)
+	}
+	// Another code, or one in the trailer (Kind OK): not retried.
+	if d := p.Decide(req("/pkg.Echo/Say"), Outcome{Kind: OK, StatusCode: 200, GRPC: 13, Sent: true}); d.Retry || !strings.Contains(d.Reason, "grpc-status 13 (internal) is not in retry.on") {
+		t.Errorf("grpc-status 13: %+v", d)
+	}
+	if d := p.Decide(req("/pkg.Echo/Say"), Outcome{Kind: Status, StatusCode: 200, GRPC: 14, Sent: true}); !strings.Contains(d.Reason, "grpc-status 14 (unavailable)") {
+		t.Errorf("reason %q", d.Reason)
+	}
+	for _, bad := range []string{"/pkg.Echo", "/pkg.Echo/", "//Say", "/a/b/c", "/pkg.Echo/Sa*", "/pkg Echo/Say"} {
+		if err := CheckMethod(bad); err == nil {
+			t.Errorf("method %q accepted", bad)
+		}
+	}
+}

@@ -767,7 +767,7 @@ func TestLoadFull(t *testing.T) {
 	}
 	wantEj := Ejection{Failures: 5, Window: Duration(10 * time.Second), BaseTime: Duration(10 * time.Second),
 		MaxTime: Duration(5 * time.Minute), MaxEjectedPercent: 50,
-		On: []string{"connect-failure", "reset", "timeout", "502", "503", "504"}}
+		On: []string{"connect-failure", "reset", "timeout", "502", "503", "504", "grpc-unavailable"}}
 	if !reflect.DeepEqual(web.Ejection, wantEj) {
 		t.Errorf("ejection = %+v", web.Ejection)
 	}
@@ -859,7 +859,7 @@ services:
 		{"http mode", cfg.Services[1].Mode, ""},
 		{"http timeouts", *cfg.Services[1].Timeouts, Timeouts{Duration(2 * s), Duration(30 * s), Duration(60 * s), Duration(90 * s)}},
 		{"retry.attempts", cfg.Services[1].Retry.Attempts, 3},
-		{"retry.on", strings.Join(cfg.Services[1].Retry.On, ","), "connect-failure,reset,timeout,502,503,504"},
+		{"retry.on", strings.Join(cfg.Services[1].Retry.On, ","), "connect-failure,reset,timeout,502,503,504,grpc-unavailable"},
 		{"retry.methods", strings.Join(cfg.Services[1].Retry.Methods, ","), "GET,HEAD,OPTIONS,PUT,DELETE"},
 		{"retry.budget_percent", cfg.Services[1].Retry.BudgetPercent, 20},
 		{"retry.backoff", cfg.Services[1].Retry.Backoff, Backoff{Duration(25 * time.Millisecond), Duration(250 * time.Millisecond)}},

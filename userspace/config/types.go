@@ -150,7 +150,7 @@ type Ejection struct {
 	MaxTime           Duration `yaml:"max_time"`            // default 5m
 	MaxEjectedPercent int      `yaml:"max_ejected_percent"` // default 50
 	// On is what counts as a failure, apart from a service's retry.on;
-	// default connect-failure, reset, timeout, 502, 503, 504.
+	// default connect-failure, reset, timeout, 502, 503, 504, grpc-unavailable.
 	On []string `yaml:"on"`
 }
 
@@ -271,7 +271,7 @@ type Timeouts struct {
 // Retry is the L7 retry policy.
 type Retry struct {
 	Attempts          int      `yaml:"attempts"` // tries in total, 1..10, default 3
-	On                []string `yaml:"on"`       // default connect-failure, reset, timeout, 502, 503, 504
+	On                []string `yaml:"on"`       // default connect-failure, reset, timeout, 502, 503, 504, grpc-unavailable
 	Methods           []string `yaml:"methods"`  // default GET, HEAD, OPTIONS, PUT, DELETE
 	IdempotencyHeader string   `yaml:"idempotency_header"`
 	NonIdempotent     bool     `yaml:"non_idempotent"`
