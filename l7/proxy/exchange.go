@@ -266,6 +266,10 @@ func bodyAllowed(method string, status int) bool {
 // discard ends a try whose response is not passed on: the body is drained
 // (a little) so the connection can be reused, or the connection is closed.
 func (s *Server) discard(res tryResult, drain bool) {
+	if res.h2 != nil {
+		s.discardH2(res)
+		return
+	}
 	if res.resp == nil || res.conn == nil {
 		return
 	}

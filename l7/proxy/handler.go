@@ -50,6 +50,9 @@ type tryResult struct {
 	// local: the try failed on sluice's side (the address at its
 	// connection limit): not the backend's failure.
 	local bool
+	// h2 is the try's stream when the upstream is HTTP/2 (conn is nil
+	// then; see h2upstream.go).
+	h2 *h2Stream
 }
 
 // request is the state of one request being proxied, shared by the steps
@@ -298,7 +301,11 @@ func (q *request) prepare() bool {
 	if rq := &q.st.svc.Headers.Request; len(rq.Remove)+len(rq.Set)+len(rq.Add) > 0 {
 		applyRules(q.out.header, rq, q)
 	}
-	if err := body.init(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
+	if s.h2 != nil && grpcMethod(r) != "" {
+		// A gRPC call to an HTTP/2 upstream: its body is streamed (a
+		// streaming call would stall waiting for the buffer to fill).
+		body.initStream(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead)
+	} else if err := body.init(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
 		s.fail(w, q.rec, s.clientBodyStatus(err), err.Error())
 		return false
 	}
@@ -341,8 +348,14 @@ func (q *request) try(b pool.Backend, trial bool) (tryResult, accesslog.Try) {
 			tr.Answer = res.conn.Info()
 		}
 	}
+	if res.h2 != nil {
+		res.h2.noteTry(&tr)
+	}
 	if res.resp != nil {
 		tr.Status = res.resp.StatusCode
+		if res.outcome.GRPC > 0 {
+			tr.GRPCStatus = res.resp.Header.Get("Grpc-Status")
+		}
 	}
 	if res.err != nil {
 		tr.Error = res.err.Error()
@@ -378,7 +391,7 @@ func (q *request) decide(n int, res tryResult, tr *accesslog.Try) (again bool, d
 	s, st := q.s, q.st
 	now := time.Now()
 	d := st.policy.Decide(retry.Request{
-		Method: q.out.method, Header: q.r.Header, Replayable: q.out.body.replayable(),
+		Method: q.out.method, GRPCMethod: grpcMethod(q.r), Header: q.r.Header, Replayable: q.out.body.replayable(),
 		Tries: n, DeadlineLeft: now.Before(q.deadline),
 	}, res.outcome)
 	if d.Retry {
@@ -435,7 +448,11 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 		if hr.RewriteLocation && q.st.svc.Host != service.HostKeep {
 			rewriteLocations(res.resp.Header, q.st.svc.Host, q.out.fwd.proto, q.r.Host)
 		}
-		q.abort = s.respond(q.r.Context(), &q.cw, q.w, q.rec, res, b.Addr)
+		if res.h2 != nil {
+			q.abort = s.respondH2(q.r.Context(), q.w, q.rec, res)
+		} else {
+			q.abort = s.respond(q.r.Context(), &q.cw, q.w, q.rec, res, b.Addr)
+		}
 	case res.local:
 		q.w.Header().Set("Retry-After", "1")
 		s.fail(q.w, q.rec, http.StatusServiceUnavailable, "overload: "+describe(res))
@@ -624,6 +641,9 @@ const maxStaleRedials = 2
 
 // try sends the request to b once and reads the response header.
 func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *outRequest, b pool.Backend, t0, deadline time.Time) tryResult {
+	if s.h2 != nil {
+		return s.tryH2(ctx, st, out, b, t0, deadline)
+	}
 	t := st.timeouts
 	for redial := 0; ; redial++ {
 		if redial > 0 {

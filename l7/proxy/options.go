@@ -35,6 +35,14 @@ type UpstreamOptions struct {
 	// else the DNS name the address came from, else the address; never
 	// the client's Host.
 	TLS *tls.Config
+	// Protocol is how requests go to the backends: ProtocolHTTP1 ("" too),
+	// ProtocolH2C (HTTP/2 in clear text, prior knowledge) or ProtocolH2
+	// (HTTP/2 over TLS, ALPN h2; needs TLS). Over HTTP/2, requests to one
+	// address share its connections, MaxStreamsPerConn at once each
+	// (default 100) and MaxConnsPerAddr connections at most (default 64
+	// for HTTP/2).
+	Protocol          string
+	MaxStreamsPerConn int
 	// Dial replaces the TCP dialer (e.g. to bind a source address; tests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }

@@ -107,6 +107,7 @@ type Server struct {
 	groupsMu sync.Mutex
 	jitter   float64 // eject.Options.Jitter for the trackers the server makes
 	pools    *upstream.Pools
+	h2       *upstream.H2Pools // upstream.protocol h2c or h2 (nil: HTTP/1.1)
 	budget   *retry.Budget
 	selector Selector
 	http     *http.Server
@@ -303,6 +304,29 @@ func New(opts Options) (*Server, error) {
 			s.obs.UpstreamClosed(s.name, addr, reason)
 		},
 	})
+	switch opts.Upstream.Protocol {
+	case "", ProtocolHTTP1:
+	case ProtocolH2C, ProtocolH2:
+		if (opts.Upstream.Protocol == ProtocolH2) != (opts.Upstream.TLS != nil) {
+			s.pools.Close()
+			return nil, fmt.Errorf("service %s: upstream protocol h2 is HTTP/2 over TLS and h2c without: upstream TLS must be set for h2 only", opts.Service.Name)
+		}
+		s.h2 = upstream.NewH2(upstream.H2Options{
+			TLS:               opts.Upstream.TLS,
+			MaxStreamsPerConn: opts.Upstream.MaxStreamsPerConn,
+			MaxConnsPerAddr:   opts.Upstream.MaxConnsPerAddr,
+			IdleTimeout:       opts.Upstream.IdleTimeout,
+			MaxLifetime:       opts.Upstream.MaxLifetime,
+			Dial:              opts.Upstream.Dial,
+			Log:               log,
+			OnClose: func(addr netip.AddrPort, reason string) {
+				s.obs.UpstreamClosed(s.name, addr, reason)
+			},
+		})
+	default:
+		s.pools.Close()
+		return nil, fmt.Errorf("service %s: upstream protocol %q: must be http1, h2c or h2", opts.Service.Name, opts.Upstream.Protocol)
+	}
 	// One group per pool: the service's own, and those of its routes.
 	pools := make(map[string]RoutePool, len(opts.RoutePools)+1)
 	for name, rp := range opts.RoutePools {
@@ -417,6 +441,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	defer stop()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.pools.Run(sweepCtx, time.Second) })
+	if s.h2 != nil {
+		wg.Go(func() { s.h2.Run(sweepCtx, time.Second) })
+	}
 	defer wg.Wait()
 
 	errc := make(chan error, 1)
@@ -472,6 +499,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.tunnels.shutdown(ctx)
 	s.pools.Close()
+	if s.h2 != nil {
+		s.h2.Close()
+	}
 	s.stopGroups()
 	if err != nil {
 		return fmt.Errorf("service %s: shutdown: %w", s.name, err)
@@ -621,6 +651,9 @@ func (s *Server) addressChanged(g *group, addr netip.AddrPort, state pool.State)
 		return
 	}
 	s.pools.Retire(addr)
+	if s.h2 != nil {
+		s.h2.Retire(addr)
+	}
 	if state == pool.Removed {
 		g.tracker.Forget(addr)
 		if v, ok := s.loads.Load(addr); ok && v.(*addrStat).inflight.Load() <= 0 {
@@ -633,7 +666,14 @@ func (s *Server) addressChanged(g *group, addr netip.AddrPort, state pool.State)
 func (s *Server) Transition(t pool.Transition) { s.AddressChanged(t.Addr, t.To) }
 
 // UpstreamStats returns the connection counts of one backend address.
-func (s *Server) UpstreamStats(addr netip.AddrPort) upstream.Stats { return s.pools.Stats(addr) }
+// Over HTTP/2, Busy counts streams and Idle connections without one.
+func (s *Server) UpstreamStats(addr netip.AddrPort) upstream.Stats {
+	if s.h2 != nil {
+		h := s.h2.Stats(addr)
+		return upstream.Stats{Busy: h.Streams, Idle: h.IdleConns, Dialled: h.Dialled, Reused: h.Reused}
+	}
+	return s.pools.Stats(addr)
+}
 
 // BudgetStats returns the retry budget's counters.
 func (s *Server) BudgetStats() retry.BudgetStats { return s.budget.Stats() }

@@ -65,6 +65,7 @@ type H2Options struct {
 type h2Addr struct {
 	gen     uint64
 	conns   []*H2Conn // taking streams
+	streams int       // in use, on retired connections too
 	dialing int
 	dialled uint64
 	reused  uint64
@@ -183,6 +184,7 @@ func (p *H2Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info
 		if pick != nil {
 			pick.streams++
 			pick.requests++
+			a.streams++
 			a.reused++
 			p.mu.Unlock()
 			p.closeAll(stale)
@@ -214,6 +216,7 @@ func (p *H2Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info
 			return nil, false, err
 		}
 		a.dialled++
+		a.streams++
 		c.streams, c.requests = 1, 1
 		if p.closed {
 			c.retired = true
@@ -325,8 +328,9 @@ func (p *H2Pools) Done(c *H2Conn, broken bool) {
 		closes = append(closes, h2closing{h2c: c, why: why})
 	}
 	if a != nil {
+		a.streams--
 		a.signalLocked()
-		if len(a.conns) == 0 && a.dialing == 0 {
+		if len(a.conns) == 0 && a.dialing == 0 && a.streams == 0 {
 			delete(p.addrs, c.addr)
 		}
 	}
@@ -370,7 +374,7 @@ func (p *H2Pools) Retire(addr netip.AddrPort) int {
 	clear(a.conns)
 	a.conns = a.conns[:0]
 	a.signalLocked()
-	if a.dialing == 0 {
+	if a.dialing == 0 && a.streams == 0 {
 		delete(p.addrs, addr)
 	}
 	p.mu.Unlock()
@@ -386,7 +390,7 @@ func (p *H2Pools) Retire(addr netip.AddrPort) int {
 func (p *H2Pools) Sweep(now time.Time) {
 	var closes []h2closing
 	p.mu.Lock()
-	for _, a := range p.addrs {
+	for addr, a := range p.addrs {
 		kept := a.conns[:0]
 		for _, c := range a.conns {
 			switch {
@@ -404,6 +408,9 @@ func (p *H2Pools) Sweep(now time.Time) {
 		}
 		clear(a.conns[len(kept):])
 		a.conns = kept
+		if len(kept) == 0 && a.dialing == 0 && a.streams == 0 {
+			delete(p.addrs, addr)
+		}
 	}
 	p.mu.Unlock()
 	p.closeAll(closes)
@@ -438,7 +445,9 @@ func (p *H2Pools) Close() {
 		}
 		a.conns = nil
 		a.signalLocked()
-		delete(p.addrs, addr)
+		if a.dialing == 0 && a.streams == 0 {
+			delete(p.addrs, addr)
+		}
 	}
 	p.mu.Unlock()
 	p.closeAll(closes)
@@ -447,6 +456,7 @@ func (p *H2Pools) Close() {
 // H2Stats counts one address's HTTP/2 connections.
 type H2Stats struct {
 	Conns, Streams  int
+	IdleConns       int // connections without a stream
 	Dialled, Reused uint64
 }
 
@@ -458,9 +468,11 @@ func (p *H2Pools) Stats(addr netip.AddrPort) H2Stats {
 	if a == nil {
 		return H2Stats{}
 	}
-	s := H2Stats{Conns: len(a.conns), Dialled: a.dialled, Reused: a.reused}
+	s := H2Stats{Conns: len(a.conns), Streams: a.streams, Dialled: a.dialled, Reused: a.reused}
 	for _, c := range a.conns {
-		s.Streams += c.streams
+		if c.streams == 0 {
+			s.IdleConns++
+		}
 	}
 	return s
 }

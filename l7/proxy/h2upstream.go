@@ -1,0 +1,492 @@
+package proxy
+
+// HTTP/2 to the backends (upstream.protocol h2c or h2): the try step sends
+// the request as one stream on a connection of the service's H2Pools, the
+// respond step streams the response back with its trailers (gRPC's
+// grpc-status among them). HTTP/1.1 to the backends is exchange.go.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/retry"
+	"github.com/sluicelb/sluice/l7/service"
+	"github.com/sluicelb/sluice/l7/upstream"
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+// Upstream protocols (UpstreamOptions.Protocol).
+const (
+	ProtocolHTTP1 = "http1"
+	ProtocolH2C   = "h2c"
+	ProtocolH2    = "h2"
+)
+
+// h2Stream is one try's stream on an HTTP/2 connection to a backend.
+type h2Stream struct {
+	conn   *upstream.H2Conn
+	reused bool
+	cancel context.CancelCauseFunc
+	watch  *h2Watch
+	body   *h2ReqBody // nil without a request body
+	done   bool
+}
+
+// Timeouts of a stream, as the causes its context is cancelled with;
+// they are timeouts (isTimeout) for the retry policy and the logs.
+var (
+	errH2SendTimeout = fmt.Errorf("send timeout: the backend took no request body for timeouts.send: %w", os.ErrDeadlineExceeded)
+	errH2ReadTimeout = fmt.Errorf("read timeout: %w", os.ErrDeadlineExceeded)
+	errH2Total       = fmt.Errorf("total deadline: %w", os.ErrDeadlineExceeded)
+)
+
+// h2Watch cancels a stream when its current phase lasts too long: the
+// send timeout between two reads of the request body, the read timeout
+// until the response header and between two reads of the response body.
+type h2Watch struct {
+	mu     sync.Mutex
+	t      *time.Timer
+	cancel context.CancelCauseFunc
+}
+
+func (w *h2Watch) arm(d time.Duration, cause error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.t != nil {
+		w.t.Stop()
+		w.t = nil
+	}
+	if d > 0 {
+		w.t = time.AfterFunc(d, func() { w.cancel(cause) })
+	}
+}
+
+func (w *h2Watch) stop() { w.arm(0, nil) }
+
+// isGRPC is whether r is a gRPC call (content-type application/grpc, +proto etc.).
+func isGRPC(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	return ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+") || strings.HasPrefix(ct, "application/grpc;")
+}
+
+// grpcMethod is the gRPC method of r for retry.methods ("" when r is not
+// a gRPC call).
+func grpcMethod(r *http.Request) string {
+	if r.ProtoMajor < 2 || !isGRPC(r.Header) {
+		return ""
+	}
+	return r.URL.Path
+}
+
+// tryH2 is try for an HTTP/2 upstream: one stream on a pooled connection.
+func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b pool.Backend, t0, deadline time.Time) tryResult {
+	t := st.timeouts
+	if ctx.Err() != nil {
+		return tryResult{err: ctx.Err(), phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, clientGone: true}
+	}
+	connectBy := minTime(t0.Add(t.Connect), deadline)
+	conn, reused, err := s.h2.Get(ctx, b.Addr, serverName(st, b), b.Info, connectBy)
+	if err != nil {
+		res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
+		res.local = errors.Is(err, upstream.ErrAddrFull)
+		if ctx.Err() != nil {
+			res.clientGone = true
+		} else if !time.Now().Before(deadline) {
+			res.phase = "total"
+		}
+		return res
+	}
+	// The stream lives as long as the client's request (a client gone
+	// resets it), the total deadline, and the phase timeouts.
+	sctx, cancel := context.WithCancelCause(ctx)
+	tt := time.AfterFunc(time.Until(deadline), func() { cancel(errH2Total) })
+	hs := &h2Stream{conn: conn, reused: reused, watch: &h2Watch{cancel: cancel}}
+	hs.cancel = func(cause error) { tt.Stop(); hs.watch.stop(); cancel(cause) }
+	res := tryResult{h2: hs}
+
+	req, err := s.h2Request(sctx, conn, out, hs, t)
+	if err != nil {
+		hs.finish(s, false)
+		res.err, res.phase, res.outcome.Kind = err, "send", retry.Reset
+		return res
+	}
+	if hs.body == nil {
+		hs.watch.arm(t.Read, errH2ReadTimeout)
+	} else {
+		hs.watch.arm(t.Send, errH2SendTimeout)
+	}
+	resp, err := conn.RoundTrip(req)
+	hs.watch.stop()
+	if err != nil {
+		res.err = err
+		res.phase = "read"
+		res.outcome.Sent = true
+		cause := context.Cause(sctx)
+		switch {
+		case ctx.Err() != nil:
+			res.clientGone = true
+		case errors.Is(cause, errH2Total):
+			res.err, res.phase, res.outcome.Kind = cause, "total", retry.Timeout
+		case errors.Is(cause, errH2SendTimeout):
+			res.err, res.phase, res.outcome.Kind = cause, "send", retry.Timeout
+		case errors.Is(cause, errH2ReadTimeout):
+			res.err, res.outcome.Kind = cause, retry.Timeout
+		case hs.body != nil && hs.body.clientErr():
+			res.err, res.clientGone = errors.Join(errClientBody, err), true
+		default:
+			res.outcome.Kind = retry.Reset
+		}
+		hs.settleBody(out)
+		hs.finish(s, false)
+		return res
+	}
+	// From now on `read` bounds the wait between two body reads.
+	hs.watch.arm(t.Read, errH2ReadTimeout)
+	resp.Body = &h2RespBody{ReadCloser: resp.Body, w: hs.watch, d: t.Read}
+	res.resp = resp
+	res.outcome.Sent = true
+	res.outcome.StatusCode = resp.StatusCode
+	res.outcome.GRPC = -1
+	if isGRPC(resp.Header) {
+		// Only a grpc-status in the header (a trailers-only answer: no
+		// message sent) is a try's outcome the policy may act on.
+		res.outcome.GRPC = retry.ParseGRPCStatus(resp.Header.Get("Grpc-Status"))
+	}
+	if st.policy.FailureStatus(resp.StatusCode) || res.outcome.GRPC > 0 && st.policy.FailureGRPC(resp.StatusCode, res.outcome.GRPC) {
+		res.outcome.Kind = retry.Status
+		hs.settleBody(out)
+	}
+	return res
+}
+
+// h2Request builds the request of one stream: out's method, target,
+// Host and header (forwarding headers as over HTTP/1.1), and its body.
+func (s *Server) h2Request(ctx context.Context, conn *upstream.H2Conn, out *outRequest, hs *h2Stream, t service.Timeouts) (*http.Request, error) {
+	if out.upgrade != "" {
+		return nil, errors.New("a protocol upgrade (WebSocket) is not carried over an HTTP/2 upstream")
+	}
+	host := out.host
+	if host == "" {
+		host = conn.Addr().String()
+	}
+	scheme := "http"
+	if s.upTLS {
+		scheme = "https"
+	}
+	u := &url.URL{Scheme: scheme, Host: host, Opaque: out.uri}
+	if strings.HasPrefix(out.uri, "//") {
+		pu, err := url.ParseRequestURI(out.uri)
+		if err != nil {
+			return nil, fmt.Errorf("request target %q: %w", out.uri, err)
+		}
+		u = pu
+		u.Scheme, u.Host = scheme, host
+	}
+	var hb bytes.Buffer
+	bw := bufio.NewWriter(&hb)
+	writeForwardHeader(bw, out.header, &out.fwd, "")
+	bw.WriteString("\r\n")
+	bw.Flush()
+	mh, err := textproto.NewReader(bufio.NewReader(&hb)).ReadMIMEHeader()
+	if err != nil {
+		return nil, fmt.Errorf("request header: %w", err)
+	}
+	h := http.Header(mh)
+	// "TE: trailers" is the one TE HTTP/2 allows; gRPC servers want it.
+	for _, v := range out.header["Te"] {
+		if strings.Contains(strings.ToLower(v), "trailers") {
+			h.Set("Te", "trailers")
+		}
+	}
+	req := &http.Request{
+		Method: out.method, URL: u, Host: host, Header: h,
+		Proto: "HTTP/2.0", ProtoMajor: 2,
+	}
+	if !out.body.empty() {
+		r := out.body.reader()
+		if _, ok := out.body.rest.(*teeBody); ok {
+			r = out.body.streamReader()
+		}
+		hs.body = &h2ReqBody{r: r, w: hs.watch, d: t.Send, closed: make(chan struct{}), b: out.body}
+		req.Body = hs.body
+		req.ContentLength = max(out.body.length, 0)
+		if out.body.length < 0 {
+			req.ContentLength = -1
+		}
+	} else {
+		req.Body = http.NoBody
+	}
+	return req.WithContext(ctx), nil
+}
+
+// settleBody waits (briefly) for the transport to be done with the
+// request body of a try that may be followed by another: the next try
+// reads the same client body, never both at once. A body still in use
+// then cannot be replayed.
+func (hs *h2Stream) settleBody(out *outRequest) {
+	if hs.body == nil {
+		return
+	}
+	t := time.NewTimer(clientGoneGrace)
+	defer t.Stop()
+	select {
+	case <-hs.body.closed:
+	case <-t.C:
+		out.body.consumed = true
+	}
+}
+
+// finish ends the stream: its context is cancelled (resetting it if it
+// is still open) and it is given back to its connection.
+func (hs *h2Stream) finish(s *Server, broken bool) {
+	if hs.done {
+		return
+	}
+	hs.done = true
+	hs.cancel(context.Canceled)
+	s.h2.Done(hs.conn, broken)
+}
+
+// noteTry adds what the access log says about a try on a stream.
+func (hs *h2Stream) noteTry(tr *accesslog.Try) {
+	tr.Reused = hs.reused
+	if hs.conn.Info() != "" {
+		tr.Answer = hs.conn.Info()
+	}
+}
+
+// h2ReqBody is the request body of one stream: the send timeout runs
+// between two reads the transport makes of it, the read timeout from its
+// end (the response header must come within it).
+type h2ReqBody struct {
+	r      io.Reader
+	b      *reqBody
+	w      *h2Watch
+	d      time.Duration
+	once   sync.Once
+	closed chan struct{}
+	mu     sync.Mutex
+	eof    bool
+}
+
+func (rb *h2ReqBody) Read(p []byte) (int, error) {
+	n, err := rb.r.Read(p)
+	if err == io.EOF {
+		rb.mu.Lock()
+		rb.eof = true
+		rb.mu.Unlock()
+		return n, err
+	}
+	if err == nil {
+		rb.w.arm(rb.d, errH2SendTimeout)
+	}
+	return n, err
+}
+
+// Close is called by the transport when it is done with the body.
+func (rb *h2ReqBody) Close() error {
+	rb.once.Do(func() {
+		rb.mu.Lock()
+		eof := rb.eof
+		rb.mu.Unlock()
+		if eof {
+			// The request is sent: the response header is awaited now.
+			rb.w.arm(rb.d, errH2ReadTimeout)
+		}
+		close(rb.closed)
+	})
+	return nil
+}
+
+func (rb *h2ReqBody) clientErr() bool { return rb.b.clientErr != nil }
+
+// h2RespBody re-arms the read timeout on every read of a response body.
+type h2RespBody struct {
+	io.ReadCloser
+	w *h2Watch
+	d time.Duration
+}
+
+func (b *h2RespBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == nil {
+		b.w.arm(b.d, errH2ReadTimeout)
+	} else {
+		b.w.stop()
+	}
+	return n, err
+}
+
+// initStream is reqBody.init for a gRPC call to an HTTP/2 upstream: nothing
+// is read before the first try (a streaming call sends its messages as
+// the backend answers: waiting for the buffer to fill would stall it).
+// The body is kept as it is sent, up to limit bytes; a try that failed
+// after the whole body was read within the limit can be repeated.
+func (b *reqBody) initStream(body io.Reader, contentLength, limit int64, atEOF func()) {
+	b.length, b.atEOF = contentLength, atEOF
+	if body == nil || contentLength == 0 {
+		b.length = 0
+		return
+	}
+	b.rest = &teeBody{b: b, r: body, limit: limit}
+}
+
+// teeBody reads a client's body for a try, keeping what it read in the
+// body's buffer while within the limit (past it, the body cannot be
+// replayed). At the end within the limit, the body is all in the buffer.
+type teeBody struct {
+	b     *reqBody
+	r     io.Reader
+	limit int64
+}
+
+func (t *teeBody) Read(p []byte) (int, error) {
+	b := t.b
+	n, err := t.r.Read(p)
+	if n > 0 {
+		b.read += int64(n)
+		if !b.consumed && int64(len(b.buf)+n) <= t.limit {
+			b.buf = append(b.buf, p[:n]...)
+		} else {
+			b.consumed = true
+		}
+	}
+	switch {
+	case err == io.EOF:
+		if !b.consumed {
+			b.rest, b.length = nil, int64(len(b.buf))
+		}
+		b.eof()
+	case err != nil:
+		b.clientErr = err
+		return n, errors.Join(errClientBody, err)
+	}
+	return n, err
+}
+
+// streamReader is reqBody.reader for a body set up by initStream: what
+// was kept, then the rest of the client's body (kept too, see teeBody).
+func (b *reqBody) streamReader() io.Reader {
+	if b.rest == nil {
+		return bytes.NewReader(b.buf)
+	}
+	// teeBody appends to buf past the reader's end: what it reads stays.
+	return io.MultiReader(bytes.NewReader(b.buf), b.rest)
+}
+
+// respondH2 streams a response that came on an HTTP/2 stream to the
+// client, then its trailers (announced or not: gRPC's grpc-status comes
+// in a trailer nobody announced). It returns true when the response was
+// cut short and the client must see an abort.
+func (s *Server) respondH2(ctx context.Context, w http.ResponseWriter, rec *accesslog.Record, res tryResult) (abort bool) {
+	resp, hs := res.resp, res.h2
+	defer hs.finish(s, false)
+	defer resp.Body.Close()
+	h := w.Header()
+	removeHopByHop(resp.Header)
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	h["Via"] = append(h["Via"], "2 sluice")
+	for k := range resp.Trailer {
+		h.Add("Trailer", k)
+	}
+	grpc := isGRPC(resp.Header)
+	if grpc {
+		rec.GRPCStatus = resp.Header.Get("Grpc-Status")
+	}
+	w.WriteHeader(resp.StatusCode)
+	rec.Status = resp.StatusCode
+	// gRPC messages and bodies of unknown length go to the client as
+	// they come (a streaming call must not sit in a buffer).
+	flush := grpc || resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	rc := http.NewResponseController(w)
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
+	var readErr error
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			rec.BytesOut += int64(m)
+			if werr != nil {
+				rec.Status = statusClientClosed
+				rec.Error = "client went away during the response"
+				return false
+			}
+			if flush {
+				_ = rc.Flush()
+			}
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
+	if readErr != io.EOF {
+		if ctx.Err() != nil {
+			rec.Status = statusClientClosed
+			rec.Error = "client went away during the response"
+			return false
+		}
+		rec.Error = "backend response cut short: " + readErr.Error()
+		if cause := context.Cause(ctxOf(resp)); isTimeout(cause) {
+			rec.Error = "backend response body timed out: " + cause.Error()
+		}
+		return true
+	}
+	for k, vv := range resp.Trailer {
+		if slicesContainsFold(h["Trailer"], k) {
+			h[k] = vv // announced
+			continue
+		}
+		for _, v := range vv {
+			h.Add(http.TrailerPrefix+k, v)
+		}
+	}
+	if grpc {
+		if v := resp.Trailer.Get("Grpc-Status"); v != "" {
+			rec.GRPCStatus = v
+		}
+	}
+	return false
+}
+
+// ctxOf is the context of the request a response answers.
+func ctxOf(resp *http.Response) context.Context {
+	if resp.Request != nil {
+		return resp.Request.Context()
+	}
+	return context.Background()
+}
+
+func slicesContainsFold(l []string, s string) bool {
+	for _, x := range l {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// discardH2 ends a try on a stream whose response is not passed on: the
+// stream is reset (nothing to drain: the connection stays usable).
+func (s *Server) discardH2(res tryResult) {
+	if res.resp != nil {
+		res.resp.Body.Close()
+	}
+	res.h2.finish(s, false)
+}
