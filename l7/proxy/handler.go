@@ -296,6 +296,10 @@ func (q *request) prepare() bool {
 		s.fail(w, q.rec, http.StatusBadRequest, err.Error())
 		return false
 	}
+	if q.out.upgrade != "" && s.h2 != nil {
+		s.fail(w, q.rec, http.StatusNotImplemented, "a protocol upgrade ("+q.out.upgrade+") is not carried over HTTP/2 to the backends (upstream.protocol)")
+		return false
+	}
 	// The route's request header rules, once for every try (the header
 	// is the client's, the request's own).
 	if rq := &q.st.svc.Headers.Request; len(rq.Remove)+len(rq.Set)+len(rq.Add) > 0 {

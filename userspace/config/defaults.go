@@ -199,6 +199,12 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.dur(up+".idle_timeout", &s.Upstream.IdleTimeout, upstream.DefaultIdleTimeout)
 		d.dur(up+".max_lifetime", &s.Upstream.MaxLifetime, upstream.DefaultMaxLifetime)
 		d.int(up+".max_connections", &s.Upstream.MaxConnections, upstream.DefaultMaxConnsPerAddr)
+		if s.Upstream.Protocol == "" {
+			s.Upstream.Protocol = UpstreamHTTP1
+		}
+		if s.Upstream.Protocol != UpstreamHTTP1 {
+			d.int(up+".max_streams", &s.Upstream.MaxStreams, upstream.DefaultH2MaxStreamsPerConn)
+		}
 	}
 }
 

@@ -77,7 +77,7 @@ func TestHTTPListenerAndUpstreamKeys(t *testing.T) {
 	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
-	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute), MaxConnections: 1024}); *s.Upstream != want {
+	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute), MaxConnections: 1024, Protocol: "http1"}); *s.Upstream != want {
 		t.Errorf("upstream = %+v, want %+v", *s.Upstream, want)
 	}
 	if s.AccessLog != logFile {
@@ -100,7 +100,7 @@ func TestHTTPKeyDefaults(t *testing.T) {
 	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
-	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute), MaxConnections: 1024}); *s.Upstream != want {
+	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute), MaxConnections: 1024, Protocol: "http1"}); *s.Upstream != want {
 		t.Errorf("upstream = %+v, want %+v", *s.Upstream, want)
 	}
 	// A tcp service gets none of them.
@@ -154,6 +154,18 @@ func TestHTTPKeyProblems(t *testing.T) {
 			[]string{"h.yaml:9: services[0].access_log: ", "does not exist"}},
 		{"access log is a dir", "    access_log: " + dir + "\n",
 			[]string{"h.yaml:9: services[0].access_log: ", "is a directory"}},
+		{"h2 without tls", "    upstream: {protocol: h2}\n",
+			[]string{"h.yaml:9: services[0].upstream.protocol: h2 is HTTP/2 over TLS: set tls: true"}},
+		{"h2c with tls", "    upstream: {tls: true, protocol: h2c}\n",
+			[]string{"h.yaml:9: services[0].upstream.protocol: h2c is HTTP/2 in clear text"}},
+		{"unknown protocol", "    upstream: {protocol: http2}\n",
+			[]string{"h.yaml:9: services[0].upstream.protocol: \"http2\": must be http1, h2c or h2"}},
+		{"max_streams with http1", "    upstream: {max_streams: 10}\n",
+			[]string{"h.yaml:9: services[0].upstream.max_streams: only allowed with protocol: h2c or h2"}},
+		{"max_streams bound", "    upstream: {protocol: h2c, max_streams: 0}\n",
+			[]string{"h.yaml:9: services[0].upstream.max_streams: 0: must be between 1 and 10000"}},
+		{"upgrades over h2", "    upgrades: [websocket]\n    upstream: {protocol: h2c}\n",
+			[]string{"h.yaml:9: services[0].upgrades: a protocol upgrade (WebSocket) is not carried over HTTP/2"}},
 		{"unknown upstream key", "    upstream: {max_idel: 3}\n",
 			[]string{"h.yaml:9: services[0].upstream.max_idel: unknown key"}},
 	}
@@ -183,4 +195,14 @@ func TestHTTPKeyProblems(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestUpstreamProtocolDefaults(t *testing.T) {
+	cfg, err := Parse([]byte(httpHead+"    upstream: {protocol: h2c}\n"), "d.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := cfg.Services[0].Upstream; u.Protocol != UpstreamH2C || u.MaxStreams != 100 {
+		t.Errorf("upstream = %+v", u)
+	}
 }

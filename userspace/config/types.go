@@ -338,7 +338,22 @@ type Upstream struct {
 	IdleTimeout    Duration `yaml:"idle_timeout"`    // default 30s
 	MaxLifetime    Duration `yaml:"max_lifetime"`    // default 5m
 	MaxConnections int      `yaml:"max_connections"` // per backend address, default 1024
+	// Protocol is how requests go to the backends: http1 (default),
+	// h2c (HTTP/2 in clear text, prior knowledge) or h2 (HTTP/2 over TLS,
+	// ALPN h2; needs tls: true). gRPC backends need h2c or h2.
+	Protocol string `yaml:"protocol"`
+	// MaxStreams bounds the requests at once on one HTTP/2 connection to
+	// a backend (h2c, h2), default 100; a backend's own lower
+	// SETTINGS_MAX_CONCURRENT_STREAMS wins.
+	MaxStreams int `yaml:"max_streams"`
 }
+
+// Upstream protocols (upstream.protocol).
+const (
+	UpstreamHTTP1 = "http1"
+	UpstreamH2C   = "h2c"
+	UpstreamH2    = "h2"
+)
 
 // Backoff is exponential backoff with full jitter.
 type Backoff struct {

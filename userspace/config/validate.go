@@ -864,6 +864,11 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 	}
 	if u := s.Upstream; u != nil {
 		v.upstream(u, path+".upstream")
+		if u.Protocol == UpstreamH2C || u.Protocol == UpstreamH2 {
+			if len(s.Upgrades) > 0 && v.set(path+".upgrades") {
+				v.add(path+".upgrades", "a protocol upgrade (WebSocket) is not carried over HTTP/2 to the backends (upstream.protocol %s): a request asking for one is answered 501", u.Protocol)
+			}
+		}
 	}
 	switch s.AccessLog {
 	case AccessLogStdout, AccessLogOff:
@@ -888,7 +893,9 @@ const (
 	MaxClientConns    = 1 << 20
 	MaxClientRequests = 1 << 20
 	MaxUpstreamConns  = 1 << 20
-	MaxMaxBodyBytes   = 1 << 40
+	// MaxUpstreamStreams bounds upstream.max_streams.
+	MaxUpstreamStreams = 10000
+	MaxMaxBodyBytes    = 1 << 40
 )
 
 // httpListener checks tls, h2c and client of an http service.
@@ -962,6 +969,25 @@ func (v *validator) upstream(u *Upstream, path string) {
 	v.between(path+".max_connections", int64(u.MaxConnections), 1, MaxUpstreamConns)
 	v.positive(path+".idle_timeout", u.IdleTimeout)
 	v.positive(path+".max_lifetime", u.MaxLifetime)
+	switch u.Protocol {
+	case UpstreamHTTP1:
+		if v.set(path + ".max_streams") {
+			v.add(path+".max_streams", "only allowed with protocol: h2c or h2 (HTTP/1.1 carries one request per connection)")
+		}
+	case UpstreamH2C:
+		if u.TLS {
+			v.add(path+".protocol", "h2c is HTTP/2 in clear text: with tls: true write protocol: h2 (HTTP/2 over TLS, ALPN h2)")
+		}
+	case UpstreamH2:
+		if !u.TLS {
+			v.add(path+".protocol", "h2 is HTTP/2 over TLS: set tls: true, or write protocol: h2c for HTTP/2 in clear text")
+		}
+	default:
+		v.add(path+".protocol", "%q: must be http1, h2c or h2", u.Protocol)
+	}
+	if u.Protocol != UpstreamHTTP1 {
+		v.between(path+".max_streams", int64(u.MaxStreams), 1, MaxUpstreamStreams)
+	}
 }
 
 // conntrackWarning warns, once, when tcp services rely on the default
