@@ -116,6 +116,7 @@ func buildAll(root, dir string) error {
 		{"sluice-loadgen", "./e2e/loadgen", &env.loadgen, "", nil},
 		{"sluice-icmperr", "./e2e/icmperr", &icmperrBin, "", nil},
 		{"sluice-flood", "./e2e/flood", &floodBin, "", nil},
+		{"sluice-grpcbackend", "./e2e/grpcbackend", &grpcBackendBin, "", nil},
 	}
 	for _, tg := range targets {
 		out := filepath.Join(dir, tg.out)

@@ -350,6 +350,9 @@ func (s *Server) writeError(w http.ResponseWriter, status int, why string) {
 func describe(res tryResult) string {
 	switch res.outcome.Kind {
 	case retry.OK, retry.Status:
+		if g := res.outcome.GRPC; g > 0 {
+			return "grpc-status " + strconv.Itoa(g) + " (" + retry.GRPCName(g) + ")"
+		}
 		return "status " + strconv.Itoa(res.outcome.StatusCode)
 	case retry.ConnectFailure:
 		if isTimeout(res.err) {
