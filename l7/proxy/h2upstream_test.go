@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"net"
@@ -265,5 +267,36 @@ func TestH2UpstreamRetireDrains(t *testing.T) {
 	h.srv.AddressChanged(b.addr, pool.Draining)
 	if s := h.srv.UpstreamStats(b.addr); s.Idle != 0 {
 		t.Fatalf("idle HTTP/2 connection kept after its address left active: %+v", s)
+	}
+}
+
+// upstream.protocol h2: HTTP/2 over TLS (ALPN h2), the certificate
+// verified as for HTTP/1.1 over TLS.
+func TestH2UpstreamTLS(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(grpcAnswer))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	addr := netip.MustParseAddrPort(srv.Listener.Addr().String())
+	h := startH2Upstream(t, func(o *Options) {
+		o.Upstream.Protocol = ProtocolH2
+		o.Upstream.TLS = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	}, addr)
+	resp := grpcCall(t, h, "/pkg.Echo/Say")
+	if resp.Trailer.Get("Grpc-Status") != "0" {
+		t.Fatalf("over h2: %d %v %v", resp.StatusCode, resp.Header, resp.Trailer)
+	}
+}
+
+func TestH2UpstreamProtocolNeedsTLS(t *testing.T) {
+	_, err := New(Options{Service: testService(), Pool: newPool(t, nil), Upstream: UpstreamOptions{Protocol: ProtocolH2}})
+	if err == nil || !strings.Contains(err.Error(), "upstream protocol h2") {
+		t.Fatalf("h2 without TLS: %v", err)
+	}
+	_, err = New(Options{Service: testService(), Pool: newPool(t, nil), Upstream: UpstreamOptions{Protocol: "http2"}})
+	if err == nil {
+		t.Fatal("unknown protocol accepted")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -282,6 +283,11 @@ func (p *H2Pools) dial(ctx context.Context, addr netip.AddrPort, serverName, inf
 		tc := tls.Client(raw, cfg)
 		if err := tc.HandshakeContext(dctx); err != nil {
 			raw.Close()
+			// The server's alert 120 (no_application_protocol) reaches
+			// the client as an error of an unexported type: by its text.
+			if strings.Contains(err.Error(), "no application protocol") {
+				return nil, dialErr(fmt.Errorf("tls handshake: %w (the backend did not agree to HTTP/2 in ALPN: upstream.protocol h2 needs a backend that speaks it)", err))
+			}
 			return nil, dialErr(fmt.Errorf("tls handshake: %w", err))
 		}
 		if got := tc.ConnectionState().NegotiatedProtocol; got != http2.NextProtoTLS {

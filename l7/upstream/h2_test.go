@@ -2,10 +2,15 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,4 +180,53 @@ func TestH2PoolLifetime(t *testing.T) {
 		t.Fatalf("closed for %q", why)
 	}
 	p.Done(c2, false)
+}
+
+func tlsBackend(t *testing.T, h2 bool) (netip.AddrPort, *tls.Config) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Proto)
+	}))
+	srv.EnableHTTP2 = h2
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	return netip.MustParseAddrPort(srv.Listener.Addr().String()), &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+}
+
+func TestH2PoolTLS(t *testing.T) {
+	addr, cfg := tlsBackend(t, true)
+	p := NewH2(H2Options{TLS: cfg})
+	defer p.Close()
+	// httptest's certificate is for example.com and 127.0.0.1.
+	c, _, err := p.Get(context.Background(), addr, "example.com", "", time.Now().Add(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Done(c, false)
+	req, _ := http.NewRequest("GET", "https://example.com/", nil)
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "HTTP/2.0" {
+		t.Fatalf("backend saw %q", b)
+	}
+}
+
+func TestH2PoolTLSWithoutALPNh2(t *testing.T) {
+	addr, cfg := tlsBackend(t, false)
+	p := NewH2(H2Options{TLS: cfg})
+	defer p.Close()
+	_, _, err := p.Get(context.Background(), addr, "example.com", "", time.Now().Add(5*time.Second))
+	var de *DialError
+	if !errors.As(err, &de) || !strings.Contains(err.Error(), "did not agree to HTTP/2") {
+		t.Fatalf("a backend without h2 in ALPN: %v", err)
+	}
+	if s := p.Stats(addr); s.Conns != 0 || s.Streams != 0 {
+		t.Fatalf("stats after a failed dial: %+v", s)
+	}
 }
