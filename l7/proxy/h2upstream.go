@@ -41,6 +41,7 @@ type h2Stream struct {
 	cancel context.CancelCauseFunc
 	watch  *h2Watch
 	body   *h2ReqBody // nil without a request body
+	tee    *teeBody   // the client's body being read and kept (gRPC), nil when none
 	done   bool
 }
 
@@ -216,10 +217,14 @@ func (s *Server) h2Request(ctx context.Context, conn *upstream.H2Conn, out *outR
 	}
 	if !out.body.empty() {
 		r := out.body.reader()
-		if _, ok := out.body.rest.(*teeBody); ok {
+		if tb, ok := out.body.rest.(*teeBody); ok {
+			// A try after another only starts once the transport was
+			// done with the body (settleBody): attach is safe.
+			hs.tee = tb
+			tb.attach()
 			r = out.body.streamReader()
 		}
-		hs.body = &h2ReqBody{r: r, w: hs.watch, d: t.Send, closed: make(chan struct{}), b: out.body}
+		hs.body = &h2ReqBody{r: r, w: hs.watch, d: t.Send, idle: make(chan struct{}), b: out.body}
 		req.Body = hs.body
 		req.ContentLength = max(out.body.length, 0)
 		if out.body.length < 0 {
@@ -232,9 +237,10 @@ func (s *Server) h2Request(ctx context.Context, conn *upstream.H2Conn, out *outR
 }
 
 // settleBody waits (briefly) for the transport to be done with the
-// request body of a try that may be followed by another: the next try
-// reads the same client body, never both at once. A body still in use
-// then cannot be replayed.
+// request body of a try that may be followed by another: closed, and no
+// read of it in progress. The next try reads the same client body, never
+// both at once: a body still in use then is detached from the try and
+// cannot be replayed.
 func (hs *h2Stream) settleBody(out *outRequest) {
 	if hs.body == nil {
 		return
@@ -242,8 +248,11 @@ func (hs *h2Stream) settleBody(out *outRequest) {
 	t := time.NewTimer(clientGoneGrace)
 	defer t.Stop()
 	select {
-	case <-hs.body.closed:
+	case <-hs.body.idle:
 	case <-t.C:
+		if hs.tee != nil {
+			hs.tee.detach()
+		}
 		out.body.consumed = true
 	}
 }
@@ -255,6 +264,11 @@ func (hs *h2Stream) finish(s *Server, broken bool) {
 		return
 	}
 	hs.done = true
+	if hs.tee != nil {
+		// A read of the client's body the transport may still be
+		// blocked in changes nothing the request's steps read from now.
+		hs.tee.detach()
+	}
 	hs.cancel(context.Canceled)
 	s.h2.Done(hs.conn, broken)
 }
@@ -269,26 +283,39 @@ func (hs *h2Stream) noteTry(tr *accesslog.Try) {
 
 // h2ReqBody is the request body of one stream: the send timeout runs
 // between two reads the transport makes of it, the read timeout from its
-// end (the response header must come within it).
+// end (the response header must come within it). idle is closed once the
+// transport closed it and no read of it is in progress (the transport may
+// close a body from another goroutine while a read waits on the client).
 type h2ReqBody struct {
-	r      io.Reader
-	b      *reqBody
-	w      *h2Watch
-	d      time.Duration
-	once   sync.Once
-	closed chan struct{}
-	mu     sync.Mutex
-	eof    bool
+	r    io.Reader
+	b    *reqBody
+	w    *h2Watch
+	d    time.Duration
+	idle chan struct{}
+
+	mu      sync.Mutex
+	eof     bool
+	closed  bool
+	reading bool
+	isIdle  bool // idle is closed
 }
 
 func (rb *h2ReqBody) Read(p []byte) (int, error) {
-	n, err := rb.r.Read(p)
-	if err == io.EOF {
-		rb.mu.Lock()
-		rb.eof = true
+	rb.mu.Lock()
+	if rb.closed {
 		rb.mu.Unlock()
-		return n, err
+		return 0, errors.New("request body closed")
 	}
+	rb.reading = true
+	rb.mu.Unlock()
+	n, err := rb.r.Read(p)
+	rb.mu.Lock()
+	rb.reading = false
+	if err == io.EOF {
+		rb.eof = true
+	}
+	rb.idleLocked()
+	rb.mu.Unlock()
 	if err == nil {
 		rb.w.arm(rb.d, errH2SendTimeout)
 	}
@@ -297,17 +324,25 @@ func (rb *h2ReqBody) Read(p []byte) (int, error) {
 
 // Close is called by the transport when it is done with the body.
 func (rb *h2ReqBody) Close() error {
-	rb.once.Do(func() {
-		rb.mu.Lock()
-		eof := rb.eof
-		rb.mu.Unlock()
-		if eof {
-			// The request is sent: the response header is awaited now.
-			rb.w.arm(rb.d, errH2ReadTimeout)
-		}
-		close(rb.closed)
-	})
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	if rb.closed {
+		return nil
+	}
+	rb.closed = true
+	if rb.eof {
+		// The request is sent: the response header is awaited now.
+		rb.w.arm(rb.d, errH2ReadTimeout)
+	}
+	rb.idleLocked()
 	return nil
+}
+
+func (rb *h2ReqBody) idleLocked() {
+	if rb.closed && !rb.reading && !rb.isIdle {
+		rb.isIdle = true
+		close(rb.idle)
+	}
 }
 
 func (rb *h2ReqBody) clientErr() bool { return rb.b.clientErr != nil }
@@ -346,15 +381,32 @@ func (b *reqBody) initStream(body io.Reader, contentLength, limit int64, atEOF f
 // teeBody reads a client's body for a try, keeping what it read in the
 // body's buffer while within the limit (past it, the body cannot be
 // replayed). At the end within the limit, the body is all in the buffer.
+// It changes the body's state only while attached to a try: a read the
+// transport is still blocked in when the try ends (detach) changes
+// nothing the request's steps read afterwards.
 type teeBody struct {
 	b     *reqBody
 	r     io.Reader
 	limit int64
+
+	mu       sync.Mutex
+	detached bool
 }
+
+func (t *teeBody) attach() { t.mu.Lock(); t.detached = false; t.mu.Unlock() }
+func (t *teeBody) detach() { t.mu.Lock(); t.detached = true; t.mu.Unlock() }
 
 func (t *teeBody) Read(p []byte) (int, error) {
 	b := t.b
 	n, err := t.r.Read(p)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.detached {
+		if err == nil {
+			err = errors.New("request body detached from its try")
+		}
+		return n, err
+	}
 	if n > 0 {
 		b.read += int64(n)
 		if !b.consumed && int64(len(b.buf)+n) <= t.limit {
