@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/service"
@@ -133,7 +135,9 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 	if err != nil {
 		res.err = err
 		res.phase = "read"
-		res.outcome.Sent = true
+		// The backend did not process a stream it refused or that
+		// came after its graceful GOAWAY (RFC 9113 8.7): not sent.
+		res.outcome.Sent = !h2Unprocessed(err)
 		cause := context.Cause(sctx)
 		switch {
 		case ctx.Err() != nil:
@@ -170,6 +174,22 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 		hs.settleBody(out)
 	}
 	return res
+}
+
+// h2Unprocessed is whether a stream's error says the backend did not
+// process it: REFUSED_STREAM, a GOAWAY whose last stream is before it, or
+// a connection that could take no stream. (The library's errors for the
+// last two are not exported: by their text.)
+func h2Unprocessed(err error) bool {
+	var se http2.StreamError
+	if errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream {
+		return true
+	}
+	switch err.Error() {
+	case "http2: Transport received Server's graceful shutdown GOAWAY", "http2: client conn not usable":
+		return true
+	}
+	return false
 }
 
 // h2Request builds the request of one stream: out's method, target,

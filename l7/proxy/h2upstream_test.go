@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -298,5 +301,22 @@ func TestH2UpstreamProtocolNeedsTLS(t *testing.T) {
 	_, err = New(Options{Service: testService(), Pool: newPool(t, nil), Upstream: UpstreamOptions{Protocol: "http2"}})
 	if err == nil {
 		t.Fatal("unknown protocol accepted")
+	}
+}
+
+func TestH2Unprocessed(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{http2.StreamError{StreamID: 3, Code: http2.ErrCodeRefusedStream}, true},
+		{http2.StreamError{StreamID: 3, Code: http2.ErrCodeInternal}, false},
+		{errors.New("http2: Transport received Server's graceful shutdown GOAWAY"), true},
+		{errors.New("http2: client conn not usable"), true},
+		{io.ErrUnexpectedEOF, false},
+	} {
+		if got := h2Unprocessed(tc.err); got != tc.want {
+			t.Errorf("%v: %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }
