@@ -247,6 +247,10 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	for k, vv := range resp.Trailer {
 		h[k] = vv
 	}
+	if !bodyAllowed(rec.Method, resp.StatusCode) {
+		// A body sent anyway would be read as the next response.
+		res.conn.PeekNext()
+	}
 	why := ""
 	switch {
 	case resp.Close || closeDelimited:
@@ -286,6 +290,9 @@ func (s *Server) discard(res tryResult, drain bool) {
 			why = upstream.CloseDraining
 		default:
 			why = ""
+			if !bodyAllowed(res.resp.Request.Method, res.resp.StatusCode) {
+				res.conn.PeekNext() // as in respond
+			}
 		}
 	}
 	res.resp.Body.Close()

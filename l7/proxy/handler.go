@@ -635,7 +635,13 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 			return tryResult{err: ctx.Err(), phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, clientGone: true}
 		}
 		connectBy := minTime(t0.Add(t.Connect), deadline)
-		conn, err := s.pools.Get(ctx, b.Addr, serverName(st, b), b.Info, connectBy)
+		get := s.pools.Get
+		if redial == 0 && out.body.replayable() && st.policy.MayResend(out.method, out.header) {
+			// A pooled connection found closed is sent on again below
+			// (stale): the first one may skip the liveness peek.
+			get = s.pools.GetResendable
+		}
+		conn, err := get(ctx, b.Addr, serverName(st, b), b.Info, connectBy)
 		if err != nil {
 			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
 			res.local = errors.Is(err, upstream.ErrAddrFull)
