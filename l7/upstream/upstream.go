@@ -223,12 +223,22 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			cand = c
 			break
 		}
+		if cand != nil && resendable && cand.recent(now) {
+			// Handed out without the peek (see GetResendable).
+			ap.busy++
+			ap.reused++
+			p.mu.Unlock()
+			p.closeAll(stale)
+			cand.reused = true
+			cand.requests++
+			return cand, nil
+		}
 		if cand != nil {
 			// Counted busy while its liveness is checked.
 			ap.busy++
 			p.mu.Unlock()
 			p.closeAll(stale)
-			if resendable && cand.recent(now) || cand.alive() {
+			if cand.alive() {
 				p.mu.Lock()
 				ap.reused++
 				p.mu.Unlock()
