@@ -14,6 +14,9 @@
 # bounded by wrk's duration.
 #
 #   scripts/bench_l7.sh [DURATION_SECONDS]     (default 10; BENCH_ROUNDS=3)
+#
+# BENCH_SLUICE_ENV adds environment variables to sluice's agent only, to
+# try runtime settings (e.g. BENCH_SLUICE_ENV="GOGC=400 GOMAXPROCS=2").
 set -Eeuo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
@@ -66,7 +69,8 @@ cat >"$state/benchl7.yaml" <<-YAML
 	  - {name: web-http, listen: 198.18.1.101:80, protocol: http, pool: web}
 	YAML
 # The access log (one JSON line per request) goes to a file, as in production.
-"$lab" exec "$id" lb "$sluice" agent -c "$state/benchl7.yaml" >"$state/benchl7-agent.log" 2>&1 &
+read -ra sluice_env <<<"${BENCH_SLUICE_ENV:-}"
+"$lab" exec "$id" lb env "${sluice_env[@]}" "$sluice" agent -c "$state/benchl7.yaml" >"$state/benchl7-agent.log" 2>&1 &
 pids+=($!)
 
 nginx_conf "$state/nginx.conf" "$state" <<-NGINX

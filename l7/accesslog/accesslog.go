@@ -17,11 +17,13 @@ import (
 
 // Logger writes one JSON object per line per request (see Record). The
 // line is encoded by hand into a reused buffer, without reflection, by the
-// request's goroutine; with a FlushInterval > 0 it is then handed to the
-// logger's own writer goroutine through a bounded queue, and the writer
-// writes lines in batches: when a batch reaches its size, when
-// FlushInterval has passed since its first line, on Flush and on Close.
-// A request never waits for the writer: when the queue is full (the
+// request's goroutine; with a FlushInterval > 0 it is then appended to the
+// batch waiting for the logger's own writer goroutine (under a short
+// lock: a copy, no goroutine hand-off per line), and the writer writes
+// the batch when it reaches its size, when FlushInterval has passed since
+// its first line, on Flush and on Close; the writer is woken only for the
+// first line of a batch and for a full one. A request never waits for the
+// writer: when the batch is at its bound (the
 // destination is slow, or a pipe nobody reads) the line is dropped and
 // counted (Dropped, and the OnDrop hook). With FlushInterval <= 0 every
 // line is written at once by the request's goroutine (for tests and tools;
@@ -34,8 +36,12 @@ type Logger struct {
 	every time.Duration
 	limit int
 
-	queue   chan *[]byte // encoded lines for the writer goroutine (every > 0)
-	ctl     chan func()  // flush / swap requests, run by the writer goroutine
+	async   bool          // every > 0: lines go to the writer goroutine
+	bmu     sync.Mutex    // batch, nlines, closed's transitions
+	batch   []byte        // encoded lines waiting for the writer
+	nlines  int           // lines in batch
+	wake    chan struct{} // (1) a batch's first line or a full batch
+	ctl     chan func()   // flush / swap requests, run by the writer goroutine
 	stop    chan struct{}
 	stopped chan struct{}
 	closed  atomic.Bool
@@ -57,6 +63,8 @@ const (
 	// DefaultQueue is how many lines may wait for the writer before new
 	// ones are dropped.
 	DefaultQueue = 8192
+	// maxQueueBytes bounds the bytes waiting likewise.
+	maxQueueBytes = 16 << 20
 )
 
 // New returns an access log writing to w, batching lines for at most
@@ -65,7 +73,8 @@ func New(w io.Writer, flushEvery time.Duration) *Logger {
 	a := &Logger{w: w, every: flushEvery, limit: DefaultBuffer}
 	a.lines.New = func() any { b := make([]byte, 0, 1024); return &b }
 	if flushEvery > 0 {
-		a.queue = make(chan *[]byte, DefaultQueue)
+		a.async = true
+		a.wake = make(chan struct{}, 1)
 		a.ctl = make(chan func())
 		a.stop = make(chan struct{})
 		a.stopped = make(chan struct{})
@@ -92,22 +101,55 @@ func (a *Logger) Log(rec *Record) {
 		at = time.Now()
 	}
 	*bp = AppendRecord((*bp)[:0], rec, at)
-	if a.queue == nil || a.closed.Load() {
-		a.mu.Lock()
-		a.writeLocked(*bp)
-		a.mu.Unlock()
+	if !a.async {
+		a.writeNow(*bp)
 		a.put(bp)
 		return
 	}
-	select {
-	case a.queue <- bp:
-	default:
+	a.bmu.Lock()
+	if a.closed.Load() {
+		a.bmu.Unlock()
+		a.writeNow(*bp)
+		a.put(bp)
+		return
+	}
+	if a.nlines >= DefaultQueue || len(a.batch)+len(*bp) > maxQueueBytes {
+		a.bmu.Unlock()
+		a.put(bp)
 		a.dropped.Add(1)
 		if f := a.onDrop.Load(); f != nil {
 			(*f)(rec)
 		}
-		a.put(bp)
+		return
 	}
+	first := a.nlines == 0
+	a.batch = append(a.batch, *bp...)
+	a.nlines++
+	full := len(a.batch) >= a.limit
+	a.bmu.Unlock()
+	a.put(bp)
+	if first || full {
+		select {
+		case a.wake <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
+}
+
+// writeNow writes b at once, on the caller's goroutine.
+func (a *Logger) writeNow(b []byte) {
+	a.mu.Lock()
+	a.writeLocked(b)
+	a.mu.Unlock()
+}
+
+// takeBatch swaps the waiting batch for spare and returns it.
+func (a *Logger) takeBatch(spare []byte) []byte {
+	a.bmu.Lock()
+	b := a.batch
+	a.batch, a.nlines = spare[:0], 0
+	a.bmu.Unlock()
+	return b
 }
 
 func (a *Logger) put(bp *[]byte) {
@@ -120,59 +162,44 @@ func (a *Logger) put(bp *[]byte) {
 // it when full, when the flush interval passed, or when asked.
 func (a *Logger) run() {
 	defer close(a.stopped)
-	var pending []byte
+	var spare []byte // the batch written last, reused for the next
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	armed := false
 	flush := func() {
-		if len(pending) > 0 {
-			a.mu.Lock()
-			a.writeLocked(pending)
-			a.mu.Unlock()
+		b := a.takeBatch(spare)
+		if len(b) > 0 {
+			a.writeNow(b)
 		}
-		if cap(pending) > 4*a.limit {
-			pending = nil
-		} else {
-			pending = pending[:0]
+		if cap(b) > 4*a.limit {
+			b = nil
 		}
+		spare = b[:0]
 		if armed {
 			timer.Stop()
 			armed = false
 		}
 	}
-	take := func(bp *[]byte) {
-		pending = append(pending, *bp...)
-		a.put(bp)
-		if len(pending) >= a.limit {
-			flush()
-		} else if !armed {
-			timer.Reset(a.every)
-			armed = true
-		}
-	}
-	drain := func() {
-		for {
-			select {
-			case bp := <-a.queue:
-				take(bp)
-			default:
-				return
-			}
-		}
-	}
 	for {
 		select {
-		case bp := <-a.queue:
-			take(bp)
+		case <-a.wake:
+			a.bmu.Lock()
+			n, full := a.nlines, len(a.batch) >= a.limit
+			a.bmu.Unlock()
+			switch {
+			case full:
+				flush()
+			case n > 0 && !armed:
+				timer.Reset(a.every)
+				armed = true
+			}
 		case <-timer.C:
 			armed = false
 			flush()
 		case f := <-a.ctl:
-			drain()
 			flush()
 			f()
 		case <-a.stop:
-			drain()
 			flush()
 			return
 		}
@@ -191,7 +218,7 @@ var ErrStuck = errors.New("the access log destination is not taking writes")
 // do runs f on the writer goroutine after the lines queued so far are
 // written (at once without one). It gives up after StuckTimeout.
 func (a *Logger) do(f func()) error {
-	if a.queue == nil || a.closed.Load() {
+	if !a.async || a.closed.Load() {
 		f()
 		return nil
 	}
@@ -263,7 +290,12 @@ func (a *Logger) Swap(w io.Writer) (old io.Writer, err error) {
 // logged afterwards (requests finishing late) are written at once. It
 // returns the first write error, if any. It does not close the writer.
 func (a *Logger) Close() error {
-	if a.queue != nil && a.closed.CompareAndSwap(false, true) {
+	a.bmu.Lock()
+	closing := a.async && a.closed.CompareAndSwap(false, true)
+	a.bmu.Unlock()
+	if closing {
+		// Lines logged from now on are written at once; the writer
+		// writes the batch collected before.
 		close(a.stop)
 		select {
 		case <-a.stopped:

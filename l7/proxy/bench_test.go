@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,6 +24,12 @@ import (
 // The lab benchmark (scripts/bench_l7.sh, docs/benchmarks.md) is the one
 // that compares with nginx and HAProxy.
 //
+// Besides time and allocations per request it reports syscalls/op, the
+// system calls of the whole process (clients and backends included) per
+// request, when the raw_syscalls tracepoint can be counted (root). The
+// "direct" case (clients straight to a backend, no proxy) is the share of
+// the clients and backends: subtract it to get the proxy's.
+//
 //	go test ./l7/proxy -run '^$' -bench Proxy -benchmem -cpuprofile cpu.out
 //	go tool pprof -top proxy.test cpu.out
 func BenchmarkProxy(b *testing.B) {
@@ -34,8 +41,14 @@ func BenchmarkProxy(b *testing.B) {
 		{"keep-alive", true, true},
 		{"keep-alive/no-access-log", true, false},
 		{"new-connection", false, true},
+		{"direct/keep-alive", true, false},
+		{"direct/new-connection", false, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
+			if strings.HasPrefix(bc.name, "direct/") {
+				runClients(b, rawOKBackend(b).String(), bc.keepAlive)
+				return
+			}
 			var addrs []netip.AddrPort
 			for range 3 {
 				addrs = append(addrs, rawOKBackend(b))
@@ -72,46 +85,63 @@ func BenchmarkProxy(b *testing.B) {
 					b.Error(err)
 				}
 			}()
-			addr := l.Addr().String()
-			req := []byte("GET /bench HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
-			if !bc.keepAlive {
-				req = []byte("GET /bench HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\nConnection: close\r\n\r\n")
-			}
-			b.ReportAllocs()
-			b.SetParallelism(16) // many clients, like wrk -c32 on 2 CPUs
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				var c net.Conn
-				var br *bufio.Reader
-				defer func() {
-					if c != nil {
-						c.Close()
-					}
-				}()
-				for pb.Next() {
-					if c == nil {
-						var err error
-						if c, err = net.Dial("tcp", addr); err != nil {
-							b.Error(err)
-							return
-						}
-						br = bufio.NewReader(c)
-					}
-					if _, err := c.Write(req); err != nil {
-						b.Error(err)
-						return
-					}
-					if err := readOK(br); err != nil {
-						b.Error(err)
-						return
-					}
-					if !bc.keepAlive {
-						c.Close()
-						c = nil
-					}
-				}
-			})
+			runClients(b, l.Addr().String(), bc.keepAlive)
 		})
+	}
+}
+
+// runClients sends b.N requests to addr from many clients at once and
+// reports the system calls per request (see BenchmarkProxy).
+func runClients(b *testing.B, addr string, keepAlive bool) {
+	req := []byte("GET /bench HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+	if !keepAlive {
+		req = []byte("GET /bench HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: bench\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+	}
+	b.ReportAllocs()
+	b.SetParallelism(16) // many clients, like wrk -c32 on 2 CPUs
+	sc := newSyscallCounter()
+	if sc != nil {
+		defer sc.close()
+	}
+	var sc0 uint64
+	if sc != nil {
+		sc0 = sc.count()
+	}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var c net.Conn
+		var br *bufio.Reader
+		defer func() {
+			if c != nil {
+				c.Close()
+			}
+		}()
+		for pb.Next() {
+			if c == nil {
+				var err error
+				if c, err = net.Dial("tcp", addr); err != nil {
+					b.Error(err)
+					return
+				}
+				br = bufio.NewReader(c)
+			}
+			if _, err := c.Write(req); err != nil {
+				b.Error(err)
+				return
+			}
+			if err := readOK(br); err != nil {
+				b.Error(err)
+				return
+			}
+			if !keepAlive {
+				c.Close()
+				c = nil
+			}
+		}
+	})
+	b.StopTimer()
+	if sc != nil {
+		b.ReportMetric(float64(sc.count()-sc0)/float64(b.N), "syscalls/op")
 	}
 }
 

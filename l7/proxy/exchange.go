@@ -193,7 +193,11 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	for k, vv := range resp.Header {
 		h[k] = vv
 	}
-	h["Via"] = append(h["Via"], "1.1 sluice")
+	if vv := h["Via"]; len(vv) > 0 {
+		h["Via"] = append(vv, "1.1 sluice")
+	} else {
+		h["Via"] = viaSluice // shared: its capacity makes an append copy
+	}
 	for k := range resp.Trailer {
 		h.Add("Trailer", k)
 	}
@@ -247,6 +251,10 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	for k, vv := range resp.Trailer {
 		h[k] = vv
 	}
+	if !bodyAllowed(rec.Method, resp.StatusCode) {
+		// A body sent anyway would be read as the next response.
+		res.conn.PeekNext()
+	}
 	why := ""
 	switch {
 	case resp.Close || closeDelimited:
@@ -257,6 +265,9 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	s.pools.Put(res.conn, why)
 	return false
 }
+
+// viaSluice is the Via of a response that had none.
+var viaSluice = []string{"1.1 sluice"}[:1:1]
 
 // bodyAllowed is whether a response to method with status has a body.
 func bodyAllowed(method string, status int) bool {
@@ -290,6 +301,9 @@ func (s *Server) discard(res tryResult, drain bool) {
 			why = upstream.CloseDraining
 		default:
 			why = ""
+			if !bodyAllowed(res.resp.Request.Method, res.resp.StatusCode) {
+				res.conn.PeekNext() // as in respond
+			}
 		}
 	}
 	res.resp.Body.Close()

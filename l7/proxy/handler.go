@@ -69,9 +69,10 @@ type request struct {
 	out      outRequest  // what every try sends
 	tried    []netip.AddrPort
 	triedArr [4]netip.AddrPort
-	dns      dnsWait // the DNS-wait step's state (dnswait.go)
-	release  func()  // the retry budget token of the retry in progress
-	abort    bool    // the response was cut short: the client must see an abort
+	cands    [8]Candidate // pick's room (not an allocation per request)
+	dns      dnsWait      // the DNS-wait step's state (dnswait.go)
+	release  func()       // the retry budget token of the retry in progress
+	abort    bool         // the response was cut short: the client must see an abort
 }
 
 // ServeHTTP proxies one request: admit it, then pick a backend, try it,
@@ -322,7 +323,7 @@ func (q *request) pick(n int) (b pool.Backend, trial, ok bool) {
 	if n > 1 {
 		now = time.Now()
 	}
-	b, trial, panicMode, ok := q.s.pick(q.st, q.tried, now)
+	b, trial, panicMode, ok := q.s.pick(q.st, q.tried, now, q.cands[:0])
 	q.rec.Panic = q.rec.Panic || panicMode
 	if ok {
 		q.tried = append(q.tried, b.Addr)
@@ -533,7 +534,7 @@ func serverName(st *settings, b pool.Backend) string {
 // pick chooses the backend of the next try: an active address not tried yet
 // while one is left, through the selector and the trial gate. In panic
 // mode ejected addresses are candidates too.
-func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time) (b pool.Backend, trial, panicMode, ok bool) {
+func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time, cands []Candidate) (b pool.Backend, trial, panicMode, ok bool) {
 	g := st.grp
 	all := s.backends(g, now)
 	panicMode = eject.Panic(all, st.maxEject)
@@ -549,8 +550,6 @@ func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time) (b po
 			s.obs.Panic(s.name, panicMode)
 		}
 	}
-	var arr [8]Candidate
-	cands := arr[:0]
 	untried := 0
 	for i := range all {
 		b := &all[i]
@@ -659,7 +658,17 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 			return tryResult{err: ctx.Err(), phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, clientGone: true}
 		}
 		connectBy := minTime(t0.Add(t.Connect), deadline)
-		conn, err := s.pools.Get(ctx, b.Addr, serverName(st, b), b.Info, connectBy)
+		get := s.pools.Get
+		if redial == 0 && out.body.replayable() && st.policy.MayResend(out.method, out.header) {
+			// A pooled connection found closed is sent on again below
+			// (stale): the first one may skip the liveness peek.
+			get = s.pools.GetResendable
+		}
+		sn := ""
+		if s.upTLS {
+			sn = serverName(st, b) // (a string made per try: only for TLS)
+		}
+		conn, err := get(ctx, b.Addr, sn, b.Info, connectBy)
 		if err != nil {
 			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
 			res.local = errors.Is(err, upstream.ErrAddrFull)

@@ -77,7 +77,7 @@ func newForwarded(r *http.Request, trusted []netip.Prefix) forwarded {
 				break
 			}
 		}
-		f.realIP = ip.String()
+		f.realIP = addrString(r.RemoteAddr, ip)
 		f.xff = f.realIP
 		// A client that names X-Forwarded-For in Connection has it
 		// removed as hop-by-hop before ours is added.
@@ -86,6 +86,17 @@ func newForwarded(r *http.Request, trusted []netip.Prefix) forwarded {
 		}
 	}
 	return f
+}
+
+// addrString is ip as a string, taken from remote (an "ip:port" it was
+// parsed from) when that is the same text, without making a new string.
+func addrString(remote string, ip netip.Addr) string {
+	if i := strings.LastIndexByte(remote, ':'); i > 0 && ip.Is4() {
+		if a, err := netip.ParseAddr(remote[:i]); err == nil && a == ip {
+			return remote[:i]
+		}
+	}
+	return ip.String()
 }
 
 // writeForwardHeader writes the header fields of a request going to a

@@ -125,3 +125,18 @@ func TestHostname(t *testing.T) {
 		}
 	}
 }
+
+// addrString takes the address text from RemoteAddr only when it is what
+// netip would write (IPv4); IPv6 and mapped addresses are formatted.
+func TestAddrString(t *testing.T) {
+	for _, c := range []struct{ remote, want string }{
+		{"198.18.0.7:4242", "198.18.0.7"},
+		{"[2001:2::7]:4242", "2001:2::7"},
+		{"[::ffff:198.18.0.7]:4242", "198.18.0.7"},
+	} {
+		ap := netip.MustParseAddrPort(c.remote)
+		if got := addrString(c.remote, ap.Addr().Unmap()); got != c.want {
+			t.Errorf("addrString(%q) = %q, want %q", c.remote, got, c.want)
+		}
+	}
+}

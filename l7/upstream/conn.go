@@ -50,6 +50,9 @@ type Conn struct {
 	rawc   syscall.RawConn
 	peekFn func(fd uintptr) bool
 	peekOK bool
+	// peekNext: the next Get peeks whatever the connection's idle time
+	// (PeekNext).
+	peekNext bool
 
 	br *bufio.Reader
 	bw *bufio.Writer
@@ -257,6 +260,19 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 	return total, nil
 }
 
+// PeekNext makes the next Get of this connection check it with a peek
+// even when it was given back just now: its last response (to a HEAD, a
+// 204 or 304) is one a backend may wrongly have sent a body with, bytes
+// that must not be read as the next request's response.
+func (c *Conn) PeekNext() { c.peekNext = true }
+
+// recent reports whether an idle connection may be handed out without the
+// peek: given back within RecentWithoutPeek, nothing buffered, no PeekNext.
+func (c *Conn) recent(now time.Time) bool {
+	return !c.peekNext && c.br.Buffered() == 0 && (c.rdl.IsZero() || now.Before(c.rdl)) &&
+		now.Sub(c.idleSince) < RecentWithoutPeek
+}
+
 // alive reports whether an idle connection is still open and has nothing
 // unexpected to read: a peer that closed it (EOF, RST) or, in plain text,
 // sent bytes nobody asked for makes it unusable. It peeks without blocking.
@@ -275,7 +291,7 @@ func (c *Conn) alive() bool {
 		_ = c.nc.SetReadDeadline(time.Time{})
 		c.rdl = time.Time{}
 	}
-	c.peekOK = false
+	c.peekOK, c.peekNext = false, false
 	err := c.rawc.Read(c.peekFn)
 	return err == nil && c.peekOK
 }

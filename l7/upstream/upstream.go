@@ -180,6 +180,25 @@ func (p *Pools) addrLocked(addr netip.AddrPort) *addrPool {
 // outside the pools' lock: the candidate is taken out of the idle list
 // first, so no other request waits on it.
 func (p *Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info string, connectBy time.Time) (*Conn, error) {
+	return p.get(ctx, addr, serverName, info, connectBy, false)
+}
+
+// RecentWithoutPeek is how recently a pooled connection must have been
+// given back for GetResendable to hand it out without the liveness peek.
+const RecentWithoutPeek = time.Millisecond
+
+// GetResendable is Get for a request the caller sends again on another
+// connection when this one turns out closed before any response byte
+// (Conn.Reused): a connection given back within RecentWithoutPeek is
+// handed out without the liveness peek (a system call per request under
+// load, where the most recently used connection is taken and is seldom
+// idle for long), unless its last response may have left bytes behind
+// (PeekNext).
+func (p *Pools) GetResendable(ctx context.Context, addr netip.AddrPort, serverName, info string, connectBy time.Time) (*Conn, error) {
+	return p.get(ctx, addr, serverName, info, connectBy, true)
+}
+
+func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info string, connectBy time.Time, resendable bool) (*Conn, error) {
 	if p.opts.TLS == nil {
 		serverName = ""
 	}
@@ -203,6 +222,16 @@ func (p *Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			}
 			cand = c
 			break
+		}
+		if cand != nil && resendable && cand.recent(now) {
+			// Handed out without the peek (see GetResendable).
+			ap.busy++
+			ap.reused++
+			p.mu.Unlock()
+			p.closeAll(stale)
+			cand.reused = true
+			cand.requests++
+			return cand, nil
 		}
 		if cand != nil {
 			// Counted busy while its liveness is checked.

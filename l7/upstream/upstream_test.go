@@ -247,3 +247,48 @@ func TestMaxIdleAndCloseReasons(t *testing.T) {
 		}
 	}
 }
+
+// GetResendable hands out a connection given back just now without the
+// liveness peek, but peeks one idle for longer, one whose last response
+// may have left bytes behind (PeekNext), and one with bytes buffered.
+func TestGetResendableSkipsThePeekOfRecentOnly(t *testing.T) {
+	s := newEchoServer(t)
+	p := New(Options{})
+	defer p.Close()
+	c := get(t, p, s.addr)
+	now := time.Now()
+	c.idleSince = now
+	if !c.recent(now) {
+		t.Error("a connection given back just now is not recent")
+	}
+	if c.recent(now.Add(RecentWithoutPeek)) {
+		t.Error("a connection idle for RecentWithoutPeek is still recent")
+	}
+	c.PeekNext()
+	if c.recent(now) {
+		t.Error("PeekNext did not force the peek")
+	}
+	if !c.alive() || c.peekNext {
+		t.Error("the peek did not clear PeekNext")
+	}
+	p.Put(c, "")
+	c2, err := p.GetResendable(context.Background(), s.addr, "", "", time.Now().Add(time.Second))
+	if err != nil || c2 != c || !c2.Reused() {
+		t.Fatalf("GetResendable: %v, %p for %p", err, c2, c)
+	}
+	p.Put(c2, "")
+	// The peer closes it; once idle longer than RecentWithoutPeek it is
+	// peeked and not handed out.
+	waitOpen(t, s, 1)
+	s.closeAll()
+	waitOpen(t, s, 0)
+	time.Sleep(2 * RecentWithoutPeek)
+	c3, err := p.GetResendable(context.Background(), s.addr, "", "", time.Now().Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c3 == c {
+		t.Error("a connection closed by the peer and idle past RecentWithoutPeek was reused")
+	}
+	p.Put(c3, "")
+}

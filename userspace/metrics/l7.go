@@ -2,6 +2,8 @@ package metrics
 
 import (
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +23,25 @@ type L7 struct {
 	upstreamConns *prometheus.CounterVec
 	dnsWaits      *prometheus.CounterVec
 	refused       *prometheus.CounterVec
+
+	// reqChildren caches the series Request updates per (service, code),
+	// saving three label look-ups (a hash and a lock each) per request.
+	// An entry is valid while gen is the one it was made under: a Forget
+	// deletes series, then bumps gen.
+	reqChildren sync.Map // reqKey -> *reqSeries
+	gen         atomic.Uint64
+}
+
+type reqKey struct {
+	service string
+	code    int
+}
+
+type reqSeries struct {
+	gen      uint64
+	requests prometheus.Counter
+	duration prometheus.Observer
+	tries    prometheus.Observer
 }
 
 func newL7() *L7 {
@@ -95,13 +116,44 @@ func (l *L7) collectors() []prometheus.Collector {
 // client (0 when none was), its duration over every try, and the number of
 // tries (at least 1; 0 when no backend was tried).
 func (l *L7) Request(service string, code int, took time.Duration, tries int) {
+	rs := l.series(service, code)
+	rs.requests.Inc()
+	rs.duration.Observe(took.Seconds())
+	rs.tries.Observe(float64(tries))
+}
+
+// series returns the cached series of service's requests answered code.
+func (l *L7) series(service string, code int) *reqSeries {
+	k := reqKey{service, code}
+	gen := l.gen.Load()
+	if v, ok := l.reqChildren.Load(k); ok {
+		if rs := v.(*reqSeries); rs.gen == gen {
+			return rs
+		}
+	}
 	c := "none"
 	if code != 0 {
 		c = statusCode(code)
 	}
-	l.requests.WithLabelValues(service, c).Inc()
-	l.duration.WithLabelValues(service).Observe(took.Seconds())
-	l.tries.WithLabelValues(service).Observe(float64(tries))
+	rs := &reqSeries{
+		gen:      gen,
+		requests: l.requests.WithLabelValues(service, c),
+		duration: l.duration.WithLabelValues(service),
+		tries:    l.tries.WithLabelValues(service),
+	}
+	if code == 0 || code >= 100 && code <= 599 {
+		// Bounded: the codes statusCode keeps apart ("other" is not
+		// cached: the codes it folds are many).
+		l.reqChildren.Store(k, rs)
+	}
+	return rs
+}
+
+// forgotten invalidates the cached series after a Forget deleted some
+// (after: a series made between the deletion and this is not kept).
+func (l *L7) forgotten() {
+	l.gen.Add(1)
+	l.reqChildren.Clear()
 }
 
 // Retry counts one retry of a request of service; reason is the retry
@@ -161,6 +213,7 @@ func (l *L7) ForgetPool(pool string) {
 	l.ejections.DeletePartialMatch(match)
 	l.panicMode.DeletePartialMatch(match)
 	l.upstreamConns.DeletePartialMatch(match)
+	l.forgotten()
 }
 
 // ForgetService deletes the series of a service no longer configured.
@@ -173,4 +226,5 @@ func (l *L7) ForgetService(service string) {
 	l.retryRefused.DeletePartialMatch(match)
 	l.dnsWaits.DeletePartialMatch(match)
 	l.refused.DeletePartialMatch(match)
+	l.forgotten()
 }

@@ -558,6 +558,15 @@ func TestL7(t *testing.T) {
 			t.Errorf("%s has %d series after ForgetService", name, n)
 		}
 	}
+	// The series cached per (service, code) are made afresh after a
+	// Forget, not counted in the deleted ones.
+	l.Request("web-http", 200, time.Millisecond, 1)
+	got = gather(t, pedantic(t, m))
+	check(t, got, []want{
+		{"sluice_l7_requests_total", "code=200,service=web-http", 1},
+		{"sluice_l7_request_duration_seconds", "service=web-http", 1},
+		{"sluice_l7_request_tries", "service=web-http", 1},
+	})
 }
 
 // populated returns Metrics with every metric family holding a series.
