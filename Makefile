@@ -50,10 +50,11 @@ unit:
 	$(GO) vet ./...
 	SLUICE_REQUIRE_H2SPEC=1 $(GO) test -count=1 $$($(GO) list ./... | grep -v '/e2e')
 
-# Go native fuzz targets, each for a bounded time (FUZZTIME). A crash fails
-# the run and leaves its input under the package's testdata/fuzz/, where it
-# becomes a regression case once committed. pkg:Target, one fuzz run each
-# (go test -fuzz takes one target at a time).
+# Go native fuzz targets, each for a bounded time (FUZZTIME): scripts/fuzz.sh.
+# A crash fails the run and leaves its input under the package's
+# testdata/fuzz/, where it becomes a regression case once committed; a
+# Fuzz function missing from the list fails it too. pkg:Target, one fuzz
+# run each (go test -fuzz takes one target at a time).
 FUZZTIME ?= 10s
 FUZZ_TARGETS := \
 	./userspace/datapath:FuzzXDP \
@@ -68,17 +69,7 @@ FUZZ_TARGETS := \
 	./l7/proxy:FuzzH2Translation \
 	./l7/route:FuzzMatch
 fuzz:
-	@for f in $$(git ls-files '*_test.go'); do \
-		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
-			case " $(FUZZ_TARGETS) " in *" ./$$(dirname "$$f"):$$fn "*) ;; \
-			*) echo "fuzz: $$f: $$fn is not in FUZZ_TARGETS (Makefile)" >&2; exit 1 ;; esac; \
-		done; \
-	done
-	@for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; fn=$${t##*:}; \
-		echo "fuzz: $$fn in $$pkg for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) "$$pkg" || exit 1; \
-	done
+	GO=$(GO) scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
 # End-to-end tests in the netns lab (root).
 e2e:
