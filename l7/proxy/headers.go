@@ -110,6 +110,10 @@ func writeForwardHeader(bw *bufio.Writer, src http.Header, f *forwarded, upgrade
 	sent := func(k string) bool {
 		return len(src[k]) > 0 && (len(conn) == 0 || !namedIn(conn, k))
 	}
+	// given: a trusted peer's forwarding field counts only with a value; an
+	// empty one (found by FuzzForwardHeaders) is replaced by ours, as if it
+	// had not been sent, rather than passed on empty.
+	given := func(k string) bool { return sent(k) && src[k][0] != "" }
 	for k, vv := range src {
 		switch k {
 		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
@@ -120,7 +124,11 @@ func writeForwardHeader(bw *bufio.Writer, src http.Header, f *forwarded, upgrade
 			if f.xff != "" {
 				continue
 			}
-		case "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-Ip", "Forwarded":
+		case "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-Ip":
+			if !f.trusted || !given(k) {
+				continue
+			}
+		case "Forwarded":
 			if !f.trusted {
 				continue
 			}
@@ -135,13 +143,13 @@ func writeForwardHeader(bw *bufio.Writer, src http.Header, f *forwarded, upgrade
 	if f.xff != "" {
 		writeField(bw, "X-Forwarded-For", f.xff)
 	}
-	if !f.trusted || !sent("X-Forwarded-Proto") {
+	if !f.trusted || !given("X-Forwarded-Proto") {
 		writeField(bw, "X-Forwarded-Proto", f.proto)
 	}
-	if f.host != "" && (!f.trusted || !sent("X-Forwarded-Host")) {
+	if f.host != "" && (!f.trusted || !given("X-Forwarded-Host")) {
 		writeField(bw, "X-Forwarded-Host", f.host)
 	}
-	if f.realIP != "" && (!f.trusted || !sent("X-Real-Ip")) {
+	if f.realIP != "" && (!f.trusted || !given("X-Real-Ip")) {
 		writeField(bw, "X-Real-IP", f.realIP)
 	}
 	if len(conn) == 0 || !namedIn(conn, "Via") {
