@@ -22,6 +22,9 @@
 #                                      the lab)
 #   scripts/deps.sh --peer backend     a multi-VM lab backend (Vagrantfile):
 #   scripts/deps.sh --peer client      nginx-light / curl, ethtool; nothing else
+#   scripts/deps.sh --fresh            also debootstrap, for scripts/fresh-debian.sh
+#                                      (the fresh-machine check; not needed to
+#                                      build, test or run sluice)
 #   scripts/deps.sh --print-packages   list the Debian packages the chosen mode
 #                                      installs, one a line, and exit
 #
@@ -34,18 +37,20 @@ die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 bench=0
+fresh=0
 print=0
 peer=""
 while (($#)); do
 	case $1 in
 	--bench) bench=1 ;;
+	--fresh) fresh=1 ;;
 	--print-packages) print=1 ;;
 	--peer)
 		shift
 		[[ ${1:-} == backend || ${1:-} == client ]] || die "--peer wants backend or client"
 		peer=$1
 		;;
-	*) die "usage: deps.sh [--bench] [--peer backend|client] [--print-packages]" ;;
+	*) die "usage: deps.sh [--bench] [--fresh] [--peer backend|client] [--print-packages]" ;;
 	esac
 	shift
 done
@@ -95,6 +100,9 @@ else
 	fi
 	if ((bench)); then
 		need+=("nginx nginx" "haproxy haproxy")
+	fi
+	if ((fresh)); then
+		need+=("debootstrap debootstrap")
 	fi
 fi
 

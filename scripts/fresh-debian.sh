@@ -54,11 +54,8 @@ commit=$(git -C "$repo" rev-parse --verify "$rev^{commit}") || die "no commit $r
 goroot=$({ command -v go >/dev/null && go env GOROOT; } || /usr/local/go/bin/go env GOROOT) ||
 	die "go not found: the fresh root gets this machine's Go"
 
-if ! command -v debootstrap >/dev/null; then
-	log "installing debootstrap (for this check only)"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null ||
-		die "apt-get install debootstrap failed"
-fi
+# debootstrap comes from deps.sh like every other tool (--fresh adds it).
+"$repo/scripts/deps.sh" --fresh || die "scripts/deps.sh --fresh failed"
 
 dir=${SLUICE_FRESH_DIR:-$(mktemp -d /var/tmp/sluice-fresh.XXXXXX)}
 root=$dir/root
