@@ -436,7 +436,10 @@ func (tr *transitions) none(t *testing.T, during time.Duration) {
 func TestFallAndRise(t *testing.T) {
 	b := newBackend(t)
 	cfg := Config{HTTP: &HTTP{Path: "/", ExpectLo: 200, ExpectHi: 399},
-		Interval: 30 * time.Millisecond, Timeout: 20 * time.Millisecond, Rise: 2, Fall: 3}
+		// The timeout is far above the checks' cost so that a loaded machine
+		// never turns a pass or a 503 into a timeout and shifts the counts;
+		// only the hanging phase below times out.
+		Interval: 30 * time.Millisecond, Timeout: 500 * time.Millisecond, Rise: 2, Fall: 3}
 	tr := newTransitions()
 	var observed atomic.Int64
 	// The report notes how many responses the backend sent since its
@@ -471,8 +474,8 @@ func TestFallAndRise(t *testing.T) {
 	}
 
 	// Hanging: a timeout counts as a failure.
-	b.delay.Store(int64(time.Second))
-	if got := tr.next(t, 2*time.Second); !strings.HasPrefix(got, b.addr.String()+" down health:timeout") {
+	b.delay.Store(int64(3 * time.Second))
+	if got := tr.next(t, 5*time.Second); !strings.HasPrefix(got, b.addr.String()+" down health:timeout") {
 		t.Errorf("got %q, want a timeout", got)
 	}
 	b.delay.Store(0)
@@ -484,13 +487,16 @@ func TestFallAndRise(t *testing.T) {
 func TestInitialUnhealthy(t *testing.T) {
 	up := newBackend(t)
 	down := refusedAddr(t)
-	cfg := httpConfig(20 * time.Millisecond)
+	// A timeout far above a refused connect's cost: under load a short one
+	// turned the refusal into a timeout. Checks start at once (Rand 0).
+	cfg := httpConfig(time.Second)
+	cfg.Interval = 50 * time.Millisecond
 	tr := newTransitions()
 	c := newChecker(t, context.Background(), cfg, tr.report, Options{
 		Initial: func(a netip.AddrPort) bool { return a != up.addr },
 	})
 	c.SetTargets([]netip.AddrPort{up.addr, down})
-	got := map[string]bool{tr.next(t, 2*time.Second): true, tr.next(t, 2*time.Second): true}
+	got := map[string]bool{tr.next(t, 15*time.Second): true, tr.next(t, 15*time.Second): true}
 	for _, w := range []string{up.addr.String() + " up health:passed", down.String() + " down health:refused"} {
 		if !got[w] {
 			t.Errorf("transitions %v lack %q", got, w)
