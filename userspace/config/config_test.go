@@ -309,7 +309,7 @@ pools:
         port: 80
       - name: a..lab       # <- empty label
         port: 80
-      - address: "[2001:db8::2]:80"   # <- only IPv4 backends are supported for now
+      - address: "[fe80::2%eth0]:80"   # <- a zone (%eth0) is not allowed in a backend address
       - address: 198.18.2.12:0        # <- pools[0].backends[7].address: "198.18.2.12:0": port must not be 0
       - address: 198.18.2.13          # <- "198.18.2.13" has no port: use address: 198.18.2.13:PORT
       - address: 198.18.2.14:80

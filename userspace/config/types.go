@@ -103,7 +103,7 @@ type AddressFilter struct {
 type Backend struct {
 	Name    string `yaml:"name"`    // DNS name; needs Port
 	Port    uint16 `yaml:"port"`    // with Name
-	Address string `yaml:"address"` // IPv4 ip:port; exactly one of Name and Address
+	Address string `yaml:"address"` // ip:port or [ipv6]:port; exactly one of Name and Address
 	Weight  uint32 `yaml:"weight"`  // 1..1000, default 1
 
 	// AddrPort is Address parsed (valid only for address backends).

@@ -141,6 +141,7 @@ func (v *validator) validate(c *Config) {
 		}
 		v.service(s, path, pools)
 		v.serviceWarnings(c, s, path)
+		v.familyWarning(c, s, path)
 		if !s.ListenAddr.IsValid() {
 			continue
 		}
@@ -470,8 +471,8 @@ func (v *validator) backend(b *Backend, path string) {
 				// The hint above already says where the port goes.
 				return
 			}
-		case !ap.Addr().Is4():
-			v.add(path+".address", "%q: only IPv4 backends are supported for now", b.Address)
+		case ap.Addr().Zone() != "":
+			v.add(path+".address", "%q: a zone (%%%s) is not allowed in a backend address", b.Address, ap.Addr().Zone())
 		case ap.Port() == 0:
 			v.add(path+".address", "%q: port must not be 0", b.Address)
 		default:
@@ -593,6 +594,16 @@ func endpointHint(s string, port uint16, asName bool) (hint string, ok bool) {
 		return "has a port in it, which goes in port: " + withPort(host), true
 	case asName:
 		return "", false
+	case isIP && !url && !strings.HasPrefix(s, "[") && strings.Contains(host, ":"):
+		// 2001:db8::11:80 is an address on its own; its last group may be
+		// meant as a port, which needs the brackets.
+		hint := "is an IPv6 address without a port: " + addr
+		if i := strings.LastIndexByte(host, ':'); i > 0 && p == "" {
+			if a, err := netip.ParseAddr(host[:i]); err == nil && !strings.HasSuffix(host[:i], ":") {
+				hint += " (an IPv6 address with a port is written in brackets: [" + a.String() + "]:" + host[i+1:] + ")"
+			}
+		}
+		return hint, true
 	case isIP:
 		return "has no port: " + addr, true
 	default:
@@ -1057,6 +1068,39 @@ func (v *validator) serviceWarnings(c *Config, s *Service, path string) {
 		v.warn(at, "host: keep with upstream.tls and DNS backends (pool %q, %s): the backends get the client's Host header but the TLS name (SNI, certificate check) %q; a backend serving several sites may answer with the wrong one or 421. Set host: to the site the backends serve, or upstream.server_name to state the TLS name (nginx: proxy_ssl_name)",
 			p.Name, b.Name, strings.TrimSuffix(b.Name, "."))
 		return
+	}
+}
+
+// familyWarning warns when a service's pool can give it no backend: a
+// service uses only the addresses of its own family (an IPv4 listen
+// address IPv4 backends, an IPv6 one IPv6 backends), and a pool of fixed
+// addresses only of the other family has none. A pool with a DNS name is
+// not judged: the name may answer in either family.
+func (v *validator) familyWarning(c *Config, s *Service, path string) {
+	if !s.ListenAddr.IsValid() {
+		return
+	}
+	v6 := !s.ListenAddr.Addr().Unmap().Is4()
+	names := []string{s.Pool}
+	for _, r := range s.Routes {
+		names = append(names, r.Pool)
+	}
+	for _, name := range slices.Compact(names) {
+		p := c.Pool(name)
+		if p == nil || len(p.Backends) == 0 {
+			continue
+		}
+		if slices.ContainsFunc(p.Backends, func(b Backend) bool {
+			return b.IsName() || b.AddrPort.IsValid() && !b.AddrPort.Addr().Unmap().Is4() == v6
+		}) {
+			continue
+		}
+		fam, other := "IPv4", "IPv6"
+		if v6 {
+			fam, other = other, fam
+		}
+		v.warn(path+".listen", "service %q listens on %s but pool %q has only %s addresses: a service sends only to backends of its own family, so it has none; add %s backends to the pool or listen on an %s address",
+			s.Name, fam, p.Name, other, fam, other)
 	}
 }
 
