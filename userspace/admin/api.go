@@ -67,8 +67,8 @@ type Service struct {
 type Pool struct {
 	Name     string    `json:"name"`
 	Backends []Backend `json:"backends"`
-	// NotServed lists addresses a source returned that sluice cannot use
-	// (IPv6 answers of a backend name: the data path is IPv4 only).
+	// NotServed lists addresses a source returned that sluice refuses
+	// (the address filter, the per-name limit).
 	NotServed []NotServed `json:"not_served,omitempty"`
 }
 

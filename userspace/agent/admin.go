@@ -115,7 +115,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 			}
 			ap.Backends = append(ap.Backends, ab)
 		}
-		ap.NotServed = append(a.dns.notServed(name), a.admit.notServed(name)...)
+		ap.NotServed = a.admit.notServed(name)
 		st.Pools = append(st.Pools, ap)
 	}
 	return st, nil

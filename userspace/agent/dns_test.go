@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/internal/defaults"
+	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/discovery"
 	"github.com/sluicelb/sluice/userspace/metrics"
@@ -286,15 +287,27 @@ func TestDNSNameWithTwoPorts(t *testing.T) {
 	}
 }
 
-// TestDNSAAAANotServed: IPv6 answers of a backend name are shown in the
-// pool's status as not served, and never reach the pool.
-func TestDNSAAAANotServed(t *testing.T) {
-	v6 := netip.MustParseAddr("2001:db8::7")
-	u := answer(time.Now(), dns1)
-	u.AAAA = []netip.Addr{v6}
+// TestDNSAAAAServed: the AAAA answers of a backend name are backends of
+// the pool like its A answers; the IPv4 L4 service's table takes only the
+// IPv4 ones (and IPv6 addresses get no data-path slot until the IPv6 data
+// path lands).
+func TestDNSAAAAServed(t *testing.T) {
+	v6 := netip.AddrPortFrom(netip.MustParseAddr("2001:2:0:2::21"), dns1.Port())
+	u := answer(time.Now(), dns1, v6)
 	w := &fakeWatcher{status: map[string]discovery.Update{"backend.lab.": u}}
 	h := newDNSHarness(t, nil, w)
 	h.a.onDNSUpdate(u)
+	for _, a := range []netip.AddrPort{dns1, v6} {
+		if b := h.state(a); b.State != pool.Active || b.Weight != 2 {
+			t.Fatalf("%s = %+v", a, b)
+		}
+	}
+	if _, _, ok := h.a.rec.slotOf(datapath.PoolID("web"), v6); ok {
+		t.Fatalf("%s got a data-path slot", v6)
+	}
+	if got := h.tableSlots(1); len(got) != 2 || !slices.Contains(got, h.slotOf(dns1)) {
+		t.Fatalf("table = %v, want the two IPv4 addresses", got)
+	}
 	st, err := h.a.Status(h.ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -303,14 +316,11 @@ func TestDNSAAAANotServed(t *testing.T) {
 		if p.Name != "web" {
 			continue
 		}
-		for _, b := range p.Backends {
-			if strings.Contains(b.Address, "2001:db8") {
-				t.Fatalf("an IPv6 address reached the pool: %+v", b)
-			}
+		if len(p.NotServed) != 0 {
+			t.Fatalf("not served = %+v", p.NotServed)
 		}
-		want := netip.AddrPortFrom(v6, dns1.Port()).String()
-		if len(p.NotServed) != 1 || p.NotServed[0].Address != want || p.NotServed[0].Source != "backend.lab" {
-			t.Fatalf("not served = %+v, want %s from backend.lab", p.NotServed, want)
+		if !slices.ContainsFunc(p.Backends, func(b admin.Backend) bool { return b.Address == v6.String() && b.State == "active" }) {
+			t.Fatalf("%s not active in status: %+v", v6, p.Backends)
 		}
 		return
 	}

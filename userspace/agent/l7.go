@@ -154,9 +154,9 @@ func (s *l7Stage) start(ctx context.Context, svc config.Service, cfg *config.Con
 			return err
 		}
 		if name == svc.Pool {
-			opts.Pool, opts.Tracker = p, tr
+			opts.Pool, opts.Tracker = familyView(svc, p), tr
 		} else {
-			opts.RoutePools[name] = proxy.RoutePool{Pool: p, Tracker: tr}
+			opts.RoutePools[name] = proxy.RoutePool{Pool: familyView(svc, p), Tracker: tr}
 		}
 	}
 	srv, err := proxy.New(opts)
@@ -258,7 +258,7 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config,
 			if err != nil {
 				return err
 			}
-			more[name] = proxy.RoutePool{Pool: p, Tracker: tr}
+			more[name] = proxy.RoutePool{Pool: familyView(svc, p), Tracker: tr}
 		}
 	}
 	if len(more) > 0 {
@@ -283,6 +283,30 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config,
 	cur.srv.SetAccessLog(acc)
 	cur.pools = sp
 	return nil
+}
+
+// familyPool is a pool as one http service sees it: the addresses of the
+// service's own family only (an IPv4 listener sends to IPv4 backends, an
+// IPv6 one to IPv6 backends, as the data path does). The rest of
+// *pool.Pool (Subscribe, the DNS wait) passes through; ejections and
+// max_ejected_percent stay the whole pool's (the tracker is shared).
+type familyPool struct {
+	*pool.Pool
+	v6 bool
+}
+
+// familyView is p as svc sees it.
+func familyView(svc config.Service, p *pool.Pool) proxy.PoolView {
+	ap := svc.ListenAddr
+	if !ap.IsValid() {
+		ap, _ = netip.ParseAddrPort(svc.Listen)
+	}
+	return familyPool{Pool: p, v6: ap.IsValid() && !ap.Addr().Unmap().Is4()}
+}
+
+// Backends returns the pool's addresses of the service's family.
+func (f familyPool) Backends() []pool.Backend {
+	return slices.DeleteFunc(f.Pool.Backends(), func(b pool.Backend) bool { return b.Addr.Addr().Is4() == f.v6 })
 }
 
 // samePools reports whether the pools two versions of a service share
