@@ -201,16 +201,17 @@ func newLab(t *testing.T) *Lab {
 }
 
 // assertRootNamespaceClean checks the lab rule: the root namespace holds no
-// lab address or route.
+// lab address or route (198.18.0.0/15, 2001:2::/48).
 func assertRootNamespaceClean(t *testing.T) {
 	t.Helper()
-	for _, argv := range [][]string{{"ip", "-4", "addr", "show"}, {"ip", "-4", "route", "show", "table", "all"}} {
+	for _, argv := range [][]string{{"ip", "-4", "addr", "show"}, {"ip", "-4", "route", "show", "table", "all"},
+		{"ip", "-6", "addr", "show"}, {"ip", "-6", "route", "show", "table", "all"}} {
 		out, err := runCmd(5*time.Second, argv[0], argv[1:]...)
 		if err != nil {
 			t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
 		}
 		for _, line := range strings.Split(out, "\n") {
-			if strings.Contains(line, "198.18.") || strings.Contains(line, "198.19.") {
+			if strings.Contains(line, "198.18.") || strings.Contains(line, "198.19.") || strings.Contains(line, "2001:2:") {
 				t.Errorf("root namespace has a lab address or route: %s", strings.TrimSpace(line))
 			}
 		}
@@ -492,14 +493,22 @@ func waitFor(t *testing.T, timeout time.Duration, what string, fn func() error) 
 	}
 }
 
-// Backend addresses of the lab, by name.
+// Backend addresses of the lab, by name: beN on IPv4, beNv6 the same host
+// on IPv6 (2001:2::/48).
 var backendAddr = map[string]string{
-	"be1": "198.18.2.11:80",
-	"be2": "198.18.2.12:80",
-	"be3": "198.18.2.13:80",
+	"be1":   "198.18.2.11:80",
+	"be2":   "198.18.2.12:80",
+	"be3":   "198.18.2.13:80",
+	"be1v6": "[2001:2:0:2::11]:80",
+	"be2v6": "[2001:2:0:2::12]:80",
+	"be3v6": "[2001:2:0:2::13]:80",
 }
 
-const vip = "198.18.1.100"
+// vip is the L4 service's VIP; vip6 the IPv6 one (for IPv6 L4 tests).
+const (
+	vip  = "198.18.1.100"
+	vip6 = "2001:2:0:1::100"
+)
 
 // agentConfig is what a test varies in the agent's config.
 type agentConfig struct {
@@ -532,16 +541,27 @@ type agentConfig struct {
 	// HTTPExtra is appended to service web-http's keys (lines indented by
 	// four spaces, e.g. "    client: {header_timeout: 1s}\n").
 	HTTPExtra string
+	// HTTP6 adds service web6-http at [httpVIP6]:80 (the L7 stage on
+	// IPv6, pool web, web-http's timeouts and retry); with HTTP, pool web
+	// serves both.
+	HTTP6 bool
 }
 
-// httpVIP is the L7 service's address.
-const httpVIP = "198.18.1.101"
+// httpVIP is the L7 service's address; httpVIP6 the IPv6 one.
+const (
+	httpVIP  = "198.18.1.101"
+	httpVIP6 = "2001:2:0:1::101"
+)
 
-// AddLocalVIP assigns addr/32 to the lb's loopback: an L7 listen address
-// must be local, unlike an L4 VIP (which XDP intercepts).
+// AddLocalVIP assigns addr/32 (addr/128 for IPv6) to the lb's loopback: an
+// L7 listen address must be local, unlike an L4 VIP (which XDP intercepts).
 func (l *Lab) AddLocalVIP(addr string) {
 	l.t.Helper()
-	l.MustRun("lb", 5*time.Second, "ip", "addr", "add", addr+"/32", "dev", "lo")
+	prefix := addr + "/32"
+	if strings.Contains(addr, ":") {
+		prefix = addr + "/128"
+	}
+	l.MustRun("lb", 5*time.Second, "ip", "addr", "add", prefix, "dev", "lo")
 }
 
 // Agent is a running `sluice agent` in the lab's lb namespace.
@@ -634,14 +654,14 @@ pools:
 		fmt.Fprintf(&b, "      - name: %s\n        port: 80\n", c.DNSName)
 	} else {
 		for _, be := range c.Backends {
-			fmt.Fprintf(&b, "      - address: %s\n", backendAddr[be])
+			fmt.Fprintf(&b, "      - address: \"%s\"\n", backendAddr[be])
 		}
 	}
 	fmt.Fprintf(&b, "    drain_timeout: %s\n", c.DrainTimeout)
 	switch {
 	case c.Ejection != "":
 		fmt.Fprintf(&b, "    ejection: %s\n", c.Ejection)
-	case c.HTTP:
+	case c.HTTP || c.HTTP6:
 		b.WriteString("    ejection: {failures: 2, window: 10s, base_time: 2s, max_time: 10s, max_ejected_percent: 50}\n")
 	}
 	if c.Health {
@@ -676,6 +696,16 @@ pools:
 `, httpVIP, or(c.Timeouts, "{connect: 1s, read: 2s, total: 5s}"),
 			or(c.Retry, "{attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}"))
 		b.WriteString(c.HTTPExtra)
+	}
+	if c.HTTP6 {
+		fmt.Fprintf(&b, `  - name: web6-http
+    listen: "[%s]:80"
+    protocol: http
+    pool: web
+    timeouts: %s
+    retry: %s
+`, httpVIP6, or(c.Timeouts, "{connect: 1s, read: 2s, total: 5s}"),
+			or(c.Retry, "{attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}"))
 	}
 	if c.UDP {
 		fmt.Fprintf(&b, `  - name: udp-l4
