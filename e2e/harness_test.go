@@ -465,6 +465,20 @@ func (l *Lab) StartDNS(records string) *DNS {
 	return d
 }
 
+// ListenAlso starts a second lab DNS server in the dns host answering from
+// the same records on addr (e.g. "[2001:2:0:2::53]:53", for a resolver
+// asked over IPv6) and waits until it answers over TCP.
+func (d *DNS) ListenAlso(addr string) {
+	d.lab.t.Helper()
+	d.lab.Start("dns-"+strings.NewReplacer("[", "", "]", "", ":", "_").Replace(addr), "dns",
+		env.dnsserver, "--listen", addr, "--records", d.records)
+	waitFor(d.lab.t, 5*time.Second, "the lab DNS server on "+addr, func() error {
+		host, port, _ := strings.Cut(strings.TrimPrefix(addr, "["), "]:")
+		_, err := d.lab.Run("dns", 2*time.Second, "bash", "-c", "exec 3<>/dev/tcp/"+host+"/"+port)
+		return err
+	})
+}
+
 // Set replaces the records (write and rename: the server never reads half a file).
 func (d *DNS) Set(records string) {
 	d.lab.t.Helper()
@@ -541,6 +555,9 @@ type agentConfig struct {
 	// HTTPExtra is appended to service web-http's keys (lines indented by
 	// four spaces, e.g. "    client: {header_timeout: 1s}\n").
 	HTTPExtra string
+	// DNSServers is the dns.servers list (YAML flow items); default
+	// "198.18.2.53:53".
+	DNSServers string
 	// HTTP6 adds service web6-http at [httpVIP6]:80 (the L7 stage on
 	// IPv6, pool web, web-http's timeouts and retry); with HTTP, pool web
 	// serves both.
@@ -645,11 +662,11 @@ interfaces: [eth0, eth1]
 admin: {socket: %s}
 metrics: {listen: 127.0.0.1:9464}
 datapath: {pin_path: %s, xdp_mode: native%s}
-dns: {servers: ["198.18.2.53:53"], min_ttl: 1s, timeout: 1s%s}
+dns: {servers: [%s], min_ttl: 1s, timeout: 1s%s}
 pools:
   - name: web
     backends:
-`, a.lab.ID, a.Socket, a.PinPath, c.Datapath, nxHold(c.NXDomainHold))
+`, a.lab.ID, a.Socket, a.PinPath, c.Datapath, or(c.DNSServers, `"198.18.2.53:53"`), nxHold(c.NXDomainHold))
 	if c.DNSName != "" {
 		fmt.Fprintf(&b, "      - name: %s\n        port: 80\n", c.DNSName)
 	} else {

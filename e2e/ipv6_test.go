@@ -78,14 +78,17 @@ func TestL7IPv6(t *testing.T) {
 }
 
 // TestL7IPv6DNSMove is field report 1 over IPv6: the pool is a DNS name
-// answering AAAA (TTL 1 s); when the AAAA record moves, one client
-// keep-alive connection through the IPv6 listener follows within TTL + 1 s,
-// no request fails, none goes back to the old address.
+// answering AAAA (TTL 1 s), asked of a resolver over IPv6; when the AAAA
+// record moves, one client keep-alive connection through the IPv6 listener
+// follows within TTL + 1 s, no request fails, none goes back to the old
+// address.
 func TestL7IPv6DNSMove(t *testing.T) {
 	lab := newLab(t)
 	lab.StartBackends()
 	dns := lab.StartDNS("backend.lab. 1 AAAA 2001:2:0:2::11\n")
-	agent := startL7v6(t, lab, agentConfig{DNSName: "backend.lab", DrainTimeout: 10 * time.Second})
+	dns.ListenAlso("[2001:2:0:2::53]:53")
+	agent := startL7v6(t, lab, agentConfig{DNSName: "backend.lab", DrainTimeout: 10 * time.Second,
+		DNSServers: `"[2001:2:0:2::53]:53"`})
 	agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1v6"]: "active"})
 
 	events := make(chan string, 4096)
