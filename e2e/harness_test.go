@@ -703,26 +703,23 @@ pools:
     mode: %s
     pool: web
 `, vip, c.Mode)
-	if c.HTTP {
-		fmt.Fprintf(&b, `  - name: web-http
-    listen: %s:80
+	// web-http and web6-http: the L7 stage on pool web, on IPv4 and IPv6.
+	httpService := func(name, listen string) {
+		fmt.Fprintf(&b, `  - name: %s
+    listen: "%s"
     protocol: http
     pool: web
     timeouts: %s
     retry: %s
-`, httpVIP, or(c.Timeouts, "{connect: 1s, read: 2s, total: 5s}"),
+`, name, listen, or(c.Timeouts, "{connect: 1s, read: 2s, total: 5s}"),
 			or(c.Retry, "{attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}"))
+	}
+	if c.HTTP {
+		httpService("web-http", httpVIP+":80")
 		b.WriteString(c.HTTPExtra)
 	}
 	if c.HTTP6 {
-		fmt.Fprintf(&b, `  - name: web6-http
-    listen: "[%s]:80"
-    protocol: http
-    pool: web
-    timeouts: %s
-    retry: %s
-`, httpVIP6, or(c.Timeouts, "{connect: 1s, read: 2s, total: 5s}"),
-			or(c.Retry, "{attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}"))
+		httpService("web6-http", "["+httpVIP6+"]:80")
 	}
 	if c.UDP {
 		fmt.Fprintf(&b, `  - name: udp-l4
