@@ -555,6 +555,10 @@ type agentConfig struct {
 	// HTTPExtra is appended to service web-http's keys (lines indented by
 	// four spaces, e.g. "    client: {header_timeout: 1s}\n").
 	HTTPExtra string
+	// L4v6 adds service web6-l4 at [vip6]:80/tcp on pool web (its IPv6
+	// addresses; Mode applies). For the IPv6 data path's tests: until it
+	// lands, the config is refused.
+	L4v6 bool
 	// DNSServers is the dns.servers list (YAML flow items); default
 	// "198.18.2.53:53".
 	DNSServers string
@@ -703,6 +707,14 @@ pools:
     mode: %s
     pool: web
 `, vip, c.Mode)
+	if c.L4v6 {
+		fmt.Fprintf(&b, `  - name: web6-l4
+    listen: "[%s]:80"
+    protocol: tcp
+    mode: %s
+    pool: web
+`, vip6, c.Mode)
+	}
 	// web-http and web6-http: the L7 stage on pool web, on IPv4 and IPv6.
 	httpService := func(name, listen string) {
 		fmt.Fprintf(&b, `  - name: %s

@@ -10,8 +10,11 @@ import (
 // backends, AAAA answers followed, dual-stack pools, health checks over
 // IPv6. The lab's IPv6 addresses mirror its IPv4 ones (docs/lab.md).
 
-// url6 is web6-http's URL.
-var url6 = "http://[" + httpVIP6 + "]/"
+// url6 is web6-http's URL; vipURL6 web6-l4's (agentConfig.L4v6).
+var (
+	url6    = "http://[" + httpVIP6 + "]/"
+	vipURL6 = "http://[" + vip6 + "]/"
+)
 
 // client6 is the client's IPv6 address, as the backends see it.
 const client6 = "2001:2::2"
