@@ -292,7 +292,8 @@ type aaaaReply struct {
 
 // queryBoth asks server for fq's A and AAAA records in parallel. The A
 // reply decides whether the server answered; v6 is nil when AAAA is not
-// asked (NoAAAA) or the A query failed.
+// asked (NoAAAA) or the A query failed. The AAAA reply is waited for at
+// most half a timeout after the A reply.
 func (r *Resolver) queryBoth(ctx context.Context, fq, server string) (a Answer, v6 *aaaaReply, kind FailureKind, err error) {
 	if r.cfg.NoAAAA {
 		a, kind, err = r.query(ctx, fq, dns.TypeA, server)
@@ -311,7 +312,20 @@ func (r *Resolver) queryBoth(ctx context.Context, fq, server string) (a Answer, 
 		<-ch
 		return Answer{}, nil, kind, err
 	}
-	rep := <-ch
+	// The AAAA query has had as long as the A query; a server that
+	// answers A but drops AAAA queries must not hold every lookup for a
+	// whole timeout: it gets half a timeout more, then counts as failed
+	// (the last AAAA addresses are kept).
+	t := time.NewTimer(r.cfg.Timeout / 2)
+	defer t.Stop()
+	var rep aaaaReply
+	select {
+	case rep = <-ch:
+	case <-t.C:
+		cancel()
+		rep = <-ch
+		rep.err = fmt.Errorf("no AAAA reply %s after the A reply: %w", r.cfg.Timeout/2, context.DeadlineExceeded)
+	}
 	return a, &rep, "", nil
 }
 

@@ -404,3 +404,24 @@ func TestAAAAServed(t *testing.T) {
 		t.Fatalf("NoAAAA: %v %v", ans.Addrs, err)
 	}
 }
+
+// A server that answers A but drops AAAA queries costs a lookup half a
+// timeout more, not a whole one; the A addresses are served.
+func TestAAAADroppedBoundsLookup(t *testing.T) {
+	srv := startServer(t, func(w dns.ResponseWriter, q *dns.Msg) {
+		if q.Question[0].Qtype == dns.TypeAAAA {
+			return // dropped
+		}
+		reply(w, q, dns.RcodeSuccess, rrs(t, "backend.lab. 60 A 198.18.2.11"))
+	})
+	r := newTestResolver(t, Config{Servers: []string{srv}, Timeout: 800 * time.Millisecond})
+	start := time.Now()
+	ans, err := r.Lookup(t.Context(), "backend.lab")
+	took := time.Since(start)
+	if err != nil || !slices.Equal(ans.Addrs, addrs("198.18.2.11")) {
+		t.Fatalf("lookup: %v %v", ans.Addrs, err)
+	}
+	if took > 700*time.Millisecond {
+		t.Errorf("lookup took %s with AAAA dropped, want about half the 800ms timeout", took)
+	}
+}
