@@ -57,6 +57,42 @@ services:
     protocol: http
     pool: web
 `},
+		{"dual-stack wildcard", `
+pools:
+  - name: web
+    backends:
+      - address: 198.18.2.11:80
+      - address: "[2001:2:0:2::11]:80"
+services:
+  - name: any6
+    listen: "[::]:80"
+    protocol: http
+    pool: web
+  - name: v4
+    listen: 198.18.1.101:80   # <- services[1].listen: 198.18.1.101:80/tcp is already used by service "any6"
+    protocol: http
+    pool: web
+  - name: any4
+    listen: 0.0.0.0:80        # <- services[2].listen: 0.0.0.0:80/tcp is already used by service "any6"
+    protocol: http
+    pool: web
+  - name: v6
+    listen: "[2001:2::100]:80" # <- services[3].listen: [2001:2::100]:80/tcp is already used by service "any6"
+    protocol: http
+    pool: web
+  - name: other-port
+    listen: 198.18.1.101:81
+    protocol: http
+    pool: web
+  - name: any4b
+    listen: 0.0.0.0:82
+    protocol: http
+    pool: web
+  - name: v6b
+    listen: "[2001:2::100]:82" # an IPv6 address on the IPv4 wildcard's port: no conflict
+    protocol: http
+    pool: web
+`},
 		{"family warning", `
 pools:
   - name: v4

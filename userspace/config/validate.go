@@ -154,7 +154,7 @@ func (v *validator) validate(c *Config) {
 				continue
 			}
 			a, b := l.addr.Addr(), s.ListenAddr.Addr()
-			if a == b || ((a.IsUnspecified() || b.IsUnspecified()) && a.Is4() == b.Is4()) {
+			if a == b || covers(a, b) || covers(b, a) {
 				hint := ""
 				if s.Protocol == ProtocolHTTP && httpNames[other] {
 					// The nginx habit: one server block per site.
@@ -1069,6 +1069,13 @@ func (v *validator) serviceWarnings(c *Config, s *Service, path string) {
 			p.Name, b.Name, strings.TrimSuffix(b.Name, "."))
 		return
 	}
+}
+
+// covers reports whether a listener on x takes the port of address y too:
+// 0.0.0.0 takes every IPv4 address, [::] every address of both families
+// (sluice listens dual-stack, IPV6_V6ONLY off, as Go does).
+func covers(x, y netip.Addr) bool {
+	return x.IsUnspecified() && (x.Is6() || y.Unmap().Is4())
 }
 
 // familyWarning warns when a service's pool can give it no backend: a
