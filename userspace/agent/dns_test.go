@@ -401,13 +401,27 @@ func TestDNSAnswersFiltered(t *testing.T) {
 		w.use(o)
 		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
 		o.metrics = m
-		o.hostAddrs = func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("198.18.2.1")} }
+		o.hostAddrs = func() []netip.Addr {
+			return []netip.Addr{netip.MustParseAddr("198.18.2.1"), netip.MustParseAddr("2001:2:0:2::1")}
+		}
 	})
 	h.a.syncDNS()
 	port := func(ip string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(ip), 8080) }
 	bad := []netip.AddrPort{port("127.0.0.1"), port("169.254.169.254"), port("0.0.0.0"),
 		port("198.18.1.100"), port("198.18.2.1"), port("224.0.0.1")}
-	u := answer(h.now, append([]netip.AddrPort{dns1}, bad...)...)
+	// AAAA answers go through the same filter.
+	good6 := port("2001:2:0:2::21")
+	bad6 := map[netip.AddrPort]string{
+		port("::1"): "refused (loopback)", port("fe80::1"): "refused (link-local)", port("::"): "refused (unspecified)",
+		port("::ffff:127.0.0.1"): "refused (v4-mapped)", port("::ffff:198.18.2.22"): "refused (v4-mapped)",
+		port("64:ff9b::a9fe:a9fe"): "refused (v4-embedded)", port("ff02::1"): "refused (multicast)",
+		port("2001:2:0:2::1"): "refused (own-address): an address of this host",
+	}
+	all := append([]netip.AddrPort{dns1, good6}, bad...)
+	for ap := range bad6 {
+		all = append(all, ap)
+	}
+	u := answer(h.now, all...)
 	h.a.onDNSUpdate(u)
 	h.a.onDNSUpdate(u) // the same answer again: counted once
 
@@ -416,8 +430,16 @@ func TestDNSAnswersFiltered(t *testing.T) {
 			t.Errorf("%s reached the pool", ap)
 		}
 	}
+	for ap := range bad6 {
+		if _, ok := h.a.pools["web"].p.Backend(ap); ok {
+			t.Errorf("%s reached the pool", ap)
+		}
+	}
 	if b := h.state(dns1); b.State != pool.Active {
 		t.Fatalf("dns1 = %+v", b)
+	}
+	if b := h.state(good6); b.State != pool.Active {
+		t.Fatalf("%s = %+v", good6, b)
 	}
 	if got := len(h.tableSlots(1)); got != 2 {
 		t.Fatalf("table has %d backends, want be1 and dns1", got)
@@ -439,11 +461,18 @@ func TestDNSAnswersFiltered(t *testing.T) {
 			t.Errorf("status for %s: %q, want %q...", ap, reasons[ap.String()], want)
 		}
 	}
+	for ap, want := range bad6 {
+		if !strings.HasPrefix(reasons[ap.String()], want) {
+			t.Errorf("status for %s: %q, want %q...", ap, reasons[ap.String()], want)
+		}
+	}
 	got := gather(t, m)["sluice_backend_addresses_refused_total"]
 	for labels, n := range map[string]float64{
-		"pool=web,reason=loopback,source=backend.lab":    1,
-		"pool=web,reason=own-address,source=backend.lab": 2,
-		"pool=web,reason=link-local,source=backend.lab":  1,
+		"pool=web,reason=loopback,source=backend.lab":    2,
+		"pool=web,reason=own-address,source=backend.lab": 3,
+		"pool=web,reason=link-local,source=backend.lab":  2,
+		"pool=web,reason=v4-mapped,source=backend.lab":   2,
+		"pool=web,reason=v4-embedded,source=backend.lab": 1,
 	} {
 		if got[labels] != n {
 			t.Errorf("%s = %v, want %v (all: %v)", labels, got[labels], n, got)
