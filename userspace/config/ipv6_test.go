@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -146,22 +147,10 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := cfg.DNS.Servers, []string{"[2001:2:0:2::53]:53", "[2001:2:0:2::54]:5353", "198.18.2.53:53"}; !equalStrings(got, want) {
+	if got, want := cfg.DNS.Servers, []string{"[2001:2:0:2::53]:53", "[2001:2:0:2::54]:5353", "198.18.2.53:53"}; !slices.Equal(got, want) {
 		t.Errorf("dns servers %v, want %v", got, want)
 	}
 	if got := cfg.Pools[0].Backends[1].AddrPort; got != netip.MustParseAddrPort("[2001:2:0:2::11]:80") {
 		t.Errorf("v6 backend parsed as %v", got)
 	}
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
