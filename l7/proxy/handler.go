@@ -94,6 +94,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	*q.rec = accesslog.Record{
 		Service: s.name, Route: routeName, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
 		URI: r.RequestURI, Proto: r.Proto, Tries: q.rec.Tries[:0],
+		RequestID: s.requestID(r, st),
 	}
 	defer q.finish()
 	// client.max_requests: past it, a fast 503 before anything is read.
@@ -385,7 +386,7 @@ func (q *request) clientGone(b pool.Backend, trial bool, res tryResult, tr acces
 	if res.err != nil && errors.Is(res.err, errClientBody) {
 		rec.Error = "client request body: " + res.err.Error()
 		rec.Status = s.clientBodyStatus(res.err)
-		s.writeError(q.w, rec.Status, "error reading the request body")
+		s.writeError(q.w, rec.Status, "error reading the request body", rec.RequestID)
 	}
 }
 

@@ -43,6 +43,7 @@ import (
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/reqid"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
 	"github.com/sluicelb/sluice/l7/service"
@@ -114,6 +115,7 @@ type Server struct {
 	shutdown time.Duration
 	tlsOn    bool
 	upTLS    bool
+	ids      *reqid.Source        // request ids (shared by the agent's servers)
 	limits   service.ClientLimits // with defaults
 	active   atomic.Int64         // requests in flight (client.max_requests)
 
@@ -233,6 +235,11 @@ func compileRoute(svc service.Config, pool, host string, t service.Timeouts, r *
 		return nil, fmt.Errorf("service %s: %w", svc.Name, err)
 	}
 	svc.Pool, svc.Host, svc.Routes, svc.Headers = pool, host, nil, hdr
+	if err := svc.RequestID.Check(); err != nil {
+		return nil, fmt.Errorf("service %s: %w", svc.Name, err)
+	}
+	// Canonical once, for the look-up of every request.
+	svc.RequestID.Header = svc.RequestID.HeaderName()
 	if svc.Host == "" {
 		svc.Host = service.HostKeep
 	}
@@ -278,6 +285,10 @@ func New(opts Options) (*Server, error) {
 		shutdown: opts.ShutdownTimeout,
 		upTLS:    opts.Upstream.TLS != nil,
 		jitter:   opts.EjectionJitter,
+		ids:      opts.RequestIDs,
+	}
+	if s.ids == nil {
+		s.ids = reqid.NewSource()
 	}
 	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
 	s.records.New = func() any { return new(accesslog.Record) }

@@ -36,7 +36,7 @@ type Field struct {
 }
 
 // Vars are the variables a header value may hold.
-var Vars = []string{"{client_ip}", "{scheme}", "{host}", "{route}"}
+var Vars = []string{"{client_ip}", "{scheme}", "{host}", "{route}", "{request_id}"}
 
 // Empty reports whether the rules change nothing.
 func (r HeaderRules) Empty() bool {

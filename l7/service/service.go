@@ -7,6 +7,7 @@ package service
 
 import (
 	"fmt"
+	"net/http"
 	"net/netip"
 	"strings"
 	"time"
@@ -47,6 +48,10 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Headers are the service's header rules (its routes' default).
 	Headers HeaderRules
+	// RequestID says where a request's id may come from (it is sluice's
+	// own unless a trusted peer sent one) and the header naming it on
+	// sluice's own answers.
+	RequestID RequestID
 	// Routes send requests to other pools by host, path, method or header
 	// (l7/route has the precedence). Pool, when set, is the route of
 	// whatever no route takes, after all of them.
@@ -73,6 +78,43 @@ type Route struct {
 	// 0: the listener's ClientLimits.MaxBodyBytes. It may be larger or
 	// smaller than the listener's (an upload route, a small API).
 	MaxBodyBytes int64
+}
+
+// RequestID is the request-id setting of a service.
+type RequestID struct {
+	// Header names the id on sluice's own answers and, with
+	// TrustIncoming, the header a trusted peer's id comes in; "":
+	// DefaultRequestIDHeader.
+	Header string
+	// TrustIncoming takes the id a peer in TrustedProxies sent in Header
+	// (when it is a valid id) instead of making one; from any other peer
+	// the header is never believed.
+	TrustIncoming bool
+}
+
+// DefaultRequestIDHeader is RequestID.Header's default.
+const DefaultRequestIDHeader = "X-Request-Id"
+
+// HeaderName is the header of the request id (Header or the default),
+// in canonical form.
+func (r RequestID) HeaderName() string {
+	if r.Header == "" {
+		return DefaultRequestIDHeader
+	}
+	return http.CanonicalHeaderKey(r.Header)
+}
+
+// Check refuses a request_id header that is not a token or that a rule
+// could not name either (a header framing the message or written by
+// sluice).
+func (r RequestID) Check() error {
+	if r.Header == "" {
+		return nil
+	}
+	if err := checkRuleName("request", r.Header); err != nil {
+		return fmt.Errorf("request_id.header: %w", err)
+	}
+	return nil
 }
 
 // DefaultRouteName names a service's own pool as a route (access log).

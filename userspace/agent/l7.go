@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/sluicelb/sluice/l7/proxy"
+	"github.com/sluicelb/sluice/l7/reqid"
 	l7service "github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/config"
@@ -37,7 +38,8 @@ type l7Stage struct {
 	log        *slog.Logger
 	accessLogs *accessLogs
 	metrics    *metrics.Metrics
-	trackers   *trackers // the pools' ejection trackers, shared with the data path's signals
+	trackers   *trackers     // the pools' ejection trackers, shared with the data path's signals
+	requestIDs *reqid.Source // one for every server: ids unique across services
 
 	wg sync.WaitGroup // Serve goroutines
 
@@ -59,6 +61,7 @@ func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trac
 		accessLogs: acc,
 		metrics:    m,
 		trackers:   tr,
+		requestIDs: reqid.NewSource(),
 		services:   make(map[string]*l7Service),
 	}
 }
@@ -195,11 +198,12 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		return proxy.Options{}, err
 	}
 	opts := proxy.Options{
-		Service:   proxyService(svc),
-		Log:       s.log,
-		AccessLog: acc,
-		Observer:  s.observer(svc),
-		H2C:       svc.H2C,
+		Service:    proxyService(svc),
+		Log:        s.log,
+		AccessLog:  acc,
+		RequestIDs: s.requestIDs,
+		Observer:   s.observer(svc),
+		H2C:        svc.H2C,
 	}
 	if t := svc.TLS; t != nil {
 		f := t.Files()

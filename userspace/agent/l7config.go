@@ -34,6 +34,7 @@ func proxyService(svc config.Service) l7service.Config {
 	}
 	s.Retry = retryConfig(svc.Retry)
 	s.Headers = svc.Headers.L7()
+	s.RequestID = svc.RequestID.L7()
 	for _, r := range svc.Routes {
 		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, SNI: r.ServerName, Retry: retryConfig(r.Retry), MaxBodyBytes: r.MaxBodyBytes}
 		if r.Host != "" {

@@ -713,7 +713,7 @@ services:
 `
 	_, err := Parse([]byte(src), "sluice.yaml")
 	want := `sluice.yaml:11: services[1].pool: pool "webx" is not defined (did you mean "web"?)
-sluice.yaml:12: services[1].bogus: unknown key "bogus" (known keys: name, listen, protocol, mode, snat_source, pool, host, timeouts, retry, tls, h2c, client, upstream, trusted_proxies, upgrades, routes, headers, access_log)`
+sluice.yaml:12: services[1].bogus: unknown key "bogus" (known keys: name, listen, protocol, mode, snat_source, pool, host, timeouts, retry, tls, h2c, client, upstream, trusted_proxies, upgrades, routes, headers, request_id, access_log)`
 	if err == nil || err.Error() != want {
 		t.Errorf("error:\n%v\nwant:\n%s", err, want)
 	}

@@ -199,3 +199,36 @@ func TestSecondSiteHint(t *testing.T) {
 		t.Errorf("%v", err)
 	}
 }
+
+func TestRequestIDKey(t *testing.T) {
+	src := routesHead + `    pool: web
+    trusted_proxies: [198.18.5.0/24]
+    request_id: {header: X-Correlation-Id, trust_incoming: true}
+    headers:
+      request:
+        set: [{name: X-Correlation-Id, value: "{request_id}"}]
+`
+	cfg, err := Parse([]byte(src), "i.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cfg.Services[0].RequestID.L7(); !r.TrustIncoming || r.HeaderName() != "X-Correlation-Id" {
+		t.Errorf("request_id %+v", r)
+	}
+	if r := (*RequestID)(nil).L7(); r.TrustIncoming || r.HeaderName() != "X-Request-Id" {
+		t.Errorf("no request_id block: %+v", r)
+	}
+	for _, c := range []struct{ src, want string }{
+		{"    pool: web\n    request_id: {trust_incoming: true}\n", "services[0].request_id.trust_incoming: no peer is trusted: list the proxies in front of sluice whose request ids to take in trusted_proxies (any other peer's X-Request-Id is never believed)"},
+		{"    pool: web\n    request_id: {header: Content-Length}\n", "services[0].request_id.header: request_id.header: request header Content-Length: frames the message"},
+		{"    pool: web\n    request_id: {header: \"a b\"}\n", "not a header name"},
+	} {
+		if _, err := Parse([]byte(routesHead+c.src), "i.yaml"); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.src, err, c.want)
+		}
+	}
+	l4 := "pools: [{name: p, backends: [{address: 198.18.2.11:80}]}]\nservices:\n  - {name: t, listen: 198.18.1.1:80, pool: p, request_id: {header: X-A}}\n"
+	if _, err := Parse([]byte(l4), "i.yaml"); err == nil || !strings.Contains(err.Error(), "request_id: only allowed for http services") {
+		t.Errorf("tcp service with request_id: %v", err)
+	}
+}

@@ -183,6 +183,10 @@ type Service struct {
 	// Headers are the service's header rules (http only; a route's own
 	// replace them whole).
 	Headers *HeaderRules `yaml:"headers"`
+	// RequestID says whether a trusted peer's request id is taken and
+	// which header names it (http only; nil: sluice's own ids, header
+	// X-Request-Id on its own answers).
+	RequestID *RequestID `yaml:"request_id"`
 	// AccessLog is where an http service writes its access log: stdout
 	// (default), off, or a file path (appended to, reopened on reload).
 	AccessLog string `yaml:"access_log"`
@@ -252,6 +256,20 @@ func (h *HeaderRules) L7() service.HeaderRules {
 		return out
 	}
 	return service.HeaderRules{Request: ops(h.Request), Response: ops(h.Response), RewriteLocation: h.RewriteLocation}
+}
+
+// RequestID is an http service's request_id block (l7/service.RequestID).
+type RequestID struct {
+	Header        string `yaml:"header"`         // default X-Request-Id
+	TrustIncoming bool   `yaml:"trust_incoming"` // take a trusted_proxies peer's id
+}
+
+// L7 is r for l7/service (nil: the defaults).
+func (r *RequestID) L7() service.RequestID {
+	if r == nil {
+		return service.RequestID{}
+	}
+	return service.RequestID{Header: r.Header, TrustIncoming: r.TrustIncoming}
 }
 
 // RouteHeader is a route's header condition: present, with Value when set.

@@ -829,7 +829,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
 			}
 		}
-		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies", "routes", "headers"} {
+		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies", "routes", "headers", "request_id"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed for http services")
 			}
@@ -866,6 +866,14 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 	for i, tp := range s.TrustedProxies {
 		if _, err := service.ParseTrustedProxies([]string{tp}); err != nil {
 			v.add(fmt.Sprintf("%s.trusted_proxies[%d]", path, i), "%v", err)
+		}
+	}
+	if rid := s.RequestID; rid != nil {
+		if err := rid.L7().Check(); err != nil {
+			v.add(path+".request_id.header", "%v", err)
+		}
+		if rid.TrustIncoming && len(s.TrustedProxies) == 0 {
+			v.add(path+".request_id.trust_incoming", "no peer is trusted: list the proxies in front of sluice whose request ids to take in trusted_proxies (any other peer's %s is never believed)", rid.L7().HeaderName())
 		}
 	}
 	for i, u := range s.Upgrades {
