@@ -55,6 +55,35 @@ type Spec struct {
 	Line int
 }
 
+// String says what the spec matches, for sluice status: "host
+// api.example.com,*.api.example.com path /v1/ methods GET,POST header
+// X-Canary=1"; without hosts "any host", and only the conditions set.
+func (s Spec) String() string {
+	var b strings.Builder
+	if len(s.Hosts) == 0 {
+		b.WriteString("any host")
+	} else {
+		b.WriteString("host ")
+		b.WriteString(strings.Join(s.Hosts, ","))
+	}
+	switch {
+	case s.ExactPath != "":
+		b.WriteString(" exact_path " + s.ExactPath)
+	case s.Path != "" && s.Path != "/":
+		b.WriteString(" path " + s.Path)
+	}
+	if len(s.Methods) > 0 {
+		b.WriteString(" methods " + strings.Join(s.Methods, ","))
+	}
+	if h := s.Header; h != nil {
+		b.WriteString(" header " + h.Name)
+		if h.Value != "" {
+			b.WriteString("=" + h.Value)
+		}
+	}
+	return b.String()
+}
+
 // Header is a header condition: the field is present, with exactly Value
 // when Value is not empty (one of its values, when it is repeated).
 type Header struct {

@@ -61,6 +61,21 @@ type Service struct {
 	Bytes       uint64 `json:"bytes"`
 	NewFlows    uint64 `json:"new_flows"`
 	RSTs        uint64 `json:"rsts"`
+	// Routes of an http service with routes, in precedence order within
+	// a site as the config lists them; the service's own pool, when set,
+	// last as the route "default" (absent without routes).
+	Routes []Route `json:"routes,omitempty"`
+}
+
+// Route is one route of an http service: what it matches and the state
+// of the pool it sends to (the pool's addresses are in Status.Pools).
+type Route struct {
+	Name  string `json:"name"`
+	Match string `json:"match"` // "host api.example.com path /v1/", "any host", "anything else"
+	Pool  string `json:"pool"`
+	// Backends counts the pool's addresses by state (active, draining,
+	// ejected, removed); null when the pool does not run.
+	Backends map[string]int `json:"backends"`
 }
 
 // Pool is one pool and its addresses.

@@ -69,8 +69,11 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 					out.RSTs = ss.RSTNoBackend + ss.RSTRemovedBackend
 				}
 			}
-		} else if ps, ok := pools[sc.Pool]; ok {
-			out.Backends = len(ps.p.Active())
+		} else {
+			if ps, ok := pools[sc.Pool]; ok {
+				out.Backends = len(ps.p.Active())
+			}
+			out.Routes = routeStatus(sc, pools)
 		}
 		st.Services = append(st.Services, out)
 	}
