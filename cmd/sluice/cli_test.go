@@ -42,6 +42,7 @@ func newFakeAgent() *fakeAgent {
 			Version:    "v1.0.0",
 			ConfigPath: "/etc/sluice/sluice.yaml",
 			StartedAt:  testNow.Add(-(5*time.Minute + 55*time.Second)),
+			Warnings:   []string{"/etc/sluice/sluice.yaml:31: services[2].upstream.insecure_skip_verify: warning: backend certificates are not verified"},
 			Services: []admin.Service{
 				{Name: "web-l4", Listen: "198.18.1.100:80", Protocol: "tcp", Mode: "nat", Pool: "web",
 					ID: 1, ActiveFlows: 3, Backends: 1, Packets: 1200, Bytes: 3 << 20, NewFlows: 40, RSTs: 2},
@@ -435,6 +436,9 @@ func TestStatusTable(t *testing.T) {
 		t.Fatalf("status: exit %d stderr %q", code, stderr)
 	}
 	want := `agent v1.0.0, config /etc/sluice/sluice.yaml, up 5m55s
+
+CONFIG WARNINGS (1; sluice check prints the same):
+  - /etc/sluice/sluice.yaml:31: services[2].upstream.insecure_skip_verify: warning: backend certificates are not verified
 
 SERVICE  LISTEN           PROTO/MODE  POOL      BACKENDS  FLOWS  PACKETS  BYTES   NEW FLOWS  RSTS
 web-l4   198.18.1.100:80  tcp/nat     web       1/2       3      1200     3.0MiB  40         2

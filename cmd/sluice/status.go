@@ -75,6 +75,7 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 		fmt.Fprintln(w)
 	}
 
+	writeWarnings(w, st.Warnings)
 	live := map[string]int{} // pool -> addresses not removed
 	for _, p := range st.Pools {
 		for _, b := range p.Backends {

@@ -27,9 +27,12 @@ type Status struct {
 	StartedAt  time.Time `json:"started_at"`
 	// NotApplied lists what of the running config the last start or
 	// reload could not apply (empty: all of it).
-	NotApplied []string  `json:"not_applied,omitempty"`
-	Services   []Service `json:"services"`
-	Pools      []Pool    `json:"pools"`
+	NotApplied []string `json:"not_applied,omitempty"`
+	// Warnings are the running config's warnings, as sluice check prints
+	// them (backend certificates not verified, host: keep over TLS…).
+	Warnings []string  `json:"warnings,omitempty"`
+	Services []Service `json:"services"`
+	Pools    []Pool    `json:"pools"`
 	// Interfaces: how the XDP program is attached to each interface.
 	Interfaces []Interface `json:"interfaces,omitempty"`
 	// LayoutReset names the pinned maps whose layout (an older release's)

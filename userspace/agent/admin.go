@@ -48,6 +48,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	if cfg == nil {
 		return st, nil
 	}
+	st.Warnings = cfg.WarningLines()
 	// Counts a few hundred milliseconds old are fine; older ones (right
 	// after a drain, say) are refreshed.
 	counts, _ := a.flows.current(now, statusFlowsMaxAge)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/sluicelb/sluice/userspace/admin"
@@ -17,6 +18,8 @@ pools:
     backends: [{address: 198.18.2.11:80}, {address: 198.18.2.12:80}]
   - name: api
     backends: [{address: 198.18.2.13:80}]
+  - name: spare
+    backends: [{address: 198.18.2.14:80}]
 services:
   - name: front
     listen: 198.18.1.101:80
@@ -44,6 +47,10 @@ services:
 			{Name: "api", Match: "host api.lab", Pool: "api", Backends: map[string]int{"active": 1}},
 			{Name: "default", Match: "anything else", Pool: "web", Backends: map[string]int{"active": 2}},
 		},
+	}
+	// The config's warnings are in the status too (here: pool spare).
+	if len(st.Warnings) != 1 || !strings.Contains(st.Warnings[0], `pools[2]: warning: pool "spare" is used by no service and no route`) {
+		t.Errorf("warnings %q", st.Warnings)
 	}
 	for _, s := range st.Services {
 		if !reflect.DeepEqual(s.Routes, want[s.Name]) {

@@ -24,7 +24,7 @@ import (
 // l7Service is one running http service.
 type l7Service struct {
 	svc    config.Service
-	pools  map[string]*pool.Pool // the service's pool and its routes' (routePools)
+	pools  map[string]*pool.Pool // the service's pool and its routes' (config.Service.Pools)
 	srv    *proxy.Server
 	cancel context.CancelFunc
 	listen *listenerHandoff // the socket, passed on to a replacement on the same address
@@ -81,7 +81,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 		want[svc.Name] = true
 		sp := make(map[string]*pool.Pool)
 		missing := ""
-		for _, name := range routePools(svc) {
+		for _, name := range svc.Pools() {
 			if p := pools[name]; p != nil && cfg.Pool(name) != nil {
 				sp[name] = p
 			} else if missing == "" {
@@ -378,7 +378,7 @@ func (s *l7Stage) observer(svc config.Service) proxy.Observer {
 	// mode is labelled with the pool that is in it (PoolPanic).
 	p := svc.Pool
 	if p == "" {
-		if ps := routePools(svc); len(ps) > 0 {
+		if ps := svc.Pools(); len(ps) > 0 {
 			p = ps[0]
 		}
 	}

@@ -306,6 +306,63 @@ services:
     pool: fixed
     upstream: {tls: true}
 `},
+		{"pool warnings walk routes", `
+pools:
+  - name: alb                # a route's pool only: used
+    backends: [{name: internal-alb.example, port: 443}]
+    health_check:
+      http: {path: /healthz}     # <~ pools[0].health_check.http: pool "alb" is reached over TLS (upstream.tls of its services) but checked in plain HTTP
+  - name: www
+    backends: [{address: 198.18.2.11:443}]
+  - name: spare              # <~ pools[2]: pool "spare" is used by no service and no route
+    backends: [{address: 198.18.2.12:443}]
+  - name: api
+    backends: [{name: api.example, port: 443}]
+  - name: mixed              # reached over TLS by a route and in clear by another service
+    backends: [{address: 198.18.2.13:80}]
+    health_check:
+      http: {path: /healthz}
+services:
+  - name: front
+    listen: 0.0.0.0:443
+    protocol: http
+    pool: www                # fixed addresses: no warning
+    upstream: {tls: true}
+    routes:
+      - name: app          # <~ services[0].routes[0]: route "app": host: keep with upstream.tls and DNS backends (pool "alb", internal-alb.example)
+        hosts: [app.example]
+        pool: alb
+      - name: api
+        hosts: [api.example]
+        pool: api
+        host: keep         # <~ services[0].routes[1].host: route "api": host: keep with upstream.tls and DNS backends (pool "api", api.example)
+      - name: api3
+        hosts: [api3.example]
+        pool: api
+        server_name: api.example   # stated: no warning
+      - name: api2
+        hosts: [api2.example]
+        pool: api
+        host: api.example  # a name: no warning
+      - name: m
+        hosts: [m.example]
+        pool: mixed
+  - name: plain
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: mixed
+`},
+		{"routes without their own server name take the service's", `
+pools:
+  - name: alb
+    backends: [{name: internal-alb.example, port: 443}]
+services:
+  - name: front
+    listen: 0.0.0.0:443
+    protocol: http
+    routes: [{name: app, pool: alb}]
+    upstream: {tls: true, server_name: app.example}
+`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

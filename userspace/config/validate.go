@@ -172,6 +172,7 @@ func (v *validator) validate(c *Config) {
 	v.limits(c)
 	v.conntrackWarning(c)
 	v.healthWarnings(c)
+	v.unusedPoolWarnings(c)
 	// Fixed addresses go through the filter DNS answers go through, once
 	// every listen address is known.
 	own := c.OwnAddresses()
@@ -1028,8 +1029,9 @@ func (v *validator) conntrackWarning(c *Config) {
 }
 
 // healthWarnings warns of a plain HTTP health check on a pool its services
-// reach only over TLS: the check probes the TLS port in clear text (it
-// fails, or passes against something else than what serves traffic).
+// (or routes) reach only over TLS: the check probes the TLS port in clear
+// text (it fails, or passes against something else than what serves
+// traffic).
 func (v *validator) healthWarnings(c *Config) {
 	for i := range c.Pools {
 		p := &c.Pools[i]
@@ -1038,7 +1040,7 @@ func (v *validator) healthWarnings(c *Config) {
 		}
 		tlsOnly, users := true, 0
 		for _, s := range c.Services {
-			if s.Pool != p.Name {
+			if !slices.Contains(s.Pools(), p.Name) {
 				continue
 			}
 			users++
@@ -1052,6 +1054,23 @@ func (v *validator) healthWarnings(c *Config) {
 	}
 }
 
+// unusedPoolWarnings warns of a pool no service and no route sends to:
+// its names are resolved and its addresses checked for nothing, which is
+// mostly a misspelt or forgotten pool: name.
+func (v *validator) unusedPoolWarnings(c *Config) {
+	used := map[string]bool{}
+	for _, s := range c.Services {
+		for _, name := range s.Pools() {
+			used[name] = true
+		}
+	}
+	for i, p := range c.Pools {
+		if p.Name != "" && !used[p.Name] {
+			v.warn(fmt.Sprintf("pools[%d]", i), "pool %q is used by no service and no route: its backends are resolved and checked but get no traffic; name it in a service's pool: or a route's pool:, or remove it", p.Name)
+		}
+	}
+}
+
 // serviceWarnings are an http service's valid but risky settings.
 func (v *validator) serviceWarnings(c *Config, s *Service, path string) {
 	if s.Protocol != ProtocolHTTP || s.Upstream == nil {
@@ -1061,8 +1080,34 @@ func (v *validator) serviceWarnings(c *Config, s *Service, path string) {
 	if u.TLS && u.InsecureSkipVerify {
 		v.warn(path+".upstream.insecure_skip_verify", "backend certificates are not verified: anyone on the path to the backends can impersonate them; give the CA that signed them with upstream.ca instead")
 	}
-	p := c.Pool(s.Pool)
-	if !u.TLS || s.Host != HostKeep || u.ServerName != "" || p == nil {
+	if !u.TLS {
+		return
+	}
+	// host: keep with DNS backends, for the service's own pool and for
+	// every route (a route takes the service's host and server name
+	// unless it sets its own).
+	if s.Pool != "" {
+		v.hostKeepWarning(c, path, "", s.Pool, s.Host, u.ServerName)
+	}
+	for j, r := range s.Routes {
+		host, sni := r.Host, r.ServerName
+		if host == "" {
+			host = s.Host
+		}
+		if sni == "" {
+			sni = u.ServerName
+		}
+		v.hostKeepWarning(c, fmt.Sprintf("%s.routes[%d]", path, j), fmt.Sprintf("route %q: ", r.Name), r.Pool, host, sni)
+	}
+}
+
+// hostKeepWarning warns when requests to a pool with DNS backends keep
+// the client's Host over TLS without a server name: the backends get the
+// client's Host but the TLS name of their DNS name. path is the
+// service's or the route's.
+func (v *validator) hostKeepWarning(c *Config, path, who, poolName, host, sni string) {
+	p := c.Pool(poolName)
+	if host != HostKeep || sni != "" || p == nil {
 		return
 	}
 	for _, b := range p.Backends {
@@ -1073,8 +1118,8 @@ func (v *validator) serviceWarnings(c *Config, s *Service, path string) {
 		if !v.set(at) {
 			at = path
 		}
-		v.warn(at, "host: keep with upstream.tls and DNS backends (pool %q, %s): the backends get the client's Host header but the TLS name (SNI, certificate check) %q; a backend serving several sites may answer with the wrong one or 421. Set host: to the site the backends serve, or upstream.server_name to state the TLS name (nginx: proxy_ssl_name)",
-			p.Name, b.Name, strings.TrimSuffix(b.Name, "."))
+		v.warn(at, "%shost: keep with upstream.tls and DNS backends (pool %q, %s): the backends get the client's Host header but the TLS name (SNI, certificate check) %q; a backend serving several sites may answer with the wrong one or 421. Set host: to the site the backends serve, or server_name (upstream's or the route's) to state the TLS name (nginx: proxy_ssl_name)",
+			who, p.Name, b.Name, strings.TrimSuffix(b.Name, "."))
 		return
 	}
 }
