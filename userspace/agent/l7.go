@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -228,16 +227,9 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		if u.TLS {
 			// The server name (upstream.server_name, per route too) is the
 			// proxy's per request (proxyService), not fixed here.
-			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify}
-			if u.CA != "" {
-				if tc.RootCAs, err = config.LoadCAs(u.CA); err != nil {
-					return proxy.Options{}, fmt.Errorf("upstream ca: %w", err)
-				}
-			}
-			if u.VerifyName != "" {
-				if tc, err = upstream.VerifyName(tc, u.VerifyName); err != nil {
-					return proxy.Options{}, fmt.Errorf("upstream verify_name: %w", err)
-				}
+			tc, err := upstream.ClientTLS(upstream.TLSOptions{CA: u.CA, InsecureSkipVerify: u.InsecureSkipVerify, VerifyName: u.VerifyName})
+			if err != nil {
+				return proxy.Options{}, fmt.Errorf("upstream %w", err)
 			}
 			opts.Upstream.TLS = tc
 		}

@@ -2,7 +2,6 @@ package config
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,6 +18,7 @@ import (
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
 	"github.com/sluicelb/sluice/l7/service"
+	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/addrfilter"
 	"github.com/sluicelb/sluice/userspace/maglev"
 )
@@ -708,7 +708,7 @@ func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
 		}
 	}
 	if h.CA != "" {
-		if _, err := LoadCAs(h.CA); err != nil {
+		if _, err := upstream.LoadCAs(h.CA); err != nil {
 			v.add(path+".ca", "%v", err)
 		}
 		if h.InsecureSkipVerify {
@@ -968,7 +968,7 @@ func (v *validator) upstream(u *Upstream, path string) {
 		}
 	}
 	if u.CA != "" {
-		if _, err := LoadCAs(u.CA); err != nil {
+		if _, err := upstream.LoadCAs(u.CA); err != nil {
 			v.add(path+".ca", "%v", err)
 		}
 		if u.InsecureSkipVerify {
@@ -1212,19 +1212,6 @@ func (v *validator) between(path string, n, lo, hi int64) {
 	if n < lo || n > hi {
 		v.add(path, "%d: must be between %d and %d", n, lo, hi)
 	}
-}
-
-// LoadCAs reads a PEM file of CA certificates into a pool.
-func LoadCAs(file string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("read CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s: no PEM certificate found", file)
-	}
-	return pool, nil
 }
 
 func (v *validator) retry(r *Retry, path string) {
