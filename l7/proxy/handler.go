@@ -106,6 +106,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.active.Add(-1)
+	if lim := st.maxRequests; lim > 0 && status == 0 {
+		// The route's max_requests: its share of the listener's.
+		if n := st.active.Add(1); n > int64(lim) {
+			st.active.Add(-1)
+			w.Header().Set("Retry-After", "1")
+			s.fail(w, q.rec, http.StatusServiceUnavailable, "overload: the route's max_requests ("+strconv.Itoa(lim)+") requests in flight")
+			s.obs.Refused(s.name, limitRouteRequests)
+			return
+		}
+		defer st.active.Add(-1)
+	}
 	if !q.admit() {
 		return
 	}

@@ -78,6 +78,20 @@ type Route struct {
 	// 0: the listener's ClientLimits.MaxBodyBytes. It may be larger or
 	// smaller than the listener's (an upload route, a small API).
 	MaxBodyBytes int64
+	// MaxRequests bounds the route's requests in flight (a fast 503 with
+	// Retry-After above), within the listener's ClientLimits.MaxRequests:
+	// one slow site cannot take every slot of the listener. 0: no bound
+	// of its own.
+	MaxRequests int
+	// TunnelIdleTimeout is ClientLimits.TunnelIdleTimeout for the
+	// route's upgraded connections (a WebSocket route whose clients stay
+	// quiet for minutes); 0: the listener's.
+	TunnelIdleTimeout time.Duration
+	// (The other client limits act before the request is routed — its
+	// header is read under header_timeout, max_header_bytes and
+	// max_header_count — or belong to a connection that may carry
+	// requests of many routes — connections, keep-alive idle time,
+	// HTTP/2 settings — so they are the listener's.)
 }
 
 // RequestID is the request-id setting of a service.

@@ -34,7 +34,8 @@ func proxyService(svc config.Service) l7service.Config {
 	s.Headers = svc.Headers.L7()
 	s.RequestID = svc.RequestID.L7()
 	for _, r := range svc.Routes {
-		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, SNI: r.ServerName, Retry: retryConfig(r.Retry), MaxBodyBytes: r.MaxBodyBytes}
+		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, SNI: r.ServerName, Retry: retryConfig(r.Retry), MaxBodyBytes: r.MaxBodyBytes,
+			MaxRequests: r.MaxRequests, TunnelIdleTimeout: r.TunnelIdleTimeout.D()}
 		if r.Host != "" {
 			rt.Host = r.Host
 		}

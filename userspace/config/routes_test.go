@@ -232,3 +232,29 @@ func TestRequestIDKey(t *testing.T) {
 		t.Errorf("tcp service with request_id: %v", err)
 	}
 }
+
+// A route's max_requests and tunnel_idle_timeout; the limits a route
+// cannot have are refused with where to set them and why.
+func TestRouteLimitKeys(t *testing.T) {
+	cfg, err := Parse([]byte(routesHead+"    routes: [{name: a, pool: api, max_requests: 50, tunnel_idle_timeout: 10m}]\n"), "l.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cfg.Services[0].Routes[0]; r.MaxRequests != 50 || r.TunnelIdleTimeout.D() != 10*time.Minute {
+		t.Errorf("route %+v", r)
+	}
+	for _, c := range []struct{ src, want string }{
+		{"    routes: [{name: a, pool: api, max_requests: 0}]\n", "routes[0].max_requests: 0: must be between 1 and"},
+		{"    client: {max_requests: 10}\n    routes: [{name: a, pool: api, max_requests: 20}]\n", "routes[0].max_requests: 20 is more than client.max_requests (10): the listener's bound always cuts first"},
+		{"    routes: [{name: a, pool: api, tunnel_idle_timeout: 0s}]\n", "routes[0].tunnel_idle_timeout"},
+		{"    routes: [{name: a, pool: api, header_timeout: 5s}]\n", `routes[0].header_timeout: unknown key "header_timeout" (client.header_timeout is the service's, for all its routes: a request's header is read before it is routed)`},
+		{"    routes: [{name: a, pool: api, h2_max_streams: 5}]\n", `(client.h2_max_streams is the service's, for all its routes: HTTP/2 settings are a connection's`},
+		{"    routes: [{name: a, pool: api, client: {}}]\n", `(client is the service's, for all its routes: a route's own limits are max_body_bytes, max_requests and tunnel_idle_timeout`},
+		{"    routes: [{name: a, pool: api, upstream: {}}]\n", `(upstream is the service's, for all its routes: backend connections are pooled per service (a route may set server_name))`},
+		{"    routes: [{name: a, pool: api, hostz: x}]\n", `unknown key "hostz" (did you mean "host"?)`},
+	} {
+		if _, err := Parse([]byte(routesHead+c.src), "l.yaml"); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v\nwant %q", c.src, err, c.want)
+		}
+	}
+}

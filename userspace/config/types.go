@@ -216,6 +216,12 @@ type Route struct {
 	Headers    *HeaderRules `yaml:"headers"`  // replaces the service's whole; default the service's
 	// MaxBodyBytes is the route's client.max_body_bytes (0: the service's).
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxRequests bounds the route's requests in flight, within the
+	// service's client.max_requests (0: no bound of its own).
+	MaxRequests int `yaml:"max_requests"`
+	// TunnelIdleTimeout is the route's client.tunnel_idle_timeout (0:
+	// the service's).
+	TunnelIdleTimeout Duration `yaml:"tunnel_idle_timeout"`
 
 	Line int `yaml:"-"` // line of the route in the file
 }

@@ -1309,6 +1309,15 @@ func (v *validator) routes(s *Service, path string, pools map[string]int) {
 		if v.set(rp + ".max_body_bytes") {
 			v.between(rp+".max_body_bytes", r.MaxBodyBytes, 1, MaxMaxBodyBytes)
 		}
+		if v.set(rp + ".max_requests") {
+			v.between(rp+".max_requests", int64(r.MaxRequests), 1, MaxClientRequests)
+			if c := s.Client; c != nil && r.MaxRequests > c.MaxRequests {
+				v.add(rp+".max_requests", "%d is more than client.max_requests (%d): the listener's bound always cuts first; lower it, or raise client.max_requests", r.MaxRequests, c.MaxRequests)
+			}
+		}
+		if v.set(rp + ".tunnel_idle_timeout") {
+			v.positive(rp+".tunnel_idle_timeout", r.TunnelIdleTimeout)
+		}
 		if r.ServerName != "" {
 			if s.Upstream == nil || !s.Upstream.TLS {
 				v.add(rp+".server_name", "only allowed with upstream.tls: true")
