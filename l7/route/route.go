@@ -33,6 +33,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Spec is what one route matches.
@@ -219,7 +221,7 @@ func newEntry(i int, sp Spec) (entry, error) {
 		return e, err
 	}
 	for _, m := range sp.Methods {
-		if !isToken(m) {
+		if !httpguts.ValidHeaderFieldName(m) {
 			return e, fmt.Errorf("method %q is not a method name such as GET", m)
 		}
 		m = strings.ToUpper(m)
@@ -230,7 +232,7 @@ func newEntry(i int, sp Spec) (entry, error) {
 	}
 	slices.Sort(e.methods)
 	if h := sp.Header; h != nil {
-		if !isToken(h.Name) {
+		if !httpguts.ValidHeaderFieldName(h.Name) {
 			return e, fmt.Errorf("header %q is not a header name", h.Name)
 		}
 		for i := 0; i < len(h.Value); i++ {
@@ -458,17 +460,4 @@ func hasDotSegment(p string) bool {
 		}
 	}
 	return false
-}
-
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return true
 }

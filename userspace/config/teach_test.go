@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,31 +26,7 @@ const warnMarker = "# <~"
 // checkWarnings asserts that cfg holds exactly the warnings marked in src.
 func checkWarnings(t *testing.T, src string, cfg *Config) {
 	t.Helper()
-	type want struct {
-		line int
-		text string
-	}
-	var ws []want
-	for i, l := range strings.Split(src, "\n") {
-		if _, text, ok := strings.Cut(l, warnMarker); ok {
-			ws = append(ws, want{i + 1, strings.TrimSpace(text)})
-		}
-	}
-	got := slices.Clone(cfg.Warnings)
-	for _, w := range ws {
-		i := slices.IndexFunc(got, func(p Problem) bool {
-			return p.Line == w.line && strings.Contains(p.Path+": "+p.Msg, w.text)
-		})
-		if i < 0 {
-			t.Errorf("missing warning at line %d containing %q", w.line, w.text)
-			continue
-		}
-		got = slices.Delete(got, i, i+1)
-	}
-	for _, p := range got {
-		t.Errorf("unexpected warning at line %d: %s: %s", p.Line, p.Path, p.Msg)
-	}
-	if t.Failed() {
+	if !matchProblems(t, markers(src, warnMarker), cfg.Warnings, "warning") {
 		t.Logf("all warnings:\n%s", strings.Join(cfg.WarningLines(), "\n"))
 	}
 }
@@ -478,8 +453,8 @@ func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "example"},
-		DNSNames:  []string{"example"},
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sluice.test"},
+		DNSNames:  []string{"sluice.test"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
