@@ -2,7 +2,8 @@
 // that more than one package needs: its timeouts, its client-side limits
 // and their defaults. l7 owns them (the agent builds them from the config
 // file; userspace/config fills and validates the file's keys with them),
-// and this package imports nothing of sluice, so every side can use it.
+// and this package imports only l7 packages that import nothing of
+// sluice (retry, route), so every side can use it.
 package service
 
 import (
@@ -11,6 +12,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
@@ -210,11 +213,10 @@ func CheckUpgrade(p string) error {
 	if p == "" {
 		return fmt.Errorf("upgrade %q: must be a protocol name such as websocket", p)
 	}
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~/", c) >= 0) {
-			return fmt.Errorf("upgrade %q: must be a protocol token such as websocket", p)
-		}
+	// RFC 9110 7.8: protocol-name ["/" protocol-version], both tokens.
+	name, version, slash := strings.Cut(p, "/")
+	if !httpguts.ValidHeaderFieldName(name) || slash && !httpguts.ValidHeaderFieldName(version) {
+		return fmt.Errorf("upgrade %q: must be a protocol token such as websocket", p)
 	}
 	if strings.EqualFold(p, "h2c") || strings.HasPrefix(strings.ToLower(p), "h2c/") || strings.EqualFold(p, "h2") {
 		return fmt.Errorf("upgrade %q: HTTP/2 is never tunnelled (use h2c: true or tls for HTTP/2)", p)
