@@ -281,6 +281,22 @@ services:
     pool: fixed
     upstream: {tls: true}
 `},
+		{"https check hint from the routes' server name", `
+pools:
+  - name: api
+    backends: [{address: 198.18.2.11:443}]
+    health_check:
+      http:
+        tls: true          # <- pools[0].health_check.http.tls: an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set server_name: api.internal (the server name its traffic uses)
+services:
+  - name: front
+    listen: 0.0.0.0:443
+    protocol: http
+    upstream: {tls: true}
+    routes:
+      - {name: a, hosts: [a.example], pool: api, host: api.internal}
+      - {name: b, hosts: [b.example], pool: api, server_name: api.internal}
+`},
 		{"pool warnings walk routes", `
 pools:
   - name: alb                # a route's pool only: used

@@ -360,7 +360,7 @@ func (v *validator) pool(c *Config, p *Pool, path string) {
 		}
 	}
 	if p.HealthCheck != nil {
-		v.healthCheck(p, p.HealthCheck, path+".health_check")
+		v.healthCheck(c, p, p.HealthCheck, path+".health_check")
 	}
 }
 
@@ -649,7 +649,7 @@ func checkDNSName(name string) error {
 	return nil
 }
 
-func (v *validator) healthCheck(p *Pool, hc *HealthCheck, path string) {
+func (v *validator) healthCheck(c *Config, p *Pool, hc *HealthCheck, path string) {
 	switch {
 	case hc.HTTP != nil && hc.TCP != nil:
 		v.add(path, "set either http or tcp, not both")
@@ -668,7 +668,7 @@ func (v *validator) healthCheck(p *Pool, hc *HealthCheck, path string) {
 		if _, _, err := ParseExpect(h.Expect); err != nil {
 			v.add(path+".http.expect", "%v", err)
 		}
-		v.healthTLS(p, h, path+".http")
+		v.healthTLS(c, p, h, path+".http")
 	}
 	v.positive(path+".interval", hc.Interval)
 	v.positive(path+".timeout", hc.Timeout)
@@ -686,7 +686,7 @@ func (v *validator) healthCheck(p *Pool, hc *HealthCheck, path string) {
 // healthTLS checks an HTTPS health check's keys (an upstream's names) and
 // fills server_name's default: the host key without its port, else the
 // pool's one DNS name.
-func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
+func (v *validator) healthTLS(c *Config, p *Pool, h *HTTPCheck, path string) {
 	if !h.TLS {
 		for _, k := range []string{"server_name", "verify_name", "ca", "insecure_skip_verify"} {
 			if v.set(path + "." + k) {
@@ -741,11 +741,62 @@ func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
 		}
 	}
 	if !h.InsecureSkipVerify && h.ServerName == "" && h.VerifyName == "" {
-		v.add(path+".tls", "an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set server_name: NAME (sent and verified) or verify_name: NAME (verified only)")
+		hint := "NAME"
+		if names := c.trafficServerNames(p.Name); len(names) == 1 {
+			// What the traffic to this pool sends: the check then
+			// verifies what the proxy verifies.
+			hint = names[0] + " (the server name its traffic uses)"
+		}
+		v.add(path+".tls", "an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set server_name: %s (sent and verified) or verify_name: NAME (verified only)", hint)
 	}
 	if h.InsecureSkipVerify {
 		v.warn(path+".insecure_skip_verify", "health check certificates are not verified: a check passes against anything that speaks TLS; give the CA with ca: FILE instead")
 	}
+}
+
+// trafficServerNames are the TLS server names the http services and
+// routes sending to pool name over TLS use (a route's or the upstream's
+// server_name, else a host that is a name), sorted, without repeats; one
+// of them sending no name of its own (host: keep without server_name)
+// adds none.
+func (c *Config) trafficServerNames(name string) []string {
+	var out []string
+	add := func(sni, host string) {
+		if sni == "" && host != HostKeep {
+			if h, _, err := net.SplitHostPort(host); err == nil {
+				host = h
+			}
+			if _, err := netip.ParseAddr(host); err != nil {
+				sni = host
+			}
+		}
+		if sni != "" && !slices.Contains(out, sni) {
+			out = append(out, sni)
+		}
+	}
+	for _, s := range c.Services {
+		if s.Protocol != ProtocolHTTP || s.Upstream == nil || !s.Upstream.TLS {
+			continue
+		}
+		if s.Pool == name {
+			add(s.Upstream.ServerName, s.Host)
+		}
+		for _, r := range s.Routes {
+			if r.Pool != name {
+				continue
+			}
+			sni, host := r.ServerName, r.Host
+			if sni == "" {
+				sni = s.Upstream.ServerName
+			}
+			if host == "" {
+				host = s.Host
+			}
+			add(sni, host)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // ParseExpect parses a health check's expected status: "200" or "200-399".
