@@ -79,12 +79,7 @@ func newForwarded(r *http.Request, trusted []netip.Prefix) forwarded {
 		// A zone (fe80::1%eth0) names one of our interfaces: not for
 		// the backend.
 		ip := ap.Addr().Unmap().WithZone("")
-		for _, p := range trusted {
-			if p.Contains(ip) {
-				f.trusted = true
-				break
-			}
-		}
+		f.trusted = inPrefixes(ip, trusted)
 		f.realIP = addrString(r.RemoteAddr, ip)
 		f.xff = f.realIP
 		f.elem = forwardedElem(ip, f.realIP, f.proto, r.Host)

@@ -21,14 +21,16 @@ func (s *Server) requestID(r *http.Request, st *settings) reqid.ID {
 	return s.ids.Next()
 }
 
-// peerTrusted reports whether the peer remote ("ip:port") is in trusted.
+// peerTrusted reports whether the peer remote ("ip:port") is in trusted
+// (the peer as newForwarded sees it: unmapped, without zone).
 func peerTrusted(remote string, trusted []netip.Prefix) bool {
 	ap, err := netip.ParseAddrPort(remote)
-	if err != nil {
-		return false
-	}
-	ip := ap.Addr().Unmap()
-	for _, p := range trusted {
+	return err == nil && inPrefixes(ap.Addr().Unmap().WithZone(""), trusted)
+}
+
+// inPrefixes reports whether ip is in one of list.
+func inPrefixes(ip netip.Addr, list []netip.Prefix) bool {
+	for _, p := range list {
 		if p.Contains(ip) {
 			return true
 		}
