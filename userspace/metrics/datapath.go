@@ -133,8 +133,8 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		beNewFlows:      d("backend_new_flows_total", "New flows placed on an address.", "pool", "address"),
 		beFlows:         d("backend_active_flows", "Live (not expired) conntrack flows pinned to an address.", "pool", "address"),
 
-		ctFlows:    d("conntrack_flows", "Forward conntrack entries, live or expired; each flow also holds a reverse entry."),
-		ctCapacity: d("conntrack_capacity", "Size of the conntrack map in entries (forward and reverse)."),
+		ctFlows:    d("conntrack_flows", "Flows in conntrack and the half-open table (one entry each), live or expired."),
+		ctCapacity: d("conntrack_capacity", "Size of the conntrack map in entries (one per confirmed flow)."),
 
 		passed:             d("passed_packets_total", "Packets handed to the kernel untouched or after rewriting, by reason (not_ours, no_neighbour, fib_failure, malformed, ttl_exceeded, too_big).", "reason"),
 		xdpAttached:        d("xdp_attached", "1 per interface the XDP program is attached to, with its mode: native, or generic (the slow skb path).", "interface", "mode"),
