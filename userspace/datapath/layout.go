@@ -175,12 +175,8 @@ func writeLayout(dir string, layout map[string]uint64) error {
 			return fmt.Errorf("write the layout version of %s: %w", name, err)
 		}
 	}
-	p := filepath.Join(dir, layoutMapName)
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("replace the layout version: %w", err)
-	}
-	if err := m.Pin(p); err != nil {
-		return fmt.Errorf("pin the layout version: %w", err)
+	if err := pinInPlace(m, dir, layoutMapName); err != nil {
+		return fmt.Errorf("the layout version: %w", err)
 	}
 	return nil
 }
@@ -408,12 +404,8 @@ func migrateMap(dir, name string, old *ebpf.Map, ms *ebpf.MapSpec, rev string, s
 		return 0, fmt.Errorf("read the old map: %w", err)
 	}
 	if rm != nil {
-		rp := filepath.Join(dir, rev)
-		if err := os.Remove(rp); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return 0, fmt.Errorf("replace %s: %w", rev, err)
-		}
-		if err := rm.Pin(rp); err != nil {
-			return 0, fmt.Errorf("pin %s: %w", rev, err)
+		if err := pinInPlace(rm, dir, rev); err != nil {
+			return 0, fmt.Errorf("%s: %w", rev, err)
 		}
 	}
 	return n, pinInPlace(nm, dir, name)

@@ -98,15 +98,7 @@ func TestMemoryPerFlow(t *testing.T) {
 		c := netip.AddrPortFrom(client.Addr(), uint16(41000+i))
 		handshake(c, vip, c, be1)
 	}
-	c, h := flowsIn(t, l)
-	if len(c) != n || len(h) != 0 {
-		t.Fatalf("%d confirmed and %d half-open flows, want %d confirmed", len(c), len(h), n)
-	}
-	nat := perFlow(n)
-	t.Logf("nat: %.1f B per confirmed flow", nat)
-	if nat > 128 {
-		t.Errorf("a nat flow takes %.1f B of map memory, want at most 128", nat)
-	}
+	check(t, l, "nat", n, perFlow, 128)
 
 	// snat: the same, through an snat service; its flows' replies come to
 	// the snat address and port.
@@ -140,13 +132,20 @@ func TestMemoryPerFlow(t *testing.T) {
 			}
 		}
 	}
-	c, h = flowsIn(t, l)
+	check(t, l, "snat", n, perFlow, 224)
+}
+
+// check: the n flows opened are all confirmed, and take at most limit
+// bytes each (perFlow).
+func check(t *testing.T, l *lab, mode string, n int, perFlow func(int) float64, limit float64) {
+	t.Helper()
+	c, h := flowsIn(t, l)
 	if len(c) != n || len(h) != 0 {
-		t.Fatalf("snat: %d confirmed and %d half-open flows, want %d confirmed", len(c), len(h), n)
+		t.Fatalf("%s: %d confirmed and %d half-open flows, want %d confirmed", mode, len(c), len(h), n)
 	}
-	snat := perFlow(n)
-	t.Logf("snat: %.1f B per confirmed flow", snat)
-	if snat > 224 {
-		t.Errorf("an snat flow takes %.1f B of map memory, want at most 224", snat)
+	b := perFlow(n)
+	t.Logf("%s: %.1f B per confirmed flow", mode, b)
+	if b > limit {
+		t.Errorf("a %s flow takes %.1f B of map memory, want at most %.0f", mode, b, limit)
 	}
 }
