@@ -218,8 +218,8 @@ struct reply_flow {
 
 /* find_reply_flow finds the flow of the reply rk (as it arrived: backend
  * -> client or snat address) from the backend endpoint ep describes: a nat
- * flow by rebuilding its key with each nat service's VIP, an snat flow
- * through its reverse entry. 0: no flow. */
+ * flow by rebuilding its key with each nat service's VIP, then an snat
+ * flow through its reverse entry. 0: no flow. */
 static __always_inline int find_reply_flow(const struct ct_key *rk, const struct ep_info *ep, __u64 now,
 					   struct reply_flow *f)
 {
@@ -227,8 +227,10 @@ static __always_inline int find_reply_flow(const struct ct_key *rk, const struct
 			      &f->confirmed);
 	if (f->fv)
 		return 1;
-	if (!(ep->flags & EP_SNAT))
-		return 0;
+	/* Tried whatever ep says (EP_SNAT): right after an upgrade, services
+	 * carry no pool id until the agent writes them, and backend_ports
+	 * lists nothing yet; a miss costs one lookup, on a path taken by
+	 * replies without a flow only. */
 	struct ct_key *fk = bpf_map_lookup_elem(&snat_rev, rk);
 	if (!fk)
 		fk = bpf_map_lookup_elem(&snat_rev_ho, rk);
