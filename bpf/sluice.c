@@ -737,12 +737,23 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 	return act;
 }
 
-/* handle_ipv4: a VIP's service, a reply, an ICMP error about a flow, a
- * fragment; everything else passes untouched. */
-static __always_inline int handle_ipv4(struct xdp_md *ctx, struct packet *p, int pr, void *data_end)
+/* handle_ipv4 is the IPv4 half of sluice_xdp (every frame that is not
+ * IPv6; what is not IPv4 either passes untouched): a VIP's service, a
+ * reply, an ICMP error about a flow, a fragment. A subprogram of its own,
+ * so its stack frame is not on another family's call chain. */
+static __attribute__((noinline)) int handle_ipv4(struct xdp_md *ctx)
 {
-	if (pr == PARSE_NOT_L4 && p->proto == IPPROTO_ICMP)
-		return handle_icmp(ctx, p, data_end);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet p = {};
+
+	int pr = parse_packet(ctx, data, data_end, &p);
+	if (pr == PARSE_NOT_IPV4) {
+		GCOUNT(passed_not_ours);
+		return XDP_PASS;
+	}
+	if (pr == PARSE_NOT_L4 && p.proto == IPPROTO_ICMP)
+		return handle_icmp(ctx, &p, data_end);
 	if (pr == PARSE_NOT_L4) {
 		GCOUNT(passed_not_ours);
 		return XDP_PASS;
@@ -755,29 +766,20 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, struct packet *p, int
 		return XDP_PASS;
 	}
 	if (pr == PARSE_FRAGMENT)
-		return handle_fragment(p);
+		return handle_fragment(&p);
 	struct svc_key sk = {
-		.vip = p->ip->daddr,
-		.port = p->dport,
-		.proto = p->proto,
+		.vip = p.ip->daddr,
+		.port = p.dport,
+		.proto = p.proto,
 	};
 	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
 	if (!svc)
-		return handle_reply(ctx, p, data_end);
-	return handle_vip(ctx, p, data_end, svc);
+		return handle_reply(ctx, &p, data_end);
+	return handle_vip(ctx, &p, data_end, svc);
 }
 
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct packet p = {};
-
-	int pr = parse_packet(ctx, data, data_end, &p);
-	if (pr == PARSE_NOT_IPV4) {
-		GCOUNT(passed_not_ours);
-		return XDP_PASS;
-	}
-	return handle_ipv4(ctx, &p, pr, data_end);
+	return handle_ipv4(ctx);
 }
