@@ -70,12 +70,6 @@ const (
 	SluiceBackendStateBACKEND_REMOVED  SluiceBackendState = 4
 )
 
-type SluiceCtFlags uint32
-
-const (
-	SluiceCtFlagsCT_F_REPLY SluiceCtFlags = 1
-)
-
 type SluiceCtKey struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -108,8 +102,7 @@ type SluiceCtValue struct {
 	SportNew   uint16
 	DportNew   uint16
 	State      uint8
-	Flags      uint8
-	Pad        [2]uint8
+	Pad        [3]uint8
 	_          [4]byte
 }
 
@@ -120,24 +113,49 @@ type SluiceEndpoint struct {
 	Pad  uint16
 }
 
+type SluiceEpFlags uint32
+
+const (
+	SluiceEpFlagsEP_SNAT SluiceEpFlags = 1
+)
+
+type SluiceEpInfo struct {
+	_        structs.HostLayout
+	Slots    uint32
+	NatCount uint8
+	Flags    uint8
+	Pad      [2]uint8
+	Nat      [4]SluiceEpService
+}
+
+type SluiceEpService struct {
+	_     structs.HostLayout
+	Vip   uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+	Id    uint32
+}
+
 type SluiceGlobalCounters struct {
-	_                 structs.HostLayout
-	PassedNotOurs     uint64
-	PassedNoNeigh     uint64
-	FibFailures       uint64
-	Malformed         uint64
-	RepliesTranslated uint64
-	CtUpdateFailures  uint64
-	RstSent           uint64
-	IcmpTranslated    uint64
-	PassedTtlExceeded uint64
-	BackendFragments  uint64
-	RstRateLimited    uint64
-	FlowsConfirmed    uint64
-	ReverseRecreated  uint64
-	SynackNoFlowDrops uint64
-	FragNeededSent    uint64
-	PassedTooBig      uint64
+	_                  structs.HostLayout
+	PassedNotOurs      uint64
+	PassedNoNeigh      uint64
+	FibFailures        uint64
+	Malformed          uint64
+	RepliesTranslated  uint64
+	CtUpdateFailures   uint64
+	RstSent            uint64
+	IcmpTranslated     uint64
+	PassedTtlExceeded  uint64
+	BackendFragments   uint64
+	RstRateLimited     uint64
+	FlowsConfirmed     uint64
+	ReverseRecreated   uint64
+	SynackNoFlowDrops  uint64
+	FragNeededSent     uint64
+	PassedTooBig       uint64
+	RepliesWithoutFlow uint64
 }
 
 type SluiceRstLimit struct {
@@ -196,6 +214,7 @@ type SluiceSvcValue struct {
 	Mode     uint8
 	Pad      [3]uint8
 	SnatAddr uint32
+	PoolId   uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -216,13 +235,15 @@ const (
 	SluiceMapRstLimit           = "rst_limit"
 	SluiceMapServiceStats       = "service_stats"
 	SluiceMapServices           = "services"
+	SluiceMapSnatRev            = "snat_rev"
+	SluiceMapSnatRevHo          = "snat_rev_ho"
 	SluiceProgSluiceXdp         = "sluice_xdp"
 	SluiceVarCfg                = "cfg"
 	SluiceVarUnusedAddrFlags    = "unused_addr_flags"
 	SluiceVarUnusedBackendState = "unused_backend_state"
 	SluiceVarUnusedBackendStats = "unused_backend_stats"
-	SluiceVarUnusedCtFlags      = "unused_ct_flags"
 	SluiceVarUnusedCtState      = "unused_ct_state"
+	SluiceVarUnusedEpFlags      = "unused_ep_flags"
 	SluiceVarUnusedGlobalStats  = "unused_global_stats"
 	SluiceVarUnusedSvcMode      = "unused_svc_mode"
 	SluiceVarUnusedSvcStats     = "unused_svc_stats"
@@ -291,6 +312,8 @@ type SluiceMapSpecs struct {
 	RstLimit     *ebpf.MapSpec `ebpf:"rst_limit"`
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
+	SnatRev      *ebpf.MapSpec `ebpf:"snat_rev"`
+	SnatRevHo    *ebpf.MapSpec `ebpf:"snat_rev_ho"`
 }
 
 // SluiceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -301,8 +324,8 @@ type SluiceVariableSpecs struct {
 	UnusedAddrFlags    *ebpf.VariableSpec `ebpf:"unused_addr_flags"`
 	UnusedBackendState *ebpf.VariableSpec `ebpf:"unused_backend_state"`
 	UnusedBackendStats *ebpf.VariableSpec `ebpf:"unused_backend_stats"`
-	UnusedCtFlags      *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
 	UnusedCtState      *ebpf.VariableSpec `ebpf:"unused_ct_state"`
+	UnusedEpFlags      *ebpf.VariableSpec `ebpf:"unused_ep_flags"`
 	UnusedGlobalStats  *ebpf.VariableSpec `ebpf:"unused_global_stats"`
 	UnusedSvcMode      *ebpf.VariableSpec `ebpf:"unused_svc_mode"`
 	UnusedSvcStats     *ebpf.VariableSpec `ebpf:"unused_svc_stats"`
@@ -342,6 +365,8 @@ type SluiceMaps struct {
 	RstLimit     *ebpf.Map `ebpf:"rst_limit"`
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
 	Services     *ebpf.Map `ebpf:"services"`
+	SnatRev      *ebpf.Map `ebpf:"snat_rev"`
+	SnatRevHo    *ebpf.Map `ebpf:"snat_rev_ho"`
 }
 
 func (m *SluiceMaps) Close() error {
@@ -360,6 +385,8 @@ func (m *SluiceMaps) Close() error {
 		m.RstLimit,
 		m.ServiceStats,
 		m.Services,
+		m.SnatRev,
+		m.SnatRevHo,
 	)
 }
 
@@ -371,8 +398,8 @@ type SluiceVariables struct {
 	UnusedAddrFlags    *ebpf.Variable `ebpf:"unused_addr_flags"`
 	UnusedBackendState *ebpf.Variable `ebpf:"unused_backend_state"`
 	UnusedBackendStats *ebpf.Variable `ebpf:"unused_backend_stats"`
-	UnusedCtFlags      *ebpf.Variable `ebpf:"unused_ct_flags"`
 	UnusedCtState      *ebpf.Variable `ebpf:"unused_ct_state"`
+	UnusedEpFlags      *ebpf.Variable `ebpf:"unused_ep_flags"`
 	UnusedGlobalStats  *ebpf.Variable `ebpf:"unused_global_stats"`
 	UnusedSvcMode      *ebpf.Variable `ebpf:"unused_svc_mode"`
 	UnusedSvcStats     *ebpf.Variable `ebpf:"unused_svc_stats"`

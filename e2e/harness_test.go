@@ -201,16 +201,17 @@ func newLab(t *testing.T) *Lab {
 }
 
 // assertRootNamespaceClean checks the lab rule: the root namespace holds no
-// lab address or route.
+// lab address or route (198.18.0.0/15, 2001:2::/48).
 func assertRootNamespaceClean(t *testing.T) {
 	t.Helper()
-	for _, argv := range [][]string{{"ip", "-4", "addr", "show"}, {"ip", "-4", "route", "show", "table", "all"}} {
+	for _, argv := range [][]string{{"ip", "-4", "addr", "show"}, {"ip", "-4", "route", "show", "table", "all"},
+		{"ip", "-6", "addr", "show"}, {"ip", "-6", "route", "show", "table", "all"}} {
 		out, err := runCmd(5*time.Second, argv[0], argv[1:]...)
 		if err != nil {
 			t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
 		}
 		for _, line := range strings.Split(out, "\n") {
-			if strings.Contains(line, "198.18.") || strings.Contains(line, "198.19.") {
+			if strings.Contains(line, "198.18.") || strings.Contains(line, "198.19.") || strings.Contains(line, "2001:2:") {
 				t.Errorf("root namespace has a lab address or route: %s", strings.TrimSpace(line))
 			}
 		}
@@ -464,6 +465,20 @@ func (l *Lab) StartDNS(records string) *DNS {
 	return d
 }
 
+// ListenAlso starts a second lab DNS server in the dns host answering from
+// the same records on addr (e.g. "[2001:2:0:2::53]:53", for a resolver
+// asked over IPv6) and waits until it answers over TCP.
+func (d *DNS) ListenAlso(addr string) {
+	d.lab.t.Helper()
+	d.lab.Start("dns-"+strings.NewReplacer("[", "", "]", "", ":", "_").Replace(addr), "dns",
+		env.dnsserver, "--listen", addr, "--records", d.records)
+	waitFor(d.lab.t, 5*time.Second, "the lab DNS server on "+addr, func() error {
+		host, port, _ := strings.Cut(strings.TrimPrefix(addr, "["), "]:")
+		_, err := d.lab.Run("dns", 2*time.Second, "bash", "-c", "exec 3<>/dev/tcp/"+host+"/"+port)
+		return err
+	})
+}
+
 // Set replaces the records (write and rename: the server never reads half a file).
 func (d *DNS) Set(records string) {
 	d.lab.t.Helper()
@@ -492,14 +507,22 @@ func waitFor(t *testing.T, timeout time.Duration, what string, fn func() error) 
 	}
 }
 
-// Backend addresses of the lab, by name.
+// Backend addresses of the lab, by name: beN on IPv4, beNv6 the same host
+// on IPv6 (2001:2::/48).
 var backendAddr = map[string]string{
-	"be1": "198.18.2.11:80",
-	"be2": "198.18.2.12:80",
-	"be3": "198.18.2.13:80",
+	"be1":   "198.18.2.11:80",
+	"be2":   "198.18.2.12:80",
+	"be3":   "198.18.2.13:80",
+	"be1v6": "[2001:2:0:2::11]:80",
+	"be2v6": "[2001:2:0:2::12]:80",
+	"be3v6": "[2001:2:0:2::13]:80",
 }
 
-const vip = "198.18.1.100"
+// vip is the L4 service's VIP; vip6 the IPv6 one (for IPv6 L4 tests).
+const (
+	vip  = "198.18.1.100"
+	vip6 = "2001:2:0:1::100"
+)
 
 // agentConfig is what a test varies in the agent's config.
 type agentConfig struct {
@@ -532,16 +555,34 @@ type agentConfig struct {
 	// HTTPExtra is appended to service web-http's keys (lines indented by
 	// four spaces, e.g. "    client: {header_timeout: 1s}\n").
 	HTTPExtra string
+	// L4v6 adds service web6-l4 at [vip6]:80/tcp on pool web (its IPv6
+	// addresses; Mode applies). For the IPv6 data path's tests: until it
+	// lands, the config is refused.
+	L4v6 bool
+	// DNSServers is the dns.servers list (YAML flow items); default
+	// "198.18.2.53:53".
+	DNSServers string
+	// HTTP6 adds service web6-http at [httpVIP6]:80 (the L7 stage on
+	// IPv6, pool web, web-http's timeouts and retry); with HTTP, pool web
+	// serves both.
+	HTTP6 bool
 }
 
-// httpVIP is the L7 service's address.
-const httpVIP = "198.18.1.101"
+// httpVIP is the L7 service's address; httpVIP6 the IPv6 one.
+const (
+	httpVIP  = "198.18.1.101"
+	httpVIP6 = "2001:2:0:1::101"
+)
 
-// AddLocalVIP assigns addr/32 to the lb's loopback: an L7 listen address
-// must be local, unlike an L4 VIP (which XDP intercepts).
+// AddLocalVIP assigns addr/32 (addr/128 for IPv6) to the lb's loopback: an
+// L7 listen address must be local, unlike an L4 VIP (which XDP intercepts).
 func (l *Lab) AddLocalVIP(addr string) {
 	l.t.Helper()
-	l.MustRun("lb", 5*time.Second, "ip", "addr", "add", addr+"/32", "dev", "lo")
+	prefix := addr + "/32"
+	if strings.Contains(addr, ":") {
+		prefix = addr + "/128"
+	}
+	l.MustRun("lb", 5*time.Second, "ip", "addr", "add", prefix, "dev", "lo")
 }
 
 // Agent is a running `sluice agent` in the lab's lb namespace.
@@ -625,23 +666,23 @@ interfaces: [eth0, eth1]
 admin: {socket: %s}
 metrics: {listen: 127.0.0.1:9464}
 datapath: {pin_path: %s, xdp_mode: native%s}
-dns: {servers: ["198.18.2.53:53"], min_ttl: 1s, timeout: 1s%s}
+dns: {servers: [%s], min_ttl: 1s, timeout: 1s%s}
 pools:
   - name: web
     backends:
-`, a.lab.ID, a.Socket, a.PinPath, c.Datapath, nxHold(c.NXDomainHold))
+`, a.lab.ID, a.Socket, a.PinPath, c.Datapath, or(c.DNSServers, `"198.18.2.53:53"`), nxHold(c.NXDomainHold))
 	if c.DNSName != "" {
 		fmt.Fprintf(&b, "      - name: %s\n        port: 80\n", c.DNSName)
 	} else {
 		for _, be := range c.Backends {
-			fmt.Fprintf(&b, "      - address: %s\n", backendAddr[be])
+			fmt.Fprintf(&b, "      - address: \"%s\"\n", backendAddr[be])
 		}
 	}
 	fmt.Fprintf(&b, "    drain_timeout: %s\n", c.DrainTimeout)
 	switch {
 	case c.Ejection != "":
 		fmt.Fprintf(&b, "    ejection: %s\n", c.Ejection)
-	case c.HTTP:
+	case c.HTTP || c.HTTP6:
 		b.WriteString("    ejection: {failures: 2, window: 10s, base_time: 2s, max_time: 10s, max_ejected_percent: 50}\n")
 	}
 	if c.Health {
@@ -666,16 +707,31 @@ pools:
     mode: %s
     pool: web
 `, vip, c.Mode)
-	if c.HTTP {
-		fmt.Fprintf(&b, `  - name: web-http
-    listen: %s:80
+	if c.L4v6 {
+		fmt.Fprintf(&b, `  - name: web6-l4
+    listen: "[%s]:80"
+    protocol: tcp
+    mode: %s
+    pool: web
+`, vip6, c.Mode)
+	}
+	// web-http and web6-http: the L7 stage on pool web, on IPv4 and IPv6.
+	httpService := func(name, listen string) {
+		fmt.Fprintf(&b, `  - name: %s
+    listen: "%s"
     protocol: http
     pool: web
     timeouts: %s
     retry: %s
-`, httpVIP, or(c.Timeouts, "{connect: 1s, read: 2s, total: 5s}"),
+`, name, listen, or(c.Timeouts, "{connect: 1s, read: 2s, total: 5s}"),
 			or(c.Retry, "{attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD]}"))
+	}
+	if c.HTTP {
+		httpService("web-http", httpVIP+":80")
 		b.WriteString(c.HTTPExtra)
+	}
+	if c.HTTP6 {
+		httpService("web6-http", "["+httpVIP6+"]:80")
 	}
 	if c.UDP {
 		fmt.Fprintf(&b, `  - name: udp-l4

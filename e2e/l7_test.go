@@ -68,6 +68,60 @@ func TestL7Failover(t *testing.T) {
 	}
 }
 
+// followMove reads the events of a one-connection keep-alive load: a few
+// answers from `from`, then move() (the DNS record moves), then 20 answers
+// from `to`. It fails the test on a failed request, a second connection,
+// an answer from elsewhere once one came from `to`, or none from `to`
+// within limit; it returns how long after move() the first answer from
+// `to` came.
+func followMove(t *testing.T, events <-chan string, from, to string, limit time.Duration, move func()) time.Duration {
+	t.Helper()
+	for n := 0; n < 5; {
+		ev, err := nextEvent(events, 10*time.Second)
+		if err != nil {
+			t.Fatalf("before the move: %v", err)
+		}
+		switch {
+		case ev.Event == "error":
+			t.Fatalf("before the move: %s %s", ev.Kind, ev.Error)
+		case ev.Event == "response" && ev.Backend != from:
+			t.Fatalf("before the move: answer from %s, want %s", ev.Backend, from)
+		case ev.Event == "response":
+			n++
+		}
+	}
+	changed := time.Now()
+	move()
+	var movedAt time.Time
+	for after := 0; after < 20; {
+		ev, err := nextEvent(events, 10*time.Second)
+		if err != nil {
+			t.Fatalf("after the move: %v", err)
+		}
+		switch ev.Event {
+		case "error":
+			t.Fatalf("after the move: request failed: %s %s", ev.Kind, ev.Error)
+		case "connect":
+			if ev.Conn > 1 {
+				t.Errorf("the client's keep-alive connection was lost (connection %d)", ev.Conn)
+			}
+		case "response":
+			switch {
+			case ev.Backend == to:
+				if movedAt.IsZero() {
+					movedAt = ev.Time()
+				}
+				after++
+			case !movedAt.IsZero():
+				t.Fatalf("answer from %s after requests had moved to %s", ev.Backend, to)
+			case time.Since(changed) > limit:
+				t.Fatalf("still answered by %s %s after the record moved", ev.Backend, time.Since(changed).Round(time.Millisecond))
+			}
+		}
+	}
+	return movedAt.Sub(changed)
+}
+
 // TestL7DNSChange is the first field report at L7: a client keeps one
 // keep-alive connection to the HTTP service while the pool's DNS name moves
 // from be1 to be2. Requests follow the name within about a TTL, the client's
@@ -91,58 +145,19 @@ func TestL7DNSChange(t *testing.T) {
 		"--timeout", "3s", "--events")
 	t.Cleanup(func() { load.Stop(3 * time.Second) })
 
-	// A few answers from be1 first.
-	for n := 0; n < 5; {
-		ev, err := nextEvent(events, 10*time.Second)
-		if err != nil {
-			t.Fatalf("before the change: %v", err)
-		}
-		switch ev.Event {
-		case "error":
-			t.Fatalf("before the change: %s %s", ev.Kind, ev.Error)
-		case "response":
-			if ev.Backend != "be1" {
-				t.Fatalf("before the change: answer from %s, want be1", ev.Backend)
-			}
-			n++
-		}
-	}
+	took := followMove(t, events, "be1", "be2", 5*time.Second, func() { dns.Set("backend.lab. 1 A 198.18.2.12\n") })
+	t.Logf("requests moved to be2 %s after the DNS change", took.Round(time.Millisecond))
+	stopOneConnection(t, load, "keep-alive load through the DNS change")
+}
 
-	changed := time.Now()
-	dns.Set("backend.lab. 1 A 198.18.2.12\n")
-	var movedAt time.Time
-	after := 0
-	for after < 20 {
-		ev, err := nextEvent(events, 10*time.Second)
-		if err != nil {
-			t.Fatalf("after the change: %v", err)
-		}
-		switch ev.Event {
-		case "error":
-			t.Fatalf("after the change: request failed: %s %s", ev.Kind, ev.Error)
-		case "connect":
-			if ev.Conn > 1 {
-				t.Errorf("the client's keep-alive connection was lost (connection %d)", ev.Conn)
-			}
-		case "response":
-			switch {
-			case ev.Backend == "be2" && movedAt.IsZero():
-				movedAt = ev.Time()
-				after++
-			case ev.Backend == "be2":
-				after++
-			case !movedAt.IsZero():
-				t.Fatalf("answer from %s after requests had moved to be2", ev.Backend)
-			case time.Since(changed) > 5*time.Second:
-				t.Fatalf("still answered by %s %s after the DNS change (TTL 1s)", ev.Backend, time.Since(changed).Round(time.Millisecond))
-			}
-		}
-	}
-	t.Logf("requests moved to be2 %s after the DNS change", movedAt.Sub(changed).Round(time.Millisecond))
+// stopOneConnection stops a one-connection keep-alive load and checks that
+// no request failed and the client dialled once.
+func stopOneConnection(t *testing.T, load *Proc, what string) {
+	t.Helper()
 	load.Stop(3 * time.Second)
 	rep := parseReport(t, load.Output())
-	assertNoFailures(t, "keep-alive load through the DNS change", rep)
+	assertNoFailures(t, what, rep)
 	if rep.Dials != 1 {
-		t.Errorf("the client dialled %d times, want 1", rep.Dials)
+		t.Errorf("%s: the client dialled %d times, want 1", what, rep.Dials)
 	}
 }

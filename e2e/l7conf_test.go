@@ -145,6 +145,7 @@ func (l *Lab) curl(method, url string, extra ...string) HTTPResult {
 // AccessLine is one access log line of the L7 stage.
 type AccessLine struct {
 	Service string `json:"service"`
+	Client  string `json:"client"`
 	Method  string `json:"method"`
 	URI     string `json:"uri"`
 	Status  int    `json:"status"`

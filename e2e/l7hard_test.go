@@ -346,8 +346,8 @@ func TestL7StrictTranslation(t *testing.T) {
 // TestL7ForwardingHeaders: forwarding headers a client sends do not reach
 // the backend as if sluice had set them (the client is no trusted proxy):
 // X-Real-IP, X-Forwarded-Proto and X-Forwarded-Host are replaced,
-// Forwarded removed, X-Forwarded-For appended to. Checked on the bytes
-// the backend read.
+// Forwarded replaced by ours, X-Forwarded-For appended to. Checked on the
+// bytes the backend read.
 func TestL7ForwardingHeaders(t *testing.T) {
 	lab, _ := startL7(t, agentConfig{Ejection: noEjection, Backends: []string{"be1"}})
 	m := newRID("spoof")
@@ -365,7 +365,7 @@ func TestL7ForwardingHeaders(t *testing.T) {
 			t.Errorf("the client's %q reached the backend", spoofed)
 		}
 	}
-	for _, ours := range []string{"X-Forwarded-For: 10.9.9.9, 198.18.", "X-Real-IP: 198.18.", "X-Forwarded-Proto: http\r\n"} {
+	for _, ours := range []string{"X-Forwarded-For: 10.9.9.9, 198.18.", "X-Real-IP: 198.18.", "X-Forwarded-Proto: http\r\n", "Forwarded: for=198.18.0.2;proto=http;host="} {
 		if n := lab.rawSeen("be1", ours); n == 0 {
 			t.Errorf("the backend never got %q", ours)
 		}

@@ -15,6 +15,10 @@ import (
 // hop (64-byte ct_value) and whose pinned state had no layout version.
 const layoutBefore = "212c264d1e57e3c64ac9edafe5048d69fea0695d"
 
+// layoutTwoEntries is the last commit whose flows took two conntrack
+// entries (a forward and a reverse one), with a layout version pinned.
+const layoutTwoEntries = "4cafe194a0fd5aa1b383c0ad76b0cd0d79a57664"
+
 // buildRelease builds cmd/sluice as of commit rev (skips the test when the
 // commit is not in the repository, e.g. a shallow clone).
 func buildRelease(t *testing.T, rev string) string {
@@ -55,20 +59,26 @@ func buildRelease(t *testing.T, rev string) string {
 }
 
 // TestLayoutUpgrade: an upgrade from a release whose map layout differs
-// (the next hop in every conntrack entry, no layout version pinned) under
-// continuous load: the new agent starts (no refusal, no restart loop),
-// migrates conntrack, and no established connection breaks or changes
-// backend.
+// under continuous load: the new agent starts (no refusal, no restart
+// loop), migrates conntrack, and no established connection breaks or
+// changes backend. Two older layouts: the next hop in every conntrack
+// entry with no layout version pinned, and two entries per flow (with a
+// layout version).
 func TestLayoutUpgrade(t *testing.T) {
+	t.Run("next-hop-in-entries", func(t *testing.T) { testLayoutUpgrade(t, layoutBefore, false) })
+	t.Run("two-entries-per-flow", func(t *testing.T) { testLayoutUpgrade(t, layoutTwoEntries, true) })
+}
+
+func testLayoutUpgrade(t *testing.T, rev string, versioned bool) {
 	lab := newLab(t)
-	old := buildRelease(t, layoutBefore)
+	old := buildRelease(t, rev)
 	lab.StartBackends()
 	agent := lab.StartAgentBinary(agentConfig{}, old)
 	if st, err := agent.Status(); err != nil || st.Version != "e2e-old-layout" {
 		t.Fatalf("before the upgrade: version %q (%v)", st.Version, err)
 	}
-	if _, err := os.Stat(filepath.Join(agent.PinPath, "layout")); err == nil {
-		t.Fatal("the older release pinned a layout version: not the release this test is about")
+	if _, err := os.Stat(filepath.Join(agent.PinPath, "layout")); (err == nil) != versioned {
+		t.Fatalf("the older release pinned a layout version: %v, want %v: not the release this test is about", err == nil, versioned)
 	}
 
 	const conns = 6
@@ -100,7 +110,7 @@ func TestLayoutUpgrade(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(agent.PinPath, "layout")); err != nil {
 		t.Errorf("no layout version pinned after the upgrade: %v", err)
 	}
-	if log := agent.proc.Log(); !strings.Contains(log, "conntrack migrated") {
+	if log := agent.proc.Log(); !strings.Contains(log, "pinned map migrated to this release's layout") || !strings.Contains(log, "map=conntrack") {
 		t.Errorf("the agent did not say it migrated conntrack:\n%s", log)
 	}
 

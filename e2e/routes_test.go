@@ -27,7 +27,7 @@ const routesHTTP = `    routes:
         host: api.internal
         headers:
           request:
-            set: [{name: X-Env, value: "prod {client_ip}"}]
+            set: [{name: X-Env, value: "prod {client_ip}"}, {name: X-Request-Id, value: "{request_id}"}]
             remove: [X-Debug]
           response:
             remove: [X-Client-Addr]
@@ -96,21 +96,35 @@ func TestL7Routes(t *testing.T) {
 		t.Errorf("rules applied outside their route:\n%s", r.Body)
 	}
 
+	// The access log names the route and the request id, which the
+	// route's rule sent to the backend as X-Request-Id.
 	rid := newRID("route")
-	if r := lab.curl("GET", strings.TrimSuffix(httpURL, "/")+"/x?rid="+rid, "-H", "Host: api.lab"); r.Backend != "be2" {
-		t.Fatalf("api.lab went to %q", r.Backend)
+	r = lab.curl("GET", strings.TrimSuffix(httpURL, "/")+"/x?echo=X-Request-Id&rid="+rid, "-H", "Host: api.lab", "-H", "X-Request-Id: forged")
+	reqID := header(r, "X-Echo-X-Request-Id")
+	if r.Backend != "be2" || reqID == "" || reqID == "forged" {
+		t.Fatalf("api.lab went to %q with X-Request-Id %q", r.Backend, reqID)
 	}
 	waitFor(t, 5*time.Second, "the access log line naming the route", func() error {
 		for _, l := range strings.Split(string(agent.proc.Output()), "\n") {
 			if strings.Contains(l, "rid="+rid) {
-				if !strings.Contains(l, `"route":"api"`) {
-					return fmt.Errorf("line without route api: %s", l)
+				if !strings.Contains(l, `"route":"api","request_id":"`+reqID+`"`) {
+					return fmt.Errorf("line without route api and request id %s: %s", reqID, l)
 				}
 				return nil
 			}
 		}
 		return fmt.Errorf("not written yet")
 	})
+	// sluice status lists the routes with their pools.
+	out, err := agent.CLI("status")
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	for _, want := range []string{"web-http  api      host api.lab", "web-http  static   host www.lab,*.cdn.lab path /static/  static", "web-http  default  anything else"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status has no %q:\n%s", want, out)
+		}
+	}
 
 	// Reload adding a site with a new pool, under load.
 	fresh := lab.StartLoad("newconn", nil, "--url", httpURL, "--mode", "newconn",

@@ -11,10 +11,10 @@
 #   backends               backend slots in use, decoded (address, state, generation, pool id)
 #   tables                 each service's Maglev table: inner map id and entries per backend slot
 #   stats                  per-CPU counters summed: services, backends in use, global
-#   conntrack              every conntrack entry, decoded, forward and reverse
+#   conntrack              every flow (one conntrack entry each) and every snat reverse entry, decoded
 #   flow CLIENT VIP[/PROTO] [PROTO]
 #                          look one flow up by its key: CLIENT ip:port, VIP ip:port,
-#                          PROTO tcp (default) or udp; then its reverse (reply) entry
+#                          PROTO tcp (default) or udp; then how its replies find it
 #   key CLIENT VIP[/PROTO] [PROTO]
 #                          print the conntrack key bytes of a flow (for bpftool ... key hex)
 #   dump MAP               bpftool's own BTF dump of one pinned map, undecoded
@@ -187,28 +187,27 @@ cmd_conntrack() {
 	all=$(jdump conntrack)
 	if [[ $summary == summary ]]; then
 		say "conntrack"
-		jq -r '"\(map(select(.value.flags % 2 == 0)) | length) forward entries, \(map(select(.value.flags % 2 == 1)) | length) reverse entries (\"conntrack\" lists them)"' <<<"$all"
+		jq -r '"\(length) flows (one entry each; \"conntrack\" lists them)"' <<<"$all"
 		return
 	fi
-	say "conntrack: forward entries (client -> VIP, rewritten towards the backend)"
+	say "conntrack: flows (client -> VIP, rewritten towards the backend; replies find them through backend_ports)"
 	jq -r "$JQ_DEFS"'
 		["CLIENT", "VIP", "PROTO", "SERVICE", "SLOT/GEN", "BACKEND", "SNAT AS", "STATE"],
-		(.[] | select(.value.flags % 2 == 0) | [
+		(.[] | [
 			"\(.key.saddr | ip):\(.key.sport | port)", "\(.key.daddr | ip):\(.key.dport | port)",
 			(.key.proto | proto), .value.service_id, "\(.value.backend_id)/\(.value.backend_gen)",
 			"\(.value.daddr_new | ip):\(.value.dport_new | port)",
 			(if .value.saddr_new == 0 then "-" else "\(.value.saddr_new | ip):\(.value.sport_new | port)" end),
 			(.value.state | ctstate)
 		]) | @tsv' <<<"$all" | table
-	say "conntrack: reverse entries (backend -> client, source rewritten back to the VIP)"
-	jq -r "$JQ_DEFS"'
-		["BACKEND", "TO", "PROTO", "SERVICE", "SLOT/GEN", "AS VIP", "TO CLIENT"],
-		(.[] | select(.value.flags % 2 == 1) | [
+	say "snat_rev: snat flows' reverse entries (backend -> snat address, back to the flow's key)"
+	jdump snat_rev | jq -r "$JQ_DEFS"'
+		["BACKEND", "TO", "PROTO", "CLIENT", "VIP"],
+		(.[] | [
 			"\(.key.saddr | ip):\(.key.sport | port)", "\(.key.daddr | ip):\(.key.dport | port)",
-			(.key.proto | proto), .value.service_id, "\(.value.backend_id)/\(.value.backend_gen)",
-			"\(.value.saddr_new | ip):\(.value.sport_new | port)",
-			(if .value.daddr_new == 0 then "-" else "\(.value.daddr_new | ip):\(.value.dport_new | port)" end)
-		]) | @tsv' <<<"$all" | table
+			(.key.proto | proto),
+			"\(.value.saddr | ip):\(.value.sport | port)", "\(.value.daddr | ip):\(.value.dport | port)"
+		]) | @tsv' | table
 }
 
 # ip_hex A.B.C.D: the four bytes in network order, as bpftool's hex words.
@@ -283,11 +282,12 @@ cmd_flow() {
 	fi
 	# shellcheck disable=SC2086
 	bpftool map lookup pinned "$pin/conntrack" key hex $key
-	local rkey
+	local rkey rmap
 	rkey=$(jq -r "$JQ_DEFS"'.formatted.value as $v | .formatted.key as $k |
-		($v.daddr_new | ipbytes) + (if $v.saddr_new == 0 then ($k.saddr | ipbytes) else ($v.saddr_new | ipbytes) end) +
-		($v.dport_new | portbytes) + (if $v.saddr_new == 0 then ($k.sport | portbytes) else ($v.sport_new | portbytes) end) +
-		[($k.proto | hex2), "00", "00", "00"] | join(" ")' <<<"$out")
+		if $v.saddr_new == 0 then ($v.daddr_new | ipbytes) + ($v.dport_new | portbytes) + ["00", "00"]
+		else ($v.daddr_new | ipbytes) + ($v.saddr_new | ipbytes) + ($v.dport_new | portbytes) +
+			($v.sport_new | portbytes) + [($k.proto | hex2), "00", "00", "00"] end | join(" ")' <<<"$out")
+	rmap=$(jq -r 'if .formatted.value.saddr_new == 0 then "backend_ports" else "snat_rev" end' <<<"$out")
 	jq -r "$JQ_DEFS"'.formatted.value | "\nflow: service \(.service_id), backend slot \(.backend_id) gen \(.backend_gen) = \(.daddr_new | ip):\(.dport_new | port)" +
 		(if .saddr_new == 0 then "" else ", source rewritten to \(.saddr_new | ip):\(.sport_new | port)" end) +
 		", state \(.state | ctstate)"' <<<"$out"
@@ -299,9 +299,13 @@ cmd_flow() {
 			"backend slot now: \(.addr | ip):\(.port | port) \(.state | bstate) gen \(.gen)" +
 			(if .gen != $gen then " (generation changed: the flow'"'"'s packets get a TCP RST)"
 			 elif .state == 4 then " (removed: the flow'"'"'s packets get a TCP RST)" else "" end)'
-	say "reverse entry: bpftool map lookup pinned $pin/conntrack key hex $rkey"
+	if [[ $rmap == backend_ports ]]; then
+		say "replies: the backend's endpoint, bpftool map lookup pinned $pin/backend_ports key hex $rkey (its nat services rebuild this key)"
+	else
+		say "replies: the snat reverse entry, bpftool map lookup pinned $pin/snat_rev key hex $rkey"
+	fi
 	# shellcheck disable=SC2086
-	bpftool map lookup pinned "$pin/conntrack" key hex $rkey ||
+	bpftool map lookup pinned "$pin/$rmap" key hex $rkey ||
 		echo "not found (replies of this flow fall through to the kernel untranslated)"
 }
 

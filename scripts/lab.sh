@@ -17,14 +17,17 @@
 # land in a private bpffs that vanishes with the process.
 #
 # Every host is its own network namespace, named sl-ID-<host>; addresses come
-# from 198.18.0.0/15 only; veth pairs are created directly inside the
-# namespaces, so the root namespace never holds a lab link, address or route.
+# from 198.18.0.0/15 and 2001:2::/48 only; veth pairs are created directly
+# inside the namespaces, so the root namespace never holds a lab link,
+# address or route.
 #
 #   client (198.18.0.2) --- eth0 [lb] eth1 --- br0 [sw] --- be1 198.18.2.11
 #                        198.18.0.1   198.18.2.1       +--- be2 198.18.2.12
 #                                                      +--- be3 198.18.2.13
 #                                                      +--- dns 198.18.2.53
 #   VIPs: 198.18.1.0/24, assigned nowhere (the XDP program intercepts them).
+#   IPv6 alongside, the same last digits: 198.18.0.x is 2001:2::x/64,
+#   198.18.2.x is 2001:2:0:2::x/64, VIPs 2001:2:0:1::/64.
 #
 # Environment:
 #   XDPPASS_OBJ   XDP_PASS object attached (native) to the veth peers sluice
@@ -104,6 +107,9 @@ lab_up() {
 	for h in "${hosts[@]}"; do
 		ip netns add "$(ns_name "$id" "$h")"
 		ip -n "$(ns_name "$id" "$h")" link set lo up
+		# No duplicate address detection: IPv6 addresses (link-local ones
+		# too) are usable at once, not "tentative" for a second or two.
+		nsx "$(ns_name "$id" "$h")" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
 	done
 
 	# client <-> lb
@@ -113,7 +119,7 @@ lab_up() {
 
 	# lb sysctls: forwarding, and rp_filter off (a reverse-NATed reply that falls
 	# back to the kernel must not be dropped).
-	nsx "$lb" sysctl -qw net.ipv4.ip_forward=1
+	nsx "$lb" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 	local conf
 	for conf in all default eth0 eth1; do
 		nsx "$lb" sysctl -qw "net.ipv4.conf.$conf.rp_filter=0"
@@ -142,6 +148,7 @@ lab_up() {
 		ip -n "$ns" addr add "198.18.2.1$i/24" dev eth0
 	done
 	ip -n "$dns" addr add 198.18.2.53/24 dev eth0
+	lab_addrs6 "$id"
 
 	# links up
 	ip -n "$sw" link set br0 up
@@ -154,8 +161,10 @@ lab_up() {
 	for ns in "$(ns_name "$id" be1)" "$(ns_name "$id" be2)" "$(ns_name "$id" be3)" "$dns"; do
 		ip -n "$ns" link set eth0 up
 		ip -n "$ns" route add 198.18.0.0/15 via 198.18.2.1
+		ip -n "$ns" -6 route add 2001:2::/48 via 2001:2:0:2::1
 	done
 	ip -n "$c" route add 198.18.0.0/15 via 198.18.0.1
+	ip -n "$c" -6 route add 2001:2::/48 via 2001:2::1
 
 	# checksum offload off on every endpoint and switch port (and lb's own links)
 	tx_off "$c" eth0
@@ -186,6 +195,19 @@ lab_up() {
 	printf '%s\n' "$id"
 }
 
+# lab_addrs6 ID: every host's IPv6 address (2001:2::/48, the benchmarking
+# range of RFC 5180), next to its IPv4 one; nodad: usable at once.
+lab_addrs6() {
+	local id=$1 i
+	ip -n "$(ns_name "$id" client)" addr add 2001:2::2/64 dev eth0 nodad
+	ip -n "$(ns_name "$id" lb)" addr add 2001:2::1/64 dev eth0 nodad
+	ip -n "$(ns_name "$id" lb)" addr add 2001:2:0:2::1/64 dev eth1 nodad
+	for i in 1 2 3; do
+		ip -n "$(ns_name "$id" "be$i")" addr add "2001:2:0:2::1$i/64" dev eth0 nodad
+	done
+	ip -n "$(ns_name "$id" dns)" addr add 2001:2:0:2::53/64 dev eth0 nodad
+}
+
 write_env() {
 	local id=$1
 	local tmp=$lab_dir/$id.env.tmp
@@ -207,6 +229,14 @@ write_env() {
 		BE3=198.18.2.13
 		DNS=198.18.2.53
 		VIP_NET=198.18.1.0/24
+		CLIENT6=2001:2::2
+		LB_CLIENT_IP6=2001:2::1
+		LB_BACKEND_IP6=2001:2:0:2::1
+		BE1_6=2001:2:0:2::11
+		BE2_6=2001:2:0:2::12
+		BE3_6=2001:2:0:2::13
+		DNS6=2001:2:0:2::53
+		VIP6_NET=2001:2:0:1::/64
 	EOF
 	mv "$tmp" "$lab_dir/$id.env"
 }

@@ -7,6 +7,7 @@
 #define MAGLEV_PROBES 8     /* table slots tried when a slot's backend just left */
 #define SNAT_TRIES 8        /* source ports tried for a new SNAT flow */
 #define REPLY_HOPS 4096     /* reply_hops entries (a power of two): client next hops cached per CPU */
+#define EP_NAT_SVCS 4       /* nat services listed per backend endpoint (struct ep_info) */
 
 #define ETH_P_IP_BE   0x0008 /* htons(ETH_P_IP) on little-endian hosts */
 #define IP_DF         0x4000
@@ -35,9 +36,9 @@ enum ct_state {
 	CT_SYN_RECV = 5, /* the backend answered the SYN (SYN-ACK); the client's ACK is awaited */
 };
 
-/* ct_value.flags */
-enum ct_flags {
-	CT_F_REPLY = 1, /* reverse entry: translates backend -> client packets */
+/* ep_info.flags */
+enum ep_flags {
+	EP_SNAT = 1, /* an snat service's pool holds the endpoint */
 };
 
 /* addr_info.flags: what an address is to sluice. */

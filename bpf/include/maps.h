@@ -47,10 +47,11 @@ struct {
 	__array(values, struct maglev_inner);
 } maglev_outer SEC(".maps");
 
-/* Connection tracking of confirmed flows: forward (client -> VIP) and
- * reverse (backend -> client) entries. A flow gets here only once the
- * backend confirmed it (see halfopen). LRU; the agent also removes entries
- * idle past their state's timeout. max_entries set from Go. */
+/* Connection tracking of confirmed flows: one entry per flow, keyed by
+ * its tuple as the client sends it (client -> VIP); replies find it by
+ * rebuilding that key (flow.h). A flow gets here only once the backend
+ * confirmed it (see halfopen). LRU; the agent also removes entries idle
+ * past their state's timeout. max_entries set from Go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -125,16 +126,44 @@ struct {
 	__type(value, __u8);
 } direct_syns SEC(".maps");
 
-/* Every backend's address and service port (struct endpoint), so a reply
- * that matches no flow is recognised and dropped instead of leaking the
- * backend's address. Kept by datapath.Real like addrs. */
+/* Every backend's address and service port (struct endpoint) -> the nat
+ * services it serves (struct ep_info): a reply names the client and the
+ * backend but not the VIP, and this entry gives the VIP and port that
+ * rebuild the flow's key; a reply that matches no flow is recognised
+ * instead of leaking the backend's address. Kept by datapath.Real like
+ * addrs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_BACKENDS);
 	__type(key, struct endpoint);
-	__type(value, __u32);
+	__type(value, struct ep_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } backend_ports SEC(".maps");
+
+/* snat mode's reverse entries: a reply comes to the snat address and port,
+ * which name neither the client nor the VIP, so it needs a key of its
+ * own: (backend, snat address, ports) -> the flow's conntrack key. 16 + 16
+ * bytes, 96 per flow with the kernel's overhead. Confirmed flows only;
+ * LRU, conntrack_max/2 entries (set from Go). A forward hit re-creates an
+ * evicted one (once per tick of the coarse clock). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct ct_key);
+	__type(value, struct ct_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} snat_rev SEC(".maps");
+
+/* The same for half-open snat flows, so a flood of new snat flows churns
+ * this map, never the confirmed flows' reverse entries. LRU, half the
+ * half-open table's entries (set from Go). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct ct_key);
+	__type(value, struct ct_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} snat_rev_ho SEC(".maps");
 
 /* Counters, read by the agent at scrape time. */
 struct {

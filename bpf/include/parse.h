@@ -51,13 +51,17 @@ static __always_inline int ipv4_csum_ok(struct xdp_md *ctx, struct iphdr *ip, __
 	__u32 sum = 0;
 	if ((void *)(ip + 1) > data_end)
 		return 0;
+	/* Bounds the verifier can see whatever the caller's path (ihl_bytes
+	 * may come from memory, not a checked register). */
+	if (ihl_bytes < sizeof(struct iphdr) || ihl_bytes > IPV4_MAX_HDR_WORDS * 2)
+		return 0;
 	/* The 20 fixed bytes... */
 #pragma unroll
 	for (int i = 0; i < 10; i++)
 		sum += w[i];
 	/* ...then the options, if any, copied out (rare; a variable-length
 	 * walk over packet memory is more than the verifier can follow). */
-	__u32 olen = ihl_bytes - sizeof(struct iphdr);
+	__u32 olen = (ihl_bytes - sizeof(struct iphdr)) & 0x3f; /* 0..40 after the check above */
 	if (olen > 0) {
 		__u16 opt[(IPV4_MAX_HDR_WORDS - 10)] = {};
 		if (olen > sizeof(opt))

@@ -17,6 +17,8 @@ struct svc_value {
 	__u8 mode;       /* enum svc_mode */
 	__u8 pad[3];
 	__be32 snat_addr; /* MODE_SNAT: the source sluice uses towards backends */
+	__u32 pool_id;   /* the pool's id (struct backend.pool_id): which backends'
+			  * replies belong to the service (backend_ports) */
 };
 
 /* backends value, indexed by slot. */
@@ -50,25 +52,28 @@ struct nexthop {
 	__u64 until; /* bpf_ktime_get_coarse_ns() after which the entry is looked up again */
 };
 
-/* conntrack value. A forward entry (client -> VIP) rewrites the destination
- * to the backend; a reverse entry (CT_F_REPLY, backend -> client) rewrites
- * the source back to the VIP. A zero new address means "keep". */
+/* conntrack (and halfopen) value: one entry per flow, keyed by the flow's
+ * tuple as the client sends it (client -> VIP). It rewrites the
+ * destination to the backend (and in snat mode the source to the snat
+ * address and port); a reply is rewritten back from the same entry,
+ * found by rebuilding this key from the reply (see flow.h). A zero new
+ * address or port means "keep". */
 struct ct_value {
 	__u64 last_seen;   /* bpf_ktime_get_coarse_ns() of the last packet */
 	__u32 service_id;
 	__u32 backend_id;  /* slot */
 	__u32 backend_gen; /* the slot's generation when the flow was pinned */
-	__be32 saddr_new;  /* forward: SNAT source (0 in nat mode); reverse: the VIP */
-	__be32 daddr_new;  /* forward: the backend; reverse: the client (0 in nat mode) */
-	__be16 sport_new;
-	__be16 dport_new;
-	__u8 state;        /* enum ct_state (kept in the forward entry) */
-	__u8 flags;        /* enum ct_flags */
-	__u8 pad[2];
+	__be32 saddr_new;  /* snat mode: the snat source; 0 in nat mode */
+	__be32 daddr_new;  /* the backend */
+	__be16 sport_new;  /* snat mode: the snat source port; 0 in nat mode */
+	__be16 dport_new;  /* the backend's port */
+	__u8 state;        /* enum ct_state */
+	__u8 pad[3];
 	/* No next hop here: it is the same for every flow to a backend (or
 	 * to a client), so it is cached per backend slot (backend_hops) and
 	 * per client address (reply_hops), not in each of the entries.
-	 * 40 bytes: 120 per entry with the kernel's 64 of overhead. */
+	 * 40 bytes: 120 per flow with the key and the kernel's 64 of
+	 * overhead (docs/architecture.md, "Memory per flow"). */
 };
 
 /* backend_hops and reply_hops value: the cached next hop towards an
@@ -85,6 +90,31 @@ struct endpoint {
 	__be32 addr;
 	__be16 port;
 	__u16 pad;
+};
+
+/* A nat service a backend endpoint belongs to (struct ep_info). */
+struct ep_service {
+	__be32 vip;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+	__u32 id; /* the service id (its counters) */
+};
+
+/* backend_ports value: what a reply from this endpoint can belong to.
+ * nat_count nat services have the endpoint's pool; the first EP_NAT_SVCS
+ * of them are listed in nat[] (sorted, so every agent writes the same
+ * bytes). A reply names the client and the backend, not the VIP: each
+ * listed service's VIP and port rebuild a forward key to look up, and
+ * when exactly one nat service of the reply's protocol holds the
+ * endpoint, the reply is translated from this entry alone, with no flow
+ * entry (evicted, or a flow another node forwarded). */
+struct ep_info {
+	__u32 slots;     /* non-free backend slots holding the endpoint */
+	__u8 nat_count;  /* nat services whose pool holds it (all protocols; capped at 255) */
+	__u8 flags;      /* enum ep_flags */
+	__u8 pad[2];
+	struct ep_service nat[EP_NAT_SVCS];
 };
 
 /* addrs value: what an address is to sluice. Fragments carry no ports (all
@@ -133,10 +163,11 @@ struct global_counters {
 	__u64 backend_fragments;   /* fragments from a backend's address: dropped, never passed un-translated */
 	__u64 rst_rate_limited;    /* RSTs not sent (the packet dropped) over the rate limit */
 	__u64 flows_confirmed;     /* half-open flows the backend confirmed: moved to conntrack */
-	__u64 reverse_recreated;   /* reverse entries LRU evicted, re-created from the forward entry */
+	__u64 reverse_recreated;   /* snat reverse entries LRU evicted, re-created from the flow's entry */
 	__u64 synack_no_flow_drops; /* a backend's SYN-ACK for a VIP flow sluice no longer knows: dropped, never leaked */
 	__u64 frag_needed_sent;    /* too big for the next hop, DF set: ICMP fragmentation needed sent back */
 	__u64 passed_too_big;      /* too big for the next hop, DF clear: rewritten, the kernel fragments */
+	__u64 replies_without_flow; /* nat replies translated from backend_ports alone (no flow entry) */
 };
 
 /* Run-time knobs set from Go before load (volatile const, not #ifdef). */

@@ -42,10 +42,16 @@ func newFakeAgent() *fakeAgent {
 			Version:    "v1.0.0",
 			ConfigPath: "/etc/sluice/sluice.yaml",
 			StartedAt:  testNow.Add(-(5*time.Minute + 55*time.Second)),
+			Warnings:   []string{"/etc/sluice/sluice.yaml:31: services[2].upstream.insecure_skip_verify: warning: backend certificates are not verified"},
 			Services: []admin.Service{
 				{Name: "web-l4", Listen: "198.18.1.100:80", Protocol: "tcp", Mode: "nat", Pool: "web",
 					ID: 1, ActiveFlows: 3, Backends: 1, Packets: 1200, Bytes: 3 << 20, NewFlows: 40, RSTs: 2},
 				{Name: "dns-udp", Listen: "198.18.1.101:53", Protocol: "udp", Mode: "snat", Pool: "dns", ID: 2},
+				{Name: "front", Listen: "0.0.0.0:443", Protocol: "http", Routes: []admin.Route{
+					{Name: "api", Match: "host api.lab path /v1/", Pool: "web", Backends: map[string]int{"active": 1, "draining": 1}},
+					{Name: "old", Match: "any host", Pool: "gone"},
+					{Name: "none", Match: "host x.lab", Pool: "dns", Backends: map[string]int{}},
+				}},
 			},
 			Pools: []admin.Pool{
 				{Name: "web", Backends: []admin.Backend{
@@ -431,9 +437,18 @@ func TestStatusTable(t *testing.T) {
 	}
 	want := `agent v1.0.0, config /etc/sluice/sluice.yaml, up 5m55s
 
-SERVICE  LISTEN           PROTO/MODE  POOL  BACKENDS  FLOWS  PACKETS  BYTES   NEW FLOWS  RSTS
-web-l4   198.18.1.100:80  tcp/nat     web   1/2       3      1200     3.0MiB  40         2
-dns-udp  198.18.1.101:53  udp/snat    dns   0/0       0      0        0B      0          0
+CONFIG WARNINGS (1; sluice check prints the same):
+  - /etc/sluice/sluice.yaml:31: services[2].upstream.insecure_skip_verify: warning: backend certificates are not verified
+
+SERVICE  LISTEN           PROTO/MODE  POOL      BACKENDS  FLOWS  PACKETS  BYTES   NEW FLOWS  RSTS
+web-l4   198.18.1.100:80  tcp/nat     web       1/2       3      1200     3.0MiB  40         2
+dns-udp  198.18.1.101:53  udp/snat    dns       0/0       0      0        0B      0          0
+front    0.0.0.0:443      http        (routes)  -         0      0        0B      0          0
+
+SERVICE  ROUTE  MATCH                   POOL  ADDRESSES
+front    api    host api.lab path /v1/  web   1 active, 1 draining
+front    old    any host                gone  (pool not running)
+front    none   host x.lab              dns   no addresses
 
 POOL  ADDRESS         SOURCE       STATE     CAUSE     AGE  FLOWS  DRAIN LEFT
 web   198.18.2.11:80  backend.lab  active    dns       3h   2      -

@@ -21,7 +21,10 @@ Services: name, VIP, protocol/mode, pool, backends getting new flows out of
 the pool's live addresses, active flows and counters. Then every address of
 every pool: where it came from (static or the DNS name), its state (active,
 draining, ejected, removed), why, for how long, its flows and, when
-draining, the time left before its remaining flows are cut.
+draining, the time left before its remaining flows are cut. An http
+service with routes lists each route: what it matches (host, path,
+methods, header), its pool and the pool's addresses by state; the
+service's own pool, if any, is the route "default" (anything else).
 
 --json prints the admin API's status document.`,
 		maxArgs: 0,
@@ -72,6 +75,7 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 		fmt.Fprintln(w)
 	}
 
+	writeWarnings(w, st.Warnings)
 	live := map[string]int{} // pool -> addresses not removed
 	for _, p := range st.Pools {
 		for _, b := range p.Backends {
@@ -89,10 +93,13 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 			if s.Mode != "" {
 				pm += "/" + s.Mode
 			}
-			t.row(s.Name, s.Listen, pm, s.Pool, fmt.Sprintf("%d/%d", s.Backends, live[s.Pool]),
+			t.row(s.Name, s.Listen, pm, servicePool(s), serviceBackends(s, live),
 				itoa(s.ActiveFlows), itoa(s.Packets), bytesHuman(s.Bytes), itoa(s.NewFlows), itoa(s.RSTs))
 		}
 		if err := t.flush(); err != nil {
+			return err
+		}
+		if err := writeRoutes(w, st); err != nil {
 			return err
 		}
 	}

@@ -324,6 +324,13 @@ func AppendRecord(b []byte, r *Record, now time.Time) []byte {
 		b = append(b, `,"route":`...)
 		b = appendJSONString(b, r.Route)
 	}
+	if !r.RequestID.IsZero() {
+		// An id is hex and a dash, or a peer's id of visible ASCII
+		// without quote or backslash (reqid.Parse): nothing to escape.
+		b = append(b, `,"request_id":"`...)
+		b = r.RequestID.AppendTo(b)
+		b = append(b, '"')
+	}
 	b = append(b, `,"client":`...)
 	b = appendJSONString(b, r.Client)
 	b = append(b, `,"method":`...)

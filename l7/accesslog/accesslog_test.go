@@ -11,11 +11,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/l7/reqid"
 )
 
 func sampleRecord() *Record {
+	id, _ := reqid.Parse("3f09a1c27b5d-1a2b")
 	return &Record{
-		Service: "web-http", Client: "198.18.0.9:53642", Method: "POST", Host: "shop.example",
+		Service: "web-http", RequestID: id, Client: "198.18.0.9:53642", Method: "POST", Host: "shop.example",
 		URI: "/orders?q=\"a\"&b=<c>\\d\u2028\x01\xff", Proto: "HTTP/1.1", Status: 200,
 		BytesIn: 2, BytesOut: 17, Duration: 3267 * time.Microsecond, Panic: true,
 		Error: "line\nbreak\ttab\r",
@@ -44,6 +47,7 @@ func TestAccessLogEncoding(t *testing.T) {
 		Level    string  `json:"level"`
 		Msg      string  `json:"msg"`
 		Service  string  `json:"service"`
+		ReqID    string  `json:"request_id"`
 		Client   string  `json:"client"`
 		Method   string  `json:"method"`
 		Host     string  `json:"host"`
@@ -67,7 +71,7 @@ func TestAccessLogEncoding(t *testing.T) {
 		t.Errorf("time/level/msg = %q %q %q", got.Time, got.Level, got.Msg)
 	}
 	wantURI := strings.ToValidUTF8(rec.URI, "\ufffd")
-	if got.Service != rec.Service || got.Client != rec.Client || got.Method != rec.Method || got.Host != rec.Host ||
+	if got.Service != rec.Service || got.ReqID != rec.RequestID.String() || got.Client != rec.Client || got.Method != rec.Method || got.Host != rec.Host ||
 		got.URI != wantURI || got.Proto != rec.Proto || got.Error != rec.Error {
 		t.Errorf("strings differ: %+v", got)
 	}
@@ -237,7 +241,7 @@ func TestAccessLogSameAsSlog(t *testing.T) {
 	h := slog.NewJSONHandler(&buf, nil)
 	sr := slog.NewRecord(now, slog.LevelInfo, "access", 0)
 	sr.AddAttrs(
-		slog.String("service", rec.Service), slog.String("client", rec.Client), slog.String("method", rec.Method),
+		slog.String("service", rec.Service), slog.String("request_id", rec.RequestID.String()), slog.String("client", rec.Client), slog.String("method", rec.Method),
 		slog.String("host", rec.Host), slog.String("uri", rec.URI), slog.String("proto", rec.Proto),
 		slog.Int("status", rec.Status), slog.Int64("bytes_in", rec.BytesIn), slog.Int64("bytes_out", rec.BytesOut),
 		slog.Float64("ms", float64(rec.Duration.Microseconds())/1000), slog.Int("tries", len(rec.Tries)),

@@ -1,6 +1,10 @@
 package accesslog
 
-import "time"
+import (
+	"time"
+
+	"github.com/sluicelb/sluice/l7/reqid"
+)
 
 // Record describes one proxied request; it is the access log line and what
 // the Observer gets. Records are reused: nobody may keep one after the
@@ -9,14 +13,17 @@ type Record struct {
 	Service string
 	// Route is the route that took the request, on a service with routes
 	// ("" without routes; "default" for the service's own pool).
-	Route   string
-	Client  string
-	Method  string
-	Host    string
-	URI     string
-	Proto   string
-	Status  int   // status sent to the client (499: the client went away first)
-	BytesIn int64 // request body bytes read from the client
+	Route string
+	// RequestID is the request's id (sluice's, or a trusted peer's):
+	// "request_id" in the line, absent when zero.
+	RequestID reqid.ID
+	Client    string
+	Method    string
+	Host      string
+	URI       string
+	Proto     string
+	Status    int   // status sent to the client (499: the client went away first)
+	BytesIn   int64 // request body bytes read from the client
 	// BytesOut is the response body bytes written to the client.
 	BytesOut int64
 	Duration time.Duration

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/reqid"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -342,7 +343,7 @@ func (s *Server) usableIn(g *group, addr netip.AddrPort) bool {
 func (s *Server) fail(w http.ResponseWriter, rec *accesslog.Record, status int, why string) {
 	rec.Status = status
 	rec.Error = why
-	s.writeError(w, status, why)
+	s.writeError(w, status, why, rec.RequestID)
 }
 
 // errorWriteTime bounds writing one of sluice's own (short) answers. It
@@ -350,14 +351,20 @@ func (s *Server) fail(w http.ResponseWriter, rec *accesslog.Record, status int, 
 // deadline has passed (504, 408).
 const errorWriteTime = 2 * time.Second
 
-func (s *Server) writeError(w http.ResponseWriter, status int, why string) {
+func (s *Server) writeError(w http.ResponseWriter, status int, why string, id reqid.ID) {
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(errorWriteTime))
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Add("Via", "1.1 sluice")
+	rid := id.String()
+	if rid != "" {
+		// The id the access log line has, for the client to quote.
+		h.Set(s.cfg.Load().base.svc.RequestID.Header, rid)
+		rid = "; request id " + rid
+	}
 	w.WriteHeader(status)
-	fmt.Fprintf(w, "%d %s (sluice: %s)\n", status, http.StatusText(status), why)
+	fmt.Fprintf(w, "%d %s (sluice: %s%s)\n", status, http.StatusText(status), why, rid)
 }
 
 // describe says what happened in one try, for logs and the pool's causes.

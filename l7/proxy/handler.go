@@ -94,6 +94,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	*q.rec = accesslog.Record{
 		Service: s.name, Route: routeName, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
 		URI: r.RequestURI, Proto: r.Proto, Tries: q.rec.Tries[:0],
+		RequestID: s.requestID(r, st),
 	}
 	defer q.finish()
 	// client.max_requests: past it, a fast 503 before anything is read.
@@ -105,6 +106,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.active.Add(-1)
+	if lim := st.maxRequests; lim > 0 && status == 0 {
+		// The route's max_requests: its share of the listener's.
+		if n := st.active.Add(1); n > int64(lim) {
+			st.active.Add(-1)
+			w.Header().Set("Retry-After", "1")
+			s.fail(w, q.rec, http.StatusServiceUnavailable, "overload: the route's max_requests ("+strconv.Itoa(lim)+") requests in flight")
+			s.obs.Refused(s.name, limitRouteRequests)
+			return
+		}
+		defer st.active.Add(-1)
+	}
 	if !q.admit() {
 		return
 	}
@@ -385,7 +397,7 @@ func (q *request) clientGone(b pool.Backend, trial bool, res tryResult, tr acces
 	if res.err != nil && errors.Is(res.err, errClientBody) {
 		rec.Error = "client request body: " + res.err.Error()
 		rec.Status = s.clientBodyStatus(res.err)
-		s.writeError(q.w, rec.Status, "error reading the request body")
+		s.writeError(q.w, rec.Status, "error reading the request body", rec.RequestID)
 	}
 }
 

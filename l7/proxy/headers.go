@@ -47,8 +47,13 @@ func removeHopByHop(h http.Header) {
 //	X-Forwarded-Proto  replaced: http or https        kept if sent, else ours
 //	X-Forwarded-Host   replaced: the request's Host   kept if sent, else ours
 //	X-Real-IP          replaced: the peer's address   kept if sent, else ours
-//	Forwarded          removed                        kept
+//	Forwarded          replaced: ours                 client's, then ours
 //	Via                client's + "1.1 sluice"        same
+//
+// Ours in Forwarded (RFC 7239) is for=PEER;proto=http|https;host=HOST,
+// written only when the peer's address is known; an IPv6 peer is quoted
+// and bracketed (for="[2001:db8::1]"), a host that is not a token is
+// quoted.
 //
 // A header the client names in Connection is hop-by-hop and removed first
 // (then ours is set as if it had not been sent).
@@ -58,6 +63,7 @@ func removeHopByHop(h http.Header) {
 type forwarded struct {
 	xff     string // "" when the client address is unknown: the client's passes
 	realIP  string // the peer's address ("" when unknown)
+	elem    string // our Forwarded element ("" when the peer is unknown)
 	proto   string
 	host    string
 	via     string
@@ -70,15 +76,13 @@ func newForwarded(r *http.Request, trusted []netip.Prefix) forwarded {
 		f.proto = "https"
 	}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		ip := ap.Addr().Unmap()
-		for _, p := range trusted {
-			if p.Contains(ip) {
-				f.trusted = true
-				break
-			}
-		}
+		// A zone (fe80::1%eth0) names one of our interfaces: not for
+		// the backend.
+		ip := ap.Addr().Unmap().WithZone("")
+		f.trusted = inPrefixes(ip, trusted)
 		f.realIP = addrString(r.RemoteAddr, ip)
 		f.xff = f.realIP
+		f.elem = forwardedElem(ip, f.realIP, f.proto, r.Host)
 		// A client that names X-Forwarded-For in Connection has it
 		// removed as hop-by-hop before ours is added.
 		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 && !namedIn(r.Header["Connection"], "X-Forwarded-For") {
@@ -86,6 +90,45 @@ func newForwarded(r *http.Request, trusted []netip.Prefix) forwarded {
 		}
 	}
 	return f
+}
+
+// forwardedElem is our element of the Forwarded header (RFC 7239 section
+// 4): for=, proto= and host= (when known), quoted where the syntax asks.
+func forwardedElem(ip netip.Addr, ipText, proto, host string) string {
+	var b strings.Builder
+	b.Grow(len("for=\"[]\";proto=https;host=") + len(ipText) + len(host) + 2)
+	b.WriteString("for=")
+	if ip.Is4() {
+		b.WriteString(ipText)
+	} else {
+		b.WriteString(`"[`)
+		b.WriteString(ipText)
+		b.WriteString(`]"`)
+	}
+	b.WriteString(";proto=")
+	b.WriteString(proto)
+	if host != "" {
+		b.WriteString(";host=")
+		writeTokenOrQuoted(&b, host)
+	}
+	return b.String()
+}
+
+// writeTokenOrQuoted writes v as an RFC 9110 token when it is one, else
+// as a quoted-string (backslash before '"' and '\\').
+func writeTokenOrQuoted(b *strings.Builder, v string) {
+	if isToken(v) {
+		b.WriteString(v)
+		return
+	}
+	b.WriteByte('"')
+	for i := 0; i < len(v); i++ {
+		if v[i] == '"' || v[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	b.WriteByte('"')
 }
 
 // addrString is ip as a string, taken from remote (an "ip:port" it was
@@ -151,6 +194,9 @@ func writeForwardHeader(bw *bufio.Writer, src http.Header, f *forwarded, upgrade
 	}
 	if f.realIP != "" && (!f.trusted || !given("X-Real-Ip")) {
 		writeField(bw, "X-Real-IP", f.realIP)
+	}
+	if f.elem != "" {
+		writeField(bw, "Forwarded", f.elem)
 	}
 	if len(conn) == 0 || !namedIn(conn, "Via") {
 		for _, v := range src["Via"] {

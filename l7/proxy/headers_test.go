@@ -28,19 +28,34 @@ func wantForwardHeader(r *http.Request, upgrade string, trusted bool) http.Heade
 			h.Del(k)
 		}
 	}
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		ip := ap.Addr().Unmap().String()
+		ip := ap.Addr().Unmap().WithZone("").String()
 		if h.Get("X-Real-Ip") == "" {
 			h.Set("X-Real-Ip", ip)
 		}
+		// RFC 7239 section 6: an IPv6 node is bracketed, and then quoted
+		// (':' is no token character); so is a host with a port.
+		node := ip
+		if strings.Contains(ip, ":") {
+			node = `"[` + ip + `]"`
+		}
+		elem := "for=" + node + ";proto=" + proto
+		if r.Host != "" {
+			host := r.Host
+			if strings.ContainsAny(host, ":[]\" \\") {
+				host = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(host) + `"`
+			}
+			elem += ";host=" + host
+		}
+		h.Add("Forwarded", elem)
 		if prior := h.Values("X-Forwarded-For"); len(prior) > 0 {
 			ip = strings.Join(prior, ", ") + ", " + ip
 		}
 		h.Set("X-Forwarded-For", ip)
-	}
-	proto := "http"
-	if r.TLS != nil {
-		proto = "https"
 	}
 	if h.Get("X-Forwarded-Proto") == "" {
 		h.Set("X-Forwarded-Proto", proto)
@@ -111,6 +126,44 @@ func TestWriteForwardHeaderMatchesCloneAndEdit(t *testing.T) {
 				t.Errorf("\n got %v\nwant %v", got, want)
 			}
 		})
+	}
+}
+
+// Our Forwarded element with IPv4 and IPv6 peers (RFC 7239 section 6:
+// IPv6 bracketed and quoted), a host with a port quoted, hostile bytes
+// escaped; from an untrusted peer the client's element is dropped.
+func TestForwardedElement(t *testing.T) {
+	for _, c := range []struct {
+		remote, host string
+		trusted      bool
+		want         []string
+	}{
+		{"198.18.0.9:5000", "shop.example", false, []string{"for=198.18.0.9;proto=http;host=shop.example"}},
+		{"[2001:db8::1]:5000", "shop.example", false, []string{`for="[2001:db8::1]";proto=http;host=shop.example`}},
+		{"[::ffff:198.18.0.9]:5000", "shop.example", false, []string{"for=198.18.0.9;proto=http;host=shop.example"}},
+		{"[fe80::1%eth0]:5000", "[2001:2::100]:80", false, []string{`for="[fe80::1]";proto=http;host="[2001:2::100]:80"`}},
+		{"198.18.0.9:5000", `a"b\c`, false, []string{`for=198.18.0.9;proto=http;host="a\"b\\c"`}},
+		{"[2001:2::5]:5000", "shop.example", true, []string{`for=203.0.113.7`, `for="[2001:2::5]";proto=http;host=shop.example`}},
+		{"pipe", "shop.example", false, nil},
+	} {
+		r := &http.Request{Header: http.Header{"Forwarded": {"for=203.0.113.7"}}, RemoteAddr: c.remote, Host: c.host, ProtoMajor: 1, ProtoMinor: 1}
+		var trusted []netip.Prefix
+		if c.trusted {
+			trusted = []netip.Prefix{netip.MustParsePrefix("2001:2::/48")}
+		}
+		var buf bytes.Buffer
+		bw := bufio.NewWriter(&buf)
+		f := newForwarded(r, trusted)
+		writeForwardHeader(bw, r.Header, &f, "")
+		bw.WriteString("\r\n")
+		bw.Flush()
+		mh, err := textproto.NewReader(bufio.NewReader(&buf)).ReadMIMEHeader()
+		if err != nil {
+			t.Fatalf("%v: %q", err, buf.String())
+		}
+		if got := mh["Forwarded"]; !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s Host %q: Forwarded %q, want %q", c.remote, c.host, got, c.want)
+		}
 	}
 }
 

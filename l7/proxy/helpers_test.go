@@ -184,6 +184,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 type logLine struct {
 	Service string          `json:"service"`
 	Route   string          `json:"route"`
+	ReqID   string          `json:"request_id"`
 	Method  string          `json:"method"`
 	Status  int             `json:"status"`
 	Error   string          `json:"error"`

@@ -10,6 +10,7 @@ import (
 const (
 	limitConnections         = "connections"
 	limitRequests            = "requests"
+	limitRouteRequests       = "route_requests"
 	limitBody                = "body"
 	limitHeaderCount         = "header_count"
 	limitUpstreamConnections = "upstream_connections"

@@ -10,6 +10,7 @@ import (
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/reqid"
 	"github.com/sluicelb/sluice/l7/service"
 )
 
@@ -77,6 +78,10 @@ type Options struct {
 	// (the service's own pool may be left out: it is Pool). A reload
 	// naming a pool not here needs a new server.
 	RoutePools map[string]RoutePool
+	// RequestIDs makes the requests' ids; the agent gives every server
+	// the same, so ids are unique across services. nil: the server makes
+	// its own (a random prefix of its own).
+	RequestIDs *reqid.Source
 }
 
 // RoutePool is one pool a service's routes send to.

@@ -43,6 +43,7 @@ import (
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/reqid"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
 	"github.com/sluicelb/sluice/l7/service"
@@ -67,8 +68,15 @@ type settings struct {
 	timeouts service.Timeouts
 	policy   *retry.Policy
 	maxEject int
-	maxBody  int64  // the route's max_body_bytes (0: the listener's client.max_body_bytes)
-	grp      *group // the route's pool
+	maxBody  int64 // the route's max_body_bytes (0: the listener's client.max_body_bytes)
+	// maxRequests bounds the route's requests in flight, counted in
+	// active (0: no bound of its own); active is carried over from the
+	// route of the same name by a reload, so requests started before it
+	// still count.
+	maxRequests int
+	active      *atomic.Int64
+	tunnelIdle  time.Duration // the route's tunnel_idle_timeout (0: the listener's)
+	grp         *group        // the route's pool
 }
 
 // routing is what Update replaces atomically: the routing table and the
@@ -114,6 +122,7 @@ type Server struct {
 	shutdown time.Duration
 	tlsOn    bool
 	upTLS    bool
+	ids      *reqid.Source        // request ids (shared by the agent's servers)
 	limits   service.ClientLimits // with defaults
 	active   atomic.Int64         // requests in flight (client.max_requests)
 
@@ -198,6 +207,11 @@ func compile(svc service.Config, ej eject.Config, groups map[string]*group) (*ro
 			return nil, fmt.Errorf("service %s: route %s: max_body_bytes %d is negative", svc.Name, r.Match.Name, r.MaxBodyBytes)
 		}
 		st.maxBody = r.MaxBodyBytes
+		if r.MaxRequests < 0 || r.TunnelIdleTimeout < 0 {
+			return nil, fmt.Errorf("service %s: route %s: max_requests %d and tunnel_idle_timeout %s must not be negative", svc.Name, r.Match.Name, r.MaxRequests, r.TunnelIdleTimeout)
+		}
+		st.maxRequests, st.tunnelIdle = r.MaxRequests, r.TunnelIdleTimeout
+		st.active = new(atomic.Int64)
 		st.route = r.Match.Name
 		if err := grp(st); err != nil {
 			return nil, err
@@ -233,6 +247,11 @@ func compileRoute(svc service.Config, pool, host string, t service.Timeouts, r *
 		return nil, fmt.Errorf("service %s: %w", svc.Name, err)
 	}
 	svc.Pool, svc.Host, svc.Routes, svc.Headers = pool, host, nil, hdr
+	if err := svc.RequestID.Check(); err != nil {
+		return nil, fmt.Errorf("service %s: %w", svc.Name, err)
+	}
+	// Canonical once, for the look-up of every request.
+	svc.RequestID.Header = svc.RequestID.HeaderName()
 	if svc.Host == "" {
 		svc.Host = service.HostKeep
 	}
@@ -245,6 +264,22 @@ func compileRoute(svc service.Config, pool, host string, t service.Timeouts, r *
 		}
 	}
 	return &settings{svc: svc, timeouts: t, policy: pol}, nil
+}
+
+// keepCounts carries the in-flight counts of the routes of old over to
+// the routes of rt with the same name (a route's max_requests counts its
+// requests across a reload).
+func (rt *routing) keepCounts(old *routing) {
+	if old == nil {
+		return
+	}
+	for _, st := range rt.targets {
+		for _, o := range old.targets {
+			if st.active != nil && o.active != nil && o.route == st.route {
+				st.active = o.active
+			}
+		}
+	}
 }
 
 // longestTotal is the longest total deadline of the routes (the
@@ -278,6 +313,10 @@ func New(opts Options) (*Server, error) {
 		shutdown: opts.ShutdownTimeout,
 		upTLS:    opts.Upstream.TLS != nil,
 		jitter:   opts.EjectionJitter,
+		ids:      opts.RequestIDs,
+	}
+	if s.ids == nil {
+		s.ids = reqid.NewSource()
 	}
 	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
 	s.records.New = func() any { return new(accesslog.Record) }
@@ -532,6 +571,7 @@ func (s *Server) Update(svc service.Config, ej eject.Config) error {
 		}
 	}
 	s.budget.SetPercent(st.base.policy.BudgetPercent())
+	st.keepCounts(s.cfg.Load())
 	s.cfg.Store(st)
 	// Pools no route sends to any more are let go (requests in flight
 	// keep theirs: a group works unsubscribed, its snapshot ages out).

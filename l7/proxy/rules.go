@@ -21,17 +21,42 @@ func applyRules(h http.Header, ops *service.HeaderOps, q *request) {
 	}
 }
 
-// expandVars replaces the variables of a rule's value (service.Vars).
+// expandVars replaces the variables of a rule's value (service.Vars,
+// checked when the rules were compiled): one allocation, the result.
 func expandVars(v string, q *request) string {
-	if !strings.Contains(v, "{") {
+	i := strings.IndexByte(v, '{')
+	if i < 0 {
 		return v
 	}
-	return strings.NewReplacer(
-		"{client_ip}", q.out.fwd.realIP,
-		"{scheme}", q.out.fwd.proto,
-		"{host}", q.r.Host,
-		"{route}", q.st.route,
-	).Replace(v)
+	var b strings.Builder
+	b.Grow(len(v) + 40)
+	for i >= 0 {
+		b.WriteString(v[:i])
+		v = v[i:]
+		j := strings.IndexByte(v, '}')
+		if j < 0 {
+			break
+		}
+		switch name := v[:j+1]; name {
+		case "{client_ip}":
+			b.WriteString(q.out.fwd.realIP)
+		case "{scheme}":
+			b.WriteString(q.out.fwd.proto)
+		case "{host}":
+			b.WriteString(q.r.Host)
+		case "{route}":
+			b.WriteString(q.st.route)
+		case "{request_id}":
+			var id [64]byte
+			b.Write(q.rec.RequestID.AppendTo(id[:0]))
+		default:
+			b.WriteString(name)
+		}
+		v = v[j+1:]
+		i = strings.IndexByte(v, '{')
+	}
+	b.WriteString(v)
+	return b.String()
 }
 
 // rewriteLocations points Location, Content-Location and Refresh URLs

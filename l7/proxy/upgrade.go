@@ -157,8 +157,12 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 	}
 	// No overall deadline: the backend side's reads and writes wait at
 	// most the idle timeout each; the client side's are managed by idle.
-	conn.SetTimeouts(s.limits.TunnelIdleTimeout, s.limits.TunnelIdleTimeout, time.Time{})
-	idle := &tunnelIdle{timeout: s.limits.TunnelIdleTimeout}
+	idleFor := s.limits.TunnelIdleTimeout
+	if st.tunnelIdle > 0 {
+		idleFor = st.tunnelIdle // the route's
+	}
+	conn.SetTimeouts(idleFor, idleFor, time.Time{})
+	idle := &tunnelIdle{timeout: idleFor}
 	idle.touch()
 
 	var wg sync.WaitGroup
@@ -195,7 +199,7 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 	rec.BytesOut = toClient
 	switch {
 	case errors.Is(errDown, errTunnelIdle) || errors.Is(errUp, errTunnelIdle):
-		rec.Error = fmt.Sprintf("upgraded connection idle for %s, closed", s.limits.TunnelIdleTimeout)
+		rec.Error = fmt.Sprintf("upgraded connection idle for %s, closed", idleFor)
 	case errDown != nil && !errors.Is(errDown, net.ErrClosed):
 		rec.Error = "upgraded connection: " + errDown.Error()
 	case errUp != nil && !errors.Is(errUp, net.ErrClosed):

@@ -33,6 +33,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Spec is what one route matches.
@@ -53,6 +55,35 @@ type Spec struct {
 	Header *Header
 	// Line is where the route is in the config file (messages; 0: none).
 	Line int
+}
+
+// String says what the spec matches, for sluice status: "host
+// api.example.com,*.api.example.com path /v1/ methods GET,POST header
+// X-Canary=1"; without hosts "any host", and only the conditions set.
+func (s Spec) String() string {
+	var b strings.Builder
+	if len(s.Hosts) == 0 {
+		b.WriteString("any host")
+	} else {
+		b.WriteString("host ")
+		b.WriteString(strings.Join(s.Hosts, ","))
+	}
+	switch {
+	case s.ExactPath != "":
+		b.WriteString(" exact_path " + s.ExactPath)
+	case s.Path != "" && s.Path != "/":
+		b.WriteString(" path " + s.Path)
+	}
+	if len(s.Methods) > 0 {
+		b.WriteString(" methods " + strings.Join(s.Methods, ","))
+	}
+	if h := s.Header; h != nil {
+		b.WriteString(" header " + h.Name)
+		if h.Value != "" {
+			b.WriteString("=" + h.Value)
+		}
+	}
+	return b.String()
 }
 
 // Header is a header condition: the field is present, with exactly Value
@@ -190,7 +221,7 @@ func newEntry(i int, sp Spec) (entry, error) {
 		return e, err
 	}
 	for _, m := range sp.Methods {
-		if !isToken(m) {
+		if !httpguts.ValidHeaderFieldName(m) {
 			return e, fmt.Errorf("method %q is not a method name such as GET", m)
 		}
 		m = strings.ToUpper(m)
@@ -201,7 +232,7 @@ func newEntry(i int, sp Spec) (entry, error) {
 	}
 	slices.Sort(e.methods)
 	if h := sp.Header; h != nil {
-		if !isToken(h.Name) {
+		if !httpguts.ValidHeaderFieldName(h.Name) {
 			return e, fmt.Errorf("header %q is not a header name", h.Name)
 		}
 		for i := 0; i < len(h.Value); i++ {
@@ -429,17 +460,4 @@ func hasDotSegment(p string) bool {
 		}
 	}
 	return false
-}
-
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return true
 }

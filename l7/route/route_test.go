@@ -125,3 +125,20 @@ func TestCheckPath(t *testing.T) {
 		}
 	}
 }
+
+func TestSpecString(t *testing.T) {
+	for _, c := range []struct {
+		s    Spec
+		want string
+	}{
+		{Spec{}, "any host"},
+		{Spec{Path: "/"}, "any host"},
+		{Spec{Hosts: []string{"api.example.com", "*.api.example.com"}, Path: "/v1/", Methods: []string{"GET", "POST"}, Header: &Header{Name: "X-Canary", Value: "1"}},
+			"host api.example.com,*.api.example.com path /v1/ methods GET,POST header X-Canary=1"},
+		{Spec{ExactPath: "/healthz", Header: &Header{Name: "X-A"}}, "any host exact_path /healthz header X-A"},
+	} {
+		if got := c.s.String(); got != c.want {
+			t.Errorf("%+v: %q, want %q", c.s, got, c.want)
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // HeaderRules change the headers of the requests a route sends and of
@@ -36,7 +38,7 @@ type Field struct {
 }
 
 // Vars are the variables a header value may hold.
-var Vars = []string{"{client_ip}", "{scheme}", "{host}", "{route}"}
+var Vars = []string{"{client_ip}", "{scheme}", "{host}", "{route}", "{request_id}"}
 
 // Empty reports whether the rules change nothing.
 func (r HeaderRules) Empty() bool {
@@ -84,7 +86,7 @@ var forwarding = map[string]bool{
 }
 
 func checkRuleName(dir, n string) error {
-	if !isToken(n) {
+	if !httpguts.ValidHeaderFieldName(n) {
 		return fmt.Errorf("%s header %q: not a header name", dir, n)
 	}
 	c := http.CanonicalHeaderKey(n)
@@ -125,17 +127,4 @@ func checkRuleValue(v string) error {
 		}
 		rest = rest[i+j+1:]
 	}
-}
-
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return true
 }

@@ -2,14 +2,18 @@
 // that more than one package needs: its timeouts, its client-side limits
 // and their defaults. l7 owns them (the agent builds them from the config
 // file; userspace/config fills and validates the file's keys with them),
-// and this package imports nothing of sluice, so every side can use it.
+// and this package imports only l7 packages that import nothing of
+// sluice (retry, route), so every side can use it.
 package service
 
 import (
 	"fmt"
+	"net/http"
 	"net/netip"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
@@ -47,6 +51,10 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Headers are the service's header rules (its routes' default).
 	Headers HeaderRules
+	// RequestID says where a request's id may come from (it is sluice's
+	// own unless a trusted peer sent one) and the header naming it on
+	// sluice's own answers.
+	RequestID RequestID
 	// Routes send requests to other pools by host, path, method or header
 	// (l7/route has the precedence). Pool, when set, is the route of
 	// whatever no route takes, after all of them.
@@ -73,6 +81,57 @@ type Route struct {
 	// 0: the listener's ClientLimits.MaxBodyBytes. It may be larger or
 	// smaller than the listener's (an upload route, a small API).
 	MaxBodyBytes int64
+	// MaxRequests bounds the route's requests in flight (a fast 503 with
+	// Retry-After above), within the listener's ClientLimits.MaxRequests:
+	// one slow site cannot take every slot of the listener. 0: no bound
+	// of its own.
+	MaxRequests int
+	// TunnelIdleTimeout is ClientLimits.TunnelIdleTimeout for the
+	// route's upgraded connections (a WebSocket route whose clients stay
+	// quiet for minutes); 0: the listener's.
+	TunnelIdleTimeout time.Duration
+	// (The other client limits act before the request is routed — its
+	// header is read under header_timeout, max_header_bytes and
+	// max_header_count — or belong to a connection that may carry
+	// requests of many routes — connections, keep-alive idle time,
+	// HTTP/2 settings — so they are the listener's.)
+}
+
+// RequestID is the request-id setting of a service.
+type RequestID struct {
+	// Header names the id on sluice's own answers and, with
+	// TrustIncoming, the header a trusted peer's id comes in; "":
+	// DefaultRequestIDHeader.
+	Header string
+	// TrustIncoming takes the id a peer in TrustedProxies sent in Header
+	// (when it is a valid id) instead of making one; from any other peer
+	// the header is never believed.
+	TrustIncoming bool
+}
+
+// DefaultRequestIDHeader is RequestID.Header's default.
+const DefaultRequestIDHeader = "X-Request-Id"
+
+// HeaderName is the header of the request id (Header or the default),
+// in canonical form.
+func (r RequestID) HeaderName() string {
+	if r.Header == "" {
+		return DefaultRequestIDHeader
+	}
+	return http.CanonicalHeaderKey(r.Header)
+}
+
+// Check refuses a request_id header that is not a token or that a rule
+// could not name either (a header framing the message or written by
+// sluice).
+func (r RequestID) Check() error {
+	if r.Header == "" {
+		return nil
+	}
+	if err := checkRuleName("request", r.Header); err != nil {
+		return fmt.Errorf("request_id.header: %w", err)
+	}
+	return nil
 }
 
 // DefaultRouteName names a service's own pool as a route (access log).
@@ -154,11 +213,10 @@ func CheckUpgrade(p string) error {
 	if p == "" {
 		return fmt.Errorf("upgrade %q: must be a protocol name such as websocket", p)
 	}
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~/", c) >= 0) {
-			return fmt.Errorf("upgrade %q: must be a protocol token such as websocket", p)
-		}
+	// RFC 9110 7.8: protocol-name ["/" protocol-version], both tokens.
+	name, version, slash := strings.Cut(p, "/")
+	if !httpguts.ValidHeaderFieldName(name) || slash && !httpguts.ValidHeaderFieldName(version) {
+		return fmt.Errorf("upgrade %q: must be a protocol token such as websocket", p)
 	}
 	if strings.EqualFold(p, "h2c") || strings.HasPrefix(strings.ToLower(p), "h2c/") || strings.EqualFold(p, "h2") {
 		return fmt.Errorf("upgrade %q: HTTP/2 is never tunnelled (use h2c: true or tls for HTTP/2)", p)

@@ -33,7 +33,7 @@ func TestCheckUpgrade(t *testing.T) {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"", "h2c", "H2C", "h2c/1", "h2", "web socket", "a\tb"} {
+	for _, bad := range []string{"", "h2c", "H2C", "h2c/1", "h2", "web socket", "a\tb", "a//b", "ws/", "/1"} {
 		if CheckUpgrade(bad) == nil {
 			t.Errorf("%q accepted", bad)
 		}

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -79,5 +80,33 @@ func TestVerifyName(t *testing.T) {
 	}
 	if _, err := VerifyName(&tls.Config{InsecureSkipVerify: true}, "x"); err == nil {
 		t.Error("VerifyName with verification off: no error")
+	}
+}
+
+// ClientTLS: the CA file is loaded (a file without a certificate is an
+// error), verify_name makes the handshake verify that name, and it is
+// refused with verification off.
+func TestClientTLS(t *testing.T) {
+	dir := t.TempDir()
+	empty := dir + "/empty.pem"
+	if err := os.WriteFile(empty, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ClientTLS(TLSOptions{CA: empty}); err == nil || !strings.Contains(err.Error(), "ca: ") || !strings.Contains(err.Error(), "no PEM certificate found") {
+		t.Errorf("CA without a certificate: %v", err)
+	}
+	if _, err := ClientTLS(TLSOptions{CA: dir + "/missing.pem"}); err == nil || !strings.Contains(err.Error(), "read CA file") {
+		t.Errorf("missing CA file: %v", err)
+	}
+	if _, err := ClientTLS(TLSOptions{InsecureSkipVerify: true, VerifyName: "a.example"}); err == nil {
+		t.Error("verify_name with verification off accepted")
+	}
+	tc, err := ClientTLS(TLSOptions{ServerName: "sni.example", NextProtos: []string{"http/1.1"}})
+	if err != nil || tc.MinVersion != tls.VersionTLS12 || tc.ServerName != "sni.example" || tc.InsecureSkipVerify || tc.VerifyConnection != nil || tc.NextProtos[0] != "http/1.1" {
+		t.Errorf("plain: %+v, %v", tc, err)
+	}
+	tc, err = ClientTLS(TLSOptions{VerifyName: "backend.internal"})
+	if err != nil || !tc.InsecureSkipVerify || tc.VerifyConnection == nil {
+		t.Errorf("verify_name: the handshake's check must be replaced by VerifyConnection: %+v, %v", tc, err)
 	}
 }

@@ -16,9 +16,18 @@
 //  5. in a range that is never a backend by default: unspecified, 0.0.0.0/8
 //     ("this network"), loopback, link-local (169.254.0.0/16, which holds
 //     the metadata address 169.254.169.254), multicast, 240.0.0.0/4
-//     (reserved, with the broadcast address), and their IPv6 equivalents.
-//     An allow entry inside such a range (e.g. 127.0.0.1/32) lets the
-//     operator loosen it knowingly; a broad one (0.0.0.0/0) does not.
+//     (reserved, with the broadcast address), and their IPv6 equivalents
+//     (::1, fe80::/10, ff00::/8, the rest of ::/8, fec0::/10), plus the
+//     IPv6 ranges that carry an IPv4 address a gateway would reach for
+//     us (NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16, Teredo
+//     2001::/32), and the discard prefix 100::/64. An allow entry inside
+//     such a range (e.g. 127.0.0.1/32) lets the operator loosen it
+//     knowingly; a broad one (0.0.0.0/0, ::/0) does not.
+//
+// An IPv4-mapped IPv6 address (::ffff:198.18.2.11) is refused always,
+// after the own-address check: it is an IPv4 address written as IPv6,
+// which would slip past the IPv4 ranges if unmapped and reach an IPv4
+// host from an IPv6 service if not; write the IPv4 address instead.
 package addrfilter
 
 import (
@@ -39,11 +48,14 @@ const (
 	ReasonLinkLocal   = "link-local"
 	ReasonMulticast   = "multicast"
 	ReasonReserved    = "reserved"
+	ReasonV4Mapped    = "v4-mapped"
+	ReasonV4Embedded  = "v4-embedded"
 )
 
 // Reasons lists every reason, for documentation and tests.
 var Reasons = []string{ReasonOwn, ReasonDenied, ReasonNotAllowed, ReasonUnspecified,
-	ReasonThisNetwork, ReasonLoopback, ReasonLinkLocal, ReasonMulticast, ReasonReserved}
+	ReasonThisNetwork, ReasonLoopback, ReasonLinkLocal, ReasonMulticast, ReasonReserved,
+	ReasonV4Mapped, ReasonV4Embedded}
 
 // category is a range refused by default.
 type category struct {
@@ -54,7 +66,9 @@ type category struct {
 
 // defaultDeny are the ranges refused unless an allow entry inside them
 // says otherwise. The unspecified addresses are refused always (an allow
-// entry cannot name them usefully).
+// entry cannot name them usefully). The first range containing an address
+// gives its reason, so narrow ranges come before the wide ones holding
+// them (::1 before ::/8).
 var defaultDeny = []category{
 	{netip.MustParsePrefix("0.0.0.0/8"), ReasonThisNetwork, "0.0.0.0/8 (this network)"},
 	{netip.MustParsePrefix("127.0.0.0/8"), ReasonLoopback, "loopback"},
@@ -62,8 +76,15 @@ var defaultDeny = []category{
 	{netip.MustParsePrefix("224.0.0.0/4"), ReasonMulticast, "multicast"},
 	{netip.MustParsePrefix("240.0.0.0/4"), ReasonReserved, "240.0.0.0/4 (reserved, broadcast)"},
 	{netip.MustParsePrefix("::1/128"), ReasonLoopback, "loopback"},
+	{netip.MustParsePrefix("64:ff9b::/96"), ReasonV4Embedded, "64:ff9b::/96 (NAT64: an IPv4 address behind a translator)"},
+	{netip.MustParsePrefix("64:ff9b:1::/48"), ReasonV4Embedded, "64:ff9b:1::/48 (local NAT64: an IPv4 address behind a translator)"},
+	{netip.MustParsePrefix("::/8"), ReasonReserved, "::/8 (reserved: IPv4-compatible and unassigned)"},
+	{netip.MustParsePrefix("100::/64"), ReasonReserved, "100::/64 (discard-only)"},
 	{netip.MustParsePrefix("fe80::/10"), ReasonLinkLocal, "link-local"},
+	{netip.MustParsePrefix("fec0::/10"), ReasonReserved, "fec0::/10 (site-local, deprecated)"},
 	{netip.MustParsePrefix("ff00::/8"), ReasonMulticast, "multicast"},
+	{netip.MustParsePrefix("2002::/16"), ReasonV4Embedded, "2002::/16 (6to4: an IPv4 address behind a relay)"},
+	{netip.MustParsePrefix("2001::/32"), ReasonV4Embedded, "2001::/32 (Teredo: an IPv4 address behind a relay)"},
 }
 
 // Own is one of our own addresses, with what it is (for the message).
@@ -131,7 +152,8 @@ type Verdict struct {
 
 // Check judges the backend address ap.
 func (f *Filter) Check(ap netip.AddrPort) Verdict {
-	ip := ap.Addr().Unmap()
+	// A zone (fe80::1%eth0) would make every prefix miss it.
+	ip := ap.Addr().Unmap().WithZone("")
 	if !ip.IsValid() {
 		return Verdict{Reason: ReasonUnspecified, Detail: "not an address"}
 	}
@@ -144,6 +166,9 @@ func (f *Filter) Check(ap netip.AddrPort) Verdict {
 	}
 	if ip.IsUnspecified() {
 		return Verdict{Reason: ReasonUnspecified, Detail: "the unspecified address"}
+	}
+	if ap.Addr().Is4In6() {
+		return Verdict{Reason: ReasonV4Mapped, Detail: "an IPv4-mapped IPv6 address: write the IPv4 address " + ip.String() + " instead"}
 	}
 	var allowedBy []netip.Prefix
 	if f != nil {

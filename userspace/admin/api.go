@@ -27,9 +27,12 @@ type Status struct {
 	StartedAt  time.Time `json:"started_at"`
 	// NotApplied lists what of the running config the last start or
 	// reload could not apply (empty: all of it).
-	NotApplied []string  `json:"not_applied,omitempty"`
-	Services   []Service `json:"services"`
-	Pools      []Pool    `json:"pools"`
+	NotApplied []string `json:"not_applied,omitempty"`
+	// Warnings are the running config's warnings, as sluice check prints
+	// them (backend certificates not verified, host: keep over TLS…).
+	Warnings []string  `json:"warnings,omitempty"`
+	Services []Service `json:"services"`
+	Pools    []Pool    `json:"pools"`
 	// Interfaces: how the XDP program is attached to each interface.
 	Interfaces []Interface `json:"interfaces,omitempty"`
 	// LayoutReset names the pinned maps whose layout (an older release's)
@@ -61,14 +64,29 @@ type Service struct {
 	Bytes       uint64 `json:"bytes"`
 	NewFlows    uint64 `json:"new_flows"`
 	RSTs        uint64 `json:"rsts"`
+	// Routes of an http service with routes, in precedence order within
+	// a site as the config lists them; the service's own pool, when set,
+	// last as the route "default" (absent without routes).
+	Routes []Route `json:"routes,omitempty"`
+}
+
+// Route is one route of an http service: what it matches and the state
+// of the pool it sends to (the pool's addresses are in Status.Pools).
+type Route struct {
+	Name  string `json:"name"`
+	Match string `json:"match"` // "host api.example.com path /v1/", "any host", "anything else"
+	Pool  string `json:"pool"`
+	// Backends counts the pool's addresses by state (active, draining,
+	// ejected, removed); null when the pool does not run.
+	Backends map[string]int `json:"backends"`
 }
 
 // Pool is one pool and its addresses.
 type Pool struct {
 	Name     string    `json:"name"`
 	Backends []Backend `json:"backends"`
-	// NotServed lists addresses a source returned that sluice cannot use
-	// (IPv6 answers of a backend name: the data path is IPv4 only).
+	// NotServed lists addresses a source returned that sluice refuses
+	// (the address filter, the per-name limit).
 	NotServed []NotServed `json:"not_served,omitempty"`
 }
 

@@ -48,6 +48,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	if cfg == nil {
 		return st, nil
 	}
+	st.Warnings = cfg.WarningLines()
 	// Counts a few hundred milliseconds old are fine; older ones (right
 	// after a drain, say) are refreshed.
 	counts, _ := a.flows.current(now, statusFlowsMaxAge)
@@ -69,8 +70,11 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 					out.RSTs = ss.RSTNoBackend + ss.RSTRemovedBackend
 				}
 			}
-		} else if ps, ok := pools[sc.Pool]; ok {
-			out.Backends = len(ps.p.Active())
+		} else {
+			if ps, ok := pools[sc.Pool]; ok {
+				out.Backends = len(ps.p.Active())
+			}
+			out.Routes = routeStatus(sc, pools)
 		}
 		st.Services = append(st.Services, out)
 	}
@@ -115,7 +119,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 			}
 			ap.Backends = append(ap.Backends, ab)
 		}
-		ap.NotServed = append(a.dns.notServed(name), a.admit.notServed(name)...)
+		ap.NotServed = a.admit.notServed(name)
 		st.Pools = append(st.Pools, ap)
 	}
 	return st, nil

@@ -76,10 +76,13 @@ func (g *admission) setConfig(cfg *config.Config) {
 			own = append(own, addrfilter.Own{Addr: ip, Host: true, What: "an address of this host"})
 		}
 		// A listener on an unspecified address listens on every one of
-		// the host's.
+		// the host's: 0.0.0.0 on the IPv4 ones, [::] on all (dual-stack).
 		for _, o := range cfg.OwnAddresses() {
 			if o.Addr.IsUnspecified() && o.Port != 0 {
 				for _, ip := range host {
+					if o.Addr.Is4() && !ip.Is4() {
+						continue
+					}
 					own = append(own, addrfilter.Own{Addr: ip, Port: o.Port, What: o.What})
 				}
 			}

@@ -351,7 +351,7 @@ func (a *agent) apply(now time.Time, cfg *config.Config) []string {
 
 	var want []wantService
 	for _, sc := range cfg.L4Services() {
-		val := datapath.Service{Mode: datapath.ModeNAT}
+		val := datapath.Service{Mode: datapath.ModeNAT, PoolID: datapath.PoolID(sc.Pool)}
 		if sc.Mode == config.ModeSNAT {
 			val.Mode = datapath.ModeSNAT
 			if sc.SNATSource != "" {

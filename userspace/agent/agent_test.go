@@ -237,7 +237,7 @@ func TestAdoptionKeepsIDsSlotsGens(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(dp.SetService(webKey, datapath.Service{ID: 7}))
+	must(dp.SetService(webKey, datapath.Service{ID: 7, PoolID: web}))
 	must(dp.SetBackend(5, datapath.Backend{Addr: be1, Gen: 3, State: datapath.BackendActive, PoolID: web}))
 	must(dp.SetBackend(9, datapath.Backend{Addr: be2, Gen: 1, State: datapath.BackendActive, PoolID: web}))
 	must(dp.SetBackend(12, datapath.Backend{Addr: be3, Gen: 2, State: datapath.BackendActive, PoolID: web}))

@@ -5,11 +5,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/discovery"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -145,9 +143,6 @@ func (d *dnsAdapter) sets(u discovery.Update) []dnsSet {
 			out = append(out, dnsSet{pool: use.pool, source: use.name, addrs: []pool.Desired{}})
 		}
 		for _, ad := range u.Addrs {
-			if !ad.Addr.Is4() {
-				continue // the data path is IPv4 only; discovery reports AAAA apart
-			}
 			out[i].addrs = append(out[i].addrs, pool.Desired{
 				Addr:   netip.AddrPortFrom(ad.Addr, use.port),
 				Weight: use.weight,
@@ -204,44 +199,6 @@ func (d *dnsAdapter) ttlLeft(now time.Time, name string) string {
 		return ""
 	}
 	return u.TTLLeft(now).Round(100 * time.Millisecond).String()
-}
-
-// notServed lists the AAAA answers of the pool's backend names: reported,
-// not served (the data path is IPv4 only).
-func (d *dnsAdapter) notServed(poolName string) []admin.NotServed {
-	if d.w == nil {
-		return nil
-	}
-	d.mu.Lock()
-	type use struct {
-		fq string
-		dnsUse
-	}
-	var mine []use
-	for fq, us := range d.uses {
-		for _, u := range us {
-			if u.pool == poolName {
-				mine = append(mine, use{fq, u})
-			}
-		}
-	}
-	d.mu.Unlock()
-	slices.SortStableFunc(mine, func(x, y use) int { return strings.Compare(x.fq, y.fq) })
-	var out []admin.NotServed
-	for _, m := range mine {
-		u, ok := d.w.Status(m.fq)
-		if !ok {
-			continue
-		}
-		for _, ip := range u.AAAA {
-			out = append(out, admin.NotServed{
-				Address: netip.AddrPortFrom(ip, m.port).String(),
-				Source:  m.name,
-				Reason:  "IPv6 answer: the data path serves IPv4 only",
-			})
-		}
-	}
-	return out
 }
 
 // onDNSUpdate is the watcher's OnUpdate: the name's address set becomes

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/internal/defaults"
+	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/discovery"
 	"github.com/sluicelb/sluice/userspace/metrics"
@@ -286,15 +287,27 @@ func TestDNSNameWithTwoPorts(t *testing.T) {
 	}
 }
 
-// TestDNSAAAANotServed: IPv6 answers of a backend name are shown in the
-// pool's status as not served, and never reach the pool.
-func TestDNSAAAANotServed(t *testing.T) {
-	v6 := netip.MustParseAddr("2001:db8::7")
-	u := answer(time.Now(), dns1)
-	u.AAAA = []netip.Addr{v6}
+// TestDNSAAAAServed: the AAAA answers of a backend name are backends of
+// the pool like its A answers; the IPv4 L4 service's table takes only the
+// IPv4 ones (and IPv6 addresses get no data-path slot until the IPv6 data
+// path lands).
+func TestDNSAAAAServed(t *testing.T) {
+	v6 := netip.AddrPortFrom(netip.MustParseAddr("2001:2:0:2::21"), dns1.Port())
+	u := answer(time.Now(), dns1, v6)
 	w := &fakeWatcher{status: map[string]discovery.Update{"backend.lab.": u}}
 	h := newDNSHarness(t, nil, w)
 	h.a.onDNSUpdate(u)
+	for _, a := range []netip.AddrPort{dns1, v6} {
+		if b := h.state(a); b.State != pool.Active || b.Weight != 2 {
+			t.Fatalf("%s = %+v", a, b)
+		}
+	}
+	if _, _, ok := h.a.rec.slotOf(datapath.PoolID("web"), v6); ok {
+		t.Fatalf("%s got a data-path slot", v6)
+	}
+	if got := h.tableSlots(1); len(got) != 2 || !slices.Contains(got, h.slotOf(dns1)) {
+		t.Fatalf("table = %v, want the two IPv4 addresses", got)
+	}
 	st, err := h.a.Status(h.ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -303,14 +316,11 @@ func TestDNSAAAANotServed(t *testing.T) {
 		if p.Name != "web" {
 			continue
 		}
-		for _, b := range p.Backends {
-			if strings.Contains(b.Address, "2001:db8") {
-				t.Fatalf("an IPv6 address reached the pool: %+v", b)
-			}
+		if len(p.NotServed) != 0 {
+			t.Fatalf("not served = %+v", p.NotServed)
 		}
-		want := netip.AddrPortFrom(v6, dns1.Port()).String()
-		if len(p.NotServed) != 1 || p.NotServed[0].Address != want || p.NotServed[0].Source != "backend.lab" {
-			t.Fatalf("not served = %+v, want %s from backend.lab", p.NotServed, want)
+		if !slices.ContainsFunc(p.Backends, func(b admin.Backend) bool { return b.Address == v6.String() && b.State == "active" }) {
+			t.Fatalf("%s not active in status: %+v", v6, p.Backends)
 		}
 		return
 	}
@@ -391,13 +401,27 @@ func TestDNSAnswersFiltered(t *testing.T) {
 		w.use(o)
 		m = metrics.New(metrics.Options{Version: "test", NoRuntimeCollectors: true})
 		o.metrics = m
-		o.hostAddrs = func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("198.18.2.1")} }
+		o.hostAddrs = func() []netip.Addr {
+			return []netip.Addr{netip.MustParseAddr("198.18.2.1"), netip.MustParseAddr("2001:2:0:2::1")}
+		}
 	})
 	h.a.syncDNS()
 	port := func(ip string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(ip), 8080) }
 	bad := []netip.AddrPort{port("127.0.0.1"), port("169.254.169.254"), port("0.0.0.0"),
 		port("198.18.1.100"), port("198.18.2.1"), port("224.0.0.1")}
-	u := answer(h.now, append([]netip.AddrPort{dns1}, bad...)...)
+	// AAAA answers go through the same filter.
+	good6 := port("2001:2:0:2::21")
+	bad6 := map[netip.AddrPort]string{
+		port("::1"): "refused (loopback)", port("fe80::1"): "refused (link-local)", port("::"): "refused (unspecified)",
+		port("::ffff:127.0.0.1"): "refused (v4-mapped)", port("::ffff:198.18.2.22"): "refused (v4-mapped)",
+		port("64:ff9b::a9fe:a9fe"): "refused (v4-embedded)", port("ff02::1"): "refused (multicast)",
+		port("2001:2:0:2::1"): "refused (own-address): an address of this host",
+	}
+	all := append([]netip.AddrPort{dns1, good6}, bad...)
+	for ap := range bad6 {
+		all = append(all, ap)
+	}
+	u := answer(h.now, all...)
 	h.a.onDNSUpdate(u)
 	h.a.onDNSUpdate(u) // the same answer again: counted once
 
@@ -406,8 +430,16 @@ func TestDNSAnswersFiltered(t *testing.T) {
 			t.Errorf("%s reached the pool", ap)
 		}
 	}
+	for ap := range bad6 {
+		if _, ok := h.a.pools["web"].p.Backend(ap); ok {
+			t.Errorf("%s reached the pool", ap)
+		}
+	}
 	if b := h.state(dns1); b.State != pool.Active {
 		t.Fatalf("dns1 = %+v", b)
+	}
+	if b := h.state(good6); b.State != pool.Active {
+		t.Fatalf("%s = %+v", good6, b)
 	}
 	if got := len(h.tableSlots(1)); got != 2 {
 		t.Fatalf("table has %d backends, want be1 and dns1", got)
@@ -429,11 +461,18 @@ func TestDNSAnswersFiltered(t *testing.T) {
 			t.Errorf("status for %s: %q, want %q...", ap, reasons[ap.String()], want)
 		}
 	}
+	for ap, want := range bad6 {
+		if !strings.HasPrefix(reasons[ap.String()], want) {
+			t.Errorf("status for %s: %q, want %q...", ap, reasons[ap.String()], want)
+		}
+	}
 	got := gather(t, m)["sluice_backend_addresses_refused_total"]
 	for labels, n := range map[string]float64{
-		"pool=web,reason=loopback,source=backend.lab":    1,
-		"pool=web,reason=own-address,source=backend.lab": 2,
-		"pool=web,reason=link-local,source=backend.lab":  1,
+		"pool=web,reason=loopback,source=backend.lab":    2,
+		"pool=web,reason=own-address,source=backend.lab": 3,
+		"pool=web,reason=link-local,source=backend.lab":  2,
+		"pool=web,reason=v4-mapped,source=backend.lab":   2,
+		"pool=web,reason=v4-embedded,source=backend.lab": 1,
 	} {
 		if got[labels] != n {
 			t.Errorf("%s = %v, want %v (all: %v)", labels, got[labels], n, got)

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/sluicelb/sluice/l7/proxy"
+	"github.com/sluicelb/sluice/l7/reqid"
 	l7service "github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/config"
@@ -23,7 +23,7 @@ import (
 // l7Service is one running http service.
 type l7Service struct {
 	svc    config.Service
-	pools  map[string]*pool.Pool // the service's pool and its routes' (routePools)
+	pools  map[string]*pool.Pool // the service's pool and its routes' (config.Service.Pools)
 	srv    *proxy.Server
 	cancel context.CancelFunc
 	listen *listenerHandoff // the socket, passed on to a replacement on the same address
@@ -37,7 +37,8 @@ type l7Stage struct {
 	log        *slog.Logger
 	accessLogs *accessLogs
 	metrics    *metrics.Metrics
-	trackers   *trackers // the pools' ejection trackers, shared with the data path's signals
+	trackers   *trackers     // the pools' ejection trackers, shared with the data path's signals
+	requestIDs *reqid.Source // one for every server: ids unique across services
 
 	wg sync.WaitGroup // Serve goroutines
 
@@ -59,6 +60,7 @@ func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trac
 		accessLogs: acc,
 		metrics:    m,
 		trackers:   tr,
+		requestIDs: reqid.NewSource(),
 		services:   make(map[string]*l7Service),
 	}
 }
@@ -78,7 +80,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 		want[svc.Name] = true
 		sp := make(map[string]*pool.Pool)
 		missing := ""
-		for _, name := range routePools(svc) {
+		for _, name := range svc.Pools() {
 			if p := pools[name]; p != nil && cfg.Pool(name) != nil {
 				sp[name] = p
 			} else if missing == "" {
@@ -154,9 +156,9 @@ func (s *l7Stage) start(ctx context.Context, svc config.Service, cfg *config.Con
 			return err
 		}
 		if name == svc.Pool {
-			opts.Pool, opts.Tracker = p, tr
+			opts.Pool, opts.Tracker = familyView(svc, p), tr
 		} else {
-			opts.RoutePools[name] = proxy.RoutePool{Pool: p, Tracker: tr}
+			opts.RoutePools[name] = proxy.RoutePool{Pool: familyView(svc, p), Tracker: tr}
 		}
 	}
 	srv, err := proxy.New(opts)
@@ -195,11 +197,12 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		return proxy.Options{}, err
 	}
 	opts := proxy.Options{
-		Service:   proxyService(svc),
-		Log:       s.log,
-		AccessLog: acc,
-		Observer:  s.observer(svc),
-		H2C:       svc.H2C,
+		Service:    proxyService(svc),
+		Log:        s.log,
+		AccessLog:  acc,
+		RequestIDs: s.requestIDs,
+		Observer:   s.observer(svc),
+		H2C:        svc.H2C,
 	}
 	if t := svc.TLS; t != nil {
 		f := t.Files()
@@ -224,16 +227,9 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		if u.TLS {
 			// The server name (upstream.server_name, per route too) is the
 			// proxy's per request (proxyService), not fixed here.
-			tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify}
-			if u.CA != "" {
-				if tc.RootCAs, err = config.LoadCAs(u.CA); err != nil {
-					return proxy.Options{}, fmt.Errorf("upstream ca: %w", err)
-				}
-			}
-			if u.VerifyName != "" {
-				if tc, err = upstream.VerifyName(tc, u.VerifyName); err != nil {
-					return proxy.Options{}, fmt.Errorf("upstream verify_name: %w", err)
-				}
+			tc, err := upstream.ClientTLS(upstream.TLSOptions{CA: u.CA, InsecureSkipVerify: u.InsecureSkipVerify, VerifyName: u.VerifyName})
+			if err != nil {
+				return proxy.Options{}, fmt.Errorf("upstream %w", err)
 			}
 			opts.Upstream.TLS = tc
 		}
@@ -258,7 +254,7 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config,
 			if err != nil {
 				return err
 			}
-			more[name] = proxy.RoutePool{Pool: p, Tracker: tr}
+			more[name] = proxy.RoutePool{Pool: familyView(svc, p), Tracker: tr}
 		}
 	}
 	if len(more) > 0 {
@@ -283,6 +279,30 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config,
 	cur.srv.SetAccessLog(acc)
 	cur.pools = sp
 	return nil
+}
+
+// familyPool is a pool as one http service sees it: the addresses of the
+// service's own family only (an IPv4 listener sends to IPv4 backends, an
+// IPv6 one to IPv6 backends, as the data path does). The rest of
+// *pool.Pool (Subscribe, the DNS wait) passes through; ejections and
+// max_ejected_percent stay the whole pool's (the tracker is shared).
+type familyPool struct {
+	*pool.Pool
+	v6 bool
+}
+
+// familyView is p as svc sees it.
+func familyView(svc config.Service, p *pool.Pool) proxy.PoolView {
+	ap := svc.ListenAddr
+	if !ap.IsValid() {
+		ap, _ = netip.ParseAddrPort(svc.Listen)
+	}
+	return familyPool{Pool: p, v6: ap.IsValid() && !ap.Addr().Unmap().Is4()}
+}
+
+// Backends returns the pool's addresses of the service's family.
+func (f familyPool) Backends() []pool.Backend {
+	return slices.DeleteFunc(f.Pool.Backends(), func(b pool.Backend) bool { return b.Addr.Addr().Is4() == f.v6 })
 }
 
 // samePools reports whether the pools two versions of a service share
@@ -350,7 +370,7 @@ func (s *l7Stage) observer(svc config.Service) proxy.Observer {
 	// mode is labelled with the pool that is in it (PoolPanic).
 	p := svc.Pool
 	if p == "" {
-		if ps := routePools(svc); len(ps) > 0 {
+		if ps := svc.Pools(); len(ps) > 0 {
 			p = ps[0]
 		}
 	}

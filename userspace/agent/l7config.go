@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"slices"
-
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	l7service "github.com/sluicelb/sluice/l7/service"
@@ -34,8 +32,10 @@ func proxyService(svc config.Service) l7service.Config {
 	}
 	s.Retry = retryConfig(svc.Retry)
 	s.Headers = svc.Headers.L7()
+	s.RequestID = svc.RequestID.L7()
 	for _, r := range svc.Routes {
-		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, SNI: r.ServerName, Retry: retryConfig(r.Retry), MaxBodyBytes: r.MaxBodyBytes}
+		rt := l7service.Route{Match: r.Spec(), Pool: r.Pool, SNI: r.ServerName, Retry: retryConfig(r.Retry), MaxBodyBytes: r.MaxBodyBytes,
+			MaxRequests: r.MaxRequests, TunnelIdleTimeout: r.TunnelIdleTimeout.D()}
 		if r.Host != "" {
 			rt.Host = r.Host
 		}
@@ -63,20 +63,4 @@ func retryConfig(r *config.Retry) *retry.Config {
 		BackoffBase:   r.Backoff.Base.D(), BackoffMax: r.Backoff.Max.D(),
 		BufferBytes: r.BufferBytes,
 	}
-}
-
-// routePools are the names of the pools an http service sends to: its
-// own (when set) and its routes'.
-func routePools(svc config.Service) []string {
-	var out []string
-	if svc.Pool != "" {
-		out = append(out, svc.Pool)
-	}
-	for _, r := range svc.Routes {
-		if !slices.Contains(out, r.Pool) {
-			out = append(out, r.Pool)
-		}
-	}
-	slices.Sort(out)
-	return out
 }

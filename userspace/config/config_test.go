@@ -23,21 +23,47 @@ type wantProblem struct {
 	text string
 }
 
-func markers(t *testing.T, src string) []wantProblem {
-	t.Helper()
+// markers are the problems src marks with mark ("# <-" errors, "# <~"
+// warnings): the text after the mark must occur in "path: message" of a
+// problem on that line.
+func markers(src, mark string) []wantProblem {
 	var want []wantProblem
 	for i, l := range strings.Split(src, "\n") {
-		if _, text, ok := strings.Cut(l, marker); ok {
+		if _, text, ok := strings.Cut(l, mark); ok {
 			want = append(want, wantProblem{line: i + 1, text: strings.TrimSpace(text)})
 		}
 	}
 	return want
 }
 
+// matchProblems asserts that got are exactly the wanted problems (kind
+// names them in failures: "problem", "warning"); false when they are not.
+func matchProblems(t *testing.T, want []wantProblem, got []Problem, kind string) bool {
+	t.Helper()
+	got = slices.Clone(got)
+	ok := true
+	for _, w := range want {
+		i := slices.IndexFunc(got, func(p Problem) bool {
+			return p.Line == w.line && strings.Contains(p.Path+": "+p.Msg, w.text)
+		})
+		if i < 0 {
+			t.Errorf("missing %s at line %d containing %q", kind, w.line, w.text)
+			ok = false
+			continue
+		}
+		got = slices.Delete(got, i, i+1)
+	}
+	for _, p := range got {
+		t.Errorf("unexpected %s at line %d: %s: %s", kind, p.Line, p.Path, p.Msg)
+		ok = false
+	}
+	return ok
+}
+
 // checkProblems asserts that err holds exactly the problems marked in src.
 func checkProblems(t *testing.T, src string, err error) {
 	t.Helper()
-	want := markers(t, src)
+	want := markers(src, marker)
 	if len(want) == 0 {
 		if err != nil {
 			t.Fatalf("want no error, got:\n%v", err)
@@ -48,21 +74,7 @@ func checkProblems(t *testing.T, src string, err error) {
 	if !errors.As(err, &ve) {
 		t.Fatalf("want *ValidationError, got %T: %v", err, err)
 	}
-	got := slices.Clone(ve.Problems)
-	for _, w := range want {
-		i := slices.IndexFunc(got, func(p Problem) bool {
-			return p.Line == w.line && strings.Contains(p.Path+": "+p.Msg, w.text)
-		})
-		if i < 0 {
-			t.Errorf("missing problem at line %d containing %q", w.line, w.text)
-			continue
-		}
-		got = slices.Delete(got, i, i+1)
-	}
-	for _, p := range got {
-		t.Errorf("unexpected problem at line %d: %s: %s", p.Line, p.Path, p.Msg)
-	}
-	if t.Failed() {
+	if !matchProblems(t, want, ve.Problems, "problem") {
 		t.Logf("all problems:\n%v", err)
 	}
 }
@@ -309,7 +321,7 @@ pools:
         port: 80
       - name: a..lab       # <- empty label
         port: 80
-      - address: "[2001:db8::2]:80"   # <- only IPv4 backends are supported for now
+      - address: "[fe80::2%eth0]:80"   # <- a zone (%eth0) is not allowed in a backend address
       - address: 198.18.2.12:0        # <- pools[0].backends[7].address: "198.18.2.12:0": port must not be 0
       - address: 198.18.2.13          # <- "198.18.2.13" has no port: use address: 198.18.2.13:PORT
       - address: 198.18.2.14:80
@@ -713,7 +725,7 @@ services:
 `
 	_, err := Parse([]byte(src), "sluice.yaml")
 	want := `sluice.yaml:11: services[1].pool: pool "webx" is not defined (did you mean "web"?)
-sluice.yaml:12: services[1].bogus: unknown key "bogus" (known keys: name, listen, protocol, mode, snat_source, pool, host, timeouts, retry, tls, h2c, client, upstream, trusted_proxies, upgrades, routes, headers, access_log)`
+sluice.yaml:12: services[1].bogus: unknown key "bogus" (known keys: name, listen, protocol, mode, snat_source, pool, host, timeouts, retry, tls, h2c, client, upstream, trusted_proxies, upgrades, routes, headers, request_id, access_log)`
 	if err == nil || err.Error() != want {
 		t.Errorf("error:\n%v\nwant:\n%s", err, want)
 	}

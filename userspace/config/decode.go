@@ -186,7 +186,9 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		f, ok := byName[key.Value]
 		if !ok {
 			msg := fmt.Sprintf("unknown key %q", key.Value)
-			if s := suggest(key.Value, names); s != "" {
+			if h := listenerOnlyHint(path, key.Value); h != "" {
+				msg += h
+			} else if s := suggest(key.Value, names); s != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", s)
 			} else if len(names) == 0 {
 				msg += " (this section takes no keys)"
@@ -309,4 +311,43 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// listenerOnly are the keys of an http service (and of its client block,
+// as client.KEY) that a route cannot have, and why.
+var listenerOnly = map[string]string{
+	"client.header_timeout":   "a request's header is read before it is routed",
+	"client.max_header_bytes": "a request's header is read before it is routed",
+	"client.max_header_count": "a request's header is read before it is routed",
+	"client.idle_timeout":     "a keep-alive connection carries requests of any route",
+	"client.max_connections":  "a connection carries requests of any route",
+	"client.h2_":              "HTTP/2 settings are a connection's, and a connection carries requests of any route",
+	"client":                  "a route's own limits are max_body_bytes, max_requests and tunnel_idle_timeout, set on the route; the others act before routing or per connection",
+	"tls":                     "the certificate is chosen by SNI before any request (tls.certificates)",
+	"h2c":                     "the protocol is chosen per connection",
+	"upstream":                "backend connections are pooled per service (a route may set server_name)",
+	"trusted_proxies":         "a peer is trusted per connection",
+	"request_id":              "the id is given before the request is routed",
+	"access_log":              "one log per listener (each line names its route)",
+	"upgrades":                "the allow-list is the listener's",
+}
+
+// listenerOnlyHint explains, for an unknown key of a route, that it is
+// the listener's: where to set it instead and why ("" for other keys).
+func listenerOnlyHint(path, key string) string {
+	if !strings.HasSuffix(path, "]") || !strings.Contains(path, ".routes[") {
+		return ""
+	}
+	where := key
+	why, ok := listenerOnly[key]
+	if !ok {
+		where = "client." + key
+		if why, ok = listenerOnly[where]; !ok && strings.HasPrefix(key, "h2_") {
+			why, ok = listenerOnly["client.h2_"]
+		}
+	}
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf(" (%s is the service's, for all its routes: %s)", where, why)
 }

@@ -188,6 +188,22 @@ func syntaxProblem(err error, data []byte) *Problem {
 	return &Problem{Line: line, Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
 }
 
+// Pools are the names of the pools a service sends to, sorted: its own
+// (when set) and, for an http service, its routes'.
+func (s Service) Pools() []string {
+	var out []string
+	if s.Pool != "" {
+		out = append(out, s.Pool)
+	}
+	for _, r := range s.Routes {
+		if !slices.Contains(out, r.Pool) {
+			out = append(out, r.Pool)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Pool returns the pool called name, or nil.
 func (c *Config) Pool(name string) *Pool {
 	for i := range c.Pools {

@@ -199,3 +199,62 @@ func TestSecondSiteHint(t *testing.T) {
 		t.Errorf("%v", err)
 	}
 }
+
+func TestRequestIDKey(t *testing.T) {
+	src := routesHead + `    pool: web
+    trusted_proxies: [198.18.5.0/24]
+    request_id: {header: X-Correlation-Id, trust_incoming: true}
+    headers:
+      request:
+        set: [{name: X-Correlation-Id, value: "{request_id}"}]
+`
+	cfg, err := Parse([]byte(src), "i.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cfg.Services[0].RequestID.L7(); !r.TrustIncoming || r.HeaderName() != "X-Correlation-Id" {
+		t.Errorf("request_id %+v", r)
+	}
+	if r := (*RequestID)(nil).L7(); r.TrustIncoming || r.HeaderName() != "X-Request-Id" {
+		t.Errorf("no request_id block: %+v", r)
+	}
+	for _, c := range []struct{ src, want string }{
+		{"    pool: web\n    request_id: {trust_incoming: true}\n", "services[0].request_id.trust_incoming: no peer is trusted: list the proxies in front of sluice whose request ids to take in trusted_proxies (any other peer's X-Request-Id is never believed)"},
+		{"    pool: web\n    request_id: {header: Content-Length}\n", "services[0].request_id.header: request_id.header: request header Content-Length: frames the message"},
+		{"    pool: web\n    request_id: {header: \"a b\"}\n", "not a header name"},
+	} {
+		if _, err := Parse([]byte(routesHead+c.src), "i.yaml"); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.src, err, c.want)
+		}
+	}
+	l4 := "pools: [{name: p, backends: [{address: 198.18.2.11:80}]}]\nservices:\n  - {name: t, listen: 198.18.1.1:80, pool: p, request_id: {header: X-A}}\n"
+	if _, err := Parse([]byte(l4), "i.yaml"); err == nil || !strings.Contains(err.Error(), "request_id: only allowed for http services") {
+		t.Errorf("tcp service with request_id: %v", err)
+	}
+}
+
+// A route's max_requests and tunnel_idle_timeout; the limits a route
+// cannot have are refused with where to set them and why.
+func TestRouteLimitKeys(t *testing.T) {
+	cfg, err := Parse([]byte(routesHead+"    routes: [{name: a, pool: api, max_requests: 50, tunnel_idle_timeout: 10m}]\n"), "l.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cfg.Services[0].Routes[0]; r.MaxRequests != 50 || r.TunnelIdleTimeout.D() != 10*time.Minute {
+		t.Errorf("route %+v", r)
+	}
+	for _, c := range []struct{ src, want string }{
+		{"    routes: [{name: a, pool: api, max_requests: 0}]\n", "routes[0].max_requests: 0: must be between 1 and"},
+		{"    client: {max_requests: 10}\n    routes: [{name: a, pool: api, max_requests: 20}]\n", "routes[0].max_requests: 20 is more than client.max_requests (10): the listener's bound always cuts first"},
+		{"    routes: [{name: a, pool: api, tunnel_idle_timeout: 0s}]\n", "routes[0].tunnel_idle_timeout"},
+		{"    routes: [{name: a, pool: api, header_timeout: 5s}]\n", `routes[0].header_timeout: unknown key "header_timeout" (client.header_timeout is the service's, for all its routes: a request's header is read before it is routed)`},
+		{"    routes: [{name: a, pool: api, h2_max_streams: 5}]\n", `(client.h2_max_streams is the service's, for all its routes: HTTP/2 settings are a connection's`},
+		{"    routes: [{name: a, pool: api, client: {}}]\n", `(client is the service's, for all its routes: a route's own limits are max_body_bytes, max_requests and tunnel_idle_timeout`},
+		{"    routes: [{name: a, pool: api, upstream: {}}]\n", `(upstream is the service's, for all its routes: backend connections are pooled per service (a route may set server_name))`},
+		{"    routes: [{name: a, pool: api, hostz: x}]\n", `unknown key "hostz" (did you mean "host"?)`},
+	} {
+		if _, err := Parse([]byte(routesHead+c.src), "l.yaml"); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v\nwant %q", c.src, err, c.want)
+		}
+	}
+}

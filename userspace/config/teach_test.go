@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,31 +26,7 @@ const warnMarker = "# <~"
 // checkWarnings asserts that cfg holds exactly the warnings marked in src.
 func checkWarnings(t *testing.T, src string, cfg *Config) {
 	t.Helper()
-	type want struct {
-		line int
-		text string
-	}
-	var ws []want
-	for i, l := range strings.Split(src, "\n") {
-		if _, text, ok := strings.Cut(l, warnMarker); ok {
-			ws = append(ws, want{i + 1, strings.TrimSpace(text)})
-		}
-	}
-	got := slices.Clone(cfg.Warnings)
-	for _, w := range ws {
-		i := slices.IndexFunc(got, func(p Problem) bool {
-			return p.Line == w.line && strings.Contains(p.Path+": "+p.Msg, w.text)
-		})
-		if i < 0 {
-			t.Errorf("missing warning at line %d containing %q", w.line, w.text)
-			continue
-		}
-		got = slices.Delete(got, i, i+1)
-	}
-	for _, p := range got {
-		t.Errorf("unexpected warning at line %d: %s: %s", p.Line, p.Path, p.Msg)
-	}
-	if t.Failed() {
+	if !matchProblems(t, markers(src, warnMarker), cfg.Warnings, "warning") {
 		t.Logf("all warnings:\n%s", strings.Join(cfg.WarningLines(), "\n"))
 	}
 }
@@ -306,6 +281,79 @@ services:
     pool: fixed
     upstream: {tls: true}
 `},
+		{"https check hint from the routes' server name", `
+pools:
+  - name: api
+    backends: [{address: 198.18.2.11:443}]
+    health_check:
+      http:
+        tls: true          # <- pools[0].health_check.http.tls: an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set server_name: api.internal (the server name its traffic uses)
+services:
+  - name: front
+    listen: 0.0.0.0:443
+    protocol: http
+    upstream: {tls: true}
+    routes:
+      - {name: a, hosts: [a.example], pool: api, host: api.internal}
+      - {name: b, hosts: [b.example], pool: api, server_name: api.internal}
+`},
+		{"pool warnings walk routes", `
+pools:
+  - name: alb                # a route's pool only: used
+    backends: [{name: internal-alb.example, port: 443}]
+    health_check:
+      http: {path: /healthz}     # <~ pools[0].health_check.http: pool "alb" is reached over TLS (upstream.tls of its services) but checked in plain HTTP
+  - name: www
+    backends: [{address: 198.18.2.11:443}]
+  - name: spare              # <~ pools[2]: pool "spare" is used by no service and no route
+    backends: [{address: 198.18.2.12:443}]
+  - name: api
+    backends: [{name: api.example, port: 443}]
+  - name: mixed              # reached over TLS by a route and in clear by another service
+    backends: [{address: 198.18.2.13:80}]
+    health_check:
+      http: {path: /healthz}
+services:
+  - name: front
+    listen: 0.0.0.0:443
+    protocol: http
+    pool: www                # fixed addresses: no warning
+    upstream: {tls: true}
+    routes:
+      - name: app          # <~ services[0].routes[0]: route "app": host: keep with upstream.tls and DNS backends (pool "alb", internal-alb.example)
+        hosts: [app.example]
+        pool: alb
+      - name: api
+        hosts: [api.example]
+        pool: api
+        host: keep         # <~ services[0].routes[1].host: route "api": host: keep with upstream.tls and DNS backends (pool "api", api.example)
+      - name: api3
+        hosts: [api3.example]
+        pool: api
+        server_name: api.example   # stated: no warning
+      - name: api2
+        hosts: [api2.example]
+        pool: api
+        host: api.example  # a name: no warning
+      - name: m
+        hosts: [m.example]
+        pool: mixed
+  - name: plain
+    listen: 0.0.0.0:80
+    protocol: http
+    pool: mixed
+`},
+		{"routes without their own server name take the service's", `
+pools:
+  - name: alb
+    backends: [{name: internal-alb.example, port: 443}]
+services:
+  - name: front
+    listen: 0.0.0.0:443
+    protocol: http
+    routes: [{name: app, pool: alb}]
+    upstream: {tls: true, server_name: app.example}
+`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -421,8 +469,8 @@ func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "example"},
-		DNSNames:  []string{"example"},
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sluice.test"},
+		DNSNames:  []string{"sluice.test"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,

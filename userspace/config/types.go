@@ -103,7 +103,7 @@ type AddressFilter struct {
 type Backend struct {
 	Name    string `yaml:"name"`    // DNS name; needs Port
 	Port    uint16 `yaml:"port"`    // with Name
-	Address string `yaml:"address"` // IPv4 ip:port; exactly one of Name and Address
+	Address string `yaml:"address"` // ip:port or [ipv6]:port; exactly one of Name and Address
 	Weight  uint32 `yaml:"weight"`  // 1..1000, default 1
 
 	// AddrPort is Address parsed (valid only for address backends).
@@ -183,6 +183,10 @@ type Service struct {
 	// Headers are the service's header rules (http only; a route's own
 	// replace them whole).
 	Headers *HeaderRules `yaml:"headers"`
+	// RequestID says whether a trusted peer's request id is taken and
+	// which header names it (http only; nil: sluice's own ids, header
+	// X-Request-Id on its own answers).
+	RequestID *RequestID `yaml:"request_id"`
 	// AccessLog is where an http service writes its access log: stdout
 	// (default), off, or a file path (appended to, reopened on reload).
 	AccessLog string `yaml:"access_log"`
@@ -212,6 +216,12 @@ type Route struct {
 	Headers    *HeaderRules `yaml:"headers"`  // replaces the service's whole; default the service's
 	// MaxBodyBytes is the route's client.max_body_bytes (0: the service's).
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxRequests bounds the route's requests in flight, within the
+	// service's client.max_requests (0: no bound of its own).
+	MaxRequests int `yaml:"max_requests"`
+	// TunnelIdleTimeout is the route's client.tunnel_idle_timeout (0:
+	// the service's).
+	TunnelIdleTimeout Duration `yaml:"tunnel_idle_timeout"`
 
 	Line int `yaml:"-"` // line of the route in the file
 }
@@ -252,6 +262,20 @@ func (h *HeaderRules) L7() service.HeaderRules {
 		return out
 	}
 	return service.HeaderRules{Request: ops(h.Request), Response: ops(h.Response), RewriteLocation: h.RewriteLocation}
+}
+
+// RequestID is an http service's request_id block (l7/service.RequestID).
+type RequestID struct {
+	Header        string `yaml:"header"`         // default X-Request-Id
+	TrustIncoming bool   `yaml:"trust_incoming"` // take a trusted_proxies peer's id
+}
+
+// L7 is r for l7/service (nil: the defaults).
+func (r *RequestID) L7() service.RequestID {
+	if r == nil {
+		return service.RequestID{}
+	}
+	return service.RequestID{Header: r.Header, TrustIncoming: r.TrustIncoming}
 }
 
 // RouteHeader is a route's header condition: present, with Value when set.

@@ -2,7 +2,6 @@ package config
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,6 +18,7 @@ import (
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
 	"github.com/sluicelb/sluice/l7/service"
+	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/addrfilter"
 	"github.com/sluicelb/sluice/userspace/maglev"
 )
@@ -141,6 +141,7 @@ func (v *validator) validate(c *Config) {
 		}
 		v.service(s, path, pools)
 		v.serviceWarnings(c, s, path)
+		v.familyWarning(c, s, path)
 		if !s.ListenAddr.IsValid() {
 			continue
 		}
@@ -153,7 +154,7 @@ func (v *validator) validate(c *Config) {
 				continue
 			}
 			a, b := l.addr.Addr(), s.ListenAddr.Addr()
-			if a == b || ((a.IsUnspecified() || b.IsUnspecified()) && a.Is4() == b.Is4()) {
+			if a == b || covers(a, b) || covers(b, a) {
 				hint := ""
 				if s.Protocol == ProtocolHTTP && httpNames[other] {
 					// The nginx habit: one server block per site.
@@ -171,6 +172,7 @@ func (v *validator) validate(c *Config) {
 	v.limits(c)
 	v.conntrackWarning(c)
 	v.healthWarnings(c)
+	v.unusedPoolWarnings(c)
 	// Fixed addresses go through the filter DNS answers go through, once
 	// every listen address is known.
 	own := c.OwnAddresses()
@@ -358,7 +360,7 @@ func (v *validator) pool(c *Config, p *Pool, path string) {
 		}
 	}
 	if p.HealthCheck != nil {
-		v.healthCheck(p, p.HealthCheck, path+".health_check")
+		v.healthCheck(c, p, p.HealthCheck, path+".health_check")
 	}
 }
 
@@ -470,8 +472,8 @@ func (v *validator) backend(b *Backend, path string) {
 				// The hint above already says where the port goes.
 				return
 			}
-		case !ap.Addr().Is4():
-			v.add(path+".address", "%q: only IPv4 backends are supported for now", b.Address)
+		case ap.Addr().Zone() != "":
+			v.add(path+".address", "%q: a zone (%%%s) is not allowed in a backend address", b.Address, ap.Addr().Zone())
 		case ap.Port() == 0:
 			v.add(path+".address", "%q: port must not be 0", b.Address)
 		default:
@@ -593,6 +595,16 @@ func endpointHint(s string, port uint16, asName bool) (hint string, ok bool) {
 		return "has a port in it, which goes in port: " + withPort(host), true
 	case asName:
 		return "", false
+	case isIP && !url && !strings.HasPrefix(s, "[") && strings.Contains(host, ":"):
+		// 2001:db8::11:80 is an address on its own; its last group may be
+		// meant as a port, which needs the brackets.
+		hint := "is an IPv6 address without a port: " + addr
+		if i := strings.LastIndexByte(host, ':'); i > 0 && p == "" {
+			if a, err := netip.ParseAddr(host[:i]); err == nil && !strings.HasSuffix(host[:i], ":") {
+				hint += " (an IPv6 address with a port is written in brackets: [" + a.String() + "]:" + host[i+1:] + ")"
+			}
+		}
+		return hint, true
 	case isIP:
 		return "has no port: " + addr, true
 	default:
@@ -637,7 +649,7 @@ func checkDNSName(name string) error {
 	return nil
 }
 
-func (v *validator) healthCheck(p *Pool, hc *HealthCheck, path string) {
+func (v *validator) healthCheck(c *Config, p *Pool, hc *HealthCheck, path string) {
 	switch {
 	case hc.HTTP != nil && hc.TCP != nil:
 		v.add(path, "set either http or tcp, not both")
@@ -656,7 +668,7 @@ func (v *validator) healthCheck(p *Pool, hc *HealthCheck, path string) {
 		if _, _, err := ParseExpect(h.Expect); err != nil {
 			v.add(path+".http.expect", "%v", err)
 		}
-		v.healthTLS(p, h, path+".http")
+		v.healthTLS(c, p, h, path+".http")
 	}
 	v.positive(path+".interval", hc.Interval)
 	v.positive(path+".timeout", hc.Timeout)
@@ -674,7 +686,7 @@ func (v *validator) healthCheck(p *Pool, hc *HealthCheck, path string) {
 // healthTLS checks an HTTPS health check's keys (an upstream's names) and
 // fills server_name's default: the host key without its port, else the
 // pool's one DNS name.
-func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
+func (v *validator) healthTLS(c *Config, p *Pool, h *HTTPCheck, path string) {
 	if !h.TLS {
 		for _, k := range []string{"server_name", "verify_name", "ca", "insecure_skip_verify"} {
 			if v.set(path + "." + k) {
@@ -696,7 +708,7 @@ func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
 		}
 	}
 	if h.CA != "" {
-		if _, err := LoadCAs(h.CA); err != nil {
+		if _, err := upstream.LoadCAs(h.CA); err != nil {
 			v.add(path+".ca", "%v", err)
 		}
 		if h.InsecureSkipVerify {
@@ -729,11 +741,62 @@ func (v *validator) healthTLS(p *Pool, h *HTTPCheck, path string) {
 		}
 	}
 	if !h.InsecureSkipVerify && h.ServerName == "" && h.VerifyName == "" {
-		v.add(path+".tls", "an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set server_name: NAME (sent and verified) or verify_name: NAME (verified only)")
+		hint := "NAME"
+		if names := c.trafficServerNames(p.Name); len(names) == 1 {
+			// What the traffic to this pool sends: the check then
+			// verifies what the proxy verifies.
+			hint = names[0] + " (the server name its traffic uses)"
+		}
+		v.add(path+".tls", "an HTTPS check of fixed addresses (or of several names) needs the name the backends' certificates carry: set server_name: %s (sent and verified) or verify_name: NAME (verified only)", hint)
 	}
 	if h.InsecureSkipVerify {
 		v.warn(path+".insecure_skip_verify", "health check certificates are not verified: a check passes against anything that speaks TLS; give the CA with ca: FILE instead")
 	}
+}
+
+// trafficServerNames are the TLS server names the http services and
+// routes sending to pool name over TLS use (a route's or the upstream's
+// server_name, else a host that is a name), sorted, without repeats; one
+// of them sending no name of its own (host: keep without server_name)
+// adds none.
+func (c *Config) trafficServerNames(name string) []string {
+	var out []string
+	add := func(sni, host string) {
+		if sni == "" && host != HostKeep {
+			if h, _, err := net.SplitHostPort(host); err == nil {
+				host = h
+			}
+			if _, err := netip.ParseAddr(host); err != nil {
+				sni = host
+			}
+		}
+		if sni != "" && !slices.Contains(out, sni) {
+			out = append(out, sni)
+		}
+	}
+	for _, s := range c.Services {
+		if s.Protocol != ProtocolHTTP || s.Upstream == nil || !s.Upstream.TLS {
+			continue
+		}
+		if s.Pool == name {
+			add(s.Upstream.ServerName, s.Host)
+		}
+		for _, r := range s.Routes {
+			if r.Pool != name {
+				continue
+			}
+			sni, host := r.ServerName, r.Host
+			if sni == "" {
+				sni = s.Upstream.ServerName
+			}
+			if host == "" {
+				host = s.Host
+			}
+			add(sni, host)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // ParseExpect parses a health check's expected status: "200" or "200-399".
@@ -818,7 +881,7 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
 			}
 		}
-		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies", "routes", "headers"} {
+		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies", "routes", "headers", "request_id"} {
 			if v.set(path + "." + k) {
 				v.add(path+"."+k, "only allowed for http services")
 			}
@@ -855,6 +918,14 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 	for i, tp := range s.TrustedProxies {
 		if _, err := service.ParseTrustedProxies([]string{tp}); err != nil {
 			v.add(fmt.Sprintf("%s.trusted_proxies[%d]", path, i), "%v", err)
+		}
+	}
+	if rid := s.RequestID; rid != nil {
+		if err := rid.L7().Check(); err != nil {
+			v.add(path+".request_id.header", "%v", err)
+		}
+		if rid.TrustIncoming && len(s.TrustedProxies) == 0 {
+			v.add(path+".request_id.trust_incoming", "no peer is trusted: list the proxies in front of sluice whose request ids to take in trusted_proxies (any other peer's %s is never believed)", rid.L7().HeaderName())
 		}
 	}
 	for i, u := range s.Upgrades {
@@ -948,7 +1019,7 @@ func (v *validator) upstream(u *Upstream, path string) {
 		}
 	}
 	if u.CA != "" {
-		if _, err := LoadCAs(u.CA); err != nil {
+		if _, err := upstream.LoadCAs(u.CA); err != nil {
 			v.add(path+".ca", "%v", err)
 		}
 		if u.InsecureSkipVerify {
@@ -1009,8 +1080,9 @@ func (v *validator) conntrackWarning(c *Config) {
 }
 
 // healthWarnings warns of a plain HTTP health check on a pool its services
-// reach only over TLS: the check probes the TLS port in clear text (it
-// fails, or passes against something else than what serves traffic).
+// (or routes) reach only over TLS: the check probes the TLS port in clear
+// text (it fails, or passes against something else than what serves
+// traffic).
 func (v *validator) healthWarnings(c *Config) {
 	for i := range c.Pools {
 		p := &c.Pools[i]
@@ -1019,7 +1091,7 @@ func (v *validator) healthWarnings(c *Config) {
 		}
 		tlsOnly, users := true, 0
 		for _, s := range c.Services {
-			if s.Pool != p.Name {
+			if !slices.Contains(s.Pools(), p.Name) {
 				continue
 			}
 			users++
@@ -1033,6 +1105,23 @@ func (v *validator) healthWarnings(c *Config) {
 	}
 }
 
+// unusedPoolWarnings warns of a pool no service and no route sends to:
+// its names are resolved and its addresses checked for nothing, which is
+// mostly a misspelt or forgotten pool: name.
+func (v *validator) unusedPoolWarnings(c *Config) {
+	used := map[string]bool{}
+	for _, s := range c.Services {
+		for _, name := range s.Pools() {
+			used[name] = true
+		}
+	}
+	for i, p := range c.Pools {
+		if p.Name != "" && !used[p.Name] {
+			v.warn(fmt.Sprintf("pools[%d]", i), "pool %q is used by no service and no route: its backends are resolved and checked but get no traffic; name it in a service's pool: or a route's pool:, or remove it", p.Name)
+		}
+	}
+}
+
 // serviceWarnings are an http service's valid but risky settings.
 func (v *validator) serviceWarnings(c *Config, s *Service, path string) {
 	if s.Protocol != ProtocolHTTP || s.Upstream == nil {
@@ -1042,8 +1131,34 @@ func (v *validator) serviceWarnings(c *Config, s *Service, path string) {
 	if u.TLS && u.InsecureSkipVerify {
 		v.warn(path+".upstream.insecure_skip_verify", "backend certificates are not verified: anyone on the path to the backends can impersonate them; give the CA that signed them with upstream.ca instead")
 	}
-	p := c.Pool(s.Pool)
-	if !u.TLS || s.Host != HostKeep || u.ServerName != "" || p == nil {
+	if !u.TLS {
+		return
+	}
+	// host: keep with DNS backends, for the service's own pool and for
+	// every route (a route takes the service's host and server name
+	// unless it sets its own).
+	if s.Pool != "" {
+		v.hostKeepWarning(c, path, "", s.Pool, s.Host, u.ServerName)
+	}
+	for j, r := range s.Routes {
+		host, sni := r.Host, r.ServerName
+		if host == "" {
+			host = s.Host
+		}
+		if sni == "" {
+			sni = u.ServerName
+		}
+		v.hostKeepWarning(c, fmt.Sprintf("%s.routes[%d]", path, j), fmt.Sprintf("route %q: ", r.Name), r.Pool, host, sni)
+	}
+}
+
+// hostKeepWarning warns when requests to a pool with DNS backends keep
+// the client's Host over TLS without a server name: the backends get the
+// client's Host but the TLS name of their DNS name. path is the
+// service's or the route's.
+func (v *validator) hostKeepWarning(c *Config, path, who, poolName, host, sni string) {
+	p := c.Pool(poolName)
+	if host != HostKeep || sni != "" || p == nil {
 		return
 	}
 	for _, b := range p.Backends {
@@ -1054,9 +1169,49 @@ func (v *validator) serviceWarnings(c *Config, s *Service, path string) {
 		if !v.set(at) {
 			at = path
 		}
-		v.warn(at, "host: keep with upstream.tls and DNS backends (pool %q, %s): the backends get the client's Host header but the TLS name (SNI, certificate check) %q; a backend serving several sites may answer with the wrong one or 421. Set host: to the site the backends serve, or upstream.server_name to state the TLS name (nginx: proxy_ssl_name)",
-			p.Name, b.Name, strings.TrimSuffix(b.Name, "."))
+		v.warn(at, "%shost: keep with upstream.tls and DNS backends (pool %q, %s): the backends get the client's Host header but the TLS name (SNI, certificate check) %q; a backend serving several sites may answer with the wrong one or 421. Set host: to the site the backends serve, or server_name (upstream's or the route's) to state the TLS name (nginx: proxy_ssl_name)",
+			who, p.Name, b.Name, strings.TrimSuffix(b.Name, "."))
 		return
+	}
+}
+
+// covers reports whether a listener on x takes the port of address y too:
+// 0.0.0.0 takes every IPv4 address, [::] every address of both families
+// (sluice listens dual-stack, IPV6_V6ONLY off, as Go does).
+func covers(x, y netip.Addr) bool {
+	return x.IsUnspecified() && (x.Is6() || y.Unmap().Is4())
+}
+
+// familyWarning warns when a service's pool can give it no backend: a
+// service uses only the addresses of its own family (an IPv4 listen
+// address IPv4 backends, an IPv6 one IPv6 backends), and a pool of fixed
+// addresses only of the other family has none. A pool with a DNS name is
+// not judged: the name may answer in either family.
+func (v *validator) familyWarning(c *Config, s *Service, path string) {
+	if !s.ListenAddr.IsValid() {
+		return
+	}
+	v6 := !s.ListenAddr.Addr().Unmap().Is4()
+	names := []string{s.Pool}
+	for _, r := range s.Routes {
+		names = append(names, r.Pool)
+	}
+	for _, name := range slices.Compact(names) {
+		p := c.Pool(name)
+		if p == nil || len(p.Backends) == 0 {
+			continue
+		}
+		if slices.ContainsFunc(p.Backends, func(b Backend) bool {
+			return b.IsName() || b.AddrPort.IsValid() && !b.AddrPort.Addr().Unmap().Is4() == v6
+		}) {
+			continue
+		}
+		fam, other := "IPv4", "IPv6"
+		if v6 {
+			fam, other = other, fam
+		}
+		v.warn(path+".listen", "service %q listens on %s but pool %q has only %s addresses: a service sends only to backends of its own family, so it has none; add %s backends to the pool or listen on an %s address",
+			s.Name, fam, p.Name, other, fam, other)
 	}
 }
 
@@ -1108,19 +1263,6 @@ func (v *validator) between(path string, n, lo, hi int64) {
 	if n < lo || n > hi {
 		v.add(path, "%d: must be between %d and %d", n, lo, hi)
 	}
-}
-
-// LoadCAs reads a PEM file of CA certificates into a pool.
-func LoadCAs(file string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("read CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s: no PEM certificate found", file)
-	}
-	return pool, nil
 }
 
 func (v *validator) retry(r *Retry, path string) {
@@ -1217,6 +1359,15 @@ func (v *validator) routes(s *Service, path string, pools map[string]int) {
 		v.headers(r.Headers, rp+".headers")
 		if v.set(rp + ".max_body_bytes") {
 			v.between(rp+".max_body_bytes", r.MaxBodyBytes, 1, MaxMaxBodyBytes)
+		}
+		if v.set(rp + ".max_requests") {
+			v.between(rp+".max_requests", int64(r.MaxRequests), 1, MaxClientRequests)
+			if c := s.Client; c != nil && r.MaxRequests > c.MaxRequests {
+				v.add(rp+".max_requests", "%d is more than client.max_requests (%d): the listener's bound always cuts first; lower it, or raise client.max_requests", r.MaxRequests, c.MaxRequests)
+			}
+		}
+		if v.set(rp + ".tunnel_idle_timeout") {
+			v.positive(rp+".tunnel_idle_timeout", r.TunnelIdleTimeout)
 		}
 		if r.ServerName != "" {
 			if s.Upstream == nil || !s.Upstream.TLS {

@@ -1,8 +1,10 @@
 package datapath
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -11,7 +13,9 @@ import (
 
 // The addrs map tells the program which addresses are VIPs and which are
 // backends, for the packets that carry no ports: IPv4 fragments, which it
-// drops and counts instead of passing them on un-translated. It is derived
+// drops and counts instead of passing them on un-translated. backend_ports
+// tells it, for a backend's address and service port, which nat services
+// a reply from there can belong to (a reply names no VIP). It is derived
 // state, kept in step here with services and backends so the agent never
 // writes it: a VIP entry while a service uses the address, a backend entry
 // while a non-free slot holds it. addrIndex remembers who uses which
@@ -23,6 +27,7 @@ import (
 const (
 	addrVIP     = uint8(bpf.SluiceAddrFlagsADDR_VIP)
 	addrBackend = uint8(bpf.SluiceAddrFlagsADDR_BACKEND)
+	epSNAT      = uint8(bpf.SluiceEpFlagsEP_SNAT)
 )
 
 type addrIndex struct {
@@ -30,6 +35,83 @@ type addrIndex struct {
 	backends map[uint32]map[uint32]bool             // address -> non-free slots holding it
 	ports    map[bpf.SluiceEndpoint]map[uint32]bool // address and port -> non-free slots holding them
 	slots    map[uint32]bpf.SluiceBackend           // non-free slot -> what it holds
+	// svcs holds every service's value, and svcPools the pools it has
+	// had since the data path was opened (its current one and those it
+	// left, whose backends may still carry its flows): backend_ports
+	// lists a nat service for every endpoint of those pools.
+	svcs     map[bpf.SluiceSvcKey]bpf.SluiceSvcValue
+	svcPools map[bpf.SluiceSvcKey]map[uint32]bool
+	// written is the backend_ports entry last written per endpoint:
+	// a write that would not change it is skipped.
+	written map[bpf.SluiceEndpoint]bpf.SluiceEpInfo
+}
+
+func newAddrIndex() *addrIndex {
+	return &addrIndex{
+		services: map[uint32]map[bpf.SluiceSvcKey]uint32{},
+		backends: map[uint32]map[uint32]bool{},
+		ports:    map[bpf.SluiceEndpoint]map[uint32]bool{},
+		slots:    map[uint32]bpf.SluiceBackend{},
+		svcs:     map[bpf.SluiceSvcKey]bpf.SluiceSvcValue{},
+		svcPools: map[bpf.SluiceSvcKey]map[uint32]bool{},
+		written:  map[bpf.SluiceEndpoint]bpf.SluiceEpInfo{},
+	}
+}
+
+// epInfo is the backend_ports entry an endpoint should have (Slots 0:
+// none): the nat services whose pools hold one of its slots, sorted by
+// VIP, port and protocol (so the bytes do not depend on the order of
+// writes), the first len(Nat) of them listed.
+func (x *addrIndex) epInfo(ep bpf.SluiceEndpoint) bpf.SluiceEpInfo {
+	var e bpf.SluiceEpInfo
+	slots := x.ports[ep]
+	if len(slots) == 0 {
+		return e
+	}
+	e.Slots = uint32(len(slots))
+	pools := map[uint32]bool{}
+	for s := range slots {
+		pools[x.slots[s].PoolId] = true
+	}
+	var nat []bpf.SluiceEpService
+	for k, v := range x.svcs {
+		held := false
+		for p := range x.svcPools[k] {
+			if pools[p] {
+				held = true
+				break
+			}
+		}
+		if !held {
+			continue
+		}
+		if Mode(v.Mode) == ModeSNAT {
+			e.Flags |= epSNAT
+			continue
+		}
+		nat = append(nat, bpf.SluiceEpService{Vip: k.Vip, Port: k.Port, Proto: k.Proto, Id: v.Id})
+	}
+	slices.SortFunc(nat, func(a, b bpf.SluiceEpService) int {
+		return cmp.Or(cmp.Compare(a.Vip, b.Vip), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Proto, b.Proto))
+	})
+	e.NatCount = uint8(min(len(nat), 255))
+	copy(e.Nat[:], nat)
+	return e
+}
+
+// endpointsOfPools returns every endpoint one of whose slots belongs to
+// one of pools.
+func (x *addrIndex) endpointsOfPools(pools map[uint32]bool) []bpf.SluiceEndpoint {
+	var out []bpf.SluiceEndpoint
+	for ep, slots := range x.ports {
+		for s := range slots {
+			if pools[x.slots[s].PoolId] {
+				out = append(out, ep)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // info is the addrs entry an address should have; zero flags: none.
@@ -47,18 +129,32 @@ func (x *addrIndex) info(addr uint32) bpf.SluiceAddrInfo {
 	return a
 }
 
-func (x *addrIndex) setService(k bpf.SluiceSvcKey, id uint32) {
+// setService records service k's value and returns the endpoints whose
+// backend_ports entry it may change.
+func (x *addrIndex) setService(k bpf.SluiceSvcKey, v bpf.SluiceSvcValue) []bpf.SluiceEndpoint {
 	if x.services[k.Vip] == nil {
 		x.services[k.Vip] = map[bpf.SluiceSvcKey]uint32{}
 	}
-	x.services[k.Vip][k] = id
+	x.services[k.Vip][k] = v.Id
+	x.svcs[k] = v
+	if x.svcPools[k] == nil {
+		x.svcPools[k] = map[uint32]bool{}
+	}
+	x.svcPools[k][v.PoolId] = true
+	return x.endpointsOfPools(x.svcPools[k])
 }
 
-func (x *addrIndex) deleteService(k bpf.SluiceSvcKey) {
+// deleteService forgets service k and returns the endpoints whose
+// backend_ports entry listed it.
+func (x *addrIndex) deleteService(k bpf.SluiceSvcKey) []bpf.SluiceEndpoint {
 	delete(x.services[k.Vip], k)
 	if len(x.services[k.Vip]) == 0 {
 		delete(x.services, k.Vip)
 	}
+	eps := x.endpointsOfPools(x.svcPools[k])
+	delete(x.svcs, k)
+	delete(x.svcPools, k)
+	return eps
 }
 
 // setSlot records slot's backend b (free: nothing) and returns the
@@ -94,17 +190,12 @@ func (x *addrIndex) setSlot(slot uint32, b bpf.SluiceBackend) (oldAddr uint32, o
 // buildAddrs rebuilds the index from the services and backends maps and
 // rewrites the addrs map to match.
 func (r *Real) buildAddrs() error {
-	x := &addrIndex{
-		services: map[uint32]map[bpf.SluiceSvcKey]uint32{},
-		backends: map[uint32]map[uint32]bool{},
-		ports:    map[bpf.SluiceEndpoint]map[uint32]bool{},
-		slots:    map[uint32]bpf.SluiceBackend{},
-	}
+	x := newAddrIndex()
 	var sk bpf.SluiceSvcKey
 	var sv bpf.SluiceSvcValue
 	it := r.services.Iterate()
 	for it.Next(&sk, &sv) {
-		x.setService(sk, sv.Id)
+		x.setService(sk, sv)
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("index addresses: services: %w", err)
@@ -147,9 +238,9 @@ func (r *Real) buildAddrs() error {
 
 	var staleEPs []bpf.SluiceEndpoint
 	var ep bpf.SluiceEndpoint
-	var n uint32
+	var info bpf.SluiceEpInfo
 	pit := r.backendPorts.Iterate()
-	for pit.Next(&ep, &n) {
+	for pit.Next(&ep, &info) {
 		if len(x.ports[ep]) == 0 {
 			staleEPs = append(staleEPs, ep)
 		}
@@ -170,21 +261,28 @@ func (r *Real) buildAddrs() error {
 	return nil
 }
 
-// writeEndpoint writes (or deletes) one backend_ports entry from the index.
+// writeEndpoint writes (or deletes) one backend_ports entry from the
+// index, unless it holds that already.
 func (r *Real) writeEndpoint(ep bpf.SluiceEndpoint) error {
 	if r.addrIdx == nil || ep.Addr == 0 {
 		return nil
 	}
-	n := uint32(len(r.addrIdx.ports[ep]))
-	if n == 0 {
+	e := r.addrIdx.epInfo(ep)
+	if old, ok := r.addrIdx.written[ep]; ok && old == e {
+		return nil
+	}
+	delete(r.addrIdx.written, ep)
+	if e.Slots == 0 {
 		if err := r.backendPorts.Delete(ep); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("forget backend %v:%d: %w", addrFromBE32(ep.Addr), portFromBE16(ep.Port), err)
 		}
+		r.addrIdx.written[ep] = e
 		return nil
 	}
-	if err := r.backendPorts.Put(ep, n); err != nil {
+	if err := r.backendPorts.Put(ep, e); err != nil {
 		return fmt.Errorf("record backend %v:%d: %w", addrFromBE32(ep.Addr), portFromBE16(ep.Port), err)
 	}
+	r.addrIdx.written[ep] = e
 	return nil
 }
 

@@ -32,6 +32,9 @@ type Service struct {
 	Mode Mode
 	// SNATAddr is the source address used in ModeSNAT.
 	SNATAddr netip.Addr
+	// PoolID is PoolID(name) of the service's pool: a reply from one of
+	// its backends is recognised as the service's (backend_ports).
+	PoolID uint32
 }
 
 // Backend is one backend slot.
@@ -45,7 +48,7 @@ type Backend struct {
 	Src netip.Addr
 }
 
-// Flow is one forward conntrack entry (client -> VIP).
+// Flow is one conntrack entry (a flow, keyed client -> VIP).
 type Flow struct {
 	Client      netip.AddrPort
 	VIP         netip.AddrPort
@@ -103,10 +106,14 @@ type GlobalStats struct {
 	BackendFragments  uint64 // fragments from a backend's address: dropped
 	RSTRateLimited    uint64 // RSTs not sent over the rate limit (the packet dropped)
 	FlowsConfirmed    uint64 // half-open flows the backend confirmed, moved to conntrack
-	ReverseRecreated  uint64 // reverse entries evicted and re-created from the forward entry
+	ReverseRecreated  uint64 // snat reverse entries evicted and re-created from the flow's entry
 	SYNACKNoFlowDrops uint64 // a backend's SYN-ACK for a VIP flow no longer known: dropped
 	FragNeededSent    uint64 // too big for the next hop, DF set: ICMP fragmentation needed sent back
 	PassedTooBig      uint64 // too big for the next hop, DF clear: rewritten, the kernel fragments
+	// RepliesWithoutFlow counts nat replies translated from backend_ports
+	// alone: no flow entry (evicted, or another node forwarded the
+	// client's packets), the endpoint serving exactly one nat service.
+	RepliesWithoutFlow uint64
 }
 
 // Map is what the agent needs from the data path. Implementations are safe
@@ -132,7 +139,7 @@ type Map interface {
 
 	// Flows calls fn for every forward conntrack entry until fn returns false.
 	Flows(fn func(Flow) bool) error
-	// DeleteFlow removes a flow and its reverse entry. Idempotent.
+	// DeleteFlow removes a flow (and an snat flow's reverse entry). Idempotent.
 	DeleteFlow(f Flow) error
 
 	ServiceStats(id uint32) (ServiceStats, error)

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -52,10 +53,13 @@ func loadBaseline(tb testing.TB, tableSize, conntrackMax uint32) *baseline {
 	tb.Cleanup(coll.Close)
 	b := &baseline{coll: coll, prog: coll.Programs["sluice_xdp"]}
 
-	// struct svc_key, svc_value and backend have not changed since.
+	// struct svc_key and backend have not changed since; svc_value has
+	// grown the pool id since: the baseline's is its first 12 bytes (id,
+	// mode nat, snat address 0).
 	svcs, bes, outer := coll.Maps["services"], coll.Maps["backends"], coll.Maps["maglev_outer"]
 	for k, id := range map[ServiceKey]uint32{keyTCP: svcTCP, keyUDP: svcUDP, keyNone: svcNone} {
-		mustSet(tb, svcs.Put(svcKey(k), bpf.SluiceSvcValue{Id: id}))
+		v := binary.LittleEndian.AppendUint32(nil, id)
+		mustSet(tb, svcs.Put(svcKey(k), append(v, make([]byte, 8)...)))
 	}
 	for slot, be := range baselineBackends() {
 		mustSet(tb, bes.Put(slot, bpf.SluiceBackend{Addr: be32(be.Addr.Addr()), Port: be16(be.Addr.Port()), State: uint8(be.State), Gen: be.Gen}))

@@ -22,9 +22,10 @@ import (
 //
 // A case with a frame generator (a new flow each time) gets one row per
 // fill level of the table new flows go to (today the half-open table, in
-// the baseline conntrack), each starting from freshly reset maps: "empty",
-// "half" (half its entries already taken) and "full" (every insert evicts).
-// -count N re-runs every row on maps reset again.
+// the baseline conntrack), each starting from freshly created maps (a new
+// lab, a new baseline): "empty", "half" (half its entries already taken)
+// and "full" (every insert evicts). -count N re-runs every row on maps
+// created again.
 //
 //	go test -run '^$' -bench XDP -benchtime 200000x -count 3 ./userspace/datapath/
 func BenchmarkXDP(b *testing.B) {
@@ -55,6 +56,10 @@ func BenchmarkXDP(b *testing.B) {
 			fill float64
 		}{{"empty", 0}, {"half", 0.5}, {"full", 1}} {
 			b.Run(c.bench+"/"+f.name, func(b *testing.B) {
+				// A lab of its own, like the baseline's fresh maps: an
+				// LRU map whose entries were deleted is not an empty
+				// one (its free elements are scattered in memory).
+				l := newLabSized(b, tableSize, conntrackMax)
 				l.prepare(b, c)
 				l.fillTable(b, l.r.halfopen, f.fill)
 				base := loadBaseline(b, tableSize, conntrackMax)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -312,4 +313,97 @@ func TestConntrackMigration(t *testing.T) {
 			t.Errorf("record %v: the old layout version is still recorded", withRecord)
 		}
 	}
+}
+
+// TestTwoEntryMigration: the layout with two entries per flow (a forward
+// entry and a reverse one, 40-byte values) and services without a pool id
+// is migrated: the flows' entries stay, the reverse entries go, an snat
+// flow gets its reverse entry in snat_rev, services keep their ids; and
+// OpenPinned refuses the old layout before the migration with a clear
+// error.
+func TestTwoEntryMigration(t *testing.T) {
+	requireRoot(t)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-migrate2-%d", os.Getpid()))
+	t.Cleanup(func() { _ = Teardown(pin) })
+	r, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true})
+	mustSet(t, err)
+	size := r.conntrack.MaxEntries()
+	r.Close()
+
+	natKey := bpf.SluiceCtKey{Saddr: 0x020012c6, Daddr: 0x640112c6, Sport: 0x1234, Dport: 0x5000, Proto: 6}
+	natVal := bpf.SluiceCtValue{LastSeen: 12345, ServiceId: 1, BackendId: 3, BackendGen: 7, DaddrNew: 0x0b0212c6,
+		DportNew: 0x5000, State: uint8(FlowEstablished)}
+	snatKey := bpf.SluiceCtKey{Saddr: 0x030012c6, Daddr: 0x660112c6, Sport: 0x2234, Dport: 0x5000, Proto: 6}
+	snatVal := bpf.SluiceCtValue{LastSeen: 12345, ServiceId: 2, BackendId: 3, BackendGen: 7, SaddrNew: 0x010212c6,
+		DaddrNew: 0x0b0212c6, SportNew: 0x2050, DportNew: 0x5000, State: uint8(FlowEstablished)}
+	raw := func(v bpf.SluiceCtValue, flags byte) []byte {
+		b, err := binary.Append(nil, binary.LittleEndian, v)
+		mustSet(t, err)
+		b[oldCTFlags] = flags
+		return b
+	}
+	// The older conntrack: each flow's forward entry and its reverse entry.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 40, MaxEntries: size})
+	mustSet(t, err)
+	natRev := bpf.SluiceCtKey{Saddr: natVal.DaddrNew, Sport: natVal.DportNew, Daddr: natKey.Saddr, Dport: natKey.Sport, Proto: 6}
+	mustSet(t, old.Put(natKey, raw(natVal, 0)))
+	mustSet(t, old.Put(natRev, raw(bpf.SluiceCtValue{ServiceId: 1, SaddrNew: natKey.Daddr, SportNew: natKey.Dport}, oldCTReply)))
+	mustSet(t, old.Put(snatKey, raw(snatVal, 0)))
+	p := filepath.Join(pin, "conntrack")
+	mustSet(t, os.Remove(p))
+	mustSet(t, old.Pin(p))
+	old.Close()
+	// The older services: 12-byte values.
+	svcs, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 12, MaxEntries: MaxServices})
+	mustSet(t, err)
+	mustSet(t, svcs.Put(svcKey(keyTCP), []byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}))
+	mustSet(t, os.Remove(filepath.Join(pin, "services")))
+	mustSet(t, svcs.Pin(filepath.Join(pin, "services")))
+	svcs.Close()
+	for _, m := range []string{"snat_rev", "snat_rev_ho"} {
+		mustSet(t, os.Remove(filepath.Join(pin, m))) // the older release had none
+	}
+	lm, err := ebpf.LoadPinnedMap(filepath.Join(pin, layoutMapName), nil)
+	mustSet(t, err)
+	mustSet(t, lm.Put(layoutKey("conntrack"), uint64(conntrackTwoEntries)))
+	mustSet(t, lm.Put(layoutKey("services"), uint64(servicesWithoutPool)))
+	mustSet(t, lm.Delete(layoutKey("snat_rev")))
+	mustSet(t, lm.Delete(layoutKey("snat_rev_ho")))
+	lm.Close()
+
+	if _, err := OpenPinned(pin); !errors.Is(err, ErrPinnedLayout) || !strings.Contains(err.Error(), "conntrack") {
+		t.Errorf("OpenPinned over the older layout: %v, want ErrPinnedLayout naming conntrack", err)
+	}
+
+	r, err = Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true})
+	if err != nil {
+		t.Fatalf("open over the older layout: %v", err)
+	}
+	if got := r.LayoutReset(); got != nil {
+		t.Errorf("LayoutReset = %v, want the state adopted", got)
+	}
+	var got bpf.SluiceCtValue
+	if err := r.conntrack.Lookup(natKey, &got); err != nil || got != natVal {
+		t.Errorf("migrated nat flow = %+v (%v), want %+v", got, err, natVal)
+	}
+	if err := r.conntrack.Lookup(snatKey, &got); err != nil || got != snatVal {
+		t.Errorf("migrated snat flow = %+v (%v), want %+v", got, err, snatVal)
+	}
+	if err := r.conntrack.Lookup(natRev, &got); err == nil {
+		t.Errorf("the nat flow's reverse entry was kept: %+v", got)
+	}
+	rk, _ := snatReverseKey(snatKey, snatVal)
+	var fk bpf.SluiceCtKey
+	if err := r.snatRev.Lookup(rk, &fk); err != nil || fk != snatKey {
+		t.Errorf("the snat flow's reverse entry = %+v (%v), want %+v", fk, err, snatKey)
+	}
+	if s, err := r.Services(); err != nil || s[keyTCP].ID != 1 {
+		t.Errorf("services after the migration: %v (%v)", s, err)
+	}
+	r.Close()
+	pr, err := OpenPinned(pin)
+	if err != nil {
+		t.Fatalf("OpenPinned after the migration: %v", err)
+	}
+	pr.Close()
 }

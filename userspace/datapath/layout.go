@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -35,7 +36,7 @@ const layoutNameLen = 16
 
 // resizableMaps keep a pinned size that differs from the configured one
 // (see Open): their size is not part of their layout.
-var resizableMaps = map[string]bool{"conntrack": true, "halfopen": true}
+var resizableMaps = map[string]bool{"conntrack": true, "halfopen": true, "snat_rev": true, "snat_rev_ho": true}
 
 // mapFingerprint hashes the layout of a map spec (see layoutMapName).
 func mapFingerprint(name string, ms *ebpf.MapSpec) uint64 {
@@ -174,12 +175,8 @@ func writeLayout(dir string, layout map[string]uint64) error {
 			return fmt.Errorf("write the layout version of %s: %w", name, err)
 		}
 	}
-	p := filepath.Join(dir, layoutMapName)
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("replace the layout version: %w", err)
-	}
-	if err := m.Pin(p); err != nil {
-		return fmt.Errorf("pin the layout version: %w", err)
+	if err := pinInPlace(m, dir, layoutMapName); err != nil {
+		return fmt.Errorf("the layout version: %w", err)
 	}
 	return nil
 }
@@ -225,16 +222,15 @@ func upgradeLayout(dir string, spec *ebpf.CollectionSpec, want map[string]uint64
 	if err != nil {
 		return nil, err
 	}
-	migrated, done, err := migrateConntrack(dir, spec, recorded, haveRecord)
+	if recorded == nil {
+		recorded = map[string]uint64{}
+	}
+	migrated, err := migrate(dir, spec, want, recorded, haveRecord)
 	if err != nil {
 		return nil, err
 	}
-	if done {
-		if recorded == nil {
-			recorded = map[string]uint64{}
-		}
-		recorded["conntrack"] = want["conntrack"]
-		log.Info("conntrack migrated to this release's layout (the next hop left the flow entries)", "flows", migrated)
+	for name, n := range migrated {
+		log.Info("pinned map migrated to this release's layout (one entry per flow, the pool id in services)", "map", name, "entries", n)
 	}
 	changed := changedMaps(dir, spec, want, recorded, haveRecord)
 	if !haveRecord {
@@ -270,64 +266,177 @@ func upgradeLayout(dir string, spec *ebpf.CollectionSpec, want map[string]uint64
 	return state, nil
 }
 
-// conntrackWithNextHop is the layout version of the conntrack map of the
-// releases whose ct_value (64 bytes) carried the flow's next hop: the
-// first 34 bytes (last seen .. flags) are this release's ct_value, the
-// rest was the next hop (now cached per backend and per client).
-const conntrackWithNextHop = 0x4eb9f98b85fd15db
+// Older layouts this release migrates (their fingerprints as those
+// releases recorded them; a release before layout versions recorded
+// none, and is recognised by its value sizes).
+const (
+	// conntrack and halfopen entries carried the flow's next hop (64-byte
+	// ct_value): the first 34 bytes are the fields below, the rest was
+	// the next hop (now cached per backend and per client).
+	conntrackWithNextHop = 0x4eb9f98b85fd15db
+	halfopenWithNextHop  = 0x2e2f1776dbda6a51
+	// Two entries per flow (40-byte ct_value): a forward entry and a
+	// reverse one (flags bit 1) translating the replies.
+	conntrackTwoEntries = 0xd0e1cc634161eaad
+	halfopenTwoEntries  = 0xe6b7c129c3feb95b
+	// services without the pool id (12-byte svc_value).
+	servicesWithoutPool = 0x6cef96730a512e48
+)
 
-// migrateConntrack rewrites a pinned conntrack map of the layout with the
-// next hop in every entry (recorded as conntrackWithNextHop, or unrecorded
-// with its 64-byte value: every release before layout versions) into a
-// new map of this release's layout, pinned in its place, and returns the
-// entries copied (done false: nothing to migrate). The program still attached keeps
-// the old map until the new one replaces it; what it writes meanwhile (a
-// flow confirmed in those milliseconds) is not carried over, and such a
-// flow is confirmed again from the half-open table by its next packets.
-func migrateConntrack(dir string, spec *ebpf.CollectionSpec, recorded map[string]uint64, haveRecord bool) (n int, done bool, _ error) {
-	p := filepath.Join(dir, "conntrack")
-	old, err := ebpf.LoadPinnedMap(p, nil)
-	if err != nil {
-		return 0, false, nil
+// The bytes of an older ct_value this release reads: last_seen ..
+// dport_new and state are at the same offsets as in today's; flags (byte
+// 33) marked a reverse entry.
+const (
+	oldCTKept      = 33 // last_seen .. state
+	oldCTFlags     = 33
+	oldCTReply     = 1
+	ctSaddrNewOff  = 20
+	ctDaddrNewOff  = 24
+	ctSportNewOff  = 28
+	ctDportNewOff  = 30
+	ctKeyProtoOff  = 12
+	ctKeySize      = 16
+	ctNextHopValue = 64
+)
+
+// migration is one map an upgrade rewrites from an older layout.
+type migration struct {
+	name  string          // the map
+	from  map[uint64]bool // recorded fingerprints it migrates
+	sizes map[uint32]bool // value sizes it migrates when nothing is recorded
+	rev   string          // the snat reverse map it fills (flow tables only)
+}
+
+var migrations = []migration{
+	{name: "conntrack", from: map[uint64]bool{conntrackWithNextHop: true, conntrackTwoEntries: true},
+		sizes: map[uint32]bool{ctNextHopValue: true}, rev: "snat_rev"},
+	{name: "halfopen", from: map[uint64]bool{halfopenWithNextHop: true, halfopenTwoEntries: true},
+		sizes: map[uint32]bool{ctNextHopValue: true}, rev: "snat_rev_ho"},
+	{name: "services", from: map[uint64]bool{servicesWithoutPool: true}, sizes: map[uint32]bool{12: true}},
+}
+
+// migrate rewrites the pinned maps of an older layout this release knows
+// (migrations) into new maps of this release's layout, pinned in their
+// place before the program loads, and marks them in recorded as this
+// release's. Flow tables keep every flow's entry (without the next hop,
+// without the reverse entries of the two-entry layout) and give each snat
+// flow its reverse entry in snat_rev / snat_rev_ho; services keep their
+// ids (the pool id starts at 0 and the agent writes it with its config).
+// The program still attached keeps the old maps until the new one
+// replaces it; what it writes meanwhile (a flow confirmed in those
+// milliseconds) is not carried over, and such a flow is confirmed again
+// from the half-open table by its next packets. It returns what it
+// migrated, for the log.
+func migrate(dir string, spec *ebpf.CollectionSpec, want, recorded map[string]uint64, haveRecord bool) (map[string]int, error) {
+	done := map[string]int{}
+	for _, mg := range migrations {
+		p := filepath.Join(dir, mg.name)
+		old, err := ebpf.LoadPinnedMap(p, nil)
+		if err != nil {
+			continue
+		}
+		ms := spec.Maps[mg.name]
+		fp, ok := recorded[mg.name]
+		known := haveRecord && ok && mg.from[fp] || !haveRecord && mg.sizes[old.ValueSize()]
+		if !known || old.KeySize() != ms.KeySize || old.Type() != ms.Type {
+			old.Close()
+			continue
+		}
+		n, err := migrateMap(dir, mg.name, old, ms, mg.rev, spec)
+		old.Close()
+		if err != nil {
+			return nil, fmt.Errorf("migrate %s: %w", mg.name, err)
+		}
+		done[mg.name] = n
+		recorded[mg.name] = want[mg.name]
+		if mg.rev != "" {
+			recorded[mg.rev] = want[mg.rev]
+		}
 	}
-	defer old.Close()
-	ms := spec.Maps["conntrack"]
-	const oldValue = 64
-	if old.KeySize() != ms.KeySize || old.ValueSize() != oldValue || old.Type() != ms.Type || ms.ValueSize >= oldValue {
-		return 0, false, nil
-	}
-	if fp, ok := recorded["conntrack"]; haveRecord && (!ok || fp != conntrackWithNextHop) {
-		return 0, false, nil
-	}
+	return done, nil
+}
+
+// migrateMap copies old into a new map of spec ms (old's size), with an
+// snat reverse map rev when it is a flow table, pins them in place of old
+// and returns the entries copied.
+func migrateMap(dir, name string, old *ebpf.Map, ms *ebpf.MapSpec, rev string, spec *ebpf.CollectionSpec) (n int, _ error) {
 	ns := ms.Copy()
 	ns.Pinning = ebpf.PinNone
 	ns.MaxEntries = old.MaxEntries()
 	nm, err := ebpf.NewMap(ns)
 	if err != nil {
-		return 0, false, fmt.Errorf("migrate conntrack: create the new map: %w", err)
+		return 0, fmt.Errorf("create the new map: %w", err)
 	}
 	defer nm.Close()
-	const kept = 34 // last_seen .. flags
-	var k []byte
-	var v []byte
+	var rm *ebpf.Map
+	if rev != "" {
+		rs := spec.Maps[rev].Copy()
+		rs.Pinning = ebpf.PinNone
+		if rm, err = ebpf.NewMap(rs); err != nil {
+			return 0, fmt.Errorf("create %s: %w", rev, err)
+		}
+		defer rm.Close()
+	}
+	var k, v []byte
 	nv := make([]byte, ms.ValueSize)
 	it := old.Iterate()
 	for it.Next(&k, &v) {
 		clear(nv)
-		copy(nv[:kept], v[:kept])
+		if rev == "" {
+			copy(nv, v) // services: the new field (pool id) follows the old ones
+		} else {
+			if len(v) <= oldCTFlags || v[oldCTFlags]&oldCTReply != 0 {
+				continue // a reverse entry: replies find the flow's entry now
+			}
+			copy(nv[:oldCTKept], v[:oldCTKept])
+			if rk, ok := oldSNATReverseKey(k, nv); ok {
+				if err := rm.Put(rk, k); err != nil {
+					return 0, fmt.Errorf("write an snat reverse entry: %w", err)
+				}
+			}
+		}
 		if err := nm.Put(k, nv); err != nil {
-			return 0, false, fmt.Errorf("migrate conntrack: copy an entry: %w", err)
+			return 0, fmt.Errorf("copy an entry: %w", err)
 		}
 		n++
 	}
 	if err := it.Err(); err != nil {
-		return 0, false, fmt.Errorf("migrate conntrack: read the old map: %w", err)
+		return 0, fmt.Errorf("read the old map: %w", err)
 	}
-	if err := os.Remove(p); err != nil {
-		return 0, false, fmt.Errorf("migrate conntrack: unpin the old map: %w", err)
+	if rm != nil {
+		if err := pinInPlace(rm, dir, rev); err != nil {
+			return 0, fmt.Errorf("%s: %w", rev, err)
+		}
 	}
-	if err := nm.Pin(p); err != nil {
-		return 0, false, fmt.Errorf("migrate conntrack: pin the new map: %w", err)
+	return n, pinInPlace(nm, dir, name)
+}
+
+// oldSNATReverseKey is the reverse key of an snat flow entry v (raw
+// bytes of a ct_value) at key k: (backend, snat address, ports).
+func oldSNATReverseKey(k, v []byte) ([]byte, bool) {
+	if len(k) < ctKeySize || len(v) < ctDportNewOff+2 {
+		return nil, false
 	}
-	return n, true, nil
+	if binary.NativeEndian.Uint32(v[ctSaddrNewOff:]) == 0 {
+		return nil, false
+	}
+	rk := make([]byte, ctKeySize)
+	copy(rk[0:4], v[ctDaddrNewOff:ctDaddrNewOff+4])   // saddr: the backend
+	copy(rk[4:8], v[ctSaddrNewOff:ctSaddrNewOff+4])   // daddr: the snat address
+	copy(rk[8:10], v[ctDportNewOff:ctDportNewOff+2])  // sport: the backend's port
+	copy(rk[10:12], v[ctSportNewOff:ctSportNewOff+2]) // dport: the snat port
+	rk[ctKeyProtoOff] = k[ctKeyProtoOff]
+	return rk, true
+}
+
+// pinInPlace pins m as dir/name, replacing what is pinned there.
+func pinInPlace(m *ebpf.Map, dir, name string) error {
+	p := filepath.Join(dir, name)
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("unpin the old map: %w", err)
+	}
+	if err := m.Pin(p); err != nil {
+		return fmt.Errorf("pin the new map: %w", err)
+	}
+	return nil
 }

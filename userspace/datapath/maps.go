@@ -24,7 +24,7 @@ func (r *Real) Services() (map[ServiceKey]Service, error) {
 	it := r.services.Iterate()
 	for it.Next(&k, &v) {
 		key := ServiceKey{VIP: addrFromBE32(k.Vip), Port: portFromBE16(k.Port), Proto: Proto(k.Proto)}
-		s := Service{ID: v.Id, Mode: Mode(v.Mode)}
+		s := Service{ID: v.Id, Mode: Mode(v.Mode), PoolID: v.PoolId}
 		if v.SnatAddr != 0 {
 			s.SNATAddr = addrFromBE32(v.SnatAddr)
 		}
@@ -44,12 +44,17 @@ func (r *Real) SetService(k ServiceKey, s Service) error {
 	if s.ID == 0 || s.ID >= MaxServices {
 		return fmt.Errorf("set service %v:%d: id %d: %w", k.VIP, k.Port, s.ID, ErrOutOfRange)
 	}
-	v := bpf.SluiceSvcValue{Id: s.ID, Mode: uint8(s.Mode), SnatAddr: be32(s.SNATAddr)}
+	v := bpf.SluiceSvcValue{Id: s.ID, Mode: uint8(s.Mode), SnatAddr: be32(s.SNATAddr), PoolId: s.PoolID}
 	if err := r.services.Put(svcKey(k), v); err != nil {
 		return fmt.Errorf("set service %v:%d: %w", k.VIP, k.Port, err)
 	}
 	if r.addrIdx != nil {
-		r.addrIdx.setService(svcKey(k), s.ID)
+		eps := r.addrIdx.setService(svcKey(k), v)
+		for _, ep := range eps {
+			if err := r.writeEndpoint(ep); err != nil {
+				return fmt.Errorf("set service %v:%d: %w", k.VIP, k.Port, err)
+			}
+		}
 	}
 	return r.writeAddr(be32(k.VIP))
 }
@@ -60,7 +65,11 @@ func (r *Real) DeleteService(k ServiceKey, id uint32) error {
 		return fmt.Errorf("delete service %v:%d: %w", k.VIP, k.Port, err)
 	}
 	if r.addrIdx != nil {
-		r.addrIdx.deleteService(svcKey(k))
+		for _, ep := range r.addrIdx.deleteService(svcKey(k)) {
+			if err := r.writeEndpoint(ep); err != nil {
+				return fmt.Errorf("delete service %v:%d: %w", k.VIP, k.Port, err)
+			}
+		}
 	}
 	if err := r.writeAddr(be32(k.VIP)); err != nil {
 		return err
@@ -297,13 +306,10 @@ func eachIn(m *ebpf.Map, name string, fn func(k *bpf.SluiceCtKey, v *bpf.SluiceC
 	return nil
 }
 
-// Flows calls fn for every forward entry, confirmed or half-open.
+// Flows calls fn for every flow, confirmed or half-open.
 func (r *Real) Flows(fn func(Flow) bool) error {
 	now := monotonicNow()
 	return r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool {
-		if v.Flags&flowReply != 0 {
-			return true
-		}
 		f := r.flowOf(*k, *v, now)
 		if halfOpen {
 			f.HalfOpen = true
@@ -313,89 +319,81 @@ func (r *Real) Flows(fn func(Flow) bool) error {
 	})
 }
 
-// DeleteFlow removes a forward entry and the reverse entry that goes with
-// it, from conntrack and the half-open table.
+// DeleteFlow removes a flow from conntrack and the half-open table, with
+// an snat flow's reverse entry.
 func (r *Real) DeleteFlow(f Flow) error {
 	fk := bpf.SluiceCtKey{
 		Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
 		Sport: be16(f.Client.Port()), Dport: be16(f.VIP.Port()), Proto: uint8(f.Proto),
 	}
-	for _, m := range []*ebpf.Map{r.conntrack, r.halfopen} {
-		if m == nil {
+	for _, t := range []struct{ flows, rev *ebpf.Map }{{r.conntrack, r.snatRev}, {r.halfopen, r.snatRevHO}} {
+		if t.flows == nil {
 			continue
 		}
 		var fv bpf.SluiceCtValue
-		if err := m.Lookup(fk, &fv); err != nil {
+		if err := t.flows.Lookup(fk, &fv); err != nil {
 			if errors.Is(err, ebpf.ErrKeyNotExist) {
 				continue
 			}
 			return fmt.Errorf("look up flow %v: %w", f.Client, err)
 		}
-		rk := reverseKey(fk, fv)
-		for _, k := range []bpf.SluiceCtKey{rk, fk} {
-			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("delete flow %v: %w", f.Client, err)
+		if rk, ok := snatReverseKey(fk, fv); ok && t.rev != nil {
+			if err := t.rev.Delete(rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete flow %v: reverse entry: %w", f.Client, err)
 			}
+		}
+		if err := t.flows.Delete(fk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete flow %v: %w", f.Client, err)
 		}
 	}
 	return nil
 }
 
-// reverseKey is the key of the reverse entry of the forward entry fv at fk.
-func reverseKey(fk bpf.SluiceCtKey, fv bpf.SluiceCtValue) bpf.SluiceCtKey {
-	rk := bpf.SluiceCtKey{Saddr: fv.DaddrNew, Sport: fv.DportNew, Daddr: fk.Saddr, Dport: fk.Sport, Proto: fk.Proto}
-	if fv.SaddrNew != 0 {
-		rk.Daddr, rk.Dport = fv.SaddrNew, fv.SportNew
+// snatReverseKey is the key of the reverse entry of the snat flow fv at
+// fk (ok false: a nat flow, which has none).
+func snatReverseKey(fk bpf.SluiceCtKey, fv bpf.SluiceCtValue) (bpf.SluiceCtKey, bool) {
+	if fv.SaddrNew == 0 {
+		return bpf.SluiceCtKey{}, false
 	}
-	return rk
+	return bpf.SluiceCtKey{Saddr: fv.DaddrNew, Sport: fv.DportNew, Daddr: fv.SaddrNew, Dport: fv.SportNew, Proto: fk.Proto}, true
 }
 
-// GCReverse removes reverse entries whose forward entry is gone (from both
+// GCReverse removes snat reverse entries whose flow is gone (from both
 // tables) or now points elsewhere (a SYN that picked again), which LRU
-// eviction, DeleteFlow and re-picks leave behind; a SNAT port is free
+// eviction, DeleteFlow and re-picks leave behind; the snat port is free
 // again once its reverse entry is gone. It returns how many it removed.
 func (r *Real) GCReverse() (int, error) {
-	type orphan struct {
-		k        bpf.SluiceCtKey
-		halfOpen bool
-	}
-	var orphans []orphan
-	err := r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool {
-		if v.Flags&flowReply == 0 {
-			return true
-		}
-		// Forward key: the translated reply, reversed.
-		fk := bpf.SluiceCtKey{Saddr: k.Daddr, Sport: k.Dport, Daddr: v.SaddrNew, Dport: v.SportNew, Proto: k.Proto}
-		if v.DaddrNew != 0 {
-			fk.Saddr, fk.Sport = v.DaddrNew, v.DportNew
-		}
-		var fv bpf.SluiceCtValue
-		err := r.conntrack.Lookup(fk, &fv)
-		if errors.Is(err, ebpf.ErrKeyNotExist) && r.halfopen != nil {
-			err = r.halfopen.Lookup(fk, &fv)
-		}
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			orphans = append(orphans, orphan{*k, halfOpen})
-		case err != nil:
-		case fv.DaddrNew != k.Saddr || fv.DportNew != k.Sport:
-			orphans = append(orphans, orphan{*k, halfOpen}) // the flow moved to another backend
-		case fv.SaddrNew != 0 && (fv.SaddrNew != k.Daddr || fv.SportNew != k.Dport):
-			orphans = append(orphans, orphan{*k, halfOpen}) // the flow took another SNAT port
-		}
-		return true
-	})
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	for _, o := range orphans {
-		m := r.conntrack
-		if o.halfOpen {
-			m = r.halfopen
+	for _, rev := range []*ebpf.Map{r.snatRev, r.snatRevHO} {
+		if rev == nil {
+			continue
 		}
-		if err := m.Delete(o.k); err == nil {
-			n++
+		var orphans []bpf.SluiceCtKey
+		var k, fk bpf.SluiceCtKey
+		it := rev.Iterate()
+		for it.Next(&k, &fk) {
+			var fv bpf.SluiceCtValue
+			err := r.conntrack.Lookup(fk, &fv)
+			if errors.Is(err, ebpf.ErrKeyNotExist) && r.halfopen != nil {
+				err = r.halfopen.Lookup(fk, &fv)
+			}
+			switch {
+			case errors.Is(err, ebpf.ErrKeyNotExist):
+				orphans = append(orphans, k)
+			case err != nil:
+			default:
+				if want, ok := snatReverseKey(fk, fv); !ok || want != k {
+					orphans = append(orphans, k) // another backend or snat port now
+				}
+			}
+		}
+		if err := it.Err(); err != nil {
+			return n, fmt.Errorf("iterate snat reverse entries: %w", err)
+		}
+		for _, k := range orphans {
+			if err := rev.Delete(k); err == nil {
+				n++
+			}
 		}
 	}
 	return n, nil
@@ -464,6 +462,7 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.SYNACKNoFlowDrops += c.SynackNoFlowDrops
 		s.FragNeededSent += c.FragNeededSent
 		s.PassedTooBig += c.PassedTooBig
+		s.RepliesWithoutFlow += c.RepliesWithoutFlow
 	}
 	return s, nil
 }

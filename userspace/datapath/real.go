@@ -82,6 +82,7 @@ type Real struct {
 	svcStats, backendStats, globalStats  *ebpf.Map
 	addrs, backendPorts                  *ebpf.Map  // see addrs.go
 	halfopen                             *ebpf.Map  // flows the backend has not confirmed yet
+	snatRev, snatRevHO                   *ebpf.Map  // snat flows' reverse entries: confirmed, half-open
 	rstLimit, backendHops, directSYNs    *ebpf.Map  // not pinned: the RST budget, next hops per backend, direct SYNs
 	replyHops                            *ebpf.Map  // not pinned: next hops towards clients
 	addrIdx                              *addrIndex // nil when opened read-only
@@ -127,7 +128,7 @@ func lockPinPath(dir string) (*os.File, error) {
 var _ Map = (*Real)(nil)
 
 // mapNames are the pinned maps, as named in bpf/include/maps.h.
-var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats", "addrs", "halfopen", "backend_ports"}
+var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats", "addrs", "halfopen", "backend_ports", "snat_rev", "snat_rev_ho"}
 
 // EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted (it is not
 // on a fresh Debian host) and creates dir's parent on it. The pin directory
@@ -322,9 +323,14 @@ func Open(o Options) (*Real, error) {
 		return nil, fmt.Errorf("set snat ports and rst rate: %w", err)
 	}
 	spec.Maps["halfopen"].MaxEntries = o.HalfOpenMax
+	// snat flows need a reverse entry each: at most half of the flows can
+	// be snat flows, as when every flow took two conntrack entries.
+	snatMax, snatHOMax := max(o.ConntrackMax/2, 512), max(o.HalfOpenMax/2, 512)
+	spec.Maps["snat_rev"].MaxEntries = snatMax
+	spec.Maps["snat_rev_ho"].MaxEntries = snatHOMax
 	// A pinned conntrack (or half-open table) of another size is adopted as
 	// it is: resizing it would drop every flow. Say so instead.
-	for name, size := range map[string]uint32{"conntrack": o.ConntrackMax, "halfopen": o.HalfOpenMax} {
+	for name, size := range map[string]uint32{"conntrack": o.ConntrackMax, "halfopen": o.HalfOpenMax, "snat_rev": snatMax, "snat_rev_ho": snatHOMax} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(claim.dir, name), nil)
 		if err != nil {
 			continue
@@ -383,6 +389,8 @@ func Open(o Options) (*Real, error) {
 		addrs:        objs.Addrs,
 		backendPorts: objs.BackendPorts,
 		halfopen:     objs.Halfopen,
+		snatRev:      objs.SnatRev,
+		snatRevHO:    objs.SnatRevHo,
 		rstLimit:     objs.RstLimit,
 		backendHops:  objs.BackendHops,
 		replyHops:    objs.ReplyHops,
@@ -421,6 +429,7 @@ var disposableMaps = map[string]string{
 	"backend_stats": "its counters restart from 0",
 	"global_stats":  "its counters restart from 0",
 	"halfopen":      "flows still opening pick their backend again",
+	"snat_rev_ho":   "half-open snat flows' reverse entries are re-created by their next packet",
 	"addrs":         "it is rebuilt from services and backends",
 	"backend_ports": "it is rebuilt from backends",
 }
@@ -635,7 +644,7 @@ func (r *Real) Close() error {
 	for _, l := range r.links {
 		l.Close()
 	}
-	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.rstLimit, r.backendHops, r.replyHops, r.directSYNs} {
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.snatRev, r.snatRevHO, r.rstLimit, r.backendHops, r.replyHops, r.directSYNs} {
 		if m != nil {
 			m.Close()
 		}
@@ -650,13 +659,22 @@ func (r *Real) Close() error {
 }
 
 // OpenPinned opens the pinned maps without loading or attaching anything:
-// for reading flows and counters when the agent is not running.
+// for reading flows and counters when the agent is not running. Maps of
+// another release's layout are refused (ErrPinnedLayout), never misread.
 func OpenPinned(pinPath string) (*Real, error) {
 	if pinPath == "" {
 		pinPath = DefaultPinPath
 	}
+	if err := checkPinnedLayout(pinPath); err != nil {
+		return nil, err
+	}
+	return openPinnedMaps(pinPath)
+}
+
+// openPinnedMaps is OpenPinned without the layout check.
+func openPinnedMaps(pinPath string) (*Real, error) {
 	r := &Real{log: slog.Default(), pinPath: pinPath, timeouts: DefaultTimeouts(), links: map[string]link.Link{}}
-	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats, &r.addrs, &r.halfopen, &r.backendPorts}
+	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats, &r.addrs, &r.halfopen, &r.backendPorts, &r.snatRev, &r.snatRevHO}
 	for i, name := range mapNames {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, name), nil)
 		if err != nil {
@@ -666,6 +684,53 @@ func OpenPinned(pinPath string) (*Real, error) {
 		*ptrs[i] = m
 	}
 	return r, nil
+}
+
+// ErrPinnedLayout is returned by OpenPinned when the pinned maps were
+// written by a release with another map layout: this release would
+// misread them.
+var ErrPinnedLayout = errors.New("the pinned data path has another map layout than this release")
+
+// checkPinnedLayout compares the layout version pinned under pinPath (see
+// layout.go) with this release's: a recorded fingerprint that differs, or,
+// without a record (a release before layout versions), a map of another
+// shape, or a map missing, is refused with the maps named.
+func checkPinnedLayout(pinPath string) error {
+	spec, err := bpf.LoadSluice()
+	if err != nil {
+		return fmt.Errorf("load xdp program spec: %w", err)
+	}
+	want, err := layoutOf(spec)
+	if err != nil {
+		return err
+	}
+	recorded, haveRecord, err := readLayout(pinPath)
+	if err != nil {
+		return err
+	}
+	var changed []string
+	for _, name := range mapNames {
+		if haveRecord {
+			if fp, ok := recorded[name]; !ok || fp != want[name] {
+				changed = append(changed, name)
+			}
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, name), nil)
+		if err != nil {
+			changed = append(changed, name)
+			continue
+		}
+		if !sameShape(name, m, spec.Maps[name]) {
+			changed = append(changed, name)
+		}
+		m.Close()
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w (%s: %s): start this release's agent once, which migrates the state, "+
+		"or read it with the release that wrote it", ErrPinnedLayout, pinPath, strings.Join(changed, ", "))
 }
 
 // Teardown detaches every pinned link under pinPath and removes every pin

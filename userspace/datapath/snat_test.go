@@ -3,6 +3,8 @@ package datapath
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/sluicelb/sluice/bpf"
 )
 
 // TestSNAT: a snat service rewrites the source to a sluice address and a
@@ -55,6 +57,25 @@ func TestSNAT(t *testing.T) {
 		if p.src != vipS || p.dst != c {
 			t.Errorf("reply %v -> %v, want %v -> %v", p.src, p.dst, vipS, c)
 		}
+	}
+
+	// An snat flow's reverse entry LRU evicted is re-created by the
+	// client's next packet, and the next reply is translated again.
+	rk := bpf.SluiceCtKey{Saddr: be32(be1.Addr()), Sport: be16(be1.Port()), Daddr: be32(ports[0].Addr()), Dport: be16(ports[0].Port()), Proto: uint8(TCP)}
+	mustSet(t, r.snatRevHO.Delete(rk))
+	if ret, _ := l.run(t, pkt{src: c1, dst: vipS, proto: TCP, flags: fACK, seq: 2, ack: 10}.bytes(), l.clientIf); ret != xdpRedirect {
+		t.Fatalf("the client's ACK: verdict %s", verdictName[ret])
+	}
+	ret, out := l.run(t, pkt{src: be1, dst: ports[0], proto: TCP, flags: fACK | fPSH, seq: 10, ack: 2, payload: []byte("x")}.bytes(), l.backendIf)
+	if p, err := parse(trimFrame(out)); err != nil || (ret != xdpRedirect && ret != xdpPass) || p.src != vipS || p.dst != c1 {
+		t.Errorf("reply after the reverse entry was evicted: verdict %s, %v -> %v (%v)", verdictName[ret], p.src, p.dst, err)
+	}
+	if g, err := r.GlobalStats(); err != nil || g.ReverseRecreated != 1 {
+		t.Errorf("reverse entries re-created: %d (%v), want 1", g.ReverseRecreated, err)
+	}
+	var rv bpf.SluiceCtKey
+	if err := r.snatRev.Lookup(rk, &rv); err != nil {
+		t.Errorf("the confirmed flow's reverse entry is not in snat_rev: %v", err)
 	}
 
 	var flows []Flow

@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -41,10 +43,13 @@ func PinPathHeld(dir string) (bool, error) {
 // entries are left alone; so are managed entries of hops that are no
 // backend's.
 func RemoveManagedNeighbours(pinPath string) (int, error) {
-	r, err := OpenPinned(pinPath)
+	// Only the backends map is read, whose layout every release so far
+	// shares: a teardown must work over another release's pins.
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "backends"), nil)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("open pinned map backends: %w", err)
 	}
+	r := &Real{backends: m}
 	defer r.Close()
 	backends, err := r.Backends()
 	if err != nil {

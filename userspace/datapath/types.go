@@ -59,9 +59,6 @@ const (
 	FlowSynRecv     = FlowState(bpf.SluiceCtStateCT_SYN_RECV) // the backend answered the SYN
 )
 
-// flowReply is ct_value.flags' bit of a reverse entry.
-const flowReply = uint8(bpf.SluiceCtFlagsCT_F_REPLY)
-
 // MaxServices is the number of service ids (id 0 is never used): the size
 // of the services, maglev_outer and service_stats maps, checked against the
 // program's spec at load (checkSpec).

@@ -60,8 +60,8 @@ type Config struct {
 	// Jitter is the largest fraction of a refresh interval removed at
 	// random (0 <= Jitter < 1). A refresh is never scheduled before MinTTL.
 	Jitter float64
-	// NoAAAA disables the AAAA query made after each good A answer. AAAA
-	// addresses are reported, not served (the data path is IPv4 only).
+	// NoAAAA disables the AAAA query made with each A query: the name's
+	// IPv4 addresses only (tests that count queries).
 	NoAAAA bool
 }
 

@@ -78,14 +78,13 @@ func (e *LookupError) Unwrap() []error {
 
 // Answer is one usable reply for a name.
 type Answer struct {
-	Name  string       // the name asked, fully qualified, lower case
-	Addrs []netip.Addr // IPv4 addresses (A records after following CNAMEs), sorted, unique
-	// AAAA are the IPv6 addresses of the name, parsed but not served yet
-	// (the data path is IPv4 only). Empty when the AAAA query failed.
-	AAAA []netip.Addr
-	// TTL is the smallest TTL of the records used (CNAMEs and A records).
-	// For NXDOMAIN and empty answers: the negative-caching TTL from the SOA
-	// in the authority section, or 0 when there is none.
+	Name string // the name asked, fully qualified, lower case
+	// Addrs are the name's addresses, IPv4 (A records after following
+	// CNAMEs) then IPv6 (AAAA records), sorted, unique.
+	Addrs []netip.Addr
+	// TTL is the smallest TTL of the records used (CNAMEs, A and AAAA
+	// records). For NXDOMAIN and empty answers: the negative-caching TTL
+	// from the SOA in the authority section, or 0 when there is none.
 	TTL        time.Duration
 	Rcode      int    // dns.RcodeSuccess or dns.RcodeNameError
 	Server     string // the server that answered
@@ -94,8 +93,8 @@ type Answer struct {
 	CNAMEs     []string // the chain followed, in order, if any
 }
 
-// Negative reports whether the answer says the name has no IPv4 address
-// (NXDOMAIN, or NOERROR without A records).
+// Negative reports whether the answer says the name has no address
+// (NXDOMAIN, or NOERROR without A and AAAA records).
 func (a Answer) Negative() bool { return len(a.Addrs) == 0 }
 
 // Expires is when the answer's TTL runs out.
@@ -110,21 +109,15 @@ type Resolver struct {
 	stats *Stats
 
 	mu       sync.Mutex
-	lastFail map[string]time.Time  // server -> last failure, for ordering
-	aaaa     map[string]aaaaAnswer // name -> its last AAAA answer, reused until next
+	lastFail map[string]time.Time // server -> last failure, for ordering
+	aaaa     map[string]lastAAAA  // name -> its last good AAAA addresses
 }
 
-// AAAARefresh is the least time between two AAAA queries for one name
-// (longer when the AAAA records' TTL says so). AAAA answers are reported,
-// not served, so a name re-resolved every few seconds need not have them
-// asked each time: that halves the queries of an agent following many
-// short-TTL names (issue 14's idle cost).
-const AAAARefresh = 30 * time.Second
-
-// aaaaAnswer is a name's last AAAA answer and when to ask again.
-type aaaaAnswer struct {
+// lastAAAA is a name's last good AAAA answer, kept for a lookup whose
+// AAAA query fails while its A query succeeds.
+type lastAAAA struct {
 	addrs []netip.Addr
-	next  time.Time
+	at    time.Time
 }
 
 // ResolverOption customises a Resolver (tests, observability).
@@ -163,7 +156,7 @@ func NewResolver(cfg Config, opts ...ResolverOption) (*Resolver, error) {
 		clock:    realClock{},
 		log:      slog.Default(),
 		lastFail: make(map[string]time.Time),
-		aaaa:     make(map[string]aaaaAnswer),
+		aaaa:     make(map[string]lastAAAA),
 	}
 	for _, o := range opts {
 		o(r)
@@ -251,9 +244,12 @@ func (r *Resolver) markServer(server string, failed bool, now time.Time) {
 	}
 }
 
-// Lookup resolves the A records of name (and, unless disabled, its AAAA
-// records for reporting). It returns an Answer for NOERROR and NXDOMAIN
-// replies, and a *LookupError when no server gave a usable reply.
+// Lookup resolves the A and (unless disabled) AAAA records of name, asked
+// at once of the same server. It returns an Answer for NOERROR and
+// NXDOMAIN replies, and a *LookupError when no server gave a usable reply
+// to the A query. A failed AAAA query next to a good A reply keeps the
+// name's last good AAAA addresses (the rule of a failed lookup, for one
+// family): the next lookup asks again.
 func (r *Resolver) Lookup(ctx context.Context, name string) (Answer, error) {
 	fq, err := Normalize(name)
 	if err != nil {
@@ -265,7 +261,7 @@ func (r *Resolver) Lookup(ctx context.Context, name string) (Answer, error) {
 		if err := ctx.Err(); err != nil {
 			return Answer{}, fmt.Errorf("lookup %s: %w", fq, err)
 		}
-		ans, kind, err := r.query(ctx, fq, dns.TypeA, server)
+		ans, v6, kind, err := r.queryBoth(ctx, fq, server)
 		if err != nil {
 			if cerr := ctxDone(ctx); cerr != nil {
 				return Answer{}, fmt.Errorf("lookup %s: %w", fq, cerr)
@@ -278,8 +274,8 @@ func (r *Resolver) Lookup(ctx context.Context, name string) (Answer, error) {
 			continue
 		}
 		r.markServer(server, false, r.clock.Now())
-		if !r.cfg.NoAAAA && ans.Rcode == dns.RcodeSuccess {
-			ans.AAAA = r.lookupAAAA(ctx, fq, server)
+		if v6 != nil {
+			ans = r.merge(ans, *v6)
 		}
 		r.stats.answer(ans)
 		return ans, nil
@@ -288,35 +284,98 @@ func (r *Resolver) Lookup(ctx context.Context, name string) (Answer, error) {
 	return Answer{}, lerr
 }
 
-// lookupAAAA returns fq's AAAA addresses: the last answer while it is
-// fresh (AAAARefresh, or the records' TTL when longer), else a new query.
-// Best effort, same server, shorter timeout: AAAA is reported only and
-// must not delay the IPv4 answer much; a failed query keeps the last
-// answer.
-func (r *Resolver) lookupAAAA(ctx context.Context, fq, server string) []netip.Addr {
-	now := r.clock.Now()
-	r.mu.Lock()
-	last, ok := r.aaaa[fq]
-	r.mu.Unlock()
-	if ok && now.Before(last.next) {
-		return last.addrs
+// aaaaReply is the outcome of an AAAA query.
+type aaaaReply struct {
+	ans Answer
+	err error
+}
+
+// queryBoth asks server for fq's A and AAAA records in parallel. The A
+// reply decides whether the server answered; v6 is nil when AAAA is not
+// asked (NoAAAA) or the A query failed. The AAAA reply is waited for at
+// most half a timeout after the A reply.
+func (r *Resolver) queryBoth(ctx context.Context, fq, server string) (a Answer, v6 *aaaaReply, kind FailureKind, err error) {
+	if r.cfg.NoAAAA {
+		a, kind, err = r.query(ctx, fq, dns.TypeA, server)
+		return a, nil, kind, err
 	}
-	actx, cancel := context.WithTimeout(ctx, r.cfg.Timeout/2)
-	v6, _, err := r.query(actx, fq, dns.TypeAAAA, server)
-	cancel()
+	qctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch := make(chan aaaaReply, 1)
+	go func() {
+		ans, _, err := r.query(qctx, fq, dns.TypeAAAA, server)
+		ch <- aaaaReply{ans, err}
+	}()
+	a, kind, err = r.query(ctx, fq, dns.TypeA, server)
 	if err != nil {
-		r.log.Debug("dns AAAA query failed", "name", fq, "server", server, "err", err)
-		return last.addrs
+		cancel() // the server failed: its AAAA reply does not matter
+		<-ch
+		return Answer{}, nil, kind, err
 	}
+	// The AAAA query has had as long as the A query; a server that
+	// answers A but drops AAAA queries must not hold every lookup for a
+	// whole timeout: it gets half a timeout more, then counts as failed
+	// (the last AAAA addresses are kept).
+	t := time.NewTimer(r.cfg.Timeout / 2)
+	defer t.Stop()
+	var rep aaaaReply
+	select {
+	case rep = <-ch:
+	case <-t.C:
+		cancel()
+		rep = <-ch
+		rep.err = fmt.Errorf("no AAAA reply %s after the A reply: %w", r.cfg.Timeout/2, context.DeadlineExceeded)
+	}
+	return a, &rep, "", nil
+}
+
+// merge adds an AAAA reply to the A answer a of the same name and server.
+func (r *Resolver) merge(a Answer, v6 aaaaReply) Answer {
+	now := r.clock.Now()
+	if a.Rcode == dns.RcodeNameError {
+		return a // no such name: no address of either family
+	}
+	var addrs []netip.Addr
 	r.mu.Lock()
-	r.aaaa[fq] = aaaaAnswer{addrs: v6.AAAA, next: now.Add(max(v6.TTL, AAAARefresh))}
-	for name, a := range r.aaaa {
-		if now.Sub(a.next) > 10*AAAARefresh {
+	if v6.err == nil {
+		r.aaaa[a.Name] = lastAAAA{addrs: v6.ans.Addrs, at: now}
+		addrs = v6.ans.Addrs
+	} else {
+		last := r.aaaa[a.Name]
+		addrs = last.addrs
+	}
+	for name, l := range r.aaaa {
+		if now.Sub(l.at) > 10*r.cfg.MaxTTL+time.Hour {
 			delete(r.aaaa, name) // a name nobody asks for any more
 		}
 	}
 	r.mu.Unlock()
-	return v6.AAAA
+	if v6.err != nil {
+		r.log.Debug("dns AAAA query failed, keeping the last AAAA addresses", "name", a.Name,
+			"server", a.Server, "keep", addrs, "err", v6.err)
+	}
+	switch {
+	case len(addrs) == 0:
+		// IPv4 only (or no address at all: a's negative TTL).
+		return a
+	case v6.err != nil && len(a.Addrs) == 0:
+		// An IPv6-only name whose AAAA query failed: its last addresses,
+		// asked again soon (the failure's rule).
+		a.Addrs = slices.Clone(addrs)
+		a.TTL = min(a.TTL, r.cfg.MinTTL)
+		return a
+	case v6.err != nil:
+		a.Addrs = append(slices.Clone(a.Addrs), addrs...)
+		return a
+	case len(a.Addrs) == 0:
+		// IPv6 only: the AAAA reply's TTL and chain.
+		v6.ans.Server, v6.ans.Truncated = a.Server, a.Truncated || v6.ans.Truncated
+		return v6.ans
+	}
+	a.Addrs = append(slices.Clone(a.Addrs), addrs...)
+	a.TTL = min(a.TTL, v6.ans.TTL)
+	a.Truncated = a.Truncated || v6.ans.Truncated
+	return a
 }
 
 // ctxDone is ctx.Err(), also when the deadline has passed but the
@@ -452,16 +511,14 @@ func parseAnswer(fq string, qtype uint16, reply *dns.Msg) Answer {
 				continue
 			}
 			if a, ok := netip.AddrFromSlice(v.AAAA.To16()); ok {
-				ans.AAAA = append(ans.AAAA, a)
+				ans.Addrs = append(ans.Addrs, a)
 				use(v.Hdr.Ttl)
 			}
 		}
 	}
 	slices.SortFunc(ans.Addrs, netip.Addr.Compare)
 	ans.Addrs = slices.Compact(ans.Addrs)
-	slices.SortFunc(ans.AAAA, netip.Addr.Compare)
-	ans.AAAA = slices.Compact(ans.AAAA)
-	if len(ans.Addrs) == 0 && len(ans.AAAA) == 0 {
+	if len(ans.Addrs) == 0 {
 		// Negative answer: RFC 2308 negative TTL from the SOA.
 		first = true
 		for _, rr := range reply.Ns {

@@ -62,14 +62,11 @@ func TestLookupAnswer(t *testing.T) {
 	if ans.Name != "backend.lab." {
 		t.Errorf("name %q", ans.Name)
 	}
-	if want := addrs("198.18.2.11", "198.18.2.12"); !slices.Equal(ans.Addrs, want) {
+	if want := addrs("198.18.2.11", "198.18.2.12", "2001:db8::1"); !slices.Equal(ans.Addrs, want) {
 		t.Errorf("addrs %v, want %v", ans.Addrs, want)
 	}
-	if want := addrs("2001:db8::1"); !slices.Equal(ans.AAAA, want) {
-		t.Errorf("aaaa %v, want %v", ans.AAAA, want)
-	}
-	if ans.TTL != 7*time.Second {
-		t.Errorf("ttl %s, want 7s (min over the chain and the A records)", ans.TTL)
+	if ans.TTL != 5*time.Second {
+		t.Errorf("ttl %s, want 5s (min over the chain, the A and the AAAA records)", ans.TTL)
 	}
 	if !slices.Equal(ans.CNAMEs, []string{"alb.lab.", "alb-1.lab."}) {
 		t.Errorf("cnames %v", ans.CNAMEs)
@@ -104,14 +101,14 @@ func TestLookupNegative(t *testing.T) {
 	})
 	r := newTestResolver(t, Config{Servers: []string{srv}})
 	tests := []struct {
-		name  string
-		rcode int
-		ttl   time.Duration
-		aaaa  int
+		name     string
+		rcode    int
+		ttl      time.Duration
+		negative bool
 	}{
-		{"gone.lab", dns.RcodeNameError, 5 * time.Second, 0},
-		{"empty.lab", dns.RcodeSuccess, 0, 0},
-		{"v6only.lab", dns.RcodeSuccess, 5 * time.Second, 1},
+		{"gone.lab", dns.RcodeNameError, 5 * time.Second, true},
+		{"empty.lab", dns.RcodeSuccess, 0, true},
+		{"v6only.lab", dns.RcodeSuccess, 5 * time.Second, false}, // an IPv6-only name is served
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,13 +116,13 @@ func TestLookupNegative(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !ans.Negative() || ans.Rcode != tt.rcode || ans.TTL != tt.ttl || len(ans.AAAA) != tt.aaaa {
+			if ans.Negative() != tt.negative || ans.Rcode != tt.rcode || ans.TTL != tt.ttl {
 				t.Errorf("got %+v", ans)
 			}
 		})
 	}
 	s := r.Stats().Snapshot()
-	if s.NXDomain != 1 || s.Empty != 2 || s.Answers != 3 {
+	if s.NXDomain != 1 || s.Empty != 1 || s.Answers != 3 {
 		t.Errorf("stats %+v", s)
 	}
 }
@@ -353,31 +350,78 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// AAAA records are reported, not served: a name looked up every few
-// seconds has them asked at most every AAAARefresh (or their TTL).
-func TestAAAAAskedAtMostEveryRefresh(t *testing.T) {
+// AAAA records are served: asked with every A query, their TTL counts,
+// and a failed AAAA query next to a good A reply keeps the name's last
+// AAAA addresses (an IPv6-only name's are asked again within min_ttl).
+func TestAAAAServed(t *testing.T) {
 	var aaaa atomic.Int32
+	var fail atomic.Bool
+	var v6 atomic.Value
+	v6.Store("2001:2:0:2::11")
 	srv := startServer(t, func(w dns.ResponseWriter, q *dns.Msg) {
-		if q.Question[0].Qtype == dns.TypeAAAA {
+		switch {
+		case q.Question[0].Qtype != dns.TypeAAAA && q.Question[0].Name == "v6only.lab.":
+			reply(w, q, dns.RcodeSuccess, nil)
+		case q.Question[0].Qtype != dns.TypeAAAA:
+			reply(w, q, dns.RcodeSuccess, rrs(t, "backend.lab. 60 A 198.18.2.11"))
+		case fail.Load():
 			aaaa.Add(1)
-			reply(w, q, dns.RcodeSuccess, rrs(t, "backend.lab. 5 AAAA 2001:db8::1"))
-			return
+			reply(w, q, dns.RcodeServerFailure, nil)
+		default:
+			aaaa.Add(1)
+			reply(w, q, dns.RcodeSuccess, rrs(t, q.Question[0].Name+" 3 AAAA "+v6.Load().(string)))
 		}
-		reply(w, q, dns.RcodeSuccess, rrs(t, "backend.lab. 5 A 198.18.2.11"))
 	})
 	clock := newFakeClock()
-	r := newTestResolver(t, Config{Servers: []string{srv}}, WithClock(clock))
-	for i := range 7 { // one lookup every 5s: 0s .. 30s
-		ans, err := r.Lookup(t.Context(), "backend.lab")
+	r := newTestResolver(t, Config{Servers: []string{srv}, MinTTL: time.Second}, WithClock(clock))
+	lookup := func(name string, want []netip.Addr, ttl time.Duration) {
+		t.Helper()
+		ans, err := r.Lookup(t.Context(), name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Equal(ans.AAAA, addrs("2001:db8::1")) {
-			t.Fatalf("lookup %d: aaaa %v", i, ans.AAAA)
+		if !slices.Equal(ans.Addrs, want) || ans.TTL != ttl {
+			t.Fatalf("%s: addrs %v ttl %s, want %v ttl %s", name, ans.Addrs, ans.TTL, want, ttl)
 		}
-		clock.Advance(5 * time.Second)
 	}
-	if got := aaaa.Load(); got != 2 {
-		t.Fatalf("%d AAAA queries for 7 lookups over 30s, want 2 (at 0s and 30s)", got)
+	lookup("backend.lab", addrs("198.18.2.11", "2001:2:0:2::11"), 3*time.Second)
+	v6.Store("2001:2:0:2::12") // the AAAA record moves
+	lookup("backend.lab", addrs("198.18.2.11", "2001:2:0:2::12"), 3*time.Second)
+	fail.Store(true) // SERVFAIL for AAAA only: the last AAAA addresses stay
+	lookup("backend.lab", addrs("198.18.2.11", "2001:2:0:2::12"), 60*time.Second)
+	if got := aaaa.Load(); got != 3 {
+		t.Errorf("%d AAAA queries for 3 lookups, want 3", got)
+	}
+	fail.Store(false)
+	lookup("v6only.lab", addrs("2001:2:0:2::12"), 3*time.Second)
+	fail.Store(true)
+	lookup("v6only.lab", addrs("2001:2:0:2::12"), 0) // kept, asked again at min_ttl
+
+	// Without AAAA queries: the A records only.
+	r4 := newTestResolver(t, Config{Servers: []string{srv}, NoAAAA: true})
+	ans, err := r4.Lookup(t.Context(), "backend.lab")
+	if err != nil || !slices.Equal(ans.Addrs, addrs("198.18.2.11")) {
+		t.Fatalf("NoAAAA: %v %v", ans.Addrs, err)
+	}
+}
+
+// A server that answers A but drops AAAA queries costs a lookup half a
+// timeout more, not a whole one; the A addresses are served.
+func TestAAAADroppedBoundsLookup(t *testing.T) {
+	srv := startServer(t, func(w dns.ResponseWriter, q *dns.Msg) {
+		if q.Question[0].Qtype == dns.TypeAAAA {
+			return // dropped
+		}
+		reply(w, q, dns.RcodeSuccess, rrs(t, "backend.lab. 60 A 198.18.2.11"))
+	})
+	r := newTestResolver(t, Config{Servers: []string{srv}, Timeout: 800 * time.Millisecond})
+	start := time.Now()
+	ans, err := r.Lookup(t.Context(), "backend.lab")
+	took := time.Since(start)
+	if err != nil || !slices.Equal(ans.Addrs, addrs("198.18.2.11")) {
+		t.Fatalf("lookup: %v %v", ans.Addrs, err)
+	}
+	if took > 700*time.Millisecond {
+		t.Errorf("lookup took %s with AAAA dropped, want about half the 800ms timeout", took)
 	}
 }

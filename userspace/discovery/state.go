@@ -22,11 +22,10 @@ type nameState struct {
 	answerSeq uint64
 	updateSeq uint64
 
-	good      bool         // a good (positive) answer was seen
-	last      AnswerRef    // the latest good answer
-	aaaa      []netip.Addr // AAAA of the latest good answer
-	current   []Addr       // the set consumers have (or would have)
-	published bool         // an Update was handed to the consumer
+	good      bool      // a good (positive) answer was seen
+	last      AnswerRef // the latest good answer
+	current   []Addr    // the set consumers have (or would have)
+	published bool      // an Update was handed to the consumer
 
 	holdUntil    time.Time // non-zero while a negative answer is held
 	lastNegative bool      // the latest lookup outcome was a negative answer
@@ -84,7 +83,6 @@ func (s *nameState) onAnswer(now time.Time, a Answer) outcome {
 	s.good = true
 	s.published = true
 	s.last = AnswerRef{Seq: s.answerSeq, Server: a.Server, ReceivedAt: a.ReceivedAt, TTL: a.TTL}
-	s.aaaa = slices.Clone(a.AAAA)
 	prev := make(map[netip.Addr]Addr, len(s.current))
 	for _, c := range s.current {
 		prev[c.Addr] = c
@@ -103,7 +101,7 @@ func (s *nameState) onAnswer(now time.Time, a Answer) outcome {
 	return outcome{update: u, publish: true, next: next}
 }
 
-// onNegative handles NXDOMAIN and NOERROR without A records.
+// onNegative handles NXDOMAIN and NOERROR without A or AAAA records.
 func (s *nameState) onNegative(now time.Time, a Answer) outcome {
 	s.negatives++
 	s.lastNegative = true
@@ -113,7 +111,7 @@ func (s *nameState) onNegative(now time.Time, a Answer) outcome {
 	case !s.holdUntil.IsZero():
 		// Already holding: expire now if due, else keep holding.
 		if !now.Before(s.holdUntil) {
-			return s.expire(now, next, a.Rcode, a.AAAA)
+			return s.expire(now, next, a.Rcode)
 		}
 		reason = ReasonHold
 	case len(s.current) > 0 || !s.published:
@@ -123,30 +121,24 @@ func (s *nameState) onNegative(now time.Time, a Answer) outcome {
 		s.holdUntil = now.Add(s.cfg.NXDomainHold)
 		s.stats.holdsStarted.Add(1)
 		if s.cfg.NXDomainHold <= 0 {
-			return s.expire(now, next, a.Rcode, a.AAAA)
+			return s.expire(now, next, a.Rcode)
 		}
 		reason = ReasonHold
 	}
 	u := s.make(now, reason, s.current, next)
 	u.Rcode = a.Rcode
-	if len(a.AAAA) > 0 {
-		// An IPv6-only name: say so rather than look merely empty.
-		u.AAAA = slices.Clone(a.AAAA)
-		s.latest = u
-	}
 	// Before the first publication a hold is silent: nothing to keep
 	// for the consumer, and an empty set must wait for the hold.
 	return outcome{update: u, publish: s.published, next: next}
 }
 
 // expire ends a hold: the set becomes empty.
-func (s *nameState) expire(now, next time.Time, rcode int, aaaa []netip.Addr) outcome {
+func (s *nameState) expire(now, next time.Time, rcode int) outcome {
 	s.holdUntil = time.Time{}
 	s.stats.holdsExpired.Add(1)
 	s.published = true
 	u := s.make(now, ReasonHoldExpired, nil, next)
 	u.Rcode = rcode
-	u.AAAA = slices.Clone(aaaa)
 	s.latest = u
 	return outcome{update: u, publish: true, next: next}
 }
@@ -173,7 +165,7 @@ func (s *nameState) tick(now time.Time) (outcome, bool) {
 	if d := s.holdDeadline(); d.IsZero() || now.Before(d) {
 		return outcome{}, false
 	}
-	o := s.expire(now, s.latest.NextLookup, s.latest.Rcode, s.latest.AAAA)
+	o := s.expire(now, s.latest.NextLookup, s.latest.Rcode)
 	return o, true
 }
 
@@ -197,7 +189,6 @@ func (s *nameState) make(now time.Time, r Reason, set []Addr, next time.Time) Up
 	if len(set) > 0 {
 		u.Answer = s.last
 		u.Expires = s.last.Expires()
-		u.AAAA = slices.Clone(s.aaaa)
 	}
 	s.current = set
 	s.latest = u

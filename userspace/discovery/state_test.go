@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -207,17 +208,20 @@ func TestNoHold(t *testing.T) {
 	}
 }
 
-func TestIPv6OnlyNameReported(t *testing.T) {
+// A name's AAAA addresses are served like its A addresses: a move from
+// IPv4 to IPv6 is a change of set like any other, and an IPv6-only answer
+// is no negative answer.
+func TestIPv6AddressesServed(t *testing.T) {
 	s := newNameState(testConfig(), "x.", constRand(0), &Stats{})
 	now := time.Now()
-	s.onAnswer(now, Answer{Addrs: addrs("198.18.2.11"), TTL: time.Second, ReceivedAt: now})
-	o := s.onAnswer(now, Answer{AAAA: addrs("2001:db8::1")})
-	if o.update.Reason != ReasonHold || !slices.Equal(o.update.AAAA, addrs("2001:db8::1")) {
+	s.onAnswer(now, Answer{Addrs: addrs("198.18.2.11", "2001:2:0:2::11"), TTL: time.Second, ReceivedAt: now})
+	o := s.onAnswer(now, Answer{Addrs: addrs("2001:2:0:2::12"), TTL: time.Second, ReceivedAt: now})
+	if o.update.Reason != ReasonAnswer || !o.publish || !slices.Equal(o.update.Addresses(), addrs("2001:2:0:2::12")) ||
+		!slices.Equal(o.update.Removed, addrs("198.18.2.11", "2001:2:0:2::11")) || !slices.Equal(o.update.Added, addrs("2001:2:0:2::12")) {
 		t.Errorf("%+v", o.update)
 	}
-	o, ok := s.tick(now.Add(time.Minute))
-	if !ok || o.update.Reason != ReasonHoldExpired || !slices.Equal(o.update.AAAA, addrs("2001:db8::1")) {
-		t.Errorf("%+v", o.update)
+	if info := o.update.Addrs[0].Info(); !strings.HasPrefix(info, "AAAA 2001:2:0:2::12 ttl 1s") {
+		t.Errorf("info %q", info)
 	}
 }
 

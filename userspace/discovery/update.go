@@ -53,10 +53,14 @@ type Addr struct {
 
 // Info describes where the address came from, for status output, e.g.
 // "A 198.18.2.11 ttl 2s, answer #3 from 198.18.2.53:53 at 12:00:01.250,
-// first seen in #1".
+// first seen in #1" (AAAA for an IPv6 address).
 func (a Addr) Info() string {
-	return fmt.Sprintf("A %s ttl %s, answer #%d from %s at %s, first seen in #%d",
-		a.Addr, a.Answer.TTL, a.Answer.Seq, a.Answer.Server,
+	rr := "A"
+	if !a.Addr.Is4() {
+		rr = "AAAA"
+	}
+	return fmt.Sprintf("%s %s ttl %s, answer #%d from %s at %s, first seen in #%d",
+		rr, a.Addr, a.Answer.TTL, a.Answer.Seq, a.Answer.Server,
 		a.Answer.ReceivedAt.Format("15:04:05.000"), a.FirstSeq)
 }
 
@@ -64,12 +68,9 @@ func (a Addr) Info() string {
 // is always the complete set the consumer should serve for the name:
 // replacing the name's previous set with it is the whole contract.
 type Update struct {
-	Name  string // fully qualified, lower case
-	Seq   uint64 // per-name update sequence number, from 1
-	Addrs []Addr // sorted by address
-	// AAAA are IPv6 addresses of the latest good answer: reported, not
-	// served (the data path is IPv4 only).
-	AAAA   []netip.Addr
+	Name   string // fully qualified, lower case
+	Seq    uint64 // per-name update sequence number, from 1
+	Addrs  []Addr // sorted by address
 	Reason Reason
 	// Changed reports whether the address set differs from the previous
 	// published Update's.

@@ -313,18 +313,14 @@ func (w *Watcher) logUpdate(log *slog.Logger, o outcome) {
 			log.Debug("dns answer unchanged", "addrs", u.Addresses(), "ttl", u.Answer.TTL,
 				"server", u.Answer.Server, "answer", u.Answer.Seq)
 		}
-		if len(u.AAAA) > 0 && u.Answer.Seq == 1 {
-			log.Warn("dns name has IPv6 addresses that are not served (IPv4 data path)", "aaaa", u.AAAA)
-		}
 	case ReasonHold:
-		log.Warn("dns name has no IPv4 address, keeping the last good answer",
+		log.Warn("dns name has no address, keeping the last good answer",
 			"rcode", rcodeName(u.Rcode), "keep", u.Addresses(), "hold_until", u.HoldUntil,
-			"published", o.publish, "aaaa_not_served", u.AAAA)
+			"published", o.publish)
 	case ReasonHoldExpired:
-		log.Warn("dns hold expired, withdrawing the name's addresses", "removed", u.Removed,
-			"aaaa_not_served", u.AAAA)
+		log.Warn("dns hold expired, withdrawing the name's addresses", "removed", u.Removed)
 	case ReasonNegative:
-		log.Debug("dns name still has no IPv4 address", "rcode", rcodeName(u.Rcode), "aaaa_not_served", u.AAAA)
+		log.Debug("dns name still has no address", "rcode", rcodeName(u.Rcode))
 	case ReasonFailure:
 		log.Warn("dns lookup failed, keeping the last good answer", "kind", u.Failure,
 			"failures", u.Failures, "keep", u.Addresses(),

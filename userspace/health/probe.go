@@ -11,9 +11,10 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"strings"
 	"syscall"
+
+	"github.com/sluicelb/sluice/l7/upstream"
 )
 
 // prober runs one check; ctx carries the check's deadline.
@@ -28,43 +29,17 @@ func newProber(cfg Config) (prober, error) {
 	return newHTTPProber(*cfg.HTTP)
 }
 
-// clientTLS is an HTTPS check's TLS configuration. The chain is verified
-// against VerifyName, which may differ from the SNI sent (nginx's
-// proxy_ssl_name sets both; here they are apart, like an upstream's).
+// clientTLS is an HTTPS check's TLS configuration: built as the proxy's
+// upstream one is (l7/upstream.ClientTLS), so a check verifies what
+// traffic verifies; the certificate is verified against VerifyName, which
+// may differ from the SNI sent. HTTP/1.1 only.
 func clientTLS(t TLS) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.SNI, NextProtos: []string{"http/1.1"}}
-	if !t.Verify {
-		tc.InsecureSkipVerify = true
-		return tc, nil
-	}
-	var roots *x509.CertPool
-	if t.CA != "" {
-		pem, err := os.ReadFile(t.CA)
-		if err != nil {
-			return nil, fmt.Errorf("health check ca: %w", err)
-		}
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("health check ca %s: no PEM certificate found", t.CA)
-		}
-	}
-	name := t.VerifyName
-	if name == "" {
-		name = t.SNI
-	}
-	// The standard verification checks ServerName; ours checks name, so
-	// it is switched off and done here, in full, for every handshake.
-	tc.InsecureSkipVerify = true
-	tc.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			return errors.New("tls: backend sent no certificate")
-		}
-		inter := x509.NewCertPool()
-		for _, c := range cs.PeerCertificates[1:] {
-			inter.AddCert(c)
-		}
-		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: name, Roots: roots, Intermediates: inter})
-		return err
+	tc, err := upstream.ClientTLS(upstream.TLSOptions{
+		CA: t.CA, InsecureSkipVerify: !t.Verify, ServerName: t.SNI, VerifyName: t.VerifyName,
+		NextProtos: []string{"http/1.1"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("health check %w", err)
 	}
 	return tc, nil
 }
