@@ -169,6 +169,7 @@ func (v *validator) validate(c *Config) {
 			httpNames[s.Name] = true
 		}
 	}
+	v.bgp(c) // after the services: it checks their VIPs
 	v.limits(c)
 	v.conntrackWarning(c)
 	v.healthWarnings(c)
