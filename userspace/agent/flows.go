@@ -24,7 +24,12 @@ type flowCounts struct {
 	bySlot map[slotGen]int // per slot incarnation
 	bySvc  map[uint32]int  // per service id
 	total  int             // forward entries seen, expired ones too
-	at     time.Time       // zero: never counted
+	// live counts the flows not expired; minIdle is the shortest idle
+	// time among them: how long ago the node forwarded its last packet
+	// of any flow (a node drain ends when it is long enough).
+	live    int
+	minIdle time.Duration
+	at      time.Time // zero: never counted
 }
 
 // connectFailure is what the data path saw go wrong with new connections
@@ -155,7 +160,8 @@ func (w *flowWatcher) countLocked(now time.Time, fail func(slotGen) *connectFail
 	bySvc := make(map[uint32]int)
 	stuckSeen := make(map[flowID]bool)
 	var expired []datapath.Flow
-	total := 0
+	total, live := 0, 0
+	var minIdle time.Duration
 	err := w.dp.Flows(func(f datapath.Flow) bool {
 		total++
 		if f.Expired {
@@ -164,6 +170,10 @@ func (w *flowWatcher) countLocked(now time.Time, fail func(slotGen) *connectFail
 			}
 			return true
 		}
+		if live == 0 || f.Idle < minIdle {
+			minIdle = f.Idle
+		}
+		live++
 		bySvc[f.ServiceID]++
 		sg := slotGen{f.BackendSlot, f.BackendGen}
 		bySlot[sg]++
@@ -189,7 +199,7 @@ func (w *flowWatcher) countLocked(now time.Time, fail func(slotGen) *connectFail
 		w.errs.report("Flows", err, "reading conntrack failed")
 		return false
 	}
-	w.counts = flowCounts{bySlot: bySlot, bySvc: bySvc, total: total, at: now}
+	w.counts = flowCounts{bySlot: bySlot, bySvc: bySvc, total: total, live: live, minIdle: minIdle, at: now}
 	w.stuckSeen = stuckSeen
 	deleted := 0
 	for _, f := range expired {

@@ -168,3 +168,19 @@ func (f *Fake) Delete(vip netip.Addr) error {
 	delete(f.routes, vip)
 	return nil
 }
+
+// WithdrawAll deletes every route of r and returns how many there were
+// (`sluice teardown`: the data path is going away).
+func WithdrawAll(r Routes) (int, error) {
+	vips, err := r.List()
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for _, v := range vips {
+		if err := r.Delete(v); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return len(vips), errors.Join(errs...)
+}
