@@ -25,7 +25,7 @@ type fakeAgent struct {
 	reloadErr error
 	drained   map[string]bool // pool/address
 	lastF     FlowFilter
-	block     chan struct{} // when set, Status waits on it or ctx
+	block     chan struct{}   // when set, Status waits on it or ctx
 	nodeDrain []time.Duration // timeout, quiet of the last NodeDrain
 	undrained bool
 }
