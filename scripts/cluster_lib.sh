@@ -1,0 +1,54 @@
+# cluster_lib.sh: running sluice on the nodes of a cluster lab (lab.sh
+# up-cluster): each node's config, BIRD and agent. Sourced by
+# demo_cluster.sh; the e2e suite builds the same config in Go
+# (e2e/cluster_test.go). The caller sets lab_dir and id.
+
+# node_config FILE I [MODE]: node I's sluice config: pool web of be1..be3
+# with a fast health check, service web-l4 on 198.18.1.100:80 (snat by
+# default: each node's own source, so replies come back to it), and the
+# bgp section towards the router.
+node_config() {
+	local file=$1 i=$2 mode=${3:-snat}
+	local state=$lab_dir/$id/n$i
+	mkdir -p "$state"
+	cat >"$file" <<-EOF
+		# sluice on node n$i of cluster lab $id
+		interfaces: [eth0, eth1]
+		admin: {socket: $(node_socket "$i")}
+		metrics: {listen: 127.0.0.1:9464}
+		datapath:
+		  pin_path: /sys/fs/bpf/sluice-$id-n$i
+		pools:
+		  - name: web
+		    backends:
+		      - address: 198.18.2.11:80
+		      - address: 198.18.2.12:80
+		      - address: 198.18.2.13:80
+		    drain_timeout: 10s
+		    health_check: {http: {path: /healthz}, interval: 500ms, timeout: 400ms, rise: 1, fall: 2}
+		    ejection: {max_ejected_percent: 100}
+		services:
+		  - name: web-l4
+		    listen: 198.18.1.100:80
+		    protocol: tcp
+		    mode: $mode
+		    pool: web
+		bgp:
+		  local_asn: 64512
+		  router_id: 198.18.$((4 + i)).2
+		  peers: [{address: 198.18.$((4 + i)).1, asn: 64500}]
+		  hold_time: 3s
+		  keepalive: 1s
+		  bfd: {interval: 100ms, multiplier: 3}
+	EOF
+}
+
+# node_socket I: node I's admin socket (short enough for a unix socket).
+node_socket() {
+	local s=$lab_dir/$id/n$1/admin.sock
+	if ((${#s} > 100)); then
+		s=/tmp/sluice-$id/n$1/admin.sock
+	fi
+	mkdir -p "$(dirname "$s")"
+	printf '%s\n' "$s"
+}
