@@ -734,6 +734,8 @@ static __always_inline int handle_fragment(struct packet *p)
 	return XDP_PASS;
 }
 
+#include "include/dsr.h" /* builds on send_cached and the maps above */
+
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
 {
@@ -829,7 +831,7 @@ int sluice_xdp(struct xdp_md *ctx)
 			 * once a tick, for a half-open one on every packet (a
 			 * handshake is a few packets, and floods churn that
 			 * table). */
-			if (!confirmed)
+			if (!confirmed && svc->mode != MODE_DSR)
 				ensure_reverse(&k, ct, 0);
 			/* Write only what changed: the coarse clock ticks every few
 			 * ms, and a clean cache line stays shared between CPUs. */
@@ -843,11 +845,13 @@ int sluice_xdp(struct xdp_md *ctx)
 				if (st != ct->state)
 					ct->state = st;
 			}
+			count_service(svc_id, bytes, 0);
+			count_backend(slot, bytes, 0);
+			if (svc->mode == MODE_DSR)
+				return dsr_send(ctx, &p, b, slot, now, &k);
 			if (rewrite(&p, data_end, ct->saddr_new, ct->sport_new, ct->daddr_new,
 				    ct->dport_new))
 				return XDP_DROP;
-			count_service(svc_id, bytes, 0);
-			count_backend(slot, bytes, 0);
 			return send_cached(ctx, &p, data_end, bpf_map_lookup_elem(&backend_hops, &slot),
 					   p.ip->daddr, now, &k);
 		}
@@ -906,6 +910,15 @@ int sluice_xdp(struct xdp_md *ctx)
 		.state = fv.state,
 		.flags = CT_F_REPLY,
 	};
+	if (svc->mode == MODE_DSR) {
+		/* No reverse entry: replies never come through a node. */
+		forget_confirmed(&k, old_confirmed);
+		if (bpf_map_update_elem(&halfopen, &k, &fv, BPF_ANY))
+			GCOUNT(ct_update_failures);
+		count_service(svc_id, bytes, 1);
+		count_backend(slot, bytes, 1);
+		return dsr_send(ctx, &p, b, slot, now, &k);
+	}
 	if (svc->mode == MODE_SNAT) {
 		/* The source becomes a sluice address and a port that no other
 		 * flow to this backend uses: the reverse entry is inserted with

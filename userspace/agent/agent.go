@@ -360,6 +360,9 @@ func (a *agent) apply(now time.Time, cfg *config.Config) []string {
 	var want []wantService
 	for _, sc := range cfg.L4Services() {
 		val := datapath.Service{Mode: datapath.ModeNAT}
+		if sc.Mode == config.ModeDSR {
+			val.Mode = datapath.ModeDSR
+		}
 		if sc.Mode == config.ModeSNAT {
 			val.Mode = datapath.ModeSNAT
 			if sc.SNATSource != "" {

@@ -22,6 +22,7 @@ const (
 const (
 	ModeNAT  = "nat"
 	ModeSNAT = "snat"
+	ModeDSR  = "dsr" // direct server return: IPIP to the backend, `sluice decap` there
 )
 
 // Values of Datapath.XDPMode.

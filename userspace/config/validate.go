@@ -871,9 +871,9 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 
 	if l4 {
 		switch s.Mode {
-		case ModeNAT, ModeSNAT:
+		case ModeNAT, ModeSNAT, ModeDSR:
 		default:
-			v.add(path+".mode", "%q: must be nat or snat", s.Mode)
+			v.add(path+".mode", "%q: must be nat, snat or dsr", s.Mode)
 		}
 		if v.set(path + ".snat_source") {
 			if s.Mode != ModeSNAT {
