@@ -99,6 +99,7 @@ func commands() []*command {
 		drainCmd(),
 		undrainCmd(),
 		nodeCmd(),
+		decapCmd(),
 		reloadCmd(),
 		teardownCmd(),
 		versionCmd(),

@@ -264,7 +264,7 @@ func (h *harness) run(args ...string) (code int, stdout, stderr string) {
 }
 
 // The command list of the design and docs: help must cover each.
-var wantCommands = []string{"agent", "check", "status", "backends", "conntrack", "drain", "undrain", "node", "reload", "teardown", "version", "help"}
+var wantCommands = []string{"agent", "check", "status", "backends", "conntrack", "drain", "undrain", "node", "decap", "reload", "teardown", "version", "help"}
 
 func TestHelp(t *testing.T) {
 	h := newHarness(t, true)
