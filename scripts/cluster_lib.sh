@@ -52,3 +52,14 @@ node_socket() {
 	mkdir -p "$(dirname "$s")"
 	printf '%s\n' "$s"
 }
+
+# backends_decap: `sluice decap attach` in be1..be3 for the lab's VIP (the
+# backend side of mode dsr), pins under /sys/fs/bpf/sluice-ID-beI-decap.
+# The caller sets sluice (the binary).
+backends_decap() {
+	local i
+	for i in 1 2 3; do
+		nsenter --net="/run/netns/sl-$id-be$i" -- "$sluice" decap attach --interface eth0 \
+			--vip 198.18.1.100 --xdp-mode native --pin-path "/sys/fs/bpf/sluice-$id-be$i-decap" >/dev/null
+	done
+}

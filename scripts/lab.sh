@@ -284,7 +284,8 @@ lab_down() {
 
 	# per-run bpffs pins of demo.sh, the e2e suite and the benchmarks
 	local pin
-	for pin in /sys/fs/bpf/sluice{,-e2e,-bench,-benchdns}-"$id" /sys/fs/bpf/sluice{,-e2e}-"$id"-n{1,2,3}; do
+	# (and of the cluster lab: sluice-ID-n1.., sluice-ID-be1-decap..)
+	for pin in /sys/fs/bpf/sluice{,-e2e,-bench,-benchdns}-"$id" /sys/fs/bpf/sluice-"$id"-*; do
 		if [[ -e $pin ]]; then
 			rm -rf -- "$pin"
 			log "removed pins $pin"

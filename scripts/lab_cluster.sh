@@ -6,8 +6,17 @@
 #                               | eth2 198.18.6.1 --- eth0 [n2] 198.18.6.2  AS 64512
 #                               | eth3 198.18.7.1 --- eth0 [n3] 198.18.7.2  AS 64512
 #   n1..nN eth1 198.18.2.<i> --- br0 [sw] --- be1 198.18.2.11, be2 .12, be3 .13, dns .53
+#                                     +--- router eth9 198.18.2.254 (the backends' way
+#                                          back to clients: DSR replies skip the nodes)
 #   VIPs: 198.18.1.0/24, announced by the nodes over BGP (BIRD on each node
 #   exports the routes its agent writes), assigned nowhere.
+#
+# Links towards the backends (node eth1, the switch, the backends' eth0)
+# have an MTU of 1520: a 1500-byte client packet encapsulated by a dsr
+# node (IPIP, 20 bytes) fits. The backends' route back to the clients says
+# mtu 1500, so their answers never need more. snat flows are answered to
+# the node's own address (on-link); nat is not used in this lab (its
+# replies would need a way back through a node that knows the flow).
 #
 # The router spreads a VIP's flows over the nodes that announce it
 # (net.ipv4.fib_multipath_hash_policy=1: source and destination address
@@ -120,14 +129,26 @@ cluster_up() {
 	nsx "$r" sysctl -qw net.ipv4.fib_multipath_hash_policy=1
 	nsx "$r" sysctl -qw net.ipv4.fib_multipath_use_neigh=1
 
-	# the backends' switch
-	ip -n "$sw" link add br0 type bridge
+	nsx "$r" sysctl -qw net.ipv4.conf.all.rp_filter=0
+	nsx "$r" sysctl -qw net.ipv4.conf.default.rp_filter=0
+	# a link that went down takes its next hops out at once
+	nsx "$r" sysctl -qw net.ipv4.conf.all.ignore_routes_with_linkdown=1
+
+	# the backends' switch (MTU 1520: room for the encapsulation)
+	ip -n "$sw" link add br0 mtu 1520 type bridge
 	nsx "$sw" sysctl -qw net.bridge.bridge-nf-call-iptables=0 2>/dev/null || true
 	ip -n "$sw" link set br0 up
+	ip -n "$r" link add eth9 mtu 1520 type veth peer name p-r netns "$sw"
+	ip -n "$sw" link set p-r mtu 1520 master br0
+	ip -n "$r" addr add 198.18.2.254/24 dev eth9
+	ip -n "$r" link set eth9 up
+	ip -n "$sw" link set p-r up
+	tx_off "$r" eth9
+	tx_off "$sw" p-r
 	for i in 1 2 3; do
 		ns=$(ns_name "$id" "be$i")
-		ip -n "$ns" link add eth0 mtu 1500 type veth peer name "p-be$i" netns "$sw"
-		ip -n "$sw" link set "p-be$i" master br0
+		ip -n "$ns" link add eth0 mtu 1520 type veth peer name "p-be$i" netns "$sw"
+		ip -n "$sw" link set "p-be$i" mtu 1520 master br0
 		ip -n "$ns" addr add "198.18.2.1$i/24" dev eth0
 	done
 	ip -n "$dns" link add eth0 mtu 1500 type veth peer name p-dns netns "$sw"
@@ -140,8 +161,8 @@ cluster_up() {
 		ip -n "$r" link add "eth$i" mtu 1500 type veth peer name eth0 netns "$node"
 		ip -n "$r" addr add "198.18.$((4 + i)).1/24" dev "eth$i"
 		ip -n "$node" addr add "198.18.$((4 + i)).2/24" dev eth0
-		ip -n "$node" link add eth1 mtu 1500 type veth peer name "p-n$i" netns "$sw"
-		ip -n "$sw" link set "p-n$i" master br0
+		ip -n "$node" link add eth1 mtu 1520 type veth peer name "p-n$i" netns "$sw"
+		ip -n "$sw" link set "p-n$i" mtu 1520 master br0
 		ip -n "$node" addr add "198.18.2.$i/24" dev eth1
 		ip -n "$r" link set "eth$i" up
 		ip -n "$node" link set eth0 up
@@ -163,14 +184,17 @@ cluster_up() {
 	done
 	for ns in "$(ns_name "$id" be1)" "$(ns_name "$id" be2)" "$(ns_name "$id" be3)" "$dns"; do
 		ip -n "$ns" link set eth0 up
-		# replies of nat-mode flows (snat needs none: its source is on-link)
-		ip -n "$ns" route add 198.18.0.0/15 via 198.18.2.1
+		# the way back to the clients: the router, not a node (dsr
+		# answers go straight to the client; snat ones go to the
+		# node's address, on-link)
+		ip -n "$ns" route add 198.18.0.0/15 via 198.18.2.254 mtu 1500
 		tx_off "$ns" eth0
 	done
+	# No XDP_PASS on the backends: nothing redirects into their veths, and
+	# `sluice decap attach` puts its own program there.
 	for i in 1 2 3; do
 		ip -n "$sw" link set "p-be$i" up
 		tx_off "$sw" "p-be$i"
-		attach_pass "$(ns_name "$id" "be$i")" eth0
 	done
 	ip -n "$sw" link set p-dns up
 	tx_off "$sw" p-dns
@@ -197,7 +221,7 @@ write_cluster_env() {
 			printf 'NS_BE%d=%s\nBE%d=198.18.2.1%d\n' "$i" "$(ns_name "$id" "be$i")" "$i" "$i"
 		done
 		printf 'NS_DNS=%s\nDNS=198.18.2.53\nCLIENT=198.18.0.2\nROUTER_CLIENT_IP=198.18.0.1\n' "$(ns_name "$id" dns)"
-		printf 'ROUTER_BIRD_CTL=%s\nVIP_NET=198.18.1.0/24\nROUTER_ASN=64500\nNODE_ASN=64512\n' "$(ctl_path "$id" router)"
+		printf 'ROUTER_BIRD_CTL=%s\nVIP_NET=198.18.1.0/24\nROUTER_ASN=64500\nNODE_ASN=64512\nROUTER_BACKEND_IP=198.18.2.254\n' "$(ctl_path "$id" router)"
 		for ((i = 1; i <= n; i++)); do
 			printf 'NS_N%d=%s\nN%d_FRONT_IP=198.18.%d.2\nN%d_ROUTER_IP=198.18.%d.1\nN%d_BACK_IP=198.18.2.%d\nN%d_BIRD_CTL=%s\n' \
 				"$i" "$(ns_name "$id" "n$i")" "$i" $((4 + i)) "$i" $((4 + i)) "$i" "$i" "$i" "$(ctl_path "$id" "n$i")"
