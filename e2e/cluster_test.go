@@ -33,18 +33,39 @@ type Node struct {
 	Socket  string
 	PinPath string
 	FrontIP string // its address towards the router: the next hop of the VIP route
+	bird    string // its BIRD config
 	proc    *Proc
 	starts  int
 }
 
-// newCluster builds a cluster of n nodes, starts the backends, and on
-// every node BIRD and the agent with service web-l4 in mode; it returns
-// once the router has a next hop per node for the VIP.
+// newCluster builds a cluster of n nodes, starts the backends (with
+// `sluice decap` on them for mode dsr), and on every node BIRD and the
+// agent with service web-l4 in mode; it returns once the router has a
+// next hop per node for the VIP.
 func newCluster(t *testing.T, n int, mode string) *Cluster {
+	t.Helper()
+	return newClusterStarted(t, n, n, mode)
+}
+
+// newClusterStarted is newCluster with only the first `started` nodes
+// running (the others are set up: Node.Join starts them).
+func newClusterStarted(t *testing.T, n, started int, mode string) *Cluster {
 	t.Helper()
 	c := &Cluster{Lab: newLabWith(t, "up-cluster", strconv.Itoa(n))}
 	c.StartBackends()
-	lab := filepath.Join(env.repoRoot, "scripts", "lab.sh")
+	if mode == "dsr" {
+		for i := 1; i <= 3; i++ {
+			be := fmt.Sprintf("be%d", i)
+			pin := fmt.Sprintf("/sys/fs/bpf/sluice-%s-%s-decap", c.ID, be)
+			c.MustRun(be, 30*time.Second, env.sluice, "decap", "attach", "--interface", "eth0", "--vip", vip,
+				"--xdp-mode", "native", "--pin-path", pin)
+			t.Cleanup(func() {
+				if out, err := c.Run(be, 30*time.Second, env.sluice, "decap", "detach", "--pin-path", pin); err != nil {
+					t.Errorf("decap detach on %s: %v\n%s", be, err, out)
+				}
+			})
+		}
+	}
 	for i := 1; i <= n; i++ {
 		nd := &Node{c: c, I: i, Host: fmt.Sprintf("n%d", i), Config: filepath.Join(c.dir, fmt.Sprintf("n%d.yaml", i)),
 			FrontIP: fmt.Sprintf("198.18.%d.2", 4+i)}
@@ -66,9 +87,7 @@ func newCluster(t *testing.T, n int, mode string) *Cluster {
 		if err := os.WriteFile(bird, []byte(out), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := runCmd(10*time.Second, lab, "bird", c.ID, nd.Host, bird); err != nil {
-			t.Fatalf("lab.sh bird n%d: %v\n%s", i, err, out)
-		}
+		nd.bird = bird
 		t.Cleanup(func() {
 			nd.Kill()
 			// teardown -c also withdraws the node's VIP routes.
@@ -76,11 +95,32 @@ func newCluster(t *testing.T, n int, mode string) *Cluster {
 				t.Errorf("sluice teardown on %s: %v\n%s", nd.Host, err, out)
 			}
 		})
-		nd.Start()
 		c.Nodes = append(c.Nodes, nd)
+		if i <= started {
+			nd.Join()
+		}
 	}
-	c.WaitNextHops(t, 30*time.Second, c.frontIPs()...)
+	c.WaitNextHops(t, 30*time.Second, c.frontIPs(c.notStarted(started)...)...)
 	return c
+}
+
+func (c *Cluster) notStarted(started int) []int {
+	var out []int
+	for i := started + 1; i <= len(c.Nodes); i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+// Join starts the node's BIRD and agent.
+func (nd *Node) Join() {
+	t := nd.c.t
+	t.Helper()
+	lab := filepath.Join(env.repoRoot, "scripts", "lab.sh")
+	if out, err := runCmd(10*time.Second, lab, "bird", nd.c.ID, nd.Host, nd.bird); err != nil {
+		t.Fatalf("lab.sh bird %s: %v\n%s", nd.Host, err, out)
+	}
+	nd.Start()
 }
 
 func (c *Cluster) frontIPs(except ...int) []string {
@@ -304,4 +344,129 @@ func TestClusterNoBackendWithdrawn(t *testing.T) {
 	if r := c.Load("--mode", "newconn", "--count", "20", "--duration", "10s"); r.Failures != 0 {
 		t.Fatalf("after the backends came back: %d failures %v", r.Failures, r.Samples)
 	}
+}
+
+// load is a bounded load from the client: long-lived connections
+// (keepalive, requests every 20 ms) and new connections.
+type load struct{ long, short *Proc }
+
+func (c *Cluster) startLoad(conns int) load {
+	return load{
+		long: c.StartLoad("long", nil, "--mode", "keepalive", "--conns", strconv.Itoa(conns), "--interval", "20ms",
+			"--count", "1000000", "--duration", "60s", "--timeout", "2s"),
+		short: c.StartLoad("short", nil, "--mode", "newconn", "--conns", "2", "--interval", "20ms",
+			"--count", "1000000", "--duration", "60s", "--timeout", "3s"),
+	}
+}
+
+// stop stops the loads and fails the test on any failed request, or on a
+// long-lived connection dialled again (a reset one).
+func (l load) stop(t *testing.T, conns int, what string) {
+	t.Helper()
+	l.long.Stop(10 * time.Second)
+	l.short.Stop(10 * time.Second)
+	lr, sr := parseReport(t, l.long.Output()), parseReport(t, l.short.Output())
+	t.Logf("%s: long-lived: %d requests on %d dials; new connections: %d requests; failures %d/%d",
+		what, lr.Requests, lr.Dials, sr.Requests, lr.Failures, sr.Failures)
+	if lr.Failures != 0 || lr.Dials != conns || sr.Failures != 0 || sr.OK == 0 || lr.OK == 0 {
+		t.Fatalf("%s: long-lived %d failures, %d dials for %d connections (%v %v); new connections %d failures (%v %v)",
+			what, lr.Failures, lr.Dials, conns, lr.Errors, lr.Samples, sr.Failures, sr.Errors, sr.Samples)
+	}
+}
+
+// waitFlows waits until the nodes hold at least n flows together and
+// returns each node's count.
+func (c *Cluster) waitFlows(t *testing.T, n int) []int {
+	t.Helper()
+	var flows []int
+	waitFor(t, 10*time.Second, fmt.Sprintf("%d flows", n), func() error {
+		flows = flows[:0]
+		total := 0
+		for _, nd := range c.Nodes {
+			if nd.proc == nil {
+				flows = append(flows, 0)
+				continue
+			}
+			f := nd.Flows(t)
+			flows = append(flows, f)
+			total += f
+		}
+		if total < n {
+			return fmt.Errorf("flows per node %v", flows)
+		}
+		return nil
+	})
+	return flows
+}
+
+// Issue 13, mode dsr: one node dies (its link to the router goes down):
+// the router drops it at once, and every connection it carried goes on
+// through another node to the same backend — no reset, no failed request,
+// no new dial — while new connections keep succeeding.
+func TestClusterDSRNodeDies(t *testing.T) {
+	c := newCluster(t, 3, "dsr")
+	const conns = 24
+	l := c.startLoad(conns)
+	flows := c.waitFlows(t, conns)
+	victim := c.Nodes[slices.Index(flows, slices.Max(flows))]
+	t.Logf("flows per node %v; %s dies", flows, victim.Host)
+	time.Sleep(500 * time.Millisecond)
+	victim.c.MustRun(victim.Host, 5*time.Second, "ip", "link", "set", "eth0", "down")
+	took := c.WaitNextHops(t, 3*time.Second, c.frontIPs(victim.I)...)
+	t.Logf("the router dropped %s after %s", victim.Host, took.Round(time.Millisecond))
+	time.Sleep(2 * time.Second) // the moved flows keep going
+	l.stop(t, conns, victim.Host+" died")
+}
+
+// Issue 13, mode dsr: a node drain withdraws first, then waits until the
+// node sees no packet, then reports done; no request fails.
+func TestClusterDSRNodeDrain(t *testing.T) {
+	c := newCluster(t, 2, "dsr")
+	const conns = 16
+	l := c.startLoad(conns)
+	flows := c.waitFlows(t, conns)
+	if flows[0] == 0 {
+		t.Fatalf("flows per node %v: n1 carries nothing to drain", flows)
+	}
+	start := time.Now()
+	out, err := c.Nodes[0].CLI("node", "drain", "--quiet", "1s", "--timeout", "20s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if !strings.Contains(out, "withdrawn: "+vip) || !strings.Contains(out, "drained (quiet)") ||
+		strings.Index(out, "withdrawn") > strings.Index(out, "drained") {
+		t.Fatalf("node drain said:\n%s", out)
+	}
+	if hops, err := c.NextHops(); err != nil || !slices.Equal(hops, c.frontIPs(1)) {
+		t.Fatalf("after the drain the router has %v (%v)", hops, err)
+	}
+	if took < time.Second {
+		t.Fatalf("drained after %s, before the 1s quiet period", took)
+	}
+	if n := c.Nodes[0].Flows(t); n == 0 {
+		t.Log("n1's flows expired already")
+	}
+	t.Logf("drained in %s:\n%s", took.Round(time.Millisecond), out)
+	l.stop(t, conns, "n1 drained")
+	if _, err := c.Nodes[0].CLI("node", "undrain"); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitNextHops(t, 10*time.Second, c.frontIPs()...)
+}
+
+// Issue 13, mode dsr: a node joins; the router's ECMP rehash moves some
+// flows to it, none breaks.
+func TestClusterDSRNodeJoins(t *testing.T) {
+	c := newClusterStarted(t, 3, 2, "dsr")
+	const conns = 24
+	l := c.startLoad(conns)
+	c.waitFlows(t, conns)
+	c.Nodes[2].Join()
+	c.WaitNextHops(t, 15*time.Second, c.frontIPs()...)
+	time.Sleep(2 * time.Second)
+	if n := c.Nodes[2].Flows(t); n == 0 {
+		t.Logf("n3 got none of the %d flows (the rehash moved none)", conns)
+	}
+	l.stop(t, conns, "n3 joined")
 }
