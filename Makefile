@@ -67,7 +67,9 @@ FUZZ_TARGETS := \
 	./l7/proxy:FuzzH1Translation \
 	./l7/proxy:FuzzHeaderForwarding \
 	./l7/proxy:FuzzH2Translation \
-	./l7/route:FuzzMatch
+	./l7/route:FuzzMatch \
+	./userspace/datapath:FuzzDSR \
+	./userspace/decap:FuzzDecap
 fuzz:
 	GO=$(GO) scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
