@@ -101,7 +101,7 @@ func dsrCases() []xdpCase {
 			verdict: xdpRedirect, want: toBackendIPIP(beUDP.Addr(), macBE1)},
 		{name: "dsr: a packet that fits 1500 but not once encapsulated, DF set: fragmentation needed with MTU 1480, quoting it",
 			pre: dsrService, in: fromClient(big), verdict: xdpTX,
-			want: func(_ *lab, in []byte) []byte { return fragNeededFor(in, 1480) },
+			want:  func(_ *lab, in []byte) []byte { return fragNeededFor(in, 1480) },
 			after: wantGlobal(func(g GlobalStats) bool { return g.FragNeededSent == 1 })},
 		{name: "dsr: the same once the next hop's MTU is cached",
 			pre: dsrService, before: []input{then(fromClient(syn), xdpRedirect)}, in: fromClient(big), verdict: xdpTX,
