@@ -3,6 +3,9 @@
 # demo_cluster.sh; the e2e suite builds the same config in Go
 # (e2e/cluster_test.go). The caller sets lab_dir and id.
 
+# shellcheck source=scripts/lab_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lab_lib.sh" # short_socket
+
 # node_config FILE I [MODE]: node I's sluice config: pool web of be1..be3
 # with a fast health check, service web-l4 on 198.18.1.100:80 (snat by
 # default: each node's own source, so replies come back to it), and the
@@ -45,12 +48,7 @@ node_config() {
 
 # node_socket I: node I's admin socket (short enough for a unix socket).
 node_socket() {
-	local s=$lab_dir/$id/n$1/admin.sock
-	if ((${#s} > 100)); then
-		s=/tmp/sluice-$id/n$1/admin.sock
-	fi
-	mkdir -p "$(dirname "$s")"
-	printf '%s\n' "$s"
+	short_socket "$lab_dir/$id/n$1/admin.sock" "/tmp/sluice-$id/n$1/admin.sock"
 }
 
 # backends_decap: `sluice decap attach` in be1..be3 for the lab's VIP (the

@@ -55,12 +55,7 @@ cluster_router_conf() {
 
 # ctl_path ID HOST: BIRD's control socket for HOST (short enough for a unix socket).
 ctl_path() {
-	local s=$lab_dir/$1/bird-$2.ctl
-	if ((${#s} > 100)); then
-		mkdir -p "/tmp/sluice-$1"
-		s=/tmp/sluice-$1/bird-$2.ctl
-	fi
-	printf '%s\n' "$s"
+	short_socket "$lab_dir/$1/bird-$2.ctl" "/tmp/sluice-$1/bird-$2.ctl"
 }
 
 # lab_bird ID HOST CONF: start BIRD in HOST with CONF (foreground process,

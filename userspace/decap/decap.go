@@ -33,6 +33,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/sluicelb/sluice/bpf"
+	"github.com/sluicelb/sluice/userspace/datapath"
 )
 
 // DefaultPinPath is where `sluice decap` pins its program, maps and links.
@@ -176,27 +177,15 @@ func attach(prog *ebpf.Program, dir, name, mode string) error {
 		return nil
 	}
 	_ = os.Remove(pin)
-	flags := []link.XDPAttachFlags{link.XDPDriverMode, link.XDPGenericMode}
-	switch mode {
-	case "native":
-		flags = flags[:1]
-	case "generic":
-		flags = flags[1:]
+	l, _, err := datapath.AttachXDP(prog, iface.Index, mode, nil)
+	if err != nil {
+		return fmt.Errorf("decap: attach to %s: %w", name, err)
 	}
-	var lastErr error
-	for _, f := range flags {
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: iface.Index, Flags: f})
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		defer l.Close()
-		if err := l.Pin(pin); err != nil {
-			return fmt.Errorf("decap: pin link of %s: %w", name, err)
-		}
-		return nil
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("decap: pin link of %s: %w", name, err)
 	}
-	return fmt.Errorf("decap: attach to %s: %w", name, lastErr)
+	return nil
 }
 
 // Detach removes the links (the program leaves the interfaces) and the
