@@ -292,8 +292,8 @@ func TestClusterSpreadAndAgentKill(t *testing.T) {
 	t.Logf("flows per node: %v", flows)
 	victim := c.Nodes[slices.Index(flows, slices.Max(flows))]
 	victim.Kill()
-	// Longer than the BGP hold time: BIRD keeps the session, the route
-	// stays in the kernel table, nothing moves.
+	// A few seconds: BIRD keeps the session (it has nothing to do with
+	// the agent), the route stays in the kernel table, nothing moves.
 	deadline := time.Now().Add(4 * time.Second)
 	for time.Now().Before(deadline) {
 		hops, err := c.NextHops()

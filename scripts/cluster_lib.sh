@@ -40,9 +40,9 @@ node_config() {
 		  local_asn: 64512
 		  router_id: 198.18.$((4 + i)).2
 		  peers: [{address: 198.18.$((4 + i)).1, asn: 64500}]
-		  hold_time: 3s
-		  keepalive: 1s
-		  bfd: {interval: 100ms, multiplier: 3}
+		  hold_time: 6s
+		  keepalive: 2s
+		  bfd: {interval: 200ms, multiplier: 5}
 	EOF
 }
 

@@ -20,7 +20,8 @@
 #
 # The router spreads a VIP's flows over the nodes that announce it
 # (net.ipv4.fib_multipath_hash_policy=1: source and destination address
-# and port). BFD (100 ms x 3) and hold timers of 3 s take a dead node out.
+# and port). BFD (200 ms x 5) and hold timers of 6 s take a dead node out
+# (generous for a lab whose CPUs are shared: a starved BIRD must not flap).
 # Each node runs its own `sluice agent` (pins under its own directory)
 # and its own BIRD, both started by the caller (e2e, demo-cluster), with
 # `lab.sh bird ID HOST CONF` for BIRD.
@@ -43,8 +44,8 @@ cluster_router_conf() {
 		printf 'protocol device { scan time 10; }\n'
 		printf '# ECMP: the kernel gets one route with a next hop per node that announces it\n'
 		printf 'protocol kernel { merge paths on limit 16; ipv4 { import none; export all; }; }\n'
-		printf 'protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n'
-		printf 'template bgp nodes {\n\tlocal as 64500;\n\thold time 3;\n\tkeepalive time 1;\n'
+		printf 'protocol bfd { interface "*" { min rx interval 200 ms; min tx interval 200 ms; multiplier 5; }; }\n'
+		printf 'template bgp nodes {\n\tlocal as 64500;\n\thold time 6;\n\tkeepalive time 2;\n'
 		printf '\tconnect retry time 1;\n\terror wait time 1, 5;\n\tbfd on;\n\tdirect;\n'
 		printf '\tipv4 { import where net ~ [ 198.18.1.0/24{32,32} ]; export none; };\n}\n'
 		for ((i = 1; i <= n; i++)); do
