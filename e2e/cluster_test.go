@@ -290,6 +290,19 @@ func TestClusterSpreadAndAgentKill(t *testing.T) {
 		t.Fatalf("flows per node %v: the router did not spread them", flows)
 	}
 	t.Logf("flows per node: %v", flows)
+	// Every agent reads its BIRD's session (status, sluice_bgp_session_up).
+	for _, nd := range c.Nodes {
+		waitFor(t, 5*time.Second, nd.Host+"'s BGP session in status", func() error {
+			st, err := nd.Status()
+			if err != nil {
+				return err
+			}
+			if st.Node == nil || len(st.Node.Sessions) != 1 || !st.Node.Sessions[0].Up {
+				return fmt.Errorf("node %+v", st.Node)
+			}
+			return nil
+		})
+	}
 	victim := c.Nodes[slices.Index(flows, slices.Max(flows))]
 	victim.Kill()
 	// A few seconds: BIRD keeps the session (it has nothing to do with

@@ -43,7 +43,13 @@ node_config() {
 		  hold_time: 6s
 		  keepalive: 2s
 		  bfd: {interval: 200ms, multiplier: 5}
+		  bird_socket: $(ctl_path "$id" "n$i")
 	EOF
+}
+
+# ctl_path ID HOST: BIRD's control socket for HOST (short enough for a unix socket).
+ctl_path() {
+	short_socket "$lab_dir/$1/bird-$2.ctl" "/tmp/sluice-$1/bird-$2.ctl"
 }
 
 # node_socket I: node I's admin socket (short enough for a unix socket).

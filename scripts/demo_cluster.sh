@@ -86,7 +86,7 @@ for _ in $(seq 150); do
 done
 say "the router's route for the VIP: one next hop per node"
 on router ip route show 198.18.1.100/32
-on n1 "$sluice" status --socket "$(node_socket 1)" | sed -n '1,4p'
+on n1 "$sluice" status --socket "$(node_socket 1)" | sed -n '1,5p'
 
 say "$conns long-lived connections from the client (a request every 20 ms each)"
 on client "$loadgen" --mode keepalive --conns "$conns" --interval 20ms --count 1000000 --duration 12s \

@@ -54,10 +54,8 @@ cluster_router_conf() {
 	} >"$file"
 }
 
-# ctl_path ID HOST: BIRD's control socket for HOST (short enough for a unix socket).
-ctl_path() {
-	short_socket "$lab_dir/$1/bird-$2.ctl" "/tmp/sluice-$1/bird-$2.ctl"
-}
+# shellcheck source=scripts/cluster_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cluster_lib.sh" # ctl_path
 
 # lab_bird ID HOST CONF: start BIRD in HOST with CONF (foreground process,
 # PID in the lab's state), wait for its control socket.

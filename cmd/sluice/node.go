@@ -182,6 +182,12 @@ func writeNode(w io.Writer, n *admin.Node, now time.Time) {
 		}
 		fmt.Fprintf(w, "  %-16s %-9s %s, %s (%s)\n", v.Address, state, v.Reason, since(now, v.Since), strings.Join(v.Services, ", "))
 	}
+	for _, s := range n.Sessions {
+		fmt.Fprintf(w, "  bgp %-14s %s %s\n", s.Name, s.State, s.Info)
+	}
+	if n.SessionsError != "" {
+		fmt.Fprintf(w, "  bgp sessions unknown: %s\n", n.SessionsError)
+	}
 	if n.LastError != "" {
 		fmt.Fprintf(w, "  LAST ROUTE ERROR: %s\n", n.LastError)
 	}

@@ -59,6 +59,19 @@ type Node struct {
 	Drain     *NodeDrain `json:"drain,omitempty"`
 	VIPs      []VIP      `json:"vips"`
 	LastError string     `json:"last_error,omitempty"` // the last failed route operation
+	// Sessions are the BGP sessions of the node's BIRD (read from its
+	// control socket, bgp.bird_socket); SessionsError says why they
+	// could not be read.
+	Sessions      []BGPSession `json:"bgp_sessions,omitempty"`
+	SessionsError string       `json:"bgp_sessions_error,omitempty"`
+}
+
+// BGPSession is one BGP session of BIRD, as `birdc show protocols` shows it.
+type BGPSession struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+	Info  string `json:"info"`
+	Up    bool   `json:"up"`
 }
 
 // NodeDrain is a node drain in progress or done.

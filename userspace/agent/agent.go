@@ -427,6 +427,12 @@ func (a *agent) reconcileNow() {
 // is written. A pool in which nothing happened costs a lookup.
 func (a *agent) tick(now time.Time) error {
 	counts, failures, known := a.flows.scan(now, a.rec.activeSlots())
+	if a.ann != nil {
+		// BIRD's sessions, for status and metrics: I/O, without mu.
+		ctx, cancel := context.WithTimeout(a.ctx, birdQueryTimeout)
+		a.ann.RefreshSessions(ctx)
+		cancel()
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for name, ps := range a.pools {

@@ -20,6 +20,9 @@ func NodeStateFile(socket string) string {
 	return filepath.Join(filepath.Dir(socket), "node.json")
 }
 
+// birdQueryTimeout bounds one read of BIRD's sessions (every tick).
+const birdQueryTimeout = 300 * time.Millisecond
+
 // Drain defaults of `sluice node drain`.
 const (
 	DefaultNodeDrainTimeout = 5 * time.Minute
@@ -122,7 +125,10 @@ func (a *agent) nodeStatus(cfg *config.Config) *admin.Node {
 		return nil
 	}
 	st := a.ann.Status()
-	n := &admin.Node{State: st.Node.String(), LastError: st.LastError, VIPs: []admin.VIP{}}
+	n := &admin.Node{State: st.Node.String(), LastError: st.LastError, VIPs: []admin.VIP{}, SessionsError: st.SessionsError}
+	for _, s := range st.Sessions {
+		n.Sessions = append(n.Sessions, admin.BGPSession{Name: s.Name, State: s.State, Info: s.Info, Up: s.Up()})
+	}
 	if cfg != nil && cfg.BGP != nil {
 		n.Table, n.Protocol = cfg.BGP.Table, cfg.BGP.Protocol
 	}

@@ -112,6 +112,12 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 			Log:       log.With("component", "announce"),
 			Metrics:   m.Announce,
 			StateFile: NodeStateFile(cfg.Admin.Socket),
+			BIRDSocket: func() string {
+				if b.BIRDSocket == config.BIRDSocketOff {
+					return ""
+				}
+				return b.BIRDSocket
+			}(),
 		})
 	}
 	a := newAgent(dp, options{

@@ -20,6 +20,7 @@ package announce
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,6 +86,8 @@ type Metrics interface {
 	RouteChange(action string) // "announce" or "withdraw"
 	RouteError()
 	NodeState(state string)
+	SessionUp(session string, up bool)
+	ForgetSession(session string)
 }
 
 // VIPStatus is one VIP in Status.
@@ -106,6 +109,10 @@ type Status struct {
 	DrainCause    string // why the drain ended: "quiet" or "deadline"
 	VIPs          []VIPStatus
 	LastError     string // the last failed route operation ("" when the last sync succeeded)
+	// Sessions are BIRD's BGP sessions at the last RefreshSessions, and
+	// SessionsError why they could not be read.
+	Sessions      []Session
+	SessionsError string
 }
 
 // Options configure New.
@@ -116,6 +123,9 @@ type Options struct {
 	Metrics Metrics
 	// StateFile keeps a drain across restarts ("": not kept).
 	StateFile string
+	// BIRDSocket is BIRD's control socket, read by RefreshSessions (""
+	// : sessions are not read).
+	BIRDSocket string
 }
 
 type vipState struct {
@@ -127,16 +137,20 @@ type vipState struct {
 
 // Announcer owns the VIP routes and the node's drain. Safe for concurrent use.
 type Announcer struct {
-	routes    Routes
-	log       *slog.Logger
-	metrics   Metrics
-	stateFile string
+	routes     Routes
+	log        *slog.Logger
+	metrics    Metrics
+	stateFile  string
+	birdSocket string
 
 	mu      sync.Mutex
 	vips    map[netip.Addr]*vipState
 	node    NodeState
 	drain   drainState
 	lastErr string
+
+	sessions    []Session
+	sessionsErr string
 }
 
 // drainState is a drain, as kept in the state file.
@@ -154,7 +168,7 @@ func New(o Options) *Announcer {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	a := &Announcer{routes: o.Routes, log: o.Log, metrics: o.Metrics, stateFile: o.StateFile,
-		vips: make(map[netip.Addr]*vipState)}
+		birdSocket: o.BIRDSocket, vips: make(map[netip.Addr]*vipState)}
 	if d, ok := a.loadDrain(); ok {
 		a.drain = d
 		a.node = Draining
@@ -353,7 +367,7 @@ func (a *Announcer) Observe(now, at time.Time, idle time.Duration, flows bool) b
 func (a *Announcer) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := Status{Node: a.node, LastError: a.lastErr}
+	st := Status{Node: a.node, LastError: a.lastErr, Sessions: slices.Clone(a.sessions), SessionsError: a.sessionsErr}
 	if a.node != Serving {
 		st.DrainStarted, st.DrainDeadline, st.DrainQuiet = a.drain.Started, a.drain.Deadline, a.drain.Quiet
 		st.DrainedAt, st.DrainCause = a.drain.DrainedAt, a.drain.Cause
@@ -428,4 +442,43 @@ func (a *Announcer) saveDrain() error {
 		return fmt.Errorf("write node state: %w", err)
 	}
 	return nil
+}
+
+// RefreshSessions reads BIRD's BGP sessions (status, metrics). It does
+// I/O: call it without holding the agent's lock. A failure is kept for
+// status and logged once until the next success.
+func (a *Announcer) RefreshSessions(ctx context.Context) {
+	if a.birdSocket == "" {
+		return
+	}
+	sessions, err := BIRDSessions(ctx, a.birdSocket)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		if a.sessionsErr == "" {
+			a.log.Warn("reading BIRD's sessions failed (status and metrics show none)", "socket", a.birdSocket, "err", err)
+		}
+		a.sessionsErr = err.Error()
+		sessions = nil
+	} else {
+		a.sessionsErr = ""
+	}
+	if a.metrics != nil {
+		now := make(map[string]bool, len(sessions))
+		for _, s := range sessions {
+			now[s.Name] = true
+			a.metrics.SessionUp(s.Name, s.Up())
+		}
+		for _, s := range a.sessions {
+			if !now[s.Name] {
+				a.metrics.ForgetSession(s.Name)
+			}
+		}
+	}
+	for _, s := range sessions {
+		if i := slices.IndexFunc(a.sessions, func(o Session) bool { return o.Name == s.Name }); i >= 0 && a.sessions[i].Up() != s.Up() {
+			a.log.Info("bgp session "+map[bool]string{true: "up", false: "down"}[s.Up()], "session", s.Name, "state", s.State, "info", s.Info)
+		}
+	}
+	a.sessions = sessions
 }

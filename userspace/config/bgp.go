@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"time"
 )
 
@@ -33,6 +34,9 @@ type BGP struct {
 	Communities []string `yaml:"communities"`
 	// MED is the multi-exit discriminator sent with every VIP route (0: none).
 	MED uint32 `yaml:"med"`
+	// BIRDSocket is BIRD's control socket, where the agent reads the
+	// sessions' state for status and metrics ("off": not read).
+	BIRDSocket string `yaml:"bird_socket"` // default /run/bird/bird.ctl
 
 	// RouterIDAddr is RouterID parsed.
 	RouterIDAddr netip.Addr `yaml:"-"`
@@ -61,6 +65,8 @@ const (
 	DefaultBGPTable    = 4153
 	DefaultBGPProtocol = 201
 	DefaultBGPHoldTime = 9 * time.Second
+	DefaultBIRDSocket  = "/run/bird/bird.ctl"
+	BIRDSocketOff      = "off"
 )
 
 // reservedRouteProtocols are the rtnetlink protocol numbers the kernel
@@ -80,6 +86,7 @@ func (d defaulter) bgp(b *BGP) {
 		b.Protocol = DefaultBGPProtocol
 	}
 	d.dur("bgp.hold_time", &b.HoldTime, DefaultBGPHoldTime)
+	d.str("bgp.bird_socket", &b.BIRDSocket, DefaultBIRDSocket)
 	d.dur("bgp.keepalive", &b.Keepalive, b.HoldTime.D()/3)
 	if b.BFD != nil {
 		d.dur("bgp.bfd.interval", &b.BFD.Interval, 300*time.Millisecond)
@@ -145,6 +152,9 @@ func (v *validator) bgp(c *Config) {
 		if f.Multiplier < 2 || f.Multiplier > 50 {
 			v.add("bgp.bfd.multiplier", "%d: must be between 2 and 50", f.Multiplier)
 		}
+	}
+	if b.BIRDSocket != BIRDSocketOff && !filepath.IsAbs(b.BIRDSocket) {
+		v.add("bgp.bird_socket", "%q: must be an absolute path or off", b.BIRDSocket)
 	}
 	for i, s := range b.Communities {
 		if _, _, err := ParseCommunity(s); err != nil {

@@ -18,6 +18,7 @@ type Announce struct {
 	changes   *prometheus.CounterVec
 	errors    prometheus.Counter
 	node      *prometheus.GaugeVec
+	sessions  *prometheus.GaugeVec
 }
 
 func newAnnounce() *Announce {
@@ -38,6 +39,10 @@ func newAnnounce() *Announce {
 			Name: "sluice_node_state",
 			Help: "1 for the node's drain state (serving, draining, drained), 0 for the others; absent without a bgp section.",
 		}, []string{"state"}),
+		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_bgp_session_up",
+			Help: "1 while the BGP session of the node's BIRD is established, 0 otherwise, as read from BIRD's control socket every tick.",
+		}, []string{"session"}),
 	}
 	a.changes.WithLabelValues("announce")
 	a.changes.WithLabelValues("withdraw")
@@ -59,7 +64,7 @@ func (a *Announce) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (a *Announce) collectors() []prometheus.Collector {
-	return []prometheus.Collector{a.announced, a.changes, a.errors, a.node}
+	return []prometheus.Collector{a.announced, a.changes, a.errors, a.node, a.sessions}
 }
 
 // VIPAnnounced sets sluice_vip_announced of vip.
@@ -92,3 +97,15 @@ func (a *Announce) NodeState(state string) {
 		a.node.WithLabelValues(s).Set(v)
 	}
 }
+
+// SessionUp sets sluice_bgp_session_up of a session of BIRD.
+func (a *Announce) SessionUp(session string, up bool) {
+	v := 0.0
+	if up {
+		v = 1
+	}
+	a.sessions.WithLabelValues(session).Set(v)
+}
+
+// ForgetSession deletes the series of a session BIRD no longer has.
+func (a *Announce) ForgetSession(session string) { a.sessions.DeleteLabelValues(session) }

@@ -593,6 +593,7 @@ func populated(t *testing.T) *Metrics {
 	m.Announce.RouteChange("announce")
 	m.Announce.RouteError()
 	m.Announce.NodeState("serving")
+	m.Announce.SessionUp("sluice_peer1", true)
 	return m
 }
 
