@@ -120,10 +120,15 @@ func (a *agent) NodeUndrain(ctx context.Context) error {
 }
 
 // nodeStatus is the node part of Status (nil without a bgp section).
+// Called without mu: it reads BIRD's sessions.
 func (a *agent) nodeStatus(cfg *config.Config) *admin.Node {
 	if a.ann == nil {
 		return nil
 	}
+	// The sessions as they are now, not as the last tick saw them.
+	ctx, cancel := context.WithTimeout(a.ctx, birdQueryTimeout)
+	a.ann.RefreshSessions(ctx)
+	cancel()
 	st := a.ann.Status()
 	n := &admin.Node{State: st.Node.String(), LastError: st.LastError, VIPs: []admin.VIP{}, SessionsError: st.SessionsError}
 	for _, s := range st.Sessions {
