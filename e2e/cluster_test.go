@@ -357,6 +357,26 @@ func TestClusterNoBackendWithdrawn(t *testing.T) {
 	if r := c.Load("--mode", "newconn", "--count", "20", "--duration", "10s"); r.Failures != 0 {
 		t.Fatalf("after the backends came back: %d failures %v", r.Failures, r.Samples)
 	}
+
+	// A node whose BIRD hangs (no link goes down, no session closes) is
+	// taken out by BFD: 200 ms x 5 in the lab.
+	b, err := os.ReadFile(filepath.Join(env.repoRoot, ".lab", c.ID, "bird-n2.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	took = c.WaitNextHops(t, 5*time.Second, c.frontIPs(2)...)
+	t.Logf("n2's BIRD hung: withdrawn by BFD after %s", took.Round(time.Millisecond))
+	if took > 3*time.Second {
+		t.Errorf("BFD took %s to take the hung node out (200 ms x 5 configured)", took)
+	}
 }
 
 // load is a bounded load from the client: long-lived connections
