@@ -161,9 +161,15 @@ func (v *validator) bgp(c *Config) {
 			v.add(fmt.Sprintf("bgp.communities[%d]", i), "%v", err)
 		}
 	}
-	for _, s := range c.L4Services() {
+	for i, s := range c.Services {
+		if !s.IsL4() {
+			continue
+		}
 		if s.ListenAddr.IsValid() && !s.ListenAddr.Addr().Is4() {
 			v.add("bgp", "service %q: only IPv4 VIPs are announced for now", s.Name)
+		}
+		if s.Mode == ModeNAT {
+			v.warn(fmt.Sprintf("services[%d].mode", i), "mode nat behind ECMP: a flow's answers must come back through the node that holds it, which routing cannot promise; use dsr (or snat, whose flows break when they move to another node), see docs/scale-out.md")
 		}
 	}
 }

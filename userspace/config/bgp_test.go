@@ -65,3 +65,25 @@ func TestBGPInvalid(t *testing.T) {
 		}
 	}
 }
+
+func TestBGPWarnsAboutNAT(t *testing.T) {
+	c, err := Parse([]byte(bgpBase+`bgp:
+  local_asn: 64512
+  router_id: 198.18.4.11
+  peers: [{address: 198.18.4.1, asn: 64500}]
+`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := strings.Join(c.WarningLines(), "\n"); !strings.Contains(w, "mode nat behind ECMP") {
+		t.Fatalf("warnings: %q", w)
+	}
+	c, err = Parse([]byte(strings.Replace(bgpBase, "    pool: web\n", "    mode: dsr\n    pool: web\n", 1)+`bgp:
+  local_asn: 64512
+  router_id: 198.18.4.11
+  peers: [{address: 198.18.4.1, asn: 64500}]
+`), "")
+	if err != nil || strings.Contains(strings.Join(c.WarningLines(), "\n"), "behind ECMP") {
+		t.Fatalf("dsr: %v %v", err, c.WarningLines())
+	}
+}
