@@ -845,13 +845,16 @@ int sluice_xdp(struct xdp_md *ctx)
 				if (st != ct->state)
 					ct->state = st;
 			}
-			count_service(svc_id, bytes, 0);
-			count_backend(slot, bytes, 0);
-			if (svc->mode == MODE_DSR)
+			if (svc->mode == MODE_DSR) {
+				count_service(svc_id, bytes, 0);
+				count_backend(slot, bytes, 0);
 				return dsr_send(ctx, &p, b, slot, now, &k);
+			}
 			if (rewrite(&p, data_end, ct->saddr_new, ct->sport_new, ct->daddr_new,
 				    ct->dport_new))
 				return XDP_DROP;
+			count_service(svc_id, bytes, 0);
+			count_backend(slot, bytes, 0);
 			return send_cached(ctx, &p, data_end, bpf_map_lookup_elem(&backend_hops, &slot),
 					   p.ip->daddr, now, &k);
 		}
