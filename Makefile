@@ -12,7 +12,7 @@ export PATH := $(dir $(GO)):$(PATH)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build testbins generate check-generated deps test unit fuzz dashboard-check e2e e2e-race demo bench lint clean install uninstall
+.PHONY: all build testbins generate check-generated deps test unit fuzz dashboard-check e2e e2e-race demo demo-cluster bench lint clean install uninstall
 
 all: build
 
@@ -67,7 +67,9 @@ FUZZ_TARGETS := \
 	./l7/proxy:FuzzH1Translation \
 	./l7/proxy:FuzzHeaderForwarding \
 	./l7/proxy:FuzzH2Translation \
-	./l7/route:FuzzMatch
+	./l7/route:FuzzMatch \
+	./userspace/datapath:FuzzDSR \
+	./userspace/decap:FuzzDecap
 fuzz:
 	GO=$(GO) scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
@@ -87,6 +89,10 @@ test: deps check-generated unit fuzz dashboard-check e2e
 
 demo: deps build testbins
 	scripts/demo.sh
+
+# Three nodes behind an ECMP router (BIRD), mode dsr: a node dies, flows go on.
+demo-cluster: deps build testbins
+	scripts/demo_cluster.sh
 
 bench: build
 	scripts/deps.sh --bench

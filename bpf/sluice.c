@@ -596,6 +596,8 @@ static __always_inline int snat_source(const struct ct_key *k, const struct svc_
 	return 0;
 }
 
+#include "include/dsr.h" /* builds on send_cached and the maps above */
+
 /* handle_vip forwards a packet to a VIP's service: its flow's backend, or
  * for a new flow the one Maglev picks, tracked half-open until the backend
  * confirms it. */
@@ -668,6 +670,17 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 				if (st != ct->state)
 					ct->state = st;
 			}
+			if (svc->mode == MODE_DSR) {
+				/* The backend's answer never passes a node: a DSR
+				 * flow is confirmed by the client's second packet
+				 * (the handshake's ACK), so spoofed one-packet
+				 * floods still churn the half-open table alone. */
+				if (!confirmed && !syn)
+					dsr_confirm(&k, ct);
+				count_service(svc_id, bytes, 0);
+				count_backend(slot, bytes, 0);
+				return dsr_send(ctx, p, b, slot, now, &k);
+			}
 			if (rewrite(p, data_end, ct->saddr_new, ct->sport_new, ct->daddr_new, ct->dport_new))
 				return XDP_DROP;
 			count_service(svc_id, bytes, 0);
@@ -714,7 +727,7 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 				return XDP_DROP;
 			return answer_rst(ctx, p);
 		}
-	} else if (nat_conflict(&k, b, now)) {
+	} else if (svc->mode == MODE_NAT && nat_conflict(&k, b, now)) {
 		struct svc_counters *s = svc_stats_of(svc_id);
 		return refuse_new_flow(ctx, p, tcp, s, rst_nat_conflict, drop_nat_conflict);
 	}
@@ -724,6 +737,13 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 	 * back to its old backend: it goes, with its snat reverse entry. */
 	if (old_confirmed)
 		forget_flow(&k, old_confirmed, 1);
+	if (svc->mode == MODE_DSR) {
+		if (bpf_map_update_elem(&halfopen, &k, &fv, BPF_ANY))
+			GCOUNT(ct_update_failures);
+		count_service(svc_id, bytes, 1);
+		count_backend(slot, bytes, 1);
+		return dsr_send(ctx, p, b, slot, now, &k);
+	}
 	if (rewrite(p, data_end, fv.saddr_new, fv.sport_new, fv.daddr_new, fv.dport_new))
 		return XDP_DROP;
 	/* The next hop towards a backend is the same for all its flows: a new

@@ -206,6 +206,7 @@ type SluiceSvcMode uint32
 const (
 	SluiceSvcModeMODE_NAT  SluiceSvcMode = 0
 	SluiceSvcModeMODE_SNAT SluiceSvcMode = 1
+	SluiceSvcModeMODE_DSR  SluiceSvcMode = 2
 )
 
 type SluiceSvcValue struct {

@@ -170,6 +170,13 @@ type Lab struct {
 // newLab brings up a lab; t.Cleanup stops its processes and takes it down.
 func newLab(t *testing.T) *Lab {
 	t.Helper()
+	return newLabWith(t, "up")
+}
+
+// newLabWith brings up a lab with `lab.sh VERB ID ARGS...` (up, or
+// up-cluster N for the multi-node lab).
+func newLabWith(t *testing.T, verb string, args ...string) *Lab {
+	t.Helper()
 	requireLab(t)
 	var b [3]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -184,12 +191,12 @@ func newLab(t *testing.T) *Lab {
 			t.Errorf("lab.sh down %s: %v\n%s", l.ID, err, out)
 		}
 	})
-	up := exec.Command(lab, "up", l.ID)
+	up := exec.Command(lab, append([]string{verb, l.ID}, args...)...)
 	// lab.sh gc takes the lab down if this process dies without cleaning up.
 	up.Env = append(os.Environ(), fmt.Sprintf("LAB_OWNER_PID=%d", os.Getpid()))
 	out, err := up.CombinedOutput()
 	if err != nil {
-		t.Fatalf("lab.sh up %s: %v\n%s", l.ID, err, out)
+		t.Fatalf("lab.sh %s %s: %v\n%s", verb, l.ID, err, out)
 	}
 	l.Env, err = readEnv(filepath.Join(env.repoRoot, ".lab", l.ID+".env"))
 	if err != nil {

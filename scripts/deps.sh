@@ -92,6 +92,9 @@ else
 		"wrk wrk"
 		"curl curl"
 		"jq jq"
+		# the multi-node lab's router and nodes (docs/scale-out.md): BIRD 2
+		# speaks BGP for sluice, the agent only writes the routes it exports
+		"bird2 bird"
 	)
 	# vagrant: deploy/deploy_test.go runs `vagrant validate` on the Vagrantfile;
 	# the Vagrant VMs themselves set SLUICE_DEPS_VAGRANT=0.

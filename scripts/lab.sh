@@ -2,6 +2,12 @@
 # lab.sh: the sluice netns lab (see docs/lab.md).
 #
 #   scripts/lab.sh up [ID]        build the lab, print its ID, write .lab/ID.env
+#   scripts/lab.sh up-cluster [ID] [N]
+#                                 the multi-node lab instead: a router (BIRD,
+#                                 ECMP) and N sluice nodes (default 3; see
+#                                 scripts/lab_cluster.sh)
+#   scripts/lab.sh bird ID HOST CONF
+#                                 start BIRD 2 in HOST with CONF
 #   scripts/lab.sh down ID        remove every namespace of ID, kill what it started
 #   scripts/lab.sh backends ID    start the test backend in be1..be3 (HTTP :80, UDP :5353)
 #   scripts/lab.sh env ID         print the env file of ID
@@ -40,6 +46,8 @@ set -Eeuo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lab_lib.sh
 source "$repo_root/scripts/lab_lib.sh"
+# shellcheck source=scripts/lab_cluster.sh
+source "$repo_root/scripts/lab_cluster.sh"
 lab_dir=${LAB_DIR:-$repo_root/.lab}
 xdppass_obj=${XDPPASS_OBJ:-$repo_root/bpf/xdppass_bpfel.o}
 
@@ -48,7 +56,7 @@ die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
 	cat >&2 <<-'EOF'
-		usage: lab.sh up [ID] | down ID | backends ID | dns ID FILE | env ID | gc | exec ID HOST CMD...
+		usage: lab.sh up [ID] | up-cluster [ID] [N] | down ID | backends ID | dns ID FILE | bird ID HOST CONF | env ID | gc | exec ID HOST CMD...
 	EOF
 	exit 2
 }
@@ -259,7 +267,11 @@ lab_down() {
 		done
 	fi
 
-	for h in "${hosts[@]}"; do
+	# Every namespace of the lab, whatever its topology (lab_cluster.sh
+	# adds router and n1..n3).
+	local all
+	mapfile -t all < <(ip netns list 2>/dev/null | awk -v p="sl-$id-" 'index($1, p) == 1 { print substr($1, length(p) + 1) }')
+	for h in "${all[@]}"; do
 		ns=$(ns_name "$id" "$h")
 		ns_exists "$ns" || continue
 		# Anything still running inside a namespace of this lab was started for it.
@@ -272,14 +284,15 @@ lab_down() {
 
 	# per-run bpffs pins of demo.sh, the e2e suite and the benchmarks
 	local pin
-	for pin in /sys/fs/bpf/sluice{,-e2e,-bench,-benchdns}-"$id"; do
+	# (and of the cluster lab: sluice-ID-n1.., sluice-ID-be1-decap..)
+	for pin in /sys/fs/bpf/sluice{,-e2e,-bench,-benchdns}-"$id" /sys/fs/bpf/sluice-"$id"-*; do
 		if [[ -e $pin ]]; then
 			rm -rf -- "$pin"
 			log "removed pins $pin"
 		fi
 	done
 
-	rm -rf -- "${lab_dir:?}/$id" "$lab_dir/$id.env"
+	rm -rf -- "${lab_dir:?}/$id" "$lab_dir/$id.env" "/tmp/sluice-$id"
 	log "lab $id down"
 }
 
@@ -388,6 +401,17 @@ main() {
 			id=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
 		fi
 		lab_up "$id"
+		;;
+	up-cluster)
+		local id=${1:-} n=${2:-3}
+		if [[ -z $id ]]; then
+			id=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+		fi
+		cluster_up "$id" "$n"
+		;;
+	bird)
+		(($# == 3)) || usage
+		lab_bird "$1" "$2" "$3"
 		;;
 	down)
 		(($# == 1)) || usage

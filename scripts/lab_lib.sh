@@ -6,11 +6,15 @@
 # admin_socket: the agent's admin socket, under $state unless that path is
 # too long for a unix socket (108 bytes), then under /tmp/sluice-$id.
 admin_socket() {
-	local s=$state/admin.sock
-	if ((${#s} > 100)); then
-		s=/tmp/sluice-$id/admin.sock
-		mkdir -p "$(dirname "$s")"
-	fi
+	short_socket "$state/admin.sock" "/tmp/sluice-$id/admin.sock"
+}
+
+# short_socket PATH ALT: PATH, or ALT when PATH is too long for a unix
+# socket (108 bytes); the directory of the one printed exists.
+short_socket() {
+	local s=$1
+	((${#s} <= 100)) || s=$2
+	mkdir -p "$(dirname "$s")"
 	printf '%s\n' "$s"
 }
 

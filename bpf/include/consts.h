@@ -51,4 +51,5 @@ enum addr_flags {
 enum svc_mode {
 	MODE_NAT = 0,  /* DNAT only: backends route replies back through sluice */
 	MODE_SNAT = 1, /* DNAT + SNAT: backends can be anywhere */
+	MODE_DSR = 2,  /* IPIP to the backend, replies go to the client directly (dsr.h) */
 };

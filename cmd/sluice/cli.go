@@ -57,6 +57,9 @@ type env struct {
 	// (a running agent, whatever its admin socket).
 	pinsHeld func(pinPath string) (bool, error)
 	runAgent func(ctx context.Context, configPath string, log *slog.Logger, version string) error
+	// withdrawAll deletes every VIP route of the agent's table and
+	// protocol (teardown of a node with a bgp section).
+	withdrawAll func(table, protocol int) (int, error)
 }
 
 // command is one verb of the CLI.
@@ -95,6 +98,8 @@ func commands() []*command {
 		conntrackCmd(),
 		drainCmd(),
 		undrainCmd(),
+		nodeCmd(),
+		decapCmd(),
 		reloadCmd(),
 		teardownCmd(),
 		versionCmd(),

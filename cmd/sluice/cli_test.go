@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -122,6 +123,28 @@ func (f *fakeAgent) Undrain(_ context.Context, pool, address string) error {
 func (f *fakeAgent) Reload(context.Context) error {
 	f.record("reload")
 	return f.reloadErr
+}
+
+func (f *fakeAgent) NodeDrain(_ context.Context, timeout, quiet time.Duration) error {
+	f.record(fmt.Sprintf("node-drain %s %s", timeout, quiet))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.status.Node == nil {
+		return fmt.Errorf("no bgp section: %w", admin.ErrBadRequest)
+	}
+	f.status.Node.State = "draining"
+	return nil
+}
+
+func (f *fakeAgent) NodeUndrain(context.Context) error {
+	f.record("node-undrain")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.status.Node == nil {
+		return fmt.Errorf("no bgp section: %w", admin.ErrBadRequest)
+	}
+	f.status.Node.State = "serving"
+	return nil
 }
 
 // fakePinned is a flowReader over fixed data path flows.
@@ -241,7 +264,7 @@ func (h *harness) run(args ...string) (code int, stdout, stderr string) {
 }
 
 // The command list of the design and docs: help must cover each.
-var wantCommands = []string{"agent", "check", "status", "backends", "conntrack", "drain", "undrain", "reload", "teardown", "version", "help"}
+var wantCommands = []string{"agent", "check", "status", "backends", "conntrack", "drain", "undrain", "node", "decap", "reload", "teardown", "version", "help"}
 
 func TestHelp(t *testing.T) {
 	h := newHarness(t, true)
@@ -794,5 +817,76 @@ func TestDrainWait(t *testing.T) {
 	code, _, stderr = h.run("drain", "--wait", "--timeout", "100ms", "web", "198.18.2.12:80", "--socket", "@SOCK")
 	if code != exitFailure || !strings.Contains(stderr, "deadline exceeded") || time.Since(start) > 3*time.Second {
 		t.Errorf("drain --wait --timeout: exit %d stderr %q after %v", code, stderr, time.Since(start))
+	}
+}
+
+func TestNodeDrainCommand(t *testing.T) {
+	h := newHarness(t, false)
+	// Without a bgp section the agent refuses.
+	if code, _, stderr := h.run("node", "drain", "--socket", "@SOCK"); code != exitFailure || !strings.Contains(stderr, "bgp") {
+		t.Fatalf("no bgp: exit %d stderr %q", code, stderr)
+	}
+	h.agent.mu.Lock()
+	h.agent.status.Node = &admin.Node{State: "serving", Table: 4153, Protocol: 201,
+		VIPs: []admin.VIP{{Address: "198.18.1.100", Services: []string{"web-l4"}, Announced: true, Reason: "serving"}}}
+	polls := 0
+	h.agent.onStatus = func(st *admin.Status) {
+		if st.Node.State == "draining" {
+			st.Node.VIPs[0].Announced, st.Node.VIPs[0].Reason = false, "node draining"
+			if polls++; polls > 2 {
+				at := testNow.Add(7 * time.Second)
+				st.Node.State = "drained"
+				st.Node.Drain = &admin.NodeDrain{Started: testNow, DrainedAt: &at, Cause: "quiet"}
+			}
+		}
+	}
+	h.agent.mu.Unlock()
+	code, out, stderr := h.run("node", "drain", "--quiet", "2s", "--socket", "@SOCK")
+	if code != exitOK || !strings.Contains(out, "withdrawn: 198.18.1.100") || !strings.Contains(out, "drained (quiet) after 7s") {
+		t.Fatalf("node drain: exit %d out %q stderr %q", code, out, stderr)
+	}
+	if !slices.Contains(h.agent.calls, "node-drain 0s 2s") {
+		t.Fatalf("calls %v", h.agent.calls)
+	}
+	code, out, _ = h.run("status", "--socket", "@SOCK")
+	if code != exitOK || !strings.Contains(out, "node: drained (VIP routes in table 4153, protocol 201)") {
+		t.Fatalf("status: %q", out)
+	}
+	if code, out, _ := h.run("node", "undrain", "--socket", "@SOCK"); code != exitOK || !strings.Contains(out, "node serving") {
+		t.Fatalf("undrain: exit %d %q", code, out)
+	}
+	if code, _, _ := h.run("node", "sideways", "--socket", "@SOCK"); code != exitUsage {
+		t.Fatalf("unknown action: exit %d", code)
+	}
+}
+
+func TestNodeBIRDConfig(t *testing.T) {
+	h := newHarness(t, true)
+	path := filepath.Join(t.TempDir(), "sluice.yaml")
+	cfg := `interfaces: [eth0]
+pools: [{name: web, backends: [{address: 198.18.2.11:80}]}]
+services: [{name: web-l4, listen: 198.18.1.100:80, pool: web}]
+bgp:
+  local_asn: 64512
+  router_id: 198.18.4.11
+  hold_time: 3s
+  keepalive: 1s
+  bfd: {interval: 100ms}
+  communities: ["64512:7"]
+  peers: [{address: 198.18.4.1, asn: 64500}]
+`
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := h.run("node", "bird-config", "-c", path)
+	for _, want := range []string{"router id 198.18.4.11;", "kernel table 4153;", "import where krt_source = 201 && net.len = 32;",
+		"neighbor 198.18.4.1 as 64500;", "local as 64512;", "hold time 3;", "keepalive time 1;", "bfd on;",
+		"min rx interval 100 ms;", "bgp_community.add((64512, 7));", "export filter sluice_export;"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("bird config lacks %q", want)
+		}
+	}
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
 	}
 }

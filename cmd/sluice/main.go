@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/agent"
+	"github.com/sluicelb/sluice/userspace/announce"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 )
@@ -59,5 +60,8 @@ func systemEnv() *env {
 		},
 		pinsHeld: datapath.PinPathHeld,
 		runAgent: agent.Run,
+		withdrawAll: func(table, protocol int) (int, error) {
+			return announce.WithdrawAll(announce.Netlink{Table: table, Protocol: protocol})
+		},
 	}
 }

@@ -66,6 +66,9 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 		fmt.Fprintf(w, "data path: started on fresh maps at this start (the pinned ones had another release's layout: %s; flows were forgotten)\n",
 			strings.Join(st.LayoutReset, ", "))
 	}
+	if st.Node != nil {
+		writeNode(w, st.Node, now)
+	}
 	fmt.Fprintln(w)
 	if len(st.NotApplied) > 0 {
 		fmt.Fprintf(w, "NOT APPLIED (the last start or reload could not apply %d thing%s of the config):\n", len(st.NotApplied), plural(len(st.NotApplied)))

@@ -25,7 +25,9 @@ func teardownCmd() *command {
 Detaches the XDP programs and removes every map and link pinned under the pin
 path (default ` + defaultPinPath + `), so nothing of sluice stays in the
 kernel, and the managed neighbour entries the agent added for its backends'
-next hops. Flows through sluice stop. Stop the agent first: teardown
+next hops. With -c FILE of a config with a bgp section it first withdraws
+every VIP route of the agent's table (the node stops attracting traffic it
+can no longer forward) and forgets a node drain. Flows through sluice stop. Stop the agent first: teardown
 refuses while an agent answers on the admin socket or holds the pin
 directory's lock (an agent with another socket), unless --force.`,
 		maxArgs: 0,
@@ -55,13 +57,22 @@ directory's lock (an agent with another socket), unless --force.`,
 						return fmt.Errorf("cannot tell whether an agent is running (%w): stop it first, or use --force", err)
 					}
 				}
+				if r.cfg != nil && r.cfg.BGP != nil && e.withdrawAll != nil {
+					n, err := e.withdrawAll(int(r.cfg.BGP.Table), int(r.cfg.BGP.Protocol))
+					if err != nil {
+						return fmt.Errorf("withdrawing the VIP routes: %w", err)
+					}
+					fmt.Fprintf(e.stdout, "withdrew %d VIP route%s from table %d\n", n, plural(n), r.cfg.BGP.Table)
+				}
 				if err := e.teardown(r.pinPath); err != nil {
 					return fmt.Errorf("tearing down %s: %w", r.pinPath, err)
 				}
 				// The agent's saved decisions (drains, ejections) belong to
 				// the data path just removed.
-				if err := os.Remove(agent.StateFile(r.socket)); err != nil && !errors.Is(err, iofs.ErrNotExist) {
-					return fmt.Errorf("removing the agent's saved state: %w", err)
+				for _, f := range []string{agent.StateFile(r.socket), agent.NodeStateFile(r.socket)} {
+					if err := os.Remove(f); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+						return fmt.Errorf("removing the agent's saved state: %w", err)
+					}
 				}
 				fmt.Fprintf(e.stdout, "detached sluice and removed its pins under %s\n", r.pinPath)
 				return nil

@@ -25,7 +25,9 @@ type fakeAgent struct {
 	reloadErr error
 	drained   map[string]bool // pool/address
 	lastF     FlowFilter
-	block     chan struct{} // when set, Status waits on it or ctx
+	block     chan struct{}   // when set, Status waits on it or ctx
+	nodeDrain []time.Duration // timeout, quiet of the last NodeDrain
+	undrained bool
 }
 
 func newFakeAgent() *fakeAgent {
@@ -115,6 +117,20 @@ func (f *fakeAgent) Undrain(_ context.Context, pool, address string) error {
 }
 
 func (f *fakeAgent) Reload(context.Context) error { return f.reloadErr }
+
+func (f *fakeAgent) NodeDrain(_ context.Context, timeout, quiet time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nodeDrain = []time.Duration{timeout, quiet}
+	return nil
+}
+
+func (f *fakeAgent) NodeUndrain(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.undrained = true
+	return nil
+}
 
 // serve starts a server for a on a socket in a temp dir and returns a
 // client for it; the server stops when the test ends.
@@ -484,5 +500,28 @@ func TestProbe(t *testing.T) {
 	}
 	if _, err := os.Lstat(sock); err != nil {
 		t.Errorf("Probe touched the live socket: %v", err)
+	}
+}
+
+func TestNodeDrain(t *testing.T) {
+	a := newFakeAgent()
+	c := serve(t, a, filepath.Join(t.TempDir(), "admin.sock"))
+	ctx := context.Background()
+	if err := c.NodeDrain(ctx, time.Minute, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.NodeUndrain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	got, undrained := a.nodeDrain, a.undrained
+	a.mu.Unlock()
+	if len(got) != 2 || got[0] != time.Minute || got[1] != 2*time.Second || !undrained {
+		t.Fatalf("drain %v undrained %v", got, undrained)
+	}
+	// A hostile duration is refused before it reaches the agent.
+	err := c.do(ctx, c.timeout, http.MethodPost, "/v1/node/drain", NodeDrainRequest{Timeout: "-5s"}, nil)
+	if !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("negative timeout: %v", err)
 	}
 }

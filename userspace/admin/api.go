@@ -18,6 +18,11 @@ type Agent interface {
 	Undrain(ctx context.Context, pool, address string) error
 	// Reload re-reads the config file; an invalid file is refused and the old one stays.
 	Reload(ctx context.Context) error
+	// NodeDrain withdraws every VIP of the node and drains it: done once
+	// no packet arrived for quiet, or at timeout (0: the agent's defaults).
+	NodeDrain(ctx context.Context, timeout, quiet time.Duration) error
+	// NodeUndrain ends a node drain: usable VIPs are announced again.
+	NodeUndrain(ctx context.Context) error
 }
 
 // Status is the whole picture: services, pools and every address.
@@ -39,6 +44,58 @@ type Status struct {
 	// made this agent start the data path state on fresh maps (empty: the
 	// pinned state was adopted). See docs/architecture.md, "Layout version".
 	LayoutReset []string `json:"layout_reset,omitempty"`
+	// Node is the VIP announcements and the node's drain (absent without
+	// a bgp section).
+	Node *Node `json:"node,omitempty"`
+}
+
+// Node is what the node announces and where it stands in a drain.
+type Node struct {
+	State string `json:"state"` // serving | draining | drained
+	// Table and Protocol are the routing table and route protocol the
+	// agent writes the VIP routes to (what BIRD exports).
+	Table     uint32     `json:"table"`
+	Protocol  uint8      `json:"protocol"`
+	Drain     *NodeDrain `json:"drain,omitempty"`
+	VIPs      []VIP      `json:"vips"`
+	LastError string     `json:"last_error,omitempty"` // the last failed route operation
+	// Sessions are the BGP sessions of the node's BIRD (read from its
+	// control socket, bgp.bird_socket); SessionsError says why they
+	// could not be read.
+	Sessions      []BGPSession `json:"bgp_sessions,omitempty"`
+	SessionsError string       `json:"bgp_sessions_error,omitempty"`
+}
+
+// BGPSession is one BGP session of BIRD, as `birdc show protocols` shows it.
+type BGPSession struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+	Info  string `json:"info"`
+	Up    bool   `json:"up"`
+}
+
+// NodeDrain is a node drain in progress or done.
+type NodeDrain struct {
+	Started   time.Time  `json:"started"`
+	Deadline  time.Time  `json:"deadline"`
+	Quiet     string     `json:"quiet"`
+	DrainedAt *time.Time `json:"drained_at,omitempty"`
+	Cause     string     `json:"cause,omitempty"` // quiet | deadline
+}
+
+// VIP is one announced (or withdrawn) VIP.
+type VIP struct {
+	Address   string    `json:"address"`
+	Services  []string  `json:"services"`
+	Announced bool      `json:"announced"`
+	Reason    string    `json:"reason"` // serving, or why it is withdrawn
+	Since     time.Time `json:"since"`
+}
+
+// NodeDrainRequest is the body of POST /v1/node/drain.
+type NodeDrainRequest struct {
+	Timeout string `json:"timeout,omitempty"` // Go duration; "" the agent's default
+	Quiet   string `json:"quiet,omitempty"`
 }
 
 // Interface is the XDP program's attachment to one interface.

@@ -110,6 +110,23 @@ func (c *Client) Reload(ctx context.Context) error {
 	return c.do(ctx, c.reloadTimeout, http.MethodPost, "/v1/reload", struct{}{}, nil)
 }
 
+// NodeDrain withdraws the node's VIPs and starts its drain (0: defaults).
+func (c *Client) NodeDrain(ctx context.Context, timeout, quiet time.Duration) error {
+	req := NodeDrainRequest{}
+	if timeout > 0 {
+		req.Timeout = timeout.String()
+	}
+	if quiet > 0 {
+		req.Quiet = quiet.String()
+	}
+	return c.do(ctx, c.timeout, http.MethodPost, "/v1/node/drain", req, nil)
+}
+
+// NodeUndrain ends a node drain.
+func (c *Client) NodeUndrain(ctx context.Context) error {
+	return c.do(ctx, c.timeout, http.MethodPost, "/v1/node/undrain", struct{}{}, nil)
+}
+
 func (c *Client) do(ctx context.Context, timeout time.Duration, method, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -52,6 +52,8 @@ func NewServer(a Agent, log *slog.Logger) *Server {
 	s.mux.HandleFunc("/v1/drain", s.only(http.MethodPost, s.handleDrain))
 	s.mux.HandleFunc("/v1/undrain", s.only(http.MethodPost, s.handleUndrain))
 	s.mux.HandleFunc("/v1/reload", s.only(http.MethodPost, s.handleReload))
+	s.mux.HandleFunc("/v1/node/drain", s.only(http.MethodPost, s.handleNodeDrain))
+	s.mux.HandleFunc("/v1/node/undrain", s.only(http.MethodPost, s.handleNodeUndrain))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, KindNotFound, fmt.Sprintf("no endpoint %s", r.URL.Path))
 	})
@@ -330,6 +332,52 @@ func (s *Server) handleReload(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("admin reload applied")
 	writeJSON(w, http.StatusOK, Ack{Message: "config reloaded"})
+}
+
+func (s *Server) handleNodeDrain(w http.ResponseWriter, r *http.Request) {
+	var req NodeDrainRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, KindBadRequest, err.Error())
+		return
+	}
+	timeout, err := optionalDuration("timeout", req.Timeout)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, KindBadRequest, err.Error())
+		return
+	}
+	quiet, err := optionalDuration("quiet", req.Quiet)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, KindBadRequest, err.Error())
+		return
+	}
+	if err := s.agent.NodeDrain(r.Context(), timeout, quiet); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("admin node drain", "timeout", req.Timeout, "quiet", req.Quiet)
+	writeJSON(w, http.StatusOK, Ack{Message: "node draining: every VIP withdrawn"})
+}
+
+func (s *Server) handleNodeUndrain(w http.ResponseWriter, r *http.Request) {
+	if err := s.agent.NodeUndrain(r.Context()); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("admin node undrain")
+	writeJSON(w, http.StatusOK, Ack{Message: "node serving: usable VIPs announced"})
+}
+
+// optionalDuration parses a duration field: "" is 0, anything else must
+// be between 1ms and 24h.
+func optionalDuration(name, v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Millisecond || d > 24*time.Hour {
+		return 0, fmt.Errorf("%s %q: want a duration between 1ms and 24h", name, v)
+	}
+	return d, nil
 }
 
 // fail writes err with the status code its kind maps to.

@@ -39,6 +39,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 		pools[name] = ps
 	}
 	a.mu.Unlock()
+	st.Node = a.nodeStatus(cfg)
 	if lr, ok := a.rec.dp.(interface{ LayoutReset() []string }); ok {
 		st.LayoutReset = lr.LayoutReset()
 	}
@@ -315,6 +316,9 @@ func (a *agent) restartOnly(next *config.Config) []string {
 	}
 	if cur.Admin != next.Admin {
 		out = append(out, fmt.Sprintf("admin socket changed to %s: it takes effect on restart (the agent answers on %s)", next.Admin.Socket, cur.Admin.Socket))
+	}
+	if bgpRoutes(cur.BGP) != bgpRoutes(next.BGP) {
+		out = append(out, "bgp section added or removed, or its table or protocol changed: it takes effect on restart")
 	}
 	if cur.Metrics != next.Metrics {
 		out = append(out, fmt.Sprintf("metrics listen address changed to %s: it takes effect on restart (the agent serves %s)", next.Metrics.Listen, cur.Metrics.Listen))

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicelb/sluice/userspace/announce"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/discovery"
@@ -84,6 +85,8 @@ type options struct {
 	// stateFile is where operator drains, drain deadlines and ejections
 	// are kept across restarts ("": not kept; Run uses StateFile).
 	stateFile string
+	// announce announces the VIPs (nil: the config has no bgp section).
+	announce *announce.Announcer
 }
 
 // poolState is a pool the agent runs: configured, or dropped from the
@@ -123,6 +126,10 @@ type agent struct {
 	trackers    *trackers
 	health      *healthStage
 	l7          *l7Stage // nil: http services not served
+	// ann announces the VIPs over BGP (nil: no bgp section at start). It
+	// has its own lock; the agent calls it with mu held (lock order mu ->
+	// ann), after each reconcile.
+	ann *announce.Announcer
 	// reloadMu serializes reloads: apply, then the watcher and L7 syncs,
 	// which run without mu.
 	reloadMu sync.Mutex
@@ -182,6 +189,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		trackers:    newTrackers(o.log.With("component", "eject"), ejectionMetrics(o.metrics)),
 		health:      newHealthStage(o.ctx, o.log, o.metrics, o.now),
 		pools:       make(map[string]*poolState),
+		ann:         o.announce,
 	}
 	a.dns = newDNSAdapter(o.log, forgetName)
 	if o.dns != nil {
@@ -352,6 +360,9 @@ func (a *agent) apply(now time.Time, cfg *config.Config) []string {
 	var want []wantService
 	for _, sc := range cfg.L4Services() {
 		val := datapath.Service{Mode: datapath.ModeNAT, PoolID: datapath.PoolID(sc.Pool)}
+		if sc.Mode == config.ModeDSR {
+			val.Mode = datapath.ModeDSR
+		}
 		if sc.Mode == config.ModeSNAT {
 			val.Mode = datapath.ModeSNAT
 			if sc.SNATSource != "" {
@@ -386,13 +397,18 @@ func serviceKey(sc config.Service) datapath.ServiceKey {
 	return serviceKeyOf(sc.ListenAddr, proto)
 }
 
-// reconcileLocked has the reconciler mirror every pool. Called with mu held.
+// reconcileLocked has the reconciler mirror every pool, then the
+// announcer follow what the tables now serve: a VIP is withdrawn in the
+// pass that empties its last table and announced only after one is
+// written. Called with mu held.
 func (a *agent) reconcileLocked(now time.Time) error {
 	refs := make([]poolRef, 0, len(a.pools))
 	for name, ps := range a.pools {
 		refs = append(refs, poolRef{name: name, id: ps.id, p: ps.p})
 	}
-	return a.rec.reconcile(now, refs)
+	err := a.rec.reconcile(now, refs)
+	a.announceLocked(now)
+	return err
 }
 
 // reconcileNow writes pending pool changes to the data path.
@@ -410,7 +426,13 @@ func (a *agent) reconcileNow() {
 // ejection and DNS, the health checks get their targets, and what changed
 // is written. A pool in which nothing happened costs a lookup.
 func (a *agent) tick(now time.Time) error {
-	counts, failures, known := a.flows.scan(now, a.rec.activeSlots())
+	counts, failures, known := a.flows.scan(now, a.rec.activeSlots(), a.rec.answersUnseen())
+	if a.ann != nil {
+		// BIRD's sessions, for status and metrics: I/O, without mu.
+		ctx, cancel := context.WithTimeout(a.ctx, birdQueryTimeout)
+		a.ann.RefreshSessions(ctx)
+		cancel()
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for name, ps := range a.pools {
@@ -429,6 +451,7 @@ func (a *agent) tick(now time.Time) error {
 	}
 	a.connectFailures(now, failures)
 	a.health.targets(now)
+	a.observeDrain(now, counts, known)
 	err := a.reconcileLocked(now)
 	a.saveState()
 	return err
@@ -466,6 +489,9 @@ func (a *agent) nextDeadline() time.Time {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var next time.Time
+	if a.ann != nil {
+		next = a.ann.NextDeadline()
+	}
 	for _, ps := range a.pools {
 		if t := ps.p.NextDeadline(); !t.IsZero() && (next.IsZero() || t.Before(next)) {
 			next = t

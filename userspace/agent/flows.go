@@ -24,7 +24,12 @@ type flowCounts struct {
 	bySlot map[slotGen]int // per slot incarnation
 	bySvc  map[uint32]int  // per service id
 	total  int             // forward entries seen, expired ones too
-	at     time.Time       // zero: never counted
+	// live counts the flows not expired; minIdle is the shortest idle
+	// time among them: how long ago the node forwarded its last packet
+	// of any flow (a node drain ends when it is long enough).
+	live    int
+	minIdle time.Duration
+	at      time.Time // zero: never counted
 }
 
 // connectFailure is what the data path saw go wrong with new connections
@@ -61,6 +66,10 @@ type flowWatcher struct {
 	counts flowCounts
 	// stuckSeen are the stuck flows already reported.
 	stuckSeen map[flowID]bool
+	// blind are the services (ids) whose backends answer clients without
+	// passing this node (mode dsr): no SYN-ACK is ever seen, so a SYN
+	// left in syn-sent says nothing about the backend and is not judged.
+	blind map[uint32]bool
 	// refusals are the ConnectRefused counters of active slots at the
 	// last scan.
 	refusals      map[uint32]refusalMark
@@ -87,9 +96,10 @@ func newFlowWatcher(dp datapath.Map, log *slog.Logger, errs *mapErrors, reverseG
 // when due, and returns the connect failures since the previous scan of
 // the given active slots. ok false: the map could not be read, the
 // counts are the previous ones and no failure is reported.
-func (w *flowWatcher) scan(now time.Time, active []slotGen) (_ flowCounts, _ []connectFailure, ok bool) {
+func (w *flowWatcher) scan(now time.Time, active []slotGen, blind map[uint32]bool) (_ flowCounts, _ []connectFailure, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.blind = blind
 	failures := make(map[slotGen]*connectFailure)
 	fail := func(sg slotGen) *connectFailure {
 		f, ok := failures[sg]
@@ -155,7 +165,8 @@ func (w *flowWatcher) countLocked(now time.Time, fail func(slotGen) *connectFail
 	bySvc := make(map[uint32]int)
 	stuckSeen := make(map[flowID]bool)
 	var expired []datapath.Flow
-	total := 0
+	total, live := 0, 0
+	var minIdle time.Duration
 	err := w.dp.Flows(func(f datapath.Flow) bool {
 		total++
 		if f.Expired {
@@ -164,13 +175,17 @@ func (w *flowWatcher) countLocked(now time.Time, fail func(slotGen) *connectFail
 			}
 			return true
 		}
+		if live == 0 || f.Idle < minIdle {
+			minIdle = f.Idle
+		}
+		live++
 		bySvc[f.ServiceID]++
 		sg := slotGen{f.BackendSlot, f.BackendGen}
 		bySlot[sg]++
 		if f.State == datapath.FlowSynRecv && f.HalfOpen && fail != nil {
 			fail(sg).answered++
 		}
-		if f.State == datapath.FlowSynSent && f.Idle >= synStuckAfter {
+		if f.State == datapath.FlowSynSent && f.Idle >= synStuckAfter && !w.blind[f.ServiceID] {
 			id := flowID{f.Client, f.VIP, f.Proto}
 			if fail == nil {
 				stuckSeen[id] = w.stuckSeen[id]
@@ -189,7 +204,7 @@ func (w *flowWatcher) countLocked(now time.Time, fail func(slotGen) *connectFail
 		w.errs.report("Flows", err, "reading conntrack failed")
 		return false
 	}
-	w.counts = flowCounts{bySlot: bySlot, bySvc: bySvc, total: total, at: now}
+	w.counts = flowCounts{bySlot: bySlot, bySvc: bySvc, total: total, live: live, minIdle: minIdle, at: now}
 	w.stuckSeen = stuckSeen
 	deleted := 0
 	for _, f := range expired {

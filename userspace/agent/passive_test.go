@@ -191,3 +191,25 @@ func clearFlows(t *testing.T, dp *datapath.Fake) {
 		}
 	}
 }
+
+// A dsr service's backends answer the client directly: the node never
+// sees a SYN-ACK, so SYNs its clients leave in syn-sent (a flood, or
+// clients that went away) are no backend's failure.
+func TestDSRSYNsAreNotJudged(t *testing.T) {
+	cfg := strings.Replace(baseConfig, "    protocol: tcp\n", "    protocol: tcp\n    mode: dsr\n", 1)
+	h := newHarness(t, nil, cfg)
+	s3 := h.slotOf(be3)
+	port := uint16(40000)
+	for range 8 {
+		f := h.addFlow(port, s3, false)
+		f.State, f.Idle, f.HalfOpen = datapath.FlowSynSent, time.Second, true
+		h.dp.AddFlow(f)
+		port++
+		if err := h.tick(time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b := h.state(be3); b.State != pool.Active {
+		t.Fatalf("unanswered SYNs of a dsr service ejected be3: %+v", b)
+	}
+}

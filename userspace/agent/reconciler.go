@@ -540,6 +540,24 @@ func (r *reconciler) serviceNames() map[uint32]string {
 	return out
 }
 
+// answersUnseen returns the ids of the services whose backends answer
+// their clients without passing this node (mode dsr), so the flow watcher
+// does not take their SYNs left in syn-sent for unanswered ones.
+func (r *reconciler) answersUnseen() map[uint32]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out map[uint32]bool
+	for _, s := range r.services {
+		if s.value.Mode == datapath.ModeDSR {
+			if out == nil {
+				out = make(map[uint32]bool)
+			}
+			out[s.id] = true
+		}
+	}
+	return out
+}
+
 func serviceKeyOf(vip netip.AddrPort, proto datapath.Proto) datapath.ServiceKey {
 	return datapath.ServiceKey{VIP: vip.Addr(), Port: vip.Port(), Proto: proto}
 }

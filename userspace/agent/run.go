@@ -35,6 +35,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/announce"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/metrics"
@@ -102,6 +103,23 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	// owner reports to it), then the agent with its owners, then the data
 	// path collector, which reads the agent at scrape time.
 	m := metrics.New(metrics.Options{Version: version, Logger: log.With("component", "metrics")})
+	var ann *announce.Announcer
+	if b := cfg.BGP; b != nil {
+		// The routes are the kernel's: the agent exiting (or dying)
+		// leaves them, and this one adopts them in its first sync.
+		ann = announce.New(announce.Options{
+			Routes:    announce.Netlink{Table: int(b.Table), Protocol: int(b.Protocol)},
+			Log:       log.With("component", "announce"),
+			Metrics:   m.Announce,
+			StateFile: NodeStateFile(cfg.Admin.Socket),
+			BIRDSocket: func() string {
+				if b.BIRDSocket == config.BIRDSocketOff {
+					return ""
+				}
+				return b.BIRDSocket
+			}(),
+		})
+	}
 	a := newAgent(dp, options{
 		log: log, version: version, configPath: configPath, ctx: ctx, metrics: m,
 		routeSrc:     routeSource,
@@ -111,6 +129,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		dns:          newDNSWatcher(cfg.DNS, log),
 		l7:           true,
 		accessLogOut: os.Stdout,
+		announce:     ann,
 	})
 	m.Registry().MustRegister(metrics.NewCollector(dp, a.topology(), cfg.Datapath.ConntrackMax))
 	defer func() {

@@ -140,7 +140,7 @@ func TestIdleSlotsReadNoCounters(t *testing.T) {
 	fake.SetBackendStats(n, datapath.BackendStats{ConnectRefused: 1})
 	fake.AddFlow(datapath.Flow{Client: be4, VIP: vip, Proto: datapath.TCP, BackendSlot: n, BackendGen: gen,
 		Backend: be2, State: datapath.FlowClosing})
-	counts, failures, ok := a.flows.scan(now.Add(time.Second), a.rec.activeSlots())
+	counts, failures, ok := a.flows.scan(now.Add(time.Second), a.rec.activeSlots(), nil)
 	if !ok || len(failures) != 1 || failures[0].refused != 1 || counts.bySlot[slotGen{n, gen}] != 1 {
 		t.Fatalf("refusal after idle: failures %+v, ok %v", failures, ok)
 	}

@@ -268,7 +268,7 @@ services:
     pool: web
   - name: b
     listen: 198.18.1.100:81
-    mode: snatt            # <- services[1].mode: "snatt": must be nat or snat
+    mode: snatt            # <- services[1].mode: "snatt": must be nat, snat or dsr
     pool: web
   - name: c
     listen: 198.18.1.100:82

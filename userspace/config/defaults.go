@@ -22,6 +22,7 @@ const (
 const (
 	ModeNAT  = "nat"
 	ModeSNAT = "snat"
+	ModeDSR  = "dsr" // direct server return: IPIP to the backend, `sluice decap` there
 )
 
 // Values of Datapath.XDPMode.
@@ -97,6 +98,7 @@ func applyDefaults(c *Config, lines map[string]int) {
 	d.dur("dns.nxdomain_hold", &c.DNS.NXDomainHold, 30*time.Second)
 	d.dur("dns.timeout", &c.DNS.Timeout, 2*time.Second)
 
+	d.bgp(c.BGP)
 	d.str("datapath.xdp_mode", &c.Datapath.XDPMode, XDPModeAuto)
 	d.str("datapath.pin_path", &c.Datapath.PinPath, DefaultPinPath)
 	d.u32("datapath.maglev_table_size", &c.Datapath.MaglevTableSize, DefaultMaglevTableSize)

@@ -215,6 +215,26 @@ services:
     pool: ok
     upstream: {tls: true, server_name: api.example}
 `},
+		{"dsr without a health check warned", `
+interfaces: [eth0]
+datapath:
+  conntrack_timeouts: {tcp_established: 24h}
+pools:
+  - name: web
+    backends: [{address: 198.18.2.11:80}]
+  - name: checked
+    backends: [{address: 198.18.2.12:80}]
+    health_check: {tcp: {}}
+services:
+  - name: a
+    listen: 198.18.1.100:80
+    mode: dsr                # <~ services[0].mode: service "a" is dsr and its pool "web" has no health_check
+    pool: web
+  - name: b
+    listen: 198.18.1.101:80
+    mode: dsr
+    pool: checked
+`},
 		{"conntrack default warned", `
 interfaces: [eth0]
 pools:

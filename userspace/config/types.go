@@ -26,6 +26,9 @@ type Config struct {
 	Datapath   Datapath  `yaml:"datapath"`
 	Pools      []Pool    `yaml:"pools"`
 	Services   []Service `yaml:"services"`
+	// BGP announces the L4 VIPs through the node's BGP daemon (nil: not
+	// announced; a single node, or routes made by other means).
+	BGP *BGP `yaml:"bgp"`
 
 	// Path is the file the config was read from ("" when parsed from bytes).
 	Path string `yaml:"-"`

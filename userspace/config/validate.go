@@ -169,6 +169,7 @@ func (v *validator) validate(c *Config) {
 			httpNames[s.Name] = true
 		}
 	}
+	v.bgp(c) // after the services: it checks their VIPs
 	v.limits(c)
 	v.conntrackWarning(c)
 	v.healthWarnings(c)
@@ -870,9 +871,9 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 
 	if l4 {
 		switch s.Mode {
-		case ModeNAT, ModeSNAT:
+		case ModeNAT, ModeSNAT, ModeDSR:
 		default:
-			v.add(path+".mode", "%q: must be nat or snat", s.Mode)
+			v.add(path+".mode", "%q: must be nat, snat or dsr", s.Mode)
 		}
 		if v.set(path + ".snat_source") {
 			if s.Mode != ModeSNAT {
@@ -1086,6 +1087,13 @@ func (v *validator) conntrackWarning(c *Config) {
 func (v *validator) healthWarnings(c *Config) {
 	for i := range c.Pools {
 		p := &c.Pools[i]
+		if p.HealthCheck == nil {
+			for j, s := range c.Services {
+				if s.Mode == ModeDSR && slices.Contains(s.Pools(), p.Name) {
+					v.warn(fmt.Sprintf("services[%d].mode", j), "service %q is dsr and its pool %q has no health_check: its backends answer clients without passing sluice, so a backend that stops answering is not noticed from traffic; add a health_check to the pool", s.Name, p.Name)
+				}
+			}
+		}
 		if p.HealthCheck == nil || p.HealthCheck.HTTP == nil || p.HealthCheck.HTTP.TLS {
 			continue
 		}

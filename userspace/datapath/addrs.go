@@ -89,6 +89,11 @@ func (x *addrIndex) epInfo(ep bpf.SluiceEndpoint) bpf.SluiceEpInfo {
 			e.Flags |= epSNAT
 			continue
 		}
+		if Mode(v.Mode) == ModeDSR {
+			// Its backends answer from the VIP straight to the client:
+			// no reply of theirs is the node's to translate.
+			continue
+		}
 		nat = append(nat, bpf.SluiceEpService{Vip: k.Vip, Port: k.Port, Proto: k.Proto, Id: v.Id})
 	}
 	slices.SortFunc(nat, func(a, b bpf.SluiceEpService) int {

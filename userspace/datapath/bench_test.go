@@ -37,7 +37,7 @@ func BenchmarkXDP(b *testing.B) {
 	}
 	defer pass.Close()
 
-	for _, c := range xdpCases() {
+	for _, c := range append(xdpCases(), dsrCases()...) {
 		if c.bench == "" {
 			continue
 		}

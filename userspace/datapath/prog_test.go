@@ -220,7 +220,7 @@ func mustSet(t testing.TB, err error) {
 // the one before it.
 func TestXDP(t *testing.T) {
 	l := newLab(t, testTableSize)
-	for _, c := range xdpCases() {
+	for _, c := range append(xdpCases(), dsrCases()...) {
 		t.Run(c.name, func(t *testing.T) {
 			l.prepare(t, c)
 			ret, out := l.run(t, c.in.frame, l.ingress(c.in.fromBE))

@@ -575,43 +575,30 @@ func (r *Real) attachOne(name, mode string) error {
 		_ = os.Remove(pin)
 	}
 
-	flags := []link.XDPAttachFlags{link.XDPDriverMode, link.XDPGenericMode}
-	switch mode {
-	case "native":
-		flags = flags[:1]
-	case "generic":
-		flags = flags[1:]
+	l, generic, err := AttachXDP(r.prog, iface.Index, mode, func(err error) {
+		r.log.Warn("native xdp attach failed, falling back to generic mode", "interface", name, "err", err)
+	})
+	if err != nil {
+		return fmt.Errorf("attach xdp to %s: %w", name, err)
 	}
-	var lastErr error
-	for _, f := range flags {
-		l, err := link.AttachXDP(link.XDPOptions{Program: r.prog, Interface: iface.Index, Flags: f})
-		if err != nil {
-			lastErr = err
-			if f == link.XDPDriverMode && len(flags) > 1 {
-				r.log.Warn("native xdp attach failed, falling back to generic mode", "interface", name, "err", err)
-			}
-			continue
-		}
-		if err := l.Pin(pin); err != nil {
-			l.Close()
-			return fmt.Errorf("pin xdp link of %s: %w", name, err)
-		}
-		a := Attachment{Interface: name, Mode: "native"}
-		if f == link.XDPGenericMode {
-			a.Mode = "generic"
-			a.Fallback = mode != "generic"
-		}
-		if a.Fallback {
-			r.log.Warn("xdp program runs in GENERIC mode (xdp_mode auto fell back): slow path, see sluice status and sluice_xdp_attached",
-				"interface", name)
-		} else {
-			r.log.Info("attached xdp program", "interface", name, "mode", a.Mode)
-		}
-		r.links[name] = l
-		r.attachments[name] = a
-		return nil
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return fmt.Errorf("pin xdp link of %s: %w", name, err)
 	}
-	return fmt.Errorf("attach xdp to %s: %w", name, lastErr)
+	a := Attachment{Interface: name, Mode: "native"}
+	if generic {
+		a.Mode = "generic"
+		a.Fallback = mode != "generic"
+	}
+	if a.Fallback {
+		r.log.Warn("xdp program runs in GENERIC mode (xdp_mode auto fell back): slow path, see sluice status and sluice_xdp_attached",
+			"interface", name)
+	} else {
+		r.log.Info("attached xdp program", "interface", name, "mode", a.Mode)
+	}
+	r.links[name] = l
+	r.attachments[name] = a
+	return nil
 }
 
 // Attachments says how the program is attached to each interface, sorted

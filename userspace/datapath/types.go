@@ -31,6 +31,7 @@ type Mode uint8
 const (
 	ModeNAT  = Mode(bpf.SluiceSvcModeMODE_NAT)  // DNAT only: client address kept, backends route back through sluice
 	ModeSNAT = Mode(bpf.SluiceSvcModeMODE_SNAT) // DNAT + SNAT to a sluice address and allocated port
+	ModeDSR  = Mode(bpf.SluiceSvcModeMODE_DSR)  // IPIP to the backend, which answers the client directly
 )
 
 // BackendState is a backend slot's state as the data path sees it (C enum
@@ -74,7 +75,7 @@ var ErrUnknownName = errors.New("unknown name")
 
 var (
 	protoNames        = map[Proto]string{TCP: "tcp", UDP: "udp"}
-	modeNames         = map[Mode]string{ModeNAT: "nat", ModeSNAT: "snat"}
+	modeNames         = map[Mode]string{ModeNAT: "nat", ModeSNAT: "snat", ModeDSR: "dsr"}
 	backendStateNames = map[BackendState]string{
 		BackendFree: "free", BackendActive: "active", BackendDraining: "draining",
 		BackendEjected: "ejected", BackendRemoved: "removed",

@@ -74,12 +74,12 @@ func TestEveryEnumValueNamed(t *testing.T) {
 			t.Errorf("flow state %d has no name", v)
 		}
 	}
-	for _, v := range []bpf.SluiceSvcMode{bpf.SluiceSvcModeMODE_NAT, bpf.SluiceSvcModeMODE_SNAT} {
+	for _, v := range []bpf.SluiceSvcMode{bpf.SluiceSvcModeMODE_NAT, bpf.SluiceSvcModeMODE_SNAT, bpf.SluiceSvcModeMODE_DSR} {
 		if _, ok := modeNames[Mode(v)]; !ok {
 			t.Errorf("mode %d has no name", v)
 		}
 	}
-	if len(backendStateNames) != 5 || len(flowStateNames) != 6 || len(modeNames) != 2 {
+	if len(backendStateNames) != 5 || len(flowStateNames) != 6 || len(modeNames) != 3 {
 		t.Errorf("name tables list values the C enums do not have")
 	}
 }

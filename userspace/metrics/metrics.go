@@ -11,7 +11,9 @@
 //     config reloads, map errors, health checks (Agent, methods the agent
 //     calls);
 //   - the L7 stage: requests, durations, tries, retries, ejections and
-//     panic mode (L7, methods the proxy calls).
+//     panic mode (L7, methods the proxy calls);
+//   - the VIP announcements over BGP and the node's drain (Announce,
+//     methods userspace/announce calls).
 //
 // Label values are service, pool, address, reason and state names that come
 // from the config, DNS answers and fixed lists in this package: never client
@@ -69,6 +71,8 @@ type Metrics struct {
 	Agent *Agent
 	// L7 has the methods the L7 stage calls.
 	L7 *L7
+	// Announce has the methods of the VIP announcements (userspace/announce).
+	Announce *Announce
 
 	reg *prometheus.Registry
 	dp  *collector // nil without DataPath
@@ -84,12 +88,13 @@ func New(o Options) *Metrics {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &Metrics{
-		Agent: newAgent(),
-		L7:    newL7(),
-		reg:   prometheus.NewRegistry(),
-		log:   log,
+		Agent:    newAgent(),
+		L7:       newL7(),
+		Announce: newAnnounce(),
+		reg:      prometheus.NewRegistry(),
+		log:      log,
 	}
-	m.reg.MustRegister(m.Agent, m.L7)
+	m.reg.MustRegister(m.Agent, m.L7, m.Announce)
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "sluice_build_info",
 		Help:        "Always 1; the version label is the running agent's version.",

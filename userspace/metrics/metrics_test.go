@@ -589,6 +589,11 @@ func populated(t *testing.T) *Metrics {
 	m.L7.UpstreamClosed("web", "lifetime")
 	m.L7.DNSWait("web-http", "new-address")
 	m.L7.Refused("web-http", "requests")
+	m.Announce.VIPAnnounced(netip.MustParseAddr("198.18.1.100"), true)
+	m.Announce.RouteChange("announce")
+	m.Announce.RouteError()
+	m.Announce.NodeState("serving")
+	m.Announce.SessionUp("sluice_peer1", true)
 	return m
 }
 

@@ -221,7 +221,9 @@ func runCheck(args []string) error {
 				problems = append(problems, fmt.Sprintf("%s: %v", where, err))
 				continue
 			}
-			allowed := map[string]bool{"__name__": true}
+			// instance and job are the target labels Prometheus adds to
+			// every scraped series (a panel per node uses instance).
+			allowed := map[string]bool{"__name__": true, "instance": true, "job": true}
 			var used []string
 			parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
 				switch n := n.(type) {
