@@ -352,7 +352,7 @@ func (s *Server) fail(w http.ResponseWriter, rec *accesslog.Record, status int, 
 const errorWriteTime = 2 * time.Second
 
 func (s *Server) writeError(w http.ResponseWriter, status int, why string, id reqid.ID) {
-	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(errorWriteTime))
+	_ = setWriteDeadline(w, time.Now().Add(errorWriteTime))
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -363,8 +363,10 @@ func (s *Server) writeError(w http.ResponseWriter, status int, why string, id re
 		h.Set(s.cfg.Load().base.svc.RequestID.Header, rid)
 		rid = "; request id " + rid
 	}
+	body := strconv.Itoa(status) + " " + http.StatusText(status) + " (sluice: " + why + rid + ")\n"
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
-	fmt.Fprintf(w, "%d %s (sluice: %s%s)\n", status, http.StatusText(status), why, rid)
+	_, _ = io.WriteString(w, body)
 }
 
 // describe says what happened in one try, for logs and the pool's causes.
