@@ -213,7 +213,7 @@ type h1Conn struct {
 	lastMethod string
 	hijacked   bool
 	resp       h1Response // the response being written (reused)
-	body       h1ReqBody     // the request body's reader (reused)
+	body       h1ReqBody  // the request body's reader (reused)
 
 	// The watch for a client gone (see watchFire); under wmu.
 	wmu       sync.Mutex

@@ -58,9 +58,9 @@ type tryResult struct {
 // request is the state of one request being proxied, shared by the steps
 // of ServeHTTP: admit, pick, try, decide, respond.
 type request struct {
-	s        *Server
-	w        http.ResponseWriter
-	r        *http.Request
+	s *Server
+	w http.ResponseWriter
+	r *http.Request
 	// ctx ends when the client goes away: the request's context under
 	// net/http's server, the connection's under the HTTP/1 loop (h1.go).
 	ctx      context.Context
