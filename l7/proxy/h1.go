@@ -467,6 +467,7 @@ func (c *h1Conn) serveRequest(r *http.Request) (keep bool) {
 			// net/http: any other expectation is refused.
 			w.h.Set("Connection", "close")
 			w.h["Content-Length"] = contentLength0
+			_ = w.SetWriteDeadline(time.Now().Add(errorWriteTime))
 			w.WriteHeader(http.StatusExpectationFailed)
 			w.finish()
 			return false
@@ -544,6 +545,7 @@ func (c *h1Conn) handle(w *h1Response, r *http.Request) (aborted bool) {
 	}()
 	if r.Method == http.MethodOptions && r.RequestURI == "*" {
 		// As net/http's server: OPTIONS * is answered here, never proxied.
+		_ = w.SetWriteDeadline(time.Now().Add(errorWriteTime))
 		w.h.Set("Content-Length", "0")
 		if r.ContentLength != 0 {
 			_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 4<<10))
@@ -573,7 +575,7 @@ func (c *h1Conn) watch(cw *clientWatch) {
 // until stopWatch interrupts it at the request's end.
 func (c *h1Conn) watchFire() {
 	c.wmu.Lock()
-	if !c.watching || c.reading || !c.bodyDone || c.hasAhead || c.br.Buffered() > 0 || c.resp.hijacked {
+	if !c.watching || c.reading || !c.bodyDone || c.hasAhead || c.br.Buffered() > 0 {
 		c.wmu.Unlock()
 		return
 	}
