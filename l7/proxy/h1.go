@@ -716,8 +716,7 @@ func (w *h1Response) WriteHeader(code int) {
 	w.closeAfter = !keep
 	bw := c.bw
 	_, _ = bw.WriteString("HTTP/1.1 ")
-	var nb [20]byte
-	_, _ = bw.Write(strconv.AppendInt(nb[:0], int64(code), 10))
+	writeUint(bw, uint64(code), 10)
 	_ = bw.WriteByte(' ')
 	if t := http.StatusText(code); t != "" {
 		_, _ = bw.WriteString(t)
@@ -782,8 +781,7 @@ func (w *h1Response) Write(p []byte) (int, error) {
 	}
 	bw := w.c.bw
 	if w.chunked {
-		var nb [20]byte
-		_, _ = bw.Write(strconv.AppendInt(nb[:0], int64(len(p)), 16))
+		writeUint(bw, uint64(len(p)), 16)
 		_, _ = bw.WriteString("\r\n")
 	}
 	n, err := bw.Write(p)
@@ -885,6 +883,25 @@ func (w *h1Response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.hijacked = true
 	c.state.Store(h1Active)
 	return c.rwc, bufio.NewReadWriter(c.br, c.bw), nil
+}
+
+// writeUint writes n in base 10 or 16 (no allocation: a slice handed
+// to bufio.Writer.Write escapes).
+func writeUint(bw *bufio.Writer, n uint64, base uint64) {
+	const digits = "0123456789abcdef"
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = digits[n%base]
+		n /= base
+		if n == 0 {
+			break
+		}
+	}
+	for ; i < len(b); i++ {
+		_ = bw.WriteByte(b[i])
+	}
 }
 
 // hasToken is whether a header's values list tok (comma-separated,
