@@ -38,6 +38,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	_ "unsafe" // go:linkname readRequest
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -342,7 +343,7 @@ func (c *h1Conn) readRequest() (*http.Request, error) {
 		}
 		_, _ = c.br.Discard(n)
 	}
-	r, err := http.ReadRequest(c.br)
+	r, err := readRequest(c.br)
 	if err != nil {
 		if c.remain == 0 {
 			return nil, errHeaderTooLarge
@@ -354,11 +355,12 @@ func (c *h1Conn) readRequest() (*http.Request, error) {
 		return nil, statusErr{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
 	}
 	c.lastMethod = r.Method
+	hosts, haveHost := r.Header["Host"]
 	h2Upgrade := r.Method == "PRI" && len(r.Header) == 0 && r.URL.Path == "*" && r.Proto == "HTTP/2.0"
-	if r.ProtoAtLeast(1, 1) && r.Host == "" && !h2Upgrade && r.Method != http.MethodConnect {
+	if r.ProtoAtLeast(1, 1) && (!haveHost || len(hosts) == 0) && !h2Upgrade && r.Method != http.MethodConnect {
 		return nil, statusErr{http.StatusBadRequest, "missing required Host header"}
 	}
-	if r.Host != "" && !httpguts.ValidHostHeader(r.Host) {
+	if len(hosts) == 1 && !httpguts.ValidHostHeader(hosts[0]) {
 		return nil, statusErr{http.StatusBadRequest, "malformed Host header"}
 	}
 	for k, vv := range r.Header {
@@ -371,12 +373,22 @@ func (c *h1Conn) readRequest() (*http.Request, error) {
 			}
 		}
 	}
+	delete(r.Header, "Host")
 	r.RemoteAddr = c.remote
 	if h2Upgrade {
 		r.Close = true
 	}
 	return r, nil
 }
+
+// readRequest is net/http's parser as its own server calls it: what
+// http.ReadRequest runs, before it deletes the Host field (the server
+// needs the field itself for its checks: present, once, valid; the
+// request's Host may come from an absolute-form target instead). It is
+// the parser every HTTP/1 request of every listener goes through.
+//
+//go:linkname readRequest net/http.readRequest
+func readRequest(b *bufio.Reader) (*http.Request, error)
 
 // errHeaderTooLarge is a request header past client.max_header_bytes.
 var errHeaderTooLarge = errors.New("request header too large")
