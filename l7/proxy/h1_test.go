@@ -223,3 +223,28 @@ func TestH1LoopShutdown(t *testing.T) {
 		t.Errorf("serve: %v", err)
 	}
 }
+
+// The client's request trailers reach an HTTP/1.1 backend after the
+// re-framed chunked body, through either HTTP/1 server; hop-by-hop and
+// framing ones do not.
+func TestRequestTrailersH1Upstream(t *testing.T) {
+	got := make(chan http.Header, 1)
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		got <- r.Trailer.Clone()
+	})
+	for _, h2c := range []bool{true, false} { // net/http's HTTP/1 server, the loop
+		h := start(t, newPool(t, nil, be.addr), func(o *Options) { o.H2C = h2c })
+		c, br := rawConn(t, h)
+		io.WriteString(c, "POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"3\r\nabc\r\n0\r\nX-Checksum: 42\r\nKeep-Alive: 1\r\nContent-Length: 9\r\n\r\n")
+		resp, _ := readResp(t, br, "POST")
+		if resp.StatusCode != 200 {
+			t.Fatalf("h2c %v: status %d", h2c, resp.StatusCode)
+		}
+		tr := <-got
+		if tr.Get("X-Checksum") != "42" || len(tr) != 1 {
+			t.Fatalf("h2c %v: backend trailer %v, want X-Checksum: 42 alone", h2c, tr)
+		}
+	}
+}

@@ -155,6 +155,37 @@ func TestH2UpstreamTrailersAndSharedConnection(t *testing.T) {
 	}
 }
 
+// The client's request trailers (an HTTP/1.1 chunked body's, announced)
+// reach an HTTP/2 backend after the body; hop-by-hop ones do not.
+func TestH2UpstreamRequestTrailers(t *testing.T) {
+	got := make(chan http.Header, 1)
+	b := newH2CBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		got <- r.Trailer.Clone()
+	})
+	for _, h2c := range []bool{true, false} { // net/http's HTTP/1 server, the loop
+		h := start(t, newPool(t, nil, b.addr), func(o *Options) {
+			o.H2C, o.Upstream.Protocol = h2c, ProtocolH2C
+		})
+		requestTrailers(t, h, got)
+	}
+}
+
+func requestTrailers(t *testing.T, h *harness, got chan http.Header) {
+	t.Helper()
+	c, br := rawConn(t, h)
+	io.WriteString(c, "POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum, Connection\r\n\r\n"+
+		"3\r\nabc\r\n0\r\nX-Checksum: 42\r\nConnection: x\r\n\r\n")
+	resp, _ := readResp(t, br, "POST")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	tr := <-got
+	if tr.Get("X-Checksum") != "42" || tr.Get("Connection") != "" {
+		t.Fatalf("backend trailer %v, want X-Checksum: 42 and no Connection", tr)
+	}
+}
+
 func TestH2UpstreamGRPCUnavailableRetried(t *testing.T) {
 	bad := newH2CBackend(t, grpcUnavailable)
 	good := newH2CBackend(t, grpcAnswer)

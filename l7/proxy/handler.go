@@ -31,6 +31,10 @@ type outRequest struct {
 	uri     string
 	host    string      // Host header sent
 	header  http.Header // the client's, written by writeForwardHeader
+	// trailer is where the client's request trailers are once its body
+	// is read (net/http fills the request's Trailer then); nil when the
+	// request cannot have any.
+	trailer *http.Header
 	fwd     forwarded
 	body    *reqBody
 	// bodyStore and respFor live here to save allocations: body points to
@@ -236,7 +240,7 @@ func (q *request) finish() {
 	s, rec := q.s, q.rec
 	rec.End = time.Now()
 	rec.Duration = rec.End.Sub(q.start)
-	rec.BytesIn += q.out.bodyStore.read
+	rec.BytesIn += q.out.bodyStore.read.Load()
 	s.access.Load().Log(rec)
 	s.obs.Request(rec)
 	if cap(rec.Tries) <= 16 {
@@ -532,6 +536,11 @@ func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *
 	}
 	out.upgrade, out.method, out.uri, out.host = upgradeType(r, st.svc.Upgrades), r.Method, uri, host
 	out.header, out.fwd, out.body = r.Header, newForwarded(r, st.svc.TrustedProxies), body
+	out.trailer = nil
+	if r.Trailer != nil || r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		// Announced trailers, or a chunked body that may end with some.
+		out.trailer = &r.Trailer
+	}
 }
 
 // serverName is the TLS server name (SNI, and the name the backend's
