@@ -179,48 +179,41 @@ func TestH1LoopShutdown(t *testing.T) {
 		<-release
 		io.WriteString(w, "done")
 	})
-	p := newPool(t, nil, be.addr)
-	srv, err := New(Options{Service: testService(), Pool: p, Ejection: testEjection(), ShutdownTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	idle, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	busy, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	_ = busy.SetDeadline(time.Now().Add(10 * time.Second))
-	_ = idle.SetDeadline(time.Now().Add(10 * time.Second))
+	h := start(t, newPool(t, nil, be.addr), nil)
+	idle, _ := rawConn(t, h)
+	busy, br := rawConn(t, h)
 	io.WriteString(busy, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	waitFor(t, "the request at the backend", func() bool { return be.count.Load() == 1 })
-	cancel()
+	done := make(chan error, 1)
+	go func() { done <- h.srv.Shutdown(context.Background()) }()
 	if _, err := idle.Read(make([]byte, 1)); err == nil {
 		t.Error("an idle connection got bytes at shutdown")
 	}
 	select {
 	case err := <-done:
-		t.Fatalf("Serve returned (%v) with a request in flight", err)
+		t.Fatalf("Shutdown returned (%v) with a request in flight", err)
 	case <-time.After(50 * time.Millisecond):
 	}
 	close(release)
-	resp, body := readResp(t, bufio.NewReader(busy), "GET")
+	resp, body := readResp(t, br, "GET")
 	if resp.StatusCode != 200 || body != "done" || !resp.Close {
 		t.Errorf("in flight at shutdown: %d %q close %v", resp.StatusCode, body, resp.Close)
 	}
 	if err := <-done; err != nil {
-		t.Errorf("serve: %v", err)
+		t.Errorf("shutdown: %v", err)
+	}
+}
+
+// postTrailers sends a chunked POST whose body ends with trailers (an
+// X-Checksum, a hop-by-hop and a framing field; announced when announce
+// is set) and checks it is answered 200.
+func postTrailers(t *testing.T, h *harness, announce string) {
+	t.Helper()
+	c, br := rawConn(t, h)
+	io.WriteString(c, "POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"+announce+"\r\n"+
+		"3\r\nabc\r\n0\r\nX-Checksum: 42\r\nKeep-Alive: 1\r\nContent-Length: 9\r\n\r\n")
+	if resp, _ := readResp(t, br, "POST"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
 	}
 }
 
@@ -235,13 +228,7 @@ func TestRequestTrailersH1Upstream(t *testing.T) {
 	})
 	for _, h2c := range []bool{true, false} { // net/http's HTTP/1 server, the loop
 		h := start(t, newPool(t, nil, be.addr), func(o *Options) { o.H2C = h2c })
-		c, br := rawConn(t, h)
-		io.WriteString(c, "POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"+
-			"3\r\nabc\r\n0\r\nX-Checksum: 42\r\nKeep-Alive: 1\r\nContent-Length: 9\r\n\r\n")
-		resp, _ := readResp(t, br, "POST")
-		if resp.StatusCode != 200 {
-			t.Fatalf("h2c %v: status %d", h2c, resp.StatusCode)
-		}
+		postTrailers(t, h, "")
 		tr := <-got
 		if tr.Get("X-Checksum") != "42" || len(tr) != 1 {
 			t.Fatalf("h2c %v: backend trailer %v, want X-Checksum: 42 alone", h2c, tr)
