@@ -37,6 +37,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	_ "unsafe" // go:linkname readRequest
 
@@ -102,8 +103,7 @@ func (h *h1Server) serve(l net.Listener) error {
 			if h.shutting.Load() {
 				return http.ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+			if acceptRetry(err) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				h.s.log.Debug("accept", "error", err, "retry_in", backoff)
 				time.Sleep(backoff)
@@ -121,8 +121,15 @@ func (h *h1Server) serve(l net.Listener) error {
 	}
 }
 
-// errTooManyFiles is accept's EMFILE, retried like net/http does.
-var errTooManyFiles = errors.New("too many open files")
+// acceptRetry is whether an accept error passes (out of file
+// descriptors or memory for a while, a timeout): retried after a pause
+// that doubles up to 1s, as net/http's server does.
+func acceptRetry(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() ||
+		errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
 
 // track adds c to the connections Shutdown waits for; false when the
 // server is shutting down.
@@ -471,11 +478,11 @@ func (c *h1Conn) serveRequest(r *http.Request) (keep bool) {
 	if hasBody {
 		r.Body = &c.body
 	}
-	expect := r.Header["Expect"]
-	if len(expect) > 0 {
-		if r.ProtoAtLeast(1, 1) && hasToken(expect, "100-continue") {
+	// As net/http's server: the first Expect field decides.
+	if expect := r.Header.Get("Expect"); expect != "" {
+		if continues := hasToken([]string{expect}, "100-continue"); continues && r.ProtoAtLeast(1, 1) {
 			w.canContinue = hasBody && r.ContentLength != 0
-		} else if !hasToken(expect, "100-continue") {
+		} else if !continues {
 			// net/http: any other expectation is refused.
 			w.h.Set("Connection", "close")
 			w.h["Content-Length"] = contentLength0

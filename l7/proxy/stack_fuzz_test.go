@@ -293,18 +293,20 @@ func (rig *fuzzRig) sendH1(raw []byte) (status int) {
 }
 
 // sameH1 checks that both HTTP/1 servers (net/http's, sluice's loop)
-// answered raw alike: the same status, and the same requests reaching
-// the handler with the same method, target, Host and header, each
-// reaching the backend as often.
+// answered raw alike: the same status, and the same first request
+// reaching the handler (or none) with the same method, target, Host and
+// header, reaching the backend as often. (Whether a request pipelined
+// after it is handled races with sendH1 closing the connection once it
+// has the first response, on either server: not compared.)
 func sameH1(t *testing.T, raw []byte, statusA, statusB int, a, b []seen) {
 	t.Helper()
 	if statusA != statusB {
 		t.Fatalf("net/http answered %d, the loop %d, to %q", statusA, statusB, raw)
 	}
-	if len(a) != len(b) {
+	if (len(a) == 0) != (len(b) == 0) {
 		t.Fatalf("net/http handled %d requests, the loop %d, of %q", len(a), len(b), raw)
 	}
-	for i := range a {
+	for i := range min(len(a), len(b), 1) {
 		x, y := a[i], b[i]
 		if x.method != y.method || x.url.String() != y.url.String() || x.host != y.host || !reflect.DeepEqual(x.header, y.header) || len(x.caps) != len(y.caps) {
 			t.Fatalf("request %d of %q: net/http %s %s %q %v (%d tries), the loop %s %s %q %v (%d tries)",
@@ -648,6 +650,15 @@ func FuzzH1Translation(f *testing.F) {
 		"GET / HTTP/1.0\r\n\r\n",
 		"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: x\r\n\r\n",
 		"DELETE /a%20b/%2F HTTP/1.1\r\nHost: [2001:db8::1]:443\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+		// Where sluice's HTTP/1 loop makes net/http's server checks itself.
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: foo\r\n\r\nhi",
+		"GET http://h/ HTTP/1.1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+		"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+		"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+		"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
