@@ -17,6 +17,12 @@
 // ejected address as well. Every request is written to the access log as
 // one JSON line with every try and why it was or was not retried.
 //
+// A plain-text listener (no TLS, no h2c) is served by sluice's own
+// HTTP/1.1 connection loop (h1.go: net/http's parser, no goroutine,
+// context or background read per request); TLS and h2c listeners by
+// net/http's server and x/net's HTTP/2 server. Both run the one request
+// pipeline, ServeHTTP.
+//
 // The agent owns a Server per http service:
 //
 //	srv, err := proxy.New(proxy.Options{Service: svc, Pool: p, Ejection: ej, Log: log, AccessLog: acc})
