@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"sync/atomic"
 )
 
 // reqBody is a client's request body: its first bytes buffered for replay,
@@ -14,8 +15,12 @@ type reqBody struct {
 	length    int64     // total length, -1 when unknown
 	consumed  bool      // bytes beyond buf were read: the body cannot be produced again
 	clientErr error     // reading from the client failed
-	read      int64     // bytes read from the client
-	atEOF     func()    // called once the whole body was read (may be nil)
+	// read is the bytes read from the client: atomic, as an HTTP/2
+	// upstream's transport reads a body past the buffer on its own
+	// goroutine, possibly still when the request's access log line is
+	// written.
+	read  atomic.Int64
+	atEOF func() // called once the whole body was read (may be nil)
 }
 
 // errClientBody marks a failure to read the request body from the client.
@@ -41,7 +46,7 @@ func (b *reqBody) init(body io.Reader, contentLength, limit int64, atEOF func())
 	}
 	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(body, limit+1))
-	b.read = n
+	b.read.Store(n)
 	if err != nil {
 		b.clientErr = err
 		return errors.Join(errClientBody, err)
@@ -87,7 +92,7 @@ func (r *restReader) Read(p []byte) (int, error) {
 	n, err := b.rest.Read(p)
 	if n > 0 {
 		b.consumed = true
-		b.read += int64(n)
+		b.read.Add(int64(n))
 	}
 	if err == io.EOF {
 		b.eof()

@@ -121,7 +121,7 @@ func (q *request) waitForDNS(addr netip.AddrPort, res tryResult, tr *accesslog.T
 	if !s.needsDNS(q.st.grp, &q.dns, addr, res.outcome, q.out.body.replayable(), now) {
 		return false, false
 	}
-	result, took := s.awaitDNS(q.r.Context(), q.st.grp, &q.dns, minTime(now.Add(q.st.timeouts.Connect), q.deadline))
+	result, took := s.awaitDNS(q.ctx, q.st.grp, &q.dns, minTime(now.Add(q.st.timeouts.Connect), q.deadline))
 	if result == "" {
 		return false, false
 	}

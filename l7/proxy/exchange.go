@@ -11,9 +11,12 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/reqid"
@@ -77,13 +80,15 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 	}
 
 	conn.SetTimeouts(t.Send, t.Read, deadline)
-	if out.host == "" {
-		// An HTTP/1.0 client sent no Host: name the backend.
-		o := *out
-		o.host = conn.Addr().String()
-		out = &o
+	host := out.host
+	if host == "" {
+		// An HTTP/1.0 client sent no Host: name the backend (this try
+		// only: the next may go elsewhere).
+		out.host = conn.Addr().String()
 	}
-	if err := writeRequest(conn.Writer(), out); err != nil {
+	err := writeRequest(conn.Writer(), out)
+	out.host = host
+	if err != nil {
 		return fail("send", err)
 	}
 	cw.requestSent()
@@ -149,7 +154,7 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 		case http.MethodPost, http.MethodPut, http.MethodPatch:
 			bw.WriteString("Content-Length: 0\r\n")
 		}
-	case b.length >= 0:
+	case b.length >= 0 && (out.trailer == nil || len(*out.trailer) == 0):
 		bw.WriteString("Content-Length: " + strconv.FormatInt(b.length, 10) + "\r\n")
 	default:
 		chunked = true
@@ -165,6 +170,10 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 			if err := cw.Close(); err != nil {
 				return err
 			}
+			if out.trailer != nil {
+				// The client's trailers, read with the body's end.
+				writeTrailer(bw, *out.trailer)
+			}
 			bw.WriteString("\r\n")
 		} else {
 			n, err := io.Copy(bw, out.body.reader())
@@ -177,6 +186,26 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 		}
 	}
 	return bw.Flush()
+}
+
+// writeTrailer writes a client's request trailer fields (those that
+// may be passed on).
+func writeTrailer(bw *bufio.Writer, tr http.Header) {
+	for k, vv := range tr {
+		if !trailerField(k) {
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+}
+
+// trailerField is whether a client's request trailer field k is passed
+// on: not one a trailer must not carry (framing, routing: RFC 9110
+// 6.5.1) nor a hop-by-hop one.
+func trailerField(k string) bool {
+	return httpguts.ValidTrailerHeader(k) && !slices.Contains(hopByHop[:], k)
 }
 
 // respond streams the backend's response to the client. It returns true
@@ -352,7 +381,7 @@ func (s *Server) fail(w http.ResponseWriter, rec *accesslog.Record, status int, 
 const errorWriteTime = 2 * time.Second
 
 func (s *Server) writeError(w http.ResponseWriter, status int, why string, id reqid.ID) {
-	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(errorWriteTime))
+	_ = setWriteDeadline(w, time.Now().Add(errorWriteTime))
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -363,8 +392,10 @@ func (s *Server) writeError(w http.ResponseWriter, status int, why string, id re
 		h.Set(s.cfg.Load().base.svc.RequestID.Header, rid)
 		rid = "; request id " + rid
 	}
+	body := strconv.Itoa(status) + " " + http.StatusText(status) + " (sluice: " + why + rid + ")\n"
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
-	fmt.Fprintf(w, "%d %s (sluice: %s%s)\n", status, http.StatusText(status), why, rid)
+	_, _ = io.WriteString(w, body)
 }
 
 // describe says what happened in one try, for logs and the pool's causes.

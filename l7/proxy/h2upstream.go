@@ -246,6 +246,19 @@ func (s *Server) h2Request(ctx context.Context, conn *upstream.H2Conn, out *outR
 		}
 		hs.body = &h2ReqBody{r: r, w: hs.watch, d: t.Send, idle: make(chan struct{}), b: out.body}
 		req.Body = hs.body
+		if out.trailer != nil {
+			// The client's trailers follow the body (the transport sends
+			// what the map holds once the body's reader reached EOF).
+			// Those the client announced are announced to the backend
+			// too (Go's HTTP/2 server, for one, drops the others).
+			req.Trailer = http.Header{}
+			for k := range *out.trailer {
+				if trailerField(k) {
+					req.Trailer[k] = nil
+				}
+			}
+			hs.body.trailer, hs.body.from = req.Trailer, out.trailer
+		}
 		req.ContentLength = max(out.body.length, 0)
 		if out.body.length < 0 {
 			req.ContentLength = -1
@@ -312,6 +325,10 @@ type h2ReqBody struct {
 	w    *h2Watch
 	d    time.Duration
 	idle chan struct{}
+	// trailer is the stream's request trailer map, filled from the
+	// client's (*from) when the body ends.
+	trailer http.Header
+	from    *http.Header
 
 	mu      sync.Mutex
 	eof     bool
@@ -329,6 +346,9 @@ func (rb *h2ReqBody) Read(p []byte) (int, error) {
 	rb.reading = true
 	rb.mu.Unlock()
 	n, err := rb.r.Read(p)
+	if err == io.EOF && rb.from != nil {
+		copyTrailer(rb.trailer, *rb.from)
+	}
 	rb.mu.Lock()
 	rb.reading = false
 	if err == io.EOF {
@@ -366,6 +386,18 @@ func (rb *h2ReqBody) idleLocked() {
 }
 
 func (rb *h2ReqBody) clientErr() bool { return rb.b.clientErr != nil }
+
+// copyTrailer copies a client's request trailer fields into dst, but
+// those a trailer must not carry (framing, routing, hop-by-hop: RFC 9110
+// 6.5.1) and those without a value.
+func copyTrailer(dst, src http.Header) {
+	for k, vv := range src {
+		if len(vv) == 0 || !trailerField(k) {
+			continue
+		}
+		dst[k] = append(dst[k][:0:0], vv...)
+	}
+}
 
 // h2RespBody re-arms the read timeout on every read of a response body.
 type h2RespBody struct {
@@ -428,7 +460,7 @@ func (t *teeBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	if n > 0 {
-		b.read += int64(n)
+		b.read.Add(int64(n))
 		if !b.consumed && int64(len(b.buf)+n) <= t.limit {
 			b.buf = append(b.buf, p[:n]...)
 		} else {

@@ -155,6 +155,25 @@ func TestH2UpstreamTrailersAndSharedConnection(t *testing.T) {
 	}
 }
 
+// The client's request trailers (an HTTP/1.1 chunked body's, announced)
+// reach an HTTP/2 backend after the body; hop-by-hop ones do not.
+func TestH2UpstreamRequestTrailers(t *testing.T) {
+	got := make(chan http.Header, 1)
+	b := newH2CBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		got <- r.Trailer.Clone()
+	})
+	for _, h2c := range []bool{true, false} { // net/http's HTTP/1 server, the loop
+		h := start(t, newPool(t, nil, b.addr), func(o *Options) {
+			o.H2C, o.Upstream.Protocol = h2c, ProtocolH2C
+		})
+		postTrailers(t, h, "Trailer: X-Checksum, Keep-Alive\r\n")
+		if tr := <-got; tr.Get("X-Checksum") != "42" || len(tr) != 1 {
+			t.Fatalf("h2c %v: backend trailer %v, want X-Checksum: 42 alone", h2c, tr)
+		}
+	}
+}
+
 func TestH2UpstreamGRPCUnavailableRetried(t *testing.T) {
 	bad := newH2CBackend(t, grpcUnavailable)
 	good := newH2CBackend(t, grpcAnswer)

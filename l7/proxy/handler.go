@@ -31,6 +31,10 @@ type outRequest struct {
 	uri     string
 	host    string      // Host header sent
 	header  http.Header // the client's, written by writeForwardHeader
+	// trailer is where the client's request trailers are once its body
+	// is read (net/http fills the request's Trailer then); nil when the
+	// request cannot have any.
+	trailer *http.Header
 	fwd     forwarded
 	body    *reqBody
 	// bodyStore and respFor live here to save allocations: body points to
@@ -58,9 +62,12 @@ type tryResult struct {
 // request is the state of one request being proxied, shared by the steps
 // of ServeHTTP: admit, pick, try, decide, respond.
 type request struct {
-	s        *Server
-	w        http.ResponseWriter
-	r        *http.Request
+	s *Server
+	w http.ResponseWriter
+	r *http.Request
+	// ctx ends when the client goes away: the request's context under
+	// net/http's server, the connection's under the HTTP/1 loop (h1.go).
+	ctx      context.Context
 	st       *settings // the settings the request started with
 	rec      *accesslog.Record
 	start    time.Time
@@ -76,10 +83,16 @@ type request struct {
 }
 
 // ServeHTTP proxies one request: admit it, then pick a backend, try it,
-// decide whether to try again, and respond with the outcome.
+// decide whether to try again, and respond with the outcome. It serves
+// net/http's server (HTTP/2, TLS, h2c) and sluice's HTTP/1 loop (h1.go)
+// alike: w is the loop's *h1Response there.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st, status, miss := s.cfg.Load().route(r)
-	q := &request{s: s, w: w, r: r, st: st, start: time.Now()}
+	q := &request{s: s, w: w, r: r, ctx: r.Context(), st: st, start: time.Now()}
+	h1, _ := w.(*h1Response)
+	if h1 != nil {
+		q.ctx = h1.c.ctx
+	}
 	routeName := st.route
 	if status != 0 {
 		routeName = ""
@@ -89,7 +102,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// timeouts.total bounds the whole exchange, writing the response to
 	// the client included: a client that stops reading cannot hold the
 	// request, nor the backend connection it streams from, past it.
-	_ = http.NewResponseController(w).SetWriteDeadline(q.deadline)
+	_ = setWriteDeadline(w, q.deadline)
 	q.rec = s.records.Get().(*accesslog.Record)
 	*q.rec = accesslog.Record{
 		Service: s.name, Route: routeName, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
@@ -134,7 +147,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.budget.Start()
 	defer s.budget.Done()
 	// A client that goes away aborts the try or the response in progress.
-	defer context.AfterFunc(r.Context(), q.cw.fire)()
+	if h1 != nil {
+		h1.c.watch(&q.cw) // the loop's watch of the connection (no context.AfterFunc)
+	} else {
+		defer context.AfterFunc(q.ctx, q.cw.fire)()
+	}
 	if !q.prepare() {
 		return
 	}
@@ -147,7 +164,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		res, tr := q.try(b, trial)
-		if res.clientGone || r.Context().Err() != nil {
+		if res.clientGone || q.ctx.Err() != nil {
 			q.clientGone(b, trial, res, tr)
 			return
 		}
@@ -223,7 +240,7 @@ func (q *request) finish() {
 	s, rec := q.s, q.rec
 	rec.End = time.Now()
 	rec.Duration = rec.End.Sub(q.start)
-	rec.BytesIn += q.out.bodyStore.read
+	rec.BytesIn += q.out.bodyStore.read.Load()
 	s.access.Load().Log(rec)
 	s.obs.Request(rec)
 	if cap(rec.Tries) <= 16 {
@@ -298,9 +315,8 @@ func (q *request) prepare() bool {
 	// after the body must not hit it (that would cancel the request).
 	var bodyRead func()
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
-		rc := http.NewResponseController(w)
-		if rc.SetReadDeadline(q.deadline) == nil {
-			bodyRead = func() { _ = rc.SetReadDeadline(time.Time{}) }
+		if setReadDeadline(w, q.deadline) == nil {
+			bodyRead = func() { _ = setReadDeadline(w, time.Time{}) }
 		}
 	}
 	body := &q.out.bodyStore
@@ -349,7 +365,7 @@ func (q *request) try(b pool.Backend, trial bool) (tryResult, accesslog.Try) {
 	t0 := time.Now()
 	as := s.stat(b.Addr)
 	as.inflight.Add(1)
-	res := s.try(q.r.Context(), &q.cw, q.st, &q.out, b, t0, q.deadline)
+	res := s.try(q.ctx, &q.cw, q.st, &q.out, b, t0, q.deadline)
 	as.inflight.Add(-1)
 	// The budget token of a retry is held for its try only.
 	q.releaseBudget()
@@ -444,7 +460,7 @@ func (q *request) backoff(delay time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-q.r.Context().Done():
+	case <-q.ctx.Done():
 		q.rec.Status = statusClientClosed
 		return false
 	}
@@ -466,9 +482,9 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 			rewriteLocations(res.resp.Header, q.st.svc.Host, q.out.fwd.proto, q.r.Host)
 		}
 		if res.h2 != nil {
-			q.abort = s.respondH2(q.r.Context(), q.w, q.rec, res)
+			q.abort = s.respondH2(q.ctx, q.w, q.rec, res)
 		} else {
-			q.abort = s.respond(q.r.Context(), &q.cw, q.w, q.rec, res, b.Addr)
+			q.abort = s.respond(q.ctx, &q.cw, q.w, q.rec, res, b.Addr)
 		}
 	case res.local:
 		q.w.Header().Set("Retry-After", "1")
@@ -520,6 +536,11 @@ func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *
 	}
 	out.upgrade, out.method, out.uri, out.host = upgradeType(r, st.svc.Upgrades), r.Method, uri, host
 	out.header, out.fwd, out.body = r.Header, newForwarded(r, st.svc.TrustedProxies), body
+	out.trailer = nil
+	if r.Trailer != nil || r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		// Announced trailers, or a chunked body that may end with some.
+		out.trailer = &r.Trailer
+	}
 }
 
 // serverName is the TLS server name (SNI, and the name the backend's
@@ -776,4 +797,22 @@ func (w *clientWatch) actLocked() {
 		return
 	}
 	w.conn.Close()
+}
+
+// setWriteDeadline moves the write deadline of w's connection (or
+// HTTP/2 stream): straight on the writers that have the method (the
+// loop's, net/http's), through a ResponseController otherwise.
+func setWriteDeadline(w http.ResponseWriter, t time.Time) error {
+	if d, ok := w.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		return d.SetWriteDeadline(t)
+	}
+	return http.NewResponseController(w).SetWriteDeadline(t)
+}
+
+// setReadDeadline is setWriteDeadline for reads.
+func setReadDeadline(w http.ResponseWriter, t time.Time) error {
+	if d, ok := w.(interface{ SetReadDeadline(time.Time) error }); ok {
+		return d.SetReadDeadline(t)
+	}
+	return http.NewResponseController(w).SetReadDeadline(t)
 }

@@ -17,6 +17,12 @@
 // ejected address as well. Every request is written to the access log as
 // one JSON line with every try and why it was or was not retried.
 //
+// A plain-text listener (no TLS, no h2c) is served by sluice's own
+// HTTP/1.1 connection loop (h1.go: net/http's parser, no goroutine,
+// context or background read per request); TLS and h2c listeners by
+// net/http's server and x/net's HTTP/2 server. Both run the one request
+// pipeline, ServeHTTP.
+//
 // The agent owns a Server per http service:
 //
 //	srv, err := proxy.New(proxy.Options{Service: svc, Pool: p, Ejection: ej, Log: log, AccessLog: acc})
@@ -36,6 +42,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,9 +149,17 @@ type Server struct {
 	// setupHTTP2).
 	h2c     bool
 	h2serve func(hs *http.Server, c net.Conn, h http.Handler, sawPreface bool)
+	// h1 serves a plain-text listener (no TLS, no h2c) with sluice's own
+	// HTTP/1.1 loop (h1.go); nil: net/http's server serves it.
+	h1 *h1Server
 }
 
 const copyBufSize = 32 << 10
+
+// EnvNetHTTP1, when set (to anything), makes a plain-text listener be
+// served by net/http's HTTP/1 server instead of sluice's own loop
+// (h1.go): a diagnostic switch, to compare the two.
+const EnvNetHTTP1 = "SLUICE_L7_NETHTTP1"
 
 // compile checks a service and its routes and builds their settings;
 // groups are the server's pools (a route naming another pool is refused:
@@ -445,6 +460,8 @@ func New(opts Options) (*Server, error) {
 		if err := s.setupHTTP2(cl); err != nil {
 			return nil, err
 		}
+	} else if os.Getenv(EnvNetHTTP1) == "" {
+		s.h1 = &h1Server{s: s}
 	}
 	return s, nil
 }
@@ -490,6 +507,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		ll := newLimitListener(l, s.limits.MaxConnections, func() { s.obs.Refused(s.name, limitConnections) })
 		if s.tlsOn {
 			errc <- s.http.ServeTLS(ll, "", "")
+		} else if s.h1 != nil {
+			errc <- s.h1.serve(ll)
 		} else {
 			var pl net.Listener = ll
 			if s.h2c {
@@ -530,7 +549,12 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 // (the grace period), force-closes every client connection and tunnel
 // still open then, and closes the upstream pools.
 func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.http.Shutdown(ctx)
+	var err error
+	if s.h1 != nil {
+		err = s.h1.shutdown(ctx) // closes what is left when ctx ends
+	} else {
+		err = s.http.Shutdown(ctx)
+	}
 	if err != nil {
 		// The grace period is over: what is left is closed, so a stalled
 		// client cannot hold a request (and its backend connection) open.

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"net/textproto"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -189,6 +190,7 @@ type seen struct {
 
 // fuzzRig is a Server on a pipeListener with a memBackend.
 type fuzzRig struct {
+	h2c      bool // h2c listener: HTTP/1 by net/http's server (else sluice's loop, h1.go)
 	l        *pipeListener
 	be       *memBackend
 	inflight atomic.Int64
@@ -196,21 +198,38 @@ type fuzzRig struct {
 	seen     []seen
 }
 
-func newFuzzRig(f testing.TB) *fuzzRig {
-	rig := &fuzzRig{l: &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}, be: &memBackend{}}
+func newFuzzRig(f testing.TB) *fuzzRig { return newFuzzRigOn(f, rigH2C) }
+
+// What serves a fuzzRig's HTTP/1 connections.
+const (
+	rigH2C     = iota // an h2c listener: net/http's server behind the h2c gate
+	rigNetHTTP        // a plain listener served by net/http's server (EnvNetHTTP1)
+	rigLoop           // a plain listener served by sluice's loop (h1.go)
+)
+
+// newFuzzRigOn is newFuzzRig on a listener of the given kind.
+func newFuzzRigOn(f testing.TB, kind int) *fuzzRig {
+	h2c := kind == rigH2C
+	rig := &fuzzRig{h2c: h2c, l: &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}, be: &memBackend{}}
 	addr := netip.MustParseAddrPort("192.0.2.10:80")
 	p := pool.New("web", pool.Config{DrainTimeout: time.Minute, MaxEjectedPercent: 50}, nil, nil)
 	p.SetSource(time.Now(), pool.SourceStatic, []pool.Desired{{Addr: addr, Weight: 1, Info: "static"}})
 	svc := testService()
 	svc.Retry.Attempts = 1
 	srv, err := New(Options{
-		Service: svc, Pool: p, Ejection: eject.Config{}, H2C: true,
+		Service: svc, Pool: p, Ejection: eject.Config{}, H2C: h2c,
 		Upstream:        UpstreamOptions{Dial: rig.be.dial},
 		ShutdownTimeout: time.Second,
 		Log:             slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		f.Fatal(err)
+	}
+	if (srv.h1 == nil) != h2c {
+		f.Fatalf("h2c %v: the HTTP/1 loop is %v", h2c, srv.h1 != nil)
+	}
+	if kind == rigNetHTTP {
+		srv.h1 = nil
 	}
 	srv.http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rig.inflight.Add(1)
@@ -256,9 +275,9 @@ func (rig *fuzzRig) settle(t *testing.T) []seen {
 // sendH1 writes raw on a new connection and reads one response. A raw
 // that net/http would wait on for more bytes (an incomplete request) is
 // not sent: the server would only answer at its header timeout.
-func (rig *fuzzRig) sendH1(raw []byte) {
+func (rig *fuzzRig) sendH1(raw []byte) (status int) {
 	if incomplete(raw) {
-		return
+		return 0
 	}
 	c := rig.l.dial()
 	defer c.Close()
@@ -268,6 +287,31 @@ func (rig *fuzzRig) sendH1(raw []byte) {
 	go func() { _, _ = c.Write(raw) }()
 	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+	return 0
+}
+
+// sameH1 checks that both HTTP/1 servers (net/http's, sluice's loop)
+// answered raw alike: the same status, and the same first request
+// reaching the handler (or none) with the same method, target, Host and
+// header, reaching the backend as often. (Whether a request pipelined
+// after it is handled races with sendH1 closing the connection once it
+// has the first response, on either server: not compared.)
+func sameH1(t *testing.T, raw []byte, statusA, statusB int, a, b []seen) {
+	t.Helper()
+	if statusA != statusB {
+		t.Fatalf("net/http answered %d, the loop %d, to %q", statusA, statusB, raw)
+	}
+	if (len(a) == 0) != (len(b) == 0) {
+		t.Fatalf("net/http handled %d requests, the loop %d, of %q", len(a), len(b), raw)
+	}
+	for i := range min(len(a), len(b), 1) {
+		x, y := a[i], b[i]
+		if x.method != y.method || x.url.String() != y.url.String() || x.host != y.host || !reflect.DeepEqual(x.header, y.header) || len(x.caps) != len(y.caps) {
+			t.Fatalf("request %d of %q: net/http %s %s %q %v (%d tries), the loop %s %s %q %v (%d tries)",
+				i, raw, x.method, x.url.String(), x.host, x.header, len(x.caps), y.method, y.url.String(), y.host, y.header, len(y.caps))
+		}
 	}
 }
 
@@ -606,16 +650,38 @@ func FuzzH1Translation(f *testing.F) {
 		"GET / HTTP/1.0\r\n\r\n",
 		"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: x\r\n\r\n",
 		"DELETE /a%20b/%2F HTTP/1.1\r\nHost: [2001:db8::1]:443\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+		// Where sluice's HTTP/1 loop makes net/http's server checks itself.
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: foo\r\n\r\nhi",
+		"GET http://h/ HTTP/1.1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+		"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+		"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+		"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
-	rig := newFuzzRig(f)
+	// The same input through the HTTP/1 servers: net/http's behind the
+	// h2c gate, net/http's on a plain listener and sluice's loop on a
+	// plain listener, each checked, and the last two compared.
+	rig, nh, loop := newFuzzRig(f), newFuzzRigOn(f, rigNetHTTP), newFuzzRigOn(f, rigLoop)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		rig.sendH1(raw)
+		statusA := nh.sendH1(raw)
+		statusB := loop.sendH1(raw)
 		body, ok := h1Body(raw)
 		for i, sn := range rig.settle(t) {
 			checkSeen(t, sn, body, ok && i == 0)
 		}
+		a, b := nh.settle(t), loop.settle(t)
+		for i, sn := range a {
+			checkSeen(t, sn, body, ok && i == 0)
+		}
+		for i, sn := range b {
+			checkSeen(t, sn, body, ok && i == 0)
+		}
+		sameH1(t, raw, statusA, statusB, a, b)
 	})
 }
 
@@ -633,13 +699,23 @@ func FuzzHeaderForwarding(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	rig := newFuzzRig(f)
+	rig, nh, loop := newFuzzRig(f), newFuzzRigOn(f, rigNetHTTP), newFuzzRigOn(f, rigLoop)
 	f.Fuzz(func(t *testing.T, fields string) {
 		raw := []byte("GET /f HTTP/1.1\r\nHost: fwd.test\r\n" + fields + "\r\n")
 		rig.sendH1(raw)
+		statusA := nh.sendH1(raw)
+		statusB := loop.sendH1(raw)
 		for _, sn := range rig.settle(t) {
 			checkSeen(t, sn, nil, true)
 		}
+		a, b := nh.settle(t), loop.settle(t)
+		for _, sn := range a {
+			checkSeen(t, sn, nil, true)
+		}
+		for _, sn := range b {
+			checkSeen(t, sn, nil, true)
+		}
+		sameH1(t, raw, statusA, statusB, a, b)
 	})
 }
 

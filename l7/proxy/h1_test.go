@@ -1,0 +1,237 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawConn dials the harness and returns the connection and a reader of
+// its responses.
+func rawConn(t *testing.T, h *harness) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+func readResp(t *testing.T, br *bufio.Reader, method string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(b)
+}
+
+// A plain-text listener is served by the loop, not net/http's server.
+func TestH1LoopServesPlainListeners(t *testing.T) {
+	be := newBackend(t, status(200))
+	h := start(t, newPool(t, nil, be.addr), nil)
+	if h.srv.h1 == nil {
+		t.Fatal("a plain-text listener without h2c is not served by the HTTP/1 loop")
+	}
+	t.Setenv(EnvNetHTTP1, "1")
+	off := start(t, newPool(t, nil, be.addr), nil)
+	if off.srv.h1 != nil {
+		t.Fatalf("%s=1: the loop still serves", EnvNetHTTP1)
+	}
+}
+
+// Pipelined requests are answered in order, one at a time, on one
+// connection; the response header is written from the handler's map
+// with Date, Via and framing.
+func TestH1LoopPipelining(t *testing.T) {
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.URL.Path)
+	})
+	h := start(t, newPool(t, nil, be.addr), nil)
+	c, br := rawConn(t, h)
+	io.WriteString(c, "GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nHEAD /three HTTP/1.1\r\nHost: a\r\n\r\n")
+	for _, want := range []string{"/one", "/two"} {
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != 200 || body != want || resp.Close {
+			t.Fatalf("%s: %d %q close %v", want, resp.StatusCode, body, resp.Close)
+		}
+		if resp.Header.Get("Date") == "" || !strings.Contains(strings.Join(resp.Header["Via"], ","), "sluice") {
+			t.Errorf("%s: header %v", want, resp.Header)
+		}
+	}
+	resp, body := readResp(t, br, "HEAD")
+	if resp.StatusCode != 200 || body != "" {
+		t.Fatalf("HEAD: %d %q", resp.StatusCode, body)
+	}
+	if n := be.count.Load(); n != 3 {
+		t.Errorf("backend executed %d requests, want 3", n)
+	}
+}
+
+// Expect: 100-continue gets its 100 when the body is first read (net/http's
+// rule); another expectation is refused with 417 and never proxied.
+func TestH1LoopExpect(t *testing.T) {
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		io.WriteString(w, "got "+string(b))
+	})
+	h := start(t, newPool(t, nil, be.addr), nil)
+	c, br := rawConn(t, h)
+	io.WriteString(c, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
+		t.Fatalf("first line %q (%v), want a 100 Continue", line, err)
+	}
+	if l, _ := br.ReadString('\n'); l != "\r\n" {
+		t.Fatalf("100 Continue followed by %q", l)
+	}
+	io.WriteString(c, "hello")
+	resp, body := readResp(t, br, "POST")
+	if resp.StatusCode != 200 || body != "got hello" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+
+	c2, br2 := rawConn(t, h)
+	io.WriteString(c2, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: teapot\r\n\r\nhello")
+	resp, _ = readResp(t, br2, "POST")
+	if resp.StatusCode != http.StatusExpectationFailed || !resp.Close {
+		t.Fatalf("Expect: teapot: %d close %v, want 417 and close", resp.StatusCode, resp.Close)
+	}
+	if n := be.count.Load(); n != 1 {
+		t.Errorf("backend executed %d requests, want 1", n)
+	}
+}
+
+// OPTIONS * is answered by the server itself (as net/http's does).
+func TestH1LoopOptionsStar(t *testing.T) {
+	be := newBackend(t, status(200))
+	h := start(t, newPool(t, nil, be.addr), nil)
+	c, br := rawConn(t, h)
+	io.WriteString(c, "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+	resp, _ := readResp(t, br, "OPTIONS")
+	if resp.StatusCode != 200 || resp.ContentLength != 0 || be.count.Load() != 0 {
+		t.Fatalf("%d length %d, backend %d requests", resp.StatusCode, resp.ContentLength, be.count.Load())
+	}
+}
+
+// HTTP/1.0: closed after the response unless the client asked for
+// keep-alive and the response has a length.
+func TestH1LoopHTTP10(t *testing.T) {
+	be := newBackend(t, status(200))
+	h := start(t, newPool(t, nil, be.addr), nil)
+	c, br := rawConn(t, h)
+	io.WriteString(c, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+	resp, _ := readResp(t, br, "GET")
+	if resp.StatusCode != 200 || resp.Close || resp.Header.Get("Connection") != "keep-alive" {
+		t.Fatalf("keep-alive: %d close %v %v", resp.StatusCode, resp.Close, resp.Header)
+	}
+	io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
+	resp, _ = readResp(t, br, "GET")
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("1.0: %d close %v", resp.StatusCode, resp.Close)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("connection not closed after an HTTP/1.0 response: %v", err)
+	}
+}
+
+// A client that goes away while its request waits on the backend is
+// noticed (the loop's watch reads the connection): the request ends as
+// 499 and the backend connection is closed, long before the backend
+// would answer.
+func TestH1LoopClientGone(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	h := start(t, newPool(t, nil, be.addr), nil)
+	c, _ := rawConn(t, h)
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+	waitFor(t, "the request at the backend", func() bool { return be.count.Load() == 1 })
+	c.Close()
+	waitFor(t, "the access log line", func() bool { return len(h.access.lines(t)) == 1 })
+	if l := h.access.last(t); l.Status != statusClientClosed {
+		t.Fatalf("access log %+v, want status 499", l)
+	}
+	waitFor(t, "the backend connection closed", func() bool { return be.open() == 0 })
+}
+
+// A graceful shutdown closes idle connections at once, lets a request in
+// flight finish (its response says Connection: close), then returns.
+func TestH1LoopShutdown(t *testing.T) {
+	release := make(chan struct{})
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		io.WriteString(w, "done")
+	})
+	h := start(t, newPool(t, nil, be.addr), nil)
+	idle, _ := rawConn(t, h)
+	busy, br := rawConn(t, h)
+	io.WriteString(busy, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	waitFor(t, "the request at the backend", func() bool { return be.count.Load() == 1 })
+	done := make(chan error, 1)
+	go func() { done <- h.srv.Shutdown(context.Background()) }()
+	if _, err := idle.Read(make([]byte, 1)); err == nil {
+		t.Error("an idle connection got bytes at shutdown")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) with a request in flight", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	resp, body := readResp(t, br, "GET")
+	if resp.StatusCode != 200 || body != "done" || !resp.Close {
+		t.Errorf("in flight at shutdown: %d %q close %v", resp.StatusCode, body, resp.Close)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}
+
+// postTrailers sends a chunked POST whose body ends with trailers (an
+// X-Checksum, a hop-by-hop and a framing field; announced when announce
+// is set) and checks it is answered 200.
+func postTrailers(t *testing.T, h *harness, announce string) {
+	t.Helper()
+	c, br := rawConn(t, h)
+	io.WriteString(c, "POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"+announce+"\r\n"+
+		"3\r\nabc\r\n0\r\nX-Checksum: 42\r\nKeep-Alive: 1\r\nContent-Length: 9\r\n\r\n")
+	if resp, _ := readResp(t, br, "POST"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
+// The client's request trailers reach an HTTP/1.1 backend after the
+// re-framed chunked body, through either HTTP/1 server; hop-by-hop and
+// framing ones do not.
+func TestRequestTrailersH1Upstream(t *testing.T) {
+	got := make(chan http.Header, 1)
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		got <- r.Trailer.Clone()
+	})
+	for _, h2c := range []bool{true, false} { // net/http's HTTP/1 server, the loop
+		h := start(t, newPool(t, nil, be.addr), func(o *Options) { o.H2C = h2c })
+		postTrailers(t, h, "")
+		tr := <-got
+		if tr.Get("X-Checksum") != "42" || len(tr) != 1 {
+			t.Fatalf("h2c %v: backend trailer %v, want X-Checksum: 42 alone", h2c, tr)
+		}
+	}
+}
