@@ -87,9 +87,12 @@ struct {
  * Entries live tcp_syn_timeout at most. LRU; max_entries set from Go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	/* One common LRU list: tried with BPF_F_NO_COMMON_LRU, a flood got
-	 * more handshakes stuck in syn-sent (and a healthy backend ejected in
-	 * the e2e flood test). */
+	/* One common LRU list, on purpose. BPF_F_NO_COMMON_LRU splits the
+	 * entries evenly between CPUs and a CPU evicts only from its share,
+	 * so a flood on one receive queue evicts after max_entries/CPUs
+	 * inserts (tried: more handshakes stuck in syn-sent, a healthy
+	 * backend ejected in the e2e flood test); and it is slower per SYN
+	 * (every insert rotates its CPU's lists; docs/benchmarks.md). */
 	__uint(max_entries, 65536);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
