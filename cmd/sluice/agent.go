@@ -6,7 +6,15 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+
+	"github.com/sluicelb/sluice/userspace/agent"
 )
+
+// EnvL7NetHTTP1, set (to anything) in the agent's environment, serves
+// plain-text http listeners with net/http's HTTP/1 server instead of
+// sluice's own connection loop: a diagnostic switch, to compare the two
+// (docs/l7.md, "The HTTP/1 connection loop").
+const EnvL7NetHTTP1 = "SLUICE_L7_NETHTTP1"
 
 func agentCmd() *command {
 	return &command{
@@ -18,7 +26,10 @@ Loads the config, loads or adopts the data path pinned under
 datapath.pin_path, programs it and serves the admin API and metrics. Logs go
 to stderr. SIGTERM or SIGINT stops the agent and leaves the data path
 forwarding (a restarted agent adopts it; 'sluice teardown' removes it).
-SIGHUP re-reads the config, like 'sluice reload'.`,
+SIGHUP re-reads the config, like 'sluice reload'.
+SLUICE_L7_NETHTTP1=1 in the environment serves plain-text http listeners
+with net/http's HTTP/1 server instead of sluice's own loop (a diagnostic
+switch, to compare the two).`,
 		maxArgs: 0,
 		setup: func(fs *flag.FlagSet) runFunc {
 			var path string
@@ -34,7 +45,8 @@ SIGHUP re-reads the config, like 'sluice reload'.`,
 				if err != nil {
 					return err
 				}
-				return e.runAgent(ctx, path, log, e.version)
+				ro := agent.RunOptions{L7NetHTTP1: e.env(EnvL7NetHTTP1) != ""}
+				return e.runAgent(ctx, path, log, e.version, ro)
 			}
 		},
 	}
@@ -54,4 +66,12 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, usagef("--log-format %q: want text or json", format)
+}
+
+// env is the environment variable key (empty when the env has no getenv).
+func (e *env) env(key string) string {
+	if e.getenv == nil {
+		return ""
+	}
+	return e.getenv(key)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/defaults"
 	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/agent"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 )
@@ -56,7 +57,9 @@ type env struct {
 	// pinsHeld reports whether a process holds the pin directory's lock
 	// (a running agent, whatever its admin socket).
 	pinsHeld func(pinPath string) (bool, error)
-	runAgent func(ctx context.Context, configPath string, log *slog.Logger, version string) error
+	runAgent func(ctx context.Context, configPath string, log *slog.Logger, version string, ro agent.RunOptions) error
+	// getenv reads the environment (nil: empty).
+	getenv func(key string) string
 	// withdrawAll deletes every VIP route of the agent's table and
 	// protocol (teardown of a node with a bgp section).
 	withdrawAll func(table, protocol int) (int, error)

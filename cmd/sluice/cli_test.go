@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/agent"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 )
@@ -244,7 +245,7 @@ func (h *harness) env(stdout, stderr *bytes.Buffer) *env {
 			return nil
 		},
 		pinsHeld: func(pinPath string) (bool, error) { return h.pinsHeld, nil },
-		runAgent: func(ctx context.Context, path string, log *slog.Logger, version string) error {
+		runAgent: func(ctx context.Context, path string, log *slog.Logger, version string, _ agent.RunOptions) error {
 			h.ran = append(h.ran, path+" "+version)
 			log.Info("fake agent ran")
 			return nil
@@ -743,12 +744,31 @@ func TestAgent(t *testing.T) {
 	env := h.env(&bytes.Buffer{}, &bytes.Buffer{})
 	var errb bytes.Buffer
 	env.stderr = &errb
-	env.runAgent = func(context.Context, string, *slog.Logger, string) error {
+	env.runAgent = func(context.Context, string, *slog.Logger, string, agent.RunOptions) error {
 		return errors.New("attach xdp to veth0: operation not permitted")
 	}
 	if code := run(context.Background(), env, []string{"agent", "--config", "x.yaml"}); code != exitFailure ||
 		errb.String() != "sluice agent: attach xdp to veth0: operation not permitted\n" {
 		t.Errorf("failing agent: exit %d stderr %q", code, errb.String())
+	}
+
+	// SLUICE_L7_NETHTTP1 in the environment reaches the agent as an option.
+	for val, want := range map[string]bool{"": false, "1": true} {
+		env := h.env(&bytes.Buffer{}, &bytes.Buffer{})
+		env.getenv = func(k string) string {
+			if k == EnvL7NetHTTP1 {
+				return val
+			}
+			return ""
+		}
+		var got agent.RunOptions
+		env.runAgent = func(_ context.Context, _ string, _ *slog.Logger, _ string, ro agent.RunOptions) error {
+			got = ro
+			return nil
+		}
+		if code := run(context.Background(), env, []string{"agent", "-c", "x.yaml"}); code != exitOK || got.L7NetHTTP1 != want {
+			t.Errorf("%s=%q: exit %d, L7NetHTTP1 %v", EnvL7NetHTTP1, val, code, got.L7NetHTTP1)
+		}
 	}
 }
 

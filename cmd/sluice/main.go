@@ -60,6 +60,7 @@ func systemEnv() *env {
 		},
 		pinsHeld: datapath.PinPathHeld,
 		runAgent: agent.Run,
+		getenv:   os.Getenv,
 		withdrawAll: func(table, protocol int) (int, error) {
 			return announce.WithdrawAll(announce.Netlink{Table: table, Protocol: protocol})
 		},

@@ -37,12 +37,14 @@ func BenchmarkProxy(b *testing.B) {
 		name      string
 		keepAlive bool
 		accessLog bool
+		netHTTP1  bool // net/http's server instead of the loop (Options.NetHTTP1)
 	}{
-		{"keep-alive", true, true},
-		{"keep-alive/no-access-log", true, false},
-		{"new-connection", false, true},
-		{"direct/keep-alive", true, false},
-		{"direct/new-connection", false, false},
+		{"keep-alive", true, true, false},
+		{"keep-alive/no-access-log", true, false, false},
+		{"keep-alive/nethttp1", true, true, true},
+		{"new-connection", false, true, false},
+		{"direct/keep-alive", true, false, false},
+		{"direct/new-connection", false, false, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			if strings.HasPrefix(bc.name, "direct/") {
@@ -67,7 +69,7 @@ func BenchmarkProxy(b *testing.B) {
 			}
 			srv, err := New(Options{
 				Service: testService(), Pool: p, Ejection: testEjection(), AccessLog: acc,
-				ShutdownTimeout: 5 * time.Second,
+				NetHTTP1: bc.netHTTP1, ShutdownTimeout: 5 * time.Second,
 			})
 			if err != nil {
 				b.Fatal(err)

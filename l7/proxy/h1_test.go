@@ -44,10 +44,9 @@ func TestH1LoopServesPlainListeners(t *testing.T) {
 	if h.srv.h1 == nil {
 		t.Fatal("a plain-text listener without h2c is not served by the HTTP/1 loop")
 	}
-	t.Setenv(EnvNetHTTP1, "1")
-	off := start(t, newPool(t, nil, be.addr), nil)
+	off := start(t, newPool(t, nil, be.addr), func(o *Options) { o.NetHTTP1 = true })
 	if off.srv.h1 != nil {
-		t.Fatalf("%s=1: the loop still serves", EnvNetHTTP1)
+		t.Fatal("Options.NetHTTP1: the loop still serves")
 	}
 }
 

@@ -57,6 +57,11 @@ type Options struct {
 	Ejection eject.Config
 	TLS      *TLSFiles // nil: plain HTTP (HTTP/1.1, and h2c when H2C is set)
 	H2C      bool      // accept HTTP/2 without TLS (prior knowledge)
+	// NetHTTP1 serves a plain-text listener (no TLS, no h2c) with
+	// net/http's HTTP/1 server instead of sluice's own connection loop
+	// (h1.go): a diagnostic switch, to compare the two. The agent sets it
+	// from SLUICE_L7_NETHTTP1 in its environment (cmd/sluice).
+	NetHTTP1 bool
 	Client   service.ClientLimits
 	Upstream UpstreamOptions
 	// ShutdownTimeout bounds the graceful shutdown Serve does when its

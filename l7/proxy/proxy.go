@@ -42,7 +42,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -155,11 +154,6 @@ type Server struct {
 }
 
 const copyBufSize = 32 << 10
-
-// EnvNetHTTP1, when set (to anything), makes a plain-text listener be
-// served by net/http's HTTP/1 server instead of sluice's own loop
-// (h1.go): a diagnostic switch, to compare the two.
-const EnvNetHTTP1 = "SLUICE_L7_NETHTTP1"
 
 // compile checks a service and its routes and builds their settings;
 // groups are the server's pools (a route naming another pool is refused:
@@ -460,7 +454,7 @@ func New(opts Options) (*Server, error) {
 		if err := s.setupHTTP2(cl); err != nil {
 			return nil, err
 		}
-	} else if os.Getenv(EnvNetHTTP1) == "" {
+	} else if !opts.NetHTTP1 {
 		s.h1 = &h1Server{s: s}
 	}
 	return s, nil

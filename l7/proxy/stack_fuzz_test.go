@@ -203,7 +203,7 @@ func newFuzzRig(f testing.TB) *fuzzRig { return newFuzzRigOn(f, rigH2C) }
 // What serves a fuzzRig's HTTP/1 connections.
 const (
 	rigH2C     = iota // an h2c listener: net/http's server behind the h2c gate
-	rigNetHTTP        // a plain listener served by net/http's server (EnvNetHTTP1)
+	rigNetHTTP        // a plain listener served by net/http's server (Options.NetHTTP1)
 	rigLoop           // a plain listener served by sluice's loop (h1.go)
 )
 
@@ -217,7 +217,7 @@ func newFuzzRigOn(f testing.TB, kind int) *fuzzRig {
 	svc := testService()
 	svc.Retry.Attempts = 1
 	srv, err := New(Options{
-		Service: svc, Pool: p, Ejection: eject.Config{}, H2C: h2c,
+		Service: svc, Pool: p, Ejection: eject.Config{}, H2C: h2c, NetHTTP1: kind == rigNetHTTP,
 		Upstream:        UpstreamOptions{Dial: rig.be.dial},
 		ShutdownTimeout: time.Second,
 		Log:             slog.New(slog.DiscardHandler),
@@ -225,11 +225,8 @@ func newFuzzRigOn(f testing.TB, kind int) *fuzzRig {
 	if err != nil {
 		f.Fatal(err)
 	}
-	if (srv.h1 == nil) != h2c {
-		f.Fatalf("h2c %v: the HTTP/1 loop is %v", h2c, srv.h1 != nil)
-	}
-	if kind == rigNetHTTP {
-		srv.h1 = nil
+	if (srv.h1 == nil) != (kind != rigLoop) {
+		f.Fatalf("rig kind %d: the HTTP/1 loop is %v", kind, srv.h1 != nil)
 	}
 	srv.http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rig.inflight.Add(1)

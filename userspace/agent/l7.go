@@ -39,6 +39,7 @@ type l7Stage struct {
 	metrics    *metrics.Metrics
 	trackers   *trackers     // the pools' ejection trackers, shared with the data path's signals
 	requestIDs *reqid.Source // one for every server: ids unique across services
+	netHTTP1   bool          // proxy.Options.NetHTTP1 of every server
 
 	wg sync.WaitGroup // Serve goroutines
 
@@ -203,6 +204,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		RequestIDs: s.requestIDs,
 		Observer:   s.observer(svc),
 		H2C:        svc.H2C,
+		NetHTTP1:   s.netHTTP1,
 	}
 	if t := svc.TLS; t != nil {
 		f := t.Files()

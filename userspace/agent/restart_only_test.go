@@ -39,7 +39,7 @@ services:
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err = Run(context.Background(), path, nil, "test")
+	err = Run(context.Background(), path, nil, "test", RunOptions{})
 	if err == nil || !strings.Contains(err.Error(), "metrics listen "+taken.Addr().String()) {
 		t.Fatalf("Run with the metrics address taken: %v", err)
 	}

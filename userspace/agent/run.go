@@ -44,10 +44,19 @@ import (
 // TickInterval is how often flows are counted and lifecycles advanced.
 const TickInterval = time.Second
 
+// RunOptions are the agent's settings that do not come from its config
+// file (cmd/sluice sets them from the command line and the environment).
+type RunOptions struct {
+	// L7NetHTTP1 serves plain-text http listeners with net/http's HTTP/1
+	// server instead of sluice's own connection loop (see
+	// proxy.Options.NetHTTP1): a diagnostic switch, to compare the two.
+	L7NetHTTP1 bool
+}
+
 // Run runs the agent until ctx is done. SIGHUP reloads the config file. On
 // return the data path stays attached and keeps forwarding; a restarted
 // agent adopts it without disturbing established flows.
-func Run(ctx context.Context, configPath string, log *slog.Logger, version string) error {
+func Run(ctx context.Context, configPath string, log *slog.Logger, version string, ro RunOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -128,6 +137,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		stateFile:    StateFile(cfg.Admin.Socket),
 		dns:          newDNSWatcher(cfg.DNS, log),
 		l7:           true,
+		l7NetHTTP1:   ro.L7NetHTTP1,
 		accessLogOut: os.Stdout,
 		announce:     ann,
 	})
