@@ -38,22 +38,25 @@ func BenchmarkProxy(b *testing.B) {
 		keepAlive bool
 		accessLog bool
 		netHTTP1  bool // net/http's server instead of the loop (Options.NetHTTP1)
+		body      int  // the backends' response body (0: "ok")
 	}{
-		{"keep-alive", true, true, false},
-		{"keep-alive/no-access-log", true, false, false},
-		{"keep-alive/nethttp1", true, true, true},
-		{"new-connection", false, true, false},
-		{"direct/keep-alive", true, false, false},
-		{"direct/new-connection", false, false, false},
+		{"keep-alive", true, true, false, 0},
+		{"keep-alive/no-access-log", true, false, false, 0},
+		{"keep-alive/nethttp1", true, true, true, 0},
+		{"keep-alive/16k", true, true, false, 16 << 10},
+		{"new-connection", false, true, false, 0},
+		{"direct/keep-alive", true, false, false, 0},
+		{"direct/keep-alive/16k", true, false, false, 16 << 10},
+		{"direct/new-connection", false, false, false, 0},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			if strings.HasPrefix(bc.name, "direct/") {
-				runClients(b, rawOKBackend(b).String(), bc.keepAlive)
+				runClients(b, rawOKBackend(b, bc.body).String(), bc.keepAlive)
 				return
 			}
 			var addrs []netip.AddrPort
 			for range 3 {
-				addrs = append(addrs, rawOKBackend(b))
+				addrs = append(addrs, rawOKBackend(b, bc.body))
 			}
 			t := &testing.T{}
 			p := newPool(t, nil, addrs...)
@@ -177,14 +180,19 @@ type badStatus struct{ s string }
 func (e *badStatus) Error() string { return "unexpected response: " + e.s }
 
 // rawOKBackend is a loopback HTTP/1.1 server that answers every request
-// (without a body) with a canned 200 "ok", keeping connections alive.
-func rawOKBackend(b *testing.B) netip.AddrPort {
+// (without a body) with a canned 200 "ok" (or a body of size bytes),
+// keeping connections alive.
+func rawOKBackend(b *testing.B, size int) netip.AddrPort {
 	b.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+	body := "ok"
+	if size > 0 {
+		body = strings.Repeat("x", size)
+	}
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	conns := map[net.Conn]bool{}

@@ -221,6 +221,7 @@ type h1Conn struct {
 	lastMethod string
 	hijacked   bool
 	resp       h1Response // the response being written (reused)
+	out        h1Out      // what bw writes to
 	body       h1ReqBody  // the request body's reader (reused)
 
 	// The watch for a client gone (see watchFire); under wmu.
@@ -270,7 +271,13 @@ func (c *h1Conn) serve() {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.br = h.getReader(c)
-	c.bw = h.getWriter(c.rwc)
+	c.out.conn = c.rwc
+	if lc, ok := c.rwc.(*limitConn); ok {
+		// Writes go to the connection itself: net.Buffers makes a writev
+		// only for the net package's own types.
+		c.out.conn = lc.Conn
+	}
+	c.bw = h.getWriter(&c.out)
 	defer func() {
 		c.cancel()
 		if c.timer != nil {
@@ -803,7 +810,15 @@ func (w *h1Response) Write(p []byte) (int, error) {
 		writeUint(bw, uint64(len(p)), 16)
 		_, _ = bw.WriteString("\r\n")
 	}
-	n, err := bw.Write(p)
+	var n int
+	var err error
+	if len(p) > bw.Available() && bw.Buffered() > 0 {
+		// What is buffered (the header, a chunk's size) and p in one
+		// system call, not two.
+		n, err = w.c.out.flushWith(bw, p)
+	} else {
+		n, err = bw.Write(p)
+	}
 	w.written += int64(n)
 	if err == nil && w.chunked {
 		_, err = bw.WriteString("\r\n")
@@ -848,6 +863,49 @@ func (w *h1Response) finish() {
 		}
 	}
 	_, _ = bw.WriteString("\r\n")
+}
+
+// h1Out is the client connection as the response's bufio.Writer writes
+// to it: a body chunk larger than what is left of the buffer goes out in
+// one writev with what the buffer holds (the header, usually), instead of
+// a write of the buffer and a write of the chunk.
+type h1Out struct {
+	conn  net.Conn
+	tail  []byte      // written right after what the buffer flushes
+	tailN int         // how much of tail was written
+	vec   [2][]byte   // the writev's buffers (reused)
+	bufs  net.Buffers // over vec
+}
+
+func (o *h1Out) Write(p []byte) (int, error) {
+	if o.tail == nil {
+		return o.conn.Write(p)
+	}
+	o.vec[0], o.vec[1] = p, o.tail
+	o.tail = nil
+	o.bufs = o.vec[:]
+	n64, err := o.bufs.WriteTo(o.conn)
+	o.vec = [2][]byte{}
+	n := int(n64)
+	o.tailN = max(0, n-len(p))
+	return min(n, len(p)), err
+}
+
+// flushWith flushes bw with p written after it, in one system call where
+// the connection can (net.Buffers); it returns how much of p was written.
+func (o *h1Out) flushWith(bw *bufio.Writer, p []byte) (int, error) {
+	o.tail, o.tailN = p, 0
+	err := bw.Flush()
+	if o.tail != nil {
+		// The buffer was not written (an earlier error).
+		o.tail = nil
+		return 0, err
+	}
+	n := o.tailN
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	return n, err
 }
 
 // contentLength0 is the Content-Length of an empty answer (shared).

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -75,6 +76,31 @@ func TestH1LoopPipelining(t *testing.T) {
 	}
 	if n := be.count.Load(); n != 3 {
 		t.Errorf("backend executed %d requests, want 3", n)
+	}
+}
+
+// A body larger than the write buffer goes out with the header in one
+// writev (h1Out): with a length and chunked, on a kept-alive connection,
+// every byte in order.
+func TestH1LoopLargeBodies(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 3<<10) // 48 KiB
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/length" {
+			w.Header().Set("Content-Length", strconv.Itoa(len(big)))
+		}
+		io.WriteString(w, big)
+	})
+	h := start(t, newPool(t, nil, be.addr), nil)
+	c, br := rawConn(t, h)
+	for _, path := range []string{"/length", "/chunked", "/length"} {
+		io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n")
+		resp, body := readResp(t, br, "GET")
+		if resp.StatusCode != 200 || body != big || resp.Close {
+			t.Fatalf("%s: %d, %d bytes (equal %v), close %v", path, resp.StatusCode, len(body), body == big, resp.Close)
+		}
+		if chunked := len(resp.TransferEncoding) > 0; chunked != (path == "/chunked") {
+			t.Errorf("%s: transfer encoding %v", path, resp.TransferEncoding)
+		}
 	}
 }
 
