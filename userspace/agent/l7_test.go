@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -321,5 +322,20 @@ func TestL7AccessLogAndSettings(t *testing.T) {
 	h.a.l7.wait() // flushes and closes the logs
 	if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "/four") {
 		t.Errorf("access_log: off still logged: %q", b)
+	}
+}
+
+// The agent's NetHTTP1 option (SLUICE_L7_NETHTTP1, read by cmd/sluice)
+// reaches every http service's proxy options.
+func TestL7NetHTTP1Option(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		a := newAgent(datapath.NewFake(tableSize), options{l7: true, l7NetHTTP1: on})
+		opts, err := a.l7.options(config.Service{Name: "web", Pool: "web", AccessLog: config.AccessLogOff})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if opts.NetHTTP1 != on {
+			t.Errorf("l7NetHTTP1 %v: proxy NetHTTP1 %v", on, opts.NetHTTP1)
+		}
 	}
 }
