@@ -28,7 +28,7 @@ node_config() {
 		      - address: 198.18.2.12:80
 		      - address: 198.18.2.13:80
 		    drain_timeout: 10s
-		    health_check: {http: {path: /healthz}, interval: 500ms, timeout: 2s, rise: 1, fall: 3}
+		    health_check: {http: {path: /healthz}, interval: 1s, timeout: 900ms, rise: 1, fall: 3}
 		    ejection: {max_ejected_percent: 100}
 		services:
 		  - name: web-l4
