@@ -489,8 +489,8 @@ func TestClusterNATNodeDies(t *testing.T) {
 	l := c.startLoad(conns)
 	flows := c.waitFlows(t, conns)
 	victim := c.Nodes[slices.Index(flows, slices.Max(flows))]
+	c.logSpread(t, 2*time.Second)
 	t.Logf("flows per node %v; %s dies", flows, victim.Host)
-	time.Sleep(500 * time.Millisecond)
 	victim.c.MustRun(victim.Host, 5*time.Second, "ip", "link", "set", "eth0", "down")
 	took := c.WaitNextHops(t, 3*time.Second, c.frontIPs(victim.I)...)
 	back := c.WaitReturnHops(t, 3*time.Second, c.frontIPs(victim.I)...)
@@ -509,6 +509,35 @@ func TestClusterNATNodeDies(t *testing.T) {
 		t.Fatal("no node translated an answer without its flow entry: the answers did not move between nodes")
 	}
 	t.Logf("answers translated without their flow entry on the live nodes: %v", without)
+}
+
+// logSpread measures, over d, how the router spreads the service's
+// packets (both directions: client packets by the VIP routes, nat answers
+// by table 4154) over the nodes, logs each node's share and the answers
+// it translated without a flow entry (docs/benchmarks.md), and fails if a
+// node carried none.
+func (c *Cluster) logSpread(t *testing.T, d time.Duration) {
+	t.Helper()
+	const pkts, without = `sluice_service_packets_total{service="web-l4"}`, "sluice_replies_without_flow_total"
+	before := make([]map[string]float64, len(c.Nodes))
+	for i, nd := range c.Nodes {
+		before[i], _ = c.scrapeHost(nd.Host)
+	}
+	time.Sleep(d)
+	var total float64
+	got := make([][2]float64, len(c.Nodes))
+	for i, nd := range c.Nodes {
+		m, _ := c.scrapeHost(nd.Host)
+		got[i] = [2]float64{m[pkts] - before[i][pkts], m[without] - before[i][without]}
+		total += got[i][0]
+	}
+	for i, nd := range c.Nodes {
+		t.Logf("spread over %s: %s carried %.0f packets/s (%.0f%%), %.0f answers/s translated without a flow entry",
+			d, nd.Host, got[i][0]/d.Seconds(), 100*got[i][0]/total, got[i][1]/d.Seconds())
+		if got[i][0] == 0 {
+			t.Errorf("%s carried no packet", nd.Host)
+		}
+	}
 }
 
 // Issue 13, mode dsr: a node drain withdraws first, then waits until the
