@@ -135,7 +135,20 @@ func (c *Cluster) frontIPs(except ...int) []string {
 
 // NextHops are the router's next hops for the VIP, sorted (none: no route).
 func (c *Cluster) NextHops() ([]string, error) {
-	out, err := c.Run("router", 5*time.Second, "ip", "-4", "route", "show", vip+"/32")
+	return c.routeHops("ip", "-4", "route", "show", vip+"/32")
+}
+
+// ReturnHops are the router's next hops for nat answers (a backend's
+// address to the clients: table 4154, kept by BIRD over the nodes BFD sees
+// alive), sorted.
+func (c *Cluster) ReturnHops() ([]string, error) {
+	return c.routeHops("ip", "-4", "route", "show", "table", "4154", "198.18.0.0/24")
+}
+
+// routeHops runs an `ip route show` in the router and returns the next
+// hops it lists, sorted.
+func (c *Cluster) routeHops(cmd ...string) ([]string, error) {
+	out, err := c.Run("router", 5*time.Second, cmd...)
 	if err != nil {
 		return nil, err
 	}
@@ -154,19 +167,31 @@ func (c *Cluster) NextHops() ([]string, error) {
 // and returns how long that took.
 func (c *Cluster) WaitNextHops(t *testing.T, timeout time.Duration, want ...string) time.Duration {
 	t.Helper()
+	return c.waitHops(t, timeout, "next hops for "+vip, c.NextHops, want)
+}
+
+// WaitReturnHops waits until the router's next hops for nat answers are
+// want and returns how long that took.
+func (c *Cluster) WaitReturnHops(t *testing.T, timeout time.Duration, want ...string) time.Duration {
+	t.Helper()
+	return c.waitHops(t, timeout, "next hops for nat answers", c.ReturnHops, want)
+}
+
+func (c *Cluster) waitHops(t *testing.T, timeout time.Duration, what string, hops func() ([]string, error), want []string) time.Duration {
+	t.Helper()
 	want = slices.Clone(want)
 	slices.Sort(want)
 	start := time.Now()
 	var last []string
 	for {
-		hops, err := c.NextHops()
-		if err == nil && slices.Equal(hops, want) {
+		got, err := hops()
+		if err == nil && slices.Equal(got, want) {
 			return time.Since(start)
 		}
-		last = hops
+		last = got
 		if time.Since(start) > timeout {
 			birdc, _ := runCmd(5*time.Second, "birdc", "-s", c.Env["ROUTER_BIRD_CTL"], "show", "protocols", "all")
-			t.Fatalf("router next hops for %s: %v after %s, want %v (err %v)\n%s", vip, last, timeout, want, err, birdc)
+			t.Fatalf("router %s: %v after %s, want %v (err %v)\n%s", what, last, timeout, want, err, birdc)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -449,6 +474,70 @@ func TestClusterDSRNodeDies(t *testing.T) {
 	t.Logf("the router dropped %s after %s", victim.Host, took.Round(time.Millisecond))
 	time.Sleep(2 * time.Second) // the moved flows keep going
 	l.stop(t, conns, victim.Host+" died")
+}
+
+// Issue 13, mode nat: one node dies (its link to the router goes down).
+// The router routes the backends' answers over the live nodes (table 4154),
+// not back to the node that forwarded a flow, so answers reach nodes
+// without the flow's entry, which translate them from the backend's
+// endpoint alone; the dead node's connections go on through the others to
+// the same backend — no reset, no failed request, no new dial.
+func TestClusterNATNodeDies(t *testing.T) {
+	c := newCluster(t, 3, "nat")
+	c.WaitReturnHops(t, 15*time.Second, c.frontIPs()...)
+	const conns = 24
+	l := c.startLoad(conns)
+	flows := c.waitFlows(t, conns)
+	victim := c.Nodes[slices.Index(flows, slices.Max(flows))]
+	c.logSpread(t, 2*time.Second)
+	t.Logf("flows per node %v; %s dies", flows, victim.Host)
+	victim.c.MustRun(victim.Host, 5*time.Second, "ip", "link", "set", "eth0", "down")
+	took := c.WaitNextHops(t, 3*time.Second, c.frontIPs(victim.I)...)
+	back := c.WaitReturnHops(t, 3*time.Second, c.frontIPs(victim.I)...)
+	t.Logf("the router dropped %s after %s, from the answers' route after %s", victim.Host,
+		took.Round(time.Millisecond), back.Round(time.Millisecond))
+	time.Sleep(2 * time.Second) // the moved flows keep going
+	l.stop(t, conns, victim.Host+" died")
+	var without float64
+	for _, nd := range c.Nodes {
+		if nd != victim {
+			m, _ := c.scrapeHost(nd.Host)
+			without += m["sluice_replies_without_flow_total"]
+		}
+	}
+	if without == 0 {
+		t.Fatal("no node translated an answer without its flow entry: the answers did not move between nodes")
+	}
+	t.Logf("answers translated without their flow entry on the live nodes: %v", without)
+}
+
+// logSpread measures, over d, how the router spreads the service's
+// packets (both directions: client packets by the VIP routes, nat answers
+// by table 4154) over the nodes, logs each node's share and the answers
+// it translated without a flow entry (docs/benchmarks.md), and fails if a
+// node carried none.
+func (c *Cluster) logSpread(t *testing.T, d time.Duration) {
+	t.Helper()
+	const pkts, without = `sluice_service_packets_total{service="web-l4"}`, "sluice_replies_without_flow_total"
+	before := make([]map[string]float64, len(c.Nodes))
+	for i, nd := range c.Nodes {
+		before[i], _ = c.scrapeHost(nd.Host)
+	}
+	time.Sleep(d)
+	var total float64
+	got := make([][2]float64, len(c.Nodes))
+	for i, nd := range c.Nodes {
+		m, _ := c.scrapeHost(nd.Host)
+		got[i] = [2]float64{m[pkts] - before[i][pkts], m[without] - before[i][without]}
+		total += got[i][0]
+	}
+	for i, nd := range c.Nodes {
+		t.Logf("spread over %s: %s carried %.0f packets/s (%.0f%%), %.0f answers/s translated without a flow entry",
+			d, nd.Host, got[i][0]/d.Seconds(), 100*got[i][0]/total, got[i][1]/d.Seconds())
+		if got[i][0] == 0 {
+			t.Errorf("%s carried no packet", nd.Host)
+		}
+	}
 }
 
 // Issue 13, mode dsr: a node drain withdraws first, then waits until the

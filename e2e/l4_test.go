@@ -625,7 +625,13 @@ func TestMetrics(t *testing.T) {
 // returns every sample by its name and labels as printed, and the raw text.
 func (l *Lab) scrape() (map[string]float64, string) {
 	l.t.Helper()
-	out := l.MustRun("lb", 10*time.Second, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:9464/metrics")
+	return l.scrapeHost("lb")
+}
+
+// scrapeHost reads the metrics of the agent in host (on 127.0.0.1:9464).
+func (l *Lab) scrapeHost(host string) (map[string]float64, string) {
+	l.t.Helper()
+	out := l.MustRun(host, 10*time.Second, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:9464/metrics")
 	values := map[string]float64{}
 	for _, line := range strings.Split(out, "\n") {
 		if line == "" || strings.HasPrefix(line, "#") {

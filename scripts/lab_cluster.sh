@@ -15,8 +15,13 @@
 # have an MTU of 1520: a 1500-byte client packet encapsulated by a dsr
 # node (IPIP, 20 bytes) fits. The backends' route back to the clients says
 # mtu 1500, so their answers never need more. snat flows are answered to
-# the node's own address (on-link); nat is not used in this lab (its
-# replies would need a way back through a node that knows the flow).
+# the node's own address (on-link). nat answers (from a backend's address
+# to a client) are routed by the router to the live nodes: a policy rule
+# (from the backends' subnet, in on eth9, to the clients) looks up table
+# 4154, where the router's BIRD keeps an ECMP route to the clients over
+# every node whose BFD session is up; any node translates them
+# (docs/scale-out.md). dsr answers come from the VIP, which the rule does
+# not match: they go straight to the client.
 #
 # The router spreads a VIP's flows over the nodes that announce it
 # (net.ipv4.fib_multipath_hash_policy=1: source and destination address
@@ -51,6 +56,14 @@ cluster_router_conf() {
 		for ((i = 1; i <= n; i++)); do
 			printf 'protocol bgp n%d from nodes { neighbor 198.18.%d.2 as 64512; }\n' "$i" $((4 + i))
 		done
+		printf '# nat answers: the clients through every node BFD sees alive (kernel table 4154)\n'
+		printf 'ipv4 table nat_return;\nprotocol static nat_return_hops {\n\tipv4 { table nat_return; };\n'
+		printf '\troute 198.18.0.0/24'
+		for ((i = 1; i <= n; i++)); do
+			printf '\n\t\tvia 198.18.%d.2 bfd' $((4 + i))
+		done
+		printf ';\n}\n'
+		printf 'protocol kernel nat_return_kernel { kernel table 4154; ipv4 { table nat_return; import none; export all; }; }\n'
 	} >"$file"
 }
 
@@ -127,6 +140,9 @@ cluster_up() {
 	nsx "$r" sysctl -qw net.ipv4.conf.default.rp_filter=0
 	# a link that went down takes its next hops out at once
 	nsx "$r" sysctl -qw net.ipv4.conf.all.ignore_routes_with_linkdown=1
+	# nat answers (a backend's address to a client) go through the nodes
+	# (table 4154, kept by BIRD: see cluster_router_conf)
+	ip -n "$r" rule add from 198.18.2.0/24 iif eth9 to 198.18.0.0/24 lookup 4154 pref 1000
 
 	# the backends' switch (MTU 1520: room for the encapsulation)
 	ip -n "$sw" link add br0 mtu 1520 type bridge

@@ -2,8 +2,10 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -161,15 +163,52 @@ func (v *validator) bgp(c *Config) {
 			v.add(fmt.Sprintf("bgp.communities[%d]", i), "%v", err)
 		}
 	}
-	for i, s := range c.Services {
+	for _, s := range c.Services {
 		if !s.IsL4() {
 			continue
 		}
 		if s.ListenAddr.IsValid() && !s.ListenAddr.Addr().Is4() {
 			v.add("bgp", "service %q: only IPv4 VIPs are announced for now", s.Name)
 		}
-		if s.Mode == ModeNAT {
-			v.warn(fmt.Sprintf("services[%d].mode", i), "mode nat behind ECMP: a flow's answers must come back through the node that holds it, which routing cannot promise; use dsr (or snat, whose flows break when they move to another node), see docs/scale-out.md")
+	}
+	warnSharedNATEndpoints(c, v)
+}
+
+// warnSharedNATEndpoints warns about a backend endpoint (address or name,
+// and port) in the pools of several nat services of one protocol. Behind
+// ECMP a nat reply may reach a node without its flow entry; the node then
+// translates it from the endpoint's one nat service (the data path's
+// backend_ports), which an endpoint of several services does not name: such
+// a reply passes untranslated and the client's connection breaks.
+func warnSharedNATEndpoints(c *Config, v *validator) {
+	pools := make(map[string]*Pool, len(c.Pools))
+	for i := range c.Pools {
+		pools[c.Pools[i].Name] = &c.Pools[i]
+	}
+	type endpoint struct{ key, proto string }
+	first := map[endpoint]string{} // the first nat service that uses it
+	warned := map[endpoint]bool{}
+	for i, s := range c.Services {
+		p := pools[s.Pool]
+		if !s.IsL4() || s.Mode != ModeNAT || p == nil {
+			continue
+		}
+		for _, b := range p.Backends {
+			key := b.Address
+			if b.AddrPort.IsValid() {
+				key = b.AddrPort.String()
+			} else if b.Name != "" {
+				key = net.JoinHostPort(b.Name, strconv.Itoa(int(b.Port)))
+			}
+			e := endpoint{key, s.Protocol}
+			other, ok := first[e]
+			switch {
+			case !ok:
+				first[e] = s.Name
+			case other != s.Name && !warned[e]:
+				warned[e] = true
+				v.warn(fmt.Sprintf("services[%d].pool", i), "backend %s serves nat services %q and %q: behind ECMP a reply that reaches a node without its flow entry cannot be given a VIP and passes untranslated (the connection breaks); give each nat service its own backend ports, or use dsr, see docs/scale-out.md", key, other, s.Name)
+			}
 		}
 	}
 }

@@ -66,24 +66,46 @@ func TestBGPInvalid(t *testing.T) {
 	}
 }
 
-func TestBGPWarnsAboutNAT(t *testing.T) {
-	c, err := Parse([]byte(bgpBase+`bgp:
+// Behind ECMP a nat service needs nothing more than its replies routed to
+// the nodes; only an endpoint shared by several nat services of a
+// protocol is warned about (a reply without its flow cannot be given a VIP).
+func TestBGPWarnsAboutSharedNATEndpoints(t *testing.T) {
+	const bgp = `bgp:
   local_asn: 64512
   router_id: 198.18.4.11
   peers: [{address: 198.18.4.1, asn: 64500}]
-`), "")
-	if err != nil {
-		t.Fatal(err)
+`
+	warnings := func(cfg string) string {
+		t.Helper()
+		c, err := Parse([]byte(cfg), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(c.WarningLines(), "\n")
 	}
-	if w := strings.Join(c.WarningLines(), "\n"); !strings.Contains(w, "mode nat behind ECMP") {
-		t.Fatalf("warnings: %q", w)
+	if w := warnings(bgpBase + bgp); strings.Contains(w, "behind ECMP") {
+		t.Fatalf("one nat service: %q", w)
 	}
-	c, err = Parse([]byte(strings.Replace(bgpBase, "    pool: web\n", "    mode: dsr\n    pool: web\n", 1)+`bgp:
-  local_asn: 64512
-  router_id: 198.18.4.11
-  peers: [{address: 198.18.4.1, asn: 64500}]
-`), "")
-	if err != nil || strings.Contains(strings.Join(c.WarningLines(), "\n"), "behind ECMP") {
-		t.Fatalf("dsr: %v %v", err, c.WarningLines())
+	second := func(listen, mode, proto string) string {
+		return bgpBase + "  - name: second\n    listen: " + listen + "\n    pool: web\n    mode: " + mode +
+			"\n    protocol: " + proto + "\n" + bgp
+	}
+	w := warnings(second("198.18.1.101:80", "nat", "tcp"))
+	if !strings.Contains(w, "backend 198.18.2.11:80 serves nat services \"web-l4\" and \"second\"") {
+		t.Fatalf("two nat services, one endpoint: %q", w)
+	}
+	for _, cfg := range []string{
+		second("198.18.1.101:80", "dsr", "tcp"),
+		second("198.18.1.101:80", "snat", "tcp"),
+		second("198.18.1.101:80", "nat", "udp"),
+		strings.Replace(bgpBase, "    pool: web\n", "    mode: dsr\n    pool: web\n", 1) + bgp,
+	} {
+		if w := warnings(cfg); strings.Contains(w, "behind ECMP") {
+			t.Errorf("%s: %q", cfg, w)
+		}
+	}
+	// Without a bgp section, nothing to warn about.
+	if w := warnings(strings.TrimSuffix(second("198.18.1.101:80", "nat", "tcp"), bgp)); strings.Contains(w, "behind ECMP") {
+		t.Fatalf("no bgp: %q", w)
 	}
 }
