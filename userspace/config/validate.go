@@ -126,7 +126,13 @@ func (v *validator) validate(c *Config) {
 		addr      netip.AddrPort
 		transport string
 	}
-	listeners := map[listener]string{}
+	// In declaration order, so a conflict names the first service that
+	// took the port, whatever else conflicted since.
+	type taken struct {
+		listener
+		name string
+	}
+	var listeners []taken
 	httpNames := map[string]bool{} // http services, for the routes hint
 	services := map[string]int{}
 	for i := range c.Services {
@@ -149,7 +155,8 @@ func (v *validator) validate(c *Config) {
 		if transport == ProtocolHTTP {
 			transport = ProtocolTCP
 		}
-		for l, other := range listeners {
+		for _, l := range listeners {
+			other := l.name
 			if l.transport != transport || l.addr.Port() != s.ListenAddr.Port() {
 				continue
 			}
@@ -164,7 +171,7 @@ func (v *validator) validate(c *Config) {
 				break
 			}
 		}
-		listeners[listener{s.ListenAddr, transport}] = s.Name
+		listeners = append(listeners, taken{listener{s.ListenAddr, transport}, s.Name})
 		if s.Protocol == ProtocolHTTP {
 			httpNames[s.Name] = true
 		}
