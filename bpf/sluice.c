@@ -798,8 +798,18 @@ static __attribute__((noinline)) int handle_ipv4(struct xdp_md *ctx)
 	return handle_vip(ctx, &p, data_end, svc);
 }
 
+/* The IPv6 half: its own maps and handlers, on the helpers above. */
+#include "include/xdp6.h"
+
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	/* Dispatched on the EtherType before any lookup: IPv4 and IPv6 have
+	 * maps of their own (docs/architecture.md). */
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) <= data_end && eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return handle_ipv6(ctx);
 	return handle_ipv4(ctx);
 }

@@ -38,6 +38,17 @@ type SluiceBackend struct {
 	SrcAddr uint32
 }
 
+type SluiceBackend6 struct {
+	_       structs.HostLayout
+	Addr    [4]uint32
+	Port    uint16
+	State   uint8
+	Pad     uint8
+	Gen     uint32
+	PoolId  uint32
+	SrcAddr [4]uint32
+}
+
 type SluiceBackendCounters struct {
 	_              structs.HostLayout
 	Packets        uint64
@@ -60,6 +71,20 @@ type SluiceBackendHop struct {
 	Pad  [2]uint8
 }
 
+type SluiceBackendHop6 struct {
+	_  structs.HostLayout
+	Nh struct {
+		_       structs.HostLayout
+		Dmac    [6]uint8
+		Smac    [6]uint8
+		Ifindex uint32
+		Until   uint64
+	}
+	Addr [4]uint32
+	Mtu  uint16
+	Pad  [6]uint8
+}
+
 type SluiceBackendState uint32
 
 const (
@@ -69,6 +94,38 @@ const (
 	SluiceBackendStateBACKEND_EJECTED  SluiceBackendState = 3
 	SluiceBackendStateBACKEND_REMOVED  SluiceBackendState = 4
 )
+
+type SluiceCt6Flags uint32
+
+const (
+	SluiceCt6FlagsCT6F_REPLY SluiceCt6Flags = 1
+)
+
+type SluiceCt6Key struct {
+	_     structs.HostLayout
+	Saddr [4]uint32
+	Daddr [4]uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type SluiceCt6Value struct {
+	_          structs.HostLayout
+	LastSeen   uint64
+	ServiceId  uint32
+	BackendId  uint32
+	BackendGen uint32
+	SaddrNew   [4]uint32
+	DaddrNew   [4]uint32
+	SportNew   uint16
+	DportNew   uint16
+	State      uint8
+	Flags      uint8
+	Pad        [2]uint8
+	_          [4]byte
+}
 
 type SluiceCtKey struct {
 	_     structs.HostLayout
@@ -111,6 +168,14 @@ type SluiceEndpoint struct {
 	Addr uint32
 	Port uint16
 	Pad  uint16
+}
+
+type SluiceEndpoint6 struct {
+	_     structs.HostLayout
+	Addr  [4]uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
 }
 
 type SluiceEpFlags uint32
@@ -158,9 +223,37 @@ type SluiceGlobalCounters struct {
 	RepliesWithoutFlow uint64
 }
 
+type SluiceIn6Addr struct {
+	_    structs.HostLayout
+	In6U struct {
+		_       structs.HostLayout
+		U6Addr8 [16]uint8
+	}
+}
+
+type SluiceNatHint6Value struct {
+	_      structs.HostLayout
+	Vip    [4]uint32
+	Port   uint16
+	Shared uint8
+	Pad    uint8
+}
+
 type SluiceRstLimit struct {
 	_   structs.HostLayout
 	Tat uint64
+}
+
+type SluiceScratch6 struct {
+	_     structs.HostLayout
+	Fib   [8]uint64
+	Blank SluiceBackendHop6
+	Sk    SluiceSvc6Key
+	K     SluiceCt6Key
+	_     [4]byte
+	Fv    SluiceCt6Value
+	Mtu   uint16
+	_     [6]byte
 }
 
 type SluiceSluiceConfig struct {
@@ -176,6 +269,22 @@ type SluiceSluiceConfig struct {
 	HashSeed                uint32
 	RstIntervalNs           uint64
 	RstBurstNs              uint64
+}
+
+type SluiceSvc6Key struct {
+	_     structs.HostLayout
+	Vip   [4]uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type SluiceSvc6Value struct {
+	_        structs.HostLayout
+	Id       uint32
+	Mode     uint8
+	Pad      [3]uint8
+	SnatAddr [4]uint32
 }
 
 type SluiceSvcCounters struct {
@@ -223,19 +332,30 @@ type SluiceSvcValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	SluiceMapAddrs              = "addrs"
+	SluiceMapAddrs6             = "addrs6"
 	SluiceMapBackendHops        = "backend_hops"
+	SluiceMapBackendHops6       = "backend_hops6"
 	SluiceMapBackendPorts       = "backend_ports"
+	SluiceMapBackendPorts6      = "backend_ports6"
 	SluiceMapBackendStats       = "backend_stats"
 	SluiceMapBackends           = "backends"
+	SluiceMapBackends6          = "backends6"
 	SluiceMapConntrack          = "conntrack"
+	SluiceMapConntrack6         = "conntrack6"
 	SluiceMapDirectSyns         = "direct_syns"
+	SluiceMapDirectSyns6        = "direct_syns6"
 	SluiceMapGlobalStats        = "global_stats"
 	SluiceMapHalfopen           = "halfopen"
+	SluiceMapHalfopen6          = "halfopen6"
 	SluiceMapMaglevOuter        = "maglev_outer"
+	SluiceMapNatHint6           = "nat_hint6"
 	SluiceMapReplyHops          = "reply_hops"
+	SluiceMapReplyHops6         = "reply_hops6"
 	SluiceMapRstLimit           = "rst_limit"
+	SluiceMapScratch6           = "scratch6"
 	SluiceMapServiceStats       = "service_stats"
 	SluiceMapServices           = "services"
+	SluiceMapServices6          = "services6"
 	SluiceMapSnatRev            = "snat_rev"
 	SluiceMapSnatRevHo          = "snat_rev_ho"
 	SluiceProgSluiceXdp         = "sluice_xdp"
@@ -243,6 +363,7 @@ const (
 	SluiceVarUnusedAddrFlags    = "unused_addr_flags"
 	SluiceVarUnusedBackendState = "unused_backend_state"
 	SluiceVarUnusedBackendStats = "unused_backend_stats"
+	SluiceVarUnusedCt6Flags     = "unused_ct6_flags"
 	SluiceVarUnusedCtState      = "unused_ct_state"
 	SluiceVarUnusedEpFlags      = "unused_ep_flags"
 	SluiceVarUnusedGlobalStats  = "unused_global_stats"
@@ -299,22 +420,33 @@ type SluiceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceMapSpecs struct {
-	Addrs        *ebpf.MapSpec `ebpf:"addrs"`
-	BackendHops  *ebpf.MapSpec `ebpf:"backend_hops"`
-	BackendPorts *ebpf.MapSpec `ebpf:"backend_ports"`
-	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	DirectSyns   *ebpf.MapSpec `ebpf:"direct_syns"`
-	GlobalStats  *ebpf.MapSpec `ebpf:"global_stats"`
-	Halfopen     *ebpf.MapSpec `ebpf:"halfopen"`
-	MaglevOuter  *ebpf.MapSpec `ebpf:"maglev_outer"`
-	ReplyHops    *ebpf.MapSpec `ebpf:"reply_hops"`
-	RstLimit     *ebpf.MapSpec `ebpf:"rst_limit"`
-	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	SnatRev      *ebpf.MapSpec `ebpf:"snat_rev"`
-	SnatRevHo    *ebpf.MapSpec `ebpf:"snat_rev_ho"`
+	Addrs         *ebpf.MapSpec `ebpf:"addrs"`
+	Addrs6        *ebpf.MapSpec `ebpf:"addrs6"`
+	BackendHops   *ebpf.MapSpec `ebpf:"backend_hops"`
+	BackendHops6  *ebpf.MapSpec `ebpf:"backend_hops6"`
+	BackendPorts  *ebpf.MapSpec `ebpf:"backend_ports"`
+	BackendPorts6 *ebpf.MapSpec `ebpf:"backend_ports6"`
+	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Backends6     *ebpf.MapSpec `ebpf:"backends6"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Conntrack6    *ebpf.MapSpec `ebpf:"conntrack6"`
+	DirectSyns    *ebpf.MapSpec `ebpf:"direct_syns"`
+	DirectSyns6   *ebpf.MapSpec `ebpf:"direct_syns6"`
+	GlobalStats   *ebpf.MapSpec `ebpf:"global_stats"`
+	Halfopen      *ebpf.MapSpec `ebpf:"halfopen"`
+	Halfopen6     *ebpf.MapSpec `ebpf:"halfopen6"`
+	MaglevOuter   *ebpf.MapSpec `ebpf:"maglev_outer"`
+	NatHint6      *ebpf.MapSpec `ebpf:"nat_hint6"`
+	ReplyHops     *ebpf.MapSpec `ebpf:"reply_hops"`
+	ReplyHops6    *ebpf.MapSpec `ebpf:"reply_hops6"`
+	RstLimit      *ebpf.MapSpec `ebpf:"rst_limit"`
+	Scratch6      *ebpf.MapSpec `ebpf:"scratch6"`
+	ServiceStats  *ebpf.MapSpec `ebpf:"service_stats"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	Services6     *ebpf.MapSpec `ebpf:"services6"`
+	SnatRev       *ebpf.MapSpec `ebpf:"snat_rev"`
+	SnatRevHo     *ebpf.MapSpec `ebpf:"snat_rev_ho"`
 }
 
 // SluiceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -325,6 +457,7 @@ type SluiceVariableSpecs struct {
 	UnusedAddrFlags    *ebpf.VariableSpec `ebpf:"unused_addr_flags"`
 	UnusedBackendState *ebpf.VariableSpec `ebpf:"unused_backend_state"`
 	UnusedBackendStats *ebpf.VariableSpec `ebpf:"unused_backend_stats"`
+	UnusedCt6Flags     *ebpf.VariableSpec `ebpf:"unused_ct6_flags"`
 	UnusedCtState      *ebpf.VariableSpec `ebpf:"unused_ct_state"`
 	UnusedEpFlags      *ebpf.VariableSpec `ebpf:"unused_ep_flags"`
 	UnusedGlobalStats  *ebpf.VariableSpec `ebpf:"unused_global_stats"`
@@ -352,40 +485,62 @@ func (o *SluiceObjects) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceMaps struct {
-	Addrs        *ebpf.Map `ebpf:"addrs"`
-	BackendHops  *ebpf.Map `ebpf:"backend_hops"`
-	BackendPorts *ebpf.Map `ebpf:"backend_ports"`
-	BackendStats *ebpf.Map `ebpf:"backend_stats"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	DirectSyns   *ebpf.Map `ebpf:"direct_syns"`
-	GlobalStats  *ebpf.Map `ebpf:"global_stats"`
-	Halfopen     *ebpf.Map `ebpf:"halfopen"`
-	MaglevOuter  *ebpf.Map `ebpf:"maglev_outer"`
-	ReplyHops    *ebpf.Map `ebpf:"reply_hops"`
-	RstLimit     *ebpf.Map `ebpf:"rst_limit"`
-	ServiceStats *ebpf.Map `ebpf:"service_stats"`
-	Services     *ebpf.Map `ebpf:"services"`
-	SnatRev      *ebpf.Map `ebpf:"snat_rev"`
-	SnatRevHo    *ebpf.Map `ebpf:"snat_rev_ho"`
+	Addrs         *ebpf.Map `ebpf:"addrs"`
+	Addrs6        *ebpf.Map `ebpf:"addrs6"`
+	BackendHops   *ebpf.Map `ebpf:"backend_hops"`
+	BackendHops6  *ebpf.Map `ebpf:"backend_hops6"`
+	BackendPorts  *ebpf.Map `ebpf:"backend_ports"`
+	BackendPorts6 *ebpf.Map `ebpf:"backend_ports6"`
+	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Backends6     *ebpf.Map `ebpf:"backends6"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Conntrack6    *ebpf.Map `ebpf:"conntrack6"`
+	DirectSyns    *ebpf.Map `ebpf:"direct_syns"`
+	DirectSyns6   *ebpf.Map `ebpf:"direct_syns6"`
+	GlobalStats   *ebpf.Map `ebpf:"global_stats"`
+	Halfopen      *ebpf.Map `ebpf:"halfopen"`
+	Halfopen6     *ebpf.Map `ebpf:"halfopen6"`
+	MaglevOuter   *ebpf.Map `ebpf:"maglev_outer"`
+	NatHint6      *ebpf.Map `ebpf:"nat_hint6"`
+	ReplyHops     *ebpf.Map `ebpf:"reply_hops"`
+	ReplyHops6    *ebpf.Map `ebpf:"reply_hops6"`
+	RstLimit      *ebpf.Map `ebpf:"rst_limit"`
+	Scratch6      *ebpf.Map `ebpf:"scratch6"`
+	ServiceStats  *ebpf.Map `ebpf:"service_stats"`
+	Services      *ebpf.Map `ebpf:"services"`
+	Services6     *ebpf.Map `ebpf:"services6"`
+	SnatRev       *ebpf.Map `ebpf:"snat_rev"`
+	SnatRevHo     *ebpf.Map `ebpf:"snat_rev_ho"`
 }
 
 func (m *SluiceMaps) Close() error {
 	return _SluiceClose(
 		m.Addrs,
+		m.Addrs6,
 		m.BackendHops,
+		m.BackendHops6,
 		m.BackendPorts,
+		m.BackendPorts6,
 		m.BackendStats,
 		m.Backends,
+		m.Backends6,
 		m.Conntrack,
+		m.Conntrack6,
 		m.DirectSyns,
+		m.DirectSyns6,
 		m.GlobalStats,
 		m.Halfopen,
+		m.Halfopen6,
 		m.MaglevOuter,
+		m.NatHint6,
 		m.ReplyHops,
+		m.ReplyHops6,
 		m.RstLimit,
+		m.Scratch6,
 		m.ServiceStats,
 		m.Services,
+		m.Services6,
 		m.SnatRev,
 		m.SnatRevHo,
 	)
@@ -399,6 +554,7 @@ type SluiceVariables struct {
 	UnusedAddrFlags    *ebpf.Variable `ebpf:"unused_addr_flags"`
 	UnusedBackendState *ebpf.Variable `ebpf:"unused_backend_state"`
 	UnusedBackendStats *ebpf.Variable `ebpf:"unused_backend_stats"`
+	UnusedCt6Flags     *ebpf.Variable `ebpf:"unused_ct6_flags"`
 	UnusedCtState      *ebpf.Variable `ebpf:"unused_ct_state"`
 	UnusedEpFlags      *ebpf.Variable `ebpf:"unused_ep_flags"`
 	UnusedGlobalStats  *ebpf.Variable `ebpf:"unused_global_stats"`

@@ -563,8 +563,7 @@ type agentConfig struct {
 	// four spaces, e.g. "    client: {header_timeout: 1s}\n").
 	HTTPExtra string
 	// L4v6 adds service web6-l4 at [vip6]:80/tcp on pool web (its IPv6
-	// addresses; Mode applies). For the IPv6 data path's tests: until it
-	// lands, the config is refused.
+	// addresses; Mode applies): the IPv6 data path.
 	L4v6 bool
 	// DNSServers is the dns.servers list (YAML flow items); default
 	// "198.18.2.53:53".

@@ -7,10 +7,12 @@
 #              over be1..be3) + kernel conntrack in the lb namespace
 #   sluice     client -> VIP 198.18.1.100, sluice's XDP program (nat mode)
 #
+# and the same three over IPv6 (direct6, nftables6 with VIP 2001:2:0:1::200,
+# sluice6 with VIP [2001:2:0:1::100]; BENCH_FAMILIES="4 6" by default),
 # each with wrk, keep-alive and one new connection per request
 # (Connection: close). Every phase runs alone: nftables rules are removed
 # before sluice is attached, and sluice is not attached while the others run.
-# Traffic stays inside the lab's namespaces (198.18.0.0/15); every load loop
+# Traffic stays inside the lab's namespaces (198.18.0.0/15, 2001:2::/48); every load loop
 # is bounded by wrk's duration.
 #
 #   scripts/bench_l4.sh [DURATION_SECONDS]     (default 10; BENCH_ROUNDS=3)
@@ -21,6 +23,7 @@ dur=${1:-10}
 rounds=${BENCH_ROUNDS:-3}
 conns=${BENCH_CONNS:-32}
 threads=${BENCH_THREADS:-2}
+families=${BENCH_FAMILIES:-4 6}
 lab=scripts/lab.sh
 sluice=$repo_root/bin/sluice
 
@@ -42,7 +45,10 @@ trap cleanup EXIT
 
 # shellcheck source=scripts/bench_lib.sh
 source "$repo_root/scripts/bench_lib.sh"
-declare -A port_range=([direct]="10000 29999" [nftables]="30000 44999" [sluice]="45000 60999")
+# An IPv6 path uses its IPv4 twin's range: the client's address differs,
+# so the backends' TIME_WAIT tuples of the two never meet.
+declare -A port_range=([direct]="10000 29999" [nftables]="30000 44999" [sluice]="45000 60999"
+	[direct6]="10000 29999" [nftables6]="30000 44999" [sluice6]="45000 60999")
 
 cat >"$state/bench.yaml" <<-YAML
 	interfaces: [eth0, eth1]
@@ -55,9 +61,16 @@ cat >"$state/bench.yaml" <<-YAML
 	      - address: 198.18.2.11:80
 	      - address: 198.18.2.12:80
 	      - address: 198.18.2.13:80
+	      - address: "[2001:2:0:2::11]:80"
+	      - address: "[2001:2:0:2::12]:80"
+	      - address: "[2001:2:0:2::13]:80"
 	services:
 	  - name: web-l4
 	    listen: 198.18.1.100:80
+	    protocol: tcp
+	    pool: web
+	  - name: web6-l4
+	    listen: "[2001:2:0:1::100]:80"
 	    protocol: tcp
 	    pool: web
 	YAML
@@ -83,27 +96,46 @@ stop_sluice() {
 results=$state/bench_l4.tsv
 : >"$results"
 for round in $(seq "$rounds"); do
-	both direct http://198.18.2.11/
-
-	"$lab" exec "$id" lb nft -f - <<-'NFT'
-		table ip benchlb {
-			chain pre {
-				type nat hook prerouting priority dstnat; policy accept;
-				ip daddr 198.18.1.200 tcp dport 80 dnat to numgen inc mod 3 map { 0 : 198.18.2.11, 1 : 198.18.2.12, 2 : 198.18.2.13 }
-			}
-		}
-	NFT
-	both nftables http://198.18.1.200/
-	"$lab" exec "$id" lb nft delete table ip benchlb
-
-	start_sluice
-	both sluice http://198.18.1.100/
-	stop_sluice
+	for fam in $families; do
+		if [[ $fam == 4 ]]; then
+			both direct http://198.18.2.11/
+			"$lab" exec "$id" lb nft -f - <<-'NFT'
+				table ip benchlb {
+					chain pre {
+						type nat hook prerouting priority dstnat; policy accept;
+						ip daddr 198.18.1.200 tcp dport 80 dnat to numgen inc mod 3 map { 0 : 198.18.2.11, 1 : 198.18.2.12, 2 : 198.18.2.13 }
+					}
+				}
+			NFT
+			both nftables http://198.18.1.200/
+			"$lab" exec "$id" lb nft delete table ip benchlb
+			start_sluice
+			both sluice http://198.18.1.100/
+			stop_sluice
+		else
+			both direct6 'http://[2001:2:0:2::11]/'
+			"$lab" exec "$id" lb nft -f - <<-'NFT'
+				table ip6 benchlb6 {
+					chain pre {
+						type nat hook prerouting priority dstnat; policy accept;
+						ip6 daddr 2001:2:0:1::200 tcp dport 80 dnat to numgen inc mod 3 map { 0 : 2001:2:0:2::11, 1 : 2001:2:0:2::12, 2 : 2001:2:0:2::13 }
+					}
+				}
+			NFT
+			both nftables6 'http://[2001:2:0:1::200]/'
+			"$lab" exec "$id" lb nft delete table ip6 benchlb6
+			start_sluice
+			both sluice6 'http://[2001:2:0:1::100]/'
+			stop_sluice
+		fi
+	done
 done
 
-# The median of the rounds per path and load.
-echo "| path      | load       | req/s (median of $rounds) | p99 (median) | all rounds req/s | errors |"
-echo "|-----------|------------|------------:|------------:|------------------|--------|"
-summary direct nftables sluice
+# The median of the rounds per path and load (summary prints the header).
+paths=()
+for fam in $families; do
+	if [[ $fam == 4 ]]; then paths+=(direct nftables sluice); else paths+=(direct6 nftables6 sluice6); fi
+done
+summary "${paths[@]}"
 echo
 echo "wrk -t$threads -c$conns -d${dur}s --latency, $rounds rounds; new-conn adds -H 'Connection: close'. Backends: e2e/backend (Go). $(nproc) CPUs, kernel $(uname -r)."

@@ -93,6 +93,32 @@ static __always_inline void apply_nexthop(struct ethhdr *eth, struct iphdr *ip,
 	decrement_ttl(ip);
 }
 
+/* fib_answer turns bpf_fib_lookup's answer rc (for fib) into a forward
+ * result; on success it caches the next hop in nh (until now + ttl_ns, 0:
+ * not cached) with the egress device's MTU in *mtu. Both families use it. */
+static __always_inline int fib_answer(struct xdp_md *ctx, long rc, const struct bpf_fib_lookup *fib,
+				      struct nexthop *nh, __u16 *mtu, __u64 now, __u64 ttl_ns)
+{
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		*mtu = fib->mtu_result;
+		return FWD_TOO_BIG;
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return FWD_NO_NEIGH;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return FWD_FAILED;
+	/* The egress device's MTU, kept with the next hop: the cached path
+	 * must check it too. */
+	__u32 dev_mtu = 0;
+	if (bpf_check_mtu(ctx, fib->ifindex, &dev_mtu, 0, 0) == 0 || dev_mtu)
+		*mtu = dev_mtu > 0xffff ? 0xffff : dev_mtu;
+	__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
+	nh->ifindex = fib->ifindex;
+	nh->until = ttl_ns ? now + ttl_ns : 0;
+	return FWD_REDIRECT;
+}
+
 /* forward finds the next hop for the (rewritten) packet. A still-valid
  * cached answer (nh->until > now) is used as is; otherwise it asks
  * bpf_fib_lookup and, on success, refreshes the cache with until = now +
@@ -132,24 +158,9 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *p, void *d
 	fib.ifindex = ctx->ingress_ifindex;
 
 	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		*mtu = fib.mtu_result;
-		return FWD_TOO_BIG;
-	}
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return FWD_NO_NEIGH;
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return FWD_FAILED;
-	/* The egress device's MTU, kept with the next hop: the cached path
-	 * must check it too. */
-	__u32 dev_mtu = 0;
-	if (bpf_check_mtu(ctx, fib.ifindex, &dev_mtu, 0, 0) == 0 || dev_mtu)
-		*mtu = dev_mtu > 0xffff ? 0xffff : dev_mtu;
-
-	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
-	nh->ifindex = fib.ifindex;
-	nh->until = ttl_ns ? now + ttl_ns : 0;
+	int r = fib_answer(ctx, rc, &fib, nh, mtu, now, ttl_ns);
+	if (r != FWD_REDIRECT)
+		return r;
 	apply_nexthop(eth, ip, nh);
 	*ifindex = fib.ifindex;
 	return FWD_REDIRECT;

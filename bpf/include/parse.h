@@ -83,6 +83,37 @@ static __always_inline int header_ok(struct xdp_md *ctx, struct packet *p, void 
 	return ipv4_csum_ok(ctx, p->ip, p->ihl_bytes, data_end);
 }
 
+/* parse_ports checks the TCP or UDP header at l4 (proto), l4len bytes of
+ * datagram long, and reads its ports and TCP flags: data offset >= 5 and
+ * header inside l4len (TCP), 8 <= length <= l4len (UDP; and a checksum,
+ * when udp_csum_required: IPv6). Both families' parsers use it. */
+static __always_inline int parse_ports(void *l4, __u32 l4len, void *data_end, __u8 proto, int udp_csum_required,
+				       __be16 *sport, __be16 *dport, __u8 *tcp_flags)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+		if ((void *)(tcp + 1) > data_end)
+			return PARSE_TRUNCATED;
+		__u32 doff = (__u32)tcp->doff * 4;
+		if (doff < sizeof(struct tcphdr) || doff > l4len)
+			return PARSE_MALFORMED;
+		*sport = tcp->source;
+		*dport = tcp->dest;
+		*tcp_flags = ((__u8 *)tcp)[13];
+		return PARSE_OK;
+	}
+	struct udphdr *udp = l4;
+	if ((void *)(udp + 1) > data_end)
+		return PARSE_TRUNCATED;
+	__u32 ulen = bpf_ntohs(udp->len);
+	if (ulen < sizeof(struct udphdr) || ulen > l4len || (udp_csum_required && udp->check == 0))
+		return PARSE_MALFORMED;
+	*sport = udp->source;
+	*dport = udp->dest;
+	*tcp_flags = 0;
+	return PARSE_OK;
+}
+
 /* parse_packet reads the headers of an IPv4 TCP/UDP packet. Every length
  * field is checked against the others and against the frame before any
  * field is used (fuzzing found a total length past the frame, a total
@@ -131,28 +162,9 @@ static __always_inline int parse_packet(struct xdp_md *ctx, void *data, void *da
 
 	void *l4 = (void *)ip + ihl;
 	p->l4 = l4;
-	__u32 l4len = tot - ihl;
-	if (ip->protocol == IPPROTO_TCP) {
-		struct tcphdr *tcp = l4;
-		if ((void *)(tcp + 1) > data_end)
-			return PARSE_TRUNCATED;
-		__u32 doff = (__u32)tcp->doff * 4;
-		if (doff < sizeof(struct tcphdr) || doff > l4len)
-			return PARSE_MALFORMED;
-		p->sport = tcp->source;
-		p->dport = tcp->dest;
-		p->tcp_flags = ((__u8 *)tcp)[13];
-	} else {
-		struct udphdr *udp = l4;
-		if ((void *)(udp + 1) > data_end)
-			return PARSE_TRUNCATED;
-		__u32 ulen = bpf_ntohs(udp->len);
-		if (ulen < sizeof(struct udphdr) || ulen > l4len)
-			return PARSE_MALFORMED;
-		p->sport = udp->source;
-		p->dport = udp->dest;
-		p->tcp_flags = 0;
-	}
+	int r = parse_ports(l4, tot - ihl, data_end, ip->protocol, 0, &p->sport, &p->dport, &p->tcp_flags);
+	if (r != PARSE_OK)
+		return r;
 	/* Port 0 and address 0.0.0.0 are never a real peer's, and 0 means
 	 * "keep" in a conntrack entry's rewrite (nat.h): a reply could not
 	 * restore them. */

@@ -10,6 +10,36 @@
 
 #define RST_LEN (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct tcphdr))
 
+/* rst_tcp_header fills the TCP header of an RST answering a segment with
+ * flags, sequence number seq (host order), ACK field ack_seq (as in the
+ * packet) and payload bytes (RFC 9293 3.10.7.1: if the segment had ACK,
+ * the RST takes its sequence number from the ACK field; otherwise seq 0 and
+ * an ACK of everything the segment held). Ports and checksum are the
+ * caller's; the checksum field is zeroed. Both families' RSTs use it. */
+static __always_inline void rst_tcp_header(struct tcphdr *tcp, __u8 flags, __u32 seq, __be32 ack_seq, __u32 payload)
+{
+	__u16 *tw = (__u16 *)tcp;
+	tw[6] = 0; /* doff/reserved/flags word */
+	tcp->doff = 5;
+	tcp->rst = 1;
+	if (flags & TCPF_ACK) {
+		tcp->seq = ack_seq;
+		tcp->ack_seq = 0;
+	} else {
+		__u32 ack = seq + payload;
+		if (flags & TCPF_SYN)
+			ack++;
+		if (flags & TCPF_FIN)
+			ack++;
+		tcp->seq = 0;
+		tcp->ack_seq = bpf_htonl(ack);
+		tcp->ack = 1;
+	}
+	tcp->window = 0;
+	tcp->urg_ptr = 0;
+	tcp->check = 0;
+}
+
 /* make_rst rewrites the packet in place into an RST and returns 0, or -1 if
  * the packet cannot be answered (then the caller drops it). Header fields of
  * the original are read before the tail is cut. */
@@ -79,33 +109,12 @@ static __always_inline int make_rst(struct xdp_md *ctx, struct packet *p)
 		sum += w[i];
 	ip->check = csum_fold32(sum);
 
-	/* RFC 793: if the segment had ACK, the RST takes its sequence number
-	 * from the ACK field; otherwise seq 0 and ACK of everything received. */
-	__u16 *tw = (__u16 *)tcp;
-	tw[6] = 0; /* doff/reserved/flags word */
 	tcp->source = dport;
 	tcp->dest = sport;
-	tcp->doff = 5;
-	if (flags & TCPF_ACK) {
-		tcp->seq = ack_seq;
-		tcp->ack_seq = 0;
-		tcp->rst = 1;
-	} else {
-		__u32 ack = seq + payload;
-		if (flags & TCPF_SYN)
-			ack++;
-		if (flags & TCPF_FIN)
-			ack++;
-		tcp->seq = 0;
-		tcp->ack_seq = bpf_htonl(ack);
-		tcp->rst = 1;
-		tcp->ack = 1;
-	}
-	tcp->window = 0;
-	tcp->urg_ptr = 0;
-	tcp->check = 0;
+	rst_tcp_header(tcp, flags, seq, ack_seq, payload);
 
 	/* Pseudo-header + 20 bytes of TCP header. */
+	__u16 *tw = (__u16 *)tcp;
 	sum = (daddr & 0xffff) + (daddr >> 16) + (saddr & 0xffff) + (saddr >> 16);
 	sum += bpf_htons(IPPROTO_TCP) + bpf_htons(sizeof(struct tcphdr));
 #pragma unroll

@@ -288,9 +288,8 @@ func TestDNSNameWithTwoPorts(t *testing.T) {
 }
 
 // TestDNSAAAAServed: the AAAA answers of a backend name are backends of
-// the pool like its A answers; the IPv4 L4 service's table takes only the
-// IPv4 ones (and IPv6 addresses get no data-path slot until the IPv6 data
-// path lands).
+// the pool like its A answers, with a data-path slot each; the IPv4 L4
+// service's table takes only the IPv4 ones.
 func TestDNSAAAAServed(t *testing.T) {
 	v6 := netip.AddrPortFrom(netip.MustParseAddr("2001:2:0:2::21"), dns1.Port())
 	u := answer(time.Now(), dns1, v6)
@@ -302,8 +301,8 @@ func TestDNSAAAAServed(t *testing.T) {
 			t.Fatalf("%s = %+v", a, b)
 		}
 	}
-	if _, _, ok := h.a.rec.slotOf(datapath.PoolID("web"), v6); ok {
-		t.Fatalf("%s got a data-path slot", v6)
+	if _, _, ok := h.a.rec.slotOf(datapath.PoolID("web"), v6); !ok {
+		t.Fatalf("%s got no data-path slot", v6)
 	}
 	if got := h.tableSlots(1); len(got) != 2 || !slices.Contains(got, h.slotOf(dns1)) {
 		t.Fatalf("table = %v, want the two IPv4 addresses", got)

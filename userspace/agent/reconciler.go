@@ -229,9 +229,6 @@ func (r *reconciler) reconcile(now time.Time, pools []poolRef) error {
 	wanted := make(map[uint32]bool)
 	for _, pr := range dirty {
 		for _, b := range pr.p.Backends() {
-			if !dataPathHolds(b.Addr.Addr()) {
-				continue
-			}
 			k := slotKey{pr.id, b.Addr}
 			n, sl, ok := r.slots.lookup(k)
 			if !ok {
@@ -358,13 +355,6 @@ func (r *reconciler) reconcile(now time.Time, pools []poolRef) error {
 	}
 	return errors.Join(errs...)
 }
-
-// dataPathHolds reports whether the data path can hold a backend of ip's
-// family. IPv4 only until the IPv6 data path lands (issue 12): a pool's
-// IPv6 addresses serve its http services meanwhile, and get no slot. With
-// the IPv6 data path every address gets a slot and each service's table
-// takes those of its own family (writeTable): delete this check then.
-func dataPathHolds(ip netip.Addr) bool { return ip.Is4() }
 
 func (r *reconciler) writeSlot(n uint32, sl *slot) error {
 	b := sl.desired()

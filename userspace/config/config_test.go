@@ -209,7 +209,7 @@ services:
     listen: 198.18.1.100   # <- services[0].listen: "198.18.1.100" is not an ip:port
     pool: web
   - name: b
-    listen: "[2001:db8::1]:80"   # <- services[1].listen: "[2001:db8::1]:80": IPv6 is not yet supported for tcp/udp services
+    listen: "[ff02::1]:80"   # <- services[1].listen: "[ff02::1]:80": a tcp/udp VIP must be a unicast address
     pool: web
   - name: c
     listen: 198.18.1.100:0 # <- port must not be 0
@@ -277,7 +277,7 @@ services:
   - name: d
     listen: 198.18.1.100:83
     mode: snat
-    snat_source: 2001:db8::1  # <- services[3].snat_source: "2001:db8::1" is not an IPv4 address
+    snat_source: 2001:db8::1  # <- services[3].snat_source: "2001:db8::1": not of the VIP's family
     pool: web
   - name: e
     listen: 198.18.1.100:84
@@ -288,6 +288,10 @@ services:
     listen: 198.18.1.100:85
     mode: snat
     snat_source: 198.18.2.1
+    pool: web
+  - name: g
+    listen: "[2001:2:0:1::100]:86"
+    mode: dsr              # <- services[6].mode: dsr is IPv4 only
     pool: web
 `},
 		{"pool references", `

@@ -860,8 +860,8 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 		v.add(path+".listen", "%q is not an ip:port: %s", s.Listen, listenHint(s.Listen, l4))
 	case ap.Port() == 0:
 		v.add(path+".listen", "%q: port must not be 0: write the port clients connect to, e.g. %s", s.Listen, net.JoinHostPort(ap.Addr().String(), "443"))
-	case l4 && !ap.Addr().Is4():
-		v.add(path+".listen", "%q: IPv6 is not yet supported for tcp/udp services: use an IPv4 VIP (protocol: http listens on IPv6)", s.Listen)
+	case l4 && ap.Addr().Is4In6():
+		v.add(path+".listen", "%q: an IPv4-mapped address: write the IPv4 VIP as it is, e.g. %s", s.Listen, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	case l4 && (ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() || ap.Addr() == netip.AddrFrom4([4]byte{255, 255, 255, 255})):
 		v.add(path+".listen", "%q: a tcp/udp VIP must be a unicast address: write the address clients connect to, e.g. 198.18.1.100:%d (0.0.0.0 is for protocol: http only)", s.Listen, ap.Port())
 	default:
@@ -882,11 +882,16 @@ func (v *validator) service(s *Service, path string, pools map[string]int) {
 		default:
 			v.add(path+".mode", "%q: must be nat, snat or dsr", s.Mode)
 		}
+		if s.Mode == ModeDSR && s.ListenAddr.IsValid() && !s.ListenAddr.Addr().Is4() {
+			v.add(path+".mode", "dsr is IPv4 only (the backends decapsulate IPIP): use nat or snat for an IPv6 VIP")
+		}
 		if v.set(path + ".snat_source") {
 			if s.Mode != ModeSNAT {
 				v.add(path+".snat_source", "only allowed with mode: snat")
-			} else if a, err := netip.ParseAddr(s.SNATSource); err != nil || !a.Is4() {
-				v.add(path+".snat_source", "%q is not an IPv4 address", s.SNATSource)
+			} else if a, err := netip.ParseAddr(s.SNATSource); err != nil || a.Is4In6() {
+				v.add(path+".snat_source", "%q is not an IP address", s.SNATSource)
+			} else if s.ListenAddr.IsValid() && a.Is4() != s.ListenAddr.Addr().Is4() {
+				v.add(path+".snat_source", "%q: not of the VIP's family (%s): sluice translates IPv4 to IPv4 and IPv6 to IPv6", s.SNATSource, s.ListenAddr.Addr())
 			}
 		}
 		for _, k := range []string{"host", "timeouts", "retry", "tls", "h2c", "client", "upstream", "access_log", "upgrades", "trusted_proxies", "routes", "headers", "request_id"} {

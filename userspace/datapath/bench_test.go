@@ -61,7 +61,11 @@ func BenchmarkXDP(b *testing.B) {
 				// one (its free elements are scattered in memory).
 				l := newLabSized(b, tableSize, conntrackMax)
 				l.prepare(b, c)
-				l.fillTable(b, l.r.halfopen, f.fill)
+				if isIPv6Frame(c.in.frame) {
+					l.fillTable6(b, l.r.halfopen6, f.fill)
+				} else {
+					l.fillTable(b, l.r.halfopen, f.fill)
+				}
 				base := loadBaseline(b, tableSize, conntrackMax)
 				l.prepareBaseline(b, base, c)
 				l.fillTable(b, base.coll.Maps["conntrack"], f.fill)

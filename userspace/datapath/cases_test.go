@@ -550,6 +550,7 @@ func xdpCases() []xdpCase {
 	cases = append(cases, hostileCases()...)
 	cases = append(cases, floodCases()...)
 	cases = append(cases, mtuCases()...)
+	cases = append(cases, xdpCases6()...)
 	return cases
 }
 

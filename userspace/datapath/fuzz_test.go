@@ -74,6 +74,7 @@ func (l *lab) populate(tb testing.TB) {
 	} {
 		l.run(tb, p.bytes(), l.clientIf)
 	}
+	l.populate6(tb)
 }
 
 type fuzzSeed struct {
@@ -110,6 +111,7 @@ func fuzzSeeds() []fuzzSeed {
 		{pkt{src: client, dst: vip, proto: TCP, flags: fSYN | fFIN | fRST, options: []byte{0x44, 4, 5, 0}}.bytes(), false},
 		{pkt{src: client, dst: vip, proto: TCP, flags: fSYN, pad: 18}.bytes(), false},
 	}
+	seeds = append(seeds, fuzzSeeds6()...)
 	return append(seeds, more...)
 }
 
@@ -198,6 +200,9 @@ func checkOutput(in, out []byte, ret uint32) error {
 	}
 	if ret == xdpDrop {
 		return nil
+	}
+	if isIPv6Frame(in) {
+		return checkOutput6(in, out, ret)
 	}
 	pin := readIPv4(in)
 	ours := pin.ip != nil && (isOneOf(pin.dst, vipAddrs) || isOneOf(pin.src, backendAddrs) || pin.quotesOurs())

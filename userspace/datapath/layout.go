@@ -36,7 +36,7 @@ const layoutNameLen = 16
 
 // resizableMaps keep a pinned size that differs from the configured one
 // (see Open): their size is not part of their layout.
-var resizableMaps = map[string]bool{"conntrack": true, "halfopen": true, "snat_rev": true, "snat_rev_ho": true}
+var resizableMaps = map[string]bool{"conntrack": true, "halfopen": true, "snat_rev": true, "snat_rev_ho": true, "conntrack6": true, "halfopen6": true}
 
 // mapFingerprint hashes the layout of a map spec (see layoutMapName).
 func mapFingerprint(name string, ms *ebpf.MapSpec) uint64 {

@@ -33,16 +33,23 @@ func (r *Real) Services() (map[ServiceKey]Service, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate services: %w", err)
 	}
+	if err := r.services6(out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
 // SetService creates or replaces a service.
 func (r *Real) SetService(k ServiceKey, s Service) error {
-	if !k.VIP.Is4() {
-		return fmt.Errorf("set service %v: only IPv4 VIPs are supported", k.VIP)
-	}
 	if s.ID == 0 || s.ID >= MaxServices {
 		return fmt.Errorf("set service %v:%d: id %d: %w", k.VIP, k.Port, s.ID, ErrOutOfRange)
+	}
+	if is6(k.VIP) {
+		return r.setService6(k, s)
+	}
+	k.VIP = k.VIP.Unmap()
+	if !k.VIP.Is4() {
+		return fmt.Errorf("set service %v: not an IP address", k.VIP)
 	}
 	v := bpf.SluiceSvcValue{Id: s.ID, Mode: uint8(s.Mode), SnatAddr: be32(s.SNATAddr), PoolId: s.PoolID}
 	if err := r.services.Put(svcKey(k), v); err != nil {
@@ -61,6 +68,10 @@ func (r *Real) SetService(k ServiceKey, s Service) error {
 
 // DeleteService removes a service and its Maglev table.
 func (r *Real) DeleteService(k ServiceKey, id uint32) error {
+	if is6(k.VIP) {
+		return r.deleteService6(k, id)
+	}
+	k.VIP = k.VIP.Unmap()
 	if err := r.services.Delete(svcKey(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete service %v:%d: %w", k.VIP, k.Port, err)
 	}
@@ -102,6 +113,9 @@ func (r *Real) Backends() (map[uint32]Backend, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate backends: %w", err)
 	}
+	if err := r.backends6(out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
@@ -110,8 +124,23 @@ func (r *Real) SetBackend(slot uint32, b Backend) error {
 	if slot == 0 || slot >= MaxBackends {
 		return fmt.Errorf("set backend slot %d: %w", slot, ErrOutOfRange)
 	}
+	orig := b
+	// A slot holds a backend of one family: the other family's entry of
+	// the slot is written free (an address reused by the other family
+	// must not leave its old entry pickable).
+	v6 := is6(b.Addr.Addr())
+	if r.backends6m != nil {
+		if err := r.setBackend6(slot, b, v6); err != nil {
+			return err
+		}
+	}
+	if v6 {
+		b = Backend{Gen: b.Gen, State: BackendFree, PoolID: b.PoolID}
+	} else {
+		b.Addr = netip.AddrPortFrom(b.Addr.Addr().Unmap(), b.Addr.Port())
+	}
 	if b.State != BackendFree && !b.Addr.Addr().Is4() {
-		return fmt.Errorf("set backend slot %d: %v is not IPv4", slot, b.Addr)
+		return fmt.Errorf("set backend slot %d: %v is not an IP address", slot, b.Addr)
 	}
 	v := bpf.SluiceBackend{
 		Addr:   be32(b.Addr.Addr()),
@@ -137,6 +166,10 @@ func (r *Real) SetBackend(slot uint32, b Backend) error {
 				return fmt.Errorf("set backend slot %d: %w", slot, err)
 			}
 		}
+	}
+	if v6 {
+		b.Addr = orig.Addr
+		b.State = orig.State
 	}
 	if b.State == BackendActive && r.keepNeighbours {
 		// Best effort: without it the first packets take the slow path.
@@ -268,12 +301,12 @@ func (r *Real) eachCT(fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen
 	})
 }
 
-// eachIn calls fn for every entry of a conntrack-like map, reading it in
-// batches (one entry at a time on kernels without batch lookups for hash
-// maps).
-func eachIn(m *ebpf.Map, name string, fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool) error {
-	keys := make([]bpf.SluiceCtKey, ctBatch)
-	vals := make([]bpf.SluiceCtValue, ctBatch)
+// eachIn calls fn for every entry of a conntrack-like map (either
+// family's), reading it in batches (one entry at a time on kernels without
+// batch lookups for hash maps).
+func eachIn[K, V any](m *ebpf.Map, name string, fn func(k *K, v *V) bool) error {
+	keys := make([]K, ctBatch)
+	vals := make([]V, ctBatch)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)
@@ -292,8 +325,8 @@ func eachIn(m *ebpf.Map, name string, fn func(k *bpf.SluiceCtKey, v *bpf.SluiceC
 			return fmt.Errorf("batch lookup %s: %w", name, err)
 		}
 	}
-	var k bpf.SluiceCtKey
-	var v bpf.SluiceCtValue
+	var k K
+	var v V
 	it := m.Iterate()
 	for it.Next(&k, &v) {
 		if !fn(&k, &v) {
@@ -306,22 +339,33 @@ func eachIn(m *ebpf.Map, name string, fn func(k *bpf.SluiceCtKey, v *bpf.SluiceC
 	return nil
 }
 
-// Flows calls fn for every flow, confirmed or half-open.
+// Flows calls fn for every flow, confirmed or half-open, IPv4 then
+// IPv6.
 func (r *Real) Flows(fn func(Flow) bool) error {
 	now := monotonicNow()
-	return r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool {
+	more := true
+	err := r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool {
 		f := r.flowOf(*k, *v, now)
 		if halfOpen {
 			f.HalfOpen = true
 			f.Expired = f.Idle > r.timeouts.TCPSyn
 		}
-		return fn(f)
+		more = fn(f)
+		return more
 	})
+	if err != nil || !more {
+		return err
+	}
+	_, err = r.flows6(fn)
+	return err
 }
 
 // DeleteFlow removes a flow from conntrack and the half-open table, with
 // an snat flow's reverse entry.
 func (r *Real) DeleteFlow(f Flow) error {
+	if is6(f.Client.Addr()) {
+		return r.deleteFlow6(f)
+	}
 	fk := bpf.SluiceCtKey{
 		Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
 		Sport: be16(f.Client.Port()), Dport: be16(f.VIP.Port()), Proto: uint8(f.Proto),
@@ -396,7 +440,11 @@ func (r *Real) GCReverse() (int, error) {
 			}
 		}
 	}
-	return n, nil
+	if r.conntrack6 == nil {
+		return n, nil
+	}
+	n6, err := r.gcReverse6()
+	return n + n6, err
 }
 
 // ServiceStats sums a service's per-CPU counters.

@@ -35,7 +35,11 @@ func ensureNeighbour(addr netip.Addr) error {
 			hop = gw.Unmap()
 		}
 	}
-	existing, err := netlink.NeighList(rt.LinkIndex, netlink.FAMILY_V4)
+	family := netlink.FAMILY_V4
+	if !hop.Is4() {
+		family = netlink.FAMILY_V6
+	}
+	existing, err := netlink.NeighList(rt.LinkIndex, family)
 	if err != nil {
 		return fmt.Errorf("list neighbours: %w", err)
 	}
@@ -53,7 +57,7 @@ func ensureNeighbour(addr netip.Addr) error {
 	}
 	n := &netlink.Neigh{
 		LinkIndex: rt.LinkIndex,
-		Family:    netlink.FAMILY_V4,
+		Family:    family,
 		IP:        net.IP(hop.AsSlice()),
 		State:     netlink.NUD_NONE,
 		FlagsExt:  netlink.NTF_EXT_MANAGED,

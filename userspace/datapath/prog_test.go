@@ -110,6 +110,7 @@ func newLabSized(tb testing.TB, tableSize, conntrackMax uint32) *lab {
 		tb.Fatal(setupErr)
 	}
 	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-test-%d", os.Getpid()))
+	sweepDeadLabs()
 	_ = Teardown(pin)
 	r, err := Open(Options{PinPath: pin, MaglevTableSize: tableSize, ConntrackMax: conntrackMax, NoNeighbours: true})
 	if err != nil {
@@ -173,7 +174,10 @@ func (l *lab) setup() error {
 		return err
 	}
 	l.backendIf, err = mk("tb", "tbp0", "198.18.2.1/24", []netip.Addr{be1.Addr(), be2.Addr()}, [][6]byte{macBE1, macBE2})
-	return err
+	if err != nil {
+		return err
+	}
+	return l.setup6()
 }
 
 func (l *lab) run(tb testing.TB, in []byte, ingress *net.Interface) (uint32, []byte) {

@@ -88,6 +88,12 @@ type Real struct {
 	addrIdx                              *addrIndex // nil when opened read-only
 	innerSpec                            *ebpf.MapSpec
 
+	// The IPv6 maps (maps6.go).
+	services6m, backends6m, conntrack6, halfopen6  *ebpf.Map
+	addrs6, backendPorts6, natHint6                *ebpf.Map
+	backendHops6, replyHops6, directSYNs6, scratch *ebpf.Map   // not pinned
+	addrIdx6                                       *addrIndex6 // nil when opened read-only
+
 	prog        *ebpf.Program
 	links       map[string]link.Link
 	attachments map[string]Attachment
@@ -128,7 +134,8 @@ func lockPinPath(dir string) (*os.File, error) {
 var _ Map = (*Real)(nil)
 
 // mapNames are the pinned maps, as named in bpf/include/maps.h.
-var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats", "addrs", "halfopen", "backend_ports", "snat_rev", "snat_rev_ho"}
+var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats", "addrs", "halfopen", "backend_ports", "snat_rev", "snat_rev_ho",
+	"services6", "backends6", "conntrack6", "halfopen6", "addrs6", "backend_ports6", "nat_hint6"}
 
 // EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted (it is not
 // on a fresh Debian host) and creates dir's parent on it. The pin directory
@@ -328,9 +335,11 @@ func Open(o Options) (*Real, error) {
 	snatMax, snatHOMax := max(o.ConntrackMax/2, 512), max(o.HalfOpenMax/2, 512)
 	spec.Maps["snat_rev"].MaxEntries = snatMax
 	spec.Maps["snat_rev_ho"].MaxEntries = snatHOMax
+	spec.Maps["halfopen6"].MaxEntries = o.HalfOpenMax
 	// A pinned conntrack (or half-open table) of another size is adopted as
 	// it is: resizing it would drop every flow. Say so instead.
-	for name, size := range map[string]uint32{"conntrack": o.ConntrackMax, "halfopen": o.HalfOpenMax, "snat_rev": snatMax, "snat_rev_ho": snatHOMax} {
+	for name, size := range map[string]uint32{"conntrack": o.ConntrackMax, "halfopen": o.HalfOpenMax, "snat_rev": snatMax, "snat_rev_ho": snatHOMax,
+		"conntrack6": o.ConntrackMax, "halfopen6": o.HalfOpenMax} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(claim.dir, name), nil)
 		if err != nil {
 			continue
@@ -395,15 +404,31 @@ func Open(o Options) (*Real, error) {
 		backendHops:  objs.BackendHops,
 		replyHops:    objs.ReplyHops,
 		directSYNs:   objs.DirectSyns,
-		innerSpec:    spec.Maps["maglev_outer"].InnerMap.Copy(),
-		prog:         objs.SluiceXdp,
-		links:        map[string]link.Link{},
-		attachments:  map[string]Attachment{},
+
+		services6m:    objs.Services6,
+		backends6m:    objs.Backends6,
+		conntrack6:    objs.Conntrack6,
+		halfopen6:     objs.Halfopen6,
+		addrs6:        objs.Addrs6,
+		backendPorts6: objs.BackendPorts6,
+		natHint6:      objs.NatHint6,
+		backendHops6:  objs.BackendHops6,
+		replyHops6:    objs.ReplyHops6,
+		directSYNs6:   objs.DirectSyns6,
+		scratch:       objs.Scratch6,
+		innerSpec:     spec.Maps["maglev_outer"].InnerMap.Copy(),
+		prog:          objs.SluiceXdp,
+		links:         map[string]link.Link{},
+		attachments:   map[string]Attachment{},
 
 		keepNeighbours: !o.NoNeighbours,
 		layoutReset:    reset,
 	}
 	if err := r.buildAddrs(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	if err := r.buildAddrs6(); err != nil {
 		r.Close()
 		return nil, err
 	}
@@ -425,13 +450,16 @@ func Open(o Options) (*Real, error) {
 // map's layout change starts the whole state afresh, loudly (see
 // upgradeLayout in layout.go).
 var disposableMaps = map[string]string{
-	"service_stats": "its counters restart from 0",
-	"backend_stats": "its counters restart from 0",
-	"global_stats":  "its counters restart from 0",
-	"halfopen":      "flows still opening pick their backend again",
-	"snat_rev_ho":   "half-open snat flows' reverse entries are re-created by their next packet",
-	"addrs":         "it is rebuilt from services and backends",
-	"backend_ports": "it is rebuilt from backends",
+	"service_stats":  "its counters restart from 0",
+	"backend_stats":  "its counters restart from 0",
+	"global_stats":   "its counters restart from 0",
+	"halfopen":       "flows still opening pick their backend again",
+	"snat_rev_ho":    "half-open snat flows' reverse entries are re-created by their next packet",
+	"addrs":          "it is rebuilt from services and backends",
+	"backend_ports":  "it is rebuilt from backends",
+	"halfopen6":      "flows still opening pick their backend again",
+	"addrs6":         "it is rebuilt from services and backends",
+	"backend_ports6": "it is rebuilt from backends",
 }
 
 // verifierError keeps the whole verifier log in the message (the short
@@ -466,6 +494,7 @@ func checkSpec(spec *ebpf.CollectionSpec) error {
 	want := map[string]uint32{
 		"services": MaxServices, "maglev_outer": MaxServices, "service_stats": MaxServices,
 		"backends": MaxBackends, "backend_stats": MaxBackends,
+		"services6": MaxServices, "backends6": MaxBackends,
 	}
 	var errs []error
 	for name, n := range want {
@@ -491,6 +520,7 @@ func LoadSpec(tableSize, conntrackMax uint32, t Timeouts) (*ebpf.CollectionSpec,
 		return nil, err
 	}
 	spec.Maps["conntrack"].MaxEntries = conntrackMax
+	spec.Maps["conntrack6"].MaxEntries = conntrackMax
 	spec.Maps["maglev_outer"].InnerMap.MaxEntries = tableSize
 	cfg := bpf.SluiceSluiceConfig{
 		TcpSynTimeoutNs:         uint64(t.TCPSyn),
@@ -631,7 +661,8 @@ func (r *Real) Close() error {
 	for _, l := range r.links {
 		l.Close()
 	}
-	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.snatRev, r.snatRevHO, r.rstLimit, r.backendHops, r.replyHops, r.directSYNs} {
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.snatRev, r.snatRevHO, r.rstLimit, r.backendHops, r.replyHops, r.directSYNs,
+		r.services6m, r.backends6m, r.conntrack6, r.halfopen6, r.addrs6, r.backendPorts6, r.natHint6, r.backendHops6, r.replyHops6, r.directSYNs6, r.scratch} {
 		if m != nil {
 			m.Close()
 		}
@@ -661,7 +692,8 @@ func OpenPinned(pinPath string) (*Real, error) {
 // openPinnedMaps is OpenPinned without the layout check.
 func openPinnedMaps(pinPath string) (*Real, error) {
 	r := &Real{log: slog.Default(), pinPath: pinPath, timeouts: DefaultTimeouts(), links: map[string]link.Link{}}
-	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats, &r.addrs, &r.halfopen, &r.backendPorts, &r.snatRev, &r.snatRevHO}
+	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats, &r.addrs, &r.halfopen, &r.backendPorts, &r.snatRev, &r.snatRevHO,
+		&r.services6m, &r.backends6m, &r.conntrack6, &r.halfopen6, &r.addrs6, &r.backendPorts6, &r.natHint6}
 	for i, name := range mapNames {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, name), nil)
 		if err != nil {

@@ -81,10 +81,14 @@ func RemoveManagedNeighbours(pinPath string) (int, error) {
 		links[h.link] = true
 	}
 	for link := range links {
-		neighs, err := netlink.NeighList(link, netlink.FAMILY_V4)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list neighbours of link %d: %w", link, err))
-			continue
+		var neighs []netlink.Neigh
+		for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+			ns, err := netlink.NeighList(link, family)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("list neighbours of link %d: %w", link, err))
+				continue
+			}
+			neighs = append(neighs, ns...)
 		}
 		for _, n := range neighs {
 			ip, ok := netip.AddrFromSlice(n.IP)
