@@ -85,9 +85,14 @@ pools:
       - address: 198.18.2.11:80
       - address: 198.18.2.12:80
       - address: 198.18.2.13:80
+      - address: "[2001:2:0:2::11]:80"
+      - address: "[2001:2:0:2::12]:80"
 services:
   - name: web-l4
     listen: 198.18.1.100:80
+    pool: web
+  - name: web6-l4
+    listen: "[2001:2:0:1::100]:80"
     pool: web
 `, socket, pin), 0o600); err != nil {
 		t.Fatal(err)
@@ -130,7 +135,9 @@ services:
 	// One connection held open from a known port for the whole test (killed
 	// by the cleanup): on a loaded machine a short hold ended before the
 	// views were read, and the flow showed as closing.
-	const clientPort = "40123"
+	// (IPv6 from another port: a dual-stack socket's bind takes the port
+	// of both families.)
+	const clientPort, clientPort6 = "40123", "40124"
 	hold := exec.Command(lab, "exec", id, "client", "curl", "-s", "--max-time", "60",
 		"--local-port", clientPort, "http://198.18.1.100/slow?ms=45000")
 	hold.Env = labEnv
@@ -138,7 +145,16 @@ services:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = hold.Process.Kill(); _ = hold.Wait() })
-	time.Sleep(500 * time.Millisecond)
+	// And one over IPv6 (issue 12: the views show both families).
+	hold6 := exec.Command(lab, "exec", id, "client", "curl", "-g", "-sS", "--max-time", "60",
+		"--local-port", clientPort6, "http://[2001:2:0:1::100]/slow?ms=45000")
+	hold6.Env = labEnv
+	var hold6Out strings.Builder
+	hold6.Stdout, hold6.Stderr = &hold6Out, &hold6Out
+	if err := hold6.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hold6.Process.Kill(); _ = hold6.Wait() })
 
 	inLB := func(args ...string) string {
 		t.Helper()
@@ -147,6 +163,16 @@ services:
 			t.Fatalf("inspect.sh %v: %v\n%s", args, err, out)
 		}
 		return out
+	}
+	held4 := regexp.MustCompile(`(?m)^198\.18\.0\.2:` + clientPort + `\s+198\.18\.1\.100:80\s+tcp\s+1\s+\d+/1\s+198\.18\.2\.1[123]:80\s+-\s+established$`)
+	held6 := regexp.MustCompile(`(?m)^\[2001:2::2\]:` + clientPort6 + `\s+\[2001:2:0:1::100\]:80\s+tcp\s+2\s+\d+/1\s+\[2001:2:0:2::1[12]\]:80\s+-\s+established$`)
+	// Both held connections established (on a loaded machine starting a
+	// client in the lab takes a while): polled, not slept on.
+	var ct string
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if ct = inLB("conntrack"); held4.MatchString(ct) && held6.MatchString(ct) {
+			break
+		}
 	}
 	all := inLB()
 	for _, re := range []string{
@@ -159,6 +185,9 @@ services:
 		`(?m)^\d+\s+198\.18\.2\.11:80\s+active\s+1\s`,  // backends, decoded
 		`(?m)^service 1: inner map \d+, 16381 entries: slot \d+=\d+ slot \d+=\d+ slot \d+=\d+$`,
 		`(?m)^[1-9]\d* flows \(one entry each`,
+		`(?m)^\[2001:2:0:1::100\]:80\s+tcp\s+2\s+nat\s+-$`, // services6, decoded
+		`(?m)^1 IPv6 flows \(conntrack6\)`,
+		`(?m)^\d+\s+\[2001:2:0:2::11\]:80\s+active\s+1\s`, // backends6, decoded
 	} {
 		if !regexp.MustCompile(re).MatchString(all) {
 			t.Errorf("inspect.sh (all): no match for %s\n%s", re, all)
@@ -171,9 +200,11 @@ services:
 		t.Errorf("eth0 runs program %s, eth1 program %s: want one program", p0[1], p1[1])
 	}
 
-	ct := inLB("conntrack")
-	if !regexp.MustCompile(`(?m)^198\.18\.0\.2:` + clientPort + `\s+198\.18\.1\.100:80\s+tcp\s+1\s+\d+/1\s+198\.18\.2\.1[123]:80\s+-\s+established$`).MatchString(ct) {
+	if !held4.MatchString(ct) {
 		t.Errorf("conntrack view lacks the held flow:\n%s", ct)
+	}
+	if !held6.MatchString(ct) {
+		t.Errorf("conntrack view lacks the held IPv6 flow (curl said %q):\n%s", hold6Out.String(), ct)
 	}
 
 	flow := inLB("flow", "198.18.0.2:"+clientPort, "198.18.1.100:80/tcp")

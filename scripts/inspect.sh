@@ -7,11 +7,12 @@
 #   all                    (default) progs, maps, services, backends, tables, stats, conntrack summary
 #   progs                  XDP attachments in this network namespace, sluice's pinned links, the program
 #   maps                   `bpftool map show` of every pinned map
-#   services               the services map, decoded (VIP, port, proto -> id, mode, snat source)
-#   backends               backend slots in use, decoded (address, state, generation, pool id)
+#   services               the services map, decoded (VIP, port, proto -> id, mode, snat source); services6 too
+#   backends               backend slots in use, decoded (address, state, generation, pool id); backends6 too
 #   tables                 each service's Maglev table: inner map id and entries per backend slot
 #   stats                  per-CPU counters summed: services, backends in use, global
-#   conntrack              every flow (one conntrack entry each) and every snat reverse entry, decoded
+#   conntrack              every flow (one conntrack entry each) and every snat reverse entry, decoded;
+#                          the IPv6 flows of conntrack6
 #   flow CLIENT VIP[/PROTO] [PROTO]
 #                          look one flow up by its key: CLIENT ip:port, VIP ip:port,
 #                          PROTO tcp (default) or udp; then how its replies find it
@@ -68,7 +69,17 @@ def port: ((. % 256) * 256) + ((. / 256) | floor);
 def proto: if . == 6 then "tcp" elif . == 17 then "udp" else tostring end;
 def bstate: ["free", "active", "draining", "ejected", "removed"][.] // tostring;
 def ctstate: ["new", "syn-sent", "established", "closing", "udp"][.] // tostring;
-def mode: ["nat", "snat"][.] // tostring;
+def mode: ["nat", "snat", "dsr"][.] // tostring;
+def hex16: if . == 0 then "0" else [(. / 4096 | floor), ((. / 256 | floor) % 16), ((. / 16 | floor) % 16), (. % 16)] | map("0123456789abcdef"[. : . + 1]) | add | sub("^0+"; "") end;
+def ip6: [.[] | (. % 256), ((. / 256 | floor) % 256), ((. / 65536 | floor) % 256), ((. / 16777216 | floor) % 256)] as $b
+	| [range(0; 8) | $b[2 * .] * 256 + $b[2 * . + 1]] as $g
+	| (reduce range(0; 8) as $i ({best: -1, blen: 0, cur: -1, clen: 0};
+		if $g[$i] == 0 then (if .cur < 0 then .cur = $i | .clen = 1 else .clen += 1 end)
+			| (if .clen > .blen then .best = .cur | .blen = .clen else . end)
+		else .cur = -1 | .clen = 0 end)) as $z
+	| if $z.blen >= 2 then ($g[0:$z.best] | map(hex16) | join(":")) + "::" + ($g[$z.best + $z.blen:] | map(hex16) | join(":"))
+	  else $g | map(hex16) | join(":") end;
+def zero6: all(.[]; . == 0);
 def hex2: [(. / 16 | floor), (. % 16)] | map("0123456789abcdef"[. : . + 1]) | add;
 def ipbytes: [(. % 256), ((. / 256 | floor) % 256), ((. / 65536 | floor) % 256), ((. / 16777216 | floor) % 256)] | map(hex2);
 def portbytes: [(. % 256), ((. / 256) | floor)] | map(hex2);
@@ -128,6 +139,14 @@ cmd_services() {
 			"\(.key.vip | ip):\(.key.port | port)", (.key.proto | proto), .value.id,
 			(.value.mode | mode), (if .value.snat_addr == 0 then "-" else (.value.snat_addr | ip) end)
 		]) | @tsv' | table
+	[[ -e $pin/services6 ]] || return 0
+	say "services6 (IPv6 VIP:port/proto -> id; ids shared with IPv4)"
+	jdump services6 | jq -r "$JQ_DEFS"'
+		["VIP:PORT", "PROTO", "ID", "MODE", "SNAT SOURCE"],
+		(sort_by(.value.id)[] | [
+			"[\(.key.vip | ip6)]:\(.key.port | port)", (.key.proto | proto), .value.id,
+			(.value.mode | mode), (if (.value.snat_addr | zero6) then "-" else (.value.snat_addr | ip6) end)
+		]) | @tsv' | table
 }
 
 cmd_backends() {
@@ -137,6 +156,14 @@ cmd_backends() {
 		(.[] | select(.value.state != 0 or .value.gen != 0) | [
 			.key, "\(.value.addr | ip):\(.value.port | port)", (.value.state | bstate), .value.gen,
 			(.value.pool_id | tostring), (if .value.src_addr == 0 then "-" else (.value.src_addr | ip) end)
+		]) | @tsv' | table
+	[[ -e $pin/backends6 ]] || return 0
+	say "backends6: slots holding an IPv6 backend (slot numbers shared with IPv4)"
+	jdump backends6 | jq -r "$JQ_DEFS"'
+		["SLOT", "ADDRESS", "STATE", "GEN", "POOL ID", "ROUTE SOURCE"],
+		(.[] | select(.value.state != 0) | [
+			.key, "[\(.value.addr | ip6)]:\(.value.port | port)", (.value.state | bstate), .value.gen,
+			(.value.pool_id | tostring), (if (.value.src_addr | zero6) then "-" else (.value.src_addr | ip6) end)
 		]) | @tsv' | table
 }
 
@@ -185,9 +212,14 @@ cmd_conntrack() {
 	local summary=${1:-}
 	local all
 	all=$(jdump conntrack)
+	local all6='[]'
+	if [[ -e $pin/conntrack6 ]]; then
+		all6=$(jdump conntrack6)
+	fi
 	if [[ $summary == summary ]]; then
 		say "conntrack"
 		jq -r '"\(length) flows (one entry each; \"conntrack\" lists them)"' <<<"$all"
+		jq -r '"\([.[] | select(.value.flags % 2 == 0)] | length) IPv6 flows (conntrack6)"' <<<"$all6"
 		return
 	fi
 	say "conntrack: flows (client -> VIP, rewritten towards the backend; replies find them through backend_ports)"
@@ -208,6 +240,17 @@ cmd_conntrack() {
 			(.key.proto | proto),
 			"\(.value.saddr | ip):\(.value.sport | port)", "\(.value.daddr | ip):\(.value.dport | port)"
 		]) | @tsv' | table
+	[[ -e $pin/conntrack6 ]] || return 0
+	say "conntrack6: IPv6 flows (forward entries; an snat flow's reverse entry is flagged reply)"
+	jq -r "$JQ_DEFS"'
+		["CLIENT", "VIP", "PROTO", "SERVICE", "SLOT/GEN", "BACKEND", "SNAT AS", "STATE"],
+		(.[] | select(.value.flags % 2 == 0) | [
+			"[\(.key.saddr | ip6)]:\(.key.sport | port)", "[\(.key.daddr | ip6)]:\(.key.dport | port)",
+			(.key.proto | proto), .value.service_id, "\(.value.backend_id)/\(.value.backend_gen)",
+			"[\(.value.daddr_new | ip6)]:\(.value.dport_new | port)",
+			(if (.value.saddr_new | zero6) then "-" else "[\(.value.saddr_new | ip6)]:\(.value.sport_new | port)" end),
+			(.value.state | ctstate)
+		]) | @tsv' <<<"$all6" | table
 }
 
 # ip_hex A.B.C.D: the four bytes in network order, as bpftool's hex words.
