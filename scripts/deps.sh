@@ -150,6 +150,17 @@ if ((${#missing[@]} > 0)); then
 	if ! apt-get install -y -q --no-install-recommends "${missing[@]}"; then
 		die "apt-get install ${missing[*]} failed"
 	fi
+	# Nor at the next boot: the lab and the benchmarks run these daemons in
+	# their own namespaces only (a BGP daemon never in the root one). Only
+	# units this run installed are disabled; one already there is the
+	# operator's. systemctl disable works without a running systemd.
+	if [[ $peer != backend ]] && command -v systemctl >/dev/null 2>&1; then
+		for pu in "nginx nginx" "haproxy haproxy" "bird2 bird"; do
+			case " ${missing[*]} " in
+			*" ${pu%% *} "*) systemctl disable --quiet "${pu#* }" >/dev/null 2>&1 || true ;;
+			esac
+		done
+	fi
 	# Check again: a package that installed but does not provide what we
 	# look for (renamed, split) must be named here, not later by a test.
 	for pair in "${need[@]}"; do
