@@ -42,19 +42,26 @@ static __always_inline __u32 mix32(__u32 h, __u32 k)
 	return h * 5 + 0xe6546b64;
 }
 
-static __always_inline __u32 flow_hash(const struct ct_key *k)
+/* flow_hash_end mixes the ports and protocol into h and finishes it (the
+ * avalanche step), the same for both families' flow hashes. */
+static __always_inline __u32 flow_hash_end(__u32 h, __be16 sport, __be16 dport, __u8 proto)
 {
-	__u32 h = cfg.hash_seed;
-	h = mix32(h, k->saddr);
-	h = mix32(h, k->daddr);
-	h = mix32(h, ((__u32)k->sport << 16) | k->dport);
-	h = mix32(h, k->proto);
+	h = mix32(h, ((__u32)sport << 16) | dport);
+	h = mix32(h, proto);
 	h ^= h >> 16;
 	h *= 0x85ebca6b;
 	h ^= h >> 13;
 	h *= 0xc2b2ae35;
 	h ^= h >> 16;
 	return h;
+}
+
+static __always_inline __u32 flow_hash(const struct ct_key *k)
+{
+	__u32 h = cfg.hash_seed;
+	h = mix32(h, k->saddr);
+	h = mix32(h, k->daddr);
+	return flow_hash_end(h, k->sport, k->dport, k->proto);
 }
 
 /* pick_backend returns the slot of an active backend for a new flow whose

@@ -31,14 +31,7 @@ static __always_inline __u32 flow_hash6(const struct ct6_key *k)
 		h = mix32(h, k->saddr[i]);
 		h = mix32(h, k->daddr[i]);
 	}
-	h = mix32(h, ((__u32)k->sport << 16) | k->dport);
-	h = mix32(h, k->proto);
-	h ^= h >> 16;
-	h *= 0x85ebca6b;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35;
-	h ^= h >> 16;
-	return h;
+	return flow_hash_end(h, k->sport, k->dport, k->proto);
 }
 
 /* pick_backend6 is pick_backend over backends6: the table holds slots, and
