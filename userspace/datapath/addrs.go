@@ -168,28 +168,31 @@ func (x *addrIndex) setSlot(slot uint32, b bpf.SluiceBackend) (oldAddr uint32, o
 	if old, ok := x.slots[slot]; ok {
 		oldAddr, oldEP = old.Addr, bpf.SluiceEndpoint{Addr: old.Addr, Port: old.Port}
 		delete(x.slots, slot)
-		delete(x.backends[oldAddr], slot)
-		if len(x.backends[oldAddr]) == 0 {
-			delete(x.backends, oldAddr)
-		}
-		delete(x.ports[oldEP], slot)
-		if len(x.ports[oldEP]) == 0 {
-			delete(x.ports, oldEP)
-		}
+		dropSlot(x.backends, oldAddr, slot)
+		dropSlot(x.ports, oldEP, slot)
 	}
 	if b.State != uint8(BackendFree) && b.Addr != 0 {
 		x.slots[slot] = b
-		if x.backends[b.Addr] == nil {
-			x.backends[b.Addr] = map[uint32]bool{}
-		}
-		x.backends[b.Addr][slot] = true
-		ep := bpf.SluiceEndpoint{Addr: b.Addr, Port: b.Port}
-		if x.ports[ep] == nil {
-			x.ports[ep] = map[uint32]bool{}
-		}
-		x.ports[ep][slot] = true
+		addSlot(x.backends, b.Addr, slot)
+		addSlot(x.ports, bpf.SluiceEndpoint{Addr: b.Addr, Port: b.Port}, slot)
 	}
 	return oldAddr, oldEP
+}
+
+// addSlot and dropSlot keep m[k], a set of slots, for the address and
+// endpoint indexes of both families; an empty set leaves the map.
+func addSlot[K comparable](m map[K]map[uint32]bool, k K, slot uint32) {
+	if m[k] == nil {
+		m[k] = map[uint32]bool{}
+	}
+	m[k][slot] = true
+}
+
+func dropSlot[K comparable](m map[K]map[uint32]bool, k K, slot uint32) {
+	delete(m[k], slot)
+	if len(m[k]) == 0 {
+		delete(m, k)
+	}
 }
 
 // buildAddrs rebuilds the index from the services and backends maps and

@@ -225,25 +225,13 @@ func (x *addrIndex6) setSlot(slot uint32, addr [4]uint32, ep bpf.SluiceEndpoint6
 	if old, ok := x.slots[slot]; ok {
 		oldAddr, oldEP = old.Addr, old
 		delete(x.slots, slot)
-		delete(x.backends[oldAddr], slot)
-		if len(x.backends[oldAddr]) == 0 {
-			delete(x.backends, oldAddr)
-		}
-		delete(x.ports[oldEP], slot)
-		if len(x.ports[oldEP]) == 0 {
-			delete(x.ports, oldEP)
-		}
+		dropSlot(x.backends, oldAddr, slot)
+		dropSlot(x.ports, oldEP, slot)
 	}
 	if used && !isZero6(addr) {
 		x.slots[slot] = ep
-		if x.backends[addr] == nil {
-			x.backends[addr] = map[uint32]bool{}
-		}
-		x.backends[addr][slot] = true
-		if x.ports[ep] == nil {
-			x.ports[ep] = map[uint32]bool{}
-		}
-		x.ports[ep][slot] = true
+		addSlot(x.backends, addr, slot)
+		addSlot(x.ports, ep, slot)
 	}
 	return oldAddr, oldEP
 }
