@@ -110,26 +110,11 @@ func (c *H2Conn) RoundTrip(req *http.Request) (*http.Response, error) { return c
 
 // NewH2 returns empty HTTP/2 pools.
 func NewH2(opts H2Options) *H2Pools {
-	if opts.MaxStreamsPerConn <= 0 {
-		opts.MaxStreamsPerConn = DefaultH2MaxStreamsPerConn
-	}
-	if opts.MaxConnsPerAddr <= 0 {
-		opts.MaxConnsPerAddr = DefaultH2MaxConnsPerAddr
-	}
-	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = DefaultIdleTimeout
-	}
-	if opts.MaxLifetime <= 0 {
-		opts.MaxLifetime = DefaultMaxLifetime
-	}
-	if opts.Dial == nil {
-		var d net.Dialer
-		opts.Dial = d.DialContext
-	}
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	orDefault(&opts.MaxStreamsPerConn, DefaultH2MaxStreamsPerConn)
+	orDefault(&opts.MaxConnsPerAddr, DefaultH2MaxConnsPerAddr)
+	orDefault(&opts.IdleTimeout, DefaultIdleTimeout)
+	orDefault(&opts.MaxLifetime, DefaultMaxLifetime)
+	log := dialAndLog(&opts.Dial, opts.Log)
 	tr := &http2.Transport{
 		AllowHTTP: opts.TLS == nil,
 		// A backend's SETTINGS_MAX_CONCURRENT_STREAMS is a hard limit:

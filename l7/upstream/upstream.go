@@ -131,31 +131,34 @@ func (ap *addrPool) idleCount() int {
 	return n
 }
 
-// New returns empty pools.
-func New(opts Options) *Pools {
-	if opts.MaxIdlePerAddr <= 0 {
-		opts.MaxIdlePerAddr = DefaultMaxIdlePerAddr
+// orDefault sets *v to d when it is not positive (an option left unset).
+func orDefault[T int | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
 	}
-	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = DefaultIdleTimeout
-	}
-	if opts.MaxLifetime <= 0 {
-		opts.MaxLifetime = DefaultMaxLifetime
-	}
-	if opts.MaxConnsPerAddr <= 0 {
-		opts.MaxConnsPerAddr = DefaultMaxConnsPerAddr
-	}
-	if opts.MaxDialsPerAddr <= 0 {
-		opts.MaxDialsPerAddr = DefaultMaxDialsPerAddr
-	}
-	if opts.Dial == nil {
+}
+
+// dialAndLog fills an unset dial function with a plain dialer and returns
+// log, or a logger that discards when it is nil (both pool kinds).
+func dialAndLog(dial *func(ctx context.Context, network, addr string) (net.Conn, error), log *slog.Logger) *slog.Logger {
+	if *dial == nil {
 		var d net.Dialer
-		opts.Dial = d.DialContext
+		*dial = d.DialContext
 	}
-	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	return log
+}
+
+// New returns empty pools.
+func New(opts Options) *Pools {
+	orDefault(&opts.MaxIdlePerAddr, DefaultMaxIdlePerAddr)
+	orDefault(&opts.IdleTimeout, DefaultIdleTimeout)
+	orDefault(&opts.MaxLifetime, DefaultMaxLifetime)
+	orDefault(&opts.MaxConnsPerAddr, DefaultMaxConnsPerAddr)
+	orDefault(&opts.MaxDialsPerAddr, DefaultMaxDialsPerAddr)
+	log := dialAndLog(&opts.Dial, opts.Log)
 	return &Pools{opts: opts, log: log, addrs: map[netip.AddrPort]*addrPool{}}
 }
 
