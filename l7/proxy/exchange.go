@@ -210,6 +210,38 @@ func trailerField(k string) bool {
 
 // respond streams the backend's response to the client. It returns true
 // when the response was cut short and the client must see an abort.
+// relayBody copies a backend's response body to the client, each read
+// flushed at once when flush, counting rec.BytesOut. It returns the body's
+// read error (io.EOF at its end), or clientGone when a write to the client
+// failed (rec then says so).
+func (s *Server) relayBody(w http.ResponseWriter, body io.Reader, flush bool, rec *accesslog.Record) (readErr error, clientGone bool) {
+	var rc *http.ResponseController
+	if flush {
+		rc = http.NewResponseController(w)
+	}
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			rec.BytesOut += int64(m)
+			if werr != nil {
+				rec.Status = statusClientClosed
+				rec.Error = "client went away during the response"
+				return nil, true
+			}
+			if flush {
+				_ = rc.Flush()
+			}
+		}
+		if err != nil {
+			return err, false
+		}
+	}
+}
+
 func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWriter, rec *accesslog.Record, res tryResult, addr netip.AddrPort) (abort bool) {
 	resp := res.resp
 	defer resp.Body.Close()
@@ -235,34 +267,11 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	rec.Status = resp.StatusCode
 
 	flush := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	var rc *http.ResponseController
-	if flush {
-		rc = http.NewResponseController(w)
-	}
-	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
-	buf := *bp
-	var readErr error
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			m, werr := w.Write(buf[:n])
-			rec.BytesOut += int64(m)
-			if werr != nil {
-				// The client went away; the backend connection is unusable.
-				rec.Status = statusClientClosed
-				rec.Error = "client went away during the response"
-				s.pools.Put(res.conn, upstream.CloseClient)
-				return false
-			}
-			if flush {
-				_ = rc.Flush()
-			}
-		}
-		if err != nil {
-			readErr = err
-			break
-		}
+	readErr, clientGone := s.relayBody(w, resp.Body, flush, rec)
+	if clientGone {
+		// The backend connection is unusable.
+		s.pools.Put(res.conn, upstream.CloseClient)
+		return false
 	}
 	if readErr != io.EOF {
 		if ctx.Err() != nil {

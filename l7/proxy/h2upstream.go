@@ -516,29 +516,9 @@ func (s *Server) respondH2(ctx context.Context, w http.ResponseWriter, rec *acce
 	// gRPC messages and bodies of unknown length go to the client as
 	// they come (a streaming call must not sit in a buffer).
 	flush := grpc || resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	rc := http.NewResponseController(w)
-	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
-	buf := *bp
-	var readErr error
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			m, werr := w.Write(buf[:n])
-			rec.BytesOut += int64(m)
-			if werr != nil {
-				rec.Status = statusClientClosed
-				rec.Error = "client went away during the response"
-				return false
-			}
-			if flush {
-				_ = rc.Flush()
-			}
-		}
-		if err != nil {
-			readErr = err
-			break
-		}
+	readErr, clientGone := s.relayBody(w, resp.Body, flush, rec)
+	if clientGone {
+		return false
 	}
 	if readErr != io.EOF {
 		if ctx.Err() != nil {
