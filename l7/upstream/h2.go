@@ -408,21 +408,7 @@ func (p *H2Pools) Sweep(now time.Time) {
 }
 
 // Run sweeps every interval until ctx ends.
-func (p *H2Pools) Run(ctx context.Context, interval time.Duration) {
-	if interval <= 0 {
-		interval = time.Second
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			p.Sweep(now)
-		}
-	}
-}
+func (p *H2Pools) Run(ctx context.Context, interval time.Duration) { sweepEvery(ctx, interval, p.Sweep) }
 
 // Close makes later Gets fail and closes idle connections; busy ones are
 // closed when their last stream ends.

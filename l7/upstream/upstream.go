@@ -470,7 +470,11 @@ func (p *Pools) Sweep(now time.Time) {
 }
 
 // Run sweeps every interval until ctx ends.
-func (p *Pools) Run(ctx context.Context, interval time.Duration) {
+func (p *Pools) Run(ctx context.Context, interval time.Duration) { sweepEvery(ctx, interval, p.Sweep) }
+
+// sweepEvery calls sweep every interval (a second when unset) until ctx
+// ends: the Run of both pool kinds.
+func sweepEvery(ctx context.Context, interval time.Duration, sweep func(time.Time)) {
 	if interval <= 0 {
 		interval = time.Second
 	}
@@ -481,7 +485,7 @@ func (p *Pools) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			p.Sweep(now)
+			sweep(now)
 		}
 	}
 }
