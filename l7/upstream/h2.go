@@ -408,7 +408,9 @@ func (p *H2Pools) Sweep(now time.Time) {
 }
 
 // Run sweeps every interval until ctx ends.
-func (p *H2Pools) Run(ctx context.Context, interval time.Duration) { sweepEvery(ctx, interval, p.Sweep) }
+func (p *H2Pools) Run(ctx context.Context, interval time.Duration) {
+	sweepEvery(ctx, interval, p.Sweep)
+}
 
 // Close makes later Gets fail and closes idle connections; busy ones are
 // closed when their last stream ends.
