@@ -370,7 +370,9 @@ lab_dns() {
 		log "dns server already running (pid $(<"$pidf"))"
 		return 0
 	fi
+	# LAB_DNS_NEG_TTL: the negative-caching TTL of the zone's SOA (default 1 s).
 	ip netns exec "$(ns_name "$id" dns)" "$bin" --listen 198.18.2.53:53 --records "$records" \
+		--neg-ttl "${LAB_DNS_NEG_TTL:-1}" \
 		>"$lab_dir/$id/dns.log" 2>&1 </dev/null &
 	printf '%s\n' "$!" >"$pidf"
 	local tries=0

@@ -114,10 +114,14 @@ type Resolver struct {
 }
 
 // lastAAAA is a name's last good AAAA answer, kept for a lookup whose
-// AAAA query fails while its A query succeeds.
+// AAAA query fails while its A query succeeds. noneUntil is set by a
+// NODATA answer (no AAAA records): until then the name is known to have
+// none, and its AAAA records are not asked again (RFC 2308 negative
+// caching, the SOA's TTL and minimum, at most MaxTTL).
 type lastAAAA struct {
-	addrs []netip.Addr
-	at    time.Time
+	addrs     []netip.Addr
+	at        time.Time
+	noneUntil time.Time
 }
 
 // ResolverOption customises a Resolver (tests, observability).
@@ -295,7 +299,7 @@ type aaaaReply struct {
 // asked (NoAAAA) or the A query failed. The AAAA reply is waited for at
 // most half a timeout after the A reply.
 func (r *Resolver) queryBoth(ctx context.Context, fq, server string) (a Answer, v6 *aaaaReply, kind FailureKind, err error) {
-	if r.cfg.NoAAAA {
+	if r.cfg.NoAAAA || r.knownNoAAAA(fq) {
 		a, kind, err = r.query(ctx, fq, dns.TypeA, server)
 		return a, nil, kind, err
 	}
@@ -329,6 +333,16 @@ func (r *Resolver) queryBoth(ctx context.Context, fq, server string) (a Answer, 
 	return a, &rep, "", nil
 }
 
+// knownNoAAAA reports whether fq answered NODATA to its last AAAA query
+// and that answer's negative-caching TTL has not run out: an IPv4-only
+// name then costs one query per refresh, not two.
+func (r *Resolver) knownNoAAAA(fq string) bool {
+	now := r.clock.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return now.Before(r.aaaa[fq].noneUntil)
+}
+
 // merge adds an AAAA reply to the A answer a of the same name and server.
 func (r *Resolver) merge(a Answer, v6 aaaaReply) Answer {
 	now := r.clock.Now()
@@ -338,7 +352,11 @@ func (r *Resolver) merge(a Answer, v6 aaaaReply) Answer {
 	var addrs []netip.Addr
 	r.mu.Lock()
 	if v6.err == nil {
-		r.aaaa[a.Name] = lastAAAA{addrs: v6.ans.Addrs, at: now}
+		l := lastAAAA{addrs: v6.ans.Addrs, at: now}
+		if len(v6.ans.Addrs) == 0 && v6.ans.Rcode == dns.RcodeSuccess {
+			l.noneUntil = now.Add(min(v6.ans.TTL, r.cfg.MaxTTL))
+		}
+		r.aaaa[a.Name] = l
 		addrs = v6.ans.Addrs
 	} else {
 		last := r.aaaa[a.Name]

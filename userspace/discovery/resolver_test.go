@@ -405,6 +405,72 @@ func TestAAAAServed(t *testing.T) {
 	}
 }
 
+// An IPv4-only name's NODATA answer to AAAA is cached for its negative
+// TTL (the SOA's, at most max_ttl): its refreshes ask A alone until then,
+// and the AAAA records are asked again after it, so an AAAA record added
+// later is served within that TTL. Without an SOA (no negative TTL) AAAA
+// is asked with every A query.
+func TestAAAANoDataCached(t *testing.T) {
+	var aaaa atomic.Int32
+	var v6 atomic.Value
+	v6.Store("")
+	soa := rrs(t, "lab. 30 SOA ns.lab. admin.lab. 1 60 60 600 30")
+	srv := startServer(t, func(w dns.ResponseWriter, q *dns.Msg) {
+		if q.Question[0].Qtype != dns.TypeAAAA {
+			reply(w, q, dns.RcodeSuccess, rrs(t, q.Question[0].Name+" 5 A 198.18.2.11"))
+			return
+		}
+		aaaa.Add(1)
+		m := new(dns.Msg)
+		m.SetRcode(q, dns.RcodeSuccess)
+		switch {
+		case v6.Load().(string) != "":
+			m.Answer = rrs(t, q.Question[0].Name+" 5 AAAA "+v6.Load().(string))
+		case q.Question[0].Name == "nosoa.lab.":
+		default:
+			m.Ns = soa
+		}
+		_ = w.WriteMsg(m)
+	})
+	clock := newFakeClock()
+	r := newTestResolver(t, Config{Servers: []string{srv}}, WithClock(clock))
+	lookup := func(name string, want ...string) {
+		t.Helper()
+		ans, err := r.Lookup(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(ans.Addrs, addrs(want...)) {
+			t.Fatalf("%s: addrs %v, want %v", name, ans.Addrs, want)
+		}
+	}
+	for range 4 { // refreshes within the negative TTL: one AAAA query
+		lookup("backend.lab", "198.18.2.11")
+		clock.Advance(5 * time.Second)
+	}
+	if got := aaaa.Load(); got != 1 {
+		t.Fatalf("%d AAAA queries for 4 lookups within the 30s negative TTL, want 1", got)
+	}
+	v6.Store("2001:2:0:2::11") // an AAAA record appears
+	clock.Advance(11 * time.Second)
+	lookup("backend.lab", "198.18.2.11", "2001:2:0:2::11")
+	if got := aaaa.Load(); got != 2 {
+		t.Fatalf("%d AAAA queries after the negative TTL ran out, want 2", got)
+	}
+	lookup("backend.lab", "198.18.2.11", "2001:2:0:2::11") // positive: asked every time
+	if got := aaaa.Load(); got != 3 {
+		t.Fatalf("%d AAAA queries, want 3 (a positive answer is not cached here)", got)
+	}
+
+	v6.Store("")
+	aaaa.Store(0)
+	lookup("nosoa.lab", "198.18.2.11")
+	lookup("nosoa.lab", "198.18.2.11")
+	if got := aaaa.Load(); got != 2 {
+		t.Fatalf("%d AAAA queries for a NODATA without SOA, want 2 (asked every time)", got)
+	}
+}
+
 // A server that answers A but drops AAAA queries costs a lookup half a
 // timeout more, not a whole one; the A addresses are served.
 func TestAAAADroppedBoundsLookup(t *testing.T) {
