@@ -17,6 +17,9 @@
 #
 # BENCH_SLUICE_ENV adds environment variables to sluice's agent only, to
 # try runtime settings (e.g. BENCH_SLUICE_ENV="GOGC=400 GOMAXPROCS=2").
+# BENCH_SLUICE_BIN runs another sluice binary than bin/sluice (e.g. a build
+# of main copied to /tmp/sluice-base), for an A/B of two builds, each in
+# its own run with nginx and HAProxy.
 set -Eeuo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
@@ -25,7 +28,7 @@ rounds=${BENCH_ROUNDS:-3}
 conns=${BENCH_CONNS:-32}
 threads=${BENCH_THREADS:-2}
 lab=scripts/lab.sh
-sluice=$repo_root/bin/sluice
+sluice=${BENCH_SLUICE_BIN:-$repo_root/bin/sluice}
 
 [[ $(id -u) -eq 0 ]] || { echo "bench_l7: needs root (network namespaces)" >&2; exit 1; }
 for c in wrk nginx haproxy; do

@@ -42,6 +42,8 @@ import (
 	_ "unsafe" // go:linkname readRequest
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sluicelb/sluice/l7/sockio"
 )
 
 // clientWatchDelay is how long a request runs before its connection is
@@ -209,6 +211,7 @@ func (h *h1Server) dateField() string {
 type h1Conn struct {
 	srv    *h1Server
 	rwc    net.Conn
+	sock   *sockio.Conn // rwc's socket, read and written outside the scheduler (nil: rwc's own Read and Write)
 	remote string
 	br     *bufio.Reader
 	bw     *bufio.Writer
@@ -256,7 +259,13 @@ func (c *h1Conn) Read(p []byte) (int, error) {
 			p = p[:c.remain]
 		}
 	}
-	n, err := c.rwc.Read(p)
+	var n int
+	var err error
+	if c.sock != nil {
+		n, err = c.sock.Read(p)
+	} else {
+		n, err = c.rwc.Read(p)
+	}
 	if c.remain >= 0 {
 		c.remain -= int64(n)
 	}
@@ -277,6 +286,10 @@ func (c *h1Conn) serve() {
 		// only for the net package's own types.
 		c.out.conn = lc.Conn
 	}
+	// A TCP connection's reads and writes skip the scheduler's system-call
+	// hand-off (sockio); deadlines and Close act on them as on rwc's.
+	c.sock = sockio.New(c.out.conn)
+	c.out.sock = c.sock
 	c.bw = h.getWriter(&c.out)
 	defer func() {
 		c.cancel()
@@ -871,20 +884,30 @@ func (w *h1Response) finish() {
 // a write of the buffer and a write of the chunk.
 type h1Out struct {
 	conn  net.Conn
-	tail  []byte      // written right after what the buffer flushes
-	tailN int         // how much of tail was written
-	vec   [2][]byte   // the writev's buffers (reused)
-	bufs  net.Buffers // over vec
+	sock  *sockio.Conn // conn's socket (nil: conn's own Write and net.Buffers)
+	tail  []byte       // written right after what the buffer flushes
+	tailN int          // how much of tail was written
+	vec   [2][]byte    // the writev's buffers (reused)
+	bufs  net.Buffers  // over vec
 }
 
 func (o *h1Out) Write(p []byte) (int, error) {
 	if o.tail == nil {
+		if o.sock != nil {
+			return o.sock.Write(p)
+		}
 		return o.conn.Write(p)
 	}
 	o.vec[0], o.vec[1] = p, o.tail
 	o.tail = nil
-	o.bufs = o.vec[:]
-	n64, err := o.bufs.WriteTo(o.conn)
+	var n64 int64
+	var err error
+	if o.sock != nil {
+		n64, err = o.sock.Writev(o.vec[:])
+	} else {
+		o.bufs = o.vec[:]
+		n64, err = o.bufs.WriteTo(o.conn)
+	}
 	o.vec = [2][]byte{}
 	n := int(n64)
 	o.tailN = max(0, n-len(p))

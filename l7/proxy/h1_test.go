@@ -260,3 +260,76 @@ func TestRequestTrailersH1Upstream(t *testing.T) {
 		}
 	}
 }
+
+// The loop reads and writes TCP clients and backends outside the
+// scheduler's system-call hand-off (sockio); the deadlines still fire on
+// that path: the header timeout of a client that stalls mid-header, the
+// idle timeout of a keep-alive client, and the read timeout of a backend
+// that never answers (504).
+func TestH1LoopDeadlinesOnRawPath(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stall" {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	h := start(t, newPool(t, nil, be.addr), func(o *Options) {
+		o.Client.HeaderTimeout = 200 * time.Millisecond
+		o.Client.IdleTimeout = 300 * time.Millisecond
+		o.Service.Timeouts.Read = 200 * time.Millisecond
+	})
+
+	// A request answered; the connection's reads and writes are sockio's
+	// (the backend connection's: upstream's TestPhaseDeadlines).
+	c, br := rawConn(t, h)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	h.srv.h1.mu.Lock()
+	for hc := range h.srv.h1.conns {
+		if hc.sock == nil || hc.out.sock == nil {
+			t.Error("a TCP client connection is not read and written through sockio")
+		}
+	}
+	h.srv.h1.mu.Unlock()
+
+	// Idle timeout: the keep-alive connection is closed after 300ms.
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: read %v, want EOF", err)
+	}
+	if d := time.Since(start); d < 250*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("idle connection closed after %v, want ~300ms", d)
+	}
+
+	// Header timeout: half a request header, then nothing; the connection
+	// is closed (after a 400, as net/http's server answers a header cut
+	// short).
+	c2, br2 := rawConn(t, h)
+	io.WriteString(c2, "GET / HTTP/1.1\r\nHo")
+	start = time.Now()
+	if _, err := io.ReadAll(br2); err != nil {
+		t.Fatalf("stalled header: %v, want the connection closed", err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("stalled header closed after %v, want ~200ms", d)
+	}
+
+	// Read timeout of the backend connection: 504.
+	c3, br3 := rawConn(t, h)
+	io.WriteString(c3, "GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+	start = time.Now()
+	if resp, _ := readResp(t, br3, "GET"); resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("backend that never answers: %d, want 504", resp.StatusCode)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("504 after %v, want ~200ms", d)
+	}
+}

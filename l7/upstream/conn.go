@@ -12,14 +12,20 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicelb/sluice/l7/sockio"
 )
 
 // Conn is one connection to a backend address. It is used by one request
 // at a time, between Pools.Get and Pools.Put.
 type Conn struct {
-	pools      *Pools
-	nc         net.Conn // what requests are written to (TLS or TCP)
-	raw        net.Conn // the TCP connection, for liveness checks
+	pools *Pools
+	nc    net.Conn // what requests are written to (TLS or TCP)
+	raw   net.Conn // the TCP connection, for liveness checks
+	// sock reads and writes nc outside the scheduler's system-call
+	// hand-off when nc is the TCP connection itself (no TLS); nil: nc's
+	// own Read and Write.
+	sock       *sockio.Conn
 	addr       netip.AddrPort
 	serverName string
 	info       string
@@ -62,6 +68,9 @@ type Conn struct {
 
 func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info string, gen uint64) *Conn {
 	c := &Conn{pools: p, nc: nc, raw: raw, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now()}
+	if nc == raw {
+		c.sock = sockio.New(raw)
+	}
 	if sc, ok := raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.rawc = rc
@@ -229,7 +238,13 @@ func (r phaseReader) Read(b []byte) (int, error) {
 		_ = c.nc.SetReadDeadline(t)
 		c.rdl = t
 	}
-	n, err := c.nc.Read(b)
+	var n int
+	var err error
+	if c.sock != nil {
+		n, err = c.sock.Read(b)
+	} else {
+		n, err = c.nc.Read(b)
+	}
 	c.read.Add(int64(n))
 	return n, err
 }
@@ -249,7 +264,13 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 			_ = c.nc.SetWriteDeadline(t)
 			c.wdl = t
 		}
-		n, err := c.nc.Write(chunk)
+		var n int
+		var err error
+		if c.sock != nil {
+			n, err = c.sock.Write(chunk)
+		} else {
+			n, err = c.nc.Write(chunk)
+		}
 		c.written.Add(int64(n))
 		total += n
 		b = b[n:]

@@ -185,12 +185,18 @@ func TestDialErrors(t *testing.T) {
 	}
 }
 
+// The phase deadlines fire; a plain TCP connection is read and written
+// through sockio (outside the scheduler's system-call hand-off), so this
+// is that path's deadline test too.
 func TestPhaseDeadlines(t *testing.T) {
 	s := newEchoServer(t)
 	p := New(Options{})
 	defer p.Close()
 	c := get(t, p, s.addr)
 	defer p.Put(c, CloseError)
+	if c.sock == nil {
+		t.Fatal("a plain TCP backend connection is not read and written through sockio")
+	}
 	c.SetTimeouts(time.Second, 50*time.Millisecond, time.Time{})
 	c.Writer().WriteString("ping")
 	if err := c.Writer().Flush(); err != nil {

@@ -1,0 +1,254 @@
+// Package sockio reads and writes a TCP connection with system calls that
+// bypass the Go scheduler's system-call bookkeeping.
+//
+// A *net.TCPConn's Read and Write enter the kernel through syscall.Syscall:
+// the goroutine's processor is marked as in a system call, and when the
+// call lasts longer than sysmon's 20µs tick (a write on a veth or loopback
+// pair runs the receiver's network stack inside the writer's call) sysmon
+// hands the processor to another thread — a futex wake-up and two context
+// switches per long write. The sockets are non-blocking (Go's poller made
+// them so), so a read or write never sleeps in the kernel: Conn makes the
+// same calls with RawSyscall inside the connection's syscall.RawConn
+// callbacks, where the runtime's poller still does the waiting (a callback
+// returns false on EAGAIN, and the poller parks the goroutine until the
+// socket is ready), and the connection's deadlines and Close work as they
+// do for Read and Write (RawConn.Read and Write check and wait on the same
+// poll descriptor).
+//
+// A read runs until EAGAIN before the goroutine parks, as net's own Read
+// does: with the edge-triggered poller a readiness reported before the
+// call is consumed by its first attempt, so the first read must never be
+// skipped (see docs/l7.md, "The HTTP/1 connection loop").
+package sockio
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxRW bounds one system call, as net's own reads and writes do.
+const maxRW = 1 << 30
+
+// maxIov bounds the buffers of one writev (the kernel's UIO_MAXIOV).
+const maxIov = 1024
+
+// Conn reads and writes a TCP connection without the scheduler's
+// system-call hand-off. Reads may run concurrently with writes; reads
+// (and writes) among themselves are serialized, as on a net.Conn.
+type Conn struct {
+	nc net.Conn
+	rc syscall.RawConn
+
+	rmu    sync.Mutex
+	rp     []byte
+	rn     int
+	rerrno syscall.Errno
+	readFn func(fd uintptr) bool
+
+	wmu     sync.Mutex
+	wp      []byte
+	wv      [][]byte
+	wn      int64
+	werrno  syscall.Errno
+	writeFn func(fd uintptr) bool
+	vecFn   func(fd uintptr) bool
+	iov     []unix.Iovec
+}
+
+// New returns a Conn over c, or nil when c is not a TCP connection with a
+// file descriptor (then the caller keeps c's own Read and Write).
+func New(c net.Conn) *Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	s := &Conn{nc: c, rc: rc}
+	s.readFn, s.writeFn, s.vecFn = s.read, s.write, s.writev
+	return s
+}
+
+// Read reads into p like net.Conn.Read: io.EOF at the end of the stream,
+// a *net.OpError (Op "read") on failure, a timeout error when the read
+// deadline passes.
+func (s *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if len(p) > maxRW {
+		p = p[:maxRW]
+	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	s.rp, s.rn, s.rerrno = p, 0, 0
+	err := s.rc.Read(s.readFn)
+	n, errno := s.rn, s.rerrno
+	s.rp = nil
+	switch {
+	case err != nil:
+		return 0, s.opError("read", err)
+	case errno != 0:
+		return 0, s.opError("read", os.NewSyscallError("read", errno))
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// read is the RawConn callback of Read: false (wait) only on EAGAIN.
+func (s *Conn) read(fd uintptr) bool {
+	for {
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&s.rp[0])), uintptr(len(s.rp)))
+		switch errno {
+		case 0:
+			s.rn = int(n)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		s.rerrno = errno
+		return true
+	}
+}
+
+// Write writes all of p like net.Conn.Write (waiting for the socket to
+// drain as needed, within the write deadline).
+func (s *Conn) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.wp, s.wn, s.werrno = p, 0, 0
+	var err error
+	if len(p) > 0 {
+		err = s.rc.Write(s.writeFn)
+	}
+	n, errno := int(s.wn), s.werrno
+	s.wp = nil
+	switch {
+	case err != nil:
+		return n, s.opError("write", err)
+	case errno != 0:
+		return n, s.opError("write", os.NewSyscallError("write", errno))
+	}
+	return n, nil
+}
+
+// write is the RawConn callback of Write: it writes until all of wp is
+// written (true), the socket is full (false: wait) or an error (true).
+func (s *Conn) write(fd uintptr) bool {
+	for int(s.wn) < len(s.wp) {
+		p := s.wp[s.wn:]
+		if len(p) > maxRW {
+			p = p[:maxRW]
+		}
+		n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch errno {
+		case 0:
+			if n == 0 {
+				s.werrno = unix.EIO // never for a TCP socket; not a busy loop
+				return true
+			}
+			s.wn += int64(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			s.werrno = errno
+			return true
+		}
+	}
+	return true
+}
+
+// Writev writes the buffers in order with writev, like net.Buffers'
+// WriteTo on a TCP connection; it returns the bytes written. bufs is not
+// modified.
+func (s *Conn) Writev(bufs [][]byte) (int64, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var total int64
+	for _, b := range bufs {
+		total += int64(len(b))
+	}
+	s.wv, s.wn, s.werrno = bufs, 0, 0
+	var err error
+	if total > 0 {
+		err = s.rc.Write(s.vecFn)
+	}
+	n, errno := s.wn, s.werrno
+	s.wv = nil
+	clear(s.iov)
+	switch {
+	case err != nil:
+		return n, s.opError("writev", err)
+	case errno != 0:
+		return n, s.opError("writev", os.NewSyscallError("writev", errno))
+	}
+	return n, nil
+}
+
+// writev is the RawConn callback of Writev: the iovecs are built from
+// what is left after wn bytes, each time.
+func (s *Conn) writev(fd uintptr) bool {
+	for {
+		s.iov = s.iov[:0]
+		skip := s.wn
+		for _, b := range s.wv {
+			if skip >= int64(len(b)) {
+				skip -= int64(len(b))
+				continue
+			}
+			b = b[skip:]
+			skip = 0
+			v := unix.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			s.iov = append(s.iov, v)
+			if len(s.iov) == maxIov {
+				break
+			}
+		}
+		if len(s.iov) == 0 {
+			return true
+		}
+		n, _, errno := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&s.iov[0])), uintptr(len(s.iov)))
+		switch errno {
+		case 0:
+			if n == 0 {
+				s.werrno = unix.EIO
+				return true
+			}
+			s.wn += int64(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			s.werrno = errno
+			return true
+		}
+	}
+}
+
+// opError is err as net.Conn's Read and Write report it: a *net.OpError
+// with op and the connection's addresses (RawConn's own errors say
+// "raw-read" and "raw-write"; their cause — a deadline, a closed
+// connection — is kept, so errors.Is and Timeout answer the same).
+func (s *Conn) opError(op string, err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		err = oe.Err
+	}
+	netw := "tcp"
+	if a := s.nc.LocalAddr(); a != nil {
+		netw = a.Network()
+	}
+	return &net.OpError{Op: op, Net: netw, Source: s.nc.LocalAddr(), Addr: s.nc.RemoteAddr(), Err: err}
+}
