@@ -20,6 +20,10 @@
 # BENCH_SLUICE_BIN runs another sluice binary than bin/sluice (e.g. a build
 # of main copied to /tmp/sluice-base), for an A/B of two builds, each in
 # its own run with nginx and HAProxy.
+# BENCH_EPOLL=1 adds a fourth path, "epoll" on 198.18.1.102:80: the
+# experiment l7/proxy/testdata/epollproxy (a Go proxy on raw epoll, one
+# locked thread per CPU, no features; see docs/benchmarks.md), built with
+# the go command on PATH.
 set -Eeuo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
@@ -49,13 +53,24 @@ cleanup() {
 }
 trap cleanup EXIT
 "$lab" backends "$id" >/dev/null 2>&1
-for a in 198.18.1.101 198.18.1.110 198.18.1.120; do
+for a in 198.18.1.101 198.18.1.102 198.18.1.110 198.18.1.120; do
 	"$lab" exec "$id" lb ip addr add "$a/32" dev lo
 done
 
 # shellcheck source=scripts/bench_lib.sh
 source "$repo_root/scripts/bench_lib.sh"
 declare -A port_range=([sluice]="10000 29999" [nginx]="30000 44999" [haproxy]="45000 60999")
+paths=(sluice nginx haproxy)
+if [[ ${BENCH_EPOLL:-} == 1 ]]; then
+	port_range[sluice]="10000 19999"
+	port_range[epoll]="20000 29999"
+	paths=(sluice epoll nginx haproxy)
+	go build -o "$state/epollproxy" ./l7/proxy/testdata/epollproxy
+	"$lab" exec "$id" lb "$state/epollproxy" -listen 198.18.1.102:80 -workers "$(nproc)" \
+		-backends 198.18.2.11:80,198.18.2.12:80,198.18.2.13:80 >"$state/epollproxy.log" 2>&1 &
+	pids+=($!)
+fi
+declare -A url_of=([sluice]=http://198.18.1.101/ [epoll]=http://198.18.1.102/ [nginx]=http://198.18.1.110/ [haproxy]=http://198.18.1.120/)
 
 cat >"$state/benchl7.yaml" <<-YAML
 	interfaces: [eth0, eth1]
@@ -118,7 +133,8 @@ cat >"$state/haproxy.cfg" <<-HAPROXY
 "$lab" exec "$id" lb haproxy -f "$state/haproxy.cfg" -db >"$state/haproxy.log" 2>&1 &
 pids+=($!)
 
-for url in http://198.18.1.101/ http://198.18.1.110/ http://198.18.1.120/; do
+for p in "${paths[@]}"; do
+	url=${url_of[$p]}
 	for _ in $(seq 100); do
 		"$lab" exec "$id" client curl -sf -o /dev/null --max-time 1 "$url" && break
 		sleep 0.1
@@ -128,11 +144,11 @@ done
 results=$state/bench_l7.tsv
 : >"$results"
 for round in $(seq "$rounds"); do
-	both sluice http://198.18.1.101/
-	both nginx http://198.18.1.110/
-	both haproxy http://198.18.1.120/
+	for p in "${paths[@]}"; do
+		both "$p" "${url_of[$p]}"
+	done
 done
-summary sluice nginx haproxy
+summary "${paths[@]}"
 echo
 echo "wrk -t$threads -c$conns -d${dur}s --latency, $rounds rounds; new-conn adds -H 'Connection: close'. Backends: e2e/backend (Go)."
 echo "nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(nproc) CPUs, kernel $(uname -r)."

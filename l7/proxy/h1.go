@@ -114,13 +114,49 @@ func (h *h1Server) serve(l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		c := &h1Conn{srv: h, rwc: rwc, remain: -1}
-		if !h.track(c) {
+		if !h.start(rwc) {
 			rwc.Close()
-			continue
 		}
-		go c.serve()
 	}
+}
+
+// dispatch serves the connections dl gives (on its accepting goroutine)
+// until it is closed; ll counts them against the connection limit.
+func (h *h1Server) dispatch(dl Dispatcher, ll *limitListener) error {
+	h.mu.Lock()
+	if h.shutting.Load() {
+		h.mu.Unlock()
+		ll.Close()
+		return http.ErrServerClosed
+	}
+	h.ln = ll
+	h.mu.Unlock()
+	err := dl.Dispatch(func(rwc net.Conn) bool {
+		lc := ll.admit(rwc)
+		if lc == nil {
+			return true // over the limit: closed, counted as refused
+		}
+		if !h.start(lc) {
+			lc.release() // the dispatcher's again
+			return false
+		}
+		return true
+	})
+	if h.shutting.Load() {
+		return http.ErrServerClosed
+	}
+	return err
+}
+
+// start serves rwc on a goroutine of its own; false (rwc untouched) when
+// the server is shutting down.
+func (h *h1Server) start(rwc net.Conn) bool {
+	c := &h1Conn{srv: h, rwc: rwc, remain: -1}
+	if !h.track(c) {
+		return false
+	}
+	go c.serve()
+	return true
 }
 
 // acceptRetry is whether an accept error passes (out of file
@@ -212,6 +248,7 @@ type h1Conn struct {
 	srv    *h1Server
 	rwc    net.Conn
 	sock   *sockio.Conn // rwc's socket, read and written outside the scheduler (nil: rwc's own Read and Write)
+	sockc  sockio.Conn  // what sock points to
 	remote string
 	br     *bufio.Reader
 	bw     *bufio.Writer
@@ -288,8 +325,10 @@ func (c *h1Conn) serve() {
 	}
 	// A TCP connection's reads and writes skip the scheduler's system-call
 	// hand-off (sockio); deadlines and Close act on them as on rwc's.
-	c.sock = sockio.New(c.out.conn)
-	c.out.sock = c.sock
+	if c.sockc.Init(c.out.conn) {
+		c.sock = &c.sockc
+		c.out.sock = c.sock
+	}
 	c.bw = h.getWriter(&c.out)
 	defer func() {
 		c.cancel()

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -332,4 +333,79 @@ func TestH1LoopDeadlinesOnRawPath(t *testing.T) {
 	if d := time.Since(start); d < 150*time.Millisecond || d > 5*time.Second {
 		t.Fatalf("504 after %v, want ~200ms", d)
 	}
+}
+
+// testDispatcher is a Dispatcher over a TCP listener, as the agent's
+// listener hand-off is one: it accepts and calls serve on its own
+// goroutine; a connection serve gives back is closed.
+type testDispatcher struct {
+	net.Listener
+	serve atomic.Pointer[func(net.Conn) bool]
+}
+
+func (d *testDispatcher) Dispatch(serve func(net.Conn) bool) error {
+	d.serve.Store(&serve)
+	for {
+		c, err := d.Accept()
+		if err != nil {
+			return net.ErrClosed
+		}
+		if !serve(c) {
+			c.Close()
+		}
+	}
+}
+
+// A listener that dispatches its connections is served through Dispatch:
+// requests are answered, the connection limit holds, and once the server
+// shuts down serve gives connections back (false) without touching them.
+func TestH1LoopDispatch(t *testing.T) {
+	be := newBackend(t, status(200))
+	obs := &refusedObserver{}
+	var d *testDispatcher
+	h := startOn(t, newPool(t, nil, be.addr), func(o *Options) { o.Client.MaxConnections = 2; o.Observer = obs },
+		func(l net.Listener) net.Listener { d = &testDispatcher{Listener: l}; return d })
+	if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if d.serve.Load() == nil {
+		t.Fatal("the loop did not serve the Dispatcher through Dispatch")
+	}
+	h.client.Transport.(*http.Transport).CloseIdleConnections()
+	waitFor(t, "the client's connection closed", func() bool { return openConns(h) == 0 })
+
+	a, _ := rawConn(t, h)
+	b, _ := rawConn(t, h)
+	_, _ = a, b
+	waitFor(t, "two connections open", func() bool { return openConns(h) == 2 })
+	c, br := rawConn(t, h)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("a third connection over the limit of 2 was served")
+	}
+	waitFor(t, "refused{connections} = 1", func() bool { return obs.count(limitConnections) == 1 })
+
+	a.Close()
+	b.Close()
+	if err := h.srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p1, p2 := net.Pipe()
+	defer p2.Close()
+	if (*d.serve.Load())(p1) {
+		t.Fatal("serve took a connection after shutdown")
+	}
+	go func() { _, _ = p1.Write([]byte("x")) }()
+	_ = p2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := p2.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("a connection given back was closed: %v", err)
+	}
+	p1.Close()
+}
+
+// openConns is the count of open client connections of h's loop.
+func openConns(h *harness) int64 {
+	h.srv.h1.mu.Lock()
+	defer h.srv.h1.mu.Unlock()
+	return h.srv.h1.ln.(*limitListener).open.Load()
 }

@@ -248,6 +248,13 @@ type harness struct {
 // start builds and serves a proxy over p; mod edits the options first.
 func start(t *testing.T, p PoolView, mod func(*Options)) *harness {
 	t.Helper()
+	return startOn(t, p, mod, nil)
+}
+
+// startOn is start with the listener passed through wrap first (nil: as
+// it is).
+func startOn(t *testing.T, p PoolView, mod func(*Options), wrap func(net.Listener) net.Listener) *harness {
+	t.Helper()
 	acc := &syncBuffer{}
 	opts := Options{
 		Service: testService(), Pool: p, Ejection: testEjection(),
@@ -269,6 +276,10 @@ func start(t *testing.T, p PoolView, mod func(*Options)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := l.Addr().String()
+	if wrap != nil {
+		l = wrap(l)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
@@ -282,7 +293,7 @@ func start(t *testing.T, p PoolView, mod func(*Options)) *harness {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return &harness{srv: srv, url: "http://" + l.Addr().String(), access: acc, client: &http.Client{Transport: tr, Timeout: 20 * time.Second}}
+	return &harness{srv: srv, url: "http://" + addr, access: acc, client: &http.Client{Transport: tr, Timeout: 20 * time.Second}}
 }
 
 func (h *harness) do(t *testing.T, method, path string, body []byte, hdr http.Header) (*http.Response, string) {

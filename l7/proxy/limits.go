@@ -39,14 +39,22 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.open.Add(1) > l.max {
-			l.open.Add(-1)
-			c.Close()
-			l.refused()
-			continue
+		if lc := l.admit(c); lc != nil {
+			return lc, nil
 		}
-		return &limitConn{Conn: c, open: l.open}, nil
 	}
+}
+
+// admit counts c among the open connections, or closes it (nil) when max
+// are open already.
+func (l *limitListener) admit(c net.Conn) *limitConn {
+	if l.open.Add(1) > l.max {
+		l.open.Add(-1)
+		c.Close()
+		l.refused()
+		return nil
+	}
+	return &limitConn{Conn: c, open: l.open}
 }
 
 // limitConn gives its place back when closed (once), hijacked or not.
@@ -58,9 +66,13 @@ type limitConn struct {
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.open.Add(-1) })
+	c.release()
 	return err
 }
+
+// release gives the connection's place back without closing it (a
+// connection handed on to another server).
+func (c *limitConn) release() { c.once.Do(func() { c.open.Add(-1) }) }
 
 // CloseWrite lets the server half-close like on a *net.TCPConn.
 func (c *limitConn) CloseWrite() error {

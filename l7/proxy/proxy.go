@@ -482,10 +482,28 @@ func (s *Server) SetCertificates(f TLSFiles) error {
 	return nil
 }
 
+// Dispatcher is a listener that can run the accept loop itself and give
+// each connection to a function on the accepting goroutine, instead of
+// through Accept: the agent's listener hand-off, which accepts for
+// whichever server serves the address (see userspace/agent/handoff.go).
+// The HTTP/1 connection loop uses it to start a connection's goroutine
+// straight from the accept, with no hand-over between two goroutines per
+// connection; TLS and h2c listeners use Accept.
+type Dispatcher interface {
+	net.Listener
+	// Dispatch calls serve with each connection accepted from now on,
+	// until the listener is closed (then it returns net.ErrClosed).
+	// serve returns false when its server takes no more connections
+	// (shutting down): the connection is then the Dispatcher's again, to
+	// give to another server or close. serve does not block.
+	Dispatch(serve func(net.Conn) bool) error
+}
+
 // Serve accepts connections on l until ctx ends, then shuts down gracefully
 // (in-flight requests finish, within the shutdown timeout) and returns nil.
 // With TLS, l is a plain TCP listener: Serve does the handshakes (ALPN h2,
-// http/1.1). Serve closes l.
+// http/1.1). Serve closes l. A plain-text listener that is a Dispatcher
+// (and served by the HTTP/1 loop) gives its connections through Dispatch.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	sweepCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -501,6 +519,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		ll := newLimitListener(l, s.limits.MaxConnections, func() { s.obs.Refused(s.name, limitConnections) })
 		if s.tlsOn {
 			errc <- s.http.ServeTLS(ll, "", "")
+		} else if dl, ok := l.(Dispatcher); ok && s.h1 != nil {
+			errc <- s.h1.dispatch(dl, ll)
 		} else if s.h1 != nil {
 			errc <- s.h1.serve(ll)
 		} else {
@@ -527,10 +547,18 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 }
 
+// ListenKeepAlive is the TCP keep-alive of a service's listening socket
+// (net.ListenConfig.KeepAlive): none. Every wait on a client connection
+// is bounded by a client timeout (header, idle, tunnel idle, the
+// request's total), so keep-alive probes would find nothing those do not,
+// and turning them on costs four setsockopt calls per accepted
+// connection. nginx and HAProxy do not turn them on by default either.
+const ListenKeepAlive = -1
+
 // ListenAndServe listens on the service's listen address and serves until ctx ends.
 func (s *Server) ListenAndServe(ctx context.Context) error {
 	addr := s.cfg.Load().base.svc.Listen
-	var lc net.ListenConfig
+	lc := net.ListenConfig{KeepAlive: ListenKeepAlive}
 	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("service %s: listen %s: %w", s.name, addr, err)

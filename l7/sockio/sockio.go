@@ -40,7 +40,8 @@ const maxIov = 1024
 
 // Conn reads and writes a TCP connection without the scheduler's
 // system-call hand-off. Reads may run concurrently with writes; reads
-// (and writes) among themselves are serialized, as on a net.Conn.
+// (and writes) among themselves are serialized, as on a net.Conn. The
+// zero Conn is not usable: New or Init makes one.
 type Conn struct {
 	nc net.Conn
 	rc syscall.RawConn
@@ -52,29 +53,40 @@ type Conn struct {
 	readFn func(fd uintptr) bool
 
 	wmu     sync.Mutex
+	wvec    bool // the write in progress is a writev (wv), not wp
 	wp      []byte
 	wv      [][]byte
 	wn      int64
 	werrno  syscall.Errno
 	writeFn func(fd uintptr) bool
-	vecFn   func(fd uintptr) bool
 	iov     []unix.Iovec
 }
 
 // New returns a Conn over c, or nil when c is not a TCP connection with a
 // file descriptor (then the caller keeps c's own Read and Write).
 func New(c net.Conn) *Conn {
+	s := new(Conn)
+	if !s.Init(c) {
+		return nil
+	}
+	return s
+}
+
+// Init makes s a Conn over c (for a Conn held in a larger struct: one
+// allocation fewer than New); false when c is not a TCP connection with a
+// file descriptor.
+func (s *Conn) Init(c net.Conn) bool {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return nil
+		return false
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return nil
+		return false
 	}
-	s := &Conn{nc: c, rc: rc}
-	s.readFn, s.writeFn, s.vecFn = s.read, s.write, s.writev
-	return s
+	*s = Conn{nc: c, rc: rc}
+	s.readFn, s.writeFn = s.read, s.writeAny
+	return true
 }
 
 // Read reads into p like net.Conn.Read: io.EOF at the end of the stream,
@@ -127,7 +139,7 @@ func (s *Conn) read(fd uintptr) bool {
 func (s *Conn) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.wp, s.wn, s.werrno = p, 0, 0
+	s.wvec, s.wp, s.wn, s.werrno = false, p, 0, 0
 	var err error
 	if len(p) > 0 {
 		err = s.rc.Write(s.writeFn)
@@ -143,7 +155,15 @@ func (s *Conn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// write is the RawConn callback of Write: it writes until all of wp is
+// writeAny is the RawConn callback of Write and Writev.
+func (s *Conn) writeAny(fd uintptr) bool {
+	if s.wvec {
+		return s.writev(fd)
+	}
+	return s.write(fd)
+}
+
+// write writes for Write: until all of wp is
 // written (true), the socket is full (false: wait) or an error (true).
 func (s *Conn) write(fd uintptr) bool {
 	for int(s.wn) < len(s.wp) {
@@ -180,10 +200,10 @@ func (s *Conn) Writev(bufs [][]byte) (int64, error) {
 	for _, b := range bufs {
 		total += int64(len(b))
 	}
-	s.wv, s.wn, s.werrno = bufs, 0, 0
+	s.wvec, s.wv, s.wn, s.werrno = true, bufs, 0, 0
 	var err error
 	if total > 0 {
-		err = s.rc.Write(s.vecFn)
+		err = s.rc.Write(s.writeFn)
 	}
 	n, errno := s.wn, s.werrno
 	s.wv = nil
@@ -197,7 +217,7 @@ func (s *Conn) Writev(bufs [][]byte) (int64, error) {
 	return n, nil
 }
 
-// writev is the RawConn callback of Writev: the iovecs are built from
+// writev writes for Writev: the iovecs are built from
 // what is left after wn bytes, each time.
 func (s *Conn) writev(fd uintptr) bool {
 	for {

@@ -6,7 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/sluicelb/sluice/l7/proxy"
 )
 
 // listenerHandoff accepts on the socket of one http service and hands each
@@ -15,6 +18,12 @@ import (
 // its successor this way: no connection is refused or reset in between,
 // which two sockets on one address (SO_REUSEPORT) cannot promise when the
 // old one closes with connections in its queue.
+//
+// A server that takes its connections through Dispatch (the HTTP/1 loop:
+// proxy.Dispatcher) is given each one on the accepting goroutine, which
+// starts the connection's own goroutine there and then; one that calls
+// Accept (TLS, h2c: net/http's server) receives it through a channel, a
+// hand-over between two goroutines per connection.
 type listenerHandoff struct {
 	l   net.Listener
 	log *slog.Logger
@@ -87,14 +96,23 @@ func (h *listenerHandoff) deliver(c net.Conn) {
 			c.Close()
 			return
 		}
-		select {
-		case hl.conns <- c:
-			return
-		case <-hl.done:
-			if h.current() == hl {
-				c.Close() // stopped for good
+		if serve := hl.serve.Load(); serve != nil {
+			if (*serve)(c) {
 				return
 			}
+			// That server is shutting down: its listener closes next
+			// (after a reload, its successor is current already).
+			<-hl.done
+		} else {
+			select {
+			case hl.conns <- c:
+				return
+			case <-hl.done:
+			}
+		}
+		if h.current() == hl {
+			c.Close() // stopped for good
+			return
 		}
 	}
 }
@@ -105,9 +123,32 @@ type handoffListener struct {
 	conns chan net.Conn
 	done  chan struct{}
 	once  sync.Once
+	// serve is the server's function while it dispatches (Dispatch).
+	serve atomic.Pointer[func(net.Conn) bool]
 }
 
-var _ net.Listener = (*handoffListener)(nil)
+var (
+	_ net.Listener     = (*handoffListener)(nil)
+	_ proxy.Dispatcher = (*handoffListener)(nil)
+)
+
+// Dispatch implements proxy.Dispatcher: from now on deliver calls serve
+// on the accepting goroutine, until the listener is closed.
+func (hl *handoffListener) Dispatch(serve func(net.Conn) bool) error {
+	hl.serve.Store(&serve)
+	defer hl.serve.Store(nil)
+	for {
+		// A connection deliver sent before serve was stored.
+		select {
+		case c := <-hl.conns:
+			if !serve(c) {
+				go hl.h.deliver(c)
+			}
+		case <-hl.done:
+			return net.ErrClosed
+		}
+	}
+}
 
 // Accept implements net.Listener.
 func (hl *handoffListener) Accept() (net.Conn, error) {

@@ -168,7 +168,7 @@ func (s *l7Stage) start(ctx context.Context, svc config.Service, cfg *config.Con
 	}
 	hand := reuse
 	if hand == nil {
-		var lc net.ListenConfig
+		lc := net.ListenConfig{KeepAlive: proxy.ListenKeepAlive}
 		l, err := lc.Listen(ctx, "tcp", svc.Listen)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", svc.Listen, err)
