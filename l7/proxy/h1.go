@@ -73,6 +73,7 @@ type h1Server struct {
 	active   sync.WaitGroup // one per connection loop
 	readers  sync.Pool      // *bufio.Reader
 	writers  sync.Pool      // *bufio.Writer
+	socks    sync.Pool      // *sockio.Conn
 	date     atomic.Pointer[dateLine]
 }
 
@@ -248,7 +249,6 @@ type h1Conn struct {
 	srv    *h1Server
 	rwc    net.Conn
 	sock   *sockio.Conn // rwc's socket, read and written outside the scheduler (nil: rwc's own Read and Write)
-	sockc  sockio.Conn  // what sock points to
 	remote string
 	br     *bufio.Reader
 	bw     *bufio.Writer
@@ -325,10 +325,8 @@ func (c *h1Conn) serve() {
 	}
 	// A TCP connection's reads and writes skip the scheduler's system-call
 	// hand-off (sockio); deadlines and Close act on them as on rwc's.
-	if c.sockc.Init(c.out.conn) {
-		c.sock = &c.sockc
-		c.out.sock = c.sock
-	}
+	c.sock = h.getSock(c.out.conn)
+	c.out.sock = c.sock
 	c.bw = h.getWriter(&c.out)
 	defer func() {
 		c.cancel()
@@ -340,6 +338,7 @@ func (c *h1Conn) serve() {
 			c.rwc.Close()
 			h.putReader(c.br)
 			h.putWriter(c.bw)
+			h.putSock(c.sock)
 		}
 		h.untrack(c)
 	}()
@@ -1080,4 +1079,24 @@ func (h *h1Server) getWriter(w io.Writer) *bufio.Writer {
 func (h *h1Server) putWriter(bw *bufio.Writer) {
 	bw.Reset(nil)
 	h.writers.Put(bw)
+}
+
+// getSock is a sockio.Conn over c (nil when c is not a TCP connection).
+func (h *h1Server) getSock(c net.Conn) *sockio.Conn {
+	s, ok := h.socks.Get().(*sockio.Conn)
+	if !ok {
+		s = new(sockio.Conn)
+	}
+	if !s.Init(c) {
+		h.socks.Put(s)
+		return nil
+	}
+	return s
+}
+
+func (h *h1Server) putSock(s *sockio.Conn) {
+	if s != nil {
+		s.Release()
+		h.socks.Put(s)
+	}
 }

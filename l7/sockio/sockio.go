@@ -72,9 +72,10 @@ func New(c net.Conn) *Conn {
 	return s
 }
 
-// Init makes s a Conn over c (for a Conn held in a larger struct: one
-// allocation fewer than New); false when c is not a TCP connection with a
-// file descriptor.
+// Init makes s a Conn over c; false when c is not a TCP connection with a
+// file descriptor. A Conn no longer in use may be given another
+// connection this way (kept in a sync.Pool, say): its callbacks and
+// buffers are made once.
 func (s *Conn) Init(c net.Conn) bool {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
@@ -84,10 +85,15 @@ func (s *Conn) Init(c net.Conn) bool {
 	if err != nil {
 		return false
 	}
-	*s = Conn{nc: c, rc: rc}
-	s.readFn, s.writeFn = s.read, s.writeAny
+	s.nc, s.rc = c, rc
+	if s.readFn == nil {
+		s.readFn, s.writeFn = s.read, s.writeAny
+	}
 	return true
 }
+
+// Release forgets the connection (for a Conn kept for another one).
+func (s *Conn) Release() { s.nc, s.rc = nil, nil }
 
 // Read reads into p like net.Conn.Read: io.EOF at the end of the stream,
 // a *net.OpError (Op "read") on failure, a timeout error when the read
