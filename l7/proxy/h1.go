@@ -91,14 +91,9 @@ const (
 
 // serve accepts connections on l until it is closed.
 func (h *h1Server) serve(l net.Listener) error {
-	h.mu.Lock()
-	if h.shutting.Load() {
-		h.mu.Unlock()
-		l.Close()
+	if !h.listening(l) {
 		return http.ErrServerClosed
 	}
-	h.ln = l
-	h.mu.Unlock()
 	var backoff time.Duration
 	for {
 		rwc, err := l.Accept()
@@ -124,14 +119,9 @@ func (h *h1Server) serve(l net.Listener) error {
 // dispatch serves the connections dl gives (on its accepting goroutine)
 // until it is closed; ll counts them against the connection limit.
 func (h *h1Server) dispatch(dl Dispatcher, ll *limitListener) error {
-	h.mu.Lock()
-	if h.shutting.Load() {
-		h.mu.Unlock()
-		ll.Close()
+	if !h.listening(ll) {
 		return http.ErrServerClosed
 	}
-	h.ln = ll
-	h.mu.Unlock()
 	err := dl.Dispatch(func(rwc net.Conn) bool {
 		lc := ll.admit(rwc)
 		if lc == nil {
@@ -147,6 +137,19 @@ func (h *h1Server) dispatch(dl Dispatcher, ll *limitListener) error {
 		return http.ErrServerClosed
 	}
 	return err
+}
+
+// listening makes l the listener shutdown closes; false (l closed) when
+// the server is shutting down already.
+func (h *h1Server) listening(l net.Listener) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.shutting.Load() {
+		l.Close()
+		return false
+	}
+	h.ln = l
+	return true
 }
 
 // start serves rwc on a goroutine of its own; false (rwc untouched) when
@@ -248,7 +251,7 @@ func (h *h1Server) dateField() string {
 type h1Conn struct {
 	srv    *h1Server
 	rwc    net.Conn
-	sock   *sockio.Conn // rwc's socket, read and written outside the scheduler (nil: rwc's own Read and Write)
+	sock   *sockio.Conn // rwc's reads and writes: outside the scheduler for a TCP connection
 	remote string
 	br     *bufio.Reader
 	bw     *bufio.Writer
@@ -296,13 +299,7 @@ func (c *h1Conn) Read(p []byte) (int, error) {
 			p = p[:c.remain]
 		}
 	}
-	var n int
-	var err error
-	if c.sock != nil {
-		n, err = c.sock.Read(p)
-	} else {
-		n, err = c.rwc.Read(p)
-	}
+	n, err := c.sock.Read(p)
 	if c.remain >= 0 {
 		c.remain -= int64(n)
 	}
@@ -317,15 +314,15 @@ func (c *h1Conn) serve() {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.br = h.getReader(c)
-	c.out.conn = c.rwc
+	conn := c.rwc
 	if lc, ok := c.rwc.(*limitConn); ok {
-		// Writes go to the connection itself: net.Buffers makes a writev
-		// only for the net package's own types.
-		c.out.conn = lc.Conn
+		// Reads and writes go to the connection itself: sockio (and
+		// net.Buffers' writev) know only the net package's own types.
+		conn = lc.Conn
 	}
 	// A TCP connection's reads and writes skip the scheduler's system-call
 	// hand-off (sockio); deadlines and Close act on them as on rwc's.
-	c.sock = h.getSock(c.out.conn)
+	c.sock = h.getSock(conn)
 	c.out.sock = c.sock
 	c.bw = h.getWriter(&c.out)
 	defer func() {
@@ -921,31 +918,19 @@ func (w *h1Response) finish() {
 // one writev with what the buffer holds (the header, usually), instead of
 // a write of the buffer and a write of the chunk.
 type h1Out struct {
-	conn  net.Conn
-	sock  *sockio.Conn // conn's socket (nil: conn's own Write and net.Buffers)
+	sock  *sockio.Conn // the client connection
 	tail  []byte       // written right after what the buffer flushes
 	tailN int          // how much of tail was written
 	vec   [2][]byte    // the writev's buffers (reused)
-	bufs  net.Buffers  // over vec
 }
 
 func (o *h1Out) Write(p []byte) (int, error) {
 	if o.tail == nil {
-		if o.sock != nil {
-			return o.sock.Write(p)
-		}
-		return o.conn.Write(p)
+		return o.sock.Write(p)
 	}
 	o.vec[0], o.vec[1] = p, o.tail
 	o.tail = nil
-	var n64 int64
-	var err error
-	if o.sock != nil {
-		n64, err = o.sock.Writev(o.vec[:])
-	} else {
-		o.bufs = o.vec[:]
-		n64, err = o.bufs.WriteTo(o.conn)
-	}
+	n64, err := o.sock.Writev(o.vec[:])
 	o.vec = [2][]byte{}
 	n := int(n64)
 	o.tailN = max(0, n-len(p))
@@ -1081,22 +1066,17 @@ func (h *h1Server) putWriter(bw *bufio.Writer) {
 	h.writers.Put(bw)
 }
 
-// getSock is a sockio.Conn over c (nil when c is not a TCP connection).
+// getSock is a sockio.Conn over c.
 func (h *h1Server) getSock(c net.Conn) *sockio.Conn {
 	s, ok := h.socks.Get().(*sockio.Conn)
 	if !ok {
 		s = new(sockio.Conn)
 	}
-	if !s.Init(c) {
-		h.socks.Put(s)
-		return nil
-	}
+	s.Init(c)
 	return s
 }
 
 func (h *h1Server) putSock(s *sockio.Conn) {
-	if s != nil {
-		s.Release()
-		h.socks.Put(s)
-	}
+	s.Release()
+	h.socks.Put(s)
 }

@@ -295,7 +295,7 @@ func TestH1LoopDeadlinesOnRawPath(t *testing.T) {
 	}
 	h.srv.h1.mu.Lock()
 	for hc := range h.srv.h1.conns {
-		if hc.sock == nil || hc.out.sock == nil {
+		if !hc.sock.Raw() || hc.out.sock != hc.sock {
 			t.Error("a TCP client connection is not read and written through sockio")
 		}
 	}

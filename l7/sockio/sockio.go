@@ -40,11 +40,13 @@ const maxIov = 1024
 
 // Conn reads and writes a TCP connection without the scheduler's
 // system-call hand-off. Reads may run concurrently with writes; reads
-// (and writes) among themselves are serialized, as on a net.Conn. The
-// zero Conn is not usable: New or Init makes one.
+// (and writes) among themselves are serialized, as on a net.Conn. A
+// connection without a file descriptor of its own (TLS, a net.Pipe) is
+// read and written through its own methods. The zero Conn is not usable:
+// New or Init makes one.
 type Conn struct {
 	nc net.Conn
-	rc syscall.RawConn
+	rc syscall.RawConn // nil: nc's own methods
 
 	rmu    sync.Mutex
 	rp     []byte
@@ -53,8 +55,7 @@ type Conn struct {
 	readFn func(fd uintptr) bool
 
 	wmu     sync.Mutex
-	wvec    bool // the write in progress is a writev (wv), not wp
-	wp      []byte
+	one     [1][]byte // Write's buffer, as Writev's
 	wv      [][]byte
 	wn      int64
 	werrno  syscall.Errno
@@ -62,35 +63,31 @@ type Conn struct {
 	iov     []unix.Iovec
 }
 
-// New returns a Conn over c, or nil when c is not a TCP connection with a
-// file descriptor (then the caller keeps c's own Read and Write).
+// New returns a Conn over c.
 func New(c net.Conn) *Conn {
 	s := new(Conn)
-	if !s.Init(c) {
-		return nil
-	}
+	s.Init(c)
 	return s
 }
 
-// Init makes s a Conn over c; false when c is not a TCP connection with a
-// file descriptor. A Conn no longer in use may be given another
-// connection this way (kept in a sync.Pool, say): its callbacks and
-// buffers are made once.
-func (s *Conn) Init(c net.Conn) bool {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return false
+// Init makes s a Conn over c. A Conn no longer in use may be given
+// another connection this way (kept in a sync.Pool, say): its callbacks
+// and buffers are made once.
+func (s *Conn) Init(c net.Conn) {
+	s.nc, s.rc = c, nil
+	if tc, ok := c.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			s.rc = rc
+		}
 	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	s.nc, s.rc = c, rc
 	if s.readFn == nil {
-		s.readFn, s.writeFn = s.read, s.writeAny
+		s.readFn, s.writeFn = s.read, s.writev
 	}
-	return true
 }
+
+// Raw is whether the connection is read and written with raw system
+// calls (a TCP connection), not through its own methods.
+func (s *Conn) Raw() bool { return s.rc != nil }
 
 // Release forgets the connection (for a Conn kept for another one).
 func (s *Conn) Release() { s.nc, s.rc = nil, nil }
@@ -99,6 +96,9 @@ func (s *Conn) Release() { s.nc, s.rc = nil, nil }
 // a *net.OpError (Op "read") on failure, a timeout error when the read
 // deadline passes.
 func (s *Conn) Read(p []byte) (int, error) {
+	if s.rc == nil {
+		return s.nc.Read(p)
+	}
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -143,70 +143,38 @@ func (s *Conn) read(fd uintptr) bool {
 // Write writes all of p like net.Conn.Write (waiting for the socket to
 // drain as needed, within the write deadline).
 func (s *Conn) Write(p []byte) (int, error) {
+	if s.rc == nil {
+		return s.nc.Write(p)
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.wvec, s.wp, s.wn, s.werrno = false, p, 0, 0
-	var err error
-	if len(p) > 0 {
-		err = s.rc.Write(s.writeFn)
-	}
-	n, errno := int(s.wn), s.werrno
-	s.wp = nil
-	switch {
-	case err != nil:
-		return n, s.opError("write", err)
-	case errno != 0:
-		return n, s.opError("write", os.NewSyscallError("write", errno))
-	}
-	return n, nil
-}
-
-// writeAny is the RawConn callback of Write and Writev.
-func (s *Conn) writeAny(fd uintptr) bool {
-	if s.wvec {
-		return s.writev(fd)
-	}
-	return s.write(fd)
-}
-
-// write writes for Write: until all of wp is
-// written (true), the socket is full (false: wait) or an error (true).
-func (s *Conn) write(fd uintptr) bool {
-	for int(s.wn) < len(s.wp) {
-		p := s.wp[s.wn:]
-		if len(p) > maxRW {
-			p = p[:maxRW]
-		}
-		n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch errno {
-		case 0:
-			if n == 0 {
-				s.werrno = unix.EIO // never for a TCP socket; not a busy loop
-				return true
-			}
-			s.wn += int64(n)
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return false
-		default:
-			s.werrno = errno
-			return true
-		}
-	}
-	return true
+	s.one[0] = p
+	n, err := s.writeLocked("write", s.one[:])
+	s.one[0] = nil
+	return int(n), err
 }
 
 // Writev writes the buffers in order with writev, like net.Buffers'
-// WriteTo on a TCP connection; it returns the bytes written. bufs is not
-// modified.
+// WriteTo on a TCP connection; it returns the bytes written. Without raw
+// system calls it is net.Buffers' WriteTo, which may consume bufs'
+// elements.
 func (s *Conn) Writev(bufs [][]byte) (int64, error) {
+	if s.rc == nil {
+		nb := net.Buffers(bufs)
+		return nb.WriteTo(s.nc)
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.writeLocked("writev", bufs)
+}
+
+// writeLocked writes bufs under wmu; op names the call in errors.
+func (s *Conn) writeLocked(op string, bufs [][]byte) (int64, error) {
 	var total int64
 	for _, b := range bufs {
 		total += int64(len(b))
 	}
-	s.wvec, s.wv, s.wn, s.werrno = true, bufs, 0, 0
+	s.wv, s.wn, s.werrno = bufs, 0, 0
 	var err error
 	if total > 0 {
 		err = s.rc.Write(s.writeFn)
@@ -216,15 +184,17 @@ func (s *Conn) Writev(bufs [][]byte) (int64, error) {
 	clear(s.iov)
 	switch {
 	case err != nil:
-		return n, s.opError("writev", err)
+		return n, s.opError(op, err)
 	case errno != 0:
-		return n, s.opError("writev", os.NewSyscallError("writev", errno))
+		return n, s.opError(op, os.NewSyscallError(op, errno))
 	}
 	return n, nil
 }
 
-// writev writes for Writev: the iovecs are built from
-// what is left after wn bytes, each time.
+// writev is the RawConn callback of writeLocked: it writes until all of
+// wv is written (true), the socket is full (false: wait) or an error
+// (true); the iovecs are built from what is left after wn bytes, each
+// time.
 func (s *Conn) writev(fd uintptr) bool {
 	for {
 		s.iov = s.iov[:0]
@@ -236,10 +206,13 @@ func (s *Conn) writev(fd uintptr) bool {
 			}
 			b = b[skip:]
 			skip = 0
+			if len(b) > maxRW {
+				b = b[:maxRW]
+			}
 			v := unix.Iovec{Base: &b[0]}
 			v.SetLen(len(b))
 			s.iov = append(s.iov, v)
-			if len(s.iov) == maxIov {
+			if len(s.iov) == maxIov || len(b) == maxRW {
 				break
 			}
 		}
@@ -250,7 +223,7 @@ func (s *Conn) writev(fd uintptr) bool {
 		switch errno {
 		case 0:
 			if n == 0 {
-				s.werrno = unix.EIO
+				s.werrno = unix.EIO // never for a TCP socket; not a busy loop
 				return true
 			}
 			s.wn += int64(n)

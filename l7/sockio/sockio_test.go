@@ -30,18 +30,33 @@ func pair(t *testing.T) (*Conn, net.Conn) {
 	}
 	t.Cleanup(func() { c.Close(); p.Close() })
 	s := New(c)
-	if s == nil {
-		t.Fatal("New: nil for a TCP connection")
+	if !s.Raw() {
+		t.Fatal("a TCP connection is not raw")
 	}
 	return s, p
 }
 
-func TestNewNotTCP(t *testing.T) {
+// A connection without a file descriptor is read and written through its
+// own methods.
+func TestNotTCP(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if New(a) != nil {
-		t.Fatal("New(net.Pipe) should be nil: no file descriptor")
+	s := New(a)
+	if s.Raw() {
+		t.Fatal("a net.Pipe is not raw")
+	}
+	go func() {
+		_, _ = s.Write([]byte("ab"))
+		_, _ = s.Writev([][]byte{[]byte("c"), []byte("d")})
+	}()
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(b, buf); err != nil || string(buf) != "abcd" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	go func() { _, _ = b.Write([]byte("xy")) }()
+	if _, err := io.ReadFull(s, buf[:2]); err != nil || string(buf[:2]) != "xy" {
+		t.Fatalf("read %q, %v", buf[:2], err)
 	}
 }
 

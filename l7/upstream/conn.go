@@ -22,9 +22,8 @@ type Conn struct {
 	pools *Pools
 	nc    net.Conn // what requests are written to (TLS or TCP)
 	raw   net.Conn // the TCP connection, for liveness checks
-	// sock reads and writes nc outside the scheduler's system-call
-	// hand-off when nc is the TCP connection itself (no TLS); nil: nc's
-	// own Read and Write.
+	// sock reads and writes nc: outside the scheduler's system-call
+	// hand-off when nc is the TCP connection itself (no TLS).
 	sock       *sockio.Conn
 	addr       netip.AddrPort
 	serverName string
@@ -68,9 +67,7 @@ type Conn struct {
 
 func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info string, gen uint64) *Conn {
 	c := &Conn{pools: p, nc: nc, raw: raw, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now()}
-	if nc == raw {
-		c.sock = sockio.New(raw)
-	}
+	c.sock = sockio.New(nc)
 	if sc, ok := raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.rawc = rc
@@ -238,13 +235,7 @@ func (r phaseReader) Read(b []byte) (int, error) {
 		_ = c.nc.SetReadDeadline(t)
 		c.rdl = t
 	}
-	var n int
-	var err error
-	if c.sock != nil {
-		n, err = c.sock.Read(b)
-	} else {
-		n, err = c.nc.Read(b)
-	}
+	n, err := c.sock.Read(b)
 	c.read.Add(int64(n))
 	return n, err
 }
@@ -264,13 +255,7 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 			_ = c.nc.SetWriteDeadline(t)
 			c.wdl = t
 		}
-		var n int
-		var err error
-		if c.sock != nil {
-			n, err = c.sock.Write(chunk)
-		} else {
-			n, err = c.nc.Write(chunk)
-		}
+		n, err := c.sock.Write(chunk)
 		c.written.Add(int64(n))
 		total += n
 		b = b[n:]

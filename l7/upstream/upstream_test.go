@@ -194,7 +194,7 @@ func TestPhaseDeadlines(t *testing.T) {
 	defer p.Close()
 	c := get(t, p, s.addr)
 	defer p.Put(c, CloseError)
-	if c.sock == nil {
+	if !c.sock.Raw() {
 		t.Fatal("a plain TCP backend connection is not read and written through sockio")
 	}
 	c.SetTimeouts(time.Second, 50*time.Millisecond, time.Time{})
