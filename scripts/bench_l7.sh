@@ -61,6 +61,7 @@ done
 source "$repo_root/scripts/bench_lib.sh"
 declare -A port_range=([sluice]="10000 29999" [nginx]="30000 44999" [haproxy]="45000 60999")
 paths=(sluice nginx haproxy)
+declare -A pid_of=() # the process of each proxy (nginx: its master; workers are its children)
 if [[ ${BENCH_EPOLL:-} == 1 ]]; then
 	port_range[sluice]="10000 19999"
 	port_range[epoll]="20000 29999"
@@ -69,6 +70,7 @@ if [[ ${BENCH_EPOLL:-} == 1 ]]; then
 	"$lab" exec "$id" lb "$state/epollproxy" -listen 198.18.1.102:80 -workers "$(nproc)" \
 		-backends 198.18.2.11:80,198.18.2.12:80,198.18.2.13:80 >"$state/epollproxy.log" 2>&1 &
 	pids+=($!)
+	pid_of[epoll]=$!
 fi
 declare -A url_of=([sluice]=http://198.18.1.101/ [epoll]=http://198.18.1.102/ [nginx]=http://198.18.1.110/ [haproxy]=http://198.18.1.120/)
 
@@ -90,6 +92,7 @@ cat >"$state/benchl7.yaml" <<-YAML
 read -ra sluice_env <<<"${BENCH_SLUICE_ENV:-}"
 "$lab" exec "$id" lb env "${sluice_env[@]}" "$sluice" agent -c "$state/benchl7.yaml" >"$state/benchl7-agent.log" 2>&1 &
 pids+=($!)
+pid_of[sluice]=$!
 
 nginx_conf "$state/nginx.conf" "$state" <<-NGINX
 	    upstream web {
@@ -109,6 +112,7 @@ nginx_conf "$state/nginx.conf" "$state" <<-NGINX
 	NGINX
 "$lab" exec "$id" lb nginx -c "$state/nginx.conf" -g 'daemon off;' >"$state/nginx.log" 2>&1 &
 pids+=($!)
+pid_of[nginx]=$!
 
 cat >"$state/haproxy.cfg" <<-HAPROXY
 	global
@@ -132,6 +136,7 @@ cat >"$state/haproxy.cfg" <<-HAPROXY
 	HAPROXY
 "$lab" exec "$id" lb haproxy -f "$state/haproxy.cfg" -db >"$state/haproxy.log" 2>&1 &
 pids+=($!)
+pid_of[haproxy]=$!
 
 for p in "${paths[@]}"; do
 	url=${url_of[$p]}
@@ -141,14 +146,49 @@ for p in "${paths[@]}"; do
 	done
 done
 
+# tree_ticks PID: the CPU time (clock ticks) used so far by PID and the
+# processes below it.
+tree_ticks() {
+	local t c
+	t=$(awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0)
+	for c in $(pgrep -P "$1"); do
+		t=$((t + $(tree_ticks "$c")))
+	done
+	echo "$t"
+}
+
+# Each wrk run also measures the CPU time the proxy used per request
+# (its processes' user and system time over the run, divided by the
+# requests wrk counted): less sensitive than requests/s to other work on
+# the machine, which takes CPU from every process alike.
 results=$state/bench_l7.tsv
+cpu=$state/bench_l7_cpu.tsv
+hz=$(getconf CLK_TCK)
 : >"$results"
+: >"$cpu"
 for round in $(seq "$rounds"); do
 	for p in "${paths[@]}"; do
-		both "$p" "${url_of[$p]}"
+		for load in keep-alive new-conn; do
+			extra=()
+			[[ $load == new-conn ]] && extra=(-H "Connection: close")
+			t0=$(tree_ticks "${pid_of[$p]}")
+			run_wrk "$p" "$load" "${url_of[$p]}" "${extra[@]}"
+			t1=$(tree_ticks "${pid_of[$p]}")
+			rps=$(tail -1 "$results" | cut -f3)
+			awk -v p="$p" -v l="$load" -v t=$((t1 - t0)) -v hz="$hz" -v r="$rps" -v d="$dur" \
+				'BEGIN { if (r > 0) printf "%s\t%s\t%.1f\n", p, l, t / hz * 1e6 / (r * d) }' >>"$cpu"
+		done
 	done
 done
 summary "${paths[@]}"
+echo
+echo "CPU time of the proxy per request (µs; median of $rounds, then every round):"
+for p in "${paths[@]}"; do
+	for load in keep-alive new-conn; do
+		mapfile -t v < <(awk -v p="$p" -v l="$load" '$1 == p && $2 == l {print $3}' "$cpu")
+		((${#v[@]})) && printf '  %-9s %-10s %6s   %s\n' "$p" "$load" "$(median "${v[@]}")" "${v[*]}"
+	done
+done
 echo
 echo "wrk -t$threads -c$conns -d${dur}s --latency, $rounds rounds; new-conn adds -H 'Connection: close'. Backends: e2e/backend (Go)."
 echo "nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(nproc) CPUs, kernel $(uname -r)."
