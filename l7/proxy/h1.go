@@ -335,9 +335,13 @@ func (c *h1Conn) serve() {
 			c.rwc.Close()
 			h.putReader(c.br)
 			h.putWriter(c.bw)
-			h.putSock(c.sock)
 		}
 		h.untrack(c)
+		if !c.hijacked {
+			// After untrack: whoever looked at the connection under the
+			// server's lock is done with it.
+			h.putSock(c.sock)
+		}
 	}()
 	lim := s.limits
 	// The first request's header must come within the header timeout of
