@@ -383,6 +383,8 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 		GCOUNT(passed_ttl_exceeded);
 		return XDP_PASS;
 	}
+	/* A half-open fv is this CPU's validated copy of its slot (ho_lookup):
+	 * changes to it are written back with ho_touch. */
 	struct ct_value *fv = f.fv;
 	__u32 svc_id = fv->service_id;
 	__u32 slot = fv->backend_id;
@@ -411,8 +413,12 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 	/* One call site: send_out is large (FIB lookup, ICMP errors) and
 	 * every inlined copy costs instruction cache. */
 	int act = send_cached(ctx, p, data_end, reply_hop(p->ip->daddr), p->ip->daddr, now, &rk);
-	if (f.confirmed || !confirms(p))
+	if (f.confirmed)
 		return act;
+	if (!confirms(p)) {
+		ho_touch(&f.fk, fv);
+		return act;
+	}
 
 	/* Confirmed by the backend: the flow moves to conntrack, where
 	 * floods of half-open flows cannot evict it: one insert and one
@@ -422,6 +428,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 		nf.state = CT_ESTABLISHED;
 	if (bpf_map_update_elem(&conntrack, &f.fk, &nf, BPF_ANY)) {
 		GCOUNT(ct_update_failures);
+		ho_touch(&f.fk, fv);
 		return act; /* still half-open: translated from there */
 	}
 	if (snat) {
@@ -429,7 +436,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct packet *p, vo
 			GCOUNT(ct_update_failures); /* re-created by the client's next packet */
 		bpf_map_delete_elem(&snat_rev_ho, &rk);
 	}
-	bpf_map_delete_elem(&halfopen, &f.fk);
+	ho_forget(&f.fk);
 	GCOUNT(flows_confirmed);
 	return act;
 }
@@ -594,7 +601,16 @@ static __always_inline int snat_source(const struct ct_key *k, const struct svc_
 		rk.dport = bpf_htons(port);
 		if (bpf_map_lookup_elem(&snat_rev, &rk))
 			continue;
-		if (!bpf_map_update_elem(&snat_rev_ho, &rk, k, BPF_NOEXIST)) {
+		/* The flow's own reverse entry, left by its SYN whose
+		 * half-open slot another flow took since: the same port
+		 * again, so the backend sees one connection. */
+		struct ct_key *own = bpf_map_lookup_elem(&snat_rev_ho, &rk);
+		if (own && ct_key_eq(own, k)) {
+			fv->saddr_new = src;
+			fv->sport_new = rk.dport;
+			return 1;
+		}
+		if (!own && !bpf_map_update_elem(&snat_rev_ho, &rk, k, BPF_NOEXIST)) {
 			fv->saddr_new = src;
 			fv->sport_new = rk.dport;
 			return 1;
@@ -667,16 +683,23 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 				ensure_snat_rev(&k, ct, 0);
 			/* Write only what changed: the coarse clock ticks every few
 			 * ms, and a clean cache line stays shared between CPUs. */
+			int dirty = 0;
 			if (ct->last_seen != now) {
 				ct->last_seen = now;
+				dirty = 1;
 				if (confirmed)
 					ensure_snat_rev(&k, ct, 1);
 			}
 			if (tcp) {
 				__u8 st = next_tcp_state(ct->state, p->tcp_flags, 0);
-				if (st != ct->state)
+				if (st != ct->state) {
 					ct->state = st;
+					dirty = 1;
+				}
 			}
+			/* A half-open ct is a copy of its slot (ho_lookup). */
+			if (!confirmed && dirty)
+				ho_touch(&k, ct);
 			if (svc->mode == MODE_DSR) {
 				/* The backend's answer never passes a node: a DSR
 				 * flow is confirmed by the client's second packet
@@ -745,7 +768,7 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 	if (old_confirmed)
 		forget_flow(&k, old_confirmed, 1);
 	if (svc->mode == MODE_DSR) {
-		if (bpf_map_update_elem(&halfopen, &k, &fv, BPF_ANY))
+		if (ho_store(&k, &fv))
 			GCOUNT(ct_update_failures);
 		count_service(svc_id, bytes, 1);
 		count_backend(slot, bytes, 1);
@@ -757,7 +780,9 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 	 * flow uses the backend's cached one (no FIB lookup per SYN) and
 	 * refreshes it when it had expired. */
 	int act = send_cached(ctx, p, data_end, bpf_map_lookup_elem(&backend_hops, &slot), p->ip->daddr, now, &k);
-	if (bpf_map_update_elem(&halfopen, &k, &fv, BPF_ANY))
+	/* The flow's half-open state: one slot written, no hash-table insert
+	 * (maps.h, halfopen). */
+	if (ho_store(&k, &fv))
 		GCOUNT(ct_update_failures);
 	count_service(svc_id, bytes, 1);
 	count_backend(slot, bytes, 1);

@@ -223,6 +223,13 @@ type SluiceGlobalCounters struct {
 	RepliesWithoutFlow uint64
 }
 
+type SluiceHoSlot struct {
+	_     structs.HostLayout
+	Key   SluiceCtKey
+	Val   SluiceCtValue
+	Check uint64
+}
+
 type SluiceIn6Addr struct {
 	_    structs.HostLayout
 	In6U struct {
@@ -269,6 +276,9 @@ type SluiceSluiceConfig struct {
 	HashSeed                uint32
 	RstIntervalNs           uint64
 	RstBurstNs              uint64
+	HoKey                   uint64
+	HoMask                  uint32
+	Pad                     uint32
 }
 
 type SluiceSvc6Key struct {
@@ -347,6 +357,7 @@ const (
 	SluiceMapGlobalStats        = "global_stats"
 	SluiceMapHalfopen           = "halfopen"
 	SluiceMapHalfopen6          = "halfopen6"
+	SluiceMapHoScratch          = "ho_scratch"
 	SluiceMapMaglevOuter        = "maglev_outer"
 	SluiceMapNatHint6           = "nat_hint6"
 	SluiceMapReplyHops          = "reply_hops"
@@ -436,6 +447,7 @@ type SluiceMapSpecs struct {
 	GlobalStats   *ebpf.MapSpec `ebpf:"global_stats"`
 	Halfopen      *ebpf.MapSpec `ebpf:"halfopen"`
 	Halfopen6     *ebpf.MapSpec `ebpf:"halfopen6"`
+	HoScratch     *ebpf.MapSpec `ebpf:"ho_scratch"`
 	MaglevOuter   *ebpf.MapSpec `ebpf:"maglev_outer"`
 	NatHint6      *ebpf.MapSpec `ebpf:"nat_hint6"`
 	ReplyHops     *ebpf.MapSpec `ebpf:"reply_hops"`
@@ -501,6 +513,7 @@ type SluiceMaps struct {
 	GlobalStats   *ebpf.Map `ebpf:"global_stats"`
 	Halfopen      *ebpf.Map `ebpf:"halfopen"`
 	Halfopen6     *ebpf.Map `ebpf:"halfopen6"`
+	HoScratch     *ebpf.Map `ebpf:"ho_scratch"`
 	MaglevOuter   *ebpf.Map `ebpf:"maglev_outer"`
 	NatHint6      *ebpf.Map `ebpf:"nat_hint6"`
 	ReplyHops     *ebpf.Map `ebpf:"reply_hops"`
@@ -532,6 +545,7 @@ func (m *SluiceMaps) Close() error {
 		m.GlobalStats,
 		m.Halfopen,
 		m.Halfopen6,
+		m.HoScratch,
 		m.MaglevOuter,
 		m.NatHint6,
 		m.ReplyHops,

@@ -20,6 +20,7 @@ volatile const struct sluice_config cfg = {
 	.hash_seed = 0x5eed1ce,
 	.rst_interval_ns = 1000000ULL, /* 1000 RSTs/s per CPU... */
 	.rst_burst_ns = 1000000000ULL, /* ...in bursts of up to 1000 */
+	.ho_mask = 131071, /* halfopen's max_entries - 1 */
 };
 
 static __always_inline struct global_counters *gstats(void)

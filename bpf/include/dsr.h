@@ -42,7 +42,7 @@ static __always_inline void dsr_confirm(const struct ct_key *k, const struct ct_
 		GCOUNT(ct_update_failures);
 		return; /* still half-open: forwarded from there */
 	}
-	bpf_map_delete_elem(&halfopen, k);
+	ho_forget(k);
 	GCOUNT(flows_confirmed);
 }
 

@@ -43,8 +43,124 @@ static __always_inline int ho_expired(const struct ct_value *ct, __u64 now)
 	return now > ct->last_seen && now - ct->last_seen > cfg.tcp_syn_timeout_ns;
 }
 
+/* The half-open table (maps.h, halfopen) is direct-mapped: a flow's slot
+ * is a keyed hash of its key. The hash is sluice's own, not the Maglev
+ * flow hash (public: anyone can compute it, and aim a flood at one
+ * client's slot): it is keyed by a per-node random secret
+ * (sluice_config.ho_key), which changes nothing Maglev picks. A 64-bit
+ * multiply-xorshift per word and murmur3's 64-bit finaliser: cheap, not a
+ * cryptographic MAC, enough that an outsider cannot compute slots; a
+ * flow whose slot is taken anyway is only placed by Maglev again.
+ * userspace/datapath/halfopen.go computes the same hash. */
+static __always_inline __u64 ho_mix(__u64 h, __u64 w)
+{
+	h ^= w;
+	h *= 0x9e3779b97f4a7c15ULL;
+	return h ^ (h >> 32);
+}
+
+static __always_inline __u64 ho_fin(__u64 h)
+{
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	return h ^ (h >> 33);
+}
+
+/* ho_key_hash is the keyed hash state after a flow's key. */
+static __always_inline __u64 ho_key_hash(const struct ct_key *k)
+{
+	__u64 h = cfg.ho_key;
+	h = ho_mix(h, ((__u64)k->saddr << 32) | k->daddr);
+	return ho_mix(h, ((__u64)k->sport << 48) | ((__u64)k->dport << 32) | k->proto);
+}
+
+/* ho_check is a slot's check: the key's hash state (ho_key_hash) carried
+ * over the value's fields that steer a packet. Never 0 (an empty slot). */
+static __always_inline __u64 ho_check(__u64 kh, const struct ct_value *v)
+{
+	__u64 h = ho_mix(kh, ((__u64)v->service_id << 32) | v->backend_id);
+	h = ho_mix(h, ((__u64)v->backend_gen << 32) | v->saddr_new);
+	h = ho_mix(h, ((__u64)v->daddr_new << 32) | ((__u32)v->sport_new << 16) | v->dport_new);
+	return ho_fin(h) | 1;
+}
+
+static __always_inline int ct_key_eq(const struct ct_key *a, const struct ct_key *b)
+{
+	return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport && a->dport == b->dport &&
+	       a->proto == b->proto;
+}
+
+/* ho_slot_of returns the half-open slot of key k (kh: its ho_key_hash). */
+static __always_inline struct ho_slot *ho_slot_of(__u64 kh)
+{
+	__u32 idx = (__u32)ho_fin(kh) & cfg.ho_mask;
+	return bpf_map_lookup_elem(&halfopen, &idx);
+}
+
+/* ho_lookup returns flow k's live half-open entry, or NULL. It is a copy
+ * of the slot (this CPU's ho_scratch) whose key is k and whose check
+ * matches what it holds: a packet is never steered by a slot another CPU
+ * is rewriting. The copy is valid until the next ho_lookup on this CPU;
+ * a caller that changes its last_seen or state writes them back with
+ * ho_touch. A BPF-to-BPF call, as is ho_store: inlined at their many
+ * call sites (the hash's 64-bit constants, the check) they grew
+ * handle_ipv4's stack frame past the 512-byte combined limit. */
+static __noinline struct ct_value *ho_lookup(const struct ct_key *k, __u64 now)
+{
+	__u64 kh = ho_key_hash(k);
+	struct ho_slot *s = ho_slot_of(kh);
+	if (!s || !s->check || !ct_key_eq(&s->key, k))
+		return NULL; /* the common miss: one cache line read */
+	__u32 zero = 0;
+	struct ho_slot *c = bpf_map_lookup_elem(&ho_scratch, &zero);
+	if (!c)
+		return NULL;
+	*c = *s;
+	if (!ct_key_eq(&c->key, k) || c->check != ho_check(kh, &c->val) || ho_expired(&c->val, now))
+		return NULL;
+	return &c->val;
+}
+
+/* ho_store makes v flow k's half-open entry, in place of whatever its
+ * slot held (another flow's entry is forgotten: a colliding flow simply
+ * overwrites it). One 64-byte write; the check last. -1: no slot. */
+static __noinline int ho_store(const struct ct_key *k, const struct ct_value *v)
+{
+	__u64 kh = ho_key_hash(k);
+	struct ho_slot *s = ho_slot_of(kh);
+	if (!s)
+		return -1;
+	s->key = *k;
+	s->val = *v;
+	s->check = ho_check(kh, v);
+	return 0;
+}
+
+/* ho_touch writes the last_seen and state of v (a copy ho_lookup
+ * returned for k) back to k's slot, if the slot still holds k. */
+static __always_inline void ho_touch(const struct ct_key *k, const struct ct_value *v)
+{
+	struct ho_slot *s = ho_slot_of(ho_key_hash(k));
+	if (!s || !ct_key_eq(&s->key, k))
+		return;
+	if (s->val.last_seen != v->last_seen)
+		s->val.last_seen = v->last_seen;
+	if (s->val.state != v->state)
+		s->val.state = v->state;
+}
+
+/* ho_forget empties k's slot if it holds k. */
+static __always_inline void ho_forget(const struct ct_key *k)
+{
+	struct ho_slot *s = ho_slot_of(ho_key_hash(k));
+	if (s && ct_key_eq(&s->key, k))
+		s->check = 0;
+}
+
 /* lookup_forward finds a flow's live entry: in conntrack (*confirmed = 1)
- * or in the half-open table (*confirmed = 0). *stale, when given, is set
+ * or in the half-open table (*confirmed = 0: a copy, see ho_lookup). *stale, when given, is set
  * to a conntrack entry of the key that is not live (expired), so the
  * caller need not look it up again. */
 static __always_inline struct ct_value *lookup_forward(const struct ct_key *k, __u64 now, int *confirmed,
@@ -59,12 +175,10 @@ static __always_inline struct ct_value *lookup_forward(const struct ct_key *k, _
 		if (stale)
 			*stale = ct;
 	}
-	ct = bpf_map_lookup_elem(&halfopen, k);
-	if (ct && !ho_expired(ct, now)) {
+	ct = ho_lookup(k, now);
+	if (ct)
 		*confirmed = 0;
-		return ct;
-	}
-	return NULL;
+	return ct;
 }
 
 /* snat_rev_key is the key of an snat flow's reverse entry: its replies
@@ -117,7 +231,7 @@ static __always_inline void forget_flow(const struct ct_key *fk, const struct ct
 	}
 	if (rk.saddr)
 		bpf_map_delete_elem(&snat_rev_ho, &rk);
-	bpf_map_delete_elem(&halfopen, fk);
+	ho_forget(fk);
 }
 
 /* nat_points_to: the nat flow fv goes to the backend endpoint addr:port. */

@@ -80,24 +80,39 @@ struct {
 	__type(value, struct rst_limit);
 } rst_limit SEC(".maps");
 
-/* Half-open flows: the same entries as conntrack, for flows the backend has
- * not confirmed yet (a SYN, a mid-stream packet of an unknown flow, a UDP
- * datagram without an answer yet). Spoofed floods churn this table only;
- * the backend's first answer that proves the flow moves it to conntrack.
- * Entries live tcp_syn_timeout at most. LRU; max_entries set from Go. */
+/* Half-open flows: the flows the backend has not confirmed yet (a SYN, a
+ * mid-stream packet of an unknown flow, a UDP datagram without an answer
+ * yet), direct-mapped: a flow's slot is ho_index(key) (flow.h), and a SYN
+ * costs one write of one 64-byte slot (struct ho_slot) with no hash-table
+ * insert, no lock and no free list (the verifier inlines array lookups).
+ * A flow whose slot another flow took is forgotten (as LRU eviction
+ * forgot it before): its next packet is placed by Maglev again, on the
+ * same backend while the table is unchanged. Spoofed floods overwrite
+ * this table only; the backend's first answer that proves a flow moves it
+ * to conntrack. Entries live tcp_syn_timeout at most. The slot count is a
+ * power of two set from Go (sluice_config.ho_mask); BPF_F_MMAPABLE so the
+ * agent reads it without a system call per batch, and so the slots start
+ * page aligned (one cache line each). Not used by IPv6 (halfopen6 is
+ * still an LRU hash, see maps6.h). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	/* One common LRU list, on purpose. BPF_F_NO_COMMON_LRU splits the
-	 * entries evenly between CPUs and a CPU evicts only from its share,
-	 * so a flood on one receive queue evicts after max_entries/CPUs
-	 * inserts (tried: more handshakes stuck in syn-sent, a healthy
-	 * backend ejected in the e2e flood test); and it is slower per SYN
-	 * (every insert rotates its CPU's lists; docs/benchmarks.md). */
-	__uint(max_entries, 65536);
-	__type(key, struct ct_key);
-	__type(value, struct ct_value);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 131072);
+	__type(key, __u32);
+	__type(value, struct ho_slot);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } halfopen SEC(".maps");
+
+/* A per-CPU copy of the half-open slot last looked up (ho_lookup in
+ * flow.h): a packet is steered by a copy validated against its check,
+ * never by the slot itself, which another CPU may be rewriting. Not
+ * pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ho_slot);
+} ho_scratch SEC(".maps");
 
 /* Backend slot -> the next hop towards it, per CPU, for every packet to
  * it. Not pinned: a new program starts with an empty cache. */

@@ -76,6 +76,24 @@ struct ct_value {
 	 * overhead (docs/architecture.md, "Memory per flow"). */
 };
 
+/* halfopen value: one slot of the direct-mapped half-open table, a flow
+ * not confirmed by its backend yet. The slot is picked by a keyed hash of
+ * the key (ho_index in flow.h, keyed by sluice_config.ho_key); a flow
+ * whose slot another one took is simply forgotten, as LRU eviction forgot
+ * it before. check is a keyed hash of key and of every field of val that
+ * steers a packet (service, backend slot and generation, the new
+ * addresses and ports), never 0 in a used slot: a slot that two CPUs
+ * wrote at once, or that is read while being written, holds a mix of two
+ * flows whose check does not match, and is treated as empty. last_seen
+ * and state are updated in place and not covered (a torn one is only a
+ * wrong timer or state, never a wrong backend). 64 bytes: one cache line
+ * (the map is BPF_F_MMAPABLE, so its slots start page aligned). */
+struct ho_slot {
+	struct ct_key key;
+	struct ct_value val;
+	__u64 check; /* 0: empty */
+};
+
 /* backend_hops and reply_hops value: the cached next hop towards an
  * address (a backend slot's; a client's), per CPU. */
 struct backend_hop {
@@ -183,6 +201,9 @@ struct sluice_config {
 	__u32 hash_seed;
 	__u64 rst_interval_ns; /* RST rate limit per CPU: one RST per interval... */
 	__u64 rst_burst_ns;    /* ...with bursts of burst/interval RSTs; 0: unlimited */
+	__u64 ho_key;  /* the half-open table's secret hash key (per node, random) */
+	__u32 ho_mask; /* halfopen slots - 1 (the slot count is a power of two) */
+	__u32 pad;
 };
 
 /* rst_limit value: the per-CPU RST budget (GCRA: the theoretical arrival

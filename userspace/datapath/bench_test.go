@@ -64,7 +64,7 @@ func BenchmarkXDP(b *testing.B) {
 				if isIPv6Frame(c.in.frame) {
 					l.fillTable6(b, l.r.halfopen6, f.fill)
 				} else {
-					l.fillTable(b, l.r.halfopen, f.fill)
+					l.fillHalfOpen(b, f.fill)
 				}
 				base := loadBaseline(b, tableSize, conntrackMax)
 				l.prepareBaseline(b, base, c)

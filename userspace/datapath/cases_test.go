@@ -84,7 +84,8 @@ func baselineBackends() map[uint32]Backend {
 func (l *lab) reset(tb testing.TB) {
 	tb.Helper()
 	r := l.r
-	for _, m := range []*ebpf.Map{r.conntrack, r.halfopen, r.snatRev, r.snatRevHO, r.directSYNs} {
+	clearHalfOpen(tb, r)
+	for _, m := range []*ebpf.Map{r.conntrack, r.snatRev, r.snatRevHO, r.directSYNs} {
 		var keys []bpf.SluiceCtKey
 		var k bpf.SluiceCtKey
 		var v []byte
@@ -643,11 +644,11 @@ func floodCases() []xdpCase {
 	deleteFlowEntry := func(halfOpen bool) func(tb testing.TB, l *lab) {
 		return func(tb testing.TB, l *lab) {
 			fk := bpf.SluiceCtKey{Saddr: be32(client.Addr()), Sport: be16(client.Port()), Daddr: be32(vip.Addr()), Dport: be16(vip.Port()), Proto: uint8(TCP)}
-			m := l.r.conntrack
 			if halfOpen {
-				m = l.r.halfopen
+				mustSet(tb, l.r.halfOpenDelete(&fk))
+				return
 			}
-			mustSet(tb, m.Delete(fk))
+			mustSet(tb, l.r.conntrack.Delete(fk))
 		}
 	}
 	return []xdpCase{
@@ -816,7 +817,7 @@ func hostileCases() []xdpCase {
 				var flows []Flow
 				mustSet(tb, l.r.Flows(func(f Flow) bool { flows = append(flows, f); return true }))
 				for _, f := range flows {
-					mustSet(tb, l.r.halfopen.Delete(bpf.SluiceCtKey{Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
+					mustSet(tb, l.r.halfOpenDelete(&bpf.SluiceCtKey{Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
 						Sport: be16(f.Client.Port()), Dport: be16(f.VIP.Port()), Proto: uint8(f.Proto)}))
 				}
 			},
@@ -837,7 +838,7 @@ func addVIP2(tb testing.TB, l *lab) {
 func noFlows(tb testing.TB, l *lab) {
 	tb.Helper()
 	n := 0
-	mustSet(tb, l.r.eachCT(func(*bpf.SluiceCtKey, *bpf.SluiceCtValue, bool) bool { n++; return true }))
+	mustSet(tb, l.r.eachCT(monotonicNow(), func(*bpf.SluiceCtKey, *bpf.SluiceCtValue, bool) bool { n++; return true }))
 	if n != 0 {
 		tb.Errorf("%d conntrack entries, want none", n)
 	}

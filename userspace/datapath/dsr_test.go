@@ -87,7 +87,9 @@ func dsrCases() []xdpCase {
 				}
 				rk := bpf.SluiceCtKey{Saddr: be32(be1.Addr()), Sport: be16(be1.Port()), Daddr: be32(client.Addr()), Dport: be16(client.Port()), Proto: uint8(TCP)}
 				var rv bpf.SluiceCtValue
-				if l.r.halfopen.Lookup(rk, &rv) == nil || l.r.conntrack.Lookup(rk, &rv) == nil {
+				_, ho, err := l.r.halfOpenLookup(&rk)
+				mustSet(tb, err)
+				if ho || l.r.conntrack.Lookup(rk, &rv) == nil {
 					tb.Errorf("a dsr flow has a reverse entry")
 				}
 			}, bench: "dsr-established"},

@@ -148,7 +148,9 @@ func readLayout(dir string) (_ map[string]uint64, ok bool, _ error) {
 	var v uint64
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		out[strings.TrimRight(string(k[:]), "\x00")] = v
+		if name := strings.TrimRight(string(k[:]), "\x00"); name != hoKeyName {
+			out[name] = v
+		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, false, fmt.Errorf("read the pinned layout version: %w", err)
@@ -156,9 +158,43 @@ func readLayout(dir string) (_ map[string]uint64, ok bool, _ error) {
 	return out, true, nil
 }
 
-// writeLayout pins this release's fingerprints under dir, replacing any
-// older record. Written after the program loaded with its maps.
-func writeLayout(dir string, layout map[string]uint64) error {
+// hoKeyName is the layout map's entry holding the half-open table's hash
+// key (sluice_config.ho_key): the pinned table's slots were placed with
+// it, so an agent that adopts the table must load the program with the
+// same key. Kept with the layout record, which is written with the maps.
+const hoKeyName = "halfopen_key"
+
+// pinnedHOKey returns the hash key of the half-open table pinned under
+// dir, 0 when none is pinned or no key was recorded.
+func pinnedHOKey(dir string) (uint64, error) {
+	if _, err := os.Lstat(filepath.Join(dir, "halfopen")); err != nil {
+		return 0, nil
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, layoutMapName), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("open the pinned layout version: %w", err)
+	}
+	defer m.Close()
+	if m.KeySize() != layoutNameLen || m.ValueSize() != 8 {
+		return 0, nil
+	}
+	var key uint64
+	if err := m.Lookup(layoutKey(hoKeyName), &key); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("read the half-open table's key: %w", err)
+	}
+	return key, nil
+}
+
+// writeLayout pins this release's fingerprints under dir, with the
+// half-open table's hash key, replacing any older record. Written after
+// the program loaded with its maps.
+func writeLayout(dir string, layout map[string]uint64, hoKey uint64) error {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       layoutMapName,
 		Type:       ebpf.Hash,
@@ -174,6 +210,9 @@ func writeLayout(dir string, layout map[string]uint64) error {
 		if err := m.Put(layoutKey(name), fp); err != nil {
 			return fmt.Errorf("write the layout version of %s: %w", name, err)
 		}
+	}
+	if err := m.Put(layoutKey(hoKeyName), hoKey); err != nil {
+		return fmt.Errorf("write the half-open table's key: %w", err)
 	}
 	if err := pinInPlace(m, dir, layoutMapName); err != nil {
 		return fmt.Errorf("the layout version: %w", err)
@@ -270,15 +309,13 @@ func upgradeLayout(dir string, spec *ebpf.CollectionSpec, want map[string]uint64
 // releases recorded them; a release before layout versions recorded
 // none, and is recognised by its value sizes).
 const (
-	// conntrack and halfopen entries carried the flow's next hop (64-byte
-	// ct_value): the first 34 bytes are the fields below, the rest was
-	// the next hop (now cached per backend and per client).
+	// conntrack entries carried the flow's next hop (64-byte ct_value):
+	// the first 34 bytes are the fields below, the rest was the next hop
+	// (now cached per backend and per client).
 	conntrackWithNextHop = 0x4eb9f98b85fd15db
-	halfopenWithNextHop  = 0x2e2f1776dbda6a51
 	// Two entries per flow (40-byte ct_value): a forward entry and a
 	// reverse one (flags bit 1) translating the replies.
 	conntrackTwoEntries = 0xd0e1cc634161eaad
-	halfopenTwoEntries  = 0xe6b7c129c3feb95b
 	// services without the pool id (12-byte svc_value).
 	servicesWithoutPool = 0x6cef96730a512e48
 )
@@ -310,8 +347,6 @@ type migration struct {
 var migrations = []migration{
 	{name: "conntrack", from: map[uint64]bool{conntrackWithNextHop: true, conntrackTwoEntries: true},
 		sizes: map[uint32]bool{ctNextHopValue: true}, rev: "snat_rev"},
-	{name: "halfopen", from: map[uint64]bool{halfopenWithNextHop: true, halfopenTwoEntries: true},
-		sizes: map[uint32]bool{ctNextHopValue: true}, rev: "snat_rev_ho"},
 	{name: "services", from: map[uint64]bool{servicesWithoutPool: true}, sizes: map[uint32]bool{12: true}},
 }
 
@@ -320,7 +355,7 @@ var migrations = []migration{
 // place before the program loads, and marks them in recorded as this
 // release's. Flow tables keep every flow's entry (without the next hop,
 // without the reverse entries of the two-entry layout) and give each snat
-// flow its reverse entry in snat_rev / snat_rev_ho; services keep their
+// flow its reverse entry in snat_rev; services keep their
 // ids (the pool id starts at 0 and the agent writes it with its config).
 // The program still attached keeps the old maps until the new one
 // replaces it; what it writes meanwhile (a flow confirmed in those

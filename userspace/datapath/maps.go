@@ -285,19 +285,25 @@ func (r *Real) flowOf(k bpf.SluiceCtKey, v bpf.SluiceCtValue, now uint64) Flow {
 // the agent's 1 s tick cannot afford at a few hundred thousand flows.
 const ctBatch = 4096
 
-// eachCT calls fn for every entry of conntrack and then of the half-open
-// table (halfOpen true).
-func (r *Real) eachCT(fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool) error {
+// eachCT calls fn for every entry of conntrack and then for every live
+// flow of the half-open table (halfOpen true). An expired half-open slot
+// is not a flow (the program treats it as empty and the next flow hashed
+// there overwrites it): it is skipped, never collected.
+func (r *Real) eachCT(now uint64, fn func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool) error {
 	more := true
 	err := eachIn(r.conntrack, "conntrack", func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
 		more = fn(k, v, false)
 		return more
 	})
-	if err != nil || !more || r.halfopen == nil {
+	if err != nil || !more {
 		return err
 	}
-	return eachIn(r.halfopen, "halfopen", func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue) bool {
-		return fn(k, v, true)
+	syn := uint64(r.timeouts.TCPSyn)
+	return r.eachHalfOpen(func(_ uint32, s *bpf.SluiceHoSlot) bool {
+		if now > s.Val.LastSeen && now-s.Val.LastSeen > syn {
+			return true
+		}
+		return fn(&s.Key, &s.Val, true)
 	})
 }
 
@@ -344,7 +350,7 @@ func eachIn[K, V any](m *ebpf.Map, name string, fn func(k *K, v *V) bool) error 
 func (r *Real) Flows(fn func(Flow) bool) error {
 	now := monotonicNow()
 	more := true
-	err := r.eachCT(func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool {
+	err := r.eachCT(now, func(k *bpf.SluiceCtKey, v *bpf.SluiceCtValue, halfOpen bool) bool {
 		f := r.flowOf(*k, *v, now)
 		if halfOpen {
 			f.HalfOpen = true
@@ -370,25 +376,40 @@ func (r *Real) DeleteFlow(f Flow) error {
 		Saddr: be32(f.Client.Addr()), Daddr: be32(f.VIP.Addr()),
 		Sport: be16(f.Client.Port()), Dport: be16(f.VIP.Port()), Proto: uint8(f.Proto),
 	}
-	for _, t := range []struct{ flows, rev *ebpf.Map }{{r.conntrack, r.snatRev}, {r.halfopen, r.snatRevHO}} {
-		if t.flows == nil {
-			continue
+	var fv bpf.SluiceCtValue
+	switch err := r.conntrack.Lookup(fk, &fv); {
+	case err == nil:
+		if err := r.deleteReverse(r.snatRev, fk, fv, f); err != nil {
+			return err
 		}
-		var fv bpf.SluiceCtValue
-		if err := t.flows.Lookup(fk, &fv); err != nil {
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				continue
-			}
-			return fmt.Errorf("look up flow %v: %w", f.Client, err)
-		}
-		if rk, ok := snatReverseKey(fk, fv); ok && t.rev != nil {
-			if err := t.rev.Delete(rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("delete flow %v: reverse entry: %w", f.Client, err)
-			}
-		}
-		if err := t.flows.Delete(fk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := r.conntrack.Delete(fk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete flow %v: %w", f.Client, err)
 		}
+	case !errors.Is(err, ebpf.ErrKeyNotExist):
+		return fmt.Errorf("look up flow %v: %w", f.Client, err)
+	}
+	hv, ok, err := r.halfOpenLookup(&fk)
+	if err != nil || !ok {
+		return err
+	}
+	if err := r.deleteReverse(r.snatRevHO, fk, hv, f); err != nil {
+		return err
+	}
+	if err := r.halfOpenDelete(&fk); err != nil {
+		return fmt.Errorf("delete flow %v: %w", f.Client, err)
+	}
+	return nil
+}
+
+// deleteReverse deletes the snat reverse entry of flow fv at fk from rev
+// (nothing for a nat flow).
+func (r *Real) deleteReverse(rev *ebpf.Map, fk bpf.SluiceCtKey, fv bpf.SluiceCtValue, f Flow) error {
+	rk, ok := snatReverseKey(fk, fv)
+	if !ok || rev == nil {
+		return nil
+	}
+	if err := rev.Delete(rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete flow %v: reverse entry: %w", f.Client, err)
 	}
 	return nil
 }
@@ -418,8 +439,11 @@ func (r *Real) GCReverse() (int, error) {
 		for it.Next(&k, &fk) {
 			var fv bpf.SluiceCtValue
 			err := r.conntrack.Lookup(fk, &fv)
-			if errors.Is(err, ebpf.ErrKeyNotExist) && r.halfopen != nil {
-				err = r.halfopen.Lookup(fk, &fv)
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				var ok bool
+				if fv, ok, err = r.halfOpenLookup(&fk); err == nil && !ok {
+					err = ebpf.ErrKeyNotExist
+				}
 			}
 			switch {
 			case errors.Is(err, ebpf.ErrKeyNotExist):

@@ -55,7 +55,10 @@ type Options struct {
 	XDPMode         string   // auto (native, generic fallback) | native | generic
 	MaglevTableSize uint32   // default 16381
 	ConntrackMax    uint32   // default 262144
-	HalfOpenMax     uint32   // default ConntrackMax/4, at least 1024
+	// HalfOpenMax is the IPv4 half-open table's slot count (rounded up
+	// to a power of two; default ConntrackMax/2, at least 1024) and the
+	// IPv6 one's entries (default ConntrackMax/4, at least 1024).
+	HalfOpenMax uint32
 	SNATPortMin     uint16   // default 20000
 	SNATPortMax     uint16   // default 32767
 	Timeouts        Timeouts // zero fields take the defaults
@@ -81,7 +84,10 @@ type Real struct {
 	services, backends, outer, conntrack *ebpf.Map
 	svcStats, backendStats, globalStats  *ebpf.Map
 	addrs, backendPorts                  *ebpf.Map  // see addrs.go
-	halfopen                             *ebpf.Map  // flows the backend has not confirmed yet
+	halfopen                             *ebpf.Map  // flows the backend has not confirmed yet (halfopen.go)
+	hoKey                                uint64     // halfopen's hash key (sluice_config.ho_key)
+	hoMask                               uint32     // halfopen's slot mask
+	hoMem                                *ebpf.Memory
 	snatRev, snatRevHO                   *ebpf.Map  // snat flows' reverse entries: confirmed, half-open
 	rstLimit, backendHops, directSYNs    *ebpf.Map  // not pinned: the RST budget, next hops per backend, direct SYNs
 	replyHops                            *ebpf.Map  // not pinned: next hops towards clients
@@ -277,8 +283,9 @@ func Open(o Options) (*Real, error) {
 	if o.ConntrackMax == 0 {
 		o.ConntrackMax = defaults.ConntrackMax
 	}
-	if o.HalfOpenMax == 0 {
-		o.HalfOpenMax = max(o.ConntrackMax/4, 1024)
+	hoSlots, ho6Max := hoSlotsFor(max(o.ConntrackMax/2, 1024)), max(o.ConntrackMax/4, 1024)
+	if o.HalfOpenMax != 0 {
+		hoSlots, ho6Max = hoSlotsFor(o.HalfOpenMax), o.HalfOpenMax
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -329,19 +336,24 @@ func Open(o Options) (*Real, error) {
 	if err := spec.Variables["cfg"].Set(c); err != nil {
 		return nil, fmt.Errorf("set snat ports and rst rate: %w", err)
 	}
-	spec.Maps["halfopen"].MaxEntries = o.HalfOpenMax
+	spec.Maps["halfopen"].MaxEntries = hoSlots
 	// snat flows need a reverse entry each: at most half of the flows can
 	// be snat flows, as when every flow took two conntrack entries.
-	snatMax, snatHOMax := max(o.ConntrackMax/2, 512), max(o.HalfOpenMax/2, 512)
+	snatMax, snatHOMax := max(o.ConntrackMax/2, 512), max(ho6Max/2, 512)
 	spec.Maps["snat_rev"].MaxEntries = snatMax
 	spec.Maps["snat_rev_ho"].MaxEntries = snatHOMax
-	spec.Maps["halfopen6"].MaxEntries = o.HalfOpenMax
+	spec.Maps["halfopen6"].MaxEntries = ho6Max
 	// A pinned conntrack (or half-open table) of another size is adopted as
 	// it is: resizing it would drop every flow. Say so instead.
-	for name, size := range map[string]uint32{"conntrack": o.ConntrackMax, "halfopen": o.HalfOpenMax, "snat_rev": snatMax, "snat_rev_ho": snatHOMax,
-		"conntrack6": o.ConntrackMax, "halfopen6": o.HalfOpenMax} {
+	for name, size := range map[string]uint32{"conntrack": o.ConntrackMax, "halfopen": hoSlots, "snat_rev": snatMax, "snat_rev_ho": snatHOMax,
+		"conntrack6": o.ConntrackMax, "halfopen6": ho6Max} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(claim.dir, name), nil)
 		if err != nil {
+			continue
+		}
+		ms := spec.Maps[name]
+		if m.Type() != ms.Type {
+			m.Close() // another kind of map (the LRU half-open table before the array): replaced by upgradeLayout, at the configured size
 			continue
 		}
 		if info, err := m.Info(); err == nil && info.MaxEntries != size {
@@ -363,6 +375,25 @@ func Open(o Options) (*Real, error) {
 		}
 	}
 
+	// The half-open table's hash key: the pinned table's own when it is
+	// adopted (its slots were placed with it), a fresh random one
+	// otherwise. A table whose key is lost reads as empty (no slot's
+	// check matches), never as wrong flows.
+	hoKey, err := pinnedHOKey(claim.dir)
+	if err != nil {
+		return nil, err
+	}
+	if hoKey == 0 {
+		if hoKey, err = newHOKey(); err != nil {
+			return nil, err
+		}
+	}
+	hoMask := hoMaskOf(spec.Maps["halfopen"].MaxEntries)
+	c.HoKey, c.HoMask = hoKey, hoMask
+	if err := spec.Variables["cfg"].Set(c); err != nil {
+		return nil, fmt.Errorf("set the half-open table's key: %w", err)
+	}
+
 	var objs bpf.SluiceObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: claim.dir}})
 	if err != nil {
@@ -371,7 +402,7 @@ func Open(o Options) (*Real, error) {
 		}
 		return nil, loadError(err)
 	}
-	if err := writeLayout(claim.dir, layout); err != nil {
+	if err := writeLayout(claim.dir, layout, hoKey); err != nil {
 		objs.Close()
 		return nil, err
 	}
@@ -398,6 +429,8 @@ func Open(o Options) (*Real, error) {
 		addrs:        objs.Addrs,
 		backendPorts: objs.BackendPorts,
 		halfopen:     objs.Halfopen,
+		hoKey:        hoKey,
+		hoMask:       hoMask,
 		snatRev:      objs.SnatRev,
 		snatRevHO:    objs.SnatRevHo,
 		rstLimit:     objs.RstLimit,
@@ -686,7 +719,16 @@ func OpenPinned(pinPath string) (*Real, error) {
 	if err := checkPinnedLayout(pinPath); err != nil {
 		return nil, err
 	}
-	return openPinnedMaps(pinPath)
+	r, err := openPinnedMaps(pinPath)
+	if err != nil {
+		return nil, err
+	}
+	if r.hoKey, err = pinnedHOKey(pinPath); err != nil {
+		r.Close()
+		return nil, err
+	}
+	r.hoMask = hoMaskOf(r.halfopen.MaxEntries())
+	return r, nil
 }
 
 // openPinnedMaps is OpenPinned without the layout check.
