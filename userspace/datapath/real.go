@@ -59,9 +59,9 @@ type Options struct {
 	// to a power of two; default ConntrackMax/2, at least 1024) and the
 	// IPv6 one's entries (default ConntrackMax/4, at least 1024).
 	HalfOpenMax uint32
-	SNATPortMin     uint16   // default 20000
-	SNATPortMax     uint16   // default 32767
-	Timeouts        Timeouts // zero fields take the defaults
+	SNATPortMin uint16   // default 20000
+	SNATPortMax uint16   // default 32767
+	Timeouts    Timeouts // zero fields take the defaults
 	// RSTRate is how many RSTs per second each CPU may send (no backend,
 	// removed backend, no SNAT port, nat conflict), in bursts of up to
 	// one second's worth; above it the packet is dropped and counted.
@@ -83,10 +83,10 @@ type Real struct {
 
 	services, backends, outer, conntrack *ebpf.Map
 	svcStats, backendStats, globalStats  *ebpf.Map
-	addrs, backendPorts                  *ebpf.Map  // see addrs.go
-	halfopen                             *ebpf.Map  // flows the backend has not confirmed yet (halfopen.go)
-	hoKey                                uint64     // halfopen's hash key (sluice_config.ho_key)
-	hoMask                               uint32     // halfopen's slot mask
+	addrs, backendPorts                  *ebpf.Map // see addrs.go
+	halfopen                             *ebpf.Map // flows the backend has not confirmed yet (halfopen.go)
+	hoKey                                uint64    // halfopen's hash key (sluice_config.ho_key)
+	hoMask                               uint32    // halfopen's slot mask
 	hoMem                                *ebpf.Memory
 	snatRev, snatRevHO                   *ebpf.Map  // snat flows' reverse entries: confirmed, half-open
 	rstLimit, backendHops, directSYNs    *ebpf.Map  // not pinned: the RST budget, next hops per backend, direct SYNs
