@@ -19,6 +19,10 @@ const layoutBefore = "212c264d1e57e3c64ac9edafe5048d69fea0695d"
 // entries (a forward and a reverse one), with a layout version pinned.
 const layoutTwoEntries = "4cafe194a0fd5aa1b383c0ad76b0cd0d79a57664"
 
+// layoutLRUHalfOpen is the last commit whose IPv4 half-open table was an
+// LRU hash (before the direct-mapped array).
+const layoutLRUHalfOpen = "593591d061ce734d184a5646b06a9fbb17bdb10b"
+
 // buildRelease builds cmd/sluice as of commit rev (skips the test when the
 // commit is not in the repository, e.g. a shallow clone).
 func buildRelease(t *testing.T, rev string) string {
@@ -61,15 +65,23 @@ func buildRelease(t *testing.T, rev string) string {
 // TestLayoutUpgrade: an upgrade from a release whose map layout differs
 // under continuous load: the new agent starts (no refusal, no restart
 // loop), migrates conntrack, and no established connection breaks or
-// changes backend. Two older layouts: the next hop in every conntrack
-// entry with no layout version pinned, and two entries per flow (with a
-// layout version).
+// changes backend. Three older layouts: the next hop in every conntrack
+// entry with no layout version pinned, two entries per flow (with a
+// layout version), both migrating conntrack; and the LRU half-open table,
+// replaced by the array (its half-open flows dropped, conntrack adopted
+// as it is).
 func TestLayoutUpgrade(t *testing.T) {
-	t.Run("next-hop-in-entries", func(t *testing.T) { testLayoutUpgrade(t, layoutBefore, false) })
-	t.Run("two-entries-per-flow", func(t *testing.T) { testLayoutUpgrade(t, layoutTwoEntries, true) })
+	migrated := "pinned map migrated to this release's layout"
+	t.Run("next-hop-in-entries", func(t *testing.T) { testLayoutUpgrade(t, layoutBefore, false, migrated, "map=conntrack") })
+	t.Run("two-entries-per-flow", func(t *testing.T) { testLayoutUpgrade(t, layoutTwoEntries, true, migrated, "map=conntrack") })
+	t.Run("lru-half-open", func(t *testing.T) {
+		testLayoutUpgrade(t, layoutLRUHalfOpen, true, "a pinned map has another layout", "map=halfopen")
+	})
 }
 
-func testLayoutUpgrade(t *testing.T, rev string, versioned bool) {
+// testLayoutUpgrade upgrades from release rev (versioned: it pins a layout
+// version); the new agent's log must say wantLog and wantMap.
+func testLayoutUpgrade(t *testing.T, rev string, versioned bool, wantLog, wantMap string) {
 	lab := newLab(t)
 	old := buildRelease(t, rev)
 	lab.StartBackends()
@@ -105,13 +117,13 @@ func testLayoutUpgrade(t *testing.T, rev string, versioned bool) {
 		t.Fatal(err)
 	}
 	if len(st.LayoutReset) != 0 {
-		t.Errorf("the state was started afresh (%v): conntrack should have been migrated", st.LayoutReset)
+		t.Errorf("the state was started afresh (%v): conntrack should have been kept", st.LayoutReset)
 	}
 	if _, err := os.Stat(filepath.Join(agent.PinPath, "layout")); err != nil {
 		t.Errorf("no layout version pinned after the upgrade: %v", err)
 	}
-	if log := agent.proc.Log(); !strings.Contains(log, "pinned map migrated to this release's layout") || !strings.Contains(log, "map=conntrack") {
-		t.Errorf("the agent did not say it migrated conntrack:\n%s", log)
+	if log := agent.proc.Log(); !strings.Contains(log, wantLog) || !strings.Contains(log, wantMap) {
+		t.Errorf("the agent did not say %q about %s:\n%s", wantLog, wantMap, log)
 	}
 
 	time.Sleep(time.Second)
