@@ -312,3 +312,24 @@ func TestHalfOpenUpgrade(t *testing.T) {
 		pr.Close()
 	}
 }
+
+// BenchmarkHalfOpenScan: one walk of every flow (what the agent does once
+// a tick) with conntrack empty and the half-open table (the default size)
+// empty or half full.
+//
+//	go test -run '^$' -bench HalfOpenScan ./userspace/datapath/
+func BenchmarkHalfOpenScan(b *testing.B) {
+	l := newLabSized(b, 16381, 262144)
+	for _, fill := range []float64{0, 0.5} {
+		b.Run(fmt.Sprintf("fill-%.1f", fill), func(b *testing.B) {
+			l.reset(b)
+			l.fillHalfOpen(b, fill)
+			n := 0
+			for b.Loop() {
+				n = 0
+				mustSet(b, l.r.Flows(func(Flow) bool { n++; return true }))
+			}
+			b.ReportMetric(float64(n), "flows")
+		})
+	}
+}
