@@ -156,17 +156,7 @@ func (l *lab) fillTable(tb testing.TB, m *ebpf.Map, frac float64) {
 		keys, vals = keys[:0], vals.Slice(0, 0)
 	}
 	for i := 0; i < n; i++ {
-		k := bpf.SluiceCtKey{
-			Saddr: be32(netipFrom4(198, 19, byte(i>>8), byte(i))),
-			Daddr: be32(vip.Addr()),
-			Sport: be16(uint16(1024 + i>>16)),
-			Dport: be16(vip.Port()),
-			Proto: uint8(TCP),
-		}
-		v := bpf.SluiceCtValue{
-			LastSeen: now, ServiceId: svcTCP, BackendId: 1, BackendGen: 1,
-			DaddrNew: be32(be1.Addr()), DportNew: be16(be1.Port()), State: uint8(FlowEstablished),
-		}
+		k, v := fillFlow(i, now)
 		raw, err := binary.Append(nil, binary.LittleEndian, v)
 		if err != nil || len(raw) > vsize {
 			tb.Fatalf("fill conntrack: value of %d bytes for a map of %d (%v)", len(raw), vsize, err)
@@ -179,4 +169,22 @@ func (l *lab) fillTable(tb testing.TB, m *ebpf.Map, frac float64) {
 		}
 	}
 	flush()
+}
+
+// fillFlow is the i-th flow the fill functions put in a table: a live
+// established flow of a client in 198.19.0.0/16 that no benchmark frame
+// uses, to backend slot 1.
+func fillFlow(i int, now uint64) (bpf.SluiceCtKey, bpf.SluiceCtValue) {
+	k := bpf.SluiceCtKey{
+		Saddr: be32(netipFrom4(198, 19, byte(i>>8), byte(i))),
+		Daddr: be32(vip.Addr()),
+		Sport: be16(uint16(1024 + i>>16)),
+		Dport: be16(vip.Port()),
+		Proto: uint8(TCP),
+	}
+	v := bpf.SluiceCtValue{
+		LastSeen: now, ServiceId: svcTCP, BackendId: 1, BackendGen: 1,
+		DaddrNew: be32(be1.Addr()), DportNew: be16(be1.Port()), State: uint8(FlowEstablished),
+	}
+	return k, v
 }

@@ -46,32 +46,22 @@ func writeSlot(tb testing.TB, r *Real, idx uint32, s bpf.SluiceHoSlot) {
 // fillHalfOpen fills frac of the half-open table's slots with live
 // established flows of clients in 198.19.0.0/16 that no benchmark frame
 // uses, to backend slot 1, each in its own slot (as the program would
-// place it).
+// place it). The table must be empty.
 func (l *lab) fillHalfOpen(tb testing.TB, frac float64) {
 	tb.Helper()
 	r := l.r
 	n := int(frac * float64(r.halfopen.MaxEntries()))
 	now := monotonicNow()
+	used := make([]bool, r.halfopen.MaxEntries()) // the table starts empty (a new lab)
 	filled := 0
 	for i := 0; filled < n && i < 1<<24; i++ {
-		k := bpf.SluiceCtKey{
-			Saddr: be32(netipFrom4(198, 19, byte(i>>8), byte(i))),
-			Daddr: be32(vip.Addr()),
-			Sport: be16(uint16(1024 + i>>16)),
-			Dport: be16(vip.Port()),
-			Proto: uint8(TCP),
-		}
+		k, v := fillFlow(i, now)
 		kh := hoKeyHash(r.hoKey, &k)
 		idx := hoIndex(kh, r.hoMask)
-		var cur bpf.SluiceHoSlot
-		mustSet(tb, r.halfopen.Lookup(idx, &cur))
-		if cur.Check != 0 {
+		if used[idx] {
 			continue
 		}
-		v := bpf.SluiceCtValue{
-			LastSeen: now, ServiceId: svcTCP, BackendId: 1, BackendGen: 1,
-			DaddrNew: be32(be1.Addr()), DportNew: be16(be1.Port()), State: uint8(FlowEstablished),
-		}
+		used[idx] = true
 		writeSlot(tb, r, idx, bpf.SluiceHoSlot{Key: k, Val: v, Check: hoCheck(kh, &v)})
 		filled++
 	}
