@@ -173,8 +173,10 @@ struct {
 } snat_rev SEC(".maps");
 
 /* The same for half-open snat flows, so a flood of new snat flows churns
- * this map, never the confirmed flows' reverse entries. LRU, half the
- * half-open table's entries (set from Go). */
+ * this map, never the confirmed flows' reverse entries. LRU,
+ * conntrack_max/8 entries (set from Go). Still a hash-table insert per
+ * snat SYN: it also reserves the snat port (BPF_NOEXIST), which a
+ * direct-mapped slot could not. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 32768);
