@@ -142,11 +142,13 @@ static __always_inline int send_out(struct xdp_md *ctx, struct packet *p, void *
 				    struct nexthop *nh, __u16 *mtu, __u64 now, const struct ct_key *orig)
 {
 	__u32 ifindex = 0;
-	switch (forward(ctx, p, data_end, nh, mtu, now, cfg.nexthop_cache_ns, &ifindex)) {
-	case FWD_REDIRECT:
+	int fwd = forward(ctx, p, data_end, nh, mtu, now, cfg.nexthop_cache_ns, &ifindex);
+	if (__builtin_expect(fwd == FWD_REDIRECT, 1)) {
 		if (ifindex == ctx->ingress_ifindex)
 			return XDP_TX;
 		return bpf_redirect(ifindex, 0);
+	}
+	switch (fwd) {
 	case FWD_NO_NEIGH:
 		GCOUNT(passed_no_neigh);
 		return XDP_PASS;
@@ -178,7 +180,7 @@ static __always_inline int send_cached(struct xdp_md *ctx, struct packet *p, voi
 	struct backend_hop none = {};
 	if (!c)
 		c = &none;
-	if (c->addr != addr) {
+	if (__builtin_expect(c->addr != addr, 0)) {
 		c->addr = addr;
 		c->nh.until = 0;
 		c->mtu = 0;
@@ -627,13 +629,13 @@ static __always_inline int snat_source(const struct ct_key *k, const struct svc_
 static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void *data_end,
 				      const struct svc_value *svc)
 {
-	if (!header_ok(ctx, p, data_end)) {
+	if (__builtin_expect(!header_ok(ctx, p, data_end), 0)) {
 		/* A header the kernel would drop: never rewritten (an
 		 * incremental update would carry the error along) or tracked. */
 		GCOUNT(malformed);
 		return XDP_PASS;
 	}
-	if (p->ip->ttl <= 1) {
+	if (__builtin_expect(p->ip->ttl <= 1, 0)) {
 		/* Expires here: the kernel's Time Exceeded must quote the
 		 * packet as the client sent it (to the VIP), so nothing is
 		 * rewritten or tracked first. */
@@ -670,8 +672,8 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 		int keep = !syn || (opening && !stale && b->state == BACKEND_ACTIVE);
 		if (!keep && confirmed)
 			old_confirmed = ct;
-		if (keep) {
-			if (stale) {
+		if (__builtin_expect(keep, 1)) {
+			if (__builtin_expect(stale, 0)) {
 				struct svc_counters *s = svc_stats_of(svc_id);
 				return refuse_new_flow(ctx, p, tcp, s, rst_removed_backend, drop_removed_backend);
 			}
@@ -679,7 +681,7 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 			 * evicts it alone): for a confirmed flow once a tick,
 			 * for a half-open one on every packet (a handshake is a
 			 * few packets, and floods churn that table). */
-			if (!confirmed)
+			if (__builtin_expect(!confirmed, 0))
 				ensure_snat_rev(&k, ct, 0);
 			/* Write only what changed: the coarse clock ticks every few
 			 * ms, and a clean cache line stays shared between CPUs. */
@@ -698,9 +700,9 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 				}
 			}
 			/* A half-open ct is a copy of its slot (ho_lookup). */
-			if (!confirmed && dirty)
+			if (__builtin_expect(!confirmed && dirty, 0))
 				ho_touch(&k, ct);
-			if (svc->mode == MODE_DSR) {
+			if (__builtin_expect(svc->mode == MODE_DSR, 0)) {
 				/* The backend's answer never passes a node: a DSR
 				 * flow is confirmed by the client's second packet
 				 * (the handshake's ACK), so spoofed one-packet
@@ -800,25 +802,31 @@ static __attribute__((noinline)) int handle_ipv4(struct xdp_md *ctx)
 	struct packet p = {};
 
 	int pr = parse_packet(ctx, data, data_end, &p);
-	if (pr == PARSE_NOT_IPV4) {
-		GCOUNT(passed_not_ours);
-		return XDP_PASS;
+	/* The hints (__builtin_expect) here and on the established path let
+	 * the compiler lay the common path out straight, the rare ones after
+	 * it: a single packet pays for every instruction cache line it
+	 * touches (docs/benchmarks.md). */
+	if (__builtin_expect(pr != PARSE_OK, 0)) {
+		if (pr == PARSE_NOT_IPV4) {
+			GCOUNT(passed_not_ours);
+			return XDP_PASS;
+		}
+		if (pr == PARSE_NOT_L4 && p.proto == IPPROTO_ICMP)
+			return handle_icmp(ctx, &p, data_end);
+		if (pr == PARSE_NOT_L4) {
+			GCOUNT(passed_not_ours);
+			return XDP_PASS;
+		}
+		if (pr == PARSE_TRUNCATED || pr == PARSE_MALFORMED) {
+			/* Could be anyone's, and nothing in it can be trusted:
+			 * never rewritten, never tracked. The kernel drops what
+			 * is really broken. */
+			GCOUNT(malformed);
+			return XDP_PASS;
+		}
+		if (pr == PARSE_FRAGMENT)
+			return handle_fragment(&p);
 	}
-	if (pr == PARSE_NOT_L4 && p.proto == IPPROTO_ICMP)
-		return handle_icmp(ctx, &p, data_end);
-	if (pr == PARSE_NOT_L4) {
-		GCOUNT(passed_not_ours);
-		return XDP_PASS;
-	}
-	if (pr == PARSE_TRUNCATED || pr == PARSE_MALFORMED) {
-		/* Could be anyone's, and nothing in it can be trusted: never
-		 * rewritten, never tracked. The kernel drops what is really
-		 * broken. */
-		GCOUNT(malformed);
-		return XDP_PASS;
-	}
-	if (pr == PARSE_FRAGMENT)
-		return handle_fragment(&p);
 	struct svc_key sk = {
 		.vip = p.ip->daddr,
 		.port = p.dport,

@@ -167,8 +167,8 @@ static __always_inline struct ct_value *lookup_forward(const struct ct_key *k, _
 						       struct ct_value **stale)
 {
 	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, k);
-	if (ct) {
-		if (!ct_expired(ct, now)) {
+	if (__builtin_expect(ct != NULL, 1)) {
+		if (__builtin_expect(!ct_expired(ct, now), 1)) {
 			*confirmed = 1;
 			return ct;
 		}

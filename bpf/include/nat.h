@@ -138,8 +138,8 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *p, void *d
 	if (ip->ttl <= 1)
 		return FWD_FAILED; /* the kernel sends the ICMP time exceeded */
 
-	if (nh->until > now) {
-		if (*mtu && p->tot_len > *mtu)
+	if (__builtin_expect(nh->until > now, 1)) {
+		if (__builtin_expect(*mtu && p->tot_len > *mtu, 0))
 			return FWD_TOO_BIG;
 		apply_nexthop(eth, ip, nh);
 		*ifindex = nh->ifindex;
