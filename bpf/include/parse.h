@@ -41,6 +41,28 @@ struct packet {
 
 #define IPV4_MAX_HDR_WORDS 30 /* 60 bytes: IHL 15 */
 
+/* ipv4_opts_sum is the sum of an IPv4 header's olen bytes of options
+ * (1..40) at offset off of the frame, copied out (a variable-length walk
+ * over packet memory is more than the verifier can follow); -1 when they
+ * cannot be read. A call of its own: options are rare, and its copy and
+ * 40-byte buffer stay out of the callers' code and stack frames. */
+static __noinline long ipv4_opts_sum(struct xdp_md *ctx, __u64 off, __u64 olen)
+{
+	__u16 opt[(IPV4_MAX_HDR_WORDS - 10)] = {};
+	/* 64-bit arguments: the length is checked in the register the helper
+	 * gets (a 32-bit one is zero-extended again after the check, which
+	 * the verifier cannot follow). */
+	if (olen == 0 || olen > sizeof(opt))
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, off, opt, olen))
+		return -1;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < IPV4_MAX_HDR_WORDS - 10; i++)
+		sum += opt[i];
+	return sum;
+}
+
 /* ipv4_csum_ok verifies the IPv4 header checksum, options included: a
  * header the kernel would drop must not be rewritten (an incremental update
  * would carry the error along) or create state. */
@@ -59,18 +81,13 @@ static __always_inline int ipv4_csum_ok(struct xdp_md *ctx, struct iphdr *ip, __
 #pragma unroll
 	for (int i = 0; i < 10; i++)
 		sum += w[i];
-	/* ...then the options, if any, copied out (rare; a variable-length
-	 * walk over packet memory is more than the verifier can follow). */
+	/* ...then the options, if any. */
 	__u32 olen = (ihl_bytes - sizeof(struct iphdr)) & 0x3f; /* 0..40 after the check above */
-	if (olen > 0) {
-		__u16 opt[(IPV4_MAX_HDR_WORDS - 10)] = {};
-		if (olen > sizeof(opt))
+	if (__builtin_expect(olen > 0, 0)) {
+		long os = ipv4_opts_sum(ctx, (long)ip - (long)ctx->data + sizeof(struct iphdr), olen);
+		if (os < 0)
 			return 0;
-		if (bpf_xdp_load_bytes(ctx, (long)ip - (long)ctx->data + sizeof(struct iphdr), opt, olen))
-			return 0;
-#pragma unroll
-		for (int i = 0; i < IPV4_MAX_HDR_WORDS - 10; i++)
-			sum += opt[i];
+		sum += os;
 	}
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
