@@ -96,18 +96,24 @@ func (r *Real) hoValid(s *bpf.SluiceHoSlot) bool {
 	return s.Check != 0 && s.Check == hoCheck(hoKeyHash(r.hoKey, &s.Key), &s.Val)
 }
 
-// hoMemory maps the half-open array (BPF_F_MMAPABLE) once: reading it
-// costs no system call.
-func (r *Real) hoMemory() (*ebpf.Memory, error) {
-	if r.hoMem != nil {
-		return r.hoMem, nil
-	}
+// mapHalfOpen maps the half-open array (BPF_F_MMAPABLE) into the
+// process, once, when the data path is opened: reading it then costs no
+// system call, and concurrent walks share the mapping.
+func (r *Real) mapHalfOpen() error {
 	mm, err := r.halfopen.Memory()
 	if err != nil {
-		return nil, fmt.Errorf("map the half-open table: %w", err)
+		return fmt.Errorf("map the half-open table: %w", err)
 	}
 	r.hoMem = mm
-	return mm, nil
+	return nil
+}
+
+// hoMemory is the half-open array's mapping.
+func (r *Real) hoMemory() (*ebpf.Memory, error) {
+	if r.hoMem == nil {
+		return nil, errors.New("the half-open table is not mapped")
+	}
+	return r.hoMem, nil
 }
 
 // hoChunk is how many slots eachHalfOpen copies at a time.

@@ -457,6 +457,10 @@ func Open(o Options) (*Real, error) {
 		keepNeighbours: !o.NoNeighbours,
 		layoutReset:    reset,
 	}
+	if err := r.mapHalfOpen(); err != nil {
+		r.Close()
+		return nil, err
+	}
 	if err := r.buildAddrs(); err != nil {
 		r.Close()
 		return nil, err
@@ -728,6 +732,10 @@ func OpenPinned(pinPath string) (*Real, error) {
 		return nil, err
 	}
 	r.hoMask = hoMaskOf(r.halfopen.MaxEntries())
+	if err := r.mapHalfOpen(); err != nil {
+		r.Close()
+		return nil, err
+	}
 	return r, nil
 }
 
