@@ -560,6 +560,10 @@ static __noinline int handle_fragment(struct packet *p)
  * endpoint of several nat services pays for the check. */
 static __always_inline int nat_conflict(const struct ct_key *k, const struct backend *b, __u64 now)
 {
+	__u32 zero = 0;
+	__u32 *shared = bpf_map_lookup_elem(&nat_shared, &zero);
+	if (!shared || !*shared)
+		return 0;
 	struct endpoint e = {
 		.addr = b->addr,
 		.port = b->port,

@@ -360,6 +360,7 @@ const (
 	SluiceMapHoScratch          = "ho_scratch"
 	SluiceMapMaglevOuter        = "maglev_outer"
 	SluiceMapNatHint6           = "nat_hint6"
+	SluiceMapNatShared          = "nat_shared"
 	SluiceMapReplyHops          = "reply_hops"
 	SluiceMapReplyHops6         = "reply_hops6"
 	SluiceMapRstLimit           = "rst_limit"
@@ -450,6 +451,7 @@ type SluiceMapSpecs struct {
 	HoScratch     *ebpf.MapSpec `ebpf:"ho_scratch"`
 	MaglevOuter   *ebpf.MapSpec `ebpf:"maglev_outer"`
 	NatHint6      *ebpf.MapSpec `ebpf:"nat_hint6"`
+	NatShared     *ebpf.MapSpec `ebpf:"nat_shared"`
 	ReplyHops     *ebpf.MapSpec `ebpf:"reply_hops"`
 	ReplyHops6    *ebpf.MapSpec `ebpf:"reply_hops6"`
 	RstLimit      *ebpf.MapSpec `ebpf:"rst_limit"`
@@ -516,6 +518,7 @@ type SluiceMaps struct {
 	HoScratch     *ebpf.Map `ebpf:"ho_scratch"`
 	MaglevOuter   *ebpf.Map `ebpf:"maglev_outer"`
 	NatHint6      *ebpf.Map `ebpf:"nat_hint6"`
+	NatShared     *ebpf.Map `ebpf:"nat_shared"`
 	ReplyHops     *ebpf.Map `ebpf:"reply_hops"`
 	ReplyHops6    *ebpf.Map `ebpf:"reply_hops6"`
 	RstLimit      *ebpf.Map `ebpf:"rst_limit"`
@@ -548,6 +551,7 @@ func (m *SluiceMaps) Close() error {
 		m.HoScratch,
 		m.MaglevOuter,
 		m.NatHint6,
+		m.NatShared,
 		m.ReplyHops,
 		m.ReplyHops6,
 		m.RstLimit,

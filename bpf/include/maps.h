@@ -185,6 +185,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } snat_rev_ho SEC(".maps");
 
+/* Set (1) by the agent (datapath.Real) once some backend endpoint serves
+ * more than one nat service: only then can a new nat flow conflict with
+ * another VIP's (nat_conflict in sluice.c), so only then does a new flow
+ * pay the backend_ports lookup for it. Set before the endpoint's
+ * backend_ports entry lists its second service, never cleared while the
+ * program runs (a stale 1 costs the lookup, nothing else). Not pinned: a
+ * new program starts at 0 and the agent sets it again as it rebuilds
+ * backend_ports at open. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} nat_shared SEC(".maps");
+
 /* Counters, read by the agent at scrape time. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

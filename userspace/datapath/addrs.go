@@ -287,6 +287,13 @@ func (r *Real) writeEndpoint(ep bpf.SluiceEndpoint) error {
 		r.addrIdx.written[ep] = e
 		return nil
 	}
+	if e.NatCount >= 2 {
+		// Before the entry lists a second service: from then on new
+		// nat flows look for another VIP's flow (nat_conflict).
+		if err := r.markNATShared(); err != nil {
+			return err
+		}
+	}
 	if err := r.backendPorts.Put(ep, e); err != nil {
 		return fmt.Errorf("record backend %v:%d: %w", addrFromBE32(ep.Addr), portFromBE16(ep.Port), err)
 	}
@@ -317,5 +324,21 @@ func (r *Real) writeAddr(addr uint32) error {
 	if err := r.addrs.Put(addr, a); err != nil {
 		return fmt.Errorf("record address %v: %w", addrFromBE32(addr), err)
 	}
+	return nil
+}
+
+// markNATShared tells the program that some backend endpoint serves more
+// than one nat service (the nat_shared map, bpf/include/maps.h): only then
+// does a new nat flow check for another VIP's flow from the same client
+// port to the same backend. Set once; a new program starts without it and
+// is told again as Open rebuilds backend_ports.
+func (r *Real) markNATShared() error {
+	if r.natSharedSet || r.natShared == nil {
+		return nil
+	}
+	if err := r.natShared.Put(uint32(0), uint32(1)); err != nil {
+		return fmt.Errorf("mark shared nat endpoints: %w", err)
+	}
+	r.natSharedSet = true
 	return nil
 }

@@ -88,11 +88,16 @@ type Real struct {
 	hoKey                                uint64    // halfopen's hash key (sluice_config.ho_key)
 	hoMask                               uint32    // halfopen's slot mask
 	hoMem                                *ebpf.Memory
+	hoScratch                            *ebpf.Map  // not pinned: the program's per-CPU copy of a slot
 	snatRev, snatRevHO                   *ebpf.Map  // snat flows' reverse entries: confirmed, half-open
 	rstLimit, backendHops, directSYNs    *ebpf.Map  // not pinned: the RST budget, next hops per backend, direct SYNs
 	replyHops                            *ebpf.Map  // not pinned: next hops towards clients
 	addrIdx                              *addrIndex // nil when opened read-only
 	innerSpec                            *ebpf.MapSpec
+	// natShared is the program's nat_shared map (maps.h), nil when
+	// opened read-only; natSharedSet: it was set to 1.
+	natShared    *ebpf.Map
+	natSharedSet bool
 
 	// The IPv6 maps (maps6.go).
 	services6m, backends6m, conntrack6, halfopen6  *ebpf.Map
@@ -450,6 +455,8 @@ func Open(o Options) (*Real, error) {
 		directSYNs6:   objs.DirectSyns6,
 		scratch:       objs.Scratch6,
 		innerSpec:     spec.Maps["maglev_outer"].InnerMap.Copy(),
+		natShared:     objs.NatShared,
+		hoScratch:     objs.HoScratch,
 		prog:          objs.SluiceXdp,
 		links:         map[string]link.Link{},
 		attachments:   map[string]Attachment{},
@@ -698,7 +705,7 @@ func (r *Real) Close() error {
 	for _, l := range r.links {
 		l.Close()
 	}
-	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.snatRev, r.snatRevHO, r.rstLimit, r.backendHops, r.replyHops, r.directSYNs,
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.snatRev, r.snatRevHO, r.rstLimit, r.backendHops, r.replyHops, r.directSYNs, r.natShared, r.hoScratch,
 		r.services6m, r.backends6m, r.conntrack6, r.halfopen6, r.addrs6, r.backendPorts6, r.natHint6, r.backendHops6, r.replyHops6, r.directSYNs6, r.scratch} {
 		if m != nil {
 			m.Close()
