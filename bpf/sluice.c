@@ -557,7 +557,8 @@ static __noinline int handle_fragment(struct packet *p)
  * another VIP's flow of that client port to b lives; a closing one is
  * forgotten instead (the backend takes a new SYN on a tuple in TIME_WAIT,
  * and its entry would be found first for the new flow's replies). Only an
- * endpoint of several nat services pays for the check. */
+ * endpoint of several nat services pays for the check, and no new flow
+ * at all while no endpoint serves several (nat_shared, maps.h). */
 static __always_inline int nat_conflict(const struct ct_key *k, const struct backend *b, __u64 now)
 {
 	__u32 zero = 0;
