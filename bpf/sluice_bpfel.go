@@ -203,24 +203,25 @@ type SluiceEpService struct {
 }
 
 type SluiceGlobalCounters struct {
-	_                  structs.HostLayout
-	PassedNotOurs      uint64
-	PassedNoNeigh      uint64
-	FibFailures        uint64
-	Malformed          uint64
-	RepliesTranslated  uint64
-	CtUpdateFailures   uint64
-	RstSent            uint64
-	IcmpTranslated     uint64
-	PassedTtlExceeded  uint64
-	BackendFragments   uint64
-	RstRateLimited     uint64
-	FlowsConfirmed     uint64
-	ReverseRecreated   uint64
-	SynackNoFlowDrops  uint64
-	FragNeededSent     uint64
-	PassedTooBig       uint64
-	RepliesWithoutFlow uint64
+	_                   structs.HostLayout
+	PassedNotOurs       uint64
+	PassedNoNeigh       uint64
+	FibFailures         uint64
+	Malformed           uint64
+	RepliesTranslated   uint64
+	CtUpdateFailures    uint64
+	RstSent             uint64
+	IcmpTranslated      uint64
+	PassedTtlExceeded   uint64
+	BackendFragments    uint64
+	RstRateLimited      uint64
+	FlowsConfirmed      uint64
+	ReverseRecreated    uint64
+	SynackNoFlowDrops   uint64
+	FragNeededSent      uint64
+	PassedTooBig        uint64
+	RepliesWithoutFlow  uint64
+	HalfopenOverwritten uint64
 }
 
 type SluiceHoSlot struct {

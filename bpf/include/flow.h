@@ -125,13 +125,19 @@ static __noinline struct ct_value *ho_lookup(const struct ct_key *k, __u64 now)
 
 /* ho_store makes v flow k's half-open entry, in place of whatever its
  * slot held (another flow's entry is forgotten: a colliding flow simply
- * overwrites it). One 64-byte write; the check last. -1: no slot. */
+ * overwrites it, counted when that entry was live: flood pressure on the
+ * table, for the operator). One 64-byte write; the check last. -1: no
+ * slot. v->last_seen is now. */
 static __noinline int ho_store(const struct ct_key *k, const struct ct_value *v)
 {
 	__u64 kh = ho_key_hash(k);
 	struct ho_slot *s = ho_slot_of(kh);
 	if (!s)
 		return -1;
+	/* The slot's line is about to be written: reading it first costs no
+	 * extra miss. */
+	if (s->check && !ct_key_eq(&s->key, k) && !ho_expired(&s->val, v->last_seen))
+		GCOUNT(halfopen_overwritten);
 	s->key = *k;
 	s->val = *v;
 	s->check = ho_check(kh, v);

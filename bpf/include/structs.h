@@ -186,6 +186,7 @@ struct global_counters {
 	__u64 frag_needed_sent;    /* too big for the next hop, DF set: ICMP fragmentation needed sent back */
 	__u64 passed_too_big;      /* too big for the next hop, DF clear: rewritten, the kernel fragments */
 	__u64 replies_without_flow; /* nat replies translated from backend_ports alone (no flow entry) */
+	__u64 halfopen_overwritten; /* IPv4: a live half-open flow's slot taken by another flow (placed by Maglev again) */
 };
 
 /* Run-time knobs set from Go before load (volatile const, not #ifdef). */

@@ -114,6 +114,10 @@ type GlobalStats struct {
 	// alone: no flow entry (evicted, or another node forwarded the
 	// client's packets), the endpoint serving exactly one nat service.
 	RepliesWithoutFlow uint64
+	// HalfOpenOverwritten counts live IPv4 half-open flows whose slot
+	// another flow took (the table is direct-mapped): each is placed by
+	// Maglev again on its next packet. Flood pressure on the table.
+	HalfOpenOverwritten uint64
 }
 
 // Map is what the agent needs from the data path. Implementations are safe

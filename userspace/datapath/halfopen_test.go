@@ -146,6 +146,13 @@ func TestHalfOpenCollision(t *testing.T) {
 	if _, ok, _ := r.halfOpenLookup(&k); ok {
 		t.Fatal("the first flow's slot still holds it after a colliding SYN")
 	}
+	overwritten := func(want uint64) {
+		t.Helper()
+		if g, err := r.GlobalStats(); err != nil || g.HalfOpenOverwritten != want {
+			t.Errorf("live half-open slots overwritten: %d (%v), want %d", g.HalfOpenOverwritten, err, want)
+		}
+	}
+	overwritten(1)
 	synAck := pkt{src: be1, dst: client, proto: TCP, flags: fSYN | fACK, seq: 5000, ack: 1001}
 	if ret, out := l.run(t, synAck.bytes(), l.backendIf); ret != xdpRedirect || !bytes.Equal(out, toClient(vip, client)(l, synAck.bytes())) {
 		t.Errorf("the forgotten flow's SYN-ACK: verdict %s, not translated", verdictName[ret])
@@ -157,6 +164,12 @@ func TestHalfOpenCollision(t *testing.T) {
 	if v, ok, _ := r.halfOpenLookup(&k); !ok || v.State != uint8(FlowEstablished) || v.DaddrNew != be32(be1.Addr()) {
 		t.Errorf("the forgotten flow after its ACK: %+v (%v), want tracked again, established, to be1", v, ok)
 	}
+	overwritten(2) // tracked again, in place of the other flow's live entry
+	// The flow's own next packet rewrites its own slot: not counted.
+	if ret, _ := l.run(t, ack.bytes(), l.clientIf); ret != xdpRedirect {
+		t.Fatalf("the flow's next ACK: verdict %s", verdictName[ret])
+	}
+	overwritten(2)
 }
 
 // TestHalfOpenTornSlot: a slot holding a mix of two flows' writes (two

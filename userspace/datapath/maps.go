@@ -535,6 +535,7 @@ func (r *Real) GlobalStats() (GlobalStats, error) {
 		s.FragNeededSent += c.FragNeededSent
 		s.PassedTooBig += c.PassedTooBig
 		s.RepliesWithoutFlow += c.RepliesWithoutFlow
+		s.HalfOpenOverwritten += c.HalfopenOverwritten
 	}
 	return s, nil
 }

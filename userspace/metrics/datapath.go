@@ -92,7 +92,7 @@ type collector struct {
 	passed, replies, ctUpdateFailures, rstSent           *prometheus.Desc
 	icmpTranslated, beFragments, rstLimited              *prometheus.Desc
 	confirmed, reverseRecreated, fragNeeded, synackDrops *prometheus.Desc
-	repliesWithoutFlow                                   *prometheus.Desc
+	repliesWithoutFlow, halfOpenOverwritten              *prometheus.Desc
 	xdpAttached, xdpFallback                             *prometheus.Desc
 	scrapeErrorsDesc                                     *prometheus.Desc
 
@@ -136,20 +136,21 @@ func newCollector(dp Stats, topo Topology, capacity uint32) *collector {
 		ctFlows:    d("conntrack_flows", "Flows in conntrack and the half-open table (one entry each), live or expired."),
 		ctCapacity: d("conntrack_capacity", "Size of the conntrack map in entries (one per confirmed flow)."),
 
-		passed:             d("passed_packets_total", "Packets handed to the kernel untouched or after rewriting, by reason (not_ours, no_neighbour, fib_failure, malformed, ttl_exceeded, too_big).", "reason"),
-		xdpAttached:        d("xdp_attached", "1 per interface the XDP program is attached to, with its mode: native, or generic (the slow skb path).", "interface", "mode"),
-		xdpFallback:        d("xdp_generic_fallbacks", "Interfaces where xdp_mode auto fell back to generic mode because the driver refused native XDP (0 is what you want)."),
-		fragNeeded:         d("frag_needed_sent_total", "Packets too big for the next hop's MTU with DF set, answered with ICMP fragmentation needed quoting what the sender sent."),
-		replies:            d("replies_translated_total", "Backend replies reverse-NATed."),
-		ctUpdateFailures:   d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
-		rstSent:            d("rst_sent_total", "TCP RSTs sent by the data path."),
-		confirmed:          d("flows_confirmed_total", "Half-open flows the backend confirmed (its first answer after the handshake, or any UDP answer), moved into conntrack."),
-		synackDrops:        d("synack_no_flow_drops_total", "SYN-ACKs from a backend's service port for a VIP flow sluice no longer knows, whose endpoint serves several nat services (or none): dropped so the backend's address never reaches the client; the client retransmits its SYN."),
-		reverseRecreated:   d("reverse_entries_recreated_total", "snat flows' reverse entries that LRU evicted, re-created from the flow's entry."),
-		repliesWithoutFlow: d("replies_without_flow_total", "nat replies translated with no flow entry (evicted, or the client's packets went through another node), from the one nat service the backend's endpoint serves."),
-		rstLimited:         d("rst_rate_limited_total", "RSTs not sent because the per-CPU RST rate limit was reached (the packet was dropped)."),
-		beFragments:        d("backend_fragments_dropped_total", "Fragments from a backend's address, dropped: never passed on un-translated."),
-		icmpTranslated:     d("icmp_translated_total", "ICMP errors about tracked flows (fragmentation needed, unreachable, time exceeded) rewritten and forwarded to the other side."),
+		passed:              d("passed_packets_total", "Packets handed to the kernel untouched or after rewriting, by reason (not_ours, no_neighbour, fib_failure, malformed, ttl_exceeded, too_big).", "reason"),
+		xdpAttached:         d("xdp_attached", "1 per interface the XDP program is attached to, with its mode: native, or generic (the slow skb path).", "interface", "mode"),
+		xdpFallback:         d("xdp_generic_fallbacks", "Interfaces where xdp_mode auto fell back to generic mode because the driver refused native XDP (0 is what you want)."),
+		fragNeeded:          d("frag_needed_sent_total", "Packets too big for the next hop's MTU with DF set, answered with ICMP fragmentation needed quoting what the sender sent."),
+		replies:             d("replies_translated_total", "Backend replies reverse-NATed."),
+		ctUpdateFailures:    d("conntrack_update_failures_total", "Conntrack map updates that failed in the data path."),
+		rstSent:             d("rst_sent_total", "TCP RSTs sent by the data path."),
+		confirmed:           d("flows_confirmed_total", "Half-open flows the backend confirmed (its first answer after the handshake, or any UDP answer), moved into conntrack."),
+		synackDrops:         d("synack_no_flow_drops_total", "SYN-ACKs from a backend's service port for a VIP flow sluice no longer knows, whose endpoint serves several nat services (or none): dropped so the backend's address never reaches the client; the client retransmits its SYN."),
+		reverseRecreated:    d("reverse_entries_recreated_total", "snat flows' reverse entries that LRU evicted, re-created from the flow's entry."),
+		halfOpenOverwritten: d("halfopen_overwritten_total", "live IPv4 half-open flows whose slot in the direct-mapped half-open table another new flow took; each is placed by Maglev again on its next packet (flood pressure on the table)."),
+		repliesWithoutFlow:  d("replies_without_flow_total", "nat replies translated with no flow entry (evicted, or the client's packets went through another node), from the one nat service the backend's endpoint serves."),
+		rstLimited:          d("rst_rate_limited_total", "RSTs not sent because the per-CPU RST rate limit was reached (the packet was dropped)."),
+		beFragments:         d("backend_fragments_dropped_total", "Fragments from a backend's address, dropped: never passed on un-translated."),
+		icmpTranslated:      d("icmp_translated_total", "ICMP errors about tracked flows (fragmentation needed, unreachable, time exceeded) rewritten and forwarded to the other side."),
 
 		scrapeErrorsDesc: d("datapath_scrape_errors_total", "Data path reads that failed while collecting metrics."),
 	}
@@ -162,7 +163,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.svcFragments, c.svcSNATFailures, c.svcFlows, c.svcBackends,
 		c.beState, c.beDrainDeadline, c.bePackets, c.beBytes, c.beNewFlows, c.beFlows,
 		c.ctFlows, c.ctCapacity,
-		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited, c.confirmed, c.reverseRecreated, c.synackDrops, c.repliesWithoutFlow, c.fragNeeded, c.xdpAttached, c.xdpFallback,
+		c.passed, c.replies, c.ctUpdateFailures, c.rstSent, c.icmpTranslated, c.beFragments, c.rstLimited, c.confirmed, c.reverseRecreated, c.synackDrops, c.repliesWithoutFlow, c.halfOpenOverwritten, c.fragNeeded, c.xdpAttached, c.xdpFallback,
 		c.scrapeErrorsDesc,
 	} {
 		ch <- d
@@ -285,6 +286,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.reverseRecreated, g.ReverseRecreated)
 		counter(c.synackDrops, g.SYNACKNoFlowDrops)
 		counter(c.repliesWithoutFlow, g.RepliesWithoutFlow)
+		counter(c.halfOpenOverwritten, g.HalfOpenOverwritten)
 	}
 
 	c.scrapeErrors += failed
