@@ -21,7 +21,7 @@ var floodBin string
 func TestSYNFlood(t *testing.T) {
 	const (
 		floodCount    = 800000
-		conntrackMax  = 16384 // 8192 flows (the SYNs alone would fill it 50 times over); half-open table: 4096 entries
+		conntrackMax  = 16384 // 8192 flows (the SYNs alone would fill it 50 times over); half-open table: 8192 slots
 		longConns     = 32
 		floodDuration = 20 * time.Second
 	)
@@ -122,6 +122,13 @@ func TestSYNFlood(t *testing.T) {
 			t.Errorf("%s after the flood: %q (%v), want active", be, st, err)
 		}
 	}
+	// The flood is visible to the operator: it overwrote live half-open
+	// slots (8192 of them, 800 000 SYNs).
+	overwritten := after["sluice_halfopen_overwritten_total"] - before["sluice_halfopen_overwritten_total"]
+	if overwritten == 0 {
+		t.Errorf("sluice_halfopen_overwritten_total did not move under a flood of %d SYNs into %d half-open slots", sent.Sent, conntrackMax/2)
+	}
+	t.Logf("live half-open slots overwritten by the flood: %v", overwritten)
 	t.Logf("flood: %d spoofed SYNs in %d ms (conntrack_max %d); long-lived: %d requests, %d failed, %d dials; "+
 		"new connections during the flood: %d/%d ok (%.1f%%), latency %v; packets seen on the client side %d, leaked %d; "+
 		"flows confirmed %v, reverse entries re-created %v, SYN-ACKs of forgotten flows dropped %v",
