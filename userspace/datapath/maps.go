@@ -260,21 +260,34 @@ func monotonicNow() uint64 {
 }
 
 func (r *Real) flowOf(k bpf.SluiceCtKey, v bpf.SluiceCtValue, now uint64) Flow {
-	f := Flow{
-		Client:      netip.AddrPortFrom(addrFromBE32(k.Saddr), portFromBE16(k.Sport)),
-		VIP:         netip.AddrPortFrom(addrFromBE32(k.Daddr), portFromBE16(k.Dport)),
-		Proto:       Proto(k.Proto),
-		ServiceID:   v.ServiceId,
-		BackendSlot: v.BackendId,
-		BackendGen:  v.BackendGen,
-		Backend:     netip.AddrPortFrom(addrFromBE32(v.DaddrNew), portFromBE16(v.DportNew)),
-		State:       FlowState(v.State),
-	}
+	var snat netip.AddrPort
 	if v.SaddrNew != 0 {
-		f.SNAT = netip.AddrPortFrom(addrFromBE32(v.SaddrNew), portFromBE16(v.SportNew))
+		snat = netip.AddrPortFrom(addrFromBE32(v.SaddrNew), portFromBE16(v.SportNew))
 	}
-	if now > v.LastSeen {
-		f.Idle = time.Duration(now - v.LastSeen)
+	return r.flowFrom(
+		netip.AddrPortFrom(addrFromBE32(k.Saddr), portFromBE16(k.Sport)),
+		netip.AddrPortFrom(addrFromBE32(k.Daddr), portFromBE16(k.Dport)),
+		netip.AddrPortFrom(addrFromBE32(v.DaddrNew), portFromBE16(v.DportNew)),
+		snat, k.Proto, v.ServiceId, v.BackendId, v.BackendGen, v.State, v.LastSeen, now)
+}
+
+// flowFrom is a Flow of either family from its fields, already converted
+// from the map's layout (flowOf, flowOf6); idle and expired as of now.
+func (r *Real) flowFrom(client, vip, backend, snat netip.AddrPort, proto uint8, svc, slot, gen uint32,
+	state uint8, lastSeen, now uint64) Flow {
+	f := Flow{
+		Client:      client,
+		VIP:         vip,
+		Proto:       Proto(proto),
+		ServiceID:   svc,
+		BackendSlot: slot,
+		BackendGen:  gen,
+		Backend:     backend,
+		SNAT:        snat,
+		State:       FlowState(state),
+	}
+	if now > lastSeen {
+		f.Idle = time.Duration(now - lastSeen)
 	}
 	f.Expired = f.Idle > r.timeouts.of(f.State)
 	return f

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -366,24 +365,15 @@ func (r *Real) writeEndpoint6(ep bpf.SluiceEndpoint6) error {
 }
 
 func (r *Real) flowOf6(k bpf.SluiceCt6Key, v bpf.SluiceCt6Value, now uint64) Flow {
-	f := Flow{
-		Client:      netip.AddrPortFrom(addrFrom6(k.Saddr), portFromBE16(k.Sport)),
-		VIP:         netip.AddrPortFrom(addrFrom6(k.Daddr), portFromBE16(k.Dport)),
-		Proto:       Proto(k.Proto),
-		ServiceID:   v.ServiceId,
-		BackendSlot: v.BackendId,
-		BackendGen:  v.BackendGen,
-		Backend:     netip.AddrPortFrom(addrFrom6(v.DaddrNew), portFromBE16(v.DportNew)),
-		State:       FlowState(v.State),
-	}
+	var snat netip.AddrPort
 	if !isZero6(v.SaddrNew) {
-		f.SNAT = netip.AddrPortFrom(addrFrom6(v.SaddrNew), portFromBE16(v.SportNew))
+		snat = netip.AddrPortFrom(addrFrom6(v.SaddrNew), portFromBE16(v.SportNew))
 	}
-	if now > v.LastSeen {
-		f.Idle = time.Duration(now - v.LastSeen)
-	}
-	f.Expired = f.Idle > r.timeouts.of(f.State)
-	return f
+	return r.flowFrom(
+		netip.AddrPortFrom(addrFrom6(k.Saddr), portFromBE16(k.Sport)),
+		netip.AddrPortFrom(addrFrom6(k.Daddr), portFromBE16(k.Dport)),
+		netip.AddrPortFrom(addrFrom6(v.DaddrNew), portFromBE16(v.DportNew)),
+		snat, k.Proto, v.ServiceId, v.BackendId, v.BackendGen, v.State, v.LastSeen, now)
 }
 
 // eachCT6 calls fn for every entry of conntrack6 and then of halfopen6.
