@@ -15,6 +15,7 @@
 #include "include/csum.h"
 #include "include/nat.h"
 #include "include/flow.h"
+#include "include/maglev.h"
 #include "include/rst.h"
 #include "include/icmp.h"
 #include "include/toobig.h"
@@ -64,33 +65,7 @@ static __always_inline __u32 flow_hash(const struct ct_key *k)
 	return flow_hash_end(h, k->sport, k->dport, k->proto);
 }
 
-/* pick_backend returns the slot of an active backend for a new flow whose
- * flow_hash is h, or 0 when the service has none. A slot whose backend stopped being active
- * between the state change and the table swap is skipped by probing the
- * next few entries. */
-static __always_inline __u32 pick_backend(__u32 svc_id, __u32 h, struct backend **out)
-{
-	__u32 size = cfg.maglev_size;
-	if (size == 0)
-		return 0;
-	void *table = bpf_map_lookup_elem(&maglev_outer, &svc_id);
-	if (!table)
-		return 0;
-#pragma unroll
-	for (int i = 0; i < MAGLEV_PROBES; i++) {
-		__u32 idx = (h + i) % size;
-		__u32 *slot = bpf_map_lookup_elem(table, &idx);
-		if (!slot || *slot == 0)
-			return 0; /* empty table: no backend */
-		__u32 s = *slot;
-		struct backend *b = bpf_map_lookup_elem(&backends, &s);
-		if (b && b->state == BACKEND_ACTIVE) {
-			*out = b;
-			return s;
-		}
-	}
-	return 0;
-}
+DEFINE_PICK_BACKEND(pick_backend, struct backend, backends)
 
 static __always_inline void count_service(__u32 id, __u64 bytes, int new_flow)
 {

@@ -19,6 +19,7 @@
 #include "nat6.h"
 #include "rst6.h"
 #include "icmp6.h"
+#include "maglev.h"
 
 /* So bpf2go emits the Go type of the flag (as sluice.c does for the rest). */
 const enum ct6_flags *unused_ct6_flags __attribute__((unused));
@@ -34,31 +35,8 @@ static __always_inline __u32 flow_hash6(const struct ct6_key *k)
 	return flow_hash_end(h, k->sport, k->dport, k->proto);
 }
 
-/* pick_backend6 is pick_backend over backends6: the table holds slots, and
- * a slot of an IPv4 backend is free here (never picked). */
-static __always_inline __u32 pick_backend6(__u32 svc_id, __u32 h, struct backend6 **out)
-{
-	__u32 size = cfg.maglev_size;
-	if (size == 0)
-		return 0;
-	void *table = bpf_map_lookup_elem(&maglev_outer, &svc_id);
-	if (!table)
-		return 0;
-#pragma unroll
-	for (int i = 0; i < MAGLEV_PROBES; i++) {
-		__u32 idx = (h + i) % size;
-		__u32 *slot = bpf_map_lookup_elem(table, &idx);
-		if (!slot || *slot == 0)
-			return 0;
-		__u32 s = *slot;
-		struct backend6 *b = bpf_map_lookup_elem(&backends6, &s);
-		if (b && b->state == BACKEND_ACTIVE) {
-			*out = b;
-			return s;
-		}
-	}
-	return 0;
-}
+/* pick_backend6: pick_backend over backends6 (maglev.h). */
+DEFINE_PICK_BACKEND(pick_backend6, struct backend6, backends6)
 
 /* lookup_forward6: a flow's live forward entry, in conntrack6
  * (*confirmed = 1) or halfopen6 (0); *stale, when given, gets a conntrack6
