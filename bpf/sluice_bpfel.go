@@ -239,6 +239,11 @@ type SluiceIn6Addr struct {
 	}
 }
 
+type SluiceMaglevLine struct {
+	_    structs.HostLayout
+	Slot [16]uint32
+}
+
 type SluiceNatHint6Value struct {
 	_      structs.HostLayout
 	Vip    [4]uint32
@@ -359,7 +364,7 @@ const (
 	SluiceMapHalfopen           = "halfopen"
 	SluiceMapHalfopen6          = "halfopen6"
 	SluiceMapHoScratch          = "ho_scratch"
-	SluiceMapMaglevOuter        = "maglev_outer"
+	SluiceMapMaglevTables       = "maglev_tables"
 	SluiceMapNatHint6           = "nat_hint6"
 	SluiceMapNatShared          = "nat_shared"
 	SluiceMapReplyHops          = "reply_hops"
@@ -450,7 +455,7 @@ type SluiceMapSpecs struct {
 	Halfopen      *ebpf.MapSpec `ebpf:"halfopen"`
 	Halfopen6     *ebpf.MapSpec `ebpf:"halfopen6"`
 	HoScratch     *ebpf.MapSpec `ebpf:"ho_scratch"`
-	MaglevOuter   *ebpf.MapSpec `ebpf:"maglev_outer"`
+	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
 	NatHint6      *ebpf.MapSpec `ebpf:"nat_hint6"`
 	NatShared     *ebpf.MapSpec `ebpf:"nat_shared"`
 	ReplyHops     *ebpf.MapSpec `ebpf:"reply_hops"`
@@ -517,7 +522,7 @@ type SluiceMaps struct {
 	Halfopen      *ebpf.Map `ebpf:"halfopen"`
 	Halfopen6     *ebpf.Map `ebpf:"halfopen6"`
 	HoScratch     *ebpf.Map `ebpf:"ho_scratch"`
-	MaglevOuter   *ebpf.Map `ebpf:"maglev_outer"`
+	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
 	NatHint6      *ebpf.Map `ebpf:"nat_hint6"`
 	NatShared     *ebpf.Map `ebpf:"nat_shared"`
 	ReplyHops     *ebpf.Map `ebpf:"reply_hops"`
@@ -550,7 +555,7 @@ func (m *SluiceMaps) Close() error {
 		m.Halfopen,
 		m.Halfopen6,
 		m.HoScratch,
-		m.MaglevOuter,
+		m.MaglevTables,
 		m.NatHint6,
 		m.NatShared,
 		m.ReplyHops,

@@ -285,7 +285,7 @@ func TestPinnedMaps(t *testing.T) {
 	r := lab.Load("--url", vipURL, "--mode", "keepalive", "--count", "5", "--duration", "10s")
 	assertNoFailures(t, "traffic before reading the maps", r)
 
-	for _, m := range []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats"} {
+	for _, m := range []string{"services", "backends", "maglev_tables", "conntrack", "service_stats", "backend_stats", "global_stats"} {
 		if _, err := os.Stat(filepath.Join(agent.PinPath, m)); err != nil {
 			t.Errorf("map %s not pinned: %v", m, err)
 		}

@@ -5,6 +5,7 @@
 #define MAX_SERVICES 1024   /* service ids 1..1023; 0 means "none" */
 #define MAX_BACKENDS 4096   /* backend slots 1..4095; 0 means "none" */
 #define MAGLEV_PROBES 8     /* table slots tried when a slot's backend just left */
+#define MAGLEV_LINE 16      /* Maglev table entries per maglev_tables element (64 B) */
 #define SNAT_TRIES 8        /* source ports tried for a new SNAT flow */
 #define REPLY_HOPS 4096     /* reply_hops entries (a power of two): client next hops cached per CPU */
 #define EP_NAT_SVCS 4       /* nat services listed per backend endpoint (struct ep_info) */

@@ -25,27 +25,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } backends SEC(".maps");
 
-/* Service id -> its Maglev table (an array of backend slots). The agent
- * builds a new table and swaps it in with one write to this outer map, so a
- * packet never sees half a table. max_entries of the inner map is set from
- * Go (config datapath.maglev_table_size). */
-struct maglev_inner {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	/* lets tables of another size replace the pinned ones after a
-	 * maglev_table_size change, without a teardown */
-	__uint(map_flags, BPF_F_INNER_MAP);
-	__uint(max_entries, 16381);
-	__type(key, __u32);
-	__type(value, __u32);
-};
-
+/* Every service's Maglev table, flat: service id s owns the row of
+ * maglev_lines(maglev_size) elements from s * maglev_lines(maglev_size)
+ * on, whose entries 0 .. maglev_size - 1 are the table's backend slots (0:
+ * no table). One array, so a new flow's pick is an array read the verifier
+ * inlines (a map-in-map's inner lookup is a helper call). Elements are
+ * lines of 16 entries (struct maglev_line): an array map stores each
+ * element in a multiple of 8 bytes, so one __u32 an element would take 8.
+ * The agent writes a table in place through the map's memory mapping
+ * (BPF_F_MMAPABLE), one aligned 4-byte store per entry, so a packet reads
+ * every entry whole: the old table's value or the new one's, both active
+ * backends of the service while the write lasts (the reconciler's order,
+ * docs/architecture.md "Maglev tables: one flat array"). max_entries is
+ * MAX_SERVICES * maglev_lines(maglev_size), set from Go; 4 B a table
+ * entry, allocated at load (64 MiB at the default 16381). */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, MAX_SERVICES);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, MAX_SERVICES * ((16381 + MAGLEV_LINE - 1) / MAGLEV_LINE));
 	__type(key, __u32);
+	__type(value, struct maglev_line);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct maglev_inner);
-} maglev_outer SEC(".maps");
+} maglev_tables SEC(".maps");
 
 /* Connection tracking of confirmed flows: one entry per flow, keyed by
  * its tuple as the client sends it (client -> VIP); replies find it by

@@ -1,7 +1,7 @@
 /* The IPv6 data path's maps (see structs6.h for why they are separate from
  * the IPv4 ones). Pinned ones sit next to the IPv4 maps under the agent's
  * pin path and carry BTF. Service ids and backend slots index the shared
- * maglev_outer, service_stats and backend_stats (maps.h). */
+ * maglev_tables, service_stats and backend_stats (maps.h). */
 #pragma once
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

@@ -2,6 +2,7 @@
  * they sit in the packet; counters and ids are in host order. */
 #pragma once
 #include <linux/types.h>
+#include "consts.h"
 
 /* services key: a VIP, port and protocol. */
 struct svc_key {
@@ -13,12 +14,18 @@ struct svc_key {
 
 /* services value. */
 struct svc_value {
-	__u32 id;        /* index into maglev_outer and service_stats */
+	__u32 id;        /* index into maglev_tables (its row) and service_stats */
 	__u8 mode;       /* enum svc_mode */
 	__u8 pad[3];
 	__be32 snat_addr; /* MODE_SNAT: the source sluice uses towards backends */
 	__u32 pool_id;   /* the pool's id (struct backend.pool_id): which backends'
 			  * replies belong to the service (backend_ports) */
+};
+
+/* maglev_tables value: 16 consecutive entries of a service's Maglev table,
+ * each a backend slot (maps.h). */
+struct maglev_line {
+	__u32 slot[MAGLEV_LINE];
 };
 
 /* backends value, indexed by slot. */
@@ -198,7 +205,7 @@ struct sluice_config {
 	__u64 nexthop_cache_ns; /* how long a flow reuses its FIB answer; 0 disables */
 	__u32 snat_port_min; /* SNAT source ports, host order; below the kernel's */
 	__u32 snat_port_max; /* ephemeral range so the host's own sockets never collide */
-	__u32 maglev_size; /* entries of every inner Maglev table (prime) */
+	__u32 maglev_size; /* entries of every service's Maglev table, a row of maglev_tables (prime) */
 	__u32 hash_seed;
 	__u64 rst_interval_ns; /* RST rate limit per CPU: one RST per interval... */
 	__u64 rst_burst_ns;    /* ...with bursts of burst/interval RSTs; 0: unlimited */

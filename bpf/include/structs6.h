@@ -20,7 +20,7 @@ struct svc6_key {
 
 /* services6 value. */
 struct svc6_value {
-	__u32 id;         /* index into maglev_outer and service_stats (shared with IPv4) */
+	__u32 id;         /* its row of maglev_tables, service_stats (shared with IPv4) */
 	__u8 mode;        /* enum svc_mode */
 	__u8 pad[3];
 	__be32 snat_addr[4]; /* MODE_SNAT: the source sluice uses towards backends */

@@ -13,6 +13,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+
+	"github.com/sluicelb/sluice/bpf"
 )
 
 // The layout version of the pinned state. Every pinned map's layout (map
@@ -34,9 +36,12 @@ const layoutMapName = "layout"
 // (the kernel's BPF_OBJ_NAME_LEN).
 const layoutNameLen = 16
 
-// resizableMaps keep a pinned size that differs from the configured one
-// (see Open): their size is not part of their layout.
-var resizableMaps = map[string]bool{"conntrack": true, "halfopen": true, "snat_rev": true, "snat_rev_ho": true, "conntrack6": true, "halfopen6": true}
+// resizableMaps are sized by the configuration, so their size is not part
+// of their layout: the flow tables keep a pinned size that differs from the
+// configured one (see Open), and the flat Maglev table is rebuilt at the
+// configured maglev_table_size (migrateTables).
+var resizableMaps = map[string]bool{"conntrack": true, "halfopen": true, "snat_rev": true, "snat_rev_ho": true, "conntrack6": true, "halfopen6": true,
+	tablesMapName: true}
 
 // mapFingerprint hashes the layout of a map spec (see layoutMapName).
 func mapFingerprint(name string, ms *ebpf.MapSpec) uint64 {
@@ -148,7 +153,7 @@ func readLayout(dir string) (_ map[string]uint64, ok bool, _ error) {
 	var v uint64
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if name := strings.TrimRight(string(k[:]), "\x00"); name != hoKeyName {
+		if name := strings.TrimRight(string(k[:]), "\x00"); name != hoKeyName && name != tableSizeName {
 			out[name] = v
 		}
 	}
@@ -164,12 +169,40 @@ func readLayout(dir string) (_ map[string]uint64, ok bool, _ error) {
 // same key. Kept with the layout record, which is written with the maps.
 const hoKeyName = "halfopen_key"
 
+// tableSizeName is the layout map's entry holding the Maglev table size
+// the pinned maglev_tables was laid out for: its rows are padded to whole
+// lines, so the map's size alone does not give it.
+const tableSizeName = "maglev_size"
+
 // pinnedHOKey returns the hash key of the half-open table pinned under
 // dir, 0 when none is pinned or no key was recorded.
 func pinnedHOKey(dir string) (uint64, error) {
 	if _, err := os.Lstat(filepath.Join(dir, "halfopen")); err != nil {
 		return 0, nil
 	}
+	key, err := layoutValue(dir, hoKeyName)
+	if err != nil {
+		return 0, fmt.Errorf("read the half-open table's key: %w", err)
+	}
+	return key, nil
+}
+
+// pinnedTableSize returns the Maglev table size of the maglev_tables
+// pinned under dir, 0 when none is pinned or no size was recorded.
+func pinnedTableSize(dir string) (uint32, error) {
+	if _, err := os.Lstat(filepath.Join(dir, tablesMapName)); err != nil {
+		return 0, nil
+	}
+	n, err := layoutValue(dir, tableSizeName)
+	if err != nil {
+		return 0, fmt.Errorf("read the Maglev table size: %w", err)
+	}
+	return uint32(n), nil
+}
+
+// layoutValue returns the layout map's entry name under dir, 0 when there
+// is no such map or entry.
+func layoutValue(dir, name string) (uint64, error) {
 	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, layoutMapName), nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
@@ -181,20 +214,20 @@ func pinnedHOKey(dir string) (uint64, error) {
 	if m.KeySize() != layoutNameLen || m.ValueSize() != 8 {
 		return 0, nil
 	}
-	var key uint64
-	if err := m.Lookup(layoutKey(hoKeyName), &key); err != nil {
+	var v uint64
+	if err := m.Lookup(layoutKey(name), &v); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return 0, nil
 		}
-		return 0, fmt.Errorf("read the half-open table's key: %w", err)
+		return 0, err
 	}
-	return key, nil
+	return v, nil
 }
 
 // writeLayout pins this release's fingerprints under dir, with the
-// half-open table's hash key, replacing any older record. Written after
-// the program loaded with its maps.
-func writeLayout(dir string, layout map[string]uint64, hoKey uint64) error {
+// half-open table's hash key and the Maglev table size, replacing any
+// older record. Written after the program loaded with its maps.
+func writeLayout(dir string, layout map[string]uint64, hoKey uint64, tableSize uint32) error {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       layoutMapName,
 		Type:       ebpf.Hash,
@@ -213,6 +246,9 @@ func writeLayout(dir string, layout map[string]uint64, hoKey uint64) error {
 	}
 	if err := m.Put(layoutKey(hoKeyName), hoKey); err != nil {
 		return fmt.Errorf("write the half-open table's key: %w", err)
+	}
+	if err := m.Put(layoutKey(tableSizeName), uint64(tableSize)); err != nil {
+		return fmt.Errorf("write the Maglev table size: %w", err)
 	}
 	if err := pinInPlace(m, dir, layoutMapName); err != nil {
 		return fmt.Errorf("the layout version: %w", err)
@@ -271,6 +307,23 @@ func upgradeLayout(dir string, spec *ebpf.CollectionSpec, want map[string]uint64
 	for name, n := range migrated {
 		log.Info("pinned map migrated to this release's layout (one entry per flow, the pool id in services)", "map", name, "entries", n)
 	}
+	var c bpf.SluiceSluiceConfig
+	if err := spec.Variables["cfg"].Get(&c); err != nil {
+		return nil, fmt.Errorf("read the program's config: %w", err)
+	}
+	pinnedSize, err := pinnedTableSize(dir)
+	if err != nil {
+		return nil, err
+	}
+	from, services, err := migrateTables(dir, spec.Maps[tablesMapName], c.MaglevSize, pinnedSize)
+	if err != nil {
+		return nil, fmt.Errorf("migrate the Maglev tables: %w", err)
+	}
+	if from != "" {
+		log.Info("pinned map migrated to this release's layout (one flat Maglev table; each service's table copied, resized to maglev_table_size)",
+			"map", tablesMapName, "from", from, "services", services)
+		recorded[tablesMapName] = want[tablesMapName]
+	}
 	changed := changedMaps(dir, spec, want, recorded, haveRecord)
 	if !haveRecord {
 		log.Info("the pinned maps carry no layout version (written by an older release): adopting those of the same shape, recording this release's version")
@@ -297,7 +350,7 @@ func upgradeLayout(dir string, spec *ebpf.CollectionSpec, want map[string]uint64
 		"established connections through sluice are reset, new ones work at once); "+
 		"the running program forwards on the old maps until this one replaces it",
 		"changed", strings.Join(state, ","))
-	for _, name := range mapNames {
+	for _, name := range append(slices.Clone(mapNames), oldTablesMapName) {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("start map %s afresh: %w", name, err)
 		}

@@ -81,19 +81,20 @@ type Real struct {
 	tableSize uint32
 	timeouts  Timeouts
 
-	services, backends, outer, conntrack *ebpf.Map
-	svcStats, backendStats, globalStats  *ebpf.Map
-	addrs, backendPorts                  *ebpf.Map // see addrs.go
-	halfopen                             *ebpf.Map // flows the backend has not confirmed yet (halfopen.go)
-	hoKey                                uint64    // halfopen's hash key (sluice_config.ho_key)
-	hoMask                               uint32    // halfopen's slot mask
-	hoMem                                *ebpf.Memory
-	hoScratch                            *ebpf.Map  // not pinned: the program's per-CPU copy of a slot
-	snatRev, snatRevHO                   *ebpf.Map  // snat flows' reverse entries: confirmed, half-open
-	rstLimit, backendHops, directSYNs    *ebpf.Map  // not pinned: the RST budget, next hops per backend, direct SYNs
-	replyHops                            *ebpf.Map  // not pinned: next hops towards clients
-	addrIdx                              *addrIndex // nil when opened read-only
-	innerSpec                            *ebpf.MapSpec
+	services, backends, tables, conntrack *ebpf.Map // tables: maglev_tables (tables.go)
+	svcStats, backendStats, globalStats   *ebpf.Map
+	addrs, backendPorts                   *ebpf.Map // see addrs.go
+	halfopen                              *ebpf.Map // flows the backend has not confirmed yet (halfopen.go)
+	hoKey                                 uint64    // halfopen's hash key (sluice_config.ho_key)
+	hoMask                                uint32    // halfopen's slot mask
+	hoMem                                 *ebpf.Memory
+	hoScratch                             *ebpf.Map  // not pinned: the program's per-CPU copy of a slot
+	snatRev, snatRevHO                    *ebpf.Map  // snat flows' reverse entries: confirmed, half-open
+	rstLimit, backendHops, directSYNs     *ebpf.Map  // not pinned: the RST budget, next hops per backend, direct SYNs
+	replyHops                             *ebpf.Map  // not pinned: next hops towards clients
+	addrIdx                               *addrIndex // nil when opened read-only
+	tablesMem                             []byte     // maglev_tables mapped (tables.go); nil until used
+	tablesRW                              bool       // tablesMem may be written (Open; OpenPinned maps it read-only)
 	// natShared is the program's nat_shared map (maps.h), nil when
 	// opened read-only; natSharedSet: it was set to 1.
 	natShared    *ebpf.Map
@@ -145,7 +146,7 @@ func lockPinPath(dir string) (*os.File, error) {
 var _ Map = (*Real)(nil)
 
 // mapNames are the pinned maps, as named in bpf/include/maps.h.
-var mapNames = []string{"services", "backends", "maglev_outer", "conntrack", "service_stats", "backend_stats", "global_stats", "addrs", "halfopen", "backend_ports", "snat_rev", "snat_rev_ho",
+var mapNames = []string{"services", "backends", "maglev_tables", "conntrack", "service_stats", "backend_stats", "global_stats", "addrs", "halfopen", "backend_ports", "snat_rev", "snat_rev_ho",
 	"services6", "backends6", "conntrack6", "halfopen6", "addrs6", "backend_ports6", "nat_hint6"}
 
 // EnsureBPFFS mounts bpffs at /sys/fs/bpf when it is not mounted (it is not
@@ -407,7 +408,7 @@ func Open(o Options) (*Real, error) {
 		}
 		return nil, loadError(err)
 	}
-	if err := writeLayout(claim.dir, layout, hoKey); err != nil {
+	if err := writeLayout(claim.dir, layout, hoKey, o.MaglevTableSize); err != nil {
 		objs.Close()
 		return nil, err
 	}
@@ -426,7 +427,8 @@ func Open(o Options) (*Real, error) {
 		timeouts:     o.Timeouts,
 		services:     objs.Services,
 		backends:     objs.Backends,
-		outer:        objs.MaglevOuter,
+		tables:       objs.MaglevTables,
+		tablesRW:     true,
 		conntrack:    objs.Conntrack,
 		svcStats:     objs.ServiceStats,
 		backendStats: objs.BackendStats,
@@ -454,7 +456,6 @@ func Open(o Options) (*Real, error) {
 		replyHops6:    objs.ReplyHops6,
 		directSYNs6:   objs.DirectSyns6,
 		scratch:       objs.Scratch6,
-		innerSpec:     spec.Maps["maglev_outer"].InnerMap.Copy(),
 		natShared:     objs.NatShared,
 		hoScratch:     objs.HoScratch,
 		prog:          objs.SluiceXdp,
@@ -498,6 +499,7 @@ var disposableMaps = map[string]string{
 	"backend_stats":  "its counters restart from 0",
 	"global_stats":   "its counters restart from 0",
 	"halfopen":       "flows still opening pick their backend again",
+	tablesMapName:    "the tables are written again from the config (new flows are refused until then)",
 	"snat_rev_ho":    "half-open snat flows' reverse entries are re-created by their next packet",
 	"addrs":          "it is rebuilt from services and backends",
 	"backend_ports":  "it is rebuilt from backends",
@@ -536,11 +538,17 @@ var ErrLayout = errors.New("data path map layout differs from the agent's")
 // writes fail (or leave ids unreachable) at run time instead of at load.
 func checkSpec(spec *ebpf.CollectionSpec) error {
 	want := map[string]uint32{
-		"services": MaxServices, "maglev_outer": MaxServices, "service_stats": MaxServices,
+		"services": MaxServices, "service_stats": MaxServices,
 		"backends": MaxBackends, "backend_stats": MaxBackends,
 		"services6": MaxServices, "backends6": MaxBackends,
 	}
 	var errs []error
+	// The program bounds a service id by MAX_SERVICES before it reads
+	// the id's row of the flat Maglev table, sized MAX_SERVICES rows of
+	// the default table size in the object.
+	if m, ok := spec.Maps[tablesMapName]; !ok || m.MaxEntries != tablesEntries(defaults.MaglevTableSize) {
+		errs = append(errs, fmt.Errorf("%w: map %s is not %d rows of %d entries", ErrLayout, tablesMapName, MaxServices, defaults.MaglevTableSize))
+	}
 	for name, n := range want {
 		m, ok := spec.Maps[name]
 		if !ok {
@@ -565,7 +573,7 @@ func LoadSpec(tableSize, conntrackMax uint32, t Timeouts) (*ebpf.CollectionSpec,
 	}
 	spec.Maps["conntrack"].MaxEntries = conntrackMax
 	spec.Maps["conntrack6"].MaxEntries = conntrackMax
-	spec.Maps["maglev_outer"].InnerMap.MaxEntries = tableSize
+	spec.Maps[tablesMapName].MaxEntries = tablesEntries(tableSize)
 	cfg := bpf.SluiceSluiceConfig{
 		TcpSynTimeoutNs:         uint64(t.TCPSyn),
 		TcpEstablishedTimeoutNs: uint64(t.TCPEstablished),
@@ -705,12 +713,13 @@ func (r *Real) Close() error {
 	for _, l := range r.links {
 		l.Close()
 	}
-	for _, m := range []*ebpf.Map{r.services, r.backends, r.outer, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.snatRev, r.snatRevHO, r.rstLimit, r.backendHops, r.replyHops, r.directSYNs, r.natShared, r.hoScratch,
+	for _, m := range []*ebpf.Map{r.services, r.backends, r.tables, r.conntrack, r.svcStats, r.backendStats, r.globalStats, r.addrs, r.halfopen, r.backendPorts, r.snatRev, r.snatRevHO, r.rstLimit, r.backendHops, r.replyHops, r.directSYNs, r.natShared, r.hoScratch,
 		r.services6m, r.backends6m, r.conntrack6, r.halfopen6, r.addrs6, r.backendPorts6, r.natHint6, r.backendHops6, r.replyHops6, r.directSYNs6, r.scratch} {
 		if m != nil {
 			m.Close()
 		}
 	}
+	r.unmapTables()
 	if r.prog != nil {
 		r.prog.Close()
 	}
@@ -749,7 +758,7 @@ func OpenPinned(pinPath string) (*Real, error) {
 // openPinnedMaps is OpenPinned without the layout check.
 func openPinnedMaps(pinPath string) (*Real, error) {
 	r := &Real{log: slog.Default(), pinPath: pinPath, timeouts: DefaultTimeouts(), links: map[string]link.Link{}}
-	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.outer, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats, &r.addrs, &r.halfopen, &r.backendPorts, &r.snatRev, &r.snatRevHO,
+	ptrs := []**ebpf.Map{&r.services, &r.backends, &r.tables, &r.conntrack, &r.svcStats, &r.backendStats, &r.globalStats, &r.addrs, &r.halfopen, &r.backendPorts, &r.snatRev, &r.snatRevHO,
 		&r.services6m, &r.backends6m, &r.conntrack6, &r.halfopen6, &r.addrs6, &r.backendPorts6, &r.natHint6}
 	for i, name := range mapNames {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, name), nil)
@@ -759,6 +768,12 @@ func openPinnedMaps(pinPath string) (*Real, error) {
 		}
 		*ptrs[i] = m
 	}
+	n, err := pinnedTableSize(pinPath)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	r.tableSize = n
 	return r, nil
 }
 
@@ -835,7 +850,7 @@ func Teardown(pinPath string) error {
 		l.Close() // the last reference: the program is detached
 	}
 	_ = os.Remove(linksDir)
-	for _, name := range append(slices.Clone(mapNames), layoutMapName) {
+	for _, name := range append(slices.Clone(mapNames), layoutMapName, oldTablesMapName) {
 		p := filepath.Join(pinPath, name)
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove %s: %w", p, err))

@@ -61,8 +61,8 @@ const (
 )
 
 // MaxServices is the number of service ids (id 0 is never used): the size
-// of the services, maglev_outer and service_stats maps, checked against the
-// program's spec at load (checkSpec).
+// of the services and service_stats maps and the rows of maglev_tables,
+// checked against the program's spec at load (checkSpec).
 const MaxServices = 1024
 
 // MaxBackends is the number of backend slots (slot 0 is never used): the
