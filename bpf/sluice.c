@@ -601,6 +601,21 @@ static __always_inline int snat_source(const struct ct_key *k, const struct svc_
 	return 0;
 }
 
+/* forget_confirmed deletes the confirmed entry of new flow k's tuple (a
+ * closed flow whose client port is reused, an expired one), with its snat
+ * reverse entry: its next packets would find it first and follow it back
+ * to its old backend. old is the entry when the caller found it; a SYN
+ * (syn) looks it up here, once its own flow is stored. Whether the flow's
+ * first packet goes out before or after the old entry goes changes
+ * nothing: both happen before the program returns. */
+static __always_inline void forget_confirmed(const struct ct_key *k, struct ct_value *old, int syn)
+{
+	if (syn && !old)
+		old = bpf_map_lookup_elem(&conntrack, k);
+	if (old)
+		forget_flow(k, old, 1);
+}
+
 #include "include/dsr.h" /* builds on send_cached and the maps above */
 
 /* handle_vip forwards a packet to a VIP's service: its flow's backend, or
@@ -639,7 +654,13 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 	int confirmed = 0;
 	/* A confirmed entry of this tuple that the new flow replaces, if any. */
 	struct ct_value *old_confirmed = NULL;
-	struct ct_value *ct = lookup_forward(&k, now, &confirmed, &old_confirmed);
+	/* A SYN never keeps a confirmed entry (a confirmed flow is past its
+	 * handshake: only a retransmitted SYN of a flow still opening stays),
+	 * so it looks in the half-open table alone here, and at a confirmed
+	 * entry of its tuple only once the new flow is on its way (below):
+	 * that lookup's cold bucket then overlaps the rest of the work instead
+	 * of holding up the pick (docs/benchmarks.md). */
+	struct ct_value *ct = syn ? ho_lookup(&k, now) : lookup_forward(&k, now, &confirmed, &old_confirmed);
 	if (ct) {
 		__u32 slot = ct->backend_id;
 		struct backend *b = bpf_map_lookup_elem(&backends, &slot);
@@ -652,6 +673,17 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 		int keep = !syn || (opening && !stale && b->state == BACKEND_ACTIVE);
 		if (!keep && confirmed)
 			old_confirmed = ct;
+		if (__builtin_expect(syn && keep, 0)) {
+			/* A retransmitted SYN keeps its half-open flow unless a
+			 * live confirmed entry of the tuple is there too (found
+			 * first by the flow's next packets): then it picks again,
+			 * and that entry goes. */
+			struct ct_value *c = bpf_map_lookup_elem(&conntrack, &k);
+			if (c && !ct_expired(c, now)) {
+				keep = 0;
+				old_confirmed = c;
+			}
+		}
 		if (__builtin_expect(keep, 1)) {
 			if (__builtin_expect(stale, 0)) {
 				struct svc_counters *s = svc_stats_of(svc_id);
@@ -744,14 +776,10 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 		return refuse_new_flow(ctx, p, tcp, s, rst_nat_conflict, drop_nat_conflict);
 	}
 
-	/* A confirmed entry of the same tuple (a closed flow whose client port
-	 * is reused, an expired one) would take the new flow's next packets
-	 * back to its old backend: it goes, with its snat reverse entry. */
-	if (old_confirmed)
-		forget_flow(&k, old_confirmed, 1);
 	if (svc->mode == MODE_DSR) {
 		if (ho_store(&k, &fv))
 			GCOUNT(ct_update_failures);
+		forget_confirmed(&k, old_confirmed, syn);
 		count_service(svc_id, bytes, 1);
 		count_backend(slot, bytes, 1);
 		return dsr_send(ctx, p, b, slot, now, &k);
@@ -766,6 +794,7 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 	 * (maps.h, halfopen). */
 	if (ho_store(&k, &fv))
 		GCOUNT(ct_update_failures);
+	forget_confirmed(&k, old_confirmed, syn);
 	count_service(svc_id, bytes, 1);
 	count_backend(slot, bytes, 1);
 	return act;

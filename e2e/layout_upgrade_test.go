@@ -23,6 +23,10 @@ const layoutTwoEntries = "4cafe194a0fd5aa1b383c0ad76b0cd0d79a57664"
 // LRU hash (before the direct-mapped array).
 const layoutLRUHalfOpen = "593591d061ce734d184a5646b06a9fbb17bdb10b"
 
+// layoutMapInMap is the last commit whose Maglev tables were a map-in-map
+// (maglev_outer, one inner array per service) before the flat array.
+const layoutMapInMap = "043cf877e3b1496b42bcce522340df238bbc25b7"
+
 // buildRelease builds cmd/sluice as of commit rev (skips the test when the
 // commit is not in the repository, e.g. a shallow clone).
 func buildRelease(t *testing.T, rev string) string {
@@ -69,19 +73,28 @@ func buildRelease(t *testing.T, rev string) string {
 // entry with no layout version pinned, two entries per flow (with a
 // layout version), both migrating conntrack; and the LRU half-open table,
 // replaced by the array (its half-open flows dropped, conntrack adopted
-// as it is).
+// as it is); and the Maglev tables as a map-in-map, copied into the flat
+// table before the new program loads: new connections opened all through
+// the upgrade succeed too (no moment without a table).
 func TestLayoutUpgrade(t *testing.T) {
 	migrated := "pinned map migrated to this release's layout"
-	t.Run("next-hop-in-entries", func(t *testing.T) { testLayoutUpgrade(t, layoutBefore, false, migrated, "map=conntrack") })
-	t.Run("two-entries-per-flow", func(t *testing.T) { testLayoutUpgrade(t, layoutTwoEntries, true, migrated, "map=conntrack") })
+	t.Run("next-hop-in-entries", func(t *testing.T) { testLayoutUpgrade(t, layoutBefore, false, migrated, "map=conntrack", false) })
+	t.Run("two-entries-per-flow", func(t *testing.T) {
+		testLayoutUpgrade(t, layoutTwoEntries, true, migrated, "map=conntrack", false)
+	})
 	t.Run("lru-half-open", func(t *testing.T) {
-		testLayoutUpgrade(t, layoutLRUHalfOpen, true, "a pinned map has another layout", "map=halfopen")
+		testLayoutUpgrade(t, layoutLRUHalfOpen, true, "a pinned map has another layout", "map=halfopen", false)
+	})
+	t.Run("map-in-map-maglev", func(t *testing.T) {
+		testLayoutUpgrade(t, layoutMapInMap, true, migrated+" (one flat Maglev table", "map=maglev_tables", true)
 	})
 }
 
 // testLayoutUpgrade upgrades from release rev (versioned: it pins a layout
-// version); the new agent's log must say wantLog and wantMap.
-func testLayoutUpgrade(t *testing.T, rev string, versioned bool, wantLog, wantMap string) {
+// version); the new agent's log must say wantLog and wantMap. newConns:
+// new connections are opened all through the upgrade, and must all
+// succeed.
+func testLayoutUpgrade(t *testing.T, rev string, versioned bool, wantLog, wantMap string, newConns bool) {
 	lab := newLab(t)
 	old := buildRelease(t, rev)
 	lab.StartBackends()
@@ -97,6 +110,12 @@ func testLayoutUpgrade(t *testing.T, rev string, versioned bool, wantLog, wantMa
 	keep := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
 		"--conns", "6", "--interval", "20ms", "--count", "100000", "--duration", "30s", "--timeout", "2s")
 	t.Cleanup(func() { keep.Stop(3 * time.Second) })
+	var short *Proc
+	if newConns {
+		short = lab.StartLoad("newconn", nil, "--url", vipURL, "--mode", "newconn",
+			"--conns", "2", "--interval", "20ms", "--count", "100000", "--duration", "30s", "--timeout", "2s")
+		t.Cleanup(func() { short.Stop(3 * time.Second) })
+	}
 	time.Sleep(time.Second)
 	before := agent.clientFlows(t, vip+":80")
 
@@ -127,6 +146,14 @@ func testLayoutUpgrade(t *testing.T, rev string, versioned bool, wantLog, wantMa
 	}
 
 	time.Sleep(time.Second)
+	if short != nil {
+		short.Stop(5 * time.Second)
+		sr := parseReport(t, short.Output())
+		assertNoFailures(t, "new connections across the layout upgrade", sr)
+		if sr.Dials < 20 {
+			t.Errorf("only %d new connections across the upgrade", sr.Dials)
+		}
+	}
 	keep.Stop(5 * time.Second)
 	kr := parseReport(t, keep.Output())
 	assertNoFailures(t, "keep-alive load across the layout upgrade", kr)

@@ -31,7 +31,7 @@
 set -euo pipefail
 
 pin=/sys/fs/bpf/sluice
-maps=(services backends maglev_outer conntrack service_stats backend_stats global_stats)
+maps=(services backends maglev_tables conntrack service_stats backend_stats global_stats)
 
 log() { printf 'inspect: %s\n' "$*" >&2; }
 die() { printf 'inspect: error: %s\n' "$*" >&2; exit 1; }
@@ -168,23 +168,29 @@ cmd_backends() {
 }
 
 cmd_tables() {
-	say "Maglev tables (maglev_outer: service id -> inner map; entries per backend slot)"
-	local rows
-	rows=$(bpftool -j map dump pinned "$pin/maglev_outer" | jq -r '
-		.[] | [(.key | map(ltrimstr("0x")) | reverse | join("")), (.value | map(ltrimstr("0x")) | reverse | join(""))] | @tsv')
-	if [[ -z $rows ]]; then
-		echo "(no table installed: no service has an active backend)"
+	say "Maglev tables (maglev_tables: each service id's row of 16-entry lines; entries per backend slot)"
+	local lines ids sid i
+	lines=$(($(bpftool -j map show pinned "$pin/maglev_tables" | jq '.max_entries') / 1024))
+	ids=$({
+		jdump services
+		if [[ -e $pin/services6 ]]; then jdump services6; fi
+	} | jq -s -r '[.[][] | .value.id] | unique | .[]')
+	if [[ -z $ids ]]; then
+		echo "(no service)"
 		return
 	fi
-	local key val sid mid
-	while IFS=$'\t' read -r key val; do
-		sid=$((16#$key))
-		mid=$((16#$val))
-		printf 'service %d: inner map %d, ' "$sid" "$mid"
-		bpftool -j map dump id "$mid" | jq -r '
-			[.[].formatted.value] | length as $n | group_by(.) |
-			"\($n) entries: " + (map("slot \(.[0])=\(length)") | join(" "))'
-	done <<<"$rows"
+	for sid in $ids; do
+		printf 'service %d: ' "$sid"
+		# One bpftool for the row's lines; a table's entries are never 0
+		# (0 is the padding after the last entry, or no table at all).
+		for ((i = sid * lines; i < (sid + 1) * lines; i++)); do
+			printf 'map lookup pinned %s key %d %d %d %d\n' "$pin/maglev_tables" \
+				$((i & 255)) $((i >> 8 & 255)) $((i >> 16 & 255)) $((i >> 24 & 255))
+		done | bpftool -j batch file /dev/stdin | jq -s -r '
+			[.. | objects | select(has("formatted")) | .formatted.value.slot[] | select(. != 0)] |
+			length as $n | if $n == 0 then "no table (no active backend)" else
+			"\($n) entries: " + (group_by(.) | map("slot \(.[0])=\(length)") | join(" ")) end'
+	done
 }
 
 cmd_stats() {

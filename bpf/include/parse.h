@@ -69,8 +69,8 @@ static __noinline long ipv4_opts_sum(struct xdp_md *ctx, __u64 off, __u64 olen)
 static __always_inline int ipv4_csum_ok(struct xdp_md *ctx, struct iphdr *ip, __u32 ihl_bytes,
 					void *data_end)
 {
-	__u16 *w = (__u16 *)ip;
-	__u32 sum = 0;
+	__u32 *w = (__u32 *)ip;
+	__u64 sum = 0;
 	if ((void *)(ip + 1) > data_end)
 		return 0;
 	/* Bounds the verifier can see whatever the caller's path (ihl_bytes
@@ -79,7 +79,7 @@ static __always_inline int ipv4_csum_ok(struct xdp_md *ctx, struct iphdr *ip, __
 		return 0;
 	/* The 20 fixed bytes... */
 #pragma unroll
-	for (int i = 0; i < 10; i++)
+	for (int i = 0; i < 5; i++)
 		sum += w[i];
 	/* ...then the options, if any. */
 	__u32 olen = (ihl_bytes - sizeof(struct iphdr)) & 0x3f; /* 0..40 after the check above */
@@ -89,6 +89,8 @@ static __always_inline int ipv4_csum_ok(struct xdp_md *ctx, struct iphdr *ip, __
 			return 0;
 		sum += os;
 	}
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return sum == 0xffff;
