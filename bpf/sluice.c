@@ -660,7 +660,8 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 	 * entry of its tuple only once the new flow is on its way (below):
 	 * that lookup's cold bucket then overlaps the rest of the work instead
 	 * of holding up the pick (docs/benchmarks.md). */
-	struct ct_value *ct = syn ? ho_lookup(&k, now) : lookup_forward(&k, now, &confirmed, &old_confirmed);
+	__u64 kh = 0; /* k's half-open hash, once a SYN's lookup computed it */
+	struct ct_value *ct = syn ? ho_lookup(&k, now, &kh) : lookup_forward(&k, now, &confirmed, &old_confirmed);
 	if (ct) {
 		__u32 slot = ct->backend_id;
 		struct backend *b = bpf_map_lookup_elem(&backends, &slot);
@@ -777,7 +778,7 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 	}
 
 	if (svc->mode == MODE_DSR) {
-		if (ho_store(&k, &fv))
+		if (ho_store(&k, &fv, kh))
 			GCOUNT(ct_update_failures);
 		forget_confirmed(&k, old_confirmed, syn);
 		count_service(svc_id, bytes, 1);
@@ -792,7 +793,7 @@ static __always_inline int handle_vip(struct xdp_md *ctx, struct packet *p, void
 	int act = send_cached(ctx, p, data_end, bpf_map_lookup_elem(&backend_hops, &slot), p->ip->daddr, now, &k);
 	/* The flow's half-open state: one slot written, no hash-table insert
 	 * (maps.h, halfopen). */
-	if (ho_store(&k, &fv))
+	if (ho_store(&k, &fv, kh))
 		GCOUNT(ct_update_failures);
 	forget_confirmed(&k, old_confirmed, syn);
 	count_service(svc_id, bytes, 1);

@@ -104,12 +104,15 @@ static __always_inline struct ho_slot *ho_slot_of(__u64 kh)
  * matches what it holds: a packet is never steered by a slot another CPU
  * is rewriting. The copy is valid until the next ho_lookup on this CPU;
  * a caller that changes its last_seen or state writes them back with
- * ho_touch. A BPF-to-BPF call, as is ho_store: inlined at their many
- * call sites (the hash's 64-bit constants, the check) they grew
+ * ho_touch. The key's hash goes to *kh_out when given, for a ho_store
+ * of the same key. A BPF-to-BPF call, as is ho_store: inlined at their
+ * many call sites (the hash's 64-bit constants, the check) they grew
  * handle_ipv4's stack frame past the 512-byte combined limit. */
-static __noinline struct ct_value *ho_lookup(const struct ct_key *k, __u64 now)
+static __noinline struct ct_value *ho_lookup(const struct ct_key *k, __u64 now, __u64 *kh_out)
 {
 	__u64 kh = ho_key_hash(k);
+	if (kh_out)
+		*kh_out = kh;
 	struct ho_slot *s = ho_slot_of(kh);
 	if (!s || !s->check || !ct_key_eq(&s->key, k))
 		return NULL; /* the common miss: one cache line read */
@@ -127,10 +130,12 @@ static __noinline struct ct_value *ho_lookup(const struct ct_key *k, __u64 now)
  * slot held (another flow's entry is forgotten: a colliding flow simply
  * overwrites it, counted when that entry was live: flood pressure on the
  * table, for the operator). One 64-byte write; the check last. -1: no
- * slot. v->last_seen is now. */
-static __noinline int ho_store(const struct ct_key *k, const struct ct_value *v)
+ * slot. v->last_seen is now. kh is k's ho_key_hash when the caller has it
+ * (ho_lookup), 0 to compute it here. */
+static __noinline int ho_store(const struct ct_key *k, const struct ct_value *v, __u64 kh)
 {
-	__u64 kh = ho_key_hash(k);
+	if (!kh)
+		kh = ho_key_hash(k);
 	struct ho_slot *s = ho_slot_of(kh);
 	if (!s)
 		return -1;
@@ -181,7 +186,7 @@ static __always_inline struct ct_value *lookup_forward(const struct ct_key *k, _
 		if (stale)
 			*stale = ct;
 	}
-	ct = ho_lookup(k, now);
+	ct = ho_lookup(k, now, NULL);
 	if (ct)
 		*confirmed = 0;
 	return ct;
