@@ -9,7 +9,7 @@
 #   maps                   `bpftool map show` of every pinned map
 #   services               the services map, decoded (VIP, port, proto -> id, mode, snat source); services6 too
 #   backends               backend slots in use, decoded (address, state, generation, pool id); backends6 too
-#   tables                 each service's Maglev table: inner map id and entries per backend slot
+#   tables                 each service's Maglev table (its row of maglev_tables): entries per backend slot
 #   stats                  per-CPU counters summed: services, backends in use, global
 #   conntrack              every flow (one conntrack entry each) and every snat reverse entry, decoded;
 #                          the IPv6 flows of conntrack6

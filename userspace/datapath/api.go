@@ -135,8 +135,11 @@ type Map interface {
 	// SetBackend writes a backend slot (1..MaxBackends-1).
 	SetBackend(slot uint32, b Backend) error
 
-	// SetTable atomically replaces a service's Maglev table: every entry is
-	// a backend slot; len(table) must equal TableSize(), or be 0 for "no backend".
+	// SetTable replaces a service's Maglev table: every entry is a backend
+	// slot; len(table) must equal TableSize(), or be 0 for "no backend".
+	// Entries change one by one, each whole: while it runs a packet picks
+	// from the old table's or the new one's entries (see tables.go for why
+	// that is safe).
 	SetTable(serviceID uint32, table []uint32) error
 	// TableSize is the Maglev table size the program was loaded with.
 	TableSize() uint32
