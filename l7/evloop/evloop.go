@@ -1,0 +1,676 @@
+// Package evloop serves connections from per-CPU event loops instead of a
+// goroutine each on the Go runtime's poller.
+//
+// A Group holds one Loop per processor: a goroutine locked to its own OS
+// thread with an epoll set of its own. The code that serves a connection
+// stays ordinary blocking Go, but it runs as a Task: a coroutine of its
+// loop (iter.Pull), switched to and from directly on the loop's thread,
+// without the scheduler. A read or write on a Conn that would block
+// (EAGAIN) parks the task — it yields back to its loop — and the loop
+// resumes it when epoll reports the socket ready, its deadline passes, or
+// another goroutine closes the connection or moves its deadline. One
+// epoll_wait serves every ready connection of a loop at once, and no
+// goroutine is parked and woken through the scheduler per read: that is
+// the cost (context switches, futex wake-ups, a read that finds nothing
+// before every park) the Go poller's goroutine-per-connection model pays
+// on every request (docs/l7.md, "Event loops").
+//
+// A Conn's file descriptor is registered with its loop's epoll only, never
+// with the Go runtime's poller (Adopt takes it out of a net.Conn). A Conn
+// may still be read and written from a goroutine that is not one of its
+// loop's tasks (it then waits with poll(2) on its own thread): correct,
+// but meant for rare paths only. Code running in a task must not block
+// for long outside a Conn or this package's waits (Sleep, Block): the
+// whole loop would wait with it.
+package evloop
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"log/slog"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Group is a set of loops, one per processor, that serve tasks.
+type Group struct {
+	loops  []*Loop
+	next   atomic.Uint32
+	ids    atomic.Uint64
+	log    *slog.Logger
+	closed atomic.Bool
+	wg     sync.WaitGroup
+}
+
+// NewGroup starts n loops (n <= 0: one per GOMAXPROCS).
+func NewGroup(n int, log *slog.Logger) (*Group, error) {
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	g := &Group{log: log}
+	for i := 0; i < n; i++ {
+		l, err := newLoop(g, i)
+		if err != nil {
+			g.Close()
+			return nil, err
+		}
+		g.loops = append(g.loops, l)
+		ready := make(chan struct{})
+		g.wg.Go(func() { l.run(ready) })
+		<-ready
+	}
+	return g, nil
+}
+
+// Close stops the loops once their inboxes are run; tasks still parked
+// then are abandoned (close their connections first). It waits for the
+// loops' threads to end.
+func (g *Group) Close() {
+	if g.closed.Swap(true) {
+		return
+	}
+	for _, l := range g.loops {
+		l.post(func() { l.stopping = true })
+	}
+	g.wg.Wait()
+}
+
+// Pick is the loop a new connection goes to: the one with fewer tasks of
+// two taken in turn.
+func (g *Group) Pick() *Loop {
+	if len(g.loops) == 1 {
+		return g.loops[0]
+	}
+	i := g.next.Add(1)
+	a, b := g.loops[int(i)%len(g.loops)], g.loops[int(i+1)%len(g.loops)]
+	if b.tasks.Load() < a.tasks.Load() {
+		return b
+	}
+	return a
+}
+
+// Loop is one event loop: a goroutine locked to an OS thread, its epoll
+// set, its tasks and their timers.
+type Loop struct {
+	g    *Group
+	idx  int
+	epfd int
+	evfd int
+	tid  atomic.Int32 // the loop's thread, once it runs
+
+	// running is the task the loop's thread runs now (nil: the loop itself).
+	running *Task
+	tasks   atomic.Int64
+
+	mu       sync.Mutex
+	conns    map[uint64]*Conn // registered with epfd
+	inbox    []func()
+	spare    []func()
+	sleeping atomic.Bool
+
+	timers   timerHeap
+	stopping bool
+	events   []unix.EpollEvent
+	ready    []*Task
+	watched  []*Conn
+}
+
+// evToken is the epoll data of the loop's eventfd.
+const evToken = 0
+
+func newLoop(g *Group, idx int) (*Loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	setToken(&ev, evToken)
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
+	}
+	return &Loop{g: g, idx: idx, epfd: epfd, evfd: evfd, conns: map[uint64]*Conn{}, events: make([]unix.EpollEvent, 128)}, nil
+}
+
+func setToken(ev *unix.EpollEvent, id uint64) {
+	ev.Fd = int32(uint32(id))
+	ev.Pad = int32(uint32(id >> 32))
+}
+
+func token(ev *unix.EpollEvent) uint64 {
+	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+}
+
+// Go starts fn as a task of l (from any goroutine). fn's context carries
+// the task (TaskFrom), for the waits of this package.
+func (l *Loop) Go(fn func(ctx context.Context)) {
+	l.tasks.Add(1)
+	l.post(func() { l.start(fn) })
+}
+
+// start makes fn a coroutine of the loop and runs it until it parks.
+func (l *Loop) start(fn func(ctx context.Context)) {
+	t := &Task{l: l}
+	t.tm = timer{idx: -1, task: t}
+	t.ctx = context.WithValue(context.Background(), taskKey{}, t)
+	seq := func(yield func(struct{}) bool) {
+		t.yield = yield
+		defer func() {
+			if v := recover(); v != nil {
+				l.g.log.Error("panic in an event loop task", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			}
+		}()
+		fn(t.ctx)
+	}
+	t.next, t.stop = iter.Pull(seq)
+	l.resume(t)
+}
+
+// resume switches to t until it parks again or ends.
+func (l *Loop) resume(t *Task) {
+	prev := l.running
+	l.running = t
+	t.parked = false
+	_, alive := t.next()
+	l.running = prev
+	if !alive {
+		t.done = true
+		l.tasks.Add(-1)
+		l.timers.remove(&t.tm)
+	}
+}
+
+// post runs fn on the loop's thread (from any goroutine), waking the loop
+// when it sleeps in epoll_wait.
+func (l *Loop) post(fn func()) {
+	l.mu.Lock()
+	l.inbox = append(l.inbox, fn)
+	l.mu.Unlock()
+	if l.sleeping.Load() {
+		l.wake()
+	}
+}
+
+func (l *Loop) wake() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(l.evfd, one[:])
+}
+
+// onThread is whether the caller runs on the loop's thread (the loop or
+// one of its tasks: no other goroutine runs on a locked thread).
+func (l *Loop) onThread() bool { return int32(unix.Gettid()) == l.tid.Load() }
+
+// run is the loop's goroutine.
+func (l *Loop) run(ready chan<- struct{}) {
+	runtime.LockOSThread()
+	// The thread is never unlocked: it ends with the loop.
+	l.tid.Store(int32(unix.Gettid()))
+	close(ready)
+	defer func() {
+		unix.Close(l.epfd)
+		unix.Close(l.evfd)
+	}()
+	for {
+		l.runInbox()
+		if l.stopping {
+			return
+		}
+		timeout := l.timers.waitMillis(time.Now())
+		n := l.poll(0)
+		if n == 0 && timeout != 0 {
+			// Nothing ready: sleep in epoll_wait (the runtime may give the
+			// processor away meanwhile), unless a post came in.
+			l.sleeping.Store(true)
+			l.mu.Lock()
+			pending := len(l.inbox) > 0
+			l.mu.Unlock()
+			if !pending {
+				n = l.poll(timeout)
+			}
+			l.sleeping.Store(false)
+		}
+		l.dispatch(n)
+		l.fireTimers(time.Now())
+	}
+}
+
+// poll waits up to timeout ms (-1: forever) for events.
+func (l *Loop) poll(timeout int) int {
+	for {
+		var n int
+		var err error
+		if timeout == 0 {
+			n, err = epollWaitRaw(l.epfd, l.events)
+		} else {
+			n, err = unix.EpollWait(l.epfd, l.events, timeout)
+		}
+		if err == nil {
+			return n
+		}
+		if err != unix.EINTR {
+			l.g.log.Error("epoll_wait", "error", err)
+			time.Sleep(10 * time.Millisecond)
+			return 0
+		}
+	}
+}
+
+// dispatch resumes the tasks the n events wake, and runs the watches of
+// connections that became readable while nobody reads them.
+func (l *Loop) dispatch(n int) {
+	if n == 0 {
+		return
+	}
+	l.ready, l.watched = l.ready[:0], l.watched[:0]
+	wakeup := false
+	l.mu.Lock()
+	for i := range n {
+		ev := &l.events[i]
+		id := token(ev)
+		if id == evToken {
+			wakeup = true
+			continue
+		}
+		c := l.conns[id]
+		if c == nil {
+			continue // closed or moved since
+		}
+		if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			if t := c.rwait; t != nil {
+				l.ready = append(l.ready, t)
+			} else {
+				c.readable.Store(true)
+				if c.watch != nil {
+					l.watched = append(l.watched, c)
+				}
+			}
+		}
+		if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			if t := c.wwait; t != nil {
+				l.ready = append(l.ready, t)
+			}
+		}
+	}
+	l.mu.Unlock()
+	if wakeup {
+		var buf [8]byte
+		_, _ = unix.Read(l.evfd, buf[:])
+	}
+	for _, c := range l.watched {
+		if c.watch != nil && c.rwait == nil {
+			c.watch()
+		}
+	}
+	// A task may be here twice, or resumed already and parked in another
+	// wait: every wait tolerates a spurious wake (it checks again).
+	for _, t := range l.ready {
+		if t.parked && !t.done {
+			l.resume(t)
+		}
+	}
+	clear(l.ready)
+	clear(l.watched)
+}
+
+// runInbox runs what other goroutines posted.
+func (l *Loop) runInbox() {
+	l.mu.Lock()
+	fns := l.inbox
+	l.inbox, l.spare = l.spare[:0], nil
+	l.mu.Unlock()
+	for i, fn := range fns {
+		fn()
+		fns[i] = nil
+	}
+	l.mu.Lock()
+	if l.spare == nil {
+		l.spare = fns[:0]
+	}
+	l.mu.Unlock()
+}
+
+// fireTimers resumes the tasks whose wait ended by now.
+func (l *Loop) fireTimers(now time.Time) {
+	ns := now.UnixNano()
+	for {
+		tm := l.timers.first()
+		if tm == nil || tm.at > ns {
+			return
+		}
+		l.timers.remove(tm)
+		if t := tm.task; t != nil {
+			if t.parked && !t.done {
+				l.resume(t)
+			}
+		} else {
+			tm.fn()
+		}
+	}
+}
+
+// register adds c to the loop's epoll set (edge-triggered, both ways).
+func (l *Loop) register(c *Conn) error {
+	l.mu.Lock()
+	l.conns[c.id] = c
+	l.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET}
+	setToken(&ev, c.id)
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
+		l.mu.Lock()
+		delete(l.conns, c.id)
+		l.mu.Unlock()
+		return fmt.Errorf("epoll_ctl add: %w", err)
+	}
+	return nil
+}
+
+// unregister takes c out of the loop's epoll set (the fd stays open).
+func (l *Loop) unregister(c *Conn) {
+	l.mu.Lock()
+	delete(l.conns, c.id)
+	l.mu.Unlock()
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+}
+
+// forget drops c from the loop's table (its fd is being closed, which
+// takes it out of the epoll set).
+func (l *Loop) forget(c *Conn) {
+	l.mu.Lock()
+	delete(l.conns, c.id)
+	l.mu.Unlock()
+}
+
+// Task is a coroutine of a loop: the code serving one connection.
+type Task struct {
+	l       *Loop
+	ctx     context.Context
+	next    func() (struct{}, bool)
+	stop    func()
+	yield   func(struct{}) bool
+	parked  bool
+	done    bool
+	tm      timer // the end of the wait (when it has one)
+	wakeSeq uint64
+}
+
+type taskKey struct{}
+
+// TaskFrom is the task ctx belongs to (nil outside a task).
+func TaskFrom(ctx context.Context) *Task {
+	if ctx == nil {
+		return nil
+	}
+	t, _ := ctx.Value(taskKey{}).(*Task)
+	return t
+}
+
+// Context is the task's context (it carries the task).
+func (t *Task) Context() context.Context { return t.ctx }
+
+// Loop is the task's loop.
+func (t *Task) Loop() *Loop { return t.l }
+
+// current reports whether the caller runs as t (t is running on its
+// loop's thread).
+func (t *Task) current() bool { return t != nil && t.l.running == t && t.l.onThread() }
+
+// park yields to the loop until something resumes t. until (unix ns, 0:
+// none) ends the wait at the latest.
+func (t *Task) park(until int64) {
+	t.parked = true
+	t.wakeSeq++
+	if until != 0 {
+		t.tm.at = until
+		t.l.timers.add(&t.tm)
+	}
+	if !t.yield(struct{}{}) {
+		// The loop stopped the coroutine: nothing resumes it again.
+		runtime.Goexit()
+	}
+	t.parked = false
+	t.l.timers.remove(&t.tm)
+}
+
+// wakeFromAnywhere resumes t (parked in the wait seq) from any goroutine.
+func (t *Task) wakeFromAnywhere(seq uint64) {
+	t.l.post(func() {
+		if t.parked && !t.done && t.wakeSeq == seq {
+			t.l.resume(t)
+		}
+	})
+}
+
+// Sleep waits d or until ctx ends (false then). In a task it parks the
+// task; elsewhere it is an ordinary timer wait.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := TaskFrom(ctx)
+	if !t.current() {
+		tm := time.NewTimer(d)
+		defer tm.Stop()
+		select {
+		case <-tm.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	until := time.Now().Add(d).UnixNano()
+	seq := t.wakeSeq + 1
+	stop := context.AfterFunc(ctx, func() { t.wakeFromAnywhere(seq) })
+	defer stop()
+	for time.Now().UnixNano() < until {
+		if ctx.Err() != nil {
+			return false
+		}
+		t.park(until)
+		seq = t.wakeSeq + 1
+	}
+	return ctx.Err() == nil
+}
+
+// Block runs fn, which may block (a channel, a lock held long), on a
+// goroutine of its own while the task is parked, so the loop serves its
+// other tasks meanwhile; outside a task it just calls fn.
+func Block(ctx context.Context, fn func()) {
+	t := TaskFrom(ctx)
+	if !t.current() {
+		fn()
+		return
+	}
+	var done atomic.Bool
+	seq := t.wakeSeq + 1
+	go func() {
+		fn()
+		done.Store(true)
+		t.wakeFromAnywhere(seq)
+	}()
+	for !done.Load() {
+		t.park(0)
+	}
+}
+
+// Go starts fn as another task of the loop ctx's task runs on (a second
+// direction of a tunnel, say); outside a task, as a goroutine. wg counts
+// it.
+func Go(ctx context.Context, wg *sync.WaitGroup, fn func()) {
+	t := TaskFrom(ctx)
+	if t == nil {
+		wg.Go(fn)
+		return
+	}
+	wg.Add(1)
+	t.l.Go(func(context.Context) {
+		defer wg.Done()
+		fn()
+	})
+}
+
+// Wait waits for wg; in a task, without blocking the loop.
+func Wait(ctx context.Context, wg *sync.WaitGroup) {
+	Block(ctx, wg.Wait)
+}
+
+// timer is an entry of a loop's timer heap: the end of a task's wait,
+// or a function to run (AfterFunc).
+type timer struct {
+	at   int64 // unix ns
+	idx  int   // in the heap; -1: not in it
+	task *Task
+	fn   func()
+}
+
+// Timer is a function a loop runs at a time (AfterFunc).
+type Timer struct {
+	l  *Loop
+	tm timer
+}
+
+// AfterFunc runs fn on the loop's thread after d. Only the loop's tasks
+// may call it (and Stop).
+func (l *Loop) AfterFunc(d time.Duration, fn func()) *Timer {
+	t := &Timer{l: l, tm: timer{idx: -1, fn: fn}}
+	t.Reset(d)
+	return t
+}
+
+// Reset makes the timer run fn d from now (again).
+func (t *Timer) Reset(d time.Duration) {
+	t.tm.at = time.Now().Add(d).UnixNano()
+	t.l.timers.add(&t.tm)
+}
+
+// Stop keeps fn from running; false when it ran already or was stopped.
+func (t *Timer) Stop() bool {
+	if t.tm.idx < 0 {
+		return false
+	}
+	t.l.timers.remove(&t.tm)
+	return true
+}
+
+// timerHeap orders timers by when they end.
+type timerHeap []*timer
+
+func (h *timerHeap) first() *timer {
+	if len(*h) == 0 {
+		return nil
+	}
+	return (*h)[0]
+}
+
+// waitMillis is how long epoll_wait may sleep: until the first timer
+// (rounded up to a millisecond), -1 without one.
+func (h *timerHeap) waitMillis(now time.Time) int {
+	t := h.first()
+	if t == nil {
+		return -1
+	}
+	d := t.at - now.UnixNano()
+	if d <= 0 {
+		return 0
+	}
+	ms := (d + int64(time.Millisecond) - 1) / int64(time.Millisecond)
+	if ms > 1<<30 {
+		ms = 1 << 30
+	}
+	return int(ms)
+}
+
+func (h *timerHeap) add(t *timer) {
+	if t.idx >= 0 {
+		h.fix(t.idx)
+		return
+	}
+	t.idx = len(*h)
+	*h = append(*h, t)
+	h.up(t.idx)
+}
+
+func (h *timerHeap) remove(t *timer) {
+	i := t.idx
+	if i < 0 {
+		return
+	}
+	last := len(*h) - 1
+	if i != last {
+		h.swap(i, last)
+	}
+	(*h)[last] = nil
+	*h = (*h)[:last]
+	t.idx = -1
+	if i != last {
+		h.fix(i)
+	}
+}
+
+func (h *timerHeap) fix(i int) {
+	if !h.down(i) {
+		h.up(i)
+	}
+}
+
+func (h timerHeap) swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx = i
+	h[j].idx = j
+}
+
+func (h timerHeap) up(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if h[p].at <= h[i].at {
+			return
+		}
+		h.swap(i, p)
+		i = p
+	}
+}
+
+func (h timerHeap) down(i int) bool {
+	start := i
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			break
+		}
+		m := l
+		if r := l + 1; r < len(h) && h[r].at < h[l].at {
+			m = r
+		}
+		if h[i].at <= h[m].at {
+			break
+		}
+		h.swap(i, m)
+		i = m
+	}
+	return i > start
+}
+
+// epollWaitRaw polls without sleeping (timeout 0), outside the runtime's
+// system-call bookkeeping: it never blocks.
+func epollWaitRaw(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}

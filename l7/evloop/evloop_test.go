@@ -1,0 +1,268 @@
+package evloop
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+)
+
+func newGroup(t *testing.T, n int) *Group {
+	t.Helper()
+	g, err := NewGroup(n, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	return g
+}
+
+// echo serves every connection of ln on g's loops: each a task that
+// echoes what it reads.
+func echo(t *testing.T, g *Group, ln net.Listener) {
+	t.Helper()
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			l := g.Pick()
+			c, err := l.Adopt(nc)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			l.Go(func(ctx context.Context) {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						if _, err := c.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+		}
+	}()
+}
+
+func listen(t *testing.T) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func TestEchoManyConnections(t *testing.T) {
+	g := newGroup(t, 2)
+	ln := listen(t)
+	echo(t, g, ln)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			msg := make([]byte, 100<<10) // more than a socket buffer: writes wait
+			for j := range msg {
+				msg[j] = byte(j)
+			}
+			go c.Write(msg)
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, got); err != nil {
+				t.Error(err)
+				return
+			}
+			for j := range got {
+				if got[j] != msg[j] {
+					t.Errorf("byte %d differs", j)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// runTask runs fn as a task and waits for it.
+func runTask(g *Group, fn func(ctx context.Context)) {
+	done := make(chan struct{})
+	g.Pick().Go(func(ctx context.Context) {
+		defer close(done)
+		fn(ctx)
+	})
+	<-done
+}
+
+func TestReadDeadlineAndClose(t *testing.T) {
+	g := newGroup(t, 1)
+	ln := listen(t)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // says nothing
+		}
+	}()
+	ap := netip.MustParseAddrPort(ln.Addr().String())
+	var errs [3]error
+	var took time.Duration
+	runTask(g, func(ctx context.Context) {
+		dctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		c, err := Dial(dctx, ap)
+		if err != nil {
+			errs[0] = err
+			return
+		}
+		defer c.Close()
+		// A read deadline ends a parked read.
+		start := time.Now()
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		_, errs[1] = c.Read(make([]byte, 1))
+		took = time.Since(start)
+		// Close from another goroutine ends a parked read.
+		c.SetReadDeadline(time.Time{})
+		go func() { time.Sleep(30 * time.Millisecond); c.Close() }()
+		_, errs[2] = c.Read(make([]byte, 1))
+	})
+	if errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if !errors.Is(errs[1], os.ErrDeadlineExceeded) || took < 50*time.Millisecond || took > time.Second {
+		t.Errorf("read with deadline: %v after %v", errs[1], took)
+	}
+	if !errors.Is(errs[2], net.ErrClosed) {
+		t.Errorf("read closed from another goroutine: %v", errs[2])
+	}
+}
+
+func TestDeadlineMovedFromAnotherGoroutine(t *testing.T) {
+	g := newGroup(t, 1)
+	ln := listen(t)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			time.Sleep(5 * time.Second)
+		}
+	}()
+	ap := netip.MustParseAddrPort(ln.Addr().String())
+	var err error
+	var took time.Duration
+	runTask(g, func(ctx context.Context) {
+		var c *Conn
+		c, err = Dial(ctx, ap)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		go func() { time.Sleep(30 * time.Millisecond); c.SetReadDeadline(time.Unix(1, 0)) }()
+		start := time.Now()
+		_, err = c.Read(make([]byte, 1))
+		took = time.Since(start)
+	})
+	if !errors.Is(err, os.ErrDeadlineExceeded) || took > 2*time.Second {
+		t.Errorf("read: %v after %v", err, took)
+	}
+}
+
+func TestDialRefused(t *testing.T) {
+	g := newGroup(t, 1)
+	ln := listen(t)
+	ap := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+	var err error
+	runTask(g, func(ctx context.Context) {
+		var c *Conn
+		if c, err = Dial(ctx, ap); err == nil {
+			c.Close()
+		}
+	})
+	if err == nil {
+		t.Fatal("dial to a closed port worked")
+	}
+}
+
+func TestSleepAndBlock(t *testing.T) {
+	g := newGroup(t, 1)
+	var slept time.Duration
+	var blocked bool
+	var cancelled bool
+	// A second task runs while the first sleeps and blocks: the loop is
+	// not held.
+	var order []string
+	var mu sync.Mutex
+	note := func(s string) { mu.Lock(); order = append(order, s); mu.Unlock() }
+	done := make(chan struct{}, 2)
+	l := g.Pick()
+	l.Go(func(ctx context.Context) {
+		start := time.Now()
+		Sleep(ctx, 40*time.Millisecond)
+		slept = time.Since(start)
+		ch := make(chan struct{})
+		go func() { time.Sleep(20 * time.Millisecond); close(ch) }()
+		Block(ctx, func() { <-ch; blocked = true })
+		cctx, cancel := context.WithCancel(ctx)
+		go func() { time.Sleep(10 * time.Millisecond); cancel() }()
+		cancelled = !Sleep(cctx, time.Hour)
+		note("first")
+		done <- struct{}{}
+	})
+	l.Go(func(ctx context.Context) {
+		note("second")
+		done <- struct{}{}
+	})
+	<-done
+	<-done
+	if slept < 40*time.Millisecond || !blocked || !cancelled {
+		t.Errorf("slept %v, blocked %v, cancelled %v", slept, blocked, cancelled)
+	}
+	if len(order) != 2 || order[0] != "second" {
+		t.Errorf("order %v: the second task waited for the first", order)
+	}
+}
+
+func TestTimerHeap(t *testing.T) {
+	var h timerHeap
+	var ts []*timer
+	for _, at := range []int64{50, 10, 40, 30, 20, 60} {
+		tm := &timer{at: at, idx: -1}
+		ts = append(ts, tm)
+		h.add(tm)
+	}
+	h.remove(ts[2]) // 40
+	var got []int64
+	for h.first() != nil {
+		tm := h.first()
+		got = append(got, tm.at)
+		h.remove(tm)
+	}
+	want := []int64{10, 20, 30, 50, 60}
+	if len(got) != len(want) {
+		t.Fatalf("got %v", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+}
