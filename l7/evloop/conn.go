@@ -74,13 +74,13 @@ func (l *Loop) Adopt(nc net.Conn) (*Conn, error) {
 	}
 	c := &Conn{id: l.g.ids.Add(1), fd: nfd, g: l.g, laddr: nc.LocalAddr(), raddr: nc.RemoteAddr()}
 	c.loop.Store(l)
+	if err := l.register(c); err != nil {
+		unix.Close(nfd)
+		return nil, err // nc untouched
+	}
 	// The duplicate shares the open file (and its O_NONBLOCK); closing nc
 	// takes its descriptor out of the runtime's poller.
 	_ = nc.Close()
-	if err := l.register(c); err != nil {
-		unix.Close(nfd)
-		return nil, err
-	}
 	return c, nil
 }
 
@@ -277,7 +277,13 @@ func (c *Conn) rw(mode int, f func(fd uintptr) bool) error {
 		if dl := c.deadline(mode); dl != 0 && time.Now().UnixNano() >= dl {
 			return os.ErrDeadlineExceeded
 		}
+		if mode == modeWrite {
+			raceReleaseMerge()
+		}
 		if f(uintptr(c.fd)) {
+			if mode == modeRead {
+				raceAcquire()
+			}
 			return nil
 		}
 		if err := c.wait(mode); err != nil {
@@ -479,6 +485,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 func (c *Conn) opErr(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: err}
 }
+
+// Loop is the loop the connection's socket is registered with now.
+func (c *Conn) Loop() *Loop { return c.loop.Load() }
 
 // LocalAddr is the connection's local address.
 func (c *Conn) LocalAddr() net.Addr { return c.laddr }

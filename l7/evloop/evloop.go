@@ -420,6 +420,9 @@ func TaskFrom(ctx context.Context) *Task {
 	return t
 }
 
+// InTask is whether the caller runs as the task ctx belongs to.
+func InTask(ctx context.Context) bool { return TaskFrom(ctx).current() }
+
 // Context is the task's context (it carries the task).
 func (t *Task) Context() context.Context { return t.ctx }
 
@@ -673,4 +676,23 @@ func epollWaitRaw(epfd int, events []unix.EpollEvent) (int, error) {
 		return 0, errno
 	}
 	return int(n), nil
+}
+
+// Stats are a group's counts now.
+type Stats struct {
+	Loops int
+	Tasks int64 // running or parked
+	Conns int   // sockets registered with the loops
+}
+
+// Stats counts the group's tasks and sockets.
+func (g *Group) Stats() Stats {
+	st := Stats{Loops: len(g.loops)}
+	for _, l := range g.loops {
+		st.Tasks += l.tasks.Load()
+		l.mu.Lock()
+		st.Conns += len(l.conns)
+		l.mu.Unlock()
+	}
+	return st
 }

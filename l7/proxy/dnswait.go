@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
@@ -80,6 +81,12 @@ func (s *Server) needsDNS(g *group, dw *dnsWait, addr netip.AddrPort, o retry.Ou
 // ("" when there was nothing to wait for: no lookup in flight or
 // possible) and how long it took.
 func (s *Server) awaitDNS(ctx context.Context, g *group, dw *dnsWait, until time.Time) (result string, took time.Duration) {
+	// On an event loop the wait runs aside, the loop serving others.
+	evloop.Block(ctx, func() { result, took = s.awaitDNSBlocking(ctx, g, dw, until) })
+	return result, took
+}
+
+func (s *Server) awaitDNSBlocking(ctx context.Context, g *group, dw *dnsWait, until time.Time) (result string, took time.Duration) {
 	start := time.Now()
 	ch := g.dns.Reresolve(start)
 	if ch == nil {

@@ -43,6 +43,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/sockio"
 )
 
@@ -75,6 +76,10 @@ type h1Server struct {
 	writers  sync.Pool      // *bufio.Writer
 	socks    sync.Pool      // *sockio.Conn
 	date     atomic.Pointer[dateLine]
+	// loops, when set, serve the connections: each runs as a task of an
+	// event loop (l7/evloop) instead of a goroutine on the runtime's
+	// poller.
+	loops *evloop.Group
 }
 
 // dateLine is a response's Date field, made once per second.
@@ -152,15 +157,46 @@ func (h *h1Server) listening(l net.Listener) bool {
 	return true
 }
 
-// start serves rwc on a goroutine of its own; false (rwc untouched) when
-// the server is shutting down.
+// start serves rwc as a task of an event loop (or on a goroutine of its
+// own); false (rwc untouched) when the server is shutting down.
 func (h *h1Server) start(rwc net.Conn) bool {
 	c := &h1Conn{srv: h, rwc: rwc, remain: -1}
 	if !h.track(c) {
 		return false
 	}
+	if c.ev != nil {
+		c.ev.Loop().Go(c.serveTask)
+		return true
+	}
 	go c.serve()
 	return true
+}
+
+// adopt moves the connection's socket to loop l (out of the runtime's
+// poller); rwc keeps its wrapper (the connection limit's).
+func (c *h1Conn) adopt(l *evloop.Loop) error {
+	lc, limited := c.rwc.(*limitConn)
+	inner := c.rwc
+	if limited {
+		inner = lc.Conn
+	}
+	ec, err := l.Adopt(inner)
+	if err != nil {
+		return err
+	}
+	if limited {
+		lc.Conn = ec
+	} else {
+		c.rwc = ec
+	}
+	c.ev = ec
+	return nil
+}
+
+// serveTask is serve as a task of an event loop.
+func (c *h1Conn) serveTask(ctx context.Context) {
+	c.task = evloop.TaskFrom(ctx)
+	c.serve()
 }
 
 // acceptRetry is whether an accept error passes (out of file
@@ -173,13 +209,20 @@ func acceptRetry(err error) bool {
 		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
-// track adds c to the connections Shutdown waits for; false when the
-// server is shutting down.
+// track adds c to the connections Shutdown waits for, its socket moved
+// to an event loop when the server has them (under the lock Shutdown
+// closes connections with); false when the server is shutting down.
 func (h *h1Server) track(c *h1Conn) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.shutting.Load() {
 		return false
+	}
+	if h.loops != nil {
+		if err := c.adopt(h.loops.Pick()); err != nil {
+			// Served on a goroutine instead.
+			h.s.log.Debug("event loop: connection not adopted", "error", err)
+		}
 	}
 	if h.conns == nil {
 		h.conns = map[*h1Conn]struct{}{}
@@ -251,6 +294,10 @@ func (h *h1Server) dateField() string {
 type h1Conn struct {
 	srv    *h1Server
 	rwc    net.Conn
+	// ev is rwc's socket when an event loop serves the connection, and
+	// task the loop's task that does (nil: a goroutine does).
+	ev     *evloop.Conn
+	task   *evloop.Task
 	sock   *sockio.Conn // rwc's reads and writes: outside the scheduler for a TCP connection
 	remote string
 	br     *bufio.Reader
@@ -278,6 +325,10 @@ type h1Conn struct {
 	watchDone chan struct{}
 	timer     *time.Timer
 	cw        *clientWatch
+	// On an event loop: the loop's timer that makes the watch due, and
+	// whether it is (the loop watches the socket then; see watchLoop).
+	ltimer   *evloop.Timer
+	watchDue bool
 }
 
 // Read reads the connection for the bufio.Reader: the byte the watch
@@ -312,7 +363,11 @@ func (c *h1Conn) serve() {
 	if ra := c.rwc.RemoteAddr(); ra != nil {
 		c.remote = ra.String()
 	}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
+	base := context.Background()
+	if c.task != nil {
+		base = c.task.Context() // the event loop's waits find the task in it
+	}
+	c.ctx, c.cancel = context.WithCancel(base)
 	c.br = h.getReader(c)
 	conn := c.rwc
 	if lc, ok := c.rwc.(*limitConn); ok {
@@ -329,6 +384,9 @@ func (c *h1Conn) serve() {
 		c.cancel()
 		if c.timer != nil {
 			c.timer.Stop()
+		}
+		if c.ltimer != nil {
+			c.ltimer.Stop()
 		}
 		if !c.hijacked {
 			_ = c.bw.Flush()
@@ -515,6 +573,10 @@ func isCommonNetReadError(err error) bool {
 func (c *h1Conn) closeWriteAndWait() {
 	_ = c.bw.Flush()
 	closeWrite(c.rwc)
+	if c.task != nil {
+		evloop.Sleep(c.task.Context(), rstAvoidanceDelay) // the loop serves others meanwhile
+		return
+	}
 	time.Sleep(rstAvoidanceDelay)
 }
 
@@ -555,7 +617,14 @@ func (c *h1Conn) serveRequest(r *http.Request) (keep bool) {
 	c.wmu.Lock()
 	c.watching, c.bodyDone, c.cw = true, !hasBody, nil
 	c.wmu.Unlock()
-	if c.timer == nil {
+	if c.ev != nil {
+		c.watchDue = false
+		if c.ltimer == nil {
+			c.ltimer = c.task.Loop().AfterFunc(clientWatchDelay, c.watchLoopDue)
+		} else {
+			c.ltimer.Reset(clientWatchDelay)
+		}
+	} else if c.timer == nil {
 		c.timer = time.AfterFunc(clientWatchDelay, c.watchFire)
 	} else {
 		c.timer.Reset(clientWatchDelay)
@@ -682,9 +751,64 @@ func (c *h1Conn) watchFire() {
 	c.wmu.Unlock()
 }
 
+// watchLoopDue runs on the event loop clientWatchDelay after a request
+// started: from then on (once its body is read) the loop watches the
+// socket for the client going away.
+func (c *h1Conn) watchLoopDue() {
+	c.watchDue = true
+	c.armLoopWatch()
+}
+
+// armLoopWatch starts the loop's watch of the socket when the request is
+// in flight past clientWatchDelay and its body is read.
+func (c *h1Conn) armLoopWatch() {
+	c.wmu.Lock()
+	arm := c.watching && c.watchDue && c.bodyDone
+	c.wmu.Unlock()
+	if arm {
+		c.ev.Watch(c.watchLoop)
+	}
+}
+
+// watchLoop is watchFire on an event loop: the loop calls it when the
+// socket turns readable while the request is with a backend. It reads
+// without waiting: a byte is kept for the next request; the end of the
+// stream or an error is the client gone.
+func (c *h1Conn) watchLoop() {
+	c.wmu.Lock()
+	if !c.watching || !c.bodyDone || c.hasAhead || c.br.Buffered() > 0 {
+		c.wmu.Unlock()
+		return
+	}
+	b, n, err := c.ev.Read1()
+	if n == 1 {
+		c.ahead, c.hasAhead = b, true
+	}
+	gone := n == 0 && err != nil
+	if n == 1 || gone {
+		c.ev.Unwatch()
+	}
+	cw := c.cw
+	c.wmu.Unlock()
+	if gone {
+		c.cancel()
+		if cw != nil {
+			cw.fire()
+		}
+	}
+}
+
 // stopWatch ends the watch of the request that ended (interrupting its
 // read, if one runs).
 func (c *h1Conn) stopWatch() {
+	if c.ev != nil {
+		c.ltimer.Stop()
+		c.ev.Unwatch()
+		c.wmu.Lock()
+		c.watching, c.cw = false, nil
+		c.wmu.Unlock()
+		return
+	}
 	c.timer.Stop()
 	c.wmu.Lock()
 	c.watching, c.cw = false, nil
@@ -721,6 +845,9 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 		c.wmu.Lock()
 		c.bodyDone = true
 		c.wmu.Unlock()
+		if c.ev != nil {
+			c.armLoopWatch()
+		}
 	}
 	return n, err
 }

@@ -296,6 +296,12 @@ func TestH1LoopDeadlinesOnRawPath(t *testing.T) {
 	}
 	h.srv.h1.mu.Lock()
 	for hc := range h.srv.h1.conns {
+		if hc.ev != nil {
+			// On an event loop (its fields are the task's): sockio's
+			// raw path over the loop's socket is sockio's
+			// TestEventLoopConnIsRaw.
+			continue
+		}
 		if !hc.sock.Raw() || hc.out.sock != hc.sock {
 			t.Error("a TCP client connection is not read and written through sockio")
 		}
@@ -417,4 +423,34 @@ func openConns(h *harness) int64 {
 	h.srv.h1.mu.Lock()
 	defer h.srv.h1.mu.Unlock()
 	return h.srv.h1.ln.(*limitListener).open.Load()
+}
+
+// The loop's connections are served by event loops: after a request on a
+// kept-alive connection, its task is parked on the loop and both the
+// client's socket and the pooled backend connection's are the loops'
+// (not the runtime poller's); Options.GoroutinePerConn turns them off.
+func TestH1LoopOnEventLoops(t *testing.T) {
+	be := newBackend(t, status(200))
+	h := start(t, newPool(t, nil, be.addr), nil)
+	c, br := rawConn(t, h)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if resp, _ := readResp(t, br, "GET"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	st, ok := h.srv.LoopStats()
+	if !ok {
+		t.Fatal("no event loops")
+	}
+	if st.Tasks != 1 || st.Conns != 2 {
+		t.Fatalf("event loops: %+v; want the connection's task and two sockets (client, backend)", st)
+	}
+	off := start(t, newPool(t, nil, be.addr), func(o *Options) { o.GoroutinePerConn = true })
+	c2, br2 := rawConn(t, off)
+	io.WriteString(c2, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if resp, _ := readResp(t, br2, "GET"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if _, ok := off.srv.LoopStats(); ok {
+		t.Fatal("Options.GoroutinePerConn: event loops still serve")
+	}
 }

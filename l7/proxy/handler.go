@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
@@ -455,15 +456,12 @@ func (q *request) backoff(delay time.Duration) bool {
 	if delay <= 0 {
 		return true
 	}
-	t := time.NewTimer(delay)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-q.ctx.Done():
+	// On an event loop the task parks; elsewhere a timer.
+	if !evloop.Sleep(q.ctx, delay) {
 		q.rec.Status = statusClientClosed
 		return false
 	}
+	return true
 }
 
 // respond passes the last try's outcome to the client: the backend's
@@ -472,7 +470,7 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 	s := q.s
 	switch {
 	case res.resp != nil && res.resp.StatusCode == http.StatusSwitchingProtocols:
-		s.tunnel(q.w, q.rec, q.st, res)
+		s.tunnel(q.ctx, q.w, q.rec, q.st, res)
 	case res.resp != nil:
 		hr := &q.st.svc.Headers
 		if len(hr.Response.Remove)+len(hr.Response.Set)+len(hr.Response.Add) > 0 {

@@ -49,6 +49,7 @@ import (
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/reqid"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
@@ -151,6 +152,12 @@ type Server struct {
 	// h1 serves a plain-text listener (no TLS, no h2c) with sluice's own
 	// HTTP/1.1 loop (h1.go); nil: net/http's server serves it.
 	h1 *h1Server
+	// eventLoops: h1's connections are served by event loops (l7/evloop),
+	// made by the first Serve and stopped by Shutdown.
+	eventLoops bool
+	loopsMu      sync.Mutex
+	loops        *evloop.Group
+	loopsStopped bool
 }
 
 const copyBufSize = 32 << 10
@@ -456,6 +463,10 @@ func New(opts Options) (*Server, error) {
 		}
 	} else if !opts.NetHTTP1 {
 		s.h1 = &h1Server{s: s}
+		// Event loops need every wait of a request to be one of theirs:
+		// an HTTP/2 upstream's streams are served by goroutines of its
+		// own, so such a service keeps a goroutine per connection.
+		s.eventLoops = !opts.GoroutinePerConn && s.h2 == nil
 	}
 	return s, nil
 }
@@ -520,8 +531,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		if s.tlsOn {
 			errc <- s.http.ServeTLS(ll, "", "")
 		} else if dl, ok := l.(Dispatcher); ok && s.h1 != nil {
+			s.startLoops()
 			errc <- s.h1.dispatch(dl, ll)
 		} else if s.h1 != nil {
+			s.startLoops()
 			errc <- s.h1.serve(ll)
 		} else {
 			var pl net.Listener = ll
@@ -544,6 +557,50 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		err := s.Shutdown(sctx)
 		<-errc
 		return err
+	}
+}
+
+// startLoops makes the event loops h1 serves its connections on, once
+// (when the server uses them, and until Shutdown stopped them).
+func (s *Server) startLoops() {
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	if !s.eventLoops || s.loops != nil || s.loopsStopped {
+		return
+	}
+	g, err := evloop.NewGroup(0, s.log)
+	if err != nil {
+		// Served with a goroutine per connection instead.
+		s.log.Warn("event loops not available", "error", err)
+		return
+	}
+	s.loops = g
+	s.h1.mu.Lock()
+	s.h1.loops = g
+	s.h1.mu.Unlock()
+}
+
+// LoopStats counts the event loops' tasks and sockets; false when the
+// server has none (its connections have a goroutine each, or it is not
+// served by the HTTP/1 loop).
+func (s *Server) LoopStats() (evloop.Stats, bool) {
+	s.loopsMu.Lock()
+	g := s.loops
+	s.loopsMu.Unlock()
+	if g == nil {
+		return evloop.Stats{}, false
+	}
+	return g.Stats(), true
+}
+
+// stopLoops stops the event loops (their connections are closed by then).
+func (s *Server) stopLoops() {
+	s.loopsMu.Lock()
+	g := s.loops
+	s.loopsStopped = true
+	s.loopsMu.Unlock()
+	if g != nil {
+		g.Close()
 	}
 }
 
@@ -587,6 +644,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.h2 != nil {
 		s.h2.Close()
 	}
+	s.stopLoops()
 	s.stopGroups()
 	if err != nil {
 		return fmt.Errorf("service %s: shutdown: %w", s.name, err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/upstream"
 )
 
@@ -119,7 +120,7 @@ func (t *tunnels) shutdown(ctx context.Context) {
 
 // tunnel takes over the client connection after a 101 from the backend and
 // copies bytes both ways. It returns once both directions ended.
-func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settings, res tryResult) {
+func (s *Server) tunnel(ctx context.Context, w http.ResponseWriter, rec *accesslog.Record, st *settings, res tryResult) {
 	resp := res.resp
 	conn := res.conn
 	up := conn
@@ -168,7 +169,8 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 	var wg sync.WaitGroup
 	var toClient, toBackend int64
 	var errUp, errDown error
-	wg.Go(func() {
+	// On an event loop the other direction is another task of the loop.
+	evloop.Go(ctx, &wg, func() {
 		// Client → backend, with what the server already buffered.
 		if n := brw.Reader.Buffered(); n > 0 {
 			b, _ := brw.Reader.Peek(n)
@@ -194,7 +196,7 @@ func (s *Server) tunnel(w http.ResponseWriter, rec *accesslog.Record, st *settin
 		grace = 0
 	}
 	idle.end(client, grace)
-	wg.Wait()
+	evloop.Wait(ctx, &wg)
 	rec.BytesIn += toBackend
 	rec.BytesOut = toClient
 	switch {

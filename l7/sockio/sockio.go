@@ -30,6 +30,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicelb/sluice/l7/evloop"
 )
 
 // maxRW bounds one system call, as net's own reads and writes do.
@@ -75,8 +77,17 @@ func New(c net.Conn) *Conn {
 // and buffers are made once.
 func (s *Conn) Init(c net.Conn) {
 	s.nc, s.rc = c, nil
-	if tc, ok := c.(*net.TCPConn); ok {
-		if rc, err := tc.SyscallConn(); err == nil {
+	var sc syscall.Conn
+	switch tc := c.(type) {
+	case *net.TCPConn:
+		sc = tc
+	case *evloop.Conn:
+		// An event loop's socket: its RawConn parks the calling task
+		// where the runtime's parks the goroutine.
+		sc = tc
+	}
+	if sc != nil {
+		if rc, err := sc.SyscallConn(); err == nil {
 			s.rc = rc
 		}
 	}

@@ -2,6 +2,7 @@ package sockio
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/l7/evloop"
 )
 
 // pair returns both ends of a loopback TCP connection: the client's as a
@@ -237,5 +240,63 @@ func TestNoAllocs(t *testing.T) {
 	})
 	if allocs > 0 {
 		t.Fatalf("%v allocations per exchange; want 0", allocs)
+	}
+}
+
+// An event loop's socket is read and written with raw system calls too,
+// its waits parking the loop's task: a read finds what the peer wrote,
+// and a read deadline ends a wait.
+func TestEventLoopConnIsRaw(t *testing.T) {
+	g, err := evloop.NewGroup(1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	peer, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	nc, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop := g.Pick()
+	ec, err := loop.Adopt(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ec.Close()
+	type result struct {
+		raw     bool
+		got     string
+		err     error
+		timeout error
+	}
+	done := make(chan result, 1)
+	loop.Go(func(context.Context) {
+		s := New(ec)
+		var r result
+		r.raw = s.Raw()
+		buf := make([]byte, 16)
+		n, err := s.Read(buf) // parks until the peer writes
+		r.got, r.err = string(buf[:n]), err
+		ec.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		_, r.timeout = s.Read(buf)
+		done <- r
+	})
+	time.Sleep(10 * time.Millisecond)
+	peer.Write([]byte("hello"))
+	r := <-done
+	if !r.raw || r.got != "hello" || r.err != nil {
+		t.Errorf("raw %v, read %q %v", r.raw, r.got, r.err)
+	}
+	if !errors.Is(r.timeout, os.ErrDeadlineExceeded) {
+		t.Errorf("read past its deadline: %v", r.timeout)
 	}
 }

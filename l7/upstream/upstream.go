@@ -24,6 +24,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/sluicelb/sluice/l7/evloop"
 )
 
 // Defaults for zero Options fields.
@@ -100,6 +102,9 @@ type Pools struct {
 	mu     sync.Mutex
 	addrs  map[netip.AddrPort]*addrPool
 	closed bool
+	// loopDial: connections asked for from an event loop's task are dialled
+	// by the loop (the default dialer only; a test's Dial is used as is).
+	loopDial bool
 }
 
 type addrPool struct {
@@ -158,8 +163,9 @@ func New(opts Options) *Pools {
 	orDefault(&opts.MaxLifetime, DefaultMaxLifetime)
 	orDefault(&opts.MaxConnsPerAddr, DefaultMaxConnsPerAddr)
 	orDefault(&opts.MaxDialsPerAddr, DefaultMaxDialsPerAddr)
+	loopDial := opts.Dial == nil
 	log := dialAndLog(&opts.Dial, opts.Log)
-	return &Pools{opts: opts, log: log, addrs: map[netip.AddrPort]*addrPool{}}
+	return &Pools{opts: opts, log: log, addrs: map[netip.AddrPort]*addrPool{}, loopDial: loopDial}
 }
 
 func (p *Pools) addrLocked(addr netip.AddrPort) *addrPool {
@@ -268,7 +274,10 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			freed := ap.freed
 			p.mu.Unlock()
 			p.closeAll(stale)
-			if err := waitRoom(ctx, freed, connectBy); err != nil {
+			var err error
+			// On an event loop the wait runs aside (the loop serves others).
+			evloop.Block(ctx, func() { err = waitRoom(ctx, freed, connectBy) })
+			if err != nil {
 				return nil, err
 			}
 			continue
@@ -312,7 +321,14 @@ func waitRoom(ctx context.Context, freed <-chan struct{}, by time.Time) error {
 func (p *Pools) dial(ctx context.Context, addr netip.AddrPort, serverName, info string, gen uint64, connectBy time.Time) (*Conn, error) {
 	dctx, cancel := context.WithDeadline(ctx, connectBy)
 	defer cancel()
-	raw, err := p.opts.Dial(dctx, "tcp", addr.String())
+	var raw net.Conn
+	var err error
+	if p.loopDial && evloop.InTask(ctx) {
+		// From an event loop's task: the socket is the loop's.
+		raw, err = evloop.Dial(dctx, addr)
+	} else {
+		raw, err = p.opts.Dial(dctx, "tcp", addr.String())
+	}
 	if err != nil {
 		return nil, &DialError{Addr: addr, Timeout: isTimeout(err) || dctx.Err() == context.DeadlineExceeded && ctx.Err() == nil, Err: err}
 	}
