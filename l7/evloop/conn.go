@@ -37,10 +37,16 @@ type Conn struct {
 	// rwait and wwait are the tasks parked reading and writing: set and
 	// read on the loop's thread only.
 	rwait, wwait *Task
-	// readable: the loop saw the socket become readable while no task
-	// read it (see Watch).
+	// readable is false when a read found the socket empty (EAGAIN, or
+	// less than it asked for: Drained) and epoll has not said since that
+	// more arrived: a read then waits at once instead of trying first (a
+	// system call per wait saved). True until known otherwise.
 	readable atomic.Bool
-	watch    func()
+	// hup: epoll said the peer closed or the socket failed; a short read
+	// may then leave the end of the stream (or the error) to read, with
+	// no edge to come: readable stays true.
+	hup   atomic.Bool
+	watch func()
 }
 
 const closedBit = int64(1) << 62
@@ -73,6 +79,7 @@ func (l *Loop) Adopt(nc net.Conn) (*Conn, error) {
 		return nil, fmt.Errorf("adopt: dup: %w", derr)
 	}
 	c := &Conn{id: l.g.ids.Add(1), fd: nfd, g: l.g, laddr: nc.LocalAddr(), raddr: nc.RemoteAddr()}
+	c.readable.Store(true)
 	c.loop.Store(l)
 	if err := l.register(c); err != nil {
 		unix.Close(nfd)
@@ -111,6 +118,7 @@ func Dial(ctx context.Context, addr netip.AddrPort) (*Conn, error) {
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9)
 	c := &Conn{id: l.g.ids.Add(1), fd: fd, g: l.g, raddr: net.TCPAddrFromAddrPort(addr)}
+	c.readable.Store(true)
 	c.loop.Store(l)
 	if dl, ok := ctx.Deadline(); ok {
 		c.wdl.Store(dl.UnixNano())
@@ -267,8 +275,10 @@ func (c *Conn) deadline(mode int) int64 {
 
 // rw runs f (a raw read or write on the descriptor, false on EAGAIN)
 // until it is done, waiting for the socket between tries, within the
-// deadline of mode.
-func (c *Conn) rw(mode int, f func(fd uintptr) bool) error {
+// deadline of mode. lazy: a read known to find nothing (readable false)
+// waits before it tries — only for an f that is a read which would wait
+// anyway (not a peek that must run now).
+func (c *Conn) rw(mode int, f func(fd uintptr) bool, lazy bool) error {
 	if !c.incref() {
 		return net.ErrClosed
 	}
@@ -279,12 +289,21 @@ func (c *Conn) rw(mode int, f func(fd uintptr) bool) error {
 		}
 		if mode == modeWrite {
 			raceReleaseMerge()
+		} else if lazy && !c.readable.Load() {
+			// Empty when last read, and nothing arrived since.
+			if err := c.wait(mode); err != nil {
+				return err
+			}
+			continue
 		}
 		if f(uintptr(c.fd)) {
 			if mode == modeRead {
 				raceAcquire()
 			}
 			return nil
+		}
+		if mode == modeRead {
+			c.readable.Store(false) // EAGAIN
 		}
 		if err := c.wait(mode); err != nil {
 			return err
@@ -319,7 +338,6 @@ func (c *Conn) wait(mode int) error {
 	t := l.running
 	if mode == modeRead {
 		c.rwait = t
-		c.readable.Store(false) // a read just found it empty
 	} else {
 		c.wwait = t
 	}
@@ -363,6 +381,9 @@ func (c *Conn) pollWait(mode int) error {
 			return os.NewSyscallError("poll", err)
 		}
 		if n > 0 {
+			if mode == modeRead {
+				c.readable.Store(true)
+			}
 			return nil
 		}
 	}
@@ -377,6 +398,15 @@ func (g *Group) current() *Loop {
 		}
 	}
 	return nil
+}
+
+// Drained notes that a read got less than it asked for: the socket's
+// receive queue was empty after it, so the next read waits for epoll to
+// say more arrived (a TCP socket's read returns less only then).
+func (c *Conn) Drained() {
+	if !c.hup.Load() {
+		c.readable.Store(false)
+	}
 }
 
 // Watch makes the loop call fn, on its thread, when the connection
@@ -429,6 +459,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 			switch e {
 			case 0:
 				n = int(r)
+				if n > 0 && n < len(p) {
+					c.Drained()
+				}
 				return true
 			case unix.EINTR:
 				continue
@@ -438,7 +471,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			errno = e
 			return true
 		}
-	})
+	}, true)
 	switch {
 	case err != nil:
 		return 0, c.opErr("read", err)
@@ -472,7 +505,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			}
 		}
 		return true
-	})
+	}, false)
 	switch {
 	case err != nil:
 		return n, c.opErr("write", err)
@@ -531,9 +564,17 @@ func unixNano(t time.Time) int64 {
 // SyscallConn gives raw access to the socket: Read and Write callbacks
 // return false on EAGAIN and the call waits (parking a task) for the
 // socket, within the connection's deadlines.
-func (c *Conn) SyscallConn() (syscall.RawConn, error) { return rawConn{c}, nil }
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return rawConn{c: c}, nil }
 
-type rawConn struct{ c *Conn }
+// ReadWaiter is SyscallConn for a caller whose Read callbacks are reads
+// that would wait when they find nothing (l7/sockio): a read the loop
+// knows would find the socket empty waits without trying first.
+func (c *Conn) ReadWaiter() syscall.RawConn { return rawConn{c: c, lazy: true} }
+
+type rawConn struct {
+	c    *Conn
+	lazy bool
+}
 
 func (r rawConn) Control(f func(fd uintptr)) error {
 	if !r.c.incref() {
@@ -544,5 +585,5 @@ func (r rawConn) Control(f func(fd uintptr)) error {
 	return nil
 }
 
-func (r rawConn) Read(f func(fd uintptr) bool) error  { return r.c.rw(modeRead, f) }
-func (r rawConn) Write(f func(fd uintptr) bool) error { return r.c.rw(modeWrite, f) }
+func (r rawConn) Read(f func(fd uintptr) bool) error  { return r.c.rw(modeRead, f, r.lazy) }
+func (r rawConn) Write(f func(fd uintptr) bool) error { return r.c.rw(modeWrite, f, false) }

@@ -291,14 +291,15 @@ func (l *Loop) dispatch(n int) {
 		if c == nil {
 			continue // closed or moved since
 		}
+		if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			c.hup.Store(true)
+		}
 		if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			c.readable.Store(true)
 			if t := c.rwait; t != nil {
 				l.ready = append(l.ready, t)
-			} else {
-				c.readable.Store(true)
-				if c.watch != nil {
-					l.watched = append(l.watched, c)
-				}
+			} else if c.watch != nil {
+				l.watched = append(l.watched, c)
 			}
 		}
 		if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -418,6 +419,14 @@ func TaskFrom(ctx context.Context) *Task {
 	}
 	t, _ := ctx.Value(taskKey{}).(*Task)
 	return t
+}
+
+// LoopOf is the loop of the task ctx belongs to (nil outside a task).
+func LoopOf(ctx context.Context) *Loop {
+	if t := TaskFrom(ctx); t != nil {
+		return t.l
+	}
+	return nil
 }
 
 // InTask is whether the caller runs as the task ctx belongs to.
@@ -696,3 +705,4 @@ func (g *Group) Stats() Stats {
 	}
 	return st
 }
+

@@ -39,15 +39,20 @@ func BenchmarkProxy(b *testing.B) {
 		accessLog bool
 		netHTTP1  bool // net/http's server instead of the loop (Options.NetHTTP1)
 		body      int  // the backends' response body (0: "ok")
+		// goroutines: the loop with a goroutine per connection instead of
+		// event loops (Options.GoroutinePerConn)
+		goroutines bool
 	}{
-		{"keep-alive", true, true, false, 0},
-		{"keep-alive/no-access-log", true, false, false, 0},
-		{"keep-alive/nethttp1", true, true, true, 0},
-		{"keep-alive/16k", true, true, false, 16 << 10},
-		{"new-connection", false, true, false, 0},
-		{"direct/keep-alive", true, false, false, 0},
-		{"direct/keep-alive/16k", true, false, false, 16 << 10},
-		{"direct/new-connection", false, false, false, 0},
+		{"keep-alive", true, true, false, 0, false},
+		{"keep-alive/no-access-log", true, false, false, 0, false},
+		{"keep-alive/nethttp1", true, true, true, 0, false},
+		{"keep-alive/goroutines", true, true, false, 0, true},
+		{"keep-alive/16k", true, true, false, 16 << 10, false},
+		{"new-connection", false, true, false, 0, false},
+		{"new-connection/goroutines", false, true, false, 0, true},
+		{"direct/keep-alive", true, false, false, 0, false},
+		{"direct/keep-alive/16k", true, false, false, 16 << 10, false},
+		{"direct/new-connection", false, false, false, 0, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			if strings.HasPrefix(bc.name, "direct/") {
@@ -72,7 +77,7 @@ func BenchmarkProxy(b *testing.B) {
 			}
 			srv, err := New(Options{
 				Service: testService(), Pool: p, Ejection: testEjection(), AccessLog: acc,
-				NetHTTP1: bc.netHTTP1, ShutdownTimeout: 5 * time.Second,
+				NetHTTP1: bc.netHTTP1, GoroutinePerConn: bc.goroutines, ShutdownTimeout: 5 * time.Second,
 			})
 			if err != nil {
 				b.Fatal(err)

@@ -292,8 +292,8 @@ func (h *h1Server) dateField() string {
 
 // h1Conn is one client connection.
 type h1Conn struct {
-	srv    *h1Server
-	rwc    net.Conn
+	srv *h1Server
+	rwc net.Conn
 	// ev is rwc's socket when an event loop serves the connection, and
 	// task the loop's task that does (nil: a goroutine does).
 	ev     *evloop.Conn

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
-	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/retry"
 	"github.com/sluicelb/sluice/l7/route"
 	"github.com/sluicelb/sluice/l7/service"

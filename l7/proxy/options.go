@@ -67,8 +67,8 @@ type Options struct {
 	// (l7/evloop): a diagnostic switch, to compare the two. The agent sets
 	// it from SLUICE_L7_GOROUTINES in its environment (cmd/sluice).
 	GoroutinePerConn bool
-	Client   service.ClientLimits
-	Upstream UpstreamOptions
+	Client           service.ClientLimits
+	Upstream         UpstreamOptions
 	// ShutdownTimeout bounds the graceful shutdown Serve does when its
 	// context ends; default 30s.
 	ShutdownTimeout time.Duration

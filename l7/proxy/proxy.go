@@ -154,7 +154,7 @@ type Server struct {
 	h1 *h1Server
 	// eventLoops: h1's connections are served by event loops (l7/evloop),
 	// made by the first Serve and stopped by Shutdown.
-	eventLoops bool
+	eventLoops   bool
 	loopsMu      sync.Mutex
 	loops        *evloop.Group
 	loopsStopped bool

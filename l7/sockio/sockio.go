@@ -49,6 +49,7 @@ const maxIov = 1024
 type Conn struct {
 	nc net.Conn
 	rc syscall.RawConn // nil: nc's own methods
+	ev *evloop.Conn    // nc when it is an event loop's socket
 
 	rmu    sync.Mutex
 	rp     []byte
@@ -76,7 +77,7 @@ func New(c net.Conn) *Conn {
 // another connection this way (kept in a sync.Pool, say): its callbacks
 // and buffers are made once.
 func (s *Conn) Init(c net.Conn) {
-	s.nc, s.rc = c, nil
+	s.nc, s.rc, s.ev = c, nil, nil
 	var sc syscall.Conn
 	switch tc := c.(type) {
 	case *net.TCPConn:
@@ -84,9 +85,11 @@ func (s *Conn) Init(c net.Conn) {
 	case *evloop.Conn:
 		// An event loop's socket: its RawConn parks the calling task
 		// where the runtime's parks the goroutine.
-		sc = tc
+		sc, s.ev = tc, tc
 	}
-	if sc != nil {
+	if s.ev != nil {
+		s.rc = s.ev.ReadWaiter()
+	} else if sc != nil {
 		if rc, err := sc.SyscallConn(); err == nil {
 			s.rc = rc
 		}
@@ -101,7 +104,7 @@ func (s *Conn) Init(c net.Conn) {
 func (s *Conn) Raw() bool { return s.rc != nil }
 
 // Release forgets the connection (for a Conn kept for another one).
-func (s *Conn) Release() { s.nc, s.rc = nil, nil }
+func (s *Conn) Release() { s.nc, s.rc, s.ev = nil, nil, nil }
 
 // Read reads into p like net.Conn.Read: io.EOF at the end of the stream,
 // a *net.OpError (Op "read") on failure, a timeout error when the read
@@ -121,6 +124,9 @@ func (s *Conn) Read(p []byte) (int, error) {
 	s.rp, s.rn, s.rerrno = p, 0, 0
 	err := s.rc.Read(s.readFn)
 	n, errno := s.rn, s.rerrno
+	if s.ev != nil && n > 0 && n < len(s.rp) {
+		s.ev.Drained() // the loop's next read waits for epoll first
+	}
 	s.rp = nil
 	switch {
 	case err != nil:

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/sockio"
 )
 
@@ -61,6 +62,9 @@ type Conn struct {
 
 	br *bufio.Reader
 	bw *bufio.Writer
+	// ev is raw when an event loop dialled it (its loop: Pools.Get's
+	// affinity).
+	ev *evloop.Conn
 
 	closeOnce sync.Once
 }
@@ -68,6 +72,7 @@ type Conn struct {
 func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info string, gen uint64) *Conn {
 	c := &Conn{pools: p, nc: nc, raw: raw, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now()}
 	c.sock = sockio.New(nc)
+	c.ev, _ = raw.(*evloop.Conn)
 	if sc, ok := raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.rawc = rc

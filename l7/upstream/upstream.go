@@ -211,6 +211,9 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 	if p.opts.TLS == nil {
 		serverName = ""
 	}
+	// An event loop's task takes a connection of its own loop first (one
+	// of another loop moves to this one: two epoll_ctl calls).
+	loop := evloop.LoopOf(ctx)
 	for {
 		now := time.Now()
 		p.mu.Lock()
@@ -223,7 +226,10 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 		var cand *Conn
 		var stale []closing
 		for l := ap.idle[serverName]; len(l) > 0; l = ap.idle[serverName] {
-			c := l[len(l)-1]
+			i := pickIdle(l, loop)
+			c := l[i]
+			copy(l[i:], l[i+1:])
+			l[len(l)-1] = nil
 			ap.idle[serverName] = l[:len(l)-1]
 			if why := p.expired(c, now); why != "" {
 				stale = append(stale, closing{c, why})
@@ -302,6 +308,26 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 		p.mu.Unlock()
 		return c, err
 	}
+}
+
+// affinityScan bounds how many of the most recently idle connections are
+// looked at for one of the caller's event loop.
+const affinityScan = 8
+
+// pickIdle is the index of the idle connection to hand out: the most
+// recently given back (the last), or the most recent of loop's among the
+// last affinityScan.
+func pickIdle(l []*Conn, loop *evloop.Loop) int {
+	last := len(l) - 1
+	if loop == nil {
+		return last
+	}
+	for i := last; i >= 0 && i > last-affinityScan; i-- {
+		if ec := l[i].ev; ec != nil && ec.Loop() == loop {
+			return i
+		}
+	}
+	return last
 }
 
 // waitRoom waits until freed is closed, ctx ends or by passes.
