@@ -49,6 +49,8 @@ check-generated: generate
 unit:
 	$(GO) vet ./...
 	SLUICE_REQUIRE_H2SPEC=1 $(GO) test -count=1 $$($(GO) list ./... | grep -v '/e2e')
+	# The proxy's tests again with every connection on event loops (l7/evloop).
+	SLUICE_TEST_EVENTLOOPS=1 $(GO) test -count=1 ./l7/proxy/
 
 # Go native fuzz targets, each for a bounded time (FUZZTIME): scripts/fuzz.sh.
 # A crash fails the run and leaves its input under the package's

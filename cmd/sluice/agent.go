@@ -16,11 +16,10 @@ import (
 // (docs/l7.md, "The HTTP/1 connection loop").
 const EnvL7NetHTTP1 = "SLUICE_L7_NETHTTP1"
 
-// EnvL7Goroutines, set (to anything) in the agent's environment, serves the
-// HTTP/1 loop's connections with a goroutine each on the Go runtime's
-// poller instead of per-CPU event loops: a diagnostic switch, to compare
-// the two (docs/l7.md, "Event loops").
-const EnvL7Goroutines = "SLUICE_L7_GOROUTINES"
+// EnvL7EventLoops, set (to anything) in the agent's environment, serves
+// the HTTP/1 loop's connections from per-CPU event loops instead of a
+// goroutine each (docs/l7.md, "Event loops"): off by default.
+const EnvL7EventLoops = "SLUICE_L7_EVENTLOOPS"
 
 func agentCmd() *command {
 	return &command{
@@ -34,9 +33,10 @@ to stderr. SIGTERM or SIGINT stops the agent and leaves the data path
 forwarding (a restarted agent adopts it; 'sluice teardown' removes it).
 SIGHUP re-reads the config, like 'sluice reload'.
 SLUICE_L7_NETHTTP1=1 in the environment serves plain-text http listeners
-with net/http's HTTP/1 server instead of sluice's own loop, and
-SLUICE_L7_GOROUTINES=1 serves that loop's connections with a goroutine
-each instead of per-CPU event loops (diagnostic switches, to compare).`,
+with net/http's HTTP/1 server instead of sluice's own loop (a diagnostic
+switch, to compare the two); SLUICE_L7_EVENTLOOPS=1 serves that loop's
+connections from per-CPU event loops instead of a goroutine each (off by
+default; see docs/l7.md, "Event loops").`,
 		maxArgs: 0,
 		setup: func(fs *flag.FlagSet) runFunc {
 			var path string
@@ -54,7 +54,7 @@ each instead of per-CPU event loops (diagnostic switches, to compare).`,
 				}
 				ro := agent.RunOptions{
 					L7NetHTTP1:   e.env(EnvL7NetHTTP1) != "",
-					L7Goroutines: e.env(EnvL7Goroutines) != "",
+					L7EventLoops: e.env(EnvL7EventLoops) != "",
 				}
 				return e.runAgent(ctx, path, log, e.version, ro)
 			}

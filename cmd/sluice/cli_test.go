@@ -752,12 +752,12 @@ func TestAgent(t *testing.T) {
 		t.Errorf("failing agent: exit %d stderr %q", code, errb.String())
 	}
 
-	// SLUICE_L7_NETHTTP1 and SLUICE_L7_GOROUTINES in the environment reach
+	// SLUICE_L7_NETHTTP1 and SLUICE_L7_EVENTLOOPS in the environment reach
 	// the agent as options.
 	for val, want := range map[string]bool{"": false, "1": true} {
 		env := h.env(&bytes.Buffer{}, &bytes.Buffer{})
 		env.getenv = func(k string) string {
-			if k == EnvL7NetHTTP1 || k == EnvL7Goroutines {
+			if k == EnvL7NetHTTP1 || k == EnvL7EventLoops {
 				return val
 			}
 			return ""
@@ -767,8 +767,8 @@ func TestAgent(t *testing.T) {
 			got = ro
 			return nil
 		}
-		if code := run(context.Background(), env, []string{"agent", "-c", "x.yaml"}); code != exitOK || got.L7NetHTTP1 != want || got.L7Goroutines != want {
-			t.Errorf("%s/%s=%q: exit %d, L7NetHTTP1 %v, L7Goroutines %v", EnvL7NetHTTP1, EnvL7Goroutines, val, code, got.L7NetHTTP1, got.L7Goroutines)
+		if code := run(context.Background(), env, []string{"agent", "-c", "x.yaml"}); code != exitOK || got.L7NetHTTP1 != want || got.L7EventLoops != want {
+			t.Errorf("%s/%s=%q: exit %d, L7NetHTTP1 %v, L7EventLoops %v", EnvL7NetHTTP1, EnvL7EventLoops, val, code, got.L7NetHTTP1, got.L7EventLoops)
 		}
 	}
 }

@@ -705,4 +705,3 @@ func (g *Group) Stats() Stats {
 	}
 	return st
 }
-

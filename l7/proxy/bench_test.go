@@ -39,17 +39,17 @@ func BenchmarkProxy(b *testing.B) {
 		accessLog bool
 		netHTTP1  bool // net/http's server instead of the loop (Options.NetHTTP1)
 		body      int  // the backends' response body (0: "ok")
-		// goroutines: the loop with a goroutine per connection instead of
-		// event loops (Options.GoroutinePerConn)
-		goroutines bool
+		// loops: the loop's connections on event loops
+		// (Options.EventLoops) instead of a goroutine each
+		loops bool
 	}{
 		{"keep-alive", true, true, false, 0, false},
 		{"keep-alive/no-access-log", true, false, false, 0, false},
 		{"keep-alive/nethttp1", true, true, true, 0, false},
-		{"keep-alive/goroutines", true, true, false, 0, true},
+		{"keep-alive/eventloops", true, true, false, 0, true},
 		{"keep-alive/16k", true, true, false, 16 << 10, false},
 		{"new-connection", false, true, false, 0, false},
-		{"new-connection/goroutines", false, true, false, 0, true},
+		{"new-connection/eventloops", false, true, false, 0, true},
 		{"direct/keep-alive", true, false, false, 0, false},
 		{"direct/keep-alive/16k", true, false, false, 16 << 10, false},
 		{"direct/new-connection", false, false, false, 0, false},
@@ -77,7 +77,7 @@ func BenchmarkProxy(b *testing.B) {
 			}
 			srv, err := New(Options{
 				Service: testService(), Pool: p, Ejection: testEjection(), AccessLog: acc,
-				NetHTTP1: bc.netHTTP1, GoroutinePerConn: bc.goroutines, ShutdownTimeout: 5 * time.Second,
+				NetHTTP1: bc.netHTTP1, EventLoops: bc.loops, ShutdownTimeout: 5 * time.Second,
 			})
 			if err != nil {
 				b.Fatal(err)

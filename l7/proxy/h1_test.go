@@ -425,13 +425,14 @@ func openConns(h *harness) int64 {
 	return h.srv.h1.ln.(*limitListener).open.Load()
 }
 
-// The loop's connections are served by event loops: after a request on a
-// kept-alive connection, its task is parked on the loop and both the
-// client's socket and the pooled backend connection's are the loops'
-// (not the runtime poller's); Options.GoroutinePerConn turns them off.
+// With Options.EventLoops the loop's connections are served by event
+// loops: after a request on a kept-alive connection, its task is parked on
+// the loop and both the client's socket and the pooled backend
+// connection's are the loops' (not the runtime poller's); without it (the
+// default) a goroutine per connection serves them.
 func TestH1LoopOnEventLoops(t *testing.T) {
 	be := newBackend(t, status(200))
-	h := start(t, newPool(t, nil, be.addr), nil)
+	h := start(t, newPool(t, nil, be.addr), func(o *Options) { o.EventLoops = true })
 	c, br := rawConn(t, h)
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	if resp, _ := readResp(t, br, "GET"); resp.StatusCode != 200 {
@@ -444,13 +445,13 @@ func TestH1LoopOnEventLoops(t *testing.T) {
 	if st.Tasks != 1 || st.Conns != 2 {
 		t.Fatalf("event loops: %+v; want the connection's task and two sockets (client, backend)", st)
 	}
-	off := start(t, newPool(t, nil, be.addr), func(o *Options) { o.GoroutinePerConn = true })
+	off := start(t, newPool(t, nil, be.addr), func(o *Options) { o.EventLoops = false })
 	c2, br2 := rawConn(t, off)
 	io.WriteString(c2, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	if resp, _ := readResp(t, br2, "GET"); resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 	if _, ok := off.srv.LoopStats(); ok {
-		t.Fatal("Options.GoroutinePerConn: event loops still serve")
+		t.Fatal("without Options.EventLoops: event loops serve")
 	}
 }

@@ -261,6 +261,9 @@ func startOn(t *testing.T, p PoolView, mod func(*Options), wrap func(net.Listene
 		AccessLog:       accesslog.New(acc, 0),
 		ShutdownTimeout: 5 * time.Second,
 		EjectionJitter:  -1,
+		// SLUICE_TEST_EVENTLOOPS=1 runs every test on event loops (make
+		// unit runs the package both ways).
+		EventLoops: os.Getenv("SLUICE_TEST_EVENTLOOPS") != "",
 	}
 	if testing.Verbose() {
 		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -62,13 +62,14 @@ type Options struct {
 	// (h1.go): a diagnostic switch, to compare the two. The agent sets it
 	// from SLUICE_L7_NETHTTP1 in its environment (cmd/sluice).
 	NetHTTP1 bool
-	// GoroutinePerConn serves the HTTP/1 loop's connections with a
-	// goroutine each on the Go runtime's poller instead of event loops
-	// (l7/evloop): a diagnostic switch, to compare the two. The agent sets
-	// it from SLUICE_L7_GOROUTINES in its environment (cmd/sluice).
-	GoroutinePerConn bool
-	Client           service.ClientLimits
-	Upstream         UpstreamOptions
+	// EventLoops serves the HTTP/1 loop's connections from per-CPU event
+	// loops (l7/evloop) instead of a goroutine each on the Go runtime's
+	// poller (docs/l7.md, "Event loops"): off by default until it costs
+	// less than goroutines with a new connection per request. The agent
+	// sets it from SLUICE_L7_EVENTLOOPS in its environment (cmd/sluice).
+	EventLoops bool
+	Client     service.ClientLimits
+	Upstream   UpstreamOptions
 	// ShutdownTimeout bounds the graceful shutdown Serve does when its
 	// context ends; default 30s.
 	ShutdownTimeout time.Duration

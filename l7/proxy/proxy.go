@@ -466,7 +466,7 @@ func New(opts Options) (*Server, error) {
 		// Event loops need every wait of a request to be one of theirs:
 		// an HTTP/2 upstream's streams are served by goroutines of its
 		// own, so such a service keeps a goroutine per connection.
-		s.eventLoops = !opts.GoroutinePerConn && s.h2 == nil
+		s.eventLoops = opts.EventLoops && s.h2 == nil
 	}
 	return s, nil
 }

@@ -74,8 +74,8 @@ type options struct {
 	accessLogOut io.Writer
 	// l7NetHTTP1 is proxy.Options.NetHTTP1 for every http service.
 	l7NetHTTP1 bool
-	// l7Goroutines is proxy.Options.GoroutinePerConn for every http service.
-	l7Goroutines bool
+	// l7EventLoops is proxy.Options.EventLoops for every http service.
+	l7EventLoops bool
 	// routeSrc returns the host's source address towards a backend (the
 	// snat source of services that name none); nil or an invalid result:
 	// unknown.
@@ -209,7 +209,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 	if o.l7 {
 		a.l7 = newL7Stage(o.log.With("component", "l7"), o.accessLogOut, o.metrics, a.trackers)
 		a.l7.netHTTP1 = o.l7NetHTTP1
-		a.l7.goroutines = o.l7Goroutines
+		a.l7.eventLoops = o.l7EventLoops
 	}
 	return a
 }

@@ -40,7 +40,7 @@ type l7Stage struct {
 	trackers   *trackers     // the pools' ejection trackers, shared with the data path's signals
 	requestIDs *reqid.Source // one for every server: ids unique across services
 	netHTTP1   bool          // proxy.Options.NetHTTP1 of every server
-	goroutines bool          // proxy.Options.GoroutinePerConn of every server
+	eventLoops bool          // proxy.Options.EventLoops of every server
 
 	wg sync.WaitGroup // Serve goroutines
 
@@ -199,14 +199,14 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		return proxy.Options{}, err
 	}
 	opts := proxy.Options{
-		Service:          proxyService(svc),
-		Log:              s.log,
-		AccessLog:        acc,
-		RequestIDs:       s.requestIDs,
-		Observer:         s.observer(svc),
-		H2C:              svc.H2C,
-		NetHTTP1:         s.netHTTP1,
-		GoroutinePerConn: s.goroutines,
+		Service:    proxyService(svc),
+		Log:        s.log,
+		AccessLog:  acc,
+		RequestIDs: s.requestIDs,
+		Observer:   s.observer(svc),
+		H2C:        svc.H2C,
+		NetHTTP1:   s.netHTTP1,
+		EventLoops: s.eventLoops,
 	}
 	if t := svc.TLS; t != nil {
 		f := t.Files()

@@ -51,9 +51,9 @@ type RunOptions struct {
 	// server instead of sluice's own connection loop (see
 	// proxy.Options.NetHTTP1): a diagnostic switch, to compare the two.
 	L7NetHTTP1 bool
-	// L7Goroutines serves the HTTP/1 loop's connections with a goroutine
-	// each instead of event loops (proxy.Options.GoroutinePerConn).
-	L7Goroutines bool
+	// L7EventLoops serves the HTTP/1 loop's connections from event loops
+	// (proxy.Options.EventLoops).
+	L7EventLoops bool
 }
 
 // Run runs the agent until ctx is done. SIGHUP reloads the config file. On
@@ -141,7 +141,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		dns:          newDNSWatcher(cfg.DNS, log),
 		l7:           true,
 		l7NetHTTP1:   ro.L7NetHTTP1,
-		l7Goroutines: ro.L7Goroutines,
+		l7EventLoops: ro.L7EventLoops,
 		accessLogOut: os.Stdout,
 		announce:     ann,
 	})
