@@ -740,15 +740,21 @@ func (c *h1Conn) watchFire() {
 	cw := c.cw
 	c.wmu.Unlock()
 	if gone {
-		c.cancel()
-		if cw != nil {
-			cw.fire()
-		}
+		c.gone(cw)
 	}
 	c.wmu.Lock()
 	c.reading = false
 	close(c.watchDone)
 	c.wmu.Unlock()
+}
+
+// gone acts on the client going away: the connection's context ends and
+// the request's watch (cw, when set) acts on its backend connection.
+func (c *h1Conn) gone(cw *clientWatch) {
+	c.cancel()
+	if cw != nil {
+		cw.fire()
+	}
 }
 
 // watchLoopDue runs on the event loop clientWatchDelay after a request
@@ -791,10 +797,7 @@ func (c *h1Conn) watchLoop() {
 	cw := c.cw
 	c.wmu.Unlock()
 	if gone {
-		c.cancel()
-		if cw != nil {
-			cw.fire()
-		}
+		c.gone(cw)
 	}
 }
 
