@@ -183,7 +183,7 @@ services:
 		`(?m)^\d+: lru_hash\s+name conntrack`,          // maps
 		`(?m)^198\.18\.1\.100:80\s+tcp\s+1\s+nat\s+-$`, // services, decoded
 		`(?m)^\d+\s+198\.18\.2\.11:80\s+active\s+1\s`,  // backends, decoded
-		`(?m)^service 1: inner map \d+, 16381 entries: slot \d+=\d+ slot \d+=\d+ slot \d+=\d+$`,
+		`(?m)^service 1: 16381 entries: slot \d+=\d+ slot \d+=\d+ slot \d+=\d+$`,
 		`(?m)^[1-9]\d* flows \(one entry each`,
 		`(?m)^\[2001:2:0:1::100\]:80\s+tcp\s+2\s+nat\s+-$`, // services6, decoded
 		`(?m)^1 IPv6 flows \(conntrack6\)`,
