@@ -533,6 +533,8 @@ const (
 
 // agentConfig is what a test varies in the agent's config.
 type agentConfig struct {
+	// Env is added to the agent's environment ("KEY=value").
+	Env          []string
 	DrainTimeout time.Duration
 	// Backends of pool web, by name; default be1, be2, be3.
 	Backends []string
@@ -601,6 +603,8 @@ type Agent struct {
 	starts  int
 	// Binary is the sluice binary Start runs (default: the suite's).
 	Binary string
+	// Env is added to the agent's environment (agentConfig.Env).
+	Env []string
 }
 
 // StartAgent writes a config (service web-l4 at VIP:80 -> pool web of
@@ -625,6 +629,7 @@ func (l *Lab) StartAgentBinary(c agentConfig, binary string) *Agent {
 		// unix socket paths are limited to 108 bytes
 		a.Socket = filepath.Join(os.TempDir(), "sluice-e2e-"+l.ID+".sock")
 	}
+	a.Env = c.Env
 	a.WriteConfig(c)
 	l.t.Cleanup(func() {
 		a.Kill()
@@ -775,7 +780,9 @@ func (a *Agent) Start() {
 	if bin == "" {
 		bin = env.sluice
 	}
-	proc := a.lab.Start(fmt.Sprintf("agent-%d", n), "lb", bin, "agent", "-c", a.Config)
+	// env(1) execs the agent: its process is the agent's.
+	argv := append(append([]string{"env"}, a.Env...), bin, "agent", "-c", a.Config)
+	proc := a.lab.Start(fmt.Sprintf("agent-%d", n), "lb", argv...)
 	a.proc = proc
 	t.Cleanup(func() {
 		// Runs after the agent is stopped (cleanups run last-in first-out).

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -128,11 +129,32 @@ func followMove(t *testing.T, events <-chan string, from, to string, limit time.
 // connection and every request survive, and once a request has reached be2
 // none goes to the old address again (no pooled connection keeps dialing it).
 func TestL7DNSChange(t *testing.T) {
+	l7DNSChange(t, nil)
+}
+
+// TestL7EventLoops is TestL7DNSChange with the HTTP/1 loop's connections
+// on event loops (SLUICE_L7_EVENTLOOPS=1, docs/l7.md "Event loops"): a
+// keep-alive client follows the DNS move without a failure on one
+// connection, and new connections per request are served too.
+func TestL7EventLoops(t *testing.T) {
+	lab, agent := l7DNSChange(t, []string{"SLUICE_L7_EVENTLOOPS=1"})
+	if !strings.Contains(agent.proc.Log(), "l7 event loops") {
+		t.Fatalf("the agent did not start event loops:\n%s", agent.proc.Log())
+	}
+	for i := range 50 {
+		if _, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "-H", "Connection: close", httpURL); err != nil {
+			t.Fatalf("new connection %d: %v", i, err)
+		}
+	}
+}
+
+// l7DNSChange runs TestL7DNSChange with env added to the agent's.
+func l7DNSChange(t *testing.T, env []string) (*Lab, *Agent) {
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
 	dns := lab.StartDNS("backend.lab. 1 A 198.18.2.11\n")
-	agent := lab.StartAgent(agentConfig{HTTP: true, DNSName: "backend.lab", DrainTimeout: 10 * time.Second})
+	agent := lab.StartAgent(agentConfig{Env: env, HTTP: true, DNSName: "backend.lab", DrainTimeout: 10 * time.Second})
 	agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "active"})
 	waitFor(t, 10*time.Second, "the L7 listener", func() error {
 		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
@@ -148,6 +170,7 @@ func TestL7DNSChange(t *testing.T) {
 	took := followMove(t, events, "be1", "be2", 5*time.Second, func() { dns.Set("backend.lab. 1 A 198.18.2.12\n") })
 	t.Logf("requests moved to be2 %s after the DNS change", took.Round(time.Millisecond))
 	stopOneConnection(t, load, "keep-alive load through the DNS change")
+	return lab, agent
 }
 
 // stopOneConnection stops a one-connection keep-alive load and checks that

@@ -574,6 +574,7 @@ func (s *Server) startLoops() {
 		s.log.Warn("event loops not available", "error", err)
 		return
 	}
+	s.log.Info("l7 event loops", "loops", g.Stats().Loops)
 	s.loops = g
 	s.h1.mu.Lock()
 	s.h1.loops = g
