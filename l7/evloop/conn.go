@@ -156,6 +156,9 @@ func (c *Conn) waitConnect() error {
 	}
 	defer c.decref()
 	for {
+		if dl := c.deadline(modeWrite); dl != 0 && time.Now().UnixNano() >= dl {
+			return os.ErrDeadlineExceeded
+		}
 		if err := c.wait(modeWrite); err != nil {
 			return err
 		}

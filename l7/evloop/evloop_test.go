@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func newGroup(t *testing.T, n int) *Group {
@@ -264,5 +266,66 @@ func TestTimerHeap(t *testing.T) {
 		if got[i] != want[i] {
 			t.Fatalf("got %v, want %v", got, want)
 		}
+	}
+}
+
+// A connect the peer never answers (its accept queue full, so its SYNs
+// are dropped) ends at the context's deadline, parked on the loop — the
+// loop serves another task meanwhile.
+func TestDialTimeout(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil { // never accepted
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	// Fill the accept queue.
+	for range 3 {
+		c, err := net.DialTimeout("tcp", ap.String(), 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		defer c.Close()
+	}
+	g := newGroup(t, 1)
+	l := g.Pick()
+	var derr error
+	var took time.Duration
+	other := make(chan time.Time, 1)
+	done := make(chan struct{})
+	l.Go(func(ctx context.Context) {
+		defer close(done)
+		dctx, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		c, err := Dial(dctx, ap)
+		took, derr = time.Since(start), err
+		if err == nil {
+			c.Close()
+		}
+	})
+	l.Go(func(context.Context) { other <- time.Now() })
+	<-done
+	if derr == nil {
+		t.Skip("the kernel answered a connect to a full accept queue; nothing to time out")
+	}
+	var ne net.Error
+	if !errors.As(derr, &ne) || !ne.Timeout() || took < 150*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("dial: %v after %v, want a timeout after 150ms", derr, took)
+	}
+	select {
+	case <-other:
+	default:
+		t.Fatal("the other task did not run while the dial waited")
 	}
 }
