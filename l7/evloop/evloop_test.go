@@ -317,7 +317,7 @@ func TestDialTimeout(t *testing.T) {
 	l.Go(func(context.Context) { other <- time.Now() })
 	<-done
 	if derr == nil {
-		t.Skip("the kernel answered a connect to a full accept queue; nothing to time out")
+		t.Fatal("the kernel answered a connect to a full accept queue: the test cannot make a connect that hangs")
 	}
 	var ne net.Error
 	if !errors.As(derr, &ne) || !ne.Timeout() || took < 150*time.Millisecond || took > 2*time.Second {
