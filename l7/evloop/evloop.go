@@ -45,19 +45,55 @@ type Group struct {
 	next   atomic.Uint32
 	ids    atomic.Uint64
 	log    *slog.Logger
+	hold   bool
 	closed atomic.Bool
 	wg     sync.WaitGroup
 }
 
-// NewGroup starts n loops (n <= 0: one per GOMAXPROCS).
+// Options configure a Group.
+type Options struct {
+	// Loops is the number of loops (<= 0: one per GOMAXPROCS).
+	Loops int
+	// HoldProcs makes each loop keep its processor (the runtime's P)
+	// while it sleeps in epoll_wait, a raw system call the runtime does
+	// not see: no hand-off of the processor to another thread when the
+	// loop sleeps, no thread to wake and no processor to take back when
+	// it wakes (the futex wake-ups, sysmon's retakes and context switches
+	// a blocking system call costs the loop on every sleep). Only for a
+	// group whose loops leave at least one processor to the rest of the
+	// program: GOMAXPROCS above Loops (see Serve). A sleep is bounded
+	// (maxHeldWait) and ends early on the signal with which the runtime
+	// preempts a long-running goroutine (for the collector's
+	// stop-the-world, or sysmon's fairness), so the loop's goroutine stays
+	// preemptible.
+	HoldProcs bool
+	Log       *slog.Logger
+}
+
+// maxHeldWait bounds one sleep of a loop that holds its processor: the
+// longest a stop-the-world would wait for it if preemption signals were
+// off (GODEBUG=asyncpreemptoff=1).
+const maxHeldWait = 10 // ms
+
+// NewGroup starts n loops (n <= 0: one per GOMAXPROCS) that give their
+// processors back while they sleep.
 func NewGroup(n int, log *slog.Logger) (*Group, error) {
+	return Start(Options{Loops: n, Log: log})
+}
+
+// Start starts a group of loops.
+func Start(o Options) (*Group, error) {
+	n, log := o.Loops, o.Log
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	g := &Group{log: log}
+	if o.HoldProcs && n >= runtime.GOMAXPROCS(0) {
+		return nil, fmt.Errorf("%d loops holding processors leave none of GOMAXPROCS %d to the rest of the program", n, runtime.GOMAXPROCS(0))
+	}
+	g := &Group{log: log, hold: o.HoldProcs}
 	for i := 0; i < n; i++ {
 		l, err := newLoop(g, i)
 		if err != nil {
@@ -234,8 +270,9 @@ func (l *Loop) run(ready chan<- struct{}) {
 		timeout := l.timers.waitMillis(time.Now())
 		n := l.poll(0)
 		if n == 0 && timeout != 0 {
-			// Nothing ready: sleep in epoll_wait (the runtime may give the
-			// processor away meanwhile), unless a post came in.
+			// Nothing ready: sleep in epoll_wait, unless a post came in
+			// (unless the group holds its processors, the runtime may
+			// give the processor away meanwhile).
 			l.sleeping.Store(true)
 			l.mu.Lock()
 			pending := len(l.inbox) > 0
@@ -255,9 +292,20 @@ func (l *Loop) poll(timeout int) int {
 	for {
 		var n int
 		var err error
-		if timeout == 0 {
-			n, err = epollWaitRaw(l.epfd, l.events)
-		} else {
+		switch {
+		case timeout == 0:
+			n, err = epollWaitRaw(l.epfd, l.events, 0)
+		case l.g.hold:
+			if timeout < 0 || timeout > maxHeldWait {
+				timeout = maxHeldWait
+			}
+			n, err = epollWaitRaw(l.epfd, l.events, timeout)
+			if err == unix.EINTR {
+				// A signal, maybe the runtime's preemption request: go
+				// round the loop (a function call lets it preempt us).
+				return 0
+			}
+		default:
 			n, err = unix.EpollWait(l.epfd, l.events, timeout)
 		}
 		if err == nil {
@@ -677,10 +725,12 @@ func (h timerHeap) down(i int) bool {
 	return i > start
 }
 
-// epollWaitRaw polls without sleeping (timeout 0), outside the runtime's
-// system-call bookkeeping: it never blocks.
-func epollWaitRaw(epfd int, events []unix.EpollEvent) (int, error) {
-	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+// epollWaitRaw waits up to timeout ms outside the runtime's system-call
+// bookkeeping: the caller keeps its processor. With timeout 0 it never
+// blocks; otherwise only a loop of a group that holds its processors
+// calls it.
+func epollWaitRaw(epfd int, events []unix.EpollEvent, timeout int) (int, error) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(timeout), 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}
@@ -689,14 +739,15 @@ func epollWaitRaw(epfd int, events []unix.EpollEvent) (int, error) {
 
 // Stats are a group's counts now.
 type Stats struct {
-	Loops int
-	Tasks int64 // running or parked
-	Conns int   // sockets registered with the loops
+	Loops     int
+	HoldProcs bool  // the loops keep their processors while they sleep
+	Tasks     int64 // running or parked
+	Conns     int   // sockets registered with the loops
 }
 
 // Stats counts the group's tasks and sockets.
 func (g *Group) Stats() Stats {
-	st := Stats{Loops: len(g.loops)}
+	st := Stats{Loops: len(g.loops), HoldProcs: g.hold}
 	for _, l := range g.loops {
 		st.Tasks += l.tasks.Load()
 		l.mu.Lock()

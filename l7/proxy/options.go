@@ -10,6 +10,7 @@ import (
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/reqid"
 	"github.com/sluicelb/sluice/l7/service"
 )
@@ -68,8 +69,15 @@ type Options struct {
 	// less than goroutines with a new connection per request. The agent
 	// sets it from SLUICE_L7_EVENTLOOPS in its environment (cmd/sluice).
 	EventLoops bool
-	Client     service.ClientLimits
-	Upstream   UpstreamOptions
+	// Loops, with EventLoops, are the event loops to serve on, shared
+	// with other servers (the agent's one group for every service, whose
+	// loops hold their processors: evloop.Options.HoldProcs). The caller
+	// owns them: it closes them once every server on them is shut down.
+	// nil: the server starts loops of its own on its first connection
+	// and stops them when it shuts down.
+	Loops    *evloop.Group
+	Client   service.ClientLimits
+	Upstream UpstreamOptions
 	// ShutdownTimeout bounds the graceful shutdown Serve does when its
 	// context ends; default 30s.
 	ShutdownTimeout time.Duration

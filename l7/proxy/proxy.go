@@ -158,6 +158,7 @@ type Server struct {
 	loopsMu      sync.Mutex
 	loops        *evloop.Group
 	loopsStopped bool
+	sharedLoops  *evloop.Group // Options.Loops: not the server's to close
 }
 
 const copyBufSize = 32 << 10
@@ -467,6 +468,7 @@ func New(opts Options) (*Server, error) {
 		// an HTTP/2 upstream's streams are served by goroutines of its
 		// own, so such a service keeps a goroutine per connection.
 		s.eventLoops = opts.EventLoops && s.h2 == nil
+		s.sharedLoops = opts.Loops
 	}
 	return s, nil
 }
@@ -568,13 +570,17 @@ func (s *Server) startLoops() {
 	if !s.eventLoops || s.loops != nil || s.loopsStopped {
 		return
 	}
-	g, err := evloop.NewGroup(0, s.log)
-	if err != nil {
-		// Served with a goroutine per connection instead.
-		s.log.Warn("event loops not available", "error", err)
-		return
+	g := s.sharedLoops
+	if g == nil {
+		var err error
+		g, err = evloop.NewGroup(0, s.log)
+		if err != nil {
+			// Served with a goroutine per connection instead.
+			s.log.Warn("event loops not available", "error", err)
+			return
+		}
+		s.log.Info("l7 event loops", "loops", g.Stats().Loops)
 	}
-	s.log.Info("l7 event loops", "loops", g.Stats().Loops)
 	s.loops = g
 	s.h1.mu.Lock()
 	s.h1.loops = g
@@ -600,7 +606,7 @@ func (s *Server) stopLoops() {
 	g := s.loops
 	s.loopsStopped = true
 	s.loopsMu.Unlock()
-	if g != nil {
+	if g != nil && g != s.sharedLoops {
 		g.Close()
 	}
 }

@@ -8,9 +8,11 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/proxy"
 	"github.com/sluicelb/sluice/l7/reqid"
 	l7service "github.com/sluicelb/sluice/l7/service"
@@ -41,6 +43,13 @@ type l7Stage struct {
 	requestIDs *reqid.Source // one for every server: ids unique across services
 	netHTTP1   bool          // proxy.Options.NetHTTP1 of every server
 	eventLoops bool          // proxy.Options.EventLoops of every server
+
+	// loops are the event loops every server serves on (with eventLoops),
+	// started with the first service that needs them, closed by wait.
+	loopsMu    sync.Mutex
+	loops      *evloop.Group
+	loopsTried bool
+	procs      int // GOMAXPROCS before the loops took theirs
 
 	wg sync.WaitGroup // Serve goroutines
 
@@ -208,6 +217,9 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 		NetHTTP1:   s.netHTTP1,
 		EventLoops: s.eventLoops,
 	}
+	if s.eventLoops {
+		opts.Loops = s.loopGroup()
+	}
 	if t := svc.TLS; t != nil {
 		f := t.Files()
 		opts.TLS = &f
@@ -361,6 +373,41 @@ func (s *l7Stage) busy(p *pool.Pool, addr netip.AddrPort) int {
 func (s *l7Stage) wait() {
 	s.wg.Wait()
 	s.accessLogs.close(s.log)
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	if s.loops != nil {
+		s.loops.Close()
+		s.loops = nil
+		runtime.GOMAXPROCS(s.procs)
+	}
+}
+
+// loopGroup is the agent's event loops, started on first use: one loop
+// per processor the Go runtime had (GOMAXPROCS: the CPUs, or the CPU
+// limit of the agent's cgroup), each keeping its processor while it
+// sleeps in epoll_wait (evloop.Options.HoldProcs), and GOMAXPROCS raised
+// by one so that the rest of the agent (accepts, DNS, health checks, the
+// access log's writer, the collector) always has a processor of its own.
+// nil when they could not start: each server then starts loops of its
+// own that give their processors back when they sleep.
+func (s *l7Stage) loopGroup() *evloop.Group {
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	if s.loops != nil || s.loopsTried {
+		return s.loops
+	}
+	s.loopsTried = true
+	n := runtime.GOMAXPROCS(0)
+	s.procs = runtime.GOMAXPROCS(n + 1)
+	g, err := evloop.Start(evloop.Options{Loops: n, HoldProcs: true, Log: s.log})
+	if err != nil {
+		runtime.GOMAXPROCS(s.procs)
+		s.log.Warn("l7 event loops holding their processors not available", "error", err)
+		return nil
+	}
+	s.log.Info("l7 event loops", "loops", n, "gomaxprocs", n+1, "hold_procs", true)
+	s.loops = g
+	return g
 }
 
 // observer feeds a service's requests, retries, ejections and panic mode
