@@ -65,15 +65,19 @@ type Options struct {
 	// (maxHeldWait) and ends early on the signal with which the runtime
 	// preempts a long-running goroutine (for the collector's
 	// stop-the-world, or sysmon's fairness), so the loop's goroutine stays
-	// preemptible.
+	// preemptible. A loop idle for longer (maxHeldWait) sleeps on with
+	// the processor given back, as without HoldProcs.
 	HoldProcs bool
 	Log       *slog.Logger
 }
 
-// maxHeldWait bounds one sleep of a loop that holds its processor: the
-// longest a stop-the-world would wait for it if preemption signals were
-// off (GODEBUG=asyncpreemptoff=1).
-const maxHeldWait = 10 // ms
+// maxHeldWait is how long a loop that holds its processor sleeps with it:
+// a loop with nothing to do for longer gives it back until its next
+// event (busy loops keep theirs; idle ones leave the processors to the
+// goroutines). It also bounds how long a stop-the-world would wait for a
+// sleeping loop if preemption signals were off
+// (GODEBUG=asyncpreemptoff=1).
+const maxHeldWait = 1 // ms
 
 // NewGroup starts n loops (n <= 0: one per GOMAXPROCS) that give their
 // processors back while they sleep.
@@ -296,14 +300,23 @@ func (l *Loop) poll(timeout int) int {
 		case timeout == 0:
 			n, err = epollWaitRaw(l.epfd, l.events, 0)
 		case l.g.hold:
-			if timeout < 0 || timeout > maxHeldWait {
-				timeout = maxHeldWait
+			held := timeout
+			if held < 0 || held > maxHeldWait {
+				held = maxHeldWait
 			}
-			n, err = epollWaitRaw(l.epfd, l.events, timeout)
+			n, err = epollWaitRaw(l.epfd, l.events, held)
 			if err == unix.EINTR {
 				// A signal, maybe the runtime's preemption request: go
 				// round the loop (a function call lets it preempt us).
 				return 0
+			}
+			if err == nil && n == 0 && held != timeout {
+				// Idle that long: sleep on without the processor, for the
+				// rest of the program (goroutines may need it more).
+				if timeout > 0 {
+					timeout -= held
+				}
+				n, err = unix.EpollWait(l.epfd, l.events, timeout)
 			}
 		default:
 			n, err = unix.EpollWait(l.epfd, l.events, timeout)

@@ -157,16 +157,14 @@ func (h *h1Server) listening(l net.Listener) bool {
 	return true
 }
 
-// start serves rwc as a task of an event loop (or on a goroutine of its
-// own); false (rwc untouched) when the server is shutting down.
+// start serves rwc on a goroutine of its own (which moves it to an event
+// loop after its first request, when the server has loops and the
+// connection stays open: moveToLoop); false (rwc untouched) when the
+// server is shutting down.
 func (h *h1Server) start(rwc net.Conn) bool {
 	c := &h1Conn{srv: h, rwc: rwc, remain: -1}
 	if !h.track(c) {
 		return false
-	}
-	if c.ev != nil {
-		c.ev.Loop().Go(c.serveTask)
-		return true
 	}
 	go c.serve()
 	return true
@@ -217,12 +215,6 @@ func (h *h1Server) track(c *h1Conn) bool {
 	defer h.mu.Unlock()
 	if h.shutting.Load() {
 		return false
-	}
-	if h.loops != nil {
-		if err := c.adopt(h.loops.Pick()); err != nil {
-			// Served on a goroutine instead.
-			h.s.log.Debug("event loop: connection not adopted", "error", err)
-		}
 	}
 	if h.conns == nil {
 		h.conns = map[*h1Conn]struct{}{}
@@ -310,6 +302,7 @@ type h1Conn struct {
 	remain     int64
 	lastMethod string
 	hijacked   bool
+	moved      bool       // to an event loop, between two requests (moveToLoop)
 	resp       h1Response // the response being written (reused)
 	out        h1Out      // what bw writes to
 	body       h1ReqBody  // the request body's reader (reused)
@@ -360,15 +353,21 @@ func (c *h1Conn) Read(p []byte) (int, error) {
 // serve runs the connection's loop: read a request, answer it, again.
 func (c *h1Conn) serve() {
 	h, s := c.srv, c.srv.s
-	if ra := c.rwc.RemoteAddr(); ra != nil {
-		c.remote = ra.String()
+	// resumed: the connection was moved to this event loop between two
+	// requests (moveToLoop); what it has buffered and read ahead goes on.
+	resumed := c.moved
+	c.moved = false
+	if !resumed {
+		if ra := c.rwc.RemoteAddr(); ra != nil {
+			c.remote = ra.String()
+		}
+		c.br = h.getReader(c)
 	}
 	base := context.Background()
 	if c.task != nil {
 		base = c.task.Context() // the event loop's waits find the task in it
 	}
 	c.ctx, c.cancel = context.WithCancel(base)
-	c.br = h.getReader(c)
 	conn := c.rwc
 	if lc, ok := c.rwc.(*limitConn); ok {
 		// Reads and writes go to the connection itself: sockio (and
@@ -379,14 +378,24 @@ func (c *h1Conn) serve() {
 	// hand-off (sockio); deadlines and Close act on them as on rwc's.
 	c.sock = h.getSock(conn)
 	c.out.sock = c.sock
-	c.bw = h.getWriter(&c.out)
+	if !resumed {
+		c.bw = h.getWriter(&c.out)
+	}
 	defer func() {
 		c.cancel()
 		if c.timer != nil {
 			c.timer.Stop()
+			c.timer = nil
 		}
 		if c.ltimer != nil {
 			c.ltimer.Stop()
+		}
+		if c.moved {
+			// Served on from here by a task of the loop its socket moved
+			// to; this goroutine's socket state is nobody's now.
+			h.putSock(c.sock)
+			c.ev.Loop().Go(c.serveTask)
+			return
 		}
 		if !c.hijacked {
 			_ = c.bw.Flush()
@@ -402,17 +411,23 @@ func (c *h1Conn) serve() {
 		}
 	}()
 	lim := s.limits
-	// The first request's header must come within the header timeout of
-	// the connection (net/http's ReadHeaderTimeout); until its first
-	// byte the connection is idle (a shutdown closes it).
-	if lim.HeaderTimeout > 0 {
-		_ = c.rwc.SetReadDeadline(time.Now().Add(lim.HeaderTimeout))
+	if resumed {
+		if !c.awaitNext() {
+			return
+		}
+	} else {
+		// The first request's header must come within the header timeout
+		// of the connection (net/http's ReadHeaderTimeout); until its
+		// first byte the connection is idle (a shutdown closes it).
+		if lim.HeaderTimeout > 0 {
+			_ = c.rwc.SetReadDeadline(time.Now().Add(lim.HeaderTimeout))
+		}
+		c.remain = c.headerLimit() // what the first Peek reads counts
+		if _, err := c.br.Peek(1); err != nil {
+			return
+		}
+		c.state.Store(h1Active)
 	}
-	c.remain = c.headerLimit() // what the first Peek reads counts
-	if _, err := c.br.Peek(1); err != nil {
-		return
-	}
-	c.state.Store(h1Active)
 	for {
 		r, err := c.readRequest()
 		if err != nil {
@@ -425,27 +440,62 @@ func (c *h1Conn) serve() {
 		if !c.serveRequest(r) {
 			return
 		}
-		// Idle: wait for the next request, within the idle timeout; the
-		// header timeout starts with its first byte.
 		c.state.Store(h1Idle)
 		if h.shutting.Load() {
 			return
 		}
-		if c.br.Buffered() == 0 {
-			if lim.IdleTimeout > 0 {
-				_ = c.rwc.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
-			} else {
-				_ = c.rwc.SetReadDeadline(time.Time{})
-			}
-			if _, err := c.br.Peek(1); err != nil {
-				return
-			}
+		if c.task == nil && c.moveToLoop() {
+			return // the loop's task goes on (see the deferred function)
 		}
-		c.state.Store(h1Active)
-		if lim.HeaderTimeout > 0 {
-			_ = c.rwc.SetReadDeadline(time.Now().Add(lim.HeaderTimeout))
+		if !c.awaitNext() {
+			return
 		}
 	}
+}
+
+// awaitNext waits, idle, for the next request, within the idle timeout;
+// the header timeout starts with its first byte. False: the connection
+// is done.
+func (c *h1Conn) awaitNext() bool {
+	lim := c.srv.s.limits
+	if c.br.Buffered() == 0 {
+		if lim.IdleTimeout > 0 {
+			_ = c.rwc.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
+		} else {
+			_ = c.rwc.SetReadDeadline(time.Time{})
+		}
+		if _, err := c.br.Peek(1); err != nil {
+			return false
+		}
+	}
+	c.state.Store(h1Active)
+	if lim.HeaderTimeout > 0 {
+		_ = c.rwc.SetReadDeadline(time.Now().Add(lim.HeaderTimeout))
+	}
+	return true
+}
+
+// moveToLoop moves a connection served by a goroutine, idle after a
+// request that kept it open, to an event loop of the server (when it has
+// some): a connection that carries more than one request is served by a
+// loop from its second request on, one that carries a single request
+// never pays for the move (taking the socket out of the runtime's poller,
+// handing it to the loop's thread). True: moved; serve's deferred
+// function starts the loop's task as its last step.
+func (c *h1Conn) moveToLoop() bool {
+	h := c.srv
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.loops == nil || h.shutting.Load() {
+		return false
+	}
+	// Under h.mu: shutdown and closeAll close rwc, which adopt replaces.
+	if err := c.adopt(h.loops.Pick()); err != nil {
+		h.s.log.Debug("event loop: connection not moved", "error", err)
+		return false
+	}
+	c.moved = true
+	return true
 }
 
 // headerLimit is how much may be read for a request header: net/http's

@@ -426,17 +426,21 @@ func openConns(h *harness) int64 {
 }
 
 // With Options.EventLoops the loop's connections are served by event
-// loops: after a request on a kept-alive connection, its task is parked on
-// the loop and both the client's socket and the pooled backend
-// connection's are the loops' (not the runtime poller's); without it (the
-// default) a goroutine per connection serves them.
+// loops from their second request on: after the first, a kept-alive
+// connection moves to a loop (a connection that carries one request is
+// served by its goroutine to the end); after the second its task is
+// parked on the loop and both the client's socket and the pooled backend
+// connection the task used are the loops' (not the runtime poller's);
+// without it (the default) a goroutine per connection serves them.
 func TestH1LoopOnEventLoops(t *testing.T) {
 	be := newBackend(t, status(200))
 	h := start(t, newPool(t, nil, be.addr), func(o *Options) { o.EventLoops = true })
 	c, br := rawConn(t, h)
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-	if resp, _ := readResp(t, br, "GET"); resp.StatusCode != 200 {
-		t.Fatalf("status %d", resp.StatusCode)
+	for i := range 2 {
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		if resp, _ := readResp(t, br, "GET"); resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d", i+1, resp.StatusCode)
+		}
 	}
 	st, ok := h.srv.LoopStats()
 	if !ok {
@@ -444,6 +448,16 @@ func TestH1LoopOnEventLoops(t *testing.T) {
 	}
 	if st.Tasks != 1 || st.Conns != 2 {
 		t.Fatalf("event loops: %+v; want the connection's task and two sockets (client, backend)", st)
+	}
+	// A connection that closes after its only request never reaches a
+	// loop.
+	c3, br3 := rawConn(t, h)
+	io.WriteString(c3, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+	if resp, _ := readResp(t, br3, "GET"); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if st, _ := h.srv.LoopStats(); st.Tasks != 1 || st.Conns != 2 {
+		t.Fatalf("after a one-request connection: %+v; want the kept-alive connection's task and sockets only", st)
 	}
 	off := start(t, newPool(t, nil, be.addr), func(o *Options) { o.EventLoops = false })
 	c2, br2 := rawConn(t, off)

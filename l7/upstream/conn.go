@@ -3,6 +3,7 @@ package upstream
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -70,18 +71,41 @@ type Conn struct {
 }
 
 func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info string, gen uint64) *Conn {
-	c := &Conn{pools: p, nc: nc, raw: raw, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now()}
+	c := &Conn{pools: p, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now()}
+	c.setSocket(nc, raw)
+	c.br = bufio.NewReaderSize(phaseReader{c}, 16<<10)
+	c.bw = bufio.NewWriterSize(phaseWriter{c}, 16<<10)
+	return c
+}
+
+// setSocket makes nc (over raw) the connection's socket.
+func (c *Conn) setSocket(nc, raw net.Conn) {
+	c.nc, c.raw = nc, raw
 	c.sock = sockio.New(nc)
 	c.ev, _ = raw.(*evloop.Conn)
+	c.rawc, c.peekFn = nil, nil
 	if sc, ok := raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.rawc = rc
 			c.peekFn = c.peek
 		}
 	}
-	c.br = bufio.NewReaderSize(phaseReader{c}, 16<<10)
-	c.bw = bufio.NewWriterSize(phaseWriter{c}, 16<<10)
-	return c
+	c.rdl, c.wdl = time.Time{}, time.Time{} // none on the new socket yet
+}
+
+// moveTo makes an idle plain-text connection of the runtime's poller one
+// of loop l (an event loop's task took it from the pool: see pickIdle);
+// what it has buffered stays. On failure the connection is unusable.
+func (c *Conn) moveTo(l *evloop.Loop) error {
+	if c.nc != c.raw || c.ev != nil {
+		return fmt.Errorf("move %v to an event loop: not a plain socket of the runtime's poller", c.addr)
+	}
+	ec, err := l.Adopt(c.raw)
+	if err != nil {
+		return fmt.Errorf("move %v to an event loop: %w", c.addr, err)
+	}
+	c.setSocket(ec, ec)
+	return nil
 }
 
 // Addr is the backend address.

@@ -81,7 +81,7 @@ const (
 	CloseBackend  = "backend"  // the backend closed it or asked to (Connection: close, body until EOF)
 	CloseError    = "error"    // the exchange on it failed
 	CloseClient   = "client"   // the client went away in the middle of the exchange
-	CloseFull     = "full"     // the idle pool of its address is full
+	CloseFull     = "full"     // the idle pool of its address is full, or at the connection limit one of the other kind (event loop or not) makes room
 	CloseShutdown = "shutdown" // the pools were closed
 	CloseUpgrade  = "upgrade"  // it carried an upgraded protocol (WebSocket) to its end
 )
@@ -212,8 +212,12 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 		serverName = ""
 	}
 	// An event loop's task takes a connection of its own loop first (one
-	// of another loop moves to this one: two epoll_ctl calls).
+	// of another loop moves to this one: two epoll_ctl calls); a
+	// goroutine takes one of the runtime's poller (see pickIdle).
 	loop := evloop.LoopOf(ctx)
+	if loop != nil && !p.loopDial {
+		loop = nil // its dials give the runtime's sockets: any will do
+	}
 	for {
 		now := time.Now()
 		p.mu.Lock()
@@ -225,8 +229,22 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 		ap.retired = false
 		var cand *Conn
 		var stale []closing
+		move := false
+		full := ap.busy+ap.idleCount()+ap.dialing >= p.opts.MaxConnsPerAddr
 		for l := ap.idle[serverName]; len(l) > 0; l = ap.idle[serverName] {
-			i := pickIdle(l, loop)
+			i, mv := pickIdle(l, loop)
+			if i < 0 && !full {
+				break // none of the caller's kind: dial one
+			}
+			if i < 0 {
+				// At the limit: one of the other kind makes room for
+				// the caller's.
+				c := l[len(l)-1]
+				l[len(l)-1] = nil
+				ap.idle[serverName] = l[:len(l)-1]
+				stale = append(stale, closing{c, CloseFull})
+				break
+			}
 			c := l[i]
 			copy(l[i:], l[i+1:])
 			l[len(l)-1] = nil
@@ -235,8 +253,25 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 				stale = append(stale, closing{c, why})
 				continue
 			}
-			cand = c
+			cand, move = c, mv
 			break
+		}
+		if cand != nil && move {
+			// Counted busy while it moves to the caller's loop.
+			ap.busy++
+			p.mu.Unlock()
+			p.closeAll(stale)
+			stale = nil
+			err := cand.moveTo(loop)
+			p.mu.Lock()
+			ap.busy--
+			if err != nil {
+				ap.signalLocked()
+				p.mu.Unlock()
+				p.log.Debug("upstream connection not moved to an event loop", "error", err)
+				p.closeAll([]closing{{cand, CloseError}})
+				continue
+			}
 		}
 		if cand != nil && resendable && cand.recent(now) {
 			// Handed out without the peek (see GetResendable).
@@ -314,20 +349,34 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 // looked at for one of the caller's event loop.
 const affinityScan = 8
 
-// pickIdle is the index of the idle connection to hand out: the most
-// recently given back (the last), or the most recent of loop's among the
-// last affinityScan.
-func pickIdle(l []*Conn, loop *evloop.Loop) int {
+// pickIdle is the index of the idle connection to hand out, among the
+// last affinityScan given back (the most recent first). For an event
+// loop's task (loop != nil): one of that loop, else one of another loop,
+// else one of the runtime's poller, which moves to the loop first (move:
+// a task waiting on such a socket would block its whole loop). For a
+// goroutine (loop == nil): one of the runtime's poller only (a goroutine
+// waits on a loop's socket with poll(2), on a thread of its own), and -1
+// when none is there: the caller dials one (closing one of the other
+// kind for room, CloseFull, when the address is at its connection
+// limit).
+func pickIdle(l []*Conn, loop *evloop.Loop) (i int, move bool) {
 	last := len(l) - 1
-	if loop == nil {
-		return last
-	}
+	other, poller := -1, -1
 	for i := last; i >= 0 && i > last-affinityScan; i-- {
-		if ec := l[i].ev; ec != nil && ec.Loop() == loop {
-			return i
+		ec := l[i].ev
+		switch {
+		case loop == nil && ec == nil, ec != nil && ec.Loop() == loop:
+			return i, false
+		case loop != nil && ec != nil && other < 0:
+			other = i
+		case loop != nil && ec == nil && poller < 0 && l[i].nc == l[i].raw:
+			poller = i
 		}
 	}
-	return last
+	if other >= 0 {
+		return other, false
+	}
+	return poller, poller >= 0
 }
 
 // waitRoom waits until freed is closed, ctx ends or by passes.
