@@ -138,8 +138,9 @@ func TestL7DNSChange(t *testing.T) {
 // connection, and new connections per request are served too.
 func TestL7EventLoops(t *testing.T) {
 	lab, agent := l7DNSChange(t, []string{"SLUICE_L7_EVENTLOOPS=1"})
-	if !strings.Contains(agent.proc.Log(), "l7 event loops") {
-		t.Fatalf("the agent did not start event loops:\n%s", agent.proc.Log())
+	// One group for the agent, whose loops hold their processors.
+	if log := agent.proc.Log(); !strings.Contains(log, "l7 event loops") || !strings.Contains(log, "hold_procs=true") {
+		t.Fatalf("the agent did not start its event loops (holding their processors):\n%s", log)
 	}
 	for i := range 50 {
 		if _, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "-H", "Connection: close", httpURL); err != nil {
