@@ -132,13 +132,14 @@ func TestL7DNSChange(t *testing.T) {
 	l7DNSChange(t, nil)
 }
 
-// TestL7EventLoops is TestL7DNSChange with the HTTP/1 loop's connections
-// on event loops (SLUICE_L7_EVENTLOOPS=1, docs/l7.md "Event loops"): a
-// keep-alive client follows the DNS move without a failure on one
-// connection, and new connections per request are served too.
+// TestL7EventLoops is TestL7DNSChange looked at for the event loops the
+// agent serves the HTTP/1 loop's connections from by default (docs/l7.md
+// "Event loops"): the agent starts one group, whose loops hold their
+// processors; a keep-alive client follows the DNS move without a failure
+// on one connection (moved to a loop after its first request), and new
+// connections per request are served too.
 func TestL7EventLoops(t *testing.T) {
-	lab, agent := l7DNSChange(t, []string{"SLUICE_L7_EVENTLOOPS=1"})
-	// One group for the agent, whose loops hold their processors.
+	lab, agent := l7DNSChange(t, nil)
 	if log := agent.proc.Log(); !strings.Contains(log, "l7 event loops") || !strings.Contains(log, "hold_procs=true") {
 		t.Fatalf("the agent did not start its event loops (holding their processors):\n%s", log)
 	}
@@ -146,6 +147,15 @@ func TestL7EventLoops(t *testing.T) {
 		if _, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "-H", "Connection: close", httpURL); err != nil {
 			t.Fatalf("new connection %d: %v", i, err)
 		}
+	}
+}
+
+// TestL7Goroutines is TestL7DNSChange with SLUICE_L7_EVENTLOOPS=0: a
+// goroutine per connection, no event loops.
+func TestL7Goroutines(t *testing.T) {
+	_, agent := l7DNSChange(t, []string{"SLUICE_L7_EVENTLOOPS=0"})
+	if log := agent.proc.Log(); strings.Contains(log, "l7 event loops") {
+		t.Fatalf("SLUICE_L7_EVENTLOOPS=0: the agent started event loops:\n%s", log)
 	}
 }
 

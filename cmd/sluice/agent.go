@@ -16,10 +16,19 @@ import (
 // (docs/l7.md, "The HTTP/1 connection loop").
 const EnvL7NetHTTP1 = "SLUICE_L7_NETHTTP1"
 
-// EnvL7EventLoops, set (to anything) in the agent's environment, serves
-// the HTTP/1 loop's connections from per-CPU event loops instead of a
-// goroutine each (docs/l7.md, "Event loops"): off by default.
+// EnvL7EventLoops set to 0 (or false, off, no) in the agent's environment
+// serves the HTTP/1 loop's connections with a goroutine each instead of
+// from per-CPU event loops (docs/l7.md, "Event loops"), the default.
 const EnvL7EventLoops = "SLUICE_L7_EVENTLOOPS"
+
+// eventLoopsOn is whether EnvL7EventLoops's value v leaves event loops on.
+func eventLoopsOn(v string) bool {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "0", "false", "off", "no":
+		return false
+	}
+	return true
+}
 
 func agentCmd() *command {
 	return &command{
@@ -34,9 +43,9 @@ forwarding (a restarted agent adopts it; 'sluice teardown' removes it).
 SIGHUP re-reads the config, like 'sluice reload'.
 SLUICE_L7_NETHTTP1=1 in the environment serves plain-text http listeners
 with net/http's HTTP/1 server instead of sluice's own loop (a diagnostic
-switch, to compare the two); SLUICE_L7_EVENTLOOPS=1 serves that loop's
-connections from per-CPU event loops instead of a goroutine each (off by
-default; see docs/l7.md, "Event loops").`,
+switch, to compare the two). That loop serves its connections from per-CPU
+event loops; SLUICE_L7_EVENTLOOPS=0 serves them with a goroutine each
+instead (see docs/l7.md, "Event loops").`,
 		maxArgs: 0,
 		setup: func(fs *flag.FlagSet) runFunc {
 			var path string
@@ -54,7 +63,7 @@ default; see docs/l7.md, "Event loops").`,
 				}
 				ro := agent.RunOptions{
 					L7NetHTTP1:   e.env(EnvL7NetHTTP1) != "",
-					L7EventLoops: e.env(EnvL7EventLoops) != "",
+					L7EventLoops: eventLoopsOn(e.env(EnvL7EventLoops)),
 				}
 				return e.runAgent(ctx, path, log, e.version, ro)
 			}

@@ -753,12 +753,24 @@ func TestAgent(t *testing.T) {
 	}
 
 	// SLUICE_L7_NETHTTP1 and SLUICE_L7_EVENTLOOPS in the environment reach
-	// the agent as options.
-	for val, want := range map[string]bool{"": false, "1": true} {
+	// the agent as options: net/http's server when asked for, event loops
+	// unless turned off.
+	for _, tc := range []struct {
+		val               string
+		netHTTP1, evloops bool
+	}{
+		{"", false, true},
+		{"1", true, true},
+		{"0", false, false},
+		{"off", false, false},
+	} {
 		env := h.env(&bytes.Buffer{}, &bytes.Buffer{})
 		env.getenv = func(k string) string {
+			if k == EnvL7NetHTTP1 && tc.val != "1" {
+				return ""
+			}
 			if k == EnvL7NetHTTP1 || k == EnvL7EventLoops {
-				return val
+				return tc.val
 			}
 			return ""
 		}
@@ -767,8 +779,8 @@ func TestAgent(t *testing.T) {
 			got = ro
 			return nil
 		}
-		if code := run(context.Background(), env, []string{"agent", "-c", "x.yaml"}); code != exitOK || got.L7NetHTTP1 != want || got.L7EventLoops != want {
-			t.Errorf("%s/%s=%q: exit %d, L7NetHTTP1 %v, L7EventLoops %v", EnvL7NetHTTP1, EnvL7EventLoops, val, code, got.L7NetHTTP1, got.L7EventLoops)
+		if code := run(context.Background(), env, []string{"agent", "-c", "x.yaml"}); code != exitOK || got.L7NetHTTP1 != tc.netHTTP1 || got.L7EventLoops != tc.evloops {
+			t.Errorf("%s/%s=%q: exit %d, L7NetHTTP1 %v, L7EventLoops %v", EnvL7NetHTTP1, EnvL7EventLoops, tc.val, code, got.L7NetHTTP1, got.L7EventLoops)
 		}
 	}
 }

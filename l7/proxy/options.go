@@ -65,9 +65,8 @@ type Options struct {
 	NetHTTP1 bool
 	// EventLoops serves the HTTP/1 loop's connections from per-CPU event
 	// loops (l7/evloop) instead of a goroutine each on the Go runtime's
-	// poller (docs/l7.md, "Event loops"): off by default until it costs
-	// less than goroutines with a new connection per request. The agent
-	// sets it from SLUICE_L7_EVENTLOOPS in its environment (cmd/sluice).
+	// poller (docs/l7.md, "Event loops"). The agent sets it unless
+	// SLUICE_L7_EVENTLOOPS=0 is in its environment (cmd/sluice).
 	EventLoops bool
 	// Loops, with EventLoops, are the event loops to serve on, shared
 	// with other servers (the agent's one group for every service, whose
