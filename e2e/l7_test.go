@@ -143,6 +143,9 @@ func TestL7EventLoops(t *testing.T) {
 	if log := agent.proc.Log(); !strings.Contains(log, "l7 event loops") || !strings.Contains(log, "hold_procs=true") {
 		t.Fatalf("the agent did not start its event loops (holding their processors):\n%s", log)
 	}
+	if m, out := lab.scrape(); m["sluice_l7_event_loops"] < 1 {
+		t.Fatalf("sluice_l7_event_loops = %v, want the loops counted:\n%s", m["sluice_l7_event_loops"], out)
+	}
 	for i := range 50 {
 		if _, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "-H", "Connection: close", httpURL); err != nil {
 			t.Fatalf("new connection %d: %v", i, err)
@@ -153,9 +156,12 @@ func TestL7EventLoops(t *testing.T) {
 // TestL7Goroutines is TestL7DNSChange with SLUICE_L7_EVENTLOOPS=0: a
 // goroutine per connection, no event loops.
 func TestL7Goroutines(t *testing.T) {
-	_, agent := l7DNSChange(t, []string{"SLUICE_L7_EVENTLOOPS=0"})
+	lab, agent := l7DNSChange(t, []string{"SLUICE_L7_EVENTLOOPS=0"})
 	if log := agent.proc.Log(); strings.Contains(log, "l7 event loops") {
 		t.Fatalf("SLUICE_L7_EVENTLOOPS=0: the agent started event loops:\n%s", log)
+	}
+	if m, out := lab.scrape(); m["sluice_l7_event_loops"] != 0 {
+		t.Fatalf("SLUICE_L7_EVENTLOOPS=0: sluice_l7_event_loops = %v:\n%s", m["sluice_l7_event_loops"], out)
 	}
 }
 

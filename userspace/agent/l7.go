@@ -376,6 +376,9 @@ func (s *l7Stage) wait() {
 	s.loopsMu.Lock()
 	defer s.loopsMu.Unlock()
 	if s.loops != nil {
+		if s.metrics != nil {
+			s.metrics.L7.SetLoopStats(nil)
+		}
 		s.loops.Close()
 		s.loops = nil
 		runtime.GOMAXPROCS(s.procs)
@@ -407,6 +410,12 @@ func (s *l7Stage) loopGroup() *evloop.Group {
 	}
 	s.log.Info("l7 event loops", "loops", n, "gomaxprocs", n+1, "hold_procs", true)
 	s.loops = g
+	if s.metrics != nil {
+		s.metrics.L7.SetLoopStats(func() metrics.LoopStats {
+			st := g.Stats()
+			return metrics.LoopStats{Loops: st.Loops, Tasks: st.Tasks, Conns: st.Conns}
+		})
+	}
 	return g
 }
 

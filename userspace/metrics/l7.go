@@ -24,6 +24,11 @@ type L7 struct {
 	dnsWaits      *prometheus.CounterVec
 	refused       *prometheus.CounterVec
 
+	// The event loops' gauges read loopStats at scrape time (nil: no
+	// loops running).
+	loopStats                   atomic.Pointer[func() LoopStats]
+	loops, loopTasks, loopConns prometheus.GaugeFunc
+
 	// reqChildren caches the series Request updates per (service, code),
 	// saving three label look-ups (a hash and a lock each) per request.
 	// An entry is valid while gen is the one it was made under: a Forget
@@ -44,7 +49,48 @@ type reqSeries struct {
 	tries    prometheus.Observer
 }
 
+// LoopStats is what the event loops' gauges show.
+type LoopStats struct {
+	Loops int
+	Tasks int64 // client connections the loops serve now
+	Conns int   // sockets registered with the loops (clients and backends)
+}
+
 func newL7() *L7 {
+	l := newL7Vecs()
+	stat := func(f func(LoopStats) float64) func() float64 {
+		return func() float64 {
+			if p := l.loopStats.Load(); p != nil {
+				return f((*p)())
+			}
+			return 0
+		}
+	}
+	l.loops = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_l7_event_loops",
+		Help: "Event loops serving the HTTP/1 connection loop (0: a goroutine per connection).",
+	}, stat(func(s LoopStats) float64 { return float64(s.Loops) }))
+	l.loopTasks = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_l7_event_loop_tasks",
+		Help: "Client connections served by the event loops now (kept-alive ones, from their second request).",
+	}, stat(func(s LoopStats) float64 { return float64(s.Tasks) }))
+	l.loopConns = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_l7_event_loop_sockets",
+		Help: "Sockets registered with the event loops: their clients' and their pooled backend connections.",
+	}, stat(func(s LoopStats) float64 { return float64(s.Conns) }))
+	return l
+}
+
+// SetLoopStats makes the event loops' gauges read f (nil: zero).
+func (l *L7) SetLoopStats(f func() LoopStats) {
+	if f == nil {
+		l.loopStats.Store(nil)
+		return
+	}
+	l.loopStats.Store(&f)
+}
+
+func newL7Vecs() *L7 {
 	return &L7{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_l7_requests_total",
@@ -109,6 +155,7 @@ func (l *L7) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		l.requests, l.duration, l.tries, l.retries, l.retryRefused,
 		l.ejections, l.panicMode, l.upstreamConns, l.dnsWaits, l.refused,
+		l.loops, l.loopTasks, l.loopConns,
 	}
 }
 
