@@ -76,6 +76,9 @@ type h1Server struct {
 	writers  sync.Pool      // *bufio.Writer
 	socks    sync.Pool      // *sockio.Conn
 	date     atomic.Pointer[dateLine]
+	// workers are the goroutines connections start on (kept between
+	// connections: see workers).
+	workers workers
 	// loops, when set, serve the connections: each runs as a task of an
 	// event loop (l7/evloop) instead of a goroutine on the runtime's
 	// poller.
@@ -157,16 +160,16 @@ func (h *h1Server) listening(l net.Listener) bool {
 	return true
 }
 
-// start serves rwc on a goroutine of its own (which moves it to an event
-// loop after its first request, when the server has loops and the
-// connection stays open: moveToLoop); false (rwc untouched) when the
-// server is shutting down.
+// start serves rwc on a goroutine (a kept one: workers) that moves it
+// to an event loop after its first request, when the server has loops
+// and the connection stays open (moveToLoop); false (rwc untouched) when
+// the server is shutting down.
 func (h *h1Server) start(rwc net.Conn) bool {
 	c := &h1Conn{srv: h, rwc: rwc, remain: -1}
 	if !h.track(c) {
 		return false
 	}
-	go c.serve()
+	h.workers.Go(c.serve)
 	return true
 }
 
@@ -236,6 +239,7 @@ func (h *h1Server) untrack(c *h1Conn) {
 func (h *h1Server) shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	h.shutting.Store(true)
+	h.workers.stop()
 	if h.ln != nil {
 		h.ln.Close()
 	}
@@ -261,6 +265,7 @@ func (h *h1Server) shutdown(ctx context.Context) error {
 func (h *h1Server) closeAll() {
 	h.mu.Lock()
 	h.shutting.Store(true)
+	h.workers.stop()
 	if h.ln != nil {
 		h.ln.Close()
 	}
