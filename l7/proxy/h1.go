@@ -404,6 +404,7 @@ func (c *h1Conn) serve() {
 		}
 		if !c.hijacked {
 			_ = c.bw.Flush()
+			c.sock.Finish()
 			c.rwc.Close()
 			h.putReader(c.br)
 			h.putWriter(c.bw)

@@ -103,6 +103,23 @@ func (s *Conn) Init(c net.Conn) {
 // calls (a TCP connection), not through its own methods.
 func (s *Conn) Raw() bool { return s.rc != nil }
 
+// Finish ends the stream the connection sends (shutdown SHUT_WR) with a
+// raw system call, before the Close that follows: on a TCP socket whose
+// receive queue is empty the kernel's work of closing it is sending the
+// FIN, and over a veth that runs the peer's receive path in the caller's
+// system call (~15 µs). Through net's Close, a system call that long
+// lets the scheduler's monitor hand the caller's processor to another
+// thread (a wake-up, context switches); here it does not. Nothing
+// happens on a connection that is not a TCP socket of the runtime's.
+func (s *Conn) Finish() {
+	if s.rc == nil || s.ev != nil {
+		return
+	}
+	_ = s.rc.Control(func(fd uintptr) {
+		_, _, _ = unix.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0)
+	})
+}
+
 // Release forgets the connection (for a Conn kept for another one).
 func (s *Conn) Release() { s.nc, s.rc, s.ev = nil, nil, nil }
 

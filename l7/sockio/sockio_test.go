@@ -300,3 +300,30 @@ func TestEventLoopConnIsRaw(t *testing.T) {
 		t.Errorf("read past its deadline: %v", r.timeout)
 	}
 }
+
+// TestFinish: Finish sends the end of the stream (the peer reads what was
+// written, then EOF) and leaves the connection open for reading.
+func TestFinish(t *testing.T) {
+	s, p := pair(t)
+	if _, err := s.Write([]byte("last")); err != nil {
+		t.Fatal(err)
+	}
+	s.Finish()
+	_ = p.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(p)
+	if err != nil || string(got) != "last" {
+		t.Fatalf("peer read %q, %v; want \"last\" then EOF", got, err)
+	}
+	if _, err := p.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(s, buf); err != nil || buf[0] != 'x' {
+		t.Fatalf("read after Finish %q, %v", buf, err)
+	}
+	// Not a TCP socket: nothing happens.
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	New(a).Finish()
+}
