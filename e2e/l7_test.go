@@ -137,11 +137,15 @@ func TestL7DNSChange(t *testing.T) {
 // "Event loops"): the agent starts one group, whose loops hold their
 // processors; a keep-alive client follows the DNS move without a failure
 // on one connection (moved to a loop after its first request), and new
-// connections per request are served too.
+// connections per request are served too. Without GOGC in its
+// environment the agent paces the garbage collector (docs/operations.md).
 func TestL7EventLoops(t *testing.T) {
-	lab, agent := l7DNSChange(t, nil)
+	lab, agent := l7DNSChange(t, []string{"GOGC="})
 	if log := agent.proc.Log(); !strings.Contains(log, "l7 event loops") || !strings.Contains(log, "hold_procs=true") {
 		t.Fatalf("the agent did not start its event loops (holding their processors):\n%s", log)
+	}
+	if log := agent.proc.Log(); !strings.Contains(log, "garbage collector paced") {
+		t.Fatalf("the agent did not pace the garbage collector (no GOGC in its environment):\n%s", log)
 	}
 	if m, out := lab.scrape(); m["sluice_l7_event_loops"] < 1 {
 		t.Fatalf("sluice_l7_event_loops = %v, want the loops counted:\n%s", m["sluice_l7_event_loops"], out)
@@ -154,11 +158,15 @@ func TestL7EventLoops(t *testing.T) {
 }
 
 // TestL7Goroutines is TestL7DNSChange with SLUICE_L7_EVENTLOOPS=0: a
-// goroutine per connection, no event loops.
+// goroutine per connection, no event loops; and GOGC=100, which the agent
+// leaves as the operator set it (no pacing).
 func TestL7Goroutines(t *testing.T) {
-	lab, agent := l7DNSChange(t, []string{"SLUICE_L7_EVENTLOOPS=0"})
+	lab, agent := l7DNSChange(t, []string{"SLUICE_L7_EVENTLOOPS=0", "GOGC=100"})
 	if log := agent.proc.Log(); strings.Contains(log, "l7 event loops") {
 		t.Fatalf("SLUICE_L7_EVENTLOOPS=0: the agent started event loops:\n%s", log)
+	}
+	if log := agent.proc.Log(); strings.Contains(log, "garbage collector paced") {
+		t.Fatalf("GOGC=100: the agent paced the garbage collector anyway:\n%s", log)
 	}
 	if m, out := lab.scrape(); m["sluice_l7_event_loops"] != 0 {
 		t.Fatalf("SLUICE_L7_EVENTLOOPS=0: sluice_l7_event_loops = %v:\n%s", m["sluice_l7_event_loops"], out)

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/sluicelb/sluice/userspace/agent"
+	"github.com/sluicelb/sluice/userspace/gcpace"
 )
 
 // EnvL7NetHTTP1, set (to anything) in the agent's environment, serves
@@ -20,6 +21,15 @@ const EnvL7NetHTTP1 = "SLUICE_L7_NETHTTP1"
 // serves the HTTP/1 loop's connections with a goroutine each instead of
 // from per-CPU event loops (docs/l7.md, "Event loops"), the default.
 const EnvL7EventLoops = "SLUICE_L7_EVENTLOOPS"
+
+// gcHeadroom is the agent's garbage collector pacing (gcpace) for the
+// environment's GOGC value v: none when the operator set GOGC.
+func gcHeadroom(v string) uint64 {
+	if v != "" {
+		return 0
+	}
+	return gcpace.DefaultHeadroom
+}
 
 // eventLoopsOn is whether EnvL7EventLoops's value v leaves event loops on.
 func eventLoopsOn(v string) bool {
@@ -45,7 +55,10 @@ SLUICE_L7_NETHTTP1=1 in the environment serves plain-text http listeners
 with net/http's HTTP/1 server instead of sluice's own loop (a diagnostic
 switch, to compare the two). That loop serves its connections from per-CPU
 event loops; SLUICE_L7_EVENTLOOPS=0 serves them with a goroutine each
-instead (see docs/l7.md, "Event loops").`,
+instead (see docs/l7.md, "Event loops").
+Unless GOGC is set in the environment, the agent paces Go's garbage
+collector so its heap may grow by 64 MiB between collections (a small heap
+under load was collected a dozen times a second; see docs/operations.md).`,
 		maxArgs: 0,
 		setup: func(fs *flag.FlagSet) runFunc {
 			var path string
@@ -64,6 +77,7 @@ instead (see docs/l7.md, "Event loops").`,
 				ro := agent.RunOptions{
 					L7NetHTTP1:   e.env(EnvL7NetHTTP1) != "",
 					L7EventLoops: eventLoopsOn(e.env(EnvL7EventLoops)),
+					GCHeadroom:   gcHeadroom(e.env("GOGC")),
 				}
 				return e.runAgent(ctx, path, log, e.version, ro)
 			}

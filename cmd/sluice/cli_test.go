@@ -22,6 +22,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/agent"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/gcpace"
 )
 
 var testNow = time.Date(2026, 1, 2, 3, 10, 0, 0, time.UTC)
@@ -781,6 +782,28 @@ func TestAgent(t *testing.T) {
 		}
 		if code := run(context.Background(), env, []string{"agent", "-c", "x.yaml"}); code != exitOK || got.L7NetHTTP1 != tc.netHTTP1 || got.L7EventLoops != tc.evloops {
 			t.Errorf("%s/%s=%q: exit %d, L7NetHTTP1 %v, L7EventLoops %v", EnvL7NetHTTP1, EnvL7EventLoops, tc.val, code, got.L7NetHTTP1, got.L7EventLoops)
+		}
+	}
+	// The garbage collector is paced unless the operator set GOGC.
+	for _, gogc := range []string{"", "100", "off"} {
+		env := h.env(&bytes.Buffer{}, &bytes.Buffer{})
+		env.getenv = func(k string) string {
+			if k == "GOGC" {
+				return gogc
+			}
+			return ""
+		}
+		var got agent.RunOptions
+		env.runAgent = func(_ context.Context, _ string, _ *slog.Logger, _ string, ro agent.RunOptions) error {
+			got = ro
+			return nil
+		}
+		want := uint64(0)
+		if gogc == "" {
+			want = gcpace.DefaultHeadroom
+		}
+		if code := run(context.Background(), env, []string{"agent", "-c", "x.yaml"}); code != exitOK || got.GCHeadroom != want {
+			t.Errorf("GOGC=%q: exit %d, GCHeadroom %d, want %d", gogc, code, got.GCHeadroom, want)
 		}
 	}
 }

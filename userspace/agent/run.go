@@ -38,6 +38,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/announce"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/gcpace"
 	"github.com/sluicelb/sluice/userspace/metrics"
 )
 
@@ -54,6 +55,10 @@ type RunOptions struct {
 	// L7EventLoops serves the HTTP/1 loop's connections from event loops
 	// (proxy.Options.EventLoops).
 	L7EventLoops bool
+	// GCHeadroom, when > 0, paces the garbage collector so the heap may
+	// grow by this many bytes between collections (gcpace; 0: Go's
+	// GOGC as it is).
+	GCHeadroom uint64
 }
 
 // Run runs the agent until ctx is done. SIGHUP reloads the config file. On
@@ -68,6 +73,10 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		return fmt.Errorf("load config: %w", err)
 	}
 	logWarnings(log, cfg)
+	if ro.GCHeadroom > 0 {
+		gp := gcpace.Start(ro.GCHeadroom, log.With("component", "gc"))
+		defer gp.Stop()
+	}
 	// A second agent started by mistake stops here, before it touches the
 	// data path the first one runs.
 	if err := admin.Probe(cfg.Admin.Socket); err != nil {
