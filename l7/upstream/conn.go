@@ -334,7 +334,10 @@ func (c *Conn) alive() bool {
 // peek looks at the socket without blocking or consuming (see alive).
 func (c *Conn) peek(fd uintptr) bool {
 	var buf [1]byte
-	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1,
+	// A raw system call: it never blocks (MSG_DONTWAIT), and through
+	// the scheduler's hand-off it would wake the runtime's monitor thread
+	// from its sleep when the process was idle (context switches).
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1,
 		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 	switch {
 	case errno == unix.EAGAIN || errno == unix.EWOULDBLOCK:
