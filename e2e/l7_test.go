@@ -147,13 +147,19 @@ func TestL7EventLoops(t *testing.T) {
 	if log := agent.proc.Log(); !strings.Contains(log, "garbage collector paced") {
 		t.Fatalf("the agent did not pace the garbage collector (no GOGC in its environment):\n%s", log)
 	}
-	if m, out := lab.scrape(); m["sluice_l7_event_loops"] < 1 {
-		t.Fatalf("sluice_l7_event_loops = %v, want the loops counted:\n%s", m["sluice_l7_event_loops"], out)
+	if m, out := lab.scrape(); m["sluice_l7_event_loops"] < 1 || m["go_gc_gogc_percent"] <= 100 {
+		t.Fatalf("sluice_l7_event_loops = %v, want the loops counted; go_gc_gogc_percent = %v, want the pacer's (> 100):\n%s",
+			m["sluice_l7_event_loops"], m["go_gc_gogc_percent"], out)
 	}
 	for i := range 50 {
 		if _, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "-H", "Connection: close", httpURL); err != nil {
 			t.Fatalf("new connection %d: %v", i, err)
 		}
+	}
+	// sluice status says so too.
+	out, err := agent.CLI("status")
+	if err != nil || !strings.Contains(out, "runtime: gomaxprocs ") || !strings.Contains(out, "gc paced (gogc ") || !strings.Contains(out, "http/1 event loops ") {
+		t.Fatalf("sluice status: %v; want its runtime line with the pacing and the loops:\n%s", err, out)
 	}
 }
 
@@ -168,8 +174,9 @@ func TestL7Goroutines(t *testing.T) {
 	if log := agent.proc.Log(); strings.Contains(log, "garbage collector paced") {
 		t.Fatalf("GOGC=100: the agent paced the garbage collector anyway:\n%s", log)
 	}
-	if m, out := lab.scrape(); m["sluice_l7_event_loops"] != 0 {
-		t.Fatalf("SLUICE_L7_EVENTLOOPS=0: sluice_l7_event_loops = %v:\n%s", m["sluice_l7_event_loops"], out)
+	if m, out := lab.scrape(); m["sluice_l7_event_loops"] != 0 || m["go_gc_gogc_percent"] != 100 {
+		t.Fatalf("SLUICE_L7_EVENTLOOPS=0, GOGC=100: sluice_l7_event_loops = %v (want 0), go_gc_gogc_percent = %v (want 100):\n%s",
+			m["sluice_l7_event_loops"], m["go_gc_gogc_percent"], out)
 	}
 }
 

@@ -69,6 +69,9 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 	if st.Node != nil {
 		writeNode(w, st.Node, now)
 	}
+	if st.Runtime != nil {
+		writeRuntime(w, st.Runtime)
+	}
 	fmt.Fprintln(w)
 	if len(st.NotApplied) > 0 {
 		fmt.Fprintf(w, "NOT APPLIED (the last start or reload could not apply %d thing%s of the config):\n", len(st.NotApplied), plural(len(st.NotApplied)))
@@ -153,4 +156,18 @@ func bytesHuman(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// writeRuntime is the status line of the agent's Go runtime.
+func writeRuntime(w io.Writer, rt *admin.Runtime) {
+	gc := fmt.Sprintf("gc gogc %d (the environment's GOGC)", rt.GOGC)
+	if rt.GCPaced {
+		gc = fmt.Sprintf("gc paced (gogc %d, live heap %s)", rt.GOGC, bytesHuman(rt.HeapLiveBytes))
+	}
+	loops := "no http/1 event loops"
+	if rt.EventLoops > 0 {
+		loops = fmt.Sprintf("http/1 event loops %d (%d connection%s, %d socket%s)", rt.EventLoops,
+			rt.LoopConnections, plural(rt.LoopConnections), rt.LoopSockets, plural(rt.LoopSockets))
+	}
+	fmt.Fprintf(w, "runtime: gomaxprocs %d, %s, %s\n", rt.GOMAXPROCS, gc, loops)
 }

@@ -47,6 +47,29 @@ type Status struct {
 	// Node is the VIP announcements and the node's drain (absent without
 	// a bgp section).
 	Node *Node `json:"node,omitempty"`
+	// Runtime is how the agent's Go runtime runs (absent from older
+	// agents).
+	Runtime *Runtime `json:"runtime,omitempty"`
+}
+
+// Runtime is the agent's Go runtime: its processors, the garbage
+// collector's pacing and the HTTP stage's event loops.
+type Runtime struct {
+	GOMAXPROCS int `json:"gomaxprocs"`
+	// GOGC is the collector's setting in force; GCPaced is whether the
+	// agent sets it from the live heap (docs/operations.md, "Memory and
+	// the garbage collector"), HeapLiveBytes the heap the last collection
+	// found live.
+	GOGC          int    `json:"gogc"`
+	GCPaced       bool   `json:"gc_paced"`
+	HeapLiveBytes uint64 `json:"heap_live_bytes"`
+	// EventLoops is how many event loops serve the kept-alive HTTP/1
+	// connections (0: none started: a goroutine per connection, or no
+	// plain-text http service yet); LoopConnections how many connections
+	// they serve and LoopSockets their sockets (clients' and backends').
+	EventLoops      int `json:"event_loops"`
+	LoopConnections int `json:"event_loop_connections"`
+	LoopSockets     int `json:"event_loop_sockets"`
 }
 
 // Node is what the node announces and where it stands in a drain.

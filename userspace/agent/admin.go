@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
+	rtmetrics "runtime/metrics"
 	"slices"
 	"strings"
 	"time"
@@ -40,6 +42,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	}
 	a.mu.Unlock()
 	st.Node = a.nodeStatus(cfg)
+	st.Runtime = a.runtimeStatus()
 	if lr, ok := a.rec.dp.(interface{ LayoutReset() []string }); ok {
 		st.LayoutReset = lr.LayoutReset()
 	}
@@ -341,4 +344,23 @@ func (a *agent) SetSource(poolName, source string, addrs []pool.Desired) error {
 	now := a.now()
 	ps.p.SetSource(now, source, addrs)
 	return a.reconcileLocked(now)
+}
+
+// runtimeStatus is the Go runtime's part of the status.
+func (a *agent) runtimeStatus() *admin.Runtime {
+	samples := []rtmetrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/heap/live:bytes"}}
+	rtmetrics.Read(samples)
+	rt := &admin.Runtime{GOMAXPROCS: runtime.GOMAXPROCS(0), GCPaced: a.gcPaced}
+	if v := samples[0].Value; v.Kind() == rtmetrics.KindUint64 {
+		rt.GOGC = int(v.Uint64())
+	}
+	if v := samples[1].Value; v.Kind() == rtmetrics.KindUint64 {
+		rt.HeapLiveBytes = v.Uint64()
+	}
+	if a.l7 != nil {
+		if st, ok := a.l7.loopStats(); ok {
+			rt.EventLoops, rt.LoopConnections, rt.LoopSockets = st.Loops, int(st.Tasks), st.Conns
+		}
+	}
+	return rt
 }

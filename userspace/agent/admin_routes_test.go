@@ -58,3 +58,23 @@ services:
 		}
 	}
 }
+
+// The status says how the Go runtime runs: its processors and the
+// collector's setting (in tests: not paced, no HTTP stage, no loops).
+func TestStatusRuntime(t *testing.T) {
+	h := newHarnessWith(t, nil, `interfaces: [veth0]
+pools:
+  - name: web
+    backends: [{address: 198.18.2.11:80}]
+services:
+  - {name: web, listen: 198.18.1.100:80, protocol: tcp, pool: web}
+`, nil)
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := st.Runtime
+	if rt == nil || rt.GOMAXPROCS < 1 || rt.GOGC == 0 || rt.GCPaced || rt.EventLoops != 0 {
+		t.Fatalf("runtime status %+v; want GOMAXPROCS and GOGC set, not paced, no loops", rt)
+	}
+}

@@ -419,6 +419,18 @@ func (s *l7Stage) loopGroup() *evloop.Group {
 	return g
 }
 
+// loopStats is the shared event loops' counts; false when they have not
+// started.
+func (s *l7Stage) loopStats() (evloop.Stats, bool) {
+	s.loopsMu.Lock()
+	g := s.loops
+	s.loopsMu.Unlock()
+	if g == nil {
+		return evloop.Stats{}, false
+	}
+	return g.Stats(), true
+}
+
 // observer feeds a service's requests, retries, ejections and panic mode
 // to the metrics (nil: none).
 func (s *l7Stage) observer(svc config.Service) proxy.Observer {

@@ -151,6 +151,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		l7:           true,
 		l7NetHTTP1:   ro.L7NetHTTP1,
 		l7EventLoops: ro.L7EventLoops,
+		gcPaced:      ro.GCHeadroom > 0,
 		accessLogOut: os.Stdout,
 		announce:     ann,
 	})
