@@ -758,8 +758,12 @@ type Stats struct {
 	Conns     int   // sockets registered with the loops
 }
 
-// Stats counts the group's tasks and sockets.
+// Stats counts the group's tasks and sockets (none, no loops, for a nil
+// group).
 func (g *Group) Stats() Stats {
+	if g == nil {
+		return Stats{}
+	}
 	st := Stats{Loops: len(g.loops), HoldProcs: g.hold}
 	for _, l := range g.loops {
 		st.Tasks += l.tasks.Load()

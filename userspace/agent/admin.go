@@ -358,9 +358,8 @@ func (a *agent) runtimeStatus() *admin.Runtime {
 		rt.HeapLiveBytes = v.Uint64()
 	}
 	if a.l7 != nil {
-		if st, ok := a.l7.loopStats(); ok {
-			rt.EventLoops, rt.LoopConnections, rt.LoopSockets = st.Loops, int(st.Tasks), st.Conns
-		}
+		st := a.l7.loopStats()
+		rt.EventLoops, rt.LoopConnections, rt.LoopSockets = st.Loops, int(st.Tasks), st.Conns
 	}
 	return rt
 }

@@ -419,16 +419,12 @@ func (s *l7Stage) loopGroup() *evloop.Group {
 	return g
 }
 
-// loopStats is the shared event loops' counts; false when they have not
-// started.
-func (s *l7Stage) loopStats() (evloop.Stats, bool) {
+// loopStats is the shared event loops' counts (no loops before they
+// start).
+func (s *l7Stage) loopStats() evloop.Stats {
 	s.loopsMu.Lock()
-	g := s.loops
-	s.loopsMu.Unlock()
-	if g == nil {
-		return evloop.Stats{}, false
-	}
-	return g.Stats(), true
+	defer s.loopsMu.Unlock()
+	return s.loops.Stats()
 }
 
 // observer feeds a service's requests, retries, ejections and panic mode
