@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# prof_l7.sh: one proxy alone in a fresh lab behind wrk, for profiling the
+# L7 stage (docs/benchmarks.md, issue 11 steps 16-17, were made with it).
+# Where bench_l7.sh compares three proxies in one run, this looks inside
+# one: the agent (or nginx) under wrk -t2 -c32 for PROF_DUR seconds (8)
+# after a 3 s warm-up, and one of
+#
+#   cpu      requests/s and the proxy's CPU (user + system, /proc) per request
+#   stat     perf stat: system calls and context switches of the proxy
+#   record   perf record -g of the proxy into FILE (perf report/script it)
+#
+#   scripts/prof_l7.sh [sluice|nginx] [keep-alive|new-conn] [cpu|stat|record FILE]
+#
+# PROF_BIN runs another sluice binary than bin/sluice; PROF_ENV adds
+# variables to the agent's environment (e.g. PROF_ENV="GODEBUG=gctrace=1
+# GOGC=100"); PROF_EVENT records another event (e.g. sched:sched_switch);
+# PROF_LOG keeps the agent's log there. The lab is scripts/lab.sh's (its
+# own namespaces, 198.18.0.0/15); everything it starts is stopped by PID
+# and the lab removed on exit. Alternate two configurations back to back
+# for an A/B: on a shared machine one run alone says little.
+set -Eeuo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+target=${1:-sluice}
+load=${2:-keep-alive}
+mode=${3:-cpu}
+out=${4:-perf.data}
+dur=${PROF_DUR:-8}
+lab=scripts/lab.sh
+sluice=${PROF_BIN:-$repo_root/bin/sluice}
+
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[[ $target == sluice || $target == nginx ]] || usage
+[[ $load == keep-alive || $load == new-conn ]] || usage
+[[ $mode == cpu || $mode == stat || $mode == record ]] || usage
+[[ $(id -u) -eq 0 ]] || { echo "prof_l7: needs root (network namespaces)" >&2; exit 1; }
+for c in wrk perf; do
+	[[ $mode != cpu || $c != perf ]] || continue
+	command -v "$c" >/dev/null || { echo "prof_l7: $c missing" >&2; exit 1; }
+done
+[[ $target != nginx ]] || command -v nginx >/dev/null || { echo "prof_l7: nginx missing (scripts/deps.sh --bench)" >&2; exit 1; }
+[[ $target != sluice ]] || [[ -x $sluice ]] || { echo "prof_l7: $sluice missing (make build)" >&2; exit 1; }
+
+id=$("$lab" up | tail -1)
+pin=/sys/fs/bpf/sluice-prof-$id
+state=$repo_root/.lab/$id
+pids=()
+cleanup() {
+	[[ -z ${PROF_LOG:-} ]] || cp "$state/agent.log" "$PROF_LOG" 2>/dev/null || true
+	local p
+	for p in "${pids[@]}"; do
+		kill "$p" 2>/dev/null || true
+		wait "$p" 2>/dev/null || true
+	done
+	"$sluice" teardown --pin-path "$pin" >/dev/null 2>&1 || true
+	"$lab" down "$id" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+"$lab" backends "$id" >/dev/null
+
+if [[ $target == nginx ]]; then
+	# shellcheck source=scripts/bench_lib.sh
+	source scripts/bench_lib.sh
+	"$lab" exec "$id" lb ip addr add 198.18.1.110/32 dev lo
+	nginx_conf "$state/nginx.conf" "$state" <<NGINX
+    upstream web {
+        server 198.18.2.11:80;
+        server 198.18.2.12:80;
+        server 198.18.2.13:80;
+        keepalive 64;
+    }
+    server {
+        listen 198.18.1.110:80;
+        location / {
+            proxy_pass http://web;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+NGINX
+	"$lab" exec "$id" lb nginx -c "$state/nginx.conf" -g 'daemon off;' >"$state/nginx.log" 2>&1 &
+	pids+=($!)
+	url=http://198.18.1.110/
+else
+	"$lab" exec "$id" lb ip addr add 198.18.1.101/32 dev lo
+	cat >"$state/prof.yaml" <<YAML
+interfaces: [eth0, eth1]
+admin: {socket: $state/prof.sock}
+metrics: {listen: "off"}
+datapath: {pin_path: $pin}
+pools:
+  - name: web
+    backends:
+      - address: 198.18.2.11:80
+      - address: 198.18.2.12:80
+      - address: 198.18.2.13:80
+services:
+  - {name: web-http, listen: 198.18.1.101:80, protocol: http, pool: web}
+YAML
+	read -ra penv <<<"${PROF_ENV:-}"
+	"$lab" exec "$id" lb env "${penv[@]}" "$sluice" agent -c "$state/prof.yaml" >"$state/agent.log" 2>&1 &
+	pids+=($!)
+	url=http://198.18.1.101/
+fi
+for _ in $(seq 100); do
+	"$lab" exec "$id" client curl -sf -o /dev/null --max-time 1 "$url" && break
+	sleep 0.1
+done
+# The processes to measure: the agent, or nginx's workers (children of
+# the master this run started, found by its config path).
+if [[ $target == nginx ]]; then
+	master=$(pgrep -f "nginx -c $state/nginx.conf" | head -1)
+	procs=$(pgrep -P "$master" | paste -sd,)
+else
+	procs=$(pgrep -f "agent -c $state/prof.yaml" | tail -1)
+fi
+[[ -n $procs ]] || { echo "prof_l7: the proxy did not start" >&2; exit 1; }
+
+extra=()
+[[ $load == new-conn ]] && extra=(-H "Connection: close")
+wrk=("$lab" exec "$id" client wrk -t2 -c32 "${extra[@]}")
+"${wrk[@]}" -d3s "$url" >/dev/null
+cpu_ticks() {
+	local t=0 p
+	for p in ${procs//,/ }; do
+		t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+	done
+	echo "$t"
+}
+case $mode in
+cpu)
+	t0=$(cpu_ticks)
+	rps=$("${wrk[@]}" -d"${dur}s" "$url" | awk '/^Requests\/sec:/ {print $2}')
+	t1=$(cpu_ticks)
+	awk -v r="$rps" -v t=$((t1 - t0)) -v d="$dur" -v hz="$(getconf CLK_TCK)" -v w="$target $load" \
+		'BEGIN {printf "%s: %.0f req/s, %.1f us of CPU per request\n", w, r, t / hz * 1e6 / (r * d)}'
+	;;
+stat | record)
+	"${wrk[@]}" -d"${dur}s" "$url" >"$state/wrk.txt" &
+	w=$!
+	sleep 1
+	if [[ $mode == stat ]]; then
+		perf stat -e 'syscalls:sys_enter_*,context-switches,cpu-migrations' -p "$procs" -- sleep $((dur - 2)) 2>&1 |
+			awk '$1+0 > 0' | sort -k1 -n -r | head -30
+	else
+		perf record ${PROF_EVENT:+-e "$PROF_EVENT"} -F 1999 -g -o "$out" -p "$procs" -- sleep $((dur - 2)) >/dev/null 2>&1
+		echo "prof_l7: $out (perf report -i $out --no-children)"
+	fi
+	wait "$w"
+	grep Requests "$state/wrk.txt"
+	;;
+esac
