@@ -46,7 +46,7 @@ func newFakeAgent() *fakeAgent {
 			ConfigPath: "/etc/sluice/sluice.yaml",
 			StartedAt:  testNow.Add(-(5*time.Minute + 55*time.Second)),
 			Warnings:   []string{"/etc/sluice/sluice.yaml:31: services[2].upstream.insecure_skip_verify: warning: backend certificates are not verified"},
-			Runtime: &admin.Runtime{GOMAXPROCS: 3, GOGC: 1600, GCPaced: true, HeapLiveBytes: 3 << 20,
+			Runtime: &admin.Runtime{GOMAXPROCS: 3, GOGC: 400, GCPaced: true, HeapLiveBytes: 3 << 20,
 				EventLoops: 2, LoopConnections: 12, LoopSockets: 1},
 			Services: []admin.Service{
 				{Name: "web-l4", Listen: "198.18.1.100:80", Protocol: "tcp", Mode: "nat", Pool: "web",
@@ -463,7 +463,7 @@ func TestStatusTable(t *testing.T) {
 		t.Fatalf("status: exit %d stderr %q", code, stderr)
 	}
 	want := `agent v1.0.0, config /etc/sluice/sluice.yaml, up 5m55s
-runtime: gomaxprocs 3, gc paced (gogc 1600, live heap 3.0MiB), http/1 event loops 2 (12 connections, 1 socket)
+runtime: gomaxprocs 3, gc paced (gogc 400, live heap 3.0MiB), http/1 event loops 2 (12 connections, 1 socket)
 
 CONFIG WARNINGS (1; sluice check prints the same):
   - /etc/sluice/sluice.yaml:31: services[2].upstream.insecure_skip_verify: warning: backend certificates are not verified
