@@ -56,8 +56,8 @@ with net/http's HTTP/1 server instead of sluice's own loop (a diagnostic
 switch, to compare the two). That loop serves its connections from per-CPU
 event loops; SLUICE_L7_EVENTLOOPS=0 serves them with a goroutine each
 instead (see docs/l7.md, "Event loops").
-Unless GOGC is set in the environment, the agent paces Go's garbage
-collector so its heap may grow by 16 MiB between collections (a small heap
+Unless GOGC is set in the environment, an agent serving http services
+paces Go's garbage collector so its heap may grow by 16 MiB between collections (a small heap
 under load was collected a dozen times a second; see docs/operations.md).`,
 		maxArgs: 0,
 		setup: func(fs *flag.FlagSet) runFunc {

@@ -350,7 +350,7 @@ func (a *agent) SetSource(poolName, source string, addrs []pool.Desired) error {
 func (a *agent) runtimeStatus() *admin.Runtime {
 	samples := []rtmetrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/heap/live:bytes"}}
 	rtmetrics.Read(samples)
-	rt := &admin.Runtime{GOMAXPROCS: runtime.GOMAXPROCS(0), GCPaced: a.gcPaced}
+	rt := &admin.Runtime{GOMAXPROCS: runtime.GOMAXPROCS(0)}
 	if v := samples[0].Value; v.Kind() == rtmetrics.KindUint64 {
 		rt.GOGC = int(v.Uint64())
 	}
@@ -358,6 +358,7 @@ func (a *agent) runtimeStatus() *admin.Runtime {
 		rt.HeapLiveBytes = v.Uint64()
 	}
 	if a.l7 != nil {
+		rt.GCPaced = a.l7.paced()
 		st := a.l7.loopStats()
 		rt.EventLoops, rt.LoopConnections, rt.LoopSockets = st.Loops, int(st.Tasks), st.Conns
 	}

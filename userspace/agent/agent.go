@@ -76,8 +76,8 @@ type options struct {
 	l7NetHTTP1 bool
 	// l7EventLoops is proxy.Options.EventLoops for every http service.
 	l7EventLoops bool
-	// gcPaced: the garbage collector is paced (gcpace), for the status.
-	gcPaced bool
+	// gcHeadroom is the L7 stage's (gcpace; 0: no pacing).
+	gcHeadroom uint64
 	// routeSrc returns the host's source address towards a backend (the
 	// snat source of services that name none); nil or an invalid result:
 	// unknown.
@@ -132,7 +132,6 @@ type agent struct {
 	trackers    *trackers
 	health      *healthStage
 	l7          *l7Stage // nil: http services not served
-	gcPaced     bool     // the garbage collector is paced (options.gcPaced)
 	// ann announces the VIPs over BGP (nil: no bgp section at start). It
 	// has its own lock; the agent calls it with mu held (lock order mu ->
 	// ann), after each reconcile.
@@ -197,7 +196,6 @@ func newAgent(dp datapath.Map, o options) *agent {
 		health:      newHealthStage(o.ctx, o.log, o.metrics, o.now),
 		pools:       make(map[string]*poolState),
 		ann:         o.announce,
-		gcPaced:     o.gcPaced,
 	}
 	a.dns = newDNSAdapter(o.log, forgetName)
 	if o.dns != nil {
@@ -214,6 +212,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		a.l7 = newL7Stage(o.log.With("component", "l7"), o.accessLogOut, o.metrics, a.trackers)
 		a.l7.netHTTP1 = o.l7NetHTTP1
 		a.l7.eventLoops = o.l7EventLoops
+		a.l7.gcHeadroom = o.gcHeadroom
 	}
 	return a
 }

@@ -18,6 +18,7 @@ import (
 	l7service "github.com/sluicelb/sluice/l7/service"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/gcpace"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
@@ -43,6 +44,10 @@ type l7Stage struct {
 	requestIDs *reqid.Source // one for every server: ids unique across services
 	netHTTP1   bool          // proxy.Options.NetHTTP1 of every server
 	eventLoops bool          // proxy.Options.EventLoops of every server
+	// gcHeadroom paces the garbage collector (gcpace) from the first
+	// http service on (0: not); the pacer stops with the stage.
+	gcHeadroom uint64
+	pacer      *gcpace.Pacer // under loopsMu
 
 	// loops are the event loops every server serves on (with eventLoops),
 	// started with the first service that needs them, closed by wait.
@@ -154,6 +159,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 // the same name in s.services. With reuse, the service takes that socket
 // over instead of listening.
 func (s *l7Stage) start(ctx context.Context, svc config.Service, cfg *config.Config, sp map[string]*pool.Pool, reuse *listenerHandoff) error {
+	s.pace()
 	opts, err := s.options(svc)
 	if err != nil {
 		return err
@@ -375,6 +381,10 @@ func (s *l7Stage) wait() {
 	s.accessLogs.close(s.log)
 	s.loopsMu.Lock()
 	defer s.loopsMu.Unlock()
+	if s.pacer != nil {
+		s.pacer.Stop()
+		s.pacer = nil
+	}
 	if s.loops != nil {
 		if s.metrics != nil {
 			s.metrics.L7.SetLoopStats(nil)
@@ -417,6 +427,24 @@ func (s *l7Stage) loopGroup() *evloop.Group {
 		})
 	}
 	return g
+}
+
+// pace starts the garbage collector's pacing (once): the HTTP stage is
+// what allocates per request. An agent with L4 services only keeps Go's
+// GOGC (under a SYN flood a growing heap competed with the XDP path).
+func (s *l7Stage) pace() {
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	if s.gcHeadroom > 0 && s.pacer == nil {
+		s.pacer = gcpace.Start(s.gcHeadroom, s.log.With("component", "gc"))
+	}
+}
+
+// paced is whether the garbage collector is paced.
+func (s *l7Stage) paced() bool {
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	return s.pacer != nil
 }
 
 // loopStats is the shared event loops' counts (no loops before they

@@ -38,7 +38,6 @@ import (
 	"github.com/sluicelb/sluice/userspace/announce"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
-	"github.com/sluicelb/sluice/userspace/gcpace"
 	"github.com/sluicelb/sluice/userspace/metrics"
 )
 
@@ -56,8 +55,8 @@ type RunOptions struct {
 	// (proxy.Options.EventLoops).
 	L7EventLoops bool
 	// GCHeadroom, when > 0, paces the garbage collector so the heap may
-	// grow by this many bytes between collections (gcpace; 0: Go's
-	// GOGC as it is).
+	// grow by this many bytes between collections (gcpace), once an http
+	// service runs (0: Go's GOGC as it is).
 	GCHeadroom uint64
 }
 
@@ -73,10 +72,6 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		return fmt.Errorf("load config: %w", err)
 	}
 	logWarnings(log, cfg)
-	if ro.GCHeadroom > 0 {
-		gp := gcpace.Start(ro.GCHeadroom, log.With("component", "gc"))
-		defer gp.Stop()
-	}
 	// A second agent started by mistake stops here, before it touches the
 	// data path the first one runs.
 	if err := admin.Probe(cfg.Admin.Socket); err != nil {
@@ -151,7 +146,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		l7:           true,
 		l7NetHTTP1:   ro.L7NetHTTP1,
 		l7EventLoops: ro.L7EventLoops,
-		gcPaced:      ro.GCHeadroom > 0,
+		gcHeadroom:   ro.GCHeadroom,
 		accessLogOut: os.Stdout,
 		announce:     ann,
 	})
