@@ -94,22 +94,7 @@ read -ra sluice_env <<<"${BENCH_SLUICE_ENV:-}"
 pids+=($!)
 pid_of[sluice]=$!
 
-nginx_conf "$state/nginx.conf" "$state" <<-NGINX
-	    upstream web {
-	        server 198.18.2.11:80;
-	        server 198.18.2.12:80;
-	        server 198.18.2.13:80;
-	        keepalive 64;
-	    }
-	    server {
-	        listen 198.18.1.110:80;
-	        location / {
-	            proxy_pass http://web;
-	            proxy_http_version 1.1;
-	            proxy_set_header Connection "";
-	        }
-	    }
-	NGINX
+nginx_proxy_conf "$state/nginx.conf" "$state"
 "$lab" exec "$id" lb nginx -c "$state/nginx.conf" -g 'daemon off;' >"$state/nginx.log" 2>&1 &
 pids+=($!)
 pid_of[nginx]=$!

@@ -77,3 +77,25 @@ nginx_conf() {
 		printf '}\n'
 	} >"$file"
 }
+
+# nginx_proxy_conf FILE STATE: the nginx of the L7 benchmarks (bench_l7.sh,
+# prof_l7.sh): 198.18.1.110:80 proxying to the lab's three backends over
+# pooled upstream connections (keepalive 64), as an operator tunes it.
+nginx_proxy_conf() {
+	nginx_conf "$1" "$2" <<-NGINX
+		    upstream web {
+		        server 198.18.2.11:80;
+		        server 198.18.2.12:80;
+		        server 198.18.2.13:80;
+		        keepalive 64;
+		    }
+		    server {
+		        listen 198.18.1.110:80;
+		        location / {
+		            proxy_pass http://web;
+		            proxy_http_version 1.1;
+		            proxy_set_header Connection "";
+		        }
+		    }
+	NGINX
+}
