@@ -57,8 +57,9 @@ switch, to compare the two). That loop serves its connections from per-CPU
 event loops; SLUICE_L7_EVENTLOOPS=0 serves them with a goroutine each
 instead (see docs/l7.md, "Event loops").
 Unless GOGC is set in the environment, an agent serving http services
-paces Go's garbage collector so its heap may grow by 16 MiB between collections (a small heap
-under load was collected a dozen times a second; see docs/operations.md).`,
+paces Go's garbage collector so its heap may grow by 16 MiB between
+collections (a small heap under load was collected a dozen times a
+second; see docs/operations.md).`,
 		maxArgs: 0,
 		setup: func(fs *flag.FlagSet) runFunc {
 			var path string
