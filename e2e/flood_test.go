@@ -21,10 +21,26 @@ var floodBin string
 func TestSYNFlood(t *testing.T) {
 	const (
 		floodCount    = 800000
+		floodRate     = 40000 // SYNs a second: see below
 		conntrackMax  = 16384 // 8192 flows (the SYNs alone would fill it 50 times over); half-open table: 8192 slots
 		longConns     = 32
-		floodDuration = 20 * time.Second
+		floodDuration = 30 * time.Second // a bound: the flood takes floodCount/floodRate = 20 s
 	)
+	// The flood is paced. This test is about state: conntrack and the
+	// half-open table overrun 50 times while established and new flows
+	// keep theirs. Unpaced, the raw socket sends ~200 000 SYNs a second,
+	// each costing the lab's 2 CPUs a full round (client stack, XDP,
+	// a backend's SYN-ACK, XDP back, client drop); about half of them
+	// are dropped on the veths before XDP sees them, and so, at random,
+	// are the real clients' packets (a SYN lost twice is a 2 s dial
+	// timeout): a capacity ceiling of the lab's machine, not a
+	// property of sluice, and the reason this test failed
+	// intermittently. At 40 000 a second the lab keeps up (dial p99 a
+	// few ms) and every slot of the half-open table is still overwritten
+	// ~100 times. The long-lived connections send one request a second:
+	// idle for longer than the flood needs to write 16384 new flows
+	// (0.4 s), so a data path that let the flood into conntrack's LRU
+	// would lose their entries between requests (as before issue 10).
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{Datapath: fmt.Sprintf(", conntrack_max: %d", conntrackMax)})
@@ -51,7 +67,7 @@ func TestSYNFlood(t *testing.T) {
 
 	events := make(chan string, 1<<16)
 	long := lab.StartLoad("long", events, "--url", vipURL, "--mode", "keepalive",
-		"--conns", fmt.Sprint(longConns), "--interval", "100ms", "--count", "1000000",
+		"--conns", fmt.Sprint(longConns), "--interval", "1s", "--count", "1000000",
 		"--duration", "90s", "--timeout", "3s", "--events")
 	t.Cleanup(func() { long.Stop(3 * time.Second) })
 	for answered := map[int]bool{}; len(answered) < longConns; {
@@ -69,12 +85,14 @@ func TestSYNFlood(t *testing.T) {
 
 	before, _ := lab.scrape()
 	flood := lab.Start("flood", "client", floodBin, "syn", "--to", vip+":80", "--from", "198.19.0.0/16",
-		"--count", fmt.Sprint(floodCount), "--duration", floodDuration.String())
+		"--count", fmt.Sprint(floodCount), "--duration", floodDuration.String(), "--rate", fmt.Sprint(floodRate))
 	t.Cleanup(func() { flood.Stop(3 * time.Second) })
 	// New connections while the flood runs (paced: thousands of new
 	// connections a second from one client fail in this lab with or
-	// without a flood, on client port reuse).
-	fresh := lab.Load("--url", vipURL, "--mode", "newconn", "--interval", "5ms", "--count", "100000", "--duration", "4s", "--timeout", "2s")
+	// without a flood, on client port reuse). 12 s of the flood's 20:
+	// hundreds of handshakes, so one lost SYN's retransmission cannot
+	// decide the 95 % bar.
+	fresh := lab.Load("--url", vipURL, "--mode", "newconn", "--interval", "5ms", "--count", "100000", "--duration", "12s", "--timeout", "2s")
 	if err := flood.Wait(floodDuration + 10*time.Second); err != nil {
 		t.Fatalf("flood: %v\n%s", err, flood.Log())
 	}

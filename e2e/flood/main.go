@@ -60,6 +60,7 @@ func synFlood(args []string) error {
 	from := fs.String("from", "198.19.0.0/16", "spoofed source prefix (inside 198.18.0.0/15)")
 	count := fs.Int("count", 10000, "SYNs to send at most")
 	duration := fs.Duration("duration", 10*time.Second, "send for at most this long")
+	rate := fs.Int("rate", 0, "SYNs a second at most (0: as fast as the socket takes them)")
 	_ = fs.Parse(args)
 	dst, err := netip.ParseAddrPort(*to)
 	if err != nil || !dst.Addr().Is4() {
@@ -81,6 +82,13 @@ func synFlood(args []string) error {
 	sent := 0
 	pkt := make([]byte, 40)
 	for sent < *count && time.Since(start) < *duration {
+		if *rate > 0 && sent%64 == 0 {
+			// Paced in bursts of 64: the n-th SYN leaves no earlier
+			// than n/rate after the start.
+			if ahead := time.Duration(sent)*time.Second/time.Duration(*rate) - time.Since(start); ahead > 0 {
+				time.Sleep(ahead)
+			}
+		}
 		i := uint32(sent)
 		var s [4]byte
 		binary.BigEndian.PutUint32(s[:], base+1+i%(hosts-2))
