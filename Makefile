@@ -70,6 +70,7 @@ FUZZ_TARGETS := \
 	./l7/proxy:FuzzHeaderForwarding \
 	./l7/proxy:FuzzH2Translation \
 	./l7/proxy:FuzzResponseParse \
+	./l7/proxy:FuzzRequestParse \
 	./l7/route:FuzzMatch \
 	./userspace/datapath:FuzzDSR \
 	./userspace/decap:FuzzDecap

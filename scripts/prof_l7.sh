@@ -14,10 +14,12 @@
 # PROF_BIN runs another sluice binary than bin/sluice; PROF_ENV adds
 # variables to the agent's environment (e.g. PROF_ENV="GODEBUG=gctrace=1
 # GOGC=100"); PROF_EVENT records another event (e.g. sched:sched_switch);
-# PROF_LOG keeps the agent's log there. The lab is scripts/lab.sh's (its
-# own namespaces, 198.18.0.0/15); everything it starts is stopped by PID
-# and the lab removed on exit. Alternate two configurations back to back
-# for an A/B: on a shared machine one run alone says little.
+# PROF_LOG keeps the agent's log there. sluice's agent runs with nginx
+# too, its XDP program on the lb's interfaces, as in bench_l7.sh. The lab
+# is scripts/lab.sh's (its own namespaces, 198.18.0.0/15); everything it
+# starts is stopped by PID and the lab removed on exit. Alternate two
+# configurations back to back for an A/B: on a shared machine one run
+# alone says little.
 set -Eeuo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
@@ -29,7 +31,7 @@ dur=${PROF_DUR:-8}
 lab=scripts/lab.sh
 sluice=${PROF_BIN:-$repo_root/bin/sluice}
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ $target == sluice || $target == nginx ]] || usage
 [[ $load == keep-alive || $load == new-conn ]] || usage
 [[ $mode == cpu || $mode == stat || $mode == record ]] || usage
@@ -39,7 +41,7 @@ for c in wrk perf; do
 	command -v "$c" >/dev/null || { echo "prof_l7: $c missing" >&2; exit 1; }
 done
 [[ $target != nginx ]] || command -v nginx >/dev/null || { echo "prof_l7: nginx missing (scripts/deps.sh --bench)" >&2; exit 1; }
-[[ $target != sluice ]] || [[ -x $sluice ]] || { echo "prof_l7: $sluice missing (make build)" >&2; exit 1; }
+[[ -x $sluice ]] || { echo "prof_l7: $sluice missing (make build)" >&2; exit 1; }
 
 id=$("$lab" up | tail -1)
 pin=/sys/fs/bpf/sluice-prof-$id
@@ -58,17 +60,12 @@ cleanup() {
 trap cleanup EXIT
 "$lab" backends "$id" >/dev/null
 
-if [[ $target == nginx ]]; then
-	# shellcheck source=scripts/bench_lib.sh
-	source scripts/bench_lib.sh
-	"$lab" exec "$id" lb ip addr add 198.18.1.110/32 dev lo
-	nginx_proxy_conf "$state/nginx.conf" "$state"
-	"$lab" exec "$id" lb nginx -c "$state/nginx.conf" -g 'daemon off;' >"$state/nginx.log" 2>&1 &
-	pids+=($!)
-	url=http://198.18.1.110/
-else
-	"$lab" exec "$id" lb ip addr add 198.18.1.101/32 dev lo
-	cat >"$state/prof.yaml" <<YAML
+# The agent runs in both cases, its XDP program on lb's eth0 and eth1 (as
+# in bench_l7.sh, where the three proxies share it): native XDP on a veth
+# costs every packet it receives a copy, in the sender's context, so an
+# nginx measured without it looks ~15 us a request cheaper to its
+# backends and wrk than the same nginx behind sluice's XDP (session 23).
+cat >"$state/prof.yaml" <<YAML
 interfaces: [eth0, eth1]
 admin: {socket: $state/prof.sock}
 metrics: {listen: "off"}
@@ -82,14 +79,26 @@ pools:
 services:
   - {name: web-http, listen: 198.18.1.101:80, protocol: http, pool: web}
 YAML
-	read -ra penv <<<"${PROF_ENV:-}"
-	"$lab" exec "$id" lb env "${penv[@]}" "$sluice" agent -c "$state/prof.yaml" >"$state/agent.log" 2>&1 &
+"$lab" exec "$id" lb ip addr add 198.18.1.101/32 dev lo
+read -ra penv <<<"${PROF_ENV:-}"
+"$lab" exec "$id" lb env "${penv[@]}" "$sluice" agent -c "$state/prof.yaml" >"$state/agent.log" 2>&1 &
+pids+=($!)
+if [[ $target == nginx ]]; then
+	# shellcheck source=scripts/bench_lib.sh
+	source scripts/bench_lib.sh
+	"$lab" exec "$id" lb ip addr add 198.18.1.110/32 dev lo
+	nginx_proxy_conf "$state/nginx.conf" "$state"
+	"$lab" exec "$id" lb nginx -c "$state/nginx.conf" -g 'daemon off;' >"$state/nginx.log" 2>&1 &
 	pids+=($!)
+	url=http://198.18.1.110/
+else
 	url=http://198.18.1.101/
 fi
-for _ in $(seq 100); do
-	"$lab" exec "$id" client curl -sf -o /dev/null --max-time 1 "$url" && break
-	sleep 0.1
+for u in http://198.18.1.101/ "$url"; do # the agent (its XDP attached), then the target
+	for _ in $(seq 100); do
+		"$lab" exec "$id" client curl -sf -o /dev/null --max-time 1 "$u" && break
+		sleep 0.1
+	done
 done
 # The processes to measure: the agent, or nginx's workers (children of
 # the master this run started, found by its config path).

@@ -523,7 +523,7 @@ func (c *h1Conn) readRequest() (*http.Request, error) {
 		}
 		_, _ = c.br.Discard(n)
 	}
-	r, err := readRequest(c.br)
+	r, err := parseRequest(c.br)
 	if err != nil {
 		if c.remain == 0 {
 			return nil, errHeaderTooLarge

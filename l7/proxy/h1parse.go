@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/textproto"
+	"net/url"
+	"strings"
 	"sync"
 
 	"golang.org/x/net/http/httpguts"
@@ -36,6 +38,111 @@ func readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	return http.ReadResponse(br, req)
+}
+
+// parseRequest reads a client's request header from br: what net/http's
+// server parser (readRequest, h1.go) returns, for every input. As
+// readResponse, the common request — GET-like or with a Content-Length,
+// HTTP/1.1 or 1.0, an origin-form target, plain fields, the whole header
+// in br's buffer — is parsed here; everything else (chunked bodies,
+// CONNECT, PRI, absolute targets, trailers, duplicated or unusual
+// Content-Length or Host fields, obs-fold, bytes outside plain text, a
+// header split across reads) goes to net/http's parser from the same
+// position. FuzzRequestParse checks the two against each other.
+func parseRequest(br *bufio.Reader) (*http.Request, error) {
+	if _, err := br.Peek(1); err != nil {
+		return nil, err // what net/http's first ReadLine returns
+	}
+	if r := fastRequest(br); r != nil {
+		return r, nil
+	}
+	return readRequest(br)
+}
+
+// fastRequest parses the request in br's buffer when it is of the common
+// kind (see parseRequest) and consumes its header; nil (nothing consumed)
+// otherwise.
+func fastRequest(br *bufio.Reader) *http.Request {
+	buf, _ := br.Peek(br.Buffered())
+	end := bytes.Index(buf, crlfcrlf)
+	if end < 0 {
+		return nil
+	}
+	head := buf[:end+2]
+	// The request line: METHOD SP /target SP HTTP/1.x
+	nl := bytes.IndexByte(head, '\n')
+	if nl < 1 || head[nl-1] != '\r' {
+		return nil
+	}
+	line := head[:nl-1]
+	sp1 := bytes.IndexByte(line, ' ')
+	if sp1 <= 0 || !plainText(line) {
+		return nil
+	}
+	for _, c := range line[:sp1] {
+		if !httpguts.IsTokenRune(rune(c)) {
+			return nil
+		}
+	}
+	sp2 := bytes.IndexByte(line[sp1+1:], ' ')
+	if sp2 < 1 || line[sp1+1] != '/' {
+		return nil
+	}
+	sp2 += sp1 + 1
+	minor := 0
+	switch string(line[sp2+1:]) {
+	case "HTTP/1.1":
+		minor = 1
+	case "HTTP/1.0":
+	default:
+		return nil
+	}
+	str := string(head)
+	method, target := str[:sp1], str[sp1+1:sp2]
+	if method == http.MethodConnect || method == "PRI" {
+		return nil
+	}
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return nil
+	}
+	h, ok := parseFields(str, nl+1)
+	if !ok || !plainFraming(h) {
+		return nil
+	}
+	hosts := h["Host"]
+	if len(hosts) > 1 {
+		return nil
+	}
+	n, _, ok := declaredLength(h)
+	if !ok {
+		return nil
+	}
+	r := &http.Request{
+		Method:        method,
+		URL:           u,
+		Proto:         str[sp2+1 : nl-1],
+		ProtoMajor:    1,
+		ProtoMinor:    minor,
+		Header:        h,
+		ContentLength: n,
+		RequestURI:    target,
+		Host:          u.Host,
+	}
+	if r.Host == "" && len(hosts) == 1 {
+		r.Host = hosts[0]
+	}
+	// As net/http's shouldClose for a request (the field stays).
+	conv := h["Connection"]
+	r.Close = httpguts.HeaderValuesContainsToken(conv, "close") ||
+		minor == 0 && !httpguts.HeaderValuesContainsToken(conv, "keep-alive")
+	if n == 0 {
+		r.Body = http.NoBody
+	} else {
+		r.Body = &fixedBody{r: br, n: n, closing: r.Close}
+	}
+	_, _ = br.Discard(end + 4)
+	return r
 }
 
 // fastResponse parses the response in br's buffer when it is of the
@@ -72,53 +179,23 @@ func fastResponse(br *bufio.Reader, req *http.Request) *http.Response {
 	if code == http.StatusSwitchingProtocols || req == nil || req.Method == http.MethodHead {
 		return nil
 	}
-	fields := bytes.Count(head, crlf) - 1
-	if fields > 100 {
-		return nil
-	}
 	// One string for the status line and the fields: every key and value
 	// is a substring of it.
-	s := string(head)
+	str := string(head)
+	h, ok := parseFields(str, nl+1)
+	if !ok {
+		return nil
+	}
 	resp := &http.Response{
-		Status:     s[9 : nl-1],
+		Status:     str[9 : nl-1],
 		StatusCode: code,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
 		Request:    req,
 	}
-	h := make(http.Header, fields)
-	vals := make([]string, fields)
-	used := 0
-	for i := nl + 1; i < len(s); {
-		j := i + indexCRLF(s[i:])
-		if j < i {
-			return nil
-		}
-		k, v, ok := splitField(s[i:j])
-		if !ok {
-			return nil
-		}
-		i = j + 2
-		if vv, seen := h[k]; seen {
-			h[k] = append(vv, v)
-			continue
-		}
-		vals[used] = v
-		h[k] = vals[used : used+1 : used+1]
-		used++
-	}
-	if _, ok := h["Transfer-Encoding"]; ok {
+	if !plainFraming(h) {
 		return nil
-	}
-	if _, ok := h["Trailer"]; ok {
-		return nil
-	}
-	// As ReadResponse: Pragma: no-cache implies Cache-Control.
-	if hp := h["Pragma"]; len(hp) > 0 && hp[0] == "no-cache" {
-		if _, ok := h["Cache-Control"]; !ok {
-			h["Cache-Control"] = []string{"no-cache"}
-		}
 	}
 	// As shouldClose for HTTP/1.1: close when the backend says so, and
 	// its Connection field goes.
@@ -128,22 +205,14 @@ func fastResponse(br *bufio.Reader, req *http.Request) *http.Response {
 	}
 	resp.Header = h
 	noBody := code/100 == 1 || code == http.StatusNoContent || code == http.StatusNotModified
-	cl := h["Content-Length"]
+	n, declared, ok := declaredLength(h)
 	switch {
-	case len(cl) > 1:
-		return nil // duplicates: net/http merges or refuses them
-	case len(cl) == 1:
-		n, ok := contentLength(cl[0])
-		if !ok {
-			return nil
-		}
-		if noBody {
-			// ReadResponse: no body, whatever the field says.
-			n = 0
-		}
-		resp.ContentLength = n
+	case !ok:
+		return nil
 	case noBody:
-		resp.ContentLength = 0
+		resp.ContentLength = 0 // ReadResponse: no body, whatever the field says
+	case declared:
+		resp.ContentLength = n
 	default:
 		return nil // delimited by the connection's end
 	}
@@ -160,6 +229,76 @@ var (
 	crlf     = []byte("\r\n")
 	crlfcrlf = []byte("\r\n\r\n")
 )
+
+// maxFastFields is the most header fields the fast paths read; a header
+// with more goes to net/http.
+const maxFastFields = 100
+
+// parseFields reads the header fields of s from i on, each line with its
+// CRLF: keys and values are substrings of s (a key net/http would
+// canonicalize is, as it would be), the values of all the keys in one
+// slice. False for anything but plain "token: value" lines.
+func parseFields(s string, i int) (http.Header, bool) {
+	fields := strings.Count(s[i:], "\r\n")
+	if fields > maxFastFields {
+		return nil, false
+	}
+	h := make(http.Header, fields)
+	vals := make([]string, fields)
+	used := 0
+	for i < len(s) {
+		j := i + indexCRLF(s[i:])
+		if j < i {
+			return nil, false
+		}
+		k, v, ok := splitField(s[i:j])
+		if !ok {
+			return nil, false
+		}
+		i = j + 2
+		if vv, seen := h[k]; seen {
+			h[k] = append(vv, v)
+			continue
+		}
+		vals[used] = v
+		h[k] = vals[used : used+1 : used+1]
+		used++
+	}
+	return h, true
+}
+
+// plainFraming is whether a message with header h is framed plainly (no
+// Transfer-Encoding, no Trailer), applying what net/http's parsers do to
+// such a header: Pragma: no-cache implies Cache-Control.
+func plainFraming(h http.Header) bool {
+	if _, ok := h["Transfer-Encoding"]; ok {
+		return false
+	}
+	if _, ok := h["Trailer"]; ok {
+		return false
+	}
+	if hp := h["Pragma"]; len(hp) > 0 && hp[0] == "no-cache" {
+		if _, ok := h["Cache-Control"]; !ok {
+			h["Cache-Control"] = []string{"no-cache"}
+		}
+	}
+	return true
+}
+
+// declaredLength is a header's Content-Length: n and declared when it has
+// one of the plain form, ok false when it has one net/http is to judge
+// (more than one field, or a value not of 1 to 18 digits).
+func declaredLength(h http.Header) (n int64, declared, ok bool) {
+	cl := h["Content-Length"]
+	switch len(cl) {
+	case 0:
+		return 0, false, true
+	case 1:
+		n, ok = contentLength(cl[0])
+		return n, ok, ok
+	}
+	return 0, false, false
+}
 
 // indexCRLF is the index of the first "\r\n" in s, -1 when there is none
 // or a lone '\r' or '\n' comes first (net/http reads those otherwise).
@@ -254,8 +393,8 @@ func contentLength(v string) (int64, bool) {
 	return n, true
 }
 
-// fixedBody is a response body of a known length, read from the
-// connection's reader as net/http's body reads one: an early end of the
+// fixedBody is a request or response body of a known length, read from
+// the connection's reader as net/http's body reads one: an early end of the
 // stream is io.ErrUnexpectedEOF, the last bytes come with io.EOF, a read
 // after Close is http.ErrBodyReadAfterClose, and Close reads what is
 // left so the connection can carry the next response.

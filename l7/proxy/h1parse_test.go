@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -204,5 +205,149 @@ func FuzzResponseParse(f *testing.F) {
 			method = "HEAD"
 		}
 		checkSameAsNetHTTP(t, in, method, int(partial%8))
+	})
+}
+
+// parsedRequest is everything a caller sees of a parsed request (see
+// parsed).
+type parsedRequest struct {
+	err                           bool
+	method, proto, host, uri      string
+	major, minor                  int
+	url                           url.URL
+	header, trailer               http.Header
+	length                        int64
+	te                            []string
+	close, noBody                 bool
+	body, bodyErr                 string
+	afterPartialClose, afterClose string
+}
+
+func parseRequestWith(t testing.TB, parse func(*bufio.Reader) (*http.Request, error), in []byte, partial int) parsedRequest {
+	t.Helper()
+	var p parsedRequest
+	br := bufio.NewReaderSize(bytes.NewReader(in), 4<<10)
+	r, err := parse(br)
+	if err != nil {
+		p.err = true
+		return p
+	}
+	p.method, p.proto, p.host, p.uri, p.major, p.minor = r.Method, r.Proto, r.Host, r.RequestURI, r.ProtoMajor, r.ProtoMinor
+	p.url, p.header, p.trailer, p.length, p.te, p.close = *r.URL, r.Header, r.Trailer, r.ContentLength, r.TransferEncoding, r.Close
+	p.noBody = r.Body == http.NoBody
+	b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	p.body = string(b)
+	if err != nil {
+		p.bodyErr = err.Error()
+	}
+	if err := r.Body.Close(); err != nil {
+		p.bodyErr += "; close: " + err.Error()
+	}
+	rest, _ := io.ReadAll(br)
+	p.afterClose = string(rest)
+	br = bufio.NewReaderSize(bytes.NewReader(in), 4<<10)
+	if r, err = parse(br); err != nil {
+		t.Fatalf("second parse of the same input failed: %v", err)
+	}
+	_, _ = io.ReadFull(r.Body, make([]byte, partial))
+	_ = r.Body.Close()
+	rest, _ = io.ReadAll(br)
+	p.afterPartialClose = string(rest)
+	return p
+}
+
+func checkRequestSameAsNetHTTP(t testing.TB, in []byte, partial int) {
+	t.Helper()
+	want := parseRequestWith(t, readRequest, in, partial)
+	got := parseRequestWith(t, parseRequest, in, partial)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("input %q:\n got %+v\nwant %+v", in, got, want)
+	}
+}
+
+func TestParseRequestAsNetHTTP(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		fast bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: wrk\r\n\r\nGET /next HTTP/1.1\r\n", true},
+		{"GET /a/b%20c?x=1&y=%2F#frag HTTP/1.1\r\nHost: h\r\n\r\n", true},
+		{"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET", true},
+		{"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", true},
+		{"GET / HTTP/1.0\r\n\r\n", true},
+		{"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true},
+		{"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", true},
+		{"GET / HTTP/1.1\r\nhost: h\r\nx-forwarded-for: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nPragma: no-cache\r\n\r\n", true},
+		{"GET / HTTP/1.1\r\n\r\n", true},
+		{"GET /..//x HTTP/1.1\r\nHost: h\r\n\r\n", true},
+		{"M-SEARCH * HTTP/1.1\r\nHost: h\r\n\r\n", false},
+		{"GET http://example.com/x HTTP/1.1\r\nHost: other\r\n\r\n", false},
+		{"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", false},
+		{"CONNECT /path HTTP/1.1\r\nHost: h\r\n\r\n", false},
+		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false},
+		{"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false},
+		{"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", false},
+		{"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\nabc", false},
+		{"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: h\r\nTrailer: X\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n", false},
+		{"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n", false},
+		{"GET / HTTP/1.2\r\nHost: h\r\n\r\n", false},
+		{"GET / http/1.1\r\nHost: h\r\n\r\n", false},
+		{"G(T / HTTP/1.1\r\nHost: h\r\n\r\n", false},
+		{"GET  / HTTP/1.1\r\nHost: h\r\n\r\n", false},
+		{"GET / HTTP/1.1\nHost: h\n\n", false},
+		{"GET / HTTP/1.1\r\nHost: h\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n", false},
+		{"", false},
+	} {
+		br := bufio.NewReaderSize(strings.NewReader(tc.in), 4<<10)
+		_, _ = br.Peek(1)
+		if got := fastRequest(br) != nil; got != tc.fast {
+			t.Errorf("%q: taken by the fast path %v, want %v", tc.in, got, tc.fast)
+		}
+		for _, partial := range []int{0, 1, 3} {
+			checkRequestSameAsNetHTTP(t, []byte(tc.in), partial)
+		}
+	}
+}
+
+// BenchmarkParseRequest: a typical client request header.
+func BenchmarkParseRequest(b *testing.B) {
+	in := []byte("GET /index.html?x=1 HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n\r\n")
+	for _, bc := range []struct {
+		name  string
+		parse func(*bufio.Reader) (*http.Request, error)
+	}{{"net-http", readRequest}, {"sluice", parseRequest}} {
+		b.Run(bc.name, func(b *testing.B) {
+			rd := bytes.NewReader(in)
+			br := bufio.NewReaderSize(rd, 4<<10)
+			b.ReportAllocs()
+			for b.Loop() {
+				rd.Reset(in)
+				br.Reset(rd)
+				if _, err := bc.parse(br); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// FuzzRequestParse: parseRequest reads every input as net/http's server
+// parser does.
+func FuzzRequestParse(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+		"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+		"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
+		"GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n",
+	} {
+		f.Add([]byte(s), uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, partial uint8) {
+		checkRequestSameAsNetHTTP(t, in, int(partial%8))
 	})
 }
