@@ -186,6 +186,9 @@ func fastResponse(br *bufio.Reader, req *http.Request) *http.Response {
 	if !ok {
 		return nil
 	}
+	if !plainFraming(h) {
+		return nil
+	}
 	resp := &http.Response{
 		Status:     str[9 : nl-1],
 		StatusCode: code,
@@ -193,9 +196,6 @@ func fastResponse(br *bufio.Reader, req *http.Request) *http.Response {
 		ProtoMajor: 1,
 		ProtoMinor: 1,
 		Request:    req,
-	}
-	if !plainFraming(h) {
-		return nil
 	}
 	// As shouldClose for HTTP/1.1: close when the backend says so, and
 	// its Connection field goes.

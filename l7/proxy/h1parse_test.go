@@ -150,7 +150,7 @@ func TestReadResponseErrorsAsNetHTTP(t *testing.T) {
 	boom := errors.New("boom")
 	for _, r := range []io.Reader{strings.NewReader(""), iotestErrReader{boom}} {
 		_, err := readResponse(bufio.NewReader(r), &http.Request{Method: "GET"})
-		if err == nil || (r != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, boom)) {
+		if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, boom) {
 			t.Fatalf("error %v", err)
 		}
 	}
