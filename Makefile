@@ -69,8 +69,6 @@ FUZZ_TARGETS := \
 	./l7/proxy:FuzzH1Translation \
 	./l7/proxy:FuzzHeaderForwarding \
 	./l7/proxy:FuzzH2Translation \
-	./l7/proxy:FuzzResponseParse \
-	./l7/proxy:FuzzRequestParse \
 	./l7/route:FuzzMatch \
 	./userspace/datapath:FuzzDSR \
 	./userspace/decap:FuzzDecap

@@ -5,7 +5,8 @@
 # one: the agent (or nginx) under wrk -t2 -c32 for PROF_DUR seconds (8)
 # after a 3 s warm-up, and one of
 #
-#   cpu      requests/s and the proxy's CPU (user + system, /proc) per request
+#   cpu      requests/s, the proxy's CPU (user + system, /proc) and the packets
+#            through the lb's interfaces per request
 #   stat     perf stat: system calls and context switches of the proxy
 #   record   perf record -g of the proxy into FILE (perf report/script it)
 #
@@ -36,7 +37,7 @@ usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ $load == keep-alive || $load == new-conn ]] || usage
 [[ $mode == cpu || $mode == stat || $mode == record ]] || usage
 [[ $(id -u) -eq 0 ]] || { echo "prof_l7: needs root (network namespaces)" >&2; exit 1; }
-for c in wrk perf; do
+for c in wrk jq perf; do
 	[[ $mode != cpu || $c != perf ]] || continue
 	command -v "$c" >/dev/null || { echo "prof_l7: $c missing" >&2; exit 1; }
 done
@@ -121,13 +122,20 @@ cpu_ticks() {
 	done
 	echo "$t"
 }
+# packets the lb's interfaces received and sent, both sides: each one
+# costs a pass through a TCP stack, and on veth the sender pays for it.
+lb_packets() {
+	"$lab" exec "$id" lb ip -j -s link show | jq '[.[] | select(.ifname == "eth0" or .ifname == "eth1") | .stats64.rx.packets + .stats64.tx.packets] | add'
+}
 case $mode in
 cpu)
 	t0=$(cpu_ticks)
+	p0=$(lb_packets)
 	rps=$("${wrk[@]}" -d"${dur}s" "$url" | awk '/^Requests\/sec:/ {print $2}')
 	t1=$(cpu_ticks)
-	awk -v r="$rps" -v t=$((t1 - t0)) -v d="$dur" -v hz="$(getconf CLK_TCK)" -v w="$target $load" \
-		'BEGIN {printf "%s: %.0f req/s, %.1f us of CPU per request\n", w, r, t / hz * 1e6 / (r * d)}'
+	p1=$(lb_packets)
+	awk -v r="$rps" -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v d="$dur" -v hz="$(getconf CLK_TCK)" -v w="$target $load" \
+		'BEGIN {printf "%s: %.0f req/s, %.1f us of CPU per request, %.2f packets through the lb per request\n", w, r, t / hz * 1e6 / (r * d), p / (r * d)}'
 	;;
 stat | record)
 	"${wrk[@]}" -d"${dur}s" "$url" >"$state/wrk.txt" &

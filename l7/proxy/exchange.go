@@ -98,7 +98,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 	var resp *http.Response
 	for i := 0; ; i++ {
 		out.respFor.Method = out.method
-		r, err := readResponse(conn.Reader(), &out.respFor)
+		r, err := http.ReadResponse(conn.Reader(), &out.respFor)
 		if err != nil {
 			return fail("read", err)
 		}

@@ -523,7 +523,7 @@ func (c *h1Conn) readRequest() (*http.Request, error) {
 		}
 		_, _ = c.br.Discard(n)
 	}
-	r, err := parseRequest(c.br)
+	r, err := readRequest(c.br)
 	if err != nil {
 		if c.remain == 0 {
 			return nil, errHeaderTooLarge

@@ -39,7 +39,7 @@ type outRequest struct {
 	fwd     forwarded
 	body    *reqBody
 	// bodyStore and respFor live here to save allocations: body points to
-	// bodyStore; respFor is what readResponse is told the request was.
+	// bodyStore; respFor is what http.ReadResponse is told the request was.
 	bodyStore reqBody
 	respFor   http.Request
 }
