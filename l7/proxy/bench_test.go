@@ -33,16 +33,7 @@ import (
 //	go test ./l7/proxy -run '^$' -bench Proxy -benchmem -cpuprofile cpu.out
 //	go tool pprof -top proxy.test cpu.out
 func BenchmarkProxy(b *testing.B) {
-	for _, bc := range []struct {
-		name      string
-		keepAlive bool
-		accessLog bool
-		netHTTP1  bool // net/http's server instead of the loop (Options.NetHTTP1)
-		body      int  // the backends' response body (0: "ok")
-		// loops: the loop's connections on event loops
-		// (Options.EventLoops) instead of a goroutine each
-		loops bool
-	}{
+	for _, bc := range []proxyBench{
 		{"keep-alive", true, true, false, 0, false},
 		{"keep-alive/no-access-log", true, false, false, 0, false},
 		{"keep-alive/nethttp1", true, true, true, 0, false},
@@ -54,50 +45,66 @@ func BenchmarkProxy(b *testing.B) {
 		{"direct/keep-alive/16k", true, false, false, 16 << 10, false},
 		{"direct/new-connection", false, false, false, 0, false},
 	} {
-		b.Run(bc.name, func(b *testing.B) {
-			if strings.HasPrefix(bc.name, "direct/") {
-				runClients(b, rawOKBackend(b, bc.body).String(), bc.keepAlive)
-				return
-			}
-			var addrs []netip.AddrPort
-			for range 3 {
-				addrs = append(addrs, rawOKBackend(b, bc.body))
-			}
-			t := &testing.T{}
-			p := newPool(t, nil, addrs...)
-			var acc *accesslog.Logger
-			if bc.accessLog {
-				f, err := os.Create(filepath.Join(b.TempDir(), "access.log"))
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer f.Close()
-				acc = accesslog.New(f, time.Second)
-				defer acc.Close()
-			}
-			srv, err := New(Options{
-				Service: testService(), Pool: p, Ejection: testEjection(), AccessLog: acc,
-				NetHTTP1: bc.netHTTP1, EventLoops: bc.loops, ShutdownTimeout: 5 * time.Second,
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- srv.Serve(ctx, l) }()
-			defer func() {
-				cancel()
-				if err := <-done; err != nil {
-					b.Error(err)
-				}
-			}()
-			runClients(b, l.Addr().String(), bc.keepAlive)
-		})
+		b.Run(bc.name, func(b *testing.B) { bc.run(b) })
 	}
+}
+
+// proxyBench is one case of BenchmarkProxy.
+type proxyBench struct {
+	name      string
+	keepAlive bool
+	accessLog bool
+	netHTTP1  bool // net/http's server instead of the loop (Options.NetHTTP1)
+	body      int  // the backends' response body (0: "ok")
+	// loops: the loop's connections on event loops
+	// (Options.EventLoops) instead of a goroutine each
+	loops bool
+}
+
+// run sends b.N requests through a proxy built for the case (straight to
+// a backend for the "direct/" cases).
+func (bc proxyBench) run(b *testing.B) {
+	if strings.HasPrefix(bc.name, "direct/") {
+		runClients(b, rawOKBackend(b, bc.body).String(), bc.keepAlive)
+		return
+	}
+	var addrs []netip.AddrPort
+	for range 3 {
+		addrs = append(addrs, rawOKBackend(b, bc.body))
+	}
+	t := &testing.T{}
+	p := newPool(t, nil, addrs...)
+	var acc *accesslog.Logger
+	if bc.accessLog {
+		f, err := os.Create(filepath.Join(b.TempDir(), "access.log"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		acc = accesslog.New(f, time.Second)
+		defer acc.Close()
+	}
+	srv, err := New(Options{
+		Service: testService(), Pool: p, Ejection: testEjection(), AccessLog: acc,
+		NetHTTP1: bc.netHTTP1, EventLoops: bc.loops, ShutdownTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	}()
+	runClients(b, l.Addr().String(), bc.keepAlive)
 }
 
 // runClients sends b.N requests to addr from many clients at once and
