@@ -115,10 +115,12 @@ extra=()
 [[ $load == new-conn ]] && extra=(-H "Connection: close")
 wrk=("$lab" exec "$id" client wrk -t2 -c32 "${extra[@]}")
 "${wrk[@]}" -d3s "$url" >/dev/null
+# cpu_ticks [user|system]: the processes' CPU ticks (both by default).
 cpu_ticks() {
-	local t=0 p
+	local t=0 p f='$14 + $15'
+	case ${1:-} in user) f='$14' ;; system) f='$15' ;; esac
 	for p in ${procs//,/ }; do
-		t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+		t=$((t + $(awk "{print $f}" "/proc/$p/stat")))
 	done
 	echo "$t"
 }
@@ -130,12 +132,14 @@ lb_packets() {
 case $mode in
 cpu)
 	t0=$(cpu_ticks)
+	u0=$(cpu_ticks user)
 	p0=$(lb_packets)
 	rps=$("${wrk[@]}" -d"${dur}s" "$url" | awk '/^Requests\/sec:/ {print $2}')
 	t1=$(cpu_ticks)
+	u1=$(cpu_ticks user)
 	p1=$(lb_packets)
-	awk -v r="$rps" -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v d="$dur" -v hz="$(getconf CLK_TCK)" -v w="$target $load" \
-		'BEGIN {printf "%s: %.0f req/s, %.1f us of CPU per request, %.2f packets through the lb per request\n", w, r, t / hz * 1e6 / (r * d), p / (r * d)}'
+	awk -v r="$rps" -v t=$((t1 - t0)) -v u=$((u1 - u0)) -v p=$((p1 - p0)) -v d="$dur" -v hz="$(getconf CLK_TCK)" -v w="$target $load" \
+		'BEGIN {printf "%s: %.0f req/s, %.1f us of CPU per request (user %.1f), %.2f packets through the lb per request\n", w, r, t / hz * 1e6 / (r * d), u / hz * 1e6 / (r * d), p / (r * d)}'
 	;;
 stat | record)
 	"${wrk[@]}" -d"${dur}s" "$url" >"$state/wrk.txt" &
