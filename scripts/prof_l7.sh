@@ -5,8 +5,8 @@
 # one: the agent (or nginx) under wrk -t2 -c32 for PROF_DUR seconds (8)
 # after a 3 s warm-up, and one of
 #
-#   cpu      requests/s, the proxy's CPU (user + system, /proc) and the packets
-#            through the lb's interfaces per request
+#   cpu      requests/s, the proxy's CPU (user + system, and user alone;
+#            /proc) and the packets through the lb's interfaces per request
 #   stat     perf stat: system calls and context switches of the proxy
 #   record   perf record -g of the proxy into FILE (perf report/script it)
 #
@@ -115,10 +115,11 @@ extra=()
 [[ $load == new-conn ]] && extra=(-H "Connection: close")
 wrk=("$lab" exec "$id" client wrk -t2 -c32 "${extra[@]}")
 "${wrk[@]}" -d3s "$url" >/dev/null
-# cpu_ticks [user|system]: the processes' CPU ticks (both by default).
+# cpu_ticks [user]: the processes' CPU ticks, user and system (or user
+# alone).
 cpu_ticks() {
 	local t=0 p f='$14 + $15'
-	case ${1:-} in user) f='$14' ;; system) f='$15' ;; esac
+	[[ ${1:-} != user ]] || f='$14'
 	for p in ${procs//,/ }; do
 		t=$((t + $(awk "{print $f}" "/proc/$p/stat")))
 	done
