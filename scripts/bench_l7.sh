@@ -151,8 +151,12 @@ cpu=$state/bench_l7_cpu.tsv
 hz=$(getconf CLK_TCK)
 : >"$results"
 : >"$cpu"
+# Each round starts with the next proxy (sluice, nginx, HAProxy; then
+# nginx, HAProxy, sluice; …): none always runs first or last, where a
+# drift of the machine's speed within a round would fall on it alone.
 for round in $(seq "$rounds"); do
-	for p in "${paths[@]}"; do
+	order=("${paths[@]:$(((round - 1) % ${#paths[@]}))}" "${paths[@]:0:$(((round - 1) % ${#paths[@]}))}")
+	for p in "${order[@]}"; do
 		for load in keep-alive new-conn; do
 			extra=()
 			[[ $load == new-conn ]] && extra=(-H "Connection: close")
