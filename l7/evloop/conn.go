@@ -392,11 +392,12 @@ func (c *Conn) pollWait(mode int) error {
 	}
 }
 
-// current is the loop whose thread the caller runs on (nil: none).
+// current is the loop whose running task the caller is (nil: none). It
+// asks no system call: it runs on every wait of a task.
 func (g *Group) current() *Loop {
-	tid := int32(unix.Gettid())
+	me := getg()
 	for _, l := range g.loops {
-		if l.tid.Load() == tid {
+		if l.runningG.Load() == me {
 			return l
 		}
 	}

@@ -146,11 +146,13 @@ type Loop struct {
 	idx  int
 	epfd int
 	evfd int
-	tid  atomic.Int32 // the loop's thread, once it runs
 
 	// running is the task the loop's thread runs now (nil: the loop itself).
 	running *Task
-	tasks   atomic.Int64
+	// runningG is running's goroutine (getg; 0: none), for callers on
+	// other goroutines to tell whether they are it (Group.current).
+	runningG atomic.Uintptr
+	tasks    atomic.Int64
 
 	mu       sync.Mutex
 	conns    map[uint64]*Conn // registered with epfd
@@ -211,6 +213,9 @@ func (l *Loop) start(fn func(ctx context.Context)) {
 	t.ctx = context.WithValue(context.Background(), taskKey{}, t)
 	seq := func(yield func(struct{}) bool) {
 		t.yield = yield
+		me := getg() // the coroutine's goroutine: it runs t and nothing else
+		t.g.Store(me)
+		l.runningG.Store(me)
 		defer func() {
 			if v := recover(); v != nil {
 				l.g.log.Error("panic in an event loop task", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
@@ -224,11 +229,13 @@ func (l *Loop) start(fn func(ctx context.Context)) {
 
 // resume switches to t until it parks again or ends.
 func (l *Loop) resume(t *Task) {
-	prev := l.running
+	prev, prevG := l.running, l.runningG.Load()
 	l.running = t
+	l.runningG.Store(t.g.Load()) // 0 before its first run: seq stores it
 	t.parked = false
 	_, alive := t.next()
 	l.running = prev
+	l.runningG.Store(prevG)
 	if !alive {
 		t.done = true
 		l.tasks.Add(-1)
@@ -252,15 +259,10 @@ func (l *Loop) wake() {
 	_, _ = unix.Write(l.evfd, one[:])
 }
 
-// onThread is whether the caller runs on the loop's thread (the loop or
-// one of its tasks: no other goroutine runs on a locked thread).
-func (l *Loop) onThread() bool { return int32(unix.Gettid()) == l.tid.Load() }
-
 // run is the loop's goroutine.
 func (l *Loop) run(ready chan<- struct{}) {
 	runtime.LockOSThread()
 	// The thread is never unlocked: it ends with the loop.
-	l.tid.Store(int32(unix.Gettid()))
 	close(ready)
 	defer func() {
 		unix.Close(l.epfd)
@@ -469,6 +471,8 @@ type Task struct {
 	done    bool
 	tm      timer // the end of the wait (when it has one)
 	wakeSeq uint64
+	// g is the goroutine that runs the task (getg; 0 until it first runs).
+	g atomic.Uintptr
 }
 
 type taskKey struct{}
@@ -501,7 +505,7 @@ func (t *Task) Loop() *Loop { return t.l }
 
 // current reports whether the caller runs as t (t is running on its
 // loop's thread).
-func (t *Task) current() bool { return t != nil && t.l.running == t && t.l.onThread() }
+func (t *Task) current() bool { return t != nil && t.g.Load() == getg() && t.l.running == t }
 
 // park yields to the loop until something resumes t. until (unix ns, 0:
 // none) ends the wait at the latest.

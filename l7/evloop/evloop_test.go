@@ -329,3 +329,37 @@ func TestDialTimeout(t *testing.T) {
 		t.Fatal("the other task did not run while the dial waited")
 	}
 }
+
+// TestTaskIdentity: a task knows itself (InTask, the waits' choice
+// between parking and polling) with no system call, and nobody else —
+// not a goroutine it starts with its context, not another task of the
+// same loop, not a goroutine on another thread — takes itself for it.
+func TestTaskIdentity(t *testing.T) {
+	g := newGroup(t, 2)
+	type seen struct{ self, child, other, group bool }
+	res := make(chan seen, 1)
+	l := g.Pick()
+	l.Go(func(ctx context.Context) {
+		var s seen
+		s.self = InTask(ctx)
+		s.group = g.current() == l
+		ch := make(chan bool)
+		go func() { ch <- InTask(ctx) || g.current() != nil }()
+		s.child = <-ch // a blocking receive on the loop's thread: fine in a test
+		other := make(chan bool)
+		l.Go(func(context.Context) { other <- InTask(ctx) })
+		Block(ctx, func() { s.other = <-other })
+		res <- s
+	})
+	s := <-res
+	if !s.self || !s.group || s.child || s.other {
+		t.Errorf("task knows itself %v (its loop %v); a goroutine it started takes itself for it %v; another task does %v",
+			s.self, s.group, s.child, s.other)
+	}
+	if InTask(context.Background()) || g.current() != nil {
+		t.Error("the test's goroutine takes itself for a task")
+	}
+	if getg() == 0 {
+		t.Error("getg is 0")
+	}
+}
