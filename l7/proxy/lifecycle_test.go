@@ -488,6 +488,55 @@ func TestMaxLifetimeAndStaleConnections(t *testing.T) {
 	}
 }
 
+// A backend restart closes all its pooled connections at once, just
+// after they were used (within upstream.RecentWithoutPeek, so handed out
+// without the liveness peek): every GET still succeeds, concurrent or
+// not — a request that meets a dead one sends again on a peeked or new
+// connection — and the backend executes each exactly once.
+func TestBackendRestartClosesRecentConnections(t *testing.T) {
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond) // concurrent requests need connections of their own
+		w.WriteHeader(200)
+	})
+	p := newPool(t, nil, be.addr)
+	h := start(t, p, func(o *Options) { o.Ejection.Failures = 0 })
+	burst := func(n int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		codes := make([]int, n)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, _ := h.do(t, "GET", "/", nil, nil)
+				codes[i] = resp.StatusCode
+			}()
+		}
+		wg.Wait()
+		for i, c := range codes {
+			if c != 200 {
+				t.Errorf("request %d: status %d", i, c)
+			}
+		}
+	}
+	burst(6)
+	if st := h.srv.UpstreamStats(be.addr); st.Idle < 2 {
+		t.Fatalf("stats %+v: want several pooled connections", st)
+	}
+	before := be.count.Load()
+	be.srv.CloseClientConnections()
+	waitFor(t, "backend closed its connections", func() bool { return be.open() == 0 })
+	burst(6)
+	for range 3 {
+		if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+			t.Errorf("GET after the restart: %d", resp.StatusCode)
+		}
+	}
+	if n := be.count.Load() - before; n != 9 {
+		t.Errorf("backend executed %d requests after the restart, want 9", n)
+	}
+}
+
 // A backend that dies in the middle of the body: the client sees the
 // response cut (not a complete one), and nothing is retried.
 func TestMidResponseClose(t *testing.T) {

@@ -193,8 +193,14 @@ func (p *Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info s
 }
 
 // RecentWithoutPeek is how recently a pooled connection must have been
-// given back for GetResendable to hand it out without the liveness peek.
-const RecentWithoutPeek = time.Millisecond
+// given back for GetResendable to hand it out without the liveness peek:
+// longer than a loaded pool's connections ever idle (a few ms), shorter
+// than the idle timeouts backends close connections at (seconds: nginx
+// 75 s, Apache 5 s, HAProxy and Envoy longer by default). A connection
+// the backend closed within it (a restart closes them all at once) costs
+// the request one write and a resend on another connection, taken with
+// Get: peeked, so the dead ones behind it are dropped, not met one by one.
+const RecentWithoutPeek = 250 * time.Millisecond
 
 // GetResendable is Get for a request the caller sends again on another
 // connection when this one turns out closed before any response byte

@@ -288,7 +288,9 @@ func TestGetResendableSkipsThePeekOfRecentOnly(t *testing.T) {
 	waitOpen(t, s, 1)
 	s.closeAll()
 	waitOpen(t, s, 0)
-	time.Sleep(2 * RecentWithoutPeek)
+	p.mu.Lock()
+	c.idleSince = time.Now().Add(-2 * RecentWithoutPeek) // idle for long
+	p.mu.Unlock()
 	c3, err := p.GetResendable(context.Background(), s.addr, "", "", time.Now().Add(time.Second))
 	if err != nil {
 		t.Fatal(err)
