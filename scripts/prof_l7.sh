@@ -130,8 +130,12 @@ cpu_ticks() {
 lb_packets() {
 	"$lab" exec "$id" lb ip -j -s link show | jq '[.[] | select(.ifname == "eth0" or .ifname == "eth1") | .stats64.rx.packets + .stats64.tx.packets] | add'
 }
+# busy_ticks: the whole machine's busy CPU ticks (every process: wrk,
+# the backends, softirqs), from /proc/stat.
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 case $mode in
 cpu)
+	b0=$(busy_ticks)
 	t0=$(cpu_ticks)
 	u0=$(cpu_ticks user)
 	p0=$(lb_packets)
@@ -139,8 +143,9 @@ cpu)
 	t1=$(cpu_ticks)
 	u1=$(cpu_ticks user)
 	p1=$(lb_packets)
-	awk -v r="$rps" -v t=$((t1 - t0)) -v u=$((u1 - u0)) -v p=$((p1 - p0)) -v d="$dur" -v hz="$(getconf CLK_TCK)" -v w="$target $load" \
-		'BEGIN {printf "%s: %.0f req/s, %.1f us of CPU per request (user %.1f), %.2f packets through the lb per request\n", w, r, t / hz * 1e6 / (r * d), u / hz * 1e6 / (r * d), p / (r * d)}'
+	b1=$(busy_ticks)
+	awk -v r="$rps" -v t=$((t1 - t0)) -v u=$((u1 - u0)) -v p=$((p1 - p0)) -v b=$((b1 - b0)) -v d="$dur" -v hz="$(getconf CLK_TCK)" -v w="$target $load" \
+		'BEGIN {printf "%s: %.0f req/s, %.1f us of CPU per request (user %.1f), %.2f packets through the lb per request; the whole machine %.1f us per request\n", w, r, t / hz * 1e6 / (r * d), u / hz * 1e6 / (r * d), p / (r * d), b / hz * 1e6 / (r * d)}'
 	;;
 stat | record)
 	"${wrk[@]}" -d"${dur}s" "$url" >"$state/wrk.txt" &
