@@ -24,6 +24,10 @@
 # experiment l7/proxy/testdata/epollproxy (a Go proxy on raw epoll, one
 # locked thread per CPU, no features; see docs/benchmarks.md), built with
 # the go command on PATH.
+# BENCH_FASTHTTP=1 adds "fasthttp" on 198.18.1.103:80: the experiment
+# l7/proxy/testdata/fhproxy (a plain reverse proxy on valyala/fasthttp
+# with an access log; its own module, fetched through the Go module
+# proxy), to measure that library's cost on this path.
 set -Eeuo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
@@ -53,7 +57,7 @@ cleanup() {
 }
 trap cleanup EXIT
 "$lab" backends "$id" >/dev/null 2>&1
-for a in 198.18.1.101 198.18.1.102 198.18.1.110 198.18.1.120; do
+for a in 198.18.1.101 198.18.1.102 198.18.1.103 198.18.1.110 198.18.1.120; do
 	"$lab" exec "$id" lb ip addr add "$a/32" dev lo
 done
 
@@ -62,17 +66,30 @@ source "$repo_root/scripts/bench_lib.sh"
 declare -A port_range=([sluice]="10000 29999" [nginx]="30000 44999" [haproxy]="45000 60999")
 paths=(sluice nginx haproxy)
 declare -A pid_of=() # the process of each proxy (nginx: its master; workers are its children)
+if [[ ${BENCH_EPOLL:-} == 1 || ${BENCH_FASTHTTP:-} == 1 ]]; then
+	port_range[sluice]="10000 15999"
+	paths=(sluice) # the experiments next, nginx and HAProxy after them
+fi
 if [[ ${BENCH_EPOLL:-} == 1 ]]; then
-	port_range[sluice]="10000 19999"
-	port_range[epoll]="20000 29999"
-	paths=(sluice epoll nginx haproxy)
+	port_range[epoll]="16000 22999"
+	paths+=(epoll)
 	go build -o "$state/epollproxy" ./l7/proxy/testdata/epollproxy
 	"$lab" exec "$id" lb "$state/epollproxy" -listen 198.18.1.102:80 -workers "$(nproc)" \
 		-backends 198.18.2.11:80,198.18.2.12:80,198.18.2.13:80 >"$state/epollproxy.log" 2>&1 &
 	pids+=($!)
 	pid_of[epoll]=$!
 fi
-declare -A url_of=([sluice]=http://198.18.1.101/ [epoll]=http://198.18.1.102/ [nginx]=http://198.18.1.110/ [haproxy]=http://198.18.1.120/)
+if [[ ${BENCH_FASTHTTP:-} == 1 ]]; then
+	port_range[fasthttp]="23000 29999"
+	paths+=(fasthttp)
+	(cd l7/proxy/testdata/fhproxy && go build -o "$state/fhproxy" .)
+	"$lab" exec "$id" lb "$state/fhproxy" -listen 198.18.1.103:80 -log "$state/fhproxy-access.log" \
+		-backends 198.18.2.11:80,198.18.2.12:80,198.18.2.13:80 >"$state/fhproxy.log" 2>&1 &
+	pids+=($!)
+	pid_of[fasthttp]=$!
+fi
+[[ ${paths[-1]} == haproxy ]] || paths+=(nginx haproxy)
+declare -A url_of=([sluice]=http://198.18.1.101/ [epoll]=http://198.18.1.102/ [fasthttp]=http://198.18.1.103/ [nginx]=http://198.18.1.110/ [haproxy]=http://198.18.1.120/)
 
 cat >"$state/benchl7.yaml" <<-YAML
 	interfaces: [eth0, eth1]

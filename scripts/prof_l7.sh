@@ -15,8 +15,10 @@
 # PROF_BIN runs another sluice binary than bin/sluice; PROF_ENV adds
 # variables to the agent's environment (e.g. PROF_ENV="GODEBUG=gctrace=1
 # GOGC=100"); PROF_EVENT records another event (e.g. sched:sched_switch);
-# PROF_LOG keeps the agent's log there. sluice's agent runs with nginx
-# too, its XDP program on the lb's interfaces, as in bench_l7.sh. The lab
+# PROF_LOG keeps the agent's log there; PROF_SERVICE adds keys to the
+# service's YAML flow mapping (e.g. PROF_SERVICE='access_log: "off"').
+# sluice's agent runs with nginx too, its XDP program on the lb's
+# interfaces, as in bench_l7.sh. The lab
 # is scripts/lab.sh's (its own namespaces, 198.18.0.0/15); everything it
 # starts is stopped by PID and the lab removed on exit. Alternate two
 # configurations back to back for an A/B: on a shared machine one run
@@ -32,7 +34,7 @@ dur=${PROF_DUR:-8}
 lab=scripts/lab.sh
 sluice=${PROF_BIN:-$repo_root/bin/sluice}
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ $target == sluice || $target == nginx ]] || usage
 [[ $load == keep-alive || $load == new-conn ]] || usage
 [[ $mode == cpu || $mode == stat || $mode == record ]] || usage
@@ -78,7 +80,7 @@ pools:
       - address: 198.18.2.12:80
       - address: 198.18.2.13:80
 services:
-  - {name: web-http, listen: 198.18.1.101:80, protocol: http, pool: web}
+  - {name: web-http, listen: 198.18.1.101:80, protocol: http, pool: web${PROF_SERVICE:+, $PROF_SERVICE}}
 YAML
 "$lab" exec "$id" lb ip addr add 198.18.1.101/32 dev lo
 read -ra penv <<<"${PROF_ENV:-}"
