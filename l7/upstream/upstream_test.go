@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // echoServer accepts connections on loopback and counts the open ones.
@@ -34,9 +36,11 @@ func newEchoServer(t *testing.T) *echoServer {
 			if err != nil {
 				return
 			}
-			s.open.Add(1)
+			// Counted open once closeAll can find it: a test that saw the
+			// count go up and then calls closeAll must not miss it.
 			s.mu.Lock()
 			s.cs = append(s.cs, c)
+			s.open.Add(1)
 			s.mu.Unlock()
 			wg.Go(func() {
 				defer s.open.Add(-1)
@@ -64,13 +68,33 @@ func (s *echoServer) closeAll() {
 
 func waitOpen(t *testing.T, s *echoServer, want int64) {
 	t.Helper()
-	for range 200 {
+	for range 1000 { // 5 s: a loaded machine may take its time
 		if s.open.Load() == want {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Errorf("%d connections open at the server, want %d", s.open.Load(), want)
+}
+
+// waitPeerFIN waits until c's socket has the peer's FIN (TCP state
+// CLOSE_WAIT): on a loaded machine the FIN of a close on loopback may be
+// delivered by ksoftirqd well after the close returned.
+func waitPeerFIN(t *testing.T, c *Conn) {
+	t.Helper()
+	for range 1000 {
+		var state uint8
+		_ = c.rawc.Control(func(fd uintptr) {
+			if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+				state = info.State
+			}
+		})
+		if state == unix.BPF_TCP_CLOSE_WAIT {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("the peer's FIN did not arrive within 5s")
 }
 
 func get(t *testing.T, p *Pools, a netip.AddrPort) *Conn {
@@ -151,7 +175,7 @@ func TestLifetimeIdleTimeoutAndDeadPeers(t *testing.T) {
 	waitOpen(t, s, 1) // accepted and known to the server
 	s.closeAll()
 	waitOpen(t, s, 0)
-	time.Sleep(10 * time.Millisecond)
+	waitPeerFIN(t, c)
 	if c2 := get(t, p3, s.addr); c2 == c {
 		t.Error("a connection closed by the peer was reused")
 	}
@@ -288,6 +312,7 @@ func TestGetResendableSkipsThePeekOfRecentOnly(t *testing.T) {
 	waitOpen(t, s, 1)
 	s.closeAll()
 	waitOpen(t, s, 0)
+	waitPeerFIN(t, c)
 	p.mu.Lock()
 	c.idleSince = time.Now().Add(-2 * RecentWithoutPeek) // idle for long
 	p.mu.Unlock()
