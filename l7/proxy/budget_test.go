@@ -12,24 +12,30 @@ import (
 // adds an allocation or a system call to every request fails here before
 // the lab's benchmark (docs/benchmarks.md) would show it as noise. The
 // allocation budgets are today's counts (the process's allocations over
-// some 20 000 requests, divided: the access log's flushes and the
-// timers round away), the system-call budgets a little above them (how
-// often a read finds nothing yet depends on the scheduling); lower them
-// when a change saves some.
+// the requests made in a second or two, divided) rounded up to the next
+// whole allocation: what the process allocates besides the requests (the
+// access log's flushes, timers, the clients' own dials, goroutines
+// started) adds a fraction that grows when the machine is loaded and
+// fewer requests are made — a kept-alive request costs 19.0–19.6, a new
+// connection 56.2–57.2. One allocation more per request fails on a quiet
+// machine, two on a loaded one. The
+// system-call budgets are a little above today's counts (how often a
+// read finds nothing yet depends on the scheduling). Lower them when a
+// change saves some.
 func TestRequestBudget(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the proxy benchmark's cases for a few seconds")
 	}
 	for _, tc := range []struct {
 		bench    proxyBench
-		allocs   int64   // per request
+		allocs   float64 // per request
 		syscalls float64 // per request (0: not checked); today 12.4 and 36.3
 	}{
-		{proxyBench{name: "keep-alive", keepAlive: true, accessLog: true}, 19, 13.5},
+		{proxyBench{name: "keep-alive", keepAlive: true, accessLog: true}, 20, 13.5},
 		// Event loops batch their reads and writes by what is ready: their
 		// system calls per request vary with the scheduling (9.5–14).
-		{proxyBench{name: "keep-alive/eventloops", keepAlive: true, accessLog: true, loops: true}, 19, 0},
-		{proxyBench{name: "new-connection", accessLog: true}, 56, 38},
+		{proxyBench{name: "keep-alive/eventloops", keepAlive: true, accessLog: true, loops: true}, 20, 0},
+		{proxyBench{name: "new-connection", accessLog: true}, 58, 38},
 	} {
 		t.Run(tc.bench.name, func(t *testing.T) {
 			failed := false
@@ -40,8 +46,9 @@ func TestRequestBudget(t *testing.T) {
 			if failed || res.N == 0 {
 				t.Fatalf("the benchmark's requests failed (%d run)", res.N)
 			}
-			if a := res.AllocsPerOp(); a > tc.allocs {
-				t.Errorf("%d allocations per request, budget %d (%d B per request)", a, tc.allocs, res.AllocedBytesPerOp())
+			allocs := float64(res.MemAllocs) / float64(res.N)
+			if allocs > tc.allocs {
+				t.Errorf("%.2f allocations per request, budget %.1f (%d B per request)", allocs, tc.allocs, res.AllocedBytesPerOp())
 			}
 			sc, counted := res.Extra["syscalls/op"]
 			switch {
@@ -51,7 +58,7 @@ func TestRequestBudget(t *testing.T) {
 			case sc > tc.syscalls:
 				t.Errorf("%.2f system calls per request, budget %.1f", sc, tc.syscalls)
 			}
-			t.Logf("%d requests: %d allocations (%d B), %.2f system calls per request", res.N, res.AllocsPerOp(), res.AllocedBytesPerOp(), sc)
+			t.Logf("%d requests: %.2f allocations (%d B), %.2f system calls per request", res.N, allocs, res.AllocedBytesPerOp(), sc)
 		})
 	}
 }
