@@ -394,9 +394,12 @@ func hopByHopIn(h http.Header) map[string]bool {
 }
 
 // ownedBySluice are the fields sluice writes itself (framing, Host,
-// forwarding), compared separately.
+// forwarding), compared separately, and Expect, which sluice answers
+// itself and never forwards (a 100 Continue when the body is first read;
+// an empty Expect, no expectation at all, goes no further either: found
+// by FuzzH1Translation).
 var ownedBySluice = map[string]bool{
-	"Host": true, "Content-Length": true, "Transfer-Encoding": true,
+	"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Expect": true,
 	"X-Forwarded-For": true, "X-Forwarded-Proto": true, "X-Forwarded-Host": true,
 	"Forwarded": true, "X-Real-Ip": true, "Via": true, "Connection": true, "Upgrade": true,
 }
