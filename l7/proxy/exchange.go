@@ -71,8 +71,14 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 			res.outcome.Kind = retry.Reset
 		}
 		why := upstream.CloseError
-		if res.clientGone {
+		switch {
+		case res.clientGone:
 			why = upstream.CloseClient
+		case conn.Reused() && res.outcome.Kind == retry.Reset && res.readNothing:
+			// A pooled connection the backend had closed, found so by
+			// writing on it (see upstream.RecentWithoutPeek): the request
+			// goes again on another (try), nothing failed.
+			why = upstream.CloseBackend
 		}
 		s.pools.Put(conn, why)
 		res.conn = conn

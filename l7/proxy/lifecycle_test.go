@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/eject"
+	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -499,7 +500,11 @@ func TestBackendRestartClosesRecentConnections(t *testing.T) {
 		w.WriteHeader(200)
 	})
 	p := newPool(t, nil, be.addr)
-	h := start(t, p, func(o *Options) { o.Ejection.Failures = 0 })
+	closes := &closeReasons{n: map[string]int{}}
+	h := start(t, p, func(o *Options) {
+		o.Ejection.Failures = 0
+		o.Observer = closes
+	})
 	burst := func(n int) {
 		t.Helper()
 		var wg sync.WaitGroup
@@ -535,6 +540,27 @@ func TestBackendRestartClosesRecentConnections(t *testing.T) {
 	if n := be.count.Load() - before; n != 9 {
 		t.Errorf("backend executed %d requests after the restart, want 9", n)
 	}
+	// The dead connections are counted closed by the backend (found so
+	// by the peek or by a write), not as failed exchanges.
+	closes.mu.Lock()
+	defer closes.mu.Unlock()
+	if closes.n[upstream.CloseError] != 0 || closes.n[upstream.CloseBackend] < 2 {
+		t.Errorf("upstream connections closed by reason %v: want the dead ones as %q, none as %q",
+			closes.n, upstream.CloseBackend, upstream.CloseError)
+	}
+}
+
+// closeReasons counts the upstream connections closed, by reason.
+type closeReasons struct {
+	NopObserver
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *closeReasons) UpstreamClosed(_ string, _ netip.AddrPort, reason string) {
+	c.mu.Lock()
+	c.n[reason]++
+	c.mu.Unlock()
 }
 
 // A backend that dies in the middle of the body: the client sees the
