@@ -76,8 +76,8 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 			why = upstream.CloseClient
 		case conn.Reused() && res.outcome.Kind == retry.Reset && res.readNothing:
 			// A pooled connection the backend had closed, found so by
-			// writing on it (see upstream.RecentWithoutPeek): the request
-			// goes again on another (try), nothing failed.
+			// writing on it (see upstream.RecentWithoutPeek); Server.try
+			// sends the request again on another when it may.
 			why = upstream.CloseBackend
 		}
 		s.pools.Put(conn, why)
