@@ -27,7 +27,11 @@ import (
 
 type exResult struct {
 	tryResult
-	readNothing bool // no response byte was read on the connection
+	// stale: the connection was a pooled one the backend had closed,
+	// found so by writing on it (reset before any response byte; see
+	// upstream.RecentWithoutPeek). Server.try sends the request again on
+	// another when it may.
+	stale bool
 }
 
 // max1xx bounds the informational responses skipped before the real one.
@@ -56,7 +60,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		res.err = err
 		res.phase = phase
 		res.outcome.Sent = conn.Written() > written0
-		res.readNothing = conn.ReadBytes() == read0
+		readNothing := conn.ReadBytes() == read0
 		switch {
 		case ctx.Err() != nil:
 			res.clientGone = true
@@ -70,15 +74,13 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		default:
 			res.outcome.Kind = retry.Reset
 		}
+		res.stale = !res.clientGone && conn.Reused() && res.outcome.Kind == retry.Reset && readNothing
 		why := upstream.CloseError
 		switch {
 		case res.clientGone:
 			why = upstream.CloseClient
-		case conn.Reused() && res.outcome.Kind == retry.Reset && res.readNothing:
-			// A pooled connection the backend had closed, found so by
-			// writing on it (see upstream.RecentWithoutPeek); Server.try
-			// sends the request again on another when it may.
-			why = upstream.CloseBackend
+		case res.stale:
+			why = upstream.CloseBackend // the backend closed it, nothing failed on it
 		}
 		s.pools.Put(conn, why)
 		res.conn = conn

@@ -723,8 +723,7 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 		// A pooled connection the backend closed while it was idle fails
 		// before any response byte: go again on another connection when
 		// that cannot deliver the request twice.
-		stale := conn.Reused() && res.outcome.Kind == retry.Reset && res.resp == nil && res.readNothing
-		if stale && redial < maxStaleRedials && out.body.replayable() &&
+		if res.stale && redial < maxStaleRedials && out.body.replayable() &&
 			(!res.outcome.Sent || st.policy.MayResend(out.method, out.header)) {
 			s.log.Debug("pooled connection was closed by the backend, sending again on another", "address", b.Addr.String(), "error", res.err)
 			continue
