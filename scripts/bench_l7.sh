@@ -64,11 +64,10 @@ done
 # shellcheck source=scripts/bench_lib.sh
 source "$repo_root/scripts/bench_lib.sh"
 declare -A port_range=([sluice]="10000 29999" [nginx]="30000 44999" [haproxy]="45000 60999")
-paths=(sluice nginx haproxy)
+paths=(sluice) # then the experiments asked for, then nginx and HAProxy
 declare -A pid_of=() # the process of each proxy (nginx: its master; workers are its children)
 if [[ ${BENCH_EPOLL:-} == 1 || ${BENCH_FASTHTTP:-} == 1 ]]; then
 	port_range[sluice]="10000 15999"
-	paths=(sluice) # the experiments next, nginx and HAProxy after them
 fi
 if [[ ${BENCH_EPOLL:-} == 1 ]]; then
 	port_range[epoll]="16000 22999"
@@ -88,7 +87,7 @@ if [[ ${BENCH_FASTHTTP:-} == 1 ]]; then
 	pids+=($!)
 	pid_of[fasthttp]=$!
 fi
-[[ ${paths[-1]} == haproxy ]] || paths+=(nginx haproxy)
+paths+=(nginx haproxy)
 declare -A url_of=([sluice]=http://198.18.1.101/ [epoll]=http://198.18.1.102/ [fasthttp]=http://198.18.1.103/ [nginx]=http://198.18.1.110/ [haproxy]=http://198.18.1.120/)
 
 cat >"$state/benchl7.yaml" <<-YAML
