@@ -135,9 +135,19 @@ lb_packets() {
 # busy_ticks: the whole machine's busy CPU ticks (every process: wrk,
 # the backends, softirqs), from /proc/stat.
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# backend_ticks: the three backends' CPU ticks (a slower proxy finds them
+# asleep more often, and each wake-up costs them).
+backend_ticks() {
+	local t=0 f
+	for f in "$state"/be[123].pid; do
+		t=$((t + $(awk '{print $14 + $15}' "/proc/$(<"$f")/stat")))
+	done
+	echo "$t"
+}
 case $mode in
 cpu)
 	b0=$(busy_ticks)
+	k0=$(backend_ticks)
 	t0=$(cpu_ticks)
 	u0=$(cpu_ticks user)
 	p0=$(lb_packets)
@@ -146,8 +156,9 @@ cpu)
 	u1=$(cpu_ticks user)
 	p1=$(lb_packets)
 	b1=$(busy_ticks)
-	awk -v r="$rps" -v t=$((t1 - t0)) -v u=$((u1 - u0)) -v p=$((p1 - p0)) -v b=$((b1 - b0)) -v d="$dur" -v hz="$(getconf CLK_TCK)" -v w="$target $load" \
-		'BEGIN {printf "%s: %.0f req/s, %.1f us of CPU per request (user %.1f), %.2f packets through the lb per request; the whole machine %.1f us per request\n", w, r, t / hz * 1e6 / (r * d), u / hz * 1e6 / (r * d), p / (r * d), b / hz * 1e6 / (r * d)}'
+	k1=$(backend_ticks)
+	awk -v r="$rps" -v k=$((k1 - k0)) -v t=$((t1 - t0)) -v u=$((u1 - u0)) -v p=$((p1 - p0)) -v b=$((b1 - b0)) -v d="$dur" -v hz="$(getconf CLK_TCK)" -v w="$target $load" \
+		'BEGIN {printf "%s: %.0f req/s, %.1f us of CPU per request (user %.1f), %.2f packets through the lb per request; the whole machine %.1f us per request (backends %.1f)\n", w, r, t / hz * 1e6 / (r * d), u / hz * 1e6 / (r * d), p / (r * d), b / hz * 1e6 / (r * d), k / hz * 1e6 / (r * d)}'
 	;;
 stat | record)
 	"${wrk[@]}" -d"${dur}s" "$url" >"$state/wrk.txt" &
