@@ -90,20 +90,7 @@ fi
 paths+=(nginx haproxy)
 declare -A url_of=([sluice]=http://198.18.1.101/ [epoll]=http://198.18.1.102/ [fasthttp]=http://198.18.1.103/ [nginx]=http://198.18.1.110/ [haproxy]=http://198.18.1.120/)
 
-cat >"$state/benchl7.yaml" <<-YAML
-	interfaces: [eth0, eth1]
-	admin: {socket: $state/benchl7.sock}
-	metrics: {listen: "off"}
-	datapath: {pin_path: $pin}
-	pools:
-	  - name: web
-	    backends:
-	      - address: 198.18.2.11:80
-	      - address: 198.18.2.12:80
-	      - address: 198.18.2.13:80
-	services:
-	  - {name: web-http, listen: 198.18.1.101:80, protocol: http, pool: web}
-	YAML
+sluice_l7_conf "$state/benchl7.yaml" "$state" "$pin"
 # The access log (one JSON line per request) goes to a file, as in production.
 read -ra sluice_env <<<"${BENCH_SLUICE_ENV:-}"
 "$lab" exec "$id" lb env "${sluice_env[@]}" "$sluice" agent -c "$state/benchl7.yaml" >"$state/benchl7-agent.log" 2>&1 &

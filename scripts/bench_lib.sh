@@ -78,6 +78,28 @@ nginx_conf() {
 	} >"$file"
 }
 
+# sluice_l7_conf FILE STATE PIN [SERVICE_KEYS]: the agent of the L7
+# benchmarks (bench_l7.sh, prof_l7.sh): XDP on the lb's eth0 and eth1,
+# metrics off, and one http service, web-http on 198.18.1.101:80, over the
+# lab's three backends; SERVICE_KEYS are added to the service's flow
+# mapping (e.g. 'access_log: "off"').
+sluice_l7_conf() {
+	cat >"$1" <<-YAML
+		interfaces: [eth0, eth1]
+		admin: {socket: $2/l7bench.sock}
+		metrics: {listen: "off"}
+		datapath: {pin_path: $3}
+		pools:
+		  - name: web
+		    backends:
+		      - address: 198.18.2.11:80
+		      - address: 198.18.2.12:80
+		      - address: 198.18.2.13:80
+		services:
+		  - {name: web-http, listen: 198.18.1.101:80, protocol: http, pool: web${4:+, $4}}
+	YAML
+}
+
 # nginx_proxy_conf FILE STATE: the nginx of the L7 benchmarks (bench_l7.sh,
 # prof_l7.sh): 198.18.1.110:80 proxying to the lab's three backends over
 # pooled upstream connections (keepalive 64), as an operator tunes it.

@@ -68,27 +68,14 @@ trap cleanup EXIT
 # costs every packet it receives a copy, in the sender's context, so an
 # nginx measured without it looks ~15 us a request cheaper to its
 # backends and wrk than the same nginx behind sluice's XDP (session 23).
-cat >"$state/prof.yaml" <<YAML
-interfaces: [eth0, eth1]
-admin: {socket: $state/prof.sock}
-metrics: {listen: "off"}
-datapath: {pin_path: $pin}
-pools:
-  - name: web
-    backends:
-      - address: 198.18.2.11:80
-      - address: 198.18.2.12:80
-      - address: 198.18.2.13:80
-services:
-  - {name: web-http, listen: 198.18.1.101:80, protocol: http, pool: web${PROF_SERVICE:+, $PROF_SERVICE}}
-YAML
+# shellcheck source=scripts/bench_lib.sh
+source scripts/bench_lib.sh
+sluice_l7_conf "$state/prof.yaml" "$state" "$pin" "${PROF_SERVICE:-}"
 "$lab" exec "$id" lb ip addr add 198.18.1.101/32 dev lo
 read -ra penv <<<"${PROF_ENV:-}"
 "$lab" exec "$id" lb env "${penv[@]}" "$sluice" agent -c "$state/prof.yaml" >"$state/agent.log" 2>&1 &
 pids+=($!)
 if [[ $target == nginx ]]; then
-	# shellcheck source=scripts/bench_lib.sh
-	source scripts/bench_lib.sh
 	"$lab" exec "$id" lb ip addr add 198.18.1.110/32 dev lo
 	nginx_proxy_conf "$state/nginx.conf" "$state"
 	"$lab" exec "$id" lb nginx -c "$state/nginx.conf" -g 'daemon off;' >"$state/nginx.log" 2>&1 &
