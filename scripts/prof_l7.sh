@@ -6,7 +6,8 @@
 # after a 3 s warm-up, and one of
 #
 #   cpu      requests/s, the proxy's CPU (user + system, and user alone;
-#            /proc) and the packets through the lb's interfaces per request
+#            /proc), the packets through the lb's interfaces, the whole
+#            machine's busy CPU and the three backends' CPU per request
 #   stat     perf stat: system calls and context switches of the proxy
 #   record   perf record -g of the proxy into FILE (perf report/script it)
 #
