@@ -157,6 +157,7 @@ type AccessLine struct {
 		Phase         string `json:"phase"`
 		Status        int    `json:"status"`
 		Sent          bool   `json:"sent"`
+		Resent        int    `json:"resent"`
 		Trial         bool   `json:"trial"`
 		Retry         bool   `json:"retry"`
 		BudgetRefused bool   `json:"budget_refused"`

@@ -51,6 +51,7 @@ func main() {
 	tlsListen := flag.String("tls-listen", "", "also serve HTTPS on this address (same backend: counters, failure status)")
 	tlsCert := flag.String("tls-cert", "", "PEM certificate for --tls-listen")
 	tlsKey := flag.String("tls-key", "", "PEM key for --tls-listen")
+	idleTimeout := flag.Duration("idle-timeout", 5*time.Minute, "close a keep-alive connection idle this long (a backend that closes pooled connections before the proxy does)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -77,7 +78,7 @@ func main() {
 		}()
 		go serveUDP(log, pc, *name)
 	}
-	if err := run(ctx, log, *listen, *name, tlsFiles{*tlsListen, *tlsCert, *tlsKey}); err != nil {
+	if err := run(ctx, log, *listen, *name, *idleTimeout, tlsFiles{*tlsListen, *tlsCert, *tlsKey}); err != nil {
 		log.Error("backend failed", "err", err)
 		os.Exit(1)
 	}
@@ -86,7 +87,7 @@ func main() {
 // tlsFiles is the optional HTTPS listener: address, certificate, key.
 type tlsFiles struct{ listen, cert, key string }
 
-func run(ctx context.Context, log *slog.Logger, listen, name string, tf tlsFiles) error {
+func run(ctx context.Context, log *slog.Logger, listen, name string, idle time.Duration, tf tlsFiles) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
@@ -96,7 +97,7 @@ func run(ctx context.Context, log *slog.Logger, listen, name string, tf tlsFiles
 	srv := &http.Server{
 		Handler:           b.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		IdleTimeout:       idle,
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "name", name)
 
@@ -107,7 +108,7 @@ func run(ctx context.Context, log *slog.Logger, listen, name string, tf tlsFiles
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", tf.listen, err)
 		}
-		tsrv := &http.Server{Handler: srv.Handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}
+		tsrv := &http.Server{Handler: srv.Handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idle}
 		log.Info("listening (https)", "addr", tln.Addr().String(), "name", name)
 		go func() { errc <- tsrv.ServeTLS(tln, tf.cert, tf.key) }()
 		defer tsrv.Close()

@@ -407,6 +407,10 @@ func appendTry(b []byte, t *Try) []byte {
 	}
 	b = append(b, `,"sent":`...)
 	b = strconv.AppendBool(b, t.Sent)
+	if t.Resent != 0 {
+		b = append(b, `,"resent":`...)
+		b = strconv.AppendInt(b, int64(t.Resent), 10)
+	}
 	b = append(b, `,"ms":`...)
 	b = appendFloat(b, t.Millis)
 	if t.Error != "" {

@@ -28,7 +28,7 @@ func sampleRecord() *Record {
 				Why: "connect-failure before the request was sent", Backoff: 0.628},
 			{Backend: "198.18.2.12:80", Reused: true, Trial: true, Outcome: "status", Status: 503, Sent: true,
 				Millis: 0.347, BudgetRefused: true, Why: "status 503; but the retry budget is spent"},
-			{Backend: "198.18.2.13:80", Outcome: "ok", Status: 200, Sent: true, Millis: 12, Why: "success"},
+			{Backend: "198.18.2.13:80", Outcome: "ok", Status: 200, Sent: true, Resent: 1, Millis: 12, Why: "success"},
 		},
 	}
 }

@@ -50,12 +50,17 @@ type Try struct {
 	Status  int    `json:"status,omitempty"`
 	// GRPCStatus is the grpc-status in the response header (a gRPC
 	// trailers-only answer, e.g. 14 UNAVAILABLE), "" when none.
-	GRPCStatus string        `json:"grpc_status,omitempty"`
-	Sent       bool          `json:"sent"` // request bytes reached the backend
-	Duration   time.Duration `json:"-"`
-	Millis     float64       `json:"ms"`
-	Error      string        `json:"error,omitempty"`
-	Retry      bool          `json:"retry"`
+	GRPCStatus string `json:"grpc_status,omitempty"`
+	Sent       bool   `json:"sent"` // request bytes reached the backend
+	// Resent counts the times the request was sent again on another
+	// connection because the pooled one taken had been closed by the
+	// backend while idle (found so before any response byte; only a
+	// request that cannot be delivered twice that way).
+	Resent   int           `json:"resent,omitempty"`
+	Duration time.Duration `json:"-"`
+	Millis   float64       `json:"ms"`
+	Error    string        `json:"error,omitempty"`
+	Retry    bool          `json:"retry"`
 	// BudgetRefused: the policy allowed a retry, the retry budget did not.
 	BudgetRefused bool    `json:"budget_refused,omitempty"`
 	Why           string  `json:"why"` // why it was or was not retried

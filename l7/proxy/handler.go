@@ -58,6 +58,10 @@ type tryResult struct {
 	// h2 is the try's stream when the upstream is HTTP/2 (conn is nil
 	// then; see h2upstream.go).
 	h2 *h2Stream
+	// resent counts the times the request was sent again on another
+	// pooled connection, the one taken having been closed by the backend
+	// while idle (stale; see Server.try).
+	resent int
 }
 
 // request is the state of one request being proxied, shared by the steps
@@ -373,7 +377,7 @@ func (q *request) try(b pool.Backend, trial bool) (tryResult, accesslog.Try) {
 	tr := accesslog.Try{
 		Backend: as.name, Answer: b.Info, Trial: trial,
 		Outcome: res.outcome.Kind.String(), Phase: res.phase, Sent: res.outcome.Sent,
-		Duration: time.Since(t0),
+		Duration: time.Since(t0), Resent: res.resent,
 	}
 	tr.Millis = float64(tr.Duration.Microseconds()) / 1000
 	if res.conn != nil {
@@ -674,12 +678,14 @@ func (s *Server) backends(g *group, now time.Time) []pool.Backend {
 const maxStaleRedials = 2
 
 // try sends the request to b once and reads the response header.
-func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *outRequest, b pool.Backend, t0, deadline time.Time) tryResult {
+func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *outRequest, b pool.Backend, t0, deadline time.Time) (res tryResult) {
 	if s.h2 != nil {
 		return s.tryH2(ctx, st, out, b, t0, deadline)
 	}
 	t := st.timeouts
-	for redial := 0; ; redial++ {
+	redial := 0
+	defer func() { res.resent = redial }()
+	for ; ; redial++ {
 		if redial > 0 {
 			t0 = time.Now()
 		}

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -548,13 +549,27 @@ func TestBackendRestartClosesRecentConnections(t *testing.T) {
 		t.Errorf("upstream connections closed by reason %v: want the dead ones as %q, none as %q",
 			closes.n, upstream.CloseBackend, upstream.CloseError)
 	}
+	// The sends again are visible: in the access log's try ("resent")
+	// and from there in sluice_l7_upstream_stale_resends_total.
+	if closes.resent == 0 {
+		t.Error("no try counted a send again on another connection (resent)")
+	}
 }
 
 // closeReasons counts the upstream connections closed, by reason.
 type closeReasons struct {
 	NopObserver
-	mu sync.Mutex
-	n  map[string]int
+	mu     sync.Mutex
+	n      map[string]int
+	resent int // the tries' Resent, summed
+}
+
+func (c *closeReasons) Request(rec *accesslog.Record) {
+	c.mu.Lock()
+	for _, tr := range rec.Tries {
+		c.resent += tr.Resent
+	}
+	c.mu.Unlock()
 }
 
 func (c *closeReasons) UpstreamClosed(_ string, _ netip.AddrPort, reason string) {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
@@ -53,4 +54,19 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// A try's sends again on another connection (a pooled one found closed
+// by its backend) are counted per service.
+func TestMetricsObserverStaleResends(t *testing.T) {
+	m := metrics.New(metrics.Options{NoRuntimeCollectors: true})
+	o := NewMetricsObserver(m.L7, "web")
+	o.Request(&accesslog.Record{Service: "web-http", Status: 200, Tries: []accesslog.Try{{Outcome: "ok", Resent: 2}}})
+	o.Request(&accesslog.Record{Service: "web-http", Status: 200, Tries: []accesslog.Try{{Outcome: "ok"}}})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	out, _ := io.ReadAll(rec.Body)
+	if want := `sluice_l7_upstream_stale_resends_total{service="web-http"} 2`; !strings.Contains(string(out), want) {
+		t.Errorf("scrape lacks %s:\n%s", want, grepLines(string(out), "sluice_l7_"))
+	}
 }

@@ -56,6 +56,7 @@ type Metrics interface {
 	Request(service string, code int, took time.Duration, tries int)
 	Retry(service, reason string)
 	RetryRefused(service string)
+	StaleResends(service string, n int)
 	Ejection(pool string, addr netip.AddrPort, cause string)
 	SetPanic(pool string, on bool)
 	UpstreamClosed(pool, reason string)
@@ -92,6 +93,9 @@ func (o metricsObserver) Request(rec *accesslog.Record) {
 		}
 		if t.DNSWait != "" {
 			o.m.DNSWait(rec.Service, t.DNSWait)
+		}
+		if t.Resent > 0 {
+			o.m.StaleResends(rec.Service, t.Resent)
 		}
 	}
 }

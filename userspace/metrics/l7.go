@@ -18,6 +18,7 @@ type L7 struct {
 	tries         *prometheus.HistogramVec
 	retries       *prometheus.CounterVec
 	retryRefused  *prometheus.CounterVec
+	staleResends  *prometheus.CounterVec
 	ejections     *prometheus.CounterVec
 	panicMode     *prometheus.GaugeVec
 	upstreamConns *prometheus.CounterVec
@@ -114,6 +115,10 @@ func newL7Vecs() *L7 {
 			Name: "sluice_l7_retries_budget_refused_total",
 			Help: "Retries the policy allowed but the retry budget refused.",
 		}, []string{"service"}),
+		staleResends: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_l7_upstream_stale_resends_total",
+			Help: "Requests sent again on another backend connection because the pooled one taken had been closed by the backend while idle (before any response byte).",
+		}, []string{"service"}),
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_l7_ejections_total",
 			Help: "Addresses ejected by the L7 stage's passive checks, by pool, address and cause.",
@@ -153,7 +158,7 @@ func (l *L7) Collect(ch chan<- prometheus.Metric) {
 
 func (l *L7) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
-		l.requests, l.duration, l.tries, l.retries, l.retryRefused,
+		l.requests, l.duration, l.tries, l.retries, l.retryRefused, l.staleResends,
 		l.ejections, l.panicMode, l.upstreamConns, l.dnsWaits, l.refused,
 		l.loops, l.loopTasks, l.loopConns,
 	}
@@ -215,6 +220,13 @@ func (l *L7) RetryRefused(service string) {
 	l.retryRefused.WithLabelValues(service).Inc()
 }
 
+// StaleResends counts n sends of a request of service again on another
+// backend connection, the pooled one taken having been closed by the
+// backend while idle.
+func (l *L7) StaleResends(service string, n int) {
+	l.staleResends.WithLabelValues(service).Add(float64(n))
+}
+
 // Ejection counts an ejection of addr from pool by passive checks; cause
 // is a short bounded reason (e.g. "status", "connect-failure", "timeout").
 func (l *L7) Ejection(pool string, addr netip.AddrPort, cause string) {
@@ -271,6 +283,7 @@ func (l *L7) ForgetService(service string) {
 	l.tries.DeletePartialMatch(match)
 	l.retries.DeletePartialMatch(match)
 	l.retryRefused.DeletePartialMatch(match)
+	l.staleResends.DeletePartialMatch(match)
 	l.dnsWaits.DeletePartialMatch(match)
 	l.refused.DeletePartialMatch(match)
 	l.forgotten()

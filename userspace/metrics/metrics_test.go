@@ -511,6 +511,7 @@ func TestL7(t *testing.T) {
 	l.Retry("web-http", "connect-failure")
 	l.Retry("web-http", "connect-failure")
 	l.RetryRefused("web-http")
+	l.StaleResends("web-http", 2)
 	l.Ejection("web", a1, "status")
 	l.Ejection("web", a2, "connect-failure")
 	l.SetPanic("web", true)
@@ -529,6 +530,7 @@ func TestL7(t *testing.T) {
 		{"sluice_l7_retries_total", "reason=503,service=web-http", 1},
 		{"sluice_l7_retries_total", "reason=connect-failure,service=web-http", 2},
 		{"sluice_l7_retries_budget_refused_total", "service=web-http", 1},
+		{"sluice_l7_upstream_stale_resends_total", "service=web-http", 2},
 		{"sluice_l7_ejections_total", "address=198.18.2.11:80,cause=status,pool=web", 1},
 		{"sluice_l7_panic_mode", "pool=web", 1},
 		{"sluice_l7_panic_mode", "pool=api", 0},
@@ -553,7 +555,7 @@ func TestL7(t *testing.T) {
 	if _, ok := got["sluice_l7_panic_mode"].values["pool=api"]; ok {
 		t.Error("panic series kept after ForgetPool")
 	}
-	for _, name := range []string{"sluice_l7_requests_total", "sluice_l7_retries_total", "sluice_l7_request_tries"} {
+	for _, name := range []string{"sluice_l7_requests_total", "sluice_l7_retries_total", "sluice_l7_request_tries", "sluice_l7_upstream_stale_resends_total"} {
 		if n := len(got[name].values); n != 0 {
 			t.Errorf("%s has %d series after ForgetService", name, n)
 		}
@@ -584,6 +586,7 @@ func populated(t *testing.T) *Metrics {
 	m.L7.Request("web-http", 200, time.Millisecond, 1)
 	m.L7.Retry("web-http", "reset")
 	m.L7.RetryRefused("web-http")
+	m.L7.StaleResends("web-http", 1)
 	m.L7.Ejection("web", a1, "status")
 	m.L7.SetPanic("web", false)
 	m.L7.UpstreamClosed("web", "lifetime")
