@@ -429,14 +429,27 @@ func (l *Lab) stopAll() {
 func (l *Lab) StartBackends() {
 	l.t.Helper()
 	for _, be := range []string{"be1", "be2", "be3"} {
-		l.Start(be, be, env.backend, "--listen", ":80", "--udp-listen", ":5353", "--name", be)
+		l.startBackend(be)
 	}
 	for _, be := range []string{"be1", "be2", "be3"} {
-		waitFor(l.t, 5*time.Second, be+" listening", func() error {
-			_, err := l.Run(be, 2*time.Second, "curl", "-sf", "-o", "/dev/null", "--max-time", "1", "http://127.0.0.1:80/healthz")
-			return err
-		})
+		l.waitBackend(be)
 	}
+}
+
+// startBackend runs the test backend on :80 (and UDP :5353) in host be,
+// named be, with flags added (e.g. "--idle-timeout", "50ms").
+func (l *Lab) startBackend(be string, flags ...string) {
+	l.t.Helper()
+	l.Start(be, be, append([]string{env.backend, "--listen", ":80", "--udp-listen", ":5353", "--name", be}, flags...)...)
+}
+
+// waitBackend waits until the test backend in host be answers on :80.
+func (l *Lab) waitBackend(be string) {
+	l.t.Helper()
+	waitFor(l.t, 5*time.Second, be+" listening", func() error {
+		_, err := l.Run(be, 2*time.Second, "curl", "-sf", "-o", "/dev/null", "--max-time", "1", "http://127.0.0.1:80/healthz")
+		return err
+	})
 }
 
 // runCmd runs a command in the root namespace (tools like bpftool) and

@@ -16,11 +16,8 @@ import (
 // sluice_l7_upstream_stale_resends_total.
 func TestL7BackendClosesIdleSooner(t *testing.T) {
 	lab := newLab(t)
-	lab.Start("be1", "be1", env.backend, "--listen", ":80", "--name", "be1", "--idle-timeout", "50ms")
-	waitFor(t, 5*time.Second, "be1 listening", func() error {
-		_, err := lab.Run("be1", 2*time.Second, "curl", "-sf", "-o", "/dev/null", "--max-time", "1", "http://127.0.0.1:80/healthz")
-		return err
-	})
+	lab.startBackend("be1", "--idle-timeout", "50ms")
+	lab.waitBackend("be1")
 	lab.AddLocalVIP(httpVIP)
 	agent := lab.StartAgent(agentConfig{HTTP: true, Backends: []string{"be1"}, Ejection: noEjection})
 	waitFor(t, 10*time.Second, "the L7 listener", func() error {
