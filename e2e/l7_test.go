@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -161,6 +162,28 @@ func TestL7EventLoops(t *testing.T) {
 	if err != nil || !strings.Contains(out, "runtime: gomaxprocs ") || !strings.Contains(out, "gc paced (gogc ") || !strings.Contains(out, "http/1 event loops ") {
 		t.Fatalf("sluice status: %v; want its runtime line with the pacing and the loops:\n%s", err, out)
 	}
+	// And it counts the service's requests: the keep-alive load's and
+	// the 50 new connections', all answered 200.
+	if !strings.Contains(out, "HTTP SERVICE") || !regexp.MustCompile(`(?m)^web-http +[0-9]+ `).MatchString(out) {
+		t.Fatalf("sluice status: no HTTP SERVICE table with web-http's requests:\n%s", out)
+	}
+	st, err := agent.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st.Services {
+		if s.Name != "web-http" {
+			continue
+		}
+		c := s.HTTP
+		if c == nil || c.Requests < 50 || c.Status2xx < 50 || c.Status4xx+c.Status5xx != 0 ||
+			c.Requests != c.Status1xx+c.Status2xx+c.Status3xx+c.Status4xx+c.Status5xx+c.ClientGone {
+			t.Fatalf("sluice status: web-http's requests %+v, want at least 50, all 2xx (or given up by the client), summing up", c)
+		}
+		t.Logf("sluice status: web-http %+v", *c)
+		return
+	}
+	t.Fatalf("sluice status: no service web-http: %+v", st.Services)
 }
 
 // TestL7Goroutines is TestL7DNSChange with SLUICE_L7_EVENTLOOPS=0: a

@@ -52,7 +52,9 @@ func newFakeAgent() *fakeAgent {
 				{Name: "web-l4", Listen: "198.18.1.100:80", Protocol: "tcp", Mode: "nat", Pool: "web",
 					ID: 1, ActiveFlows: 3, Backends: 1, Packets: 1200, Bytes: 3 << 20, NewFlows: 40, RSTs: 2},
 				{Name: "dns-udp", Listen: "198.18.1.101:53", Protocol: "udp", Mode: "snat", Pool: "dns", ID: 2},
-				{Name: "front", Listen: "0.0.0.0:443", Protocol: "http", Routes: []admin.Route{
+				{Name: "front", Listen: "0.0.0.0:443", Protocol: "http", HTTP: &admin.HTTPCounts{
+					Requests: 1210, Status1xx: 2, Status2xx: 1100, Status3xx: 20, Status4xx: 40, Status5xx: 45,
+					ClientGone: 3, Retries: 7, Refused: 1}, Routes: []admin.Route{
 					{Name: "api", Match: "host api.lab path /v1/", Pool: "web", Backends: map[string]int{"active": 1, "draining": 1}},
 					{Name: "old", Match: "any host", Pool: "gone"},
 					{Name: "none", Match: "host x.lab", Pool: "dns", Backends: map[string]int{}},
@@ -471,7 +473,10 @@ CONFIG WARNINGS (1; sluice check prints the same):
 SERVICE  LISTEN           PROTO/MODE  POOL      BACKENDS  FLOWS  PACKETS  BYTES   NEW FLOWS  RSTS
 web-l4   198.18.1.100:80  tcp/nat     web       1/2       3      1200     3.0MiB  40         2
 dns-udp  198.18.1.101:53  udp/snat    dns       0/0       0      0        0B      0          0
-front    0.0.0.0:443      http        (routes)  -         0      0        0B      0          0
+front    0.0.0.0:443      http        (routes)  -         -      -        -       -          -
+
+HTTP SERVICE  REQUESTS  1XX  2XX   3XX  4XX  5XX  CLIENT GONE  RETRIES  REFUSED
+front         1210      2    1100  20   40   45   3            7        1
 
 SERVICE  ROUTE  MATCH                   POOL  ADDRESSES
 front    api    host api.lab path /v1/  web   1 active, 1 draining

@@ -25,6 +25,10 @@ draining, the time left before its remaining flows are cut. An http
 service with routes lists each route: what it matches (host, path,
 methods, header), its pool and the pool's addresses by state; the
 service's own pool, if any, is the route "default" (anything else).
+An http service's requests are counted in a table of their own (the
+data path's flow and packet counters do not see them): requests, by
+status class, given up because the client went away, retries, and
+connections or requests refused at a limit, since the agent started.
 
 --json prints the admin API's status document.`,
 		maxArgs: 0,
@@ -99,10 +103,19 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 			if s.Mode != "" {
 				pm += "/" + s.Mode
 			}
+			if s.Protocol == "http" {
+				// The data path's counters do not see the HTTP stage's
+				// traffic: its requests are in the table below.
+				t.row(s.Name, s.Listen, pm, servicePool(s), serviceBackends(s, live), "-", "-", "-", "-", "-")
+				continue
+			}
 			t.row(s.Name, s.Listen, pm, servicePool(s), serviceBackends(s, live),
 				itoa(s.ActiveFlows), itoa(s.Packets), bytesHuman(s.Bytes), itoa(s.NewFlows), itoa(s.RSTs))
 		}
 		if err := t.flush(); err != nil {
+			return err
+		}
+		if err := writeHTTPCounts(w, st); err != nil {
 			return err
 		}
 		if err := writeRoutes(w, st); err != nil {
@@ -125,6 +138,28 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 		for _, n := range p.NotServed {
 			t.row(p.Name, n.Address, n.Source, "not served", n.Reason, "-", "-", "-")
 		}
+	}
+	return t.flush()
+}
+
+// writeHTTPCounts is the table of the http services' requests by
+// outcome (none without http services).
+func writeHTTPCounts(w io.Writer, st admin.Status) error {
+	var t *table
+	for _, s := range st.Services {
+		c := s.HTTP
+		if c == nil {
+			continue
+		}
+		if t == nil {
+			fmt.Fprintln(w)
+			t = newTable(w, "HTTP SERVICE", "REQUESTS", "1XX", "2XX", "3XX", "4XX", "5XX", "CLIENT GONE", "RETRIES", "REFUSED")
+		}
+		t.row(s.Name, itoa(c.Requests), itoa(c.Status1xx), itoa(c.Status2xx), itoa(c.Status3xx), itoa(c.Status4xx),
+			itoa(c.Status5xx), itoa(c.ClientGone), itoa(c.Retries), itoa(c.Refused))
+	}
+	if t == nil {
+		return nil
 	}
 	return t.flush()
 }

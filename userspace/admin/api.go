@@ -144,10 +144,36 @@ type Service struct {
 	Bytes       uint64 `json:"bytes"`
 	NewFlows    uint64 `json:"new_flows"`
 	RSTs        uint64 `json:"rsts"`
+	// HTTP is what an http service's requests came to since the agent
+	// started (or since the reload that added the service); absent for
+	// L4 services, whose counters are the ones above.
+	HTTP *HTTPCounts `json:"http,omitempty"`
 	// Routes of an http service with routes, in precedence order within
 	// a site as the config lists them; the service's own pool, when set,
 	// last as the route "default" (absent without routes).
 	Routes []Route `json:"routes,omitempty"`
+}
+
+// HTTPCounts counts an http service's requests: the sums of its
+// sluice_l7_requests_total, sluice_l7_retries_total and
+// sluice_l7_refused_total series (docs/metrics.md).
+type HTTPCounts struct {
+	// Requests is every request answered, or given up because its
+	// client went away first (ClientGone).
+	Requests uint64 `json:"requests"`
+	// Status1xx … Status5xx count the requests answered by status class
+	// (1xx: 101 to an upgrade).
+	Status1xx  uint64 `json:"1xx"`
+	Status2xx  uint64 `json:"2xx"`
+	Status3xx  uint64 `json:"3xx"`
+	Status4xx  uint64 `json:"4xx"`
+	Status5xx  uint64 `json:"5xx"`
+	ClientGone uint64 `json:"client_gone"`
+	// Retries counts tries after a request's first.
+	Retries uint64 `json:"retries"`
+	// Refused counts connections and requests refused at a limit
+	// (client.max_connections, max_requests, body and header limits…).
+	Refused uint64 `json:"refused"`
 }
 
 // Route is one route of an http service: what it matches and the state

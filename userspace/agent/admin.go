@@ -79,6 +79,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				out.Backends = len(ps.p.Active())
 			}
 			out.Routes = routeStatus(sc, pools)
+			out.HTTP = a.httpCounts(sc.Name)
 		}
 		st.Services = append(st.Services, out)
 	}
@@ -127,6 +128,20 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 		st.Pools = append(st.Pools, ap)
 	}
 	return st, nil
+}
+
+// httpCounts is what an http service's requests came to, from the L7
+// stage's metrics (nil without them).
+func (a *agent) httpCounts(service string) *admin.HTTPCounts {
+	if a.metrics == nil {
+		return nil
+	}
+	c := a.metrics.L7.ServiceCounts(service)
+	return &admin.HTTPCounts{
+		Requests: c.Requests, Status1xx: c.ByClass[0], Status2xx: c.ByClass[1], Status3xx: c.ByClass[2],
+		Status4xx: c.ByClass[3], Status5xx: c.ByClass[4], ClientGone: c.ClientGone,
+		Retries: c.Retries, Refused: c.Refused,
+	}
 }
 
 // Flows implements admin.Agent. The conntrack walk holds no lock of the

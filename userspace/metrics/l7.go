@@ -2,11 +2,13 @@ package metrics
 
 import (
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // L7 holds the L7 stage's metrics. Its methods are safe for concurrent
@@ -259,6 +261,71 @@ func (l *L7) DNSWait(service, result string) {
 // (or dropped) at limit, a short bounded name.
 func (l *L7) Refused(service, limit string) {
 	l.refused.WithLabelValues(service, limit).Inc()
+}
+
+// ServiceCounts is what an http service's requests came to, from the
+// series above (so since the service's series were made: the agent's
+// start, or the reload that added the service).
+type ServiceCounts struct {
+	// Requests is every request answered, or given up when its client
+	// went away first (ClientGone); ByClass[i] the ones answered with an
+	// (i+1)xx status (101 to an upgrade, 2xx … 5xx).
+	Requests   uint64
+	ByClass    [5]uint64
+	ClientGone uint64
+	Retries    uint64
+	// Refused is the connections and requests refused at a limit (the
+	// access log's dropped lines are not requests refused).
+	Refused uint64
+}
+
+// ServiceCounts sums service's request, retry and refusal series (for
+// sluice status: not on the request path).
+func (l *L7) ServiceCounts(service string) ServiceCounts {
+	var c ServiceCounts
+	eachSeries(l.requests, service, func(labels map[string]string, v uint64) {
+		c.Requests += v
+		code, err := strconv.Atoi(labels["code"])
+		switch {
+		case labels["code"] == "none":
+			c.ClientGone += v
+		case err == nil && code >= 100 && code < 600:
+			c.ByClass[code/100-1] += v
+		}
+	})
+	eachSeries(l.retries, service, func(_ map[string]string, v uint64) { c.Retries += v })
+	eachSeries(l.refused, service, func(labels map[string]string, v uint64) {
+		if labels["limit"] != limitAccessLog {
+			c.Refused += v
+		}
+	})
+	return c
+}
+
+// limitAccessLog is the refused series' limit for dropped log lines.
+const limitAccessLog = "access_log"
+
+// eachSeries calls f with the labels and value of each of vec's counters
+// labelled service.
+func eachSeries(vec *prometheus.CounterVec, service string, f func(labels map[string]string, v uint64)) {
+	ch := make(chan prometheus.Metric, 16)
+	go func() {
+		vec.Collect(ch)
+		close(ch)
+	}()
+	for m := range ch {
+		var pb dto.Metric
+		if m.Write(&pb) != nil {
+			continue
+		}
+		labels := make(map[string]string, len(pb.GetLabel()))
+		for _, lp := range pb.GetLabel() {
+			labels[lp.GetName()] = lp.GetValue()
+		}
+		if labels["service"] == service {
+			f(labels, uint64(pb.GetCounter().GetValue()))
+		}
+	}
 }
 
 // ForgetBackend deletes the series that name addr in pool.

@@ -600,6 +600,35 @@ func populated(t *testing.T) *Metrics {
 	return m
 }
 
+// TestL7ServiceCounts: sluice status's counts of an http service are the
+// sums of its series, by status class; other services' series and the
+// access log's dropped lines are not counted.
+func TestL7ServiceCounts(t *testing.T) {
+	l := New(Options{NoRuntimeCollectors: true}).L7
+	for _, code := range []int{101, 200, 200, 204, 302, 404, 503, 504, 0, 999} {
+		l.Request("web-http", code, time.Millisecond, 1)
+	}
+	l.Request("api-http", 200, time.Millisecond, 1)
+	l.Retry("web-http", "503")
+	l.Retry("web-http", "connect-failure")
+	l.Retry("api-http", "reset")
+	l.Refused("web-http", "connections")
+	l.Refused("web-http", "body")
+	l.Refused("web-http", "access_log")
+	got := l.ServiceCounts("web-http")
+	want := ServiceCounts{Requests: 10, ByClass: [5]uint64{1, 3, 1, 1, 2}, ClientGone: 1, Retries: 2, Refused: 2}
+	if got != want {
+		t.Errorf("ServiceCounts(web-http) = %+v, want %+v", got, want)
+	}
+	if got := l.ServiceCounts("none"); got != (ServiceCounts{}) {
+		t.Errorf("ServiceCounts of a service without series = %+v, want zero", got)
+	}
+	l.ForgetService("web-http")
+	if got := l.ServiceCounts("web-http"); got != (ServiceCounts{}) {
+		t.Errorf("ServiceCounts after ForgetService = %+v, want zero", got)
+	}
+}
+
 func TestLint(t *testing.T) {
 	m := populated(t)
 	mfs, err := m.Registry().Gather()
