@@ -14,6 +14,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -57,6 +58,10 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	// after a drain, say) are refreshed.
 	counts, _ := a.flows.current(now, statusFlowsMaxAge)
 	dp := a.rec.dp
+	var httpCounts map[string]metrics.ServiceCounts
+	if a.metrics != nil {
+		httpCounts = a.metrics.L7.ServiceCounts()
+	}
 	for _, sc := range cfg.Services {
 		out := admin.Service{Name: sc.Name, Listen: sc.Listen, Protocol: sc.Protocol, Pool: sc.Pool}
 		if sc.IsL4() {
@@ -79,7 +84,9 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				out.Backends = len(ps.p.Active())
 			}
 			out.Routes = routeStatus(sc, pools)
-			out.HTTP = a.httpCounts(sc.Name)
+			if httpCounts != nil {
+				out.HTTP = httpStatus(httpCounts[sc.Name])
+			}
 		}
 		st.Services = append(st.Services, out)
 	}
@@ -130,13 +137,8 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	return st, nil
 }
 
-// httpCounts is what an http service's requests came to, from the L7
-// stage's metrics (nil without them).
-func (a *agent) httpCounts(service string) *admin.HTTPCounts {
-	if a.metrics == nil {
-		return nil
-	}
-	c := a.metrics.L7.ServiceCounts(service)
+// httpStatus is an http service's request counts for status.
+func httpStatus(c metrics.ServiceCounts) *admin.HTTPCounts {
 	return &admin.HTTPCounts{
 		Requests: c.Requests, Status1xx: c.ByClass[0], Status2xx: c.ByClass[1], Status3xx: c.ByClass[2],
 		Status4xx: c.ByClass[3], Status5xx: c.ByClass[4], ClientGone: c.ClientGone,

@@ -279,35 +279,43 @@ type ServiceCounts struct {
 	Refused uint64
 }
 
-// ServiceCounts sums service's request, retry and refusal series (for
-// sluice status: not on the request path).
-func (l *L7) ServiceCounts(service string) ServiceCounts {
-	var c ServiceCounts
-	eachSeries(l.requests, service, func(labels map[string]string, v uint64) {
-		c.Requests += v
-		code, err := strconv.Atoi(labels["code"])
-		switch {
-		case labels["code"] == "none":
-			c.ClientGone += v
-		case err == nil && code >= 100 && code < 600:
-			c.ByClass[code/100-1] += v
-		}
+// ServiceCounts sums each service's request, retry and refusal series
+// (for sluice status: not on the request path), one pass over each.
+func (l *L7) ServiceCounts() map[string]ServiceCounts {
+	cs := make(map[string]ServiceCounts)
+	add := func(service string, f func(*ServiceCounts)) {
+		c := cs[service]
+		f(&c)
+		cs[service] = c
+	}
+	eachSeries(l.requests, func(labels map[string]string, v uint64) {
+		add(labels["service"], func(c *ServiceCounts) {
+			c.Requests += v
+			code, err := strconv.Atoi(labels["code"])
+			switch {
+			case labels["code"] == "none":
+				c.ClientGone += v
+			case err == nil && code >= 100 && code < 600:
+				c.ByClass[code/100-1] += v
+			}
+		})
 	})
-	eachSeries(l.retries, service, func(_ map[string]string, v uint64) { c.Retries += v })
-	eachSeries(l.refused, service, func(labels map[string]string, v uint64) {
+	eachSeries(l.retries, func(labels map[string]string, v uint64) {
+		add(labels["service"], func(c *ServiceCounts) { c.Retries += v })
+	})
+	eachSeries(l.refused, func(labels map[string]string, v uint64) {
 		if labels["limit"] != limitAccessLog {
-			c.Refused += v
+			add(labels["service"], func(c *ServiceCounts) { c.Refused += v })
 		}
 	})
-	return c
+	return cs
 }
 
 // limitAccessLog is the refused series' limit for dropped log lines.
 const limitAccessLog = "access_log"
 
-// eachSeries calls f with the labels and value of each of vec's counters
-// labelled service.
-func eachSeries(vec *prometheus.CounterVec, service string, f func(labels map[string]string, v uint64)) {
+// eachSeries calls f with the labels and value of each of vec's counters.
+func eachSeries(vec *prometheus.CounterVec, f func(labels map[string]string, v uint64)) {
 	ch := make(chan prometheus.Metric, 16)
 	go func() {
 		vec.Collect(ch)
@@ -322,9 +330,7 @@ func eachSeries(vec *prometheus.CounterVec, service string, f func(labels map[st
 		for _, lp := range pb.GetLabel() {
 			labels[lp.GetName()] = lp.GetValue()
 		}
-		if labels["service"] == service {
-			f(labels, uint64(pb.GetCounter().GetValue()))
-		}
+		f(labels, uint64(pb.GetCounter().GetValue()))
 	}
 }
 
