@@ -14,7 +14,8 @@ const (
 	limitBody                = "body"
 	limitHeaderCount         = "header_count"
 	limitUpstreamConnections = "upstream_connections"
-	limitAccessLog           = "access_log"
+	// (and metrics.LimitAccessLog: the agent counts its access logs'
+	// dropped lines)
 )
 
 // limitListener bounds the open client connections: a connection accepted

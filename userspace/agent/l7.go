@@ -69,7 +69,7 @@ type l7Stage struct {
 func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trackers) *l7Stage {
 	acc := newAccessLogs(stdout)
 	if m != nil {
-		acc.onDrop = func(service string) { m.L7.Refused(service, "access_log") }
+		acc.onDrop = func(service string) { m.L7.Refused(service, metrics.LimitAccessLog) }
 	}
 	return &l7Stage{
 		log:        log,

@@ -304,15 +304,16 @@ func (l *L7) ServiceCounts() map[string]ServiceCounts {
 		add(labels["service"], func(c *ServiceCounts) { c.Retries += v })
 	})
 	eachSeries(l.refused, func(labels map[string]string, v uint64) {
-		if labels["limit"] != limitAccessLog {
+		if labels["limit"] != LimitAccessLog {
 			add(labels["service"], func(c *ServiceCounts) { c.Refused += v })
 		}
 	})
 	return cs
 }
 
-// limitAccessLog is the refused series' limit for dropped log lines.
-const limitAccessLog = "access_log"
+// LimitAccessLog is the limit of sluice_l7_refused_total's series that
+// counts access log lines dropped (the writer behind), not requests.
+const LimitAccessLog = "access_log"
 
 // eachSeries calls f with the labels and value of each of vec's counters.
 func eachSeries(vec *prometheus.CounterVec, f func(labels map[string]string, v uint64)) {

@@ -615,7 +615,7 @@ func TestL7ServiceCounts(t *testing.T) {
 	l.Retry("api-http", "reset")
 	l.Refused("web-http", "connections")
 	l.Refused("web-http", "body")
-	l.Refused("web-http", "access_log")
+	l.Refused("web-http", LimitAccessLog)
 	got := l.ServiceCounts()
 	want := map[string]ServiceCounts{
 		"web-http": {Requests: 10, ByClass: [5]uint64{1, 3, 1, 1, 2}, ClientGone: 1, Retries: 2, Refused: 2},
