@@ -282,33 +282,35 @@ type ServiceCounts struct {
 // ServiceCounts sums each service's request, retry and refusal series
 // (for sluice status: not on the request path), one pass over each.
 func (l *L7) ServiceCounts() map[string]ServiceCounts {
-	cs := make(map[string]ServiceCounts)
-	add := func(service string, f func(*ServiceCounts)) {
-		c := cs[service]
-		f(&c)
-		cs[service] = c
+	cs := make(map[string]*ServiceCounts)
+	of := func(labels map[string]string) *ServiceCounts {
+		c := cs[labels["service"]]
+		if c == nil {
+			c = &ServiceCounts{}
+			cs[labels["service"]] = c
+		}
+		return c
 	}
 	eachSeries(l.requests, func(labels map[string]string, v uint64) {
-		add(labels["service"], func(c *ServiceCounts) {
-			c.Requests += v
-			code, err := strconv.Atoi(labels["code"])
-			switch {
-			case labels["code"] == "none":
-				c.ClientGone += v
-			case err == nil && code >= 100 && code < 600:
-				c.ByClass[code/100-1] += v
-			}
-		})
-	})
-	eachSeries(l.retries, func(labels map[string]string, v uint64) {
-		add(labels["service"], func(c *ServiceCounts) { c.Retries += v })
-	})
-	eachSeries(l.refused, func(labels map[string]string, v uint64) {
-		if labels["limit"] != LimitAccessLog {
-			add(labels["service"], func(c *ServiceCounts) { c.Refused += v })
+		c := of(labels)
+		c.Requests += v
+		if labels["code"] == "none" {
+			c.ClientGone += v
+		} else if code, err := strconv.Atoi(labels["code"]); err == nil && code >= 100 && code < 600 {
+			c.ByClass[code/100-1] += v
 		}
 	})
-	return cs
+	eachSeries(l.retries, func(labels map[string]string, v uint64) { of(labels).Retries += v })
+	eachSeries(l.refused, func(labels map[string]string, v uint64) {
+		if labels["limit"] != LimitAccessLog {
+			of(labels).Refused += v
+		}
+	})
+	out := make(map[string]ServiceCounts, len(cs))
+	for name, c := range cs {
+		out[name] = *c
+	}
+	return out
 }
 
 // LimitAccessLog is the limit of sluice_l7_refused_total's series that
