@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -64,12 +63,7 @@ func TestDiscoveryFollowsServer(t *testing.T) {
 			}
 		}
 	}
-	write := func(body string) {
-		t.Helper()
-		if err := os.WriteFile(h.path, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(body string) { t.Helper(); h.replace(t, body) }
 	is := func(addrs ...string) func(discovery.Update) bool {
 		return func(u discovery.Update) bool { return slices.Equal(u.Addresses(), want(addrs...)) }
 	}
@@ -87,8 +81,9 @@ func TestDiscoveryFollowsServer(t *testing.T) {
 	write("backend.lab. 0 A 198.18.2.12\n")
 	until("recovery", time.Second, is("198.18.2.12"), func(u discovery.Update) bool { return u.Reason == discovery.ReasonAnswer })
 
-	write("other.lab. 0 A 198.18.2.12\n") // backend.lab is NXDOMAIN now
+	// The hold cannot start before the write does: t0 is a lower bound.
 	t0 := time.Now()
+	write("other.lab. 0 A 198.18.2.12\n") // backend.lab is NXDOMAIN now
 	u := until("hold", time.Second, is("198.18.2.12"), func(u discovery.Update) bool { return u.Reason == discovery.ReasonHold })
 	if u.HoldUntil.IsZero() {
 		t.Error("hold without deadline")

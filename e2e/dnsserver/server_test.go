@@ -85,6 +85,22 @@ func start(t *testing.T, body string) *harness {
 	return h
 }
 
+// replace puts body in the records file whole: written beside it and
+// renamed into place. A file caught half written (empty, between the
+// truncate and the write of an in-place rewrite) is a valid zone with no
+// records, which answers NXDOMAIN: on a loaded machine the writer can be
+// descheduled in between long enough for the server's poll to load it.
+func (h *harness) replace(t *testing.T, body string) {
+	t.Helper()
+	tmp := h.path + ".new"
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, h.path); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (h *harness) query(t *testing.T, network, name string, qtype uint16) (*dns.Msg, error) {
 	t.Helper()
 	c := &dns.Client{Net: network, Timeout: 300 * time.Millisecond}
@@ -210,24 +226,11 @@ func TestReload(t *testing.T) {
 	waitFor(t, "switch to .12", func() bool { return slices.Equal(addrsOf(), []string{"198.18.2.12", "NOERROR"}) })
 
 	// Replaced by rename, to a fault mode.
-	tmp := h.path + ".new"
-	if err := os.WriteFile(tmp, []byte("backend.lab. 2 A 198.18.2.12\nbackend.lab. mode servfail\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, h.path); err != nil {
-		t.Fatal(err)
-	}
+	h.replace(t, "backend.lab. 2 A 198.18.2.12\nbackend.lab. mode servfail\n")
 	waitFor(t, "servfail", func() bool { return slices.Equal(addrsOf(), []string{"SERVFAIL"}) })
 
-	// A broken file is refused; the previous records keep serving. Written
-	// whole and renamed into place: a file caught half written (empty) is a
-	// valid zone with no records, which would answer NXDOMAIN.
-	if err := os.WriteFile(tmp, []byte("backend.lab. 2 A not-an-ip\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, h.path); err != nil {
-		t.Fatal(err)
-	}
+	// A broken file is refused; the previous records keep serving.
+	h.replace(t, "backend.lab. 2 A not-an-ip\n")
 	waitFor(t, "refusal logged", func() bool { return strings.Contains(h.logs.String(), "reload refused") })
 	if got := addrsOf(); !slices.Equal(got, []string{"SERVFAIL"}) {
 		t.Errorf("after a broken file: %v", got)
