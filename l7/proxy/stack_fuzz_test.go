@@ -52,6 +52,10 @@ type pipeListener struct {
 	conns  chan net.Conn
 	closed chan struct{}
 	once   sync.Once
+	// open counts the server's ends of the pipes not closed yet: the
+	// server may still read a request from one (one pipelined behind
+	// the response the client had, say).
+	open atomic.Int64
 }
 
 type pipeAddr string
@@ -71,17 +75,29 @@ func (l *pipeListener) Accept() (net.Conn, error) {
 func (l *pipeListener) Close() error   { l.once.Do(func() { close(l.closed) }); return nil }
 func (l *pipeListener) Addr() net.Addr { return pipeAddr("192.0.2.1:80") }
 
-// peerConn gives a pipe end the client's address.
-type peerConn struct{ net.Conn }
+// peerConn gives a pipe end the client's address, and counts itself
+// out of its listener's open ends when the server closes it.
+type peerConn struct {
+	net.Conn
+	l    *pipeListener
+	once sync.Once
+}
 
-func (peerConn) RemoteAddr() net.Addr { return pipeAddr(fuzzPeer + ":40000") }
-func (peerConn) LocalAddr() net.Addr  { return pipeAddr("192.0.2.1:80") }
+func (*peerConn) RemoteAddr() net.Addr { return pipeAddr(fuzzPeer + ":40000") }
+func (*peerConn) LocalAddr() net.Addr  { return pipeAddr("192.0.2.1:80") }
+
+func (c *peerConn) Close() error {
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return c.Conn.Close()
+}
 
 func (l *pipeListener) dial() net.Conn {
 	c, s := net.Pipe()
+	l.open.Add(1)
 	select {
-	case l.conns <- peerConn{s}:
+	case l.conns <- &peerConn{Conn: s, l: l}:
 	case <-l.closed:
+		l.open.Add(-1)
 	}
 	return c
 }
@@ -253,13 +269,16 @@ func newFuzzRigOn(f testing.TB, kind int) *fuzzRig {
 	return rig
 }
 
-// settle waits until no handler runs, then returns what the handlers saw
-// since the last call.
+// settle waits until no handler runs and the server is done with every
+// connection (closed its end), then returns what the handlers saw since
+// the last call. Waiting for the handlers alone let a request pipelined
+// behind the response the client read be handled after settle returned,
+// and be counted as the next input's.
 func (rig *fuzzRig) settle(t *testing.T) []seen {
 	t.Helper()
-	for deadline := time.Now().Add(6 * time.Second); rig.inflight.Load() > 0; {
+	for deadline := time.Now().Add(6 * time.Second); rig.inflight.Load() > 0 || rig.l.open.Load() > 0; {
 		if time.Now().After(deadline) {
-			t.Fatal("a handler is still running after 6s")
+			t.Fatalf("after 6s: %d handlers still running, %d connections open", rig.inflight.Load(), rig.l.open.Load())
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
