@@ -12,7 +12,7 @@ export PATH := $(dir $(GO)):$(PATH)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build testbins generate check-generated deps test unit fuzz dashboard-check e2e e2e-race demo demo-cluster bench lint clean install uninstall
+.PHONY: all build testbins generate check-generated deps test unit unit-race fuzz dashboard-check e2e e2e-race demo demo-cluster bench lint clean install uninstall
 
 all: build
 
@@ -51,6 +51,12 @@ unit:
 	SLUICE_REQUIRE_H2SPEC=1 $(GO) test -count=1 $$($(GO) list ./... | grep -v '/e2e')
 	# The proxy's tests again with every connection on event loops (l7/evloop).
 	SLUICE_TEST_EVENTLOOPS=1 $(GO) test -count=1 ./l7/proxy/
+
+# The unit tests with the race detector (slower; not part of test): the
+# event loops, pools and proxy are where goroutines share state.
+unit-race:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/e2e')
+	SLUICE_TEST_EVENTLOOPS=1 $(GO) test -race -count=1 ./l7/proxy/
 
 # Go native fuzz targets, each for a bounded time (FUZZTIME): scripts/fuzz.sh.
 # A crash fails the run and leaves its input under the package's

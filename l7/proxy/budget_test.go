@@ -26,6 +26,9 @@ func TestRequestBudget(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the proxy benchmark's cases for a few seconds")
 	}
+	if raceOn {
+		t.Skip("the race detector adds allocations and slows the requests: the budgets are for the plain build")
+	}
 	for _, tc := range []struct {
 		bench    proxyBench
 		allocs   float64 // per request
