@@ -182,5 +182,28 @@ for p in "${paths[@]}"; do
 	done
 done
 echo
+# Issue 11's measure: sluice's median requests/s over the better peer's
+# (nginx or HAProxy, whichever served more), and the p99s side by side.
+echo "sluice against the better of nginx and HAProxy (median requests/s; p99):"
+for load in keep-alive new-conn; do
+	best="" best_rps=0 best_p99="" s_rps="" s_p99=""
+	for p in sluice nginx haproxy; do
+		mapfile -t r < <(awk -F'\t' -v p="$p" -v l="$load" '$1 == p && $2 == l {print $3}' "$results")
+		mapfile -t q < <(awk -F'\t' -v p="$p" -v l="$load" '$1 == p && $2 == l {print $5}' "$results")
+		((${#r[@]})) || continue
+		m=$(median "${r[@]}")
+		mapfile -t qm < <(for x in "${q[@]}"; do to_ms "$x"; done)
+		mq=$(median "${qm[@]}")
+		if [[ $p == sluice ]]; then
+			s_rps=$m s_p99=$mq
+		elif awk -v a="$m" -v b="$best_rps" 'BEGIN { exit !(a > b) }'; then
+			best=$p best_rps=$m best_p99=$mq
+		fi
+	done
+	[[ -n $s_rps && -n $best ]] || continue
+	awk -v l="$load" -v s="$s_rps" -v b="$best_rps" -v n="$best" -v sq="$s_p99" -v bq="$best_p99" \
+		'BEGIN { printf "  %-10s %.2fx %s (%.0f / %.0f req/s), p99 %.2fms / %.2fms\n", l, s / b, n, s, b, sq, bq }'
+done
+echo
 echo "wrk -t$threads -c$conns -d${dur}s --latency, $rounds rounds; new-conn adds -H 'Connection: close'. Backends: e2e/backend (Go)."
 echo "nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(nproc) CPUs, kernel $(uname -r)."
