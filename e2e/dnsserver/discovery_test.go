@@ -72,10 +72,22 @@ func TestDiscoveryFollowsServer(t *testing.T) {
 	write("backend.lab. 0 A 198.18.2.12\n")
 	until("switch", time.Second, nil, is("198.18.2.12"))
 
-	for _, mode := range []string{"servfail", "refused", "garbage", "drop"} {
-		write("backend.lab. 0 A 198.18.2.99\nbackend.lab. mode " + mode + "\n")
-		until(mode, 2*time.Second, is("198.18.2.12"), func(u discovery.Update) bool {
-			return u.Reason == discovery.ReasonFailure && u.Failures >= 3
+	// Each fault until lookups failed with it twice: not by the count of
+	// failures in a row, which the previous mode's leave high (a lookup
+	// made before the server loads the new mode fails the old way).
+	for _, m := range []struct {
+		mode string
+		kind discovery.FailureKind
+	}{
+		{"servfail", discovery.FailServfail},
+		{"refused", discovery.FailRefused},
+		{"garbage", discovery.FailGarbage},
+		{"drop", discovery.FailTimeout},
+	} {
+		before := r.Stats().Snapshot().LookupFailures[m.kind]
+		write("backend.lab. 0 A 198.18.2.99\nbackend.lab. mode " + m.mode + "\n")
+		until(m.mode, 3*time.Second, is("198.18.2.12"), func(u discovery.Update) bool {
+			return u.Reason == discovery.ReasonFailure && r.Stats().Snapshot().LookupFailures[m.kind] >= before+2
 		})
 	}
 	write("backend.lab. 0 A 198.18.2.12\n")
