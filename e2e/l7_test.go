@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -181,6 +182,28 @@ func TestL7EventLoops(t *testing.T) {
 			t.Fatalf("sluice status: web-http's requests %+v, want at least 50, all 2xx (or given up by the client), summing up", c)
 		}
 		t.Logf("sluice status: web-http %+v", *c)
+		// The JSON has none of the data path's counters for it (zeros
+		// there would read as nothing served).
+		js, err := agent.CLI("status", "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var raw struct {
+			Services []map[string]json.RawMessage `json:"services"`
+		}
+		if err := json.Unmarshal([]byte(js), &raw); err != nil {
+			t.Fatalf("sluice status --json: %v\n%s", err, js)
+		}
+		for _, m := range raw.Services {
+			if string(m["name"]) != `"web-http"` {
+				continue
+			}
+			for _, k := range []string{"active_flows", "packets", "bytes", "new_flows", "rsts"} {
+				if _, ok := m[k]; ok {
+					t.Errorf("sluice status --json: web-http has %q: %s", k, js)
+				}
+			}
+		}
 		return
 	}
 	t.Fatalf("sluice status: no service web-http: %+v", st.Services)

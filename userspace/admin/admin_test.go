@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -523,5 +524,45 @@ func TestNodeDrain(t *testing.T) {
 	err := c.do(ctx, c.timeout, http.MethodPost, "/v1/node/drain", NodeDrainRequest{Timeout: "-5s"}, nil)
 	if !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("negative timeout: %v", err)
+	}
+}
+
+// TestServiceJSON: an http service's entry has no data-path counters (its
+// traffic does not pass them; zeros would read as nothing served), an L4
+// service's has them even at zero, and both read back as they were.
+func TestServiceJSON(t *testing.T) {
+	for _, tc := range []struct {
+		svc          Service
+		with, absent []string
+	}{
+		{
+			Service{Name: "dns", Protocol: "udp", Pool: "p", Backends: 2},
+			[]string{`"active_flows":0`, `"packets":0`, `"bytes":0`, `"new_flows":0`, `"rsts":0`, `"backends":2`},
+			[]string{`"http"`},
+		},
+		{
+			Service{Name: "web", Protocol: "http", Pool: "p", Backends: 3, HTTP: &HTTPCounts{Requests: 7, Status2xx: 7}},
+			[]string{`"backends":3`, `"http":{"requests":7`, `"2xx":7`},
+			[]string{`active_flows`, `packets`, `bytes`, `new_flows`, `rsts`},
+		},
+	} {
+		b, err := json.Marshal(tc.svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range tc.with {
+			if !strings.Contains(string(b), w) {
+				t.Errorf("%s: %s missing from %s", tc.svc.Name, w, b)
+			}
+		}
+		for _, a := range tc.absent {
+			if strings.Contains(string(b), a) {
+				t.Errorf("%s: %s in %s", tc.svc.Name, a, b)
+			}
+		}
+		var back Service
+		if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, tc.svc) {
+			t.Errorf("%s: read back as %+v (%v)", tc.svc.Name, back, err)
+		}
 	}
 }

@@ -4,6 +4,7 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 )
 
@@ -152,6 +153,27 @@ type Service struct {
 	// a site as the config lists them; the service's own pool, when set,
 	// last as the route "default" (absent without routes).
 	Routes []Route `json:"routes,omitempty"`
+}
+
+// MarshalJSON leaves the data path's counters (active_flows, packets,
+// bytes, new_flows, rsts) out of an http service's entry: its traffic
+// does not pass them (the HTTP stage terminates its connections), and
+// zeros there would read as a service that served nothing. Its counts
+// are in http.
+func (s Service) MarshalJSON() ([]byte, error) {
+	type plain Service // without this method
+	if s.HTTP == nil {
+		return json.Marshal(plain(s))
+	}
+	return json.Marshal(struct {
+		plain
+		// Nil, omitted: they shadow the embedded fields of the same name.
+		ActiveFlows *int    `json:"active_flows,omitempty"`
+		Packets     *uint64 `json:"packets,omitempty"`
+		Bytes       *uint64 `json:"bytes,omitempty"`
+		NewFlows    *uint64 `json:"new_flows,omitempty"`
+		RSTs        *uint64 `json:"rsts,omitempty"`
+	}{plain: plain(s)})
 }
 
 // HTTPCounts counts an http service's requests: the sums of its
