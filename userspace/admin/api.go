@@ -159,10 +159,10 @@ type Service struct {
 // bytes, new_flows, rsts) out of an http service's entry: its traffic
 // does not pass them (the HTTP stage terminates its connections), and
 // zeros there would read as a service that served nothing. Its counts
-// are in http.
+// are in http. The test is the protocol, as the status table's `-`.
 func (s Service) MarshalJSON() ([]byte, error) {
 	type plain Service // without this method
-	if s.HTTP == nil {
+	if s.Protocol != "http" {
 		return json.Marshal(plain(s))
 	}
 	return json.Marshal(struct {
