@@ -30,7 +30,9 @@ func newEchoServer(t *testing.T) *echoServer {
 	}
 	s := &echoServer{addr: netip.MustParseAddrPort(l.Addr().String())}
 	var wg sync.WaitGroup
-	wg.Go(func() {
+	accepting := make(chan struct{})
+	go func() {
+		defer close(accepting)
 		for {
 			c, err := l.Accept()
 			if err != nil {
@@ -48,9 +50,14 @@ func newEchoServer(t *testing.T) *echoServer {
 				c.Close()
 			})
 		}
-	})
+	}()
 	t.Cleanup(func() {
 		l.Close()
+		// The accept loop ends before closeAll: a connection it took
+		// just before the listener closed is in s.cs by then (closed
+		// too), not added after, left echoing for a client that never
+		// closes it.
+		<-accepting
 		s.closeAll()
 		wg.Wait()
 	})
