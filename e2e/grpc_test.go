@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -221,8 +222,26 @@ func TestGRPCDNSMove(t *testing.T) {
 		t.Fatalf("after the move a call went elsewhere than be2: %+v %v", r, err)
 	}
 
+	// What keeps be1 draining is visible: no flow of the data path (the
+	// HTTP stage terminates the connections), one request (the stream).
+	be1 := backendAddr["be1"]
+	if bs, err := agent.poolBackends(); err != nil {
+		t.Errorf("status while the stream is open: %v", err)
+	} else if b := bs[be1]; b.State != "draining" || b.Requests == nil || *b.Requests != 1 {
+		t.Errorf("be1 in status while its stream is open: state %q, %d flows, requests %v; want draining with 1 request",
+			b.State, b.ActiveFlows, b.Requests)
+	}
+	if out, err := agent.CLI("status"); err != nil || !regexp.MustCompile(`(?m)^web\s+`+regexp.QuoteMeta(be1)+`\s.*\sdraining\s.*\s0\s+1\s+\S+\s*$`).MatchString(out) {
+		t.Errorf("sluice status does not show be1 draining with 0 flows and 1 request (%v):\n%s", err, out)
+	}
+
 	if err := stream.Wait(20 * time.Second); err != nil {
 		t.Fatalf("the stream open through the DNS change: %v\n%s", err, stream.Log())
+	}
+	// Its request done, be1 is removed before its drain timeout (10s).
+	bs := agent.waitStates(t, 5*time.Second, map[string]string{be1: "removed"})
+	if b := bs[be1]; b.Cause != "no-flows" || b.Requests == nil || *b.Requests != 0 {
+		t.Errorf("be1 after its stream: cause %q, requests %v; want no-flows with 0 requests", b.Cause, b.Requests)
 	}
 	var sr grpcReport
 	if err := json.Unmarshal(stream.Output(), &sr); err != nil || sr.OK != 1 || sr.ByBackend["be1"] != 1 {

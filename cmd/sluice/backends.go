@@ -18,6 +18,7 @@ func backendsCmd() *command {
 		detail: `
 One line per address: pool, address, source (static or the DNS name that
 returned it), state and cause, age of the state, weight, active flows,
+requests in flight from the http services ("-" when none uses the pool),
 packets, bytes and new flows sent to it, the DNS TTL left and, when
 draining, the time left before its flows are cut.
 
@@ -77,14 +78,14 @@ func writeBackends(w io.Writer, pools []admin.Pool, now time.Time) error {
 		fmt.Fprintln(w, "no pools")
 		return nil
 	}
-	t := newTable(w, "POOL", "ADDRESS", "SOURCE", "STATE", "CAUSE", "AGE", "WEIGHT", "FLOWS", "PACKETS", "BYTES", "NEW FLOWS", "TTL", "DRAIN LEFT")
+	t := newTable(w, "POOL", "ADDRESS", "SOURCE", "STATE", "CAUSE", "AGE", "WEIGHT", "FLOWS", "REQUESTS", "PACKETS", "BYTES", "NEW FLOWS", "TTL", "DRAIN LEFT")
 	for _, p := range pools {
 		if len(p.Backends) == 0 {
-			t.row(p.Name, "(no addresses)", "", "", "", "", "", "", "", "", "", "", "")
+			t.row(p.Name, "(no addresses)", "", "", "", "", "", "", "", "", "", "", "", "")
 		}
 		for _, b := range p.Backends {
 			t.row(p.Name, b.Address, b.Source, b.State, b.Cause, since(now, b.Since), itoa(b.Weight),
-				itoa(b.ActiveFlows), itoa(b.Packets), bytesHuman(b.Bytes), itoa(b.NewFlows), b.TTLLeft, drainLeft(b, now))
+				itoa(b.ActiveFlows), requests(b), itoa(b.Packets), bytesHuman(b.Bytes), itoa(b.NewFlows), b.TTLLeft, drainLeft(b, now))
 		}
 	}
 	return t.flush()

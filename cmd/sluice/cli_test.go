@@ -64,9 +64,9 @@ func newFakeAgent() *fakeAgent {
 				{Name: "web", Backends: []admin.Backend{
 					{Address: "198.18.2.11:80", Source: "backend.lab", State: "active", Cause: "dns",
 						Since: testNow.Add(-3 * time.Hour), Weight: 1, ActiveFlows: 2, TTLLeft: "20s",
-						Packets: 800, Bytes: 2048, NewFlows: 30},
+						Packets: 800, Bytes: 2048, NewFlows: 30, Requests: ptr(4)},
 					{Address: "198.18.2.12:80", Source: "static", State: "draining", Cause: "operator",
-						Since: testNow.Add(-5 * time.Second), Weight: 2, ActiveFlows: 1, DrainDeadline: &deadline},
+						Since: testNow.Add(-5 * time.Second), Weight: 2, ActiveFlows: 1, DrainDeadline: &deadline, Requests: ptr(0)},
 				}},
 				{Name: "dns"},
 			},
@@ -483,10 +483,10 @@ front    api    host api.lab path /v1/  web   1 active, 1 draining
 front    old    any host                gone  (pool not running)
 front    none   host x.lab              dns   no addresses
 
-POOL  ADDRESS         SOURCE       STATE     CAUSE     AGE  FLOWS  DRAIN LEFT
-web   198.18.2.11:80  backend.lab  active    dns       3h   2      -
-web   198.18.2.12:80  static       draining  operator  5s   1      25s
-dns   (no addresses)  -            -         -         -    -      -
+POOL  ADDRESS         SOURCE       STATE     CAUSE     AGE  FLOWS  REQUESTS  DRAIN LEFT
+web   198.18.2.11:80  backend.lab  active    dns       3h   2      4         -
+web   198.18.2.12:80  static       draining  operator  5s   1      0         25s
+dns   (no addresses)  -            -         -         -    -      -         -
 `
 	if out != want {
 		t.Errorf("status table:\n%s\nwant:\n%s", out, want)
@@ -524,9 +524,9 @@ func TestStatusJSON(t *testing.T) {
 func TestBackends(t *testing.T) {
 	h := newHarness(t, false)
 	code, out, _ := h.run("backends", "web", "--socket", "@SOCK") // flags after arguments work
-	want := `POOL  ADDRESS         SOURCE       STATE     CAUSE     AGE  WEIGHT  FLOWS  PACKETS  BYTES   NEW FLOWS  TTL  DRAIN LEFT
-web   198.18.2.11:80  backend.lab  active    dns       3h   1       2      800      2.0KiB  30         20s  -
-web   198.18.2.12:80  static       draining  operator  5s   2       1      0        0B      0          -    25s
+	want := `POOL  ADDRESS         SOURCE       STATE     CAUSE     AGE  WEIGHT  FLOWS  REQUESTS  PACKETS  BYTES   NEW FLOWS  TTL  DRAIN LEFT
+web   198.18.2.11:80  backend.lab  active    dns       3h   1       2      4         800      2.0KiB  30         20s  -
+web   198.18.2.12:80  static       draining  operator  5s   2       1      0         0        0B      0          -    25s
 `
 	if code != exitOK || out != want {
 		t.Errorf("backends web: exit %d\n%s\nwant:\n%s", code, out, want)
@@ -630,15 +630,15 @@ func TestConntrackPinnedFallback(t *testing.T) {
 func TestDrainUndrain(t *testing.T) {
 	h := newHarness(t, false)
 	code, out, stderr := h.run("drain", "web", "198.18.2.12:80", "--socket", "@SOCK")
-	if code != exitOK || out != "web 198.18.2.12:80: draining (operator), 1 flow, cut in 25s\n" {
+	if code != exitOK || out != "web 198.18.2.12:80: draining (operator), 1 flow, 0 requests, cut in 25s\n" {
 		t.Errorf("drain: exit %d stdout %q stderr %q", code, out, stderr)
 	}
 	code, out, _ = h.run("undrain", "web", "198.18.2.11:80", "--socket", "@SOCK")
-	if code != exitOK || out != "web 198.18.2.11:80: active (dns), 2 flows\n" {
+	if code != exitOK || out != "web 198.18.2.11:80: active (dns), 2 flows, 4 requests\n" {
 		t.Errorf("undrain: exit %d stdout %q", code, out)
 	}
 	code, out, _ = h.run("undrain", "web", "198.18.2.11", "--socket", "@SOCK") // an ip the pool has once
-	if code != exitOK || out != "web 198.18.2.11:80: active (dns), 2 flows\n" {
+	if code != exitOK || out != "web 198.18.2.11:80: active (dns), 2 flows, 4 requests\n" {
 		t.Errorf("undrain by ip: exit %d stdout %q", code, out)
 	}
 	if !slicesContain(h.agent.calls, "drain web 198.18.2.12:80") || !slicesContain(h.agent.calls, "undrain web 198.18.2.11:80") {
@@ -865,11 +865,30 @@ func TestDrainWait(t *testing.T) {
 		}
 	}
 	code, out, stderr := h.run("drain", "--wait", "web", "198.18.2.12:80", "--socket", "@SOCK")
-	if code != exitOK || !strings.HasSuffix(out, "web 198.18.2.12:80: removed (no-flows), 0 flows\n") {
+	if code != exitOK || !strings.HasSuffix(out, "web 198.18.2.12:80: removed (no-flows), 0 flows, 0 requests\n") {
 		t.Errorf("drain --wait: exit %d stdout %q stderr %q", code, out, stderr)
 	}
-	if !strings.Contains(stderr, "1 flow, cut in 25s") {
+	if !strings.Contains(stderr, "1 flow, 0 requests, cut in 25s") {
 		t.Errorf("drain --wait shows no progress: %q", stderr)
+	}
+
+	// An address only http services use: no flows, the requests in
+	// flight to it are what the drain waits for, and what it shows.
+	b := &h.agent.status.Pools[0].Backends[1]
+	b.State, b.Cause, b.Requests = "draining", "operator", ptr(3)
+	h.agent.onStatus = func(st *admin.Status) {
+		b := &st.Pools[0].Backends[1]
+		switch {
+		case *b.Requests > 0:
+			b.Requests = ptr(*b.Requests - 1)
+		default:
+			b.State, b.Cause = "removed", "no-flows"
+		}
+	}
+	code, out, stderr = h.run("drain", "--wait", "web", "198.18.2.12:80", "--socket", "@SOCK")
+	if code != exitOK || !strings.HasSuffix(out, "removed (no-flows), 0 flows, 0 requests\n") ||
+		!strings.Contains(stderr, "0 flows, 1 request\n") {
+		t.Errorf("drain --wait of an http pool's address: exit %d stdout %q stderr %q", code, out, stderr)
 	}
 
 	// Undrained by someone else while waiting: an error.
@@ -964,3 +983,5 @@ bgp:
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -18,11 +18,13 @@ func drainCmd() *command {
 		detail: `
 Moves ADDRESS (ip:port) of POOL to draining with cause "operator": it leaves
 the Maglev tables at once, established flows keep going to it, and when it
-has no flows left or the pool's drain_timeout passes it is removed (flows
-still pinned to it then get a TCP RST). 'sluice undrain' takes it back.
+has no flows left and no http service has a request in flight to it, or
+the pool's drain_timeout passes, it is removed (flows still pinned to it
+then get a TCP RST). 'sluice undrain' takes it back.
 
---wait blocks until the address is removed, printing the flows left on
-stderr as they go down, so a deploy script can stop the backend next. It
+--wait blocks until the address is removed, printing the flows and
+requests left on stderr as they go down, so a deploy script can stop the
+backend next. It
 fails if the address becomes active again (undrained) or --timeout passes.
 
 An unknown POOL or ADDRESS is an error (exit status 1).`,
@@ -135,6 +137,9 @@ func describeBackend(b admin.Backend, now time.Time) string {
 		s += " (" + b.Cause + ")"
 	}
 	s += fmt.Sprintf(", %d flow%s", b.ActiveFlows, plural(b.ActiveFlows))
+	if b.Requests != nil {
+		s += fmt.Sprintf(", %d request%s", *b.Requests, plural(*b.Requests))
+	}
 	if b.DrainDeadline != nil {
 		s += ", cut in " + human(b.DrainDeadline.Sub(now))
 	}
@@ -149,7 +154,7 @@ func waitDrained(ctx context.Context, e *env, c admin.Agent, pool, address strin
 	}
 	tick := time.NewTicker(poll)
 	defer tick.Stop()
-	last := -1 // flows reported last; progress is printed when they change
+	last := "" // what was reported last; progress is printed when the flows or requests change
 	for {
 		st, err := c.Status(ctx)
 		if err != nil {
@@ -169,9 +174,9 @@ func waitDrained(ctx context.Context, e *env, c admin.Agent, pool, address strin
 		case b.State != "draining":
 			return fmt.Errorf("%s %s is %s (%s) again, no longer draining", pool, b.Address, b.State, b.Cause)
 		}
-		if b.ActiveFlows != last {
+		if left := fmt.Sprint(b.ActiveFlows, "/", requests(b)); left != last {
 			fmt.Fprintf(e.stderr, "%s %s: %s\n", pool, b.Address, describeBackend(b, e.now()))
-			last = b.ActiveFlows
+			last = left
 		}
 		select {
 		case <-ctx.Done():

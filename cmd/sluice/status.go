@@ -20,8 +20,10 @@ func statusCmd() *command {
 Services: name, VIP, protocol/mode, pool, backends getting new flows out of
 the pool's live addresses, active flows and counters. Then every address of
 every pool: where it came from (static or the DNS name), its state (active,
-draining, ejected, removed), why, for how long, its flows and, when
-draining, the time left before its remaining flows are cut. An http
+draining, ejected, removed), why, for how long, its flows, the requests
+the http services have in flight to it ("-" when none uses its pool; a
+draining address waits for both) and, when draining, the time left
+before its remaining flows are cut. An http
 service with routes lists each route: what it matches (host, path,
 methods, header), its pool and the pool's addresses by state; the
 service's own pool, if any, is the route "default" (anything else).
@@ -127,16 +129,16 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 		fmt.Fprintln(w, "no pools")
 		return nil
 	}
-	t := newTable(w, "POOL", "ADDRESS", "SOURCE", "STATE", "CAUSE", "AGE", "FLOWS", "DRAIN LEFT")
+	t := newTable(w, "POOL", "ADDRESS", "SOURCE", "STATE", "CAUSE", "AGE", "FLOWS", "REQUESTS", "DRAIN LEFT")
 	for _, p := range st.Pools {
 		if len(p.Backends) == 0 {
-			t.row(p.Name, "(no addresses)", "", "", "", "", "", "")
+			t.row(p.Name, "(no addresses)", "", "", "", "", "", "", "")
 		}
 		for _, b := range p.Backends {
-			t.row(p.Name, b.Address, b.Source, b.State, b.Cause, since(now, b.Since), itoa(b.ActiveFlows), drainLeft(b, now))
+			t.row(p.Name, b.Address, b.Source, b.State, b.Cause, since(now, b.Since), itoa(b.ActiveFlows), requests(b), drainLeft(b, now))
 		}
 		for _, n := range p.NotServed {
-			t.row(p.Name, n.Address, n.Source, "not served", n.Reason, "-", "-", "-")
+			t.row(p.Name, n.Address, n.Source, "not served", n.Reason, "-", "-", "-", "-")
 		}
 	}
 	return t.flush()
@@ -165,6 +167,15 @@ func writeHTTPCounts(w io.Writer, st admin.Status) error {
 }
 
 // drainLeft is the time before a draining address's flows are cut.
+// requests is an address's requests in flight from the http services,
+// "-" when none of them uses its pool.
+func requests(b admin.Backend) string {
+	if b.Requests == nil {
+		return "-"
+	}
+	return itoa(*b.Requests)
+}
+
 func drainLeft(b admin.Backend, now time.Time) string {
 	if b.DrainDeadline == nil {
 		return "-"

@@ -243,6 +243,12 @@ type Backend struct {
 	Packets      uint64     `json:"packets"`
 	Bytes        uint64     `json:"bytes"`
 	NewFlows     uint64     `json:"new_flows"`
+	// Requests is the number of requests the http services have in flight
+	// to the address (streams over HTTP/2); absent when no running http
+	// service uses the pool. ActiveFlows counts only the data path's
+	// flows, which never see an http service's traffic: a draining
+	// address stays until both are 0 (or its drain timeout passes).
+	Requests *int `json:"requests,omitempty"`
 }
 
 // FlowFilter selects flows; empty fields match everything.

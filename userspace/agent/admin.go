@@ -129,6 +129,13 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				}
 				ab.Packets, ab.Bytes, ab.NewFlows = bs.Packets, bs.Bytes, bs.NewFlows
 			}
+			if a.l7 != nil {
+				// The http services' requests to it: what a drain of an
+				// address only they use waits for (drainingFlows).
+				if n, served := a.l7.inFlight(ps.p, b.Addr); served {
+					ab.Requests = &n
+				}
+			}
 			ap.Backends = append(ap.Backends, ab)
 		}
 		ap.NotServed = a.admit.notServed(name)

@@ -361,17 +361,25 @@ func (s *l7Stage) stop(cur *l7Service) {
 }
 
 // busy is the number of requests the services of pool p have in flight
-// on addr (busy upstream connections).
+// on addr (busy upstream connections; streams over HTTP/2).
 func (s *l7Stage) busy(p *pool.Pool, addr netip.AddrPort) int {
+	n, _ := s.inFlight(p, addr)
+	return n
+}
+
+// inFlight is busy, and whether any running http service sends requests
+// to pool p (its own pool or a route's): without one, no request can be
+// in flight to its addresses and status shows none.
+func (s *l7Stage) inFlight(p *pool.Pool, addr netip.AddrPort) (n int, served bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := 0
 	for _, cur := range s.services {
 		if slices.Contains(slices.Collect(maps.Values(cur.pools)), p) {
 			n += cur.srv.UpstreamStats(addr).Busy
+			served = true
 		}
 	}
-	return n
+	return n, served
 }
 
 // wait blocks until every service has shut down (after ctx ended), then

@@ -138,6 +138,10 @@ func TestL7Services(t *testing.T) {
 	if b := h.state(slowAddr); b.State != pool.Draining || b.Flows != 1 {
 		t.Fatalf("draining address with a request in flight = %+v", b)
 	}
+	// status shows what the drain waits for: no flow, one request.
+	if b := statusBackend(t, h, "web", slow); b.ActiveFlows != 0 || b.Requests == nil || *b.Requests != 1 {
+		t.Fatalf("status of the draining address = %+v (requests %v)", b, b.Requests)
+	}
 	release <- struct{}{}
 	if body := <-got; body != "slow" {
 		t.Fatalf("in-flight request = %q", body)
@@ -154,6 +158,9 @@ func TestL7Services(t *testing.T) {
 	}
 	if b := h.state(slowAddr); b.State != pool.Removed || b.Cause != pool.CauseNoFlows {
 		t.Fatalf("drained address after its request = %+v", b)
+	}
+	if b := statusBackend(t, h, "web", slow); b.Requests == nil || *b.Requests != 0 {
+		t.Fatalf("status of the drained address = %+v (requests %v)", b, b.Requests)
 	}
 
 	// A new listen address: a new server there, the old one stops.
@@ -173,6 +180,11 @@ func TestL7Services(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRefused(t, listen2)
+	// No http service uses the pool any more: status shows no requests
+	// column for it (absent, not 0).
+	if b := statusBackend(t, h, "web", backend); b.Requests != nil {
+		t.Fatalf("status of an address only L4 services use: requests %d", *b.Requests)
+	}
 	if len(stage.services) != 0 {
 		t.Fatalf("stage still holds %d services", len(stage.services))
 	}
@@ -338,4 +350,22 @@ func TestL7NetHTTP1Option(t *testing.T) {
 			t.Errorf("l7NetHTTP1 %v: proxy NetHTTP1 %v", on, opts.NetHTTP1)
 		}
 	}
+}
+
+// statusBackend is address of pool in the agent's status.
+func statusBackend(t *testing.T, h *harness, poolName, address string) admin.Backend {
+	t.Helper()
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Pools {
+		for _, b := range p.Backends {
+			if p.Name == poolName && b.Address == address {
+				return b
+			}
+		}
+	}
+	t.Fatalf("no %s %s in status: %+v", poolName, address, st.Pools)
+	return admin.Backend{}
 }
