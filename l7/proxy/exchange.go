@@ -74,7 +74,10 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		default:
 			res.outcome.Kind = retry.Reset
 		}
-		res.stale = !res.clientGone && conn.Reused() && res.outcome.Kind == retry.Reset && readNothing
+		res.stale = !res.clientGone && conn.Reused() && res.outcome.Kind == retry.Reset && readNothing && !conn.Removed()
+		if conn.Removed() && !res.clientGone {
+			res.err = removedErr(err)
+		}
 		why := upstream.CloseError
 		switch {
 		case res.clientGone:
@@ -290,7 +293,10 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 		}
 		s.pools.Put(res.conn, upstream.CloseError)
 		rec.Error = "backend response cut short: " + readErr.Error()
-		if isTimeout(readErr) {
+		switch {
+		case res.conn.Removed():
+			rec.Error = "backend response cut short: " + removedErr(readErr).Error()
+		case isTimeout(readErr):
 			rec.Error = "backend response body timed out: " + readErr.Error()
 		}
 		return true
@@ -311,6 +317,12 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	}
 	s.pools.Put(res.conn, why)
 	return false
+}
+
+// removedErr is err of an exchange the pools cut because its address was
+// removed while it was in flight (upstream.Pools.Cut, H2Pools.Cut).
+func removedErr(err error) error {
+	return fmt.Errorf("address removed (drain_timeout passed), in-flight exchange cut: %w", err)
 }
 
 // viaSluice is the Via of a response that had none.

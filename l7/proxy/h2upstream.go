@@ -150,6 +150,8 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 			res.err, res.outcome.Kind = cause, retry.Timeout
 		case hs.body != nil && hs.body.clientErr():
 			res.err, res.clientGone = errors.Join(errClientBody, err), true
+		case conn.Removed():
+			res.err, res.outcome.Kind = removedErr(err), retry.Reset
 		default:
 			res.outcome.Kind = retry.Reset
 		}
@@ -529,6 +531,8 @@ func (s *Server) respondH2(ctx context.Context, w http.ResponseWriter, rec *acce
 		rec.Error = "backend response cut short: " + readErr.Error()
 		if cause := context.Cause(ctxOf(resp)); isTimeout(cause) {
 			rec.Error = "backend response body timed out: " + cause.Error()
+		} else if res.h2 != nil && res.h2.conn.Removed() {
+			rec.Error = "backend response cut short: " + removedErr(readErr).Error()
 		}
 		return true
 	}

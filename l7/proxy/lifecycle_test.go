@@ -229,6 +229,101 @@ func TestDrainClosesPooledConnections(t *testing.T) {
 	}
 }
 
+// TestRemovedCutsWhatIsInFlight: an address removed (its drain_timeout
+// passed) keeps nothing: a request still waiting on it fails at once (a
+// POST already sent is not retried: 502), and a tunnel to it is closed,
+// as the data path resets a flow pinned to a removed backend.
+func TestRemovedCutsWhatIsInFlight(t *testing.T) {
+	gate := make(chan struct{})
+	var inSlow atomic.Int64
+	a := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "echo" {
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+			brw.Flush()
+			io.Copy(c, brw)
+			return
+		}
+		io.ReadAll(r.Body) // then net/http sees the connection close
+		inSlow.Add(1)
+		select {
+		case <-gate:
+		case <-r.Context().Done():
+		}
+		w.Write([]byte("a"))
+	})
+	t.Cleanup(func() { close(gate) }) // before the backend's cleanup waits for its handlers
+	p := newPool(t, nil, a.addr)
+	h := start(t, p, func(o *Options) { o.Service.Upgrades = []string{"echo"} })
+
+	// A tunnel, open and echoing.
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	io.WriteString(c, "ping")
+	if got := make([]byte, 4); func() error { _, err := io.ReadFull(br, got); return err }() != nil {
+		t.Fatal("no echo through the tunnel")
+	}
+	// A POST waiting for its response.
+	posted := make(chan int, 1)
+	go func() {
+		resp, err := h.client.Post(h.url+"/slow", "text/plain", strings.NewReader("once"))
+		if err != nil {
+			posted <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		posted <- resp.StatusCode
+	}()
+	waitFor(t, "the POST at the backend", func() bool { return inSlow.Load() == 1 })
+	if st := h.srv.UpstreamStats(a.addr); st.Busy != 2 {
+		t.Fatalf("setup: %+v, want 2 busy (the tunnel and the POST)", st)
+	}
+
+	// Draining keeps both; removed cuts both.
+	h.srv.AddressChanged(a.addr, pool.Draining)
+	select {
+	case code := <-posted:
+		t.Fatalf("the POST ended (%d) when its address started draining", code)
+	case <-time.After(50 * time.Millisecond):
+	}
+	h.srv.AddressChanged(a.addr, pool.Removed)
+	select {
+	case code := <-posted:
+		if code != http.StatusBadGateway {
+			t.Errorf("the POST in flight to a removed address: %d, want 502", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the POST in flight to a removed address still waits")
+	}
+	if n, err := io.ReadAll(br); err != nil || len(n) != 0 {
+		t.Errorf("the tunnel to a removed address: read %q, %v; want its end", n, err)
+	}
+	if inSlow.Load() != 1 {
+		t.Errorf("the POST reached the backend %d times", inSlow.Load())
+	}
+	waitFor(t, "both connections closed at the backend", func() bool { return a.open() == 0 })
+	waitFor(t, "two access log lines", func() bool { return len(h.access.lines(t)) == 2 })
+	for _, l := range h.access.lines(t) {
+		if !strings.Contains(l.Error, "removed") {
+			t.Errorf("access log of a cut exchange: %+v", l)
+		}
+	}
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for i := 0; i < 200; i++ {

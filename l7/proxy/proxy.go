@@ -806,11 +806,37 @@ func (s *Server) addressChanged(g *group, addr netip.AddrPort, state pool.State)
 		s.h2.Retire(addr)
 	}
 	if state == pool.Removed {
+		// Removed (drain_timeout passed, or gone from the config): what
+		// is still in flight to it is cut, as the data path resets a
+		// flow pinned to a removed backend; nothing goes on to an address
+		// the pool no longer has (tunnels and long streams included).
+		// Unless another of the service's pools still has it: the
+		// connections are the service's, shared by its pools.
+		if !s.heldElsewhere(g, addr) {
+			s.pools.Cut(addr)
+			if s.h2 != nil {
+				s.h2.Cut(addr)
+			}
+		}
 		g.tracker.Forget(addr)
 		if v, ok := s.loads.Load(addr); ok && v.(*addrStat).inflight.Load() <= 0 {
 			s.loads.Delete(addr)
 		}
 	}
+}
+
+// heldElsewhere is whether a pool of the service other than g's has addr
+// in a state other than removed.
+func (s *Server) heldElsewhere(g *group, addr netip.AddrPort) bool {
+	for _, o := range *s.groups.Load() {
+		if o == g || o.pool == g.pool {
+			continue
+		}
+		if b, ok := o.pool.Backend(addr); ok && b.State != pool.Removed {
+			return true
+		}
+	}
+	return false
 }
 
 // Transition is AddressChanged in the shape of a pool.Observer.

@@ -200,6 +200,8 @@ func (s *Server) tunnel(ctx context.Context, w http.ResponseWriter, rec *accessl
 	rec.BytesIn += toBackend
 	rec.BytesOut = toClient
 	switch {
+	case conn.Removed():
+		rec.Error = "upgraded connection cut: the backend's address was removed (drain_timeout passed)"
 	case errors.Is(errDown, errTunnelIdle) || errors.Is(errUp, errTunnelIdle):
 		rec.Error = fmt.Sprintf("upgraded connection idle for %s, closed", idleFor)
 	case errDown != nil && !errors.Is(errDown, net.ErrClosed):

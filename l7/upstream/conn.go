@@ -68,6 +68,8 @@ type Conn struct {
 	ev *evloop.Conn
 
 	closeOnce sync.Once
+	// cut: closed by Cut, its address removed while it was in use.
+	cut atomic.Bool
 }
 
 func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info string, gen uint64) *Conn {
@@ -179,6 +181,10 @@ func (c *Conn) CapDeadline(t time.Time) {
 // Close closes the connection now, e.g. to interrupt a blocked read. Put
 // it afterwards anyway, so the pool's counts stay right.
 func (c *Conn) Close() error { c.close(); return nil }
+
+// Removed is whether the connection was cut because its address was
+// removed while it was in use (Pools.Cut): why its exchange failed.
+func (c *Conn) Removed() bool { return c.cut.Load() }
 
 func (c *Conn) close() {
 	c.closeOnce.Do(func() { _ = c.nc.Close() })

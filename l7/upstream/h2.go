@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -66,6 +68,9 @@ type H2Options struct {
 type h2Addr struct {
 	gen     uint64
 	conns   []*H2Conn // taking streams
+	// retiring are the connections retired with streams still open (each
+	// closed by Done of its last one), for Cut.
+	retiring []*H2Conn
 	streams int       // in use, on retired connections too
 	dialing int
 	dialled uint64
@@ -97,7 +102,13 @@ type H2Conn struct {
 	idleSince time.Time
 	retired   bool // takes no new stream; closed when the last one ends
 	closed    bool
+
+	cut atomic.Bool // closed by Cut: its address removed with streams open
 }
+
+// Removed is whether the connection was cut because its address was
+// removed while streams were open on it (H2Pools.Cut).
+func (c *H2Conn) Removed() bool { return c.cut.Load() }
 
 // Addr is the backend address.
 func (c *H2Conn) Addr() netip.AddrPort { return c.addr }
@@ -242,6 +253,11 @@ func (p *H2Pools) retireLocked(c *H2Conn, why string, closes *[]h2closing) {
 	if c.streams == 0 && !c.closed {
 		c.closed = true
 		*closes = append(*closes, h2closing{h2c: c, why: why})
+	} else if !c.closed {
+		a := p.addrLocked(c.addr)
+		if !slices.Contains(a.retiring, c) {
+			a.retiring = append(a.retiring, c)
+		}
 	}
 }
 
@@ -318,15 +334,45 @@ func (p *H2Pools) Done(c *H2Conn, broken bool) {
 		}
 		closes = append(closes, h2closing{h2c: c, why: why})
 	}
+	if a != nil && c.closed {
+		a.retiring = deleteConn(a.retiring, c)
+	}
 	if a != nil {
 		a.streams--
 		a.signalLocked()
-		if len(a.conns) == 0 && a.dialing == 0 && a.streams == 0 {
+		if len(a.conns) == 0 && a.dialing == 0 && a.streams == 0 && len(a.retiring) == 0 {
 			delete(p.addrs, c.addr)
 		}
 	}
 	p.mu.Unlock()
 	p.closeAll(closes)
+}
+
+// Cut is called when addr is removed (its drain_timeout passed, or it
+// left the config): its connections are closed now, with the streams
+// still open on them (they fail; the proxy reports why), as the data
+// path resets a flow still pinned to a removed backend. It returns how
+// many connections with open streams were closed.
+func (p *H2Pools) Cut(addr netip.AddrPort) int {
+	p.Retire(addr)
+	var closes []h2closing
+	p.mu.Lock()
+	if a := p.addrs[addr]; a != nil {
+		for _, c := range a.retiring {
+			if !c.closed {
+				c.closed = true
+				c.cut.Store(true)
+				closes = append(closes, h2closing{h2c: c, why: CloseRemoved})
+			}
+		}
+		a.retiring = nil
+	}
+	p.mu.Unlock()
+	p.closeAll(closes)
+	if len(closes) > 0 {
+		p.log.Info("cut upstream HTTP/2 connections with open streams: address removed", "address", addr.String(), "count", len(closes))
+	}
+	return len(closes)
 }
 
 func deleteConn(l []*H2Conn, c *H2Conn) []*H2Conn {

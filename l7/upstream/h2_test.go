@@ -162,6 +162,63 @@ func TestH2PoolRetire(t *testing.T) {
 	}
 }
 
+// TestH2PoolCut: a retired connection waits for its streams (Retire),
+// until the address is removed: Cut closes it with the stream open, the
+// stream fails, and the connection counts CloseRemoved.
+func TestH2PoolCut(t *testing.T) {
+	addr, release := h2cBackend(t)
+	defer close(release)
+	cl := &closeLog{ch: make(chan string, 8)}
+	p := NewH2(H2Options{OnClose: cl.on})
+	defer p.Close()
+	busy, _, err := p.Get(context.Background(), addr, "", "", time.Now().Add(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://x/wait", nil)
+		resp, err := busy.RoundTrip(req)
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		p.Done(busy, err != nil)
+		failed <- err
+	}()
+	for p.Stats(addr).Streams == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if n := p.Retire(addr); n != 0 {
+		t.Fatalf("Retire closed %d connections, want 0 (one stream open)", n)
+	}
+	if n := p.Cut(addr); n != 1 {
+		t.Fatalf("Cut closed %d connections, want 1", n)
+	}
+	if why := <-cl.ch; why != CloseRemoved {
+		t.Fatalf("closed for %q, want %q", why, CloseRemoved)
+	}
+	select {
+	case err := <-failed:
+		if err == nil {
+			t.Fatal("the stream of a cut connection succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream of a cut connection still waits")
+	}
+	if !busy.Removed() {
+		t.Error("a cut connection says it was not removed")
+	}
+	select {
+	case why := <-cl.ch:
+		t.Fatalf("closed a second time (%s)", why)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if s := p.Stats(addr); s.Streams != 0 || s.Conns != 0 {
+		t.Errorf("stats after the cut %+v", s)
+	}
+}
+
 func TestH2PoolLifetime(t *testing.T) {
 	addr, _ := h2cBackend(t)
 	cl := &closeLog{ch: make(chan string, 8)}

@@ -84,6 +84,7 @@ const (
 	CloseFull     = "full"     // the idle pool of its address is full, or at the connection limit one of the other kind (event loop or not) makes room
 	CloseShutdown = "shutdown" // the pools were closed
 	CloseUpgrade  = "upgrade"  // it carried an upgraded protocol (WebSocket) to its end
+	CloseRemoved  = "removed"  // in use when its address was removed (drain_timeout passed): cut (Cut)
 )
 
 // ErrClosed is returned by Get after Close.
@@ -112,6 +113,9 @@ type addrPool struct {
 	retired bool
 	idle    map[string][]*Conn // by server name ("" without TLS), most recent last
 	busy    int
+	// out holds the connections handed out and not yet given back, for
+	// Cut (busy also counts those being checked or moved).
+	out     map[*Conn]struct{}
 	dialing int
 	dialled uint64
 	reused  uint64
@@ -126,6 +130,14 @@ func (ap *addrPool) signalLocked() {
 		close(ap.freed)
 		ap.freed = nil
 	}
+}
+
+// lendLocked records c as handed out (until Put).
+func (ap *addrPool) lendLocked(c *Conn) {
+	if ap.out == nil {
+		ap.out = map[*Conn]struct{}{}
+	}
+	ap.out[c] = struct{}{}
 }
 
 func (ap *addrPool) idleCount() int {
@@ -283,6 +295,7 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			// Handed out without the peek (see GetResendable).
 			ap.busy++
 			ap.reused++
+			ap.lendLocked(cand)
 			p.mu.Unlock()
 			p.closeAll(stale)
 			cand.reused = true
@@ -297,6 +310,7 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			if cand.alive() {
 				p.mu.Lock()
 				ap.reused++
+				ap.lendLocked(cand)
 				p.mu.Unlock()
 				cand.reused = true
 				cand.requests++
@@ -344,6 +358,7 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 		if err == nil {
 			ap.busy++
 			ap.dialled++
+			ap.lendLocked(c)
 		}
 		ap.signalLocked()
 		p.mu.Unlock()
@@ -451,10 +466,13 @@ func (p *Pools) Put(c *Conn, closeReason string) {
 	ap := p.addrs[c.addr]
 	if ap != nil {
 		ap.busy--
+		delete(ap.out, c)
 		ap.signalLocked()
 	}
 	why := closeReason
 	switch {
+	case c.cut.Load():
+		why = CloseRemoved
 	case why != "":
 	case p.closed:
 		why = CloseShutdown
@@ -532,6 +550,32 @@ func (p *Pools) Retire(addr netip.AddrPort) int {
 		p.log.Info("closed idle upstream connections", "address", addr.String(), "count", len(idle))
 	}
 	return len(idle)
+}
+
+// Cut is called when addr is removed (its drain_timeout passed, or it
+// left the config): what is still in flight to it is cut, as the data
+// path answers a flow still pinned to a removed backend with a reset.
+// Its connections in use are closed now (their exchanges fail; Put
+// counts them CloseRemoved), its idle ones as Retire closes them. It
+// returns how many in use were closed.
+func (p *Pools) Cut(addr netip.AddrPort) int {
+	p.Retire(addr)
+	p.mu.Lock()
+	var cut []*Conn
+	if ap := p.addrs[addr]; ap != nil {
+		for c := range ap.out {
+			cut = append(cut, c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range cut {
+		c.cut.Store(true)
+		c.close() // the owner's read or write fails; its Put follows
+	}
+	if len(cut) > 0 {
+		p.log.Info("cut upstream connections in use: address removed", "address", addr.String(), "count", len(cut))
+	}
+	return len(cut)
 }
 
 // Sweep closes idle connections past their idle timeout or lifetime.

@@ -332,3 +332,58 @@ func TestGetResendableSkipsThePeekOfRecentOnly(t *testing.T) {
 	}
 	p.Put(c3, "")
 }
+
+// TestCutClosesConnectionsInUse: when the address is removed, its
+// connections in use are closed at once (their owner's read fails) and
+// counted CloseRemoved when given back; another address's are untouched.
+func TestCutClosesConnectionsInUse(t *testing.T) {
+	s, other := newEchoServer(t), newEchoServer(t)
+	var mu sync.Mutex
+	reasons := map[string]int{}
+	p := New(Options{OnClose: func(_ netip.AddrPort, why string) {
+		mu.Lock()
+		reasons[why]++
+		mu.Unlock()
+	}})
+	defer p.Close()
+	busy, idle, elsewhere := get(t, p, s.addr), get(t, p, s.addr), get(t, p, other.addr)
+	p.Put(idle, "")
+	if p.Stats(s.addr).Busy != 1 {
+		t.Fatalf("stats %+v", p.Stats(s.addr))
+	}
+	read := make(chan error, 1)
+	go func() {
+		_, err := busy.Reader().ReadByte() // an exchange waiting for its response
+		read <- err
+	}()
+	if n := p.Cut(s.addr); n != 1 {
+		t.Fatalf("Cut closed %d connections in use, want 1", n)
+	}
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Fatal("the read of a cut connection succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the read of a cut connection still waits")
+	}
+	if !busy.Removed() || elsewhere.Removed() {
+		t.Fatalf("Removed: cut %v, other address %v", busy.Removed(), elsewhere.Removed())
+	}
+	p.Put(busy, CloseError) // as the proxy gives back a failed exchange
+	waitOpen(t, s, 0)
+	waitOpen(t, other, 1)
+	mu.Lock()
+	if reasons[CloseRemoved] != 1 || reasons[CloseDraining] != 1 {
+		t.Errorf("close reasons %v, want one %s (in use) and one %s (idle)", reasons, CloseRemoved, CloseDraining)
+	}
+	mu.Unlock()
+	if st := p.Stats(s.addr); st.Busy != 0 || st.Idle != 0 {
+		t.Errorf("after the cut: %+v", st)
+	}
+	// Nothing left in use: a second Cut closes nothing.
+	if n := p.Cut(s.addr); n != 0 {
+		t.Errorf("a second Cut closed %d", n)
+	}
+	p.Put(elsewhere, "")
+}

@@ -131,7 +131,7 @@ func newL7Vecs() *L7 {
 		}, []string{"pool"}),
 		upstreamConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_l7_upstream_connections_closed_total",
-			Help: "Upstream connections closed by the L7 stage, by pool and reason (draining, lifetime, idle, backend, error, client, full, shutdown, upgrade).",
+			Help: "Upstream connections closed by the L7 stage, by pool and reason (draining, lifetime, idle, backend, error, client, full, shutdown, upgrade, removed).",
 		}, []string{"pool", "reason"}),
 		dnsWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_l7_dns_waits_total",
