@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -261,4 +263,99 @@ func stopOneConnection(t *testing.T, load *Proc, what string) {
 	if rep.Dials != 1 {
 		t.Errorf("%s: the client dialled %d times, want 1", what, rep.Dials)
 	}
+}
+
+// TestL7DrainEndsLongResponses: the lifecycle's contract for the HTTP
+// stage. A response streaming from a backend that is drained goes on
+// while the address drains (status shows it: no flow, one request), and
+// is cut when drain_timeout passes — as the data path resets a flow
+// pinned to a removed backend — instead of holding the removed address
+// for as long as the backend keeps sending.
+func TestL7DrainEndsLongResponses(t *testing.T) {
+	const drainTimeout = 3 * time.Second
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	accessLog := filepath.Join(lab.dir, "drain-access.log")
+	agent := lab.StartAgent(agentConfig{HTTP: true, DrainTimeout: drainTimeout,
+		Timeouts:  "{connect: 1s, read: 2s, total: 60s}",
+		HTTPExtra: "    access_log: " + accessLog + "\n"})
+	waitFor(t, 10*time.Second, "the L7 listener", func() error {
+		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
+		return err
+	})
+
+	// 30 s of a line every 100 ms.
+	stream := lab.Start("stream", "client", "curl", "-sN", "--max-time", "45", httpURL+"stream?seconds=30")
+	var be string
+	waitFor(t, 5*time.Second, "the stream's first line", func() error {
+		first, _, ok := strings.Cut(string(stream.Output()), "\n")
+		if !ok {
+			return fmt.Errorf("nothing yet: %q", stream.Output())
+		}
+		be, _, _ = strings.Cut(first, " ")
+		if _, known := backendAddr[be]; !known {
+			return fmt.Errorf("first line %q names no backend", first)
+		}
+		return nil
+	})
+	addr := backendAddr[be]
+	if out, err := agent.CLI("drain", "web", addr); err != nil {
+		t.Fatalf("drain: %v", err)
+	} else {
+		t.Logf("sluice drain: %s", strings.TrimSpace(out))
+	}
+	drained := time.Now()
+
+	// Draining: the stream goes on, and status says what the drain waits for.
+	if bs, err := agent.poolBackends(); err != nil {
+		t.Errorf("status while draining: %v", err)
+	} else if b := bs[addr]; b.State != "draining" || b.ActiveFlows != 0 || b.Requests == nil || *b.Requests != 1 {
+		t.Errorf("%s (%s) while its stream drains: state %q, %d flows, requests %v; want draining, 0 flows, 1 request",
+			be, addr, b.State, b.ActiveFlows, b.Requests)
+	}
+	if !stream.Running() {
+		t.Fatalf("the stream ended when its backend started draining:\n%s", stream.Log())
+	}
+
+	// drain_timeout passes: the address is removed and the stream cut.
+	err := stream.Wait(drainTimeout + 5*time.Second)
+	took := time.Since(drained)
+	if stream.Running() {
+		t.Fatalf("the stream from a removed backend still runs %s after the drain (drain_timeout %s)", took.Round(time.Millisecond), drainTimeout)
+	}
+	if err == nil {
+		t.Errorf("the stream cut at drain_timeout ended like a complete response (curl exit 0)")
+	}
+	if took < drainTimeout-500*time.Millisecond {
+		t.Errorf("the stream ended %s after the drain, before drain_timeout (%s)", took.Round(time.Millisecond), drainTimeout)
+	}
+	lines := strings.Count(string(stream.Output()), "\n")
+	t.Logf("stream from %s cut %s after the drain (drain_timeout %s), %d lines received, curl: %v",
+		be, took.Round(time.Millisecond), drainTimeout, lines, err)
+	waitFor(t, 5*time.Second, addr+" removed at drain_timeout, nothing in flight to it", func() error {
+		bs, err := agent.poolBackends()
+		if err != nil {
+			return err
+		}
+		if b := bs[addr]; b.State != "removed" || !strings.HasPrefix(b.Cause, "drain-timeout") || b.Requests == nil || *b.Requests != 0 {
+			return fmt.Errorf("state %q cause %q requests %v", b.State, b.Cause, b.Requests)
+		}
+		return nil
+	})
+	waitFor(t, 5*time.Second, "the access log line of the cut stream", func() error {
+		data, err := os.ReadFile(accessLog)
+		if err != nil {
+			return err
+		}
+		for l := range strings.SplitSeq(strings.TrimSpace(string(data)), "\n") {
+			if strings.Contains(l, "/stream") {
+				if !strings.Contains(l, "address removed") {
+					return fmt.Errorf("the stream's line does not say the address was removed: %s", l)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no line for the stream in %q", data)
+	})
 }
