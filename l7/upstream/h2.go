@@ -66,16 +66,16 @@ type H2Options struct {
 }
 
 type h2Addr struct {
-	gen     uint64
-	conns   []*H2Conn // taking streams
+	gen   uint64
+	conns []*H2Conn // taking streams
 	// retiring are the connections retired with streams still open (each
 	// closed by Done of its last one), for Cut.
 	retiring []*H2Conn
-	streams int       // in use, on retired connections too
-	dialing int
-	dialled uint64
-	reused  uint64
-	freed   chan struct{}
+	streams  int // in use, on retired connections too
+	dialing  int
+	dialled  uint64
+	reused   uint64
+	freed    chan struct{}
 }
 
 func (a *h2Addr) signalLocked() {
