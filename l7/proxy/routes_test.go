@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/sluicelb/sluice/l7/route"
 	"github.com/sluicelb/sluice/l7/service"
+	"github.com/sluicelb/sluice/userspace/pool"
 )
 
 // Two sites and two paths on one listener: each request goes to its
@@ -260,5 +262,67 @@ func TestRouteMaxBody(t *testing.T) {
 	}
 	if l := h.access.last(t); !strings.Contains(l.Error, "client.max_body_bytes (100)") {
 		t.Errorf("listener limit message: %q", l.Error)
+	}
+}
+
+// TestRemovedFromOnePoolOfTwo: the service's upstream connections are
+// shared by its pools; an address one pool removes while another still
+// has it keeps its requests in flight; removed from both, they are cut.
+func TestRemovedFromOnePoolOfTwo(t *testing.T) {
+	gate := make(chan struct{})
+	var in atomic.Int64
+	a := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		in.Add(1)
+		select {
+		case <-gate:
+		case <-r.Context().Done():
+		}
+	})
+	t.Cleanup(func() { close(gate) })
+	pWeb, pAPI := newPool(t, nil, a.addr), newPool(t, nil, a.addr)
+	h := start(t, pWeb, func(o *Options) {
+		o.Service.Routes = []service.Route{{Match: route.Spec{Name: "api", Hosts: []string{"api.example"}}, Pool: "api"}}
+		o.RoutePools = map[string]RoutePool{"api": {Pool: pAPI, Ejection: testEjection()}}
+	})
+	done := make(chan int, 1)
+	go func() {
+		resp, err := h.client.Get(h.url + "/held") // the default route: pool web
+		if err != nil {
+			done <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	waitFor(t, "the request at the backend", func() bool { return in.Load() == 1 })
+	remove := func(p *pool.Pool) {
+		t.Helper()
+		now := time.Now()
+		if err := p.Drain(now, a.addr); err != nil {
+			t.Fatal(err)
+		}
+		p.Tick(now.Add(2*time.Minute), func(netip.AddrPort) (int, bool) { return 1, true })
+		if b, _ := p.Backend(a.addr); b.State != pool.Removed {
+			t.Fatalf("setup: %v after its drain timeout", b.State)
+		}
+	}
+	remove(pAPI)
+	select {
+	case code := <-done:
+		t.Fatalf("the request ended (%d) when another pool than its own removed the address", code)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if n := in.Load(); n != 1 {
+		t.Fatalf("the request reached the backend %d times: cut and retried when another pool removed its address", n)
+	}
+	remove(pWeb)
+	select {
+	case code := <-done:
+		if code < 500 {
+			t.Errorf("the request cut at its address's removal: %d", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request still waits on an address both pools removed")
 	}
 }
