@@ -237,15 +237,8 @@ func TestRemovedCutsWhatIsInFlight(t *testing.T) {
 	gate := make(chan struct{})
 	var inSlow atomic.Int64
 	a := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") == "echo" {
-			c, brw, err := http.NewResponseController(w).Hijack()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-			brw.Flush()
-			io.Copy(c, brw)
+		if r.Header.Get("Upgrade") != "" {
+			echoUpgrade(w, r)
 			return
 		}
 		io.ReadAll(r.Body) // then net/http sees the connection close
@@ -261,17 +254,7 @@ func TestRemovedCutsWhatIsInFlight(t *testing.T) {
 	h := start(t, p, func(o *Options) { o.Service.Upgrades = []string{"echo"} })
 
 	// A tunnel, open and echoing.
-	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-	br := bufio.NewReader(c)
-	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 101 {
-		t.Fatalf("upgrade: %v %v", resp, err)
-	}
+	c, br := openTunnel(t, h)
 	io.WriteString(c, "ping")
 	if got := make([]byte, 4); func() error { _, err := io.ReadFull(br, got); return err }() != nil {
 		t.Fatal("no echo through the tunnel")
@@ -852,46 +835,10 @@ func TestAnswerMovesUnderLoad(t *testing.T) {
 // flow both ways until the client closes; the backend connection is never
 // pooled.
 func TestUpgradeTunnel(t *testing.T) {
-	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" || !strings.EqualFold(r.Header.Get("Connection"), "upgrade") {
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		brw.Flush()
-		buf := make([]byte, 1024)
-		for {
-			n, err := brw.Read(buf)
-			if n > 0 {
-				c.Write(buf[:n])
-			}
-			if err != nil {
-				return
-			}
-		}
-	})
+	be := newBackend(t, echoUpgrade)
 	p := newPool(t, nil, be.addr)
 	h := start(t, p, func(o *Options) { o.Service.Upgrades = []string{"echo"} })
-	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n")
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
-		t.Fatalf("got %d %v", resp.StatusCode, resp.Header)
-	}
+	c, br := openTunnel(t, h)
 	for _, msg := range []string{"ping", "\r\n\r\n", "GET / HTTP/1.1\r\n"} {
 		io.WriteString(c, msg)
 		got := make([]byte, len(msg))
@@ -911,6 +858,46 @@ func TestUpgradeTunnel(t *testing.T) {
 	if resp, _ := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 400 {
 		t.Errorf("plain request: %d", resp.StatusCode)
 	}
+}
+
+// echoUpgrade is a backend that switches a request with "Upgrade: echo"
+// (and "Connection: upgrade" as sluice forwards it) to a protocol that
+// echoes every byte; 400 to anything else.
+func echoUpgrade(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Upgrade") != "echo" || !strings.EqualFold(r.Header.Get("Connection"), "upgrade") {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	c, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	brw.Flush()
+	io.Copy(c, brw)
+}
+
+// openTunnel upgrades a new client connection to h to the echo protocol
+// (echoUpgrade behind it); the connection is closed at the test's end.
+func openTunnel(t *testing.T, h *harness) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
+		t.Fatalf("upgrade: got %d %v", resp.StatusCode, resp.Header)
+	}
+	return c, br
 }
 
 // HTTP/2 without TLS (prior knowledge), through the framing guard.
