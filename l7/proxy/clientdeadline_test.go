@@ -104,29 +104,13 @@ func TestWriteDeadlineIsPerRequest(t *testing.T) {
 	}
 }
 
-// echoUpgradeBackend answers an Upgrade: echo with 101 and echoes bytes.
-func echoUpgradeBackend(t *testing.T) *backend {
-	return newBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		brw.Flush()
-		buf := make([]byte, 1024)
-		for {
-			n, err := brw.Read(buf)
-			if n > 0 {
-				c.Write(buf[:n])
-			}
-			if err != nil {
-				return
-			}
-		}
-	})
-}
+// echoUpgradeBackend answers an Upgrade: echo with 101 and echoes bytes
+// (echoUpgrade).
+func echoUpgradeBackend(t *testing.T) *backend { return newBackend(t, echoUpgrade) }
 
+// upgradeClient upgrades a new client connection to h to the echo
+// protocol (echoUpgrade behind it), the Upgrade token in a list as
+// browsers send it; the connection is closed at the test's end.
 func upgradeClient(t *testing.T, h *harness) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
@@ -135,14 +119,14 @@ func upgradeClient(t *testing.T, h *harness) (net.Conn, *bufio.Reader) {
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n")
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != 101 {
-		t.Fatalf("status %d", resp.StatusCode)
+	if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
+		t.Fatalf("upgrade: got %d %v", resp.StatusCode, resp.Header)
 	}
 	return c, br
 }

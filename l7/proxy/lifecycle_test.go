@@ -254,7 +254,7 @@ func TestRemovedCutsWhatIsInFlight(t *testing.T) {
 	h := start(t, p, func(o *Options) { o.Service.Upgrades = []string{"echo"} })
 
 	// A tunnel, open and echoing.
-	c, br := openTunnel(t, h)
+	c, br := upgradeClient(t, h)
 	io.WriteString(c, "ping")
 	if got := make([]byte, 4); func() error { _, err := io.ReadFull(br, got); return err }() != nil {
 		t.Fatal("no echo through the tunnel")
@@ -838,7 +838,7 @@ func TestUpgradeTunnel(t *testing.T) {
 	be := newBackend(t, echoUpgrade)
 	p := newPool(t, nil, be.addr)
 	h := start(t, p, func(o *Options) { o.Service.Upgrades = []string{"echo"} })
-	c, br := openTunnel(t, h)
+	c, br := upgradeClient(t, h)
 	for _, msg := range []string{"ping", "\r\n\r\n", "GET / HTTP/1.1\r\n"} {
 		io.WriteString(c, msg)
 		got := make([]byte, len(msg))
@@ -876,28 +876,6 @@ func echoUpgrade(w http.ResponseWriter, r *http.Request) {
 	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
 	brw.Flush()
 	io.Copy(c, brw)
-}
-
-// openTunnel upgrades a new client connection to h to the echo protocol
-// (echoUpgrade behind it); the connection is closed at the test's end.
-func openTunnel(t *testing.T, h *harness) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n")
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
-		t.Fatalf("upgrade: got %d %v", resp.StatusCode, resp.Header)
-	}
-	return c, br
 }
 
 // HTTP/2 without TLS (prior knowledge), through the framing guard.
