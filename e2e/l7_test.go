@@ -272,7 +272,7 @@ func stopOneConnection(t *testing.T, load *Proc, what string) {
 // pinned to a removed backend — instead of holding the removed address
 // for as long as the backend keeps sending.
 func TestL7DrainEndsLongResponses(t *testing.T) {
-	const drainTimeout = 3 * time.Second
+	const drainTimeout = 5 * time.Second // room for a slow CLI before the status check
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
@@ -300,12 +300,14 @@ func TestL7DrainEndsLongResponses(t *testing.T) {
 		return nil
 	})
 	addr := backendAddr[be]
+	// Taken before the command: the drain happens while the CLI runs,
+	// which on a loaded machine (or a -race build) takes a while to return.
+	drained := time.Now()
 	if out, err := agent.CLI("drain", "web", addr); err != nil {
 		t.Fatalf("drain: %v", err)
 	} else {
 		t.Logf("sluice drain: %s", strings.TrimSpace(out))
 	}
-	drained := time.Now()
 
 	// Draining: the stream goes on, and status says what the drain waits for.
 	if bs, err := agent.poolBackends(); err != nil {
