@@ -323,3 +323,21 @@ func (h *harness) do(t *testing.T, method, path string, body []byte, hdr http.He
 	}
 	return resp, string(b)
 }
+
+// statusLater sends a request in the background (one that waits at the
+// backend) and delivers its status once its body is read, 0 when it
+// failed.
+func statusLater(send func() (*http.Response, error)) <-chan int {
+	done := make(chan int, 1)
+	go func() {
+		resp, err := send()
+		if err != nil {
+			done <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	return done
+}

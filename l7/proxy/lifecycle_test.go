@@ -260,17 +260,9 @@ func TestRemovedCutsWhatIsInFlight(t *testing.T) {
 		t.Fatal("no echo through the tunnel")
 	}
 	// A POST waiting for its response.
-	posted := make(chan int, 1)
-	go func() {
-		resp, err := h.client.Post(h.url+"/slow", "text/plain", strings.NewReader("once"))
-		if err != nil {
-			posted <- 0
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		posted <- resp.StatusCode
-	}()
+	posted := statusLater(func() (*http.Response, error) {
+		return h.client.Post(h.url+"/slow", "text/plain", strings.NewReader("once"))
+	})
 	waitFor(t, "the POST at the backend", func() bool { return inSlow.Load() == 1 })
 	if st := h.srv.UpstreamStats(a.addr); st.Busy != 2 {
 		t.Fatalf("setup: %+v, want 2 busy (the tunnel and the POST)", st)

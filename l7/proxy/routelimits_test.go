@@ -24,17 +24,7 @@ func TestRouteMaxRequests(t *testing.T) {
 	p := newPool(t, nil, be.addr)
 	routes := []service.Route{{Match: route.Spec{Name: "slow", Path: "/slow/"}, Pool: "web", MaxRequests: 1}}
 	h := start(t, p, func(o *Options) { o.Service.Routes = routes })
-	done := make(chan int, 1)
-	go func() {
-		resp, err := h.client.Get(h.url + "/slow/a")
-		if err != nil {
-			done <- 0
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		done <- resp.StatusCode
-	}()
+	done := statusLater(func() (*http.Response, error) { return h.client.Get(h.url + "/slow/a") })
 	waitFor(t, "the first request at the backend", func() bool { return h.srv.UpstreamStats(be.addr).Busy == 1 })
 	// A reload keeps the route's count: the request in flight still counts.
 	svc := testService()

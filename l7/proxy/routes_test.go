@@ -284,17 +284,7 @@ func TestRemovedFromOnePoolOfTwo(t *testing.T) {
 		o.Service.Routes = []service.Route{{Match: route.Spec{Name: "api", Hosts: []string{"api.example"}}, Pool: "api"}}
 		o.RoutePools = map[string]RoutePool{"api": {Pool: pAPI, Ejection: testEjection()}}
 	})
-	done := make(chan int, 1)
-	go func() {
-		resp, err := h.client.Get(h.url + "/held") // the default route: pool web
-		if err != nil {
-			done <- 0
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		done <- resp.StatusCode
-	}()
+	done := statusLater(func() (*http.Response, error) { return h.client.Get(h.url + "/held") }) // the default route: pool web
 	waitFor(t, "the request at the backend", func() bool { return in.Load() == 1 })
 	remove := func(p *pool.Pool) {
 		t.Helper()
