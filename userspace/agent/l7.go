@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/netip"
 	"runtime"
@@ -374,9 +373,12 @@ func (s *l7Stage) inFlight(p *pool.Pool, addr netip.AddrPort) (n int, served boo
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, cur := range s.services {
-		if slices.Contains(slices.Collect(maps.Values(cur.pools)), p) {
-			n += cur.srv.UpstreamStats(addr).Busy
-			served = true
+		for _, sp := range cur.pools {
+			if sp == p {
+				n += cur.srv.UpstreamStats(addr).Busy
+				served = true
+				break
+			}
 		}
 	}
 	return n, served
