@@ -325,6 +325,16 @@ func removedErr(err error) error {
 	return fmt.Errorf("address removed (drain_timeout passed), in-flight exchange cut: %w", err)
 }
 
+// errRemovedUnsent is a try's error when its address was removed between
+// its pick and its connection (Server.removedSince): nothing was sent.
+var errRemovedUnsent = errors.New("address removed (drain_timeout passed) before the request was sent")
+
+// removedTry is the result of such a try: a connect-phase failure, which
+// the retry rules may send elsewhere, that no ejection counts.
+func removedTry() tryResult {
+	return tryResult{err: errRemovedUnsent, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, removed: true}
+}
+
 // viaSluice is the Via of a response that had none.
 var viaSluice = []string{"1.1 sluice"}[:1:1]
 

@@ -94,7 +94,7 @@ func grpcMethod(r *http.Request) string {
 }
 
 // tryH2 is try for an HTTP/2 upstream: one stream on a pooled connection.
-func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b pool.Backend, t0, deadline time.Time) tryResult {
+func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b pool.Backend, t0, deadline time.Time, removals uint64) tryResult {
 	t := st.timeouts
 	if ctx.Err() != nil {
 		return tryResult{err: ctx.Err(), phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, clientGone: true}
@@ -110,6 +110,10 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 			res.phase = "total"
 		}
 		return res
+	}
+	if s.removedSince(removals, b.Addr) {
+		s.h2.Done(conn, false)
+		return removedTry()
 	}
 	// The stream lives as long as the client's request (a client gone
 	// resets it), the total deadline, and the phase timeouts.

@@ -55,6 +55,9 @@ type tryResult struct {
 	// local: the try failed on sluice's side (the address at its
 	// connection limit): not the backend's failure.
 	local bool
+	// removed: the address was removed (drain_timeout passed) between
+	// the pick and the connection: nothing was sent, nothing failed.
+	removed bool
 	// h2 is the try's stream when the upstream is HTTP/2 (conn is nil
 	// then; see h2upstream.go).
 	h2 *h2Stream
@@ -84,6 +87,7 @@ type request struct {
 	cands    [8]Candidate // pick's room (not an allocation per request)
 	dns      dnsWait      // the DNS-wait step's state (dnswait.go)
 	release  func()       // the retry budget token of the retry in progress
+	removals uint64       // Server.removals when the request began (removedSince)
 	abort    bool         // the response was cut short: the client must see an abort
 }
 
@@ -93,7 +97,7 @@ type request struct {
 // alike: w is the loop's *h1Response there.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st, status, miss := s.cfg.Load().route(r)
-	q := &request{s: s, w: w, r: r, ctx: r.Context(), st: st, start: time.Now()}
+	q := &request{s: s, w: w, r: r, ctx: r.Context(), st: st, start: time.Now(), removals: s.removals.Load()}
 	h1, _ := w.(*h1Response)
 	if h1 != nil {
 		q.ctx = h1.c.ctx
@@ -184,12 +188,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if trial {
 				q.st.grp.tracker.Abandon(b.Addr)
 			}
+		} else if res.removed {
+			// Gone from the pool: nothing to judge it by.
+			if trial {
+				q.st.grp.tracker.Abandon(b.Addr)
+			}
 		} else if failed || trial {
 			q.st.grp.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 		}
-		// (An address at sluice's own connection limit refused nothing:
-		// no DNS wait for it.)
-		if !res.local {
+		// (An address at sluice's own connection limit refused nothing,
+		// and a removed one will not answer again: no DNS wait for them.)
+		if !res.local && !res.removed {
 			if next, done := q.waitForDNS(b.Addr, res, &tr); done {
 				return
 			} else if next {
@@ -370,7 +379,7 @@ func (q *request) try(b pool.Backend, trial bool) (tryResult, accesslog.Try) {
 	t0 := time.Now()
 	as := s.stat(b.Addr)
 	as.inflight.Add(1)
-	res := s.try(q.ctx, &q.cw, q.st, &q.out, b, t0, q.deadline)
+	res := s.try(q.ctx, &q.cw, q.st, &q.out, b, t0, q.deadline, q.removals)
 	as.inflight.Add(-1)
 	// The budget token of a retry is held for its try only.
 	q.releaseBudget()
@@ -678,9 +687,9 @@ func (s *Server) backends(g *group, now time.Time) []pool.Backend {
 const maxStaleRedials = 2
 
 // try sends the request to b once and reads the response header.
-func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *outRequest, b pool.Backend, t0, deadline time.Time) (res tryResult) {
+func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *outRequest, b pool.Backend, t0, deadline time.Time, removals uint64) (res tryResult) {
 	if s.h2 != nil {
-		return s.tryH2(ctx, st, out, b, t0, deadline)
+		return s.tryH2(ctx, st, out, b, t0, deadline, removals)
 	}
 	t := st.timeouts
 	redial := 0
@@ -721,6 +730,10 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 			// it is given back unused, for the next request.
 			s.pools.Put(conn, "")
 			return tryResult{err: ctx.Err(), phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, clientGone: true}
+		}
+		if s.removedSince(removals, b.Addr) {
+			s.pools.Put(conn, upstream.CloseRemoved)
+			return removedTry()
 		}
 		res := s.exchange(ctx, cw, st, conn, out, deadline)
 		if res.err == nil || res.clientGone {

@@ -896,3 +896,64 @@ func TestH2C(t *testing.T) {
 		t.Errorf("HTTP/1.1: %s %d", resp.Proto, resp.StatusCode)
 	}
 }
+
+// An address removed while a request's connection to it is being made
+// (the request picked it before the removal, its connection came after;
+// Cut closed only what was in use then): the request sends nothing on
+// that connection, no ejection counts it, and a GET goes on to another
+// address. HTTP/1 and HTTP/2 upstreams alike.
+func TestRemovedWhileConnecting(t *testing.T) {
+	for _, proto := range []string{"http1", "h2c"} {
+		t.Run(proto, func(t *testing.T) {
+			var aReqs func() int64
+			var a, b netip.AddrPort
+			if proto == "h2c" {
+				ba, bb := newH2CBackend(t, status(200)), newH2CBackend(t, status(200))
+				a, b, aReqs = ba.addr, bb.addr, ba.reqs.Load
+			} else {
+				ba, bb := newBackend(t, status(200)), newBackend(t, status(200))
+				a, b, aReqs = ba.addr, bb.addr, ba.count.Load
+			}
+			p := newPool(t, nil, a, b)
+			var srv atomic.Pointer[Server] // (the hook runs on the server's goroutines)
+			var dialled atomic.Int64
+			h := start(t, p, func(o *Options) {
+				o.Selector = preferSelector{a, b}
+				if proto == "h2c" {
+					o.Upstream.Protocol = ProtocolH2C
+				}
+				o.Upstream.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+					if addr == a.String() && dialled.Add(1) == 1 {
+						// The drain_timeout passes while this dial runs.
+						now := time.Now()
+						if err := p.Drain(now, a); err != nil {
+							return nil, err
+						}
+						p.Tick(now.Add(2*time.Minute), func(netip.AddrPort) (int, bool) { return 1, true })
+						srv.Load().AddressChanged(a, pool.Removed)
+					}
+					var d net.Dialer
+					return d.DialContext(ctx, network, addr)
+				}
+			})
+			srv.Store(h.srv)
+			resp, _ := h.do(t, http.MethodGet, "/", nil, nil)
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("status %d, want 200 from the other address", resp.StatusCode)
+			}
+			if dialled.Load() != 1 {
+				t.Fatalf("setup: %d dials to the removed address, want 1", dialled.Load())
+			}
+			if n := aReqs(); n != 0 {
+				t.Errorf("the removed address got %d requests", n)
+			}
+			l := h.access.last(t)
+			if len(l.Try) != 2 || !strings.Contains(l.Try[0].Error, "removed") || l.Try[1].Backend != b.String() {
+				t.Errorf("access log tries: %+v, want the removed address's (its error) then %s", l.Try, b)
+			}
+			if st := h.srv.UpstreamStats(a); st.Busy != 0 {
+				t.Errorf("the removed address's connections: %+v, none busy", st)
+			}
+		})
+	}
+}

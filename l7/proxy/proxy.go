@@ -137,6 +137,12 @@ type Server struct {
 	access atomic.Pointer[accesslog.Logger] // nil: no access log
 	certs  atomic.Pointer[certs.Set]
 
+	// removals counts the addresses removed (AddressChanged to Removed),
+	// raised before their connections are cut: a request that sees it
+	// move between its start and a connection taken checks that its
+	// address was not removed meanwhile (removedSince).
+	removals atomic.Uint64
+
 	loads   sync.Map  // netip.AddrPort → *addrStat
 	records sync.Pool // *accesslog.Record
 
@@ -813,6 +819,7 @@ func (s *Server) addressChanged(g *group, addr netip.AddrPort, state pool.State)
 		// Unless another of the service's pools still has it: the
 		// connections are the service's, shared by its pools.
 		if !s.heldElsewhere(g, addr) {
+			s.removals.Add(1)
 			s.pools.Cut(addr)
 			if s.h2 != nil {
 				s.h2.Cut(addr)
@@ -825,11 +832,11 @@ func (s *Server) addressChanged(g *group, addr netip.AddrPort, state pool.State)
 	}
 }
 
-// heldElsewhere is whether a pool of the service other than g's has addr
-// in a state other than removed.
+// heldElsewhere is whether a pool of the service other than g's (any,
+// with g nil) has addr in a state other than removed.
 func (s *Server) heldElsewhere(g *group, addr netip.AddrPort) bool {
 	for _, o := range *s.groups.Load() {
-		if o == g || o.pool == g.pool {
+		if g != nil && (o == g || o.pool == g.pool) {
 			continue
 		}
 		if b, ok := o.pool.Backend(addr); ok && b.State != pool.Removed {
@@ -837,6 +844,15 @@ func (s *Server) heldElsewhere(g *group, addr netip.AddrPort) bool {
 		}
 	}
 	return false
+}
+
+// removedSince is whether addr was removed (no pool of the service has
+// it in another state) since the request that read removals began. A
+// request picks its address from a copy of the pool made before, and a
+// connection dialled or checked while the address is removed is not
+// among those Cut closes: the request must not go on to it.
+func (s *Server) removedSince(removals uint64, addr netip.AddrPort) bool {
+	return s.removals.Load() != removals && !s.heldElsewhere(nil, addr)
 }
 
 // Transition is AddressChanged in the shape of a pool.Observer.

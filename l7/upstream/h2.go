@@ -222,7 +222,9 @@ func (p *H2Pools) Get(ctx context.Context, addr netip.AddrPort, serverName, info
 			// this one request only.
 			a.conns = append(a.conns, c)
 		} else {
+			// Retiring from the start: Cut finds it there.
 			c.retired = true
+			a.retiring = append(a.retiring, c)
 		}
 		p.mu.Unlock()
 		return c, false, nil

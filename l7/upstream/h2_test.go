@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -164,12 +165,30 @@ func TestH2PoolRetire(t *testing.T) {
 
 // TestH2PoolCut: a retired connection waits for its streams (Retire),
 // until the address is removed: Cut closes it with the stream open, the
-// stream fails, and the connection counts CloseRemoved.
+// stream fails, and the connection counts CloseRemoved. Also for one
+// dialled while its address was being retired (retired from the start).
 func TestH2PoolCut(t *testing.T) {
+	for _, retiredWhileDialling := range []bool{false, true} {
+		t.Run(fmt.Sprintf("retired-while-dialling=%v", retiredWhileDialling), func(t *testing.T) {
+			testH2PoolCut(t, retiredWhileDialling)
+		})
+	}
+}
+
+func testH2PoolCut(t *testing.T, retiredWhileDialling bool) {
 	addr, release := h2cBackend(t)
 	defer close(release)
 	cl := &closeLog{ch: make(chan string, 8)}
-	p := NewH2(H2Options{OnClose: cl.on})
+	var p *H2Pools
+	opts := H2Options{OnClose: cl.on}
+	if retiredWhileDialling {
+		opts.Dial = func(ctx context.Context, network, a string) (net.Conn, error) {
+			p.Retire(addr)
+			var d net.Dialer
+			return d.DialContext(ctx, network, a)
+		}
+	}
+	p = NewH2(opts)
 	defer p.Close()
 	busy, _, err := p.Get(context.Background(), addr, "", "", time.Now().Add(5*time.Second))
 	if err != nil {
