@@ -450,3 +450,61 @@ func TestL7RapidReset(t *testing.T) {
 		t.Errorf("normal request after the resets: %s", ev)
 	}
 }
+
+// TestL7ResponseHeaderLimits: a backend's response header past the
+// default upstream.max_header_count (100 fields) or max_header_bytes (64
+// KiB) gets the client a 502 through the real binary, the request runs
+// once (not retried elsewhere), and the backend is not ejected for it,
+// though a client chose the headers (the test backend reflects
+// ?echo=NAME as X-Echo-NAME). Just under the count limit it passes.
+func TestL7ResponseHeaderLimits(t *testing.T) {
+	lab, agent := startL7(t, agentConfig{
+		Timeouts:  "{connect: 1s, read: 5s, total: 8s}",
+		HTTPExtra: "    client: {max_header_bytes: 262144}\n", // room for the request reflected below
+	})
+	// The test backend's answer to / has 6 fields of its own (X-Backend,
+	// X-Client-Addr, X-Seen-Host, Date, Content-Type, Content-Length).
+	echo := func(n int) string {
+		var q strings.Builder
+		for i := range n {
+			fmt.Fprintf(&q, "echo=E%d&", i)
+		}
+		return q.String()
+	}
+	big := "X-Big: " + strings.Repeat("b", 70000)
+	cases := []struct {
+		name, query string
+		args        []string
+		refused     string
+	}{
+		{"100 fields", echo(94), nil, ""},
+		{"101 fields", echo(95), nil, "upstream.max_header_count (100)"},
+		{"over 64 KiB", "echo=X-Big&", []string{"-H", big}, "upstream.max_header_bytes (65536)"},
+	}
+	for _, c := range cases {
+		for i := range 4 { // past the pool's ejection threshold (2 failures)
+			rid := newRID("resphdr")
+			r := lab.curl("GET", httpURL+"?"+c.query+"rid="+rid, c.args...)
+			al := agent.accessFor(t, rid)
+			_, runs := lab.executions(rid)
+			if c.refused == "" {
+				if r.Code != 200 {
+					t.Errorf("%s: %d, want 200", c.name, r.Code)
+				}
+				continue
+			}
+			if r.Code != 502 || !strings.Contains(al.Error, c.refused) || al.Tries != 1 || runs != 1 {
+				t.Errorf("%s (%d): %d, access log %q after %d tries, executed %d times; want a 502 naming %s, one try, one run",
+					c.name, i, r.Code, al.Error, al.Tries, runs, c.refused)
+			}
+		}
+	}
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
+			t.Errorf("%s after refused responses: %q, %v; want active", be, st, err)
+		}
+	}
+	if _, scrape := lab.scrape(); !strings.Contains(scrape, `sluice_l7_refused_total{limit="upstream_header",service="web-http"} 8`) {
+		t.Errorf("metrics lack sluice_l7_refused_total{limit=\"upstream_header\"} 8")
+	}
+}

@@ -37,9 +37,11 @@ type exResult struct {
 // max1xx bounds the informational responses skipped before the real one.
 const max1xx = 8
 
-// maxResponseHeader bounds a backend's response header (with the 1xx
-// before it and what the reader buffers ahead).
-const maxResponseHeader = 1 << 20
+// readAhead is what a backend connection's reader may hold past the
+// response header (its buffer: upstream.Conn's bufio.Reader), read with
+// it: the read limit on a response header leaves room for it, and the
+// header's exact size is checked once it is parsed.
+const readAhead = 16 << 10
 
 // exchange writes the request on conn and reads the response header. On
 // success the response body is still to be read from conn; on failure conn
@@ -105,11 +107,21 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 	cw.requestSent()
 	// The response header must come within `read` of the request's end.
 	conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(t.Read), deadline))
-	conn.LimitReads(maxResponseHeader)
+	// The response header (with the informational responses before it)
+	// is bounded by upstream.max_header_bytes as it is read.
+	conn.LimitReads(int64(s.respHeader.bytes) + readAhead)
+	refuse := func(err error) exResult {
+		r := fail("read", err)
+		r.refused = true
+		return r
+	}
 	var resp *http.Response
 	for i := 0; ; i++ {
 		out.respFor.Method = out.method
 		r, err := http.ReadResponse(conn.Reader(), &out.respFor)
+		if errors.Is(err, upstream.ErrTooLarge) {
+			return refuse(s.headerTooLarge())
+		}
 		if err != nil {
 			return fail("read", err)
 		}
@@ -137,6 +149,12 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 			return fail("read", fmt.Errorf("more than %d informational responses", max1xx))
 		}
 	}
+	if conn.ReadBytes()-read0-int64(conn.Reader().Buffered()) > int64(s.respHeader.bytes) {
+		return refuse(s.headerTooLarge())
+	}
+	if err := s.checkHeaderCount(resp.Header); err != nil {
+		return refuse(err)
+	}
 	// From now on `read` bounds the wait between two body reads.
 	conn.SetTimeouts(t.Send, t.Read, deadline)
 	conn.LimitReads(0)
@@ -148,6 +166,29 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 	}
 	return res
 }
+
+// headerTooLarge is the error of a response whose header is larger than
+// upstream.max_header_bytes.
+func (s *Server) headerTooLarge() error {
+	return fmt.Errorf("%w: backend response header larger than upstream.max_header_bytes (%d)", errRespHeaderLimit, s.respHeader.bytes)
+}
+
+// checkHeaderCount refuses a response header with more fields than
+// upstream.max_header_count (each value of a repeated field counts).
+func (s *Server) checkHeaderCount(h http.Header) error {
+	n := 0
+	for _, vv := range h {
+		n += len(vv)
+	}
+	if n > s.respHeader.count {
+		return fmt.Errorf("%w: backend response header has %d fields, more than upstream.max_header_count (%d)", errRespHeaderLimit, n, s.respHeader.count)
+	}
+	return nil
+}
+
+// errRespHeaderLimit marks a response refused at the service's response
+// header limits (upstream.max_header_bytes, max_header_count).
+var errRespHeaderLimit = errors.New("response refused")
 
 // writeRequest writes an HTTP/1.1 request with out's header and body.
 func writeRequest(bw *bufio.Writer, out *outRequest) error {

@@ -156,11 +156,22 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 			res.err, res.clientGone = errors.Join(errClientBody, err), true
 		case conn.Removed():
 			res.err, res.outcome.Kind = removedErr(err), retry.Reset
+		case h2HeaderTooLarge(err):
+			res.err, res.outcome.Kind, res.refused = s.headerTooLarge(), retry.Reset, true
+		case h2FieldTooLarge(err):
+			res.err, res.outcome.Kind, res.refused = fmt.Errorf("%w (or not valid HPACK: %v)", s.headerTooLarge(), err), retry.Reset, true
 		default:
 			res.outcome.Kind = retry.Reset
 		}
 		hs.settleBody(out)
 		hs.finish(s, false)
+		return res
+	}
+	if err := s.checkHeaderCount(resp.Header); err != nil {
+		resp.Body.Close()
+		hs.settleBody(out)
+		hs.finish(s, false)
+		res.err, res.phase, res.outcome.Sent, res.outcome.Kind, res.refused = err, "read", true, retry.Reset, true
 		return res
 	}
 	// From now on `read` bounds the wait between two body reads.
@@ -196,6 +207,24 @@ func h2Unprocessed(err error) bool {
 		return true
 	}
 	return false
+}
+
+// h2HeaderTooLarge is whether a stream failed because the backend's
+// response header list was larger than upstream.max_header_bytes (the
+// transport's MaxHeaderListSize; the library's error is not exported: by
+// its text, which TestResponseHeaderLimits would catch changing).
+func h2HeaderTooLarge(err error) bool {
+	var se http2.StreamError
+	return errors.As(err, &se) && se.Cause != nil && se.Cause.Error() == "http2: response header list larger than advertised limit"
+}
+
+// h2FieldTooLarge is whether a connection failed decoding a response
+// header: the library's HPACK decoder refuses a field longer than
+// MaxHeaderListSize with a COMPRESSION_ERROR of the whole connection
+// (which an HPACK block the backend got wrong gives too).
+func h2FieldTooLarge(err error) bool {
+	var ce http2.ConnectionError
+	return errors.As(err, &ce) && http2.ErrCode(ce) == http2.ErrCodeCompression
 }
 
 // h2Request builds the request of one stream: out's method, target,

@@ -58,6 +58,13 @@ type tryResult struct {
 	// removed: the address was removed (drain_timeout passed) between
 	// the pick and the connection: nothing was sent, nothing failed.
 	removed bool
+	// refused: the response was past the service's response header
+	// limits (upstream.max_header_bytes, max_header_count). The client
+	// gets a 502; the try is neither retried (another backend would most
+	// likely answer alike, after running the request once more) nor
+	// counted against the backend (a client could make a backend that
+	// reflects its headers look broken).
+	refused bool
 	// h2 is the try's stream when the upstream is HTTP/2 (conn is nil
 	// then; see h2upstream.go).
 	h2 *h2Stream
@@ -188,8 +195,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if trial {
 				q.st.grp.tracker.Abandon(b.Addr)
 			}
-		} else if res.removed {
-			// Gone from the pool: nothing to judge it by.
+		} else if res.removed || res.refused {
+			// Gone from the pool, or refused by sluice: nothing to judge
+			// the backend by.
+			if res.refused {
+				s.obs.Refused(s.name, limitUpstreamHeader)
+			}
 			if trial {
 				q.st.grp.tracker.Abandon(b.Addr)
 			}
@@ -197,15 +208,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			q.st.grp.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 		}
 		// (An address at sluice's own connection limit refused nothing,
-		// and a removed one will not answer again: no DNS wait for them.)
-		if !res.local && !res.removed {
+		// a removed one will not answer again, and a refused response came
+		// from a backend that answered: no DNS wait for them.)
+		if !res.local && !res.removed && !res.refused {
 			if next, done := q.waitForDNS(b.Addr, res, &tr); done {
 				return
 			} else if next {
 				continue
 			}
 		}
-		again, delay := q.decide(n-q.dns.granted, res, &tr)
+		var again bool
+		var delay time.Duration
+		if res.refused {
+			tr.Why = "response refused at the service's upstream header limits: not retried"
+		} else {
+			again, delay = q.decide(n-q.dns.granted, res, &tr)
+		}
 		if tr.DNSWait != "" {
 			tr.Why = WhyWaitedForDNS + " (" + tr.DNSWait + "); " + tr.Why
 		}

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -953,6 +954,90 @@ func TestRemovedWhileConnecting(t *testing.T) {
 			}
 			if st := h.srv.UpstreamStats(a); st.Busy != 0 {
 				t.Errorf("the removed address's connections: %+v, none busy", st)
+			}
+		})
+	}
+}
+
+// A backend's response header past upstream.max_header_bytes or
+// max_header_count: the client gets a 502 saying so, the request is not
+// sent again (to this backend or another), and nothing counts against
+// the backend (a client could make one that reflects its headers look
+// broken). Just under the limits it passes. HTTP/1 and HTTP/2 upstreams.
+func TestResponseHeaderLimits(t *testing.T) {
+	// ?fields=N adds N fields, ?big=N one field of N bytes, ?kb=N N
+	// fields of 1000 bytes (net/http adds Date, Content-Length and
+	// Content-Type: 3 more).
+	answer := func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("fields"))
+		for i := range n {
+			w.Header().Set(fmt.Sprintf("X-F%d", i), "v")
+		}
+		kb, _ := strconv.Atoi(r.URL.Query().Get("kb"))
+		for i := range kb {
+			w.Header().Set(fmt.Sprintf("X-K%d", i), strings.Repeat("k", 1000))
+		}
+		if big, _ := strconv.Atoi(r.URL.Query().Get("big")); big > 0 {
+			w.Header().Set("X-Big", strings.Repeat("b", big))
+		}
+		io.WriteString(w, "ok")
+	}
+	for _, proto := range []string{"http1", "h2c"} {
+		t.Run(proto, func(t *testing.T) {
+			var a, b netip.AddrPort
+			var reqs func() int64
+			if proto == "h2c" {
+				ba, bb := newH2CBackend(t, answer), newH2CBackend(t, answer)
+				a, b = ba.addr, bb.addr
+				reqs = func() int64 { return ba.reqs.Load() + bb.reqs.Load() }
+			} else {
+				ba, bb := newBackend(t, answer), newBackend(t, answer)
+				a, b = ba.addr, bb.addr
+				reqs = func() int64 { return ba.count.Load() + bb.count.Load() }
+			}
+			p := newPool(t, nil, a, b)
+			h := start(t, p, func(o *Options) {
+				o.Selector = preferSelector{a, b}
+				o.Upstream.MaxHeaderBytes, o.Upstream.MaxHeaderCount = 8<<10, 20
+				if proto == "h2c" {
+					o.Upstream.Protocol = ProtocolH2C
+				}
+			})
+			for _, c := range []struct {
+				query, refused string
+			}{
+				{"fields=17", ""},
+				{"big=6000", ""},
+				{"kb=7", ""},
+				{"kb=10", "max_header_bytes (8192)"}, // every field within it, not their sum
+				{"fields=18", "max_header_count (20)"},
+				{"big=9000", "max_header_bytes (8192)"},
+				{"big=200000", "max_header_bytes (8192)"}, // past the read-ahead too
+			} {
+				before := reqs()
+				for range 4 { // past the ejection's consecutive failures
+					resp, body := h.do(t, http.MethodGet, "/?"+c.query, nil, nil)
+					l := h.access.last(t)
+					if c.refused == "" {
+						if resp.StatusCode != http.StatusOK || body != "ok" {
+							t.Errorf("%s: %d %q, want 200 ok", c.query, resp.StatusCode, body)
+						}
+						continue
+					}
+					if resp.StatusCode != http.StatusBadGateway || !strings.Contains(l.Error, c.refused) || len(l.Try) != 1 || l.Try[0].Retry {
+						t.Errorf("%s: %d, access log %+v; want a 502 refusing it (%s), one try, no retry", c.query, resp.StatusCode, l, c.refused)
+					}
+				}
+				if c.refused != "" {
+					if n := reqs() - before; n != 4 {
+						t.Errorf("%s: the backends got %d requests for 4, want each once", c.query, n)
+					}
+					for _, addr := range []netip.AddrPort{a, b} {
+						if be, _ := p.Backend(addr); be.State != pool.Active {
+							t.Errorf("%s: %s is %v after refused responses, want active", c.query, addr, be.State)
+						}
+					}
+				}
 			}
 		})
 	}

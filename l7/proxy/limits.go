@@ -14,6 +14,7 @@ const (
 	limitBody                = "body"
 	limitHeaderCount         = "header_count"
 	limitUpstreamConnections = "upstream_connections"
+	limitUpstreamHeader      = "upstream_header"
 	// (and metrics.LimitAccessLog: the agent counts its access logs'
 	// dropped lines)
 )

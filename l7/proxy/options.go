@@ -45,6 +45,14 @@ type UpstreamOptions struct {
 	// for HTTP/2).
 	Protocol          string
 	MaxStreamsPerConn int
+	// MaxHeaderBytes and MaxHeaderCount bound a backend's response header
+	// (bytes, and fields with every value of a repeated one counted;
+	// defaults upstream.DefaultMaxHeaderBytes, DefaultMaxHeaderCount). A
+	// response past either gets the client a 502 and is neither retried
+	// nor counted against the backend: a client could otherwise make a
+	// backend that reflects its headers look broken.
+	MaxHeaderBytes int
+	MaxHeaderCount int
 	// Dial replaces the TCP dialer (e.g. to bind a source address; tests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }

@@ -131,7 +131,10 @@ type Server struct {
 	upTLS    bool
 	ids      *reqid.Source        // request ids (shared by the agent's servers)
 	limits   service.ClientLimits // with defaults
-	active   atomic.Int64         // requests in flight (client.max_requests)
+	// respHeader bounds a backend's response header (UpstreamOptions'
+	// MaxHeaderBytes, MaxHeaderCount, with defaults).
+	respHeader struct{ bytes, count int }
+	active     atomic.Int64 // requests in flight (client.max_requests)
 
 	cfg    atomic.Pointer[routing]
 	access atomic.Pointer[accesslog.Logger] // nil: no access log
@@ -352,6 +355,13 @@ func New(opts Options) (*Server, error) {
 	if s.shutdown <= 0 {
 		s.shutdown = service.DefaultShutdownTimeout
 	}
+	s.respHeader.bytes, s.respHeader.count = opts.Upstream.MaxHeaderBytes, opts.Upstream.MaxHeaderCount
+	if s.respHeader.bytes <= 0 {
+		s.respHeader.bytes = upstream.DefaultMaxHeaderBytes
+	}
+	if s.respHeader.count <= 0 {
+		s.respHeader.count = upstream.DefaultMaxHeaderCount
+	}
 	// One group per pool: the service's own, and those of its routes.
 	s.pools = upstream.New(upstream.Options{
 		MaxIdlePerAddr:  opts.Upstream.MaxIdlePerAddr,
@@ -379,6 +389,7 @@ func New(opts Options) (*Server, error) {
 			MaxConnsPerAddr:   opts.Upstream.MaxConnsPerAddr,
 			IdleTimeout:       opts.Upstream.IdleTimeout,
 			MaxLifetime:       opts.Upstream.MaxLifetime,
+			MaxHeaderBytes:    s.respHeader.bytes,
 			Dial:              opts.Upstream.Dial,
 			Log:               log,
 			OnClose: func(addr netip.AddrPort, reason string) {

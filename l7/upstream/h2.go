@@ -58,6 +58,11 @@ type H2Options struct {
 	IdleTimeout       time.Duration
 	MaxLifetime       time.Duration
 	Log               *slog.Logger
+	// MaxHeaderBytes bounds a response's header list as HTTP/2 counts it
+	// (each field's name and value plus 32 bytes), announced to the
+	// backend (SETTINGS_MAX_HEADER_LIST_SIZE) and enforced: a larger one
+	// fails its stream. Default DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
 	// Dial replaces the TCP dialer (tests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// OnClose, when set, is told about every connection closed and why
@@ -125,6 +130,7 @@ func NewH2(opts H2Options) *H2Pools {
 	orDefault(&opts.MaxConnsPerAddr, DefaultH2MaxConnsPerAddr)
 	orDefault(&opts.IdleTimeout, DefaultIdleTimeout)
 	orDefault(&opts.MaxLifetime, DefaultMaxLifetime)
+	orDefault(&opts.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	log := dialAndLog(&opts.Dial, opts.Log)
 	tr := &http2.Transport{
 		AllowHTTP: opts.TLS == nil,
@@ -133,8 +139,9 @@ func NewH2(opts H2Options) *H2Pools {
 		StrictMaxConcurrentStreams: true,
 		// A silent connection is checked with a PING, and closed when
 		// the PING goes unanswered.
-		ReadIdleTimeout: 30 * time.Second,
-		PingTimeout:     10 * time.Second,
+		ReadIdleTimeout:   30 * time.Second,
+		PingTimeout:       10 * time.Second,
+		MaxHeaderListSize: uint32(opts.MaxHeaderBytes),
 	}
 	return &H2Pools{opts: opts, log: log, tr: tr, addrs: map[netip.AddrPort]*h2Addr{}}
 }

@@ -35,6 +35,12 @@ const (
 	DefaultMaxLifetime     = 5 * time.Minute
 	DefaultMaxConnsPerAddr = 1024 // Envoy's circuit breaker max_connections
 	DefaultMaxDialsPerAddr = 32
+	// DefaultMaxHeaderBytes and DefaultMaxHeaderCount bound a backend's
+	// response header (Envoy: max_response_headers_kb 60,
+	// max_response_headers_count 100; HAProxy: tune.bufsize 16 KiB,
+	// tune.http.maxhdr 101; nginx: proxy_buffer_size 4–8 KiB).
+	DefaultMaxHeaderBytes = 64 << 10
+	DefaultMaxHeaderCount = 100
 )
 
 // Options configure Pools. Zero values take the defaults.

@@ -244,6 +244,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 			MaxIdlePerAddr: u.MaxIdle, IdleTimeout: u.IdleTimeout.D(), MaxLifetime: u.MaxLifetime.D(),
 			MaxConnsPerAddr: u.MaxConnections,
 			Protocol:        u.Protocol, MaxStreamsPerConn: u.MaxStreams,
+			MaxHeaderBytes: u.MaxHeaderBytes, MaxHeaderCount: u.MaxHeaderCount,
 		}
 		if u.TLS {
 			// The server name (upstream.server_name, per route too) is the

@@ -201,6 +201,8 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.dur(up+".idle_timeout", &s.Upstream.IdleTimeout, upstream.DefaultIdleTimeout)
 		d.dur(up+".max_lifetime", &s.Upstream.MaxLifetime, upstream.DefaultMaxLifetime)
 		d.int(up+".max_connections", &s.Upstream.MaxConnections, upstream.DefaultMaxConnsPerAddr)
+		d.int(up+".max_header_bytes", &s.Upstream.MaxHeaderBytes, upstream.DefaultMaxHeaderBytes)
+		d.int(up+".max_header_count", &s.Upstream.MaxHeaderCount, upstream.DefaultMaxHeaderCount)
 		if s.Upstream.Protocol == "" {
 			s.Upstream.Protocol = UpstreamHTTP1
 		}

@@ -39,7 +39,7 @@ func TestHTTPListenerAndUpstreamKeys(t *testing.T) {
 	logFile := filepath.Join(dir, "access.log")
 	src := httpHead + `    tls: {cert: ` + cert + `, key: ` + key + `}
     client: {header_timeout: 5s, idle_timeout: 2m, max_header_bytes: 32768}
-    upstream: {tls: true, ca: ` + cert + `, max_idle: 8, idle_timeout: 10s, max_lifetime: 1m}
+    upstream: {tls: true, ca: ` + cert + `, max_idle: 8, idle_timeout: 10s, max_lifetime: 1m, max_header_bytes: 16384, max_header_count: 50}
     access_log: ` + logFile + `
 `
 	cfg, err := Parse([]byte(src), "h.yaml")
@@ -53,7 +53,7 @@ func TestHTTPListenerAndUpstreamKeys(t *testing.T) {
 	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
-	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute), MaxConnections: 1024, Protocol: "http1"}); *s.Upstream != want {
+	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute), MaxConnections: 1024, Protocol: "http1", MaxHeaderBytes: 16384, MaxHeaderCount: 50}); *s.Upstream != want {
 		t.Errorf("upstream = %+v, want %+v", *s.Upstream, want)
 	}
 	if s.AccessLog != logFile {
@@ -76,7 +76,7 @@ func TestHTTPKeyDefaults(t *testing.T) {
 	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
-	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute), MaxConnections: 1024, Protocol: "http1"}); *s.Upstream != want {
+	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute), MaxConnections: 1024, Protocol: "http1", MaxHeaderBytes: 65536, MaxHeaderCount: 100}); *s.Upstream != want {
 		t.Errorf("upstream = %+v, want %+v", *s.Upstream, want)
 	}
 	// A tcp service gets none of them.
@@ -122,10 +122,12 @@ func TestHTTPKeyProblems(t *testing.T) {
 			[]string{"services[0].upstream.ca: read CA file:"}},
 		{"ca and insecure", "    upstream: {tls: true, ca: " + cert + ", insecure_skip_verify: true}\n",
 			[]string{"services[0].upstream.insecure_skip_verify: set either ca or insecure_skip_verify"}},
-		{"upstream bounds", "    upstream:\n      max_idle: 0\n      idle_timeout: 0s\n      max_lifetime: 0s\n",
+		{"upstream bounds", "    upstream:\n      max_idle: 0\n      idle_timeout: 0s\n      max_lifetime: 0s\n      max_header_bytes: 1000\n      max_header_count: 0\n",
 			[]string{"h.yaml:10: services[0].upstream.max_idle: 0: must be between 1 and 10000",
 				"h.yaml:11: services[0].upstream.idle_timeout: must be greater than 0",
-				"h.yaml:12: services[0].upstream.max_lifetime: must be greater than 0"}},
+				"h.yaml:12: services[0].upstream.max_lifetime: must be greater than 0",
+				"h.yaml:13: services[0].upstream.max_header_bytes: 1000: must be between 1024 and 16777216",
+				"h.yaml:14: services[0].upstream.max_header_count: 0: must be between 1 and 10000"}},
 		{"access log dir missing", "    access_log: " + dir + "/no/such/dir/access.log\n",
 			[]string{"h.yaml:9: services[0].access_log: ", "does not exist"}},
 		{"access log is a dir", "    access_log: " + dir + "\n",

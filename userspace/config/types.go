@@ -373,6 +373,11 @@ type Upstream struct {
 	// a backend (h2c, h2), default 100; a backend's own lower
 	// SETTINGS_MAX_CONCURRENT_STREAMS wins.
 	MaxStreams int `yaml:"max_streams"`
+	// MaxHeaderBytes and MaxHeaderCount bound a backend's response header
+	// (default 65536 bytes, 100 fields): past either the client gets a
+	// 502, not retried and not counted against the backend.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	MaxHeaderCount int `yaml:"max_header_count"`
 }
 
 // Upstream protocols (upstream.protocol).

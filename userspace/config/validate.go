@@ -1051,6 +1051,8 @@ func (v *validator) upstream(u *Upstream, path string) {
 		v.add(path+".max_idle", "%d: must be between 1 and %d", u.MaxIdle, MaxUpstreamIdle)
 	}
 	v.between(path+".max_connections", int64(u.MaxConnections), 1, MaxUpstreamConns)
+	v.between(path+".max_header_bytes", int64(u.MaxHeaderBytes), MinMaxHeaderBytes, MaxMaxHeaderBytes)
+	v.between(path+".max_header_count", int64(u.MaxHeaderCount), 1, service.MaxMaxHeaderCount)
 	v.positive(path+".idle_timeout", u.IdleTimeout)
 	v.positive(path+".max_lifetime", u.MaxLifetime)
 	switch u.Protocol {
