@@ -356,11 +356,15 @@ func TestL7ForwardingHeaders(t *testing.T) {
 		"-H", "X-Forwarded-Proto: https-"+m,
 		"-H", "X-Forwarded-Host: admin-"+m,
 		"-H", "Forwarded: for=10.9.9.9;by="+m,
-		"-H", "X-Forwarded-For: 10.9.9.9")
+		"-H", "X-Forwarded-For: 10.9.9.9",
+		// What a CGI-style backend would read as X-Forwarded-For and
+		// X-Real-IP (client.underscore_headers: drop, the default).
+		"-H", "X_Forwarded_For: under-"+m,
+		"-H", "X_Real_IP: under-"+m)
 	if r.Code != 200 {
 		t.Fatalf("request: %d", r.Code)
 	}
-	for _, spoofed := range []string{"X-Real-Ip: 10.9.9.9", "X-Real-IP: 10.9.9.9", "https-" + m, "admin-" + m, "by=" + m} {
+	for _, spoofed := range []string{"X-Real-Ip: 10.9.9.9", "X-Real-IP: 10.9.9.9", "https-" + m, "admin-" + m, "by=" + m, "under-" + m} {
 		if n := lab.rawSeen("be1", spoofed); n != 0 {
 			t.Errorf("the client's %q reached the backend", spoofed)
 		}

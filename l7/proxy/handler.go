@@ -353,7 +353,11 @@ func (q *request) prepare() bool {
 	}
 	body := &q.out.bodyStore
 	s.outgoing(&q.out, q.st, r, body)
-	if err := checkOutgoing(&q.out); err != nil {
+	dropped, err := checkOutgoing(&q.out, s.limits.UnderscoreHeaders)
+	if dropped || errors.Is(err, errUnderscore) {
+		s.obs.Refused(s.name, limitUnderscoreHeader)
+	}
+	if err != nil {
 		s.fail(w, q.rec, http.StatusBadRequest, err.Error())
 		return false
 	}

@@ -15,6 +15,7 @@ const (
 	limitHeaderCount         = "header_count"
 	limitUpstreamConnections = "upstream_connections"
 	limitUpstreamHeader      = "upstream_header"
+	limitUnderscoreHeader    = "underscore_header"
 	// (and metrics.LimitAccessLog: the agent counts its access logs'
 	// dropped lines)
 )

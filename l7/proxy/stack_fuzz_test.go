@@ -463,6 +463,13 @@ func checkSeen(t *testing.T, sn seen, body []byte, bodyKnown bool) {
 		if hop[k] || ownedBySluice[k] {
 			continue
 		}
+		if strings.IndexByte(k, '_') >= 0 {
+			// client.underscore_headers: drop (the default).
+			if up.Header[k] != nil {
+				fail("%s (an underscore in its name) forwarded", k)
+			}
+			continue
+		}
 		// Whitespace around a value is not part of it (RFC 9110 5.5).
 		trim := func(vs []string) []string {
 			out := make([]string, len(vs))
@@ -679,6 +686,7 @@ func FuzzH1Translation(f *testing.F) {
 		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 		"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
 		"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 1.2.3.4\r\nX-Ok: 1\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -767,6 +775,7 @@ func FuzzH2Translation(f *testing.F) {
 		{"OPTIONS", "a", "*", "", nil},
 		{"GET /admin HTTP/1.1\tx", "a b/c", "/public x", "", nil},
 		{"GET", "a", "/x HTTP/1.1\r\nHost: b", "", nil},
+		{"GET", "a", "/", "x_real_ip\x001.2.3.4\x00x-ok\x001\x00", nil},
 	} {
 		f.Add(s.method, s.authority, s.path, s.extra, s.body)
 	}

@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/sluicelb/sluice/l7/service"
 )
 
 // Strict translation: whatever a client sent (HTTP/1.1 or HTTP/2), what
@@ -22,6 +25,10 @@ import (
 
 // errBadRequest marks a request refused by the strict checks.
 var errBadRequest = errors.New("invalid request")
+
+// errUnderscore marks a request refused for a header name with an
+// underscore (client.underscore_headers: reject).
+var errUnderscore = errors.New("an underscore in its name (client.underscore_headers: reject)")
 
 // tchar is RFC 9110's token character set.
 var tchar = func() (t [256]bool) {
@@ -144,26 +151,36 @@ func validFieldValue(v string) bool {
 }
 
 // checkOutgoing checks the request every try sends; the error says what
-// is wrong (for the 400 and the access log).
-func checkOutgoing(out *outRequest) error {
+// is wrong (for the 400 and the access log). underscores is
+// client.underscore_headers: a header field whose name has an underscore
+// is removed (drop: dropped says so), refused (reject) or kept (allow).
+func checkOutgoing(out *outRequest, underscores string) (dropped bool, err error) {
 	if !isToken(out.method) {
-		return errors.Join(errBadRequest, errors.New("the method is not a token"))
+		return false, errors.Join(errBadRequest, errors.New("the method is not a token"))
 	}
 	if !validTarget(out.method, out.uri) {
-		return errors.Join(errBadRequest, errors.New("the request target is not in origin form (or * for OPTIONS) of visible ASCII"))
+		return false, errors.Join(errBadRequest, errors.New("the request target is not in origin form (or * for OPTIONS) of visible ASCII"))
 	}
 	if out.host != "" && !validHost(out.host) || out.fwd.host != "" && !validHost(out.fwd.host) {
-		return errors.Join(errBadRequest, errors.New("the Host is not a valid host[:port]"))
+		return false, errors.Join(errBadRequest, errors.New("the Host is not a valid host[:port]"))
 	}
 	for k, vv := range out.header {
 		if !isToken(k) {
-			return errors.Join(errBadRequest, errors.New("a header name is not a token"))
+			return false, errors.Join(errBadRequest, errors.New("a header name is not a token"))
+		}
+		if underscores != service.UnderscoreAllow && strings.IndexByte(k, '_') >= 0 {
+			if underscores == service.UnderscoreReject {
+				return false, errors.Join(errBadRequest, fmt.Errorf("header %s: %w", k, errUnderscore))
+			}
+			delete(out.header, k)
+			dropped = true
+			continue
 		}
 		for _, v := range vv {
 			if !validFieldValue(v) {
-				return errors.Join(errBadRequest, errors.New("header "+k+" has a control character in its value"))
+				return false, errors.Join(errBadRequest, errors.New("header "+k+" has a control character in its value"))
 			}
 		}
 	}
-	return nil
+	return dropped, nil
 }

@@ -2,7 +2,7 @@ package proxy
 
 import (
 	"bufio"
-	"github.com/sluicelb/sluice/internal/h2raw"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/internal/h2raw"
+	"github.com/sluicelb/sluice/l7/service"
 )
 
 // Pseudo-headers and header values that would inject a request line or
@@ -206,4 +209,49 @@ func mustAddrPort(t *testing.T, s string) netip.AddrPort {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// client.underscore_headers: a request header field named with an
+// underscore (X_Forwarded_For, which a CGI-style backend reads as the
+// X-Forwarded-For sluice writes) is dropped by default, refused with 400
+// under reject (the backend never sees the request), passed under allow.
+func TestUnderscoreHeaders(t *testing.T) {
+	for _, c := range []struct {
+		mode     string
+		status   int
+		reaches  bool
+		spoofSet bool
+	}{
+		{"", 200, true, false}, // the default: drop
+		{service.UnderscoreDrop, 200, true, false},
+		{service.UnderscoreReject, 400, false, false},
+		{service.UnderscoreAllow, 200, true, true},
+	} {
+		t.Run("mode="+c.mode, func(t *testing.T) {
+			be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "%q %q", r.Header.Get("X_Forwarded_For"), r.Header.Get("X-Ok"))
+			})
+			h := start(t, newPool(t, nil, be.addr), func(o *Options) { o.Client.UnderscoreHeaders = c.mode })
+			resp, body := h.do(t, http.MethodGet, "/", nil, http.Header{"X_Forwarded_For": {"6.6.6.6"}, "X-Ok": {"1"}})
+			if resp.StatusCode != c.status {
+				t.Fatalf("status %d (%s), want %d", resp.StatusCode, body, c.status)
+			}
+			if got := be.count.Load() == 1; got != c.reaches {
+				t.Fatalf("the backend got %d requests", be.count.Load())
+			}
+			if !c.reaches {
+				if l := h.access.last(t); !strings.Contains(strings.ToLower(l.Error), "x_forwarded_for") || !strings.Contains(l.Error, "underscore") {
+					t.Errorf("access log error %q, want the field and why", l.Error)
+				}
+				return
+			}
+			want := `"" "1"`
+			if c.spoofSet {
+				want = `"6.6.6.6" "1"`
+			}
+			if body != want {
+				t.Errorf("the backend saw %s, want %s", body, want)
+			}
+		})
+	}
 }

@@ -34,7 +34,7 @@ func translate(t *testing.T, r *http.Request, body []byte, trusted []netip.Prefi
 		t.Fatalf("body: %v", err)
 	}
 	(&Server{}).outgoing(&o, st, r, b)
-	if checkOutgoing(&o) != nil {
+	if _, err := checkOutgoing(&o, service.UnderscoreAllow); err != nil {
 		return nil, false
 	}
 	if o.host == "" {

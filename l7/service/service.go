@@ -275,6 +275,14 @@ const (
 	DefaultH2MaxResetStreams = 200
 )
 
+// What client.underscore_headers does with a request header field whose
+// name has an underscore.
+const (
+	UnderscoreDrop   = "drop"   // removed before the request goes on (nginx's default)
+	UnderscoreReject = "reject" // the request gets 400 (Envoy's edge recommendation)
+	UnderscoreAllow  = "allow"  // passed on like any other
+)
+
 // Bounds of the client limits (validation).
 const (
 	MinMaxHeaderBytes = 1 << 10
@@ -321,6 +329,13 @@ type ClientLimits struct {
 	// than this many, and at least half of the streams it opened, the
 	// connection gets GOAWAY ENHANCE_YOUR_CALM and is closed. Default 200.
 	H2MaxResetStreams int
+	// UnderscoreHeaders is what happens to a request header field whose
+	// name has an underscore: UnderscoreDrop (default), UnderscoreReject
+	// or UnderscoreAllow. Backends that see headers through CGI-style
+	// names (PHP, WSGI, Rack: HTTP_X_FORWARDED_FOR) cannot tell
+	// X_Forwarded_For from the X-Forwarded-For sluice writes: passed on,
+	// a client could spoof the forwarding headers.
+	UnderscoreHeaders string
 }
 
 // WithDefaults is c with its zero fields set to their defaults.
@@ -348,6 +363,9 @@ func (c ClientLimits) WithDefaults() ClientLimits {
 	}
 	if c.MaxHeaderCount <= 0 {
 		c.MaxHeaderCount = DefaultMaxHeaderCount
+	}
+	if c.UnderscoreHeaders == "" {
+		c.UnderscoreHeaders = UnderscoreDrop
 	}
 	if c.H2MaxStreams <= 0 {
 		c.H2MaxStreams = DefaultH2MaxStreams

@@ -236,7 +236,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 			MaxConnections:    c.MaxConnections, MaxRequests: c.MaxRequests,
 			MaxBodyBytes: c.MaxBodyBytes, MaxHeaderCount: c.MaxHeaderCount,
 			H2MaxStreams: c.H2MaxStreams, H2StreamWindow: c.H2StreamWindow, H2ConnWindow: c.H2ConnWindow,
-			H2MaxResetStreams: c.H2MaxResetStreams,
+			H2MaxResetStreams: c.H2MaxResetStreams, UnderscoreHeaders: c.UnderscoreHeaders,
 		}
 	}
 	if u := svc.Upstream; u != nil {

@@ -193,6 +193,7 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.int(cp+".h2_stream_window", &s.Client.H2StreamWindow, service.DefaultH2StreamWindow)
 		d.int(cp+".h2_connection_window", &s.Client.H2ConnWindow, service.DefaultH2ConnWindow)
 		d.int(cp+".h2_max_reset_streams", &s.Client.H2MaxResetStreams, service.DefaultH2MaxResetStreams)
+		d.str(cp+".underscore_headers", &s.Client.UnderscoreHeaders, service.UnderscoreDrop)
 		if s.Upstream == nil {
 			s.Upstream = &Upstream{}
 		}

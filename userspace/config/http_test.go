@@ -50,7 +50,7 @@ func TestHTTPListenerAndUpstreamKeys(t *testing.T) {
 	if s.TLS == nil || s.TLS.Cert != cert || s.TLS.Key != key {
 		t.Errorf("tls = %+v", s.TLS)
 	}
-	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200, UnderscoreHeaders: "drop"}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
 	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute), MaxConnections: 1024, Protocol: "http1", MaxHeaderBytes: 16384, MaxHeaderCount: 50}); *s.Upstream != want {
@@ -73,7 +73,7 @@ func TestHTTPKeyDefaults(t *testing.T) {
 	if s.TLS != nil || !s.H2C || s.AccessLog != AccessLogStdout {
 		t.Errorf("tls %v h2c %v access_log %q", s.TLS, s.H2C, s.AccessLog)
 	}
-	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200, UnderscoreHeaders: "drop"}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
 	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute), MaxConnections: 1024, Protocol: "http1", MaxHeaderBytes: 65536, MaxHeaderCount: 100}); *s.Upstream != want {
@@ -140,6 +140,8 @@ func TestHTTPKeyProblems(t *testing.T) {
 			[]string{"h.yaml:9: services[0].upstream.protocol: \"http2\": must be http1, h2c or h2"}},
 		{"max_streams with http1", "    upstream: {max_streams: 10}\n",
 			[]string{"h.yaml:9: services[0].upstream.max_streams: only allowed with protocol: h2c or h2"}},
+		{"underscore_headers", "    client: {underscore_headers: ignore}\n",
+			[]string{"h.yaml:9: services[0].client.underscore_headers: \"ignore\": must be drop, reject or allow"}},
 		{"max_streams bound", "    upstream: {protocol: h2c, max_streams: 0}\n",
 			[]string{"h.yaml:9: services[0].upstream.max_streams: 0: must be between 1 and 10000"}},
 		{"upgrades over h2", "    upgrades: [websocket]\n    upstream: {protocol: h2c}\n",

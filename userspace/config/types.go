@@ -346,6 +346,9 @@ type ClientLimits struct {
 	H2StreamWindow    int      `yaml:"h2_stream_window"`     // default 65536
 	H2ConnWindow      int      `yaml:"h2_connection_window"` // default 1048576
 	H2MaxResetStreams int      `yaml:"h2_max_reset_streams"` // rapid reset: GOAWAY past this many resets, default 200
+	// UnderscoreHeaders: a request header field named with an underscore
+	// is dropped (default), rejected (400) or allowed.
+	UnderscoreHeaders string `yaml:"underscore_headers"`
 }
 
 // Upstream configures an http service's connections to its backends.

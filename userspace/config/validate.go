@@ -1016,6 +1016,11 @@ func (v *validator) httpListener(s *Service, path string) {
 		v.between(cp+".h2_stream_window", int64(c.H2StreamWindow), 16<<10, 1<<31-1)
 		v.between(cp+".h2_connection_window", int64(c.H2ConnWindow), 64<<10, 1<<31-1)
 		v.between(cp+".h2_max_reset_streams", int64(c.H2MaxResetStreams), 1, 1000000)
+		switch c.UnderscoreHeaders {
+		case service.UnderscoreDrop, service.UnderscoreReject, service.UnderscoreAllow:
+		default:
+			v.add(cp+".underscore_headers", "%q: must be drop, reject or allow", c.UnderscoreHeaders)
+		}
 		if c.MaxHeaderBytes < MinMaxHeaderBytes || c.MaxHeaderBytes > MaxMaxHeaderBytes {
 			v.add(cp+".max_header_bytes", "%d: must be between %d and %d", c.MaxHeaderBytes, MinMaxHeaderBytes, MaxMaxHeaderBytes)
 		}
