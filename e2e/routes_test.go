@@ -70,6 +70,9 @@ func TestL7Routes(t *testing.T) {
 		{"API.lab:80", "/", 200, "be2", "api.internal"},
 		{"www.lab", "/static/app.js", 200, "be3", "www.lab"},
 		{"img.cdn.lab", "/static/a.png", 200, "be3", "img.cdn.lab"},
+		// A form a backend reads as /static/… matches its route too
+		// (the test backend's mux would redirect a //static// path).
+		{"www.lab", "/%73tatic/app.js", 200, "be3", "www.lab"},
 		{"other.lab", "/static/a.png", 200, "be1", "other.lab"},
 		{"www.lab", "/index.html", 404, "", ""},
 	} {

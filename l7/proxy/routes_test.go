@@ -51,6 +51,9 @@ func TestRoutes(t *testing.T) {
 		{"API.example:8080", "/", 200, "api", "api.internal", "api"},
 		{"www.example", "/static/app.js", 200, "static", "www.example", "static"},
 		{"img.cdn.example", "/static/a.png", 200, "static", "img.cdn.example", "static"},
+		// The forms a backend reads as /static/… match its route too.
+		{"www.example", "/%73tatic/app.js", 200, "static", "www.example", "static"},
+		{"www.example", "//static//app.js", 200, "static", "www.example", "static"},
 		{"other.example", "/static/a.png", 200, "web", "other.example", "default"},
 		{"www.example", "/index.html", 404, "", "", ""},
 		{"www.example", "/static/../admin", 400, "", "", ""},

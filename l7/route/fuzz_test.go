@@ -20,7 +20,7 @@ func FuzzMatch(f *testing.F) {
 	}
 	for _, s := range [][3]string{
 		{"a.example", "/api/x", "GET"}, {"[::1]:80", "/", "POST"}, {"x.w.example.", "/%2e%2e/", "GET"},
-		{"", "", ""}, {":", "/..", "PUT"}, {"[", "//", "GET"}, {"A.EXAMPLE:99999", "/x", "GET"},
+		{"", "", ""}, {":", "/..", "PUT"}, {"a.example", "/%61pi//x%2f", "GET"}, {"[", "//", "GET"}, {"A.EXAMPLE:99999", "/x", "GET"},
 	} {
 		f.Add(s[0], s[1], s[2], "1")
 	}
@@ -31,5 +31,9 @@ func FuzzMatch(f *testing.F) {
 		}
 		_ = CheckPath(path)
 		_ = NormalizeHost(host)
+		// The form routes are matched in is its own form.
+		if m := MatchPath(path); MatchPath(m) != m {
+			t.Fatalf("MatchPath(%q) = %q, whose MatchPath is %q", path, m, MatchPath(m))
+		}
 	})
 }

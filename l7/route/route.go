@@ -220,6 +220,8 @@ func newEntry(i int, sp Spec) (entry, error) {
 	if err := CheckPattern(e.path); err != nil {
 		return e, err
 	}
+	// Compared in the form requests' paths are matched in (MatchPath).
+	e.path = MatchPath(e.path)
 	for _, m := range sp.Methods {
 		if !httpguts.ValidHeaderFieldName(m) {
 			return e, fmt.Errorf("method %q is not a method name such as GET", m)
@@ -332,8 +334,10 @@ func overlap(a, b []string) (string, bool) {
 
 // Match returns the index (into the specs given to Compile) of the route
 // of a request: host is the request's Host (a port is ignored), path its
-// path as sent (without the query). ok is false when no route matches.
+// path as sent (without the query), compared in its MatchPath form. ok is
+// false when no route matches.
 func (t *Table) Match(host, path, method string, h http.Header) (idx int, ok bool) {
+	path = MatchPath(path)
 	s := t.site(NormalizeHost(host))
 	if s == nil {
 		return 0, false
@@ -439,6 +443,73 @@ func CheckPattern(p string) error {
 		return fmt.Errorf("path %q: no . or .. segment", p)
 	}
 	return nil
+}
+
+// MatchPath is the form of a path that routes are matched in (the path
+// sent to the backend is the client's, unchanged): percent-encoded
+// unreserved characters decoded (RFC 3986 6.2.2.2: %61 is a, %7E is ~),
+// the hex digits of other escapes in upper case (%2f is %2F), and runs
+// of slashes merged into one (nginx's merge_slashes, on by default).
+// Every form a backend would read as the same path matches the same
+// route: /%61dmin and //admin cannot slip past a route for /admin to the
+// default route's pool. An encoded slash (%2F) stays one: it is not a
+// segment boundary to every backend (Envoy's default keeps it too). A
+// path with a '%' that starts no escape is returned as it is.
+func MatchPath(p string) string {
+	if strings.IndexByte(p, '%') < 0 && !strings.Contains(p, "//") {
+		return p // the common path: nothing to do, nothing allocated
+	}
+	b := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '%' {
+			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+				// Not an escape: left as it is (decoding around it could
+				// make one, "%0%61"), and refused before it is sent (400:
+				// strict translation).
+				return p
+			}
+			d := unhex(p[i+1])<<4 | unhex(p[i+2])
+			if !unreserved(d) {
+				b = append(b, '%', upperHex(p[i+1]), upperHex(p[i+2]))
+				i += 2
+				continue
+			}
+			c = d
+			i += 2
+		}
+		if c == '/' && len(b) > 0 && b[len(b)-1] == '/' {
+			continue
+		}
+		b = append(b, c)
+	}
+	return string(b)
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+func upperHex(c byte) byte {
+	if 'a' <= c && c <= 'f' {
+		return c - 'a' + 'A'
+	}
+	return c
+}
+
+// unreserved is RFC 3986's unreserved set: ALPHA, DIGIT, - . _ ~.
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
 }
 
 // CheckPath checks a request's path on a listener that routes by path:

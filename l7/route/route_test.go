@@ -142,3 +142,45 @@ func TestSpecString(t *testing.T) {
 		}
 	}
 }
+
+func TestMatchPath(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"/api/x", "/api/x"},
+		{"/%61dmin", "/admin"},
+		{"/%41%5a%7e%2d%2E%5f%30", "/AZ~-._0"},
+		{"/a%2fb", "/a%2Fb"}, // an encoded slash stays encoded
+		{"/a%2Fb", "/a%2Fb"},
+		{"/%e2%82%ac", "/%E2%82%AC"},
+		{"//admin///x", "/admin/x"},
+		{"/%2F/", "/%2F/"},
+		{"/%", "/%"}, {"/%6", "/%6"}, {"/%zz", "/%zz"}, {"/%61", "/a"}, {"/a%6", "/a%6"},
+		{"%0%61", "%0%61"}, {"//%zz%61", "//%zz%61"}, // not escapes: left alone
+		{"", ""},
+	} {
+		if got := MatchPath(c.in); got != c.want {
+			t.Errorf("MatchPath(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+// Routes match every form of a path a backend reads as the same: an
+// encoded unreserved character or doubled slashes cannot slip a request
+// past /admin's route to the default one.
+func TestMatchNormalizesPaths(t *testing.T) {
+	tab, err := Compile([]Spec{{Name: "admin", Path: "/admin"}, {Name: "exact", ExactPath: "/a~b"}, {Name: "default", Path: "/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path string
+		want int
+	}{
+		{"/admin/x", 0}, {"/%61dmin/x", 0}, {"/%61%64%6D%69%6E", 0}, {"//admin", 0}, {"/admin%2Fx", 0},
+		{"/a~b", 1}, {"/a%7Eb", 1}, {"/a%7eb", 1},
+		{"/public", 2}, {"/%2Fadmin", 2},
+	} {
+		if i, ok := tab.Match("h", c.path, "GET", nil); !ok || i != c.want {
+			t.Errorf("Match(%q) = %d, %v; want %d", c.path, i, ok, c.want)
+		}
+	}
+}
