@@ -159,7 +159,9 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 		case h2HeaderTooLarge(err):
 			res.err, res.outcome.Kind, res.refused = s.headerTooLarge(), retry.Reset, true
 		case h2FieldTooLarge(err):
-			res.err, res.outcome.Kind, res.refused = fmt.Errorf("%w (or not valid HPACK: %v)", s.headerTooLarge(), err), retry.Reset, true
+			// The whole connection failed, every stream on it with the
+			// same error: a reset like any other for each of them.
+			res.err, res.outcome.Kind = fmt.Errorf("%w (a response header field longer than upstream.max_header_bytes (%d), or not valid HPACK)", err, s.respHeader.bytes), retry.Reset
 		default:
 			res.outcome.Kind = retry.Reset
 		}
@@ -221,7 +223,8 @@ func h2HeaderTooLarge(err error) bool {
 // h2FieldTooLarge is whether a connection failed decoding a response
 // header: the library's HPACK decoder refuses a field longer than
 // MaxHeaderListSize with a COMPRESSION_ERROR of the whole connection
-// (which an HPACK block the backend got wrong gives too).
+// (which an HPACK block the backend got wrong gives too). Which stream
+// carried it is not known: the try is not refused but reset.
 func h2FieldTooLarge(err error) bool {
 	var ce http2.ConnectionError
 	return errors.As(err, &ce) && http2.ErrCode(ce) == http2.ErrCodeCompression
