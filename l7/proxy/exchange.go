@@ -176,14 +176,21 @@ func (s *Server) headerTooLarge() error {
 // checkHeaderCount refuses a response header with more fields than
 // upstream.max_header_count (each value of a repeated field counts).
 func (s *Server) checkHeaderCount(h http.Header) error {
+	if n := fieldCount(h); n > s.respHeader.count {
+		return fmt.Errorf("%w: backend response header has %d fields, more than upstream.max_header_count (%d)", errRespHeaderLimit, n, s.respHeader.count)
+	}
+	return nil
+}
+
+// fieldCount is how many fields h has, each value of a repeated name
+// counted (what client.max_header_count and upstream.max_header_count
+// bound).
+func fieldCount(h http.Header) int {
 	n := 0
 	for _, vv := range h {
 		n += len(vv)
 	}
-	if n > s.respHeader.count {
-		return fmt.Errorf("%w: backend response header has %d fields, more than upstream.max_header_count (%d)", errRespHeaderLimit, n, s.respHeader.count)
-	}
-	return nil
+	return n
 }
 
 // errRespHeaderLimit marks a response refused at the service's response

@@ -308,11 +308,7 @@ func (q *request) admit() bool {
 		// request that had both must not be followed by another).
 		w.Header().Set("Connection", "close")
 	}
-	n := 0
-	for _, vv := range r.Header {
-		n += len(vv)
-	}
-	if n > s.limits.MaxHeaderCount {
+	if n := fieldCount(r.Header); n > s.limits.MaxHeaderCount {
 		s.fail(w, q.rec, http.StatusRequestHeaderFieldsTooLarge,
 			"request has "+strconv.Itoa(n)+" header fields, more than client.max_header_count ("+strconv.Itoa(s.limits.MaxHeaderCount)+")")
 		s.obs.Refused(s.name, limitHeaderCount)
