@@ -158,6 +158,7 @@ type AccessLine struct {
 		Status        int    `json:"status"`
 		Sent          bool   `json:"sent"`
 		Resent        int    `json:"resent"`
+		Early         bool   `json:"early"`
 		Trial         bool   `json:"trial"`
 		Retry         bool   `json:"retry"`
 		BudgetRefused bool   `json:"budget_refused"`

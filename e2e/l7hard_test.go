@@ -512,3 +512,30 @@ func TestL7ResponseHeaderLimits(t *testing.T) {
 		t.Errorf("metrics lack sluice_l7_refused_total{limit=\"upstream_header\"} 8")
 	}
 }
+
+// A backend that answers before the end of an upload and stops reading it
+// (the test backend's /status/413 reads no body; Go's server then closes
+// the connection) has its answer passed on: the client gets the 413, not
+// a 502 of sluice's own, and no backend is counted as failing however
+// many such uploads a client sends.
+func TestL7EarlyResponse(t *testing.T) {
+	lab, agent := startL7(t, agentConfig{Timeouts: "{connect: 1s, read: 5s, total: 8s}"})
+	file := filepath.Join(t.TempDir(), "upload")
+	if err := os.WriteFile(file, make([]byte, 8<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 { // past the pool's ejection threshold (2 failures)
+		rid := newRID("early")
+		r := lab.curl("POST", httpURL+"status/413?rid="+rid, "--data-binary", "@"+file)
+		al := agent.accessFor(t, rid)
+		if r.Code != 413 || r.Backend == "" || al.Tries != 1 || al.Error != "" || len(al.Try) != 1 ||
+			al.Try[0].Status != 413 || !al.Try[0].Early || al.Try[0].Outcome != "ok" {
+			t.Errorf("upload %d: %d from %q, access log %+v; want the backend's 413, one try, marked early", i, r.Code, r.Backend, al)
+		}
+	}
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
+			t.Errorf("%s after early answers: %q, %v; want active", be, st, err)
+		}
+	}
+}

@@ -411,6 +411,9 @@ func appendTry(b []byte, t *Try) []byte {
 		b = append(b, `,"resent":`...)
 		b = strconv.AppendInt(b, int64(t.Resent), 10)
 	}
+	if t.Early {
+		b = append(b, `,"early":true`...)
+	}
 	b = append(b, `,"ms":`...)
 	b = appendFloat(b, t.Millis)
 	if t.Error != "" {

@@ -26,7 +26,7 @@ func sampleRecord() *Record {
 			{Backend: "198.18.2.11:80", Answer: "static 198.18.2.11:80", Outcome: "connect-failure", Phase: "connect",
 				Millis: 0.152, Error: "dial tcp: connection refused", Retry: true,
 				Why: "connect-failure before the request was sent", Backoff: 0.628},
-			{Backend: "198.18.2.12:80", Reused: true, Trial: true, Outcome: "status", Status: 503, Sent: true,
+			{Backend: "198.18.2.12:80", Reused: true, Trial: true, Outcome: "status", Status: 503, Sent: true, Early: true,
 				Millis: 0.347, BudgetRefused: true, Why: "status 503; but the retry budget is spent"},
 			{Backend: "198.18.2.13:80", Outcome: "ok", Status: 200, Sent: true, Resent: 1, Millis: 12, Why: "success"},
 		},

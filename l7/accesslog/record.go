@@ -56,7 +56,11 @@ type Try struct {
 	// connection because the pooled one taken had been closed by the
 	// backend while idle (found so before any response byte; only a
 	// request that cannot be delivered twice that way).
-	Resent   int           `json:"resent,omitempty"`
+	Resent int `json:"resent,omitempty"`
+	// Early: the backend answered before the whole request was sent (it
+	// stopped reading it: a 413 before an upload); the rest of the body
+	// was not sent and the connection was closed.
+	Early    bool          `json:"early,omitempty"`
 	Duration time.Duration `json:"-"`
 	Millis   float64       `json:"ms"`
 	Error    string        `json:"error,omitempty"`

@@ -10,11 +10,14 @@ import (
 // reqBody is a client's request body: its first bytes buffered for replay,
 // the rest (if any) still unread on the client connection.
 type reqBody struct {
-	buf       []byte
-	rest      io.Reader // nil when the whole body is in buf
-	length    int64     // total length, -1 when unknown
-	consumed  bool      // bytes beyond buf were read: the body cannot be produced again
-	clientErr error     // reading from the client failed
+	buf    []byte
+	rest   io.Reader // nil when the whole body is in buf
+	length int64     // total length, -1 when unknown
+	// consumed: bytes beyond buf were read, the body cannot be produced
+	// again (atomic: an HTTP/2 upstream's transport may still be reading
+	// the body on its own goroutine after the response came).
+	consumed  atomic.Bool
+	clientErr error // reading from the client failed
 	// read is the bytes read from the client: atomic, as an HTTP/2
 	// upstream's transport reads a body past the buffer on its own
 	// goroutine, possibly still when the request's access log line is
@@ -75,7 +78,7 @@ func (b *reqBody) eof() {
 }
 
 // replayable is whether the body can be produced again for another try.
-func (b *reqBody) replayable() bool { return !b.consumed }
+func (b *reqBody) replayable() bool { return !b.consumed.Load() }
 
 // reader returns the body from its start for one try.
 func (b *reqBody) reader() io.Reader {
@@ -91,7 +94,7 @@ func (r *restReader) Read(p []byte) (int, error) {
 	b := r.b
 	n, err := b.rest.Read(p)
 	if n > 0 {
-		b.consumed = true
+		b.consumed.Store(true)
 		b.read.Add(int64(n))
 	}
 	if err == io.EOF {

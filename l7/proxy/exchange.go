@@ -76,6 +76,9 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		default:
 			res.outcome.Kind = retry.Reset
 		}
+		if errors.Is(err, errRespHeaderLimit) {
+			res.refused = true
+		}
 		res.stale = !res.clientGone && conn.Reused() && res.outcome.Kind == retry.Reset && readNothing && !conn.Removed()
 		if conn.Removed() && !res.clientGone {
 			res.err = removedErr(err)
@@ -101,36 +104,77 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 	}
 	err := writeRequest(conn.Writer(), out)
 	out.host = host
-	if err != nil {
+	var resp *http.Response
+	switch {
+	case err == nil:
+		cw.requestSent()
+		// The response header must come within `read` of the request's end.
+		conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(t.Read), deadline))
+		if resp, err = s.readResponse(conn, out, read0); err != nil {
+			return fail("read", err)
+		}
+	case ctx.Err() != nil || errors.Is(err, errClientBody):
 		return fail("send", err)
+	default:
+		// The backend may have answered before the request's end and
+		// stopped reading it (a 413 or a 401 before an upload): the
+		// write failed, but its response came first. Pass that on
+		// rather than a reset of sluice's own.
+		conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(earlyWait), deadline))
+		early, rerr := s.readResponse(conn, out, read0)
+		switch {
+		case errors.Is(rerr, errRespHeaderLimit):
+			return fail("read", rerr)
+		case rerr != nil || early.StatusCode == http.StatusSwitchingProtocols:
+			return fail("send", err)
+		}
+		resp = early
+		// The rest of the request was not sent: the connection is
+		// not reused.
+		resp.Close = true
+		res.early = true
 	}
-	cw.requestSent()
-	// The response header must come within `read` of the request's end.
-	conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(t.Read), deadline))
-	// The response header (with the informational responses before it)
-	// is bounded by upstream.max_header_bytes as it is read.
+	// From now on `read` bounds the wait between two body reads.
+	conn.SetTimeouts(t.Send, t.Read, deadline)
+	res.resp = resp
+	res.outcome.Sent = true
+	res.outcome.StatusCode = resp.StatusCode
+	if st.policy.FailureStatus(resp.StatusCode) {
+		res.outcome.Kind = retry.Status
+	}
+	return res
+}
+
+// earlyWait bounds the wait for the response of a backend that stopped
+// reading a request before its end: a response sent before the backend
+// closed or reset the connection is already there (TCP delivers it ahead
+// of the close); one that takes longer is not waited for.
+const earlyWait = 100 * time.Millisecond
+
+// readResponse reads the backend's response header on conn, skipping the
+// informational responses before the final one (at most max1xx). The
+// header (with those before it) is bounded by upstream.max_header_bytes as
+// it is read; past that limit or upstream.max_header_count the error
+// wraps errRespHeaderLimit. read0 is conn.ReadBytes() before the response.
+func (s *Server) readResponse(conn *upstream.Conn, out *outRequest, read0 int64) (*http.Response, error) {
 	conn.LimitReads(int64(s.respHeader.bytes) + readAhead)
-	refuse := func(err error) exResult {
-		r := fail("read", err)
-		r.refused = true
-		return r
-	}
+	defer conn.LimitReads(0)
 	var resp *http.Response
 	for i := 0; ; i++ {
 		out.respFor.Method = out.method
 		r, err := http.ReadResponse(conn.Reader(), &out.respFor)
 		if errors.Is(err, upstream.ErrTooLarge) {
-			return refuse(s.headerTooLarge())
+			return nil, s.headerTooLarge()
 		}
 		if err != nil {
-			return fail("read", err)
+			return nil, err
 		}
 		if r.StatusCode == http.StatusSwitchingProtocols {
 			if out.upgrade == "" {
-				return fail("read", errors.New("backend switched protocols, which was not asked for"))
+				return nil, errors.New("backend switched protocols, which was not asked for")
 			}
 			if got := r.Header.Get("Upgrade"); !strings.EqualFold(strings.TrimSpace(got), out.upgrade) {
-				return fail("read", fmt.Errorf("backend switched to %q, not the %q asked for", got, out.upgrade))
+				return nil, fmt.Errorf("backend switched to %q, not the %q asked for", got, out.upgrade)
 			}
 			resp = r
 			break
@@ -146,25 +190,16 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 			break
 		}
 		if i >= max1xx {
-			return fail("read", fmt.Errorf("more than %d informational responses", max1xx))
+			return nil, fmt.Errorf("more than %d informational responses", max1xx)
 		}
 	}
 	if conn.ReadBytes()-read0-int64(conn.Reader().Buffered()) > int64(s.respHeader.bytes) {
-		return refuse(s.headerTooLarge())
+		return nil, s.headerTooLarge()
 	}
 	if err := s.checkHeaderCount(resp.Header); err != nil {
-		return refuse(err)
+		return nil, err
 	}
-	// From now on `read` bounds the wait between two body reads.
-	conn.SetTimeouts(t.Send, t.Read, deadline)
-	conn.LimitReads(0)
-	res.resp = resp
-	res.outcome.Sent = true
-	res.outcome.StatusCode = resp.StatusCode
-	if st.policy.FailureStatus(resp.StatusCode) {
-		res.outcome.Kind = retry.Status
-	}
-	return res
+	return resp, nil
 }
 
 // headerTooLarge is the error of a response whose header is larger than

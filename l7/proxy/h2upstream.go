@@ -324,7 +324,7 @@ func (hs *h2Stream) settleBody(out *outRequest) {
 		if hs.tee != nil {
 			hs.tee.detach()
 		}
-		out.body.consumed = true
+		out.body.consumed.Store(true)
 	}
 }
 
@@ -499,15 +499,15 @@ func (t *teeBody) Read(p []byte) (int, error) {
 	}
 	if n > 0 {
 		b.read.Add(int64(n))
-		if !b.consumed && int64(len(b.buf)+n) <= t.limit {
+		if !b.consumed.Load() && int64(len(b.buf)+n) <= t.limit {
 			b.buf = append(b.buf, p[:n]...)
 		} else {
-			b.consumed = true
+			b.consumed.Store(true)
 		}
 	}
 	switch {
 	case err == io.EOF:
-		if !b.consumed {
+		if !b.consumed.Load() {
 			b.rest, b.length = nil, int64(len(b.buf))
 		}
 		b.eof()

@@ -68,6 +68,9 @@ type tryResult struct {
 	// h2 is the try's stream when the upstream is HTTP/2 (conn is nil
 	// then; see h2upstream.go).
 	h2 *h2Stream
+	// early: the backend answered before the request's end, and the
+	// rest of it was not sent (see Server.exchange).
+	early bool
 	// resent counts the times the request was sent again on another
 	// pooled connection, the one taken having been closed by the backend
 	// while idle (stale; see Server.try).
@@ -404,7 +407,7 @@ func (q *request) try(b pool.Backend, trial bool) (tryResult, accesslog.Try) {
 	tr := accesslog.Try{
 		Backend: as.name, Answer: b.Info, Trial: trial,
 		Outcome: res.outcome.Kind.String(), Phase: res.phase, Sent: res.outcome.Sent,
-		Duration: time.Since(t0), Resent: res.resent,
+		Duration: time.Since(t0), Resent: res.resent, Early: res.early,
 	}
 	tr.Millis = float64(tr.Duration.Microseconds()) / 1000
 	if res.conn != nil {

@@ -1,0 +1,166 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/pool"
+)
+
+// tooLarge answers 413 without reading the request body, as a backend
+// with a body limit does (Go's server then closes the connection, and the
+// upload's next writes fail).
+func tooLarge(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(http.StatusRequestEntityTooLarge)
+	io.WriteString(w, "too large\n")
+}
+
+// rstBackend reads a request's header, then answers with resp (none when
+// "") and closes at once with the body unread: the kernel resets the
+// connection, and the proxy's writes of the body fail.
+func rstBackend(t *testing.T, resp string) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				if resp != "" {
+					io.WriteString(c, resp)
+				}
+				// Let some of the body arrive unread: close then resets.
+				time.Sleep(20 * time.Millisecond)
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+// A backend that answers before the end of a request's body and stops
+// reading it (a 413 before an upload) gets its answer to the client: not
+// a 502 of sluice's own, and not a failure counted against the backend
+// (a client could otherwise get healthy backends ejected by sending
+// bodies they refuse).
+func TestEarlyResponse(t *testing.T) {
+	body := bytes.Repeat([]byte("a"), 8<<20)
+	ej := func(o *Options) { o.Ejection.Failures = 1 }
+	cases := []struct {
+		name    string
+		backend func(t *testing.T) netip.AddrPort
+		h2c     bool
+	}{
+		{"http1", func(t *testing.T) netip.AddrPort { return newBackend(t, tooLarge).addr }, false},
+		{"http1-reset", func(t *testing.T) netip.AddrPort {
+			return rstBackend(t, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 10\r\n\r\ntoo large\n")
+		}, false},
+		{"h2c", func(t *testing.T) netip.AddrPort {
+			return newH2CBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusRequestEntityTooLarge)
+				io.WriteString(w, "too large\n")
+			}).addr
+		}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			addr := c.backend(t)
+			p := newPool(t, nil, addr)
+			var h *harness
+			if c.h2c {
+				h = startH2Upstream(t, ej, addr)
+			} else {
+				h = start(t, p, ej)
+			}
+			for i := range 3 {
+				var resp *http.Response
+				var got string
+				if c.h2c {
+					resp, got = h.do(t, "POST", "/upload", body, nil)
+				} else {
+					resp, got = uploadRaw(t, h, body)
+				}
+				if resp.StatusCode != http.StatusRequestEntityTooLarge || got != "too large\n" {
+					t.Fatalf("request %d: %d %q, want the backend's 413", i, resp.StatusCode, got)
+				}
+				l := h.access.last(t)
+				if l.Tries != 1 || l.Error != "" || l.Try[0].Outcome != "ok" || l.Try[0].Status != 413 {
+					t.Fatalf("request %d: access log %+v", i, l)
+				}
+				if !c.h2c && !l.Try[0].Early {
+					t.Errorf("request %d: try not marked early: %+v", i, l.Try[0])
+				}
+			}
+			if !c.h2c {
+				if b, _ := p.Backend(addr); b.State != pool.Active {
+					t.Errorf("backend %v: an early answer is not a failure", b.State)
+				}
+			}
+		})
+	}
+}
+
+// uploadRaw posts body over a connection of its own and reads the
+// response while the body is still being written, as curl does: Go's
+// client may report the failed write of the body's rest instead of the
+// response that came first.
+func uploadRaw(t *testing.T, h *harness, body []byte) (*http.Response, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() {
+		io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n")
+		c.Write(body)
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("upload: reading body: %v", err)
+	}
+	return resp, string(got)
+}
+
+// A backend that resets the connection during the body without a
+// response is still a reset (502), found without waiting.
+func TestResetDuringBodyNoResponse(t *testing.T) {
+	addr := rstBackend(t, "")
+	h := start(t, newPool(t, nil, addr), nil)
+	t0 := time.Now()
+	resp, got := uploadRaw(t, h, bytes.Repeat([]byte("a"), 8<<20))
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(got, "reset") {
+		t.Fatalf("%d %q, want a 502 reset", resp.StatusCode, got)
+	}
+	if l := h.access.last(t); l.Try[0].Early || l.Try[0].Phase != "send" {
+		t.Errorf("try %+v, want a send-phase reset", l.Try[0])
+	}
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Errorf("took %v", d)
+	}
+}
