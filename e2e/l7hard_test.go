@@ -513,18 +513,23 @@ func TestL7ResponseHeaderLimits(t *testing.T) {
 	}
 }
 
+// longEjection ejects an address after two failures for long enough that
+// a test sees it still ejected at its end (four requests over three
+// backends give one of them two).
+const longEjection = "{failures: 2, window: 60s, base_time: 60s, max_time: 120s, max_ejected_percent: 50}"
+
 // A backend that answers before the end of an upload and stops reading it
 // (the test backend's /status/413 reads no body; Go's server then closes
 // the connection) has its answer passed on: the client gets the 413, not
 // a 502 of sluice's own, and no backend is counted as failing however
 // many such uploads a client sends.
 func TestL7EarlyResponse(t *testing.T) {
-	lab, agent := startL7(t, agentConfig{Timeouts: "{connect: 1s, read: 5s, total: 8s}"})
+	lab, agent := startL7(t, agentConfig{Timeouts: "{connect: 1s, read: 5s, total: 8s}", Ejection: longEjection})
 	file := filepath.Join(t.TempDir(), "upload")
 	if err := os.WriteFile(file, make([]byte, 8<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 4 { // past the pool's ejection threshold (2 failures)
+	for i := range 4 { // one backend at least gets two
 		rid := newRID("early")
 		r := lab.curl("POST", httpURL+"status/413?rid="+rid, "--data-binary", "@"+file)
 		al := agent.accessFor(t, rid)
@@ -536,6 +541,50 @@ func TestL7EarlyResponse(t *testing.T) {
 	for _, be := range []string{"be1", "be2", "be3"} {
 		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
 			t.Errorf("%s after early answers: %q, %v; want active", be, st, err)
+		}
+	}
+}
+
+// A client that stalls its upload past a backend's own body timeout gets
+// a 502 when the backend gives up on it, but the backend is not counted
+// as failing: slow uploads cannot get backends ejected (the test
+// backend's /upload drops a request whose body stalls for 500 ms). An
+// upload at the client's pace goes through.
+func TestL7ClientStallSparesBackends(t *testing.T) {
+	lab, agent := startL7(t, agentConfig{Timeouts: "{connect: 1s, read: 5s, total: 8s}", Ejection: longEjection})
+	const n = 2 << 20
+	upload := func(rid string, stall time.Duration) (int, string) {
+		c := lab.dialFrom("client", httpAddr)
+		defer c.Close()
+		fmt.Fprintf(c, "POST /upload?rid=%s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", rid, httpVIP, n)
+		go func() {
+			c.Write(make([]byte, 128<<10))
+			time.Sleep(stall)
+			c.Write(make([]byte, n-128<<10))
+		}()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("upload %s: %v", rid, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	if code, body := upload(newRID("flow"), 0); code != 200 || body != fmt.Sprint(n) {
+		t.Fatalf("upload at the client's pace: %d %q, want 200 %d", code, body, n)
+	}
+	for i := range 4 { // one backend at least gets two
+		rid := newRID("stall")
+		code, _ := upload(rid, 1500*time.Millisecond)
+		al := agent.accessFor(t, rid)
+		if code != 502 || len(al.Try) != 1 || al.Try[0].Outcome != "reset" || !strings.Contains(al.Error, "request body had stalled") {
+			t.Errorf("stalled upload %d: %d, access log %+v; want a 502 naming the client's stall", i, code, al)
+		}
+	}
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
+			t.Errorf("%s after stalled uploads: %q, %v; want active", be, st, err)
 		}
 	}
 }

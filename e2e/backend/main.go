@@ -220,6 +220,7 @@ func (b *backend) routes() http.Handler {
 	mux.HandleFunc("/status/{code}", b.wrap(b.status))
 	mux.HandleFunc("/stream", b.wrap(b.stream))
 	mux.HandleFunc("/big", b.wrap(b.big))
+	mux.HandleFunc("/upload", b.wrap(upload))
 	// /redirect?to=URL: a 302 to URL, and a Refresh naming it too.
 	mux.HandleFunc("/redirect", b.wrap(func(w http.ResponseWriter, r *http.Request) {
 		to := r.URL.Query().Get("to")
@@ -375,6 +376,34 @@ func (b *backend) status(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(code)
 	fmt.Fprintln(w, b.name)
+}
+
+// upload reads the request body with a body timeout of its own, as
+// application servers have: each read must come within timeout_ms (500);
+// a client that stalls longer is dropped without an answer (the
+// connection closed, as a server that gives up on a request does).
+// The answer is the body's length.
+func upload(w http.ResponseWriter, r *http.Request) {
+	ms, err := intParam(r, "timeout_ms", 500, 60000)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	var n int64
+	for {
+		_ = rc.SetReadDeadline(time.Now().Add(time.Duration(ms) * time.Millisecond))
+		m, err := r.Body.Read(buf)
+		n += int64(m)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			panic(http.ErrAbortHandler)
+		}
+	}
+	fmt.Fprintln(w, n)
 }
 
 func (b *backend) stream(w http.ResponseWriter, r *http.Request) {

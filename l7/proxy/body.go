@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync/atomic"
+	"time"
 )
 
 // reqBody is a client's request body: its first bytes buffered for replay,
@@ -22,9 +23,23 @@ type reqBody struct {
 	// upstream's transport reads a body past the buffer on its own
 	// goroutine, possibly still when the request's access log line is
 	// written.
-	read  atomic.Int64
-	atEOF func() // called once the whole body was read (may be nil)
+	read atomic.Int64
+	// stalled is the longest a read of the body past buf waited on the
+	// client, in nanoseconds, once one waited clientStall or longer (0
+	// before): see sparedClientStall.
+	stalled atomic.Int64
+	atEOF   func() // called once the whole body was read (may be nil)
 }
+
+// clientStall is how long the client's request body must have kept a try
+// waiting, in one read, for a reset of the backend during it not to
+// count against the backend: a backend's own body timeout is rarely
+// shorter, and a client sending at its link's pace waits far less.
+const clientStall = time.Second
+
+// stalledFor is the longest the client's body kept a try waiting, when
+// that was clientStall or longer (0 otherwise).
+func (b *reqBody) stalledFor() time.Duration { return time.Duration(b.stalled.Load()) }
 
 // errClientBody marks a failure to read the request body from the client.
 var errClientBody = errors.New("reading the request body from the client")
@@ -92,7 +107,11 @@ type restReader struct{ b *reqBody }
 
 func (r *restReader) Read(p []byte) (int, error) {
 	b := r.b
+	t0 := time.Now()
 	n, err := b.rest.Read(p)
+	if d := time.Since(t0); d >= clientStall && int64(d) > b.stalled.Load() {
+		b.stalled.Store(int64(d))
+	}
 	if n > 0 {
 		b.consumed.Store(true)
 		b.read.Add(int64(n))

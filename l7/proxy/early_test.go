@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -84,12 +85,13 @@ func TestEarlyResponse(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			addr := c.backend(t)
-			p := newPool(t, nil, addr)
+			spare := newBackend(t, status(200)).addr
+			p := newPool(t, nil, addr, spare)
 			var h *harness
 			if c.h2c {
 				h = startH2Upstream(t, ej, addr)
 			} else {
-				h = start(t, p, ej)
+				h = start(t, p, func(o *Options) { ej(o); o.Selector = preferSelector{addr} })
 			}
 			for i := range 3 {
 				var resp *http.Response
@@ -162,5 +164,59 @@ func TestResetDuringBodyNoResponse(t *testing.T) {
 	}
 	if d := time.Since(t0); d > 2*time.Second {
 		t.Errorf("took %v", d)
+	}
+}
+
+// A backend that gives up on a request whose body the client stalled (its
+// own body timeout) and resets the connection is not counted as failing:
+// a client could otherwise get every backend ejected with slow uploads.
+// The same reset with a client sending at its pace still counts.
+func TestClientStallNotCountedAgainstBackend(t *testing.T) {
+	for _, stall := range []bool{true, false} {
+		t.Run(map[bool]string{true: "stalled", false: "flowing"}[stall], func(t *testing.T) {
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				// Reads at most 256 KiB, within 500 ms (its body timeout),
+				// then drops the connection without an answer.
+				io.Copy(io.Discard, io.LimitReader(r.Body, 256<<10))
+				panic(http.ErrAbortHandler)
+			}))
+			srv.Config.ReadTimeout = 500 * time.Millisecond
+			srv.Start()
+			t.Cleanup(srv.Close)
+			addr := netip.MustParseAddrPort(srv.Listener.Addr().String())
+			p := newPool(t, nil, addr, newBackend(t, status(200)).addr)
+			h := start(t, p, func(o *Options) {
+				o.Ejection.Failures = 1
+				o.Selector = preferSelector{addr}
+			})
+			c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			const n = 4 << 20
+			io.WriteString(c, "POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(n)+"\r\n\r\n")
+			go func() {
+				c.Write(make([]byte, 128<<10))
+				if stall {
+					time.Sleep(1500 * time.Millisecond)
+				}
+				c.Write(make([]byte, n-128<<10))
+			}()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			l := h.access.last(t)
+			if resp.StatusCode != http.StatusBadGateway || len(l.Try) != 1 || l.Try[0].Outcome != "reset" {
+				t.Fatalf("%d, access log %+v; want a 502 after one reset", resp.StatusCode, l)
+			}
+			b, _ := p.Backend(addr)
+			if stalled := strings.Contains(l.Try[0].Error, "request body had stalled"); stalled != stall || (b.State == pool.Active) != stall {
+				t.Errorf("backend %v, try error %q; want it active and the stall named only when the client stalled", b.State, l.Try[0].Error)
+			}
+		})
 	}
 }

@@ -77,7 +77,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 			res.outcome.Kind = retry.Reset
 		}
 		if errors.Is(err, errRespHeaderLimit) {
-			res.refused = true
+			res.spared = sparedRefused
 		}
 		res.stale = !res.clientGone && conn.Reused() && res.outcome.Kind == retry.Reset && readNothing && !conn.Removed()
 		if conn.Removed() && !res.clientGone {
@@ -415,7 +415,7 @@ var errRemovedUnsent = errors.New("address removed (drain_timeout passed) before
 // removedTry is the result of such a try: a connect-phase failure, which
 // the retry rules may send elsewhere, that no ejection counts.
 func removedTry() tryResult {
-	return tryResult{err: errRemovedUnsent, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, removed: true}
+	return tryResult{err: errRemovedUnsent, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, spared: sparedRemoved}
 }
 
 // viaSluice is the Via of a response that had none.

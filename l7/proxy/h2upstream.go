@@ -103,7 +103,9 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 	conn, reused, err := s.h2.Get(ctx, b.Addr, serverName(st, b), b.Info, connectBy)
 	if err != nil {
 		res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
-		res.local = errors.Is(err, upstream.ErrAddrFull)
+		if errors.Is(err, upstream.ErrAddrFull) {
+			res.spared = sparedLocal
+		}
 		if ctx.Err() != nil {
 			res.clientGone = true
 		} else if !time.Now().Before(deadline) {
@@ -157,7 +159,7 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 		case conn.Removed():
 			res.err, res.outcome.Kind = removedErr(err), retry.Reset
 		case h2HeaderTooLarge(err):
-			res.err, res.outcome.Kind, res.refused = s.headerTooLarge(), retry.Reset, true
+			res.err, res.outcome.Kind, res.spared = s.headerTooLarge(), retry.Reset, sparedRefused
 		case h2FieldTooLarge(err):
 			// The whole connection failed, every stream on it with the
 			// same error: a reset like any other for each of them.
@@ -173,7 +175,7 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 		resp.Body.Close()
 		hs.settleBody(out)
 		hs.finish(s, false)
-		res.err, res.phase, res.outcome.Sent, res.outcome.Kind, res.refused = err, "read", true, retry.Reset, true
+		res.err, res.phase, res.outcome.Sent, res.outcome.Kind, res.spared = err, "read", true, retry.Reset, sparedRefused
 		return res
 	}
 	// From now on `read` bounds the wait between two body reads.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -52,19 +53,10 @@ type tryResult struct {
 	phase      string // connect, send, read, total
 	err        error
 	clientGone bool
-	// local: the try failed on sluice's side (the address at its
-	// connection limit): not the backend's failure.
-	local bool
-	// removed: the address was removed (drain_timeout passed) between
-	// the pick and the connection: nothing was sent, nothing failed.
-	removed bool
-	// refused: the response was past the service's response header
-	// limits (upstream.max_header_bytes, max_header_count). The client
-	// gets a 502; the try is neither retried (another backend would most
-	// likely answer alike, after running the request once more) nor
-	// counted against the backend (a client could make a backend that
-	// reflects its headers look broken).
-	refused bool
+	// spared says why the try, though it failed, says nothing about the
+	// backend (sparedNot: it does): such a try counts toward no ejection
+	// and waits for no DNS answer.
+	spared spareReason
 	// h2 is the try's stream when the upstream is HTTP/2 (conn is nil
 	// then; see h2upstream.go).
 	h2 *h2Stream
@@ -76,6 +68,31 @@ type tryResult struct {
 	// while idle (stale; see Server.try).
 	resent int
 }
+
+// spareReason is why a failed try is not the backend's failure.
+type spareReason uint8
+
+const (
+	sparedNot spareReason = iota // the backend's outcome, judged as usual
+	// sparedLocal: sluice held the try back (the address at its
+	// connection limit); the client gets a 503 of sluice's own.
+	sparedLocal
+	// sparedRemoved: the address was removed (drain_timeout passed)
+	// between the pick and the connection; nothing was sent.
+	sparedRemoved
+	// sparedRefused: the response was past the service's response header
+	// limits (upstream.max_header_bytes, max_header_count). The client
+	// gets a 502; the try is not retried (another backend would most
+	// likely answer alike, after running the request once more) and not
+	// counted against the backend (a client could make a backend that
+	// reflects its headers look broken).
+	sparedRefused
+	// sparedClientStall: the backend reset the exchange while the
+	// client's request body had stalled (clientStall or longer): the
+	// backend may have given up on the client (its own body timeout), so
+	// a slow client could otherwise get backends ejected.
+	sparedClientStall
+)
 
 // request is the state of one request being proxied, shared by the steps
 // of ServeHTTP: admit, pick, try, decide, respond.
@@ -191,38 +208,34 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// from what is retried (retry.on): a 503 may be retried
 		// without ejecting the address that answered it.
 		failed := q.st.grp.tracker.Counts(res.outcome)
-		if res.local {
-			// sluice held back (the address at its connection limit):
-			// nothing the backend did.
-			s.obs.Refused(s.name, limitUpstreamConnections)
-			if trial {
-				q.st.grp.tracker.Abandon(b.Addr)
+		switch res.spared {
+		case sparedNot:
+			if failed || trial {
+				q.st.grp.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
 			}
-		} else if res.removed || res.refused {
-			// Gone from the pool, or refused by sluice: nothing to judge
-			// the backend by.
-			if res.refused {
-				s.obs.Refused(s.name, limitUpstreamHeader)
-			}
-			if trial {
-				q.st.grp.tracker.Abandon(b.Addr)
-			}
-		} else if failed || trial {
-			q.st.grp.tracker.Report(time.Now(), b.Addr, trial, failed, kindLabel(res.outcome), describe(res))
-		}
-		// (An address at sluice's own connection limit refused nothing,
-		// a removed one will not answer again, and a refused response came
-		// from a backend that answered: no DNS wait for them.)
-		if !res.local && !res.removed && !res.refused {
 			if next, done := q.waitForDNS(b.Addr, res, &tr); done {
 				return
 			} else if next {
 				continue
 			}
+		default:
+			// Nothing to judge the backend by; and no DNS wait: an
+			// address at sluice's own limit refused nothing, a removed
+			// one will not answer again, a refused response or a client's
+			// stall came from a backend that is there.
+			switch res.spared {
+			case sparedLocal:
+				s.obs.Refused(s.name, limitUpstreamConnections)
+			case sparedRefused:
+				s.obs.Refused(s.name, limitUpstreamHeader)
+			}
+			if trial {
+				q.st.grp.tracker.Abandon(b.Addr)
+			}
 		}
 		var again bool
 		var delay time.Duration
-		if res.refused {
+		if res.spared == sparedRefused {
 			tr.Why = "response refused at the service's upstream header limits: not retried"
 		} else {
 			again, delay = q.decide(n-q.dns.granted, res, &tr)
@@ -402,6 +415,14 @@ func (q *request) try(b pool.Backend, trial bool) (tryResult, accesslog.Try) {
 	as.inflight.Add(1)
 	res := s.try(q.ctx, &q.cw, q.st, &q.out, b, t0, q.deadline, q.removals)
 	as.inflight.Add(-1)
+	if res.resp == nil && !res.clientGone && res.spared == sparedNot && res.outcome.Kind == retry.Reset {
+		if d := q.out.body.stalledFor(); d > 0 {
+			// The body's rest is read by one try only (it is not
+			// replayable once read): the stall was this try's.
+			res.spared = sparedClientStall
+			res.err = fmt.Errorf("%w (the client's request body had stalled for %s: the backend may have given up on it; not counted against the backend)", res.err, d.Round(time.Millisecond))
+		}
+	}
 	// The budget token of a retry is held for its try only.
 	q.releaseBudget()
 	tr := accesslog.Try{
@@ -518,7 +539,7 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 		} else {
 			q.abort = s.respond(q.ctx, &q.cw, q.w, q.rec, res, b.Addr)
 		}
-	case res.local:
+	case res.spared == sparedLocal:
 		q.w.Header().Set("Retry-After", "1")
 		s.fail(q.w, q.rec, http.StatusServiceUnavailable, "overload: "+describe(res))
 	default:
@@ -738,7 +759,9 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 		conn, err := get(ctx, b.Addr, sn, b.Info, connectBy)
 		if err != nil {
 			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
-			res.local = errors.Is(err, upstream.ErrAddrFull)
+			if errors.Is(err, upstream.ErrAddrFull) {
+				res.spared = sparedLocal
+			}
 			if ctx.Err() != nil {
 				res.clientGone = true
 			} else if !time.Now().Before(deadline) {
