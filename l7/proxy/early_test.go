@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -218,5 +219,55 @@ func TestClientStallNotCountedAgainstBackend(t *testing.T) {
 				t.Errorf("backend %v, try error %q; want it active and the stall named only when the client stalled", b.State, l.Try[0].Error)
 			}
 		})
+	}
+}
+
+// The rest of a body a backend answered early is never read as requests:
+// the client connection reads it to its end by its framing (or closes)
+// before serving the next request.
+func TestEarlyResponseBodyNotSmuggled(t *testing.T) {
+	var smuggled atomic.Int64
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/smuggled" {
+			smuggled.Add(1)
+		}
+		if r.Method == http.MethodPost {
+			tooLarge(w, r)
+			return
+		}
+		io.WriteString(w, "next\n")
+	})
+	h := start(t, newPool(t, nil, be.addr), nil)
+	req := "GET /smuggled HTTP/1.1\r\nHost: test\r\n\r\n"
+	body := strings.Repeat(req, (1<<20)/len(req))
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() {
+		io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		io.WriteString(c, "GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
+	}()
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("upload: %d, want 413", resp.StatusCode)
+	}
+	// The connection then serves /next, or is closed.
+	if resp, err := http.ReadResponse(br, nil); err == nil {
+		got, _ := io.ReadAll(resp.Body)
+		if string(got) != "next\n" {
+			t.Errorf("next response %d %q", resp.StatusCode, got)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := smuggled.Load(); n != 0 {
+		t.Errorf("%d requests from the body's rest reached the backend", n)
 	}
 }
