@@ -588,3 +588,59 @@ func TestL7ClientStallSparesBackends(t *testing.T) {
 		}
 	}
 }
+
+// client.max_requests_per_ip and max_connections_per_ip: one client
+// address cannot hold a listener's requests or connections: past its
+// share, a fast 429 with Retry-After and a connection closed at once.
+func TestL7PerIPLimits(t *testing.T) {
+	lab, _ := startL7(t, agentConfig{
+		Ejection: noEjection,
+		Timeouts: "{connect: 1s, read: 5s, total: 8s}",
+		HTTPExtra: "    client: {max_requests: 100, max_requests_per_ip: 2, " +
+			"max_connections: 100, max_connections_per_ip: 4}\n",
+	})
+	t.Run("requests", func(t *testing.T) {
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() { lab.curl("GET", httpURL+"slow?ms=3000&rid="+newRID("hold")) })
+		}
+		time.Sleep(time.Second) // both in flight
+		r := lab.curl("GET", httpURL+"?rid="+newRID("over"))
+		if r.Code != 429 || !strings.Contains(r.Body, "Retry-After") || !strings.Contains(r.Body, "max_requests_per_ip") || r.Elapsed > time.Second {
+			t.Errorf("third request in flight from one address: %d after %s, want 429 with Retry-After at once:\n%s", r.Code, r.Elapsed, r.Body)
+		}
+		wg.Wait()
+		if r := lab.curl("GET", httpURL); r.Code != 200 {
+			t.Errorf("after the slow ones ended: %d", r.Code)
+		}
+	})
+	t.Run("connections", func(t *testing.T) {
+		var held []net.Conn
+		for range 4 {
+			held = append(held, lab.dialFrom("client", httpAddr)) // held open, idle
+		}
+		time.Sleep(300 * time.Millisecond)
+		c := lab.dialFrom("client", httpAddr)
+		defer c.Close()
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Errorf("5th connection from one address: read %d bytes, %v; want it closed", n, err)
+		}
+		for _, h := range held {
+			h.Close()
+		}
+		waitFor(t, 5*time.Second, "a connection's place given back", func() error {
+			if r := lab.curl("GET", httpURL); r.Code != 200 {
+				return fmt.Errorf("status %d", r.Code)
+			}
+			return nil
+		})
+	})
+	_, scrape := lab.scrape()
+	for _, limit := range []string{"requests_per_ip", "connections_per_ip"} {
+		if !strings.Contains(scrape, `sluice_l7_refused_total{limit="`+limit+`",service="web-http"} 1`) {
+			t.Errorf("metrics lack sluice_l7_refused_total{limit=%q} 1", limit)
+		}
+	}
+}

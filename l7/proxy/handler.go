@@ -155,6 +155,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.active.Add(-1)
+	// client.max_requests_per_ip: one client address (an IPv6 /64) may
+	// not hold the listener's requests (HTTP/2 streams need no new
+	// connections); a trusted proxy is not counted.
+	if key, ok := requestKey(r.RemoteAddr, st.svc.TrustedProxies); ok {
+		if !s.activeIP.acquire(key) {
+			w.Header().Set("Retry-After", "1")
+			s.fail(w, q.rec, http.StatusTooManyRequests, "client.max_requests_per_ip ("+strconv.Itoa(s.limits.MaxRequestsPerIP)+") requests in flight from this client's address")
+			s.obs.Refused(s.name, limitRequestsPerIP)
+			return
+		}
+		defer s.activeIP.release(key)
+	}
 	if lim := st.maxRequests; lim > 0 && status == 0 {
 		// The route's max_requests: its share of the listener's.
 		if n := st.active.Add(1); n > int64(lim) {

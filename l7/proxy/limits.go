@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 )
@@ -9,7 +10,9 @@ import (
 // Names of the limits, as Observer.Refused and the access log give them.
 const (
 	limitConnections         = "connections"
+	limitConnectionsPerIP    = "connections_per_ip"
 	limitRequests            = "requests"
+	limitRequestsPerIP       = "requests_per_ip"
 	limitRouteRequests       = "route_requests"
 	limitBody                = "body"
 	limitHeaderCount         = "header_count"
@@ -25,15 +28,20 @@ const (
 // sluice never holds more sockets, goroutines and buffers for clients than
 // configured. Closing (rather than not accepting) keeps the kernel's
 // backlog from filling with connections nobody will serve.
+// It also bounds the connections of each client address
+// (client.max_connections_per_ip; trusted proxies are not counted).
 type limitListener struct {
 	net.Listener
 	max     int64
 	open    *atomic.Int64
-	refused func()
+	refused func(limit string)
+	perIP   *perIP
+	trusted func() []netip.Prefix
 }
 
-func newLimitListener(l net.Listener, max int, refused func()) *limitListener {
-	return &limitListener{Listener: l, max: int64(max), open: new(atomic.Int64), refused: refused}
+func newLimitListener(l net.Listener, max, perIP int, trusted func() []netip.Prefix, refused func(limit string)) *limitListener {
+	return &limitListener{Listener: l, max: int64(max), open: new(atomic.Int64), refused: refused,
+		perIP: newPerIP(perIP), trusted: trusted}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -54,17 +62,29 @@ func (l *limitListener) admit(c net.Conn) *limitConn {
 	if l.open.Add(1) > l.max {
 		l.open.Add(-1)
 		c.Close()
-		l.refused()
+		l.refused(limitConnections)
 		return nil
 	}
-	return &limitConn{Conn: c, open: l.open}
+	lc := &limitConn{Conn: c, open: l.open}
+	if key, ok := connKey(c, l.trusted()); ok {
+		if !l.perIP.acquire(key) {
+			l.open.Add(-1)
+			c.Close()
+			l.refused(limitConnectionsPerIP)
+			return nil
+		}
+		lc.perIP, lc.key = l.perIP, key
+	}
+	return lc
 }
 
 // limitConn gives its place back when closed (once), hijacked or not.
 type limitConn struct {
 	net.Conn
-	open *atomic.Int64
-	once sync.Once
+	open  *atomic.Int64
+	perIP *perIP // nil when the peer is not counted per address
+	key   netip.Addr
+	once  sync.Once
 }
 
 func (c *limitConn) Close() error {
@@ -75,7 +95,14 @@ func (c *limitConn) Close() error {
 
 // release gives the connection's place back without closing it (a
 // connection handed on to another server).
-func (c *limitConn) release() { c.once.Do(func() { c.open.Add(-1) }) }
+func (c *limitConn) release() {
+	c.once.Do(func() {
+		c.open.Add(-1)
+		if c.perIP != nil {
+			c.perIP.release(c.key)
+		}
+	})
+}
 
 // CloseWrite lets the server half-close like on a *net.TCPConn.
 func (c *limitConn) CloseWrite() error {

@@ -135,6 +135,7 @@ type Server struct {
 	// MaxHeaderBytes, MaxHeaderCount, with defaults).
 	respHeader struct{ bytes, count int }
 	active     atomic.Int64 // requests in flight (client.max_requests)
+	activeIP   *perIP       // requests in flight per client address (client.max_requests_per_ip)
 
 	cfg    atomic.Pointer[routing]
 	access atomic.Pointer[accesslog.Logger] // nil: no access log
@@ -433,6 +434,7 @@ func New(opts Options) (*Server, error) {
 
 	cl := opts.Client.WithDefaults()
 	s.limits = cl
+	s.activeIP = newPerIP(cl.MaxRequestsPerIP)
 	s.http = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: cl.HeaderTimeout,
@@ -546,7 +548,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 	errc := make(chan error, 1)
 	go func() {
-		ll := newLimitListener(l, s.limits.MaxConnections, func() { s.obs.Refused(s.name, limitConnections) })
+		ll := newLimitListener(l, s.limits.MaxConnections, s.limits.MaxConnectionsPerIP,
+			func() []netip.Prefix { return s.cfg.Load().base.svc.TrustedProxies },
+			func(limit string) { s.obs.Refused(s.name, limit) })
 		if s.tlsOn {
 			errc <- s.http.ServeTLS(ll, "", "")
 		} else if dl, ok := l.(Dispatcher); ok && s.h1 != nil {

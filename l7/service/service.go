@@ -265,8 +265,14 @@ const (
 	DefaultTunnelIdle      = 60 * time.Second
 	DefaultMaxConnections  = 10000
 	DefaultMaxRequests     = 1000
-	DefaultMaxBodyBytes    = 64 << 20
-	DefaultMaxHeaderCount  = 100
+	// client.max_connections_per_ip and max_requests_per_ip default to a
+	// tenth of max_connections and max_requests, but never below these
+	// floors (nor above the limit itself): see PerIPDefault.
+	PerIPShare            = 10
+	PerIPConnectionFloor  = 1000
+	PerIPRequestFloor     = 100
+	DefaultMaxBodyBytes   = 64 << 20
+	DefaultMaxHeaderCount = 100
 	// HTTP/2, Envoy's edge recommendations.
 	DefaultH2MaxStreams   = 100
 	DefaultH2StreamWindow = 64 << 10
@@ -274,6 +280,12 @@ const (
 	// DefaultH2MaxResetStreams: twice the default stream limit.
 	DefaultH2MaxResetStreams = 200
 )
+
+// PerIPDefault is the default per-address share of a client limit: a
+// tenth of it, but at least floor, and at most the limit itself (a small
+// limit is not split: a browser's six connections must not be refused on
+// a service that allows sixty).
+func PerIPDefault(limit, floor int) int { return min(limit, max(limit/PerIPShare, floor)) }
 
 // What client.underscore_headers does with a request header field whose
 // name has an underscore.
@@ -310,6 +322,13 @@ type ClientLimits struct {
 	// MaxRequests bounds the requests in flight; one more gets a fast 503
 	// with Retry-After. Default 1000.
 	MaxRequests int
+	// MaxConnectionsPerIP and MaxRequestsPerIP bound what one client
+	// address (an IPv6 /64; trusted proxies are not counted) may hold of
+	// them: a connection past it is closed at once, a request gets a fast
+	// 429 with Retry-After. Default PerIPDefault of MaxConnections and
+	// MaxRequests (1000 and 100 with theirs).
+	MaxConnectionsPerIP int
+	MaxRequestsPerIP    int
 	// MaxBodyBytes bounds a request body; a larger one gets 413. Default
 	// 64 MiB (nginx client_max_body_size 1m).
 	MaxBodyBytes int64
@@ -357,6 +376,12 @@ func (c ClientLimits) WithDefaults() ClientLimits {
 	}
 	if c.MaxRequests <= 0 {
 		c.MaxRequests = DefaultMaxRequests
+	}
+	if c.MaxConnectionsPerIP <= 0 {
+		c.MaxConnectionsPerIP = PerIPDefault(c.MaxConnections, PerIPConnectionFloor)
+	}
+	if c.MaxRequestsPerIP <= 0 {
+		c.MaxRequestsPerIP = PerIPDefault(c.MaxRequests, PerIPRequestFloor)
 	}
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes

@@ -234,6 +234,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 			HeaderTimeout: c.HeaderTimeout.D(), IdleTimeout: c.IdleTimeout.D(), MaxHeaderBytes: c.MaxHeaderBytes,
 			TunnelIdleTimeout: c.TunnelIdleTimeout.D(),
 			MaxConnections:    c.MaxConnections, MaxRequests: c.MaxRequests,
+			MaxConnectionsPerIP: c.MaxConnectionsPerIP, MaxRequestsPerIP: c.MaxRequestsPerIP,
 			MaxBodyBytes: c.MaxBodyBytes, MaxHeaderCount: c.MaxHeaderCount,
 			H2MaxStreams: c.H2MaxStreams, H2StreamWindow: c.H2StreamWindow, H2ConnWindow: c.H2ConnWindow,
 			H2MaxResetStreams: c.H2MaxResetStreams, UnderscoreHeaders: c.UnderscoreHeaders,

@@ -185,6 +185,10 @@ func applyDefaults(c *Config, lines map[string]int) {
 		d.dur(cp+".tunnel_idle_timeout", &s.Client.TunnelIdleTimeout, service.DefaultTunnelIdle)
 		d.int(cp+".max_connections", &s.Client.MaxConnections, service.DefaultMaxConnections)
 		d.int(cp+".max_requests", &s.Client.MaxRequests, service.DefaultMaxRequests)
+		d.int(cp+".max_connections_per_ip", &s.Client.MaxConnectionsPerIP,
+			service.PerIPDefault(s.Client.MaxConnections, service.PerIPConnectionFloor))
+		d.int(cp+".max_requests_per_ip", &s.Client.MaxRequestsPerIP,
+			service.PerIPDefault(s.Client.MaxRequests, service.PerIPRequestFloor))
 		if !d.set(cp + ".max_body_bytes") {
 			s.Client.MaxBodyBytes = service.DefaultMaxBodyBytes
 		}

@@ -50,7 +50,7 @@ func TestHTTPListenerAndUpstreamKeys(t *testing.T) {
 	if s.TLS == nil || s.TLS.Cert != cert || s.TLS.Key != key {
 		t.Errorf("tls = %+v", s.TLS)
 	}
-	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200, UnderscoreHeaders: "drop"}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(5 * time.Second), IdleTimeout: Duration(2 * time.Minute), MaxHeaderBytes: 32768, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxConnectionsPerIP: 1000, MaxRequestsPerIP: 100, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200, UnderscoreHeaders: "drop"}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
 	if want := (Upstream{TLS: true, CA: cert, MaxIdle: 8, IdleTimeout: Duration(10 * time.Second), MaxLifetime: Duration(time.Minute), MaxConnections: 1024, Protocol: "http1", MaxHeaderBytes: 16384, MaxHeaderCount: 50}); *s.Upstream != want {
@@ -73,7 +73,7 @@ func TestHTTPKeyDefaults(t *testing.T) {
 	if s.TLS != nil || !s.H2C || s.AccessLog != AccessLogStdout {
 		t.Errorf("tls %v h2c %v access_log %q", s.TLS, s.H2C, s.AccessLog)
 	}
-	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200, UnderscoreHeaders: "drop"}); *s.Client != want {
+	if want := (ClientLimits{HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(5 * time.Second), MaxHeaderBytes: 65536, TunnelIdleTimeout: Duration(time.Minute), MaxConnections: 10000, MaxRequests: 1000, MaxConnectionsPerIP: 1000, MaxRequestsPerIP: 100, MaxBodyBytes: 64 << 20, MaxHeaderCount: 100, H2MaxStreams: 100, H2StreamWindow: 65536, H2ConnWindow: 1 << 20, H2MaxResetStreams: 200, UnderscoreHeaders: "drop"}); *s.Client != want {
 		t.Errorf("client = %+v, want %+v", *s.Client, want)
 	}
 	if want := (Upstream{MaxIdle: 2, IdleTimeout: Duration(30 * time.Second), MaxLifetime: Duration(5 * time.Minute), MaxConnections: 1024, Protocol: "http1", MaxHeaderBytes: 65536, MaxHeaderCount: 100}); *s.Upstream != want {
@@ -184,5 +184,38 @@ func TestUpstreamProtocolDefaults(t *testing.T) {
 	}
 	if u := cfg.Services[0].Upstream; u.Protocol != UpstreamH2C || u.MaxStreams != 100 {
 		t.Errorf("upstream = %+v", u)
+	}
+}
+
+// The per-address limits follow the listener's: a tenth, with floors, and
+// never above the limit itself; set above it, they are refused.
+func TestClientPerIPLimits(t *testing.T) {
+	cases := []struct {
+		client         string
+		conns, reqs    int
+		wantErrContain string
+	}{
+		{"{}", 1000, 100, ""},
+		{"{max_connections: 60, max_requests: 20}", 60, 20, ""},
+		{"{max_connections: 50000, max_requests: 5000}", 5000, 500, ""},
+		{"{max_connections_per_ip: 8, max_requests_per_ip: 4}", 8, 4, ""},
+		{"{max_connections: 60, max_connections_per_ip: 61}", 0, 0, "max_connections_per_ip"},
+		{"{max_requests_per_ip: 0}", 0, 0, "max_requests_per_ip"},
+	}
+	for _, c := range cases {
+		cfg, err := Parse([]byte(httpHead+"    client: "+c.client+"\n"), "p.yaml")
+		if c.wantErrContain != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErrContain) {
+				t.Errorf("%s: err %v, want one naming %s", c.client, err, c.wantErrContain)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", c.client, err)
+			continue
+		}
+		if cl := cfg.Services[0].Client; cl.MaxConnectionsPerIP != c.conns || cl.MaxRequestsPerIP != c.reqs {
+			t.Errorf("%s: per ip %d connections, %d requests; want %d, %d", c.client, cl.MaxConnectionsPerIP, cl.MaxRequestsPerIP, c.conns, c.reqs)
+		}
 	}
 }

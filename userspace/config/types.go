@@ -337,15 +337,20 @@ type ClientLimits struct {
 	IdleTimeout    Duration `yaml:"idle_timeout"`     // keep-alive, default 60s
 	MaxHeaderBytes int      `yaml:"max_header_bytes"` // default 65536
 	// TunnelIdleTimeout closes an upgraded (WebSocket) connection idle both ways this long.
-	TunnelIdleTimeout Duration `yaml:"tunnel_idle_timeout"`  // default 60s
-	MaxConnections    int      `yaml:"max_connections"`      // open client connections, default 10000
-	MaxRequests       int      `yaml:"max_requests"`         // requests in flight, default 1000
-	MaxBodyBytes      int64    `yaml:"max_body_bytes"`       // default 64 MiB
-	MaxHeaderCount    int      `yaml:"max_header_count"`     // default 100
-	H2MaxStreams      int      `yaml:"h2_max_streams"`       // concurrent streams per HTTP/2 connection, default 100
-	H2StreamWindow    int      `yaml:"h2_stream_window"`     // default 65536
-	H2ConnWindow      int      `yaml:"h2_connection_window"` // default 1048576
-	H2MaxResetStreams int      `yaml:"h2_max_reset_streams"` // rapid reset: GOAWAY past this many resets, default 200
+	TunnelIdleTimeout Duration `yaml:"tunnel_idle_timeout"` // default 60s
+	MaxConnections    int      `yaml:"max_connections"`     // open client connections, default 10000
+	MaxRequests       int      `yaml:"max_requests"`        // requests in flight, default 1000
+	// Per client address (an IPv6 /64; trusted_proxies not counted):
+	// default a tenth of max_connections and max_requests, at least 1000
+	// and 100, at most the limit itself.
+	MaxConnectionsPerIP int   `yaml:"max_connections_per_ip"`
+	MaxRequestsPerIP    int   `yaml:"max_requests_per_ip"`
+	MaxBodyBytes        int64 `yaml:"max_body_bytes"`       // default 64 MiB
+	MaxHeaderCount      int   `yaml:"max_header_count"`     // default 100
+	H2MaxStreams        int   `yaml:"h2_max_streams"`       // concurrent streams per HTTP/2 connection, default 100
+	H2StreamWindow      int   `yaml:"h2_stream_window"`     // default 65536
+	H2ConnWindow        int   `yaml:"h2_connection_window"` // default 1048576
+	H2MaxResetStreams   int   `yaml:"h2_max_reset_streams"` // rapid reset: GOAWAY past this many resets, default 200
 	// UnderscoreHeaders: a request header field named with an underscore
 	// is dropped (default), rejected (400) or allowed.
 	UnderscoreHeaders string `yaml:"underscore_headers"`

@@ -1009,6 +1009,8 @@ func (v *validator) httpListener(s *Service, path string) {
 		v.positive(cp+".tunnel_idle_timeout", c.TunnelIdleTimeout)
 		v.between(cp+".max_connections", int64(c.MaxConnections), 1, MaxClientConns)
 		v.between(cp+".max_requests", int64(c.MaxRequests), 1, MaxClientRequests)
+		v.between(cp+".max_connections_per_ip", int64(c.MaxConnectionsPerIP), 1, int64(max(c.MaxConnections, 1)))
+		v.between(cp+".max_requests_per_ip", int64(c.MaxRequestsPerIP), 1, int64(max(c.MaxRequests, 1)))
 		v.between(cp+".max_body_bytes", c.MaxBodyBytes, 1, MaxMaxBodyBytes)
 		v.between(cp+".max_header_count", int64(c.MaxHeaderCount), 1, service.MaxMaxHeaderCount)
 		v.between(cp+".h2_max_streams", int64(c.H2MaxStreams), 1, 10000)

@@ -1,0 +1,82 @@
+package proxy
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+)
+
+// perIP counts what each client address holds (connections, requests in
+// flight) against a limit, so that one host cannot take a listener's
+// whole client.max_connections or max_requests from everyone else. An
+// IPv6 client counts per /64: a host is usually given a whole /64 and can
+// use any address in it.
+type perIP struct {
+	max int32
+	mu  sync.Mutex
+	n   map[netip.Addr]int32
+}
+
+func newPerIP(max int) *perIP {
+	return &perIP{max: int32(min(max, 1<<30)), n: make(map[netip.Addr]int32)}
+}
+
+// clientKey is the address a client is counted under: an IPv4 address
+// (an IPv4-mapped IPv6 one unmapped), or the /64 of an IPv6 one; the
+// zero Addr when ip is not valid.
+func clientKey(ip netip.Addr) netip.Addr {
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
+}
+
+// acquire counts one more for key, or reports false (counting nothing)
+// when key holds max already.
+func (p *perIP) acquire(key netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.n[key]
+	if n >= p.max {
+		return false
+	}
+	p.n[key] = n + 1
+	return true
+}
+
+// release gives back one acquired for key.
+func (p *perIP) release(key netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := p.n[key]; n > 1 {
+		p.n[key] = n - 1
+	} else {
+		delete(p.n, key)
+	}
+}
+
+// connKey is the key of a client connection's peer (false when it has no
+// IP address, or it is a trusted proxy: a proxy in front of sluice
+// carries many clients, and is not limited per address).
+func connKey(c net.Conn, trusted []netip.Prefix) (netip.Addr, bool) {
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	ip, ok := netip.AddrFromSlice(ta.IP)
+	if !ok || inPrefixes(ip.Unmap(), trusted) {
+		return netip.Addr{}, false
+	}
+	return clientKey(ip), true
+}
+
+// requestKey is connKey for a request's peer ("ip:port").
+func requestKey(remote string, trusted []netip.Prefix) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil || inPrefixes(ap.Addr().Unmap().WithZone(""), trusted) {
+		return netip.Addr{}, false
+	}
+	return clientKey(ap.Addr()), true
+}

@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestClientKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"198.18.0.7":            "198.18.0.7",
+		"::ffff:198.18.0.7":     "198.18.0.7",
+		"2001:2::1":             "2001:2::",
+		"2001:2::ffff:1:2:3":    "2001:2::",
+		"2001:2:0:1::5":         "2001:2:0:1::",
+		"fe80::1%eth0":          "fe80::",
+		"2001:2:0:0:ffff::1%lo": "2001:2::",
+	} {
+		if got := clientKey(netip.MustParseAddr(in)); got.String() != want {
+			t.Errorf("clientKey(%s) = %s, want %s", in, got, want)
+		}
+	}
+	p := newPerIP(2)
+	a, b := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")
+	if !p.acquire(a) || !p.acquire(a) || p.acquire(a) || !p.acquire(b) {
+		t.Fatal("want two for a, then a refused, b admitted")
+	}
+	p.release(a)
+	p.release(a)
+	p.release(b)
+	if len(p.n) != 0 {
+		t.Errorf("counts left after every release: %v", p.n)
+	}
+}
+
+// client.max_connections_per_ip: one address's connection past it is
+// closed at once, counted; a trusted proxy's are not limited.
+func TestMaxConnectionsPerIP(t *testing.T) {
+	for _, trusted := range []bool{false, true} {
+		t.Run(map[bool]string{false: "client", true: "trusted-proxy"}[trusted], func(t *testing.T) {
+			be := newBackend(t, status(200))
+			obs := &refusedObserver{}
+			h := start(t, newPool(t, nil, be.addr), func(o *Options) {
+				o.Client.MaxConnections, o.Client.MaxConnectionsPerIP = 10, 2
+				o.Observer = obs
+				if trusted {
+					o.Service.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+				}
+			})
+			addr := strings.TrimPrefix(h.url, "http://")
+			for range 2 {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+			}
+			time.Sleep(100 * time.Millisecond) // both accepted
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			b, _ := io.ReadAll(c)
+			served := strings.HasPrefix(string(b), "HTTP/1.1 200")
+			if served != trusted {
+				t.Errorf("third connection from one address: served %v (%q), want %v", served, b, trusted)
+			}
+			if !trusted {
+				waitFor(t, "refused{connections_per_ip} = 1", func() bool { return obs.count(limitConnectionsPerIP) == 1 })
+			}
+		})
+	}
+}
+
+// client.max_requests_per_ip: one address's request past it gets a fast
+// 429 with Retry-After, counted; its place comes back when one ends.
+func TestMaxRequestsPerIP(t *testing.T) {
+	be, release, arrived := blockingBackend(t)
+	obs := &refusedObserver{}
+	h := start(t, newPool(t, nil, be.addr), func(o *Options) {
+		o.Client.MaxRequestsPerIP = 1
+		o.Observer = obs
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if resp, _ := h.do(t, "GET", "/first", nil, nil); resp.StatusCode != 200 {
+			t.Errorf("first request: %d", resp.StatusCode)
+		}
+	}()
+	<-arrived
+	resp, body := h.do(t, "GET", "/second", nil, nil)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "max_requests_per_ip") {
+		t.Errorf("second request: %d, Retry-After %q, %q; want a 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	close(release)
+	<-done
+	if n := obs.count(limitRequestsPerIP); n != 1 {
+		t.Errorf("refused{requests_per_ip} = %d, want 1", n)
+	}
+	if resp, _ := h.do(t, "GET", "/third", nil, nil); resp.StatusCode != 200 {
+		t.Errorf("after the first ended: %d", resp.StatusCode)
+	}
+}
