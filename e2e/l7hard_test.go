@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -642,5 +643,45 @@ func TestL7PerIPLimits(t *testing.T) {
 		if !strings.Contains(scrape, `sluice_l7_refused_total{limit="`+limit+`",service="web-http"} 1`) {
 			t.Errorf("metrics lack sluice_l7_refused_total{limit=%q} 1", limit)
 		}
+	}
+}
+
+// client.body_timeout: a client that stalls its upload gets 408 after it,
+// long before timeouts.total, and the backend connection the upload was
+// streaming to is given up; a client at its pace is not affected.
+func TestL7BodyTimeout(t *testing.T) {
+	lab, agent := startL7(t, agentConfig{
+		Timeouts:  "{connect: 1s, read: 5s, total: 20s}",
+		HTTPExtra: "    client: {body_timeout: 1s}\n",
+	})
+	rid := newRID("bodyto")
+	c := lab.dialFrom("client", httpAddr)
+	defer c.Close()
+	t0 := time.Now()
+	// The backend's own body timeout (10 s) is longer than sluice's.
+	fmt.Fprintf(c, "POST /upload?timeout_ms=10000&rid=%s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", rid, httpVIP, 1<<20)
+	c.Write(make([]byte, 200<<10)) // past retry.buffer_bytes: streamed to a backend, then nothing
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("stalled upload: %v", err)
+	}
+	resp.Body.Close()
+	took := time.Since(t0)
+	al := agent.accessFor(t, rid)
+	if resp.StatusCode != 408 || took > 5*time.Second || !strings.Contains(al.Error, "client.body_timeout") {
+		t.Errorf("stalled upload: %d after %s, access log error %q; want 408 after about body_timeout (1s)", resp.StatusCode, took, al.Error)
+	}
+	if _, runs := lab.executions(rid); runs != 1 {
+		t.Errorf("the upload reached %d backends, want 1 (streamed, then given up)", runs)
+	}
+	// An upload at the client's pace.
+	file := filepath.Join(t.TempDir(), "upload")
+	if err := os.WriteFile(file, make([]byte, 300<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := lab.curl("POST", httpURL+"upload?rid="+newRID("paced"), "--data-binary", "@"+file)
+	if r.Code != 200 || !strings.Contains(r.Body, strconv.Itoa(300<<10)) {
+		t.Errorf("upload at the client's pace: %d %q", r.Code, r.Body)
 	}
 }

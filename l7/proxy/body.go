@@ -3,7 +3,9 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"net/http"
 	"sync/atomic"
 	"time"
 )
@@ -121,6 +123,71 @@ func (r *restReader) Read(p []byte) (int, error) {
 	} else if err != nil {
 		b.clientErr = err
 		return n, errors.Join(errClientBody, err)
+	}
+	return n, err
+}
+
+// paced is r's body as a request reads it from its client: each read must
+// come within client.body_timeout, and past that grace the body must keep
+// an average of client.body_min_rate bytes a second of the time sluice
+// waited for it (Apache's mod_reqtimeout body=20,MinRate=500; nginx's
+// client_body_timeout is the first half). Only the waits on the client
+// count: a backend that reads slowly holds sluice's reads back without
+// the client losing its allowance. A client past it gets 408 (the body's
+// read fails with a timeout). settable: the connection takes read
+// deadlines (else the body is returned as it is; timeouts.total alone
+// bounds it then).
+func (s *Server) paced(w http.ResponseWriter, body io.Reader, total time.Time, settable bool) io.Reader {
+	if !settable || body == nil || body == http.NoBody {
+		return body
+	}
+	return &pacedBody{r: body, w: w, total: total, set: total,
+		idle: s.limits.BodyTimeout, rate: max(s.limits.BodyMinRate, 0)}
+}
+
+// pacedBody is a request body read under client.body_timeout and
+// body_min_rate (see Server.paced).
+type pacedBody struct {
+	r      io.Reader
+	w      http.ResponseWriter
+	idle   time.Duration
+	rate   int64     // bytes a second; 0: no rate
+	total  time.Time // the request's deadline
+	set    time.Time // the read deadline on the connection
+	read   int64
+	waited time.Duration
+}
+
+// paceSlack is how far the read deadline may be from the exact one before
+// it is moved: a deadline is set a few times a second at most, however
+// small the reads.
+const paceSlack = 100 * time.Millisecond
+
+func (p *pacedBody) Read(b []byte) (int, error) {
+	now := time.Now()
+	allow := p.idle
+	if p.rate > 0 {
+		// The grace, and a second for every rate bytes read, less the
+		// waits so far.
+		earned := p.idle + time.Duration(float64(p.read)/float64(p.rate)*float64(time.Second)) - p.waited
+		allow = min(allow, earned)
+	}
+	dl := now.Add(allow)
+	byTotal := !dl.Before(p.total)
+	if byTotal {
+		dl = p.total
+	}
+	if d := dl.Sub(p.set); d > paceSlack || d < -paceSlack {
+		if setReadDeadline(p.w, dl) == nil {
+			p.set = dl
+		}
+	}
+	n, err := p.r.Read(b)
+	p.waited += time.Since(now)
+	p.read += int64(n)
+	if err != nil && !byTotal && isTimeout(err) {
+		err = fmt.Errorf("%w: the client sent %d bytes of the request body in %s of waiting, slower than client.body_timeout (%s) and client.body_min_rate (%d bytes/s) allow",
+			err, p.read, p.waited.Round(time.Millisecond), p.idle, p.rate)
 	}
 	return n, err
 }

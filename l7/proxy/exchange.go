@@ -266,7 +266,7 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 			}
 			if out.trailer != nil {
 				// The client's trailers, read with the body's end.
-				writeTrailer(bw, *out.trailer)
+				writeTrailer(bw, *out.trailer, out.underscoreOK)
 			}
 			bw.WriteString("\r\n")
 		} else {
@@ -284,9 +284,9 @@ func writeRequest(bw *bufio.Writer, out *outRequest) error {
 
 // writeTrailer writes a client's request trailer fields (those that
 // may be passed on).
-func writeTrailer(bw *bufio.Writer, tr http.Header) {
+func writeTrailer(bw *bufio.Writer, tr http.Header, underscoreOK bool) {
 	for k, vv := range tr {
-		if !trailerField(k) {
+		if !trailerField(k, underscoreOK) {
 			continue
 		}
 		for _, v := range vv {
@@ -297,9 +297,11 @@ func writeTrailer(bw *bufio.Writer, tr http.Header) {
 
 // trailerField is whether a client's request trailer field k is passed
 // on: not one a trailer must not carry (framing, routing: RFC 9110
-// 6.5.1) nor a hop-by-hop one.
-func trailerField(k string) bool {
-	return httpguts.ValidTrailerHeader(k) && !slices.Contains(hopByHop[:], k)
+// 6.5.1) nor a hop-by-hop one, nor one named with an underscore unless
+// client.underscore_headers allows them (underscoreOK), as in the header.
+func trailerField(k string, underscoreOK bool) bool {
+	return httpguts.ValidTrailerHeader(k) && !slices.Contains(hopByHop[:], k) &&
+		(underscoreOK || strings.IndexByte(k, '_') < 0)
 }
 
 // respond streams the backend's response to the client. It returns true

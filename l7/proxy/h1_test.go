@@ -238,7 +238,7 @@ func postTrailers(t *testing.T, h *harness, announce string) {
 	t.Helper()
 	c, br := rawConn(t, h)
 	io.WriteString(c, "POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"+announce+"\r\n"+
-		"3\r\nabc\r\n0\r\nX-Checksum: 42\r\nKeep-Alive: 1\r\nContent-Length: 9\r\n\r\n")
+		"3\r\nabc\r\n0\r\nX-Checksum: 42\r\nX_Checksum: 7\r\nKeep-Alive: 1\r\nContent-Length: 9\r\n\r\n")
 	if resp, _ := readResp(t, br, "POST"); resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}

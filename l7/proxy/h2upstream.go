@@ -293,11 +293,11 @@ func (s *Server) h2Request(ctx context.Context, conn *upstream.H2Conn, out *outR
 			// too (Go's HTTP/2 server, for one, drops the others).
 			req.Trailer = http.Header{}
 			for k := range *out.trailer {
-				if trailerField(k) {
+				if trailerField(k, out.underscoreOK) {
 					req.Trailer[k] = nil
 				}
 			}
-			hs.body.trailer, hs.body.from = req.Trailer, out.trailer
+			hs.body.trailer, hs.body.from, hs.body.underscoreOK = req.Trailer, out.trailer, out.underscoreOK
 		}
 		req.ContentLength = max(out.body.length, 0)
 		if out.body.length < 0 {
@@ -367,8 +367,9 @@ type h2ReqBody struct {
 	idle chan struct{}
 	// trailer is the stream's request trailer map, filled from the
 	// client's (*from) when the body ends.
-	trailer http.Header
-	from    *http.Header
+	trailer      http.Header
+	from         *http.Header
+	underscoreOK bool // trailer fields named with _ pass (trailerField)
 
 	mu      sync.Mutex
 	eof     bool
@@ -387,7 +388,7 @@ func (rb *h2ReqBody) Read(p []byte) (int, error) {
 	rb.mu.Unlock()
 	n, err := rb.r.Read(p)
 	if err == io.EOF && rb.from != nil {
-		copyTrailer(rb.trailer, *rb.from)
+		copyTrailer(rb.trailer, *rb.from, rb.underscoreOK)
 	}
 	rb.mu.Lock()
 	rb.reading = false
@@ -430,9 +431,9 @@ func (rb *h2ReqBody) clientErr() bool { return rb.b.clientErr != nil }
 // copyTrailer copies a client's request trailer fields into dst, but
 // those a trailer must not carry (framing, routing, hop-by-hop: RFC 9110
 // 6.5.1) and those without a value.
-func copyTrailer(dst, src http.Header) {
+func copyTrailer(dst, src http.Header, underscoreOK bool) {
 	for k, vv := range src {
-		if len(vv) == 0 || !trailerField(k) {
+		if len(vv) == 0 || !trailerField(k, underscoreOK) {
 			continue
 		}
 		dst[k] = append(dst[k][:0:0], vv...)

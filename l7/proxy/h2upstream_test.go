@@ -167,7 +167,7 @@ func TestH2UpstreamRequestTrailers(t *testing.T) {
 		h := start(t, newPool(t, nil, b.addr), func(o *Options) {
 			o.H2C, o.Upstream.Protocol = h2c, ProtocolH2C
 		})
-		postTrailers(t, h, "Trailer: X-Checksum, Keep-Alive\r\n")
+		postTrailers(t, h, "Trailer: X-Checksum, Keep-Alive, X_Checksum\r\n")
 		if tr := <-got; tr.Get("X-Checksum") != "42" || len(tr) != 1 {
 			t.Fatalf("h2c %v: backend trailer %v, want X-Checksum: 42 alone", h2c, tr)
 		}

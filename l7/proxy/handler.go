@@ -39,6 +39,9 @@ type outRequest struct {
 	trailer *http.Header
 	fwd     forwarded
 	body    *reqBody
+	// underscoreOK: client.underscore_headers allows header and trailer
+	// fields named with an underscore.
+	underscoreOK bool
 	// bodyStore and respFor live here to save allocations: body points to
 	// bodyStore; respFor is what http.ReadResponse is told the request was.
 	bodyStore reqBody
@@ -398,7 +401,7 @@ func (q *request) prepare() bool {
 		// A gRPC call to an HTTP/2 upstream: its body is streamed (a
 		// streaming call would stall waiting for the buffer to fill).
 		body.initStream(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead)
-	} else if err := body.init(r.Body, r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
+	} else if err := body.init(s.paced(w, r.Body, q.deadline, bodyRead != nil), r.ContentLength, q.st.policy.BufferBytes(), bodyRead); err != nil {
 		s.fail(w, q.rec, s.clientBodyStatus(err), err.Error())
 		return false
 	}

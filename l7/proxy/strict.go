@@ -164,6 +164,7 @@ func checkOutgoing(out *outRequest, underscores string) (dropped bool, err error
 	if out.host != "" && !validHost(out.host) || out.fwd.host != "" && !validHost(out.fwd.host) {
 		return false, errors.Join(errBadRequest, errors.New("the Host is not a valid host[:port]"))
 	}
+	out.underscoreOK = underscores == service.UnderscoreAllow
 	for k, vv := range out.header {
 		if !isToken(k) {
 			return false, errors.Join(errBadRequest, errors.New("a header name is not a token"))

@@ -272,6 +272,8 @@ const (
 	PerIPConnectionFloor  = 1000
 	PerIPRequestFloor     = 100
 	DefaultMaxBodyBytes   = 64 << 20
+	DefaultBodyTimeout    = 30 * time.Second
+	DefaultBodyMinRate    = 500 // bytes a second
 	DefaultMaxHeaderCount = 100
 	// HTTP/2, Envoy's edge recommendations.
 	DefaultH2MaxStreams   = 100
@@ -332,6 +334,15 @@ type ClientLimits struct {
 	// MaxBodyBytes bounds a request body; a larger one gets 413. Default
 	// 64 MiB (nginx client_max_body_size 1m).
 	MaxBodyBytes int64
+	// BodyTimeout bounds each wait for the next bytes of a request body
+	// from its client; past that grace, the body must keep BodyMinRate
+	// bytes a second of the time waited on it on average (0: the
+	// default; negative: no rate).
+	// A client slower than that gets 408. Defaults 30s and 500 bytes/s
+	// (Apache mod_reqtimeout body=20,MinRate=500; nginx
+	// client_body_timeout 60s).
+	BodyTimeout time.Duration
+	BodyMinRate int64
 	// MaxHeaderCount bounds the header fields of a request (every value
 	// of a repeated name counts); more get 431. Default 100 (Envoy
 	// max_headers_count 100, HAProxy tune.http.maxhdr 101).
@@ -385,6 +396,12 @@ func (c ClientLimits) WithDefaults() ClientLimits {
 	}
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.BodyTimeout <= 0 {
+		c.BodyTimeout = DefaultBodyTimeout
+	}
+	if c.BodyMinRate == 0 {
+		c.BodyMinRate = DefaultBodyMinRate
 	}
 	if c.MaxHeaderCount <= 0 {
 		c.MaxHeaderCount = DefaultMaxHeaderCount

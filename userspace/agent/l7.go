@@ -235,6 +235,7 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 			TunnelIdleTimeout: c.TunnelIdleTimeout.D(),
 			MaxConnections:    c.MaxConnections, MaxRequests: c.MaxRequests,
 			MaxConnectionsPerIP: c.MaxConnectionsPerIP, MaxRequestsPerIP: c.MaxRequestsPerIP,
+			BodyTimeout: c.BodyTimeout.D(), BodyMinRate: bodyMinRate(c.BodyMinRate),
 			MaxBodyBytes: c.MaxBodyBytes, MaxHeaderCount: c.MaxHeaderCount,
 			H2MaxStreams: c.H2MaxStreams, H2StreamWindow: c.H2StreamWindow, H2ConnWindow: c.H2ConnWindow,
 			H2MaxResetStreams: c.H2MaxResetStreams, UnderscoreHeaders: c.UnderscoreHeaders,
@@ -483,4 +484,13 @@ func (s *l7Stage) observer(svc config.Service) proxy.Observer {
 		}
 	}
 	return proxy.NewMetricsObserver(s.metrics.L7, p)
+}
+
+// bodyMinRate is client.body_min_rate as the proxy takes it: 0 (no rate)
+// is negative there, where 0 is the default.
+func bodyMinRate(r int64) int64 {
+	if r == 0 {
+		return -1
+	}
+	return r
 }

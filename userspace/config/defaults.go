@@ -192,6 +192,10 @@ func applyDefaults(c *Config, lines map[string]int) {
 		if !d.set(cp + ".max_body_bytes") {
 			s.Client.MaxBodyBytes = service.DefaultMaxBodyBytes
 		}
+		d.dur(cp+".body_timeout", &s.Client.BodyTimeout, service.DefaultBodyTimeout)
+		if !d.set(cp + ".body_min_rate") {
+			s.Client.BodyMinRate = service.DefaultBodyMinRate
+		}
 		d.int(cp+".max_header_count", &s.Client.MaxHeaderCount, service.DefaultMaxHeaderCount)
 		d.int(cp+".h2_max_streams", &s.Client.H2MaxStreams, service.DefaultH2MaxStreams)
 		d.int(cp+".h2_stream_window", &s.Client.H2StreamWindow, service.DefaultH2StreamWindow)

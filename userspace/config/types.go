@@ -345,12 +345,16 @@ type ClientLimits struct {
 	// and 100, at most the limit itself.
 	MaxConnectionsPerIP int   `yaml:"max_connections_per_ip"`
 	MaxRequestsPerIP    int   `yaml:"max_requests_per_ip"`
-	MaxBodyBytes        int64 `yaml:"max_body_bytes"`       // default 64 MiB
-	MaxHeaderCount      int   `yaml:"max_header_count"`     // default 100
-	H2MaxStreams        int   `yaml:"h2_max_streams"`       // concurrent streams per HTTP/2 connection, default 100
-	H2StreamWindow      int   `yaml:"h2_stream_window"`     // default 65536
-	H2ConnWindow        int   `yaml:"h2_connection_window"` // default 1048576
-	H2MaxResetStreams   int   `yaml:"h2_max_reset_streams"` // rapid reset: GOAWAY past this many resets, default 200
+	MaxBodyBytes        int64 `yaml:"max_body_bytes"` // default 64 MiB
+	// BodyTimeout bounds each wait for a request body's next bytes;
+	// past it, BodyMinRate bytes/s on average (0: none). 408 beyond.
+	BodyTimeout       Duration `yaml:"body_timeout"`         // default 30s
+	BodyMinRate       int64    `yaml:"body_min_rate"`        // default 500
+	MaxHeaderCount    int      `yaml:"max_header_count"`     // default 100
+	H2MaxStreams      int      `yaml:"h2_max_streams"`       // concurrent streams per HTTP/2 connection, default 100
+	H2StreamWindow    int      `yaml:"h2_stream_window"`     // default 65536
+	H2ConnWindow      int      `yaml:"h2_connection_window"` // default 1048576
+	H2MaxResetStreams int      `yaml:"h2_max_reset_streams"` // rapid reset: GOAWAY past this many resets, default 200
 	// UnderscoreHeaders: a request header field named with an underscore
 	// is dropped (default), rejected (400) or allowed.
 	UnderscoreHeaders string `yaml:"underscore_headers"`

@@ -1007,6 +1007,8 @@ func (v *validator) httpListener(s *Service, path string) {
 		v.positive(cp+".header_timeout", c.HeaderTimeout)
 		v.positive(cp+".idle_timeout", c.IdleTimeout)
 		v.positive(cp+".tunnel_idle_timeout", c.TunnelIdleTimeout)
+		v.positive(cp+".body_timeout", c.BodyTimeout)
+		v.between(cp+".body_min_rate", c.BodyMinRate, 0, 1<<30)
 		v.between(cp+".max_connections", int64(c.MaxConnections), 1, MaxClientConns)
 		v.between(cp+".max_requests", int64(c.MaxRequests), 1, MaxClientRequests)
 		v.between(cp+".max_connections_per_ip", int64(c.MaxConnectionsPerIP), 1, int64(max(c.MaxConnections, 1)))
