@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -817,4 +818,35 @@ func TestReloadInPart(t *testing.T) {
 	if st, err := agent.Status(); err != nil || len(st.NotApplied) != 0 {
 		t.Errorf("status after a full reload: not_applied %q (%v)", st.NotApplied, err)
 	}
+}
+
+// TestXDPReattached: the program detached from one of the lb's interfaces
+// by another tool (bpftool link detach) is attached again by the agent
+// within a tick or two, says so in its log, and VIP traffic flows again.
+func TestXDPReattached(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+	r := lab.Load("--url", vipURL, "--mode", "keepalive", "--count", "3", "--duration", "3s")
+	assertNoFailures(t, "traffic before the detach", r)
+
+	if strings.Contains(agent.proc.Log(), "attached again") {
+		t.Fatalf("the agent attached the program again before anything detached it:\n%s", agent.proc.Log())
+	}
+	pin := filepath.Join(agent.PinPath, "links", "xdp_eth0")
+	if _, err := bpftool("link", "detach", "pinned", pin); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the agent attaching the program again", func() error {
+		if !strings.Contains(agent.proc.Log(), "attached again") {
+			return errors.New("no \"attached again\" in the agent's log")
+		}
+		out := lab.MustRun("lb", 5*time.Second, "ip", "-d", "link", "show", "dev", "eth0")
+		if !strings.Contains(out, "prog/xdp ") {
+			return fmt.Errorf("eth0 has no xdp program:\n%s", out)
+		}
+		return nil
+	})
+	r = lab.Load("--url", vipURL, "--mode", "keepalive", "--count", "3", "--duration", "3s")
+	assertNoFailures(t, "traffic after the program was attached again", r)
 }

@@ -458,12 +458,33 @@ func (a *agent) tick(now time.Time) error {
 			a.log.Info("pool forgotten", "pool", name)
 		}
 	}
+	a.keepAttached()
 	a.connectFailures(now, failures)
 	a.health.targets(now)
 	a.observeDrain(now, counts, known)
 	err := a.reconcileLocked(now)
 	a.saveState()
 	return err
+}
+
+// keepAttached has the data path check its attachments and attach the
+// program again where it was lost, and says so: a node whose program was
+// detached forwards nothing through its VIPs, and withdraws them from BGP
+// until it is attached again (announceLocked reads Attachments). Called
+// with mu held.
+func (a *agent) keepAttached() {
+	k, ok := a.rec.dp.(datapath.Keeper)
+	if !ok {
+		return
+	}
+	for _, c := range k.KeepAttached() {
+		if c.Err != nil {
+			a.log.Error("xdp program lost on an interface and not attached again: its traffic is not balanced, VIPs withdrawn; retrying every tick",
+				"interface", c.Interface, "lost", c.Lost, "err", c.Err)
+			continue
+		}
+		a.log.Warn("xdp program lost on an interface, attached again", "interface", c.Interface, "lost", c.Lost)
+	}
 }
 
 // drainingFlows counts the flows of ps's draining addresses: those pinned

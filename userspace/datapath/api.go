@@ -157,6 +157,13 @@ type Map interface {
 	Attachments() []Attachment
 }
 
+// Keeper is a data path whose attachments to interfaces can be lost (an
+// interface made again, a link detached by another tool) and made again:
+// the agent calls KeepAttached on every tick (Real implements it).
+type Keeper interface {
+	KeepAttached() []AttachChange
+}
+
 // Attachment is the program's attachment to one interface.
 type Attachment struct {
 	Interface string

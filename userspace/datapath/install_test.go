@@ -407,3 +407,84 @@ func TestTwoEntryMigration(t *testing.T) {
 	}
 	pr.Close()
 }
+
+// TestKeepAttached: the program's link lost on an interface — detached by
+// another tool, or gone with an interface deleted and made again — is
+// found by KeepAttached, which attaches the program again (and reports
+// the interface missing from Attachments while it cannot).
+func TestKeepAttached(t *testing.T) {
+	l := newLab(t, testTableSize)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-keeptest-%d", os.Getpid()))
+	bridge := func() error {
+		la := netlink.NewLinkAttrs()
+		la.Name = "ka0"
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			return err
+		}
+		dm, err := netlink.LinkByName("ka0")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(dm)
+	}
+	attachedProg := func() bool {
+		dm, err := netlink.LinkByName("ka0")
+		return err == nil && dm.Attrs().Xdp != nil && dm.Attrs().Xdp.Attached
+	}
+	var steps []string
+	note := func(format string, args ...any) { steps = append(steps, fmt.Sprintf(format, args...)) }
+	l.exec(func() {
+		defer func() { _ = Teardown(pin) }()
+		if err := bridge(); err != nil {
+			note("bridge: %v", err)
+			return
+		}
+		r, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true, Interfaces: []string{"ka0"}, XDPMode: "auto"})
+		if err != nil {
+			note("open: %v", err)
+			return
+		}
+		defer r.Close()
+		if ch := r.KeepAttached(); len(ch) != 0 {
+			note("attached: changes %+v, want none", ch)
+		}
+
+		// Detached by another tool.
+		if err := r.links["ka0"].Detach(); err != nil {
+			note("detach: %v", err)
+			return
+		}
+		if attachedProg() {
+			note("still attached after Detach")
+		}
+		ch := r.KeepAttached()
+		if len(ch) != 1 || ch[0].Err != nil || !strings.Contains(ch[0].Lost, "detached") || !attachedProg() || len(r.Attachments()) != 1 {
+			note("after a detach: changes %+v, attached %v, attachments %+v; want it attached again", ch, attachedProg(), r.Attachments())
+		}
+
+		// The interface deleted, then made again.
+		dm, _ := netlink.LinkByName("ka0")
+		if err := netlink.LinkDel(dm); err != nil {
+			note("delete: %v", err)
+			return
+		}
+		ch = r.KeepAttached()
+		if len(ch) != 1 || ch[0].Err == nil || len(r.Attachments()) != 0 {
+			note("interface gone: changes %+v, attachments %+v; want the loss reported, nothing attached", ch, r.Attachments())
+		}
+		if ch := r.KeepAttached(); len(ch) != 0 {
+			note("still gone: changes %+v, want none (said once)", ch)
+		}
+		if err := bridge(); err != nil {
+			note("bridge again: %v", err)
+			return
+		}
+		ch = r.KeepAttached()
+		if len(ch) != 1 || ch[0].Err != nil || !attachedProg() || len(r.Attachments()) != 1 {
+			note("interface back: changes %+v, attached %v, attachments %+v; want it attached again", ch, attachedProg(), r.Attachments())
+		}
+	})
+	for _, s := range steps {
+		t.Error(s)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -106,10 +107,17 @@ type Real struct {
 	backendHops6, replyHops6, directSYNs6, scratch *ebpf.Map   // not pinned
 	addrIdx6                                       *addrIndex6 // nil when opened read-only
 
-	prog        *ebpf.Program
-	links       map[string]link.Link
+	prog  *ebpf.Program
+	links map[string]link.Link
+	// attachments is read by Attachments from any goroutine (status,
+	// metrics) while KeepAttached may change it: attachMu guards it.
+	attachMu    sync.Mutex
 	attachments map[string]Attachment
-	lock        *os.File // flock on the pin directory: one agent per data path
+	// ifaces and xdpMode are what the program is to be attached to, and
+	// how (KeepAttached attaches it again where it was lost).
+	ifaces  []string
+	xdpMode string
+	lock    *os.File // flock on the pin directory: one agent per data path
 
 	keepNeighbours bool
 	// layoutReset names the pinned maps whose layout changed, when Open
@@ -481,6 +489,7 @@ func Open(o Options) (*Real, error) {
 		r.Close()
 		return nil, err
 	}
+	r.ifaces, r.xdpMode = slices.Clone(o.Interfaces), o.XDPMode
 	ok = true
 	r.lock = claim.lock
 	return r, nil
@@ -646,7 +655,7 @@ func (r *Real) attachOne(name, mode string) error {
 				a.Mode = "generic"
 				a.Fallback = mode != "generic"
 			}
-			r.attachments[name] = a
+			r.setAttachment(name, &a)
 			r.log.Info("adopted pinned xdp link, program updated in place", "interface", name, "mode", a.Mode)
 			return nil
 		}
@@ -679,13 +688,88 @@ func (r *Real) attachOne(name, mode string) error {
 		r.log.Info("attached xdp program", "interface", name, "mode", a.Mode)
 	}
 	r.links[name] = l
-	r.attachments[name] = a
+	r.setAttachment(name, &a)
 	return nil
+}
+
+// KeepAttached checks that the program is still attached to every
+// configured interface and attaches it again where it is not: an
+// interface deleted and made again (a driver reset, a hot-plugged NIC, a
+// recreated veth) takes the program's link with it, and another tool may
+// detach it (bpftool link detach). Until it is attached again the
+// interface is missing from Attachments (status, sluice_xdp_attached,
+// and the VIPs are withdrawn from BGP). It returns what it found and did,
+// for the agent's log; nothing when every link is alive.
+func (r *Real) KeepAttached() []AttachChange {
+	var out []AttachChange
+	for _, name := range r.ifaces {
+		why := r.linkLost(name)
+		if why == "" {
+			continue
+		}
+		had := r.setAttachment(name, nil)
+		if l := r.links[name]; l != nil {
+			_ = l.Close()
+			delete(r.links, name)
+		}
+		err := r.attachOne(name, r.xdpMode)
+		if err != nil && !had {
+			continue // still not attached: said when it was lost
+		}
+		out = append(out, AttachChange{Interface: name, Lost: why, Err: err})
+	}
+	return out
+}
+
+// setAttachment records the program's attachment to interface name (nil:
+// none) and says whether there was one.
+func (r *Real) setAttachment(name string, a *Attachment) (had bool) {
+	r.attachMu.Lock()
+	defer r.attachMu.Unlock()
+	_, had = r.attachments[name]
+	if a == nil {
+		delete(r.attachments, name)
+	} else {
+		r.attachments[name] = *a
+	}
+	return had
+}
+
+// AttachChange is one interface whose attachment KeepAttached found lost:
+// Lost says how; Err is nil when the program is attached again.
+type AttachChange struct {
+	Interface string
+	Lost      string
+	Err       error
+}
+
+// linkLost says why the program's link on interface name is not alive
+// ("" when it is).
+func (r *Real) linkLost(name string) string {
+	l := r.links[name]
+	if l == nil {
+		return "not attached"
+	}
+	iface, err := net.InterfaceByName(name)
+	if err != nil {
+		return "the interface is gone"
+	}
+	info, err := l.Info()
+	if err != nil || info.XDP() == nil {
+		return "the link is gone"
+	}
+	if int(info.XDP().Ifindex) != iface.Index {
+		// 0 once the link's device went away or it was detached.
+		return "the link was detached (the interface made again, or another tool)"
+	}
+	return ""
 }
 
 // Attachments says how the program is attached to each interface, sorted
 // by interface name.
 func (r *Real) Attachments() []Attachment {
+	r.attachMu.Lock()
+	defer r.attachMu.Unlock()
 	out := make([]Attachment, 0, len(r.attachments))
 	for _, a := range r.attachments {
 		out = append(out, a)
