@@ -123,6 +123,23 @@ func TestHeaderCountAndBodyLimits(t *testing.T) {
 	}
 }
 
+// holdConns opens n idle connections to addr (closed at the test's end)
+// and gives the server time to accept them.
+func holdConns(t *testing.T, addr string, n int) []net.Conn {
+	t.Helper()
+	var held []net.Conn
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		held = append(held, c)
+	}
+	time.Sleep(100 * time.Millisecond) // accepted
+	return held
+}
+
 // client.max_connections: a connection past it is closed at once.
 func TestMaxConnections(t *testing.T) {
 	be := newBackend(t, status(200))
@@ -130,16 +147,7 @@ func TestMaxConnections(t *testing.T) {
 	obs := &refusedObserver{}
 	h := start(t, p, func(o *Options) { o.Client.MaxConnections = 2; o.Observer = obs })
 	addr := strings.TrimPrefix(h.url, "http://")
-	var held []net.Conn
-	for range 2 {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		held = append(held, c)
-	}
-	time.Sleep(100 * time.Millisecond) // both accepted
+	held := holdConns(t, addr, 2)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

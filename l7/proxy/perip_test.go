@@ -52,14 +52,7 @@ func TestMaxConnectionsPerIP(t *testing.T) {
 				}
 			})
 			addr := strings.TrimPrefix(h.url, "http://")
-			for range 2 {
-				c, err := net.Dial("tcp", addr)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-			}
-			time.Sleep(100 * time.Millisecond) // both accepted
+			holdConns(t, addr, 2)
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
