@@ -226,7 +226,9 @@ func namedIn(conn []string, name string) bool {
 // http.Header.Write does (the server already refuses them in requests;
 // this is a safety net).
 func writeField(bw *bufio.Writer, k, v string) {
-	if strings.ContainsAny(v, "\r\n") {
+	// (Two byte searches: ContainsAny builds its set on every call, and
+	// this runs for every field of every request.)
+	if strings.IndexByte(v, '\r') >= 0 || strings.IndexByte(v, '\n') >= 0 {
 		v = strings.Map(func(r rune) rune {
 			if r == '\r' || r == '\n' {
 				return ' '

@@ -193,3 +193,23 @@ func TestAddrString(t *testing.T) {
 		}
 	}
 }
+
+// writeField never writes a CR or LF inside a field (a value that would
+// split the header), and trims the value as net/http does.
+func TestWriteField(t *testing.T) {
+	for v, want := range map[string]string{
+		"plain":              "K: plain\r\n",
+		" padded\t":          "K: padded\r\n",
+		"a\r\nInjected: yes": "K: a  Injected: yes\r\n",
+		"lf\nonly":           "K: lf only\r\n",
+		"cr\ronly":           "K: cr only\r\n",
+	} {
+		var b bytes.Buffer
+		bw := bufio.NewWriter(&b)
+		writeField(bw, "K", v)
+		bw.Flush()
+		if b.String() != want {
+			t.Errorf("writeField(%q) wrote %q, want %q", v, b.String(), want)
+		}
+	}
+}
