@@ -305,9 +305,12 @@ func TestDialTimeout(t *testing.T) {
 	done := make(chan struct{})
 	l.Go(func(ctx context.Context) {
 		defer close(done)
+		// start before the deadline is made from the clock: the
+		// timeout fires at the deadline, which a start taken after it
+		// would see as less than 150ms away (it did, by 0.2ms).
+		start := time.Now()
 		dctx, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
 		defer cancel()
-		start := time.Now()
 		c, err := Dial(dctx, ap)
 		took, derr = time.Since(start), err
 		if err == nil {
