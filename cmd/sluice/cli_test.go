@@ -985,3 +985,18 @@ bgp:
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestStatusInterfaces: the xdp line says each interface's mode, a
+// fallback, and an interface the program was lost from.
+func TestStatusInterfaces(t *testing.T) {
+	var b bytes.Buffer
+	st := admin.Status{Version: "v1", ConfigPath: "/c", StartedAt: testNow, Interfaces: []admin.Interface{
+		{Name: "eth0", Mode: "native"}, {Name: "eth1", Mode: "generic", Fallback: true}, {Name: "eth2", Mode: admin.ModeDetached}}}
+	if err := writeStatus(&b, st, testNow); err != nil {
+		t.Fatal(err)
+	}
+	want := "xdp: eth0 native, eth1 generic (FALLBACK from native: slow path), eth2 NOT ATTACHED (its traffic is not balanced; the agent attaches it again when it can)\n"
+	if !strings.Contains(b.String(), want) {
+		t.Errorf("status:\n%s\nwant the line %q", b.String(), want)
+	}
+}

@@ -61,6 +61,9 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 		var xdp []string
 		for _, i := range st.Interfaces {
 			s := i.Name + " " + i.Mode
+			if i.Mode == admin.ModeDetached {
+				s = i.Name + " NOT ATTACHED (its traffic is not balanced; the agent attaches it again when it can)"
+			}
 			if i.Fallback {
 				s += " (FALLBACK from native: slow path)"
 			}

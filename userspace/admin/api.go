@@ -125,11 +125,18 @@ type NodeDrainRequest struct {
 // Interface is the XDP program's attachment to one interface.
 type Interface struct {
 	Name string `json:"name"`
-	Mode string `json:"mode"` // native | generic
+	// Mode is native, generic, or ModeDetached: the program is not
+	// attached (lost from the interface, which is gone or was made again;
+	// the agent attaches it again every second when it can).
+	Mode string `json:"mode"`
 	// Fallback: xdp_mode auto fell back to generic mode (the driver has no
 	// native XDP): the slow path.
 	Fallback bool `json:"fallback,omitempty"`
 }
+
+// ModeDetached is Interface.Mode of a configured interface the program is
+// not attached to.
+const ModeDetached = "detached"
 
 // Service is one configured service.
 type Service struct {

@@ -50,6 +50,15 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	for _, at := range a.rec.dp.Attachments() {
 		st.Interfaces = append(st.Interfaces, admin.Interface{Name: at.Interface, Mode: at.Mode, Fallback: at.Fallback})
 	}
+	if cfg != nil {
+		// A configured interface the program is not attached to (lost:
+		// the tick attaches it again when it can).
+		for _, name := range cfg.Interfaces {
+			if !slices.ContainsFunc(st.Interfaces, func(i admin.Interface) bool { return i.Name == name }) {
+				st.Interfaces = append(st.Interfaces, admin.Interface{Name: name, Mode: admin.ModeDetached})
+			}
+		}
+	}
 	if cfg == nil {
 		return st, nil
 	}
