@@ -118,7 +118,11 @@ type request struct {
 	dns      dnsWait      // the DNS-wait step's state (dnswait.go)
 	release  func()       // the retry budget token of the retry in progress
 	removals uint64       // Server.removals when the request began (removedSince)
-	abort    bool         // the response was cut short: the client must see an abort
+	// ipKey is the client address the request is counted under in
+	// client.max_requests_per_ip while ipHeld (see releaseIP).
+	ipKey  netip.Addr
+	ipHeld bool
+	abort  bool // the response was cut short: the client must see an abort
 }
 
 // ServeHTTP proxies one request: admit it, then pick a backend, try it,
@@ -168,7 +172,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.obs.Refused(s.name, limitRequestsPerIP)
 			return
 		}
-		defer s.activeIP.release(key)
+		q.ipKey, q.ipHeld = key, true
+		defer q.releaseIP()
 	}
 	if lim := st.maxRequests; lim > 0 && status == 0 {
 		// The route's max_requests: its share of the listener's.
@@ -540,6 +545,10 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 	s := q.s
 	switch {
 	case res.resp != nil && res.resp.StatusCode == http.StatusSwitchingProtocols:
+		// A tunnel (WebSocket) is a connection from now on, bounded by
+		// client.max_connections_per_ip, not a request in flight: many
+		// clients behind one address may each hold one.
+		q.releaseIP()
 		s.tunnel(q.ctx, q.w, q.rec, q.st, res)
 	case res.resp != nil:
 		hr := &q.st.svc.Headers
@@ -563,6 +572,15 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 			status = http.StatusGatewayTimeout
 		}
 		s.fail(q.w, q.rec, status, describe(res))
+	}
+}
+
+// releaseIP gives back the request's place in client.max_requests_per_ip,
+// if it holds one.
+func (q *request) releaseIP() {
+	if q.ipHeld {
+		q.s.activeIP.release(q.ipKey)
+		q.ipHeld = false
 	}
 }
 

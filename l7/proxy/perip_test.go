@@ -102,3 +102,24 @@ func TestMaxRequestsPerIP(t *testing.T) {
 		t.Errorf("after the first ended: %d", resp.StatusCode)
 	}
 }
+
+// A tunnel (WebSocket) holds a connection, not a request in flight: with
+// client.max_requests_per_ip 1, a client address with a tunnel open still
+// gets its requests served.
+func TestTunnelNotARequestPerIP(t *testing.T) {
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			echoUpgrade(w, r)
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	h := start(t, newPool(t, nil, be.addr), func(o *Options) {
+		o.Client.MaxRequestsPerIP = 1
+		o.Service.Upgrades = []string{"echo"}
+	})
+	upgradeClient(t, h)
+	if resp, body := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+		t.Errorf("a request beside an open tunnel: %d %q, want 200", resp.StatusCode, body)
+	}
+}
