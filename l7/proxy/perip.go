@@ -12,13 +12,37 @@ import (
 // IPv6 client counts per /64: a host is usually given a whole /64 and can
 // use any address in it.
 type perIP struct {
-	max int32
-	mu  sync.Mutex
-	n   map[netip.Addr]int32
+	max    int32
+	shards [perIPShards]perIPShard
+}
+
+// perIPShards spreads the counts over locks of their own, so that many
+// cores counting requests do not queue on one.
+const perIPShards = 32
+
+type perIPShard struct {
+	mu sync.Mutex
+	n  map[netip.Addr]int32
+	_  [48]byte // a shard per cache line (64 bytes with the lock and map)
 }
 
 func newPerIP(max int) *perIP {
-	return &perIP{max: int32(min(max, 1<<30)), n: make(map[netip.Addr]int32)}
+	p := &perIP{max: int32(min(max, 1<<30))}
+	for i := range p.shards {
+		p.shards[i].n = make(map[netip.Addr]int32)
+	}
+	return p
+}
+
+// shard is key's shard: its address's bytes folded (a client address is
+// not chosen to collide with others: at worst they share a lock).
+func (p *perIP) shard(key netip.Addr) *perIPShard {
+	b := key.As16()
+	h := uint32(0)
+	for _, c := range b {
+		h = h*31 + uint32(c)
+	}
+	return &p.shards[h%perIPShards]
 }
 
 // clientKey is the address a client is counted under: an IPv4 address
@@ -36,24 +60,26 @@ func clientKey(ip netip.Addr) netip.Addr {
 // acquire counts one more for key, or reports false (counting nothing)
 // when key holds max already.
 func (p *perIP) acquire(key netip.Addr) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := p.n[key]
+	sh := p.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	n := sh.n[key]
 	if n >= p.max {
 		return false
 	}
-	p.n[key] = n + 1
+	sh.n[key] = n + 1
 	return true
 }
 
 // release gives back one acquired for key.
 func (p *perIP) release(key netip.Addr) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if n := p.n[key]; n > 1 {
-		p.n[key] = n - 1
+	sh := p.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if n := sh.n[key]; n > 1 {
+		sh.n[key] = n - 1
 	} else {
-		delete(p.n, key)
+		delete(sh.n, key)
 	}
 }
 

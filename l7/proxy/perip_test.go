@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestClientKey(t *testing.T) {
@@ -32,8 +33,10 @@ func TestClientKey(t *testing.T) {
 	p.release(a)
 	p.release(a)
 	p.release(b)
-	if len(p.n) != 0 {
-		t.Errorf("counts left after every release: %v", p.n)
+	for i := range p.shards {
+		if n := p.shards[i].n; len(n) != 0 {
+			t.Errorf("counts left after every release: %v", n)
+		}
 	}
 }
 
@@ -121,5 +124,11 @@ func TestTunnelNotARequestPerIP(t *testing.T) {
 	upgradeClient(t, h)
 	if resp, body := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
 		t.Errorf("a request beside an open tunnel: %d %q, want 200", resp.StatusCode, body)
+	}
+}
+
+func TestPerIPShardSize(t *testing.T) {
+	if n := unsafe.Sizeof(perIPShard{}); n != 64 {
+		t.Errorf("a shard is %d bytes, want a cache line (64)", n)
 	}
 }
