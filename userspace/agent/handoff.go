@@ -32,6 +32,9 @@ type listenerHandoff struct {
 	cur *handoffListener
 }
 
+// acceptWarnEvery spaces the warnings of a failing accept.
+const acceptWarnEvery = 10 * time.Second
+
 // newListenerHandoff starts accepting on l until ctx ends or close is
 // called; run must be started by the caller (it returns then).
 func newListenerHandoff(l net.Listener, log *slog.Logger) *listenerHandoff {
@@ -68,14 +71,23 @@ func (h *listenerHandoff) run(ctx context.Context) {
 			hl.Close()
 		}
 	}()
+	var failed int       // accepts failed since the last warning
+	var warned time.Time // when the last warning was logged
 	for {
 		c, err := h.l.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// Out of file descriptors and the like: try again soon.
-			h.log.Warn("http listener accept", "listen", h.l.Addr().String(), "err", err)
+			// Out of file descriptors and the like: try again soon. The
+			// warning at most every acceptWarnEvery, with a count (a
+			// hundred lines a second would flood the log of a machine
+			// already in trouble).
+			failed++
+			if now := time.Now(); now.Sub(warned) >= acceptWarnEvery {
+				h.log.Warn("http listener accept", "listen", h.l.Addr().String(), "err", err, "failed_since_last_warning", failed)
+				failed, warned = 0, now
+			}
 			select {
 			case <-ctx.Done():
 				return

@@ -5,8 +5,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -196,5 +198,50 @@ func TestHandoffDispatchServesOnTheAcceptingGoroutine(t *testing.T) {
 	<-ran
 	if err := <-done; err != net.ErrClosed {
 		t.Fatalf("Dispatch returned %v, want net.ErrClosed when the handoff stops", err)
+	}
+}
+
+// failingListener's Accept fails (out of file descriptors) until closed.
+type failingListener struct {
+	net.Listener
+	accepts atomic.Int64
+	closed  chan struct{}
+	once    sync.Once
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	select {
+	case <-l.closed:
+		return nil, net.ErrClosed
+	default:
+	}
+	l.accepts.Add(1)
+	return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
+}
+
+func (l *failingListener) Close() error { l.once.Do(func() { close(l.closed) }); return nil }
+
+// An accept that keeps failing is retried every 10 ms and warned about at
+// most every acceptWarnEvery, not on every failure.
+func TestHandoffAcceptFailuresWarnedSparingly(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inner.Close()
+	fl := &failingListener{Listener: inner, closed: make(chan struct{})}
+	var logged syncLog
+	h := newListenerHandoff(fl, slog.New(slog.NewTextHandler(&logged, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); h.run(ctx) }()
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	<-done
+	if n := fl.accepts.Load(); n < 10 {
+		t.Errorf("%d accepts in 300ms, want it retried every 10ms", n)
+	}
+	if n := strings.Count(logged.String(), "http listener accept"); n != 1 {
+		t.Errorf("%d warnings for %d failed accepts in 300ms, want 1:\n%s", n, fl.accepts.Load(), logged.String())
 	}
 }
