@@ -118,11 +118,8 @@ type request struct {
 	dns      dnsWait      // the DNS-wait step's state (dnswait.go)
 	release  func()       // the retry budget token of the retry in progress
 	removals uint64       // Server.removals when the request began (removedSince)
-	// ipKey is the client address the request is counted under in
-	// client.max_requests_per_ip while ipHeld (see releaseIP).
-	ipKey  netip.Addr
-	ipHeld bool
-	abort  bool // the response was cut short: the client must see an abort
+	slots    requestSlots // the request's places in the request limits
+	abort    bool         // the response was cut short: the client must see an abort
 }
 
 // ServeHTTP proxies one request: admit it, then pick a backend, try it,
@@ -161,7 +158,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.obs.Refused(s.name, limitRequests)
 		return
 	}
-	defer s.active.Add(-1)
+	q.slots.active = &s.active
+	defer q.releaseSlots()
 	// client.max_requests_per_ip: one client address (an IPv6 /64) may
 	// not hold the listener's requests (HTTP/2 streams need no new
 	// connections); a trusted proxy is not counted.
@@ -172,8 +170,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.obs.Refused(s.name, limitRequestsPerIP)
 			return
 		}
-		q.ipKey, q.ipHeld = key, true
-		defer q.releaseIP()
+		q.slots.ip, q.slots.ipKey = s.activeIP, key
 	}
 	if lim := st.maxRequests; lim > 0 && status == 0 {
 		// The route's max_requests: its share of the listener's.
@@ -184,7 +181,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.obs.Refused(s.name, limitRouteRequests)
 			return
 		}
-		defer st.active.Add(-1)
+		q.slots.route = st.active
 	}
 	if !q.admit() {
 		return
@@ -546,9 +543,10 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 	switch {
 	case res.resp != nil && res.resp.StatusCode == http.StatusSwitchingProtocols:
 		// A tunnel (WebSocket) is a connection from now on, bounded by
-		// client.max_connections_per_ip, not a request in flight: many
-		// clients behind one address may each hold one.
-		q.releaseIP()
+		// client.max_connections and max_connections_per_ip, not a
+		// request in flight: a listener's max_requests (and one address's
+		// share) is not taken by long-lived tunnels.
+		q.releaseSlots()
 		s.tunnel(q.ctx, q.w, q.rec, q.st, res)
 	case res.resp != nil:
 		hr := &q.st.svc.Headers
@@ -575,13 +573,29 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 	}
 }
 
-// releaseIP gives back the request's place in client.max_requests_per_ip,
-// if it holds one.
-func (q *request) releaseIP() {
-	if q.ipHeld {
-		q.s.activeIP.release(q.ipKey)
-		q.ipHeld = false
+// requestSlots are the places a request holds in client.max_requests,
+// client.max_requests_per_ip and its route's max_requests (nil: none).
+type requestSlots struct {
+	active *atomic.Int64
+	route  *atomic.Int64
+	ip     *perIP
+	ipKey  netip.Addr
+}
+
+// releaseSlots gives back the request's places in the request limits:
+// when it ends, or when it becomes a tunnel.
+func (q *request) releaseSlots() {
+	sl := &q.slots
+	if sl.active != nil {
+		sl.active.Add(-1)
 	}
+	if sl.route != nil {
+		sl.route.Add(-1)
+	}
+	if sl.ip != nil {
+		sl.ip.release(sl.ipKey)
+	}
+	*sl = requestSlots{}
 }
 
 // releaseBudget gives back the retry budget token held, if any.

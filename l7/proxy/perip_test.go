@@ -132,3 +132,25 @@ func TestPerIPShardSize(t *testing.T) {
 		t.Errorf("a shard is %d bytes, want a cache line (64)", n)
 	}
 }
+
+// Nor does it hold the listener's client.max_requests: with a limit of
+// one request, a second tunnel and a request beside two tunnels are
+// served.
+func TestTunnelNotARequest(t *testing.T) {
+	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			echoUpgrade(w, r)
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	h := start(t, newPool(t, nil, be.addr), func(o *Options) {
+		o.Client.MaxRequests = 1
+		o.Service.Upgrades = []string{"echo"}
+	})
+	upgradeClient(t, h)
+	upgradeClient(t, h)
+	if resp, body := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+		t.Errorf("a request beside two open tunnels: %d %q, want 200", resp.StatusCode, body)
+	}
+}
