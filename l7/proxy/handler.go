@@ -545,8 +545,10 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 		// A tunnel (WebSocket) is a connection from now on, bounded by
 		// client.max_connections and max_connections_per_ip, not a
 		// request in flight: a listener's max_requests (and one address's
-		// share) is not taken by long-lived tunnels.
-		q.releaseSlots()
+		// share) is not taken by long-lived tunnels. A route's
+		// max_requests still counts it: the knob that caps a WebSocket
+		// route's tunnels, as nginx's limit_conn in a location does.
+		q.releaseListenerSlots()
 		s.tunnel(q.ctx, q.w, q.rec, q.st, res)
 	case res.resp != nil:
 		hr := &q.st.svc.Headers
@@ -582,20 +584,29 @@ type requestSlots struct {
 	ipKey  netip.Addr
 }
 
-// releaseSlots gives back the request's places in the request limits:
-// when it ends, or when it becomes a tunnel.
+// releaseSlots gives back the request's places in the request limits
+// when it ends.
 func (q *request) releaseSlots() {
+	q.releaseListenerSlots()
+	if q.slots.route != nil {
+		q.slots.route.Add(-1)
+		q.slots.route = nil
+	}
+}
+
+// releaseListenerSlots gives back the request's places in the listener's
+// limits (client.max_requests and max_requests_per_ip): when it ends, or
+// when it becomes a tunnel.
+func (q *request) releaseListenerSlots() {
 	sl := &q.slots
 	if sl.active != nil {
 		sl.active.Add(-1)
-	}
-	if sl.route != nil {
-		sl.route.Add(-1)
+		sl.active = nil
 	}
 	if sl.ip != nil {
 		sl.ip.release(sl.ipKey)
+		sl.ip = nil
 	}
-	*sl = requestSlots{}
 }
 
 // releaseBudget gives back the retry budget token held, if any.

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bufio"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -65,5 +67,30 @@ func TestRouteTunnelIdleTimeout(t *testing.T) {
 	got := make([]byte, 4)
 	if _, err := io.ReadFull(br, got); err != nil || string(got) != "ping" {
 		t.Fatalf("the route's tunnel was closed at the listener's idle timeout: %q %v", got, err)
+	}
+}
+
+// A route's max_requests still counts its tunnels (the cap of a WebSocket
+// route), while the listener's does not.
+func TestRouteMaxRequestsCountsTunnels(t *testing.T) {
+	be := echoUpgradeBackend(t)
+	h := start(t, newPool(t, nil, be.addr), func(o *Options) {
+		o.Service.Upgrades = []string{"echo"}
+		o.Service.Routes = []service.Route{{Match: route.Spec{Name: "chat", ExactPath: "/chat"}, Pool: "web", MaxRequests: 1}}
+	})
+	upgradeClient(t, h) // GET /chat: the route's one place
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a second tunnel on a route with max_requests 1: %d, want 503", resp.StatusCode)
 	}
 }
