@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/l7/service"
 )
 
 // refusedObserver counts Refused calls by limit.
@@ -49,33 +51,48 @@ func blockingBackend(t *testing.T) (*backend, chan struct{}, chan struct{}) {
 
 // client.max_requests: past it, a fast 503 with Retry-After, counted.
 func TestMaxRequests(t *testing.T) {
-	be, release, arrived := blockingBackend(t)
-	p := newPool(t, nil, be.addr)
-	obs := &refusedObserver{}
-	h := start(t, p, func(o *Options) { o.Client.MaxRequests = 1; o.Observer = obs })
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if resp, _ := h.do(t, "GET", "/first", nil, nil); resp.StatusCode != 200 {
-			t.Errorf("first request: %d", resp.StatusCode)
-		}
-	}()
-	<-arrived
-	t0 := time.Now()
-	resp, body := h.do(t, "GET", "/second", nil, nil)
-	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "max_requests") {
-		t.Errorf("second request: %d, Retry-After %q, %q; want a 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	cases := []struct {
+		name   string
+		set    func(*service.ClientLimits)
+		status int
+		limit  string
+	}{
+		{"client.max_requests", func(c *service.ClientLimits) { c.MaxRequests = 1 }, 503, limitRequests},
+		// client.max_requests_per_ip: one address's request past it gets
+		// a 429 (the client's own share, not the listener's overload).
+		{"client.max_requests_per_ip", func(c *service.ClientLimits) { c.MaxRequestsPerIP = 1 }, 429, limitRequestsPerIP},
 	}
-	if d := time.Since(t0); d > time.Second {
-		t.Errorf("refusal took %s, want it at once", d)
-	}
-	close(release)
-	<-done
-	if n := obs.count(limitRequests); n != 1 {
-		t.Errorf("refused{requests} = %d, want 1", n)
-	}
-	if resp, _ := h.do(t, "GET", "/third", nil, nil); resp.StatusCode != 200 {
-		t.Errorf("after the first ended: %d", resp.StatusCode)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			be, release, arrived := blockingBackend(t)
+			p := newPool(t, nil, be.addr)
+			obs := &refusedObserver{}
+			h := start(t, p, func(o *Options) { c.set(&o.Client); o.Observer = obs })
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				if resp, _ := h.do(t, "GET", "/first", nil, nil); resp.StatusCode != 200 {
+					t.Errorf("first request: %d", resp.StatusCode)
+				}
+			}()
+			<-arrived
+			t0 := time.Now()
+			resp, body := h.do(t, "GET", "/second", nil, nil)
+			if resp.StatusCode != c.status || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, c.name) {
+				t.Errorf("second request: %d, Retry-After %q, %q; want a %d with Retry-After naming %s", resp.StatusCode, resp.Header.Get("Retry-After"), body, c.status, c.name)
+			}
+			if d := time.Since(t0); d > time.Second {
+				t.Errorf("refusal took %s, want it at once", d)
+			}
+			close(release)
+			<-done
+			if n := obs.count(c.limit); n != 1 {
+				t.Errorf("refused{%s} = %d, want 1", c.limit, n)
+			}
+			if resp, _ := h.do(t, "GET", "/third", nil, nil); resp.StatusCode != 200 {
+				t.Errorf("after the first ended: %d", resp.StatusCode)
+			}
+		})
 	}
 }
 

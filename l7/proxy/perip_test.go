@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/sluicelb/sluice/l7/service"
 )
 
 func TestClientKey(t *testing.T) {
@@ -75,82 +77,37 @@ func TestMaxConnectionsPerIP(t *testing.T) {
 	}
 }
 
-// client.max_requests_per_ip: one address's request past it gets a fast
-// 429 with Retry-After, counted; its place comes back when one ends.
-func TestMaxRequestsPerIP(t *testing.T) {
-	be, release, arrived := blockingBackend(t)
-	obs := &refusedObserver{}
-	h := start(t, newPool(t, nil, be.addr), func(o *Options) {
-		o.Client.MaxRequestsPerIP = 1
-		o.Observer = obs
-	})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if resp, _ := h.do(t, "GET", "/first", nil, nil); resp.StatusCode != 200 {
-			t.Errorf("first request: %d", resp.StatusCode)
-		}
-	}()
-	<-arrived
-	resp, body := h.do(t, "GET", "/second", nil, nil)
-	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "max_requests_per_ip") {
-		t.Errorf("second request: %d, Retry-After %q, %q; want a 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
-	}
-	close(release)
-	<-done
-	if n := obs.count(limitRequestsPerIP); n != 1 {
-		t.Errorf("refused{requests_per_ip} = %d, want 1", n)
-	}
-	if resp, _ := h.do(t, "GET", "/third", nil, nil); resp.StatusCode != 200 {
-		t.Errorf("after the first ended: %d", resp.StatusCode)
-	}
-}
-
 // A tunnel (WebSocket) holds a connection, not a request in flight: with
-// client.max_requests_per_ip 1, a client address with a tunnel open still
-// gets its requests served.
-func TestTunnelNotARequestPerIP(t *testing.T) {
-	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "" {
-			echoUpgrade(w, r)
-			return
-		}
-		io.WriteString(w, "ok")
-	})
-	h := start(t, newPool(t, nil, be.addr), func(o *Options) {
-		o.Client.MaxRequestsPerIP = 1
-		o.Service.Upgrades = []string{"echo"}
-	})
-	upgradeClient(t, h)
-	if resp, body := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
-		t.Errorf("a request beside an open tunnel: %d %q, want 200", resp.StatusCode, body)
+// client.max_requests or max_requests_per_ip at 1, a client with two
+// tunnels open still gets its requests served.
+func TestTunnelNotARequest(t *testing.T) {
+	for name, set := range map[string]func(*service.ClientLimits){
+		"max_requests":        func(c *service.ClientLimits) { c.MaxRequests = 1 },
+		"max_requests_per_ip": func(c *service.ClientLimits) { c.MaxRequestsPerIP = 1 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("Upgrade") != "" {
+					echoUpgrade(w, r)
+					return
+				}
+				io.WriteString(w, "ok")
+			})
+			h := start(t, newPool(t, nil, be.addr), func(o *Options) {
+				set(&o.Client)
+				o.Service.Upgrades = []string{"echo"}
+			})
+			upgradeClient(t, h)
+			upgradeClient(t, h)
+			if resp, body := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
+				t.Errorf("a request beside two open tunnels: %d %q, want 200", resp.StatusCode, body)
+			}
+		})
 	}
 }
 
 func TestPerIPShardSize(t *testing.T) {
 	if n := unsafe.Sizeof(perIPShard{}); n != 64 {
 		t.Errorf("a shard is %d bytes, want a cache line (64)", n)
-	}
-}
-
-// Nor does it hold the listener's client.max_requests: with a limit of
-// one request, a second tunnel and a request beside two tunnels are
-// served.
-func TestTunnelNotARequest(t *testing.T) {
-	be := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "" {
-			echoUpgrade(w, r)
-			return
-		}
-		io.WriteString(w, "ok")
-	})
-	h := start(t, newPool(t, nil, be.addr), func(o *Options) {
-		o.Client.MaxRequests = 1
-		o.Service.Upgrades = []string{"echo"}
-	})
-	upgradeClient(t, h)
-	upgradeClient(t, h)
-	if resp, body := h.do(t, "GET", "/", nil, nil); resp.StatusCode != 200 {
-		t.Errorf("a request beside two open tunnels: %d %q, want 200", resp.StatusCode, body)
 	}
 }
