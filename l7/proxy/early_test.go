@@ -31,32 +31,16 @@ func tooLarge(w http.ResponseWriter, r *http.Request) {
 // connection, and the proxy's writes of the body fail.
 func rstBackend(t *testing.T, resp string) netip.AddrPort {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
-					return
-				}
-				if resp != "" {
-					io.WriteString(c, resp)
-				}
-				// Let some of the body arrive unread: close then resets.
-				time.Sleep(20 * time.Millisecond)
-			}()
+	return rawServer(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
 		}
-	}()
-	return netip.MustParseAddrPort(l.Addr().String())
+		if resp != "" {
+			io.WriteString(c, resp)
+		}
+		// Let some of the body arrive unread: close then resets.
+		time.Sleep(20 * time.Millisecond)
+	})
 }
 
 // A backend that answers before the end of a request's body and stops
@@ -95,15 +79,16 @@ func TestEarlyResponse(t *testing.T) {
 				h = start(t, p, func(o *Options) { ej(o); o.Selector = preferSelector{addr} })
 			}
 			for i := range 3 {
-				var resp *http.Response
+				var code int
 				var got string
 				if c.h2c {
-					resp, got = h.do(t, "POST", "/upload", body, nil)
+					resp, b := h.do(t, "POST", "/upload", body, nil)
+					code, got = resp.StatusCode, b
 				} else {
-					resp, got = uploadRaw(t, h, body)
+					code, got, _ = postRaw(t, h, len(body), writeAll(body))
 				}
-				if resp.StatusCode != http.StatusRequestEntityTooLarge || got != "too large\n" {
-					t.Fatalf("request %d: %d %q, want the backend's 413", i, resp.StatusCode, got)
+				if code != http.StatusRequestEntityTooLarge || got != "too large\n" {
+					t.Fatalf("request %d: %d %q, want the backend's 413", i, code, got)
 				}
 				l := h.access.last(t)
 				if l.Tries != 1 || l.Error != "" || l.Try[0].Outcome != "ok" || l.Try[0].Status != 413 {
@@ -122,33 +107,23 @@ func TestEarlyResponse(t *testing.T) {
 	}
 }
 
-// uploadRaw posts body over a connection of its own and reads the
-// response while the body is still being written, as curl does: Go's
-// client may report the failed write of the body's rest instead of the
-// response that came first.
-func uploadRaw(t *testing.T, h *harness, body []byte) (*http.Response, string) {
+// postRaw posts a body of n bytes to h over a connection of its own:
+// write writes the body (on its own goroutine) while the response is
+// read, as curl does (Go's client may report the failed write of a
+// body's rest instead of the response that came first). It returns the
+// response's status and body and how long they took.
+func postRaw(t *testing.T, h *harness, n int, write func(c net.Conn)) (int, string, time.Duration) {
 	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	go func() {
-		io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n")
-		c.Write(body)
-	}()
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatalf("upload: %v", err)
-	}
-	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("upload: reading body: %v", err)
-	}
-	return resp, string(got)
+	c, br := rawConn(t, h)
+	t0 := time.Now()
+	io.WriteString(c, "POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(n)+"\r\n\r\n")
+	go write(c)
+	resp, body := readResp(t, br, "POST")
+	return resp.StatusCode, body, time.Since(t0)
 }
+
+// writeAll is a postRaw writer of body.
+func writeAll(body []byte) func(net.Conn) { return func(c net.Conn) { c.Write(body) } }
 
 // A backend that resets the connection during the body without a
 // response is still a reset (502), found without waiting.
@@ -156,9 +131,9 @@ func TestResetDuringBodyNoResponse(t *testing.T) {
 	addr := rstBackend(t, "")
 	h := start(t, newPool(t, nil, addr), nil)
 	t0 := time.Now()
-	resp, got := uploadRaw(t, h, bytes.Repeat([]byte("a"), 8<<20))
-	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(got, "reset") {
-		t.Fatalf("%d %q, want a 502 reset", resp.StatusCode, got)
+	code, got, _ := postRaw(t, h, 8<<20, writeAll(bytes.Repeat([]byte("a"), 8<<20)))
+	if code != http.StatusBadGateway || !strings.Contains(got, "reset") {
+		t.Fatalf("%d %q, want a 502 reset", code, got)
 	}
 	if l := h.access.last(t); l.Try[0].Early || l.Try[0].Phase != "send" {
 		t.Errorf("try %+v, want a send-phase reset", l.Try[0])
@@ -190,29 +165,17 @@ func TestClientStallNotCountedAgainstBackend(t *testing.T) {
 				o.Ejection.Failures = 1
 				o.Selector = preferSelector{addr}
 			})
-			c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
 			const n = 4 << 20
-			io.WriteString(c, "POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(n)+"\r\n\r\n")
-			go func() {
+			code, _, _ := postRaw(t, h, n, func(c net.Conn) {
 				c.Write(make([]byte, 128<<10))
 				if stall {
 					time.Sleep(1500 * time.Millisecond)
 				}
 				c.Write(make([]byte, n-128<<10))
-			}()
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
+			})
 			l := h.access.last(t)
-			if resp.StatusCode != http.StatusBadGateway || len(l.Try) != 1 || l.Try[0].Outcome != "reset" {
-				t.Fatalf("%d, access log %+v; want a 502 after one reset", resp.StatusCode, l)
+			if code != http.StatusBadGateway || len(l.Try) != 1 || l.Try[0].Outcome != "reset" {
+				t.Fatalf("%d, access log %+v; want a 502 after one reset", code, l)
 			}
 			b, _ := p.Backend(addr)
 			if stalled := strings.Contains(l.Try[0].Error, "request body had stalled"); stalled != stall || (b.State == pool.Active) != stall {
@@ -240,23 +203,12 @@ func TestEarlyResponseBodyNotSmuggled(t *testing.T) {
 	h := start(t, newPool(t, nil, be.addr), nil)
 	req := "GET /smuggled HTTP/1.1\r\nHost: test\r\n\r\n"
 	body := strings.Repeat(req, (1<<20)/len(req))
-	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c, br := rawConn(t, h)
 	go func() {
 		io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
 		io.WriteString(c, "GET /next HTTP/1.1\r\nHost: test\r\n\r\n")
 	}()
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+	if resp, _ := readResp(t, br, "POST"); resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Fatalf("upload: %d, want 413", resp.StatusCode)
 	}
 	// The connection then serves /next, or is closed.

@@ -92,11 +92,26 @@ type rawBackend struct {
 
 func newClosingBackend(t *testing.T) *rawBackend {
 	t.Helper()
+	rb := &rawBackend{}
+	rb.addr = rawServer(t, func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		rb.count.Add(1)
+	})
+	return rb
+}
+
+// rawServer serves each TCP connection on a loopback listener with serve
+// (within 5 s), closing it when serve returns; stopped at the test's end.
+func rawServer(t *testing.T, serve func(c net.Conn)) netip.AddrPort {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb := &rawBackend{addr: netip.MustParseAddrPort(l.Addr().String())}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -108,17 +123,12 @@ func newClosingBackend(t *testing.T) *rawBackend {
 			go func() {
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(5 * time.Second))
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				io.Copy(io.Discard, req.Body)
-				rb.count.Add(1)
+				serve(c)
 			}()
 		}
 	}()
 	t.Cleanup(func() { l.Close(); <-done })
-	return rb
+	return netip.MustParseAddrPort(l.Addr().String())
 }
 
 // refusedAddr is a loopback address nothing listens on.

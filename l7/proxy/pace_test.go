@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"io"
 	"net"
 	"net/http"
@@ -10,29 +9,6 @@ import (
 	"testing"
 	"time"
 )
-
-// sendPaced posts a body of n bytes to h over a raw connection, written by
-// write (which gets the connection after the header), and returns the
-// response's status and body and how long it took.
-func sendPaced(t *testing.T, h *harness, n int, write func(c net.Conn)) (int, string, time.Duration) {
-	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	t0 := time.Now()
-	io.WriteString(c, "POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(n)+"\r\n\r\n")
-	go write(c)
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatalf("response: %v", err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode, string(b), time.Since(t0)
-}
 
 // client.body_timeout and body_min_rate: a client that stalls its body,
 // or trickles it, gets 408 long before timeouts.total, before or during
@@ -87,7 +63,7 @@ func TestBodyPace(t *testing.T) {
 				o.Service.Timeouts.Total = 8 * time.Second
 				o.Service.Timeouts.Send = 8 * time.Second
 			})
-			status, body, took := sendPaced(t, h, c.n, c.write)
+			status, body, took := postRaw(t, h, c.n, c.write)
 			if status != c.want {
 				t.Fatalf("%d %q after %s, want %d", status, body, took, c.want)
 			}

@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"bufio"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -79,17 +77,9 @@ func TestRouteMaxRequestsCountsTunnels(t *testing.T) {
 		o.Service.Routes = []service.Route{{Match: route.Spec{Name: "chat", ExactPath: "/chat"}, Pool: "web", MaxRequests: 1}}
 	})
 	upgradeClient(t, h) // GET /chat: the route's one place
-	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, br := rawConn(t, h)
 	io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, _ := readResp(t, br, "GET")
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("a second tunnel on a route with max_requests 1: %d, want 503", resp.StatusCode)
 	}
