@@ -119,6 +119,7 @@ type request struct {
 	release  func()       // the retry budget token of the retry in progress
 	removals uint64       // Server.removals when the request began (removedSince)
 	slots    requestSlots // the request's places in the request limits
+	peer     peer         // the client's address, trusted or not (parsed once)
 	abort    bool         // the response was cut short: the client must see an abort
 }
 
@@ -128,7 +129,8 @@ type request struct {
 // alike: w is the loop's *h1Response there.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st, status, miss := s.cfg.Load().route(r)
-	q := &request{s: s, w: w, r: r, ctx: r.Context(), st: st, start: time.Now(), removals: s.removals.Load()}
+	q := &request{s: s, w: w, r: r, ctx: r.Context(), st: st, start: time.Now(), removals: s.removals.Load(),
+		peer: parsePeer(r.RemoteAddr, st.svc.TrustedProxies)}
 	h1, _ := w.(*h1Response)
 	if h1 != nil {
 		q.ctx = h1.c.ctx
@@ -147,7 +149,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	*q.rec = accesslog.Record{
 		Service: s.name, Route: routeName, Client: r.RemoteAddr, Method: r.Method, Host: r.Host,
 		URI: r.RequestURI, Proto: r.Proto, Tries: q.rec.Tries[:0],
-		RequestID: s.requestID(r, st),
+		RequestID: s.requestID(r, st, q.peer),
 	}
 	defer q.finish()
 	// client.max_requests: past it, a fast 503 before anything is read.
@@ -163,7 +165,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// client.max_requests_per_ip: one client address (an IPv6 /64) may
 	// not hold the listener's requests (HTTP/2 streams need no new
 	// connections); a trusted proxy is not counted.
-	if key, ok := requestKey(r.RemoteAddr, st.svc.TrustedProxies); ok {
+	if key, ok := requestKey(q.peer); ok {
 		if !s.activeIP.acquire(key) {
 			w.Header().Set("Retry-After", "1")
 			s.fail(w, q.rec, http.StatusTooManyRequests, "client.max_requests_per_ip ("+strconv.Itoa(s.limits.MaxRequestsPerIP)+") requests in flight from this client's address")
@@ -381,7 +383,7 @@ func (q *request) prepare() bool {
 		}
 	}
 	body := &q.out.bodyStore
-	s.outgoing(&q.out, q.st, r, body)
+	s.outgoing(&q.out, q.st, r, q.peer, body)
 	dropped, err := checkOutgoing(&q.out, s.limits.UnderscoreHeaders)
 	if dropped || errors.Is(err, errUnderscore) {
 		s.obs.Refused(s.name, limitUnderscoreHeader)
@@ -633,7 +635,7 @@ func (s *Server) clientBodyStatus(err error) int {
 }
 
 // outgoing fills out, the request every try sends.
-func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *reqBody) {
+func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, p peer, body *reqBody) {
 	host := r.Host
 	if st.svc.Host != service.HostKeep && st.svc.Host != "" {
 		host = st.svc.Host
@@ -646,7 +648,7 @@ func (s *Server) outgoing(out *outRequest, st *settings, r *http.Request, body *
 		uri = r.URL.RequestURI()
 	}
 	out.upgrade, out.method, out.uri, out.host = upgradeType(r, st.svc.Upgrades), r.Method, uri, host
-	out.header, out.fwd, out.body = r.Header, newForwarded(r, st.svc.TrustedProxies), body
+	out.header, out.fwd, out.body = r.Header, newForwarded(r, p), body
 	out.trailer = nil
 	if r.Trailer != nil || r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
 		// Announced trailers, or a chunked body that may end with some.

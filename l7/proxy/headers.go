@@ -70,16 +70,35 @@ type forwarded struct {
 	trusted bool // the peer is a trusted proxy: its forwarding headers are kept
 }
 
-func newForwarded(r *http.Request, trusted []netip.Prefix) forwarded {
+// peer is a request's peer as sluice judges it: its address (unmapped,
+// without zone: a zone, fe80::1%eth0, names one of our interfaces) and
+// whether it is a trusted proxy; ok is false when the address is not
+// known. ServeHTTP makes it once (parsePeer) for the forwarding headers,
+// the per-address limits and trusted request ids.
+type peer struct {
+	ip          netip.Addr
+	trusted, ok bool
+}
+
+// parsePeer is the peer remote ("ip:port", a request's RemoteAddr) with
+// the service's trusted proxies.
+func parsePeer(remote string, trusted []netip.Prefix) peer {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return peer{}
+	}
+	ip := ap.Addr().Unmap().WithZone("")
+	return peer{ip: ip, trusted: inPrefixes(ip, trusted), ok: true}
+}
+
+func newForwarded(r *http.Request, p peer) forwarded {
 	f := forwarded{proto: "http", host: r.Host, via: via(r)}
 	if r.TLS != nil {
 		f.proto = "https"
 	}
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		// A zone (fe80::1%eth0) names one of our interfaces: not for
-		// the backend.
-		ip := ap.Addr().Unmap().WithZone("")
-		f.trusted = inPrefixes(ip, trusted)
+	if p.ok {
+		ip := p.ip
+		f.trusted = p.trusted
 		f.realIP = addrString(r.RemoteAddr, ip)
 		f.xff = f.realIP
 		f.elem = forwardedElem(ip, f.realIP, f.proto, r.Host)

@@ -114,7 +114,7 @@ func TestWriteForwardHeaderMatchesCloneAndEdit(t *testing.T) {
 			want := wantForwardHeader(r, up, strings.HasPrefix(tc.remote, "198.18.5."))
 			var buf bytes.Buffer
 			bw := bufio.NewWriter(&buf)
-			f := newForwarded(r, trustedNet)
+			f := newForwarded(r, parsePeer(r.RemoteAddr, trustedNet))
 			writeForwardHeader(bw, r.Header, &f, up)
 			bw.WriteString("\r\n")
 			bw.Flush()
@@ -153,7 +153,7 @@ func TestForwardedElement(t *testing.T) {
 		}
 		var buf bytes.Buffer
 		bw := bufio.NewWriter(&buf)
-		f := newForwarded(r, trusted)
+		f := newForwarded(r, parsePeer(r.RemoteAddr, trusted))
 		writeForwardHeader(bw, r.Header, &f, "")
 		bw.WriteString("\r\n")
 		bw.Flush()

@@ -98,11 +98,10 @@ func connKey(c net.Conn, trusted []netip.Prefix) (netip.Addr, bool) {
 	return clientKey(ip), true
 }
 
-// requestKey is connKey for a request's peer ("ip:port").
-func requestKey(remote string, trusted []netip.Prefix) (netip.Addr, bool) {
-	ap, err := netip.ParseAddrPort(remote)
-	if err != nil || inPrefixes(ap.Addr().Unmap().WithZone(""), trusted) {
+// requestKey is connKey for a request's peer.
+func requestKey(p peer) (netip.Addr, bool) {
+	if !p.ok || p.trusted {
 		return netip.Addr{}, false
 	}
-	return clientKey(ap.Addr()), true
+	return clientKey(p.ip), true
 }

@@ -10,22 +10,15 @@ import (
 // requestID is the id of request r: the one a trusted peer sent in the
 // service's request_id header when the service takes them (and it is a
 // valid id), else a new one of the server's source (one atomic add).
-func (s *Server) requestID(r *http.Request, st *settings) reqid.ID {
+func (s *Server) requestID(r *http.Request, st *settings, p peer) reqid.ID {
 	if rid := &st.svc.RequestID; rid.TrustIncoming {
-		if vv := r.Header[rid.Header]; len(vv) == 1 && peerTrusted(r.RemoteAddr, st.svc.TrustedProxies) {
+		if vv := r.Header[rid.Header]; len(vv) == 1 && p.trusted {
 			if id, ok := reqid.Parse(vv[0]); ok {
 				return id
 			}
 		}
 	}
 	return s.ids.Next()
-}
-
-// peerTrusted reports whether the peer remote ("ip:port") is in trusted
-// (the peer as newForwarded sees it: unmapped, without zone).
-func peerTrusted(remote string, trusted []netip.Prefix) bool {
-	ap, err := netip.ParseAddrPort(remote)
-	return err == nil && inPrefixes(ap.Addr().Unmap().WithZone(""), trusted)
 }
 
 // inPrefixes reports whether ip is in one of list.

@@ -33,7 +33,7 @@ func translate(t *testing.T, r *http.Request, body []byte, trusted []netip.Prefi
 	if err := b.init(rd, cl, 1<<20, nil); err != nil {
 		t.Fatalf("body: %v", err)
 	}
-	(&Server{}).outgoing(&o, st, r, b)
+	(&Server{}).outgoing(&o, st, r, parsePeer(r.RemoteAddr, trusted), b)
 	if _, err := checkOutgoing(&o, service.UnderscoreAllow); err != nil {
 		return nil, false
 	}
@@ -196,7 +196,7 @@ func FuzzForwardHeaders(f *testing.F) {
 		isTrusted := len(nets) > 0
 		var buf bytes.Buffer
 		bw := bufio.NewWriter(&buf)
-		fw := newForwarded(r, nets)
+		fw := newForwarded(r, parsePeer(r.RemoteAddr, nets))
 		writeForwardHeader(bw, hdr, &fw, "")
 		bw.WriteString("\r\n")
 		bw.Flush()
