@@ -750,17 +750,22 @@ func (r *Real) linkLost(name string) string {
 	if l == nil {
 		return "not attached"
 	}
-	iface, err := net.InterfaceByName(name)
-	if err != nil {
-		return "the interface is gone"
-	}
 	info, err := l.Info()
 	if err != nil || info.XDP() == nil {
 		return "the link is gone"
 	}
-	if int(info.XDP().Ifindex) != iface.Index {
-		// 0 once the link's device went away or it was detached.
+	if info.XDP().Ifindex == 0 {
+		// The link's device went away, or it was detached.
 		return "the link was detached (the interface made again, or another tool)"
+	}
+	// One link asked for by name (net.InterfaceByName would dump every
+	// interface of the host, every second).
+	iface, err := netlink.LinkByName(name)
+	if err != nil {
+		return "the interface is gone"
+	}
+	if int(info.XDP().Ifindex) != iface.Attrs().Index {
+		return "the interface was renamed and another took its name"
 	}
 	return ""
 }
