@@ -160,7 +160,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.obs.Refused(s.name, limitRequests)
 		return
 	}
-	q.slots.active = &s.active
+	q.slots.active = true
 	defer q.releaseSlots()
 	// client.max_requests_per_ip: one client address (an IPv6 /64) may
 	// not hold the listener's requests (HTTP/2 streams need no new
@@ -172,7 +172,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.obs.Refused(s.name, limitRequestsPerIP)
 			return
 		}
-		q.slots.ip, q.slots.ipKey = s.activeIP, key
+		q.slots.ip = true
 	}
 	if lim := st.maxRequests; lim > 0 && status == 0 {
 		// The route's max_requests: its share of the listener's.
@@ -578,12 +578,11 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 }
 
 // requestSlots are the places a request holds in client.max_requests,
-// client.max_requests_per_ip and its route's max_requests (nil: none).
+// client.max_requests_per_ip (under its peer's key) and its route's
+// max_requests (nil: none).
 type requestSlots struct {
-	active *atomic.Int64
-	route  *atomic.Int64
-	ip     *perIP
-	ipKey  netip.Addr
+	route      *atomic.Int64
+	active, ip bool
 }
 
 // releaseSlots gives back the request's places in the request limits
@@ -601,13 +600,14 @@ func (q *request) releaseSlots() {
 // when it becomes a tunnel.
 func (q *request) releaseListenerSlots() {
 	sl := &q.slots
-	if sl.active != nil {
-		sl.active.Add(-1)
-		sl.active = nil
+	if sl.active {
+		q.s.active.Add(-1)
+		sl.active = false
 	}
-	if sl.ip != nil {
-		sl.ip.release(sl.ipKey)
-		sl.ip = nil
+	if sl.ip {
+		key, _ := requestKey(q.peer)
+		q.s.activeIP.release(key)
+		sl.ip = false
 	}
 }
 
