@@ -546,6 +546,36 @@ func TestL7EarlyResponse(t *testing.T) {
 	}
 }
 
+// A backend that refuses an upload early and then neither reads nor closes
+// (its kernel buffers fill, sluice's writes wait) has its answer passed on
+// within about a second (upstream.AnswerProbe), not at the send or total
+// timeout, and is not counted as failing.
+func TestL7EarlyResponseWithoutClose(t *testing.T) {
+	lab, agent := startL7(t, agentConfig{Timeouts: "{connect: 1s, send: 10s, read: 5s, total: 12s}", Ejection: longEjection})
+	file := filepath.Join(t.TempDir(), "upload")
+	if err := os.WriteFile(file, make([]byte, 32<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		rid := newRID("hold")
+		t0 := time.Now()
+		r := lab.curl("POST", httpURL+"early-hold?ms=20000&rid="+rid, "--data-binary", "@"+file)
+		took := time.Since(t0)
+		al := agent.accessFor(t, rid)
+		if r.Code != 413 || al.Tries != 1 || al.Error != "" || len(al.Try) != 1 || !al.Try[0].Early || al.Try[0].Outcome != "ok" {
+			t.Errorf("upload %d: %d from %q, access log %+v; want the backend's 413, one try, marked early", i, r.Code, r.Backend, al)
+		}
+		if took > 4*time.Second {
+			t.Errorf("upload %d: answered after %v, want within a few seconds", i, took)
+		}
+	}
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
+			t.Errorf("%s after early answers: %q, %v; want active", be, st, err)
+		}
+	}
+}
+
 // A client that stalls its upload past a backend's own body timeout gets
 // a 502 when the backend gives up on it, but the backend is not counted
 // as failing: slow uploads cannot get backends ejected (the test

@@ -11,6 +11,8 @@
 //	/close-after-body  read the whole request body, then close the connection
 //	                without answering (the request was executed)
 //	/close-mid-response  send a header announcing 100 bytes and 10 of them, then close
+//	/early-hold?ms=N  answer 413 at once without reading the request body, then
+//	                keep the connection open, reading nothing, for N milliseconds
 //	/stats          JSON counts of executed requests (not counting /stats itself):
 //	                in total, by path, by "METHOD /path" and by the `rid` query
 //	                parameter (a request id: how often one request was executed)
@@ -213,6 +215,7 @@ func (b *backend) routes() http.Handler {
 	mux.HandleFunc("GET /control/raw", b.controlRaw)
 	mux.HandleFunc("/close-after-body", b.wrap(closeAfterBody))
 	mux.HandleFunc("/close-mid-response", b.wrap(closeMidResponse))
+	mux.HandleFunc("/early-hold", b.wrap(earlyHold))
 	mux.HandleFunc("/healthz", b.wrap(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	}))
@@ -335,6 +338,27 @@ func closeMidResponse(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
 	hijackClose(w, []byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Backend: "+
 		w.Header().Get("X-Backend")+"\r\n\r\n0123456789"))
+}
+
+// earlyHold answers 413 before reading the request's body and then keeps
+// the connection open for ms milliseconds without reading: a backend that
+// refuses an upload early and neither reads nor closes.
+func earlyHold(w http.ResponseWriter, r *http.Request) {
+	ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "hijacking unsupported", http.StatusInternalServerError)
+		return
+	}
+	conn, bufrw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_, _ = bufrw.WriteString("HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 10\r\nX-Backend: " +
+		w.Header().Get("X-Backend") + "\r\n\r\ntoo large\n")
+	_ = bufrw.Flush()
+	time.Sleep(time.Duration(min(ms, 60000)) * time.Millisecond)
 }
 
 func hijackClose(w http.ResponseWriter, send []byte) {

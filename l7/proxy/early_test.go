@@ -223,3 +223,72 @@ func TestEarlyResponseBodyNotSmuggled(t *testing.T) {
 		t.Errorf("%d requests from the body's rest reached the backend", n)
 	}
 }
+
+// holdBackend reads a request's header, writes pre (nothing when ""),
+// and then reads nothing more for hold, keeping the connection open (a
+// backend that answered an upload early without closing, or is slow to
+// read one); then, when rest is not "", it reads the body to its end and
+// writes rest.
+func holdBackend(t *testing.T, pre string, hold time.Duration, rest string) netip.AddrPort {
+	t.Helper()
+	return rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		r, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.WriteString(c, pre)
+		time.Sleep(hold)
+		if rest != "" {
+			io.Copy(io.Discard, r.Body)
+			io.WriteString(c, rest)
+		}
+	})
+}
+
+// A backend that answers an upload early and stops reading it while
+// keeping the connection open (the kernel's buffers fill, sluice's writes
+// wait) has its answer passed on within about upstream.AnswerProbe, not
+// at the send timeout; a backend that only sent "100 Continue" and is
+// slow to read is waited for.
+func TestEarlyResponseWithoutClose(t *testing.T) {
+	body := bytes.Repeat([]byte("a"), 16<<20)
+	cases := []struct {
+		name       string
+		pre, rest  string
+		hold       time.Duration
+		wantCode   int
+		wantBody   string
+		early      bool
+		maxElapsed time.Duration
+	}{
+		{"answered", "HTTP/1.1 413 Content Too Large\r\nContent-Length: 10\r\n\r\ntoo large\n", "",
+			6 * time.Second, http.StatusRequestEntityTooLarge, "too large\n", true, 2500 * time.Millisecond},
+		{"continue-then-slow", "HTTP/1.1 100 Continue\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+			2500 * time.Millisecond, http.StatusOK, "ok\n", false, 4 * time.Second},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			addr := holdBackend(t, c.pre, c.hold, c.rest)
+			p := newPool(t, nil, addr)
+			h := start(t, p, func(o *Options) {
+				o.Ejection.Failures = 1
+				o.Service.Timeouts.Send = 10 * time.Second
+			})
+			code, got, took := postRaw(t, h, len(body), writeAll(body))
+			if code != c.wantCode || got != c.wantBody {
+				t.Fatalf("%d %q, want %d %q", code, got, c.wantCode, c.wantBody)
+			}
+			if took > c.maxElapsed {
+				t.Errorf("took %v, want at most %v", took, c.maxElapsed)
+			}
+			l := h.access.last(t)
+			if l.Tries != 1 || l.Error != "" || l.Try[0].Outcome != "ok" || l.Try[0].Early != c.early {
+				t.Errorf("access log %+v, want one ok try, early %v", l, c.early)
+			}
+			if b, _ := p.Backend(addr); b.State != pool.Active {
+				t.Errorf("backend %v, want active", b.State)
+			}
+		})
+	}
+}

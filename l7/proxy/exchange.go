@@ -102,7 +102,12 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		// only: the next may go elsewhere).
 		out.host = conn.Addr().String()
 	}
+	// A backend that answers an upload early and stops reading it, but
+	// keeps the connection open, is noticed within upstream.AnswerProbe
+	// rather than at the send timeout.
+	conn.WatchAnswer(!out.body.empty())
 	err := writeRequest(conn.Writer(), out)
+	conn.WatchAnswer(false)
 	out.host = host
 	var resp *http.Response
 	switch {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,6 +50,9 @@ type Conn struct {
 	// readLimit, when positive, is the byte count past which reads fail
 	// (a response header that never ends).
 	readLimit int64
+	// watchAnswer: writes that wait look, every AnswerProbe, whether the
+	// backend has answered already (WatchAnswer).
+	watchAnswer bool
 
 	// rdl and wdl are the read and write deadlines last set on nc (zero:
 	// none); a deadline is set again only when it must move (see needSet).
@@ -209,6 +214,7 @@ func (c *Conn) LimitReads(n int64) {
 // next exchange moves them, and alive lifts an expired read deadline.
 func (c *Conn) clearDeadlines() {
 	c.writeTimeout, c.readTimeout, c.deadline, c.readLimit = 0, 0, time.Time{}, 0
+	c.watchAnswer = false
 	if c.capAt.Swap(0) != 0 {
 		// The capped deadline is on the socket: lift it.
 		_ = c.nc.SetDeadline(time.Time{})
@@ -286,19 +292,84 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 		if len(chunk) > 32<<10 {
 			chunk = chunk[:32<<10]
 		}
-		if t := c.deadlineFor(c.writeTimeout); needSet(t, c.wdl, c.writeTimeout) {
-			_ = c.nc.SetWriteDeadline(t)
-			c.wdl = t
-		}
-		n, err := c.sock.Write(chunk)
-		c.written.Add(int64(n))
-		total += n
-		b = b[n:]
-		if err != nil {
+		limit := c.deadlineFor(c.writeTimeout)
+		for len(chunk) > 0 {
+			t, timeout, probing := limit, c.writeTimeout, false
+			if c.watchAnswer {
+				// Wait at most AnswerProbe at a time, then look (below).
+				now := time.Now()
+				if limit.IsZero() || limit.Sub(now) > AnswerProbe {
+					t, timeout, probing = now.Add(AnswerProbe), AnswerProbe, true
+				}
+			}
+			if needSet(t, c.wdl, timeout) {
+				_ = c.nc.SetWriteDeadline(t)
+				c.wdl = t
+			}
+			n, err := c.sock.Write(chunk)
+			c.written.Add(int64(n))
+			total += n
+			b, chunk = b[n:], chunk[n:]
+			if err == nil {
+				continue
+			}
+			if probing && errors.Is(err, os.ErrDeadlineExceeded) {
+				if c.answered() {
+					return total, ErrAnswered
+				}
+				if limit.IsZero() || time.Now().Before(limit) {
+					continue // the backend is slow to read: wait on
+				}
+			}
 			return total, err
 		}
 	}
 	return total, nil
+}
+
+// AnswerProbe is how long a write to a backend waits (see WatchAnswer)
+// before it looks whether the backend has answered already.
+const AnswerProbe = time.Second
+
+// ErrAnswered is returned by writes (see WatchAnswer) that waited on a
+// backend which had stopped reading the request: it had sent its
+// response's first bytes, a final status, not an informational one.
+var ErrAnswered = errors.New("backend answered before reading the whole request, and stopped reading it")
+
+// WatchAnswer makes writes that wait for the backend to read (until the
+// next Pools.Put) look every AnswerProbe whether it has answered already,
+// and fail with ErrAnswered if so, instead of waiting out the write
+// timeout: a backend that answers an upload early (413, 401) and stops
+// reading it without closing the connection. Only plain-text
+// connections: under TLS the bytes waiting may be a session ticket.
+func (c *Conn) WatchAnswer(on bool) {
+	c.watchAnswer = on && c.rawc != nil && c.nc == c.raw
+}
+
+// answered reports whether the backend has sent bytes that begin a final
+// response (anything but "HTTP/1.x 1"), without consuming them.
+func (c *Conn) answered() bool {
+	if c.rawc == nil {
+		return false
+	}
+	var got bool
+	// Control, not Read: the last exchange's read deadline may have
+	// passed, and this must not wait anyway.
+	_ = c.rawc.Control(func(fd uintptr) {
+		var buf [10]byte // "HTTP/1.1 1": an informational response
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		switch {
+		case errno != 0 || n == 0: // nothing yet, or closed: the write says
+		case n < uintptr(len(buf)):
+			// Too little to tell a 100 Continue: decide at the next look,
+			// unless it cannot begin a status line at all.
+			got = !strings.HasPrefix("HTTP/1.", string(buf[:min(n, 7)]))
+		default:
+			got = !strings.HasPrefix(string(buf[:]), "HTTP/1.") || buf[9] != '1'
+		}
+	})
+	return got
 }
 
 // PeekNext makes the next Get of this connection check it with a peek
