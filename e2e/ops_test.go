@@ -320,3 +320,45 @@ func TestRestartKeepsDecisions(t *testing.T) {
 		t.Errorf("be2 is drained by the operator but got %d new connections after the restart: %v", r.ByBackend["be2"], r.ByBackend)
 	}
 }
+
+// An agent whose stdout and stderr are a pipe whose reader went away (a
+// log shipper that died, `sluice agent | tee` with tee gone) keeps
+// serving: Go would end the process at its next log or access log line
+// with SIGPIPE. The wrapper points both at a pipe to `head -c 0`, which
+// exits at once, and execs the agent (its process is the agent's).
+func TestAgentOutlivesLogReader(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	wrapper := filepath.Join(t.TempDir(), "sluice-broken-pipe")
+	script := "#!/bin/bash\nexec > >(exec head -c 0) 2>&1\nsleep 0.2 # head has exited: every write fails from here\nexec " + env.sluice + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	agent := lab.StartAgentBinary(agentConfig{HTTP: true, Ejection: noEjection}, wrapper)
+	get := func(i int) {
+		t.Helper()
+		if out, err := lab.Run("client", 5*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL); err != nil {
+			t.Fatalf("request %d: %v %s", i, err, out)
+		}
+	}
+	waitFor(t, 10*time.Second, "the L7 listener", func() error {
+		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
+		return err
+	})
+	for i := range 20 {
+		get(i)
+	}
+	// The access log is written within a second; the agent logs on
+	// reload too.
+	time.Sleep(1500 * time.Millisecond)
+	if out, err := agent.CLI("reload"); err != nil {
+		t.Fatalf("reload: %v %s", err, out)
+	}
+	if !agent.proc.Running() {
+		t.Fatalf("the agent exited: %v", agent.proc.Wait(time.Second))
+	}
+	for i := range 5 {
+		get(100 + i)
+	}
+}

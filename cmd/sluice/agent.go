@@ -51,6 +51,9 @@ datapath.pin_path, programs it and serves the admin API and metrics. Logs go
 to stderr. SIGTERM or SIGINT stops the agent and leaves the data path
 forwarding (a restarted agent adopts it; 'sluice teardown' removes it).
 SIGHUP re-reads the config, like 'sluice reload'.
+A stdout or stderr whose reader went away (a log pipe, a closed terminal)
+does not stop the agent (Go would end it with SIGPIPE): what it writes
+there is lost, the rest goes on.
 SLUICE_L7_NETHTTP1=1 in the environment serves plain-text http listeners
 with net/http's HTTP/1 server instead of sluice's own loop (a diagnostic
 switch, to compare the two). That loop serves its connections from per-CPU
@@ -74,6 +77,9 @@ second; see docs/operations.md).`,
 				log, err := newLogger(e.stderr, *format, *level)
 				if err != nil {
 					return err
+				}
+				if e.keepOnBrokenPipe != nil {
+					e.keepOnBrokenPipe()
 				}
 				ro := agent.RunOptions{
 					L7NetHTTP1:   e.env(EnvL7NetHTTP1) != "",

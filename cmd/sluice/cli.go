@@ -63,6 +63,9 @@ type env struct {
 	// withdrawAll deletes every VIP route of the agent's table and
 	// protocol (teardown of a node with a bgp section).
 	withdrawAll func(table, protocol int) (int, error)
+	// keepOnBrokenPipe makes writes to a closed stdout or stderr fail
+	// instead of killing the process (nil: nothing to do).
+	keepOnBrokenPipe func()
 }
 
 // command is one verb of the CLI.

@@ -38,6 +38,10 @@ func systemEnv() *env {
 		stderr:  os.Stderr,
 		version: version,
 		now:     time.Now,
+		// Go kills a program writing to a broken pipe on fd 1 or 2
+		// unless SIGPIPE is ignored: the agent must outlive its log's
+		// reader (see agentCmd).
+		keepOnBrokenPipe: func() { signal.Ignore(syscall.SIGPIPE) },
 		newClient: func(socketPath string) admin.Agent {
 			return admin.NewClient(socketPath)
 		},
