@@ -192,64 +192,91 @@ func TestH2MalformedHeadersReset(t *testing.T) {
 	}
 }
 
+// Rapid reset: a client that opens streams and has them reset at once
+// gets GOAWAY ENHANCE_YOUR_CALM past client.h2_max_reset_streams, whether
+// it resets them itself (CVE-2023-44487) or makes the server reset them
+// with a frame the server must answer with a stream error ("MadeYouReset",
+// CVE-2025-8671: a WINDOW_UPDATE of 0, DATA on a stream the client
+// ended); a well-behaved client is served afterwards.
 func TestH2RapidResetGoAway(t *testing.T) {
-	b := newBackend(t, status(200))
-	obs := &refusedObserver{}
-	h := start(t, newPool(t, nil, b.addr), func(o *Options) {
-		o.H2C = true
-		o.Client.H2MaxResetStreams = 50
-		o.Observer = obs
-	})
-	c := dialH2C(t, h.url)
-	done := make(chan error, 1)
-	go func() {
-		for id := uint32(1); id < 2000; id += 2 {
-			c.buf.Reset()
-			for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/"}} {
-				_ = c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-			}
-			if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.buf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-				done <- err
-				return
-			}
-			if err := c.fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
-				done <- err
-				return
-			}
-		}
-		done <- nil
-	}()
-	var goAway *http2.GoAwayFrame
-	for goAway == nil {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("connection ended without GOAWAY: %v", err)
-		}
-		goAway, _ = f.(*http2.GoAwayFrame)
+	cases := []struct {
+		name  string
+		reset func(fr *http2.Framer, id uint32) error
+	}{
+		{"client-rst", func(fr *http2.Framer, id uint32) error { return fr.WriteRSTStream(id, http2.ErrCodeCancel) }},
+		{"window-update-0", func(fr *http2.Framer, id uint32) error {
+			return fr.WriteRawFrame(http2.FrameWindowUpdate, 0, id, []byte{0, 0, 0, 0})
+		}},
+		{"data-after-end", func(fr *http2.Framer, id uint32) error { return fr.WriteData(id, false, []byte("x")) }},
 	}
-	if goAway.ErrCode != http2.ErrCodeEnhanceYourCalm {
-		t.Errorf("GOAWAY %v, want ENHANCE_YOUR_CALM", goAway.ErrCode)
-	}
-	// Then the connection is closed.
-	for {
-		if _, err := c.fr.ReadFrame(); err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
-				t.Logf("after GOAWAY: %v", err)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBackend(t, status(200))
+			obs := &refusedObserver{}
+			h := start(t, newPool(t, nil, b.addr), func(o *Options) {
+				o.H2C = true
+				o.Client.H2MaxResetStreams = 50
+				o.Observer = obs
+			})
+			c := dialH2C(t, h.url)
+			done := make(chan error, 1)
+			go func() {
+				// The server's resets are seen as it writes them, which
+				// it does in batches: the GOAWAY comes a few hundred
+				// streams past the limit.
+				for id := uint32(1); id < 20000; id += 2 {
+					c.buf.Reset()
+					for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/"}} {
+						_ = c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+					}
+					if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.buf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+						done <- err
+						return
+					}
+					if err := tc.reset(c.fr, id); err != nil {
+						done <- err
+						return
+					}
+				}
+				done <- nil
+			}()
+			var goAway *http2.GoAwayFrame
+			resets := 0
+			for goAway == nil {
+				f, err := c.fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("connection ended without GOAWAY (%d streams reset by the server): %v", resets, err)
+				}
+				if _, ok := f.(*http2.RSTStreamFrame); ok {
+					resets++
+				}
+				goAway, _ = f.(*http2.GoAwayFrame)
 			}
-			break
-		}
+			if goAway.ErrCode != http2.ErrCodeEnhanceYourCalm {
+				t.Errorf("GOAWAY %v, want ENHANCE_YOUR_CALM", goAway.ErrCode)
+			}
+			// Then the connection is closed.
+			for {
+				if _, err := c.fr.ReadFrame(); err != nil {
+					if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
+						t.Logf("after GOAWAY: %v", err)
+					}
+					break
+				}
+			}
+			<-done
+			if n := obs.count(limitH2Resets); n != 1 {
+				t.Errorf("refused{h2_resets} = %d, want 1", n)
+			}
+			// A well-behaved client is served.
+			c2 := dialH2C(t, h.url)
+			c2.headers(1, true, getFields("/")...)
+			c2.until("response", func(f http2.Frame) bool {
+				hf, ok := f.(*http2.HeadersFrame)
+				return ok && hf.StreamID == 1
+			})
+		})
 	}
-	<-done
-	if n := obs.count(limitH2Resets); n != 1 {
-		t.Errorf("refused{h2_resets} = %d, want 1", n)
-	}
-	// A well-behaved client is served.
-	c2 := dialH2C(t, h.url)
-	c2.headers(1, true, getFields("/")...)
-	c2.until("response", func(f http2.Frame) bool {
-		hf, ok := f.(*http2.HeadersFrame)
-		return ok && hf.StreamID == 1
-	})
 }
 
 func TestH2CGateClosesNonHTTP(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2/hpack"
@@ -33,7 +34,12 @@ import (
 //     opened: past guardLimits.maxResets, when at least half of the
 //     streams were reset, the connection gets GOAWAY ENHANCE_YOUR_CALM
 //     and is closed (rapid reset, CVE-2023-44487; Envoy's
-//     premature-reset check is the model).
+//     premature-reset check is the model). So are the server's RST_STREAM
+//     frames that answer a client's error on one of its streams
+//     (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED,
+//     FRAME_SIZE_ERROR: a WINDOW_UPDATE of 0, DATA after the stream's
+//     end): a client can make the server reset its streams as cheaply as
+//     it resets them itself ("MadeYouReset", CVE-2025-8671).
 //
 // The guard decodes the client's header blocks with its own HPACK decoder,
 // fed exactly what the server's is; if it ever fails to decode (an
@@ -64,6 +70,11 @@ type frameGuard struct {
 
 	maxStream       uint32 // highest stream the client opened
 	streams, resets int
+	// made counts the streams of the client the server reset for the
+	// client's error, refused those it refused (REFUSED_STREAM: over
+	// the concurrency limit, never served); both written by the write
+	// side.
+	made, refused atomic.Int32
 
 	// Write side.
 	wmu   sync.Mutex
@@ -71,6 +82,13 @@ type frameGuard struct {
 	whave int // bytes of the current frame header written
 	wleft int // bytes of the current frame payload still to write
 	wdead bool
+	// wcode collects the error code of an RST_STREAM the server writes
+	// for a stream of the client (wrst: the frame is one).
+	wcode [4]byte
+	wrst  bool
+	// wgoaway is the guard's GOAWAY, waiting for the end of the frame the
+	// server is writing.
+	wgoaway []byte
 }
 
 // guardLimits configure a frameGuard.
@@ -96,6 +114,11 @@ const (
 	flagPadded     = 0x8
 	flagPriority   = 0x20
 
+	errCodeProtocol        = 0x1
+	errCodeFlowControl     = 0x3
+	errCodeStreamClosed    = 0x5
+	errCodeFrameSize       = 0x6
+	errCodeRefusedStream   = 0x7
 	errCodeEnhanceYourCalm = 0xb
 
 	clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -222,9 +245,15 @@ func (g *frameGuard) fill() {
 	}
 }
 
-// step processes what in holds, into out.
+// step processes what in holds, into out: at most stepStreams new
+// streams at a time, so the server's resets of the ones before are
+// counted before many more are passed on.
 func (g *frameGuard) step() {
+	streams0 := g.streams
 	for g.err == nil || len(g.in) > 0 {
+		if g.streams-streams0 >= stepStreams {
+			return
+		}
 		switch {
 		case g.preface > 0:
 			n := min(g.preface, len(g.in))
@@ -243,6 +272,12 @@ func (g *frameGuard) step() {
 			}
 			continue
 		case len(g.in) < frameHeaderLen:
+			return
+		}
+		// Every frame looks: the server's resets are counted as it
+		// writes them, behind the frames that caused them.
+		if g.made.Load() != 0 && g.tooManyResets() {
+			g.abuse()
 			return
 		}
 		h := g.in[:frameHeaderLen]
@@ -287,7 +322,7 @@ func (g *frameGuard) frame(typ, flags byte, sid uint32, n int) {
 	switch typ {
 	case frameRSTStream:
 		g.resets++
-		if g.resets > g.lim.maxResets && 2*g.resets >= g.streams {
+		if g.tooManyResets() {
 			g.abuse()
 			return
 		}
@@ -362,6 +397,17 @@ func (g *frameGuard) decode(frag []byte, flags byte) bool {
 	return true
 }
 
+// stepStreams bounds the new streams one step passes on (see step).
+const stepStreams = 8
+
+// tooManyResets is whether the client's streams were reset (by the
+// client, or by the server for the client's errors) past
+// guardLimits.maxResets, and at least half of those it opened.
+func (g *frameGuard) tooManyResets() bool {
+	n := g.resets + int(g.made.Load())
+	return n > g.lim.maxResets && 2*n >= g.streams-int(g.refused.Load())
+}
+
 // abuse closes the connection of a client that resets most of its
 // streams: GOAWAY ENHANCE_YOUR_CALM; then what the client still sends is
 // read and dropped for goAwayLinger (closing at once could make the
@@ -369,7 +415,7 @@ func (g *frameGuard) decode(frag []byte, flags byte) bool {
 // GOAWAY before the client reads it), and the server's reading ends.
 func (g *frameGuard) abuse() {
 	if g.lim.onAbuse != nil {
-		g.lim.onAbuse(g.Conn, g.streams, g.resets)
+		g.lim.onAbuse(g.Conn, g.streams, g.resets+int(g.made.Load()))
 	}
 	g.goAway(errCodeEnhanceYourCalm)
 	g.out, g.in = g.out[:0], nil
@@ -389,21 +435,27 @@ func (g *frameGuard) abuse() {
 const goAwayLinger = time.Second
 
 // goAway writes a GOAWAY of the guard's own between two of the server's
-// frames (none when the server is in the middle of a frame: the
-// connection is closed without one) and drops the server's writes after.
+// frames (when the server is in the middle of one, right after it) and
+// drops the server's writes after.
 func (g *frameGuard) goAway(code uint32) {
 	g.wmu.Lock()
 	defer g.wmu.Unlock()
-	if g.wdead {
-		return
-	}
-	g.wdead = true
-	if g.whave != 0 || g.wleft != 0 {
+	if g.wdead || g.wgoaway != nil {
 		return
 	}
 	f := appendFrameHeader(make([]byte, 0, frameHeaderLen+8), 8, frameGoAway, 0, 0)
 	f = binary.BigEndian.AppendUint32(f, g.maxStream)
 	f = binary.BigEndian.AppendUint32(f, code)
+	if g.whave != 0 || g.wleft != 0 {
+		g.wgoaway = f // written by Write at the frame's end
+		return
+	}
+	g.writeGoAway(f)
+}
+
+// writeGoAway writes f and drops what the server writes from now on.
+func (g *frameGuard) writeGoAway(f []byte) {
+	g.wdead = true
 	_ = g.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = g.Conn.Write(f)
 }
@@ -417,12 +469,56 @@ func (g *frameGuard) Write(p []byte) (int, error) {
 		// linger (see abuse).
 		return len(p), nil
 	}
-	n, err := g.Conn.Write(p)
-	for b := p[:n]; len(b) > 0; {
+	q := p
+	if g.wgoaway != nil {
+		// Only the rest of the frame in progress, then the GOAWAY.
+		q = p[:g.frameEnd(p)]
+	}
+	n, err := g.Conn.Write(q)
+	g.track(q[:n])
+	if g.wgoaway != nil && err == nil && g.whave == 0 && g.wleft == 0 {
+		g.writeGoAway(g.wgoaway)
+		return len(p), nil
+	}
+	return n, err
+}
+
+// frameEnd is how many bytes of p finish the frame the server is writing
+// (len(p) when p ends before it does).
+func (g *frameGuard) frameEnd(p []byte) int {
+	if g.wleft > 0 {
+		return min(g.wleft, len(p))
+	}
+	if g.whave == 0 {
+		return 0
+	}
+	var hdr [frameHeaderLen]byte
+	copy(hdr[:], g.whdr[:g.whave])
+	k := copy(hdr[g.whave:], p)
+	if g.whave+k < frameHeaderLen {
+		return len(p)
+	}
+	length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
+	return min(k+length, len(p))
+}
+
+// track follows the frames in b, written to the client: where each
+// begins, and the error code of the server's RST_STREAM frames.
+func (g *frameGuard) track(b []byte) {
+	for len(b) > 0 {
 		if g.wleft > 0 {
 			k := min(g.wleft, len(b))
+			if g.wrst {
+				// RST_STREAM's payload is its 4-byte error code.
+				if off := 4 - g.wleft; off >= 0 && off < 4 {
+					copy(g.wcode[off:], b[:k])
+				}
+			}
 			g.wleft -= k
 			b = b[k:]
+			if g.wleft == 0 && g.wrst {
+				g.serverReset(binary.BigEndian.Uint32(g.wcode[:]))
+			}
 			continue
 		}
 		k := copy(g.whdr[g.whave:], b)
@@ -431,9 +527,25 @@ func (g *frameGuard) Write(p []byte) (int, error) {
 		if g.whave == frameHeaderLen {
 			g.whave = 0
 			g.wleft = int(g.whdr[0])<<16 | int(g.whdr[1])<<8 | int(g.whdr[2])
+			sid := binary.BigEndian.Uint32(g.whdr[5:]) & (1<<31 - 1)
+			g.wrst = g.whdr[3] == frameRSTStream && g.wleft == 4 && sid%2 == 1
 		}
 	}
-	return n, err
+}
+
+// serverReset counts an RST_STREAM the server wrote for a stream of the
+// client with code: those answering the client's own errors on the stream
+// (RFC 9113 5.4.2) count as resets of the client's (see tooManyResets);
+// a REFUSED_STREAM (over the concurrency limit) is a stream never served,
+// not counted as opened; NO_ERROR (a response sent before the request's
+// end), INTERNAL_ERROR and CANCEL are the server's decisions.
+func (g *frameGuard) serverReset(code uint32) {
+	switch code {
+	case errCodeProtocol, errCodeFlowControl, errCodeStreamClosed, errCodeFrameSize:
+		g.made.Add(1)
+	case errCodeRefusedStream:
+		g.refused.Add(1)
+	}
 }
 
 func appendFrameHeader(b []byte, length int, typ, flags byte, sid uint32) []byte {
