@@ -191,9 +191,10 @@ func passiveOpens(t *testing.T, lab *Lab) int {
 }
 
 // TestL7H2RapidReset: a client that opens and at once resets thousands of
-// streams on one h2c connection costs a bounded number of backend
-// connections, gets GOAWAY ENHANCE_YOUR_CALM and is closed; the next
-// client is served.
+// streams on one h2c connection, or makes the server reset them
+// (MadeYouReset: a WINDOW_UPDATE of 0 on each), costs a bounded number of
+// backend connections, gets GOAWAY ENHANCE_YOUR_CALM and is closed; the
+// next client is served.
 func TestL7H2RapidReset(t *testing.T) {
 	lab := newLab(t)
 	rapid := buildTool(t, "./e2e/h2rapid")
@@ -205,31 +206,34 @@ func TestL7H2RapidReset(t *testing.T) {
 		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "http://"+httpVIP+"/")
 		return err
 	})
-
-	before := passiveOpens(t, lab)
-	out := lab.MustRun("client", time.Minute, rapid, "-addr", httpVIP+":80", "-streams", "5000", "-duration", "15s")
-	var rep struct {
-		Sent       int    `json:"sent"`
-		GoAway     string `json:"goaway"`
-		Closed     bool   `json:"closed"`
-		After      int    `json:"after_status"`
-		AfterError string `json:"after_error"`
-	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatalf("h2rapid output %q: %v", out, err)
-	}
-	accepted := passiveOpens(t, lab) - before
-	t.Logf("rapid reset: %d streams sent, GOAWAY %q, closed %v; backends accepted %d connections; next request %d %s",
-		rep.Sent, rep.GoAway, rep.Closed, accepted, rep.After, rep.AfterError)
-	if rep.GoAway != "ENHANCE_YOUR_CALM" || !rep.Closed {
-		t.Errorf("after %d reset streams: GOAWAY %q, connection closed %v; want ENHANCE_YOUR_CALM and closed", rep.Sent, rep.GoAway, rep.Closed)
-	}
-	// At most about one connection per stream in flight (100 by default),
-	// never one per reset stream.
-	if accepted > 150 {
-		t.Errorf("%d reset streams made the backends accept %d connections, want at most 150", rep.Sent, accepted)
-	}
-	if rep.After != 200 {
-		t.Errorf("a normal request after the attack: status %d %s, want 200", rep.After, rep.AfterError)
+	for _, mode := range []string{"rst", "window-update-0"} {
+		t.Run(mode, func(t *testing.T) {
+			before := passiveOpens(t, lab)
+			out := lab.MustRun("client", time.Minute, rapid, "-addr", httpVIP+":80", "-mode", mode, "-streams", "20000", "-duration", "15s")
+			var rep struct {
+				Sent       int    `json:"sent"`
+				GoAway     string `json:"goaway"`
+				Closed     bool   `json:"closed"`
+				After      int    `json:"after_status"`
+				AfterError string `json:"after_error"`
+			}
+			if err := json.Unmarshal([]byte(out), &rep); err != nil {
+				t.Fatalf("h2rapid output %q: %v", out, err)
+			}
+			accepted := passiveOpens(t, lab) - before
+			t.Logf("%s: %d streams sent, GOAWAY %q, closed %v; backends accepted %d connections; next request %d %s",
+				mode, rep.Sent, rep.GoAway, rep.Closed, accepted, rep.After, rep.AfterError)
+			if rep.GoAway != "ENHANCE_YOUR_CALM" || !rep.Closed || rep.Sent >= 20000 {
+				t.Errorf("after %d reset streams: GOAWAY %q, connection closed %v; want ENHANCE_YOUR_CALM and closed", rep.Sent, rep.GoAway, rep.Closed)
+			}
+			// At most about one connection per stream in flight (100 by
+			// default), never one per reset stream.
+			if accepted > 150 {
+				t.Errorf("%d reset streams made the backends accept %d connections, want at most 150", rep.Sent, accepted)
+			}
+			if rep.After != 200 {
+				t.Errorf("a normal request after the attack: status %d %s, want 200", rep.After, rep.AfterError)
+			}
+		})
 	}
 }

