@@ -349,6 +349,15 @@ func (q *request) admit() bool {
 		s.obs.Refused(s.name, limitHeaderCount)
 		return false
 	}
+	if vv := r.Header["Via"]; len(vv) > 0 {
+		if n := sluiceHops(vv); n >= maxSluiceHops {
+			s.fail(w, q.rec, http.StatusLoopDetected,
+				"forwarding loop: the request has passed through sluice "+strconv.Itoa(n)+
+					" times (Via); is a backend of pool "+q.st.svc.Pool+" this load balancer itself?")
+			s.obs.Refused(s.name, limitLoop)
+			return false
+		}
+	}
 	maxBody, limitKey := s.limits.MaxBodyBytes, "client.max_body_bytes"
 	if q.st.maxBody > 0 {
 		maxBody, limitKey = q.st.maxBody, "the route's max_body_bytes"

@@ -287,3 +287,32 @@ func hostname(host string) string {
 	}
 	return host // no port, or a bare IPv6 address
 }
+
+// maxSluiceHops is how many times a request may have passed through sluice
+// (its Via entries, of any node) before it is answered 508 Loop Detected:
+// a chain of load balancers is two or three deep; a pool whose backend is
+// the load balancer itself (the site's public name used as the backend's)
+// would otherwise send a request round until client.max_header_count or
+// every request slot ran out.
+const maxSluiceHops = 5
+
+// sluiceHops counts the elements of the Via fields vv (RFC 9110 7.6.3:
+// "protocol received-by [comment]", comma-separated) received by "sluice".
+func sluiceHops(vv []string) int {
+	n := 0
+	for _, v := range vv {
+		for v != "" {
+			var elem string
+			elem, v, _ = strings.Cut(v, ",")
+			_, by, ok := strings.Cut(strings.TrimSpace(elem), " ")
+			if !ok {
+				continue
+			}
+			by = strings.TrimLeft(by, " \t")
+			if by, _, _ = strings.Cut(by, " "); by == "sluice" {
+				n++
+			}
+		}
+	}
+	return n
+}

@@ -19,6 +19,7 @@ const (
 	limitUpstreamConnections = "upstream_connections"
 	limitUpstreamHeader      = "upstream_header"
 	limitUnderscoreHeader    = "underscore_header"
+	limitLoop                = "loop"
 	// (and metrics.LimitAccessLog: the agent counts its access logs'
 	// dropped lines)
 )
