@@ -227,8 +227,7 @@ func TestEarlyResponseBodyNotSmuggled(t *testing.T) {
 // holdBackend reads a request's header, writes pre (nothing when ""),
 // and then reads nothing more for hold, keeping the connection open (a
 // backend that answered an upload early without closing, or is slow to
-// read one); then, when rest is not "", it reads the body to its end and
-// writes rest.
+// read one); then it reads the body to its end and writes rest.
 func holdBackend(t *testing.T, pre string, hold time.Duration, rest string) netip.AddrPort {
 	t.Helper()
 	return rawServer(t, func(c net.Conn) {
@@ -239,18 +238,16 @@ func holdBackend(t *testing.T, pre string, hold time.Duration, rest string) neti
 		}
 		io.WriteString(c, pre)
 		time.Sleep(hold)
-		if rest != "" {
-			io.Copy(io.Discard, r.Body)
-			io.WriteString(c, rest)
-		}
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(c, rest)
 	})
 }
 
 // A backend that answers an upload early and stops reading it while
 // keeping the connection open (the kernel's buffers fill, sluice's writes
 // wait) has its answer passed on within about upstream.AnswerProbe, not
-// at the send timeout; a backend that only sent "100 Continue" and is
-// slow to read is waited for.
+// at the send timeout; a backend that only sent "100 Continue", or a
+// success, and is slow to read is waited for (the whole body is sent).
 func TestEarlyResponseWithoutClose(t *testing.T) {
 	body := bytes.Repeat([]byte("a"), 16<<20)
 	cases := []struct {
@@ -265,6 +262,10 @@ func TestEarlyResponseWithoutClose(t *testing.T) {
 		{"answered", "HTTP/1.1 413 Content Too Large\r\nContent-Length: 10\r\n\r\ntoo large\n", "",
 			6 * time.Second, http.StatusRequestEntityTooLarge, "too large\n", true, 2500 * time.Millisecond},
 		{"continue-then-slow", "HTTP/1.1 100 Continue\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+			2500 * time.Millisecond, http.StatusOK, "ok\n", false, 4 * time.Second},
+		// A success sent before the body is read (a backend answering as
+		// it reads) is not a refusal: the whole body is sent.
+		{"success-then-slow", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", "",
 			2500 * time.Millisecond, http.StatusOK, "ok\n", false, 4 * time.Second},
 	}
 	for _, c := range cases {

@@ -332,22 +332,26 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 const AnswerProbe = time.Second
 
 // ErrAnswered is returned by writes (see WatchAnswer) that waited on a
-// backend which had stopped reading the request: it had sent its
-// response's first bytes, a final status, not an informational one.
+// backend which had stopped reading the request: it had sent the first
+// bytes of a refusal (a final status other than 2xx).
 var ErrAnswered = errors.New("backend answered before reading the whole request, and stopped reading it")
 
 // WatchAnswer makes writes that wait for the backend to read (until the
-// next Pools.Put) look every AnswerProbe whether it has answered already,
-// and fail with ErrAnswered if so, instead of waiting out the write
-// timeout: a backend that answers an upload early (413, 401) and stops
-// reading it without closing the connection. Only plain-text
+// next Pools.Put) look every AnswerProbe whether it has refused the
+// request already, and fail with ErrAnswered if so, instead of waiting
+// out the write timeout: a backend that answers an upload early (413,
+// 401) and stops reading it without closing the connection. Only plain-text
 // connections: under TLS the bytes waiting may be a session ticket.
 func (c *Conn) WatchAnswer(on bool) {
 	c.watchAnswer = on && c.rawc != nil && c.nc == c.raw
 }
 
-// answered reports whether the backend has sent bytes that begin a final
-// response (anything but "HTTP/1.x 1"), without consuming them.
+// answered reports whether the backend has sent bytes that begin a
+// refusal — a final response other than a success: 3xx, 4xx, 5xx (or
+// bytes that are no response at all) — without consuming them. A
+// "100 Continue" asks for the body; a success sent early may come from a
+// backend that answers as it reads (a full-duplex upload): both are
+// waited for.
 func (c *Conn) answered() bool {
 	if c.rawc == nil {
 		return false
@@ -356,17 +360,17 @@ func (c *Conn) answered() bool {
 	// Control, not Read: the last exchange's read deadline may have
 	// passed, and this must not wait anyway.
 	_ = c.rawc.Control(func(fd uintptr) {
-		var buf [10]byte // "HTTP/1.1 1": an informational response
+		var buf [10]byte // "HTTP/1.1 4": the status's first digit
 		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
 			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case errno != 0 || n == 0: // nothing yet, or closed: the write says
 		case n < uintptr(len(buf)):
-			// Too little to tell a 100 Continue: decide at the next look,
-			// unless it cannot begin a status line at all.
+			// Too little to tell: decide at the next look, unless it
+			// cannot begin a status line at all.
 			got = !strings.HasPrefix("HTTP/1.", string(buf[:min(n, 7)]))
 		default:
-			got = !strings.HasPrefix(string(buf[:]), "HTTP/1.") || buf[9] != '1'
+			got = !strings.HasPrefix(string(buf[:]), "HTTP/1.") || buf[9] >= '3'
 		}
 	})
 	return got
