@@ -317,6 +317,11 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 				if c.answered() {
 					return total, ErrAnswered
 				}
+				// A deadline set meanwhile from another goroutine
+				// (CapDeadline) still binds.
+				if ns := c.capAt.Load(); ns != 0 && (limit.IsZero() || ns < limit.UnixNano()) {
+					limit = time.Unix(0, ns)
+				}
 				if limit.IsZero() || time.Now().Before(limit) {
 					continue // the backend is slow to read: wait on
 				}
