@@ -236,7 +236,8 @@ func TestUnitFile(t *testing.T) {
 		}
 	}
 	exact := []struct{ section, key, want string }{
-		{"Service", "Type", "simple"},
+		{"Service", "Type", "notify"},
+		{"Service", "WatchdogSec", "30s"},
 		{"Service", "ExecStart", "/usr/local/bin/sluice agent -c /etc/sluice/sluice.yaml"},
 		{"Service", "ExecReload", "/bin/kill -HUP $MAINPID"},
 		{"Service", "KillSignal", "SIGTERM"},

@@ -209,7 +209,14 @@ func TestL7H2RapidReset(t *testing.T) {
 	for _, mode := range []string{"rst", "window-update-0"} {
 		t.Run(mode, func(t *testing.T) {
 			before := passiveOpens(t, lab)
-			out := lab.MustRun("client", time.Minute, rapid, "-addr", httpVIP+":80", "-mode", mode, "-streams", "20000", "-duration", "15s")
+			path := "/"
+			if mode != "rst" {
+				// The server must still have the stream when the frame
+				// comes (a WINDOW_UPDATE on a closed one is ignored).
+				path = "/slow?ms=100"
+			}
+			out := lab.MustRun("client", time.Minute, rapid, "-addr", httpVIP+":80", "-mode", mode, "-path", path,
+				"-streams", "20000", "-duration", "15s")
 			var rep struct {
 				Sent       int    `json:"sent"`
 				GoAway     string `json:"goaway"`

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -360,5 +361,76 @@ func TestAgentOutlivesLogReader(t *testing.T) {
 	}
 	for i := range 5 {
 		get(100 + i)
+	}
+}
+
+// Under systemd (Type=notify, WatchdogSec) the agent reports READY=1 once
+// its admin socket answers, feeds the watchdog from its control loop at
+// half the interval systemd gives, and reports STOPPING=1 on SIGTERM. The
+// test stands in for systemd's notification socket.
+func TestAgentNotifiesSystemd(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	type msg struct {
+		text string
+		at   time.Time
+	}
+	msgs := make(chan msg, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := nl.Read(buf)
+			if err != nil {
+				return
+			}
+			msgs <- msg{string(buf[:n]), time.Now()}
+		}
+	}()
+	agent := lab.StartAgent(agentConfig{Env: []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=1000000"}})
+	var ready time.Time
+	pings := 0
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		select {
+		case m := <-msgs:
+			switch {
+			case strings.HasPrefix(m.text, "READY=1\nSTATUS=serving "):
+				ready = m.at
+			case m.text == "WATCHDOG=1":
+				if ready.IsZero() {
+					t.Errorf("a watchdog ping before READY=1")
+				}
+				pings++
+			default:
+				t.Errorf("unexpected message %q", m.text)
+			}
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if ready.IsZero() {
+		t.Fatal("no READY=1")
+	}
+	// 3 s at one ping per 500 ms, less the start.
+	if pings < 4 {
+		t.Errorf("%d watchdog pings, want one every 500ms", pings)
+	}
+	if out, err := agent.CLI("status"); err != nil {
+		t.Fatalf("status after READY=1: %v %s", err, out)
+	}
+	_ = agent.proc.Signal(syscall.SIGTERM)
+	for end := time.After(10 * time.Second); ; {
+		select {
+		case m := <-msgs:
+			if m.text == "STOPPING=1" {
+				return
+			}
+		case <-end:
+			t.Fatal("no STOPPING=1 after SIGTERM")
+		}
 	}
 }

@@ -5,10 +5,12 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/sluicelb/sluice/userspace/agent"
 	"github.com/sluicelb/sluice/userspace/gcpace"
+	"github.com/sluicelb/sluice/userspace/sdnotify"
 )
 
 // EnvL7NetHTTP1, set (to anything) in the agent's environment, serves
@@ -51,6 +53,10 @@ datapath.pin_path, programs it and serves the admin API and metrics. Logs go
 to stderr. SIGTERM or SIGINT stops the agent and leaves the data path
 forwarding (a restarted agent adopts it; 'sluice teardown' removes it).
 SIGHUP re-reads the config, like 'sluice reload'.
+Under systemd (NOTIFY_SOCKET set: a unit of Type=notify) it reports READY=1
+once its admin socket answers, WATCHDOG=1 from its control loop when the
+unit sets WatchdogSec (a loop that hangs gets the agent restarted, the data
+path forwarding meanwhile), and STOPPING=1.
 A stdout or stderr whose reader went away (a log pipe, a closed terminal)
 does not stop the agent (Go would end it with SIGPIPE): what it writes
 there is lost, the rest goes on.
@@ -81,10 +87,18 @@ second; see docs/operations.md).`,
 				if e.keepOnBrokenPipe != nil {
 					e.keepOnBrokenPipe()
 				}
+				notify, err := sdnotify.FromEnv(e.env, os.Getpid())
+				if err != nil {
+					// Not fatal: a unit of Type=notify then times out
+					// starting, and says why in its journal.
+					log.Warn("systemd notifications off", "err", err)
+				}
+				defer notify.Close()
 				ro := agent.RunOptions{
 					L7NetHTTP1:   e.env(EnvL7NetHTTP1) != "",
 					L7EventLoops: eventLoopsOn(e.env(EnvL7EventLoops)),
 					GCHeadroom:   gcHeadroom(e.env("GOGC")),
+					Notify:       notify,
 				}
 				return e.runAgent(ctx, path, log, e.version, ro)
 			}

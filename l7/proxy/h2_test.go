@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -211,7 +212,12 @@ func TestH2RapidResetGoAway(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			b := newBackend(t, status(200))
+			// A slow answer: the server still has each stream when the
+			// frame that makes it reset the stream comes (on a stream it
+			// has closed already, DATA is a connection error instead).
+			b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				time.Sleep(100 * time.Millisecond)
+			})
 			obs := &refusedObserver{}
 			h := start(t, newPool(t, nil, b.addr), func(o *Options) {
 				o.H2C = true

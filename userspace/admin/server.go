@@ -39,6 +39,8 @@ type Server struct {
 	agent Agent
 	log   *slog.Logger
 	mux   *http.ServeMux
+	// listening is closed once Serve has its socket (see Listening).
+	listening chan struct{}
 }
 
 // NewServer returns a server for a. A nil log discards.
@@ -46,7 +48,7 @@ func NewServer(a Agent, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{agent: a, log: log, mux: http.NewServeMux()}
+	s := &Server{agent: a, log: log, mux: http.NewServeMux(), listening: make(chan struct{})}
 	s.mux.HandleFunc("/v1/status", s.only(http.MethodGet, s.handleStatus))
 	s.mux.HandleFunc("/v1/flows", s.only(http.MethodGet, s.handleFlows))
 	s.mux.HandleFunc("/v1/drain", s.only(http.MethodPost, s.handleDrain))
@@ -59,6 +61,10 @@ func NewServer(a Agent, log *slog.Logger) *Server {
 	})
 	return s
 }
+
+// Listening is closed once Serve listens on its socket: from then on the
+// CLI reaches the agent.
+func (s *Server) Listening() <-chan struct{} { return s.listening }
 
 // Handler returns the HTTP handler of the API, for tests and embedding.
 func (s *Server) Handler() http.Handler { return s.mux }
@@ -93,6 +99,7 @@ func (s *Server) Serve(ctx context.Context, socketPath string) error {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
 	s.log.Info("admin API listening", "socket", socketPath)
+	close(s.listening)
 
 	var serveErr error
 	select {

@@ -18,6 +18,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/discovery"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
+	"github.com/sluicelb/sluice/userspace/sdnotify"
 )
 
 const (
@@ -93,6 +94,9 @@ type options struct {
 	stateFile string
 	// announce announces the VIPs (nil: the config has no bgp section).
 	announce *announce.Announcer
+	// notify tells systemd when the agent is ready, that its loop turns
+	// (watchdog) and when it stops (nil: not run by systemd).
+	notify *sdnotify.Notifier
 }
 
 // poolState is a pool the agent runs: configured, or dropped from the
@@ -136,6 +140,8 @@ type agent struct {
 	// has its own lock; the agent calls it with mu held (lock order mu ->
 	// ann), after each reconcile.
 	ann *announce.Announcer
+	// notify is systemd's (nil: none).
+	notify *sdnotify.Notifier
 	// reloadMu serializes reloads: apply, then the watcher and L7 syncs,
 	// which run without mu.
 	reloadMu sync.Mutex
@@ -196,6 +202,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		health:      newHealthStage(o.ctx, o.log, o.metrics, o.now),
 		pools:       make(map[string]*poolState),
 		ann:         o.announce,
+		notify:      o.notify,
 	}
 	a.dns = newDNSAdapter(o.log, forgetName)
 	if o.dns != nil {

@@ -39,6 +39,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/metrics"
+	"github.com/sluicelb/sluice/userspace/sdnotify"
 )
 
 // TickInterval is how often flows are counted and lifecycles advanced.
@@ -58,6 +59,9 @@ type RunOptions struct {
 	// grow by this many bytes between collections (gcpace), once an http
 	// service runs (0: Go's GOGC as it is).
 	GCHeadroom uint64
+	// Notify is systemd's notification socket (nil: not run as a
+	// Type=notify unit): READY=1, WATCHDOG=1, STOPPING=1, STATUS.
+	Notify *sdnotify.Notifier
 }
 
 // Run runs the agent until ctx is done. SIGHUP reloads the config file. On
@@ -149,6 +153,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		gcHeadroom:   ro.GCHeadroom,
 		accessLogOut: os.Stdout,
 		announce:     ann,
+		notify:       ro.Notify,
 	})
 	m.Registry().MustRegister(metrics.NewCollector(dp, a.topology(), cfg.Datapath.ConntrackMax))
 	defer func() {
@@ -205,6 +210,29 @@ func (a *agent) serve(ctx context.Context, socket string, metricsL net.Listener,
 		})
 	}
 
+	// systemd (Type=notify) is told the agent is ready once the CLI can
+	// reach it, and that it stops.
+	select {
+	case <-srv.Listening():
+		a.notifySystemd("READY=1\n" + a.systemdStatus())
+	case err := <-adminErr:
+		return fmt.Errorf("admin API: %w", err)
+	case <-ctx.Done():
+		return nil
+	}
+	defer a.notifySystemd("STOPPING=1")
+	// The watchdog (WatchdogSec) is fed from this loop only: a loop stuck
+	// in a tick or a reload stops feeding it, and systemd restarts the
+	// agent (the data path goes on forwarding meanwhile; the next agent
+	// adopts it). A nil channel never fires: no watchdog asked.
+	var watchdog <-chan time.Time
+	if d := a.notify.Watchdog(); d > 0 {
+		wd := time.NewTicker(d / 2)
+		defer wd.Stop()
+		watchdog = wd.C
+		a.notifySystemd("WATCHDOG=1")
+	}
+
 	ticker := time.NewTicker(TickInterval)
 	defer ticker.Stop()
 	// deadline fires at the next drain deadline or ejection end, so a
@@ -223,11 +251,14 @@ func (a *agent) serve(ctx context.Context, socket string, metricsL net.Listener,
 			return nil
 		case err := <-adminErr:
 			return fmt.Errorf("admin API: %w", err)
+		case <-watchdog:
+			a.notifySystemd("WATCHDOG=1")
 		case <-hup:
 			a.log.Info("SIGHUP: reloading config")
 			if err := a.Reload(ctx); err != nil && !errors.Is(err, admin.ErrReloadRefused) {
 				a.log.Error("reload failed", "err", err)
 			}
+			a.notifySystemd(a.systemdStatus())
 		case <-a.transitions.kick:
 			// A pool changed outside the agent's own calls (an ejection
 			// by the L7 stage): apply it now, not on the next tick.
@@ -242,6 +273,21 @@ func (a *agent) serve(ctx context.Context, socket string, metricsL net.Listener,
 			}
 		}
 	}
+}
+
+// notifySystemd sends state to systemd, when it runs the agent; a failure
+// is logged, never fatal.
+func (a *agent) notifySystemd(state string) {
+	if err := a.notify.Notify(state); err != nil {
+		a.log.Warn("telling systemd the agent's state", "state", state, "err", err)
+	}
+}
+
+// systemdStatus is the STATUS line `systemctl status` shows.
+func (a *agent) systemdStatus() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return fmt.Sprintf("STATUS=serving %d services, %d pools", len(a.cfg.Services), len(a.cfg.Pools))
 }
 
 // routeSource asks the kernel which source address it uses towards ip.

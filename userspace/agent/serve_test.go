@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/sdnotify"
 )
 
 // TestServe runs the loop with the real admin server on a temporary socket:
@@ -101,5 +103,108 @@ func TestServe(t *testing.T) {
 	}
 	if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket left behind: %v", err)
+	}
+}
+
+// Under systemd the loop reports READY=1 once the admin socket answers,
+// feeds the watchdog while it turns — and stops feeding it when it hangs
+// (here: a tick waiting for the agent's lock forever), so systemd restarts
+// the agent — and reports STOPPING=1.
+func TestServeNotifiesSystemd(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(path, []byte(baseConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "notify.sock")
+	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	msgs := make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := nl.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	env := map[string]string{"NOTIFY_SOCKET": sock, "WATCHDOG_USEC": "200000"}
+	n, err := sdnotify.FromEnv(func(k string) string { return env[k] }, os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	a := newAgent(datapath.NewFake(tableSize), options{configPath: path, version: "test", notify: n})
+	if err := a.start(time.Now(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	socket := filepath.Join(dir, "admin.sock")
+	done := make(chan error, 1)
+	go func() { done <- a.serve(ctx, socket, nil, make(chan os.Signal)) }()
+
+	next := func(within time.Duration) (string, bool) {
+		select {
+		case m := <-msgs:
+			return m, true
+		case <-time.After(within):
+			return "", false
+		}
+	}
+	if m, _ := next(5 * time.Second); m != "READY=1\nSTATUS=serving 1 services, 1 pools" {
+		t.Fatalf("first message %q, want READY=1 and a status", m)
+	}
+	if _, err := admin.NewClient(socket).Status(ctx); err != nil {
+		t.Fatalf("READY=1 sent before the admin socket answers: %v", err)
+	}
+	pings := 0
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		if m, ok := next(time.Second); ok && m == "WATCHDOG=1" {
+			pings++
+		}
+	}
+	if pings < 5 {
+		t.Fatalf("%d watchdog pings in a second, want about 10 (every 100ms)", pings)
+	}
+
+	// A hung loop: its next tick waits for the lock.
+	a.mu.Lock()
+	time.Sleep(TickInterval + 200*time.Millisecond)
+	for drained := false; !drained; {
+		_, ok := next(0)
+		drained = !ok
+	}
+	if m, ok := next(700 * time.Millisecond); ok {
+		a.mu.Unlock()
+		t.Fatalf("%q from a hung loop, want silence (the watchdog then restarts the agent)", m)
+	}
+	a.mu.Unlock()
+	if m, _ := next(time.Second); m != "WATCHDOG=1" {
+		t.Fatalf("after the loop went on: %q, want the watchdog fed again", m)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve = %v", err)
+	}
+	for {
+		m, ok := next(time.Second)
+		if !ok {
+			t.Fatal("no STOPPING=1")
+		}
+		if m == "STOPPING=1" {
+			break
+		}
 	}
 }
