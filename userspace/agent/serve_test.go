@@ -182,8 +182,11 @@ func TestServeNotifiesSystemd(t *testing.T) {
 	a.mu.Lock()
 	time.Sleep(TickInterval + 200*time.Millisecond)
 	for drained := false; !drained; {
-		_, ok := next(0)
-		drained = !ok
+		select {
+		case <-msgs:
+		default:
+			drained = true
+		}
 	}
 	if m, ok := next(700 * time.Millisecond); ok {
 		a.mu.Unlock()
