@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -246,29 +247,33 @@ func TestH2RapidResetGoAway(t *testing.T) {
 				}
 				done <- nil
 			}()
+			// The server closes the connection: GOAWAY ENHANCE_YOUR_CALM
+			// first. Its close may reset the connection before a client
+			// that reads slowly (this one, while it floods) has read the
+			// GOAWAY: the guard's count says why it was closed.
 			var goAway *http2.GoAwayFrame
 			resets := 0
-			for goAway == nil {
-				f, err := c.fr.ReadFrame()
-				if err != nil {
-					t.Fatalf("connection ended without GOAWAY (%d streams reset by the server): %v", resets, err)
+			var readErr error
+			for readErr == nil {
+				var f http2.Frame
+				if f, readErr = c.fr.ReadFrame(); readErr != nil {
+					break
 				}
 				if _, ok := f.(*http2.RSTStreamFrame); ok {
 					resets++
 				}
-				goAway, _ = f.(*http2.GoAwayFrame)
+				if g, ok := f.(*http2.GoAwayFrame); ok {
+					goAway = g
+				}
 			}
-			if goAway.ErrCode != http2.ErrCodeEnhanceYourCalm {
+			if errors.Is(readErr, os.ErrDeadlineExceeded) {
+				t.Fatalf("connection not closed (%d streams reset by the server)", resets)
+			}
+			if goAway != nil && goAway.ErrCode != http2.ErrCodeEnhanceYourCalm {
 				t.Errorf("GOAWAY %v, want ENHANCE_YOUR_CALM", goAway.ErrCode)
 			}
-			// Then the connection is closed.
-			for {
-				if _, err := c.fr.ReadFrame(); err != nil {
-					if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
-						t.Logf("after GOAWAY: %v", err)
-					}
-					break
-				}
+			if goAway == nil {
+				t.Logf("closed (%v) before the GOAWAY was read, after %d streams reset by the server", readErr, resets)
 			}
 			<-done
 			if n := obs.count(limitH2Resets); n != 1 {
