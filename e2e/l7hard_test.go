@@ -676,6 +676,44 @@ func TestL7PerIPLimits(t *testing.T) {
 	}
 }
 
+// client.max_requests_per_ip behind a trusted proxy (here: the lab's
+// client host, in trusted_proxies): requests count against the client
+// address the proxy names in X-Forwarded-For, not against the proxy (all
+// would share one place) nor not at all (one client could take every
+// request slot through a CDN or a cloud load balancer).
+func TestL7PerIPLimitsBehindProxy(t *testing.T) {
+	lab, _ := startL7(t, agentConfig{
+		Ejection: noEjection,
+		Timeouts: "{connect: 1s, read: 5s, total: 8s}",
+		HTTPExtra: "    trusted_proxies: [198.18.0.0/24]\n" +
+			"    client: {max_requests: 100, max_requests_per_ip: 2}\n",
+	})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			lab.curl("GET", httpURL+"slow?ms=3000&rid="+newRID("hold"), "-H", "X-Forwarded-For: 198.19.0.7")
+		})
+	}
+	time.Sleep(time.Second) // both in flight
+	r := lab.curl("GET", httpURL+"?rid="+newRID("over"), "-H", "X-Forwarded-For: 198.19.0.9, 198.19.0.7")
+	if r.Code != 429 || !strings.Contains(r.Body, "max_requests_per_ip") {
+		t.Errorf("third request in flight of 198.19.0.7: %d, want 429:\n%s", r.Code, r.Body)
+	}
+	for _, xff := range []string{"198.19.0.8", ""} {
+		extra := []string{}
+		if xff != "" {
+			extra = []string{"-H", "X-Forwarded-For: " + xff}
+		}
+		if r := lab.curl("GET", httpURL+"?rid="+newRID("other"), extra...); r.Code != 200 {
+			t.Errorf("request of another client (X-Forwarded-For %q) meanwhile: %d, want 200", xff, r.Code)
+		}
+	}
+	wg.Wait()
+	if r := lab.curl("GET", httpURL, "-H", "X-Forwarded-For: 198.19.0.7"); r.Code != 200 {
+		t.Errorf("after the slow ones ended: %d", r.Code)
+	}
+}
+
 // client.body_timeout: a client that stalls its upload gets 408 after it,
 // long before timeouts.total, and the backend connection the upload was
 // streaming to is given up; a client at its pace is not affected.

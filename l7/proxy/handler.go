@@ -164,15 +164,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer q.releaseSlots()
 	// client.max_requests_per_ip: one client address (an IPv6 /64) may
 	// not hold the listener's requests (HTTP/2 streams need no new
-	// connections); a trusted proxy is not counted.
-	if key, ok := requestKey(q.peer); ok {
+	// connections); behind a trusted proxy, the address it names.
+	if key, ok := requestKey(q.peer, r.Header, st.svc.TrustedProxies); ok {
 		if !s.activeIP.acquire(key) {
 			w.Header().Set("Retry-After", "1")
 			s.fail(w, q.rec, http.StatusTooManyRequests, "client.max_requests_per_ip ("+strconv.Itoa(s.limits.MaxRequestsPerIP)+") requests in flight from this client's address")
 			s.obs.Refused(s.name, limitRequestsPerIP)
 			return
 		}
-		q.slots.ip = true
+		q.slots.ip, q.slots.key = true, key
 	}
 	if lim := st.maxRequests; lim > 0 && status == 0 {
 		// The route's max_requests: its share of the listener's.
@@ -587,11 +587,14 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 }
 
 // requestSlots are the places a request holds in client.max_requests,
-// client.max_requests_per_ip (under its peer's key) and its route's
+// client.max_requests_per_ip (under its client's key) and its route's
 // max_requests (nil: none).
 type requestSlots struct {
 	route      *atomic.Int64
 	active, ip bool
+	// key is the client address counted in client.max_requests_per_ip
+	// (when ip).
+	key netip.Addr
 }
 
 // releaseSlots gives back the request's places in the request limits
@@ -614,8 +617,7 @@ func (q *request) releaseListenerSlots() {
 		sl.active = false
 	}
 	if sl.ip {
-		key, _ := requestKey(q.peer)
-		q.s.activeIP.release(key)
+		q.s.activeIP.release(sl.key)
 		sl.ip = false
 	}
 }

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"net"
+	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 )
 
@@ -98,10 +100,77 @@ func connKey(c net.Conn, trusted []netip.Prefix) (netip.Addr, bool) {
 	return clientKey(ip), true
 }
 
-// requestKey is connKey for a request's peer.
-func requestKey(p peer) (netip.Addr, bool) {
-	if !p.ok || p.trusted {
+// requestKey is the key of a request's client (false: none, not
+// counted): its peer's, or, when the peer is a trusted proxy, that of the
+// client the proxy names in h (forwardedClient). A proxy that names none
+// is not counted: it carries many clients.
+func requestKey(p peer, h http.Header, trusted []netip.Prefix) (netip.Addr, bool) {
+	if !p.ok {
 		return netip.Addr{}, false
 	}
-	return clientKey(p.ip), true
+	if !p.trusted {
+		return clientKey(p.ip), true
+	}
+	if ip, ok := forwardedClient(h, trusted); ok {
+		return clientKey(ip), true
+	}
+	return netip.Addr{}, false
+}
+
+// maxForwardedHops bounds the trusted proxies forwardedClient looks past.
+const maxForwardedHops = 16
+
+// forwardedClient is the client address the trusted proxies in front of
+// sluice name in h: the last X-Forwarded-For entry that is not itself one
+// of the trusted proxies (those before it come from the client and prove
+// nothing), else X-Real-IP. False when neither names one (or an entry is
+// no address).
+func forwardedClient(h http.Header, trusted []netip.Prefix) (netip.Addr, bool) {
+	xff := h["X-Forwarded-For"]
+	hops := 0
+	for i := len(xff) - 1; i >= 0; i-- {
+		v := xff[i]
+		for v != "" {
+			var e string
+			if j := strings.LastIndexByte(v, ','); j >= 0 {
+				v, e = v[:j], v[j+1:]
+			} else {
+				v, e = "", v
+			}
+			if e = strings.TrimSpace(e); e == "" {
+				continue
+			}
+			ip, ok := parseForwardedAddr(e)
+			if !ok {
+				return netip.Addr{}, false
+			}
+			if !inPrefixes(ip, trusted) {
+				return ip, true
+			}
+			if hops++; hops >= maxForwardedHops {
+				return netip.Addr{}, false
+			}
+		}
+	}
+	if len(xff) == 0 {
+		if vv := h["X-Real-Ip"]; len(vv) == 1 {
+			if ip, ok := parseForwardedAddr(strings.TrimSpace(vv[0])); ok && !inPrefixes(ip, trusted) {
+				return ip, true
+			}
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// parseForwardedAddr parses an address as forwarding headers write it:
+// bare ("198.18.0.7", "2001:2::7"), or with a port ("198.18.0.7:4711",
+// "[2001:2::7]:4711").
+func parseForwardedAddr(s string) (netip.Addr, bool) {
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return ip.Unmap().WithZone(""), true
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().Unmap().WithZone(""), true
+	}
+	return netip.Addr{}, false
 }

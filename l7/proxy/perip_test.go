@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -109,5 +110,83 @@ func TestTunnelNotARequest(t *testing.T) {
 func TestPerIPShardSize(t *testing.T) {
 	if n := unsafe.Sizeof(perIPShard{}); n != 64 {
 		t.Errorf("a shard is %d bytes, want a cache line (64)", n)
+	}
+}
+
+func TestForwardedClient(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("198.18.1.0/24"), netip.MustParsePrefix("2001:2:0:1::/64")}
+	cases := []struct {
+		name string
+		h    http.Header
+		want string // "": none
+	}{
+		{"none", http.Header{}, ""},
+		{"one", http.Header{"X-Forwarded-For": {"198.18.0.7"}}, "198.18.0.7"},
+		{"spoofed entries before the proxy's", http.Header{"X-Forwarded-For": {"1.2.3.4, 198.18.0.9", "198.18.0.7"}}, "198.18.0.7"},
+		{"trusted hops skipped", http.Header{"X-Forwarded-For": {"198.18.0.7, 198.18.1.5,198.18.1.6"}}, "198.18.0.7"},
+		{"ports and brackets", http.Header{"X-Forwarded-For": {"[2001:2::7]:4711, [2001:2:0:1::5]:80"}}, "2001:2::7"},
+		{"mapped", http.Header{"X-Forwarded-For": {"::ffff:198.18.0.7"}}, "198.18.0.7"},
+		{"only trusted", http.Header{"X-Forwarded-For": {"198.18.1.5"}}, ""},
+		{"garbage", http.Header{"X-Forwarded-For": {"198.18.0.7, unknown"}}, ""},
+		{"empty entries", http.Header{"X-Forwarded-For": {"198.18.0.7,, ,"}}, "198.18.0.7"},
+		{"x-real-ip", http.Header{"X-Real-Ip": {" 198.18.0.8 "}}, "198.18.0.8"},
+		{"x-forwarded-for first", http.Header{"X-Forwarded-For": {"198.18.0.7"}, "X-Real-Ip": {"198.18.0.8"}}, "198.18.0.7"},
+		{"x-real-ip twice", http.Header{"X-Real-Ip": {"198.18.0.8", "198.18.0.9"}}, ""},
+		{"too many trusted hops", http.Header{"X-Forwarded-For": {"198.18.0.7" + strings.Repeat(", 198.18.1.1", maxForwardedHops)}}, ""},
+	}
+	for _, c := range cases {
+		ip, ok := forwardedClient(c.h, trusted)
+		if got := map[bool]string{true: ip.String(), false: ""}[ok]; got != c.want {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
+	}
+}
+
+// client.max_requests_per_ip behind a trusted proxy: its requests count
+// against the client address it names in X-Forwarded-For (one client
+// cannot take every request slot through a CDN or a cloud load balancer);
+// a request that names none is not counted.
+func TestMaxRequestsPerIPBehindProxy(t *testing.T) {
+	be, release, arrived := blockingBackend(t)
+	obs := &refusedObserver{}
+	h := start(t, newPool(t, nil, be.addr), func(o *Options) {
+		o.Client.MaxRequestsPerIP = 1
+		o.Service.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+		o.Observer = obs
+	})
+	from := func(xff string) http.Header {
+		if xff == "" {
+			return nil
+		}
+		return http.Header{"X-Forwarded-For": {xff}}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if resp, _ := h.do(t, "GET", "/held", nil, from("198.18.0.7")); resp.StatusCode != 200 {
+			t.Errorf("held request: %d", resp.StatusCode)
+		}
+	}()
+	<-arrived
+	if resp, body := h.do(t, "GET", "/again", nil, from("1.2.3.4, 198.18.0.7")); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("second request of 198.18.0.7: %d %q, want 429", resp.StatusCode, body)
+	}
+	var others sync.WaitGroup
+	for _, xff := range []string{"198.18.0.8", ""} {
+		others.Go(func() {
+			if resp, _ := h.do(t, "GET", "/other", nil, from(xff)); resp.StatusCode != 200 {
+				t.Errorf("request from %q: %d, want 200", xff, resp.StatusCode)
+			}
+		})
+		<-arrived
+	}
+	close(release)
+	<-done
+	others.Wait()
+	if n := obs.count(limitRequestsPerIP); n != 1 {
+		t.Errorf("refused{requests_per_ip} = %d, want 1", n)
+	}
+	if resp, _ := h.do(t, "GET", "/after", nil, from("198.18.0.7")); resp.StatusCode != 200 {
+		t.Errorf("after the first ended: %d, want 200 (the slot given back under the same key)", resp.StatusCode)
 	}
 }
