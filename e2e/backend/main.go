@@ -330,14 +330,14 @@ func (b *backend) controlMode(w http.ResponseWriter, r *http.Request) {
 // know it.
 func closeAfterBody(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
-	hijackClose(w, nil)
+	hijackClose(w, nil, 0)
 }
 
 // closeMidResponse sends a header announcing 100 bytes, 10 of them, and closes.
 func closeMidResponse(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
 	hijackClose(w, []byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Backend: "+
-		w.Header().Get("X-Backend")+"\r\n\r\n0123456789"))
+		w.Header().Get("X-Backend")+"\r\n\r\n0123456789"), 0)
 }
 
 // earlyHold answers 413 before reading the request's body and then keeps
@@ -345,23 +345,13 @@ func closeMidResponse(w http.ResponseWriter, r *http.Request) {
 // refuses an upload early and neither reads nor closes.
 func earlyHold(w http.ResponseWriter, r *http.Request) {
 	ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		http.Error(w, "hijacking unsupported", http.StatusInternalServerError)
-		return
-	}
-	conn, bufrw, err := hj.Hijack()
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	_, _ = bufrw.WriteString("HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 10\r\nX-Backend: " +
-		w.Header().Get("X-Backend") + "\r\n\r\ntoo large\n")
-	_ = bufrw.Flush()
-	time.Sleep(time.Duration(min(ms, 60000)) * time.Millisecond)
+	hijackClose(w, []byte("HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 10\r\nX-Backend: "+
+		w.Header().Get("X-Backend")+"\r\n\r\ntoo large\n"), time.Duration(min(ms, 60000))*time.Millisecond)
 }
 
-func hijackClose(w http.ResponseWriter, send []byte) {
+// hijackClose takes the connection over, writes send and closes it after
+// hold, reading nothing more.
+func hijackClose(w http.ResponseWriter, send []byte, hold time.Duration) {
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "hijacking unsupported", http.StatusInternalServerError)
@@ -375,6 +365,7 @@ func hijackClose(w http.ResponseWriter, send []byte) {
 		_, _ = bufrw.Write(send)
 		_ = bufrw.Flush()
 	}
+	time.Sleep(hold)
 	_ = conn.Close()
 }
 

@@ -17,9 +17,11 @@ import (
 	"github.com/sluicelb/sluice/userspace/sdnotify"
 )
 
-// TestServe runs the loop with the real admin server on a temporary socket:
-// the CLI's client sees the agent, drains through it, and a hup reloads.
-func TestServe(t *testing.T) {
+// startedAgent starts an agent with o on dp from baseConfig, written to a
+// file in a temporary directory; it returns the agent, the directory and
+// the file's path.
+func startedAgent(t *testing.T, dp datapath.Map, o options) (*agent, string, string) {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(baseConfig), 0o600); err != nil {
@@ -29,11 +31,19 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dp := datapath.NewFake(tableSize)
-	a := newAgent(dp, options{configPath: path, version: "test"})
+	o.configPath, o.version = path, "test"
+	a := newAgent(dp, o)
 	if err := a.start(time.Now(), cfg); err != nil {
 		t.Fatal(err)
 	}
+	return a, dir, path
+}
+
+// TestServe runs the loop with the real admin server on a temporary socket:
+// the CLI's client sees the agent, drains through it, and a hup reloads.
+func TestServe(t *testing.T) {
+	dp := datapath.NewFake(tableSize)
+	a, dir, path := startedAgent(t, dp, options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	socket := filepath.Join(dir, "admin.sock")
@@ -43,6 +53,7 @@ func TestServe(t *testing.T) {
 
 	c := admin.NewClient(socket)
 	var st admin.Status
+	var err error
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		st, err = c.Status(ctx)
@@ -111,16 +122,7 @@ func TestServe(t *testing.T) {
 // (here: a tick waiting for the agent's lock forever), so systemd restarts
 // the agent — and reports STOPPING=1.
 func TestServeNotifiesSystemd(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(path, []byte(baseConfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "notify.sock")
+	sock := filepath.Join(t.TempDir(), "notify.sock")
 	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
@@ -144,10 +146,7 @@ func TestServeNotifiesSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.Close()
-	a := newAgent(datapath.NewFake(tableSize), options{configPath: path, version: "test", notify: n})
-	if err := a.start(time.Now(), cfg); err != nil {
-		t.Fatal(err)
-	}
+	a, dir, _ := startedAgent(t, datapath.NewFake(tableSize), options{notify: n})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	socket := filepath.Join(dir, "admin.sock")
