@@ -246,6 +246,7 @@ func TestUnitFile(t *testing.T) {
 		{"Service", "ProtectSystem", "strict"},
 		{"Service", "RuntimeDirectory", "sluice"},
 		{"Service", "RuntimeDirectoryMode", "0700"},
+		{"Service", "LogsDirectory", "sluice"},
 		{"Service", "LimitMEMLOCK", "infinity"},
 		{"Install", "WantedBy", "multi-user.target"},
 	}
@@ -357,7 +358,7 @@ func TestInstall(t *testing.T) {
 	run := func(env []string, args ...string) string {
 		t.Helper()
 		cmd := exec.Command(filepath.Join(root, "deploy", installSh), args...)
-		cmd.Env = append(envWithout("DESTDIR", "PREFIX", "UNITDIR", "SYSCONFDIR", "SLUICE_BIN"),
+		cmd.Env = append(envWithout("DESTDIR", "PREFIX", "UNITDIR", "SYSCONFDIR", "LOGROTATEDIR", "SLUICE_BIN"),
 			append([]string{"DESTDIR=" + dest, "SLUICE_BIN=" + fakeBin}, env...)...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -381,6 +382,7 @@ func TestInstall(t *testing.T) {
 		"/etc/sluice/sluice.yaml":                         0o644,
 		"/usr/local/share/doc/sluice/sluice.yaml.example": 0o644,
 		"/usr/local/share/doc/sluice/operations.md":       0o644,
+		"/etc/logrotate.d/sluice":                         0o644,
 	} {
 		fi, err := os.Stat(filepath.Join(dest, p))
 		if err != nil {
@@ -416,7 +418,7 @@ func TestInstall(t *testing.T) {
 	}
 
 	run([]string{"PREFIX=/opt/sluice"}, "uninstall")
-	for _, p := range []string{"/opt/sluice/bin/sluice", "/etc/systemd/system/sluice.service", "/opt/sluice/share/doc/sluice"} {
+	for _, p := range []string{"/opt/sluice/bin/sluice", "/etc/systemd/system/sluice.service", "/opt/sluice/share/doc/sluice", "/etc/logrotate.d/sluice"} {
 		if _, err := os.Stat(filepath.Join(dest, p)); !os.IsNotExist(err) {
 			t.Errorf("after uninstall %s: %v, want it gone", p, err)
 		}

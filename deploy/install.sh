@@ -8,10 +8,12 @@
 #   $PREFIX/bin/sluice                        the binary (bin/sluice: `make build` first)
 #   $UNITDIR/sluice.service                   the unit, ExecStart pointing at that binary
 #   $SYSCONFDIR/sluice.yaml                   the example config, only if none is there
+#   $LOGROTATEDIR/sluice                      rotation of /var/log/sluice/*.log, only if none is there
 #   $PREFIX/share/doc/sluice/                 operations.md, sluice.yaml.example
 #
 # Environment: DESTDIR (empty), PREFIX (/usr/local), UNITDIR
-# (/etc/systemd/system), SYSCONFDIR (/etc/sluice), SLUICE_BIN (bin/sluice).
+# (/etc/systemd/system), SYSCONFDIR (/etc/sluice), LOGROTATEDIR
+# (/etc/logrotate.d), SLUICE_BIN (bin/sluice).
 # It never starts, stops or enables the service; with no DESTDIR and a
 # running systemd it runs `systemctl daemon-reload`.
 set -euo pipefail
@@ -21,6 +23,7 @@ DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/usr/local}
 UNITDIR=${UNITDIR:-/etc/systemd/system}
 SYSCONFDIR=${SYSCONFDIR:-/etc/sluice}
+LOGROTATEDIR=${LOGROTATEDIR:-/etc/logrotate.d}
 SLUICE_BIN=${SLUICE_BIN:-$repo_root/bin/sluice}
 
 bindir=$PREFIX/bin
@@ -29,7 +32,7 @@ docdir=$PREFIX/share/doc/sluice
 log() { printf 'install: %s\n' "$*" >&2; }
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 
-for v in PREFIX UNITDIR SYSCONFDIR; do
+for v in PREFIX UNITDIR SYSCONFDIR LOGROTATEDIR; do
 	[[ ${!v} == /* ]] || die "$v=${!v}: must be an absolute path"
 done
 
@@ -72,6 +75,13 @@ do_install() {
 		install -m 0644 "$repo_root/deploy/sluice.yaml" "$DESTDIR$SYSCONFDIR/sluice.yaml"
 		log "$DESTDIR$SYSCONFDIR/sluice.yaml (example: edit interfaces, VIPs, backends)"
 	fi
+	if [[ -e $DESTDIR$LOGROTATEDIR/sluice ]]; then
+		log "$DESTDIR$LOGROTATEDIR/sluice exists: kept"
+	else
+		install -d -m 0755 "$DESTDIR$LOGROTATEDIR"
+		install -m 0644 "$repo_root/deploy/sluice.logrotate" "$DESTDIR$LOGROTATEDIR/sluice"
+		log "$DESTDIR$LOGROTATEDIR/sluice"
+	fi
 
 	daemon_reload
 	log "done. Next: sluice check -c $SYSCONFDIR/sluice.yaml && systemctl enable --now sluice"
@@ -81,10 +91,10 @@ do_uninstall() {
 	if [[ -z $DESTDIR && $EUID -ne 0 ]]; then
 		die "uninstalling from / needs root (or set DESTDIR)"
 	fi
-	rm -f -- "$DESTDIR$bindir/sluice" "$DESTDIR$UNITDIR/sluice.service"
+	rm -f -- "$DESTDIR$bindir/sluice" "$DESTDIR$UNITDIR/sluice.service" "$DESTDIR$LOGROTATEDIR/sluice"
 	rm -rf -- "${DESTDIR}${docdir:?}"
 	daemon_reload
-	log "removed the binary, unit and docs; kept $SYSCONFDIR. The data path, if any, is still attached: 'sluice teardown' before uninstalling removes it"
+	log "removed the binary, unit, log rotation and docs; kept $SYSCONFDIR and /var/log/sluice. The data path, if any, is still attached: 'sluice teardown' before uninstalling removes it"
 }
 
 case ${1:-install} in

@@ -434,3 +434,23 @@ func TestAgentNotifiesSystemd(t *testing.T) {
 		}
 	}
 }
+
+// An agent whose stdout is the systemd journal (JOURNAL_STREAM names it,
+// as systemd sets it; here the wrapper names the agent's real stdout) warns
+// of each http service whose access log goes there: journald drops a
+// unit's lines past its rate limit, the agent's own with them.
+func TestAgentWarnsAccessLogToJournal(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	wrapper := filepath.Join(t.TempDir(), "sluice-journal")
+	script := "#!/bin/bash\nexport JOURNAL_STREAM=$(stat -L -c '%d:%i' /proc/$$/fd/1)\nexec " + env.sluice + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	agent := lab.StartAgentBinary(agentConfig{HTTP: true}, wrapper)
+	log := agent.proc.Log()
+	if !strings.Contains(log, "access log to the systemd journal") || !strings.Contains(log, "services=[web-http]") {
+		t.Errorf("no warning of the access log to the journal in the agent's log:\n%s", log)
+	}
+}

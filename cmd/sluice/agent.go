@@ -95,10 +95,11 @@ second; see docs/operations.md).`,
 				}
 				defer notify.Close()
 				ro := agent.RunOptions{
-					L7NetHTTP1:   e.env(EnvL7NetHTTP1) != "",
-					L7EventLoops: eventLoopsOn(e.env(EnvL7EventLoops)),
-					GCHeadroom:   gcHeadroom(e.env("GOGC")),
-					Notify:       notify,
+					L7NetHTTP1:    e.env(EnvL7NetHTTP1) != "",
+					L7EventLoops:  eventLoopsOn(e.env(EnvL7EventLoops)),
+					GCHeadroom:    gcHeadroom(e.env("GOGC")),
+					Notify:        notify,
+					StdoutJournal: e.stdoutJournal != nil && e.stdoutJournal(),
 				}
 				return e.runAgent(ctx, path, log, e.version, ro)
 			}

@@ -66,6 +66,9 @@ type env struct {
 	// keepOnBrokenPipe makes writes to a closed stdout or stderr fail
 	// instead of killing the process (nil: nothing to do).
 	keepOnBrokenPipe func()
+	// stdoutJournal reports whether stdout is the systemd journal (nil:
+	// it is not).
+	stdoutJournal func() bool
 }
 
 // command is one verb of the CLI.

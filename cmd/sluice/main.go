@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -42,6 +44,7 @@ func systemEnv() *env {
 		// unless SIGPIPE is ignored: the agent must outlive its log's
 		// reader (see agentCmd).
 		keepOnBrokenPipe: func() { signal.Ignore(syscall.SIGPIPE) },
+		stdoutJournal:    func() bool { return isJournalStream(os.Getenv("JOURNAL_STREAM"), os.Stdout) },
 		newClient: func(socketPath string) admin.Agent {
 			return admin.NewClient(socketPath)
 		},
@@ -69,4 +72,24 @@ func systemEnv() *env {
 			return announce.WithdrawAll(announce.Netlink{Table: table, Protocol: protocol})
 		},
 	}
+}
+
+// isJournalStream is whether f is the stream systemd's journal gave the
+// process: JOURNAL_STREAM (v) names its device and inode ("dev:ino"),
+// which must still be f's (a shell may have redirected it since).
+func isJournalStream(v string, f *os.File) bool {
+	dev, ino, ok := strings.Cut(v, ":")
+	if !ok {
+		return false
+	}
+	d, err1 := strconv.ParseUint(dev, 10, 64)
+	i, err2 := strconv.ParseUint(ino, 10, 64)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return false
+	}
+	return uint64(st.Dev) == d && st.Ino == i
 }

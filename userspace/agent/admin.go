@@ -305,9 +305,16 @@ func (a *agent) Reload(ctx context.Context) error {
 	}
 	if err != nil {
 		a.log.Error("reload refused, the running config stays", "config", a.configPath, "err", err)
+		if a.l7 != nil {
+			// The access log files are reopened all the same: a
+			// rotation (move, then reload) must not leave the agent
+			// writing to the moved file because of an unrelated edit.
+			a.l7.reopenAccessLogs()
+		}
 		return fmt.Errorf("%w: %w", admin.ErrReloadRefused, err)
 	}
 	logWarnings(a.log, cfg)
+	warnJournal(a.log, cfg, a.stdoutJournal)
 	a.mu.Lock()
 	restartOnly := a.restartOnly(cfg)
 	now := a.now()

@@ -97,6 +97,8 @@ type options struct {
 	// notify tells systemd when the agent is ready, that its loop turns
 	// (watchdog) and when it stops (nil: not run by systemd).
 	notify *sdnotify.Notifier
+	// stdoutJournal: stdout is the systemd journal (see warnJournal).
+	stdoutJournal bool
 }
 
 // poolState is a pool the agent runs: configured, or dropped from the
@@ -142,6 +144,8 @@ type agent struct {
 	ann *announce.Announcer
 	// notify is systemd's (nil: none).
 	notify *sdnotify.Notifier
+	// stdoutJournal: stdout is the systemd journal (see warnJournal).
+	stdoutJournal bool
 	// reloadMu serializes reloads: apply, then the watcher and L7 syncs,
 	// which run without mu.
 	reloadMu sync.Mutex
@@ -185,24 +189,25 @@ func newAgent(dp datapath.Map, o options) *agent {
 	errs := newMapErrors(o.log, o.now, mapErrorCount)
 	state := &stateStore{path: o.stateFile, log: o.log}
 	a := &agent{
-		log:         o.log,
-		version:     o.version,
-		configPath:  o.configPath,
-		load:        o.load,
-		now:         o.now,
-		ctx:         o.ctx,
-		metrics:     o.metrics,
-		transitions: newObserver(o.metrics, o.observe, state.markDirty),
-		state:       state,
-		errs:        errs,
-		rec:         newReconciler(dp, o.log, errs, o.routeSrc),
-		flows:       newFlowWatcher(dp, o.log, errs, o.reverseGC, gcCount),
-		admit:       newAdmission(o.hostAddrs, refusedCount, forgetSource),
-		trackers:    newTrackers(o.log.With("component", "eject"), ejectionMetrics(o.metrics)),
-		health:      newHealthStage(o.ctx, o.log, o.metrics, o.now),
-		pools:       make(map[string]*poolState),
-		ann:         o.announce,
-		notify:      o.notify,
+		log:           o.log,
+		version:       o.version,
+		configPath:    o.configPath,
+		load:          o.load,
+		now:           o.now,
+		ctx:           o.ctx,
+		metrics:       o.metrics,
+		transitions:   newObserver(o.metrics, o.observe, state.markDirty),
+		state:         state,
+		errs:          errs,
+		rec:           newReconciler(dp, o.log, errs, o.routeSrc),
+		flows:         newFlowWatcher(dp, o.log, errs, o.reverseGC, gcCount),
+		admit:         newAdmission(o.hostAddrs, refusedCount, forgetSource),
+		trackers:      newTrackers(o.log.With("component", "eject"), ejectionMetrics(o.metrics)),
+		health:        newHealthStage(o.ctx, o.log, o.metrics, o.now),
+		pools:         make(map[string]*poolState),
+		ann:           o.announce,
+		notify:        o.notify,
+		stdoutJournal: o.stdoutJournal,
 	}
 	a.dns = newDNSAdapter(o.log, forgetName)
 	if o.dns != nil {

@@ -80,6 +80,13 @@ func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trac
 	}
 }
 
+// reopenAccessLogs opens every access log file again (log rotation).
+func (s *l7Stage) reopenAccessLogs() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.accessLogs.reopen(s.log)
+}
+
 // sync makes the running http services those of cfg. pools gives each
 // configured pool's *pool.Pool. A service that cannot start (its listen
 // address is taken, say) is logged and left out; the others run. It

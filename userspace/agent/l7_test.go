@@ -308,6 +308,18 @@ func TestL7AccessLogAndSettings(t *testing.T) {
 	mustGet("/two")
 	waitFor(logPath, "/two")
 
+	// A rotation while the file holds an edit that does not load: the
+	// reload is refused, the access log reopened all the same.
+	h.write(cfg("    bogus_key: 1\n"))
+	if err := os.Rename(logPath, logPath+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.a.Reload(h.ctx); !errors.Is(err, admin.ErrReloadRefused) {
+		t.Fatalf("reload of an invalid file: %v", err)
+	}
+	mustGet("/two-b")
+	waitFor(logPath, "/two-b")
+
 	// New upstream settings: a new server on the same address.
 	old := h.a.l7.services["web-http"].srv
 	h.write(cfg("    upstream: {max_idle: 4, idle_timeout: 5s}\n    client: {idle_timeout: 10s}\n"))

@@ -62,6 +62,9 @@ type RunOptions struct {
 	// Notify is systemd's notification socket (nil: not run as a
 	// Type=notify unit): READY=1, WATCHDOG=1, STOPPING=1, STATUS.
 	Notify *sdnotify.Notifier
+	// StdoutJournal is whether stdout is the systemd journal (where
+	// `access_log: stdout` then goes: warned of, see warnJournal).
+	StdoutJournal bool
 }
 
 // Run runs the agent until ctx is done. SIGHUP reloads the config file. On
@@ -76,6 +79,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		return fmt.Errorf("load config: %w", err)
 	}
 	logWarnings(log, cfg)
+	warnJournal(log, cfg, ro.StdoutJournal)
 	// A second agent started by mistake stops here, before it touches the
 	// data path the first one runs.
 	if err := admin.Probe(cfg.Admin.Socket); err != nil {
@@ -142,18 +146,19 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	}
 	a := newAgent(dp, options{
 		log: log, version: version, configPath: configPath, ctx: ctx, metrics: m,
-		routeSrc:     routeSource,
-		reverseGC:    dp.GCReverse,
-		hostAddrs:    hostAddresses,
-		stateFile:    StateFile(cfg.Admin.Socket),
-		dns:          newDNSWatcher(cfg.DNS, log),
-		l7:           true,
-		l7NetHTTP1:   ro.L7NetHTTP1,
-		l7EventLoops: ro.L7EventLoops,
-		gcHeadroom:   ro.GCHeadroom,
-		accessLogOut: os.Stdout,
-		announce:     ann,
-		notify:       ro.Notify,
+		routeSrc:      routeSource,
+		reverseGC:     dp.GCReverse,
+		hostAddrs:     hostAddresses,
+		stateFile:     StateFile(cfg.Admin.Socket),
+		dns:           newDNSWatcher(cfg.DNS, log),
+		l7:            true,
+		l7NetHTTP1:    ro.L7NetHTTP1,
+		l7EventLoops:  ro.L7EventLoops,
+		gcHeadroom:    ro.GCHeadroom,
+		accessLogOut:  os.Stdout,
+		announce:      ann,
+		notify:        ro.Notify,
+		stdoutJournal: ro.StdoutJournal,
 	})
 	m.Registry().MustRegister(metrics.NewCollector(dp, a.topology(), cfg.Datapath.ConntrackMax))
 	defer func() {
@@ -301,6 +306,27 @@ func routeSource(ip netip.Addr) netip.Addr {
 		return netip.Addr{}
 	}
 	return src.Unmap()
+}
+
+// warnJournal warns, when the agent's stdout is the systemd journal
+// (stdoutJournal), of the http services whose access log goes there:
+// journald drops a unit's lines past its rate limit, and the agent's own
+// messages with them, just when an incident makes them matter.
+func warnJournal(log *slog.Logger, cfg *config.Config, stdoutJournal bool) {
+	if !stdoutJournal {
+		return
+	}
+	var names []string
+	for _, s := range cfg.Services {
+		if s.Protocol == config.ProtocolHTTP && s.AccessLog == config.AccessLogStdout {
+			names = append(names, s.Name)
+		}
+	}
+	if len(names) > 0 {
+		log.Warn("access log to the systemd journal: past its rate limit (journald's RateLimitBurst, 10000 lines per 30s by default) "+
+			"journald drops this unit's lines, the agent's own warnings with them; set access_log to a file, "+
+			"e.g. /var/log/sluice/access.log (the unit's LogsDirectory, see docs/operations.md)", "services", names)
+	}
 }
 
 // logWarnings logs the config's warnings (what `sluice check` prints as
