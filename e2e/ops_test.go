@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -452,5 +453,33 @@ func TestAgentWarnsAccessLogToJournal(t *testing.T) {
 	log := agent.proc.Log()
 	if !strings.Contains(log, "access log to the systemd journal") || !strings.Contains(log, "services=[web-http]") {
 		t.Errorf("no warning of the access log to the journal in the agent's log:\n%s", log)
+	}
+}
+
+// An access log whose destination refuses writes (a full disk: /dev/full)
+// loses lines; the agent says so at once — a warning naming the
+// destination and the error, sluice_l7_access_log_lost_total counting the
+// lines — instead of only at the next reload, and serves on.
+func TestAccessLogWriteErrorsVisible(t *testing.T) {
+	lab, agent := startL7(t, agentConfig{HTTPExtra: "    access_log: /dev/full\n"})
+	for i := range 5 {
+		if r := lab.curl("GET", httpURL); r.Code != 200 {
+			t.Fatalf("request %d: %d", i, r.Code)
+		}
+	}
+	waitFor(t, 5*time.Second, "the lost lines counted", func() error {
+		_, scrape := lab.scrape()
+		for _, l := range strings.Split(scrape, "\n") {
+			if v, ok := strings.CutPrefix(l, `sluice_l7_access_log_lost_total{access_log="/dev/full"} `); ok {
+				if n, _ := strconv.Atoi(v); n >= 5 {
+					return nil
+				}
+				return fmt.Errorf("%s", l)
+			}
+		}
+		return fmt.Errorf("no sluice_l7_access_log_lost_total series")
+	})
+	if log := agent.proc.Log(); !strings.Contains(log, "access log lines lost") || !strings.Contains(log, "no space left on device") {
+		t.Errorf("no warning of the lost lines in the agent's log:\n%s", log)
 	}
 }

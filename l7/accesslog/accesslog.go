@@ -5,6 +5,7 @@
 package accesslog
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -47,6 +48,7 @@ type Logger struct {
 	closed  atomic.Bool
 	dropped atomic.Uint64
 	onDrop  atomic.Pointer[func(*Record)]
+	onError atomic.Pointer[func(err error, lines int)]
 
 	mu     sync.Mutex // the destination and its errors (writer side only)
 	w      io.Writer
@@ -86,6 +88,12 @@ func New(w io.Writer, flushEvery time.Duration) *Logger {
 // SetOnDrop makes f be called (on the request's goroutine) for every line
 // dropped because the writer was behind, e.g. to count it per service.
 func (a *Logger) SetOnDrop(f func(*Record)) { a.onDrop.Store(&f) }
+
+// SetOnWriteError makes f be called (on the writer's goroutine) for every
+// failed write of the destination (a full disk, a pipe whose reader went
+// away) with the error and the lines it lost, e.g. to count and report
+// them at once rather than at the next Swap or Close.
+func (a *Logger) SetOnWriteError(f func(err error, lines int)) { a.onError.Store(&f) }
 
 // Dropped is the number of lines dropped because the writer was behind.
 func (a *Logger) Dropped() uint64 { return a.dropped.Load() }
@@ -247,8 +255,13 @@ func (a *Logger) writeLocked(b []byte) {
 			a.err = err
 		}
 		a.failed++
+		if f := a.onError.Load(); f != nil {
+			(*f)(err, bytes.Count(b, newline))
+		}
 	}
 }
+
+var newline = []byte{'\n'}
 
 // Flush writes the lines collected so far.
 func (a *Logger) Flush() error {

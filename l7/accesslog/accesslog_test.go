@@ -207,7 +207,16 @@ func TestAccessLogUnbufferedSwapAndErrors(t *testing.T) {
 	w2.mu.Lock()
 	w2.err = boom
 	w2.mu.Unlock()
+	var lost int
+	a.SetOnWriteError(func(err error, lines int) {
+		if errors.Is(err, boom) {
+			lost += lines
+		}
+	})
 	a.Log(sampleRecord())
+	if lost != 1 {
+		t.Errorf("OnWriteError told of %d lost lines, want 1 at once", lost)
+	}
 	if err := a.Flush(); !errors.Is(err, boom) {
 		t.Errorf("Flush = %v, want %v", err, boom)
 	}
@@ -312,5 +321,26 @@ func TestAccessLogNeverBlocks(t *testing.T) {
 	}
 	if got := w.n.Load() + int64(a.Dropped()); got != n {
 		t.Errorf("%d written + %d dropped = %d, want %d", w.n.Load(), a.Dropped(), got, n)
+	}
+}
+
+// A batch the destination refuses is told of with all its lines, on the
+// writer's goroutine, as it fails.
+func TestAccessLogWriteErrorBatch(t *testing.T) {
+	w := &lockedBuffer{err: errors.New("no space left on device")}
+	a := New(w, 20*time.Millisecond)
+	defer a.Close()
+	lost := make(chan int, 10)
+	a.SetOnWriteError(func(_ error, lines int) { lost <- lines })
+	for range 10 {
+		a.Log(sampleRecord())
+	}
+	select {
+	case n := <-lost:
+		if n != 10 {
+			t.Errorf("%d lines lost in one batch, want 10", n)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no write error reported")
 	}
 }

@@ -25,6 +25,9 @@ type accessLogs struct {
 	// onDrop counts a line of service dropped because its log's writer was
 	// behind (nil: not counted).
 	onDrop func(service string)
+	// onWriteError is told of every failed write of a destination (an
+	// access_log value), with the lines it lost (nil: not told).
+	onWriteError func(dest string, err error, lines int)
 
 	mu    sync.Mutex
 	logs  map[string]*accesslog.Logger // by access_log value
@@ -60,6 +63,9 @@ func (a *accessLogs) get(dest string) (*accesslog.Logger, error) {
 	l := accesslog.New(w, accessLogFlush)
 	if a.onDrop != nil {
 		l.SetOnDrop(func(rec *accesslog.Record) { a.onDrop(rec.Service) })
+	}
+	if a.onWriteError != nil {
+		l.SetOnWriteError(func(err error, lines int) { a.onWriteError(dest, err, lines) })
 	}
 	a.logs[dest] = l
 	return l, nil

@@ -71,8 +71,7 @@ func (h *listenerHandoff) run(ctx context.Context) {
 			hl.Close()
 		}
 	}()
-	var failed int       // accepts failed since the last warning
-	var warned time.Time // when the last warning was logged
+	warn := newThrottledWarning(h.log, acceptWarnEvery)
 	for {
 		c, err := h.l.Accept()
 		if err != nil {
@@ -83,11 +82,7 @@ func (h *listenerHandoff) run(ctx context.Context) {
 			// warning at most every acceptWarnEvery, with a count (a
 			// hundred lines a second would flood the log of a machine
 			// already in trouble).
-			failed++
-			if now := time.Now(); now.Sub(warned) >= acceptWarnEvery {
-				h.log.Warn("http listener accept", "listen", h.l.Addr().String(), "err", err, "failed_since_last_warning", failed)
-				failed, warned = 0, now
-			}
+			warn.note("", 1, "http listener accept", "listen", h.l.Addr().String(), "err", err)
 			select {
 			case <-ctx.Done():
 				return

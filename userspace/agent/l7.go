@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/proxy"
@@ -63,12 +64,23 @@ type l7Stage struct {
 	services map[string]*l7Service
 }
 
+// accessLogWarnEvery spaces the warnings of an access log destination
+// whose writes fail.
+const accessLogWarnEvery = 10 * time.Second
+
 // newL7Stage returns the stage; stdout is where `access_log: stdout` goes
 // (nil: nowhere).
 func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trackers) *l7Stage {
 	acc := newAccessLogs(stdout)
 	if m != nil {
 		acc.onDrop = func(service string) { m.L7.Refused(service, metrics.LimitAccessLog) }
+	}
+	warn := newThrottledWarning(log, accessLogWarnEvery)
+	acc.onWriteError = func(dest string, err error, lines int) {
+		if m != nil {
+			m.L7.AccessLogLost(dest, lines)
+		}
+		warn.note(dest, lines, "access log lines lost: the destination refused the write", "access_log", dest, "err", err)
 	}
 	return &l7Stage{
 		log:        log,

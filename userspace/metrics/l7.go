@@ -26,6 +26,7 @@ type L7 struct {
 	upstreamConns *prometheus.CounterVec
 	dnsWaits      *prometheus.CounterVec
 	refused       *prometheus.CounterVec
+	accessLogLost *prometheus.CounterVec
 
 	// The event loops' gauges read loopStats at scrape time (nil: no
 	// loops running).
@@ -137,6 +138,10 @@ func newL7Vecs() *L7 {
 			Name: "sluice_l7_dns_waits_total",
 			Help: "Requests that found no usable address and waited for their pool's next DNS answer, by service and result (new-address, no-new-address, deadline, client-closed).",
 		}, []string{"service", "result"}),
+		accessLogLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_l7_access_log_lost_total",
+			Help: "Access log lines lost because their destination refused the write (a full disk, a pipe whose reader went away), by access_log destination.",
+		}, []string{"access_log"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_l7_refused_total",
 			Help: "Connections, requests and access log lines the L7 stage refused or dropped at a limit, by service and limit (connections, requests, body, header_count, upstream_connections, access_log).",
@@ -161,7 +166,7 @@ func (l *L7) Collect(ch chan<- prometheus.Metric) {
 func (l *L7) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		l.requests, l.duration, l.tries, l.retries, l.retryRefused, l.staleResends,
-		l.ejections, l.panicMode, l.upstreamConns, l.dnsWaits, l.refused,
+		l.ejections, l.panicMode, l.upstreamConns, l.dnsWaits, l.refused, l.accessLogLost,
 		l.loops, l.loopTasks, l.loopConns,
 	}
 }
@@ -261,6 +266,12 @@ func (l *L7) DNSWait(service, result string) {
 // (or dropped) at limit, a short bounded name.
 func (l *L7) Refused(service, limit string) {
 	l.refused.WithLabelValues(service, limit).Inc()
+}
+
+// AccessLogLost counts lines an access log destination (its access_log
+// value) refused to take.
+func (l *L7) AccessLogLost(dest string, lines int) {
+	l.accessLogLost.WithLabelValues(dest).Add(float64(lines))
 }
 
 // ServiceCounts is what an http service's requests came to, from the

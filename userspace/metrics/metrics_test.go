@@ -593,6 +593,7 @@ func populated(t *testing.T) *Metrics {
 	m.L7.UpstreamClosed("web", "lifetime")
 	m.L7.DNSWait("web-http", "new-address")
 	m.L7.Refused("web-http", "requests")
+	m.L7.AccessLogLost("stdout", 1)
 	m.Announce.VIPAnnounced(netip.MustParseAddr("198.18.1.100"), true)
 	m.Announce.RouteChange("announce")
 	m.Announce.RouteError()
