@@ -172,7 +172,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.obs.Refused(s.name, limitRequestsPerIP)
 			return
 		}
-		q.slots.ip, q.slots.key = true, key
+		q.slots.setKey(key)
 	}
 	if lim := st.maxRequests; lim > 0 && status == 0 {
 		// The route's max_requests: its share of the listener's.
@@ -590,11 +590,24 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 // client.max_requests_per_ip (under its client's key) and its route's
 // max_requests (nil: none).
 type requestSlots struct {
-	route      *atomic.Int64
-	active, ip bool
+	route *atomic.Int64
 	// key is the client address counted in client.max_requests_per_ip
-	// (when ip).
-	key netip.Addr
+	// (when ip), as 16 bytes and whether it is IPv4: a netip.Addr would
+	// take 8 bytes more, and the request struct the next size class.
+	key              [16]byte
+	active, ip, key4 bool
+}
+
+// setKey records the client address counted per address.
+func (sl *requestSlots) setKey(a netip.Addr) { sl.key, sl.key4, sl.ip = a.As16(), a.Is4(), true }
+
+// keyAddr is the address setKey recorded.
+func (sl *requestSlots) keyAddr() netip.Addr {
+	a := netip.AddrFrom16(sl.key)
+	if sl.key4 {
+		return a.Unmap()
+	}
+	return a
 }
 
 // releaseSlots gives back the request's places in the request limits
@@ -617,7 +630,7 @@ func (q *request) releaseListenerSlots() {
 		sl.active = false
 	}
 	if sl.ip {
-		q.s.activeIP.release(sl.key)
+		q.s.activeIP.release(sl.keyAddr())
 		sl.ip = false
 	}
 }

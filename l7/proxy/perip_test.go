@@ -190,3 +190,25 @@ func TestMaxRequestsPerIPBehindProxy(t *testing.T) {
 		t.Errorf("after the first ended: %d, want 200 (the slot given back under the same key)", resp.StatusCode)
 	}
 }
+
+// The per-address key kept with a request's slots comes back as it went
+// in, IPv4 as IPv4.
+func TestRequestSlotsKey(t *testing.T) {
+	for _, in := range []string{"198.18.0.7", "2001:2::"} {
+		var sl requestSlots
+		a := netip.MustParseAddr(in)
+		sl.setKey(a)
+		if got := sl.keyAddr(); got != a || !sl.ip {
+			t.Errorf("key %v came back as %v (ip %v)", a, got, sl.ip)
+		}
+	}
+}
+
+// The per-request struct stays in the 1152-byte size class with its
+// malloc header (8 bytes for an object with pointers past 512): the next
+// class costs 128 bytes per request (BenchmarkProxy B/op).
+func TestRequestSizeClass(t *testing.T) {
+	if n := unsafe.Sizeof(request{}) + 8; n > 1152 {
+		t.Errorf("request is %d bytes with its malloc header, past the 1152-byte size class", n)
+	}
+}
