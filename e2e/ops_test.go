@@ -483,3 +483,52 @@ func TestAccessLogWriteErrorsVisible(t *testing.T) {
 		t.Errorf("no warning of the lost lines in the agent's log:\n%s", log)
 	}
 }
+
+// Pins removed while the agent runs (rm -r of the pin directory, a
+// cleanup of /sys/fs/bpf) are pinned again within a tick, so the next
+// agent adopts the program's link and the maps: a restart afterwards
+// breaks no established connection. Without it the restart found nothing
+// to adopt: the program detached with the old agent, every flow's state
+// gone.
+func TestPinsRemovedWhileRunning(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+	const conns = 8
+	load := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
+		"--conns", fmt.Sprint(conns), "--interval", "20ms", "--count", "200000",
+		"--duration", "60s", "--timeout", "2s")
+	t.Cleanup(func() { load.Stop(3 * time.Second) })
+	time.Sleep(time.Second)
+
+	if out, err := lab.Run("lb", 5*time.Second, "rm", "-rf", agent.PinPath); err != nil {
+		t.Fatalf("rm -rf %s: %v %s", agent.PinPath, err, out)
+	}
+	waitFor(t, 5*time.Second, "the pins made again", func() error {
+		for _, p := range []string{"conntrack", "services", "links/xdp_eth0", "links/xdp_eth1"} {
+			if _, err := os.Stat(filepath.Join(agent.PinPath, p)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if log := agent.proc.Log(); !strings.Contains(log, "pinned again") {
+		t.Errorf("the agent did not say it pinned again:\n%s", log)
+	}
+
+	agent.Kill()
+	agent.Start()
+	if log := agent.proc.Log(); !strings.Contains(log, "adopted pinned xdp link") {
+		t.Errorf("the restarted agent did not adopt the pinned link:\n%s", log)
+	}
+	time.Sleep(time.Second)
+	if !load.Running() {
+		t.Fatalf("keep-alive load ended early:\n%s", load.Log())
+	}
+	load.Stop(5 * time.Second)
+	rep := parseReport(t, load.Output())
+	assertNoFailures(t, "keep-alive load across the pins' removal and a restart", rep)
+	if rep.Dials != conns {
+		t.Errorf("keep-alive load dialled %d connections, want %d (established ones must survive)", rep.Dials, conns)
+	}
+}

@@ -144,6 +144,8 @@ type agent struct {
 	ann *announce.Announcer
 	// notify is systemd's (nil: none).
 	notify *sdnotify.Notifier
+	// pinWarn spaces the warnings of pins that cannot be pinned again.
+	pinWarn *throttledWarning
 	// stdoutJournal: stdout is the systemd journal (see warnJournal).
 	stdoutJournal bool
 	// reloadMu serializes reloads: apply, then the watcher and L7 syncs,
@@ -207,6 +209,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		pools:         make(map[string]*poolState),
 		ann:           o.announce,
 		notify:        o.notify,
+		pinWarn:       newThrottledWarning(o.log, 10*time.Second),
 		stdoutJournal: o.stdoutJournal,
 	}
 	a.dns = newDNSAdapter(o.log, forgetName)
@@ -496,6 +499,16 @@ func (a *agent) keepAttached() {
 			continue
 		}
 		a.log.Warn("xdp program lost on an interface, attached again", "interface", c.Interface, "lost", c.Lost)
+	}
+	// Pins removed under the pin path while the agent runs (a `rm -r`, a
+	// cleanup of /sys/fs/bpf) would leave the next agent nothing to
+	// adopt: pinned again here.
+	switch again, err := k.KeepPinned(); {
+	case err != nil:
+		a.pinWarn.note("", 1, "pins removed under the pin path and not pinned again: a restart of the agent would detach the program and lose every flow's state; retrying every tick",
+			"pinned_again", again, "err", err)
+	case len(again) > 0:
+		a.log.Warn("pins removed under the pin path while the agent ran: pinned again", "pinned_again", again)
 	}
 }
 

@@ -158,10 +158,14 @@ type Map interface {
 }
 
 // Keeper is a data path whose attachments to interfaces can be lost (an
-// interface made again, a link detached by another tool) and made again:
-// the agent calls KeepAttached on every tick (Real implements it).
+// interface made again, a link detached by another tool) and made again,
+// and whose pins can be removed and pinned again: the agent calls
+// KeepAttached and KeepPinned on every tick (Real implements it).
 type Keeper interface {
 	KeepAttached() []AttachChange
+	// KeepPinned pins again what was unpinned under the pin path (see
+	// Real.KeepPinned).
+	KeepPinned() ([]string, error)
 }
 
 // Attachment is the program's attachment to one interface.

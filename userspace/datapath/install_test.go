@@ -488,3 +488,70 @@ func TestKeepAttached(t *testing.T) {
 		t.Error(s)
 	}
 }
+
+// TestKeepPinned: pins removed while the agent runs — the whole pin
+// directory, or one map — are pinned again by KeepPinned, so the next
+// agent adopts the same maps (the service set before is still there) and
+// the program's link.
+func TestKeepPinned(t *testing.T) {
+	l := newLab(t, testTableSize)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-keeppins-%d", os.Getpid()))
+	var steps []string
+	note := func(format string, args ...any) { steps = append(steps, fmt.Sprintf(format, args...)) }
+	l.exec(func() {
+		defer func() { _ = Teardown(pin) }()
+		la := netlink.NewLinkAttrs()
+		la.Name = "kp0"
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			note("bridge: %v", err)
+			return
+		}
+		r, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true, Interfaces: []string{"kp0"}, XDPMode: "auto"})
+		if err != nil {
+			note("open: %v", err)
+			return
+		}
+		if err := r.SetService(keyTCP, Service{ID: 1}); err != nil {
+			note("set service: %v", err)
+		}
+		if again, err := r.KeepPinned(); again != nil || err != nil {
+			note("nothing removed: pinned again %v, %v; want nothing", again, err)
+		}
+		// One map.
+		if err := os.Remove(filepath.Join(pin, "conntrack")); err != nil {
+			note("remove conntrack: %v", err)
+		}
+		if again, err := r.KeepPinned(); !slices.Equal(again, []string{"conntrack"}) || err != nil {
+			note("conntrack removed: pinned again %v, %v", again, err)
+		}
+		// The whole directory.
+		if err := os.RemoveAll(pin); err != nil {
+			note("remove the pin directory: %v", err)
+		}
+		again, err := r.KeepPinned()
+		if err != nil || len(again) != len(mapNames)+2 || !slices.Contains(again, "links/xdp_kp0") || !slices.Contains(again, layoutMapName) {
+			note("directory removed: pinned again %v, %v; want every map, the link and the layout", again, err)
+		}
+		// A second agent is still kept off (the lock taken on the new
+		// directory), and the next one adopts what was pinned again.
+		if _, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true}); !errors.Is(err, ErrLocked) {
+			note("a second agent while the first runs: %v, want ErrLocked", err)
+		}
+		r.Close()
+		r2, err := Open(Options{PinPath: pin, MaglevTableSize: 251, NoNeighbours: true, Interfaces: []string{"kp0"}, XDPMode: "auto"})
+		if err != nil {
+			note("reopen: %v", err)
+			return
+		}
+		defer r2.Close()
+		if s, err := r2.Services(); err != nil || s[keyTCP].ID != 1 {
+			note("after the pins were made again and the agent restarted: services %v (%v), want the one set before", s, err)
+		}
+		if len(r2.LayoutReset()) != 0 {
+			note("layout reset on reopen: %v", r2.LayoutReset())
+		}
+	})
+	for _, s := range steps {
+		t.Error(s)
+	}
+}

@@ -120,6 +120,11 @@ type Real struct {
 	lock    *os.File // flock on the pin directory: one agent per data path
 
 	keepNeighbours bool
+	// pinned is each map pinned under pinPath by name, layout this
+	// release's fingerprints: what KeepPinned pins again (nil when opened
+	// read-only).
+	pinned map[string]*ebpf.Map
+	layout map[string]uint64
 	// layoutReset names the pinned maps whose layout changed, when Open
 	// started the data path state afresh because of them (nil: adopted).
 	layoutReset []string
@@ -472,6 +477,8 @@ func Open(o Options) (*Real, error) {
 
 		keepNeighbours: !o.NoNeighbours,
 		layoutReset:    reset,
+		pinned:         pinnedByName(&objs.SluiceMaps),
+		layout:         layout,
 	}
 	if err := r.mapHalfOpen(); err != nil {
 		r.Close()
