@@ -212,3 +212,28 @@ func TestRequestSizeClass(t *testing.T) {
 		t.Errorf("request is %d bytes with its malloc header, past the 1152-byte size class", n)
 	}
 }
+
+// FuzzForwardedClient: whatever a trusted proxy's client put in the
+// forwarding headers, the address taken is a valid one outside the
+// trusted proxies (or none), and Via's count never panics.
+func FuzzForwardedClient(f *testing.F) {
+	f.Add("198.18.0.7, 198.18.1.5", "", "1.1 sluice, 1.1 sluice (x)")
+	f.Add("[2001:2::7]:4711,,", "198.18.0.8", "HTTP/1.1 sluice")
+	f.Add(strings.Repeat("198.18.1.1,", 40), "", ",,,")
+	trusted := []netip.Prefix{netip.MustParsePrefix("198.18.1.0/24")}
+	f.Fuzz(func(t *testing.T, xff, realIP, via string) {
+		h := http.Header{}
+		if xff != "" {
+			h["X-Forwarded-For"] = strings.Split(xff, "\n")
+		}
+		if realIP != "" {
+			h["X-Real-Ip"] = []string{realIP}
+		}
+		if ip, ok := forwardedClient(h, trusted); ok && (!ip.IsValid() || inPrefixes(ip, trusted) || ip.Zone() != "") {
+			t.Fatalf("forwardedClient(%q, %q) = %v", xff, realIP, ip)
+		}
+		if n := sluiceHops([]string{via}); n < 0 || n > strings.Count(via, ",")+1 {
+			t.Fatalf("sluiceHops(%q) = %d", via, n)
+		}
+	})
+}
