@@ -327,6 +327,7 @@ func (a *agent) Reload(ctx context.Context) error {
 	a.syncDNS()
 	problems := notApplied(applyProblems, recErr, a.syncL7())
 	a.setNotApplied(problems)
+	a.notifySystemd(a.systemdStatus())
 	if len(problems) > 0 {
 		a.log.Error("config reloaded in part", "config", a.configPath, "not_applied", problems)
 		return fmt.Errorf("%w: %s", admin.ErrReloadPartial, strings.Join(problems, "; "))

@@ -263,7 +263,6 @@ func (a *agent) serve(ctx context.Context, socket string, metricsL net.Listener,
 			if err := a.Reload(ctx); err != nil && !errors.Is(err, admin.ErrReloadRefused) {
 				a.log.Error("reload failed", "err", err)
 			}
-			a.notifySystemd(a.systemdStatus())
 		case <-a.transitions.kick:
 			// A pool changed outside the agent's own calls (an ejection
 			// by the L7 stage): apply it now, not on the next tick.
