@@ -215,6 +215,38 @@ func TestDrain(t *testing.T) {
 	}
 }
 
+// keepAliveConns is how many connections startKeepAlive keeps open.
+const keepAliveConns = 8
+
+// startKeepAlive starts keepAliveConns keep-alive connections to the VIP,
+// a request on each every 20 ms for up to a minute, and lets them settle.
+func startKeepAlive(t *testing.T, lab *Lab) *Proc {
+	t.Helper()
+	load := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
+		"--conns", fmt.Sprint(keepAliveConns), "--interval", "20ms", "--count", "200000",
+		"--duration", "60s", "--timeout", "2s")
+	t.Cleanup(func() { load.Stop(3 * time.Second) })
+	time.Sleep(time.Second)
+	return load
+}
+
+// assertKeepAliveSurvived stops startKeepAlive's load and fails the test
+// unless every request succeeded on the connections it first dialled
+// (what, in its message, they had to survive).
+func assertKeepAliveSurvived(t *testing.T, load *Proc, what string) Report {
+	t.Helper()
+	if !load.Running() {
+		t.Fatalf("keep-alive load ended early:\n%s", load.Log())
+	}
+	load.Stop(5 * time.Second)
+	rep := parseReport(t, load.Output())
+	assertNoFailures(t, "keep-alive load across "+what, rep)
+	if rep.Dials != keepAliveConns {
+		t.Errorf("keep-alive load dialled %d connections, want %d (established ones must survive %s)", rep.Dials, keepAliveConns, what)
+	}
+	return rep
+}
+
 // TestAgentRestart: the data path keeps forwarding while the agent is
 // stopped (SIGTERM) or killed (SIGKILL) and after it restarts and adopts the
 // pinned state: no established connection breaks, no request fails.
@@ -223,12 +255,7 @@ func TestAgentRestart(t *testing.T) {
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{})
 
-	const conns = 8
-	load := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
-		"--conns", fmt.Sprint(conns), "--interval", "20ms", "--count", "200000",
-		"--duration", "60s", "--timeout", "2s")
-	t.Cleanup(func() { load.Stop(3 * time.Second) })
-	time.Sleep(time.Second)
+	load := startKeepAlive(t, lab)
 
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		t.Logf("stopping the agent with %s", sig)
@@ -258,15 +285,7 @@ func TestAgentRestart(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	if !load.Running() {
-		t.Fatalf("keep-alive load ended early:\n%s", load.Log())
-	}
-	load.Stop(5 * time.Second)
-	rep := parseReport(t, load.Output())
-	assertNoFailures(t, "keep-alive load across two restarts", rep)
-	if rep.Dials != conns {
-		t.Errorf("keep-alive load dialled %d connections, want %d (established ones must survive)", rep.Dials, conns)
-	}
+	rep := assertKeepAliveSurvived(t, load, "two restarts")
 	t.Logf("keep-alive load: %d requests, %d dials, by backend %v, latency %v", rep.Requests, rep.Dials, rep.ByBackend, rep.LatencyMS)
 
 	// The restarted agent sees the flows it did not create.

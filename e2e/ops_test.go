@@ -323,6 +323,19 @@ func TestRestartKeepsDecisions(t *testing.T) {
 	}
 }
 
+// agentWrapper writes a bash script that runs lines, then execs the
+// suite's sluice with its arguments (the agent's process is the script's),
+// for StartAgentBinary.
+func agentWrapper(t *testing.T, lines ...string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "sluice-wrapper")
+	script := "#!/bin/bash\n" + strings.Join(lines, "\n") + "\nexec " + env.sluice + " \"$@\"\n"
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // An agent whose stdout and stderr are a pipe whose reader went away (a
 // log shipper that died, `sluice agent | tee` with tee gone) keeps
 // serving: Go would end the process at its next log or access log line
@@ -332,11 +345,7 @@ func TestAgentOutlivesLogReader(t *testing.T) {
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
-	wrapper := filepath.Join(t.TempDir(), "sluice-broken-pipe")
-	script := "#!/bin/bash\nexec > >(exec head -c 0) 2>&1\nsleep 0.2 # head has exited: every write fails from here\nexec " + env.sluice + " \"$@\"\n"
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	wrapper := agentWrapper(t, "exec > >(exec head -c 0) 2>&1", "sleep 0.2 # head has exited: every write fails from here")
 	agent := lab.StartAgentBinary(agentConfig{HTTP: true, Ejection: noEjection}, wrapper)
 	get := func(i int) {
 		t.Helper()
@@ -444,11 +453,7 @@ func TestAgentWarnsAccessLogToJournal(t *testing.T) {
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
-	wrapper := filepath.Join(t.TempDir(), "sluice-journal")
-	script := "#!/bin/bash\nexport JOURNAL_STREAM=$(stat -L -c '%d:%i' /proc/$$/fd/1)\nexec " + env.sluice + " \"$@\"\n"
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	wrapper := agentWrapper(t, "export JOURNAL_STREAM=$(stat -L -c '%d:%i' /proc/$$/fd/1)")
 	agent := lab.StartAgentBinary(agentConfig{HTTP: true}, wrapper)
 	log := agent.proc.Log()
 	if !strings.Contains(log, "access log to the systemd journal") || !strings.Contains(log, "services=[web-http]") {
@@ -494,12 +499,7 @@ func TestPinsRemovedWhileRunning(t *testing.T) {
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{})
-	const conns = 8
-	load := lab.StartLoad("keepalive", nil, "--url", vipURL, "--mode", "keepalive",
-		"--conns", fmt.Sprint(conns), "--interval", "20ms", "--count", "200000",
-		"--duration", "60s", "--timeout", "2s")
-	t.Cleanup(func() { load.Stop(3 * time.Second) })
-	time.Sleep(time.Second)
+	load := startKeepAlive(t, lab)
 
 	if out, err := lab.Run("lb", 5*time.Second, "rm", "-rf", agent.PinPath); err != nil {
 		t.Fatalf("rm -rf %s: %v %s", agent.PinPath, err, out)
@@ -522,13 +522,5 @@ func TestPinsRemovedWhileRunning(t *testing.T) {
 		t.Errorf("the restarted agent did not adopt the pinned link:\n%s", log)
 	}
 	time.Sleep(time.Second)
-	if !load.Running() {
-		t.Fatalf("keep-alive load ended early:\n%s", load.Log())
-	}
-	load.Stop(5 * time.Second)
-	rep := parseReport(t, load.Output())
-	assertNoFailures(t, "keep-alive load across the pins' removal and a restart", rep)
-	if rep.Dials != conns {
-		t.Errorf("keep-alive load dialled %d connections, want %d (established ones must survive)", rep.Dials, conns)
-	}
+	assertKeepAliveSurvived(t, load, "the pins' removal and a restart")
 }
