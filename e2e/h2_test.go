@@ -193,8 +193,9 @@ func passiveOpens(t *testing.T, lab *Lab) int {
 // TestL7H2RapidReset: a client that opens and at once resets thousands of
 // streams on one h2c connection, or makes the server reset them
 // (MadeYouReset: a WINDOW_UPDATE of 0 on each), costs a bounded number of
-// backend connections, gets GOAWAY ENHANCE_YOUR_CALM and is closed; the
-// next client is served.
+// backend connections, gets GOAWAY ENHANCE_YOUR_CALM and is closed; so
+// does one flooding frames that do no work (empty DATA, PING); the next
+// client is served.
 func TestL7H2RapidReset(t *testing.T) {
 	lab := newLab(t)
 	rapid := buildTool(t, "./e2e/h2rapid")
@@ -206,7 +207,7 @@ func TestL7H2RapidReset(t *testing.T) {
 		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "http://"+httpVIP+"/")
 		return err
 	})
-	for _, mode := range []string{"rst", "window-update-0"} {
+	for _, mode := range []string{"rst", "window-update-0", "empty-data", "ping"} {
 		t.Run(mode, func(t *testing.T) {
 			before := passiveOpens(t, lab)
 			path := "/"
@@ -228,8 +229,12 @@ func TestL7H2RapidReset(t *testing.T) {
 				t.Fatalf("h2rapid output %q: %v", out, err)
 			}
 			accepted := passiveOpens(t, lab) - before
-			t.Logf("%s: %d streams sent, GOAWAY %q, closed %v; backends accepted %d connections; next request %d %s",
-				mode, rep.Sent, rep.GoAway, rep.Closed, accepted, rep.After, rep.AfterError)
+			unit := "streams"
+			if mode == "empty-data" || mode == "ping" {
+				unit = "frames"
+			}
+			t.Logf("%s: %d %s sent, GOAWAY %q, closed %v; backends accepted %d connections; next request %d %s",
+				mode, rep.Sent, unit, rep.GoAway, rep.Closed, accepted, rep.After, rep.AfterError)
 			if rep.GoAway != "ENHANCE_YOUR_CALM" || !rep.Closed || rep.Sent >= 20000 {
 				t.Errorf("after %d reset streams: GOAWAY %q, connection closed %v; want ENHANCE_YOUR_CALM and closed", rep.Sent, rep.GoAway, rep.Closed)
 			}
@@ -240,6 +245,17 @@ func TestL7H2RapidReset(t *testing.T) {
 			}
 			if rep.After != 200 {
 				t.Errorf("a normal request after the attack: status %d %s, want 200", rep.After, rep.AfterError)
+			}
+			if mode == "empty-data" || mode == "ping" {
+				// Frames that do no work: the connection is closed within
+				// a few hundred of them (not the 20000 sent otherwise).
+				if rep.Sent > 5000 {
+					t.Errorf("%d %s frames sent before the close, want the connection closed within a few hundred", rep.Sent, mode)
+				}
+				values, _ := lab.scrape()
+				if n := values[`sluice_l7_refused_total{limit="h2_flood",service="web-h2c"}`]; n == 0 {
+					t.Error(`no connection closed for a flood counted (sluice_l7_refused_total{limit="h2_flood"})`)
+				}
 			}
 		})
 	}

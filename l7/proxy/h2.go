@@ -36,6 +36,7 @@ import (
 const (
 	limitH2Resets    = "h2_resets"    // a connection closed for rapid reset
 	limitH2Malformed = "h2_malformed" // a request refused by the guard (RST_STREAM)
+	limitH2Flood     = "h2_flood"     // a connection closed for frames that do no work
 )
 
 // setupHTTP2 makes s.http serve HTTP/2 through a frameGuard, on TLS
@@ -67,6 +68,11 @@ func (s *Server) setupHTTP2(cl service.ClientLimits) error {
 			s.obs.Refused(s.name, limitH2Resets)
 			s.log.Info("http2 client reset most of its streams: GOAWAY ENHANCE_YOUR_CALM, connection closed",
 				"client", c.RemoteAddr().String(), "streams", streams, "resets", resets)
+		},
+		onFlood: func(c net.Conn, what string, n int) {
+			s.obs.Refused(s.name, limitH2Flood)
+			s.log.Info("http2 client flooded frames that do no work: GOAWAY ENHANCE_YOUR_CALM, connection closed",
+				"client", c.RemoteAddr().String(), "frames", what, "count", n)
 		},
 	}
 	s.h2serve = func(hs *http.Server, c net.Conn, h http.Handler, sawPreface bool) {

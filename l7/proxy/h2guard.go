@@ -40,6 +40,17 @@ import (
 //     FRAME_SIZE_ERROR: a WINDOW_UPDATE of 0, DATA after the stream's
 //     end): a client can make the server reset its streams as cheaply as
 //     it resets them itself ("MadeYouReset", CVE-2025-8671).
+//   - Frames that do no work are bounded (CVE-2019-9518, -9513, -9517:
+//     each costs x/net about a microsecond, and a client can send a
+//     million a second on one connection). More than maxEmptyFrames
+//     frames in a row that carry nothing (DATA without data and without
+//     END_STREAM, CONTINUATION without a fragment and without
+//     END_HEADERS), or more control frames (PRIORITY, SETTINGS, PING,
+//     WINDOW_UPDATE, GOAWAY, unknown types; acknowledgements included)
+//     than ctrlAllowed grants for the work the connection did, get
+//     GOAWAY ENHANCE_YOUR_CALM and the connection is closed (Envoy's
+//     max_inbound_frames_with_empty_payload and its priority and
+//     window-update budgets are the model).
 //
 // The guard decodes the client's header blocks with its own HPACK decoder,
 // fed exactly what the server's is; if it ever fails to decode (an
@@ -70,6 +81,15 @@ type frameGuard struct {
 
 	maxStream       uint32 // highest stream the client opened
 	streams, resets int
+	// empty counts the frames in a row that carried nothing, ctrl the
+	// control frames (see ctrlAllowed); start is when the connection
+	// began.
+	empty, ctrl int
+	start       time.Time
+	// wdata counts the DATA frames the server wrote (the work a
+	// client's WINDOW_UPDATE and PING frames answer); written by the
+	// write side.
+	wdata atomic.Int64
 	// made counts the streams of the client the server reset for the
 	// client's error, refused those it refused (REFUSED_STREAM: over
 	// the concurrency limit, never served); both written by the write
@@ -97,12 +117,16 @@ type guardLimits struct {
 	maxResets    int // see service.HTTP2.MaxResetStreams
 	maxHeaderStr int // longest header string decoded (as the server's decoder)
 	onAbuse      func(c net.Conn, streams, resets int)
-	onMalformed  func() // a request refused (nil: not counted)
+	// onFlood is told of a connection closed for frames that do no work
+	// (what: "empty frames" or "control frames"; n of them).
+	onFlood     func(c net.Conn, what string, n int)
+	onMalformed func() // a request refused (nil: not counted)
 }
 
 const (
 	frameHeaderLen = 9
 
+	frameData         = 0x0
 	frameHeaders      = 0x1
 	frameRSTStream    = 0x3
 	frameSettings     = 0x4
@@ -110,6 +134,7 @@ const (
 	frameContinuation = 0x9
 
 	flagAck        = 0x1
+	flagEndStream  = 0x1
 	flagEndHeaders = 0x4
 	flagPadded     = 0x8
 	flagPriority   = 0x20
@@ -124,8 +149,23 @@ const (
 	clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 )
 
-// errRapidReset ends the server's reading of a connection closed for rapid reset.
-var errRapidReset = errors.New("http2 client reset too many streams")
+// errCalmed ends the server's reading of a connection closed with GOAWAY
+// ENHANCE_YOUR_CALM (rapid reset, frame floods).
+var errCalmed = errors.New("http2 connection closed for abuse")
+
+// Bounds on the frames that do no work (see frameGuard).
+const (
+	// maxEmptyFrames is how many frames that carry nothing may come in a
+	// row (Envoy allows 1).
+	maxEmptyFrames = 10
+	// A connection's control frames are bounded by ctrlBase, ctrlPerStream
+	// for each stream it opened, ctrlPerData for each DATA frame it was
+	// sent (WINDOW_UPDATE, a BDP-probing PING) and one per second it has
+	// been open (keep-alive PINGs).
+	ctrlBase      = 100
+	ctrlPerStream = 100
+	ctrlPerData   = 10
+)
 
 // malformedMarker is an HPACK "literal header field never indexed" with a
 // new name, "X" (upper case: invalid in HTTP/2) and an empty value.
@@ -134,7 +174,7 @@ var malformedMarker = []byte{0x10, 0x01, 'X', 0x00}
 // newFrameGuard guards c; sawPreface is whether the client preface was
 // read from c already (h2c prior knowledge: net/http reads it).
 func newFrameGuard(c net.Conn, lim guardLimits, sawPreface bool) net.Conn {
-	g := &frameGuard{Conn: c, lim: lim}
+	g := &frameGuard{Conn: c, lim: lim, start: time.Now()}
 	if !sawPreface {
 		g.preface = len(clientPreface)
 	}
@@ -284,6 +324,12 @@ func (g *frameGuard) step() {
 		length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
 		typ, flags := h[3], h[4]
 		sid := binary.BigEndian.Uint32(h[5:]) & (1<<31 - 1)
+		if typ == frameData && flags&flagPadded != 0 && length > 0 && len(g.in) == frameHeaderLen {
+			return // the pad length tells whether it carries data
+		}
+		if g.flooding(typ, flags, length) {
+			return
+		}
 		inspect := length <= g.lim.maxFrame
 		switch typ {
 		case frameHeaders, frameContinuation, frameSettings, frameRSTStream:
@@ -303,10 +349,66 @@ func (g *frameGuard) step() {
 			return
 		}
 		g.frame(typ, flags, sid, frameHeaderLen+length)
-		if g.err == errRapidReset {
+		if g.err == errCalmed {
 			return
 		}
 	}
+}
+
+// flooding counts a frame (its header at the start of in) among those
+// that do no work; past their bounds it closes the connection (see
+// flood) and returns true.
+func (g *frameGuard) flooding(typ, flags byte, length int) bool {
+	switch typ {
+	case frameData:
+		content := length
+		if flags&flagPadded != 0 && length > 0 {
+			content -= 1 + int(g.in[frameHeaderLen])
+		}
+		if content > 0 || flags&flagEndStream != 0 {
+			g.empty = 0
+			return false
+		}
+		g.empty++
+		if g.empty > maxEmptyFrames {
+			g.flood("empty frames", g.empty)
+			return true
+		}
+	case frameContinuation:
+		if length > 0 || flags&flagEndHeaders != 0 {
+			g.empty = 0
+			return false
+		}
+		g.empty++
+		if g.empty > maxEmptyFrames {
+			g.flood("empty frames", g.empty)
+			return true
+		}
+	case frameHeaders, frameRSTStream:
+		// Streams opened and reset: counted as such.
+	default:
+		g.ctrl++
+		if g.ctrl > ctrlBase+ctrlPerStream*g.streams && g.ctrl > g.ctrlAllowed() {
+			g.flood("control frames", g.ctrl)
+			return true
+		}
+	}
+	return false
+}
+
+// ctrlAllowed is how many control frames the connection may have sent
+// for the work it did.
+func (g *frameGuard) ctrlAllowed() int {
+	return ctrlBase + ctrlPerStream*g.streams + ctrlPerData*int(g.wdata.Load()) + int(time.Since(g.start)/time.Second)
+}
+
+// flood closes the connection of a client that sent n frames of what
+// doing no work (see calm).
+func (g *frameGuard) flood(what string, n int) {
+	if g.lim.onFlood != nil {
+		g.lim.onFlood(g.Conn, what, n)
+	}
+	g.calm()
 }
 
 // emit passes the first n bytes of in on unchanged.
@@ -409,14 +511,20 @@ func (g *frameGuard) tooManyResets() bool {
 }
 
 // abuse closes the connection of a client that resets most of its
-// streams: GOAWAY ENHANCE_YOUR_CALM; then what the client still sends is
-// read and dropped for goAwayLinger (closing at once could make the
-// kernel answer the unread bytes with a TCP RST, which may destroy the
-// GOAWAY before the client reads it), and the server's reading ends.
+// streams (see calm).
 func (g *frameGuard) abuse() {
 	if g.lim.onAbuse != nil {
 		g.lim.onAbuse(g.Conn, g.streams, g.resets+int(g.made.Load()))
 	}
+	g.calm()
+}
+
+// calm closes the connection of an abusive client: GOAWAY
+// ENHANCE_YOUR_CALM; then what the client still sends is read and dropped
+// for goAwayLinger (closing at once could make the kernel answer the
+// unread bytes with a TCP RST, which may destroy the GOAWAY before the
+// client reads it), and the server's reading ends.
+func (g *frameGuard) calm() {
 	g.goAway(errCodeEnhanceYourCalm)
 	g.out, g.in = g.out[:0], nil
 	until := time.Now().Add(goAwayLinger)
@@ -427,7 +535,7 @@ func (g *frameGuard) abuse() {
 			break
 		}
 	}
-	g.err = errRapidReset
+	g.err = errCalmed
 }
 
 // goAwayLinger is how long a connection closed for abuse is still read
@@ -529,6 +637,9 @@ func (g *frameGuard) track(b []byte) {
 			g.wleft = int(g.whdr[0])<<16 | int(g.whdr[1])<<8 | int(g.whdr[2])
 			sid := binary.BigEndian.Uint32(g.whdr[5:]) & (1<<31 - 1)
 			g.wrst = g.whdr[3] == frameRSTStream && g.wleft == 4 && sid%2 == 1
+			if g.whdr[3] == frameData {
+				g.wdata.Add(1)
+			}
 		}
 	}
 }
