@@ -524,3 +524,47 @@ func TestPinsRemovedWhileRunning(t *testing.T) {
 	time.Sleep(time.Second)
 	assertKeepAliveSurvived(t, load, "the pins' removal and a restart")
 }
+
+// `ss -K` with a filter that takes in the agent's listening sockets (an
+// operator killing the connections of a port: `ss -K sport = :80`) closes
+// them in the kernel: every accept fails from then on and clients are
+// refused, though the agent still holds the sockets. The agent listens
+// on them again: the http service and the metrics endpoint keep
+// answering, and the agent says what happened.
+func TestListenersSurviveSocketDestroy(t *testing.T) {
+	lab := newLab(t)
+	// Go listens with MPTCP where the kernel offers it, and SOCK_DESTROY
+	// cannot close MPTCP listeners: this namespace gets plain TCP ones,
+	// as on a kernel without MPTCP or with it turned off.
+	if _, err := lab.Run("lb", 5*time.Second, "sysctl", "-qw", "net.mptcp.enabled=0"); err != nil {
+		t.Logf("net.mptcp.enabled not set (%v): plain TCP listeners already", err)
+	}
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	agent := lab.StartAgent(agentConfig{HTTP: true})
+	waitFor(t, 10*time.Second, "the L7 listener", func() error {
+		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
+		return err
+	})
+	out := lab.MustRun("lb", 10*time.Second, "ss", "-K", "-t", "-n", "state", "listening", "(", "sport", "=", ":80", "or", "sport", "=", ":9464", ")")
+	if !strings.Contains(out, httpVIP+":80") || !strings.Contains(out, "127.0.0.1:9464") {
+		t.Fatalf("ss -K did not close both listeners (the kernel needs CONFIG_INET_DIAG_DESTROY):\n%s", out)
+	}
+	for i := range 5 {
+		if r := lab.curl("GET", httpURL); r.Code != 200 {
+			t.Fatalf("request %d after ss -K: status %d, curl exit %d", i, r.Code, r.Exit)
+		}
+	}
+	if _, scrape := lab.scrape(); !strings.Contains(scrape, "sluice_l7_requests_total") {
+		t.Error("the metrics endpoint answers without the L7 series after ss -K")
+	}
+	waitFor(t, 5*time.Second, "the agent's warnings", func() error {
+		log := agent.proc.Log()
+		for _, want := range []string{"http listener was closed under the agent", "metrics listener was closed under the agent"} {
+			if !strings.Contains(log, want) {
+				return fmt.Errorf("no %q in the agent's log", want)
+			}
+		}
+		return nil
+	})
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/gcpace"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
+	"github.com/sluicelb/sluice/userspace/relisten"
 )
 
 // l7Service is one running http service.
@@ -207,6 +208,11 @@ func (s *l7Stage) start(ctx context.Context, svc config.Service, cfg *config.Con
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", svc.Listen, err)
 		}
+		// A listening socket closed under the agent (ss -K) listens
+		// again: the service is not down until a restart.
+		l = relisten.New(l, lc, func(err error) {
+			s.log.Warn("http listener was closed under the agent (ss -K?): listening again", "service", svc.Name, "listen", svc.Listen, "err", err)
+		})
 		hand = newListenerHandoff(l, s.log)
 		s.wg.Go(func() { hand.run(ctx) })
 	}

@@ -36,6 +36,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sluicelb/sluice/userspace/relisten"
 )
 
 // Off is the listen value that disables the endpoint (config.MetricsOff).
@@ -172,6 +174,10 @@ func (m *Metrics) ServeListener(ctx context.Context, l net.Listener) error {
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
 	}
+	// A listening socket closed under the agent (ss -K) listens again.
+	l = relisten.New(l, net.ListenConfig{}, func(err error) {
+		m.log.Warn("metrics listener was closed under the agent (ss -K?): listening again", "listen", l.Addr().String(), "err", err)
+	})
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
 	m.log.Info("metrics listening", "listen", l.Addr().String())
