@@ -568,3 +568,31 @@ func TestListenersSurviveSocketDestroy(t *testing.T) {
 		return nil
 	})
 }
+
+// The admin socket removed while the agent runs (rm, a cleanup of its
+// directory) is made again within a second or two: `sluice status` and
+// `systemctl reload` reach the agent without a restart.
+func TestAdminSocketRemovedWhileRunning(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	agent := lab.StartAgent(agentConfig{})
+	if err := os.Remove(agent.Socket); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.CLI("status"); err == nil {
+		t.Fatal("sluice status answered with the socket removed")
+	}
+	waitFor(t, 5*time.Second, "the admin socket made again", func() error {
+		_, err := agent.CLI("status")
+		return err
+	})
+	if fi, err := os.Lstat(agent.Socket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin socket made again: %v, %v; want mode 600", fi, err)
+	}
+	if log := agent.proc.Log(); !strings.Contains(log, "admin socket removed while the agent ran: listening on a new one") {
+		t.Errorf("no warning of the removed socket in the agent's log:\n%s", log)
+	}
+	if _, err := agent.CLI("reload"); err != nil {
+		t.Errorf("sluice reload through the new socket: %v", err)
+	}
+}

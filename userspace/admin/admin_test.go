@@ -255,6 +255,76 @@ func TestSocketMode(t *testing.T) {
 	}
 }
 
+// A socket file removed while the agent runs (rm, the directory cleaned
+// away) is made again, with its mode, within keepInterval; the old
+// socket's descriptor is closed; a file that replaced it is left alone.
+func TestSocketRemovedIsMadeAgain(t *testing.T) {
+	sock := socketIn(t)
+	c := serve(t, newFakeAgent(), sock)
+	ctx := context.Background()
+	// Listening sockets bound under the socket's directory (bound under
+	// their temporary name, then renamed: /proc/net/unix shows the first).
+	listening := func() int {
+		b, _ := os.ReadFile("/proc/net/unix")
+		n := 0
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 8 && f[3] == "00010000" && strings.HasPrefix(f[7], filepath.Dir(sock)+"/") {
+				n++
+			}
+		}
+		return n
+	}
+	if n := listening(); n != 1 {
+		t.Fatalf("%d listening sockets under %s, want 1", n, filepath.Dir(sock))
+	}
+	for i, remove := range []func() error{
+		func() error { return os.Remove(sock) },
+		func() error { return os.RemoveAll(filepath.Dir(sock)) },
+	} {
+		if err := remove(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(3 * keepInterval)
+		for {
+			// A new client: the old one's kept-alive connection outlives
+			// the socket it came through.
+			c = NewClient(sock, WithTimeout(5*time.Second))
+			if _, err := c.Status(ctx); err == nil {
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("removal %d: no answer on %s after %s: %v", i, sock, 3*keepInterval, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		fi, err := os.Lstat(sock)
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("removal %d: socket %v, %v; want mode 600", i, fi, err)
+		}
+	}
+	if n := listening(); n != 1 {
+		t.Errorf("%d listening sockets under %s after two removals, want 1: the old ones were not closed", n, filepath.Dir(sock))
+	}
+	// Another file in its place (a newer agent's socket) is not replaced.
+	if err := os.Remove(sock); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sock, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * keepInterval)
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Type() == os.ModeSocket {
+		t.Fatalf("a file in the socket's place was replaced (%v, %v)", fi, err)
+	}
+	// Serve's exit leaves that file: not ours.
+	t.Cleanup(func() {
+		if _, err := os.Lstat(sock); err != nil {
+			t.Errorf("a file that was not the agent's socket was removed on exit: %v", err)
+		}
+		os.Remove(sock)
+	})
+}
+
 func TestErrors(t *testing.T) {
 	a := newFakeAgent()
 	a.reloadErr = errors.New("sluice.yaml:12: pool \"web\": unknown key \"backend\"")

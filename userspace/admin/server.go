@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +34,8 @@ const (
 	maxBodyBytes    = 64 << 10
 	shutdownTimeout = 5 * time.Second
 	probeTimeout    = 500 * time.Millisecond
+	// keepInterval is how often Serve checks its socket file is there.
+	keepInterval = time.Second
 )
 
 // Server serves an Agent over HTTP on a unix socket.
@@ -76,7 +80,9 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // left by a dead agent is replaced; a socket another live process answers on
 // is not (ErrSocketInUse). The socket is created under a temporary name,
 // made 0600 and renamed into place, so it is never reachable with a looser
-// mode.
+// mode. A socket file removed while the agent runs (rm, a cleanup of its
+// directory) is made again within keepInterval: without it the CLI, and
+// `systemctl reload`, could not reach the agent until a restart.
 func (s *Server) Serve(ctx context.Context, socketPath string) error {
 	l, err := listen(socketPath)
 	if err != nil {
@@ -96,23 +102,67 @@ func (s *Server) Serve(ctx context.Context, socketPath string) error {
 		ConnContext:       connContext,
 	}
 
+	// Each socket is served by a goroutine of its own; the error of one
+	// that was not retired (replaced by a new socket) ends Serve.
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(l) }()
+	var serving sync.WaitGroup
+	serve := func(l net.Listener, retired *atomic.Bool) {
+		serving.Go(func() {
+			err := srv.Serve(l)
+			if !retired.Load() {
+				select {
+				case done <- err:
+				default:
+				}
+			}
+		})
+	}
+	retired := new(atomic.Bool)
+	serve(l, retired)
 	s.log.Info("admin API listening", "socket", socketPath)
 	close(s.listening)
 
+	keep := time.NewTicker(keepInterval)
+	defer keep.Stop()
 	var serveErr error
-	select {
-	case serveErr = <-done:
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-		if err := srv.Shutdown(sctx); err != nil {
-			s.log.Warn("admin API shutdown", "err", err)
-			_ = srv.Close()
+	for running := true; running; {
+		select {
+		case serveErr = <-done:
+			running = false
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+			if err := srv.Shutdown(sctx); err != nil {
+				s.log.Warn("admin API shutdown", "err", err)
+				_ = srv.Close()
+			}
+			cancel()
+			running = false
+		case <-keep.C:
+			if statErr != nil {
+				continue
+			}
+			if _, err := os.Lstat(socketPath); !errors.Is(err, os.ErrNotExist) {
+				continue // ours, or a newer agent's: left alone
+			}
+			nl, err := listen(socketPath)
+			if err != nil {
+				s.log.Warn("admin socket removed while the agent ran; it cannot be made again", "socket", socketPath, "err", err)
+				continue
+			}
+			if ours, statErr = os.Stat(socketPath); statErr != nil {
+				s.log.Warn("admin socket", "socket", socketPath, "err", statErr)
+			}
+			s.log.Warn("admin socket removed while the agent ran: listening on a new one", "socket", socketPath)
+			// The old socket has no name left to be reached by.
+			retired.Store(true)
+			_ = l.Close()
+			l, retired = nl, new(atomic.Bool)
+			serve(l, retired)
 		}
-		cancel()
-		<-done
 	}
+	retired.Store(true)
+	_ = srv.Close()
+	serving.Wait()
 
 	if statErr == nil {
 		if cur, err := os.Stat(socketPath); err == nil && os.SameFile(ours, cur) {
