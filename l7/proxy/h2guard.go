@@ -360,22 +360,17 @@ func (g *frameGuard) step() {
 // flood) and returns true.
 func (g *frameGuard) flooding(typ, flags byte, length int) bool {
 	switch typ {
-	case frameData:
-		content := length
-		if flags&flagPadded != 0 && length > 0 {
-			content -= 1 + int(g.in[frameHeaderLen])
+	case frameData, frameContinuation:
+		// Carries nothing: no data (or padding only) and not the
+		// stream's end; no fragment and not the block's end.
+		content, end := length, flags&flagEndHeaders != 0
+		if typ == frameData {
+			end = flags&flagEndStream != 0
+			if flags&flagPadded != 0 && length > 0 {
+				content -= 1 + int(g.in[frameHeaderLen])
+			}
 		}
-		if content > 0 || flags&flagEndStream != 0 {
-			g.empty = 0
-			return false
-		}
-		g.empty++
-		if g.empty > maxEmptyFrames {
-			g.flood("empty frames", g.empty)
-			return true
-		}
-	case frameContinuation:
-		if length > 0 || flags&flagEndHeaders != 0 {
+		if content > 0 || end {
 			g.empty = 0
 			return false
 		}
