@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -229,5 +231,46 @@ func TestDNSForbiddenAnswers(t *testing.T) {
 	assertNoFailures(t, "HTTP requests", r)
 	if r.ByBackend["be1"] != r.OK {
 		t.Errorf("HTTP: want every request answered by be1: %v", r.ByBackend)
+	}
+}
+
+// With no dns.servers, the agent asks the name servers of resolv.conf and
+// follows a change of them (DHCP, a VPN, an operator moving to a new
+// resolver): the old server going silent must not freeze the pools on
+// their last answer. The agent runs in a mount namespace of its own with a
+// lab resolv.conf bound over /etc/resolv.conf; the old server is stopped
+// once the file names the new one, which answers another address.
+func TestDNSFollowsResolvConf(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	old := lab.StartDNS("backend.lab. 1 A 198.18.2.11\n")
+	lab.MustRun("dns", 5*time.Second, "ip", "addr", "add", "198.18.2.54/24", "dev", "eth0")
+	records := filepath.Join(t.TempDir(), "new.zone")
+	if err := os.WriteFile(records, []byte("backend.lab. 1 A 198.18.2.12\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lab.Start("dns-new", "dns", env.dnsserver, "--listen", "198.18.2.54:53", "--records", records)
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver 198.18.2.53\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := agentWrapper(t,
+		`[ -z "$SLUICE_E2E_MNTNS" ] && SLUICE_E2E_MNTNS=1 exec unshare -m --propagation private "$0" "$@"`,
+		"mount --bind "+resolv+" /etc/resolv.conf || exit 1")
+	agent := lab.StartAgentBinary(agentConfig{DNSName: "backend.lab", DNSServers: " "}, wrapper)
+	agent.waitStates(t, 10*time.Second, map[string]string{backendAddr["be1"]: "active"})
+
+	// The file is rewritten in place (a bind mount follows the file, not
+	// its name), then the old server stops answering.
+	if err := os.WriteFile(resolv, []byte("nameserver 198.18.2.54\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old.proc.Stop(3 * time.Second)
+	agent.waitStates(t, 15*time.Second, map[string]string{
+		backendAddr["be2"]: "active",
+		backendAddr["be1"]: "draining",
+	})
+	if log := agent.proc.Log(); !strings.Contains(log, "dns servers changed in resolv.conf") {
+		t.Errorf("no word of the new servers in the agent's log:\n%s", log)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -111,7 +112,24 @@ type Resolver struct {
 	mu       sync.Mutex
 	lastFail map[string]time.Time // server -> last failure, for ordering
 	aaaa     map[string]lastAAAA  // name -> its last good AAAA addresses
+	// resolv follows cfg.ResolvConf when the servers come from it (nil:
+	// configured servers).
+	resolv *resolvWatch
 }
+
+// resolvWatch is what was read of the resolv.conf the servers come from,
+// checked again at most every resolvCheck (the file changes when DHCP,
+// a VPN or an operator changes the host's name servers: the C library
+// and Go's resolver read it again too).
+type resolvWatch struct {
+	next time.Time // when to look at the file again
+	seen os.FileInfo
+	warn bool // a warning about the file is out (said once until it is read again)
+}
+
+// resolvCheck is how often a resolv.conf the servers come from is
+// looked at again (Go's resolver: 5 s).
+const resolvCheck = 5 * time.Second
 
 // lastAAAA is a name's last good AAAA answer, kept for a lookup whose
 // AAAA query fails while its A query succeeds. noneUntil is set by a
@@ -143,12 +161,15 @@ func WithStats(s *Stats) ResolverOption { return func(r *Resolver) { r.stats = s
 // nameservers when cfg.Servers is empty.
 func NewResolver(cfg Config, opts ...ResolverOption) (*Resolver, error) {
 	cfg = cfg.WithDefaults()
+	var resolv *resolvWatch
 	if len(cfg.Servers) == 0 {
+		seen, _ := os.Stat(cfg.ResolvConf)
 		servers, err := ServersFromResolvConf(cfg.ResolvConf)
 		if err != nil {
 			return nil, fmt.Errorf("dns servers: %w", err)
 		}
 		cfg.Servers = servers
+		resolv = &resolvWatch{seen: seen}
 	}
 	cfg.Servers = slices.Clone(cfg.Servers)
 	if err := cfg.Validate(); err != nil {
@@ -161,9 +182,13 @@ func NewResolver(cfg Config, opts ...ResolverOption) (*Resolver, error) {
 		log:      slog.Default(),
 		lastFail: make(map[string]time.Time),
 		aaaa:     make(map[string]lastAAAA),
+		resolv:   resolv,
 	}
 	for _, o := range opts {
 		o(r)
+	}
+	if resolv != nil {
+		resolv.next = r.clock.Now().Add(resolvCheck)
 	}
 	if r.stats == nil {
 		r.stats = &Stats{}
@@ -174,9 +199,51 @@ func NewResolver(cfg Config, opts ...ResolverOption) (*Resolver, error) {
 // Config returns the effective configuration (defaults applied, servers
 // resolved).
 func (r *Resolver) Config() Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	c := r.cfg
 	c.Servers = slices.Clone(c.Servers)
 	return c
+}
+
+// followResolvConf reads the resolv.conf the servers come from again when
+// it changed (another file, size or modification time), at most every
+// resolvCheck; r.mu is held. A file that cannot be read leaves the
+// servers as they are (one without a name server means 127.0.0.1, as at
+// start and for the C library).
+func (r *Resolver) followResolvConf(now time.Time) {
+	w := r.resolv
+	if w == nil || now.Before(w.next) {
+		return
+	}
+	w.next = now.Add(resolvCheck)
+	path := r.cfg.ResolvConf
+	fi, err := os.Stat(path)
+	if err == nil && w.seen != nil && os.SameFile(fi, w.seen) && fi.Size() == w.seen.Size() && fi.ModTime().Equal(w.seen.ModTime()) {
+		return
+	}
+	var servers []string
+	if err == nil {
+		servers, err = ServersFromResolvConf(path)
+	}
+	if err != nil {
+		if !w.warn {
+			w.warn = true
+			r.log.Warn("dns servers: resolv.conf cannot be read; asking the servers it named before", "file", path, "servers", r.cfg.Servers, "err", err)
+		}
+		return
+	}
+	w.seen, w.warn = fi, false
+	if slices.Equal(servers, r.cfg.Servers) {
+		return
+	}
+	r.log.Info("dns servers changed in resolv.conf", "file", path, "servers", servers, "before", r.cfg.Servers)
+	r.cfg.Servers = servers
+	for s := range r.lastFail {
+		if !slices.Contains(servers, s) {
+			delete(r.lastFail, s)
+		}
+	}
 }
 
 // Stats returns the resolver's counters.
@@ -226,6 +293,7 @@ const failMemory = 30 * time.Second
 func (r *Resolver) order(now time.Time) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.followResolvConf(now)
 	var good, bad []string
 	for _, s := range r.cfg.Servers {
 		if t, ok := r.lastFail[s]; ok && now.Sub(t) < failMemory {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -325,6 +326,80 @@ func TestServersFromResolvConf(t *testing.T) {
 	if err != nil || !slices.Equal(r.Config().Servers, []string{"198.18.2.53:53"}) {
 		t.Errorf("resolver from resolv.conf: %v", err)
 	}
+}
+
+// With no servers configured, the resolver follows the host's resolv.conf:
+// a change of its name servers (DHCP, a VPN, an operator) is used within
+// resolvCheck, as the C library and Go's resolver do; a file that goes
+// away keeps the servers it named before.
+func TestResolverFollowsResolvConf(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "resolv.conf")
+	write := func(body string) {
+		t.Helper()
+		// Through a new file, as resolvconf and NetworkManager replace it.
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("nameserver 198.18.2.53\n")
+	clock := newFakeClock()
+	var mu sync.Mutex
+	var asked []string
+	x := &scriptExchanger{}
+	a := answerA(60, "198.18.2.11")
+	x.set(func(q *dns.Msg, network, server string) (*dns.Msg, error) {
+		mu.Lock()
+		asked = append(asked, server)
+		mu.Unlock()
+		return a(q, network, server)
+	})
+	r, err := NewResolver(Config{ResolvConf: path}, WithExchanger(x), WithClock(clock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lookup := func(want string) {
+		t.Helper()
+		mu.Lock()
+		asked = nil
+		mu.Unlock()
+		if _, err := r.Lookup(context.Background(), "web.lab"); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(asked) == 0 || asked[0] != want {
+			t.Errorf("asked %v, want %s first", asked, want)
+		}
+	}
+	lookup("198.18.2.53:53")
+	write("nameserver 198.18.3.53\nnameserver 198.18.2.53\n")
+	lookup("198.18.2.53:53") // not looked at again before resolvCheck
+	clock.Advance(resolvCheck)
+	lookup("198.18.3.53:53")
+	if got := r.Config().Servers; !slices.Equal(got, []string{"198.18.3.53:53", "198.18.2.53:53"}) {
+		t.Errorf("Config().Servers = %v", got)
+	}
+	// Gone, then without a name server: the last servers stay.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(resolvCheck)
+	lookup("198.18.3.53:53")
+	write("search lab\n") // the C library would ask 127.0.0.1: so do we
+	clock.Advance(resolvCheck)
+	lookup("127.0.0.1:53")
+	// Configured servers are never replaced by the file's.
+	r2, err := NewResolver(Config{Servers: []string{"198.18.4.53:53"}, ResolvConf: path}, WithExchanger(x), WithClock(clock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(resolvCheck)
+	r = r2
+	lookup("198.18.4.53:53")
 }
 
 func TestConfigValidate(t *testing.T) {

@@ -64,7 +64,7 @@ type watch struct {
 func NewWatcher(r *Resolver, opts WatcherOptions) *Watcher {
 	w := &Watcher{
 		r:        r,
-		cfg:      r.cfg,
+		cfg:      r.Config(),
 		clock:    r.clock,
 		log:      opts.Logger,
 		stats:    r.stats,
