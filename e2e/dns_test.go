@@ -274,3 +274,36 @@ func TestDNSFollowsResolvConf(t *testing.T) {
 		t.Errorf("no word of the new servers in the agent's log:\n%s", log)
 	}
 }
+
+// An address the host gains while the agent runs (DHCP, keepalived, an
+// operator) is no longer a backend within seconds: a DNS name answering
+// it had it admitted before; now it leaves the pool and status lists it
+// as refused, as it would have been from the start.
+func TestHostAddressGainedWhileRunning(t *testing.T) {
+	lab := newLab(t)
+	lab.StartBackends()
+	lab.StartDNS("backend.lab. 1 A 198.18.2.11\nbackend.lab. 1 A 198.18.2.12\n")
+	agent := lab.StartAgent(agentConfig{DNSName: "backend.lab"})
+	agent.waitStates(t, 10*time.Second, map[string]string{
+		backendAddr["be1"]: "active",
+		backendAddr["be2"]: "active",
+	})
+	lab.MustRun("lb", 5*time.Second, "ip", "addr", "add", "198.18.2.12/32", "dev", "lo")
+	waitFor(t, 10*time.Second, "198.18.2.12 refused as an address of this host", func() error {
+		st, err := agent.Status()
+		if err != nil {
+			return err
+		}
+		for _, p := range st.Pools {
+			for _, n := range p.NotServed {
+				if n.Address == backendAddr["be2"] && strings.Contains(n.Reason, "an address of this host") {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("not listed as refused yet")
+	})
+	if st, err := agent.BackendState(backendAddr["be2"]); err == nil && st == "active" {
+		t.Errorf("%s, an address of this host, is still an active backend", backendAddr["be2"])
+	}
+}

@@ -40,6 +40,35 @@ type admission struct {
 	filters map[string]*addrfilter.Filter
 	refused map[sourceKey]map[netip.AddrPort]addrfilter.Verdict
 	own     []addrfilter.Own
+	// host is the host's addresses the filters were built with (sorted),
+	// cfg the config (see hostChanged).
+	host []netip.Addr
+	cfg  *config.Config
+}
+
+// hostChanged reads the host's addresses again and, when they are not
+// those the filters were built with (an address added by DHCP, keepalived,
+// an operator), builds the filters again and returns true: the sources
+// are then to be admitted again.
+func (g *admission) hostChanged() bool {
+	if g.hostAddrs == nil {
+		return false
+	}
+	host := sortedAddrs(g.hostAddrs())
+	g.mu.Lock()
+	cfg, same := g.cfg, slices.Equal(host, g.host)
+	g.mu.Unlock()
+	if same || cfg == nil {
+		return false
+	}
+	g.setConfig(cfg)
+	return true
+}
+
+func sortedAddrs(in []netip.Addr) []netip.Addr {
+	out := slices.Clone(in)
+	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
+	return slices.Compact(out)
 }
 
 func newAdmission(hostAddrs func() []netip.Addr, count func(pool, source, reason string), forget func(pool, source string)) *admission {
@@ -70,8 +99,9 @@ func hostAddresses() []netip.Addr {
 // longer in cfg refused.
 func (g *admission) setConfig(cfg *config.Config) {
 	own := cfg.OwnAddresses()
+	var host []netip.Addr
 	if g.hostAddrs != nil {
-		host := g.hostAddrs()
+		host = g.hostAddrs()
 		for _, ip := range host {
 			own = append(own, addrfilter.Own{Addr: ip, Host: true, What: "an address of this host"})
 		}
@@ -102,6 +132,7 @@ func (g *admission) setConfig(cfg *config.Config) {
 	}
 	g.mu.Lock()
 	g.own, g.filters = own, filters
+	g.host, g.cfg = sortedAddrs(host), cfg
 	var gone []sourceKey
 	for k := range g.refused {
 		if !sources[k] {

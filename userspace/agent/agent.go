@@ -151,6 +151,9 @@ type agent struct {
 	// reloadMu serializes reloads: apply, then the watcher and L7 syncs,
 	// which run without mu.
 	reloadMu sync.Mutex
+	// hostChecked is when tick last read the host's addresses (tick's
+	// own: not under mu).
+	hostChecked time.Time
 
 	mu        sync.Mutex
 	startedAt time.Time
@@ -336,6 +339,56 @@ func (a *agent) poolFor(name string, id uint32, c *config.Pool) *poolState {
 	return ps
 }
 
+// admitStatic gives ps the fixed addresses of pc that pass its filter.
+// Called with mu held.
+func (a *agent) admitStatic(now time.Time, ps *poolState, pc config.Pool) bool {
+	var static []pool.Desired
+	for _, b := range pc.Backends {
+		if !b.IsName() {
+			static = append(static, pool.Desired{Addr: b.AddrPort, Weight: b.Weight, Info: "config line " + strconv.Itoa(b.Line)})
+		}
+	}
+	return ps.p.SetSource(now, pool.SourceStatic, a.admit.admit(pc.Name, pool.SourceStatic, static))
+}
+
+// hostCheckEvery is how often the host's addresses are read again.
+const hostCheckEvery = 5 * time.Second
+
+// followHostAddresses reads the host's addresses again (every
+// hostCheckEvery) and, when they changed, admits every pool's addresses
+// again: one that is now an address of this host leaves its pool (it
+// drains) and is listed as refused. Called by tick without mu.
+func (a *agent) followHostAddresses(now time.Time) {
+	if now.Sub(a.hostChecked) < hostCheckEvery {
+		return
+	}
+	// A reload in progress builds the filters itself (with the addresses
+	// of then); the next tick looks again.
+	if !a.reloadMu.TryLock() {
+		return
+	}
+	defer a.reloadMu.Unlock()
+	a.hostChecked = now
+	if !a.admit.hostChanged() {
+		return
+	}
+	var sets []dnsSet
+	for _, fq := range a.dns.names() {
+		if u, ok := a.dns.published(fq); ok {
+			sets = append(sets, a.dns.sets(u)...)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	changed := a.applyDNS(now, sets)
+	for _, ps := range a.pools {
+		if ps.configured && a.admitStatic(now, ps, ps.cfg) {
+			changed = true
+		}
+	}
+	a.log.Info("host addresses changed: every pool's addresses checked against them again", "pools_changed", changed)
+}
+
 func poolConfig(c config.Pool) pool.Config {
 	return pool.Config{
 		DrainTimeout:      c.DrainTimeout.D(),
@@ -362,16 +415,13 @@ func (a *agent) apply(now time.Time, cfg *config.Config) []string {
 		ps.cfg = pc
 		ps.p.SetConfig(poolConfig(pc))
 		sources := []string{pool.SourceStatic}
-		var static []pool.Desired
 		for _, b := range pc.Backends {
 			if b.IsName() {
 				sources = append(sources, b.Name)
-				continue
 			}
-			static = append(static, pool.Desired{Addr: b.AddrPort, Weight: b.Weight, Info: "config line " + strconv.Itoa(b.Line)})
 		}
 		ps.p.Expect(now, sources)
-		ps.p.SetSource(now, pool.SourceStatic, a.admit.admit(pc.Name, pool.SourceStatic, static))
+		a.admitStatic(now, ps, pc)
 	}
 	for name, ps := range a.pools {
 		if !ps.configured {
@@ -450,6 +500,7 @@ func (a *agent) reconcileNow() {
 // ejection and DNS, the health checks get their targets, and what changed
 // is written. A pool in which nothing happened costs a lookup.
 func (a *agent) tick(now time.Time) error {
+	a.followHostAddresses(now)
 	counts, failures, known := a.flows.scan(now, a.rec.activeSlots(), a.rec.answersUnseen())
 	if a.ann != nil {
 		// BIRD's sessions, for status and metrics: I/O, without mu.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -512,6 +513,69 @@ func TestStaticHostAddressRefused(t *testing.T) {
 	}
 	if ns := st.Pools[0].NotServed; len(ns) != 1 || ns[0].Address != be3.String() || ns[0].Source != pool.SourceStatic {
 		t.Fatalf("not served = %+v", ns)
+	}
+}
+
+// An address the host gains while the agent runs (DHCP, keepalived, an
+// operator) stops being a backend within hostCheckEvery: a DNS answer's
+// and a fixed one alike leave their pool (drained) and are listed as
+// refused; the host losing it again brings them back.
+func TestHostAddressGainedLater(t *testing.T) {
+	w := &fakeWatcher{status: map[string]discovery.Update{}}
+	var host atomic.Pointer[[]netip.Addr]
+	host.Store(&[]netip.Addr{})
+	h := newHarnessWith(t, nil, dnsConfig, func(o *options) {
+		w.use(o)
+		o.hostAddrs = func() []netip.Addr { return *host.Load() }
+	})
+	h.a.syncDNS()
+	u := answer(h.now, dns1, dns2)
+	w.mu.Lock()
+	w.status["backend.lab."] = u
+	w.mu.Unlock()
+	h.a.onDNSUpdate(u)
+	if err := h.tick(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, ap := range []netip.AddrPort{be1, dns1, dns2} {
+		if b := h.state(ap); b.State != pool.Active {
+			t.Fatalf("%s = %+v, want active", ap, b)
+		}
+	}
+	host.Store(&[]netip.Addr{dns2.Addr(), be1.Addr()})
+	if err := h.tick(hostCheckEvery); err != nil {
+		t.Fatal(err)
+	}
+	for _, ap := range []netip.AddrPort{be1, dns2} {
+		// No flows: drained at once.
+		if b := h.state(ap); b.State != pool.Draining && b.State != pool.Removed {
+			t.Errorf("%s, now an address of this host: %+v, want draining or removed", ap, b)
+		}
+	}
+	if b := h.state(dns1); b.State != pool.Active {
+		t.Errorf("dns1 = %+v, want active", b)
+	}
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := map[string]string{}
+	for _, n := range st.Pools[0].NotServed {
+		refused[n.Address] = n.Reason
+	}
+	for _, ap := range []netip.AddrPort{be1, dns2} {
+		if !strings.HasPrefix(refused[ap.String()], "refused (own-address): an address of this host") {
+			t.Errorf("status for %s: %q", ap, refused[ap.String()])
+		}
+	}
+	host.Store(&[]netip.Addr{})
+	if err := h.tick(hostCheckEvery); err != nil {
+		t.Fatal(err)
+	}
+	for _, ap := range []netip.AddrPort{be1, dns1, dns2} {
+		if b := h.state(ap); b.State != pool.Active {
+			t.Errorf("%s after the host lost the address = %+v, want active", ap, b)
+		}
 	}
 }
 
