@@ -402,7 +402,12 @@ func TestAgentNotifiesSystemd(t *testing.T) {
 			msgs <- msg{string(buf[:n]), time.Now()}
 		}
 	}()
-	agent := lab.StartAgent(agentConfig{Env: []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=1000000"}})
+	// With an http service under load: its event loops are checked for
+	// the watchdog too (every 250ms, stuck after 333ms of nothing run).
+	lab.AddLocalVIP(httpVIP)
+	agent := lab.StartAgent(agentConfig{HTTP: true, Env: []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=1000000"}})
+	load := lab.StartLoad("load", nil, "--url", httpURL, "--mode", "keepalive", "--conns", "8", "--count", "1000000", "--duration", "3s", "--timeout", "2s")
+	defer load.Stop(5 * time.Second)
 	var ready time.Time
 	pings := 0
 	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
@@ -428,6 +433,9 @@ func TestAgentNotifiesSystemd(t *testing.T) {
 	// 3 s at one ping per 500 ms, less the start.
 	if pings < 4 {
 		t.Errorf("%d watchdog pings, want one every 500ms", pings)
+	}
+	if log := agent.proc.Log(); strings.Contains(log, "an l7 event loop runs nothing") {
+		t.Errorf("an event loop taken for stuck under load:\n%s", log)
 	}
 	if out, err := agent.CLI("status"); err != nil {
 		t.Fatalf("status after READY=1: %v %s", err, out)

@@ -26,6 +26,7 @@ package evloop
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"iter"
 	"log/slog"
@@ -123,6 +124,49 @@ func (g *Group) Close() {
 		l.post(func() { l.stopping = true })
 	}
 	g.wg.Wait()
+}
+
+// ErrStuck is Ping's error for a loop that did not answer in time.
+var ErrStuck = errors.New("event loop stuck")
+
+// Ping has every loop run a no-op and waits up to timeout for all of
+// them: a loop whose thread is held (a task that blocks it, a bug) serves
+// none of its connections, and says nothing else. It returns an error
+// wrapping ErrStuck naming the loops that did not answer; nil for a
+// closed group.
+func (g *Group) Ping(timeout time.Duration) error {
+	if g.closed.Load() {
+		return nil
+	}
+	done := make([]chan struct{}, len(g.loops))
+	for i, l := range g.loops {
+		c := make(chan struct{})
+		done[i] = c
+		l.post(func() { close(c) })
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	var stuck []int
+	for i, c := range done {
+		select {
+		case <-c:
+			continue
+		case <-t.C:
+		}
+		// Past the timeout: the rest are checked without waiting.
+		for j := i; j < len(done); j++ {
+			select {
+			case <-done[j]:
+			default:
+				stuck = append(stuck, j)
+			}
+		}
+		break
+	}
+	if len(stuck) == 0 || g.closed.Load() {
+		return nil
+	}
+	return fmt.Errorf("%w: loop %v ran nothing for %s", ErrStuck, stuck, timeout)
 }
 
 // Pick is the loop a new connection goes to: the one with fewer tasks of

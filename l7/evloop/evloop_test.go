@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -364,5 +365,34 @@ func TestTaskIdentity(t *testing.T) {
 	}
 	if getg() == 0 {
 		t.Error("getg is 0")
+	}
+}
+
+// Ping finds a loop whose thread a task holds (here a plain sleep, which
+// parks the loop's own goroutine: nothing else of the loop runs), names
+// it, and passes once the loop runs again.
+func TestPingFindsStuckLoop(t *testing.T) {
+	g := newGroup(t, 2)
+	if err := g.Ping(time.Second); err != nil {
+		t.Fatalf("idle loops: %v", err)
+	}
+	release := make(chan struct{})
+	held := make(chan struct{})
+	g.loops[1].Go(func(context.Context) {
+		close(held)
+		<-release // blocks the loop's thread, not only the task
+	})
+	<-held
+	err := g.Ping(100 * time.Millisecond)
+	if !errors.Is(err, ErrStuck) || !strings.Contains(err.Error(), "loop [1]") {
+		t.Fatalf("Ping with loop 1 held: %v, want ErrStuck naming loop 1", err)
+	}
+	close(release)
+	if err := g.Ping(time.Second); err != nil {
+		t.Fatalf("after the loop ran again: %v", err)
+	}
+	g.Close()
+	if err := g.Ping(time.Second); err != nil {
+		t.Fatalf("closed group: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/announce"
@@ -99,6 +100,9 @@ type options struct {
 	notify *sdnotify.Notifier
 	// stdoutJournal: stdout is the systemd journal (see warnJournal).
 	stdoutJournal bool
+	// l7Ping checks the L7 stage's event loops (nil: the stage's own,
+	// l7Stage.ping).
+	l7Ping func(timeout time.Duration) error
 }
 
 // poolState is a pool the agent runs: configured, or dropped from the
@@ -144,6 +148,11 @@ type agent struct {
 	ann *announce.Announcer
 	// notify is systemd's (nil: none).
 	notify *sdnotify.Notifier
+	// l7Ping checks the L7 stage's event loops (nil: nothing to check);
+	// l7Stuck is when a check last failed, unix nanoseconds (0: the last
+	// one passed).
+	l7Ping  func(timeout time.Duration) error
+	l7Stuck atomic.Int64
 	// pinWarn spaces the warnings of pins that cannot be pinned again.
 	pinWarn *throttledWarning
 	// stdoutJournal: stdout is the systemd journal (see warnJournal).
@@ -231,6 +240,10 @@ func newAgent(dp datapath.Map, o options) *agent {
 		a.l7.netHTTP1 = o.l7NetHTTP1
 		a.l7.eventLoops = o.l7EventLoops
 		a.l7.gcHeadroom = o.gcHeadroom
+		a.l7Ping = a.l7.ping
+	}
+	if o.l7Ping != nil {
+		a.l7Ping = o.l7Ping
 	}
 	return a
 }

@@ -467,6 +467,18 @@ func (s *l7Stage) loopGroup() *evloop.Group {
 	return g
 }
 
+// ping checks that every shared event loop runs (evloop.Group.Ping):
+// nil without loops.
+func (s *l7Stage) ping(timeout time.Duration) error {
+	s.loopsMu.Lock()
+	g := s.loops
+	s.loopsMu.Unlock()
+	if g == nil {
+		return nil
+	}
+	return g.Ping(timeout)
+}
+
 // pace starts the garbage collector's pacing (once): the HTTP stage is
 // what allocates per request. An agent with L4 services only keeps Go's
 // GOGC (under a SYN flood a growing heap competed with the XDP path).

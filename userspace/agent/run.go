@@ -230,12 +230,21 @@ func (a *agent) serve(ctx context.Context, socket string, metricsL net.Listener,
 	// in a tick or a reload stops feeding it, and systemd restarts the
 	// agent (the data path goes on forwarding meanwhile; the next agent
 	// adopts it). A nil channel never fires: no watchdog asked.
+	// The L7 stage's event loops run on threads of their own: they are
+	// checked by a goroutine of their own, and a loop that runs nothing
+	// for l7PingTimeout stops the feeding too (its connections are not
+	// served, and a restart is the way out).
 	var watchdog <-chan time.Time
+	pingEvery, pingTimeout := l7PingEvery, l7PingTimeout
 	if d := a.notify.Watchdog(); d > 0 {
 		wd := time.NewTicker(d / 2)
 		defer wd.Stop()
 		watchdog = wd.C
 		a.notifySystemd("WATCHDOG=1")
+		pingEvery, pingTimeout = min(pingEvery, d/4), min(pingTimeout, d/3)
+	}
+	if a.l7Ping != nil {
+		wg.Go(func() { a.watchL7Loops(ctx, pingEvery, pingTimeout) })
 	}
 
 	ticker := time.NewTicker(TickInterval)
@@ -257,7 +266,9 @@ func (a *agent) serve(ctx context.Context, socket string, metricsL net.Listener,
 		case err := <-adminErr:
 			return fmt.Errorf("admin API: %w", err)
 		case <-watchdog:
-			a.notifySystemd("WATCHDOG=1")
+			if a.l7Stuck.Load() == 0 {
+				a.notifySystemd("WATCHDOG=1")
+			}
 		case <-hup:
 			a.log.Info("SIGHUP: reloading config")
 			if err := a.Reload(ctx); err != nil && !errors.Is(err, admin.ErrReloadRefused) {
@@ -281,6 +292,46 @@ func (a *agent) serve(ctx context.Context, socket string, metricsL net.Listener,
 
 // notifySystemd sends state to systemd, when it runs the agent; a failure
 // is logged, never fatal.
+// How often the L7 stage's event loops are checked, and how long one may
+// run nothing before it counts as stuck (shorter under a shorter
+// systemd watchdog).
+const (
+	l7PingEvery   = 5 * time.Second
+	l7PingTimeout = 10 * time.Second
+)
+
+// watchL7Loops checks the L7 stage's event loops every `every` until ctx
+// ends, recording in l7Stuck whether the last check found one that ran
+// nothing for `timeout`, and saying so.
+func (a *agent) watchL7Loops(ctx context.Context, every, timeout time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := a.l7Ping(timeout)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			if a.l7Stuck.Swap(0) != 0 {
+				a.log.Info("l7 event loops run again")
+			}
+			continue
+		}
+		if a.l7Stuck.CompareAndSwap(0, time.Now().UnixNano()) {
+			what := "restart the agent: its connections are not served"
+			if a.notify.Watchdog() > 0 {
+				what = "the systemd watchdog is no longer fed: the agent will be restarted (with its goroutines' stacks in the journal)"
+			}
+			a.log.Error("an l7 event loop runs nothing: "+what, "err", err)
+		}
+	}
+}
+
 func (a *agent) notifySystemd(state string) {
 	if err := a.notify.Notify(state); err != nil {
 		a.log.Warn("telling systemd the agent's state", "state", state, "err", err)

@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
@@ -146,7 +148,16 @@ func TestServeNotifiesSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.Close()
-	a, dir, _ := startedAgent(t, datapath.NewFake(tableSize), options{notify: n})
+	// The L7 stage's loops, as their check sees them.
+	var l7stuck atomic.Bool
+	l7Ping := func(timeout time.Duration) error {
+		if l7stuck.Load() {
+			time.Sleep(timeout)
+			return evloop.ErrStuck
+		}
+		return nil
+	}
+	a, dir, _ := startedAgent(t, datapath.NewFake(tableSize), options{notify: n, l7Ping: l7Ping})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	socket := filepath.Join(dir, "admin.sock")
@@ -194,6 +205,25 @@ func TestServeNotifiesSystemd(t *testing.T) {
 	a.mu.Unlock()
 	if m, _ := next(time.Second); m != "WATCHDOG=1" {
 		t.Fatalf("after the loop went on: %q, want the watchdog fed again", m)
+	}
+
+	// A stuck L7 event loop (its check fails): the control loop turns,
+	// but the watchdog is not fed; fed again once the loop runs.
+	l7stuck.Store(true)
+	time.Sleep(300 * time.Millisecond) // a check (every 50ms, 66ms long) fails
+	for drained := false; !drained; {
+		select {
+		case <-msgs:
+		default:
+			drained = true
+		}
+	}
+	if m, ok := next(700 * time.Millisecond); ok {
+		t.Fatalf("%q with an L7 event loop stuck, want silence", m)
+	}
+	l7stuck.Store(false)
+	if m, _ := next(time.Second); m != "WATCHDOG=1" {
+		t.Fatalf("after the L7 loop ran again: %q, want the watchdog fed again", m)
 	}
 
 	cancel()
