@@ -188,16 +188,21 @@ func TestServeNotifiesSystemd(t *testing.T) {
 		t.Fatalf("%d watchdog pings in a second, want about 10 (every 100ms)", pings)
 	}
 
+	// drain drops the messages sent so far.
+	drain := func() {
+		for {
+			select {
+			case <-msgs:
+			default:
+				return
+			}
+		}
+	}
+
 	// A hung loop: its next tick waits for the lock.
 	a.mu.Lock()
 	time.Sleep(TickInterval + 200*time.Millisecond)
-	for drained := false; !drained; {
-		select {
-		case <-msgs:
-		default:
-			drained = true
-		}
-	}
+	drain()
 	if m, ok := next(700 * time.Millisecond); ok {
 		a.mu.Unlock()
 		t.Fatalf("%q from a hung loop, want silence (the watchdog then restarts the agent)", m)
@@ -211,13 +216,7 @@ func TestServeNotifiesSystemd(t *testing.T) {
 	// but the watchdog is not fed; fed again once the loop runs.
 	l7stuck.Store(true)
 	time.Sleep(300 * time.Millisecond) // a check (every 50ms, 66ms long) fails
-	for drained := false; !drained; {
-		select {
-		case <-msgs:
-		default:
-			drained = true
-		}
-	}
+	drain()
 	if m, ok := next(700 * time.Millisecond); ok {
 		t.Fatalf("%q with an L7 event loop stuck, want silence", m)
 	}
