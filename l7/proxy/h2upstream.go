@@ -102,10 +102,7 @@ func (s *Server) tryH2(ctx context.Context, st *settings, out *outRequest, b poo
 	connectBy := minTime(t0.Add(t.Connect), deadline)
 	conn, reused, err := s.h2.Get(ctx, b.Addr, serverName(st, b), b.Info, connectBy)
 	if err != nil {
-		res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
-		if errors.Is(err, upstream.ErrAddrFull) {
-			res.spared = sparedLocal
-		}
+		res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, spared: dialSpared(err)}
 		if ctx.Err() != nil {
 			res.clientGone = true
 		} else if !time.Now().Before(deadline) {

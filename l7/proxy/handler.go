@@ -72,6 +72,18 @@ type tryResult struct {
 	resent int
 }
 
+// dialSpared is why a failed dial is not the backend's failure
+// (sparedNot: it is).
+func dialSpared(err error) spareReason {
+	switch {
+	case errors.Is(err, upstream.ErrAddrFull):
+		return sparedLocal
+	case upstream.LocalFailure(err):
+		return sparedHost
+	}
+	return sparedNot
+}
+
 // spareReason is why a failed try is not the backend's failure.
 type spareReason uint8
 
@@ -80,6 +92,10 @@ const (
 	// sparedLocal: sluice held the try back (the address at its
 	// connection limit); the client gets a 503 of sluice's own.
 	sparedLocal
+	// sparedHost: the dial failed for lack of this host's resources
+	// (file descriptors, local ports, memory: upstream.LocalFailure);
+	// another backend may be tried, none is blamed.
+	sparedHost
 	// sparedRemoved: the address was removed (drain_timeout passed)
 	// between the pick and the connection; nothing was sent.
 	sparedRemoved
@@ -245,6 +261,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			switch res.spared {
 			case sparedLocal:
 				s.obs.Refused(s.name, limitUpstreamConnections)
+			case sparedHost:
+				s.obs.Refused(s.name, limitHostResources)
 			case sparedRefused:
 				s.obs.Refused(s.name, limitUpstreamHeader)
 			}
@@ -574,7 +592,8 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 		} else {
 			q.abort = s.respond(q.ctx, &q.cw, q.w, q.rec, res, b.Addr)
 		}
-	case res.spared == sparedLocal:
+	case res.spared == sparedLocal || res.spared == sparedHost:
+		// Sluice's own shortage, not the backend's failure: 503.
 		q.w.Header().Set("Retry-After", "1")
 		s.fail(q.w, q.rec, http.StatusServiceUnavailable, "overload: "+describe(res))
 	default:
@@ -842,10 +861,7 @@ func (s *Server) try(ctx context.Context, cw *clientWatch, st *settings, out *ou
 		}
 		conn, err := get(ctx, b.Addr, sn, b.Info, connectBy)
 		if err != nil {
-			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}}
-			if errors.Is(err, upstream.ErrAddrFull) {
-				res.spared = sparedLocal
-			}
+			res := tryResult{err: err, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, spared: dialSpared(err)}
 			if ctx.Err() != nil {
 				res.clientGone = true
 			} else if !time.Now().Before(deadline) {

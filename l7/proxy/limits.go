@@ -17,6 +17,7 @@ const (
 	limitBody                = "body"
 	limitHeaderCount         = "header_count"
 	limitUpstreamConnections = "upstream_connections"
+	limitHostResources       = "host_resources" // a dial failed for lack of file descriptors, ports or memory
 	limitUpstreamHeader      = "upstream_header"
 	limitUnderscoreHeader    = "underscore_header"
 	limitLoop                = "loop"

@@ -2,11 +2,14 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -224,5 +227,41 @@ func TestUpstreamMaxConnsNotABackendFailure(t *testing.T) {
 	}
 	if obs.count(limitUpstreamConnections) == 0 {
 		t.Error("refused{upstream_connections} not counted")
+	}
+}
+
+// A dial that fails for lack of this host's resources (no local port
+// left towards the address, no file descriptor, no memory) is sluice's
+// shortage, not the backend's failure: 503 with Retry-After, counted as
+// refused{host_resources}, and the backend is never ejected for it (with
+// ejection after one failure, every backend would go at once).
+func TestLocalDialFailureNotABackendFailure(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.EADDRNOTAVAIL, syscall.EMFILE, syscall.ENOBUFS} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			be := newBackend(t, status(200))
+			p := newPool(t, nil, be.addr)
+			obs := &refusedObserver{}
+			h := start(t, p, func(o *Options) {
+				o.Observer = obs
+				ej := testEjection()
+				ej.Failures = 1
+				o.Ejection = ej
+				o.Upstream.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+					return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", errno)}
+				}
+			})
+			for range 3 {
+				resp, body := h.do(t, "GET", "/", nil, nil)
+				if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+					t.Errorf("%d %q, want 503 with Retry-After", resp.StatusCode, body)
+				}
+			}
+			if b, _ := p.Backend(be.addr); b.State.String() != "active" {
+				t.Errorf("the backend is %s after the host ran out of %v: it must stay active", b.State, errno)
+			}
+			if obs.count(limitHostResources) == 0 {
+				t.Error("refused{host_resources} not counted")
+			}
+		})
 	}
 }

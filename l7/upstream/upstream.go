@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sluicelb/sluice/l7/evloop"
@@ -100,6 +101,18 @@ var ErrClosed = errors.New("upstream pools closed")
 // connection or dial limit until the connect deadline. It says nothing
 // about the backend's health: sluice itself held back.
 var ErrAddrFull = errors.New("address at its connection limit")
+
+// LocalFailure is whether err, from a dial, is this host running out of
+// what a connection needs — file descriptors (EMFILE, ENFILE), local
+// ports (EADDRNOTAVAIL: every ephemeral port towards the address in use),
+// kernel memory (ENOBUFS, ENOMEM) — rather than anything the backend did:
+// such a failure must not count against the backend (ejecting every
+// backend for the host's own shortage turns a slowdown into an outage).
+func LocalFailure(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.ENOBUFS) ||
+		errors.Is(err, syscall.ENOMEM)
+}
 
 // Pools holds the connections of one L7 service. It is safe for concurrent use.
 type Pools struct {

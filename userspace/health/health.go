@@ -34,6 +34,12 @@ const (
 	KindStatus  = "status"  // an HTTP status outside the expected range
 	KindRead    = "read"    // connection reset or closed, malformed response
 	KindTLS     = "tls"     // the TLS handshake failed (certificate not verified, no common version)
+	// KindLocal: the check could not be made for lack of this host's
+	// resources (file descriptors, local ports, memory). It says nothing
+	// about the address: it moves neither towards healthy nor unhealthy
+	// (every address failing at once for the host's own shortage would
+	// empty the pool).
+	KindLocal = "local"
 )
 
 // CausePassed is the cause reported when an address turns healthy; an
@@ -201,6 +207,31 @@ type Checker struct {
 	mu      sync.Mutex
 	closed  bool // Wait was called: no new goroutines
 	targets map[netip.AddrPort]*target
+	// localWarned is when checks not made for the host's shortage were
+	// last logged; localSkipped counts them since (a warning per check
+	// would flood the log of a host already in trouble).
+	localWarned  time.Time
+	localSkipped int
+}
+
+// localWarnEvery spaces the warnings of checks not made (KindLocal).
+const localWarnEvery = 10 * time.Second
+
+// warnLocal logs r, a check not made (KindLocal), at most every
+// localWarnEvery with the count since the last warning.
+func (c *Checker) warnLocal(r Result) {
+	c.mu.Lock()
+	c.localSkipped++
+	n := c.localSkipped
+	due := r.Start.Sub(c.localWarned) >= localWarnEvery
+	if due {
+		c.localWarned, c.localSkipped = r.Start, 0
+	}
+	c.mu.Unlock()
+	if due {
+		c.log.Warn("health checks not made: this host is short of file descriptors, local ports or memory (not counted against the addresses)",
+			"checks", n, "addr", r.Addr, "err", r.Err)
+	}
 }
 
 // target is one address and its goroutine.
@@ -362,6 +393,8 @@ func (c *Checker) run(ctx context.Context, t *target, offset time.Duration) {
 				c.log.Warn("health check: address unhealthy", "addr", t.addr, "fall", c.cfg.Fall, "kind", r.Kind, "err", r.Err)
 			}
 			c.report(t.addr, healthy, cause)
+		} else if r.Kind == KindLocal {
+			c.warnLocal(r)
 		} else if !r.OK() {
 			c.log.Debug("health check failed", "addr", t.addr, "kind", r.Kind, "err", r.Err)
 		}
@@ -374,6 +407,9 @@ func (c *Checker) record(t *target, r Result) (changed, healthy bool, cause stri
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t.st.Last = r
+	if r.Kind == KindLocal {
+		return false, t.st.Healthy, ""
+	}
 	changed, cause = step(&t.st, r.OK(), r.Kind, c.cfg.Rise, c.cfg.Fall)
 	return changed, t.st.Healthy, cause
 }

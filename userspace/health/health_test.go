@@ -2,16 +2,19 @@ package health
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -624,5 +627,47 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// kindProber answers every check with the kind it holds.
+type kindProber struct{ kind atomic.Value }
+
+func (p *kindProber) probe(context.Context, netip.AddrPort) (string, int, error) {
+	k := p.kind.Load().(string)
+	if k == KindPass {
+		return k, 200, nil
+	}
+	return k, 0, fmt.Errorf("check failed: %s", k)
+}
+
+// A check the host could not make (no local port, no file descriptor, no
+// memory: KindLocal) moves an address neither way: with every address
+// failing at once for the host's own shortage the pool would be emptied.
+func TestLocalFailureCountsNeitherWay(t *testing.T) {
+	if got := classify(context.Background(), &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EADDRNOTAVAIL)}); got != KindLocal {
+		t.Errorf("classify(EADDRNOTAVAIL) = %q, want %q", got, KindLocal)
+	}
+	if got := classify(context.Background(), &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)}); got != KindLocal {
+		t.Errorf("classify(EMFILE) = %q, want %q", got, KindLocal)
+	}
+	addr := netip.MustParseAddrPort("198.18.2.11:80")
+	cfg := Config{Interval: 10 * time.Millisecond, Timeout: 5 * time.Millisecond, Rise: 2, Fall: 2}
+	tr := newTransitions()
+	c := newChecker(t, context.Background(), cfg, tr.report, Options{})
+	p := &kindProber{}
+	p.kind.Store(KindPass)
+	c.probe = p
+	c.SetTargets([]netip.AddrPort{addr})
+	waitFor(t, "a passing check", func() bool { st, ok := c.Status(addr); return ok && st.Last.OK() })
+	p.kind.Store(KindLocal)
+	waitFor(t, "a check not made", func() bool { st, _ := c.Status(addr); return st.Last.Kind == KindLocal })
+	tr.none(t, 100*time.Millisecond) // ten checks not made: no transition
+	if st, _ := c.Status(addr); !st.Healthy || st.Failures != 0 {
+		t.Fatalf("status %+v after checks not made, want healthy with no failure counted", st)
+	}
+	p.kind.Store(KindConnect)
+	if got := tr.next(t, 2*time.Second); !strings.HasPrefix(got, addr.String()+" down health:connect") {
+		t.Errorf("got %q, want down after real failures", got)
 	}
 }

@@ -145,6 +145,8 @@ func classify(ctx context.Context, err error) string {
 		return KindTimeout
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return KindRefused
+	case upstream.LocalFailure(err):
+		return KindLocal
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "dial" {
