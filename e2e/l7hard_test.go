@@ -753,3 +753,34 @@ func TestL7BodyTimeout(t *testing.T) {
 		t.Errorf("upload at the client's pace: %d %q", r.Code, r.Body)
 	}
 }
+
+// A host out of local ports (every ephemeral port towards a backend in
+// use: here the lb's port range cut to two ports) fails its dials with
+// EADDRNOTAVAIL. That is sluice's shortage, not the backends' failure: no
+// backend is ejected (with the lab's ejection after 2 failures, half the
+// pool would go), the refusals are counted as host_resources, and the
+// health checks (none here) would skip such checks alike.
+func TestL7HostOutOfPortsEjectsNothing(t *testing.T) {
+	lab := newLab(t)
+	lab.MustRun("lb", 5*time.Second, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40001")
+	lab.StartBackends()
+	lab.AddLocalVIP(httpVIP)
+	agent := lab.StartAgent(agentConfig{HTTP: true})
+	waitFor(t, 10*time.Second, "the L7 listener", func() error {
+		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
+		return err
+	})
+	// 24 connections at once need up to 8 backend connections per
+	// address; the host can make 2.
+	rep := lab.Load("--url", httpURL, "--mode", "keepalive", "--conns", "24", "--count", "2400", "--duration", "30s", "--timeout", "3s")
+	t.Logf("%d requests, %d ok, %d failures", rep.Requests, rep.OK, rep.Failures)
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
+			t.Errorf("%s is %q (%v) after the host ran out of ports: the backends did nothing wrong", be, st, err)
+		}
+	}
+	values, _ := lab.scrape()
+	if n := values[`sluice_l7_refused_total{limit="host_resources",service="web-http"}`]; n == 0 {
+		t.Error("no dial refused for lack of local ports counted (or the test did not exhaust them)")
+	}
+}
