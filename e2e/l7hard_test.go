@@ -759,7 +759,9 @@ func TestL7BodyTimeout(t *testing.T) {
 // EADDRNOTAVAIL. That is sluice's shortage, not the backends' failure: no
 // backend is ejected (with the lab's ejection after 2 failures, half the
 // pool would go), the refusals are counted as host_resources, and the
-// health checks (none here) would skip such checks alike.
+// health checks (none here) would skip such checks alike. A try that
+// cannot dial waits for a connection in use instead: most requests are
+// served.
 func TestL7HostOutOfPortsEjectsNothing(t *testing.T) {
 	lab := newLab(t)
 	lab.MustRun("lb", 5*time.Second, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40001")
@@ -774,6 +776,13 @@ func TestL7HostOutOfPortsEjectsNothing(t *testing.T) {
 	// address; the host can make 2.
 	rep := lab.Load("--url", httpURL, "--mode", "keepalive", "--conns", "24", "--count", "2400", "--duration", "30s", "--timeout", "3s")
 	t.Logf("%d requests, %d ok, %d failures", rep.Requests, rep.OK, rep.Failures)
+	// A try that cannot dial waits for a connection in use to come back
+	// (until the connect timeout) instead of failing at once: most
+	// requests are served over the few connections the host can make
+	// (82-97 % measured; 35-41 % when failing at once).
+	if rep.OK < rep.Requests*6/10 {
+		t.Errorf("%d of %d requests served with the host out of ports, want at least 60%%", rep.OK, rep.Requests)
+	}
 	for _, be := range []string{"be1", "be2", "be3"} {
 		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
 			t.Errorf("%s is %q (%v) after the host ran out of ports: the backends did nothing wrong", be, st, err)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -99,5 +101,58 @@ func TestMaxDialsPerAddr(t *testing.T) {
 	}
 	if peak.Load() > 3 {
 		t.Errorf("%d dials at once, want at most 3", peak.Load())
+	}
+}
+
+// A host out of local ports (a dial failing with EADDRNOTAVAIL) while
+// connections to the address are in use: a Get waits for one of them to
+// come back and takes it; without any in use, or when none comes back by
+// the connect deadline, it fails with the dial's error (LocalFailure).
+func TestOutOfPortsWaitsForAConnection(t *testing.T) {
+	s := newEchoServer(t)
+	var exhausted atomic.Bool
+	p := New(Options{Dial: func(ctx context.Context, n, a string) (net.Conn, error) {
+		if exhausted.Load() {
+			return nil, &net.OpError{Op: "dial", Net: n, Err: os.NewSyscallError("connect", syscall.EADDRNOTAVAIL)}
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, n, a)
+	}})
+	defer p.Close()
+	ctx := context.Background()
+	c1, err := p.Get(ctx, s.addr, "", "", time.Now().Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exhausted.Store(true)
+	got := make(chan *Conn, 1)
+	go func() {
+		c, err := p.Get(ctx, s.addr, "", "", time.Now().Add(5*time.Second))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	time.Sleep(50 * time.Millisecond)
+	p.Put(c1, "")
+	if c := <-got; c != c1 {
+		t.Fatal("the waiting Get did not take the connection given back")
+	}
+	// In use, and nothing given back by the deadline: the dial's error.
+	t0 := time.Now()
+	if _, err := p.Get(ctx, s.addr, "", "", time.Now().Add(200*time.Millisecond)); !LocalFailure(err) {
+		t.Fatalf("Get with none given back: %v, want the dial's EADDRNOTAVAIL", err)
+	}
+	if d := time.Since(t0); d < 150*time.Millisecond {
+		t.Errorf("failed after %s, want at the connect deadline", d)
+	}
+	// None in use: nothing to wait for.
+	p.Put(c1, CloseError)
+	t0 = time.Now()
+	if _, err := p.Get(ctx, s.addr, "", "", time.Now().Add(5*time.Second)); !LocalFailure(err) {
+		t.Fatalf("Get with none in use: %v, want EADDRNOTAVAIL", err)
+	}
+	if d := time.Since(t0); d > time.Second {
+		t.Errorf("failed after %s with nothing in use to wait for, want at once", d)
 	}
 }

@@ -380,6 +380,26 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			ap.lendLocked(c)
 		}
 		ap.signalLocked()
+		if err != nil && LocalFailure(err) && ap.busy+ap.dialing > 0 {
+			// This host is out of ports (or descriptors, or memory) for
+			// a new connection, and connections to the address are in
+			// use (or being dialled): one of them given back serves the
+			// caller; wait for it until the connect deadline rather than
+			// fail at once.
+			ap.freed = make(chan struct{})
+			freed := ap.freed
+			p.mu.Unlock()
+			var werr error
+			evloop.Block(ctx, func() { werr = waitRoom(ctx, freed, connectBy) })
+			switch {
+			case werr == nil:
+				continue
+			case errors.Is(werr, ErrAddrFull):
+				return nil, err // nothing came back in time: the dial's error
+			default:
+				return nil, werr
+			}
+		}
 		p.mu.Unlock()
 		return c, err
 	}
