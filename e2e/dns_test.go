@@ -266,9 +266,17 @@ func TestDNSFollowsResolvConf(t *testing.T) {
 		t.Fatal(err)
 	}
 	old.proc.Stop(3 * time.Second)
-	agent.waitStates(t, 15*time.Second, map[string]string{
-		backendAddr["be2"]: "active",
-		backendAddr["be1"]: "draining",
+	// be1 drains (and, without flows, is removed at once).
+	waitFor(t, 15*time.Second, "the new server's answer", func() error {
+		be2, err := agent.BackendState(backendAddr["be2"])
+		if err != nil {
+			return err
+		}
+		be1, _ := agent.BackendState(backendAddr["be1"])
+		if be2 != "active" || be1 == "active" {
+			return fmt.Errorf("be1 %q, be2 %q; want be2 active, be1 no longer", be1, be2)
+		}
+		return nil
 	})
 	if log := agent.proc.Log(); !strings.Contains(log, "dns servers changed in resolv.conf") {
 		t.Errorf("no word of the new servers in the agent's log:\n%s", log)
