@@ -211,7 +211,17 @@ func newRID(prefix string) string {
 // for its listener.
 func startL7(t *testing.T, c agentConfig) (*Lab, *Agent) {
 	t.Helper()
+	return startL7After(t, c, nil)
+}
+
+// startL7After is startL7 with before run on the lab first (a sysctl in
+// the lb, say); nil: nothing.
+func startL7After(t *testing.T, c agentConfig, before func(*Lab)) (*Lab, *Agent) {
+	t.Helper()
 	lab := newLab(t)
+	if before != nil {
+		before(lab)
+	}
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
 	c.HTTP = true

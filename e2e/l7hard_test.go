@@ -763,14 +763,8 @@ func TestL7BodyTimeout(t *testing.T) {
 // cannot dial waits for a connection in use instead: most requests are
 // served.
 func TestL7HostOutOfPortsEjectsNothing(t *testing.T) {
-	lab := newLab(t)
-	lab.MustRun("lb", 5*time.Second, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40001")
-	lab.StartBackends()
-	lab.AddLocalVIP(httpVIP)
-	agent := lab.StartAgent(agentConfig{HTTP: true})
-	waitFor(t, 10*time.Second, "the L7 listener", func() error {
-		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
-		return err
+	lab, agent := startL7After(t, agentConfig{}, func(lab *Lab) {
+		lab.MustRun("lb", 5*time.Second, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40001")
 	})
 	// 24 connections at once need up to 8 backend connections per
 	// address; the host can make 2.

@@ -540,19 +540,13 @@ func TestPinsRemovedWhileRunning(t *testing.T) {
 // on them again: the http service and the metrics endpoint keep
 // answering, and the agent says what happened.
 func TestListenersSurviveSocketDestroy(t *testing.T) {
-	lab := newLab(t)
 	// Go listens with MPTCP where the kernel offers it, and SOCK_DESTROY
 	// cannot close MPTCP listeners: this namespace gets plain TCP ones,
 	// as on a kernel without MPTCP or with it turned off.
-	if _, err := lab.Run("lb", 5*time.Second, "sysctl", "-qw", "net.mptcp.enabled=0"); err != nil {
-		t.Logf("net.mptcp.enabled not set (%v): plain TCP listeners already", err)
-	}
-	lab.StartBackends()
-	lab.AddLocalVIP(httpVIP)
-	agent := lab.StartAgent(agentConfig{HTTP: true})
-	waitFor(t, 10*time.Second, "the L7 listener", func() error {
-		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", httpURL)
-		return err
+	lab, agent := startL7After(t, agentConfig{}, func(lab *Lab) {
+		if _, err := lab.Run("lb", 5*time.Second, "sysctl", "-qw", "net.mptcp.enabled=0"); err != nil {
+			t.Logf("net.mptcp.enabled not set (%v): plain TCP listeners already", err)
+		}
 	})
 	out := lab.MustRun("lb", 10*time.Second, "ss", "-K", "-t", "-n", "state", "listening", "(", "sport", "=", ":80", "or", "sport", "=", ":9464", ")")
 	if !strings.Contains(out, httpVIP+":80") || !strings.Contains(out, "127.0.0.1:9464") {
