@@ -17,6 +17,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/discovery"
+	"github.com/sluicelb/sluice/userspace/logthrottle"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 	"github.com/sluicelb/sluice/userspace/sdnotify"
@@ -154,7 +155,7 @@ type agent struct {
 	l7Ping  func(timeout time.Duration) error
 	l7Stuck atomic.Int64
 	// pinWarn spaces the warnings of pins that cannot be pinned again.
-	pinWarn *throttledWarning
+	pinWarn *logthrottle.Warning
 	// stdoutJournal: stdout is the systemd journal (see warnJournal).
 	stdoutJournal bool
 	// reloadMu serializes reloads: apply, then the watcher and L7 syncs,
@@ -221,7 +222,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		pools:         make(map[string]*poolState),
 		ann:           o.announce,
 		notify:        o.notify,
-		pinWarn:       newThrottledWarning(o.log, 10*time.Second),
+		pinWarn:       logthrottle.New(o.log, 10*time.Second),
 		stdoutJournal: o.stdoutJournal,
 	}
 	a.dns = newDNSAdapter(o.log, forgetName)
@@ -569,7 +570,7 @@ func (a *agent) keepAttached() {
 	// adopt: pinned again here.
 	switch again, err := k.KeepPinned(); {
 	case err != nil:
-		a.pinWarn.note("", 1, "pins removed under the pin path and not pinned again: a restart of the agent would detach the program and lose every flow's state; retrying every tick",
+		a.pinWarn.Note("", 1, "pins removed under the pin path and not pinned again: a restart of the agent would detach the program and lose every flow's state; retrying every tick",
 			"pinned_again", again, "err", err)
 	case len(again) > 0:
 		a.log.Warn("pins removed under the pin path while the agent ran: pinned again", "pinned_again", again)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/l7/proxy"
+	"github.com/sluicelb/sluice/userspace/logthrottle"
 )
 
 // listenerHandoff accepts on the socket of one http service and hands each
@@ -71,7 +72,7 @@ func (h *listenerHandoff) run(ctx context.Context) {
 			hl.Close()
 		}
 	}()
-	warn := newThrottledWarning(h.log, acceptWarnEvery)
+	warn := logthrottle.New(h.log, acceptWarnEvery)
 	for {
 		c, err := h.l.Accept()
 		if err != nil {
@@ -82,7 +83,7 @@ func (h *listenerHandoff) run(ctx context.Context) {
 			// warning at most every acceptWarnEvery, with a count (a
 			// hundred lines a second would flood the log of a machine
 			// already in trouble).
-			warn.note("", 1, "http listener accept", "listen", h.l.Addr().String(), "err", err)
+			warn.Note("", 1, "http listener accept", "listen", h.l.Addr().String(), "err", err)
 			select {
 			case <-ctx.Done():
 				return

@@ -19,6 +19,7 @@ import (
 	"github.com/sluicelb/sluice/l7/upstream"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/gcpace"
+	"github.com/sluicelb/sluice/userspace/logthrottle"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
 	"github.com/sluicelb/sluice/userspace/relisten"
@@ -76,12 +77,12 @@ func newL7Stage(log *slog.Logger, stdout io.Writer, m *metrics.Metrics, tr *trac
 	if m != nil {
 		acc.onDrop = func(service string) { m.L7.Refused(service, metrics.LimitAccessLog) }
 	}
-	warn := newThrottledWarning(log, accessLogWarnEvery)
+	warn := logthrottle.New(log, accessLogWarnEvery)
 	acc.onWriteError = func(dest string, err error, lines int) {
 		if m != nil {
 			m.L7.AccessLogLost(dest, lines)
 		}
-		warn.note(dest, lines, "access log lines lost: the destination refused the write", "access_log", dest, "err", err)
+		warn.Note(dest, lines, "access log lines lost: the destination refused the write", "access_log", dest, "err", err)
 	}
 	return &l7Stage{
 		log:        log,

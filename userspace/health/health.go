@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/config"
+	"github.com/sluicelb/sluice/userspace/logthrottle"
 )
 
 // Result kinds: KindPass, or why a check failed. They are bounded, so they
@@ -207,11 +208,9 @@ type Checker struct {
 	mu      sync.Mutex
 	closed  bool // Wait was called: no new goroutines
 	targets map[netip.AddrPort]*target
-	// localWarned is when checks not made for the host's shortage were
-	// last logged; localSkipped counts them since (a warning per check
-	// would flood the log of a host already in trouble).
-	localWarned  time.Time
-	localSkipped int
+	// localWarn spaces the warnings of checks not made (KindLocal): one
+	// per check would flood the log of a host already in trouble.
+	localWarn *logthrottle.Warning
 }
 
 // localWarnEvery spaces the warnings of checks not made (KindLocal).
@@ -220,18 +219,8 @@ const localWarnEvery = 10 * time.Second
 // warnLocal logs r, a check not made (KindLocal), at most every
 // localWarnEvery with the count since the last warning.
 func (c *Checker) warnLocal(r Result) {
-	c.mu.Lock()
-	c.localSkipped++
-	n := c.localSkipped
-	due := r.Start.Sub(c.localWarned) >= localWarnEvery
-	if due {
-		c.localWarned, c.localSkipped = r.Start, 0
-	}
-	c.mu.Unlock()
-	if due {
-		c.log.Warn("health checks not made: this host is short of file descriptors, local ports or memory (not counted against the addresses)",
-			"checks", n, "addr", r.Addr, "err", r.Err)
-	}
+	c.localWarn.Note("", 1, "health checks not made: this host is short of file descriptors, local ports or memory (not counted against the addresses)",
+		"addr", r.Addr, "err", r.Err)
 }
 
 // target is one address and its goroutine.
@@ -273,6 +262,7 @@ func New(ctx context.Context, cfg Config, report Report, o Options) (*Checker, e
 		probe:   probe,
 		targets: make(map[netip.AddrPort]*target),
 	}
+	c.localWarn = logthrottle.New(c.log, localWarnEvery)
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	return c, nil
 }

@@ -1,4 +1,5 @@
-package agent
+// Package logthrottle spaces repeated warnings.
+package logthrottle
 
 import (
 	"log/slog"
@@ -6,11 +7,11 @@ import (
 	"time"
 )
 
-// throttledWarning logs a warning per key (a listener, an access log
+// Warning logs a warning per key (a listener, an access log
 // destination) at most once every `every`, with how many times it happened
 // since the last one: a failure repeating a hundred times a second must not
 // flood the log of a machine already in trouble.
-type throttledWarning struct {
+type Warning struct {
 	log   *slog.Logger
 	every time.Duration
 
@@ -19,14 +20,15 @@ type throttledWarning struct {
 	count map[string]int
 }
 
-func newThrottledWarning(log *slog.Logger, every time.Duration) *throttledWarning {
-	return &throttledWarning{log: log, every: every, last: map[string]time.Time{}, count: map[string]int{}}
+// New returns a Warning logging to log at most every `every` per key.
+func New(log *slog.Logger, every time.Duration) *Warning {
+	return &Warning{log: log, every: every, last: map[string]time.Time{}, count: map[string]int{}}
 }
 
-// note counts n more for key, and logs msg with args and the count since
+// Note counts n more for key, and logs msg with args and the count since
 // the last warning ("since_last_warning") when the last one for key is
 // `every` old.
-func (w *throttledWarning) note(key string, n int, msg string, args ...any) {
+func (w *Warning) Note(key string, n int, msg string, args ...any) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.count[key] += n
