@@ -594,6 +594,15 @@ func TestAdminSocketRemovedWhileRunning(t *testing.T) {
 	if log := agent.proc.Log(); !strings.Contains(log, "admin socket removed while the agent ran: listening on a new one") {
 		t.Errorf("no warning of the removed socket in the agent's log:\n%s", log)
 	}
+	// sluice status lists the warning among the agent's recent ones.
+	out, err := agent.CLI("status")
+	if err != nil || !strings.Contains(out, "RECENT WARNINGS AND ERRORS (1 warning, 0 errors since start)") ||
+		!strings.Contains(out, `WARN  msg="admin socket removed while the agent ran: listening on a new one"`) {
+		t.Errorf("sluice status (%v) does not list the warning:\n%s", err, out)
+	}
+	if m, _ := lab.scrape(); m[`sluice_log_messages_total{level="warn"}`] != 1 {
+		t.Errorf("sluice_log_messages_total{level=\"warn\"} = %v, want 1", m[`sluice_log_messages_total{level="warn"}`])
+	}
 	if _, err := agent.CLI("reload"); err != nil {
 		t.Errorf("sluice reload through the new socket: %v", err)
 	}

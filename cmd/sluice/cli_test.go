@@ -48,6 +48,10 @@ func newFakeAgent() *fakeAgent {
 			Warnings:   []string{"/etc/sluice/sluice.yaml:31: services[2].upstream.insecure_skip_verify: warning: backend certificates are not verified"},
 			Runtime: &admin.Runtime{GOMAXPROCS: 3, GOGC: 400, GCPaced: true, HeapLiveBytes: 3 << 20,
 				EventLoops: 2, LoopConnections: 12, LoopSockets: 1},
+			Log: &admin.Log{Warnings: 7, Errors: 1, Recent: []admin.LogEntry{
+				{Time: testNow.Add(-2 * time.Minute), Level: "WARN", Text: `msg="listener closed under the agent: listening again" addr=0.0.0.0:443`},
+				{Time: testNow.Add(-5 * time.Second), Level: "ERROR", Text: "msg=\"a line\nbreak\" component=l7"},
+			}},
 			Services: []admin.Service{
 				{Name: "web-l4", Listen: "198.18.1.100:80", Protocol: "tcp", Mode: "nat", Pool: "web",
 					ID: 1, ActiveFlows: 3, Backends: 1, Packets: 1200, Bytes: 3 << 20, NewFlows: 40, RSTs: 2},
@@ -487,6 +491,10 @@ POOL  ADDRESS         SOURCE       STATE     CAUSE     AGE  FLOWS  REQUESTS  DRA
 web   198.18.2.11:80  backend.lab  active    dns       3h   2      4         -
 web   198.18.2.12:80  static       draining  operator  5s   1      0         25s
 dns   (no addresses)  -            -         -         -    -      -         -
+
+RECENT WARNINGS AND ERRORS (7 warnings, 1 error since start, the last 2 (the agent's log has them all)):
+  2026-01-02 03:08:00 UTC (2m ago) WARN  msg="listener closed under the agent: listening again" addr=0.0.0.0:443
+  2026-01-02 03:09:55 UTC (5s ago) ERROR msg="a line\nbreak" component=l7
 `
 	if out != want {
 		t.Errorf("status table:\n%s\nwant:\n%s", out, want)
@@ -500,6 +508,26 @@ func TestStatusRuntime(t *testing.T) {
 	writeRuntime(&b, &admin.Runtime{GOMAXPROCS: 2, GOGC: 100})
 	if want := "runtime: gomaxprocs 2, gc gogc 100 (the environment's GOGC), no http/1 event loops\n"; b.String() != want {
 		t.Errorf("runtime line %q, want %q", b.String(), want)
+	}
+}
+
+// TestStatusRecentLog: an agent that logged nothing says so in a line; an
+// older agent (no log in its status) prints nothing.
+func TestStatusRecentLog(t *testing.T) {
+	var b bytes.Buffer
+	writeRecentLog(&b, &admin.Log{}, testNow)
+	if want := "\nlog: 0 warnings, 0 errors since start\n"; b.String() != want {
+		t.Errorf("empty log %q, want %q", b.String(), want)
+	}
+	b.Reset()
+	writeRecentLog(&b, &admin.Log{Warnings: 1, Recent: []admin.LogEntry{{Time: testNow, Level: "WARN", Text: "msg=x"}}}, testNow)
+	if want := "\nRECENT WARNINGS AND ERRORS (1 warning, 0 errors since start):\n  2026-01-02 03:10:00 UTC (0s ago) WARN  msg=x\n"; b.String() != want {
+		t.Errorf("one warning %q, want %q", b.String(), want)
+	}
+	b.Reset()
+	writeRecentLog(&b, nil, testNow)
+	if b.Len() != 0 {
+		t.Errorf("no log from an older agent printed %q", b.String())
 	}
 }
 

@@ -31,6 +31,9 @@ An http service's requests are counted in a table of their own (the
 data path's flow and packet counters do not see them): requests, by
 status class, given up because the client went away, retries, and
 connections or requests refused at a limit, since the agent started.
+Last, how many warnings and errors the agent logged since it started,
+and the last 20 of them with their time (a listener the kernel closed,
+DNS servers not answering, a backend refused, a stuck event loop…).
 
 --json prints the admin API's status document.`,
 		maxArgs: 0,
@@ -130,6 +133,7 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 	fmt.Fprintln(w)
 	if len(st.Pools) == 0 {
 		fmt.Fprintln(w, "no pools")
+		writeRecentLog(w, st.Log, now)
 		return nil
 	}
 	t := newTable(w, "POOL", "ADDRESS", "SOURCE", "STATE", "CAUSE", "AGE", "FLOWS", "REQUESTS", "DRAIN LEFT")
@@ -144,7 +148,11 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 			t.row(p.Name, n.Address, n.Source, "not served", n.Reason, "-", "-", "-", "-")
 		}
 	}
-	return t.flush()
+	if err := t.flush(); err != nil {
+		return err
+	}
+	writeRecentLog(w, st.Log, now)
+	return nil
 }
 
 // writeHTTPCounts is the table of the http services' requests by

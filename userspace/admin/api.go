@@ -51,6 +51,25 @@ type Status struct {
 	// Runtime is how the agent's Go runtime runs (absent from older
 	// agents).
 	Runtime *Runtime `json:"runtime,omitempty"`
+	// Log is the agent's most recent warnings and errors (absent from
+	// older agents).
+	Log *Log `json:"log,omitempty"`
+}
+
+// Log is what the agent logged lately at level WARN or above: how many
+// since it started, and the last of them.
+type Log struct {
+	Warnings uint64     `json:"warnings"`
+	Errors   uint64     `json:"errors"`
+	Recent   []LogEntry `json:"recent,omitempty"` // oldest first
+}
+
+// LogEntry is one warning or error: its message and attributes as the
+// text log format writes them (key=value, quoted where needed).
+type LogEntry struct {
+	Time  time.Time `json:"time"`
+	Level string    `json:"level"` // WARN or ERROR
+	Text  string    `json:"text"`
 }
 
 // Runtime is the agent's Go runtime: its processors, the garbage

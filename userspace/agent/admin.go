@@ -44,6 +44,7 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 	a.mu.Unlock()
 	st.Node = a.nodeStatus(cfg)
 	st.Runtime = a.runtimeStatus()
+	st.Log = a.logStatus()
 	if lr, ok := a.rec.dp.(interface{ LayoutReset() []string }); ok {
 		st.LayoutReset = lr.LayoutReset()
 	}
@@ -404,4 +405,21 @@ func (a *agent) runtimeStatus() *admin.Runtime {
 		rt.EventLoops, rt.LoopConnections, rt.LoopSockets = st.Loops, int(st.Tasks), st.Conns
 	}
 	return rt
+}
+
+// recentLogEntries is how many of the last warnings and errors Status
+// shows.
+const recentLogEntries = 20
+
+// logStatus is the agent's recent warnings and errors (nil: not kept).
+func (a *agent) logStatus() *admin.Log {
+	if a.recentLog == nil {
+		return nil
+	}
+	w, e := a.recentLog.Counts()
+	out := &admin.Log{Warnings: w, Errors: e}
+	for _, en := range a.recentLog.Entries() {
+		out.Recent = append(out.Recent, admin.LogEntry{Time: en.Time, Level: en.Level.String(), Text: en.Text})
+	}
+	return out
 }

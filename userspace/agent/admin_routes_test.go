@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"log/slog"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/sluicelb/sluice/userspace/admin"
+	"github.com/sluicelb/sluice/userspace/logring"
 )
 
 // An http service with routes and no pool of its own lists its routes in
@@ -76,5 +78,34 @@ services:
 	rt := st.Runtime
 	if rt == nil || rt.GOMAXPROCS < 1 || rt.GOGC == 0 || rt.GCPaced || rt.EventLoops != 0 {
 		t.Fatalf("runtime status %+v; want GOMAXPROCS and GOGC set, not paced, no loops", rt)
+	}
+}
+
+// The status lists the agent's last warnings and errors: a refused reload
+// is one.
+func TestStatusRecentLog(t *testing.T) {
+	ring := logring.New(5)
+	h := newHarnessWith(t, nil, `interfaces: [veth0]
+pools:
+  - name: web
+    backends: [{address: 198.18.2.11:80}]
+services:
+  - {name: web, listen: 198.18.1.100:80, protocol: tcp, pool: web}
+`, func(o *options) {
+		o.recentLog = ring
+		o.log = slog.New(ring.Handler(slog.DiscardHandler))
+	})
+	h.write("pools: [")
+	if err := h.a.Reload(h.ctx); err == nil {
+		t.Fatal("a broken config reloaded")
+	}
+	st, err := h.a.Status(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := st.Log
+	if l == nil || l.Errors != 1 || l.Warnings != 0 || len(l.Recent) != 1 ||
+		l.Recent[0].Level != "ERROR" || !strings.HasPrefix(l.Recent[0].Text, `msg="reload refused, the running config stays" config=`) {
+		t.Fatalf("status log %+v; want the refused reload", l)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
 	"github.com/sluicelb/sluice/userspace/discovery"
+	"github.com/sluicelb/sluice/userspace/logring"
 	"github.com/sluicelb/sluice/userspace/logthrottle"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/pool"
@@ -104,6 +105,9 @@ type options struct {
 	// l7Ping checks the L7 stage's event loops (nil: the stage's own,
 	// l7Stage.ping).
 	l7Ping func(timeout time.Duration) error
+	// recentLog holds the last warnings and errors logged (nil: none
+	// kept), shown by Status.
+	recentLog *logring.Ring
 }
 
 // poolState is a pool the agent runs: configured, or dropped from the
@@ -158,6 +162,8 @@ type agent struct {
 	pinWarn *logthrottle.Warning
 	// stdoutJournal: stdout is the systemd journal (see warnJournal).
 	stdoutJournal bool
+	// recentLog holds the last warnings and errors (nil: none kept).
+	recentLog *logring.Ring
 	// reloadMu serializes reloads: apply, then the watcher and L7 syncs,
 	// which run without mu.
 	reloadMu sync.Mutex
@@ -224,6 +230,7 @@ func newAgent(dp datapath.Map, o options) *agent {
 		notify:        o.notify,
 		pinWarn:       logthrottle.New(o.log, 10*time.Second),
 		stdoutJournal: o.stdoutJournal,
+		recentLog:     o.recentLog,
 	}
 	a.dns = newDNSAdapter(o.log, forgetName)
 	if o.dns != nil {

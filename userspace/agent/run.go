@@ -38,6 +38,7 @@ import (
 	"github.com/sluicelb/sluice/userspace/announce"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
+	"github.com/sluicelb/sluice/userspace/logring"
 	"github.com/sluicelb/sluice/userspace/metrics"
 	"github.com/sluicelb/sluice/userspace/sdnotify"
 )
@@ -74,6 +75,10 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// The last warnings and errors, for sluice status (kept from the
+	// first line on: a config warning at start is one of them).
+	recent := logring.New(recentLogEntries)
+	log = slog.New(recent.Handler(log.Handler()))
 	cfg, err := config.Load(configPath)
 	if err != nil {
 		return fmt.Errorf("load config: %w", err)
@@ -126,7 +131,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	// The owners are built bottom up in one pass: metrics first (every
 	// owner reports to it), then the agent with its owners, then the data
 	// path collector, which reads the agent at scrape time.
-	m := metrics.New(metrics.Options{Version: version, Logger: log.With("component", "metrics")})
+	m := metrics.New(metrics.Options{Version: version, Logger: log.With("component", "metrics"), LogCounts: recent.Counts})
 	var ann *announce.Announcer
 	if b := cfg.BGP; b != nil {
 		// The routes are the kernel's: the agent exiting (or dying)
@@ -159,6 +164,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 		announce:      ann,
 		notify:        ro.Notify,
 		stdoutJournal: ro.StdoutJournal,
+		recentLog:     recent,
 	})
 	m.Registry().MustRegister(metrics.NewCollector(dp, a.topology(), cfg.Datapath.ConntrackMax))
 	defer func() {

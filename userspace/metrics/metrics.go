@@ -65,6 +65,9 @@ type Options struct {
 	// NoRuntimeCollectors leaves out the Go runtime and process
 	// collectors (tests that compare whole outputs).
 	NoRuntimeCollectors bool
+	// LogCounts, when set, gives how many warnings and errors the agent
+	// logged since it started (sluice_log_messages_total).
+	LogCounts func() (warnings, errors uint64)
 }
 
 // Metrics owns the agent's registry and everything registered on it.
@@ -104,6 +107,21 @@ func New(o Options) *Metrics {
 	})
 	build.Set(1)
 	m.reg.MustRegister(build)
+	if lc := o.LogCounts; lc != nil {
+		for _, level := range []string{"warn", "error"} {
+			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name:        "sluice_log_messages_total",
+				Help:        "Warnings and errors the agent logged since it started, by level.",
+				ConstLabels: prometheus.Labels{"level": level},
+			}, func() float64 {
+				w, e := lc()
+				if level == "warn" {
+					return float64(w)
+				}
+				return float64(e)
+			}))
+		}
+	}
 	if o.DataPath != nil {
 		m.dp = newCollector(o.DataPath, o.Topology, o.ConntrackCapacity)
 		m.reg.MustRegister(m.dp)

@@ -395,6 +395,18 @@ func TestNoDataPath(t *testing.T) {
 	}
 }
 
+// The agent's warning and error counts, read at scrape time.
+func TestLogCounts(t *testing.T) {
+	w, e := uint64(3), uint64(1)
+	m := New(Options{Version: "v", NoRuntimeCollectors: true, LogCounts: func() (uint64, uint64) { return w, e }})
+	check(t, gather(t, m.Registry()), []want{
+		{"sluice_log_messages_total", "level=warn", 3},
+		{"sluice_log_messages_total", "level=error", 1},
+	})
+	w = 5
+	check(t, gather(t, m.Registry()), []want{{"sluice_log_messages_total", "level=warn", 5}})
+}
+
 var (
 	a1 = netip.MustParseAddrPort("198.18.2.11:80")
 	a2 = netip.MustParseAddrPort("198.18.2.12:80")
@@ -576,7 +588,8 @@ func TestL7(t *testing.T) {
 func populated(t *testing.T) *Metrics {
 	t.Helper()
 	dp, topo := newFixture()
-	m := New(Options{Version: "test", DataPath: dp, Topology: topo, ConntrackCapacity: 1024})
+	m := New(Options{Version: "test", DataPath: dp, Topology: topo, ConntrackCapacity: 1024,
+		LogCounts: func() (uint64, uint64) { return 2, 0 }})
 	m.Agent.Transition(pool.Transition{Pool: "web", Addr: a1, From: pool.Active, To: pool.Draining, Cause: "operator", At: time.Unix(1, 0)})
 	m.Agent.Transition(pool.Transition{Pool: "web", Addr: a1, From: pool.Draining, To: pool.Removed, Cause: "no-flows", At: time.Unix(5, 0)})
 	m.Agent.DNSLookup("backend.lab", "servfail")
