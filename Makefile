@@ -96,6 +96,11 @@ dashboard-check:
 
 test: deps check-generated unit fuzz dashboard-check e2e
 
+# make test fuzzes each target for 5 s (a smoke run that keeps the suite
+# within CI's 20 minutes; `make fuzz` runs FUZZTIME, 10 s, and
+# `make test FUZZTIME=30s` more). The targets' seed corpora run in unit.
+test: FUZZTIME = 5s
+
 demo: deps build testbins
 	scripts/demo.sh
 

@@ -54,6 +54,7 @@ func (a *Agent) waitStates(t *testing.T, timeout time.Duration, want map[string]
 // about one TTL, connections on the old addresses go on until drain_timeout
 // and are then reset (not left to time out), no restart or reload involved.
 func TestDNSChange(t *testing.T) {
+	parallel(t)
 	const drainTimeout = 4 * time.Second
 	lab := newLab(t)
 	lab.StartBackends()
@@ -181,6 +182,7 @@ func TestDNSChange(t *testing.T) {
 // backend into its pool: every new L4 connection and every HTTP request
 // reaches be1, none fails, and status lists the others as refused.
 func TestDNSForbiddenAnswers(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
@@ -241,6 +243,7 @@ func TestDNSForbiddenAnswers(t *testing.T) {
 // lab resolv.conf bound over /etc/resolv.conf; the old server is stopped
 // once the file names the new one, which answers another address.
 func TestDNSFollowsResolvConf(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	old := lab.StartDNS("backend.lab. 1 A 198.18.2.11\n")
@@ -288,6 +291,7 @@ func TestDNSFollowsResolvConf(t *testing.T) {
 // it had it admitted before; now it leaves the pool and status lists it
 // as refused, as it would have been from the start.
 func TestHostAddressGainedWhileRunning(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.StartDNS("backend.lab. 1 A 198.18.2.11\nbackend.lab. 1 A 198.18.2.12\n")

@@ -41,6 +41,7 @@ func (l *Lab) dnsFailures(kind string) float64 {
 // (counted by kind) and traffic keeps flowing to the last good addresses;
 // nothing drains.
 func TestDNSFaults(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	dns := lab.StartDNS(twoBackends)
@@ -84,6 +85,7 @@ func TestDNSFaults(t *testing.T) {
 // vanishes for a moment must not empty the pool: traffic keeps flowing to
 // the last good addresses for dns.nxdomain_hold, then they drain.
 func TestDNSNXDomainHold(t *testing.T) {
+	parallel(t)
 	const hold = 3 * time.Second
 	lab := newLab(t)
 	lab.StartBackends()

@@ -118,6 +118,7 @@ const (
 // connections to be1 in that window are refused at once (an RST, never a
 // timeout) and new connections follow the name within one agent tick.
 func TestDNSMoveOldAddressRefuses(t *testing.T) {
+	parallel(t)
 	t.Run("l4 and http", func(t *testing.T) { dnsMoveUnderLoad(t, true) })
 	// Without HTTP traffic nothing triggers the lookup before the agent's
 	// tick reads the data path's refusals: the bound docs/dns.md gives.
@@ -264,6 +265,7 @@ func checkHTTPFollowed(t *testing.T, lab *Lab, agent *Agent, httpEv *eventLog, h
 // deadline (the wait for an unchanged answer adds a lookup, not a
 // timeout); L4 clients get the backend's RST at once, never a timeout.
 func TestDNSOnlyAddressRefusesNoMove(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)

@@ -110,6 +110,7 @@ func readGRPCLog(t *testing.T, path string) []grpcLogLine {
 // counts grpc-unavailable); bidirectional streams work end to end, their
 // grpc-status (a trailer) in the access log.
 func TestGRPCFailoverEjection(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.startGRPCBackends(map[string][]string{"be1": nil, "be2": {"--unavailable"}})
 	lab.AddLocalVIP(httpVIP)
@@ -180,6 +181,7 @@ func TestGRPCFailoverEjection(t *testing.T) {
 // drained, not cut), and then sluice's HTTP/2 connection to be1 is
 // closed: nothing keeps traffic on an address DNS no longer returns.
 func TestGRPCDNSMove(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	procs := lab.startGRPCBackends(map[string][]string{"be1": nil, "be2": nil})
 	lab.AddLocalVIP(httpVIP)

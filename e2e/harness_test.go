@@ -144,6 +144,21 @@ func buildAll(root, dir string) error {
 	return nil
 }
 
+// parallel lets a test run next to others (go test -parallel: as many as
+// the machine has CPUs, 2 on the lab machine), each in its own lab: for
+// tests that mostly wait (TTLs, drains, timers, a restart) and make light
+// traffic, which is most of them. Tests that make load or count what load
+// did (floods, spreads, a rate), build releases, run several agents (the
+// clusters) or run h2spec stay serial: a neighbour would change what they
+// measure. E2E_SERIAL=1 runs every test alone, to tell a failure from a
+// neighbour's disturbance.
+func parallel(t *testing.T) {
+	t.Helper()
+	if os.Getenv("E2E_SERIAL") == "" {
+		t.Parallel()
+	}
+}
+
 // requireLab skips (or fails in CI, testenv's rule) when the lab cannot
 // run here.
 func requireLab(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 // L4 data path (no live request is sacrificed to learn it) and bring it
 // back after `rise` good checks.
 func TestHealthCheck(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{Health: true})

@@ -15,6 +15,7 @@ import (
 // handshake can take hundreds of milliseconds, and a check that times out
 // ejects with cause health:timeout, not the health:status asserted here.
 func TestL7HTTPSHealthCheck(t *testing.T) {
+	parallel(t)
 	cert, key := writeTestCert(t, t.TempDir(), "backend.lab")
 	pool := fmt.Sprintf(`  - name: tlsweb
     backends:

@@ -19,6 +19,7 @@ var icmperrBin string
 // kernel then finds its UDP socket from the quote and learns the path MTU to
 // the client. Untranslated, the error dies in the lb and no backend learns.
 func TestICMPFragNeeded(t *testing.T) {
+	parallel(t)
 	const (
 		client     = "198.18.0.2"
 		clientPort = 41000

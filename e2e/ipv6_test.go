@@ -38,6 +38,7 @@ func startL7v6(t *testing.T, lab *Lab, c agentConfig) *Agent {
 // client's IPv6 address in X-Forwarded-For, X-Real-IP and Forwarded
 // (quoted, bracketed); the access log and status show IPv6 addresses.
 func TestL7IPv6(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := startL7v6(t, lab, agentConfig{Backends: []string{"be1v6", "be2v6", "be3v6"}})
@@ -86,6 +87,7 @@ func TestL7IPv6(t *testing.T) {
 // follows within TTL + 1 s, no request fails, none goes back to the old
 // address.
 func TestL7IPv6DNSMove(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	dns := lab.StartDNS("backend.lab. 1 AAAA 2001:2:0:2::11\n")
@@ -119,6 +121,7 @@ func TestL7IPv6DNSMove(t *testing.T) {
 // on IPv6, be3 on both) serves an IPv4 and an IPv6 http service at once,
 // and the IPv4 L4 service: each sends only to its own family's addresses.
 func TestDualStackPool(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
@@ -162,6 +165,7 @@ func TestDualStackPool(t *testing.T) {
 // backend (the IPv6 service stops sending to it, no request fails) and
 // bring it back after rise good checks.
 func TestHealthCheckIPv6(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := startL7v6(t, lab, agentConfig{Health: true, Ejection: noEjection, Backends: []string{"be1v6", "be2v6", "be3v6"}})

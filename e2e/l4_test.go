@@ -74,6 +74,7 @@ func TestUDPSpread(t *testing.T) {
 // drains and new connections avoid it; after drain_timeout the pinned flow
 // gets an RST (not a timeout) and a reconnect lands elsewhere.
 func TestDrain(t *testing.T) {
+	parallel(t)
 	const drainTimeout = 3 * time.Second
 	lab := newLab(t)
 	lab.StartBackends()
@@ -251,6 +252,7 @@ func assertKeepAliveSurvived(t *testing.T, load *Proc, what string) Report {
 // stopped (SIGTERM) or killed (SIGKILL) and after it restarts and adopts the
 // pinned state: no established connection breaks, no request fails.
 func TestAgentRestart(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{})
@@ -299,6 +301,7 @@ func TestAgentRestart(t *testing.T) {
 
 // TestPinnedMaps: the maps and links are pinned, and bpftool reads them with BTF.
 func TestPinnedMaps(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{})
@@ -375,6 +378,7 @@ func bpftool(args ...string) (string, error) {
 // TestNonVIPUntouched: traffic that is not to a service passes the data path
 // unchanged: the client reaches the lb's own address and a backend directly.
 func TestNonVIPUntouched(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.Start("lb-http", "lb", env.backend, "--listen", "198.18.0.1:8080", "--name", "lb")
@@ -411,6 +415,7 @@ func TestNonVIPUntouched(t *testing.T) {
 // connection with a TCP RST at once (the client sees "connection refused"),
 // not with silence and a timeout.
 func TestNoBackendRST(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{DrainTimeout: 2 * time.Second})
@@ -458,6 +463,7 @@ func TestNoBackendRST(t *testing.T) {
 // previous flow went to a now-draining backend picks again: a SYN never
 // follows a closing conntrack entry to a backend that takes no new flows.
 func TestDrainPortReuse(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{DrainTimeout: 30 * time.Second})
@@ -485,6 +491,7 @@ func TestDrainPortReuse(t *testing.T) {
 // connection (a removed backend drains); an invalid file is refused and the
 // running config stays.
 func TestReload(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{})
@@ -555,6 +562,7 @@ func TestReload(t *testing.T) {
 // TestMetrics: the Prometheus endpoint (and `sluice status --json`) count
 // what was sent: packets, flows, an ejection by the L7 stage, a drain.
 func TestMetrics(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
@@ -672,6 +680,7 @@ func (l *Lab) scrapeHost(host string) (map[string]float64, string) {
 // TestSNAT: in snat mode the backends see sluice's address, not the
 // client's, so they need no route back through sluice: here they have none.
 func TestSNAT(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	// Backends without a route to the client network: only snat can work.
@@ -721,6 +730,7 @@ func TestSNAT(t *testing.T) {
 // TestConntrackCLI: `sluice conntrack` shows the live flows, filtered by
 // backend, through the agent and (agent stopped) from the pinned maps.
 func TestConntrackCLI(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{})
@@ -803,6 +813,7 @@ func TestConntrackCLI(t *testing.T) {
 // says so with a non-zero exit; `sluice status` lists what did not apply
 // until a reload applies everything.
 func TestReloadInPart(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{})
@@ -843,6 +854,7 @@ func TestReloadInPart(t *testing.T) {
 // by another tool (bpftool link detach) is attached again by the agent
 // within a tick or two, says so in its log, and VIP traffic flows again.
 func TestXDPReattached(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{})

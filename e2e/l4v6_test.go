@@ -22,6 +22,7 @@ var v6Backends = []string{"be1v6", "be2v6", "be3v6"}
 // lists the IPv6 flows; a kill -9 of the agent breaks no connection and the
 // restarted agent adopts the IPv6 state.
 func TestL4IPv6(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	agent := lab.StartAgent(agentConfig{Backends: v6Backends, L4v6: true, DrainTimeout: 30 * time.Second})
@@ -116,6 +117,7 @@ func TestL4IPv6(t *testing.T) {
 // TestL4IPv6SNAT: an IPv6 snat service reaches backends that have no route
 // back to the clients; the backend sees the lb's IPv6 address as the peer.
 func TestL4IPv6SNAT(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	for _, be := range []string{"be1", "be2", "be3"} {
@@ -147,6 +149,7 @@ func TestL4IPv6SNAT(t *testing.T) {
 // moves, new connections to the IPv6 VIP follow within TTL + 1 s, none
 // fails, none goes back to the old address.
 func TestL4IPv6DNSMove(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	dns := lab.StartDNS("backend.lab. 1 AAAA 2001:2:0:2::11\n")
@@ -214,6 +217,7 @@ func TestL4IPv6DNSMove(t *testing.T) {
 // on IPv6, be3 on both) behind an IPv4 and an IPv6 tcp VIP at once: each
 // VIP sends only to its own family's addresses, none fails.
 func TestL4DualStack(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.StartAgent(agentConfig{Backends: []string{"be1", "be2v6", "be3", "be3v6"}, L4v6: true})

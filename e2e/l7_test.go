@@ -25,6 +25,7 @@ func (l *Lab) setFail(be string, status int) {
 // another backend), it is ejected on its own (no status list to write, no
 // request sacrificed per window), and it comes back once it is healthy.
 func TestL7Failover(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
@@ -133,6 +134,7 @@ func followMove(t *testing.T, events <-chan string, from, to string, limit time.
 // connection and every request survive, and once a request has reached be2
 // none goes to the old address again (no pooled connection keeps dialing it).
 func TestL7DNSChange(t *testing.T) {
+	parallel(t)
 	l7DNSChange(t, nil)
 }
 
@@ -272,6 +274,7 @@ func stopOneConnection(t *testing.T, load *Proc, what string) {
 // pinned to a removed backend — instead of holding the removed address
 // for as long as the backend keeps sending.
 func TestL7DrainEndsLongResponses(t *testing.T) {
+	parallel(t)
 	const drainTimeout = 5 * time.Second // room for a slow CLI before the status check
 	lab := newLab(t)
 	lab.StartBackends()

@@ -272,6 +272,7 @@ const noEjection = "{failures: 0}"
 // TestL7RetryRules: which failed requests are retried, and that a request
 // whose bytes reached a backend is executed once unless it is declared safe.
 func TestL7RetryRules(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{
 		Ejection: noEjection,
 		Retry: "{attempts: 3, on: [connect-failure, reset, timeout, 502, 503, 504], methods: [GET, HEAD], " +
@@ -397,6 +398,7 @@ func TestL7RetryRules(t *testing.T) {
 // (504); retried tries share one `timeouts.total` deadline, so three slow
 // tries end at total, not at the sum of their phases.
 func TestL7Timeouts(t *testing.T) {
+	parallel(t)
 	const read, total = time.Second, 2500 * time.Millisecond
 	lab, agent := startL7(t, agentConfig{Ejection: noEjection, Timeouts: "{connect: 1s, read: 1s, total: 2500ms}"})
 
@@ -441,6 +443,7 @@ func TestL7Timeouts(t *testing.T) {
 // long when the trial fails, and is back for good when one succeeds. The
 // clients see 200s throughout.
 func TestL7EjectionTrial(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{
 		Ejection: "{failures: 2, window: 10s, base_time: 1s, max_time: 8s, max_ejected_percent: 50}",
 	})
@@ -572,6 +575,7 @@ func agentLogEvents(a *Agent, msg, addr string, since time.Time) []logEvent {
 // against requests sent), and no more than max_ejected_percent of the pool
 // is ejected.
 func TestL7RetryBudget(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{})
 	for _, be := range []string{"be1", "be2", "be3"} {
 		lab.setFail(be, 503)
@@ -649,6 +653,7 @@ next:
 // service's pool and timeouts under keep-alive and new-connection load lose
 // no request and no client connection.
 func TestL7Reload(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{})
 	const conns = 4
 	keep := lab.StartLoad("keepalive", nil, "--url", httpURL, "--mode", "keepalive",
@@ -702,6 +707,7 @@ func TestL7Reload(t *testing.T) {
 // through a healthy ALB node — is retried on another backend every time and
 // never ejected.
 func TestL7RetryWithoutEjection(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{
 		Ejection: "{failures: 2, window: 10s, base_time: 1s, max_time: 8s, max_ejected_percent: 50, on: [connect-failure, reset, timeout]}",
 		Retry:    "{attempts: 3, on: [503], methods: [GET, HEAD]}",

@@ -82,6 +82,7 @@ var httpAddr = httpVIP + ":80"
 // the client left); a client that sends its header slowly is closed at
 // client.header_timeout while normal requests go on unaffected.
 func TestL7ClientDeadlines(t *testing.T) {
+	parallel(t)
 	const total, headerTimeout = 2 * time.Second, time.Second
 	lab, agent := startL7(t, agentConfig{
 		Ejection:  noEjection,
@@ -186,6 +187,7 @@ func readResponse(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) (
 // max_body_bytes 413 (declared or chunked), requests past max_requests a
 // fast 503 with Retry-After, connections past max_connections closed.
 func TestL7Limits(t *testing.T) {
+	parallel(t)
 	lab, _ := startL7(t, agentConfig{
 		Ejection:  noEjection,
 		Timeouts:  "{connect: 1s, read: 5s, total: 8s}",
@@ -273,6 +275,7 @@ func (l *Lab) rawSeen(be, b string) int {
 // an Upgrade: h2c is refused (the request goes on as plain HTTP/1.1 and
 // the connection stays HTTP); an h2c preface is refused where h2c is off.
 func TestL7StrictTranslation(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{
 		Ejection:  noEjection,
 		Backends:  []string{"be1"},
@@ -350,6 +353,7 @@ func TestL7StrictTranslation(t *testing.T) {
 // Forwarded replaced by ours, X-Forwarded-For appended to. Checked on the
 // bytes the backend read.
 func TestL7ForwardingHeaders(t *testing.T) {
+	parallel(t)
 	lab, _ := startL7(t, agentConfig{Ejection: noEjection, Backends: []string{"be1"}})
 	m := newRID("spoof")
 	r := lab.curl("GET", httpURL+"?rid="+m,
@@ -381,6 +385,7 @@ func TestL7ForwardingHeaders(t *testing.T) {
 // never reads) does not stall requests: lines beyond the writer's queue
 // are dropped and counted.
 func TestL7AccessLogBlocked(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	lab.AddLocalVIP(httpVIP)
@@ -463,6 +468,7 @@ func TestL7RapidReset(t *testing.T) {
 // though a client chose the headers (the test backend reflects
 // ?echo=NAME as X-Echo-NAME). Just under the count limit it passes.
 func TestL7ResponseHeaderLimits(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{
 		Timeouts:  "{connect: 1s, read: 5s, total: 8s}",
 		HTTPExtra: "    client: {max_header_bytes: 262144}\n", // room for the request reflected below
@@ -525,6 +531,7 @@ const longEjection = "{failures: 2, window: 60s, base_time: 60s, max_time: 120s,
 // a 502 of sluice's own, and no backend is counted as failing however
 // many such uploads a client sends.
 func TestL7EarlyResponse(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{Timeouts: "{connect: 1s, read: 5s, total: 8s}", Ejection: longEjection})
 	file := filepath.Join(t.TempDir(), "upload")
 	if err := os.WriteFile(file, make([]byte, 8<<20), 0o644); err != nil {
@@ -551,6 +558,7 @@ func TestL7EarlyResponse(t *testing.T) {
 // within about a second (upstream.AnswerProbe), not at the send or total
 // timeout, and is not counted as failing.
 func TestL7EarlyResponseWithoutClose(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{Timeouts: "{connect: 1s, send: 10s, read: 5s, total: 12s}", Ejection: longEjection})
 	file := filepath.Join(t.TempDir(), "upload")
 	if err := os.WriteFile(file, make([]byte, 32<<20), 0o644); err != nil {
@@ -582,6 +590,7 @@ func TestL7EarlyResponseWithoutClose(t *testing.T) {
 // backend's /upload drops a request whose body stalls for 500 ms). An
 // upload at the client's pace goes through.
 func TestL7ClientStallSparesBackends(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{Timeouts: "{connect: 1s, read: 5s, total: 8s}", Ejection: longEjection})
 	const n = 2 << 20
 	upload := func(rid string, stall time.Duration) (int, string) {
@@ -624,6 +633,7 @@ func TestL7ClientStallSparesBackends(t *testing.T) {
 // address cannot hold a listener's requests or connections: past its
 // share, a fast 429 with Retry-After and a connection closed at once.
 func TestL7PerIPLimits(t *testing.T) {
+	parallel(t)
 	lab, _ := startL7(t, agentConfig{
 		Ejection: noEjection,
 		Timeouts: "{connect: 1s, read: 5s, total: 8s}",
@@ -682,6 +692,7 @@ func TestL7PerIPLimits(t *testing.T) {
 // would share one place) nor not at all (one client could take every
 // request slot through a CDN or a cloud load balancer).
 func TestL7PerIPLimitsBehindProxy(t *testing.T) {
+	parallel(t)
 	lab, _ := startL7(t, agentConfig{
 		Ejection: noEjection,
 		Timeouts: "{connect: 1s, read: 5s, total: 8s}",
@@ -718,6 +729,7 @@ func TestL7PerIPLimitsBehindProxy(t *testing.T) {
 // long before timeouts.total, and the backend connection the upload was
 // streaming to is given up; a client at its pace is not affected.
 func TestL7BodyTimeout(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{
 		Timeouts:  "{connect: 1s, read: 5s, total: 20s}",
 		HTTPExtra: "    client: {body_timeout: 1s}\n",

@@ -15,6 +15,7 @@ import (
 // once, and the send again shows in the try's "resent" and in
 // sluice_l7_upstream_stale_resends_total.
 func TestL7BackendClosesIdleSooner(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.startBackend("be1", "--idle-timeout", "50ms")
 	lab.waitBackend("be1")

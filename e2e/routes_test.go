@@ -60,6 +60,7 @@ func header(r HTTPResult, name string) string {
 // the route; a reload adding a site (a new pool: the listener is handed to
 // a new server) fails no request of a load running through it.
 func TestL7Routes(t *testing.T) {
+	parallel(t)
 	lab, agent := startL7(t, agentConfig{Backends: []string{"be1"}, ExtraPools: routePools, HTTPExtra: routesHTTP})
 	for _, c := range []struct {
 		host, path    string
@@ -190,6 +191,7 @@ func tlsGet(lab *Lab, name, host string) (code int, cn, backend string) {
 // request for another certificate's host on a connection (coalescing)
 // gets 421.
 func TestL7SNICertificates(t *testing.T) {
+	parallel(t)
 	dir := t.TempDir()
 	mk := func(name string) (string, string) { return writeTestCert(t, filepath.Join(dir, name), name) }
 	for _, d := range []string{"default.lab", "a.lab", "*.b.lab"} {
@@ -248,6 +250,7 @@ func TestL7SNICertificates(t *testing.T) {
 // upstream.verify_name (neither the SNI nor the Host); the default route
 // sends no name of its own.
 func TestL7RouteUpstreamTLS(t *testing.T) {
+	parallel(t)
 	cert, key := writeTestCert(t, t.TempDir(), "backend.lab")
 	pools := `  - name: tlsdef
     backends: [{address: 198.18.2.11:8443}]

@@ -12,6 +12,7 @@ import (
 // connections work side by side; the backends have no route back to the
 // clients at all.
 func TestSNATSamePort(t *testing.T) {
+	parallel(t)
 	lab := newLab(t)
 	lab.StartBackends()
 	for _, be := range []string{"be1", "be2", "be3"} {

@@ -61,16 +61,19 @@ services:
 	}
 }
 
-// The status says how the Go runtime runs: its processors and the
-// collector's setting (in tests: not paced, no HTTP stage, no loops).
-func TestStatusRuntime(t *testing.T) {
-	h := newHarnessWith(t, nil, `interfaces: [veth0]
+// oneL4Service is a config of one tcp service and its pool.
+const oneL4Service = `interfaces: [veth0]
 pools:
   - name: web
     backends: [{address: 198.18.2.11:80}]
 services:
   - {name: web, listen: 198.18.1.100:80, protocol: tcp, pool: web}
-`, nil)
+`
+
+// The status says how the Go runtime runs: its processors and the
+// collector's setting (in tests: not paced, no HTTP stage, no loops).
+func TestStatusRuntime(t *testing.T) {
+	h := newHarnessWith(t, nil, oneL4Service, nil)
 	st, err := h.a.Status(h.ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -85,13 +88,7 @@ services:
 // is one.
 func TestStatusRecentLog(t *testing.T) {
 	ring := logring.New(5)
-	h := newHarnessWith(t, nil, `interfaces: [veth0]
-pools:
-  - name: web
-    backends: [{address: 198.18.2.11:80}]
-services:
-  - {name: web, listen: 198.18.1.100:80, protocol: tcp, pool: web}
-`, func(o *options) {
+	h := newHarnessWith(t, nil, oneL4Service, func(o *options) {
 		o.recentLog = ring
 		o.log = slog.New(ring.Handler(slog.DiscardHandler))
 	})
