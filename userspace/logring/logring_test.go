@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -66,5 +67,31 @@ func TestRingClipsLongText(t *testing.T) {
 	}
 	if !strings.HasPrefix(txt, "msg=long v=é") {
 		t.Errorf("text %q", txt[:40])
+	}
+}
+
+// Loggers derived with attributes and groups share one ring; records from
+// many goroutines are each kept whole (go test -race checks the sharing).
+func TestRingConcurrent(t *testing.T) {
+	r := New(64)
+	base := slog.New(r.Handler(slog.DiscardHandler))
+	var wg sync.WaitGroup
+	for g := range 4 {
+		log := base.With("g", g).WithGroup("x")
+		wg.Go(func() {
+			for i := range 50 {
+				log.Warn("w", "i", i)
+				_ = r.Entries()
+			}
+		})
+	}
+	wg.Wait()
+	if w, _ := r.Counts(); w != 200 {
+		t.Errorf("%d warnings counted, want 200", w)
+	}
+	for _, e := range r.Entries() {
+		if !strings.HasPrefix(e.Text, "msg=w g=") || !strings.Contains(e.Text, " x.i=") {
+			t.Errorf("entry %q mixed up", e.Text)
+		}
 	}
 }
