@@ -24,9 +24,10 @@ import (
 )
 
 const (
-	unitFile    = "sluice.service"
-	exampleYAML = "sluice.yaml"
-	installSh   = "install.sh"
+	unitFile      = "sluice.service"
+	decapUnitFile = "sluice-decap.service"
+	exampleYAML   = "sluice.yaml"
+	installSh     = "install.sh"
 )
 
 // repoRoot is the repository's top directory (this package is deploy/).
@@ -299,32 +300,63 @@ func TestUnitFileSystemdAnalyze(t *testing.T) {
 	if err != nil {
 		t.Skip("systemd-analyze not installed; TestUnitFile checks the structure")
 	}
-	data, err := os.ReadFile(unitFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	path := filepath.Join(dir, unitFile)
-	data = bytes.ReplaceAll(data, []byte("/usr/local/bin/sluice"), []byte(self))
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, sa, "verify", "--man=no", path)
-	cmd.Env = append(envWithout("SYSTEMD_LOG_COLOR"), "SYSTEMD_LOG_COLOR=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(line, unitFile) {
-			t.Errorf("systemd-analyze verify: %s", line)
+	for _, unit := range []string{unitFile, decapUnitFile} {
+		data, err := os.ReadFile(unit)
+		if err != nil {
+			t.Fatal(err)
 		}
+		dir := t.TempDir()
+		path := filepath.Join(dir, unit)
+		data = bytes.ReplaceAll(data, []byte("/usr/local/bin/sluice"), []byte(self))
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, sa, "verify", "--man=no", path)
+		cmd.Env = append(envWithout("SYSTEMD_LOG_COLOR"), "SYSTEMD_LOG_COLOR=0")
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("systemd-analyze verify %s: %v\n%s", unit, err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, unit) {
+				t.Errorf("systemd-analyze verify: %s", line)
+			}
+		}
+	}
+}
+
+// TestDecapUnitFile: the dsr backend's unit keeps the program attached
+// (--keep) with the interfaces and VIPs of its environment file, with the
+// capabilities it needs and a writable /proc/sys (its setup writes
+// net.ipv4.conf.*).
+func TestDecapUnitFile(t *testing.T) {
+	u := parseUnit(t, []byte(mustRead(t, decapUnitFile)))
+	for _, e := range []struct{ section, key, want string }{
+		{"Service", "ExecStart", "/usr/local/bin/sluice decap attach --keep $DECAP_ARGS"},
+		{"Service", "EnvironmentFile", "/etc/default/sluice-decap"},
+		{"Service", "KillSignal", "SIGTERM"},
+		{"Service", "Restart", "on-failure"},
+		{"Service", "NoNewPrivileges", "yes"},
+		{"Service", "ReadWritePaths", "/sys/fs/bpf"},
+		{"Install", "WantedBy", "multi-user.target"},
+	} {
+		if got := u.one(t, e.section, e.key); got != e.want {
+			t.Errorf("[%s] %s=%q, want %q", e.section, e.key, got, e.want)
+		}
+	}
+	caps := strings.Fields(u.one(t, "Service", "CapabilityBoundingSet"))
+	slices.Sort(caps)
+	if want := []string{"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"}; !slices.Equal(caps, want) {
+		t.Errorf("CapabilityBoundingSet=%v, want %v", caps, want)
+	}
+	if _, ok := u["Service"]["ProtectKernelTunables"]; ok {
+		t.Error("ProtectKernelTunables set: the setup's sysctls would fail")
 	}
 }
 
@@ -379,6 +411,8 @@ func TestInstall(t *testing.T) {
 	for p, mode := range map[string]os.FileMode{
 		"/usr/local/bin/sluice":                           0o755,
 		"/etc/systemd/system/sluice.service":              0o644,
+		"/etc/systemd/system/sluice-decap.service":        0o644,
+		"/usr/local/share/doc/sluice/scale-out.md":        0o644,
 		"/etc/sluice/sluice.yaml":                         0o644,
 		"/usr/local/share/doc/sluice/sluice.yaml.example": 0o644,
 		"/usr/local/share/doc/sluice/operations.md":       0o644,
@@ -416,9 +450,14 @@ func TestInstall(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dest, "/opt/sluice/bin/sluice")); err != nil {
 		t.Errorf("PREFIX=/opt/sluice: %v", err)
 	}
+	d := parseUnit(t, []byte(read("/etc/systemd/system/sluice-decap.service")))
+	if got, want := d.one(t, "Service", "ExecStart"), "/opt/sluice/bin/sluice decap attach --keep $DECAP_ARGS"; got != want {
+		t.Errorf("PREFIX=/opt/sluice: the decap unit's ExecStart=%q, want %q", got, want)
+	}
 
 	run([]string{"PREFIX=/opt/sluice"}, "uninstall")
-	for _, p := range []string{"/opt/sluice/bin/sluice", "/etc/systemd/system/sluice.service", "/opt/sluice/share/doc/sluice", "/etc/logrotate.d/sluice"} {
+	for _, p := range []string{"/opt/sluice/bin/sluice", "/etc/systemd/system/sluice.service", "/etc/systemd/system/sluice-decap.service",
+		"/opt/sluice/share/doc/sluice", "/etc/logrotate.d/sluice"} {
 		if _, err := os.Stat(filepath.Join(dest, p)); !os.IsNotExist(err) {
 			t.Errorf("after uninstall %s: %v, want it gone", p, err)
 		}

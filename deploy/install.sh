@@ -7,9 +7,10 @@
 # What goes where (DESTDIR is prepended to every path, for packaging):
 #   $PREFIX/bin/sluice                        the binary (bin/sluice: `make build` first)
 #   $UNITDIR/sluice.service                   the unit, ExecStart pointing at that binary
+#   $UNITDIR/sluice-decap.service             a dsr backend's unit (sluice decap attach --keep), not enabled
 #   $SYSCONFDIR/sluice.yaml                   the example config, only if none is there
 #   $LOGROTATEDIR/sluice                      rotation of /var/log/sluice/*.log, only if none is there
-#   $PREFIX/share/doc/sluice/                 operations.md, sluice.yaml.example
+#   $PREFIX/share/doc/sluice/                 operations.md, scale-out.md, sluice.yaml.example
 #
 # Environment: DESTDIR (empty), PREFIX (/usr/local), UNITDIR
 # (/etc/systemd/system), SYSCONFDIR (/etc/sluice), LOGROTATEDIR
@@ -58,17 +59,21 @@ do_install() {
 	mv -f "$DESTDIR$bindir/.sluice.new" "$DESTDIR$bindir/sluice"
 	log "$DESTDIR$bindir/sluice"
 
-	# The unit names the installed binary and config.
-	sed -e "s#/usr/local/bin/sluice#$bindir/sluice#g" \
-		-e "s#/etc/sluice/sluice.yaml#$SYSCONFDIR/sluice.yaml#g" \
-		-e "s#/usr/local/share/doc/sluice#$docdir#g" \
-		"$repo_root/deploy/sluice.service" >"$DESTDIR$UNITDIR/.sluice.service.new"
-	chmod 0644 "$DESTDIR$UNITDIR/.sluice.service.new"
-	mv -f "$DESTDIR$UNITDIR/.sluice.service.new" "$DESTDIR$UNITDIR/sluice.service"
-	log "$DESTDIR$UNITDIR/sluice.service"
+	# The units name the installed binary, config and docs.
+	local unit
+	for unit in sluice.service sluice-decap.service; do
+		sed -e "s#/usr/local/bin/sluice#$bindir/sluice#g" \
+			-e "s#/etc/sluice/sluice.yaml#$SYSCONFDIR/sluice.yaml#g" \
+			-e "s#/usr/local/share/doc/sluice#$docdir#g" \
+			"$repo_root/deploy/$unit" >"$DESTDIR$UNITDIR/.$unit.new"
+		chmod 0644 "$DESTDIR$UNITDIR/.$unit.new"
+		mv -f "$DESTDIR$UNITDIR/.$unit.new" "$DESTDIR$UNITDIR/$unit"
+		log "$DESTDIR$UNITDIR/$unit"
+	done
 
 	install -m 0644 "$repo_root/deploy/sluice.yaml" "$DESTDIR$docdir/sluice.yaml.example"
 	install -m 0644 "$repo_root/docs/operations.md" "$DESTDIR$docdir/operations.md"
+	install -m 0644 "$repo_root/docs/scale-out.md" "$DESTDIR$docdir/scale-out.md"
 	if [[ -e $DESTDIR$SYSCONFDIR/sluice.yaml ]]; then
 		log "$DESTDIR$SYSCONFDIR/sluice.yaml exists: kept (example: $docdir/sluice.yaml.example)"
 	else
@@ -91,7 +96,7 @@ do_uninstall() {
 	if [[ -z $DESTDIR && $EUID -ne 0 ]]; then
 		die "uninstalling from / needs root (or set DESTDIR)"
 	fi
-	rm -f -- "$DESTDIR$bindir/sluice" "$DESTDIR$UNITDIR/sluice.service" "$DESTDIR$LOGROTATEDIR/sluice"
+	rm -f -- "$DESTDIR$bindir/sluice" "$DESTDIR$UNITDIR/sluice.service" "$DESTDIR$UNITDIR/sluice-decap.service" "$DESTDIR$LOGROTATEDIR/sluice"
 	rm -rf -- "${DESTDIR}${docdir:?}"
 	daemon_reload
 	log "removed the binary, unit, log rotation and docs; kept $SYSCONFDIR and /var/log/sluice. The data path, if any, is still attached: 'sluice teardown' before uninstalling removes it"

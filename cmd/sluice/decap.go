@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 
@@ -26,7 +27,7 @@ func (l *listFlag) Set(v string) error {
 func decapCmd() *command {
 	return &command{
 		name:    "decap",
-		args:    "attach --interface IF --vip ADDR [--pin-path DIR] [--xdp-mode M] [--no-setup] | detach [--pin-path DIR] | status [--pin-path DIR]",
+		args:    "attach --interface IF --vip ADDR [--pin-path DIR] [--xdp-mode M] [--no-setup] [--keep] | detach [--pin-path DIR] | status [--pin-path DIR]",
 		summary: "on a backend of dsr services: strip the IPIP header sluice nodes add (BPF), set the host up",
 		detail: `
 Runs on a backend, not on a sluice node. A dsr service's nodes send the
@@ -42,7 +43,17 @@ attaches it to every --interface (native XDP, generic as a fallback with
 so it stays after the command exits) and, unless --no-setup, does the host
 setup: each VIP on lo (/32), arp_ignore=1 and arp_announce=2 (the backend
 never answers ARP for a VIP), rp_filter=2 (loose) on all and each interface.
---interface and --vip may be repeated or comma-separated.
+--interface and --vip may be repeated or comma-separated. Running attach
+again attaches the program anew where its pinned link died (the interface
+was deleted and made again, or another tool detached it).
+
+With --keep, attach stays in the foreground (a systemd service, see
+deploy/sluice-decap.service) and keeps the program attached: every second
+it checks each interface's link and attaches the program again where the
+link died, redoes the interface's host setup then (a new interface has
+the default rp_filter and ARP settings) and puts back a VIP removed from
+lo, logging each repair to stderr. SIGTERM or SIGINT ends it; the
+program stays attached.
 
 'decap detach' detaches the program and removes its pins (the VIPs stay on
 lo). 'decap status' prints the interfaces, VIPs and counters.
@@ -60,6 +71,7 @@ docs/scale-out.md.`,
 			pin := fs.String("pin-path", decap.DefaultPinPath, "bpffs directory `DIR` of the program's pins")
 			mode := fs.String("xdp-mode", "auto", "`MODE`: auto, native or generic")
 			noSetup := fs.Bool("no-setup", false, "attach only: leave lo, ARP and rp_filter as they are")
+			keep := fs.Bool("keep", false, "attach only: stay in the foreground and attach the program again wherever it is lost")
 			return func(ctx context.Context, e *env, args []string) error {
 				switch args[0] {
 				case "attach":
@@ -88,7 +100,20 @@ docs/scale-out.md.`,
 						}
 					}
 					fmt.Fprintf(e.stdout, "decap attached to %s for %s (pins under %s)\n", ifaces.String(), vips.String(), *pin)
-					return nil
+					if !*keep {
+						return nil
+					}
+					log := slog.New(slog.NewTextHandler(e.stderr, nil))
+					log.Info("keeping the decap program attached (SIGTERM ends this, the program stays)", "interfaces", ifaces.String())
+					err := decap.Keep(ctx, decap.KeepOptions{
+						Options: decap.Options{Interfaces: ifaces, VIPs: addrs, PinPath: *pin, XDPMode: *mode},
+						Setup:   !*noSetup,
+						Log:     log,
+					})
+					if err == nil {
+						log.Info("stopped keeping the decap program; it stays attached")
+					}
+					return err
 				case "detach":
 					if err := decap.Detach(*pin); err != nil {
 						return err

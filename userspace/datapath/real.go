@@ -757,6 +757,15 @@ func (r *Real) linkLost(name string) string {
 	if l == nil {
 		return "not attached"
 	}
+	return XDPLinkLost(l, name)
+}
+
+// XDPLinkLost says why an XDP link meant to be on interface name no
+// longer runs the program there ("" when it does): the link's device went
+// away, another tool detached it, or the interface was made again or
+// renamed. The agent's data path and `sluice decap attach --keep` check
+// their links with it.
+func XDPLinkLost(l link.Link, name string) string {
 	info, err := l.Info()
 	if err != nil || info.XDP() == nil {
 		return "the link is gone"

@@ -85,11 +85,29 @@ func Attach(o Options) (err error) {
 		}
 	}
 	dir := pinPath(o.PinPath)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("decap: pin directory: %w", err)
+	objs, err := load(dir)
+	if err != nil {
+		return err
 	}
-	// The maps of an earlier attach are reused: the program attached then
-	// reads them, so new VIPs must go there.
+	defer objs.Close()
+	if err := setVIPs(objs.Vips, o.VIPs); err != nil {
+		return err
+	}
+	for _, name := range o.Interfaces {
+		if _, err := attach(objs.SluiceDecap, dir, name, o.XDPMode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// load loads the program on the maps pinned under dir (those of an
+// earlier attach: the program attached then reads them, so new VIPs must
+// go there), and pins the maps it made.
+func load(dir string) (*bpf.DecapObjects, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("decap: pin directory: %w", err)
+	}
 	repl := map[string]*ebpf.Map{}
 	for _, name := range []string{"vips", "decap_stats"} {
 		if m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil); err == nil {
@@ -101,23 +119,15 @@ func Attach(o Options) (err error) {
 	if err := bpf.LoadDecapObjects(&objs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return fmt.Errorf("decap: load program: %+v", ve)
+			return nil, fmt.Errorf("decap: load program: %+v", ve)
 		}
-		return fmt.Errorf("decap: load program: %w", err)
+		return nil, fmt.Errorf("decap: load program: %w", err)
 	}
-	defer objs.Close()
 	if err := pinMaps(&objs, dir); err != nil {
-		return err
+		objs.Close()
+		return nil, err
 	}
-	if err := setVIPs(objs.Vips, o.VIPs); err != nil {
-		return err
-	}
-	for _, name := range o.Interfaces {
-		if err := attach(objs.SluiceDecap, dir, name, o.XDPMode); err != nil {
-			return err
-		}
-	}
-	return nil
+	return &objs, nil
 }
 
 // pinMaps pins the maps by name, unless they are pinned already.
@@ -165,27 +175,39 @@ func setVIPs(m *ebpf.Map, vips []netip.Addr) error {
 	return nil
 }
 
-func attach(prog *ebpf.Program, dir, name, mode string) error {
-	iface, err := net.InterfaceByName(name)
-	if err != nil {
-		return fmt.Errorf("decap: interface %s: %w", name, err)
-	}
+// attach attaches prog to interface name and pins the link, unless a
+// pinned link runs a program there already. It says why it attached
+// ("" when the pinned link was alive): the pinned link found lost (see
+// datapath.XDPLinkLost), or none pinned.
+func attach(prog *ebpf.Program, dir, name, mode string) (why string, err error) {
 	pin := linkPin(dir, name)
+	why = "no link pinned"
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		// Already attached: the pinned program reads the same maps.
+		why = datapath.XDPLinkLost(l, name)
+		if why == "" {
+			// Attached: the pinned program reads the same maps.
+			l.Close()
+			return "", nil
+		}
+		// A dead link (its interface gone or made again, or detached by
+		// another tool): its pin goes, a new link takes its place.
+		_ = l.Unpin()
 		l.Close()
-		return nil
 	}
 	_ = os.Remove(pin)
+	iface, err := net.InterfaceByName(name)
+	if err != nil {
+		return why, fmt.Errorf("decap: interface %s: %w", name, err)
+	}
 	l, _, err := datapath.AttachXDP(prog, iface.Index, mode, nil)
 	if err != nil {
-		return fmt.Errorf("decap: attach to %s: %w", name, err)
+		return why, fmt.Errorf("decap: attach to %s: %w", name, err)
 	}
 	defer l.Close()
 	if err := l.Pin(pin); err != nil {
-		return fmt.Errorf("decap: pin link of %s: %w", name, err)
+		return why, fmt.Errorf("decap: pin link of %s: %w", name, err)
 	}
-	return nil
+	return why, nil
 }
 
 // Detach removes the links (the program leaves the interfaces) and the
@@ -271,15 +293,8 @@ func readCounters(m *ebpf.Map) (Counters, error) {
 // device, arp_ignore=1 and arp_announce=2 (all and each interface), and
 // loose rp_filter (2) on all and each interface. It is idempotent.
 func Setup(interfaces []string, vips []netip.Addr) error {
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("decap setup: loopback: %w", err)
-	}
-	for _, v := range vips {
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(v.AsSlice()), Mask: net.CIDRMask(32, 32)}}
-		if err := netlink.AddrReplace(lo, a); err != nil {
-			return fmt.Errorf("decap setup: add %s to lo: %w", v, err)
-		}
+	if _, err := vipsOnLo(vips); err != nil {
+		return err
 	}
 	for _, dev := range append([]string{"all"}, interfaces...) {
 		for key, val := range map[string]string{"arp_ignore": "1", "arp_announce": "2", "rp_filter": "2"} {
@@ -290,4 +305,32 @@ func Setup(interfaces []string, vips []netip.Addr) error {
 		}
 	}
 	return nil
+}
+
+// vipsOnLo puts every VIP missing from the loopback device on it (/32)
+// and returns those it added.
+func vipsOnLo(vips []netip.Addr) (added []netip.Addr, err error) {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return nil, fmt.Errorf("decap setup: loopback: %w", err)
+	}
+	have, err := netlink.AddrList(lo, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("decap setup: addresses of lo: %w", err)
+	}
+	for _, v := range vips {
+		if slices.ContainsFunc(have, func(a netlink.Addr) bool {
+			ip, ok := netip.AddrFromSlice(a.IP)
+			ones, _ := a.Mask.Size()
+			return ok && ip.Unmap() == v && ones == 32
+		}) {
+			continue
+		}
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(v.AsSlice()), Mask: net.CIDRMask(32, 32)}}
+		if err := netlink.AddrReplace(lo, a); err != nil {
+			return added, fmt.Errorf("decap setup: add %s to lo: %w", v, err)
+		}
+		added = append(added, v)
+	}
+	return added, nil
 }
