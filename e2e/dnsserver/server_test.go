@@ -10,11 +10,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/sluicelb/sluice/internal/syncbuf"
 )
 
 const records = `# lab records
@@ -33,34 +34,16 @@ cut.lab. 2 A 198.18.2.14
 cut.lab. mode truncate
 `
 
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type harness struct {
 	addr   string
 	path   string
 	reload chan struct{}
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 }
 
 func start(t *testing.T, body string) *harness {
 	t.Helper()
-	h := &harness{path: filepath.Join(t.TempDir(), "records"), reload: make(chan struct{}, 1), logs: &syncBuffer{}}
+	h := &harness{path: filepath.Join(t.TempDir(), "records"), reload: make(chan struct{}, 1), logs: &syncbuf.Buffer{}}
 	if err := os.WriteFile(h.path, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -108,10 +108,8 @@ type grpcLogLine struct {
 
 func (s *syncBuffer) grpcLines(t *testing.T) []grpcLogLine {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []grpcLogLine
-	for l := range strings.SplitSeq(strings.TrimSpace(s.b.String()), "\n") {
+	for l := range strings.SplitSeq(strings.TrimSpace(s.String()), "\n") {
 		var ll grpcLogLine
 		if err := json.Unmarshal([]byte(l), &ll); err != nil {
 			t.Fatalf("access log line %q: %v", l, err)

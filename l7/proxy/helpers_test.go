@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/syncbuf"
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
 	"github.com/sluicelb/sluice/l7/retry"
@@ -178,17 +179,8 @@ func testEjection() eject.Config {
 	}
 }
 
-// syncBuffer is an access log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
+// syncBuffer is an access log sink, read as JSON lines.
+type syncBuffer struct{ syncbuf.Buffer }
 
 // logLine is an access log line as JSON.
 type logLine struct {
@@ -205,10 +197,8 @@ type logLine struct {
 
 func (s *syncBuffer) lines(t *testing.T) []logLine {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []logLine
-	for l := range strings.SplitSeq(strings.TrimSpace(s.b.String()), "\n") {
+	for l := range strings.SplitSeq(strings.TrimSpace(s.String()), "\n") {
 		if l == "" {
 			continue
 		}

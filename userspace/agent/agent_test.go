@@ -10,10 +10,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/syncbuf"
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
@@ -798,7 +798,7 @@ func TestReverseGCEveryTenSeconds(t *testing.T) {
 // Issue 16: a reload logs the config's warnings (what `sluice check`
 // prints), one line each, and is applied.
 func TestReloadLogsWarnings(t *testing.T) {
-	var buf syncLog
+	var buf syncbuf.Buffer
 	h := newHarnessWith(t, nil, baseConfig, func(o *options) {
 		o.log = slog.New(slog.NewTextHandler(&buf, nil))
 	})
@@ -809,22 +809,4 @@ func TestReloadLogsWarnings(t *testing.T) {
 	if n := strings.Count(buf.String(), `msg="config warning"`); n != 1 || !strings.Contains(buf.String(), "tcp_established") {
 		t.Errorf("reload logged %d config warnings, want the tcp_established one:\n%s", n, buf.String())
 	}
-}
-
-// syncLog is a log sink safe for concurrent writes.
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncLog) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncLog) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/internal/syncbuf"
 )
 
 // fakeServer stands for one proxy server behind a handoffListener: it
@@ -230,7 +232,7 @@ func TestHandoffAcceptFailuresWarnedSparingly(t *testing.T) {
 	}
 	defer inner.Close()
 	fl := &failingListener{Listener: inner, closed: make(chan struct{})}
-	var logged syncLog
+	var logged syncbuf.Buffer
 	h := newListenerHandoff(fl, slog.New(slog.NewTextHandler(&logged, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -1,7 +1,6 @@
 package decap
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,26 +17,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/sluicelb/sluice/internal/syncbuf"
 	"github.com/sluicelb/sluice/internal/testenv"
 )
-
-// syncBuffer is a log destination read while Keep writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // inNetns runs fn on a thread of its own in a new network namespace
 // (netlink, XDP and /proc/sys/net then act there); the thread is never
@@ -135,7 +116,7 @@ func TestKeepAttachesAgain(t *testing.T) {
 		if err := Setup(o.Interfaces, o.VIPs); err != nil {
 			t.Fatalf("setup: %v", err)
 		}
-		var logs syncBuffer
+		var logs syncbuf.Buffer
 		ctx, cancel := context.WithCancel(context.Background())
 		kept := make(chan error, 1)
 		go func() {
