@@ -3,6 +3,7 @@ package decap
 import (
 	"context"
 	"log/slog"
+	"os"
 	"time"
 )
 
@@ -50,6 +51,7 @@ func Keep(ctx context.Context, o KeepOptions) error {
 	}
 	defer objs.Close()
 	failing := map[string]bool{} // interfaces whose last attach failed (said once)
+	mapsFailing := false
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -58,9 +60,15 @@ func Keep(ctx context.Context, o KeepOptions) error {
 			return nil
 		case <-t.C:
 		}
-		if err := pinMaps(objs, dir); err != nil {
+		// Pins removed from under it (the directory too) are made again.
+		err := os.MkdirAll(dir, 0o700)
+		if err == nil {
+			err = pinMaps(objs, dir)
+		}
+		if err != nil && !mapsFailing {
 			log.Error("decap maps cannot be pinned again", "pin_path", dir, "err", err)
 		}
+		mapsFailing = err != nil
 		for _, name := range o.Interfaces {
 			why, err := attach(objs.SluiceDecap, dir, name, o.XDPMode)
 			if err != nil {
