@@ -129,8 +129,17 @@ docs/scale-out.md.`,
 					for _, v := range st.VIPs {
 						vs = append(vs, v.String())
 					}
+					var ifs []string
+					for _, name := range st.Interfaces {
+						if why, lost := st.Lost[name]; lost {
+							// The pinned link runs nothing: this
+							// interface's IPIP packets are dropped.
+							name += " (NOT ATTACHED: " + why + "; decap attach attaches it again)"
+						}
+						ifs = append(ifs, name)
+					}
 					fmt.Fprintf(e.stdout, "interfaces: %s\nvips: %s\ndecapsulated %d, not ipip %d, unknown vip %d, malformed %d\n",
-						orDash(strings.Join(st.Interfaces, ", ")), orDash(strings.Join(vs, ", ")),
+						orDash(strings.Join(ifs, ", ")), orDash(strings.Join(vs, ", ")),
 						st.Counters.Decapsulated, st.Counters.NotOurs, st.Counters.UnknownVIP, st.Counters.Malformed)
 					return nil
 				}

@@ -58,7 +58,10 @@ type Counters struct {
 
 // Status is what is attached under a pin path.
 type Status struct {
+	// Interfaces have a pinned link; Lost says, for those whose link no
+	// longer runs the program there, why (datapath.XDPLinkLost).
 	Interfaces []string
+	Lost       map[string]string
 	VIPs       []netip.Addr
 	Counters   Counters
 }
@@ -246,8 +249,21 @@ func Read(path string) (Status, error) {
 		return st, fmt.Errorf("decap: nothing attached under %s: %w", dir, err)
 	}
 	for _, e := range entries {
-		if name, ok := strings.CutPrefix(e.Name(), "link_"); ok {
-			st.Interfaces = append(st.Interfaces, name)
+		name, ok := strings.CutPrefix(e.Name(), "link_")
+		if !ok {
+			continue
+		}
+		st.Interfaces = append(st.Interfaces, name)
+		why := "the link's pin cannot be opened"
+		if l, err := link.LoadPinnedLink(filepath.Join(dir, e.Name()), nil); err == nil {
+			why = datapath.XDPLinkLost(l, name)
+			l.Close()
+		}
+		if why != "" {
+			if st.Lost == nil {
+				st.Lost = map[string]string{}
+			}
+			st.Lost[name] = why
 		}
 	}
 	vips, err := ebpf.LoadPinnedMap(filepath.Join(dir, "vips"), nil)

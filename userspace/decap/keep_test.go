@@ -88,8 +88,15 @@ func TestAttachAgainAfterLinkLost(t *testing.T) {
 		if xdpAttached("da0") {
 			t.Fatal("attached after its link's detach")
 		}
+		// decap status tells the dead link.
+		if st, err := Read(dir); err != nil || !strings.Contains(st.Lost["da0"], "detached") {
+			t.Errorf("status after the detach: %+v, %v; want da0 lost", st, err)
+		}
 		if err := Attach(o); err != nil || !xdpAttached("da0") {
 			t.Errorf("attach again: %v, attached %v; want the program attached anew", err, xdpAttached("da0"))
+		}
+		if st, err := Read(dir); err != nil || len(st.Lost) != 0 || len(st.Interfaces) != 1 {
+			t.Errorf("status after attaching again: %+v, %v; want da0, none lost", st, err)
 		}
 	})
 }
