@@ -82,13 +82,16 @@ FUZZ_TARGETS := \
 fuzz:
 	GO=$(GO) scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
-# End-to-end tests in the netns lab (root).
+# End-to-end tests in the netns lab (root). Tests that call parallel(t)
+# run E2E_PARALLEL at a time, each in its own lab (the same on every
+# machine, so their timings are what CI saw); E2E_SERIAL=1 runs each alone.
+E2E_PARALLEL ?= 2
 e2e:
-	$(GO) test ./e2e/... -count=1 -v -timeout 15m
+	$(GO) test ./e2e/... -count=1 -v -timeout 15m -parallel $(E2E_PARALLEL)
 
 # The same with the agent built with the race detector (slower).
 e2e-race:
-	E2E_RACE=1 $(GO) test ./e2e/ -count=1 -v -timeout 20m
+	E2E_RACE=1 $(GO) test ./e2e/ -count=1 -v -timeout 20m -parallel $(E2E_PARALLEL)
 
 # The Grafana dashboard names only metrics the agent exports and documents.
 dashboard-check:

@@ -144,8 +144,8 @@ func buildAll(root, dir string) error {
 	return nil
 }
 
-// parallel lets a test run next to others (go test -parallel: as many as
-// the machine has CPUs, 2 on the lab machine), each in its own lab: for
+// parallel lets a test run next to others (go test -parallel: 2 in make
+// e2e, E2E_PARALLEL), each in its own lab: for
 // tests that mostly wait (TTLs, drains, timers, a restart) and make light
 // traffic, which is most of them. Tests that make load or count what load
 // did (floods, spreads, a rate), build releases, run several agents (the
