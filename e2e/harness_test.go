@@ -145,9 +145,9 @@ func buildAll(root, dir string) error {
 }
 
 // parallel lets a test run next to others (go test -parallel: 2 in make
-// e2e, E2E_PARALLEL), each in its own lab: for
-// tests that mostly wait (TTLs, drains, timers, a restart) and make light
-// traffic, which is most of them. Tests that make load or count what load
+// e2e, E2E_PARALLEL), each in its own lab: for tests that mostly wait
+// (TTLs, drains, timers, a restart) and make light traffic, which is most
+// of them. Tests that make load or count what load
 // did (floods, spreads, a rate), build releases, run several agents (the
 // clusters) or run h2spec stay serial: a neighbour would change what they
 // measure. E2E_SERIAL=1 runs every test alone, to tell a failure from a
