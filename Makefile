@@ -72,6 +72,7 @@ FUZZ_TARGETS := \
 	./l7/proxy:FuzzTranslateH1 \
 	./l7/proxy:FuzzTranslateH2 \
 	./l7/proxy:FuzzForwardHeaders \
+	./l7/proxy:FuzzFrameGuard \
 	./l7/proxy:FuzzH1Translation \
 	./l7/proxy:FuzzHeaderForwarding \
 	./l7/proxy:FuzzH2Translation \

@@ -195,7 +195,8 @@ func passiveOpens(t *testing.T, lab *Lab) int {
 // (MadeYouReset: a WINDOW_UPDATE of 0 on each), costs a bounded number of
 // backend connections, gets GOAWAY ENHANCE_YOUR_CALM and is closed; so
 // does one flooding frames that do no work (empty DATA, PING); the next
-// client is served.
+// client is served. A frame header announcing 16 MiB, on connections then
+// held, does not cost the agent what it announces.
 func TestL7H2RapidReset(t *testing.T) {
 	lab := newLab(t)
 	rapid := buildTool(t, "./e2e/h2rapid")
@@ -259,4 +260,40 @@ func TestL7H2RapidReset(t *testing.T) {
 			}
 		})
 	}
+	// A frame header that announces 16 MiB and nothing after it, on 32
+	// connections held open: the agent's heap must not grow by what the
+	// headers announce (it grew by 16 MiB per connection).
+	t.Run("frame-header", func(t *testing.T) {
+		heap := func() float64 {
+			values, _ := lab.scrape()
+			return values["go_memstats_heap_alloc_bytes"]
+		}
+		before := heap()
+		done := make(chan string, 1)
+		go func() {
+			out, err := lab.Run("client", time.Minute, rapid, "-addr", httpVIP+":80", "-mode", "frame-header", "-streams", "32", "-duration", "4s")
+			if err != nil {
+				out += " " + err.Error()
+			}
+			done <- out
+		}()
+		time.Sleep(2500 * time.Millisecond)
+		during := heap()
+		out := <-done
+		var rep struct {
+			Sent int `json:"sent"`
+			Held int `json:"held"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("h2rapid output %q: %v", out, err)
+		}
+		t.Logf("%d connections sent the frame header, %d still open after 4 s; agent heap %.1f MiB before, %.1f MiB while they were held",
+			rep.Sent, rep.Held, before/(1<<20), during/(1<<20))
+		if rep.Sent != 32 {
+			t.Fatalf("%d connections sent the frame header, want 32", rep.Sent)
+		}
+		if grew := during - before; grew > 64<<20 {
+			t.Errorf("the agent's heap grew by %.0f MiB for 32 frame headers of 9 bytes, want under 64 MiB", grew/(1<<20))
+		}
+	})
 }

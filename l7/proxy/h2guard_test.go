@@ -1,0 +1,205 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// guardConn is a client connection for the frame guard alone: it reads r
+// (then io.EOF), keeps what the guard writes (its GOAWAY), and accepts
+// deadlines.
+type guardConn struct {
+	net.Conn
+	r io.Reader
+	w bytes.Buffer
+}
+
+func (c *guardConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *guardConn) Write(p []byte) (int, error)      { return c.w.Write(p) }
+func (c *guardConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *guardConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *guardConn) SetDeadline(time.Time) error      { return nil }
+func (c *guardConn) Close() error                     { return nil }
+func (c *guardConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(198, 18, 0, 1), Port: 40000}
+}
+func (c *guardConn) LocalAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(198, 18, 0, 2), Port: 80} }
+func (c *guardConn) guard(lim guardLimits) *frameGuard {
+	return newFrameGuard(c, lim, true).(*frameGuard)
+}
+
+var testGuardLimits = guardLimits{maxFrame: 16 << 10, maxResets: 200, maxHeaderStr: 64 << 10}
+
+// guardRead reads everything the guard passes on from input, as the
+// server would: what it got, and the guard for a look at its state.
+func guardRead(t testing.TB, input []byte) ([]byte, *frameGuard) {
+	c := &guardConn{r: bytes.NewReader(input)}
+	g := c.guard(testGuardLimits)
+	var out []byte
+	buf := make([]byte, 4096)
+	// Every Read consumes input or ends: more calls than bytes is a loop.
+	for i := 0; ; i++ {
+		if i > len(input)+16 {
+			t.Fatalf("the guard still reads after %d calls for %d bytes of input", i, len(input))
+		}
+		n, err := g.Read(buf)
+		out = append(out, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	return out, g
+}
+
+// maxGuardBuf is the most the guard may hold for one connection: a frame
+// it inspects, or its minimum read buffer.
+func maxGuardBuf(lim guardLimits) int { return max(16<<10, frameHeaderLen+lim.maxFrame) }
+
+// A frame header costs the guard no more buffer than the largest frame it
+// inspects, whatever length it claims: a padded DATA frame announcing
+// 16 MiB, from a client that then sends nothing more, allocated 16 MiB.
+func TestFrameGuardBufferBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		typ, flags  byte
+		declaredLen int
+	}{
+		{"padded DATA of 16 MiB", 0x0, 0x8, 1<<24 - 1},
+		{"padded DATA of 1 MiB", 0x0, 0x8, 1 << 20},
+		{"HEADERS of 16 MiB", 0x1, 0x4, 1<<24 - 1},
+		{"SETTINGS of 16 MiB", 0x4, 0, 1<<24 - 1},
+		{"unknown type of 16 MiB", 0xfa, 0, 1<<24 - 1},
+		{"HEADERS at the largest inspected size", 0x1, 0x4, 16 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := appendFrameHeader(nil, tc.declaredLen, tc.typ, tc.flags, 1)
+			// The header alone first (the guard waits on it), then a
+			// few bytes of payload.
+			c := &guardConn{r: io.MultiReader(bytes.NewReader(in), bytes.NewReader([]byte{7, 0, 0, 0}))}
+			g := c.guard(testGuardLimits)
+			buf := make([]byte, 4096)
+			for range 8 {
+				if _, err := g.Read(buf); err != nil {
+					break
+				}
+			}
+			if got, lim := cap(g.buf), maxGuardBuf(testGuardLimits); got > lim {
+				t.Errorf("the guard's buffer grew to %d bytes for a %d-byte frame header (at most %d)", got, len(in), lim)
+			}
+		})
+	}
+}
+
+// frameWalk is how many whole frames b holds from its start, and whether
+// they end exactly at its end.
+func frameWalk(b []byte) (frames int, exact bool) {
+	for len(b) >= frameHeaderLen {
+		n := frameHeaderLen + (int(b[0])<<16 | int(b[1])<<8 | int(b[2]))
+		if n > len(b) {
+			return frames, false
+		}
+		b = b[n:]
+		frames++
+	}
+	return frames, len(b) == 0
+}
+
+// FuzzFrameGuard runs any bytes a client may send after the preface
+// through the HTTP/2 frame guard, as the server would read them. The guard
+// must not panic or loop, must hold no more than one inspected frame of
+// the client's, and must keep the framing: input made of whole frames
+// comes out as whole frames (a frame cut or merged would desynchronize
+// the server from the client), at most one marker CONTINUATION more per
+// header block.
+func FuzzFrameGuard(f *testing.F) {
+	for _, seed := range guardSeeds(f) {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, input []byte) {
+		out, g := guardRead(t, input)
+		if got, lim := cap(g.buf), maxGuardBuf(g.lim); got > lim {
+			t.Fatalf("the guard's buffer grew to %d bytes (at most %d)", got, lim)
+		}
+		inFrames, inExact := frameWalk(input)
+		outFrames, outExact := frameWalk(out)
+		if inExact && !outExact {
+			t.Fatalf("whole frames in (%d), not whole frames out (%d bytes: %x)", inFrames, len(out), out)
+		}
+		if outFrames > 2*inFrames {
+			t.Fatalf("%d frames out of %d in", outFrames, inFrames)
+		}
+		if len(out) > len(input)+outFrames*(frameHeaderLen+len(malformedMarker)) {
+			t.Fatalf("%d bytes out of %d in", len(out), len(input))
+		}
+	})
+}
+
+// guardSeeds are frame sequences a client sends, well-formed and not:
+// requests, a malformed header block, repeated settings, padding, resets,
+// floods of frames that do no work, lengths past the maximum.
+func guardSeeds(t testing.TB) [][]byte {
+	var seeds [][]byte
+	frames := func(write func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer)) {
+		var b, hb bytes.Buffer
+		fr := http2.NewFramer(&b, nil)
+		fr.AllowIllegalWrites = true
+		write(fr, hpack.NewEncoder(&hb), &hb)
+		seeds = append(seeds, b.Bytes())
+	}
+	block := func(enc *hpack.Encoder, hb *bytes.Buffer, kv ...string) []byte {
+		hb.Reset()
+		for i := 0; i+1 < len(kv); i += 2 {
+			if err := enc.WriteField(hpack.HeaderField{Name: kv[i], Value: kv[i+1]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return append([]byte(nil), hb.Bytes()...)
+	}
+	get := []string{":method", "GET", ":scheme", "http", ":authority", "a", ":path", "/"}
+	frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+		_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(enc, hb, get...), EndStream: true, EndHeaders: true})
+		_ = fr.WriteWindowUpdate(0, 1<<20)
+	})
+	frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+		b := block(enc, hb, append(get, "connection", "close", "te", "gzip")...)
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b[:3], EndStream: true})
+		_ = fr.WriteContinuation(1, false, b[3:5])
+		_ = fr.WriteContinuation(1, true, b[5:])
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: block(enc, hb, append(get, "content-length", "1x")...), EndHeaders: true, PadLength: 5})
+	})
+	frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+		_ = fr.WriteSettings(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1 << 15}, http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1 << 14}, http2.Setting{ID: 0x77, Val: 1})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(enc, hb, append(get, "content-length", "4")...), EndHeaders: true})
+		_ = fr.WriteDataPadded(1, false, []byte("ab"), make([]byte, 10))
+		_ = fr.WriteDataPadded(1, false, nil, make([]byte, 3))
+		_ = fr.WriteData(1, true, []byte("cd"))
+	})
+	frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+		for i := uint32(1); i < 2*260; i += 2 {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: i, BlockFragment: block(enc, hb, get...), EndHeaders: true})
+			_ = fr.WriteRSTStream(i, http2.ErrCodeCancel)
+		}
+	})
+	frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+		for range 300 {
+			_ = fr.WritePing(false, [8]byte{1})
+		}
+		for range 300 {
+			_ = fr.WriteData(1, false, nil)
+		}
+	})
+	// Headers claiming the largest lengths, with nothing after them.
+	for _, typ := range []byte{0x0, 0x1, 0x4, 0x9, 0xff} {
+		seeds = append(seeds, appendFrameHeader(nil, 1<<24-1, typ, 0x8|0x4, 1))
+	}
+	seeds = append(seeds, binary.BigEndian.AppendUint32(appendFrameHeader(nil, 4, 0x3, 0, 1), 1))
+	return seeds
+}
