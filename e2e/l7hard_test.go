@@ -831,3 +831,68 @@ func TestL7HostOutOfPortsEjectsNothing(t *testing.T) {
 		t.Error("no dial refused for lack of local ports counted (or the test did not exhaust them)")
 	}
 }
+
+// A pool whose backend is, through another hop, the load balancer itself
+// (here a TCP relay in be1 that passes every connection back to the
+// service's own listener, as a cloud load balancer in front of sluice
+// would when the site's public name is used as a backend's) would send a
+// request round until every request slot ran out. Each pass adds a Via
+// entry; the sixth arrival is answered 508 Loop Detected, which goes back
+// through the passes before it: the client gets the 508 naming the
+// pool, after five relayed connections, and the service goes on serving.
+func TestL7ForwardingLoop(t *testing.T) {
+	parallel(t)
+	pool := `  - name: loop
+    backends:
+      - address: 198.18.2.11:8090
+`
+	svc := fmt.Sprintf(`  - name: web-loop
+    listen: %s:8080
+    protocol: http
+    pool: loop
+`, httpVIP)
+	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
+	relay := lab.Start("be1-relay", "be1", env.backend, "--listen", ":8091", "--name", "relay",
+		"--relay", fmt.Sprintf(":8090=%s:8080", httpVIP))
+	waitFor(t, 5*time.Second, "the relay", func() error {
+		_, err := lab.Run("be1", 2*time.Second, "curl", "-sf", "-o", "/dev/null", "--max-time", "1", "http://127.0.0.1:8091/healthz")
+		return err
+	})
+	rid := newRID("loop")
+	r := lab.curl("GET", fmt.Sprintf("http://%s:8080/?rid=%s", httpVIP, rid))
+	if r.Code != 508 || !strings.Contains(r.Body, "forwarding loop") || !strings.Contains(r.Body, "pool loop") {
+		t.Errorf("through the loop: %d %q, want 508 naming the forwarding loop and pool loop", r.Code, r.Body)
+	}
+	agent.accessFor(t, rid)
+	var passes []AccessLine
+	waitFor(t, 5*time.Second, "six access log lines", func() error {
+		passes = passes[:0]
+		for _, al := range agent.accessLog() {
+			if strings.Contains(al.URI, "rid="+rid) {
+				passes = append(passes, al)
+			}
+		}
+		if len(passes) < 6 {
+			return fmt.Errorf("%d lines", len(passes))
+		}
+		return nil
+	})
+	for i, al := range passes {
+		if al.Service != "web-loop" || al.Status != 508 || al.Tries > 1 {
+			t.Errorf("pass %d: service %s, status %d after %d tries (%s); want web-loop, 508, not retried", i, al.Service, al.Status, al.Tries, al.Error)
+		}
+	}
+	if len(passes) != 6 {
+		t.Errorf("%d passes through the service, want 6 (five forwarded, the sixth answered 508)", len(passes))
+	}
+	if n := strings.Count(relay.Log(), "relayed connection"); n != 5 {
+		t.Errorf("the relay passed on %d connections, want 5", n)
+	}
+	values, _ := lab.scrape()
+	if n := values[`sluice_l7_refused_total{limit="loop",service="web-loop"}`]; n != 1 {
+		t.Errorf(`sluice_l7_refused_total{limit="loop",service="web-loop"} = %v, want 1`, n)
+	}
+	if r := lab.curl("GET", httpURL); r.Code != 200 {
+		t.Errorf("web-http after the loop: %d, want 200", r.Code)
+	}
+}

@@ -23,6 +23,9 @@
 //	                until the client goes away)
 //
 // With --udp-listen it also answers every UDP datagram with "NAME\n".
+// With --relay LISTEN=TARGET it also passes every TCP connection accepted on
+// LISTEN to TARGET, byte for byte (a load balancer in front of another:
+// the e2e suite's forwarding loop), logging each.
 package main
 
 import (
@@ -54,6 +57,7 @@ func main() {
 	tlsCert := flag.String("tls-cert", "", "PEM certificate for --tls-listen")
 	tlsKey := flag.String("tls-key", "", "PEM key for --tls-listen")
 	idleTimeout := flag.Duration("idle-timeout", 5*time.Minute, "close a keep-alive connection idle this long (a backend that closes pooled connections before the proxy does)")
+	relay := flag.String("relay", "", "LISTEN=TARGET: also relay TCP connections accepted on LISTEN to TARGET")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -79,6 +83,19 @@ func main() {
 			_ = pc.Close()
 		}()
 		go serveUDP(log, pc, *name)
+	}
+	if *relay != "" {
+		from, to, ok := strings.Cut(*relay, "=")
+		ln, err := net.Listen("tcp", from)
+		if !ok || err != nil {
+			log.Error("relay listen failed", "relay", *relay, "err", err)
+			os.Exit(1)
+		}
+		go func() {
+			<-ctx.Done()
+			_ = ln.Close()
+		}()
+		go serveRelay(log, ln, to)
 	}
 	if err := run(ctx, log, *listen, *name, *idleTimeout, tlsFiles{*tlsListen, *tlsCert, *tlsKey}); err != nil {
 		log.Error("backend failed", "err", err)
@@ -127,6 +144,35 @@ func run(ctx context.Context, log *slog.Logger, listen, name string, idle time.D
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// serveRelay passes each connection accepted on ln to target, both ways,
+// until either side closes, for at most a minute.
+func serveRelay(log *slog.Logger, ln net.Listener, target string) {
+	log.Info("relaying", "addr", ln.Addr().String(), "to", target)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			log.Info("relayed connection", "from", c.RemoteAddr().String(), "to", target)
+			up, err := net.DialTimeout("tcp", target, 2*time.Second)
+			if err != nil {
+				log.Warn("relay dial failed", "to", target, "err", err)
+				return
+			}
+			defer up.Close()
+			deadline := time.Now().Add(time.Minute)
+			_ = c.SetDeadline(deadline)
+			_ = up.SetDeadline(deadline)
+			done := make(chan struct{}, 2)
+			go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+			<-done
+		}()
+	}
 }
 
 // serveUDP answers each datagram with the name until pc is closed.
