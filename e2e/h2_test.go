@@ -65,6 +65,13 @@ func h2specPath(t *testing.T) string {
 // key into dir.
 func writeTestCert(t *testing.T, dir, name string) (cert, key string) {
 	t.Helper()
+	return writeTestCertUntil(t, dir, name, time.Now().Add(24*time.Hour))
+}
+
+// writeTestCertUntil is writeTestCert with the certificate expiring at
+// notAfter.
+func writeTestCertUntil(t *testing.T, dir, name string, notAfter time.Time) (cert, key string) {
+	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +82,7 @@ func writeTestCert(t *testing.T, dir, name string) (cert, key string) {
 		DNSNames:     []string{name},
 		IPAddresses:  []net.IP{net.ParseIP(httpVIP)},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
+		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}

@@ -62,6 +62,10 @@ func newFakeAgent() *fakeAgent {
 					{Name: "api", Match: "host api.lab path /v1/", Pool: "web", Backends: map[string]int{"active": 1, "draining": 1}},
 					{Name: "old", Match: "any host", Pool: "gone"},
 					{Name: "none", Match: "host x.lab", Pool: "dns", Backends: map[string]int{}},
+				}, Certificates: []admin.Certificate{
+					{File: "/etc/sluice/front.crt", Names: []string{"front.lab", "www.front.lab"}, NotAfter: testNow.Add(90 * 24 * time.Hour)},
+					{File: "/etc/sluice/api.crt", Names: []string{"api.lab"}, NotAfter: testNow.Add(5*24*time.Hour + time.Hour)},
+					{File: "/etc/sluice/old.crt", Names: []string{"old.lab"}, NotAfter: testNow.Add(-30 * time.Hour)},
 				}},
 			},
 			Pools: []admin.Pool{
@@ -486,6 +490,11 @@ SERVICE  ROUTE  MATCH                   POOL  ADDRESSES
 front    api    host api.lab path /v1/  web   1 active, 1 draining
 front    old    any host                gone  (pool not running)
 front    none   host x.lab              dns   no addresses
+
+SERVICE  CERTIFICATE            NAMES                    EXPIRES
+front    /etc/sluice/front.crt  front.lab,www.front.lab  2026-04-02 03:10Z (in 90d)
+front    /etc/sluice/api.crt    api.lab                  2026-01-07 04:10Z (in 5d: RENEW)
+front    /etc/sluice/old.crt    old.lab                  2025-12-31 21:10Z (EXPIRED 30h ago)
 
 POOL  ADDRESS         SOURCE       STATE     CAUSE     AGE  FLOWS  REQUESTS  DRAIN LEFT
 web   198.18.2.11:80  backend.lab  active    dns       3h   2      4         -

@@ -129,6 +129,9 @@ func writeStatus(w io.Writer, st admin.Status, now time.Time) error {
 		if err := writeRoutes(w, st); err != nil {
 			return err
 		}
+		if err := writeCertificates(w, st, now); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintln(w)
 	if len(st.Pools) == 0 {

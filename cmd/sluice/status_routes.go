@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/sluicelb/sluice/userspace/admin"
 )
@@ -64,4 +65,45 @@ func routeStates(r admin.Route) string {
 		return "no addresses"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// writeCertificates lists the certificates of the https services: file,
+// names and expiry, marked when it is less than 14 days away (the
+// agent warns then too) or past.
+func writeCertificates(w io.Writer, st admin.Status, now time.Time) error {
+	var t *table
+	for _, s := range st.Services {
+		for _, c := range s.Certificates {
+			if t == nil {
+				fmt.Fprintln(w)
+				t = newTable(w, "SERVICE", "CERTIFICATE", "NAMES", "EXPIRES")
+			}
+			t.row(s.Name, c.File, strings.Join(c.Names, ","), certExpiry(c.NotAfter, now))
+		}
+	}
+	if t == nil {
+		return nil
+	}
+	return t.flush()
+}
+
+// certExpiry is when a certificate expires, with how far away that is.
+func certExpiry(at, now time.Time) string {
+	left := at.Sub(now)
+	when := at.UTC().Format("2006-01-02 15:04Z")
+	switch {
+	case left <= 0:
+		return when + " (EXPIRED " + days(-left) + " ago)"
+	case left < 14*24*time.Hour:
+		return when + " (in " + days(left) + ": RENEW)"
+	}
+	return when + " (in " + days(left) + ")"
+}
+
+// days is d in days, or hours under two days.
+func days(d time.Duration) string {
+	if d < 48*time.Hour {
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }

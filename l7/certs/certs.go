@@ -8,7 +8,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"os"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/sluicelb/sluice/l7/route"
 )
@@ -22,6 +25,18 @@ type Set struct {
 	def   *tls.Certificate
 	exact map[string]*tls.Certificate
 	wild  map[string]*tls.Certificate // "example.com" for *.example.com
+
+	files Files
+	stamp Stamp  // of files, taken before they were read
+	info  []Info // the default certificate first, then SNI's in order
+}
+
+// Info is what a loaded certificate says of itself: its file, the names
+// it covers and when it expires.
+type Info struct {
+	File     string
+	Names    []string // subjectAltName DNS names, else the subject's common name
+	NotAfter time.Time
 }
 
 // Files are a listener's certificate files (PEM): the default
@@ -37,11 +52,20 @@ type Pair struct{ Cert, Key string }
 
 // Load reads a listener's certificate files.
 func Load(f Files) (*Set, error) {
+	// The stamp first: files replaced while they are read give a Set
+	// whose stamp differs from the next one taken, so Changed sees them.
+	stamp, err := StampOf(f)
+	if err != nil {
+		return nil, err
+	}
 	def, err := tls.LoadX509KeyPair(f.Cert, f.Key)
 	if err != nil {
 		return nil, fmt.Errorf("load certificate %s: %w", f.Cert, err)
 	}
-	cs := &Set{def: &def}
+	cs := &Set{def: &def, files: f, stamp: stamp}
+	if err := cs.addInfo(f.Cert, &def); err != nil {
+		return nil, err
+	}
 	for _, cf := range f.SNI {
 		c, err := tls.LoadX509KeyPair(cf.Cert, cf.Key)
 		if err != nil {
@@ -50,6 +74,9 @@ func Load(f Files) (*Set, error) {
 		names, err := CertNames(&c)
 		if err != nil {
 			return nil, fmt.Errorf("certificate %s: %w", cf.Cert, err)
+		}
+		if err := cs.addInfo(cf.Cert, &c); err != nil {
+			return nil, err
 		}
 		if cs.exact == nil {
 			cs.exact, cs.wild = make(map[string]*tls.Certificate), make(map[string]*tls.Certificate)
@@ -66,6 +93,75 @@ func Load(f Files) (*Set, error) {
 		}
 	}
 	return cs, nil
+}
+
+// addInfo records what the certificate of file says of itself.
+func (cs *Set) addInfo(file string, c *tls.Certificate) error {
+	leaf := c.Leaf
+	if leaf == nil {
+		if len(c.Certificate) == 0 {
+			return fmt.Errorf("certificate %s: no certificate in the file", file)
+		}
+		var err error
+		if leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+			return fmt.Errorf("certificate %s: parse: %w", file, err)
+		}
+	}
+	names := leaf.DNSNames
+	if len(names) == 0 && leaf.Subject.CommonName != "" {
+		names = []string{leaf.Subject.CommonName}
+	}
+	cs.info = append(cs.info, Info{File: file, Names: names, NotAfter: leaf.NotAfter})
+	return nil
+}
+
+// Info is each loaded certificate: the default one first, then those
+// chosen by SNI, in the order of the files.
+func (cs *Set) Info() []Info { return cs.info }
+
+// Files are the files the set was loaded from.
+func (cs *Set) Files() Files { return cs.files }
+
+// Changed reports whether the set's files are no longer those it was
+// loaded from (rewritten, replaced, or a symbolic link pointed
+// elsewhere, as certbot and Kubernetes secret volumes renew them); an
+// error when one cannot be looked at (removed, say).
+func (cs *Set) Changed() (bool, error) {
+	st, err := StampOf(cs.files)
+	if err != nil {
+		return false, err
+	}
+	return st != cs.stamp, nil
+}
+
+// Stamp identifies the contents of a set of files without reading them:
+// each file's device, inode, size, modification and change times (after
+// symbolic links).
+type Stamp string
+
+// StampOf is the Stamp of f's files.
+func StampOf(f Files) (Stamp, error) {
+	var b strings.Builder
+	add := func(path string) error {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return fmt.Errorf("certificate file: %w", err)
+		}
+		fmt.Fprintf(&b, "%s %d %d;", path, fi.Size(), fi.ModTime().UnixNano())
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			fmt.Fprintf(&b, "%d %d %d.%d;", st.Dev, st.Ino, st.Ctim.Sec, st.Ctim.Nsec)
+		}
+		return nil
+	}
+	for _, p := range append([]Pair{{f.Cert, f.Key}}, f.SNI...) {
+		if err := add(p.Cert); err != nil {
+			return "", err
+		}
+		if err := add(p.Key); err != nil {
+			return "", err
+		}
+	}
+	return Stamp(b.String()), nil
 }
 
 // CertNames are the DNS names a certificate covers (its SAN), in lower

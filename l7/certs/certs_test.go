@@ -76,3 +76,60 @@ func TestPickAndMisdirected(t *testing.T) {
 		t.Errorf("no SAN: %v", err)
 	}
 }
+
+// A set knows its files and what its certificates say; Changed sees a
+// file rewritten (same path, new contents), replaced by a rename, or
+// removed, and nothing when they are as loaded.
+func TestChangedAndInfo(t *testing.T) {
+	def := write(t, "default", "default.test")
+	a := write(t, "a", "a.test", "alias.test")
+	cs, err := Load(Files{Cert: def.Cert, Key: def.Key, SNI: []Pair{a}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := cs.Info()
+	if len(info) != 2 || info[0].File != def.Cert || info[1].File != a.Cert ||
+		strings.Join(info[1].Names, ",") != "a.test,alias.test" || time.Until(info[0].NotAfter) <= 0 {
+		t.Fatalf("Info() = %+v", info)
+	}
+	changed := func() bool {
+		t.Helper()
+		c, err := cs.Changed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if changed() {
+		t.Fatal("Changed right after Load")
+	}
+	// Rewritten in place with another certificate (same size: the
+	// modification and change times tell).
+	b := write(t, "b", "a.test", "alias.test")
+	data, _ := os.ReadFile(b.Key)
+	if err := os.WriteFile(a.Key, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !changed() {
+		t.Error("a key file rewritten is not seen")
+	}
+	cs, err = Load(Files{Cert: def.Cert, Key: def.Key, SNI: []Pair{b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Replaced by a rename.
+	c := write(t, "c", "c.test")
+	if err := os.Rename(c.Cert, b.Cert); err != nil {
+		t.Fatal(err)
+	}
+	if !changed() {
+		t.Error("a certificate file renamed over is not seen")
+	}
+	// Removed.
+	if err := os.Remove(def.Key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Changed(); err == nil {
+		t.Error("a removed key file gives no error")
+	}
+}

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -106,5 +108,85 @@ func TestSNICertificates(t *testing.T) {
 	}
 	if got := served("x.w.test"); got != "*.w.test" {
 		t.Errorf("after a refused reload, SNI x.w.test: %s", got)
+	}
+}
+
+// Renewed certificate files are picked up by RefreshCertificates without
+// a reload: new handshakes get the new certificate, open connections keep
+// theirs. Files that cannot be loaded (a key from another pair, a file
+// removed) keep the certificate served, and a later check tries again.
+func TestRefreshCertificates(t *testing.T) {
+	be := newBackend(t, status(200))
+	dir := t.TempDir()
+	certFile, keyFile := writeCert(t, dir, "renew.test")
+	h := start(t, newPool(t, nil, be.addr), func(o *Options) { o.TLS = &TLSFiles{Cert: certFile, Key: keyFile} })
+	addr := strings.TrimPrefix(h.url, "http://")
+	served := func() []byte {
+		t.Helper()
+		c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "renew.test", InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Raw
+	}
+	refresh := func(wantLoaded, wantErr bool) {
+		t.Helper()
+		loaded, err := h.srv.RefreshCertificates()
+		if loaded != wantLoaded || (err != nil) != wantErr {
+			t.Fatalf("RefreshCertificates: loaded %v, error %v; want loaded %v, an error %v", loaded, err, wantLoaded, wantErr)
+		}
+	}
+	first := served()
+	refresh(false, false) // nothing changed
+	notAfter := h.srv.Certificates()[0].NotAfter
+
+	// Renewed in place: a new key and certificate, a later expiry.
+	time.Sleep(10 * time.Millisecond)
+	certFile2, keyFile2 := writeCert(t, t.TempDir(), "renew.test")
+	copyFile(t, certFile2, certFile)
+	copyFile(t, keyFile2, keyFile)
+	refresh(true, false)
+	second := served()
+	if bytes.Equal(first, second) {
+		t.Fatal("the renewed certificate is not served")
+	}
+	if info := h.srv.Certificates(); len(info) != 1 || info[0].File != certFile || info[0].NotAfter.Before(notAfter) || info[0].Names[0] != "renew.test" {
+		t.Errorf("Certificates() = %+v, want the renewed one", info)
+	}
+	refresh(false, false)
+
+	// Half written: the certificate of another key.
+	certFile3, _ := writeCert(t, t.TempDir(), "renew.test")
+	copyFile(t, certFile3, certFile)
+	refresh(false, true)
+	if !bytes.Equal(served(), second) {
+		t.Error("a certificate that does not match its key replaced the one served")
+	}
+	// Removed.
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	refresh(false, true)
+	if !bytes.Equal(served(), second) {
+		t.Error("a removed key file replaced the certificate served")
+	}
+	// Put right: loaded.
+	copyFile(t, certFile2, certFile)
+	copyFile(t, keyFile2, keyFile)
+	refresh(true, false)
+	if !bytes.Equal(served(), second) {
+		t.Error("the certificate put back is not served")
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

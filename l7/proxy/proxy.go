@@ -140,6 +140,10 @@ type Server struct {
 	cfg    atomic.Pointer[routing]
 	access atomic.Pointer[accesslog.Logger] // nil: no access log
 	certs  atomic.Pointer[certs.Set]
+	// certMu orders the loads of certificates (SetCertificates,
+	// RefreshCertificates): a check of the files never stores a set
+	// older than one a reload stored meanwhile.
+	certMu sync.Mutex
 
 	// removals counts the addresses removed (AddressChanged to Removed),
 	// raised before their connections are cut: a request that sees it
@@ -506,11 +510,48 @@ func (s *Server) SetCertificate(certFile, keyFile string) error {
 // default one and those chosen by SNI. Handshakes after it use the new
 // set, open connections keep theirs; on an error the old set stays.
 func (s *Server) SetCertificates(f TLSFiles) error {
+	s.certMu.Lock()
+	defer s.certMu.Unlock()
 	cs, err := certs.Load(f)
 	if err != nil {
 		return fmt.Errorf("service %s: %w", s.name, err)
 	}
 	s.certs.Store(cs)
+	return nil
+}
+
+// RefreshCertificates loads the listener's certificate files again when
+// they changed since they were loaded (a renewal: certbot, cert-manager,
+// a copy), so new handshakes get the new certificates without a reload;
+// open connections keep theirs. It returns whether it loaded them; on an
+// error (a file removed, half written, a key that does not match its
+// certificate) the certificates served stay as they were, and a later
+// call tries again. A server without TLS does nothing.
+func (s *Server) RefreshCertificates() (bool, error) {
+	s.certMu.Lock()
+	defer s.certMu.Unlock()
+	cur := s.certs.Load()
+	if cur == nil {
+		return false, nil
+	}
+	changed, err := cur.Changed()
+	if err != nil || !changed {
+		return false, err
+	}
+	cs, err := certs.Load(cur.Files())
+	if err != nil {
+		return false, err
+	}
+	s.certs.Store(cs)
+	return true, nil
+}
+
+// Certificates is what the listener's certificates say of themselves
+// (nil without TLS): the default one first.
+func (s *Server) Certificates() []certs.Info {
+	if cs := s.certs.Load(); cs != nil {
+		return cs.Info()
+	}
 	return nil
 }
 

@@ -179,6 +179,16 @@ type Service struct {
 	// a site as the config lists them; the service's own pool, when set,
 	// last as the route "default" (absent without routes).
 	Routes []Route `json:"routes,omitempty"`
+	// Certificates an https service serves, the default one first (as
+	// loaded: renewed files are loaded again within seconds).
+	Certificates []Certificate `json:"certificates,omitempty"`
+}
+
+// Certificate is one certificate an https service serves.
+type Certificate struct {
+	File     string    `json:"file"`
+	Names    []string  `json:"names"`
+	NotAfter time.Time `json:"not_after"`
 }
 
 // MarshalJSON leaves the data path's counters (active_flows, packets,

@@ -94,6 +94,9 @@ func (a *agent) Status(ctx context.Context) (admin.Status, error) {
 				out.Backends = len(ps.p.Active())
 			}
 			out.Routes = routeStatus(sc, pools)
+			if a.l7 != nil {
+				out.Certificates = a.l7.certificates(sc.Name)
+			}
 			if httpCounts != nil {
 				out.HTTP = httpStatus(httpCounts[sc.Name])
 			}

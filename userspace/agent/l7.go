@@ -64,6 +64,11 @@ type l7Stage struct {
 	// run; sync itself is serialized by the agent's reloadMu.
 	mu       sync.Mutex
 	services map[string]*l7Service
+	// certWarned is when each certificate warning was last given
+	// (certWarnDue), under mu.
+	certWarned map[string]time.Time
+	// certWatch starts watchCertificates with the first sync.
+	certWatch sync.Once
 }
 
 // accessLogWarnEvery spaces the warnings of an access log destination
@@ -172,6 +177,17 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 			}
 		}
 	}
+	// Certificates as the reload left them (read again from their files),
+	// then watched for renewals.
+	now := time.Now()
+	for name, cur := range s.services {
+		if cur.svc.TLS != nil {
+			s.noteCertificates(name, cur, now, true)
+		} else if s.metrics != nil {
+			s.metrics.L7.SetCertificates(name, nil)
+		}
+	}
+	s.certWatch.Do(func() { s.wg.Go(func() { s.watchCertificates(ctx) }) })
 	return problems
 }
 

@@ -27,6 +27,7 @@ type L7 struct {
 	dnsWaits      *prometheus.CounterVec
 	refused       *prometheus.CounterVec
 	accessLogLost *prometheus.CounterVec
+	certExpiry    *prometheus.GaugeVec
 
 	// The event loops' gauges read loopStats at scrape time (nil: no
 	// loops running).
@@ -142,6 +143,10 @@ func newL7Vecs() *L7 {
 			Name: "sluice_l7_access_log_lost_total",
 			Help: "Access log lines lost because their destination refused the write (a full disk, a pipe whose reader went away), by access_log destination.",
 		}, []string{"access_log"}),
+		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_l7_certificate_expiry_timestamp_seconds",
+			Help: "When each certificate an https service serves expires (its notAfter, Unix time), by service and certificate file.",
+		}, []string{"service", "certificate"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_l7_refused_total",
 			Help: "Connections, requests and access log lines the L7 stage refused or dropped at a limit, by service and limit (connections, requests, body, header_count, upstream_connections, access_log).",
@@ -166,7 +171,7 @@ func (l *L7) Collect(ch chan<- prometheus.Metric) {
 func (l *L7) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		l.requests, l.duration, l.tries, l.retries, l.retryRefused, l.staleResends,
-		l.ejections, l.panicMode, l.upstreamConns, l.dnsWaits, l.refused, l.accessLogLost,
+		l.ejections, l.panicMode, l.upstreamConns, l.dnsWaits, l.refused, l.accessLogLost, l.certExpiry,
 		l.loops, l.loopTasks, l.loopConns,
 	}
 }
@@ -247,6 +252,16 @@ func (l *L7) SetPanic(pool string, on bool) {
 		v = 1
 	}
 	l.panicMode.WithLabelValues(pool).Set(v)
+}
+
+// SetCertificates makes service's certificate expiry series those of
+// expiry (certificate file to its notAfter): a file no longer served
+// loses its series.
+func (l *L7) SetCertificates(service string, expiry map[string]time.Time) {
+	l.certExpiry.DeletePartialMatch(prometheus.Labels{"service": service})
+	for file, at := range expiry {
+		l.certExpiry.WithLabelValues(service, file).Set(float64(at.Unix()))
+	}
 }
 
 // UpstreamClosed counts a pooled upstream connection closed for reason
@@ -373,5 +388,6 @@ func (l *L7) ForgetService(service string) {
 	l.staleResends.DeletePartialMatch(match)
 	l.dnsWaits.DeletePartialMatch(match)
 	l.refused.DeletePartialMatch(match)
+	l.certExpiry.DeletePartialMatch(match)
 	l.forgotten()
 }

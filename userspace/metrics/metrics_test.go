@@ -607,6 +607,7 @@ func populated(t *testing.T) *Metrics {
 	m.L7.DNSWait("web-http", "new-address")
 	m.L7.Refused("web-http", "requests")
 	m.L7.AccessLogLost("stdout", 1)
+	m.L7.SetCertificates("web-http", map[string]time.Time{"/etc/sluice/web.crt": time.Unix(1800000000, 0)})
 	m.Announce.VIPAnnounced(netip.MustParseAddr("198.18.1.100"), true)
 	m.Announce.RouteChange("announce")
 	m.Announce.RouteError()
@@ -853,4 +854,41 @@ func ExampleMetrics_Handler() {
 	// sluice_build_info{version="v0.1.0"} 1
 	// sluice_config_reloads_total{result="ok"} 1
 	// sluice_config_reloads_total{result="refused"} 0
+}
+
+// A service's certificate series follow its files: a file no longer
+// served loses its series, a forgotten service all of them.
+func TestCertificateExpirySeries(t *testing.T) {
+	m := New(Options{NoRuntimeCollectors: true})
+	get := func() map[string]float64 {
+		out := map[string]float64{}
+		mfs, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "sluice_l7_certificate_expiry_timestamp_seconds" {
+				continue
+			}
+			for _, x := range mf.GetMetric() {
+				var l []string
+				for _, lp := range x.GetLabel() {
+					l = append(l, lp.GetValue())
+				}
+				out[strings.Join(l, " ")] = x.GetGauge().GetValue()
+			}
+		}
+		return out
+	}
+	m.L7.SetCertificates("a", map[string]time.Time{"/c/a.crt": time.Unix(100, 0), "/c/b.crt": time.Unix(200, 0)})
+	m.L7.SetCertificates("b", map[string]time.Time{"/c/a.crt": time.Unix(300, 0)})
+	m.L7.SetCertificates("a", map[string]time.Time{"/c/b.crt": time.Unix(400, 0)})
+	if got, want := get(), map[string]float64{"/c/b.crt a": 400, "/c/a.crt b": 300}; !maps.Equal(got, want) {
+		t.Errorf("series %v, want %v", got, want)
+	}
+	m.L7.ForgetService("b")
+	m.L7.SetCertificates("a", nil)
+	if got := get(); len(got) != 0 {
+		t.Errorf("series %v after the services' certificates went, want none", got)
+	}
 }
