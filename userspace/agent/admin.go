@@ -319,6 +319,7 @@ func (a *agent) Reload(ctx context.Context) error {
 	}
 	logWarnings(a.log, cfg)
 	warnJournal(a.log, cfg, a.stdoutJournal)
+	warnFileLimit(a.log, cfg, openFileLimit())
 	a.mu.Lock()
 	restartOnly := a.restartOnly(cfg)
 	now := a.now()

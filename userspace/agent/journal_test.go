@@ -31,3 +31,30 @@ func TestWarnJournal(t *testing.T) {
 		}
 	}
 }
+
+// The http services' client limits past the open files limit are warned
+// of, with both numbers; within it, or with no http service, not.
+func TestWarnFileLimit(t *testing.T) {
+	svc := func(conns, reqs int) config.Service {
+		return config.Service{Name: "s", Protocol: config.ProtocolHTTP, Client: &config.ClientLimits{MaxConnections: conns, MaxRequests: reqs}}
+	}
+	for _, c := range []struct {
+		name     string
+		services []config.Service
+		limit    uint64
+		warn     string
+	}{
+		{"defaults under systemd's limit", []config.Service{svc(10000, 1000), svc(10000, 1000)}, 524288, ""},
+		{"defaults past ulimit -n 1024", []config.Service{svc(10000, 1000)}, 1024, "sockets_allowed=11256 open_files_limit=1024"},
+		{"two services past 20000", []config.Service{svc(10000, 1000), svc(10000, 1000)}, 20000, "sockets_allowed=22256 open_files_limit=20000"},
+		{"no http service", []config.Service{{Name: "l4", Protocol: "tcp"}}, 16, ""},
+		{"limit unknown", []config.Service{svc(10000, 1000)}, 0, ""},
+	} {
+		var buf bytes.Buffer
+		warnFileLimit(slog.New(slog.NewTextHandler(&buf, nil)), &config.Config{Services: c.services}, c.limit)
+		got := buf.String()
+		if c.warn == "" && got != "" || c.warn != "" && (!strings.Contains(got, c.warn) || !strings.Contains(got, "LimitNOFILE")) {
+			t.Errorf("%s: logged %q, want %q", c.name, got, c.warn)
+		}
+	}
+}

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/announce"
@@ -85,6 +86,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger, version strin
 	}
 	logWarnings(log, cfg)
 	warnJournal(log, cfg, ro.StdoutJournal)
+	warnFileLimit(log, cfg, openFileLimit())
 	// A second agent started by mistake stops here, before it touches the
 	// data path the first one runs.
 	if err := admin.Probe(cfg.Admin.Socket); err != nil {
@@ -383,6 +385,45 @@ func warnJournal(log *slog.Logger, cfg *config.Config, stdoutJournal bool) {
 			"journald drops this unit's lines, the agent's own warnings with them; set access_log to a file, "+
 			"e.g. /var/log/sluice/access.log (the unit's LogsDirectory, see docs/operations.md)", "services", names)
 	}
+}
+
+// fileReserve is the file descriptors the agent needs besides the http
+// services' connections: pinned maps and programs, listeners, DNS and
+// health-check sockets, logs, the admin and metrics endpoints.
+const fileReserve = 256
+
+// warnFileLimit warns when the http services' connection limits allow more
+// sockets than the agent may open (RLIMIT_NOFILE; limit 0: unknown): past
+// it, accepts and connects fail with EMFILE — new clients wait in the
+// listen queue, requests get 503 — before any limit of sluice's is reached
+// (nginx warns alike: "worker_connections exceed open file resource
+// limit"). Each client connection is a socket, and each request in flight
+// holds a backend connection.
+func warnFileLimit(log *slog.Logger, cfg *config.Config, limit uint64) {
+	need := uint64(fileReserve)
+	for _, svc := range cfg.HTTPServices() {
+		if c := svc.Client; c != nil {
+			need += uint64(c.MaxConnections) + uint64(c.MaxRequests)
+		}
+	}
+	if limit == 0 || need <= limit || len(cfg.HTTPServices()) == 0 {
+		return
+	}
+	log.Warn("the http services' client.max_connections and client.max_requests allow more sockets than the agent may open: "+
+		"past the limit new connections wait unaccepted and requests get 503 (host_resources); "+
+		"raise LimitNOFILE in the systemd unit (ulimit -n elsewhere) or lower those limits",
+		"sockets_allowed", need, "open_files_limit", limit)
+}
+
+// openFileLimit is the agent's RLIMIT_NOFILE (the Go runtime raised the
+// soft limit to the hard one at start); 0 when it cannot be read or is
+// unlimited.
+func openFileLimit() uint64 {
+	var r unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err != nil || r.Cur == unix.RLIM_INFINITY {
+		return 0
+	}
+	return r.Cur
 }
 
 // logWarnings logs the config's warnings (what `sluice check` prints as
