@@ -364,3 +364,45 @@ func TestL7DrainEndsLongResponses(t *testing.T) {
 		return fmt.Errorf("no line for the stream in %q", data)
 	})
 }
+
+// TestL7AccessLogRemoved: an access log file removed while the agent
+// writes it (an `rm` to free space, a rotation without reload) is opened
+// anew at its path within seconds: the requests after it are logged there,
+// and `sluice status` shows the warning.
+func TestL7AccessLogRemoved(t *testing.T) {
+	parallel(t)
+	accessLog := filepath.Join(t.TempDir(), "access.log")
+	lab, agent := startL7(t, agentConfig{HTTPExtra: "    access_log: " + accessLog + "\n"})
+	logged := func(rid string) error {
+		b, err := os.ReadFile(accessLog)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), "rid="+rid) {
+			return fmt.Errorf("not in the file")
+		}
+		return nil
+	}
+	rid := newRID("before")
+	if r := lab.curl("GET", httpURL+"?rid="+rid); r.Code != 200 {
+		t.Fatalf("request: %d", r.Code)
+	}
+	waitFor(t, 5*time.Second, "the request's line in the access log", func() error { return logged(rid) })
+	if err := os.Remove(accessLog); err != nil {
+		t.Fatal(err)
+	}
+	removed := time.Now()
+	waitFor(t, 10*time.Second, "the access log opened anew", func() error {
+		_, err := os.Stat(accessLog)
+		return err
+	})
+	t.Logf("access log opened anew %v after it was removed", time.Since(removed).Round(100*time.Millisecond))
+	rid = newRID("after")
+	if r := lab.curl("GET", httpURL+"?rid="+rid); r.Code != 200 {
+		t.Fatalf("request: %d", r.Code)
+	}
+	waitFor(t, 5*time.Second, "the next request's line in the new access log", func() error { return logged(rid) })
+	if out, err := agent.CLI("status"); err != nil || !strings.Contains(out, "access log file removed") {
+		t.Errorf("sluice status does not show the removal (%v):\n%s", err, out)
+	}
+}

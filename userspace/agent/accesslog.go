@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"sync"
@@ -29,13 +31,14 @@ type accessLogs struct {
 	// access_log value), with the lines it lost (nil: not told).
 	onWriteError func(dest string, err error, lines int)
 
-	mu    sync.Mutex
-	logs  map[string]*accesslog.Logger // by access_log value
-	files map[string]*os.File          // the open file of each path
+	mu     sync.Mutex
+	logs   map[string]*accesslog.Logger // by access_log value
+	files  map[string]*os.File          // the open file of each path
+	failed map[string]bool              // paths reopenGone could not open again (told of)
 }
 
 func newAccessLogs(stdout io.Writer) *accessLogs {
-	return &accessLogs{stdout: stdout, logs: map[string]*accesslog.Logger{}, files: map[string]*os.File{}}
+	return &accessLogs{stdout: stdout, logs: map[string]*accesslog.Logger{}, files: map[string]*os.File{}, failed: map[string]bool{}}
 }
 
 // get returns the log of an access_log value (nil for off).
@@ -83,27 +86,78 @@ func openAccessLog(path string) (*os.File, error) {
 func (a *accessLogs) reopen(log *slog.Logger) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for path, old := range a.files {
-		f, err := openAccessLog(path)
+	for path := range a.files {
+		a.reopenLocked(path, log)
+	}
+}
+
+// reopenGone opens again each file whose path no longer names the file
+// open: removed (an `rm` to free space, which frees nothing while the
+// file is open, and whose lines would go nowhere anyone can read), or
+// moved away by a rotation that did not reload the agent. Without it
+// the lines went to a file nobody sees until the next reload. Checked
+// every few seconds (watchFiles); a path that cannot be opened again
+// (its directory gone) is told of once, and tried again.
+func (a *accessLogs) reopenGone(log *slog.Logger) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for path, f := range a.files {
+		open, err := f.Stat()
 		if err != nil {
-			log.Error("access log not reopened, writing on to the old file", "path", path, "err", err)
 			continue
 		}
-		prev, err := a.logs[path].Swap(f)
-		if prev == nil {
-			// Stuck: the log goes on with the old file.
-			log.Error("access log not reopened", "path", path, "err", err)
-			_ = f.Close()
+		now, err := os.Stat(path)
+		switch {
+		case err == nil && os.SameFile(open, now):
+			delete(a.failed, path)
 			continue
+		case err != nil && !errors.Is(err, fs.ErrNotExist):
+			continue // unreadable for a moment: not proof it is gone
 		}
+		why := "moved away"
 		if err != nil {
-			log.Warn("access log lines were lost", "path", path, "err", err)
+			why = "removed"
 		}
-		a.files[path] = f
-		if err := old.Close(); err != nil {
-			log.Warn("closing the old access log file", "path", path, "err", err)
+		if a.reopenLocked(path, nil) {
+			delete(a.failed, path)
+			log.Warn("access log file "+why+" while open, without a reload: its lines go to a new file at its path now",
+				"path", path)
+		} else if !a.failed[path] {
+			a.failed[path] = true
+			log.Error("access log file "+why+" while open and not opened again at its path: lines go to the old file until it can be (retried every 5s)",
+				"path", path)
 		}
 	}
+}
+
+// reopenLocked opens path again and moves its log onto the new file;
+// false when it could not (errors logged to log when not nil). a.mu held.
+func (a *accessLogs) reopenLocked(path string, log *slog.Logger) bool {
+	old := a.files[path]
+	f, err := openAccessLog(path)
+	if err != nil {
+		if log != nil {
+			log.Error("access log not reopened, writing on to the old file", "path", path, "err", err)
+		}
+		return false
+	}
+	prev, err := a.logs[path].Swap(f)
+	if prev == nil {
+		// Stuck: the log goes on with the old file.
+		if log != nil {
+			log.Error("access log not reopened", "path", path, "err", err)
+		}
+		_ = f.Close()
+		return false
+	}
+	if err != nil && log != nil {
+		log.Warn("access log lines were lost", "path", path, "err", err)
+	}
+	a.files[path] = f
+	if err := old.Close(); err != nil && log != nil {
+		log.Warn("closing the old access log file", "path", path, "err", err)
+	}
+	return true
 }
 
 // close flushes every log and closes the files.

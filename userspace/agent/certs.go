@@ -14,9 +14,10 @@ import (
 // exported, so that a renewal hook that forgot `sluice reload`, or a
 // renewal that stopped, is not found out by the clients.
 const (
-	// certCheckEvery is how often the certificate files are looked at
-	// (a stat of each; they are read only when they changed).
-	certCheckEvery = 5 * time.Second
+	// fileCheckEvery is how often the certificate files and the access
+	// log files are looked at (a stat of each; certificates are read
+	// only when they changed).
+	fileCheckEvery = 5 * time.Second
 	// certExpiryWarn is how long before its expiry a certificate is
 	// warned of (Let's Encrypt renews 30 days before, cert-manager at
 	// two thirds of the lifetime: a certificate 14 days from its end is
@@ -29,10 +30,11 @@ const (
 	certExpiredWarnEvery = time.Hour
 )
 
-// watchCertificates checks the https services' certificate files every
-// certCheckEvery until ctx ends.
-func (s *l7Stage) watchCertificates(ctx context.Context) {
-	t := time.NewTicker(certCheckEvery)
+// watchFiles looks at the files the http services read and write every
+// fileCheckEvery until ctx ends: certificates renewed, access logs
+// removed or moved away.
+func (s *l7Stage) watchFiles(ctx context.Context) {
+	t := time.NewTicker(fileCheckEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -40,6 +42,7 @@ func (s *l7Stage) watchCertificates(ctx context.Context) {
 			return
 		case now := <-t.C:
 			s.checkCertificates(now)
+			s.accessLogs.reopenGone(s.log)
 		}
 	}
 }

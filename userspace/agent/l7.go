@@ -67,8 +67,8 @@ type l7Stage struct {
 	// certWarned is when each certificate warning was last given
 	// (certWarnDue), under mu.
 	certWarned map[string]time.Time
-	// certWatch starts watchCertificates with the first sync.
-	certWatch sync.Once
+	// fileWatch starts watchFiles with the first sync.
+	fileWatch sync.Once
 }
 
 // accessLogWarnEvery spaces the warnings of an access log destination
@@ -178,7 +178,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 		}
 	}
 	// Certificates as the reload left them (read again from their files),
-	// then watched for renewals.
+	// then watched for renewals, and the access log files for removal.
 	now := time.Now()
 	for name, cur := range s.services {
 		if cur.svc.TLS != nil {
@@ -187,7 +187,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 			s.metrics.L7.SetCertificates(name, nil)
 		}
 	}
-	s.certWatch.Do(func() { s.wg.Go(func() { s.watchCertificates(ctx) }) })
+	s.fileWatch.Do(func() { s.wg.Go(func() { s.watchFiles(ctx) }) })
 	return problems
 }
 

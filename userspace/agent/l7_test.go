@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
 	"github.com/sluicelb/sluice/userspace/datapath"
@@ -380,4 +383,82 @@ func statusBackend(t *testing.T, h *harness, poolName, address string) admin.Bac
 	}
 	t.Fatalf("no %s %s in status: %+v", poolName, address, st.Pools)
 	return admin.Backend{}
+}
+
+// An access log file removed, or moved away by a rotation that did not
+// reload, is opened again at its path by the next check: the lines after
+// it go to the new file, none to the old one. A path whose directory is
+// gone is told of once and tried again.
+func TestAccessLogReopenGone(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	a := newAccessLogs(nil)
+	l, err := a.get(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logBuf, nil))
+	line := func(uri string) {
+		t.Helper()
+		l.Log(&accesslog.Record{Service: "web", URI: uri})
+		if err := l.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(p string) string {
+		t.Helper()
+		b, _ := os.ReadFile(p)
+		return string(b)
+	}
+	line("/1")
+	a.reopenGone(log) // nothing gone
+	if logBuf.Len() != 0 {
+		t.Fatalf("logged %q with the file in place", logBuf.String())
+	}
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	a.reopenGone(log)
+	line("/2")
+	if got := read(path); !strings.Contains(got, `"/2"`) || strings.Contains(got, `"/1"`) {
+		t.Errorf("after the file was removed the path holds %q, want the line of /2 only", got)
+	}
+	if !strings.Contains(logBuf.String(), "access log file removed") {
+		t.Errorf("logged %q, want the removal told of", logBuf.String())
+	}
+
+	rotated := path + ".1"
+	if err := os.Rename(path, rotated); err != nil {
+		t.Fatal(err)
+	}
+	a.reopenGone(log)
+	line("/3")
+	if got := read(path); !strings.Contains(got, `"/3"`) {
+		t.Errorf("after a rotation without reload the path holds %q, want the line of /3", got)
+	}
+	if got := read(rotated); strings.Contains(got, `"/3"`) {
+		t.Errorf("the rotated file got a line after the check: %q", got)
+	}
+
+	// The directory gone: told of once, the old file kept, tried again.
+	logBuf.Reset()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	a.reopenGone(log)
+	a.reopenGone(log)
+	if n := strings.Count(logBuf.String(), "not opened again"); n != 1 {
+		t.Errorf("a path that cannot be opened again was told of %d times, want once: %q", n, logBuf.String())
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a.reopenGone(log)
+	line("/4")
+	if got := read(path); !strings.Contains(got, `"/4"`) {
+		t.Errorf("once the directory is back the path holds %q, want the line of /4", got)
+	}
+	a.close(log)
 }
