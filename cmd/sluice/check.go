@@ -5,7 +5,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"time"
 
+	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/userspace/config"
 )
 
@@ -19,7 +21,8 @@ Reads FILE the way the agent would (strict: unknown keys are errors), applies
 defaults and validates it. Prints every problem as FILE:LINE: key: message on
 stderr and exits 1 if there is any. A valid file may still have warnings,
 settings likely to surprise (the 1h idle timeout of tcp flows, backend
-certificates not verified): each is printed on stderr as
+certificates not verified, a listener certificate expired or expiring within
+14 days of the check): each is printed on stderr as
 FILE:LINE: key: warning: message. It then prints a summary on stdout and
 exits 0, or 1 with --strict. Touches neither the kernel nor a running agent.
 FILE may also be given as the only argument.`,
@@ -50,24 +53,61 @@ FILE may also be given as the only argument.`,
 				if err != nil {
 					return err
 				}
-				for _, w := range cfg.WarningLines() {
+				warnings := append(cfg.WarningLines(), certificateWarnings(cfg, time.Now())...)
+				for _, w := range warnings {
 					fmt.Fprintln(e.stderr, w)
 				}
 				warned := ""
-				if n := len(cfg.Warnings); n > 0 {
+				if n := len(warnings); n > 0 {
 					warned = fmt.Sprintf(", %d warning%s", n, plural(n))
 				}
 				fmt.Fprintf(e.stdout, "%s: ok (%d pool%s, %d service%s: %d l4, %d http%s)\n", path,
 					len(cfg.Pools), plural(len(cfg.Pools)), len(cfg.Services), plural(len(cfg.Services)),
 					len(cfg.L4Services()), len(cfg.HTTPServices()), warned)
-				if strict && len(cfg.Warnings) > 0 {
-					n := len(cfg.Warnings)
+				if strict && len(warnings) > 0 {
+					n := len(warnings)
 					return fmt.Errorf("%s: %d warning%s, refused with --strict", path, n, plural(n))
 				}
 				return nil
 			}
 		},
 	}
+}
+
+// certExpiryWarn is how long before its expiry check warns of a listener
+// certificate (the agent warns from then on too).
+const certExpiryWarn = 14 * 24 * time.Hour
+
+// certificateWarnings are the warnings of the https listeners'
+// certificates that are expired or expire within certExpiryWarn of now,
+// as FILE:LINE: key: warning: message. They depend on the day, so they are
+// the check's, not the config's (the running agent warns of them itself).
+func certificateWarnings(cfg *config.Config, now time.Time) []string {
+	var out []string
+	for i, svc := range cfg.Services {
+		if svc.Protocol != config.ProtocolHTTP || svc.TLS == nil {
+			continue
+		}
+		cs, err := certs.Load(svc.TLS.Files())
+		if err != nil {
+			continue // a problem validation reported
+		}
+		for _, c := range cs.Info() {
+			left := c.NotAfter.Sub(now)
+			when := c.NotAfter.UTC().Format("2006-01-02 15:04 UTC")
+			var msg string
+			switch {
+			case left <= 0:
+				msg = fmt.Sprintf("certificate %s expired %s: clients refuse the handshake", c.File, when)
+			case left < certExpiryWarn:
+				msg = fmt.Sprintf("certificate %s expires %s, in %s: renew it", c.File, when, days(left))
+			default:
+				continue
+			}
+			out = append(out, fmt.Sprintf("%s:%d: services[%d].tls: warning: %s", cfg.Path, svc.Line, i, msg))
+		}
+	}
+	return out
 }
 
 func plural(n int) string {
