@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -119,4 +120,94 @@ func TestL7CertificateRenewed(t *testing.T) {
 		t.Errorf("after a broken renewal %s is served, want new.lab (the last one loaded)", got)
 	}
 	check("after a broken renewal", later, "new.lab")
+}
+
+// TestL7UpstreamCARotated: the CA file an http service verifies its TLS
+// backends with (upstream.ca) is read again when it changes, without a
+// reload: the new CA added to the bundle, then the backend moved to a
+// certificate of the new CA, and no request fails.
+func TestL7UpstreamCARotated(t *testing.T) {
+	parallel(t)
+	dir := t.TempDir()
+	for _, d := range []string{"a", "b"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	certA, keyA := writeTestCertUntil(t, filepath.Join(dir, "a"), "backend.lab", time.Now().Add(24*time.Hour))
+	certB, keyB := writeTestCertUntil(t, filepath.Join(dir, "b"), "backend.lab", time.Now().Add(48*time.Hour))
+	ca := filepath.Join(dir, "ca.pem")
+	bundle := func(files ...string) {
+		t.Helper()
+		var all []byte
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, b...)
+		}
+		if err := os.WriteFile(ca+".new", all, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(ca+".new", ca); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bundle(certA)
+	pool := `  - name: tlsweb
+    backends:
+      - address: 198.18.2.11:8443
+`
+	svc := fmt.Sprintf(`  - name: tls-http
+    listen: %s:81
+    protocol: http
+    pool: tlsweb
+    upstream: {tls: true, server_name: backend.lab, ca: %s}
+`, httpVIP, ca)
+	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
+	backend := func(cert, key string) *Proc {
+		p := lab.Start("be1-tls", "be1", env.backend, "--listen", ":8080", "--tls-listen", ":8443",
+			"--tls-cert", cert, "--tls-key", key, "--name", "be1")
+		waitFor(t, 5*time.Second, "be1's TLS listener", func() error {
+			_, err := lab.Run("be1", 2*time.Second, "curl", "-sfk", "-o", "/dev/null", "--max-time", "1", "https://127.0.0.1:8443/healthz")
+			return err
+		})
+		return p
+	}
+	be := backend(certA, keyA)
+	url := fmt.Sprintf("http://%s:81/", httpVIP)
+	if r := lab.curl("GET", url); r.Code != 200 {
+		t.Fatalf("through the TLS upstream: %d, want 200", r.Code)
+	}
+
+	// The new CA joins the bundle: read again within seconds.
+	bundle(certA, certB)
+	waitFor(t, 15*time.Second, "the CA file read again", func() error {
+		if !strings.Contains(agent.proc.Log(), "upstream CA file changed: read again") {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	// The backend moves to a certificate of the new CA.
+	be.Stop(3 * time.Second)
+	backend(certB, keyB)
+	for i := range 5 {
+		if r := lab.curl("GET", url); r.Code != 200 {
+			t.Errorf("request %d after the backend moved to the new CA: %d, want 200", i, r.Code)
+		}
+	}
+	// The old CA leaves the bundle: still served.
+	bundle(certB)
+	waitFor(t, 15*time.Second, "the CA file read again", func() error {
+		if n := strings.Count(agent.proc.Log(), "upstream CA file changed: read again"); n < 2 {
+			return fmt.Errorf("read again %d times", n)
+		}
+		return nil
+	})
+	for i := range 3 {
+		if r := lab.curl("GET", url+"?after=1"); r.Code != 200 {
+			t.Errorf("request %d with the new CA alone: %d, want 200", i, r.Code)
+		}
+	}
 }

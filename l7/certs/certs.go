@@ -141,24 +141,24 @@ type Stamp string
 
 // StampOf is the Stamp of f's files.
 func StampOf(f Files) (Stamp, error) {
+	paths := make([]string, 0, 2+2*len(f.SNI))
+	for _, p := range append([]Pair{{f.Cert, f.Key}}, f.SNI...) {
+		paths = append(paths, p.Cert, p.Key)
+	}
+	return StampFiles(paths...)
+}
+
+// StampFiles is the Stamp of the files at paths (a CA file, say).
+func StampFiles(paths ...string) (Stamp, error) {
 	var b strings.Builder
-	add := func(path string) error {
+	for _, path := range paths {
 		fi, err := os.Stat(path)
 		if err != nil {
-			return fmt.Errorf("certificate file: %w", err)
+			return "", fmt.Errorf("certificate file: %w", err)
 		}
 		fmt.Fprintf(&b, "%s %d %d;", path, fi.Size(), fi.ModTime().UnixNano())
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			fmt.Fprintf(&b, "%d %d %d.%d;", st.Dev, st.Ino, st.Ctim.Sec, st.Ctim.Nsec)
-		}
-		return nil
-	}
-	for _, p := range append([]Pair{{f.Cert, f.Key}}, f.SNI...) {
-		if err := add(p.Cert); err != nil {
-			return "", err
-		}
-		if err := add(p.Key); err != nil {
-			return "", err
 		}
 	}
 	return Stamp(b.String()), nil

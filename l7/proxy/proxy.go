@@ -546,6 +546,22 @@ func (s *Server) RefreshCertificates() (bool, error) {
 	return true, nil
 }
 
+// SetUpstreamTLS makes cfg the TLS configuration of the backend
+// connections dialled from now on (the CA file of upstream.ca renewed);
+// open ones keep theirs. cfg is nil exactly when the service's backends
+// are plain text: TLS is not switched on or off on a running server.
+func (s *Server) SetUpstreamTLS(cfg *tls.Config) error {
+	if err := s.pools.SetTLS(cfg); err != nil {
+		return fmt.Errorf("service %s: %w", s.name, err)
+	}
+	if s.h2 != nil {
+		if err := s.h2.SetTLS(cfg); err != nil {
+			return fmt.Errorf("service %s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
 // Certificates is what the listener's certificates say of themselves
 // (nil without TLS): the default one first.
 func (s *Server) Certificates() []certs.Info {

@@ -36,6 +36,9 @@ type H2Pools struct {
 	opts H2Options
 	log  *slog.Logger
 	tr   *http2.Transport
+	// tls is the TLS configuration of new connections (opts.TLS until
+	// SetTLS); nil for h2c.
+	tls atomic.Pointer[tls.Config]
 
 	mu     sync.Mutex
 	addrs  map[netip.AddrPort]*h2Addr
@@ -143,7 +146,19 @@ func NewH2(opts H2Options) *H2Pools {
 		PingTimeout:       10 * time.Second,
 		MaxHeaderListSize: uint32(opts.MaxHeaderBytes),
 	}
-	return &H2Pools{opts: opts, log: log, tr: tr, addrs: map[netip.AddrPort]*h2Addr{}}
+	p := &H2Pools{opts: opts, log: log, tr: tr, addrs: map[netip.AddrPort]*h2Addr{}}
+	p.tls.Store(opts.TLS)
+	return p
+}
+
+// SetTLS is Pools.SetTLS for HTTP/2 backends: cfg is used for the
+// connections dialled from now on, nil exactly when H2Options.TLS was.
+func (p *H2Pools) SetTLS(cfg *tls.Config) error {
+	if (cfg == nil) != (p.opts.TLS == nil) {
+		return errTLSSwitch
+	}
+	p.tls.Store(cfg)
+	return nil
 }
 
 // Get returns a connection to addr with room for one more stream: an
@@ -284,8 +299,8 @@ func (p *H2Pools) dial(ctx context.Context, addr netip.AddrPort, serverName, inf
 		_ = tc.SetNoDelay(true)
 	}
 	nc := raw
-	if p.opts.TLS != nil {
-		cfg := p.opts.TLS.Clone()
+	if tc := p.tls.Load(); tc != nil {
+		cfg := tc.Clone()
 		if cfg.ServerName == "" {
 			cfg.ServerName = serverName
 		}

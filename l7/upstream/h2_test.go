@@ -306,3 +306,47 @@ func TestH2PoolTLSWithoutALPNh2(t *testing.T) {
 		t.Fatalf("stats after a failed dial: %+v", s)
 	}
 }
+
+// SetTLS changes what the connections dialled after it trust (a CA file
+// renewed): a backend whose certificate the first configuration does not
+// trust is reached once the new one does, over HTTP/1.1 and HTTP/2; TLS
+// is not switched off on running pools.
+func TestSetTLS(t *testing.T) {
+	addr, trusting := tlsBackend(t, true)
+	untrusting := &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12}
+	deadline := func() time.Time { return time.Now().Add(5 * time.Second) }
+
+	p := New(Options{TLS: untrusting})
+	defer p.Close()
+	if _, err := p.Get(context.Background(), addr, "example.com", "", deadline()); err == nil {
+		t.Fatal("a backend whose certificate is not trusted was connected to")
+	}
+	if err := p.SetTLS(trusting); err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.Get(context.Background(), addr, "example.com", "", deadline())
+	if err != nil {
+		t.Fatalf("after SetTLS: %v", err)
+	}
+	p.Put(c, CloseError)
+	if err := p.SetTLS(nil); err == nil {
+		t.Error("SetTLS(nil) switched TLS off on running pools")
+	}
+
+	h := NewH2(H2Options{TLS: untrusting})
+	defer h.Close()
+	if _, _, err := h.Get(context.Background(), addr, "example.com", "", deadline()); err == nil {
+		t.Fatal("HTTP/2: a backend whose certificate is not trusted was connected to")
+	}
+	if err := h.SetTLS(trusting); err != nil {
+		t.Fatal(err)
+	}
+	hc, _, err := h.Get(context.Background(), addr, "example.com", "", deadline())
+	if err != nil {
+		t.Fatalf("HTTP/2 after SetTLS: %v", err)
+	}
+	h.Done(hc, false)
+	if err := NewH2(H2Options{}).SetTLS(trusting); err == nil {
+		t.Error("SetTLS switched TLS on for h2c pools")
+	}
+}

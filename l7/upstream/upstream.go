@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -118,6 +119,9 @@ func LocalFailure(err error) bool {
 type Pools struct {
 	opts Options
 	log  *slog.Logger
+	// tls is the TLS configuration of new connections (opts.TLS until
+	// SetTLS: a renewed CA file); nil for plain-text backends.
+	tls atomic.Pointer[tls.Config]
 
 	mu     sync.Mutex
 	addrs  map[netip.AddrPort]*addrPool
@@ -196,8 +200,25 @@ func New(opts Options) *Pools {
 	orDefault(&opts.MaxDialsPerAddr, DefaultMaxDialsPerAddr)
 	loopDial := opts.Dial == nil
 	log := dialAndLog(&opts.Dial, opts.Log)
-	return &Pools{opts: opts, log: log, addrs: map[netip.AddrPort]*addrPool{}, loopDial: loopDial}
+	p := &Pools{opts: opts, log: log, addrs: map[netip.AddrPort]*addrPool{}, loopDial: loopDial}
+	p.tls.Store(opts.TLS)
+	return p
 }
+
+// SetTLS makes cfg the TLS configuration of the connections dialled from
+// now on (a CA file renewed); those open keep theirs. Backends are TLS or
+// not for the pools' whole life: cfg must be nil exactly when
+// Options.TLS was.
+func (p *Pools) SetTLS(cfg *tls.Config) error {
+	if (cfg == nil) != (p.opts.TLS == nil) {
+		return errTLSSwitch
+	}
+	p.tls.Store(cfg)
+	return nil
+}
+
+// errTLSSwitch is SetTLS's error for a switch between TLS and plain text.
+var errTLSSwitch = errors.New("upstream TLS cannot be switched on or off on running pools")
 
 func (p *Pools) addrLocked(addr netip.AddrPort) *addrPool {
 	ap := p.addrs[addr]
@@ -471,8 +492,8 @@ func (p *Pools) dial(ctx context.Context, addr netip.AddrPort, serverName, info 
 		_ = tc.SetNoDelay(true)
 	}
 	var nc = raw
-	if p.opts.TLS != nil {
-		cfg := p.opts.TLS.Clone()
+	if tc := p.tls.Load(); tc != nil {
+		cfg := tc.Clone()
 		if cfg.ServerName == "" {
 			cfg.ServerName = serverName
 		}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"strings"
 	"time"
 
@@ -42,6 +43,7 @@ func (s *l7Stage) watchFiles(ctx context.Context) {
 			return
 		case now := <-t.C:
 			s.checkCertificates(now)
+			s.checkUpstreamCAs(now)
 			s.accessLogs.reopenGone(s.log)
 		}
 	}
@@ -72,6 +74,44 @@ func (s *l7Stage) checkCertificates(now time.Time) {
 				"certificates", describeCerts(cur.srv.Certificates(), now))
 		}
 		s.noteCertificates(name, cur, now, loaded)
+	}
+}
+
+// checkUpstreamCAs reads again the upstream CA file (upstream.ca) of
+// every service whose file changed since it was read, for the backend
+// connections dialled from then on: a rotated internal CA is trusted
+// within seconds, before backends that present certificates of the new
+// one fail their handshakes (and get ejected). A file that cannot be
+// read keeps the CAs trusted as they were, with a warning (daily).
+func (s *l7Stage) checkUpstreamCAs(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, cur := range s.services {
+		u := cur.svc.Upstream
+		if u == nil || !u.TLS || u.CA == "" {
+			continue
+		}
+		st, err := certs.StampFiles(u.CA)
+		if err == nil && st == cur.caStamp {
+			continue
+		}
+		var tc *tls.Config
+		if err == nil {
+			tc, err = upstreamTLS(u)
+		}
+		if err == nil {
+			err = cur.srv.SetUpstreamTLS(tc)
+		}
+		if err != nil {
+			if s.certWarnDue("ca "+name, now, certWarnEvery) {
+				s.log.Warn("upstream CA file of an http service changed and cannot be read: backends are verified with the CAs read before (checked again every 5s)",
+					"service", name, "ca", u.CA, "err", err)
+			}
+			continue
+		}
+		delete(s.certWarned, "ca "+name)
+		cur.caStamp = st
+		s.log.Info("upstream CA file changed: read again, new backend connections are verified with it", "service", name, "ca", u.CA)
 	}
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/evloop"
 	"github.com/sluicelb/sluice/l7/proxy"
 	"github.com/sluicelb/sluice/l7/reqid"
@@ -32,6 +34,10 @@ type l7Service struct {
 	srv    *proxy.Server
 	cancel context.CancelFunc
 	listen *listenerHandoff // the socket, passed on to a replacement on the same address
+	// caStamp is the stamp of the upstream CA file as last read (""
+	// without one), under l7Stage.mu: watchFiles reads it again when it
+	// changes.
+	caStamp certs.Stamp
 }
 
 // l7Stage runs the http services of the config: one proxy.Server each,
@@ -196,6 +202,7 @@ func (s *l7Stage) sync(ctx context.Context, cfg *config.Config, pools map[string
 // over instead of listening.
 func (s *l7Stage) start(ctx context.Context, svc config.Service, cfg *config.Config, sp map[string]*pool.Pool, reuse *listenerHandoff) error {
 	s.pace()
+	caStamp := upstreamCAStamp(svc)
 	opts, err := s.options(svc)
 	if err != nil {
 		return err
@@ -237,7 +244,7 @@ func (s *l7Stage) start(ctx context.Context, svc config.Service, cfg *config.Con
 	sctx, cancel := context.WithCancel(ctx)
 	// The server follows the pool's transitions itself (pool.Subscribe)
 	// until it shuts down.
-	cur := &l7Service{svc: svc, pools: sp, srv: srv, cancel: cancel, listen: hand}
+	cur := &l7Service{svc: svc, pools: sp, srv: srv, cancel: cancel, listen: hand, caStamp: caStamp}
 	s.wg.Go(func() {
 		if err := srv.Serve(sctx, l); err != nil {
 			s.log.Error("http service stopped", "service", svc.Name, "err", err)
@@ -291,16 +298,37 @@ func (s *l7Stage) options(svc config.Service) (proxy.Options, error) {
 			MaxHeaderBytes: u.MaxHeaderBytes, MaxHeaderCount: u.MaxHeaderCount,
 		}
 		if u.TLS {
-			// The server name (upstream.server_name, per route too) is the
-			// proxy's per request (proxyService), not fixed here.
-			tc, err := upstream.ClientTLS(upstream.TLSOptions{CA: u.CA, InsecureSkipVerify: u.InsecureSkipVerify, VerifyName: u.VerifyName})
+			tc, err := upstreamTLS(u)
 			if err != nil {
-				return proxy.Options{}, fmt.Errorf("upstream %w", err)
+				return proxy.Options{}, err
 			}
 			opts.Upstream.TLS = tc
 		}
 	}
 	return opts, nil
+}
+
+// upstreamTLS is the TLS configuration of an upstream with tls on, its CA
+// file (upstream.ca) read now. The server name (upstream.server_name, per
+// route too) is the proxy's per request (proxyService), not fixed here.
+func upstreamTLS(u *config.Upstream) (*tls.Config, error) {
+	tc, err := upstream.ClientTLS(upstream.TLSOptions{CA: u.CA, InsecureSkipVerify: u.InsecureSkipVerify, VerifyName: u.VerifyName})
+	if err != nil {
+		return nil, fmt.Errorf("upstream %w", err)
+	}
+	return tc, nil
+}
+
+// upstreamCAStamp is the stamp of svc's upstream CA file, taken before it
+// is read ("" without one, or when it cannot be looked at: the read then
+// fails on its own).
+func upstreamCAStamp(svc config.Service) certs.Stamp {
+	u := svc.Upstream
+	if u == nil || !u.TLS || u.CA == "" {
+		return ""
+	}
+	st, _ := certs.StampFiles(u.CA)
+	return st
 }
 
 // update applies a reloaded service to its running server: settings,
@@ -333,6 +361,19 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config,
 			return err
 		}
 	}
+	// The upstream CA file read again too (a reload picks up a rotated
+	// CA, as it does renewed certificates).
+	caStamp := upstreamCAStamp(svc)
+	if u := svc.Upstream; u != nil && u.TLS {
+		tc, err := upstreamTLS(u)
+		if err != nil {
+			return err
+		}
+		if err := cur.srv.SetUpstreamTLS(tc); err != nil {
+			return err
+		}
+	}
+	cur.caStamp = caStamp
 	// The ejection block of the service's own pool (the trackers of its
 	// routes' pools are kept up to date with their pools).
 	var ej config.Ejection

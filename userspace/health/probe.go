@@ -12,8 +12,10 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync"
 	"syscall"
 
+	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/l7/upstream"
 )
 
@@ -62,18 +64,57 @@ func (tcpProber) probe(ctx context.Context, addr netip.AddrPort) (string, int, e
 // are off, so the connection is closed after the response, and a check
 // never rides on a connection an earlier one opened.
 type httpProber struct {
-	cfg    HTTP
-	client *http.Client
+	cfg HTTP
+
+	mu      sync.Mutex
+	client  *http.Client
+	caStamp certs.Stamp // of cfg.TLS.CA when client was built ("" without one)
 }
 
 func newHTTPProber(cfg HTTP) (*httpProber, error) {
+	p := &httpProber{cfg: cfg}
+	if err := p.build(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// build makes the prober's client, its CA file (if any) read now (its
+// stamp taken first: a file changed while it is read is read again).
+func (p *httpProber) build() error {
 	var tc *tls.Config
-	if cfg.TLS != nil {
+	var stamp certs.Stamp
+	if t := p.cfg.TLS; t != nil {
+		if t.CA != "" {
+			stamp, _ = certs.StampFiles(t.CA)
+		}
 		var err error
-		if tc, err = clientTLS(*cfg.TLS); err != nil {
-			return nil, err
+		if tc, err = clientTLS(*t); err != nil {
+			return err
 		}
 	}
+	p.client, p.caStamp = newProbeClient(tc), stamp
+	return nil
+}
+
+// current is the client for a check: built again first when the CA file
+// changed since (a rotated CA is trusted by the next check, as by the
+// proxy's backend connections); a file that cannot be read now keeps the
+// CAs read before.
+func (p *httpProber) current() *http.Client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t := p.cfg.TLS; t != nil && t.CA != "" {
+		if st, err := certs.StampFiles(t.CA); err == nil && st != p.caStamp {
+			_ = p.build() // on an error the client stays as it was
+		}
+	}
+	return p.client
+}
+
+// newProbeClient is a checks' client: a fresh connection per check, tc
+// for HTTPS (nil: plain HTTP).
+func newProbeClient(tc *tls.Config) *http.Client {
 	tr := &http.Transport{
 		TLSClientConfig:        tc,
 		Proxy:                  nil, // never the environment's proxy
@@ -83,15 +124,12 @@ func newHTTPProber(cfg HTTP) (*httpProber, error) {
 		MaxResponseHeaderBytes: 64 << 10,
 		ForceAttemptHTTP2:      false,
 	}
-	return &httpProber{
-		cfg: cfg,
-		client: &http.Client{
-			Transport: tr,
-			// A 3xx is a status to compare with the range, not a
-			// redirect to follow.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-	}, nil
+	return &http.Client{
+		Transport: tr,
+		// A 3xx is a status to compare with the range, not a redirect to
+		// follow.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 }
 
 func (p *httpProber) probe(ctx context.Context, addr netip.AddrPort) (string, int, error) {
@@ -109,7 +147,7 @@ func (p *httpProber) probe(ctx context.Context, addr netip.AddrPort) (string, in
 	}
 	req.Header.Set("User-Agent", "sluice-health-check")
 	req.Close = true
-	resp, err := p.client.Do(req)
+	resp, err := p.current().Do(req)
 	if err != nil {
 		return classify(ctx, err), 0, fmt.Errorf("GET %s: %w", target, unwrapURL(err))
 	}

@@ -2,9 +2,15 @@ package health
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"io"
 	"log"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -126,5 +132,54 @@ func TestHTTPSFromConfig(t *testing.T) {
 	c, _ = FromConfig(hc)
 	if _, err := New(context.Background(), c, func(netip.AddrPort, bool, string) {}, Options{}); err == nil || !strings.Contains(err.Error(), "ca") {
 		t.Errorf("New with a missing CA file: %v", err)
+	}
+}
+
+// A CA file rewritten (a rotated CA) is read again by the next check; one
+// that cannot be read then keeps the CAs read before.
+func TestHTTPSProbeCARotated(t *testing.T) {
+	tb := newTLSBackend(t)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	// Another certificate than the one tb presents (every httptest server
+	// has the same).
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "other CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := struct{ ca string }{filepath.Join(t.TempDir(), "other.pem")}
+	if err := os.WriteFile(other.ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	copyCA := func(from string) {
+		t.Helper()
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(ca, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyCA(other.ca)
+	cfg := httpConfig(2 * time.Second)
+	h := *cfg.HTTP
+	h.TLS = &TLS{SNI: "example.com", CA: ca, Verify: true}
+	cfg.HTTP = &h
+	c := newChecker(t, context.Background(), cfg, nil, Options{})
+	if r := c.Probe(context.Background(), tb.addr); r.Kind != KindTLS {
+		t.Fatalf("with a CA that did not sign the backend: kind %q (%v), want %q", r.Kind, r.Err, KindTLS)
+	}
+	copyCA(tb.ca)
+	if r := c.Probe(context.Background(), tb.addr); r.Kind != KindPass {
+		t.Fatalf("after the CA file was rewritten: kind %q (%v), want %q", r.Kind, r.Err, KindPass)
+	}
+	if err := os.WriteFile(ca, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Probe(context.Background(), tb.addr); r.Kind != KindPass {
+		t.Errorf("after the CA file was broken: kind %q (%v), want the CAs read before (%q)", r.Kind, r.Err, KindPass)
 	}
 }
