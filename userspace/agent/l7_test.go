@@ -3,10 +3,18 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -461,4 +469,49 @@ func TestAccessLogReopenGone(t *testing.T) {
 		t.Errorf("once the directory is back the path holds %q, want the line of /4", got)
 	}
 	a.close(log)
+}
+
+// A reload reads the upstream CA file again even when the config did not
+// change (it took the update path, which kept the CAs read at start): a
+// backend whose certificate only the rewritten file trusts is reached
+// right after `sluice reload`.
+func TestL7ReloadRereadsUpstreamCA(t *testing.T) {
+	be := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "be1")
+	}))
+	defer be.Close()
+	be.Config.ErrorLog = log.New(io.Discard, "", 0)
+	backend := strings.TrimPrefix(be.URL, "https://")
+	listen := freePort(t)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	// First a CA that did not sign the backend's certificate.
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "old CA"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeCA := func(der []byte) {
+		t.Helper()
+		if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCA(der)
+	cfg := l7Config(listen, backend) + "    upstream: {tls: true, server_name: example.com, ca: " + ca + "}\n"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h := newHarnessWith(t, datapath.NewFake(tableSize), cfg, func(o *options) { o.ctx, o.l7 = ctx, true })
+	h.a.syncL7()
+	if code, _, err := get("http://" + listen + "/"); err != nil || code != http.StatusBadGateway {
+		t.Fatalf("with a CA that did not sign the backend: %d %v, want 502", code, err)
+	}
+	writeCA(be.Certificate().Raw)
+	if err := h.a.Reload(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code, body, err := get("http://" + listen + "/"); err != nil || code != 200 || body != "be1" {
+		t.Fatalf("after the CA file was rewritten and the agent reloaded: %d %q %v, want 200 from be1", code, body, err)
+	}
 }
