@@ -1,48 +1,15 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-// writeListenerCert writes a self-signed certificate for name expiring at
-// notAfter, and its key, into dir.
-func writeListenerCert(t *testing.T, dir, name string, notAfter time.Time) (cert, key string) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: notAfter.Add(-90 * 24 * time.Hour), NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
-}
+	"github.com/sluicelb/sluice/internal/testcert"
+)
 
 // check warns of a listener certificate that has expired or expires
 // within 14 days (with its line, counted for --strict), and not of one
@@ -51,9 +18,9 @@ func TestCheckCertificateExpiry(t *testing.T) {
 	h := newHarness(t, true)
 	dir := t.TempDir()
 	now := time.Now()
-	okCert, okKey := writeListenerCert(t, dir, "ok.test", now.Add(60*24*time.Hour))
-	soonCert, soonKey := writeListenerCert(t, dir, "soon.test", now.Add(5*24*time.Hour+time.Hour))
-	oldCert, oldKey := writeListenerCert(t, dir, "old.test", now.Add(-time.Hour))
+	okCert, okKey := testcert.Write(t, dir, "ok", testcert.Options{Names: []string{"ok.test"}, NotAfter: now.Add(60 * 24 * time.Hour)})
+	soonCert, soonKey := testcert.Write(t, dir, "soon", testcert.Options{Names: []string{"soon.test"}, NotAfter: now.Add(5*24*time.Hour + time.Hour)})
+	oldCert, oldKey := testcert.Write(t, dir, "old", testcert.Options{Names: []string{"old.test"}, NotAfter: now.Add(-time.Hour)})
 	cfg := filepath.Join(dir, "sluice.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`interfaces: [veth0]
 datapath: {conntrack_timeouts: {tcp_established: 2h}}

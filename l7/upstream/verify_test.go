@@ -1,18 +1,15 @@
 package upstream
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/internal/testcert"
 )
 
 // A backend whose certificate is for backend.internal, reached with SNI
@@ -21,14 +18,7 @@ import (
 // for the right name fails too.
 func TestVerifyName(t *testing.T) {
 	serve := func(name string) (string, *x509.Certificate) {
-		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-		if err != nil {
-			t.Fatal(err)
-		}
+		der, k := testcert.New(t, testcert.Options{Names: []string{name}})
 		leaf, _ := x509.ParseCertificate(der)
 		l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: k}}})
 		if err != nil {

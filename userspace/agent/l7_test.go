@@ -3,18 +3,11 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -25,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/testcert"
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/config"
@@ -485,20 +479,8 @@ func TestL7ReloadRereadsUpstreamCA(t *testing.T) {
 	listen := freePort(t)
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	// First a CA that did not sign the backend's certificate.
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "old CA"}, IsCA: true, BasicConstraintsValid: true,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeCA := func(der []byte) {
-		t.Helper()
-		if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writeCA(der)
+	der, _ := testcert.New(t, testcert.Options{CommonName: "old CA", CA: true})
+	testcert.WritePEM(t, ca, der)
 	cfg := l7Config(listen, backend) + "    upstream: {tls: true, server_name: example.com, ca: " + ca + "}\n"
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -507,7 +489,7 @@ func TestL7ReloadRereadsUpstreamCA(t *testing.T) {
 	if code, _, err := get("http://" + listen + "/"); err != nil || code != http.StatusBadGateway {
 		t.Fatalf("with a CA that did not sign the backend: %d %v, want 502", code, err)
 	}
-	writeCA(be.Certificate().Raw)
+	testcert.WritePEM(t, ca, be.Certificate().Raw)
 	if err := h.a.Reload(h.ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -2,15 +2,9 @@ package health
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"io"
 	"log"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -21,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/testcert"
 	"github.com/sluicelb/sluice/userspace/config"
 )
 
@@ -142,17 +137,9 @@ func TestHTTPSProbeCARotated(t *testing.T) {
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	// Another certificate than the one tb presents (every httptest server
 	// has the same).
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "other CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
+	der, _ := testcert.New(t, testcert.Options{CommonName: "other CA", CA: true})
 	other := struct{ ca string }{filepath.Join(t.TempDir(), "other.pem")}
-	if err := os.WriteFile(other.ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	testcert.WritePEM(t, other.ca, der)
 	copyCA := func(from string) {
 		t.Helper()
 		b, err := os.ReadFile(from)
