@@ -39,7 +39,9 @@ import (
 //     (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED,
 //     FRAME_SIZE_ERROR: a WINDOW_UPDATE of 0, DATA after the stream's
 //     end): a client can make the server reset its streams as cheaply as
-//     it resets them itself ("MadeYouReset", CVE-2025-8671).
+//     it resets them itself ("MadeYouReset", CVE-2025-8671). A
+//     WINDOW_UPDATE of 0 on a stream is counted as it is read (foreseen),
+//     the others as the server writes its resets.
 //   - Frames that do no work are bounded (CVE-2019-9518, -9513, -9517:
 //     each costs x/net about a microsecond, and a client can send a
 //     million a second on one connection). More than maxEmptyFrames
@@ -95,6 +97,13 @@ type frameGuard struct {
 	// the concurrency limit, never served); both written by the write
 	// side.
 	made, refused atomic.Int32
+	// foreseen counts the resets the server owes the client for frames
+	// the read side saw (a WINDOW_UPDATE of 0 on one of its streams, RFC
+	// 9113 6.9), counted in made at once, not when the server gets round
+	// to writing them, in batches, a few hundred streams later. The
+	// write side's PROTOCOL_ERROR resets settle them first instead of
+	// counting again.
+	foreseen atomic.Int32
 
 	// Write side.
 	wmu   sync.Mutex
@@ -131,6 +140,7 @@ const (
 	frameRSTStream    = 0x3
 	frameSettings     = 0x4
 	frameGoAway       = 0x7
+	frameWindowUpdate = 0x8
 	frameContinuation = 0x9
 
 	flagAck        = 0x1
@@ -338,7 +348,7 @@ func (g *frameGuard) step() {
 		}
 		inspect := length <= g.lim.maxFrame
 		switch typ {
-		case frameHeaders, frameContinuation, frameSettings, frameRSTStream:
+		case frameHeaders, frameContinuation, frameSettings, frameRSTStream, frameWindowUpdate:
 		default:
 			inspect = false
 		}
@@ -428,6 +438,20 @@ func (g *frameGuard) frame(typ, flags byte, sid uint32, n int) {
 		if g.tooManyResets() {
 			g.abuse()
 			return
+		}
+	case frameWindowUpdate:
+		// An increment of 0 on a stream the client opened: the server
+		// resets the stream (PROTOCOL_ERROR), the cheapest way to make
+		// it reset one ("MadeYouReset"). 0x7fffffff: the reserved bit
+		// is ignored.
+		if len(payload) == 4 && binary.BigEndian.Uint32(payload)&0x7fffffff == 0 &&
+			sid != 0 && sid%2 == 1 && sid <= g.maxStream {
+			g.foreseen.Add(1)
+			g.made.Add(1)
+			if g.tooManyResets() {
+				g.abuse()
+				return
+			}
 		}
 	case frameSettings:
 		if flags&flagAck == 0 && sid == 0 {
@@ -653,7 +677,15 @@ func (g *frameGuard) track(b []byte) {
 // end), INTERNAL_ERROR and CANCEL are the server's decisions.
 func (g *frameGuard) serverReset(code uint32) {
 	switch code {
-	case errCodeProtocol, errCodeFlowControl, errCodeStreamClosed, errCodeFrameSize:
+	case errCodeProtocol:
+		// Counted already when foreseen. Only this side takes from
+		// foreseen: a load then an add do not race.
+		if g.foreseen.Load() > 0 {
+			g.foreseen.Add(-1)
+			return
+		}
+		g.made.Add(1)
+	case errCodeFlowControl, errCodeStreamClosed, errCodeFrameSize:
 		g.made.Add(1)
 	case errCodeRefusedStream:
 		g.refused.Add(1)

@@ -203,3 +203,60 @@ func guardSeeds(t testing.TB) [][]byte {
 	seeds = append(seeds, binary.BigEndian.AppendUint32(appendFrameHeader(nil, 4, 0x3, 0, 1), 1))
 	return seeds
 }
+
+// A WINDOW_UPDATE of 0 on each of its streams makes the server reset them
+// all ("MadeYouReset"); the guard counts each as it reads it, so the
+// connection is closed at the limit, not when the server's resets, written
+// in batches, catch up a few hundred streams later. Here no server writes
+// any: the streams passed on before the GOAWAY are the limit's, give or
+// take a step.
+func TestFrameGuardForeseesWindowUpdateResets(t *testing.T) {
+	var frames, hb bytes.Buffer
+	fr := http2.NewFramer(&frames, nil)
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	const streams = 400
+	for id := uint32(1); id < 2*streams; id += 2 {
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+		_ = fr.WriteRawFrame(http2.FrameWindowUpdate, 0, id, []byte{0, 0, 0, 0})
+	}
+	lim := testGuardLimits
+	lim.maxResets = 50
+	var abused int
+	lim.onAbuse = func(net.Conn, int, int) { abused++ }
+	c := &guardConn{r: bytes.NewReader(frames.Bytes())}
+	g := newFrameGuard(c, lim, true).(*frameGuard)
+	var out []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := g.Read(buf)
+		out = append(out, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	passed := 0
+	for b := out; len(b) >= frameHeaderLen; {
+		n := frameHeaderLen + (int(b[0])<<16 | int(b[1])<<8 | int(b[2]))
+		if b[3] == frameHeaders {
+			passed++
+		}
+		b = b[min(n, len(b)):]
+	}
+	if abused != 1 || passed > lim.maxResets+stepStreams {
+		t.Errorf("%d streams passed on, closed for abuse %d times; want at most %d and closed once", passed, abused, lim.maxResets+stepStreams)
+	}
+	// And the server's own PROTOCOL_ERROR resets for them are not
+	// counted twice.
+	g2 := newFrameGuard(&guardConn{r: bytes.NewReader(nil)}, testGuardLimits, true).(*frameGuard)
+	g2.foreseen.Store(2)
+	g2.made.Store(2)
+	g2.serverReset(errCodeProtocol)
+	g2.serverReset(errCodeProtocol)
+	g2.serverReset(errCodeProtocol)
+	if f, m := g2.foreseen.Load(), g2.made.Load(); f != 0 || m != 3 {
+		t.Errorf("after 3 server resets for 2 foreseen: foreseen %d, made %d; want 0 and 3", f, m)
+	}
+}
