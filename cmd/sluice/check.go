@@ -74,12 +74,8 @@ FILE may also be given as the only argument.`,
 	}
 }
 
-// certExpiryWarn is how long before its expiry check warns of a listener
-// certificate (the agent warns from then on too).
-const certExpiryWarn = 14 * 24 * time.Hour
-
 // certificateWarnings are the warnings of the https listeners'
-// certificates that are expired or expire within certExpiryWarn of now,
+// certificates that are expired or expire within certs.RenewWithin of now,
 // as FILE:LINE: key: warning: message. They depend on the day, so they are
 // the check's, not the config's (the running agent warns of them itself).
 func certificateWarnings(cfg *config.Config, now time.Time) []string {
@@ -99,7 +95,7 @@ func certificateWarnings(cfg *config.Config, now time.Time) []string {
 			switch {
 			case left <= 0:
 				msg = fmt.Sprintf("certificate %s expired %s: clients refuse the handshake", c.File, when)
-			case left < certExpiryWarn:
+			case left < certs.RenewWithin:
 				msg = fmt.Sprintf("certificate %s expires %s, in %s: renew it", c.File, when, days(left))
 			default:
 				continue

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicelb/sluice/l7/certs"
 	"github.com/sluicelb/sluice/userspace/admin"
 )
 
@@ -94,7 +95,7 @@ func certExpiry(at, now time.Time) string {
 	switch {
 	case left <= 0:
 		return when + " (EXPIRED " + days(-left) + " ago)"
-	case left < 14*24*time.Hour:
+	case left < certs.RenewWithin:
 		return when + " (in " + days(left) + ": RENEW)"
 	}
 	return when + " (in " + days(left) + ")"

@@ -97,15 +97,9 @@ func Load(f Files) (*Set, error) {
 
 // addInfo records what the certificate of file says of itself.
 func (cs *Set) addInfo(file string, c *tls.Certificate) error {
-	leaf := c.Leaf
-	if leaf == nil {
-		if len(c.Certificate) == 0 {
-			return fmt.Errorf("certificate %s: no certificate in the file", file)
-		}
-		var err error
-		if leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
-			return fmt.Errorf("certificate %s: parse: %w", file, err)
-		}
+	leaf, err := leafOf(c)
+	if err != nil {
+		return fmt.Errorf("certificate %s: %w", file, err)
 	}
 	names := leaf.DNSNames
 	if len(names) == 0 && leaf.Subject.CommonName != "" {
@@ -114,6 +108,28 @@ func (cs *Set) addInfo(file string, c *tls.Certificate) error {
 	cs.info = append(cs.info, Info{File: file, Names: names, NotAfter: leaf.NotAfter})
 	return nil
 }
+
+// leafOf is c's leaf certificate, parsed when the key pair did not keep it.
+func leafOf(c *tls.Certificate) (*x509.Certificate, error) {
+	if c.Leaf != nil {
+		return c.Leaf, nil
+	}
+	if len(c.Certificate) == 0 {
+		return nil, fmt.Errorf("no certificate in the file")
+	}
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	return leaf, nil
+}
+
+// RenewWithin is how close to its expiry a certificate is reported as one
+// to renew (the agent's daily warning, `sluice status`, `sluice check`):
+// automated renewals run 30 days before (Let's Encrypt) or at two thirds
+// of the lifetime (cert-manager), so a certificate this close to its end
+// is one whose renewal failed.
+const RenewWithin = 14 * 24 * time.Hour
 
 // Info is each loaded certificate: the default one first, then those
 // chosen by SNI, in the order of the files.
@@ -168,15 +184,9 @@ func StampFiles(paths ...string) (Stamp, error) {
 // case; an error when it has none (a certificate chosen by SNI must say
 // for which names).
 func CertNames(c *tls.Certificate) ([]string, error) {
-	leaf := c.Leaf
-	if leaf == nil {
-		if len(c.Certificate) == 0 {
-			return nil, fmt.Errorf("no certificate in the file")
-		}
-		var err error
-		if leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
-			return nil, fmt.Errorf("parse: %w", err)
-		}
+	leaf, err := leafOf(c)
+	if err != nil {
+		return nil, err
 	}
 	if len(leaf.DNSNames) == 0 {
 		return nil, fmt.Errorf("no DNS name (subjectAltName): it cannot be chosen by SNI")

@@ -19,11 +19,6 @@ const (
 	// log files are looked at (a stat of each; certificates are read
 	// only when they changed).
 	fileCheckEvery = 5 * time.Second
-	// certExpiryWarn is how long before its expiry a certificate is
-	// warned of (Let's Encrypt renews 30 days before, cert-manager at
-	// two thirds of the lifetime: a certificate 14 days from its end is
-	// one whose renewal failed).
-	certExpiryWarn = 14 * 24 * time.Hour
 	// certWarnEvery spaces the warnings of one certificate, and of the
 	// files of a service that cannot be loaded.
 	certWarnEvery = 24 * time.Hour
@@ -116,7 +111,7 @@ func (s *l7Stage) checkUpstreamCAs(now time.Time) {
 }
 
 // noteCertificates exports the expiry of service name's certificates
-// (fresh: after a load) and warns of those expiring within certExpiryWarn,
+// (fresh: after a load) and warns of those expiring within certs.RenewWithin,
 // at most every certWarnEvery each (every certExpiredWarnEvery once
 // expired, at level error).
 func (s *l7Stage) noteCertificates(name string, cur *l7Service, now time.Time, fresh bool) {
@@ -138,7 +133,7 @@ func (s *l7Stage) noteCertificates(name string, cur *l7Service, now time.Time, f
 					"service", name, "certificate", c.File, "names", strings.Join(c.Names, ","),
 					"not_after", c.NotAfter.UTC().Format(time.RFC3339), "expired_for", left.Abs().Round(time.Minute).String())
 			}
-		case left < certExpiryWarn:
+		case left < certs.RenewWithin:
 			if s.certWarnDue("soon "+key, now, certWarnEvery) {
 				s.log.Warn("certificate of an https service expires soon: its renewal may have failed (the files are loaded again when they change)",
 					"service", name, "certificate", c.File, "names", strings.Join(c.Names, ","),
