@@ -36,9 +36,7 @@ type H2Pools struct {
 	opts H2Options
 	log  *slog.Logger
 	tr   *http2.Transport
-	// tls is the TLS configuration of new connections (opts.TLS until
-	// SetTLS); nil for h2c.
-	tls atomic.Pointer[tls.Config]
+	tls  dialTLS // opts.TLS until SetTLS
 
 	mu     sync.Mutex
 	addrs  map[netip.AddrPort]*h2Addr
@@ -147,19 +145,13 @@ func NewH2(opts H2Options) *H2Pools {
 		MaxHeaderListSize: uint32(opts.MaxHeaderBytes),
 	}
 	p := &H2Pools{opts: opts, log: log, tr: tr, addrs: map[netip.AddrPort]*h2Addr{}}
-	p.tls.Store(opts.TLS)
+	p.tls.cfg.Store(opts.TLS)
 	return p
 }
 
 // SetTLS is Pools.SetTLS for HTTP/2 backends: cfg is used for the
 // connections dialled from now on, nil exactly when H2Options.TLS was.
-func (p *H2Pools) SetTLS(cfg *tls.Config) error {
-	if (cfg == nil) != (p.opts.TLS == nil) {
-		return errTLSSwitch
-	}
-	p.tls.Store(cfg)
-	return nil
-}
+func (p *H2Pools) SetTLS(cfg *tls.Config) error { return p.tls.set(cfg) }
 
 // Get returns a connection to addr with room for one more stream: an
 // existing one, or one dialled before connectBy. serverName is the TLS
@@ -299,7 +291,7 @@ func (p *H2Pools) dial(ctx context.Context, addr netip.AddrPort, serverName, inf
 		_ = tc.SetNoDelay(true)
 	}
 	nc := raw
-	if tc := p.tls.Load(); tc != nil {
+	if tc := p.tls.load(); tc != nil {
 		cfg := tc.Clone()
 		if cfg.ServerName == "" {
 			cfg.ServerName = serverName

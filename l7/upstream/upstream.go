@@ -119,9 +119,7 @@ func LocalFailure(err error) bool {
 type Pools struct {
 	opts Options
 	log  *slog.Logger
-	// tls is the TLS configuration of new connections (opts.TLS until
-	// SetTLS: a renewed CA file); nil for plain-text backends.
-	tls atomic.Pointer[tls.Config]
+	tls  dialTLS // opts.TLS until SetTLS
 
 	mu     sync.Mutex
 	addrs  map[netip.AddrPort]*addrPool
@@ -201,7 +199,7 @@ func New(opts Options) *Pools {
 	loopDial := opts.Dial == nil
 	log := dialAndLog(&opts.Dial, opts.Log)
 	p := &Pools{opts: opts, log: log, addrs: map[netip.AddrPort]*addrPool{}, loopDial: loopDial}
-	p.tls.Store(opts.TLS)
+	p.tls.cfg.Store(opts.TLS)
 	return p
 }
 
@@ -209,16 +207,22 @@ func New(opts Options) *Pools {
 // now on (a CA file renewed); those open keep theirs. Backends are TLS or
 // not for the pools' whole life: cfg must be nil exactly when
 // Options.TLS was.
-func (p *Pools) SetTLS(cfg *tls.Config) error {
-	if (cfg == nil) != (p.opts.TLS == nil) {
-		return errTLSSwitch
+func (p *Pools) SetTLS(cfg *tls.Config) error { return p.tls.set(cfg) }
+
+// dialTLS is the TLS configuration of a pool's new connections (nil:
+// plain text), replaceable while the pool runs but never switched on or
+// off.
+type dialTLS struct{ cfg atomic.Pointer[tls.Config] }
+
+func (d *dialTLS) load() *tls.Config { return d.cfg.Load() }
+
+func (d *dialTLS) set(cfg *tls.Config) error {
+	if (cfg == nil) != (d.cfg.Load() == nil) {
+		return errors.New("upstream TLS cannot be switched on or off on running pools")
 	}
-	p.tls.Store(cfg)
+	d.cfg.Store(cfg)
 	return nil
 }
-
-// errTLSSwitch is SetTLS's error for a switch between TLS and plain text.
-var errTLSSwitch = errors.New("upstream TLS cannot be switched on or off on running pools")
 
 func (p *Pools) addrLocked(addr netip.AddrPort) *addrPool {
 	ap := p.addrs[addr]
@@ -492,7 +496,7 @@ func (p *Pools) dial(ctx context.Context, addr netip.AddrPort, serverName, info 
 		_ = tc.SetNoDelay(true)
 	}
 	var nc = raw
-	if tc := p.tls.Load(); tc != nil {
+	if tc := p.tls.load(); tc != nil {
 		cfg := tc.Clone()
 		if cfg.ServerName == "" {
 			cfg.ServerName = serverName
