@@ -28,7 +28,7 @@ type Conn struct {
 	loop         atomic.Pointer[Loop]
 	laddr, raddr net.Addr
 
-	rdl, wdl atomic.Int64 // deadlines, unix ns (0: none)
+	rdl, wdl atomic.Int64 // deadlines on the group's clock (0: none)
 	// state counts the calls using fd, with closedBit once Close ran: the
 	// last of them closes fd (never while a call may use the number).
 	state   atomic.Int64
@@ -121,7 +121,7 @@ func Dial(ctx context.Context, addr netip.AddrPort) (*Conn, error) {
 	c.readable.Store(true)
 	c.loop.Store(l)
 	if dl, ok := ctx.Deadline(); ok {
-		c.wdl.Store(dl.UnixNano())
+		c.wdl.Store(l.g.at(dl))
 	}
 	if err := l.register(c); err != nil {
 		unix.Close(fd)
@@ -156,7 +156,7 @@ func (c *Conn) waitConnect() error {
 	}
 	defer c.decref()
 	for {
-		if dl := c.deadline(modeWrite); dl != 0 && time.Now().UnixNano() >= dl {
+		if dl := c.deadline(modeWrite); dl != 0 && c.g.now() >= dl {
 			return os.ErrDeadlineExceeded
 		}
 		if err := c.wait(modeWrite); err != nil {
@@ -287,7 +287,7 @@ func (c *Conn) rw(mode int, f func(fd uintptr) bool, lazy bool) error {
 	}
 	defer c.decref()
 	for {
-		if dl := c.deadline(mode); dl != 0 && time.Now().UnixNano() >= dl {
+		if dl := c.deadline(mode); dl != 0 && c.g.now() >= dl {
 			return os.ErrDeadlineExceeded
 		}
 		if mode == modeWrite {
@@ -372,7 +372,7 @@ func (c *Conn) pollWait(mode int) error {
 		}
 		ms := 20
 		if dl := c.deadline(mode); dl != 0 {
-			left := dl - time.Now().UnixNano()
+			left := dl - c.g.now()
 			if left <= 0 {
 				return os.ErrDeadlineExceeded
 			}
@@ -534,35 +534,24 @@ func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
 
 // SetDeadline sets both deadlines (from any goroutine).
 func (c *Conn) SetDeadline(t time.Time) error {
-	c.rdl.Store(unixNano(t))
-	c.wdl.Store(unixNano(t))
+	c.rdl.Store(c.g.at(t))
+	c.wdl.Store(c.g.at(t))
 	c.poke()
 	return nil
 }
 
 // SetReadDeadline sets the read deadline (from any goroutine).
 func (c *Conn) SetReadDeadline(t time.Time) error {
-	c.rdl.Store(unixNano(t))
+	c.rdl.Store(c.g.at(t))
 	c.poke()
 	return nil
 }
 
 // SetWriteDeadline sets the write deadline (from any goroutine).
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	c.wdl.Store(unixNano(t))
+	c.wdl.Store(c.g.at(t))
 	c.poke()
 	return nil
-}
-
-func unixNano(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	ns := t.UnixNano()
-	if ns <= 0 {
-		return 1 // in the past
-	}
-	return ns
 }
 
 // SyscallConn gives raw access to the socket: Read and Write callbacks

@@ -49,6 +49,7 @@ type Group struct {
 	hold   bool
 	closed atomic.Bool
 	wg     sync.WaitGroup
+	epoch  time.Time // the origin of the loops' clock (clock.go)
 }
 
 // Options configure a Group.
@@ -98,7 +99,7 @@ func Start(o Options) (*Group, error) {
 	if o.HoldProcs && n >= runtime.GOMAXPROCS(0) {
 		return nil, fmt.Errorf("%d loops holding processors leave none of GOMAXPROCS %d to the rest of the program", n, runtime.GOMAXPROCS(0))
 	}
-	g := &Group{log: log, hold: o.HoldProcs}
+	g := &Group{log: log, hold: o.HoldProcs, epoch: time.Now()}
 	for i := 0; i < n; i++ {
 		l, err := newLoop(g, i)
 		if err != nil {
@@ -317,7 +318,7 @@ func (l *Loop) run(ready chan<- struct{}) {
 		if l.stopping {
 			return
 		}
-		timeout := l.timers.waitMillis(time.Now())
+		timeout := l.timers.waitMillis(l.g.now())
 		n := l.poll(0)
 		if n == 0 && timeout != 0 {
 			// Nothing ready: sleep in epoll_wait, unless a post came in
@@ -333,7 +334,7 @@ func (l *Loop) run(ready chan<- struct{}) {
 			l.sleeping.Store(false)
 		}
 		l.dispatch(n)
-		l.fireTimers(time.Now())
+		l.fireTimers(l.g.now())
 	}
 }
 
@@ -454,8 +455,7 @@ func (l *Loop) runInbox() {
 }
 
 // fireTimers resumes the tasks whose wait ended by now.
-func (l *Loop) fireTimers(now time.Time) {
-	ns := now.UnixNano()
+func (l *Loop) fireTimers(ns int64) {
 	for {
 		tm := l.timers.first()
 		if tm == nil || tm.at > ns {
@@ -551,8 +551,8 @@ func (t *Task) Loop() *Loop { return t.l }
 // loop's thread).
 func (t *Task) current() bool { return t != nil && t.g.Load() == getg() && t.l.running == t }
 
-// park yields to the loop until something resumes t. until (unix ns, 0:
-// none) ends the wait at the latest.
+// park yields to the loop until something resumes t. until (on the
+// group's clock, 0: none) ends the wait at the latest.
 func (t *Task) park(until int64) {
 	t.parked = true
 	t.wakeSeq++
@@ -594,11 +594,12 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 	if ctx.Err() != nil {
 		return false
 	}
-	until := time.Now().Add(d).UnixNano()
+	g := t.l.g
+	until := g.after(d)
 	seq := t.wakeSeq + 1
 	stop := context.AfterFunc(ctx, func() { t.wakeFromAnywhere(seq) })
 	defer stop()
-	for time.Now().UnixNano() < until {
+	for g.now() < until {
 		if ctx.Err() != nil {
 			return false
 		}
@@ -653,7 +654,7 @@ func Wait(ctx context.Context, wg *sync.WaitGroup) {
 // timer is an entry of a loop's timer heap: the end of a task's wait,
 // or a function to run (AfterFunc).
 type timer struct {
-	at   int64 // unix ns
+	at   int64 // on the group's clock (clock.go)
 	idx  int   // in the heap; -1: not in it
 	task *Task
 	fn   func()
@@ -675,7 +676,7 @@ func (l *Loop) AfterFunc(d time.Duration, fn func()) *Timer {
 
 // Reset makes the timer run fn d from now (again).
 func (t *Timer) Reset(d time.Duration) {
-	t.tm.at = time.Now().Add(d).UnixNano()
+	t.tm.at = t.l.g.after(d)
 	t.l.timers.add(&t.tm)
 }
 
@@ -700,12 +701,12 @@ func (h *timerHeap) first() *timer {
 
 // waitMillis is how long epoll_wait may sleep: until the first timer
 // (rounded up to a millisecond), -1 without one.
-func (h *timerHeap) waitMillis(now time.Time) int {
+func (h *timerHeap) waitMillis(now int64) int {
 	t := h.first()
 	if t == nil {
 		return -1
 	}
-	d := t.at - now.UnixNano()
+	d := t.at - now
 	if d <= 0 {
 		return 0
 	}

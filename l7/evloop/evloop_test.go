@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicelb/sluice/internal/testclock"
 )
 
 func newGroup(t *testing.T, n int) *Group {
@@ -394,5 +396,99 @@ func TestPingFindsStuckLoop(t *testing.T) {
 	g.Close()
 	if err := g.Ping(time.Second); err != nil {
 		t.Fatalf("closed group: %v", err)
+	}
+}
+
+// TestDeadlinesFollowTheMonotonicClock: a deadline is kept by the
+// monotonic clock, as Go's net package keeps it, so a step of the wall
+// clock moves none. The deadlines here carry the wall reading a process
+// would have recorded around a step of an hour (internal/testclock): by
+// the wall clock they passed an hour ago or come in an hour, by the
+// monotonic clock in 100ms — on a task's connection and on one read
+// outside a task (poll(2) on the caller's thread); and Sleep, timers and
+// dials run on the same clock.
+func TestDeadlinesFollowTheMonotonicClock(t *testing.T) {
+	g := newGroup(t, 1)
+	ln := listen(t)
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // says nothing
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	ap := netip.MustParseAddrPort(ln.Addr().String())
+	const wait = 100 * time.Millisecond
+	for _, step := range []time.Duration{time.Hour, -time.Hour} {
+		t.Run("wall "+step.String(), func(t *testing.T) {
+			// read waits with c's read deadline wait from now (by the
+			// monotonic clock), the wall clock stepped by step; a read
+			// still parked after 3s is closed (the deadline was missed).
+			read := func(c *Conn) (time.Duration, error) {
+				start := time.Now()
+				c.SetReadDeadline(testclock.WallStepped(t, start.Add(wait), step))
+				stuck := time.AfterFunc(3*time.Second, func() { c.Close() })
+				defer stuck.Stop()
+				_, err := c.Read(make([]byte, 1))
+				return time.Since(start), err
+			}
+			var inTask, outside time.Duration
+			var errDial, errTask, errOutside error
+			var c *Conn
+			runTask(g, func(ctx context.Context) {
+				dctx, cancel := context.WithDeadline(ctx, testclock.WallStepped(t, time.Now().Add(2*time.Second), step))
+				defer cancel()
+				if c, errDial = Dial(dctx, ap); errDial != nil {
+					return
+				}
+				inTask, errTask = read(c)
+			})
+			if errDial != nil {
+				t.Fatalf("dial with a deadline 2s away (wall clock stepped %v): %v", step, errDial)
+			}
+			defer c.Close()
+			outside, errOutside = read(c)
+			for _, r := range []struct {
+				where string
+				took  time.Duration
+				err   error
+			}{{"a task's read", inTask, errTask}, {"a read outside a task", outside, errOutside}} {
+				if !errors.Is(r.err, os.ErrDeadlineExceeded) || r.took < wait || r.took > 2*time.Second {
+					t.Errorf("%s with a deadline %v away (wall clock stepped %v): %v after %v", r.where, wait, step, r.err, r.took)
+				}
+			}
+		})
+	}
+	// The loop's own clock: an epoch whose wall reading is an hour off
+	// changes nothing for Sleep and timers (they never read the wall
+	// clock).
+	g2 := newGroup(t, 1)
+	g2.epoch = testclock.WallStepped(t, g2.epoch, -time.Hour)
+	var slept, fired time.Duration
+	runTask(g2, func(ctx context.Context) {
+		start := time.Now()
+		Sleep(ctx, wait)
+		slept = time.Since(start)
+		done := false
+		TaskFrom(ctx).l.AfterFunc(wait, func() { done = true; fired = time.Since(start) })
+		for !done && time.Since(start) < 3*time.Second {
+			Sleep(ctx, 10*time.Millisecond)
+		}
+	})
+	if slept < wait || slept > 2*time.Second || fired < 2*wait || fired > 2*time.Second {
+		t.Errorf("Sleep(%v) took %v; a timer %v later fired after %v in all", wait, slept, wait, fired)
 	}
 }

@@ -163,8 +163,7 @@ func (s *Server) tunnel(ctx context.Context, w http.ResponseWriter, rec *accessl
 		idleFor = st.tunnelIdle // the route's
 	}
 	conn.SetTimeouts(idleFor, idleFor, time.Time{})
-	idle := &tunnelIdle{timeout: idleFor}
-	idle.touch()
+	idle := newTunnelIdle(idleFor)
 
 	var wg sync.WaitGroup
 	var toClient, toBackend int64
@@ -223,18 +222,29 @@ var errTunnelIdle = errors.New("tunnel idle timeout")
 // tunnelIdle closes a tunnel when no byte has passed in either direction
 // for timeout: each side's reads and writes wait at most timeout, and a
 // read that times out while the other direction was busy waits again.
+//
+// Its instants are nanoseconds after start on the monotonic clock, so a
+// step of the wall clock neither closes every tunnel at once nor keeps
+// idle ones open longer.
 type tunnelIdle struct {
 	timeout time.Duration
-	last    atomic.Int64 // unix nanoseconds of the latest byte either way
+	start   time.Time    // the origin of last and ended
+	last    atomic.Int64 // the latest byte either way
 	ended   atomic.Int64 // > 0: the backend side ended, reads end by then
 }
 
-func (t *tunnelIdle) touch() { t.last.Store(time.Now().UnixNano()) }
+func newTunnelIdle(timeout time.Duration) *tunnelIdle {
+	t := &tunnelIdle{timeout: timeout, start: time.Now()}
+	t.touch()
+	return t
+}
+
+func (t *tunnelIdle) touch() { t.last.Store(int64(time.Since(t.start))) }
 
 // end makes the reads of the other direction end within d.
 func (t *tunnelIdle) end(c net.Conn, d time.Duration) {
 	at := time.Now().Add(d)
-	t.ended.Store(at.UnixNano())
+	t.ended.Store(max(int64(at.Sub(t.start)), 1))
 	_ = c.SetReadDeadline(at)
 }
 
@@ -249,7 +259,7 @@ func (t *tunnelIdle) copy(dst io.Writer, src io.Reader, setRead, setWrite func(t
 		now := time.Now()
 		dl := now.Add(t.timeout)
 		if e := t.ended.Load(); e > 0 {
-			dl = time.Unix(0, e)
+			dl = t.start.Add(time.Duration(e))
 		}
 		if setRead != nil {
 			_ = setRead(dl)
@@ -280,7 +290,7 @@ func (t *tunnelIdle) copy(dst io.Writer, src io.Reader, setRead, setWrite func(t
 			if setRead != nil && t.ended.Load() > 0 {
 				return n, nil
 			}
-			if time.Since(time.Unix(0, t.last.Load())) < t.timeout {
+			if time.Since(t.start)-time.Duration(t.last.Load()) < t.timeout {
 				continue // the other direction is busy: wait again
 			}
 			return n, errTunnelIdle

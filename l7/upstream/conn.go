@@ -44,8 +44,10 @@ type Conn struct {
 	// per-phase deadlines, set by SetTimeouts
 	writeTimeout, readTimeout time.Duration
 	deadline                  time.Time
-	// capAt (unix nanoseconds, 0: none) is a deadline set from another
-	// goroutine (CapDeadline) that no later read or write goes past.
+	// capAt (nanoseconds after dialled on the monotonic clock, which a
+	// step of the wall clock does not move; 0: none) is a deadline set
+	// from another goroutine (CapDeadline) that no later read or write
+	// goes past.
 	capAt atomic.Int64
 	// readLimit, when positive, is the byte count past which reads fail
 	// (a response header that never ends).
@@ -179,8 +181,16 @@ func (c *Conn) SetTimeouts(write, read time.Duration, deadline time.Time) {
 // moment to arrive (so the connection can be reused) instead of closing
 // the connection at once. It lasts until the connection is given back.
 func (c *Conn) CapDeadline(t time.Time) {
-	c.capAt.Store(t.UnixNano())
+	c.capAt.Store(max(int64(t.Sub(c.dialled)), 1))
 	_ = c.nc.SetDeadline(t)
+}
+
+// capped is the deadline CapDeadline set (zero: none).
+func (c *Conn) capped() time.Time {
+	if ns := c.capAt.Load(); ns != 0 {
+		return c.dialled.Add(time.Duration(ns))
+	}
+	return time.Time{}
 }
 
 // Close closes the connection now, e.g. to interrupt a blocked read. Put
@@ -251,10 +261,8 @@ func (c *Conn) deadlineFor(d time.Duration) time.Time {
 	if !c.deadline.IsZero() && (t.IsZero() || c.deadline.Before(t)) {
 		t = c.deadline
 	}
-	if ns := c.capAt.Load(); ns != 0 {
-		if cp := time.Unix(0, ns); t.IsZero() || cp.Before(t) {
-			t = cp
-		}
+	if cp := c.capped(); !cp.IsZero() && (t.IsZero() || cp.Before(t)) {
+		t = cp
 	}
 	return t
 }
@@ -319,8 +327,8 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 				}
 				// A deadline set meanwhile from another goroutine
 				// (CapDeadline) still binds.
-				if ns := c.capAt.Load(); ns != 0 && (limit.IsZero() || ns < limit.UnixNano()) {
-					limit = time.Unix(0, ns)
+				if cp := c.capped(); !cp.IsZero() && (limit.IsZero() || cp.Before(limit)) {
+					limit = cp
 				}
 				if limit.IsZero() || time.Now().Before(limit) {
 					continue // the backend is slow to read: wait on

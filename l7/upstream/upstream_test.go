@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicelb/sluice/internal/testclock"
 )
 
 // echoServer accepts connections on loopback and counts the open ones.
@@ -386,4 +388,31 @@ func TestCutClosesConnectionsInUse(t *testing.T) {
 		t.Errorf("a second Cut closed %d", n)
 	}
 	p.Put(elsewhere, "")
+}
+
+// TestCapDeadlineFollowsTheMonotonicClock: the deadline CapDeadline sets
+// (from another goroutine, when a client went away) is kept on the
+// monotonic clock: with the wall clock stepped an hour either way
+// (internal/testclock), a read still ends 100ms later, not at once or an
+// hour later.
+func TestCapDeadlineFollowsTheMonotonicClock(t *testing.T) {
+	s := newEchoServer(t)
+	p := New(Options{})
+	defer p.Close()
+	c := get(t, p, s.addr)
+	defer p.Put(c, CloseError)
+	const wait = 100 * time.Millisecond
+	for _, step := range []time.Duration{time.Hour, -time.Hour} {
+		c.SetTimeouts(time.Second, time.Hour, time.Time{})
+		t0 := time.Now()
+		c.CapDeadline(testclock.WallStepped(t, t0.Add(wait), step))
+		stuck := time.AfterFunc(3*time.Second, func() { c.Close() })
+		_, err := c.Reader().ReadByte()
+		stuck.Stop()
+		took := time.Since(t0)
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || took < wait || took > 2*time.Second {
+			t.Errorf("wall clock stepped %v: a read capped %v from now: %v after %v", step, wait, err, took)
+		}
+	}
 }
