@@ -165,7 +165,8 @@ func passiveOpens(t *testing.T, lab *Lab) int {
 
 // TestL7H2RapidReset: a client that opens and at once resets thousands of
 // streams on one h2c connection, or makes the server reset them
-// (MadeYouReset: a WINDOW_UPDATE of 0 on each), costs a bounded number of
+// (MadeYouReset: a WINDOW_UPDATE of 0 or DATA after the end on each),
+// costs a bounded number of
 // backend connections, gets GOAWAY ENHANCE_YOUR_CALM and is closed; so
 // does one flooding frames that do no work (empty DATA, PING); the next
 // client is served. A frame header announcing 16 MiB, on connections then
@@ -181,7 +182,7 @@ func TestL7H2RapidReset(t *testing.T) {
 		_, err := lab.Run("client", 3*time.Second, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", "http://"+httpVIP+"/")
 		return err
 	})
-	for _, mode := range []string{"rst", "window-update-0", "empty-data", "ping"} {
+	for _, mode := range []string{"rst", "window-update-0", "data-after-end", "empty-data", "ping"} {
 		t.Run(mode, func(t *testing.T) {
 			before := passiveOpens(t, lab)
 			path := "/"

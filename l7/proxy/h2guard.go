@@ -40,8 +40,10 @@ import (
 //     FRAME_SIZE_ERROR: a WINDOW_UPDATE of 0, DATA after the stream's
 //     end): a client can make the server reset its streams as cheaply as
 //     it resets them itself ("MadeYouReset", CVE-2025-8671). A
-//     WINDOW_UPDATE of 0 on a stream is counted as it is read (foreseen),
-//     the others as the server writes its resets.
+//     WINDOW_UPDATE of 0 on one of its streams and DATA on a stream the
+//     client ended, reset or skipped (of the last streamWindowSize it
+//     opened) are counted as they are read (foreseen); the others as
+//     the server writes its resets.
 //   - Frames that do no work are bounded (CVE-2019-9518, -9513, -9517:
 //     each costs x/net about a microsecond, and a client can send a
 //     million a second on one connection). More than maxEmptyFrames
@@ -83,6 +85,9 @@ type frameGuard struct {
 
 	maxStream       uint32 // highest stream the client opened
 	streams, resets int
+	// ended tells the client's recent streams it ended or reset from
+	// those it may still send on.
+	ended streamWindow
 	// empty counts the frames in a row that carried nothing, ctrl the
 	// control frames (see ctrlAllowed); start is when the connection
 	// began.
@@ -99,10 +104,11 @@ type frameGuard struct {
 	made, refused atomic.Int32
 	// foreseen counts the resets the server owes the client for frames
 	// the read side saw (a WINDOW_UPDATE of 0 on one of its streams, RFC
-	// 9113 6.9), counted in made at once, not when the server gets round
-	// to writing them, in batches, a few hundred streams later. The
-	// write side's PROTOCOL_ERROR resets settle them first instead of
-	// counting again.
+	// 9113 6.9; DATA on a stream it ended, reset or skipped, 5.1),
+	// counted in made at once, not when the
+	// server gets round to writing them, in batches, a few hundred
+	// streams later. The write side's resets for a client's error settle
+	// them first instead of counting again.
 	foreseen atomic.Int32
 
 	// Write side.
@@ -346,6 +352,9 @@ func (g *frameGuard) step() {
 		if g.flooding(typ, flags, length) {
 			return
 		}
+		if g.resetOwed(typ, flags, sid, length) && g.foresee() {
+			return
+		}
 		inspect := length <= g.lim.maxFrame
 		switch typ {
 		case frameHeaders, frameContinuation, frameSettings, frameRSTStream, frameWindowUpdate:
@@ -435,6 +444,7 @@ func (g *frameGuard) frame(typ, flags byte, sid uint32, n int) {
 	switch typ {
 	case frameRSTStream:
 		g.resets++
+		g.ended.end(sid)
 		if g.tooManyResets() {
 			g.abuse()
 			return
@@ -445,13 +455,8 @@ func (g *frameGuard) frame(typ, flags byte, sid uint32, n int) {
 		// it reset one ("MadeYouReset"). 0x7fffffff: the reserved bit
 		// is ignored.
 		if len(payload) == 4 && binary.BigEndian.Uint32(payload)&0x7fffffff == 0 &&
-			sid != 0 && sid%2 == 1 && sid <= g.maxStream {
-			g.foreseen.Add(1)
-			g.made.Add(1)
-			if g.tooManyResets() {
-				g.abuse()
-				return
-			}
+			sid != 0 && sid%2 == 1 && sid <= g.maxStream && g.foresee() {
+			return
 		}
 	case frameSettings:
 		if flags&flagAck == 0 && sid == 0 {
@@ -466,6 +471,9 @@ func (g *frameGuard) frame(typ, flags byte, sid uint32, n int) {
 		if sid > g.maxStream && sid%2 == 1 {
 			g.maxStream = sid
 			g.streams++
+			g.ended.open(sid, flags&flagEndStream != 0)
+		} else if flags&flagEndStream != 0 {
+			g.ended.end(sid) // trailers
 		}
 		g.inBlock, g.block, g.malformed, g.te, g.cl = false, sid, false, 0, ""
 		if g.blind {
@@ -526,6 +534,40 @@ func (g *frameGuard) decode(frag []byte, flags byte) bool {
 
 // stepStreams bounds the new streams one step passes on (see step).
 const stepStreams = 8
+
+// resetOwed is whether the server answers the frame whose header the
+// step reads with a reset of the stream for the client's error, whatever
+// state the server keeps (RFC 9113 5.4.2): DATA on a stream the client
+// ended (END_STREAM), reset itself or skipped (STREAM_CLOSED, 5.1; x/net
+// resets once per such frame, unless a reset of the stream is already
+// queued). A DATA frame's END_STREAM is recorded here. A frame too large
+// for the server, or on a stream not opened yet, fails the connection
+// instead.
+func (g *frameGuard) resetOwed(typ, flags byte, sid uint32, length int) bool {
+	if typ != frameData || length > g.lim.maxFrame || sid%2 == 0 || sid > g.maxStream {
+		return false
+	}
+	if g.ended.ended(sid) {
+		return true
+	}
+	if flags&flagEndStream != 0 {
+		g.ended.end(sid)
+	}
+	return false
+}
+
+// foresee counts a reset the server owes the client as made now (see
+// foreseen) and closes the connection when that makes too many; true
+// when it did.
+func (g *frameGuard) foresee() bool {
+	g.foreseen.Add(1)
+	g.made.Add(1)
+	if g.tooManyResets() {
+		g.abuse()
+		return true
+	}
+	return false
+}
 
 // tooManyResets is whether the client's streams were reset (by the
 // client, or by the server for the client's errors) past
@@ -677,15 +719,13 @@ func (g *frameGuard) track(b []byte) {
 // end), INTERNAL_ERROR and CANCEL are the server's decisions.
 func (g *frameGuard) serverReset(code uint32) {
 	switch code {
-	case errCodeProtocol:
+	case errCodeProtocol, errCodeStreamClosed, errCodeFlowControl, errCodeFrameSize:
 		// Counted already when foreseen. Only this side takes from
 		// foreseen: a load then an add do not race.
 		if g.foreseen.Load() > 0 {
 			g.foreseen.Add(-1)
 			return
 		}
-		g.made.Add(1)
-	case errCodeFlowControl, errCodeStreamClosed, errCodeFrameSize:
 		g.made.Add(1)
 	case errCodeRefusedStream:
 		g.refused.Add(1)
@@ -773,4 +813,67 @@ func normalizeSettings(p []byte) ([]byte, bool) {
 		}
 	}
 	return out, true
+}
+
+// streamWindow remembers which of the client's last streamWindowSize
+// streams it ended (END_STREAM) or reset (RST_STREAM), one bit each: what
+// the guard needs to foresee the server's reset of a DATA frame sent on
+// one (resetOwed). Older streams are not known; a stream the client
+// skipped (it opened a higher one first) is closed (RFC 9113 5.1.1).
+type streamWindow struct {
+	live [streamWindowSize / 64]uint64 // 1: opened and not ended
+	top  uint32                        // index of the highest stream opened, plus 1 (0: none)
+}
+
+// streamWindowSize is how many of its latest streams a client is
+// remembered for (a bit each).
+const streamWindowSize = 1024
+
+// streamIndex is a client stream's (odd id) place in the order of the
+// client's stream ids.
+func streamIndex(id uint32) uint32 { return (id - 1) / 2 }
+
+// open records the client's new stream id, higher than every one before;
+// ended: its HEADERS ended it.
+func (w *streamWindow) open(id uint32, ended bool) {
+	i := streamIndex(id)
+	if i < w.top {
+		return
+	}
+	// The streams skipped are closed; those of them within the window
+	// now ending at i enter it with i.
+	j := w.top
+	if i >= streamWindowSize {
+		j = max(j, i-streamWindowSize+1)
+	}
+	for ; j < i; j++ {
+		w.set(j, false)
+	}
+	w.set(i, !ended)
+	w.top = i + 1
+}
+
+// end records that the client ended or reset stream id.
+func (w *streamWindow) end(id uint32) {
+	if id%2 == 1 && w.known(streamIndex(id)) {
+		w.set(streamIndex(id), false)
+	}
+}
+
+// ended is whether the client ended or reset stream id (false when the
+// stream is not known: not opened yet, or older than the window).
+func (w *streamWindow) ended(id uint32) bool {
+	i := streamIndex(id)
+	return id%2 == 1 && w.known(i) && w.live[i%streamWindowSize/64]&(1<<(i%64)) == 0
+}
+
+func (w *streamWindow) known(i uint32) bool { return i < w.top && w.top-i <= streamWindowSize }
+
+func (w *streamWindow) set(i uint32, live bool) {
+	word, bit := i%streamWindowSize/64, uint64(1)<<(i%64)
+	if live {
+		w.live[word] |= bit
+	} else {
+		w.live[word] &^= bit
+	}
 }

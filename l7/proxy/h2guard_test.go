@@ -204,49 +204,91 @@ func guardSeeds(t testing.TB) [][]byte {
 	return seeds
 }
 
-// A WINDOW_UPDATE of 0 on each of its streams makes the server reset them
-// all ("MadeYouReset"); the guard counts each as it reads it, so the
-// connection is closed at the limit, not when the server's resets, written
-// in batches, catch up a few hundred streams later. Here no server writes
-// any: the streams passed on before the GOAWAY are the limit's, give or
-// take a step.
-func TestFrameGuardForeseesWindowUpdateResets(t *testing.T) {
-	var frames, hb bytes.Buffer
-	fr := http2.NewFramer(&frames, nil)
+// Frames the server must answer by resetting the stream — a
+// WINDOW_UPDATE of 0, DATA on a stream the client ended or on one it
+// skipped — make it reset every
+// stream ("MadeYouReset"); the guard counts each as it reads it, so the
+// connection is closed at the limit, not when the server's resets,
+// written in batches, catch up a few hundred streams later. Here no
+// server writes any: the streams passed on before the GOAWAY are the
+// limit's, give or take a step. A client that sends its bodies as it
+// should is never counted.
+func TestFrameGuardForeseesResets(t *testing.T) {
+	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/"}} {
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/"}} {
 		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	const streams = 400
-	for id := uint32(1); id < 2*streams; id += 2 {
-		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
-		_ = fr.WriteRawFrame(http2.FrameWindowUpdate, 0, id, []byte{0, 0, 0, 0})
+	cases := []struct {
+		name   string
+		stream func(fr *http2.Framer, id uint32)
+		abuse  bool
+	}{
+		{"window-update-0", func(fr *http2.Framer, id uint32) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+			_ = fr.WriteRawFrame(http2.FrameWindowUpdate, 0, id, []byte{0, 0, 0, 0})
+		}, true},
+		{"data-after-end", func(fr *http2.Framer, id uint32) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+			_ = fr.WriteData(id, false, []byte("x"))
+		}, true},
+		{"data-after-data-end", func(fr *http2.Framer, id uint32) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
+			_ = fr.WriteData(id, true, []byte("body"))
+			_ = fr.WriteData(id, false, []byte("x"))
+		}, true},
+		{"data-on-skipped", func(fr *http2.Framer, id uint32) {
+			// Opens id+2 with id skipped (closed), then sends on id.
+			if id%4 == 1 {
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id + 2, BlockFragment: hb.Bytes(), EndHeaders: true})
+				_ = fr.WriteData(id, false, []byte("x"))
+			}
+		}, true},
+		{"well-behaved", func(fr *http2.Framer, id uint32) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
+			_ = fr.WriteData(id, false, []byte("body"))
+			_ = fr.WriteData(id, true, []byte("end"))
+			_ = fr.WritePriority(id, http2.PriorityParam{Weight: 15})
+		}, false},
 	}
-	lim := testGuardLimits
-	lim.maxResets = 50
-	var abused int
-	lim.onAbuse = func(net.Conn, int, int) { abused++ }
-	c := &guardConn{r: bytes.NewReader(frames.Bytes())}
-	g := newFrameGuard(c, lim, true).(*frameGuard)
-	var out []byte
-	buf := make([]byte, 4096)
-	for {
-		n, err := g.Read(buf)
-		out = append(out, buf[:n]...)
-		if err != nil {
-			break
-		}
-	}
-	passed := 0
-	for b := out; len(b) >= frameHeaderLen; {
-		n := frameHeaderLen + (int(b[0])<<16 | int(b[1])<<8 | int(b[2]))
-		if b[3] == frameHeaders {
-			passed++
-		}
-		b = b[min(n, len(b)):]
-	}
-	if abused != 1 || passed > lim.maxResets+stepStreams {
-		t.Errorf("%d streams passed on, closed for abuse %d times; want at most %d and closed once", passed, abused, lim.maxResets+stepStreams)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var frames bytes.Buffer
+			fr := http2.NewFramer(&frames, nil)
+			for id := uint32(1); id < 2*streams; id += 2 {
+				tc.stream(fr, id)
+			}
+			lim := testGuardLimits
+			lim.maxResets = 50
+			var abused int
+			lim.onAbuse = func(net.Conn, int, int) { abused++ }
+			c := &guardConn{r: bytes.NewReader(frames.Bytes())}
+			g := newFrameGuard(c, lim, true).(*frameGuard)
+			var out []byte
+			buf := make([]byte, 4096)
+			for {
+				n, err := g.Read(buf)
+				out = append(out, buf[:n]...)
+				if err != nil {
+					break
+				}
+			}
+			passed := 0
+			for b := out; len(b) >= frameHeaderLen; {
+				n := frameHeaderLen + (int(b[0])<<16 | int(b[1])<<8 | int(b[2]))
+				if b[3] == frameHeaders {
+					passed++
+				}
+				b = b[min(n, len(b)):]
+			}
+			switch {
+			case !tc.abuse && (abused != 0 || g.foreseen.Load() != 0):
+				t.Errorf("closed for abuse %d times, %d resets foreseen; want none", abused, g.foreseen.Load())
+			case tc.abuse && (abused != 1 || passed > lim.maxResets+stepStreams):
+				t.Errorf("%d streams passed on, closed for abuse %d times; want at most %d and closed once", passed, abused, lim.maxResets+stepStreams)
+			}
+		})
 	}
 	// And the server's own PROTOCOL_ERROR resets for them are not
 	// counted twice.
@@ -258,5 +300,50 @@ func TestFrameGuardForeseesWindowUpdateResets(t *testing.T) {
 	g2.serverReset(errCodeProtocol)
 	if f, m := g2.foreseen.Load(), g2.made.Load(); f != 0 || m != 3 {
 		t.Errorf("after 3 server resets for 2 foreseen: foreseen %d, made %d; want 0 and 3", f, m)
+	}
+	// Nor those for DATA after the end (STREAM_CLOSED).
+	g2.foreseen.Store(2)
+	g2.serverReset(errCodeStreamClosed)
+	g2.serverReset(errCodeStreamClosed)
+	if f, m := g2.foreseen.Load(), g2.made.Load(); f != 0 || m != 3 {
+		t.Errorf("after 2 more server resets for 2 foreseen: foreseen %d, made %d; want 0 and 3", f, m)
+	}
+}
+
+func TestStreamWindow(t *testing.T) {
+	var w streamWindow
+	if w.ended(1) {
+		t.Error("stream 1 ended before it was opened")
+	}
+	w.open(1, false)
+	w.open(3, true)
+	w.open(9, false) // 5 and 7 skipped: closed
+	for id, want := range map[uint32]bool{1: false, 3: true, 5: true, 7: true, 9: false, 11: false, 2: false} {
+		if got := w.ended(id); got != want {
+			t.Errorf("ended(%d) = %v, want %v", id, got, want)
+		}
+	}
+	w.end(1)
+	w.end(11) // not opened: nothing
+	w.open(11, false)
+	if !w.ended(1) || w.ended(11) {
+		t.Errorf("after end(1), open(11): ended(1) %v, ended(11) %v", w.ended(1), w.ended(11))
+	}
+	// Far past the window: the old streams are forgotten (not ended),
+	// those skipped within the window are closed, the new one live.
+	far := uint32(2*(streamWindowSize+50) + 1)
+	w.open(far, false)
+	if w.ended(1) || w.ended(9) || !w.ended(far-2) || !w.ended(far-2*(streamWindowSize-1)) || w.ended(far) {
+		t.Errorf("after opening %d: ended(1) %v, ended(9) %v, ended(%d) %v, ended(%d) %v, ended(%d) %v",
+			far, w.ended(1), w.ended(9), far-2, w.ended(far-2), far-2*(streamWindowSize-1), w.ended(far-2*(streamWindowSize-1)), far, w.ended(far))
+	}
+	// A stream opened long ago is unknown, not ended.
+	w2 := streamWindow{}
+	w2.open(1, false)
+	for id := uint32(3); id < 2*streamWindowSize+10; id += 2 {
+		w2.open(id, true)
+	}
+	if w2.ended(1) {
+		t.Error("a stream older than the window reported ended")
 	}
 }
