@@ -585,6 +585,70 @@ func TestL7EarlyResponseWithoutClose(t *testing.T) {
 	}
 }
 
+// TestL7EarlyResponseWithoutCloseTLS: the same over TLS to the backend
+// (upstream.tls): the backend's 413 is passed on within a few seconds, not
+// at timeouts.send — sluice's TLS layer never writes to the socket itself
+// during an upload, so no TLS write times out (crypto/tls would then
+// refuse every later write), and what the backend sent is read through
+// TLS (a session ticket is not mistaken for an answer). Twice: on a new
+// backend connection and on the one the warm-up left.
+func TestL7EarlyResponseWithoutCloseTLS(t *testing.T) {
+	parallel(t)
+	dir := t.TempDir()
+	cert, key := writeTestCert(t, dir, "backend.lab")
+	pool := `  - name: tlsweb
+    ejection: {failures: 1, window: 60s, base_time: 60s, max_time: 120s, max_ejected_percent: 100}
+    backends:
+      - address: 198.18.2.11:8443
+`
+	svc := fmt.Sprintf(`  - name: tls-http
+    listen: %s:81
+    protocol: http
+    pool: tlsweb
+    upstream: {tls: true, server_name: backend.lab, ca: %s}
+    timeouts: {connect: 1s, send: 10s, read: 5s, total: 12s}
+`, httpVIP, cert)
+	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
+	lab.Start("be1-tls", "be1", env.backend, "--listen", ":8080", "--tls-listen", ":8443",
+		"--tls-cert", cert, "--tls-key", key, "--name", "be1")
+	waitFor(t, 5*time.Second, "be1's TLS listener", func() error {
+		_, err := lab.Run("be1", 2*time.Second, "curl", "-sfk", "-o", "/dev/null", "--max-time", "1", "https://127.0.0.1:8443/healthz")
+		return err
+	})
+	url := fmt.Sprintf("http://%s:81/", httpVIP)
+	if r := lab.curl("GET", url); r.Code != 200 {
+		t.Fatalf("through the TLS upstream: %d, want 200", r.Code)
+	}
+	file := filepath.Join(t.TempDir(), "upload")
+	if err := os.WriteFile(file, make([]byte, 32<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		rid := newRID("hold-tls")
+		t0 := time.Now()
+		r := lab.curl("POST", url+"early-hold?ms=20000&rid="+rid, "--data-binary", "@"+file)
+		took := time.Since(t0)
+		al := agent.accessFor(t, rid)
+		if r.Code != 413 || al.Tries != 1 || al.Error != "" || len(al.Try) != 1 || !al.Try[0].Early || al.Try[0].Outcome != "ok" {
+			t.Errorf("upload %d over TLS: %d, access log %+v; want the backend's 413, one try, marked early", i, r.Code, al)
+		}
+		if took > 4*time.Second {
+			t.Errorf("upload %d over TLS: answered after %v, want within a few seconds (timeouts.send 10s)", i, took)
+		}
+	}
+	st, err := agent.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Pools {
+		for _, b := range p.Backends {
+			if p.Name == "tlsweb" && b.State != "active" {
+				t.Errorf("the TLS backend %s after early answers: %q; want active", b.Address, b.State)
+			}
+		}
+	}
+}
+
 // A client that stalls its upload past a backend's own body timeout gets
 // a 502 when the backend gives up on it, but the backend is not counted
 // as failing: slow uploads cannot get backends ejected (the test

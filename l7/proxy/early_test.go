@@ -3,6 +3,8 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/testcert"
 	"github.com/sluicelb/sluice/userspace/pool"
 )
 
@@ -291,5 +294,86 @@ func TestEarlyResponseWithoutClose(t *testing.T) {
 				t.Errorf("backend %v, want active", b.State)
 			}
 		})
+	}
+}
+
+// Over TLS to the backend too, a backend that answers an upload early
+// and stops reading it without closing has its answer passed on within
+// about upstream.AnswerProbe (the TLS layer's writes never wait on the
+// socket: a write that timed out would break the connection), and one
+// that is slow to read is waited for. As the first request of a client
+// connection (served by a goroutine) and as the second of a kept-alive
+// one (on an event loop with SLUICE_TEST_EVENTLOOPS=1, the backend
+// connection dialled by the loop).
+func TestEarlyResponseWithoutCloseTLS(t *testing.T) {
+	der, key := testcert.New(t, testcert.Options{Names: []string{"backend.test"}})
+	cfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	body := bytes.Repeat([]byte("a"), 16<<20)
+	cases := []struct {
+		name      string
+		pre, rest string
+		wantCode  int
+		early     bool
+	}{
+		{"answered", "HTTP/1.1 413 Content Too Large\r\nContent-Length: 10\r\n\r\ntoo large\n", "", http.StatusRequestEntityTooLarge, true},
+		{"slow", "", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", http.StatusOK, false},
+	}
+	for _, c := range cases {
+		for _, kept := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/kept-alive=%v", c.name, kept), func(t *testing.T) {
+				// GET: 200 at once; POST: pre, then nothing read for
+				// 2.5s, then the body to its end and rest.
+				addr := rawServer(t, func(nc net.Conn) {
+					tc := tls.Server(nc, cfg)
+					br := bufio.NewReader(tc)
+					for {
+						r, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						if r.Method == http.MethodGet {
+							io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwarm\n")
+							continue
+						}
+						io.WriteString(tc, c.pre)
+						time.Sleep(2500 * time.Millisecond)
+						io.Copy(io.Discard, r.Body)
+						io.WriteString(tc, c.rest)
+						return
+					}
+				})
+				p := newPool(t, nil, addr)
+				h := start(t, p, func(o *Options) {
+					o.Ejection.Failures = 1
+					o.Service.Timeouts.Send = 10 * time.Second
+					o.Upstream.TLS = &tls.Config{InsecureSkipVerify: true}
+				})
+				conn, br := rawConn(t, h)
+				if kept {
+					io.WriteString(conn, "GET /warm HTTP/1.1\r\nHost: test\r\n\r\n")
+					if resp, got := readResp(t, br, "GET"); resp.StatusCode != 200 || got != "warm\n" {
+						t.Fatalf("warm-up: %d %q", resp.StatusCode, got)
+					}
+				}
+				t0 := time.Now()
+				io.WriteString(conn, "POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n")
+				go conn.Write(body)
+				resp, _ := readResp(t, br, "POST")
+				took := time.Since(t0)
+				if resp.StatusCode != c.wantCode {
+					t.Fatalf("%d, want %d", resp.StatusCode, c.wantCode)
+				}
+				if c.early && took > 2200*time.Millisecond {
+					t.Errorf("the early answer took %v, want about a second (upstream.AnswerProbe)", took)
+				}
+				l := h.access.last(t)
+				if l.Tries != 1 || l.Error != "" || l.Try[0].Outcome != "ok" || l.Try[0].Early != c.early {
+					t.Errorf("access log %+v, want one ok try, early %v", l, c.early)
+				}
+				if b, _ := p.Backend(addr); b.State != pool.Active {
+					t.Errorf("backend %v, want active", b.State)
+				}
+			})
+		}
 	}
 }

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -55,6 +56,11 @@ type Conn struct {
 	// watchAnswer: writes that wait look, every AnswerProbe, whether the
 	// backend has answered already (WatchAnswer).
 	watchAnswer bool
+	// under is what the TLS layer runs on (nil: plain text), probeUntil
+	// the read deadline of a look at what a TLS backend sent (answeredTLS;
+	// zero otherwise).
+	under      *tlsUnder
+	probeUntil time.Time
 
 	// rdl and wdl are the read and write deadlines last set on nc (zero:
 	// none); a deadline is set again only when it must move (see needSet).
@@ -82,6 +88,9 @@ type Conn struct {
 func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info string, gen uint64) *Conn {
 	c := &Conn{pools: p, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now()}
 	c.setSocket(nc, raw)
+	if tc, ok := nc.(*tls.Conn); ok {
+		c.under, _ = tc.NetConn().(*tlsUnder)
+	}
 	c.br = bufio.NewReaderSize(phaseReader{c}, 16<<10)
 	c.bw = bufio.NewWriterSize(phaseWriter{c}, 16<<10)
 	return c
@@ -202,7 +211,12 @@ func (c *Conn) Close() error { c.close(); return nil }
 func (c *Conn) Removed() bool { return c.cut.Load() }
 
 func (c *Conn) close() {
-	c.closeOnce.Do(func() { _ = c.nc.Close() })
+	c.closeOnce.Do(func() {
+		if c.under != nil {
+			c.under.closing.Store(true)
+		}
+		_ = c.nc.Close()
+	})
 }
 
 // ErrTooLarge is returned by reads past the limit set by LimitReads.
@@ -224,7 +238,7 @@ func (c *Conn) LimitReads(n int64) {
 // next exchange moves them, and alive lifts an expired read deadline.
 func (c *Conn) clearDeadlines() {
 	c.writeTimeout, c.readTimeout, c.deadline, c.readLimit = 0, 0, time.Time{}, 0
-	c.watchAnswer = false
+	c.WatchAnswer(false)
 	if c.capAt.Swap(0) != 0 {
 		// The capped deadline is on the socket: lift it.
 		_ = c.nc.SetDeadline(time.Time{})
@@ -280,7 +294,11 @@ func (r phaseReader) Read(b []byte) (int, error) {
 			b = b[:left]
 		}
 	}
-	if t := c.deadlineFor(c.readTimeout); needSet(t, c.rdl, c.readTimeout) {
+	t, timeout := c.deadlineFor(c.readTimeout), c.readTimeout
+	if !c.probeUntil.IsZero() {
+		t, timeout = c.probeUntil, 0
+	}
+	if needSet(t, c.rdl, timeout) {
 		_ = c.nc.SetReadDeadline(t)
 		c.rdl = t
 	}
@@ -315,6 +333,10 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 				c.wdl = t
 			}
 			n, err := c.sock.Write(chunk)
+			if err == nil && c.under.holding() {
+				// The TLS layer kept its records for us to send (tlsUnder).
+				err = c.sendHeld(limit)
+			}
 			c.written.Add(int64(n))
 			total += n
 			b, chunk = b[n:], chunk[n:]
@@ -353,11 +375,125 @@ var ErrAnswered = errors.New("backend answered before reading the whole request,
 // next Pools.Put) look every AnswerProbe whether it has refused the
 // request already, and fail with ErrAnswered if so, instead of waiting
 // out the write timeout: a backend that answers an upload early (413,
-// 401) and stops reading it without closing the connection. Only plain-text
-// connections: under TLS the bytes waiting may be a session ticket.
+// 401) and stops reading it without closing the connection. In plain
+// text the look is a peek at the socket; under TLS (where the bytes
+// waiting may be a session ticket) the TLS layer's records are sent by
+// the connection itself (tlsUnder, sendHeld) and the look reads what the
+// backend sent, decrypted, into the connection's reader (answeredTLS).
 func (c *Conn) WatchAnswer(on bool) {
 	c.watchAnswer = on && c.rawc != nil && c.nc == c.raw
+	if c.under != nil {
+		c.under.hold(on)
+	}
 }
+
+// tlsUnder is the connection a TLS backend connection's TLS layer runs
+// on: the TCP socket, whose writes, while held (WatchAnswer), it keeps
+// for the Conn to send itself (sendHeld). A TLS write then never waits
+// on the socket, so none ever times out: one that did would break the
+// TLS connection for good (crypto/tls), where a backend that answered
+// early and stopped reading is only waited for a second at a time, its
+// answer looked at between (answeredTLS). Reads pass through.
+//
+// Closing, the TLS layer's close_notify alert may wait closeNotifyWait
+// for room on the socket, not the five seconds crypto/tls gives it: the
+// connection is often closed because the backend stopped reading (an
+// early answer, a timeout), its send buffer full, and the close is on
+// the request's path.
+type tlsUnder struct {
+	net.Conn
+	holds   bool
+	held    []byte // records written by the TLS layer, not sent yet
+	closing atomic.Bool
+}
+
+// closeNotifyWait bounds the wait to send the close_notify alert.
+const closeNotifyWait = 10 * time.Millisecond
+
+func (u *tlsUnder) SetWriteDeadline(t time.Time) error {
+	if u.closing.Load() {
+		t = time.Now().Add(closeNotifyWait)
+	}
+	return u.Conn.SetWriteDeadline(t)
+}
+
+func (u *tlsUnder) Write(p []byte) (int, error) {
+	if !u.holds {
+		return u.Conn.Write(p)
+	}
+	u.held = append(u.held, p...)
+	return len(p), nil
+}
+
+// holding is whether records are held (false for a nil u: plain text).
+func (u *tlsUnder) holding() bool { return u != nil && u.holds }
+
+// hold starts or stops holding; what is held when it stops was not sent
+// (a write that failed: the connection is not reused) and is dropped.
+func (u *tlsUnder) hold(on bool) {
+	u.holds = on
+	if u.held = u.held[:0]; cap(u.held) > maxHeld {
+		u.held = nil // an idle connection keeps no large buffer
+	}
+}
+
+// maxHeld is the most of its held buffer a TLS connection keeps between
+// uploads.
+const maxHeld = 64 << 10
+
+// sendHeld sends the records the TLS layer left in c.under to the socket,
+// each write waiting at most AnswerProbe (and never past limit, moved by
+// CapDeadline meanwhile) before it looks whether the backend has refused
+// the request already (answeredTLS): ErrAnswered then. A look may add a
+// record of the TLS layer's own (a KeyUpdate answered): sent in turn,
+// after those held before it, as the record sequence requires.
+func (c *Conn) sendHeld(limit time.Time) error {
+	u := c.under
+	defer func() { u.held = u.held[:0] }()
+	for off := 0; off < len(u.held); {
+		t, probing := limit, false
+		if now := time.Now(); limit.IsZero() || limit.Sub(now) > AnswerProbe {
+			t, probing = now.Add(AnswerProbe), true
+		}
+		if !t.Equal(c.wdl) {
+			_ = c.raw.SetWriteDeadline(t) // the socket's: nc's is the same
+			c.wdl = t
+		}
+		n, err := c.raw.Write(u.held[off:])
+		off += n
+		if err == nil {
+			continue
+		}
+		if probing && errors.Is(err, os.ErrDeadlineExceeded) {
+			if c.answeredTLS() {
+				return ErrAnswered
+			}
+			if cp := c.capped(); !cp.IsZero() && (limit.IsZero() || cp.Before(limit)) {
+				limit = cp
+			}
+			if limit.IsZero() || time.Now().Before(limit) {
+				continue // the backend is slow to read: wait on
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+// answeredTLS is answered for a TLS connection: it reads what the backend
+// sent, for at most tlsLook, through the TLS layer (which takes a session
+// ticket or a key update for itself) into the connection's reader, where
+// the response stays for the exchange to read.
+func (c *Conn) answeredTLS() bool {
+	c.probeUntil = time.Now().Add(tlsLook)
+	defer func() { c.probeUntil = time.Time{} }()
+	b, _ := c.br.Peek(len("HTTP/1.1 4"))
+	return refusal(b)
+}
+
+// tlsLook is how long answeredTLS waits for bytes the backend may be
+// sending (a record partly arrived).
+const tlsLook = 5 * time.Millisecond
 
 // answered reports whether the backend has sent bytes that begin a
 // refusal — a final response other than a success: 3xx, 4xx, 5xx (or
@@ -376,17 +512,26 @@ func (c *Conn) answered() bool {
 		var buf [10]byte // "HTTP/1.1 4": the status's first digit
 		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
 			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-		switch {
-		case errno != 0 || n == 0: // nothing yet, or closed: the write says
-		case n < uintptr(len(buf)):
-			// Too little to tell: decide at the next look, unless it
-			// cannot begin a status line at all.
-			got = !strings.HasPrefix("HTTP/1.", string(buf[:min(n, 7)]))
-		default:
-			got = !strings.HasPrefix(string(buf[:]), "HTTP/1.") || buf[9] >= '3'
+		if errno == 0 { // else nothing yet, or closed: the write says
+			got = refusal(buf[:n])
 		}
 	})
 	return got
+}
+
+// refusal is whether b, the first bytes a backend sent (up to 10), begin
+// a refusal: a final status of 3xx–5xx, or bytes that begin no response
+// at all. Fewer than 10 bytes that may still begin a status line are
+// decided at the next look.
+func refusal(b []byte) bool {
+	switch {
+	case len(b) == 0:
+		return false
+	case len(b) < len("HTTP/1.1 4"):
+		return !strings.HasPrefix("HTTP/1.", string(b[:min(len(b), 7)]))
+	default:
+		return !strings.HasPrefix(string(b), "HTTP/1.") || b[9] >= '3'
+	}
 }
 
 // PeekNext makes the next Get of this connection check it with a peek

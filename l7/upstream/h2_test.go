@@ -350,3 +350,82 @@ func TestSetTLS(t *testing.T) {
 		t.Error("SetTLS switched TLS on for h2c pools")
 	}
 }
+
+// TestTLSWatchAnswer: over TLS, a backend that answers an upload early
+// (413) and stops reading it without closing the connection is noticed
+// within about AnswerProbe, as in plain text, not at the send timeout;
+// its answer is left for the exchange to read. The TLS layer's writes
+// never time out (a timed-out write breaks crypto/tls's connection).
+// A backend that is only slow to read (its TLS 1.3 session tickets
+// waiting unread meanwhile) is waited for and answers 200.
+func TestTLSWatchAnswer(t *testing.T) {
+	const body = 32 << 20
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			// Reads a little, pauses longer than AnswerProbe, then the rest.
+			_, _ = io.CopyN(io.Discard, r.Body, 1<<20)
+			time.Sleep(AnswerProbe + 500*time.Millisecond)
+			n, _ := io.Copy(io.Discard, r.Body)
+			fmt.Fprint(w, n+1<<20)
+			return
+		}
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+		w.(http.Flusher).Flush()
+		select { // holds the connection, reading nothing
+		case <-release:
+		case <-time.After(20 * time.Second):
+		}
+	}))
+	srv.StartTLS()
+	defer srv.Close()
+	defer close(release)
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	addr := netip.MustParseAddrPort(srv.Listener.Addr().String())
+	p := New(Options{TLS: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}})
+	defer p.Close()
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{{"/early", http.StatusRequestEntityTooLarge}, {"/slow", http.StatusOK}} {
+		t.Run(tc.path, func(t *testing.T) {
+			c, err := p.Get(context.Background(), addr, "example.com", "", time.Now().Add(5*time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Put(c, CloseError)
+			const send = 8 * time.Second
+			c.SetTimeouts(send, 5*time.Second, time.Now().Add(30*time.Second))
+			c.WatchAnswer(true)
+			bw := c.Writer()
+			fmt.Fprintf(bw, "POST %s HTTP/1.1\r\nHost: example.com\r\nContent-Length: %d\r\n\r\n", tc.path, body)
+			t0 := time.Now()
+			chunk := make([]byte, 32<<10)
+			for sent := 0; sent < body && err == nil; sent += len(chunk) {
+				_, err = bw.Write(chunk)
+			}
+			if err == nil {
+				err = bw.Flush()
+			}
+			c.WatchAnswer(false)
+			took := time.Since(t0)
+			switch {
+			case tc.status == http.StatusOK && err != nil:
+				t.Fatalf("upload to a backend slow to read: %v after %v, want it sent whole", err, took)
+			case tc.status != http.StatusOK && (!errors.Is(err, ErrAnswered) || took > send/2):
+				t.Fatalf("upload to a backend that answered early: %v after %v; want ErrAnswered within a few seconds (send timeout %v)", err, took, send)
+			}
+			c.SetTimeouts(time.Second, 5*time.Second, time.Now().Add(10*time.Second))
+			resp, err := http.ReadResponse(c.Reader(), nil)
+			if err != nil {
+				t.Fatalf("the backend's answer: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.status {
+				t.Fatalf("the backend's answer: %d, want %d", resp.StatusCode, tc.status)
+			}
+		})
+	}
+}

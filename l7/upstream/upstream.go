@@ -502,7 +502,7 @@ func (p *Pools) dial(ctx context.Context, addr netip.AddrPort, serverName, info 
 			cfg.ServerName = serverName
 		}
 		cfg.NextProtos = []string{"http/1.1"}
-		tc := tls.Client(raw, cfg)
+		tc := tls.Client(&tlsUnder{Conn: raw}, cfg)
 		if err := tc.HandshakeContext(dctx); err != nil {
 			raw.Close()
 			return nil, &DialError{Addr: addr, Timeout: isTimeout(err) || dctx.Err() == context.DeadlineExceeded && ctx.Err() == nil, Err: fmt.Errorf("tls handshake: %w", err)}
