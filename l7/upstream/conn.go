@@ -418,7 +418,10 @@ func (u *tlsUnder) SetWriteDeadline(t time.Time) error {
 }
 
 func (u *tlsUnder) Write(p []byte) (int, error) {
-	if !u.holds {
+	// Closing may come from another goroutine (a client gone): its
+	// close_notify goes to the socket, never into held, which the
+	// exchange's goroutine may be sending.
+	if u.closing.Load() || !u.holds {
 		return u.Conn.Write(p)
 	}
 	u.held = append(u.held, p...)

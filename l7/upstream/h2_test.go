@@ -357,7 +357,9 @@ func TestSetTLS(t *testing.T) {
 // its answer is left for the exchange to read. The TLS layer's writes
 // never time out (a timed-out write breaks crypto/tls's connection).
 // A backend that is only slow to read (its TLS 1.3 session tickets
-// waiting unread meanwhile) is waited for and answers 200.
+// waiting unread meanwhile) is waited for and answers 200. One that
+// neither reads nor answers, closed from another goroutine (the client
+// gone) while the records are being sent, ends the upload at once.
 func TestTLSWatchAnswer(t *testing.T) {
 	const body = 32 << 20
 	release := make(chan struct{})
@@ -370,9 +372,11 @@ func TestTLSWatchAnswer(t *testing.T) {
 			fmt.Fprint(w, n+1<<20)
 			return
 		}
-		w.Header().Set("Content-Length", "0")
-		w.WriteHeader(http.StatusRequestEntityTooLarge)
-		w.(http.Flusher).Flush()
+		if r.URL.Path == "/early" {
+			w.Header().Set("Content-Length", "0")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			w.(http.Flusher).Flush()
+		}
 		select { // holds the connection, reading nothing
 		case <-release:
 		case <-time.After(20 * time.Second):
@@ -389,7 +393,7 @@ func TestTLSWatchAnswer(t *testing.T) {
 	for _, tc := range []struct {
 		path   string
 		status int
-	}{{"/early", http.StatusRequestEntityTooLarge}, {"/slow", http.StatusOK}} {
+	}{{"/early", http.StatusRequestEntityTooLarge}, {"/slow", http.StatusOK}, {"/silent", 0}} {
 		t.Run(tc.path, func(t *testing.T) {
 			c, err := p.Get(context.Background(), addr, "example.com", "", time.Now().Add(5*time.Second))
 			if err != nil {
@@ -399,6 +403,12 @@ func TestTLSWatchAnswer(t *testing.T) {
 			const send = 8 * time.Second
 			c.SetTimeouts(send, 5*time.Second, time.Now().Add(30*time.Second))
 			c.WatchAnswer(true)
+			if tc.status == 0 {
+				// A backend that neither reads nor answers; the client
+				// goes away meanwhile: the connection is closed from
+				// another goroutine while its records are being sent.
+				time.AfterFunc(300*time.Millisecond, func() { c.Close() })
+			}
 			bw := c.Writer()
 			fmt.Fprintf(bw, "POST %s HTTP/1.1\r\nHost: example.com\r\nContent-Length: %d\r\n\r\n", tc.path, body)
 			t0 := time.Now()
@@ -412,6 +422,11 @@ func TestTLSWatchAnswer(t *testing.T) {
 			c.WatchAnswer(false)
 			took := time.Since(t0)
 			switch {
+			case tc.status == 0:
+				if err == nil || took > 3*time.Second {
+					t.Fatalf("upload closed from another goroutine: %v after %v, want an error within a second or so", err, took)
+				}
+				return
 			case tc.status == http.StatusOK && err != nil:
 				t.Fatalf("upload to a backend slow to read: %v after %v, want it sent whole", err, took)
 			case tc.status != http.StatusOK && (!errors.Is(err, ErrAnswered) || took > send/2):
