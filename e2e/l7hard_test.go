@@ -561,6 +561,20 @@ func TestL7EarlyResponse(t *testing.T) {
 func TestL7EarlyResponseWithoutClose(t *testing.T) {
 	parallel(t)
 	lab, agent := startL7(t, agentConfig{Timeouts: "{connect: 1s, send: 10s, read: 5s, total: 12s}", Ejection: longEjection})
+	uploadsAnsweredEarly(t, lab, agent, httpURL)
+	for _, be := range []string{"be1", "be2", "be3"} {
+		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
+			t.Errorf("%s after early answers: %q, %v; want active", be, st, err)
+		}
+	}
+}
+
+// uploadsAnsweredEarly posts 32 MiB twice to url's early-hold (the
+// backend's 413 at once, then neither reading nor closing for 20s): each
+// must get the 413 within a few seconds (timeouts.send is 10s), one try,
+// marked early.
+func uploadsAnsweredEarly(t *testing.T, lab *Lab, agent *Agent, url string) {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), "upload")
 	if err := os.WriteFile(file, make([]byte, 32<<20), 0o644); err != nil {
 		t.Fatal(err)
@@ -568,19 +582,14 @@ func TestL7EarlyResponseWithoutClose(t *testing.T) {
 	for i := range 2 {
 		rid := newRID("hold")
 		t0 := time.Now()
-		r := lab.curl("POST", httpURL+"early-hold?ms=20000&rid="+rid, "--data-binary", "@"+file)
+		r := lab.curl("POST", url+"early-hold?ms=20000&rid="+rid, "--data-binary", "@"+file)
 		took := time.Since(t0)
 		al := agent.accessFor(t, rid)
 		if r.Code != 413 || al.Tries != 1 || al.Error != "" || len(al.Try) != 1 || !al.Try[0].Early || al.Try[0].Outcome != "ok" {
-			t.Errorf("upload %d: %d from %q, access log %+v; want the backend's 413, one try, marked early", i, r.Code, r.Backend, al)
+			t.Errorf("upload %d to %s: %d from %q, access log %+v; want the backend's 413, one try, marked early", i, url, r.Code, r.Backend, al)
 		}
 		if took > 4*time.Second {
-			t.Errorf("upload %d: answered after %v, want within a few seconds", i, took)
-		}
-	}
-	for _, be := range []string{"be1", "be2", "be3"} {
-		if st, err := agent.BackendState(backendAddr[be]); err != nil || st != "active" {
-			t.Errorf("%s after early answers: %q, %v; want active", be, st, err)
+			t.Errorf("upload %d to %s: answered after %v, want within a few seconds", i, url, took)
 		}
 	}
 }
@@ -609,33 +618,12 @@ func TestL7EarlyResponseWithoutCloseTLS(t *testing.T) {
     timeouts: {connect: 1s, send: 10s, read: 5s, total: 12s}
 `, httpVIP, cert)
 	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
-	lab.Start("be1-tls", "be1", env.backend, "--listen", ":8080", "--tls-listen", ":8443",
-		"--tls-cert", cert, "--tls-key", key, "--name", "be1")
-	waitFor(t, 5*time.Second, "be1's TLS listener", func() error {
-		_, err := lab.Run("be1", 2*time.Second, "curl", "-sfk", "-o", "/dev/null", "--max-time", "1", "https://127.0.0.1:8443/healthz")
-		return err
-	})
+	startTLSBackend(t, lab, cert, key)
 	url := fmt.Sprintf("http://%s:81/", httpVIP)
 	if r := lab.curl("GET", url); r.Code != 200 {
 		t.Fatalf("through the TLS upstream: %d, want 200", r.Code)
 	}
-	file := filepath.Join(t.TempDir(), "upload")
-	if err := os.WriteFile(file, make([]byte, 32<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 2 {
-		rid := newRID("hold-tls")
-		t0 := time.Now()
-		r := lab.curl("POST", url+"early-hold?ms=20000&rid="+rid, "--data-binary", "@"+file)
-		took := time.Since(t0)
-		al := agent.accessFor(t, rid)
-		if r.Code != 413 || al.Tries != 1 || al.Error != "" || len(al.Try) != 1 || !al.Try[0].Early || al.Try[0].Outcome != "ok" {
-			t.Errorf("upload %d over TLS: %d, access log %+v; want the backend's 413, one try, marked early", i, r.Code, al)
-		}
-		if took > 4*time.Second {
-			t.Errorf("upload %d over TLS: answered after %v, want within a few seconds (timeouts.send 10s)", i, took)
-		}
-	}
+	uploadsAnsweredEarly(t, lab, agent, url)
 	st, err := agent.Status()
 	if err != nil {
 		t.Fatal(err)
