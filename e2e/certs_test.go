@@ -122,14 +122,14 @@ func TestL7CertificateRenewed(t *testing.T) {
 	check("after a broken renewal", later, "new.lab")
 }
 
-// startTLSBackend starts a test backend in be1 serving HTTPS on :8443
-// (and HTTP on :8080) with cert and key, and waits for it.
-func startTLSBackend(t *testing.T, lab *Lab, cert, key string) *Proc {
+// startTLSBackend starts a test backend in host be (be1…be3) serving
+// HTTPS on :8443 (and HTTP on :8080) with cert and key, and waits for it.
+func startTLSBackend(t *testing.T, lab *Lab, be, cert, key string) *Proc {
 	t.Helper()
-	p := lab.Start("be1-tls", "be1", env.backend, "--listen", ":8080", "--tls-listen", ":8443",
-		"--tls-cert", cert, "--tls-key", key, "--name", "be1")
-	waitFor(t, 5*time.Second, "be1's TLS listener", func() error {
-		_, err := lab.Run("be1", 2*time.Second, "curl", "-sfk", "-o", "/dev/null", "--max-time", "1", "https://127.0.0.1:8443/healthz")
+	p := lab.Start(be+"-tls", be, env.backend, "--listen", ":8080", "--tls-listen", ":8443",
+		"--tls-cert", cert, "--tls-key", key, "--name", be)
+	waitFor(t, 5*time.Second, be+"'s TLS listener", func() error {
+		_, err := lab.Run(be, 2*time.Second, "curl", "-sfk", "-o", "/dev/null", "--max-time", "1", "https://127.0.0.1:8443/healthz")
 		return err
 	})
 	return p
@@ -179,7 +179,7 @@ func TestL7UpstreamCARotated(t *testing.T) {
     upstream: {tls: true, server_name: backend.lab, ca: %s}
 `, httpVIP, ca)
 	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
-	be := startTLSBackend(t, lab, certA, keyA)
+	be := startTLSBackend(t, lab, "be1", certA, keyA)
 	url := fmt.Sprintf("http://%s:81/", httpVIP)
 	if r := lab.curl("GET", url); r.Code != 200 {
 		t.Fatalf("through the TLS upstream: %d, want 200", r.Code)
@@ -195,7 +195,7 @@ func TestL7UpstreamCARotated(t *testing.T) {
 	})
 	// The backend moves to a certificate of the new CA.
 	be.Stop(3 * time.Second)
-	startTLSBackend(t, lab, certB, keyB)
+	startTLSBackend(t, lab, "be1", certB, keyB)
 	for i := range 5 {
 		if r := lab.curl("GET", url); r.Code != 200 {
 			t.Errorf("request %d after the backend moved to the new CA: %d, want 200", i, r.Code)

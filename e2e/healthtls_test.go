@@ -37,8 +37,7 @@ func TestL7HTTPSHealthCheck(t *testing.T) {
 `, httpVIP, cert)
 	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
 	for _, be := range []string{"be1", "be2", "be3"} {
-		lab.Start(be+"-tls", be, env.backend, "--listen", ":8080", "--tls-listen", ":8443",
-			"--tls-cert", cert, "--tls-key", key, "--name", be)
+		startTLSBackend(t, lab, be, cert, key)
 	}
 	states := func() (map[string]string, error) {
 		st, err := agent.Status()

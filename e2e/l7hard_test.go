@@ -618,7 +618,7 @@ func TestL7EarlyResponseWithoutCloseTLS(t *testing.T) {
     timeouts: {connect: 1s, send: 10s, read: 5s, total: 12s}
 `, httpVIP, cert)
 	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
-	startTLSBackend(t, lab, cert, key)
+	startTLSBackend(t, lab, "be1", cert, key)
 	url := fmt.Sprintf("http://%s:81/", httpVIP)
 	if r := lab.curl("GET", url); r.Code != 200 {
 		t.Fatalf("through the TLS upstream: %d, want 200", r.Code)

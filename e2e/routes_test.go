@@ -271,8 +271,7 @@ func TestL7RouteUpstreamTLS(t *testing.T) {
 `, httpVIP, cert)
 	lab, _ := startL7(t, agentConfig{ExtraPools: pools, ExtraServices: svc})
 	for _, be := range []string{"be1", "be2"} {
-		lab.Start(be+"-tls", be, env.backend, "--listen", ":8080", "--tls-listen", ":8443",
-			"--tls-cert", cert, "--tls-key", key, "--name", be)
+		startTLSBackend(t, lab, be, cert, key)
 	}
 	url := "http://" + httpVIP + ":82/x"
 	var r HTTPResult
