@@ -334,8 +334,12 @@ func (w phaseWriter) Write(b []byte) (int, error) {
 			}
 			n, err := c.sock.Write(chunk)
 			if err == nil && c.under.holding() {
-				// The TLS layer kept its records for us to send (tlsUnder).
-				err = c.sendHeld(limit)
+				// The TLS layer kept its records for us to send (tlsUnder);
+				// none of them sent, none of the chunk was.
+				var sent bool
+				if sent, err = c.sendHeld(limit); !sent {
+					n = 0
+				}
 			}
 			c.written.Add(int64(n))
 			total += n
@@ -449,11 +453,13 @@ const maxHeld = 64 << 10
 // CapDeadline meanwhile) before it looks whether the backend has refused
 // the request already (answeredTLS): ErrAnswered then. A look may add a
 // record of the TLS layer's own (a KeyUpdate answered): sent in turn,
-// after those held before it, as the record sequence requires.
-func (c *Conn) sendHeld(limit time.Time) error {
+// after those held before it, as the record sequence requires. sent: a
+// byte at least went out.
+func (c *Conn) sendHeld(limit time.Time) (sent bool, err error) {
 	u := c.under
 	defer func() { u.held = u.held[:0] }()
-	for off := 0; off < len(u.held); {
+	off := 0
+	for off < len(u.held) {
 		t, probing := limit, false
 		if now := time.Now(); limit.IsZero() || limit.Sub(now) > AnswerProbe {
 			t, probing = now.Add(AnswerProbe), true
@@ -469,7 +475,7 @@ func (c *Conn) sendHeld(limit time.Time) error {
 		}
 		if probing && errors.Is(err, os.ErrDeadlineExceeded) {
 			if c.answeredTLS() {
-				return ErrAnswered
+				return off > 0, ErrAnswered
 			}
 			if cp := c.capped(); !cp.IsZero() && (limit.IsZero() || cp.Before(limit)) {
 				limit = cp
@@ -478,9 +484,9 @@ func (c *Conn) sendHeld(limit time.Time) error {
 				continue // the backend is slow to read: wait on
 			}
 		}
-		return err
+		return off > 0, err
 	}
-	return nil
+	return true, nil
 }
 
 // answeredTLS is answered for a TLS connection: it reads what the backend
