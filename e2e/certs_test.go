@@ -122,6 +122,18 @@ func TestL7CertificateRenewed(t *testing.T) {
 	check("after a broken renewal", later, "new.lab")
 }
 
+// tlsService is the http service "tls-http" on httpVIP:81, to pool
+// tlsweb over TLS (server name backend.lab, verified with the CA file
+// ca), with extra (YAML lines of its mapping, indented by four) after.
+func tlsService(ca, extra string) string {
+	return fmt.Sprintf(`  - name: tls-http
+    listen: %s:81
+    protocol: http
+    pool: tlsweb
+    upstream: {tls: true, server_name: backend.lab, ca: %s}
+`, httpVIP, ca) + extra
+}
+
 // startTLSBackend starts a test backend in host be (be1…be3) serving
 // HTTPS on :8443 (and HTTP on :8080) with cert and key, and waits for it.
 func startTLSBackend(t *testing.T, lab *Lab, be, cert, key string) *Proc {
@@ -172,12 +184,7 @@ func TestL7UpstreamCARotated(t *testing.T) {
     backends:
       - address: 198.18.2.11:8443
 `
-	svc := fmt.Sprintf(`  - name: tls-http
-    listen: %s:81
-    protocol: http
-    pool: tlsweb
-    upstream: {tls: true, server_name: backend.lab, ca: %s}
-`, httpVIP, ca)
+	svc := tlsService(ca, "")
 	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
 	be := startTLSBackend(t, lab, "be1", certA, keyA)
 	url := fmt.Sprintf("http://%s:81/", httpVIP)

@@ -29,12 +29,7 @@ func TestL7HTTPSHealthCheck(t *testing.T) {
       rise: 2
       fall: 2
 `, cert)
-	svc := fmt.Sprintf(`  - name: tls-http
-    listen: %s:81
-    protocol: http
-    pool: tlsweb
-    upstream: {tls: true, server_name: backend.lab, ca: %s}
-`, httpVIP, cert)
+	svc := tlsService(cert, "")
 	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
 	for _, be := range []string{"be1", "be2", "be3"} {
 		startTLSBackend(t, lab, be, cert, key)

@@ -610,13 +610,7 @@ func TestL7EarlyResponseWithoutCloseTLS(t *testing.T) {
     backends:
       - address: 198.18.2.11:8443
 `
-	svc := fmt.Sprintf(`  - name: tls-http
-    listen: %s:81
-    protocol: http
-    pool: tlsweb
-    upstream: {tls: true, server_name: backend.lab, ca: %s}
-    timeouts: {connect: 1s, send: 10s, read: 5s, total: 12s}
-`, httpVIP, cert)
+	svc := tlsService(cert, "    timeouts: {connect: 1s, send: 10s, read: 5s, total: 12s}\n")
 	lab, agent := startL7(t, agentConfig{ExtraPools: pool, ExtraServices: svc})
 	startTLSBackend(t, lab, "be1", cert, key)
 	url := fmt.Sprintf("http://%s:81/", httpVIP)
