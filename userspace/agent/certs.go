@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"strings"
 	"time"
 
@@ -90,12 +89,8 @@ func (s *l7Stage) checkUpstreamCAs(now time.Time) {
 		if err == nil && st == cur.caStamp {
 			continue
 		}
-		var tc *tls.Config
 		if err == nil {
-			tc, err = upstreamTLS(u)
-		}
-		if err == nil {
-			err = cur.srv.SetUpstreamTLS(tc)
+			err = cur.setUpstreamCA(u, st)
 		}
 		if err != nil {
 			if s.certWarnDue("ca "+name, now, certWarnEvery) {
@@ -105,7 +100,6 @@ func (s *l7Stage) checkUpstreamCAs(now time.Time) {
 			continue
 		}
 		delete(s.certWarned, "ca "+name)
-		cur.caStamp = st
 		s.log.Info("upstream CA file changed: read again, new backend connections are verified with it", "service", name, "ca", u.CA)
 	}
 }

@@ -319,6 +319,21 @@ func upstreamTLS(u *config.Upstream) (*tls.Config, error) {
 	return tc, nil
 }
 
+// setUpstreamCA reads u's CA file (upstream.ca) again for the backend
+// connections cur dials from now on; st is the file's stamp taken before
+// (kept on success).
+func (cur *l7Service) setUpstreamCA(u *config.Upstream, st certs.Stamp) error {
+	tc, err := upstreamTLS(u)
+	if err != nil {
+		return err
+	}
+	if err := cur.srv.SetUpstreamTLS(tc); err != nil {
+		return err
+	}
+	cur.caStamp = st
+	return nil
+}
+
 // upstreamCAStamp is the stamp of svc's upstream CA file, taken before it
 // is read ("" without one, or when it cannot be looked at: the read then
 // fails on its own).
@@ -365,11 +380,7 @@ func (s *l7Stage) update(cur *l7Service, svc config.Service, cfg *config.Config,
 	// CA, as it does renewed certificates).
 	caStamp := upstreamCAStamp(svc)
 	if u := svc.Upstream; u != nil && u.TLS {
-		tc, err := upstreamTLS(u)
-		if err != nil {
-			return err
-		}
-		if err := cur.srv.SetUpstreamTLS(tc); err != nil {
+		if err := cur.setUpstreamCA(u, caStamp); err != nil {
 			return err
 		}
 	}
