@@ -77,6 +77,7 @@ FUZZ_TARGETS := \
 	./l7/proxy:FuzzHeaderForwarding \
 	./l7/proxy:FuzzH2Translation \
 	./l7/proxy:FuzzForwardedClient \
+	./l7/proxy:FuzzFastResponse \
 	./l7/route:FuzzMatch \
 	./userspace/datapath:FuzzDSR \
 	./userspace/decap:FuzzDecap

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -115,7 +116,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		cw.requestSent()
 		// The response header must come within `read` of the request's end.
 		conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(t.Read), deadline))
-		if resp, err = s.readResponse(conn, out, read0); err != nil {
+		if resp, res.fast, err = s.readResponse(conn, out, read0); err != nil {
 			return fail("read", err)
 		}
 	case ctx.Err() != nil || errors.Is(err, errClientBody):
@@ -126,14 +127,14 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 		// write failed, but its response came first. Pass that on
 		// rather than a reset of sluice's own.
 		conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(earlyWait), deadline))
-		early, rerr := s.readResponse(conn, out, read0)
+		early, fast, rerr := s.readResponse(conn, out, read0)
 		switch {
 		case errors.Is(rerr, errRespHeaderLimit):
 			return fail("read", rerr)
 		case rerr != nil || early.StatusCode == http.StatusSwitchingProtocols:
 			return fail("send", err)
 		}
-		resp = early
+		resp, res.fast = early, fast
 		// The rest of the request was not sent: the connection is
 		// not reused.
 		resp.Close = true
@@ -161,7 +162,18 @@ const earlyWait = 100 * time.Millisecond
 // header (with those before it) is bounded by upstream.max_header_bytes as
 // it is read; past that limit or upstream.max_header_count the error
 // wraps errRespHeaderLimit. read0 is conn.ReadBytes() before the response.
-func (s *Server) readResponse(conn *upstream.Conn, out *outRequest, read0 int64) (*http.Response, error) {
+// A response the fast path read (h1fast.go) comes with its fastHead, and
+// without a header map.
+func (s *Server) readResponse(conn *upstream.Conn, out *outRequest, read0 int64) (*http.Response, *fastHead, error) {
+	if resp, f := readFastResponse(conn.Reader(), out, s.respHeader.bytes, s.respHeader.count); resp != nil {
+		return resp, f, nil
+	}
+	resp, err := s.readResponseHeader(conn, out, read0)
+	return resp, nil, err
+}
+
+// readResponseHeader is readResponse with net/http's parser.
+func (s *Server) readResponseHeader(conn *upstream.Conn, out *outRequest, read0 int64) (*http.Response, error) {
 	conn.LimitReads(int64(s.respHeader.bytes) + readAhead)
 	defer conn.LimitReads(0)
 	var resp *http.Response
@@ -350,24 +362,32 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	// (the connection is closed: a body half passed on is not drained).
 	cw.watch(res.conn, false)
 	defer cw.unwatch()
-	h := w.Header()
 	closeDelimited := resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 && bodyAllowed(rec.Method, resp.StatusCode)
-	removeHopByHop(resp.Header)
-	for k, vv := range resp.Header {
-		h[k] = vv
-	}
-	if vv := h["Via"]; len(vv) > 0 {
-		h["Via"] = append(vv, "1.1 sluice")
+	var flush bool
+	if f := res.fast; f != nil {
+		// Read by the fast path for an HTTP/1.1 client (out.fastOK):
+		// written from fasthttp's header, no map.
+		defer releaseFastHead(f) // resp.Body is f's
+		w.(*h1Response).writeFastHeader(f, resp.StatusCode, resp.ContentLength)
+		flush = bytes.HasPrefix(f.h.ContentType(), eventStream)
 	} else {
-		h["Via"] = viaSluice // shared: its capacity makes an append copy
+		h := w.Header()
+		removeHopByHop(resp.Header)
+		for k, vv := range resp.Header {
+			h[k] = vv
+		}
+		if vv := h["Via"]; len(vv) > 0 {
+			h["Via"] = append(vv, "1.1 sluice")
+		} else {
+			h["Via"] = viaSluice // shared: its capacity makes an append copy
+		}
+		for k := range resp.Trailer {
+			h.Add("Trailer", k)
+		}
+		w.WriteHeader(resp.StatusCode)
+		flush = resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), string(eventStream))
 	}
-	for k := range resp.Trailer {
-		h.Add("Trailer", k)
-	}
-	w.WriteHeader(resp.StatusCode)
 	rec.Status = resp.StatusCode
-
-	flush := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	readErr, clientGone := s.relayBody(w, resp.Body, flush, rec)
 	if clientGone {
 		// The backend connection is unusable.
@@ -391,8 +411,11 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 		}
 		return true
 	}
-	for k, vv := range resp.Trailer {
-		h[k] = vv
+	if len(resp.Trailer) > 0 {
+		h := w.Header()
+		for k, vv := range resp.Trailer {
+			h[k] = vv
+		}
 	}
 	if !bodyAllowed(rec.Method, resp.StatusCode) {
 		// A body sent anyway would be read as the next response.
@@ -424,6 +447,10 @@ var errRemovedUnsent = errors.New("address removed (drain_timeout passed) before
 func removedTry() tryResult {
 	return tryResult{err: errRemovedUnsent, phase: "connect", outcome: retry.Outcome{Kind: retry.ConnectFailure}, spared: sparedRemoved}
 }
+
+// eventStream starts the Content-Type of a response whose body is passed
+// on as it comes (server-sent events).
+var eventStream = []byte("text/event-stream")
 
 // viaSluice is the Via of a response that had none.
 var viaSluice = []string{"1.1 sluice"}[:1:1]
@@ -466,6 +493,7 @@ func (s *Server) discard(res tryResult, drain bool) {
 		}
 	}
 	res.resp.Body.Close()
+	releaseFastHead(res.fast)
 	s.pools.Put(res.conn, why)
 }
 

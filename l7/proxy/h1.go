@@ -949,20 +949,54 @@ func (w *h1Response) WriteHeader(code int) {
 	if code < 100 || code > 999 {
 		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
 	}
-	w.wroteHeader = true
-	w.status = code
-	c, h, r := w.c, w.h, w.req
-	w.noBody = r.Method == http.MethodHead || code < 200 || code == http.StatusNoContent || code == http.StatusNotModified
+	h := w.h
+	cl := int64(-1)
 	if v := h["Content-Length"]; len(v) == 1 {
 		if n, err := strconv.ParseInt(v[0], 10, 64); err == nil && n >= 0 {
-			w.cl = n
+			cl = n
 		}
 	}
+	bw := w.beginHeader(code, cl)
+	for k, vv := range h {
+		switch {
+		case k == "Transfer-Encoding" || k == "Connection":
+			continue
+		case strings.HasPrefix(k, http.TrailerPrefix):
+			continue // written after the body
+		case k == "Trailer" && w.chunked:
+			for _, v := range vv {
+				for name := range strings.SplitSeq(v, ",") {
+					if name = http.CanonicalHeaderKey(strings.TrimSpace(name)); name != "" {
+						w.trailers = append(w.trailers, name)
+					}
+				}
+			}
+		case k == "Trailer":
+			continue // no trailer section without chunked
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	_, date := h["Date"]
+	w.endHeader(date)
+}
+
+// beginHeader decides the response's framing and whether the connection
+// is kept after it (its header's Content-Length cl, -1 when none; a
+// Connection: close set in its header map), and writes the status line.
+// The fields follow, then endHeader.
+func (w *h1Response) beginHeader(code int, cl int64) *bufio.Writer {
+	w.wroteHeader = true
+	w.status = code
+	c, r := w.c, w.req
+	w.noBody = r.Method == http.MethodHead || code < 200 || code == http.StatusNoContent || code == http.StatusNotModified
+	w.cl = cl
 	keep := !w.wantsClose && !c.srv.shutting.Load()
 	if r.ProtoMinor == 0 {
 		keep = w.wants10KeepAlive && (w.cl >= 0 || w.noBody)
 	}
-	if hasToken(h["Connection"], "close") {
+	if hasToken(w.h["Connection"], "close") {
 		keep = false
 	}
 	if !w.noBody && w.cl < 0 {
@@ -988,36 +1022,23 @@ func (w *h1Response) WriteHeader(code int) {
 		_, _ = bw.WriteString("status code " + strconv.Itoa(code))
 	}
 	_, _ = bw.WriteString("\r\n")
-	for k, vv := range h {
-		switch {
-		case k == "Transfer-Encoding" || k == "Connection":
-			continue
-		case strings.HasPrefix(k, http.TrailerPrefix):
-			continue // written after the body
-		case k == "Trailer" && w.chunked:
-			for _, v := range vv {
-				for name := range strings.SplitSeq(v, ",") {
-					if name = http.CanonicalHeaderKey(strings.TrimSpace(name)); name != "" {
-						w.trailers = append(w.trailers, name)
-					}
-				}
-			}
-		case k == "Trailer":
-			continue // no trailer section without chunked
-		}
-		for _, v := range vv {
-			writeField(bw, k, v)
-		}
-	}
-	if _, ok := h["Date"]; !ok {
+	return bw
+}
+
+// endHeader writes the fields of sluice's own after the response's: Date
+// when it had none (date false), Connection and Transfer-Encoding as
+// beginHeader decided, and the header's end.
+func (w *h1Response) endHeader(date bool) {
+	bw := w.c.bw
+	if !date {
 		_, _ = bw.WriteString("Date: ")
-		_, _ = bw.WriteString(c.srv.dateField())
+		_, _ = bw.WriteString(w.c.srv.dateField())
 		_, _ = bw.WriteString("\r\n")
 	}
 	switch {
-	case !keep:
+	case w.closeAfter:
 		_, _ = bw.WriteString("Connection: close\r\n")
-	case r.ProtoMinor == 0:
+	case w.req.ProtoMinor == 0:
 		_, _ = bw.WriteString("Connection: keep-alive\r\n")
 	}
 	if w.chunked {

@@ -42,6 +42,10 @@ type outRequest struct {
 	// underscoreOK: client.underscore_headers allows header and trailer
 	// fields named with an underscore.
 	underscoreOK bool
+	// fastOK: a response to this request may be read by the fast path
+	// (h1fast.go): its client is on sluice's HTTP/1 loop and no response
+	// header rule or Location rewrite applies.
+	fastOK bool
 	// bodyStore and respFor live here to save allocations: body points to
 	// bodyStore; respFor is what http.ReadResponse is told the request was.
 	bodyStore reqBody
@@ -63,6 +67,9 @@ type tryResult struct {
 	// h2 is the try's stream when the upstream is HTTP/2 (conn is nil
 	// then; see h2upstream.go).
 	h2 *h2Stream
+	// fast: the response was read by the fast path (h1fast.go); resp has
+	// no header map then.
+	fast *fastHead
 	// early: the backend answered before the request's end, and the
 	// rest of it was not sent (see Server.exchange).
 	early bool
@@ -411,6 +418,7 @@ func (q *request) prepare() bool {
 	}
 	body := &q.out.bodyStore
 	s.outgoing(&q.out, q.st, r, q.peer, body)
+	q.out.fastOK = fastResponseOK(w, &q.out, &q.st.svc)
 	dropped, err := checkOutgoing(&q.out, s.limits.UnderscoreHeaders)
 	if dropped || errors.Is(err, errUnderscore) {
 		s.obs.Refused(s.name, limitUnderscoreHeader)

@@ -1,0 +1,203 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// fastReading is what a reader of a response header takes from it: the
+// status, the framing, the fields passed on to the client (hop-by-hop ones
+// and those Connection names dropped), and the body with how it ended.
+type fastReading struct {
+	Status  int
+	Length  int64
+	Close   bool
+	Fields  map[string][]string
+	Body    string
+	BodyErr string
+}
+
+// readFast is the fast path's reading of raw; ok false when it declines
+// (and then it must have read nothing).
+func readFast(t testing.TB, raw []byte, method string) (fastReading, bool) {
+	br := bufio.NewReaderSize(bytes.NewReader(raw), 64<<10)
+	out := &outRequest{fastOK: true, method: method}
+	out.respFor.Method = method
+	resp, f := readFastResponse(br, out, 64<<10, 100)
+	if resp == nil {
+		if n, _ := br.Discard(len(raw)); n != len(raw) {
+			t.Fatalf("declined after reading %d bytes", len(raw)-n)
+		}
+		return fastReading{}, false
+	}
+	defer releaseFastHead(f)
+	r := fastReading{Status: resp.StatusCode, Length: resp.ContentLength, Close: resp.Close, Fields: map[string][]string{}}
+	f.fields(func(k, v []byte) { r.Fields[string(k)] = append(r.Fields[string(k)], string(v)) })
+	body, err := io.ReadAll(resp.Body)
+	r.Body = string(body)
+	if err != nil {
+		r.BodyErr = err.Error()
+	}
+	return r, true
+}
+
+// readNetHTTP is net/http's reading of raw, as respond passes it on.
+func readNetHTTP(raw []byte, method string) (fastReading, *http.Response, error) {
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), &http.Request{Method: method})
+	if err != nil {
+		return fastReading{}, nil, err
+	}
+	r := fastReading{Status: resp.StatusCode, Length: resp.ContentLength, Close: resp.Close, Fields: map[string][]string{}}
+	removeHopByHop(resp.Header)
+	for k, vv := range resp.Header {
+		r.Fields[k] = vv
+	}
+	body, err := io.ReadAll(resp.Body)
+	r.Body = string(body)
+	if err != nil {
+		r.BodyErr = err.Error()
+	}
+	return r, resp, nil
+}
+
+func TestFastResponse(t *testing.T) {
+	const ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+	for _, tc := range []struct {
+		name string
+		raw  string
+		take bool // the fast path reads it
+	}{
+		{"plain", ok + "Content-Type: text/plain\r\nDate: Sat, 05 Dec 2026 00:00:00 GMT\r\n\r\nhi", true},
+		{"no reason phrase", "HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nhi", true},
+		{"empty body", "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", true},
+		{"hop-by-hop and named by Connection", ok + "Connection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nX-Kept: 2\r\n\r\nhi", true},
+		{"Connection close", ok + "Connection: close\r\n\r\nhi", true},
+		{"Connection Close, other option", ok + "Connection: X-A, Close\r\nX-A: 1\r\n\r\nhi", true},
+		{"repeated list fields", ok + "Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nVary: A\r\nVary: B\r\nVia: 1.0 edge\r\n\r\nhi", true},
+		{"empty value and spaces", ok + "X-Empty:\r\nX-Pad:   v  \r\nX-Tab:\tv\t\r\n\r\nhi", true},
+		{"lower-case names", "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: a/b\r\nx-foo-bar: 1\r\n\r\nhi", true},
+		{"obs-text value", ok + "X-Latin: caf\xe9\r\n\r\nhi", true},
+		{"short body", ok + "\r\nh", true},
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", false},
+		{"close-delimited", "HTTP/1.1 200 OK\r\n\r\nhi", false},
+		{"CL and TE", ok + "Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", false},
+		{"two Content-Lengths", ok + "Content-Length: 2\r\n\r\nhi", false},
+		{"two Content-Types", ok + "Content-Type: a/b\r\nContent-Type: c/d\r\n\r\nhi", false},
+		{"two Servers", ok + "Server: a\r\nServer: b\r\n\r\nhi", false},
+		{"folded line", ok + "X-A: 1\r\n 2\r\n\r\nhi", false},
+		{"bare LF", "HTTP/1.1 200 OK\nContent-Length: 2\n\nhi", false},
+		{"bare LF ends the header early", ok + "X-A: 1\n\r\nX-B: 2\r\n\r\nhi", false},
+		{"bare CR", ok + "X-A: 1\r2\r\n\r\nhi", false},
+		{"space in a name", ok + "X A: 1\r\n\r\nhi", false},
+		{"space before the colon", ok + "X-A : 1\r\n\r\nhi", false},
+		{"control byte in a value", ok + "X-A: 1\x002\r\n\r\nhi", false},
+		{"HTTP/1.0", "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", false},
+		{"four-digit status", "HTTP/1.1 0200 OK\r\nContent-Length: 2\r\n\r\nhi", false},
+		{"100 Continue first", "HTTP/1.1 100 Continue\r\n\r\n" + ok + "\r\nhi", false},
+		{"204", "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", false},
+		{"304", "HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n", false},
+		{"trailer announced", ok + "Trailer: X-T\r\n\r\nhi", false},
+		{"signed length", "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi", false},
+		{"header incomplete in the buffer", ok + "X-A: 1\r\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := []byte(tc.raw)
+			fast, took := readFast(t, raw, http.MethodGet)
+			if took != tc.take {
+				t.Fatalf("fast path took it: %v, want %v", took, tc.take)
+			}
+			if !took {
+				return
+			}
+			want, _, err := readNetHTTP(raw, http.MethodGet)
+			if err != nil {
+				t.Fatalf("net/http refuses what the fast path took: %v", err)
+			}
+			if !reflect.DeepEqual(fast, want) {
+				t.Errorf("fast path read\n%+v\nnet/http\n%+v", fast, want)
+			}
+		})
+	}
+}
+
+// The fast path is only for requests it can answer from fasthttp's header.
+func TestFastResponseDeclines(t *testing.T) {
+	raw := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+	if _, took := readFast(t, raw, http.MethodHead); took {
+		t.Error("took the response to a HEAD request")
+	}
+	br := bufio.NewReader(bytes.NewReader(raw))
+	if resp, _ := readFastResponse(br, &outRequest{method: http.MethodGet}, 64<<10, 100); resp != nil {
+		t.Error("took a response without fastOK")
+	}
+	br = bufio.NewReader(bytes.NewReader(raw))
+	if resp, _ := readFastResponse(br, &outRequest{fastOK: true, method: http.MethodGet}, 64<<10, 0); resp != nil {
+		t.Error("took a response past max_header_count")
+	}
+	br = bufio.NewReader(bytes.NewReader(raw))
+	if resp, _ := readFastResponse(br, &outRequest{fastOK: true, method: http.MethodGet}, 20, 100); resp != nil {
+		t.Error("took a response past max_header_bytes")
+	}
+}
+
+// A body shorter than its Content-Length ends in io.ErrUnexpectedEOF, as
+// net/http's: never a clean end that would keep the connection.
+func TestFastResponseShortBody(t *testing.T) {
+	r, took := readFast(t, []byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhi"), http.MethodGet)
+	if !took || r.Body != "hi" || r.BodyErr != io.ErrUnexpectedEOF.Error() {
+		t.Errorf("took %v, body %q, error %q", took, r.Body, r.BodyErr)
+	}
+	var b clBody
+	if _, err := b.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("an ended body reads %v", err)
+	}
+}
+
+// FuzzFastResponse: for any response header, the fast path either
+// declines (having read nothing) or reads what net/http's ReadResponse
+// reads, as respond passes it on: status, framing, the fields, the body.
+func FuzzFastResponse(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nhi",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\nKeep-Alive: 5\r\n\r\nhi",
+		"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nServer: x\r\n\r\nabc",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n 2\r\n\r\nhi",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Encoding: gzip\r\nContent-Encoding: br\r\n\r\nhi",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\nX-A: 1\r\n\r\nhi",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		for _, method := range []string{http.MethodGet, http.MethodPost} {
+			fast, took := readFast(t, raw, method)
+			if !took {
+				continue
+			}
+			want, resp, err := readNetHTTP(raw, method)
+			if err != nil {
+				t.Fatalf("fast path took a response net/http refuses (%v): %q", err, raw)
+			}
+			if len(resp.TransferEncoding) > 0 || resp.Trailer != nil {
+				t.Fatalf("fast path took a response with a transfer coding or trailers: %q", raw)
+			}
+			if !reflect.DeepEqual(fast, want) {
+				t.Fatalf("%q:\nfast path %+v\nnet/http  %+v", raw, fast, want)
+			}
+			// The names as net/http canonicalizes them (the client's
+			// header is written with fasthttp's).
+			for k := range fast.Fields {
+				if http.CanonicalHeaderKey(k) != k || strings.ContainsAny(k, " \t:") {
+					t.Fatalf("field name %q", k)
+				}
+			}
+		}
+	})
+}
