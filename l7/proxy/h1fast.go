@@ -60,6 +60,9 @@ type fastHead struct {
 	rd   bytes.Reader
 	br   *bufio.Reader
 	body clBody
+	// kv are the header's fields as fasthttp gives them (slices of its
+	// storage), in one pass.
+	kv []fastField
 	// drop are the fields the response's Connection names (hop-by-hop),
 	// canonical.
 	drop []string
@@ -86,6 +89,8 @@ func releaseFastHead(f *fastHead) {
 	f.rd.Reset(nil)
 	f.br.Reset(nil)
 	f.body = clBody{}
+	clear(f.kv) // fasthttp's storage is reused
+	f.kv = f.kv[:0]
 	fastHeads.Put(f)
 }
 
@@ -185,10 +190,9 @@ func statusLine(block []byte) bool {
 // repeated), each name a token and each value valid, with no Trailer or
 // Transfer-Encoding; it gathers the fields Connection names.
 func (f *fastHead) check(lines int) bool {
-	n := 0
-	f.drop, f.close = f.drop[:0], false
+	f.kv, f.drop, f.close = f.kv[:0], f.drop[:0], false
 	for k, v := range f.h.All() {
-		n++
+		f.kv = append(f.kv, fastField{k, v})
 		if !validName(k) || !validValue(v) {
 			return false
 		}
@@ -214,8 +218,11 @@ func (f *fastHead) check(lines int) bool {
 		// both paths; noted in docs/l7.md).
 		f.drop = f.drop[:0]
 	}
-	return n == lines
+	return len(f.kv) == lines
 }
+
+// fastField is a field of a fastHead.
+type fastField struct{ k, v []byte }
 
 // validName and validValue are httpguts' checks on fasthttp's bytes.
 func validName(k []byte) bool {
@@ -232,22 +239,21 @@ func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), l
 // and not named by Connection. It reports whether a Date was among them.
 func (f *fastHead) fields(fn func(k, v []byte)) (date bool) {
 next:
-	for k, v := range f.h.All() {
-		ks := unsafeString(k)
-		for _, name := range hopByHop {
-			if ks == name {
-				continue next
-			}
+	for _, kv := range f.kv {
+		ks := unsafeString(kv.k)
+		switch ks {
+		case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+			"Te", "Trailer", "Transfer-Encoding", "Upgrade": // hopByHop
+			continue
+		case "Date":
+			date = true
 		}
 		for _, name := range f.drop {
 			if ks == name {
 				continue next
 			}
 		}
-		if ks == "Date" {
-			date = true
-		}
-		fn(k, v)
+		fn(kv.k, kv.v)
 	}
 	return date
 }

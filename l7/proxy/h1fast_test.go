@@ -5,10 +5,15 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/l7/service"
 )
 
 // fastReading is what a reader of a response header takes from it: the
@@ -77,6 +82,7 @@ func TestFastResponse(t *testing.T) {
 		{"no reason phrase", "HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nhi", true},
 		{"empty body", "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", true},
 		{"hop-by-hop and named by Connection", ok + "Connection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nX-Kept: 2\r\n\r\nhi", true},
+		{"every hop-by-hop field", ok + "Connection: x\r\nProxy-Connection: x\r\nKeep-Alive: x\r\nProxy-Authenticate: x\r\nProxy-Authorization: x\r\nTe: x\r\nUpgrade: x\r\nX-Kept: 1\r\n\r\nhi", true},
 		{"Connection close", ok + "Connection: close\r\n\r\nhi", true},
 		{"Connection Close, other option", ok + "Connection: X-A, Close\r\nX-A: 1\r\n\r\nhi", true},
 		{"repeated list fields", ok + "Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nVary: A\r\nVary: B\r\nVia: 1.0 edge\r\n\r\nhi", true},
@@ -200,4 +206,82 @@ func FuzzFastResponse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Through the proxy, a response the fast path reads reaches the client as
+// one the map path passes on (a service with a response header rule takes
+// the map path): the same fields but the rule's, hop-by-hop ones and those
+// Connection names dropped, Via appended; and the backend connection is
+// kept for the next request (the body was read to its end).
+func TestFastResponseThroughProxy(t *testing.T) {
+	const canned = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n" +
+		"Connection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\n" +
+		"Via: 1.0 edge\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nVary: A\r\nDate: Sat, 05 Dec 2026 00:00:00 GMT\r\n\r\nhello"
+	var conns atomic.Int64
+	be := rawServer(t, func(c net.Conn) {
+		conns.Add(1)
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			if _, err := io.WriteString(c, canned); err != nil {
+				return
+			}
+		}
+	})
+	get := func(t *testing.T, h *harness) []http.Header {
+		t.Helper()
+		c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		var got []http.Header
+		for range 3 {
+			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: example.test\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err != nil || string(body) != "hello" || resp.StatusCode != 200 {
+				t.Fatalf("status %d, body %q, %v", resp.StatusCode, body, err)
+			}
+			got = append(got, resp.Header)
+		}
+		return got
+	}
+	fast := get(t, start(t, newPool(t, nil, be), nil))
+	if n := conns.Load(); n != 1 {
+		t.Errorf("fast path: %d backend connections for three requests, want 1 (kept)", n)
+	}
+	mapped := get(t, start(t, newPool(t, nil, be), func(o *Options) {
+		o.Service.Headers.Response.Set = []service.Field{{Name: "X-Rule", Value: "1"}}
+	}))
+	for i := range fast {
+		if fast[i].Get("X-Rule") != "" || mapped[i].Get("X-Rule") != "1" {
+			t.Fatalf("the rule applied to the fast path, or not to the map path: %v / %v", fast[i], mapped[i])
+		}
+		delete(mapped[i], "X-Rule")
+		if !reflect.DeepEqual(fast[i], mapped[i]) {
+			t.Errorf("request %d:\nfast path %v\nmap path  %v", i+1, fast[i], mapped[i])
+		}
+	}
+	h := fast[0]
+	for _, name := range []string{"X-Secret", "Keep-Alive", "Proxy-Connection", "Connection"} {
+		if _, ok := h[name]; ok {
+			t.Errorf("%s passed on: %v", name, h)
+		}
+	}
+	if !reflect.DeepEqual(h["Via"], []string{"1.0 edge", "1.1 sluice"}) || len(h["Set-Cookie"]) != 2 ||
+		h.Get("Date") != "Sat, 05 Dec 2026 00:00:00 GMT" {
+		t.Errorf("fields: %v", h)
+	}
 }
