@@ -152,6 +152,7 @@ func readFastResponse(br *bufio.Reader, out *outRequest, maxBytes, maxCount int)
 		return nil, nil
 	}
 	_, _ = br.Discard(len(block))
+	out.respFor.Method = out.method // as readResponseHeader: resp.Request is it
 	resp := &http.Response{
 		Status:        string(block[9:12]) + " " + http.StatusText(code),
 		StatusCode:    code,
