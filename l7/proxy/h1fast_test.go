@@ -285,3 +285,22 @@ func TestFastResponseThroughProxy(t *testing.T) {
 		t.Errorf("fields: %v", h)
 	}
 }
+
+// Every hop-by-hop field (the list removeHopByHop uses) is dropped by the
+// fast path too, or the response is left to net/http's reader: the fast
+// path's own list must not fall behind.
+func TestFastResponseHopByHop(t *testing.T) {
+	for _, name := range hopByHop {
+		raw := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + name + ": x\r\nX-Kept: 1\r\n\r\nhi")
+		r, took := readFast(t, raw, http.MethodGet)
+		if !took {
+			continue
+		}
+		if _, ok := r.Fields[name]; ok {
+			t.Errorf("%s passed on by the fast path", name)
+		}
+		if _, ok := r.Fields["X-Kept"]; !ok {
+			t.Errorf("with %s: X-Kept dropped", name)
+		}
+	}
+}
