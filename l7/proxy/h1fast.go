@@ -154,7 +154,7 @@ func readFastResponse(br *bufio.Reader, out *outRequest, maxBytes, maxCount int)
 	_, _ = br.Discard(len(block))
 	out.respFor.Method = out.method // as readResponseHeader: resp.Request is it
 	resp := &http.Response{
-		Status:        string(block[9:12]) + " " + http.StatusText(code),
+		// (No Status: nothing reads it, and it would be an allocation.)
 		StatusCode:    code,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,

@@ -42,14 +42,21 @@ func readFast(t testing.TB, raw []byte, method string) (fastReading, bool) {
 		return fastReading{}, false
 	}
 	defer releaseFastHead(f)
-	r := fastReading{Status: resp.StatusCode, Length: resp.ContentLength, Close: resp.Close, Fields: map[string][]string{}}
-	f.fields(func(k, v []byte) { r.Fields[string(k)] = append(r.Fields[string(k)], string(v)) })
+	fields := map[string][]string{}
+	f.fields(func(k, v []byte) { fields[string(k)] = append(fields[string(k)], string(v)) })
+	return reading(resp, fields), true
+}
+
+// reading is what is read of resp, with the fields passed on, its body
+// read to its end.
+func reading(resp *http.Response, fields map[string][]string) fastReading {
+	r := fastReading{Status: resp.StatusCode, Length: resp.ContentLength, Close: resp.Close, Fields: fields}
 	body, err := io.ReadAll(resp.Body)
 	r.Body = string(body)
 	if err != nil {
 		r.BodyErr = err.Error()
 	}
-	return r, true
+	return r
 }
 
 // readNetHTTP is net/http's reading of raw, as respond passes it on.
@@ -58,16 +65,8 @@ func readNetHTTP(raw []byte, method string) (fastReading, *http.Response, error)
 	if err != nil {
 		return fastReading{}, nil, err
 	}
-	r := fastReading{Status: resp.StatusCode, Length: resp.ContentLength, Close: resp.Close, Fields: map[string][]string{}}
 	removeHopByHop(resp.Header)
-	for k, vv := range resp.Header {
-		r.Fields[k] = vv
-	}
-	body, err := io.ReadAll(resp.Body)
-	r.Body = string(body)
-	if err != nil {
-		r.BodyErr = err.Error()
-	}
+	r := reading(resp, map[string][]string(resp.Header))
 	return r, resp, nil
 }
 
