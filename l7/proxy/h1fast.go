@@ -60,6 +60,9 @@ type fastHead struct {
 	rd   bytes.Reader
 	br   *bufio.Reader
 	body clBody
+	// resp is the response read (its Body is body): no allocation per
+	// response, and released with f like its body.
+	resp http.Response
 	// kv are the header's fields as fasthttp gives them (slices of its
 	// storage), in one pass.
 	kv []fastField
@@ -89,6 +92,7 @@ func releaseFastHead(f *fastHead) {
 	f.rd.Reset(nil)
 	f.br.Reset(nil)
 	f.body = clBody{}
+	f.resp = http.Response{}
 	clear(f.kv) // fasthttp's storage is reused
 	f.kv = f.kv[:0]
 	fastHeads.Put(f)
@@ -153,7 +157,7 @@ func readFastResponse(br *bufio.Reader, out *outRequest, maxBytes, maxCount int)
 	}
 	_, _ = br.Discard(len(block))
 	out.respFor.Method = out.method // as readResponseHeader: resp.Request is it
-	resp := &http.Response{
+	f.resp = http.Response{
 		// (No Status: nothing reads it, and it would be an allocation.)
 		StatusCode:    code,
 		Proto:         "HTTP/1.1",
@@ -166,9 +170,9 @@ func readFastResponse(br *bufio.Reader, out *outRequest, maxBytes, maxCount int)
 	}
 	if cl > 0 {
 		f.body = clBody{r: br, n: int64(cl)}
-		resp.Body = &f.body
+		f.resp.Body = &f.body
 	}
-	return resp, f
+	return &f.resp, f
 }
 
 // statusLine is whether block starts with an HTTP/1.1 status line whose

@@ -152,9 +152,17 @@ type request struct {
 // alike: w is the loop's *h1Response there.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st, status, miss := s.cfg.Load().route(r)
-	q := &request{s: s, w: w, r: r, ctx: r.Context(), st: st, start: time.Now(), removals: s.removals.Load(),
-		peer: parsePeer(r.RemoteAddr, st.svc.TrustedProxies)}
 	h1, _ := w.(*h1Response)
+	var q *request
+	if h1 != nil && h1.c.req != nil {
+		// The connection's last request's state (see finish).
+		q, h1.c.req = h1.c.req, nil
+		*q = request{}
+	} else {
+		q = new(request)
+	}
+	q.s, q.w, q.r, q.ctx, q.st, q.start, q.removals = s, w, r, r.Context(), st, time.Now(), s.removals.Load()
+	q.peer = parsePeer(r.RemoteAddr, st.svc.TrustedProxies)
 	if h1 != nil {
 		q.ctx = h1.c.ctx
 	}
@@ -338,6 +346,14 @@ func (q *request) finish() {
 	if cap(rec.Tries) <= 16 {
 		clear(rec.Tries[:cap(rec.Tries)])
 		s.records.Put(rec)
+	}
+	if h1, ok := q.w.(*h1Response); ok && !h1.hijacked && (q.r.Body == nil || q.r.Body == http.NoBody) {
+		// Kept for the connection's next request, which starts after
+		// this one's watch stopped (serveRequest): nothing refers to q
+		// then. Not after a request with a body: an HTTP/2 upstream's
+		// transport may still read a body it was given (settleBody);
+		// not after a protocol switch: no request follows.
+		h1.c.req = q
 	}
 	if q.abort {
 		// The response was cut short: make the client see it (the
