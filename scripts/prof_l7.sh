@@ -10,12 +10,19 @@
 #            machine's busy CPU and the three backends' CPU per request
 #   stat     perf stat: system calls and context switches of the proxy
 #   record   perf record -g of the proxy into FILE (perf report/script it)
+#   series   one line per 4 s of a PROF_DUR run (say 42): requests/s (from
+#            the lb's packets), CPU per request of the proxy (user), the
+#            backends and the whole machine, and the machine's context
+#            switches and rescheduling IPIs per request — to see how a
+#            run's speed moves within it (docs/benchmarks.md, 2026-12-05)
 #
-#   scripts/prof_l7.sh [sluice|nginx] [keep-alive|new-conn] [cpu|stat|record FILE]
+#   scripts/prof_l7.sh [sluice|nginx] [keep-alive|new-conn] [cpu|stat|record FILE|series]
 #
 # PROF_BIN runs another sluice binary than bin/sluice; PROF_ENV adds
 # variables to the agent's environment (e.g. PROF_ENV="GODEBUG=gctrace=1
-# GOGC=100"); PROF_EVENT records another event (e.g. sched:sched_switch);
+# GOGC=100"); PROF_AGENT_OUT sends the agent's output (its access log
+# too) there instead of a file in the lab's state directory (e.g.
+# /dev/null, or a file on tmpfs); PROF_EVENT records another event (e.g. sched:sched_switch);
 # PROF_LOG keeps the agent's log there; PROF_SERVICE adds keys to the
 # service's YAML flow mapping (e.g. PROF_SERVICE='access_log: "off"').
 # sluice's agent runs with nginx too, its XDP program on the lb's
@@ -38,7 +45,7 @@ sluice=${PROF_BIN:-$repo_root/bin/sluice}
 usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ $target == sluice || $target == nginx ]] || usage
 [[ $load == keep-alive || $load == new-conn ]] || usage
-[[ $mode == cpu || $mode == stat || $mode == record ]] || usage
+[[ $mode == cpu || $mode == stat || $mode == record || $mode == series ]] || usage
 [[ $(id -u) -eq 0 ]] || { echo "prof_l7: needs root (network namespaces)" >&2; exit 1; }
 for c in wrk jq perf; do
 	[[ $mode != cpu || $c != perf ]] || continue
@@ -74,7 +81,7 @@ source scripts/bench_lib.sh
 sluice_l7_conf "$state/prof.yaml" "$state" "$pin" "${PROF_SERVICE:-}"
 "$lab" exec "$id" lb ip addr add 198.18.1.101/32 dev lo
 read -ra penv <<<"${PROF_ENV:-}"
-"$lab" exec "$id" lb env "${penv[@]}" "$sluice" agent -c "$state/prof.yaml" >"$state/agent.log" 2>&1 &
+"$lab" exec "$id" lb env "${penv[@]}" "$sluice" agent -c "$state/prof.yaml" >"${PROF_AGENT_OUT:-$state/agent.log}" 2>&1 &
 pids+=($!)
 if [[ $target == nginx ]]; then
 	"$lab" exec "$id" lb ip addr add 198.18.1.110/32 dev lo
@@ -133,6 +140,30 @@ backend_ticks() {
 	echo "$t"
 }
 case $mode in
+series)
+	"${wrk[@]}" -d"${dur}s" "$url" >/dev/null &
+	wrk_pid=$!
+	hz=$(getconf CLK_TCK)
+	# ctxt_irq: the machine's context switches and rescheduling IPIs.
+	ctxt_irq() {
+		awk '/^ctxt/ {c = $2} END {print c}' /proc/stat
+		awk '/RES:/ {s = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i; print s}' /proc/interrupts
+	}
+	for _ in $(seq $(((dur - 2) / 4))); do
+		b0=$(busy_ticks) k0=$(backend_ticks) t0=$(cpu_ticks) u0=$(cpu_ticks user) p0=$(lb_packets)
+		mapfile -t x0 < <(ctxt_irq)
+		sleep 4
+		b1=$(busy_ticks) k1=$(backend_ticks) t1=$(cpu_ticks) u1=$(cpu_ticks user) p1=$(lb_packets)
+		mapfile -t x1 < <(ctxt_irq)
+		awk -v p=$((p1 - p0)) -v t=$((t1 - t0)) -v u=$((u1 - u0)) -v k=$((k1 - k0)) -v b=$((b1 - b0)) \
+			-v c=$((x1[0] - x0[0])) -v i=$((x1[1] - x0[1])) -v hz="$hz" 'BEGIN {
+				n = p / 4; us = 1e6 / hz / n
+				printf "%6.0f req/s  proxy %5.1f us (user %4.1f)  backends %5.1f  machine %6.1f  | per request: context switches %.2f, resched IPIs %.3f\n",
+					n / 4, t * us, u * us, k * us, b * us, c / n, i / n
+			}'
+	done
+	wait "$wrk_pid"
+	;;
 cpu)
 	b0=$(busy_ticks)
 	k0=$(backend_ticks)
