@@ -469,3 +469,63 @@ func TestH1LoopOnEventLoops(t *testing.T) {
 		t.Fatal("without Options.EventLoops: event loops serve")
 	}
 }
+
+// A connection's requests share one request state (request.finish):
+// each is served as if it were the first. Every request fails over from
+// a refused address to a working one and must log both tries, under a
+// request id of its own; a request with a body in between (its state is
+// not kept) and the one after it are served alike.
+func TestRequestStateFreshPerRequest(t *testing.T) {
+	good := newBackend(t, status(200))
+	gone := refusedAddr(t)
+	h := start(t, newPool(t, nil, gone, good.addr), func(o *Options) {
+		o.Selector = preferSelector{gone}
+		o.Ejection.Failures = 100 // the refused address stays a candidate
+	})
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	reqs := []string{
+		"GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n",
+		"GET /b HTTP/1.1\r\nHost: example.test\r\n\r\n",
+		"POST /c HTTP/1.1\r\nHost: example.test\r\nContent-Length: 2\r\n\r\nhi",
+		"GET /d HTTP/1.1\r\nHost: example.test\r\n\r\n",
+	}
+	for i, req := range reqs {
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d", i, resp.StatusCode)
+		}
+	}
+	var lines []logLine
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if lines = h.access.lines(t); len(lines) >= len(reqs) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(lines) != len(reqs) {
+		t.Fatalf("%d access log lines, want %d", len(lines), len(reqs))
+	}
+	ids := map[string]bool{}
+	for i, l := range lines {
+		if l.Tries != 2 || len(l.Try) != 2 || l.Try[0].Backend != gone.String() || l.Try[1].Backend != good.addr.String() {
+			t.Errorf("request %d: %d tries %+v, want the refused address then the working one", i, l.Tries, l.Try)
+		}
+		if ids[l.ReqID] {
+			t.Errorf("request %d: request id %s again", i, l.ReqID)
+		}
+		ids[l.ReqID] = true
+	}
+}
