@@ -482,13 +482,7 @@ func TestRequestStateFreshPerRequest(t *testing.T) {
 		o.Selector = preferSelector{gone}
 		o.Ejection.Failures = 100 // the refused address stays a candidate
 	})
-	c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := rawConn(t, h)
 	reqs := []string{
 		"GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n",
 		"GET /b HTTP/1.1\r\nHost: example.test\r\n\r\n",
@@ -499,12 +493,7 @@ func TestRequestStateFreshPerRequest(t *testing.T) {
 		if _, err := io.WriteString(c, req); err != nil {
 			t.Fatal(err)
 		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		resp, _ := readResp(t, br, http.MethodGet)
 		if resp.StatusCode != 200 {
 			t.Fatalf("request %d: status %d", i, resp.StatusCode)
 		}

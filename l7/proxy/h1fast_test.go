@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/sluicelb/sluice/l7/service"
 )
@@ -233,25 +232,15 @@ func TestFastResponseThroughProxy(t *testing.T) {
 	})
 	get := func(t *testing.T, h *harness) []http.Header {
 		t.Helper()
-		c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		br := bufio.NewReader(c)
+		c, br := rawConn(t, h)
 		var got []http.Header
 		for range 3 {
 			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: example.test\r\n\r\n"); err != nil {
 				t.Fatal(err)
 			}
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, err := io.ReadAll(resp.Body)
-			if err != nil || string(body) != "hello" || resp.StatusCode != 200 {
-				t.Fatalf("status %d, body %q, %v", resp.StatusCode, body, err)
+			resp, body := readResp(t, br, http.MethodGet)
+			if body != "hello" || resp.StatusCode != 200 {
+				t.Fatalf("status %d, body %q", resp.StatusCode, body)
 			}
 			got = append(got, resp.Header)
 		}
