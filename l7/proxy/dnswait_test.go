@@ -272,3 +272,44 @@ func TestDNSWaitClientGone(t *testing.T) {
 		t.Fatalf("tries %+v, want one ended by the client while waiting", tries)
 	}
 }
+
+// A request's DNS waits are its own, also when a kept-alive connection's
+// next request reuses its state (h1Conn.req): three requests on one
+// connection each find the pool's only address refusing and the name
+// moved, and each waits for the answer (maxDNSWaits is two per request).
+func TestDNSWaitEveryRequestOfAConnection(t *testing.T) {
+	const n = maxDNSWaits + 1
+	var gone, good [n]netip.AddrPort
+	for i := range n {
+		gone[i], good[i] = refusedAddr(t), newBackend(t, status(200)).addr
+	}
+	p := newFakeDNSPool(t, n, gone[0])
+	h := start(t, p, nil)
+	c, br := rawConn(t, h)
+	for i := range n {
+		if i > 0 { // the name moved again: only a refusing address is left
+			p.SetSource(time.Now(), pool.SourceStatic, []pool.Desired{{Addr: gone[i], Weight: 1, Info: "A " + gone[i].String()}})
+		}
+		p.mu.Lock()
+		p.answer = []netip.AddrPort{good[i]}
+		p.mu.Unlock()
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: example.test\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if resp, _ := readResp(t, br, http.MethodGet); resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d, want 200 from the new address", i, resp.StatusCode)
+		}
+		var lines []logLine // the line is written after the response
+		for deadline := time.Now().Add(5 * time.Second); len(lines) <= i && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			lines = h.access.lines(t)
+		}
+		if len(lines) != i+1 {
+			t.Fatalf("request %d: %d access log lines", i, len(lines))
+		}
+		l := lines[i]
+		if len(l.Try) != 2 || l.Try[0].Backend != gone[i].String() || l.Try[0].DNSWait != DNSWaitNewAddress ||
+			l.Try[1].Backend != good[i].String() {
+			t.Fatalf("request %d: tries %+v, want %s refused, a wait, then %s", i, l.Try, gone[i], good[i])
+		}
+	}
+}
