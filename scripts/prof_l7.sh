@@ -42,7 +42,7 @@ dur=${PROF_DUR:-8}
 lab=scripts/lab.sh
 sluice=${PROF_BIN:-$repo_root/bin/sluice}
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 [[ $target == sluice || $target == nginx ]] || usage
 [[ $load == keep-alive || $load == new-conn ]] || usage
 [[ $mode == cpu || $mode == stat || $mode == record || $mode == series ]] || usage

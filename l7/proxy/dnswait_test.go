@@ -299,10 +299,9 @@ func TestDNSWaitEveryRequestOfAConnection(t *testing.T) {
 		if resp, _ := readResp(t, br, http.MethodGet); resp.StatusCode != 200 {
 			t.Fatalf("request %d: status %d, want 200 from the new address", i, resp.StatusCode)
 		}
-		var lines []logLine // the line is written after the response
-		for deadline := time.Now().Add(5 * time.Second); len(lines) <= i && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-			lines = h.access.lines(t)
-		}
+		// The line is written after the response.
+		waitFor(t, "the request's access log line", func() bool { return len(h.access.lines(t)) > i })
+		lines := h.access.lines(t)
 		if len(lines) != i+1 {
 			t.Fatalf("request %d: %d access log lines", i, len(lines))
 		}

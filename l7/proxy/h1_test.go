@@ -498,12 +498,8 @@ func TestRequestStateFreshPerRequest(t *testing.T) {
 			t.Fatalf("request %d: status %d", i, resp.StatusCode)
 		}
 	}
-	var lines []logLine
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if lines = h.access.lines(t); len(lines) >= len(reqs) || time.Now().After(deadline) {
-			break
-		}
-	}
+	waitFor(t, "the access log lines", func() bool { return len(h.access.lines(t)) >= len(reqs) })
+	lines := h.access.lines(t)
 	if len(lines) != len(reqs) {
 		t.Fatalf("%d access log lines, want %d", len(lines), len(reqs))
 	}
