@@ -355,7 +355,7 @@ func (s *Server) relayBody(w http.ResponseWriter, body io.Reader, flush bool, re
 	}
 }
 
-func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWriter, rec *accesslog.Record, res tryResult, addr netip.AddrPort) (abort bool) {
+func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWriter, rec *accesslog.Record, res tryResult, addr netip.AddrPort, g *group) (abort bool) {
 	resp := res.resp
 	defer resp.Body.Close()
 	// A client that goes away stops a body read waiting on the backend
@@ -425,7 +425,7 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	switch {
 	case resp.Close || closeDelimited:
 		why = upstream.CloseBackend
-	case !s.usable(addr):
+	case !s.usable(g, addr):
 		why = upstream.CloseDraining
 	}
 	s.pools.Put(res.conn, why)
@@ -483,7 +483,7 @@ func (s *Server) discard(res tryResult, drain bool) {
 		switch {
 		case err != nil || n >= 64<<10:
 			why = upstream.CloseError
-		case !s.usable(res.conn.Addr()):
+		case !s.usable(nil, res.conn.Addr()):
 			why = upstream.CloseDraining
 		default:
 			why = ""
@@ -498,10 +498,15 @@ func (s *Server) discard(res tryResult, drain bool) {
 }
 
 // usable is whether pooled connections to addr may be kept: it is still
-// active in a pool of the service, or ejected while panic mode sends requests there.
-func (s *Server) usable(addr netip.AddrPort) bool {
+// active in a pool of the service, or ejected while panic mode sends
+// requests there. first (if not nil) is the pool looked at first: the one
+// the request picked addr from, which nearly always has it.
+func (s *Server) usable(first *group, addr netip.AddrPort) bool {
+	if first != nil && s.usableIn(first, addr) {
+		return true
+	}
 	for _, g := range *s.groups.Load() {
-		if s.usableIn(g, addr) {
+		if g != first && s.usableIn(g, addr) {
 			return true
 		}
 	}

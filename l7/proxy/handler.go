@@ -614,7 +614,7 @@ func (q *request) respond(res tryResult, b pool.Backend) {
 		if res.h2 != nil {
 			q.abort = s.respondH2(q.ctx, q.w, q.rec, res)
 		} else {
-			q.abort = s.respond(q.ctx, &q.cw, q.w, q.rec, res, b.Addr)
+			q.abort = s.respond(q.ctx, &q.cw, q.w, q.rec, res, b.Addr, q.st.grp)
 		}
 	case res.spared == sparedLocal || res.spared == sparedHost:
 		// Sluice's own shortage, not the backend's failure: 503.
@@ -749,7 +749,7 @@ func serverName(st *settings, b pool.Backend) string {
 // mode ejected addresses are candidates too.
 func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time, cands []Candidate) (b pool.Backend, trial, panicMode, ok bool) {
 	g := st.grp
-	all := s.backends(g, now)
+	all, stats := s.backendStats(g, now)
 	panicMode = eject.Panic(all, st.maxEject)
 	if g.panicking.Load() != panicMode && g.panicking.CompareAndSwap(!panicMode, panicMode) {
 		if panicMode {
@@ -767,7 +767,13 @@ func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time, cands
 	for i := range all {
 		b := &all[i]
 		if b.State == pool.Active || panicMode && b.State == pool.Ejected {
-			cands = append(cands, Candidate{Backend: b, InFlight: s.inflight(b.Addr)})
+			n := 0
+			if stats != nil {
+				n = int(stats[i].inflight.Load())
+			} else {
+				n = s.inflight(b.Addr)
+			}
+			cands = append(cands, Candidate{Backend: b, InFlight: n})
 			if !slices.Contains(tried, b.Addr) {
 				untried++
 			}
@@ -830,6 +836,10 @@ type backendSnap struct {
 	gen uint64
 	at  time.Time
 	all []pool.Backend
+	// stats are the addrStats of all's addresses that may be picked
+	// (active or ejected; nil for the others, which pick skips), looked up once per
+	// snapshot rather than per request and address.
+	stats []*addrStat
 }
 
 const snapMaxAge = 250 * time.Millisecond
@@ -839,16 +849,33 @@ const snapMaxAge = 250 * time.Millisecond
 // transition, instead of one copy (and one pass through the pool's lock)
 // per request.
 func (s *Server) backends(g *group, now time.Time) []pool.Backend {
+	all, _ := s.backendStats(g, now)
+	return all
+}
+
+// backendStats is backends with the addrStats of the addresses that may be
+// picked, index for index (nil when the pool does not publish its
+// transitions: then no copy is shared, and stat or inflight looks each up).
+// An address removed since the snapshot was made has left the pool's
+// active ones by the time its stat is forgotten, and its transition made
+// the snapshot stale.
+func (s *Server) backendStats(g *group, now time.Time) ([]pool.Backend, []*addrStat) {
 	if !g.snapshots {
-		return g.pool.Backends()
+		return g.pool.Backends(), nil
 	}
 	gen := g.snapGen.Load()
 	if sn := g.snap.Load(); sn != nil && sn.gen == gen && now.Sub(sn.at) < snapMaxAge {
-		return sn.all
+		return sn.all, sn.stats
 	}
 	all := g.pool.Backends()
-	g.snap.Store(&backendSnap{gen: gen, at: now, all: all})
-	return all
+	stats := make([]*addrStat, len(all))
+	for i, b := range all {
+		if b.State == pool.Active || b.State == pool.Ejected {
+			stats[i] = s.stat(b.Addr)
+		}
+	}
+	g.snap.Store(&backendSnap{gen: gen, at: now, all: all, stats: stats})
+	return all, stats
 }
 
 // maxStaleRedials bounds how often one try moves to another connection of

@@ -38,6 +38,10 @@ type Conn struct {
 	idleSince  time.Time
 	reused     bool
 	requests   int
+	// lender is the address pool that handed c out and outAt c's index in
+	// its out list (-1: not out); both guarded by Pools.mu.
+	lender *addrPool
+	outAt  int
 
 	written atomic.Int64
 	read    atomic.Int64
@@ -86,7 +90,7 @@ type Conn struct {
 }
 
 func newConn(p *Pools, nc, raw net.Conn, addr netip.AddrPort, serverName, info string, gen uint64) *Conn {
-	c := &Conn{pools: p, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now()}
+	c := &Conn{pools: p, addr: addr, serverName: serverName, info: info, gen: gen, dialled: time.Now(), outAt: -1}
 	c.setSocket(nc, raw)
 	if tc, ok := nc.(*tls.Conn); ok {
 		c.under, _ = tc.NetConn().(*tlsUnder)

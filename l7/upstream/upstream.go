@@ -133,10 +133,13 @@ type addrPool struct {
 	gen     uint64
 	retired bool
 	idle    map[string][]*Conn // by server name ("" without TLS), most recent last
+	nidle   int                // the connections in idle, all server names
 	busy    int
 	// out holds the connections handed out and not yet given back, for
-	// Cut (busy also counts those being checked or moved).
-	out     map[*Conn]struct{}
+	// Cut (busy also counts those being checked or moved); each knows its
+	// index in it (Conn.outAt), so giving one back is a swap, not a
+	// search or a map's hash.
+	out     []*Conn
 	dialing int
 	dialled uint64
 	reused  uint64
@@ -153,20 +156,24 @@ func (ap *addrPool) signalLocked() {
 	}
 }
 
-// lendLocked records c as handed out (until Put).
+// lendLocked records c as handed out (until Put): its address's pool
+// stays in Pools.addrs while c is out (busy > 0), so Put finds it there.
 func (ap *addrPool) lendLocked(c *Conn) {
-	if ap.out == nil {
-		ap.out = map[*Conn]struct{}{}
-	}
-	ap.out[c] = struct{}{}
+	c.lender, c.outAt = ap, len(ap.out)
+	ap.out = append(ap.out, c)
 }
 
-func (ap *addrPool) idleCount() int {
-	n := 0
-	for _, l := range ap.idle {
-		n += len(l)
+// takeBackLocked undoes lendLocked.
+func (ap *addrPool) takeBackLocked(c *Conn) {
+	i, last := c.outAt, len(ap.out)-1
+	if i < 0 || i > last || ap.out[i] != c {
+		return // not lent by ap
 	}
-	return n
+	ap.out[i] = ap.out[last]
+	ap.out[i].outAt = i
+	ap.out[last] = nil
+	ap.out = ap.out[:last]
+	c.lender, c.outAt = nil, -1
 }
 
 // orDefault sets *v to d when it is not positive (an option left unset).
@@ -292,7 +299,7 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 		var cand *Conn
 		var stale []closing
 		move := false
-		full := ap.busy+ap.idleCount()+ap.dialing >= p.opts.MaxConnsPerAddr
+		full := ap.busy+ap.nidle+ap.dialing >= p.opts.MaxConnsPerAddr
 		for l := ap.idle[serverName]; len(l) > 0; l = ap.idle[serverName] {
 			i, mv := pickIdle(l, loop)
 			if i < 0 && !full {
@@ -304,6 +311,7 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 				c := l[len(l)-1]
 				l[len(l)-1] = nil
 				ap.idle[serverName] = l[:len(l)-1]
+				ap.nidle--
 				stale = append(stale, closing{c, CloseFull})
 				break
 			}
@@ -311,6 +319,7 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			copy(l[i:], l[i+1:])
 			l[len(l)-1] = nil
 			ap.idle[serverName] = l[:len(l)-1]
+			ap.nidle--
 			if why := p.expired(c, now); why != "" {
 				stale = append(stale, closing{c, why})
 				continue
@@ -367,7 +376,7 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			p.closeAll([]closing{{cand, CloseBackend}})
 			continue
 		}
-		if ap.busy+ap.idleCount()+ap.dialing >= p.opts.MaxConnsPerAddr || ap.dialing >= p.opts.MaxDialsPerAddr {
+		if ap.busy+ap.nidle+ap.dialing >= p.opts.MaxConnsPerAddr || ap.dialing >= p.opts.MaxDialsPerAddr {
 			// At a limit: wait for room (or an idle connection) until
 			// the connect deadline.
 			if len(stale) > 0 {
@@ -527,10 +536,13 @@ func isTimeout(err error) bool {
 func (p *Pools) Put(c *Conn, closeReason string) {
 	now := time.Now()
 	p.mu.Lock()
-	ap := p.addrs[c.addr]
+	ap := c.lender
+	if ap == nil {
+		ap = p.addrs[c.addr]
+	}
 	if ap != nil {
 		ap.busy--
-		delete(ap.out, c)
+		ap.takeBackLocked(c)
 		ap.signalLocked()
 	}
 	why := closeReason
@@ -544,12 +556,13 @@ func (p *Pools) Put(c *Conn, closeReason string) {
 		why = CloseDraining
 	case now.Sub(c.dialled) >= p.opts.MaxLifetime:
 		why = CloseLifetime
-	case ap.idleCount() >= p.opts.MaxIdlePerAddr:
+	case ap.nidle >= p.opts.MaxIdlePerAddr:
 		why = CloseFull
 	default:
 		c.idleSince = now
 		c.clearDeadlines()
 		ap.idle[c.serverName] = append(ap.idle[c.serverName], c)
+		ap.nidle++
 	}
 	p.mu.Unlock()
 	if why != "" {
@@ -604,6 +617,7 @@ func (p *Pools) Retire(addr netip.AddrPort) int {
 		}
 		delete(ap.idle, k)
 	}
+	ap.nidle = 0
 	ap.signalLocked()
 	if ap.busy == 0 && ap.dialing == 0 {
 		delete(p.addrs, addr)
@@ -627,9 +641,7 @@ func (p *Pools) Cut(addr netip.AddrPort) int {
 	p.mu.Lock()
 	var cut []*Conn
 	if ap := p.addrs[addr]; ap != nil {
-		for c := range ap.out {
-			cut = append(cut, c)
-		}
+		cut = append(cut, ap.out...)
 	}
 	p.mu.Unlock()
 	for _, c := range cut {
@@ -660,6 +672,7 @@ func (p *Pools) Sweep(now time.Time) {
 				ap.signalLocked()
 			}
 			clear(l[len(kept):])
+			ap.nidle -= len(l) - len(kept)
 			if len(kept) == 0 {
 				delete(ap.idle, k)
 			} else {
@@ -708,6 +721,7 @@ func (p *Pools) closeIdle(why string) {
 			}
 			delete(ap.idle, k)
 		}
+		ap.nidle = 0
 		ap.signalLocked()
 	}
 	p.mu.Unlock()
@@ -737,9 +751,5 @@ func (p *Pools) Stats(addr netip.AddrPort) Stats {
 	if ap == nil {
 		return Stats{}
 	}
-	s := Stats{Busy: ap.busy, Dialled: ap.dialled, Reused: ap.reused}
-	for _, l := range ap.idle {
-		s.Idle += len(l)
-	}
-	return s
+	return Stats{Idle: ap.nidle, Busy: ap.busy, Dialled: ap.dialled, Reused: ap.reused}
 }

@@ -416,3 +416,84 @@ func TestCapDeadlineFollowsTheMonotonicClock(t *testing.T) {
 		}
 	}
 }
+
+// checkBooks compares what the pools count with what they hold: each
+// address's idle count with its idle lists, and its list of connections
+// handed out with the connections the test holds (each at its index).
+func checkBooks(t *testing.T, p *Pools, held map[*Conn]bool) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := 0
+	for addr, ap := range p.addrs {
+		n := 0
+		for _, l := range ap.idle {
+			n += len(l)
+		}
+		if ap.nidle != n {
+			t.Errorf("%s: idle count %d, idle lists hold %d", addr, ap.nidle, n)
+		}
+		for i, c := range ap.out {
+			if c.outAt != i || c.lender != ap || !held[c] {
+				t.Errorf("%s: out[%d] is %p at %d (lent by %p, held %v)", addr, i, c, c.outAt, c.lender, held[c])
+			}
+		}
+		out += len(ap.out)
+	}
+	if out != len(held) {
+		t.Errorf("%d connections recorded as handed out, the test holds %d", out, len(held))
+	}
+}
+
+// TestPoolBookkeeping: the idle count and the list of connections handed
+// out (what limits and Cut read) follow every way a connection comes and
+// goes — taken and given back in any order, kept idle or closed at
+// MaxIdlePerAddr, retired, swept, cut, closed idle.
+func TestPoolBookkeeping(t *testing.T) {
+	s, other := newEchoServer(t), newEchoServer(t)
+	p := New(Options{MaxIdlePerAddr: 3})
+	defer p.Close()
+	held := map[*Conn]bool{}
+	take := func(a netip.AddrPort) *Conn {
+		c := get(t, p, a)
+		held[c] = true
+		checkBooks(t, p, held)
+		return c
+	}
+	give := func(c *Conn, why string) {
+		delete(held, c)
+		p.Put(c, why)
+		checkBooks(t, p, held)
+	}
+	var cs []*Conn
+	for range 5 {
+		cs = append(cs, take(s.addr), take(other.addr))
+	}
+	// Back in an order that moves the last one into every freed slot.
+	for _, i := range []int{0, 9, 4, 5, 2, 7} {
+		give(cs[i], "")
+	}
+	if st := p.Stats(s.addr); st.Idle != 3 || st.Busy != 2 {
+		t.Errorf("stats %+v, want 3 idle (MaxIdlePerAddr), 2 busy", st)
+	}
+	give(cs[1], CloseBackend)
+	cs = append(cs[:0], cs[3], cs[6], cs[8], take(s.addr), take(s.addr))
+	p.Retire(s.addr)
+	checkBooks(t, p, held)
+	give(cs[3], "") // of a retired address: closed
+	p.Sweep(time.Now().Add(time.Hour))
+	checkBooks(t, p, held)
+	if n := p.Cut(s.addr); n != 3 {
+		t.Errorf("Cut closed %d in use, want 3", n)
+	}
+	give(cs[4], CloseError)
+	give(cs[1], "")
+	p.CloseIdle()
+	checkBooks(t, p, held)
+	for c := range held {
+		give(c, "")
+	}
+	if st := p.Stats(other.addr); st.Idle != 1 || st.Busy != 0 {
+		t.Errorf("stats %+v, want 1 idle (given back after CloseIdle), none busy", st)
+	}
+}

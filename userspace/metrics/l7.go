@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"maps"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -35,10 +36,14 @@ type L7 struct {
 	loops, loopTasks, loopConns prometheus.GaugeFunc
 
 	// reqChildren caches the series Request updates per (service, code),
-	// saving three label look-ups (a hash and a lock each) per request.
-	// An entry is valid while gen is the one it was made under: a Forget
-	// deletes series, then bumps gen.
-	reqChildren sync.Map // reqKey -> *reqSeries
+	// saving three label look-ups (a hash and a lock each) per request:
+	// a map never changed once published (a new entry publishes a copy),
+	// so a request reads it without a lock and with the map's own hash
+	// of the key (a sync.Map hashes it through an interface). An entry
+	// is valid while gen is the one it was made under: a Forget deletes
+	// series, then bumps gen.
+	reqChildren atomic.Pointer[map[reqKey]*reqSeries]
+	reqMu       sync.Mutex // publishing a copy of reqChildren
 	gen         atomic.Uint64
 }
 
@@ -190,8 +195,8 @@ func (l *L7) Request(service string, code int, took time.Duration, tries int) {
 func (l *L7) series(service string, code int) *reqSeries {
 	k := reqKey{service, code}
 	gen := l.gen.Load()
-	if v, ok := l.reqChildren.Load(k); ok {
-		if rs := v.(*reqSeries); rs.gen == gen {
+	if m := l.reqChildren.Load(); m != nil {
+		if rs := (*m)[k]; rs != nil && rs.gen == gen {
 			return rs
 		}
 	}
@@ -208,7 +213,16 @@ func (l *L7) series(service string, code int) *reqSeries {
 	if code == 0 || code >= 100 && code <= 599 {
 		// Bounded: the codes statusCode keeps apart ("other" is not
 		// cached: the codes it folds are many).
-		l.reqChildren.Store(k, rs)
+		l.reqMu.Lock()
+		var m map[reqKey]*reqSeries
+		if old := l.reqChildren.Load(); old != nil {
+			m = maps.Clone(*old)
+		} else {
+			m = map[reqKey]*reqSeries{}
+		}
+		m[k] = rs
+		l.reqChildren.Store(&m)
+		l.reqMu.Unlock()
 	}
 	return rs
 }
@@ -217,7 +231,9 @@ func (l *L7) series(service string, code int) *reqSeries {
 // (after: a series made between the deletion and this is not kept).
 func (l *L7) forgotten() {
 	l.gen.Add(1)
-	l.reqChildren.Clear()
+	l.reqMu.Lock()
+	l.reqChildren.Store(nil)
+	l.reqMu.Unlock()
 }
 
 // Retry counts one retry of a request of service; reason is the retry
