@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/sluicelb/sluice/l7/accesslog"
 	"github.com/sluicelb/sluice/l7/eject"
@@ -244,12 +245,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer q.releaseBudget()
 
 	for n := 1; ; n++ {
-		b, trial, ok := q.pick(n)
+		b, as, trial, ok := q.pick(n)
 		if !ok {
 			s.fail(w, q.rec, http.StatusServiceUnavailable, "no backend available in pool "+q.st.svc.Pool)
 			return
 		}
-		res, tr := q.try(b, trial)
+		res, tr := q.try(b, as, trial)
 		if res.clientGone || q.ctx.Err() != nil {
 			q.clientGone(b, trial, res, tr)
 			return
@@ -464,24 +465,27 @@ func (q *request) prepare() bool {
 }
 
 // pick chooses the backend of try n (see Server.pick).
-func (q *request) pick(n int) (b pool.Backend, trial, ok bool) {
+func (q *request) pick(n int) (b pool.Backend, as *addrStat, trial, ok bool) {
 	now := q.start
 	if n > 1 {
 		now = time.Now()
 	}
-	b, trial, panicMode, ok := q.s.pick(q.st, q.tried, now, q.cands[:0])
+	b, as, trial, panicMode, ok := q.s.pick(q.st, q.tried, now, q.cands[:0])
 	q.rec.Panic = q.rec.Panic || panicMode
 	if ok {
 		q.tried = append(q.tried, b.Addr)
 	}
-	return b, trial, ok
+	return b, as, trial, ok
 }
 
-// try sends the request to b once and describes the try for the access log.
-func (q *request) try(b pool.Backend, trial bool) (tryResult, accesslog.Try) {
+// try sends the request to b once and describes the try for the access
+// log. as is b's addrStat when pick had it at hand (nil: looked up).
+func (q *request) try(b pool.Backend, as *addrStat, trial bool) (tryResult, accesslog.Try) {
 	s := q.s
 	t0 := time.Now()
-	as := s.stat(b.Addr)
+	if as == nil {
+		as = s.stat(b.Addr)
+	}
 	as.inflight.Add(1)
 	res := s.try(q.ctx, &q.cw, q.st, &q.out, b, t0, q.deadline, q.removals)
 	as.inflight.Add(-1)
@@ -747,7 +751,7 @@ func serverName(st *settings, b pool.Backend) string {
 // pick chooses the backend of the next try: an active address not tried yet
 // while one is left, through the selector and the trial gate. In panic
 // mode ejected addresses are candidates too.
-func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time, cands []Candidate) (b pool.Backend, trial, panicMode, ok bool) {
+func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time, cands []Candidate) (b pool.Backend, as *addrStat, trial, panicMode, ok bool) {
 	g := st.grp
 	all, stats := s.backendStats(g, now)
 	panicMode = eject.Panic(all, st.maxEject)
@@ -780,7 +784,7 @@ func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time, cands
 		}
 	}
 	if len(cands) == 0 {
-		return pool.Backend{}, false, panicMode, false
+		return pool.Backend{}, nil, false, panicMode, false
 	}
 	if len(tried) > 0 && untried > 0 && untried < len(cands) {
 		kept := cands[:0]
@@ -796,14 +800,30 @@ func (s *Server) pick(st *settings, tried []netip.AddrPort, now time.Time, cands
 		i := s.selector.Select(rest)
 		c := rest[i]
 		if ok, trial := g.tracker.Admit(*c.Backend); ok {
-			return *c.Backend, trial, panicMode, true
+			return *c.Backend, statOf(all, stats, c.Backend), trial, panicMode, true
 		}
 		// Refused (its trial is in flight): choose among the others.
 		rest = append(append(make([]Candidate, 0, len(rest)-1), rest[:i]...), rest[i+1:]...)
 	}
 	// Every candidate is an address whose trial request is in flight:
 	// better a second request to one of them than none.
-	return *cands[s.selector.Select(cands)].Backend, false, panicMode, true
+	c := cands[s.selector.Select(cands)]
+	return *c.Backend, statOf(all, stats, c.Backend), false, panicMode, true
+}
+
+// statOf is the addrStat of b, a pointer into all, from stats (all's,
+// index for index; nil when stats is). A Candidate does not carry it:
+// the request's room for candidates would take it past its size class
+// (TestRequestSizeClass).
+func statOf(all []pool.Backend, stats []*addrStat, b *pool.Backend) *addrStat {
+	if stats == nil || len(all) == 0 {
+		return nil
+	}
+	off := uintptr(unsafe.Pointer(b)) - uintptr(unsafe.Pointer(&all[0]))
+	if i := off / unsafe.Sizeof(all[0]); off%unsafe.Sizeof(all[0]) == 0 && i < uintptr(len(all)) {
+		return stats[i]
+	}
+	return nil
 }
 
 // addrStat is what the server keeps per backend address: its requests in
