@@ -488,7 +488,7 @@ func (q *request) try(b pool.Backend, as *addrStat, trial bool) (tryResult, acce
 	}
 	as.inflight.Add(1)
 	res := s.try(q.ctx, &q.cw, q.st, &q.out, b, t0, q.deadline, q.removals)
-	as.inflight.Add(-1)
+	s.tryDone(b.Addr, as)
 	if res.resp == nil && !res.clientGone && res.spared == sparedNot && res.outcome.Kind == retry.Reset {
 		if d := q.out.body.stalledFor(); d > 0 {
 			// The body's rest is read by one try only (it is not
@@ -830,7 +830,26 @@ func statOf(all []pool.Backend, stats []*addrStat, b *pool.Backend) *addrStat {
 // flight and its name for the access log (formatted once).
 type addrStat struct {
 	inflight atomic.Int64
-	name     string
+	// gone: the address was removed while requests were in flight to it;
+	// the last of them to end forgets the addrStat (forgetStat).
+	gone atomic.Bool
+	name string
+}
+
+// tryDone ends a try's count on as, addr's addrStat.
+func (s *Server) tryDone(addr netip.AddrPort, as *addrStat) {
+	if as.inflight.Add(-1) <= 0 {
+		s.forgetStat(addr, as)
+	}
+}
+
+// forgetStat forgets as, addr's addrStat, once its address is removed
+// and no request is in flight to it (whichever of the two comes last
+// calls it: the removal, or the end of the last try).
+func (s *Server) forgetStat(addr netip.AddrPort, as *addrStat) {
+	if as.gone.Load() && as.inflight.Load() <= 0 {
+		s.loads.CompareAndDelete(addr, as)
+	}
 }
 
 // stat returns the addrStat of addr.

@@ -290,6 +290,40 @@ func TestRemovedCutsWhatIsInFlight(t *testing.T) {
 			t.Errorf("access log of a cut exchange: %+v", l)
 		}
 	}
+	// The address's in-flight counter, kept at the removal (the POST was
+	// in flight), is forgotten when the cut exchange ends: a removed
+	// address leaves nothing behind.
+	waitFor(t, "the removed address's counter forgotten", func() bool {
+		_, ok := h.srv.loads.Load(a.addr)
+		return !ok
+	})
+}
+
+// TestAddrStatOutlivesARemovalUndone: an address removed while a request
+// was in flight to it and active again before that request ended keeps
+// its in-flight counter (the snapshot's picks and the tries count on the
+// same one); one removed for good loses it with its last request.
+func TestAddrStatOutlivesARemovalUndone(t *testing.T) {
+	be := newBackend(t, status(200))
+	h := start(t, newPool(t, nil, be.addr), nil)
+	s := h.srv
+	as := s.stat(be.addr)
+	as.inflight.Add(1) // a try in flight
+	s.AddressChanged(be.addr, pool.Removed)
+	if v, ok := s.loads.Load(be.addr); !ok || v != as {
+		t.Fatal("the counter was forgotten with a request still in flight")
+	}
+	s.AddressChanged(be.addr, pool.Active)
+	s.tryDone(be.addr, as)
+	if v, ok := s.loads.Load(be.addr); !ok || v != as {
+		t.Fatal("an address active again lost its counter when its last request ended")
+	}
+	as.inflight.Add(1)
+	s.AddressChanged(be.addr, pool.Removed)
+	s.tryDone(be.addr, as)
+	if _, ok := s.loads.Load(be.addr); ok {
+		t.Error("a removed address's counter outlived its last request")
+	}
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

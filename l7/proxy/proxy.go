@@ -877,6 +877,9 @@ func (s *Server) AddressChanged(addr netip.AddrPort, state pool.State) {
 func (s *Server) addressChanged(g *group, addr netip.AddrPort, state pool.State) {
 	g.snapGen.Add(1)
 	if state == pool.Active {
+		if v, ok := s.loads.Load(addr); ok {
+			v.(*addrStat).gone.Store(false) // back before its last request ended
+		}
 		return
 	}
 	s.pools.Retire(addr)
@@ -898,8 +901,12 @@ func (s *Server) addressChanged(g *group, addr netip.AddrPort, state pool.State)
 			}
 		}
 		g.tracker.Forget(addr)
-		if v, ok := s.loads.Load(addr); ok && v.(*addrStat).inflight.Load() <= 0 {
-			s.loads.Delete(addr)
+		if v, ok := s.loads.Load(addr); ok {
+			// Forgotten now, or by the last request in flight to it (a
+			// cut one ends a moment later).
+			as := v.(*addrStat)
+			as.gone.Store(true)
+			s.forgetStat(addr, as)
 		}
 	}
 }
