@@ -895,9 +895,10 @@ func (s *Server) backends(g *group, now time.Time) []pool.Backend {
 // backendStats is backends with the addrStats of the addresses that may be
 // picked, index for index (nil when the pool does not publish its
 // transitions: then no copy is shared, and stat or inflight looks each up).
-// An address removed since the snapshot was made has left the pool's
-// active ones by the time its stat is forgotten, and its transition made
-// the snapshot stale.
+// A stat forgotten while a snapshot holds it (its address removed from
+// another of the service's pools, which does not make this one's snapshot
+// stale) stays consistent: this snapshot's picks read it and their tries
+// count on it, until the snapshot is made again (snapMaxAge at most).
 func (s *Server) backendStats(g *group, now time.Time) ([]pool.Backend, []*addrStat) {
 	if !g.snapshots {
 		return g.pool.Backends(), nil
