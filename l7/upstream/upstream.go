@@ -176,6 +176,30 @@ func (ap *addrPool) takeBackLocked(c *Conn) {
 	c.lender, c.outAt = nil, -1
 }
 
+// takeIdleLocked takes the idle connection at i of serverName's list l
+// (ap.idle[serverName]) out of it.
+func (ap *addrPool) takeIdleLocked(serverName string, l []*Conn, i int) *Conn {
+	c := l[i]
+	copy(l[i:], l[i+1:])
+	l[len(l)-1] = nil
+	ap.idle[serverName] = l[:len(l)-1]
+	ap.nidle--
+	return c
+}
+
+// takeAllIdleLocked empties the idle lists, appending each connection to
+// cs to be closed for why.
+func (ap *addrPool) takeAllIdleLocked(why string, cs []closing) []closing {
+	for k, l := range ap.idle {
+		for _, c := range l {
+			cs = append(cs, closing{c, why})
+		}
+		delete(ap.idle, k)
+	}
+	ap.nidle = 0
+	return cs
+}
+
 // orDefault sets *v to d when it is not positive (an option left unset).
 func orDefault[T int | time.Duration](v *T, d T) {
 	if *v <= 0 {
@@ -308,18 +332,10 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			if i < 0 {
 				// At the limit: one of the other kind makes room for
 				// the caller's.
-				c := l[len(l)-1]
-				l[len(l)-1] = nil
-				ap.idle[serverName] = l[:len(l)-1]
-				ap.nidle--
-				stale = append(stale, closing{c, CloseFull})
+				stale = append(stale, closing{ap.takeIdleLocked(serverName, l, len(l)-1), CloseFull})
 				break
 			}
-			c := l[i]
-			copy(l[i:], l[i+1:])
-			l[len(l)-1] = nil
-			ap.idle[serverName] = l[:len(l)-1]
-			ap.nidle--
+			c := ap.takeIdleLocked(serverName, l, i)
 			if why := p.expired(c, now); why != "" {
 				stale = append(stale, closing{c, why})
 				continue
@@ -610,14 +626,7 @@ func (p *Pools) Retire(addr netip.AddrPort) int {
 	}
 	ap.gen++
 	ap.retired = true
-	var idle []closing
-	for k, l := range ap.idle {
-		for _, c := range l {
-			idle = append(idle, closing{c, CloseDraining})
-		}
-		delete(ap.idle, k)
-	}
-	ap.nidle = 0
+	idle := ap.takeAllIdleLocked(CloseDraining, nil)
 	ap.signalLocked()
 	if ap.busy == 0 && ap.dialing == 0 {
 		delete(p.addrs, addr)
@@ -715,13 +724,7 @@ func (p *Pools) closeIdle(why string) {
 	var idle []closing
 	p.mu.Lock()
 	for _, ap := range p.addrs {
-		for k, l := range ap.idle {
-			for _, c := range l {
-				idle = append(idle, closing{c, why})
-			}
-			delete(ap.idle, k)
-		}
-		ap.nidle = 0
+		idle = ap.takeAllIdleLocked(why, idle)
 		ap.signalLocked()
 	}
 	p.mu.Unlock()
