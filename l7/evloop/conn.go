@@ -156,7 +156,7 @@ func (c *Conn) waitConnect() error {
 	}
 	defer c.decref()
 	for {
-		if dl := c.deadline(modeWrite); dl != 0 && c.g.now() >= dl {
+		if dl := c.deadline(modeWrite); dl != 0 && c.g.turnNow() >= dl {
 			return os.ErrDeadlineExceeded
 		}
 		if err := c.wait(modeWrite); err != nil {
@@ -287,7 +287,7 @@ func (c *Conn) rw(mode int, f func(fd uintptr) bool, lazy bool) error {
 	}
 	defer c.decref()
 	for {
-		if dl := c.deadline(mode); dl != 0 && c.g.now() >= dl {
+		if dl := c.deadline(mode); dl != 0 && c.g.turnNow() >= dl {
 			return os.ErrDeadlineExceeded
 		}
 		if mode == modeWrite {

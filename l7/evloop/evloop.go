@@ -71,6 +71,8 @@ type Options struct {
 	// the processor given back, as without HoldProcs.
 	HoldProcs bool
 	Log       *slog.Logger
+
+	epoch time.Time // the clock's origin when set (tests: a wall clock off)
 }
 
 // maxHeldWait is how long a loop that holds its processor sleeps with it:
@@ -99,7 +101,10 @@ func Start(o Options) (*Group, error) {
 	if o.HoldProcs && n >= runtime.GOMAXPROCS(0) {
 		return nil, fmt.Errorf("%d loops holding processors leave none of GOMAXPROCS %d to the rest of the program", n, runtime.GOMAXPROCS(0))
 	}
-	g := &Group{log: log, hold: o.HoldProcs, epoch: time.Now()}
+	g := &Group{log: log, hold: o.HoldProcs, epoch: o.epoch}
+	if g.epoch.IsZero() {
+		g.epoch = time.Now()
+	}
 	for i := 0; i < n; i++ {
 		l, err := newLoop(g, i)
 		if err != nil {
@@ -205,6 +210,9 @@ type Loop struct {
 	spare    []func()
 	sleeping atomic.Bool
 
+	// turn is the group's clock as of this turn of the loop (clock.go):
+	// set and read on the loop's thread only.
+	turn     int64
 	timers   timerHeap
 	stopping bool
 	events   []unix.EpollEvent
@@ -308,6 +316,7 @@ func (l *Loop) wake() {
 func (l *Loop) run(ready chan<- struct{}) {
 	runtime.LockOSThread()
 	// The thread is never unlocked: it ends with the loop.
+	l.turn = l.g.now()
 	close(ready)
 	defer func() {
 		unix.Close(l.epfd)
@@ -318,7 +327,8 @@ func (l *Loop) run(ready chan<- struct{}) {
 		if l.stopping {
 			return
 		}
-		timeout := l.timers.waitMillis(l.g.now())
+		l.turn = l.g.now()
+		timeout := l.timers.waitMillis(l.turn)
 		n := l.poll(0)
 		if n == 0 && timeout != 0 {
 			// Nothing ready: sleep in epoll_wait, unless a post came in
@@ -330,11 +340,13 @@ func (l *Loop) run(ready chan<- struct{}) {
 			l.mu.Unlock()
 			if !pending {
 				n = l.poll(timeout)
+				l.turn = l.g.now() // after a sleep, time to read again
 			}
 			l.sleeping.Store(false)
 		}
 		l.dispatch(n)
-		l.fireTimers(l.g.now())
+		l.turn = l.g.now()
+		l.fireTimers(l.turn)
 	}
 }
 

@@ -475,8 +475,11 @@ func TestDeadlinesFollowTheMonotonicClock(t *testing.T) {
 	// The loop's own clock: an epoch whose wall reading is an hour off
 	// changes nothing for Sleep and timers (they never read the wall
 	// clock).
-	g2 := newGroup(t, 1)
-	g2.epoch = testclock.WallStepped(t, g2.epoch, -time.Hour)
+	g2, err := Start(Options{Loops: 1, epoch: testclock.WallStepped(t, time.Now(), -time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g2.Close)
 	var slept, fired time.Duration
 	runTask(g2, func(ctx context.Context) {
 		start := time.Now()
@@ -490,5 +493,69 @@ func TestDeadlinesFollowTheMonotonicClock(t *testing.T) {
 	})
 	if slept < wait || slept > 2*time.Second || fired < 2*wait || fired > 2*time.Second {
 		t.Errorf("Sleep(%v) took %v; a timer %v later fired after %v in all", wait, slept, wait, fired)
+	}
+}
+
+// TestTurnClock: in a task, Now is the loop's turn — it stays put while
+// the task runs (one clock read serves the turn's every deadline), and it
+// is read again when the loop wakes from a sleep in epoll_wait (a deadline
+// set from it after an idle spell must not come that spell early); the
+// connection's Now is the same in the task; outside a task both are the
+// clock.
+func TestTurnClock(t *testing.T) {
+	g := newGroup(t, 1)
+	ln := listen(t)
+	peers := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			peers <- c
+		}
+	}()
+	ap := netip.MustParseAddrPort(ln.Addr().String())
+	const spin, idle = 5 * time.Millisecond, 200 * time.Millisecond
+	var (
+		task             *Task
+		c                *Conn
+		errDial, errRead error
+		moved, connAt    time.Duration
+		lag              time.Duration
+	)
+	runTask(g, func(ctx context.Context) {
+		task = TaskFrom(ctx)
+		dctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if c, errDial = Dial(dctx, ap); errDial != nil {
+			return
+		}
+		a := task.Now()
+		for time.Since(a) < spin {
+		}
+		moved, connAt = task.Now().Sub(a), c.Now().Sub(a)
+		p := <-peers
+		defer p.Close()
+		go func() {
+			time.Sleep(idle)
+			_, _ = p.Write([]byte{1})
+		}()
+		// The loop sleeps in epoll_wait until the byte comes.
+		if _, errRead = c.Read(make([]byte, 1)); errRead != nil {
+			return
+		}
+		lag = time.Since(task.Now())
+	})
+	if errDial != nil || errRead != nil {
+		t.Fatalf("dial: %v, read: %v", errDial, errRead)
+	}
+	defer c.Close()
+	if moved != 0 || connAt != 0 {
+		t.Errorf("within one turn, %v of spinning later: the task's Now moved %v, the connection's is %v off it; want both 0", spin, moved, connAt)
+	}
+	if lag < 0 || lag > idle/2 {
+		t.Errorf("after the loop slept %v for the byte, the task's Now is %v behind the clock; want it read again on waking", idle, lag)
+	}
+	for what, now := range map[string]time.Time{"the task's": task.Now(), "the connection's": c.Now()} {
+		if d := time.Since(now); d < 0 || d > idle/2 {
+			t.Errorf("outside the task, %s Now is %v off the clock", what, d)
+		}
 	}
 }

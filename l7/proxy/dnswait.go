@@ -124,7 +124,7 @@ func (s *Server) awaitDNSBlocking(ctx context.Context, g *group, dw *dnsWait, un
 // over. Neither: the request goes on to the usual retry decision.
 func (q *request) waitForDNS(addr netip.AddrPort, res tryResult, tr *accesslog.Try) (next, done bool) {
 	s := q.s
-	now := time.Now()
+	now := q.now()
 	if !s.needsDNS(q.st.grp, &q.dns, addr, res.outcome, q.out.body.replayable(), now) {
 		return false, false
 	}

@@ -115,7 +115,7 @@ func (s *Server) exchange(ctx context.Context, cw *clientWatch, st *settings, co
 	case err == nil:
 		cw.requestSent()
 		// The response header must come within `read` of the request's end.
-		conn.SetTimeouts(t.Send, 0, minTime(time.Now().Add(t.Read), deadline))
+		conn.SetTimeouts(t.Send, 0, minTime(conn.Now().Add(t.Read), deadline))
 		if resp, res.fast, err = s.readResponse(conn, out, read0); err != nil {
 			return fail("read", err)
 		}
@@ -425,7 +425,7 @@ func (s *Server) respond(ctx context.Context, cw *clientWatch, w http.ResponseWr
 	switch {
 	case resp.Close || closeDelimited:
 		why = upstream.CloseBackend
-	case !s.usable(g, addr):
+	case !s.usable(g, addr, res.conn.Now()):
 		why = upstream.CloseDraining
 	}
 	s.pools.Put(res.conn, why)
@@ -483,7 +483,7 @@ func (s *Server) discard(res tryResult, drain bool) {
 		switch {
 		case err != nil || n >= 64<<10:
 			why = upstream.CloseError
-		case !s.usable(nil, res.conn.Addr()):
+		case !s.usable(nil, res.conn.Addr(), res.conn.Now()):
 			why = upstream.CloseDraining
 		default:
 			why = ""
@@ -501,12 +501,12 @@ func (s *Server) discard(res tryResult, drain bool) {
 // active in a pool of the service, or ejected while panic mode sends
 // requests there. first (if not nil) is the pool looked at first: the one
 // the request picked addr from, which nearly always has it.
-func (s *Server) usable(first *group, addr netip.AddrPort) bool {
-	if first != nil && s.usableIn(first, addr) {
+func (s *Server) usable(first *group, addr netip.AddrPort, now time.Time) bool {
+	if first != nil && s.usableIn(first, addr, now) {
 		return true
 	}
 	for _, g := range *s.groups.Load() {
-		if g != first && s.usableIn(g, addr) {
+		if g != first && s.usableIn(g, addr, now) {
 			return true
 		}
 	}
@@ -514,11 +514,11 @@ func (s *Server) usable(first *group, addr netip.AddrPort) bool {
 }
 
 // usableIn is usable for the pool of g.
-func (s *Server) usableIn(g *group, addr netip.AddrPort) bool {
+func (s *Server) usableIn(g *group, addr netip.AddrPort, now time.Time) bool {
 	var b pool.Backend
 	ok := false
 	if g.snapshots {
-		for _, x := range s.backends(g, time.Now()) {
+		for _, x := range s.backends(g, now) {
 			if x.Addr == addr {
 				b, ok = x, true
 				break

@@ -470,7 +470,7 @@ func (c *h1Conn) awaitNext() bool {
 	lim := c.srv.s.limits
 	if c.br.Buffered() == 0 {
 		if lim.IdleTimeout > 0 {
-			_ = c.rwc.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
+			_ = c.rwc.SetReadDeadline(c.task.Now().Add(lim.IdleTimeout))
 		} else {
 			_ = c.rwc.SetReadDeadline(time.Time{})
 		}
@@ -480,7 +480,7 @@ func (c *h1Conn) awaitNext() bool {
 	}
 	c.state.Store(h1Active)
 	if lim.HeaderTimeout > 0 {
-		_ = c.rwc.SetReadDeadline(time.Now().Add(lim.HeaderTimeout))
+		_ = c.rwc.SetReadDeadline(c.task.Now().Add(lim.HeaderTimeout))
 	}
 	return true
 }

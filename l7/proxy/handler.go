@@ -468,7 +468,7 @@ func (q *request) prepare() bool {
 func (q *request) pick(n int) (b pool.Backend, as *addrStat, trial, ok bool) {
 	now := q.start
 	if n > 1 {
-		now = time.Now()
+		now = q.now()
 	}
 	b, as, trial, panicMode, ok := q.s.pick(q.st, q.tried, now, q.cands[:0])
 	q.rec.Panic = q.rec.Panic || panicMode
@@ -552,7 +552,7 @@ func (q *request) clientGone(b pool.Backend, trial bool, res tryResult, tr acces
 // and the backoff before.
 func (q *request) decide(n int, res tryResult, tr *accesslog.Try) (again bool, delay time.Duration) {
 	s, st := q.s, q.st
-	now := time.Now()
+	now := q.now()
 	d := st.policy.Decide(retry.Request{
 		Method: q.out.method, GRPCMethod: grpcMethod(q.r), Header: q.r.Header, Replayable: q.out.body.replayable(),
 		Tries: n, DeadlineLeft: now.Before(q.deadline),
@@ -568,7 +568,7 @@ func (q *request) decide(n int, res tryResult, tr *accesslog.Try) (again bool, d
 	}
 	if d.Retry {
 		delay = st.policy.Backoff().Delay(n, nil)
-		if !time.Now().Add(delay).Before(q.deadline) {
+		if !now.Add(delay).Before(q.deadline) {
 			d = retry.Decision{Reason: d.Reason + "; but the total deadline ends before the backoff"}
 			q.releaseBudget()
 		}
@@ -680,6 +680,17 @@ func (q *request) releaseListenerSlots() {
 		q.s.activeIP.release(sl.keyAddr())
 		sl.ip = false
 	}
+}
+
+// now is the time for the request's deadlines and decisions: the event
+// loop's turn when its HTTP/1 connection is served by a loop's task
+// (evloop's Task.Now, no clock read), time.Now() otherwise. What the
+// access log shows as durations is measured with time.Now.
+func (q *request) now() time.Time {
+	if h1, ok := q.w.(*h1Response); ok {
+		return h1.c.task.Now()
+	}
+	return time.Now()
 }
 
 // releaseBudget gives back the retry budget token held, if any.

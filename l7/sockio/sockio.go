@@ -27,6 +27,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -97,6 +98,16 @@ func (s *Conn) Init(c net.Conn) {
 	if s.readFn == nil {
 		s.readFn, s.writeFn = s.read, s.writev
 	}
+}
+
+// Now is the time for the connection's deadlines: its event loop's turn
+// when the caller runs on the loop (evloop's Conn.Now: no clock read),
+// time.Now() otherwise.
+func (s *Conn) Now() time.Time {
+	if s.ev != nil {
+		return s.ev.Now()
+	}
+	return time.Now()
 }
 
 // Raw is whether the connection is read and written with raw system

@@ -271,10 +271,15 @@ func needSet(want, have time.Time, timeout time.Duration) bool {
 	return want.Sub(have) >= slack
 }
 
+// Now is the time for the connection's deadlines and timeouts: its event
+// loop's turn when the caller runs on the loop (sockio's Conn.Now),
+// time.Now() otherwise.
+func (c *Conn) Now() time.Time { return c.sock.Now() }
+
 func (c *Conn) deadlineFor(d time.Duration) time.Time {
 	var t time.Time
 	if d > 0 {
-		t = time.Now().Add(d)
+		t = c.sock.Now().Add(d)
 	}
 	if !c.deadline.IsZero() && (t.IsZero() || c.deadline.Before(t)) {
 		t = c.deadline
@@ -572,7 +577,7 @@ func (c *Conn) alive() bool {
 	if c.rawc == nil {
 		return true
 	}
-	if !c.rdl.IsZero() && !time.Now().Before(c.rdl) {
+	if !c.rdl.IsZero() && !c.sock.Now().Before(c.rdl) {
 		// The last exchange's read deadline has passed: lift it, or the
 		// peek below (and the next read) would fail at once.
 		_ = c.nc.SetReadDeadline(time.Time{})

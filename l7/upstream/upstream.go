@@ -307,12 +307,13 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 	// An event loop's task takes a connection of its own loop first (one
 	// of another loop moves to this one: two epoll_ctl calls); a
 	// goroutine takes one of the runtime's poller (see pickIdle).
-	loop := evloop.LoopOf(ctx)
-	if loop != nil && !p.loopDial {
-		loop = nil // its dials give the runtime's sockets: any will do
+	task := evloop.TaskFrom(ctx)
+	var loop *evloop.Loop
+	if task != nil && p.loopDial {
+		loop = task.Loop() // (without loopDial its dials give the runtime's sockets: any will do)
 	}
 	for {
-		now := time.Now()
+		now := task.Now() // the loop's turn in a task (evloop), time.Now() elsewhere
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
@@ -550,7 +551,7 @@ func isTimeout(err error) bool {
 // goes back to the pool only if its address was not retired since it was
 // dialled, it is within its lifetime, and the pool has room.
 func (p *Pools) Put(c *Conn, closeReason string) {
-	now := time.Now()
+	now := c.sock.Now()
 	p.mu.Lock()
 	ap := c.lender
 	if ap == nil {
