@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -342,5 +345,65 @@ func TestAccessLogWriteErrorBatch(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("no write error reported")
+	}
+}
+
+// appendFloat's integer path writes what strconv writes: every whole
+// number of microseconds up to 10 s and around the path's edges, random
+// ones further out, and values it must leave to strconv (not thousandths,
+// negative, huge, NaN).
+func TestAppendFloatMatchesStrconv(t *testing.T) {
+	check := func(f float64) {
+		t.Helper()
+		if got, want := string(appendFloat(nil, f)), strconv.FormatFloat(f, 'f', -1, 64); got != want {
+			t.Fatalf("appendFloat(%v) = %q, want %q", f, got, want)
+		}
+	}
+	for us := int64(0); us <= 10_000_000; us++ {
+		check(float64(us) / 1000)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 1_000_000 {
+		check(float64(r.Int64N(1e12)) / 1000)
+		check(r.Float64() * 1e6)
+	}
+	for _, f := range []float64{0.0005, 0.0015, 1e-9, 999999999.999, 1e9, 1e9 + 0.5, 123456789.123456, -0.001, -1, math.Copysign(0, -1),
+		math.MaxFloat64, math.SmallestNonzeroFloat64, math.Inf(1), math.NaN(), 0.1 + 0.2} {
+		check(f)
+	}
+}
+
+func BenchmarkAppendFloat(b *testing.B) {
+	buf := make([]byte, 0, 32)
+	for i := 0; b.Loop(); i++ {
+		buf = appendFloat(buf[:0], float64(i%100000)/1000)
+	}
+}
+
+// A logger's stamps write what time.RFC3339Nano does: seconds of every
+// kind of fraction, in several zones (a second's text reused, or made
+// again when the zone changes within the second).
+func TestStampsMatchRFC3339Nano(t *testing.T) {
+	var ts stamps
+	east := time.FixedZone("east", 5*3600+30*60)
+	west := time.FixedZone("west", -8*3600)
+	r := rand.New(rand.NewPCG(3, 4))
+	base := time.Date(2026, 12, 5, 11, 15, 38, 0, time.UTC).Unix()
+	for i := range 200_000 {
+		sec := base + r.Int64N(3)
+		if i%1000 == 0 {
+			sec = r.Int64N(253402300799) // any second of years 1970–9999
+		}
+		ns := []int64{0, 1, 10, 100_000, 120_000_000, 999_999_999, r.Int64N(1e9)}[i%7]
+		tm := time.Unix(sec, ns).In([]*time.Location{time.UTC, time.Local, east, west}[r.IntN(4)])
+		if got, want := string(ts.append(nil, tm)), tm.Format(time.RFC3339Nano); got != want {
+			t.Fatalf("stamps.append(%v) = %q, want %q", tm, got, want)
+		}
+	}
+	// Not cached, formatted all the same.
+	for _, tm := range []time.Time{time.Date(10000, 1, 1, 0, 0, 0, 5, time.UTC), time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC), {}} {
+		if got, want := string(ts.append(nil, tm)), tm.Format(time.RFC3339Nano); got != want {
+			t.Fatalf("stamps.append(%v) = %q, want %q", tm, got, want)
+		}
 	}
 }

@@ -297,6 +297,7 @@ type h1Conn struct {
 	task   *evloop.Task
 	sock   *sockio.Conn // rwc's reads and writes: outside the scheduler for a TCP connection
 	remote string
+	peer   peer // remote parsed, not judged against trusted proxies (peer.with)
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	state  atomic.Int32
@@ -370,6 +371,7 @@ func (c *h1Conn) serve() {
 		if ra := c.rwc.RemoteAddr(); ra != nil {
 			c.remote = ra.String()
 		}
+		c.peer = parsePeer(c.remote, nil)
 		c.br = h.getReader(c)
 	}
 	base := context.Background()

@@ -163,9 +163,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		q = new(request)
 	}
 	q.s, q.w, q.r, q.ctx, q.st, q.start, q.removals = s, w, r, r.Context(), st, time.Now(), s.removals.Load()
-	q.peer = parsePeer(r.RemoteAddr, st.svc.TrustedProxies)
 	if h1 != nil {
 		q.ctx = h1.c.ctx
+		q.peer = h1.c.peer.with(st.svc.TrustedProxies) // parsed once per connection
+	} else {
+		q.peer = parsePeer(r.RemoteAddr, st.svc.TrustedProxies)
 	}
 	routeName := st.route
 	if status != 0 {

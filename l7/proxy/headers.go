@@ -63,11 +63,13 @@ func removeHopByHop(h http.Header) {
 type forwarded struct {
 	xff     string // "" when the client address is unknown: the client's passes
 	realIP  string // the peer's address ("" when unknown)
-	elem    string // our Forwarded element ("" when the peer is unknown)
 	proto   string
 	host    string
 	via     string
 	trusted bool // the peer is a trusted proxy: its forwarding headers are kept
+	// elem is whether there is our Forwarded element (the peer is known),
+	// and v6 whether it names an IPv6 address.
+	elem, v6 bool
 }
 
 // peer is a request's peer as sluice judges it: its address (unmapped,
@@ -87,8 +89,15 @@ func parsePeer(remote string, trusted []netip.Prefix) peer {
 	if err != nil {
 		return peer{}
 	}
-	ip := ap.Addr().Unmap().WithZone("")
-	return peer{ip: ip, trusted: inPrefixes(ip, trusted), ok: true}
+	return peer{ip: ap.Addr().Unmap().WithZone(""), ok: true}.with(trusted)
+}
+
+// with is p judged against the trusted proxies (a connection's peer is
+// parsed once, the trusted proxies may change with a reload between two
+// of its requests).
+func (p peer) with(trusted []netip.Prefix) peer {
+	p.trusted = p.ok && inPrefixes(p.ip, trusted)
+	return p
 }
 
 func newForwarded(r *http.Request, p peer) forwarded {
@@ -101,7 +110,7 @@ func newForwarded(r *http.Request, p peer) forwarded {
 		f.trusted = p.trusted
 		f.realIP = addrString(r.RemoteAddr, ip)
 		f.xff = f.realIP
-		f.elem = forwardedElem(ip, f.realIP, f.proto, r.Host)
+		f.elem, f.v6 = true, !ip.Is4()
 		// A client that names X-Forwarded-For in Connection has it
 		// removed as hop-by-hop before ours is added.
 		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 && !namedIn(r.Header["Connection"], "X-Forwarded-For") {
@@ -111,41 +120,48 @@ func newForwarded(r *http.Request, p peer) forwarded {
 	return f
 }
 
-// forwardedElem is our element of the Forwarded header (RFC 7239 section
-// 4): for=, proto= and host= (when known), quoted where the syntax asks.
-func forwardedElem(ip netip.Addr, ipText, proto, host string) string {
-	var b strings.Builder
-	b.Grow(len("for=\"[]\";proto=https;host=") + len(ipText) + len(host) + 2)
-	b.WriteString("for=")
-	if ip.Is4() {
-		b.WriteString(ipText)
+// writeForwardedElem writes our Forwarded field, one element (RFC 7239
+// section 4): for=, proto= and host= (when known), quoted where the
+// syntax asks. Straight into the request's buffer: no string is made for
+// it, as the field goes with every request.
+func writeForwardedElem(bw *bufio.Writer, f *forwarded) {
+	bw.WriteString("Forwarded: for=")
+	if !f.v6 {
+		bw.WriteString(f.realIP)
 	} else {
-		b.WriteString(`"[`)
-		b.WriteString(ipText)
-		b.WriteString(`]"`)
+		bw.WriteString(`"[`)
+		bw.WriteString(f.realIP)
+		bw.WriteString(`]"`)
 	}
-	b.WriteString(";proto=")
-	b.WriteString(proto)
-	if host != "" {
-		b.WriteString(";host=")
-		writeTokenOrQuoted(&b, host)
+	bw.WriteString(";proto=")
+	bw.WriteString(f.proto)
+	if f.host != "" {
+		bw.WriteString(";host=")
+		writeTokenOrQuoted(bw, f.host)
 	}
-	return b.String()
+	bw.WriteString("\r\n")
 }
 
 // writeTokenOrQuoted writes v as an RFC 9110 token when it is one, else
 // as a quoted-string (backslash before '"' and '\\').
-func writeTokenOrQuoted(b *strings.Builder, v string) {
+// A CR or LF (which no host that reaches here has) is written as a space,
+// as writeField does.
+func writeTokenOrQuoted(b *bufio.Writer, v string) {
 	if isToken(v) {
 		b.WriteString(v)
 		return
 	}
 	b.WriteByte('"')
 	for i := 0; i < len(v); i++ {
-		if v[i] == '"' || v[i] == '\\' {
+		switch c := v[i]; c {
+		case '"', '\\':
 			b.WriteByte('\\')
+			b.WriteByte(c)
+		case '\r', '\n':
+			b.WriteByte(' ')
+		default:
+			b.WriteByte(c)
 		}
-		b.WriteByte(v[i])
 	}
 	b.WriteByte('"')
 }
@@ -214,8 +230,8 @@ func writeForwardHeader(bw *bufio.Writer, src http.Header, f *forwarded, upgrade
 	if f.realIP != "" && (!f.trusted || !given("X-Real-Ip")) {
 		writeField(bw, "X-Real-IP", f.realIP)
 	}
-	if f.elem != "" {
-		writeField(bw, "Forwarded", f.elem)
+	if f.elem {
+		writeForwardedElem(bw, f)
 	}
 	if len(conn) == 0 || !namedIn(conn, "Via") {
 		for _, v := range src["Via"] {

@@ -22,16 +22,27 @@ type perIP struct {
 // cores counting requests do not queue on one.
 const perIPShards = 32
 
+// A shard keeps an address whose count fell to 0 (a client between two
+// requests of a kept-alive connection: its count goes 1, 0, 1, … — one
+// map look-up per acquire and per release, where deleting and adding the
+// entry again each time took four); those idle entries are swept out
+// once they are more than idleKept and half the shard's, so that the map
+// holds the addresses counting something and at most as many others
+// (amortized: a sweep's work is paid for by the releases before it).
 type perIPShard struct {
-	mu sync.Mutex
-	n  map[netip.Addr]int32
-	_  [48]byte // a shard per cache line (64 bytes with the lock and map)
+	mu   sync.Mutex
+	n    map[netip.Addr]*int32
+	idle int      // entries at 0
+	_    [40]byte // a shard per cache line (64 bytes with the lock, map and idle)
 }
+
+// idleKept is how many entries at 0 a shard keeps at least before a sweep.
+const idleKept = 64
 
 func newPerIP(max int) *perIP {
 	p := &perIP{max: int32(min(max, 1<<30))}
 	for i := range p.shards {
-		p.shards[i].n = make(map[netip.Addr]int32)
+		p.shards[i].n = make(map[netip.Addr]*int32)
 	}
 	return p
 }
@@ -66,10 +77,16 @@ func (p *perIP) acquire(key netip.Addr) bool {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	n := sh.n[key]
-	if n >= p.max {
+	switch {
+	case n == nil:
+		n = new(int32)
+		sh.n[key] = n
+	case *n == 0:
+		sh.idle--
+	case *n >= p.max:
 		return false
 	}
-	sh.n[key] = n + 1
+	*n++
 	return true
 }
 
@@ -78,10 +95,20 @@ func (p *perIP) release(key netip.Addr) {
 	sh := p.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if n := sh.n[key]; n > 1 {
-		sh.n[key] = n - 1
-	} else {
-		delete(sh.n, key)
+	n := sh.n[key]
+	if n == nil || *n <= 0 {
+		return // (never acquired: nothing to give back)
+	}
+	if *n--; *n > 0 {
+		return
+	}
+	if sh.idle++; sh.idle > idleKept && sh.idle > len(sh.n)/2 {
+		for k, v := range sh.n {
+			if *v == 0 {
+				delete(sh.n, k)
+			}
+		}
+		sh.idle = 0
 	}
 }
 

@@ -34,12 +34,46 @@ func TestClientKey(t *testing.T) {
 		t.Fatal("want two for a, then a refused, b admitted")
 	}
 	p.release(a)
+	if !p.acquire(a) || p.acquire(a) {
+		t.Fatal("want one more for a after a release, then a refused")
+	}
+	p.release(a)
 	p.release(a)
 	p.release(b)
-	for i := range p.shards {
-		if n := p.shards[i].n; len(n) != 0 {
-			t.Errorf("counts left after every release: %v", n)
+	if !p.acquire(a) || !p.acquire(a) || p.acquire(a) {
+		t.Fatal("want two for a again once all were released")
+	}
+}
+
+// Addresses whose counts went back to 0 are kept for a while (a client
+// between two requests), not for ever: the shards hold the addresses
+// counting something and at most as many (and idleKept) idle ones.
+func TestPerIPForgetsIdleAddresses(t *testing.T) {
+	p := newPerIP(1)
+	held := netip.MustParseAddr("2001:2::1")
+	p.acquire(held)
+	for i := range 100_000 {
+		a := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		if !p.acquire(a) {
+			t.Fatalf("%v refused", a)
 		}
+		p.release(a)
+	}
+	entries, idle := 0, 0
+	for i := range p.shards {
+		entries += len(p.shards[i].n)
+		idle += p.shards[i].idle
+	}
+	if entries > perIPShards*(idleKept+1)+1 || idle != entries-1 {
+		t.Errorf("after 100000 addresses came and went: %d entries, %d counted idle; want at most %d, all idle but one", entries, idle, perIPShards*(idleKept+1)+1)
+	}
+	if p.acquire(held) {
+		t.Error("the address still holding its one was admitted again")
+	}
+	p.release(held)
+	p.release(held) // one too many: nothing to give back
+	if !p.acquire(held) || p.acquire(held) {
+		t.Error("want one for the address again after its release (and an extra release ignored)")
 	}
 }
 
