@@ -26,9 +26,10 @@ func (g *Group) now() int64 { return int64(time.Since(g.epoch)) }
 // much late. Intervals the access log shows are measured with time.Now.
 
 // turnNow is the group's clock as of the caller's loop's turn when the
-// caller runs as one of the group's tasks; the clock read now otherwise.
-func (g *Group) turnNow() int64 {
-	if l := g.current(); l != nil {
+// caller runs as one of the group's tasks (hint: the loop it likely is,
+// see currentFrom); the clock read now otherwise.
+func (g *Group) turnNow(hint *Loop) int64 {
+	if l := g.currentFrom(hint); l != nil {
 		return l.turn
 	}
 	return g.now()
@@ -49,7 +50,7 @@ func (t *Task) Now() time.Time {
 // Now is the time of the current turn when the caller runs as a task of
 // c's group (see Task.Now); time.Now() otherwise.
 func (c *Conn) Now() time.Time {
-	if l := c.g.current(); l != nil {
+	if l := c.g.currentFrom(c.loop.Load()); l != nil {
 		return c.g.epoch.Add(time.Duration(l.turn))
 	}
 	return time.Now()

@@ -156,7 +156,7 @@ func (c *Conn) waitConnect() error {
 	}
 	defer c.decref()
 	for {
-		if dl := c.deadline(modeWrite); dl != 0 && c.g.turnNow() >= dl {
+		if dl := c.deadline(modeWrite); dl != 0 && c.g.turnNow(c.loop.Load()) >= dl {
 			return os.ErrDeadlineExceeded
 		}
 		if err := c.wait(modeWrite); err != nil {
@@ -287,7 +287,7 @@ func (c *Conn) rw(mode int, f func(fd uintptr) bool, lazy bool) error {
 	}
 	defer c.decref()
 	for {
-		if dl := c.deadline(mode); dl != 0 && c.g.turnNow() >= dl {
+		if dl := c.deadline(mode); dl != 0 && c.g.turnNow(c.loop.Load()) >= dl {
 			return os.ErrDeadlineExceeded
 		}
 		if mode == modeWrite {
@@ -323,7 +323,7 @@ func (c *Conn) wait(mode int) error {
 		return net.ErrClosed
 	}
 	l := c.loop.Load()
-	cur := c.g.current()
+	cur := c.g.currentFrom(l)
 	if cur == nil || cur.running == nil {
 		return c.pollWait(mode)
 	}
@@ -394,10 +394,18 @@ func (c *Conn) pollWait(mode int) error {
 
 // current is the loop whose running task the caller is (nil: none). It
 // asks no system call: it runs on every wait of a task.
-func (g *Group) current() *Loop {
+func (g *Group) current() *Loop { return g.currentFrom(nil) }
+
+// currentFrom is current, looking at hint first: a connection's own loop
+// is nearly always the caller's, and reading another loop's runningG
+// (written on its CPU at every resume) moves that cache line over.
+func (g *Group) currentFrom(hint *Loop) *Loop {
 	me := getg()
+	if hint != nil && hint.runningG.Load() == me {
+		return hint
+	}
 	for _, l := range g.loops {
-		if l.runningG.Load() == me {
+		if l != hint && l.runningG.Load() == me {
 			return l
 		}
 	}

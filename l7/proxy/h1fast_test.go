@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"reflect"
@@ -290,5 +291,47 @@ func TestFastResponseHopByHop(t *testing.T) {
 		if _, ok := r.Fields["X-Kept"]; !ok {
 			t.Errorf("with %s: X-Kept dropped", name)
 		}
+	}
+}
+
+// headBlock finds what six searches found before it (kept here as the
+// reference): the same block and line count, or none, for every short
+// string of the bytes that matter and any limit.
+func TestHeadBlockAsSearches(t *testing.T) {
+	searches := func(buf []byte, limit int) ([]byte, int) {
+		end := bytes.Index(buf, []byte("\r\n\r\n"))
+		if end < 0 || end+4 > limit {
+			return nil, 0
+		}
+		block := buf[:end+4]
+		lines := bytes.Count(block, []byte("\r\n"))
+		if bytes.Count(block, []byte("\n")) != lines || bytes.Count(block, []byte("\r")) != lines ||
+			bytes.Contains(block, []byte(" :")) || bytes.Contains(block, []byte("\t:")) {
+			return nil, 0
+		}
+		return block, lines
+	}
+	check := func(buf []byte, limit int) {
+		t.Helper()
+		gb, gl := headBlock(buf, limit)
+		wb, wl := searches(buf, limit)
+		if !bytes.Equal(gb, wb) || gb == nil != (wb == nil) || gl != wl {
+			t.Fatalf("headBlock(%q, %d) = %q, %d; the searches: %q, %d", buf, limit, gb, gl, wb, wl)
+		}
+	}
+	check([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: Sat, 05 Dec 2026 11:20:39 GMT\r\n\r\nhi"), 4096)
+	alphabet := []byte("\r\n \t:aH")
+	r := rand.New(rand.NewPCG(5, 6))
+	buf := make([]byte, 0, 48)
+	for range 2_000_000 {
+		buf = buf[:r.IntN(cap(buf))]
+		for i := range buf {
+			if r.IntN(3) == 0 {
+				buf[i] = "\r\n\r\n"[i%4] // runs of CRLF, so that some headers end
+			} else {
+				buf[i] = alphabet[r.IntN(len(alphabet))]
+			}
+		}
+		check(buf, r.IntN(cap(buf)+8))
 	}
 }
