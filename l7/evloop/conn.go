@@ -22,7 +22,7 @@ import (
 // park the calling task (l7/sockio uses them). One reader and one writer
 // at a time, as on any net.Conn used by a request loop.
 type Conn struct {
-	id           uint64
+	token        atomic.Uint64 // its epoll token in the loop it is registered with (0: none)
 	fd           int
 	g            *Group
 	loop         atomic.Pointer[Loop]
@@ -78,7 +78,7 @@ func (l *Loop) Adopt(nc net.Conn) (*Conn, error) {
 	if derr != nil {
 		return nil, fmt.Errorf("adopt: dup: %w", derr)
 	}
-	c := &Conn{id: l.g.ids.Add(1), fd: nfd, g: l.g, laddr: nc.LocalAddr(), raddr: nc.RemoteAddr()}
+	c := &Conn{fd: nfd, g: l.g, laddr: nc.LocalAddr(), raddr: nc.RemoteAddr()}
 	c.readable.Store(true)
 	c.loop.Store(l)
 	if err := l.register(c); err != nil {
@@ -117,7 +117,7 @@ func Dial(ctx context.Context, addr netip.AddrPort) (*Conn, error) {
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9)
-	c := &Conn{id: l.g.ids.Add(1), fd: fd, g: l.g, raddr: net.TCPAddrFromAddrPort(addr)}
+	c := &Conn{fd: fd, g: l.g, raddr: net.TCPAddrFromAddrPort(addr)}
 	c.readable.Store(true)
 	c.loop.Store(l)
 	if dl, ok := ctx.Deadline(); ok {

@@ -44,7 +44,6 @@ import (
 type Group struct {
 	loops  []*Loop
 	next   atomic.Uint32
-	ids    atomic.Uint64
 	log    *slog.Logger
 	hold   bool
 	closed atomic.Bool
@@ -204,8 +203,14 @@ type Loop struct {
 	runningG atomic.Uintptr
 	tasks    atomic.Int64
 
-	mu       sync.Mutex
-	conns    map[uint64]*Conn // registered with epfd
+	mu sync.Mutex
+	// slots are the connections registered with epfd, by the index in
+	// their epoll token (a slice, not a map: dispatch finds each event's
+	// connection with an index, no hash); free are the empty ones.
+	// nconns counts those in use.
+	slots    []slot
+	free     []uint32
+	nconns   int
 	inbox    []func()
 	spare    []func()
 	sleeping atomic.Bool
@@ -240,7 +245,61 @@ func newLoop(g *Group, idx int) (*Loop, error) {
 		unix.Close(evfd)
 		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
 	}
-	return &Loop{g: g, idx: idx, epfd: epfd, evfd: evfd, conns: map[uint64]*Conn{}, events: make([]unix.EpollEvent, 128)}, nil
+	return &Loop{g: g, idx: idx, epfd: epfd, evfd: evfd, events: make([]unix.EpollEvent, 128)}, nil
+}
+
+// slot is a place in a loop's table. gen counts its uses: a connection's
+// token is its slot's index and gen, so that an event read for one that
+// left (unregistered, closed) is not taken for the next in its place.
+type slot struct {
+	c   *Conn
+	gen uint32
+}
+
+// A token is a slot's index + 1 (0 is the eventfd's) and its gen.
+func slotToken(i, gen uint32) uint64 { return uint64(i+1) | uint64(gen)<<32 }
+
+// connLocked is the connection of an event's token, or nil (under mu).
+func (l *Loop) connLocked(tok uint64) *Conn {
+	i := uint32(tok) - 1
+	if int(i) >= len(l.slots) {
+		return nil
+	}
+	if s := &l.slots[i]; s.c != nil && s.gen == uint32(tok>>32) {
+		return s.c
+	}
+	return nil
+}
+
+// addLocked places c in a slot and returns its token (under mu).
+func (l *Loop) addLocked(c *Conn) uint64 {
+	var i uint32
+	if n := len(l.free); n > 0 {
+		i, l.free = l.free[n-1], l.free[:n-1]
+	} else {
+		i = uint32(len(l.slots))
+		l.slots = append(l.slots, slot{})
+	}
+	s := &l.slots[i]
+	s.c = c
+	s.gen++
+	l.nconns++
+	tok := slotToken(i, s.gen)
+	c.token.Store(tok)
+	return tok
+}
+
+// removeLocked frees c's slot when c has one in l (under mu).
+func (l *Loop) removeLocked(c *Conn) {
+	tok := c.token.Load()
+	i := uint32(tok) - 1
+	if tok == 0 || int(i) >= len(l.slots) || l.slots[i].c != c || l.slots[i].gen != uint32(tok>>32) {
+		return // not registered here (moved, or never)
+	}
+	l.slots[i].c = nil
+	l.free = append(l.free, i)
+	l.nconns--
+	c.token.CompareAndSwap(tok, 0)
 }
 
 func setToken(ev *unix.EpollEvent, id uint64) {
@@ -407,7 +466,7 @@ func (l *Loop) dispatch(n int) {
 			wakeup = true
 			continue
 		}
-		c := l.conns[id]
+		c := l.connLocked(id)
 		if c == nil {
 			continue // closed or moved since
 		}
@@ -487,13 +546,13 @@ func (l *Loop) fireTimers(ns int64) {
 // register adds c to the loop's epoll set (edge-triggered, both ways).
 func (l *Loop) register(c *Conn) error {
 	l.mu.Lock()
-	l.conns[c.id] = c
+	tok := l.addLocked(c)
 	l.mu.Unlock()
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET}
-	setToken(&ev, c.id)
+	setToken(&ev, tok)
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
 		l.mu.Lock()
-		delete(l.conns, c.id)
+		l.removeLocked(c)
 		l.mu.Unlock()
 		return fmt.Errorf("epoll_ctl add: %w", err)
 	}
@@ -503,7 +562,7 @@ func (l *Loop) register(c *Conn) error {
 // unregister takes c out of the loop's epoll set (the fd stays open).
 func (l *Loop) unregister(c *Conn) {
 	l.mu.Lock()
-	delete(l.conns, c.id)
+	l.removeLocked(c)
 	l.mu.Unlock()
 	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 }
@@ -512,7 +571,7 @@ func (l *Loop) unregister(c *Conn) {
 // takes it out of the epoll set).
 func (l *Loop) forget(c *Conn) {
 	l.mu.Lock()
-	delete(l.conns, c.id)
+	l.removeLocked(c)
 	l.mu.Unlock()
 }
 
@@ -829,7 +888,7 @@ func (g *Group) Stats() Stats {
 	for _, l := range g.loops {
 		st.Tasks += l.tasks.Load()
 		l.mu.Lock()
-		st.Conns += len(l.conns)
+		st.Conns += l.nconns
 		l.mu.Unlock()
 	}
 	return st

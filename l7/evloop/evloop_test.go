@@ -559,3 +559,36 @@ func TestTurnClock(t *testing.T) {
 		}
 	}
 }
+
+// The loop's table of registered connections: a token finds its
+// connection; once the connection leaves, the token finds nothing — not
+// even when its slot is taken by the next one (an event read for the old
+// one must not wake the new one's task); removing a connection that is
+// not there (moved to another loop) leaves the table alone.
+func TestSlotTable(t *testing.T) {
+	l := &Loop{}
+	a, b, c := &Conn{}, &Conn{}, &Conn{}
+	ta := l.addLocked(a)
+	tc := l.addLocked(c)
+	if l.connLocked(ta) != a || l.connLocked(tc) != c || ta == tc || ta == evToken {
+		t.Fatalf("tokens %x %x find %p %p", ta, tc, l.connLocked(ta), l.connLocked(tc))
+	}
+	l.removeLocked(a)
+	if l.connLocked(ta) != nil || a.token.Load() != 0 {
+		t.Fatal("a removed connection's token still finds it")
+	}
+	tb := l.addLocked(b)
+	if uint32(tb) != uint32(ta) || tb == ta {
+		t.Fatalf("b's token %x: want a's slot (%x) again, another generation", tb, ta)
+	}
+	if got := l.connLocked(ta); got != nil {
+		t.Fatal("a's old token finds the connection now in its slot")
+	}
+	l.removeLocked(a) // not registered here any more
+	if l.connLocked(tb) != b || l.connLocked(tc) != c || l.nconns != 2 {
+		t.Fatalf("after removing a connection not there: b %p, c %p, %d registered", l.connLocked(tb), l.connLocked(tc), l.nconns)
+	}
+	if l.connLocked(slotToken(7, 1)) != nil {
+		t.Fatal("a token past the table finds something")
+	}
+}
