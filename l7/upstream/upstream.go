@@ -132,8 +132,11 @@ type Pools struct {
 type addrPool struct {
 	gen     uint64
 	retired bool
-	idle    map[string][]*Conn // by server name ("" without TLS), most recent last
-	nidle   int                // the connections in idle, all server names
+	// idle holds the idle connections, a list per server name ("" without
+	// TLS; an address has one or a few: a search of this slice is cheaper
+	// than a map's hash, twice a request), each most recent last.
+	idle  []idleList
+	nidle int // the connections in idle, all server names
 	busy    int
 	// out holds the connections handed out and not yet given back, for
 	// Cut (busy also counts those being checked or moved); each knows its
@@ -146,6 +149,32 @@ type addrPool struct {
 	// freed is closed (and replaced) when a connection of the address is
 	// given back or closed, or a dial ends: Gets waiting at a limit look again.
 	freed chan struct{}
+}
+
+// idleList is an address's idle connections of one server name.
+type idleList struct {
+	name  string
+	conns []*Conn
+}
+
+// idleOf is the idle list of serverName, nil when it has none; the
+// pointer is good until the next idleFor.
+func (ap *addrPool) idleOf(serverName string) *idleList {
+	for i := range ap.idle {
+		if ap.idle[i].name == serverName {
+			return &ap.idle[i]
+		}
+	}
+	return nil
+}
+
+// idleFor is idleOf, making the list when there is none.
+func (ap *addrPool) idleFor(serverName string) *idleList {
+	if il := ap.idleOf(serverName); il != nil {
+		return il
+	}
+	ap.idle = append(ap.idle, idleList{name: serverName})
+	return &ap.idle[len(ap.idle)-1]
 }
 
 // signalLocked wakes the Gets waiting for room at this address.
@@ -176,13 +205,13 @@ func (ap *addrPool) takeBackLocked(c *Conn) {
 	c.lender, c.outAt = nil, -1
 }
 
-// takeIdleLocked takes the idle connection at i of serverName's list l
-// (ap.idle[serverName]) out of it.
-func (ap *addrPool) takeIdleLocked(serverName string, l []*Conn, i int) *Conn {
+// takeIdleLocked takes the idle connection at i of il out of it.
+func (ap *addrPool) takeIdleLocked(il *idleList, i int) *Conn {
+	l := il.conns
 	c := l[i]
 	copy(l[i:], l[i+1:])
 	l[len(l)-1] = nil
-	ap.idle[serverName] = l[:len(l)-1]
+	il.conns = l[:len(l)-1]
 	ap.nidle--
 	return c
 }
@@ -190,12 +219,13 @@ func (ap *addrPool) takeIdleLocked(serverName string, l []*Conn, i int) *Conn {
 // takeAllIdleLocked empties the idle lists, appending each connection to
 // cs to be closed for why.
 func (ap *addrPool) takeAllIdleLocked(why string, cs []closing) []closing {
-	for k, l := range ap.idle {
-		for _, c := range l {
+	for i := range ap.idle {
+		for _, c := range ap.idle[i].conns {
 			cs = append(cs, closing{c, why})
 		}
-		delete(ap.idle, k)
 	}
+	clear(ap.idle)
+	ap.idle = ap.idle[:0]
 	ap.nidle = 0
 	return cs
 }
@@ -258,7 +288,7 @@ func (d *dialTLS) set(cfg *tls.Config) error {
 func (p *Pools) addrLocked(addr netip.AddrPort) *addrPool {
 	ap := p.addrs[addr]
 	if ap == nil {
-		ap = &addrPool{idle: map[string][]*Conn{}}
+		ap = &addrPool{}
 		p.addrs[addr] = ap
 	}
 	return ap
@@ -325,7 +355,9 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 		var stale []closing
 		move := false
 		full := ap.busy+ap.nidle+ap.dialing >= p.opts.MaxConnsPerAddr
-		for l := ap.idle[serverName]; len(l) > 0; l = ap.idle[serverName] {
+		il := ap.idleOf(serverName)
+		for il != nil && len(il.conns) > 0 {
+			l := il.conns
 			i, mv := pickIdle(l, loop)
 			if i < 0 && !full {
 				break // none of the caller's kind: dial one
@@ -333,10 +365,10 @@ func (p *Pools) get(ctx context.Context, addr netip.AddrPort, serverName, info s
 			if i < 0 {
 				// At the limit: one of the other kind makes room for
 				// the caller's.
-				stale = append(stale, closing{ap.takeIdleLocked(serverName, l, len(l)-1), CloseFull})
+				stale = append(stale, closing{ap.takeIdleLocked(il, len(l)-1), CloseFull})
 				break
 			}
-			c := ap.takeIdleLocked(serverName, l, i)
+			c := ap.takeIdleLocked(il, i)
 			if why := p.expired(c, now); why != "" {
 				stale = append(stale, closing{c, why})
 				continue
@@ -578,7 +610,8 @@ func (p *Pools) Put(c *Conn, closeReason string) {
 	default:
 		c.idleSince = now
 		c.clearDeadlines()
-		ap.idle[c.serverName] = append(ap.idle[c.serverName], c)
+		il := ap.idleFor(c.serverName)
+		il.conns = append(il.conns, c)
 		ap.nidle++
 	}
 	p.mu.Unlock()
@@ -669,7 +702,9 @@ func (p *Pools) Sweep(now time.Time) {
 	var old []closing
 	p.mu.Lock()
 	for addr, ap := range p.addrs {
-		for k, l := range ap.idle {
+		idle := ap.idle[:0]
+		for _, il := range ap.idle {
+			l := il.conns
 			kept := l[:0]
 			for _, c := range l {
 				if why := p.expired(c, now); why != "" {
@@ -683,13 +718,13 @@ func (p *Pools) Sweep(now time.Time) {
 			}
 			clear(l[len(kept):])
 			ap.nidle -= len(l) - len(kept)
-			if len(kept) == 0 {
-				delete(ap.idle, k)
-			} else {
-				ap.idle[k] = kept
+			if len(kept) > 0 {
+				idle = append(idle, idleList{il.name, kept})
 			}
 		}
-		if ap.retired && ap.busy == 0 && ap.dialing == 0 && len(ap.idle) == 0 {
+		clear(ap.idle[len(idle):])
+		ap.idle = idle
+		if ap.retired && ap.busy == 0 && ap.dialing == 0 && ap.nidle == 0 {
 			delete(p.addrs, addr)
 		}
 	}

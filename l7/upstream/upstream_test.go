@@ -427,8 +427,13 @@ func checkBooks(t *testing.T, p *Pools, held map[*Conn]bool) {
 	out := 0
 	for addr, ap := range p.addrs {
 		n := 0
+		names := map[string]bool{}
 		for _, l := range ap.idle {
-			n += len(l)
+			n += len(l.conns)
+			if names[l.name] {
+				t.Errorf("%s: two idle lists for server name %q", addr, l.name)
+			}
+			names[l.name] = true
 		}
 		if ap.nidle != n {
 			t.Errorf("%s: idle count %d, idle lists hold %d", addr, ap.nidle, n)
@@ -495,5 +500,55 @@ func TestPoolBookkeeping(t *testing.T) {
 	}
 	if st := p.Stats(other.addr); st.Idle != 1 || st.Busy != 0 {
 		t.Errorf("stats %+v, want 1 idle (given back after CloseIdle), none busy", st)
+	}
+}
+
+// Over TLS an address's idle connections are kept per server name: one
+// dialled for a name is handed out again for that name only, each name's
+// most recent first; the sweep keeps each name's list apart.
+func TestIdleListsPerServerName(t *testing.T) {
+	addr, cfg := tlsBackend(t, false)
+	cfg.InsecureSkipVerify = true // (the names are the test's own)
+	p := New(Options{TLS: cfg})
+	defer p.Close()
+	take := func(name string) *Conn {
+		t.Helper()
+		c, err := p.GetResendable(context.Background(), addr, name, "", time.Now().Add(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a1, a2, b1 := take("a.test"), take("a.test"), take("b.test")
+	for _, c := range []*Conn{a1, b1, a2} {
+		p.Put(c, "")
+	}
+	if got := take("b.test"); got != b1 {
+		t.Fatalf("b.test got %p, want its own idle one %p", got, b1)
+	} else {
+		p.Put(got, "")
+	}
+	if got := take("a.test"); got != a2 {
+		t.Fatalf("a.test got %p, want its most recent idle one %p", got, a2)
+	} else {
+		p.Put(got, "")
+	}
+	p.Sweep(time.Now()) // nothing expired: both lists kept as they are
+	c := take("c.test")
+	if c == a1 || c == a2 || c == b1 {
+		t.Fatal("c.test was handed another name's connection")
+	}
+	p.Put(c, "")
+	checkBooks(t, p, map[*Conn]bool{})
+	if st := p.Stats(addr); st.Idle != 4 {
+		t.Errorf("stats %+v, want the 4 connections idle", st)
+	}
+	for _, want := range []struct {
+		name string
+		c    *Conn
+	}{{"a.test", a2}, {"a.test", a1}, {"b.test", b1}} {
+		if got := take(want.name); got != want.c {
+			t.Errorf("%s: got %p, want %p", want.name, got, want.c)
+		}
 	}
 }
