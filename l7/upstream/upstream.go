@@ -137,7 +137,7 @@ type addrPool struct {
 	// than a map's hash, twice a request), each most recent last.
 	idle  []idleList
 	nidle int // the connections in idle, all server names
-	busy    int
+	busy  int
 	// out holds the connections handed out and not yet given back, for
 	// Cut (busy also counts those being checked or moved); each knows its
 	// index in it (Conn.outAt), so giving one back is a swap, not a
