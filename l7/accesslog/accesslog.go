@@ -522,7 +522,7 @@ func appendMillis(b []byte, d time.Duration) []byte {
 // 0.001 apart are millions of float64 steps apart) — without strconv's
 // general shortest-digits search, which took most of a line's encoding.
 func appendFloat(b []byte, f float64) []byte {
-	if f >= 0 && f < 1e9 && !math.Signbit(f) {
+	if f < 1e9 && !math.Signbit(f) { // (not negative, -0 or NaN)
 		n := int64(f*1000 + 0.5)
 		if float64(n)/1000 == f {
 			b = strconv.AppendInt(b, n/1000, 10)

@@ -42,7 +42,7 @@ func (g *Group) turnNow(hint *Loop) int64 {
 // clock since then leaves behind: for deadlines and intervals, not dates.
 func (t *Task) Now() time.Time {
 	if t.current() {
-		return t.l.g.epoch.Add(time.Duration(t.l.turn))
+		return t.l.turnTime()
 	}
 	return time.Now()
 }
@@ -51,10 +51,13 @@ func (t *Task) Now() time.Time {
 // c's group (see Task.Now); time.Now() otherwise.
 func (c *Conn) Now() time.Time {
 	if l := c.g.currentFrom(c.loop.Load()); l != nil {
-		return c.g.epoch.Add(time.Duration(l.turn))
+		return l.turnTime()
 	}
 	return time.Now()
 }
+
+// turnTime is l's turn as a time.Time (on l's thread only).
+func (l *Loop) turnTime() time.Time { return l.g.epoch.Add(time.Duration(l.turn)) }
 
 // at is t on the group's clock: 0 for the zero Time (no deadline), at
 // least 1 for any other (an instant before the epoch is past all the

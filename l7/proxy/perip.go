@@ -77,14 +77,19 @@ func (p *perIP) acquire(key netip.Addr) bool {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	n := sh.n[key]
+	var held int32
+	if n != nil {
+		held = *n
+	}
+	if held >= p.max {
+		return false
+	}
 	switch {
 	case n == nil:
 		n = new(int32)
 		sh.n[key] = n
-	case *n == 0:
+	case held == 0:
 		sh.idle--
-	case *n >= p.max:
-		return false
 	}
 	*n++
 	return true

@@ -43,6 +43,9 @@ func TestClientKey(t *testing.T) {
 	if !p.acquire(a) || !p.acquire(a) || p.acquire(a) {
 		t.Fatal("want two for a again once all were released")
 	}
+	if newPerIP(0).acquire(a) {
+		t.Fatal("a limit of 0 admitted an address")
+	}
 }
 
 // Addresses whose counts went back to 0 are kept for a while (a client
